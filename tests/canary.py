@@ -1,0 +1,88 @@
+"""Canary leak check: every test secret is ``vpcanary_<hex>``; the run fails if one leaks.
+
+Scanned at session end: captured stdout/stderr/log of every test report, and every file or
+directory registered with ``canary_watch``. Tests make canaries with the ``canary`` fixture.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+
+import pytest
+
+CANARY_RE = re.compile(rb"vpcanary_[0-9a-f]{8,}")
+
+_made: set[str] = set()
+_watched: list[Path] = []
+_hits: list[str] = []
+
+
+def make_canary() -> str:
+    value = "vpcanary_" + secrets.token_hex(12)
+    _made.add(value)
+    return value
+
+
+def watch(path: Path) -> None:
+    _watched.append(Path(path))
+
+
+def _scan_text(where: str, text: str | bytes) -> None:
+    data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    for m in CANARY_RE.finditer(data):
+        if m.group().decode() in _made:
+            _hits.append(f"{where}: {m.group().decode()[:13]}...")
+
+
+def scan_path(path: Path) -> None:
+    paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for p in paths:
+        try:
+            _scan_text(str(p), p.read_bytes())
+        except OSError:
+            continue
+
+
+@pytest.fixture
+def canary() -> object:
+    """A factory: ``canary()`` returns a fresh ``vpcanary_<hex>`` secret."""
+    return make_canary
+
+
+@pytest.fixture
+def canary_watch() -> object:
+    """Register a file or directory to be scanned for canaries at session end."""
+    return watch
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for name, content in report.sections:
+        _scan_text(f"{report.nodeid} [{name}]", content)
+    if report.longrepr is not None:
+        _scan_text(f"{report.nodeid} [failure report]", str(report.longrepr))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for p in _watched:
+        if p.exists():
+            scan_path(p)
+    if _hits:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        session.config.stash[_hits_key] = list(_hits)
+
+
+_hits_key = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+    hits = config.stash.get(_hits_key, [])
+    tr = terminalreporter
+    if hits:
+        tr.section("CANARY LEAKS", sep="!", red=True)  # type: ignore[attr-defined]
+        for h in hits:
+            tr.write_line(h)  # type: ignore[attr-defined]
+        tr.write_line(f"{len(hits)} failed: canary secrets leaked")  # type: ignore[attr-defined]
+    else:
+        tr.write_line(f"canary check: {len(_made)} canaries, 0 leaks")  # type: ignore[attr-defined]

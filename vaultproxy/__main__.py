@@ -1,0 +1,3 @@
+from vaultproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""`vaultproxy` command line: one module per subcommand group, each with ``register()``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+from vaultproxy import __version__
+from vaultproxy.errors import UsageError, VaultproxyError
+
+# Subcommand modules, in --help order. Each exposes register(subparsers).
+COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "ca", "env_exec", "agent")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"vaultproxy: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vaultproxy", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"vaultproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = import_module(f"vaultproxy.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"vaultproxy.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        help="vaultproxy home (default: $VAULTPROXY_HOME or ~/.config/vaultproxy)",
+    )
+
+
+def add_password_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-file",
+        metavar="F",
+        help="read the master password from file F (else $VAULTPROXY_PASSWORD_FILE, else a prompt)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except UsageError as e:
+        print(f"vaultproxy: {e}", file=sys.stderr)
+        return 2
+    except VaultproxyError as e:
+        print(f"vaultproxy: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""services.toml: pydantic models, tomlkit loading and comment-preserving edits."""

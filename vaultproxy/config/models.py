@@ -1,0 +1,60 @@
+"""The services.toml schema (SPEC §4). Frozen, extra keys forbidden, inputs never echoed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+Mode = Literal["placeholder", "host_inject"]
+AuthType = Literal["bearer", "header", "basic", "query_param"]
+Surface = Literal["header", "query", "path", "body"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class Service(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    hosts: tuple[str, ...] = Field(min_length=1)
+    mode: Mode
+    auth: AuthType
+    secret: str | None = None  # keystore entry; None means "same as name" (see secret_name)
+    header_name: str | None = None
+    prefix: str | None = None
+    param_name: str | None = None
+    placeholder: str | None = None  # None means "__vault.<name>__" (see placeholder_text)
+    substitute_in: tuple[Surface, ...] = ("header", "query")
+    env: str | None = None
+    connect_to: str | None = None
+    allow_private: bool = False
+    allow_loopback: bool = False
+    ca_cert: str | None = None
+    insecure_tls: bool = False
+
+    @property
+    def secret_name(self) -> str:
+        return self.secret or self.name
+
+    @property
+    def placeholder_text(self) -> str:
+        return self.placeholder or f"__vault.{self.name}__"
+
+
+class ProxySettings(_Model):
+    egress: Literal["passthrough", "block"] = "passthrough"
+    passthrough_allow: tuple[str, ...] = ()
+    max_body_mb: int = Field(default=32, ge=1, le=4096)
+    require_agent_auth: bool = False
+
+
+class Config(_Model):
+    proxy: ProxySettings = ProxySettings()
+    service: tuple[Service, ...] = ()
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        return self.service

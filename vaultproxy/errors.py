@@ -1,0 +1,114 @@
+"""One error hierarchy; one function maps each proxy-facing error to (status, code, message).
+
+Messages carry identifiers (service names, field paths), never values.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class VaultproxyError(Exception):
+    """Base of every error vaultproxy raises on purpose."""
+
+    status = 500
+    code = "internal"
+    public = "internal proxy error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.public)
+
+
+class UsageError(VaultproxyError):
+    """Bad command-line use; the CLI exits 2."""
+
+
+class ConfigError(VaultproxyError):
+    """services.toml is invalid; ``problems`` holds ``path: message`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems) or "invalid configuration")
+
+
+class KeystoreError(VaultproxyError):
+    """The keystore cannot be opened or written (wrong password, damaged file...)."""
+
+
+class PermissionProblem(VaultproxyError):
+    """A file or directory has unsafe permissions; the message names the chmod fix."""
+
+
+class CAError(VaultproxyError):
+    """The MITM CA is missing, unreadable or unsafe."""
+
+
+class LockedError(VaultproxyError):
+    status, code, public = 503, "locked", "the vaultproxy keystore is locked"
+
+
+class SecretMissing(VaultproxyError):
+    status, code, public = 502, "secret_missing", "the secret for this service is missing"
+
+
+class UpstreamUnreachable(VaultproxyError):
+    status, code, public = 502, "upstream_unreachable", "the upstream could not be reached"
+
+
+class UpstreamTLS(VaultproxyError):
+    status, code, public = 502, "upstream_tls", "the upstream TLS certificate was not trusted"
+
+
+class DestinationDenied(VaultproxyError):
+    status, code, public = 403, "destination_denied", "destination denied by vaultproxy policy"
+
+
+class EgressBlocked(VaultproxyError):
+    status, code, public = 403, "egress_blocked", "this host is not registered with vaultproxy"
+
+
+class PlaceholderMisdirected(VaultproxyError):
+    status, code, public = (
+        403,
+        "placeholder_misdirected",
+        "a placeholder of another service was sent to this host",
+    )
+
+
+class PlaceholderUnknown(VaultproxyError):
+    status, code, public = 403, "placeholder_unknown", "a placeholder names no known service"
+
+
+class HostMismatch(VaultproxyError):
+    status, code, public = (
+        421,
+        "host_mismatch",
+        "the request names a different host than the tunnel target",
+    )
+
+
+class BodyTooLarge(VaultproxyError):
+    status, code, public = 413, "body_too_large", "the request body exceeds max_body_mb"
+
+
+class AgentAuthRequired(VaultproxyError):
+    status, code, public = 407, "agent_auth_required", "agent credentials are required"
+
+
+class AgentScope(VaultproxyError):
+    status, code, public = 403, "agent_scope", "this agent may not use this service"
+
+
+class RateLimited(VaultproxyError):
+    status, code, public = 429, "rate_limited", "too many requests"
+
+
+def error_response(err: BaseException) -> tuple[int, str, str]:
+    """Map any exception to (status, code, public message). Unknown errors are opaque 500s."""
+    if isinstance(err, VaultproxyError) and err.status != 500:
+        return err.status, err.code, str(err) if str(err) else err.public
+    return 500, "internal", "internal proxy error"
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": message, "code": code}).encode()

@@ -1,0 +1,93 @@
+"""The vaultproxy home directory: where each file lives, and the permission rules."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaultproxy.errors import PermissionProblem, UsageError
+
+DEFAULT_HOME = "~/.config/vaultproxy"
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+
+    @classmethod
+    def resolve(cls, flag: str | None) -> Home:
+        raw = flag or os.environ.get("VAULTPROXY_HOME") or DEFAULT_HOME
+        return cls(Path(raw).expanduser().absolute())
+
+    @property
+    def services(self) -> Path:
+        return self.path / "services.toml"
+
+    @property
+    def keystore(self) -> Path:
+        return self.path / "keystore.enc"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.path / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.path / "ca.key"
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.path / "ca-bundle.pem"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.path / "admin-token"
+
+    @property
+    def admin_sock(self) -> Path:
+        return self.path / "admin.sock"
+
+    @property
+    def audit(self) -> Path:
+        return self.path / "audit.jsonl"
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def mitm_confdir(self) -> Path:
+        return self.path / "mitmproxy"
+
+    def create(self) -> None:
+        """Create the home 0700 (and its parents as needed)."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path, 0o700)
+
+    def require(self) -> None:
+        """The home must exist and be private; otherwise say how to fix it."""
+        if not self.path.is_dir():
+            raise UsageError(
+                f"vaultproxy home {self.path} does not exist; run `vaultproxy init "
+                f"--home {self.path}` first"
+            )
+        check_private(self.path, 0o700)
+
+
+def check_private(path: Path, wanted: int) -> None:
+    """Refuse a file or directory that group/other can read or write, or that is not ours."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionProblem(f"{path} is a symbolic link; replace it with a regular file")
+    if st.st_uid != os.getuid():
+        raise PermissionProblem(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
+            f"fix with: chown {os.getuid()} {path}"
+        )
+    if st.st_mode & 0o077:
+        raise PermissionProblem(
+            f"{path} is accessible by group/other (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"fix with: chmod {wanted:04o} {path}"
+        )
