@@ -1,0 +1,310 @@
+"""AuditLog: buffered writes, 0600 file, rotation, failure handling, flusher, threads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vaultproxy.audit import AuditEvent, AuditLog, rotated_path
+
+
+def _event(n: int, service: str = "openai", **extra: object) -> AuditEvent:
+    return AuditEvent.model_validate(
+        {
+            "event": "request",
+            "service": service,
+            "method": "GET",
+            "host": "api.openai.com",
+            "path": f"/v1/item/{n}",
+            "status": 200,
+            "outcome": "allowed",
+            **extra,
+        }
+    )
+
+
+def _lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _numbers(records: list[dict[str, object]]) -> list[int]:
+    return [int(str(r["path"]).rsplit("/", 1)[1]) for r in records]
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path, canary_watch: Callable[[Path], None]) -> Path:
+    canary_watch(tmp_path)
+    return tmp_path / "audit.jsonl"
+
+
+def test_record_buffers_until_flush(audit_path: Path) -> None:
+    audit = AuditLog(audit_path)
+    audit.record(_event(1))
+    assert not audit_path.exists()
+    assert audit.buffered == 1
+    audit.flush()
+    assert _numbers(_lines(audit_path)) == [1]
+    assert audit.buffered == 0
+
+
+def test_file_is_created_0600_even_with_a_lax_umask(audit_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        audit = AuditLog(audit_path)
+        audit.record(_event(1))
+        audit.flush()
+    finally:
+        os.umask(old)
+    assert _mode(audit_path) == 0o600
+
+
+def test_existing_lax_file_is_tightened_with_a_warning(
+    audit_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit_path.write_text('{"old":1}\n')
+    os.chmod(audit_path, 0o644)
+    audit = AuditLog(audit_path)
+    audit.record(_event(1))
+    with caplog.at_level(logging.WARNING, logger="vaultproxy.audit"):
+        audit.flush()
+    assert _mode(audit_path) == 0o600
+    assert any("0644" in r.getMessage() for r in caplog.records)
+    assert len(_lines(audit_path)) == 2  # appended, never truncated
+
+
+def test_lines_are_appended_across_instances(audit_path: Path) -> None:
+    for n in range(3):
+        audit = AuditLog(audit_path)
+        audit.record(_event(n))
+        audit.close()
+    assert _numbers(_lines(audit_path)) == [0, 1, 2]
+
+
+def test_rotation_keeps_every_record_up_to_backups(audit_path: Path) -> None:
+    line_size = len(_event(100).to_json_line())
+    audit = AuditLog(audit_path, max_bytes=line_size * 3, backups=5)
+    for n in range(100, 110):  # 10 lines, 3 per file -> current + .1 .. .3
+        audit.record(_event(n))
+        audit.flush()  # one line per flush: rotation decided line by line
+    files = [rotated_path(audit_path, i) for i in range(4)]
+    assert all(f.exists() for f in files)
+    assert not rotated_path(audit_path, 4).exists()
+    for f in files:
+        assert _mode(f) == 0o600
+        assert f.stat().st_size <= line_size * 3
+    oldest_first = [rec for f in reversed(files) for rec in _lines(f)]
+    assert _numbers(oldest_first) == list(range(100, 110))
+
+
+def test_rotation_in_one_big_flush(audit_path: Path) -> None:
+    line_size = len(_event(100).to_json_line())
+    audit = AuditLog(audit_path, max_bytes=line_size * 4, backups=2)
+    for n in range(100, 110):
+        audit.record(_event(n))
+    audit.flush()
+    files = [rotated_path(audit_path, i) for i in range(3)]
+    assert [len(_lines(f)) for f in files] == [2, 4, 4]
+    oldest_first = [rec for f in reversed(files) for rec in _lines(f)]
+    assert _numbers(oldest_first) == list(range(100, 110))
+
+
+def test_rotation_drops_only_beyond_backups(audit_path: Path) -> None:
+    line_size = len(_event(100).to_json_line())
+    audit = AuditLog(audit_path, max_bytes=line_size * 2, backups=2)
+    for n in range(100, 110):
+        audit.record(_event(n))
+    audit.flush()
+    assert not rotated_path(audit_path, 3).exists()
+    files = [rotated_path(audit_path, i) for i in range(3)]
+    oldest_first = [rec for f in reversed(files) for rec in _lines(f)]
+    assert _numbers(oldest_first) == list(range(104, 110))  # newest 6 = 3 files x 2
+
+
+def test_rotation_with_no_backups_starts_a_fresh_file(audit_path: Path) -> None:
+    line_size = len(_event(100).to_json_line())
+    audit = AuditLog(audit_path, max_bytes=line_size * 2, backups=0)
+    for n in range(100, 105):
+        audit.record(_event(n))
+    audit.flush()
+    assert not rotated_path(audit_path, 1).exists()
+    assert _numbers(_lines(audit_path)) == [104]
+
+
+def test_a_line_larger_than_max_bytes_still_gets_written(audit_path: Path) -> None:
+    audit = AuditLog(audit_path, max_bytes=10, backups=1)
+    audit.record(_event(1))
+    audit.record(_event(2))
+    audit.flush()
+    assert _numbers(_lines(audit_path)) == [2]
+    assert _numbers(_lines(rotated_path(audit_path, 1))) == [1]
+
+
+def test_failed_write_keeps_lines_and_logs_no_values(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: Callable[[], str]
+) -> None:
+    secret = canary()
+    missing_dir = tmp_path / "not-yet"
+    path = missing_dir / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.record(_event(1, reason=secret))
+    with caplog.at_level(logging.DEBUG, logger="vaultproxy.audit"):
+        audit.flush()  # must not raise
+    assert audit.buffered == 1
+    assert "FileNotFoundError" in caplog.text
+    assert secret not in caplog.text
+    missing_dir.mkdir()
+    audit.record(_event(2))
+    audit.flush()
+    assert _numbers(_lines(path)) == [1, 2]
+    assert audit.buffered == 0
+    path.unlink()  # the canary lives in this file on purpose
+
+
+def test_symlinked_audit_file_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("")
+    link = tmp_path / "audit.jsonl"
+    link.symlink_to(target)
+    audit = AuditLog(link)
+    audit.record(_event(1))
+    audit.flush()
+    assert target.read_text() == ""
+    assert audit.buffered == 1
+
+
+def test_buffer_is_bounded_and_drops_oldest(
+    audit_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit = AuditLog(audit_path, max_buffered=10)
+    for n in range(15):
+        audit.record(_event(n))
+    assert audit.buffered == 10
+    assert audit.dropped == 5
+    with caplog.at_level(logging.WARNING, logger="vaultproxy.audit"):
+        audit.flush()
+    assert _numbers(_lines(audit_path)) == list(range(5, 15))
+    assert "5 event(s) dropped" in caplog.text
+
+
+def test_retry_lines_are_written_before_newer_ones(tmp_path: Path) -> None:
+    d = tmp_path / "later"
+    audit = AuditLog(d / "audit.jsonl", max_buffered=4)
+    for n in range(3):
+        audit.record(_event(n))
+    audit.flush()  # fails, keeps 0..2
+    for n in range(3, 6):
+        audit.record(_event(n))  # bound 4: 0 and 1 dropped
+    d.mkdir()
+    audit.flush()
+    assert _numbers(_lines(d / "audit.jsonl")) == [2, 3, 4, 5]
+    assert audit.dropped == 2
+
+
+def test_torn_last_line_does_not_swallow_the_next_record(audit_path: Path) -> None:
+    audit_path.write_text('{"partial":')
+    os.chmod(audit_path, 0o600)
+    audit = AuditLog(audit_path)
+    audit.record(_event(7))
+    audit.flush()
+    lines = audit_path.read_text().splitlines()
+    assert lines[0] == '{"partial":'
+    assert json.loads(lines[1])["path"] == "/v1/item/7"
+
+
+def test_record_never_raises_on_a_broken_event(audit_path: Path) -> None:
+    class Broken(AuditEvent):
+        def to_json_line(self) -> str:
+            raise RuntimeError("boom")
+
+    audit = AuditLog(audit_path)
+    audit.record(Broken(event="request", outcome="ok"))
+    assert audit.dropped == 1
+    assert audit.buffered == 0
+
+
+def test_echo_writes_new_lines_to_stdout(
+    audit_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audit = AuditLog(audit_path, echo=True)
+    audit.record(_event(1))
+    audit.flush()
+    out = capsys.readouterr().out
+    assert json.loads(out)["path"] == "/v1/item/1"
+    assert _numbers(_lines(audit_path)) == [1]
+
+
+def test_flusher_writes_within_a_second_and_on_cancel(audit_path: Path) -> None:
+    audit = AuditLog(audit_path)
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        task = asyncio.create_task(audit.run_flusher())
+        audit.record(_event(1))
+        await asyncio.sleep(1.3)
+        seen_by_timer = _numbers(_lines(audit_path)) if audit_path.exists() else []
+        audit.record(_event(2))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return seen_by_timer, _numbers(_lines(audit_path))
+
+    by_timer, after_cancel = asyncio.run(scenario())
+    assert by_timer == [1]
+    assert after_cancel == [1, 2]
+
+
+def test_flusher_refuses_a_non_positive_interval(audit_path: Path) -> None:
+    with pytest.raises(ValueError):
+        asyncio.run(AuditLog(audit_path).run_flusher(0))
+
+
+@pytest.mark.parametrize("max_bytes", [10 * 1024 * 1024, 20_000])
+def test_threads_record_concurrently(audit_path: Path, max_bytes: int) -> None:
+    threads_n, per_thread = 8, 1000
+    audit = AuditLog(audit_path, max_bytes=max_bytes, backups=1000)
+    stop = threading.Event()
+
+    def flusher() -> None:
+        while not stop.is_set():
+            audit.flush()
+
+    def worker(t: int) -> None:
+        for n in range(per_thread):
+            audit.record(_event(t * per_thread + n, service=f"svc{t}"))
+
+    background = threading.Thread(target=flusher)
+    background.start()
+    workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    background.join()
+    audit.close()
+
+    files = [p for p in audit_path.parent.iterdir() if p.name.startswith("audit.jsonl")]
+    records = [rec for f in files for rec in _lines(f)]  # json.loads fails on a torn line
+    assert len(records) == threads_n * per_thread
+    assert sorted(_numbers(records)) == list(range(threads_n * per_thread))
+    assert audit.dropped == 0
+    for t in range(threads_n):  # each thread's own records keep their order
+        mine = [r for f in sorted(files, key=_age, reverse=True) for r in _lines(f)
+                if r["service"] == f"svc{t}"]  # fmt: skip
+        assert _numbers(mine) == list(range(t * per_thread, (t + 1) * per_thread))
+
+
+def _age(path: Path) -> int:
+    suffix = path.name.removeprefix("audit.jsonl")
+    return int(suffix[1:]) if suffix else 0

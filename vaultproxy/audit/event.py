@@ -1,0 +1,96 @@
+"""The audit record (SPEC §8): one frozen event, one fixed set of JSON fields.
+
+``path`` never carries a query string or fragment: the model strips them on construction,
+so a caller cannot leak a ``?key=...`` into ``audit.jsonl`` by accident. The other fields
+are identifiers chosen by the caller (service, agent, reason code); the caller must pass the
+path the *agent* sent (before any placeholder substitution), never a secret or a body.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: The fields every record carries, in this order, ``null`` when unknown (SPEC §8).
+SPEC_FIELDS: tuple[str, ...] = (
+    "ts",
+    "event",
+    "agent",
+    "service",
+    "mode",
+    "method",
+    "host",
+    "path",
+    "status",
+    "duration_ms",
+    "outcome",
+    "reason",
+)
+
+#: The event name whose records also carry ``caller`` (who used the admin API).
+ADMIN_EVENT = "admin"
+
+TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
+
+
+def utc_timestamp(when: datetime | None = None) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z``: ``2026-11-23T12:00:00.123Z``."""
+    moment = (when or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def strip_query(path: str) -> str:
+    """``path`` up to (not including) the first ``?`` or ``#``."""
+    for sep in ("?", "#"):
+        path = path.split(sep, 1)[0]
+    return path
+
+
+class AuditEvent(BaseModel):
+    """One audit record. Build it, hand it to ``AuditLog.record``; it cannot be changed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    ts: str = Field(default_factory=utc_timestamp, pattern=TS_PATTERN)
+    event: str = Field(min_length=1)
+    agent: str | None = None
+    service: str | None = None
+    mode: str | None = None
+    method: str | None = None
+    host: str | None = None
+    path: str | None = None
+    status: int | None = None
+    duration_ms: float | None = Field(default=None, allow_inf_nan=False)
+    outcome: str = Field(min_length=1)
+    reason: str | None = None
+    caller: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _no_query(cls, value: str | None) -> str | None:
+        return None if value is None else strip_query(value)
+
+    @field_validator("duration_ms")
+    @classmethod
+    def _round_ms(cls, value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    @model_validator(mode="after")
+    def _caller_only_for_admin(self) -> AuditEvent:
+        if self.caller is not None and self.event != ADMIN_EVENT:
+            raise ValueError(f"caller is only recorded for {ADMIN_EVENT!r} events")
+        return self
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object: the SPEC §8 fields always, plus ``caller`` for admin events."""
+        record: dict[str, Any] = {name: getattr(self, name) for name in SPEC_FIELDS}
+        if self.event == ADMIN_EVENT:
+            record["caller"] = self.caller
+        return record
+
+    def to_json_line(self) -> str:
+        """One compact JSON object and a newline, as written to ``audit.jsonl``."""
+        return json.dumps(self.to_record(), separators=(",", ":"), allow_nan=False) + "\n"

@@ -1,0 +1,68 @@
+"""`vaultproxy run`: the proxy on 127.0.0.1:3203 (and, later, the admin API)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import sys
+
+from vaultproxy.cli import add_home, add_password_file
+from vaultproxy.cli.password import get_password
+from vaultproxy.errors import ConfigError, UsageError
+from vaultproxy.home import Home
+from vaultproxy.stages.hostnames import split_authority
+
+DEFAULT_LISTEN = "127.0.0.1:3203"
+DEFAULT_ADMIN = "127.0.0.1:3201"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the proxy (and admin API)")
+    add_home(p)
+    add_password_file(p)
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"proxy listen address (default {DEFAULT_LISTEN}; port 0 = any free port)")
+    p.add_argument("--admin-listen", default=DEFAULT_ADMIN, metavar="HOST:PORT",
+                   help=f"admin API listen address (default {DEFAULT_ADMIN})")
+    p.set_defaults(func=cmd_run)
+
+
+def parse_listen(text: str, flag: str) -> tuple[str, int]:
+    host, port = split_authority(text)
+    if not host or port is None or not 0 <= port <= 65535:
+        raise UsageError(f"{flag} must be HOST:PORT, for example 127.0.0.1:3203")
+    return host, port
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # No core dumps of a process that holds decrypted secrets.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    listen = parse_listen(args.listen, "--listen")
+    parse_listen(args.admin_listen, "--admin-listen")
+    home = Home.resolve(args.home)
+    home.require()
+
+    from vaultproxy.ca import load_ca, materialize_mitm_confdir
+    from vaultproxy.engine.serve import ServeOptions, serve
+    from vaultproxy.engine.state import ProxyState
+
+    ca = load_ca(home)
+    confdir = materialize_mitm_confdir(home)
+    try:
+        state = ProxyState.load(home)
+    except ConfigError as e:
+        print(f"vaultproxy: {home.services} is invalid:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    password = get_password(args.password_file, required=False)
+    if password is not None:
+        state.unlock_sync(password)
+        password.wipe()
+    else:
+        logging.getLogger(__name__).warning(
+            "no password source: starting LOCKED; intercepted hosts answer 503 until unlocked"
+        )
+    return asyncio.run(serve(state, ca, ServeOptions(listen=listen, confdir=str(confdir))))

@@ -1,0 +1,63 @@
+"""The embedded mitmproxy Master: our stages first, then only the default addons we need."""
+
+from __future__ import annotations
+
+import os
+
+# mitmproxy reads these at import and would log TLS session keys (credentials included).
+for _name in ("SSLKEYLOGFILE", "MITMPROXY_SSLKEYLOGFILE"):
+    os.environ.pop(_name, None)
+
+from mitmproxy import master, options  # noqa: E402
+from mitmproxy.addons import (  # noqa: E402
+    core,
+    disable_h2c,
+    dns_resolver,
+    next_layer,
+    proxyserver,
+    tlsconfig,
+)
+
+from vaultproxy.ca import system_ca_file  # noqa: E402
+from vaultproxy.engine.state import ProxyState  # noqa: E402
+from vaultproxy.stages import Gate, chain  # noqa: E402
+
+
+def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> dict[str, object]:
+    """Option values shared by the embedded path and (where settable) the mitmdump path."""
+    host, port = listen
+    return {
+        "mode": [f"regular@{host}:{port}" if ":" not in host else f"regular@[{host}]:{port}"],
+        "confdir": confdir,
+        "connection_strategy": "eager",
+        "ssl_verify_upstream_trusted_ca": str(system_ca_file(state.home)),
+        "ssl_insecure": False,
+        "http2": True,
+        "termlog_verbosity": "warn",
+        "flow_detail": 0,
+        "stream_large_bodies": None,
+    }
+
+
+def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> master.Master:
+    """Must be called with a running event loop (mitmproxy binds to it)."""
+    opts = options.Options()
+    m = master.Master(opts, with_termlog=False)
+    m.addons.add(
+        Gate(),
+        *chain(),
+        core.Core(),
+        disable_h2c.DisableH2C(),
+        proxyserver.Proxyserver(),
+        dns_resolver.DnsResolver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+    )
+    values = {k: v for k, v in mitm_options(state, confdir, listen).items() if k in opts}
+    opts.update(**values)
+    return m
+
+
+def listen_addresses(m: master.Master) -> list[tuple[str, int]]:
+    ps = m.addons.get("proxyserver")
+    return [(str(a[0]), int(a[1])) for a in ps.listen_addrs()]

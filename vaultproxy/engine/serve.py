@@ -1,0 +1,156 @@
+"""Run the embedded proxy: start, announce (banner + run.json), reload on SIGHUP, drain on
+SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+from vaultproxy import __version__
+from vaultproxy.ca import CA
+from vaultproxy.engine.master import build_master, listen_addresses
+from vaultproxy.engine.state import ProxyState
+from vaultproxy.errors import ConfigError, VaultproxyError
+from vaultproxy.stages import runtime
+
+logger = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    listen: tuple[str, int]
+    confdir: str
+
+
+def write_run_json(state: ProxyState, proxy: list[tuple[str, int]]) -> None:
+    data = {
+        "pid": os.getpid(),
+        "version": __version__,
+        "proxy": [f"{h}:{p}" for h, p in proxy],
+        "proxy_url": f"http://{_url_host(proxy[0][0])}:{proxy[0][1]}",
+        "admin": None,
+        "admin_socket": None,
+        "home": str(state.home.path),
+    }
+    path = state.home.run_json
+    tmp = path.with_name(".run.json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def banner(state: ProxyState, ca: CA, proxy: list[tuple[str, int]]) -> str:
+    services = state.registry.services
+    lines = [
+        f"vaultproxy {__version__} ready",
+        "  proxy:    " + ", ".join(f"http://{_url_host(h)}:{p}" for h, p in proxy),
+        f"  keystore: {'LOCKED (POST /v1/unlock or restart with --password-file)' if state.locked else 'unlocked'}",
+        f"  services: {len(services)}" + (": " + ", ".join(s.name for s in services) if services else ""),
+        f"  CA:       {ca.cert_path}",
+        f"  CA SHA-256 fingerprint: {ca.fingerprint_sha256}",
+    ]
+    return "\n".join(lines)
+
+
+def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
+    out = []
+    for s in state.registry.services:
+        if s.insecure_tls:
+            out.append(f"SECURITY: service {s.name} has insecure_tls = true: upstream TLS is NOT verified")
+        if s.allow_loopback:
+            out.append(f"SECURITY: service {s.name} may reach loopback addresses (allow_loopback)")
+        if s.allow_private:
+            out.append(f"SECURITY: service {s.name} may reach private addresses (allow_private)")
+    if state.registry.config.proxy.passthrough_allow:
+        out.append("SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses")
+    if listen[0] not in ("127.0.0.1", "::1", "localhost"):
+        out.append(f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it")
+    return out
+
+
+def reload(state: ProxyState) -> None:
+    try:
+        before, after = state.reload()
+    except ConfigError as e:
+        logger.error(
+            "reload refused, keeping the previous registry (%d services):\n%s",
+            len(state.registry.services),
+            "\n".join(f"  {p}" for p in e.problems),
+        )
+    except VaultproxyError as e:
+        logger.error("reload refused, keeping the previous registry: %s", e)
+    else:
+        print(f"vaultproxy: reloaded services.toml: {before} -> {after} services", flush=True)
+
+
+async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
+    runtime.install(state)
+    m = build_master(state, opts.confdir, opts.listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload, state)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    master_task = asyncio.create_task(m.run())
+    flusher = asyncio.create_task(state.audit.run_flusher())
+    try:
+        addrs = await _wait_listening(m, master_task)
+        state.set_own_listeners(frozenset(addrs))
+        write_run_json(state, addrs)
+        for w in security_warnings(state, opts.listen):
+            logger.warning("%s", w)
+        print(banner(state, ca, addrs), flush=True)
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if master_task.done():
+            master_task.result()
+            return 1
+        await _drain(m, state)
+        m.shutdown()
+        with contextlib.suppress(asyncio.CancelledError):
+            await master_task
+        return 0
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        state.audit.close()
+        with contextlib.suppress(FileNotFoundError):
+            state.home.run_json.unlink()
+        state.lock()
+        runtime.install(None)
+
+
+async def _wait_listening(m: object, task: asyncio.Task[None]) -> list[tuple[str, int]]:
+    for _ in range(200):
+        if task.done():
+            task.result()
+            raise VaultproxyError("the proxy stopped during start-up")
+        addrs = listen_addresses(m)  # type: ignore[arg-type]
+        if addrs:
+            return addrs
+        await asyncio.sleep(0.05)
+    raise VaultproxyError("the proxy did not start listening within 10 s (is the port in use?)")
+
+
+async def _drain(m: object, state: ProxyState) -> None:
+    """Stop accepting, then give in-flight requests a bounded time to finish."""
+    m.options.update(server=False)  # type: ignore[attr-defined]
+    deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
+    while state.inflight > 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    if state.inflight > 0:
+        print(f"vaultproxy: {state.inflight} requests still in flight at shutdown", file=sys.stderr)

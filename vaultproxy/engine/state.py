@@ -1,0 +1,200 @@
+"""The running proxy's state: registry, unlocked keystore, audit log, tunnels.
+
+One ``ProxyState`` per process. The registry is immutable and swapped whole on reload;
+decrypted material lives only in the keystore object and the per-service redactors built
+from it, both dropped by ``lock()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vaultproxy.audit import AuditLog
+from vaultproxy.ca import system_ca_file
+from vaultproxy.config.load import load_config
+from vaultproxy.config.models import Service
+from vaultproxy.errors import ConfigError, LockedError, SecretMissing
+from vaultproxy.home import Home
+from vaultproxy.keystore import Entry, Keystore
+from vaultproxy.placeholders import PlaceholderIndex
+from vaultproxy.policy import AddressContext
+from vaultproxy.redact import Redactor
+from vaultproxy.registry import Registry
+from vaultproxy.secret import Secret
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Tunnel:
+    """What we know about one client connection's CONNECT: the target and its service."""
+
+    host: str
+    port: int
+    service: Service | None
+    agent: str | None = None
+    pinned: tuple[str, int] | None = None  # the checked address we dial
+    sni_mismatch: bool = False
+    broken: bool = False  # a hook failed on this connection: refuse every request on it
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a hook needs from the registry, built once per (re)load."""
+
+    registry: Registry
+    index: PlaceholderIndex
+    passthrough: AddressContext
+    service_contexts: dict[str, AddressContext]
+    trust_files: dict[str, Path]
+
+
+@dataclass
+class ProxyState:
+    home: Home
+    snapshot: Snapshot
+    audit: AuditLog
+    keystore: Keystore | None = None
+    own_listeners: frozenset[tuple[str, int]] = frozenset()
+    tunnels: dict[str, Tunnel] = field(default_factory=dict)
+    broken_clients: set[str] = field(default_factory=set)
+    inflight: int = 0
+    _redactors: dict[str, Redactor] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def load(cls, home: Home, *, own_listeners: frozenset[tuple[str, int]] = frozenset()) -> ProxyState:
+        registry = Registry.from_config(load_config(home.services))
+        audit = AuditLog(home.audit)
+        snapshot = build_snapshot(home, registry, own_listeners)
+        return cls(home, snapshot, audit, own_listeners=own_listeners)
+
+    # -- registry -----------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        return self.snapshot.registry
+
+    def reload(self) -> tuple[int, int]:
+        """Re-read services.toml. On error raise ConfigError and keep the old registry."""
+        before = len(self.registry.services)
+        registry = Registry.from_config(load_config(self.home.services))
+        snapshot = build_snapshot(self.home, registry, self.own_listeners)
+        with self._lock:
+            self.snapshot = snapshot
+            self._redactors.clear()
+        logger.info("registry reloaded: %d -> %d services", before, len(registry.services))
+        return before, len(registry.services)
+
+    def set_own_listeners(self, listeners: frozenset[tuple[str, int]]) -> None:
+        self.own_listeners = listeners
+        self.snapshot = build_snapshot(self.home, self.registry, listeners)
+
+    def trust_file(self, service: Service) -> Path:
+        return self.snapshot.trust_files[service.name]
+
+    def address_context(self, service: Service | None) -> AddressContext:
+        snap = self.snapshot
+        if service is None:
+            return snap.passthrough
+        return snap.service_contexts[service.name]
+
+    # -- keystore -----------------------------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        return self.keystore is None
+
+    def unlock_sync(self, password: Secret) -> None:
+        ks = Keystore.open(self.home.keystore, password)
+        with self._lock:
+            self.keystore = ks
+            self._redactors.clear()
+
+    async def unlock(self, password: Secret) -> None:
+        """Run the KDF off the event loop, then swap the keystore in."""
+        await asyncio.to_thread(self.unlock_sync, password)
+
+    def lock(self) -> None:
+        with self._lock:
+            ks, self.keystore = self.keystore, None
+            self._redactors.clear()
+        if ks is not None:
+            wipe = getattr(ks, "wipe", None)
+            if callable(wipe):
+                wipe()
+
+    def entry_for(self, service: Service) -> Entry:
+        ks = self.keystore
+        if ks is None:
+            raise LockedError()
+        entry = ks.get(service.secret_name)
+        if entry is None:
+            raise SecretMissing(f"keystore has no entry for service {service.name}")
+        return entry
+
+    def secrets_changed(self) -> None:
+        with self._lock:
+            self._redactors.clear()
+
+    def redactor_for(self, service: Service) -> Redactor | None:
+        """The response redactor for a service's secret, or None when locked/missing."""
+        cached = self._redactors.get(service.name)
+        if cached is not None:
+            return cached
+        try:
+            entry = self.entry_for(service)
+        except (LockedError, SecretMissing):
+            return None
+        placeholder = service.placeholder_text.encode()
+        pairs: list[tuple[bytes, bytes]] = []
+        if entry.value is not None and len(entry.value) >= 4:
+            pairs.append((entry.value.reveal(), placeholder))
+        for secret in entry.fields.values():
+            if len(secret) >= 4:
+                pairs.append((secret.reveal(), placeholder))
+        redactor = Redactor(pairs)
+        with self._lock:
+            self._redactors[service.name] = redactor
+        return redactor
+
+
+def build_snapshot(home: Home, registry: Registry, own: frozenset[tuple[str, int]]) -> Snapshot:
+    cfg = registry.config
+    index = PlaceholderIndex({s.placeholder_text: s.name for s in registry.services})
+    passthrough = AddressContext(
+        passthrough_allow=tuple(cfg.proxy.passthrough_allow), own_listeners=own
+    )
+    contexts = {
+        s.name: AddressContext(
+            allow_private=s.allow_private, allow_loopback=s.allow_loopback, own_listeners=own
+        )
+        for s in registry.services
+    }
+    return Snapshot(registry, index, passthrough, contexts, build_trust_files(home, registry))
+
+
+def build_trust_files(home: Home, registry: Registry) -> dict[str, Path]:
+    """Upstream trust per service: the system store, plus the service's own ca_cert if any."""
+    system = system_ca_file(home)
+    out: dict[str, Path] = {}
+    for service in registry.services:
+        if not service.ca_cert:
+            out[service.name] = system
+            continue
+        path = home.mitm_confdir / f"trust-{service.name}.pem"
+        extra = (home.path / service.ca_cert).read_bytes()
+        data = system.read_bytes().rstrip(b"\n") + b"\n" + extra
+        home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        out[service.name] = path
+    return out
+
+
+def problems_text(err: ConfigError) -> str:
+    return "\n".join(f"  {p}" for p in err.problems)

@@ -1,0 +1,55 @@
+"""Connect: every upstream dial goes to an address the policy checked (pinned; no second DNS
+lookup), and intercepted upstreams get verified TLS with the SNI pinned to the CONNECT host."""
+
+from __future__ import annotations
+
+from mitmproxy import ctx, server_hooks, tls
+
+from vaultproxy.errors import DestinationDenied
+from vaultproxy.resolve import resolve_checked
+from vaultproxy.stages import runtime
+from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.upstream_tls import start_server_tls
+
+
+class Connect:
+    def load(self, loader: object) -> None:
+        runtime.stage_loaded("Connect")
+
+    def done(self) -> None:
+        runtime.stage_unloaded("Connect")
+
+    @guarded
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        st = runtime.state()
+        address = data.server.address
+        if address is None:
+            raise DestinationDenied("no destination")
+        tunnel = st.tunnels.get(data.client.id)
+        if tunnel is not None:
+            if tunnel.pinned is None:
+                raise DestinationDenied("tunnel target was not checked")
+            if address[1] != tunnel.port and address != tunnel.pinned:
+                raise DestinationDenied("dial target differs from the tunnel target")
+            data.server.address = tunnel.pinned
+            if tunnel.service is not None:
+                data.server.sni = tunnel.host
+            return
+        # Plain-HTTP proxying (no tunnel): resolve, check every answer, dial what we checked.
+        host, port = str(address[0]), int(address[1])
+        data.server.address = await resolve_checked(host, port, st.address_context(None))
+
+    @guarded
+    def tls_start_server(self, tls_start: tls.TlsData) -> None:
+        st = runtime.state()
+        tunnel = st.tunnels.get(tls_start.context.client.id)
+        if tunnel is None or tunnel.service is None:
+            return
+        service = tunnel.service
+        start_server_tls(
+            tls_start,
+            sni=tunnel.host,
+            trust_file=st.trust_file(service),
+            insecure=service.insecure_tls,
+            http2=bool(ctx.options.http2),
+        )

@@ -1,0 +1,28 @@
+"""Gate: refuse all traffic while the vaultproxy chain is incomplete (e.g. a script failed to
+reload under mitmdump) or no home is loaded. It lives in the package, outside the script."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from vaultproxy.errors import VaultproxyError
+from vaultproxy.stages import runtime
+from vaultproxy.stages.guard import deny, guarded
+
+
+class ChainIncomplete(VaultproxyError):
+    status, code, public = 503, "not_ready", "vaultproxy is not fully loaded; refusing traffic"
+
+
+class Gate:
+    def _check(self, flow: http.HTTPFlow) -> None:
+        if runtime.current() is None or not runtime.chain_complete():
+            deny(flow, ChainIncomplete())
+
+    @guarded
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._check(flow)
+
+    @guarded
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._check(flow)

@@ -1,0 +1,89 @@
+"""Fail closed: every hook runs inside ``guarded``; an error becomes a deny, never a pass."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mitmproxy import http
+
+from vaultproxy.errors import error_body, error_response
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+M_DENIED = "vaultproxy.denied"
+
+
+def error_reply(err: BaseException) -> http.Response:
+    status, code, message = error_response(err)
+    return http.Response.make(
+        status,
+        error_body(code, message),
+        {"Content-Type": "application/json", "X-Vaultproxy-Error": code},
+    )
+
+
+def deny(flow: http.HTTPFlow, err: BaseException) -> None:
+    """Answer the flow with the proxy error for ``err`` (the request goes nowhere)."""
+    status, code, message = error_response(err)
+    flow.metadata[M_DENIED] = (code, message)
+    if flow.response is not None and flow.response.stream:
+        flow.kill()  # bytes already went out; cut the connection rather than pass more
+        return
+    flow.response = error_reply(err)
+
+
+def _fail(stage: str, hook: str, args: tuple[Any, ...], err: BaseException) -> None:
+    from vaultproxy.errors import VaultproxyError
+
+    if not isinstance(err, VaultproxyError):
+        logger.error("%s.%s failed closed: %s", stage, hook, type(err).__name__)
+    for arg in args:
+        if isinstance(arg, http.HTTPFlow):
+            deny(arg, err)
+            return
+        server = getattr(arg, "server", None)
+        if server is not None and hasattr(server, "error"):
+            server.error = "vaultproxy refused the connection"  # server_connect
+        client = getattr(getattr(arg, "context", None), "client", None)
+        if client is not None:
+            from vaultproxy.stages import runtime
+
+            st = runtime.current()
+            tunnel = st.tunnels.get(client.id) if st else None
+            if tunnel is not None:
+                tunnel.broken = True
+            elif st is not None:
+                st.broken_clients.add(client.id)
+        return
+
+
+def guarded(fn: F) -> F:
+    """Wrap a hook (sync or async) so any exception denies instead of falling through."""
+    stage = fn.__qualname__.split(".")[0]
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def awrapper(self: Any, *args: Any) -> Any:
+            try:
+                return await fn(self, *args)
+            except Exception as e:  # noqa: BLE001 - deliberately total
+                _fail(stage, fn.__name__, args, e)
+                return None
+
+        return awrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except Exception as e:  # noqa: BLE001
+            _fail(stage, fn.__name__, args, e)
+            return None
+
+    return wrapper  # type: ignore[return-value]

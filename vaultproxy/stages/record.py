@@ -1,0 +1,94 @@
+"""Record: one audit event per intercepted flow and per refused tunnel (SPEC §8)."""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+
+from vaultproxy.audit import AuditEvent
+from vaultproxy.stages import runtime
+from vaultproxy.stages.guard import M_DENIED
+from vaultproxy.stages.inject import M_AGENT, M_INJECTED, M_PATH, M_SERVICE, M_T0
+
+M_AUDITED = "vaultproxy.audited"
+
+
+def _event(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -> AuditEvent:
+    service = flow.metadata.get(M_SERVICE)
+    t0 = flow.metadata.get(M_T0)
+    duration = (time.monotonic() - t0) * 1000 if t0 is not None else None
+    status = flow.response.status_code if flow.response is not None else None
+    host = flow.request.host if event == "tunnel_refused" else None
+    st = runtime.current()
+    if event != "tunnel_refused" and st is not None:
+        tunnel = st.tunnels.get(flow.client_conn.id)
+        host = tunnel.host if tunnel is not None else flow.request.pretty_host
+    return AuditEvent(
+        event=event,
+        agent=flow.metadata.get(M_AGENT),
+        service=getattr(service, "name", None),
+        mode=getattr(service, "mode", None),
+        method=flow.request.method,
+        host=host,
+        path=flow.metadata.get(M_PATH) if event != "tunnel_refused" else None,
+        status=status,
+        duration_ms=duration,
+        outcome=outcome,
+        reason=reason,
+    )
+
+
+def _record(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -> None:
+    if flow.metadata.get(M_AUDITED):
+        return
+    st = runtime.current()
+    if st is None:
+        return
+    flow.metadata[M_AUDITED] = True
+    st.audit.record(_event(flow, event, outcome, reason))
+
+
+class Record:
+    def load(self, loader: object) -> None:
+        runtime.stage_loaded("Record")
+
+    def done(self) -> None:
+        runtime.stage_unloaded("Record")
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        denied = flow.metadata.get(M_DENIED)
+        if denied is not None:
+            _record(flow, "tunnel_refused", "denied", denied[0])
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        st = runtime.current()
+        if st is not None and M_SERVICE in flow.metadata:
+            st.inflight += 1
+            flow.metadata["vaultproxy.counted"] = True
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop("vaultproxy.counted", False):
+            st = runtime.current()
+            if st is not None:
+                st.inflight -= 1
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+        denied = flow.metadata.get(M_DENIED)
+        if denied is not None:
+            _record(flow, "request", "denied", denied[0])
+        elif M_SERVICE in flow.metadata:
+            injected = flow.metadata.get(M_INJECTED, False)
+            _record(flow, "request", "injected" if injected else "forwarded", None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+        denied = flow.metadata.get(M_DENIED)
+        if denied is not None:
+            _record(flow, "request", "denied", denied[0])
+        elif M_SERVICE in flow.metadata:
+            _record(flow, "request", "error", "upstream error")
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
