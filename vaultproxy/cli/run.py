@@ -12,7 +12,7 @@ from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password
 from vaultproxy.errors import ConfigError, UsageError
 from vaultproxy.home import Home
-from vaultproxy.stages.hostnames import split_authority
+from vaultproxy.hostnames import split_authority
 
 DEFAULT_LISTEN = "127.0.0.1:3203"
 DEFAULT_ADMIN = "127.0.0.1:3201"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vaultproxy.config.validate import validate
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -35,6 +37,14 @@ class Service(_Model):
     ca_cert: str | None = None
     insecure_tls: bool = False
 
+    @model_validator(mode="after")
+    def _rules(self) -> Service:
+        # The same rules load_config applies, so a Service built in code is held to them too.
+        problems = validate({"service": [_plain(self)]}, base_dir=None)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @property
     def secret_name(self) -> str:
         return self.secret or self.name
@@ -55,6 +65,20 @@ class Config(_Model):
     proxy: ProxySettings = ProxySettings()
     service: tuple[Service, ...] = ()
 
+    @model_validator(mode="after")
+    def _rules(self) -> Config:
+        # Cross-service rules (unique names, hosts, placeholders, env). ca_cert files are
+        # checked by load_config, which knows the home directory.
+        data = {"proxy": _plain(self.proxy), "service": [_plain(s) for s in self.service]}
+        problems = validate(data, base_dir=None)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @property
     def services(self) -> tuple[Service, ...]:
         return self.service
+
+
+def _plain(model: BaseModel) -> dict[str, object]:
+    return model.model_dump(exclude_unset=True, exclude_none=True)

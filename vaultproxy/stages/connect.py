@@ -3,7 +3,8 @@ lookup), and intercepted upstreams get verified TLS with the SNI pinned to the C
 
 from __future__ import annotations
 
-from mitmproxy import ctx, server_hooks, tls
+from mitmproxy import ctx, tls
+from mitmproxy.proxy import server_hooks
 
 from vaultproxy.errors import DestinationDenied
 from vaultproxy.resolve import resolve_checked

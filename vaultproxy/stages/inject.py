@@ -17,7 +17,7 @@ from vaultproxy.errors import (
 from vaultproxy.inject import prepare_request, substitute_body
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
-from vaultproxy.stages.hostnames import normal_host, same_target
+from vaultproxy.hostnames import normal_host, same_target
 
 M_T0 = "vaultproxy.t0"
 M_SERVICE = "vaultproxy.service"

@@ -3,7 +3,8 @@ untouched, or refused; remember the target so later stages route on it, not on H
 
 from __future__ import annotations
 
-from mitmproxy import connection, http, layers, tls
+from mitmproxy import connection, http, tls
+from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.engine.state import Tunnel
@@ -11,7 +12,7 @@ from vaultproxy.errors import EgressBlocked
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
-from vaultproxy.stages.hostnames import normal_host, split_authority
+from vaultproxy.hostnames import normal_host, split_authority
 
 
 class Route:

@@ -1,0 +1,68 @@
+"""The commented services.toml that `vaultproxy init` writes. Valid as-is (no services)."""
+
+from __future__ import annotations
+
+EXAMPLE = '''\
+# vaultproxy services.toml: which hosts get which credential.
+#
+# This file never holds a secret value. Secrets live in the encrypted keystore:
+#     vaultproxy secret set openai            (value read from stdin or a hidden prompt)
+# Check this file (and that every referenced secret exists) with:
+#     vaultproxy check
+# Full reference: docs/operator/SERVICES.md. Unknown keys are errors.
+
+[proxy]
+# What happens to hosts that no service lists:
+#   "passthrough" = tunnelled untouched (no interception), "block" = refused (403).
+egress = "passthrough"
+# Addresses unregistered traffic may reach despite the private/loopback deny set:
+# CIDRs ("10.1.0.0/16") or ip:port ("127.0.0.1:8080"). Cloud metadata is never allowed.
+passthrough_allow = []
+# Largest body (MiB) buffered where a body must be inspected (1..4096); larger -> 413.
+max_body_mb = 32
+# Require agents to authenticate to the proxy (see `vaultproxy agent add`).
+require_agent_auth = false
+
+# One [[service]] table per upstream API. Uncomment and adapt.
+#
+# [[service]]
+# name = "openai"                  # a-z 0-9 _ -, 1-64 chars, unique
+# hosts = ["api.openai.com"]       # host or host:port (443 default); "[v6]:port";
+#                                  # "*.example.com" matches exactly one extra label
+# mode = "placeholder"             # "placeholder": replace the placeholder where the agent
+#                                  # puts it; "host_inject": add the credential to every request
+# auth = "bearer"                  # "bearer" | "header" | "basic" | "query_param"
+# secret = "openai"                # keystore entry name (default: the service name)
+# placeholder = "__vault.openai__" # default "__vault.<name>__"; or 8-128 of A-Za-z0-9._-
+# substitute_in = ["header", "query"]  # placeholder mode only; also "path", "body"
+# env = "OPENAI_API_KEY"           # `vaultproxy env/exec` export this = the placeholder
+#
+# [[service]]
+# name = "anthropic"
+# hosts = ["api.anthropic.com"]
+# mode = "host_inject"
+# auth = "header"
+# header_name = "x-api-key"        # auth = "header" only (required there)
+# # prefix = "Token "              # auth = "header" only (optional)
+#
+# [[service]]
+# name = "maps"
+# hosts = ["maps.googleapis.com"]
+# mode = "host_inject"
+# auth = "query_param"
+# param_name = "key"               # auth = "query_param" only (required there)
+#
+# [[service]]
+# name = "lab-registry"
+# hosts = ["registry.lab.internal:8443"]
+# mode = "host_inject"
+# auth = "basic"                   # keystore entry with fields "username" and "password":
+#                                  #   vaultproxy secret set lab-registry --field username
+#                                  #   vaultproxy secret set lab-registry --field password
+# connect_to = "10.0.0.5:8443"     # dial this address instead of resolving the host
+# allow_private = true             # permit RFC 1918 / ULA / CGNAT upstream addresses
+# allow_loopback = false           # permit loopback upstreams (metadata/link-local: never)
+# ca_cert = "lab-ca.pem"           # extra trust anchor, relative to the vaultproxy home
+# insecure_tls = false             # skip upstream TLS verification (SECURITY warning;
+#                                  # cannot be combined with ca_cert)
+'''
