@@ -76,7 +76,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 _hits_key = pytest.StashKey[list[str]]()
 
 
-def pytest_terminal_summary(terminalreporter: object, exitstatus: int, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: object, exitstatus: int, config: pytest.Config
+) -> None:
     hits = config.stash.get(_hits_key, [])
     tr = terminalreporter
     if hits:

@@ -47,7 +47,7 @@ class Secret:
     def __hash__(self) -> int:  # pragma: no cover - secrets are not dict keys
         raise TypeError("Secret is not hashable")
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("Secret cannot be pickled")
 
     def wipe(self) -> None:

@@ -15,26 +15,43 @@ REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"  # the test master password; not a canary secret
 
 
-def cli(home: Path, *args: str, input: str | None = None, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    home: Path,
+    *args: str,
+    input: str | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "vaultproxy", *args]
     if "--home" not in args:
         cmd += ["--home", str(home)]
-    result = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, **(env or {})}, cwd=REPO)
+    result = subprocess.run(
+        cmd,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"vaultproxy {args[0]} failed ({result.returncode}): {result.stderr}")
     return result
 
 
 @dataclass
-class TestHome:
+class ProxyHome:
     path: Path
     password_file: Path
 
     @classmethod
-    def create(cls, base: Path, services: str, secrets: dict[str, str | dict[str, str]] | None = None,
-               files: dict[str, bytes] | None = None) -> TestHome:
+    def create(
+        cls,
+        base: Path,
+        services: str,
+        secrets: dict[str, str | dict[str, str]] | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> ProxyHome:
         home = base / "home"
         pw = base / "master-password"
         pw.write_text(PASSWORD)
@@ -51,12 +68,28 @@ class TestHome:
 
     def set_secret(self, name: str, value: str | dict[str, str]) -> None:
         if isinstance(value, str):
-            cli(self.path, "secret", "set", name, "--password-file", str(self.password_file),
-                input=value)
+            cli(
+                self.path,
+                "secret",
+                "set",
+                name,
+                "--password-file",
+                str(self.password_file),
+                input=value,
+            )
         else:
             for f, v in value.items():
-                cli(self.path, "secret", "set", name, "--field", f,
-                    "--password-file", str(self.password_file), input=v)
+                cli(
+                    self.path,
+                    "secret",
+                    "set",
+                    name,
+                    "--field",
+                    f,
+                    "--password-file",
+                    str(self.password_file),
+                    input=v,
+                )
 
     @property
     def ca_cert(self) -> Path:
@@ -65,7 +98,7 @@ class TestHome:
 
 @dataclass
 class ProxyProcess:
-    home: TestHome
+    home: ProxyHome
     proc: subprocess.Popen[bytes]
     log: Path
     url: str = ""
@@ -73,18 +106,32 @@ class ProxyProcess:
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, home: TestHome, *, locked: bool = False, args: tuple[str, ...] = ()) -> ProxyProcess:
+    def start(
+        cls, home: ProxyHome, *, locked: bool = False, args: tuple[str, ...] = ()
+    ) -> ProxyProcess:
         log = home.path.parent / f"proxy-{time.monotonic_ns()}.log"
         run_json = home.path / "run.json"
         if run_json.exists():
             run_json.unlink()
-        cmd = [sys.executable, "-m", "vaultproxy", "run", "--home", str(home.path),
-               "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vaultproxy",
+            "run",
+            "--home",
+            str(home.path),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            *args,
+        ]
         if not locked:
             cmd += ["--password-file", str(home.password_file)]
         f = open(log, "wb")  # noqa: SIM115 - closed by the process lifetime
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL
+        )
         self = cls(home, proc, log)
         self.extra["_logfile"] = f
         deadline = time.monotonic() + 30

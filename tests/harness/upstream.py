@@ -74,8 +74,12 @@ class Upstream:
         self._thread: threading.Thread | None = None
 
     # -- ASGI ---------------------------------------------------------------------------
-    async def app(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                  send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def app(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
         if scope["type"] == "lifespan":
             while True:
                 msg = await receive()
@@ -97,7 +101,9 @@ class Upstream:
             method=scope["method"],
             path=scope["raw_path"].decode("latin-1"),
             query=scope["query_string"].decode("latin-1"),
-            headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
+            headers=[
+                (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
+            ],
             body=body,
             http_version=scope["http_version"],
         )
@@ -105,18 +111,25 @@ class Upstream:
         status, headers, chunks = self.handler(rec)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         for i, chunk in enumerate(chunks):
-            await send({"type": "http.response.body", "body": chunk,
-                        "more_body": i < len(chunks) - 1})
+            await send(
+                {"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1}
+            )
         if not chunks:
             await send({"type": "http.response.body", "body": b""})
 
     async def _websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        self.received.append(Received(
-            method="WEBSOCKET", path=scope["raw_path"].decode("latin-1"),
-            query=scope["query_string"].decode("latin-1"),
-            headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
-            body=b"", http_version=scope.get("http_version", "1.1"),
-        ))
+        self.received.append(
+            Received(
+                method="WEBSOCKET",
+                path=scope["raw_path"].decode("latin-1"),
+                query=scope["query_string"].decode("latin-1"),
+                headers=[
+                    (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
+                ],
+                body=b"",
+                http_version=scope.get("http_version", "1.1"),
+            )
+        )
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})
         while True:

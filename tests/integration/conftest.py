@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests import canary
-from tests.harness.proxy import ProxyProcess, TestHome
+from tests.harness.proxy import ProxyProcess, ProxyHome
 from tests.harness.upstream import Upstream
 
 pytestmark = pytest.mark.integration
@@ -47,8 +46,12 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) ->
     def start(services: str, secrets: dict[str, object], **kw: object) -> ProxyProcess:
         base = tmp_path / f"p{len(procs)}"
         base.mkdir()
-        home = TestHome.create(base, services, secrets,  # type: ignore[arg-type]
-                               files={"upstream-ca.pem": upstream.ca_file.read_bytes()})
+        home = ProxyHome.create(
+            base,
+            services,
+            secrets,  # type: ignore[arg-type]
+            files={"upstream-ca.pem": upstream.ca_file.read_bytes()},
+        )
         proc = ProxyProcess.start(home, **kw)  # type: ignore[arg-type]
         procs.append(proc)
         return proc

@@ -24,7 +24,12 @@ AGENT_JUNK = {
 
 MATRIX = [
     ("hi-bearer", "host_inject", "bearer", {}),
-    ("hi-header", "host_inject", "header", {"header_name": '"X-Service-Key"', "prefix": '"Token "'}),
+    (
+        "hi-header",
+        "host_inject",
+        "header",
+        {"header_name": '"X-Service-Key"', "prefix": '"Token "'},
+    ),
     ("hi-basic", "host_inject", "basic", {}),
     ("hi-query", "host_inject", "query_param", {"param_name": '"key"'}),
     ("ph-bearer", "placeholder", "bearer", {}),
@@ -39,7 +44,11 @@ def matrix_proxy(start_proxy, upstream: Upstream):  # type: ignore[no-untyped-de
     toml = "".join(service_block(n, m, a, upstream.port, **x) for n, m, a, x in MATRIX)
     secrets: dict[str, object] = {}
     for name, _m, auth, _x in MATRIX:
-        secrets[name] = {"username": "svc-user", "password": make_canary()} if auth == "basic" else make_canary()
+        secrets[name] = (
+            {"username": "svc-user", "password": make_canary()}
+            if auth == "basic"
+            else make_canary()
+        )
     proxy = start_proxy(toml, secrets)
     return proxy, secrets
 
@@ -55,7 +64,9 @@ def _agent_request(name: str, mode: str, auth: str) -> tuple[dict[str, str], dic
         elif auth == "header":
             headers["X-Service-Key"] = ph
         elif auth == "basic":
-            headers["Authorization"] = "Basic " + base64.b64encode(f"agent-user:{ph}".encode()).decode()
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(f"agent-user:{ph}".encode()).decode()
+            )
         elif auth == "query_param":
             params["key"] = ph
     return headers, params
@@ -115,32 +126,58 @@ def test_placeholder_mode_without_placeholder_sends_no_credential(matrix_proxy, 
 def test_curl_and_requests_get_the_same_injection(matrix_proxy, upstream):  # type: ignore[no-untyped-def]
     proxy, secrets = matrix_proxy
     out = subprocess.run(
-        ["curl", "-sS", "--proxy", proxy.url, "--cacert", str(proxy.home.ca_cert),
-         "-H", "Authorization: Bearer agent-own", "https://hi-bearer.api.test/curl"],
-        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
+        [
+            "curl",
+            "-sS",
+            "--proxy",
+            proxy.url,
+            "--cacert",
+            str(proxy.home.ca_cert),
+            "-H",
+            "Authorization: Bearer agent-own",
+            "https://hi-bearer.api.test/curl",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
     assert upstream.received[-1].header("authorization") == f"Bearer {secrets['hi-bearer']}"
-    r = requests.get("https://hi-query.api.test/requests", params={"key": "agent"},
-                     proxies={"https": proxy.url}, verify=str(proxy.home.ca_cert), timeout=30)
+    r = requests.get(
+        "https://hi-query.api.test/requests",
+        params={"key": "agent"},
+        proxies={"https": proxy.url},
+        verify=str(proxy.home.ca_cert),
+        timeout=30,
+    )
     assert r.status_code == 200
     assert f"key={secrets['hi-query']}" in upstream.received[-1].query
 
 
 def test_unregistered_host_passes_through_with_its_own_certificate(start_proxy, upstream, canary):  # type: ignore[no-untyped-def]
     toml = f'[proxy]\npassthrough_allow = ["127.0.0.1:{upstream.port}"]\n\n' + service_block(
-        "hi-bearer", "host_inject", "bearer", upstream.port)
+        "hi-bearer", "host_inject", "bearer", upstream.port
+    )
     proxy = start_proxy(toml, {"hi-bearer": canary()})
     # The client trusts ONLY the upstream's CA: it works only if TLS is not terminated.
-    r = requests.get(f"https://127.0.0.1:{upstream.port}/direct",
-                     headers={"Authorization": "Bearer agent-own"},
-                     proxies={"https": proxy.url}, verify=str(upstream.ca_file), timeout=30)
+    r = requests.get(
+        f"https://127.0.0.1:{upstream.port}/direct",
+        headers={"Authorization": "Bearer agent-own"},
+        proxies={"https": proxy.url},
+        verify=str(upstream.ca_file),
+        timeout=30,
+    )
     assert r.status_code == 200
     assert upstream.received[-1].header("authorization") == "Bearer agent-own"
     # Negative twin: trusting only vaultproxy's CA fails for the passthrough host.
     with pytest.raises(requests.exceptions.SSLError):
-        requests.get(f"https://127.0.0.1:{upstream.port}/direct", proxies={"https": proxy.url},
-                     verify=str(proxy.home.ca_cert), timeout=30)
+        requests.get(
+            f"https://127.0.0.1:{upstream.port}/direct",
+            proxies={"https": proxy.url},
+            verify=str(proxy.home.ca_cert),
+            timeout=30,
+        )
 
 
 def test_audit_records_each_intercepted_flow(matrix_proxy, upstream):  # type: ignore[no-untyped-def]
@@ -151,7 +188,24 @@ def test_audit_records_each_intercepted_flow(matrix_proxy, upstream):  # type: i
     records = [r for r in proxy.audit() if r["event"] == "request"]
     assert records, proxy.output()
     rec = records[-1]
-    assert set(rec) >= {"ts", "event", "agent", "service", "mode", "method", "host", "path",
-                        "status", "duration_ms", "outcome", "reason"}
-    assert (rec["service"], rec["method"], rec["path"], rec["status"]) == ("hi-bearer", "GET", "/a/b", 200)
+    assert set(rec) >= {
+        "ts",
+        "event",
+        "agent",
+        "service",
+        "mode",
+        "method",
+        "host",
+        "path",
+        "status",
+        "duration_ms",
+        "outcome",
+        "reason",
+    }
+    assert (rec["service"], rec["method"], rec["path"], rec["status"]) == (
+        "hi-bearer",
+        "GET",
+        "/a/b",
+        200,
+    )
     assert rec["host"] == "hi-bearer.api.test" and rec["outcome"] == "injected"

@@ -68,7 +68,9 @@ class ProxyState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def load(cls, home: Home, *, own_listeners: frozenset[tuple[str, int]] = frozenset()) -> ProxyState:
+    def load(
+        cls, home: Home, *, own_listeners: frozenset[tuple[str, int]] = frozenset()
+    ) -> ProxyState:
         registry = Registry.from_config(load_config(home.services))
         audit = AuditLog(home.audit)
         snapshot = build_snapshot(home, registry, own_listeners)
@@ -153,8 +155,8 @@ class ProxyState:
         pairs: list[tuple[bytes, bytes]] = []
         if entry.value is not None and len(entry.value) >= 4:
             pairs.append((entry.value.reveal(), placeholder))
-        for secret in entry.fields.values():
-            if len(secret) >= 4:
+        for field_name, secret in entry.fields.items():
+            if field_name != "username" and len(secret) >= 4:
                 pairs.append((secret.reveal(), placeholder))
         redactor = Redactor(pairs)
         with self._lock:

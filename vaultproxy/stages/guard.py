@@ -6,15 +6,13 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from mitmproxy import http
 
 from vaultproxy.errors import error_body, error_response
 
 logger = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 M_DENIED = "vaultproxy.denied"
 
@@ -63,7 +61,7 @@ def _fail(stage: str, hook: str, args: tuple[Any, ...], err: BaseException) -> N
         return
 
 
-def guarded(fn: F) -> F:
+def guarded[F: Callable[..., Any]](fn: F) -> F:
     """Wrap a hook (sync or async) so any exception denies instead of falling through."""
     stage = fn.__qualname__.split(".")[0]
     if inspect.iscoroutinefunction(fn):

@@ -14,10 +14,10 @@ from vaultproxy.errors import (
     HostMismatch,
     VaultproxyError,
 )
-from vaultproxy.inject import prepare_request, substitute_body
+from vaultproxy.hostnames import normal_host, same_target
+from vaultproxy.inject import placeholder_secret, prepare_request, substitute_body
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
-from vaultproxy.hostnames import normal_host, same_target
 
 M_T0 = "vaultproxy.t0"
 M_SERVICE = "vaultproxy.service"
@@ -105,10 +105,9 @@ class Inject:
         if not body:
             return
         st.snapshot.index.scan(body, service.name)
-        if entry.value is None:
-            return
+        secret = placeholder_secret(service, entry.value, entry.fields)
         ctype = flow.request.headers.get("content-type", "")
-        new = substitute_body(body, ctype, service.placeholder_text.encode(), entry.value.reveal())
+        new = substitute_body(body, ctype, service.placeholder_text.encode(), secret)
         if new != body:
             flow.request.raw_content = new  # also fixes Content-Length
             flow.metadata[M_INJECTED] = True

@@ -9,10 +9,10 @@ from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.engine.state import Tunnel
 from vaultproxy.errors import EgressBlocked
+from vaultproxy.hostnames import normal_host, split_authority
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
-from vaultproxy.hostnames import normal_host, split_authority
 
 
 class Route:

@@ -35,7 +35,9 @@ def _no_body(flow: http.HTTPFlow) -> bool:
     return flow.request.method == "HEAD" or code < 200 or code in (204, 304)
 
 
-def _stream(redactor: Redactor, decode: Callable[[bytes], bytes] | None) -> Callable[[bytes], bytes]:
+def _stream(
+    redactor: Redactor, decode: Callable[[bytes], bytes] | None
+) -> Callable[[bytes], bytes]:
     feed = redactor.stream()
 
     def step(chunk: bytes) -> bytes:

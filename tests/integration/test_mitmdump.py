@@ -1,0 +1,114 @@
+"""The stock-mitmdump path: `mitmdump -s addons/vaultproxy.py` injects like `vaultproxy run`,
+and a broken hot reload of the script refuses intercepted traffic instead of forwarding it."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import canary
+from tests.canary import make_canary
+from tests.harness.proxy import REPO, ProxyHome
+from tests.harness.upstream import Upstream, free_port
+from tests.integration.test_inject import MATRIX, _agent_request, _expected
+from tests.integration.conftest import service_block
+
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+
+
+class Mitmdump:
+    def __init__(self, home: ProxyHome, script: Path, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._f = open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(MITMDUMP), "-s", str(script), "--mode", f"regular@127.0.0.1:{self.port}",
+             "--set", f"vaultproxy_home={home.path}",
+             "--set", f"vaultproxy_password_file={home.password_file}"],
+            stdout=self._f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, log.read_text()
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("mitmdump did not start:\n" + log.read_text())
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._f.close()
+
+
+@pytest.fixture(scope="module")
+def mitm(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[tuple[Mitmdump, ProxyHome, dict[str, object], Path]]:
+    base = tmp_path_factory.mktemp("mitmdump")
+    canary.watch(base)
+    toml = "".join(service_block(n, m, a, upstream.port, **x) for n, m, a, x in MATRIX)
+    secrets: dict[str, object] = {}
+    for name, _m, auth, _x in MATRIX:
+        secrets[name] = {"username": "svc-user", "password": make_canary()} if auth == "basic" else make_canary()
+    home = ProxyHome.create(base, toml, secrets, files={"upstream-ca.pem": upstream.ca_file.read_bytes()})  # type: ignore[arg-type]
+    script = base / "vaultproxy.py"
+    shutil.copy(REPO / "addons" / "vaultproxy.py", script)
+    md = Mitmdump(home, script, base / "mitmdump.log")
+    yield md, home, secrets, script
+    md.stop()
+
+
+def _client(md: Mitmdump, home: ProxyHome) -> httpx.Client:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(home.ca_cert))
+    return httpx.Client(proxy=md.url, verify=ctx, timeout=20)
+
+
+@pytest.mark.parametrize(("name", "mode", "auth", "extra"), MATRIX, ids=[m[0] for m in MATRIX])
+def test_mitmdump_injects_like_run(mitm, upstream, name, mode, auth, extra):  # type: ignore[no-untyped-def]
+    md, home, secrets, _ = mitm
+    headers, params = _agent_request(name, mode, auth)
+    with _client(md, home) as c:
+        r = c.get(f"https://{name}.api.test/md", headers=headers, params=params)
+    assert r.status_code == 200, r.text
+    where, key, value = _expected(name, mode, auth, secrets[name])
+    rec = upstream.received[-1]
+    if where == "header":
+        assert rec.header(key) == value
+    else:
+        assert f"{key}={value}" in rec.query.split("&")
+    assert "agent-own" not in repr(rec.headers)
+
+
+def test_broken_hot_reload_refuses_instead_of_forwarding(mitm, upstream):  # type: ignore[no-untyped-def]
+    md, home, _secrets, script = mitm
+    script.write_text("this is not python (\n")
+    deadline = time.monotonic() + 20
+    while "SyntaxError" not in md.output() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "SyntaxError" in md.output(), md.output()
+    before = len(upstream.received)
+    with _client(md, home) as c:
+        with pytest.raises(httpx.ProxyError) as e:
+            c.get("https://hi-bearer.api.test/after-break", headers={"Authorization": "Bearer agent-own"})
+    assert "503" in str(e.value)
+    assert len(upstream.received) == before, "a request went upstream with the chain broken"
+    assert md.proc.poll() is None

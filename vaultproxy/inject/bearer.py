@@ -1,0 +1,25 @@
+"""``auth = "bearer"``: ``Authorization: Bearer <value>``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from vaultproxy.config.models import Service
+from vaultproxy.inject.strategy import Draft, header_safe, need_value
+from vaultproxy.secret import Secret
+
+
+class Bearer:
+    auth: ClassVar[str] = "bearer"
+
+    def placeholder_secret(
+        self, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    ) -> bytes:
+        return need_value(service, value)
+
+    def inject(
+        self, draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    ) -> None:
+        secret = header_safe(service, need_value(service, value))
+        draft.set_header("Authorization", b"Bearer " + secret)

@@ -1,0 +1,27 @@
+"""``auth = "header"``: ``<header_name>: <prefix><value>``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from vaultproxy.config.models import Service
+from vaultproxy.inject.strategy import Draft, header_safe, need_option, need_value
+from vaultproxy.secret import Secret
+
+
+class Header:
+    auth: ClassVar[str] = "header"
+
+    def placeholder_secret(
+        self, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    ) -> bytes:
+        return need_value(service, value)
+
+    def inject(
+        self, draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    ) -> None:
+        name = need_option(service, "header_name")
+        prefix = (service.prefix or "").encode("utf-8")
+        secret = header_safe(service, prefix + need_value(service, value))
+        draft.set_header(name, secret)

@@ -1,0 +1,90 @@
+"""The auth-strategy interface, like tokenizer's processor.go: one small object per auth type.
+
+A strategy never sees a flow. It works on a :class:`Draft` (plain header fields and the raw
+request target) so ``prepare_request`` can build the whole change first and commit it at
+once: a raise anywhere leaves the request untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
+
+from vaultproxy.config.models import Service
+from vaultproxy.errors import ConfigError, SecretMissing
+from vaultproxy.secret import Secret
+
+HeaderFields = list[tuple[bytes, bytes]]
+
+_HEADER_UNSAFE = (b"\r", b"\n", b"\x00")
+
+
+@dataclass
+class Draft:
+    """A mutable working copy of the parts of a request injection may change."""
+
+    headers: HeaderFields
+    path: bytes  # the path part of the request target, without "?"
+    query: bytes | None  # None: no "?" in the target
+    stripped: list[str] = field(default_factory=list)
+
+    def target(self) -> bytes:
+        return self.path if self.query is None else self.path + b"?" + self.query
+
+    def set_header(self, name: str, value: bytes) -> None:
+        lname = name.lower().encode("ascii")
+        self.headers = [(k, v) for k, v in self.headers if k.lower() != lname]
+        self.headers.append((name.encode("ascii"), value))
+
+
+class Strategy(Protocol):
+    """One auth type. ``auth`` is the services.toml ``auth`` value it implements."""
+
+    auth: ClassVar[str]
+
+    def placeholder_secret(
+        self, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    ) -> bytes:
+        """The bytes that replace this service's placeholder (placeholder mode)."""
+        ...
+
+    def inject(
+        self, draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    ) -> None:
+        """Put the credential on ``draft`` (host_inject mode). Raise SecretMissing if absent."""
+        ...
+
+
+def need_value(service: Service, value: Secret | None) -> bytes:
+    if value is None or not value:
+        raise SecretMissing(
+            f"service {service.name!r}: keystore entry {service.secret_name!r} has no value"
+        )
+    return value.reveal()
+
+
+def need_field(service: Service, fields: Mapping[str, Secret], name: str) -> bytes:
+    secret = fields.get(name)
+    if secret is None or not secret:
+        raise SecretMissing(
+            f"service {service.name!r}: keystore entry {service.secret_name!r} "
+            f"has no field {name!r}"
+        )
+    return secret.reveal()
+
+
+def need_option(service: Service, option: str) -> str:
+    value = getattr(service, option)
+    if not value:
+        raise ConfigError([f"service.{service.name}.{option}: required for auth = {service.auth}"])
+    return str(value)
+
+
+def header_safe(service: Service, secret: bytes) -> bytes:
+    """Refuse a secret that would split or end a header line (request smuggling)."""
+    if any(c in secret for c in _HEADER_UNSAFE):
+        raise SecretMissing(
+            f"service {service.name!r}: the secret holds CR, LF or NUL and cannot go in a header"
+        )
+    return secret

@@ -1,0 +1,126 @@
+"""Keystore entries: the Entry type, name rules, and the JSON plaintext encoding.
+
+Plaintext (only ever inside the AES-GCM body)::
+
+    {"format": 1,
+     "entries":  {NAME: {"value": B64 | null, "fields": {FIELD: B64}, "created": T, "updated": T}},
+     "internal": {"ns:NAME": {"value": B64, "fields": {}, "created": T, "updated": T}}}
+
+B64 is standard base64 with padding; T is a Unix timestamp (float seconds).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from vaultproxy.errors import KeystoreError, UsageError
+from vaultproxy.secret import Secret
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# Internal entries (e.g. "agent:ci-bot" for agent-token hashes) live in their own namespace,
+# never listed by names() and never reachable through the public get/set methods.
+INTERNAL_RE = re.compile(r"[a-z][a-z0-9]{0,15}:[a-z0-9][a-z0-9_-]{0,63}")
+PLAINTEXT_FORMAT = 1
+
+
+@dataclass(eq=False)
+class Entry:
+    """One named secret: a value, named fields, or both. ``repr`` shows names only."""
+
+    name: str
+    value: Secret | None = None
+    fields: dict[str, Secret] = field(default_factory=dict)
+    created: float = 0.0
+    updated: float = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry(name={self.name!r}, value={'<set>' if self.value is not None else None}, "
+            f"fields={sorted(self.fields)!r}, created={self.created}, updated={self.updated})"
+        )
+
+    def copy(self) -> Entry:
+        return Entry(self.name, self.value, dict(self.fields), self.created, self.updated)
+
+
+def check_name(name: str, what: str = "entry name") -> None:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UsageError(
+            f"invalid {what} {name!r}: use 1-64 of a-z 0-9 _ -, starting with a letter or digit"
+        )
+
+
+def check_internal_name(name: str) -> None:
+    if not isinstance(name, str) or not INTERNAL_RE.fullmatch(name):
+        raise UsageError(f"invalid internal entry name {name!r}: use NAMESPACE:NAME")
+
+
+def _b64(secret: Secret) -> str:
+    return base64.b64encode(secret.reveal()).decode("ascii")
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    return {
+        "value": _b64(entry.value) if entry.value is not None else None,
+        "fields": {k: _b64(v) for k, v in sorted(entry.fields.items())},
+        "created": entry.created,
+        "updated": entry.updated,
+    }
+
+
+def encode(entries: dict[str, Entry], internal: dict[str, Entry]) -> bytearray:
+    """The plaintext body as UTF-8 JSON bytes (caller wipes the returned buffer)."""
+    doc = {
+        "format": PLAINTEXT_FORMAT,
+        "entries": {n: _entry_json(e) for n, e in sorted(entries.items())},
+        "internal": {n: _entry_json(e) for n, e in sorted(internal.items())},
+    }
+    return bytearray(json.dumps(doc, separators=(",", ":")).encode("utf-8"))
+
+
+def _unb64(raw: object) -> Secret:
+    if not isinstance(raw, str):
+        raise ValueError("value is not a string")
+    return Secret(bytearray(base64.b64decode(raw.encode("ascii"), validate=True)))
+
+
+def _entry(name: str, raw: object) -> Entry:
+    if not isinstance(raw, dict):
+        raise ValueError("entry is not an object")
+    value = raw.get("value")
+    fields = raw.get("fields", {})
+    if not isinstance(fields, dict):
+        raise ValueError("fields is not an object")
+    created, updated = raw.get("created", 0.0), raw.get("updated", 0.0)
+    if not isinstance(created, int | float) or not isinstance(updated, int | float):
+        raise ValueError("bad timestamp")
+    return Entry(
+        name=name,
+        value=None if value is None else _unb64(value),
+        fields={str(k): _unb64(v) for k, v in fields.items()},
+        created=float(created),
+        updated=float(updated),
+    )
+
+
+def decode(plain: bytes | bytearray) -> tuple[dict[str, Entry], dict[str, Entry]]:
+    """Parse the decrypted body; a malformed body is a KeystoreError that quotes nothing."""
+    try:
+        doc = json.loads(bytes(plain))
+        if not isinstance(doc, dict) or doc.get("format") != PLAINTEXT_FORMAT:
+            raise ValueError("unknown plaintext format")
+        entries_raw, internal_raw = doc.get("entries", {}), doc.get("internal", {})
+        if not isinstance(entries_raw, dict) or not isinstance(internal_raw, dict):
+            raise ValueError("entries is not an object")
+        entries = {str(n): _entry(str(n), e) for n, e in entries_raw.items()}
+        internal = {str(n): _entry(str(n), e) for n, e in internal_raw.items()}
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise KeystoreError(
+            "keystore contents are unreadable after decryption; restore keystore.enc.bak"
+        ) from None
+    return entries, internal

@@ -1,0 +1,175 @@
+"""Find, check and substitute placeholders. Bytes in, bytes out; no I/O.
+
+A placeholder is the text an agent holds instead of a secret (``__vault.<name>__`` unless the
+service sets its own). Two checks run over every request surface before anything changes:
+
+* **misdirected** - another service's placeholder (default or custom) is present;
+* **unknown** - a ``__vault.<x>__`` token is present that is nobody's placeholder.
+
+The checks also look through the encodings an upstream would undo, so encoding cannot hide a
+token: percent-encoding (repeated, e.g. ``%252E``; ``+`` as space), JSON ``\\uXXXX`` / ``\\/``
+escapes, and a ``Basic`` credential's base64. Every view is scanned, the raw one included.
+
+A ``__vault.<x>__`` token whose ``x`` is a registered *service name* but not that service's
+placeholder (the service set a custom one) counts as misdirected when sent to another service
+and as unknown when sent to ``x`` itself: it is never a valid credential carrier.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import Literal
+from urllib.parse import quote, quote_plus, unquote_to_bytes
+
+from vaultproxy.errors import PlaceholderMisdirected, PlaceholderUnknown, SecretMissing
+
+__all__ = [
+    "TOKEN_RE",
+    "Context",
+    "PlaceholderIndex",
+    "basic_credentials",
+    "decoded_views",
+    "encode_secret",
+    "substitute",
+]
+
+#: Any ``__vault.<name>__`` token, name per the services.toml name rule.
+TOKEN_RE = re.compile(rb"__vault\.([a-z0-9][a-z0-9_-]{0,63})__")
+
+Context = Literal["raw", "percent", "json", "form"]
+
+_PERCENT_RE = re.compile(rb"%[0-9A-Fa-f]{2}")
+_JSON_ESCAPE_RE = re.compile(rb"\\u([0-9A-Fa-f]{4})|\\(/)")
+_BASIC_RE = re.compile(rb"^\s*basic\s+([A-Za-z0-9+/_-]+=*)\s*$", re.IGNORECASE)
+_MAX_DECODE_ROUNDS = 4
+
+
+def basic_credentials(value: bytes) -> bytes | None:
+    """The decoded ``user:pass`` of a ``Basic`` header value, or None if it is not one."""
+    m = _BASIC_RE.match(value)
+    if m is None:
+        return None
+    raw = m.group(1).rstrip(b"=")
+    raw += b"=" * (-len(raw) % 4)
+    try:
+        return base64.b64decode(raw.replace(b"-", b"+").replace(b"_", b"/"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _json_unescape(data: bytes) -> bytes:
+    def one(m: re.Match[bytes]) -> bytes:
+        if m.group(2) is not None:
+            return b"/"
+        cp = int(m.group(1), 16)
+        return chr(cp).encode("utf-8", "surrogatepass")
+
+    return _JSON_ESCAPE_RE.sub(one, data)
+
+
+def decoded_views(data: bytes) -> Iterator[bytes]:
+    """``data`` and every decoding of it an upstream might apply (see module docstring)."""
+    yield data
+    if b"%" in data:
+        view = data
+        for _ in range(_MAX_DECODE_ROUNDS):
+            if not _PERCENT_RE.search(view):
+                break
+            view = unquote_to_bytes(view)
+            yield view
+    if b"+" in data:
+        yield unquote_to_bytes(data.replace(b"+", b" "))
+    if b"\\" in data:
+        yield _json_unescape(data)
+    creds = basic_credentials(data)
+    if creds is not None:
+        yield from decoded_views(creds)
+
+
+class PlaceholderIndex:
+    """All services' placeholders, compiled once per registry.
+
+    ``mapping`` is ``{placeholder_text: service_name}`` over every service.
+    """
+
+    __slots__ = ("_owner", "_own", "_any_re", "_names")
+
+    def __init__(self, mapping: Mapping[str, str]) -> None:
+        self._owner: dict[bytes, str] = {}
+        self._own: dict[str, bytes] = {}
+        for text, service in mapping.items():
+            if not text:
+                raise ValueError(f"service {service!r} has an empty placeholder")
+            ph = text.encode("utf-8")
+            self._owner[ph] = service
+            self._own[service] = ph
+        self._names = frozenset(self._own)
+        alternatives = sorted(self._owner, key=len, reverse=True)
+        pattern = b"|".join([re.escape(p) for p in alternatives] + [TOKEN_RE.pattern])
+        self._any_re = re.compile(pattern)
+
+    def placeholder_of(self, service_name: str) -> bytes:
+        return self._own[service_name]
+
+    def scan(self, data: bytes, service_name: str) -> None:
+        """Raise if ``data`` (in any decoded view) carries a foreign or unknown placeholder."""
+        for view in decoded_views(data):
+            for m in self._any_re.finditer(view):
+                self._check(m.group(), service_name)
+
+    def _check(self, token: bytes, service_name: str) -> None:
+        owner = self._owner.get(token)
+        if owner is not None:
+            if owner != service_name:
+                raise PlaceholderMisdirected(
+                    f"placeholder of service {owner!r} sent to service {service_name!r}"
+                )
+            return
+        # A __vault.x__ token that is not a registered placeholder.
+        m = TOKEN_RE.fullmatch(token)
+        name = m.group(1).decode() if m else ""
+        if name in self._names and name != service_name:
+            raise PlaceholderMisdirected(
+                f"placeholder of service {name!r} sent to service {service_name!r}"
+            )
+        raise PlaceholderUnknown(f"a __vault.*__ token names no placeholder ({name!r})")
+
+    def contains_own(self, data: bytes, service_name: str) -> bool:
+        """Whether ``data`` holds ``service_name``'s placeholder verbatim (or in Basic base64)."""
+        ph = self._own.get(service_name)
+        if ph is None:
+            return False
+        if ph in data:
+            return True
+        creds = basic_credentials(data)
+        return creds is not None and ph in creds
+
+
+def encode_secret(secret: bytes, context: Context) -> bytes:
+    """``secret`` encoded for the place it is going to."""
+    if context == "raw":
+        return secret
+    if context == "percent":
+        return quote(secret, safe="").encode("ascii")
+    if context == "form":
+        return quote_plus(secret, safe="").encode("ascii")
+    try:
+        text = secret.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretMissing("the secret is not UTF-8 text and cannot go into JSON") from None
+    return json.dumps(text, ensure_ascii=False)[1:-1].encode("utf-8")
+
+
+def substitute(data: bytes, placeholder: bytes, secret: bytes, context: Context) -> bytes:
+    """Replace every ``placeholder`` in ``data`` with ``secret`` encoded for ``context``.
+
+    ``percent`` is for query and path (``quote(safe="")``), ``form`` for
+    ``application/x-www-form-urlencoded`` bodies, ``json`` for JSON string content.
+    """
+    if placeholder not in data:
+        return data
+    return data.replace(placeholder, encode_secret(secret, context))
