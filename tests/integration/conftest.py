@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests import canary
-from tests.harness.proxy import ProxyProcess, ProxyHome
+from tests.harness.proxy import ProxyHome, ProxyProcess
 from tests.harness.upstream import Upstream
 
 pytestmark = pytest.mark.integration

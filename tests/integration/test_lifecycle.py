@@ -1,4 +1,4 @@
-"""`vaultproxy run` lifecycle: SIGHUP reload (good and bad files), locked start, SIGTERM, CA checks."""
+"""`vaultproxy run` lifecycle: SIGHUP reload (good and bad files), locked start, SIGTERM, CA."""
 
 from __future__ import annotations
 

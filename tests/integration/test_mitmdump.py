@@ -18,8 +18,8 @@ from tests import canary
 from tests.canary import make_canary
 from tests.harness.proxy import REPO, ProxyHome
 from tests.harness.upstream import Upstream, free_port
-from tests.integration.test_inject import MATRIX, _agent_request, _expected
 from tests.integration.conftest import service_block
+from tests.integration.test_inject import MATRIX, _agent_request, _expected
 
 MITMDUMP = Path(sys.executable).with_name("mitmdump")
 
@@ -31,10 +31,21 @@ class Mitmdump:
         self.log = log
         self._f = open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(MITMDUMP), "-s", str(script), "--mode", f"regular@127.0.0.1:{self.port}",
-             "--set", f"vaultproxy_home={home.path}",
-             "--set", f"vaultproxy_password_file={home.password_file}"],
-            stdout=self._f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+            [
+                str(MITMDUMP),
+                "-s",
+                str(script),
+                "--mode",
+                f"regular@127.0.0.1:{self.port}",
+                "--set",
+                f"vaultproxy_home={home.path}",
+                "--set",
+                f"vaultproxy_password_file={home.password_file}",
+            ],
+            stdout=self._f,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -60,14 +71,22 @@ class Mitmdump:
 
 
 @pytest.fixture(scope="module")
-def mitm(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterator[tuple[Mitmdump, ProxyHome, dict[str, object], Path]]:
+def mitm(
+    tmp_path_factory: pytest.TempPathFactory, upstream: Upstream
+) -> Iterator[tuple[Mitmdump, ProxyHome, dict[str, object], Path]]:
     base = tmp_path_factory.mktemp("mitmdump")
     canary.watch(base)
     toml = "".join(service_block(n, m, a, upstream.port, **x) for n, m, a, x in MATRIX)
     secrets: dict[str, object] = {}
     for name, _m, auth, _x in MATRIX:
-        secrets[name] = {"username": "svc-user", "password": make_canary()} if auth == "basic" else make_canary()
-    home = ProxyHome.create(base, toml, secrets, files={"upstream-ca.pem": upstream.ca_file.read_bytes()})  # type: ignore[arg-type]
+        secrets[name] = (
+            {"username": "svc-user", "password": make_canary()}
+            if auth == "basic"
+            else make_canary()
+        )
+    home = ProxyHome.create(
+        base, toml, secrets, files={"upstream-ca.pem": upstream.ca_file.read_bytes()}
+    )  # type: ignore[arg-type]
     script = base / "vaultproxy.py"
     shutil.copy(REPO / "addons" / "vaultproxy.py", script)
     md = Mitmdump(home, script, base / "mitmdump.log")
@@ -108,7 +127,10 @@ def test_broken_hot_reload_refuses_instead_of_forwarding(mitm, upstream):  # typ
     before = len(upstream.received)
     with _client(md, home) as c:
         with pytest.raises(httpx.ProxyError) as e:
-            c.get("https://hi-bearer.api.test/after-break", headers={"Authorization": "Bearer agent-own"})
+            c.get(
+                "https://hi-bearer.api.test/after-break",
+                headers={"Authorization": "Bearer agent-own"},
+            )
     assert "503" in str(e.value)
     assert len(upstream.received) == before, "a request went upstream with the chain broken"
     assert md.proc.poll() is None

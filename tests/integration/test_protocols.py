@@ -14,7 +14,9 @@ from tests.integration.conftest import agent_client, service_block
 @pytest.fixture(scope="module")
 def proxy(start_proxy, upstream):  # type: ignore[no-untyped-def]
     secret = make_canary()
-    p = start_proxy(service_block("proto", "host_inject", "bearer", upstream.port), {"proto": secret})
+    p = start_proxy(
+        service_block("proto", "host_inject", "bearer", upstream.port), {"proto": secret}
+    )
     return p, secret
 
 

@@ -8,7 +8,7 @@ from mitmproxy import http
 
 from vaultproxy.audit import AuditEvent
 from vaultproxy.stages import runtime
-from vaultproxy.stages.guard import M_DENIED
+from vaultproxy.stages.guard import M_DENIED, guarded
 from vaultproxy.stages.inject import M_AGENT, M_INJECTED, M_PATH, M_SERVICE, M_T0
 
 M_AUDITED = "vaultproxy.audited"
@@ -56,11 +56,13 @@ class Record:
     def done(self) -> None:
         runtime.stage_unloaded("Record")
 
+    @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
         denied = flow.metadata.get(M_DENIED)
         if denied is not None:
             _record(flow, "tunnel_refused", "denied", denied[0])
 
+    @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         st = runtime.current()
         if st is not None and M_SERVICE in flow.metadata:
@@ -73,6 +75,7 @@ class Record:
             if st is not None:
                 st.inflight -= 1
 
+    @guarded
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
         denied = flow.metadata.get(M_DENIED)
@@ -82,6 +85,7 @@ class Record:
             injected = flow.metadata.get(M_INJECTED, False)
             _record(flow, "request", "injected" if injected else "forwarded", None)
 
+    @guarded
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
         denied = flow.metadata.get(M_DENIED)
@@ -90,5 +94,6 @@ class Record:
         elif M_SERVICE in flow.metadata:
             _record(flow, "request", "error", "upstream error")
 
+    @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)

@@ -1,0 +1,188 @@
+"""Fail closed: an exception inside any stage's hook becomes a deny, never a forwarded request.
+
+mitmproxy's addon manager logs a hook's exception and continues down the chain (fail-open);
+our guard must turn it into a response on the flow first. Each case forces a fault inside
+a stage with monkeypatch and checks the flow is answered by the proxy, not sent on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mitmproxy import http
+from mitmproxy.proxy import server_hooks
+from mitmproxy.test import taddons, tflow, tutils
+
+from tests.canary import make_canary
+from vaultproxy.engine.state import ProxyState, Tunnel
+from vaultproxy.home import Home
+from vaultproxy.keystore import KdfParams, Keystore
+from vaultproxy.secret import Secret
+from vaultproxy.stages import Connect, Inject, Record, Route, Scrub, runtime
+from vaultproxy.stages import connect as connect_mod
+from vaultproxy.stages import inject as inject_mod
+from vaultproxy.stages import record as record_mod
+from vaultproxy.stages import route as route_mod
+from vaultproxy.stages import scrub as scrub_mod
+
+SERVICES = """
+[[service]]
+name = "svc"
+hosts = ["svc.example.com"]
+mode = "host_inject"
+auth = "bearer"
+
+[[service]]
+name = "body"
+hosts = ["body.example.com"]
+mode = "placeholder"
+auth = "bearer"
+substitute_in = ["header", "body"]
+"""
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def boom(*_a: object, **_k: object) -> None:
+    raise Boom("forced")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[ProxyState]:
+    home = Home(tmp_path / "home")
+    home.create()
+    home.services.write_text(SERVICES)
+    ks = Keystore.create(home.keystore, Secret("pw"), kdf=KdfParams(1, 1024, 1))
+    ks.set_value("svc", Secret(make_canary()))
+    ks.set_value("body", Secret(make_canary()))
+    ks.save()
+    st = ProxyState.load(home)
+    st.keystore = ks
+    runtime.install(st)
+    yield st
+    runtime.install(None)
+
+
+def _flow(st: ProxyState, host: str, service_name: str | None) -> http.HTTPFlow:
+    f = tflow.tflow()
+    f.request.scheme, f.request.host, f.request.port = "https", host, 443
+    f.request.headers["host"] = host
+    f.request.headers["authorization"] = "Bearer agent-own-token"
+    service = st.registry.by_name(service_name) if service_name else None
+    st.tunnels[f.client_conn.id] = Tunnel(
+        host=host, port=443, service=service, pinned=("203.0.113.9", 443)
+    )
+    return f
+
+
+def _assert_denied(f: http.HTTPFlow) -> None:
+    assert f.response is not None, "the flow would have been forwarded"
+    assert f.response.status_code >= 400
+    assert f.response.headers.get("x-vaultproxy-error")
+
+
+def test_route_http_connect_fault_refuses_tunnel(state, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(route_mod, "resolve_checked", boom)
+    f = tflow.tflow()
+    f.request.method, f.request.host, f.request.port = "CONNECT", "svc.example.com", 443
+    asyncio.run(Route().http_connect(f))
+    _assert_denied(f)
+
+
+def test_route_next_layer_fault_marks_connection_broken(state, monkeypatch):  # type: ignore[no-untyped-def]
+    from mitmproxy.proxy.layer import NextLayer
+
+    f = _flow(state, "elsewhere.example.com", None)
+    ctx = tutils_context(f)
+    monkeypatch.setattr(route_mod.layers, "TCPLayer", boom)
+    Route().next_layer(NextLayer(ctx))
+    monkeypatch.undo()
+    # Every later request on that connection is refused.
+    Inject().requestheaders(f)
+    _assert_denied(f)
+
+
+def test_connect_server_connect_fault_kills_connection(state, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(connect_mod, "resolve_checked", boom)
+    client = tflow.tclient_conn()
+    server = tflow.tserver_conn()
+    server.address = ("plain.example.com", 80)
+    data = server_hooks.ServerConnectionHookData(server=server, client=client)
+    asyncio.run(Connect().server_connect(data))
+    assert server.error
+
+
+def test_inject_requestheaders_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(inject_mod, "prepare_request", boom)
+    f = _flow(state, "svc.example.com", "svc")
+    Inject().requestheaders(f)
+    _assert_denied(f)
+
+
+def test_inject_requestheaders_without_fault_injects(state):  # type: ignore[no-untyped-def]
+    """Negative twin: the same flow, no fault, is forwarded with the real credential."""
+    f = _flow(state, "svc.example.com", "svc")
+    Inject().requestheaders(f)
+    assert f.response is None
+    assert f.request.headers["authorization"].startswith("Bearer vpcanary_")
+
+
+def test_inject_request_body_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(inject_mod, "substitute_body", boom)
+    f = _flow(state, "body.example.com", "body")
+    f.request.headers["authorization"] = "Bearer __vault.body__"
+    f.request.content = b'{"k": "__vault.body__"}'
+    Inject().requestheaders(f)
+    assert f.response is None
+    Inject().request(f)
+    _assert_denied(f)
+
+
+def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(scrub_mod, "redact_headers", boom)
+    f = _flow(state, "svc.example.com", "svc")
+    Inject().requestheaders(f)
+    f.response = tutils.tresp(content=b"upstream body")
+    Scrub().responseheaders(f)
+    _assert_denied(f)
+    assert f.response.content != b"upstream body"
+
+
+def test_record_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(record_mod, "_event", boom)
+    f = _flow(state, "svc.example.com", "svc")
+    Inject().requestheaders(f)
+    f.response = tutils.tresp()
+    Record().response(f)
+    _assert_denied(f)
+
+
+def test_fault_is_denied_through_mitmproxys_own_dispatch(state, monkeypatch):  # type: ignore[no-untyped-def]
+    """Through the real addon manager (which would log and continue), the flow is denied."""
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+
+    monkeypatch.setattr(inject_mod, "prepare_request", boom)
+    f = _flow(state, "svc.example.com", "svc")
+
+    async def go() -> None:
+        with taddons.context() as tctx:
+            tctx.master.addons.add(Inject())
+            await tctx.master.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+
+    asyncio.run(go())
+    _assert_denied(f)
+    assert f.request.headers["authorization"] == "Bearer agent-own-token" or f.response is not None
+
+
+def tutils_context(f: http.HTTPFlow) -> object:
+    from mitmproxy import options
+    from mitmproxy.proxy.context import Context
+
+    ctx = Context(f.client_conn, options.Options())
+    ctx.server = f.server_conn
+    ctx.server.address = ("svc.example.com", 443)
+    return ctx
