@@ -109,7 +109,9 @@ class Inject:
         ctype = flow.request.headers.get("content-type", "")
         new = substitute_body(body, ctype, service.placeholder_text.encode(), secret)
         if new != body:
-            flow.request.raw_content = new  # also fixes Content-Length
+            flow.request.raw_content = new
+            if "transfer-encoding" not in flow.request.headers:
+                flow.request.headers["content-length"] = str(len(new))
             flow.metadata[M_INJECTED] = True
 
 
