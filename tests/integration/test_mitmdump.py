@@ -3,6 +3,7 @@ and a broken hot reload of the script refuses intercepted traffic instead of for
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,7 @@ MITMDUMP = Path(sys.executable).with_name("mitmdump")
 
 
 class Mitmdump:
-    def __init__(self, home: ProxyHome, script: Path, log: Path) -> None:
+    def __init__(self, home: ProxyHome, script: Path, log: Path, *extra: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -41,11 +42,13 @@ class Mitmdump:
                 f"vaultproxy_home={home.path}",
                 "--set",
                 f"vaultproxy_password_file={home.password_file}",
+                *extra,
             ],
             stdout=self._f,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -115,6 +118,58 @@ def test_mitmdump_injects_like_run(mitm, upstream, name, mode, auth, extra):  # 
     else:
         assert f"{key}={value}" in rec.query.split("&")
     assert "agent-own" not in repr(rec.headers)
+
+
+def test_mitmdump_flow_output_never_shows_injected_secrets(mitm, upstream):  # type: ignore[no-untyped-def]
+    """mitmdump prints flows after our stages ran; flow output is forced off (the dumper
+    would print the query-param credential of hi-query/ph-query otherwise)."""
+    md, home, secrets, _ = mitm
+    with _client(md, home) as c:
+        assert c.get("https://hi-query.api.test/printed", params={"q": "1"}).status_code == 200
+    time.sleep(0.5)
+    out = md.output()
+    assert "flow_detail forced to 0" in out
+    # Not even a prefix: mitmdump's dumper truncates long URLs ("key=vpcanary_02a5ad…").
+    assert "vpcanary_" not in out
+
+
+def test_flow_file_sink_refuses_to_run(tmp_path, upstream):  # type: ignore[no-untyped-def]
+    """`-w`/save_stream_file would store injected credentials: mitmdump refuses to start."""
+    canary.watch(tmp_path)
+    toml = service_block("hi-bearer", "host_inject", "bearer", upstream.port)
+    home = ProxyHome.create(
+        tmp_path,
+        toml,
+        {"hi-bearer": make_canary()},
+        files={"upstream-ca.pem": upstream.ca_file.read_bytes()},
+    )
+    script = tmp_path / "vaultproxy.py"
+    shutil.copy(REPO / "addons" / "vaultproxy.py", script)
+    flows = tmp_path / "flows.mitm"
+    proc = subprocess.run(
+        [
+            str(MITMDUMP),
+            "-s",
+            str(script),
+            "--mode",
+            f"regular@127.0.0.1:{free_port()}",
+            "--set",
+            f"vaultproxy_home={home.path}",
+            "--set",
+            f"vaultproxy_password_file={home.password_file}",
+            "--set",
+            "vaultproxy_admin_listen=",
+            "--set",
+            f"save_stream_file={flows}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    assert proc.returncode != 0
+    assert "save_stream_file would write injected credentials" in proc.stdout + proc.stderr
 
 
 def test_broken_hot_reload_refuses_instead_of_forwarding(mitm, upstream):  # type: ignore[no-untyped-def]

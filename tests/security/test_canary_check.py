@@ -44,6 +44,11 @@ def test_watched_file_with_canary_fails_the_run(pytester: pytest.Pytester) -> No
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
+def test_truncated_canary_prefix_fails_the_run(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "print('url?key=' + secret[:15] + '...')")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
 def test_clean_run_passes(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "assert secret.startswith('vpcanary_')")
     assert result.ret == pytest.ExitCode.OK

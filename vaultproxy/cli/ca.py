@@ -1,4 +1,4 @@
-"""`vaultproxy ca show` and `vaultproxy ca bundle`: inspect the MITM CA, bundle it for agents."""
+"""`vaultproxy ca show|bundle|rotate`: inspect the MITM CA, bundle it for agents, rotate it."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_home(bundle)
     bundle.set_defaults(func=cmd_bundle)
 
+    rotate = sub.add_parser(
+        "rotate",
+        help="start, finish or abort a CA rotation (old and new CA overlap in the bundle)",
+        description="Without flags: create the next CA (ca.next.crt) beside the current one; "
+        "the proxy keeps signing with the current CA while ca-bundle.pem carries both. Trust "
+        "ca.next.crt where agents need it, then run `ca rotate --finish` and restart the proxy. "
+        "--abort drops the next CA. See docs/operator/TRANSPARENT-CA.md.",
+    )
+    add_home(rotate)
+    phase = rotate.add_mutually_exclusive_group()
+    phase.add_argument("--finish", action="store_true", help="promote the next CA")
+    phase.add_argument("--abort", action="store_true", help="drop the next CA")
+    rotate.set_defaults(func=cmd_rotate)
+
     def usage(_args: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
         return 2
@@ -57,4 +71,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     sys.stdout.write(f"{ca_mod.build_bundle(Home.resolve(args.home))}\n")
+    return 0
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    home = Home.resolve(args.home)
+    if args.abort:
+        found = ca_mod.rotate_abort(home)
+        sys.stdout.write("rotation aborted\n" if found else "no rotation in progress\n")
+        return 0
+    if args.finish:
+        ca = ca_mod.rotate_finish(home)
+        sys.stdout.write(
+            f"new CA active: {ca.cert_path}\nsha256:  {ca.fingerprint_sha256}\n"
+            f"old certificate kept as {ca_mod.retired_cert_path(home)}: untrust it once no "
+            "agent needs it. Restart `vaultproxy run` to sign with the new CA.\n"
+        )
+        return 0
+    cert = ca_mod.rotate_start(home)
+    _key, path = ca_mod.next_paths(home)
+    sys.stdout.write(
+        f"next CA: {path}\nsha256:  {ca_mod.fingerprint(cert)}\n"
+        "The proxy still signs with the current CA; ca-bundle.pem now carries both. Trust the "
+        "next CA where needed (ca/trust.sh), then run `vaultproxy ca rotate --finish`.\n"
+    )
     return 0

@@ -1,4 +1,5 @@
-"""`vaultproxy run`: the proxy on 127.0.0.1:3203 (and, later, the admin API)."""
+"""`vaultproxy run`: the proxy on 127.0.0.1:3203 and the admin API on 127.0.0.1:3201 +
+admin.sock."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password
-from vaultproxy.errors import ConfigError, UsageError
+from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import split_authority
 
@@ -40,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # No core dumps of a process that holds decrypted secrets.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     listen = parse_listen(args.listen, "--listen")
-    parse_listen(args.admin_listen, "--admin-listen")
+    admin_listen = parse_listen(args.admin_listen, "--admin-listen")
     home = Home.resolve(args.home)
     home.require()
 
@@ -65,4 +66,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning(
             "no password source: starting LOCKED; intercepted hosts answer 503 until unlocked"
         )
-    return asyncio.run(serve(state, ca, ServeOptions(listen=listen, confdir=str(confdir))))
+    opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen)
+    try:
+        return asyncio.run(serve(state, ca, opts))
+    except VaultproxyError as e:
+        print(f"vaultproxy: {e}", file=sys.stderr)
+        return 1

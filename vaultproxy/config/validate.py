@@ -13,8 +13,9 @@ from pathlib import Path
 
 from cryptography import x509
 
+from vaultproxy import policy
 from vaultproxy.config import rules
-from vaultproxy.config.rules import RuleViolation
+from vaultproxy.config.rules import HostSpec, RuleViolation
 
 SERVICE_STR = ("name", "mode", "auth", "secret", "header_name", "prefix", "param_name",
                "placeholder", "env", "connect_to", "ca_cert")
@@ -36,6 +37,7 @@ class _Facts:
     index: int
     name: str | None = None
     endpoints: list[tuple[int, tuple[str, int, bool]]] = field(default_factory=list)
+    specs: list[tuple[int, HostSpec]] = field(default_factory=list)
     placeholder: str | None = None
     placeholder_is_default: bool = False
     env: str | None = None
@@ -109,14 +111,39 @@ def check_service(raw: Mapping[str, object], path: str, base_dir: Path | None,
     if isinstance(env, str) and c.rule(f"{path}.env", rules.check_env, env):
         facts.env = env
     connect_to = s.get("connect_to")
+    address_ctx = policy.AddressContext(
+        allow_private=s.get("allow_private") is True,
+        allow_loopback=s.get("allow_loopback") is True,
+    )
     if isinstance(connect_to, str):
-        c.rule(f"{path}.connect_to", _check_connect_to, connect_to)
+        c.rule(f"{path}.connect_to", _check_connect_to, connect_to, address_ctx)
+    for j, spec in facts.specs:
+        if spec.is_ip:
+            c.rule(f"{path}.hosts[{j}]", _check_address, spec, address_ctx)
     _check_tls(c, s, path, base_dir)
     return facts
 
 
-def _check_connect_to(value: str) -> None:
-    rules.parse_host(value, allow_wildcard=False, require_port=True)
+def _check_connect_to(value: str, ctx: policy.AddressContext) -> None:
+    _check_address(rules.parse_host(value, allow_wildcard=False, require_port=True), ctx)
+
+
+def _check_address(spec: HostSpec, ctx: policy.AddressContext) -> None:
+    """The load-time address policy (SPEC §5) for a configured IP or dialled name."""
+    verdict = policy.check_static(spec.host, spec.port, ctx)
+    if verdict.allowed:
+        return
+    hint = ""
+    if verdict.reason.startswith("loopback") and not ctx.allow_loopback:
+        hint = "; set allow_loopback = true to permit it"
+    elif verdict.reason.startswith(_PRIVATE_REASONS) and not ctx.allow_private:
+        hint = "; set allow_private = true to permit it"
+    raise RuleViolation(
+        f"denied by the address policy: {policy.with_article(verdict.reason)}{hint}"
+    )
+
+
+_PRIVATE_REASONS = ("private", "carrier-grade NAT", "unique-local", "local-use NAT64")
 
 
 def _check_hosts(c: _Collector, s: Mapping[str, object], path: str, facts: _Facts) -> None:
@@ -139,6 +166,7 @@ def _check_hosts(c: _Collector, s: Mapping[str, object], path: str, facts: _Fact
             continue
         seen[key] = j
         facts.endpoints.append((j, key))
+        facts.specs.append((j, spec))
 
 
 def _check_auth_fields(c: _Collector, s: Mapping[str, object], path: str,

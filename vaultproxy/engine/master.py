@@ -19,6 +19,7 @@ from mitmproxy.addons import (  # noqa: E402
 )
 
 from vaultproxy.ca import system_ca_file  # noqa: E402
+from vaultproxy.engine.dispatch import IndexedAddonManager  # noqa: E402
 from vaultproxy.engine.state import ProxyState  # noqa: E402
 from vaultproxy.stages import Gate, chain  # noqa: E402
 
@@ -43,6 +44,9 @@ def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> ma
     """Must be called with a running event loop (mitmproxy binds to it)."""
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
+    # Dispatch each hook only to the addons that implement it (see engine/dispatch.py).
+    opts.changed.disconnect(m.addons._configure_all)
+    m.addons = IndexedAddonManager(m)
     m.addons.add(
         Gate(),
         *chain(),

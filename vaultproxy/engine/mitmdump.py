@@ -8,12 +8,15 @@ serving), the Gate is still there and refuses traffic instead of forwarding it u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
 
 from mitmproxy import ctx
 
+from vaultproxy.admin.server import AdminServer
+from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.stages import Gate, chain, runtime
@@ -22,12 +25,18 @@ logger = logging.getLogger(__name__)
 
 _gate_installed = False
 
+# Options of mitmdump's default addons that would store flows (with credentials) on disk.
+_FLOW_SINKS = ("save_stream_file", "hardump")
+_stopping: set[asyncio.Task[None]] = set()
+
 
 class Bootstrap:
     """Declares the vaultproxy_* options and builds the ProxyState from them."""
 
     def __init__(self) -> None:
         self._flusher: asyncio.Task[None] | None = None
+        self._admin: AdminServer | None = None
+        self._admin_task: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
         global _gate_installed
@@ -36,19 +45,41 @@ class Bootstrap:
             "vaultproxy_password_file", str, "",
             "file holding the master password (else $VAULTPROXY_PASSWORD_FILE; else locked)",
         )
+        loader.add_option(
+            "vaultproxy_admin_listen", str, "127.0.0.1:3201",
+            "admin API HOST:PORT (port 0 = any free port; empty = no TCP listener; "
+            "admin.sock is always created in the home)",
+        )
         if not _gate_installed:
             ctx.master.addons.add(Gate())
             _gate_installed = True
 
     def configure(self, updated: set[str]) -> None:
-        if "vaultproxy_home" not in updated and "vaultproxy_password_file" not in updated:
-            return
-        try:
-            self._setup()
-        except VaultproxyError as e:
-            runtime.install(None)  # the Gate refuses everything until fixed
-            lines = e.problems if isinstance(e, ConfigError) else [str(e)]
-            logger.error("vaultproxy not loaded, refusing traffic:\n  %s", "\n  ".join(lines))
+        if "vaultproxy_home" in updated or "vaultproxy_password_file" in updated:
+            try:
+                self._setup()
+            except VaultproxyError as e:
+                runtime.install(None)  # the Gate refuses everything until fixed
+                lines = e.problems if isinstance(e, ConfigError) else [str(e)]
+                logger.error("vaultproxy not loaded, refusing traffic:\n  %s", "\n  ".join(lines))
+        self._quiet_flow_output(updated)
+
+    def _quiet_flow_output(self, updated: set[str]) -> None:
+        """mitmdump's dumper prints each flow *after* our stages ran: a query-param credential
+        would reach stdout. Keep flow output off, and refuse traffic while a flow file or HAR
+        dump (which would store injected credentials) is configured."""
+        opts = ctx.options
+        if "flow_detail" in updated and getattr(opts, "flow_detail", 0) > 0:
+            logger.warning("SECURITY: flow_detail forced to 0: it would print injected credentials")
+            opts.update(flow_detail=0)
+        sinks = [n for n in _FLOW_SINKS if n in opts and getattr(opts, n)]
+        if sinks:
+            runtime.install(None)
+            logger.error(
+                "SECURITY: %s would write injected credentials to disk; refusing traffic "
+                "until unset",
+                ", ".join(sinks),
+            )
 
     def _setup(self) -> None:
         from vaultproxy.ca import load_ca, materialize_mitm_confdir, system_ca_file
@@ -73,6 +104,8 @@ class Bootstrap:
             host, _, port = spec.rpartition("@")[2].rpartition(":")
             if port.isdigit():
                 listen.add((host.strip("[]") or "127.0.0.1", int(port)))
+        if self._admin is not None and self._admin.address is not None:
+            listen.add(self._admin.address)
         state.set_own_listeners(frozenset(listen))
         runtime.install(state)
         ctx.options.update(
@@ -86,13 +119,51 @@ class Bootstrap:
 
         if getattr(net_tls, "log_master_secret", None) is not None:
             runtime.install(None)
-            logger.error("SECURITY: SSLKEYLOGFILE is set: TLS keys would be logged; refusing traffic")
+            logger.error(
+                "SECURITY: SSLKEYLOGFILE is set: TLS keys would be logged; refusing traffic"
+            )
             return
         st = runtime.current()
         if st is not None and self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(st.audit.run_flusher())
+        if st is not None and self._admin is None and self._admin_task is None:
+            # running/done must be sync here: the script loader invokes them synchronously.
+            self._admin_task = asyncio.get_running_loop().create_task(self._start_admin(st))
+
+    async def _start_admin(self, st: ProxyState) -> None:
+        """The admin API in mitmdump's loop. A failure is logged; the proxy keeps its gate."""
+        from vaultproxy.cli.run import parse_listen
+
+        try:
+            raw = ctx.options.vaultproxy_admin_listen.strip()
+            listen = parse_listen(raw, "vaultproxy_admin_listen") if raw else None
+            admin = AdminServer(st.home, listen)
+            admin.bind()
+            await admin.start()
+        except VaultproxyError as e:
+            logger.error("vaultproxy admin API not started: %s", e)
+            return
+        self._admin = admin
+        if admin.address is not None:
+            st.set_own_listeners(st.own_listeners | {admin.address})
+        for w in admin.warnings():
+            logger.warning("%s", w)
+        logger.warning(
+            "vaultproxy admin API: %s, socket %s (token in %s)",
+            f"http://{admin.address[0]}:{admin.address[1]}" if admin.address else "no TCP",
+            admin.socket_path, st.home.admin_token,
+        )
 
     def done(self) -> None:
+        if self._admin_task is not None and not self._admin_task.done():
+            self._admin_task.cancel()
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            admin.close_listeners()  # the port and socket are free for a reloaded script
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing left to await
+                task = asyncio.get_running_loop().create_task(admin.stop())
+                _stopping.add(task)
+                task.add_done_callback(_stopping.discard)
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None

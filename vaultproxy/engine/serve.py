@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 
 from vaultproxy import __version__
+from vaultproxy.admin.actions import reload_registry
+from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
 from vaultproxy.engine.master import build_master, listen_addresses
 from vaultproxy.engine.state import ProxyState
@@ -22,22 +24,31 @@ from vaultproxy.stages import runtime
 logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+LOCKED_NOTE = "LOCKED (POST /v1/unlock or restart with --password-file)"
 
 
 @dataclass(frozen=True)
 class ServeOptions:
     listen: tuple[str, int]
     confdir: str
+    admin_listen: tuple[str, int] | None = None
+    admin_socket: bool = True
 
 
-def write_run_json(state: ProxyState, proxy: list[tuple[str, int]]) -> None:
+def write_run_json(
+    state: ProxyState,
+    proxy: list[tuple[str, int]],
+    admin: tuple[str, int] | None = None,
+    admin_socket: str | None = None,
+) -> None:
     data = {
         "pid": os.getpid(),
         "version": __version__,
         "proxy": [f"{h}:{p}" for h, p in proxy],
         "proxy_url": f"http://{_url_host(proxy[0][0])}:{proxy[0][1]}",
-        "admin": None,
-        "admin_socket": None,
+        "admin": f"{_url_host(admin[0])}:{admin[1]}" if admin else None,
+        "admin_url": f"http://{_url_host(admin[0])}:{admin[1]}" if admin else None,
+        "admin_socket": admin_socket,
         "home": str(state.home.path),
     }
     path = state.home.run_json
@@ -52,16 +63,26 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def banner(state: ProxyState, ca: CA, proxy: list[tuple[str, int]]) -> str:
+def banner(
+    state: ProxyState, ca: CA, proxy: list[tuple[str, int]], admin: AdminServer | None = None
+) -> str:
     services = state.registry.services
     lines = [
         f"vaultproxy {__version__} ready",
         "  proxy:    " + ", ".join(f"http://{_url_host(h)}:{p}" for h, p in proxy),
-        f"  keystore: {'LOCKED (POST /v1/unlock or restart with --password-file)' if state.locked else 'unlocked'}",
-        f"  services: {len(services)}" + (": " + ", ".join(s.name for s in services) if services else ""),
+        f"  keystore: {LOCKED_NOTE if state.locked else 'unlocked'}",
+        f"  services: {len(services)}"
+        + (": " + ", ".join(s.name for s in services) if services else ""),
         f"  CA:       {ca.cert_path}",
         f"  CA SHA-256 fingerprint: {ca.fingerprint_sha256}",
     ]
+    if admin is not None:
+        if admin.address is not None:
+            h, p = admin.address
+            token = state.home.admin_token
+            lines.insert(2, f"  admin:    http://{_url_host(h)}:{p} (token in {token})")
+        if admin.socket_path:
+            lines.insert(3, f"  admin socket: {admin.socket_path}")
     return "\n".join(lines)
 
 
@@ -69,21 +90,27 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
     out = []
     for s in state.registry.services:
         if s.insecure_tls:
-            out.append(f"SECURITY: service {s.name} has insecure_tls = true: upstream TLS is NOT verified")
+            out.append(
+                f"SECURITY: service {s.name} has insecure_tls = true: upstream TLS is NOT verified"
+            )
         if s.allow_loopback:
             out.append(f"SECURITY: service {s.name} may reach loopback addresses (allow_loopback)")
         if s.allow_private:
             out.append(f"SECURITY: service {s.name} may reach private addresses (allow_private)")
     if state.registry.config.proxy.passthrough_allow:
-        out.append("SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses")
+        out.append(
+            "SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses"
+        )
     if listen[0] not in ("127.0.0.1", "::1", "localhost"):
-        out.append(f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it")
+        out.append(
+            f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it"
+        )
     return out
 
 
 def reload(state: ProxyState) -> None:
     try:
-        before, after = state.reload()
+        before, after = reload_registry(state)
     except ConfigError as e:
         logger.error(
             "reload refused, keeping the previous registry (%d services):\n%s",
@@ -98,6 +125,11 @@ def reload(state: ProxyState) -> None:
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     runtime.install(state)
+    admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket)
+    admin.bind()  # before the proxy serves, so its address is an own listener from the start
+    if admin.address is not None:
+        state.set_own_listeners(frozenset({admin.address}))
+    await admin.start()
     m = build_master(state, opts.confdir, opts.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,11 +140,11 @@ async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     flusher = asyncio.create_task(state.audit.run_flusher())
     try:
         addrs = await _wait_listening(m, master_task)
-        state.set_own_listeners(frozenset(addrs))
-        write_run_json(state, addrs)
-        for w in security_warnings(state, opts.listen):
+        state.set_own_listeners(frozenset(addrs) | frozenset(admin_addrs(admin)))
+        write_run_json(state, addrs, admin.address, admin.socket_path)
+        for w in security_warnings(state, opts.listen) + admin.warnings():
             logger.warning("%s", w)
-        print(banner(state, ca, addrs), flush=True)
+        print(banner(state, ca, addrs, admin), flush=True)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if master_task.done():
@@ -124,6 +156,7 @@ async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             await master_task
         return 0
     finally:
+        await admin.stop()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
@@ -132,6 +165,10 @@ async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             state.home.run_json.unlink()
         state.lock()
         runtime.install(None)
+
+
+def admin_addrs(admin: AdminServer) -> list[tuple[str, int]]:
+    return [admin.address] if admin.address is not None else []
 
 
 async def _wait_listening(m: object, task: asyncio.Task[None]) -> list[tuple[str, int]]:

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vaultproxy.agents import AgentRecord, load_records
 from vaultproxy.audit import AuditLog
 from vaultproxy.ca import system_ca_file
 from vaultproxy.config.load import load_config
@@ -64,6 +65,7 @@ class ProxyState:
     tunnels: dict[str, Tunnel] = field(default_factory=dict)
     broken_clients: set[str] = field(default_factory=set)
     inflight: int = 0
+    agents: dict[str, AgentRecord] = field(default_factory=dict)  # token hashes, on unlock
     _redactors: dict[str, Redactor] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -112,8 +114,10 @@ class ProxyState:
 
     def unlock_sync(self, password: Secret) -> None:
         ks = Keystore.open(self.home.keystore, password)
+        agents = load_agents(ks)
         with self._lock:
             self.keystore = ks
+            self.agents = agents
             self._redactors.clear()
 
     async def unlock(self, password: Secret) -> None:
@@ -123,6 +127,7 @@ class ProxyState:
     def lock(self) -> None:
         with self._lock:
             ks, self.keystore = self.keystore, None
+            self.agents = {}
             self._redactors.clear()
         if ks is not None:
             wipe = getattr(ks, "wipe", None)
@@ -162,6 +167,11 @@ class ProxyState:
         with self._lock:
             self._redactors[service.name] = redactor
         return redactor
+
+
+def load_agents(ks: Keystore) -> dict[str, AgentRecord]:
+    pairs = [(n, ks.get_internal(n)) for n in ks.internal_names("agent:")]
+    return load_records((n, v) for n, v in pairs if v is not None)
 
 
 def build_snapshot(home: Home, registry: Registry, own: frozenset[tuple[str, int]]) -> Snapshot:

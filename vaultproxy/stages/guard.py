@@ -19,11 +19,10 @@ M_DENIED = "vaultproxy.denied"
 
 def error_reply(err: BaseException) -> http.Response:
     status, code, message = error_response(err)
-    return http.Response.make(
-        status,
-        error_body(code, message),
-        {"Content-Type": "application/json", "X-Vaultproxy-Error": code},
-    )
+    headers = {"Content-Type": "application/json", "X-Vaultproxy-Error": code}
+    if status == 407:
+        headers["Proxy-Authenticate"] = 'Basic realm="vaultproxy"'
+    return http.Response.make(status, error_body(code, message), headers)
 
 
 def deny(flow: http.HTTPFlow, err: BaseException) -> None:

@@ -6,6 +6,7 @@ import time
 
 from mitmproxy import http
 
+from vaultproxy.admin import metrics
 from vaultproxy.audit import AuditEvent
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import M_DENIED, guarded
@@ -46,7 +47,7 @@ def _record(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -
     if st is None:
         return
     flow.metadata[M_AUDITED] = True
-    st.audit.record(_event(flow, event, outcome, reason))
+    st.audit.record(metrics.observed(_event(flow, event, outcome, reason)))
 
 
 class Record:

@@ -36,7 +36,7 @@ def stage_unloaded(name: str) -> None:
     _live_stages.discard(name)
 
 
-REQUIRED_STAGES = frozenset({"Route", "Connect", "Inject", "Scrub", "Record"})
+REQUIRED_STAGES = frozenset({"Identify", "Route", "Connect", "Inject", "Scrub", "Record"})
 
 
 def chain_complete() -> bool:

@@ -37,7 +37,13 @@ def _no_body(flow: http.HTTPFlow) -> bool:
 
 def _stream(
     redactor: Redactor, decode: Callable[[bytes], bytes] | None
-) -> Callable[[bytes], bytes]:
+) -> Callable[[bytes], list[bytes]]:
+    """The ``flow.response.stream`` callable: decode, redact, and never emit an empty chunk.
+
+    mitmproxy sends every returned item as a chunk; on HTTP/1.1 an empty one is written as
+    ``0\\r\\n\\r\\n``, the end of a chunked body, which would truncate the response while
+    the redactor holds back a possible partial match. So return a list, empty when holding.
+    """
     feed = redactor.stream()
 
     def step(chunk: bytes) -> bytes:
@@ -48,7 +54,11 @@ def _stream(
             return feed(plain)
         return feed(chunk)
 
-    return step
+    def emit(chunk: bytes) -> list[bytes]:
+        out = step(chunk)
+        return [out] if out else []
+
+    return emit
 
 
 class Scrub:
@@ -81,7 +91,11 @@ class Scrub:
                 raise UnscannableResponse()
             del resp.headers["content-encoding"]
         resp.headers.pop("content-length", None)
-        if resp.http_version == "HTTP/1.1":
+        http1 = resp.http_version in ("HTTP/1.0", "HTTP/1.1")
+        if http1 and flow.request.http_version == "HTTP/1.1":
+            # Redaction changes the length: frame the body with chunks. An HTTP/1.0 upstream
+            # reply is upgraded so the agent is not left with a close-delimited body.
+            resp.http_version = "HTTP/1.1"
             resp.headers["transfer-encoding"] = "chunked"
         resp.stream = _stream(redactor, decode)
 

@@ -1,0 +1,62 @@
+"""The admin listener also runs inside a stock `mitmdump -s addons/vaultproxy.py`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import canary
+from tests.harness.proxy import REPO, ProxyHome
+from tests.harness.upstream import free_port
+
+pytestmark = pytest.mark.integration
+
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+
+
+def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
+    canary.watch(tmp_path)
+    toml = '[[service]]\nname = "svc"\nhosts = ["svc.api.test"]\nmode = "host_inject"\n' \
+        'auth = "bearer"\n'
+    home = ProxyHome.create(tmp_path, toml, {"svc": canary.make_canary()})
+    port, admin_port = free_port(), free_port()
+    log = tmp_path / "mitmdump.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [str(MITMDUMP), "-s", str(REPO / "addons" / "vaultproxy.py"),
+             "--mode", f"regular@127.0.0.1:{port}",
+             "--set", f"vaultproxy_home={home.path}",
+             "--set", f"vaultproxy_password_file={home.password_file}",
+             "--set", f"vaultproxy_admin_listen=127.0.0.1:{admin_port}"],
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+        )
+        try:
+            sock = home.path / "admin.sock"
+            deadline = time.monotonic() + 30
+            while not sock.exists() and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+            token = (home.path / "admin-token").read_text().strip()
+            with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", trust_env=False,
+                              headers={"Authorization": f"Bearer {token}"}) as c:
+                assert c.get("/v1/health").json()["services"] == 1
+                bad = c.get("/v1/services", headers={"Authorization": "Bearer x"})
+                assert bad.status_code == 401
+                assert [s["name"] for s in c.get("/v1/secrets").json()["secrets"]] == ["svc"]
+            uds = httpx.HTTPTransport(uds=str(sock))
+            with httpx.Client(transport=uds, base_url="http://localhost", trust_env=False) as c:
+                assert c.post("/v1/lock").json() == {"locked": True}
+            # The admin port is an own listener here too.
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(f"CONNECT 127.0.0.1:{admin_port} HTTP/1.1\r\n\r\n".encode())
+                assert s.recv(4096).startswith(b"HTTP/1.1 403")
+        finally:
+            proc.terminate()
+            proc.wait(15)
+    assert not sock.exists()

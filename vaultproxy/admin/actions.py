@@ -1,0 +1,47 @@
+"""Admin actions shared with the signal handlers: reload (SIGHUP and ``POST /v1/reload``)
+and the audit record of an admin action."""
+
+from __future__ import annotations
+
+import logging
+
+from vaultproxy.admin import metrics
+from vaultproxy.audit import ADMIN_EVENT, AuditEvent
+from vaultproxy.engine.state import ProxyState
+from vaultproxy.errors import ConfigError, VaultproxyError
+
+logger = logging.getLogger(__name__)
+
+
+def reload_registry(state: ProxyState) -> tuple[int, int]:
+    """Re-read services.toml; on error raise ConfigError and keep the previous registry."""
+    try:
+        before, after = state.reload()
+    except ConfigError:
+        metrics.RELOADS.labels("invalid").inc()
+        raise
+    except VaultproxyError as e:
+        metrics.RELOADS.labels("invalid").inc()
+        raise ConfigError([str(e)]) from None
+    metrics.RELOADS.labels("ok").inc()
+    return before, after
+
+
+def audit_admin(
+    state: ProxyState, *, caller: str, action: str, method: str, path: str, status: int,
+    code: str | None = None,
+) -> None:
+    """One ``event="admin"`` record: who did what, and whether it worked (never a value)."""
+    ok = code is None
+    metrics.ADMIN_ACTIONS.labels(action, "ok" if ok else code or "error").inc()
+    state.audit.record(
+        AuditEvent(
+            event=ADMIN_EVENT,
+            method=method,
+            path=path,
+            status=status,
+            outcome="ok" if ok else "failed",
+            reason=action if ok else f"{action}: {code}",
+            caller=caller,
+        )
+    )

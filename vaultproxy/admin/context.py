@@ -1,0 +1,40 @@
+"""What the admin routes share: the token, limits, locks and the outbound clients."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from starlette.requests import Request
+
+from vaultproxy.admin.ratelimit import Backoff, TokenBucket
+from vaultproxy.engine.state import ProxyState
+from vaultproxy.outbound import UpstreamClients
+from vaultproxy.stages import runtime
+
+PROXY_RATE = 20.0  # requests per second per caller on POST /proxy
+PROXY_BURST = 60
+
+
+@dataclass
+class AdminContext:
+    token: str
+    proxy_limit: TokenBucket = field(default_factory=lambda: TokenBucket(PROXY_RATE, PROXY_BURST))
+    unlock_backoff: Backoff = field(default_factory=Backoff)
+    unlock_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one KDF at a time
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # keystore edits
+    clients: UpstreamClients = field(default_factory=UpstreamClients)
+
+
+def admin_context(request: Request) -> AdminContext:
+    ctx: AdminContext = request.app.state.admin
+    return ctx
+
+
+def proxy_state() -> ProxyState:
+    """The live ProxyState (503 not_ready when none is loaded)."""
+    return runtime.state()
+
+
+def caller(request: Request) -> str:
+    return str(request.scope.get("vaultproxy.caller", "unknown"))

@@ -1,0 +1,67 @@
+"""Prometheus metrics (``GET /metrics``). Fed from audit events: the Record stage and the
+``/proxy`` route pass each event through :func:`observed`, so both paths count alike.
+
+Labels are service names and outcome/reason codes, never hosts, paths or values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from vaultproxy.audit import AuditEvent
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+FLOWS = Counter(
+    "vaultproxy_flows", "Intercepted requests by service and outcome",
+    ["service", "outcome"], registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "vaultproxy_injection_latency_seconds",
+    "Time from request start (before injection) to the upstream's response, by service",
+    ["service"], registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPSTREAM_ERRORS = Counter(
+    "vaultproxy_upstream_errors", "Upstream connection/TLS failures by service and code",
+    ["service", "code"], registry=REGISTRY,
+)
+RELOADS = Counter(
+    "vaultproxy_reloads", "services.toml reloads by result (ok|invalid)", ["result"],
+    registry=REGISTRY,
+)
+ADMIN_ACTIONS = Counter(
+    "vaultproxy_admin_actions", "Admin API actions by action and result", ["action", "result"],
+    registry=REGISTRY,
+)
+LOCKED = Gauge("vaultproxy_locked", "1 while the keystore is locked", registry=REGISTRY)
+SERVICES = Gauge("vaultproxy_services", "Services in the loaded registry", registry=REGISTRY)
+
+UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
+
+
+def observed(event: AuditEvent) -> AuditEvent:
+    """Count one audit event; returns it unchanged (so a caller can wrap ``record(...)``)."""
+    try:
+        if event.event == "request":
+            service = event.service or "-"
+            FLOWS.labels(service, event.outcome).inc()
+            if event.reason in UPSTREAM_CODES:
+                UPSTREAM_ERRORS.labels(service, event.reason).inc()
+            if event.duration_ms is not None and event.outcome in ("injected", "forwarded"):
+                LATENCY.labels(service).observe(event.duration_ms / 1000.0)
+    except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
+        pass
+    return event
+
+
+def bind(locked: Callable[[], bool], services: Callable[[], int]) -> None:
+    """Make the gauges read the live state at scrape time."""
+    LOCKED.set_function(lambda: 1.0 if locked() else 0.0)
+    SERVICES.set_function(lambda: float(services()))
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

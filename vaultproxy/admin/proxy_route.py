@@ -1,0 +1,262 @@
+"""``POST /proxy``: an explicit JSON request to a registered service, with the transparent
+path's policy (checked address, pinned dial), injection (``prepare_request``), redaction
+(the service's Redactor) and audit. Caller-supplied credentials are refused, not stripped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urlencode
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from mitmproxy import http
+
+from vaultproxy.admin import metrics
+from vaultproxy.admin.context import admin_context, caller, proxy_state
+from vaultproxy.admin.models import ErrorOut, ProxyIn
+from vaultproxy.audit import AuditEvent
+from vaultproxy.config.models import Service
+from vaultproxy.engine.state import ProxyState
+from vaultproxy.errors import BodyTooLarge, LockedError, VaultproxyError, error_response
+from vaultproxy.hostnames import split_authority
+from vaultproxy.inject import STRIP_HEADERS, placeholder_secret, prepare_request, substitute_body
+from vaultproxy.outbound import UpstreamKey
+from vaultproxy.placeholders import basic_credentials
+from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
+from vaultproxy.resolve import resolve_checked
+from vaultproxy.stages.inject import DECODABLE
+
+router = APIRouter()
+
+HOP_BY_HOP = frozenset({
+    "host", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+    "trailer", "upgrade", "content-length",
+})
+RESPONSE_DROP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length",
+    "trailer", "upgrade",
+})
+
+
+class BadRequest(VaultproxyError):
+    status, code, public = 400, "invalid_request", "invalid request"
+
+
+class AuthHeaderRefused(VaultproxyError):
+    status, code, public = 400, "auth_header_refused", "credentials are added by vaultproxy"
+
+
+class UnknownService(VaultproxyError):
+    status, code, public = 404, "unknown_service", "no such service"
+
+
+class Unscannable(VaultproxyError):
+    status, code, public = 502, "upstream_unreachable", (
+        "the upstream used a content-encoding vaultproxy cannot scan"
+    )
+
+
+def pick_host(st: ProxyState, service: Service, requested: str | None) -> tuple[str, int]:
+    if requested:
+        host, port = split_authority(requested)
+        port = 443 if port is None else port
+        found = st.registry.lookup(host, port) if 0 < port < 65536 else None
+        if found is None or found.name != service.name:
+            raise BadRequest(f"host is not one of service {service.name}'s hosts")
+        return host, port
+    for entry in service.hosts:
+        if "*" not in entry:
+            host, port = split_authority(entry)
+            return host, 443 if port is None else port
+    raise BadRequest(f"service {service.name} has only wildcard hosts; pass \"host\"")
+
+
+def _carries(value: str, ph: str) -> bool:
+    raw = value.encode("utf-8", "surrogateescape")
+    creds = basic_credentials(raw)
+    return ph.encode() in raw or (creds is not None and ph.encode() in creds)
+
+
+def caller_headers(service: Service, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """The caller's headers minus hop-by-hop ones; a credential header is refused unless it
+    carries this service's placeholder where placeholder mode substitutes headers."""
+    auth_names = set(STRIP_HEADERS)
+    if service.header_name:
+        auth_names.add(service.header_name.lower())
+    may_carry = service.mode == "placeholder" and "header" in service.substitute_in
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers.items():
+        lname = name.lower()
+        if not name.isascii() or not name or any(c in name for c in " \t\r\n:"):
+            raise BadRequest("a header name is not a valid token")
+        if any(c in value for c in "\r\n\x00"):
+            raise BadRequest(f"header {lname} has a control character in its value")
+        if lname in HOP_BY_HOP:
+            continue
+        carries = may_carry and _carries(value, service.placeholder_text)
+        if lname in auth_names and not (carries and lname != "proxy-authorization"):
+            raise AuthHeaderRefused(
+                f"header {lname} is not allowed: vaultproxy adds the credential for "
+                f"{service.name} (use its placeholder in placeholder mode)"
+            )
+        out.append((name.encode("latin-1", "replace"), value.encode("utf-8", "surrogateescape")))
+    return out
+
+
+def _body_bytes(body: object, headers: list[tuple[bytes, bytes]]) -> bytes:
+    if body is None:
+        return b""
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogatepass")
+    if not any(k.lower() == b"content-type" for k, _ in headers):
+        headers.append((b"Content-Type", b"application/json"))
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def build_request(st: ProxyState, service: Service, host: str, port: int, req_in: ProxyIn
+                  ) -> tuple[http.Request, bool]:
+    """The injected request (mitmproxy's type, as the transparent path) and whether a
+    credential went in."""
+    headers = caller_headers(service, req_in.headers)
+    content = _body_bytes(req_in.body, headers)
+    limit = st.registry.config.proxy.max_body_mb * 1024 * 1024
+    if len(content) > limit:
+        raise BodyTooLarge()
+    authority = host if port == 443 else f"{host}:{port}"
+    target = req_in.path
+    if req_in.query:
+        target += ("&" if "?" in target else "?") + urlencode(req_in.query, doseq=True)
+    req = http.Request.make(req_in.method, f"https://{authority}/", content, headers)
+    req.data.path = target.encode("ascii")
+    req.headers["Host"] = authority
+    entry = st.entry_for(service)
+    result = prepare_request(req, service, entry.value, entry.fields, st.snapshot.index)
+    injected = result.injected
+    if content and service.mode == "placeholder" and "body" in service.substitute_in:
+        st.snapshot.index.scan(content, service.name)
+        secret = placeholder_secret(service, entry.value, entry.fields)
+        ctype = req.headers.get("content-type", "")
+        new = substitute_body(content, ctype, service.placeholder_text.encode(), secret)
+        if new != content:
+            req.raw_content = new
+            injected = True
+    _limit_accept_encoding(req)
+    return req, injected
+
+
+def _limit_accept_encoding(req: http.Request) -> None:
+    offered = req.headers.get("accept-encoding")
+    if offered is None:
+        return
+    keep = [p.strip() for p in offered.split(",") if p.split(";")[0].strip().lower() in DECODABLE]
+    req.headers["accept-encoding"] = ", ".join(keep) if keep else "identity"
+
+
+async def dial_address(st: ProxyState, service: Service, host: str, port: int) -> tuple[str, int]:
+    dial_host, dial_port = host, port
+    if service.connect_to:
+        h, p = split_authority(service.connect_to)
+        dial_host, dial_port = h, p if p and p > 0 else port
+    return await resolve_checked(dial_host, dial_port, st.address_context(service))
+
+
+def to_httpx(req: http.Request, ip: str, port: int) -> httpx.Request:
+    url = httpx.URL(scheme="https", host=ip, port=port, raw_path=req.data.path)
+    headers = [(k, v) for k, v in req.headers.fields
+               if k.lower() not in (b"content-length", b"transfer-encoding")]
+    return httpx.Request(req.method, url, headers=headers, content=req.raw_content or b"")
+
+
+class _Audit:
+    def __init__(self, st: ProxyState, service: Service | None, req_in: ProxyIn, host: str | None):
+        self.st, self.service, self.req_in, self.host = st, service, req_in, host
+        self.t0 = time.monotonic()
+
+    def record(self, status: int | None, outcome: str, reason: str | None) -> None:
+        svc = self.service
+        event = AuditEvent(
+            event="request", service=svc.name if svc else self.req_in.service,
+            mode=svc.mode if svc else None, method=self.req_in.method, host=self.host,
+            path=self.req_in.path, status=status,
+            duration_ms=(time.monotonic() - self.t0) * 1000, outcome=outcome, reason=reason,
+        )
+        self.st.audit.record(metrics.observed(event))
+
+
+@router.post("/proxy", responses={
+    200: {"description": "the upstream's response (status, headers and body), redacted"},
+    400: {"model": ErrorOut, "description": "invalid request or caller-supplied credential"},
+    404: {"model": ErrorOut, "description": "unknown service"},
+    429: {"model": ErrorOut, "description": "rate limited"},
+    502: {"model": ErrorOut, "description": "upstream unreachable or untrusted"},
+})
+async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
+    ctx = admin_context(request)
+    ctx.proxy_limit.take(caller(request))
+    st = proxy_state()
+    service = st.registry.by_name(req_in.service)
+    if service is None:
+        raise UnknownService(f"no service named {req_in.service}")
+    audit = _Audit(st, service, req_in, None)
+    try:
+        host, port = pick_host(st, service, req_in.host)
+        audit.host = host
+        req, injected = build_request(st, service, host, port, req_in)
+        redactor = st.redactor_for(service)
+        if redactor is None:
+            raise LockedError()
+        ip, dial_port = await dial_address(st, service, host, port)
+        key = UpstreamKey(service.name, host, st.trust_file(service), service.insecure_tls)
+        upstream = await ctx.clients.send(key, to_httpx(req, ip, dial_port))
+    except VaultproxyError as e:
+        status, code, _ = error_response(e)
+        audit.record(status, "denied", code)
+        raise
+    return await _relay(upstream, redactor, audit, injected)
+
+
+async def _relay(upstream: httpx.Response, redactor: Redactor, audit: _Audit,
+                 injected: bool) -> Response:
+    headers = http.Headers([(k, v) for k, v in upstream.headers.raw])
+    drop_set_cookie(headers)
+    redact_headers(redactor, headers)
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    decode: Callable[[bytes], bytes] | None = None
+    if encoding not in ("", "identity"):
+        decode = decoder_for(encoding)
+        if decode is None:
+            await upstream.aclose()
+            audit.record(502, "denied", "upstream_unreachable")
+            raise Unscannable()
+        del headers["content-encoding"]
+    raw = [(k, v) for k, v in headers.fields if k.lower().decode("latin-1") not in RESPONSE_DROP]
+    outcome = "injected" if injected else "forwarded"
+
+    async def body() -> AsyncIterator[bytes]:
+        feed = redactor.stream()
+        done = False
+        try:
+            async for chunk in upstream.aiter_raw():
+                out = feed(decode(chunk) if decode is not None else chunk)
+                if out:
+                    yield out
+            tail = decode(b"") if decode is not None else b""
+            final = (feed(tail) if tail else b"") + feed(b"")
+            done = True
+            if final:
+                yield final
+        except httpx.HTTPError:
+            return  # the upstream broke off: the agent gets a truncated body, audit says so
+        finally:
+            audit.record(upstream.status_code, outcome if done else "error",
+                         None if done else "client_or_upstream_aborted")
+            await upstream.aclose()
+
+    response = StreamingResponse(body(), status_code=upstream.status_code)
+    response.raw_headers = raw
+    return response
+

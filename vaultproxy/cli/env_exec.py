@@ -1,0 +1,196 @@
+"""`vaultproxy env` and `vaultproxy exec`: the environment an agent runs in (SPEC §7).
+
+The agent gets the proxy URL (with ``NAME:TOKEN`` when ``--agent`` is given), the CA bundle
+variables and each service's placeholder; nothing else of ours. The agent token is read from
+``--token-file F`` or ``$VAULTPROXY_AGENT_TOKEN`` (vaultproxy never stores it in plaintext).
+``exec`` replaces itself with the command (``os.execvpe``), so exit status, signals and stdio
+are the command's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from vaultproxy import agents
+from vaultproxy.ca import build_bundle
+from vaultproxy.cli import add_home
+from vaultproxy.config.load import load_config
+from vaultproxy.errors import UsageError, VaultproxyError
+from vaultproxy.home import Home
+
+TOKEN_ENV = "VAULTPROXY_AGENT_TOKEN"  # noqa: S105 - a variable name
+NO_PROXY = "localhost,127.0.0.1,::1"
+PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
+BUNDLE_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
+               "AWS_CA_BUNDLE")
+# Removed from an exec'd command's environment: ours (passwords, tokens, home) and proxy
+# settings that would route around or past the ones we set.
+STRIP_PREFIXES = ("VAULTPROXY_",)
+STRIP_NAMES = ("ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
+_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class NotRunning(VaultproxyError):
+    """The proxy of this home is not running (no run.json, or its pid is gone)."""
+
+
+def proxy_url(home: Home) -> str:
+    """The running proxy's URL from run.json; raise NotRunning naming the start command."""
+    start = f"start it with `vaultproxy run --home {home.path}`"
+    try:
+        data = json.loads(home.run_json.read_text())
+        pid = int(data["pid"])
+        url = str(data["proxy_url"])
+    except FileNotFoundError:
+        raise NotRunning(f"vaultproxy is not running for {home.path}; {start}") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NotRunning(f"{home.run_json} is unreadable; {start}") from None
+    if not _alive(pid):
+        raise NotRunning(
+            f"vaultproxy is not running for {home.path} (pid {pid} in run.json is gone); {start}"
+        )
+    return url
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_token(token_file: str | None) -> str:
+    """The agent token from --token-file, else $VAULTPROXY_AGENT_TOKEN."""
+    if token_file:
+        try:
+            raw = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read token file {token_file}: {e.strerror}") from None
+    else:
+        raw = os.environ.get(TOKEN_ENV, "").strip()
+    if not raw:
+        raise UsageError(
+            f"--agent needs the agent's token: pass --token-file FILE or set {TOKEN_ENV} "
+            "(the token is printed once by `vaultproxy agent add`)"
+        )
+    if not agents.TOKEN_RE.fullmatch(raw):
+        raise UsageError("the agent token is malformed (expected the vpa_... value from "
+                         "`vaultproxy agent add`)")
+    return raw
+
+
+def with_credentials(url: str, name: str, token: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{quote(name, safe='')}:{quote(token, safe='')}@{parts.netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def agent_environment(home: Home, agent: str | None, token_file: str | None) -> dict[str, str]:
+    """SPEC §7's variables, in a stable order."""
+    url = proxy_url(home)
+    if agent is not None:
+        agents.check_name(agent)
+        url = with_credentials(url, agent, read_token(token_file))
+    config = load_config(home.services)
+    bundle = str(build_bundle(home))
+    env: dict[str, str] = {name: url for name in PROXY_VARS}
+    env["NO_PROXY"] = env["no_proxy"] = NO_PROXY
+    env.update({name: bundle for name in BUNDLE_VARS})
+    env["NODE_EXTRA_CA_CERTS"] = str(home.ca_cert)
+    env["NODE_USE_ENV_PROXY"] = "1"
+    for service in config.services:
+        if service.env:
+            env[service.env] = service.placeholder_text
+    return env
+
+
+def render(env: Mapping[str, str], shell: str) -> str:
+    """Lines a shell can source: ``export K='v'`` (sh) or ``set -gx K 'v'`` (fish)."""
+    lines = []
+    for key, value in env.items():
+        if not _VAR_RE.fullmatch(key):
+            raise UsageError(f"{key!r} is not a valid environment variable name")
+        if shell == "fish":
+            quoted = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+            lines.append(f"set -gx {key} {quoted};")
+        else:
+            quoted = "'" + value.replace("'", "'\"'\"'") + "'"
+            lines.append(f"export {key}={quoted};")
+    return "\n".join(lines) + "\n"
+
+
+def child_environment(base: Mapping[str, str], ours: Mapping[str, str]) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in base.items()
+        if not k.startswith(STRIP_PREFIXES) and k not in STRIP_NAMES
+    }
+    env.update(ours)
+    return env
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    env = agent_environment(Home.resolve(args.home), args.agent, args.token_file)
+    sys.stdout.write(render(env, args.shell))
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("nothing to run: vaultproxy exec [--agent NAME] -- CMD [ARGS...]")
+    ours = agent_environment(Home.resolve(args.home), args.agent, args.token_file)
+    env = child_environment(os.environ, ours)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)  # noqa: S606 - running the user's command is the point
+    except FileNotFoundError:
+        print(f"vaultproxy: {command[0]}: command not found", file=sys.stderr)
+        return 127
+    except PermissionError:
+        print(f"vaultproxy: {command[0]}: permission denied", file=sys.stderr)
+        return 126
+    return 0  # not reached
+
+
+def _agent_args(p: argparse.ArgumentParser) -> None:
+    add_home(p)
+    p.add_argument("--agent", metavar="NAME", help="authenticate to the proxy as agent NAME")
+    p.add_argument("--token-file", metavar="F",
+                   help=f"file holding the agent's token (else ${TOKEN_ENV})")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "env", help="print the proxy/CA/placeholder exports for an agent shell",
+        description="Print shell lines setting HTTPS_PROXY, the CA bundle variables and each "
+        "service's placeholder variable. Use: eval \"$(vaultproxy env)\" (sh) or "
+        "vaultproxy env --shell fish | source.",
+    )
+    _agent_args(p)
+    p.add_argument("--shell", choices=("sh", "fish"), default="sh",
+                   help="output syntax (default sh: bash, zsh, dash...)")
+    p.set_defaults(func=cmd_env)
+    p = sub.add_parser(
+        "exec", help="run a command with the agent environment",
+        description="Run CMD with the agent environment of `vaultproxy env` (vaultproxy's own "
+        "VAULTPROXY_* variables removed). Exit status, signals and stdio are CMD's own.",
+    )
+    _agent_args(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    p.set_defaults(func=cmd_exec)
