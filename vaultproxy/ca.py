@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vaultproxy.errors import CAError, PermissionProblem
-from vaultproxy.home import Home, check_private
+from vaultproxy.home import Home, check_mode, check_private
 
 logger = logging.getLogger(__name__)
 
@@ -190,19 +190,9 @@ def load_ca(home: Home) -> CA:
 
 def _check_public_file(path: Path) -> None:
     """ca.crt may be world-readable but must be ours, a regular file, and not writable by others."""
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(os.lstat(path).st_mode):
         raise PermissionProblem(f"{path} is not a regular file; replace it with the certificate")
-    if st.st_uid != os.getuid():
-        raise PermissionProblem(
-            f"{path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
-            f"fix with: chown {os.getuid()} {path}"
-        )
-    if st.st_mode & 0o022:
-        raise PermissionProblem(
-            f"{path} is writable by group/other (mode {stat.S_IMODE(st.st_mode):04o}); "
-            f"fix with: chmod 0644 {path}"
-        )
+    check_mode(path, 0o644, deny=0o022, what="writable")
 
 
 def _read_nofollow(path: Path) -> bytes:

@@ -87,6 +87,14 @@ class HostMismatch(VaultproxyError):
     )
 
 
+class UnscannableResponse(VaultproxyError):
+    status, code, public = (
+        502,
+        "upstream_unreachable",
+        "the upstream used a content-encoding vaultproxy cannot scan",
+    )
+
+
 class BodyTooLarge(VaultproxyError):
     status, code, public = 413, "body_too_large", "the request body exceeds max_body_mb"
 

@@ -78,6 +78,12 @@ class Home:
 
 def check_private(path: Path, wanted: int) -> None:
     """Refuse a file or directory that group/other can read or write, or that is not ours."""
+    check_mode(path, wanted, deny=0o077, what="accessible")
+
+
+def check_mode(path: Path, wanted: int, *, deny: int, what: str) -> None:
+    """Refuse a symlink, a path not owned by us, or one with any ``deny`` permission bit;
+    the message names the chmod/chown that fixes it."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise PermissionProblem(f"{path} is a symbolic link; replace it with a regular file")
@@ -86,8 +92,8 @@ def check_private(path: Path, wanted: int) -> None:
             f"{path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
             f"fix with: chown {os.getuid()} {path}"
         )
-    if st.st_mode & 0o077:
+    if st.st_mode & deny:
         raise PermissionProblem(
-            f"{path} is accessible by group/other (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"{path} is {what} by group/other (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"fix with: chmod {wanted:04o} {path}"
         )

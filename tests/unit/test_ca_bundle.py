@@ -12,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_ca import make_home
 from vaultproxy import ca as ca_mod
 from vaultproxy.errors import CAError
 from vaultproxy.home import Home
-
-
-def make_home(path: Path) -> Home:
-    home = Home(path)
-    home.create()
-    ca_mod.ensure_ca(home)
-    return home
 
 
 @pytest.fixture

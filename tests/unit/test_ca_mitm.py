@@ -14,17 +14,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from mitmproxy.certs import CertStore, CertStoreEntry
 
+from tests.unit.test_ca import make_home
 from vaultproxy import ca as ca_mod
 from vaultproxy.home import Home
 
 HOST = "example.test"
-
-
-def make_home(path: Path) -> Home:
-    home = Home(path)
-    home.create()
-    ca_mod.ensure_ca(home)
-    return home
 
 
 @pytest.fixture

@@ -21,7 +21,13 @@ from vaultproxy.admin.models import ErrorOut, ProxyIn
 from vaultproxy.audit import AuditEvent
 from vaultproxy.config.models import Service
 from vaultproxy.engine.state import ProxyState
-from vaultproxy.errors import BodyTooLarge, LockedError, VaultproxyError, error_response
+from vaultproxy.errors import (
+    BodyTooLarge,
+    LockedError,
+    UnscannableResponse,
+    VaultproxyError,
+    error_response,
+)
 from vaultproxy.hostnames import split_authority
 from vaultproxy.inject import STRIP_HEADERS, placeholder_secret, prepare_request, substitute_body
 from vaultproxy.outbound import UpstreamKey
@@ -52,12 +58,6 @@ class AuthHeaderRefused(VaultproxyError):
 
 class UnknownService(VaultproxyError):
     status, code, public = 404, "unknown_service", "no such service"
-
-
-class Unscannable(VaultproxyError):
-    status, code, public = 502, "upstream_unreachable", (
-        "the upstream used a content-encoding vaultproxy cannot scan"
-    )
 
 
 def pick_host(st: ProxyState, service: Service, requested: str | None) -> tuple[str, int]:
@@ -231,7 +231,7 @@ async def _relay(upstream: httpx.Response, redactor: Redactor, audit: _Audit,
         if decode is None:
             await upstream.aclose()
             audit.record(502, "denied", "upstream_unreachable")
-            raise Unscannable()
+            raise UnscannableResponse()
         del headers["content-encoding"]
     raw = [(k, v) for k, v in headers.fields if k.lower().decode("latin-1") not in RESPONSE_DROP]
     outcome = "injected" if injected else "forwarded"

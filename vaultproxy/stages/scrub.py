@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
-from vaultproxy.errors import VaultproxyError
+from vaultproxy.errors import UnscannableResponse
 from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
@@ -19,14 +19,6 @@ from vaultproxy.stages.inject import M_SERVICE
 logger = logging.getLogger(__name__)
 
 M_REDACTOR = "vaultproxy.redactor"
-
-
-class UnscannableResponse(VaultproxyError):
-    status, code, public = (
-        502,
-        "upstream_unreachable",
-        "the upstream used a content-encoding vaultproxy cannot scan",
-    )
 
 
 def _no_body(flow: http.HTTPFlow) -> bool:
