@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@sh scripts/demo.sh $(DEMO)
 
 lint: $(STAMP)
-	$(BIN)/ruff check vaultproxy addons tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 
 test: lint

@@ -18,7 +18,7 @@ from mitmproxy import addonmanager, exceptions, hooks
 
 class IndexedAddonManager(addonmanager.AddonManager):
     def __init__(self, master: Any) -> None:
-        super().__init__(master)
+        super().__init__(master)  # type: ignore[no-untyped-call]
         self._index: dict[str, list[list[Callable[..., Any]]]] = {}
 
     def _handlers(self, event: hooks.Hook) -> list[list[Callable[..., Any]]]:
@@ -49,17 +49,17 @@ class IndexedAddonManager(addonmanager.AddonManager):
 
     def register(self, addon: Any) -> Any:
         self._index.clear()
-        return super().register(addon)
+        return super().register(addon)  # type: ignore[no-untyped-call]
 
     def add(self, *addons: Any) -> None:
         self._index.clear()
-        super().add(*addons)
+        super().add(*addons)  # type: ignore[no-untyped-call]
         self._index.clear()
 
     def remove(self, addon: Any) -> None:
         self._index.clear()
-        super().remove(addon)
+        super().remove(addon)  # type: ignore[no-untyped-call]
 
     def clear(self) -> None:
         self._index.clear()
-        super().clear()
+        super().clear()  # type: ignore[no-untyped-call]
