@@ -30,7 +30,7 @@ def watch(path: Path) -> None:
     _watched.append(Path(path))
 
 
-def _scan_text(where: str, text: str | bytes) -> None:
+def scan_text(where: str, text: str | bytes) -> None:
     data = text.encode("utf-8", "replace") if isinstance(text, str) else text
     for m in CANARY_RE.finditer(data):
         found = m.group().decode()
@@ -42,7 +42,7 @@ def scan_path(path: Path) -> None:
     paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for p in paths:
         try:
-            _scan_text(str(p), p.read_bytes())
+            scan_text(str(p), p.read_bytes())
         except OSError:
             continue
 
@@ -61,9 +61,9 @@ def canary_watch() -> object:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for name, content in report.sections:
-        _scan_text(f"{report.nodeid} [{name}]", content)
+        scan_text(f"{report.nodeid} [{name}]", content)
     if report.longrepr is not None:
-        _scan_text(f"{report.nodeid} [failure report]", str(report.longrepr))
+        scan_text(f"{report.nodeid} [failure report]", str(report.longrepr))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -61,6 +61,18 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) ->
         p.stop()
 
 
+def scan_response(response: httpx.Response) -> None:
+    """Feed everything the agent got back (headers and body) to the session canary check."""
+    response.read()
+    where = f"response to {response.request.method} {response.request.url.path}"
+    canary.scan_text(where, repr(response.headers.multi_items()).encode() + response.content)
+
+
 def agent_client(proxy: ProxyProcess, http2: bool = False, **kw: object) -> httpx.Client:
+    """An httpx client behind the proxy, trusting only vaultproxy's CA; every response it
+    receives is scanned for canaries at the end of the session."""
     ctx = ssl.create_default_context(cafile=str(proxy.home.ca_cert))
-    return httpx.Client(proxy=proxy.url, verify=ctx, http2=http2, timeout=20, **kw)  # type: ignore[arg-type]
+    hooks = {"response": [scan_response]}
+    return httpx.Client(  # type: ignore[arg-type]
+        proxy=proxy.url, verify=ctx, http2=http2, timeout=20, event_hooks=hooks, **kw
+    )

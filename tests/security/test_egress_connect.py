@@ -55,7 +55,7 @@ def recv_head(sock: socket.socket | ssl.SSLSocket) -> tuple[int, dict[str, str],
         if not data:
             break
         body += data
-    canary._scan_text("raw proxy reply", buf + body)
+    canary.scan_text("raw proxy reply", buf + body)
     return status, headers, body
 
 

@@ -81,7 +81,7 @@ def _send(
 ) -> tuple[int, str | None, dict[str, object]]:
     with agent_client(proxy) as c:
         r = c.get(f"https://{host}{path}", headers=headers, params=params or None)
-    canary._scan_text(f"agent response {host}{path}", r.content + repr(r.headers).encode())
+    canary.scan_text(f"agent response {host}{path}", r.content + repr(r.headers).encode())
     body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
     return r.status_code, r.headers.get("x-vaultproxy-error"), body
 

@@ -189,7 +189,7 @@ def _agent_get(proxy: ProxyProcess, service: str, kind: str) -> httpx.Response:
         headers["Authorization"] = "Bearer __vault.ph__"
     with agent_client(proxy) as c:
         r = c.get(f"https://{service}.api.test/reflect/{kind}", headers=headers)
-    canary._scan_text(f"agent response {service}/{kind}", header_bytes(r.headers) + r.content)
+    canary.scan_text(f"agent response {service}/{kind}", header_bytes(r.headers) + r.content)
     return r
 
 

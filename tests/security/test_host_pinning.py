@@ -66,7 +66,7 @@ def test_host_header_mismatch_refused_before_injection(
     before = len(upstream.received)
     with agent_client(proxy, http2=http2) as c:
         r = c.get("https://a.api.test/fronted", headers={"Host": host})
-    canary._scan_text("agent response host mismatch", r.content)
+    canary.scan_text("agent response host mismatch", r.content)
     assert r.status_code == 421
     assert r.headers["x-vaultproxy-error"] == "host_mismatch"
     assert r.json()["code"] == "host_mismatch"

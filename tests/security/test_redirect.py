@@ -86,7 +86,7 @@ def test_httpx_following_redirect_sends_no_credential(
         proxy=proxy.url, verify=_trust(proxy, upstream), follow_redirects=True, timeout=20
     ) as c:
         r = c.get(f"https://{service}.api.test/start", headers=headers)
-    canary._scan_text("agent response after redirect", r.content)
+    canary.scan_text("agent response after redirect", r.content)
     assert r.status_code == 200 and r.content == b"landed"
     start = [x for x in upstream.received[before:] if x.path == "/start"]
     # The first hop, on the registered host, did carry the credential...
@@ -114,7 +114,7 @@ def test_requests_following_redirect_sends_no_credential(
         headers={"Authorization": "Bearer agent-own"},
         timeout=20,
     )
-    canary._scan_text("agent response after redirect (requests)", r.content)
+    canary.scan_text("agent response after redirect (requests)", r.content)
     assert r.status_code == 200
     landed = _landing(upstream, before)
     leaked = _carries(landed, secrets_)
