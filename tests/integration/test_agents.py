@@ -198,6 +198,7 @@ def test_audit_names_the_agent(env: Env) -> None:
     assert ok and ok[-1]["agent"] == "bot" and ok[-1]["service"] == "svc-a"
     refused = [e for e in events if e.get("reason") == "agent_scope"]
     assert refused and refused[-1]["agent"] == "bot"
+    assert refused[-1]["service"] == "svc-b" and refused[-1]["event"] == "tunnel_refused"
     assert env.token not in json.dumps(events)
 
 

@@ -8,6 +8,7 @@ from mitmproxy import http
 
 from vaultproxy.admin import metrics
 from vaultproxy.audit import AuditEvent
+from vaultproxy.hostnames import normal_host
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import M_DENIED, guarded
 from vaultproxy.stages.inject import M_AGENT, M_INJECTED, M_PATH, M_SERVICE, M_T0
@@ -22,8 +23,11 @@ def _event(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) ->
     status = flow.response.status_code if flow.response is not None else None
     host = flow.request.host if event == "tunnel_refused" else None
     st = runtime.current()
-    if event != "tunnel_refused" and st is not None:
-        tunnel = st.tunnels.get(flow.client_conn.id)
+    tunnel = st.tunnels.get(flow.client_conn.id) if st is not None else None
+    if event == "tunnel_refused":
+        if service is None and st is not None:  # name the registered service it targeted
+            service = st.registry.lookup(normal_host(flow.request.host), flow.request.port)
+    elif st is not None:
         host = tunnel.host if tunnel is not None else flow.request.pretty_host
     return AuditEvent(
         event=event,
