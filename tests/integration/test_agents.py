@@ -20,6 +20,7 @@ import pytest
 from tests import canary
 from tests.canary import make_canary
 from tests.harness.proxy import REPO, ProxyHome, ProxyProcess, cli
+from tests.harness.raw import recv_response
 from tests.harness.upstream import Upstream
 from tests.integration.conftest import service_block
 
@@ -46,26 +47,8 @@ def _plain_get(port: int, url: str, auth: str | None = None) -> tuple[int, dict[
         return _read_response(s)
 
 
-def _read_response(s: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
+_read_response = recv_response
+
 
 
 def basic(name: str, token: str) -> str:

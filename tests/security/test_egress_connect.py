@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tests import canary
 from tests.canary import make_canary
 from tests.harness.proxy import ProxyProcess
+from tests.harness.raw import recv_response
 from tests.harness.upstream import Upstream
 from tests.integration import conftest as integration
 from tests.integration.conftest import agent_client, service_block
@@ -32,31 +32,8 @@ upstream = integration.upstream  # the module-scoped fixture, shared
 # --- a raw client: exactly the bytes we mean, no client-side URL normalisation --------------
 
 
-def recv_head(sock: socket.socket | ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
-    """Read one HTTP/1.1 response: status, headers (lowercase), body (Content-Length)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            break
-        buf += data
-    head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    if not lines[0]:
-        return 0, {}, b""
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        data = sock.recv(65536)
-        if not data:
-            break
-        body += data
-    canary.scan_text("raw proxy reply", buf + body)
-    return status, headers, body
+recv_head = recv_response
+
 
 
 def raw_connect(proxy_port: int, target: str) -> tuple[socket.socket, int, dict[str, str], bytes]:
