@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from vaultproxy.ca import load_ca, materialize_mitm_confdir
     from vaultproxy.engine.serve import ServeOptions, serve
-    from vaultproxy.engine.state import ProxyState
+    from vaultproxy.engine.state import ProxyState, problems_text
 
     ca = load_ca(home)
     confdir = materialize_mitm_confdir(home)
@@ -55,8 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         state = ProxyState.load(home)
     except ConfigError as e:
         print(f"vaultproxy: {home.services} is invalid:", file=sys.stderr)
-        for problem in e.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(problems_text(e), file=sys.stderr)
         return 1
     password = get_password(args.password_file, required=False)
     if password is not None:

@@ -17,7 +17,7 @@ from vaultproxy.admin.actions import reload_registry
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
 from vaultproxy.engine.master import build_master, listen_addresses
-from vaultproxy.engine.state import ProxyState
+from vaultproxy.engine.state import ProxyState, problems_text
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.stages import runtime
 
@@ -115,7 +115,7 @@ def reload(state: ProxyState) -> None:
         logger.error(
             "reload refused, keeping the previous registry (%d services):\n%s",
             len(state.registry.services),
-            "\n".join(f"  {p}" for p in e.problems),
+            problems_text(e),
         )
     except VaultproxyError as e:
         logger.error("reload refused, keeping the previous registry: %s", e)
