@@ -55,17 +55,17 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def settle(pid: int | None, limit_s: float = 15) -> None:
+def settle(pids: list[int], limit_s: float = 15) -> None:
     """Wait (bounded) until the proxy is idle: a finished client run can leave it busy with
     connections still being torn down, which would be charged to the next workload."""
-    if not pid:
+    if not pids:
         return
     hz = os.sysconf("SC_CLK_TCK")
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        a = cpu_ticks(pid)
+        a = sum(cpu_ticks(p) for p in pids)
         time.sleep(0.25)
-        if (cpu_ticks(pid) - a) / hz < 0.025:  # < 10% of one core
+        if (sum(cpu_ticks(p) for p in pids) - a) / hz < 0.025:  # < 10% of one core
             return
 
 
@@ -104,9 +104,9 @@ def check_injection(t: Target) -> str:
 def measure(t: Target, d: dict[str, float], results: dict[str, dict[str, object]]) -> None:
     r: dict[str, object] = {}
     results[t.name] = r
-    pid = t.pid
-    if pid:
-        r["rss_idle_mib"] = (rss_kib(pid, "VmRSS") or 0) / 1024
+    pids = t.pids  # every process of the proxy (vaultproxy --workers N: N of them)
+    if pids:
+        r["rss_idle_mib"] = sum(rss_kib(p, "VmRSS") or 0 for p in pids) / 1024
     r["injection"] = check_injection(t)
     run_hey(t.base + "/1k", proxy=t.proxy, headers=t.headers, duration_s=d["warm"])
 
@@ -117,10 +117,10 @@ def measure(t: Target, d: dict[str, float], results: dict[str, dict[str, object]
             r[key] = None
             r.setdefault("problems", []).append(f"{key}: {res.problem()}")  # type: ignore[attr-defined,union-attr]
 
-    settle(pid)
+    settle(pids)
     res = run_hey(t.base + "/1k", proxy=t.proxy, headers=t.headers, conns=10, duration_s=d["conc"])
     keep("conc10_rps", res, res.rps)
-    settle(pid)
+    settle(pids)
     # Warm the sequential path too, then measure with a per-request timer (see load.sequential).
     sequential(t.base, "/1k", proxy=t.proxy, headers=t.headers, count=50, limit_s=d["warm"])
     res = sequential(
@@ -129,7 +129,7 @@ def measure(t: Target, d: dict[str, float], results: dict[str, dict[str, object]
     keep("seq_p50_ms", res, res.p50_ms)
     keep("seq_p99_ms", res, res.p99_ms)
     keep("seq_rps", res, res.rps)
-    settle(pid)
+    settle(pids)
     res = run_hey(
         t.base + "/1k",
         proxy=t.proxy,
@@ -139,17 +139,17 @@ def measure(t: Target, d: dict[str, float], results: dict[str, dict[str, object]
         keepalive=False,
     )
     keep("newconn_rps", res, res.rps)
-    settle(pid)
+    settle(pids)
     if t.proxy:
         res = run_hey(t.passthrough_base + "/1k", proxy=t.proxy, conns=10, duration_s=d["pt"])
         keep("passthrough_rps", res, res.rps)
     else:
         r["passthrough_rps"] = r.get("conc10_rps")
     for kind in ("download", "upload"):
-        settle(pid)
-        if pid:
-            base_rss = rss_kib(pid, "VmRSS") or 0
-            reset_peak(pid)
+        settle(pids)
+        base_rss = {p: rss_kib(p, "VmRSS") or 0 for p in pids}
+        for p in pids:
+            reset_peak(p)
         if kind == "download":
             res = run_hey(
                 t.base + "/big", proxy=t.proxy, headers=t.headers, count=1, conns=1, timeout_s=120
@@ -163,10 +163,11 @@ def measure(t: Target, d: dict[str, float], results: dict[str, dict[str, object]
             )  # fmt: skip
             res.statuses = {(200 if s in (201, 204) else s): n for s, n in res.statuses.items()}
             keep(f"{kind}_mbps", res, BIG_BYTES / 1e6 / res.total_s if res.total_s else None)
-        if pid:
-            peak = rss_kib(pid, "VmHWM") or 0
-            r[f"{kind}_peak_mib"] = peak / 1024
-            r[f"{kind}_growth_mib"] = max(0, peak - base_rss) / 1024
+        if pids:  # summed over the proxy's processes
+            peaks = {p: rss_kib(p, "VmHWM") or 0 for p in pids}
+            r[f"{kind}_peak_mib"] = sum(peaks.values()) / 1024
+            growth = sum(max(0, peaks[p] - base_rss[p]) for p in pids)
+            r[f"{kind}_growth_mib"] = growth / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(Squid("squid", "squid ssl-bump", nginx, work / "squid"))
     else:
         skipped.append("squid: squid-openssl not installed (apt-get install squid-openssl)")
-    for svc, label in (("ph", "vaultproxy placeholder"), ("hi", "vaultproxy host_inject")):
-        vp = Vaultproxy(f"vp-{svc}", label, nginx, work / "vp")
-        vp.home, vp.service = home, svc
+    for name, svc, label, workers in (
+        ("vp-ph", "ph", "vaultproxy placeholder", 1),
+        ("vp-hi", "hi", "vaultproxy host_inject", 1),
+        ("vp-hi-w2", "hi", "vaultproxy host_inject, --workers 2", 2),
+    ):
+        vp = Vaultproxy(name, label, nginx, work / "vp")
+        vp.home, vp.service, vp.workers = home, svc, workers
         targets.append(vp)
     if args.only:
         wanted = set(args.only.split(","))

@@ -55,6 +55,10 @@ class Target:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc is not None else []
+
     def start(self) -> None:
         pass
 
@@ -215,6 +219,12 @@ class Vaultproxy(Target):
     home: VaultproxyHome | None = None
     service: str = "hi"
     profile_to: Path | None = None  # run under cProfile, stats written here at exit
+    workers: int = 1
+    worker_pids: tuple[int, ...] = ()  # from run.json, besides proc (worker 0)
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *self.worker_pids] if self.proc is not None else []
 
     @property
     def base(self) -> str:
@@ -231,6 +241,7 @@ class Vaultproxy(Target):
             *prefix, "-m", "vaultproxy", "run", "--home", str(self.home.path),
             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
             "--password-file", str(self.home.password_file),
+            "--workers", str(self.workers),
         ]  # fmt: skip
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"vaultproxy-{self.name}.log", "wb")  # noqa: SIM115
@@ -247,6 +258,7 @@ class Vaultproxy(Target):
                 data = {}
             if data.get("pid") == self.proc.pid:
                 self.proxy = data["proxy_url"]
+                self.worker_pids = tuple(data.get("worker_pids", []))
                 break
             time.sleep(0.05)
         else:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaultproxy.errors import PermissionProblem, UsageError
+from vaultproxy.errors import PermissionProblem, UsageError, VaultproxyError
 
 DEFAULT_HOME = "~/.config/vaultproxy"
 
@@ -56,6 +58,29 @@ class Home:
     @property
     def run_json(self) -> Path:
         return self.path / "run.json"
+
+    def claim(self) -> int:
+        """Hold an exclusive flock on the home directory for this process's lifetime.
+
+        One running proxy per home: a second ``vaultproxy run`` (or mitmdump with the addon)
+        on the same home would otherwise overwrite the first one's admin-token and run.json.
+        Returns the fd (closing it releases the claim; it is not inherited by children).
+        """
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                pid = json.loads(self.run_json.read_text()).get("pid")
+            except (OSError, ValueError, AttributeError):
+                pid = None
+            who = f" (pid {pid})" if isinstance(pid, int) else ""
+            raise VaultproxyError(
+                f"another vaultproxy{who} is already running on {self.path}; "
+                "stop it first, or use another --home"
+            ) from None
+        return fd
 
     @property
     def mitm_confdir(self) -> Path:

@@ -153,6 +153,7 @@ def _router() -> Any:
             audit_admin(st, caller=who, action="reload", method="POST", path="/v1/reload",
                         status=409, code="config_invalid")
             raise
+        await st.settled()  # every worker process runs the new registry
         audit_admin(st, caller=who, action="reload", method="POST", path="/v1/reload", status=200)
         return ReloadOut(before=before, after=after)
 
@@ -163,12 +164,16 @@ def _router() -> Any:
         service: str | None = Query(None, max_length=64),
     ) -> AuditOut:
         st = proxy_state()
+        await st.settled()  # records of requests that worker processes answered are in
         records = await asyncio.to_thread(st.audit.tail, limit, since, service)
         return AuditOut(records=records)
 
     @router.get("/metrics", response_class=Response,
                 responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def prometheus() -> Response:
+        st = runtime.current()
+        if st is not None:
+            await st.settled()  # worker processes' flows are counted from their audit records
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router

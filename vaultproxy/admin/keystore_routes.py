@@ -62,6 +62,7 @@ async def unlock(body: UnlockIn, request: Request) -> LockOut:
         finally:
             password.wipe()
     ctx.unlock_backoff.succeeded(who)
+    await st.settled()  # every worker process serves the unlocked keystore
     audit_admin(st, caller=who, action="unlock", method="POST", path="/v1/unlock", status=200)
     return LockOut(locked=False)
 
@@ -70,6 +71,7 @@ async def unlock(body: UnlockIn, request: Request) -> LockOut:
 async def lock(request: Request) -> LockOut:
     st, who = proxy_state(), caller(request)
     st.lock()
+    await st.settled()  # no worker process injects anything once this answers
     audit_admin(st, caller=who, action="lock", method="POST", path="/v1/lock", status=200)
     return LockOut(locked=True)
 
@@ -117,6 +119,7 @@ async def _write(request: Request, action: str, path: str, method: str, work: ob
         raise KeystoreConflict(str(e)) from None
     finally:
         st.secrets_changed()
+        await st.settled()  # every worker process serves the new value
     audit_admin(st, caller=who, action=action, method=method, path=path, status=200)
 
 

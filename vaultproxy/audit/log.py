@@ -76,6 +76,17 @@ class AuditLog:
             self._pending.append(line)
             self._trim()
 
+    def record_line(self, line: str) -> None:
+        """Queue one record a worker process already serialised (``--workers``)."""
+        if not line.endswith("\n") or "\n" in line[:-1] or not line.startswith("{"):
+            log.error("audit: a worker sent a malformed record; dropped")
+            with self._lock:
+                self._dropped += 1
+            return
+        with self._lock:
+            self._pending.append(line)
+            self._trim()
+
     def flush(self) -> None:
         """Write every buffered line. Never raises; a failed write keeps its lines."""
         with self._io_lock:

@@ -27,7 +27,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"proxy listen address (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--admin-listen", default=DEFAULT_ADMIN, metavar="HOST:PORT",
                    help=f"admin API listen address (default {DEFAULT_ADMIN})")
+    p.add_argument("--workers", default="auto", metavar="N",
+                   help="proxy processes sharing the port (SO_REUSEPORT); "
+                        "default auto = one per CPU, 1 = a single process")
     p.set_defaults(func=cmd_run)
+
+
+def parse_workers(text: str) -> int:
+    from vaultproxy.engine.workers import MAX_WORKERS, default_workers
+
+    if text == "auto":
+        return min(default_workers(), MAX_WORKERS)
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise UsageError(f"--workers must be auto or a number from 1 to {MAX_WORKERS}")
+    return int(text)
 
 
 def parse_listen(text: str, flag: str) -> tuple[str, int]:
@@ -42,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     listen = parse_listen(args.listen, "--listen")
     admin_listen = parse_listen(args.admin_listen, "--admin-listen")
+    workers = parse_workers(args.workers)
     home = Home.resolve(args.home)
     home.require()
 
@@ -65,7 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning(
             "no password source: starting LOCKED; intercepted hosts answer 503 until unlocked"
         )
-    opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen)
+    opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
+                        workers=workers)
     try:
         return asyncio.run(serve(state, ca, opts))
     except VaultproxyError as e:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 
 # mitmproxy reads these at import and would log TLS session keys (credentials included).
 for _name in ("SSLKEYLOGFILE", "MITMPROXY_SSLKEYLOGFILE"):
@@ -21,6 +23,7 @@ from mitmproxy.addons import (  # noqa: E402
 from vaultproxy.ca import system_ca_file  # noqa: E402
 from vaultproxy.engine.dispatch import IndexedAddonManager  # noqa: E402
 from vaultproxy.engine.state import ProxyState  # noqa: E402
+from vaultproxy.errors import VaultproxyError  # noqa: E402
 from vaultproxy.stages import Gate, chain  # noqa: E402
 
 
@@ -65,3 +68,26 @@ def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> ma
 def listen_addresses(m: master.Master) -> list[tuple[str, int]]:
     ps = m.addons.get("proxyserver")
     return [(str(a[0]), int(a[1])) for a in ps.listen_addrs()]
+
+
+async def wait_listening(m: master.Master, task: asyncio.Task[None]) -> list[tuple[str, int]]:
+    for _ in range(200):
+        if task.done():
+            task.result()
+            raise VaultproxyError("the proxy stopped during start-up")
+        addrs = listen_addresses(m)
+        if addrs:
+            return addrs
+        await asyncio.sleep(0.05)
+    raise VaultproxyError("the proxy did not start listening within 10 s (is the port in use?)")
+
+
+async def drain(m: master.Master, state: ProxyState, seconds: float) -> None:
+    """Stop accepting, then give in-flight requests a bounded time to finish."""
+    m.options.update(server=False)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while state.inflight > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if state.inflight > 0:
+        print(f"vaultproxy: {state.inflight} requests still in flight at shutdown", file=sys.stderr)

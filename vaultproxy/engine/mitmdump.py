@@ -36,6 +36,7 @@ class Bootstrap:
     def __init__(self) -> None:
         self._flusher: asyncio.Task[None] | None = None
         self._admin: AdminServer | None = None
+        self._claim: int | None = None
         self._admin_task: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
@@ -137,6 +138,8 @@ class Bootstrap:
         try:
             raw = ctx.options.vaultproxy_admin_listen.strip()
             listen = parse_listen(raw, "vaultproxy_admin_listen") if raw else None
+            if self._claim is None:
+                self._claim = st.home.claim()  # one proxy per home (admin-token, admin.sock)
             admin = AdminServer(st.home, listen)
             admin.bind()
             await admin.start()

@@ -9,15 +9,16 @@ import json
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 
 from vaultproxy import __version__
 from vaultproxy.admin.actions import reload_registry
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
-from vaultproxy.engine.master import build_master, listen_addresses
+from vaultproxy.engine import reuseport
+from vaultproxy.engine.master import build_master, drain, wait_listening
 from vaultproxy.engine.state import ProxyState, problems_text
+from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.stages import runtime
 
@@ -33,6 +34,7 @@ class ServeOptions:
     confdir: str
     admin_listen: tuple[str, int] | None = None
     admin_socket: bool = True
+    workers: int = 1
 
 
 def write_run_json(
@@ -40,6 +42,7 @@ def write_run_json(
     proxy: list[tuple[str, int]],
     admin: tuple[str, int] | None = None,
     admin_socket: str | None = None,
+    worker_pids: list[int] | None = None,
 ) -> None:
     data = {
         "pid": os.getpid(),
@@ -50,6 +53,8 @@ def write_run_json(
         "admin_url": f"http://{_url_host(admin[0])}:{admin[1]}" if admin else None,
         "admin_socket": admin_socket,
         "home": str(state.home.path),
+        "workers": 1 + len(worker_pids or []),
+        "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
     }
     path = state.home.run_json
     tmp = path.with_name(".run.json.tmp")
@@ -64,12 +69,17 @@ def _url_host(host: str) -> str:
 
 
 def banner(
-    state: ProxyState, ca: CA, proxy: list[tuple[str, int]], admin: AdminServer | None = None
+    state: ProxyState,
+    ca: CA,
+    proxy: list[tuple[str, int]],
+    admin: AdminServer | None = None,
+    workers: int = 1,
 ) -> str:
     services = state.registry.services
     lines = [
         f"vaultproxy {__version__} ready",
-        "  proxy:    " + ", ".join(f"http://{_url_host(h)}:{p}" for h, p in proxy),
+        "  proxy:    " + ", ".join(f"http://{_url_host(h)}:{p}" for h, p in proxy)
+        + (f" ({workers} worker processes)" if workers > 1 else ""),
         f"  keystore: {LOCKED_NOTE if state.locked else 'unlocked'}",
         f"  services: {len(services)}"
         + (": " + ", ".join(s.name for s in services) if services else ""),
@@ -124,13 +134,25 @@ def reload(state: ProxyState) -> None:
 
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
+    claim = state.home.claim()  # one proxy per home; released when this process exits
+    try:
+        return await _serve(state, ca, opts)
+    finally:
+        os.close(claim)
+
+
+async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     runtime.install(state)
     admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket)
     admin.bind()  # before the proxy serves, so its address is an own listener from the start
     if admin.address is not None:
         state.set_own_listeners(frozenset({admin.address}))
+    listen = opts.listen
+    if opts.workers > 1:
+        reuseport.enable()
+        listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
-    m = build_master(state, opts.confdir, opts.listen)
+    m = build_master(state, opts.confdir, listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, state)
@@ -138,56 +160,54 @@ async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
     master_task = asyncio.create_task(m.run())
     flusher = asyncio.create_task(state.audit.run_flusher())
+    supervisor: Supervisor | None = None
     try:
-        addrs = await _wait_listening(m, master_task)
+        addrs = await wait_listening(m, master_task)
         state.set_own_listeners(frozenset(addrs) | frozenset(admin_addrs(admin)))
-        write_run_json(state, addrs, admin.address, admin.socket_path)
+
+        def announce() -> None:
+            pids = supervisor.pids() if supervisor is not None else []
+            write_run_json(state, addrs, admin.address, admin.socket_path, pids)
+
+        if opts.workers > 1:
+            supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
+                                    listen=addrs[0])
+            supervisor.on_pids_changed = announce
+            await supervisor.start()
+        announce()
         for w in security_warnings(state, opts.listen) + admin.warnings():
             logger.warning("%s", w)
-        print(banner(state, ca, addrs, admin), flush=True)
+        print(banner(state, ca, addrs, admin, opts.workers), flush=True)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if master_task.done():
             master_task.result()
             return 1
-        await _drain(m, state)
+        stopping = (
+            asyncio.create_task(supervisor.stop(DRAIN_SECONDS + 5.0))
+            if supervisor is not None else None
+        )
+        await drain(m, state, DRAIN_SECONDS)
+        if stopping is not None:
+            await stopping
         m.shutdown()
         with contextlib.suppress(asyncio.CancelledError):
             await master_task
         return 0
     finally:
+        if supervisor is not None and supervisor.workers:
+            await supervisor.stop(timeout=2.0)
         await admin.stop()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         state.audit.close()
-        with contextlib.suppress(FileNotFoundError):
-            state.home.run_json.unlink()
+        with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
+            if json.loads(state.home.run_json.read_text()).get("pid") == os.getpid():
+                state.home.run_json.unlink()
         state.lock()
         runtime.install(None)
 
 
 def admin_addrs(admin: AdminServer) -> list[tuple[str, int]]:
     return [admin.address] if admin.address is not None else []
-
-
-async def _wait_listening(m: object, task: asyncio.Task[None]) -> list[tuple[str, int]]:
-    for _ in range(200):
-        if task.done():
-            task.result()
-            raise VaultproxyError("the proxy stopped during start-up")
-        addrs = listen_addresses(m)  # type: ignore[arg-type]
-        if addrs:
-            return addrs
-        await asyncio.sleep(0.05)
-    raise VaultproxyError("the proxy did not start listening within 10 s (is the port in use?)")
-
-
-async def _drain(m: object, state: ProxyState) -> None:
-    """Stop accepting, then give in-flight requests a bounded time to finish."""
-    m.options.update(server=False)  # type: ignore[attr-defined]
-    deadline = asyncio.get_running_loop().time() + DRAIN_SECONDS
-    while state.inflight > 0 and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)
-    if state.inflight > 0:
-        print(f"vaultproxy: {state.inflight} requests still in flight at shutdown", file=sys.stderr)

@@ -3,6 +3,10 @@
 One ``ProxyState`` per process. The registry is immutable and swapped whole on reload;
 decrypted material lives only in the keystore object and the per-service redactors built
 from it, both dropped by ``lock()``.
+
+Every change (reload, unlock, lock, secret write) bumps ``generation`` and calls the
+``on_change`` callbacks; with ``--workers N`` the supervisor (engine/workers.py) uses them to
+send the new state to every worker, and ``await settled()`` returns once all have applied it.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultproxy.agents import AgentRecord, load_records
 from vaultproxy.audit import AuditLog
 from vaultproxy.ca import system_ca_file
-from vaultproxy.config.load import load_config
+from vaultproxy.config.load import parse_config, read_text
 from vaultproxy.config.models import Service
 from vaultproxy.errors import ConfigError, LockedError, SecretMissing
 from vaultproxy.home import Home
@@ -66,6 +71,10 @@ class ProxyState:
     broken_clients: set[str] = field(default_factory=set)
     inflight: int = 0
     agents: dict[str, AgentRecord] = field(default_factory=dict)  # token hashes, on unlock
+    config_text: str = ""  # the services.toml text the registry was built from
+    generation: int = 0
+    on_change: list[Callable[[], None]] = field(default_factory=list)
+    barrier: Callable[[], Awaitable[None]] | None = None
     _redactors: dict[str, Redactor] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -73,10 +82,32 @@ class ProxyState:
     def load(
         cls, home: Home, *, own_listeners: frozenset[tuple[str, int]] = frozenset()
     ) -> ProxyState:
-        registry = Registry.from_config(load_config(home.services))
-        audit = AuditLog(home.audit)
+        return cls.from_text(home, read_text(home.services), own_listeners=own_listeners)
+
+    @classmethod
+    def from_text(
+        cls,
+        home: Home,
+        text: str,
+        *,
+        own_listeners: frozenset[tuple[str, int]] = frozenset(),
+        audit: AuditLog | None = None,
+    ) -> ProxyState:
+        registry = Registry.from_config(parse_config(text, home.path))
         snapshot = build_snapshot(home, registry, own_listeners)
-        return cls(home, snapshot, audit, own_listeners=own_listeners)
+        return cls(home, snapshot, audit or AuditLog(home.audit), own_listeners=own_listeners,
+                   config_text=text)
+
+    # -- change notification (workers) ------------------------------------------------------
+    def _changed(self) -> None:
+        self.generation += 1
+        for callback in list(self.on_change):
+            callback()
+
+    async def settled(self) -> None:
+        """Return once every worker process runs the current state (no-op with one process)."""
+        if self.barrier is not None:
+            await self.barrier()
 
     # -- registry -----------------------------------------------------------------------
     @property
@@ -85,18 +116,25 @@ class ProxyState:
 
     def reload(self) -> tuple[int, int]:
         """Re-read services.toml. On error raise ConfigError and keep the old registry."""
+        return self.reload_text(read_text(self.home.services))
+
+    def reload_text(self, text: str) -> tuple[int, int]:
+        """Swap in the registry built from ``text``; on error raise and keep the old one."""
         before = len(self.registry.services)
-        registry = Registry.from_config(load_config(self.home.services))
+        registry = Registry.from_config(parse_config(text, self.home.path))
         snapshot = build_snapshot(self.home, registry, self.own_listeners)
         with self._lock:
             self.snapshot = snapshot
+            self.config_text = text
             self._redactors.clear()
+        self._changed()
         logger.info("registry reloaded: %d -> %d services", before, len(registry.services))
         return before, len(registry.services)
 
     def set_own_listeners(self, listeners: frozenset[tuple[str, int]]) -> None:
         self.own_listeners = listeners
         self.snapshot = build_snapshot(self.home, self.registry, listeners)
+        self._changed()
 
     def trust_file(self, service: Service) -> Path:
         return self.snapshot.trust_files[service.name]
@@ -113,12 +151,16 @@ class ProxyState:
         return self.keystore is None
 
     def unlock_sync(self, password: Secret) -> None:
-        ks = Keystore.open(self.home.keystore, password)
+        self.install_keystore(Keystore.open(self.home.keystore, password))
+
+    def install_keystore(self, ks: Keystore) -> None:
+        """Serve from ``ks`` (an opened keystore, or a worker's read-only view of one)."""
         agents = load_agents(ks)
         with self._lock:
             self.keystore = ks
             self.agents = agents
             self._redactors.clear()
+        self._changed()
 
     async def unlock(self, password: Secret) -> None:
         """Run the KDF off the event loop, then swap the keystore in."""
@@ -133,6 +175,7 @@ class ProxyState:
             wipe = getattr(ks, "wipe", None)
             if callable(wipe):
                 wipe()
+        self._changed()
 
     def entry_for(self, service: Service) -> Entry:
         ks = self.keystore
@@ -146,6 +189,7 @@ class ProxyState:
     def secrets_changed(self) -> None:
         with self._lock:
             self._redactors.clear()
+        self._changed()
 
     def redactor_for(self, service: Service) -> Redactor | None:
         """The response redactor for a service's secret, or None when locked/missing."""
@@ -201,7 +245,7 @@ def build_trust_files(home: Home, registry: Registry) -> dict[str, Path]:
         extra = (home.path / service.ca_cert).read_bytes()
         data = system.read_bytes().rstrip(b"\n") + b"\n" + extra
         home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # workers write the same files
         tmp.write_bytes(data)
         os.replace(tmp, path)
         out[service.name] = path

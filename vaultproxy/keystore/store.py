@@ -136,6 +136,20 @@ class Keystore:
         """``open`` in a worker thread, so the KDF does not block the event loop."""
         return await asyncio.to_thread(cls.open, path, password)
 
+    @classmethod
+    def view(cls, path: Path | str, plain: bytes | bytearray) -> Keystore:
+        """A read-only keystore built from ``plaintext()`` of an unlocked one.
+
+        ``vaultproxy run --workers N`` hands this to each worker process over a private
+        socketpair; a view has no data key, so ``save``/``change_password`` refuse.
+        """
+        return cls(Path(path), Header(DEFAULT_KDF, b"", (), ()), (), bytearray(),
+                   entries.decode(plain), None, None)
+
+    def plaintext(self) -> bytearray:
+        """The decrypted entries, encoded as in the file body (caller wipes the buffer)."""
+        return entries.encode(self._entries, self._internal)
+
     # -- entries (in memory until save) ----------------------------------------------------
 
     def names(self) -> list[str]:
@@ -212,6 +226,8 @@ class Keystore:
             self._password = None
 
     def _check_rewritable(self) -> None:
+        if not self._dek:
+            raise KeystoreError("this is a worker's read-only view of the keystore")
         unknown = sorted({s.type for s in self._slots} - {format.SLOT_PASSWORD})
         if unknown:
             raise KeystoreError(

@@ -1,0 +1,57 @@
+"""SO_REUSEPORT proxy listeners, for ``vaultproxy run --workers N``.
+
+Every worker process binds its own listening socket on the same address with SO_REUSEPORT
+and the kernel spreads new connections across them. mitmproxy binds its listeners itself
+(``AsyncioServerInstance.listen`` -> ``asyncio.start_server``) with no way to ask for
+SO_REUSEPORT, so ``enable()`` replaces ``RegularInstance.listen`` in this process only. It is
+called by the embedded runner and the worker entry point, never by the mitmdump script.
+
+Linux lets only sockets of the same effective uid join a SO_REUSEPORT group, and
+``probe()`` (run by the supervisor before anyone binds) fails like a plain bind when the
+address is already taken, so a second ``vaultproxy run`` on the same port still gets
+"address in use" instead of silently sharing the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any
+
+from mitmproxy.proxy import mode_servers
+
+from vaultproxy.errors import VaultproxyError
+
+_enabled = False
+
+
+def enable() -> None:
+    """From now on, this process's regular-mode proxy listeners use SO_REUSEPORT."""
+    global _enabled
+    if _enabled:
+        return
+    _enabled = True
+
+    async def listen(self: Any, host: str, port: int) -> list[asyncio.Server]:
+        server = await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)
+        return [server]
+
+    mode_servers.RegularInstance.listen = listen  # type: ignore[method-assign,assignment]
+
+
+def probe(host: str, port: int) -> int:
+    """Check that ``host:port`` is free (a plain bind); return the port (0 -> a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise VaultproxyError(
+                    f"{host}:{port} is already in use (another vaultproxy run?); "
+                    "stop it or choose another --listen"
+                ) from None
+            raise VaultproxyError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        return int(s.getsockname()[1])

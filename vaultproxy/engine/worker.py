@@ -1,0 +1,136 @@
+"""One extra worker process of ``vaultproxy run --workers N`` (see engine/workers.py).
+
+Started by the supervisor as ``python -m vaultproxy.engine.worker FD``, where FD is its end
+of a private socketpair. It receives its whole configuration and state over that channel
+(never argv or environment), serves the proxy port with SO_REUSEPORT through the same stage
+chain as the supervisor, forwards audit records, and applies state changes in order. It has
+no admin listener and ignores SIGINT/SIGHUP (the supervisor handles those); SIGTERM or a
+``stop`` message drains and exits 0; a closed channel (supervisor gone) locks and exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from vaultproxy.engine import reuseport
+from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
+from vaultproxy.engine.master import build_master, drain, wait_listening
+from vaultproxy.engine.state import ProxyState
+from vaultproxy.home import Home
+from vaultproxy.keystore import Keystore
+from vaultproxy.keystore.crypto import wipe
+from vaultproxy.stages import runtime
+
+logger = logging.getLogger("vaultproxy.worker")
+
+DRAIN_SECONDS = 10.0
+
+
+def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -> None:
+    """Make ``state`` what the supervisor sent: registry text, own listeners, keystore."""
+    try:
+        text = header["config"]
+        if text != state.config_text:
+            state.reload_text(text)
+        own = frozenset((str(h), int(p)) for h, p in header["own"])
+        if own != state.own_listeners:
+            state.set_own_listeners(own)
+        if header["locked"]:
+            if not state.locked:
+                state.lock()
+        else:
+            state.install_keystore(Keystore.view(state.home.keystore, payload))
+    finally:
+        wipe(payload)
+
+
+async def _follow(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: ProxyState
+) -> str:
+    """Apply the supervisor's messages in order; return why we stopped ("stop" or "eof")."""
+    try:
+        while True:
+            header, payload = await read_frame(reader)
+            op = header["op"]
+            if op == "state":
+                apply_state(state, header, payload)
+            elif op == "stop":
+                return "stop"
+            if op in ("state", "ping"):
+                writer.write(frame({"op": "pong", "n": header.get("n", 0)}))
+    except ChannelClosed:
+        return "eof"
+
+
+async def run(fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
+        header, payload = await read_frame(reader)
+    except ChannelClosed:
+        return 1
+    if header["op"] != "init":
+        return 2
+    home = Home(Path(header["home"]))
+    state = ProxyState.from_text(home, header["config"], audit=ForwardingAudit(writer, loop))
+    apply_state(state, header, payload)
+    runtime.install(state)
+    reuseport.enable()
+    host, port = header["listen"]
+    m = build_master(state, header["confdir"], (str(host), int(port)))
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    master_task = asyncio.create_task(m.run())
+    follower: asyncio.Task[str] | None = None
+    try:
+        await wait_listening(m, master_task)
+        writer.write(frame({"op": "ready"}))
+        follower = asyncio.create_task(_follow(reader, writer, state))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({master_task, follower, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if master_task.done():
+            master_task.result()
+            return 1
+        if follower.done() and follower.result() == "eof":
+            state.lock()  # the supervisor is gone: serve nothing more
+            m.shutdown()
+            return 1
+        await drain(m, state, DRAIN_SECONDS)
+        m.shutdown()
+        with contextlib.suppress(asyncio.CancelledError):
+            await master_task
+        return 0
+    finally:
+        if follower is not None:
+            follower.cancel()
+        state.lock()
+        runtime.install(None)
+        with contextlib.suppress(Exception):
+            await writer.drain()  # the last audit records
+        writer.close()
+
+
+def main(argv: list[str]) -> int:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("vaultproxy worker: started by `vaultproxy run --workers N`, not by hand",
+              file=sys.stderr)
+        return 2
+    return asyncio.run(run(int(argv[1])))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
