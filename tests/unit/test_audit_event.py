@@ -155,3 +155,46 @@ def test_validation_errors_do_not_echo_input(canary: Callable[[], str]) -> None:
     with pytest.raises(ValidationError) as info:
         _request(ts=secret)
     assert secret not in str(info.value)
+
+
+def _reference_line(event: AuditEvent) -> str:
+    return json.dumps(event.to_record(), separators=(",", ":"), allow_nan=False) + "\n"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"agent": None, "service": None, "mode": None, "status": None, "duration_ms": None},
+        {"reason": 'quote " backslash \\ tab \t nl \n nul \x00 del \x7f'},
+        {"host": "bücher.example", "agent": "日本語", "reason": "emoji \U0001f600 \u2028"},
+        {"path": "/a b/%2F/\u00e9", "method": "PATCH"},
+        {"status": 599, "duration_ms": 0.0},
+        {"duration_ms": 1e-7},
+        {"duration_ms": 12345678901234.5},
+        {"duration_ms": 3.0},
+        {"status": 10**20},
+    ],
+)
+def test_json_line_is_byte_identical_to_json_dumps(overrides: dict[str, object]) -> None:
+    event = _request(**overrides)
+    assert event.to_json_line() == _reference_line(event)
+
+
+def test_admin_json_line_is_byte_identical_to_json_dumps() -> None:
+    for caller in ("uid:1000", None, "tok\u00e9n"):
+        event = AuditEvent(event=ADMIN_EVENT, method="POST", path="/v1/x", outcome="ok",
+                           caller=caller)  # fmt: skip
+        assert event.to_json_line() == _reference_line(event)
+
+
+def test_default_ts_tracks_the_clock_across_seconds() -> None:
+    first = utc_timestamp()
+    later = utc_timestamp()
+    assert later >= first
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", later)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M")
+    assert later[:16] in (
+        now,
+        (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"),
+    )

@@ -4,48 +4,116 @@ mitmproxy's AddonManager.trigger_event walks every addon in the chain for every 
 `update` event after each flow event), creating a coroutine and a safecall context per addon
 even when the addon has no such hook: ~40% of the proxy's CPU on a 1 KB request. This manager
 resolves, once per hook name, which addons implement it and calls only those, in chain order,
-with the same per-addon error handling (safecall) and AddonHalt semantics. The index is
-dropped whenever the chain changes (add, remove, register, clear)."""
+with the same per-addon error handling as mitmproxy's ``safecall`` (an exception is logged as
+"Addon error" and the next addon still runs; AddonHalt stops the event; OptionsError
+propagates). The index is dropped whenever the chain changes (add, remove, register, clear).
+
+The same index serves the synchronous ``trigger`` (mitmproxy's legacy ``add_log`` event is
+fired through it for every log record: with no addon implementing ``add_log`` it now costs one
+dict lookup instead of a walk over the chain) and ``handle_lifecycle`` (the ``update`` event
+is only built when some addon implements it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import addonmanager, exceptions, hooks
+from mitmproxy import addonmanager, exceptions, flow, hooks
+
+logger = logging.getLogger(addonmanager.__name__)
+
+#: Per top-level addon, the hook callables of it and its children (chain order).
+Handlers = tuple[tuple[Callable[..., Any], ...], ...]
+
+_arg_names: dict[type[hooks.Hook], tuple[str, ...]] = {}
+
+
+def hook_args(event: hooks.Hook) -> list[Any]:
+    """``event.args()`` without ``dataclasses.fields`` on every call."""
+    names = _arg_names.get(type(event))
+    if names is None:
+        names = tuple(f.name for f in dataclasses.fields(event))  # type: ignore[arg-type]
+        _arg_names[type(event)] = names
+    return [getattr(event, n) for n in names]
+
+
+def _addon_error(err: Exception) -> None:
+    """What mitmproxy's ``safecall`` does with an addon's exception: log it, carry on."""
+    tb = addonmanager.cut_traceback(err.__traceback__, "invoke_addon")  # type: ignore[no-untyped-call]
+    logger.error(f"Addon error: {err}", exc_info=(type(err), err, tb))
 
 
 class IndexedAddonManager(addonmanager.AddonManager):
     def __init__(self, master: Any) -> None:
         super().__init__(master)  # type: ignore[no-untyped-call]
-        self._index: dict[str, list[list[Callable[..., Any]]]] = {}
+        self._index: dict[str, Handlers] = {}
 
-    def _handlers(self, event: hooks.Hook) -> list[list[Callable[..., Any]]]:
+    def _handlers(self, event: hooks.Hook) -> Handlers:
         found = self._index.get(event.name)
         if found is None:
-            found = []
+            groups = []
             for top in self.chain:
-                funcs = [func for _a, func in self._iter_hooks(top, event)]
+                funcs = tuple(func for _a, func in self._iter_hooks(top, event))
                 if funcs:
-                    found.append(funcs)
-            self._index[event.name] = found
+                    groups.append(funcs)
+            found = self._index[event.name] = tuple(groups)
         return found
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        handlers = self._handlers(event)
+        handlers = self._index.get(event.name)
+        if handlers is None:
+            handlers = self._handlers(event)
         if not handlers:
             return
-        args = event.args()
+        args = hook_args(event)
         for funcs in handlers:
             try:
-                with addonmanager.safecall():
-                    for func in funcs:
-                        res = func(*args)
-                        if res is not None and inspect.isawaitable(res):
-                            await res
+                for func in funcs:
+                    res = func(*args)
+                    if res is not None and inspect.isawaitable(res):
+                        await res
             except exceptions.AddonHalt:
                 return
+            except exceptions.OptionsError:
+                raise
+            except Exception as e:  # noqa: BLE001 - as safecall: log, next addon
+                _addon_error(e)
+
+    def trigger(self, event: hooks.Hook) -> None:
+        handlers = self._index.get(event.name)
+        if handlers is None:
+            handlers = self._handlers(event)
+        if not handlers:
+            return
+        args = hook_args(event)
+        for funcs in handlers:
+            try:
+                for func in funcs:
+                    if inspect.iscoroutinefunction(func):
+                        raise exceptions.AddonManagerError(
+                            f"Async handler {event.name} ({func}) cannot be called "
+                            "from sync context"
+                        )
+                    func(*args)
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception as e:  # noqa: BLE001 - as safecall: log, next addon
+                _addon_error(e)
+
+    async def handle_lifecycle(self, event: hooks.Hook) -> None:
+        await self.trigger_event(event)
+        update = self._index.get("update")
+        if update is None:
+            update = self._handlers(hooks.UpdateHook([]))
+        if update:
+            message = hook_args(event)[0]
+            if isinstance(message, flow.Flow):
+                await self.trigger_event(hooks.UpdateHook([message]))
 
     def register(self, addon: Any) -> Any:
         self._index.clear()
@@ -59,6 +127,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
     def remove(self, addon: Any) -> None:
         self._index.clear()
         super().remove(addon)  # type: ignore[no-untyped-call]
+        self._index.clear()
 
     def clear(self) -> None:
         self._index.clear()

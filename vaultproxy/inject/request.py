@@ -67,11 +67,20 @@ def placeholder_secret(
     return strategy_for(service).placeholder_secret(service, value, fields)
 
 
+_BASE_STRIP = frozenset(n.encode("ascii") for n in STRIP_HEADERS)
+_strip_cache: dict[str, frozenset[bytes]] = {}
+
+
 def strip_names(service: Service) -> frozenset[bytes]:
-    names = {n.encode("ascii") for n in STRIP_HEADERS}
-    if service.header_name:
-        names.add(service.header_name.lower().encode("ascii"))
-    return frozenset(names)
+    if not service.header_name:
+        return _BASE_STRIP
+    names = _strip_cache.get(service.header_name)
+    if names is None:
+        if len(_strip_cache) > 1024:  # header names come from services.toml: few, bounded
+            _strip_cache.clear()
+        names = _BASE_STRIP | {service.header_name.lower().encode("ascii")}
+        _strip_cache[service.header_name] = names
+    return names
 
 
 def prepare_request(

@@ -127,12 +127,23 @@ def _limit_accept_encoding(req: http.Request) -> None:
     offered = req.headers.get("accept-encoding")
     if offered is None:
         return
+    limited = _limited.get(offered)
+    if limited is None:
+        limited = _limit(offered)
+        if len(_limited) >= 256:  # an agent sends the same value on every request
+            _limited.clear()
+        _limited[offered] = limited
+    if limited != offered:
+        req.headers["accept-encoding"] = limited
+
+
+_limited: dict[str, str] = {}
+
+
+def _limit(offered: str) -> str:
     keep = [
         part.strip()
         for part in offered.split(",")
         if part.split(";")[0].strip().lower() in DECODABLE
     ]
-    if keep:
-        req.headers["accept-encoding"] = ", ".join(keep)
-    else:
-        req.headers["accept-encoding"] = "identity"
+    return ", ".join(keep) if keep else "identity"

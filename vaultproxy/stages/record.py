@@ -8,6 +8,7 @@ from mitmproxy import http
 
 from vaultproxy.admin import metrics
 from vaultproxy.audit import AuditEvent
+from vaultproxy.engine.state import ProxyState
 from vaultproxy.hostnames import normal_host
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import M_DENIED, guarded
@@ -16,28 +17,31 @@ from vaultproxy.stages.inject import M_AGENT, M_INJECTED, M_PATH, M_SERVICE, M_T
 M_AUDITED = "vaultproxy.audited"
 
 
-def _event(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -> AuditEvent:
-    service = flow.metadata.get(M_SERVICE)
-    t0 = flow.metadata.get(M_T0)
+def _event(
+    st: ProxyState, flow: http.HTTPFlow, event: str, outcome: str, reason: str | None
+) -> AuditEvent:
+    meta = flow.metadata
+    service = meta.get(M_SERVICE)
+    t0 = meta.get(M_T0)
     duration = (time.monotonic() - t0) * 1000 if t0 is not None else None
-    status = flow.response.status_code if flow.response is not None else None
-    host = flow.request.host if event == "tunnel_refused" else None
-    st = runtime.current()
-    tunnel = st.tunnels.get(flow.client_conn.id) if st is not None else None
+    response = flow.response
+    request = flow.request
     if event == "tunnel_refused":
-        if service is None and st is not None:  # name the registered service it targeted
-            service = st.registry.lookup(normal_host(flow.request.host), flow.request.port)
-    elif st is not None:
-        host = tunnel.host if tunnel is not None else flow.request.pretty_host
+        host = request.host
+        if service is None:  # name the registered service it targeted
+            service = st.registry.lookup(normal_host(host), request.port)
+    else:
+        tunnel = st.tunnels.get(flow.client_conn.id)
+        host = tunnel.host if tunnel is not None else request.pretty_host
     return AuditEvent(
         event=event,
-        agent=flow.metadata.get(M_AGENT),
+        agent=meta.get(M_AGENT),
         service=getattr(service, "name", None),
         mode=getattr(service, "mode", None),
-        method=flow.request.method,
+        method=request.method,
         host=host,
-        path=flow.metadata.get(M_PATH) if event != "tunnel_refused" else None,
-        status=status,
+        path=meta.get(M_PATH) if event != "tunnel_refused" else None,
+        status=response.status_code if response is not None else None,
         duration_ms=duration,
         outcome=outcome,
         reason=reason,
@@ -51,7 +55,7 @@ def _record(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -
     if st is None:
         return
     flow.metadata[M_AUDITED] = True
-    st.audit.record(metrics.observed(_event(flow, event, outcome, reason)))
+    st.audit.record(metrics.observed(_event(st, flow, event, outcome, reason)))
 
 
 class Record:
