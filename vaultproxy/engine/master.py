@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 
@@ -47,6 +48,13 @@ def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> ma
     """Must be called with a running event loop (mitmproxy binds to it)."""
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
+    # Nothing in our chain implements mitmproxy's deprecated ``add_log`` event; its handler
+    # would still format every log record and wake the event loop for it.
+    m._legacy_log_events.uninstall()
+    # mitmproxy logs four INFO lines per connection (client/server connect/disconnect):
+    # per-connection noise and CPU under load. The audit log records every intercepted flow;
+    # warnings and errors from mitmproxy's connection handling still show.
+    logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     # Dispatch each hook only to the addons that implement it (see engine/dispatch.py).
     opts.changed.disconnect(m.addons._configure_all)
     m.addons = IndexedAddonManager(m)
