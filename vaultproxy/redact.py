@@ -26,6 +26,17 @@ variant holds back ``max form length - 1`` bytes between chunks, so a form split
 chunk boundaries is still caught; a stream's output is byte-identical to ``redact`` of the
 whole body.
 
+That regex tries every position (tens of MB/s), so a **pre-check** (``may_match``) runs
+first and skips buffers that cannot hold a form. Every match of the regex contains a
+*needle* (the raw secret, or a base64 form) or an *escape* of one secret character (``%HH``
+of a secret byte, ``+`` for a space, ``\\uXXXX`` of a secret character, a short JSON escape
+of one): a text-form match that is not the raw secret writes at least one character escaped.
+Needles are found with ``bytes`` search (memchr on their rarest byte first); escapes with a
+memchr for their lead byte (``%``, ``\\``, ``+``), then a trie-shaped regex anchored on that
+byte; each escape found costs one regex search over the window a match containing it could
+span (``2 * max_len``), and after ``_MAX_WINDOWS`` of those the check gives up and says
+"maybe". On bodies without a candidate this runs at GB/s.
+
 The module also has the streaming decoders (``decoder_for``) the caller puts in front of the
 redactor: a compressed body cannot be redacted without decompressing it.
 """
@@ -33,6 +44,7 @@ redactor: a compressed body cannot be redacted without decompressing it.
 from __future__ import annotations
 
 import base64
+import itertools
 import re
 import zlib
 from collections.abc import Callable, Iterable
@@ -45,6 +57,7 @@ from vaultproxy.errors import BodyTooLarge
 __all__ = ["Redactor", "base64_forms", "decoder_for", "drop_set_cookie", "redact_headers"]
 
 _MIN_CORE = 8
+_MAX_WINDOWS = 8  # escapes checked one by one before may_match gives up (at least)
 _JSON_SHORT = {
     '"': rb'\\"',
     "\\": rb"\\\\",
@@ -98,6 +111,93 @@ def _text_pattern(secret: bytes) -> tuple[bytes, int]:
     return b"".join(p for p, _ in parts), sum(n for _, n in parts)
 
 
+def _hex_variants(value: int, width: int) -> list[bytes]:
+    """``value`` as hex digits in every mix of letter case (what :func:`_hex_ci` matches)."""
+    options = [{ch, ch.upper()} for ch in f"{value:0{width}x}"]
+    return ["".join(p).encode() for p in itertools.product(*(sorted(o) for o in options))]
+
+
+def _escapes(secret: bytes) -> set[bytes]:
+    """Every escape a non-raw text-form match of ``secret`` may use, as literal bytes.
+
+    A match of :func:`_text_pattern` that is not the raw secret itself writes at least one
+    character (or byte) as ``%HH``, ``+`` (a space), ``\\uXXXX`` or a short JSON escape;
+    these are exactly those escapes (for a surrogate pair, its first half).
+    """
+    out: set[bytes] = set()
+    for b in set(secret):
+        out.update(b"%" + h for h in _hex_variants(b, 2))
+        if b == 0x20:
+            out.add(b"+")
+    try:
+        text = secret.decode("utf-8")
+    except UnicodeDecodeError:
+        return out
+    for ch in set(text):
+        cp = ord(ch)
+        if cp > 0xFFFF:
+            cp = 0xD800 + ((cp - 0x10000) >> 10)
+        out.update(b"\\u" + h for h in _hex_variants(cp, 4))
+        if ch in _JSON_SHORT:
+            out.add(_JSON_SHORT[ch].replace(b"\\\\", b"\\"))
+    return out
+
+
+def _trie_pattern(strings: Iterable[bytes]) -> bytes:
+    """A regex matching where any of ``strings`` starts (a string whose prefix is also in
+    ``strings`` is dropped: finding the prefix suffices). Factored as a trie so re tries
+    each byte once."""
+    trie: dict[int, Any] = {}
+    for s in strings:
+        node = trie
+        for b in s:
+            node = node.setdefault(b, {})
+        node[-1] = {}
+
+    def emit(node: dict[int, Any]) -> bytes:
+        if -1 in node or not node:
+            return b""
+        leaves = sorted(b for b, child in node.items() if -1 in child)
+        parts = []
+        if len(leaves) == 1:
+            parts.append(re.escape(bytes(leaves)))
+        elif leaves:
+            parts.append(b"[" + b"".join(re.escape(bytes([b])) for b in leaves) + b"]")
+        for b, child in sorted(node.items()):
+            if -1 not in child:
+                parts.append(re.escape(bytes([b])) + emit(child))
+        return parts[0] if len(parts) == 1 else b"(?:" + b"|".join(parts) + b")"
+
+    return emit(trie)
+
+
+def _escape_scanners(escapes: set[bytes]) -> tuple[tuple[bytes, re.Pattern[bytes]], ...]:
+    """(lead byte, pattern) per escape lead (``%``, ``\\``, ``+``): a memchr for the lead, then
+    re's literal-prefix scan, which stops only at the lead."""
+    groups: dict[bytes, set[bytes]] = {}
+    for esc in escapes:
+        groups.setdefault(esc[:1], set()).add(esc)
+    return tuple((lead, re.compile(_trie_pattern(g))) for lead, g in sorted(groups.items()))
+
+
+# Bytes by how often they occur in text (most common last); any other byte ranks rarest.
+_COMMON = b"=+/_-ZQXJKVWYUGBFHPMDCLONSITERAzqxjkvwyugbfhpmdclonsitera9876543210 "
+
+
+def _commonness(b: int) -> int:
+    return _COMMON.find(bytes([b]))
+
+
+def _minimal(needles: set[bytes]) -> tuple[bytes, ...]:
+    """``needles`` without any that contains another (finding the shorter one suffices)."""
+    ordered = sorted(needles, key=len)
+    kept: list[bytes] = []
+    for n in ordered:
+        if not any(k in n for k in kept):
+            kept.append(n)
+    return tuple(kept)
+
+
 def base64_forms(secret: bytes) -> set[bytes]:
     """Whole encodings (padded and not) and the three stable alignment cores, std and url."""
     forms: set[bytes] = set()
@@ -115,25 +215,41 @@ def base64_forms(secret: bytes) -> set[bytes]:
 
 
 class Redactor:
-    """Replaces every known form of each secret with that secret's placeholder."""
+    """Replaces every known form of each secret with that secret's placeholder.
 
-    __slots__ = ("_re", "_repl", "max_len")
+    Before the (slow, per-position) regex runs, :meth:`may_match` checks a buffer with a few
+    ``bytes`` searches: every match of the regex contains one of the *needles* (the raw
+    secret, each base64 form) or one of the *escapes* (``%HH`` of a secret byte, ``\\uXXXX``
+    of a secret character, ...). A buffer with none of them is returned as it is.
+    """
+
+    __slots__ = ("_escapes", "_needles", "_re", "_repl", "max_len")
 
     def __init__(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
         alternatives: dict[bytes, tuple[int, bytes]] = {}
         firsts: set[int] = set()
+        needles: set[bytes] = set()
+        escapes: set[bytes] = set()
         for secret, placeholder in pairs:
             if not secret:
                 continue
             text, text_len = _text_pattern(secret)
             alternatives.setdefault(text, (text_len, placeholder))
             firsts.update((secret[0], ord("%"), ord("\\"), ord("+")))
+            needles.add(secret)
+            escapes.update(_escapes(secret))
             for form in base64_forms(secret):
                 alternatives.setdefault(re.escape(form), (len(form), placeholder))
                 firsts.add(form[0])
+                needles.add(form)
         ordered = sorted(alternatives.items(), key=lambda kv: kv[1][0], reverse=True)
         self._repl: tuple[bytes, ...] = tuple(ph for _, (_, ph) in ordered)
         self.max_len: int = max((n for _, (n, _) in ordered), default=0)
+        # (rarest byte, needle): the byte is looked for first, with memchr.
+        self._needles: tuple[tuple[bytes, bytes], ...] = tuple(
+            (bytes([min(n, key=_commonness)]), n) for n in _minimal(needles)
+        )
+        self._escapes = _escape_scanners(escapes)
         if ordered:
             # The leading lookahead lets re skip positions that cannot start any form:
             # about 9x faster than the bare alternation.
@@ -144,34 +260,77 @@ class Redactor:
         else:
             self._re = None
 
+    def __repr__(self) -> str:
+        return f"<Redactor {len(self._repl)} forms>"
+
+    def may_match(self, data: bytes) -> bool:
+        """False only if no form of any secret occurs in ``data``; cheap when none does.
+
+        ``bytes`` searches for the needles; then, at each escape of a secret character, the
+        full regex over the window a match containing that escape could span. After
+        ``_MAX_WINDOWS`` (more in a long buffer) such escapes that are in no match, give up
+        and answer True.
+        """
+        for anchor, needle in self._needles:
+            if anchor in data and needle in data:
+                return True
+        regex = self._re
+        if regex is None:
+            return False
+        span = self.max_len
+        # Windows cost about as much per byte as the full regex: spend at most ~1/4 of it.
+        windows = max(_MAX_WINDOWS, len(data) // (8 * span)) if span else _MAX_WINDOWS
+        for lead, escape in self._escapes:
+            if lead not in data:
+                continue
+            for m in escape.finditer(data):
+                # A match holding an escape that starts in [m.start(), m.end()) (this one, or
+                # one finditer stepped over) lies within this window.
+                if regex.search(data, max(0, m.start() + 1 - span), m.end() + span) is not None:
+                    return True
+                windows -= 1
+                if windows <= 0:
+                    return True
+        return False
+
     def _sub(self, m: re.Match[bytes]) -> bytes:
         assert m.lastindex is not None
         return self._repl[m.lastindex - 1]
 
     def redact(self, data: bytes) -> bytes:
         """``data`` with every secret form replaced."""
-        if self._re is None or not data:
+        if self._re is None or not data or not self.may_match(data):
             return data
         return self._re.sub(self._sub, data)
 
     def stream(self) -> Callable[[bytes], bytes]:
-        """A per-chunk redactor for ``flow.response.stream``; call it with ``b""`` to flush."""
+        """A per-chunk redactor for ``flow.response.stream``; call it with ``b""`` to flush.
+
+        It holds back the last ``max_len - 1`` bytes (a form may continue in the next chunk);
+        everything before is final. The output is byte-identical to :meth:`redact` of the
+        whole input however it is split.
+        """
         carry = b""
         keep = max(self.max_len - 1, 0)
+        regex = self._re
+        may_match = self.may_match
 
         def step(chunk: bytes) -> bytes:
             nonlocal carry
-            buf = carry + chunk
-            if not chunk or self._re is None:
+            buf = carry + chunk if carry else chunk
+            if not chunk or regex is None:
                 carry = b""
                 return self.redact(buf)
             cut = len(buf) - keep
             if cut <= 0:
                 carry = buf
                 return b""
+            if not may_match(buf):  # no form lies wholly in buf: all but the tail is final
+                carry = buf[cut:]
+                return buf[:cut]
             out: list[bytes] = []
             pos = 0
-            for m in self._re.finditer(buf):
+            for m in regex.finditer(buf):
                 if m.start() >= cut:
                     break
                 out.append(buf[pos : m.start()])
@@ -187,6 +346,9 @@ class Redactor:
     def redact_headers(self, headers: http.Headers) -> None:
         """Redact every header field (names and each of several values) in place."""
         if self._re is None:
+            return
+        # One pre-check over all of them: a form inside any field is inside the joined bytes.
+        if not self.may_match(b"\n".join(b"\n".join(f) for f in headers.fields)):
             return
         fields = tuple((self.redact(k), self.redact(v)) for k, v in headers.fields)
         if fields != headers.fields:
