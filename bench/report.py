@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -33,6 +34,53 @@ ROWS = [
 ]
 RATIO_KEYS = {"conc10_rps", "seq_rps", "seq_p50_ms", "seq_p99_ms", "newconn_rps", "download_mbps",
               "upload_mbps", "passthrough_rps"}  # fmt: skip
+
+
+def medians(rounds: list[dict[str, dict[str, object]]]) -> dict[str, dict[str, object]]:
+    """Per target and key, the median over the rounds that measured it."""
+    out: dict[str, dict[str, object]] = {}
+    for results in rounds:
+        for name, r in results.items():
+            for key, v in r.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    out.setdefault(name, {}).setdefault(key, []).append(float(v))  # type: ignore[union-attr]
+                else:
+                    out.setdefault(name, {}).setdefault(key, v)
+    for r in out.values():
+        for key, v in list(r.items()):
+            if isinstance(v, list):
+                r[key] = statistics.median(v)
+    return out
+
+
+ROUND_KEYS = [("conc10_rps", "10 keep-alive conns"), ("seq_rps", "1 conn sequential"),
+              ("newconn_rps", "new conn per request"), ("download_mbps", "100 MB download")]  # fmt: skip
+
+
+def round_ratios(rounds: list[dict[str, dict[str, object]]], labels: dict[str, str]) -> str:
+    """Each vaultproxy target's ratio to bare mitmdump measured in the same round."""
+    names = [n for n in labels if n.startswith("vp-")]
+    head = "| workload | " + " | ".join(labels[n] for n in names) + " |"
+    out = [
+        f"Ratio to bare mitmdump within each round ({len(rounds)} rounds, interleaved): "
+        "median (each round).",
+        "",
+        head,
+        "|---|" + "---|" * len(names),
+    ]
+    for key, label in ROUND_KEYS:
+        cells = []
+        for n in names:
+            rs = []
+            for results in rounds:
+                v, ref = results.get(n, {}).get(key), results.get("mitmdump", {}).get(key)
+                if isinstance(v, int | float) and isinstance(ref, int | float) and ref:
+                    rs.append(float(v) / float(ref))
+            cells.append(
+                f"{statistics.median(rs):.2f}× ({', '.join(f'{r:.2f}' for r in rs)})" if rs else "—"
+            )
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def _cpu_model() -> str:

@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short durations (< 2 min in all)")
     ap.add_argument("--profile", action="store_true", help="also cProfile vaultproxy host_inject")
     ap.add_argument("--only", default="", help="comma-separated target names (default: all)")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="measure every target N times, interleaved; cells are medians")
     ap.add_argument("--no-doc", action="store_true", help="print the table; do not write the doc")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
@@ -215,19 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         targets = [t for t in targets if t.name in wanted or t.name in ("direct", "mitmdump")]
-    results: dict[str, dict[str, object]] = {}
+    rounds: list[dict[str, dict[str, object]]] = []
     try:
-        for t in targets:
-            t0 = time.monotonic()
-            try:
-                t.start()
-                measure(t, d, results)
-            except Exception as e:  # noqa: BLE001 - a target that fails is reported, not fatal
-                skipped.append(f"{t.name}: {e}")
-                results.pop(t.name, None)
-            finally:
-                t.stop()
-            print(f"{t.name}: {time.monotonic() - t0:.0f} s {results.get(t.name)}", flush=True)
+        for n in range(max(1, args.rounds)):
+            results: dict[str, dict[str, object]] = {}
+            rounds.append(results)
+            for t in targets:
+                t0 = time.monotonic()
+                try:
+                    t.start()
+                    measure(t, d, results)
+                except Exception as e:  # noqa: BLE001 - a failing target is reported, not fatal
+                    skipped.append(f"{t.name} (round {n + 1}): {e}")
+                    results.pop(t.name, None)
+                finally:
+                    t.stop()
+                print(f"round {n + 1} {t.name}: {time.monotonic() - t0:.0f} s "
+                      f"{results.get(t.name)}", flush=True)
         profile = None
         if args.profile:
             from bench.profile import profile_vaultproxy
@@ -241,11 +247,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     meta = report.machine(
         load_before=load_before, load_after=os.getloadavg(), elapsed=time.monotonic() - started,
-        command="python bench/run.py" + (" --quick" if args.quick else "") + (" --profile" if args.profile else ""),
+        command="python bench/run.py" + (" --quick" if args.quick else "") + (" --profile" if args.profile else "")
+        + (f" --rounds {args.rounds}" if args.rounds > 1 else ""),
         durations=d,
     )  # fmt: skip
     labels = {t.name: t.label for t in targets}
-    text = report.render(results, labels, meta, skipped)
+    text = report.render(report.medians(rounds), labels, meta, skipped)
+    if len(rounds) > 1:
+        text += "\n\n" + report.round_ratios(rounds, labels)
     print(text)
     if profile:
         print(profile)
