@@ -68,24 +68,26 @@ class AuditLog:
         try:
             line = event.to_json_line()
         except Exception as e:  # auditing must never break the request path
-            log.error("audit: event not recorded (%s)", type(e).__name__)
-            with self._lock:
-                self._dropped += 1
+            self._drop(f"event not recorded ({type(e).__name__})")
             return
-        with self._lock:
-            self._pending.append(line)
-            self._trim()
+        self._queue(line)
 
     def record_line(self, line: str) -> None:
         """Queue one record a worker process already serialised (``--workers``)."""
         if not line.endswith("\n") or "\n" in line[:-1] or not line.startswith("{"):
-            log.error("audit: a worker sent a malformed record; dropped")
-            with self._lock:
-                self._dropped += 1
+            self._drop("a worker sent a malformed record; dropped")
             return
+        self._queue(line)
+
+    def _queue(self, line: str) -> None:
         with self._lock:
             self._pending.append(line)
             self._trim()
+
+    def _drop(self, why: str) -> None:
+        log.error("audit: %s", why)
+        with self._lock:
+            self._dropped += 1
 
     def flush(self) -> None:
         """Write every buffered line. Never raises; a failed write keeps its lines."""
