@@ -159,6 +159,7 @@ class Squid(Target):
                 d=d, port=port, port_up=self.nginx.port, pt_port=self.nginx.pt_port, secret=secret
             )
         )
+        shutil.rmtree(d / "ssl_db", ignore_errors=True)  # certgen -c refuses an existing db
         subprocess.run(
             ["/usr/lib/squid/security_file_certgen", "-c", "-s", str(d / "ssl_db"), "-M", "16MB"],
             check=True, capture_output=True, timeout=30,
