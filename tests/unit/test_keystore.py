@@ -309,3 +309,51 @@ def test_missing_home_and_keystore(tmp_path: Path, pw: Secret) -> None:
     with pytest.raises(KeystoreError, match="no keystore at"):
         Keystore.open(h / "keystore.enc", pw)
     assert os.listdir(h) == []
+
+
+def test_refresh_picks_up_another_process_write(home: Path, pw: Secret) -> None:
+    path = home / "keystore.enc"
+    running = Keystore.create(path, pw, FAST)
+    assert running.refresh() is False  # nothing changed on disk
+    cli = Keystore.open(path, pw)
+    cli.set_value("new", Secret("written-by-the-cli"))
+    cli.save()
+    assert running.get("new") is None
+    assert running.refresh() is True
+    entry = running.get("new")
+    assert entry is not None and entry.value is not None
+    assert entry.value.reveal() == b"written-by-the-cli"
+    running.set_value("api", Secret("written-by-the-api"))
+    running.save()  # no "changed by another process": it is on top of the CLI's write
+    assert {"new", "api"} <= set(Keystore.open(path, pw).names())
+
+
+def test_refresh_after_passwd_elsewhere_keeps_the_data_key(home: Path, pw: Secret) -> None:
+    path = home / "keystore.enc"
+    running = Keystore.create(path, pw, FAST)
+    other = Keystore.open(path, pw)
+    other.change_password(Secret("a-new-password"))
+    assert running.refresh() is True
+    running.set_value("x", Secret("value-x"))
+    running.save()
+    assert "x" in Keystore.open(path, Secret("a-new-password")).names()
+    with pytest.raises(KeystoreError, match="wrong master password"):
+        Keystore.open(path, pw)
+
+
+def test_refresh_refuses_a_foreign_keystore_and_changes_nothing(
+    home: Path, tmp_path: Path, pw: Secret
+) -> None:
+    path = home / "keystore.enc"
+    running = Keystore.create(path, pw, FAST)
+    running.set_value("mine", Secret("my-value"))
+    running.save()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    foreign = Keystore.create(elsewhere / "keystore.enc", pw, FAST)  # same password, new key
+    foreign.set_value("theirs", Secret("their-value"))
+    foreign.save()
+    path.write_bytes((elsewhere / "keystore.enc").read_bytes())
+    with pytest.raises(KeystoreError, match="not the keystore this proxy unlocked"):
+        running.refresh()
+    assert running.names() == ["mine"]

@@ -45,3 +45,14 @@ def audit_admin(
             caller=caller,
         )
     )
+
+
+def refresh_keystore(state: ProxyState) -> None:
+    """Re-read keystore.enc (SIGHUP and ``POST /v1/reload``); errors are logged, not raised."""
+    try:
+        changed = state.refresh_keystore()
+    except VaultproxyError as e:
+        logger.error("keystore.enc not re-read, the unlocked copy keeps serving: %s", e)
+        return
+    if changed:
+        logger.info("re-read keystore.enc (secrets and agents)")

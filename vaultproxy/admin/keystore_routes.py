@@ -99,6 +99,7 @@ async def list_secrets() -> SecretsOut:
 
 def _put(ks: Keystore, name: str, body: SecretPut) -> None:
     check_name(name)
+    ks.refresh()  # on top of what the CLI may have written since we unlocked
     for field in body.fields or {}:
         check_name(field, "field name")
     if body.value is not None:
@@ -139,6 +140,7 @@ async def delete_secret(request: Request, name: str = NamePath) -> SecretDeleted
         raise NotFound()
 
     def work() -> None:
+        ks.refresh()  # on top of what the CLI may have written since we unlocked
         ks.remove(name)
         ks.save()
 

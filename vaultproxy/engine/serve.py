@@ -12,7 +12,7 @@ import signal
 from dataclasses import dataclass
 
 from vaultproxy import __version__
-from vaultproxy.admin.actions import reload_registry
+from vaultproxy.admin.actions import refresh_keystore, reload_registry
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
 from vaultproxy.engine import reuseport
@@ -119,6 +119,7 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
 
 
 def reload(state: ProxyState) -> None:
+    """SIGHUP: re-read services.toml, then keystore.enc (each keeps the old on error)."""
     try:
         before, after = reload_registry(state)
     except ConfigError as e:
@@ -131,6 +132,7 @@ def reload(state: ProxyState) -> None:
         logger.error("reload refused, keeping the previous registry: %s", e)
     else:
         print(f"vaultproxy: reloaded services.toml: {before} -> {after} services", flush=True)
+    refresh_keystore(state)
 
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:

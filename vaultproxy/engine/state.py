@@ -153,6 +153,18 @@ class ProxyState:
     def unlock_sync(self, password: Secret) -> None:
         self.install_keystore(Keystore.open(self.home.keystore, password))
 
+    def refresh_keystore(self) -> bool:
+        """Re-read keystore.enc with the unlocked data key (SIGHUP, ``POST /v1/reload``).
+
+        What the CLI wrote while we run (``secret set``, ``agent add/rm``) starts serving;
+        True if anything changed. On KeystoreError the unlocked copy keeps serving.
+        """
+        ks = self.keystore
+        if ks is None or not ks.refresh():
+            return False
+        self.install_keystore(ks)
+        return True
+
     def install_keystore(self, ks: Keystore) -> None:
         """Serve from ``ks`` (an opened keystore, or a worker's read-only view of one)."""
         agents = load_agents(ks)
@@ -187,7 +199,10 @@ class ProxyState:
         return entry
 
     def secrets_changed(self) -> None:
+        ks = self.keystore
+        agents = load_agents(ks) if ks is not None else {}
         with self._lock:
+            self.agents = agents
             self._redactors.clear()
         self._changed()
 

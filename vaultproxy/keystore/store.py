@@ -146,6 +146,40 @@ class Keystore:
         return cls(Path(path), Header(DEFAULT_KDF, b"", (), ()), (), bytearray(),
                    entries.decode(plain), None, None)
 
+    def refresh(self) -> bool:
+        """Re-read the file with the data key held in memory; True if it had changed.
+
+        Picks up what another process wrote (``vaultproxy secret set``, ``agent add``,
+        ``passwd``) without the password. A file sealed under another data key (a new
+        keystore in its place) or damaged is a KeystoreError, and this object is unchanged.
+        """
+        if not self._dek:
+            raise KeystoreError("this is a worker's read-only view of the keystore")
+        data = atomic.read_file(self.path)
+        if data is None:
+            raise KeystoreError(f"{self.path} is gone; restore keystore.enc.bak")
+        digest = atomic.digest(data)
+        if digest == self._disk:
+            return False
+        parsed = format.parse(data)
+        try:
+            plain = unseal(self._dek, parsed.body, parsed.header_bytes)
+        except OpenFailed:
+            raise KeystoreError(
+                f"{self.path} is not the keystore this proxy unlocked (another data key, or "
+                "modified outside vaultproxy); unlock again or restart to use it"
+            ) from None
+        try:
+            found = entries.decode(plain)
+        finally:
+            wipe(plain)
+        if parsed.slots != self._slots and self._password is not None:
+            self._password.wipe()  # the password may have changed: never re-wrap under it
+            self._password = None
+        self._header, self._slots, self._disk = parsed.header, parsed.slots, digest
+        self._entries, self._internal = found
+        return True
+
     def plaintext(self) -> bytearray:
         """The decrypted entries, encoded as in the file body (caller wipes the buffer)."""
         return entries.encode(self._entries, self._internal)
