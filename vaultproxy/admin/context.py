@@ -38,3 +38,9 @@ def proxy_state() -> ProxyState:
 
 def caller(request: Request) -> str:
     return str(request.scope.get("vaultproxy.caller", "unknown"))
+
+
+def peer(request: Request) -> str:
+    """The caller as the transport proves it (``tcp:<ip>`` / ``unix:uid=N``), for limits that
+    a self-chosen ``X-Caller-Id`` must not reset (the unlock backoff)."""
+    return str(request.scope.get("vaultproxy.peer", "unknown"))

@@ -15,6 +15,7 @@ from vaultproxy.hostnames import split_authority
 
 TRANSPORT_KEY = "vaultproxy.transport"
 CALLER_KEY = "vaultproxy.caller"
+PEER_KEY = "vaultproxy.peer"  # the transport identity alone: no self-asserted X-Caller-Id
 OPEN_PATHS = frozenset({"/v1/health"})
 
 
@@ -74,6 +75,7 @@ class Guard:
                               [(b"www-authenticate", b'Bearer realm="vaultproxy"')])
                 return
         scope[CALLER_KEY] = caller_of(scope.get("headers", []), transport, scope.get("client"))
+        scope[PEER_KEY] = caller_of([], transport, scope.get("client"))
         await self.app(scope, receive, send)
 
 

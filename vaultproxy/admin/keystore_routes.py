@@ -9,7 +9,7 @@ import logging
 from fastapi import APIRouter, Path, Request
 
 from vaultproxy.admin.actions import audit_admin
-from vaultproxy.admin.context import admin_context, caller, proxy_state
+from vaultproxy.admin.context import admin_context, caller, peer, proxy_state
 from vaultproxy.admin.models import (
     ErrorOut,
     LockOut,
@@ -47,21 +47,22 @@ class NotFound(VaultproxyError):
              responses={429: {"model": ErrorOut, "description": "backing off after failures"}})
 async def unlock(body: UnlockIn, request: Request) -> LockOut:
     ctx, st, who = admin_context(request), proxy_state(), caller(request)
-    ctx.unlock_backoff.check(who)
+    key = peer(request)  # backoff per proven peer: a new X-Caller-Id does not reset it
+    ctx.unlock_backoff.check(key)
     async with ctx.unlock_lock:
-        ctx.unlock_backoff.check(who)  # a failure may have landed while we waited
+        ctx.unlock_backoff.check(key)  # a failure may have landed while we waited
         password = Secret(body.password.get_secret_value())
         try:
             await st.unlock(password)
         except VaultproxyError as e:
-            delay = ctx.unlock_backoff.failed(who)
+            delay = ctx.unlock_backoff.failed(key)
             logger.warning("admin: unlock failed for %s; next try allowed in %.0f s", who, delay)
             audit_admin(st, caller=who, action="unlock", method="POST", path="/v1/unlock",
                         status=403, code="unlock_failed")
             raise UnlockFailed(str(e) if isinstance(e, KeystoreError) else None) from None
         finally:
             password.wipe()
-    ctx.unlock_backoff.succeeded(who)
+    ctx.unlock_backoff.succeeded(key)
     await st.settled()  # every worker process serves the unlocked keystore
     audit_admin(st, caller=who, action="unlock", method="POST", path="/v1/unlock", status=200)
     return LockOut(locked=False)
