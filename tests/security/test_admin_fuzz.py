@@ -52,10 +52,12 @@ def test_admin_api_fuzz(fuzz_target: tuple[ProxyProcess, str]) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 11
     for operation in operations:
-        # The fuzzer may have locked the keystore: unlock (as another caller) so every
-        # operation is also exercised unlocked.
-        r = httpx.post(f"{base}/v1/unlock", json={"password": PASSWORD}, trust_env=False,
-                       headers={**auth, "X-Caller-Id": "fuzz-setup"}, timeout=30)
+        # The fuzzer may have locked the keystore: unlock so every operation is also
+        # exercised unlocked. Over admin.sock: the fuzzer's wrong passwords put the TCP peer
+        # into unlock backoff, and a new X-Caller-Id rightly does not get around that.
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(proc.extra["admin_socket"])),
+                          base_url="http://localhost", trust_env=False, timeout=30) as sock:
+            r = sock.post("/v1/unlock", json={"password": PASSWORD})
         assert r.status_code == 200, r.text
 
         @given(case=operation.as_strategy())
