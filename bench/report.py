@@ -37,19 +37,22 @@ RATIO_KEYS = {"conc10_rps", "seq_rps", "seq_p50_ms", "seq_p99_ms", "newconn_rps"
 
 
 def medians(rounds: list[dict[str, dict[str, object]]]) -> dict[str, dict[str, object]]:
-    """Per target and key, the median over the rounds that measured it."""
+    """Per target and key, the median over the rounds that measured it (a failed measurement,
+    None, counts only when no round measured it)."""
+    numbers: dict[str, dict[str, list[float]]] = {}
     out: dict[str, dict[str, object]] = {}
     for results in rounds:
         for name, r in results.items():
             for key, v in r.items():
                 if isinstance(v, int | float) and not isinstance(v, bool):
-                    out.setdefault(name, {}).setdefault(key, []).append(float(v))  # type: ignore[union-attr]
+                    numbers.setdefault(name, {}).setdefault(key, []).append(float(v))
+                elif key == "problems" and isinstance(v, list):
+                    out.setdefault(name, {}).setdefault("problems", []).extend(v)  # type: ignore[union-attr]
                 else:
                     out.setdefault(name, {}).setdefault(key, v)
-    for r in out.values():
-        for key, v in list(r.items()):
-            if isinstance(v, list):
-                r[key] = statistics.median(v)
+    for name, keys in numbers.items():
+        for key, vs in keys.items():
+            out.setdefault(name, {})[key] = statistics.median(vs)
     return out
 
 
