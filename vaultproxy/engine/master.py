@@ -99,7 +99,10 @@ async def wait_listening(m: master.Master, task: asyncio.Task[None]) -> list[tup
     raise VaultproxyError("the proxy did not start listening within 10 s (is the port in use?)")
 
 
-async def drain(m: master.Master, state: ProxyState, seconds: float) -> None:
+DRAIN_SECONDS = 10.0  # how long SIGTERM waits for in-flight requests (every process)
+
+
+async def drain(m: master.Master, state: ProxyState, seconds: float = DRAIN_SECONDS) -> None:
     """Stop accepting, then give in-flight requests a bounded time to finish."""
     m.options.update(server=False)
     loop = asyncio.get_running_loop()

@@ -16,7 +16,7 @@ from vaultproxy.admin.actions import refresh_keystore, reload_registry
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
 from vaultproxy.engine import reuseport
-from vaultproxy.engine.master import build_master, drain, wait_listening
+from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.state import ProxyState, problems_text
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError
@@ -24,7 +24,6 @@ from vaultproxy.stages import runtime
 
 logger = logging.getLogger(__name__)
 
-DRAIN_SECONDS = 10.0
 LOCKED_NOTE = "LOCKED (POST /v1/unlock or restart with --password-file)"
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from vaultproxy.engine import reuseport
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
-from vaultproxy.engine.master import build_master, drain, wait_listening
+from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.state import ProxyState
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
@@ -31,7 +31,6 @@ from vaultproxy.stages import runtime
 
 logger = logging.getLogger("vaultproxy.worker")
 
-DRAIN_SECONDS = 10.0
 
 
 def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -> None:
