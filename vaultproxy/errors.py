@@ -44,7 +44,12 @@ class CAError(VaultproxyError):
 
 
 class LockedError(VaultproxyError):
-    status, code, public = 503, "locked", "the vaultproxy keystore is locked"
+    status, code, public = (
+        503,
+        "locked",
+        "the vaultproxy keystore is locked; the operator unlocks it with `vaultproxy unlock` "
+        "(or POST /v1/unlock on the admin API)",
+    )
 
 
 class SecretMissing(VaultproxyError):
@@ -56,7 +61,9 @@ class UpstreamUnreachable(VaultproxyError):
 
 
 class UpstreamTLS(VaultproxyError):
-    status, code, public = 502, "upstream_tls", "the upstream TLS certificate was not trusted"
+    status, code, public = 502, "upstream_tls", (
+        "the TLS connection to the upstream failed (untrusted certificate or handshake error)"
+    )
 
 
 class DestinationDenied(VaultproxyError):
@@ -87,12 +94,24 @@ class HostMismatch(VaultproxyError):
     )
 
 
-class UnscannableResponse(VaultproxyError):
+class UpstreamProtocol(VaultproxyError):
+    status, code, public = 502, "upstream_protocol", "the upstream response was malformed"
+
+
+class UnscannableResponse(UpstreamProtocol):
+    public = "the upstream used a content-encoding vaultproxy cannot scan"
+
+
+class UpgradeRefused(VaultproxyError):
     status, code, public = (
         502,
-        "upstream_unreachable",
-        "the upstream used a content-encoding vaultproxy cannot scan",
+        "upgrade_refused",
+        "the upstream switched to a protocol other than the WebSocket the agent asked for",
     )
+
+
+class InvalidRequest(VaultproxyError):
+    status, code, public = 400, "invalid_request", "the request is malformed"
 
 
 class BodyTooLarge(VaultproxyError):
@@ -116,6 +135,37 @@ def error_response(err: BaseException) -> tuple[int, str, str]:
     if isinstance(err, VaultproxyError) and err.status != 500:
         return err.status, err.code, str(err) if str(err) else err.public
     return 500, "internal", "internal proxy error"
+
+
+# Prefixes of mitmproxy's messages for a response it could not read (its own wording; what
+# follows may quote the upstream, so only the start is looked at and nothing is echoed).
+_PROTOCOL_PREFIXES = (
+    "cannot parse http response",
+    "unexpected server response",
+    "http/1 protocol error",
+    "http/2 protocol error",
+    "server closed connection",
+    "received ",  # "Received <invalid header> from server, refusing ..."
+    "response body exceeds",
+)
+_TLS_WORDS = ("tls", "ssl", "certificate", "handshake")
+
+
+def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
+    """(status, code, public message) for an error mitmproxy itself detected.
+
+    Never returns any part of ``message``: it may quote upstream bytes.
+    """
+    if status == 413:
+        return BodyTooLarge.status, BodyTooLarge.code, BodyTooLarge.public
+    if status < 500:
+        return InvalidRequest.status, InvalidRequest.code, InvalidRequest.public
+    head = message.lstrip().lower()
+    if head.startswith(_PROTOCOL_PREFIXES):
+        return UpstreamProtocol.status, UpstreamProtocol.code, UpstreamProtocol.public
+    if any(w in head[:120] for w in _TLS_WORDS):
+        return UpstreamTLS.status, UpstreamTLS.code, UpstreamTLS.public
+    return UpstreamUnreachable.status, UpstreamUnreachable.code, UpstreamUnreachable.public
 
 
 def error_body(code: str, message: str) -> bytes:

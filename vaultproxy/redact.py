@@ -22,9 +22,12 @@
   Line-wrapped (MIME) base64 is not matched.
 
 All alternatives of all secrets form **one** compiled regex, longest first. The stream
-variant holds back ``max form length - 1`` bytes between chunks, so a form split across
-chunk boundaries is still caught; a stream's output is byte-identical to ``redact`` of the
-whole body.
+variant holds back only the tail that is, or could still become, a form: the earliest
+position from which the rest of the buffer is a proper prefix of some form (or a form that
+more bytes could lengthen). That is decided with the ``regex`` package's partial matching
+over the same pattern, so a chunk ending in ``\n\n`` (a server-sent event) is flushed at
+once, while a secret split across two chunks sent seconds apart is still caught. A stream's
+output is byte-identical to ``redact`` of the whole body.
 
 That regex tries every position (tens of MB/s), so a **pre-check** (``may_match``) runs
 first and skips buffers that cannot hold a form. Every match of the regex contains a
@@ -49,6 +52,8 @@ import re
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import regex
 
 from mitmproxy import http
 
@@ -223,7 +228,7 @@ class Redactor:
     of a secret character, ...). A buffer with none of them is returned as it is.
     """
 
-    __slots__ = ("_escapes", "_needles", "_re", "_repl", "max_len")
+    __slots__ = ("_escapes", "_needles", "_partial", "_re", "_repl", "max_len")
 
     def __init__(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
         alternatives: dict[bytes, tuple[int, bytes]] = {}
@@ -257,8 +262,10 @@ class Redactor:
             body = b"|".join(b"(" + pat + b")" for pat, _ in ordered)
             pattern = b"(?=[" + first + b"])(?:" + body + b")"
             self._re: re.Pattern[bytes] | None = re.compile(pattern)
+            self._partial: Any = regex.compile(pattern)
         else:
             self._re = None
+            self._partial = None
 
     def __repr__(self) -> str:
         return f"<Redactor {len(self._repl)} forms>"
@@ -303,42 +310,62 @@ class Redactor:
             return data
         return self._re.sub(self._sub, data)
 
+    def hold_from(self, buf: bytes) -> int:
+        """Where the undecided tail of ``buf`` starts (``len(buf)``: nothing is undecided).
+
+        The earliest position from which the rest of ``buf`` is a proper prefix of a form,
+        or a whole form that more bytes could still change. Only the last ``max_len`` bytes
+        can hold one. A ``fullmatch`` with ``partial=True`` tries every alternative against
+        the whole rest, so a shorter form matching there cannot hide a longer one still
+        arriving; the ``search`` before it skips to the first position where anything could.
+        """
+        partial = self._partial
+        end = len(buf)
+        if partial is None or not buf:
+            return end
+        first = partial.search(buf, max(0, end - self.max_len), partial=True)
+        if first is None:
+            return end
+        for pos in range(first.start(), end):
+            if partial.fullmatch(buf, pos, partial=True) is not None:
+                return pos
+        return end
+
     def stream(self) -> Callable[[bytes], bytes]:
         """A per-chunk redactor for ``flow.response.stream``; call it with ``b""`` to flush.
 
-        It holds back the last ``max_len - 1`` bytes (a form may continue in the next chunk);
-        everything before is final. The output is byte-identical to :meth:`redact` of the
-        whole input however it is split.
+        It holds back only the undecided tail (:meth:`hold_from`); everything before it is
+        final and sent at once. The output is byte-identical to :meth:`redact` of the whole
+        input however it is split.
         """
         carry = b""
-        keep = max(self.max_len - 1, 0)
-        regex = self._re
+        pattern = self._re
         may_match = self.may_match
+        hold_from = self.hold_from
 
         def step(chunk: bytes) -> bytes:
             nonlocal carry
             buf = carry + chunk if carry else chunk
-            if not chunk or regex is None:
+            if not chunk or pattern is None:
                 carry = b""
                 return self.redact(buf)
-            cut = len(buf) - keep
-            if cut <= 0:
+            hold = hold_from(buf)
+            if hold == 0:
                 carry = buf
                 return b""
-            if not may_match(buf):  # no form lies wholly in buf: all but the tail is final
-                carry = buf[cut:]
-                return buf[:cut]
             out: list[bytes] = []
             pos = 0
-            for m in regex.finditer(buf):
-                if m.start() >= cut:
-                    break
-                out.append(buf[pos : m.start()])
-                out.append(self._sub(m))
-                pos = m.end()
-            pos_emit = max(pos, cut)
-            out.append(buf[pos:pos_emit])
-            carry = buf[pos_emit:]
+            if may_match(buf):
+                for m in pattern.finditer(buf):
+                    if m.end() > hold:
+                        # a form that reaches into the undecided tail is decided with it
+                        hold = min(hold, m.start())
+                        break
+                    out.append(buf[pos : m.start()])
+                    out.append(self._sub(m))
+                    pos = m.end()
+            out.append(buf[pos:hold])
+            carry = buf[hold:]
             return b"".join(out)
 
         return step

@@ -33,7 +33,7 @@ from tests.harness.upstream import Received, Reply, Upstream
 from tests.integration import conftest as integration
 from tests.integration.conftest import agent_client, service_block
 from tests.unit.test_redact import find_leak
-from vaultproxy.stages.scrub import SMALL_BODY
+from vaultproxy.stages.response_gate import SMALL_BODY
 
 pytestmark = pytest.mark.integration
 start_proxy = integration.start_proxy  # the module-scoped fixture, shared

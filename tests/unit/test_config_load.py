@@ -137,7 +137,8 @@ def test_defaults() -> None:
     s = ok(toml_of(svc(name="openai"))).services[0]
     assert s.secret_name == "openai"
     assert s.placeholder_text == "__vault.openai__"
-    assert s.substitute_in == ("header", "query")
+    assert s.substitute_in == ("auth",)
+    assert s.allow_range is False
     assert (s.allow_private, s.allow_loopback, s.insecure_tls) == (False, False, False)
     assert s.hosts == ("api.example.com",)
     s2 = ok(toml_of(svc(secret="x", placeholder="custom-ph-1"))).services[0]
@@ -232,7 +233,7 @@ BAD_SERVICES: list[tuple[dict[str, Any], list[str]]] = [
      ['service[0].substitute_in: only allowed with mode = "placeholder"']),
     ({"substitute_in": []}, ["service[0].substitute_in: must list at least one surface"]),
     ({"substitute_in": ["header", "cookie"]},
-     ['service[0].substitute_in[1]: must be one of "header", "query", "path" or "body"']),
+     ['service[0].substitute_in[1]: must be one of "auth", "header", "query", "path" or "body"']),
     ({"substitute_in": ["body", "body"]}, ["service[0].substitute_in[1]: listed twice"]),
     ({"env": "lower_case"}, ["service[0].env: must be an environment variable name: A-Z, 0-9 "
                              "and '_', not starting with a digit"]),

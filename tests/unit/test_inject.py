@@ -174,19 +174,71 @@ def test_placeholder_bearer(canary: Canary) -> None:
     headers = [h for h in junk_headers() if h[0] != "authorization"]
     r = req(headers=[("Authorization", f"Bearer {PH}"), *headers])
     res = prepare_request(r, svc(mode="placeholder", auth="bearer"), value, fields, INDEX)
-    assert res.injected and res.surfaces == ("header",)
+    assert res.injected and res.surfaces == ("auth",)
     assert r.headers.get_all("authorization") == [f"Bearer {v}"]
     assert_no_junk(r)
 
 
 def test_placeholder_header(canary: Canary) -> None:
+    """By default only the auth slot (header_name) is substituted; X-Api-Key, a strip-list
+    header that is not this service's slot, is removed even though it carries the
+    placeholder."""
     value, fields, v, _, _ = secrets(canary)
     r = req(headers=[("X-Api-Key", PH), ("X-Goog-Key", f"Token {PH}"), *junk_headers()])
     s = svc(mode="placeholder", auth="header", header_name="X-Goog-Key")
     assert prepare_request(r, s, value, fields, INDEX).injected
-    assert r.headers.get_all("x-api-key") == [v]
+    assert "x-api-key" not in r.headers
     assert r.headers.get_all("x-goog-key") == [f"Token {v}"]
     assert_no_junk(r)
+
+
+def test_placeholder_any_header_opt_in(canary: Canary) -> None:
+    value, fields, v, _, _ = secrets(canary)
+    r = req(headers=[("X-Api-Key", PH), ("X-Goog-Key", f"Token {PH}"), *junk_headers()])
+    s = svc(mode="placeholder", auth="header", header_name="X-Goog-Key", substitute_in=("header",))
+    res = prepare_request(r, s, value, fields, INDEX)
+    assert res.surfaces == ("header",)
+    assert r.headers.get_all("x-api-key") == [v]
+    assert r.headers.get_all("x-goog-key") == [f"Token {v}"]
+
+
+@pytest.mark.parametrize("name", ["X-Note", "X-Debug-Echo", "Referer", "User-Agent"])
+def test_placeholder_outside_the_auth_slot_stays_a_placeholder(
+    canary: Canary, name: str
+) -> None:
+    """The agent cannot choose where the secret lands: a placeholder in a header the upstream
+    might store and show back is forwarded as the placeholder text."""
+    value, fields, v, _, _ = secrets(canary)
+    r = req(headers=[("Authorization", f"Bearer {PH}"), (name, f"note {PH}")])
+    prepare_request(r, svc(mode="placeholder", auth="bearer"), value, fields, INDEX)
+    assert r.headers[name] == f"note {PH}"
+    assert r.headers["authorization"] == f"Bearer {v}"
+    # negative twin: with the opt-in the same header carries the secret
+    r = req(headers=[(name, f"note {PH}")])
+    s = svc(mode="placeholder", auth="bearer", substitute_in=("header",))
+    prepare_request(r, s, value, fields, INDEX)
+    assert r.headers[name] == f"note {v}"
+
+
+def test_placeholder_in_other_query_param_stays(canary: Canary) -> None:
+    value, fields, v, _, _ = secrets(canary)
+    s = svc(mode="placeholder", auth="query_param", param_name="key")
+    r = req(f"/v1/x?key={PH}&note={PH}", headers=[])
+    prepare_request(r, s, value, fields, INDEX)
+    assert r.path == f"/v1/x?key={quote(v, safe='')}&note={PH}"
+    s = svc(mode="placeholder", auth="query_param", param_name="key", substitute_in=("query",))
+    r = req(f"/v1/x?key={PH}&note={PH}", headers=[])
+    prepare_request(r, s, value, fields, INDEX)
+    assert r.path == f"/v1/x?key={quote(v, safe='')}&note={quote(v, safe='')}"
+
+
+@pytest.mark.parametrize("spelling", ["X_Api_Key", "x_api_key", "AUTHORIZATION", "Cookie"])
+def test_strip_every_spelling(canary: Canary, spelling: str) -> None:
+    """CGI-style upstreams read ``X_Api_Key`` as ``X-Api-Key``: stripped like it."""
+    value, fields, _, _, _ = secrets(canary)
+    r = req(headers=[(spelling, AGENT_JUNK)])
+    prepare_request(r, svc(mode="host_inject", auth="bearer"), value, fields, INDEX)
+    assert all(AGENT_JUNK.encode() not in v for _, v in r.headers.fields)
 
 
 def test_placeholder_in_basic_header(canary: Canary) -> None:
@@ -214,7 +266,7 @@ def test_placeholder_query_param(canary: Canary) -> None:
     r = req(f"/v1/x?key={PH}&key=agentkey&a=1", headers=junk_headers())
     s = svc(mode="placeholder", auth="query_param", param_name="key")
     res = prepare_request(r, s, value, fields, INDEX)
-    assert res.injected and res.surfaces == ("query",)
+    assert res.injected and res.surfaces == ("auth",)
     assert r.path == f"/v1/x?key={quote(v, safe='')}&a=1"
     assert "query:key" in res.stripped
     for name in STRIP_HEADERS:

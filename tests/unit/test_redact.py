@@ -200,11 +200,27 @@ def test_stream_one_byte_chunks() -> None:
 
 
 def test_stream_emits_early() -> None:
+    """Text that cannot begin any form is sent at once, whole: nothing is held back."""
     step = REDACTOR.stream()
-    big = b"x" * (REDACTOR.max_len * 3)
-    first = step(big)
-    assert len(first) == len(big) - (REDACTOR.max_len - 1)  # only the carry is held back
-    assert first + step(b"") == big
+    big = b"x" * (REDACTOR.max_len * 3) + b"\n\n"
+    assert step(big) == big
+    assert step(b"") == b""
+
+
+def test_stream_holds_only_a_possible_start() -> None:
+    """A chunk ending in the first half of a secret: exactly that half waits."""
+    step = REDACTOR.stream()
+    half = SECRET[: len(SECRET) // 2]
+    assert step(b"data: x\n\n" + half) == b"data: x\n\n"
+    assert step(SECRET[len(half) :] + b"\n\n") == PH + b"\n\n"
+
+
+def test_stream_holds_nothing_for_an_event_boundary_negative_twin() -> None:
+    """The old fixed window held ``max_len - 1`` bytes of every chunk; the new tail is
+    empty for the same SSE chunk: a regression to the window fails here."""
+    event = b"data: " + b"y" * 40 + b"\n\n"
+    assert REDACTOR.hold_from(event) == len(event)
+    assert REDACTOR.hold_from(event + SECRET[:3]) == len(event)
 
 
 def test_stream_negative_twin_naive_chunking_leaks() -> None:

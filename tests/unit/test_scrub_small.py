@@ -10,7 +10,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
-from vaultproxy.stages.scrub import SMALL_BODY, _known_small
+from vaultproxy.stages.response_gate import SMALL_BODY, _known_small
 
 
 def _flow(

@@ -20,12 +20,12 @@ from vaultproxy.engine.state import ProxyState, Tunnel
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.secret import Secret
-from vaultproxy.stages import Connect, Inject, Record, Route, Scrub, runtime
+from vaultproxy.stages import Connect, Inject, Record, ResponseGate, Route, runtime
 from vaultproxy.stages import connect as connect_mod
 from vaultproxy.stages import inject as inject_mod
 from vaultproxy.stages import record as record_mod
 from vaultproxy.stages import route as route_mod
-from vaultproxy.stages import scrub as scrub_mod
+from vaultproxy.stages import response_gate as scrub_mod
 
 SERVICES = """
 [[service]]
@@ -147,7 +147,7 @@ def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # t
     f = _flow(state, "svc.example.com", "svc")
     Inject().requestheaders(f)
     f.response = tutils.tresp(content=b"upstream body")
-    Scrub().responseheaders(f)
+    ResponseGate().responseheaders(f)
     _assert_denied(f)
     assert f.response.content != b"upstream body"
 

@@ -34,7 +34,10 @@ require_agent_auth = false
 # auth = "bearer"                  # "bearer" | "header" | "basic" | "query_param"
 # secret = "openai"                # keystore entry name (default: the service name)
 # placeholder = "__vault.openai__" # default "__vault.<name>__"; or 8-128 of A-Za-z0-9._-
-# substitute_in = ["header", "query"]  # placeholder mode only; also "path", "body"
+# substitute_in = ["auth"]         # placeholder mode: only the auth type's own slot (default);
+#                                  # opt-ins, each a SECURITY warning: "header", "query",
+#                                  # "path", "body"
+# allow_range = false              # keep the agent's Range/If-Range headers (default: removed)
 # env = "OPENAI_API_KEY"           # `vaultproxy env/exec` export this = the placeholder
 #
 # [[service]]

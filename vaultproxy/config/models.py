@@ -12,7 +12,15 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 Mode = Literal["placeholder", "host_inject"]
 AuthType = Literal["bearer", "header", "basic", "query_param"]
-Surface = Literal["header", "query", "path", "body"]
+Surface = Literal["auth", "header", "query", "path", "body"]
+
+# What each opt-in surface lets the agent do, for the SECURITY line logged at every start.
+SURFACE_RISKS = {
+    "header": "any request header (the agent chooses where the secret lands upstream)",
+    "query": "any query parameter (the agent chooses where the secret lands upstream)",
+    "path": "the request path (the upstream may log or echo it)",
+    "body": "the request body (the upstream may store and later show it)",
+}
 
 
 class _Model(BaseModel):
@@ -29,7 +37,8 @@ class Service(_Model):
     prefix: str | None = None
     param_name: str | None = None
     placeholder: str | None = None  # None means "__vault.<name>__" (see placeholder_text)
-    substitute_in: tuple[Surface, ...] = ("header", "query")
+    substitute_in: tuple[Surface, ...] = ("auth",)
+    allow_range: bool = False
     env: str | None = None
     connect_to: str | None = None
     allow_private: bool = False

@@ -23,7 +23,7 @@ PORT_RE = re.compile(r"^[0-9]{1,5}$")
 DEFAULT_PORT = 443
 MODES = ("placeholder", "host_inject")
 AUTHS = ("bearer", "header", "basic", "query_param")
-SURFACES = ("header", "query", "path", "body")
+SURFACES = ("auth", "header", "query", "path", "body")
 EGRESS = ("passthrough", "block")
 MAX_BODY_MB = (1, 4096)
 

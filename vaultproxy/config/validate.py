@@ -19,7 +19,7 @@ from vaultproxy.config.rules import HostSpec, RuleViolation
 
 SERVICE_STR = ("name", "mode", "auth", "secret", "header_name", "prefix", "param_name",
                "placeholder", "env", "connect_to", "ca_cert")
-SERVICE_BOOL = ("allow_private", "allow_loopback", "insecure_tls")
+SERVICE_BOOL = ("allow_private", "allow_loopback", "insecure_tls", "allow_range")
 SERVICE_LIST = ("hosts", "substitute_in")
 SERVICE_REQUIRED = ("name", "hosts", "mode", "auth")
 SERVICE_KEYS = frozenset(SERVICE_STR + SERVICE_BOOL + SERVICE_LIST)
@@ -210,7 +210,7 @@ def _check_placeholder(c: _Collector, s: Mapping[str, object], path: str, facts:
     for j, value in enumerate(surfaces):
         where = f"{path}.substitute_in[{j}]"
         if value not in rules.SURFACES:
-            c.add(where, "must be one of \"header\", \"query\", \"path\" or \"body\"")
+            c.add(where, 'must be one of "auth", "header", "query", "path" or "body"')
         elif value in seen:
             c.add(where, "listed twice")
         seen.add(str(value))

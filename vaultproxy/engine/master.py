@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 
-# mitmproxy reads these at import and would log TLS session keys (credentials included).
-for _name in ("SSLKEYLOGFILE", "MITMPROXY_SSLKEYLOGFILE"):
-    os.environ.pop(_name, None)
-
-from mitmproxy import http, master, options  # noqa: E402
-from mitmproxy.addons import (  # noqa: E402
+from mitmproxy import http, master, options
+from mitmproxy.addons import (
     core,
     disable_h2c,
     dns_resolver,
@@ -21,11 +16,12 @@ from mitmproxy.addons import (  # noqa: E402
     tlsconfig,
 )
 
-from vaultproxy.ca import system_ca_file  # noqa: E402
-from vaultproxy.engine.dispatch import IndexedAddonManager  # noqa: E402
-from vaultproxy.engine.state import ProxyState  # noqa: E402
-from vaultproxy.errors import VaultproxyError  # noqa: E402
-from vaultproxy.stages import Gate, chain  # noqa: E402
+from vaultproxy.ca import system_ca_file
+from vaultproxy.engine import seam
+from vaultproxy.engine.dispatch import IndexedAddonManager
+from vaultproxy.engine.state import ProxyState
+from vaultproxy.errors import VaultproxyError
+from vaultproxy.stages import Gate, chain
 
 
 def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> dict[str, object]:
@@ -41,6 +37,9 @@ def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> di
         "termlog_verbosity": "warn",
         "flow_detail": 0,
         "stream_large_bodies": None,
+        # A 101 to anything but WebSocket (or non-HTTP inside an intercepted tunnel) must
+        # not become a raw TCP pipe that no stage sees; passthrough tunnels are raw anyway.
+        "rawtcp": False,
     }
 
 
@@ -50,6 +49,12 @@ def _no_field_type_check(self: object) -> None:
 
 def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> master.Master:
     """Must be called with a running event loop (mitmproxy binds to it)."""
+    seam.install()
+    if seam.keylog_active():
+        raise VaultproxyError(
+            "SECURITY: mitmproxy opened a TLS key log (SSLKEYLOGFILE/MITMPROXY_SSLKEYLOGFILE "
+            "was set before vaultproxy was imported); refusing to start. Unset both."
+        )
     # mitmproxy re-checks the type of every field of every request and response it builds
     # (``MessageData.__post_init__``, defined only ``if __debug__``: a development check that
     # mitmproxy itself drops under ``python -O``). ~70 µs per flow, ~5% of the CPU of a 1 KB

@@ -54,6 +54,12 @@ class Bootstrap:
         if not _gate_installed:
             ctx.master.addons.add(Gate())
             _gate_installed = True
+        from vaultproxy.engine import seam
+
+        try:
+            seam.install()
+        except seam.EngineMismatch as e:  # the Gate refuses traffic while not installed
+            logger.error("%s", e)
 
     def configure(self, updated: set[str]) -> None:
         if "vaultproxy_home" in updated or "vaultproxy_password_file" in updated:
@@ -112,13 +118,14 @@ class Bootstrap:
         ctx.options.update(
             confdir=str(confdir),
             connection_strategy="eager",
+            rawtcp=False,
             ssl_verify_upstream_trusted_ca=str(system_ca_file(home)),
         )
 
     def running(self) -> None:
-        from mitmproxy.net import tls as net_tls
+        from vaultproxy.engine import seam
 
-        if getattr(net_tls, "log_master_secret", None) is not None:
+        if seam.keylog_active():
             runtime.install(None)
             logger.error(
                 "SECURITY: SSLKEYLOGFILE is set: TLS keys would be logged; refusing traffic"

@@ -15,6 +15,7 @@ from vaultproxy import __version__
 from vaultproxy.admin.actions import refresh_keystore, reload_registry
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
+from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import reuseport
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.state import ProxyState, problems_text
@@ -106,6 +107,18 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
             out.append(f"SECURITY: service {s.name} may reach loopback addresses (allow_loopback)")
         if s.allow_private:
             out.append(f"SECURITY: service {s.name} may reach private addresses (allow_private)")
+        if s.mode == "placeholder":
+            for surface in s.substitute_in:
+                if surface in SURFACE_RISKS:
+                    out.append(
+                        f"SECURITY: service {s.name} substitutes its secret in "
+                        f"{SURFACE_RISKS[surface]} (substitute_in)"
+                    )
+        if s.allow_range:
+            out.append(
+                f"SECURITY: service {s.name} keeps Range requests (allow_range): partial "
+                "responses can slice a reflected secret past the redactor"
+            )
     if state.registry.config.proxy.passthrough_allow:
         out.append(
             "SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses"

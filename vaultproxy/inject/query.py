@@ -28,3 +28,21 @@ def drop_params(query: bytes, name: str, keep: Callable[[bytes], bool]) -> bytes
             continue
         out.append(pair)
     return b"&".join(out)
+
+
+def map_param_values(query: bytes, name: str, fn: Callable[[bytes], bytes]) -> bytes:
+    """Apply ``fn`` to the value of each ``name=value`` pair whose decoded name is ``name``.
+
+    A pair holding a ``;`` is left alone (servers disagree on whether it separates pairs),
+    as is every other pair, byte for byte.
+    """
+    if not query:
+        return query
+    target = name.encode("utf-8")
+    out = []
+    for pair in query.split(b"&"):
+        if b";" not in pair and b"=" in pair and param_name(pair) == target:
+            raw_name, _, value = pair.partition(b"=")
+            pair = raw_name + b"=" + fn(value)
+        out.append(pair)
+    return b"&".join(out)

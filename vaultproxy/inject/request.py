@@ -12,13 +12,18 @@ Order, and why:
 3. **Commit** the draft to the request in one step. Any raise in 1-2 leaves it untouched.
 
 Stripping: every value of a ``STRIP_HEADERS`` header (and of the service's ``header_name``) is
-removed, except, in placeholder mode with ``header`` allowed, values carrying this service's
-placeholder (those are substituted). ``Proxy-Authorization`` is always removed: it is
+removed, except, in placeholder mode, values carrying this service's placeholder in a header
+where it may be substituted (those are substituted). Header names are compared in every
+spelling an upstream could read as the same field: any case, and ``_`` for ``-`` (CGI-style
+servers map both to ``HTTP_X_API_KEY``). ``Proxy-Authorization`` is always removed: it is
 addressed to a proxy, never to the upstream. For ``auth = "query_param"`` the agent's own
 ``param_name`` parameters are treated the same way (kept only if they carry the placeholder).
 
-A placeholder in a surface not listed in ``substitute_in`` is left as it is: it is not a
-secret, and the upstream simply sees the placeholder text.
+Where a placeholder may be substituted (``substitute_in``): ``auth`` (the default) is the one
+slot the service's auth type uses: ``Authorization`` for bearer/basic, ``header_name`` for
+header, the ``param_name`` parameter for query_param. ``header`` (any header), ``query`` (any
+parameter), ``path`` and ``body`` are opt-ins. A placeholder anywhere else is left as it is:
+it is not a secret, and the upstream simply sees the placeholder text.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from vaultproxy.config.models import Service
 from vaultproxy.inject.basic import Basic
 from vaultproxy.inject.bearer import Bearer
 from vaultproxy.inject.header import Header
-from vaultproxy.inject.query import drop_params
+from vaultproxy.inject.query import drop_params, map_param_values
 from vaultproxy.inject.query_param import QueryParam
 from vaultproxy.inject.strategy import Draft, Strategy, header_safe
 from vaultproxy.placeholders import PlaceholderIndex, basic_credentials, substitute
@@ -68,6 +73,20 @@ def placeholder_secret(
 
 
 _BASE_STRIP = frozenset(n.encode("ascii") for n in STRIP_HEADERS)
+
+
+def canonical_name(name: bytes) -> bytes:
+    """A header name as an upstream may read it: case-folded, ``_`` read as ``-``."""
+    return name.lower().replace(b"_", b"-")
+
+
+def auth_slot(service: Service) -> bytes | None:
+    """The (canonical) header the service's auth type puts the credential in, if a header."""
+    if service.auth in ("bearer", "basic"):
+        return b"authorization"
+    if service.auth == "header" and service.header_name:
+        return canonical_name(service.header_name.encode("ascii"))
+    return None
 _strip_cache: dict[str, frozenset[bytes]] = {}
 
 
@@ -78,7 +97,7 @@ def strip_names(service: Service) -> frozenset[bytes]:
     if names is None:
         if len(_strip_cache) > 1024:  # header names come from services.toml: few, bounded
             _strip_cache.clear()
-        names = _BASE_STRIP | {service.header_name.lower().encode("ascii")}
+        names = _BASE_STRIP | {canonical_name(service.header_name.encode("ascii"))}
         _strip_cache[service.header_name] = names
     return names
 
@@ -110,14 +129,23 @@ def prepare_request(
     return result
 
 
-def _strip(draft: Draft, service: Service, keep_value: bytes | None) -> None:
-    """Remove strip-list headers; keep values containing ``keep_value`` (if given)."""
+def _strip(
+    draft: Draft,
+    service: Service,
+    keep_value: bytes | None,
+    keep_in: frozenset[bytes] | None = None,
+) -> None:
+    """Remove strip-list headers; keep values containing ``keep_value`` (if given) in the
+    headers ``keep_in`` names (canonical; None: in any header)."""
     names = strip_names(service)
     kept: list[tuple[bytes, bytes]] = []
     for k, v in draft.headers:
-        lk = k.lower()
+        lk = canonical_name(k)
         if lk in names and not (
-            keep_value is not None and lk not in _ALWAYS_STRIP and _carries(v, keep_value)
+            keep_value is not None
+            and lk not in _ALWAYS_STRIP
+            and (keep_in is None or lk in keep_in)
+            and _carries(v, keep_value)
         ):
             draft.stripped.append(lk.decode("ascii", "replace"))
             continue
@@ -149,9 +177,15 @@ def _placeholder(
 ) -> InjectResult:
     ph = index.placeholder_of(service.name)
     allowed = set(service.substitute_in)
-    _strip(draft, service, keep_value=ph if "header" in allowed else None)
+    slot = auth_slot(service) if "auth" in allowed else None
+    # Headers the placeholder may be substituted in: any (opt-in), the auth slot, or none.
+    sub_in: frozenset[bytes] | None = (
+        None if "header" in allowed else frozenset({slot}) if slot else frozenset()
+    )
+    _strip(draft, service, keep_value=ph if sub_in != frozenset() else None, keep_in=sub_in)
+    param_slot = "auth" in allowed and service.auth == "query_param" and service.param_name
     if service.auth == "query_param" and service.param_name and draft.query:
-        keep_query = "query" in allowed
+        keep_query = "query" in allowed or bool(param_slot)
         before = draft.query
         draft.query = drop_params(before, service.param_name, keep=lambda p: keep_query and ph in p)
         if draft.query != before:
@@ -166,12 +200,27 @@ def _placeholder(
             secret = placeholder_secret(service, value, fields)
         return secret
 
-    if "header" in allowed and any(_carries(v, ph) for _, v in draft.headers):
-        draft.headers = [(k, _sub_header(v, ph, get_secret(), service)) for k, v in draft.headers]
-        surfaces.append("header")
-    if "query" in allowed and draft.query is not None and ph in draft.query:
-        draft.query = substitute(draft.query, ph, get_secret(), "percent")
-        surfaces.append("query")
+    def may_sub(name: bytes) -> bool:
+        return sub_in is None or canonical_name(name) in sub_in
+
+    if sub_in != frozenset() and any(may_sub(k) and _carries(v, ph) for k, v in draft.headers):
+        draft.headers = [
+            (k, _sub_header(v, ph, get_secret(), service) if may_sub(k) else v)
+            for k, v in draft.headers
+        ]
+        surfaces.append("header" if sub_in is None else "auth")
+    if draft.query is not None and ph in draft.query:
+        if "query" in allowed:
+            draft.query = substitute(draft.query, ph, get_secret(), "percent")
+            surfaces.append("query")
+        elif param_slot:
+            before = draft.query
+            draft.query = map_param_values(
+                before, str(service.param_name),
+                lambda v: substitute(v, ph, get_secret(), "percent"),
+            )
+            if draft.query != before:
+                surfaces.append("auth")
     if "path" in allowed and ph in draft.path:
         draft.path = substitute(draft.path, ph, get_secret(), "percent")
         surfaces.append("path")

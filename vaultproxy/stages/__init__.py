@@ -1,5 +1,11 @@
 """mitmproxy addon stages, in chain order:
-Gate -> Identify -> Route -> Connect -> Inject -> Scrub -> Record.
+
+    Gate -> Identify -> Route -> Connect -> RequestGate -> Inject -> ResponseGate -> Record
+
+RequestGate is the last stage before any credential is added: a request it refuses never
+reaches Inject. ResponseGate is the only way back to the agent: every byte an intercepted
+upstream sends passes through it (the engine seam, engine/seam.py, routes what mitmproxy
+would otherwise answer on its own through it too).
 
 Each stage is a small class whose hooks run inside ``guard.guarded``: an exception becomes a
 deny response on the flow (mitmproxy itself would log it and carry on down the chain).
@@ -12,13 +18,24 @@ from vaultproxy.stages.gate import Gate
 from vaultproxy.stages.identify import Identify
 from vaultproxy.stages.inject import Inject
 from vaultproxy.stages.record import Record
+from vaultproxy.stages.request_gate import RequestGate
+from vaultproxy.stages.response_gate import ResponseGate
 from vaultproxy.stages.route import Route
-from vaultproxy.stages.scrub import Scrub
 
 
 def chain() -> list[object]:
     """Our stages in the order they must run (before mitmproxy's defaults)."""
-    return [Identify(), Route(), Connect(), Inject(), Scrub(), Record()]
+    return [Identify(), Route(), Connect(), RequestGate(), Inject(), ResponseGate(), Record()]
 
 
-__all__ = ["Connect", "Gate", "Identify", "Inject", "Record", "Route", "Scrub", "chain"]
+__all__ = [
+    "Connect",
+    "Gate",
+    "Identify",
+    "Inject",
+    "Record",
+    "RequestGate",
+    "ResponseGate",
+    "Route",
+    "chain",
+]

@@ -1,10 +1,12 @@
 """Gate: refuse all traffic while the vaultproxy chain is incomplete (e.g. a script failed to
-reload under mitmdump) or no home is loaded. It lives in the package, outside the script."""
+reload under mitmdump), the engine seam is not in place, or no home is loaded. It lives in
+the package, outside the script."""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
+from vaultproxy.engine import seam
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import deny, guarded
@@ -16,7 +18,7 @@ class ChainIncomplete(VaultproxyError):
 
 class Gate:
     def _check(self, flow: http.HTTPFlow) -> None:
-        if runtime.current() is None or not runtime.chain_complete():
+        if runtime.current() is None or not runtime.chain_complete() or not seam.installed():
             deny(flow, ChainIncomplete())
 
     @guarded

@@ -15,6 +15,7 @@ from vaultproxy.errors import error_body, error_response
 logger = logging.getLogger(__name__)
 
 M_DENIED = "vaultproxy.denied"
+M_REPLY = "vaultproxy.reply"  # our reply, when it replaced an upstream response mid-flight
 
 
 def error_reply(err: BaseException) -> http.Response:
@@ -22,17 +23,39 @@ def error_reply(err: BaseException) -> http.Response:
     headers = {"Content-Type": "application/json", "X-Vaultproxy-Error": code}
     if status == 407:
         headers["Proxy-Authenticate"] = 'Basic realm="vaultproxy"'
+    if code == "locked":
+        # The OpenAI/Anthropic SDKs (and Claude Code) honour this instead of retrying a 5xx.
+        headers["x-should-retry"] = "false"
     return http.Response.make(status, error_body(code, message), headers)
 
 
 def deny(flow: http.HTTPFlow, err: BaseException) -> None:
-    """Answer the flow with the proxy error for ``err`` (the request goes nowhere)."""
+    """Answer the flow with the proxy error for ``err`` (the request goes nowhere).
+
+    Once an upstream response exists, its body must never follow our reply: mitmproxy would
+    still read it into (or stream it through) ``flow.response``. So our reply then drops
+    every upstream chunk and carries its own body, and the response gate puts the reply
+    back whole in the ``response`` hook (``M_REPLY``).
+    """
     status, code, message = error_response(err)
     flow.metadata[M_DENIED] = (code, message)
     if flow.response is not None and flow.response.stream:
         flow.kill()  # bytes already went out; cut the connection rather than pass more
         return
-    flow.response = error_reply(err)
+    reply = error_reply(err)
+    if flow.response is not None:
+        flow.metadata[M_REPLY] = error_reply(err)
+        reply.stream = _replace_body(reply.raw_content or b"")
+    flow.response = reply
+
+
+def _replace_body(body: bytes) -> Callable[[bytes], list[bytes]]:
+    """A stream callable that discards every upstream chunk and ends with ``body``."""
+
+    def emit(chunk: bytes) -> list[bytes]:
+        return [] if chunk else [body]
+
+    return emit
 
 
 def _fail(stage: str, hook: str, args: tuple[Any, ...], err: BaseException) -> None:

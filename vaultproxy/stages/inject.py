@@ -3,8 +3,6 @@ sent, and add the real credential (``requestheaders``, so bodies can still strea
 
 from __future__ import annotations
 
-import time
-
 from mitmproxy import http
 
 from vaultproxy.errors import (
@@ -46,9 +44,7 @@ class Inject:
         if flow.response is not None:
             return  # refused by an earlier stage
         st = runtime.state()
-        flow.metadata[M_T0] = time.monotonic()
         req = flow.request
-        flow.metadata[M_PATH] = req.path.split("?", 1)[0]  # as the agent sent it, pre-injection
         req.headers.pop("proxy-authorization", None)
         tunnel = st.tunnels.get(flow.client_conn.id)
         if tunnel is None:

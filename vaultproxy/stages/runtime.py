@@ -36,7 +36,9 @@ def stage_unloaded(name: str) -> None:
     _live_stages.discard(name)
 
 
-REQUIRED_STAGES = frozenset({"Identify", "Route", "Connect", "Inject", "Scrub", "Record"})
+REQUIRED_STAGES = frozenset(
+    {"Identify", "Route", "Connect", "RequestGate", "Inject", "ResponseGate", "Record"}
+)
 
 
 def chain_complete() -> bool:

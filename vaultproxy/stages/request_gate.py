@@ -1,0 +1,95 @@
+"""RequestGate: the last stage before a credential is added. A request to an intercepted
+service passes only in a shape every upstream reads the same way; anything else is refused
+(``400 invalid_request`` or ``421 host_mismatch``), audited, and never reaches Inject.
+
+* **Request target.** Origin-form (``/path``), or ``*`` for ``OPTIONS``. Absolute-form
+  (``GET https://host/ HTTP/1.1``) passes only if its scheme is ``https`` and its authority is
+  exactly the CONNECT target, and is then rewritten to origin-form: an upstream routes on the
+  URI's host, so any other authority would carry the credential to another virtual host. An
+  HTTP/2 ``:path`` must be origin-form too.
+* **Header fields.** Names are RFC 9110 tokens; values hold no CR, LF or NUL. mitmproxy keeps
+  an obs-fold continuation (RFC 9112 §5.2) as ``"\\r\\n "`` inside the value, which it would
+  forward verbatim and an upstream could read as a new header line: refused.
+* **Size.** At most ``MAX_HEADER_FIELDS`` fields and ``MAX_HEADER_BYTES`` bytes of header
+  section (names + values).
+* **Range.** ``Range``/``If-Range`` are removed unless the service sets ``allow_range``: a
+  partial response can slice a reflected secret into pieces no redactor recognises.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from mitmproxy import http
+
+from vaultproxy.errors import HostMismatch, InvalidRequest
+from vaultproxy.hostnames import same_target
+from vaultproxy.stages import runtime
+from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.inject import M_PATH, M_SERVICE, M_T0
+
+MAX_HEADER_FIELDS = 256
+MAX_HEADER_BYTES = 64 * 1024
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+_RANGE = (b"range", b"if-range")
+
+
+def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
+    """Raise InvalidRequest for a header section an upstream might read differently."""
+    if len(fields) > MAX_HEADER_FIELDS:
+        raise InvalidRequest(f"more than {MAX_HEADER_FIELDS} header fields")
+    size = 0
+    for i, (name, value) in enumerate(fields):
+        size += len(name) + len(value)
+        if not _TOKEN.match(name):
+            raise InvalidRequest(f"header field {i + 1}: the name is not an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise InvalidRequest(
+                f"header field {i + 1}: the value holds a line break (obs-fold) or NUL"
+            )
+    if size > MAX_HEADER_BYTES:
+        raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
+
+
+def check_target(req: http.Request, host: str, port: int) -> None:
+    """Origin-form only; an absolute-form target naming exactly the tunnel is rewritten."""
+    if req.authority and req.http_version.startswith("HTTP/1"):
+        if req.scheme != "https" or not same_target(req.authority, host, port):
+            raise HostMismatch("the request target names another host than the tunnel target")
+        req.authority = ""  # origin-form upstream
+    path = req.data.path
+    if path == b"*" and req.method == "OPTIONS":
+        return
+    if not path.startswith(b"/") or path.startswith(b"//"):
+        raise InvalidRequest("the request target must be an origin-form path (/...)")
+
+
+class RequestGate:
+    def load(self, loader: object) -> None:
+        runtime.stage_loaded("RequestGate")
+
+    def done(self) -> None:
+        runtime.stage_unloaded("RequestGate")
+
+    @guarded
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        flow.metadata[M_T0] = time.monotonic()
+        flow.metadata[M_PATH] = req.path.split("?", 1)[0]  # as the agent sent it
+        if flow.response is not None:
+            return  # refused by an earlier stage
+        st = runtime.state()
+        tunnel = st.tunnels.get(flow.client_conn.id)
+        if tunnel is None or tunnel.service is None:
+            return  # not intercepted: no credential will be added
+        flow.metadata[M_SERVICE] = tunnel.service
+        check_target(req, tunnel.host, tunnel.port)
+        flow.metadata[M_PATH] = req.path.split("?", 1)[0]
+        check_headers(req.headers.fields)
+        if not tunnel.service.allow_range:
+            fields = req.headers.fields
+            if any(k.lower() in _RANGE for k, _ in fields):
+                req.headers.fields = tuple((k, v) for k, v in fields if k.lower() not in _RANGE)

@@ -1,0 +1,299 @@
+"""ResponseGate: the one place every byte from an intercepted upstream passes on its way to
+the agent. What cannot pass through it is refused, never forwarded.
+
+What reaches the agent, and where this gate handles it:
+
+========================  ================================================================
+status line               ``responseheaders``: the reason phrase is replaced by the
+                          standard one for the code (the upstream's own text is dropped)
+headers                   ``responseheaders``: every field redacted, ``Set-Cookie`` dropped
+1xx (not 101)             dropped by the engine seam before mitmproxy parses them
+101                       ``responseheaders``: only a WebSocket upgrade the agent asked for;
+                          anything else is ``502 upgrade_refused`` (and raw TCP is off)
+transfer coding           ``responseheaders``: HTTP/1 ``chunked`` only, else
+                          ``502 upstream_protocol``
+body                      decoded (``Content-Encoding``; an unknown one is refused) and
+                          redacted, whole (``response``) or streamed (``_stream``)
+trailers                  ``response``: redacted (HTTP/2); HTTP/1 trailers are dropped by the
+                          seam, and trailers for an HTTP/1 agent are dropped here
+WebSocket messages        ``websocket_message``: redacted
+WebSocket ping/pong/close ``_ws_control`` via the seam: payloads and close reasons redacted
+proxy-made errors         the seam renders mitmproxy's own error pages as our JSON
+                          (``classify_engine_error``); CONNECT errors in
+                          ``http_connect_error``
+========================  ================================================================
+
+A body with a known length of at most ``SMALL_BODY`` bytes is buffered by mitmproxy and
+redacted whole (decoded first, ``Content-Length`` set to the result); any other body streams
+through the redactor and is re-framed (chunked on HTTP/1.1). A decoded body is always sent
+without ``Content-Encoding``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import wsproto.events
+from mitmproxy import http
+from mitmproxy.net.http import status_codes
+from mitmproxy.net.http.http1 import expected_http_body_size
+
+from vaultproxy.engine import seam
+from vaultproxy.errors import (
+    UnscannableResponse,
+    UpgradeRefused,
+    UpstreamProtocol,
+    VaultproxyError,
+    classify_engine_error,
+)
+from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
+from vaultproxy.stages import runtime
+from vaultproxy.stages.guard import M_DENIED, M_REPLY, error_reply, guarded
+from vaultproxy.stages.inject import M_SERVICE
+
+logger = logging.getLogger(__name__)
+
+M_REDACTOR = "vaultproxy.redactor"
+M_WHOLE = "vaultproxy.scrub_whole"  # the Content-Encoding of a body redacted whole
+
+# Bodies up to this many (encoded) bytes, with a known length, are redacted whole: cheaper
+# per request than streaming, and the agent gets a Content-Length.
+SMALL_BODY = 128 * 1024
+
+# WebSocket control frames carry at most 125 bytes (RFC 6455 §5.5); a close reason 123.
+_WS_CONTROL_MAX = 125
+_WS_REASON_MAX = 123
+
+# Server connection id -> the redactor of the WebSocket flow on it (see _ws_control).
+_ws_redactors: dict[str, Redactor] = {}
+
+
+def _no_body(flow: http.HTTPFlow) -> bool:
+    assert flow.response is not None
+    code = flow.response.status_code
+    return flow.request.method == "HEAD" or code < 200 or code in (204, 304)
+
+
+def _known_small(flow: http.HTTPFlow) -> bool:
+    """Is the body's length known from its headers and at most SMALL_BODY?
+
+    mitmproxy then reads exactly that many bytes (HTTP/1) or fails the stream if the
+    upstream sends more (HTTP/2), so the buffer never grows past it. A response mitmproxy
+    already decided to stream (``stream_large_bodies``) is not small.
+    """
+    resp = flow.response
+    assert resp is not None
+    if resp.stream or "transfer-encoding" in resp.headers or "content-length" not in resp.headers:
+        return False
+    try:
+        size = expected_http_body_size(flow.request, resp)
+    except ValueError:
+        return False
+    return size is not None and 0 <= size <= SMALL_BODY
+
+
+def _stream(
+    redactor: Redactor, decode: Callable[[bytes], bytes] | None
+) -> Callable[[bytes], list[bytes]]:
+    """The ``flow.response.stream`` callable: decode, redact, and never emit an empty chunk.
+
+    mitmproxy sends every returned item as a chunk; on HTTP/1.1 an empty one is written as
+    ``0\\r\\n\\r\\n``, the end of a chunked body, which would truncate the response while
+    the redactor holds back a possible partial match. So return a list, empty when holding.
+    """
+    feed = redactor.stream()
+
+    if decode is None:
+
+        def plain(chunk: bytes) -> list[bytes]:
+            out = feed(chunk)
+            return [out] if out else []
+
+        return plain
+
+    def decoded(chunk: bytes) -> list[bytes]:
+        data = decode(chunk)
+        if chunk:
+            out = feed(data) if data else b""
+        else:
+            out = feed(data) + feed(b"") if data else feed(b"")
+        return [out] if out else []
+
+    return decoded
+
+
+def _redact_whole(flow: http.HTTPFlow, redactor: Redactor, encoding: str) -> None:
+    """Decode (at most ``max_body_mb``), redact and re-measure a buffered body."""
+    resp = flow.response
+    assert resp is not None
+    if resp.stream:  # pragma: no cover - _known_small rules this out
+        raise UnscannableResponse("the response was streamed before it could be scanned")
+    body = resp.raw_content or b""
+    if encoding:
+        limit = runtime.state().registry.config.proxy.max_body_mb * 1024 * 1024
+        decode = decoder_for(encoding, limit)
+        if decode is None:  # pragma: no cover - checked in responseheaders
+            raise UnscannableResponse()
+        plain = decode(body) + decode(b"") if body else decode(b"")  # b"": the final flush
+        del resp.headers["content-encoding"]
+    else:
+        plain = body
+    out = redactor.redact(plain)
+    if out is not body:
+        resp.raw_content = out
+        resp.headers["content-length"] = str(len(out))
+
+
+def _check_upgrade(flow: http.HTTPFlow) -> None:
+    """A 101 passes only as the WebSocket upgrade the agent asked for."""
+    req, resp = flow.request, flow.response
+    assert resp is not None
+    asked = req.headers.get("upgrade", "").strip().lower() == "websocket"
+    given = resp.headers.get("upgrade", "").strip().lower() == "websocket"
+    if not (asked and given):
+        # mitmproxy's HTTP/1 client turns its connection into a pipe after a 101; make it
+        # see a final response that closes the connection instead, so nothing the upstream
+        # sends after the 101 is read at all.
+        resp.status_code = 502
+        resp.headers["connection"] = "close"
+        raise UpgradeRefused()
+
+
+def _check_framing(resp: http.Response) -> None:
+    """HTTP/1 bodies must be framed by Content-Length or plain ``chunked``: any other
+    transfer coding (``gzip, chunked``...) would carry bytes the redactor cannot read."""
+    te = resp.headers.get_all("transfer-encoding")
+    if te and (len(te) > 1 or te[0].strip().lower() != "chunked"):
+        raise UpstreamProtocol("the upstream used a transfer coding vaultproxy cannot scan")
+
+
+def _ws_control(conn_id: str, event: object) -> object:
+    """Redact what a server's ping, pong or close frame carries (called by the seam)."""
+    redactor = _ws_redactors.get(conn_id)
+    if redactor is None:
+        return event
+    if isinstance(event, wsproto.events.Ping | wsproto.events.Pong):
+        payload = redactor.redact(bytes(event.payload))[:_WS_CONTROL_MAX]
+        return type(event)(payload=payload)
+    if isinstance(event, wsproto.events.CloseConnection) and event.reason:
+        reason = redactor.redact(event.reason.encode("utf-8", "surrogateescape"))
+        text = reason[:_WS_REASON_MAX].decode("utf-8", "ignore")
+        return wsproto.events.CloseConnection(code=event.code, reason=text)
+    return event
+
+
+seam.ws_control_filter = _ws_control
+seam.set_error_classifier(classify_engine_error)
+
+
+class ResponseGate:
+    def load(self, loader: object) -> None:
+        runtime.stage_loaded("ResponseGate")
+
+    def done(self) -> None:
+        runtime.stage_unloaded("ResponseGate")
+
+    @guarded
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        service = flow.metadata.get(M_SERVICE)
+        if service is None or flow.response is None or flow.metadata.get(M_DENIED):
+            return
+        st = runtime.state()
+        resp = flow.response
+        redactor = st.redactor_for(service)
+        if redactor is None:
+            raise UnscannableResponse("the keystore was locked while the request was in flight")
+        flow.metadata[M_REDACTOR] = redactor
+        resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+        if resp.status_code == 101:
+            _check_upgrade(flow)
+        if resp.http_version in ("HTTP/1.0", "HTTP/1.1"):
+            _check_framing(resp)
+        drop_set_cookie(resp.headers)
+        redact_headers(redactor, resp.headers)
+        if _no_body(flow) or resp.status_code == 101:
+            return
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+        decode = None
+        if encoding not in ("", "identity"):
+            decode = decoder_for(encoding)
+            if decode is None:
+                raise UnscannableResponse()
+        else:
+            encoding = ""
+        if _known_small(flow):
+            resp.stream = False
+            flow.metadata[M_WHOLE] = encoding
+            return
+        if decode is not None:
+            del resp.headers["content-encoding"]
+        resp.headers.pop("content-length", None)
+        http1 = resp.http_version in ("HTTP/1.0", "HTTP/1.1")
+        if http1 and flow.request.http_version == "HTTP/1.1":
+            # Redaction changes the length: frame the body with chunks. An HTTP/1.0 upstream
+            # reply is upgraded so the agent is not left with a close-delimited body.
+            resp.http_version = "HTTP/1.1"
+            resp.headers["transfer-encoding"] = "chunked"
+        resp.stream = _stream(redactor, decode)
+
+    @guarded
+    def response(self, flow: http.HTTPFlow) -> None:
+        reply = flow.metadata.pop(M_REPLY, None)
+        if reply is not None:
+            # Refused after the upstream's head arrived: mitmproxy put the upstream's body
+            # into our reply meanwhile; send ours as it was made.
+            flow.response = reply
+            return
+        redactor = flow.metadata.get(M_REDACTOR)
+        resp = flow.response
+        if redactor is None or resp is None:
+            return
+        if resp.trailers:
+            if flow.request.http_version.startswith("HTTP/1"):
+                resp.trailers = None  # mitmproxy cannot send trailers to an HTTP/1 agent
+            else:
+                redactor.redact_headers(resp.trailers)
+        encoding = flow.metadata.pop(M_WHOLE, None)
+        if encoding is not None and not flow.metadata.get(M_DENIED):
+            _redact_whole(flow, redactor, encoding)
+        elif not resp.stream and resp.raw_content:
+            resp.raw_content = redactor.redact(resp.raw_content)
+
+    @guarded
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT mitmproxy itself refused (e.g. the eager dial failed): answer with ours."""
+        resp = flow.response
+        if resp is not None and "x-vaultproxy-error" not in resp.headers:
+            status, code, public = classify_engine_error(resp.status_code, "cannot connect")
+            flow.response = error_reply(_Engine(status, code, public))
+
+    @guarded
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        redactor = flow.metadata.get(M_REDACTOR)
+        if redactor is not None:
+            _ws_redactors[flow.server_conn.id] = redactor
+
+    @guarded
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        _ws_redactors.pop(flow.server_conn.id, None)
+
+    @guarded
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        ws = flow.websocket
+        if ws is None or not ws.messages:
+            return
+        message = ws.messages[-1]
+        redactor = flow.metadata.get(M_REDACTOR)
+        if redactor is not None and not message.from_client:
+            message.content = redactor.redact(message.content)
+        # Do not retain messages for the connection's life (mitmproxy #6620).
+        del ws.messages[:-1]
+
+
+class _Engine(VaultproxyError):
+    """An error mitmproxy detected, carried as ours (status and code from the classifier)."""
+
+    def __init__(self, status: int, code: str, public: str) -> None:
+        self.status, self.code, self.public = status, code, public
+        super().__init__(public)
