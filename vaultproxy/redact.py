@@ -54,7 +54,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import regex
-
 from mitmproxy import http
 
 from vaultproxy.errors import BodyTooLarge

@@ -24,8 +24,8 @@ from vaultproxy.stages import Connect, Inject, Record, ResponseGate, Route, runt
 from vaultproxy.stages import connect as connect_mod
 from vaultproxy.stages import inject as inject_mod
 from vaultproxy.stages import record as record_mod
-from vaultproxy.stages import route as route_mod
 from vaultproxy.stages import response_gate as scrub_mod
+from vaultproxy.stages import route as route_mod
 
 SERVICES = """
 [[service]]

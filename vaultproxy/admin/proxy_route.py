@@ -30,6 +30,7 @@ from vaultproxy.errors import (
 )
 from vaultproxy.hostnames import split_authority
 from vaultproxy.inject import STRIP_HEADERS, placeholder_secret, prepare_request, substitute_body
+from vaultproxy.inject.request import auth_slot, canonical_name
 from vaultproxy.outbound import UpstreamKey
 from vaultproxy.placeholders import basic_credentials
 from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
@@ -86,17 +87,20 @@ def caller_headers(service: Service, headers: dict[str, str]) -> list[tuple[byte
     carries this service's placeholder where placeholder mode substitutes headers."""
     auth_names = set(STRIP_HEADERS)
     if service.header_name:
-        auth_names.add(service.header_name.lower())
-    may_carry = service.mode == "placeholder" and "header" in service.substitute_in
+        auth_names.add(canonical_name(service.header_name.encode()).decode())
+    placeholder = service.mode == "placeholder"
+    slot = auth_slot(service) if "auth" in service.substitute_in else None
+    any_header = placeholder and "header" in service.substitute_in
     out: list[tuple[bytes, bytes]] = []
     for name, value in headers.items():
-        lname = name.lower()
+        lname = canonical_name(name.encode("latin-1", "replace")).decode("latin-1")
         if not name.isascii() or not name or any(c in name for c in " \t\r\n:"):
             raise BadRequest("a header name is not a valid token")
         if any(c in value for c in "\r\n\x00"):
             raise BadRequest(f"header {lname} has a control character in its value")
         if lname in HOP_BY_HOP:
             continue
+        may_carry = placeholder and (any_header or lname.encode() == slot)
         carries = may_carry and _carries(value, service.placeholder_text)
         if lname in auth_names and not (carries and lname != "proxy-authorization"):
             raise AuthHeaderRefused(

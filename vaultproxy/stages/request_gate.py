@@ -24,7 +24,7 @@ import time
 from mitmproxy import http
 
 from vaultproxy.errors import HostMismatch, InvalidRequest
-from vaultproxy.hostnames import same_target
+from vaultproxy.hostnames import normal_host, same_target
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.inject import M_PATH, M_SERVICE, M_T0
@@ -54,11 +54,24 @@ def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
         raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
 
 
-def check_target(req: http.Request, host: str, port: int) -> None:
-    """Origin-form only; an absolute-form target naming exactly the tunnel is rewritten."""
-    if req.authority and req.http_version.startswith("HTTP/1"):
-        if req.scheme != "https" or not same_target(req.authority, host, port):
-            raise HostMismatch("the request target names another host than the tunnel target")
+def check_target(
+    req: http.Request, host: str, port: int, dialed: tuple[str, int] | None
+) -> None:
+    """The request must name exactly the tunnel target, in origin-form.
+
+    mitmproxy fills ``host``/``port`` of an origin-form request with the address it dials
+    (``dialed``), and takes them from the URI of an absolute-form one (clearing the
+    authority, so HTTP/1 leaves in origin-form). So: ``https``, and either the dialed
+    address or the tunnel target itself; an HTTP/2 ``:authority`` must name the target.
+    """
+    target = (normal_host(req.host), req.port)
+    if (
+        req.scheme != "https"
+        or (target != (host, port) and (req.host, req.port) != dialed)
+        or (req.authority and not same_target(req.authority, host, port))
+    ):
+        raise HostMismatch("the request target names another host than the tunnel target")
+    if req.http_version.startswith("HTTP/1"):
         req.authority = ""  # origin-form upstream
     path = req.data.path
     if path == b"*" and req.method == "OPTIONS":
@@ -86,7 +99,9 @@ class RequestGate:
         if tunnel is None or tunnel.service is None:
             return  # not intercepted: no credential will be added
         flow.metadata[M_SERVICE] = tunnel.service
-        check_target(req, tunnel.host, tunnel.port)
+        dialed = flow.server_conn.address
+        pinned = (str(dialed[0]), int(dialed[1])) if dialed else None
+        check_target(req, tunnel.host, tunnel.port, pinned)
         flow.metadata[M_PATH] = req.path.split("?", 1)[0]
         check_headers(req.headers.fields)
         if not tunnel.service.allow_range:
