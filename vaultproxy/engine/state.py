@@ -101,8 +101,17 @@ class ProxyState:
     # -- change notification (workers) ------------------------------------------------------
     def _changed(self) -> None:
         self.generation += 1
+        self._warm_redactors()
         for callback in list(self.on_change):
             callback()
+
+    def _warm_redactors(self) -> None:
+        """Build every service's redactor now (a few ms each, regex compiles), not in the
+        first response that needs one: a streamed reply's first event would wait for it."""
+        if self.keystore is None:
+            return
+        for service in self.registry.services:
+            self.redactor_for(service)
 
     async def settled(self) -> None:
         """Return once every worker process runs the current state (no-op with one process)."""
