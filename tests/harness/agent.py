@@ -18,9 +18,11 @@ def tunnel(proxy_port: int, ca_file: Path, host: str, port: int = 443) -> ssl.SS
     while b"\r\n\r\n" not in head:
         data = sock.recv(4096)
         if not data:
+            sock.close()
             raise ConnectionError(f"proxy closed the CONNECT: {head!r}")
         head += data
     if not head.startswith(b"HTTP/1.1 200"):
+        sock.close()
         raise ConnectionError(f"CONNECT refused: {head.split(b'\r\n', 1)[0]!r}")
     ctx = ssl.create_default_context(cafile=str(ca_file))
     ctx.set_alpn_protocols(["http/1.1"])

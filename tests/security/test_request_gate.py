@@ -53,6 +53,25 @@ allow_loopback = true
 ca_cert = "h2-ca.pem"
 
 [[service]]
+name = "p"
+hosts = ["p.api.test"]
+mode = "placeholder"
+auth = "bearer"
+connect_to = "127.0.0.1:{port}"
+allow_loopback = true
+ca_cert = "hostile-ca.pem"
+
+[[service]]
+name = "pall"
+hosts = ["pall.api.test"]
+mode = "placeholder"
+auth = "bearer"
+substitute_in = ["auth", "header", "query"]
+connect_to = "127.0.0.1:{port}"
+allow_loopback = true
+ca_cert = "hostile-ca.pem"
+
+[[service]]
 name = "r"
 hosts = ["r.api.test"]
 mode = "host_inject"
@@ -96,7 +115,10 @@ def proxy(
     home = ProxyHome.create(
         base,
         SERVICES.format(port=upstream.port, h2port=h2_upstream.port),
-        {"h": secret.decode(), "r": make_canary(), "h2": secret.decode()},
+        {
+            "h": secret.decode(), "r": make_canary(), "h2": secret.decode(),
+            "p": secret.decode(), "pall": secret.decode(),
+        },
         files={
             "hostile-ca.pem": upstream.ca_file.read_bytes(),
             "h2-ca.pem": h2_upstream.ca_file.read_bytes(),
@@ -339,3 +361,39 @@ def test_twin_h2_origin_form_carries_it(
     assert _h2_request(proxy, [*H2_BASE, (b":path", b"/x")]) == 200
     [got] = h2_upstream.received[since:]
     assert got.header("authorization") == "Bearer " + secret.decode()
+
+
+@pytest.mark.parametrize("service", ["p", "pall"])
+def test_placeholder_outside_the_auth_slot(
+    proxy: ProxyProcess, upstream: HostileUpstream, secret: bytes, service: str
+) -> None:
+    """Default (``p``): the secret goes only into Authorization; a placeholder in a custom
+    header or another parameter reaches the upstream as the placeholder text, so the agent
+    cannot have the upstream store the secret where it reads it back. The opt-in (``pall``,
+    ``substitute_in = ["auth", "header", "query"]``) substitutes there too: the twin."""
+    ph = f"__vault.{service}__".encode()
+    host = f"{service}.api.test".encode()
+    since = len(upstream.received)
+    reply = _send(
+        proxy, b"GET /note?text=" + ph + b" HTTP/1.1\r\nHost: " + host
+        + b"\r\nAuthorization: Bearer " + ph + b"\r\nX-Note: " + ph
+        + b"\r\nConnection: close\r\n\r\n",
+        host=host.decode(),
+    )
+    assert agent.status_of(reply) == 200
+    [got] = upstream.received[since:]
+    assert got.credential == secret
+    if service == "p":
+        assert got.header("x-note") == ph
+        assert got.target == "/note?text=" + ph.decode()
+    else:
+        assert got.header("x-note") == secret
+        assert got.target == "/note?text=" + secret.decode()
+
+
+def test_opt_ins_are_announced_as_security_warnings(proxy: ProxyProcess) -> None:
+    out = proxy.output()
+    assert "SECURITY: service pall substitutes its secret in any request header" in out
+    assert "SECURITY: service pall substitutes its secret in any query parameter" in out
+    assert "SECURITY: service r keeps Range requests (allow_range)" in out
+    assert "SECURITY: service p substitutes" not in out

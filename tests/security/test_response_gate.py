@@ -421,3 +421,52 @@ def test_twin_mitmproxy_honours_the_key_log_variable(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=True,
     )
     assert out.stdout.strip() == "True"
+
+
+def test_mitmdump_with_a_key_log_refuses_traffic(
+    tmp_path: Path, hostile: HostileUpstream, secret: bytes
+) -> None:
+    """mitmproxy is imported before our script, so it may already hold a key log: then the
+    mitmdump path refuses every request (503 not_ready), and no TLS session is keyed."""
+    from tests.integration.test_mitmdump import Mitmdump
+
+    keyfile = tmp_path / "keys.txt"
+    home = ProxyHome.create(
+        tmp_path, SERVICES.format(port=hostile.port), {"h": secret.decode()},
+        files={"hostile-ca.pem": hostile.ca_file.read_bytes()},
+    )
+    script = Path(__file__).resolve().parents[2] / "addons" / "vaultproxy.py"
+    os.environ["MITMPROXY_SSLKEYLOGFILE"] = str(keyfile)
+    try:
+        m = Mitmdump(home, script, tmp_path / "mitmdump.log")
+    finally:
+        os.environ.pop("MITMPROXY_SSLKEYLOGFILE", None)
+    try:
+        with pytest.raises(ConnectionError, match="503"):
+            agent.tunnel(m.port, home.ca_cert, HOST)
+        assert "SSLKEYLOGFILE is set" in m.output()
+    finally:
+        m.stop()
+    assert not keyfile.exists() or keyfile.read_bytes() == b""
+
+
+def test_upstream_tls_failure_is_our_json(tmp_path: Path, hostile: HostileUpstream) -> None:
+    """The upstream's certificate is not from the CA the service trusts: 502 upstream_tls,
+    our JSON, and nothing (no credential) reached the upstream."""
+    import trustme
+
+    other = trustme.CA()
+    home = ProxyHome.create(
+        tmp_path, SERVICES.format(port=hostile.port).replace("hostile-ca.pem", "other-ca.pem"),
+        {"h": make_canary()}, files={"other-ca.pem": other.cert_pem.bytes()},
+    )
+    before = len(hostile.received)
+    p = ProxyProcess.start(home, args=("--workers", "1"))
+    try:
+        reply = _get(p.port, home.ca_cert, "/plain", via_proxy=True)
+    finally:
+        p.stop()
+    assert agent.status_of(reply) == 502
+    assert agent.header_of(reply, "x-vaultproxy-error") == "upstream_tls"
+    assert b"mitmproxy" not in reply.lower()
+    assert len(hostile.received) == before
