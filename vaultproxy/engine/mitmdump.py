@@ -84,7 +84,7 @@ class Bootstrap:
 
     def _setup(self) -> None:
         from vaultproxy.ca import load_ca, materialize_mitm_confdir, system_ca_file
-        from vaultproxy.cli.password import _from_file
+        from vaultproxy.cli.password import read_file
         from vaultproxy.engine.state import ProxyState
 
         raw = ctx.options.vaultproxy_home
@@ -97,9 +97,14 @@ class Bootstrap:
         state = ProxyState.load(home)
         source = ctx.options.vaultproxy_password_file or os.environ.get("VAULTPROXY_PASSWORD_FILE")
         if source:
-            password = _from_file(source)
-            state.unlock_sync(password)
-            password.wipe()
+            from vaultproxy.admin.actions import warn_missing_secrets
+
+            password = read_file(source, home.path)
+            try:
+                state.unlock_sync(password)
+            finally:
+                password.wipe()
+            warn_missing_secrets(state)
         listen = set()
         for spec in ctx.options.mode:
             host, _, port = spec.rpartition("@")[2].rpartition(":")
