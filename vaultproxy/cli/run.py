@@ -89,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             password.wipe()
     else:
         logging.getLogger(__name__).warning(
-            "no password source: starting LOCKED; intercepted hosts answer 503 until unlocked"
+            "no password source (no --password-file, no VAULTPROXY_PASSWORD_FILE, no terminal): "
+            "starting LOCKED; intercepted hosts answer 503 until `vaultproxy unlock`"
         )
     opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
                         workers=workers)
