@@ -13,7 +13,7 @@ DEMO_PORT ?= 3203
 DEMO_ADMIN_PORT ?= 3201
 # The quick tier: pure functions and the security properties that need no running proxy.
 FAST   := tests/unit tests/security/test_keystore_format.py tests/security/test_keystore_tamper.py \
-          tests/security/test_keystore_crash.py tests/security/test_keystore_perms.py \
+          tests/security/test_keystore_perms.py \
           tests/security/test_admin_peercred.py
 
 .PHONY: demo test test-fast lint venv clean
