@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import resource
 import sys
@@ -57,6 +58,10 @@ def parse_listen(text: str, flag: str) -> tuple[str, int]:
 def cmd_run(args: argparse.Namespace) -> int:
     # No core dumps of a process that holds decrypted secrets.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The banner and reload lines must reach a file or the journal as they happen, not when
+    # a block buffer fills: stdout is line-buffered even when it is not a terminal.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     listen = parse_listen(args.listen, "--listen")
     admin_listen = parse_listen(args.admin_listen, "--admin-listen")
     workers = parse_workers(args.workers)
