@@ -71,5 +71,6 @@ if ! "$VP" secret list --home "$DEMO" --password-file "$PW" | grep -q '^demo '; 
     .venv/bin/python -c 'import secrets; print("demo_" + secrets.token_hex(16), end="")' \
         | "$VP" secret set demo --home "$DEMO" --password-file "$PW"
 fi
+echo "demo: in another shell, once ready below: curl --proxy http://127.0.0.1:$PORT --cacert $DEMO/ca.crt https://echo.demo.internal/headers"
 "$VP" run --home "$DEMO" --password-file "$PW" \
     --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT"
