@@ -26,7 +26,9 @@ fi
 rm -f "$DEMO/echo.port"
 .venv/bin/python scripts/demo_echo.py "$DEMO" &
 ECHO_PID=$!
-trap 'kill $ECHO_PID 2>/dev/null || true' EXIT INT TERM
+# A background job of a non-interactive sh ignores SIGINT, so Ctrl-C reaches the echo
+# service only through this trap; wait for it so nothing outlives `make demo`.
+trap 'kill $ECHO_PID 2>/dev/null && wait $ECHO_PID 2>/dev/null; true' EXIT INT TERM
 i=0
 while [ ! -s "$DEMO/echo.port" ]; do
     i=$((i + 1))
