@@ -1,13 +1,22 @@
-# vaultproxy developer entry points. Both targets are idempotent.
-#   make demo   set up .venv, create a demo home (./demo-home) and run the proxy on 127.0.0.1:3203
-#   make test   set up .venv, then ruff + mypy + the whole test suite
+# vaultproxy developer entry points. All targets are idempotent.
+#   make demo       set up .venv, create a demo home (./demo-home), start a local echo
+#                   upstream and run the proxy on 127.0.0.1:3203 (admin 3201); busy ports:
+#                   make demo DEMO_PORT=13203 DEMO_ADMIN_PORT=13201
+#   make test       set up .venv, then ruff + mypy + the whole test suite (what CI runs)
+#   make test-fast  unit tests + the security properties that need no running proxy
 PYTHON ?= python3.12
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO   := demo-home
+DEMO   ?= demo-home
+DEMO_PORT ?= 3203
+DEMO_ADMIN_PORT ?= 3201
+# The quick tier: pure functions and the security properties that need no running proxy.
+FAST   := tests/unit tests/security/test_keystore_format.py tests/security/test_keystore_tamper.py \
+          tests/security/test_keystore_perms.py \
+          tests/security/test_admin_peercred.py
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-fast lint venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "vaultproxy needs Python >= 3.12 (pyenv: pyenv install 3.12)"'
@@ -19,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	@sh scripts/demo.sh $(DEMO)
+	@DEMO_PORT=$(DEMO_PORT) DEMO_ADMIN_PORT=$(DEMO_ADMIN_PORT) sh scripts/demo.sh $(DEMO)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,5 +37,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(FAST)
+
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(DEMO) $(DEMO).password

@@ -17,6 +17,7 @@ def vp(*args: str, stdin: bytes | None = None,
         [sys.executable, "-m", "vaultproxy", *args],
         input=stdin if stdin is not None else b"",
         capture_output=True, env=base, timeout=120, check=False,
+        start_new_session=True,  # no controlling terminal: never a password prompt
     )
     return subprocess.CompletedProcess(
         proc.args, proc.returncode, proc.stdout.decode("utf-8", "replace"),

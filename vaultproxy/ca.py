@@ -276,8 +276,42 @@ def build_bundle(home: Home) -> Path:
             f"# vaultproxy NEXT CA (rotation) SHA-256 {fingerprint(upcoming)}\n".encode()
         )
         parts.append(_pem(upcoming.public_bytes(serialization.Encoding.DER)))
+    seen = {ours, *system}
+    for name, cert in extra_cas(home):
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der in seen:
+            continue
+        seen.add(der)
+        subject = cert.subject.rfc4514_string()
+        parts.append(f"# extra CA from {name} ([agent] extra_ca): {subject}\n".encode())
+        parts.append(_pem(der))
     _update_file(home.ca_bundle, b"".join(parts), 0o644)
     return home.ca_bundle
+
+
+def extra_cas(home: Home) -> list[tuple[str, x509.Certificate]]:
+    """The certificates of ``[agent] extra_ca`` in services.toml (e.g. the private CA of an
+    internal package index that agents reach through passthrough), in file order."""
+    from vaultproxy.config.load import load_config  # lazy: the CA sits below the config
+    from vaultproxy.errors import ConfigError
+
+    if not home.services.exists():
+        return []
+    try:
+        names = load_config(home.services).agent.extra_ca
+    except ConfigError as e:
+        logger.warning("services.toml is invalid, [agent] extra_ca not added to the CA "
+                       "bundle: %s", e)
+        return []
+    out: list[tuple[str, x509.Certificate]] = []
+    for name in names:
+        try:
+            certs = x509.load_pem_x509_certificates((home.path / name).read_bytes())
+        except (OSError, ValueError):
+            raise CAError(f"[agent] extra_ca file {name} cannot be read as PEM "
+                          "certificates (a relative path is resolved against the home)") from None
+        out.extend((name, c) for c in certs)
+    return out
 
 
 def system_ca_file(home: Home) -> Path:

@@ -174,6 +174,26 @@ def parse_passthrough(entry: str) -> PassthroughEntry:
         ) from None
 
 
+def passthrough_never_applies(entry: str) -> str | None:
+    """Why a ``passthrough_allow`` entry can never let anything through, or None.
+
+    An entry lifts only loopback/private denials; one that lies wholly inside an
+    always-denied range (metadata, link-local, documentation, multicast ...) changes
+    nothing. Rules are first-match, so a more specific liftable rule seen before the
+    containing hard one means part of the entry can apply.
+    """
+    net = parse_passthrough(entry).net
+    rules = _V4_RULES if net.version == 4 else _V6_RULES
+    for rule_net, kind, reason in rules:
+        if not net.overlaps(rule_net):  # type: ignore[arg-type]
+            continue
+        if kind is not _Kind.HARD:
+            return None
+        if net.subnet_of(rule_net):  # type: ignore[arg-type]
+            return f"inside {rule_net}, {with_article(reason)} range, which is always denied"
+    return None
+
+
 @dataclass(frozen=True)
 class AddressContext:
     """Per-use flags. Entries are parsed once, at construction; ``decide`` parses nothing.

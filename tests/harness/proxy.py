@@ -33,6 +33,7 @@ def cli(
         timeout=60,
         env={**os.environ, **(env or {})},
         cwd=REPO,
+        start_new_session=True,  # no controlling terminal: never a password prompt
     )
     if check and result.returncode != 0:
         raise AssertionError(f"vaultproxy {args[0]} failed ({result.returncode}): {result.stderr}")
@@ -130,7 +131,8 @@ class ProxyProcess:
             cmd += ["--password-file", str(home.password_file)]
         f = open(log, "wb")  # noqa: SIM115 - closed by the process lifetime
         proc = subprocess.Popen(
-            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL
+            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self = cls(home, proc, log)
         self.extra["_logfile"] = f

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -52,6 +53,18 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
             uds = httpx.HTTPTransport(uds=str(sock))
             with httpx.Client(transport=uds, base_url="http://localhost", trust_env=False) as c:
                 assert c.post("/v1/lock").json() == {"locked": True}
+            # run.json is written, so `vaultproxy status` / env / exec work under mitmdump.
+            run_json = home.path / "run.json"
+            while not run_json.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            data = json.loads(run_json.read_text())
+            assert data["pid"] == proc.pid and data["proxy_url"] == f"http://127.0.0.1:{port}"
+            st = subprocess.run([sys.executable, "-m", "vaultproxy", "status", "--home",
+                                 str(home.path)], capture_output=True, text=True, timeout=60)
+            assert st.returncode == 0 and "LOCKED" in st.stdout, st.stdout + st.stderr
+            env = subprocess.run([sys.executable, "-m", "vaultproxy", "env", "--home",
+                                  str(home.path)], capture_output=True, text=True, timeout=60)
+            assert f"HTTPS_PROXY='http://127.0.0.1:{port}'" in env.stdout, env.stderr
             # The admin port is an own listener here too.
             with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
                 s.sendall(f"CONNECT 127.0.0.1:{admin_port} HTTP/1.1\r\n\r\n".encode())
@@ -60,3 +73,4 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
             proc.terminate()
             proc.wait(15)
     assert not sock.exists()
+    assert not (home.path / "run.json").exists()

@@ -96,3 +96,79 @@ def test_ca_without_action_shows_usage(home: Home) -> None:
     result = vaultproxy("ca")
     assert result.returncode == 2
     assert "show" in result.stderr and "bundle" in result.stderr
+
+
+def _verifies(bundle: Path, ca: object, host: str = "pypi.corp.internal") -> bool:
+    """Does a client trusting only ``bundle`` accept a server certificate from ``ca``?"""
+    import socket
+    import ssl
+    import threading
+
+    import trustme
+
+    assert isinstance(ca, trustme.CA)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(host).configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context(cafile=str(bundle))
+    a, b = socket.socketpair()
+    a.settimeout(30)
+    b.settimeout(30)
+
+    def serve() -> None:
+        try:
+            with server_ctx.wrap_socket(b, server_side=True):
+                pass
+        except (ssl.SSLError, OSError):
+            pass
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with client_ctx.wrap_socket(a, server_hostname=host):
+            return True
+    except ssl.SSLCertVerificationError:
+        return False
+    finally:
+        a.close()
+        t.join(30)
+        b.close()
+
+
+def test_extra_ca_is_added_to_the_agent_bundle(home: Home, tmp_path: Path) -> None:
+    import trustme
+
+    (home.services).write_text("# my registry\n")
+    private = trustme.CA()
+    pem = tmp_path / "corp-ca.pem"
+    private.cert_pem.write_to_path(str(pem))
+    bundle = Path(vaultproxy("ca", "bundle", "--home", str(home.path)).stdout.strip())
+    assert not _verifies(bundle, private)  # negative twin: the private CA is not trusted
+
+    r = vaultproxy("ca", "bundle", "--add", str(pem), "--home", str(home.path))
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()) == bundle
+    assert _verifies(bundle, private)
+    assert _verifies(bundle, private) and ca_mod.load_ca(home).fingerprint_sha256 in \
+        fingerprints(bundle)
+    text = home.services.read_text()
+    assert text.startswith("# my registry\n") and "[agent]" in text and str(pem) in text
+    # Idempotent, and a non-certificate is refused with the flag named.
+    assert vaultproxy("ca", "bundle", "--add", str(pem), "--home", str(home.path)).returncode == 0
+    assert home.services.read_text().count(str(pem)) == 1
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    r = vaultproxy("ca", "bundle", "--add", str(junk), "--home", str(home.path))
+    assert r.returncode == 2 and "--add" in r.stderr and "PEM" in r.stderr
+
+
+def test_extra_ca_from_services_toml_relative_to_home(home: Home) -> None:
+    import trustme
+
+    private = trustme.CA()
+    private.cert_pem.write_to_path(str(home.path / "index-ca.pem"))
+    home.services.write_text('[agent]\nextra_ca = ["index-ca.pem"]\n')
+    bundle = Path(vaultproxy("ca", "bundle", "--home", str(home.path)).stdout.strip())
+    assert _verifies(bundle, private)
+    home.services.write_text('[agent]\nextra_ca = ["missing.pem"]\n')
+    r = vaultproxy("check", "--home", str(home.path))
+    assert r.returncode == 1 and "agent.extra_ca[0]: file not found" in r.stdout

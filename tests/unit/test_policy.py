@@ -511,3 +511,29 @@ def test_unparsable_listener_host_is_a_wildcard() -> None:
     ctx = AddressContext(allow_loopback=True, own_listeners=frozenset({("localhost", 3203)}))
     assert not decide(IPv4Address("127.0.0.1"), 3203, ctx).allowed
     assert decide(IPv4Address("127.0.0.1"), 3204, ctx).allowed
+
+
+@pytest.mark.parametrize(
+    ("entry", "never"),
+    [
+        ("169.254.169.254", "cloud metadata"),
+        ("169.254.0.0/16", "link-local"),
+        ("192.0.2.0/24", "documentation"),
+        ("224.0.0.1:53", "multicast"),
+        ("fd00:ec2::254", "cloud metadata"),
+        ("fe80::1", "link-local"),
+        ("10.0.0.0/8", None),
+        ("127.0.0.1:8080", None),
+        ("0.0.0.0/0", None),  # wide, but covers liftable ranges too
+        ("169.0.0.0/8", None),  # contains link-local, but also ordinary addresses
+        ("fc00::/7", None),
+    ],
+)
+def test_passthrough_entries_that_can_never_apply(entry: str, never: str | None) -> None:
+    from vaultproxy.policy import passthrough_never_applies
+
+    why = passthrough_never_applies(entry)
+    if never is None:
+        assert why is None
+    else:
+        assert why is not None and never in why

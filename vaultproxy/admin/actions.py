@@ -7,6 +7,7 @@ import logging
 
 from vaultproxy.admin import metrics
 from vaultproxy.audit import ADMIN_EVENT, AuditEvent
+from vaultproxy.config.references import secret_problems, warning_lines
 from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
 
@@ -56,3 +57,15 @@ def refresh_keystore(state: ProxyState) -> None:
         return
     if changed:
         logger.info("re-read keystore.enc (secrets and agents)")
+
+
+def warn_missing_secrets(state: ProxyState) -> list[str]:
+    """Log (and return) one warning per service whose secret is missing from the unlocked
+    keystore: at start, on reload and on unlock, not first at the agent's request."""
+    ks = state.keystore
+    if ks is None:
+        return []
+    lines = warning_lines(secret_problems(state.registry.config, ks))
+    for line in lines:
+        logger.warning("%s", line)
+    return lines

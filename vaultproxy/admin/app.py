@@ -16,7 +16,12 @@ from starlette.exceptions import HTTPException
 
 from vaultproxy import __version__
 from vaultproxy.admin import keystore_routes, metrics, proxy_route
-from vaultproxy.admin.actions import audit_admin, refresh_keystore, reload_registry
+from vaultproxy.admin.actions import (
+    audit_admin,
+    refresh_keystore,
+    reload_registry,
+    warn_missing_secrets,
+)
 from vaultproxy.admin.context import AdminContext, caller, proxy_state
 from vaultproxy.admin.guard import Guard
 from vaultproxy.admin.models import (
@@ -154,6 +159,7 @@ def _router() -> Any:
                         status=409, code="config_invalid")
             raise
         refresh_keystore(st)  # what the CLI wrote to keystore.enc meanwhile
+        warn_missing_secrets(st)
         await st.settled()  # every worker process runs the new registry
         audit_admin(st, caller=who, action="reload", method="POST", path="/v1/reload", status=200)
         return ReloadOut(before=before, after=after)

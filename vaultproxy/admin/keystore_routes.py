@@ -8,7 +8,7 @@ import logging
 
 from fastapi import APIRouter, Path, Request
 
-from vaultproxy.admin.actions import audit_admin
+from vaultproxy.admin.actions import audit_admin, warn_missing_secrets
 from vaultproxy.admin.context import admin_context, caller, peer, proxy_state
 from vaultproxy.admin.models import (
     ErrorOut,
@@ -63,6 +63,7 @@ async def unlock(body: UnlockIn, request: Request) -> LockOut:
         finally:
             password.wipe()
     ctx.unlock_backoff.succeeded(key)
+    warn_missing_secrets(st)
     await st.settled()  # every worker process serves the unlocked keystore
     audit_admin(st, caller=who, action="unlock", method="POST", path="/v1/unlock", status=200)
     return LockOut(locked=False)

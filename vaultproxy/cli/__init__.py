@@ -12,7 +12,24 @@ from vaultproxy import __version__
 from vaultproxy.errors import UsageError, VaultproxyError
 
 # Subcommand modules, in --help order. Each exposes register(subparsers).
-COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "ca", "env_exec", "agent")
+COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "control", "ca", "env_exec",
+                   "agent")
+
+DESCRIPTION = """\
+vaultproxy keeps API keys out of AI agents: agents run with HTTPS_PROXY pointing at it,
+and for the hosts registered in services.toml it injects the real credential from an
+encrypted keystore. The agent only ever holds a placeholder."""
+
+EPILOG = """\
+first steps:
+  vaultproxy init                            create ~/.config/vaultproxy (keystore, CA)
+  printf %s "$KEY" | vaultproxy secret set openai
+  $EDITOR ~/.config/vaultproxy/services.toml
+  vaultproxy check && vaultproxy run         the proxy on 127.0.0.1:3203
+  vaultproxy exec -- claude                  an agent behind it
+
+Every command takes --home DIR (default $VAULTPROXY_HOME or ~/.config/vaultproxy).
+`vaultproxy COMMAND --help` describes one command. Docs: README.md, docs/operator/."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,7 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="vaultproxy", description=__doc__)
+    parser = _Parser(prog="vaultproxy", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vaultproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
@@ -61,8 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    from vaultproxy.cli.password import PromptCancelled
+
     try:
         return func(args)
+    except PromptCancelled as e:
+        print(f"vaultproxy: {e}", file=sys.stderr)
+        return e.exit_code
     except UsageError as e:
         print(f"vaultproxy: {e}", file=sys.stderr)
         return 2
@@ -70,4 +93,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vaultproxy: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("\nvaultproxy: interrupted", file=sys.stderr)
         return 130

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from vaultproxy import ca as ca_mod
 from vaultproxy.cli import add_home
+from vaultproxy.errors import UsageError
 from vaultproxy.home import Home
 
 
@@ -31,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "alone on stdout, for SSL_CERT_FILE / REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.",
     )
     add_home(bundle)
+    bundle.add_argument("--add", metavar="PEM", action="append", default=[],
+                        help="also trust this CA file in the agents' bundle from now on "
+                        "(recorded in services.toml as [agent] extra_ca), e.g. the private "
+                        "CA of an internal package index reached through passthrough")
     bundle.set_defaults(func=cmd_bundle)
 
     rotate = sub.add_parser(
@@ -70,8 +76,32 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    sys.stdout.write(f"{ca_mod.build_bundle(Home.resolve(args.home))}\n")
+    home = Home.resolve(args.home)
+    if args.add:
+        _add_extra(home, args.add)
+    sys.stdout.write(f"{ca_mod.build_bundle(home)}\n")
     return 0
+
+
+def _add_extra(home: Home, files: list[str]) -> None:
+    """Append each file to ``[agent] extra_ca`` (comment-preserving, validated)."""
+    from vaultproxy.config.edit import set_table_key
+    from vaultproxy.config.load import load_config
+    from vaultproxy.config.rules import RuleViolation
+    from vaultproxy.config.validate import check_ca_file
+
+    current = list(load_config(home.services).agent.extra_ca)
+    for name in files:
+        path = Path(name).expanduser().absolute()
+        try:
+            check_ca_file(path)
+        except RuleViolation as e:
+            raise UsageError(f"--add {name}: {e}") from None
+        entry = str(path.relative_to(home.path)) if path.is_relative_to(home.path) else str(path)
+        if entry not in current:
+            current.append(entry)
+            sys.stderr.write(f"added {entry} to [agent] extra_ca in {home.services}\n")
+    set_table_key(home.services, "agent", "extra_ca", current)
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import get_password
+from vaultproxy.cli.password import get_password, wrong_password_hint
 from vaultproxy.config.load import load_config
 from vaultproxy.config.models import Config
+from vaultproxy.config.references import secret_problems
 from vaultproxy.errors import ConfigError, KeystoreError, PermissionProblem
 from vaultproxy.home import Home
-
-if TYPE_CHECKING:
-    from vaultproxy.keystore import Keystore
-
-BASIC_FIELDS = ("username", "password")
 
 
 def register(subparsers: Any) -> None:
@@ -36,45 +32,38 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def secret_problems(cfg: Config, keystore: Keystore) -> list[str]:
-    """Every service whose keystore entry is missing or lacks what its auth type needs."""
-    names = set(keystore.names())
-    problems = []
-    for i, svc in enumerate(cfg.services):
-        where, secret = f"service[{i}].secret", svc.secret_name
-        if secret not in names:
-            problems.append(f'{where}: keystore has no entry named "{secret}"')
-            continue
-        entry = keystore.get(secret)
-        fields = entry.fields if entry is not None else {}
-        if svc.auth == "basic":
-            missing = [f for f in BASIC_FIELDS if f not in fields]
-            if missing:
-                problems.append(f'{where}: keystore entry "{secret}" lacks field(s) '
-                                f"{', '.join(missing)} (auth = \"basic\" needs username "
-                                "and password)")
-        elif entry is None or entry.value is None:
-            problems.append(f'{where}: keystore entry "{secret}" has no value '
-                            f"(only fields); auth = \"{svc.auth}\" needs a value")
-    return problems
-
-
 def _check_secrets(home: Home, cfg: Config, password_file: str | None) -> tuple[list[str], str]:
-    password = get_password(password_file, required=False)
+    password = get_password(password_file, required=False, home=home.path)
     if password is None:
         return [], "secrets not checked (no master password; use --password-file)"
     if not home.keystore.exists():
         return ["keystore.enc: not found; run `vaultproxy init`"], ""
     from vaultproxy.keystore import Keystore  # lazy: pulls in argon2 and AES-GCM
+    from vaultproxy.keystore.store import WrongPassword
 
     try:
         ks = Keystore.open(home.keystore, password)
+    except WrongPassword as e:
+        return [f"keystore.enc: {e}; {wrong_password_hint(password_file)}"], ""
     except (KeystoreError, PermissionProblem) as e:
         return [f"keystore.enc: {e}"], ""
     finally:
         password.wipe()
-    problems = secret_problems(cfg, ks)
+    problems = [p.line for p in secret_problems(cfg, ks)]
     return problems, f"{len(cfg.services)} secret reference(s) found in keystore.enc"
+
+
+def passthrough_problems(cfg: Config) -> list[str]:
+    """``passthrough_allow`` entries that can never let anything through."""
+    from vaultproxy.policy import passthrough_never_applies
+
+    out = []
+    for j, entry in enumerate(cfg.proxy.passthrough_allow):
+        why = passthrough_never_applies(entry)
+        if why is not None:
+            out.append(f"proxy.passthrough_allow[{j}]: can never apply: {why}; remove it "
+                       "(see docs/operator/SERVICES.md)")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(e.problems)
     problems, note = _check_secrets(home, cfg, args.password_file)
+    problems = passthrough_problems(cfg) + problems
     if problems:
         return _fail(problems)
     hosts = sum(len(s.hosts) for s in cfg.services)

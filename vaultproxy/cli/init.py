@@ -41,7 +41,8 @@ def _keystore(home: Home, args: argparse.Namespace) -> None:
     if _exists(home.keystore):
         _say(f"keystore {home.keystore} already exists; left unchanged")
         return
-    password = get_password(args.password_file, confirm=True, prompt="New master password: ")
+    password = get_password(args.password_file, confirm=True, prompt="New master password: ",
+                            new=True, home=home.path)
     assert password is not None
     try:
         home.create()

@@ -4,11 +4,10 @@ entry stays as it is, and neither keystore.enc nor keystore.enc.bak opens with t
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import get_password
+from vaultproxy.cli.password import ask_hidden, check_strength, get_password, has_terminal
 from vaultproxy.cli.secret import open_store
 from vaultproxy.errors import UsageError
 from vaultproxy.secret import Secret
@@ -21,17 +20,19 @@ HOW_NEW = (
 
 def _new_password(flag: str | None) -> Secret:
     if flag:
-        new = get_password(flag)
+        new = get_password(flag, new=True)
         assert new is not None
         return new
-    if not sys.stdin.isatty():
+    if not has_terminal():
         raise UsageError("no source for the new master password; " + HOW_NEW)
-    first = getpass.getpass("New master password: ")
+    first = ask_hidden("New master password: ")
     if not first:
         raise UsageError("empty master password; " + HOW_NEW)
-    if getpass.getpass("Repeat new master password: ") != first:
+    if ask_hidden("Repeat new master password: ") != first:
         raise UsageError("the two passwords differ; nothing was changed")
-    return Secret(first)
+    secret = Secret(first)
+    check_strength(secret)
+    return secret
 
 
 def run(args: argparse.Namespace) -> int:

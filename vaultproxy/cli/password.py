@@ -1,22 +1,105 @@
-"""Where the master password comes from: --password-file, $VAULTPROXY_PASSWORD_FILE, or a TTY."""
+"""Where the master password comes from: ``--password-file``, ``$VAULTPROXY_PASSWORD_FILE``,
+or a hidden prompt on the controlling terminal.
+
+The prompt reads ``/dev/tty``, not stdin, so it also works when stdin is a pipe carrying a
+secret value (``printf %s "$KEY" | vaultproxy secret set NAME``). Ctrl-D or Ctrl-C at a
+prompt ends the command cleanly (``PromptCancelled``), never with a traceback.
+
+Weak settings are warned about, never silently accepted: a password file readable by
+group/other, a password file inside the home it unlocks, a master password shorter than
+``MIN_LENGTH`` characters.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
+import stat
 import sys
 from pathlib import Path
 
-from vaultproxy.errors import UsageError
+from vaultproxy.errors import UsageError, VaultproxyError
 from vaultproxy.secret import Secret
 
 HOW = (
     "supply the master password with --password-file FILE, "
     "or set VAULTPROXY_PASSWORD_FILE=FILE, or run in a terminal to be prompted"
 )
+MIN_LENGTH = 12
+TTY = "/dev/tty"
 
 
-def _from_file(path: str) -> Secret:
+class PromptCancelled(VaultproxyError):
+    """Ctrl-D / Ctrl-C at a prompt; the CLI exits ``exit_code`` with the message."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def warn(message: str) -> None:
+    """A weak-setting warning on stderr (never contains a secret value)."""
+    sys.stderr.write(f"vaultproxy: SECURITY: {message}\n")
+    sys.stderr.flush()
+
+
+def has_terminal() -> bool:
+    """True when this process has a controlling terminal we can prompt on."""
+    try:
+        fd = os.open(TTY, os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _tty_newline() -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(TTY, os.O_WRONLY | os.O_NOCTTY)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
+
+
+def ask_hidden(prompt: str) -> str:
+    """One hidden line typed at the controlling terminal (getpass reads /dev/tty)."""
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        _tty_newline()
+        raise PromptCancelled("no input at the prompt (Ctrl-D); nothing was changed", 1) from None
+    except KeyboardInterrupt:
+        _tty_newline()
+        raise PromptCancelled("interrupted at the prompt (Ctrl-C); nothing was changed",
+                              130) from None
+
+
+def check_file(path: Path, home: Path | None) -> None:
+    """Warn about a password file others can read, or one kept inside the home."""
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o044:
+            warn(f"password file {path} is readable by group/other (mode {mode:04o}); "
+                 f"fix with: chmod 600 {path}")
+    if home is not None:
+        with contextlib.suppress(OSError):
+            if path.resolve().is_relative_to(home.resolve()):
+                warn(f"password file {path} is inside the vaultproxy home {home}: a copy or "
+                     "backup of the home then holds the keystore and its password together; "
+                     "keep the file elsewhere")
+
+
+def check_strength(password: Secret) -> None:
+    """Warn about a master password shorter than MIN_LENGTH characters."""
+    length = len(password.reveal().decode("utf-8", "replace"))
+    if length < MIN_LENGTH:
+        warn(f"the master password has {length} characters; use {MIN_LENGTH} or more "
+             "(several random words make a good one)")
+
+
+def read_file(path: str, home: Path | None = None) -> Secret:
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
@@ -24,22 +107,49 @@ def _from_file(path: str) -> Secret:
     value = raw.rstrip(b"\r\n")
     if not value:
         raise UsageError(f"password file {path} is empty; put the master password in it")
+    check_file(Path(path), home)
     return Secret(value)
 
 
+
+
+
+def source_of(flag: str | None) -> str | None:
+    """The password file that ``get_password`` would read, or None (a prompt)."""
+    return flag or os.environ.get("VAULTPROXY_PASSWORD_FILE") or None
+
+
+def wrong_password_hint(flag: str | None) -> str:
+    """What to do after a wrong password, naming the source that supplied it."""
+    if flag:
+        return f"the password in {flag} (--password-file) is not this keystore's"
+    env = os.environ.get("VAULTPROXY_PASSWORD_FILE")
+    if env:
+        return f"the password in {env} (VAULTPROXY_PASSWORD_FILE) is not this keystore's"
+    return "run the command again and type the master password"
+
+
 def get_password(flag: str | None, *, confirm: bool = False, prompt: str = "Master password: ",
-                 required: bool = True) -> Secret | None:
-    """Return the master password, or None when ``required`` is False and no source exists."""
-    source = flag or os.environ.get("VAULTPROXY_PASSWORD_FILE")
+                 required: bool = True, new: bool = False,
+                 home: Path | None = None) -> Secret | None:
+    """Return the master password, or None when ``required`` is False and no source exists.
+
+    ``new`` marks a password being set (init, passwd): a short one is warned about.
+    """
+    source = source_of(flag)
     if source:
-        return _from_file(source)
-    if sys.stdin.isatty():
-        first = getpass.getpass(prompt)
+        password = read_file(source, home)
+    elif has_terminal():
+        first = ask_hidden(prompt)
         if not first:
             raise UsageError("empty master password; " + HOW)
-        if confirm and getpass.getpass("Repeat master password: ") != first:
+        if confirm and ask_hidden("Repeat master password: ") != first:
             raise UsageError("the two passwords differ; run the command again")
-        return Secret(first)
-    if not required:
+        password = Secret(first)
+    elif not required:
         return None
-    raise UsageError("no master password source; " + HOW)
+    else:
+        raise UsageError("no master password source; " + HOW)
+    if new or confirm:
+        check_strength(password)
+    return password

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import logging
 import resource
 import sys
 
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import get_password
+from vaultproxy.cli.password import check_strength, get_password, wrong_password_hint
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import split_authority
@@ -20,16 +21,20 @@ DEFAULT_ADMIN = "127.0.0.1:3201"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="run the proxy (and admin API)")
+    p = sub.add_parser("run", help="run the proxy (and admin API)",
+                       description="Run the proxy and its admin API (TCP + admin.sock). "
+                       "Unlocks from --password-file / $VAULTPROXY_PASSWORD_FILE / a prompt on "
+                       "the terminal; with none of them it starts locked (`vaultproxy unlock`).")
     add_home(p)
     add_password_file(p)
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"proxy listen address (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--admin-listen", default=DEFAULT_ADMIN, metavar="HOST:PORT",
                    help=f"admin API listen address (default {DEFAULT_ADMIN})")
-    p.add_argument("--workers", default="auto", metavar="N",
-                   help="proxy processes sharing the port (SO_REUSEPORT); "
-                        "default auto = one per CPU, 1 = a single process")
+    p.add_argument("--workers", default="1", metavar="N",
+                   help="proxy processes sharing the port (SO_REUSEPORT); default 1; "
+                        "auto = one per CPU (each costs ~100 MiB and holds the unlocked "
+                        "secrets)")
     p.set_defaults(func=cmd_run)
 
 
@@ -53,6 +58,10 @@ def parse_listen(text: str, flag: str) -> tuple[str, int]:
 def cmd_run(args: argparse.Namespace) -> int:
     # No core dumps of a process that holds decrypted secrets.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The banner and reload lines must reach a file or the journal as they happen, not when
+    # a block buffer fills: stdout is line-buffered even when it is not a terminal.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     listen = parse_listen(args.listen, "--listen")
     admin_listen = parse_listen(args.admin_listen, "--admin-listen")
     workers = parse_workers(args.workers)
@@ -71,13 +80,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"vaultproxy: {home.services} is invalid:", file=sys.stderr)
         print(problems_text(e), file=sys.stderr)
         return 1
-    password = get_password(args.password_file, required=False)
+    password = get_password(args.password_file, required=False, home=home.path)
     if password is not None:
-        state.unlock_sync(password)
-        password.wipe()
+        from vaultproxy.keystore.store import WrongPassword
+
+        check_strength(password)
+        try:
+            state.unlock_sync(password)
+        except WrongPassword as e:
+            print(f"vaultproxy: {e}; {wrong_password_hint(args.password_file)}", file=sys.stderr)
+            return 1
+        finally:
+            password.wipe()
     else:
         logging.getLogger(__name__).warning(
-            "no password source: starting LOCKED; intercepted hosts answer 503 until unlocked"
+            "no password source (no --password-file, no VAULTPROXY_PASSWORD_FILE, no terminal): "
+            "starting LOCKED; intercepted hosts answer 503 until `vaultproxy unlock`"
         )
     opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
                         workers=workers)

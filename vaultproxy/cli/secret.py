@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import getpass
 import sys
 
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import get_password
+from vaultproxy.cli.password import ask_hidden, get_password, wrong_password_hint
 from vaultproxy.errors import KeystoreError, UsageError
 from vaultproxy.home import Home, check_private
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.entries import check_name
+from vaultproxy.keystore.store import WrongPassword
 from vaultproxy.secret import Secret
 
 PIPE_IT = (
@@ -36,10 +36,12 @@ def open_store(args: argparse.Namespace, prompt: str = "Master password: ") -> K
         raise KeystoreError(
             f"no keystore at {home.keystore}; run `vaultproxy init --home {home.path}` first"
         )
-    password = get_password(args.password_file, prompt=prompt)
+    password = get_password(args.password_file, prompt=prompt, home=home.path)
     assert password is not None  # required=True never returns None
     try:
         return Keystore.open(home.keystore, password)
+    except WrongPassword as e:
+        raise KeystoreError(f"{e}; {wrong_password_hint(args.password_file)}") from None
     finally:
         password.wipe()
 
@@ -47,7 +49,7 @@ def open_store(args: argparse.Namespace, prompt: str = "Master password: ") -> K
 def read_value(name: str) -> Secret:
     """The value from stdin (one trailing newline stripped) or a hidden TTY prompt."""
     if sys.stdin.isatty():
-        raw = getpass.getpass(f"Value for {name} (hidden): ").encode("utf-8")
+        raw = ask_hidden(f"Value for {name} (hidden): ").encode("utf-8")
     else:
         raw = sys.stdin.buffer.read()
         if raw.endswith(b"\r\n"):

@@ -131,16 +131,22 @@ def set_service_key(path: Path, name: str, key: str, value: object) -> Config:
 
 def set_proxy_key(path: Path, key: str, value: object) -> Config:
     """Set (or with ``value=None`` remove) one key of the ``[proxy]`` table."""
+    return set_table_key(path, "proxy", key, value)
+
+
+def set_table_key(path: Path, name: str, key: str, value: object) -> Config:
+    """Set (or with ``value=None`` remove) one key of a top-level table (``[proxy]``,
+    ``[agent]``), creating the table when needed."""
     doc = _load_doc(path)
-    proxy = doc.get("proxy")
+    proxy = doc.get(name)
     if proxy is None:
         if value is None:
             return _commit(path, doc)
         proxy = tomlkit.table()
-        doc.add("proxy", proxy)
-        proxy = doc["proxy"]
+        doc.add(name, proxy)
+        proxy = doc[name]
     if not isinstance(proxy, Table):
-        raise ConfigError(["proxy: must be a table ([proxy])"])
+        raise ConfigError([f"{name}: must be a table ([{name}])"])
     if value is None:
         if key in proxy:
             del proxy[key]

@@ -16,12 +16,19 @@ EXAMPLE = '''\
 #   "passthrough" = tunnelled untouched (no interception), "block" = refused (403).
 egress = "passthrough"
 # Addresses unregistered traffic may reach despite the private/loopback deny set:
-# CIDRs ("10.1.0.0/16") or ip:port ("127.0.0.1:8080"). Cloud metadata is never allowed.
+# CIDRs ("10.1.0.0/16") or ip:port ("127.0.0.1:8080"). Only loopback and private ranges
+# can be lifted: metadata, link-local, documentation, multicast... never (`check` says so).
 passthrough_allow = []
 # Largest body (MiB) buffered where a body must be inspected (1..4096); larger -> 413.
 max_body_mb = 32
 # Require agents to authenticate to the proxy (see `vaultproxy agent add`).
 require_agent_auth = false
+
+# [agent]
+# # Extra CA files (relative to this home) for the agents' CA bundle (SSL_CERT_FILE,
+# # REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE... set by `vaultproxy env/exec`), e.g. the private CA
+# # of an internal package index reached through passthrough. Or: vaultproxy ca bundle --add F
+# extra_ca = ["corp-root-ca.pem"]
 
 # One [[service]] table per upstream API. Uncomment and adapt.
 #

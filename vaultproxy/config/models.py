@@ -70,15 +70,21 @@ class ProxySettings(_Model):
     require_agent_auth: bool = False
 
 
+class AgentSettings(_Model):
+    extra_ca: tuple[str, ...] = ()  # PEM files (relative to the home) added to ca-bundle.pem
+
+
 class Config(_Model):
     proxy: ProxySettings = ProxySettings()
+    agent: AgentSettings = AgentSettings()
     service: tuple[Service, ...] = ()
 
     @model_validator(mode="after")
     def _rules(self) -> Config:
         # Cross-service rules (unique names, hosts, placeholders, env). ca_cert files are
         # checked by load_config, which knows the home directory.
-        data = {"proxy": _plain(self.proxy), "service": [_plain(s) for s in self.service]}
+        data = {"proxy": _plain(self.proxy), "agent": _plain(self.agent),
+                "service": [_plain(s) for s in self.service]}
         problems = validate(data, base_dir=None)
         if problems:
             raise ValueError("; ".join(problems))

@@ -24,7 +24,8 @@ SERVICE_LIST = ("hosts", "substitute_in")
 SERVICE_REQUIRED = ("name", "hosts", "mode", "auth")
 SERVICE_KEYS = frozenset(SERVICE_STR + SERVICE_BOOL + SERVICE_LIST)
 PROXY_KEYS = frozenset({"egress", "passthrough_allow", "max_body_mb", "require_agent_auth"})
-TOP_KEYS = frozenset({"proxy", "service"})
+TOP_KEYS = frozenset({"proxy", "agent", "service"})
+AGENT_KEYS = frozenset({"extra_ca"})
 
 # auth type -> the keys that belong to it
 AUTH_KEYS = {"header_name": ("header",), "prefix": ("header",), "param_name": ("query_param",)}
@@ -272,6 +273,29 @@ def check_proxy(raw: object, c: _Collector) -> None:
         c.add("proxy.require_agent_auth", "must be true or false")
 
 
+def check_agent(raw: object, c: _Collector, base_dir: Path | None) -> None:
+    """``[agent]``: what `vaultproxy env`/`exec` give agents. ``extra_ca`` = PEM files
+    (relative to the home) appended to the agents' CA bundle, e.g. a private index's CA."""
+    if not isinstance(raw, Mapping):
+        c.add("agent", "must be a table ([agent])")
+        return
+    for key in raw:
+        if key not in AGENT_KEYS:
+            c.add(f"agent.{key}", "unknown key")
+    if "extra_ca" not in raw:
+        return
+    files = raw["extra_ca"]
+    if not _is_str_list(files):
+        c.add("agent.extra_ca", "must be a list of file names")
+        return
+    assert isinstance(files, Sequence)
+    for j, name in enumerate(files):
+        if not name:
+            c.add(f"agent.extra_ca[{j}]", "must not be empty")
+        elif base_dir is not None:
+            c.rule(f"agent.extra_ca[{j}]", check_ca_file, base_dir / name)
+
+
 def check_across(all_facts: list[_Facts], c: _Collector) -> None:
     """Rules that span services: unique names, host:port, placeholders and env vars."""
     names: dict[str, int] = {}
@@ -313,6 +337,8 @@ def validate(data: Mapping[str, object], base_dir: Path | None) -> list[str]:
             c.add(key, "unknown key")
     if "proxy" in data:
         check_proxy(data["proxy"], c)
+    if "agent" in data:
+        check_agent(data["agent"], c, base_dir)
     services = data.get("service", [])
     if not isinstance(services, Sequence) or isinstance(services, str) or not all(
         isinstance(s, Mapping) for s in services

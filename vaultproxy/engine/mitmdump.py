@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 from typing import Any
@@ -38,6 +39,7 @@ class Bootstrap:
         self._admin: AdminServer | None = None
         self._claim: int | None = None
         self._admin_task: asyncio.Task[None] | None = None
+        self._wrote_run_json = False
 
     def load(self, loader: Any) -> None:
         global _gate_installed
@@ -90,7 +92,7 @@ class Bootstrap:
 
     def _setup(self) -> None:
         from vaultproxy.ca import load_ca, materialize_mitm_confdir, system_ca_file
-        from vaultproxy.cli.password import _from_file
+        from vaultproxy.cli.password import read_file
         from vaultproxy.engine.state import ProxyState
 
         raw = ctx.options.vaultproxy_home
@@ -103,9 +105,14 @@ class Bootstrap:
         state = ProxyState.load(home)
         source = ctx.options.vaultproxy_password_file or os.environ.get("VAULTPROXY_PASSWORD_FILE")
         if source:
-            password = _from_file(source)
-            state.unlock_sync(password)
-            password.wipe()
+            from vaultproxy.admin.actions import warn_missing_secrets
+
+            password = read_file(source, home.path)
+            try:
+                state.unlock_sync(password)
+            finally:
+                password.wipe()
+            warn_missing_secrets(state)
         listen = set()
         for spec in ctx.options.mode:
             host, _, port = spec.rpartition("@")[2].rpartition(":")
@@ -163,6 +170,21 @@ class Bootstrap:
             f"http://{admin.address[0]}:{admin.address[1]}" if admin.address else "no TCP",
             admin.socket_path, st.home.admin_token,
         )
+        await self._announce(st, admin)
+
+    async def _announce(self, st: ProxyState, admin: AdminServer) -> None:
+        """Write run.json once mitmdump listens, so `vaultproxy env`/`exec`/`status` work."""
+        from vaultproxy.engine.serve import write_run_json
+
+        for _ in range(200):
+            addrs = [(str(a[0]), int(a[1]))
+                     for a in ctx.master.addons.get("proxyserver").listen_addrs()]
+            if addrs:
+                write_run_json(st, addrs, admin.address, admin.socket_path)
+                self._wrote_run_json = True
+                return
+            await asyncio.sleep(0.05)
+        logger.warning("vaultproxy: mitmdump is not listening yet; run.json not written")
 
     def done(self) -> None:
         if self._admin_task is not None and not self._admin_task.done():
@@ -180,6 +202,10 @@ class Bootstrap:
         st = runtime.current()
         if st is not None:
             st.audit.close()
+            if self._wrote_run_json:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    if json.loads(st.home.run_json.read_text()).get("pid") == os.getpid():
+                        st.home.run_json.unlink()
 
 
 def make_addons() -> list[object]:

@@ -12,7 +12,7 @@ import signal
 from dataclasses import dataclass
 
 from vaultproxy import __version__
-from vaultproxy.admin.actions import refresh_keystore, reload_registry
+from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_missing_secrets
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
@@ -25,7 +25,7 @@ from vaultproxy.stages import runtime
 
 logger = logging.getLogger(__name__)
 
-LOCKED_NOTE = "LOCKED (POST /v1/unlock or restart with --password-file)"
+LOCKED_NOTE = "LOCKED (unlock with `vaultproxy unlock`)"
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ def reload(state: ProxyState) -> None:
     else:
         print(f"vaultproxy: reloaded services.toml: {before} -> {after} services", flush=True)
     refresh_keystore(state)
+    warn_missing_secrets(state)
 
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
@@ -191,6 +192,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         announce()
         for w in security_warnings(state, opts.listen) + admin.warnings():
             logger.warning("%s", w)
+        warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)

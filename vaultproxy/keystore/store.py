@@ -42,6 +42,10 @@ def _wrap(password: Secret, dek: bytearray, kdf: KdfParams) -> tuple[Header, Slo
     return header, Slot(format.SLOT_PASSWORD, payload)
 
 
+class WrongPassword(KeystoreError):
+    """The master password does not open the keystore (callers add where it came from)."""
+
+
 class Keystore:
     """An unlocked keystore. Build it with ``create`` or ``open``, never directly."""
 
@@ -121,10 +125,7 @@ class Keystore:
         try:
             dek = unseal(kek, slot.payload, parsed.header_bytes)
         except OpenFailed:
-            raise KeystoreError(
-                f"cannot unlock {path}: wrong master password (check --password-file or "
-                "VAULTPROXY_PASSWORD_FILE)"
-            ) from None
+            raise WrongPassword(f"cannot unlock {path}: wrong master password") from None
         finally:
             wipe(kek)
         if len(dek) != format.KEY_LEN:

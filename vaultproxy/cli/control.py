@@ -1,0 +1,221 @@
+"""`vaultproxy status|unlock|lock|reload`: talk to the running proxy over ``admin.sock``.
+
+The socket is 0600 in the 0700 home and the proxy checks SO_PEERCRED, so no token is
+needed. ``unlock`` reads the master password from --password-file /
+$VAULTPROXY_PASSWORD_FILE / a hidden prompt on the terminal and sends it in the request
+body over that socket; it never takes it from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import sys
+from typing import Any
+
+from vaultproxy.cli import add_home, add_password_file
+from vaultproxy.cli.password import get_password, wrong_password_hint
+from vaultproxy.errors import VaultproxyError
+from vaultproxy.home import Home
+
+TIMEOUT = 60.0  # an unlock runs the KDF; every worker must confirm a change
+NOT_RUNNING = 3  # `status` exit code when no proxy runs on this home (as systemctl/LSB)
+
+
+class NotRunning(VaultproxyError):
+    """Nothing listens on the home's admin.sock."""
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=TIMEOUT)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def call(home: Home, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    """One admin API request over admin.sock -> (status, decoded JSON)."""
+    start = f"start it with `vaultproxy run --home {home.path}`"
+    if not home.admin_sock.exists():
+        raise NotRunning(f"vaultproxy is not running for {home.path} (no admin.sock); {start}")
+    conn = _UnixConnection(str(home.admin_sock))
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise NotRunning(f"vaultproxy is not running for {home.path} (nobody listens on "
+                         f"{home.admin_sock}); {start}") from None
+    except OSError as e:
+        raise VaultproxyError(f"cannot talk to {home.admin_sock}: {e.strerror or e}") from None
+    finally:
+        conn.close()
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    return response.status, data
+
+
+def _fail(status: int, data: Any) -> VaultproxyError:
+    message = data.get("error") if isinstance(data, dict) else None
+    return VaultproxyError(f"the proxy answered {status}: {message or 'no details'}")
+
+
+def _services(home: Home) -> list[dict[str, Any]]:
+    status, data = call(home, "GET", "/v1/services")
+    if status != 200:
+        return []
+    return list(data.get("services", []))
+
+
+def _missing(services: list[dict[str, Any]]) -> list[str]:
+    return [s["name"] for s in services if s.get("secret_present") is False]
+
+
+def _run_json(home: Home) -> dict[str, Any]:
+    try:
+        data = json.loads(home.run_json.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    home = Home.resolve(args.home)
+    try:
+        status, health = call(home, "GET", "/v1/health")
+    except NotRunning as e:
+        if args.json:
+            sys.stdout.write(json.dumps({"running": False, "home": str(home.path)}) + "\n")
+        else:
+            sys.stdout.write(f"not running: {e}\n")
+        return NOT_RUNNING
+    if status != 200:
+        raise _fail(status, health)
+    services = _services(home)
+    run = _run_json(home)
+    if args.json:
+        out = {"running": True, "home": str(home.path), "locked": health.get("locked"),
+               "version": health.get("version"), "pid": run.get("pid"),
+               "workers": run.get("workers"), "proxy_url": run.get("proxy_url"),
+               "admin_url": run.get("admin_url"), "admin_socket": str(home.admin_sock),
+               "services": [s["name"] for s in services], "secrets_missing": _missing(services)}
+        sys.stdout.write(json.dumps(out) + "\n")
+        return 0
+    locked = health.get("locked")
+    names = ", ".join(s["name"] for s in services)
+    lines = [
+        f"vaultproxy {health.get('version', '?')} running for {home.path}"
+        + (f" (pid {run['pid']}, {run.get('workers', 1)} worker(s))" if "pid" in run else ""),
+        f"  proxy:    {run.get('proxy_url', '?')}",
+        f"  admin:    {run.get('admin_url') or 'no TCP listener'}, socket {home.admin_sock}",
+        "  keystore: " + ("LOCKED (unlock with `vaultproxy unlock`)" if locked else "unlocked"),
+        f"  services: {health.get('services', len(services))}" + (f": {names}" if names else ""),
+    ]
+    missing = _missing(services)
+    if missing:
+        lines.append(f"  secrets missing for: {', '.join(missing)} (`vaultproxy check` "
+                     "says what to set)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    home = Home.resolve(args.home)
+    status, health = call(home, "GET", "/v1/health")  # not running: say so before prompting
+    if status == 200 and health.get("locked") is False:
+        sys.stdout.write("already unlocked\n")
+        return 0
+    password = get_password(args.password_file, prompt="Master password (to unlock the "
+                            "running proxy): ", home=home.path)
+    assert password is not None
+    try:
+        body = json.dumps({"password": password.reveal_str()}).encode()
+    finally:
+        password.wipe()
+    status, data = call(home, "POST", "/v1/unlock", body)
+    del body
+    if status == 403:
+        raise VaultproxyError(f"{data.get('error', 'unlock failed')}; "
+                              f"{wrong_password_hint(args.password_file)}")
+    if status == 429:
+        raise VaultproxyError(f"{data.get('error', 'too many failed unlocks')}; "
+                              "wait and try again")
+    if status != 200:
+        raise _fail(status, data)
+    sys.stdout.write("unlocked\n")
+    _say_missing(home)
+    return 0
+
+
+def _say_missing(home: Home) -> None:
+    missing = _missing(_services(home))
+    if missing:
+        sys.stderr.write(f"vaultproxy: warning: no secret stored for: {', '.join(missing)}; "
+                         "their requests fail with 502 secret_missing (`vaultproxy check` "
+                         "says what to set)\n")
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    home = Home.resolve(args.home)
+    status, data = call(home, "POST", "/v1/lock")
+    if status != 200:
+        raise _fail(status, data)
+    sys.stdout.write("locked: intercepted hosts answer 503 locked until `vaultproxy unlock`\n")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    home = Home.resolve(args.home)
+    status, data = call(home, "POST", "/v1/reload")
+    if status == 409:
+        sys.stdout.write("".join(f"{p}\n" for p in data.get("problems", [])))
+        sys.stderr.write("vaultproxy: services.toml is invalid; the previous registry stays "
+                         "in use (fix it and run `vaultproxy reload` again)\n")
+        return 1
+    if status != 200:
+        raise _fail(status, data)
+    sys.stdout.write(f"reloaded services.toml and keystore.enc: {data.get('before')} -> "
+                     f"{data.get('after')} services\n")
+    _say_missing(home)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="is the proxy running, locked, serving which services",
+                       description="Ask the running proxy (over admin.sock) for its state. "
+                       f"Exit 0 when it runs, {NOT_RUNNING} when it does not.")
+    add_home(p)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("unlock", help="unlock the running proxy (prompts for the password)",
+                       description="Unlock the running proxy's keystore. The master password "
+                       "comes from --password-file / $VAULTPROXY_PASSWORD_FILE / a hidden "
+                       "prompt, never from the command line.")
+    add_home(p)
+    add_password_file(p)
+    p.set_defaults(func=cmd_unlock)
+    p = sub.add_parser("lock", help="lock the running proxy (drops decrypted secrets)",
+                       description="Lock the running proxy: decrypted secrets are dropped in "
+                       "every worker; intercepted hosts answer 503 locked until unlocked.")
+    add_home(p)
+    p.set_defaults(func=cmd_lock)
+    p = sub.add_parser("reload", help="re-read services.toml and keystore.enc (as SIGHUP)",
+                       description="Re-read services.toml and keystore.enc in the running "
+                       "proxy. An invalid services.toml is refused (every problem listed) "
+                       "and the previous registry keeps serving.")
+    add_home(p)
+    p.set_defaults(func=cmd_reload)
