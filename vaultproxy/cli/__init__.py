@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
-from vaultproxy import __version__
+from vaultproxy import __version__, logfilter
 from vaultproxy.errors import UsageError, VaultproxyError
 
 # Subcommand modules, in --help order. Each exposes register(subparsers).
@@ -73,6 +73,7 @@ def add_password_file(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logfilter.install()
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)

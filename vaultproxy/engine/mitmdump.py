@@ -16,6 +16,7 @@ from typing import Any
 
 from mitmproxy import ctx
 
+from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
@@ -53,6 +54,7 @@ class Bootstrap:
             "admin API HOST:PORT (port 0 = any free port; empty = no TCP listener; "
             "admin.sock is always created in the home)",
         )
+        logfilter.install()
         if not _gate_installed:
             ctx.master.addons.add(Gate())
             _gate_installed = True

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vaultproxy import logfilter
 from vaultproxy.agents import AgentRecord, load_records
 from vaultproxy.audit import AuditLog
 from vaultproxy.ca import system_ca_file
@@ -109,9 +110,13 @@ class ProxyState:
         """Build every service's redactor now (a few ms each, regex compiles), not in the
         first response that needs one: a streamed reply's first event would wait for it."""
         if self.keystore is None:
+            logfilter.use(None)
             return
+        pairs: list[tuple[bytes, bytes]] = []
         for service in self.registry.services:
             self.redactor_for(service)
+            pairs.extend(self._secret_pairs(service))
+        logfilter.use(Redactor(pairs))
 
     async def settled(self) -> None:
         """Return once every worker process runs the current state (no-op with one process)."""
@@ -215,15 +220,10 @@ class ProxyState:
             self._redactors.clear()
         self._changed()
 
-    def redactor_for(self, service: Service) -> Redactor | None:
-        """The response redactor for a service's secret, or None when locked/missing."""
-        cached = self._redactors.get(service.name)
-        if cached is not None:
-            return cached
-        try:
-            entry = self.entry_for(service)
-        except (LockedError, SecretMissing):
-            return None
+    def _secret_pairs(self, service: Service) -> list[tuple[bytes, bytes]]:
+        """(secret, placeholder) for each secret of the service's entry (not ``username``);
+        raises LockedError/SecretMissing."""
+        entry = self.entry_for(service)
         placeholder = service.placeholder_text.encode()
         pairs: list[tuple[bytes, bytes]] = []
         if entry.value is not None and len(entry.value) >= 4:
@@ -231,6 +231,17 @@ class ProxyState:
         for field_name, secret in entry.fields.items():
             if field_name != "username" and len(secret) >= 4:
                 pairs.append((secret.reveal(), placeholder))
+        return pairs
+
+    def redactor_for(self, service: Service) -> Redactor | None:
+        """The response redactor for a service's secret, or None when locked/missing."""
+        cached = self._redactors.get(service.name)
+        if cached is not None:
+            return cached
+        try:
+            pairs = self._secret_pairs(service)
+        except (LockedError, SecretMissing):
+            return None
         redactor = Redactor(pairs)
         with self._lock:
             self._redactors[service.name] = redactor

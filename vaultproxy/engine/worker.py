@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vaultproxy import logfilter
 from vaultproxy.engine import reuseport
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
@@ -124,6 +125,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logfilter.install()
     if len(argv) != 2 or not argv[1].isdigit():
         print("vaultproxy worker: started by `vaultproxy run --workers N`, not by hand",
               file=sys.stderr)
