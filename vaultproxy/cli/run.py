@@ -11,6 +11,7 @@ import sys
 
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password
+from vaultproxy.engine import nodump
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import split_authority
@@ -51,8 +52,10 @@ def parse_listen(text: str, flag: str) -> tuple[str, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # No core dumps of a process that holds decrypted secrets.
+    # No core dumps of a process that holds decrypted secrets, and no same-uid ptrace or
+    # /proc/PID/{mem,environ} reads (engine/nodump.py).
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nodump.disable()
     listen = parse_listen(args.listen, "--listen")
     admin_listen = parse_listen(args.admin_listen, "--admin-listen")
     workers = parse_workers(args.workers)

@@ -16,6 +16,7 @@ from typing import Any
 from mitmproxy import ctx
 
 from vaultproxy.admin.server import AdminServer
+from vaultproxy.engine import nodump
 from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
@@ -41,6 +42,7 @@ class Bootstrap:
 
     def load(self, loader: Any) -> None:
         global _gate_installed
+        nodump.disable()  # mitmdump holds the decrypted keystore too (engine/nodump.py)
         loader.add_option("vaultproxy_home", str, "", "vaultproxy home directory")
         loader.add_option(
             "vaultproxy_password_file", str, "",
