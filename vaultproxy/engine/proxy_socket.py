@@ -19,10 +19,9 @@ from vaultproxy.admin import peercred
 from vaultproxy.admin.server import bind_unix
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
+from vaultproxy.splice import splice
 
 logger = logging.getLogger(__name__)
-
-CHUNK = 65536
 
 
 def loopback_target(listen: tuple[str, int]) -> tuple[str, int]:
@@ -33,18 +32,6 @@ def loopback_target(listen: tuple[str, int]) -> tuple[str, int]:
     elif host == "::":
         host = "::1"
     return host, port
-
-
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until EOF, then half-close the other side (TLS and HTTP/1.0 need the EOF)."""
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
 
 
 class ProxySocket:
@@ -69,14 +56,11 @@ class ProxySocket:
                 logger.warning("proxy.sock: refused a connection from another user")
                 return
             try:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
+                up = await asyncio.open_connection(*self.target)
             except OSError as e:
                 logger.error("proxy.sock: cannot reach the proxy listener: %s", e.strerror)
                 return
-            try:
-                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-            finally:
-                up_writer.close()
+            await splice((reader, writer), up)
         finally:
             writer.close()
             if task is not None:
