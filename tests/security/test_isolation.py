@@ -272,6 +272,26 @@ def test_without_the_capability_drop_root_unmounts_its_way_back(tmp_path: Path) 
     assert results[False].stdout == "hidden-value"
 
 
+TERMINAL_INJECTION = """
+import errno, fcntl, termios
+for name, request in (("TIOCSTI", termios.TIOCSTI), ("TIOCLINUX", 0x541C)):
+    try:
+        fcntl.ioctl(0, request, b"x" * 64)
+    except OSError as e:
+        print(name, errno.errorcode[e.errno])
+"""
+
+
+def test_terminal_injection_ioctls_are_refused_by_the_filter(setup: Setup) -> None:
+    """TIOCSTI/TIOCLINUX never reach the kernel's tty code in the sandbox (EPERM from the
+    seccomp filter); without it the same call gets as far as the tty layer (ENOTTY on a
+    pipe), which on a real terminal would type into your shell."""
+    isolated = setup.exec(sys.executable, "-c", TERMINAL_INJECTION)
+    assert isolated.stdout.split() == ["TIOCSTI", "EPERM", "TIOCLINUX", "EPERM"]
+    plain = setup.exec(sys.executable, "-c", TERMINAL_INJECTION, flags=("--no-isolate",))
+    assert plain.stdout.split() == ["TIOCSTI", "ENOTTY", "TIOCLINUX", "ENOTTY"]
+
+
 def test_missing_bubblewrap_exits_2_naming_the_package_and_both_flags(setup: Setup) -> None:
     r = setup.exec("true", env={"PATH": "/nonexistent"})
     assert r.returncode == 2

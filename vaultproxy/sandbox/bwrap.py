@@ -9,6 +9,8 @@ What the sandbox gives the agent (SPEC §7, SECURITY.md §3):
   (the proxy's processes do not exist there);
 - a user namespace with every capability dropped (also as root), no further user
   namespaces, and ``no_new_privs`` (bubblewrap sets it), so no mount can be undone;
+- a seccomp filter refusing ``ioctl(TIOCSTI/TIOCLINUX)`` (sandbox/seccomp.py), so it cannot
+  type into the terminal it shares with you;
 - unless ``share_net``: a network namespace with only ``lo``, and the proxy's Unix socket
   bind-mounted in, where the forwarder reaches it.
 """
@@ -64,12 +66,13 @@ def mount_args(layout: Layout) -> list[str]:
 
 def command(
     bwrap: str, layout: Layout, *, share_net: bool, python: str, spec_fd: int, ctl_fd: int,
-    cwd: str, drop_caps: bool = True,
+    cwd: str, seccomp_fd: int | None = None, drop_caps: bool = True,
 ) -> list[str]:
     """The full argv. It holds no secret: the agent's environment travels in ``spec_fd``."""
     return [
         bwrap,
         *namespace_args(share_net=share_net, drop_caps=drop_caps),
+        *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
         *mount_args(layout),
         "--chdir", cwd,
         "--",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from vaultproxy.sandbox import bwrap
+from vaultproxy.sandbox import bwrap, seccomp
 
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -91,8 +91,13 @@ def spec_fd(req: Request, d: Path, layout: bwrap.Layout) -> int:
         "listen": ["127.0.0.1", req.proxy_port] if layout.socket_inside else None,
         "socket": layout.socket_inside,
     }
-    fd = os.memfd_create("vaultproxy-exec-spec", os.MFD_CLOEXEC)
-    os.write(fd, json.dumps(spec).encode())
+    return memfd("vaultproxy-exec-spec", json.dumps(spec).encode())
+
+
+def memfd(name: str, data: bytes) -> int:
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
@@ -108,34 +113,45 @@ def run(req: Request, bwrap_path: str) -> int:
 
 
 def _run_bwrap(req: Request, bwrap_path: str, d: Path, layout: bwrap.Layout) -> str:
-    fd = spec_fd(req, d, layout)
+    bpf = seccomp.program()
+    memfds = [spec_fd(req, d, layout)]
+    if bpf is not None:
+        memfds.append(memfd("vaultproxy-exec-seccomp", bpf))
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     argv = bwrap.command(
         bwrap_path, layout, share_net=req.proxy_socket is None, python=sys.executable,
-        spec_fd=fd, ctl_fd=theirs.fileno(), cwd=os.getcwd(),
+        spec_fd=memfds[0], ctl_fd=theirs.fileno(), cwd=os.getcwd(),
+        seccomp_fd=memfds[1] if bpf is not None else None,
     )
+    # Ignored while bubblewrap starts, so it (and the sandbox's first process) inherit that.
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (*TERMINAL_SIGNALS,
                                                               *RELAYED_SIGNALS)}
     try:
-        proc = subprocess.Popen(argv, env=dict(req.outer_env),  # noqa: S603 - our argv
-                                pass_fds=(fd, theirs.fileno()))
-    finally:
-        os.close(fd)
-        theirs.close()
-
-    def relay(signum: int, _frame: FrameType | None) -> None:
-        with contextlib.suppress(OSError):
-            ours.send(bytes([signum]))
-
-    for s in RELAYED_SIGNALS:
-        signal.signal(s, relay)
-    try:
-        rc = proc.wait()
-        return read_status(ours) or f"exit {rc}"
+        try:
+            proc = subprocess.Popen(argv, env=dict(req.outer_env),  # noqa: S603 - our argv
+                                    pass_fds=(*memfds, theirs.fileno()))
+        finally:
+            theirs.close()
+            for f in memfds:
+                os.close(f)
+        return _wait(proc, ours)
     finally:
         ours.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _wait(proc: subprocess.Popen[bytes], ctl: socket.socket) -> str:
+    """Wait for bubblewrap, relaying SIGTERM/SIGHUP to the agent through ``ctl``."""
+
+    def relay(signum: int, _frame: FrameType | None) -> None:
+        with contextlib.suppress(OSError):
+            ctl.send(bytes([signum]))
+
+    for s in RELAYED_SIGNALS:
+        signal.signal(s, relay)
+    rc = proc.wait()
+    return read_status(ctl) or f"exit {rc}"
 
 
 def read_status(sock: socket.socket) -> str | None:

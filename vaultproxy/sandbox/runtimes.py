@@ -27,7 +27,9 @@ def parse_version(text: str) -> tuple[int, int] | None:
 
 
 def node_ignores_proxy(version: tuple[int, int]) -> bool:
-    return version < NODE_ENV_PROXY_SINCE
+    """Before 22.21, and all of 23 (NODE_USE_ENV_PROXY came with 24 and was backported to
+    22.21 only)."""
+    return version < NODE_ENV_PROXY_SINCE or version[0] == 23
 
 
 def node_version(executable: str) -> tuple[int, int] | None:
