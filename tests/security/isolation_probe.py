@@ -51,6 +51,16 @@ def umount_then_read(home: str) -> None:
     read_some(f"{home}/admin-token")
 
 
+def plant_code() -> None:
+    """Write next to vaultproxy's own modules (what the next `vaultproxy run` would import)."""
+    import vaultproxy
+
+    target = os.path.join(os.path.dirname(vaultproxy.__file__), "_isolation_probe_plant.py")
+    with open(target, "w") as f:
+        f.write("# planted\n")
+    os.unlink(target)
+
+
 def direct(port: int) -> None:
     socket.create_connection(("127.0.0.1", port), timeout=10).close()
 
@@ -78,6 +88,7 @@ def main() -> None:
     attempt("proxy_environ", lambda: read_some(f"/proc/{pid}/environ"))
     attempt("proxy_mem", lambda: proc_mem(pid))
     attempt("umount_and_read", lambda: umount_then_read(home))
+    attempt("plant_code", plant_code)
     attempt("direct_upstream", lambda: direct(port))
     results["uid"] = str(os.getuid())
     print(json.dumps(results))

@@ -4,7 +4,7 @@ and a real TLS upstream.
 The same probe (tests/security/isolation_probe.py) tries every way around the proxy: the
 home's files (admin token, keystore, CA key, a password file kept there, run.json),
 admin.sock, the proxy's /proc/PID/{environ,mem}, unmounting the tmpfs that hides the home,
-and a direct connection to the upstream. Isolated, all of it fails while a request to a
+writing into vaultproxy's own code, and a direct connection to the upstream. Isolated, all of it fails while a request to a
 registered service through the proxy gets its secret; the negative twin (``--no-isolate``)
 reaches all of it.
 """
@@ -41,7 +41,7 @@ URL = "https://openai.api.test/v1/models"
 PLACEHOLDER = "__vault.openai__"
 AS_ROOT = os.geteuid() == 0
 ATTACKS = ("admin_token", "keystore", "ca_key", "password_file", "run_json", "admin_sock",
-           "proxy_environ", "proxy_mem", "umount_and_read", "direct_upstream")
+           "proxy_environ", "proxy_mem", "umount_and_read", "plant_code", "direct_upstream")
 
 
 @dataclass
@@ -260,7 +260,8 @@ def test_without_the_capability_drop_root_unmounts_its_way_back(tmp_path: Path) 
     (hidden / "secret").write_text("hidden-value")
     files = tmp_path / "files"
     files.mkdir()
-    layout = bwrap.Layout(hide_dirs=(str(hidden),), hide_files=(), files_dir=str(files),
+    layout = bwrap.Layout(hide_dirs=(str(hidden),), hide_files=(), read_only=(),
+                          files_dir=str(files),
                           proxy_socket=None, socket_inside=None)
     script = f"umount {hidden} 2>/dev/null; cat {hidden}/secret"
     results = {}

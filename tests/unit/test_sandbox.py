@@ -13,7 +13,8 @@ from vaultproxy.cli.env_exec import loopback_url
 from vaultproxy.sandbox import bwrap, inner, launch, seccomp
 from vaultproxy.sandbox.runtimes import node_ignores_proxy, parse_version
 
-LAYOUT = bwrap.Layout(hide_dirs=("/h",), hide_files=("/pw",), files_dir="/tmp/d",
+LAYOUT = bwrap.Layout(hide_dirs=("/h",), hide_files=("/pw",), read_only=("/venv",),
+                      files_dir="/tmp/d",
                       proxy_socket="/h/proxy.sock", socket_inside="/tmp/d/proxy.sock")
 
 
@@ -37,6 +38,8 @@ def test_command_isolates_by_default() -> None:
     assert "--dev-bind" not in argv and argv[argv.index("--dev") + 1] == "/dev"
     # the hiding mounts come after the root bind, so they cover it
     assert argv.index("--bind") < argv.index("--tmpfs")
+    assert argv[argv.index("/venv") - 1:argv.index("/venv") + 2] == ["--ro-bind", "/venv",
+                                                                     "/venv"]
     assert argv[-6:] == ["/py", "-P", "-m", "vaultproxy.sandbox.inner", "5", "6"]
 
 
@@ -53,6 +56,17 @@ def test_hidden_paths_include_the_resolved_home(tmp_path: Path) -> None:
     link.symlink_to(real)
     assert bwrap.hidden_paths(link) == (str(link), str(real))
     assert bwrap.hidden_paths(real) == (str(real),)
+
+
+def test_own_code_is_listed_read_only() -> None:
+    import sys
+
+    import vaultproxy
+
+    paths = bwrap.own_code()
+    for p in (Path(vaultproxy.__file__).parent, Path(sys.prefix)):
+        assert any(p.resolve().is_relative_to(o) for o in paths), p
+    assert "/" not in paths
 
 
 def test_seccomp_program_is_well_formed() -> None:

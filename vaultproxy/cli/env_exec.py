@@ -234,7 +234,7 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
         ca_cert=home.ca_cert,
         proxy_socket=sock,
         proxy_port=info.port,
-        hide_files=secret_files(args.token_file),
+        hide_files=secret_files(home, args.token_file),
     )
     sys.stdout.flush()
     sys.stderr.flush()
@@ -255,11 +255,12 @@ def usable_socket(home: Home, info: RunInfo) -> str:
     return info.socket
 
 
-def secret_files(token_file: str | None) -> tuple[str, ...]:
+def secret_files(home: Home, token_file: str | None) -> tuple[str, ...]:
     """Files outside the home that hold vaultproxy secrets: hidden in the sandbox."""
     out = []
     for raw in (os.environ.get("VAULTPROXY_PASSWORD_FILE"), token_file):
-        if raw and Path(raw).is_file():
+        if raw and Path(raw).is_file() and not Path(raw).resolve().is_relative_to(
+                home.path.resolve()):
             out.append(os.path.abspath(raw))
     return tuple(dict.fromkeys(out))
 

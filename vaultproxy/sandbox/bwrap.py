@@ -3,7 +3,9 @@
 What the sandbox gives the agent (SPEC §7, SECURITY.md §3):
 
 - the host file system (read-write, as the agent's own uid) with the vaultproxy home, and
-  the password file named by ``$VAULTPROXY_PASSWORD_FILE``, covered (tmpfs, /dev/null);
+  the password file named by ``$VAULTPROXY_PASSWORD_FILE``, covered (tmpfs, /dev/null), and
+  vaultproxy's own code and Python read-only (an agent must not plant code that the next
+  ``vaultproxy run`` executes outside the sandbox);
   the CA files the environment names sit read-only in a directory of their own;
 - a fresh ``/dev`` (no disks, no other terminals) and ``/proc`` of its own pid namespace
   (the proxy's processes do not exist there);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +39,7 @@ class Layout:
 
     hide_dirs: tuple[str, ...]  # covered by an empty tmpfs
     hide_files: tuple[str, ...]  # covered by /dev/null
+    read_only: tuple[str, ...]  # bound read-only onto themselves (vaultproxy, its Python)
     files_dir: str  # host dir, mounted read-only at the same path
     proxy_socket: str | None  # host path of proxy.sock (None with share_net)
     socket_inside: str | None  # where the forwarder finds it
@@ -54,6 +58,8 @@ def namespace_args(*, share_net: bool, drop_caps: bool = True) -> list[str]:
 
 def mount_args(layout: Layout) -> list[str]:
     args = ["--bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for p in layout.read_only:
+        args += ["--ro-bind", p, p]
     for d in layout.hide_dirs:
         args += ["--tmpfs", d]
     for f in layout.hide_files:
@@ -86,6 +92,21 @@ def hidden_paths(home: Path) -> tuple[str, ...]:
     real = os.path.realpath(home)
     if real not in out:
         out.append(real)
+    return tuple(out)
+
+
+def own_code() -> tuple[str, ...]:
+    """vaultproxy's package directory, its venv and the base Python, de-duplicated, each
+    only once (a path inside another listed one is covered by it)."""
+    import vaultproxy
+
+    candidates = [os.path.realpath(p) for p in (
+        Path(vaultproxy.__file__).parent, sys.prefix, sys.base_prefix)]
+    out: list[str] = []
+    for c in sorted(set(candidates), key=len):
+        if os.path.isdir(c) and c != "/" and not any(
+                Path(c).is_relative_to(o) for o in out):
+            out.append(c)
     return tuple(out)
 
 

@@ -77,6 +77,7 @@ def prepare(req: Request, d: Path) -> bwrap.Layout:
     return bwrap.Layout(
         hide_dirs=bwrap.hidden_paths(req.home),
         hide_files=req.hide_files,
+        read_only=bwrap.own_code(),
         files_dir=str(d),
         proxy_socket=req.proxy_socket,
         socket_inside=inside,

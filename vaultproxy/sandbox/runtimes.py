@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Sequence
 
 NODE_NAMES = ("node", "nodejs")
+NODE_LAUNCHERS = ("npx", "npm", "pnpm", "yarn")  # run node programs with the `node` on PATH
 NODE_ENV_PROXY_SINCE = (22, 21)
 VERSION_TIMEOUT = 5.0
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)")
@@ -43,9 +44,10 @@ def node_version(executable: str) -> tuple[int, int] | None:
 
 def warning(argv: Sequence[str], path: str | None = None) -> str | None:
     """One line for stderr when ``argv`` starts a runtime that ignores the proxy, else None."""
-    if not argv or os.path.basename(argv[0]) not in NODE_NAMES:
+    name = os.path.basename(argv[0]) if argv else ""
+    if name not in NODE_NAMES + NODE_LAUNCHERS:
         return None
-    exe = shutil.which(argv[0], path=path)
+    exe = shutil.which(argv[0] if name in NODE_NAMES else "node", path=path)
     version = node_version(exe) if exe else None
     if version is None or not node_ignores_proxy(version):
         return None
