@@ -4,9 +4,9 @@ and a real TLS upstream.
 The same probe (tests/security/isolation_probe.py) tries every way around the proxy: the
 home's files (admin token, keystore, CA key, a password file kept there, run.json),
 admin.sock, the proxy's /proc/PID/{environ,mem}, unmounting the tmpfs that hides the home,
-writing into vaultproxy's own code, and a direct connection to the upstream. Isolated, all of it fails while a request to a
-registered service through the proxy gets its secret; the negative twin (``--no-isolate``)
-reaches all of it.
+writing into vaultproxy's own code, and a direct connection to the upstream. Isolated, all
+of it fails while a request to a registered service through the proxy gets its secret; the
+negative twin (``--no-isolate``) reaches all of it.
 """
 
 from __future__ import annotations

@@ -43,6 +43,12 @@ def test_command_isolates_by_default() -> None:
     assert argv[-6:] == ["/py", "-P", "-m", "vaultproxy.sandbox.inner", "5", "6"]
 
 
+def test_old_bubblewrap_without_disable_userns_still_drops_everything() -> None:
+    argv = bwrap.namespace_args(share_net=False, disable_userns=False)
+    assert "--disable-userns" not in argv
+    assert "--unshare-user" in argv and argv[argv.index("--cap-drop") + 1] == "ALL"
+
+
 def test_share_net_keeps_everything_but_the_network_namespace() -> None:
     argv = _command(share_net=True)
     assert "--unshare-net" not in argv

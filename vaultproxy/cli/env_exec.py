@@ -221,7 +221,11 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
     if Path(sys.prefix).resolve().is_relative_to(home.path.resolve()):
         raise UsageError(f"vaultproxy's Python ({sys.prefix}) lives inside the home "
                          f"{home.path}, which the sandbox hides; install it elsewhere")
-    bwrap.probe(bwrap_path, share_net=share_net)
+    if Path.cwd().resolve().is_relative_to(home.path.resolve()):
+        raise UsageError(f"the current directory is inside the vaultproxy home {home.path}, "
+                         "which the sandbox hides; cd elsewhere first")
+    nested_off = bwrap.has_disable_userns(bwrap_path)
+    bwrap.probe(bwrap_path, share_net=share_net, disable_userns=nested_off)
     url = info.url if share_net else loopback_url(info.url, info.port)
     ours = agent_environment(home, args.agent, args.token_file, url=url)
     warn_runtime(command)
@@ -235,6 +239,7 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
         proxy_socket=sock,
         proxy_port=info.port,
         hide_files=secret_files(home, args.token_file),
+        disable_userns=nested_off,
     )
     sys.stdout.flush()
     sys.stderr.flush()

@@ -45,12 +45,19 @@ class Layout:
     socket_inside: str | None  # where the forwarder finds it
 
 
-def namespace_args(*, share_net: bool, drop_caps: bool = True) -> list[str]:
+def namespace_args(
+    *, share_net: bool, drop_caps: bool = True, disable_userns: bool = True
+) -> list[str]:
     """Namespaces and privileges. ``drop_caps=False`` exists only for the test that shows
-    what the capability drop prevents."""
+    what the capability drop prevents. ``disable_userns=False`` for bubblewrap < 0.8, which
+    lacks the option (a nested user namespace still cannot unlock the hiding mounts: the
+    kernel locks mounts inherited from a more privileged namespace)."""
     args = ["--die-with-parent", "--unshare-pid", "--unshare-ipc"]
     if drop_caps:
-        args += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+        args.append("--unshare-user")
+        if disable_userns:
+            args.append("--disable-userns")
+        args += ["--cap-drop", "ALL"]
     if not share_net:
         args.append("--unshare-net")
     return args
@@ -72,12 +79,12 @@ def mount_args(layout: Layout) -> list[str]:
 
 def command(
     bwrap: str, layout: Layout, *, share_net: bool, python: str, spec_fd: int, ctl_fd: int,
-    cwd: str, seccomp_fd: int | None = None, drop_caps: bool = True,
+    cwd: str, seccomp_fd: int | None = None, disable_userns: bool = True,
 ) -> list[str]:
     """The full argv. It holds no secret: the agent's environment travels in ``spec_fd``."""
     return [
         bwrap,
-        *namespace_args(share_net=share_net, drop_caps=drop_caps),
+        *namespace_args(share_net=share_net, disable_userns=disable_userns),
         *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
         *mount_args(layout),
         "--chdir", cwd,
@@ -130,12 +137,22 @@ def find() -> str:
     return path
 
 
-def probe(bwrap: str, *, share_net: bool) -> None:
+def has_disable_userns(bwrap: str) -> bool:
+    """Whether this bubblewrap knows ``--disable-userns`` (0.8.0 and later)."""
+    try:
+        r = subprocess.run([bwrap, "--help"], capture_output=True, text=True,  # noqa: S603
+                           timeout=PROBE_TIMEOUT, stdin=subprocess.DEVNULL, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--disable-userns" in r.stdout + r.stderr
+
+
+def probe(bwrap: str, *, share_net: bool, disable_userns: bool = True) -> None:
     """Run ``true`` in the same namespaces; a failure (user namespaces disabled, an AppArmor
     restriction, ...) exits 2 with bubblewrap's own reason."""
     true = shutil.which("true") or "/bin/true"
-    argv = [bwrap, *namespace_args(share_net=share_net), "--bind", "/", "/", "--dev", "/dev",
-            "--proc", "/proc", "--", true]
+    argv = [bwrap, *namespace_args(share_net=share_net, disable_userns=disable_userns),
+            "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--", true]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT,  # noqa: S603
                            stdin=subprocess.DEVNULL, check=False)

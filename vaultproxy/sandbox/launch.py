@@ -46,6 +46,7 @@ class Request:
     proxy_socket: str | None  # None: --share-net
     proxy_port: int
     hide_files: tuple[str, ...] = ()
+    disable_userns: bool = True  # bubblewrap >= 0.8 (bwrap.has_disable_userns)
 
 
 def files_dir() -> Path:
@@ -122,7 +123,7 @@ def _run_bwrap(req: Request, bwrap_path: str, d: Path, layout: bwrap.Layout) -> 
     argv = bwrap.command(
         bwrap_path, layout, share_net=req.proxy_socket is None, python=sys.executable,
         spec_fd=memfds[0], ctl_fd=theirs.fileno(), cwd=os.getcwd(),
-        seccomp_fd=memfds[1] if bpf is not None else None,
+        seccomp_fd=memfds[1] if bpf is not None else None, disable_userns=req.disable_userns,
     )
     # Ignored while bubblewrap starts, so it (and the sandbox's first process) inherit that.
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (*TERMINAL_SIGNALS,
