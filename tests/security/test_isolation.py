@@ -130,6 +130,7 @@ def test_registered_service_through_the_proxy_gets_the_secret(
     assert json.loads(r.stdout)["ok"] is True
     assert len(setup.upstream.received) == before + 1
     assert setup.upstream.received[-1].header("authorization") == f"Bearer {setup.secret}"
+    assert ("SECURITY: --share-net" in r.stderr) is bool(flags)
 
 
 def test_share_net_keeps_the_host_network_but_hides_the_home(setup: Setup) -> None:

@@ -202,7 +202,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     home = Home.resolve(args.home)
     ours = agent_environment(home, args.agent, args.token_file)
     warn_runtime(command)
-    print(f"vaultproxy: warning: --no-isolate: {exposure(command[0])}", file=sys.stderr)
+    print(f"vaultproxy: SECURITY: --no-isolate: {exposure(command[0])}", file=sys.stderr)
     return exec_plain(command, child_environment(os.environ, ours))
 
 
@@ -218,17 +218,16 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
     info = run_info(home)
     share_net = bool(args.share_net)
     sock = None if share_net else usable_socket(home, info)
-    if Path(sys.prefix).resolve().is_relative_to(home.path.resolve()):
-        raise UsageError(f"vaultproxy's Python ({sys.prefix}) lives inside the home "
-                         f"{home.path}, which the sandbox hides; install it elsewhere")
-    if Path.cwd().resolve().is_relative_to(home.path.resolve()):
-        raise UsageError(f"the current directory is inside the vaultproxy home {home.path}, "
-                         "which the sandbox hides; cd elsewhere first")
+    check_outside_home(home)
     nested_off = bwrap.has_disable_userns(bwrap_path)
     bwrap.probe(bwrap_path, share_net=share_net, disable_userns=nested_off)
     url = info.url if share_net else loopback_url(info.url, info.port)
     ours = agent_environment(home, args.agent, args.token_file, url=url)
     warn_runtime(command)
+    if share_net:
+        print("vaultproxy: SECURITY: --share-net: the agent can reach the network (and local "
+              "services) around the proxy; the home and the proxy's processes stay hidden",
+              file=sys.stderr)
     request = launch.Request(
         argv=command,
         env=child_environment(os.environ, ours),
@@ -244,6 +243,17 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     return launch.run(request, bwrap_path)
+
+
+def check_outside_home(home: Home) -> None:
+    """Our Python and the current directory must stay visible once the home is hidden."""
+    hidden = home.path.resolve()
+    if Path(sys.prefix).resolve().is_relative_to(hidden):
+        raise UsageError(f"vaultproxy's Python ({sys.prefix}) lives inside the home "
+                         f"{home.path}, which the sandbox hides; install it elsewhere")
+    if Path.cwd().resolve().is_relative_to(hidden):
+        raise UsageError(f"the current directory is inside the vaultproxy home {home.path}, "
+                         "which the sandbox hides; cd elsewhere first")
 
 
 def usable_socket(home: Home, info: RunInfo) -> str:
