@@ -2,7 +2,10 @@
 could reach the vault, the admin API, the proxy's memory or the network around the proxy.
 
 Prints one JSON object: attack -> "reached" or "blocked: <why>". Never prints what it read.
-Usage: python isolation_probe.py HOME PROXY_PID UPSTREAM_PORT
+Usage: python isolation_probe.py HOME PROXY_PID UPSTREAM_PORT HOST_SOCKET
+
+HOST_SOCKET stands for a same-uid server outside (tmux, systemd --user, an IDE) that would
+run commands for whoever connects: it answers b"hello".
 """
 
 from __future__ import annotations
@@ -61,6 +64,15 @@ def plant_code() -> None:
     os.unlink(target)
 
 
+def host_socket(path: str) -> None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    if s.recv(5) != b"hello":
+        raise OSError("no answer")
+    s.close()
+
+
 def direct(port: int) -> None:
     socket.create_connection(("127.0.0.1", port), timeout=10).close()
 
@@ -78,7 +90,7 @@ def attempt(name: str, fn: Callable[[], None]) -> None:
 
 
 def main() -> None:
-    home, pid, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    home, pid, port, host_sock = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     attempt("admin_token", lambda: read_some(f"{home}/admin-token"))
     attempt("keystore", lambda: read_some(f"{home}/keystore.enc"))
     attempt("ca_key", lambda: read_some(f"{home}/ca.key"))
@@ -89,6 +101,7 @@ def main() -> None:
     attempt("proxy_mem", lambda: proc_mem(pid))
     attempt("umount_and_read", lambda: umount_then_read(home))
     attempt("plant_code", plant_code)
+    attempt("host_socket", lambda: host_socket(host_sock))
     attempt("direct_upstream", lambda: direct(port))
     results["uid"] = str(os.getuid())
     print(json.dumps(results))

@@ -4,7 +4,8 @@ and a real TLS upstream.
 The same probe (tests/security/isolation_probe.py) tries every way around the proxy: the
 home's files (admin token, keystore, CA key, a password file kept there, run.json),
 admin.sock, the proxy's /proc/PID/{environ,mem}, unmounting the tmpfs that hides the home,
-writing into vaultproxy's own code, and a direct connection to the upstream. Isolated, all
+writing into vaultproxy's own code, a same-uid Unix socket server outside (as tmux or
+systemd --user would be), and a direct connection to the upstream. Isolated, all
 of it fails while a request to a registered service through the proxy gets its secret; the
 negative twin (``--no-isolate``) reaches all of it.
 """
@@ -16,8 +17,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +44,8 @@ URL = "https://openai.api.test/v1/models"
 PLACEHOLDER = "__vault.openai__"
 AS_ROOT = os.geteuid() == 0
 ATTACKS = ("admin_token", "keystore", "ca_key", "password_file", "run_json", "admin_sock",
-           "proxy_environ", "proxy_mem", "umount_and_read", "plant_code", "direct_upstream")
+           "proxy_environ", "proxy_mem", "umount_and_read", "plant_code", "host_socket",
+           "direct_upstream")
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Setup:
     secret: str
     token_file: Path
     token: str
+    host_socket: str
 
     @property
     def home(self) -> Path:
@@ -67,14 +72,34 @@ class Setup:
 
     def probe(self, *flags: str) -> dict[str, str]:
         r = self.exec(sys.executable, str(PROBE), str(self.home), str(self.proxy.proc.pid),
-                      str(self.upstream.port), flags=flags)
+                      str(self.upstream.port), self.host_socket, flags=flags)
         assert r.returncode == 0, r.stderr
         return dict(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def _host_service(path: Path) -> socket.socket:
+    """A same-uid Unix socket server outside the sandbox that greets every client."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"hello")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     base = tmp_path_factory.mktemp("isolation")
+    service = _host_service(base / "host-service.sock")
     canary.watch(base)
     upstream = Upstream(base).start()
     secret = make_canary()
@@ -92,9 +117,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     token_file.write_text(token + "\n")
     os.chmod(token_file, 0o600)
     proxy = ProxyProcess.start(home, args=("--workers", "1"))
-    yield Setup(proxy, upstream, secret, token_file, token)
+    yield Setup(proxy, upstream, secret, token_file, token, str(base / "host-service.sock"))
     proxy.stop()
     upstream.stop()
+    service.close()
 
 
 def test_isolated_agent_reaches_nothing_but_the_proxy(setup: Setup) -> None:
@@ -262,8 +288,7 @@ def test_without_the_capability_drop_root_unmounts_its_way_back(tmp_path: Path) 
     files = tmp_path / "files"
     files.mkdir()
     layout = bwrap.Layout(hide_dirs=(str(hidden),), hide_files=(), read_only=(),
-                          files_dir=str(files),
-                          proxy_socket=None, socket_inside=None)
+                          files_dir=str(files))
     script = f"umount {hidden} 2>/dev/null; cat {hidden}/secret"
     results = {}
     for drop in (True, False):

@@ -14,13 +14,12 @@ from vaultproxy.sandbox import bwrap, inner, launch, seccomp
 from vaultproxy.sandbox.runtimes import node_ignores_proxy, parse_version
 
 LAYOUT = bwrap.Layout(hide_dirs=("/h",), hide_files=("/pw",), read_only=("/venv",),
-                      files_dir="/tmp/d",
-                      proxy_socket="/h/proxy.sock", socket_inside="/tmp/d/proxy.sock")
+                      files_dir="/tmp/d")
 
 
 def _command(share_net: bool = False) -> list[str]:
     return bwrap.command("bwrap", LAYOUT, share_net=share_net, python="/py", spec_fd=5,
-                         ctl_fd=6, cwd="/w", seccomp_fd=7)
+                         ctl_fd=6, broker_fd=8, cwd="/w", seccomp_fd=7)
 
 
 def test_command_isolates_by_default() -> None:
@@ -32,15 +31,14 @@ def test_command_isolates_by_default() -> None:
     assert argv[argv.index("--tmpfs") + 1] == "/h"
     assert argv[argv.index("--seccomp") + 1] == "7"
     assert ["--ro-bind", "/dev/null", "/pw"] == argv[argv.index("/pw") - 2:argv.index("/pw") + 1]
-    assert ["--bind", "/h/proxy.sock", "/tmp/d/proxy.sock"] == argv[
-        argv.index("/h/proxy.sock") - 1:argv.index("/h/proxy.sock") + 2]
+    assert not [a for a in argv if "proxy.sock" in a]  # no path to the proxy inside
     # the host's /dev is not bound (no raw disks, no other terminals)
     assert "--dev-bind" not in argv and argv[argv.index("--dev") + 1] == "/dev"
     # the hiding mounts come after the root bind, so they cover it
     assert argv.index("--bind") < argv.index("--tmpfs")
     assert argv[argv.index("/venv") - 1:argv.index("/venv") + 2] == ["--ro-bind", "/venv",
                                                                      "/venv"]
-    assert argv[-6:] == ["/py", "-P", "-m", "vaultproxy.sandbox.inner", "5", "6"]
+    assert argv[-7:] == ["/py", "-P", "-m", "vaultproxy.sandbox.inner", "5", "6", "8"]
 
 
 def test_old_bubblewrap_without_disable_userns_still_drops_everything() -> None:
@@ -85,8 +83,8 @@ def test_seccomp_program_is_well_formed() -> None:
         for pc, (code, jt, jf, _k) in enumerate(insns):
             if code == 0x15:  # every jump lands inside the program
                 assert pc + 1 + max(jt, jf) < len(insns)
-        denied = {k for code, _, _, k in insns if code == 0x15}
-        assert {seccomp.TIOCSTI, seccomp.TIOCLINUX} <= denied
+        compared = {k for code, _, _, k in insns if code == 0x15}
+        assert {seccomp.TIOCSTI, seccomp.TIOCLINUX, seccomp.AF_UNIX} <= compared
     assert seccomp.program("riscv64") is None
 
 
@@ -116,9 +114,9 @@ def test_exit_status_is_returned() -> None:
 
 def test_spec_roundtrip() -> None:
     spec = inner.Spec.parse(b'{"argv": ["a", "b"], "env": {"K": "v"}, "listen": '
-                            b'["127.0.0.1", 3203], "socket": "/d/proxy.sock"}')
-    assert spec == inner.Spec(["a", "b"], {"K": "v"}, ("127.0.0.1", 3203), "/d/proxy.sock")
-    fd = launch.memfd("t", b'{"argv": ["a"], "env": {}, "listen": null, "socket": null}')
+                            b'["127.0.0.1", 3203]}')
+    assert spec == inner.Spec(["a", "b"], {"K": "v"}, ("127.0.0.1", 3203))
+    fd = launch.memfd("t", b'{"argv": ["a"], "env": {}, "listen": null}')
     assert inner.read_spec(fd).listen is None
     with pytest.raises(OSError):
         os.fstat(fd)  # read once and closed

@@ -11,10 +11,11 @@ What the sandbox gives the agent (SPEC §7, SECURITY.md §3):
   (the proxy's processes do not exist there);
 - a user namespace with every capability dropped (also as root), no further user
   namespaces, and ``no_new_privs`` (bubblewrap sets it), so no mount can be undone;
-- a seccomp filter refusing ``ioctl(TIOCSTI/TIOCLINUX)`` (sandbox/seccomp.py), so it cannot
-  type into the terminal it shares with you;
-- unless ``share_net``: a network namespace with only ``lo``, and the proxy's Unix socket
-  bind-mounted in, where the forwarder reaches it.
+- a seccomp filter (sandbox/seccomp.py) refusing ``ioctl(TIOCSTI/TIOCLINUX)``, so it cannot
+  type into the terminal it shares with you, and the creation of Unix sockets, so it cannot
+  ask a same-uid server outside (tmux, systemd --user, an IDE) to run commands for it;
+- unless ``share_net``: a network namespace with only ``lo``; the forwarder inside gets its
+  connections to the proxy from outside (sandbox/broker.py).
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ class Layout:
     hide_files: tuple[str, ...]  # covered by /dev/null
     read_only: tuple[str, ...]  # bound read-only onto themselves (vaultproxy, its Python)
     files_dir: str  # host dir, mounted read-only at the same path
-    proxy_socket: str | None  # host path of proxy.sock (None with share_net)
-    socket_inside: str | None  # where the forwarder finds it
 
 
 def namespace_args(
@@ -72,14 +71,12 @@ def mount_args(layout: Layout) -> list[str]:
     for f in layout.hide_files:
         args += ["--ro-bind", "/dev/null", f]
     args += ["--ro-bind", layout.files_dir, layout.files_dir]
-    if layout.proxy_socket and layout.socket_inside:
-        args += ["--bind", layout.proxy_socket, layout.socket_inside]
     return args
 
 
 def command(
     bwrap: str, layout: Layout, *, share_net: bool, python: str, spec_fd: int, ctl_fd: int,
-    cwd: str, seccomp_fd: int | None = None, disable_userns: bool = True,
+    broker_fd: int, cwd: str, seccomp_fd: int | None = None, disable_userns: bool = True,
 ) -> list[str]:
     """The full argv. It holds no secret: the agent's environment travels in ``spec_fd``."""
     return [
@@ -89,7 +86,7 @@ def command(
         *mount_args(layout),
         "--chdir", cwd,
         "--",
-        python, "-P", "-m", INNER_MODULE, str(spec_fd), str(ctl_fd),
+        python, "-P", "-m", INNER_MODULE, str(spec_fd), str(ctl_fd), str(broker_fd),
     ]
 
 

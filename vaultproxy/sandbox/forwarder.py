@@ -1,5 +1,6 @@
 """Inside the sandbox's network namespace: listen where ``HTTPS_PROXY`` points
-(127.0.0.1:PORT) and carry each connection to the proxy's Unix socket, bind-mounted in.
+(127.0.0.1:PORT) and carry each connection to the proxy's Unix socket, over a connection
+`exec` made outside and handed in (sandbox/broker.py).
 
 It runs its own event loop in a daemon thread of ``inner``; the agent is the main thread's
 business. Nothing else leaves the namespace: a client that ignores the proxy variables finds
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import threading
 
+from vaultproxy.sandbox.broker import Connector
 from vaultproxy.splice import splice
 
 logger = logging.getLogger(__name__)
@@ -20,8 +22,8 @@ START_TIMEOUT = 10.0
 
 
 class Forwarder:
-    def __init__(self, listen: tuple[str, int], socket_path: str) -> None:
-        self.listen, self.socket_path = listen, socket_path
+    def __init__(self, listen: tuple[str, int], connector: Connector) -> None:
+        self.listen, self.connector = listen, connector
         self._ready = threading.Event()
         self._error: str | None = None
 
@@ -49,7 +51,9 @@ class Forwarder:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up = await asyncio.open_unix_connection(self.socket_path)
+            sock = await asyncio.get_running_loop().run_in_executor(None,
+                                                                    self.connector.connect)
+            up = await asyncio.open_unix_connection(sock=sock)
         except OSError as e:
             logger.error("vaultproxy: the proxy is not reachable (%s); is `vaultproxy run` "
                          "still up?", e.strerror)

@@ -1,10 +1,12 @@
-"""``python -P -m vaultproxy.sandbox.inner SPEC_FD CTL_FD`` — the first process in the sandbox.
+"""``python -P -m vaultproxy.sandbox.inner SPEC_FD CTL_FD BROKER_FD`` — the first process in
+the sandbox.
 
-SPEC_FD (a memfd, read once and closed) holds ``{"argv", "env", "listen", "socket"}``: the
+SPEC_FD (a memfd, read once and closed) holds ``{"argv", "env", "listen"}``: the
 agent's command and its whole environment (the agent token included, which is why it never
 travels in any process's argv). CTL_FD is a socket to ``vaultproxy exec`` outside: it sends
 signal numbers to relay to the agent (one byte each); we send back ``exit N`` or
 ``signal N`` when the agent is gone, so ``exec`` ends the same way the agent did.
+BROKER_FD (``-1`` with ``--share-net``) hands in connections to the proxy (broker.py).
 
 Terminal signals (Ctrl-C, Ctrl-\\) reach the agent directly: it stays in the terminal's
 foreground process group. This process and bubblewrap ignore them (inherited from ``exec``);
@@ -23,6 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from vaultproxy.sandbox.broker import Connector
 from vaultproxy.sandbox.forwarder import Forwarder
 
 # Reset to the default in the agent (Python ignores SIGPIPE/SIGXFSZ; exec ignores the rest).
@@ -35,7 +38,6 @@ class Spec:
     argv: list[str]
     env: dict[str, str]
     listen: tuple[str, int] | None
-    socket_path: str | None
 
     @classmethod
     def parse(cls, raw: bytes) -> Spec:
@@ -45,7 +47,6 @@ class Spec:
             argv=[str(a) for a in data["argv"]],
             env={str(k): str(v) for k, v in data["env"].items()},
             listen=(str(listen[0]), int(listen[1])) if listen else None,
-            socket_path=data.get("socket"),
         )
 
 
@@ -91,10 +92,10 @@ def report(ctl: socket.socket, line: bytes) -> None:
         ctl.sendall(line)
 
 
-def run(spec: Spec, ctl: socket.socket) -> int:
-    if spec.listen and spec.socket_path:
+def run(spec: Spec, ctl: socket.socket, broker: socket.socket | None) -> int:
+    if spec.listen and broker is not None:
         try:
-            Forwarder(spec.listen, spec.socket_path).start()
+            Forwarder(spec.listen, Connector(broker)).start()
         except OSError as e:
             print(f"vaultproxy: sandbox forwarder: {e}", file=sys.stderr)
             report(ctl, b"exit 1\n")
@@ -118,14 +119,16 @@ def run(spec: Spec, ctl: socket.socket) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or not (argv[1].isdigit() and argv[2].isdigit()):
+    if len(argv) != 4 or not all(a.lstrip("-").isdigit() for a in argv[1:]):
         print("vaultproxy sandbox: started by `vaultproxy exec`, not by hand", file=sys.stderr)
         return 2
-    spec_fd, ctl_fd = int(argv[1]), int(argv[2])
-    for fd in (spec_fd, ctl_fd):
-        os.set_inheritable(fd, False)  # the agent inherits neither
+    spec_fd, ctl_fd, broker_fd = (int(a) for a in argv[1:])
+    for fd in (spec_fd, ctl_fd, broker_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, False)  # the agent inherits none of them
     ctl = socket.socket(fileno=ctl_fd)
-    return run(read_spec(spec_fd), ctl)
+    broker = socket.socket(fileno=broker_fd) if broker_fd >= 0 else None
+    return run(read_spec(spec_fd), ctl, broker)
 
 
 if __name__ == "__main__":

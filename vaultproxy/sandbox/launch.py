@@ -2,10 +2,11 @@
 environment over in a memfd, run bubblewrap, relay signals, and end as the agent ended.
 
 The files the agent may see (the CA bundle and ``ca.crt``, both public) are copied into a
-fresh 0700 directory that is mounted read-only inside and removed afterwards; the proxy's
-Unix socket is bind-mounted into it. Terminal signals (SIGINT, SIGQUIT) are ignored here and
-in bubblewrap: the terminal delivers them to the agent, which stays in its foreground
-process group. SIGTERM and SIGHUP sent to this process are relayed to the agent.
+fresh 0700 directory that is mounted read-only inside and removed afterwards. Connections to
+the proxy's Unix socket are made here and handed in (broker.py). Terminal signals (SIGINT,
+SIGQUIT) are ignored here and in bubblewrap: the terminal delivers them to the agent, which
+stays in its foreground process group. SIGTERM and SIGHUP sent to this process are relayed
+to the agent.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from vaultproxy.sandbox import bwrap, seccomp
+from vaultproxy.sandbox import broker, bwrap, seccomp
 
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 BUNDLE_NAME = "ca-bundle.pem"
 CA_NAME = "ca.crt"
-SOCKET_NAME = "proxy.sock"
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Request:
     home: Path
     bundle: Path
     ca_cert: Path
-    proxy_socket: str | None  # None: --share-net
+    proxy_socket: str | None  # host path of proxy.sock; None: --share-net
     proxy_port: int
     hide_files: tuple[str, ...] = ()
     disable_userns: bool = True  # bubblewrap >= 0.8 (bwrap.has_disable_userns)
@@ -71,27 +71,20 @@ def prepare(req: Request, d: Path) -> bwrap.Layout:
     shutil.copyfile(req.ca_cert, d / CA_NAME)
     for name in (BUNDLE_NAME, CA_NAME):
         os.chmod(d / name, 0o644)
-    inside = None
-    if req.proxy_socket is not None:
-        inside = str(d / SOCKET_NAME)
-        Path(inside).touch(mode=0o600)  # the mount point
     return bwrap.Layout(
         hide_dirs=bwrap.hidden_paths(req.home),
         hide_files=req.hide_files,
         read_only=bwrap.own_code(),
         files_dir=str(d),
-        proxy_socket=req.proxy_socket,
-        socket_inside=inside,
     )
 
 
-def spec_fd(req: Request, d: Path, layout: bwrap.Layout) -> int:
+def spec_fd(req: Request, d: Path) -> int:
     """A memfd holding the agent's argv and environment, for ``inner`` to read once."""
     spec = {
         "argv": list(req.argv),
         "env": sandbox_env(req, d),
-        "listen": ["127.0.0.1", req.proxy_port] if layout.socket_inside else None,
-        "socket": layout.socket_inside,
+        "listen": ["127.0.0.1", req.proxy_port] if req.proxy_socket else None,
     }
     return memfd("vaultproxy-exec-spec", json.dumps(spec).encode())
 
@@ -116,14 +109,19 @@ def run(req: Request, bwrap_path: str) -> int:
 
 def _run_bwrap(req: Request, bwrap_path: str, d: Path, layout: bwrap.Layout) -> str:
     bpf = seccomp.program()
-    memfds = [spec_fd(req, d, layout)]
+    memfds = [spec_fd(req, d)]
     if bpf is not None:
         memfds.append(memfd("vaultproxy-exec-seccomp", bpf))
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    broker_ours, broker_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if req.proxy_socket is not None:
+        broker.start(broker_ours, req.proxy_socket)
     argv = bwrap.command(
         bwrap_path, layout, share_net=req.proxy_socket is None, python=sys.executable,
-        spec_fd=memfds[0], ctl_fd=theirs.fileno(), cwd=os.getcwd(),
-        seccomp_fd=memfds[1] if bpf is not None else None, disable_userns=req.disable_userns,
+        spec_fd=memfds[0], ctl_fd=theirs.fileno(),
+        broker_fd=broker_theirs.fileno() if req.proxy_socket is not None else -1,
+        cwd=os.getcwd(), seccomp_fd=memfds[1] if bpf is not None else None,
+        disable_userns=req.disable_userns,
     )
     # Ignored while bubblewrap starts, so it (and the sandbox's first process) inherit that.
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (*TERMINAL_SIGNALS,
@@ -131,14 +129,18 @@ def _run_bwrap(req: Request, bwrap_path: str, d: Path, layout: bwrap.Layout) -> 
     try:
         try:
             proc = subprocess.Popen(argv, env=dict(req.outer_env),  # noqa: S603 - our argv
-                                    pass_fds=(*memfds, theirs.fileno()))
+                                    pass_fds=(*memfds, theirs.fileno(), broker_theirs.fileno()))
         finally:
             theirs.close()
+            broker_theirs.close()
             for f in memfds:
                 os.close(f)
         return _wait(proc, ours)
     finally:
         ours.close()
+        with contextlib.suppress(OSError):
+            broker_ours.shutdown(socket.SHUT_RDWR)  # ends the broker thread
+        broker_ours.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
