@@ -1,11 +1,12 @@
 """``proxy.sock``: the proxy port over a Unix socket, for agents in a sandbox (`exec`).
 
 An isolated agent has its own network namespace; its only way out is this socket, which
-`vaultproxy exec` connects to outside the sandbox and hands in (sandbox/broker.py). The socket lives in the 0700 home, is 0600, and every
-connection's SO_PEERCRED uid must equal ours (checked before any byte is read, like
-``admin.sock``). An accepted connection is relayed byte for byte to the proxy's own TCP
-listener on loopback, so it goes through exactly the stages (and, with ``--workers N``, the
-SO_REUSEPORT worker processes) a TCP client does. Only the supervisor serves it.
+`vaultproxy exec` connects to outside the sandbox and hands in (sandbox/broker.py). The
+socket lives in the 0700 home, is 0600, and every connection's SO_PEERCRED uid must equal
+ours (checked before any byte is read, like ``admin.sock``). An accepted connection is
+relayed byte for byte to the proxy's own TCP listener on loopback, so it goes through
+exactly the stages (and, with ``--workers N``, the SO_REUSEPORT worker processes) a TCP
+client does. Only the supervisor serves it.
 """
 
 from __future__ import annotations
