@@ -52,6 +52,10 @@ class Home:
         return self.path / "admin.sock"
 
     @property
+    def proxy_sock(self) -> Path:
+        return self.path / "proxy.sock"
+
+    @property
     def audit(self) -> Path:
         return self.path / "audit.jsonl"
 

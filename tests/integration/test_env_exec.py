@@ -1,5 +1,9 @@
 """`vaultproxy exec` / `env` with unmodified real clients: curl, requests, httpx, the openai
-SDK, git over HTTPS (dumb HTTP, host_inject basic auth), and sh/fish sourcing `env`."""
+SDK, git over HTTPS (dumb HTTP, host_inject basic auth), and sh/fish sourcing `env`.
+
+``exec`` runs isolated by default (bubblewrap, tests/security/test_isolation.py): every client
+here works unchanged inside the sandbox; the environment and exit-status tests also run
+under ``--no-isolate``."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -91,11 +96,11 @@ class Setup:
     ) -> None:
         self.proxy, self.upstream, self.git, self.secrets = proxy, upstream, git, secrets
 
-    def exec(self, *cmd: str, env: dict[str, str] | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
+    def exec(self, *cmd: str, env: dict[str, str] | None = None, check: bool = True,
+             flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "vaultproxy", "exec", "--home", str(self.proxy.home.path),
-             "--", *cmd],
+             *flags, "--", *cmd],
             capture_output=True, text=True, timeout=120, cwd=REPO,
             env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
         )
@@ -214,38 +219,68 @@ def test_git_ls_remote_and_clone_with_injected_basic_auth(setup: Setup, tmp_path
     assert password not in (dest / ".git" / "config").read_text()
 
 
-def test_exec_passes_exit_code_signals_and_stdin(setup: Setup) -> None:
-    assert setup.exec("sh", "-c", "exit 7", check=False).returncode == 7
-    assert setup.exec("sh", "-c", "kill -TERM $$", check=False).returncode == -15
+MODES = {"isolated": (), "no-isolate": ("--no-isolate",)}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_exec_passes_exit_code_signals_and_stdin(setup: Setup, mode: str) -> None:
+    flags = MODES[mode]
+    assert setup.exec("sh", "-c", "exit 7", check=False, flags=flags).returncode == 7
+    assert setup.exec("sh", "-c", "kill -TERM $$", check=False,
+                      flags=flags).returncode == -15
     r = subprocess.run(
         [sys.executable, "-m", "vaultproxy", "exec", "--home", str(setup.proxy.home.path),
-         "--", "cat"], input="stdin passes\n", capture_output=True, text=True, timeout=60,
-        cwd=REPO,
+         *flags, "--", "cat"], input="stdin passes\n", capture_output=True, text=True,
+        timeout=60, cwd=REPO,
     )
     assert r.stdout == "stdin passes\n"
-    missing = setup.exec("no-such-command-xyz", check=False)
+    missing = setup.exec("no-such-command-xyz", check=False, flags=flags)
     assert missing.returncode == 127
+    assert "no-such-command-xyz: command not found" in missing.stderr
 
 
-def test_exec_environment_has_only_agent_values(setup: Setup) -> None:
+def test_exec_relays_sigterm_to_the_isolated_agent(setup: Setup) -> None:
+    """SIGTERM sent to `vaultproxy exec` reaches the agent in the sandbox, and exec then
+    ends the way the agent did (here: the agent's trap exits 42)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaultproxy", "exec", "--home", str(setup.proxy.home.path),
+         "--", "sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 42
+    proc.stdout.close()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_exec_environment_has_only_agent_values(setup: Setup, mode: str) -> None:
     pw = str(setup.proxy.home.password_file)
     r = setup.exec("env", env={"VAULTPROXY_PASSWORD_FILE": pw, "VAULTPROXY_HOME": "/x",
-                               "ALL_PROXY": "http://elsewhere:1"})
+                               "ALL_PROXY": "http://elsewhere:1"}, flags=MODES[mode])
     env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
     assert not [k for k in env if k.startswith("VAULTPROXY_")]
     assert "ALL_PROXY" not in env
     home = setup.proxy.home.path
-    bundle = str(home / "ca-bundle.pem")
+    # Isolated: the CA files sit in the sandbox's own read-only directory, outside the home.
+    files = Path(env["SSL_CERT_FILE"]).parent if mode == "isolated" else home
+    if mode == "isolated":
+        assert not files.is_relative_to(home)
+    bundle = str(files / "ca-bundle.pem")
     for k in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         assert env[k] == setup.proxy.url
     for k in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
               "AWS_CA_BUNDLE"):
         assert env[k] == bundle
-    assert env["NODE_EXTRA_CA_CERTS"] == str(home / "ca.crt")
+    assert env["NODE_EXTRA_CA_CERTS"] == str(files / "ca.crt")
     assert env["NODE_USE_ENV_PROXY"] == "1"
     assert env["NO_PROXY"] == "localhost,127.0.0.1,::1"
     assert env["OPENAI_API_KEY"] == PLACEHOLDER
-    assert (home / "ca.crt").read_text().strip() in Path(bundle).read_text()
+    bundle_text = (home / "ca-bundle.pem").read_text()
+    assert (home / "ca.crt").read_text().strip() in bundle_text
+    if mode == "no-isolate":
+        assert "--no-isolate" in r.stderr and "can read the vaultproxy home" in r.stderr
     admin_token = home / "admin-token"
     if admin_token.exists() and admin_token.read_text().strip():
         assert admin_token.read_text().strip() not in r.stdout
@@ -269,6 +304,7 @@ def test_env_output_sources_in_shells(setup: Setup, shell: str, tmp_path: Path) 
                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert out.startswith("# vaultproxy: a shell using these variables is not isolated")
     assert env["HTTPS_PROXY"] == setup.proxy.url
     assert env["OPENAI_API_KEY"] == PLACEHOLDER
     assert env["SSL_CERT_FILE"].endswith("ca-bundle.pem")

@@ -3,8 +3,11 @@
 The agent gets the proxy URL (with ``NAME:TOKEN`` when ``--agent`` is given), the CA bundle
 variables and each service's placeholder; nothing else of ours. The agent token is read from
 ``--token-file F`` or ``$VAULTPROXY_AGENT_TOKEN`` (vaultproxy never stores it in plaintext).
-``exec`` replaces itself with the command (``os.execvpe``), so exit status, signals and stdio
-are the command's own.
+
+``exec`` isolates the command by default (vaultproxy/sandbox/: bubblewrap; the home hidden,
+own pid and network namespaces, the proxy reached through ``proxy.sock``). ``--share-net``
+keeps the host network; ``--no-isolate`` replaces itself with the command (``os.execvpe``)
+after a warning. Either way exit status, signals and stdio are the command's own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -24,6 +28,7 @@ from vaultproxy.cli import add_home
 from vaultproxy.config.load import load_config
 from vaultproxy.errors import UsageError, VaultproxyError
 from vaultproxy.home import Home
+from vaultproxy.sandbox import bwrap, launch, runtimes
 
 TOKEN_ENV = "VAULTPROXY_AGENT_TOKEN"  # noqa: S105 - a variable name
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -41,13 +46,27 @@ class NotRunning(VaultproxyError):
     """The proxy of this home is not running (no run.json, or its pid is gone)."""
 
 
-def proxy_url(home: Home) -> str:
-    """The running proxy's URL from run.json; raise NotRunning naming the start command."""
+@dataclass(frozen=True)
+class RunInfo:
+    """What run.json says about the running proxy."""
+
+    pid: int
+    url: str
+    socket: str | None  # proxy.sock (None: a proxy without one, e.g. mitmdump)
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 3203
+
+
+def run_info(home: Home) -> RunInfo:
+    """The running proxy from run.json; raise NotRunning naming the start command."""
     start = f"start it with `vaultproxy run --home {home.path}`"
     try:
         data = json.loads(home.run_json.read_text())
         pid = int(data["pid"])
         url = str(data["proxy_url"])
+        sock = data.get("proxy_socket")
     except FileNotFoundError:
         raise NotRunning(f"vaultproxy is not running for {home.path}; {start}") from None
     except (OSError, ValueError, KeyError, TypeError):
@@ -56,7 +75,11 @@ def proxy_url(home: Home) -> str:
         raise NotRunning(
             f"vaultproxy is not running for {home.path} (pid {pid} in run.json is gone); {start}"
         )
-    return url
+    return RunInfo(pid, url, str(sock) if sock else None)
+
+
+def proxy_url(home: Home) -> str:
+    return run_info(home).url
 
 
 def _alive(pid: int) -> bool:
@@ -97,9 +120,19 @@ def with_credentials(url: str, name: str, token: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def agent_environment(home: Home, agent: str | None, token_file: str | None) -> dict[str, str]:
-    """SPEC §7's variables, in a stable order."""
-    url = proxy_url(home)
+def loopback_url(url: str, port: int) -> str:
+    """The proxy URL as seen inside the sandbox's network namespace (the forwarder)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, f"127.0.0.1:{port}", parts.path, parts.query,
+                       parts.fragment))
+
+
+def agent_environment(
+    home: Home, agent: str | None, token_file: str | None, *, url: str | None = None
+) -> dict[str, str]:
+    """SPEC §7's variables, in a stable order. ``url``: the proxy URL to use instead of
+    run.json's (the sandbox's own)."""
+    url = url or proxy_url(home)
     if agent is not None:
         agents.check_name(agent)
         url = with_credentials(url, agent, read_token(token_file))
@@ -141,8 +174,17 @@ def child_environment(base: Mapping[str, str], ours: Mapping[str, str]) -> dict[
     return env
 
 
+def exposure(who: str) -> str:
+    """What an agent without the sandbox can reach (the --no-isolate warning, env's comment)."""
+    return (f"{who} is not isolated: it runs as uid {os.getuid()} and can read the "
+            "vaultproxy home (keystore, CA key, admin token), use admin.sock, read other "
+            "same-uid processes and reach the network around the proxy (SECURITY.md §3)")
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     env = agent_environment(Home.resolve(args.home), args.agent, args.token_file)
+    sys.stdout.write(f"# vaultproxy: {exposure('a shell using these variables')}; "
+                     "`vaultproxy exec` isolates\n")
     sys.stdout.write(render(env, args.shell))
     return 0
 
@@ -153,8 +195,92 @@ def cmd_exec(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UsageError("nothing to run: vaultproxy exec [--agent NAME] -- CMD [ARGS...]")
-    ours = agent_environment(Home.resolve(args.home), args.agent, args.token_file)
-    env = child_environment(os.environ, ours)
+    if args.no_isolate and args.share_net:
+        raise UsageError("--share-net is a kind of isolation; it cannot go with --no-isolate")
+    if not args.no_isolate:
+        return exec_isolated(args, command)
+    home = Home.resolve(args.home)
+    ours = agent_environment(home, args.agent, args.token_file)
+    warn_runtime(command)
+    print(f"vaultproxy: SECURITY: --no-isolate: {exposure(command[0])}", file=sys.stderr)
+    return exec_plain(command, child_environment(os.environ, ours))
+
+
+def warn_runtime(command: list[str]) -> None:
+    note = runtimes.warning(command)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
+    bwrap_path = bwrap.find()
+    home = Home.resolve(args.home)
+    info = run_info(home)
+    share_net = bool(args.share_net)
+    sock = None if share_net else usable_socket(home, info)
+    check_outside_home(home)
+    nested_off = bwrap.has_disable_userns(bwrap_path)
+    bwrap.probe(bwrap_path, share_net=share_net, disable_userns=nested_off)
+    url = info.url if share_net else loopback_url(info.url, info.port)
+    ours = agent_environment(home, args.agent, args.token_file, url=url)
+    warn_runtime(command)
+    if share_net:
+        print("vaultproxy: SECURITY: --share-net: the agent can reach the network (and local "
+              "services) around the proxy; the home and the proxy's processes stay hidden",
+              file=sys.stderr)
+    request = launch.Request(
+        argv=command,
+        env=child_environment(os.environ, ours),
+        outer_env=child_environment(os.environ, {}),
+        home=home.path,
+        bundle=home.ca_bundle,
+        ca_cert=home.ca_cert,
+        proxy_socket=sock,
+        proxy_port=info.port,
+        hide_files=secret_files(home, args.token_file),
+        disable_userns=nested_off,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return launch.run(request, bwrap_path)
+
+
+def check_outside_home(home: Home) -> None:
+    """Our Python and the current directory must stay visible once the home is hidden."""
+    hidden = home.path.resolve()
+    if Path(sys.prefix).resolve().is_relative_to(hidden):
+        raise UsageError(f"vaultproxy's Python ({sys.prefix}) lives inside the home "
+                         f"{home.path}, which the sandbox hides; install it elsewhere")
+    if Path.cwd().resolve().is_relative_to(hidden):
+        raise UsageError(f"the current directory is inside the vaultproxy home {home.path}, "
+                         "which the sandbox hides; cd elsewhere first")
+
+
+def usable_socket(home: Home, info: RunInfo) -> str:
+    """proxy.sock of the running proxy, or exit 2 saying why isolation cannot reach it."""
+    if info.socket is None:
+        raise UsageError(
+            f"the proxy running for {home.path} has no proxy.sock (a mitmdump-hosted proxy, "
+            "or an older vaultproxy), so an isolated agent could not reach it; run the proxy "
+            "with `vaultproxy run`, or use --share-net or --no-isolate"
+        )
+    if not Path(info.socket).is_socket():
+        raise UsageError(f"{info.socket} (named in run.json) is missing; restart "
+                         "`vaultproxy run`, or use --share-net or --no-isolate")
+    return info.socket
+
+
+def secret_files(home: Home, token_file: str | None) -> tuple[str, ...]:
+    """Files outside the home that hold vaultproxy secrets: hidden in the sandbox."""
+    out = []
+    for raw in (os.environ.get("VAULTPROXY_PASSWORD_FILE"), token_file):
+        if raw and Path(raw).is_file() and not Path(raw).resolve().is_relative_to(
+                home.path.resolve()):
+            out.append(os.path.abspath(raw))
+    return tuple(dict.fromkeys(out))
+
+
+def exec_plain(command: list[str], env: dict[str, str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -187,10 +313,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="output syntax (default sh: bash, zsh, dash...)")
     p.set_defaults(func=cmd_env)
     p = sub.add_parser(
-        "exec", help="run a command with the agent environment",
+        "exec", help="run a command, isolated, with the agent environment",
         description="Run CMD with the agent environment of `vaultproxy env` (vaultproxy's own "
-        "VAULTPROXY_* variables removed). Exit status, signals and stdio are CMD's own.",
+        "VAULTPROXY_* variables removed), in a bubblewrap sandbox where the vaultproxy home, "
+        "the proxy's processes and the network (except the proxy) are out of reach. Exit "
+        "status, signals and stdio are CMD's own.",
     )
     _agent_args(p)
+    p.add_argument("--share-net", action="store_true",
+                   help="keep the host network in the sandbox (e.g. local MCP servers); the "
+                        "agent can then reach hosts around the proxy")
+    p.add_argument("--no-isolate", action="store_true",
+                   help="no sandbox: run CMD as a plain child that can read the vaultproxy "
+                        "home and the proxy's memory (prints a warning)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_exec)

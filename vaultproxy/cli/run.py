@@ -12,6 +12,7 @@ import sys
 
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import check_strength, get_password, wrong_password_hint
+from vaultproxy.engine import nodump
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import split_authority
@@ -56,8 +57,10 @@ def parse_listen(text: str, flag: str) -> tuple[str, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # No core dumps of a process that holds decrypted secrets.
+    # No core dumps of a process that holds decrypted secrets, and no same-uid ptrace or
+    # /proc/PID/{mem,environ} reads (engine/nodump.py).
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nodump.disable()
     # The banner and reload lines must reach a file or the journal as they happen, not when
     # a block buffer fills: stdout is line-buffered even when it is not a terminal.
     if isinstance(sys.stdout, io.TextIOWrapper):

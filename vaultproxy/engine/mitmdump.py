@@ -18,6 +18,7 @@ from mitmproxy import ctx
 
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
+from vaultproxy.engine import nodump
 from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
@@ -44,6 +45,7 @@ class Bootstrap:
 
     def load(self, loader: Any) -> None:
         global _gate_installed
+        nodump.disable()  # mitmdump holds the decrypted keystore too (engine/nodump.py)
         loader.add_option("vaultproxy_home", str, "", "vaultproxy home directory")
         loader.add_option(
             "vaultproxy_password_file", str, "",

@@ -16,7 +16,7 @@ from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_mis
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
-from vaultproxy.engine import reuseport
+from vaultproxy.engine import proxy_socket, reuseport
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.state import ProxyState, problems_text
 from vaultproxy.engine.workers import Supervisor
@@ -43,6 +43,7 @@ def write_run_json(
     admin: tuple[str, int] | None = None,
     admin_socket: str | None = None,
     worker_pids: list[int] | None = None,
+    proxy_sock: str | None = None,
 ) -> None:
     data = {
         "pid": os.getpid(),
@@ -52,6 +53,7 @@ def write_run_json(
         "admin": f"{_url_host(admin[0])}:{admin[1]}" if admin else None,
         "admin_url": f"http://{_url_host(admin[0])}:{admin[1]}" if admin else None,
         "admin_socket": admin_socket,
+        "proxy_socket": proxy_sock,  # for isolated `vaultproxy exec` (engine/proxy_socket.py)
         "home": str(state.home.path),
         "workers": 1 + len(worker_pids or []),
         "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
@@ -176,13 +178,16 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     master_task = asyncio.create_task(m.run())
     flusher = asyncio.create_task(state.audit.run_flusher())
     supervisor: Supervisor | None = None
+    psock: proxy_socket.ProxySocket | None = None
     try:
         addrs = await wait_listening(m, master_task)
         state.set_own_listeners(frozenset(addrs) | frozenset(admin_addrs(admin)))
+        psock = await proxy_socket.start(state.home, addrs[0])
 
         def announce() -> None:
             pids = supervisor.pids() if supervisor is not None else []
-            write_run_json(state, addrs, admin.address, admin.socket_path, pids)
+            write_run_json(state, addrs, admin.address, admin.socket_path, pids,
+                           psock.path if psock is not None else None)
 
         if opts.workers > 1:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
@@ -199,6 +204,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         if master_task.done():
             master_task.result()
             return 1
+        if psock is not None:
+            psock.close()  # stop accepting; relayed connections drain with the proxy's
         stopping = (
             asyncio.create_task(supervisor.stop(DRAIN_SECONDS + 5.0))
             if supervisor is not None else None
@@ -211,6 +218,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             await master_task
         return 0
     finally:
+        if psock is not None:
+            await psock.stop()
         if supervisor is not None and supervisor.workers:
             await supervisor.stop(timeout=2.0)
         await admin.stop()

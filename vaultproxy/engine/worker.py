@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultproxy import logfilter
-from vaultproxy.engine import reuseport
+from vaultproxy.engine import nodump, reuseport
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.state import ProxyState
@@ -122,6 +122,7 @@ async def run(fd: int) -> int:
 
 def main(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    nodump.disable()  # execve made us dumpable again
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
