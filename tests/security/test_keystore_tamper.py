@@ -121,9 +121,9 @@ def test_foreign_file_is_named(made: Made) -> None:
 
 def test_unknown_version_is_named(made: Made) -> None:
     newer = bytearray(made.original)
-    newer[8] = 2
+    newer[8] = 3
     message = _refused(made, bytes(newer))
-    assert "version 2" in message and "upgrade vaultproxy" in message
+    assert "version 3" in message and "upgrade vaultproxy" in message
 
 
 def test_weakened_kdf_in_header_is_detected(made: Made) -> None:

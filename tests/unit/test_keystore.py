@@ -296,7 +296,7 @@ def test_unknown_slot_type_opens_but_is_not_rewritten(home: Path, pw: Secret) ->
 
     path = home / "keystore.enc"
     ks = Keystore.create(path, pw, FAST)
-    ks._slots = (*ks._slots, fmt.Slot(fmt.SLOT_TPM, b"sealed"))
+    ks._slots = (*ks._slots, fmt.Slot(9, b"future"))
     with pytest.raises(KeystoreError, match="cannot rewrite"):
         ks.save()
 

@@ -1,10 +1,11 @@
-"""The keystore file layout (v1), byte by byte; pure functions, no files, no crypto keys.
+"""The keystore file layout (v1, and v2 with a TPM slot), byte by byte; pure functions, no files, no crypto keys.
 
 Layout (all integers big-endian; docs/operator/KEYSTORE.md is the normative description):
 
     header   magic "VPKSTOR1"(8) version(1) kdf_id(1) time_cost(4) memory_kib(4)
              parallelism(4) salt(16) slot_count(1) then per slot: type(1) reserved(1) length(2)
-    slots    each slot's payload, in table order (a password slot: nonce(12) + wrapped key(48))
+    slots    each slot's payload, in table order (a password slot: nonce(12) + wrapped key(48);
+             a TPM slot: template(1) + TPM2B_PUBLIC + TPM2B_PRIVATE of the sealed data key)
     body     nonce(12) + AES-256-GCM(data key, JSON entries, aad=header)
     trailer  SHA-256 of everything before it (32) -- damage detection only, not security
 
@@ -22,7 +23,8 @@ from dataclasses import dataclass
 from vaultproxy.errors import KeystoreError
 
 MAGIC = b"VPKSTOR1"
-VERSION = 1
+VERSION = 2  # the newest this code reads; a file is written with the lowest that fits it
+VERSIONS = (1, 2)  # 2 = may hold a TPM slot (docs/operator/KEYSTORE.md)
 KDF_ARGON2ID = 1  # Argon2id, version 0x13, 32-byte output
 SALT_LEN = 16
 NONCE_LEN = 12
@@ -32,7 +34,7 @@ CHECKSUM_LEN = 32
 MAX_SLOTS = 8
 
 SLOT_PASSWORD = 1  # payload: nonce(12) + GCM(KEK from Argon2id(password), data key)
-SLOT_TPM = 2  # reserved for a TPM-sealed key; not written by this version
+SLOT_TPM = 2  # payload: the data key sealed by a TPM 2.0 (keystore/tpm.py), format v2
 PASSWORD_SLOT_LEN = NONCE_LEN + KEY_LEN + TAG_LEN
 
 _FIXED = struct.Struct(">8sBBIII16sB")  # magic .. slot_count: 39 bytes
@@ -89,12 +91,13 @@ class Header:
     salt: bytes
     slot_types: tuple[int, ...]
     slot_lengths: tuple[int, ...]
+    version: int = 1
 
     def pack(self) -> bytes:
         out = [
             _FIXED.pack(
                 MAGIC,
-                VERSION,
+                self.version,
                 KDF_ARGON2ID,
                 self.kdf.time_cost,
                 self.kdf.memory_kib,
@@ -114,6 +117,13 @@ class Parsed:
     header_bytes: bytes  # the exact bytes, used as AES-GCM associated data
     slots: tuple[Slot, ...]
     body: bytes  # nonce + ciphertext + tag
+
+
+def header_for(kdf: KdfParams, salt: bytes, slots: tuple[Slot, ...]) -> Header:
+    """The header for ``slots``, with the lowest format version that can describe them."""
+    version = 2 if any(s.type == SLOT_TPM for s in slots) else 1
+    return Header(kdf, salt, tuple(s.type for s in slots),
+                  tuple(len(s.payload) for s in slots), version)
 
 
 def assemble(header: Header, slots: list[Slot], body: bytes) -> bytes:
@@ -136,10 +146,10 @@ def parse(data: bytes) -> Parsed:
         raise KeystoreError("this file is not a vaultproxy keystore (bad magic bytes)")
     if not hmac.compare_digest(data[: len(MAGIC)], MAGIC):
         raise KeystoreError("this file is not a vaultproxy keystore (bad magic bytes)")
-    if data[len(MAGIC)] != VERSION:
+    if data[len(MAGIC)] not in VERSIONS:
         raise KeystoreError(
             f"keystore format version {data[len(MAGIC)]} is not supported by this vaultproxy "
-            f"(it reads version {VERSION}); upgrade vaultproxy"
+            f"(it reads versions up to {VERSION}); upgrade vaultproxy"
         )
     if len(data) < _FIXED.size + CHECKSUM_LEN:
         raise _damaged("truncated")
@@ -172,5 +182,5 @@ def parse(data: bytes) -> Parsed:
     body = content[pos:]
     if pos > len(content) or len(body) < NONCE_LEN + TAG_LEN:
         raise _damaged("truncated")
-    header = Header(kdf, salt, tuple(types), tuple(lengths))
+    header = Header(kdf, salt, tuple(types), tuple(lengths), data[len(MAGIC)])
     return Parsed(header, content[:head_len], tuple(slots), body)

@@ -8,6 +8,7 @@ re-wraps. Decrypted values are held as ``Secret`` and never put in messages or r
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 import time
 from collections.abc import Callable
@@ -26,20 +27,19 @@ from vaultproxy.secret import Secret
 KDF_FLOOR: KdfParams = DEFAULT_KDF
 
 
-def _password_header(kdf: KdfParams, salt: bytes) -> Header:
-    return Header(kdf, salt, (format.SLOT_PASSWORD,), (format.PASSWORD_SLOT_LEN,))
-
-
-def _wrap(password: Secret, dek: bytearray, kdf: KdfParams) -> tuple[Header, Slot]:
-    """A fresh salt, the header that goes with it, and the password slot wrapping ``dek``."""
+def _wrap(password: Secret, dek: bytearray, kdf: KdfParams,
+          keep: tuple[Slot, ...] = ()) -> tuple[Header, tuple[Slot, ...]]:
+    """A fresh salt, the header that goes with it, and the slots: a new password slot
+    wrapping ``dek``, then ``keep`` (a TPM slot, which does not depend on the header)."""
     kdf.check()
-    header = _password_header(kdf, secrets.token_bytes(format.SALT_LEN))
+    sizing = Slot(format.SLOT_PASSWORD, bytes(format.PASSWORD_SLOT_LEN))
+    header = format.header_for(kdf, secrets.token_bytes(format.SALT_LEN), (sizing, *keep))
     kek = derive_key(password, header.salt, kdf)
     try:
         payload = seal(kek, dek, header.pack())
     finally:
         wipe(kek)
-    return header, Slot(format.SLOT_PASSWORD, payload)
+    return header, (Slot(format.SLOT_PASSWORD, payload), *keep)
 
 
 class WrongPassword(KeystoreError):
@@ -62,6 +62,7 @@ class Keystore:
         self._disk = disk  # SHA-256 of the file as we last read or wrote it
         # Kept only while the KDF parameters are below the floor, to upgrade on save.
         self._password = password
+        self._via_tpm = False  # unlocked by the TPM slot: no password to upgrade the KDF with
 
     def __repr__(self) -> str:
         return f"Keystore(path={str(self.path)!r}, entries={len(self._entries)})"
@@ -74,16 +75,42 @@ class Keystore:
         path = Path(path)
         kdf = kdf or DEFAULT_KDF
         dek = bytearray(secrets.token_bytes(format.KEY_LEN))
-        header, slot = _wrap(password, dek, kdf)
+        header, slots = _wrap(password, dek, kdf)
         keep = Secret(password.reveal()) if kdf.raised_to(KDF_FLOOR) != kdf else None
-        store = cls(path, header, (slot,), dek, ({}, {}), None, keep)
-        store._write(header, (slot,))  # as asked; a later save() raises weak parameters
+        store = cls(path, header, slots, dek, ({}, {}), None, keep)
+        store._write(header, slots)  # as asked; a later save() raises weak parameters
         return store
 
     @classmethod
     def open(cls, path: Path | str, password: Secret) -> Keystore:
         """Unlock ``path``; every failure is one KeystoreError line naming the fix."""
         path = Path(path)
+        parsed, data = cls._read(path)
+        dek = cls._unwrap(path, parsed, password)
+        kdf = parsed.header.kdf
+        keep = Secret(password.reveal()) if kdf.raised_to(KDF_FLOOR) != kdf else None
+        return cls._opened(path, parsed, data, dek, keep)
+
+    @classmethod
+    def open_tpm(cls, path: Path | str, tcti: str | None = None) -> Keystore:
+        """Unlock ``path`` with its TPM slot (no password); TpmError says why it cannot."""
+        from vaultproxy.keystore import tpm
+
+        path = Path(path)
+        parsed, data = cls._read(path)
+        slot = next((s for s in parsed.slots if s.type == format.SLOT_TPM), None)
+        if slot is None:
+            raise KeystoreError(f"{path} has no TPM slot; add one with `vaultproxy tpm seal`")
+        dek = tpm.unseal(slot.payload, tcti)
+        try:
+            store = cls._opened(path, parsed, data, dek, None, what="the key from its TPM slot")
+        except KeystoreError as e:
+            raise tpm.TpmRefused(str(e)) from None
+        store._via_tpm = True
+        return store
+
+    @staticmethod
+    def _read(path: Path) -> tuple[format.Parsed, bytes]:
         if not path.parent.is_dir():
             raise KeystoreError(
                 f"vaultproxy home {path.parent} does not exist; run `vaultproxy init "
@@ -98,12 +125,21 @@ class Keystore:
         data = atomic.read_file(path)
         if data is None:
             raise KeystoreError(f"no keystore at {path}")
-        parsed = format.parse(data)
-        dek = cls._unwrap(path, parsed, password)
+        return format.parse(data), data
+
+    @classmethod
+    def _opened(cls, path: Path, parsed: format.Parsed, data: bytes, dek: bytearray,
+                keep: Secret | None, what: str = "") -> Keystore:
+        """Decrypt the body with ``dek`` (wiped on failure) and build the Keystore."""
         try:
             plain = unseal(dek, parsed.body, parsed.header_bytes)
         except OpenFailed:
             wipe(dek)
+            if keep is not None:
+                keep.wipe()
+            if what:
+                raise KeystoreError(f"{path} does not open with {what} (the slot or the file "
+                                    "was modified); unlock with the master password") from None
             raise KeystoreError(
                 f"{path} fails authentication: it was modified outside vaultproxy; "
                 "restore keystore.enc.bak"
@@ -112,9 +148,16 @@ class Keystore:
             found = entries.decode(plain)
         finally:
             wipe(plain)
-        kdf = parsed.header.kdf
-        keep = Secret(password.reveal()) if kdf.raised_to(KDF_FLOOR) != kdf else None
         return cls(path, parsed.header, parsed.slots, dek, found, atomic.digest(data), keep)
+
+    @staticmethod
+    def has_tpm_slot(path: Path | str) -> bool:
+        """True if the keystore file at ``path`` has a TPM slot (read without unlocking)."""
+        path = Path(path)
+        data = atomic.read_file(path)
+        if data is None:
+            return False
+        return any(s.type == format.SLOT_TPM for s in format.parse(data).slots)
 
     @staticmethod
     def _unwrap(path: Path, parsed: format.Parsed, password: Secret) -> bytearray:
@@ -241,11 +284,10 @@ class Keystore:
         self._check_rewritable()
         header, slots = self._header, self._slots
         target = header.kdf.raised_to(KDF_FLOOR)
-        if target != header.kdf:
+        if target != header.kdf and not (self._password is None and self._via_tpm):
             if self._password is None:
                 raise KeystoreError("cannot upgrade the KDF parameters without the password")
-            header, slot = _wrap(self._password, self._dek, target)
-            slots = (slot,)
+            header, slots = _wrap(self._password, self._dek, target, self._other_slots())
         self._write(header, slots)
         if self._password is not None and target == header.kdf:
             self._password.wipe()
@@ -254,8 +296,9 @@ class Keystore:
     def change_password(self, new: Secret) -> None:
         """Re-wrap the data key under ``new`` (fresh salt) and save; entries are untouched."""
         self._check_rewritable()
-        header, slot = _wrap(new, self._dek, self._header.kdf.raised_to(KDF_FLOOR))
-        self._write(header, (slot,), backup_old=False)
+        header, slots = _wrap(new, self._dek, self._header.kdf.raised_to(KDF_FLOOR),
+                              self._other_slots())
+        self._write(header, slots, backup_old=False)
         if self._password is not None:
             self._password.wipe()
             self._password = None
@@ -263,12 +306,60 @@ class Keystore:
     def _check_rewritable(self) -> None:
         if not self._dek:
             raise KeystoreError("this is a worker's read-only view of the keystore")
-        unknown = sorted({s.type for s in self._slots} - {format.SLOT_PASSWORD})
+        unknown = sorted({s.type for s in self._slots} - {format.SLOT_PASSWORD, format.SLOT_TPM})
         if unknown:
             raise KeystoreError(
                 f"{self.path} has key slot types {unknown} this vaultproxy cannot rewrite; "
                 "upgrade vaultproxy"
             )
+
+    # -- the TPM slot (keystore/tpm.py; the password slot always stays, as recovery) --------
+
+    @property
+    def tpm_sealed(self) -> bool:
+        return any(s.type == format.SLOT_TPM for s in self._slots)
+
+    def _other_slots(self) -> tuple[Slot, ...]:
+        return tuple(s for s in self._slots if s.type != format.SLOT_PASSWORD)
+
+    def _check_password(self, password: Secret) -> None:
+        """The password must open this keystore's password slot (it is re-wrapped next)."""
+        parsed = format.Parsed(self._header, self._header.pack(), self._slots, b"")
+        wipe(self._unwrap(self.path, parsed, password))
+
+    def add_tpm_slot(self, password: Secret, tcti: str | None = None) -> None:
+        """Seal the data key to the TPM (replacing any TPM slot) and save atomically.
+
+        The slot table is part of the header, i.e. of every AES-GCM AAD, so the password
+        slot is re-wrapped (fresh salt): hence ``password``, checked first.
+        """
+        from vaultproxy.keystore import tpm
+
+        self._check_rewritable()
+        self._check_password(password)
+        payload = tpm.seal(self._dek, tcti)
+        check = tpm.unseal(payload, tcti)  # never write a slot this TPM cannot open
+        try:
+            if not hmac.compare_digest(bytes(check), bytes(self._dek)):
+                raise tpm.TpmError("the TPM returned another key than it sealed; not saved")
+        finally:
+            wipe(check)
+        keep = tuple(s for s in self._other_slots() if s.type != format.SLOT_TPM)
+        header, slots = _wrap(password, self._dek, self._header.kdf.raised_to(KDF_FLOOR),
+                              (*keep, Slot(format.SLOT_TPM, payload)))
+        self._write(header, slots)
+
+    def remove_tpm_slot(self, password: Secret) -> bool:
+        """Drop the TPM slot (False if there is none). keystore.enc.bak becomes a copy of the
+        new file, so no file in the home opens with the TPM any more."""
+        if not self.tpm_sealed:
+            return False
+        self._check_rewritable()
+        self._check_password(password)
+        keep = tuple(s for s in self._other_slots() if s.type != format.SLOT_TPM)
+        header, slots = _wrap(password, self._dek, self._header.kdf.raised_to(KDF_FLOOR), keep)
+        self._write(header, slots, backup_old=False)
+        return True
 
     def _write(self, header: Header, slots: tuple[Slot, ...], backup_old: bool = True) -> None:
         header_bytes = header.pack()
