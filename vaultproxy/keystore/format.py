@@ -1,4 +1,4 @@
-"""The keystore file layout (v1, and v2 with a TPM slot), byte by byte; pure functions, no files, no crypto keys.
+"""The keystore file layout (v1; v2 adds a TPM slot), byte by byte; pure, no files or keys.
 
 Layout (all integers big-endian; docs/operator/KEYSTORE.md is the normative description):
 
