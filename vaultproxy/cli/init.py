@@ -15,6 +15,7 @@ from vaultproxy.cli.password import get_password
 from vaultproxy.errors import KeystoreError
 from vaultproxy.home import Home, check_private
 from vaultproxy.keystore import Keystore
+from vaultproxy.secret import Secret
 
 FALLBACK_EXAMPLE = """\
 # vaultproxy services.toml: which hosts get which credential. Never put secret values here;
@@ -39,17 +40,37 @@ def _exists(path: Path) -> bool:
 
 def _keystore(home: Home, args: argparse.Namespace) -> None:
     if _exists(home.keystore):
-        _say(f"keystore {home.keystore} already exists; left unchanged")
+        _say(f"keystore {home.keystore} already exists; left unchanged"
+             + ("; add a TPM slot to it with `vaultproxy tpm seal`" if args.tpm else ""))
         return
+    if args.tpm:
+        from vaultproxy.keystore import tpm
+
+        tpm.probe()  # no TPM: say so before any password is typed or file written
     password = get_password(args.password_file, confirm=True, prompt="New master password: ",
                             new=True, home=home.path)
     assert password is not None
     try:
         home.create()
         Keystore.create(home.keystore, password)
+        _say(f"created keystore {home.keystore}")
+        if getattr(args, "tpm", False):
+            _seal_tpm(home, password)
     finally:
         password.wipe()
-    _say(f"created keystore {home.keystore}")
+
+
+def _seal_tpm(home: Home, password: Secret) -> None:
+    from vaultproxy.cli.tpm import seal_new
+    from vaultproxy.keystore import tpm
+
+    try:
+        seal_new(home, password)
+    except tpm.TpmError as e:
+        raise KeystoreError(f"the keystore was created, but not sealed to the TPM: {e}; "
+                            "then run `vaultproxy tpm seal`") from None
+    _say(f"sealed its data key to the TPM at {tpm.tcti()} (`vaultproxy run` unlocks without "
+         "a password on this machine; the master password stays the recovery)")
 
 
 def _ca(home: Home) -> None:
@@ -104,4 +125,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "MITM CA and an example services.toml. Never overwrites existing files.")
     add_home(p)
     add_password_file(p)
+    p.add_argument("--tpm", action="store_true",
+                   help="also seal the keystore to this machine's TPM 2.0 ($VAULTPROXY_TCTI), "
+                   "so `vaultproxy run` unlocks without a password; see `vaultproxy tpm`")
     p.set_defaults(func=run)

@@ -83,7 +83,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"vaultproxy: {home.services} is invalid:", file=sys.stderr)
         print(problems_text(e), file=sys.stderr)
         return 1
-    password = get_password(args.password_file, required=False, home=home.path)
+    from vaultproxy.cli.tpm import try_unlock
+
+    sealed = try_unlock(home)  # a TPM slot this machine's TPM unseals: no password needed
+    if sealed is not None:
+        state.install_keystore(sealed)
+        password = None
+    else:
+        password = get_password(args.password_file, required=False, home=home.path)
     if password is not None:
         from vaultproxy.keystore.store import WrongPassword
 
@@ -95,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         finally:
             password.wipe()
-    else:
+    elif sealed is None:
         logging.getLogger(__name__).warning(
             "no password source (no --password-file, no VAULTPROXY_PASSWORD_FILE, no terminal): "
             "starting LOCKED; intercepted hosts answer 503 until `vaultproxy unlock`"
