@@ -11,6 +11,9 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-home
 DEMO_PORT ?= 3203
 DEMO_ADMIN_PORT ?= 3201
+# The [tpm] extra (tpm2-pytss) builds against the TSS2 C libraries: installed when they are
+# (apt-get install libtss2-dev pkg-config; .ci/run does), else the TPM tests skip locally.
+EXTRAS ?= $(shell pkg-config --exists tss2-esys 2>/dev/null && echo ,tpm)
 # The quick tier: pure functions and the security properties that need no running proxy.
 FAST   := tests/unit tests/security/test_keystore_format.py tests/security/test_keystore_tamper.py \
           tests/security/test_keystore_perms.py \
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "vaultproxy needs Python >= 3.12 (pyenv: pyenv install 3.12)"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev$(EXTRAS)]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
