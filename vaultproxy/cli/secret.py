@@ -132,6 +132,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = group.add_parser("rm", help="remove a secret and all its fields")
     p.add_argument("name", metavar="NAME")
     p.set_defaults(func=_rm)
+    from vaultproxy.cli.health import add_audit
+
+    add_audit(group)
     for p in group.choices.values():
         add_home(p)
         add_password_file(p)

@@ -74,9 +74,19 @@ class AgentSettings(_Model):
     extra_ca: tuple[str, ...] = ()  # PEM files (relative to the home) added to ca-bundle.pem
 
 
+class HealthSettings(_Model):
+    """``[health]``: the credential-health breach check (config/health.py)."""
+
+    hibp_url: str = ""  # empty: no breach check
+    ca_cert: str | None = None
+    allow_loopback: bool = False
+    allow_private: bool = False
+
+
 class Config(_Model):
     proxy: ProxySettings = ProxySettings()
     agent: AgentSettings = AgentSettings()
+    health: HealthSettings = HealthSettings()
     service: tuple[Service, ...] = ()
 
     @model_validator(mode="after")
@@ -84,7 +94,7 @@ class Config(_Model):
         # Cross-service rules (unique names, hosts, placeholders, env). ca_cert files are
         # checked by load_config, which knows the home directory.
         data = {"proxy": _plain(self.proxy), "agent": _plain(self.agent),
-                "service": [_plain(s) for s in self.service]}
+                "health": _plain(self.health), "service": [_plain(s) for s in self.service]}
         problems = validate(data, base_dir=None)
         if problems:
             raise ValueError("; ".join(problems))

@@ -15,6 +15,7 @@ from cryptography import x509
 
 from vaultproxy import policy
 from vaultproxy.config import rules
+from vaultproxy.config.health import check_health
 from vaultproxy.config.rules import HostSpec, RuleViolation
 
 SERVICE_STR = ("name", "mode", "auth", "secret", "header_name", "prefix", "param_name",
@@ -24,7 +25,7 @@ SERVICE_LIST = ("hosts", "substitute_in")
 SERVICE_REQUIRED = ("name", "hosts", "mode", "auth")
 SERVICE_KEYS = frozenset(SERVICE_STR + SERVICE_BOOL + SERVICE_LIST)
 PROXY_KEYS = frozenset({"egress", "passthrough_allow", "max_body_mb", "require_agent_auth"})
-TOP_KEYS = frozenset({"proxy", "agent", "service"})
+TOP_KEYS = frozenset({"proxy", "agent", "service", "health"})
 AGENT_KEYS = frozenset({"extra_ca"})
 
 # auth type -> the keys that belong to it
@@ -339,6 +340,8 @@ def validate(data: Mapping[str, object], base_dir: Path | None) -> list[str]:
         check_proxy(data["proxy"], c)
     if "agent" in data:
         check_agent(data["agent"], c, base_dir)
+    if "health" in data:
+        check_health(data["health"], c, base_dir, check_ca_file)
     services = data.get("service", [])
     if not isinstance(services, Sequence) or isinstance(services, str) or not all(
         isinstance(s, Mapping) for s in services
