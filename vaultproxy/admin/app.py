@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from vaultproxy import __version__
-from vaultproxy.admin import keystore_routes, metrics, proxy_route
+from vaultproxy.admin import health_routes, keystore_routes, metrics, proxy_route
 from vaultproxy.admin.actions import (
     audit_admin,
     refresh_keystore,
@@ -60,6 +60,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.add_middleware(Guard, token=ctx.token)
     _handlers(app)
     app.include_router(_router())
+    app.include_router(health_routes.router, responses=ERRORS)
     app.include_router(keystore_routes.router, responses=ERRORS)
     app.include_router(proxy_route.router, responses=ERRORS)
     metrics.bind(
