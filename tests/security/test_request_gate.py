@@ -28,21 +28,13 @@ from tests.harness import agent
 from tests.harness.hostile import HostileUpstream
 from tests.harness.proxy import ProxyHome, ProxyProcess
 from tests.harness.upstream import Upstream
+from tests.security.test_response_gate import SERVICES as HOSTILE_SERVICE
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 HOST = "h.api.test"
 
-SERVICES = """
-[[service]]
-name = "h"
-hosts = ["h.api.test"]
-mode = "host_inject"
-auth = "bearer"
-connect_to = "127.0.0.1:{port}"
-allow_loopback = true
-ca_cert = "hostile-ca.pem"
-
+SERVICES = HOSTILE_SERVICE + """
 [[service]]
 name = "h2"
 hosts = ["h2.api.test"]

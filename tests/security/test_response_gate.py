@@ -346,10 +346,14 @@ def test_twin_websocket_frames_carry_the_secret_directly(
     assert leaks(everything, secret)
 
 
-def _ws_events(conn: ssl.SSLSocket, direct_secret: bytes | None = None) -> list[object]:
+def _ws_events(
+    conn: ssl.SSLSocket, direct_secret: bytes | None = None, target: str = "/ws"
+) -> list[object]:
+    """Every WebSocket event the agent's client reads, up to the close (a real wsproto
+    client; ``direct_secret``: the twin, talking to the upstream as the proxy would)."""
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     extra = [(b"authorization", b"Bearer " + direct_secret)] if direct_secret else []
-    conn.sendall(ws.send(wsproto.events.Request(host=HOST, target="/ws", extra_headers=extra)))
+    conn.sendall(ws.send(wsproto.events.Request(host=HOST, target=target, extra_headers=extra)))
     out: list[object] = []
     conn.settimeout(10)
     while True:
