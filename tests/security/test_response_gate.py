@@ -474,3 +474,17 @@ def test_upstream_tls_failure_is_our_json(tmp_path: Path, hostile: HostileUpstre
     assert agent.header_of(reply, "x-vaultproxy-error") == "upstream_tls"
     assert b"mitmproxy" not in reply.lower()
     assert len(hostile.received) == before
+
+
+def test_upgrade_the_agent_asked_for_is_still_refused_unless_websocket(
+    proxy: _Proxy, hostile: HostileUpstream, secret: bytes
+) -> None:
+    """The agent asks for ``Upgrade: foo`` itself: the upstream's 101 is still refused (only
+    WebSocket has a gate that reads its frames), nothing after it reaches the agent."""
+    reply = _get(
+        proxy.port, proxy.home.ca_cert, "/upgrade-unasked", via_proxy=True,
+        extra=b"Upgrade: foo\r\nConnection: Upgrade\r\n",
+    )
+    assert agent.status_of(reply) == 502
+    assert agent.header_of(reply, "x-vaultproxy-error") == "upgrade_refused"
+    assert not leaks(reply, secret)
