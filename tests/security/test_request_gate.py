@@ -28,21 +28,13 @@ from tests.harness import agent
 from tests.harness.hostile import HostileUpstream
 from tests.harness.proxy import ProxyHome, ProxyProcess
 from tests.harness.upstream import Upstream
+from tests.security.test_response_gate import SERVICES as HOSTILE_SERVICE
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 HOST = "h.api.test"
 
-SERVICES = """
-[[service]]
-name = "h"
-hosts = ["h.api.test"]
-mode = "host_inject"
-auth = "bearer"
-connect_to = "127.0.0.1:{port}"
-allow_loopback = true
-ca_cert = "hostile-ca.pem"
-
+SERVICES = HOSTILE_SERVICE + """
 [[service]]
 name = "h2"
 hosts = ["h2.api.test"]
@@ -397,3 +389,23 @@ def test_opt_ins_are_announced_as_security_warnings(proxy: ProxyProcess) -> None
     assert "SECURITY: service pall substitutes its secret in any query parameter" in out
     assert "SECURITY: service r keeps Range requests (allow_range)" in out
     assert "SECURITY: service p substitutes" not in out
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"Forwarded", b"X-Forwarded-Host", b"X-Forwarded-Server", b"X-Host", b"X_Original_Host"],
+)
+def test_routing_override_headers_never_reach_the_upstream(
+    proxy: ProxyProcess, upstream: HostileUpstream, name: bytes
+) -> None:
+    """A balancer in front of the upstream may route on these; the credential is bound to
+    the CONNECT host. Twin: an ordinary custom header with the same value does arrive."""
+    since = len(upstream.received)
+    reply = _send(
+        proxy, b"GET /x HTTP/1.1\r\nHost: h.api.test\r\n" + name + b": other.test\r\n"
+        b"X-Note: other.test\r\nConnection: close\r\n\r\n",
+    )
+    assert agent.status_of(reply) == 200
+    [got] = upstream.received[since:]
+    assert got.header(name.decode()) is None
+    assert got.header("x-note") == b"other.test"

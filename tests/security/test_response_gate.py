@@ -346,10 +346,14 @@ def test_twin_websocket_frames_carry_the_secret_directly(
     assert leaks(everything, secret)
 
 
-def _ws_events(conn: ssl.SSLSocket, direct_secret: bytes | None = None) -> list[object]:
+def _ws_events(
+    conn: ssl.SSLSocket, direct_secret: bytes | None = None, target: str = "/ws"
+) -> list[object]:
+    """Every WebSocket event the agent's client reads, up to the close (a real wsproto
+    client; ``direct_secret``: the twin, talking to the upstream as the proxy would)."""
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     extra = [(b"authorization", b"Bearer " + direct_secret)] if direct_secret else []
-    conn.sendall(ws.send(wsproto.events.Request(host=HOST, target="/ws", extra_headers=extra)))
+    conn.sendall(ws.send(wsproto.events.Request(host=HOST, target=target, extra_headers=extra)))
     out: list[object] = []
     conn.settimeout(10)
     while True:
@@ -470,3 +474,17 @@ def test_upstream_tls_failure_is_our_json(tmp_path: Path, hostile: HostileUpstre
     assert agent.header_of(reply, "x-vaultproxy-error") == "upstream_tls"
     assert b"mitmproxy" not in reply.lower()
     assert len(hostile.received) == before
+
+
+def test_upgrade_the_agent_asked_for_is_still_refused_unless_websocket(
+    proxy: _Proxy, hostile: HostileUpstream, secret: bytes
+) -> None:
+    """The agent asks for ``Upgrade: foo`` itself: the upstream's 101 is still refused (only
+    WebSocket has a gate that reads its frames), nothing after it reaches the agent."""
+    reply = _get(
+        proxy.port, proxy.home.ca_cert, "/upgrade-unasked", via_proxy=True,
+        extra=b"Upgrade: foo\r\nConnection: Upgrade\r\n",
+    )
+    assert agent.status_of(reply) == 502
+    assert agent.header_of(reply, "x-vaultproxy-error") == "upgrade_refused"
+    assert not leaks(reply, secret)

@@ -22,8 +22,6 @@ from urllib.parse import quote
 
 import h11
 import pytest
-import wsproto
-import wsproto.events
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +31,14 @@ from tests.harness import agent
 from tests.harness.hostile import HostileUpstream, Request
 from tests.harness.proxy import ProxyHome, ProxyProcess
 from tests.security.test_exfil_redaction import leaks
-from tests.security.test_response_gate import HOST, SERVICES, _frame, _ws_accept, _ws_bytes
+from tests.security.test_response_gate import (
+    HOST,
+    SERVICES,
+    _frame,
+    _ws_accept,
+    _ws_bytes,
+    _ws_events,
+)
 
 pytestmark = [pytest.mark.security, pytest.mark.integration, pytest.mark.slow]
 
@@ -254,24 +259,7 @@ def test_no_websocket_frame_carries_the_secret_to_the_agent(
 ) -> None:
     proxy, registry, secret = setup
     path = registry.add_ws(shape)
-    conn = agent.tunnel(proxy.port, proxy.home.ca_cert, HOST)
-    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    conn.sendall(ws.send(wsproto.events.Request(host=HOST, target=path)))
-    got = b""
-    conn.settimeout(10)
-    done = False
-    while not done:
-        try:
-            data = conn.recv(65536)
-        except (TimeoutError, ssl.SSLError, ConnectionError):
-            break
-        ws.receive_data(data or None)
-        for event in ws.events():
-            got += _ws_bytes(event) + b"\n"
-            if isinstance(event, wsproto.events.CloseConnection):
-                done = True
-        if not data:
-            break
-    conn.close()
+    events = _ws_events(agent.tunnel(proxy.port, proxy.home.ca_cert, HOST), target=path)
+    got = b"\n".join(_ws_bytes(e) for e in events)
     canary.scan_text(f"websocket {path}", got)
     assert not leaks(got, secret), shape

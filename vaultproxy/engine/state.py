@@ -115,7 +115,10 @@ class ProxyState:
         pairs: list[tuple[bytes, bytes]] = []
         for service in self.registry.services:
             self.redactor_for(service)
-            pairs.extend(self._secret_pairs(service))
+            try:
+                pairs.extend(self._secret_pairs(service))
+            except (LockedError, SecretMissing):
+                continue  # `check` and the start-up warning name it; nothing to redact
         logfilter.use(Redactor(pairs))
 
     async def settled(self) -> None:

@@ -14,6 +14,9 @@ service passes only in a shape every upstream reads the same way; anything else 
   section (names + values).
 * **Range.** ``Range``/``If-Range`` are removed unless the service sets ``allow_range``: a
   partial response can slice a reflected secret into pieces no redactor recognises.
+* **Routing overrides.** ``Forwarded``, ``X-Forwarded-Host``, ``X-Forwarded-Server``,
+  ``X-Host``, ``X-Original-Host`` are removed: a load balancer or framework in front of the
+  upstream may route on them, and the credential is bound to the CONNECT host alone.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ MAX_HEADER_BYTES = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 _RANGE = (b"range", b"if-range")
+_ROUTING = frozenset(
+    {b"forwarded", b"x-forwarded-host", b"x-forwarded-server", b"x-host", b"x-original-host"}
+)
 
 
 def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
@@ -104,7 +110,9 @@ class RequestGate:
         check_target(req, tunnel.host, tunnel.port, pinned)
         flow.metadata[M_PATH] = req.path.split("?", 1)[0]
         check_headers(req.headers.fields)
-        if not tunnel.service.allow_range:
-            fields = req.headers.fields
-            if any(k.lower() in _RANGE for k, _ in fields):
-                req.headers.fields = tuple((k, v) for k, v in fields if k.lower() not in _RANGE)
+        drop = _ROUTING if tunnel.service.allow_range else _ROUTING | set(_RANGE)
+        fields = req.headers.fields
+        if any(k.lower().replace(b"_", b"-") in drop for k, _ in fields):
+            req.headers.fields = tuple(
+                (k, v) for k, v in fields if k.lower().replace(b"_", b"-") not in drop
+            )

@@ -1,0 +1,127 @@
+"""Soak: many connections for a long time, then count what happened (issue 15).
+
+    .venv/bin/python bench/soak.py            # 5 min per worker count (1, then 2): 10 min
+    .venv/bin/python bench/soak.py --quick    # 30 s each
+    .venv/bin/python bench/soak.py --seconds 120 --conns 50 --workers 2
+
+An nginx upstream (bench/upstream.py; `/auth` answers 204 and logs each Authorization it
+receives) behind `vaultproxy run` (host_inject, bearer), loaded by `hey` with keep-alive
+connections for the whole duration. Per worker count: requests and req/s, responses by
+status, hey's errors, how many requests the upstream logged against how many `request`
+records audit.jsonl holds for them (they must be equal: every use of the credential is
+audited), and the drift of RSS and open file descriptors (summed over the proxy's processes)
+from after a warm-up to the end. Needs: nginx-light and hey (Debian). All on 127.0.0.1.
+"""
+
+# ruff: noqa: E501  (table rows)
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.load import run_hey
+from bench.run import rss_kib, settle
+from bench.targets import Vaultproxy, VaultproxyHome
+from bench.upstream import Nginx
+
+
+def fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def sample(pids: list[int]) -> tuple[float, int]:
+    return sum(rss_kib(p, "VmRSS") or 0 for p in pids) / 1024, sum(fds(p) for p in pids)
+
+
+def audited(home: Path, path: str) -> int:
+    try:
+        lines = (home / "audit.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    n = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if rec.get("event") == "request" and rec.get("path") == path:
+            n += 1
+    return n
+
+
+def soak(nginx: Nginx, home: VaultproxyHome, work: Path, workers: int, seconds: float,
+         conns: int) -> dict[str, object]:
+    t = Vaultproxy(name=f"soak-{workers}", label="", nginx=nginx, workdir=work)
+    t.home, t.service, t.workers = home, "hi", workers
+    t.start()
+    try:
+        # Warm up on /1k: neither nginx's auth.log nor the /auth audit count sees it.
+        run_hey(t.base + "/1k", proxy=t.proxy, conns=conns, duration_s=min(10.0, seconds / 6))
+        settle(t.pids)
+        up0, audit0 = nginx.auth_lines(), audited(home.path, "/auth")
+        rss0, fd0 = sample(t.pids)
+        t0 = time.monotonic()
+        res = run_hey(t.base + "/auth", proxy=t.proxy, conns=conns, duration_s=seconds, timeout_s=30)
+        elapsed = time.monotonic() - t0
+        settle(t.pids)
+        rss1, fd1 = sample(t.pids)
+        pids = list(t.pids)
+    finally:
+        t.stop()  # SIGTERM: the audit log is flushed before exit
+    upstream = nginx.auth_lines() - up0
+    audit = audited(home.path, "/auth") - audit0
+    return {
+        "workers": workers, "pids": len(pids), "seconds": round(elapsed, 1),
+        "requests": sum(res.statuses.values()), "rps": round(res.rps, 1),
+        "statuses": res.statuses, "errors": res.errors[:5],
+        "upstream": upstream, "audited": audit,
+        "rss_mib": (round(rss0, 1), round(rss1, 1)), "fds": (fd0, fd1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--quick", action="store_true", help="30 s per worker count")
+    ap.add_argument("--seconds", type=float, default=300.0, help="per worker count")
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--workers", type=int, action="append", help="repeatable; default 1 and 2")
+    args = ap.parse_args(argv)
+    seconds = 30.0 if args.quick else args.seconds
+    with tempfile.TemporaryDirectory(prefix="vp-soak-") as tmp:
+        base = Path(tmp)
+        nginx = Nginx(base / "nginx").start()
+        try:
+            home = VaultproxyHome.create(base / "vp", nginx)
+            rows = [soak(nginx, home, base / "work", w, seconds, args.conns)
+                    for w in (args.workers or [1, 2])]
+        finally:
+            nginx.stop()
+    load = os.getloadavg()[0]
+    print(f"soak: {args.conns} keep-alive connections, {seconds:g} s per worker count, load {load:.1f}")
+    print("| workers | requests | req/s | responses | hey errors | upstream saw | audited | RSS MiB start -> end | fds start -> end |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))  # type: ignore[attr-defined]
+        errors = "; ".join(r["errors"]) or "0"  # type: ignore[arg-type]
+        print(
+            f"| {r['workers']} | {r['requests']} | {r['rps']} | {statuses} | {errors} | "
+            f"{r['upstream']} | {r['audited']} | {r['rss_mib'][0]} -> {r['rss_mib'][1]} | "  # type: ignore[index]
+            f"{r['fds'][0]} -> {r['fds'][1]} |"  # type: ignore[index]
+        )
+    bad = [r for r in rows if r["upstream"] != r["audited"] or r["errors"]]
+    print("every upstream request audited, no errors:", "yes" if not bad else "NO")
+    return 0 if not bad else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""External secret sources (SPEC §9): one module per kind of store."""
