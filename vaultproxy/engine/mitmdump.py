@@ -22,6 +22,7 @@ from vaultproxy.engine import nodump
 from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
+from vaultproxy.seam import defences
 from vaultproxy.stages import Gate, chain, runtime
 
 logger = logging.getLogger(__name__)
@@ -60,11 +61,9 @@ class Bootstrap:
         if not _gate_installed:
             ctx.master.addons.add(Gate())
             _gate_installed = True
-        from vaultproxy.engine import seam
-
         try:
-            seam.install()
-        except seam.EngineMismatch as e:  # the Gate refuses traffic while not installed
+            defences.install()
+        except defences.EngineMismatch as e:  # the Gate refuses traffic while not installed
             logger.error("%s", e)
 
     def configure(self, updated: set[str]) -> None:
@@ -134,9 +133,7 @@ class Bootstrap:
         )
 
     def running(self) -> None:
-        from vaultproxy.engine import seam
-
-        if seam.keylog_active():
+        if defences.keylog_active():
             runtime.install(None)
             logger.error(
                 "SECURITY: SSLKEYLOGFILE is set: TLS keys would be logged; refusing traffic"

@@ -21,6 +21,7 @@ from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_li
 from vaultproxy.engine.state import ProxyState, problems_text
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError
+from vaultproxy.seam import reuseport as seam_reuseport
 from vaultproxy.stages import runtime
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         state.set_own_listeners(frozenset({admin.address}))
     listen = opts.listen
     if opts.workers > 1:
-        reuseport.enable()
+        seam_reuseport.enable()
         listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
     m = build_master(state, opts.confdir, listen)

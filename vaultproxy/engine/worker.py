@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from vaultproxy import logfilter
-from vaultproxy.engine import nodump, reuseport
+from vaultproxy.engine import nodump
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.state import ProxyState
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
+from vaultproxy.seam import reuseport as seam_reuseport
 from vaultproxy.stages import runtime
 
 logger = logging.getLogger("vaultproxy.worker")
@@ -84,7 +85,7 @@ async def run(fd: int) -> int:
     state = ProxyState.from_text(home, header["config"], audit=ForwardingAudit(writer, loop))
     apply_state(state, header, payload)
     runtime.install(state)
-    reuseport.enable()
+    seam_reuseport.enable()
     host, port = header["listen"]
     m = build_master(state, header["confdir"], (str(host), int(port)))
     stop = asyncio.Event()

@@ -4,7 +4,7 @@
 
 RequestGate is the last stage before any credential is added: a request it refuses never
 reaches Inject. ResponseGate is the only way back to the agent: every byte an intercepted
-upstream sends passes through it (the engine seam, engine/seam.py, routes what mitmproxy
+upstream sends passes through it (the engine seam, seam/defences.py, routes what mitmproxy
 would otherwise answer on its own through it too).
 
 Each stage is a small class whose hooks run inside ``guard.guarded``: an exception becomes a

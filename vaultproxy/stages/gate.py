@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.engine import seam
 from vaultproxy.errors import VaultproxyError
+from vaultproxy.seam import defences
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import deny, guarded
 
@@ -18,7 +18,7 @@ class ChainIncomplete(VaultproxyError):
 
 class Gate:
     def _check(self, flow: http.HTTPFlow) -> None:
-        if runtime.current() is None or not runtime.chain_complete() or not seam.installed():
+        if runtime.current() is None or not runtime.chain_complete() or not defences.installed():
             deny(flow, ChainIncomplete())
 
     @guarded

@@ -39,7 +39,6 @@ from mitmproxy import http
 from mitmproxy.net.http import status_codes
 from mitmproxy.net.http.http1 import expected_http_body_size
 
-from vaultproxy.engine import seam
 from vaultproxy.errors import (
     UnscannableResponse,
     UpgradeRefused,
@@ -48,6 +47,7 @@ from vaultproxy.errors import (
     classify_engine_error,
 )
 from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
+from vaultproxy.seam import defences
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import M_DENIED, M_REPLY, error_reply, guarded
 from vaultproxy.stages.inject import M_SERVICE
@@ -183,8 +183,8 @@ def _ws_control(conn_id: str, event: object) -> object:
     return event
 
 
-seam.ws_control_filter = _ws_control
-seam.set_error_classifier(classify_engine_error)
+defences.set_ws_control_filter(_ws_control)
+defences.set_error_classifier(classify_engine_error)
 
 
 class ResponseGate:

@@ -1,4 +1,4 @@
-"""Hook dispatch indexed by hook name, for the embedded Master.
+"""Hook dispatch indexed by hook name, for the embedded Master (a speed patch of the seam).
 
 mitmproxy's AddonManager.trigger_event walks every addon in the chain for every event (plus an
 `update` event after each flow event), creating a coroutine and a safecall context per addon
@@ -11,7 +11,11 @@ propagates). The index is dropped whenever the chain changes (add, remove, regis
 The same index serves the synchronous ``trigger`` (mitmproxy's legacy ``add_log`` event is
 fired through it for every log record: with no addon implementing ``add_log`` it now costs one
 dict lookup instead of a walk over the chain) and ``handle_lifecycle`` (the ``update`` event
-is only built when some addon implements it)."""
+is only built when some addon implements it).
+
+It leans on ``AddonManager._iter_hooks``, ``_configure_all`` and ``cut_traceback``;
+``missing_symbol()`` names the first that mitmproxy lost, and seam/speed.py then keeps the
+stock manager. tests/unit/test_dispatch_contract.py runs both over every hook."""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, flow, hooks
+
+from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(addonmanager.__name__)
 
@@ -44,6 +50,13 @@ def _addon_error(err: Exception) -> None:
     """What mitmproxy's ``safecall`` does with an addon's exception: log it, carry on."""
     tb = addonmanager.cut_traceback(err.__traceback__, "invoke_addon")  # type: ignore[no-untyped-call]
     logger.error(f"Addon error: {err}", exc_info=(type(err), err, tb))
+
+
+def missing_symbol() -> str | None:
+    """What this manager needs of mitmproxy that it no longer has (None: all there)."""
+    return missing(addonmanager, "cut_traceback", "AddonManager") or missing(
+        addonmanager.AddonManager, "_iter_hooks", "_configure_all", "trigger_event", "trigger"
+    )
 
 
 class IndexedAddonManager(addonmanager.AddonManager):
