@@ -11,7 +11,6 @@ import base64
 import binascii
 import contextlib
 import datetime
-import errno
 import hashlib
 import logging
 import os
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from vaultproxy.atomic_file import fsync_dir, write_atomic
 from vaultproxy.errors import CAError, PermissionProblem
 from vaultproxy.home import Home, check_mode, check_private
 
@@ -422,11 +422,11 @@ def rotate_finish(home: Home) -> CA:
         if os.path.lexists(home.ca_cert):
             _update_file(retired_cert_path(home), _read_nofollow(home.ca_cert), 0o644)
         os.replace(key_path, home.ca_key)
-        _fsync_dir(home.path)
+        fsync_dir(home.path)
     elif _read_key(home.ca_key).public_key() != new_cert.public_key():
         raise CAError(f"{key_path} is missing; `vaultproxy ca rotate --abort` and start again")
     os.replace(cert_path, home.ca_cert)
-    _fsync_dir(home.path)
+    fsync_dir(home.path)
     build_bundle(home)
     return load_ca(home)
 
@@ -460,46 +460,5 @@ def _update_file(path: Path, data: bytes, mode: int) -> None:
 
 
 def _write_file(path: Path, data: bytes, mode: int, *, clobber: bool) -> None:
-    """Write via an O_EXCL|O_NOFOLLOW temp file, then rename (clobber) or link (never clobber).
-
-    Without ``clobber`` an existing ``path`` raises FileExistsError and is left untouched.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # exact mode whatever the umask
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if clobber:
-            os.replace(tmp, path)
-        else:
-            _link_no_clobber(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _link_no_clobber(tmp: Path, path: Path) -> None:
-    try:
-        os.link(tmp, path)  # atomic, and fails if path exists
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        # A filesystem without hard links: check, then rename (a small race, but no torn file).
-        if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
-        os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Without ``clobber`` an existing ``path`` raises FileExistsError and is left untouched."""
+    write_atomic(path, data, mode=mode, exclusive=not clobber)

@@ -170,3 +170,7 @@ def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
 
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": message, "code": code}).encode()
+
+
+def problems_text(err: ConfigError) -> str:
+    return "\n".join(f"  {p}" for p in err.problems)

@@ -25,7 +25,6 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow, tutils
 
 from tests.canary import make_canary
-from vaultproxy.engine.state import ProxyState, Tunnel
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.seam import speed
@@ -36,6 +35,7 @@ from vaultproxy.stages import inject as inject_mod
 from vaultproxy.stages import record as record_mod
 from vaultproxy.stages import response_gate as scrub_mod
 from vaultproxy.stages import route as route_mod
+from vaultproxy.state import ProxyState, Tunnel
 
 SERVICES = """
 [[service]]
@@ -71,7 +71,7 @@ def state(tmp_path: Path) -> Iterator[ProxyState]:
     ks.set_value("body", Secret(make_canary()))
     ks.save()
     st = ProxyState.load(home)
-    st.keystore = ks
+    st.install_keystore(ks)
     runtime.install(st)
     yield st
     runtime.install(None)

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from vaultproxy import __version__
-from vaultproxy.admin import keystore_routes, metrics, proxy_route
+from vaultproxy.admin import keystore_routes, proxy_route
 from vaultproxy.admin.actions import (
     audit_admin,
     refresh_keystore,
@@ -33,6 +33,7 @@ from vaultproxy.admin.models import (
     ServicesOut,
 )
 from vaultproxy.admin.ratelimit import TooFast
+from vaultproxy.audit import metrics
 from vaultproxy.config.models import Service
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError, error_response
 from vaultproxy.stages import runtime
@@ -140,7 +141,7 @@ def _router() -> Any:
     @router.get("/v1/services", response_model=ServicesOut)
     async def services() -> ServicesOut:
         st = proxy_state()
-        ks = st.keystore
+        ks = st.session.keystore
         names = set(ks.names()) if ks is not None else None
         return ServicesOut(services=[
             _service_out(s, None if names is None else s.secret_name in names)

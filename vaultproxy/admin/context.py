@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from vaultproxy.admin.ratelimit import Backoff, TokenBucket
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.outbound import UpstreamClients
 from vaultproxy.stages import runtime
+from vaultproxy.state import ProxyState
 
 PROXY_RATE = 20.0  # requests per second per caller on POST /proxy
 PROXY_BURST = 60

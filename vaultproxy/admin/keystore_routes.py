@@ -79,7 +79,7 @@ async def lock(request: Request) -> LockOut:
 
 
 def _unlocked() -> Keystore:
-    ks = proxy_state().keystore
+    ks = proxy_state().session.keystore
     if ks is None:
         raise LockedError()
     return ks

@@ -15,12 +15,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from mitmproxy import http
 
-from vaultproxy.admin import metrics
 from vaultproxy.admin.context import admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
-from vaultproxy.audit import AuditEvent
+from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.config.models import Service
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import (
     BodyTooLarge,
     LockedError,
@@ -36,6 +34,7 @@ from vaultproxy.placeholders import basic_credentials
 from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.stages.inject import DECODABLE
+from vaultproxy.state import ProxyState
 
 router = APIRouter()
 
@@ -137,7 +136,7 @@ def build_request(st: ProxyState, service: Service, host: str, port: int, req_in
     req = http.Request.make(req_in.method, f"https://{authority}/", content, headers)
     req.data.path = target.encode("ascii")
     req.headers["Host"] = authority
-    entry = st.entry_for(service)
+    entry = st.session.entry_for(service)
     result = prepare_request(req, service, entry.value, entry.fields, st.snapshot.index)
     injected = result.injected
     if content and service.mode == "placeholder" and "body" in service.substitute_in:
@@ -165,7 +164,7 @@ async def dial_address(st: ProxyState, service: Service, host: str, port: int) -
     if service.connect_to:
         h, p = split_authority(service.connect_to)
         dial_host, dial_port = h, p if p and p > 0 else port
-    return await resolve_checked(dial_host, dial_port, st.address_context(service))
+    return await resolve_checked(dial_host, dial_port, st.snapshot.address_context(service))
 
 
 def to_httpx(req: http.Request, ip: str, port: int) -> httpx.Request:
@@ -210,11 +209,11 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
         host, port = pick_host(st, service, req_in.host)
         audit.host = host
         req, injected = build_request(st, service, host, port, req_in)
-        redactor = st.redactor_for(service)
+        redactor = st.session.redactor_for(service)
         if redactor is None:
             raise LockedError()
         ip, dial_port = await dial_address(st, service, host, port)
-        key = UpstreamKey(service.name, host, st.trust_file(service), service.insecure_tls)
+        key = UpstreamKey(service.name, host, st.snapshot.trust_file(service), service.insecure_tls)
         upstream = await ctx.clients.send(key, to_httpx(req, ip, dial_port))
     except VaultproxyError as e:
         status, code, _ = error_response(e)

@@ -17,10 +17,10 @@ from mitmproxy.addons import (
 )
 
 from vaultproxy.ca import system_ca_file
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import defences, speed
 from vaultproxy.stages import Gate, chain
+from vaultproxy.state import ProxyState
 
 
 def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> dict[str, object]:

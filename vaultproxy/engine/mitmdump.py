@@ -19,11 +19,13 @@ from mitmproxy import ctx
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.engine import nodump
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
+from vaultproxy.hostnames import parse_listen
+from vaultproxy.password_file import read_file
 from vaultproxy.seam import defences
 from vaultproxy.stages import Gate, chain, runtime
+from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +97,7 @@ class Bootstrap:
 
     def _setup(self) -> None:
         from vaultproxy.ca import load_ca, materialize_mitm_confdir, system_ca_file
-        from vaultproxy.cli.password import read_file
-        from vaultproxy.engine.state import ProxyState
+        from vaultproxy.state import ProxyState
 
         raw = ctx.options.vaultproxy_home
         if not raw:
@@ -148,7 +149,6 @@ class Bootstrap:
 
     async def _start_admin(self, st: ProxyState) -> None:
         """The admin API in mitmdump's loop. A failure is logged; the proxy keeps its gate."""
-        from vaultproxy.cli.run import parse_listen
 
         try:
             raw = ctx.options.vaultproxy_admin_listen.strip()

@@ -14,15 +14,16 @@ from dataclasses import dataclass
 from vaultproxy import __version__
 from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_missing_secrets
 from vaultproxy.admin.server import AdminServer
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import proxy_socket, reuseport
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
-from vaultproxy.engine.state import ProxyState, problems_text
 from vaultproxy.engine.workers import Supervisor
-from vaultproxy.errors import ConfigError, VaultproxyError
+from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import reuseport as seam_reuseport
 from vaultproxy.stages import runtime
+from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,7 @@ def write_run_json(
         "workers": 1 + len(worker_pids or []),
         "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
     }
-    path = state.home.run_json
-    tmp = path.with_name(".run.json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_atomic(state.home.run_json, json.dumps(data))
 
 
 def _url_host(host: str) -> str:

@@ -24,12 +24,12 @@ from vaultproxy import logfilter
 from vaultproxy.engine import nodump
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
 from vaultproxy.seam import reuseport as seam_reuseport
 from vaultproxy.stages import runtime
+from vaultproxy.state import ProxyState
 
 logger = logging.getLogger("vaultproxy.worker")
 
@@ -39,7 +39,7 @@ def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -
     """Make ``state`` what the supervisor sent: registry text, own listeners, keystore."""
     try:
         text = header["config"]
-        if text != state.config_text:
+        if text != state.snapshot.text:
             state.reload_text(text)
         own = frozenset((str(h), int(p)) for h, p in header["own"])
         if own != state.own_listeners:

@@ -38,7 +38,7 @@ class Connect:
             return
         # Plain-HTTP proxying (no tunnel): resolve, check every answer, dial what we checked.
         host, port = str(address[0]), int(address[1])
-        data.server.address = await resolve_checked(host, port, st.address_context(None))
+        data.server.address = await resolve_checked(host, port, st.snapshot.address_context(None))
 
     @guarded
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
@@ -50,7 +50,7 @@ class Connect:
         start_server_tls(
             tls_start,
             sni=tunnel.host,
-            trust_file=st.trust_file(service),
+            trust_file=st.snapshot.trust_file(service),
             insecure=service.insecure_tls,
             http2=bool(ctx.options.http2),
         )

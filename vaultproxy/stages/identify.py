@@ -7,11 +7,11 @@ from __future__ import annotations
 from mitmproxy import http
 
 from vaultproxy.agents import AgentRecord, parse_proxy_authorization, verify
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import AgentAuthRequired, AgentScope, LockedError
 from vaultproxy.hostnames import normal_host
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
+from vaultproxy.state import ProxyState
 
 M_AGENT = "vaultproxy.agent"
 
@@ -24,7 +24,7 @@ def _identify(st: ProxyState, header: str | None) -> AgentRecord | None:
         return None
     if st.locked:
         raise LockedError()  # agent hashes live in the keystore: cannot verify yet
-    record = verify(st.agents, creds.name, creds.token) if creds is not None else None
+    record = verify(st.session.agents, creds.name, creds.token) if creds is not None else None
     if record is None:
         # Wrong credentials are refused even when anonymous use is allowed: an agent that
         # means to be scoped must not silently run unscoped.

@@ -61,7 +61,7 @@ class Inject:
             raise DestinationDenied("plaintext HTTP inside a tunnel to a registered service")
         if tunnel.sni_mismatch or not same_target(req.host_header or "", tunnel.host, tunnel.port):
             raise HostMismatch()
-        entry = st.entry_for(service)
+        entry = st.session.entry_for(service)
         result = prepare_request(req, service, entry.value, entry.fields, st.snapshot.index)
         flow.metadata[M_INJECTED] = result.injected
         _limit_accept_encoding(req)

@@ -6,13 +6,12 @@ import time
 
 from mitmproxy import http
 
-from vaultproxy.admin import metrics
-from vaultproxy.audit import AuditEvent
-from vaultproxy.engine.state import ProxyState
+from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.hostnames import normal_host
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import M_DENIED, guarded
 from vaultproxy.stages.inject import M_AGENT, M_INJECTED, M_PATH, M_SERVICE, M_T0
+from vaultproxy.state import ProxyState
 
 M_AUDITED = "vaultproxy.audited"
 

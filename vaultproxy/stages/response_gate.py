@@ -201,7 +201,7 @@ class ResponseGate:
             return
         st = runtime.state()
         resp = flow.response
-        redactor = st.redactor_for(service)
+        redactor = st.session.redactor_for(service)
         if redactor is None:
             raise UnscannableResponse("the keystore was locked while the request was in flight")
         flow.metadata[M_REDACTOR] = redactor

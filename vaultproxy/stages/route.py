@@ -7,12 +7,12 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 
-from vaultproxy.engine.state import Tunnel
 from vaultproxy.errors import EgressBlocked
 from vaultproxy.hostnames import normal_host, split_authority
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
+from vaultproxy.state import Tunnel
 
 
 class Route:
@@ -38,7 +38,8 @@ class Route:
         if service is not None and service.connect_to:
             h, p = split_authority(service.connect_to)
             dial_host, dial_port = h, p if p and p > 0 else port
-        tunnel.pinned = await resolve_checked(dial_host, dial_port, st.address_context(service))
+        policy = st.snapshot.address_context(service)
+        tunnel.pinned = await resolve_checked(dial_host, dial_port, policy)
 
     @guarded
     def next_layer(self, nextlayer: NextLayer) -> None:

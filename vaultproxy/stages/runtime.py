@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import VaultproxyError
+from vaultproxy.state import ProxyState
 
 _current: ProxyState | None = None
 _live_stages: set[str] = set()
