@@ -56,7 +56,7 @@ from typing import Any
 import regex
 from mitmproxy import http
 
-from vaultproxy.errors import BodyTooLarge
+from vaultproxy.errors import BodyTooLarge, UnscannableResponse
 
 __all__ = ["Redactor", "base64_forms", "decoder_for", "drop_set_cookie", "redact_headers"]
 
@@ -517,3 +517,76 @@ def decoder_for(content_encoding: str, limit: int | None = None) -> Decoder | No
         return data
 
     return run
+
+
+def stream_filter(
+    redactor: Redactor, decode: Callable[[bytes], bytes] | None
+) -> Callable[[bytes], list[bytes]]:
+    """A response body's filter, chunk by chunk: decode, redact, and never emit an empty chunk
+    (``b""`` in: the end of the body, flush). The proxy's ``flow.response.stream`` callable
+    and ``POST /proxy``'s relay.
+
+    mitmproxy sends every returned item as a chunk; on HTTP/1.1 an empty one is written as
+    ``0\\r\\n\\r\\n``, the end of a chunked body, which would truncate the response while
+    the redactor holds back a possible partial match. So return a list, empty when holding.
+    """
+    feed = redactor.stream()
+
+    if decode is None:
+
+        def plain(chunk: bytes) -> list[bytes]:
+            out = feed(chunk)
+            return [out] if out else []
+
+        return plain
+
+    def decoded(chunk: bytes) -> list[bytes]:
+        data = decode(chunk)
+        if chunk:
+            out = feed(data) if data else b""
+        else:
+            out = feed(data) + feed(b"") if data else feed(b"")
+        return [out] if out else []
+
+    return decoded
+
+
+# Encodings the response gate can decode for scanning; others are not offered upstream.
+DECODABLE = ("gzip", "deflate", "br", "zstd", "identity")
+_limited: dict[str, str] = {}
+
+
+def limit_accept_encoding(headers: http.Headers) -> None:
+    """Offer the upstream only content codings the response gate can decode."""
+    offered = headers.get("accept-encoding")
+    if offered is None:
+        return
+    limited = _limited.get(offered)
+    if limited is None:
+        keep = [
+            part.strip()
+            for part in offered.split(",")
+            if part.split(";")[0].strip().lower() in DECODABLE
+        ]
+        limited = ", ".join(keep) if keep else "identity"
+        if len(_limited) >= 256:  # an agent sends the same value on every request
+            _limited.clear()
+        _limited[offered] = limited
+    if limited != offered:
+        headers["accept-encoding"] = limited
+
+
+def gate_head(redactor: Redactor, headers: http.Headers) -> tuple[str, Decoder | None]:
+    """The response gate's header rules, for the proxy and ``POST /proxy`` alike: drop
+    ``Set-Cookie``, redact every field, and pick the body's decoder. Returns the
+    ``Content-Encoding`` ("" for identity) and its decoder (None for identity); an encoding
+    no decoder reads raises UnscannableResponse (the body could hide a secret)."""
+    drop_set_cookie(headers)
+    redact_headers(redactor, headers)
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return "", None
+    decode = decoder_for(encoding)
+    if decode is None:
+        raise UnscannableResponse()
+    return encoding, decode

@@ -37,7 +37,7 @@ class Tunnel:
     service: Service | None
     agent: str | None = None
     pinned: tuple[str, int] | None = None  # the checked address we dial
-    sni_mismatch: bool = False
+    sni: str | None = None  # the server name of the agent's TLS ClientHello
     broken: bool = False  # a hook failed on this connection: refuse every request on it
 
 

@@ -29,7 +29,7 @@ from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.seam import speed
 from vaultproxy.secret import Secret
-from vaultproxy.stages import Connect, Inject, Record, ResponseGate, Route, runtime
+from vaultproxy.stages import Connect, Identify, Inject, Record, ResponseGate, Route, runtime
 from vaultproxy.stages import connect as connect_mod
 from vaultproxy.stages import inject as inject_mod
 from vaultproxy.stages import record as record_mod
@@ -89,13 +89,13 @@ def _flow(st: ProxyState, host: str, service_name: str | None) -> http.HTTPFlow:
     return f
 
 
-def fire(stage: object, event: hooks.Hook) -> None:
-    """Run one hook of ``stage`` through the production addon manager."""
+def fire(stage: object, event: hooks.Hook, *after: object) -> None:
+    """Run one hook of ``stage`` (then of ``after``) through the production addon manager."""
 
     async def go() -> None:
         m = master.Master(options.Options(), with_termlog=False)
         try:
-            speed.tune(m).add(stage)
+            speed.tune(m).add(stage, *after)
             await m.addons.handle_lifecycle(event)
         finally:
             m._legacy_log_events.uninstall()  # no-op once tune() did it
@@ -113,6 +113,8 @@ def test_route_http_connect_fault_refuses_tunnel(state, monkeypatch):  # type: i
     monkeypatch.setattr(route_mod, "resolve_checked", boom)
     f = tflow.tflow()
     f.request.method, f.request.host, f.request.port = "CONNECT", "svc.example.com", 443
+    fire(Identify(), HttpConnectHook(f))
+    assert f.response is None  # decided: an intercepted tunnel
     fire(Route(), HttpConnectHook(f))
     _assert_denied(f)
 
@@ -126,7 +128,7 @@ def test_route_next_layer_fault_marks_connection_broken(state, monkeypatch):  # 
     fire(Route(), NextLayerHook(NextLayer(ctx)))
     monkeypatch.undo()
     # Every later request on that connection is refused.
-    fire(Inject(), HttpRequestHeadersHook(f))
+    fire(Identify(), HttpRequestHeadersHook(f), Inject())
     _assert_denied(f)
 
 
@@ -143,33 +145,33 @@ def test_connect_server_connect_fault_kills_connection(state, monkeypatch):  # t
 def test_inject_requestheaders_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(inject_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
-    fire(Inject(), HttpRequestHeadersHook(f))
+    fire(Identify(), HttpRequestHeadersHook(f), Inject())
     _assert_denied(f)
 
 
 def test_inject_requestheaders_without_fault_injects(state):  # type: ignore[no-untyped-def]
     """Negative twin: the same flow, no fault, is forwarded with the real credential."""
     f = _flow(state, "svc.example.com", "svc")
-    fire(Inject(), HttpRequestHeadersHook(f))
+    fire(Identify(), HttpRequestHeadersHook(f), Inject())
     assert f.response is None
     assert f.request.headers["authorization"].startswith("Bearer vpcanary_")
 
 
 def test_inject_request_body_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(inject_mod, "substitute_body", boom)
+    monkeypatch.setattr(inject_mod, "substitute_request_body", boom)
     f = _flow(state, "body.example.com", "body")
     f.request.headers["authorization"] = "Bearer __vault.body__"
     f.request.content = b'{"k": "__vault.body__"}'
-    fire(Inject(), HttpRequestHeadersHook(f))
+    fire(Identify(), HttpRequestHeadersHook(f), Inject())
     assert f.response is None
     fire(Inject(), HttpRequestHook(f))
     _assert_denied(f)
 
 
 def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(scrub_mod, "redact_headers", boom)
+    monkeypatch.setattr(scrub_mod, "gate_head", boom)
     f = _flow(state, "svc.example.com", "svc")
-    Inject().requestheaders(f)
+    fire(Identify(), HttpRequestHeadersHook(f), Inject())
     f.response = tutils.tresp(content=b"upstream body")
     fire(ResponseGate(), HttpResponseHeadersHook(f))
     _assert_denied(f)
@@ -177,9 +179,9 @@ def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # t
 
 
 def test_record_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(record_mod, "_event", boom)
+    monkeypatch.setattr(record_mod, "record_decision", boom)
     f = _flow(state, "svc.example.com", "svc")
-    Inject().requestheaders(f)
+    fire(Identify(), HttpRequestHeadersHook(f), Inject())
     f.response = tutils.tresp()
     fire(Record(), HttpResponseHook(f))
     _assert_denied(f)

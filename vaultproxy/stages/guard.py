@@ -11,12 +11,9 @@ from typing import Any
 from mitmproxy import http
 
 from vaultproxy.errors import error_body, error_response
+from vaultproxy.stages.flowrecord import record_of
 
 logger = logging.getLogger(__name__)
-
-M_DENIED = "vaultproxy.denied"
-M_REPLY = "vaultproxy.reply"  # our reply, when it replaced an upstream response mid-flight
-
 
 def error_reply(err: BaseException) -> http.Response:
     status, code, message = error_response(err)
@@ -35,16 +32,17 @@ def deny(flow: http.HTTPFlow, err: BaseException) -> None:
     Once an upstream response exists, its body must never follow our reply: mitmproxy would
     still read it into (or stream it through) ``flow.response``. So our reply then drops
     every upstream chunk and carries its own body, and the response gate puts the reply
-    back whole in the ``response`` hook (``M_REPLY``).
+    back whole in the ``response`` hook (``FlowRecord.reply``).
     """
     status, code, message = error_response(err)
-    flow.metadata[M_DENIED] = (code, message)
+    rec = record_of(flow)
+    rec.denied = (code, message)
     if flow.response is not None and flow.response.stream:
         flow.kill()  # bytes already went out; cut the connection rather than pass more
         return
     reply = error_reply(err)
     if flow.response is not None:
-        flow.metadata[M_REPLY] = error_reply(err)
+        rec.reply = error_reply(err)
         reply.stream = _replace_body(reply.raw_content or b"")
     flow.response = reply
 

@@ -26,8 +26,8 @@ from mitmproxy import http
 from vaultproxy.errors import HostMismatch, InvalidRequest
 from vaultproxy.hostnames import normal_host, same_target
 from vaultproxy.stages import runtime
+from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
-from vaultproxy.stages.inject import M_PATH, M_SERVICE, M_T0
 
 MAX_HEADER_FIELDS = 256
 MAX_HEADER_BYTES = 64 * 1024
@@ -90,19 +90,20 @@ class RequestGate:
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        flow.metadata[M_T0] = time.monotonic()
-        flow.metadata[M_PATH] = req.path.split("?", 1)[0]  # as the agent sent it
+        rec = record_of(flow)
+        rec.t0 = time.monotonic()
+        rec.path = req.path.split("?", 1)[0]  # as the agent sent it
         if flow.response is not None:
             return  # refused by an earlier stage
         st = runtime.state()
         tunnel = st.tunnels.get(flow.client_conn.id)
         if tunnel is None or tunnel.service is None:
             return  # not intercepted: no credential will be added
-        flow.metadata[M_SERVICE] = tunnel.service
+        rec.service = tunnel.service
         dialed = flow.server_conn.address
         pinned = (str(dialed[0]), int(dialed[1])) if dialed else None
         check_target(req, tunnel.host, tunnel.port, pinned)
-        flow.metadata[M_PATH] = req.path.split("?", 1)[0]
+        rec.path = req.path.split("?", 1)[0]
         check_headers(req.headers.fields)
         if not tunnel.service.allow_range:
             fields = req.headers.fields
