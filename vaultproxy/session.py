@@ -112,8 +112,8 @@ class Session:
             return
         pairs: list[tuple[bytes, bytes]] = []
         for service in services:
-            self.redactor_for(service)
-            pairs.extend(self._secret_pairs(service))
+            if self.redactor_for(service) is not None:  # None: its secret is missing
+                pairs.extend(self._secret_pairs(service))
         logfilter.use(Redactor(pairs))
 
 
