@@ -22,6 +22,7 @@ from vaultproxy.admin.models import ErrorOut, ProxyIn
 from vaultproxy.audit.canonical import record_decision
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision, Facts, Plan, decide
+from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import (
     BodyTooLarge,
     LockedError,
@@ -34,7 +35,7 @@ from vaultproxy.inject import STRIP_HEADERS, prepare_request, substitute_request
 from vaultproxy.inject.request import auth_slot, canonical_name
 from vaultproxy.outbound import UpstreamKey
 from vaultproxy.placeholders import basic_credentials
-from vaultproxy.redact import Redactor, gate_head, limit_accept_encoding, stream_filter
+from vaultproxy.redact import Redactor, gate_head, stream_filter
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.state import ProxyState
 

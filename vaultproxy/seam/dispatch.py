@@ -52,6 +52,29 @@ def _addon_error(err: Exception) -> None:
     logger.error(f"Addon error: {err}", exc_info=(type(err), err, tb))
 
 
+class _SafeCall:
+    """mitmproxy's ``safecall`` around one top-level addon, as a plain class (no generator
+    per call): an exception is logged and the next addon runs; AddonHalt and OptionsError
+    go on up (the caller stops the event on AddonHalt)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 tb: object) -> bool:
+        if err is None or not isinstance(err, Exception):
+            return False
+        if isinstance(err, exceptions.AddonHalt | exceptions.OptionsError):
+            return False
+        _addon_error(err)
+        return True
+
+
+_SAFECALL = _SafeCall()
+
+
 def missing_symbol() -> str | None:
     """What this manager needs of mitmproxy that it no longer has (None: all there)."""
     return missing(addonmanager, "cut_traceback", "AddonManager") or missing(
@@ -75,48 +98,39 @@ class IndexedAddonManager(addonmanager.AddonManager):
             found = self._index[event.name] = tuple(groups)
         return found
 
-    async def trigger_event(self, event: hooks.Hook) -> None:
+    def _plan(self, event: hooks.Hook) -> tuple[Handlers, list[Any]]:
+        """The event's handler groups (chain order) and its arguments (none if no handler)."""
         handlers = self._index.get(event.name)
         if handlers is None:
             handlers = self._handlers(event)
-        if not handlers:
+        return handlers, hook_args(event) if handlers else []
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        handlers, args = self._plan(event)
+        try:
+            for funcs in handlers:
+                with _SAFECALL:
+                    for func in funcs:
+                        res = func(*args)
+                        if res is not None and inspect.isawaitable(res):
+                            await res
+        except exceptions.AddonHalt:
             return
-        args = hook_args(event)
-        for funcs in handlers:
-            try:
-                for func in funcs:
-                    res = func(*args)
-                    if res is not None and inspect.isawaitable(res):
-                        await res
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as e:  # noqa: BLE001 - as safecall: log, next addon
-                _addon_error(e)
 
     def trigger(self, event: hooks.Hook) -> None:
-        handlers = self._index.get(event.name)
-        if handlers is None:
-            handlers = self._handlers(event)
-        if not handlers:
+        handlers, args = self._plan(event)
+        try:
+            for funcs in handlers:
+                with _SAFECALL:
+                    for func in funcs:
+                        if inspect.iscoroutinefunction(func):
+                            raise exceptions.AddonManagerError(
+                                f"Async handler {event.name} ({func}) cannot be called "
+                                "from sync context"
+                            )
+                        func(*args)
+        except exceptions.AddonHalt:
             return
-        args = hook_args(event)
-        for funcs in handlers:
-            try:
-                for func in funcs:
-                    if inspect.iscoroutinefunction(func):
-                        raise exceptions.AddonManagerError(
-                            f"Async handler {event.name} ({func}) cannot be called "
-                            "from sync context"
-                        )
-                    func(*args)
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as e:  # noqa: BLE001 - as safecall: log, next addon
-                _addon_error(e)
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
         await self.trigger_event(event)

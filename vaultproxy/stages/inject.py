@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
-from vaultproxy.redact import limit_accept_encoding
 from vaultproxy.stages import runtime
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded

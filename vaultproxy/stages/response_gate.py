@@ -38,6 +38,7 @@ from mitmproxy import http
 from mitmproxy.net.http import status_codes
 from mitmproxy.net.http.http1 import expected_http_body_size
 
+from vaultproxy.decoding import decoder_for
 from vaultproxy.errors import (
     UnscannableResponse,
     UpgradeRefused,
@@ -45,14 +46,7 @@ from vaultproxy.errors import (
     VaultproxyError,
     classify_engine_error,
 )
-from vaultproxy.redact import (
-    Redactor,
-    decoder_for,
-    drop_set_cookie,
-    gate_head,
-    redact_headers,
-    stream_filter,
-)
+from vaultproxy.redact import Redactor, drop_set_cookie, gate_head, redact_headers, stream_filter
 from vaultproxy.seam import defences
 from vaultproxy.stages import runtime
 from vaultproxy.stages.flowrecord import record_of
