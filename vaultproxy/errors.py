@@ -172,5 +172,9 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": message, "code": code}).encode()
 
 
+class NotReady(VaultproxyError):
+    status, code, public = 503, "not_ready", "vaultproxy is not configured (no home loaded)"
+
+
 def problems_text(err: ConfigError) -> str:
     return "\n".join(f"  {p}" for p in err.problems)

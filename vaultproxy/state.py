@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from vaultproxy.audit import AuditLog
 from vaultproxy.config.load import read_text
-from vaultproxy.config.models import Service
+from vaultproxy.errors import NotReady
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.registry import Registry
@@ -26,19 +26,6 @@ from vaultproxy.session import Session
 from vaultproxy.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Tunnel:
-    """What we know about one client connection's CONNECT: the target and its service."""
-
-    host: str
-    port: int
-    service: Service | None
-    agent: str | None = None
-    pinned: tuple[str, int] | None = None  # the checked address we dial
-    sni: str | None = None  # the server name of the agent's TLS ClientHello
-    broken: bool = False  # a hook failed on this connection: refuse every request on it
 
 
 @dataclass
@@ -51,8 +38,6 @@ class ProxyState:
     audit: AuditLog
     session: Session = field(default_factory=Session)
     own_listeners: frozenset[tuple[str, int]] = frozenset()
-    tunnels: dict[str, Tunnel] = field(default_factory=dict)
-    broken_clients: set[str] = field(default_factory=set)
     inflight: int = 0
     generation: int = 0
     on_change: list[Callable[[], None]] = field(default_factory=list)
@@ -150,3 +135,16 @@ class ProxyState:
     def secrets_changed(self) -> None:
         self.session.secrets_changed()
         self._changed()
+
+
+class Live:
+    """The process's current ProxyState, handed to whoever serves it (the proxy's stages, the
+    admin API): None until a home is loaded, and again while mitmdump refuses traffic."""
+
+    def __init__(self, state: ProxyState | None = None) -> None:
+        self.state = state
+
+    def require(self) -> ProxyState:
+        if self.state is None:
+            raise NotReady()
+        return self.state

@@ -29,13 +29,14 @@ from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.seam import speed
 from vaultproxy.secret import Secret
-from vaultproxy.stages import Connect, Identify, Inject, Record, ResponseGate, Route, runtime
+from vaultproxy.stages import Connect, Identify, Inject, Record, ResponseGate, Route, Runtime
 from vaultproxy.stages import connect as connect_mod
 from vaultproxy.stages import inject as inject_mod
 from vaultproxy.stages import record as record_mod
 from vaultproxy.stages import response_gate as scrub_mod
 from vaultproxy.stages import route as route_mod
-from vaultproxy.state import ProxyState, Tunnel
+from vaultproxy.stages.connections import Tunnel
+from vaultproxy.state import Live, ProxyState
 
 SERVICES = """
 [[service]]
@@ -62,7 +63,8 @@ def boom(*_a: object, **_k: object) -> None:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[ProxyState]:
+def state(tmp_path: Path) -> Iterator[Runtime]:
+    """The runtime a chain's stages share, serving a loaded, unlocked home."""
     home = Home(tmp_path / "home")
     home.create()
     home.services.write_text(SERVICES)
@@ -72,19 +74,17 @@ def state(tmp_path: Path) -> Iterator[ProxyState]:
     ks.save()
     st = ProxyState.load(home)
     st.install_keystore(ks)
-    runtime.install(st)
-    yield st
-    runtime.install(None)
+    yield Runtime(Live(st))
 
 
-def _flow(st: ProxyState, host: str, service_name: str | None) -> http.HTTPFlow:
+def _flow(rt: Runtime, host: str, service_name: str | None) -> http.HTTPFlow:
     f = tflow.tflow()
     f.request.scheme, f.request.host, f.request.port = "https", host, 443
     f.request.headers["host"] = host
     f.request.headers["authorization"] = "Bearer agent-own-token"
-    service = st.registry.by_name(service_name) if service_name else None
-    st.tunnels[f.client_conn.id] = Tunnel(
-        host=host, port=443, service=service, pinned=("203.0.113.9", 443)
+    service = rt.state().registry.by_name(service_name) if service_name else None
+    rt.connections.open(
+        f.client_conn.id, Tunnel(host=host, port=443, service=service, pinned=("203.0.113.9", 443))
     )
     return f
 
@@ -113,9 +113,9 @@ def test_route_http_connect_fault_refuses_tunnel(state, monkeypatch):  # type: i
     monkeypatch.setattr(route_mod, "resolve_checked", boom)
     f = tflow.tflow()
     f.request.method, f.request.host, f.request.port = "CONNECT", "svc.example.com", 443
-    fire(Identify(), HttpConnectHook(f))
+    fire(Identify(state), HttpConnectHook(f))
     assert f.response is None  # decided: an intercepted tunnel
-    fire(Route(), HttpConnectHook(f))
+    fire(Route(state), HttpConnectHook(f))
     _assert_denied(f)
 
 
@@ -125,10 +125,10 @@ def test_route_next_layer_fault_marks_connection_broken(state, monkeypatch):  # 
     f = _flow(state, "elsewhere.example.com", None)
     ctx = tutils_context(f)
     monkeypatch.setattr(route_mod.layers, "TCPLayer", boom)
-    fire(Route(), NextLayerHook(NextLayer(ctx)))
+    fire(Route(state), NextLayerHook(NextLayer(ctx)))
     monkeypatch.undo()
     # Every later request on that connection is refused.
-    fire(Identify(), HttpRequestHeadersHook(f), Inject())
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     _assert_denied(f)
 
 
@@ -138,21 +138,21 @@ def test_connect_server_connect_fault_kills_connection(state, monkeypatch):  # t
     server = tflow.tserver_conn()
     server.address = ("plain.example.com", 80)
     data = server_hooks.ServerConnectionHookData(server=server, client=client)
-    fire(Connect(), server_hooks.ServerConnectHook(data))
+    fire(Connect(state), server_hooks.ServerConnectHook(data))
     assert server.error
 
 
 def test_inject_requestheaders_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(inject_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
-    fire(Identify(), HttpRequestHeadersHook(f), Inject())
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     _assert_denied(f)
 
 
 def test_inject_requestheaders_without_fault_injects(state):  # type: ignore[no-untyped-def]
     """Negative twin: the same flow, no fault, is forwarded with the real credential."""
     f = _flow(state, "svc.example.com", "svc")
-    fire(Identify(), HttpRequestHeadersHook(f), Inject())
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     assert f.response is None
     assert f.request.headers["authorization"].startswith("Bearer vpcanary_")
 
@@ -162,18 +162,18 @@ def test_inject_request_body_fault_denies(state, monkeypatch):  # type: ignore[n
     f = _flow(state, "body.example.com", "body")
     f.request.headers["authorization"] = "Bearer __vault.body__"
     f.request.content = b'{"k": "__vault.body__"}'
-    fire(Identify(), HttpRequestHeadersHook(f), Inject())
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     assert f.response is None
-    fire(Inject(), HttpRequestHook(f))
+    fire(Inject(state), HttpRequestHook(f))
     _assert_denied(f)
 
 
 def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(scrub_mod, "gate_head", boom)
     f = _flow(state, "svc.example.com", "svc")
-    fire(Identify(), HttpRequestHeadersHook(f), Inject())
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     f.response = tutils.tresp(content=b"upstream body")
-    fire(ResponseGate(), HttpResponseHeadersHook(f))
+    fire(ResponseGate(state), HttpResponseHeadersHook(f))
     _assert_denied(f)
     assert f.response.content != b"upstream body"
 
@@ -181,9 +181,9 @@ def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # t
 def test_record_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(record_mod, "record_decision", boom)
     f = _flow(state, "svc.example.com", "svc")
-    fire(Identify(), HttpRequestHeadersHook(f), Inject())
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     f.response = tutils.tresp()
-    fire(Record(), HttpResponseHook(f))
+    fire(Record(state), HttpResponseHook(f))
     _assert_denied(f)
 
 
@@ -197,7 +197,7 @@ def test_fault_is_denied_through_the_whole_production_chain(state, monkeypatch):
     async def go() -> None:
         m = master.Master(options.Options(), with_termlog=False)
         try:
-            speed.tune(m).add(Gate(), *chain())
+            speed.tune(m).add(Gate(state), *chain(state))
             await m.addons.handle_lifecycle(HttpRequestHeadersHook(f))
         finally:
             m._legacy_log_events.uninstall()

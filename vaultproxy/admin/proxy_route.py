@@ -192,7 +192,7 @@ class _Audit:
 async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
     ctx = admin_context(request)
     ctx.proxy_limit.take(caller(request))
-    st = proxy_state()
+    st = proxy_state(request)
     service = st.registry.by_name(req_in.service)
     if service is None:
         raise UnknownService(f"no service named {req_in.service}")

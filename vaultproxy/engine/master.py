@@ -19,8 +19,8 @@ from mitmproxy.addons import (
 from vaultproxy.ca import system_ca_file
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import defences, speed
-from vaultproxy.stages import Gate, chain
-from vaultproxy.state import ProxyState
+from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.state import Live, ProxyState
 
 
 def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> dict[str, object]:
@@ -42,8 +42,9 @@ def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> di
     }
 
 
-def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> master.Master:
-    """Must be called with a running event loop (mitmproxy binds to it)."""
+def build_master(live: Live, confdir: str, listen: tuple[str, int]) -> master.Master:
+    """Must be called with a running event loop (mitmproxy binds to it). The stages serve
+    whatever state ``live`` holds."""
     defences.install()
     if defences.keylog_active():
         raise VaultproxyError(
@@ -52,14 +53,15 @@ def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> ma
         )
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
+    rt = Runtime(live)
     # mitmproxy logs four INFO lines per connection (client/server connect/disconnect):
     # per-connection noise and CPU under load. The audit log records every intercepted flow;
     # warnings and errors from mitmproxy's connection handling still show.
     logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     # Indexed hook dispatch and fewer per-flow checks, or mitmproxy's own (seam/speed.py).
     speed.tune(m).add(
-        Gate(),
-        *chain(),
+        Gate(rt),
+        *chain(rt),
         core.Core(),
         disable_h2c.DisableH2C(),
         proxyserver.Proxyserver(),
@@ -67,7 +69,7 @@ def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> ma
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
     )
-    values = {k: v for k, v in mitm_options(state, confdir, listen).items() if k in opts}
+    values = {k: v for k, v in mitm_options(live.require(), confdir, listen).items() if k in opts}
     opts.update(**values)
     return m
 

@@ -22,8 +22,7 @@ from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_li
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import reuseport as seam_reuseport
-from vaultproxy.stages import runtime
-from vaultproxy.state import ProxyState
+from vaultproxy.state import Live, ProxyState
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +155,8 @@ async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
 
 
 async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
-    runtime.install(state)
-    admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket)
+    live = Live(state)
+    admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket, live=live)
     admin.bind()  # before the proxy serves, so its address is an own listener from the start
     if admin.address is not None:
         state.set_own_listeners(frozenset({admin.address}))
@@ -166,7 +165,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         seam_reuseport.enable()
         listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
-    m = build_master(state, opts.confdir, listen)
+    m = build_master(live, opts.confdir, listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, state)
@@ -228,7 +227,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             if json.loads(state.home.run_json.read_text()).get("pid") == os.getpid():
                 state.home.run_json.unlink()
         state.lock()
-        runtime.install(None)
+        live.state = None
 
 
 def admin_addrs(admin: AdminServer) -> list[tuple[str, int]]:

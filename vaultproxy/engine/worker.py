@@ -28,8 +28,7 @@ from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
 from vaultproxy.seam import reuseport as seam_reuseport
-from vaultproxy.stages import runtime
-from vaultproxy.state import ProxyState
+from vaultproxy.state import Live, ProxyState
 
 logger = logging.getLogger("vaultproxy.worker")
 
@@ -84,10 +83,10 @@ async def run(fd: int) -> int:
     home = Home(Path(header["home"]))
     state = ProxyState.from_text(home, header["config"], audit=ForwardingAudit(writer, loop))
     apply_state(state, header, payload)
-    runtime.install(state)
+    live = Live(state)
     seam_reuseport.enable()
     host, port = header["listen"]
-    m = build_master(state, header["confdir"], (str(host), int(port)))
+    m = build_master(live, header["confdir"], (str(host), int(port)))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     master_task = asyncio.create_task(m.run())
@@ -115,7 +114,7 @@ async def run(fd: int) -> int:
         if follower is not None:
             follower.cancel()
         state.lock()
-        runtime.install(None)
+        live.state = None
         with contextlib.suppress(Exception):
             await writer.drain()  # the last audit records
         writer.close()

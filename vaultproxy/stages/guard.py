@@ -56,7 +56,9 @@ def _replace_body(body: bytes) -> Callable[[bytes], list[bytes]]:
     return emit
 
 
-def _fail(stage: str, hook: str, args: tuple[Any, ...], err: BaseException) -> None:
+def _fail(
+    stage: str, hook: str, args: tuple[Any, ...], err: BaseException, connections: Any
+) -> None:
     from vaultproxy.errors import VaultproxyError
 
     if not isinstance(err, VaultproxyError):
@@ -69,16 +71,14 @@ def _fail(stage: str, hook: str, args: tuple[Any, ...], err: BaseException) -> N
         if server is not None and hasattr(server, "error"):
             server.error = "vaultproxy refused the connection"  # server_connect
         client = getattr(getattr(arg, "context", None), "client", None)
-        if client is not None:
-            from vaultproxy.stages import runtime
-
-            st = runtime.current()
-            tunnel = st.tunnels.get(client.id) if st else None
-            if tunnel is not None:
-                tunnel.broken = True
-            elif st is not None:
-                st.broken_clients.add(client.id)
+        if client is not None and connections is not None:
+            connections.mark_broken(client.id)
         return
+
+
+def _connections(stage: Any) -> Any:
+    rt = getattr(stage, "rt", None)
+    return getattr(rt, "connections", None)
 
 
 def guarded[F: Callable[..., Any]](fn: F) -> F:
@@ -91,7 +91,7 @@ def guarded[F: Callable[..., Any]](fn: F) -> F:
             try:
                 return await fn(self, *args)
             except Exception as e:  # noqa: BLE001 - deliberately total
-                _fail(stage, fn.__name__, args, e)
+                _fail(stage, fn.__name__, args, e, _connections(self))
                 return None
 
         return awrapper  # type: ignore[return-value]
@@ -101,7 +101,7 @@ def guarded[F: Callable[..., Any]](fn: F) -> F:
         try:
             return fn(self, *args)
         except Exception as e:  # noqa: BLE001
-            _fail(stage, fn.__name__, args, e)
+            _fail(stage, fn.__name__, args, e, _connections(self))
             return None
 
     return wrapper  # type: ignore[return-value]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from mitmproxy import http
 
 from vaultproxy.decide import Decision, Facts, decide
-from vaultproxy.stages import runtime
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Stage
 from vaultproxy.state import ProxyState
 
 
@@ -22,13 +22,7 @@ def _decide(st: ProxyState, facts: Facts) -> Decision:
     return decide(facts, st.registry, agents)
 
 
-class Identify:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("Identify")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("Identify")
-
+class Identify(Stage):
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -36,7 +30,7 @@ class Identify:
         header = flow.request.headers.pop("proxy-authorization", None)
         req = flow.request
         facts = Facts("connect", req.host, req.port, proxy_authorization=header)
-        decision = record_of(flow).decision = _decide(runtime.state(), facts)
+        decision = record_of(flow).decision = _decide(self.rt.state(), facts)
         if decision.refusal is not None:
             raise decision.refusal
 
@@ -45,10 +39,10 @@ class Identify:
         header = flow.request.headers.pop("proxy-authorization", None)
         if flow.response is not None:
             return
-        st = runtime.state()
+        st = self.rt.state()
         req = flow.request
         rec = record_of(flow)
-        tunnel = st.tunnels.get(flow.client_conn.id)
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is not None:
             facts = Facts(
                 "connect", tunnel.host, tunnel.port, host_header=req.host_header or "",

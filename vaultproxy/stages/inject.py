@@ -10,37 +10,31 @@ from mitmproxy import http
 from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
-from vaultproxy.stages import runtime
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Stage
 
 
 class TunnelBroken(VaultproxyError):
     status, code, public = 500, "internal", "internal proxy error"
 
 
-class Inject:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("Inject")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("Inject")
-
+class Inject(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # refused by an earlier stage
-        st = runtime.state()
+        st = self.rt.state()
         req = flow.request
         req.headers.pop("proxy-authorization", None)
         rec = record_of(flow)
-        tunnel = st.tunnels.get(flow.client_conn.id)
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
             for value in _surfaces(req):  # a misdirected placeholder is refused
                 st.snapshot.index.scan(value, "")
             req.stream = True
             return
-        if tunnel.broken or flow.client_conn.id in st.broken_clients:
+        if self.rt.connections.broken(flow.client_conn.id):
             raise TunnelBroken()
         decision = rec.decision
         if decision is None:
@@ -72,7 +66,7 @@ class Inject:
         body = flow.request.raw_content or b""
         if len(body) > limit:
             raise BodyTooLarge()
-        index = runtime.state().snapshot.index
+        index = self.rt.state().snapshot.index
         if substitute_request_body(flow.request, rec.service, entry, index):
             rec.injected = True
 

@@ -7,16 +7,18 @@ from mitmproxy import http
 
 from vaultproxy.audit.canonical import record_decision
 from vaultproxy.hostnames import normal_host
-from vaultproxy.stages import runtime
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Runtime, Stage
 
 
-def _record(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -> None:
+def _record(
+    rt: Runtime, flow: http.HTTPFlow, event: str, outcome: str, reason: str | None
+) -> None:
     rec = record_of(flow)
     if rec.audited:
         return
-    st = runtime.current()
+    st = rt.current()
     if st is None:
         return
     rec.audited = True
@@ -31,7 +33,7 @@ def _record(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -
         if service is None:  # name the registered service it targeted
             service = st.registry.lookup(normal_host(host), request.port)
     else:
-        tunnel = st.tunnels.get(flow.client_conn.id)
+        tunnel = rt.connections.tunnel(flow.client_conn.id)
         host = tunnel.host if tunnel is not None else request.pretty_host
     record_decision(
         st.audit,
@@ -49,22 +51,16 @@ def _record(flow: http.HTTPFlow, event: str, outcome: str, reason: str | None) -
     )
 
 
-class Record:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("Record")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("Record")
-
+class Record(Stage):
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
         denied = record_of(flow).denied
         if denied is not None:
-            _record(flow, "tunnel_refused", "denied", denied[0])
+            _record(self.rt, flow, "tunnel_refused", "denied", denied[0])
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        st = runtime.current()
+        st = self.rt.current()
         rec = record_of(flow)
         if st is not None and rec.service is not None:
             st.inflight += 1
@@ -74,7 +70,7 @@ class Record:
         rec = record_of(flow)
         if rec.counted:
             rec.counted = False
-            st = runtime.current()
+            st = self.rt.current()
             if st is not None:
                 st.inflight -= 1
 
@@ -83,18 +79,18 @@ class Record:
         self._finish(flow)
         rec = record_of(flow)
         if rec.denied is not None:
-            _record(flow, "request", "denied", rec.denied[0])
+            _record(self.rt, flow, "request", "denied", rec.denied[0])
         elif rec.service is not None:
-            _record(flow, "request", "injected" if rec.injected else "forwarded", None)
+            _record(self.rt, flow, "request", "injected" if rec.injected else "forwarded", None)
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
         rec = record_of(flow)
         if rec.denied is not None:
-            _record(flow, "request", "denied", rec.denied[0])
+            _record(self.rt, flow, "request", "denied", rec.denied[0])
         elif rec.service is not None:
-            _record(flow, "request", "error", "upstream error")
+            _record(self.rt, flow, "request", "error", "upstream error")
 
     @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:

@@ -25,9 +25,9 @@ from mitmproxy import http
 
 from vaultproxy.errors import HostMismatch, InvalidRequest
 from vaultproxy.hostnames import normal_host, same_target
-from vaultproxy.stages import runtime
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Stage
 
 MAX_HEADER_FIELDS = 256
 MAX_HEADER_BYTES = 64 * 1024
@@ -80,13 +80,7 @@ def check_target(
         raise InvalidRequest("the request target must be an origin-form path (/...)")
 
 
-class RequestGate:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("RequestGate")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("RequestGate")
-
+class RequestGate(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -95,8 +89,8 @@ class RequestGate:
         rec.path = req.path.split("?", 1)[0]  # as the agent sent it
         if flow.response is not None:
             return  # refused by an earlier stage
-        st = runtime.state()
-        tunnel = st.tunnels.get(flow.client_conn.id)
+        self.rt.state()  # NotReady (503) when no home is loaded
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None or tunnel.service is None:
             return  # not intercepted: no credential will be added
         rec.service = tunnel.service

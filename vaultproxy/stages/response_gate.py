@@ -48,9 +48,9 @@ from vaultproxy.errors import (
 )
 from vaultproxy.redact import Redactor, drop_set_cookie, gate_head, redact_headers, stream_filter
 from vaultproxy.seam import defences
-from vaultproxy.stages import runtime
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import error_reply, guarded
+from vaultproxy.stages.runtime import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ def _known_small(flow: http.HTTPFlow) -> bool:
     return size is not None and 0 <= size <= SMALL_BODY
 
 
-def _redact_whole(flow: http.HTTPFlow, redactor: Redactor, encoding: str) -> None:
+def _redact_whole(
+    flow: http.HTTPFlow, redactor: Redactor, encoding: str, limit: int
+) -> None:
     """Decode (at most ``max_body_mb``), redact and re-measure a buffered body."""
     resp = flow.response
     assert resp is not None
@@ -98,7 +100,6 @@ def _redact_whole(flow: http.HTTPFlow, redactor: Redactor, encoding: str) -> Non
         raise UnscannableResponse("the response was streamed before it could be scanned")
     body = resp.raw_content or b""
     if encoding:
-        limit = runtime.state().registry.config.proxy.max_body_mb * 1024 * 1024
         decode = decoder_for(encoding, limit)
         if decode is None:  # pragma: no cover - checked in responseheaders
             raise UnscannableResponse()
@@ -154,20 +155,14 @@ defences.set_ws_control_filter(_ws_control)
 defences.set_error_classifier(classify_engine_error)
 
 
-class ResponseGate:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("ResponseGate")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("ResponseGate")
-
+class ResponseGate(Stage):
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
         service = rec.service
         if service is None or flow.response is None or rec.denied is not None:
             return
-        st = runtime.state()
+        st = self.rt.state()
         resp = flow.response
         redactor = st.session.redactor_for(service)
         if redactor is None:
@@ -218,7 +213,8 @@ class ResponseGate:
                 redactor.redact_headers(resp.trailers)
         encoding, rec.whole = rec.whole, None
         if encoding is not None and rec.denied is None:
-            _redact_whole(flow, redactor, encoding)
+            limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024
+            _redact_whole(flow, redactor, encoding, limit)
         elif not resp.stream and resp.raw_content:
             resp.raw_content = redactor.redact(resp.raw_content)
 

@@ -11,31 +11,25 @@ from mitmproxy.proxy.layer import NextLayer
 from vaultproxy.errors import DestinationDenied
 from vaultproxy.hostnames import normal_host
 from vaultproxy.resolve import resolve_checked
-from vaultproxy.stages import runtime
+from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
-from vaultproxy.state import Tunnel
+from vaultproxy.stages.runtime import Stage
 
 
-class Route:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("Route")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("Route")
-
+class Route(Stage):
     @guarded
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # already refused (gate, agent auth)
-        st = runtime.state()
+        st = self.rt.state()
         decision = record_of(flow).decision
         if decision is None or decision.dial is None:
             raise DestinationDenied("the tunnel was not decided")
         host, port = normal_host(flow.request.host), flow.request.port
         service = decision.service
         tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent)
-        st.tunnels[flow.client_conn.id] = tunnel
+        self.rt.connections.open(flow.client_conn.id, tunnel)
         policy = st.snapshot.address_context(service)
         tunnel.pinned = await resolve_checked(*decision.dial, policy)
 
@@ -43,9 +37,8 @@ class Route:
     def next_layer(self, nextlayer: NextLayer) -> None:
         if nextlayer.layer is not None:
             return
-        st = runtime.state()
         ctx = nextlayer.context
-        tunnel = st.tunnels.get(ctx.client.id)
+        tunnel = self.rt.connections.tunnel(ctx.client.id)
         if tunnel is None or ctx.server.address is None:
             return
         if tunnel.service is None:
@@ -54,14 +47,10 @@ class Route:
 
     @guarded
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        st = runtime.state()
-        tunnel = st.tunnels.get(data.context.client.id)
+        tunnel = self.rt.connections.tunnel(data.context.client.id)
         if tunnel is None or tunnel.service is None:
             return
         tunnel.sni = data.client_hello.sni
 
     def client_disconnected(self, client: connection.Client) -> None:
-        st = runtime.current()
-        if st is not None:
-            st.tunnels.pop(client.id, None)
-            st.broken_clients.discard(client.id)
+        self.rt.connections.close(client.id)
