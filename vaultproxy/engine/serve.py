@@ -190,11 +190,11 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
                                     listen=addrs[0])
             supervisor.on_pids_changed = announce
             await supervisor.start()
-        announce()
         for w in security_warnings(state, opts.listen) + admin.warnings():
             logger.warning("%s", w)
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
+        announce()  # run.json last: whoever waits for it finds the banner and warnings out
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if master_task.done():
