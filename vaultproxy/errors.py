@@ -170,3 +170,11 @@ def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
 
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": message, "code": code}).encode()
+
+
+class NotReady(VaultproxyError):
+    status, code, public = 503, "not_ready", "vaultproxy is not configured (no home loaded)"
+
+
+def problems_text(err: ConfigError) -> str:
+    return "\n".join(f"  {p}" for p in err.problems)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from vaultproxy.errors import UsageError
+
 
 def normal_host(host: str) -> str:
     host = host.strip().lower().rstrip(".")
@@ -30,3 +32,10 @@ def same_target(authority: str, host: str, port: int) -> bool:
     if h != normal_host(host):
         return False
     return p is None or p == port
+
+
+def parse_listen(text: str, flag: str) -> tuple[str, int]:
+    host, port = split_authority(text)
+    if not host or port is None or not 0 <= port <= 65535:
+        raise UsageError(f"{flag} must be HOST:PORT, for example 127.0.0.1:3203")
+    return host, port

@@ -40,8 +40,10 @@ byte; each escape found costs one regex search over the window a match containin
 span (``2 * max_len``), and after ``_MAX_WINDOWS`` of those the check gives up and says
 "maybe". On bodies without a candidate this runs at GB/s.
 
-The module also has the streaming decoders (``decoder_for``) the caller puts in front of the
-redactor: a compressed body cannot be redacted without decompressing it.
+The response gate's rules that both the proxy and ``POST /proxy`` apply are here too
+(``gate_head`` for the header section, ``stream_filter`` for the body, behind the streaming
+decoders of decoding.py: a compressed body cannot be redacted without decompressing it).
+``decoder_for`` is re-exported for callers that decode without a gate.
 """
 
 from __future__ import annotations
@@ -49,16 +51,24 @@ from __future__ import annotations
 import base64
 import itertools
 import re
-import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import regex
 from mitmproxy import http
 
-from vaultproxy.errors import BodyTooLarge
+from vaultproxy.decoding import Decoder, decoder_for
+from vaultproxy.errors import UnscannableResponse
 
-__all__ = ["Redactor", "base64_forms", "decoder_for", "drop_set_cookie", "redact_headers"]
+__all__ = [
+    "Redactor",
+    "base64_forms",
+    "decoder_for",
+    "drop_set_cookie",
+    "gate_head",
+    "redact_headers",
+    "stream_filter",
+]
 
 _MIN_CORE = 8
 _MAX_WINDOWS = 8  # escapes checked one by one before may_match gives up (at least)
@@ -392,128 +402,49 @@ def drop_set_cookie(headers: http.Headers) -> None:
         del headers["set-cookie"]
 
 
-# --- streaming decompression -------------------------------------------------------------
+def stream_filter(
+    redactor: Redactor, decode: Callable[[bytes], bytes] | None
+) -> Callable[[bytes], list[bytes]]:
+    """A response body's filter, chunk by chunk: decode, redact, and never emit an empty chunk
+    (``b""`` in: the end of the body, flush). The proxy's ``flow.response.stream`` callable
+    and ``POST /proxy``'s relay.
 
-Decoder = Callable[[bytes], bytes]
-
-
-class _Limit:
-    def __init__(self, limit: int | None) -> None:
-        self.left = limit
-
-    def take(self, data: bytes) -> bytes:
-        if self.left is not None:
-            self.left -= len(data)
-            if self.left < 0:
-                raise BodyTooLarge("the decompressed response body exceeds the limit")
-        return data
-
-    def max_length(self) -> int:
-        return 0 if self.left is None else self.left + 1
-
-
-class _Zlib:
-    """gzip (multi-member) and zlib/raw deflate. ``wbits=None``: sniff zlib vs raw deflate."""
-
-    def __init__(self, wbits: int | None, limit: _Limit) -> None:
-        self._wbits = wbits
-        self._limit = limit
-        self._pending = b""
-        self._d: Any = zlib.decompressobj(wbits) if wbits is not None else None
-
-    def _sniff(self, data: bytes) -> None:
-        cmf, flg = data[0], data[1]
-        is_zlib = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
-        self._wbits = zlib.MAX_WBITS if is_zlib else -zlib.MAX_WBITS
-        self._d = zlib.decompressobj(self._wbits)
-
-    def __call__(self, chunk: bytes) -> bytes:
-        final = not chunk
-        if self._d is None:
-            self._pending += chunk
-            if len(self._pending) < 2:
-                return b""
-            self._sniff(self._pending)
-            chunk, self._pending = self._pending, b""
-        out = self._feed(chunk) if chunk else b""
-        if final:
-            out += self._limit.take(self._d.flush())
-        return out
-
-    def _feed(self, chunk: bytes) -> bytes:
-        out = [self._limit.take(self._d.decompress(chunk, self._limit.max_length()))]
-        while True:
-            if self._d.unconsumed_tail:
-                tail = self._d.unconsumed_tail
-                out.append(self._limit.take(self._d.decompress(tail, self._limit.max_length())))
-            elif self._d.eof and self._d.unused_data and self._wbits == 16 + zlib.MAX_WBITS:
-                rest = self._d.unused_data  # another gzip member follows
-                self._d = zlib.decompressobj(self._wbits)
-                out.append(self._limit.take(self._d.decompress(rest, self._limit.max_length())))
-            else:
-                return b"".join(out)
-
-
-class _Brotli:
-    def __init__(self, limit: _Limit) -> None:
-        import brotli  # type: ignore[import-untyped]  # shipped with mitmproxy
-
-        self._d = brotli.Decompressor()
-        self._limit = limit
-
-    def __call__(self, chunk: bytes) -> bytes:
-        return self._limit.take(self._d.process(chunk)) if chunk else b""
-
-
-class _Zstd:
-    def __init__(self, limit: _Limit) -> None:
-        import zstandard
-
-        self._d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-        self._limit = limit
-
-    def __call__(self, chunk: bytes) -> bytes:
-        return self._limit.take(self._d.decompress(chunk)) if chunk else b""
-
-
-def _one(coding: str, limit: _Limit) -> Decoder | None:
-    if coding in ("gzip", "x-gzip"):
-        return _Zlib(16 + zlib.MAX_WBITS, limit)
-    if coding == "deflate":
-        return _Zlib(None, limit)
-    if coding == "br":
-        return _Brotli(limit)
-    if coding == "zstd":
-        return _Zstd(limit)
-    return None
-
-
-def decoder_for(content_encoding: str, limit: int | None = None) -> Decoder | None:
-    """A streaming decoder for a ``Content-Encoding`` value, or None if we cannot decode it.
-
-    Handles ``gzip``, ``deflate`` (zlib-wrapped or raw, sniffed), ``br``, ``zstd``,
-    ``identity`` and lists such as ``gzip, br`` (undone right to left). Call it per chunk and
-    a final time with ``b""``. ``limit`` caps the total decoded size (BodyTooLarge beyond it).
+    mitmproxy sends every returned item as a chunk; on HTTP/1.1 an empty one is written as
+    ``0\\r\\n\\r\\n``, the end of a chunked body, which would truncate the response while
+    the redactor holds back a possible partial match. So return a list, empty when holding.
     """
-    codings = [c.strip().lower() for c in content_encoding.split(",")]
-    codings = [c for c in codings if c and c != "identity"]
-    chain: list[Decoder] = []
-    for coding in reversed(codings):
-        dec = _one(coding, _Limit(limit))  # each stage capped; the last one is the output
-        if dec is None:
-            return None
-        chain.append(dec)
-    if not chain:
-        identity = _Limit(limit)
-        return identity.take
+    feed = redactor.stream()
 
-    def run(chunk: bytes) -> bytes:
-        data = chunk
-        for dec in chain:
-            if chunk:
-                data = dec(data) if data else b""
-            else:
-                data = (dec(data) if data else b"") + dec(b"")
-        return data
+    if decode is None:
 
-    return run
+        def plain(chunk: bytes) -> list[bytes]:
+            out = feed(chunk)
+            return [out] if out else []
+
+        return plain
+
+    def decoded(chunk: bytes) -> list[bytes]:
+        data = decode(chunk)
+        if chunk:
+            out = feed(data) if data else b""
+        else:
+            out = feed(data) + feed(b"") if data else feed(b"")
+        return [out] if out else []
+
+    return decoded
+
+
+def gate_head(redactor: Redactor, headers: http.Headers) -> tuple[str, Decoder | None]:
+    """The response gate's header rules, for the proxy and ``POST /proxy`` alike: drop
+    ``Set-Cookie``, redact every field, and pick the body's decoder. Returns the
+    ``Content-Encoding`` ("" for identity) and its decoder (None for identity); an encoding
+    no decoder reads raises UnscannableResponse (the body could hide a secret)."""
+    drop_set_cookie(headers)
+    redact_headers(redactor, headers)
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return "", None
+    decode = decoder_for(encoding)
+    if decode is None:
+        raise UnscannableResponse()
+    return encoding, decode

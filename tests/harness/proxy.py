@@ -1,18 +1,47 @@
-"""Start real vaultproxy processes: a home made with the real CLI, `vaultproxy run`, mitmdump."""
+"""Start real vaultproxy processes: a home made in-process with the real keystore and CA code
+(a cheap test KDF), `vaultproxy run`, mitmdump."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vaultproxy.ca import ensure_ca
+from vaultproxy.home import Home
+from vaultproxy.keystore import KdfParams, Keystore, store
+from vaultproxy.secret import Secret
+
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"  # the test master password; not a canary secret
+# Argon2id at its cheapest: the keystore stores its KDF parameters, so a proxy unlocks a
+# test home in microseconds instead of ~0.3 s of the real profile. Keystore/KDF tests make
+# their own keystores with the real parameters.
+TEST_KDF = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
+
+
+@contextlib.contextmanager
+def _test_kdf_floor() -> Iterator[None]:
+    """A save keeps TEST_KDF (outside tests it is raised to the real floor)."""
+    floor, store.KDF_FLOOR = store.KDF_FLOOR, TEST_KDF
+    try:
+        yield
+    finally:
+        store.KDF_FLOOR = floor
+
+
+def _init_home(home: Home) -> None:
+    """What `vaultproxy init` makes (home 0700, keystore, CA), in this process."""
+    home.create()
+    Keystore.create(home.keystore, Secret(PASSWORD), kdf=TEST_KDF)
+    ensure_ca(home)
 
 
 def cli(
@@ -57,40 +86,32 @@ class ProxyHome:
         pw = base / "master-password"
         pw.write_text(PASSWORD)
         os.chmod(pw, 0o600)
-        cli(home, "init", "--password-file", str(pw))
+        _init_home(Home(home))
         for name, data in (files or {}).items():
             (home / name).write_bytes(data)
         (home / "services.toml").write_text(services)
         os.chmod(home / "services.toml", 0o600)
         th = cls(home, pw)
-        for name, value in (secrets or {}).items():
-            th.set_secret(name, value)
+        th.set_secrets(secrets or {})
         return th
 
     def set_secret(self, name: str, value: str | dict[str, str]) -> None:
-        if isinstance(value, str):
-            cli(
-                self.path,
-                "secret",
-                "set",
-                name,
-                "--password-file",
-                str(self.password_file),
-                input=value,
-            )
-        else:
-            for f, v in value.items():
-                cli(
-                    self.path,
-                    "secret",
-                    "set",
-                    name,
-                    "--field",
-                    f,
-                    "--password-file",
-                    str(self.password_file),
-                    input=v,
-                )
+        self.set_secrets({name: value})
+
+    def set_secrets(self, secrets: dict[str, str | dict[str, str]]) -> None:
+        """Write secrets in this process, as `vaultproxy secret set` would (same keystore
+        code, same atomic save), keeping the home's cheap test KDF."""
+        if not secrets:
+            return
+        with _test_kdf_floor():
+            ks = Keystore.open(Home(self.path).keystore, Secret(PASSWORD))
+            for name, value in secrets.items():
+                if isinstance(value, str):
+                    ks.set_value(name, Secret(value))
+                else:
+                    for f, v in value.items():
+                        ks.set_field(name, f, Secret(v))
+            ks.save()
 
     @property
     def ca_cert(self) -> Path:

@@ -71,8 +71,8 @@ def _sdk(proxy: ProxyProcess) -> openai.OpenAI:
 def test_locked_503_stops_sdk_retries(tmp_path: Path, upstream: HostileUpstream) -> None:
     proxy = _proxy(tmp_path, upstream, locked=True)
     try:
-        with _sdk(proxy) as client, pytest.raises(openai.APIStatusError) as info:
-            client.models.list()
+        with _sdk(proxy) as sdk, pytest.raises(openai.APIStatusError) as info:
+            sdk.models.list()
         resp = info.value.response
         assert resp.status_code == 503
         assert resp.headers["x-vaultproxy-error"] == "locked"
@@ -90,8 +90,8 @@ def test_twin_sdk_retries_a_plain_503(tmp_path: Path, upstream: HostileUpstream)
     proxy = _proxy(tmp_path, upstream, locked=False)
     before = len(upstream.received)
     try:
-        with _sdk(proxy) as client, pytest.raises(openai.APIStatusError) as info:
-            client.models.list()
+        with _sdk(proxy) as sdk, pytest.raises(openai.APIStatusError) as info:
+            sdk.models.list()
         assert info.value.response.status_code == 503
         assert "x-should-retry" not in info.value.response.headers
     finally:

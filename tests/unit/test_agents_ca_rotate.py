@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from vaultproxy import ca as ca_mod
 from vaultproxy.errors import CAError
@@ -40,7 +41,7 @@ def test_rotate_overlap_then_finish(home: Home) -> None:
     assert not key.exists() and not crt.exists()
     assert _fp_in_bundle(home, nfp) and not _fp_in_bundle(home, old.fingerprint_sha256)
     retired = ca_mod.retired_cert_path(home).read_bytes()
-    assert retired == old.cert.public_bytes(ca_mod.serialization.Encoding.PEM)
+    assert retired == old.cert.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(CAError, match="no CA rotation"):
         ca_mod.rotate_finish(home)
 

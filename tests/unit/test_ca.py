@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vaultproxy import ca as ca_mod
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.errors import CAError, PermissionProblem, UsageError
 from vaultproxy.home import Home
 
@@ -227,6 +228,6 @@ def test_no_clobber_write_refuses_existing_file(tmp_path: Path) -> None:
     target = tmp_path / "f"
     target.write_bytes(b"original")
     with pytest.raises(FileExistsError):
-        ca_mod._write_file(target, b"new", 0o600, clobber=False)
+        write_atomic(target, b"new", mode=0o600, exclusive=True)  # how the CA files are made
     assert target.read_bytes() == b"original"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]

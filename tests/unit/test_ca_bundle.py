@@ -14,6 +14,7 @@ import pytest
 
 from tests.unit.test_ca import make_home
 from vaultproxy import ca as ca_mod
+from vaultproxy.ca import bundle as ca_bundle
 from vaultproxy.errors import CAError
 from vaultproxy.home import Home
 
@@ -111,7 +112,7 @@ def test_empty_system_store_is_refused(
 ) -> None:
     empty = tmp_path / "empty.pem"
     empty.write_bytes(b"# no certificates here\n")
-    monkeypatch.setattr(ca_mod, "system_ca_file", lambda _home: empty)
+    monkeypatch.setattr(ca_bundle, "system_ca_file", lambda _home: empty)
     with pytest.raises(CAError, match="holds no certificates"):
         ca_mod.build_bundle(home)
     assert not home.ca_bundle.exists()

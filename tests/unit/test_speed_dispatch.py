@@ -11,7 +11,7 @@ from mitmproxy import exceptions, hooks, log, master, options
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import tflow
 
-from vaultproxy.engine.dispatch import IndexedAddonManager, hook_args
+from vaultproxy.seam.dispatch import IndexedAddonManager, hook_args
 
 
 class Rec:

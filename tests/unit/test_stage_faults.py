@@ -2,7 +2,8 @@
 
 mitmproxy's addon manager logs a hook's exception and continues down the chain (fail-open);
 our guard must turn it into a response on the flow first. Each case forces a fault inside
-a stage with monkeypatch and checks the flow is answered by the proxy, not sent on."""
+a stage with monkeypatch, fires the hook through the addon manager production runs
+(seam/speed.py) and checks the flow is answered by the proxy, not sent on."""
 
 from __future__ import annotations
 
@@ -11,21 +12,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mitmproxy import http
+from mitmproxy import hooks, http, master, options
 from mitmproxy.proxy import server_hooks
-from mitmproxy.test import taddons, tflow, tutils
+from mitmproxy.proxy.layer import NextLayerHook
+from mitmproxy.proxy.layers.http import (
+    HttpConnectHook,
+    HttpRequestHeadersHook,
+    HttpRequestHook,
+    HttpResponseHeadersHook,
+    HttpResponseHook,
+)
+from mitmproxy.test import tflow, tutils
 
 from tests.canary import make_canary
-from vaultproxy.engine.state import ProxyState, Tunnel
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
+from vaultproxy.seam import speed
 from vaultproxy.secret import Secret
-from vaultproxy.stages import Connect, Inject, Record, ResponseGate, Route, runtime
+from vaultproxy.stages import Connect, Identify, Inject, Record, ResponseGate, Route, Runtime
 from vaultproxy.stages import connect as connect_mod
 from vaultproxy.stages import inject as inject_mod
 from vaultproxy.stages import record as record_mod
 from vaultproxy.stages import response_gate as scrub_mod
 from vaultproxy.stages import route as route_mod
+from vaultproxy.stages.connections import Tunnel
+from vaultproxy.state import Live, ProxyState
 
 SERVICES = """
 [[service]]
@@ -52,7 +63,8 @@ def boom(*_a: object, **_k: object) -> None:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[ProxyState]:
+def state(tmp_path: Path) -> Iterator[Runtime]:
+    """The runtime a chain's stages share, serving a loaded, unlocked home."""
     home = Home(tmp_path / "home")
     home.create()
     home.services.write_text(SERVICES)
@@ -61,22 +73,34 @@ def state(tmp_path: Path) -> Iterator[ProxyState]:
     ks.set_value("body", Secret(make_canary()))
     ks.save()
     st = ProxyState.load(home)
-    st.keystore = ks
-    runtime.install(st)
-    yield st
-    runtime.install(None)
+    st.install_keystore(ks)
+    yield Runtime(Live(st))
 
 
-def _flow(st: ProxyState, host: str, service_name: str | None) -> http.HTTPFlow:
+def _flow(rt: Runtime, host: str, service_name: str | None) -> http.HTTPFlow:
     f = tflow.tflow()
     f.request.scheme, f.request.host, f.request.port = "https", host, 443
     f.request.headers["host"] = host
     f.request.headers["authorization"] = "Bearer agent-own-token"
-    service = st.registry.by_name(service_name) if service_name else None
-    st.tunnels[f.client_conn.id] = Tunnel(
-        host=host, port=443, service=service, pinned=("203.0.113.9", 443)
+    service = rt.state().registry.by_name(service_name) if service_name else None
+    rt.connections.open(
+        f.client_conn.id, Tunnel(host=host, port=443, service=service, pinned=("203.0.113.9", 443))
     )
     return f
+
+
+def fire(stage: object, event: hooks.Hook, *after: object) -> None:
+    """Run one hook of ``stage`` (then of ``after``) through the production addon manager."""
+
+    async def go() -> None:
+        m = master.Master(options.Options(), with_termlog=False)
+        try:
+            speed.tune(m).add(stage, *after)
+            await m.addons.handle_lifecycle(event)
+        finally:
+            m._legacy_log_events.uninstall()  # no-op once tune() did it
+
+    asyncio.run(go())
 
 
 def _assert_denied(f: http.HTTPFlow) -> None:
@@ -89,7 +113,9 @@ def test_route_http_connect_fault_refuses_tunnel(state, monkeypatch):  # type: i
     monkeypatch.setattr(route_mod, "resolve_checked", boom)
     f = tflow.tflow()
     f.request.method, f.request.host, f.request.port = "CONNECT", "svc.example.com", 443
-    asyncio.run(Route().http_connect(f))
+    fire(Identify(state), HttpConnectHook(f))
+    assert f.response is None  # decided: an intercepted tunnel
+    fire(Route(state), HttpConnectHook(f))
     _assert_denied(f)
 
 
@@ -99,10 +125,10 @@ def test_route_next_layer_fault_marks_connection_broken(state, monkeypatch):  # 
     f = _flow(state, "elsewhere.example.com", None)
     ctx = tutils_context(f)
     monkeypatch.setattr(route_mod.layers, "TCPLayer", boom)
-    Route().next_layer(NextLayer(ctx))
+    fire(Route(state), NextLayerHook(NextLayer(ctx)))
     monkeypatch.undo()
     # Every later request on that connection is refused.
-    Inject().requestheaders(f)
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     _assert_denied(f)
 
 
@@ -112,70 +138,73 @@ def test_connect_server_connect_fault_kills_connection(state, monkeypatch):  # t
     server = tflow.tserver_conn()
     server.address = ("plain.example.com", 80)
     data = server_hooks.ServerConnectionHookData(server=server, client=client)
-    asyncio.run(Connect().server_connect(data))
+    fire(Connect(state), server_hooks.ServerConnectHook(data))
     assert server.error
 
 
 def test_inject_requestheaders_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(inject_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
-    Inject().requestheaders(f)
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     _assert_denied(f)
 
 
 def test_inject_requestheaders_without_fault_injects(state):  # type: ignore[no-untyped-def]
     """Negative twin: the same flow, no fault, is forwarded with the real credential."""
     f = _flow(state, "svc.example.com", "svc")
-    Inject().requestheaders(f)
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     assert f.response is None
     assert f.request.headers["authorization"].startswith("Bearer vpcanary_")
 
 
 def test_inject_request_body_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(inject_mod, "substitute_body", boom)
+    monkeypatch.setattr(inject_mod, "substitute_request_body", boom)
     f = _flow(state, "body.example.com", "body")
     f.request.headers["authorization"] = "Bearer __vault.body__"
     f.request.content = b'{"k": "__vault.body__"}'
-    Inject().requestheaders(f)
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     assert f.response is None
-    Inject().request(f)
+    fire(Inject(state), HttpRequestHook(f))
     _assert_denied(f)
 
 
 def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(scrub_mod, "redact_headers", boom)
+    monkeypatch.setattr(scrub_mod, "gate_head", boom)
     f = _flow(state, "svc.example.com", "svc")
-    Inject().requestheaders(f)
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     f.response = tutils.tresp(content=b"upstream body")
-    ResponseGate().responseheaders(f)
+    fire(ResponseGate(state), HttpResponseHeadersHook(f))
     _assert_denied(f)
     assert f.response.content != b"upstream body"
 
 
 def test_record_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(record_mod, "_event", boom)
+    monkeypatch.setattr(record_mod, "record_decision", boom)
     f = _flow(state, "svc.example.com", "svc")
-    Inject().requestheaders(f)
+    fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     f.response = tutils.tresp()
-    Record().response(f)
+    fire(Record(state), HttpResponseHook(f))
     _assert_denied(f)
 
 
-def test_fault_is_denied_through_mitmproxys_own_dispatch(state, monkeypatch):  # type: ignore[no-untyped-def]
-    """Through the real addon manager (which would log and continue), the flow is denied."""
-    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
+def test_fault_is_denied_through_the_whole_production_chain(state, monkeypatch):  # type: ignore[no-untyped-def]
+    """The full chain in the production manager (which would log and continue): denied."""
+    from vaultproxy.stages import Gate, chain
 
     monkeypatch.setattr(inject_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
 
     async def go() -> None:
-        with taddons.context() as tctx:
-            tctx.master.addons.add(Inject())
-            await tctx.master.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+        m = master.Master(options.Options(), with_termlog=False)
+        try:
+            speed.tune(m).add(Gate(state), *chain(state))
+            await m.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+        finally:
+            m._legacy_log_events.uninstall()
 
     asyncio.run(go())
     _assert_denied(f)
-    assert f.request.headers["authorization"] == "Bearer agent-own-token" or f.response is not None
+    assert f.request.headers["authorization"] == "Bearer agent-own-token"
 
 
 def tutils_context(f: http.HTTPFlow) -> object:

@@ -17,12 +17,12 @@ from tests.canary import make_canary
 from vaultproxy.agents import entry_name, make_record, new_token
 from vaultproxy.audit import AuditEvent, AuditLog
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.engine.worker import apply_state
 from vaultproxy.errors import KeystoreError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.secret import Secret
+from vaultproxy.state import ProxyState
 
 FAST = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 
@@ -116,13 +116,13 @@ def test_apply_state_installs_registry_keystore_and_lock(tmp_path: Path) -> None
     apply_state(st, header, payload)
     assert [s.name for s in st.registry.services] == ["svc"]
     assert st.own_listeners == frozenset({("127.0.0.1", 3203)})
-    entry = st.entry_for(st.registry.services[0])
+    entry = st.session.entry_for(st.registry.services[0])
     assert entry.value is not None and entry.value.reveal() == value.encode()
-    assert "bot" in st.agents
+    assert "bot" in st.session.agents
     assert not any(payload)  # the received plaintext was wiped
     # A later "locked" message drops the secrets (the negative twin).
     apply_state(st, {**header, "locked": True}, bytearray())
-    assert st.locked and st.redactor_for(st.registry.services[0]) is None
+    assert st.locked and st.session.redactor_for(st.registry.services[0]) is None
 
 
 def test_apply_state_with_a_bad_config_keeps_the_old_registry(tmp_path: Path) -> None:

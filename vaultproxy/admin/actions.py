@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from vaultproxy.admin import metrics
-from vaultproxy.audit import ADMIN_EVENT, AuditEvent
+from vaultproxy.audit import ADMIN_EVENT, AuditEvent, metrics
 from vaultproxy.config.references import secret_problems, warning_lines
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
+from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def refresh_keystore(state: ProxyState) -> None:
 def warn_missing_secrets(state: ProxyState) -> list[str]:
     """Log (and return) one warning per service whose secret is missing from the unlocked
     keystore: at start, on reload and on unlock, not first at the agent's request."""
-    ks = state.keystore
+    ks = state.session.keystore
     if ks is None:
         return []
     lines = warning_lines(secret_problems(state.registry.config, ks))

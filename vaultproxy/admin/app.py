@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from vaultproxy import __version__
-from vaultproxy.admin import health_routes, keystore_routes, metrics, proxy_route
+from vaultproxy.admin import health_routes, keystore_routes, proxy_route
 from vaultproxy.admin.actions import (
     audit_admin,
     refresh_keystore,
@@ -33,9 +33,9 @@ from vaultproxy.admin.models import (
     ServicesOut,
 )
 from vaultproxy.admin.ratelimit import TooFast
+from vaultproxy.audit import metrics
 from vaultproxy.config.models import Service
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError, error_response
-from vaultproxy.stages import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,14 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.state.admin = ctx
     app.add_middleware(Guard, token=ctx.token)
     _handlers(app)
-    app.include_router(_router())
+    app.include_router(_router(ctx))
     app.include_router(health_routes.router, responses=ERRORS)
     app.include_router(keystore_routes.router, responses=ERRORS)
     app.include_router(proxy_route.router, responses=ERRORS)
+    live = ctx.live
     metrics.bind(
-        lambda: (s := runtime.current()) is None or s.locked,
-        lambda: len(s.registry.services) if (s := runtime.current()) is not None else 0,
+        lambda: (s := live.state) is None or s.locked,
+        lambda: len(s.registry.services) if (s := live.state) is not None else 0,
     )
     return app
 
@@ -124,14 +125,14 @@ def _service_out(service: Service, present: bool | None) -> ServiceOut:
     )
 
 
-def _router() -> Any:
+def _router(ctx: AdminContext) -> Any:
     from fastapi import APIRouter
 
     router = APIRouter(responses=ERRORS)
 
     @router.get("/v1/health", response_model=HealthOut)
     async def health() -> HealthOut:
-        st = runtime.current()
+        st = ctx.live.state
         return HealthOut(
             locked=True if st is None else st.locked,
             services=0 if st is None else len(st.registry.services),
@@ -140,8 +141,8 @@ def _router() -> Any:
 
     @router.get("/v1/services", response_model=ServicesOut)
     async def services() -> ServicesOut:
-        st = proxy_state()
-        ks = st.keystore
+        st = ctx.live.require()
+        ks = st.session.keystore
         names = set(ks.names()) if ks is not None else None
         return ServicesOut(services=[
             _service_out(s, None if names is None else s.secret_name in names)
@@ -151,7 +152,7 @@ def _router() -> Any:
     @router.post("/v1/reload", response_model=ReloadOut,
                  responses={409: {"model": ErrorOut, "description": "services.toml is invalid"}})
     async def reload(request: Request) -> ReloadOut:
-        st = proxy_state()
+        st = proxy_state(request)
         who = caller(request)
         try:
             before, after = reload_registry(st)
@@ -171,7 +172,7 @@ def _router() -> Any:
         since: str | None = Query(None, max_length=64, description="ISO-8601 UTC; ts >= since"),
         service: str | None = Query(None, max_length=64),
     ) -> AuditOut:
-        st = proxy_state()
+        st = ctx.live.require()
         await st.settled()  # records of requests that worker processes answered are in
         records = await asyncio.to_thread(st.audit.tail, limit, since, service)
         return AuditOut(records=records)
@@ -179,7 +180,7 @@ def _router() -> Any:
     @router.get("/metrics", response_class=Response,
                 responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def prometheus() -> Response:
-        st = runtime.current()
+        st = ctx.live.state
         if st is not None:
             await st.settled()  # worker processes' flows are counted from their audit records
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from vaultproxy.admin.ratelimit import Backoff, TokenBucket
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.outbound import UpstreamClients
-from vaultproxy.stages import runtime
+from vaultproxy.state import Live, ProxyState
 
 PROXY_RATE = 20.0  # requests per second per caller on POST /proxy
 PROXY_BURST = 60
@@ -19,6 +18,7 @@ PROXY_BURST = 60
 @dataclass
 class AdminContext:
     token: str
+    live: Live = field(default_factory=Live)  # the proxy's state, as the engine serves it
     proxy_limit: TokenBucket = field(default_factory=lambda: TokenBucket(PROXY_RATE, PROXY_BURST))
     unlock_backoff: Backoff = field(default_factory=Backoff)
     unlock_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one KDF at a time
@@ -31,9 +31,9 @@ def admin_context(request: Request) -> AdminContext:
     return ctx
 
 
-def proxy_state() -> ProxyState:
+def proxy_state(request: Request) -> ProxyState:
     """The live ProxyState (503 not_ready when none is loaded)."""
-    return runtime.state()
+    return admin_context(request).live.require()
 
 
 def caller(request: Request) -> str:

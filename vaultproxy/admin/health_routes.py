@@ -51,8 +51,8 @@ class SecretsAuditOut(_Out):
 
 @router.get("/v1/secrets/audit", response_model=SecretsAuditOut)
 async def secrets_audit(request: Request) -> SecretsAuditOut:
-    st, who = proxy_state(), caller(request)
-    ks = st.keystore
+    st, who = proxy_state(request), caller(request)
+    ks = st.session.keystore
     if ks is None:
         audit_admin(st, caller=who, action="secrets_audit", method="GET",
                     path="/v1/secrets/audit", status=503, code="locked")

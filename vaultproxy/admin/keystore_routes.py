@@ -46,7 +46,7 @@ class NotFound(VaultproxyError):
 @router.post("/v1/unlock", response_model=LockOut,
              responses={429: {"model": ErrorOut, "description": "backing off after failures"}})
 async def unlock(body: UnlockIn, request: Request) -> LockOut:
-    ctx, st, who = admin_context(request), proxy_state(), caller(request)
+    ctx, st, who = admin_context(request), proxy_state(request), caller(request)
     key = peer(request)  # backoff per proven peer: a new X-Caller-Id does not reset it
     ctx.unlock_backoff.check(key)
     async with ctx.unlock_lock:
@@ -71,15 +71,15 @@ async def unlock(body: UnlockIn, request: Request) -> LockOut:
 
 @router.post("/v1/lock", response_model=LockOut)
 async def lock(request: Request) -> LockOut:
-    st, who = proxy_state(), caller(request)
+    st, who = proxy_state(request), caller(request)
     st.lock()
     await st.settled()  # no worker process injects anything once this answers
     audit_admin(st, caller=who, action="lock", method="POST", path="/v1/lock", status=200)
     return LockOut(locked=True)
 
 
-def _unlocked() -> Keystore:
-    ks = proxy_state().keystore
+def _unlocked(request: Request) -> Keystore:
+    ks = proxy_state(request).session.keystore
     if ks is None:
         raise LockedError()
     return ks
@@ -94,8 +94,8 @@ def _info(ks: Keystore, name: str) -> SecretInfo:
 
 
 @router.get("/v1/secrets", response_model=SecretsOut)
-async def list_secrets() -> SecretsOut:
-    ks = _unlocked()
+async def list_secrets(request: Request) -> SecretsOut:
+    ks = _unlocked(request)
     return SecretsOut(secrets=[_info(ks, n) for n in ks.names()])
 
 
@@ -112,7 +112,7 @@ def _put(ks: Keystore, name: str, body: SecretPut) -> None:
 
 
 async def _write(request: Request, action: str, path: str, method: str, work: object) -> None:
-    ctx, st, who = admin_context(request), proxy_state(), caller(request)
+    ctx, st, who = admin_context(request), proxy_state(request), caller(request)
     try:
         async with ctx.write_lock:
             await asyncio.to_thread(work)  # type: ignore[arg-type]
@@ -129,7 +129,7 @@ async def _write(request: Request, action: str, path: str, method: str, work: ob
 @router.put("/v1/secrets/{name}", response_model=SecretInfo,
             responses={409: {"model": ErrorOut, "description": "keystore write failed"}})
 async def put_secret(body: SecretPut, request: Request, name: str = NamePath) -> SecretInfo:
-    ks = _unlocked()
+    ks = _unlocked(request)
     await _write(request, "secret_put", f"/v1/secrets/{name}", "PUT", lambda: _put(ks, name, body))
     return _info(ks, name)
 
@@ -137,7 +137,7 @@ async def put_secret(body: SecretPut, request: Request, name: str = NamePath) ->
 @router.delete("/v1/secrets/{name}", response_model=SecretDeleted,
                responses={404: {"model": ErrorOut, "description": "no such secret"}})
 async def delete_secret(request: Request, name: str = NamePath) -> SecretDeleted:
-    ks = _unlocked()
+    ks = _unlocked(request)
     if ks.get(name) is None:
         raise NotFound()
 

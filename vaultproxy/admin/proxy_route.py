@@ -1,13 +1,15 @@
-"""``POST /proxy``: an explicit JSON request to a registered service, with the transparent
-path's policy (checked address, pinned dial), injection (``prepare_request``), redaction
-(the service's Redactor) and audit. Caller-supplied credentials are refused, not stripped.
+"""``POST /proxy``: an explicit JSON request to a registered service. The same ``decide()``
+as the proxy's (service, dial target, injection plan), the same injection
+(``prepare_request``, ``substitute_request_body``), the same response gate rules
+(``gate_head``, ``stream_filter``) and the same canonical audit line. Caller-supplied
+credentials are refused, not stripped.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import httpx
@@ -15,12 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from mitmproxy import http
 
-from vaultproxy.admin import metrics
 from vaultproxy.admin.context import admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
-from vaultproxy.audit import AuditEvent
+from vaultproxy.audit.canonical import record_decision
 from vaultproxy.config.models import Service
-from vaultproxy.engine.state import ProxyState
+from vaultproxy.decide import Decision, Facts, Plan, decide
+from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import (
     BodyTooLarge,
     LockedError,
@@ -29,13 +31,13 @@ from vaultproxy.errors import (
     error_response,
 )
 from vaultproxy.hostnames import split_authority
-from vaultproxy.inject import STRIP_HEADERS, placeholder_secret, prepare_request, substitute_body
+from vaultproxy.inject import STRIP_HEADERS, prepare_request, substitute_request_body
 from vaultproxy.inject.request import auth_slot, canonical_name
 from vaultproxy.outbound import UpstreamKey
 from vaultproxy.placeholders import basic_credentials
-from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
+from vaultproxy.redact import Redactor, gate_head, stream_filter
 from vaultproxy.resolve import resolve_checked
-from vaultproxy.stages.inject import DECODABLE
+from vaultproxy.state import ProxyState
 
 router = APIRouter()
 
@@ -121,14 +123,24 @@ def _body_bytes(body: object, headers: list[tuple[bytes, bytes]]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def build_request(st: ProxyState, service: Service, host: str, port: int, req_in: ProxyIn
+def decide_request(st: ProxyState, host: str, port: int) -> Decision:
+    """The same ``decide()`` as the proxy's, for a caller the admin token authenticated."""
+    authority = host if port == 443 else f"{host}:{port}"
+    facts = Facts("admin", host, port, host_header=authority)
+    decision = decide(facts, st.registry, None if st.locked else st.session.agents)
+    if decision.refusal is not None:
+        raise decision.refusal
+    return decision
+
+
+def build_request(st: ProxyState, plan: Plan, host: str, port: int, req_in: ProxyIn
                   ) -> tuple[http.Request, bool]:
     """The injected request (mitmproxy's type, as the transparent path) and whether a
     credential went in."""
+    service = plan.service
     headers = caller_headers(service, req_in.headers)
     content = _body_bytes(req_in.body, headers)
-    limit = st.registry.config.proxy.max_body_mb * 1024 * 1024
-    if len(content) > limit:
+    if len(content) > plan.max_body:
         raise BodyTooLarge()
     authority = host if port == 443 else f"{host}:{port}"
     target = req_in.path
@@ -137,35 +149,12 @@ def build_request(st: ProxyState, service: Service, host: str, port: int, req_in
     req = http.Request.make(req_in.method, f"https://{authority}/", content, headers)
     req.data.path = target.encode("ascii")
     req.headers["Host"] = authority
-    entry = st.entry_for(service)
-    result = prepare_request(req, service, entry.value, entry.fields, st.snapshot.index)
-    injected = result.injected
-    if content and service.mode == "placeholder" and "body" in service.substitute_in:
-        st.snapshot.index.scan(content, service.name)
-        secret = placeholder_secret(service, entry.value, entry.fields)
-        ctype = req.headers.get("content-type", "")
-        new = substitute_body(content, ctype, service.placeholder_text.encode(), secret)
-        if new != content:
-            req.raw_content = new
-            injected = True
-    _limit_accept_encoding(req)
+    entry = st.session.entry_for(service)
+    injected = prepare_request(req, service, entry.value, entry.fields, st.snapshot.index).injected
+    if plan.substitute_body and substitute_request_body(req, service, entry, st.snapshot.index):
+        injected = True
+    limit_accept_encoding(req.headers)
     return req, injected
-
-
-def _limit_accept_encoding(req: http.Request) -> None:
-    offered = req.headers.get("accept-encoding")
-    if offered is None:
-        return
-    keep = [p.strip() for p in offered.split(",") if p.split(";")[0].strip().lower() in DECODABLE]
-    req.headers["accept-encoding"] = ", ".join(keep) if keep else "identity"
-
-
-async def dial_address(st: ProxyState, service: Service, host: str, port: int) -> tuple[str, int]:
-    dial_host, dial_port = host, port
-    if service.connect_to:
-        h, p = split_authority(service.connect_to)
-        dial_host, dial_port = h, p if p and p > 0 else port
-    return await resolve_checked(dial_host, dial_port, st.address_context(service))
 
 
 def to_httpx(req: http.Request, ip: str, port: int) -> httpx.Request:
@@ -176,19 +165,21 @@ def to_httpx(req: http.Request, ip: str, port: int) -> httpx.Request:
 
 
 class _Audit:
-    def __init__(self, st: ProxyState, service: Service | None, req_in: ProxyIn, host: str | None):
-        self.st, self.service, self.req_in, self.host = st, service, req_in, host
+    """The canonical decision line of one ``POST /proxy`` (audit/canonical.py)."""
+
+    def __init__(self, st: ProxyState, service: Service | None, req_in: ProxyIn):
+        self.st, self.service, self.req_in = st, service, req_in
+        self.host: str | None = None
         self.t0 = time.monotonic()
 
     def record(self, status: int | None, outcome: str, reason: str | None) -> None:
         svc = self.service
-        event = AuditEvent(
-            event="request", service=svc.name if svc else self.req_in.service,
-            mode=svc.mode if svc else None, method=self.req_in.method, host=self.host,
-            path=self.req_in.path, status=status,
-            duration_ms=(time.monotonic() - self.t0) * 1000, outcome=outcome, reason=reason,
+        record_decision(
+            self.st.audit, event="request", agent=None,
+            service=svc.name if svc else self.req_in.service, mode=svc.mode if svc else None,
+            method=self.req_in.method, host=self.host, path=self.req_in.path, status=status,
+            started=self.t0, outcome=outcome, reason=reason,
         )
-        self.st.audit.record(metrics.observed(event))
 
 
 @router.post("/proxy", responses={
@@ -201,20 +192,24 @@ class _Audit:
 async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
     ctx = admin_context(request)
     ctx.proxy_limit.take(caller(request))
-    st = proxy_state()
+    st = proxy_state(request)
     service = st.registry.by_name(req_in.service)
     if service is None:
         raise UnknownService(f"no service named {req_in.service}")
-    audit = _Audit(st, service, req_in, None)
+    audit = _Audit(st, service, req_in)
     try:
         host, port = pick_host(st, service, req_in.host)
         audit.host = host
-        req, injected = build_request(st, service, host, port, req_in)
-        redactor = st.redactor_for(service)
+        decision = decide_request(st, host, port)
+        if decision.plan is None or decision.dial is None:  # pragma: no cover - a service
+            raise UnknownService(f"no service named {req_in.service}")
+        req, injected = build_request(st, decision.plan, host, port, req_in)
+        redactor = st.session.redactor_for(service)
         if redactor is None:
             raise LockedError()
-        ip, dial_port = await dial_address(st, service, host, port)
-        key = UpstreamKey(service.name, host, st.trust_file(service), service.insecure_tls)
+        ip, dial_port = await resolve_checked(*decision.dial, st.snapshot.address_context(service))
+        trust = st.snapshot.trust_file(service)
+        key = UpstreamKey(service.name, host, trust, service.insecure_tls)
         upstream = await ctx.clients.send(key, to_httpx(req, ip, dial_port))
     except VaultproxyError as e:
         status, code, _ = error_response(e)
@@ -226,30 +221,26 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
 async def _relay(upstream: httpx.Response, redactor: Redactor, audit: _Audit,
                  injected: bool) -> Response:
     headers = http.Headers([(k, v) for k, v in upstream.headers.raw])
-    drop_set_cookie(headers)
-    redact_headers(redactor, headers)
-    encoding = headers.get("content-encoding", "identity").strip().lower()
-    decode: Callable[[bytes], bytes] | None = None
-    if encoding not in ("", "identity"):
-        decode = decoder_for(encoding)
-        if decode is None:
-            await upstream.aclose()
-            audit.record(502, "denied", "upstream_unreachable")
-            raise UnscannableResponse()
+    try:
+        encoding, decode = gate_head(redactor, headers)  # the response gate's header rules
+    except UnscannableResponse:
+        await upstream.aclose()
+        audit.record(502, "denied", "upstream_unreachable")
+        raise
+    if encoding:
         del headers["content-encoding"]
     raw = [(k, v) for k, v in headers.fields if k.lower().decode("latin-1") not in RESPONSE_DROP]
     outcome = "injected" if injected else "forwarded"
 
     async def body() -> AsyncIterator[bytes]:
-        feed = redactor.stream()
+        emit = stream_filter(redactor, decode)  # the response gate's body filter
         done = False
         try:
             async for chunk in upstream.aiter_raw():
-                out = feed(decode(chunk) if decode is not None else chunk)
-                if out:
-                    yield out
-            tail = decode(b"") if decode is not None else b""
-            final = (feed(tail) if tail else b"") + feed(b"")
+                if chunk:
+                    for out in emit(chunk):
+                        yield out
+            final = b"".join(emit(b""))
             done = True
             if final:
                 yield final
@@ -263,4 +254,3 @@ async def _relay(upstream: httpx.Response, redactor: Redactor, audit: _Audit,
     response = StreamingResponse(body(), status_code=upstream.status_code)
     response.raw_headers = raw
     return response
-

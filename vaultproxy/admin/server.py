@@ -24,6 +24,7 @@ from vaultproxy.admin.guard import marked
 from vaultproxy.admin.token import new_token, write_token
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
+from vaultproxy.state import Live
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +120,12 @@ def bind_unix(path: os.PathLike[str] | str) -> socket.socket:
 
 
 class AdminServer:
-    def __init__(self, home: Home, listen: tuple[str, int] | None, *, unix: bool = True) -> None:
+    def __init__(
+        self, home: Home, listen: tuple[str, int] | None, *, unix: bool = True,
+        live: Live | None = None,
+    ) -> None:
         self.home, self.listen, self.unix = home, listen, unix
+        self.live = live if live is not None else Live()
         self.address: tuple[str, int] | None = None
         self.socket_path: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,7 +138,7 @@ class AdminServer:
         """Bind both listeners and write a fresh token (sync, before the proxy serves)."""
         token = new_token()
         write_token(self.home.admin_token, token)
-        self.ctx = AdminContext(token=token)
+        self.ctx = AdminContext(token=token, live=self.live)
         if self.listen is not None:
             sock = bind_tcp(*self.listen)
             host, port = sock.getsockname()[:2]

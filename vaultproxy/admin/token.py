@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from vaultproxy.atomic_file import write_atomic
 
 
 def new_token() -> str:
@@ -14,15 +15,7 @@ def new_token() -> str:
 
 def write_token(path: Path, token: str) -> None:
     """Write ``token`` to ``path`` (0600) atomically; an old token file is replaced."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, token + "\n")
 
 
 def bearer_matches(header: bytes | None, token: str) -> bool:

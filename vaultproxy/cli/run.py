@@ -15,7 +15,7 @@ from vaultproxy.cli.password import check_strength, get_password, wrong_password
 from vaultproxy.engine import nodump
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
 from vaultproxy.home import Home
-from vaultproxy.hostnames import split_authority
+from vaultproxy.hostnames import parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:3203"
 DEFAULT_ADMIN = "127.0.0.1:3201"
@@ -49,13 +49,6 @@ def parse_workers(text: str) -> int:
     return int(text)
 
 
-def parse_listen(text: str, flag: str) -> tuple[str, int]:
-    host, port = split_authority(text)
-    if not host or port is None or not 0 <= port <= 65535:
-        raise UsageError(f"{flag} must be HOST:PORT, for example 127.0.0.1:3203")
-    return host, port
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     # No core dumps of a process that holds decrypted secrets, and no same-uid ptrace or
     # /proc/PID/{mem,environ} reads (engine/nodump.py).
@@ -73,7 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from vaultproxy.ca import load_ca, materialize_mitm_confdir
     from vaultproxy.engine.serve import ServeOptions, serve
-    from vaultproxy.engine.state import ProxyState, problems_text
+    from vaultproxy.errors import problems_text
+    from vaultproxy.state import ProxyState
 
     ca = load_ca(home)
     confdir = materialize_mitm_confdir(home)

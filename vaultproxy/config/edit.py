@@ -8,15 +8,13 @@ from ``model_dump()``: that would drop the operator's comments.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import tomlkit
 from tomlkit.items import AoT, Comment, Table, Whitespace
 
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.config.load import build, parse_toml, read_text, to_plain
 from vaultproxy.config.models import Config
 from vaultproxy.errors import ConfigError
@@ -37,22 +35,6 @@ def _commit(path: Path, doc: tomlkit.TOMLDocument) -> Config:
     cfg = build(to_plain(parse_toml(text)), path.parent)
     write_atomic(path, text)
     return cfg
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a 0600 temp file in the same directory + os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _load_doc(path: Path) -> tomlkit.TOMLDocument:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from mitmproxy import http, master, options
+from mitmproxy import master, options
 from mitmproxy.addons import (
     core,
     disable_h2c,
@@ -17,11 +17,10 @@ from mitmproxy.addons import (
 )
 
 from vaultproxy.ca import system_ca_file
-from vaultproxy.engine import seam
-from vaultproxy.engine.dispatch import IndexedAddonManager
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.stages import Gate, chain
+from vaultproxy.seam import defences, speed
+from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.state import Live, ProxyState
 
 
 def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> dict[str, object]:
@@ -43,38 +42,26 @@ def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> di
     }
 
 
-def _no_field_type_check(self: object) -> None:
-    return None
-
-
-def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> master.Master:
-    """Must be called with a running event loop (mitmproxy binds to it)."""
-    seam.install()
-    if seam.keylog_active():
+def build_master(live: Live, confdir: str, listen: tuple[str, int]) -> master.Master:
+    """Must be called with a running event loop (mitmproxy binds to it). The stages serve
+    whatever state ``live`` holds."""
+    defences.install()
+    if defences.keylog_active():
         raise VaultproxyError(
             "SECURITY: mitmproxy opened a TLS key log (SSLKEYLOGFILE/MITMPROXY_SSLKEYLOGFILE "
             "was set before vaultproxy was imported); refusing to start. Unset both."
         )
-    # mitmproxy re-checks the type of every field of every request and response it builds
-    # (``MessageData.__post_init__``, defined only ``if __debug__``: a development check that
-    # mitmproxy itself drops under ``python -O``). ~70 µs per flow, ~5% of the CPU of a 1 KB
-    # request. This process is ours, so we drop that one check (asserts stay on).
-    http.MessageData.__post_init__ = _no_field_type_check  # type: ignore[method-assign,assignment]
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
-    # Nothing in our chain implements mitmproxy's deprecated ``add_log`` event; its handler
-    # would still format every log record and wake the event loop for it.
-    m._legacy_log_events.uninstall()
+    rt = Runtime(live)
     # mitmproxy logs four INFO lines per connection (client/server connect/disconnect):
     # per-connection noise and CPU under load. The audit log records every intercepted flow;
     # warnings and errors from mitmproxy's connection handling still show.
     logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
-    # Dispatch each hook only to the addons that implement it (see engine/dispatch.py).
-    opts.changed.disconnect(m.addons._configure_all)
-    m.addons = IndexedAddonManager(m)
-    m.addons.add(
-        Gate(),
-        *chain(),
+    # Indexed hook dispatch and fewer per-flow checks, or mitmproxy's own (seam/speed.py).
+    speed.tune(m).add(
+        Gate(rt),
+        *chain(rt),
         core.Core(),
         disable_h2c.DisableH2C(),
         proxyserver.Proxyserver(),
@@ -82,7 +69,7 @@ def build_master(state: ProxyState, confdir: str, listen: tuple[str, int]) -> ma
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
     )
-    values = {k: v for k, v in mitm_options(state, confdir, listen).items() if k in opts}
+    values = {k: v for k, v in mitm_options(live.require(), confdir, listen).items() if k in opts}
     opts.update(**values)
     return m
 

@@ -19,14 +19,20 @@ from mitmproxy import ctx
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.engine import nodump
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
-from vaultproxy.stages import Gate, chain, runtime
+from vaultproxy.hostnames import parse_listen
+from vaultproxy.password_file import read_file
+from vaultproxy.seam import defences
+from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
 _gate_installed = False
+# The chain's shared runtime lives in the package, not the script: it outlives a script
+# reload, so the Gate (added once) sees the reloaded stages and the loaded home.
+_RT = Runtime()
 
 # Options of mitmdump's default addons that would store flows (with credentials) on disk.
 _FLOW_SINKS = ("save_stream_file", "hardump")
@@ -58,13 +64,11 @@ class Bootstrap:
         )
         logfilter.install()
         if not _gate_installed:
-            ctx.master.addons.add(Gate())
+            ctx.master.addons.add(Gate(_RT))
             _gate_installed = True
-        from vaultproxy.engine import seam
-
         try:
-            seam.install()
-        except seam.EngineMismatch as e:  # the Gate refuses traffic while not installed
+            defences.install()
+        except defences.EngineMismatch as e:  # the Gate refuses traffic while not installed
             logger.error("%s", e)
 
     def configure(self, updated: set[str]) -> None:
@@ -72,7 +76,7 @@ class Bootstrap:
             try:
                 self._setup()
             except VaultproxyError as e:
-                runtime.install(None)  # the Gate refuses everything until fixed
+                _RT.live.state = None  # the Gate refuses everything until fixed
                 lines = e.problems if isinstance(e, ConfigError) else [str(e)]
                 logger.error("vaultproxy not loaded, refusing traffic:\n  %s", "\n  ".join(lines))
         self._quiet_flow_output(updated)
@@ -87,7 +91,7 @@ class Bootstrap:
             opts.update(flow_detail=0)
         sinks = [n for n in _FLOW_SINKS if n in opts and getattr(opts, n)]
         if sinks:
-            runtime.install(None)
+            _RT.live.state = None
             logger.error(
                 "SECURITY: %s would write injected credentials to disk; refusing traffic "
                 "until unset",
@@ -96,8 +100,7 @@ class Bootstrap:
 
     def _setup(self) -> None:
         from vaultproxy.ca import load_ca, materialize_mitm_confdir, system_ca_file
-        from vaultproxy.cli.password import read_file
-        from vaultproxy.engine.state import ProxyState
+        from vaultproxy.state import ProxyState
 
         raw = ctx.options.vaultproxy_home
         if not raw:
@@ -125,7 +128,7 @@ class Bootstrap:
         if self._admin is not None and self._admin.address is not None:
             listen.add(self._admin.address)
         state.set_own_listeners(frozenset(listen))
-        runtime.install(state)
+        _RT.live.state = state
         ctx.options.update(
             confdir=str(confdir),
             connection_strategy="eager",
@@ -134,15 +137,13 @@ class Bootstrap:
         )
 
     def running(self) -> None:
-        from vaultproxy.engine import seam
-
-        if seam.keylog_active():
-            runtime.install(None)
+        if defences.keylog_active():
+            _RT.live.state = None
             logger.error(
                 "SECURITY: SSLKEYLOGFILE is set: TLS keys would be logged; refusing traffic"
             )
             return
-        st = runtime.current()
+        st = _RT.current()
         if st is not None and self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(st.audit.run_flusher())
         if st is not None and self._admin is None and self._admin_task is None:
@@ -151,14 +152,13 @@ class Bootstrap:
 
     async def _start_admin(self, st: ProxyState) -> None:
         """The admin API in mitmdump's loop. A failure is logged; the proxy keeps its gate."""
-        from vaultproxy.cli.run import parse_listen
 
         try:
             raw = ctx.options.vaultproxy_admin_listen.strip()
             listen = parse_listen(raw, "vaultproxy_admin_listen") if raw else None
             if self._claim is None:
                 self._claim = st.home.claim()  # one proxy per home (admin-token, admin.sock)
-            admin = AdminServer(st.home, listen)
+            admin = AdminServer(st.home, listen, live=_RT.live)
             admin.bind()
             await admin.start()
         except VaultproxyError as e:
@@ -203,7 +203,7 @@ class Bootstrap:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
-        st = runtime.current()
+        st = _RT.current()
         if st is not None:
             st.audit.close()
             if self._wrote_run_json:
@@ -213,4 +213,4 @@ class Bootstrap:
 
 
 def make_addons() -> list[object]:
-    return [Bootstrap(), *chain()]
+    return [Bootstrap(), *chain(_RT)]

@@ -1,10 +1,9 @@
 """SO_REUSEPORT proxy listeners, for ``vaultproxy run --workers N``.
 
 Every worker process binds its own listening socket on the same address with SO_REUSEPORT
-and the kernel spreads new connections across them. mitmproxy binds its listeners itself
-(``AsyncioServerInstance.listen`` -> ``asyncio.start_server``) with no way to ask for
-SO_REUSEPORT, so ``enable()`` replaces ``RegularInstance.listen`` in this process only. It is
-called by the embedded runner and the worker entry point, never by the mitmdump script.
+and the kernel spreads new connections across them; ``seam.reuseport.enable()`` makes
+mitmproxy's listeners ask for it (the embedded runner and the worker entry point call it,
+never the mitmdump script).
 
 Linux lets only sockets of the same effective uid join a SO_REUSEPORT group, and
 ``probe()`` (run by the supervisor before anyone binds) fails like a plain bind when the
@@ -14,30 +13,10 @@ address is already taken, so a second ``vaultproxy run`` on the same port still 
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
-from typing import Any
-
-from mitmproxy.proxy import mode_servers
 
 from vaultproxy.errors import VaultproxyError
-
-_enabled = False
-
-
-def enable() -> None:
-    """From now on, this process's regular-mode proxy listeners use SO_REUSEPORT."""
-    global _enabled
-    if _enabled:
-        return
-    _enabled = True
-
-    async def listen(self: Any, host: str, port: int) -> list[asyncio.Server]:
-        server = await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)
-        return [server]
-
-    mode_servers.RegularInstance.listen = listen  # type: ignore[method-assign,assignment]
 
 
 def probe(host: str, port: int) -> int:

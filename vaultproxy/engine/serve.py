@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from vaultproxy import __version__
 from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_missing_secrets
 from vaultproxy.admin.server import AdminServer
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import proxy_socket, reuseport
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
-from vaultproxy.engine.state import ProxyState, problems_text
 from vaultproxy.engine.workers import Supervisor
-from vaultproxy.errors import ConfigError, VaultproxyError
-from vaultproxy.stages import runtime
+from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
+from vaultproxy.seam import reuseport as seam_reuseport
+from vaultproxy.state import Live, ProxyState
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,7 @@ def write_run_json(
         "workers": 1 + len(worker_pids or []),
         "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
     }
-    path = state.home.run_json
-    tmp = path.with_name(".run.json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    write_atomic(state.home.run_json, json.dumps(data))
 
 
 def _url_host(host: str) -> str:
@@ -159,17 +155,17 @@ async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
 
 
 async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
-    runtime.install(state)
-    admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket)
+    live = Live(state)
+    admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket, live=live)
     admin.bind()  # before the proxy serves, so its address is an own listener from the start
     if admin.address is not None:
         state.set_own_listeners(frozenset({admin.address}))
     listen = opts.listen
     if opts.workers > 1:
-        reuseport.enable()
+        seam_reuseport.enable()
         listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
-    m = build_master(state, opts.confdir, listen)
+    m = build_master(live, opts.confdir, listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, state)
@@ -194,11 +190,11 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
                                     listen=addrs[0])
             supervisor.on_pids_changed = announce
             await supervisor.start()
-        announce()
         for w in security_warnings(state, opts.listen) + admin.warnings():
             logger.warning("%s", w)
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
+        announce()  # run.json last: whoever waits for it finds the banner and warnings out
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if master_task.done():
@@ -231,7 +227,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             if json.loads(state.home.run_json.read_text()).get("pid") == os.getpid():
                 state.home.run_json.unlink()
         state.lock()
-        runtime.install(None)
+        live.state = None
 
 
 def admin_addrs(admin: AdminServer) -> list[tuple[str, int]]:

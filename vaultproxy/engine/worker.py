@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from vaultproxy import logfilter
-from vaultproxy.engine import nodump, reuseport
+from vaultproxy.engine import nodump
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
-from vaultproxy.stages import runtime
+from vaultproxy.seam import reuseport as seam_reuseport
+from vaultproxy.state import Live, ProxyState
 
 logger = logging.getLogger("vaultproxy.worker")
 
@@ -38,7 +38,7 @@ def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -
     """Make ``state`` what the supervisor sent: registry text, own listeners, keystore."""
     try:
         text = header["config"]
-        if text != state.config_text:
+        if text != state.snapshot.text:
             state.reload_text(text)
         own = frozenset((str(h), int(p)) for h, p in header["own"])
         if own != state.own_listeners:
@@ -83,10 +83,10 @@ async def run(fd: int) -> int:
     home = Home(Path(header["home"]))
     state = ProxyState.from_text(home, header["config"], audit=ForwardingAudit(writer, loop))
     apply_state(state, header, payload)
-    runtime.install(state)
-    reuseport.enable()
+    live = Live(state)
+    seam_reuseport.enable()
     host, port = header["listen"]
-    m = build_master(state, header["confdir"], (str(host), int(port)))
+    m = build_master(live, header["confdir"], (str(host), int(port)))
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     master_task = asyncio.create_task(m.run())
@@ -114,7 +114,7 @@ async def run(fd: int) -> int:
         if follower is not None:
             follower.cancel()
         state.lock()
-        runtime.install(None)
+        live.state = None
         with contextlib.suppress(Exception):
             await writer.drain()  # the last audit records
         writer.close()

@@ -42,12 +42,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vaultproxy.admin import metrics
-from vaultproxy.audit import AuditEvent
+from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
-from vaultproxy.engine.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.keystore.crypto import wipe
+from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ class Supervisor:
 
     def _state_frame(self, header: dict[str, object]) -> bytes:
         st = self.state
-        ks = st.keystore
+        ks = st.session.keystore
         plain = ks.plaintext() if ks is not None else bytearray()
         try:
             self._seq += 1
@@ -171,7 +170,7 @@ class Supervisor:
                 {
                     **header,
                     "n": self._seq,
-                    "config": st.config_text,
+                    "config": st.snapshot.text,
                     "own": sorted([h, p] for h, p in st.own_listeners),
                     "locked": ks is None,
                 },

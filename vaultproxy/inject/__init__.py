@@ -8,6 +8,7 @@ from vaultproxy.inject.request import (
     placeholder_secret,
     prepare_request,
     strategy_for,
+    substitute_request_body,
 )
 from vaultproxy.inject.strategy import Draft, Strategy
 
@@ -22,4 +23,5 @@ __all__ = [
     "prepare_request",
     "strategy_for",
     "substitute_body",
+    "substitute_request_body",
 ]

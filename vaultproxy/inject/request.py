@@ -37,10 +37,12 @@ from mitmproxy import http
 from vaultproxy.config.models import Service
 from vaultproxy.inject.basic import Basic
 from vaultproxy.inject.bearer import Bearer
+from vaultproxy.inject.body import substitute_body
 from vaultproxy.inject.header import Header
 from vaultproxy.inject.query import drop_params, map_param_values
 from vaultproxy.inject.query_param import QueryParam
 from vaultproxy.inject.strategy import Draft, Strategy, header_safe
+from vaultproxy.keystore import Entry
 from vaultproxy.placeholders import PlaceholderIndex, basic_credentials, substitute
 from vaultproxy.secret import Secret
 
@@ -241,3 +243,23 @@ def _sub_header(value: bytes, ph: bytes, secret: bytes, service: Service) -> byt
 
 def _dedup(items: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
+
+
+def substitute_request_body(
+    req: http.Request, service: Service, entry: Entry, index: PlaceholderIndex
+) -> bool:
+    """In a buffered body: refuse a foreign placeholder, then put this service's secret in
+    place of its placeholder (escaped for the media type). True if a credential went in."""
+    body = req.raw_content or b""
+    if not body:
+        return False
+    index.scan(body, service.name)
+    secret = placeholder_secret(service, entry.value, entry.fields)
+    ctype = req.headers.get("content-type", "")
+    new = substitute_body(body, ctype, service.placeholder_text.encode(), secret)
+    if new == body:
+        return False
+    req.raw_content = new
+    if "transfer-encoding" not in req.headers:
+        req.headers["content-length"] = str(len(new))
+    return True

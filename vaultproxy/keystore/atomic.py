@@ -1,8 +1,9 @@
 """Crash-safe replacement of the keystore file, serialised by an exclusive lock file.
 
-write order: temp (O_CREAT|O_EXCL|O_NOFOLLOW, 0600) in the same directory -> write -> fsync
--> copy the current file to ``<name>.bak`` the same way -> ``os.replace`` -> fsync the
-directory. A crash at any point leaves ``<name>`` holding either the old or the new bytes.
+write order, each step a ``write_atomic`` (temp O_CREAT|O_EXCL|O_NOFOLLOW 0600 -> write ->
+fsync -> ``os.replace`` -> fsync the directory): the current file to ``<name>.bak``, then the
+new bytes to ``<name>``. A crash at any point leaves ``<name>`` holding either the old or
+the new bytes.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import errno
 import fcntl
 import hashlib
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.errors import KeystoreError
 
 LOCK_TIMEOUT = 10.0
@@ -66,43 +67,8 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def _write_temp(path: Path, data: bytes) -> Path:
-    """A fully written and fsynced 0600 temp file next to ``path``."""
-    tmp = path.with_name(f"{_temp_prefix(path)}{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _OPEN_FLAGS, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _replace_with(path: Path, data: bytes) -> None:
-    tmp = _write_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    return f".{path.name}."  # as write_atomic's temp names
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -135,10 +101,9 @@ def replace(path: Path, data: bytes, expect: bytes | None, *, backup_old: bool =
         try:
             bak = path.with_name(path.name + ".bak")
             if current is not None and backup_old:
-                _replace_with(bak, current)
-            _replace_with(path, data)
+                write_atomic(bak, current)
+            write_atomic(path, data)
             if not backup_old:
-                _replace_with(bak, data)
-            _fsync_dir(path.parent)
+                write_atomic(bak, data)
         except OSError as e:
             raise KeystoreError(f"cannot write {path}: {e.strerror}") from None

@@ -4,7 +4,7 @@
 
 RequestGate is the last stage before any credential is added: a request it refuses never
 reaches Inject. ResponseGate is the only way back to the agent: every byte an intercepted
-upstream sends passes through it (the engine seam, engine/seam.py, routes what mitmproxy
+upstream sends passes through it (the engine seam, seam/defences.py, routes what mitmproxy
 would otherwise answer on its own through it too).
 
 Each stage is a small class whose hooks run inside ``guard.guarded``: an exception becomes a
@@ -21,11 +21,13 @@ from vaultproxy.stages.record import Record
 from vaultproxy.stages.request_gate import RequestGate
 from vaultproxy.stages.response_gate import ResponseGate
 from vaultproxy.stages.route import Route
+from vaultproxy.stages.runtime import Runtime
 
 
-def chain() -> list[object]:
-    """Our stages in the order they must run (before mitmproxy's defaults)."""
-    return [Identify(), Route(), Connect(), RequestGate(), Inject(), ResponseGate(), Record()]
+def chain(rt: Runtime) -> list[object]:
+    """Our stages in the order they must run (before mitmproxy's defaults), sharing ``rt``."""
+    stages = (Identify, Route, Connect, RequestGate, Inject, ResponseGate, Record)
+    return [stage(rt) for stage in stages]
 
 
 __all__ = [
@@ -37,5 +39,6 @@ __all__ = [
     "RequestGate",
     "ResponseGate",
     "Route",
+    "Runtime",
     "chain",
 ]

@@ -8,25 +8,19 @@ from mitmproxy.proxy import server_hooks
 
 from vaultproxy.errors import DestinationDenied
 from vaultproxy.resolve import resolve_checked
-from vaultproxy.stages import runtime
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Stage
 from vaultproxy.stages.upstream_tls import start_server_tls
 
 
-class Connect:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("Connect")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("Connect")
-
+class Connect(Stage):
     @guarded
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
-        st = runtime.state()
+        st = self.rt.state()
         address = data.server.address
         if address is None:
             raise DestinationDenied("no destination")
-        tunnel = st.tunnels.get(data.client.id)
+        tunnel = self.rt.connections.tunnel(data.client.id)
         if tunnel is not None:
             if tunnel.pinned is None:
                 raise DestinationDenied("tunnel target was not checked")
@@ -38,19 +32,19 @@ class Connect:
             return
         # Plain-HTTP proxying (no tunnel): resolve, check every answer, dial what we checked.
         host, port = str(address[0]), int(address[1])
-        data.server.address = await resolve_checked(host, port, st.address_context(None))
+        data.server.address = await resolve_checked(host, port, st.snapshot.address_context(None))
 
     @guarded
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
-        st = runtime.state()
-        tunnel = st.tunnels.get(tls_start.context.client.id)
+        st = self.rt.state()
+        tunnel = self.rt.connections.tunnel(tls_start.context.client.id)
         if tunnel is None or tunnel.service is None:
             return
         service = tunnel.service
         start_server_tls(
             tls_start,
             sni=tunnel.host,
-            trust_file=st.trust_file(service),
+            trust_file=st.snapshot.trust_file(service),
             insecure=service.insecure_tls,
             http2=bool(ctx.options.http2),
         )

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.engine import seam
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.stages import runtime
+from vaultproxy.seam import defences
 from vaultproxy.stages.guard import deny, guarded
+from vaultproxy.stages.runtime import Stage
 
 
 class ChainIncomplete(VaultproxyError):
     status, code, public = 503, "not_ready", "vaultproxy is not fully loaded; refusing traffic"
 
 
-class Gate:
+class Gate(Stage):
     def _check(self, flow: http.HTTPFlow) -> None:
-        if runtime.current() is None or not runtime.chain_complete() or not seam.installed():
+        if self.rt.current() is None or not self.rt.chain_complete() or not defences.installed():
             deny(flow, ChainIncomplete())
 
     @guarded

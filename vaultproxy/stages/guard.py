@@ -11,12 +11,9 @@ from typing import Any
 from mitmproxy import http
 
 from vaultproxy.errors import error_body, error_response
+from vaultproxy.stages.flowrecord import record_of
 
 logger = logging.getLogger(__name__)
-
-M_DENIED = "vaultproxy.denied"
-M_REPLY = "vaultproxy.reply"  # our reply, when it replaced an upstream response mid-flight
-
 
 def error_reply(err: BaseException) -> http.Response:
     status, code, message = error_response(err)
@@ -35,16 +32,17 @@ def deny(flow: http.HTTPFlow, err: BaseException) -> None:
     Once an upstream response exists, its body must never follow our reply: mitmproxy would
     still read it into (or stream it through) ``flow.response``. So our reply then drops
     every upstream chunk and carries its own body, and the response gate puts the reply
-    back whole in the ``response`` hook (``M_REPLY``).
+    back whole in the ``response`` hook (``FlowRecord.reply``).
     """
     status, code, message = error_response(err)
-    flow.metadata[M_DENIED] = (code, message)
+    rec = record_of(flow)
+    rec.denied = (code, message)
     if flow.response is not None and flow.response.stream:
         flow.kill()  # bytes already went out; cut the connection rather than pass more
         return
     reply = error_reply(err)
     if flow.response is not None:
-        flow.metadata[M_REPLY] = error_reply(err)
+        rec.reply = error_reply(err)
         reply.stream = _replace_body(reply.raw_content or b"")
     flow.response = reply
 
@@ -58,7 +56,9 @@ def _replace_body(body: bytes) -> Callable[[bytes], list[bytes]]:
     return emit
 
 
-def _fail(stage: str, hook: str, args: tuple[Any, ...], err: BaseException) -> None:
+def _fail(
+    stage: str, hook: str, args: tuple[Any, ...], err: BaseException, connections: Any
+) -> None:
     from vaultproxy.errors import VaultproxyError
 
     if not isinstance(err, VaultproxyError):
@@ -71,16 +71,14 @@ def _fail(stage: str, hook: str, args: tuple[Any, ...], err: BaseException) -> N
         if server is not None and hasattr(server, "error"):
             server.error = "vaultproxy refused the connection"  # server_connect
         client = getattr(getattr(arg, "context", None), "client", None)
-        if client is not None:
-            from vaultproxy.stages import runtime
-
-            st = runtime.current()
-            tunnel = st.tunnels.get(client.id) if st else None
-            if tunnel is not None:
-                tunnel.broken = True
-            elif st is not None:
-                st.broken_clients.add(client.id)
+        if client is not None and connections is not None:
+            connections.mark_broken(client.id)
         return
+
+
+def _connections(stage: Any) -> Any:
+    rt = getattr(stage, "rt", None)
+    return getattr(rt, "connections", None)
 
 
 def guarded[F: Callable[..., Any]](fn: F) -> F:
@@ -93,7 +91,7 @@ def guarded[F: Callable[..., Any]](fn: F) -> F:
             try:
                 return await fn(self, *args)
             except Exception as e:  # noqa: BLE001 - deliberately total
-                _fail(stage, fn.__name__, args, e)
+                _fail(stage, fn.__name__, args, e, _connections(self))
                 return None
 
         return awrapper  # type: ignore[return-value]
@@ -103,7 +101,7 @@ def guarded[F: Callable[..., Any]](fn: F) -> F:
         try:
             return fn(self, *args)
         except Exception as e:  # noqa: BLE001
-            _fail(stage, fn.__name__, args, e)
+            _fail(stage, fn.__name__, args, e, _connections(self))
             return None
 
     return wrapper  # type: ignore[return-value]

@@ -1,73 +1,59 @@
-"""Identify: who is the agent? Read Proxy-Authorization (on CONNECT for tunnels, per request
-for plain HTTP), verify the agent token in constant time, check its service scope before
-anything is dialled or injected, and never let the header travel further."""
+"""Identify: adapt a CONNECT, or a request, to ``Facts`` and take the one ``decide()`` for it.
+
+Proxy-Authorization is read (on CONNECT for tunnels, per request for plain HTTP) and never
+travels further. A CONNECT or plain-HTTP request that the decision refuses is answered here,
+before anything is dialled; a request inside a tunnel keeps its decision in the flow's
+record, and Inject, the last stage before a credential, enforces it (after the RequestGate's
+shape checks)."""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.agents import AgentRecord, parse_proxy_authorization, verify
-from vaultproxy.engine.state import ProxyState
-from vaultproxy.errors import AgentAuthRequired, AgentScope, LockedError
-from vaultproxy.hostnames import normal_host
-from vaultproxy.stages import runtime
+from vaultproxy.decide import Decision, Facts, decide
+from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
-
-M_AGENT = "vaultproxy.agent"
-
-
-def _identify(st: ProxyState, header: str | None) -> AgentRecord | None:
-    """The verified agent, None for an allowed anonymous caller; raise to refuse."""
-    creds = parse_proxy_authorization(header)
-    required = st.registry.config.proxy.require_agent_auth
-    if header is None and not required:
-        return None
-    if st.locked:
-        raise LockedError()  # agent hashes live in the keystore: cannot verify yet
-    record = verify(st.agents, creds.name, creds.token) if creds is not None else None
-    if record is None:
-        # Wrong credentials are refused even when anonymous use is allowed: an agent that
-        # means to be scoped must not silently run unscoped.
-        raise AgentAuthRequired()
-    return record
+from vaultproxy.stages.runtime import Stage
+from vaultproxy.state import ProxyState
 
 
-def _check_scope(st: ProxyState, agent: AgentRecord | None, host: str, port: int) -> None:
-    if agent is None:
-        return
-    service = st.registry.lookup(normal_host(host), port)
-    if service is not None and not agent.allows(service.name):
-        raise AgentScope(f"agent {agent.name} may not use service {service.name}")
+def _decide(st: ProxyState, facts: Facts) -> Decision:
+    agents = None if st.locked else st.session.agents
+    return decide(facts, st.registry, agents)
 
 
-class Identify:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("Identify")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("Identify")
-
+class Identify(Stage):
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
         header = flow.request.headers.pop("proxy-authorization", None)
-        st = runtime.state()
-        agent = _identify(st, header)
-        if agent is not None:
-            flow.metadata[M_AGENT] = agent.name
-        _check_scope(st, agent, flow.request.host, flow.request.port)
+        req = flow.request
+        facts = Facts("connect", req.host, req.port, proxy_authorization=header)
+        decision = record_of(flow).decision = _decide(self.rt.state(), facts)
+        if decision.refusal is not None:
+            raise decision.refusal
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         header = flow.request.headers.pop("proxy-authorization", None)
         if flow.response is not None:
             return
-        st = runtime.state()
-        if flow.client_conn.id in st.tunnels:
-            return  # inside a CONNECT tunnel: the identity was set on the tunnel
+        st = self.rt.state()
+        req = flow.request
+        rec = record_of(flow)
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        if tunnel is not None:
+            facts = Facts(
+                "connect", tunnel.host, tunnel.port, host_header=req.host_header or "",
+                sni=tunnel.sni, scheme=req.scheme, agent=tunnel.agent,
+            )
+            rec.decision = _decide(st, facts)
+            rec.agent, rec.service = tunnel.agent, tunnel.service
+            return  # Inject enforces it
         # A plain-HTTP proxy request: each one carries its own credentials.
-        agent = _identify(st, header)
-        if agent is not None:
-            flow.metadata[M_AGENT] = agent.name
-        _check_scope(st, agent, flow.request.host, flow.request.port)
+        facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme)
+        decision = rec.decision = _decide(st, facts)
+        rec.agent = decision.agent
+        if decision.refusal is not None:
+            raise decision.refusal

@@ -28,9 +28,9 @@ from mitmproxy import http
 
 from vaultproxy.errors import HostMismatch, InvalidRequest
 from vaultproxy.hostnames import normal_host, same_target
-from vaultproxy.stages import runtime
+from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
-from vaultproxy.stages.inject import M_PATH, M_SERVICE, M_T0
+from vaultproxy.stages.runtime import Stage
 
 MAX_HEADER_FIELDS = 256
 MAX_HEADER_BYTES = 64 * 1024
@@ -86,29 +86,24 @@ def check_target(
         raise InvalidRequest("the request target must be an origin-form path (/...)")
 
 
-class RequestGate:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("RequestGate")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("RequestGate")
-
+class RequestGate(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        flow.metadata[M_T0] = time.monotonic()
-        flow.metadata[M_PATH] = req.path.split("?", 1)[0]  # as the agent sent it
+        rec = record_of(flow)
+        rec.t0 = time.monotonic()
+        rec.path = req.path.split("?", 1)[0]  # as the agent sent it
         if flow.response is not None:
             return  # refused by an earlier stage
-        st = runtime.state()
-        tunnel = st.tunnels.get(flow.client_conn.id)
+        self.rt.state()  # NotReady (503) when no home is loaded
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None or tunnel.service is None:
             return  # not intercepted: no credential will be added
-        flow.metadata[M_SERVICE] = tunnel.service
+        rec.service = tunnel.service
         dialed = flow.server_conn.address
         pinned = (str(dialed[0]), int(dialed[1])) if dialed else None
         check_target(req, tunnel.host, tunnel.port, pinned)
-        flow.metadata[M_PATH] = req.path.split("?", 1)[0]
+        rec.path = req.path.split("?", 1)[0]
         check_headers(req.headers.fields)
         drop = _ROUTING if tunnel.service.allow_range else _ROUTING | set(_RANGE)
         fields = req.headers.fields

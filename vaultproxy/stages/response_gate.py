@@ -13,7 +13,7 @@ headers                   ``responseheaders``: every field redacted, ``Set-Cooki
 transfer coding           ``responseheaders``: HTTP/1 ``chunked`` only, else
                           ``502 upstream_protocol``
 body                      decoded (``Content-Encoding``; an unknown one is refused) and
-                          redacted, whole (``response``) or streamed (``_stream``)
+                          redacted, whole (``response``) or streamed (``stream_filter``)
 trailers                  ``response``: redacted (HTTP/2); HTTP/1 trailers are dropped by the
                           seam, and trailers for an HTTP/1 agent are dropped here
 WebSocket messages        ``websocket_message``: redacted
@@ -32,14 +32,13 @@ without ``Content-Encoding``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import wsproto.events
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 from mitmproxy.net.http.http1 import expected_http_body_size
 
-from vaultproxy.engine import seam
+from vaultproxy.decoding import decoder_for
 from vaultproxy.errors import (
     UnscannableResponse,
     UpgradeRefused,
@@ -47,15 +46,13 @@ from vaultproxy.errors import (
     VaultproxyError,
     classify_engine_error,
 )
-from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
-from vaultproxy.stages import runtime
-from vaultproxy.stages.guard import M_DENIED, M_REPLY, error_reply, guarded
-from vaultproxy.stages.inject import M_SERVICE
+from vaultproxy.redact import Redactor, drop_set_cookie, gate_head, redact_headers, stream_filter
+from vaultproxy.seam import defences
+from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.guard import error_reply, guarded
+from vaultproxy.stages.runtime import Stage
 
 logger = logging.getLogger(__name__)
-
-M_REDACTOR = "vaultproxy.redactor"
-M_WHOLE = "vaultproxy.scrub_whole"  # the Content-Encoding of a body redacted whole
 
 # Bodies up to this many (encoded) bytes, with a known length, are redacted whole: cheaper
 # per request than streaming, and the agent gets a Content-Length.
@@ -93,37 +90,9 @@ def _known_small(flow: http.HTTPFlow) -> bool:
     return size is not None and 0 <= size <= SMALL_BODY
 
 
-def _stream(
-    redactor: Redactor, decode: Callable[[bytes], bytes] | None
-) -> Callable[[bytes], list[bytes]]:
-    """The ``flow.response.stream`` callable: decode, redact, and never emit an empty chunk.
-
-    mitmproxy sends every returned item as a chunk; on HTTP/1.1 an empty one is written as
-    ``0\\r\\n\\r\\n``, the end of a chunked body, which would truncate the response while
-    the redactor holds back a possible partial match. So return a list, empty when holding.
-    """
-    feed = redactor.stream()
-
-    if decode is None:
-
-        def plain(chunk: bytes) -> list[bytes]:
-            out = feed(chunk)
-            return [out] if out else []
-
-        return plain
-
-    def decoded(chunk: bytes) -> list[bytes]:
-        data = decode(chunk)
-        if chunk:
-            out = feed(data) if data else b""
-        else:
-            out = feed(data) + feed(b"") if data else feed(b"")
-        return [out] if out else []
-
-    return decoded
-
-
-def _redact_whole(flow: http.HTTPFlow, redactor: Redactor, encoding: str) -> None:
+def _redact_whole(
+    flow: http.HTTPFlow, redactor: Redactor, encoding: str, limit: int
+) -> None:
     """Decode (at most ``max_body_mb``), redact and re-measure a buffered body."""
     resp = flow.response
     assert resp is not None
@@ -131,7 +100,6 @@ def _redact_whole(flow: http.HTTPFlow, redactor: Redactor, encoding: str) -> Non
         raise UnscannableResponse("the response was streamed before it could be scanned")
     body = resp.raw_content or b""
     if encoding:
-        limit = runtime.state().registry.config.proxy.max_body_mb * 1024 * 1024
         decode = decoder_for(encoding, limit)
         if decode is None:  # pragma: no cover - checked in responseheaders
             raise UnscannableResponse()
@@ -183,48 +151,36 @@ def _ws_control(conn_id: str, event: object) -> object:
     return event
 
 
-seam.ws_control_filter = _ws_control
-seam.set_error_classifier(classify_engine_error)
+defences.set_ws_control_filter(_ws_control)
+defences.set_error_classifier(classify_engine_error)
 
 
-class ResponseGate:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("ResponseGate")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("ResponseGate")
-
+class ResponseGate(Stage):
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        service = flow.metadata.get(M_SERVICE)
-        if service is None or flow.response is None or flow.metadata.get(M_DENIED):
+        rec = record_of(flow)
+        service = rec.service
+        if service is None or flow.response is None or rec.denied is not None:
             return
-        st = runtime.state()
+        st = self.rt.state()
         resp = flow.response
-        redactor = st.redactor_for(service)
+        redactor = st.session.redactor_for(service)
         if redactor is None:
             raise UnscannableResponse("the keystore was locked while the request was in flight")
-        flow.metadata[M_REDACTOR] = redactor
+        rec.redactor = redactor
         resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
         if resp.status_code == 101:
             _check_upgrade(flow)
         if resp.http_version in ("HTTP/1.0", "HTTP/1.1"):
             _check_framing(resp)
-        drop_set_cookie(resp.headers)
-        redact_headers(redactor, resp.headers)
         if _no_body(flow) or resp.status_code == 101:
+            drop_set_cookie(resp.headers)
+            redact_headers(redactor, resp.headers)
             return
-        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
-        decode = None
-        if encoding not in ("", "identity"):
-            decode = decoder_for(encoding)
-            if decode is None:
-                raise UnscannableResponse()
-        else:
-            encoding = ""
+        encoding, decode = gate_head(redactor, resp.headers)
         if _known_small(flow):
             resp.stream = False
-            flow.metadata[M_WHOLE] = encoding
+            record_of(flow).whole = encoding
             return
         if decode is not None:
             del resp.headers["content-encoding"]
@@ -235,17 +191,18 @@ class ResponseGate:
             # reply is upgraded so the agent is not left with a close-delimited body.
             resp.http_version = "HTTP/1.1"
             resp.headers["transfer-encoding"] = "chunked"
-        resp.stream = _stream(redactor, decode)
+        resp.stream = stream_filter(redactor, decode)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
-        reply = flow.metadata.pop(M_REPLY, None)
+        rec = record_of(flow)
+        reply, rec.reply = rec.reply, None
         if reply is not None:
             # Refused after the upstream's head arrived: mitmproxy put the upstream's body
             # into our reply meanwhile; send ours as it was made.
             flow.response = reply
             return
-        redactor = flow.metadata.get(M_REDACTOR)
+        redactor = rec.redactor
         resp = flow.response
         if redactor is None or resp is None:
             return
@@ -254,9 +211,10 @@ class ResponseGate:
                 resp.trailers = None  # mitmproxy cannot send trailers to an HTTP/1 agent
             else:
                 redactor.redact_headers(resp.trailers)
-        encoding = flow.metadata.pop(M_WHOLE, None)
-        if encoding is not None and not flow.metadata.get(M_DENIED):
-            _redact_whole(flow, redactor, encoding)
+        encoding, rec.whole = rec.whole, None
+        if encoding is not None and rec.denied is None:
+            limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024
+            _redact_whole(flow, redactor, encoding, limit)
         elif not resp.stream and resp.raw_content:
             resp.raw_content = redactor.redact(resp.raw_content)
 
@@ -270,7 +228,7 @@ class ResponseGate:
 
     @guarded
     def websocket_start(self, flow: http.HTTPFlow) -> None:
-        redactor = flow.metadata.get(M_REDACTOR)
+        redactor = record_of(flow).redactor
         if redactor is not None:
             _ws_redactors[flow.server_conn.id] = redactor
 
@@ -284,7 +242,7 @@ class ResponseGate:
         if ws is None or not ws.messages:
             return
         message = ws.messages[-1]
-        redactor = flow.metadata.get(M_REDACTOR)
+        redactor = record_of(flow).redactor
         if redactor is not None and not message.from_client:
             message.content = redactor.redact(message.content)
         # Do not retain messages for the connection's life (mitmproxy #6620).

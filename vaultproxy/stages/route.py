@@ -1,5 +1,6 @@
-"""Route: decide per CONNECT whether a tunnel is intercepted (registered host), passed through
-untouched, or refused; remember the target so later stages route on it, not on Host/SNI."""
+"""Route: act on the CONNECT's decision — an intercepted tunnel (registered host) or one passed
+through untouched; check the address it will dial; remember the target so later stages route
+on it, not on Host/SNI."""
 
 from __future__ import annotations
 
@@ -7,46 +8,37 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 
-from vaultproxy.engine.state import Tunnel
-from vaultproxy.errors import EgressBlocked
-from vaultproxy.hostnames import normal_host, split_authority
+from vaultproxy.errors import DestinationDenied
+from vaultproxy.hostnames import normal_host
 from vaultproxy.resolve import resolve_checked
-from vaultproxy.stages import runtime
+from vaultproxy.stages.connections import Tunnel
+from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Stage
 
 
-class Route:
-    def load(self, loader: object) -> None:
-        runtime.stage_loaded("Route")
-
-    def done(self) -> None:
-        runtime.stage_unloaded("Route")
-
+class Route(Stage):
     @guarded
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # already refused (gate, agent auth)
-        st = runtime.state()
+        st = self.rt.state()
+        decision = record_of(flow).decision
+        if decision is None or decision.dial is None:
+            raise DestinationDenied("the tunnel was not decided")
         host, port = normal_host(flow.request.host), flow.request.port
-        service = st.registry.lookup(host, port)
-        tunnel = Tunnel(host=host, port=port, service=service)
-        tunnel.agent = flow.metadata.get("vaultproxy.agent")
-        st.tunnels[flow.client_conn.id] = tunnel
-        if service is None and st.registry.config.proxy.egress == "block":
-            raise EgressBlocked(f"{host}:{port} is not registered and egress is blocked")
-        dial_host, dial_port = host, port
-        if service is not None and service.connect_to:
-            h, p = split_authority(service.connect_to)
-            dial_host, dial_port = h, p if p and p > 0 else port
-        tunnel.pinned = await resolve_checked(dial_host, dial_port, st.address_context(service))
+        service = decision.service
+        tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent)
+        self.rt.connections.open(flow.client_conn.id, tunnel)
+        policy = st.snapshot.address_context(service)
+        tunnel.pinned = await resolve_checked(*decision.dial, policy)
 
     @guarded
     def next_layer(self, nextlayer: NextLayer) -> None:
         if nextlayer.layer is not None:
             return
-        st = runtime.state()
         ctx = nextlayer.context
-        tunnel = st.tunnels.get(ctx.client.id)
+        tunnel = self.rt.connections.tunnel(ctx.client.id)
         if tunnel is None or ctx.server.address is None:
             return
         if tunnel.service is None:
@@ -55,16 +47,10 @@ class Route:
 
     @guarded
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
-        st = runtime.state()
-        tunnel = st.tunnels.get(data.context.client.id)
+        tunnel = self.rt.connections.tunnel(data.context.client.id)
         if tunnel is None or tunnel.service is None:
             return
-        sni = data.client_hello.sni
-        if sni and normal_host(sni) != tunnel.host:
-            tunnel.sni_mismatch = True
+        tunnel.sni = data.client_hello.sni
 
     def client_disconnected(self, client: connection.Client) -> None:
-        st = runtime.current()
-        if st is not None:
-            st.tunnels.pop(client.id, None)
-            st.broken_clients.discard(client.id)
+        self.rt.connections.close(client.id)

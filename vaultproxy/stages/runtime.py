@@ -1,45 +1,48 @@
-"""Where stages find the process's ProxyState. The package, not a script, holds it."""
+"""What the stages of one chain share, handed to each stage when the chain is built: the
+process's live state, the table of client connections, and which stages are loaded (the Gate
+refuses traffic until every one is)."""
 
 from __future__ import annotations
 
-from vaultproxy.engine.state import ProxyState
-from vaultproxy.errors import VaultproxyError
-
-_current: ProxyState | None = None
-_live_stages: set[str] = set()
-
-
-class NotReady(VaultproxyError):
-    status, code, public = 503, "not_ready", "vaultproxy is not configured (no home loaded)"
-
-
-def install(state: ProxyState | None) -> None:
-    global _current
-    _current = state
-
-
-def state() -> ProxyState:
-    if _current is None:
-        raise NotReady()
-    return _current
-
-
-def current() -> ProxyState | None:
-    return _current
-
-
-def stage_loaded(name: str) -> None:
-    _live_stages.add(name)
-
-
-def stage_unloaded(name: str) -> None:
-    _live_stages.discard(name)
-
+from vaultproxy.stages.connections import Connections
+from vaultproxy.state import Live, ProxyState
 
 REQUIRED_STAGES = frozenset(
     {"Identify", "Route", "Connect", "RequestGate", "Inject", "ResponseGate", "Record"}
 )
 
 
-def chain_complete() -> bool:
-    return REQUIRED_STAGES <= _live_stages
+class Runtime:
+    def __init__(self, live: Live | None = None) -> None:
+        self.live = live if live is not None else Live()
+        self.connections = Connections()
+        self._loaded: set[str] = set()
+
+    def state(self) -> ProxyState:
+        """The live state; NotReady (503) when no home is loaded."""
+        return self.live.require()
+
+    def current(self) -> ProxyState | None:
+        return self.live.state
+
+    def stage_loaded(self, name: str) -> None:
+        self._loaded.add(name)
+
+    def stage_unloaded(self, name: str) -> None:
+        self._loaded.discard(name)
+
+    def chain_complete(self) -> bool:
+        return REQUIRED_STAGES <= self._loaded
+
+
+class Stage:
+    """A stage's share of the chain: ``self.rt``, and the load/done bookkeeping."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    def load(self, loader: object) -> None:
+        self.rt.stage_loaded(type(self).__name__)
+
+    def done(self) -> None:
+        self.rt.stage_unloaded(type(self).__name__)

@@ -1,18 +1,17 @@
 """The upstream TLS connection for intercepted services: verified, SNI pinned to the CONNECT
 host, trust = system CAs (+ the service's ca_cert). Mirrors mitmproxy's TlsConfig, whose
-global trust store cannot vary per service."""
+global trust store cannot vary per service. The name check is set through the seam
+(seam/openssl.py)."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 from mitmproxy import connection, tls
 from mitmproxy.net import tls as net_tls
 from OpenSSL import SSL
 
-# X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, as mitmproxy.
-_HOSTFLAGS = 0x4 | 0x20
+from vaultproxy.seam import openssl
 
 
 def start_server_tls(
@@ -38,18 +37,7 @@ def start_server_tls(
         legacy_server_connect=False,
     )
     conn = SSL.Connection(ssl_ctx)
-    param = SSL._lib.SSL_get0_param(conn._ssl)  # type: ignore[attr-defined]
-    SSL._lib.X509_VERIFY_PARAM_set_hostflags(param, _HOSTFLAGS)  # type: ignore[attr-defined]
-    try:
-        ip = ipaddress.ip_address(sni).packed
-    except ValueError:
-        name = sni.encode("idna")
-        conn.set_tlsext_host_name(name)
-        ok = SSL._lib.X509_VERIFY_PARAM_set1_host(param, name, len(name))  # type: ignore[attr-defined]
-    else:
-        ok = SSL._lib.X509_VERIFY_PARAM_set1_ip(param, ip, len(ip))  # type: ignore[attr-defined]
-    if ok != 1:
-        raise RuntimeError("could not set upstream hostname verification")
+    openssl.verify_host(conn, sni)
     if server.alpn_offers:
         conn.set_alpn_protos(list(server.alpn_offers))
     conn.set_connect_state()

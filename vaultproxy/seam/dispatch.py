@@ -1,4 +1,4 @@
-"""Hook dispatch indexed by hook name, for the embedded Master.
+"""Hook dispatch indexed by hook name, for the embedded Master (a speed patch of the seam).
 
 mitmproxy's AddonManager.trigger_event walks every addon in the chain for every event (plus an
 `update` event after each flow event), creating a coroutine and a safecall context per addon
@@ -11,7 +11,11 @@ propagates). The index is dropped whenever the chain changes (add, remove, regis
 The same index serves the synchronous ``trigger`` (mitmproxy's legacy ``add_log`` event is
 fired through it for every log record: with no addon implementing ``add_log`` it now costs one
 dict lookup instead of a walk over the chain) and ``handle_lifecycle`` (the ``update`` event
-is only built when some addon implements it)."""
+is only built when some addon implements it).
+
+It leans on ``AddonManager._iter_hooks``, ``_configure_all`` and ``cut_traceback``;
+``missing_symbol()`` names the first that mitmproxy lost, and seam/speed.py then keeps the
+stock manager. tests/unit/test_dispatch_contract.py runs both over every hook."""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, flow, hooks
+
+from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(addonmanager.__name__)
 
@@ -46,6 +52,36 @@ def _addon_error(err: Exception) -> None:
     logger.error(f"Addon error: {err}", exc_info=(type(err), err, tb))
 
 
+class _SafeCall:
+    """mitmproxy's ``safecall`` around one top-level addon, as a plain class (no generator
+    per call): an exception is logged and the next addon runs; AddonHalt and OptionsError
+    go on up (the caller stops the event on AddonHalt)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 tb: object) -> bool:
+        if err is None or not isinstance(err, Exception):
+            return False
+        if isinstance(err, exceptions.AddonHalt | exceptions.OptionsError):
+            return False
+        _addon_error(err)
+        return True
+
+
+_SAFECALL = _SafeCall()
+
+
+def missing_symbol() -> str | None:
+    """What this manager needs of mitmproxy that it no longer has (None: all there)."""
+    return missing(addonmanager, "cut_traceback", "AddonManager") or missing(
+        addonmanager.AddonManager, "_iter_hooks", "_configure_all", "trigger_event", "trigger"
+    )
+
+
 class IndexedAddonManager(addonmanager.AddonManager):
     def __init__(self, master: Any) -> None:
         super().__init__(master)  # type: ignore[no-untyped-call]
@@ -62,48 +98,39 @@ class IndexedAddonManager(addonmanager.AddonManager):
             found = self._index[event.name] = tuple(groups)
         return found
 
-    async def trigger_event(self, event: hooks.Hook) -> None:
+    def _plan(self, event: hooks.Hook) -> tuple[Handlers, list[Any]]:
+        """The event's handler groups (chain order) and its arguments (none if no handler)."""
         handlers = self._index.get(event.name)
         if handlers is None:
             handlers = self._handlers(event)
-        if not handlers:
+        return handlers, hook_args(event) if handlers else []
+
+    async def trigger_event(self, event: hooks.Hook) -> None:
+        handlers, args = self._plan(event)
+        try:
+            for funcs in handlers:
+                with _SAFECALL:
+                    for func in funcs:
+                        res = func(*args)
+                        if res is not None and inspect.isawaitable(res):
+                            await res
+        except exceptions.AddonHalt:
             return
-        args = hook_args(event)
-        for funcs in handlers:
-            try:
-                for func in funcs:
-                    res = func(*args)
-                    if res is not None and inspect.isawaitable(res):
-                        await res
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as e:  # noqa: BLE001 - as safecall: log, next addon
-                _addon_error(e)
 
     def trigger(self, event: hooks.Hook) -> None:
-        handlers = self._index.get(event.name)
-        if handlers is None:
-            handlers = self._handlers(event)
-        if not handlers:
+        handlers, args = self._plan(event)
+        try:
+            for funcs in handlers:
+                with _SAFECALL:
+                    for func in funcs:
+                        if inspect.iscoroutinefunction(func):
+                            raise exceptions.AddonManagerError(
+                                f"Async handler {event.name} ({func}) cannot be called "
+                                "from sync context"
+                            )
+                        func(*args)
+        except exceptions.AddonHalt:
             return
-        args = hook_args(event)
-        for funcs in handlers:
-            try:
-                for func in funcs:
-                    if inspect.iscoroutinefunction(func):
-                        raise exceptions.AddonManagerError(
-                            f"Async handler {event.name} ({func}) cannot be called "
-                            "from sync context"
-                        )
-                    func(*args)
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as e:  # noqa: BLE001 - as safecall: log, next addon
-                _addon_error(e)
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
         await self.trigger_event(event)

@@ -1,9 +1,8 @@
-"""The engine seam: every change vaultproxy makes to mitmproxy's own behaviour, in one place.
-
-mitmproxy answers some things itself, below the addon hooks, and some of those answers
-would carry upstream bytes (a secret among them) to the agent or hang it. ``install()``
-replaces exactly these, and refuses to start (``EngineMismatch``) if a symbol it needs is
-gone, so an upgrade of mitmproxy can never silently switch a defence off:
+"""The seam's defences: what mitmproxy would answer itself, below the addon hooks, that could
+carry upstream bytes (a secret among them) to the agent or hang it. ``install()`` replaces
+exactly these, and refuses to start (``EngineMismatch``) if a symbol it needs is gone (the
+pyOpenSSL calls of seam/openssl.py included), so an upgrade of mitmproxy can never silently
+switch a defence off:
 
 * **Error pages.** mitmproxy's HTML error pages quote the exception text, which quotes the
   upstream's malformed bytes. Every error page becomes our JSON (``X-Vaultproxy-Error``),
@@ -26,12 +25,13 @@ import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
+from vaultproxy.seam import openssl
+from vaultproxy.seam.need import EngineMismatch, need
+
 logger = logging.getLogger(__name__)
 
 
-class EngineMismatch(RuntimeError):
-    """mitmproxy no longer has a symbol a vaultproxy defence relies on."""
-
+__all__ = ["EngineMismatch", "install", "installed", "keylog_active"]
 
 # (connection id, event) -> event: set by the response gate; None relays unchanged.
 WsFilter = Callable[[str, Any], Any]
@@ -42,15 +42,6 @@ ErrorClassifier = Callable[[int, str], tuple[int, str, str]]
 _classify: ErrorClassifier | None = None
 
 _installed = False
-
-
-def _need(obj: object, name: str) -> Any:
-    if not hasattr(obj, name):
-        raise EngineMismatch(
-            f"mitmproxy {getattr(obj, '__name__', obj)!s} has no {name}: this mitmproxy "
-            "version is not supported (see pyproject.toml); refusing to start"
-        )
-    return getattr(obj, name)
 
 
 def error_parts(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -75,11 +66,16 @@ def set_error_classifier(fn: ErrorClassifier) -> None:
     _classify = fn
 
 
+def set_ws_control_filter(fn: WsFilter) -> None:
+    global ws_control_filter
+    ws_control_filter = fn
+
+
 def keylog_active() -> bool:
     """True if mitmproxy opened a TLS key log (it reads the variables at import)."""
     from mitmproxy.net import tls as net_tls
 
-    return _need(net_tls, "log_master_secret") is not None
+    return need(net_tls, "log_master_secret") is not None
 
 
 def installed() -> bool:
@@ -95,6 +91,7 @@ def install() -> None:
     _patch_error_pages()
     _patch_http1_reader()
     _patch_websocket()
+    openssl.check()
     keylog_active()  # the symbol must exist even when no key log is open
     _installed = True
 
@@ -109,7 +106,7 @@ def _patch_error_pages() -> None:
     from mitmproxy.proxy.layers.http import _http1, _http2
     from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
-    _need(_http1, "make_error_response")
+    need(_http1, "make_error_response")
 
     def make_error_response(status_code: int, message: str = "") -> bytes:
         status, body, fields = error_parts(status_code, message)
@@ -119,9 +116,9 @@ def _patch_error_pages() -> None:
     _http1.make_error_response = make_error_response
 
     conn_cls = _http2.Http2Connection
-    original = _need(conn_cls, "_handle_event")
+    original = need(conn_cls, "_handle_event")
     for name in ("is_closed", "is_open_for_us"):
-        _need(conn_cls, name)
+        need(conn_cls, name)
 
     def _handle_event(self: Any, event: Any) -> Generator[Any, Any, None]:
         if isinstance(event, ResponseProtocolError) and not self.is_closed(event.stream_id):
@@ -187,7 +184,7 @@ def _patch_http1_reader() -> None:
     from mitmproxy.proxy import events
     from mitmproxy.proxy.layers.http import _http1
 
-    make_reader = _need(_http1, "make_body_reader")
+    make_reader = need(_http1, "make_body_reader")
 
     def make_body_reader(expected_size: int | None) -> Any:
         reader = make_reader(expected_size)
@@ -196,7 +193,7 @@ def _patch_http1_reader() -> None:
     _http1.make_body_reader = make_body_reader
 
     client = _http1.Http1Client
-    read_headers = _need(client, "read_headers")
+    read_headers = need(client, "read_headers")
 
     def read_headers_skipping_1xx(self: Any, event: Any) -> Generator[Any, Any, None]:
         if isinstance(event, events.DataReceived) and self.request:
@@ -213,7 +210,7 @@ def _patch_websocket() -> None:
     from mitmproxy.proxy.layers import websocket
 
     conn_cls = websocket.WebsocketConnection
-    original = _need(conn_cls, "events")
+    original = need(conn_cls, "events")
 
     def events(self: Any) -> Generator[Any, None, None]:
         for event in original(self):

@@ -1,0 +1,41 @@
+"""The canonical decision line: one audit record per decided request or refused tunnel,
+built and written here and nowhere else (SPEC §8; smokescreen's CANONICAL-PROXY-DECISION).
+
+The proxy's Record stage and ``POST /proxy`` both call ``record_decision``; it fills the
+fixed SPEC §8 fields, counts the event for ``/metrics`` and queues it on the audit log."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from vaultproxy.audit import metrics
+from vaultproxy.audit.event import AuditEvent
+
+
+class Sink(Protocol):
+    def record(self, event: AuditEvent) -> None: ...
+
+
+def record_decision(
+    sink: Sink,
+    *,
+    event: str,
+    agent: str | None,
+    service: str | None,
+    mode: str | None,
+    method: str | None,
+    host: str | None,
+    path: str | None,
+    status: int | None,
+    started: float | None,
+    outcome: str,
+    reason: str | None,
+) -> None:
+    """``started``: ``time.monotonic()`` when the request began (None: no duration)."""
+    duration = (time.monotonic() - started) * 1000 if started is not None else None
+    line = AuditEvent(
+        event=event, agent=agent, service=service, mode=mode, method=method, host=host,
+        path=path, status=status, duration_ms=duration, outcome=outcome, reason=reason,
+    )
+    sink.record(metrics.observed(line))

@@ -1,0 +1,146 @@
+"""``decide()``: one pure decision per request — which service, which agent, what to inject,
+where to dial, or why not.
+
+Plain data in (the target, what the agent presented, the registry and the agents), a
+``Decision`` out; no flow, socket, file or clock. The proxy stages and ``POST /proxy`` adapt
+their world to ``Facts`` and act on the ``Decision``; the canonical audit line
+(decision_log.py) records it.
+
+Three ways a request arrives (``Facts.via``):
+
+* ``"connect"``: a CONNECT (``host_header`` None) or a request inside its tunnel. The target
+  is the CONNECT target, never Host or SNI; a request whose Host/SNI names another host, or
+  that is plaintext, is refused.
+* ``"plain"``: a plain-HTTP proxy request (``GET http://host/``): never to a registered
+  service (no credential over plaintext), and only where egress allows.
+* ``"admin"``: ``POST /proxy``; the admin token authenticated the caller, no agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from vaultproxy.agents import AgentRecord, parse_proxy_authorization, verify
+from vaultproxy.config.models import Service
+from vaultproxy.errors import (
+    AgentAuthRequired,
+    AgentScope,
+    DestinationDenied,
+    EgressBlocked,
+    HostMismatch,
+    LockedError,
+    VaultproxyError,
+)
+from vaultproxy.hostnames import normal_host, same_target, split_authority
+from vaultproxy.registry import Registry
+
+Via = Literal["connect", "plain", "admin"]
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is known of one request, as plain data."""
+
+    via: Via
+    host: str  # the CONNECT target (or the plain request's host): routing uses only this
+    port: int
+    proxy_authorization: str | None = None  # as the agent sent it (CONNECT or plain request)
+    host_header: str | None = None  # None: deciding the CONNECT itself
+    sni: str | None = None  # the TLS ClientHello's server name, if any
+    scheme: str = "https"
+    agent: str | None = None  # inside a tunnel: the agent its CONNECT proved
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What Inject does: the service's credential, and whether the body is substituted."""
+
+    service: Service
+    substitute_body: bool
+    max_body: int  # bytes
+
+
+@dataclass(frozen=True)
+class Decision:
+    service: Service | None
+    agent: str | None
+    dial: tuple[str, int] | None = None  # where to dial (connect_to applied), then checked
+    plan: Plan | None = None  # None: nothing is injected (passthrough, plain, refused)
+    refusal: VaultproxyError | None = None
+
+    @property
+    def code(self) -> str | None:
+        return None if self.refusal is None else self.refusal.code
+
+
+def decide(
+    facts: Facts, registry: Registry, agents: Mapping[str, AgentRecord] | None
+) -> Decision:
+    """The decision for ``facts``; ``agents`` None means locked (no hash to verify with)."""
+    target = normal_host(facts.host)
+    service = registry.lookup(target, facts.port) if 0 < facts.port < 65536 else None
+    agent = facts.agent
+    try:
+        if facts.via != "admin" and (facts.via == "plain" or facts.host_header is None):
+            record = identify(facts.proxy_authorization, registry, agents)
+            agent = record.name if record is not None else None
+            if record is not None and service is not None and not record.allows(service.name):
+                raise AgentScope(f"agent {record.name} may not use service {service.name}")
+        if facts.via == "plain":
+            return _plain(facts, target, registry, agent)
+        dial = _dial(service, target, facts.port)
+        if facts.host_header is None:  # the CONNECT
+            if service is None and registry.config.proxy.egress == "block":
+                raise EgressBlocked(
+                    f"{target}:{facts.port} is not registered and egress is blocked"
+                )
+            return Decision(service, agent, dial)
+        if service is None:
+            return Decision(None, agent, dial)  # a passthrough tunnel: nothing to inject
+        if facts.scheme != "https":
+            raise DestinationDenied("plaintext HTTP inside a tunnel to a registered service")
+        sni_differs = bool(facts.sni) and normal_host(facts.sni or "") != target
+        if sni_differs or not same_target(facts.host_header, target, facts.port):
+            raise HostMismatch()
+        return Decision(service, agent, dial, _plan(service, registry))
+    except VaultproxyError as e:
+        return Decision(service, agent, refusal=e)
+
+
+def identify(
+    header: str | None, registry: Registry, agents: Mapping[str, AgentRecord] | None
+) -> AgentRecord | None:
+    """The verified agent, None for an allowed anonymous caller; raise to refuse."""
+    creds = parse_proxy_authorization(header)
+    if header is None and not registry.config.proxy.require_agent_auth:
+        return None
+    if agents is None:
+        raise LockedError()  # agent hashes live in the keystore: cannot verify yet
+    record = verify(agents, creds.name, creds.token) if creds is not None else None
+    if record is None:
+        # Wrong credentials are refused even when anonymous use is allowed: an agent that
+        # means to be scoped must not silently run unscoped.
+        raise AgentAuthRequired()
+    return record
+
+
+def _plain(facts: Facts, target: str, registry: Registry, agent: str | None) -> Decision:
+    if registry.is_registered_host(target):
+        raise DestinationDenied("plaintext HTTP to a registered service; use https")
+    if registry.config.proxy.egress == "block":
+        raise EgressBlocked(f"{target} is not registered and egress is blocked")
+    return Decision(None, agent, (target, facts.port))
+
+
+def _dial(service: Service | None, host: str, port: int) -> tuple[str, int]:
+    if service is not None and service.connect_to:
+        h, p = split_authority(service.connect_to)
+        return h, p if p and p > 0 else port
+    return host, port
+
+
+def _plan(service: Service, registry: Registry) -> Plan:
+    body = service.mode == "placeholder" and "body" in service.substitute_in
+    return Plan(service, body, registry.config.proxy.max_body_mb * 1024 * 1024)

@@ -1,0 +1,122 @@
+"""The session: what is secret and lives only while the proxy is unlocked.
+
+The unlocked keystore, the agents' token hashes read from it, and the per-service response
+redactors built from its secrets (later: token caches). ``lock()`` drops them all and wipes
+the keystore's copy. Nothing here reads services.toml: the caller passes the snapshot's
+services in."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from vaultproxy import logfilter
+from vaultproxy.agents import AgentRecord, load_records
+from vaultproxy.config.models import Service
+from vaultproxy.errors import LockedError, SecretMissing
+from vaultproxy.keystore import Entry, Keystore
+from vaultproxy.redact import Redactor
+
+
+class Session:
+    def __init__(self) -> None:
+        self.keystore: Keystore | None = None
+        self.agents: dict[str, AgentRecord] = {}
+        self._redactors: dict[str, Redactor] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def locked(self) -> bool:
+        return self.keystore is None
+
+    def install(self, ks: Keystore) -> None:
+        """Serve from ``ks`` (an opened keystore, or a worker's read-only view of one)."""
+        agents = load_agents(ks)
+        with self._lock:
+            self.keystore = ks
+            self.agents = agents
+            self._redactors.clear()
+
+    def refresh(self) -> bool:
+        """Re-read keystore.enc with the unlocked data key; True if anything changed."""
+        ks = self.keystore
+        if ks is None or not ks.refresh():
+            return False
+        self.install(ks)
+        return True
+
+    def lock(self) -> None:
+        with self._lock:
+            ks, self.keystore = self.keystore, None
+            self.agents = {}
+            self._redactors.clear()
+        if ks is not None:
+            wipe = getattr(ks, "wipe", None)
+            if callable(wipe):
+                wipe()
+
+    def secrets_changed(self) -> None:
+        ks = self.keystore
+        agents = load_agents(ks) if ks is not None else {}
+        with self._lock:
+            self.agents = agents
+            self._redactors.clear()
+
+    def forget_redactors(self) -> None:
+        """The services changed (a reload): redactors are rebuilt on next use."""
+        with self._lock:
+            self._redactors.clear()
+
+    def entry_for(self, service: Service) -> Entry:
+        ks = self.keystore
+        if ks is None:
+            raise LockedError()
+        entry = ks.get(service.secret_name)
+        if entry is None:
+            raise SecretMissing(f"keystore has no entry for service {service.name}")
+        return entry
+
+    def _secret_pairs(self, service: Service) -> list[tuple[bytes, bytes]]:
+        """(secret, placeholder) for each secret of the service's entry (not ``username``);
+        raises LockedError/SecretMissing."""
+        entry = self.entry_for(service)
+        placeholder = service.placeholder_text.encode()
+        pairs: list[tuple[bytes, bytes]] = []
+        if entry.value is not None and len(entry.value) >= 4:
+            pairs.append((entry.value.reveal(), placeholder))
+        for field_name, secret in entry.fields.items():
+            if field_name != "username" and len(secret) >= 4:
+                pairs.append((secret.reveal(), placeholder))
+        return pairs
+
+    def redactor_for(self, service: Service) -> Redactor | None:
+        """The response redactor for a service's secret, or None when locked/missing."""
+        cached = self._redactors.get(service.name)
+        if cached is not None:
+            return cached
+        try:
+            pairs = self._secret_pairs(service)
+        except (LockedError, SecretMissing):
+            return None
+        redactor = Redactor(pairs)
+        with self._lock:
+            self._redactors[service.name] = redactor
+        return redactor
+
+    def warm(self, services: Iterable[Service]) -> None:
+        """Build every service's redactor now (a few ms each, regex compiles), not in the
+        first response that needs one: a streamed reply's first event would wait for it.
+        The log filter learns every secret too (a second line of defence)."""
+        if self.keystore is None:
+            logfilter.use(None)
+            return
+        pairs: list[tuple[bytes, bytes]] = []
+        for service in services:
+            if self.redactor_for(service) is not None:  # None: its secret is missing
+                pairs.extend(self._secret_pairs(service))
+        logfilter.use(Redactor(pairs))
+
+
+def load_agents(ks: Keystore) -> dict[str, AgentRecord]:
+    pairs = [(n, ks.get_internal(n)) for n in ks.internal_names("agent:")]
+    return load_records((n, v) for n, v in pairs if v is not None)

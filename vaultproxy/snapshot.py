@@ -1,0 +1,78 @@
+"""The config snapshot: everything a request needs from services.toml, built once per (re)load.
+
+Immutable; a reload builds a new one and the proxy swaps it whole. Holds no secret."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vaultproxy.atomic_file import write_atomic
+from vaultproxy.ca import system_ca_file
+from vaultproxy.config.load import parse_config
+from vaultproxy.config.models import Service
+from vaultproxy.home import Home
+from vaultproxy.placeholders import PlaceholderIndex
+from vaultproxy.policy import AddressContext
+from vaultproxy.registry import Registry
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Registry, placeholder index, address policies and upstream trust, of one config text."""
+
+    registry: Registry
+    index: PlaceholderIndex
+    passthrough: AddressContext
+    service_contexts: dict[str, AddressContext]
+    trust_files: dict[str, Path]
+    text: str = ""  # the services.toml text it was built from
+
+    @classmethod
+    def build(cls, home: Home, text: str, own: frozenset[tuple[str, int]]) -> Snapshot:
+        """Parse ``text`` (ConfigError on a bad one) and build everything from it."""
+        return build_snapshot(home, Registry.from_config(parse_config(text, home.path)), own, text)
+
+    def with_own_listeners(self, home: Home, own: frozenset[tuple[str, int]]) -> Snapshot:
+        return build_snapshot(home, self.registry, own, self.text)
+
+    def trust_file(self, service: Service) -> Path:
+        return self.trust_files[service.name]
+
+    def address_context(self, service: Service | None) -> AddressContext:
+        return self.passthrough if service is None else self.service_contexts[service.name]
+
+
+def build_snapshot(
+    home: Home, registry: Registry, own: frozenset[tuple[str, int]], text: str = ""
+) -> Snapshot:
+    cfg = registry.config
+    index = PlaceholderIndex({s.placeholder_text: s.name for s in registry.services})
+    passthrough = AddressContext(
+        passthrough_allow=tuple(cfg.proxy.passthrough_allow), own_listeners=own
+    )
+    contexts = {
+        s.name: AddressContext(
+            allow_private=s.allow_private, allow_loopback=s.allow_loopback, own_listeners=own
+        )
+        for s in registry.services
+    }
+    trust = build_trust_files(home, registry)
+    return Snapshot(registry, index, passthrough, contexts, trust, text)
+
+
+def build_trust_files(home: Home, registry: Registry) -> dict[str, Path]:
+    """Upstream trust per service: the system store, plus the service's own ca_cert if any."""
+    system = system_ca_file(home)
+    out: dict[str, Path] = {}
+    for service in registry.services:
+        if not service.ca_cert:
+            out[service.name] = system
+            continue
+        path = home.mitm_confdir / f"trust-{service.name}.pem"
+        extra = (home.path / service.ca_cert).read_bytes()
+        data = system.read_bytes().rstrip(b"\n") + b"\n" + extra
+        home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(path, data, mode=0o644)  # workers write the same files
+        out[service.name] = path
+    return out

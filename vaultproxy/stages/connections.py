@@ -1,0 +1,48 @@
+"""Per client connection: what its CONNECT decided (the tunnel) and whether a hook failed on
+it. One table per chain, entries dropped when the client disconnects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vaultproxy.config.models import Service
+
+
+@dataclass
+class Tunnel:
+    """What we know about one client connection's CONNECT: the target and its service."""
+
+    host: str
+    port: int
+    service: Service | None
+    agent: str | None = None
+    pinned: tuple[str, int] | None = None  # the checked address we dial
+    sni: str | None = None  # the server name of the agent's TLS ClientHello
+    broken: bool = False  # a hook failed on this connection: refuse every request on it
+
+
+class Connections:
+    def __init__(self) -> None:
+        self._tunnels: dict[str, Tunnel] = {}
+        self._broken: set[str] = set()  # connections without a tunnel (plain HTTP)
+
+    def tunnel(self, client_id: str) -> Tunnel | None:
+        return self._tunnels.get(client_id)
+
+    def open(self, client_id: str, tunnel: Tunnel) -> None:
+        self._tunnels[client_id] = tunnel
+
+    def mark_broken(self, client_id: str) -> None:
+        tunnel = self._tunnels.get(client_id)
+        if tunnel is not None:
+            tunnel.broken = True
+        else:
+            self._broken.add(client_id)
+
+    def broken(self, client_id: str) -> bool:
+        tunnel = self._tunnels.get(client_id)
+        return client_id in self._broken or (tunnel is not None and tunnel.broken)
+
+    def close(self, client_id: str) -> None:
+        self._tunnels.pop(client_id, None)
+        self._broken.discard(client_id)

@@ -1,0 +1,44 @@
+"""The one record a flow carries through the stages, under one ``flow.metadata`` key.
+
+Identify puts the ``Decision`` in it; the later stages read the decision and add what they
+did (injected, the pending body substitution, the redactor, a refusal); Record turns it into
+the canonical audit line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from vaultproxy.config.models import Service
+from vaultproxy.decide import Decision
+from vaultproxy.keystore import Entry
+from vaultproxy.redact import Redactor
+
+KEY = "vaultproxy"
+
+
+@dataclass
+class FlowRecord:
+    decision: Decision | None = None
+    service: Service | None = None  # set when the flow is intercepted (a credential may go in)
+    agent: str | None = None
+    t0: float | None = None  # monotonic, when the request headers arrived
+    path: str | None = None  # without the query, as the agent sent it (or after rewriting)
+    injected: bool = False
+    body: tuple[Entry, int] | None = None  # a body substitution waiting for the whole body
+    denied: tuple[str, str] | None = None  # (code, public message) of our refusal
+    reply: http.Response | None = None  # our reply, when it replaced an upstream response
+    redactor: Redactor | None = None
+    whole: str | None = None  # the Content-Encoding of a body redacted whole
+    audited: bool = False
+    counted: bool = False  # counted in ProxyState.inflight
+
+
+def record_of(flow: http.HTTPFlow) -> FlowRecord:
+    """The flow's record (created on first use)."""
+    rec = flow.metadata.get(KEY)
+    if rec is None:
+        rec = flow.metadata[KEY] = FlowRecord()
+    assert isinstance(rec, FlowRecord)
+    return rec

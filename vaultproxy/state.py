@@ -1,0 +1,150 @@
+"""The running proxy's state: the config snapshot (snapshot.py, swapped whole on reload), the
+session (session.py: the unlocked keystore, agents and redactors, dropped by ``lock()``),
+and the audit log.
+
+Every change (reload, unlock, lock, secret write) bumps ``generation`` and calls the
+``on_change`` callbacks; with ``--workers N`` the supervisor (engine/workers.py) uses them to
+send the new state to every worker, and ``await settled()`` returns once all have applied it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from vaultproxy.audit import AuditLog
+from vaultproxy.config.load import read_text
+from vaultproxy.errors import NotReady
+from vaultproxy.home import Home
+from vaultproxy.keystore import Keystore
+from vaultproxy.registry import Registry
+from vaultproxy.secret import Secret
+from vaultproxy.session import Session
+from vaultproxy.snapshot import Snapshot
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProxyState:
+    """One per process: the config snapshot, the session, the audit log, and the change
+    notification that keeps ``--workers N`` processes on the same state."""
+
+    home: Home
+    snapshot: Snapshot
+    audit: AuditLog
+    session: Session = field(default_factory=Session)
+    own_listeners: frozenset[tuple[str, int]] = frozenset()
+    inflight: int = 0
+    generation: int = 0
+    on_change: list[Callable[[], None]] = field(default_factory=list)
+    barrier: Callable[[], Awaitable[None]] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def load(
+        cls, home: Home, *, own_listeners: frozenset[tuple[str, int]] = frozenset()
+    ) -> ProxyState:
+        return cls.from_text(home, read_text(home.services), own_listeners=own_listeners)
+
+    @classmethod
+    def from_text(
+        cls,
+        home: Home,
+        text: str,
+        *,
+        own_listeners: frozenset[tuple[str, int]] = frozenset(),
+        audit: AuditLog | None = None,
+    ) -> ProxyState:
+        snapshot = Snapshot.build(home, text, own_listeners)
+        return cls(home, snapshot, audit or AuditLog(home.audit), own_listeners=own_listeners)
+
+    # -- change notification (workers) ------------------------------------------------------
+    def _changed(self) -> None:
+        self.generation += 1
+        self.session.warm(self.registry.services)
+        for callback in list(self.on_change):
+            callback()
+
+    async def settled(self) -> None:
+        """Return once every worker process runs the current state (no-op with one process)."""
+        if self.barrier is not None:
+            await self.barrier()
+
+    # -- config snapshot ------------------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        return self.snapshot.registry
+
+    def reload(self) -> tuple[int, int]:
+        """Re-read services.toml. On error raise ConfigError and keep the old registry."""
+        return self.reload_text(read_text(self.home.services))
+
+    def reload_text(self, text: str) -> tuple[int, int]:
+        """Swap in the registry built from ``text``; on error raise and keep the old one."""
+        before = len(self.registry.services)
+        snapshot = Snapshot.build(self.home, text, self.own_listeners)
+        with self._lock:
+            self.snapshot = snapshot
+            self.session.forget_redactors()
+        self._changed()
+        after = len(snapshot.registry.services)
+        logger.info("registry reloaded: %d -> %d services", before, after)
+        return before, after
+
+    def set_own_listeners(self, listeners: frozenset[tuple[str, int]]) -> None:
+        self.own_listeners = listeners
+        self.snapshot = self.snapshot.with_own_listeners(self.home, listeners)
+        self._changed()
+
+    # -- session --------------------------------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        return self.session.locked
+
+    def unlock_sync(self, password: Secret) -> None:
+        self.install_keystore(Keystore.open(self.home.keystore, password))
+
+    async def unlock(self, password: Secret) -> None:
+        """Run the KDF off the event loop, then swap the keystore in."""
+        await asyncio.to_thread(self.unlock_sync, password)
+
+    def refresh_keystore(self) -> bool:
+        """Re-read keystore.enc with the unlocked data key (SIGHUP, ``POST /v1/reload``).
+
+        What the CLI wrote while we run (``secret set``, ``agent add/rm``) starts serving;
+        True if anything changed. On KeystoreError the unlocked copy keeps serving.
+        """
+        if not self.session.refresh():
+            return False
+        self._changed()
+        return True
+
+    def install_keystore(self, ks: Keystore) -> None:
+        """Serve from ``ks`` (an opened keystore, or a worker's read-only view of one)."""
+        self.session.install(ks)
+        self._changed()
+
+    def lock(self) -> None:
+        self.session.lock()
+        self._changed()
+
+    def secrets_changed(self) -> None:
+        self.session.secrets_changed()
+        self._changed()
+
+
+class Live:
+    """The process's current ProxyState, handed to whoever serves it (the proxy's stages, the
+    admin API): None until a home is loaded, and again while mitmdump refuses traffic."""
+
+    def __init__(self, state: ProxyState | None = None) -> None:
+        self.state = state
+
+    def require(self) -> ProxyState:
+        if self.state is None:
+            raise NotReady()
+        return self.state
