@@ -28,6 +28,7 @@ from mitmproxy import http
 
 from vaultproxy.errors import HostMismatch, InvalidRequest
 from vaultproxy.hostnames import normal_host, same_target
+from vaultproxy.inject.request import canonical_name
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -107,7 +108,5 @@ class RequestGate(Stage):
         check_headers(req.headers.fields)
         drop = _ROUTING if tunnel.service.allow_range else _ROUTING | set(_RANGE)
         fields = req.headers.fields
-        if any(k.lower().replace(b"_", b"-") in drop for k, _ in fields):
-            req.headers.fields = tuple(
-                (k, v) for k, v in fields if k.lower().replace(b"_", b"-") not in drop
-            )
+        if any(canonical_name(k) in drop for k, _ in fields):
+            req.headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
