@@ -128,7 +128,7 @@ class TokenCache:
             self.reject(name, rejected)
             current = self._tokens.get(name)
         if current is not None and current.fresh(self.clock()):
-            return replace(current, source="cached")
+            return current  # stored as "cached"
         pending = self._inflight.get(name)
         if pending is not None:
             issued = await asyncio.shield(pending)
@@ -168,7 +168,7 @@ class TokenCache:
                         fresh_until(minted, self.clock()))
         self.state.session.add_minted(service.name, minted.secrets())
         if epoch == self._epoch:
-            self._tokens[service.name] = issued
+            self._tokens[service.name] = replace(issued, source="cached")
             self._refused.pop(service.name, None)
         return issued
 
