@@ -28,10 +28,14 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 def _bodyless(req: http.Request) -> bool:
-    length = req.headers.get("content-length", "0").strip()
+    """Safe to send again as it was: idempotent, and certainly without a body (over HTTP/2
+    and 3 a body needs no Content-Length, so a PUT must say ``Content-Length: 0``)."""
+    length = req.headers.get("content-length")
+    if length is None and req.method == "PUT" and not req.http_version.startswith("HTTP/1"):
+        return False
     return (
         req.method in IDEMPOTENT
-        and length == "0"
+        and (length or "0").strip() == "0"
         and "transfer-encoding" not in req.headers
         and "upgrade" not in req.headers
     )
