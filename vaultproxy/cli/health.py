@@ -8,8 +8,8 @@ import asyncio
 import json
 import sys
 
+from vaultproxy.config.health import HealthSettings
 from vaultproxy.config.load import parse_config, read_text
-from vaultproxy.config.models import HealthSettings
 from vaultproxy.errors import ConfigError
 from vaultproxy.health import report
 from vaultproxy.health.run import audit
