@@ -59,7 +59,7 @@ def _text(result: report.Report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaultproxy.cli.secret import open_store
+    from vaultproxy.cli.password import open_store
 
     home = Home.resolve(args.home)
     store = open_store(args)
