@@ -37,7 +37,7 @@ def _via_proxy(home: Home, only: str | None) -> list[dict[str, Any]] | None:
 
 def _offline(args: argparse.Namespace, home: Home, only: str | None) -> list[dict[str, Any]]:
     """No proxy runs: open the keystore here and sync with the same code the proxy uses."""
-    from vaultproxy.cli.secret import open_store
+    from vaultproxy.cli.password import open_store
     from vaultproxy.state import ProxyState
     from vaultproxy.sync.run import Syncer
 
