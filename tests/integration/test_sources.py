@@ -236,6 +236,28 @@ def test_a_bad_token_reports_and_nothing_else_changes(world: dict[str, Any], ech
     assert sources(proxy)["bao"]["last_error"] is None
 
 
+def test_the_egress_policy_applies_to_a_source_at_the_dial(world: dict[str, Any],
+                                                           echo: Upstream) -> None:
+    """A source pointed at the proxy's own admin listener (allow_loopback or not) is refused
+    when dialled; nothing else changes."""
+    proxy, home = world["proxy"], world["home"]
+    services = home.path / "services.toml"
+    before = services.read_text()
+    host, port = str(proxy.extra["admin"]).rsplit(":", 1)
+    services.write_text(before + source_block("self", f"https://{host}:{port}",
+                                              allow_loopback="true")
+                        + service("selfsvc", "self:x#k", echo.port))
+    try:
+        cli(home.path, "reload")
+        r = admin(proxy, "POST", "/v1/sync", {"source": "self"})
+        [result] = r.json()["results"]
+        assert not result["ok"] and "destination denied" in result["error"], result
+        assert sources(proxy)["bao"]["last_error"] is None
+    finally:
+        services.write_text(before)
+        cli(home.path, "reload")
+
+
 def test_unknown_source_and_locked(world: dict[str, Any]) -> None:
     proxy, home = world["proxy"], world["home"]
     r = admin(proxy, "POST", "/v1/sync", {"source": "nosuch"})
@@ -301,16 +323,17 @@ def test_sync_without_a_running_proxy_opens_the_keystore(tmp_path: Path, echo: U
     assert r.returncode == 1 and "no [[source]] named 'nosuch'" in r.stderr
 
 
-def test_the_egress_policy_applies_to_a_source(tmp_path: Path, echo: Upstream,
-                                               bao: Bao) -> None:
-    """The same TLS server without allow_loopback: refused before anything is sent; the
-    negative twin of the sync above."""
+def test_the_egress_policy_applies_to_a_source_at_load(tmp_path: Path, echo: Upstream,
+                                                       bao: Bao) -> None:
+    """The same TLS server without allow_loopback: refused when services.toml is read,
+    before anything is dialled (the negative twin of the sync above)."""
     toml = (source_block("bao", f"https://127.0.0.1:{bao.tls_port}", ca_cert='"bao-ca.pem"')
             + service("offline", "bao:offline#api_key", echo.port))
     home = make_home(tmp_path, toml, echo, bao, {"source.bao": {"token": bao.root}})
     r = cli(home.path, "sync", "--password-file", str(home.password_file), check=False)
     assert r.returncode == 1
-    assert "bao: FAILED: source bao: destination denied" in r.stdout, r.stdout
+    assert ("source[0].url: denied by the address policy: a loopback address; set "
+            "allow_loopback = true to permit it") in r.stderr, r.stderr
     assert Keystore.open(home.path / "keystore.enc", Secret(PASSWORD)).synced_item(
         "bao", "offline") is None
 

@@ -8,9 +8,10 @@ sync brought. Plaintext (inside the AES-GCM body, next to ``entries`` and ``inte
                                         "fields": {FIELD: B64}, "totp": [FIELD]}}}}
 
 KEY is the item key (``PATH`` or ``PATH?version=N``), V the source's version of the item (KV
-version number; bitwarden revision date), T a Unix timestamp, ``totp`` (only when not empty)
-the fields holding a TOTP seed rather than a value (the code is computed when used). ``error`` is the last failed
-sync's reason (names and statuses only, never a value), null after a good one.
+version number; bitwarden revision date), T a Unix timestamp, ``totp`` (only when not
+empty) the fields holding a TOTP seed rather than a value (the code is computed when used).
+``error`` is the last failed sync's reason (names and statuses only, never a value), null
+after a good one.
 """
 
 from __future__ import annotations
