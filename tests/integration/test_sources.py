@@ -300,7 +300,7 @@ def test_the_proxy_serves_the_cache_with_the_server_stopped(
         assert result["items"] == 1
         assert "could not connect" in sources(proxy)["dev"]["last_error"]
         assert injected(echo, proxy, "openai.api.test") == f"Bearer {value}"
-        proxy.stop()
+        assert proxy.stop() == 0  # SIGTERM also ends the refresh loop
         proxy = ProxyProcess.start(home)  # a restart with the source still down
         assert injected(echo, proxy, "openai.api.test") == f"Bearer {value}"
     finally:
