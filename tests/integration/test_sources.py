@@ -317,9 +317,19 @@ def test_sync_without_a_running_proxy_opens_the_keystore(tmp_path: Path, echo: U
     toml = (source_block("bao", f"https://127.0.0.1:{bao.tls_port}", ca_cert='"bao-ca.pem"',
                          allow_loopback="true")
             + service("offline", "bao:offline#api_key", echo.port))
-    home = make_home(tmp_path, toml, echo, bao, {"source.bao": {"token": bao.root}})
-    r = cli(home.path, "sync", "--password-file", str(home.password_file))
+    home = make_home(tmp_path, toml, echo, bao, {})
+    pw = ("--password-file", str(home.password_file))
+    r = cli(home.path, "check", *pw, check=False)
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        "service[0].secret: bao:offline is not synced yet (run `vaultproxy sync bao`)",
+        'source[0]: keystore entry "source.bao" lacks field(s) token (auth = "token"; '
+        "`vaultproxy secret set source.bao --field token`)"]
+    r = cli(home.path, "secret", "set", "source.bao", "--field", "token", *pw, input=bao.root)
+    assert r.stdout == "stored source.bao field token\n"
+    r = cli(home.path, "sync", *pw)
     assert "bao: 1 items synced, 1 changed" in r.stdout
+    assert cli(home.path, "check", *pw).stdout.startswith("services.toml OK")
     assert f"(synced by {home.path / 'keystore.enc'})" in r.stdout
     item = Keystore.open(home.path / "keystore.enc", Secret(PASSWORD)).synced_item(
         "bao", "offline")
