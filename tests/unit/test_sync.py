@@ -218,3 +218,16 @@ def test_a_totp_field_injects_the_current_code(tmp_path: Path) -> None:
     assert len(entry.value) == 6 and entry.value.reveal_str() != RFC6238_SHA1
     plain = cached_entry(again, parse_ref("vw:GitHub#password"), "svc")
     assert plain.value is not None and plain.value.reveal_str() == "p" * 12  # twin
+
+
+def test_credential_health_covers_synced_values(tmp_path: Path) -> None:
+    from vaultproxy.health import report
+
+    ks = _store(tmp_path)
+    ref = Ref("bao", "team/openai")
+    apply(ks, "bao", "openbao", [ref], {ref: Fetched({"api_key": Secret("short"),
+                                                      "username": Secret("me")}, 1)}, 1.0)
+    result, values = report.build(report.secret_values(ks))
+    values.clear()
+    [item] = result.items
+    assert (item.name, item.field, bool(item.weak_reasons)) == ("bao:team/openai", "api_key", True)
