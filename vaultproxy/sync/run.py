@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FETCH_TIMEOUT = 60.0  # one source's whole fetch (login + every item)
+FETCH_TIMEOUT = 30.0  # one source's whole fetch (login + every item); `vaultproxy sync` waits 60 s
 TICK = 1.0  # how often the refresh loop looks for a due source
 
 
