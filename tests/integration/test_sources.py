@@ -303,6 +303,15 @@ def test_the_proxy_serves_the_cache_with_the_server_stopped(
         assert proxy.stop() == 0  # SIGTERM also ends the refresh loop
         proxy = ProxyProcess.start(home)  # a restart with the source still down
         assert injected(echo, proxy, "openai.api.test") == f"Bearer {value}"
+        # a proxy runs but its admin.sock cannot be reached: the CLI must not become a
+        # second keystore writer
+        sock, away = home.path / "admin.sock", home.path / "admin.sock.away"
+        sock.rename(away)
+        try:
+            r = cli(home.path, "sync", "--password-file", str(home.password_file), check=False)
+        finally:
+            away.rename(sock)
+        assert r.returncode == 1 and "is already running on" in r.stderr, r.stderr
     finally:
         proxy.stop()
         dev.stop()

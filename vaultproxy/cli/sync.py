@@ -3,7 +3,8 @@
 When a proxy runs on this home, the command asks it (``POST /v1/sync`` over admin.sock): the
 running proxy is then the only writer of keystore.enc and audit.jsonl, and its worker
 processes get the new values at once. When none runs, the command opens the keystore itself
-(master password as for every keystore command), syncs, saves, and appends the audit records.
+(master password as for every keystore command), syncs, saves, and appends the audit records,
+holding the home's claim (Home.claim) so that no proxy starts meanwhile.
 Exit 0 when every source synced, 1 when any failed (each failure named).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -47,20 +49,24 @@ def _offline(args: argparse.Namespace, home: Home, only: str | None) -> list[dic
         raise VaultproxyError(f"{home.services} is invalid:\n{problems_text(e)}") from None
     if only is not None and only not in {s.name for s in state.registry.config.sources}:
         raise VaultproxyError(f"no [[source]] named {only!r} in {home.services}")
-    state.install_keystore(open_store(args))
-
-    async def go() -> list[dict[str, Any]]:
-        syncer = Syncer()
-        try:
-            return [o.as_dict() for o in await syncer.sync(state, only, trigger="cli")]
-        finally:
-            await syncer.aclose()
-
+    # Held to the end: a proxy whose admin.sock did not answer is named before the prompt,
+    # and none may start (writing keystore.enc and audit.jsonl) while this sync runs.
+    claim = home.claim()
     try:
+        state.install_keystore(open_store(args))
+
+        async def go() -> list[dict[str, Any]]:
+            syncer = Syncer()
+            try:
+                return [o.as_dict() for o in await syncer.sync(state, only, trigger="cli")]
+            finally:
+                await syncer.aclose()
+
         return asyncio.run(go())
     finally:
         state.audit.close()
         state.lock()
+        os.close(claim)
 
 
 def _line(r: dict[str, Any]) -> str:
