@@ -189,6 +189,13 @@ def test_the_egress_policy_applies_to_the_source(bao: Bao) -> None:
         _run(lambda c: _source(bao, address=AddressContext()).read(c, Secret(bao.root), "x"))
 
 
+def test_a_path_cannot_climb_out_of_the_mount(bao: Bao) -> None:
+    """``../`` would reach other API paths with the source's token; refused before sending
+    (twin: the same read of a plain path works, above)."""
+    with pytest.raises(SourceError, match="must not hold . or .. segments"):
+        _run(lambda c: _source(bao).read(c, Secret(bao.root), "../../sys/policies/acl/x"))
+
+
 def test_plain_http_only_to_loopback() -> None:
     """A private address the policy allows, over plain HTTP: refused before any packet is
     sent (the token would cross the network in clear)."""

@@ -112,6 +112,8 @@ class OpenBaoSource:
         self, clients: UpstreamClients, token: Secret, path: str, version: int | None = None
     ) -> KvSecret:
         """Fields of ``<mount>/data/<path>`` (the latest version, or ``version``)."""
+        if any(part in (".", "..") for part in path.split("/")):
+            raise SourceError(f"source {self.name}: a KV path must not hold . or .. segments")
         api = f"/v1/{quote(self.mount, safe='')}/data/{quote(path.strip('/'), safe='/')}"
         if version is not None:
             api += f"?version={int(version)}"
