@@ -2,7 +2,8 @@
 wheel): token and AppRole login, versions, a changed value, a bad token, a stopped server, a
 TLS listener with a trustme certificate, and the egress policy on the source's address.
 
-(Only the client for now: `[[source]]` in services.toml and `vaultproxy sync` come next.)
+The client alone; `[[source]]`, `vaultproxy sync` and the proxy serving synced values end to
+end are in test_sources.py (which reuses the ``Bao`` server below).
 """
 
 from __future__ import annotations
