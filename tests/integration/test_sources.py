@@ -234,6 +234,8 @@ def test_a_bad_token_reports_and_nothing_else_changes(world: dict[str, Any], ech
     assert again.json()["ok"] is False
     failed = [r for r in sync_records(home, proxy) if r["outcome"] == "failed"]
     assert failed and "answered 403" in failed[-1]["reason"]
+    metrics = admin(proxy, "GET", "/metrics").text
+    assert 'vaultproxy_source_syncs_total{result="failed",source="bao"} 2.0' in metrics
     # twin: the right token again -> the change arrives
     admin(proxy, "PUT", "/v1/secrets/source.bao", {"fields": {"token": bao.root}})
     assert admin(proxy, "POST", "/v1/sync", {"source": "bao"}).json()["ok"]

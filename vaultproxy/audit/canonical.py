@@ -48,6 +48,7 @@ def record_sync(sink: Sink, *, source: str, host: str | None, ok: bool, reason: 
     """One record per sync of an external source (SPEC §9): ``event = "sync"``, the
     source's host, ``outcome`` ok/failed, and a reason naming the source, counts or the
     failure (never a value: source errors are built to hold none)."""
-    line = AuditEvent(event=SYNC_EVENT, host=host, outcome="ok" if ok else "failed",
-                      reason=reason)
-    sink.record(metrics.observed(line))
+    outcome = "ok" if ok else "failed"
+    metrics.SOURCE_SYNCS.labels(source, outcome).inc()
+    sink.record(metrics.observed(AuditEvent(event=SYNC_EVENT, host=host, outcome=outcome,
+                                            reason=reason)))
