@@ -118,6 +118,7 @@ def sync_records(home: ProxyHome, proxy: ProxyProcess | None = None) -> list[dic
 
 
 # -- one proxy, two sources on the same server (token and AppRole) ---------------------------
+# These tests share one proxy and run in file order (each builds on the syncs before it).
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, bao: Bao, echo: Upstream

@@ -39,6 +39,13 @@ __all__ = ["KvSecret", "NotFound", "OpenBaoSource", "SourceError"]
 MAX_RESPONSE = 1024 * 1024  # a KV response larger than this is refused
 
 
+_HINTS = {
+    401: " (the token is missing or invalid)",
+    403: " (the token is invalid or expired, or its policy does not allow read here)",
+    503: " (sealed or in standby?)",
+}
+
+
 class NotFound(SourceError):
     """The path (or that version of it) does not exist, or its latest version is deleted."""
 
@@ -168,7 +175,10 @@ class OpenBaoSource:
             what = api.split("?", 1)[0]
             status = response.status_code
             kind = NotFound if status == 404 and method == "GET" else SourceError
-            raise kind(f"source {self.name}: {method} {what} answered {status}")
+            hint = _HINTS.get(status, "")
+            if "approle/login" in what and status == 400:
+                hint = " (wrong role_id or secret_id in the keystore entry?)"
+            raise kind(f"source {self.name}: {method} {what} answered {status}{hint}")
         try:
             data = json.loads(raw)
         except ValueError:
