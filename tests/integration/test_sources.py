@@ -156,6 +156,10 @@ def test_before_a_sync_the_service_has_no_secret(world: dict[str, Any], echo: Up
     assert r.status_code == 502 and r.headers["x-vaultproxy-error"] == "secret_missing"
     assert len(echo.received) == before
     assert "not synced yet (run `vaultproxy sync bao`)" in proxy.output()
+    present = {s["name"]: s["secret_present"] for s in admin(proxy, "GET", "/v1/services").json()[
+        "services"]}
+    assert present["openai"] is False
+    assert "secrets missing for: " in cli(proxy.home.path, "status").stdout
 
 
 def test_sync_through_the_running_proxy_then_inject(world: dict[str, Any], echo: Upstream
@@ -170,6 +174,8 @@ def test_sync_through_the_running_proxy_then_inject(world: dict[str, Any], echo:
     basic = base64.b64encode(f"{values['user']}:{values['pw']}".encode()).decode()
     assert injected(echo, proxy, "registry.api.test") == f"Basic {basic}"
     assert injected(echo, proxy, "viaapprole.api.test") == f"Bearer {values['ar']}"  # AppRole
+    services = admin(proxy, "GET", "/v1/services").json()["services"]
+    assert all(s["secret_present"] for s in services)  # `vaultproxy status` reads this
     listed = sources(proxy)
     assert listed["bao"]["items"] == 4 and listed["bao"]["last_error"] is None
     assert listed["bao"]["last_success"] is not None
