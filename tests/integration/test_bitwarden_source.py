@@ -1,0 +1,247 @@
+"""The Bitwarden/Vaultwarden client against values the *official* Bitwarden CLI encrypted.
+
+The oracle: ``@bitwarden/cli`` (tests/harness/bitwarden_cli.py) logs in to a minimal
+Bitwarden-compatible server (tests/harness/bitwarden_server.py) over TLS, creates a folder,
+a login item (username, password, TOTP seed, notes, custom fields), an item outside the
+folder and an organisation item, each encrypted by Bitwarden's own code. vaultproxy's client
+must then read exactly those values: with both KDFs (PBKDF2-SHA256 600k and Argon2id), with
+and without per-item keys (the CLI's "cipher-key-encryption"), by password and by API-key
+login. Negative twins: a flipped MAC, a wrong master password, a wrong API key, the egress
+policy and plain HTTP off loopback are refused, and no value reaches an error.
+
+(The server is the test's; it only stores and returns what the CLI sent. It stands in for
+Vaultwarden, which cannot run here.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.canary import make_canary
+from tests.harness.bitwarden_cli import BwCli, install_cli
+from tests.harness.bitwarden_server import ARGON2ID, PBKDF2, Account, BitwardenServer
+from vaultproxy.outbound import UpstreamClients
+from vaultproxy.policy import AddressContext
+from vaultproxy.secret import Secret
+from vaultproxy.sync.bitwarden import BitwardenItem, BitwardenSource, totp_now
+from vaultproxy.sync.openbao import SourceError
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LOOPBACK = AddressContext(allow_loopback=True)
+FOLDER = "vault-proxy"
+TOTP_SEED = "JBSWY3DPEHPK3PXP"  # not a secret: the test compares codes computed from it
+
+
+@dataclass
+class Vault:
+    server: BitwardenServer
+    account: Account
+    email: str
+    password: str
+    cli: BwCli
+    values: dict[str, str]  # what the CLI was given, by role
+    ids: dict[str, str]  # item ids the CLI got back
+
+    def source(self, auth: str = "password", folder: str | None = FOLDER,
+               address: AddressContext = LOOPBACK, url: str | None = None) -> BitwardenSource:
+        return BitwardenSource("vw", url or self.server.url, folder, self.server.ca_file,
+                               address, auth)
+
+    def creds(self, **override: str) -> dict[str, Secret]:
+        base = {"email": self.email, "password": self.password}
+        return {k: Secret(v) for k, v in {**base, **override}.items()}
+
+    def apikey(self, **override: str) -> dict[str, Secret]:
+        base = {"client_id": self.account.client_id,
+                "client_secret": self.account.client_secret, "password": self.password}
+        return {k: Secret(v) for k, v in {**base, **override}.items()}
+
+
+def _run[T](call: Callable[[UpstreamClients], Awaitable[T]]) -> T:
+    async def go() -> T:
+        clients = UpstreamClients()
+        try:
+            return await call(clients)
+        finally:
+            await clients.aclose()
+
+    return asyncio.run(go())
+
+
+def read(src: BitwardenSource, creds: dict[str, Secret], *names: str) -> dict[str, BitwardenItem]:
+    return _run(lambda c: src.read_items(c, creds, list(names)))
+
+
+def _fill(tmp: Path, kdf: dict[str, Any], features: dict[str, bool]) -> Vault:
+    bw_js = install_cli()
+    server = BitwardenServer(tmp, features)
+    email, password = "Ops@Example.test", make_canary()
+    account = server.register(email, password, kdf)
+    org = server.add_organization(account, "Acme", "Shared")
+    cli = BwCli(bw_js, tmp / "cli", server.url, server.ca_file)
+    cli.login(email.lower(), password)
+    values = {role: make_canary() for role in
+              ("username", "password", "notes", "api_key", "org_id", "other", "org_password")}
+    folder = cli.create("folder", {"name": FOLDER})
+    elsewhere = cli.create("folder", {"name": "personal"})
+    ids = {}
+    ids["openai"] = cli.create("item", {
+        "type": 1, "name": "openai", "folderId": folder["id"], "notes": values["notes"],
+        "login": {"username": values["username"], "password": values["password"],
+                  "totp": TOTP_SEED, "uris": [{"uri": "https://api.openai.com", "match": None}]},
+        "fields": [{"name": "api_key", "value": values["api_key"], "type": 1},
+                   {"name": "org id", "value": values["org_id"], "type": 0},
+                   {"name": "password", "value": make_canary(), "type": 0}],
+    })["id"]  # fmt: skip
+    ids["other"] = cli.create("item", {
+        "type": 1, "name": "other", "folderId": elsewhere["id"],
+        "login": {"username": "x", "password": values["other"]},
+    })["id"]  # fmt: skip
+    cli.run("sync")  # the CLI learns of the organisation (its key comes RSA-wrapped)
+    ids["github"] = cli.create("item", {
+        "type": 1, "name": "github", "folderId": folder["id"], "organizationId": org.id,
+        "collectionIds": [org.collection_id],
+        "login": {"username": "ci-bot", "password": values["org_password"]},
+    })["id"]  # fmt: skip
+    return Vault(server, account, email, password, cli, values, ids)
+
+
+KINDS = {
+    "pbkdf2": (PBKDF2, {}),
+    "argon2id": (ARGON2ID, {}),
+    "pbkdf2-item-keys": (PBKDF2, {"cipher-key-encryption": True}),
+}
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def vault(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
+    kdf, features = KINDS[request.param]
+    v = _fill(tmp_path_factory.mktemp(f"bw-{request.param}"), kdf, features)
+    yield v
+    v.server.stop()
+
+
+def test_reads_exactly_what_the_official_cli_encrypted(vault: Vault) -> None:
+    items = read(vault.source(), vault.creds(), "openai", "github")
+    openai = items["openai"]
+    got = {k: v.reveal_str() for k, v in openai.fields.items()}
+    assert got == {
+        "username": vault.values["username"], "password": vault.values["password"],
+        "notes": vault.values["notes"], "totp": TOTP_SEED, "api_key": vault.values["api_key"],
+        "org id": vault.values["org_id"],
+    }  # a custom field named "password" does not shadow the login's password
+    assert openai.id == vault.ids["openai"]
+    for value in vault.values.values():
+        assert value not in repr(items)
+
+
+def test_an_organisation_item_is_decrypted_with_the_rsa_wrapped_org_key(vault: Vault) -> None:
+    github = read(vault.source(), vault.creds(), "github")["github"]
+    assert github.fields["username"].reveal_str() == "ci-bot"
+    assert github.fields["password"].reveal_str() == vault.values["org_password"]
+
+
+def test_per_item_keys_are_what_the_cli_wrote_when_the_flag_is_on(vault: Vault) -> None:
+    # The twin of the per-item key path: the flag decides whether the CLI wrapped a key.
+    keyed = [c for c in vault.server.ciphers if c.get("key")]
+    expect = bool(vault.server.features.get("cipher-key-encryption"))
+    assert bool(keyed) == expect
+    assert len(keyed) == (3 if expect else 0)
+
+
+def test_only_the_folder_is_read_and_a_missing_name_is_left_out(vault: Vault) -> None:
+    items = read(vault.source(), vault.creds(), "openai", "other", "no such item")
+    assert set(items) == {"openai"}
+    everything = read(vault.source(folder=None), vault.creds(), "openai", "other")
+    assert everything["other"].fields["password"].reveal_str() == vault.values["other"]
+
+
+def test_api_key_login_then_the_master_password_decrypts(vault: Vault) -> None:
+    items = read(vault.source(auth="apikey"), vault.apikey(), "openai")
+    assert items["openai"].fields["api_key"].reveal_str() == vault.values["api_key"]
+    grants = [g for g in vault.server.requests if g == ("POST", "/identity/connect/token")]
+    assert grants
+
+
+def test_totp_is_the_code_the_official_cli_computes(vault: Vault) -> None:
+    seed = read(vault.source(), vault.creds(), "openai")["openai"].fields["totp"]
+    before = totp_now(seed).reveal_str()
+    cli_code = vault.cli.run("get", "totp", vault.ids["openai"]).stdout.strip()
+    after = totp_now(seed).reveal_str()
+    assert cli_code in {before, after}  # a 30 s step may turn between the three
+    assert len(cli_code) == 6 and cli_code.isdigit()
+
+
+# ---- negative twins --------------------------------------------------------------------
+
+
+def _no_values(vault: Vault, message: str) -> None:
+    for value in [*vault.values.values(), vault.password, vault.account.client_secret]:
+        assert value not in message
+
+
+def test_a_flipped_mac_is_rejected_and_the_cli_refuses_it_too(vault: Vault) -> None:
+    with vault.server.tampered("login.password"):
+        with pytest.raises(SourceError) as err:
+            read(vault.source(), vault.creds(), "openai")
+        message = str(err.value)
+        assert "MAC check failed" in message and vault.ids["openai"] in message
+        _no_values(vault, message)
+        vault.cli.run("sync")
+        shown = json.loads(vault.cli.run("get", "item", vault.ids["openai"]).stdout)
+        assert shown["login"]["password"] != vault.values["password"]  # the oracle agrees
+    vault.cli.run("sync")
+    # Its positive twin: untouched, the same read succeeds.
+    items = read(vault.source(), vault.creds(), "openai")
+    assert items["openai"].fields["password"].reveal_str() == vault.values["password"]
+
+
+def test_a_wrong_master_password_fails_cleanly(vault: Vault) -> None:
+    wrong = make_canary()
+    with pytest.raises(SourceError) as err:
+        read(vault.source(), vault.creds(password=wrong), "openai")
+    assert "login was refused" in str(err.value)
+    _no_values(vault, str(err.value))
+    assert wrong not in str(err.value)
+    # With an API key the server lets us in; the wrong password then fails the account key.
+    with pytest.raises(SourceError) as err:
+        read(vault.source(auth="apikey"), vault.apikey(password=wrong), "openai")
+    assert "does not decrypt the account key" in str(err.value)
+    _no_values(vault, str(err.value))
+    assert wrong not in str(err.value)
+
+
+def test_a_wrong_api_key_is_refused(vault: Vault) -> None:
+    bad = make_canary()
+    with pytest.raises(SourceError) as err:
+        read(vault.source(auth="apikey"), vault.apikey(client_secret=bad), "openai")
+    assert "check the API key" in str(err.value)
+    assert bad not in str(err.value)
+    _no_values(vault, str(err.value))
+
+
+def test_missing_credentials_name_the_field_and_the_fix(vault: Vault) -> None:
+    with pytest.raises(SourceError) as err:
+        read(vault.source(auth="apikey"), {"password": Secret(vault.password)}, "openai")
+    assert "lacks field client_id" in str(err.value)
+    assert "vaultproxy secret set source.vw" in str(err.value)
+
+
+def test_the_egress_policy_and_plain_http_are_enforced(vault: Vault) -> None:
+    with pytest.raises(SourceError) as err:  # loopback not allowed for this source
+        read(vault.source(address=AddressContext()), vault.creds(), "openai")
+    assert "vw" in str(err.value)
+    # A private address the policy allows, over plain HTTP: refused before any packet is
+    # sent (the master password hash would otherwise cross the network in clear).
+    src = vault.source(url="http://10.255.255.1:8080", address=AddressContext(
+        allow_loopback=True, allow_private=True))
+    with pytest.raises(SourceError, match="plain HTTP is allowed only to a loopback"):
+        read(src, vault.creds(), "openai")
