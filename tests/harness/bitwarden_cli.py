@@ -30,6 +30,19 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+def _npm_env(npm: str) -> dict[str, str]:
+    """tests/conftest.py clears NODE_EXTRA_CA_CERTS for every test; npm may need it to reach
+    its registry (a TLS-inspecting network): npm's own ``cafile``, else the system bundle."""
+    env = dict(os.environ)
+    cafile = subprocess.run([npm, "config", "get", "cafile"], capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL).stdout.strip()
+    for candidate in (cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if candidate and candidate not in ("null", "undefined") and Path(candidate).is_file():
+            env["NODE_EXTRA_CA_CERTS"] = candidate
+            break
+    return env
+
+
 def install_cli() -> Path:
     """The path of ``bw.js`` for BW_CLI_VERSION, installed with npm on first use."""
     target = cache_dir() / f"bitwarden-cli-{BW_CLI_VERSION}"
@@ -48,8 +61,10 @@ def install_cli() -> Path:
         [npm, "install", "--prefix", str(staging), "--no-audit", "--no-fund", "--ignore-scripts",
          "--no-save", "--loglevel=error", f"@bitwarden/cli@{BW_CLI_VERSION}"],
         capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        env=_npm_env(npm),
     )  # fmt: skip
-    if result.returncode != 0 or not (staging / "node_modules/@bitwarden/cli/build/bw.js").is_file():
+    installed = staging / "node_modules/@bitwarden/cli/build/bw.js"
+    if result.returncode != 0 or not installed.is_file():
         shutil.rmtree(staging, ignore_errors=True)
         pytest.fail(f"npm install @bitwarden/cli@{BW_CLI_VERSION} failed:\n{result.stderr[-2000:]}",
                     pytrace=False)

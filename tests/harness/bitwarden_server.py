@@ -152,6 +152,11 @@ class BitwardenServer:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.unknown: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        # Knobs a test turns: which prelogin paths exist (Bitwarden moved it to .../password;
+        # Vaultwarden has the old one), and a hostile prelogin answer.
+        self.prelogin_paths = {"/identity/accounts/prelogin",
+                               "/identity/accounts/prelogin/password"}
+        self.prelogin_override: dict[str, Any] | None = None
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.app = self._build()
@@ -309,7 +314,8 @@ class BitwardenServer:
         async def config() -> dict[str, Any]:
             return {"object": "config", "version": "2026.6.0", "gitHash": "test",
                     "server": {"name": "vaultproxy-test", "url": self.url},
-                    "environment": {"cloudRegion": None, "vault": self.url, "api": self.url + "/api",
+                    "environment": {"cloudRegion": None, "vault": self.url,
+                                    "api": self.url + "/api",
                                     "identity": self.url + "/identity", "notifications": None,
                                     "sso": ""},
                     "featureStates": self.features, "push": {"pushTechnology": 0},
@@ -317,7 +323,11 @@ class BitwardenServer:
 
         @app.post("/identity/accounts/prelogin")
         @app.post("/identity/accounts/prelogin/password")
-        async def prelogin(request: Request) -> dict[str, Any]:
+        async def prelogin(request: Request) -> Any:
+            if request.url.path not in self.prelogin_paths:
+                return JSONResponse({"message": "not found"}, status_code=404)
+            if self.prelogin_override is not None:
+                return self.prelogin_override
             body = await request.json()
             email = str(body.get("email") or body.get("Email") or "").strip().lower()
             account = self.accounts.get(email)

@@ -30,8 +30,8 @@ from tests.harness.bitwarden_server import ARGON2ID, PBKDF2, Account, BitwardenS
 from vaultproxy.outbound import UpstreamClients
 from vaultproxy.policy import AddressContext
 from vaultproxy.secret import Secret
+from vaultproxy.sync.base import SourceError, SourceSpec, build_source, parse_ref
 from vaultproxy.sync.bitwarden import BitwardenItem, BitwardenSource, totp_now
-from vaultproxy.sync.openbao import SourceError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -122,7 +122,9 @@ KINDS = {
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
-def vault(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
+def vault(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Vault]:
     kdf, features = KINDS[request.param]
     v = _fill(tmp_path_factory.mktemp(f"bw-{request.param}"), kdf, features)
     yield v
@@ -180,6 +182,19 @@ def test_totp_is_the_code_the_official_cli_computes(vault: Vault) -> None:
     assert len(cli_code) == 6 and cli_code.isdigit()
 
 
+def test_prelogin_falls_back_to_bitwardens_newer_path(vault: Vault) -> None:
+    vault.server.prelogin_paths = {"/identity/accounts/prelogin/password"}
+    try:
+        before = len(vault.server.requests)
+        items = read(vault.source(), vault.creds(), "openai")
+        asked = [p for _, p in vault.server.requests[before:] if "prelogin" in p]
+    finally:
+        vault.server.prelogin_paths = {"/identity/accounts/prelogin",
+                                       "/identity/accounts/prelogin/password"}
+    assert asked == ["/identity/accounts/prelogin", "/identity/accounts/prelogin/password"]
+    assert items["openai"].fields["password"].reveal_str() == vault.values["password"]
+
+
 # ---- negative twins --------------------------------------------------------------------
 
 
@@ -197,7 +212,7 @@ def test_a_flipped_mac_is_rejected_and_the_cli_refuses_it_too(vault: Vault) -> N
         _no_values(vault, message)
         vault.cli.run("sync")
         shown = json.loads(vault.cli.run("get", "item", vault.ids["openai"]).stdout)
-        assert shown["login"]["password"] != vault.values["password"]  # the oracle agrees
+        assert shown["login"].get("password") != vault.values["password"]  # the oracle agrees
     vault.cli.run("sync")
     # Its positive twin: untouched, the same read succeeds.
     items = read(vault.source(), vault.creds(), "openai")
@@ -219,6 +234,25 @@ def test_a_wrong_master_password_fails_cleanly(vault: Vault) -> None:
     assert wrong not in str(err.value)
 
 
+@pytest.mark.parametrize("answer", [
+    {"kdf": 0, "kdfIterations": 50_000_000},  # minutes of CPU per sync
+    {"kdf": 1, "kdfIterations": 3, "kdfMemory": 1_000_000, "kdfParallelism": 4},  # ~1 TB
+    {"kdf": 0, "kdfIterations": 1},  # a downgrade that would make the hash cheap to crack
+])  # fmt: skip
+def test_a_hostile_kdf_answer_is_refused_before_any_work(
+    vault: Vault, answer: dict[str, Any]
+) -> None:
+    vault.server.prelogin_override = answer
+    try:
+        before = len(vault.server.requests)
+        with pytest.raises(SourceError, match="the server's KDF settings"):
+            read(vault.source(), vault.creds(), "openai")
+        after = vault.server.requests[before:]
+    finally:
+        vault.server.prelogin_override = None
+    assert ("POST", "/identity/connect/token") not in after  # no login with a weak hash
+
+
 def test_a_wrong_api_key_is_refused(vault: Vault) -> None:
     bad = make_canary()
     with pytest.raises(SourceError) as err:
@@ -231,7 +265,7 @@ def test_a_wrong_api_key_is_refused(vault: Vault) -> None:
 def test_missing_credentials_name_the_field_and_the_fix(vault: Vault) -> None:
     with pytest.raises(SourceError) as err:
         read(vault.source(auth="apikey"), {"password": Secret(vault.password)}, "openai")
-    assert "lacks field client_id" in str(err.value)
+    assert "lacks field(s) client_id, client_secret" in str(err.value)
     assert "vaultproxy secret set source.vw" in str(err.value)
 
 
@@ -245,3 +279,25 @@ def test_the_egress_policy_and_plain_http_are_enforced(vault: Vault) -> None:
         allow_loopback=True, allow_private=True))
     with pytest.raises(SourceError, match="plain HTTP is allowed only to a loopback"):
         read(src, vault.creds(), "openai")
+
+
+def test_the_source_interface_fetches_refs_by_item_name(vault: Vault) -> None:
+    spec = SourceSpec("vw", "bitwarden", vault.server.url, "password", vault.server.ca_file,
+                      LOOPBACK, folder=FOLDER)
+    src = build_source(spec)
+    refs = [parse_ref("vw:openai#api_key"), parse_ref("vw:github#password"),
+            parse_ref("vw:other#password")]
+    fetched = _run(lambda c: src.fetch(c, vault.creds(), refs))
+    assert set(fetched) == {refs[0], refs[1]}  # "other" is not in the folder: left out
+    assert fetched[refs[0]].fields["api_key"].reveal_str() == vault.values["api_key"]
+    assert fetched[refs[1]].fields["password"].reveal_str() == vault.values["org_password"]
+    stored = {c["id"]: c["revisionDate"] for c in vault.server.ciphers}
+    assert fetched[refs[0]].version == stored[vault.ids["openai"]]
+    assert vault.values["api_key"] not in repr(fetched)
+
+
+def test_an_unknown_auth_is_refused_at_build_time() -> None:
+    spec = SourceSpec("vw", "bitwarden", "https://vw.test", "token", Path("/dev/null"),
+                      LOOPBACK, folder=FOLDER)
+    with pytest.raises(SourceError, match='"password" or "apikey"'):
+        build_source(spec)

@@ -45,12 +45,22 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.policy import AddressContext, parse_ip
+from vaultproxy.policy import AddressContext
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.secret import Secret
 from vaultproxy.sync import bwcrypto
+from vaultproxy.sync.base import (
+    Fetched,
+    Ref,
+    SourceError,
+    SourceSpec,
+    check_plain_http,
+    need,
+    source_entry,
+)
 from vaultproxy.sync.bwcrypto import CryptoError, Kdf, SymmetricKey
-from vaultproxy.sync.openbao import SourceError
+
+__all__ = ["BitwardenItem", "BitwardenSource", "SourceError", "totp_now"]
 
 MAX_RESPONSE = 32 * 1024 * 1024  # a whole vault's sync; larger is refused
 BUILTIN_FIELDS = ("username", "password", "notes", "totp")
@@ -107,7 +117,7 @@ def totp_now(seed: Secret, now: float | None = None) -> Secret:
         algorithm = query.get("algorithm", "SHA1").upper()
     elif text.lower().startswith("steam://"):
         raise ValueError("Steam Guard codes are not supported")
-    algorithms: dict[str, hashes.HashAlgorithm] = {
+    algorithms: dict[str, hashes.SHA1 | hashes.SHA256 | hashes.SHA512] = {
         "SHA1": hashes.SHA1(),  # noqa: S303 - RFC 6238's default, what authenticators use
         "SHA256": hashes.SHA256(),
         "SHA512": hashes.SHA512(),
@@ -137,18 +147,38 @@ class BitwardenSource:
     address: AddressContext  # the source's allow_private / allow_loopback
     auth: str = "password"  # password | apikey: which fields of source.<name> log in
 
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> BitwardenSource:
+        if spec.auth not in ("password", "apikey"):
+            raise SourceError(
+                f'source {spec.name}: bitwarden auth is "password" or "apikey", not '
+                f"{spec.auth!r}"
+            )
+        return cls(spec.name, spec.url, spec.folder, spec.trust_file, spec.address, spec.auth)
+
     # ---- the source as a whole -------------------------------------------------------
+
+    async def fetch(
+        self, clients: UpstreamClients, creds: Mapping[str, Secret], refs: Sequence[Ref]
+    ) -> dict[Ref, Fetched]:
+        """The source interface (sync/base.py): one login and one sync for every ref; a ref
+        is an item's name in the folder; an item the folder lacks is left out."""
+        items = await self.read_items(clients, creds, sorted({ref.path for ref in refs}))
+        return {
+            ref: Fetched(dict(items[ref.path].fields), items[ref.path].revision)
+            for ref in refs if ref.path in items
+        }  # fmt: skip
 
     async def read_items(
         self, clients: UpstreamClients, creds: Mapping[str, Secret], names: Sequence[str]
     ) -> dict[str, BitwardenItem]:
         """Log in, sync and decrypt the items ``names`` (by item name) in the folder; a name
         the folder does not hold is left out. SourceError for anything else."""
-        password = self._need(creds, "password")
         if self.auth == "apikey":
-            token = await self._login_apikey(
-                clients, self._need(creds, "client_id"), self._need(creds, "client_secret")
+            client_id, client_secret, password = need(
+                self.name, creds, "client_id", "client_secret", "password"
             )
+            token = await self._login_apikey(clients, client_id, client_secret)
             vault = await self._sync(clients, token)
             email = _str(_get(vault, "Profile"), "Email")
             if email is None:
@@ -156,26 +186,14 @@ class BitwardenSource:
             kdf = await self._prelogin(clients, email)
             master = await self._master_key(password, email, kdf)
         else:
-            email = self._need(creds, "email").reveal_str()
+            email_secret, password = need(self.name, creds, "email", "password")
+            email = email_secret.reveal_str()
             kdf = await self._prelogin(clients, email)
             master = await self._master_key(password, email, kdf)
             password_hash = Secret(bwcrypto.master_password_hash(master, password.reveal()))
             token = await self._login_password(clients, email, password_hash)
             vault = await self._sync(clients, token)
         return self._decrypt(vault, master, names)
-
-    def _need(self, creds: Mapping[str, Secret], field: str) -> Secret:
-        value = creds.get(field)
-        if value is None or not value:
-            entry = f"source.{self.name}"
-            fields = ("client_id, client_secret and password" if self.auth == "apikey"
-                      else "email and password")
-            raise SourceError(
-                f"source {self.name}: keystore entry {entry} lacks field {field} "
-                f"(auth = {self.auth!r} needs {fields}; `vaultproxy secret set {entry} "
-                f"--field {field}`)"
-            )
-        return value
 
     async def _master_key(self, password: Secret, email: str, kdf: Kdf) -> bytes:
         try:
@@ -263,14 +281,16 @@ class BitwardenSource:
         if wrapped is None:
             raise SourceError(f"source {self.name}: the sync holds no account key")
         try:
-            user_key = SymmetricKey.from_bytes(
-                bwcrypto.decrypt_sym(wrapped, bwcrypto.stretch(master))
-            )
+            raw = bwcrypto.decrypt_sym(wrapped, bwcrypto.stretch(master))
         except CryptoError:
             raise SourceError(
                 f"source {self.name}: the master password does not decrypt the account key "
-                f"(wrong password in keystore entry source.{self.name}?)"
+                f"(wrong password in keystore entry {source_entry(self.name)}?)"
             ) from None
+        try:
+            user_key = SymmetricKey.from_bytes(raw)
+        except CryptoError as e:  # e.g. a "V2" (COSE) account key
+            raise SourceError(f"source {self.name}: unsupported account key: {e}") from None
         keys = self._org_keys(profile, user_key)
         folder_ids = self._folder_ids(vault, user_key)
         wanted = set(names)
@@ -380,11 +400,11 @@ class BitwardenSource:
             if value is not None:
                 fields[name] = Secret(value)
         for index, custom in enumerate(_get(cipher, "Fields") or []):
-            name = self._field(cipher, f"custom field {index} name", _str(custom, "Name"), key)
+            label = self._field(cipher, f"custom field {index} name", _str(custom, "Name"), key)
             value = self._field(cipher, f"custom field {index}", _str(custom, "Value"), key)
-            if name is None or value is None or name in BUILTIN_FIELDS or name in fields:
+            if label is None or value is None or label in BUILTIN_FIELDS or label in fields:
                 continue  # linked fields hold no value; built-in fields are not shadowed
-            fields[name] = Secret(value)
+            fields[label] = Secret(value)
         return BitwardenItem(_str(cipher, "Id") or "", fields, _str(cipher, "RevisionDate") or "")
 
     # ---- transport ------------------------------------------------------------------
@@ -400,13 +420,7 @@ class BitwardenSource:
             ip, port = await resolve_checked(host, port, self.address)
         except VaultproxyError as e:  # denied by the egress policy, or no address
             raise SourceError(f"source {self.name}: {e}") from None
-        if scheme != "https":
-            literal = parse_ip(ip)
-            if scheme != "http" or literal is None or not literal.is_loopback:
-                raise SourceError(
-                    f"source {self.name}: plain HTTP is allowed only to a loopback address; "
-                    "use https://"
-                )
+        check_plain_http(self.name, scheme, ip)
         path = parts.path.rstrip("/") + api  # a server behind a reverse proxy's path prefix
         sent = {"Host": parts.netloc, "Accept": "application/json", "Device-Type": DEVICE_TYPE,
                 "Bitwarden-Client-Name": "cli", **(headers or {})}
