@@ -135,10 +135,16 @@ def source_entry(name: str) -> str:
 @dataclass(frozen=True, eq=False)
 class Fetched:
     """One item as a source returned it: every field (secret values) and its version (KV
-    version number; bitwarden: the item's revision date). ``repr`` shows field names only."""
+    version number; bitwarden: the item's revision date). ``repr`` shows field names only.
+
+    ``totp``: names of fields whose value is a TOTP seed (a base32 secret or an
+    ``otpauth://totp/`` URI, e.g. Bitwarden's ``totp``); the cache keeps the seed and a
+    service naming that field gets the code valid when its request is made (sync/totp.py).
+    """
 
     fields: dict[str, Secret]
     version: int | str
+    totp: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         return f"Fetched(fields={sorted(self.fields)}, version={self.version!r})"
