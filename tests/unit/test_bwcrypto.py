@@ -2,8 +2,8 @@
 
 The end-to-end oracle is the official CLI (tests/integration/test_bitwarden_source.py);
 here: the bounds a hostile server's KDF settings meet, the MAC checked before any decryption
-(with the decryptor watched), the refused cipher string types, RSA-OAEP, and RFC 6238's
-TOTP vectors.
+(with the decryptor watched), the refused cipher string types and RSA-OAEP. (TOTP codes:
+tests/unit/test_sync.py.)
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
 
 from tests.harness.bitwarden_server import enc_type2
-from vaultproxy.secret import Secret
 from vaultproxy.sync import bwcrypto
-from vaultproxy.sync.bitwarden import totp_now
 from vaultproxy.sync.bwcrypto import (
     KDF_ARGON2ID,
     KDF_PBKDF2,
@@ -121,29 +119,3 @@ def test_keys_do_not_show_in_repr() -> None:
     raw = os.urandom(64)
     assert raw.hex() not in repr(SymmetricKey.from_bytes(raw))
     assert repr(SymmetricKey.from_bytes(raw)) == "SymmetricKey(***)"
-
-
-# RFC 6238 appendix B (T = 59 s and 1111111109 s).
-RFC_SHA1 = base64.b32encode(b"12345678901234567890").decode()
-RFC_SHA256 = base64.b32encode(b"12345678901234567890123456789012").decode()
-
-
-@pytest.mark.parametrize(("seed", "at", "code"), [
-    (f"otpauth://totp/x?secret={RFC_SHA1}&digits=8", 59, "94287082"),
-    (f"otpauth://totp/x?secret={RFC_SHA1}&digits=8", 1111111109, "07081804"),
-    (f"otpauth://totp/x?secret={RFC_SHA256}&digits=8&algorithm=SHA256", 59, "46119246"),
-    (RFC_SHA1.lower(), 59, "287082"),  # a bare base32 seed: 6 digits, SHA-1, 30 s
-])  # fmt: skip
-def test_totp_matches_rfc_6238(seed: str, at: int, code: str) -> None:
-    assert totp_now(Secret(seed), at).reveal_str() == code
-
-
-@pytest.mark.parametrize("seed", [
-    "steam://ABCDEF", "not base32 !!", "", f"otpauth://totp/x?secret={RFC_SHA1}&digits=12",
-    f"otpauth://totp/x?secret={RFC_SHA1}&algorithm=MD5",
-])  # fmt: skip
-def test_unusable_totp_seeds_are_refused_without_quoting_them(seed: str) -> None:
-    with pytest.raises(ValueError) as err:
-        totp_now(Secret(seed), 59)
-    if seed:
-        assert seed not in str(err.value)

@@ -14,9 +14,10 @@ The flow is the one Bitwarden's own clients use against a self-hosted server
 5. only the items in the source's ``folder`` are decrypted (their names to match a ref, then
    the wanted items' fields), every cipher string MAC-verified before it is decrypted.
 
-Fields of an item: ``username``, ``password``, ``notes``, ``totp`` (the stored seed; the
-current code is :func:`totp_now`, computed when the value is used), and every custom
-field by its name (a custom field never shadows a built-in one).
+Fields of an item: ``username``, ``password``, ``notes``, ``totp`` (the stored seed, marked
+as one in ``Fetched.totp``: a service gets the code valid when its request is made,
+vaultproxy/sync/totp.py), and every custom field by its name (a custom field never shadows
+a built-in one).
 
 The transport is the proxy's own (vaultproxy/outbound.py), as for openbao.py: the egress
 policy judges the resolved address, TLS is verified against the source's trust file, plain
@@ -29,19 +30,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.twofactor import InvalidToken
-from cryptography.hazmat.primitives.twofactor.totp import TOTP
 
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
@@ -60,7 +57,7 @@ from vaultproxy.sync.base import (
 )
 from vaultproxy.sync.bwcrypto import CryptoError, Kdf, SymmetricKey
 
-__all__ = ["BitwardenItem", "BitwardenSource", "SourceError", "totp_now"]
+__all__ = ["BitwardenItem", "BitwardenSource", "SourceError"]
 
 MAX_RESPONSE = 32 * 1024 * 1024  # a whole vault's sync; larger is refused
 BUILTIN_FIELDS = ("username", "password", "notes", "totp")
@@ -104,40 +101,6 @@ def _int(obj: object, name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def totp_now(seed: Secret, now: float | None = None) -> Secret:
-    """The current one-time code for a stored TOTP seed (base32, or an otpauth:// URI with
-    its digits / period / algorithm). ValueError names the problem, never the seed."""
-    text = seed.reveal_str().strip()
-    digits, period, algorithm = 6, 30, "SHA1"
-    if text.lower().startswith("otpauth://"):
-        query = {k.lower(): v[0] for k, v in parse_qs(urlsplit(text).query).items()}
-        text = unquote(query.get("secret", ""))
-        digits = int(query.get("digits", "6")) if query.get("digits", "6").isdigit() else 0
-        period = int(query.get("period", "30")) if query.get("period", "30").isdigit() else 0
-        algorithm = query.get("algorithm", "SHA1").upper()
-    elif text.lower().startswith("steam://"):
-        raise ValueError("Steam Guard codes are not supported")
-    algorithms: dict[str, hashes.SHA1 | hashes.SHA256 | hashes.SHA512] = {
-        "SHA1": hashes.SHA1(),  # noqa: S303 - RFC 6238's default, what authenticators use
-        "SHA256": hashes.SHA256(),
-        "SHA512": hashes.SHA512(),
-    }
-    if algorithm not in algorithms or not 6 <= digits <= 8 or not 1 <= period <= 300:
-        raise ValueError("the TOTP settings are not supported (digits 6-8, SHA1/256/512)")
-    compact = text.replace(" ", "").replace("-", "").upper().rstrip("=")
-    try:
-        key = base64.b32decode(compact + "=" * (-len(compact) % 8))
-    except ValueError:
-        raise ValueError("the TOTP seed is not base32") from None
-    if not key:
-        raise ValueError("the TOTP seed is empty")
-    try:
-        totp = TOTP(key, digits, algorithms[algorithm], period, enforce_key_length=False)
-    except (ValueError, InvalidToken):
-        raise ValueError("the TOTP seed is not usable") from None
-    return Secret(totp.generate(int(time.time() if now is None else now)))
-
-
 @dataclass(frozen=True)
 class BitwardenSource:
     name: str
@@ -165,7 +128,8 @@ class BitwardenSource:
         is an item's name in the folder; an item the folder lacks is left out."""
         items = await self.read_items(clients, creds, sorted({ref.path for ref in refs}))
         return {
-            ref: Fetched(dict(items[ref.path].fields), items[ref.path].revision)
+            ref: Fetched(dict(items[ref.path].fields), items[ref.path].revision,
+                         frozenset({"totp"}) & items[ref.path].fields.keys())
             for ref in refs if ref.path in items
         }  # fmt: skip
 
