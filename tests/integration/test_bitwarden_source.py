@@ -81,7 +81,7 @@ def read(src: BitwardenSource, creds: dict[str, Secret], *names: str) -> dict[st
     return _run(lambda c: src.read_items(c, creds, list(names)))
 
 
-def _fill(tmp: Path, kdf: dict[str, Any], features: dict[str, bool]) -> Vault:
+def fill_vault(tmp: Path, kdf: dict[str, Any], features: dict[str, bool]) -> Vault:
     bw_js = install_cli()
     server = BitwardenServer(tmp, features)
     email, password = "Ops@Example.test", make_canary()
@@ -128,7 +128,7 @@ def vault(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Vault]:
     kdf, features = KINDS[request.param]
-    v = _fill(tmp_path_factory.mktemp(f"bw-{request.param}"), kdf, features)
+    v = fill_vault(tmp_path_factory.mktemp(f"bw-{request.param}"), kdf, features)
     yield v
     v.server.stop()
 
