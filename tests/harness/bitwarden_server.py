@@ -87,6 +87,7 @@ class Account:
     client_id: str = ""
     client_secret: str = ""
     security_stamp: str = field(default_factory=lambda: str(uuid.uuid4()))
+    user_key: bytes = field(default=b"", repr=False)  # for tests that write items themselves
 
 
 def make_account(email: str, password: str, kdf: dict[str, Any]) -> Account:
@@ -105,6 +106,7 @@ def make_account(email: str, password: str, kdf: dict[str, Any]) -> Account:
         key=enc_type2(user_key, stretched), private_key=enc_type2(pkcs8, user_key),
         public_key=base64.b64encode(spki).decode(), public=private.public_key(),
     )
+    account.user_key = user_key
     account.client_id = f"user.{account.id}"
     account.client_secret = secrets.token_urlsafe(24)
     return account

@@ -16,6 +16,7 @@ Vaultwarden, which cannot run here.)
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -267,6 +268,20 @@ def test_a_wrong_api_key_is_refused(vault: Vault) -> None:
     assert "check the API key" in str(err.value)
     assert bad not in str(err.value)
     _no_values(vault, str(err.value))
+
+
+def test_two_items_with_the_wanted_name_are_refused_not_guessed(vault: Vault) -> None:
+    with vault.server.lock:
+        [original] = [c for c in vault.server.ciphers if c["id"] == vault.ids["openai"]]
+        twin = {**copy.deepcopy(original), "id": "00000000-0000-4000-8000-000000000001"}
+        vault.server.ciphers.append(twin)
+    try:
+        with pytest.raises(SourceError, match="two items named 'openai' in folder"):
+            read(vault.source(), vault.creds(), "openai")
+        assert set(read(vault.source(), vault.creds(), "github")) == {"github"}  # twin
+    finally:
+        with vault.server.lock:
+            vault.server.ciphers.remove(twin)
 
 
 def test_missing_credentials_name_the_field_and_the_fix(vault: Vault) -> None:

@@ -63,7 +63,7 @@ MAX_RESPONSE = 32 * 1024 * 1024  # a whole vault's sync; larger is refused
 BUILTIN_FIELDS = ("username", "password", "notes", "totp")
 DEVICE_TYPE = "25"  # Bitwarden's DeviceType.LinuxCLI
 CLIENT_ID = "cli"  # the client id Bitwarden's servers know for a command-line client
-CIPHER_LOGIN = 1
+CIPHER_TYPES = (1, 2)  # login items and secure notes
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,11 @@ def _get(obj: object, name: str) -> Any:
         if isinstance(key, str) and key.lower() == lower:
             return value
     return None
+
+
+def _list(obj: object, name: str) -> list[Any]:
+    value = _get(obj, name)
+    return value if isinstance(value, list) else []
 
 
 def _str(obj: object, name: str) -> str | None:
@@ -259,12 +264,14 @@ class BitwardenSource:
         folder_ids = self._folder_ids(vault, user_key)
         wanted = set(names)
         found: dict[str, tuple[dict[str, Any], SymmetricKey]] = {}
-        for cipher in _get(vault, "Ciphers") or []:
-            if _get(cipher, "DeletedDate") or _int(cipher, "Type") != CIPHER_LOGIN and \
-                    _int(cipher, "Type") != 2:  # login items and secure notes
+        for cipher in _list(vault, "Ciphers"):
+            if _get(cipher, "DeletedDate") or _int(cipher, "Type") not in CIPHER_TYPES:
                 continue
             if folder_ids is not None and _get(cipher, "FolderId") not in folder_ids:
                 continue
+            org_id = _str(cipher, "OrganizationId")
+            if org_id is not None and org_id not in keys:
+                continue  # an organisation this account is not (or no longer) a member of
             key = self._item_key(cipher, user_key, keys)
             name = self._field(cipher, "name", _str(cipher, "Name"), key)
             if name is None or name not in wanted:
@@ -278,7 +285,7 @@ class BitwardenSource:
         return {name: self._item(cipher, key) for name, (cipher, key) in found.items()}
 
     def _org_keys(self, profile: object, user_key: SymmetricKey) -> dict[str, SymmetricKey]:
-        orgs = [o for o in _get(profile, "Organizations") or [] if _str(o, "Key")]
+        orgs = [o for o in _list(profile, "Organizations") if _str(o, "Key")]
         if not orgs:
             return {}
         account_keys = _get(_get(profile, "AccountKeys"), "publicKeyEncryptionKeyPair")
@@ -305,7 +312,7 @@ class BitwardenSource:
         if self.folder is None:
             return None
         ids: set[str] = set()
-        for folder in _get(vault, "Folders") or []:
+        for folder in _list(vault, "Folders"):
             folder_id = _str(folder, "Id")
             wrapped = _str(folder, "Name")
             if folder_id is None or wrapped is None:
@@ -323,15 +330,7 @@ class BitwardenSource:
     ) -> SymmetricKey:
         cipher_id = _str(cipher, "Id")
         org_id = _str(cipher, "OrganizationId")
-        if org_id is not None:
-            if org_id not in org_keys:
-                raise SourceError(
-                    f"source {self.name}: item {cipher_id} belongs to organisation {org_id}, "
-                    "whose key the sync does not hold"
-                )
-            key = org_keys[org_id]
-        else:
-            key = user_key
+        key = user_key if org_id is None else org_keys[org_id]
         own = _str(cipher, "Key")  # a per-item key (Bitwarden's "cipher key encryption")
         if own is None:
             return key
@@ -363,7 +362,7 @@ class BitwardenSource:
             value = self._field(cipher, name, wrapped, key)
             if value is not None:
                 fields[name] = Secret(value)
-        for index, custom in enumerate(_get(cipher, "Fields") or []):
+        for index, custom in enumerate(_list(cipher, "Fields")):
             label = self._field(cipher, f"custom field {index} name", _str(custom, "Name"), key)
             value = self._field(cipher, f"custom field {index}", _str(custom, "Value"), key)
             if label is None or value is None or label in BUILTIN_FIELDS or label in fields:
