@@ -111,6 +111,14 @@ class BwCli:
                           env={"BW_PASSWORD": password})
         self.session = result.stdout.strip().splitlines()[-1]
 
+    def unlock(self, password: str) -> None:
+        """``bw lock`` then ``bw unlock``: a fresh session key from the master password."""
+        self.run("lock")
+        self.session = None
+        result = self.run("unlock", "--passwordenv", "BW_PASSWORD", "--raw",
+                          env={"BW_PASSWORD": password})
+        self.session = result.stdout.strip().splitlines()[-1]
+
     def create(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
         encoded = base64.b64encode(json.dumps(obj).encode()).decode()
         out: dict[str, Any] = json.loads(self.run("create", kind, stdin=encoded).stdout)

@@ -90,6 +90,7 @@ def fill_vault(tmp: Path, kdf: dict[str, Any], features: dict[str, bool]) -> Vau
     org = server.add_organization(account, "Acme", "Shared")
     cli = BwCli(bw_js, tmp / "cli", server.url, server.ca_file)
     cli.login(email.lower(), password)
+    cli.unlock(password)  # the CLI's own unlock path derives the keys again
     values = {role: make_canary() for role in
               ("username", "password", "notes", "api_key", "org_id", "other", "org_password")}
     folder = cli.create("folder", {"name": FOLDER})
