@@ -107,10 +107,14 @@ def sources(proxy: ProxyProcess) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in r.json()["sources"]}
 
 
-def sync_records(home: ProxyHome) -> list[dict[str, Any]]:
-    path = home.path / "audit.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [rec for rec in map(json.loads, lines) if rec["event"] == "sync"]
+def sync_records(home: ProxyHome, proxy: ProxyProcess | None = None) -> list[dict[str, Any]]:
+    """The audit's sync records: from the running proxy (its buffer flushed), or the file."""
+    if proxy is not None:
+        records = admin(proxy, "GET", "/v1/audit?limit=10000").json()["records"]
+    else:
+        path = home.path / "audit.jsonl"
+        records = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [rec for rec in records if rec["event"] == "sync"]
 
 
 # -- one proxy, two sources on the same server (token and AppRole) ---------------------------
@@ -139,9 +143,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, bao: Bao, echo: Upstream
         "source.bao": {"token": bao.root},
         "source.ar": {"role_id": role_id, "secret_id": secret_id},
     })
-    proxy = ProxyProcess.start(home)
-    yield {"home": home, "proxy": proxy, "values": values}
-    proxy.stop()
+    state = {"home": home, "proxy": ProxyProcess.start(home), "values": values}
+    yield state
+    state["proxy"].stop()  # the test that restarts the proxy puts the new one here
 
 
 def test_before_a_sync_the_service_has_no_secret(world: dict[str, Any], echo: Upstream) -> None:
@@ -178,7 +182,7 @@ def test_sync_through_the_running_proxy_then_inject(world: dict[str, Any], echo:
     proxy.stop()
     world["proxy"] = proxy = ProxyProcess.start(home)
     assert injected(echo, proxy, "openai.api.test") == f"Bearer {values['openai']}"
-    records = sync_records(home)
+    records = sync_records(home, proxy)
     assert {(r["reason"].split(":")[0], r["outcome"]) for r in records} >= {
         ("source bao", "ok"), ("source ar", "ok")}
 
@@ -228,7 +232,7 @@ def test_a_bad_token_reports_and_nothing_else_changes(world: dict[str, Any], ech
         "openai", "registry", "rotating", "rotating?version=1"]
     again = admin(proxy, "POST", "/v1/sync", {"source": "bao"})
     assert again.json()["ok"] is False
-    failed = [r for r in sync_records(home) if r["outcome"] == "failed"]
+    failed = [r for r in sync_records(home, proxy) if r["outcome"] == "failed"]
     assert failed and "answered 403" in failed[-1]["reason"]
     # twin: the right token again -> the change arrives
     admin(proxy, "PUT", "/v1/secrets/source.bao", {"fields": {"token": bao.root}})
@@ -249,6 +253,8 @@ def test_the_egress_policy_applies_to_a_source_at_the_dial(world: dict[str, Any]
                         + service("selfsvc", "self:x#k", echo.port))
     try:
         cli(home.path, "reload")
+        token = make_canary()  # refused before the dial: it never leaves
+        admin(proxy, "PUT", "/v1/secrets/source.self", {"fields": {"token": token}})
         r = admin(proxy, "POST", "/v1/sync", {"source": "self"})
         [result] = r.json()["results"]
         assert not result["ok"] and "destination denied" in result["error"], result
@@ -256,6 +262,7 @@ def test_the_egress_policy_applies_to_a_source_at_the_dial(world: dict[str, Any]
     finally:
         services.write_text(before)
         cli(home.path, "reload")
+        admin(proxy, "DELETE", "/v1/secrets/source.self")
 
 
 def test_unknown_source_and_locked(world: dict[str, Any]) -> None:
@@ -355,7 +362,7 @@ def test_refresh_seconds_reaches_every_worker(tmp_path: Path, echo: Upstream, ba
         # every connection (spread over both workers by the kernel) now gets the new value
         seen = {injected(echo, proxy, "refreshed.api.test") for _ in range(12)}
         assert seen == {f"Bearer {second}"}
-        assert any("(refresh)" in r["reason"] for r in sync_records(home))
+        assert any("(refresh)" in r["reason"] for r in sync_records(home, proxy))
     finally:
         proxy.stop()
 

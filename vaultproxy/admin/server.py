@@ -180,6 +180,8 @@ class AdminServer:
     def close_listeners(self) -> None:
         """Stop accepting now (sync; safe from a mitmproxy ``done`` hook) and remove our
         socket and token files, not a successor's."""
+        if self._refresher is not None:
+            self._refresher.cancel()  # the sources' refresh_seconds loop
         for server in self._servers:
             server.should_exit = True
             for listener in getattr(server, "servers", []):
