@@ -23,6 +23,8 @@ from vaultproxy.config.models import Service
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.redact import Redactor
+from vaultproxy.sync.base import is_ref
+from vaultproxy.sync.cached import cached_entry, ref_of
 
 MINTED_KEPT = 8
 
@@ -95,6 +97,8 @@ class Session:
         ks = self.keystore
         if ks is None:
             raise LockedError()
+        if is_ref(service.secret_name):  # "SOURCE:PATH#FIELD": the source cache (SPEC §9)
+            return cached_entry(ks, ref_of(service.secret_name), service.name)
         entry = ks.get(service.secret_name)
         if entry is None:
             raise SecretMissing(f"keystore has no entry for service {service.name}")

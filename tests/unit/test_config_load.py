@@ -126,11 +126,12 @@ def test_example_services_are_valid_when_uncommented(tmp_path: Path) -> None:
     head, _, tail = EXAMPLE.partition("Uncomment and adapt.")
     lines = [head]
     for line in tail.splitlines():
-        if re.match(r"# (\[\[service\]\]|[a-z_]+ = )", line):
+        if re.match(r"# (\[\[service\]\]|\[\[source\]\]|[a-z_]+ = )", line):
             line = line[2:]
         lines.append(line)
     cfg = ok("\n".join(lines), tmp_path)
     assert [s.name for s in cfg.services] == ["openai", "anthropic", "maps", "lab-registry"]
+    assert [s.name for s in cfg.sources] == ["bao"]
 
 
 def test_defaults() -> None:

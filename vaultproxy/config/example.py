@@ -75,4 +75,14 @@ require_agent_auth = false
 # ca_cert = "lab-ca.pem"           # extra trust anchor, relative to the vaultproxy home
 # insecure_tls = false             # skip upstream TLS verification (SECURITY warning;
 #                                  # cannot be combined with ca_cert)
+
+# Secrets can also come from OpenBao / HashiCorp Vault (KV v2) or Bitwarden / Vaultwarden,
+# synced into the keystore by `vaultproxy sync` (docs/operator/SOURCES.md):
+#
+# [[source]]
+# name = "bao"                     # a service then says: secret = "bao:team/openai#api_key"
+# kind = "openbao"                 # "openbao" | "vault" | "bitwarden"
+# url = "https://bao.internal:8200"
+# auth = "token"                   # its credentials: vaultproxy secret set source.bao --field token
+# refresh_seconds = 300            # 0 = only on `vaultproxy sync`
 '''

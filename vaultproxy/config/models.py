@@ -38,6 +38,7 @@ from vaultproxy.config.fields import (
 from vaultproxy.config.health import HealthSettings
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
+from vaultproxy.config.sources import SourceConfig, check_secret, source_problems
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -71,8 +72,8 @@ class Service(Model):
     header_name: str | None = Field(default=None, validate_default=True)
     prefix: str | None = None
     param_name: str | None = Field(default=None, validate_default=True)
-    # the keystore entry; None means "same as name" (see secret_name)
-    secret: Annotated[str, ruled(rules.check_secret_name)] | None = None
+    # the keystore entry, or "SOURCE:PATH#FIELD" (config/sources.py); None: same as name
+    secret: Annotated[str, ruled(check_secret)] | None = None
     placeholder: str | None = None  # None means "__vault.<name>__" (see placeholder_text)
     substitute_in: tuple[Surface, ...] = ("auth",)
     env: Annotated[str, ruled(rules.check_env)] | None = None
@@ -277,6 +278,14 @@ class AgentSettings(Model):
         return files
 
 
+def _sources(value: object) -> object:
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes) and all(
+        isinstance(s, Mapping | SourceConfig) for s in value
+    ):
+        return tuple(value)
+    raise TypeProblem.one("must be an array of tables ([[source]])")
+
+
 def _services(value: object) -> object:
     if isinstance(value, Sequence) and not isinstance(value, str | bytes) and all(
         isinstance(s, Mapping | Service) for s in value
@@ -290,10 +299,12 @@ class Config(Model):
     agent: AgentSettings = AgentSettings()
     health: HealthSettings = HealthSettings()
     service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
+    source: Annotated[tuple[SourceConfig, ...], BeforeValidator(_sources)] = ()  # SPEC §9
 
     @model_validator(mode="after")
     def _across(self) -> Config:
-        problems = across([s.model_dump(exclude_none=True) for s in self.service])
+        services = [s.model_dump(exclude_none=True) for s in self.service]
+        problems = across(services) + source_problems(self.source, services)
         if problems:
             raise Across(problems)
         return self
@@ -301,6 +312,10 @@ class Config(Model):
     @property
     def services(self) -> tuple[Service, ...]:
         return self.service
+
+    @property
+    def sources(self) -> tuple[SourceConfig, ...]:
+        return self.source
 
 
 # --- the one rule across services ---------------------------------------------------------

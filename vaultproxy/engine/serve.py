@@ -23,6 +23,7 @@ from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import reuseport as seam_reuseport
 from vaultproxy.state import Live, ProxyState
+from vaultproxy.sync.run import source_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
                 f"SECURITY: service {s.name} keeps Range requests (allow_range): partial "
                 "responses can slice a reflected secret past the redactor"
             )
+    out.extend(source_warnings(state.registry.config))
     if state.registry.config.proxy.passthrough_allow:
         out.append(
             "SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses"
