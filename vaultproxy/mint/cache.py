@@ -32,11 +32,12 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from vaultproxy.config.models import Service
-from vaultproxy.errors import KeystoreError, TokenUnavailable
+from vaultproxy.errors import KeystoreError, TokenUnavailable, VaultproxyError
 from vaultproxy.mint.base import MINTERS, MintContext, Minted, MintFailed
 from vaultproxy.mint.transport import post_for
 from vaultproxy.outbound import UpstreamClients
 from vaultproxy.secret import Secret
+from vaultproxy.sync.base import is_ref
 
 if TYPE_CHECKING:
     from vaultproxy.state import ProxyState
@@ -186,8 +187,11 @@ class TokenCache:
         try:
             if ks is None:
                 raise KeystoreError("the keystore was locked during the mint")
+            if is_ref(service.secret_name):  # "SOURCE:PATH#FIELD" (SPEC §9): not ours to write
+                raise KeystoreError("its secret comes from an external source; update the "
+                                    "refresh token there")
             await asyncio.to_thread(save_fields, ks, service.secret_name, fields)
-        except KeystoreError as e:
+        except VaultproxyError as e:
             logger.error("service %s: the rotated credential could not be written to the "
                          "keystore (%s); it is kept in memory until a write succeeds",
                          service.name, e)
