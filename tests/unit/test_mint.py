@@ -3,8 +3,10 @@ login bodies and cookies, what a minted strategy may put on a request."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from pathlib import Path
 from urllib.parse import unquote_plus
 
 import pytest
@@ -161,3 +163,56 @@ def test_fresh_until_keeps_a_margin_of_at_most_a_tenth_of_the_lifetime() -> None
     assert fresh_until(Minted(Secret("t"), None), 100.0) is None
     assert fresh_until(Minted(Secret("t"), 100.0 + 3600), 100.0) == 100.0 + 3600 - 60
     assert fresh_until(Minted(Secret("t"), 100.0 + 10), 100.0) == pytest.approx(109.0)
+
+
+# -- the token endpoint's transport: the service's egress policy at dial time --------------
+
+SERVICE_TOML = """\
+[[service]]
+name = "m"
+hosts = ["api.example.com"]
+mode = "host_inject"
+auth = "oauth2_client_credentials"
+token_url = "https://auth.example.com/token"
+allow_loopback = true
+"""
+
+
+def _post(tmp_path: Path, answer: str) -> tuple[object, list[str]]:
+    from vaultproxy.home import Home
+    from vaultproxy.mint.transport import post_for
+    from vaultproxy.outbound import UpstreamClients
+    from vaultproxy.snapshot import Snapshot
+
+    home = Home(tmp_path / "home")
+    home.create()
+    snap = Snapshot.build(home, SERVICE_TOML, frozenset())
+    service = snap.registry.by_name("m")
+    assert service is not None
+    asked: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append(host)  # a DNS answer this machine cannot give (the seam resolve.py has)
+        return [answer]
+
+    return post_for(snap, UpstreamClients(), service, resolver), asked
+
+
+@pytest.mark.parametrize("answer", ["169.254.169.254", "10.0.0.7", "fd00:ec2::254"])
+def test_a_token_endpoint_resolving_to_a_denied_address_is_never_dialled(
+    tmp_path: Path, answer: str
+) -> None:
+    post, asked = _post(tmp_path, answer)
+    with pytest.raises(MintFailed) as err:
+        asyncio.run(post("https://auth.example.com/token", {}, b"x"))  # type: ignore[operator]
+    assert asked == ["auth.example.com"]
+    assert "destination denied" in str(err.value) and err.value.status is None
+
+
+def test_twin_an_allowed_answer_is_dialled(tmp_path: Path) -> None:
+    """Loopback is allowed for this service: the dial happens (and finds nobody on 443)."""
+    post, asked = _post(tmp_path, "127.0.0.1")
+    with pytest.raises(MintFailed) as err:
+        asyncio.run(post("https://auth.example.com/token", {}, b"x"))  # type: ignore[operator]
+    assert asked == ["auth.example.com"]
+    assert "destination denied" not in str(err.value)

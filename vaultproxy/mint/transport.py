@@ -24,7 +24,7 @@ from vaultproxy.hostnames import normal_host, split_authority
 from vaultproxy.mint.base import MintFailed, Post, TokenResponse
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
 from vaultproxy.policy import parse_ip
-from vaultproxy.resolve import resolve_checked
+from vaultproxy.resolve import Resolver, resolve_checked, system_resolver
 from vaultproxy.snapshot import Snapshot
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ def _dial(snapshot: Snapshot, service: Service, host: str, port: int) -> tuple[s
     return host, port
 
 
-def post_for(snapshot: Snapshot, clients: UpstreamClients, service: Service) -> Post:
+def post_for(snapshot: Snapshot, clients: UpstreamClients, service: Service,
+             resolver: Resolver = system_resolver) -> Post:
     """The egress-checked ``post(url, headers, body)`` a minter of ``service`` uses."""
 
     async def post(url: str, headers: Mapping[str, str], body: bytes) -> TokenResponse:
@@ -59,7 +60,8 @@ def post_for(snapshot: Snapshot, clients: UpstreamClients, service: Service) -> 
         port = parts.port or (443 if scheme == "https" else 80)
         try:
             ip, dial_port = await resolve_checked(
-                *_dial(snapshot, service, host, port), snapshot.address_context(service)
+                *_dial(snapshot, service, host, port), snapshot.address_context(service),
+                resolver,
             )
         except VaultproxyError as e:  # denied by the egress policy, or no address
             raise MintFailed(service.name, None, f"token endpoint {host}: {e}") from None
