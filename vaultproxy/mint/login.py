@@ -100,11 +100,11 @@ async def _login(
 
 async def session_login(ctx: MintContext) -> Minted:
     service = ctx.service
-    url = str(getattr(service, "login_url", "") or "")
+    url = service.login_url or ""
     if not url:
         raise MintFailed(service.name, None, "login_url is not set")
-    body, headers = await _login(ctx, url, getattr(service, "login_body", None))
-    if getattr(service, "session_cookie", False):
+    body, headers = await _login(ctx, url, service.login_body)
+    if service.session_cookie:
         jar = cookies(headers)
         if not jar:
             raise MintFailed(service.name, 200, "the login set no cookie")
@@ -113,10 +113,10 @@ async def session_login(ctx: MintContext) -> Minted:
         data = json.loads(body)
     except ValueError:
         raise MintFailed(service.name, 200, "the login answer is not JSON") from None
-    token = dotted(data, getattr(service, "token_field", None) or "token")
+    token = dotted(data, service.token_field or "token")
     if token is None:
         raise MintFailed(service.name, 200, "the login answer has no token at token_field")
-    name, prefix = header_of(getattr(service, "token_header", None))
+    name, prefix = header_of(service.token_header)
     return Minted(Secret(token), None, headers=((name, Secret(prefix + token)),))
 
 
@@ -142,7 +142,7 @@ async def unifi_dual(ctx: MintContext) -> Minted:
     if ctx.previous is None:  # first use: the API key, no network
         key = Secret(need(ctx, "api_key"))
         return Minted(key, None, headers=(("X-API-KEY", key),))
-    url = str(getattr(service, "login_url", "") or "") or UNIFI_LOGIN
+    url = service.login_url or UNIFI_LOGIN
     _body, headers = await _login(ctx, url, None)
     jar = cookies(headers)
     if not jar:

@@ -55,7 +55,7 @@ def client_auth(
     service: Service, client_id: str, client_secret: str | None, form: dict[str, str]
 ) -> dict[str, str]:
     """Headers for the token request; adds the client's credentials to ``form`` for post."""
-    how = getattr(service, "client_auth", None) or ("basic" if client_secret else "post")
+    how = service.client_auth or ("basic" if client_secret else "post")
     headers = {"Content-Type": FORM, "Accept": "application/json"}
     if how == "basic" and client_secret is not None:
         pair = f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()
@@ -93,7 +93,7 @@ def token_answer(service: Service, resp: TokenResponse) -> tuple[str, float | No
 
 async def _exchange(ctx: MintContext, form: dict[str, str], headers: Mapping[str, str]
                     ) -> tuple[str, float | None, str | None]:
-    url = str(getattr(ctx.service, "token_url", "") or "")
+    url = ctx.service.token_url or ""
     if not url:
         raise MintFailed(ctx.service.name, None, "token_url is not set")
     resp = await ctx.post(url, headers, urlencode(form).encode("ascii"))
@@ -104,9 +104,8 @@ async def refresh_token(ctx: MintContext) -> Minted:
     service = ctx.service
     current = need(ctx, "refresh_token")
     form = {"grant_type": "refresh_token", "refresh_token": current}
-    scope = getattr(service, "scope", None)
-    if scope:
-        form["scope"] = scope
+    if service.scope:
+        form["scope"] = service.scope
     headers = client_auth(service, need(ctx, "client_id"), _optional(ctx, "client_secret"), form)
     token, expires_at, rotated = await _exchange(ctx, form, headers)
     write_back = None
@@ -118,11 +117,11 @@ async def refresh_token(ctx: MintContext) -> Minted:
 async def client_credentials(ctx: MintContext) -> Minted:
     service = ctx.service
     form = {"grant_type": "client_credentials"}
-    for key in ("scope", "audience"):
-        value = getattr(service, key, None)
-        if value:
-            form[key] = str(value)
-    form.update(dict(getattr(service, "token_params", None) or {}))
+    if service.scope:
+        form["scope"] = service.scope
+    if service.audience:
+        form["audience"] = service.audience
+    form.update(dict(service.token_params or ()))
     headers = client_auth(service, need(ctx, "client_id"), need(ctx, "client_secret"), form)
     token, expires_at, _refresh = await _exchange(ctx, form, headers)
     return Minted(Secret(token), expires_at)
