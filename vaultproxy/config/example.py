@@ -89,7 +89,7 @@ require_agent_auth = false
 # client_auth = "basic"            # oauth2_*: "basic" | "post" (default: basic with a secret)
 # # audience = "https://api.example.com"   # oauth2_client_credentials only
 # # token_params = { resource = "urn:x" }  # oauth2_client_credentials only: extra form fields
-# #   keystore: vaultproxy secret set graph --field client_id --field refresh_token
+# #   keystore, a field each: vaultproxy secret set graph --field client_id (refresh_token)
 #
 # [[service]]
 # name = "npm"
