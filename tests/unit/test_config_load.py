@@ -130,7 +130,9 @@ def test_example_services_are_valid_when_uncommented(tmp_path: Path) -> None:
             line = line[2:]
         lines.append(line)
     cfg = ok("\n".join(lines), tmp_path)
-    assert [s.name for s in cfg.services] == ["openai", "anthropic", "maps", "lab-registry"]
+    assert [s.name for s in cfg.services] == [
+        "openai", "anthropic", "maps", "lab-registry", "graph", "npm",
+    ]
     assert [s.name for s in cfg.sources] == ["bao"]
 
 
@@ -199,8 +201,9 @@ BAD_SERVICES: list[tuple[dict[str, Any], list[str]]] = [
     ({"hosts": ["a.example.com", "a.example.com:443"]},
      ["service[0].hosts[1]: same host and port as hosts[0]"]),
     ({"mode": "inject"}, ['service[0].mode: must be "placeholder" or "host_inject"']),
-    ({"auth": "oauth"}, ['service[0].auth: must be one of "bearer", "header", "basic" '
-                         'or "query_param"']),
+    ({"auth": "oauth"}, ['service[0].auth: must be one of "bearer", "header", "basic", '
+                         '"query_param", "oauth2_refresh", "oauth2_client_credentials", '
+                         '"session" or "unifi_dual"']),
     ({"auth": "header"}, ['service[0].header_name: is required when auth = "header"']),
     ({"auth": "header", "header_name": "X Api"},
      ["service[0].header_name: must be an HTTP header name (token characters, 1-128 long)"]),

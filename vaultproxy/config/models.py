@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from vaultproxy import policy
-from vaultproxy.config import rules
+from vaultproxy.config import minted, rules
 from vaultproxy.config.fields import (
     Model,
     StrList,
@@ -43,7 +43,11 @@ from vaultproxy.config.sources import SourceConfig, check_secret, source_problem
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 Mode = Literal["placeholder", "host_inject"]
-AuthType = Literal["bearer", "header", "basic", "query_param"]
+AuthType = Literal[
+    "bearer", "header", "basic", "query_param",
+    # minted (SPEC §4.1; their keys: config/minted.py)
+    "oauth2_refresh", "oauth2_client_credentials", "session", "unifi_dual",
+]
 Surface = Literal["auth", "header", "query", "path", "body"]
 Egress = Literal["passthrough", "block"]
 MAX_BODY_MB = (1, 4096)
@@ -81,6 +85,19 @@ class Service(Model):
     ca_cert: str | None = None
     insecure_tls: StrictBool = False
     allow_range: StrictBool = False
+    # -- minted credentials (SPEC §4.1): every key checked by config/minted.py ---------------
+    token_url: str | None = Field(default=None, validate_default=True)
+    scope: str | None = None
+    audience: str | None = None
+    token_params: Annotated[
+        tuple[tuple[str, str], ...] | None, BeforeValidator(minted.token_params)
+    ] = None
+    client_auth: str | None = None
+    login_url: str | None = Field(default=None, validate_default=True)
+    login_body: str | None = None
+    session_cookie: StrictBool = False
+    token_field: str | None = None
+    token_header: str | None = None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -184,6 +201,18 @@ class Service(Model):
         if value and info.data.get("ca_cert") is not None:
             raise Problems.one("cannot be combined with ca_cert (pick one)")
         return value
+
+    @field_validator(*minted.KEY_OWNERS)
+    @classmethod
+    def _minted_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        return minted.check_key(str(info.field_name), value, info.data, _address(info.data))
+
+    @model_validator(mode="after")
+    def _minted_surfaces(self) -> Service:
+        problem = minted.substitute_problem(self.auth, self.substitute_in)
+        if problem is not None:
+            raise Problems.one(problem, ".substitute_in")
+        return self
 
     @property
     def secret_name(self) -> str:

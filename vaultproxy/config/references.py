@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 BASIC_FIELDS = ("username", "password")
 
 
+def minted_needs(auth: str) -> tuple[str, ...] | None:
+    """The keystore fields a minted auth type needs (SPEC §4.1), None for the others."""
+    from vaultproxy.mint.base import NEEDS  # importing vaultproxy.mint registers every type
+
+    return NEEDS.get(auth)
+
+
 @dataclass(frozen=True)
 class SecretProblem:
     index: int  # position of the service in services.toml
@@ -67,7 +74,13 @@ def secret_problems(cfg: Config, keystore: Keystore) -> list[SecretProblem]:
             entry = keystore.get(secret)
             what = f'keystore entry "{secret}"'
         fields = entry.fields if entry is not None else {}
-        if svc.auth == "basic":
+        needs = minted_needs(svc.auth)
+        if needs is not None:
+            missing = [f for f in needs if f not in fields]
+            if missing:
+                add(f'{what} lacks field(s) {", ".join(missing)} '
+                    f'(auth = "{svc.auth}" needs {", ".join(needs)})')
+        elif svc.auth == "basic":
             missing = [f for f in BASIC_FIELDS if f not in fields]
             if missing:
                 add(f'{what} lacks field(s) {", ".join(missing)} '

@@ -13,6 +13,7 @@ from mitmproxy import http
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision
 from vaultproxy.keystore import Entry
+from vaultproxy.mint.cache import Issued
 from vaultproxy.redact import Redactor
 
 KEY = "vaultproxy"
@@ -33,6 +34,10 @@ class FlowRecord:
     whole: str | None = None  # the Content-Encoding of a body redacted whole
     audited: bool = False
     counted: bool = False  # counted in ProxyState.inflight
+    # Minted credentials (stages/mint.py)
+    minted: Issued | None = None  # the token this request carries
+    retried: bool = False  # the response is the resend's after a 401 (response_gate.py)
+    resent: bytes | None = None  # its gated body, until sent
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

@@ -10,6 +10,7 @@ from mitmproxy import http
 from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
+from vaultproxy.inject.minted import credential
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -45,7 +46,10 @@ class Inject(Stage):
         if plan is None:
             return  # passthrough tunnels carry no flows we inspect
         entry = st.session.entry_for(plan.service)
-        result = prepare_request(req, plan.service, entry.value, entry.fields, st.snapshot.index)
+        secret, fields = entry.value, entry.fields
+        if rec.minted is not None:  # the token the Mint stage fetched (stages/mint.py)
+            secret, fields = credential(rec.minted, plan.service.auth)
+        result = prepare_request(req, plan.service, secret, fields, st.snapshot.index)
         rec.injected = result.injected
         limit_accept_encoding(req.headers)
         if plan.substitute_body:
