@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from vaultproxy import policy
-from vaultproxy.config import rules
+from vaultproxy.config import rules, signed
 from vaultproxy.config.health import HealthSettings
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
@@ -35,7 +35,10 @@ from vaultproxy.config.rules import HostSpec, RuleViolation
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 Mode = Literal["placeholder", "host_inject"]
-AuthType = Literal["bearer", "header", "basic", "query_param"]
+AuthType = Literal[
+    "bearer", "header", "basic", "query_param",
+    "path_prefix", "aws_sigv4", "google_service_account", "github_app",  # SPEC §4.1 (signed.py)
+]
 Surface = Literal["auth", "header", "query", "path", "body"]
 Egress = Literal["passthrough", "block"]
 MAX_BODY_MB = (1, 4096)
@@ -117,6 +120,12 @@ class Service(_Model):
     ca_cert: str | None = None
     insecure_tls: StrictBool = False
     allow_range: StrictBool = False
+    # --- path_prefix / aws_sigv4 / google_service_account / github_app (config/signed.py) ---
+    path_prefix: str | None = Field(default=None, validate_default=True)
+    region: str | None = Field(default=None, validate_default=True)
+    aws_service: str | None = Field(default=None, validate_default=True)
+    scopes: StrList | None = Field(default=None, validate_default=True)
+    api_url: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -131,8 +140,10 @@ class Service(_Model):
 
     @field_validator("auth", mode="before")
     @classmethod
-    def _auth(cls, value: object) -> object:
-        return _choice(value, get_args(AuthType))
+    def _auth(cls, value: object, info: ValidationInfo) -> object:
+        value = _choice(value, get_args(AuthType))
+        signed.check_auth(str(value), info.data.get("mode"))
+        return value
 
     @field_validator("hosts")
     @classmethod
@@ -238,6 +249,11 @@ class Service(_Model):
         if value and info.data.get("ca_cert") is not None:
             raise Problems.one("cannot be combined with ca_cert (pick one)")
         return value
+
+    @field_validator("path_prefix", "region", "aws_service", "scopes", "api_url", mode="after")
+    @classmethod
+    def _signed_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        return signed.check_key(str(info.field_name), value, info.data)
 
     @property
     def secret_name(self) -> str:
