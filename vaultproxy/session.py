@@ -1,13 +1,20 @@
 """The session: what is secret and lives only while the proxy is unlocked.
 
 The unlocked keystore, the agents' token hashes read from it, and the per-service response
-redactors built from its secrets (later: token caches). ``lock()`` drops them all and wipes
-the keystore's copy. Nothing here reads services.toml: the caller passes the snapshot's
-services in."""
+redactors built from its secrets and from what was minted (below). ``lock()`` drops them
+all and wipes the keystore's copy. Nothing here reads services.toml: the caller passes the snapshot's
+services in.
+
+Minted credentials (SPEC §4.1): the token cache (mint/cache.py) or a worker's copy of it
+(engine/tokens.py) calls ``add_minted`` with every token, cookie and rotated field it hands
+out, before any request uses it; the service's redactor is rebuilt to redact them too (the
+last ``MINTED_KEPT`` of each service, so a token replaced while a reply is in flight stays
+redacted)."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 from vaultproxy import logfilter
@@ -17,12 +24,16 @@ from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.redact import Redactor
 
+MINTED_KEPT = 8
+
 
 class Session:
     def __init__(self) -> None:
         self.keystore: Keystore | None = None
         self.agents: dict[str, AgentRecord] = {}
         self._redactors: dict[str, Redactor] = {}
+        self._minted: dict[str, deque[bytes]] = {}
+        self._version = 0  # bumped by add_minted: a redactor built before it is not kept
         self._lock = threading.Lock()
 
     @property
@@ -50,6 +61,7 @@ class Session:
             ks, self.keystore = self.keystore, None
             self.agents = {}
             self._redactors.clear()
+            self._minted.clear()
         if ks is not None:
             wipe = getattr(ks, "wipe", None)
             if callable(wipe):
@@ -66,6 +78,18 @@ class Session:
         """The services changed (a reload): redactors are rebuilt on next use."""
         with self._lock:
             self._redactors.clear()
+
+    def add_minted(self, service: str, secrets: Iterable[bytes]) -> None:
+        """Redact ``secrets`` (a minted token, cookie, rotated field) in ``service``'s
+        responses from now on."""
+        with self._lock:
+            kept = self._minted.setdefault(service, deque(maxlen=MINTED_KEPT))
+            new = [s for s in secrets if len(s) >= 4 and s not in kept]
+            if not new:
+                return
+            kept.extend(new)
+            self._version += 1
+            self._redactors.pop(service, None)
 
     def entry_for(self, service: Service) -> Entry:
         ks = self.keystore
@@ -87,6 +111,8 @@ class Session:
         for field_name, secret in entry.fields.items():
             if field_name != "username" and len(secret) >= 4:
                 pairs.append((secret.reveal(), placeholder))
+        with self._lock:
+            pairs.extend((s, placeholder) for s in self._minted.get(service.name, ()))
         return pairs
 
     def redactor_for(self, service: Service) -> Redactor | None:
@@ -94,13 +120,15 @@ class Session:
         cached = self._redactors.get(service.name)
         if cached is not None:
             return cached
+        version = self._version
         try:
             pairs = self._secret_pairs(service)
         except (LockedError, SecretMissing):
             return None
         redactor = Redactor(pairs)
         with self._lock:
-            self._redactors[service.name] = redactor
+            if version == self._version:
+                self._redactors[service.name] = redactor
         return redactor
 
     def warm(self, services: Iterable[Service]) -> None:

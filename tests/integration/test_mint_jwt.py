@@ -25,6 +25,7 @@ from tests.harness.upstream import Reply, Upstream
 from vaultproxy.config.models import Service
 from vaultproxy.mint import github_app, google
 from vaultproxy.mint.base import MINTERS, MintContext, Minted, MintFailed, TokenResponse
+from vaultproxy.mint.cache import fresh_until
 from vaultproxy.secret import Secret
 
 pytestmark = pytest.mark.integration
@@ -183,9 +184,10 @@ def test_github_app_jwt_verified_by_pyjwt(server: Upstream, key: RsaKey) -> None
     minted = _run(github_app.mint, MintContext(github_service(api), _gh_fields(key), post))
     assert minted.token.reveal().decode() == ep.issued[-1]
     assert post.calls == [f"{api}/app/installations/7777777/access_tokens"]
-    # Cached until 5 minutes before GitHub's expires_at (an hour here).
-    assert minted.expires_at is not None
-    assert abs(minted.expires_at - (github_app.clock() + 3600 - 300)) < 5
+    # The cache uses it until 5 minutes before GitHub's expires_at (an hour here).
+    now = github_app.clock()
+    until = fresh_until(minted, now)
+    assert until is not None and abs(until - (now + 3600 - 300)) < 5
     header = MINTERS["github_app"][1]
     assert header(b"ghs_x") == ("Authorization", b"token ghs_x")
 

@@ -9,6 +9,8 @@ Supervisor -> worker: ``init`` (home, confdir, listen, state), ``state`` (the wh
 again after any change), ``ping`` (answered by ``pong`` once everything before it is applied),
 ``stop`` (drain and exit).
 Worker -> supervisor: ``ready``, ``pong``, ``audit`` (payload: one JSON line).
+Minted tokens (engine/tokens.py): worker -> supervisor ``mint``, answered by ``minted``
+(payload: the token and its headers).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from vaultproxy import logfilter
 from vaultproxy.engine import nodump
 from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
+from vaultproxy.engine.tokens import RemoteTokens, deliver
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
@@ -62,6 +63,9 @@ async def _follow(
             op = header["op"]
             if op == "state":
                 apply_state(state, header, payload)
+            elif op == "minted":  # the supervisor's answer to our "mint" (engine/tokens.py)
+                deliver(state, header, payload)
+                continue
             elif op == "stop":
                 return "stop"
             if op in ("state", "ping"):
@@ -82,6 +86,7 @@ async def run(fd: int) -> int:
         return 2
     home = Home(Path(header["home"]))
     state = ProxyState.from_text(home, header["config"], audit=ForwardingAudit(writer, loop))
+    state.tokens = RemoteTokens(state, writer.write)  # the supervisor owns minted tokens
     apply_state(state, header, payload)
     live = Live(state)
     seam_reuseport.enable()

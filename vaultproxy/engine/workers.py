@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
+from vaultproxy.engine.tokens import spawn_serve
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.keystore.crypto import wipe
 from vaultproxy.state import ProxyState
@@ -253,6 +254,8 @@ class Supervisor:
                 op = header["op"]
                 if op == "audit":
                     self._audit(payload)
+                elif op == "mint":  # a minted token (engine/tokens.py): the supervisor owns them
+                    spawn_serve(self.state, w.send, header)
                 elif op == "pong":
                     async with w.cond:
                         w.acked = max(w.acked, int(header.get("n", 0)))

@@ -19,6 +19,7 @@ import jwt
 
 from vaultproxy.mint.answer import expires_at_iso, https_url, json_answer, token_of
 from vaultproxy.mint.base import MintContext, Minted, MintFailed, register
+from vaultproxy.mint.cache import MARGIN
 from vaultproxy.secret import Secret
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -72,7 +73,10 @@ async def mint(ctx: MintContext) -> Minted:
     data = json_answer(name, resp, ok=(200, 201))
     token = token_of(name, resp.status, data, "token")
     expires = expires_at_iso(name, resp.status, data)
-    return Minted(token=Secret(token), expires_at=None if expires is None else expires - EARLY)
+    # The cache replaces a token MARGIN before the expiry it is given: hand it the expiry
+    # that makes it replace this one EARLY seconds before GitHub's.
+    shifted = None if expires is None else expires - EARLY + MARGIN
+    return Minted(token=Secret(token), expires_at=shifted)
 
 
 def token_header(token: bytes) -> tuple[str, bytes]:

@@ -13,6 +13,7 @@ from mitmproxy import http
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision
 from vaultproxy.keystore import Entry
+from vaultproxy.mint.cache import Issued
 from vaultproxy.redact import Redactor
 
 KEY = "vaultproxy"
@@ -33,6 +34,10 @@ class FlowRecord:
     whole: str | None = None  # the Content-Encoding of a body redacted whole
     audited: bool = False
     counted: bool = False  # counted in ProxyState.inflight
+    # Minted credentials (stages/mint.py)
+    minted: Issued | None = None  # the token this request carries
+    retry: bool = False  # a 401 to an idempotent, body-less request: resent once
+    retried: bool = False  # the response is the resend's (its head is gated anew)
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

@@ -11,6 +11,7 @@ from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.sigv4 import sign_at_head, sign_request
+from vaultproxy.inject.minted import credential
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -46,7 +47,10 @@ class Inject(Stage):
         if plan is None:
             return  # passthrough tunnels carry no flows we inspect
         entry = st.session.entry_for(plan.service)
-        result = prepare_request(req, plan.service, entry.value, entry.fields, st.snapshot.index)
+        value, fields = entry.value, entry.fields
+        if rec.minted is not None:  # the token the Mint stage fetched (stages/mint.py)
+            value, fields = credential(rec.minted, plan.service.auth)
+        result = prepare_request(req, plan.service, value, fields, st.snapshot.index)
         rec.injected = result.injected
         limit_accept_encoding(req.headers)
         if plan.service.auth == "aws_sigv4":  # signed over the final head (and maybe body)

@@ -48,9 +48,9 @@ from vaultproxy.errors import (
 )
 from vaultproxy.redact import Redactor, drop_set_cookie, gate_head, redact_headers, stream_filter
 from vaultproxy.seam import defences
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import error_reply, guarded
-from vaultproxy.stages.runtime import Stage
+from vaultproxy.stages.runtime import Runtime, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +202,8 @@ class ResponseGate(Stage):
             # into our reply meanwhile; send ours as it was made.
             flow.response = reply
             return
+        if rec.retried and rec.denied is None:
+            _gate_resent(self.rt, flow, rec)
         redactor = rec.redactor
         resp = flow.response
         if redactor is None or resp is None:
@@ -247,6 +249,25 @@ class ResponseGate(Stage):
             message.content = redactor.redact(message.content)
         # Do not retain messages for the connection's life (mitmproxy #6620).
         del ws.messages[:-1]
+
+
+def _gate_resent(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord) -> None:
+    """The head of a response the Mint stage got by resending after a 401 (stages/mint.py):
+    the same header rules as ``responseheaders``, its body always redacted whole."""
+    resp, service = flow.response, rec.service
+    if resp is None or service is None:
+        return
+    redactor = rt.state().session.redactor_for(service)  # it now knows the new token
+    if redactor is None:
+        raise UnscannableResponse("the keystore was locked while the request was in flight")
+    rec.redactor = redactor
+    resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+    if _no_body(flow):
+        drop_set_cookie(resp.headers)
+        redact_headers(redactor, resp.headers)
+        rec.whole = None
+        return
+    rec.whole, _decode = gate_head(redactor, resp.headers)
 
 
 class _Engine(VaultproxyError):
