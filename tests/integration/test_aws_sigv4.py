@@ -79,6 +79,8 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoAws]:
 @pytest.fixture(scope="module")
 def keys(moto: MotoAws) -> tuple[str, str]:
     key = moto.create_user("vp-agent-proxy")
+    moto.client("s3").create_bucket(Bucket=BUCKET)
+    moto.client("s3").put_object(Bucket=BUCKET, Key="seeded.txt", Body=b"seeded")
     moto.enforce_auth()
     return key
 
@@ -150,7 +152,7 @@ def test_s3_put_and_get_through_the_proxy(
     sigs = AgentSigs()
     s3 = agent_s3(proxy, sigs=sigs)
     n = len(moto.arrived)
-    s3.create_bucket(Bucket=BUCKET)
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] >= 1
     s3.put_object(Bucket=BUCKET, Key="dir/hello world.txt", Body=b"hello from the agent")
     got = s3.get_object(Bucket=BUCKET, Key="dir/hello world.txt")["Body"].read()
     assert got == b"hello from the agent"
@@ -248,7 +250,7 @@ def test_agent_never_sees_the_key(proxy: ProxyProcess, keys: tuple[str, str]) ->
         replies = [
             client.get(f"https://s3.eu-west-1.amazonaws.com/{BUCKET}/x"),
             client.get(f"https://s3.us-east-1.amazonaws.com/{BUCKET}/missing-key"),
-            client.get(f"https://s3.us-east-1.amazonaws.com/{BUCKET}/presigned.txt"),
+            client.get(f"https://s3.us-east-1.amazonaws.com/{BUCKET}/seeded.txt"),
         ]
     assert [r.status_code for r in replies] == [403, 404, 200]
     for r in replies:

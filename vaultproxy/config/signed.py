@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -97,7 +97,7 @@ def _api_url(value: str) -> None:
         raise RuleViolation(f"host: {e}") from None
 
 
-_RULES = {
+_RULES: dict[str, Callable[[Any], None]] = {
     "path_prefix": _path_prefix,
     "region": _aws_name,
     "aws_service": _aws_name,

@@ -30,7 +30,7 @@ from mitmproxy import http
 
 from vaultproxy.config.models import Service
 from vaultproxy.errors import ConfigError, InvalidRequest
-from vaultproxy.inject.query import drop_params
+from vaultproxy.inject.query import param_name
 from vaultproxy.inject.strategy import Draft, HeaderFields, need_field, need_option
 from vaultproxy.secret import Secret
 
@@ -89,11 +89,17 @@ class SigV4:
             kept.append((k, v))
         draft.headers = kept
         if draft.query:
-            before = draft.query
-            for param in PRESIGN_PARAMS:
-                draft.query = drop_params(draft.query, param, keep=lambda _: False)
-            if draft.query != before:
+            kept_pairs = [p for p in draft.query.split(b"&") if not _presign_pair(p)]
+            if len(kept_pairs) != draft.query.count(b"&") + 1:
+                draft.query = b"&".join(kept_pairs) or None
                 draft.stripped.append("query:x-amz-*")
+
+
+def _presign_pair(pair: bytes) -> bool:
+    """Is this query pair (any ``;``-separated part of it) a presigned URL's signing
+    parameter? Names compared decoded and case-insensitively."""
+    return any(param_name(part).lower().decode("latin-1") in PRESIGN_PARAMS
+               for part in pair.split(b";"))
 
 
 def payload_mode(service: Service, headers: HeaderFields) -> Payload:
