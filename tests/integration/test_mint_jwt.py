@@ -222,8 +222,11 @@ def test_github_app_installation_id_cannot_steer_the_url(
 
 
 def test_github_app_plain_http_api_url_never_dials(server: Upstream, key: RsaKey) -> None:
+    """services.toml refuses such an api_url (test_config_signed.py); the minter refuses it
+    too, for a Service built without validation."""
     post = Poster(server.ca_file)
-    svc = github_service("http://127.0.0.1:1")
+    svc = github_service(f"https://127.0.0.1:{server.port}").model_copy(
+        update={"api_url": "http://127.0.0.1:1"})
     with pytest.raises(MintFailed, match="https"):
         _run(github_app.mint, MintContext(svc, _gh_fields(key), post))
     assert post.calls == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
@@ -80,10 +81,10 @@ def proxy(
     p.stop()
 
 
-def _get(conn: ssl.SSLSocket, target: str) -> bytes:
+def _get(conn: ssl.SSLSocket, target: str, scan: bool = True) -> bytes:
     return agent.exchange(
         conn, f"GET {target} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode(),
-        f"agent GET {target}",
+        "agent GET" if scan else None,
     )
 
 
@@ -121,15 +122,27 @@ def test_token_goes_in_the_path_and_never_comes_back(
 def test_twin_the_upstream_does_echo_the_token(hostile: HostileUpstream, token: str) -> None:
     """Without the proxy the same script hands the token back in every place."""
     prefix = "/bot" + token
-    reply = _get(agent.direct(hostile.port, hostile.ca_file, "localhost"), prefix + "/getMe")
+    reply = _get(agent.direct(hostile.port, hostile.ca_file, "localhost"), prefix + "/getMe",
+                 scan=False)  # read straight from the upstream on purpose
     assert leaked(reply, token) == ["raw", "percent", "secret part", "base64"]
-    assert agent.header_of(reply, "location") == f"https://{HOST}{prefix}/getMe"
+    assert agent.header_of(reply, "location") == f"https://{HOST}/bot__TOKEN__/getMe".replace(
+        "__TOKEN__", token), "the upstream did not echo the token"
+
+
+def _tg_audit(proxy: ProxyProcess) -> list[dict[str, object]]:
+    return [e for e in proxy.audit() if e.get("service") == "tg"]
 
 
 def test_audit_records_the_agents_path(proxy: ProxyProcess, token: str) -> None:
-    _get(agent.tunnel(proxy.port, proxy.home.ca_cert, HOST), "/getMe")
-    lines = [e for e in proxy.audit() if e.get("service") == "tg"]
-    assert lines and lines[-1]["path"] == "/getMe"
+    before = len(_tg_audit(proxy))
+    _get(agent.tunnel(proxy.port, proxy.home.ca_cert, HOST), "/getMe?audit=1")
+    deadline = time.monotonic() + 10  # the line is written after the reply is sent
+    while len(_tg_audit(proxy)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = _tg_audit(proxy)
+    assert len(lines) > before
+    assert lines[-1]["path"] == "/getMe"
+    assert "vpcanary" not in json.dumps(lines)  # no form of the token in any tg line
     assert token.split(":", 1)[1] not in proxy.output()
 
 
