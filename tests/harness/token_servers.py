@@ -89,6 +89,7 @@ class GoogleTokenEndpoint:
     issued: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # why each refused assertion failed
     echo_errors: bool = False  # a careless endpoint: its error body quotes the assertion
+    also_audiences: tuple[str, ...] = ()  # the same endpoint reached under other names
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handler(self, rec: Received) -> Reply:
@@ -105,7 +106,7 @@ class GoogleTokenEndpoint:
             return self._refuse("grant_type", assertion)
         try:
             claims = gjwt.decode(assertion, certs={"k1": self.key.cert_pem},
-                                 audience=self.token_uri)
+                                 audience=[self.token_uri, *self.also_audiences])
         except ValueError as e:
             return self._refuse(f"verify: {type(e).__name__}", assertion)
         if claims.get("iss") != self.email or claims.get("scope") != " ".join(self.scopes):
