@@ -24,6 +24,7 @@ from typing import Any
 import trustme
 
 AWS_NAMES = (
+    "s3.amazonaws.com",
     "s3.us-east-1.amazonaws.com",
     "*.s3.us-east-1.amazonaws.com",
     "s3.eu-west-1.amazonaws.com",

@@ -33,7 +33,7 @@ max_body_mb = 1
 
 [[service]]
 name = "s3"
-hosts = ["s3.us-east-1.amazonaws.com"]
+hosts = ["s3.amazonaws.com", "s3.us-east-1.amazonaws.com"]  # boto3 uses the first for us-east-1
 mode = "host_inject"
 auth = "aws_sigv4"
 region = "us-east-1"
@@ -119,12 +119,14 @@ class AgentSigs:
             self.values.append(text.rsplit("Signature=", 1)[-1])
 
 
-def agent_s3(proxy: ProxyProcess, region: str = "us-east-1", sigs: AgentSigs | None = None) -> Any:
+def agent_s3(proxy: ProxyProcess, region: str = "us-east-1", sigs: AgentSigs | None = None,
+             signature_version: str | None = None, **config: Any) -> Any:
     client = boto3.client(
         "s3", region_name=region, aws_access_key_id=AGENT_KEY,
         aws_secret_access_key=AGENT_SECRET, verify=str(proxy.home.ca_cert),
         config=BotoConfig(proxies={"https": proxy.url}, s3={"addressing_style": "path"},
-                          retries={"max_attempts": 1}),
+                          retries={"max_attempts": 1}, signature_version=signature_version,
+                          **config),
     )
     if sigs is not None:
         client.meta.events.register("before-send", sigs)
@@ -163,6 +165,21 @@ def test_s3_put_and_get_through_the_proxy(
         "UNSIGNED-PAYLOAD", "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
 
 
+def test_s3_put_with_a_body_hash_streams_unsigned(
+    proxy: ProxyProcess, moto: MotoAws, keys: tuple[str, str]
+) -> None:
+    """An agent that hashes its body (no flexible checksum) sends the SHA-256; the proxy
+    streams the body and signs UNSIGNED-PAYLOAD instead of buffering it."""
+    sigs = AgentSigs()
+    s3 = agent_s3(proxy, sigs=sigs, request_checksum_calculation="when_required")
+    n = len(moto.arrived)
+    s3.put_object(Bucket=BUCKET, Key="hashed.bin", Body=b"\x00\x01" * 5000)
+    assert s3.get_object(Bucket=BUCKET, Key="hashed.bin")["Body"].read() == b"\x00\x01" * 5000
+    _assert_proxy_signed(moto, n, keys[0], sigs)
+    put = [a for a in _arrived_since(moto, n) if a.method == "PUT"]
+    assert put[-1].headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+
+
 def test_bogus_agent_keys_straight_to_moto_fail(moto: MotoAws, keys: tuple[str, str]) -> None:
     """Negative twin: moto enforces signatures, so the success above needed the proxy's."""
     s3 = moto.client("s3", AGENT_KEY, AGENT_SECRET)
@@ -183,13 +200,16 @@ def test_wrong_keystore_key_fails(proxy: ProxyProcess, keys: tuple[str, str]) ->
     assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
 
 
+@pytest.mark.parametrize(("version", "marker"),
+                         [(None, "AWSAccessKeyId="), ("s3v4", "X-Amz-Signature=")])
 def test_presigned_url_is_resigned(
-    proxy: ProxyProcess, moto: MotoAws, keys: tuple[str, str]
+    proxy: ProxyProcess, moto: MotoAws, keys: tuple[str, str], version: str | None, marker: str
 ) -> None:
-    s3 = agent_s3(proxy)
+    """boto3 presigns with SigV2 on the global endpoint by default, SigV4 when asked."""
+    s3 = agent_s3(proxy, signature_version=version)
     s3.put_object(Bucket=BUCKET, Key="presigned.txt", Body=b"presigned body")
     url = s3.generate_presigned_url("get_object", Params={"Bucket": BUCKET, "Key": "presigned.txt"})
-    assert "X-Amz-Signature=" in url
+    assert marker in url and AGENT_KEY in url
     n = len(moto.arrived)
     with agent_client(proxy) as client:
         r = client.get(url)
@@ -197,7 +217,8 @@ def test_presigned_url_is_resigned(
     assert r.content == b"presigned body"
     arrived = _arrived_since(moto, n)
     assert len(arrived) == 1
-    assert "x-amz-" not in arrived[0].target.lower()  # the agent's presign params dropped
+    target = arrived[0].target
+    assert "?" not in target and AGENT_KEY not in target  # the agent's presign params dropped
     assert arrived[0].headers["authorization"].startswith(
         f"AWS4-HMAC-SHA256 Credential={keys[0]}/")
 

@@ -153,6 +153,23 @@ def test_sigv4_strips_the_agents_signature() -> None:
     assert "x-amz-meta-colour" in r.headers["authorization"]  # the agent's metadata is signed
 
 
+@pytest.mark.parametrize(
+    ("query", "kept"),
+    [
+        ("AWSAccessKeyId=AGENT&Signature=abc%3D&Expires=1796080875", None),
+        ("Expires=10&AWSAccessKeyId=AGENT;Signature=abc&versionId=3", "versionId=3"),
+        ("x-amz-signature=1&X-AMZ-CREDENTIAL=2&list-type=2", "list-type=2"),
+        # Without AWSAccessKeyId, "signature"/"expires" may be the API's own parameters.
+        ("Signature=mine&Expires=5", "Signature=mine&Expires=5"),
+        ("X-Amz%2DSignature=1&a=b", "a=b"),  # an encoded name is still the name
+    ],
+)
+def test_sigv4_drops_presign_parameters(query: str, kept: str | None) -> None:
+    r = req("/bucket/key?" + query, host="s3.amazonaws.com")
+    prepare_request(r, aws("s3"), None, AWS_FIELDS, INDEX)
+    assert r.path == "/bucket/key" + ("?" + kept if kept else "")
+
+
 def test_sigv4_session_token_is_sent_and_signed() -> None:
     fields = {**AWS_FIELDS, "session_token": Secret("FQoGZXIvYXdzEXAMPLE")}
     r = req("/", host="sts.amazonaws.com")

@@ -86,7 +86,7 @@ require_agent_auth = false
 #
 # [[service]]
 # name = "s3"
-# hosts = ["s3.us-east-1.amazonaws.com", "*.s3.us-east-1.amazonaws.com"]
+# hosts = ["s3.amazonaws.com", "s3.us-east-1.amazonaws.com", "*.s3.us-east-1.amazonaws.com"]
 # mode = "host_inject"
 # auth = "aws_sigv4"               # fields access_key_id, secret_access_key (session_token)
 # region = "us-east-1"

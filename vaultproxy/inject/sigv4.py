@@ -2,7 +2,8 @@
 
 The agent holds no AWS key; whatever it signed with is dropped: its ``Authorization`` (by
 the common strip), the ``X-Amz-Date`` / ``X-Amz-Security-Token`` / ``X-Amz-Content-SHA256``
-headers and a presigned URL's ``X-Amz-*`` query parameters. The proxy then signs the request
+headers and a presigned URL's ``X-Amz-*`` query parameters (or SigV2's ``AWSAccessKeyId``,
+``Signature``, ``Expires``). The proxy then signs the request
 with botocore's own signer (``SigV4Auth``, ``S3SigV4Auth`` for S3, which does not normalise
 the path) over what will actually be sent: the method, the Host, the request target and the
 ``host``, ``content-*`` and ``x-amz-*`` headers. Nothing here writes a canonical request.
@@ -54,6 +55,9 @@ PRESIGN_PARAMS = frozenset(
         "x-amz-signedheaders", "x-amz-signature", "x-amz-security-token",
     }
 )
+# A SigV2 presigned URL's (S3's global endpoint still hands these out): dropped when
+# AWSAccessKeyId is present ("signature"/"expires" alone may be the API's own parameters).
+SIGV2_PARAMS = frozenset({"awsaccesskeyid", "signature", "expires"})
 # Besides host and x-amz-*, these are signed when present.
 _SIGNED_PLAIN = frozenset({b"content-type", b"content-md5", b"content-encoding"})
 
@@ -89,17 +93,19 @@ class SigV4:
             kept.append((k, v))
         draft.headers = kept
         if draft.query:
-            kept_pairs = [p for p in draft.query.split(b"&") if not _presign_pair(p)]
-            if len(kept_pairs) != draft.query.count(b"&") + 1:
+            pairs = draft.query.split(b"&")
+            names = {n for p in pairs for n in _names(p)}
+            drop = PRESIGN_PARAMS | (SIGV2_PARAMS if "awsaccesskeyid" in names else set())
+            kept_pairs = [p for p in pairs if not _names(p) & drop]
+            if len(kept_pairs) != len(pairs):
                 draft.query = b"&".join(kept_pairs) or None
-                draft.stripped.append("query:x-amz-*")
+                draft.stripped.append("query:presign")
 
 
-def _presign_pair(pair: bytes) -> bool:
-    """Is this query pair (any ``;``-separated part of it) a presigned URL's signing
-    parameter? Names compared decoded and case-insensitively."""
-    return any(param_name(part).lower().decode("latin-1") in PRESIGN_PARAMS
-               for part in pair.split(b";"))
+def _names(pair: bytes) -> set[str]:
+    """The decoded, lower-cased names in one query pair (``;`` separates too, for servers
+    that honour it)."""
+    return {param_name(part).lower().decode("latin-1") for part in pair.split(b";")}
 
 
 def payload_mode(service: Service, headers: HeaderFields) -> Payload:
