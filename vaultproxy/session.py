@@ -2,8 +2,8 @@
 
 The unlocked keystore, the agents' token hashes read from it, and the per-service response
 redactors built from its secrets and from what was minted (below). ``lock()`` drops them
-all and wipes the keystore's copy. Nothing here reads services.toml: the caller passes the snapshot's
-services in.
+all and wipes the keystore's copy. Nothing here reads services.toml: the caller passes the
+snapshot's services in.
 
 Minted credentials (SPEC §4.1): the token cache (mint/cache.py) or a worker's copy of it
 (engine/tokens.py) calls ``add_minted`` with every token, cookie and rotated field it hands

@@ -90,7 +90,9 @@ def key() -> RsaKey:
 
 
 @pytest.fixture(scope="module")
-def github(tmp_path_factory: pytest.TempPathFactory, key: RsaKey) -> Iterator[tuple[Upstream, GitHubAppEndpoint]]:
+def github(
+    tmp_path_factory: pytest.TempPathFactory, key: RsaKey
+) -> Iterator[tuple[Upstream, GitHubAppEndpoint]]:
     ep = GitHubAppEndpoint(key, "424242", "7777777")
     up = Upstream(tmp_path_factory.mktemp("gh"))
     up.handler = with_echo(ep.handler)  # type: ignore[assignment]
@@ -100,7 +102,9 @@ def github(tmp_path_factory: pytest.TempPathFactory, key: RsaKey) -> Iterator[tu
 
 
 @pytest.fixture(scope="module")
-def google(tmp_path_factory: pytest.TempPathFactory, key: RsaKey) -> Iterator[tuple[Upstream, GoogleTokenEndpoint]]:
+def google(
+    tmp_path_factory: pytest.TempPathFactory, key: RsaKey
+) -> Iterator[tuple[Upstream, GoogleTokenEndpoint]]:
     ep = GoogleTokenEndpoint(key, "https://gcp.api.test/token", EMAIL, SCOPES, echo_errors=True,
                              also_audiences=("https://gcp-bad.api.test/token",))
     up = Upstream(tmp_path_factory.mktemp("gcp"))
@@ -174,7 +178,8 @@ def test_minted_token_reaches_the_upstream_not_the_agent(
     assert first.status_code == 200, first.text[:300]
     assert echo.status_code == 200
     token = ep.issued[-1]
-    got = [r.header("authorization") for r in up.received if not r.path.startswith(("/app/", "/token"))]
+    got = [r.header("authorization") for r in up.received
+           if not r.path.startswith(("/app/", "/token"))]
     assert got[-2:] == [f"{scheme} {token}"] * 2  # the agent's own token replaced
     assert len(ep.issued) == 1  # the second request used the cached token
     assert token not in echo.text and "__vault." + name + "__" in echo.text

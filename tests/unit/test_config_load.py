@@ -11,9 +11,9 @@ import pytest
 import tomlkit
 import trustme
 
+from vaultproxy.config import rules
 from vaultproxy.config.example import EXAMPLE
 from vaultproxy.config.load import load_config, parse_config
-from vaultproxy.config import rules
 from vaultproxy.config.models import AuthType, Config, Service
 from vaultproxy.errors import ConfigError
 

@@ -30,7 +30,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "google_service_account": ("json",),
     "github_app": ("app_id", "private_key", "installation_id"),
 }
-SECRET_SLOT = "{secret}"
+SECRET_SLOT = "{secret}"  # noqa: S105 - the marker in path_prefix, not a secret
 
 _PATH_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
 _AWS_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")

@@ -15,11 +15,11 @@ from typing import ClassVar
 from urllib.parse import quote
 
 from vaultproxy.config.models import Service
+from vaultproxy.config.signed import SECRET_SLOT
 from vaultproxy.errors import ConfigError, InvalidRequest
 from vaultproxy.inject.strategy import Draft, need_option, need_value
 from vaultproxy.secret import Secret
 
-SECRET_SLOT = "{secret}"
 # RFC 3986 pchar minus "%": what a path segment may carry unescaped.
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 

@@ -22,6 +22,7 @@ pinned to WARNING here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -217,10 +218,14 @@ def _signer_class(service: Service, payload: str | bytes) -> Any:
         return SigV4Auth
     if not isinstance(payload, str):
         return S3SigV4Auth
+    return _literal_signer(S3SigV4Auth, payload)
 
-    class _Literal(S3SigV4Auth):  # type: ignore[misc]
+
+@functools.cache
+def _literal_signer(base: Any, literal: str) -> Any:
+    class _Literal(base):  # type: ignore[misc, valid-type]
         def payload(self, request: Any) -> str:
-            return payload
+            return literal
 
     return _Literal
 

@@ -81,7 +81,9 @@ def header_of(spec: str | None) -> tuple[str, str]:
     return name.strip(), prefix + " " if prefix else ""
 
 
-async def _login(ctx: MintContext, url: str, template: str | None) -> tuple[bytes, Mapping[str, str]]:
+async def _login(
+    ctx: MintContext, url: str, template: str | None
+) -> tuple[bytes, Mapping[str, str]]:
     body = login_body(template, need(ctx, "username"), need(ctx, "password"))
     resp = await ctx.post(url, _JSON, body)
     if resp.status not in (200, 201):

@@ -10,8 +10,8 @@ from mitmproxy import http
 from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
-from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.inject.minted import credential
+from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -32,8 +32,8 @@ class Inject(Stage):
         rec = record_of(flow)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
-            for value in _surfaces(req):  # a misdirected placeholder is refused
-                st.snapshot.index.scan(value, "")
+            for surface in _surfaces(req):  # a misdirected placeholder is refused
+                st.snapshot.index.scan(surface, "")
             req.stream = True
             return
         if self.rt.connections.broken(flow.client_conn.id):
