@@ -11,19 +11,16 @@ allow_private = false
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationInfo, field_validator
+from pydantic import StrictBool, ValidationInfo, field_validator
 
-from vaultproxy.config import rules
+from vaultproxy.config.fields import Model, ca_file
 from vaultproxy.config.problems import Problems
 
 
-class HealthSettings(BaseModel):
+class HealthSettings(Model):
     """``[health]``: the credential-health breach check (vaultproxy/health/)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     hibp_url: str = ""  # empty: no breach check
     ca_cert: str | None = None
@@ -51,12 +48,4 @@ class HealthSettings(BaseModel):
     @field_validator("ca_cert")
     @classmethod
     def _ca_cert(cls, value: str, info: ValidationInfo) -> str:
-        if not value:
-            raise Problems.one("must be a non-empty file name")
-        base = info.context.get("base_dir") if isinstance(info.context, Mapping) else None
-        if base is not None:
-            try:
-                rules.check_ca_file(base / value)
-            except rules.RuleViolation as e:
-                raise Problems.one(str(e)) from None
-        return value
+        return ca_file(value, info, empty="must be a non-empty file name")

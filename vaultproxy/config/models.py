@@ -12,13 +12,10 @@ read it from ``info.data``, so fields are declared in the order they are checked
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StrictBool,
     ValidationInfo,
@@ -28,6 +25,16 @@ from pydantic import (
 
 from vaultproxy import policy
 from vaultproxy.config import rules, signed
+from vaultproxy.config.fields import (
+    Model,
+    StrList,
+    base_dir,
+    ca_file,
+    choice,
+    rule,
+    ruled,
+    str_list,
+)
 from vaultproxy.config.health import HealthSettings
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
@@ -55,54 +62,9 @@ SURFACE_RISKS = {
 AUTH_KEYS = {"header_name": "header", "prefix": "header", "param_name": "query_param"}
 
 
-def _str_list(value: object) -> object:
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes) and all(
-        isinstance(v, str) for v in value
-    ):
-        return tuple(value)
-    raise TypeProblem.one("must be a list of strings")
-
-
-StrList = Annotated[tuple[str, ...], BeforeValidator(_str_list)]
-
-
-def _rule(check: Any, *args: Any) -> None:
-    """Run a rules.py check; its RuleViolation becomes a problem at this field."""
-    try:
-        check(*args)
-    except RuleViolation as e:
-        raise Problems.one(str(e)) from None
-
-
-def _choice(value: object, choices: tuple[str, ...], *, typed: bool = True) -> object:
-    if typed and not isinstance(value, str):
-        raise TypeProblem.one("must be a string")
-    if value not in choices:
-        raise Problems.one(rules.one_of(choices))
-    return value
-
-
-def _base_dir(info: ValidationInfo) -> Path | None:
-    ctx = info.context
-    return ctx.get("base_dir") if isinstance(ctx, Mapping) else None
-
-
-def _ca_file(value: str, info: ValidationInfo) -> str:
-    if not value:
-        raise Problems.one("must not be empty")
-    base = _base_dir(info)
-    if base is not None:
-        _rule(rules.check_ca_file, base / value)
-    return value
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
-
-
-class Service(_Model):
+class Service(Model):
     # Declared in the order they are checked: a rule may read an earlier field (info.data).
-    name: str
+    name: Annotated[str, ruled(rules.check_name)]
     mode: Mode
     auth: AuthType
     allow_private: StrictBool = False
@@ -112,10 +74,11 @@ class Service(_Model):
     header_name: str | None = Field(default=None, validate_default=True)
     prefix: str | None = None
     param_name: str | None = Field(default=None, validate_default=True)
-    secret: str | None = None  # keystore entry; None means "same as name" (see secret_name)
+    # the keystore entry; None means "same as name" (see secret_name)
+    secret: Annotated[str, ruled(rules.check_secret_name)] | None = None
     placeholder: str | None = None  # None means "__vault.<name>__" (see placeholder_text)
     substitute_in: tuple[Surface, ...] = ("auth",)
-    env: str | None = None
+    env: Annotated[str, ruled(rules.check_env)] | None = None
     connect_to: str | None = None
     ca_cert: str | None = None
     insecure_tls: StrictBool = False
@@ -127,21 +90,15 @@ class Service(_Model):
     scopes: StrList | None = Field(default=None, validate_default=True)
     api_url: str | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        _rule(rules.check_name, value)
-        return value
-
     @field_validator("mode", mode="before")
     @classmethod
     def _mode(cls, value: object) -> object:
-        return _choice(value, get_args(Mode))
+        return choice(value, get_args(Mode))
 
     @field_validator("auth", mode="before")
     @classmethod
     def _auth(cls, value: object, info: ValidationInfo) -> object:
-        value = _choice(value, get_args(AuthType))
+        value = choice(value, get_args(AuthType))
         signed.check_auth(str(value), info.data.get("mode"))
         return value
 
@@ -186,25 +143,19 @@ class Service(_Model):
             raise Problems.one(f'only allowed with auth = "{owner}"')
         check = {"header_name": rules.check_header_name, "prefix": rules.check_prefix,
                  "param_name": rules.check_param_name}[field]
-        _rule(check, value)
-        return value
-
-    @field_validator("secret")
-    @classmethod
-    def _secret(cls, value: str) -> str:
-        _rule(rules.check_secret_name, value)
+        rule(check, value)
         return value
 
     @field_validator("placeholder")
     @classmethod
     def _placeholder(cls, value: str, info: ValidationInfo) -> str:
-        _rule(rules.check_placeholder, value, info.data.get("name"))
+        rule(rules.check_placeholder, value, info.data.get("name"))
         return value
 
     @field_validator("substitute_in", mode="before")
     @classmethod
     def _surfaces(cls, value: object, info: ValidationInfo) -> object:
-        value = _str_list(value)
+        value = str_list(value)
         assert isinstance(value, tuple)
         mode = info.data.get("mode")
         if mode is not None and mode != "placeholder":
@@ -222,12 +173,6 @@ class Service(_Model):
             raise Problems(problems)
         return value
 
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: str) -> str:
-        _rule(rules.check_env, value)
-        return value
-
     @field_validator("connect_to")
     @classmethod
     def _connect_to(cls, value: str, info: ValidationInfo) -> str:
@@ -241,7 +186,7 @@ class Service(_Model):
     @field_validator("ca_cert")
     @classmethod
     def _ca_cert(cls, value: str, info: ValidationInfo) -> str:
-        return _ca_file(value, info)
+        return ca_file(value, info)
 
     @field_validator("insecure_tls")
     @classmethod
@@ -287,7 +232,7 @@ def check_address(spec: HostSpec, ctx: policy.AddressContext) -> None:
 _PRIVATE_REASONS = ("private", "carrier-grade NAT", "unique-local", "local-use NAT64")
 
 
-class ProxySettings(_Model):
+class ProxySettings(Model):
     egress: Egress = "passthrough"
     passthrough_allow: StrList = ()
     max_body_mb: int = 32
@@ -296,7 +241,7 @@ class ProxySettings(_Model):
     @field_validator("egress", mode="before")
     @classmethod
     def _egress(cls, value: object) -> object:
-        return _choice(value, get_args(Egress), typed=False)
+        return choice(value, get_args(Egress), typed=False)
 
     @field_validator("passthrough_allow")
     @classmethod
@@ -320,7 +265,7 @@ class ProxySettings(_Model):
         return value
 
 
-class AgentSettings(_Model):
+class AgentSettings(Model):
     """``[agent]``: what `vaultproxy env`/`exec` give agents. ``extra_ca`` = PEM files
     (relative to the home) appended to the agents' CA bundle, e.g. a private index's CA."""
 
@@ -330,11 +275,11 @@ class AgentSettings(_Model):
     @classmethod
     def _extra_ca(cls, value: object, info: ValidationInfo) -> object:
         try:
-            files = _str_list(value)
+            files = str_list(value)
         except TypeProblem:
             raise TypeProblem.one("must be a list of file names") from None
         assert isinstance(files, tuple)
-        problems, base = [], _base_dir(info)
+        problems, base = [], base_dir(info)
         for j, name in enumerate(files):
             if not name:
                 problems.append((f"[{j}]", "must not be empty"))
@@ -356,7 +301,7 @@ def _services(value: object) -> object:
     raise TypeProblem.one("must be an array of tables ([[service]])")
 
 
-class Config(_Model):
+class Config(Model):
     proxy: ProxySettings = ProxySettings()
     agent: AgentSettings = AgentSettings()
     health: HealthSettings = HealthSettings()
