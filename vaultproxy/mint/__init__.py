@@ -8,6 +8,7 @@ endpoints are dialled, ``writeback`` how rotated fields reach the keystore.
 from vaultproxy.mint import github_app, google, login, oauth2  # noqa: F401 - each registers its types
 from vaultproxy.mint.base import (
     MINTERS,
+    NEEDS,
     TRIGGER_HEADER,
     MintContext,
     Minted,
@@ -19,6 +20,7 @@ from vaultproxy.mint.cache import Issued, TokenCache, TokenSource
 
 __all__ = [
     "MINTERS",
+    "NEEDS",
     "TRIGGER_HEADER",
     "Issued",
     "MintContext",

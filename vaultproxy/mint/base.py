@@ -79,6 +79,9 @@ Minter = Callable[[MintContext], Awaitable[Minted]]
 HeaderFor = Callable[[bytes], tuple[str, bytes]]
 
 
+# The keystore fields each minted type needs (``vaultproxy check`` reports a missing one).
+NEEDS: dict[str, tuple[str, ...]] = {}
+
 # The header the agent marks a placeholder-mode request with (SPEC §4.1, SERVICES.md), per
 # type where it is not Authorization.
 TRIGGER_HEADER: dict[str, str] = {}

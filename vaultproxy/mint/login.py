@@ -24,7 +24,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from vaultproxy.mint.base import TRIGGER_HEADER, MintContext, Minted, MintFailed, register
+from vaultproxy.mint.base import (
+    NEEDS,
+    TRIGGER_HEADER,
+    MintContext,
+    Minted,
+    MintFailed,
+    register,
+)
 from vaultproxy.mint.oauth2 import need
 from vaultproxy.secret import Secret
 
@@ -149,4 +156,6 @@ async def unifi_dual(ctx: MintContext) -> Minted:
 
 register("session", session_login)
 register("unifi_dual", unifi_dual)
+NEEDS["session"] = ("username", "password")
+NEEDS["unifi_dual"] = ("api_key", "username", "password")
 TRIGGER_HEADER["unifi_dual"] = "x-api-key"

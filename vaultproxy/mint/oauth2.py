@@ -25,7 +25,14 @@ from collections.abc import Mapping
 from urllib.parse import quote_plus, urlencode
 
 from vaultproxy.config.models import Service
-from vaultproxy.mint.base import MintContext, Minted, MintFailed, TokenResponse, register
+from vaultproxy.mint.base import (
+    NEEDS,
+    MintContext,
+    Minted,
+    MintFailed,
+    TokenResponse,
+    register,
+)
 from vaultproxy.secret import Secret
 
 FORM = "application/x-www-form-urlencoded"
@@ -123,3 +130,5 @@ async def client_credentials(ctx: MintContext) -> Minted:
 
 register("oauth2_refresh", refresh_token)
 register("oauth2_client_credentials", client_credentials)
+NEEDS["oauth2_refresh"] = ("client_id", "refresh_token")
+NEEDS["oauth2_client_credentials"] = ("client_id", "client_secret")

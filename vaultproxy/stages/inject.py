@@ -47,10 +47,10 @@ class Inject(Stage):
         if plan is None:
             return  # passthrough tunnels carry no flows we inspect
         entry = st.session.entry_for(plan.service)
-        value, fields = entry.value, entry.fields
+        secret, fields = entry.value, entry.fields
         if rec.minted is not None:  # the token the Mint stage fetched (stages/mint.py)
-            value, fields = credential(rec.minted, plan.service.auth)
-        result = prepare_request(req, plan.service, value, fields, st.snapshot.index)
+            secret, fields = credential(rec.minted, plan.service.auth)
+        result = prepare_request(req, plan.service, secret, fields, st.snapshot.index)
         rec.injected = result.injected
         limit_accept_encoding(req.headers)
         if plan.service.auth == "aws_sigv4":  # signed over the final head (and maybe body)
