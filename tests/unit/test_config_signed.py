@@ -187,3 +187,11 @@ def test_path_prefix_needs_a_value() -> None:
         cfg, FakeKeystore({"svc": Entry(name="svc", value=None, fields={"x": Secret("v")})}))]  # type: ignore[arg-type]
     assert lines == ['service[0].secret: keystore entry "svc" has no value (only fields); '
                      'auth = "path_prefix" needs a value']
+
+
+def test_minters_and_check_agree_on_fields() -> None:
+    """config/signed.py (what `check` reports) and the minters' own NEEDS name the same."""
+    from vaultproxy.mint.base import NEEDS
+
+    for auth in ("google_service_account", "github_app"):
+        assert NEEDS[auth] == signed.FIELDS[auth]

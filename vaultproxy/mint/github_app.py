@@ -18,7 +18,7 @@ from collections.abc import Callable
 import jwt
 
 from vaultproxy.mint.answer import expires_at_iso, https_url, json_answer, token_of
-from vaultproxy.mint.base import MintContext, Minted, MintFailed, register
+from vaultproxy.mint.base import NEEDS, MintContext, Minted, MintFailed, register
 from vaultproxy.mint.cache import MARGIN
 from vaultproxy.secret import Secret
 
@@ -84,3 +84,4 @@ def token_header(token: bytes) -> tuple[str, bytes]:
 
 
 register("github_app", mint, header=token_header)
+NEEDS["github_app"] = ("app_id", "private_key", "installation_id")

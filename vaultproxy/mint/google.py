@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import jwt
 
 from vaultproxy.mint.answer import expires_in, https_url, json_answer, token_of
-from vaultproxy.mint.base import MintContext, Minted, MintFailed, register
+from vaultproxy.mint.base import NEEDS, MintContext, Minted, MintFailed, register
 from vaultproxy.secret import Secret
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -83,3 +83,4 @@ async def mint(ctx: MintContext) -> Minted:
 
 
 register("google_service_account", mint)
+NEEDS["google_service_account"] = ("json",)
