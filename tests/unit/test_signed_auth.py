@@ -213,6 +213,25 @@ def test_sigv4_body_service_waits_for_the_body() -> None:
     assert "x-amz-content-sha256" not in r.headers  # only S3 wants the hash as a header
 
 
+@pytest.mark.parametrize(
+    ("version", "headers", "waits"),
+    [
+        ("HTTP/1.1", [], False),  # HTTP/1 without framing headers: no body
+        ("HTTP/1.1", [("Content-Length", "0")], False),
+        ("HTTP/1.1", [("Transfer-Encoding", "chunked")], True),
+        ("HTTP/2.0", [], True),  # HTTP/2 may send DATA without content-length
+        ("HTTP/2.0", [("content-length", "0")], False),
+    ],
+)
+def test_sigv4_when_a_body_is_awaited(
+    version: str, headers: list[tuple[str, str]], waits: bool
+) -> None:
+    r = req("/", headers, method="POST", host="sts.amazonaws.com")
+    r.http_version = version
+    assert sign_at_head(r, aws("sts"), AWS_FIELDS) is not waits
+    assert ("authorization" in r.headers) is not waits
+
+
 def test_sigv4_missing_field_names_the_field() -> None:
     with pytest.raises(SecretMissing, match="secret_access_key"):
         sign_request(req("/"), aws(), {"access_key_id": Secret(AKID)}, None)

@@ -126,10 +126,14 @@ def payload_mode(service: Service, headers: HeaderFields) -> Payload:
 
 
 def has_body(req: http.Request) -> bool:
-    """Does the request carry a body (by its framing headers)?"""
+    """May the request carry a body? HTTP/1 says so in its framing headers; an HTTP/2 or /3
+    request without ``content-length`` may still send DATA (so: maybe, and it is buffered)."""
     if "transfer-encoding" in req.headers:
         return True
-    length = req.headers.get("content-length", "0").strip()
+    length = req.headers.get("content-length")
+    if length is None:
+        return not req.http_version.startswith("HTTP/1")
+    length = length.strip()
     return not (length.isdigit() and int(length) == 0)
 
 
