@@ -79,6 +79,9 @@ def with_echo(handler: object) -> object:
         if rec.path == "/echo" and reply[0] == 200:
             auth = (rec.header("authorization") or "").encode()
             return 200, [(b"content-type", b"text/plain")], [b"you sent: " + auth]
+        if rec.path == "/installation" and reply[0] == 200:  # as GitHub answers: ids in JSON
+            body = b'{"id": 7777777, "app_id": 424242, "target_id": 14242421}'
+            return 200, [(b"content-type", b"application/json")], [body]
         return reply
 
     return route
@@ -207,3 +210,12 @@ def test_key_the_endpoint_does_not_know_gets_token_unavailable(
     assert [r for r in up.received if r.path == "/repos/y"] == forwarded  # nothing forwarded
     assert "eyJ" not in r.text and "assertion" not in r.text
     assert "eyJ" not in proxy.output()  # the endpoint's body (quoting the JWT) is not logged
+
+
+def test_github_ids_are_not_redacted(proxy: ProxyProcess) -> None:
+    """app_id and installation_id identify, they do not authenticate: the agent gets them
+    as GitHub sent them (redacting them would corrupt the JSON numbers they appear in)."""
+    with agent_client(proxy) as client:
+        r = client.get("https://gh.api.test/installation")
+    assert r.status_code == 200
+    assert r.json() == {"id": 7777777, "app_id": 424242, "target_id": 14242421}

@@ -30,6 +30,11 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "google_service_account": ("json",),
     "github_app": ("app_id", "private_key", "installation_id"),
 }
+# Fields that identify rather than authenticate: not redacted from responses (GitHub's API
+# answers carry app and installation ids as numbers; redacting them would corrupt the JSON).
+PUBLIC_FIELDS: dict[str, frozenset[str]] = {
+    "github_app": frozenset({"app_id", "installation_id"}),
+}
 SECRET_SLOT = "{secret}"  # noqa: S105 - the marker in path_prefix, not a secret
 
 _PATH_PREFIX_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$")
