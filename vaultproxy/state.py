@@ -96,6 +96,8 @@ class ProxyState:
         with self._lock:
             self.snapshot = snapshot
             self.session.forget_redactors()
+        if self.tokens is not None:
+            self.tokens.clear()  # a changed token_url/scope/login takes effect at once
         self._changed()
         after = len(snapshot.registry.services)
         logger.info("registry reloaded: %d -> %d services", before, after)

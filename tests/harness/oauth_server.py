@@ -8,7 +8,8 @@ issues is a canary (``vpcanary_<hex>``), so the session-wide leak check covers t
 
 Routes: ``POST /token`` (refresh_token and client_credentials grants), ``GET|POST|PUT|DELETE
 /api/<anything>`` (needs a valid, unexpired, unrevoked access token, else 401),
-``GET /api/slow`` (answers after ``slow_seconds``).
+``GET /api/slow`` (answers after ``slow_seconds``), ``GET /api/echo`` (reflects the
+``Authorization`` it received, in the body and in ``X-Echo``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ class OAuthServer:
                  client_secret: str | None = None) -> None:
         self.dir = dir
         self.ca = trustme.CA()
-        cert = self.ca.issue_cert("oauth.api.test", "127.0.0.1")
+        cert = self.ca.issue_cert("oauth.api.test", "*.oauth.api.test", "127.0.0.1")
         self.cert_file = dir / "oauth-cert.pem"
         self.ca_file = dir / "oauth-ca.pem"
         cert.private_key_and_cert_chain_pem.write_to_path(str(self.cert_file))
@@ -122,6 +123,10 @@ class OAuthServer:
         self.slow_seconds = 0.0
         self.on_api: Callable[[Token], None] | None = None  # runs before an API answer
         self.last_form: dict[str, str] = {}
+        # Hold token requests: ``token_entered`` is set when one arrives, which then waits
+        # for ``token_release`` (when set to an Event) before it is answered.
+        self.token_entered = threading.Event()
+        self.token_release: threading.Event | None = None
         self.last_auth_header: str | None = None
         self._lock = threading.Lock()
         self.port = 0
@@ -199,6 +204,9 @@ class OAuthServer:
         @app.post("/token")
         def token() -> Any:
             grant = request.form.get("grant_type", "")
+            outer.token_entered.set()
+            if outer.token_release is not None:
+                outer.token_release.wait(30)
             with outer._lock:
                 outer.last_form = dict(request.form)
                 outer.last_auth_header = request.headers.get("Authorization")
@@ -220,6 +228,11 @@ class OAuthServer:
                 outer.on_api(tok)
             if rest == "slow":
                 time.sleep(outer.slow_seconds)
+            if rest == "echo":  # an upstream that reflects the credential it was sent
+                auth = request.headers.get("Authorization", "")
+                reply = jsonify(ok=True, saw=auth, token=auth[7:])
+                reply.headers["X-Echo"] = auth
+                return reply
             return jsonify(ok=True, path=rest, method=request.method)
 
         return app

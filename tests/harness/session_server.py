@@ -125,4 +125,10 @@ class SessionApp:
             return 401, [JSON], [b'{"error": "unauthorized"}']
         self.api_ok[app] += 1
         self.received_bodies.append(rec.body)
-        return 200, [JSON], [json.dumps({"ok": True, "app": app, "path": rec.path}).encode()]
+        # Reflect the credential received (a careless or hostile upstream): the proxy must
+        # redact it before the agent sees it.
+        seen = {"authorization": rec.header("authorization"), "cookie": rec.header("cookie"),
+                "csrf": rec.header("x-csrf-token"), "api_key": rec.header("x-api-key")}
+        body = json.dumps({"ok": True, "app": app, "path": rec.path, "seen": seen}).encode()
+        echo = (rec.header("cookie") or rec.header("authorization") or "").encode()
+        return 200, [JSON, (b"x-echo", echo)], [body]

@@ -81,7 +81,7 @@ class RemoteTokens:
             self.reject(name, rejected)
             current = self._tokens.get(name)
         if current is not None and current.fresh(self.clock()):
-            return replace(current, source="cached")
+            return current  # stored as "cached"
         asking = self._asking.get(name)
         if asking is not None:
             return replace(await asyncio.shield(asking), source="cached")
@@ -94,7 +94,7 @@ class RemoteTokens:
         if self._asking.get(name) is task:
             del self._asking[name]
         if not task.cancelled() and task.exception() is None:
-            self._tokens[name] = task.result()
+            self._tokens[name] = replace(task.result(), source="cached")
 
     async def _ask(self, service: Service, rejected: int | None) -> Issued:
         n = next(self._ids)

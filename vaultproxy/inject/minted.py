@@ -21,7 +21,7 @@ from typing import ClassVar
 from vaultproxy.config.models import Service
 from vaultproxy.errors import TokenUnavailable
 from vaultproxy.inject.strategy import Draft, header_safe
-from vaultproxy.mint.base import MINTERS, TRIGGER_HEADER
+from vaultproxy.mint.base import MINTERS, TRIGGER_HEADER, Minted
 from vaultproxy.mint.cache import Issued
 from vaultproxy.secret import Secret
 
@@ -30,14 +30,26 @@ class MintedHeaders(dict[str, Secret]):
     """Header name -> value of a minted credential (only these are ever injected)."""
 
 
+# id(Minted) -> (that Minted, its headers): built once per token, not once per request.
+_built: dict[int, tuple[Minted, MintedHeaders]] = {}
+
+
 def credential(issued: Issued, auth: str) -> tuple[Secret, MintedHeaders]:
     """(token, headers to set) for an issued token of a service with ``auth``."""
     minted = issued.minted
+    known = _built.get(id(minted))
+    if known is not None and known[0] is minted:
+        return minted.token, known[1]
     if minted.headers:
-        return minted.token, MintedHeaders(minted.headers)
-    _minter, header_for = MINTERS[auth]
-    name, value = header_for(minted.token.reveal())
-    return minted.token, MintedHeaders({name: Secret(value)})
+        headers = MintedHeaders(minted.headers)
+    else:
+        _minter, header_for = MINTERS[auth]
+        name, value = header_for(minted.token.reveal())
+        headers = MintedHeaders({name: Secret(value)})
+    if len(_built) >= 256:
+        _built.clear()
+    _built[id(minted)] = (minted, headers)
+    return minted.token, headers
 
 
 def trigger_header(service: Service) -> bytes:

@@ -109,11 +109,16 @@ class TokenCache:
         self.exchanges = 0  # mints attempted (for tests and /metrics-like introspection)
 
     def clear(self) -> None:
-        """Forget every token (the keystore was locked)."""
+        """Forget every token (a reload, or the keystore was locked). Rotated fields not yet
+        on disk are kept unless locked: they may be the only valid refresh token."""
         self._epoch += 1
         self._tokens.clear()
-        self._unsaved.clear()
         self._refused.clear()
+        if self.state.locked:
+            if self._unsaved:
+                logger.error("locked with rotated credential(s) of %s not saved to the "
+                             "keystore; they are lost", ", ".join(sorted(self._unsaved)))
+            self._unsaved.clear()
 
     def reject(self, service: str, gen: int) -> None:
         current = self._tokens.get(service)
@@ -128,7 +133,7 @@ class TokenCache:
             self.reject(name, rejected)
             current = self._tokens.get(name)
         if current is not None and current.fresh(self.clock()):
-            return replace(current, source="cached")
+            return current  # stored as "cached"
         pending = self._inflight.get(name)
         if pending is not None:
             issued = await asyncio.shield(pending)
@@ -168,7 +173,7 @@ class TokenCache:
                         fresh_until(minted, self.clock()))
         self.state.session.add_minted(service.name, minted.secrets())
         if epoch == self._epoch:
-            self._tokens[service.name] = issued
+            self._tokens[service.name] = replace(issued, source="cached")
             self._refused.pop(service.name, None)
         return issued
 

@@ -36,8 +36,8 @@ class FlowRecord:
     counted: bool = False  # counted in ProxyState.inflight
     # Minted credentials (stages/mint.py)
     minted: Issued | None = None  # the token this request carries
-    retry: bool = False  # a 401 to an idempotent, body-less request: resent once
-    retried: bool = False  # the response is the resend's (its head is gated anew)
+    retried: bool = False  # the response is the resend's after a 401 (response_gate.py)
+    resent: bytes | None = None  # its gated body, until sent
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

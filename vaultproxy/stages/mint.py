@@ -6,10 +6,11 @@ mint is in flight, and every request waiting for the same service shares one min
 that fails answers ``502 token_unavailable``; nothing is forwarded.
 
 ``responseheaders``: a 401 from the upstream drops the token the request carried. An
-idempotent request with no body (GET, HEAD, OPTIONS, PUT, DELETE; no Upgrade) whose 401 is
-small enough to be held is resent once, at once, with a fresh token (``response``); any
-other request gets the 401 back and the next request mints anew. A request is never resent
-silently when its body cannot be sent again.
+idempotent request with no body (GET, HEAD, OPTIONS, PUT, DELETE; no Upgrade) is resent
+once, at once, with a fresh token, before any byte of the 401 reaches the agent; the
+response gate then answers with the resend's response. Any other request gets the 401 back
+and the next request mints anew: a request is never resent when its body cannot be sent
+again.
 """
 
 from __future__ import annotations
@@ -21,17 +22,20 @@ from vaultproxy.inject.request import canonical_name, minted_trigger
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.resend import resend
-from vaultproxy.stages.response_gate import _known_small
 from vaultproxy.stages.runtime import Stage
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 def _bodyless(req: http.Request) -> bool:
-    length = req.headers.get("content-length", "0").strip()
+    """Safe to send again as it was: idempotent, and certainly without a body (over HTTP/2
+    and 3 a body needs no Content-Length, so a PUT must say ``Content-Length: 0``)."""
+    length = req.headers.get("content-length")
+    if length is None and req.method == "PUT" and not req.http_version.startswith("HTTP/1"):
+        return False
     return (
         req.method in IDEMPOTENT
-        and length == "0"
+        and (length or "0").strip() == "0"
         and "transfer-encoding" not in req.headers
         and "upgrade" not in req.headers
     )
@@ -64,30 +68,24 @@ class Mint(Stage):
         rec.minted = await st.token_source().get(service)
 
     @guarded
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        issued, resp = rec.minted, flow.response
+        issued, resp, service = rec.minted, flow.response, rec.service
         if issued is None or resp is None or resp.status_code != 401 or rec.denied:
             return
-        self.rt.state().token_source().reject(issued.service, issued.gen)
-        if not rec.retried and _bodyless(flow.request) and _known_small(flow):
-            rec.retry = True
-
-    @guarded
-    async def response(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
-        service, old = rec.service, rec.minted
-        if not rec.retry or service is None or old is None or rec.denied is not None:
-            return
-        rec.retry = False
         st = self.rt.state()
-        issued = await st.token_source().get(service)
-        _token, new = credential(issued, service.auth)
-        _old_token, before = credential(old, service.auth)
+        st.token_source().reject(issued.service, issued.gen)
+        if rec.retried or service is None or not _bodyless(flow.request):
+            return  # the agent gets the 401; the next request mints anew
+        # Resend now, before anything of the 401 reaches the agent; the response gate sends
+        # the resend's answer in its place and drops the 401's body (stages/response_gate.py).
+        fresh = await st.token_source().get(service)
+        _token, new = credential(fresh, service.auth)
+        _old, before = credential(issued, service.auth)
         headers = _replace(list(flow.request.headers.fields), before, new)
-        rec.minted = issued
+        rec.minted = fresh
         flow.response = await resend(self.rt, flow, service, headers)
-        rec.retried = True  # the response gate scans this response's head and body
+        rec.retried = True
 
 
 def _replace(
