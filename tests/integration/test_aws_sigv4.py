@@ -85,8 +85,9 @@ def keys(moto: MotoAws) -> tuple[str, str]:
     return key
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["1", "2"], ids=["1-worker", "2-workers"])
 def proxy(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory, moto: MotoAws, keys: tuple[str, str]
 ) -> Iterator[ProxyProcess]:
     base = tmp_path_factory.mktemp("sigv4")
@@ -101,7 +102,7 @@ def proxy(
         },
         files={"moto-ca.pem": moto.ca_file.read_bytes()},
     )
-    p = ProxyProcess.start(home)
+    p = ProxyProcess.start(home, args=("--workers", request.param))
     yield p
     p.stop()
 
