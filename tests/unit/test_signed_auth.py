@@ -235,3 +235,14 @@ def test_sigv4_when_a_body_is_awaited(
 def test_sigv4_missing_field_names_the_field() -> None:
     with pytest.raises(SecretMissing, match="secret_access_key"):
         sign_request(req("/"), aws(), {"access_key_id": Secret(AKID)}, None)
+
+
+@pytest.mark.parametrize("bad", [b"abc\r\nX-Evil: 1", b"\xff\xfe-not-text", b"tab\there"])
+def test_sigv4_key_fields_must_be_printable_ascii(bad: bytes) -> None:
+    """A session token with CR/LF cannot split a header; an error names the field only."""
+    fields = {**AWS_FIELDS, "session_token": Secret(bad)}
+    r = req("/", host="sts.amazonaws.com")
+    with pytest.raises(SecretMissing, match="session_token") as e:
+        sign_request(r, aws("sts"), fields, None)
+    assert "xff" not in str(e.value) and "Evil" not in str(e.value)
+    assert "authorization" not in r.headers

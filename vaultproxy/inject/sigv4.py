@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 from mitmproxy import http
 
 from vaultproxy.config.models import Service
-from vaultproxy.errors import ConfigError, InvalidRequest
+from vaultproxy.errors import ConfigError, InvalidRequest, SecretMissing
 from vaultproxy.inject.query import param_name
 from vaultproxy.inject.strategy import Draft, HeaderFields, need_field, need_option
 from vaultproxy.secret import Secret
@@ -178,10 +178,11 @@ def sign(
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
+    token = fields.get("session_token")
     creds = Credentials(
-        need_field(service, fields, "access_key_id").decode("utf-8"),
-        need_field(service, fields, "secret_access_key").decode("utf-8"),
-        _token(fields),
+        _text(service, fields, "access_key_id"),
+        _text(service, fields, "secret_access_key"),
+        _text(service, fields, "session_token") if token is not None and token else None,
     )
     try:
         url = "https://" + authority + target.decode("ascii")
@@ -238,9 +239,16 @@ def _aws_service(service: Service) -> str:
     return need_option(service, "aws_service")
 
 
-def _token(fields: Mapping[str, Secret]) -> str | None:
-    token = fields.get("session_token")
-    return token.reveal().decode("utf-8") if token is not None and token else None
+def _text(service: Service, fields: Mapping[str, Secret], name: str) -> str:
+    """A key field as text: printable ASCII (it is signed with and may go in a header);
+    the error names the field, never a byte of it."""
+    raw = need_field(service, fields, name)
+    if not raw.isascii() or not raw.decode("ascii").isprintable():
+        raise SecretMissing(
+            f"service {service.name!r}: keystore field {name!r} is not printable ASCII "
+            "(an AWS key never is anything else)"
+        )
+    return raw.decode("ascii")
 
 
 def sign_at_head(req: http.Request, service: Service, fields: Mapping[str, Secret]) -> bool:
