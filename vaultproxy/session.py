@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from vaultproxy import logfilter
 from vaultproxy.agents import AgentRecord, load_records
 from vaultproxy.config.models import Service
+from vaultproxy.config.signed import PUBLIC_FIELDS
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.redact import Redactor
@@ -105,15 +106,17 @@ class Session:
         return entry
 
     def _secret_pairs(self, service: Service) -> list[tuple[bytes, bytes]]:
-        """(secret, placeholder) for each secret of the service's entry (not ``username``);
+        """(secret, placeholder) for each secret of the service's entry (not ``username``, nor
+        the ids in ``config.signed.PUBLIC_FIELDS``);
         raises LockedError/SecretMissing."""
         entry = self.entry_for(service)
         placeholder = service.placeholder_text.encode()
         pairs: list[tuple[bytes, bytes]] = []
         if entry.value is not None and len(entry.value) >= 4:
             pairs.append((entry.value.reveal(), placeholder))
+        public = PUBLIC_FIELDS.get(service.auth, frozenset())
         for field_name, secret in entry.fields.items():
-            if field_name != "username" and len(secret) >= 4:
+            if field_name != "username" and field_name not in public and len(secret) >= 4:
                 pairs.append((secret.reveal(), placeholder))
         with self._lock:
             pairs.extend((s, placeholder) for s in self._minted.get(service.name, ()))

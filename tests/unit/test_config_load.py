@@ -131,7 +131,8 @@ def test_example_services_are_valid_when_uncommented(tmp_path: Path) -> None:
         lines.append(line)
     cfg = ok("\n".join(lines), tmp_path)
     assert [s.name for s in cfg.services] == [
-        "openai", "anthropic", "maps", "lab-registry", "graph", "npm",
+        "openai", "anthropic", "maps", "lab-registry", "graph", "npm", "telegram", "s3",
+        "gcs", "github",
     ]
     assert [s.name for s in cfg.sources] == ["bao"]
 
@@ -203,7 +204,8 @@ BAD_SERVICES: list[tuple[dict[str, Any], list[str]]] = [
     ({"mode": "inject"}, ['service[0].mode: must be "placeholder" or "host_inject"']),
     ({"auth": "oauth"}, ['service[0].auth: must be one of "bearer", "header", "basic", '
                          '"query_param", "oauth2_refresh", "oauth2_client_credentials", '
-                         '"session" or "unifi_dual"']),
+                         '"session", "unifi_dual", "path_prefix", "aws_sigv4", '
+                         '"google_service_account" or "github_app"']),
     ({"auth": "header"}, ['service[0].header_name: is required when auth = "header"']),
     ({"auth": "header", "header_name": "X Api"},
      ["service[0].header_name: must be an HTTP header name (token characters, 1-128 long)"]),

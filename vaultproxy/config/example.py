@@ -112,4 +112,34 @@ require_agent_auth = false
 # url = "https://bao.internal:8200"
 # auth = "token"                   # its credentials: vaultproxy secret set source.bao --field token
 # refresh_seconds = 300            # 0 = only on `vaultproxy sync`
+#
+# Tokens in the path, AWS signatures, Google and GitHub App keys (SERVICES.md):
+# [[service]]
+# name = "telegram"
+# hosts = ["api.telegram.org"]
+# mode = "host_inject"
+# auth = "path_prefix"
+# path_prefix = "/bot{secret}"     # the agent's /getMe goes out as /bot<secret>/getMe
+#
+# [[service]]
+# name = "s3"
+# hosts = ["s3.amazonaws.com", "s3.us-east-1.amazonaws.com", "*.s3.us-east-1.amazonaws.com"]
+# mode = "host_inject"
+# auth = "aws_sigv4"               # fields access_key_id, secret_access_key (session_token)
+# region = "us-east-1"
+# aws_service = "s3"               # the signing name: "s3", "sts", "execute-api", ...
+#
+# [[service]]
+# name = "gcs"
+# hosts = ["storage.googleapis.com"]
+# mode = "host_inject"
+# auth = "google_service_account"  # field json = the key file
+# scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+#
+# [[service]]
+# name = "github"
+# hosts = ["api.github.com"]
+# mode = "host_inject"
+# auth = "github_app"              # fields app_id, private_key, installation_id
+# api_url = "https://api.github.com"  # the default; GitHub Enterprise: https://HOST/api/v3
 '''

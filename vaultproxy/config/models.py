@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from vaultproxy import policy
-from vaultproxy.config import minted, rules
+from vaultproxy.config import minted, rules, signed
 from vaultproxy.config.fields import (
     Model,
     StrList,
@@ -47,6 +47,7 @@ AuthType = Literal[
     "bearer", "header", "basic", "query_param",
     # minted (SPEC §4.1; their keys: config/minted.py)
     "oauth2_refresh", "oauth2_client_credentials", "session", "unifi_dual",
+    "path_prefix", "aws_sigv4", "google_service_account", "github_app",  # SPEC §4.1 (signed.py)
 ]
 Surface = Literal["auth", "header", "query", "path", "body"]
 Egress = Literal["passthrough", "block"]
@@ -98,6 +99,12 @@ class Service(Model):
     session_cookie: StrictBool = False
     token_field: str | None = None
     token_header: str | None = None
+    # --- path_prefix / aws_sigv4 / google_service_account / github_app (config/signed.py) ---
+    path_prefix: str | None = Field(default=None, validate_default=True)
+    region: str | None = Field(default=None, validate_default=True)
+    aws_service: str | None = Field(default=None, validate_default=True)
+    scopes: StrList | None = Field(default=None, validate_default=True)
+    api_url: str | None = None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -106,8 +113,10 @@ class Service(Model):
 
     @field_validator("auth", mode="before")
     @classmethod
-    def _auth(cls, value: object) -> object:
-        return choice(value, get_args(AuthType))
+    def _auth(cls, value: object, info: ValidationInfo) -> object:
+        value = choice(value, get_args(AuthType))
+        signed.check_auth(str(value), info.data.get("mode"))
+        return value
 
     @field_validator("hosts")
     @classmethod
@@ -213,6 +222,10 @@ class Service(Model):
         if problem is not None:
             raise Problems.one(problem, ".substitute_in")
         return self
+    @field_validator("path_prefix", "region", "aws_service", "scopes", "api_url", mode="after")
+    @classmethod
+    def _signed_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        return signed.check_key(str(info.field_name), value, info.data)
 
     @property
     def secret_name(self) -> str:

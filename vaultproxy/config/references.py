@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vaultproxy.config.models import Config
+from vaultproxy.config.signed import FIELDS as SIGNED_FIELDS
 from vaultproxy.errors import SecretMissing
 from vaultproxy.sync.base import is_ref
 from vaultproxy.sync.cached import cached_entry, ref_of
@@ -85,6 +86,12 @@ def secret_problems(cfg: Config, keystore: Keystore) -> list[SecretProblem]:
             if missing:
                 add(f'{what} lacks field(s) {", ".join(missing)} '
                     '(auth = "basic" needs username and password)')
+        elif svc.auth in SIGNED_FIELDS:  # SPEC §4.1 types whose entry holds named fields
+            needed = SIGNED_FIELDS[svc.auth]
+            missing = [f for f in needed if f not in fields]
+            if missing:
+                add(f'{what} lacks field(s) {", ".join(missing)} '
+                    f'(auth = "{svc.auth}" needs {", ".join(needed)})')
         elif entry is None or entry.value is None:
             add(f'{what} has no value (only fields); auth = "{svc.auth}" needs a value'
                 + (" (name one with #FIELD)" if is_ref(secret) else ""))

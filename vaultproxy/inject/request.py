@@ -40,8 +40,10 @@ from vaultproxy.inject.bearer import Bearer
 from vaultproxy.inject.body import substitute_body
 from vaultproxy.inject.header import Header
 from vaultproxy.inject.minted import MintedCredential, is_minted, trigger_header
+from vaultproxy.inject.path_prefix import PathPrefix
 from vaultproxy.inject.query import drop_params, map_param_values
 from vaultproxy.inject.query_param import QueryParam
+from vaultproxy.inject.sigv4 import SigV4
 from vaultproxy.inject.strategy import Draft, HeaderFields, Strategy, header_safe
 from vaultproxy.keystore import Entry
 from vaultproxy.placeholders import PlaceholderIndex, basic_credentials, substitute
@@ -51,7 +53,7 @@ STRIP_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-plex-to
 _ALWAYS_STRIP = frozenset({b"proxy-authorization"})
 
 STRATEGIES: Mapping[str, Strategy] = {
-    s.auth: s for s in (Bearer(), Header(), Basic(), QueryParam())
+    s.auth: s for s in (Bearer(), Header(), Basic(), QueryParam(), PathPrefix(), SigV4())
 }
 
 

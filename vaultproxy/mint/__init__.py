@@ -5,7 +5,7 @@ import, here. ``cache`` is the token cache (one owner per proxy), ``transport`` 
 endpoints are dialled, ``writeback`` how rotated fields reach the keystore.
 """
 
-from vaultproxy.mint import login, oauth2  # noqa: F401 - each registers its types
+from vaultproxy.mint import github_app, google, login, oauth2  # noqa: F401 - each registers its types
 from vaultproxy.mint.base import (
     MINTERS,
     NEEDS,

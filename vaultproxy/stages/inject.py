@@ -11,6 +11,7 @@ from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.minted import credential
+from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -31,8 +32,8 @@ class Inject(Stage):
         rec = record_of(flow)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
-            for value in _surfaces(req):  # a misdirected placeholder is refused
-                st.snapshot.index.scan(value, "")
+            for surface in _surfaces(req):  # a misdirected placeholder is refused
+                st.snapshot.index.scan(surface, "")
             req.stream = True
             return
         if self.rt.connections.broken(flow.client_conn.id):
@@ -52,7 +53,11 @@ class Inject(Stage):
         result = prepare_request(req, plan.service, secret, fields, st.snapshot.index)
         rec.injected = result.injected
         limit_accept_encoding(req.headers)
-        if plan.substitute_body:
+        if plan.service.auth == "aws_sigv4":  # signed over the final head (and maybe body)
+            wait_body = not sign_at_head(req, plan.service, entry.fields)
+        else:
+            wait_body = plan.substitute_body
+        if wait_body:
             length = req.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > plan.max_body:
                 raise BodyTooLarge()
@@ -70,6 +75,9 @@ class Inject(Stage):
         body = flow.request.raw_content or b""
         if len(body) > limit:
             raise BodyTooLarge()
+        if rec.service.auth == "aws_sigv4":
+            sign_request(flow.request, rec.service, entry.fields, body)
+            return
         index = self.rt.state().snapshot.index
         if substitute_request_body(flow.request, rec.service, entry, index):
             rec.injected = True
