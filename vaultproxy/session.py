@@ -20,12 +20,12 @@ from collections.abc import Iterable
 from vaultproxy import logfilter
 from vaultproxy.agents import AgentRecord, load_records
 from vaultproxy.config.models import Service
+from vaultproxy.config.refs import is_ref
 from vaultproxy.config.signed import PUBLIC_FIELDS
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
+from vaultproxy.keystore.cached import cached_entry, ref_of
 from vaultproxy.redact import Redactor
-from vaultproxy.sync.base import is_ref
-from vaultproxy.sync.cached import cached_entry, ref_of
 
 MINTED_KEPT = 8
 

@@ -26,8 +26,8 @@ from tests.integration.test_sources import (
     sync_records,
 )
 from vaultproxy.keystore import Keystore
+from vaultproxy.keystore.totp import current_code
 from vaultproxy.secret import Secret
-from vaultproxy.sync.totp import current_code
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -13,9 +13,9 @@ import tomlkit
 from vaultproxy.config import signed
 from vaultproxy.config.load import parse_config
 from vaultproxy.config.models import Config
-from vaultproxy.config.references import secret_problems
 from vaultproxy.errors import ConfigError
 from vaultproxy.keystore import Entry
+from vaultproxy.references import secret_problems
 from vaultproxy.secret import Secret
 
 GOOD: dict[str, dict[str, Any]] = {

@@ -11,12 +11,12 @@ import pytest
 from tests.canary import make_canary
 from vaultproxy.errors import SecretMissing, UsageError
 from vaultproxy.keystore import KdfParams, Keystore
+from vaultproxy.keystore.cached import cached_entry
 from vaultproxy.keystore.synced import SourceCache, SyncedItem
+from vaultproxy.keystore.totp import current_code
 from vaultproxy.secret import Secret
 from vaultproxy.sync.base import Fetched, Ref, RefError, parse_ref
-from vaultproxy.sync.cached import cached_entry
 from vaultproxy.sync.run import apply
-from vaultproxy.sync.totp import current_code
 
 FAST = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 PASSWORD = Secret("a test master password")

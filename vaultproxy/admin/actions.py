@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from vaultproxy.audit import ADMIN_EVENT, AuditEvent, metrics
-from vaultproxy.config.references import secret_problems, warning_lines
 from vaultproxy.errors import ConfigError, VaultproxyError
+from vaultproxy.references import secret_problems, warning_lines
 from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)

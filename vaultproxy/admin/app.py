@@ -36,7 +36,7 @@ from vaultproxy.admin.ratelimit import TooFast
 from vaultproxy.audit import metrics
 from vaultproxy.config.models import Service
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError, error_response
-from vaultproxy.sync.cached import has_secret
+from vaultproxy.keystore.cached import has_secret
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vaultproxy.admin.actions import audit_admin
 from vaultproxy.admin.context import admin_context, caller, proxy_state
+from vaultproxy.config.refs import is_ref
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.sync.base import is_ref
-from vaultproxy.sync.cached import ref_of
+from vaultproxy.keystore.cached import ref_of
 
 router = APIRouter()
 

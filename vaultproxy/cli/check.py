@@ -14,9 +14,9 @@ from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password, wrong_password_hint
 from vaultproxy.config.load import load_config
 from vaultproxy.config.models import Config
-from vaultproxy.config.references import secret_problems, source_credential_problems
 from vaultproxy.errors import ConfigError, KeystoreError, PermissionProblem
 from vaultproxy.home import Home
+from vaultproxy.references import secret_problems, source_credential_problems
 
 
 def register(subparsers: Any) -> None:

@@ -33,8 +33,8 @@ from vaultproxy import policy
 from vaultproxy.config import rules
 from vaultproxy.config.fields import Model, ca_file, choice, ruled
 from vaultproxy.config.problems import Problems
+from vaultproxy.config.refs import KV_KINDS, RefError, is_ref, parse_ref
 from vaultproxy.config.rules import RuleViolation
-from vaultproxy.sync.base import KV_KINDS, RefError, is_ref, parse_ref
 
 SourceKind = Literal["openbao", "vault", "bitwarden"]
 AUTHS: dict[str, tuple[str, ...]] = {

@@ -31,7 +31,7 @@ class SyncedItem:
     version: int | str
     synced: float
     fields: dict[str, Secret] = field(default_factory=dict)
-    totp: tuple[str, ...] = ()  # fields holding a TOTP seed (sync/totp.py)
+    totp: tuple[str, ...] = ()  # fields holding a TOTP seed (keystore/totp.py)
 
     def __repr__(self) -> str:
         return (f"SyncedItem(path={self.path!r}, version={self.version!r}, "

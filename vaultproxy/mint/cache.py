@@ -32,15 +32,29 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from vaultproxy.config.models import Service
+from vaultproxy.config.refs import is_ref
 from vaultproxy.errors import KeystoreError, TokenUnavailable, VaultproxyError
 from vaultproxy.mint.base import MINTERS, MintContext, Minted, MintFailed
 from vaultproxy.mint.transport import post_for
 from vaultproxy.outbound import UpstreamClients
 from vaultproxy.secret import Secret
-from vaultproxy.sync.base import is_ref
 
 if TYPE_CHECKING:
-    from vaultproxy.state import ProxyState
+    from vaultproxy.session import Session
+    from vaultproxy.snapshot import Snapshot
+
+
+class Owner(Protocol):
+    """What the cache needs of the process that owns it (state.ProxyState): the unlocked
+    session, the config snapshot, and a way to say the keystore's fields changed."""
+
+    session: Session
+    snapshot: Snapshot
+
+    @property
+    def locked(self) -> bool: ...
+
+    def secrets_changed(self) -> None: ...
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +111,7 @@ def failed(service: Service, err: BaseException) -> TokenUnavailable:
 class TokenCache:
     """The owner's cache (see the module docstring). ``state`` is the owning process's."""
 
-    def __init__(self, state: ProxyState, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state: Owner, clock: Callable[[], float] = time.time) -> None:
         self.state = state
         self.clock = clock
         self.clients = UpstreamClients()

@@ -29,102 +29,53 @@ Kinds are looked up lazily (:data:`KINDS`: ``"module:Class"``), each class built
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import Protocol
 
+# The reference syntax lives with the config that validates it; re-exported for the sources.
+from vaultproxy.config.refs import (
+    KV_KINDS as KV_KINDS,
+)
+from vaultproxy.config.refs import (
+    MAX_PATH as MAX_PATH,
+)
+from vaultproxy.config.refs import (
+    SOURCE_ENTRY_PREFIX as SOURCE_ENTRY_PREFIX,
+)
+from vaultproxy.config.refs import (
+    SOURCE_NAME_RE as SOURCE_NAME_RE,
+)
+from vaultproxy.config.refs import (
+    Ref as Ref,
+)
+from vaultproxy.config.refs import (
+    RefError as RefError,
+)
+from vaultproxy.config.refs import (
+    is_ref as is_ref,
+)
+from vaultproxy.config.refs import (
+    parse_ref as parse_ref,
+)
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.outbound import UpstreamClients
 from vaultproxy.policy import AddressContext, parse_ip
 from vaultproxy.secret import Secret
-
-SOURCE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-SOURCE_ENTRY_PREFIX = "source."  # the keystore entry holding a source's own credentials
-MAX_PATH = 512
-_VERSION_RE = re.compile(r"\?version=([1-9][0-9]{0,8})$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 KINDS: dict[str, str] = {
     "openbao": "vaultproxy.sync.openbao:OpenBaoSource",
     "vault": "vaultproxy.sync.openbao:OpenBaoSource",
     "bitwarden": "vaultproxy.sync.bitwarden:BitwardenSource",
 }
-KV_KINDS = frozenset({"openbao", "vault"})
 
 
 class SourceError(VaultproxyError):
     """A source could not be read; the message names the source and the reason only."""
 
     status, code, public = 502, "source_unavailable", "the external secret source failed"
-
-
-class RefError(ValueError):
-    """A ``secret = "SOURCE:PATH#FIELD"`` that does not parse; the message quotes nothing."""
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """One secret a service takes from a source: ``SOURCE:PATH[?version=N][#FIELD]``.
-
-    ``path``: the KV path below the mount (openbao/vault) or the item's name in the folder
-    (bitwarden). ``field``: which field becomes the service's value; None: the item's
-    fields are the entry's fields (``auth = "basic"``: ``username`` + ``password``).
-    ``version``: a pinned KV version (openbao/vault only); None: the latest.
-    """
-
-    source: str
-    path: str
-    field: str | None = None
-    version: int | None = None
-
-    @property
-    def item_key(self) -> str:
-        """The cache key of the item within its source (the field is not part of it)."""
-        return self.path if self.version is None else f"{self.path}?version={self.version}"
-
-    @property
-    def item(self) -> Ref:
-        """This ref without its field: what a source fetches."""
-        return Ref(self.source, self.path, None, self.version)
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.item_key}" + ("" if self.field is None else f"#{self.field}")
-
-
-def is_ref(secret: str) -> bool:
-    """True if a service's ``secret`` names a source item rather than a keystore entry."""
-    return ":" in secret
-
-
-def parse_ref(text: str) -> Ref:
-    """``SOURCE:PATH[?version=N][#FIELD]`` -> Ref; RefError names the rule, never the text.
-
-    The field is after the *last* ``#`` (an item name may hold one, then name the field).
-    """
-    source, sep, rest = text.partition(":")
-    if not sep:
-        raise RefError('must be "SOURCE:PATH#FIELD" (a source reference)')
-    if not SOURCE_NAME_RE.fullmatch(source):
-        raise RefError("the source name must be 1-64 of a-z 0-9 _ -, starting with a "
-                       "letter or digit")
-    path, hash_, fld = rest.rpartition("#") if "#" in rest else (rest, "", "")
-    if hash_ and not fld:
-        raise RefError("the field after # is empty")
-    version: int | None = None
-    match = _VERSION_RE.search(path)
-    if match:
-        version = int(match.group(1))
-        path = path[: match.start()]
-    elif "?version=" in path:
-        raise RefError("?version= must be a whole number from 1")
-    if not path.strip() or len(path) > MAX_PATH:
-        raise RefError(f"the path must be 1-{MAX_PATH} characters")
-    if _CONTROL.search(path) or _CONTROL.search(fld):
-        raise RefError("the path and field must not hold control characters")
-    return Ref(source, path, fld or None, version)
 
 
 def source_entry(name: str) -> str:
@@ -139,7 +90,7 @@ class Fetched:
 
     ``totp``: names of fields whose value is a TOTP seed (a base32 secret or an
     ``otpauth://totp/`` URI, e.g. Bitwarden's ``totp``); the cache keeps the seed and a
-    service naming that field gets the code valid when its request is made (sync/totp.py).
+    service naming that field gets the code valid when its request is made (keystore/totp.py).
     """
 
     fields: dict[str, Secret]

@@ -16,7 +16,7 @@ The flow is the one Bitwarden's own clients use against a self-hosted server
 
 Fields of an item: ``username``, ``password``, ``notes``, ``totp`` (the stored seed, marked
 as one in ``Fetched.totp``: a service gets the code valid when its request is made,
-vaultproxy/sync/totp.py), and every custom field by its name (a custom field never shadows
+vaultproxy/keystore/totp.py), and every custom field by its name (a custom field never shadows
 a built-in one).
 
 The transport is the proxy's own (vaultproxy/outbound.py), as for openbao.py: the egress

@@ -35,12 +35,12 @@ from vaultproxy.ca import system_ca_file
 from vaultproxy.errors import KeystoreError, LockedError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
+from vaultproxy.keystore.cached import ref_of
 from vaultproxy.keystore.synced import SourceCache, SyncedItem
 from vaultproxy.outbound import UpstreamClients
 from vaultproxy.policy import AddressContext
 from vaultproxy.secret import Secret
 from vaultproxy.sync.base import Fetched, Ref, SourceError, SourceSpec, build_source, is_ref
-from vaultproxy.sync.cached import ref_of
 
 if TYPE_CHECKING:
     from vaultproxy.config.models import Config

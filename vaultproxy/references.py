@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vaultproxy.config.models import Config
+from vaultproxy.config.refs import is_ref
 from vaultproxy.config.signed import FIELDS as SIGNED_FIELDS
 from vaultproxy.errors import SecretMissing
-from vaultproxy.sync.base import is_ref
-from vaultproxy.sync.cached import cached_entry, ref_of
+from vaultproxy.keystore.cached import cached_entry, ref_of
 
 if TYPE_CHECKING:
     from vaultproxy.keystore import Entry, Keystore

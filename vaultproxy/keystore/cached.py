@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from vaultproxy.config.refs import Ref, is_ref, parse_ref
 from vaultproxy.errors import SecretMissing
 from vaultproxy.keystore import Entry, Keystore
-from vaultproxy.sync.base import Ref, is_ref, parse_ref
-from vaultproxy.sync.totp import current_code
+from vaultproxy.keystore.totp import current_code
 
 
 @lru_cache(maxsize=1024)
