@@ -9,7 +9,7 @@ from vaultproxy.ca.authority import (
     next_paths,
     retired_cert_path,
 )
-from vaultproxy.ca.bundle import build_bundle, extra_cas, system_ca_file
+from vaultproxy.ca.bundle import build_bundle, extra_cas, system_ca_file, trust_with
 from vaultproxy.ca.mitm import MITM_BASENAME, materialize_mitm_confdir
 from vaultproxy.ca.rotation import rotate_abort, rotate_finish, rotate_start
 
@@ -28,4 +28,5 @@ __all__ = [
     "rotate_finish",
     "rotate_start",
     "system_ca_file",
+    "trust_with",
 ]

@@ -12,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca.authority import _next_cert, _update_file, fingerprint, load_ca
 from vaultproxy.errors import CAError
 from vaultproxy.home import Home
@@ -92,6 +93,20 @@ def system_ca_file(home: Home) -> Path:
         if candidate and os.path.isfile(candidate) and _real(Path(candidate)) not in ours:
             return Path(candidate)
     raise CAError("no system CA store found; install the ca-certificates package")
+
+
+def trust_with(home: Home, ca_cert: str | None, name: str) -> Path:
+    """The system CAs, plus ``ca_cert`` (relative to the home) when set: a trust file for an
+    outbound client (a source, the breach check), written as ``trust-<name>.pem`` next to
+    the services' trust files."""
+    system = system_ca_file(home)
+    if not ca_cert:
+        return system
+    extra = (home.path / ca_cert).read_bytes()
+    home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)
+    path = home.mitm_confdir / f"trust-{name}.pem"
+    write_atomic(path, system.read_bytes().rstrip(b"\n") + b"\n" + extra, mode=0o644)
+    return path
 
 
 def _system_certs(home: Home, ours: bytes) -> tuple[Path, list[bytes]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from vaultproxy.ca import system_ca_file
+from vaultproxy.ca import trust_with
 from vaultproxy.config.health import HealthSettings
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
@@ -54,15 +54,8 @@ def listed(body: str, suffix: str) -> bool:
 
 
 def trust_file(home: Home, settings: HealthSettings) -> Path:
-    """System CAs, plus [health] ca_cert if set (written next to the services' trust files)."""
-    system = system_ca_file(home)
-    if not settings.ca_cert:
-        return system
-    extra = (home.path / settings.ca_cert).read_bytes()
-    home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)
-    path = home.mitm_confdir / "trust-health.pem"
-    path.write_bytes(system.read_bytes().rstrip(b"\n") + b"\n" + extra)
-    return path
+    """System CAs, plus [health] ca_cert if set."""
+    return trust_with(home, settings.ca_cert, "health")
 
 
 class RangeClient:

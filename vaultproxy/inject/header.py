@@ -6,17 +6,12 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from vaultproxy.config.models import Service
-from vaultproxy.inject.strategy import Draft, header_safe, need_option, need_value
+from vaultproxy.inject.strategy import Draft, ValueStrategy, header_safe, need_option, need_value
 from vaultproxy.secret import Secret
 
 
-class Header:
+class Header(ValueStrategy):
     auth: ClassVar[str] = "header"
-
-    def placeholder_secret(
-        self, service: Service, value: Secret | None, fields: Mapping[str, Secret]
-    ) -> bytes:
-        return need_value(service, value)
 
     def inject(
         self, draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]

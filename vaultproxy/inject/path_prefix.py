@@ -17,7 +17,7 @@ from urllib.parse import quote
 from vaultproxy.config.models import Service
 from vaultproxy.config.signed import SECRET_SLOT
 from vaultproxy.errors import ConfigError, InvalidRequest
-from vaultproxy.inject.strategy import Draft, need_option, need_value
+from vaultproxy.inject.strategy import Draft, ValueStrategy, need_option, need_value
 from vaultproxy.secret import Secret
 
 # RFC 3986 pchar minus "%": what a path segment may carry unescaped.
@@ -34,13 +34,8 @@ def expand(service: Service, template: str, secret: bytes) -> bytes:
             + tail.encode("ascii"))
 
 
-class PathPrefix:
+class PathPrefix(ValueStrategy):
     auth: ClassVar[str] = "path_prefix"
-
-    def placeholder_secret(
-        self, service: Service, value: Secret | None, fields: Mapping[str, Secret]
-    ) -> bytes:
-        return need_value(service, value)
 
     def inject(
         self, draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]

@@ -8,17 +8,12 @@ from urllib.parse import quote
 
 from vaultproxy.config.models import Service
 from vaultproxy.inject.query import drop_params
-from vaultproxy.inject.strategy import Draft, need_option, need_value
+from vaultproxy.inject.strategy import Draft, ValueStrategy, need_option, need_value
 from vaultproxy.secret import Secret
 
 
-class QueryParam:
+class QueryParam(ValueStrategy):
     auth: ClassVar[str] = "query_param"
-
-    def placeholder_secret(
-        self, service: Service, value: Secret | None, fields: Mapping[str, Secret]
-    ) -> bytes:
-        return need_value(service, value)
 
     def inject(
         self, draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]

@@ -88,3 +88,13 @@ def header_safe(service: Service, secret: bytes) -> bytes:
             f"service {service.name!r}: the secret holds CR, LF or NUL and cannot go in a header"
         )
     return secret
+
+
+class ValueStrategy:
+    """Base of the strategies whose credential is the entry's value: in placeholder mode the
+    placeholder is swapped for exactly that value."""
+
+    def placeholder_secret(
+        self, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    ) -> bytes:
+        return need_value(service, value)

@@ -34,36 +34,26 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
-# The reference syntax lives with the config that validates it; re-exported for the sources.
-from vaultproxy.config.refs import (
-    KV_KINDS as KV_KINDS,
-)
-from vaultproxy.config.refs import (
-    MAX_PATH as MAX_PATH,
-)
-from vaultproxy.config.refs import (
-    SOURCE_ENTRY_PREFIX as SOURCE_ENTRY_PREFIX,
-)
-from vaultproxy.config.refs import (
-    SOURCE_NAME_RE as SOURCE_NAME_RE,
-)
-from vaultproxy.config.refs import (
-    Ref as Ref,
-)
-from vaultproxy.config.refs import (
-    RefError as RefError,
-)
-from vaultproxy.config.refs import (
-    is_ref as is_ref,
-)
-from vaultproxy.config.refs import (
-    parse_ref as parse_ref,
-)
+import httpx
+
+# The reference syntax lives with the config that validates it (config/refs.py).
+from vaultproxy.config import refs
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.outbound import UpstreamClients
+from vaultproxy.outbound import UpstreamClients, UpstreamKey
 from vaultproxy.policy import AddressContext, parse_ip
+from vaultproxy.resolve import resolve_checked
 from vaultproxy.secret import Secret
+
+KV_KINDS = refs.KV_KINDS
+MAX_PATH = refs.MAX_PATH
+SOURCE_ENTRY_PREFIX = refs.SOURCE_ENTRY_PREFIX
+SOURCE_NAME_RE = refs.SOURCE_NAME_RE
+Ref = refs.Ref
+RefError = refs.RefError
+is_ref = refs.is_ref
+parse_ref = refs.parse_ref
 
 KINDS: dict[str, str] = {
     "openbao": "vaultproxy.sync.openbao:OpenBaoSource",
@@ -172,3 +162,51 @@ def need(name: str, creds: Mapping[str, Secret], *fields: str) -> list[Secret]:
             f"(`vaultproxy secret set {entry} --field {missing[0]}`)"
         )
     return [creds[f] for f in fields]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A source's answer: its status and whole body (read up to the caller's limit)."""
+
+    status: int
+    body: bytes = field(repr=False)
+
+
+async def call_source(
+    clients: UpstreamClients, *, name: str, url: str, address: AddressContext,
+    trust_file: Path, method: str, api: str, headers: Mapping[str, str],
+    body: bytes | None = None, limit: int, decoded: bool = False,
+) -> Reply:
+    """One request to a source at ``url`` + ``api`` under its egress policy: the host is
+    resolved and judged (``address``), the checked IP dialled with the URL's host as Host and
+    SNI, TLS verified against ``trust_file``, plain HTTP only to loopback. The body is read up
+    to ``limit`` bytes (``decoded``: after Content-Encoding). Errors name the source, the
+    method and path, never a header, a body or a value."""
+    parts = urlsplit(url)
+    host, scheme = parts.hostname or "", parts.scheme
+    port = parts.port or (443 if scheme == "https" else 80)
+    try:
+        ip, port = await resolve_checked(host, port, address)
+    except VaultproxyError as e:  # denied by the egress policy, or no address
+        raise SourceError(f"source {name}: {e}") from None
+    check_plain_http(name, scheme, ip)
+    path = parts.path.rstrip("/") + api  # a server behind a reverse proxy's path prefix
+    sent = {"Host": parts.netloc, "Accept": "application/json", **headers}
+    target = httpx.URL(scheme=scheme, host=ip, port=port, raw_path=path.encode())
+    key = UpstreamKey(f"source.{name}", host, trust_file, False)
+    what = f"{method} {api.split('?', 1)[0]}"
+    try:
+        response = await clients.send(key, httpx.Request(method, target, headers=sent,
+                                                         content=body or b""))
+    except VaultproxyError as e:
+        raise SourceError(f"source {name}: {what}: {e}") from None
+    try:
+        raw = b""
+        async for chunk in (response.aiter_bytes() if decoded else response.aiter_raw()):
+            raw += chunk
+            if len(raw) > limit:
+                raise SourceError(f"source {name}: {what}: the response is over "
+                                  f"{limit >> 20} MiB")
+    finally:
+        await response.aclose()
+    return Reply(response.status_code, raw)

@@ -35,15 +35,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
-import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from vaultproxy.errors import VaultproxyError
-from vaultproxy.outbound import UpstreamClients, UpstreamKey
+from vaultproxy.outbound import UpstreamClients
 from vaultproxy.policy import AddressContext
-from vaultproxy.resolve import resolve_checked
 from vaultproxy.secret import Secret
 from vaultproxy.sync import bwcrypto
 from vaultproxy.sync.base import (
@@ -51,7 +48,7 @@ from vaultproxy.sync.base import (
     Ref,
     SourceError,
     SourceSpec,
-    check_plain_http,
+    call_source,
     need,
     source_entry,
 )
@@ -376,37 +373,17 @@ class BitwardenSource:
         self, clients: UpstreamClients, method: str, api: str, *, body: bytes | None = None,
         form: bool = False, headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,),
     ) -> tuple[int, dict[str, Any]]:
-        parts = urlsplit(self.url)
-        host, scheme = parts.hostname or "", parts.scheme
-        port = parts.port or (443 if scheme == "https" else 80)
-        try:
-            ip, port = await resolve_checked(host, port, self.address)
-        except VaultproxyError as e:  # denied by the egress policy, or no address
-            raise SourceError(f"source {self.name}: {e}") from None
-        check_plain_http(self.name, scheme, ip)
-        path = parts.path.rstrip("/") + api  # a server behind a reverse proxy's path prefix
-        sent = {"Host": parts.netloc, "Accept": "application/json", "Device-Type": DEVICE_TYPE,
-                "Bitwarden-Client-Name": "cli", **(headers or {})}
+        sent = {"Device-Type": DEVICE_TYPE, "Bitwarden-Client-Name": "cli", **(headers or {})}
         if body is not None:
             sent["Content-Type"] = ("application/x-www-form-urlencoded; charset=utf-8" if form
                                     else "application/json")
-        url = httpx.URL(scheme=scheme, host=ip, port=port, raw_path=path.encode())
-        key = UpstreamKey(f"source.{self.name}", host, self.trust_file, False)
-        request = httpx.Request(method, url, headers=sent, content=body or b"")
-        what = f"{method} {api.split('?', 1)[0]}"
-        try:
-            response = await clients.send(key, request)
-        except VaultproxyError as e:
-            raise SourceError(f"source {self.name}: {what}: {e}") from None
-        try:
-            raw = b""
-            async for chunk in response.aiter_bytes():  # decoded: the limit is on the JSON
-                raw += chunk
-                if len(raw) > MAX_RESPONSE:
-                    raise SourceError(f"source {self.name}: {what}: the response is over 32 MiB")
-        finally:
-            await response.aclose()
-        status = response.status_code
+        response = await call_source(
+            clients, name=self.name, url=self.url, address=self.address,
+            trust_file=self.trust_file, method=method, api=api, headers=sent, body=body,
+            limit=MAX_RESPONSE, decoded=True,  # decoded: the limit is on the JSON
+        )
+        raw, what = response.body, f"{method} {api.split('?', 1)[0]}"
+        status = response.status
         if status not in ok:
             raise SourceError(f"source {self.name}: {what} answered {status}")
         try:

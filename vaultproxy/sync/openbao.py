@@ -16,21 +16,17 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import httpx
-
-from vaultproxy.errors import VaultproxyError
-from vaultproxy.outbound import UpstreamClients, UpstreamKey
+from vaultproxy.outbound import UpstreamClients
 from vaultproxy.policy import AddressContext
-from vaultproxy.resolve import resolve_checked
 from vaultproxy.secret import Secret
 from vaultproxy.sync.base import (
     Fetched,
     Ref,
     SourceError,
     SourceSpec,
-    check_plain_http,
+    call_source,
     need,
 )
 
@@ -140,40 +136,22 @@ class OpenBaoSource:
         self, clients: UpstreamClients, method: str, api: str, token: Secret | None,
         body: bytes | None,
     ) -> dict[str, object]:
-        parts = urlsplit(self.url)
-        host, scheme = parts.hostname or "", parts.scheme
-        port = parts.port or (443 if scheme == "https" else 80)
-        try:
-            ip, port = await resolve_checked(host, port, self.address)
-        except VaultproxyError as e:  # denied by the egress policy, or no address
-            raise SourceError(f"source {self.name}: {e}") from None
-        check_plain_http(self.name, scheme, ip)
-        api = parts.path.rstrip("/") + api  # a server behind a reverse proxy's path prefix
-        headers = {"Host": parts.netloc, "Accept": "application/json"}
+        headers: dict[str, str] = {}
         if token is not None:
             headers["X-Vault-Token"] = token.reveal_str()
         if self.namespace:
             headers["X-Vault-Namespace"] = self.namespace
         if body is not None:
             headers["Content-Type"] = "application/json"
-        url = httpx.URL(scheme=scheme, host=ip, port=port, raw_path=api.encode())
-        key = UpstreamKey(f"source.{self.name}", host, self.trust_file, False)
-        request = httpx.Request(method, url, headers=headers, content=body or b"")
-        try:
-            response = await clients.send(key, request)
-        except VaultproxyError as e:
-            raise SourceError(f"source {self.name}: {e}") from None
-        try:
-            raw = b""
-            async for chunk in response.aiter_raw():
-                raw += chunk
-                if len(raw) > MAX_RESPONSE:
-                    raise SourceError(f"source {self.name}: the response is over 1 MiB")
-        finally:
-            await response.aclose()
-        if response.status_code != 200:
+        response = await call_source(
+            clients, name=self.name, url=self.url, address=self.address,
+            trust_file=self.trust_file, method=method, api=api, headers=headers, body=body,
+            limit=MAX_RESPONSE,
+        )
+        raw = response.body
+        if response.status != 200:
             what = api.split("?", 1)[0]
-            status = response.status_code
+            status = response.status
             kind = NotFound if status == 404 and method == "GET" else SourceError
             hint = _HINTS.get(status, "")
             if "approle/login" in what and status == 400:

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.audit.canonical import record_sync
-from vaultproxy.ca import system_ca_file
+from vaultproxy.ca import trust_with
 from vaultproxy.errors import KeystoreError, LockedError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
@@ -89,15 +88,8 @@ def wanted(cfg: Config, only: str | None = None) -> dict[str, list[Ref]]:
 
 
 def trust_file(home: Home, src: SourceConfig) -> Path:
-    """System CAs, plus the source's ca_cert (written next to the services' trust files)."""
-    system = system_ca_file(home)
-    if not src.ca_cert:
-        return system
-    extra = (home.path / src.ca_cert).read_bytes()
-    home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)
-    path = home.mitm_confdir / f"trust-source-{src.name}.pem"
-    write_atomic(path, system.read_bytes().rstrip(b"\n") + b"\n" + extra, mode=0o644)
-    return path
+    """System CAs, plus the source's ca_cert."""
+    return trust_with(home, src.ca_cert, f"source-{src.name}")
 
 
 def spec_for(home: Home, src: SourceConfig,
