@@ -30,10 +30,11 @@ class ErrorOut(_Out):
 
 
 class HealthOut(_Out):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"
     locked: bool
     services: int
     version: str
+    problems: list[str] = []  # why "degraded" (e.g. audit.jsonl cannot be written)
 
 
 class UnlockIn(_In):

@@ -17,7 +17,9 @@ from vaultproxy.admin.server import AdminServer
 from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
-from vaultproxy.engine import proxy_socket, reuseport
+from vaultproxy.audit import status as audit_status
+from vaultproxy.audit.log import summary_line
+from vaultproxy.engine import proxy_socket, reuseport, stale
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
@@ -148,6 +150,7 @@ def reload(state: ProxyState) -> None:
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     claim = state.home.claim()  # one proxy per home; released when this process exits
+    stale.clean_stale(state.home)  # what a killed run left (we hold the claim: it is gone)
     try:
         return await _serve(state, ca, opts)
     finally:
@@ -189,6 +192,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
                                     listen=addrs[0])
             supervisor.on_pids_changed = announce
+            audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
         for w in security_warnings(state, opts.listen) + admin.warnings():
             logger.warning("%s", w)
@@ -223,6 +227,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         state.audit.close()
+        print(f"vaultproxy: {summary_line(audit_status.combined(state.audit))}", flush=True)
+        audit_status.set_peers(None)
         with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
             if json.loads(state.home.run_json.read_text()).get("pid") == os.getpid():
                 state.home.run_json.unlink()

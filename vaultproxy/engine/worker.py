@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import socket
@@ -22,8 +23,9 @@ from typing import Any
 
 from vaultproxy import logfilter
 from vaultproxy.engine import nodump
-from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
+from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
+from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
@@ -65,9 +67,30 @@ async def _follow(
             elif op == "stop":
                 return "stop"
             if op in ("state", "ping"):
-                writer.write(frame({"op": "pong", "n": header.get("n", 0)}))
+                writer.write(frame({"op": "pong", "n": header.get("n", 0), **_audit_report(state)}))
     except ChannelClosed:
         return "eof"
+
+
+ORPHAN_DRAIN_SECONDS = 5.0
+
+
+def _audit_report(state: ProxyState) -> dict[str, Any]:
+    report = getattr(state.audit, "report", None)
+    return {"audit": report()} if callable(report) else {}
+
+
+async def orphaned(m: Any, state: ProxyState) -> None:
+    """The supervisor is gone (its end of the channel closed: it exited or was killed).
+    At once: stop accepting and lock (a request not yet injected gets ``503 locked``); the
+    requests already forwarded finish, scrubbed with the redactor they were injected under
+    and audited by this process itself (worker_audit.py); then exit."""
+    logger.error("the supervisor is gone; this worker stops accepting, locks, finishes its "
+                 "%d in-flight request(s) and exits", state.inflight)
+    m.options.update(server=False)
+    state.lock()
+    await drain(m, state, ORPHAN_DRAIN_SECONDS)
+    m.shutdown()
 
 
 async def run(fd: int) -> int:
@@ -81,7 +104,7 @@ async def run(fd: int) -> int:
     if header["op"] != "init":
         return 2
     home = Home(Path(header["home"]))
-    state = ProxyState.from_text(home, header["config"], audit=ForwardingAudit(writer, loop))
+    state = ProxyState.from_text(home, header["config"], audit=WorkerAudit(home.audit, writer, loop))
     apply_state(state, header, payload)
     live = Live(state)
     seam_reuseport.enable()
@@ -102,8 +125,7 @@ async def run(fd: int) -> int:
             master_task.result()
             return 1
         if follower.done() and follower.result() == "eof":
-            state.lock()  # the supervisor is gone: serve nothing more
-            m.shutdown()
+            await orphaned(m, state)
             return 1
         await drain(m, state, DRAIN_SECONDS)
         m.shutdown()
@@ -115,9 +137,13 @@ async def run(fd: int) -> int:
             follower.cancel()
         state.lock()
         live.state = None
+        state.audit.close()
         with contextlib.suppress(Exception):
-            await writer.drain()  # the last audit records
+            writer.write(frame({"op": "audit_state", **_audit_report(state)}))
+            await writer.drain()  # the last counters
         writer.close()
+        print(f"vaultproxy worker (pid {os.getpid()}): {state.audit.summary()}", file=sys.stderr,
+              flush=True)
 
 
 def main(argv: list[str]) -> int:

@@ -41,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
@@ -76,6 +77,7 @@ class _Worker:
     alive: bool = True
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     task: asyncio.Task[None] | None = None
+    audit: dict[str, Any] | None = None  # its audit counters, as last reported
 
     def send(self, data: bytes) -> None:
         if self.alive and not self.writer.is_closing():
@@ -101,6 +103,12 @@ class Supervisor:
         self._restarts: dict[int, deque[float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawns: set[asyncio.Task[None]] = set()
+        self._gone_audit: list[dict[str, Any]] = []  # last counters of exited workers
+
+    def audit_stats(self) -> list[dict[str, Any]]:
+        """Every worker's audit counters (exited ones included), as they last reported."""
+        live = [w.audit for w in self.workers.values() if w.audit is not None]
+        return self._gone_audit + live
 
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -253,7 +261,10 @@ class Supervisor:
                 op = header["op"]
                 if op == "audit":
                     self._audit(payload)
-                elif op == "pong":
+                elif op == "audit_state" or op == "pong":
+                    if isinstance(header.get("audit"), dict):
+                        w.audit = header["audit"]
+                if op == "pong":
                     async with w.cond:
                         w.acked = max(w.acked, int(header.get("n", 0)))
                         w.cond.notify_all()
@@ -267,6 +278,8 @@ class Supervisor:
                 w.cond.notify_all()
             w.writer.close()
             rc = await w.proc.wait()
+            if w.audit is not None:
+                self._gone_audit.append(w.audit)
             if self.workers.get(w.slot) is w:
                 del self.workers[w.slot]
             self._exited(w, rc)
@@ -307,12 +320,10 @@ class Supervisor:
             self.on_pids_changed()
 
     def _audit(self, payload: bytearray) -> None:
+        # The worker wrote the record to audit.jsonl itself (engine/worker_audit.py); the
+        # copy it sends is only counted here, for /metrics.
         try:
             line = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            line = ""
-        self.state.audit.record_line(line)
-        try:
             metrics.observed(AuditEvent(**json.loads(line)))
         except Exception:  # noqa: BLE001, S110 - metrics must never break the audit path
             pass

@@ -33,6 +33,7 @@ class FlowRecord:
     whole: str | None = None  # the Content-Encoding of a body redacted whole
     audited: bool = False
     counted: bool = False  # counted in ProxyState.inflight
+    ahead: bool = False  # its ``forward`` record was written (stages/ahead.py)
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

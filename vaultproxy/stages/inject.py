@@ -10,6 +10,7 @@ from mitmproxy import http
 from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
+from vaultproxy.stages.ahead import forward_ahead, keep_redactor
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -47,6 +48,9 @@ class Inject(Stage):
         entry = st.session.entry_for(plan.service)
         result = prepare_request(req, plan.service, entry.value, entry.fields, st.snapshot.index)
         rec.injected = result.injected
+        keep_redactor(st, rec)
+        if rec.injected:
+            forward_ahead(st, flow, rec, tunnel.host)
         limit_accept_encoding(req.headers)
         if plan.substitute_body:
             length = req.headers.get("content-length")
@@ -66,9 +70,11 @@ class Inject(Stage):
         body = flow.request.raw_content or b""
         if len(body) > limit:
             raise BodyTooLarge()
-        index = self.rt.state().snapshot.index
-        if substitute_request_body(flow.request, rec.service, entry, index):
+        st = self.rt.state()
+        if substitute_request_body(flow.request, rec.service, entry, st.snapshot.index):
             rec.injected = True
+            tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+            forward_ahead(st, flow, rec, tunnel.host if tunnel is not None else flow.request.host)
 
 
 def _surfaces(req: http.Request) -> list[bytes]:
