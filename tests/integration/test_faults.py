@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from tests import canary
 from tests.canary import make_canary
@@ -314,5 +316,43 @@ def test_lock_under_load_answers_every_client(tmp_path, slow_upstream, secret, w
         assert proxy.stop() == 0
         got = {str(r["path"]): r["status"] for r in proxy.audit() if r["event"] == "request"}
         assert all(got[path] == status for path, status, _ in bodies), (got, bodies)
+    finally:
+        proxy.stop()
+
+
+# -- reload applies a changed ca_cert -----------------------------------------------------
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_reload_applies_a_changed_ca_cert(tmp_path, upstream, secret, workers) -> None:  # type: ignore[no-untyped-def]
+    """The file named by ``ca_cert`` changes, services.toml does not: ``POST /v1/reload``
+    and SIGHUP apply it on every worker (the negative twin is the state before each)."""
+    wrong = trustme.CA().cert_pem.bytes()
+    right = upstream.ca_file.read_bytes()
+    toml = service_block(SERVICE, "host_inject", "bearer", upstream.port).replace(
+        'ca_cert = "upstream-ca.pem"', 'ca_cert = "lab-ca.pem"')
+    home = ProxyHome.create(tmp_path, toml, {SERVICE: secret[SERVICE]},
+                            files={"lab-ca.pem": wrong})
+    canary.watch(tmp_path)
+    proxy = ProxyProcess.start(home, args=("--workers", workers))
+
+    def codes(n: int = 6) -> set[object]:
+        out: set[object] = set()
+        for i in range(n):  # fresh connections: both workers, no pooled upstream
+            with agent_client(proxy) as c:
+                r = c.get(f"https://{HOST}/ca/{i}")
+                out.add(200 if r.status_code == 200 else r.json()["code"])
+        return out
+
+    try:
+        assert codes() == {"upstream_tls"}  # the wrong CA: not trusted
+        (home.path / "lab-ca.pem").write_bytes(right)
+        with unix(proxy) as admin:
+            assert admin.post("/v1/reload").status_code == 200
+        assert codes() == {200}
+        (home.path / "lab-ca.pem").write_bytes(wrong)
+        proxy.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while codes(2) != {"upstream_tls"} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert codes() == {"upstream_tls"}
     finally:
         proxy.stop()

@@ -168,7 +168,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         seam_reuseport.enable()
         listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
-    m = build_master(live, opts.confdir, listen)
+    serving = asyncio.Event()  # set when announced: no connection is served before
+    m = build_master(live, opts.confdir, listen, serving)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, state)
@@ -199,6 +200,9 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
         announce()  # run.json last: whoever waits for it finds the banner and warnings out
+        serving.set()
+        if supervisor is not None:
+            supervisor.serve()
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if master_task.done():

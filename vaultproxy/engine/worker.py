@@ -40,8 +40,10 @@ def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -
     """Make ``state`` what the supervisor sent: registry text, own listeners, keystore."""
     try:
         text = header["config"]
-        if text != state.snapshot.text:
-            state.reload_text(text)
+        trust = header.get("trust")
+        mine = sorted(str(p) for p in state.snapshot.trust_files.values())
+        if text != state.snapshot.text or (trust is not None and trust != mine):
+            state.reload_text(text)  # (a changed ca_cert file: same text, new trust file)
         own = frozenset((str(h), int(p)) for h, p in header["own"])
         if own != state.own_listeners:
             state.set_own_listeners(own)
@@ -55,7 +57,8 @@ def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -
 
 
 async def _follow(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: ProxyState
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: ProxyState,
+    serving: asyncio.Event | None = None,
 ) -> str:
     """Apply the supervisor's messages in order; return why we stopped ("stop" or "eof")."""
     try:
@@ -66,6 +69,8 @@ async def _follow(
                 apply_state(state, header, payload)
             elif op == "stop":
                 return "stop"
+            elif op == "serve" and serving is not None:
+                serving.set()
             if op in ("state", "ping"):
                 writer.write(frame({"op": "pong", "n": header.get("n", 0), **_audit_report(state)}))
     except ChannelClosed:
@@ -109,7 +114,8 @@ async def run(fd: int) -> int:
     live = Live(state)
     seam_reuseport.enable()
     host, port = header["listen"]
-    m = build_master(live, header["confdir"], (str(host), int(port)))
+    serving = asyncio.Event()  # set by the supervisor's "serve" once the run is announced
+    m = build_master(live, header["confdir"], (str(host), int(port)), serving)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     master_task = asyncio.create_task(m.run())
@@ -117,7 +123,7 @@ async def run(fd: int) -> int:
     try:
         await wait_listening(m, master_task)
         writer.write(frame({"op": "ready"}))
-        follower = asyncio.create_task(_follow(reader, writer, state))
+        follower = asyncio.create_task(_follow(reader, writer, state, serving))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, follower, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()

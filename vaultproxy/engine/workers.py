@@ -104,6 +104,13 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawns: set[asyncio.Task[None]] = set()
         self._gone_audit: list[dict[str, Any]] = []  # last counters of exited workers
+        self._serving = False
+
+    def serve(self) -> None:
+        """The run is announced: every worker starts serving (a replacement does at once)."""
+        self._serving = True
+        for w in self.workers.values():
+            w.send(frame({"op": "serve"}))
 
     def audit_stats(self) -> list[dict[str, Any]]:
         """Every worker's audit counters (exited ones included), as they last reported."""
@@ -181,6 +188,8 @@ class Supervisor:
                     "config": st.snapshot.text,
                     "own": sorted([h, p] for h, p in st.own_listeners),
                     "locked": ks is None,
+                    # ca_cert files are named by content: a changed one makes workers rebuild
+                    "trust": sorted(str(p) for p in st.snapshot.trust_files.values()),
                 },
                 plain,
             )
@@ -245,6 +254,8 @@ class Supervisor:
             "listen": list(self.listen),
         }))
         w.task = asyncio.create_task(self._follow(w))
+        if self._serving and self.on_pids_changed is not None:
+            self.on_pids_changed()  # a replacement: its pid is listed from its first moment
         try:
             await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
         except TimeoutError:
@@ -253,6 +264,8 @@ class Supervisor:
             raise VaultproxyError(
                 f"worker {slot} did not start listening within {READY_TIMEOUT:.0f} s"
             ) from None
+        if self._serving:
+            w.send(frame({"op": "serve"}))
 
     async def _follow(self, w: _Worker) -> None:
         try:
