@@ -14,7 +14,7 @@ from vaultproxy.audit.event import AuditEvent
 
 
 class Sink(Protocol):
-    def record(self, event: AuditEvent) -> None: ...
+    def record(self, event: AuditEvent) -> object: ...
 
 
 def record_decision(

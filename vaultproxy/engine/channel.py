@@ -2,8 +2,8 @@
 
 A frame is ``!II`` (header length, payload length), a JSON header, and an opaque payload.
 The payload carries keystore plaintext (supervisor -> worker) or a copy of one audit line
-(worker -> supervisor); it is read into a ``bytearray`` so the receiver can wipe it. Nothing here logs
-a header or a payload.
+(worker -> supervisor); it is read into a ``bytearray`` so the receiver can wipe it. Nothing
+here logs a header or a payload.
 
 Supervisor -> worker: ``init`` (home, confdir, listen, state), ``state`` (the whole state
 again after any change), ``ping`` (answered by ``pong`` once everything before it is applied),

@@ -72,7 +72,8 @@ async def _follow(
             elif op == "serve" and serving is not None:
                 serving.set()
             if op in ("state", "ping"):
-                writer.write(frame({"op": "pong", "n": header.get("n", 0), **_audit_report(state)}))
+                pong = {"op": "pong", "n": header.get("n", 0), **_audit_report(state)}
+                writer.write(frame(pong))
     except ChannelClosed:
         return "eof"
 
@@ -109,7 +110,8 @@ async def run(fd: int) -> int:
     if header["op"] != "init":
         return 2
     home = Home(Path(header["home"]))
-    state = ProxyState.from_text(home, header["config"], audit=WorkerAudit(home.audit, writer, loop))
+    audit = WorkerAudit(home.audit, writer, loop)
+    state = ProxyState.from_text(home, header["config"], audit=audit)
     apply_state(state, header, payload)
     live = Live(state)
     seam_reuseport.enable()

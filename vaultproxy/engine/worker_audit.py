@@ -29,12 +29,13 @@ class WorkerAudit(AuditLog):
         self._reported_healthy = True
 
     def record(self, event: AuditEvent) -> bool:
-        ok = super().record(event)
         try:
-            data = frame({"op": "audit"}, event.to_json_line().encode())
-        except Exception:  # noqa: BLE001 - auditing must never break the request path
-            data = b""
-        self._post(data)
+            line = event.to_json_line()
+        except Exception as e:  # noqa: BLE001 - auditing must never break the request path
+            self._drop(f"event not recorded ({type(e).__name__})")
+            return False
+        ok = self._write(line, keep=True)
+        self._post(frame({"op": "audit"}, line.encode()))
         return ok
 
     def ahead(self, event: AuditEvent) -> bool:
