@@ -25,7 +25,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -61,8 +63,9 @@ def _records(home: Path) -> list[dict[str, object]]:
     return out
 
 
-def _audited_paths(home: Path, prefix: str) -> set[str]:
-    return {str(r["path"]) for r in _records(home)
+def _audited_paths(home: Path | list[dict[str, object]], prefix: str) -> set[str]:
+    records = _records(home) if isinstance(home, Path) else home
+    return {str(r["path"]) for r in records
             if str(r.get("path") or "").startswith(prefix)
             and r["event"] in ("forward", "request")}
 
@@ -80,7 +83,7 @@ def _load(proxy: ProxyProcess, prefix: str, threads: int, per_thread: int | None
 
     def one(t: int) -> None:
         n = 0
-        with agent_client(proxy, timeout=15) as c:
+        with agent_client(proxy) as c:
             while (per_thread is None or n < per_thread) and not (stop and stop.is_set()):
                 path = f"{prefix}/{t}/{n}"
                 try:
@@ -132,8 +135,18 @@ def fill(fs: Path) -> Path:
     return filler
 
 
+@dataclass
+class FullDisk:
+    results: list[tuple[str, int | str]]
+    health: dict[str, Any]
+    metrics: str
+    records: list[dict[str, object]]  # audit.jsonl after recovery, read before the unmount
+    lines: list[str]
+    output: str
+
+
 def _full_disk_run(tmp_path: Path, upstream: Upstream, secret: Quiet, policy: str | None,
-                   ) -> tuple[ProxyProcess, list[tuple[str, int | str]], dict[str, object], str]:
+                   ) -> FullDisk:
     fs = tmp_path / "fs"
     stack = contextlib.ExitStack()
     stack.enter_context(small_fs(fs))
@@ -156,32 +169,33 @@ def _full_disk_run(tmp_path: Path, upstream: Upstream, secret: Quiet, policy: st
         with unix(proxy) as admin:
             health_after = admin.get("/v1/health").json()
         assert proxy.stop() == 0
-        return proxy, during + after, {"during": health, "after": health_after}, metrics
+        return FullDisk(during + after, {"during": health, "after": health_after}, metrics,
+                        _records(home.path), (home.path / "audit.jsonl").read_text().splitlines(),
+                        proxy.output())
     finally:
         stack.close()
 
 
 def test_audit_disk_full_denies_unaudited_credentials(tmp_path, upstream, secret) -> None:  # type: ignore[no-untyped-def]
-    proxy, results, health, metrics = _full_disk_run(tmp_path, upstream, secret, None)
-    home = proxy.home.path
+    run = _full_disk_run(tmp_path, upstream, secret, None)
+    results, health, metrics = run.results, run.health, run.metrics
     during = [(p, s) for p, s in results if p.startswith("/full")]
     assert {s for _, s in during} <= {200, 503}, during
     assert any(s == 503 for _, s in during), "the full disk refused nothing"
     # Deny: every request the upstream saw is in the file (its forward record went first).
     seen = _upstream_paths(upstream, "/full")
-    assert seen <= _audited_paths(home, "/full")
+    assert seen <= _audited_paths(run.records, "/full")
     refused = {p for p, s in during if s == 503}
     assert not refused & seen  # a refused request never reached the upstream
-    assert health["during"]["status"] == "degraded"  # type: ignore[index]
-    assert "audit.jsonl cannot be written" in health["during"]["problems"][0]  # type: ignore[index]
+    assert health["during"]["status"] == "degraded"
+    assert "audit.jsonl cannot be written" in health["during"]["problems"][0]
     assert "vaultproxy_audit_healthy 0.0" in metrics
     failed = [ln for ln in metrics.splitlines() if ln.startswith("vaultproxy_audit_records_failed")]
     assert failed and float(failed[0].split()[-1]) > 0
     # Space is back: service resumes, health is ok, the file is whole.
     assert {s for p, s in results if p.startswith("/after")} == {200}
-    assert health["after"]["status"] == "ok"  # type: ignore[index]
-    records = _records(home)  # every line parses: nothing torn
-    lines = (home / "audit.jsonl").read_text().splitlines()
+    assert health["after"]["status"] == "ok"
+    records, lines = run.records, run.lines  # every line parsed: nothing torn
     assert len(lines) == len(set(lines)), "a duplicate line"
     requests = [r for r in records if r["event"] == "request"]
     by_path = {str(r["path"]): r for r in requests}
@@ -192,19 +206,19 @@ def test_audit_disk_full_denies_unaudited_credentials(tmp_path, upstream, secret
     # One process: records are in the order they were made (the kept ones first).
     order = [str(r["path"]).split("/")[1] for r in requests]
     assert order == sorted(order, key=["before", "full", "after"].index)
-    assert "audit:" in proxy.output() and "record(s) written" in proxy.output()
+    assert "audit:" in run.output and "record(s) written" in run.output
 
 
 def test_audit_disk_full_with_continue_forwards_unaudited(tmp_path, upstream, secret) -> None:  # type: ignore[no-untyped-def]
     """The negative twin: ``on_failure = "continue"`` keeps injecting while nothing can be
     written, says so at start, and still reports ``degraded``."""
-    proxy, results, health, _ = _full_disk_run(tmp_path, upstream, secret, "continue")
-    during = [(p, s) for p, s in results if p.startswith("/full")]
+    run = _full_disk_run(tmp_path, upstream, secret, "continue")
+    during = [(p, s) for p, s in run.results if p.startswith("/full")]
     assert {s for _, s in during} == {200}  # nothing refused: forwarded with the credential
-    assert health["during"]["status"] == "degraded"  # type: ignore[index]
-    assert 'SECURITY: [audit] on_failure = "continue"' in proxy.output()
+    assert run.health["during"]["status"] == "degraded"
+    assert 'SECURITY: [audit] on_failure = "continue"' in run.output
     # The records kept in memory were written once space returned: whole lines, no loss.
-    assert _upstream_paths(upstream, "/full") <= _audited_paths(proxy.home.path, "/full")
+    assert _upstream_paths(upstream, "/full") <= _audited_paths(run.records, "/full")
 
 
 # -- the supervisor is killed -------------------------------------------------------------
@@ -239,7 +253,7 @@ def test_supervisor_kill_leaves_no_unaudited_upstream_request(start_proxy, upstr
     assert not missing, f"{len(missing)} upstream request(s) with no audit record"
     # The worker stopped: nothing listens on the proxy port any more.
     with pytest.raises(httpx.HTTPError):
-        with agent_client(proxy, timeout=3) as c:
+        with agent_client(proxy) as c:
             c.get(f"https://{HOST}/after-kill")
     # Stale files: left behind by the kill, removed (and said so) by the next run.
     assert (home / "admin-token").exists() and (home / "admin.sock").exists()
@@ -279,7 +293,7 @@ def test_lock_under_load_answers_every_client(tmp_path, slow_upstream, secret, w
     started = threading.Barrier(9)
 
     def one(i: int) -> None:
-        with agent_client(proxy, timeout=15) as c:
+        with agent_client(proxy) as c:
             started.wait()
             try:
                 r = c.get(f"https://{HOST}/lock/{workers}/{i}")
