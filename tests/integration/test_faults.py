@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -36,7 +37,7 @@ import trustme
 from tests import canary
 from tests.canary import make_canary
 from tests.harness.proxy import ProxyHome, ProxyProcess
-from tests.harness.upstream import Received, Reply, Upstream
+from tests.harness.upstream import Received, Reply, Upstream, free_port
 from tests.integration.conftest import agent_client, service_block
 from tests.integration.test_admin import Quiet, unix
 
@@ -370,3 +371,39 @@ def test_reload_applies_a_changed_ca_cert(tmp_path, upstream, secret, workers) -
         assert codes() == {"upstream_tls"}
     finally:
         proxy.stop()
+
+
+# -- run.json means serving ---------------------------------------------------------------
+def test_nothing_is_served_before_run_json(tmp_path, upstream, secret) -> None:  # type: ignore[no-untyped-def]
+    """A client that connects the moment the port listens (while worker 1 still starts) is
+    held: its CONNECT is answered only once run.json (and the ready line) are out."""
+    toml = service_block(SERVICE, "host_inject", "bearer", upstream.port)
+    home = ProxyHome.create(tmp_path, toml, {SERVICE: secret[SERVICE]},
+                            files={"upstream-ca.pem": upstream.ca_file.read_bytes()})
+    canary.watch(tmp_path)
+    port = free_port()
+    started: list[ProxyProcess] = []
+    starter = threading.Thread(target=lambda: started.append(ProxyProcess.start(
+        home, args=("--listen", f"127.0.0.1:{port}", "--workers", "2"))))
+    starter.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "the proxy never listened"
+                time.sleep(0.005)
+        early = not (home.path / "run.json").exists()
+        sock.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+        answer = sock.recv(4096)
+        served_at_run_json = (home.path / "run.json").exists()
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert early, "run.json was there before the port listened: nothing was tested"
+        assert served_at_run_json, "the CONNECT was answered before run.json existed"
+    finally:
+        starter.join(60)
+        for p in started:
+            assert p.stop() == 0

@@ -174,8 +174,8 @@ def test_killed_worker_is_replaced_with_the_current_state(workers_proxy, upstrea
     os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        pids = run_json(proxy)["worker_pids"]
-        if pids and pids != [old]:
+        pids = run_json(proxy)["worker_pids"]  # lists the replacement from its start
+        if pids and pids != [old] and f"(pid {pids[0]}) serves" in proxy.output():  # type: ignore[index]
             break
         time.sleep(0.1)
     else:

@@ -266,6 +266,7 @@ class Supervisor:
             ) from None
         if self._serving:
             w.send(frame({"op": "serve"}))
+            logger.warning("worker %d (pid %d) serves", slot, proc.pid)
 
     async def _follow(self, w: _Worker) -> None:
         try:

@@ -7,10 +7,11 @@ client got:
 
 * the head did not parse at all (a malformed request line): no flow exists, so ``on_refused``
   (set by the Record stage) writes a record of its own for that client connection;
-* the head parsed but could not be framed: mitmproxy still runs the flow's hooks (whose
-  stages may refuse it for their own reason, which the client never sees); the connection is
-  marked here and the Record stage's ``error`` hook takes the mark (``take``), so the record
-  says 400 ``invalid_request``.
+* the head parsed but mitmproxy's header validation refuses it (``Content-Length`` with
+  ``Transfer-Encoding``: request smuggling), or it cannot be framed: mitmproxy still runs
+  the flow's hooks (whose stages may refuse it for a reason of their own, which the client
+  never sees) before it answers 400; the connection is marked here and the Record stage
+  takes the mark (``take``), so the record says 400 ``invalid_request``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,27 @@ def take(client_id: str) -> int | None:
 
 def install() -> None:
     from mitmproxy.proxy import commands
+    from mitmproxy.proxy.layers import http as http_layers
     from mitmproxy.proxy.layers.http import _http1
+
+    stream = http_layers.HttpStream
+    check = need(stream, "check_invalid")
+    hook = need(http_layers, "HttpRequestHeadersHook")
+    status = need(http_layers, "ErrorCode").REQUEST_VALIDATION_FAILED.http_status_code() or 400
+
+    def check_invalid(self: Any, request: bool) -> Generator[Any, Any, bool]:
+        gen = check(self, request)
+        try:
+            cmd = next(gen)
+            while True:
+                # Only an invalid request runs its requestheaders hook from here.
+                if request and isinstance(cmd, hook):
+                    _marked[self.context.client.id] = status
+                cmd = gen.send((yield cmd))
+        except StopIteration as stop:
+            return bool(stop.value)
+
+    stream.check_invalid = check_invalid
 
     original = need(_http1.Http1Server, "read_headers")
 

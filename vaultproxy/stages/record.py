@@ -27,6 +27,10 @@ def _record(
     if st is None:
         return
     rec.audited = True
+    if event == "request":
+        refused = refusals.take(flow.client_conn.id)
+        if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
+            outcome, reason, status = "denied", InvalidRequest.code, refused
     request, response = flow.request, flow.response
     service = rec.service
     agent = rec.agent
@@ -112,10 +116,7 @@ class Record(Stage):
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
         rec = record_of(flow)
-        refused = refusals.take(flow.client_conn.id)
-        if refused is not None:  # the HTTP/1 reader answered it (400), not our stages
-            _record(self.rt, flow, "request", "denied", InvalidRequest.code, status=refused)
-        elif rec.denied is not None:
+        if rec.denied is not None:
             _record(self.rt, flow, "request", "denied", rec.denied[0])
         elif rec.service is not None:
             _record(self.rt, flow, "request", "error", "upstream error")
