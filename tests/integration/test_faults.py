@@ -223,7 +223,7 @@ def test_audit_disk_full_with_continue_forwards_unaudited(tmp_path, upstream, se
 
 
 # -- the supervisor is killed -------------------------------------------------------------
-def test_supervisor_kill_leaves_no_unaudited_upstream_request(start_proxy, upstream, secret) -> None:  # type: ignore[no-untyped-def]
+def test_supervisor_kill_leaves_no_unaudited_request(start_proxy, upstream, secret) -> None:  # type: ignore[no-untyped-def]
     toml = service_block(SERVICE, "host_inject", "bearer", upstream.port)
     proxy = start_proxy(toml, {SERVICE: secret[SERVICE]}, args=("--workers", "2"))
     home = proxy.home.path

@@ -17,8 +17,8 @@ from tests.canary import make_canary
 from vaultproxy.agents import entry_name, make_record, new_token
 from vaultproxy.audit import AuditEvent, AuditLog
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
-from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.engine.worker import apply_state
+from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.errors import KeystoreError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore

@@ -69,6 +69,4 @@ def record_ahead(
 
 
 class AheadSink(Protocol):
-    on_failure: str
-
     def ahead(self, event: AuditEvent) -> bool: ...

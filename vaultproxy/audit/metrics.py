@@ -6,9 +6,7 @@ Labels are service names and outcome/reason codes, never hosts, paths or values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest

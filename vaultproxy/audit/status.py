@@ -5,10 +5,13 @@ and the shutdown summary. Never carries a record's content."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from vaultproxy.audit.log import AuditLog
+
+logger = logging.getLogger(__name__)
 
 _peers: Callable[[], list[dict[str, Any]]] | None = None
 
@@ -25,8 +28,9 @@ def combined(local: AuditLog) -> dict[str, Any]:
     if _peers is not None:
         try:
             every += [dict(s) for s in _peers()]
-        except Exception:  # noqa: BLE001 - a status read must not fail on a racing worker
-            pass
+        except Exception as e:  # noqa: BLE001 - a status read must not fail on a racing worker
+            logger.debug("audit status: a worker's counters were unreadable (%s)",
+                         type(e).__name__)
     out: dict[str, Any] = {
         key: sum(int(s.get(key) or 0) for s in every)
         for key in ("written", "failed", "dropped", "pending")

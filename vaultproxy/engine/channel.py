@@ -20,7 +20,6 @@ import json
 import struct
 from typing import Any
 
-
 _PREFIX = struct.Struct("!II")
 MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 64 << 20

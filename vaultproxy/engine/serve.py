@@ -15,10 +15,10 @@ from vaultproxy import __version__
 from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_missing_secrets
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.atomic_file import write_atomic
-from vaultproxy.ca import CA
-from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
+from vaultproxy.ca import CA
+from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import proxy_socket, reuseport, stale
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.workers import Supervisor

@@ -60,7 +60,7 @@ def install() -> None:
         except StopIteration as stop:
             return bool(stop.value)
 
-    stream.check_invalid = check_invalid
+    stream.check_invalid = check_invalid  # type: ignore[method-assign]
 
     original = need(_http1.Http1Server, "read_headers")
 
@@ -76,7 +76,7 @@ def install() -> None:
         except StopIteration:
             return
 
-    _http1.Http1Server.read_headers = read_headers
+    _http1.Http1Server.read_headers = read_headers  # type: ignore[method-assign]
 
 
 def _refused(server: Any, data: bytes) -> None:
