@@ -134,7 +134,7 @@ def _router(ctx: AdminContext) -> Any:
 
     router = APIRouter(responses=ERRORS)
 
-    @router.get("/v1/health", response_model=HealthOut)
+    @router.get("/v1/health", response_model=HealthOut, response_model_exclude_none=True)
     async def health() -> HealthOut:
         st = ctx.live.state
         problem = None if st is None else audit_status.problem(st.audit)
@@ -143,7 +143,7 @@ def _router(ctx: AdminContext) -> Any:
             locked=True if st is None else st.locked,
             services=0 if st is None else len(st.registry.services),
             version=__version__,
-            problems=[problem] if problem is not None else [],
+            problems=[problem] if problem is not None else None,
         )
 
     @router.get("/v1/services", response_model=ServicesOut)

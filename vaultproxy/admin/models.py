@@ -34,7 +34,7 @@ class HealthOut(_Out):
     locked: bool
     services: int
     version: str
-    problems: list[str] = []  # why "degraded" (e.g. audit.jsonl cannot be written)
+    problems: list[str] | None = None  # only when "degraded": why (audit.jsonl unwritable)
 
 
 class UnlockIn(_In):
