@@ -1,8 +1,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
+
+from tests.harness.proxy import ProxyHome, ProxyProcess
+from tests.harness.upstream import Upstream
 
 pytest_plugins = ["tests.canary", "pytester"]
 
@@ -25,3 +30,35 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name in _CLEARED:
         os.environ.pop(name, None)
+
+
+# --- one proxy for the session ------------------------------------------------------------
+# Modules that only read from a proxy (no reload, lock, secret write, config edit, signal)
+# share this one instead of starting their own: each start is a process, a CA, a keystore
+# unlock and an upstream. Its services are host_inject bearer against one shared upstream.
+SHARED_SERVICES = ("a", "b", "proto", "reg")
+
+
+@dataclass(frozen=True)
+class Shared:
+    proxy: ProxyProcess
+    upstream: Upstream
+    secrets: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
+    from tests import canary
+    from tests.integration.conftest import service_block
+
+    up = Upstream(tmp_path_factory.mktemp("shared-upstream")).start()
+    base = tmp_path_factory.mktemp("shared-proxy")
+    canary.watch(base)
+    secrets = {name: canary.make_canary() for name in SHARED_SERVICES}
+    toml = "".join(service_block(n, "host_inject", "bearer", up.port) for n in SHARED_SERVICES)
+    home = ProxyHome.create(base, toml, dict(secrets),  # type: ignore[arg-type]
+                            files={"upstream-ca.pem": up.ca_file.read_bytes()})
+    proxy = ProxyProcess.start(home)
+    yield Shared(proxy, up, secrets)
+    proxy.stop()
+    up.stop()

@@ -7,17 +7,21 @@ import ssl
 import pytest
 from websockets.sync.client import connect
 
-from tests.canary import make_canary
-from tests.integration.conftest import agent_client, service_block
+from tests.conftest import Shared
+from tests.harness.proxy import ProxyProcess
+from tests.harness.upstream import Upstream
+from tests.integration.conftest import agent_client
+
+
+# Read-only: the session's shared proxy (service "proto", host_inject bearer) serves.
+@pytest.fixture(scope="module")
+def proxy(shared: Shared) -> tuple[ProxyProcess, str]:
+    return shared.proxy, shared.secrets["proto"]
 
 
 @pytest.fixture(scope="module")
-def proxy(start_proxy, upstream):  # type: ignore[no-untyped-def]
-    secret = make_canary()
-    p = start_proxy(
-        service_block("proto", "host_inject", "bearer", upstream.port), {"proto": secret}
-    )
-    return p, secret
+def upstream(shared: Shared) -> Upstream:
+    return shared.upstream
 
 
 def test_http2_end_to_end(proxy, upstream):  # type: ignore[no-untyped-def]

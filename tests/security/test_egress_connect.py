@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.canary import make_canary
+from tests.conftest import Shared
 from tests.harness.proxy import ProxyProcess
 from tests.harness.raw import recv_response
 from tests.harness.upstream import Upstream
@@ -26,7 +27,11 @@ from tests.integration.conftest import agent_client, service_block
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 start_proxy = integration.start_proxy  # the module-scoped fixture, shared
-upstream = integration.upstream  # the module-scoped fixture, shared
+
+
+@pytest.fixture(scope="module")
+def upstream(shared: Shared) -> Upstream:
+    return shared.upstream
 
 
 # --- a raw client: exactly the bytes we mean, no client-side URL normalisation --------------
@@ -79,8 +84,9 @@ def _registered(upstream: Upstream) -> str:
 
 
 @pytest.fixture(scope="module")
-def strict(start_proxy, upstream: Upstream) -> ProxyProcess:  # type: ignore[no-untyped-def]
-    return start_proxy(_registered(upstream), {"reg": make_canary()})  # type: ignore[no-any-return]
+def strict(shared: Shared) -> ProxyProcess:
+    """The default policy, read-only: the session's shared proxy (it serves "reg")."""
+    return shared.proxy
 
 
 @pytest.fixture(scope="module")

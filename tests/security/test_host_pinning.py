@@ -16,28 +16,29 @@ import time
 import pytest
 
 from tests import canary
-from tests.canary import make_canary
+from tests.conftest import Shared
 from tests.harness.proxy import ProxyProcess
 from tests.harness.upstream import Upstream
-from tests.integration import conftest as integration
-from tests.integration.conftest import agent_client, service_block
+from tests.integration.conftest import agent_client
 from tests.security.test_egress_connect import raw_connect, recv_head
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
-start_proxy = integration.start_proxy  # the module-scoped fixture, shared
-upstream = integration.upstream  # the module-scoped fixture, shared
+
+
+# Read-only: the session's shared proxy (services a and b, host_inject bearer) serves.
+@pytest.fixture(scope="module")
+def secrets_(shared: Shared) -> dict[str, str]:
+    return {"a": shared.secrets["a"], "b": shared.secrets["b"]}
 
 
 @pytest.fixture(scope="module")
-def secrets_() -> dict[str, str]:
-    return {"a": make_canary(), "b": make_canary()}
+def proxy(shared: Shared) -> ProxyProcess:
+    return shared.proxy
 
 
 @pytest.fixture(scope="module")
-def proxy(start_proxy, upstream: Upstream, secrets_: dict[str, str]) -> ProxyProcess:  # type: ignore[no-untyped-def]
-    toml = service_block("a", "host_inject", "bearer", upstream.port)
-    toml += service_block("b", "host_inject", "bearer", upstream.port)
-    return start_proxy(toml, dict(secrets_))  # type: ignore[no-any-return]
+def upstream(shared: Shared) -> Upstream:
+    return shared.upstream
 
 
 def _audited(proxy: ProxyProcess, code: str, at_least: int) -> bool:

@@ -13,7 +13,7 @@ import sys
 
 from vaultproxy import agents
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.secret import open_store
+from vaultproxy.cli.password import open_store
 from vaultproxy.config.load import load_config
 from vaultproxy.errors import KeystoreError, UsageError
 from vaultproxy.home import Home

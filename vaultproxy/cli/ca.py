@@ -87,8 +87,7 @@ def _add_extra(home: Home, files: list[str]) -> None:
     """Append each file to ``[agent] extra_ca`` (comment-preserving, validated)."""
     from vaultproxy.config.edit import set_table_key
     from vaultproxy.config.load import load_config
-    from vaultproxy.config.rules import RuleViolation
-    from vaultproxy.config.validate import check_ca_file
+    from vaultproxy.config.rules import RuleViolation, check_ca_file
 
     current = list(load_config(home.services).agent.extra_ca)
     for name in files:

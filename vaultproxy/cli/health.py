@@ -8,8 +8,8 @@ import asyncio
 import json
 import sys
 
+from vaultproxy.config.health import HealthSettings
 from vaultproxy.config.load import parse_config, read_text
-from vaultproxy.config.models import HealthSettings
 from vaultproxy.errors import ConfigError
 from vaultproxy.health import report
 from vaultproxy.health.run import audit
@@ -59,7 +59,7 @@ def _text(result: report.Report) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vaultproxy.cli.secret import open_store
+    from vaultproxy.cli.password import open_store
 
     home = Home.resolve(args.home)
     store = open_store(args)

@@ -7,8 +7,13 @@ import argparse
 import sys
 
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import ask_hidden, check_strength, get_password, has_terminal
-from vaultproxy.cli.secret import open_store
+from vaultproxy.cli.password import (
+    ask_hidden,
+    check_strength,
+    get_password,
+    has_terminal,
+    open_store,
+)
 from vaultproxy.errors import UsageError
 from vaultproxy.secret import Secret
 

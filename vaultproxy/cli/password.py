@@ -12,12 +12,16 @@ group/other, a password file inside the home it unlocks, a master password short
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import getpass
 import os
 from pathlib import Path
 
-from vaultproxy.errors import UsageError, VaultproxyError
+from vaultproxy.errors import KeystoreError, UsageError, VaultproxyError
+from vaultproxy.home import Home, check_private
+from vaultproxy.keystore import Keystore
+from vaultproxy.keystore.store import WrongPassword
 from vaultproxy.password_file import read_file, warn
 from vaultproxy.secret import Secret
 
@@ -116,3 +120,26 @@ def get_password(flag: str | None, *, confirm: bool = False, prompt: str = "Mast
     if new or confirm:
         check_strength(password)
     return password
+
+
+def open_store(args: argparse.Namespace, prompt: str = "Master password: ") -> Keystore:
+    """Check the home and keystore exist (before prompting), then unlock the keystore."""
+    home = Home.resolve(args.home)
+    if not home.path.is_dir():
+        raise KeystoreError(
+            f"vaultproxy home {home.path} does not exist; run `vaultproxy init --home "
+            f"{home.path}` first (or pass --home / set VAULTPROXY_HOME)"
+        )
+    check_private(home.path, 0o700)
+    if not home.keystore.exists() and not home.keystore.is_symlink():
+        raise KeystoreError(
+            f"no keystore at {home.keystore}; run `vaultproxy init --home {home.path}` first"
+        )
+    password = get_password(args.password_file, prompt=prompt, home=home.path)
+    assert password is not None  # required=True never returns None
+    try:
+        return Keystore.open(home.keystore, password)
+    except WrongPassword as e:
+        raise KeystoreError(f"{e}; {wrong_password_hint(args.password_file)}") from None
+    finally:
+        password.wipe()

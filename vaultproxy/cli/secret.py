@@ -8,12 +8,9 @@ import datetime
 import sys
 
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import ask_hidden, get_password, wrong_password_hint
+from vaultproxy.cli.password import ask_hidden, open_store
 from vaultproxy.errors import KeystoreError, UsageError
-from vaultproxy.home import Home, check_private
-from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.entries import check_name
-from vaultproxy.keystore.store import WrongPassword
 from vaultproxy.secret import Secret
 
 PIPE_IT = (
@@ -21,29 +18,6 @@ PIPE_IT = (
     "shell history); pipe the value on stdin instead, e.g. "
     "`vaultproxy secret set NAME < file`, or run in a terminal to be prompted"
 )
-
-
-def open_store(args: argparse.Namespace, prompt: str = "Master password: ") -> Keystore:
-    """Check the home and keystore exist (before prompting), then unlock the keystore."""
-    home = Home.resolve(args.home)
-    if not home.path.is_dir():
-        raise KeystoreError(
-            f"vaultproxy home {home.path} does not exist; run `vaultproxy init --home "
-            f"{home.path}` first (or pass --home / set VAULTPROXY_HOME)"
-        )
-    check_private(home.path, 0o700)
-    if not home.keystore.exists() and not home.keystore.is_symlink():
-        raise KeystoreError(
-            f"no keystore at {home.keystore}; run `vaultproxy init --home {home.path}` first"
-        )
-    password = get_password(args.password_file, prompt=prompt, home=home.path)
-    assert password is not None  # required=True never returns None
-    try:
-        return Keystore.open(home.keystore, password)
-    except WrongPassword as e:
-        raise KeystoreError(f"{e}; {wrong_password_hint(args.password_file)}") from None
-    finally:
-        password.wipe()
 
 
 def read_value(name: str) -> Secret:

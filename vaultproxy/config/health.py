@@ -11,53 +11,41 @@ allow_private = false
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Protocol
 from urllib.parse import urlsplit
 
-HEALTH_KEYS = frozenset({"hibp_url", "ca_cert", "allow_loopback", "allow_private"})
+from pydantic import StrictBool, ValidationInfo, field_validator
+
+from vaultproxy.config.fields import Model, ca_file
+from vaultproxy.config.problems import Problems
 
 
-class Collector(Protocol):
-    def add(self, path: str, message: str) -> None: ...
+class HealthSettings(Model):
+    """``[health]``: the credential-health breach check (vaultproxy/health/)."""
 
-    def rule(self, path: str, check: Callable[..., object], *args: object) -> bool: ...
+    hibp_url: str = ""  # empty: no breach check
+    ca_cert: str | None = None
+    allow_loopback: StrictBool = False
+    allow_private: StrictBool = False
 
+    @field_validator("hibp_url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not url:
+            return url
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise Problems.one("must be an https:// URL") from None
+        if parts.scheme != "https" or not parts.hostname:
+            raise Problems.one("must be an https:// URL (or empty: no breach check)")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise Problems.one("must have no query, fragment or credentials")
+        if port == 0:
+            raise Problems.one("must not use port 0")
+        return url
 
-def _check_url(url: str, c: Collector) -> None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        c.add("health.hibp_url", "must be an https:// URL")
-        return
-    if parts.scheme != "https" or not parts.hostname:
-        c.add("health.hibp_url", "must be an https:// URL (or empty: no breach check)")
-    elif parts.query or parts.fragment or parts.username or parts.password:
-        c.add("health.hibp_url", "must have no query, fragment or credentials")
-    elif port == 0:
-        c.add("health.hibp_url", "must not use port 0")
-
-
-def check_health(raw: object, c: Collector, base_dir: Path | None,
-                 check_ca_file: Callable[[Path], None]) -> None:
-    if not isinstance(raw, Mapping):
-        c.add("health", "must be a table ([health])")
-        return
-    for key in raw:
-        if key not in HEALTH_KEYS:
-            c.add(f"health.{key}", "unknown key")
-    url = raw.get("hibp_url", "")
-    if not isinstance(url, str):
-        c.add("health.hibp_url", "must be a string")
-    elif url:
-        _check_url(url, c)
-    for key in ("allow_loopback", "allow_private"):
-        if key in raw and not isinstance(raw[key], bool):
-            c.add(f"health.{key}", "must be true or false")
-    ca = raw.get("ca_cert")
-    if "ca_cert" in raw and (not isinstance(ca, str) or not ca):
-        c.add("health.ca_cert", "must be a non-empty file name")
-    elif isinstance(ca, str) and base_dir is not None:
-        c.rule("health.ca_cert", check_ca_file, base_dir / ca)
+    @field_validator("ca_cert")
+    @classmethod
+    def _ca_cert(cls, value: str, info: ValidationInfo) -> str:
+        return ca_file(value, info, empty="must be a non-empty file name")

@@ -1,4 +1,4 @@
-"""Load services.toml: tomlkit -> plain data -> every rule -> frozen pydantic models.
+"""Load services.toml: tomlkit -> plain data -> the pydantic models (the one schema).
 
 Any problem raises :class:`ConfigError` whose ``problems`` are ``path: message`` lines
 naming the field and the rule, never the value (a value might be a pasted secret).
@@ -13,11 +13,11 @@ import tomlkit
 from pydantic import ValidationError
 from tomlkit import exceptions as tkx
 
-from vaultproxy.config.models import Config
-from vaultproxy.config.validate import validate
+from vaultproxy.config.models import Config, across
+from vaultproxy.config.problems import FILE, Across, render
 from vaultproxy.errors import ConfigError
 
-FILE = "services.toml"
+SPEC_ORDER = ("name", "hosts", "mode", "auth")  # how SPEC §4 lists a service's keys
 
 # tomlkit messages can quote the offending character or key; ours never do.
 _PARSE_REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -67,25 +67,18 @@ def to_plain(doc: tomlkit.TOMLDocument) -> dict[str, object]:
 
 
 def build(data: Mapping[str, object], base_dir: Path | None) -> Config:
-    """Validate plain data and build the model; every problem in one ConfigError."""
-    problems = validate(data, base_dir)
-    if problems:
-        raise ConfigError(problems)
+    """Validate plain data into the model; every problem in one ConfigError.
+
+    ``base_dir`` (the home) anchors ``ca_cert`` files; None skips the file checks."""
     try:
-        return Config.model_validate(data)
-    except ValidationError as e:  # the rules above should have caught it; render safely
-        raise ConfigError(_render(e)) from None
-
-
-def _render(err: ValidationError) -> list[str]:
-    out = []
-    for item in err.errors(include_url=False, include_input=False, include_context=False):
-        path = ""
-        for part in item["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        msg = item["msg"].removeprefix("Value error, ")
-        out.append(f"{path or FILE}: {msg}")
-    return out
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as e:
+        problems = render(e, order=list(Config.model_fields), key_order=SPEC_ORDER)
+        if not any(isinstance((i.get("ctx") or {}).get("error"), Across) for i in e.errors()):
+            # A table failed, so the model's cross-service rule did not run: run it over
+            # what is valid on its own, so one `check` still lists every problem.
+            problems += [f"{path}: {msg}" for path, msg in across(data.get("service"))]
+        raise ConfigError(problems) from None
 
 
 def parse_config(text: str, base_dir: Path) -> Config:

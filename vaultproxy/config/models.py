@@ -1,18 +1,51 @@
-"""The services.toml schema (SPEC §4). Frozen, extra keys forbidden, inputs never echoed."""
+"""The services.toml schema (SPEC §4): the only one. Frozen, extra keys forbidden, inputs
+never echoed.
+
+Every rule lives on the models: field types, one validator per field (rules.py holds the
+pure checks they call), and :func:`across`, the one validator for rules that span services.
+Validators report with :class:`~vaultproxy.config.problems.Problems`, which
+``problems.render`` turns into ``path: message`` lines. Rules that depend on another field
+read it from ``info.data``, so fields are declared in the order they are checked.
+``ca_cert`` files are checked when the loader passes ``context={"base_dir": home}``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from vaultproxy.config.validate import validate
+from vaultproxy import policy
+from vaultproxy.config import rules
+from vaultproxy.config.fields import (
+    Model,
+    StrList,
+    base_dir,
+    ca_file,
+    choice,
+    rule,
+    ruled,
+    str_list,
+)
+from vaultproxy.config.health import HealthSettings
+from vaultproxy.config.problems import Across, Problems, TypeProblem
+from vaultproxy.config.rules import HostSpec, RuleViolation
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 Mode = Literal["placeholder", "host_inject"]
 AuthType = Literal["bearer", "header", "basic", "query_param"]
 Surface = Literal["auth", "header", "query", "path", "body"]
+Egress = Literal["passthrough", "block"]
+MAX_BODY_MB = (1, 4096)
 
 # What each opt-in surface lets the agent do, for the SECURITY line logged at every start.
 SURFACE_RISKS = {
@@ -22,37 +55,134 @@ SURFACE_RISKS = {
     "body": "the request body (the upstream may store and later show it)",
 }
 
+# auth type -> the keys that belong only to it
+AUTH_KEYS = {"header_name": "header", "prefix": "header", "param_name": "query_param"}
 
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
-
-class Service(_Model):
-    name: str = Field(pattern=NAME_PATTERN)
-    hosts: tuple[str, ...] = Field(min_length=1)
+class Service(Model):
+    # Declared in the order they are checked: a rule may read an earlier field (info.data).
+    name: Annotated[str, ruled(rules.check_name)]
     mode: Mode
     auth: AuthType
-    secret: str | None = None  # keystore entry; None means "same as name" (see secret_name)
-    header_name: str | None = None
+    allow_private: StrictBool = False
+    allow_loopback: StrictBool = False
+    hosts: StrList
+    # validate_default: "is required when auth = ..." must run when the key is absent
+    header_name: str | None = Field(default=None, validate_default=True)
     prefix: str | None = None
-    param_name: str | None = None
+    param_name: str | None = Field(default=None, validate_default=True)
+    # the keystore entry; None means "same as name" (see secret_name)
+    secret: Annotated[str, ruled(rules.check_secret_name)] | None = None
     placeholder: str | None = None  # None means "__vault.<name>__" (see placeholder_text)
     substitute_in: tuple[Surface, ...] = ("auth",)
-    allow_range: bool = False
-    env: str | None = None
+    env: Annotated[str, ruled(rules.check_env)] | None = None
     connect_to: str | None = None
-    allow_private: bool = False
-    allow_loopback: bool = False
     ca_cert: str | None = None
-    insecure_tls: bool = False
+    insecure_tls: StrictBool = False
+    allow_range: StrictBool = False
 
-    @model_validator(mode="after")
-    def _rules(self) -> Service:
-        # The same rules load_config applies, so a Service built in code is held to them too.
-        problems = validate({"service": [_plain(self)]}, base_dir=None)
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> object:
+        return choice(value, get_args(Mode))
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth(cls, value: object) -> object:
+        return choice(value, get_args(AuthType))
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not hosts:
+            raise Problems.one("must list at least one host")
+        problems: list[tuple[str, str]] = []
+        seen: dict[tuple[str, int, bool], int] = {}
+        address = _address(info.data)
+        for j, value in enumerate(hosts):
+            try:
+                spec = rules.parse_host(value)
+            except RuleViolation as e:
+                problems.append((f"[{j}]", str(e)))
+                continue
+            key = (spec.host, spec.port, spec.wildcard)
+            if key in seen:
+                problems.append((f"[{j}]", f"same host and port as hosts[{seen[key]}]"))
+                continue
+            seen[key] = j
+            if spec.is_ip:
+                try:
+                    check_address(spec, address)
+                except RuleViolation as e:
+                    problems.append((f"[{j}]", str(e)))
         if problems:
-            raise ValueError("; ".join(problems))
-        return self
+            raise Problems(problems)
+        return hosts
+
+    @field_validator("header_name", "prefix", "param_name", mode="after")
+    @classmethod
+    def _auth_keys(cls, value: str | None, info: ValidationInfo) -> str | None:
+        field = str(info.field_name)
+        auth, owner = info.data.get("auth"), AUTH_KEYS[field]
+        if value is None:
+            if auth == owner and field != "prefix":
+                raise Problems.one(f'is required when auth = "{owner}"')
+            return None
+        if auth is not None and auth != owner:
+            raise Problems.one(f'only allowed with auth = "{owner}"')
+        check = {"header_name": rules.check_header_name, "prefix": rules.check_prefix,
+                 "param_name": rules.check_param_name}[field]
+        rule(check, value)
+        return value
+
+    @field_validator("placeholder")
+    @classmethod
+    def _placeholder(cls, value: str, info: ValidationInfo) -> str:
+        rule(rules.check_placeholder, value, info.data.get("name"))
+        return value
+
+    @field_validator("substitute_in", mode="before")
+    @classmethod
+    def _surfaces(cls, value: object, info: ValidationInfo) -> object:
+        value = str_list(value)
+        assert isinstance(value, tuple)
+        mode = info.data.get("mode")
+        if mode is not None and mode != "placeholder":
+            raise Problems.one('only allowed with mode = "placeholder"')
+        if not value:
+            raise Problems.one("must list at least one surface")
+        problems, seen = [], set()
+        for j, surface in enumerate(value):
+            if surface not in get_args(Surface):
+                problems.append((f"[{j}]", rules.one_of(get_args(Surface))))
+            elif surface in seen:
+                problems.append((f"[{j}]", "listed twice"))
+            seen.add(surface)
+        if problems:
+            raise Problems(problems)
+        return value
+
+    @field_validator("connect_to")
+    @classmethod
+    def _connect_to(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            spec = rules.parse_host(value, allow_wildcard=False, require_port=True)
+            check_address(spec, _address(info.data))
+        except RuleViolation as e:
+            raise Problems.one(str(e)) from None
+        return value
+
+    @field_validator("ca_cert")
+    @classmethod
+    def _ca_cert(cls, value: str, info: ValidationInfo) -> str:
+        return ca_file(value, info)
+
+    @field_validator("insecure_tls")
+    @classmethod
+    def _insecure(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("ca_cert") is not None:
+            raise Problems.one("cannot be combined with ca_cert (pick one)")
+        return value
 
     @property
     def secret_name(self) -> str:
@@ -60,44 +190,112 @@ class Service(_Model):
 
     @property
     def placeholder_text(self) -> str:
-        return self.placeholder or f"__vault.{self.name}__"
+        return self.placeholder or rules.default_placeholder(self.name)
 
 
-class ProxySettings(_Model):
-    egress: Literal["passthrough", "block"] = "passthrough"
-    passthrough_allow: tuple[str, ...] = ()
-    max_body_mb: int = Field(default=32, ge=1, le=4096)
-    require_agent_auth: bool = False
+def _address(data: Mapping[str, Any]) -> policy.AddressContext:
+    return policy.AddressContext(allow_private=data.get("allow_private") is True,
+                                 allow_loopback=data.get("allow_loopback") is True)
 
 
-class AgentSettings(_Model):
-    extra_ca: tuple[str, ...] = ()  # PEM files (relative to the home) added to ca-bundle.pem
+def check_address(spec: HostSpec, ctx: policy.AddressContext) -> None:
+    """The load-time address policy (SPEC §5) for a configured IP or dialled name."""
+    verdict = policy.check_static(spec.host, spec.port, ctx)
+    if verdict.allowed:
+        return
+    hint = ""
+    if verdict.reason.startswith("loopback") and not ctx.allow_loopback:
+        hint = "; set allow_loopback = true to permit it"
+    elif verdict.reason.startswith(_PRIVATE_REASONS) and not ctx.allow_private:
+        hint = "; set allow_private = true to permit it"
+    raise RuleViolation(
+        f"denied by the address policy: {policy.with_article(verdict.reason)}{hint}"
+    )
 
 
-class HealthSettings(_Model):
-    """``[health]``: the credential-health breach check (config/health.py)."""
-
-    hibp_url: str = ""  # empty: no breach check
-    ca_cert: str | None = None
-    allow_loopback: bool = False
-    allow_private: bool = False
+_PRIVATE_REASONS = ("private", "carrier-grade NAT", "unique-local", "local-use NAT64")
 
 
-class Config(_Model):
+class ProxySettings(Model):
+    egress: Egress = "passthrough"
+    passthrough_allow: StrList = ()
+    max_body_mb: int = 32
+    require_agent_auth: StrictBool = False
+
+    @field_validator("egress", mode="before")
+    @classmethod
+    def _egress(cls, value: object) -> object:
+        return choice(value, get_args(Egress), typed=False)
+
+    @field_validator("passthrough_allow")
+    @classmethod
+    def _allow(cls, entries: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for j, entry in enumerate(entries):
+            try:
+                rules.parse_allow_entry(entry)
+            except RuleViolation as e:
+                problems.append((f"[{j}]", str(e)))
+        if problems:
+            raise Problems(problems)
+        return entries
+
+    @field_validator("max_body_mb", mode="before")
+    @classmethod
+    def _max_body(cls, value: object) -> object:
+        lo, hi = MAX_BODY_MB
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise Problems.one(f"must be a whole number from {lo} to {hi}")
+        return value
+
+
+class AgentSettings(Model):
+    """``[agent]``: what `vaultproxy env`/`exec` give agents. ``extra_ca`` = PEM files
+    (relative to the home) appended to the agents' CA bundle, e.g. a private index's CA."""
+
+    extra_ca: tuple[str, ...] = ()
+
+    @field_validator("extra_ca", mode="before")
+    @classmethod
+    def _extra_ca(cls, value: object, info: ValidationInfo) -> object:
+        try:
+            files = str_list(value)
+        except TypeProblem:
+            raise TypeProblem.one("must be a list of file names") from None
+        assert isinstance(files, tuple)
+        problems, base = [], base_dir(info)
+        for j, name in enumerate(files):
+            if not name:
+                problems.append((f"[{j}]", "must not be empty"))
+            elif base is not None:
+                try:
+                    rules.check_ca_file(base / name)
+                except RuleViolation as e:
+                    problems.append((f"[{j}]", str(e)))
+        if problems:
+            raise Problems(problems)
+        return files
+
+
+def _services(value: object) -> object:
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes) and all(
+        isinstance(s, Mapping | Service) for s in value
+    ):
+        return tuple(value)
+    raise TypeProblem.one("must be an array of tables ([[service]])")
+
+
+class Config(Model):
     proxy: ProxySettings = ProxySettings()
     agent: AgentSettings = AgentSettings()
     health: HealthSettings = HealthSettings()
-    service: tuple[Service, ...] = ()
+    service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
 
     @model_validator(mode="after")
-    def _rules(self) -> Config:
-        # Cross-service rules (unique names, hosts, placeholders, env). ca_cert files are
-        # checked by load_config, which knows the home directory.
-        data = {"proxy": _plain(self.proxy), "agent": _plain(self.agent),
-                "health": _plain(self.health), "service": [_plain(s) for s in self.service]}
-        problems = validate(data, base_dir=None)
+    def _across(self) -> Config:
+        problems = across([s.model_dump(exclude_none=True) for s in self.service])
         if problems:
-            raise ValueError("; ".join(problems))
+            raise Across(problems)
         return self
 
     @property
@@ -105,5 +303,83 @@ class Config(_Model):
         return self.service
 
 
-def _plain(model: BaseModel) -> dict[str, object]:
-    return model.model_dump(exclude_unset=True, exclude_none=True)
+# --- the one rule across services ---------------------------------------------------------
+
+
+def _facts(raw: object) -> dict[str, Any]:
+    """What the cross-service rule needs from one service table, taking only the parts that
+    are valid on their own (so a file with other problems still gets these reported)."""
+    out: dict[str, Any] = {"endpoints": []}
+    if not isinstance(raw, Mapping):
+        return out
+    name = raw.get("name")
+    if isinstance(name, str) and rules.NAME_RE.match(name):
+        out["name"] = name
+    hosts = raw.get("hosts")
+    if isinstance(hosts, Sequence) and not isinstance(hosts, str | bytes):
+        for j, value in enumerate(hosts):
+            try:
+                spec = rules.parse_host(str(value))
+            except RuleViolation:
+                continue
+            key = (spec.host, spec.port, spec.wildcard)
+            if key not in [k for _, k in out["endpoints"]]:
+                out["endpoints"].append((j, key))
+    env = raw.get("env")
+    if isinstance(env, str) and _passes(rules.check_env, env):
+        out["env"] = env
+    placeholder = raw.get("placeholder")
+    if isinstance(placeholder, str):
+        if _passes(rules.check_placeholder, placeholder, out.get("name")):
+            out["placeholder"] = placeholder
+    elif "placeholder" not in raw and "name" in out:
+        out["placeholder"] = rules.default_placeholder(out["name"])
+        out["default_placeholder"] = True
+    return out
+
+
+def _passes(check: Any, *args: Any) -> bool:
+    try:
+        check(*args)
+    except RuleViolation:
+        return False
+    return True
+
+
+def across(services: object) -> list[tuple[str, str]]:
+    """Unique names, host:port, env vars and placeholders (no placeholder inside another)."""
+    if not isinstance(services, Sequence) or isinstance(services, str | bytes):
+        return []
+    problems: list[tuple[str, str]] = []
+    names: dict[str, int] = {}
+    endpoints: dict[tuple[str, int, bool], int] = {}
+    envs: dict[str, int] = {}
+    placeholders: list[tuple[int, str]] = []
+    for i, raw in enumerate(services):
+        f, p = _facts(raw), f"service[{i}]"
+        placeholder = f.get("placeholder")
+        if "name" in f:
+            if f["name"] in names:
+                problems.append((f"{p}.name", f"already used by service[{names[f['name']]}]"))
+                if f.get("default_placeholder"):  # already reported as a duplicate name
+                    placeholder = None
+            names.setdefault(f["name"], i)
+        for j, key in f["endpoints"]:
+            if key in endpoints and endpoints[key] != i:
+                problems.append((f"{p}.hosts[{j}]",
+                                 f"host and port already served by service[{endpoints[key]}]"))
+            endpoints.setdefault(key, i)
+        if "env" in f:
+            if f["env"] in envs:
+                problems.append((f"{p}.env", f"already used by service[{envs[f['env']]}]"))
+            envs.setdefault(f["env"], i)
+        if placeholder is not None:
+            for other, text in placeholders:
+                if text == placeholder:
+                    problems.append((f"{p}.placeholder",
+                                     f"same as the placeholder of service[{other}]"))
+                elif text in placeholder or placeholder in text:
+                    problems.append((f"{p}.placeholder", f"overlaps the placeholder of "
+                                     f"service[{other}] (one contains the other)"))
+            placeholders.append((i, placeholder))
+    return problems

@@ -9,6 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SECRET_RE = NAME_RE
@@ -21,11 +24,6 @@ LOOKUP_RE = re.compile(r"^[a-z0-9_-]+(?:\.[a-z0-9_-]+)*$")
 PORT_RE = re.compile(r"^[0-9]{1,5}$")
 
 DEFAULT_PORT = 443
-MODES = ("placeholder", "host_inject")
-AUTHS = ("bearer", "header", "basic", "query_param")
-SURFACES = ("auth", "header", "query", "path", "body")
-EGRESS = ("passthrough", "block")
-MAX_BODY_MB = (1, 4096)
 
 # Headers that frame or route the request: injecting a credential into them is never meant.
 RESERVED_HEADERS = frozenset({
@@ -46,16 +44,11 @@ class RuleViolation(ValueError):
     """A value broke a rule; the message names the rule and never contains the value."""
 
 
-def _one_of(choices: tuple[str, ...]) -> str:
+def one_of(choices: tuple[str, ...]) -> str:
     quoted = [f'"{c}"' for c in choices]
     if len(quoted) == 2:
         return f"must be {quoted[0]} or {quoted[1]}"
     return f"must be one of {', '.join(quoted[:-1])} or {quoted[-1]}"
-
-
-def check_choice(value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise RuleViolation(_one_of(choices))
 
 
 def check_name(value: str) -> None:
@@ -91,6 +84,20 @@ def check_param_name(value: str) -> None:
 def check_prefix(value: str) -> None:
     if not value or len(value) > 64 or any(not (" " <= c <= "~") for c in value):
         raise RuleViolation("must be 1-64 printable ASCII characters (no control characters)")
+
+
+def check_ca_file(file: Path) -> None:
+    if not file.is_file():
+        raise RuleViolation("file not found (a relative path is resolved against the "
+                            "vaultproxy home)")
+    try:
+        data = file.read_bytes()
+    except OSError:
+        raise RuleViolation("file cannot be read") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise RuleViolation("is not a PEM certificate file") from None
 
 
 def default_placeholder(name: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from vaultproxy.ca import system_ca_file
-from vaultproxy.config.models import HealthSettings
+from vaultproxy.config.health import HealthSettings
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.outbound import UpstreamClients, UpstreamKey

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from vaultproxy.config.models import HealthSettings
+from vaultproxy.config.health import HealthSettings
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.health import hibp, report
 from vaultproxy.home import Home
