@@ -192,3 +192,27 @@ def test_one_proxy_per_home(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(home.claim())  # released with its fd
+
+
+def test_worker_audit_reports_a_health_change_to_the_supervisor(tmp_path: Path) -> None:
+    """A worker whose audit writes fail says so at once (``audit_state``), for /v1/health."""
+
+    async def go() -> list[tuple[dict[str, object], bytearray]]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        _, writer = await asyncio.open_unix_connection(sock=a)
+        reader, _w2 = await asyncio.open_unix_connection(sock=b)
+        audit = WorkerAudit(tmp_path / "not-yet" / "audit.jsonl", writer, loop)
+        assert audit.record(AuditEvent(event="request", outcome="injected")) is False
+        (tmp_path / "not-yet").mkdir()
+        assert audit.record(AuditEvent(event="request", outcome="injected")) is True
+        out = [await read_frame(reader) for _ in range(4)]
+        writer.close()
+        _w2.close()
+        return out
+
+    frames = asyncio.run(go())
+    assert [h["op"] for h, _ in frames] == ["audit", "audit_state", "audit", "audit_state"]
+    down, up = frames[1][0]["audit"], frames[3][0]["audit"]
+    assert down["healthy"] is False and "FileNotFoundError" in down["error"]  # type: ignore[index,operator]
+    assert up["healthy"] is True and up["written"] == 2 and up["failed"] == 1  # type: ignore[index]
