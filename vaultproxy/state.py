@@ -60,7 +60,9 @@ class ProxyState:
         audit: AuditLog | None = None,
     ) -> ProxyState:
         snapshot = Snapshot.build(home, text, own_listeners)
-        return cls(home, snapshot, audit or AuditLog(home.audit), own_listeners=own_listeners)
+        state = cls(home, snapshot, audit or AuditLog(home.audit), own_listeners=own_listeners)
+        state.audit.on_failure = snapshot.registry.config.audit.on_failure
+        return state
 
     # -- change notification (workers) ------------------------------------------------------
     def _changed(self) -> None:
@@ -90,6 +92,7 @@ class ProxyState:
         with self._lock:
             self.snapshot = snapshot
             self.session.forget_redactors()
+        self.audit.on_failure = snapshot.registry.config.audit.on_failure  # [audit]
         self._changed()
         after = len(snapshot.registry.services)
         logger.info("registry reloaded: %d -> %d services", before, after)

@@ -25,6 +25,7 @@ from pydantic import (
 
 from vaultproxy import policy
 from vaultproxy.config import rules
+from vaultproxy.config.audit import AuditSettings
 from vaultproxy.config.fields import (
     Model,
     StrList,
@@ -289,6 +290,7 @@ class Config(Model):
     proxy: ProxySettings = ProxySettings()
     agent: AgentSettings = AgentSettings()
     health: HealthSettings = HealthSettings()
+    audit: AuditSettings = AuditSettings()  # [audit] (config/audit.py)
     service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
 
     @model_validator(mode="after")

@@ -119,6 +119,11 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
                 f"SECURITY: service {s.name} keeps Range requests (allow_range): partial "
                 "responses can slice a reflected secret past the redactor"
             )
+    if state.registry.config.audit.on_failure == "continue":
+        out.append(
+            'SECURITY: [audit] on_failure = "continue": when audit.jsonl cannot be written, '
+            "credentials are still injected and those uses are NOT audited"
+        )
     if state.registry.config.proxy.passthrough_allow:
         out.append(
             "SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses"
