@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -331,6 +332,10 @@ def test_lock_under_load_answers_every_client(tmp_path, slow_upstream, secret, w
         assert proxy.stop() == 0
         got = {str(r["path"]): r["status"] for r in proxy.audit() if r["event"] == "request"}
         assert all(got[path] == status for path, status, _ in bodies), (got, bodies)
+        # The shutdown summary counts every process's records: all the lines in the file.
+        summary = re.search(r"vaultproxy: audit: (\d+) record\(s\) written, 0 write\(s\) "
+                            r"failed, 0 record\(s\) lost", proxy.output())
+        assert summary and int(summary[1]) == len(proxy.audit()), proxy.output()[-500:]
     finally:
         proxy.stop()
 
