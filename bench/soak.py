@@ -26,6 +26,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
+
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -72,6 +74,21 @@ def audited(home: Path, path: str) -> int:
     return audit_counts(home, path)["request"]
 
 
+def audit_metrics(home: Path) -> dict[str, float]:
+    """The proxy's own audit counters (``/metrics``, every process): records written,
+    failed, dropped. Unlike the files, they do not lose what rotation pushed out."""
+    run = json.loads((home / "run.json").read_text())
+    token = (home / "admin-token").read_text().strip()
+    text = httpx.get(run["admin_url"] + "/metrics", headers={"Authorization": f"Bearer {token}"},
+                     timeout=60, trust_env=False).text
+    out = {"written": 0.0, "failed": 0.0, "dropped": 0.0}
+    for line in text.splitlines():
+        for key in out:
+            if line.startswith(f"vaultproxy_audit_records_{key}_total "):
+                out[key] = float(line.split()[-1])
+    return out
+
+
 def soak(nginx: Nginx, home: VaultproxyHome, work: Path, workers: int, seconds: float,
          conns: int) -> dict[str, object]:
     t = Vaultproxy(name=f"soak-{workers}", label="", nginx=nginx, workdir=work)
@@ -82,11 +99,13 @@ def soak(nginx: Nginx, home: VaultproxyHome, work: Path, workers: int, seconds: 
         run_hey(t.base + "/1k", proxy=t.proxy, conns=conns, duration_s=min(10.0, seconds / 6))
         settle(t.pids)
         up0, audit0 = nginx.auth_lines(), audit_counts(home.path, "/auth")
+        m0 = audit_metrics(home.path)
         rss0, fd0 = sample(t.pids)
         t0 = time.monotonic()
         res = run_hey(t.base + "/auth", proxy=t.proxy, conns=conns, duration_s=seconds, timeout_s=30)
         elapsed = time.monotonic() - t0
         settle(t.pids)
+        m1 = audit_metrics(home.path)
         rss1, fd1 = sample(t.pids)
         pids = list(t.pids)
     finally:
@@ -94,14 +113,15 @@ def soak(nginx: Nginx, home: VaultproxyHome, work: Path, workers: int, seconds: 
     upstream = nginx.auth_lines() - up0
     counts = audit_counts(home.path, "/auth")
     counts.subtract(audit0)
-    audit = counts["request"]
+    audit = counts["request"]  # in the files still there (rotation drops the oldest)
+    written = {k: int(m1[k] - m0[k]) for k in m0}
     codes = {k: v for k, v in counts.items() if " " in k and v}
     return {
         "workers": workers, "pids": len(pids), "seconds": round(elapsed, 1),
         "requests": sum(res.statuses.values()), "rps": round(res.rps, 1),
         "statuses": res.statuses, "errors": res.errors[:5],
         "upstream": upstream, "audited": audit, "forwards": counts["forward"],
-        "codes": codes,
+        "codes": codes, "written": written,
         "rss_mib": (round(rss0, 1), round(rss1, 1)), "fds": (fd0, fd1),
     }
 
@@ -126,20 +146,25 @@ def main(argv: list[str] | None = None) -> int:
             nginx.stop()
     load = os.getloadavg()[0]
     print(f"soak: {args.conns} keep-alive connections, {seconds:g} s per worker count, load {load:.1f}")
-    print("| workers | requests | req/s | responses | hey errors | audit by status/code | upstream saw | audited (forward records) | RSS MiB start -> end | fds start -> end |")
+    print("| workers | requests | req/s | responses | hey errors | upstream saw | audit records written (failed, dropped) | in the kept files: request (forward) records, by status/code | RSS MiB start -> end | fds start -> end |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))  # type: ignore[attr-defined]
         errors = "; ".join(r["errors"]) or "0"  # type: ignore[arg-type]
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(r["codes"].items()))  # type: ignore[attr-defined]
+        w = r["written"]
         print(
             f"| {r['workers']} | {r['requests']} | {r['rps']} | {statuses} | {errors} | "
-            f"{codes} | {r['upstream']} | {r['audited']} ({r['forwards']}) | "
+            f"{r['upstream']} | {w['written']} ({w['failed']}, {w['dropped']}) | "  # type: ignore[index]
+            f"{r['audited']} ({r['forwards']}), {codes} | "
             f"{r['rss_mib'][0]} -> {r['rss_mib'][1]} | "  # type: ignore[index]
             f"{r['fds'][0]} -> {r['fds'][1]} |"  # type: ignore[index]
         )
-    bad = [r for r in rows if r["upstream"] != r["audited"] or r["errors"]]
-    print("every upstream request audited, no errors:", "yes" if not bad else "NO")
+    # Each request writes two records: "forward" before it leaves, "request" after.
+    bad = [r for r in rows if r["errors"] or r["written"]["written"] != 2 * r["upstream"]  # type: ignore[index]
+           or r["written"]["failed"] or r["written"]["dropped"]]  # type: ignore[index]
+    print("every upstream request audited (2 records each), no errors:",
+          "yes" if not bad else "NO")
     return 0 if not bad else 1
 
 
