@@ -6,6 +6,7 @@ Paths it serves:
   /big     BIG_BYTES of zeros (the download workload)
   /auth    204; logs the Authorization header it received to auth.log (the injection check)
   /upload  WebDAV PUT: nginx reads the whole body before it answers 201 (the upload workload)
+  /token   an OAuth 2.0 token answer, valid a day (bench/minted.py's token endpoint)
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from pathlib import Path
 import trustme
 
 BIG_BYTES = 100 * 1000 * 1000  # 100 MB (10^6 bytes per MB throughout the bench)
-SERVICE_NAMES = ("ph.bench.test", "hi.bench.test", "squid.bench.test")
+SERVICE_NAMES = ("ph.bench.test", "hi.bench.test", "squid.bench.test", "mt.bench.test")
+
+TOKEN_JSON = (
+    '{"access_token": "vpbench_minted_access_token", "token_type": "Bearer", "expires_in": 86400}'
+)
 
 NGINX_CONF = """\
 daemon off;
@@ -46,6 +51,10 @@ http {{
     ssl_certificate_key {d}/upstream.pem;
     root {d}/www;
     location = /auth {{ access_log {d}/auth.log authlog; return 204; }}
+    location = /token {{
+      default_type application/json;
+      return 200 '{token_json}';
+    }}
     location = /upload {{
       client_max_body_size 1g;
       client_body_buffer_size 1m;
@@ -129,7 +138,8 @@ class Nginx:
                 left -= n
         self.port, self.pt_port = free_port(), free_port()
         conf = d / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(d=d, port=self.port, pt_port=self.pt_port))
+        conf.write_text(NGINX_CONF.format(d=d, port=self.port, pt_port=self.pt_port,
+                                          token_json=TOKEN_JSON))
         self.proc = subprocess.Popen(
             [binary, "-c", str(conf), "-p", str(d), "-e", str(d / "nginx-error.log")],
             stdout=subprocess.DEVNULL,

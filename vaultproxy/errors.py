@@ -56,6 +56,14 @@ class SecretMissing(VaultproxyError):
     status, code, public = 502, "secret_missing", "the secret for this service is missing"
 
 
+class TokenUnavailable(VaultproxyError):
+    """A minted credential (SPEC §4.1) could not be obtained: nothing is forwarded."""
+
+    status, code, public = 502, "token_unavailable", (
+        "vaultproxy could not obtain a token for this service (see the proxy log)"
+    )
+
+
 class UpstreamUnreachable(VaultproxyError):
     status, code, public = 502, "upstream_unreachable", "the upstream could not be reached"
 

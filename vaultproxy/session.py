@@ -1,21 +1,33 @@
 """The session: what is secret and lives only while the proxy is unlocked.
 
 The unlocked keystore, the agents' token hashes read from it, and the per-service response
-redactors built from its secrets (later: token caches). ``lock()`` drops them all and wipes
-the keystore's copy. Nothing here reads services.toml: the caller passes the snapshot's
-services in."""
+redactors built from its secrets and from what was minted (below). ``lock()`` drops them
+all and wipes the keystore's copy. Nothing here reads services.toml: the caller passes the
+snapshot's services in.
+
+Minted credentials (SPEC §4.1): the token cache (mint/cache.py) or a worker's copy of it
+(engine/tokens.py) calls ``add_minted`` with every token, cookie and rotated field it hands
+out, before any request uses it; the service's redactor is rebuilt to redact them too (the
+last ``MINTED_KEPT`` of each service, so a token replaced while a reply is in flight stays
+redacted)."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 from vaultproxy import logfilter
 from vaultproxy.agents import AgentRecord, load_records
 from vaultproxy.config.models import Service
+from vaultproxy.config.signed import PUBLIC_FIELDS
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.redact import Redactor
+from vaultproxy.sync.base import is_ref
+from vaultproxy.sync.cached import cached_entry, ref_of
+
+MINTED_KEPT = 8
 
 
 class Session:
@@ -23,6 +35,8 @@ class Session:
         self.keystore: Keystore | None = None
         self.agents: dict[str, AgentRecord] = {}
         self._redactors: dict[str, Redactor] = {}
+        self._minted: dict[str, deque[bytes]] = {}
+        self._version = 0  # bumped by add_minted: a redactor built before it is not kept
         self._lock = threading.Lock()
 
     @property
@@ -50,6 +64,7 @@ class Session:
             ks, self.keystore = self.keystore, None
             self.agents = {}
             self._redactors.clear()
+            self._minted.clear()
         if ks is not None:
             wipe = getattr(ks, "wipe", None)
             if callable(wipe):
@@ -67,26 +82,44 @@ class Session:
         with self._lock:
             self._redactors.clear()
 
+    def add_minted(self, service: str, secrets: Iterable[bytes]) -> None:
+        """Redact ``secrets`` (a minted token, cookie, rotated field) in ``service``'s
+        responses from now on."""
+        with self._lock:
+            kept = self._minted.setdefault(service, deque(maxlen=MINTED_KEPT))
+            new = [s for s in secrets if len(s) >= 4 and s not in kept]
+            if not new:
+                return
+            kept.extend(new)
+            self._version += 1
+            self._redactors.pop(service, None)
+
     def entry_for(self, service: Service) -> Entry:
         ks = self.keystore
         if ks is None:
             raise LockedError()
+        if is_ref(service.secret_name):  # "SOURCE:PATH#FIELD": the source cache (SPEC §9)
+            return cached_entry(ks, ref_of(service.secret_name), service.name)
         entry = ks.get(service.secret_name)
         if entry is None:
             raise SecretMissing(f"keystore has no entry for service {service.name}")
         return entry
 
     def _secret_pairs(self, service: Service) -> list[tuple[bytes, bytes]]:
-        """(secret, placeholder) for each secret of the service's entry (not ``username``);
+        """(secret, placeholder) for each secret of the service's entry (not ``username``, nor
+        the ids in ``config.signed.PUBLIC_FIELDS``);
         raises LockedError/SecretMissing."""
         entry = self.entry_for(service)
         placeholder = service.placeholder_text.encode()
         pairs: list[tuple[bytes, bytes]] = []
         if entry.value is not None and len(entry.value) >= 4:
             pairs.append((entry.value.reveal(), placeholder))
+        public = PUBLIC_FIELDS.get(service.auth, frozenset())
         for field_name, secret in entry.fields.items():
-            if field_name != "username" and len(secret) >= 4:
+            if field_name != "username" and field_name not in public and len(secret) >= 4:
                 pairs.append((secret.reveal(), placeholder))
+        with self._lock:
+            pairs.extend((s, placeholder) for s in self._minted.get(service.name, ()))
         return pairs
 
     def redactor_for(self, service: Service) -> Redactor | None:
@@ -94,13 +127,15 @@ class Session:
         cached = self._redactors.get(service.name)
         if cached is not None:
             return cached
+        version = self._version
         try:
             pairs = self._secret_pairs(service)
         except (LockedError, SecretMissing):
             return None
         redactor = Redactor(pairs)
         with self._lock:
-            self._redactors[service.name] = redactor
+            if version == self._version:
+                self._redactors[service.name] = redactor
         return redactor
 
     def warm(self, services: Iterable[Service]) -> None:

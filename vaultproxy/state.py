@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vaultproxy.audit import AuditLog
 from vaultproxy.config.load import read_text
@@ -24,6 +25,9 @@ from vaultproxy.registry import Registry
 from vaultproxy.secret import Secret
 from vaultproxy.session import Session
 from vaultproxy.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from vaultproxy.mint.cache import TokenSource
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ class ProxyState:
     generation: int = 0
     on_change: list[Callable[[], None]] = field(default_factory=list)
     barrier: Callable[[], Awaitable[None]] | None = None
+    # Minted credentials (SPEC §4.1): the owner's cache, or a worker's client of it.
+    tokens: TokenSource | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -93,6 +99,8 @@ class ProxyState:
             self.snapshot = snapshot
             self.session.forget_redactors()
         self.audit.on_failure = snapshot.registry.config.audit.on_failure  # [audit]
+        if self.tokens is not None:
+            self.tokens.clear()  # a changed token_url/scope/login takes effect at once
         self._changed()
         after = len(snapshot.registry.services)
         logger.info("registry reloaded: %d -> %d services", before, after)
@@ -133,7 +141,18 @@ class ProxyState:
 
     def lock(self) -> None:
         self.session.lock()
+        if self.tokens is not None:
+            self.tokens.clear()
         self._changed()
+
+    def token_source(self) -> TokenSource:
+        """Where minted tokens come from: this process owns the cache unless a worker's
+        channel client was installed (engine/worker.py)."""
+        if self.tokens is None:
+            from vaultproxy.mint.cache import TokenCache
+
+            self.tokens = TokenCache(self)
+        return self.tokens
 
     def secrets_changed(self) -> None:
         self.session.secrets_changed()

@@ -2,7 +2,8 @@
 wheel): token and AppRole login, versions, a changed value, a bad token, a stopped server, a
 TLS listener with a trustme certificate, and the egress policy on the source's address.
 
-(Only the client for now: `[[source]]` in services.toml and `vaultproxy sync` come next.)
+The client alone; `[[source]]`, `vaultproxy sync` and the proxy serving synced values end to
+end are in test_sources.py (which reuses the ``Bao`` server below).
 """
 
 from __future__ import annotations
@@ -187,6 +188,13 @@ def test_the_egress_policy_applies_to_the_source(bao: Bao) -> None:
     """Without allow_loopback the same dev server is refused before anything is sent."""
     with pytest.raises(SourceError, match="destination denied"):
         _run(lambda c: _source(bao, address=AddressContext()).read(c, Secret(bao.root), "x"))
+
+
+def test_a_path_cannot_climb_out_of_the_mount(bao: Bao) -> None:
+    """``../`` would reach other API paths with the source's token; refused before sending
+    (twin: the same read of a plain path works, above)."""
+    with pytest.raises(SourceError, match="must not hold . or .. segments"):
+        _run(lambda c: _source(bao).read(c, Secret(bao.root), "../../sys/policies/acl/x"))
 
 
 def test_plain_http_only_to_loopback() -> None:

@@ -8,6 +8,10 @@ removes the slot from the file and its backup. Each has its negative twin."""
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,8 @@ import pytest
 
 import tests.canary as canaries
 from tests.harness import swtpm
-from tests.harness.proxy import ProxyHome, ProxyProcess, cli
+from tests.harness.proxy import REPO, ProxyHome, ProxyProcess, cli
+from tests.harness.upstream import free_port
 from vaultproxy.errors import KeystoreError
 from vaultproxy.keystore import KdfParams, Keystore, format, store
 from vaultproxy.secret import Secret
@@ -297,3 +302,46 @@ def test_init_tpm_seals_a_new_keystore(tmp_path: Path, tpm: swtpm.Swtpm) -> None
     assert "sealed its data key to the TPM" in r.stdout
     assert Keystore.has_tpm_slot(home / "keystore.enc")
     assert cli(home, "tpm", "status").returncode == 0
+
+
+# -- the stock-mitmdump path unlocks from the TPM slot as `vaultproxy run` does --------------
+
+def _mitmdump_locked(home: ProxyHome, log: Path) -> bool:
+    """Start `mitmdump -s addons/vaultproxy.py` with no password source; is it locked?"""
+    run_json = home.path / "run.json"
+    run_json.unlink(missing_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mitmdump")), "-s",
+             str(REPO / "addons" / "vaultproxy.py"), "--mode",
+             f"regular@127.0.0.1:{free_port()}", "--set", f"vaultproxy_home={home.path}",
+             "--set", "vaultproxy_admin_listen=127.0.0.1:0"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+        try:
+            deadline = time.monotonic() + 30
+            while not run_json.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            admin = json.loads(run_json.read_text())["admin_url"]
+            r = httpx.get(f"{admin}/v1/health", trust_env=False, timeout=10)
+            return bool(r.json()["locked"])
+        finally:
+            proc.terminate()
+            proc.wait(15)
+
+
+def test_mitmdump_unlocks_from_the_tpm_without_a_password(tmp_path: Path,
+                                                          tpm: swtpm.Swtpm) -> None:
+    home = _home(tmp_path)
+    assert _mitmdump_locked(home, tmp_path / "md1.log")  # twin: no TPM slot -> locked
+    cli(home.path, "tpm", "seal", "--password-file", str(home.password_file))
+    assert not _mitmdump_locked(home, tmp_path / "md2.log")
+
+
+def test_mitmdump_on_another_tpm_starts_locked(tmp_path: Path, tpm: swtpm.Swtpm,
+                                               other_tpm: swtpm.Swtpm,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    home = _home(tmp_path)
+    cli(home.path, "tpm", "seal", "--password-file", str(home.password_file))
+    monkeypatch.setenv("VAULTPROXY_TCTI", other_tpm.tcti)  # "another machine"
+    assert _mitmdump_locked(home, tmp_path / "md.log")

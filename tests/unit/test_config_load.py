@@ -126,11 +126,15 @@ def test_example_services_are_valid_when_uncommented(tmp_path: Path) -> None:
     head, _, tail = EXAMPLE.partition("Uncomment and adapt.")
     lines = [head]
     for line in tail.splitlines():
-        if re.match(r"# (\[\[service\]\]|[a-z_]+ = )", line):
+        if re.match(r"# (\[\[service\]\]|\[\[source\]\]|[a-z_]+ = )", line):
             line = line[2:]
         lines.append(line)
     cfg = ok("\n".join(lines), tmp_path)
-    assert [s.name for s in cfg.services] == ["openai", "anthropic", "maps", "lab-registry"]
+    assert [s.name for s in cfg.services] == [
+        "openai", "anthropic", "maps", "lab-registry", "graph", "npm", "telegram", "s3",
+        "gcs", "github",
+    ]
+    assert [s.name for s in cfg.sources] == ["bao"]
 
 
 def test_defaults() -> None:
@@ -198,8 +202,10 @@ BAD_SERVICES: list[tuple[dict[str, Any], list[str]]] = [
     ({"hosts": ["a.example.com", "a.example.com:443"]},
      ["service[0].hosts[1]: same host and port as hosts[0]"]),
     ({"mode": "inject"}, ['service[0].mode: must be "placeholder" or "host_inject"']),
-    ({"auth": "oauth"}, ['service[0].auth: must be one of "bearer", "header", "basic" '
-                         'or "query_param"']),
+    ({"auth": "oauth"}, ['service[0].auth: must be one of "bearer", "header", "basic", '
+                         '"query_param", "oauth2_refresh", "oauth2_client_credentials", '
+                         '"session", "unifi_dual", "path_prefix", "aws_sigv4", '
+                         '"google_service_account" or "github_app"']),
     ({"auth": "header"}, ['service[0].header_name: is required when auth = "header"']),
     ({"auth": "header", "header_name": "X Api"},
      ["service[0].header_name: must be an HTTP header name (token characters, 1-128 long)"]),

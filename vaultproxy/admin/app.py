@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from vaultproxy import __version__
-from vaultproxy.admin import health_routes, keystore_routes, proxy_route
+from vaultproxy.admin import health_routes, keystore_routes, proxy_route, source_routes
 from vaultproxy.admin.actions import (
     audit_admin,
     refresh_keystore,
@@ -37,6 +37,7 @@ from vaultproxy.audit import metrics
 from vaultproxy.audit import status as audit_status
 from vaultproxy.config.models import Service
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError, error_response
+from vaultproxy.sync.cached import has_secret
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.include_router(health_routes.router, responses=ERRORS)
     app.include_router(keystore_routes.router, responses=ERRORS)
     app.include_router(proxy_route.router, responses=ERRORS)
+    app.include_router(source_routes.router, responses=ERRORS)
     live = ctx.live
     metrics.bind(
         lambda: (s := live.state) is None or s.locked,
@@ -150,9 +152,8 @@ def _router(ctx: AdminContext) -> Any:
     async def services() -> ServicesOut:
         st = ctx.live.require()
         ks = st.session.keystore
-        names = set(ks.names()) if ks is not None else None
         return ServicesOut(services=[
-            _service_out(s, None if names is None else s.secret_name in names)
+            _service_out(s, None if ks is None else has_secret(ks, s.secret_name))
             for s in st.registry.services
         ])
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from vaultproxy.admin.ratelimit import Backoff, TokenBucket
 from vaultproxy.outbound import UpstreamClients
 from vaultproxy.state import Live, ProxyState
+from vaultproxy.sync.run import Syncer
 
 PROXY_RATE = 20.0  # requests per second per caller on POST /proxy
 PROXY_BURST = 60
@@ -24,6 +25,10 @@ class AdminContext:
     unlock_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one KDF at a time
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # keystore edits
     clients: UpstreamClients = field(default_factory=UpstreamClients)
+    sync: Syncer = field(init=False)  # sources: POST /v1/sync and the refresh_seconds loop
+
+    def __post_init__(self) -> None:
+        self.sync = Syncer(self.write_lock)  # keystore writes never interleave with the API's
 
 
 def admin_context(request: Request) -> AdminContext:

@@ -22,13 +22,15 @@ from vaultproxy.admin.models import (
 from vaultproxy.config.models import NAME_PATTERN
 from vaultproxy.errors import KeystoreError, LockedError, VaultproxyError
 from vaultproxy.keystore import Keystore
-from vaultproxy.keystore.entries import check_name
+from vaultproxy.keystore.entries import check_entry_name, check_name
 from vaultproxy.secret import Secret
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-NamePath = Path(pattern=NAME_PATTERN, max_length=64)
+# An entry name, or source.NAME: the credentials of the [[source]] NAME (SPEC §9).
+ENTRY_PATTERN = "^(source\\.)?" + NAME_PATTERN.removeprefix("^")
+NamePath = Path(pattern=ENTRY_PATTERN, max_length=71)
 
 
 class UnlockFailed(VaultproxyError):
@@ -100,7 +102,7 @@ async def list_secrets(request: Request) -> SecretsOut:
 
 
 def _put(ks: Keystore, name: str, body: SecretPut) -> None:
-    check_name(name)
+    check_entry_name(name)
     ks.refresh()  # on top of what the CLI may have written since we unlocked
     for field in body.fields or {}:
         check_name(field, "field name")

@@ -33,7 +33,9 @@ from vaultproxy.errors import (
 )
 from vaultproxy.hostnames import split_authority
 from vaultproxy.inject import STRIP_HEADERS, prepare_request, substitute_request_body
-from vaultproxy.inject.request import auth_slot, canonical_name
+from vaultproxy.inject.minted import credential, is_minted
+from vaultproxy.inject.request import auth_slot, canonical_name, minted_trigger
+from vaultproxy.mint.cache import Issued
 from vaultproxy.outbound import UpstreamKey
 from vaultproxy.placeholders import basic_credentials
 from vaultproxy.redact import Redactor, gate_head, stream_filter
@@ -134,10 +136,10 @@ def decide_request(st: ProxyState, host: str, port: int) -> Decision:
     return decision
 
 
-def build_request(st: ProxyState, plan: Plan, host: str, port: int, req_in: ProxyIn
-                  ) -> tuple[http.Request, bool]:
+def build_request(st: ProxyState, plan: Plan, host: str, port: int, req_in: ProxyIn,
+                  minted: Issued | None = None) -> tuple[http.Request, bool]:
     """The injected request (mitmproxy's type, as the transparent path) and whether a
-    credential went in."""
+    credential went in. ``minted``: the token of a minted service (SPEC §4.1)."""
     service = plan.service
     headers = caller_headers(service, req_in.headers)
     content = _body_bytes(req_in.body, headers)
@@ -151,7 +153,10 @@ def build_request(st: ProxyState, plan: Plan, host: str, port: int, req_in: Prox
     req.data.path = target.encode("ascii")
     req.headers["Host"] = authority
     entry = st.session.entry_for(service)
-    injected = prepare_request(req, service, entry.value, entry.fields, st.snapshot.index).injected
+    secret, fields = entry.value, entry.fields
+    if minted is not None:
+        secret, fields = credential(minted, service.auth)
+    injected = prepare_request(req, service, secret, fields, st.snapshot.index).injected
     if plan.substitute_body and substitute_request_body(req, service, entry, st.snapshot.index):
         injected = True
     limit_accept_encoding(req.headers)
@@ -172,6 +177,7 @@ class _Audit:
         self.st, self.service, self.req_in = st, service, req_in
         self.host: str | None = None
         self.t0 = time.monotonic()
+        self.token: str | None = None  # "minted" / "cached" for a minted service
 
     def ahead(self) -> None:
         """The ``forward`` record before an injected request leaves (stages/ahead.py)."""
@@ -192,6 +198,20 @@ class _Audit:
             method=self.req_in.method, host=self.host, path=self.req_in.path, status=status,
             started=self.t0, outcome=outcome, reason=reason,
         )
+
+
+async def _mint(st: ProxyState, service: Service, req_in: ProxyIn) -> Issued | None:
+    """A minted service's token (host_inject, or a placeholder-marked call); no retry on a
+    401 here: the caller gets it and the token is dropped."""
+    if not is_minted(service):
+        return None
+    if service.mode != "host_inject":
+        mark = service.placeholder_text.encode()
+        fields = [(k.encode("latin-1", "replace"), v.encode("utf-8", "surrogateescape"))
+                  for k, v in req_in.headers.items()]
+        if not minted_trigger(fields, service, mark):
+            return None
+    return await st.token_source().get(service)
 
 
 @router.post("/proxy", responses={
@@ -215,7 +235,9 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
         decision = decide_request(st, host, port)
         if decision.plan is None or decision.dial is None:  # pragma: no cover - a service
             raise UnknownService(f"no service named {req_in.service}")
-        req, injected = build_request(st, decision.plan, host, port, req_in)
+        minted = await _mint(st, service, req_in)
+        audit.token = minted.source if minted is not None else None
+        req, injected = build_request(st, decision.plan, host, port, req_in, minted)
         redactor = st.session.redactor_for(service)
         if redactor is None:
             raise LockedError()
@@ -225,6 +247,8 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
         if injected:
             audit.ahead()
         upstream = await ctx.clients.send(key, to_httpx(req, ip, dial_port))
+        if minted is not None and upstream.status_code == 401:  # the next call mints anew
+            st.token_source().reject(minted.service, minted.gen)
     except VaultproxyError as e:
         status, code, _ = error_response(e)
         audit.record(status, "denied", code)
@@ -262,7 +286,7 @@ async def _relay(upstream: httpx.Response, redactor: Redactor, audit: _Audit,
             return  # the upstream broke off: the agent gets a truncated body, audit says so
         finally:
             audit.record(upstream.status_code, outcome if done else "error",
-                         None if done else "client_or_upstream_aborted")
+                         audit.token if done else "client_or_upstream_aborted")
             await upstream.aclose()
 
     response = StreamingResponse(body(), status_code=upstream.status_code)

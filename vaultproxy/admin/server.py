@@ -133,6 +133,7 @@ class AdminServer:
         self._socks: list[tuple[socket.socket, type[asyncio.Protocol], str]] = []
         self.ctx: AdminContext | None = None
         self._socket_ino: int | None = None
+        self._refresher: asyncio.Task[None] | None = None
 
     def bind(self) -> None:
         """Bind both listeners and write a fresh token (sync, before the proxy serves)."""
@@ -164,6 +165,8 @@ class AdminServer:
                                      uds=self.socket_path if kind == "unix" else None))
             self._servers.append(server)
             self._tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+        # Sources' refresh_seconds: here, because only the supervisor runs an admin API.
+        self._refresher = asyncio.create_task(self.ctx.sync.refresh_loop(self.live))
         for _ in range(200):
             if all(s.started for s in self._servers):
                 return
@@ -177,6 +180,8 @@ class AdminServer:
     def close_listeners(self) -> None:
         """Stop accepting now (sync; safe from a mitmproxy ``done`` hook) and remove our
         socket and token files, not a successor's."""
+        if self._refresher is not None:
+            self._refresher.cancel()  # the sources' refresh_seconds loop
         for server in self._servers:
             server.should_exit = True
             for listener in getattr(server, "servers", []):
@@ -197,8 +202,12 @@ class AdminServer:
         for t in self._tasks:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(t, 8)
+        if self._refresher is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._refresher
         if self.ctx is not None:
             await self.ctx.clients.aclose()
+            await self.ctx.sync.aclose()
 
     def warnings(self) -> list[str]:
         if self.listen is not None and self.listen[0] not in LOOPBACK_HOSTS:

@@ -70,3 +70,16 @@ def record_ahead(
 
 class AheadSink(Protocol):
     def ahead(self, event: AuditEvent) -> bool: ...
+
+
+SYNC_EVENT = "sync"
+
+
+def record_sync(sink: Sink, *, source: str, host: str | None, ok: bool, reason: str) -> None:
+    """One record per sync of an external source (SPEC §9): ``event = "sync"``, the
+    source's host, ``outcome`` ok/failed, and a reason naming the source, counts or the
+    failure (never a value: source errors are built to hold none)."""
+    outcome = "ok" if ok else "failed"
+    metrics.SOURCE_SYNCS.labels(source, outcome).inc()
+    sink.record(metrics.observed(AuditEvent(event=SYNC_EVENT, host=host, outcome=outcome,
+                                            reason=reason)))

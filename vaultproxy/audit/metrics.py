@@ -39,6 +39,10 @@ ADMIN_ACTIONS = Counter(
     "vaultproxy_admin_actions", "Admin API actions by action and result", ["action", "result"],
     registry=REGISTRY,
 )
+SOURCE_SYNCS = Counter(
+    "vaultproxy_source_syncs", "Syncs of external sources by source and result (ok|failed)",
+    ["source", "result"], registry=REGISTRY,
+)
 LOCKED = Gauge("vaultproxy_locked", "1 while the keystore is locked", registry=REGISTRY)
 SERVICES = Gauge("vaultproxy_services", "Services in the loaded registry", registry=REGISTRY)
 

@@ -14,7 +14,7 @@ from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password, wrong_password_hint
 from vaultproxy.config.load import load_config
 from vaultproxy.config.models import Config
-from vaultproxy.config.references import secret_problems
+from vaultproxy.config.references import secret_problems, source_credential_problems
 from vaultproxy.errors import ConfigError, KeystoreError, PermissionProblem
 from vaultproxy.home import Home
 
@@ -50,6 +50,7 @@ def _check_secrets(home: Home, cfg: Config, password_file: str | None) -> tuple[
     finally:
         password.wipe()
     problems = [p.line for p in secret_problems(cfg, ks)]
+    problems += source_credential_problems(cfg, ks)
     return problems, f"{len(cfg.services)} secret reference(s) found in keystore.enc"
 
 

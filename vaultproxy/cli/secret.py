@@ -10,7 +10,7 @@ import sys
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import ask_hidden, open_store
 from vaultproxy.errors import KeystoreError, UsageError
-from vaultproxy.keystore.entries import check_name
+from vaultproxy.keystore.entries import check_entry_name, check_name
 from vaultproxy.secret import Secret
 
 PIPE_IT = (
@@ -38,7 +38,7 @@ def read_value(name: str) -> Secret:
 def _set(args: argparse.Namespace) -> int:
     if args.value:
         raise UsageError(PIPE_IT)
-    check_name(args.name)
+    check_entry_name(args.name)
     if args.field is not None:
         check_name(args.field, "field name")
     store = open_store(args)
@@ -80,7 +80,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    check_name(args.name)
+    check_entry_name(args.name)
     store = open_store(args)
     if not store.remove(args.name):
         raise KeystoreError(f"no secret named {args.name}; `vaultproxy secret list` shows them")
@@ -97,7 +97,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = group.add_parser("set", help="store a value (from stdin or a hidden prompt)",
                          description="Store a secret. The value is read from stdin (one "
                          "trailing newline removed) or a hidden prompt, never from argv.")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="entry name; source.NAME holds the "
+                   "credentials of the [[source]] NAME (e.g. source.bao --field token)")
     p.add_argument("--field", metavar="FIELD", help="store a named field (e.g. username)")
     p.add_argument("value", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(func=_set)

@@ -79,15 +79,9 @@ def _status(args: argparse.Namespace) -> int:
 def try_unlock(home: Home) -> Keystore | None:
     """For `run`: the keystore opened by its TPM slot, or None (no slot, or the TPM would
     not unseal it: the reason is logged and the caller falls back to the password)."""
-    try:
-        if not Keystore.has_tpm_slot(home.keystore):
-            return None
-        store = Keystore.open_tpm(home.keystore)
-    except KeystoreError as e:  # TpmError included
-        logger.warning("TPM unlock failed: %s", e)
-        return None
-    logger.info("keystore unlocked with its TPM slot (TPM at %s)", tpm.tcti())
-    return store
+    from vaultproxy.keystore.tpm_unlock import try_unlock as unlock
+
+    return unlock(home.keystore)
 
 
 def seal_new(home: Home, password: Secret) -> None:

@@ -80,4 +80,71 @@ require_agent_auth = false
 # ca_cert = "lab-ca.pem"           # extra trust anchor, relative to the vaultproxy home
 # insecure_tls = false             # skip upstream TLS verification (SECURITY warning;
 #                                  # cannot be combined with ca_cert)
+
+# Minted credentials (SPEC §4.1, docs/operator/SERVICES.md): vaultproxy obtains and renews
+# the token itself; the agent never sees it, nor the refresh token or password behind it.
+#
+# [[service]]
+# name = "graph"
+# hosts = ["graph.example.com"]
+# mode = "host_inject"
+# auth = "oauth2_refresh"          # or "oauth2_client_credentials", "session", "unifi_dual"
+# token_url = "https://login.example.com/oauth2/token"  # oauth2_*: https URL or "/path"
+# scope = "offline_access read"    # oauth2_*
+# client_auth = "basic"            # oauth2_*: "basic" | "post" (default: basic with a secret)
+# # audience = "https://api.example.com"   # oauth2_client_credentials only
+# # token_params = { resource = "urn:x" }  # oauth2_client_credentials only: extra form fields
+# #   keystore, a field each: vaultproxy secret set graph --field client_id (refresh_token)
+#
+# [[service]]
+# name = "npm"
+# hosts = ["npm.lab.internal"]
+# mode = "host_inject"
+# auth = "session"                 # keystore fields "username" and "password"
+# login_url = "/api/tokens"        # session/unifi_dual: a path or URL on the service's host
+# login_body = '{"identity": "{username}", "secret": "{password}"}'   # session: JSON
+# token_field = "token"            # session: dotted path of the token in the login answer
+# session_cookie = false           # session: send the login's cookies instead of a token
+# token_header = "Authorization: Bearer"   # session: "Name: Prefix" the token goes in
+# allow_private = true
+
+# Secrets can also come from OpenBao / HashiCorp Vault (KV v2) or Bitwarden / Vaultwarden,
+# synced into the keystore by `vaultproxy sync` (docs/operator/SOURCES.md):
+#
+# [[source]]
+# name = "bao"                     # a service then says: secret = "bao:team/openai#api_key"
+# kind = "openbao"                 # "openbao" | "vault" | "bitwarden"
+# url = "https://bao.internal:8200"
+# auth = "token"                   # its credentials: vaultproxy secret set source.bao --field token
+# refresh_seconds = 300            # 0 = only on `vaultproxy sync`
+#
+# Tokens in the path, AWS signatures, Google and GitHub App keys (SERVICES.md):
+# [[service]]
+# name = "telegram"
+# hosts = ["api.telegram.org"]
+# mode = "host_inject"
+# auth = "path_prefix"
+# path_prefix = "/bot{secret}"     # the agent's /getMe goes out as /bot<secret>/getMe
+#
+# [[service]]
+# name = "s3"
+# hosts = ["s3.amazonaws.com", "s3.us-east-1.amazonaws.com", "*.s3.us-east-1.amazonaws.com"]
+# mode = "host_inject"
+# auth = "aws_sigv4"               # fields access_key_id, secret_access_key (session_token)
+# region = "us-east-1"
+# aws_service = "s3"               # the signing name: "s3", "sts", "execute-api", ...
+#
+# [[service]]
+# name = "gcs"
+# hosts = ["storage.googleapis.com"]
+# mode = "host_inject"
+# auth = "google_service_account"  # field json = the key file
+# scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+#
+# [[service]]
+# name = "github"
+# hosts = ["api.github.com"]
+# mode = "host_inject"
+# auth = "github_app"              # fields app_id, private_key, installation_id
+# api_url = "https://api.github.com"  # the default; GitHub Enterprise: https://HOST/api/v3
 '''

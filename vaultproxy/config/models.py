@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from vaultproxy import policy
-from vaultproxy.config import rules
+from vaultproxy.config import minted, rules, signed
 from vaultproxy.config.audit import AuditSettings
 from vaultproxy.config.fields import (
     Model,
@@ -39,11 +39,17 @@ from vaultproxy.config.fields import (
 from vaultproxy.config.health import HealthSettings
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
+from vaultproxy.config.sources import SourceConfig, check_secret, source_problems
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 Mode = Literal["placeholder", "host_inject"]
-AuthType = Literal["bearer", "header", "basic", "query_param"]
+AuthType = Literal[
+    "bearer", "header", "basic", "query_param",
+    # minted (SPEC §4.1; their keys: config/minted.py)
+    "oauth2_refresh", "oauth2_client_credentials", "session", "unifi_dual",
+    "path_prefix", "aws_sigv4", "google_service_account", "github_app",  # SPEC §4.1 (signed.py)
+]
 Surface = Literal["auth", "header", "query", "path", "body"]
 Egress = Literal["passthrough", "block"]
 MAX_BODY_MB = (1, 4096)
@@ -72,8 +78,8 @@ class Service(Model):
     header_name: str | None = Field(default=None, validate_default=True)
     prefix: str | None = None
     param_name: str | None = Field(default=None, validate_default=True)
-    # the keystore entry; None means "same as name" (see secret_name)
-    secret: Annotated[str, ruled(rules.check_secret_name)] | None = None
+    # the keystore entry, or "SOURCE:PATH#FIELD" (config/sources.py); None: same as name
+    secret: Annotated[str, ruled(check_secret)] | None = None
     placeholder: str | None = None  # None means "__vault.<name>__" (see placeholder_text)
     substitute_in: tuple[Surface, ...] = ("auth",)
     env: Annotated[str, ruled(rules.check_env)] | None = None
@@ -81,6 +87,25 @@ class Service(Model):
     ca_cert: str | None = None
     insecure_tls: StrictBool = False
     allow_range: StrictBool = False
+    # -- minted credentials (SPEC §4.1): every key checked by config/minted.py ---------------
+    token_url: str | None = Field(default=None, validate_default=True)
+    scope: str | None = None
+    audience: str | None = None
+    token_params: Annotated[
+        tuple[tuple[str, str], ...] | None, BeforeValidator(minted.token_params)
+    ] = None
+    client_auth: str | None = None
+    login_url: str | None = Field(default=None, validate_default=True)
+    login_body: str | None = None
+    session_cookie: StrictBool = False
+    token_field: str | None = None
+    token_header: str | None = None
+    # --- path_prefix / aws_sigv4 / google_service_account / github_app (config/signed.py) ---
+    path_prefix: str | None = Field(default=None, validate_default=True)
+    region: str | None = Field(default=None, validate_default=True)
+    aws_service: str | None = Field(default=None, validate_default=True)
+    scopes: StrList | None = Field(default=None, validate_default=True)
+    api_url: str | None = None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -89,8 +114,10 @@ class Service(Model):
 
     @field_validator("auth", mode="before")
     @classmethod
-    def _auth(cls, value: object) -> object:
-        return choice(value, get_args(AuthType))
+    def _auth(cls, value: object, info: ValidationInfo) -> object:
+        value = choice(value, get_args(AuthType))
+        signed.check_auth(str(value), info.data.get("mode"))
+        return value
 
     @field_validator("hosts")
     @classmethod
@@ -185,6 +212,22 @@ class Service(Model):
             raise Problems.one("cannot be combined with ca_cert (pick one)")
         return value
 
+    @field_validator(*minted.KEY_OWNERS)
+    @classmethod
+    def _minted_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        return minted.check_key(str(info.field_name), value, info.data, _address(info.data))
+
+    @model_validator(mode="after")
+    def _minted_surfaces(self) -> Service:
+        problem = minted.substitute_problem(self.auth, self.substitute_in)
+        if problem is not None:
+            raise Problems.one(problem, ".substitute_in")
+        return self
+    @field_validator("path_prefix", "region", "aws_service", "scopes", "api_url", mode="after")
+    @classmethod
+    def _signed_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        return signed.check_key(str(info.field_name), value, info.data)
+
     @property
     def secret_name(self) -> str:
         return self.secret or self.name
@@ -278,6 +321,14 @@ class AgentSettings(Model):
         return files
 
 
+def _sources(value: object) -> object:
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes) and all(
+        isinstance(s, Mapping | SourceConfig) for s in value
+    ):
+        return tuple(value)
+    raise TypeProblem.one("must be an array of tables ([[source]])")
+
+
 def _services(value: object) -> object:
     if isinstance(value, Sequence) and not isinstance(value, str | bytes) and all(
         isinstance(s, Mapping | Service) for s in value
@@ -292,10 +343,12 @@ class Config(Model):
     health: HealthSettings = HealthSettings()
     audit: AuditSettings = AuditSettings()  # [audit] (config/audit.py)
     service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
+    source: Annotated[tuple[SourceConfig, ...], BeforeValidator(_sources)] = ()  # SPEC §9
 
     @model_validator(mode="after")
     def _across(self) -> Config:
-        problems = across([s.model_dump(exclude_none=True) for s in self.service])
+        services = [s.model_dump(exclude_none=True) for s in self.service]
+        problems = across(services) + source_problems(self.source, services)
         if problems:
             raise Across(problems)
         return self
@@ -303,6 +356,10 @@ class Config(Model):
     @property
     def services(self) -> tuple[Service, ...]:
         return self.service
+
+    @property
+    def sources(self) -> tuple[SourceConfig, ...]:
+        return self.source
 
 
 # --- the one rule across services ---------------------------------------------------------

@@ -11,6 +11,9 @@ again after any change), ``ping`` (answered by ``pong`` once everything before i
 Worker -> supervisor: ``ready``, ``pong`` (with the worker's audit counters), ``audit``
 (payload: one JSON line the worker already wrote to ``audit.jsonl``, for ``/metrics``),
 ``audit_state`` (its audit counters, when its audit health changes and at exit).
+Worker -> supervisor: ``ready``, ``pong``, ``audit`` (payload: one JSON line).
+Minted tokens (engine/tokens.py): worker -> supervisor ``mint``, answered by ``minted``
+(payload: the token and its headers).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from vaultproxy.engine import nodump, stale
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
+from vaultproxy.keystore.tpm_unlock import try_unlock
 from vaultproxy.password_file import read_file
 from vaultproxy.seam import defences
 from vaultproxy.stages import Gate, Runtime, chain
@@ -111,14 +112,18 @@ class Bootstrap:
         confdir = materialize_mitm_confdir(home)
         state = ProxyState.load(home)
         source = ctx.options.vaultproxy_password_file or os.environ.get("VAULTPROXY_PASSWORD_FILE")
-        if source:
+        sealed = try_unlock(home.keystore)  # a TPM slot this TPM unseals: as `vaultproxy run`
+        if sealed is not None or source:
             from vaultproxy.admin.actions import warn_missing_secrets
 
-            password = read_file(source, home.path)
-            try:
-                state.unlock_sync(password)
-            finally:
-                password.wipe()
+            if sealed is not None:
+                state.install_keystore(sealed)
+            elif source:
+                password = read_file(source, home.path)
+                try:
+                    state.unlock_sync(password)
+                finally:
+                    password.wipe()
             warn_missing_secrets(state)
         listen = set()
         for spec in ctx.options.mode:

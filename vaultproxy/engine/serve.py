@@ -25,6 +25,7 @@ from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import reuseport as seam_reuseport
 from vaultproxy.state import Live, ProxyState
+from vaultproxy.sync.run import source_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
             'SECURITY: [audit] on_failure = "continue": when audit.jsonl cannot be written, '
             "credentials are still injected and those uses are NOT audited"
         )
+    out.extend(source_warnings(state.registry.config))
     if state.registry.config.proxy.passthrough_allow:
         out.append(
             "SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses"

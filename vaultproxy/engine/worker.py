@@ -25,6 +25,7 @@ from vaultproxy import logfilter
 from vaultproxy.engine import nodump
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
+from vaultproxy.engine.tokens import RemoteTokens, deliver
 from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
@@ -67,6 +68,9 @@ async def _follow(
             op = header["op"]
             if op == "state":
                 apply_state(state, header, payload)
+            elif op == "minted":  # the supervisor's answer to our "mint" (engine/tokens.py)
+                deliver(state, header, payload)
+                continue
             elif op == "stop":
                 return "stop"
             elif op == "serve" and serving is not None:
@@ -112,6 +116,7 @@ async def run(fd: int) -> int:
     home = Home(Path(header["home"]))
     audit = WorkerAudit(home.audit, writer, loop)
     state = ProxyState.from_text(home, header["config"], audit=audit)
+    state.tokens = RemoteTokens(state, writer.write)  # the supervisor owns minted tokens
     apply_state(state, header, payload)
     live = Live(state)
     seam_reuseport.enable()

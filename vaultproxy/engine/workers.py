@@ -45,6 +45,7 @@ from typing import Any
 
 from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
+from vaultproxy.engine.tokens import spawn_serve
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.keystore.crypto import wipe
 from vaultproxy.state import ProxyState
@@ -275,6 +276,8 @@ class Supervisor:
                 op = header["op"]
                 if op == "audit":
                     self._audit(payload)
+                elif op == "mint":  # a minted token (engine/tokens.py): the supervisor owns them
+                    spawn_serve(self.state, w.send, header)
                 elif op == "audit_state" or op == "pong":
                     if isinstance(header.get("audit"), dict):
                         w.audit = header["audit"]

@@ -76,6 +76,12 @@ def secret_values(ks: Keystore) -> Iterator[tuple[str, str | None, Secret]]:
         for fname in sorted(entry.fields):
             if fname not in NOT_SECRET_FIELDS:
                 yield name, fname, entry.fields[fname]
+    for source in ks.source_names():  # values synced from external sources: "SOURCE:PATH"
+        cache = ks.source_cache(source)
+        for key, item in sorted(cache.items.items()) if cache is not None else ():
+            for fname in sorted(item.fields):
+                if fname not in NOT_SECRET_FIELDS and fname not in item.totp:
+                    yield f"{source}:{key}", fname, item.fields[fname]
 
 
 def build(values: Iterable[tuple[str, str | None, Secret]]) -> tuple[Report, dict[str, Secret]]:

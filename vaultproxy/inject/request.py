@@ -39,9 +39,12 @@ from vaultproxy.inject.basic import Basic
 from vaultproxy.inject.bearer import Bearer
 from vaultproxy.inject.body import substitute_body
 from vaultproxy.inject.header import Header
+from vaultproxy.inject.minted import MintedCredential, is_minted, trigger_header
+from vaultproxy.inject.path_prefix import PathPrefix
 from vaultproxy.inject.query import drop_params, map_param_values
 from vaultproxy.inject.query_param import QueryParam
-from vaultproxy.inject.strategy import Draft, Strategy, header_safe
+from vaultproxy.inject.sigv4 import SigV4
+from vaultproxy.inject.strategy import Draft, HeaderFields, Strategy, header_safe
 from vaultproxy.keystore import Entry
 from vaultproxy.placeholders import PlaceholderIndex, basic_credentials, substitute
 from vaultproxy.secret import Secret
@@ -50,7 +53,7 @@ STRIP_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-plex-to
 _ALWAYS_STRIP = frozenset({b"proxy-authorization"})
 
 STRATEGIES: Mapping[str, Strategy] = {
-    s.auth: s for s in (Bearer(), Header(), Basic(), QueryParam())
+    s.auth: s for s in (Bearer(), Header(), Basic(), QueryParam(), PathPrefix(), SigV4())
 }
 
 
@@ -63,8 +66,16 @@ class InjectResult:
     stripped: tuple[str, ...] = ()  # lower-case header names (and "query:<param>") removed
 
 
+_MINTED = MintedCredential()
+
+
 def strategy_for(service: Service) -> Strategy:
-    return STRATEGIES[service.auth]
+    found = STRATEGIES.get(service.auth)
+    if found is None and is_minted(service):
+        return _MINTED
+    if found is None:
+        raise KeyError(service.auth)
+    return found
 
 
 def placeholder_secret(
@@ -88,7 +99,18 @@ def auth_slot(service: Service) -> bytes | None:
         return b"authorization"
     if service.auth == "header" and service.header_name:
         return canonical_name(service.header_name.encode("ascii"))
+    if is_minted(service):
+        return trigger_header(service)
     return None
+
+
+def minted_trigger(headers: HeaderFields, service: Service, placeholder: bytes) -> bool:
+    """Placeholder mode of a minted type: does the agent's trigger header carry the
+    placeholder (inject/minted.py)? Then the request is injected as host_inject would be."""
+    slot = trigger_header(service)
+    return any(canonical_name(k) == slot and placeholder in v for k, v in headers)
+
+
 _strip_cache: dict[str, frozenset[bytes]] = {}
 
 
@@ -121,7 +143,10 @@ def prepare_request(
     index.scan(query, service.name)
 
     draft = Draft(headers=headers, path=path, query=query if sep else None)
-    if service.mode == "host_inject":
+    if service.mode == "host_inject" or (
+        is_minted(service)
+        and minted_trigger(headers, service, index.placeholder_of(service.name))
+    ):
         result = _host_inject(draft, service, value, fields)
     else:
         result = _placeholder(draft, service, value, fields, index)

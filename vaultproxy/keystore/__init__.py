@@ -6,6 +6,7 @@ File format: docs/operator/KEYSTORE.md. Public API::
     ks.names() / ks.get(name) / ks.set_value(name, v) / ks.set_field(name, f, v)
     ks.remove(name) / ks.save() / ks.change_password(new)
     ks.set_internal("agent:NAME", v) / ks.get_internal(...) / ks.internal_names("agent:")
+    ks.source_cache(SOURCE) / ks.synced_item(SOURCE, KEY) / ks.put_source_cache(SOURCE, c)
 """
 
 from __future__ import annotations

@@ -4,9 +4,13 @@ Plaintext (only ever inside the AES-GCM body)::
 
     {"format": 1,
      "entries":  {NAME: {"value": B64 | null, "fields": {FIELD: B64}, "created": T, "updated": T}},
-     "internal": {"ns:NAME": {"value": B64, "fields": {}, "created": T, "updated": T}}}
+     "internal": {"ns:NAME": {"value": B64, "fields": {}, "created": T, "updated": T}},
+     "synced":   {SOURCE: ...}}
 
-B64 is standard base64 with padding; T is a Unix timestamp (float seconds).
+B64 is standard base64 with padding; T is a Unix timestamp (float seconds). ``synced`` (values
+cached from external sources, keystore/synced.py) is absent in files written before sources
+existed. Entry names are NAME, or ``source.NAME``: the reserved namespace holding the
+credentials of the ``[[source]]`` called NAME (SPEC §9).
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vaultproxy.errors import KeystoreError, UsageError
+from vaultproxy.keystore import synced
+from vaultproxy.keystore.synced import SourceCache
 from vaultproxy.secret import Secret
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# "source.bao": the credentials vaultproxy logs in to the [[source]] "bao" with.
+SOURCE_ENTRY_RE = re.compile(r"source\.[a-z0-9][a-z0-9_-]{0,63}")
 # Internal entries (e.g. "agent:ci-bot" for agent-token hashes) live in their own namespace,
 # never listed by names() and never reachable through the public get/set methods.
 INTERNAL_RE = re.compile(r"[a-z][a-z0-9]{0,15}:[a-z0-9][a-z0-9_-]{0,63}")
@@ -55,6 +63,16 @@ def check_name(name: str, what: str = "entry name") -> None:
         )
 
 
+def check_entry_name(name: str) -> None:
+    """An entry name: NAME, or ``source.NAME`` (a source's own credentials)."""
+    if not isinstance(name, str) or not (NAME_RE.fullmatch(name)
+                                         or SOURCE_ENTRY_RE.fullmatch(name)):
+        raise UsageError(
+            f"invalid entry name {name!r}: use 1-64 of a-z 0-9 _ -, starting with a letter or "
+            "digit (or source.NAME for the credentials of the [[source]] NAME)"
+        )
+
+
 def check_internal_name(name: str) -> None:
     if not isinstance(name, str) or not INTERNAL_RE.fullmatch(name):
         raise UsageError(f"invalid internal entry name {name!r}: use NAMESPACE:NAME")
@@ -73,13 +91,28 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
     }
 
 
-def encode(entries: dict[str, Entry], internal: dict[str, Entry]) -> bytearray:
+@dataclass(eq=False)
+class Body:
+    """The decrypted keystore body: entries, internal entries, synced source caches."""
+
+    entries: dict[str, Entry]
+    internal: dict[str, Entry]
+    synced: dict[str, SourceCache] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"Body(entries={sorted(self.entries)!r}, internal={len(self.internal)}, "
+                f"synced={sorted(self.synced)!r})")
+
+
+def encode(body: Body) -> bytearray:
     """The plaintext body as UTF-8 JSON bytes (caller wipes the returned buffer)."""
-    doc = {
+    doc: dict[str, Any] = {
         "format": PLAINTEXT_FORMAT,
-        "entries": {n: _entry_json(e) for n, e in sorted(entries.items())},
-        "internal": {n: _entry_json(e) for n, e in sorted(internal.items())},
+        "entries": {n: _entry_json(e) for n, e in sorted(body.entries.items())},
+        "internal": {n: _entry_json(e) for n, e in sorted(body.internal.items())},
     }
+    if body.synced:
+        doc["synced"] = synced.encode(body.synced)
     return bytearray(json.dumps(doc, separators=(",", ":")).encode("utf-8"))
 
 
@@ -108,7 +141,7 @@ def _entry(name: str, raw: object) -> Entry:
     )
 
 
-def decode(plain: bytes | bytearray) -> tuple[dict[str, Entry], dict[str, Entry]]:
+def decode(plain: bytes | bytearray) -> Body:
     """Parse the decrypted body; a malformed body is a KeystoreError that quotes nothing."""
     try:
         doc = json.loads(bytes(plain))
@@ -119,8 +152,9 @@ def decode(plain: bytes | bytearray) -> tuple[dict[str, Entry], dict[str, Entry]
             raise ValueError("entries is not an object")
         entries = {str(n): _entry(str(n), e) for n, e in entries_raw.items()}
         internal = {str(n): _entry(str(n), e) for n, e in internal_raw.items()}
+        caches = synced.decode(doc.get("synced"))
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise KeystoreError(
             "keystore contents are unreadable after decryption; restore keystore.enc.bak"
         ) from None
-    return entries, internal
+    return Body(entries, internal, caches)

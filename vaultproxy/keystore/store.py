@@ -18,8 +18,9 @@ from vaultproxy.errors import KeystoreError
 from vaultproxy.home import check_private
 from vaultproxy.keystore import atomic, entries, format
 from vaultproxy.keystore.crypto import OpenFailed, derive_key, seal, unseal, wipe
-from vaultproxy.keystore.entries import Entry
+from vaultproxy.keystore.entries import Body, Entry
 from vaultproxy.keystore.format import DEFAULT_KDF, Header, KdfParams, Slot
+from vaultproxy.keystore.synced import SourceCache, SyncedItem
 from vaultproxy.secret import Secret
 
 # Every save raises weaker KDF parameters to at least these. Tests that must stay fast
@@ -52,13 +53,12 @@ class Keystore:
     clock: Callable[[], float] = staticmethod(time.time)
 
     def __init__(self, path: Path, header: Header, slots: tuple[Slot, ...], dek: bytearray,
-                 found: tuple[dict[str, Entry], dict[str, Entry]], disk: bytes | None,
-                 password: Secret | None) -> None:
+                 found: Body, disk: bytes | None, password: Secret | None) -> None:
         self.path = Path(path)
         self._header = header
         self._slots = slots
         self._dek = dek
-        self._entries, self._internal = found
+        self._entries, self._internal, self._synced = found.entries, found.internal, found.synced
         self._disk = disk  # SHA-256 of the file as we last read or wrote it
         # Kept only while the KDF parameters are below the floor, to upgrade on save.
         self._password = password
@@ -77,7 +77,7 @@ class Keystore:
         dek = bytearray(secrets.token_bytes(format.KEY_LEN))
         header, slots = _wrap(password, dek, kdf)
         keep = Secret(password.reveal()) if kdf.raised_to(KDF_FLOOR) != kdf else None
-        store = cls(path, header, slots, dek, ({}, {}), None, keep)
+        store = cls(path, header, slots, dek, Body({}, {}), None, keep)
         store._write(header, slots)  # as asked; a later save() raises weak parameters
         return store
 
@@ -221,12 +221,15 @@ class Keystore:
             self._password.wipe()  # the password may have changed: never re-wrap under it
             self._password = None
         self._header, self._slots, self._disk = parsed.header, parsed.slots, digest
-        self._entries, self._internal = found
+        self._entries, self._internal, self._synced = found.entries, found.internal, found.synced
         return True
 
     def plaintext(self) -> bytearray:
         """The decrypted entries, encoded as in the file body (caller wipes the buffer)."""
-        return entries.encode(self._entries, self._internal)
+        return entries.encode(self._body())
+
+    def _body(self) -> Body:
+        return Body(self._entries, self._internal, self._synced)
 
     # -- entries (in memory until save) ----------------------------------------------------
 
@@ -246,11 +249,11 @@ class Keystore:
         return entry
 
     def set_value(self, name: str, value: Secret) -> None:
-        entries.check_name(name)
+        entries.check_entry_name(name)
         self._touch(self._entries, name).value = Secret(value.reveal())
 
     def set_field(self, name: str, field: str, value: Secret) -> None:
-        entries.check_name(name)
+        entries.check_entry_name(name)
         entries.check_name(field, "field name")
         self._touch(self._entries, name).fields[field] = Secret(value.reveal())
 
@@ -272,6 +275,27 @@ class Keystore:
 
     def remove_internal(self, name: str) -> bool:
         return self._internal.pop(name, None) is not None
+
+    # -- values cached from external sources (keystore/synced.py, SPEC §9) ----------------
+
+    def source_names(self) -> list[str]:
+        return sorted(self._synced)
+
+    def source_cache(self, source: str) -> SourceCache | None:
+        """A copy of what is cached for ``source`` (its items are shared, not copied)."""
+        cache = self._synced.get(source)
+        return cache.copy() if cache is not None else None
+
+    def synced_item(self, source: str, key: str) -> SyncedItem | None:
+        cache = self._synced.get(source)
+        return cache.items.get(key) if cache is not None else None
+
+    def put_source_cache(self, source: str, cache: SourceCache) -> None:
+        """Replace what is cached for ``source`` (in memory until ``save``)."""
+        self._synced[source] = cache
+
+    def remove_source_cache(self, source: str) -> bool:
+        return self._synced.pop(source, None) is not None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -363,7 +387,7 @@ class Keystore:
 
     def _write(self, header: Header, slots: tuple[Slot, ...], backup_old: bool = True) -> None:
         header_bytes = header.pack()
-        plain = entries.encode(self._entries, self._internal)
+        plain = entries.encode(self._body())
         try:
             body = seal(self._dek, plain, header_bytes)
         finally:

@@ -34,6 +34,9 @@ class MintContext:
     service: Service
     fields: Mapping[str, Secret]  # the keystore entry's fields (value under "value")
     post: Post
+    # The token this mint replaces (expired, or refused by the upstream with a 401), if any.
+    # A minter may use it to choose its next step (unifi_dual: API key first, then a session).
+    previous: Minted | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,20 @@ class Minted:
     expires_at: float | None  # epoch seconds; None: the endpoint did not say
     # Keystore fields to persist before the token is used (a rotated refresh token).
     write_back: Mapping[str, Secret] | None = None
+    # The headers to set, when not just ``header(token)`` of the type's registration (a
+    # session cookie plus a CSRF token, a per-service header name). Every value is a secret.
+    headers: tuple[tuple[str, Secret], ...] = ()
+
+    def __repr__(self) -> str:
+        names = [n for n, _ in self.headers]
+        return f"Minted(expires_at={self.expires_at!r}, headers={names!r})"
+
+    def secrets(self) -> list[bytes]:
+        """Every secret byte string this mint produced (for the response redactor)."""
+        out = [self.token.reveal()]
+        out += [v.reveal() for _, v in self.headers]
+        out += [v.reveal() for v in (self.write_back or {}).values()]
+        return [s for s in out if len(s) >= 4]
 
 
 class MintFailed(Exception):
@@ -60,6 +77,14 @@ class MintFailed(Exception):
 Minter = Callable[[MintContext], Awaitable[Minted]]
 # How a token goes on the request: (header name, value bytes) from the token bytes.
 HeaderFor = Callable[[bytes], tuple[str, bytes]]
+
+
+# The keystore fields each minted type needs (``vaultproxy check`` reports a missing one).
+NEEDS: dict[str, tuple[str, ...]] = {}
+
+# The header the agent marks a placeholder-mode request with (SPEC §4.1, SERVICES.md), per
+# type where it is not Authorization.
+TRIGGER_HEADER: dict[str, str] = {}
 
 
 def bearer_header(token: bytes) -> tuple[str, bytes]:

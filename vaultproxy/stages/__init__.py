@@ -1,6 +1,7 @@
 """mitmproxy addon stages, in chain order:
 
-    Gate -> Identify -> Route -> Connect -> RequestGate -> Inject -> ResponseGate -> Record
+    Gate -> Identify -> Route -> Connect -> RequestGate -> Mint -> Inject -> ResponseGate
+    -> Record
 
 RequestGate is the last stage before any credential is added: a request it refuses never
 reaches Inject. ResponseGate is the only way back to the agent: every byte an intercepted
@@ -17,6 +18,7 @@ from vaultproxy.stages.connect import Connect
 from vaultproxy.stages.gate import Gate
 from vaultproxy.stages.identify import Identify
 from vaultproxy.stages.inject import Inject
+from vaultproxy.stages.mint import Mint
 from vaultproxy.stages.record import Record
 from vaultproxy.stages.request_gate import RequestGate
 from vaultproxy.stages.response_gate import ResponseGate
@@ -26,7 +28,7 @@ from vaultproxy.stages.runtime import Runtime
 
 def chain(rt: Runtime) -> list[object]:
     """Our stages in the order they must run (before mitmproxy's defaults), sharing ``rt``."""
-    stages = (Identify, Route, Connect, RequestGate, Inject, ResponseGate, Record)
+    stages = (Identify, Route, Connect, RequestGate, Mint, Inject, ResponseGate, Record)
     return [stage(rt) for stage in stages]
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "Gate",
     "Identify",
     "Inject",
+    "Mint",
     "Record",
     "RequestGate",
     "ResponseGate",

@@ -13,6 +13,7 @@ from mitmproxy import http
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision
 from vaultproxy.keystore import Entry
+from vaultproxy.mint.cache import Issued
 from vaultproxy.redact import Redactor
 
 KEY = "vaultproxy"
@@ -34,6 +35,10 @@ class FlowRecord:
     audited: bool = False
     counted: bool = False  # counted in ProxyState.inflight
     ahead: bool = False  # its ``forward`` record was written (stages/ahead.py)
+    # Minted credentials (stages/mint.py)
+    minted: Issued | None = None  # the token this request carries
+    retried: bool = False  # the response is the resend's after a 401 (response_gate.py)
+    resent: bytes | None = None  # its gated body, until sent
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

@@ -10,6 +10,8 @@ from mitmproxy import http
 from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
+from vaultproxy.inject.minted import credential
+from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
@@ -31,8 +33,8 @@ class Inject(Stage):
         rec = record_of(flow)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
-            for value in _surfaces(req):  # a misdirected placeholder is refused
-                st.snapshot.index.scan(value, "")
+            for surface in _surfaces(req):  # a misdirected placeholder is refused
+                st.snapshot.index.scan(surface, "")
             req.stream = True
             return
         if self.rt.connections.broken(flow.client_conn.id):
@@ -46,13 +48,22 @@ class Inject(Stage):
         if plan is None:
             return  # passthrough tunnels carry no flows we inspect
         entry = st.session.entry_for(plan.service)
-        result = prepare_request(req, plan.service, entry.value, entry.fields, st.snapshot.index)
+        secret, fields = entry.value, entry.fields
+        if rec.minted is not None:  # the token the Mint stage fetched (stages/mint.py)
+            secret, fields = credential(rec.minted, plan.service.auth)
+        result = prepare_request(req, plan.service, secret, fields, st.snapshot.index)
         rec.injected = result.injected
         keep_redactor(st, rec)
         if rec.injected:
             forward_ahead(st, flow, rec, tunnel.host)
         limit_accept_encoding(req.headers)
-        if plan.substitute_body:
+        if plan.service.auth == "aws_sigv4":  # signed over the final head (and maybe body)
+            wait_body = not sign_at_head(req, plan.service, entry.fields)
+            if not wait_body:
+                forward_ahead(st, flow, rec, tunnel.host)  # signed: a credential leaves
+        else:
+            wait_body = plan.substitute_body
+        if wait_body:
             length = req.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > plan.max_body:
                 raise BodyTooLarge()
@@ -71,10 +82,15 @@ class Inject(Stage):
         if len(body) > limit:
             raise BodyTooLarge()
         st = self.rt.state()
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        host = tunnel.host if tunnel is not None else flow.request.host
+        if rec.service.auth == "aws_sigv4":
+            sign_request(flow.request, rec.service, entry.fields, body)
+            forward_ahead(st, flow, rec, host)
+            return
         if substitute_request_body(flow.request, rec.service, entry, st.snapshot.index):
             rec.injected = True
-            tunnel = self.rt.connections.tunnel(flow.client_conn.id)
-            forward_ahead(st, flow, rec, tunnel.host if tunnel is not None else flow.request.host)
+            forward_ahead(st, flow, rec, host)
 
 
 def _surfaces(req: http.Request) -> list[bytes]:

@@ -13,6 +13,7 @@ from vaultproxy.hostnames import normal_host
 from vaultproxy.seam import refusals
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.mint import token_reason
 from vaultproxy.stages.runtime import Runtime, Stage
 
 
@@ -110,7 +111,8 @@ class Record(Stage):
         if rec.denied is not None:
             _record(self.rt, flow, "request", "denied", rec.denied[0])
         elif rec.service is not None:
-            _record(self.rt, flow, "request", "injected" if rec.injected else "forwarded", None)
+            outcome = "injected" if rec.injected else "forwarded"
+            _record(self.rt, flow, "request", outcome, token_reason(rec))
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:

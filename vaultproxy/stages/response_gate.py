@@ -48,9 +48,9 @@ from vaultproxy.errors import (
 )
 from vaultproxy.redact import Redactor, drop_set_cookie, gate_head, redact_headers, stream_filter
 from vaultproxy.seam import defences
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import error_reply, guarded
-from vaultproxy.stages.runtime import Stage
+from vaultproxy.stages.runtime import Runtime, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,9 @@ class ResponseGate(Stage):
         service = rec.service
         if service is None or flow.response is None or rec.denied is not None:
             return
+        if rec.retried:  # the Mint stage's resend after a 401 stands in for the 401
+            _gate_resent(self.rt, flow, rec)
+            return
         st = self.rt.state()
         resp = flow.response
         # The redactor the request was injected under (stages/ahead.py): a lock or reload
@@ -204,6 +207,9 @@ class ResponseGate(Stage):
             # into our reply meanwhile; send ours as it was made.
             flow.response = reply
             return
+        if rec.retried:
+            if resp_body_pending(flow, rec):
+                return
         redactor = rec.redactor
         resp = flow.response
         if redactor is None or resp is None:
@@ -249,6 +255,59 @@ class ResponseGate(Stage):
             message.content = redactor.redact(message.content)
         # Do not retain messages for the connection's life (mitmproxy #6620).
         del ws.messages[:-1]
+
+
+def _gate_resent(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord) -> None:
+    """The response the Mint stage got by resending after a 401 (stages/mint.py), in place
+    of the 401: the same header rules as any response; its body (read whole, at most
+    ``max_body_mb``) decoded and redacted here. The 401's own body is still to come from
+    the upstream: every chunk of it is dropped, and the resend's body sent at its end."""
+    resp, service = flow.response, rec.service
+    assert resp is not None and service is not None
+    st = rt.state()
+    redactor = st.session.redactor_for(service)  # it knows the token minted for the resend
+    if redactor is None:
+        raise UnscannableResponse("the keystore was locked while the request was in flight")
+    rec.redactor = redactor
+    resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+    body, out = resp.raw_content or b"", b""
+    if _no_body(flow):
+        drop_set_cookie(resp.headers)
+        redact_headers(redactor, resp.headers)
+    else:
+        encoding, _decode = gate_head(redactor, resp.headers)
+        plain = body
+        if encoding:
+            decode = decoder_for(encoding, st.registry.config.proxy.max_body_mb * 1024 * 1024)
+            if decode is None:  # pragma: no cover - gate_head refused it
+                raise UnscannableResponse()
+            plain = decode(body) + decode(b"")
+            del resp.headers["content-encoding"]
+        out = redactor.redact(plain)
+        resp.headers["content-length"] = str(len(out))
+    resp.raw_content = b""
+    rec.resent = out
+
+    def emit(chunk: bytes) -> list[bytes]:  # the 401's body goes nowhere
+        if chunk:
+            return []
+        pending, rec.resent = rec.resent, None
+        return [pending] if pending else []
+
+    resp.stream = emit
+
+
+def resp_body_pending(flow: http.HTTPFlow, rec: FlowRecord) -> bool:
+    """``response`` of a resent flow: the 401 had no body, so nothing was streamed; the
+    resend's (already redacted) body goes out as the response's content. True: done."""
+    resp = flow.response
+    if resp is None:
+        return False
+    resp.trailers = None  # the 401's, if any
+    pending, rec.resent = rec.resent, None
+    if pending:
+        resp.raw_content = pending
+    return True
 
 
 class _Engine(VaultproxyError):

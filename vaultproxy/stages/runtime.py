@@ -10,7 +10,8 @@ from vaultproxy.stages.connections import Connections
 from vaultproxy.state import Live, ProxyState
 
 REQUIRED_STAGES = frozenset(
-    {"Identify", "Route", "Connect", "RequestGate", "Inject", "ResponseGate", "Record"}
+    {"Identify", "Route", "Connect", "RequestGate", "Mint", "Inject", "ResponseGate",
+     "Record"}
 )
 
 

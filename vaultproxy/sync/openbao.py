@@ -13,7 +13,7 @@ the HTTP status, never a token, a value or a response body.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -22,17 +22,32 @@ import httpx
 
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.policy import AddressContext, parse_ip
+from vaultproxy.policy import AddressContext
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.secret import Secret
+from vaultproxy.sync.base import (
+    Fetched,
+    Ref,
+    SourceError,
+    SourceSpec,
+    check_plain_http,
+    need,
+)
+
+__all__ = ["KvSecret", "NotFound", "OpenBaoSource", "SourceError"]
 
 MAX_RESPONSE = 1024 * 1024  # a KV response larger than this is refused
 
 
-class SourceError(VaultproxyError):
-    """A source could not be read; the message names the source and the reason only."""
+_HINTS = {
+    401: " (the token is missing or invalid)",
+    403: " (the token is invalid or expired, or its policy does not allow read here)",
+    503: " (sealed or in standby?)",
+}
 
-    status, code, public = 502, "source_unavailable", "the external secret source failed"
+
+class NotFound(SourceError):
+    """The path (or that version of it) does not exist, or its latest version is deleted."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,32 @@ class OpenBaoSource:
     trust_file: Path  # system CAs + the source's ca_cert
     address: AddressContext  # the source's allow_private / allow_loopback
     namespace: str | None = None  # X-Vault-Namespace (Vault Enterprise / OpenBao namespaces)
+    auth: str = "token"  # token | approle: which fields of source.<name> log in
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec) -> OpenBaoSource:
+        namespace = spec.extra.get("namespace")
+        return cls(spec.name, spec.url, spec.mount, spec.trust_file, spec.address,
+                   namespace if isinstance(namespace, str) and namespace else None, spec.auth)
+
+    async def fetch(
+        self, clients: UpstreamClients, creds: Mapping[str, Secret], refs: Sequence[Ref]
+    ) -> dict[Ref, Fetched]:
+        """The source interface (sync/base.py): one login, then one read per item; a path
+        that does not exist (or whose latest version is deleted) is left out."""
+        if self.auth == "approle":
+            role_id, secret_id = need(self.name, creds, "role_id", "secret_id")
+            token = await self.login(clients, {"role_id": role_id, "secret_id": secret_id})
+        else:
+            (token,) = need(self.name, creds, "token")
+        out: dict[Ref, Fetched] = {}
+        for ref in refs:
+            try:
+                kv = await self.read(clients, token, ref.path, ref.version)
+            except NotFound:
+                continue
+            out[ref] = Fetched(kv.fields, kv.version)
+        return out
 
     async def login(self, clients: UpstreamClients, creds: Mapping[str, Secret]) -> Secret:
         """A client token: ``token`` as is, or an AppRole login with ``role_id``+``secret_id``."""
@@ -78,6 +119,8 @@ class OpenBaoSource:
         self, clients: UpstreamClients, token: Secret, path: str, version: int | None = None
     ) -> KvSecret:
         """Fields of ``<mount>/data/<path>`` (the latest version, or ``version``)."""
+        if any(part in (".", "..") for part in path.split("/")):
+            raise SourceError(f"source {self.name}: a KV path must not hold . or .. segments")
         api = f"/v1/{quote(self.mount, safe='')}/data/{quote(path.strip('/'), safe='/')}"
         if version is not None:
             api += f"?version={int(version)}"
@@ -86,7 +129,7 @@ class OpenBaoSource:
         fields = inner.get("data") if isinstance(inner, dict) else None
         meta = inner.get("metadata") if isinstance(inner, dict) else None
         if not isinstance(fields, dict):
-            raise SourceError(f"source {self.name}: {path} holds no data (deleted or destroyed?)")
+            raise NotFound(f"source {self.name}: {path} holds no data (deleted or destroyed?)")
         version = meta.get("version") if isinstance(meta, dict) else None
         out = {
             str(k): Secret(v if isinstance(v, str) else json.dumps(v)) for k, v in fields.items()
@@ -104,13 +147,8 @@ class OpenBaoSource:
             ip, port = await resolve_checked(host, port, self.address)
         except VaultproxyError as e:  # denied by the egress policy, or no address
             raise SourceError(f"source {self.name}: {e}") from None
-        if scheme != "https":
-            literal = parse_ip(ip)
-            if scheme != "http" or literal is None or not literal.is_loopback:
-                raise SourceError(
-                    f"source {self.name}: plain HTTP is allowed only to a loopback address; "
-                    "use https://"
-                )
+        check_plain_http(self.name, scheme, ip)
+        api = parts.path.rstrip("/") + api  # a server behind a reverse proxy's path prefix
         headers = {"Host": parts.netloc, "Accept": "application/json"}
         if token is not None:
             headers["X-Vault-Token"] = token.reveal_str()
@@ -136,7 +174,11 @@ class OpenBaoSource:
         if response.status_code != 200:
             what = api.split("?", 1)[0]
             status = response.status_code
-            raise SourceError(f"source {self.name}: {method} {what} answered {status}")
+            kind = NotFound if status == 404 and method == "GET" else SourceError
+            hint = _HINTS.get(status, "")
+            if "approle/login" in what and status == 400:
+                hint = " (wrong role_id or secret_id in the keystore entry?)"
+            raise kind(f"source {self.name}: {method} {what} answered {status}{hint}")
         try:
             data = json.loads(raw)
         except ValueError:

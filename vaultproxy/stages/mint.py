@@ -1,0 +1,97 @@
+"""Mint: a minted service's token (SPEC §4.1), fetched before Inject puts it on the request.
+
+``requestheaders`` asks the process's token source (the cache's owner, or in a worker the
+supervisor, engine/tokens.py) without blocking the event loop: other flows go on while a
+mint is in flight, and every request waiting for the same service shares one mint. A mint
+that fails answers ``502 token_unavailable``; nothing is forwarded.
+
+``responseheaders``: a 401 from the upstream drops the token the request carried. An
+idempotent request with no body (GET, HEAD, OPTIONS, PUT, DELETE; no Upgrade) is resent
+once, at once, with a fresh token, before any byte of the 401 reaches the agent; the
+response gate then answers with the resend's response. Any other request gets the 401 back
+and the next request mints anew: a request is never resent when its body cannot be sent
+again.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from vaultproxy.inject.minted import MintedHeaders, credential, is_minted
+from vaultproxy.inject.request import canonical_name, minted_trigger
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.resend import resend
+from vaultproxy.stages.runtime import Stage
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def _bodyless(req: http.Request) -> bool:
+    """Safe to send again as it was: idempotent, and certainly without a body (over HTTP/2
+    and 3 a body needs no Content-Length, so a PUT must say ``Content-Length: 0``)."""
+    length = req.headers.get("content-length")
+    if length is None and req.method == "PUT" and not req.http_version.startswith("HTTP/1"):
+        return False
+    return (
+        req.method in IDEMPOTENT
+        and (length or "0").strip() == "0"
+        and "transfer-encoding" not in req.headers
+        and "upgrade" not in req.headers
+    )
+
+
+def token_reason(rec: FlowRecord) -> str | None:
+    """The audit line's ``reason`` for a minted request: ``minted`` or ``cached`` (with
+    ``_retried`` when it was resent after a 401)."""
+    if rec.minted is None:
+        return None
+    return rec.minted.source + ("_retried" if rec.retried else "")
+
+
+class Mint(Stage):
+    @guarded
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        decision = rec.decision
+        if flow.response is not None or decision is None or decision.refusal is not None:
+            return  # refused: Inject enforces it
+        plan = decision.plan
+        if plan is None or not is_minted(plan.service):
+            return
+        service = plan.service
+        st = self.rt.state()
+        if service.mode != "host_inject":
+            mark = st.snapshot.index.placeholder_of(service.name)
+            if not minted_trigger(list(flow.request.headers.fields), service, mark):
+                return  # placeholder mode, unmarked: nothing is injected, nothing minted
+        rec.minted = await st.token_source().get(service)
+
+    @guarded
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        issued, resp, service = rec.minted, flow.response, rec.service
+        if issued is None or resp is None or resp.status_code != 401 or rec.denied:
+            return
+        st = self.rt.state()
+        st.token_source().reject(issued.service, issued.gen)
+        if rec.retried or service is None or not _bodyless(flow.request):
+            return  # the agent gets the 401; the next request mints anew
+        # Resend now, before anything of the 401 reaches the agent; the response gate sends
+        # the resend's answer in its place and drops the 401's body (stages/response_gate.py).
+        fresh = await st.token_source().get(service)
+        _token, new = credential(fresh, service.auth)
+        _old, before = credential(issued, service.auth)
+        headers = _replace(list(flow.request.headers.fields), before, new)
+        rec.minted = fresh
+        flow.response = await resend(self.rt, flow, service, headers)
+        rec.retried = True
+
+
+def _replace(
+    fields: list[tuple[bytes, bytes]], before: MintedHeaders, new: MintedHeaders
+) -> list[tuple[bytes, bytes]]:
+    """The request's headers with the old minted headers swapped for the new ones."""
+    drop = {canonical_name(n.encode("ascii")) for n in (*before, *new)}
+    kept = [(k, v) for k, v in fields if canonical_name(k) not in drop]
+    return kept + [(n.encode("ascii"), v.reveal()) for n, v in new.items()]
