@@ -180,6 +180,16 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": message, "code": code}).encode()
 
 
+class AuditUnavailable(VaultproxyError):
+    """``[audit] on_failure = "deny"`` and ``audit.jsonl`` cannot be written: a request that
+    would carry a credential is refused rather than forwarded unaudited."""
+
+    status, code, public = (
+        503, "audit_unavailable",
+        "the audit log cannot be written; requests that need a credential are refused",
+    )
+
+
 class NotReady(VaultproxyError):
     status, code, public = 503, "not_ready", "vaultproxy is not configured (no home loaded)"
 

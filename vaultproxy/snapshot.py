@@ -4,6 +4,7 @@ Immutable; a reload builds a new one and the proxy swaps it whole. Holds no secr
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,13 @@ def build_trust_files(home: Home, registry: Registry) -> dict[str, Path]:
         if not service.ca_cert:
             out[service.name] = system
             continue
-        path = home.mitm_confdir / f"trust-{service.name}.pem"
         extra = (home.path / service.ca_cert).read_bytes()
         data = system.read_bytes().rstrip(b"\n") + b"\n" + extra
+        # Named by content: a changed ca_cert is a new path, so neither mitmproxy's cached
+        # TLS context (keyed by the file name) nor a pooled outbound client keeps the old
+        # trust after a reload (issue 15).
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        path = home.mitm_confdir / f"trust-{service.name}-{digest}.pem"
         home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)
         write_atomic(path, data, mode=0o644)  # workers write the same files
         out[service.name] = path

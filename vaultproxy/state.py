@@ -66,7 +66,9 @@ class ProxyState:
         audit: AuditLog | None = None,
     ) -> ProxyState:
         snapshot = Snapshot.build(home, text, own_listeners)
-        return cls(home, snapshot, audit or AuditLog(home.audit), own_listeners=own_listeners)
+        state = cls(home, snapshot, audit or AuditLog(home.audit), own_listeners=own_listeners)
+        state.audit.on_failure = snapshot.registry.config.audit.on_failure
+        return state
 
     # -- change notification (workers) ------------------------------------------------------
     def _changed(self) -> None:
@@ -96,6 +98,7 @@ class ProxyState:
         with self._lock:
             self.snapshot = snapshot
             self.session.forget_redactors()
+        self.audit.on_failure = snapshot.registry.config.audit.on_failure  # [audit]
         if self.tokens is not None:
             self.tokens.clear()  # a changed token_url/scope/login takes effect at once
         self._changed()

@@ -1,4 +1,5 @@
-"""AuditLog: buffered writes, 0600 file, rotation, failure handling, flusher, threads."""
+"""AuditLog: one whole-line write per record, 0600 file, rotation (also with several writer
+processes' logs on one file), failure handling and retry order, flusher, threads."""
 
 from __future__ import annotations
 
@@ -49,14 +50,13 @@ def audit_path(tmp_path: Path, canary_watch: Callable[[Path], None]) -> Path:
     return tmp_path / "audit.jsonl"
 
 
-def test_record_buffers_until_flush(audit_path: Path) -> None:
+def test_a_record_is_in_the_file_when_record_returns(audit_path: Path) -> None:
     audit = AuditLog(audit_path)
-    audit.record(_event(1))
-    assert not audit_path.exists()
-    assert audit.buffered == 1
-    audit.flush()
-    assert _numbers(_lines(audit_path)) == [1]
+    assert audit.record(_event(1)) is True
+    assert _numbers(_lines(audit_path)) == [1]  # no flush: nothing is held in memory
     assert audit.buffered == 0
+    assert audit.stats() == {"written": 1, "failed": 0, "dropped": 0, "pending": 0,
+                             "healthy": True, "error": None}
 
 
 def test_file_is_created_0600_even_with_a_lax_umask(audit_path: Path) -> None:
@@ -76,9 +76,8 @@ def test_existing_lax_file_is_tightened_with_a_warning(
     audit_path.write_text('{"old":1}\n')
     os.chmod(audit_path, 0o644)
     audit = AuditLog(audit_path)
-    audit.record(_event(1))
     with caplog.at_level(logging.WARNING, logger="vaultproxy.audit"):
-        audit.flush()
+        audit.record(_event(1))
     assert _mode(audit_path) == 0o600
     assert any("0644" in r.getMessage() for r in caplog.records)
     assert len(_lines(audit_path)) == 2  # appended, never truncated
@@ -158,17 +157,17 @@ def test_failed_write_keeps_lines_and_logs_no_values(
     missing_dir = tmp_path / "not-yet"
     path = missing_dir / "audit.jsonl"
     audit = AuditLog(path)
-    audit.record(_event(1, reason=secret))
     with caplog.at_level(logging.DEBUG, logger="vaultproxy.audit"):
-        audit.flush()  # must not raise
+        assert audit.record(_event(1, reason=secret)) is False  # must not raise
     assert audit.buffered == 1
+    assert not audit.healthy
     assert "FileNotFoundError" in caplog.text
     assert secret not in caplog.text
     missing_dir.mkdir()
     audit.record(_event(2))
-    audit.flush()
     assert _numbers(_lines(path)) == [1, 2]
     assert audit.buffered == 0
+    assert audit.healthy
     path.unlink()  # the canary lives in this file on purpose
 
 
@@ -187,15 +186,18 @@ def test_symlinked_audit_file_is_not_followed(tmp_path: Path) -> None:
 def test_buffer_is_bounded_and_drops_oldest(
     audit_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    audit = AuditLog(audit_path, max_buffered=10)
+    later = audit_path.parent / "later"
+    audit = AuditLog(later / "audit.jsonl", max_buffered=10)
     for n in range(15):
-        audit.record(_event(n))
+        audit.record(_event(n))  # every write fails: the directory is not there yet
     assert audit.buffered == 10
     assert audit.dropped == 5
+    later.mkdir()
     with caplog.at_level(logging.WARNING, logger="vaultproxy.audit"):
         audit.flush()
-    assert _numbers(_lines(audit_path)) == list(range(5, 15))
-    assert "5 event(s) dropped" in caplog.text
+    assert _numbers(_lines(later / "audit.jsonl")) == list(range(5, 15))
+    assert "5 dropped" in caplog.text
+    assert audit.stats()["written"] == 10 and audit.stats()["failed"] == 15
 
 
 def test_retry_lines_are_written_before_newer_ones(tmp_path: Path) -> None:
@@ -229,7 +231,7 @@ def test_record_never_raises_on_a_broken_event(audit_path: Path) -> None:
             raise RuntimeError("boom")
 
     audit = AuditLog(audit_path)
-    audit.record(Broken(event="request", outcome="ok"))
+    assert audit.record(Broken(event="request", outcome="ok")) is False
     assert audit.dropped == 1
     assert audit.buffered == 0
 
@@ -245,12 +247,16 @@ def test_echo_writes_new_lines_to_stdout(
     assert _numbers(_lines(audit_path)) == [1]
 
 
-def test_flusher_writes_within_a_second_and_on_cancel(audit_path: Path) -> None:
+def test_flusher_retries_kept_lines_within_a_second_and_on_cancel(tmp_path: Path) -> None:
+    later = tmp_path / "later"
+    audit_path = later / "audit.jsonl"
     audit = AuditLog(audit_path)
 
     async def scenario() -> tuple[list[int], list[int]]:
         task = asyncio.create_task(audit.run_flusher())
-        audit.record(_event(1))
+        audit.record(_event(1))  # fails: kept
+        assert audit.buffered == 1
+        later.mkdir()
         await asyncio.sleep(1.3)
         seen_by_timer = _numbers(_lines(audit_path)) if audit_path.exists() else []
         audit.record(_event(2))
@@ -308,3 +314,19 @@ def test_threads_record_concurrently(audit_path: Path, max_bytes: int) -> None:
 def _age(path: Path) -> int:
     suffix = path.name.removeprefix("audit.jsonl")
     return int(suffix[1:]) if suffix else 0
+
+
+def test_logs_of_several_processes_share_one_file_and_its_rotation(audit_path: Path) -> None:
+    """Each --workers process has its own AuditLog on the same audit.jsonl: whole lines,
+    each writer's records in its order, every record kept across rotations by either."""
+    line_size = len(_event(1000).to_json_line())
+    logs = [AuditLog(audit_path, max_bytes=line_size * 5, backups=100) for _ in range(3)]
+    for n in range(1000, 1060):
+        logs[n % 3].record(_event(n, service=f"svc{n % 3}"))
+    files = sorted((p for p in audit_path.parent.iterdir() if p.name.startswith("audit.jsonl")),
+                   key=_age, reverse=True)
+    records = [r for f in files for r in _lines(f)]  # json.loads fails on a torn line
+    assert sorted(_numbers(records)) == list(range(1000, 1060))
+    assert _numbers(records) == list(range(1000, 1060))  # one thread: global order too
+    assert all(f.stat().st_size <= line_size * 5 for f in files)
+    assert all(log.stats()["failed"] == 0 for log in logs)

@@ -16,8 +16,9 @@ import pytest
 from tests.canary import make_canary
 from vaultproxy.agents import entry_name, make_record, new_token
 from vaultproxy.audit import AuditEvent, AuditLog
-from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
+from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.worker import apply_state
+from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.errors import KeystoreError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
@@ -157,13 +158,15 @@ def test_supervisor_audit_intake_writes_good_lines_and_drops_malformed(tmp_path:
     assert log.dropped == 3
 
 
-def test_forwarding_audit_sends_each_record_as_one_frame() -> None:
+def test_worker_audit_writes_the_file_and_sends_each_record_as_one_frame(
+    tmp_path: Path,
+) -> None:
     async def go() -> list[tuple[dict[str, object], bytearray]]:
         loop = asyncio.get_running_loop()
         a, b = socket.socketpair()
         _, writer = await asyncio.open_unix_connection(sock=a)
         reader, _w2 = await asyncio.open_unix_connection(sock=b)
-        fwd = ForwardingAudit(writer, loop)
+        fwd = WorkerAudit(tmp_path / "audit.jsonl", writer, loop)
         fwd.record(AuditEvent(event="request", outcome="denied", reason="locked"))
         await asyncio.to_thread(fwd.record, AuditEvent(event="request", outcome="injected"))
         out = [await read_frame(reader), await read_frame(reader)]
@@ -174,6 +177,9 @@ def test_forwarding_audit_sends_each_record_as_one_frame() -> None:
     frames = asyncio.run(go())
     assert [h["op"] for h, _ in frames] == ["audit", "audit"]
     assert [json.loads(p)["outcome"] for _, p in frames] == ["denied", "injected"]
+    # Written by the worker itself, in order: nothing depends on the supervisor being alive.
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(x)["outcome"] for x in lines] == ["denied", "injected"]
 
 
 def test_one_proxy_per_home(tmp_path: Path) -> None:
@@ -186,3 +192,27 @@ def test_one_proxy_per_home(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(home.claim())  # released with its fd
+
+
+def test_worker_audit_reports_a_health_change_to_the_supervisor(tmp_path: Path) -> None:
+    """A worker whose audit writes fail says so at once (``audit_state``), for /v1/health."""
+
+    async def go() -> list[tuple[dict[str, object], bytearray]]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        _, writer = await asyncio.open_unix_connection(sock=a)
+        reader, _w2 = await asyncio.open_unix_connection(sock=b)
+        audit = WorkerAudit(tmp_path / "not-yet" / "audit.jsonl", writer, loop)
+        assert audit.record(AuditEvent(event="request", outcome="injected")) is False
+        (tmp_path / "not-yet").mkdir()
+        assert audit.record(AuditEvent(event="request", outcome="injected")) is True
+        out = [await read_frame(reader) for _ in range(4)]
+        writer.close()
+        _w2.close()
+        return out
+
+    frames = asyncio.run(go())
+    assert [h["op"] for h, _ in frames] == ["audit", "audit_state", "audit", "audit_state"]
+    down, up = frames[1][0]["audit"], frames[3][0]["audit"]
+    assert down["healthy"] is False and "FileNotFoundError" in down["error"]  # type: ignore[index,operator]
+    assert up["healthy"] is True and up["written"] == 2 and up["failed"] == 1  # type: ignore[index]

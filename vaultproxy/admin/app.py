@@ -34,6 +34,7 @@ from vaultproxy.admin.models import (
 )
 from vaultproxy.admin.ratelimit import TooFast
 from vaultproxy.audit import metrics
+from vaultproxy.audit import status as audit_status
 from vaultproxy.config.models import Service
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError, error_response
 from vaultproxy.keystore.cached import has_secret
@@ -69,6 +70,9 @@ def create_app(ctx: AdminContext) -> FastAPI:
     metrics.bind(
         lambda: (s := live.state) is None or s.locked,
         lambda: len(s.registry.services) if (s := live.state) is not None else 0,
+    )
+    metrics.bind_audit(
+        lambda: audit_status.combined(s.audit) if (s := live.state) is not None else {}
     )
     return app
 
@@ -132,13 +136,16 @@ def _router(ctx: AdminContext) -> Any:
 
     router = APIRouter(responses=ERRORS)
 
-    @router.get("/v1/health", response_model=HealthOut)
+    @router.get("/v1/health", response_model=HealthOut, response_model_exclude_none=True)
     async def health() -> HealthOut:
         st = ctx.live.state
+        problem = None if st is None else audit_status.problem(st.audit)
         return HealthOut(
+            status="ok" if problem is None else "degraded",
             locked=True if st is None else st.locked,
             services=0 if st is None else len(st.registry.services),
             version=__version__,
+            problems=[problem] if problem is not None else None,
         )
 
     @router.get("/v1/services", response_model=ServicesOut)

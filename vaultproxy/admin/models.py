@@ -30,10 +30,11 @@ class ErrorOut(_Out):
 
 
 class HealthOut(_Out):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"
     locked: bool
     services: int
     version: str
+    problems: list[str] | None = None  # only when "degraded": why (audit.jsonl unwritable)
 
 
 class UnlockIn(_In):

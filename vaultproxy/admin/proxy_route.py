@@ -19,11 +19,12 @@ from mitmproxy import http
 
 from vaultproxy.admin.context import admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
-from vaultproxy.audit.canonical import record_decision
+from vaultproxy.audit.canonical import record_ahead, record_decision
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision, Facts, Plan, decide
 from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import (
+    AuditUnavailable,
     BodyTooLarge,
     LockedError,
     UnscannableResponse,
@@ -178,6 +179,17 @@ class _Audit:
         self.t0 = time.monotonic()
         self.token: str | None = None  # "minted" / "cached" for a minted service
 
+    def ahead(self) -> None:
+        """The ``forward`` record before an injected request leaves (stages/ahead.py)."""
+        svc = self.service
+        ok = record_ahead(
+            self.st.audit, agent=None, service=svc.name if svc else self.req_in.service,
+            mode=svc.mode if svc else None, method=self.req_in.method, host=self.host,
+            path=self.req_in.path,
+        )
+        if not ok and self.st.audit.on_failure != "continue":
+            raise AuditUnavailable()
+
     def record(self, status: int | None, outcome: str, reason: str | None) -> None:
         svc = self.service
         record_decision(
@@ -232,6 +244,8 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
         ip, dial_port = await resolve_checked(*decision.dial, st.snapshot.address_context(service))
         trust = st.snapshot.trust_file(service)
         key = UpstreamKey(service.name, host, trust, service.insecure_tls)
+        if injected:
+            audit.ahead()
         upstream = await ctx.clients.send(key, to_httpx(req, ip, dial_port))
         if minted is not None and upstream.status_code == 401:  # the next call mints anew
             st.token_source().reject(minted.service, minted.gen)

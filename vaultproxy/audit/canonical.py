@@ -14,7 +14,7 @@ from vaultproxy.audit.event import AuditEvent
 
 
 class Sink(Protocol):
-    def record(self, event: AuditEvent) -> None: ...
+    def record(self, event: AuditEvent) -> object: ...
 
 
 def record_decision(
@@ -39,6 +39,37 @@ def record_decision(
         path=path, status=status, duration_ms=duration, outcome=outcome, reason=reason,
     )
     sink.record(metrics.observed(line))
+
+
+#: The event of the record written *before* a request that carries a credential leaves.
+FORWARD_EVENT = "forward"
+
+
+def record_ahead(
+    sink: AheadSink,
+    *,
+    agent: str | None,
+    service: str | None,
+    mode: str | None,
+    method: str | None,
+    host: str | None,
+    path: str | None,
+) -> bool:
+    """Write the ``forward`` record of a request about to leave with a credential (status
+    ``null``; its ``request`` record follows with the status). False when it could not be
+    written: under ``[audit] on_failure = "deny"`` the caller must then refuse the request
+    (``AuditUnavailable``), so that every use of a credential is in the file before it
+    happens, even if the process is killed the next instant."""
+    line = AuditEvent(
+        event=FORWARD_EVENT, agent=agent, service=service, mode=mode, method=method,
+        host=host, path=path, status=None, duration_ms=None, outcome="forwarding",
+        reason=None,
+    )
+    return sink.ahead(line)
+
+
+class AheadSink(Protocol):
+    def ahead(self, event: AuditEvent) -> bool: ...
 
 
 SYNC_EVENT = "sync"

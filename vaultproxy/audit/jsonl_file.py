@@ -1,10 +1,23 @@
-"""The ``audit.jsonl`` file layer: 0600, O_APPEND, size-based rotation to ``.1`` ... ``.N``.
+"""The ``audit.jsonl`` file layer: 0600, O_APPEND, one ``write`` per line, size rotation.
+
+Every process of a run (the supervisor and each ``--workers`` process) appends its own
+records to the same file: each line goes out in one ``os.write`` on an ``O_APPEND`` fd, which
+the kernel appends whole (lines never interleave). A short write (the disk filled up in the
+middle of a line) is cut back off with ``ftruncate``, so a failed write leaves no torn line
+behind, and the caller keeps the whole line for a later try (no duplicate either).
+
+Rotation with several writers: the one that finds the file full takes an ``flock`` on it,
+checks that nobody rotated it meanwhile, and renames; every writer notices a rotation on its
+next write (the path names another inode) and reopens.
 
 Not thread-safe by itself; ``AuditLog`` serialises every call behind one lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import os
 import stat
@@ -33,80 +46,110 @@ class JsonlFile:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
+        self._fd = -1
+        self._ino: tuple[int, int] | None = None
 
     def append(self, lines: Sequence[str]) -> int:
-        """Write ``lines`` in order; return how many were written (all, unless an OSError).
+        """Write ``lines`` in order, one ``write`` each; return how many were written.
 
         On an OSError the count written so far is attached as ``written`` on the exception,
         so the caller can keep exactly the rest for the next try.
         """
         done = 0
         try:
-            while done < len(lines):
-                done += self._append_some(lines[done:])
+            for line in lines:
+                self.write_line(line.encode("utf-8"))
+                done += 1
         except OSError as e:
             e.written = done  # type: ignore[attr-defined]
             raise
         return done
 
-    def _append_some(self, lines: Sequence[str]) -> int:
-        """Fill the current file as far as it goes (rotating first if needed)."""
-        fd = self._open()
+    def write_line(self, data: bytes) -> None:
+        """Append one whole line or nothing (raises OSError; nothing of it stays behind)."""
+        fd = self._current()
+        size = os.fstat(fd).st_size
+        if size > 0 and size + len(data) > self.max_bytes:
+            self._rotate(fd)
+            fd = self._current()
+        written = os.write(fd, data)
+        if written != len(data):
+            self._cut_back(fd, written)
+            raise OSError(errno.ENOSPC, "short write to the audit log; the line was removed")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._ino = -1, None
+
+    # -- internals ------------------------------------------------------------------------
+    def _current(self) -> int:
+        """The fd of the file the path names now (reopened after anyone's rotation)."""
         try:
-            size = os.fstat(fd).st_size
-            first = lines[0].encode("utf-8")
-            if size > 0 and size + len(first) > self.max_bytes:
-                os.close(fd)
-                fd = -1
-                self._rotate()
-                fd = self._open()
-                size = 0
-            # End a line torn by an earlier failed write, so it cannot swallow ours.
-            torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-            chunk = [first]
-            size += len(first)
-            for line in lines[1:]:
-                data = line.encode("utf-8")
-                if size + len(data) > self.max_bytes:
-                    break
-                chunk.append(data)
-                size += len(data)
-            _write_all(fd, (b"\n" if torn else b"") + b"".join(chunk))
-            return len(chunk)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            st = os.stat(self.path, follow_symlinks=False)
+            ino: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            ino = None
+        if self._fd >= 0 and ino == self._ino:
+            return self._fd
+        self.close()
+        fd = self._open()
+        st = os.fstat(fd)
+        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+        return fd
+
+    def _cut_back(self, fd: int, written: int) -> None:
+        """Remove the ``written`` bytes of a line cut short (unless someone wrote after it)."""
+        if written <= 0:
+            return
+        with contextlib.suppress(OSError):
+            end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: just past our bytes
+            if os.fstat(fd).st_size == end:
+                os.ftruncate(fd, end - written)
+                return
+            # Someone appended after our fragment: end it, so it cannot swallow a line.
+            os.write(fd, b"\n")
 
     def _open(self) -> int:
         fd = os.open(self.path, _OPEN_FLAGS, FILE_MODE)
         try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            st = os.fstat(fd)
+            mode = stat.S_IMODE(st.st_mode)
             if mode & 0o077:
                 log.warning(
                     "audit log %s had mode %04o; tightening to %04o", self.path, mode, FILE_MODE
                 )
                 os.fchmod(fd, FILE_MODE)
+            # End a line torn by a crash mid-write, so it cannot swallow ours.
+            if st.st_size > 0 and os.pread(fd, 1, st.st_size - 1) != b"\n":
+                os.write(fd, b"\n")
         except BaseException:
             os.close(fd)
             raise
         return fd
 
-    def _rotate(self) -> None:
-        """``.N-1 -> .N`` ... ``.1 -> .2``, current -> ``.1`` (the oldest falls off)."""
-        if self.backups == 0:
-            os.unlink(self.path)
-            return
-        for index in range(self.backups - 1, 0, -1):
-            older = rotated_path(self.path, index)
-            if older.exists():
-                os.replace(older, rotated_path(self.path, index + 1))
-        first = rotated_path(self.path, 1)
-        os.replace(self.path, first)
-        os.chmod(first, FILE_MODE)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    def _rotate(self, fd: int) -> None:
+        """``.N-1 -> .N`` ... ``.1 -> .2``, current -> ``.1`` (the oldest falls off), under
+        an flock on the current file, unless another writer rotated it first."""
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            try:
+                st = os.stat(self.path, follow_symlinks=False)
+            except FileNotFoundError:
+                return  # rotated away (backups = 0) by another writer
+            if (st.st_dev, st.st_ino) != self._ino or st.st_size == 0:
+                return  # another writer rotated it meanwhile
+            if self.backups == 0:
+                os.unlink(self.path)
+                return
+            for index in range(self.backups - 1, 0, -1):
+                older = rotated_path(self.path, index)
+                if older.exists():
+                    os.replace(older, rotated_path(self.path, index + 1))
+            first = rotated_path(self.path, 1)
+            os.replace(self.path, first)
+            os.chmod(first, FILE_MODE)
+        finally:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)

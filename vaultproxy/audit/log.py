@@ -1,21 +1,29 @@
-"""The audit sink: ``record()`` buffers in memory, ``flush()`` appends to ``audit.jsonl``.
+"""The audit sink: every record is written to ``audit.jsonl`` when it is recorded.
 
-``record()`` never blocks on I/O and never raises, so proxy hooks (on the asyncio loop) and
-worker threads can call it freely. A background ``run_flusher()`` task writes the buffer at
-least every ``interval`` seconds; ``close()`` writes whatever is left. A failed write keeps
-its lines for the next try; the buffer is bounded and drops its oldest lines when full,
-counting them in ``dropped``.
+``record()`` appends the record's line with one ``write`` (audit/jsonl_file.py) before it
+returns, so a record is on disk (in the page cache: it survives the process being killed)
+as soon as the stage that made it moves on, and the lines of one process are in the order
+they were recorded. It never raises.
+
+When a write fails (disk full, file system read-only, quota), the line is kept in a bounded
+memory buffer and written, in order and before any newer line, once writing works again;
+beyond the bound the oldest kept lines are dropped and counted. The audit is then
+*unhealthy*; what happens to requests that would carry a credential is the ``[audit]
+on_failure`` policy (audit/policy.py): ``deny`` (the default) refuses them, ``continue``
+forwards them unaudited. ``stats()`` feeds ``/metrics`` and ``/v1/health``;
+``summary()`` is the line printed at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import sys
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vaultproxy.audit.event import AuditEvent
 from vaultproxy.audit.jsonl_file import JsonlFile
@@ -27,6 +35,9 @@ DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 DEFAULT_MAX_BUFFERED = 100_000
 
+OnFailure = Literal["deny", "continue"]
+DEFAULT_ON_FAILURE: OnFailure = "deny"
+
 
 class AuditLog:
     def __init__(
@@ -37,88 +48,190 @@ class AuditLog:
         backups: int = DEFAULT_BACKUPS,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
         echo: bool = False,
+        on_failure: OnFailure = DEFAULT_ON_FAILURE,
     ) -> None:
         if max_buffered < 1:
             raise ValueError("max_buffered must be at least 1")
         self.path = Path(path)
         self.echo = echo
+        self.on_failure: OnFailure = on_failure
         self._file = JsonlFile(self.path, max_bytes=max_bytes, backups=backups)
         self._max_buffered = max_buffered
-        self._lock = threading.Lock()  # guards the buffers and counters; held briefly
-        self._io_lock = threading.Lock()  # one writer/reader of the files at a time
-        self._pending: deque[str] = deque()  # recorded, not yet tried
-        self._retry: deque[str] = deque()  # tried and failed; written before _pending
+        self._lock = threading.Lock()  # one writer at a time; guards the counters
+        self._retry: deque[str] = deque()  # failed lines, oldest first
+        self._written = 0
+        self._failed = 0
         self._dropped = 0
-        self._dropped_reported = 0
+        self._error: str | None = None  # why writing fails now (None: it works)
 
+    # -- counters -------------------------------------------------------------------------
     @property
     def dropped(self) -> int:
-        """Lines lost so far because the buffer was full (or an event would not serialise)."""
+        """Records lost for good (the retry buffer was full, or a record would not serialise)."""
         with self._lock:
             return self._dropped
 
     @property
     def buffered(self) -> int:
-        """Lines waiting to be written."""
+        """Records whose write failed and that wait for writing to work again."""
         with self._lock:
-            return len(self._pending) + len(self._retry)
+            return len(self._retry)
 
-    def record(self, event: AuditEvent) -> None:
-        """Queue one event. Cheap, thread-safe, never raises."""
+    @property
+    def healthy(self) -> bool:
+        """True while records are being written (the last write worked, nothing waits)."""
+        return self._error is None
+
+    @property
+    def error(self) -> str | None:
+        """Why writing fails, without any record content (``OSError ENOSPC``), or None."""
+        return self._error
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "written": self._written,
+                "failed": self._failed,
+                "dropped": self._dropped,
+                "pending": len(self._retry),
+                "healthy": self._error is None,
+                "error": self._error,
+            }
+
+    def summary(self) -> str:
+        s = self.stats()
+        return summary_line(s)
+
+    # -- recording ------------------------------------------------------------------------
+    def record(self, event: AuditEvent) -> bool:
+        """Write one event now (kept for a retry if that fails). Thread-safe, never raises;
+        True if it is in the file."""
         try:
             line = event.to_json_line()
         except Exception as e:  # auditing must never break the request path
             self._drop(f"event not recorded ({type(e).__name__})")
-            return
-        self._queue(line)
+            return False
+        return self._write(line, keep=True)
 
-    def record_line(self, line: str) -> None:
-        """Queue one record a worker process already serialised (``--workers``)."""
+    def ahead(self, event: AuditEvent) -> bool:
+        """Write a record that must be in the file *before* the request it describes goes
+        out. True if it is. On failure it is kept for a retry only under ``continue`` (the
+        request goes ahead); under ``deny`` the caller refuses the request instead."""
+        try:
+            line = event.to_json_line()
+        except Exception as e:  # noqa: BLE001
+            self._drop(f"event not recorded ({type(e).__name__})")
+            return False
+        return self._write(line, keep=self.on_failure == "continue")
+
+    def record_line(self, line: str) -> bool:
+        """Write one record another process already serialised."""
         if not line.endswith("\n") or "\n" in line[:-1] or not line.startswith("{"):
-            self._drop("a worker sent a malformed record; dropped")
-            return
-        self._queue(line)
-
-    def _queue(self, line: str) -> None:
-        with self._lock:
-            self._pending.append(line)
-            self._trim()
+            self._drop("a malformed record was not written")
+            return False
+        return self._write(line, keep=True)
 
     def _drop(self, why: str) -> None:
         log.error("audit: %s", why)
         with self._lock:
             self._dropped += 1
 
+    def _write(self, line: str, *, keep: bool) -> bool:
+        if self.echo:
+            self._echo(line)
+        with self._lock:
+            if self._retry and not self._write_retry_locked():
+                self._failed += 1
+                if keep:
+                    self._keep_locked(line)
+                return False
+            try:
+                self._file.write_line(line.encode("utf-8"))
+            except OSError as e:
+                self._failed += 1
+                self._failing_locked(e)
+                if keep:
+                    self._keep_locked(line)
+                return False
+            self._written += 1
+            if self._error is not None:
+                self._recovered_locked()
+            return True
+
+    def _write_retry_locked(self) -> bool:
+        """Write the kept lines, oldest first; True once none is left."""
+        while self._retry:
+            try:
+                self._file.write_line(self._retry[0].encode("utf-8"))
+            except OSError as e:
+                self._failing_locked(e)
+                return False
+            self._retry.popleft()
+            self._written += 1
+        if self._error is not None:
+            self._recovered_locked()
+        return True
+
+    def _keep_locked(self, line: str) -> None:
+        self._retry.append(line)
+        while len(self._retry) > self._max_buffered:
+            self._retry.popleft()
+            self._dropped += 1
+
+    def _failing_locked(self, e: OSError) -> None:
+        name = errno.errorcode.get(e.errno or 0, type(e).__name__)
+        why = f"{type(e).__name__} {name}"
+        if self._error is None:
+            what = (
+                "requests that need a credential are refused (on_failure = deny)"
+                if self.on_failure == "deny"
+                else "requests keep being forwarded UNAUDITED (on_failure = continue)"
+            )
+            log.error("audit: writing %s failed (%s); %s until it works again", self.path,
+                      why, what)
+        self._error = why
+
+    def _recovered_locked(self) -> None:
+        self._error = None
+        log.warning("audit: writing %s works again (%d record(s) failed so far, %d dropped)",
+                    self.path, self._failed, self._dropped)
+
+    # -- retry, shutdown, reading ---------------------------------------------------------
     def flush(self) -> None:
-        """Write every buffered line. Never raises; a failed write keeps its lines."""
-        with self._io_lock:
-            self._flush_locked()
+        """Try the kept lines again. Never raises."""
+        with self._lock:
+            if self._retry:
+                self._write_retry_locked()
 
     def close(self) -> None:
-        """Write what is left. The log stays usable; a later ``record`` is buffered again."""
-        self.flush()
+        """Try the kept lines once more and close the file (a later record reopens it)."""
+        with self._lock:
+            if self._retry:
+                self._write_retry_locked()
+            self._file.close()
 
     async def run_flusher(self, interval: float = 1.0) -> None:
-        """Flush every ``interval`` seconds (off the loop) until cancelled, then once more."""
+        """Retry kept lines every ``interval`` seconds (off the loop) until cancelled."""
         if interval <= 0:
             raise ValueError("interval must be positive")
         try:
             while True:
                 await asyncio.sleep(interval)
-                await asyncio.to_thread(self.flush)
+                if self._retry:
+                    await asyncio.to_thread(self.flush)
         finally:
             self.flush()
 
     def tail(
         self, limit: int = 100, since: str | None = None, service: str | None = None
     ) -> list[dict[str, Any]]:
-        """The newest ``limit`` records (newest last), buffered ones included.
+        """The newest ``limit`` records in the files (newest last).
 
         ``since`` keeps records with ``ts >= since`` (ISO strings compare in time order);
         ``service`` keeps one service's records. Rotated files are read as needed.
         """
-        with self._io_lock:
-            self._flush_locked()
+        self.flush()
+        with self._lock:
             return read_tail(
                 self.path,
                 backups=self._file.backups,
@@ -127,46 +240,20 @@ class AuditLog:
                 service=service,
             )
 
-    def _flush_locked(self) -> None:
-        with self._lock:
-            fresh = list(self._pending)
-            self._pending.clear()
-            batch = list(self._retry) + fresh
-            self._retry.clear()
-            dropped = self._dropped - self._dropped_reported
-            self._dropped_reported = self._dropped
-        if dropped:
-            log.warning("audit: %d event(s) dropped (buffer full or unserialisable)", dropped)
-        if self.echo and fresh:
-            self._echo(fresh)
-        if not batch:
-            return
-        try:
-            self._file.append(batch)
-        except Exception as e:  # keep the lines whatever went wrong; flush never raises
-            written = int(getattr(e, "written", 0))
-            log.error(
-                "audit: writing %s failed (%s); %d line(s) kept for retry",
-                self.path,
-                type(e).__name__,
-                len(batch) - written,
-            )
-            with self._lock:
-                self._retry.extend(batch[written:])
-                self._trim()
-
-    def _trim(self) -> None:
-        """Drop the oldest lines beyond the bound (caller holds ``_lock``)."""
-        excess = len(self._retry) + len(self._pending) - self._max_buffered
-        while excess > 0:
-            (self._retry or self._pending).popleft()
-            self._dropped += 1
-            excess -= 1
-
     @staticmethod
-    def _echo(lines: list[str]) -> None:
+    def _echo(line: str) -> None:
         try:
-            sys.stdout.write("".join(lines))
+            sys.stdout.write(line)
             sys.stdout.flush()
         except (OSError, ValueError) as e:
             log.error("audit: echo to stdout failed (%s)", type(e).__name__)
+
+
+def summary_line(s: dict[str, Any]) -> str:
+    """The shutdown line: what was written, what failed, what is lost."""
+    lost = int(s.get("dropped", 0)) + int(s.get("pending", 0))
+    return (
+        f"audit: {s.get('written', 0)} record(s) written, {s.get('failed', 0)} write(s) "
+        f"failed, {lost} record(s) lost"
+        + (f" ({s.get('pending', 0)} still unwritten at exit)" if s.get("pending") else "")
+    )

@@ -6,9 +6,12 @@ Labels are service names and outcome/reason codes, never hosts, paths or values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from vaultproxy.audit import AuditEvent
 
@@ -42,6 +45,46 @@ SOURCE_SYNCS = Counter(
 )
 LOCKED = Gauge("vaultproxy_locked", "1 while the keystore is locked", registry=REGISTRY)
 SERVICES = Gauge("vaultproxy_services", "Services in the loaded registry", registry=REGISTRY)
+
+
+
+class _AuditCollector(Collector):
+    """Audit records written / failed / dropped, summed over every process (issue 15)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], dict[str, Any]] | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        read = self.read
+        if read is None:
+            return
+        try:
+            s = read()
+        except Exception:  # noqa: BLE001 - a scrape must not fail
+            return
+        for key, text in (
+            ("written", "Audit records written to audit.jsonl"),
+            ("failed", "Audit record writes that failed (kept for a retry, or refused)"),
+            ("dropped", "Audit records lost for good (retry buffer full, or unserialisable)"),
+        ):
+            yield CounterMetricFamily(f"vaultproxy_audit_records_{key}", text,
+                                      value=float(s.get(key, 0)))
+        yield GaugeMetricFamily("vaultproxy_audit_records_pending",
+                                "Audit records waiting for a write to work again",
+                                value=float(s.get("pending", 0)))
+        yield GaugeMetricFamily("vaultproxy_audit_healthy",
+                                "1 while every process writes its audit records",
+                                value=1.0 if s.get("healthy", True) else 0.0)
+
+
+AUDIT = _AuditCollector()
+REGISTRY.register(AUDIT)
+
+
+def bind_audit(read: Callable[[], dict[str, Any]] | None) -> None:
+    """Make the audit counters read ``read()`` (audit/status.py ``combined``) at scrape time."""
+    AUDIT.read = read
+
 
 UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
 

@@ -30,6 +30,11 @@ require_agent_auth = false
 # # of an internal package index reached through passthrough. Or: vaultproxy ca bundle --add F
 # extra_ca = ["corp-root-ca.pem"]
 
+# [audit]
+# # When audit.jsonl cannot be written (disk full...): "deny" (default) refuses requests
+# # that would carry a credential (503 audit_unavailable); "continue" injects unaudited.
+# on_failure = "deny"
+
 # One [[service]] table per upstream API. Uncomment and adapt.
 #
 # [[service]]

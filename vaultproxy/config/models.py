@@ -25,6 +25,7 @@ from pydantic import (
 
 from vaultproxy import policy
 from vaultproxy.config import minted, rules, signed
+from vaultproxy.config.audit import AuditSettings
 from vaultproxy.config.fields import (
     Model,
     StrList,
@@ -340,6 +341,7 @@ class Config(Model):
     proxy: ProxySettings = ProxySettings()
     agent: AgentSettings = AgentSettings()
     health: HealthSettings = HealthSettings()
+    audit: AuditSettings = AuditSettings()  # [audit] (config/audit.py)
     service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
     source: Annotated[tuple[SourceConfig, ...], BeforeValidator(_sources)] = ()  # SPEC §9
 

@@ -42,9 +42,11 @@ def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> di
     }
 
 
-def build_master(live: Live, confdir: str, listen: tuple[str, int]) -> master.Master:
+def build_master(
+    live: Live, confdir: str, listen: tuple[str, int], serving: asyncio.Event | None = None
+) -> master.Master:
     """Must be called with a running event loop (mitmproxy binds to it). The stages serve
-    whatever state ``live`` holds."""
+    whatever state ``live`` holds, once ``serving`` is set (None: at once)."""
     defences.install()
     if defences.keylog_active():
         raise VaultproxyError(
@@ -54,6 +56,7 @@ def build_master(live: Live, confdir: str, listen: tuple[str, int]) -> master.Ma
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
     rt = Runtime(live)
+    rt.serving = serving
     # mitmproxy logs four INFO lines per connection (client/server connect/disconnect):
     # per-connection noise and CPU under load. The audit log records every intercepted flow;
     # warnings and errors from mitmproxy's connection handling still show.

@@ -18,7 +18,7 @@ from mitmproxy import ctx
 
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
-from vaultproxy.engine import nodump
+from vaultproxy.engine import nodump, stale
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
@@ -163,6 +163,7 @@ class Bootstrap:
             listen = parse_listen(raw, "vaultproxy_admin_listen") if raw else None
             if self._claim is None:
                 self._claim = st.home.claim()  # one proxy per home (admin-token, admin.sock)
+                stale.clean_stale(st.home)  # what a killed run left behind
             admin = AdminServer(st.home, listen, live=_RT.live)
             admin.bind()
             await admin.start()
@@ -211,6 +212,7 @@ class Bootstrap:
         st = _RT.current()
         if st is not None:
             st.audit.close()
+            logger.warning("vaultproxy: %s", st.audit.summary())
             if self._wrote_run_json:
                 with contextlib.suppress(OSError, ValueError, AttributeError):
                     if json.loads(st.home.run_json.read_text()).get("pid") == os.getpid():

@@ -15,9 +15,11 @@ from vaultproxy import __version__
 from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_missing_secrets
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.atomic_file import write_atomic
+from vaultproxy.audit import status as audit_status
+from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
-from vaultproxy.engine import proxy_socket, reuseport
+from vaultproxy.engine import proxy_socket, reuseport, stale
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
@@ -118,6 +120,11 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
                 f"SECURITY: service {s.name} keeps Range requests (allow_range): partial "
                 "responses can slice a reflected secret past the redactor"
             )
+    if state.registry.config.audit.on_failure == "continue":
+        out.append(
+            'SECURITY: [audit] on_failure = "continue": when audit.jsonl cannot be written, '
+            "credentials are still injected and those uses are NOT audited"
+        )
     out.extend(source_warnings(state.registry.config))
     if state.registry.config.proxy.passthrough_allow:
         out.append(
@@ -150,6 +157,7 @@ def reload(state: ProxyState) -> None:
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     claim = state.home.claim()  # one proxy per home; released when this process exits
+    stale.clean_stale(state.home)  # what a killed run left (we hold the claim: it is gone)
     try:
         return await _serve(state, ca, opts)
     finally:
@@ -167,7 +175,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         seam_reuseport.enable()
         listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
-    m = build_master(live, opts.confdir, listen)
+    serving = asyncio.Event()  # set when announced: no connection is served before
+    m = build_master(live, opts.confdir, listen, serving)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, state)
@@ -191,12 +200,16 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
                                     listen=addrs[0])
             supervisor.on_pids_changed = announce
+            audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
         for w in security_warnings(state, opts.listen) + admin.warnings():
             logger.warning("%s", w)
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
         announce()  # run.json last: whoever waits for it finds the banner and warnings out
+        serving.set()
+        if supervisor is not None:
+            supervisor.serve()
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if master_task.done():
@@ -225,6 +238,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         state.audit.close()
+        print(f"vaultproxy: {summary_line(audit_status.combined(state.audit))}", flush=True)
+        audit_status.set_peers(None)
         with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
             if json.loads(state.home.run_json.read_text()).get("pid") == os.getpid():
                 state.home.run_json.unlink()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import socket
@@ -22,9 +23,10 @@ from typing import Any
 
 from vaultproxy import logfilter
 from vaultproxy.engine import nodump
-from vaultproxy.engine.channel import ChannelClosed, ForwardingAudit, frame, read_frame
+from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.tokens import RemoteTokens, deliver
+from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
@@ -39,8 +41,10 @@ def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -
     """Make ``state`` what the supervisor sent: registry text, own listeners, keystore."""
     try:
         text = header["config"]
-        if text != state.snapshot.text:
-            state.reload_text(text)
+        trust = header.get("trust")
+        mine = sorted(str(p) for p in state.snapshot.trust_files.values())
+        if text != state.snapshot.text or (trust is not None and trust != mine):
+            state.reload_text(text)  # (a changed ca_cert file: same text, new trust file)
         own = frozenset((str(h), int(p)) for h, p in header["own"])
         if own != state.own_listeners:
             state.set_own_listeners(own)
@@ -54,7 +58,8 @@ def apply_state(state: ProxyState, header: dict[str, Any], payload: bytearray) -
 
 
 async def _follow(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: ProxyState
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: ProxyState,
+    serving: asyncio.Event | None = None,
 ) -> str:
     """Apply the supervisor's messages in order; return why we stopped ("stop" or "eof")."""
     try:
@@ -68,10 +73,34 @@ async def _follow(
                 continue
             elif op == "stop":
                 return "stop"
+            elif op == "serve" and serving is not None:
+                serving.set()
             if op in ("state", "ping"):
-                writer.write(frame({"op": "pong", "n": header.get("n", 0)}))
+                pong = {"op": "pong", "n": header.get("n", 0), **_audit_report(state)}
+                writer.write(frame(pong))
     except ChannelClosed:
         return "eof"
+
+
+ORPHAN_DRAIN_SECONDS = 5.0
+
+
+def _audit_report(state: ProxyState) -> dict[str, Any]:
+    report = getattr(state.audit, "report", None)
+    return {"audit": report()} if callable(report) else {}
+
+
+async def orphaned(m: Any, state: ProxyState) -> None:
+    """The supervisor is gone (its end of the channel closed: it exited or was killed).
+    At once: stop accepting and lock (a request not yet injected gets ``503 locked``); the
+    requests already forwarded finish, scrubbed with the redactor they were injected under
+    and audited by this process itself (worker_audit.py); then exit."""
+    logger.error("the supervisor is gone; this worker stops accepting, locks, finishes its "
+                 "%d in-flight request(s) and exits", state.inflight)
+    m.options.update(server=False)
+    state.lock()
+    await drain(m, state, ORPHAN_DRAIN_SECONDS)
+    m.shutdown()
 
 
 async def run(fd: int) -> int:
@@ -85,13 +114,15 @@ async def run(fd: int) -> int:
     if header["op"] != "init":
         return 2
     home = Home(Path(header["home"]))
-    state = ProxyState.from_text(home, header["config"], audit=ForwardingAudit(writer, loop))
+    audit = WorkerAudit(home.audit, writer, loop)
+    state = ProxyState.from_text(home, header["config"], audit=audit)
     state.tokens = RemoteTokens(state, writer.write)  # the supervisor owns minted tokens
     apply_state(state, header, payload)
     live = Live(state)
     seam_reuseport.enable()
     host, port = header["listen"]
-    m = build_master(live, header["confdir"], (str(host), int(port)))
+    serving = asyncio.Event()  # set by the supervisor's "serve" once the run is announced
+    m = build_master(live, header["confdir"], (str(host), int(port)), serving)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     master_task = asyncio.create_task(m.run())
@@ -99,7 +130,7 @@ async def run(fd: int) -> int:
     try:
         await wait_listening(m, master_task)
         writer.write(frame({"op": "ready"}))
-        follower = asyncio.create_task(_follow(reader, writer, state))
+        follower = asyncio.create_task(_follow(reader, writer, state, serving))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, follower, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -107,8 +138,7 @@ async def run(fd: int) -> int:
             master_task.result()
             return 1
         if follower.done() and follower.result() == "eof":
-            state.lock()  # the supervisor is gone: serve nothing more
-            m.shutdown()
+            await orphaned(m, state)
             return 1
         await drain(m, state, DRAIN_SECONDS)
         m.shutdown()
@@ -120,9 +150,13 @@ async def run(fd: int) -> int:
             follower.cancel()
         state.lock()
         live.state = None
+        state.audit.close()
         with contextlib.suppress(Exception):
-            await writer.drain()  # the last audit records
+            writer.write(frame({"op": "audit_state", **_audit_report(state)}))
+            await writer.drain()  # the last counters
         writer.close()
+        print(f"vaultproxy worker (pid {os.getpid()}): {state.audit.summary()}", file=sys.stderr,
+              flush=True)
 
 
 def main(argv: list[str]) -> int:

@@ -41,6 +41,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
@@ -77,6 +78,7 @@ class _Worker:
     alive: bool = True
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     task: asyncio.Task[None] | None = None
+    audit: dict[str, Any] | None = None  # its audit counters, as last reported
 
     def send(self, data: bytes) -> None:
         if self.alive and not self.writer.is_closing():
@@ -102,6 +104,19 @@ class Supervisor:
         self._restarts: dict[int, deque[float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawns: set[asyncio.Task[None]] = set()
+        self._gone_audit: list[dict[str, Any]] = []  # last counters of exited workers
+        self._serving = False
+
+    def serve(self) -> None:
+        """The run is announced: every worker starts serving (a replacement does at once)."""
+        self._serving = True
+        for w in self.workers.values():
+            w.send(frame({"op": "serve"}))
+
+    def audit_stats(self) -> list[dict[str, Any]]:
+        """Every worker's audit counters (exited ones included), as they last reported."""
+        live = [w.audit for w in self.workers.values() if w.audit is not None]
+        return self._gone_audit + live
 
     # -- start / stop ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -174,6 +189,8 @@ class Supervisor:
                     "config": st.snapshot.text,
                     "own": sorted([h, p] for h, p in st.own_listeners),
                     "locked": ks is None,
+                    # ca_cert files are named by content: a changed one makes workers rebuild
+                    "trust": sorted(str(p) for p in st.snapshot.trust_files.values()),
                 },
                 plain,
             )
@@ -238,6 +255,8 @@ class Supervisor:
             "listen": list(self.listen),
         }))
         w.task = asyncio.create_task(self._follow(w))
+        if self._serving and self.on_pids_changed is not None:
+            self.on_pids_changed()  # a replacement: its pid is listed from its first moment
         try:
             await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
         except TimeoutError:
@@ -246,6 +265,9 @@ class Supervisor:
             raise VaultproxyError(
                 f"worker {slot} did not start listening within {READY_TIMEOUT:.0f} s"
             ) from None
+        if self._serving:
+            w.send(frame({"op": "serve"}))
+            logger.warning("worker %d (pid %d) serves", slot, proc.pid)
 
     async def _follow(self, w: _Worker) -> None:
         try:
@@ -256,7 +278,10 @@ class Supervisor:
                     self._audit(payload)
                 elif op == "mint":  # a minted token (engine/tokens.py): the supervisor owns them
                     spawn_serve(self.state, w.send, header)
-                elif op == "pong":
+                elif op == "audit_state" or op == "pong":
+                    if isinstance(header.get("audit"), dict):
+                        w.audit = header["audit"]
+                if op == "pong":
                     async with w.cond:
                         w.acked = max(w.acked, int(header.get("n", 0)))
                         w.cond.notify_all()
@@ -270,6 +295,8 @@ class Supervisor:
                 w.cond.notify_all()
             w.writer.close()
             rc = await w.proc.wait()
+            if w.audit is not None:
+                self._gone_audit.append(w.audit)
             if self.workers.get(w.slot) is w:
                 del self.workers[w.slot]
             self._exited(w, rc)
@@ -310,12 +337,10 @@ class Supervisor:
             self.on_pids_changed()
 
     def _audit(self, payload: bytearray) -> None:
+        # The worker wrote the record to audit.jsonl itself (engine/worker_audit.py); the
+        # copy it sends is only counted here, for /metrics.
         try:
             line = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            line = ""
-        self.state.audit.record_line(line)
-        try:
             metrics.observed(AuditEvent(**json.loads(line)))
         except Exception:  # noqa: BLE001, S110 - metrics must never break the audit path
             pass

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
-from vaultproxy.seam import openssl
+from vaultproxy.seam import openssl, refusals
 from vaultproxy.seam.need import EngineMismatch, need
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def install() -> None:
     _patch_error_pages()
     _patch_http1_reader()
     _patch_websocket()
+    refusals.install()  # requests the HTTP/1 reader refuses are audited as answered
     openssl.check()
     keylog_active()  # the symbol must exist even when no key log is open
     _installed = True

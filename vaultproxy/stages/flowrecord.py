@@ -34,6 +34,7 @@ class FlowRecord:
     whole: str | None = None  # the Content-Encoding of a body redacted whole
     audited: bool = False
     counted: bool = False  # counted in ProxyState.inflight
+    ahead: bool = False  # its ``forward`` record was written (stages/ahead.py)
     # Minted credentials (stages/mint.py)
     minted: Issued | None = None  # the token this request carries
     retried: bool = False  # the response is the resend's after a 401 (response_gate.py)

@@ -4,6 +4,10 @@ the package, outside the script."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from typing import Any
+
 from mitmproxy import http
 
 from vaultproxy.errors import VaultproxyError
@@ -16,7 +20,22 @@ class ChainIncomplete(VaultproxyError):
     status, code, public = 503, "not_ready", "vaultproxy is not fully loaded; refusing traffic"
 
 
+#: How long a connection that arrives before the run is announced waits for it.
+SERVING_WAIT = 60.0
+
+
 class Gate(Stage):
+    async def client_connected(self, client: Any) -> None:
+        """Hold a connection until the run serves (``run.json`` and the ready line are out,
+        every worker listens): nothing is read, decided or injected before that."""
+        serving = self.rt.serving
+        if serving is None or serving.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(serving.wait(), SERVING_WAIT)
+        if not serving.is_set():
+            client.error = "vaultproxy is not serving yet"
+
     def _check(self, flow: http.HTTPFlow) -> None:
         if self.rt.current() is None or not self.rt.chain_complete() or not defences.installed():
             deny(flow, ChainIncomplete())

@@ -12,6 +12,7 @@ from vaultproxy.errors import BodyTooLarge, VaultproxyError
 from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.minted import credential
 from vaultproxy.inject.sigv4 import sign_at_head, sign_request
+from vaultproxy.stages.ahead import forward_ahead, keep_redactor
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -52,9 +53,14 @@ class Inject(Stage):
             secret, fields = credential(rec.minted, plan.service.auth)
         result = prepare_request(req, plan.service, secret, fields, st.snapshot.index)
         rec.injected = result.injected
+        keep_redactor(st, rec)
+        if rec.injected:
+            forward_ahead(st, flow, rec, tunnel.host)
         limit_accept_encoding(req.headers)
         if plan.service.auth == "aws_sigv4":  # signed over the final head (and maybe body)
             wait_body = not sign_at_head(req, plan.service, entry.fields)
+            if not wait_body:
+                forward_ahead(st, flow, rec, tunnel.host)  # signed: a credential leaves
         else:
             wait_body = plan.substitute_body
         if wait_body:
@@ -75,12 +81,16 @@ class Inject(Stage):
         body = flow.request.raw_content or b""
         if len(body) > limit:
             raise BodyTooLarge()
+        st = self.rt.state()
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        host = tunnel.host if tunnel is not None else flow.request.host
         if rec.service.auth == "aws_sigv4":
             sign_request(flow.request, rec.service, entry.fields, body)
+            forward_ahead(st, flow, rec, host)
             return
-        index = self.rt.state().snapshot.index
-        if substitute_request_body(flow.request, rec.service, entry, index):
+        if substitute_request_body(flow.request, rec.service, entry, st.snapshot.index):
             rec.injected = True
+            forward_ahead(st, flow, rec, host)
 
 
 def _surfaces(req: http.Request) -> list[bytes]:

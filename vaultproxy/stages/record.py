@@ -3,10 +3,14 @@ flow's record (its decision and what the stages did); written by audit/canonical
 
 from __future__ import annotations
 
+from typing import Any
+
 from mitmproxy import http
 
 from vaultproxy.audit.canonical import record_decision
+from vaultproxy.errors import InvalidRequest
 from vaultproxy.hostnames import normal_host
+from vaultproxy.seam import refusals
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
@@ -14,7 +18,8 @@ from vaultproxy.stages.runtime import Runtime, Stage
 
 
 def _record(
-    rt: Runtime, flow: http.HTTPFlow, event: str, outcome: str, reason: str | None
+    rt: Runtime, flow: http.HTTPFlow, event: str, outcome: str, reason: str | None,
+    status: int | None = None,
 ) -> None:
     rec = record_of(flow)
     if rec.audited:
@@ -23,6 +28,10 @@ def _record(
     if st is None:
         return
     rec.audited = True
+    if event == "request":
+        refused = refusals.take(flow.client_conn.id)
+        if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
+            outcome, reason, status = "denied", InvalidRequest.code, refused
     request, response = flow.request, flow.response
     service = rec.service
     agent = rec.agent
@@ -45,7 +54,8 @@ def _record(
         method=request.method,
         host=host,
         path=rec.path if event != "tunnel_refused" else None,
-        status=response.status_code if response is not None else None,
+        status=status if status is not None else (
+            response.status_code if response is not None else None),
         started=rec.t0,
         outcome=outcome,
         reason=reason,
@@ -53,6 +63,25 @@ def _record(
 
 
 class Record(Stage):
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        refusals.set_handler(self._refused_head)
+
+    def _refused_head(self, client: Any, status: int) -> None:
+        """mitmproxy refused a request head it could not parse: no flow, still a record."""
+        st = self.rt.current()
+        if st is None:
+            return
+        tunnel = self.rt.connections.tunnel(client.id)
+        service = tunnel.service if tunnel is not None else None
+        record_decision(
+            st.audit, event="request", agent=tunnel.agent if tunnel is not None else None,
+            service=service.name if service is not None else None,
+            mode=service.mode if service is not None else None, method=None,
+            host=tunnel.host if tunnel is not None else None, path=None, status=status,
+            started=None, outcome="denied", reason=InvalidRequest.code,
+        )
+
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
         denied = record_of(flow).denied

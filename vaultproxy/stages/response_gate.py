@@ -167,7 +167,9 @@ class ResponseGate(Stage):
             return
         st = self.rt.state()
         resp = flow.response
-        redactor = st.session.redactor_for(service)
+        # The redactor the request was injected under (stages/ahead.py): a lock or reload
+        # while it was in flight does not leave its response unscanned or hanging.
+        redactor = rec.redactor or st.session.redactor_for(service)
         if redactor is None:
             raise UnscannableResponse("the keystore was locked while the request was in flight")
         rec.redactor = redactor

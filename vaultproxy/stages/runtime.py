@@ -4,6 +4,8 @@ refuses traffic until every one is)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from vaultproxy.stages.connections import Connections
 from vaultproxy.state import Live, ProxyState
 
@@ -18,6 +20,9 @@ class Runtime:
         self.live = live if live is not None else Live()
         self.connections = Connections()
         self._loaded: set[str] = set()
+        # Set once the run is announced (run.json, the ready line): until then the Gate holds
+        # every new connection (``vaultproxy run``; None under mitmdump: serve at once).
+        self.serving: asyncio.Event | None = None
 
     def state(self) -> ProxyState:
         """The live state; NotReady (503) when no home is loaded."""

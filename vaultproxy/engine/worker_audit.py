@@ -1,0 +1,68 @@
+"""A ``--workers`` process's audit sink (issue 15).
+
+A worker writes its own records to ``audit.jsonl`` exactly as the supervisor does (one
+whole-line ``O_APPEND`` write per record, audit/log.py): a record is in the file when the
+request's stage moves on, whether or not the supervisor is still alive to receive it, and
+one process's records keep their order. It also sends each line to the supervisor, which
+counts it for ``/metrics`` (it does not write it again), and reports its counters (written,
+failed, dropped, healthy) in every ``pong`` and whenever its health changes, for
+``/metrics``, ``/v1/health`` and the shutdown summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from vaultproxy.audit import AuditEvent, AuditLog
+from vaultproxy.engine.channel import frame
+
+
+class WorkerAudit(AuditLog):
+    def __init__(
+        self, path: Path, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(path)
+        self._writer = writer
+        self._loop = loop
+        self._reported_healthy = True
+
+    def record(self, event: AuditEvent) -> bool:
+        try:
+            line = event.to_json_line()
+        except Exception as e:  # noqa: BLE001 - auditing must never break the request path
+            self._drop(f"event not recorded ({type(e).__name__})")
+            return False
+        ok = self._write(line, keep=True)
+        self._post(frame({"op": "audit"}, line.encode()))
+        return ok
+
+    def ahead(self, event: AuditEvent) -> bool:
+        ok = super().ahead(event)
+        self._post(b"")
+        return ok
+
+    def report(self) -> dict[str, Any]:
+        """The counters, as sent in ``pong`` and ``audit_state`` frames."""
+        stats = self.stats()
+        self._reported_healthy = bool(stats["healthy"])
+        return stats
+
+    def _post(self, data: bytes) -> None:
+        if self.healthy != self._reported_healthy:
+            data += frame({"op": "audit_state", "audit": self.report()})
+        if not data:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._send(data)
+        else:
+            self._loop.call_soon_threadsafe(self._send, data)
+
+    def _send(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
