@@ -126,3 +126,16 @@ def check_mode(path: Path, wanted: int, *, deny: int, what: str) -> None:
             f"{path} is {what} by group/other (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"fix with: chmod {wanted:04o} {path}"
         )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

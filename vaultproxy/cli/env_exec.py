@@ -27,7 +27,7 @@ from vaultproxy.ca import build_bundle
 from vaultproxy.cli import add_home
 from vaultproxy.config.load import load_config
 from vaultproxy.errors import UsageError, VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.home import Home, pid_alive
 from vaultproxy.sandbox import bwrap, launch, runtimes
 
 TOKEN_ENV = "VAULTPROXY_AGENT_TOKEN"  # noqa: S105 - a variable name
@@ -71,7 +71,7 @@ def run_info(home: Home) -> RunInfo:
         raise NotRunning(f"vaultproxy is not running for {home.path}; {start}") from None
     except (OSError, ValueError, KeyError, TypeError):
         raise NotRunning(f"{home.run_json} is unreadable; {start}") from None
-    if not _alive(pid):
+    if not pid_alive(pid):
         raise NotRunning(
             f"vaultproxy is not running for {home.path} (pid {pid} in run.json is gone); {start}"
         )
@@ -80,18 +80,6 @@ def run_info(home: Home) -> RunInfo:
 
 def proxy_url(home: Home) -> str:
     return run_info(home).url
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_token(token_file: str | None) -> str:

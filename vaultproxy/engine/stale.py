@@ -14,19 +14,9 @@ import os
 import socket
 from pathlib import Path
 
-from vaultproxy.home import Home
+from vaultproxy.home import Home, pid_alive
 
 logger = logging.getLogger(__name__)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _socket_dead(path: Path) -> bool:
@@ -54,7 +44,7 @@ def clean_stale(home: Home) -> list[str]:
             pid = json.loads(run_json.read_text()).get("pid")
         except (OSError, ValueError, AttributeError):
             pid = None
-        if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+        if isinstance(pid, int) and pid != os.getpid() and pid_alive(pid):
             logger.warning("run.json names pid %d, which is running but does not hold this "
                            "home; leaving the file alone", pid)
         else:
@@ -65,7 +55,7 @@ def clean_stale(home: Home) -> list[str]:
         if path.is_socket() and _socket_dead(path):
             path.unlink(missing_ok=True)
             removed.append(f"{path.name} (nothing listens)")
-    owner_alive = isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid)
+    owner_alive = isinstance(pid, int) and pid != os.getpid() and pid_alive(pid)
     if home.admin_token.exists() and not owner_alive:
         # A new token is written at every start; the old one opens nothing once its run is
         # gone, but it should not lie around.
