@@ -106,9 +106,10 @@ def _url(value: str, data: Mapping[str, Any], address: policy.AddressContext,
         raise Problems.one(f"host: {e}") from None
     if own_host and not any(_matches(spec, h) for h in data.get("hosts") or ()):
         raise Problems.one("must be on one of the service's own hosts")
-    verdict = policy.check_static(spec.host, spec.port, address)
-    if not verdict.allowed:
-        raise Problems.one(f"denied by the address policy: {policy.with_article(verdict.reason)}")
+    try:
+        rules.check_address(spec.host, spec.port, address)
+    except RuleViolation as e:
+        raise Problems.one(str(e)) from None
 
 
 def _matches(spec: HostSpec, entry: str) -> bool:

@@ -244,20 +244,7 @@ def _address(data: Mapping[str, Any]) -> policy.AddressContext:
 
 def check_address(spec: HostSpec, ctx: policy.AddressContext) -> None:
     """The load-time address policy (SPEC §5) for a configured IP or dialled name."""
-    verdict = policy.check_static(spec.host, spec.port, ctx)
-    if verdict.allowed:
-        return
-    hint = ""
-    if verdict.reason.startswith("loopback") and not ctx.allow_loopback:
-        hint = "; set allow_loopback = true to permit it"
-    elif verdict.reason.startswith(_PRIVATE_REASONS) and not ctx.allow_private:
-        hint = "; set allow_private = true to permit it"
-    raise RuleViolation(
-        f"denied by the address policy: {policy.with_article(verdict.reason)}{hint}"
-    )
-
-
-_PRIVATE_REASONS = ("private", "carrier-grade NAT", "unique-local", "local-use NAT64")
+    rules.check_address(spec.host, spec.port, ctx)
 
 
 class ProxySettings(Model):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from vaultproxy import policy
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SECRET_RE = NAME_RE
 ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -255,3 +257,23 @@ def parse_allow_entry(value: str) -> AllowEntry:
     if not spec.is_ip:
         raise RuleViolation("must be an IP address or CIDR, not a host name")
     return AllowEntry(ipaddress.ip_network(spec.host), spec.port)
+
+
+_PRIVATE_REASONS = ("private", "carrier-grade NAT", "unique-local", "local-use NAT64")
+
+
+def check_address(host: str, port: int, ctx: policy.AddressContext) -> None:
+    """The load-time address policy (SPEC §5) for an address in services.toml: a service's
+    IP host or ``connect_to``, a source's URL, a token endpoint. The message names the
+    kind of address and the setting that would permit it, never the address."""
+    verdict = policy.check_static(host, port, ctx)
+    if verdict.allowed:
+        return
+    hint = ""
+    if verdict.reason.startswith("loopback") and not ctx.allow_loopback:
+        hint = "; set allow_loopback = true to permit it"
+    elif verdict.reason.startswith(_PRIVATE_REASONS) and not ctx.allow_private:
+        hint = "; set allow_private = true to permit it"
+    raise RuleViolation(
+        f"denied by the address policy: {policy.with_article(verdict.reason)}{hint}"
+    )

@@ -44,7 +44,6 @@ AUTHS: dict[str, tuple[str, ...]] = {
 }
 MAX_REFRESH = 7 * 24 * 3600
 _MOUNT = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/?")
-_PRIVATE_REASONS = ("private", "carrier-grade NAT", "unique-local", "local-use NAT64")
 
 
 class SourceConfig(Model):
@@ -97,15 +96,10 @@ class SourceConfig(Model):
                                "(127.0.0.1 or [::1]); use https://")
         ctx = policy.AddressContext(allow_private=info.data.get("allow_private") is True,
                                     allow_loopback=info.data.get("allow_loopback") is True)
-        verdict = policy.check_static(str(literal) if literal else host, port, ctx)
-        if not verdict.allowed:  # an IP literal now; a name's addresses when dialled
-            hint = ""
-            if verdict.reason.startswith("loopback") and not ctx.allow_loopback:
-                hint = "; set allow_loopback = true to permit it"
-            elif verdict.reason.startswith(_PRIVATE_REASONS) and not ctx.allow_private:
-                hint = "; set allow_private = true to permit it"
-            raise Problems.one("denied by the address policy: "
-                               f"{policy.with_article(verdict.reason)}{hint}")
+        try:  # an IP literal now; a name's addresses when dialled
+            rules.check_address(str(literal) if literal else host, port, ctx)
+        except RuleViolation as e:
+            raise Problems.one(str(e)) from None
         return url
 
     @field_validator("mount", "namespace")
