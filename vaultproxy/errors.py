@@ -176,8 +176,15 @@ def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
     return UpstreamUnreachable.status, UpstreamUnreachable.code, UpstreamUnreachable.public
 
 
-def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": message, "code": code}).encode()
+def error_payload(code: str, message: str, **extra: object) -> dict[str, object]:
+    """The one error shape (SPEC §5): an ``error`` object with ``message``, ``type`` and
+    ``code`` -- what the OpenAI and Anthropic SDKs print in their exception text (a bare
+    string there shows as "Error code: 503" and nothing else)."""
+    return {"error": {"message": message, "type": "vaultproxy_error", "code": code, **extra}}
+
+
+def error_body(code: str, message: str, **extra: object) -> bytes:
+    return json.dumps(error_payload(code, message, **extra)).encode()
 
 
 class AuditUnavailable(VaultproxyError):

@@ -120,7 +120,7 @@ def test_tcp_needs_the_token(admin_proxy, upstream, method, path, body) -> None:
     seen = len(upstream.received)
     with tcp(proxy, auth=False) as c:
         r = c.request(method, path, json=body)
-        assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
         r = c.request(method, path, json=body, headers={"Authorization": "Bearer wrong"})
         assert r.status_code == 401
         r = c.request(method, path, json=body, headers={"Authorization": token(proxy)})
@@ -145,7 +145,7 @@ def test_dns_rebinding_guard(admin_proxy, host: str) -> None:  # type: ignore[no
     proxy, _ = admin_proxy
     with tcp(proxy) as c:
         r = c.get("/v1/services", headers={"Host": host})
-        assert r.status_code == 403 and r.json()["code"] == "host_refused"
+        assert r.status_code == 403 and r.json()["error"]["code"] == "host_refused"
         port = str(proxy.extra["admin"]).rsplit(":", 1)[1]
         for ok in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
             assert c.get("/v1/services", headers={"Host": ok}).status_code == 200
@@ -211,8 +211,9 @@ def test_reload_counts_and_invalid_file(admin_proxy, kind: str) -> None:  # type
             r = c.post("/v1/reload")
         finally:
             path.write_text(good)
-        assert r.status_code == 409 and r.json()["code"] == "config_invalid"
-        assert r.json()["problems"] and all(isinstance(p, str) for p in r.json()["problems"])
+        assert r.status_code == 409 and r.json()["error"]["code"] == "config_invalid"
+        problems = r.json()["error"]["problems"]
+        assert problems and all(isinstance(p, str) for p in problems)
         assert c.get("/v1/health").json()["services"] == len(MATRIX)  # previous registry kept
         assert "vaultproxy_reloads_total" in c.get("/metrics").text
 
@@ -240,17 +241,17 @@ def test_lock_then_unlock_and_backoff(admin_proxy, upstream) -> None:  # type: i
     with unix(proxy, caller="locker") as c, agent_client(proxy) as agent:
         assert c.post("/v1/lock").json() == {"locked": True}
         r = agent.get("https://hi-bearer.api.test/while-locked")
-        assert r.status_code == 503 and r.json()["code"] == "locked"
+        assert r.status_code == 503 and r.json()["error"]["code"] == "locked"
         assert c.get("/v1/health").json()["locked"] is True
-        assert c.get("/v1/secrets").json()["code"] == "locked"
+        assert c.get("/v1/secrets").json()["error"]["code"] == "locked"
         assert "vaultproxy_locked 1.0" in c.get("/metrics").text
         # Wrong passwords: the first is checked, the next one right away is refused (backoff).
         bad = c.post("/v1/unlock", json={"password": "wrong"}, headers={"X-Caller-Id": "guesser"})
-        assert bad.status_code == 403 and bad.json()["code"] == "unlock_failed"
+        assert bad.status_code == 403 and bad.json()["error"]["code"] == "unlock_failed"
         again = c.post("/v1/unlock", json={"password": PASSWORD},
                        headers={"X-Caller-Id": "guesser"})
         # refused before the KDF: even the right password is not tried during the backoff
-        assert again.status_code == 429 and again.json()["code"] == "rate_limited"
+        assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limited"
         assert int(again.headers["Retry-After"]) >= 1
         assert c.get("/v1/health").json()["locked"] is True
         time.sleep(1.1)
@@ -313,7 +314,7 @@ def test_proxy_refuses_caller_credentials(admin_proxy, upstream, header: str) ->
     service = "hi-header" if header == "X-Service-Key" else "hi-bearer"
     with tcp(proxy, caller="refused") as c:
         r = c.post("/proxy", json={"service": service, "headers": {header: "Bearer mine"}})
-    assert r.status_code == 400 and r.json()["code"] == "auth_header_refused"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "auth_header_refused"
     assert len(upstream.received) == seen
 
 
@@ -323,11 +324,11 @@ def test_proxy_policy_errors(admin_proxy, upstream) -> None:  # type: ignore[no-
     with unix(proxy, caller="policy") as c:
         r = c.post("/proxy", json={"service": "ph-bearer",
                                    "headers": {"X-Other": "__vault.hi-bearer__"}})
-        assert r.status_code == 403 and r.json()["code"] == "placeholder_misdirected"
+        assert r.status_code == 403 and r.json()["error"]["code"] == "placeholder_misdirected"
         r = c.post("/proxy", json={"service": "ph-bearer", "query": {"a": "__vault.nobody__"}})
-        assert r.status_code == 403 and r.json()["code"] == "placeholder_unknown"
+        assert r.status_code == 403 and r.json()["error"]["code"] == "placeholder_unknown"
         r = c.post("/proxy", json={"service": "nope"})
-        assert r.status_code == 404 and r.json()["code"] == "unknown_service"
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_service"
         r = c.post("/proxy", json={"service": "hi-bearer", "host": "ph-bearer.api.test"})
         assert r.status_code == 400
     assert len(upstream.received) == seen
@@ -343,7 +344,8 @@ def test_proxy_is_rate_limited(admin_proxy) -> None:  # type: ignore[no-untyped-
     codes = [r.status_code for r in replies]
     assert 429 in codes and codes.count(404) >= 50, codes
     limited = next(r for r in replies if r.status_code == 429)
-    assert limited.json()["code"] == "rate_limited" and int(limited.headers["Retry-After"]) >= 1
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) >= 1
     with tcp(proxy, caller="someone-else") as c:  # per caller
         assert c.post("/proxy", json={"service": "no-such"}).status_code == 404
 

@@ -125,7 +125,7 @@ def test_out_of_scope_is_403_and_upstream_untouched(env: Env, upstream: Upstream
     status, headers, body = _connect(env.proxy.port, "svc-b.api.test:443", basic("bot", env.token))
     assert status == 403
     assert headers["x-vaultproxy-error"] == "agent_scope"
-    assert json.loads(body)["code"] == "agent_scope"
+    assert json.loads(body)["error"]["code"] == "agent_scope"
     with env.client() as c, pytest.raises(httpx.ProxyError):
         c.get("https://svc-b.api.test/out-of-scope")
     assert len(upstream.received) == before
@@ -145,7 +145,7 @@ def test_missing_or_wrong_credentials_get_407(
     assert status == 407
     assert headers["x-vaultproxy-error"] == "agent_auth_required"
     assert headers["proxy-authenticate"].lower().startswith("basic")
-    assert json.loads(body)["code"] == "agent_auth_required"
+    assert json.loads(body)["error"]["code"] == "agent_auth_required"
     assert len(upstream.received) == before
 
 

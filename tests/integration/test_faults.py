@@ -359,7 +359,7 @@ def test_reload_applies_a_changed_ca_cert(tmp_path, upstream, secret, workers) -
         for i in range(n):  # fresh connections: both workers, no pooled upstream
             with agent_client(proxy) as c:
                 r = c.get(f"https://{HOST}/ca/{i}")
-                out.add(200 if r.status_code == 200 else r.json()["code"])
+                out.add(200 if r.status_code == 200 else r.json()["error"]["code"])
         return out
 
     try:

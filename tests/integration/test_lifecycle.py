@@ -62,7 +62,7 @@ def test_locked_keystore_answers_503_locked_and_forwards_nothing(start_proxy, up
         r = c.get("https://svc-l.api.test/x", headers={"Authorization": "Bearer agent-own"})
     assert r.status_code == 503
     assert r.headers["x-vaultproxy-error"] == "locked"
-    assert r.json()["code"] == "locked"
+    assert r.json()["error"]["code"] == "locked"
     assert len(upstream.received) == before
 
 

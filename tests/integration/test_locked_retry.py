@@ -77,7 +77,7 @@ def test_locked_503_stops_sdk_retries(tmp_path: Path, upstream: HostileUpstream)
         assert resp.status_code == 503
         assert resp.headers["x-vaultproxy-error"] == "locked"
         assert resp.headers["x-should-retry"] == "false"
-        assert "vaultproxy unlock" in resp.json()["error"]
+        assert "vaultproxy unlock" in resp.json()["error"]["message"]
         attempts = [r for r in proxy.audit() if r.get("reason") == "locked"]
     finally:
         proxy.stop()

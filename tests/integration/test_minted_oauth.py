@@ -181,7 +181,7 @@ def test_a_used_refresh_token_is_502_token_unavailable_and_nothing_is_forwarded(
     with agent_client(proxy) as c:
         r = c.get("https://stale.oauth.api.test/api/things")
     assert r.status_code == 502, r.text
-    assert r.json()["code"] == "token_unavailable"
+    assert r.json()["error"]["code"] == "token_unavailable"
     assert r.headers["x-vaultproxy-error"] == "token_unavailable"
     assert oauth.refused["refresh_token"] == refused + 1
     assert len(oauth.api_seen) == seen and oauth.api_refused == api_refused  # nothing sent

@@ -125,7 +125,7 @@ def test_a_refused_login_is_502_token_unavailable_and_nothing_is_forwarded(
     with agent_client(proxy) as c:
         r = c.get("https://badpw.api.test/npm/api/users")
     assert r.status_code == 502
-    assert json.loads(r.text)["code"] == "token_unavailable"
+    assert json.loads(r.text)["error"]["code"] == "token_unavailable"
     assert app.refused_logins == refused + 1
     assert sum(app.api_ok.values()) == ok and sum(app.api_refused.values()) == api_refused
     assert "answered 401" in proxy.output()

@@ -277,10 +277,10 @@ def test_the_egress_policy_applies_to_a_source_at_the_dial(world: dict[str, Any]
 def test_unknown_source_and_locked(world: dict[str, Any]) -> None:
     proxy, home = world["proxy"], world["home"]
     r = admin(proxy, "POST", "/v1/sync", {"source": "nosuch"})
-    assert r.status_code == 404 and r.json()["code"] == "unknown_source"
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_source"
     cli(home.path, "lock")
     r = admin(proxy, "POST", "/v1/sync")
-    assert r.status_code == 503 and r.json()["code"] == "locked"
+    assert r.status_code == 503 and r.json()["error"]["code"] == "locked"
     assert sources(proxy)["bao"]["items"] is None  # counts need the keystore
     out = cli(home.path, "sync", check=False)
     assert out.returncode == 1 and "locked; `vaultproxy unlock` first" in out.stderr

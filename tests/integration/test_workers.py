@@ -126,7 +126,7 @@ def test_lock_and_unlock_reach_every_worker(workers_proxy, upstream, secrets) ->
         assert admin.post("/v1/lock").json() == {"locked": True}
         replies, owners = fan_out(proxy, "w-bearer.api.test", "/locked")
         assert_spread(owners, proxy)
-        assert {(r.status_code, r.json()["code"]) for r in replies} == {(503, "locked")}
+        assert {(r.status_code, r.json()["error"]["code"]) for r in replies} == {(503, "locked")}
         assert auths_seen(upstream, "/locked") == []  # nothing forwarded by any worker
         assert admin.post("/v1/unlock", json={"password": PASSWORD}).status_code == 200
         replies, owners = fan_out(proxy, "w-bearer.api.test", "/unlocked")

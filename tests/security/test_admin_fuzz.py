@@ -67,7 +67,7 @@ def test_admin_api_fuzz(fuzz_target: tuple[ProxyProcess, str]) -> None:
             response = case.call(base_url=base, timeout=20, headers=auth)
             assert response.status_code != 500, (case.method, case.path, response.text[:300])
             if response.status_code > 500:  # only the documented, deliberate ones
-                assert response.json()["code"] in DELIBERATE_5XX, response.text[:300]
+                assert response.json()["error"]["code"] in DELIBERATE_5XX, response.text[:300]
             seen = response.content + repr(dict(response.headers)).encode()
             assert not CANARY_RE.search(seen), (case.method, case.path)
 

@@ -206,7 +206,7 @@ def test_admin_api_audit(tmp_path: Path, server: RangeServer) -> None:
                           headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert lock.status_code == 200
         locked = _get(proxy, token)
-        assert locked.status_code == 503 and locked.json()["code"] == "locked"
+        assert locked.status_code == 503 and locked.json()["error"]["code"] == "locked"
     finally:
         proxy.stop()
     events = [e for e in proxy.audit() if e.get("path") == "/v1/secrets/audit"]

@@ -54,7 +54,7 @@ def connect_status(proxy_port: int, target: str) -> tuple[int, str | None]:
     sock.close()
     code = headers.get("x-vaultproxy-error")
     if code is not None:
-        assert json.loads(body)["code"] == code
+        assert json.loads(body)["error"]["code"] == code
     return status, code
 
 

@@ -105,7 +105,7 @@ def test_misdirected_placeholder_refused_and_never_forwarded(
     path, headers, params = _request(where, PH_A)
     status, code, body = _send(proxy, f"{target}.api.test", path, headers, params)
     assert (status, code) == (403, "placeholder_misdirected")
-    assert body.get("code") == "placeholder_misdirected"
+    assert body["error"]["code"] == "placeholder_misdirected"
     assert len(upstream.received) == before, "the upstream was contacted"
     leaked = _carries_secret(upstream, secrets_, before)
     assert not leaked, "a request carrying a secret reached the upstream"

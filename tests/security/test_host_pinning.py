@@ -70,7 +70,7 @@ def test_host_header_mismatch_refused_before_injection(
     canary.scan_text("agent response host mismatch", r.content)
     assert r.status_code == 421
     assert r.headers["x-vaultproxy-error"] == "host_mismatch"
-    assert r.json()["code"] == "host_mismatch"
+    assert r.json()["error"]["code"] == "host_mismatch"
     assert len(upstream.received) == before, "the upstream was contacted"
     clean = _no_secret_since(upstream, secrets_, before)
     assert clean
@@ -107,7 +107,7 @@ def _tunnel_request(proxy: ProxyProcess, sni: str, host: str) -> tuple[int, dict
         tls.sendall(f"GET /sni HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         status, headers, body = recv_head(tls)
     if headers.get("x-vaultproxy-error"):
-        assert json.loads(body)["code"] == headers["x-vaultproxy-error"]
+        assert json.loads(body)["error"]["code"] == headers["x-vaultproxy-error"]
     return status, headers
 
 

@@ -296,7 +296,7 @@ def test_no_form_of_the_secret_reaches_the_agent(
     assert agent.header_of(reply, "x-vaultproxy-error") == code
     if code is not None:
         body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
-        assert body["code"] == code
+        assert body["error"]["code"] == code
         assert "mitmproxy" not in reply.decode("latin-1").lower()
     expected = _expected_body(path)
     if expected is not None:  # 1xx and trailers: the final response arrives, whole

@@ -36,7 +36,13 @@ from vaultproxy.admin.ratelimit import TooFast
 from vaultproxy.audit import metrics
 from vaultproxy.audit import status as audit_status
 from vaultproxy.config.models import Service
-from vaultproxy.errors import ConfigError, UsageError, VaultproxyError, error_response
+from vaultproxy.errors import (
+    ConfigError,
+    UsageError,
+    VaultproxyError,
+    error_payload,
+    error_response,
+)
 from vaultproxy.keystore.cached import has_secret
 
 logger = logging.getLogger(__name__)
@@ -49,8 +55,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def error_json(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"error": message, "code": code, **extra}
-    return JSONResponse(body, status_code=status, headers={"X-Vaultproxy-Error": code})
+    return JSONResponse(error_payload(code, message, **extra), status_code=status,
+                        headers={"X-Vaultproxy-Error": code})
 
 
 def create_app(ctx: AdminContext) -> FastAPI:

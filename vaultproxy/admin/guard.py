@@ -4,13 +4,13 @@ token on TCP; the Unix socket's peer was checked (SO_PEERCRED) when it connected
 from __future__ import annotations
 
 import ipaddress
-import json
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vaultproxy.admin.caller import caller_of
 from vaultproxy.admin.token import bearer_matches
+from vaultproxy.errors import error_body
 from vaultproxy.hostnames import split_authority
 
 TRANSPORT_KEY = "vaultproxy.transport"
@@ -47,7 +47,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def _refuse(send: Send, status: int, code: str, message: str, extra: list[Any]) -> None:
-    body = json.dumps({"error": message, "code": code}).encode()
+    body = error_body(code, message)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"x-vaultproxy-error", code.encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})

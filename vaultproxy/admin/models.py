@@ -23,10 +23,15 @@ class _Out(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True)
 
 
-class ErrorOut(_Out):
-    error: str
+class ErrorDetail(_Out):
+    message: str
+    type: str = "vaultproxy_error"
     code: str
     problems: list[str] | None = None
+
+
+class ErrorOut(_Out):
+    error: ErrorDetail
 
 
 class HealthOut(_Out):
