@@ -1,0 +1,147 @@
+# ruff: noqa: E501  (table labels)
+"""Over a WAN: direct vs through vaultproxy, with an upstream behind a userspace delay relay.
+
+    .venv/bin/python bench/rtt.py                 # RTT 20 and 100 ms, 20 calls each
+    .venv/bin/python bench/rtt.py --rtt 20 --calls 10
+
+The kernel here has no netem, so ../shared/tools/delayrelay.py (or bench's copy beside the
+checkout's shared/) delays every chunk by RTT/2 in each direction and adds one round trip
+before the first byte (the TCP handshake). nginx serves 1 KB over TLS behind it.
+
+Workloads, as an agent loop makes them:
+  new connection   N sequential `curl` processes (gh/git/curl style): every call opens a new
+                   connection; through vaultproxy the client's connection is local and the
+                   upstream one crosses the WAN.
+  keep-alive       one `curl` process fetching the URL N times over one connection.
+Reported: p50 and p90 of curl's own time_total per request, and the ratio vaultproxy/direct.
+All traffic stays on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.targets import Vaultproxy, VaultproxyHome
+from bench.upstream import Nginx, stop_process
+
+REPO = Path(__file__).resolve().parents[1]
+RELAY_CANDIDATES = (REPO.parent / "shared" / "tools" / "delayrelay.py",)
+HOST = "hi.bench.test"
+
+
+def relay_script() -> Path:
+    for p in RELAY_CANDIDATES:
+        if p.exists():
+            return p
+    raise SystemExit("delayrelay.py not found beside the checkout (../shared/tools/)")
+
+
+def start_relay(workdir: Path, port: int, one_way_ms: float) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = workdir / f"relay-{port}-{one_way_ms}.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(relay_script()), str(port_file), "127.0.0.1", str(port), str(one_way_ms)],
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("delay relay did not start")
+        time.sleep(0.02)
+    return proc, int(port_file.read_text())
+
+
+def services_toml(relay_port: int) -> str:
+    return (
+        f'[[service]]\nname = "hi"\nhosts = ["{HOST}"]\nmode = "host_inject"\nauth = "bearer"\n'
+        f'connect_to = "127.0.0.1:{relay_port}"\nallow_loopback = true\nca_cert = "upstream-ca.pem"\n'
+    )
+
+
+def curl_times(args: list[str], url: str, n: int, *, one_process: bool) -> list[float]:
+    """curl's own time_total (seconds) per request."""
+    fmt = "%{time_total}\\n"
+    base = ["curl", "-s", "-w", fmt, *args]
+    if one_process:
+        urls = [a for _ in range(n) for a in ("-o", "/dev/null", url)]
+        out = subprocess.run([*base, *urls], capture_output=True, text=True, check=True).stdout
+        times = [float(x) for x in out.split()]
+        # curl reports each transfer's time from its own start: keep-alive reuse shows as
+        # the later transfers' lower times; the first carries the handshakes.
+        return times
+    times = []
+    for _ in range(n):
+        out = subprocess.run([*base, "-o", "/dev/null", url], capture_output=True, text=True, check=True).stdout
+        times.append(float(out.strip()))
+    return times
+
+
+def summary(times: list[float]) -> tuple[float, float]:
+    ms = sorted(t * 1000 for t in times)
+    return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.9))]
+
+
+def measure(rtt: float, calls: int, work: Path, nginx: Nginx, home_base: Path) -> list[tuple[str, float, float]]:
+    relay, relay_port = start_relay(work, nginx.port, rtt / 2)
+    rows: list[tuple[str, float, float]] = []
+    vp = None
+    try:
+        home = VaultproxyHome.create(home_base / f"home-{int(rtt)}", nginx)
+        (home.path / "services.toml").write_text(services_toml(relay_port))
+        vp = Vaultproxy("vp", "vaultproxy", nginx, work / f"vp-{int(rtt)}")
+        vp.home = home
+        vp.start()
+        assert vp.proxy is not None
+        direct = ["--cacert", str(nginx.ca_file), "--connect-to", f"{HOST}:443:127.0.0.1:{relay_port}"]
+        through = ["--cacert", str(home.path / "ca.crt"), "--proxy", vp.proxy]
+        url = f"https://{HOST}/"
+        for label, one in (("new connection", False), ("keep-alive", True)):
+            for who, args in (("direct", direct), ("vaultproxy", through)):
+                curl_times(args, url, 2, one_process=one)  # warm: DNS, CA load, proxy caches
+                t = curl_times(args, url, calls, one_process=one)
+                if one:
+                    t = t[1:]  # the first transfer opens the connection
+                p50, p90 = summary(t)
+                rows.append((f"RTT {rtt:g} ms, {label}, {who}", p50, p90))
+    finally:
+        if vp is not None:
+            vp.stop()
+        stop_process(relay)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rtt", type=float, action="append", help="round trip ms (repeatable; default 20 and 100)")
+    ap.add_argument("--calls", type=int, default=20)
+    opts = ap.parse_args()
+    rtts = opts.rtt or [20.0, 100.0]
+    with tempfile.TemporaryDirectory(prefix="vp-rtt-") as tmp:
+        work = Path(tmp)
+        nginx = Nginx(work / "nginx").start()
+        try:
+            rows = [r for rtt in rtts for r in measure(rtt, opts.calls, work, nginx, work)]
+        finally:
+            nginx.stop()
+    print(f"| workload ({opts.calls} requests) | p50 ms | p90 ms |")
+    print("|---|---|---|")
+    for label, p50, p90 in rows:
+        print(f"| {label} | {p50:.1f} | {p90:.1f} |")
+    by = {label: p50 for label, p50, _ in rows}
+    for rtt in rtts:
+        for kind in ("new connection", "keep-alive"):
+            d = by[f"RTT {rtt:g} ms, {kind}, direct"]
+            v = by[f"RTT {rtt:g} ms, {kind}, vaultproxy"]
+            print(f"RTT {rtt:g} ms {kind}: vaultproxy/direct p50 = {v / d:.2f}")
+
+
+if __name__ == "__main__":
+    main()
