@@ -66,7 +66,17 @@ def call(home: Home, method: str, path: str, body: bytes | None = None) -> tuple
         data = json.loads(raw) if raw else {}
     except ValueError:
         data = {}
-    return response.status, data
+    return response.status, _flat_error(data)
+
+
+def _flat_error(data: Any) -> Any:
+    """Lift the error object (SPEC §5: ``{"error": {"message", "type", "code", ...}}``) to
+    ``error`` (the message), ``code`` and ``problems`` beside the rest, for the commands here."""
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        detail = data["error"]
+        return {**data, **{k: v for k, v in detail.items() if k != "message"},
+                "error": detail.get("message")}
+    return data
 
 
 def _fail(status: int, data: Any) -> VaultproxyError:
