@@ -7,7 +7,7 @@ person; a rate-limited one is never put in front of a person either."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from vaultproxy.access.approvals import Ticket, TooManyPending
@@ -47,29 +47,35 @@ class ServiceAccess:
 OPEN = ServiceAccess(RuleTable((), "allow"), None)
 
 
-async def enforce(desk: Desk, access: ServiceAccess, ticket: Ticket) -> None:
-    """Raise RequestDenied / RateLimited / ApprovalDenied / ApprovalTimeout, or return."""
+async def enforce(desk: Callable[[], Desk], access: ServiceAccess, method: str, path: str,
+                  ticket: Callable[[], Ticket]) -> None:
+    """Raise RequestDenied / RateLimited / ApprovalDenied / ApprovalTimeout, or return.
+
+    ``path`` is normalised (what goes upstream); ``desk`` and ``ticket`` are only called when
+    a rate limit or an approval needs them (an allowed request costs one regex match)."""
     if access is OPEN:
         return
-    verdict = access.table.verdict(ticket.method, ticket.path)
+    verdict = access.table.verdict(method, path)
     action: Action = verdict.action
     if action == "deny":
         where = f"rule {verdict.key!r}" if verdict.rule is not None else "default_action"
-        raise RequestDenied(
-            f"service {ticket.service}: {where} denies {ticket.method.upper()} on this path"
-        )
+        raise RequestDenied(f"service {ticket().service}: {where} denies {method.upper()} "
+                            "on this path")
+    if action == "allow" and access.rate is None:
+        return
+    t = ticket()
     if access.rate is not None:
-        wait = await desk.rate(ticket.agent, ticket.service, access.rate)
+        wait = await desk().rate(t.agent, t.service, access.rate)
         if wait is not None:
             raise rate_limited(
                 retry_after(wait),
-                f"service {ticket.service}: rate limit reached for this agent; "
+                f"service {t.service}: rate limit reached for this agent; "
                 f"retry after {retry_after(wait)} s",
             )
     if action != "approve":
         return
     try:
-        result = await desk.hold(replace(ticket, rule=verdict.key))
+        result = await desk().hold(replace(t, rule=verdict.key))
     except TooManyPending as e:
         raise rate_limited(5, str(e)) from None
     if result.outcome == "denied":

@@ -53,7 +53,8 @@ async def check_access(st: ProxyState, service: Service, host: str,
     if access is OPEN:
         return req_in
     normal = normalise_target(req_in.path)
+    path = normal.split("?", 1)[0]
     ticket = Ticket(agent=None, service=service.name, method=req_in.method.upper(), host=host,
-                    path=normal.split("?", 1)[0], body_size=len(body), rule="", via="api")
-    await enforce(st.access_desk(), access, ticket)
+                    path=path, body_size=len(body), rule="", via="api")
+    await enforce(st.access_desk, access, req_in.method, path, lambda: ticket)
     return req_in if normal == req_in.path else req_in.model_copy(update={"path": normal})

@@ -99,13 +99,16 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
     if normal != target:
         req.data.path = normal.encode("latin-1")  # what the rule saw is what goes upstream
         rec.path = normal.split("?", 1)[0]
-    length = req.headers.get("content-length", "")
-    ticket = Ticket(
-        agent=tunnel.agent, service=tunnel.service.name, method=req.method.upper(),
-        host=tunnel.host, path=normal.split("?", 1)[0],
-        body_size=int(length) if length.strip().isdigit() else None, rule="",
-    )
-    await enforce(st.access_desk(), access, ticket)
+    path = normal.split("?", 1)[0]
+    service, agent, host = tunnel.service.name, tunnel.agent, tunnel.host
+
+    def ticket() -> Ticket:
+        length = req.headers.get("content-length", "")
+        return Ticket(agent=agent, service=service, method=req.method.upper(), host=host,
+                      path=path, body_size=int(length) if length.strip().isdigit() else None,
+                      rule="")
+
+    await enforce(st.access_desk, access, req.method, path, ticket)
 
 
 def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
