@@ -92,12 +92,13 @@ def micro() -> tuple[float, float]:
     return v, p
 
 
-def stage_cost(base: Path, toml: str, n: int = 20_000) -> dict[str, float]:
+def stage_cost(base: Path, toml: str, ca: bytes, n: int = 20_000) -> dict[str, float]:
     """µs per call of the proxy's whole access step (stages/access.py ``on_request_headers``:
     honeytoken check, normalisation, rules, ``enforce``) on a mitmproxy test flow, per
     service: the exact code a request runs, with less of the machine's noise."""
     home = Home(base / "stage-home")
     home.create()
+    (home.path / "upstream-ca.pem").write_bytes(ca)
     state = ProxyState.from_text(home, toml)
     rt = Runtime(Live(state))
     runs: dict[str, list[float]] = {}
@@ -139,7 +140,7 @@ def main() -> int:
         home = ProxyHome.create(base / "p", toml, {"plain": "vpbench_" + "a" * 24,
                                                     "ruled": "vpbench_" + "b" * 24},
                                 files={"upstream-ca.pem": up.ca_file.read_bytes()})
-        stage = stage_cost(base, toml)
+        stage = stage_cost(base, toml, up.ca_file.read_bytes())
         proxy = ProxyProcess.start(home)
         pid = proxy.proc.pid
         ctx = ssl.create_default_context(cafile=str(home.ca_cert))
