@@ -211,6 +211,8 @@ def test_timeout_then_late_approval_grants_the_retry_for_grant_seconds(env: Env)
     assert received(env, path) == 1
     records = [r for r in env.proxy.audit() if r["event"] == "approval" and r["id"] == aid]
     assert [r["decided_by"] for r in records] == [None, "timeout", "cli"]
+    assert any(r["event"] == "admin" and r["path"] == f"/v1/approvals/{aid}"
+               and r["caller"] for r in env.proxy.audit())  # who decided, as an admin record
     # the grant is spent: the next one is held again (and times out)
     status, headers, body = finish(curl(env, "POST", path))
     assert json.loads(body)["error"]["code"] == "approval_timeout"
@@ -241,3 +243,20 @@ def test_deny_rule_and_unheld_requests(env: Env) -> None:
     status, _, _ = finish(curl(env, "GET", "/hold/x"))  # GET is not held (negative twin)
     assert status == 200
     assert received(env, "/hold/x") == 1
+
+
+def test_post_proxy_is_held_and_decided_like_a_proxied_request(env: Env) -> None:
+    import concurrent.futures
+
+    with admin(env.proxy) as a, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(a.post, "/proxy", json={"service": "ai", "method": "POST",
+                                                  "path": "/hold/./via-api/../api"})
+        x = pending(env, "/hold/api")  # held under its normalised path
+        assert x["via"] == "api" and received(env, "/hold/api") == 0
+        with admin(env.proxy) as b:
+            assert b.post(f"/v1/approvals/{x['id']}", json={"decision": "approve"}).json()[
+                "state"] == "approved"
+        r = fut.result(timeout=30)
+    canary.scan_text("POST /proxy", r.content)
+    assert r.status_code == 200
+    assert received(env, "/hold/api") == 1

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vaultproxy.access.approvals import AlreadyDecided, Approval, UnknownApproval
 from vaultproxy.access.desk import AccessDesk
-from vaultproxy.admin.context import proxy_state
+from vaultproxy.admin.actions import audit_admin
+from vaultproxy.admin.context import caller, proxy_state
 from vaultproxy.admin.models import ErrorOut
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.state import ProxyState
@@ -104,11 +105,21 @@ async def list_approvals(
     409: {"model": ErrorOut, "description": "already decided"},
 })
 async def decide(approval_id: str, body: DecisionIn, request: Request) -> ApprovalOut:
-    desk = owner_desk(proxy_state(request))
+    """Decide; besides the ``approval`` record, an ``admin`` record names the caller."""
+    st = proxy_state(request)
+    desk = owner_desk(st)
+    aid = approval_id[:64]
+    path = f"/v1/approvals/{aid}"
     try:
-        done = desk.decide(approval_id[:64], body.decision, body.decided_by, body.grant_seconds)
+        done = desk.decide(aid, body.decision, body.decided_by, body.grant_seconds)
     except UnknownApproval:
-        raise ApprovalNotFound(f"no approval with id {approval_id[:64]}") from None
+        audit_admin(st, caller=caller(request), action=body.decision, method="POST",
+                    path=path, status=404, code=ApprovalNotFound.code)
+        raise ApprovalNotFound(f"no approval with id {aid}") from None
     except AlreadyDecided as e:
+        audit_admin(st, caller=caller(request), action=body.decision, method="POST",
+                    path=path, status=409, code=ApprovalDecided.code)
         raise ApprovalDecided(str(e)) from None
+    audit_admin(st, caller=caller(request), action=body.decision, method="POST", path=path,
+                status=200)
     return approval_out(done)
