@@ -19,6 +19,7 @@ same ones ``POST /proxy`` calls.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NoReturn
 
 from mitmproxy import http
 
@@ -33,7 +34,8 @@ from vaultproxy.stages.runtime import Runtime
 from vaultproxy.state import ProxyState
 
 
-def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface: str) -> None:
+def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface: str
+            ) -> NoReturn:
     tunnel = rt.connections.tunnel(flow.client_conn.id)
     service = tunnel.service if tunnel is not None else None
     host = tunnel.host if tunnel is not None else normal_host(flow.request.host)
