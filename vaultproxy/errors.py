@@ -14,6 +14,8 @@ class VaultproxyError(Exception):
     status = 500
     code = "internal"
     public = "internal proxy error"
+    #: Response headers the proxy adds to its error reply (Retry-After, the approval id).
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.public)
@@ -203,3 +205,41 @@ class NotReady(VaultproxyError):
 
 def problems_text(err: ConfigError) -> str:
     return "\n".join(f"  {p}" for p in err.problems)
+
+
+class RequestDenied(VaultproxyError):
+    """A service's rule (SPEC §10) refuses this method and path."""
+
+    status, code, public = 403, "request_denied", "a vaultproxy rule denies this request"
+
+
+class ApprovalDenied(VaultproxyError):
+    status, code, public = 403, "approval_denied", "the operator denied this request"
+
+    def __init__(self, approval_id: str) -> None:
+        super().__init__(f"the operator denied this request (approval {approval_id})")
+        self.extra_headers = (("X-Vaultproxy-Approval", approval_id),)
+
+
+class ApprovalTimeout(VaultproxyError):
+    """Nobody decided within ``hold_seconds``; approving the id later lets a retry pass."""
+
+    status, code, public = 403, "approval_timeout", "no decision on this request in time"
+
+    def __init__(self, approval_id: str) -> None:
+        super().__init__(
+            f"this request needs the operator's approval and none came in time; approval "
+            f"{approval_id} stays open: once it is approved, retry the request"
+        )
+        self.extra_headers = (("X-Vaultproxy-Approval", approval_id),)
+
+
+class HoneytokenUsed(VaultproxyError):
+    status, code, public = 403, "honeytoken", "this credential is a decoy; the use is reported"
+
+
+def rate_limited(retry_after: int, message: str) -> RateLimited:
+    """A 429 carrying ``Retry-After``."""
+    err = RateLimited(message)
+    err.extra_headers = (("Retry-After", str(retry_after)),)
+    return err

@@ -8,11 +8,13 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from vaultproxy.access.enforce import OPEN, ServiceAccess
 from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca import system_ca_file
 from vaultproxy.config.load import parse_config
 from vaultproxy.config.models import Service
 from vaultproxy.home import Home
+from vaultproxy.honeytokens import HoneytokenIndex
 from vaultproxy.placeholders import PlaceholderIndex
 from vaultproxy.policy import AddressContext
 from vaultproxy.registry import Registry
@@ -28,6 +30,12 @@ class Snapshot:
     service_contexts: dict[str, AddressContext]
     trust_files: dict[str, Path]
     text: str = ""  # the services.toml text it was built from
+    # SPEC §10: each service's compiled rules and rate (OPEN: none), and the decoys
+    access: dict[str, ServiceAccess] | None = None
+    honeytokens: HoneytokenIndex = HoneytokenIndex({})
+
+    def access_of(self, service: Service) -> ServiceAccess:
+        return (self.access or {}).get(service.name, OPEN)
 
     @classmethod
     def build(cls, home: Home, text: str, own: frozenset[tuple[str, int]]) -> Snapshot:
@@ -59,7 +67,19 @@ def build_snapshot(
         for s in registry.services
     }
     trust = build_trust_files(home, registry)
-    return Snapshot(registry, index, passthrough, contexts, trust, text)
+    return Snapshot(registry, index, passthrough, contexts, trust, text,
+                    build_access(registry), HoneytokenIndex(
+                        {h.name: h.value for h in cfg.honeytoken}))
+
+
+def build_access(registry: Registry) -> dict[str, ServiceAccess]:
+    """Each service's rules compiled once (a service with none is ``OPEN``: no cost)."""
+    out: dict[str, ServiceAccess] = {}
+    for s in registry.services:
+        if s.request_rules or s.default_action != "allow" or s.rate_limit:
+            rules = ((r.method, r.path, r.action) for r in s.request_rules)
+            out[s.name] = ServiceAccess.build(rules, s.default_action, s.rate_limit)
+    return out
 
 
 def build_trust_files(home: Home, registry: Registry) -> dict[str, Path]:

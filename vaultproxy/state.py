@@ -27,6 +27,7 @@ from vaultproxy.session import Session
 from vaultproxy.snapshot import Snapshot
 
 if TYPE_CHECKING:
+    from vaultproxy.access.desk import Desk
     from vaultproxy.mint.cache import TokenSource
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class ProxyState:
     barrier: Callable[[], Awaitable[None]] | None = None
     # Minted credentials (SPEC §4.1): the owner's cache, or a worker's client of it.
     tokens: TokenSource | None = None
+    # Approvals, grants and rate limits (SPEC §10): this process's desk, or a worker's client
+    # of the supervisor's (engine/access_channel.py).
+    access: Desk | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -153,6 +157,15 @@ class ProxyState:
 
             self.tokens = TokenCache(self)
         return self.tokens
+
+    def access_desk(self) -> Desk:
+        """Where approvals and rate limits live: this process, unless a worker's channel
+        client was installed (engine/worker.py)."""
+        if self.access is None:
+            from vaultproxy.access.desk import AccessDesk
+
+            self.access = AccessDesk(lambda: self.registry.config.approvals, self.audit)
+        return self.access
 
     def secrets_changed(self) -> None:
         self.session.secrets_changed()

@@ -115,7 +115,8 @@ def test_empty_file_is_valid() -> None:
 def test_example_is_valid_and_documents_every_key() -> None:
     cfg = ok(EXAMPLE)
     assert cfg.services == ()
-    for key in list(Service.model_fields) + ["egress", "passthrough_allow", "max_body_mb",
+    keys = [f.alias or k for k, f in Service.model_fields.items()]  # "rules" (an alias)
+    for key in keys + ["egress", "passthrough_allow", "max_body_mb",
                                                "require_agent_auth"]:
         assert key in EXAMPLE, key
 

@@ -15,7 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from vaultproxy import __version__
-from vaultproxy.admin import health_routes, keystore_routes, proxy_route, source_routes
+from vaultproxy.admin import (
+    approval_routes,
+    health_routes,
+    keystore_routes,
+    proxy_route,
+    source_routes,
+)
 from vaultproxy.admin.actions import (
     audit_admin,
     refresh_keystore,
@@ -72,6 +78,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.include_router(keystore_routes.router, responses=ERRORS)
     app.include_router(proxy_route.router, responses=ERRORS)
     app.include_router(source_routes.router, responses=ERRORS)
+    app.include_router(approval_routes.router, responses=ERRORS)  # SPEC §10
     live = ctx.live
     metrics.bind(
         lambda: (s := live.state) is None or s.locked,
@@ -102,7 +109,10 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(VaultproxyError)
     async def vaultproxy_error(request: Request, exc: VaultproxyError) -> Response:
         status, code, message = error_response(exc)
-        return error_json(status, code, message)
+        r = error_json(status, code, message)
+        for name, value in exc.extra_headers:  # Retry-After, X-Vaultproxy-Approval
+            r.headers[name] = value
+        return r
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

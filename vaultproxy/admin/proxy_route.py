@@ -19,6 +19,7 @@ from mitmproxy import http
 
 from vaultproxy.admin.context import admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
+from vaultproxy.admin.proxy_access import check_access
 from vaultproxy.audit.canonical import record_ahead, record_decision
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision, Facts, Plan, decide
@@ -235,6 +236,8 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
         decision = decide_request(st, host, port)
         if decision.plan is None or decision.dial is None:  # pragma: no cover - a service
             raise UnknownService(f"no service named {req_in.service}")
+        # ACCESS (SPEC §10): honeytokens, rules, rate limit, approval - one call
+        req_in = await check_access(st, service, host, req_in)
         minted = await _mint(st, service, req_in)
         audit.token = minted.source if minted is not None else None
         req, injected = build_request(st, decision.plan, host, port, req_in, minted)

@@ -83,3 +83,34 @@ def record_sync(sink: Sink, *, source: str, host: str | None, ok: bool, reason: 
     metrics.SOURCE_SYNCS.labels(source, outcome).inc()
     sink.record(metrics.observed(AuditEvent(event=SYNC_EVENT, host=host, outcome=outcome,
                                             reason=reason)))
+
+
+APPROVAL_EVENT = "approval"
+HONEYTOKEN_EVENT = "honeytoken"
+
+
+def record_approval(
+    sink: Sink, *, approval_id: str, decision: str, decided_by: str | None,
+    agent: str | None, service: str, method: str, host: str, path: str,
+) -> None:
+    """One ``approval`` record (SPEC §8/§10): ``decision`` is ``requested`` when a request is
+    held, then ``approve``, ``deny`` or ``timeout``; ``decided_by`` cli/api/dashboard/timeout."""
+    sink.record(metrics.observed(AuditEvent(
+        event=APPROVAL_EVENT, agent=agent, service=service, method=method, host=host,
+        path=path, outcome=decision, reason=None, id=approval_id, decision=decision,
+        decided_by=decided_by,
+    )))
+
+
+def record_honeytoken(
+    sink: Sink, *, name: str, agent: str | None, service: str | None, method: str | None,
+    host: str | None, path: str | None, surface: str, via: str,
+) -> None:
+    """One ``honeytoken`` record: a decoy credential was used (the request was refused).
+    ``reason`` names the honeytoken, the surface it was found in and the entry (never the
+    value, which is in the operator's config anyway)."""
+    sink.record(metrics.observed(AuditEvent(
+        event=HONEYTOKEN_EVENT, agent=agent, service=service, method=method, host=host,
+        path=path, status=403, outcome="blocked",
+        reason=f"honeytoken {name} in {surface} (via {via})",
+    )))

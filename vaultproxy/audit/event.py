@@ -35,6 +35,10 @@ SPEC_FIELDS: tuple[str, ...] = (
 #: The event name whose records also carry ``caller`` (who used the admin API).
 ADMIN_EVENT = "admin"
 
+#: The event whose records also carry ``id``, ``decision`` and ``decided_by`` (SPEC §10).
+APPROVAL_EVENT = "approval"
+APPROVAL_FIELDS: tuple[str, ...] = ("id", "decision", "decided_by")
+
 TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$"
 
 
@@ -85,6 +89,10 @@ class AuditEvent(BaseModel):
     outcome: str = Field(min_length=1)
     reason: str | None = None
     caller: str | None = None
+    # approval events only (SPEC §8/§10): which approval, what was decided, by whom
+    id: str | None = None
+    decision: str | None = None
+    decided_by: str | None = None
 
     @field_validator("path")
     @classmethod
@@ -100,6 +108,10 @@ class AuditEvent(BaseModel):
     def _caller_only_for_admin(self) -> AuditEvent:
         if self.caller is not None and self.event != ADMIN_EVENT:
             raise ValueError(f"caller is only recorded for {ADMIN_EVENT!r} events")
+        if self.event != APPROVAL_EVENT and any(
+            getattr(self, name) is not None for name in APPROVAL_FIELDS
+        ):
+            raise ValueError(f"id/decision/decided_by are only for {APPROVAL_EVENT!r} events")
         return self
 
     def to_record(self) -> dict[str, Any]:
@@ -107,6 +119,8 @@ class AuditEvent(BaseModel):
         record: dict[str, Any] = {name: getattr(self, name) for name in SPEC_FIELDS}
         if self.event == ADMIN_EVENT:
             record["caller"] = self.caller
+        if self.event == APPROVAL_EVENT:
+            record.update({name: getattr(self, name) for name in APPROVAL_FIELDS})
         return record
 
     def to_json_line(self) -> str:
@@ -118,6 +132,8 @@ class AuditEvent(BaseModel):
         parts = [key + _json_value(values[name]) for key, name in _KEYS]
         if self.event == ADMIN_EVENT:
             parts.append('"caller":' + _json_value(self.caller))
+        if self.event == APPROVAL_EVENT:
+            parts.extend(f'"{name}":' + _json_value(values[name]) for name in APPROVAL_FIELDS)
         return "{" + ",".join(parts) + "}\n"
 
 

@@ -134,6 +134,9 @@ def agent_environment(
     for service in config.services:
         if service.env:
             env[service.env] = service.placeholder_text
+    for decoy in config.honeytoken:  # SPEC §10: indistinguishable from a real one
+        if decoy.env:
+            env[decoy.env] = decoy.value
     return env
 
 

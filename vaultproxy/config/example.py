@@ -35,6 +35,20 @@ require_agent_auth = false
 # # that would carry a credential (503 audit_unavailable); "continue" injects unaudited.
 # on_failure = "deny"
 
+# [approvals]
+# # Requests a rule marks "approve" wait for `vaultproxy approvals --watch` (docs/operator/
+# # APPROVALS.md): how long they wait, how long an approval "for grant_seconds" admits
+# # again, and a program told about each one (run directly, the summary as last argument).
+# hold_seconds = 60
+# grant_seconds = 600
+# notify_command = ["notify-send", "vaultproxy"]
+
+# [[honeytoken]]
+# # A decoy credential `vaultproxy env/exec` export like a real one; any use is refused
+# # (403 honeytoken), audited and notified. Placeholder "__vault.<name>__" unless set.
+# name = "aws-prod"
+# env = "AWS_SECRET_ACCESS_KEY"
+
 # One [[service]] table per upstream API. Uncomment and adapt.
 #
 # [[service]]
@@ -147,4 +161,10 @@ require_agent_auth = false
 # mode = "host_inject"
 # auth = "github_app"              # fields app_id, private_key, installation_id
 # api_url = "https://api.github.com"  # the default; GitHub Enterprise: https://HOST/api/v3
+#
+# Request rules and rate limits (docs/operator/APPROVALS.md); any [[service]] takes them.
+# First match wins; "*" in a path spans "/"; paths match in normalised form:
+# rules = [{ method = "POST", path = "/repos/*/issues*", action = "approve" }]
+# default_action = "allow"         # no rule matched: "allow" | "approve" | "deny"
+# rate_limit = "120/min"           # per agent per service; over it: 429 + Retry-After
 '''

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from vaultproxy import policy
-from vaultproxy.config import minted, rules, signed
+from vaultproxy.config import access, minted, rules, signed
 from vaultproxy.config.audit import AuditSettings
 from vaultproxy.config.fields import (
     Model,
@@ -106,6 +106,11 @@ class Service(Model):
     aws_service: str | None = Field(default=None, validate_default=True)
     scopes: StrList | None = Field(default=None, validate_default=True)
     api_url: str | None = None
+    # --- request rules and rate limit (SPEC §10; config/access.py) ---------------------------
+    # (named request_rules here: `rules` is also this module's name for config/rules.py)
+    request_rules: access.Rules = Field(default=(), alias="rules")
+    default_action: Annotated[str, BeforeValidator(access.check_default_action)] = "allow"
+    rate_limit: Annotated[str, BeforeValidator(access.check_rate_limit)] | None = None
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -331,11 +336,16 @@ class Config(Model):
     audit: AuditSettings = AuditSettings()  # [audit] (config/audit.py)
     service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
     source: Annotated[tuple[SourceConfig, ...], BeforeValidator(_sources)] = ()  # SPEC §9
+    approvals: access.ApprovalSettings = access.ApprovalSettings()  # SPEC §10
+    honeytoken: Annotated[
+        tuple[access.Honeytoken, ...], BeforeValidator(access.honeytokens)
+    ] = ()
 
     @model_validator(mode="after")
     def _across(self) -> Config:
         services = [s.model_dump(exclude_none=True) for s in self.service]
         problems = across(services) + source_problems(self.source, services)
+        problems += access.honeytoken_problems(self.honeytoken, services)
         if problems:
             raise Across(problems)
         return self

@@ -14,6 +14,8 @@ Worker -> supervisor: ``ready``, ``pong`` (with the worker's audit counters), ``
 Worker -> supervisor: ``ready``, ``pong``, ``audit`` (payload: one JSON line).
 Minted tokens (engine/tokens.py): worker -> supervisor ``mint``, answered by ``minted``
 (payload: the token and its headers).
+Approvals and rate limits (engine/access_channel.py): worker -> supervisor ``access``,
+answered by ``access_answer`` (no payload; no secret).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 
 from vaultproxy import logfilter
 from vaultproxy.engine import nodump
+from vaultproxy.engine.access_channel import RemoteDesk
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.tokens import RemoteTokens, deliver
@@ -71,6 +72,10 @@ async def _follow(
             elif op == "minted":  # the supervisor's answer to our "mint" (engine/tokens.py)
                 deliver(state, header, payload)
                 continue
+            elif op == "access_answer":  # approvals / rate limits (access_channel.py)
+                if isinstance(state.access, RemoteDesk):
+                    state.access.answer(header)
+                continue
             elif op == "stop":
                 return "stop"
             elif op == "serve" and serving is not None:
@@ -117,6 +122,8 @@ async def run(fd: int) -> int:
     audit = WorkerAudit(home.audit, writer, loop)
     state = ProxyState.from_text(home, header["config"], audit=audit)
     state.tokens = RemoteTokens(state, writer.write)  # the supervisor owns minted tokens
+    state.access = RemoteDesk(  # the supervisor owns approvals and rate limits
+        writer.write, lambda: float(state.registry.config.approvals.hold_seconds))
     apply_state(state, header, payload)
     live = Live(state)
     seam_reuseport.enable()

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vaultproxy.audit import AuditEvent, metrics
+from vaultproxy.engine.access_channel import AccessServer
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.tokens import spawn_serve
 from vaultproxy.errors import VaultproxyError
@@ -106,6 +107,7 @@ class Supervisor:
         self._respawns: set[asyncio.Task[None]] = set()
         self._gone_audit: list[dict[str, Any]] = []  # last counters of exited workers
         self._serving = False
+        self.access = AccessServer(state.access_desk)  # SPEC §10: the desk lives here
 
     def serve(self) -> None:
         """The run is announced: every worker starts serving (a replacement does at once)."""
@@ -278,6 +280,8 @@ class Supervisor:
                     self._audit(payload)
                 elif op == "mint":  # a minted token (engine/tokens.py): the supervisor owns them
                     spawn_serve(self.state, w.send, header)
+                elif op == "access":  # approvals, grants, rate limits (access_channel.py)
+                    self.access.spawn(w.slot, w.send, header)
                 elif op == "audit_state" or op == "pong":
                     if isinstance(header.get("audit"), dict):
                         w.audit = header["audit"]
@@ -293,6 +297,7 @@ class Supervisor:
             async with w.cond:
                 w.alive = False
                 w.cond.notify_all()
+            self.access.cancel_for(w.slot)  # its held requests are gone; decisions stay
             w.writer.close()
             rc = await w.proc.wait()
             if w.audit is not None:

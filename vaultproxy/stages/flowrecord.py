@@ -39,6 +39,8 @@ class FlowRecord:
     minted: Issued | None = None  # the token this request carries
     retried: bool = False  # the response is the resend's after a 401 (response_gate.py)
     resent: bytes | None = None  # its gated body, until sent
+    # SPEC §10: the body is buffered for the honeytoken scan (stages/access.py)
+    hold_body: bool = False
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from vaultproxy.errors import error_body, error_response
+from vaultproxy.errors import VaultproxyError, error_body, error_response
 from vaultproxy.stages.flowrecord import record_of
 
 logger = logging.getLogger(__name__)
@@ -23,6 +23,8 @@ def error_reply(err: BaseException) -> http.Response:
     if code == "locked":
         # The OpenAI/Anthropic SDKs (and Claude Code) honour this instead of retrying a 5xx.
         headers["x-should-retry"] = "false"
+    if isinstance(err, VaultproxyError):  # Retry-After, X-Vaultproxy-Approval (SPEC §5)
+        headers.update(err.extra_headers)
     return http.Response.make(status, error_body(code, message), headers)
 
 

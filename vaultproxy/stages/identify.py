@@ -11,6 +11,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from vaultproxy.decide import Decision, Facts, decide
+from vaultproxy.stages import access
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -27,7 +28,7 @@ class Identify(Stage):
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
-        header = flow.request.headers.pop("proxy-authorization", None)
+        header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
         req = flow.request
         facts = Facts("connect", req.host, req.port, proxy_authorization=header)
         decision = record_of(flow).decision = _decide(self.rt.state(), facts)
@@ -36,7 +37,7 @@ class Identify(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        header = flow.request.headers.pop("proxy-authorization", None)
+        header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
         if flow.response is not None:
             return
         st = self.rt.state()

@@ -35,7 +35,7 @@ class Inject(Stage):
         if tunnel is None:
             for surface in _surfaces(req):  # a misdirected placeholder is refused
                 st.snapshot.index.scan(surface, "")
-            req.stream = True
+            req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
             return
         if self.rt.connections.broken(flow.client_conn.id):
             raise TunnelBroken()
@@ -69,7 +69,7 @@ class Inject(Stage):
                 raise BodyTooLarge()
             rec.body = (entry, plan.max_body)
         else:
-            req.stream = True
+            req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:

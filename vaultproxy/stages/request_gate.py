@@ -29,6 +29,7 @@ from mitmproxy import http
 from vaultproxy.errors import HostMismatch, InvalidRequest
 from vaultproxy.hostnames import normal_host, same_target
 from vaultproxy.inject.request import canonical_name
+from vaultproxy.stages import access
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -89,7 +90,17 @@ def check_target(
 
 class RequestGate(Stage):
     @guarded
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._shape(flow)
+        # ACCESS (SPEC §10): honeytokens, then rules, rate limit and approval - one call
+        await access.on_request_headers(self.rt, flow)
+
+    @guarded
+    def request(self, flow: http.HTTPFlow) -> None:
+        # ACCESS (SPEC §10): a body buffered for the honeytoken scan - one call
+        access.on_request_body(self.rt, flow)
+
+    def _shape(self, flow: http.HTTPFlow) -> None:
         req = flow.request
         rec = record_of(flow)
         rec.t0 = time.monotonic()

@@ -1,0 +1,123 @@
+"""access/approvals.py and ratelimit.py: the state machine and the bucket, on a fake clock."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from vaultproxy.access.approvals import (
+    AlreadyDecided,
+    ApprovalBook,
+    Ticket,
+    UnknownApproval,
+)
+from vaultproxy.access.ratelimit import Rate, RateBuckets, RateSyntax, parse_rate, retry_after
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ticket(agent: str = "alice", rule: str = "POST /x/*") -> Ticket:
+    return Ticket(agent, "gh", "POST", "api.github.com", "/x/1", 12, rule)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def book(clock: Clock) -> ApprovalBook:
+    ids = (f"id{i}" for i in itertools.count())
+    return ApprovalBook(clock, lambda: next(ids))
+
+
+def test_approve_once_while_held_makes_no_grant(book: ApprovalBook) -> None:
+    a = book.open(ticket(), 60)
+    done = book.decide(a.id, "approve", "cli", None, 600)
+    assert done.state == "approved" and done.grant_until is None
+    assert not book.use_grant(ticket())
+
+
+def test_grant_admits_the_same_agent_service_rule_until_it_ends(
+    book: ApprovalBook, clock: Clock
+) -> None:
+    a = book.open(ticket(), 60)
+    book.decide(a.id, "approve", "api", 30, 600)
+    assert book.use_grant(ticket()) and book.use_grant(ticket())  # any number of times
+    assert not book.use_grant(ticket(agent="bob"))  # another agent
+    assert not book.use_grant(ticket(rule="default"))  # another rule
+    clock.now += 30
+    assert not book.use_grant(ticket())  # not after
+
+
+def test_late_approval_of_a_timed_out_request_is_a_one_use_grant(
+    book: ApprovalBook, clock: Clock
+) -> None:
+    a = book.open(ticket(), 60)
+    assert book.time_out(a.id) is not None
+    done = book.decide(a.id, "approve", "cli", None, 20)
+    assert done.grant_until == clock.now + 20
+    assert book.use_grant(ticket())
+    assert not book.use_grant(ticket())  # spent
+
+
+def test_abandoned_hold_approved_later_is_a_grant(book: ApprovalBook) -> None:
+    a = book.open(ticket(), 60)
+    book.abandon(a.id)  # its worker went away
+    assert book.decide(a.id, "approve", "api", None, 20).grant_until is not None
+    assert book.use_grant(ticket())
+
+
+def test_decisions_are_final_and_ids_checked(book: ApprovalBook) -> None:
+    a = book.open(ticket(), 60)
+    book.decide(a.id, "deny", "api", None, 600)
+    with pytest.raises(AlreadyDecided):
+        book.decide(a.id, "approve", "api", None, 600)
+    with pytest.raises(UnknownApproval):
+        book.decide("nope", "approve", "api", None, 600)
+    assert book.time_out(a.id) is None  # a decided one does not time out
+
+
+def test_decided_approvals_are_dropped_after_an_hour(book: ApprovalBook, clock: Clock) -> None:
+    a = book.open(ticket(), 60)
+    book.decide(a.id, "deny", "api", None, 600)
+    clock.now += 3601
+    assert book.listed() == []
+
+
+def test_summary_never_holds_more_than_the_ticket() -> None:
+    s = ticket().summary("abcd")
+    assert "alice" in s and "POST https://api.github.com/x/1" in s and "12 bytes" in s
+
+
+@pytest.mark.parametrize(("text", "count", "period"), [
+    ("120/min", 120, 60.0), ("5/s", 5, 1.0), ("1/hour", 1, 3600.0), (" 10 / day ", 10, 86400.0),
+])
+def test_parse_rate(text: str, count: int, period: float) -> None:
+    assert parse_rate(text) == Rate(count, period)
+
+
+@pytest.mark.parametrize("text", ["", "120", "120/fortnight", "0/min", "-1/min", "x/min"])
+def test_parse_rate_refuses(text: str) -> None:
+    with pytest.raises(RateSyntax):
+        parse_rate(text)
+
+
+def test_bucket_n_then_refuse_with_retry_after_then_refill() -> None:
+    clock = Clock()
+    buckets = RateBuckets(clock)
+    rate = Rate(3, 60.0)
+    assert [buckets.take("a", "s", rate) for _ in range(3)] == [None] * 3
+    wait = buckets.take("a", "s", rate)
+    assert wait is not None and retry_after(wait) == 20
+    assert buckets.take("b", "s", rate) is None  # per agent
+    assert buckets.take("a", "other", rate) is None  # per service
+    clock.now += 20
+    assert buckets.take("a", "s", rate) is None

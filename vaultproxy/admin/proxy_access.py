@@ -1,0 +1,60 @@
+"""``POST /proxy``'s adapter for SPEC §10: the same honeytoken scan, rules, rate limit and
+approval hold as a proxied request (access/enforce.py, honeytokens.py), called once from
+proxy_route.py before anything is minted, injected or sent. The caller is the admin-token
+holder (no agent): rate limits and grants count it as the anonymous agent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+from vaultproxy.access.approvals import Ticket
+from vaultproxy.access.enforce import OPEN, enforce
+from vaultproxy.access.rules import normalise_target
+from vaultproxy.admin.models import ProxyIn
+from vaultproxy.audit.canonical import record_honeytoken
+from vaultproxy.config.models import Service
+from vaultproxy.errors import HoneytokenUsed
+from vaultproxy.state import ProxyState
+
+
+def _body(req_in: ProxyIn) -> bytes:
+    if req_in.body is None:
+        return b""
+    if isinstance(req_in.body, str):
+        return req_in.body.encode("utf-8", "surrogatepass")
+    return json.dumps(req_in.body, separators=(",", ":")).encode()
+
+
+def _surfaces(req_in: ProxyIn, body: bytes) -> Iterator[tuple[str, bytes]]:
+    yield "path", req_in.path.encode("utf-8", "surrogateescape")
+    yield "query", urlencode(req_in.query, doseq=True).encode("utf-8", "surrogateescape")
+    for k, v in req_in.headers.items():
+        yield "header", f"{k}: {v}".encode("utf-8", "surrogateescape")
+    yield "body", body
+
+
+async def check_access(st: ProxyState, service: Service, host: str,
+                       req_in: ProxyIn) -> ProxyIn:
+    """Raise the SPEC §5 refusal, or return the request with its path normalised."""
+    body = _body(req_in)
+    decoys = st.snapshot.honeytokens
+    hit = decoys.find_any(_surfaces(req_in, body)) if decoys else None
+    if hit is not None:
+        name, surface = hit
+        record_honeytoken(st.audit, name=name, agent=None, service=service.name,
+                          method=req_in.method, host=host, path=req_in.path.split("?")[0],
+                          surface=surface, via="api")
+        st.access_desk().alert(f"vaultproxy HONEYTOKEN {name} used through POST /proxy "
+                               f"toward {host} (in the {surface}); the request was refused")
+        raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
+    access = st.snapshot.access_of(service)
+    if access is OPEN:
+        return req_in
+    normal = normalise_target(req_in.path)
+    path = normal.split("?", 1)[0]
+    ticket = Ticket(agent=None, service=service.name, method=req_in.method.upper(), host=host,
+                    path=path, body_size=len(body), rule="", via="api")
+    await enforce(st.access_desk, access, req_in.method, path, lambda: ticket)
+    return req_in if normal == req_in.path else req_in.model_copy(update={"path": normal})

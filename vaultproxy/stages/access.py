@@ -1,0 +1,134 @@
+"""The proxy's adapter for SPEC §10: honeytokens, request rules, rate limits and approvals.
+
+Called from the request path at one place per hook (marked ``ACCESS`` in request_gate.py and
+identify.py); the checks themselves are the core's (access/enforce.py, honeytokens.py), the
+same ones ``POST /proxy`` calls.
+
+* Honeytokens are looked for in everything the proxy can read: every request on an
+  intercepted host and every plain-HTTP request (request line, headers, query, body), and the
+  ``Proxy-Authorization`` of a CONNECT or plain request. The bytes inside a *passthrough*
+  CONNECT tunnel are TLS the proxy never terminates: a decoy sent there is not seen (register
+  the host, or set ``egress = "block"``, to cover it). While any honeytoken is configured,
+  request bodies that would otherwise stream are buffered (up to ``max_body_mb``) and scanned
+  before anything is forwarded.
+* Rules see the normalised path (access/rules.py), and that path is what goes upstream.
+* A request held for approval waits here, in ``requestheaders``: nothing has been minted,
+  injected or sent yet; other flows go on meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NoReturn
+
+from mitmproxy import http
+
+from vaultproxy.access.approvals import Ticket
+from vaultproxy.access.enforce import OPEN, enforce
+from vaultproxy.access.rules import normalise_target
+from vaultproxy.audit.canonical import record_honeytoken
+from vaultproxy.errors import BodyTooLarge, HoneytokenUsed
+from vaultproxy.hostnames import normal_host
+from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.runtime import Runtime
+from vaultproxy.state import ProxyState
+
+
+def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface: str
+            ) -> NoReturn:
+    tunnel = rt.connections.tunnel(flow.client_conn.id)
+    service = tunnel.service if tunnel is not None else None
+    host = tunnel.host if tunnel is not None else normal_host(flow.request.host)
+    path = record_of(flow).path if tunnel is not None else None
+    record_honeytoken(
+        st.audit, name=name, agent=tunnel.agent if tunnel is not None else None,
+        service=service.name if service is not None else None, method=flow.request.method,
+        host=host, path=path, surface=surface, via="proxy",
+    )
+    who = tunnel.agent if tunnel is not None and tunnel.agent else "an unidentified client"
+    st.access_desk().alert(f"vaultproxy HONEYTOKEN {name} used by {who} toward {host} "
+                           f"(in the {surface}); the request was refused")
+    raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
+
+
+def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
+    """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check."""
+    header: str | None = flow.request.headers.pop("proxy-authorization", None)
+    st = rt.current()
+    if header is not None and st is not None and st.snapshot.honeytokens:
+        name = st.snapshot.honeytokens.find(header.encode("utf-8", "surrogateescape"))
+        if name is not None:
+            _caught(rt, st, flow, name, "proxy-authorization")
+    return header
+
+
+def _head_surfaces(req: http.Request) -> Iterator[tuple[str, bytes]]:
+    path, _, query = req.data.path.partition(b"?")
+    yield "path", path
+    yield "query", query
+    for k, v in req.headers.fields:
+        yield "header", k + b": " + v
+
+
+async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
+    """Honeytokens in the head; then, for an intercepted service, normalise the path and
+    apply its rules, rate limit and approvals (raises the SPEC §5 refusal)."""
+    if flow.response is not None:
+        return
+    st = rt.state()
+    req = flow.request
+    rec = record_of(flow)
+    decoys = st.snapshot.honeytokens
+    if decoys:
+        hit = decoys.find_any(_head_surfaces(req))
+        if hit is not None:
+            _caught(rt, st, flow, *hit)
+        rec.hold_body = _may_have_body(req)
+        if rec.hold_body:
+            length = req.headers.get("content-length", "")
+            limit = st.registry.config.proxy.max_body_mb * 1024 * 1024
+            if length.strip().isdigit() and int(length) > limit:
+                raise BodyTooLarge()
+    tunnel = rt.connections.tunnel(flow.client_conn.id)
+    decision = rec.decision
+    if tunnel is None or tunnel.service is None or decision is None or decision.refusal:
+        return  # not intercepted (or already refused: Inject enforces that)
+    access = st.snapshot.access_of(tunnel.service)
+    if access is OPEN:
+        return
+    target = req.data.path.decode("latin-1")
+    normal = normalise_target(target)
+    if normal != target:
+        req.data.path = normal.encode("latin-1")  # what the rule saw is what goes upstream
+        rec.path = normal.split("?", 1)[0]
+    path = normal.split("?", 1)[0]
+    service, agent, host = tunnel.service.name, tunnel.agent, tunnel.host
+
+    def ticket() -> Ticket:
+        length = req.headers.get("content-length", "")
+        return Ticket(agent=agent, service=service, method=req.method.upper(), host=host,
+                      path=path, body_size=int(length) if length.strip().isdigit() else None,
+                      rule="")
+
+    await enforce(st.access_desk, access, req.method, path, ticket)
+
+
+def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
+    """A body buffered for the honeytoken scan: scan it before it is forwarded."""
+    rec = record_of(flow)
+    if not rec.hold_body or flow.response is not None:
+        return
+    st = rt.state()
+    body = flow.request.raw_content or b""
+    if len(body) > st.registry.config.proxy.max_body_mb * 1024 * 1024:
+        raise BodyTooLarge()
+    name = st.snapshot.honeytokens.find(body)
+    if name is not None:
+        _caught(rt, st, flow, name, "body")
+
+
+def _may_have_body(req: http.Request) -> bool:
+    length = req.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "transfer-encoding" in req.headers or not req.http_version.startswith("HTTP/1")
