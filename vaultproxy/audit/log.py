@@ -22,6 +22,7 @@ import logging
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,9 @@ class AuditLog:
         self._failed = 0
         self._dropped = 0
         self._error: str | None = None  # why writing fails now (None: it works)
+        # Called with every line that is written (or kept for a retry): the audit sinks
+        # (vaultproxy/sinks/) in the supervisor, the channel to the supervisor in a worker.
+        self.tap: Callable[[str], None] | None = None
 
     # -- counters -------------------------------------------------------------------------
     @property
@@ -137,6 +141,16 @@ class AuditLog:
             self._dropped += 1
 
     def _write(self, line: str, *, keep: bool) -> bool:
+        ok = self._store(line, keep=keep)
+        tap = self.tap
+        if tap is not None and (ok or keep):
+            try:
+                tap(line)
+            except Exception as e:  # noqa: BLE001 - a sink must never break the audit path
+                log.error("audit: a sink refused a record (%s)", type(e).__name__)
+        return ok
+
+    def _store(self, line: str, *, keep: bool) -> bool:
         if self.echo:
             self._echo(line)
         with self._lock:
