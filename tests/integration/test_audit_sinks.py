@@ -18,7 +18,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests import canary
@@ -148,7 +147,8 @@ def delivered(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, secr
                    and len(rsyslog.lines()) >= expected
                    and len(otlp_spans(receiver)) >= 2 * N)
         time.sleep(1.5)  # anything extra (a duplicate) would arrive within a batch window
-        pids = {"udp": [int(udp.extra["pid"]), *map(int, udp.extra["worker_pids"])],  # type: ignore[call-overload]
+        workers = [int(p) for p in udp.extra["worker_pids"]]  # type: ignore[attr-defined]
+        pids = {"udp": [int(udp.extra["pid"]), *workers],  # type: ignore[call-overload]
                 "uds": [int(uds.extra["pid"])]}  # type: ignore[call-overload]
         with tcp(udp) as admin:
             metrics = admin.get("/metrics").text
@@ -156,8 +156,8 @@ def delivered(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream, secr
         return {"statuses": statuses, "udp": audit_lines(udp), "uds": audit_lines(uds),
                 "pids": pids, "metrics": metrics, "health": health,
                 "stdout": udp.output(), "syslog": rsyslog.lines(),
-                "webhook": [p for p in receiver.posts if p.path == "/hook"], "logs": otlp_logs(receiver),
-                "spans": otlp_spans(receiver)}
+                "webhook": [p for p in receiver.posts if p.path == "/hook"],
+                "logs": otlp_logs(receiver), "spans": otlp_spans(receiver)}
     finally:
         udp.stop()
         if uds is not None:
@@ -268,6 +268,9 @@ def test_no_secret_reaches_any_sink(delivered: dict[str, Any], secrets: Quiet,
 
 
 # -- faults ---------------------------------------------------------------------------------
+RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends a RST
+
+
 class TcpSink:
     """A TCP syslog receiver that misbehaves: "slow" accepts and never reads, "refuse"
     accepts and resets at once."""
@@ -290,7 +293,7 @@ class TcpSink:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
                 self.held.append(conn)
             else:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
                 conn.close()
 
     def close(self) -> None:
@@ -324,8 +327,8 @@ def test_failing_receivers_never_fail_a_request_and_drops_are_counted(
             tcp_sink = TcpSink(syslog_mode)
             stack.callback(tcp_sink.close)
             syslog_port = tcp_sink.port
-        hook_url = "http://127.0.0.1:%d" % (free_port() if hook_mode == "down" else hook.port)
-        otlp_url = "http://127.0.0.1:%d" % (free_port() if otlp_mode == "down" else otlp.port)
+        hook_url = f"http://127.0.0.1:{free_port() if hook_mode == 'down' else hook.port}"
+        otlp_url = f"http://127.0.0.1:{free_port() if otlp_mode == 'down' else otlp.port}"
         table = (f'[audit]\nsinks = ["syslog", "webhook", "otlp"]\n'
                  f'syslog = "tcp://127.0.0.1:{syslog_port}"\nwebhook_url = "{hook_url}/hook"\n'
                  "allow_loopback = true\n\n[telemetry]\ntraces = true\n\n")

@@ -50,10 +50,10 @@ class StdoutSink:
 
 class SinkHub:
     def __init__(self, senders: Sequence[Sender], traces: Sender | None = None,
-                 make_span: Callable[[Record], Any] | None = None) -> None:
+                 wants_span: Callable[[Record], bool] | None = None) -> None:
         self.senders = list(senders)
         self.traces = traces
-        self._make_span = make_span
+        self._wants_span = wants_span
 
     @property
     def all(self) -> list[Sender]:
@@ -65,10 +65,9 @@ class SinkHub:
             rec = Record.of(line, pid)
             for sender in self.senders:
                 sender.offer(rec)
-            if self.traces is not None and self._make_span is not None:
-                span = self._make_span(rec)
-                if span is not None:
-                    self.traces.offer(span)
+            if self.traces is not None and self._wants_span is not None \
+                    and self._wants_span(rec):
+                self.traces.offer(rec)
         except Exception as e:  # noqa: BLE001 - a sink must never break the audit path
             log.error("audit sinks: a record was not queued (%s)", type(e).__name__)
 
@@ -116,13 +115,13 @@ def build(audit: AuditSettings, telemetry: TelemetrySettings, key: KeySource,
             _warn_refused("otlp", logs.check())
             senders.append(Sender("otlp", logs.send, close=logs.close, **tuning))
     traces: Sender | None = None
-    make_span = None
+    wants_span = None
     if telemetry.traces:
         spans = OtlpTraceSink(ctx, trust_file())
         _warn_refused("traces", spans.check())
         traces = Sender("traces", spans.send, close=spans.close, **tuning)
-        make_span = spans.span
-    return SinkHub(senders, traces, make_span)
+        wants_span = spans.wants
+    return SinkHub(senders, traces, wants_span)
 
 
 def _warn_refused(name: str, why: str | None) -> None:

@@ -172,11 +172,17 @@ class OtlpTraceSink:
     def check(self) -> str | None:
         return _refused(self.url, self.ctx)
 
-    def span(self, rec: Record) -> ReadableSpan | None:
-        return span_of(rec, self.resource)
+    @staticmethod
+    def wants(rec: Record) -> bool:
+        """A cheap test on the request path (the conversion happens in the sender's thread):
+        a record line names its event as the second field, ``"event":"request"``."""
+        return '"event":"request"' in rec.line
 
-    async def send(self, batch: Sequence[ReadableSpan]) -> None:
-        result = self.exporter.export(list(batch))
+    async def send(self, batch: Sequence[Record]) -> None:
+        spans = [s for s in (span_of(r, self.resource) for r in batch) if s is not None]
+        if not spans:
+            return
+        result = self.exporter.export(spans)
         if result is not SpanExportResult.SUCCESS:
             raise SinkFailed(_failed(self.url, self.ctx))
 

@@ -1,0 +1,153 @@
+# ruff: noqa: E501  (table rows)
+"""Request latency with audit sinks that are healthy, slow, refusing or down (SPEC §13: a sink
+never slows a request).
+
+    .venv/bin/python bench/sinks_latency.py            # 400 requests per case (~1 min)
+    .venv/bin/python bench/sinks_latency.py --quick    # 100
+
+One agent (httpx, keep-alive, one tunnel) sends GETs in sequence through ``vaultproxy run``
+to a local TLS upstream, host_inject bearer; per case, p50 / p95 / p99 / max of the request
+time. Cases: no sinks; every sink (syslog over TCP, webhook, otlp logs, traces) to healthy
+receivers; the same receivers slow (HTTP receivers sleep 30 s before answering, the syslog
+receiver accepts and never reads); refusing (HTTP 500, TCP reset); down (nothing listens).
+Every case must answer every request with 200 and keep every record in ``audit.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.harness.proxy import ProxyHome, ProxyProcess
+from tests.harness.sink_receivers import HttpReceiver
+from tests.harness.upstream import Upstream, free_port
+from tests.integration.conftest import agent_client, service_block
+
+SECRET = "bench-sinks-token"  # not a canary: the bench runs outside pytest
+
+
+class TcpReceiver:
+    """Syslog over TCP: "ok" reads everything, "slow" never reads, "refuse" resets."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if self.mode == "ok":
+                threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+            elif self.mode == "slow":
+                self.held.append(conn)
+            else:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.close()
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        with conn:
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self.server.close()
+        for c in self.held:
+            c.close()
+
+
+def run_case(base: Path, up: Upstream, mode: str | None, n: int) -> dict[str, object]:
+    hook = otlp = tcp = None
+    audit = ""
+    env: dict[str, str] = {}
+    if mode is not None:
+        http_mode = "ok" if mode == "ok" else mode
+        if mode != "down":
+            hook = HttpReceiver(mode=http_mode).start()
+            otlp = HttpReceiver(mode=http_mode).start()
+            tcp = TcpReceiver(mode)
+        syslog_port = tcp.port if tcp else free_port()
+        hook_port = hook.port if hook else free_port()
+        otlp_port = otlp.port if otlp else free_port()
+        audit = (f'[audit]\nsinks = ["syslog", "webhook", "otlp"]\n'
+                 f'syslog = "tcp://127.0.0.1:{syslog_port}"\n'
+                 f'webhook_url = "http://127.0.0.1:{hook_port}/hook"\nallow_loopback = true\n\n'
+                 "[telemetry]\ntraces = true\n\n")
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}"}
+    toml = audit + service_block("b", "host_inject", "bearer", up.port)
+    base.mkdir()
+    home = ProxyHome.create(base, toml, {"b": SECRET, "audit": {"webhook": "bench-key"}},
+                            files={"upstream-ca.pem": up.ca_file.read_bytes()})
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        proxy = ProxyProcess.start(home)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    times: list[float] = []
+    statuses: list[int] = []
+    try:
+        with agent_client(proxy) as c:
+            for i in range(20):  # warm-up: TLS contexts, pools
+                c.get(f"https://b.api.test/warm/{i}")
+            for i in range(n):
+                t0 = time.perf_counter()
+                r = c.get(f"https://b.api.test/bench/{i}")
+                times.append((time.perf_counter() - t0) * 1000)
+                statuses.append(r.status_code)
+        records = [json.loads(x) for x in (home.path / "audit.jsonl").read_text().splitlines()]
+        audited = sum(1 for r in records if r["event"] == "request"
+                      and str(r["path"]).startswith("/bench/"))
+    finally:
+        proxy.stop()
+        for rx in (hook, otlp):
+            if rx is not None:
+                rx.stop()
+        if tcp is not None:
+            tcp.close()
+    q = statistics.quantiles(times, n=100)
+    return {"case": mode or "no sinks", "n": n, "ok": statuses.count(200), "audited": audited,
+            "p50": q[49], "p95": q[94], "p99": q[98], "max": max(times)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100 requests per case")
+    args = parser.parse_args()
+    n = 100 if args.quick else 400
+    with tempfile.TemporaryDirectory(prefix="vp-sinks-bench-") as tmp:
+        (Path(tmp) / "up").mkdir()
+        up = Upstream(Path(tmp) / "up").start()
+        try:
+            rows = [run_case(Path(tmp) / f"c{i}", up, mode, n)
+                    for i, mode in enumerate((None, "ok", "slow", "refuse", "down"))]
+        finally:
+            up.stop()
+    print(f"{'case':<10} {'ok':>5} {'audited':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for r in rows:
+        print(f"{r['case']:<10} {r['ok']:>5} {r['audited']:>8} {r['p50']:>8.2f} {r['p95']:>8.2f} "
+              f"{r['p99']:>8.2f} {r['max']:>8.2f}")
+    bad = [r for r in rows if r["ok"] != n or r["audited"] != n]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
