@@ -350,3 +350,38 @@ def test_otlp_endpoints_obey_the_egress_policy(url: str, ctx: AddressContext, sa
 
 def test_a_loopback_otlp_endpoint_is_allowed_with_allow_loopback() -> None:
     check_url("http://127.0.0.1:4318/v1/logs", LOOPBACK)
+
+
+# -- wiring: the running state's sinks ------------------------------------------------------
+def test_sinks_follow_a_reload_and_the_webhook_key_follows_the_keystore(tmp_path: Path) -> None:
+    from tests.canary import make_canary
+    from tests.harness.proxy import PASSWORD, TEST_KDF
+    from vaultproxy.engine.audit_sinks import AuditSinks
+    from vaultproxy.home import Home
+    from vaultproxy.keystore import Keystore
+    from vaultproxy.state import ProxyState
+
+    home = Home(tmp_path / "home")
+    home.create()
+    ks = Keystore.create(home.keystore, Secret(PASSWORD), kdf=TEST_KDF)
+    key = make_canary()
+    ks.set_field("audit", "webhook", Secret(key))
+    ks.save()
+    st = ProxyState.from_text(home, '[audit]\nsinks = ["stdout"]\n')
+    sinks = AuditSinks(st)
+    sinks.start()
+    try:
+        assert sinks.hub is not None and [s.name for s in sinks.hub.all] == ["stdout"]
+        assert st.audit.tap is not None
+        with pytest.raises(SinkFailed, match="locked"):
+            sinks._key()
+        st.unlock_sync(Secret(PASSWORD))
+        assert sinks._key().reveal() == key.encode()
+        st.reload_text('[audit]\nsinks = ["stdout", "syslog"]\nsyslog = "unix:/nonexistent"\n'
+                       "[telemetry]\ntraces = true\n")
+        assert [s.name for s in sinks.hub.all] == ["stdout", "syslog", "traces"]
+        st.reload_text("")
+        assert sinks.hub is None
+    finally:
+        sinks.stop(timeout=0.5)
+    assert st.audit.tap is None

@@ -126,6 +126,11 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
             'SECURITY: [audit] on_failure = "continue": when audit.jsonl cannot be written, '
             "credentials are still injected and those uses are NOT audited"
         )
+    audit = state.registry.config.audit
+    for flag, where in ((audit.allow_loopback, "loopback"), (audit.allow_private, "private")):
+        if flag and (audit.sinks or state.registry.config.telemetry.traces):
+            out.append(f"SECURITY: [audit] allow_{where} = true: audit sinks may reach {where} "
+                       "addresses")
     out.extend(source_warnings(state.registry.config))
     if state.registry.config.proxy.passthrough_allow:
         out.append(
