@@ -2,15 +2,18 @@
 """Request latency with audit sinks that are healthy, slow, refusing or down (SPEC §13: a sink
 never slows a request).
 
-    .venv/bin/python bench/sinks_latency.py            # 400 requests per case (~1 min)
+    .venv/bin/python bench/sinks_latency.py            # 400 request pairs per case (~2 min)
     .venv/bin/python bench/sinks_latency.py --quick    # 100
+    .venv/bin/python bench/sinks_latency.py --sinks webhook --cases ok,slow
 
-One agent (httpx, keep-alive, one tunnel) sends GETs in sequence through ``vaultproxy run``
-to a local TLS upstream, host_inject bearer; per case, p50 / p95 / p99 / max of the request
-time. Cases: no sinks; every sink (syslog over TCP, webhook, otlp logs, traces) to healthy
-receivers; the same receivers slow (HTTP receivers sleep 30 s before answering, the syslog
-receiver accepts and never reads); refusing (HTTP 500, TCP reset); down (nothing listens).
-Every case must answer every request with 200 and keep every record in ``audit.jsonl``.
+One agent (httpx, keep-alive, one tunnel per proxy) sends GETs in sequence through two
+``vaultproxy run`` processes to a local TLS upstream (host_inject bearer), alternating one
+request to a proxy without sinks (the baseline) and one to a proxy with every network sink
+(syslog over TCP, webhook, otlp logs, traces), so other load on the machine hits both alike.
+Per case, p50 / p95 / p99 / max of the request time for both. Cases: receivers healthy
+("ok"), slow (the HTTP receivers sleep 30 s before answering, the syslog receiver accepts
+and never reads), refusing (HTTP 500, TCP reset), down (nothing listens). Every request
+must be answered with 200 and audited in ``audit.jsonl`` (exit status 1 otherwise).
 """
 
 from __future__ import annotations
@@ -73,23 +76,26 @@ class TcpReceiver:
             c.close()
 
 
-def run_case(base: Path, up: Upstream, mode: str | None, n: int) -> dict[str, object]:
-    hook = otlp = tcp = None
+def start_proxy(base: Path, up: Upstream, mode: str | None, sinks: tuple[str, ...],
+                held: list[object]) -> ProxyProcess:
+    """A proxy with the network sinks pointed at receivers in ``mode`` (None: no sinks)."""
     audit = ""
     env: dict[str, str] = {}
     if mode is not None:
-        http_mode = "ok" if mode == "ok" else mode
+        hook = otlp = tcp = None
         if mode != "down":
-            hook = HttpReceiver(mode=http_mode).start()
-            otlp = HttpReceiver(mode=http_mode).start()
+            hook = HttpReceiver(mode=mode).start()
+            otlp = HttpReceiver(mode=mode).start()
             tcp = TcpReceiver(mode)
+            held += [hook, otlp, tcp]
         syslog_port = tcp.port if tcp else free_port()
         hook_port = hook.port if hook else free_port()
         otlp_port = otlp.port if otlp else free_port()
-        audit = (f'[audit]\nsinks = ["syslog", "webhook", "otlp"]\n'
+        listed = ", ".join(f'"{x}"' for x in sinks if x != "traces")
+        audit = (f'[audit]\nsinks = [{listed}]\n'
                  f'syslog = "tcp://127.0.0.1:{syslog_port}"\n'
                  f'webhook_url = "http://127.0.0.1:{hook_port}/hook"\nallow_loopback = true\n\n'
-                 "[telemetry]\ntraces = true\n\n")
+                 f"[telemetry]\ntraces = {'true' if 'traces' in sinks else 'false'}\n\n")
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}"}
     toml = audit + service_block("b", "host_inject", "bearer", up.port)
     base.mkdir()
@@ -98,52 +104,74 @@ def run_case(base: Path, up: Upstream, mode: str | None, n: int) -> dict[str, ob
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        proxy = ProxyProcess.start(home)
+        return ProxyProcess.start(home)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    times: list[float] = []
+
+
+def quantiles(times: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(times, n=100)
+    return {"p50": q[49], "p95": q[94], "p99": q[98], "max": max(times)}
+
+
+def run_case(base: Path, up: Upstream, baseline: ProxyProcess, mode: str, n: int,
+             sinks: tuple[str, ...]) -> list[dict[str, object]]:
+    """``n`` requests to the sink proxy interleaved one for one with ``n`` to the no-sink
+    baseline, so the machine's other load hits both alike."""
+    held: list[object] = []
+    proxy = start_proxy(base, up, mode, sinks, held)
+    times: dict[str, list[float]] = {"none": [], mode: []}
     statuses: list[int] = []
     try:
-        with agent_client(proxy) as c:
+        with agent_client(baseline) as c0, agent_client(proxy) as c1:
+            pairs = (("none", c0), (mode, c1))
             for i in range(20):  # warm-up: TLS contexts, pools
-                c.get(f"https://b.api.test/warm/{i}")
+                for _, c in pairs:
+                    c.get(f"https://b.api.test/warm/{i}")
             for i in range(n):
-                t0 = time.perf_counter()
-                r = c.get(f"https://b.api.test/bench/{i}")
-                times.append((time.perf_counter() - t0) * 1000)
-                statuses.append(r.status_code)
-        records = [json.loads(x) for x in (home.path / "audit.jsonl").read_text().splitlines()]
+                for name, c in pairs:
+                    t0 = time.perf_counter()
+                    r = c.get(f"https://b.api.test/bench/{mode}/{i}")
+                    times[name].append((time.perf_counter() - t0) * 1000)
+                    if name == mode:
+                        statuses.append(r.status_code)
+        records = [json.loads(x) for x in (proxy.home.path / "audit.jsonl").read_text().splitlines()]
         audited = sum(1 for r in records if r["event"] == "request"
                       and str(r["path"]).startswith("/bench/"))
     finally:
         proxy.stop()
-        for rx in (hook, otlp):
-            if rx is not None:
-                rx.stop()
-        if tcp is not None:
-            tcp.close()
-    q = statistics.quantiles(times, n=100)
-    return {"case": mode or "no sinks", "n": n, "ok": statuses.count(200), "audited": audited,
-            "p50": q[49], "p95": q[94], "p99": q[98], "max": max(times)}
+        for rx in held:
+            rx.stop() if isinstance(rx, HttpReceiver) else rx.close()  # type: ignore[attr-defined]
+    return [{"case": f"{mode} (baseline)", "n": n, "ok": n, "audited": n, **quantiles(times["none"])},
+            {"case": mode, "n": n, "ok": statuses.count(200), "audited": audited,
+             **quantiles(times[mode])}]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 requests per case")
+    parser.add_argument("--sinks", default="syslog,webhook,otlp,traces",
+                        help="comma-separated sinks to turn on (default: all network ones)")
+    parser.add_argument("--cases", default="ok,slow,refuse,down")
     args = parser.parse_args()
     n = 100 if args.quick else 400
+    sinks = tuple(args.sinks.split(","))
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="vp-sinks-bench-") as tmp:
         (Path(tmp) / "up").mkdir()
         up = Upstream(Path(tmp) / "up").start()
+        baseline = start_proxy(Path(tmp) / "base", up, None, sinks, [])
         try:
-            rows = [run_case(Path(tmp) / f"c{i}", up, mode, n)
-                    for i, mode in enumerate((None, "ok", "slow", "refuse", "down"))]
+            for i, mode in enumerate(args.cases.split(",")):
+                rows += run_case(Path(tmp) / f"c{i}", up, baseline, mode, n, sinks)
         finally:
+            baseline.stop()
             up.stop()
-    print(f"{'case':<10} {'ok':>5} {'audited':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"sinks: {', '.join(sinks)}; {n} requests per row, sink proxy and baseline interleaved")
+    print(f"{'case':<18} {'ok':>5} {'audited':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
     for r in rows:
-        print(f"{r['case']:<10} {r['ok']:>5} {r['audited']:>8} {r['p50']:>8.2f} {r['p95']:>8.2f} "
+        print(f"{r['case']:<18} {r['ok']:>5} {r['audited']:>8} {r['p50']:>8.2f} {r['p95']:>8.2f} "
               f"{r['p99']:>8.2f} {r['max']:>8.2f}")
     bad = [r for r in rows if r["ok"] != n or r["audited"] != n]
     return 1 if bad else 0
