@@ -371,3 +371,35 @@ def test_failing_receivers_never_fail_a_request_and_drops_are_counted(
         if hook_mode != "down":
             for p in hook.posts:  # anything that did arrive is still verifiable
                 assert signature_ok(p, str(secrets["hook_key"]).encode())
+
+
+def test_the_mitmdump_path_feeds_the_sinks_too(tmp_path: Path, upstream: Upstream,
+                                               secrets: Quiet) -> None:
+    """``mitmdump -s addons/vaultproxy.py`` starts the same sinks as ``vaultproxy run``."""
+    import shutil
+
+    from tests.harness.proxy import REPO
+    from tests.integration.test_mitmdump import Mitmdump, _client
+
+    canary.watch(tmp_path)
+    rx = HttpReceiver().start()
+    try:
+        table = (f'[audit]\nsinks = ["webhook"]\nwebhook_url = "{rx.url}/hook"\n'
+                 "allow_loopback = true\n\n")
+        toml = table + service_block("snk", "host_inject", "bearer", upstream.port)
+        home = ProxyHome.create(
+            tmp_path, toml, {"snk": str(secrets["snk"]),
+                             "audit": {"webhook": str(secrets["hook_key"])}},
+            files={"upstream-ca.pem": upstream.ca_file.read_bytes()})
+        script = tmp_path / "vaultproxy.py"
+        shutil.copy(REPO / "addons" / "vaultproxy.py", script)
+        md = Mitmdump(home, script, tmp_path / "mitmdump.log")
+        try:
+            with _client(md, home) as c:
+                assert c.get("https://snk.api.test/md/1").status_code == 200
+            wait_until(lambda: any(r["path"] == "/md/1" for r in webhook_records(rx)))
+        finally:
+            md.stop()
+        assert all(signature_ok(p, str(secrets["hook_key"]).encode()) for p in rx.posts)
+    finally:
+        rx.stop()
