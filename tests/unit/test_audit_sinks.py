@@ -218,6 +218,27 @@ def test_offer_never_blocks_on_a_stuck_sink() -> None:
     s.stop()
 
 
+def test_stopping_counts_what_could_not_be_sent_as_dropped() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    async def stuck(batch: Sequence[int]) -> None:
+        started.set()
+        await asyncio.to_thread(release.wait, 10)
+
+    s = Sender("t", stuck, batch_seconds=0.01)
+    s.start()
+    for i in range(3):
+        s.offer(i)
+    assert started.wait(5)
+    s.offer(3)
+    s.offer(4)
+    s.stop(timeout=0.2)
+    release.set()
+    st = s.stats()
+    assert st["sent"] == 0 and st["dropped"] == 5 and st["queued"] == 0
+
+
 def test_a_full_queue_drops_the_oldest_and_counts_them() -> None:
     sink = Collect()
     sink.fail = True

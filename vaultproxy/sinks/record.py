@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 
@@ -19,7 +20,12 @@ class Record:
         return cls(line.rstrip("\n"), os.getpid() if pid is None else pid)
 
     def fields(self) -> dict[str, Any]:
-        """The record as a dict ({} if it does not parse: it is still forwarded verbatim)."""
+        """The record as a dict ({} if it does not parse: it is still forwarded verbatim).
+        Parsed once, in the first sender thread that asks; callers must not change it."""
+        return self._fields
+
+    @cached_property
+    def _fields(self) -> dict[str, Any]:
         try:
             data = json.loads(self.line)
         except ValueError:

@@ -72,6 +72,7 @@ class Sender:
         self.dropped = 0
         self.failing_since: float | None = None
         self.error: str | None = None
+        self._inflight = 0  # records of the batch being sent
 
     # -- the request path -------------------------------------------------------------------
     def offer(self, item: Any) -> None:
@@ -123,6 +124,9 @@ class Sender:
         if self._thread is not None:
             self._thread.join(timeout)
         with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                self.dropped += self._inflight  # still stuck in a send: given up
+                self._inflight = 0
             self.dropped += len(self._queue)
             self._queue.clear()
 
@@ -163,6 +167,7 @@ class Sender:
                     timeout=self.batch_seconds,
                 )
             n = min(self.batch_max, len(self._queue))
+            self._inflight = n
             return [self._queue.popleft() for _ in range(n)]
 
     def _deliver(self, loop: asyncio.AbstractEventLoop, batch: list[Any]) -> bool:
@@ -173,6 +178,7 @@ class Sender:
             self._failed(batch, why)
             return False
         with self._cond:
+            self._inflight = 0
             self.sent += len(batch)
             if self.failing_since is not None:
                 log.warning("audit sink %s delivers again", self.name)
@@ -187,6 +193,7 @@ class Sender:
                 log.warning("audit sink %s: sending failed (%s); retrying with backoff",
                             self.name, why)
             self.error = why
+            self._inflight = 0
             self.retried += len(batch)
             self._queue.extendleft(reversed(batch))
             while len(self._queue) > self.capacity:
