@@ -277,7 +277,7 @@ def test_health_is_degraded_only_after_failing_longer_than_the_limit() -> None:
 def test_the_audit_log_taps_every_written_record_once(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl")
     got: list[str] = []
-    log.tap = got.append
+    log.taps.append(got.append)
     log.record(AuditEvent(event="request", outcome="injected"))
     log.ahead(AuditEvent(event="forward", outcome="forwarding"))
     assert [json.loads(x)["event"] for x in got] == ["request", "forward"]
@@ -290,7 +290,7 @@ def test_a_broken_sink_never_breaks_the_audit_log(tmp_path: Path) -> None:
     def boom(_: str) -> None:
         raise RuntimeError("sink down")
 
-    log.tap = boom
+    log.taps.append(boom)
     assert log.record(AuditEvent(event="request", outcome="injected")) is True
     hub = SinkHub([])
     hub.offer("not json")  # forwarded verbatim to no one; never raises
@@ -393,7 +393,7 @@ def test_sinks_follow_a_reload_and_the_webhook_key_follows_the_keystore(tmp_path
     sinks.start()
     try:
         assert sinks.hub is not None and [s.name for s in sinks.hub.all] == ["stdout"]
-        assert st.audit.tap is not None
+        assert st.audit.taps == [sinks.offer]
         with pytest.raises(SinkFailed, match="locked"):
             sinks._key()
         st.unlock_sync(Secret(PASSWORD))
@@ -405,4 +405,4 @@ def test_sinks_follow_a_reload_and_the_webhook_key_follows_the_keystore(tmp_path
         assert sinks.hub is None
     finally:
         sinks.stop(timeout=0.5)
-    assert st.audit.tap is None
+    assert st.audit.taps == []

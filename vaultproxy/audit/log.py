@@ -64,9 +64,9 @@ class AuditLog:
         self._failed = 0
         self._dropped = 0
         self._error: str | None = None  # why writing fails now (None: it works)
-        # Called with every line that is written (or kept for a retry): the audit sinks
-        # (vaultproxy/sinks/) in the supervisor, the channel to the supervisor in a worker.
-        self.tap: Callable[[str], None] | None = None
+        # Each is called with every line that is written (or kept for a retry): the audit
+        # sinks (vaultproxy/sinks/) in the supervisor, the channel to it in a worker.
+        self.taps: list[Callable[[str], None]] = []
 
     # -- counters -------------------------------------------------------------------------
     @property
@@ -142,12 +142,12 @@ class AuditLog:
 
     def _write(self, line: str, *, keep: bool) -> bool:
         ok = self._store(line, keep=keep)
-        tap = self.tap
-        if tap is not None and (ok or keep):
-            try:
-                tap(line)
-            except Exception as e:  # noqa: BLE001 - a sink must never break the audit path
-                log.error("audit: a sink refused a record (%s)", type(e).__name__)
+        if ok or keep:
+            for tap in self.taps:
+                try:
+                    tap(line)
+                except Exception as e:  # noqa: BLE001 - a sink must never break the audit path
+                    log.error("audit: a sink refused a record (%s)", type(e).__name__)
         return ok
 
     def _store(self, line: str, *, keep: bool) -> bool:

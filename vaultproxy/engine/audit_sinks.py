@@ -1,6 +1,6 @@
 """The supervisor's audit sinks (SPEC §13), wired to the running state: built from ``[audit]``
 and ``[telemetry]`` at start, rebuilt when a reload changes them, fed by the supervisor's own
-audit log (``AuditLog.tap``) and by every worker's lines (``Supervisor.on_audit_line``),
+audit log (``AuditLog.taps``) and by every worker's lines (``Supervisor.on_audit_line``),
 reported in ``/metrics`` and ``/v1/health``. The webhook's signing key is read from the
 unlocked keystore at each send (entry ``audit``, field ``webhook``)."""
 
@@ -28,7 +28,7 @@ class AuditSinks:
 
     def start(self) -> None:
         self._rebuild()
-        self.state.audit.tap = self.offer
+        self.state.audit.taps.append(self.offer)
         self.state.on_change.append(self._changed)
         audit_status.set_sink_problems(self.problems)
 
@@ -43,7 +43,8 @@ class AuditSinks:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Give the queues ``timeout`` seconds to drain; what is left is counted as dropped."""
-        self.state.audit.tap = None
+        if self.offer in self.state.audit.taps:
+            self.state.audit.taps.remove(self.offer)
         if self._changed in self.state.on_change:
             self.state.on_change.remove(self._changed)
         audit_status.set_sink_problems(None)

@@ -29,7 +29,7 @@ class WorkerAudit(AuditLog):
         self._reported_healthy = True
         # Every line written (``record`` and ``ahead``) also goes to the supervisor, which
         # counts it and feeds the audit sinks (vaultproxy/sinks/hub.py).
-        self.tap = self._forward
+        self.taps.append(self._forward)
 
     def _forward(self, line: str) -> None:
         self._post(frame({"op": "audit"}, line.encode()))

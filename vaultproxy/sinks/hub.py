@@ -2,7 +2,7 @@
 configured sink exactly once.
 
 The supervisor owns the sinks. Its own records reach :meth:`SinkHub.offer` from its audit
-log (``AuditLog.tap``); a ``--workers`` process writes its records to ``audit.jsonl`` itself
+log (``AuditLog.taps``); a ``--workers`` process writes its records to ``audit.jsonl`` itself
 and sends each line to the supervisor over its channel (engine/worker_audit.py), which
 offers it here with the worker's pid. So each record is exported once, by one process, with
 one set of connections, counters and health, and one process's records stay in order (one
