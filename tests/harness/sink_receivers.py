@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -114,8 +115,6 @@ action(type="omfile" file="{self.out}" template="fields")
 
 
 def _listening(port: int) -> bool:
-    import socket
-
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
