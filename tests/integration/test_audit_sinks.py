@@ -403,3 +403,30 @@ def test_the_mitmdump_path_feeds_the_sinks_too(tmp_path: Path, upstream: Upstrea
         assert all(signature_ok(p, str(secrets["hook_key"]).encode()) for p in rx.posts)
     finally:
         rx.stop()
+
+
+def test_syslog_over_tcp_reaches_rsyslog_octet_counted_and_in_order(rsyslog: Rsyslog) -> None:
+    """The TCP transport against rsyslog's imtcp (RFC 6587 octet counting): every message
+    parsed as RFC 5424, none split or merged, in order."""
+    import asyncio
+
+    from vaultproxy.audit import AuditEvent
+    from vaultproxy.policy import AddressContext
+    from vaultproxy.sinks.record import Record
+    from vaultproxy.sinks.syslog import SyslogSink
+
+    sink = SyslogSink("tcp", "127.0.0.1", rsyslog.tcp_port, AddressContext(allow_loopback=True))
+    lines = [AuditEvent(event="request", service="tcp", path=f"/t/{i}", outcome="injected",
+                        reason="x" * (i % 7) + "\u00e9").to_json_line() for i in range(120)]
+
+    async def send() -> None:
+        for start in range(0, len(lines), 50):
+            await sink.send([Record.of(x, 4321) for x in lines[start:start + 50]])
+        await sink.close()
+
+    asyncio.run(send())
+    wait_until(lambda: sum(1 for x in rsyslog.lines() if x.input == "imtcp") >= len(lines))
+    got = [x for x in rsyslog.lines() if x.input == "imtcp"]
+    assert [x.msg for x in got] == [x.rstrip("\n") for x in lines]
+    assert all((x.version, x.app, x.procid, x.msgid) == ("1", "vaultproxy", "4321", "request")
+               for x in got)
