@@ -155,13 +155,13 @@ def _router(ctx: AdminContext) -> Any:
     @router.get("/v1/health", response_model=HealthOut, response_model_exclude_none=True)
     async def health() -> HealthOut:
         st = ctx.live.state
-        problem = None if st is None else audit_status.problem(st.audit)
+        problems = [] if st is None else audit_status.problems(st.audit)
         return HealthOut(
-            status="ok" if problem is None else "degraded",
+            status="degraded" if problems else "ok",
             locked=True if st is None else st.locked,
             services=0 if st is None else len(st.registry.services),
             version=__version__,
-            problems=[problem] if problem is not None else None,
+            problems=problems or None,
         )
 
     @router.get("/v1/services", response_model=ServicesOut)

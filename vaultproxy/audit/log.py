@@ -22,6 +22,7 @@ import logging
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,9 @@ class AuditLog:
         self._failed = 0
         self._dropped = 0
         self._error: str | None = None  # why writing fails now (None: it works)
+        # Each is called with every line that is written (or kept for a retry): the audit
+        # sinks (vaultproxy/sinks/) in the supervisor, the channel to it in a worker.
+        self.taps: list[Callable[[str], None]] = []
 
     # -- counters -------------------------------------------------------------------------
     @property
@@ -137,6 +141,16 @@ class AuditLog:
             self._dropped += 1
 
     def _write(self, line: str, *, keep: bool) -> bool:
+        ok = self._store(line, keep=keep)
+        if ok or keep:
+            for tap in self.taps:
+                try:
+                    tap(line)
+                except Exception as e:  # noqa: BLE001 - a sink must never break the audit path
+                    log.error("audit: a sink refused a record (%s)", type(e).__name__)
+        return ok
+
+    def _store(self, line: str, *, keep: bool) -> bool:
         if self.echo:
             self._echo(line)
         with self._lock:

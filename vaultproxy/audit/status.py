@@ -14,6 +14,7 @@ from vaultproxy.audit.log import AuditLog
 logger = logging.getLogger(__name__)
 
 _peers: Callable[[], list[dict[str, Any]]] | None = None
+_sink_problems: Callable[[], list[str]] | None = None
 
 
 def set_peers(peers: Callable[[], list[dict[str, Any]]] | None) -> None:
@@ -52,3 +53,21 @@ def problem(local: AuditLog) -> str | None:
     else:
         then = "requests are forwarded WITHOUT audit records (on_failure = continue)"
     return f"audit.jsonl cannot be written ({s['error']}); {then}"
+
+
+def set_sink_problems(read: Callable[[], list[str]] | None) -> None:
+    """The audit sinks' problems (vaultproxy/sinks/hub.py: a sink failing for > 60 s)."""
+    global _sink_problems
+    _sink_problems = read
+
+
+def problems(local: AuditLog) -> list[str]:
+    """Every reason ``/v1/health`` is ``degraded``: audit.jsonl unwritable, a failing sink."""
+    out = [p for p in (problem(local),) if p is not None]
+    read = _sink_problems
+    if read is not None:
+        try:
+            out += read()
+        except Exception as e:  # noqa: BLE001 - a health read must not fail
+            logger.debug("audit status: sink problems unreadable (%s)", type(e).__name__)
+    return out

@@ -25,7 +25,7 @@ from pydantic import (
 
 from vaultproxy import policy
 from vaultproxy.config import access, minted, rules, signed
-from vaultproxy.config.audit import AuditSettings
+from vaultproxy.config.audit import AuditSettings, TelemetrySettings
 from vaultproxy.config.fields import (
     Model,
     StrList,
@@ -334,6 +334,7 @@ class Config(Model):
     agent: AgentSettings = AgentSettings()
     health: HealthSettings = HealthSettings()
     audit: AuditSettings = AuditSettings()  # [audit] (config/audit.py)
+    telemetry: TelemetrySettings = TelemetrySettings()  # [telemetry] (config/audit.py)
     service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
     source: Annotated[tuple[SourceConfig, ...], BeforeValidator(_sources)] = ()  # SPEC §9
     approvals: access.ApprovalSettings = access.ApprovalSettings()  # SPEC §10

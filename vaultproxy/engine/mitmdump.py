@@ -19,6 +19,7 @@ from mitmproxy import ctx
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.engine import nodump, stale
+from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
@@ -49,6 +50,7 @@ class Bootstrap:
         self._claim: int | None = None
         self._admin_task: asyncio.Task[None] | None = None
         self._wrote_run_json = False
+        self._sinks: AuditSinks | None = None  # [audit] sinks, [telemetry] (SPEC §13)
 
     def load(self, loader: Any) -> None:
         global _gate_installed
@@ -151,6 +153,9 @@ class Bootstrap:
         st = _RT.current()
         if st is not None and self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(st.audit.run_flusher())
+        if st is not None and self._sinks is None:
+            self._sinks = AuditSinks(st)
+            self._sinks.start()
         if st is not None and self._admin is None and self._admin_task is None:
             # running/done must be sync here: the script loader invokes them synchronously.
             self._admin_task = asyncio.get_running_loop().create_task(self._start_admin(st))
@@ -209,6 +214,9 @@ class Bootstrap:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self._sinks is not None:
+            sinks, self._sinks = self._sinks, None
+            sinks.stop()
         st = _RT.current()
         if st is not None:
             st.audit.close()

@@ -20,6 +20,7 @@ from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import proxy_socket, reuseport, stale
+from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
@@ -125,6 +126,11 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
             'SECURITY: [audit] on_failure = "continue": when audit.jsonl cannot be written, '
             "credentials are still injected and those uses are NOT audited"
         )
+    audit = state.registry.config.audit
+    for flag, where in ((audit.allow_loopback, "loopback"), (audit.allow_private, "private")):
+        if flag and (audit.sinks or state.registry.config.telemetry.traces):
+            out.append(f"SECURITY: [audit] allow_{where} = true: audit sinks may reach {where} "
+                       "addresses")
     out.extend(source_warnings(state.registry.config))
     if state.registry.config.proxy.passthrough_allow:
         out.append(
@@ -184,6 +190,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
     master_task = asyncio.create_task(m.run())
     flusher = asyncio.create_task(state.audit.run_flusher())
+    audit_sinks = AuditSinks(state)  # [audit] sinks, [telemetry] (SPEC §13)
+    audit_sinks.start()
     supervisor: Supervisor | None = None
     psock: proxy_socket.ProxySocket | None = None
     try:
@@ -200,6 +208,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
                                     listen=addrs[0])
             supervisor.on_pids_changed = announce
+            supervisor.on_audit_line = audit_sinks.offer
             audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
         for w in security_warnings(state, opts.listen) + admin.warnings():
@@ -238,6 +247,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         state.audit.close()
+        await asyncio.to_thread(audit_sinks.stop)
         print(f"vaultproxy: {summary_line(audit_status.combined(state.audit))}", flush=True)
         audit_status.set_peers(None)
         with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):

@@ -4,9 +4,9 @@ A worker writes its own records to ``audit.jsonl`` exactly as the supervisor doe
 whole-line ``O_APPEND`` write per record, audit/log.py): a record is in the file when the
 request's stage moves on, whether or not the supervisor is still alive to receive it, and
 one process's records keep their order. It also sends each line to the supervisor, which
-counts it for ``/metrics`` (it does not write it again), and reports its counters (written,
-failed, dropped, healthy) in every ``pong`` and whenever its health changes, for
-``/metrics``, ``/v1/health`` and the shutdown summary.
+counts it for ``/metrics`` and hands it to the audit sinks (it does not write it again), and
+reports its counters (written, failed, dropped, healthy) in every ``pong`` and whenever its
+health changes, for ``/metrics``, ``/v1/health`` and the shutdown summary.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ class WorkerAudit(AuditLog):
         self._writer = writer
         self._loop = loop
         self._reported_healthy = True
+        # Every line written (``record`` and ``ahead``) also goes to the supervisor, which
+        # counts it and feeds the audit sinks (vaultproxy/sinks/hub.py).
+        self.taps.append(self._forward)
+
+    def _forward(self, line: str) -> None:
+        self._post(frame({"op": "audit"}, line.encode()))
 
     def record(self, event: AuditEvent) -> bool:
-        try:
-            line = event.to_json_line()
-        except Exception as e:  # noqa: BLE001 - auditing must never break the request path
-            self._drop(f"event not recorded ({type(e).__name__})")
-            return False
-        ok = self._write(line, keep=True)
-        self._post(frame({"op": "audit"}, line.encode()))
+        ok = super().record(event)
+        self._post(b"")
         return ok
 
     def ahead(self, event: AuditEvent) -> bool:

@@ -100,6 +100,8 @@ class Supervisor:
         self.listen = listen
         self.workers: dict[int, _Worker] = {}
         self.on_pids_changed: Callable[[], None] | None = None
+        # Each line a worker wrote to audit.jsonl, with its pid: the audit sinks (sinks/hub.py).
+        self.on_audit_line: Callable[[str, int], None] | None = None
         self._seq = 0
         self._stopping = False
         self._restarts: dict[int, deque[float]] = {}
@@ -277,7 +279,7 @@ class Supervisor:
                 header, payload = await read_frame(w.reader)
                 op = header["op"]
                 if op == "audit":
-                    self._audit(payload)
+                    self._audit(payload, w.proc.pid)
                 elif op == "mint":  # a minted token (engine/tokens.py): the supervisor owns them
                     spawn_serve(self.state, w.send, header)
                 elif op == "access":  # approvals, grants, rate limits (access_channel.py)
@@ -341,11 +343,16 @@ class Supervisor:
         if self.on_pids_changed is not None:
             self.on_pids_changed()
 
-    def _audit(self, payload: bytearray) -> None:
+    def _audit(self, payload: bytearray, pid: int) -> None:
         # The worker wrote the record to audit.jsonl itself (engine/worker_audit.py); the
-        # copy it sends is only counted here, for /metrics.
+        # copy it sends is counted here, for /metrics, and fed to the audit sinks.
         try:
             line = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        if self.on_audit_line is not None:
+            self.on_audit_line(line, pid)
+        try:
             metrics.observed(AuditEvent(**json.loads(line)))
         except Exception:  # noqa: BLE001, S110 - metrics must never break the audit path
             pass
