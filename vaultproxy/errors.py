@@ -203,3 +203,15 @@ class NotReady(VaultproxyError):
 
 def problems_text(err: ConfigError) -> str:
     return "\n".join(f"  {p}" for p in err.problems)
+
+
+class AgentTokenExpired(VaultproxyError):
+    """The agent's token was right but its lifetime (``agent add --ttl``) is over: distinct
+    from a wrong token, so the operator knows to ``agent rotate`` rather than to look for a
+    typo."""
+
+    status, code, public = (
+        407, "agent_token_expired",
+        "this agent's token has expired; the operator issues a new one with "
+        "`vaultproxy agent rotate NAME`",
+    )

@@ -16,6 +16,7 @@ class Tunnel:
     port: int
     service: Service | None
     agent: str | None = None
+    agent_digest: bytes | None = None  # the token hash the CONNECT proved (rotation ends it)
     pinned: tuple[str, int] | None = None  # the checked address we dial
     sni: str | None = None  # the server name of the agent's TLS ClientHello
     broken: bool = False  # a hook failed on this connection: refuse every request on it

@@ -8,6 +8,8 @@ shape checks)."""
 
 from __future__ import annotations
 
+import time
+
 from mitmproxy import http
 
 from vaultproxy.decide import Decision, Facts, decide
@@ -29,7 +31,7 @@ class Identify(Stage):
             return
         header = flow.request.headers.pop("proxy-authorization", None)
         req = flow.request
-        facts = Facts("connect", req.host, req.port, proxy_authorization=header)
+        facts = Facts("connect", req.host, req.port, proxy_authorization=header, now=time.time())
         decision = record_of(flow).decision = _decide(self.rt.state(), facts)
         if decision.refusal is not None:
             raise decision.refusal
@@ -47,12 +49,14 @@ class Identify(Stage):
             facts = Facts(
                 "connect", tunnel.host, tunnel.port, host_header=req.host_header or "",
                 sni=tunnel.sni, scheme=req.scheme, agent=tunnel.agent,
+                agent_digest=tunnel.agent_digest, now=time.time(),
             )
             rec.decision = _decide(st, facts)
             rec.agent, rec.service = tunnel.agent, tunnel.service
             return  # Inject enforces it
         # A plain-HTTP proxy request: each one carries its own credentials.
-        facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme)
+        facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme,
+                      now=time.time())
         decision = rec.decision = _decide(st, facts)
         rec.agent = decision.agent
         if decision.refusal is not None:

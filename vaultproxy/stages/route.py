@@ -28,7 +28,8 @@ class Route(Stage):
             raise DestinationDenied("the tunnel was not decided")
         host, port = normal_host(flow.request.host), flow.request.port
         service = decision.service
-        tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent)
+        tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent,
+                        agent_digest=decision.agent_digest)
         self.rt.connections.open(flow.client_conn.id, tunnel)
         policy = st.snapshot.address_context(service)
         tunnel.pinned = await resolve_checked(*decision.dial, policy)
