@@ -19,6 +19,7 @@ are built here rather than in outbound.py (which owns upstream trust and egress)
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -77,6 +78,14 @@ def _transport_error(e: httpx.TransportError, where: str) -> APIError:
         return APIError(None, "not_running", f"cannot connect to {where}; is `vaultproxy "
                         "run` up for this home?")
     return APIError(None, "unreachable", f"lost the connection to {where}")
+
+
+def _check_socket(uds: str | None, where: str) -> None:
+    """No socket file: not running. Checked before dialling because httpcore's sync Unix
+    transport leaks the socket object when connect() fails."""
+    if uds is not None and not os.path.exists(uds):
+        raise APIError(None, "not_running", f"no {where}; is `vaultproxy run` up for this "
+                       "home?")
 
 
 def _text(content: bytes | str | None) -> str | None:
@@ -147,6 +156,7 @@ class Client:
         transport = httpx.HTTPTransport(uds=_uds) if _uds is not None else None
         headers = {} if _uds is not None else {"Authorization": f"Bearer {token}"}
         self._where = f"admin.sock {_uds}" if _uds is not None else url
+        self._uds = _uds
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout,
                                   transport=transport, trust_env=False)
 
@@ -172,6 +182,7 @@ class Client:
         self._http.close()
 
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        _check_socket(self._uds, self._where)
         try:
             return self._http.request(method, path, **kw)
         except httpx.TransportError as e:
@@ -268,6 +279,7 @@ class AsyncClient:
         transport = httpx.AsyncHTTPTransport(uds=_uds) if _uds is not None else None
         headers = {} if _uds is not None else {"Authorization": f"Bearer {token}"}
         self._where = f"admin.sock {_uds}" if _uds is not None else url
+        self._uds = _uds
         self._http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout,
                                        transport=transport, trust_env=False)
 
@@ -291,6 +303,7 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        _check_socket(self._uds, self._where)
         try:
             return await self._http.request(method, path, **kw)
         except httpx.TransportError as e:
