@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from mitmproxy import master, options
 from mitmproxy.addons import (
@@ -16,9 +17,10 @@ from mitmproxy.addons import (
     tlsconfig,
 )
 
-from vaultproxy.ca import system_ca_file
+from vaultproxy.ca import MITM_BASENAME, system_ca_file
+from vaultproxy.ca.constraints import leaf_filter_for
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.seam import defences, speed
+from vaultproxy.seam import defences, leaf_names, speed
 from vaultproxy.stages import Gate, Runtime, chain
 from vaultproxy.state import Live, ProxyState
 
@@ -42,12 +44,18 @@ def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> di
     }
 
 
+def leaf_filter(confdir: str) -> leaf_names.Permits | None:
+    """A name-constrained CA: which names its leaves may carry (None: unconstrained)."""
+    return leaf_filter_for(Path(confdir) / f"{MITM_BASENAME}-ca-cert.pem")
+
+
 def build_master(
     live: Live, confdir: str, listen: tuple[str, int], serving: asyncio.Event | None = None
 ) -> master.Master:
     """Must be called with a running event loop (mitmproxy binds to it). The stages serve
     whatever state ``live`` holds, once ``serving`` is set (None: at once)."""
     defences.install()
+    leaf_names.install(leaf_filter(confdir))
     if defences.keylog_active():
         raise VaultproxyError(
             "SECURITY: mitmproxy opened a TLS key log (SSLKEYLOGFILE/MITMPROXY_SSLKEYLOGFILE "

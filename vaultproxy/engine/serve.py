@@ -18,6 +18,8 @@ from vaultproxy.atomic_file import write_atomic
 from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
+from vaultproxy.ca.constraints import home_warnings as constraint_warnings
+from vaultproxy.ca.constraints import registered_hosts
 from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import proxy_socket, reuseport, stale
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
@@ -134,6 +136,8 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
         out.append(
             f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it"
         )
+    hosts = registered_hosts(state.registry.services)
+    out.extend(constraint_warnings(state.home, hosts))  # a name-constrained CA (ca reissue)
     return out
 
 
