@@ -55,6 +55,7 @@ class Facts:
     agent: str | None = None  # inside a tunnel: the agent its CONNECT proved
     agent_digest: bytes | None = None  # ... and the token hash it proved it with
     now: float | None = None  # epoch seconds, for token lifetimes (None: any lifetime is over)
+    cert_agent: str | None = None  # mTLS listener: the verified client certificate's CN
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,12 @@ def decide(
     agent, digest = facts.agent, facts.agent_digest
     try:
         if facts.via != "admin" and (facts.via == "plain" or facts.host_header is None):
-            record = identify(facts.proxy_authorization, registry, agents, facts.now)
+            record = (
+                by_certificate(facts.cert_agent, agents) if facts.cert_agent is not None
+                else identify(facts.proxy_authorization, registry, agents, facts.now)
+            )
             agent = record.name if record is not None else None
-            digest = record.digest if record is not None else None
+            digest = record.digest if record is not None and facts.cert_agent is None else None
             if record is not None and service is not None and not record.allows(service.name):
                 raise AgentScope(f"agent {record.name} may not use service {service.name}")
         elif facts.agent is not None:
@@ -139,12 +143,26 @@ def identify(
     return record
 
 
+def by_certificate(cn: str, agents: Mapping[str, AgentRecord] | None) -> AgentRecord:
+    """The agent a verified mTLS client certificate names by its CN (no token: the
+    certificate is the credential; its own validity was checked in the handshake)."""
+    if agents is None:
+        raise LockedError()
+    record = agents.get(cn) if cn else None
+    if record is None:
+        raise AgentAuthRequired("the client certificate's CN names no agent")
+    return record
+
+
 def still_valid(facts: Facts, agents: Mapping[str, AgentRecord] | None) -> None:
     """Inside a tunnel: the agent its CONNECT proved still holds that token (not removed,
     not rotated) and the token has not expired since, so a kept-alive connection does not
     outlive ``agent rm``/``rotate`` or a TTL. Locked: nothing to check against (and nothing
     will be injected)."""
     if agents is None or facts.agent is None:
+        return
+    if facts.cert_agent is not None:  # an mTLS tunnel: the agent must still exist
+        by_certificate(facts.cert_agent, agents)
         return
     record = agents.get(facts.agent)
     proven = facts.agent_digest

@@ -15,6 +15,7 @@ from mitmproxy import http
 from vaultproxy.decide import Decision, Facts, decide
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
 from vaultproxy.state import ProxyState
 
@@ -31,7 +32,8 @@ class Identify(Stage):
             return
         header = flow.request.headers.pop("proxy-authorization", None)
         req = flow.request
-        facts = Facts("connect", req.host, req.port, proxy_authorization=header, now=time.time())
+        facts = Facts("connect", req.host, req.port, proxy_authorization=header, now=time.time(),
+                      cert_agent=cert_agent_of(self.rt, flow.client_conn))
         decision = record_of(flow).decision = _decide(self.rt.state(), facts)
         if decision.refusal is not None:
             raise decision.refusal
@@ -49,14 +51,14 @@ class Identify(Stage):
             facts = Facts(
                 "connect", tunnel.host, tunnel.port, host_header=req.host_header or "",
                 sni=tunnel.sni, scheme=req.scheme, agent=tunnel.agent,
-                agent_digest=tunnel.agent_digest, now=time.time(),
+                agent_digest=tunnel.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
             )
             rec.decision = _decide(st, facts)
             rec.agent, rec.service = tunnel.agent, tunnel.service
             return  # Inject enforces it
         # A plain-HTTP proxy request: each one carries its own credentials.
         facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme,
-                      now=time.time())
+                      now=time.time(), cert_agent=cert_agent_of(self.rt, flow.client_conn))
         decision = rec.decision = _decide(st, facts)
         rec.agent = decision.agent
         if decision.refusal is not None:
