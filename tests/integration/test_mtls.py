@@ -249,3 +249,21 @@ def test_start_refuses_a_readable_key(env: Env, tmp_path: Path) -> None:
         os.chmod(key, 0o600)
     assert r.returncode != 0
     assert "server.key" in r.stderr and "chmod" in r.stderr
+
+
+def test_env_mtls_kit_drives_curl_off_host(env: Env, upstream: Upstream) -> None:
+    kit = cli(env.proxy.home.path, "env", "--mtls").stdout
+    url = f"https://{env.mtls[0]}:{env.mtls[1]}"
+    assert f"export HTTPS_PROXY='{url}';" in kit and "--proxy-cert" in kit
+    renamed = cli(env.proxy.home.path, "env", "--mtls", "--mtls-host", "proxy.lan").stdout
+    assert f"export HTTPS_PROXY='https://proxy.lan:{env.mtls[1]}';" in renamed
+    cert, key = env.files["bot"]
+    script = (kit + f'curl -sS --max-time 30 -o /dev/null -w "%{{http_code}}" '
+              f'--proxy "$HTTPS_PROXY" --proxy-cacert {env.server_ca} --proxy-cert {cert} '
+              f"--proxy-key {key} --cacert {env.proxy.home.ca_cert} "
+              "https://svc-a.api.test/via-kit\n")
+    r = env.ns.run("sh", "-c", script)
+    assert r.stdout == "200", r.stderr
+    assert upstream.received[-1].path == "/via-kit"
+    none = cli(env.base, "env", "--mtls", "--home", str(env.base / "nowhere"), check=False)
+    assert none.returncode == 2 and "--mtls-listen" in none.stderr
