@@ -4,6 +4,7 @@ constrained CA permits, the hosts that fall outside, and re-issuing with the sam
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -69,3 +70,21 @@ def test_reissue_keeps_key_and_subject_and_reports_outside() -> None:
     plain = constraints.reissued(constrained, key, None)
     assert constraints.constraints_of(plain) is None
     assert isinstance(key, ec.EllipticCurvePrivateKey)
+
+
+def test_run_start_warns_about_a_host_outside(tmp_path: Path) -> None:
+    from tests.harness.proxy import ProxyHome
+    from vaultproxy.engine.serve import security_warnings
+    from vaultproxy.home import Home
+    from vaultproxy.state import ProxyState
+
+    block = '[[service]]\nname = "{0}"\nhosts = ["{0}.example"]\nmode = "host_inject"\n' \
+            'auth = "bearer"\n'
+    th = ProxyHome.create(tmp_path, block.format("kept"))
+    home = Home(th.path)
+    constraints.reissue_ca(home, ["kept.example"])
+    listen = ("127.0.0.1", 3203)
+    assert not [w for w in security_warnings(ProxyState.load(home), listen) if "outside" in w]
+    (th.path / "services.toml").write_text(block.format("kept") + block.format("added"))
+    warned = [w for w in security_warnings(ProxyState.load(home), listen) if "outside" in w]
+    assert len(warned) == 1 and "added.example" in warned[0]
