@@ -43,10 +43,12 @@ class APIError(Exception):
     """An admin API call failed: ``status`` (None when no answer came), ``code`` (SPEC §5,
     or ``not_running``/``unreachable``/``timeout``) and the proxy's ``message``."""
 
-    def __init__(self, status: int | None, code: str, message: str) -> None:
+    def __init__(self, status: int | None, code: str, message: str,
+                 details: Mapping[str, Any] | None = None) -> None:
         self.status = status
         self.code = code
         self.message = message
+        self.details = dict(details or {})  # the error object's other fields ("problems")
         super().__init__(f"{code}: {message}" if status is None
                          else f"{status} {code}: {message}")
 
@@ -57,12 +59,14 @@ def _error_of(response: httpx.Response) -> APIError:
         err = response.json().get("error")
     except (ValueError, AttributeError):
         err = None
+    details: dict[str, Any] = {}
     if isinstance(err, dict):
         code = str(err.get("code") or code)
         message = str(err.get("message") or "")
+        details = {k: v for k, v in err.items() if k not in ("code", "message", "type")}
     elif isinstance(err, str):
         message = err
-    return APIError(response.status_code, code, message or response.reason_phrase)
+    return APIError(response.status_code, code, message or response.reason_phrase, details)
 
 
 def _checked(response: httpx.Response) -> Any:

@@ -137,6 +137,19 @@ def test_reload_audit_sources_sync(client: Client) -> None:
     assert client.sync()["ok"] is True
 
 
+def test_invalid_reload_carries_the_problems(env: Env) -> None:
+    services = env.home / "services.toml"
+    original = services.read_text()
+    services.write_text(original + "\n[proxy]\nbogus = 1\n")
+    try:
+        with Client.from_home(env.home) as c, pytest.raises(APIError) as e:
+            c.reload()
+    finally:
+        services.write_text(original)
+    assert (e.value.status, e.value.code) == (409, "config_invalid")
+    assert any("bogus" in p for p in e.value.details["problems"])
+
+
 def test_approvals_endpoint_absent_raises_cleanly(client: Client) -> None:
     # GET /v1/approvals and POST /v1/approvals/{id} (SPEC §10) are not served by this
     # branch's admin API: the client raises the proxy's own 404, nothing else.
