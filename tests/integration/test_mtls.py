@@ -7,6 +7,7 @@ the handshake; start refuses a group/other-readable key."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -72,6 +73,7 @@ class Env:
     server_ca: Path  # what clients trust for the listener's own certificate
     files: dict[str, tuple[Path, Path]]  # client name -> (cert, key)
     secrets: dict[str, str]
+    token: str  # bot's agent token (the plain listener's credential)
 
 
 def _free_port(host: str) -> int:
@@ -118,12 +120,12 @@ def env(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iterato
         os.chmod(mdir / "server.key", 0o600)
         client_ca.cert_pem.write_to_path(str(mdir / "clients-ca.pem"))
         server_ca.cert_pem.write_to_path(str(base / "server-ca.pem"))
-        cli(home.path, "agent", "add", "bot", "--services", "svc-a", "--password-file",
-            str(home.password_file))
+        token = cli(home.path, "agent", "add", "bot", "--services", "svc-a",
+                    "--password-file", str(home.password_file)).stdout.strip()
         mtls = (ns.host_ip, _free_port(ns.host_ip))
         proxy = ProxyProcess.start(home, args=("--mtls-listen", f"{mtls[0]}:{mtls[1]}"))
         assert proxy.extra["mtls"] == [f"{mtls[0]}:{mtls[1]}"]
-        yield Env(proxy, ns, mtls, base, base / "server-ca.pem", files, values)
+        yield Env(proxy, ns, mtls, base, base / "server-ca.pem", files, values, token)
         proxy.stop()
     finally:
         ns.close()
@@ -137,10 +139,11 @@ def _tls(env: Env, client: str | None) -> ssl.SSLSocket:
     return ctx.wrap_socket(raw, server_hostname=env.mtls[0])
 
 
-def _connect(env: Env, client: str | None, target: str) -> tuple[int, dict[str, str], bytes]:
+def _connect(env: Env, client: str | None, target: str,
+             extra: str = "") -> tuple[int, dict[str, str], bytes]:
     """A CONNECT over the mTLS listener (from this namespace: the listener itself)."""
     with _tls(env, client) as s:
-        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n".encode())
         return recv_response(s)
 
 
@@ -196,11 +199,20 @@ def test_the_agents_scopes_apply(env: Env, upstream: Upstream) -> None:
     assert _connect(env, "bot", "svc-a.api.test:443")[0] == 200
 
 
-def test_unknown_cn_is_407(env: Env) -> None:
+def test_unknown_cn_is_407_even_with_a_valid_token(env: Env) -> None:
     status, headers, body = _connect(env, "stranger", "svc-a.api.test:443")
     assert status == 407
     assert json.loads(body)["error"]["code"] == "agent_auth_required"
     assert headers["proxy-authenticate"].lower().startswith("basic")
+    # The certificate decides on this listener: bot's real token does not help a stranger.
+    auth = "Basic " + base64.b64encode(f"bot:{env.token}".encode()).decode()
+    assert _connect(env, "stranger", "svc-a.api.test:443",
+                    f"Proxy-Authorization: {auth}\r\n")[0] == 407
+    # Twin: the same token on the plain listener is accepted.
+    with socket.create_connection(("127.0.0.1", env.proxy.port), timeout=10) as s:
+        s.sendall(f"CONNECT svc-a.api.test:443 HTTP/1.1\r\nHost: svc-a.api.test:443\r\n"
+                  f"Proxy-Authorization: {auth}\r\n\r\n".encode())
+        assert recv_response(s)[0] == 200
 
 
 def _answer(env: Env, client: str | None) -> int | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from vaultproxy.config.fields import Model
 from vaultproxy.config.problems import TypeProblem
@@ -32,6 +32,13 @@ class MtlsSettings(Model):
         if not isinstance(value, str) or not value.strip():
             raise TypeProblem.one("must be a file name (relative to the home)")
         return value
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> MtlsSettings:
+        given = [self.server_cert, self.server_key, self.client_ca]
+        if any(given) and not all(given):
+            raise TypeProblem.one("needs all of server_cert, server_key and client_ca")
+        return self
 
     @property
     def complete(self) -> bool:
