@@ -309,3 +309,23 @@ def test_new_host_warns_until_reissue_and_trust_replaces(env: Env) -> None:
     finally:
         services.write_text(original)
         cli(home, "ca", "reissue")
+
+
+def test_rotation_keeps_a_constrained_ca_constrained(tmp_path: Path) -> None:
+    block = '[[service]]\nname = "r"\nhosts = ["r.example"]\nmode = "host_inject"\n' \
+            'auth = "bearer"\n'
+    home = ProxyHome.create(tmp_path, block).path
+    cli(home, "ca", "init", "--constrain")
+    cli(home, "ca", "rotate")
+    nxt = x509.load_pem_x509_certificate((home / "ca.next.crt").read_bytes())
+    assert constraints.outside(nxt, ["r.example"]) == []
+    assert constraints.outside(nxt, ["other.example"]) == ["other.example"]
+    cli(home, "ca", "rotate", "--finish")
+    now = x509.load_pem_x509_certificate((home / "ca.crt").read_bytes())
+    assert now.fingerprint(hashes.SHA256()) == nxt.fingerprint(hashes.SHA256())
+    # Twin: an unconstrained CA rotates into an unconstrained one.
+    (tmp_path / "plain").mkdir()
+    plain = ProxyHome.create(tmp_path / "plain", block).path
+    cli(plain, "ca", "rotate")
+    assert constraints.constraints_of(
+        x509.load_pem_x509_certificate((plain / "ca.next.crt").read_bytes())) is None

@@ -170,6 +170,16 @@ def reissue_ca(home: Home, hosts: list[str] | None) -> CA:
     return load_ca(home)
 
 
+def constrain_next(home: Home, hosts: list[str]) -> x509.Certificate:
+    """A rotation's next CA (``ca.next.crt``) re-issued with constraints for ``hosts``, so
+    a constrained CA stays constrained across ``ca rotate``."""
+    key_path, cert_path = next_paths(home)
+    current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    cert = reissued(current, _read_key(key_path), hosts)
+    _update_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    return cert
+
+
 def home_warnings(home: Home, hosts: Iterable[str]) -> list[str]:
     """``warnings`` for the home's ``ca.crt`` ([] when it cannot be read: load_ca says why
     where it matters)."""

@@ -147,7 +147,11 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             "agent needs it. Restart `vaultproxy run` to sign with the new CA.\n"
         )
         return 0
+    constrained = constraints.constraints_of(ca_mod.load_ca(home).cert) is not None
     cert = ca_mod.rotate_start(home)
+    if constrained:  # the next CA carries today's name constraints too
+        cert = constraints.constrain_next(home, _hosts(home))
+        ca_mod.build_bundle(home)
     _key, path = ca_mod.next_paths(home)
     sys.stdout.write(
         f"next CA: {path}\nsha256:  {ca_mod.fingerprint(cert)}\n"
