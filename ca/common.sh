@@ -52,3 +52,21 @@ cert_fp() { openssl x509 -in "$1" -noout -fingerprint -sha256 | sed 's/.*=//'; }
 cert_name() {
     printf 'vaultproxy-%s' "$(cert_fp "$1" | tr -d ':' | cut -c1-16 | tr 'A-F' 'a-f')"
 }
+
+cert_subject() { openssl x509 -in "$1" -noout -subject -nameopt RFC2253 | sed 's/^subject=//'; }
+cert_cn() { cert_subject "$1" | sed -n 's/.*CN=\([^,]*\).*/\1/p'; }
+
+# Remove the earlier certificates of the same CA (same subject, other fingerprint) from an
+# anchors directory: a re-issued CA (`vaultproxy ca reissue`, same key) must not stay
+# trusted in its old, unconstrained form. A rotation's next CA has another subject: kept.
+replace_older() {
+    dir="$1"; ext="$2"; keep="$dir/$3.$ext"; subject="$(cert_subject "$CERT")"
+    for old in "$dir"/vaultproxy-*."$ext"; do
+        [ -f "$old" ] || continue
+        [ "$old" = "$keep" ] && continue
+        if [ "$(cert_subject "$old")" = "$subject" ]; then
+            say "replacing the earlier certificate of this CA: $old"
+            run rm -f "$old"
+        fi
+    done
+}

@@ -1,8 +1,9 @@
 """Agent identities: tokens, their stored hashes, scopes, and Proxy-Authorization parsing.
 
 Pure: no files, no sockets. An agent's keystore entry ``agent:NAME`` holds a JSON record
-``{"v": 1, "salt": hex, "hash": hex, "services": [...], "created": ts}`` where
-``hash = HMAC-SHA256(key=salt, msg=token)``. Tokens are 256-bit random strings, so a slow
+``{"v": 1, "salt": hex, "hash": hex, "services": [...], "created": ts, "expires": ts|null}``
+where ``hash = HMAC-SHA256(key=salt, msg=token)``; ``expires`` is absent in records made
+before tokens had a lifetime (they never expire). Tokens are 256-bit random strings, so a slow
 KDF adds nothing but CPU per CONNECT; the per-agent salt keeps two agents' hashes unrelated.
 The token itself is never stored. Verification is constant-time and does the same work for
 an unknown name as for a known one.
@@ -17,6 +18,7 @@ import hmac
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -43,12 +45,18 @@ class AgentRecord:
     digest: bytes
     services: frozenset[str]
     created: float
+    expires: float | None = None  # epoch seconds; None: the token never expires
 
     def __repr__(self) -> str:
         return f"AgentRecord(name={self.name!r}, services={sorted(self.services)!r})"
 
     def allows(self, service: str) -> bool:
         return service in self.services
+
+    def expired(self, now: float | None) -> bool:
+        """True once ``now`` reaches ``expires``; an unknown ``now`` counts as expired for a
+        token that has a lifetime (fail closed when a caller forgot the clock)."""
+        return self.expires is not None and (now is None or now >= self.expires)
 
     def encode(self) -> Secret:
         data = {
@@ -57,6 +65,7 @@ class AgentRecord:
             "hash": self.digest.hex(),
             "services": sorted(self.services),
             "created": self.created,
+            "expires": self.expires,
         }
         return Secret(json.dumps(data, sort_keys=True).encode())
 
@@ -72,6 +81,7 @@ class AgentRecord:
                 digest=bytes.fromhex(data["hash"]),
                 services=frozenset(str(s) for s in data["services"]),
                 created=float(data["created"]),
+                expires=None if data.get("expires") is None else float(data["expires"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError(f"agent record {name} is malformed") from None
@@ -98,10 +108,63 @@ def _digest(salt: bytes, token: bytes) -> bytes:
     return hmac.new(salt, token, hashlib.sha256).digest()
 
 
-def make_record(name: str, token: Secret, services: Iterable[str], now: float) -> AgentRecord:
+def make_record(
+    name: str, token: Secret, services: Iterable[str], now: float, ttl: float | None = None
+) -> AgentRecord:
+    """A record for ``token``; ``ttl`` seconds from ``now`` until it expires (None: never)."""
     check_name(name)
     salt = secrets.token_bytes(SALT_LEN)
-    return AgentRecord(name, salt, _digest(salt, token.reveal()), frozenset(services), now)
+    expires = None if ttl is None else now + ttl
+    return AgentRecord(
+        name, salt, _digest(salt, token.reveal()), frozenset(services), now, expires
+    )
+
+
+def rotated(record: AgentRecord, token: Secret, now: float) -> AgentRecord:
+    """The same agent and scopes with ``token``; a token with a lifetime gets a new one of
+    the same length from ``now`` (rotation is how an expired agent is brought back)."""
+    ttl = None if record.expires is None else record.expires - record.created
+    return make_record(record.name, token, record.services, now, ttl)
+
+
+DEFAULT_TTL = "24h"
+NEVER = "never"
+_DURATION_PART = re.compile(r"(\d+)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TTL = 3650 * 86400
+
+
+def parse_ttl(text: str) -> float | None:
+    """``90s``, ``30m``, ``24h``, ``7d``, ``1h30m`` -> seconds; ``never`` -> None."""
+    raw = text.strip().lower()
+    if raw == NEVER:
+        return None
+    pos, total = 0, 0
+    for m in _DURATION_PART.finditer(raw):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(raw) or not raw or total <= 0 or total > MAX_TTL:
+        raise UsageError(
+            f"invalid --ttl {text!r}: use a positive duration such as 90s, 30m, 24h, 7d or "
+            f"1h30m (at most 3650d), or {NEVER!r} for a token that does not expire"
+        )
+    return float(total)
+
+
+def format_expiry(record: AgentRecord, now: float) -> str:
+    """``2026-12-07T08:00:00Z (in 23h59m)``, ``... (expired)`` or ``never``."""
+    if record.expires is None:
+        return NEVER
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.expires))
+    left = int(record.expires - now)
+    if left <= 0:
+        return f"{when} (expired)"
+    hours, rest = divmod(left, 3600)
+    if hours:
+        return f"{when} (in {hours}h{rest // 60:02d}m)"
+    return f"{when} (in {rest // 60}m{rest % 60:02d}s)"
 
 
 def verify(

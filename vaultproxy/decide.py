@@ -18,6 +18,7 @@ Three ways a request arrives (``Facts.via``):
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -27,6 +28,7 @@ from vaultproxy.config.models import Service
 from vaultproxy.errors import (
     AgentAuthRequired,
     AgentScope,
+    AgentTokenExpired,
     DestinationDenied,
     EgressBlocked,
     HostMismatch,
@@ -51,6 +53,9 @@ class Facts:
     sni: str | None = None  # the TLS ClientHello's server name, if any
     scheme: str = "https"
     agent: str | None = None  # inside a tunnel: the agent its CONNECT proved
+    agent_digest: bytes | None = None  # ... and the token hash it proved it with
+    now: float | None = None  # epoch seconds, for token lifetimes (None: any lifetime is over)
+    cert_agent: str | None = None  # mTLS listener: the verified client certificate's CN
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Decision:
     dial: tuple[str, int] | None = None  # where to dial (connect_to applied), then checked
     plan: Plan | None = None  # None: nothing is injected (passthrough, plain, refused)
     refusal: VaultproxyError | None = None
+    agent_digest: bytes | None = None  # the verified agent's token hash (a tunnel keeps it)
 
     @property
     def code(self) -> str | None:
@@ -81,13 +87,19 @@ def decide(
     """The decision for ``facts``; ``agents`` None means locked (no hash to verify with)."""
     target = normal_host(facts.host)
     service = registry.lookup(target, facts.port) if 0 < facts.port < 65536 else None
-    agent = facts.agent
+    agent, digest = facts.agent, facts.agent_digest
     try:
         if facts.via != "admin" and (facts.via == "plain" or facts.host_header is None):
-            record = identify(facts.proxy_authorization, registry, agents)
+            record = (
+                by_certificate(facts.cert_agent, agents) if facts.cert_agent is not None
+                else identify(facts.proxy_authorization, registry, agents, facts.now)
+            )
             agent = record.name if record is not None else None
+            digest = record.digest if record is not None and facts.cert_agent is None else None
             if record is not None and service is not None and not record.allows(service.name):
                 raise AgentScope(f"agent {record.name} may not use service {service.name}")
+        elif facts.agent is not None:
+            still_valid(facts, agents)
         if facts.via == "plain":
             return _plain(facts, target, registry, agent)
         dial = _dial(service, target, facts.port)
@@ -96,7 +108,7 @@ def decide(
                 raise EgressBlocked(
                     f"{target}:{facts.port} is not registered and egress is blocked"
                 )
-            return Decision(service, agent, dial)
+            return Decision(service, agent, dial, agent_digest=digest)
         if service is None:
             return Decision(None, agent, dial)  # a passthrough tunnel: nothing to inject
         if facts.scheme != "https":
@@ -110,7 +122,10 @@ def decide(
 
 
 def identify(
-    header: str | None, registry: Registry, agents: Mapping[str, AgentRecord] | None
+    header: str | None,
+    registry: Registry,
+    agents: Mapping[str, AgentRecord] | None,
+    now: float | None = None,
 ) -> AgentRecord | None:
     """The verified agent, None for an allowed anonymous caller; raise to refuse."""
     creds = parse_proxy_authorization(header)
@@ -123,7 +138,38 @@ def identify(
         # Wrong credentials are refused even when anonymous use is allowed: an agent that
         # means to be scoped must not silently run unscoped.
         raise AgentAuthRequired()
+    if record.expired(now):  # only a caller who proved the token learns it has expired
+        raise AgentTokenExpired()
     return record
+
+
+def by_certificate(cn: str, agents: Mapping[str, AgentRecord] | None) -> AgentRecord:
+    """The agent a verified mTLS client certificate names by its CN (no token: the
+    certificate is the credential; its own validity was checked in the handshake)."""
+    if agents is None:
+        raise LockedError()
+    record = agents.get(cn) if cn else None
+    if record is None:
+        raise AgentAuthRequired("the client certificate's CN names no agent")
+    return record
+
+
+def still_valid(facts: Facts, agents: Mapping[str, AgentRecord] | None) -> None:
+    """Inside a tunnel: the agent its CONNECT proved still holds that token (not removed,
+    not rotated) and the token has not expired since, so a kept-alive connection does not
+    outlive ``agent rm``/``rotate`` or a TTL. Locked: nothing to check against (and nothing
+    will be injected)."""
+    if agents is None or facts.agent is None:
+        return
+    if facts.cert_agent is not None:  # an mTLS tunnel: the agent must still exist
+        by_certificate(facts.cert_agent, agents)
+        return
+    record = agents.get(facts.agent)
+    proven = facts.agent_digest
+    if record is None or proven is None or not hmac.compare_digest(record.digest, proven):
+        raise AgentAuthRequired(f"agent {facts.agent}'s token was rotated or removed")
+    if record.expired(facts.now):
+        raise AgentTokenExpired()
 
 
 def _plain(facts: Facts, target: str, registry: Registry, agent: str | None) -> Decision:

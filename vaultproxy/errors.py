@@ -243,3 +243,13 @@ def rate_limited(retry_after: int, message: str) -> RateLimited:
     err = RateLimited(message)
     err.extra_headers = (("Retry-After", str(retry_after)),)
     return err
+class AgentTokenExpired(VaultproxyError):
+    """The agent's token was right but its lifetime (``agent add --ttl``) is over: distinct
+    from a wrong token, so the operator knows to ``agent rotate`` rather than to look for a
+    typo."""
+
+    status, code, public = (
+        407, "agent_token_expired",
+        "this agent's token has expired; the operator issues a new one with "
+        "`vaultproxy agent rotate NAME`",
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from vaultproxy.audit import ADMIN_EVENT, AuditEvent, metrics
+from vaultproxy.ca.constraints import home_warnings, registered_hosts
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.references import secret_problems, warning_lines
 from vaultproxy.state import ProxyState
@@ -24,6 +25,8 @@ def reload_registry(state: ProxyState) -> tuple[int, int]:
         metrics.RELOADS.labels("invalid").inc()
         raise ConfigError([str(e)]) from None
     metrics.RELOADS.labels("ok").inc()
+    for line in home_warnings(state.home, registered_hosts(state.registry.services)):
+        logger.warning("%s", line)  # a host added outside a name-constrained CA
     return before, after
 
 

@@ -1,4 +1,5 @@
-"""`vaultproxy ca show|bundle|rotate`: inspect the MITM CA, bundle it for agents, rotate it."""
+"""`vaultproxy ca show|bundle|rotate|init|reissue`: inspect the MITM CA, bundle it for agents,
+rotate it, and limit it to the registered hosts (name constraints)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from vaultproxy import ca as ca_mod
+from vaultproxy.ca import constraints
 from vaultproxy.cli import add_home
 from vaultproxy.errors import UsageError
 from vaultproxy.home import Home
@@ -52,6 +54,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     phase.add_argument("--finish", action="store_true", help="promote the next CA")
     phase.add_argument("--abort", action="store_true", help="drop the next CA")
     rotate.set_defaults(func=cmd_rotate)
+
+    init = sub.add_parser(
+        "init",
+        help="create the CA if missing; --constrain: limit it to the registered hosts",
+        description="Create the MITM CA unless it exists (never replaces ca.key). With "
+        "--constrain the CA certificate carries a critical Name Constraints extension that "
+        "permits only the hosts in services.toml: clients that enforce it reject a "
+        "certificate for any other name, even one signed with a stolen ca.key. An existing "
+        "CA is re-issued constrained (same key). See docs/operator/TRANSPARENT-CA.md.",
+    )
+    add_home(init)
+    init.add_argument("--constrain", action="store_true",
+                      help="permit only the registered hosts (name constraints)")
+    init.set_defaults(func=cmd_init)
+    reissue = sub.add_parser(
+        "reissue",
+        help="re-issue ca.crt (same key) for the hosts in services.toml now",
+        description="Re-issue the CA certificate with the same key and subject: a "
+        "constrained CA gets Name Constraints for the hosts registered now. Then re-trust "
+        "ca.crt (ca/trust.sh replaces the previous certificate) and rebuild bundles.",
+    )
+    add_home(reissue)
+    mode = reissue.add_mutually_exclusive_group()
+    mode.add_argument("--constrain", dest="constrain", action="store_true", default=None,
+                      help="add name constraints (default: keep whether the CA has them)")
+    mode.add_argument("--no-constrain", dest="constrain", action="store_false",
+                      help="drop the name constraints")
+    reissue.set_defaults(func=cmd_reissue)
 
     def usage(_args: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
@@ -117,11 +147,60 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             "agent needs it. Restart `vaultproxy run` to sign with the new CA.\n"
         )
         return 0
+    constrained = constraints.constraints_of(ca_mod.load_ca(home).cert) is not None
     cert = ca_mod.rotate_start(home)
+    if constrained:  # the next CA carries today's name constraints too
+        cert = constraints.constrain_next(home, _hosts(home))
+        ca_mod.build_bundle(home)
     _key, path = ca_mod.next_paths(home)
     sys.stdout.write(
         f"next CA: {path}\nsha256:  {ca_mod.fingerprint(cert)}\n"
         "The proxy still signs with the current CA; ca-bundle.pem now carries both. Trust the "
         "next CA where needed (ca/trust.sh), then run `vaultproxy ca rotate --finish`.\n"
     )
+    return 0
+
+
+def _hosts(home: Home) -> list[str]:
+    from vaultproxy.config.load import load_config
+
+    return constraints.registered_hosts(load_config(home.services).services)
+
+
+def _say_reissued(home: Home, ca: ca_mod.CA) -> None:
+    nc = constraints.constraints_of(ca.cert)
+    trees = [str(t.value) for t in (nc.permitted_subtrees or [])] if nc else []
+    sys.stdout.write(
+        f"CA certificate {ca.cert_path} re-issued (same key)\n"
+        f"sha256:  {ca.fingerprint_sha256}\n"
+        + (f"permits: {', '.join(trees)}\n" if nc else "name constraints: none\n")
+        + f"bundle:  {ca_mod.build_bundle(home)}\n"
+        "Re-trust it where it was trusted: `sudo ca/trust.sh` replaces the previous "
+        "certificate of this CA; a browser or NODE_EXTRA_CA_CERTS copy needs the new ca.crt. "
+        "A running proxy keeps working (same key).\n"
+    )
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = Home.resolve(args.home)
+    home.create()
+    hosts = _hosts(home) if args.constrain else None
+    created = ca_mod.ensure_ca(home)
+    if args.constrain:
+        _say_reissued(home, constraints.reissue_ca(home, hosts))
+        return 0
+    ca = ca_mod.load_ca(home)
+    what = "created" if created else "exists (left unchanged)"
+    sys.stdout.write(f"CA {what}: {ca.cert_path}\nsha256:  {ca.fingerprint_sha256}\n")
+    return 0
+
+
+def cmd_reissue(args: argparse.Namespace) -> int:
+    home = Home.resolve(args.home)
+    current = ca_mod.load_ca(home)
+    constrain = args.constrain
+    if constrain is None:
+        constrain = constraints.constraints_of(current.cert) is not None
+    ca = constraints.reissue_ca(home, _hosts(home) if constrain else None)
+    _say_reissued(home, ca)
     return 0

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from vaultproxy.ca import constraints
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password, wrong_password_hint
 from vaultproxy.config.load import load_config
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     problems = passthrough_problems(cfg) + problems
     if problems:
         return _fail(problems)
+    for line in constraints.home_warnings(home, constraints.registered_hosts(cfg.services)):
+        sys.stderr.write(f"vaultproxy: {line}\n")
     hosts = sum(len(s.hosts) for s in cfg.services)
     sys.stdout.write(f"services.toml OK: {len(cfg.services)} service(s), {hosts} host(s); "
                      f"{note}\n")

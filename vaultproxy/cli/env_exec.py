@@ -172,7 +172,49 @@ def exposure(who: str) -> str:
             "same-uid processes and reach the network around the proxy (SECURITY.md §3)")
 
 
+def mtls_kit(home: Home, host: str | None) -> str:
+    """`env --mtls`: the variables and commands for an agent on another machine that
+    reaches the running proxy's mTLS listener with a client certificate (its CN = agent)."""
+    import json
+
+    from vaultproxy.config.load import load_config
+
+    try:
+        listeners = json.loads(home.run_json.read_text()).get("mtls") or []
+    except (OSError, ValueError):
+        listeners = []
+    if not listeners:
+        raise UsageError("no mTLS listener is running for this home: start `vaultproxy run "
+                         "--mtls-listen HOST:PORT` (with [mtls] in services.toml) first")
+    address = str(listeners[0])
+    if host:
+        address = f"{host}:{address.rsplit(':', 1)[1]}"
+    url = f"https://{address}"
+    env = {"HTTPS_PROXY": url, "https_proxy": url, "HTTP_PROXY": url, "http_proxy": url,
+           "NO_PROXY": "localhost,127.0.0.1,::1", "no_proxy": "localhost,127.0.0.1,::1"}
+    for service in load_config(home.services).services:
+        if service.env:
+            env[service.env] = service.placeholder_text
+    head = (
+        f"# vaultproxy mTLS listener {url}: the agent is the CN of its client certificate\n"
+        f"# (issued by [mtls] client_ca; `vaultproxy agent add CN --services ...`).\n"
+        f"# Copy to the agent's machine: {home.ca_cert} (the MITM CA its HTTPS clients\n"
+        "# trust) and the CA of [mtls] server_cert (to verify the listener).\n"
+        f'# curl:  curl --proxy "$HTTPS_PROXY" --proxy-cacert LISTENER-CA.pem \\\n'
+        "#         --proxy-cert CLIENT.pem --proxy-key CLIENT.key --cacert ca.crt URL\n"
+        "# httpx: httpx.Client(proxy=httpx.Proxy(os.environ['HTTPS_PROXY'], ssl_context=ctx),\n"
+        "#         verify=ssl.create_default_context(cafile='ca.crt')) where ctx =\n"
+        "#         ssl.create_default_context(cafile='LISTENER-CA.pem') and\n"
+        "#         ctx.load_cert_chain('CLIENT.pem', 'CLIENT.key')\n"
+        "# More: docs/operator/AGENTS.md, \"Agents on other machines (mTLS)\".\n"
+    )
+    return head + render(env, "sh")
+
+
 def cmd_env(args: argparse.Namespace) -> int:
+    if args.mtls:
+        sys.stdout.write(mtls_kit(Home.resolve(args.home), args.mtls_host))
+        return 0
     env = agent_environment(Home.resolve(args.home), args.agent, args.token_file)
     sys.stdout.write(f"# vaultproxy: {exposure('a shell using these variables')}; "
                      "`vaultproxy exec` isolates\n")
@@ -302,6 +344,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _agent_args(p)
     p.add_argument("--shell", choices=("sh", "fish"), default="sh",
                    help="output syntax (default sh: bash, zsh, dash...)")
+    p.add_argument("--mtls", action="store_true",
+                   help="for an agent on another machine: the running mTLS listener "
+                   "(`run --mtls-listen`) as HTTPS_PROXY, and how curl/httpx present a "
+                   "client certificate")
+    p.add_argument("--mtls-host", metavar="HOST",
+                   help="with --mtls: the name or address other machines reach the listener "
+                   "by (when it listens on 0.0.0.0, say)")
     p.set_defaults(func=cmd_env)
     p = sub.add_parser(
         "exec", help="run a command, isolated, with the agent environment",

@@ -9,6 +9,7 @@ import io
 import logging
 import resource
 import sys
+from typing import TYPE_CHECKING
 
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import check_strength, get_password, wrong_password_hint
@@ -16,6 +17,10 @@ from vaultproxy.engine import nodump
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
+
+if TYPE_CHECKING:
+    from vaultproxy.config.mtls import MtlsSettings
+    from vaultproxy.engine.master import MtlsListener
 
 DEFAULT_LISTEN = "127.0.0.1:3203"
 DEFAULT_ADMIN = "127.0.0.1:3201"
@@ -36,7 +41,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="proxy processes sharing the port (SO_REUSEPORT); default 1; "
                         "auto = one per CPU (each costs ~100 MiB and holds the unlocked "
                         "secrets)")
+    p.add_argument("--mtls-listen", default=None, metavar="HOST:PORT",
+                   help="also serve the proxy inside mutual TLS here ([mtls] in "
+                   "services.toml: server_cert, server_key, client_ca); the client "
+                   "certificate's CN names the agent")
     p.set_defaults(func=cmd_run)
+
+
+def mtls_listener(home: Home, settings: MtlsSettings, listen: tuple[str, int],
+                  plain: tuple[str, int]) -> MtlsListener:
+    """The mTLS listener's TLS context from ``[mtls]``; refuses a readable key."""
+    from OpenSSL import SSL
+
+    from vaultproxy.engine.master import MtlsListener, mode_spec
+    from vaultproxy.home import check_private
+    from vaultproxy.seam.mtls import server_context
+
+    if not settings.complete:
+        raise UsageError("--mtls-listen needs [mtls] server_cert, server_key and client_ca in "
+                         f"{home.services} (files relative to the home); see "
+                         "docs/operator/AGENTS.md")
+    if mode_spec(listen) == mode_spec(plain):
+        raise UsageError("--mtls-listen must differ from --listen")
+    cert, key, ca = settings.paths(home.path)
+    for path, what in ((cert, "server_cert"), (key, "server_key"), (ca, "client_ca")):
+        if not path.is_file():
+            raise UsageError(f"[mtls] {what}: no file {path}")
+    check_private(key, 0o600)  # a group/other-readable key is refused, as ca.key
+    try:
+        context = server_context(cert, key, ca)
+    except SSL.Error:
+        raise UsageError("[mtls]: server_cert/server_key/client_ca could not be loaded (PEM "
+                         "files; the key must match the certificate)") from None
+    return MtlsListener(listen, context)
 
 
 def parse_workers(text: str) -> int:
@@ -77,6 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"vaultproxy: {home.services} is invalid:", file=sys.stderr)
         print(problems_text(e), file=sys.stderr)
         return 1
+    mtls = (mtls_listener(home, state.registry.config.mtls,
+                          parse_listen(args.mtls_listen, "--mtls-listen"), listen)
+            if args.mtls_listen else None)
     from vaultproxy.cli.tpm import try_unlock
 
     sealed = try_unlock(home)  # a TPM slot this machine's TPM unseals: no password needed
@@ -102,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "starting LOCKED; intercepted hosts answer 503 until `vaultproxy unlock`"
         )
     opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
-                        workers=workers)
+                        workers=workers, mtls=mtls)
     try:
         return asyncio.run(serve(state, ca, opts))
     except VaultproxyError as e:

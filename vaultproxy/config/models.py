@@ -37,6 +37,7 @@ from vaultproxy.config.fields import (
     str_list,
 )
 from vaultproxy.config.health import HealthSettings
+from vaultproxy.config.mtls import MtlsSettings
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
 from vaultproxy.config.sources import SourceConfig, check_secret, source_problems
@@ -335,6 +336,7 @@ class Config(Model):
     health: HealthSettings = HealthSettings()
     audit: AuditSettings = AuditSettings()  # [audit] (config/audit.py)
     telemetry: TelemetrySettings = TelemetrySettings()  # [telemetry] (config/audit.py)
+    mtls: MtlsSettings = MtlsSettings()  # [mtls] (config/mtls.py): `run --mtls-listen`
     service: Annotated[tuple[Service, ...], BeforeValidator(_services)] = ()
     source: Annotated[tuple[SourceConfig, ...], BeforeValidator(_sources)] = ()  # SPEC §9
     approvals: access.ApprovalSettings = access.ApprovalSettings()  # SPEC §10

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from mitmproxy import master, options
 from mitmproxy.addons import (
@@ -15,11 +17,14 @@ from mitmproxy.addons import (
     proxyserver,
     tlsconfig,
 )
+from OpenSSL import SSL
 
-from vaultproxy.ca import system_ca_file
+from vaultproxy.ca import MITM_BASENAME, system_ca_file
+from vaultproxy.ca.constraints import leaf_filter_for
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.seam import defences, speed
+from vaultproxy.seam import defences, leaf_names, speed
 from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.stages.mtls import MtlsEntry
 from vaultproxy.state import Live, ProxyState
 
 
@@ -27,7 +32,7 @@ def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> di
     """Option values shared by the embedded path and (where settable) the mitmdump path."""
     host, port = listen
     return {
-        "mode": [f"regular@{host}:{port}" if ":" not in host else f"regular@[{host}]:{port}"],
+        "mode": [mode_spec(listen)],
         "confdir": confdir,
         "connection_strategy": "eager",
         "ssl_verify_upstream_trusted_ca": str(system_ca_file(state.home)),
@@ -42,12 +47,36 @@ def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> di
     }
 
 
+def leaf_filter(confdir: str) -> leaf_names.Permits | None:
+    """A name-constrained CA: which names its leaves may carry (None: unconstrained)."""
+    return leaf_filter_for(Path(confdir) / f"{MITM_BASENAME}-ca-cert.pem")
+
+
+def mode_spec(listen: tuple[str, int]) -> str:
+    host, port = listen
+    return f"regular@{host}:{port}" if ":" not in host else f"regular@[{host}]:{port}"
+
+
+@dataclass(frozen=True)
+class MtlsListener:
+    """``--mtls-listen``: where, and the TLS context that requires client certificates."""
+
+    listen: tuple[str, int]
+    context: SSL.Context
+
+    @property
+    def spec(self) -> str:
+        return mode_spec(self.listen)
+
+
 def build_master(
-    live: Live, confdir: str, listen: tuple[str, int], serving: asyncio.Event | None = None
+    live: Live, confdir: str, listen: tuple[str, int], serving: asyncio.Event | None = None,
+    mtls: MtlsListener | None = None,
 ) -> master.Master:
     """Must be called with a running event loop (mitmproxy binds to it). The stages serve
     whatever state ``live`` holds, once ``serving`` is set (None: at once)."""
     defences.install()
+    leaf_names.install(leaf_filter(confdir))
     if defences.keylog_active():
         raise VaultproxyError(
             "SECURITY: mitmproxy opened a TLS key log (SSLKEYLOGFILE/MITMPROXY_SSLKEYLOGFILE "
@@ -65,6 +94,7 @@ def build_master(
     speed.tune(m).add(
         Gate(rt),
         *chain(rt),
+        *([MtlsEntry(rt, mtls.spec, mtls.context)] if mtls is not None else []),
         core.Core(),
         disable_h2c.DisableH2C(),
         proxyserver.Proxyserver(),
@@ -73,6 +103,8 @@ def build_master(
         tlsconfig.TlsConfig(),
     )
     values = {k: v for k, v in mitm_options(live.require(), confdir, listen).items() if k in opts}
+    if mtls is not None:  # a second listener: the proxy protocol inside mutual TLS
+        values["mode"] = [mode_spec(listen), mtls.spec]
     opts.update(**values)
     return m
 
@@ -80,6 +112,13 @@ def build_master(
 def listen_addresses(m: master.Master) -> list[tuple[str, int]]:
     ps = m.addons.get("proxyserver")
     return [(str(a[0]), int(a[1])) for a in ps.listen_addrs()]
+
+
+def mode_addresses(m: master.Master, spec: str) -> list[tuple[str, int]]:
+    """The addresses the listener of mode ``spec`` is bound to."""
+    ps = m.addons.get("proxyserver")
+    return [(str(a[0]), int(a[1])) for server in ps.servers
+            if server.mode.full_spec == spec for a in server.listen_addrs]
 
 
 async def wait_listening(m: master.Master, task: asyncio.Task[None]) -> list[tuple[str, int]]:
@@ -92,6 +131,21 @@ async def wait_listening(m: master.Master, task: asyncio.Task[None]) -> list[tup
             return addrs
         await asyncio.sleep(0.05)
     raise VaultproxyError("the proxy did not start listening within 10 s (is the port in use?)")
+
+
+async def wait_mode(
+    m: master.Master, task: asyncio.Task[None], spec: str
+) -> list[tuple[str, int]]:
+    """The bound addresses of the listener of mode ``spec``, once it listens."""
+    for _ in range(200):
+        if task.done():
+            task.result()
+            raise VaultproxyError("the proxy stopped during start-up")
+        addrs = mode_addresses(m, spec)
+        if addrs:
+            return addrs
+        await asyncio.sleep(0.05)
+    raise VaultproxyError("the mTLS listener did not start within 10 s (is the port in use?)")
 
 
 DRAIN_SECONDS = 10.0  # how long SIGTERM waits for in-flight requests (every process)

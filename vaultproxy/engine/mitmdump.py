@@ -112,6 +112,10 @@ class Bootstrap:
         home.require()
         load_ca(home)
         confdir = materialize_mitm_confdir(home)
+        from vaultproxy.engine.master import leaf_filter
+        from vaultproxy.seam import leaf_names
+
+        leaf_names.install(leaf_filter(str(confdir)))  # a name-constrained CA's leaves
         state = ProxyState.load(home)
         source = ctx.options.vaultproxy_password_file or os.environ.get("VAULTPROXY_PASSWORD_FILE")
         sealed = try_unlock(home.keystore)  # a TPM slot this TPM unseals: as `vaultproxy run`

@@ -18,10 +18,20 @@ from vaultproxy.atomic_file import write_atomic
 from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
+from vaultproxy.ca.constraints import home_warnings as constraint_warnings
+from vaultproxy.ca.constraints import registered_hosts
 from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import proxy_socket, reuseport, stale
 from vaultproxy.engine.audit_sinks import AuditSinks
-from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
+from vaultproxy.engine.master import (
+    DRAIN_SECONDS,
+    MtlsListener,
+    build_master,
+    drain,
+    listen_addresses,
+    wait_listening,
+    wait_mode,
+)
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import reuseport as seam_reuseport
@@ -40,6 +50,7 @@ class ServeOptions:
     admin_listen: tuple[str, int] | None = None
     admin_socket: bool = True
     workers: int = 1
+    mtls: MtlsListener | None = None  # --mtls-listen (served by this process, not workers)
 
 
 def write_run_json(
@@ -49,6 +60,7 @@ def write_run_json(
     admin_socket: str | None = None,
     worker_pids: list[int] | None = None,
     proxy_sock: str | None = None,
+    mtls: list[tuple[str, int]] | None = None,
 ) -> None:
     data = {
         "pid": os.getpid(),
@@ -59,6 +71,7 @@ def write_run_json(
         "admin_url": f"http://{_url_host(admin[0])}:{admin[1]}" if admin else None,
         "admin_socket": admin_socket,
         "proxy_socket": proxy_sock,  # for isolated `vaultproxy exec` (engine/proxy_socket.py)
+        "mtls": [f"{_url_host(h)}:{p}" for h, p in mtls or []],  # `run --mtls-listen`
         "home": str(state.home.path),
         "workers": 1 + len(worker_pids or []),
         "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
@@ -140,6 +153,8 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
         out.append(
             f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it"
         )
+    hosts = registered_hosts(state.registry.services)
+    out.extend(constraint_warnings(state.home, hosts))  # a name-constrained CA (ca reissue)
     return out
 
 
@@ -182,7 +197,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
     serving = asyncio.Event()  # set when announced: no connection is served before
-    m = build_master(live, opts.confdir, listen, serving)
+    m = build_master(live, opts.confdir, listen, serving, opts.mtls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, reload, state)
@@ -196,13 +211,18 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     psock: proxy_socket.ProxySocket | None = None
     try:
         addrs = await wait_listening(m, master_task)
-        state.set_own_listeners(frozenset(addrs) | frozenset(admin_addrs(admin)))
+        mtls_addrs: list[tuple[str, int]] = []
+        if opts.mtls is not None:  # the proxy protocol inside mutual TLS (stages/mtls.py)
+            mtls_addrs = await wait_mode(m, master_task, opts.mtls.spec)
+            addrs = [a for a in listen_addresses(m) if a not in mtls_addrs]
+        own = frozenset(addrs) | frozenset(mtls_addrs) | frozenset(admin_addrs(admin))
+        state.set_own_listeners(own)
         psock = await proxy_socket.start(state.home, addrs[0])
 
         def announce() -> None:
             pids = supervisor.pids() if supervisor is not None else []
             write_run_json(state, addrs, admin.address, admin.socket_path, pids,
-                           psock.path if psock is not None else None)
+                           psock.path if psock is not None else None, mtls_addrs)
 
         if opts.workers > 1:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
@@ -215,6 +235,9 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             logger.warning("%s", w)
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
+        for h, p in mtls_addrs:
+            print(f"  mTLS:     https://{_url_host(h)}:{p} (client certificates from "
+                  f"[mtls] client_ca; the CN names the agent)", flush=True)
         announce()  # run.json last: whoever waits for it finds the banner and warnings out
         serving.set()
         if supervisor is not None:

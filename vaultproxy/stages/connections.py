@@ -16,6 +16,8 @@ class Tunnel:
     port: int
     service: Service | None
     agent: str | None = None
+    agent_digest: bytes | None = None  # the token hash the CONNECT proved (rotation ends it)
+    cert_agent: str | None = None  # the mTLS client certificate's CN (no token)
     pinned: tuple[str, int] | None = None  # the checked address we dial
     sni: str | None = None  # the server name of the agent's TLS ClientHello
     broken: bool = False  # a hook failed on this connection: refuse every request on it
@@ -25,6 +27,18 @@ class Connections:
     def __init__(self) -> None:
         self._tunnels: dict[str, Tunnel] = {}
         self._broken: set[str] = set()  # connections without a tunnel (plain HTTP)
+        self.mtls_spec: str | None = None  # the mTLS listener's mode (stages/mtls.py)
+        self._cert_agents: dict[str, str] = {}  # client id -> CN its certificate proved
+
+    def set_cert_agent(self, client_id: str, cn: str) -> None:
+        self._cert_agents[client_id] = cn
+
+    def cert_agent(self, client_id: str, proxy_mode: str | None) -> str | None:
+        """None: not an mTLS connection. Else the CN its verified client certificate named
+        ("" when none was recorded: such a connection is refused, never anonymous)."""
+        if self.mtls_spec is None or proxy_mode != self.mtls_spec:
+            return None
+        return self._cert_agents.get(client_id, "")
 
     def tunnel(self, client_id: str) -> Tunnel | None:
         return self._tunnels.get(client_id)
@@ -46,3 +60,4 @@ class Connections:
     def close(self, client_id: str) -> None:
         self._tunnels.pop(client_id, None)
         self._broken.discard(client_id)
+        self._cert_agents.pop(client_id, None)

@@ -8,12 +8,15 @@ shape checks)."""
 
 from __future__ import annotations
 
+import time
+
 from mitmproxy import http
 
 from vaultproxy.decide import Decision, Facts, decide
 from vaultproxy.stages import access
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
 from vaultproxy.state import ProxyState
 
@@ -30,7 +33,8 @@ class Identify(Stage):
             return
         header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
         req = flow.request
-        facts = Facts("connect", req.host, req.port, proxy_authorization=header)
+        facts = Facts("connect", req.host, req.port, proxy_authorization=header, now=time.time(),
+                      cert_agent=cert_agent_of(self.rt, flow.client_conn))
         decision = record_of(flow).decision = _decide(self.rt.state(), facts)
         if decision.refusal is not None:
             raise decision.refusal
@@ -48,12 +52,14 @@ class Identify(Stage):
             facts = Facts(
                 "connect", tunnel.host, tunnel.port, host_header=req.host_header or "",
                 sni=tunnel.sni, scheme=req.scheme, agent=tunnel.agent,
+                agent_digest=tunnel.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
             )
             rec.decision = _decide(st, facts)
             rec.agent, rec.service = tunnel.agent, tunnel.service
             return  # Inject enforces it
         # A plain-HTTP proxy request: each one carries its own credentials.
-        facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme)
+        facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme,
+                      now=time.time(), cert_agent=cert_agent_of(self.rt, flow.client_conn))
         decision = rec.decision = _decide(st, facts)
         rec.agent = decision.agent
         if decision.refusal is not None:

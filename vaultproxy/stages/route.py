@@ -14,6 +14,7 @@ from vaultproxy.resolve import resolve_checked
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
 
 
@@ -28,7 +29,9 @@ class Route(Stage):
             raise DestinationDenied("the tunnel was not decided")
         host, port = normal_host(flow.request.host), flow.request.port
         service = decision.service
-        tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent)
+        tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent,
+                        agent_digest=decision.agent_digest,
+                        cert_agent=cert_agent_of(self.rt, flow.client_conn))
         self.rt.connections.open(flow.client_conn.id, tunnel)
         policy = st.snapshot.address_context(service)
         tunnel.pinned = await resolve_checked(*decision.dial, policy)
