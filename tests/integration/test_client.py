@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +55,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     canary.watch(base)
     up = Upstream(base, handler=_handler).start()
     secret = make_canary()
-    home = ProxyHome.create(base, service_block("svc", "host_inject", "bearer", up.port),
-                            {"svc": secret}, files={"upstream-ca.pem": up.ca_file.read_bytes()})
+    held = '[{ method = "POST", path = "/hold/*", action = "approve" }]'
+    toml = ("[approvals]\nhold_seconds = 20\n\n"
+            + service_block("svc", "host_inject", "bearer", up.port)
+            + service_block("held", "host_inject", "bearer", up.port, rules=held))
+    home = ProxyHome.create(base, toml, {"svc": secret, "held": make_canary()},
+                            files={"upstream-ca.pem": up.ca_file.read_bytes()})
     proxy = ProxyProcess.start(home)
     yield Env(proxy, up, secret)
     proxy.stop()
@@ -69,8 +75,8 @@ def client(request: pytest.FixtureRequest, env: Env) -> Iterator[Client]:
 
 def test_status_and_services(client: Client) -> None:
     status = client.status()
-    assert status["status"] == "ok" and status["locked"] is False and status["services"] == 1
-    (svc,) = client.services()
+    assert status["status"] == "ok" and status["locked"] is False and status["services"] == 2
+    (svc,) = [s for s in client.services() if s["name"] == "svc"]
     assert svc["name"] == "svc" and svc["secret_present"] is True and svc["auth"] == "bearer"
 
 
@@ -127,7 +133,7 @@ def test_secrets_write_only(client: Client) -> None:
 
 
 def test_reload_audit_sources_sync(client: Client) -> None:
-    assert client.reload() == {"before": 1, "after": 1}
+    assert client.reload() == {"before": 2, "after": 2}
     client.proxy("svc", "GET", "/audited")
     records = client.audit(limit=50, service="svc")
     assert any(r["path"] == "/audited" and r["service"] == "svc" for r in records)
@@ -150,15 +156,36 @@ def test_invalid_reload_carries_the_problems(env: Env) -> None:
     assert any("bogus" in p for p in e.value.details["problems"])
 
 
-def test_approvals_endpoint_absent_raises_cleanly(client: Client) -> None:
-    # GET /v1/approvals and POST /v1/approvals/{id} (SPEC §10) are not served by this
-    # branch's admin API: the client raises the proxy's own 404, nothing else.
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_approvals_and_decide_round_trip(client: Client, env: Env, decision: str) -> None:
+    # A request held by an `approve` rule shows in approvals(); decide() releases it.
+    result: dict[str, object] = {}
+
+    def agent() -> None:
+        with env.client("uds") as c:
+            try:
+                result["status"] = c.proxy("held", "POST", f"/hold/{decision}").status_code
+            except APIError as e:
+                result["code"] = e.code
+
+    t = threading.Thread(target=agent)
+    t.start()
+    deadline = time.monotonic() + 15
+    pending: list[dict[str, object]] = []
+    while not pending and time.monotonic() < deadline:
+        pending = [a for a in client.approvals()
+                   if a["path"] == f"/hold/{decision}" and a["state"] == "pending"]
+        time.sleep(0.05)
+    assert pending, "the held request never showed in approvals()"
+    client.decide(str(pending[0]["id"]), decision)  # type: ignore[arg-type]
+    t.join(15)
+    assert result == ({"status": 200} if decision == "approve" else {"code": "approval_denied"})
     with pytest.raises(APIError) as e:
-        client.approvals()
-    assert (e.value.status, e.value.code) == (404, "not_found")
+        client.decide(str(pending[0]["id"]), "approve")
+    assert (e.value.status, e.value.code) == (409, "approval_decided")
     with pytest.raises(APIError) as e:
-        client.decide("abc", "approve", grant_seconds=60)
-    assert e.value.status == 404
+        client.decide("no-such-approval", "approve", grant_seconds=60)
+    assert (e.value.status, e.value.code) == (404, "approval_unknown")
     with pytest.raises(ValueError, match="approve"):
         client.decide("abc", "maybe")  # type: ignore[arg-type]
 
@@ -196,7 +223,7 @@ def test_wrong_token_and_no_proxy(env: Env, tmp_path: Path) -> None:
 def test_async_client_every_method(env: Env) -> None:
     async def scenario(c: AsyncClient) -> None:
         assert (await c.status())["locked"] is False
-        assert [s["name"] for s in await c.services()] == ["svc"]
+        assert [s["name"] for s in await c.services()] == ["svc", "held"]
         r = await c.proxy("svc", "GET", "/async", query={"a": "b"})
         assert r.status_code == 200 and r.json()["auth"] == "Bearer __vault.svc__"
         assert env.upstream.received[-1].header("authorization") == f"Bearer {env.secret}"
@@ -205,7 +232,7 @@ def test_async_client_every_method(env: Env) -> None:
         await c.set_secret("async-x", make_canary())
         assert "async-x" in {s["name"] for s in await c.secrets()}
         await c.delete_secret("async-x")
-        assert await c.reload() == {"before": 1, "after": 1}
+        assert await c.reload() == {"before": 2, "after": 2}
         assert any(r.get("path") == "/async" for r in await c.audit(limit=50))
         assert (await c.sources())["sources"] == []
         assert (await c.sync())["ok"] is True
