@@ -15,7 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from vaultproxy import __version__
-from vaultproxy.admin import health_routes, keystore_routes, proxy_route, source_routes
+from vaultproxy.admin import (
+    env_routes,
+    health_routes,
+    keystore_routes,
+    proxy_route,
+    source_routes,
+)
 from vaultproxy.admin.actions import (
     audit_admin,
     refresh_keystore,
@@ -72,6 +78,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.include_router(keystore_routes.router, responses=ERRORS)
     app.include_router(proxy_route.router, responses=ERRORS)
     app.include_router(source_routes.router, responses=ERRORS)
+    app.include_router(env_routes.router, responses=ERRORS)
     live = ctx.live
     metrics.bind(
         lambda: (s := live.state) is None or s.locked,
