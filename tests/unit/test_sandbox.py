@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vaultproxy.cli.env_exec import loopback_url
-from vaultproxy.sandbox import bwrap, hide, inner, launch, seccomp
 from vaultproxy.errors import UsageError
+from vaultproxy.sandbox import bwrap, hide, inner, launch, seccomp
 from vaultproxy.sandbox.runtimes import node_ignores_proxy, parse_version
 
 LAYOUT = bwrap.Layout(hide_dirs=("/h",), hide_files=("/pw",), read_only=("/venv",),
