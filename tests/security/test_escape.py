@@ -468,3 +468,47 @@ def test_wget_uses_the_generated_wgetrc(world: World) -> None:
     # Negative twin: without the wgetrc, wget does not trust the proxy's CA.
     r = world.exec("sh", "-c", f"WGETRC=/dev/null wget -q -O - {URL}")
     assert r.returncode != 0
+
+
+AGENT_ENV_CALL = """
+import json, pathlib, sys, httpx
+from vaultproxy.cli.control import call
+from vaultproxy.home import Home
+home = Home(pathlib.Path(sys.argv[1]))
+body = json.dumps({"env": json.loads(sys.argv[2])}).encode()
+status, data = call(home, "POST", "/v1/agent-env", body)
+token = (home.path / "admin-token").read_text().strip()
+r = httpx.post(f"http://{sys.argv[3]}/v1/agent-env", content=body, trust_env=False,
+               headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+print(json.dumps([status, data, r.status_code, r.json()["error"]["code"]]))
+"""
+
+
+def test_agent_env_endpoint_answers_on_admin_sock_only(world: World) -> None:
+    """The check names variables, returns only placeholder values, and refuses TCP (a token
+    holder gains no "does this hold a secret" oracle)."""
+    env = {"A": f"x{world.secret}y", "B": world.other, "C": "plain"}
+    r = world.run([sys.executable, "-c", AGENT_ENV_CALL, str(world.home), json.dumps(env),
+                   str(world.proxy.extra["admin"])])
+    assert r.returncode == 0, r.stderr
+    status, data, tcp_status, tcp_code = json.loads(r.stdout)
+    assert status == 200 and data == {"swap": {"A": f"x{PLACEHOLDER}y"}, "drop": ["B"]}
+    assert (tcp_status, tcp_code) == (403, "admin_socket_only")
+    assert world.secret not in r.stdout + r.stderr and world.other not in r.stdout
+
+
+def test_locked_proxy_passes_only_the_builtin_names(world: World) -> None:
+    """When the proxy cannot check (locked), kept names are dropped too, with a warning;
+    runs last in the module (it locks the proxy, then unlocks it)."""
+    vp = [sys.executable, "-m", "vaultproxy"]
+    home = ("--home", str(world.home))
+    assert world.run([*vp, "lock", *home]).returncode == 0
+    try:
+        r = world.exec("sh", "-c", 'echo "[$PLAIN_KEPT][${LANG:-}]"', flags=(
+            "--no-isolate", "--keep-env", "PLAIN_KEPT"), env={"PLAIN_KEPT": "kept-value"})
+        assert r.stdout.strip() == "[][C.UTF-8]", r.stderr
+        assert "could not check" in r.stderr and "PLAIN_KEPT" in r.stderr
+    finally:
+        unlock = world.run([*vp, "unlock", *home, "--password-file",
+                            str(world.proxy.home.password_file)])
+        assert unlock.returncode == 0, unlock.stderr

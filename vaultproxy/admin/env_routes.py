@@ -3,8 +3,9 @@
 `vaultproxy exec` and `vaultproxy env` send the variables an agent would inherit; the answer
 names the ones to swap (with the placeholder-only value, which is public) and the ones to
 drop (vaultproxy/env_secrets.py). The proxy checks because it holds the secrets already: the
-CLI never does. The body is never logged or audited (it is the caller's environment); the
-audit record carries only the counts.
+CLI never does. Only over ``admin.sock`` (the same uid, proven by SO_PEERCRED): a token
+holder over TCP gains nothing from a "does this value hold a secret" answer. The body is
+never logged or audited (it is the caller's environment).
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from vaultproxy.admin.actions import audit_admin
-from vaultproxy.admin.context import admin_context, caller, proxy_state
+from vaultproxy.admin.context import admin_context, caller, peer, proxy_state
 from vaultproxy.config.refs import is_ref
 from vaultproxy.config.signed import PUBLIC_FIELDS
 from vaultproxy.env_secrets import Known, check, known_secrets
-from vaultproxy.errors import LockedError, SecretMissing
+from vaultproxy.errors import LockedError, SecretMissing, VaultproxyError
 from vaultproxy.state import ProxyState
 
 router = APIRouter()
 NOT_SECRET_FIELDS = frozenset({"username"}).union(*PUBLIC_FIELDS.values())
 MAX_VARIABLES = 4096
+
+
+class SocketOnly(VaultproxyError):
+    status, code, public = 403, "admin_socket_only", "this endpoint answers on admin.sock only"
 
 
 class AgentEnvIn(BaseModel):
@@ -67,6 +72,10 @@ def stored_secrets(st: ProxyState, admin_token: str) -> list[Known]:
 @router.post("/v1/agent-env", response_model=AgentEnvOut)
 async def agent_env(body: AgentEnvIn, request: Request) -> AgentEnvOut:
     st, who = proxy_state(request), caller(request)
+    if not peer(request).startswith("unix:"):
+        audit_admin(st, caller=who, action="agent_env", method="POST", path="/v1/agent-env",
+                    status=403, code=SocketOnly.code)
+        raise SocketOnly()
     try:
         secrets = stored_secrets(st, admin_context(request).token)
     except LockedError:
