@@ -256,6 +256,10 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
     passed = inherited(home, args)
     settings = agent_settings(home)
     user_homes = user_home_dirs()
+    writable = bwrap.writable_paths(os.getcwd(), user_homes,
+                                    [*settings.write, *(args.write or [])], warn)
+    if not launch.writable_in(passed.env.get("TMPDIR", bwrap.PRIVATE_TMP), writable):
+        passed.env["TMPDIR"] = bwrap.PRIVATE_TMP  # a read-only TMPDIR breaks every tool
     request = launch.Request(
         argv=command,
         env={**passed.env, **ours},
@@ -266,8 +270,7 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
         proxy_socket=sock,
         proxy_port=info.port,
         hide=hidden(home, args, settings, user_homes),
-        writable=bwrap.writable_paths(os.getcwd(), user_homes,
-                                      [*settings.write, *(args.write or [])], warn),
+        writable=writable,
         disable_userns=nested_off,
     )
     sys.stdout.flush()

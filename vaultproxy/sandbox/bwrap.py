@@ -17,8 +17,9 @@ What the sandbox gives the agent (SPEC §7, SECURITY.md §3) - an allowlist:
   uid, not a capability;
 - a user namespace with every capability dropped (also as root), no further user
   namespaces, and ``no_new_privs`` (bubblewrap sets it), so no mount can be undone;
-- a seccomp filter (sandbox/seccomp.py): no terminal injection, no new Unix socket by any
-  syscall path (``socket`` and io_uring alike), no kernel keyring;
+- a seccomp filter (sandbox/seccomp.py), an allowlist of system calls: no terminal
+  injection, no new Unix socket by any syscall path (``socket`` and io_uring alike), no
+  kernel keyring, no namespace or mount call;
 - unless ``share_net``: a network namespace with only ``lo``; the forwarder inside gets its
   connections to the proxy from outside (sandbox/broker.py).
 """

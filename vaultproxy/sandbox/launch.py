@@ -79,12 +79,19 @@ def prepare(req: Request, d: Path) -> bwrap.Layout:
     )
 
 
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
 def _visible(path: str, writable: Sequence[str]) -> bool:
     """Whether ``path`` shows in the sandbox at all: the private /tmp hides the host's."""
-    def under(p: str, top: str) -> bool:
-        return p == top or p.startswith(top.rstrip("/") + "/")
+    return not _under(path, bwrap.PRIVATE_TMP) or any(_under(path, w) for w in writable)
 
-    return not under(path, bwrap.PRIVATE_TMP) or any(under(path, w) for w in writable)
+
+def writable_in(path: str, writable: Sequence[str]) -> bool:
+    """Whether the agent may write ``path``: the private /tmp, or a writable path."""
+    real = os.path.realpath(path)
+    return _under(real, bwrap.PRIVATE_TMP) or any(_under(real, w) for w in writable)
 
 
 def spec_fd(req: Request, d: Path) -> int:
