@@ -211,6 +211,7 @@ def _user_home(base: Path) -> Path:
     (home / ".local/bin").mkdir(parents=True)
     (home / ".local/bin/vaultproxy").write_text("#!/bin/sh\nexec python3 -m vaultproxy \"$@\"\n")
     (home / ".bashrc").write_text("# rc\n")
+    (home / "notes").write_text("private notes\n")
     return home
 
 
@@ -232,7 +233,10 @@ def world(request: pytest.FixtureRequest, escape_user: User | None) -> Iterator[
     os.chmod(base, 0o755)
     upstream = Upstream(base, handler=handler).start()
     secret, other = make_canary(), make_canary()
-    toml = service_block("openai", "placeholder", "bearer", upstream.port,
+    (base / "shared-out").mkdir()
+    toml = (f'[agent]\nkeep_env = ["CONF_KEPT"]\nwrite = ["{base}/shared-out"]\n'
+            'hide = ["~/notes"]\n\n')
+    toml += service_block("openai", "placeholder", "bearer", upstream.port,
                          env='"OPENAI_API_KEY"')
     toml += service_block("gh", "host_inject", "bearer", upstream.port)
     proxy_home = ProxyHome.create(base, toml, {"openai": secret, "gh": other},
@@ -512,3 +516,26 @@ def test_locked_proxy_passes_only_the_builtin_names(world: World) -> None:
         unlock = world.run([*vp, "unlock", *home, "--password-file",
                             str(world.proxy.home.password_file)])
         assert unlock.returncode == 0, unlock.stderr
+
+
+AGENT_TABLE = """
+import os, sys
+print(os.environ.get("CONF_KEPT"))
+try:
+    open(os.path.join(sys.argv[1], "out"), "w").close()
+    print("wrote")
+except OSError as e:
+    print("refused", e.errno)
+print(repr(open(os.path.expanduser("~/notes")).read()))
+"""
+
+
+def test_agent_table_keeps_writes_and_hides(world: World) -> None:
+    """``[agent] keep_env``, ``write`` and ``hide`` from services.toml; the twin without
+    the sandbox reads the hidden file (and the kept variable passes there too)."""
+    out = str(world.base / "shared-out")
+    inside = world.exec(sys.executable, "-c", AGENT_TABLE, out, env={"CONF_KEPT": "yes"})
+    assert inside.stdout.split("\n")[:3] == ["yes", "wrote", "''"], inside.stderr
+    plain = world.exec(sys.executable, "-c", AGENT_TABLE, out, flags=("--no-isolate",),
+                       env={"CONF_KEPT": "yes"})
+    assert plain.stdout.split("\n")[:3] == ["yes", "wrote", "'private notes\\n'"], plain.stderr

@@ -12,8 +12,9 @@ import pytest
 
 from vaultproxy.cli import inherit
 from vaultproxy.cli.env_exec import render, render_unset, with_credentials
+from vaultproxy.config.load import parse_config
 from vaultproxy.env_secrets import check, known_secrets
-from vaultproxy.errors import UsageError
+from vaultproxy.errors import ConfigError, UsageError
 from vaultproxy.home import Home
 
 TRICKY = {
@@ -97,3 +98,17 @@ def test_with_credentials() -> None:
     assert with_credentials("http://127.0.0.1:3203", "bot", "vpa_x-y") == (
         "http://bot:vpa_x-y@127.0.0.1:3203"
     )
+
+
+def test_agent_table_parses_and_names_each_problem(tmp_path: Path) -> None:
+    ok = parse_config('[agent]\nkeep_env = ["GOPATH", "LC_X"]\nwrite = ["~/.cache", "/srv"]\n'
+                      'hide = ["~/notes"]\n', tmp_path).agent
+    assert ok.keep_env == ("GOPATH", "LC_X") and ok.write == ("~/.cache", "/srv")
+    assert ok.hide == ("~/notes",)
+    with pytest.raises(ConfigError) as e:
+        parse_config('[agent]\nkeep_env = ["VAULTPROXY_HOME", "BAD-NAME", "all_proxy"]\n'
+                     'write = ["relative/dir"]\nhide = "~/x"\n', tmp_path)
+    text = "\n".join(e.value.problems)
+    for where in ("agent.keep_env[0]", "agent.keep_env[1]", "agent.keep_env[2]",
+                  "agent.write[0]", "agent.hide"):
+        assert where in text, text
