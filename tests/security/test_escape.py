@@ -366,21 +366,24 @@ def test_vaultproxy_env_unsets_what_an_agent_may_not_have(world: World) -> None:
     assert world.secret not in r.stdout and world.other not in r.stdout
 
 
-def test_hard_link_to_a_credential_file_refuses_to_start(world: World) -> None:
-    link = world.base / "netrc-link"
-    os.link(world.user_home / ".netrc", link)
+@pytest.mark.parametrize("target", ["netrc", "password_file"])
+def test_hard_link_to_a_hidden_file_refuses_to_start(world: World, target: str) -> None:
+    hidden = (world.user_home / ".netrc" if target == "netrc"
+              else world.proxy.home.password_file)
+    link = world.base / f"{target}-link"
+    os.link(hidden, link)
     spec_path = str(link)
     try:
         script = f"open({spec_path!r}).read(1) and print('reached')"
         refused = world.exec(sys.executable, "-c", script)
         assert refused.returncode == 2, refused.stderr
-        assert ".netrc" in refused.stderr and "hard link" in refused.stderr
+        assert str(hidden) in refused.stderr and "hard link" in refused.stderr
         assert "reached" not in refused.stdout
         # Negative twins: without the sandbox, and with that file exposed, the link reads.
         plain = world.exec(sys.executable, "-c", script, flags=("--no-isolate",))
         assert plain.stdout.strip() == "reached", plain.stderr
         exposed = world.exec(sys.executable, "-c", script,
-                             flags=("--expose", str(world.user_home / ".netrc")))
+                             flags=("--expose", str(hidden)))
         assert exposed.stdout.strip() == "reached", exposed.stderr
         assert "SECURITY: --expose" in exposed.stderr
     finally:

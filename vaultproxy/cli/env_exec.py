@@ -34,7 +34,7 @@ from vaultproxy.config.load import load_config
 from vaultproxy.config.models import AgentSettings
 from vaultproxy.errors import UsageError, VaultproxyError
 from vaultproxy.home import Home, pid_alive
-from vaultproxy.sandbox import bwrap, hide, launch, runtimes
+from vaultproxy.sandbox import bwrap, hide, launch, runtimes, seccomp
 
 TOKEN_ENV = "VAULTPROXY_AGENT_TOKEN"  # noqa: S105 - a variable name
 NO_PROXY = "localhost,127.0.0.1,::1"
@@ -239,6 +239,7 @@ def warn_runtime(command: list[str]) -> None:
 
 def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
     bwrap_path = bwrap.find()
+    seccomp.program()  # exit 2 now, naming libseccomp, if the filter cannot be built
     home = Home.resolve(args.home)
     info = run_info(home)
     share_net = bool(args.share_net)

@@ -260,6 +260,7 @@ def _assemble(items: list[Item]) -> list[Insn]:
     return out
 
 
+@cache
 def program(machine: str | None = None) -> bytes | None:
     """The filter as ``struct sock_filter[]`` bytes for this machine, or None."""
     arches = ARCHES.get(machine or platform.machine())
