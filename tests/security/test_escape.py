@@ -8,8 +8,9 @@ Each probe (tests/security/escape_probe.py) has its negative twin under ``--no-i
 - ``/proc/sys/kernel/core_pattern`` written as root (the value it has, so nothing changes);
 - a launcher in ``~/.local/bin`` and a shell rc file opened for writing;
 - inherited secret and token variables (a stored secret, ``GITHUB_TOKEN``, ``AWS_*``);
-- credential files (``~/.aws``, ``~/.netrc``, ``~/.ssh``, ``~/.config/gh``), the home, and the
-  password file, directly, through a bind-mount alias and through a hard link;
+- credential files (``~/.aws``, ``~/.netrc``, ``~/.ssh``, ``~/.config/gh``), the runtime
+  directory, the home, and the password file, directly, through a bind-mount alias and
+  through a hard link;
 - an inherited file descriptor.
 And the sandbox stays usable as a non-root user: curl, requests, httpx, git, node's fetch
 with the documented preload, pip.
@@ -148,7 +149,7 @@ class World:
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.user_home),
                 "LANG": "C.UTF-8", "VAULTPROXY_PASSWORD_FILE": str(self.password_link),
-                **(extra or {})}
+                "XDG_RUNTIME_DIR": str(self.base / "runtime"), **(extra or {})}
 
     def run(self, argv: list[str], env: dict[str, str] | None = None,
             pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
@@ -163,7 +164,7 @@ class World:
     def spec(self) -> dict[str, object]:
         reads = [str(self.user_home / f) for f in CREDENTIAL_FILES]
         reads += [str(self.home / "admin-token"), str(self.password_link),
-                  str(self.password_link.resolve())]
+                  str(self.password_link.resolve()), str(self.base / "runtime" / "bus")]
         reads += [str(a) for a in self.aliases.values()]
         return {"host_socket": self.host_socket, "reads": reads,
                 "writes": [str(self.user_home / ".local/bin/vaultproxy"),
@@ -234,6 +235,8 @@ def world(request: pytest.FixtureRequest, escape_user: User | None) -> Iterator[
     upstream = Upstream(base, handler=handler).start()
     secret, other = make_canary(), make_canary()
     (base / "shared-out").mkdir()
+    (base / "runtime").mkdir(mode=0o700)  # $XDG_RUNTIME_DIR: D-Bus, gpg-agent sockets live here
+    (base / "runtime" / "bus").write_text("stands for a session bus\n")
     toml = (f'[agent]\nkeep_env = ["CONF_KEPT"]\nwrite = ["{base}/shared-out"]\n'
             'hide = ["~/notes"]\n\n')
     toml += service_block("openai", "placeholder", "bearer", upstream.port,
