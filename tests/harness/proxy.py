@@ -129,8 +129,11 @@ class ProxyProcess:
 
     @classmethod
     def start(
-        cls, home: ProxyHome, *, locked: bool = False, args: tuple[str, ...] = ()
+        cls, home: ProxyHome, *, locked: bool = False, args: tuple[str, ...] = (),
+        user: tuple[int, int] | None = None, env: dict[str, str] | None = None,
     ) -> ProxyProcess:
+        """``user`` = (uid, gid), ``env``: run the proxy as another user (tests as a non-root
+        operator)."""
         log = home.path.parent / f"proxy-{time.monotonic_ns()}.log"
         run_json = home.path / "run.json"
         if run_json.exists():
@@ -153,7 +156,8 @@ class ProxyProcess:
         f = open(log, "wb")  # noqa: SIM115 - closed by the process lifetime
         proc = subprocess.Popen(
             cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, env=env,
+            **({"user": user[0], "group": user[1], "extra_groups": []} if user else {}),
         )
         self = cls(home, proc, log)
         self.extra["_logfile"] = f

@@ -211,7 +211,8 @@ def test_git_ls_remote_and_clone_with_injected_basic_auth(setup: Setup, tmp_path
     ls = setup.exec("git", "ls-remote", remote)
     assert "refs/heads/main" in ls.stdout
     dest = tmp_path / "clone"
-    setup.exec("git", "clone", "-q", remote, str(dest))
+    # The sandbox writes only the working directory, its own /tmp and --write paths.
+    setup.exec("git", "clone", "-q", remote, str(dest), flags=("--write", str(tmp_path)))
     assert (dest / "README").read_text() == "hello from the test repo\n"
     password = setup.secrets["gitsrv"]["password"]  # type: ignore[index]
     expected = "Basic " + base64.b64encode(f"git-user:{password}".encode()).decode()
@@ -258,10 +259,13 @@ def test_exec_relays_sigterm_to_the_isolated_agent(setup: Setup) -> None:
 def test_exec_environment_has_only_agent_values(setup: Setup, mode: str) -> None:
     pw = str(setup.proxy.home.password_file)
     r = setup.exec("env", env={"VAULTPROXY_PASSWORD_FILE": pw, "VAULTPROXY_HOME": "/x",
-                               "ALL_PROXY": "http://elsewhere:1"}, flags=MODES[mode])
+                               "ALL_PROXY": "http://elsewhere:1", "GOPATH": "/go",
+                               "KEPT_ONE": "kept", "LC_TEST": "C"},
+                   flags=(*MODES[mode], "--keep-env", "KEPT_ONE"))
     env = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
     assert not [k for k in env if k.startswith("VAULTPROXY_")]
-    assert "ALL_PROXY" not in env
+    assert "ALL_PROXY" not in env and "GOPATH" not in env  # reset: an allowlist
+    assert env["KEPT_ONE"] == "kept" and env["LC_TEST"] == "C" and "PATH" in env
     home = setup.proxy.home.path
     # Isolated: the CA files sit in the sandbox's own read-only directory, outside the home.
     files = Path(env["SSL_CERT_FILE"]).parent if mode == "isolated" else home
@@ -275,6 +279,8 @@ def test_exec_environment_has_only_agent_values(setup: Setup, mode: str) -> None
         assert env[k] == bundle
     assert env["NODE_EXTRA_CA_CERTS"] == str(files / "ca.crt")
     assert env["NODE_USE_ENV_PROXY"] == "1"
+    assert env["NPM_CONFIG_CAFILE"] == bundle
+    assert Path(env["WGETRC"]).parent == files
     assert env["NO_PROXY"] == "localhost,127.0.0.1,::1"
     assert env["OPENAI_API_KEY"] == PLACEHOLDER
     bundle_text = (home / "ca-bundle.pem").read_text()

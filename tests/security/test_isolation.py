@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -96,9 +97,20 @@ def _host_service(path: Path) -> socket.socket:
     return server
 
 
+# The sandbox has a private /tmp, so a home under pytest's /tmp would be out of sight for
+# the wrong reason: these homes live where the sandbox does see them (read-only).
+VISIBLE_TMP = "/var/tmp"  # noqa: S108 - the test's own mkdtemp under it
+
+
+def visible_dir(prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=VISIBLE_TMP))
+    os.chmod(path, 0o755)
+    return path
+
+
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    base = tmp_path_factory.mktemp("isolation")
+def setup() -> Iterator[Setup]:
+    base = visible_dir("vp-isolation-")
     service = _host_service(base / "host-service.sock")
     canary.watch(base)
     upstream = Upstream(base).start()
@@ -121,14 +133,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     proxy.stop()
     upstream.stop()
     service.close()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_isolated_agent_reaches_nothing_but_the_proxy(setup: Setup) -> None:
     got = setup.probe()
     for attack in ATTACKS:
         assert got[attack].startswith("blocked"), (attack, got[attack])
-    # The tmpfs over the home could not be unmounted: no capability survived, even as root.
-    assert int(got["umount_errno"]) == errno.EPERM
+    # The tmpfs over the home could not be unmounted: the seccomp allowlist has no umount2
+    # (ENOSYS); without the filter, no capability survived, even as root (EPERM; the twin
+    # test_without_the_capability_drop_root_unmounts_its_way_back shows what that prevents).
+    assert int(got["umount_errno"]) == errno.ENOSYS
     assert got["uid"] == str(os.getuid())  # same uid inside: isolation is not a uid change
 
 
@@ -272,16 +287,18 @@ def test_node20_fetch_fails_to_connect_instead_of_going_around(setup: Setup) -> 
     assert "ignores HTTPS_PROXY" in r.stderr  # exec warned before starting it
     # Negative twin: without the sandbox, Node 20 talks to the upstream directly, sending the
     # placeholder (and would send whatever else it holds) around the proxy.
-    r = setup.exec(node, "-e", NODE_FETCH, target, flags=("--no-isolate",),
+    r = setup.exec(node, "-e", NODE_FETCH, target,
+                   flags=("--no-isolate", "--keep-env", "NODE_TLS_REJECT_UNAUTHORIZED"),
                    env={"NODE_TLS_REJECT_UNAUTHORIZED": "0"})
     assert r.stdout.strip() == "status 200", r.stdout + r.stderr
     assert setup.upstream.received[-1].header("authorization") == f"Bearer {PLACEHOLDER}"
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="the capability drop matters for root (CI runs as root)")
-def test_without_the_capability_drop_root_unmounts_its_way_back(tmp_path: Path) -> None:
+def test_without_the_capability_drop_root_unmounts_its_way_back() -> None:
     """What --unshare-user/--cap-drop ALL prevent: the same sandbox without them, started as
     root, unmounts the tmpfs and reads the hidden file (negative twin of the umount probe)."""
+    tmp_path = visible_dir("vp-umount-")
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     (hidden / "secret").write_text("hidden-value")
@@ -295,6 +312,7 @@ def test_without_the_capability_drop_root_unmounts_its_way_back(tmp_path: Path) 
         argv = [bwrap.find(), *bwrap.namespace_args(share_net=False, drop_caps=drop),
                 *bwrap.mount_args(layout), "--", "sh", "-c", script]
         results[drop] = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    shutil.rmtree(tmp_path)
     assert results[True].returncode != 0 and "hidden-value" not in results[True].stdout
     assert results[False].stdout == "hidden-value"
 

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from vaultproxy import __version__
 from vaultproxy.admin import (
     approval_routes,
+    env_routes,
     health_routes,
     keystore_routes,
     proxy_route,
@@ -79,6 +80,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.include_router(proxy_route.router, responses=ERRORS)
     app.include_router(source_routes.router, responses=ERRORS)
     app.include_router(approval_routes.router, responses=ERRORS)  # SPEC §10
+    app.include_router(env_routes.router, responses=ERRORS)
     live = ctx.live
     metrics.bind(
         lambda: (s := live.state) is None or s.locked,

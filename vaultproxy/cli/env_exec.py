@@ -1,11 +1,13 @@
 """`vaultproxy env` and `vaultproxy exec`: the environment an agent runs in (SPEC §7).
 
 The agent gets the proxy URL (with ``NAME:TOKEN`` when ``--agent`` is given), the CA bundle
-variables and each service's placeholder; nothing else of ours. The agent token is read from
+variables and each service's placeholder; of the caller's environment only an allowlist, with
+no stored secret in it (cli/inherit.py). The agent token is read from
 ``--token-file F`` or ``$VAULTPROXY_AGENT_TOKEN`` (vaultproxy never stores it in plaintext).
 
-``exec`` isolates the command by default (vaultproxy/sandbox/: bubblewrap; the home hidden,
-own pid and network namespaces, the proxy reached through ``proxy.sock``). ``--share-net``
+``exec`` isolates the command by default (vaultproxy/sandbox/: bubblewrap; a read-only file
+system, the homes and credential stores hidden, own pid and network namespaces, the proxy
+reached through ``proxy.sock``). ``--share-net``
 keeps the host network; ``--no-isolate`` replaces itself with the command (``os.execvpe``)
 after a warning. Either way exit status, signals and stdio are the command's own.
 """
@@ -13,8 +15,10 @@ after a warning. Either way exit status, signals and stdio are the command's own
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pwd
 import re
 import sys
 from collections.abc import Mapping
@@ -23,22 +27,20 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from vaultproxy import agents
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca import build_bundle
-from vaultproxy.cli import add_home
+from vaultproxy.cli import add_home, inherit
 from vaultproxy.config.load import load_config
+from vaultproxy.config.models import AgentSettings
 from vaultproxy.errors import UsageError, VaultproxyError
 from vaultproxy.home import Home, pid_alive
-from vaultproxy.sandbox import bwrap, launch, runtimes
+from vaultproxy.sandbox import bwrap, hide, launch, runtimes, seccomp
 
 TOKEN_ENV = "VAULTPROXY_AGENT_TOKEN"  # noqa: S105 - a variable name
 NO_PROXY = "localhost,127.0.0.1,::1"
 PROXY_VARS = ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy")
 BUNDLE_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
                "AWS_CA_BUNDLE")
-# Removed from an exec'd command's environment: ours (passwords, tokens, home) and proxy
-# settings that would route around or past the ones we set.
-STRIP_PREFIXES = ("VAULTPROXY_",)
-STRIP_NAMES = ("ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
 _VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -131,6 +133,8 @@ def agent_environment(
     env.update({name: bundle for name in BUNDLE_VARS})
     env["NODE_EXTRA_CA_CERTS"] = str(home.ca_cert)
     env["NODE_USE_ENV_PROXY"] = "1"
+    env["NPM_CONFIG_CAFILE"] = bundle  # npm's own cafile setting beats NODE_EXTRA_CA_CERTS
+    env["WGETRC"] = str(write_wgetrc(home, bundle))  # wget reads no CA variable
     for service in config.services:
         if service.env:
             env[service.env] = service.placeholder_text
@@ -138,6 +142,30 @@ def agent_environment(
         if decoy.env:
             env[decoy.env] = decoy.value
     return env
+
+
+def write_wgetrc(home: Home, bundle: str) -> Path:
+    """A wgetrc naming the bundle (wget honours ``https_proxy`` but no CA variable)."""
+    path = home.path / launch.WGETRC_NAME
+    text = launch.wgetrc_text(bundle)
+    if not path.is_file() or path.read_text() != text:
+        write_atomic(path, text.encode(), mode=0o644)
+    return path
+
+
+def agent_settings(home: Home) -> AgentSettings:
+    return load_config(home.services).agent
+
+
+def warn(message: str) -> None:
+    print(f"vaultproxy: warning: {message}", file=sys.stderr)
+
+
+def inherited(home: Home, args: argparse.Namespace) -> inherit.Inherited:
+    """The caller's environment as the agent may have it (allowlist, secrets swapped or
+    dropped), with ``--keep-env`` and ``[agent] keep_env``."""
+    keep = inherit.check_keep([*agent_settings(home).keep_env, *(args.keep_env or [])])
+    return inherit.inherit(home, os.environ, keep, warn)
 
 
 def render(env: Mapping[str, str], shell: str) -> str:
@@ -153,16 +181,6 @@ def render(env: Mapping[str, str], shell: str) -> str:
             quoted = "'" + value.replace("'", "'\"'\"'") + "'"
             lines.append(f"export {key}={quoted};")
     return "\n".join(lines) + "\n"
-
-
-def child_environment(base: Mapping[str, str], ours: Mapping[str, str]) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in base.items()
-        if not k.startswith(STRIP_PREFIXES) and k not in STRIP_NAMES
-    }
-    env.update(ours)
-    return env
 
 
 def exposure(who: str) -> str:
@@ -215,11 +233,27 @@ def cmd_env(args: argparse.Namespace) -> int:
     if args.mtls:
         sys.stdout.write(mtls_kit(Home.resolve(args.home), args.mtls_host))
         return 0
-    env = agent_environment(Home.resolve(args.home), args.agent, args.token_file)
+    home = Home.resolve(args.home)
+    env = agent_environment(home, args.agent, args.token_file)
+    passed = inherited(home, args)
+    unset = [k for k in os.environ if k not in passed.env and k not in env
+             and _VAR_RE.fullmatch(k)]
     sys.stdout.write(f"# vaultproxy: {exposure('a shell using these variables')}; "
                      "`vaultproxy exec` isolates\n")
+    sys.stdout.write(render_unset(unset, args.shell))
+    sys.stdout.write(render({k: passed.env[k] for k in passed.swapped if k not in env},
+                            args.shell))
     sys.stdout.write(render(env, args.shell))
     return 0
+
+
+def render_unset(names: list[str], shell: str) -> str:
+    """The reset: every inherited variable the agent may not have (SPEC §7)."""
+    if not names:
+        return ""
+    if shell == "fish":
+        return "".join(f"set -e {k};\n" for k in names)
+    return "".join(f"unset {k};\n" for k in names)
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -232,11 +266,14 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise UsageError("--share-net is a kind of isolation; it cannot go with --no-isolate")
     if not args.no_isolate:
         return exec_isolated(args, command)
+    if args.write or args.expose:
+        raise UsageError("--write and --expose shape the sandbox; --no-isolate has none")
     home = Home.resolve(args.home)
     ours = agent_environment(home, args.agent, args.token_file)
+    passed = inherited(home, args)
     warn_runtime(command)
     print(f"vaultproxy: SECURITY: --no-isolate: {exposure(command[0])}", file=sys.stderr)
-    return exec_plain(command, child_environment(os.environ, ours))
+    return exec_plain(command, {**passed.env, **ours})
 
 
 def warn_runtime(command: list[str]) -> None:
@@ -247,6 +284,7 @@ def warn_runtime(command: list[str]) -> None:
 
 def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
     bwrap_path = bwrap.find()
+    seccomp.program()  # exit 2 now, naming libseccomp, if the filter cannot be built
     home = Home.resolve(args.home)
     info = run_info(home)
     share_net = bool(args.share_net)
@@ -261,16 +299,24 @@ def exec_isolated(args: argparse.Namespace, command: list[str]) -> int:
         print("vaultproxy: SECURITY: --share-net: the agent can reach the network (and local "
               "services) around the proxy; the home and the proxy's processes stay hidden",
               file=sys.stderr)
+    passed = inherited(home, args)
+    settings = agent_settings(home)
+    user_homes = user_home_dirs()
+    writable = bwrap.writable_paths(os.getcwd(), user_homes,
+                                    [*settings.write, *(args.write or [])], warn)
+    if not launch.writable_in(passed.env.get("TMPDIR", bwrap.PRIVATE_TMP), writable):
+        passed.env["TMPDIR"] = bwrap.PRIVATE_TMP  # a read-only TMPDIR breaks every tool
     request = launch.Request(
         argv=command,
-        env=child_environment(os.environ, ours),
-        outer_env=child_environment(os.environ, {}),
+        env={**passed.env, **ours},
+        outer_env=passed.env,  # the sandbox's first process is readable by the agent
         home=home.path,
         bundle=home.ca_bundle,
         ca_cert=home.ca_cert,
         proxy_socket=sock,
         proxy_port=info.port,
-        hide_files=secret_files(home, args.token_file),
+        hide=hidden(home, args, settings, user_homes),
+        writable=writable,
         disable_userns=nested_off,
     )
     sys.stdout.flush()
@@ -303,14 +349,41 @@ def usable_socket(home: Home, info: RunInfo) -> str:
     return info.socket
 
 
-def secret_files(home: Home, token_file: str | None) -> tuple[str, ...]:
-    """Files outside the home that hold vaultproxy secrets: hidden in the sandbox."""
-    out = []
-    for raw in (os.environ.get("VAULTPROXY_PASSWORD_FILE"), token_file):
-        if raw and Path(raw).is_file() and not Path(raw).resolve().is_relative_to(
-                home.path.resolve()):
-            out.append(os.path.abspath(raw))
-    return tuple(dict.fromkeys(out))
+def secret_files(token_file: str | None) -> list[str]:
+    """Files outside the home that hold vaultproxy secrets (hidden under their real name:
+    a symlinked password file leads to the cover)."""
+    return [raw for raw in (os.environ.get("VAULTPROXY_PASSWORD_FILE"), token_file) if raw]
+
+
+def user_home_dirs() -> list[str]:
+    """$HOME and the passwd entry's home (they can differ; both are hidden/protected)."""
+    out = [os.path.expanduser("~")]
+    with contextlib.suppress(KeyError):
+        out.append(pwd.getpwuid(os.getuid()).pw_dir)
+    return list(dict.fromkeys(p for p in out if p and p != "/"))
+
+
+def runtime_dirs() -> list[str]:
+    """The user's runtime directory: D-Bus, systemd --user, gpg-agent, podman sockets."""
+    return [p for p in (os.environ.get("XDG_RUNTIME_DIR"), f"/run/user/{os.getuid()}") if p]
+
+
+def hidden(home: Home, args: argparse.Namespace, settings: AgentSettings,
+           user_homes: list[str]) -> tuple[str, ...]:
+    """Every path the sandbox covers, resolved, with its bind-mount aliases; exit 2 when a
+    hidden file has a hard link we cannot cover (sandbox/hide.py)."""
+    expose = list(args.expose or [])
+    for p in expose:
+        print(f"vaultproxy: SECURITY: --expose {p}: visible to the agent", file=sys.stderr)
+    homes = [str(home.path), *(v for v in [os.environ.get("VAULTPROXY_HOME")] if v)]
+    paths: list[str] = []
+    for user_home in user_homes:
+        paths += hide.candidates(user_home, homes, secret_files(args.token_file),
+                                 settings.hide)
+    paths += runtime_dirs()
+    real = hide.resolve(paths, expose)
+    hide.refuse_hard_links(hide.hard_linked(real, expose))
+    return tuple(hide.with_aliases(real, hide.read_mounts()))
 
 
 def exec_plain(command: list[str], env: dict[str, str]) -> int:
@@ -332,13 +405,18 @@ def _agent_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", metavar="NAME", help="authenticate to the proxy as agent NAME")
     p.add_argument("--token-file", metavar="F",
                    help=f"file holding the agent's token (else ${TOKEN_ENV})")
+    p.add_argument("--keep-env", metavar="NAME", action="append",
+                   help="pass this inherited variable too (repeatable; [agent] keep_env); "
+                        "a value holding a stored secret still never passes")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "env", help="print the proxy/CA/placeholder exports for an agent shell",
         description="Print shell lines setting HTTPS_PROXY, the CA bundle variables and each "
-        "service's placeholder variable. Use: eval \"$(vaultproxy env)\" (sh) or "
+        "service's placeholder variable, and unsetting every inherited variable an agent may "
+        "not have (SPEC §7's allowlist, --keep-env; one holding a stored secret is unset or "
+        "swapped for its placeholder). Use: eval \"$(vaultproxy env)\" (sh) or "
         "vaultproxy env --shell fish | source.",
     )
     _agent_args(p)
@@ -354,10 +432,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_env)
     p = sub.add_parser(
         "exec", help="run a command, isolated, with the agent environment",
-        description="Run CMD with the agent environment of `vaultproxy env` (vaultproxy's own "
-        "VAULTPROXY_* variables removed), in a bubblewrap sandbox where the vaultproxy home, "
-        "the proxy's processes and the network (except the proxy) are out of reach. Exit "
-        "status, signals and stdio are CMD's own.",
+        description="Run CMD with the agent environment of `vaultproxy env` (an allowlist of "
+        "inherited variables, none holding a stored secret), in a bubblewrap sandbox: the "
+        "file system read-only except the working directory, a private /tmp and --write "
+        "paths; the vaultproxy homes and your credential stores hidden; the proxy's "
+        "processes and the network (except the proxy) out of reach. Exit status, signals "
+        "and stdio are CMD's own.",
     )
     _agent_args(p)
     p.add_argument("--share-net", action="store_true",
@@ -366,5 +446,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-isolate", action="store_true",
                    help="no sandbox: run CMD as a plain child that can read the vaultproxy "
                         "home and the proxy's memory (prints a warning)")
+    p.add_argument("--write", metavar="PATH", action="append",
+                   help="let the agent write PATH too (repeatable; [agent] write); the rest "
+                        "of the file system is read-only but the working directory and /tmp")
+    p.add_argument("--expose", metavar="PATH", action="append",
+                   help="do not hide PATH (one of the credential stores, or a hard-linked "
+                        "file); prints a warning")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     p.set_defaults(func=cmd_exec)

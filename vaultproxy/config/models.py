@@ -11,6 +11,7 @@ read it from ``info.data``, so fields are declared in the order they are checked
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, get_args
 
@@ -312,6 +313,46 @@ class AgentSettings(Model):
         if problems:
             raise Problems(problems)
         return files
+
+    # The sandbox (SPEC §7): more variables passed, more writable paths, more hidden paths.
+    keep_env: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()
+
+    @field_validator("keep_env", mode="before")
+    @classmethod
+    def _keep_env(cls, value: object) -> object:
+        names = _list_of(value, "variable names")
+        bad = [(f"[{j}]", "is not an environment variable name (e.g. \"GOPATH\")")
+               for j, n in enumerate(names) if not _VAR_NAME_RE.fullmatch(n)]
+        bad += [(f"[{j}]", "is never passed to an agent (vaultproxy's own, or routes around "
+                 "the proxy)") for j, n in enumerate(names)
+                if n.startswith("VAULTPROXY_") or n.upper() in ("ALL_PROXY", "NO_PROXY")]
+        if bad:
+            raise Problems(bad)
+        return names
+
+    @field_validator("write", "hide", mode="before")
+    @classmethod
+    def _paths(cls, value: object) -> object:
+        paths = _list_of(value, "paths")
+        bad = [(f"[{j}]", "must be an absolute path or start with ~/")
+               for j, p in enumerate(paths) if not p.startswith(("/", "~/"))]
+        if bad:
+            raise Problems(bad)
+        return paths
+
+
+_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _list_of(value: object, what: str) -> tuple[str, ...]:
+    try:
+        items = str_list(value)
+    except TypeProblem:
+        raise TypeProblem.one(f"must be a list of {what}") from None
+    assert isinstance(items, tuple)
+    return items
 
 
 def _sources(value: object) -> object:

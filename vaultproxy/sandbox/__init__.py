@@ -1,7 +1,9 @@
 """The agent sandbox of `vaultproxy exec` (Linux, bubblewrap).
 
 - ``bwrap.py``     the bubblewrap command line (pure) and the availability check
-- ``seccomp.py``   the filter: no terminal injection, no new Unix sockets
+- ``hide.py``      what is hidden, under every name (real path, mount aliases, hard links)
+- ``seccomp.py``   the filter: an allowlist of system calls (no io_uring, no new Unix
+                   socket, no terminal injection)
 - ``launch.py``    the outer side: sandbox dir, spec hand-over, signals, exit status
 - ``broker.py``    connections to the proxy's Unix socket, made outside, handed in
 - ``inner.py``     ``python -m vaultproxy.sandbox.inner``: runs inside, starts the forwarder,

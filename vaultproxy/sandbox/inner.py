@@ -66,7 +66,18 @@ def encode_status(wait_status: int) -> bytes:
     return f"exit {os.waitstatus_to_exitcode(wait_status)}\n".encode()
 
 
+def close_on_exec_all() -> None:
+    """Whatever is open here beyond stdio (ours, or anything bubblewrap left) is not the
+    agent's: mark every descriptor >= 3 close-on-exec."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+
+
 def spawn(spec: Spec) -> int:
+    close_on_exec_all()
     return os.posix_spawnp(
         spec.argv[0], spec.argv, spec.env,
         setsigdef=DEFAULT_SIGNALS, setsigmask=(),

@@ -31,6 +31,7 @@ TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 RELAYED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 BUNDLE_NAME = "ca-bundle.pem"
 CA_NAME = "ca.crt"
+WGETRC_NAME = "agent-wgetrc"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class Request:
     ca_cert: Path
     proxy_socket: str | None  # host path of proxy.sock; None: --share-net
     proxy_port: int
-    hide_files: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()  # resolved paths to cover (sandbox/hide.py)
+    writable: tuple[str, ...] = ()  # the working directory (unless it is ~ or /), --write
     disable_userns: bool = True  # bubblewrap >= 0.8 (bwrap.has_disable_userns)
 
 
@@ -55,28 +57,41 @@ def files_dir() -> Path:
 
 def sandbox_env(req: Request, d: Path) -> dict[str, str]:
     """The agent's environment with the CA variables pointing at the sandbox's copies."""
-    home_bundle, home_ca = str(req.bundle), str(req.ca_cert)
-    env = {}
-    for key, value in req.env.items():
-        if value == home_bundle:
-            value = str(d / BUNDLE_NAME)
-        elif value == home_ca:
-            value = str(d / CA_NAME)
-        env[key] = value
-    return env
+    moved = {str(req.bundle): str(d / BUNDLE_NAME), str(req.ca_cert): str(d / CA_NAME),
+             str(req.home / WGETRC_NAME): str(d / WGETRC_NAME)}
+    return {key: moved.get(value, value) for key, value in req.env.items()}
 
 
 def prepare(req: Request, d: Path) -> bwrap.Layout:
     shutil.copyfile(req.bundle, d / BUNDLE_NAME)
     shutil.copyfile(req.ca_cert, d / CA_NAME)
-    for name in (BUNDLE_NAME, CA_NAME):
+    (d / WGETRC_NAME).write_text(wgetrc_text(str(d / BUNDLE_NAME)))
+    for name in (BUNDLE_NAME, CA_NAME, WGETRC_NAME):
         os.chmod(d / name, 0o644)
+    visible = [p for p in req.hide if _visible(p, req.writable)]
     return bwrap.Layout(
-        hide_dirs=bwrap.hidden_paths(req.home),
-        hide_files=req.hide_files,
+        hide_dirs=tuple(p for p in visible if os.path.isdir(p)),
+        hide_files=tuple(p for p in visible if not os.path.isdir(p)),
         read_only=bwrap.own_code(),
         files_dir=str(d),
+        writable=req.writable,
+        protected=bwrap.protected(req.writable),
     )
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _visible(path: str, writable: Sequence[str]) -> bool:
+    """Whether ``path`` shows in the sandbox at all: the private /tmp hides the host's."""
+    return not _under(path, bwrap.PRIVATE_TMP) or any(_under(path, w) for w in writable)
+
+
+def writable_in(path: str, writable: Sequence[str]) -> bool:
+    """Whether the agent may write ``path``: the private /tmp, or a writable path."""
+    real = os.path.realpath(path)
+    return _under(real, bwrap.PRIVATE_TMP) or any(_under(real, w) for w in writable)
 
 
 def spec_fd(req: Request, d: Path) -> int:
@@ -113,13 +128,16 @@ def _run_bwrap(req: Request, bwrap_path: str, d: Path, layout: bwrap.Layout) -> 
     if bpf is not None:
         memfds.append(memfd("vaultproxy-exec-seccomp", bpf))
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    broker_ours, broker_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    if req.proxy_socket is not None:
+    passed = [*memfds, theirs.fileno()]
+    broker_ours = broker_theirs = None
+    if req.proxy_socket is not None:  # --share-net: no broker, no descriptor for it
+        broker_ours, broker_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         broker.start(broker_ours, req.proxy_socket)
+        passed.append(broker_theirs.fileno())
     argv = bwrap.command(
         bwrap_path, layout, share_net=req.proxy_socket is None, python=sys.executable,
         spec_fd=memfds[0], ctl_fd=theirs.fileno(),
-        broker_fd=broker_theirs.fileno() if req.proxy_socket is not None else -1,
+        broker_fd=broker_theirs.fileno() if broker_theirs is not None else -1,
         cwd=os.getcwd(), seccomp_fd=memfds[1] if bpf is not None else None,
         disable_userns=req.disable_userns,
     )
@@ -129,18 +147,20 @@ def _run_bwrap(req: Request, bwrap_path: str, d: Path, layout: bwrap.Layout) -> 
     try:
         try:
             proc = subprocess.Popen(argv, env=dict(req.outer_env),  # noqa: S603 - our argv
-                                    pass_fds=(*memfds, theirs.fileno(), broker_theirs.fileno()))
+                                    pass_fds=passed)
         finally:
             theirs.close()
-            broker_theirs.close()
+            if broker_theirs is not None:
+                broker_theirs.close()
             for f in memfds:
                 os.close(f)
         return _wait(proc, ours)
     finally:
         ours.close()
-        with contextlib.suppress(OSError):
-            broker_ours.shutdown(socket.SHUT_RDWR)  # ends the broker thread
-        broker_ours.close()
+        if broker_ours is not None:
+            with contextlib.suppress(OSError):
+                broker_ours.shutdown(socket.SHUT_RDWR)  # ends the broker thread
+            broker_ours.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -182,3 +202,7 @@ def end_like(status: str) -> int:
         os.kill(os.getpid(), n)
         return 128 + n
     return n
+
+
+def wgetrc_text(bundle: str) -> str:
+    return f"# written by vaultproxy: wget reads no CA variable\nca_certificate = {bundle}\n"
