@@ -169,6 +169,8 @@ def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
     if status < 500:
         return InvalidRequest.status, InvalidRequest.code, InvalidRequest.public
     head = message.lstrip().lower()
+    if "vaultproxy: upstream timeout" in head[:160]:  # seam/deadlines.py ended it
+        return UpstreamTimeout.status, UpstreamTimeout.code, UpstreamTimeout.public
     if head.startswith(_PROTOCOL_PREFIXES):
         return UpstreamProtocol.status, UpstreamProtocol.code, UpstreamProtocol.public
     if any(w in head[:120] for w in _TLS_WORDS):
@@ -203,3 +205,17 @@ class NotReady(VaultproxyError):
 
 def problems_text(err: ConfigError) -> str:
     return "\n".join(f"  {p}" for p in err.problems)
+
+
+class UpstreamTimeout(VaultproxyError):
+    """``[proxy] connect_timeout`` / ``response_timeout`` / ``idle_timeout`` ran out."""
+
+    status, code, public = 504, "upstream_timeout", "the upstream did not answer in time"
+
+
+class Overloaded(VaultproxyError):
+    """Out of file descriptors: a new connection is refused at once, never queued."""
+
+    status, code, public = 503, "overloaded", (
+        "vaultproxy is out of file descriptors or connections; retry shortly"
+    )

@@ -2,10 +2,11 @@
 
 Started by the supervisor as ``python -m vaultproxy.engine.worker FD``, where FD is its end
 of a private socketpair. It receives its whole configuration and state over that channel
-(never argv or environment), serves the proxy port with SO_REUSEPORT through the same stage
-chain as the supervisor, forwards audit records, and applies state changes in order. It has
-no admin listener and ignores SIGINT/SIGHUP (the supervisor handles those); SIGTERM or a
-``stop`` message drains and exits 0; a closed channel (supervisor gone) locks and exits 1.
+(never argv or environment), accepts from the listening socket the supervisor bound and
+passed down (engine/listener.py) through the same stage chain as the supervisor, forwards
+audit records, and applies state changes in order. It has no admin listener and ignores
+SIGINT/SIGHUP (the supervisor handles those); SIGTERM or a ``stop`` message drains and exits
+0; a closed channel (supervisor gone) locks and exits 1.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
-from vaultproxy.seam import reuseport as seam_reuseport
+from vaultproxy.seam import listener as seam_listener
 from vaultproxy.state import Live, ProxyState
 
 logger = logging.getLogger("vaultproxy.worker")
@@ -105,6 +106,7 @@ async def orphaned(m: Any, state: ProxyState) -> None:
 
 async def run(fd: int) -> int:
     loop = asyncio.get_running_loop()
+    os.set_inheritable(fd, False)  # nothing this worker might start gets the channel
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     try:
@@ -119,7 +121,10 @@ async def run(fd: int) -> int:
     state.tokens = RemoteTokens(state, writer.write)  # the supervisor owns minted tokens
     apply_state(state, header, payload)
     live = Live(state)
-    seam_reuseport.enable()
+    listen_fd = header.get("listen_fd")
+    if isinstance(listen_fd, int):
+        os.set_inheritable(listen_fd, False)
+        seam_listener.use(socket.socket(fileno=listen_fd))
     host, port = header["listen"]
     serving = asyncio.Event()  # set by the supervisor's "serve" once the run is announced
     m = build_master(live, header["confdir"], (str(host), int(port)), serving)

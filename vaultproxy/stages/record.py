@@ -3,18 +3,21 @@ flow's record (its decision and what the stages did); written by audit/canonical
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from mitmproxy import http
 
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.errors import InvalidRequest
+from vaultproxy.errors import InvalidRequest, UpstreamTimeout, classify_engine_error
 from vaultproxy.hostnames import normal_host
-from vaultproxy.seam import refusals
+from vaultproxy.seam import deadlines, refusals
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
 from vaultproxy.stages.runtime import Runtime, Stage
+
+logger = logging.getLogger(__name__)
 
 
 def _record(
@@ -62,6 +65,16 @@ def _record(
     )
 
 
+def _error_code(flow: http.HTTPFlow) -> tuple[int, str]:
+    """The status and code for a flow that ended in an error (the agent got this answer,
+    or, with a response already under way, its connection closed)."""
+    if deadlines.timed_out(flow.client_conn.id) is not None:
+        return UpstreamTimeout.status, UpstreamTimeout.code
+    message = flow.error.msg if flow.error is not None else ""
+    status, code, _ = classify_engine_error(502, message)
+    return status, code
+
+
 class Record(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
@@ -87,6 +100,19 @@ class Record(Stage):
         denied = record_of(flow).denied
         if denied is not None:
             _record(self.rt, flow, "tunnel_refused", "denied", denied[0])
+
+    @guarded
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT refused after our stages let it through (the dial failed or timed out):
+        the ResponseGate put our error on it; audit and log the code the agent got."""
+        rec = record_of(flow)
+        resp = flow.response
+        if rec.denied is not None or rec.audited or resp is None:
+            return
+        code = resp.headers.get("x-vaultproxy-error", "upstream_unreachable")
+        logger.warning("CONNECT %s:%s refused: %d %s", flow.request.host, flow.request.port,
+                       resp.status_code, code)
+        _record(self.rt, flow, "tunnel_refused", "error", code, resp.status_code)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -121,7 +147,8 @@ class Record(Stage):
         if rec.denied is not None:
             _record(self.rt, flow, "request", "denied", rec.denied[0])
         elif rec.service is not None:
-            _record(self.rt, flow, "request", "error", "upstream error")
+            status, code = _error_code(flow)
+            _record(self.rt, flow, "request", "error", code, status)
 
     @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:
