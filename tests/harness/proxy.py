@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -129,8 +130,10 @@ class ProxyProcess:
 
     @classmethod
     def start(
-        cls, home: ProxyHome, *, locked: bool = False, args: tuple[str, ...] = ()
+        cls, home: ProxyHome, *, locked: bool = False, args: tuple[str, ...] = (),
+        nofile: int | None = None,
     ) -> ProxyProcess:
+        """``nofile``: start it with RLIMIT_NOFILE at that many descriptors (as `ulimit -n`)."""
         log = home.path.parent / f"proxy-{time.monotonic_ns()}.log"
         run_json = home.path / "run.json"
         if run_json.exists():
@@ -151,9 +154,13 @@ class ProxyProcess:
         if not locked:
             cmd += ["--password-file", str(home.password_file)]
         f = open(log, "wb")  # noqa: SIM115 - closed by the process lifetime
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         proc = subprocess.Popen(
             cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=limit if nofile is not None else None,  # noqa: PLW1509
         )
         self = cls(home, proc, log)
         self.extra["_logfile"] = f

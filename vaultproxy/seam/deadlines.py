@@ -97,7 +97,7 @@ def install() -> None:
     from mitmproxy.proxy.layers.http._events import ResponseProtocolError
 
     need(server, "asyncio")
-    need(server.ConnectionHandler, "transports")
+    need(server.ConnectionHandler, "open_connection")
     server.asyncio = _BoundedAsyncio("asyncio")  # type: ignore[attr-defined]
 
     def mark(self: Any, event: Any) -> None:

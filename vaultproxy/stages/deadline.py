@@ -37,8 +37,7 @@ class Deadline(Stage):
         self._timers: dict[str, asyncio.TimerHandle] = {}  # server id / flow id -> timer
 
     def running(self) -> None:
-        deadlines.install()
-        deadlines.set_master(ctx.master)
+        deadlines.set_master(ctx.master)  # installed with the seam's defences
 
     def _settings(self) -> ProxySettings | None:
         st = self.rt.current()
@@ -72,14 +71,14 @@ class Deadline(Stage):
         self._settings()
 
     @guarded
-    def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
+    def tls_start_server(self, data: tls.TlsData) -> None:
         cfg = self._settings()
-        server = data.server
-        if cfg is None or not server.tls or server.tls_established:
+        server = data.conn
+        if cfg is None or not isinstance(server, connection.Server):
             return
-        started = server.timestamp_start or time.time()
+        started = server.timestamp_start or time.time()  # the dial's start: TCP + TLS
         left = max(0.0, float(cfg.connect_timeout) - (time.time() - started))
-        client_id = data.client.id
+        client_id = data.context.client.id
         key = f"tls:{server.id}"
         self._arm(key, left, lambda: self._expire(key, client_id, server, "connect"))
 
