@@ -35,12 +35,12 @@ class WorkerAudit(AuditLog):
             self._drop(f"event not recorded ({type(e).__name__})")
             return False
         ok = self._write(line, keep=True)
-        self._post(frame({"op": "audit"}, line.encode()))
+        self._post(frame({"op": "audit", "ok": ok}, line.encode()))
         return ok
 
     def ahead(self, event: AuditEvent) -> bool:
         ok = super().ahead(event)
-        self._post(b"")
+        self._post(frame({"op": "audit", "ok": ok}))  # counted only (no line: not a flow)
         return ok
 
     def report(self) -> dict[str, Any]:

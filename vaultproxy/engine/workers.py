@@ -91,6 +91,8 @@ class _Worker:
     audit: dict[str, Any] | None = None  # its audit counters, as last reported
     last_pong: float = field(default_factory=time.monotonic)
     retiring: bool = False  # replaced (heartbeat, barrier): not waited on, not restarted
+    written: int = 0  # audit records it sent as written (its "written", counted here)
+    gone: bool = False  # exited; its counters are in the supervisor's ``_gone_audit``
 
     def send(self, data: bytes) -> None:
         if self.alive and not self.writer.is_closing():
@@ -130,8 +132,11 @@ class Supervisor:
             w.send(frame({"op": "serve"}))
 
     def audit_stats(self) -> list[dict[str, Any]]:
-        """Every worker's audit counters (exited ones included), as they last reported."""
-        live = [w.audit for w in self.workers.values() if w.audit is not None]
+        """Every worker's audit counters (exited ones included), as they last reported --
+        ``written`` never below the records the supervisor itself received from it, so a
+        worker killed between two reports takes none of its count with it."""
+        procs = [w for w in {*self.workers.values(), *self._retired} if not w.gone]
+        live = [_counted(w) for w in procs if w.audit is not None or w.written]
         return self._gone_audit + live
 
     # -- start / stop ---------------------------------------------------------------------
@@ -323,7 +328,9 @@ class Supervisor:
                 header, payload = await read_frame(w.reader)
                 op = header["op"]
                 if op == "audit":
-                    self._audit(payload)
+                    w.written += bool(header.get("ok", True))
+                    if payload:
+                        self._audit(payload)
                 elif op == "mint":  # a minted token (engine/tokens.py): the supervisor owns them
                     spawn_serve(self.state, w.send, header)
                 elif op == "audit_state" or op == "pong":
@@ -345,8 +352,9 @@ class Supervisor:
                 w.cond.notify_all()
             w.writer.close()
             rc = await w.proc.wait()
-            if w.audit is not None:
-                self._gone_audit.append(w.audit)
+            if w.audit is not None or w.written:
+                self._gone_audit.append(_counted(w))
+            w.gone = True
             if self.workers.get(w.slot) is w:
                 del self.workers[w.slot]
             self._exited(w, rc)
@@ -450,6 +458,13 @@ class Supervisor:
             metrics.observed(AuditEvent(**json.loads(line)))
         except Exception:  # noqa: BLE001, S110 - metrics must never break the audit path
             pass
+
+
+def _counted(w: _Worker) -> dict[str, Any]:
+    stats = dict(w.audit or {"written": 0, "failed": 0, "dropped": 0, "pending": 0,
+                             "healthy": True})
+    stats["written"] = max(int(stats.get("written", 0)), w.written)
+    return stats
 
 
 def proc_stopped(pid: int) -> bool:
