@@ -130,7 +130,9 @@ def test_a_stopped_worker_strands_nothing_and_is_replaced(proxy: ProxyProcess) -
     print(f"{PROBES} probes during the stop answered in {took:.2f} s")
 
 
-def test_a_reload_does_not_wait_on_a_stopped_worker(proxy: ProxyProcess, upstream: Upstream) -> None:
+def test_a_reload_does_not_wait_on_a_stopped_worker(
+    proxy: ProxyProcess, upstream: Upstream
+) -> None:
     old = worker_pid(proxy)
     assert old is not None
     services = proxy.home.path / "services.toml"
