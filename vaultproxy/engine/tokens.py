@@ -112,6 +112,13 @@ class RemoteTokens:
         finally:
             self._answers.pop(n, None)
 
+    def abandon(self) -> None:
+        """The supervisor is gone: every request waiting for a token is answered now
+        (``502 token_unavailable``), not left to be cancelled at exit."""
+        for waiter in self._answers.values():
+            if not waiter.done():
+                waiter.set_exception(TokenUnavailable("the proxy is shutting down"))
+
     def answer(self, header: dict[str, Any], payload: bytearray) -> None:
         """A ``minted`` frame from the supervisor (called by the worker's channel reader)."""
         try:

@@ -100,6 +100,8 @@ async def orphaned(m: Any, state: ProxyState) -> None:
                  "%d in-flight request(s) and exits", state.inflight)
     m.options.update(server=False)
     state.lock()
+    if isinstance(state.tokens, RemoteTokens):
+        state.tokens.abandon()  # no one will answer a token request any more
     await drain(m, state, ORPHAN_DRAIN_SECONDS)
     m.shutdown()
 
@@ -144,6 +146,8 @@ async def run(fd: int) -> int:
             return 1
         if follower.done() and follower.result() == "eof":
             await orphaned(m, state)
+            with contextlib.suppress(asyncio.CancelledError):
+                await master_task  # a clean exit: nothing left for asyncio.run to cancel
             return 1
         await drain(m, state, DRAIN_SECONDS)
         m.shutdown()
