@@ -133,7 +133,8 @@ def fault_stop(target: Vaultproxy, load: Load, nginx: Nginx) -> float | None:
     try:
         return until(lambda: bool(worker_pids(target)) and old not in worker_pids(target))
     finally:
-        os.kill(old, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # the supervisor may have ended it
+            os.kill(old, signal.SIGCONT)
 
 
 def fault_fds(target: Vaultproxy, load: Load, nginx: Nginx) -> float | None:

@@ -37,6 +37,7 @@ from tests import canary
 from tests.canary import make_canary
 from tests.harness.proxy import ProxyHome, ProxyProcess
 from tests.integration.conftest import agent_client
+from tests.integration.test_admin import Quiet
 
 pytestmark = pytest.mark.integration
 
@@ -160,7 +161,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, raw: dict[str, RawUpstream],
     ports = {m: u.port for m, u in raw.items()}
     ports.update(synless=full_backlog, nobody=_free_port())
     toml = TIMEOUTS + "".join(_service(m, p) for m, p in ports.items())
-    secrets: dict[str, str | dict[str, str]] = {m: make_canary() for m in ports}
+    secrets: dict[str, str | dict[str, str]] = Quiet({m: make_canary() for m in ports})  # type: ignore[assignment]
     home = ProxyHome.create(base, toml, secrets, files={"raw-ca.pem": ca.cert_pem.bytes()})
     p = ProxyProcess.start(home)
     yield p

@@ -22,6 +22,7 @@ from tests.canary import make_canary
 from tests.harness.proxy import ProxyProcess
 from tests.harness.upstream import Upstream
 from tests.integration.conftest import agent_client
+from tests.integration.test_admin import Quiet
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def proxy(request, start_proxy, upstream: Upstream, endpoints) -> ProxyProcess: 
     toml = "[proxy]\nresponse_timeout = 2\n\n" + block("dead", upstream, endpoints["dead"].port)
     toml += block("hang", upstream, endpoints["hang"].port)
     creds = {"client_id": "vp-test", "client_secret": make_canary()}
-    return start_proxy(toml, {"dead": creds, "hang": dict(creds)},  # type: ignore[no-any-return]
+    return start_proxy(toml, Quiet({"dead": creds, "hang": dict(creds)}),  # type: ignore[no-any-return]
                        args=("--workers", str(request.param)))
 
 

@@ -27,7 +27,7 @@ from tests.canary import make_canary
 from tests.harness.proxy import ProxyProcess
 from tests.harness.upstream import Upstream
 from tests.integration.conftest import agent_client, service_block
-from tests.integration.test_admin import unix
+from tests.integration.test_admin import Quiet, unix
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,7 @@ PROBES = 10
 @pytest.fixture(scope="module")
 def proxy(start_proxy, upstream: Upstream) -> ProxyProcess:  # type: ignore[no-untyped-def]
     toml = service_block("wf", "host_inject", "bearer", upstream.port)
-    return start_proxy(toml, {"wf": make_canary()}, args=("--workers", "2"))  # type: ignore[no-any-return]
+    return start_proxy(toml, Quiet({"wf": make_canary()}), args=("--workers", "2"))  # type: ignore[no-any-return]
 
 
 def worker_pid(proxy: ProxyProcess) -> int | None:

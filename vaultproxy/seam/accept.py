@@ -113,9 +113,9 @@ class Meter:
     def _log(self, now: float, what: str) -> None:
         assert self._since is not None
         logger.warning(
-            "%s: out of file descriptors (limit %d): %d connection(s) refused with 503 "
-            "overloaded, accept paused %d time(s) since the last line; episode %.0f s",
-            what, self.limit, self.refused, self.pauses, now - self._since,
+            "%s: out of file descriptors (limit %d, %.0f s so far): %d connection(s) "
+            "refused with 503 overloaded, accept paused %d time(s) since the last line",
+            what, self.limit, now - self._since, self.refused, self.pauses,
         )
         self.refused = 0
         self.pauses = 0
