@@ -11,7 +11,8 @@ against raw-socket upstreams that misbehave on purpose, each with its twin:
 - a *silent* upstream completes TLS and reads the request, never answers: ``504`` after
   ``response_timeout``; twin: the same upstream answering in time is a 200;
 - a *stalling* upstream sends the head and part of the body, then nothing: after
-  ``idle_timeout`` the agent's connection is closed, and the record has a code, not null.
+  ``idle_timeout`` the agent's connection is closed, and the record has a code, not null;
+  one that closes mid-body is audited ``502`` with a code too.
 
 The timeouts are small in the test config (seconds); nothing asserts a duration beyond
 generous bounds.
@@ -93,9 +94,12 @@ class RawUpstream:
                 self.requests += 1
                 if self.mode == "answer":
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                elif self.mode == "stall":
+                elif self.mode in ("stall", "cut"):
                     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n"
                                  + b"x" * 200_000)
+                    if self.mode == "cut":  # the upstream goes away mid-body
+                        conn.close()
+                        return
             while conn.recv(65536):  # until the proxy closes its side
                 pass
             self.closed_by_proxy += 1
@@ -112,7 +116,7 @@ def ca() -> trustme.CA:
 
 @pytest.fixture(scope="module")
 def raw(ca: trustme.CA) -> Iterator[dict[str, RawUpstream]]:
-    ups = {m: RawUpstream(m, ca).start() for m in ("blackhole", "silent", "stall", "answer")}
+    ups = {m: RawUpstream(m, ca).start() for m in ("blackhole", "silent", "stall", "cut", "answer")}
     yield ups
     for u in ups.values():
         u.stop()
@@ -273,3 +277,17 @@ def test_timeouts_are_validated(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"connect_timeout.*seconds from") as e:
             parse_config(f"[proxy]\nconnect_timeout = {bad}\n", tmp_path)
         assert "100000" not in str(e.value)
+
+
+def test_a_tunnel_losing_its_upstream_is_audited_with_a_code(proxy) -> None:  # type: ignore[no-untyped-def]
+    with agent_client(proxy) as c, pytest.raises(httpx.TransportError):
+        with c.stream("GET", "https://cut.api.test/x") as r:
+            assert r.status_code == 200  # the head did arrive: only a close can follow
+            for _ in r.iter_raw():
+                pass
+    deadline = time.monotonic() + 10
+    while not _records(proxy, "cut.api.test") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (rec,) = _records(proxy, "cut.api.test")
+    assert rec["outcome"] == "error"
+    assert rec["status"] == 502 and rec["reason"] in {"upstream_protocol", "upstream_unreachable"}
