@@ -79,6 +79,10 @@ class Load:
                 try:
                     status = client.get(self.base + "/auth").status_code
                     why = None
+                except httpx.ProxyError as e:  # the CONNECT was answered, with an error
+                    status, why = _connect_status(e), None
+                    client.close()
+                    client = self._client()
                 except httpx.HTTPError as e:
                     status, why = 0, type(e).__name__
                     client.close()
@@ -103,6 +107,12 @@ class Load:
                         return t - t0
             time.sleep(0.05)
         return None
+
+
+def _connect_status(e: httpx.ProxyError) -> int:
+    """httpx says ``503 Service Unavailable`` (the proxy's answer to the CONNECT)."""
+    head = str(e).split(" ", 1)[0]
+    return int(head) if head.isdigit() else 0
 
 
 def worker_pids(target: Vaultproxy) -> list[int]:
@@ -139,10 +149,12 @@ def fault_stop(target: Vaultproxy, load: Load, nginx: Nginx) -> float | None:
 
 def fault_fds(target: Vaultproxy, load: Load, nginx: Nginx) -> float | None:
     pids = [target.proc.pid, *worker_pids(target)] if target.proc is not None else []
-    before = {p: resource.prlimit(p, resource.RLIMIT_NOFILE) for p in pids}
+    before: dict[int, tuple[int, int]] = {}
     for p in pids:
-        n = len(os.listdir(f"/proc/{p}/fd")) + 48
-        resource.prlimit(p, resource.RLIMIT_NOFILE, (n, before[p][1]))
+        with contextlib.suppress(OSError):  # a worker being replaced right now
+            before[p] = resource.prlimit(p, resource.RLIMIT_NOFILE)
+            n = len(os.listdir(f"/proc/{p}/fd")) + 48
+            resource.prlimit(p, resource.RLIMIT_NOFILE, (n, before[p][1]))
     port = int(load.proxy_url.rsplit(":", 1)[1])
     idle = []
     try:

@@ -191,6 +191,11 @@ def faults_main(quiet: float) -> int:
                 r = run_schedule(t, nginx, quiet)
             finally:
                 t.stop()
+                log = (base / "work" / "vaultproxy-faults.log").read_text(errors="replace")
+                for line in log.splitlines():  # what the proxy said about the faults
+                    if any(w in line for w in ("worker", "overload", "timeout", "refused",
+                                               "Error", "Traceback")):
+                        print("  proxy:", line[:200])
             forwards = audit_counts(home.path, "/auth")["forward"]
         finally:
             nginx.stop()

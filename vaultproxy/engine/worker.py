@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import resource
@@ -173,6 +174,8 @@ def main(argv: list[str]) -> int:
     nodump.disable()  # execve made us dumpable again
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # `kill -USR1 PID` prints where a wedged worker is (its Python stacks) to the proxy log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logfilter.install()
     if len(argv) != 2 or not argv[1].isdigit():

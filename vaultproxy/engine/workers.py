@@ -90,6 +90,8 @@ class _Worker:
     task: asyncio.Task[None] | None = None
     audit: dict[str, Any] | None = None  # its audit counters, as last reported
     last_pong: float = field(default_factory=time.monotonic)
+    last_ping: float = 0.0  # when the heartbeat last pinged it
+    missed: int = 0  # heartbeat rounds in a row without an answer
     retiring: bool = False  # replaced (heartbeat, barrier): not waited on, not restarted
     written: int = 0  # audit records it sent as written (its "written", counted here)
     gone: bool = False  # exited; its counters are in the supervisor's ``_gone_audit``
@@ -364,6 +366,7 @@ class Supervisor:
             w.ready.set_exception(
                 VaultproxyError(f"worker {w.slot} exited during start-up ({_describe(rc)})")
             )
+            w.ready.exception()  # retrieved: _spawn may have stopped waiting (its timeout)
             return
         if self._stopping:
             return
@@ -375,16 +378,20 @@ class Supervisor:
                        _describe(rc))
         if self.on_pids_changed is not None:
             self.on_pids_changed()
+        self._restart(w.slot, 0.2)
+
+    def _restart(self, slot: int, delay: float) -> None:
+        """Start a worker in ``slot`` after ``delay`` (at most MAX_RESTARTS per window)."""
         now = time.monotonic()
-        recent = self._restarts.setdefault(w.slot, deque())
+        recent = self._restarts.setdefault(slot, deque())
         while recent and now - recent[0] > RESTART_WINDOW:
             recent.popleft()
         if len(recent) >= MAX_RESTARTS:
             logger.error("worker %d exited %d times in %.0f s; not restarting it",
-                         w.slot, len(recent), RESTART_WINDOW)
+                         slot, len(recent), RESTART_WINDOW)
             return
         recent.append(now)
-        task = asyncio.create_task(self._respawn(w.slot))
+        task = asyncio.create_task(self._respawn(slot, delay))
         self._respawns.add(task)
         task.add_done_callback(self._respawns.discard)
 
@@ -393,13 +400,18 @@ class Supervisor:
         try:
             await self._spawn(slot)
         except VaultproxyError as e:
-            logger.error("restarting worker %d failed: %s", slot, e)
+            logger.error("restarting worker %d failed: %s; trying again in 5 s", slot, e)
+            if not self._stopping:
+                self._restart(slot, 5.0)  # never leave the slot empty for good
             return
         if self.on_pids_changed is not None:
             self.on_pids_changed()
 
     # -- heartbeat and replacement --------------------------------------------------------
     async def _beat(self) -> None:
+        """Ping each worker every HEARTBEAT_INTERVAL; replace one silent for the deadline.
+        Counted in rounds too: a supervisor that was itself held up (a busy or stopped
+        event loop) does not take its own lateness for its workers' silence."""
         ping = frame({"op": "ping", "n": 0})
         while not self._stopping:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
@@ -407,12 +419,15 @@ class Supervisor:
             for w in list(self.workers.values()):
                 if not w.alive or w.retiring or not w.ready.done():
                     continue
+                w.missed = w.missed + 1 if w.last_pong < w.last_ping else 0
                 silent = now - w.last_pong
-                if silent > HEARTBEAT_DEADLINE:
+                if silent > HEARTBEAT_DEADLINE and w.missed * HEARTBEAT_INTERVAL >= \
+                        HEARTBEAT_DEADLINE:
                     how = "is stopped" if proc_stopped(w.proc.pid) else "is not responding"
                     self._replace(w, f"{how}: no heartbeat answer for {silent:.1f} s",
                                   drain=True)
                 else:
+                    w.last_ping = now
                     w.send(ping)
 
     def _replace(self, w: _Worker, why: str, *, drain: bool) -> None:
@@ -425,9 +440,7 @@ class Supervisor:
         self._respawns.add(task)
         task.add_done_callback(self._respawns.discard)
         if not self._stopping:
-            spawn = asyncio.create_task(self._respawn(w.slot, delay=0.0))
-            self._respawns.add(spawn)
-            spawn.add_done_callback(self._respawns.discard)
+            self._restart(w.slot, 0.0)
 
     async def _retire(self, w: _Worker, drain: bool) -> None:
         try:

@@ -4,6 +4,7 @@ flow's record (its decision and what the stages did); written by audit/canonical
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from mitmproxy import http
@@ -65,6 +66,31 @@ def _record(
     )
 
 
+class EveryInterval:
+    """At most one log line per key per ``interval`` seconds; the next says how many it
+    stood for (a down upstream under load must not become a log line per request)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[object, float] = {}
+        self._quiet: dict[object, int] = {}
+
+    def allow(self, key: object) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._quiet[key] = self._quiet.get(key, 0) + 1
+            return False
+        if len(self._last) > 4096:  # bounded: forget old keys
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+    def since(self, key: object) -> str:
+        n = self._quiet.pop(key, 0)
+        return f" (and {n} more since the last line)" if n else ""
+
+
 def _error_code(flow: http.HTTPFlow) -> tuple[int, str]:
     """The status and code for a flow that ended in an error (the agent got this answer,
     or, with a response already under way, its connection closed)."""
@@ -79,6 +105,7 @@ class Record(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         refusals.set_handler(self._refused_head)
+        self._connect_log = EveryInterval(5.0)
 
     def _refused_head(self, client: Any, status: int) -> None:
         """mitmproxy refused a request head it could not parse: no flow, still a record."""
@@ -110,8 +137,10 @@ class Record(Stage):
         if rec.denied is not None or rec.audited or resp is None:
             return
         code = resp.headers.get("x-vaultproxy-error", "upstream_unreachable")
-        logger.warning("CONNECT %s:%s refused: %d %s", flow.request.host, flow.request.port,
-                       resp.status_code, code)
+        target = f"{flow.request.host}:{flow.request.port}"
+        if self._connect_log.allow((target, code)):  # the audit has every one
+            logger.warning("CONNECT %s refused: %d %s%s", target, resp.status_code, code,
+                           self._connect_log.since((target, code)))
         _record(self.rt, flow, "tunnel_refused", "error", code, resp.status_code)
 
     @guarded
