@@ -47,6 +47,22 @@ def worker_pid(proxy: ProxyProcess) -> int | None:
     return int(pids[0]) if pids else None
 
 
+def serving_worker(proxy: ProxyProcess) -> int:
+    """The extra worker's pid once it serves (run.json lists a replacement from its start;
+    the log says when it serves; the first one served before run.json was written)."""
+
+    def serving() -> int | None:
+        pid = worker_pid(proxy)
+        first = proxy.extra["worker_pids"] == [pid]
+        return pid if pid is not None and (first or f"(pid {pid}) serves" in proxy.output()) \
+            else None
+
+    assert wait_for(lambda: serving() is not None), proxy.output()
+    pid = serving()
+    assert pid is not None
+    return pid
+
+
 def listening_inodes(pid: int, port: int) -> set[str]:
     listening = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -106,12 +122,11 @@ def test_nothing_joins_the_proxy_port(proxy: ProxyProcess) -> None:
         assert reuseport_join(s.getsockname()[1]) is None
     # One socket, held by both processes (the same inode).
     mine = listening_inodes(proxy.proc.pid, proxy.port)
-    assert len(mine) == 1 and listening_inodes(worker_pid(proxy), proxy.port) == mine
+    assert len(mine) == 1 and listening_inodes(serving_worker(proxy), proxy.port) == mine
 
 
 def test_a_stopped_worker_strands_nothing_and_is_replaced(proxy: ProxyProcess) -> None:
-    old = worker_pid(proxy)
-    assert old is not None
+    old = serving_worker(proxy)
     os.kill(old, signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -133,8 +148,7 @@ def test_a_stopped_worker_strands_nothing_and_is_replaced(proxy: ProxyProcess) -
 def test_a_reload_does_not_wait_on_a_stopped_worker(
     proxy: ProxyProcess, upstream: Upstream
 ) -> None:
-    old = worker_pid(proxy)
-    assert old is not None
+    old = serving_worker(proxy)
     services = proxy.home.path / "services.toml"
     services.write_text(services.read_text() + service_block(
         "wf2", "host_inject", "bearer", upstream.port, secret='"wf"'))
@@ -164,8 +178,7 @@ def _written(text: str) -> float:
 def test_metrics_do_not_go_backwards_when_a_worker_is_killed(proxy: ProxyProcess) -> None:
     with unix(proxy) as admin:
         before = _written(admin.get("/metrics").text)
-        old = worker_pid(proxy)
-        assert old is not None
+        old = serving_worker(proxy)
         probe_all(proxy, "counted")
         os.kill(old, signal.SIGKILL)  # at once: its last report may predate these records
         assert wait_for(lambda: worker_pid(proxy) not in (None, old))

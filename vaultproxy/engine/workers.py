@@ -126,6 +126,7 @@ class Supervisor:
         self._serving = False
         self._heartbeat: asyncio.Task[None] | None = None
         self._retired: set[_Worker] = set()  # replaced, still draining or being killed
+        self._follows: set[asyncio.Task[None]] = set()
 
     def serve(self) -> None:
         """The run is announced: every worker starts serving (a replacement does at once)."""
@@ -310,6 +311,8 @@ class Supervisor:
             "listen_fd": self.sock.fileno() if self.sock is not None else None,
         }))
         w.task = asyncio.create_task(self._follow(w))
+        self._follows.add(w.task)  # held until it ends, whatever becomes of ``w``
+        w.task.add_done_callback(self._follows.discard)
         if self._serving and self.on_pids_changed is not None:
             self.on_pids_changed()  # a replacement: its pid is listed from its first moment
         try:
@@ -397,6 +400,9 @@ class Supervisor:
 
     async def _respawn(self, slot: int, delay: float = 0.2) -> None:
         await asyncio.sleep(delay)
+        current = self.workers.get(slot)
+        if current is not None and current.alive and not current.retiring:
+            return  # another start already filled the slot: never orphan a live worker
         try:
             await self._spawn(slot)
         except VaultproxyError as e:
