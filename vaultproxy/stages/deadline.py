@@ -26,6 +26,7 @@ from mitmproxy.proxy import server_hooks
 from vaultproxy.config.models import ProxySettings
 from vaultproxy.seam import deadlines
 from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.record import EveryInterval
 from vaultproxy.stages.runtime import Runtime, Stage
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Deadline(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self._timers: dict[str, asyncio.TimerHandle] = {}  # server id / flow id -> timer
+        self._log = EveryInterval(5.0)  # the audit has every one
 
     def running(self) -> None:
         deadlines.set_master(ctx.master)  # installed with the seam's defences
@@ -61,9 +63,9 @@ class Deadline(Stage):
 
     def _expire(self, key: str, client_id: str, server: connection.Server, why: str) -> None:
         self._timers.pop(key, None)
-        if deadlines.expire(client_id, server, why):
-            logger.warning("upstream %s: %s timeout; connection closed",
-                           _addr(server), why)
+        if deadlines.expire(client_id, server, why) and self._log.allow((_addr(server), why)):
+            logger.warning("upstream %s: %s timeout; connection closed%s",
+                           _addr(server), why, self._log.since((_addr(server), why)))
 
     # -- connect: TCP (seam) + TLS -------------------------------------------------------
     @guarded
