@@ -5,7 +5,7 @@ A Python load (threads, one keep-alive httpx client each, GET ``/auth`` on the h
 service; nginx logs each Authorization it receives) runs against ``vaultproxy run --workers
 2`` while the schedule injects, one after another with a quiet spell between:
 
-- ``kill``: SIGKILL worker 1; recovered when run.json lists its replacement;
+- ``kill``: SIGKILL worker 1; recovered when its replacement serves;
 - ``stop``: SIGSTOP worker 1 (a wedged process looks the same); recovered when the
   supervisor's heartbeat has replaced it (SIGCONT afterwards: the old one drains and exits);
 - ``fds``: RLIMIT_NOFILE of every proxy process lowered to what it holds + 48 and 400 idle
@@ -131,17 +131,36 @@ def until(pred: Callable[[], bool], limit: float = 60.0) -> float | None:
     return None
 
 
+def replaced(target: Vaultproxy, old: int) -> bool:
+    """A new worker in the slot says it serves (run.json lists it from its start)."""
+    pids = worker_pids(target)
+    log = (target.workdir / f"vaultproxy-{target.name}.log").read_text(errors="replace")
+    return bool(pids) and old not in pids and f"(pid {pids[0]}) serves" in log
+
+
+def serving_worker(target: Vaultproxy) -> int:
+    """Worker 1, once it serves (the previous fault's replacement may still be starting)."""
+    def ready() -> bool:
+        pids = worker_pids(target)
+        log = (target.workdir / f"vaultproxy-{target.name}.log").read_text(errors="replace")
+        return bool(pids) and (tuple(pids) == target.worker_pids
+                               or f"(pid {pids[0]}) serves" in log)
+
+    until(ready)
+    return worker_pids(target)[0]
+
+
 def fault_kill(target: Vaultproxy, load: Load, nginx: Nginx) -> float | None:
-    (old, *_) = worker_pids(target)
+    old = serving_worker(target)
     os.kill(old, signal.SIGKILL)
-    return until(lambda: bool(worker_pids(target)) and old not in worker_pids(target))
+    return until(lambda: replaced(target, old))
 
 
 def fault_stop(target: Vaultproxy, load: Load, nginx: Nginx) -> float | None:
-    (old, *_) = worker_pids(target)
+    old = serving_worker(target)
     os.kill(old, signal.SIGSTOP)
     try:
-        return until(lambda: bool(worker_pids(target)) and old not in worker_pids(target))
+        return until(lambda: replaced(target, old))
     finally:
         with contextlib.suppress(ProcessLookupError):  # the supervisor may have ended it
             os.kill(old, signal.SIGCONT)

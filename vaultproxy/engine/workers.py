@@ -423,7 +423,11 @@ class Supervisor:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             now = time.monotonic()
             for w in list(self.workers.values()):
-                if not w.alive or w.retiring or not w.ready.done():
+                if not w.alive or w.retiring:
+                    continue
+                if not w.ready.done():  # starting: only a stop is worth acting on early
+                    if proc_stopped(w.proc.pid):
+                        self._replace(w, "was stopped during start-up", drain=False)
                     continue
                 w.missed = w.missed + 1 if w.last_pong < w.last_ping else 0
                 silent = now - w.last_pong
