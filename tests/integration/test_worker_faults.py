@@ -7,11 +7,13 @@
   supervisor's heartbeat replaces it and says so, and the old process drains and exits;
 - a reload while a worker is stopped returns promptly (the stopped worker is replaced, not
   waited on) and the new registry is served;
-- ``/metrics``' audit counters never go backwards when a worker is killed with SIGKILL.
+- ``/metrics``' audit counters never go backwards when a worker is killed with SIGKILL;
+- a worker orphaned with requests in flight exits without CancelledError tracebacks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,6 +23,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.canary import make_canary
@@ -190,3 +193,47 @@ def test_metrics_do_not_go_backwards_when_a_worker_is_killed(proxy: ProxyProcess
     records = len(proxy.audit())  # every record in the file, both processes'
     assert after >= before
     assert after == records, (after, records)
+
+
+def test_an_orphaned_worker_exits_cleanly_with_requests_in_flight(tmp_path: Path) -> None:
+    """The supervisor is SIGKILLed while the worker holds requests longer than its orphan
+    drain (5 s): the worker still exits without a CancelledError traceback. (Twin: the
+    requests were in flight and outlived the drain -- the log says both.)"""
+    import threading
+
+    from tests.harness.proxy import ProxyHome
+
+    def slow(rec):  # type: ignore[no-untyped-def]
+        time.sleep(9)
+        return 200, [(b"content-type", b"text/plain")], [b"ok"]
+
+    (tmp_path / "slow").mkdir()
+    up = Upstream(tmp_path / "slow", handler=slow).start()
+    try:
+        home = ProxyHome.create(tmp_path, service_block("orph", "host_inject", "bearer", up.port),
+                                Quiet({"orph": make_canary()}),
+                                files={"upstream-ca.pem": up.ca_file.read_bytes()})
+        proxy = ProxyProcess.start(home, args=("--workers", "2"))
+        worker = serving_worker(proxy)
+
+        def call(i: int) -> None:
+            with contextlib.suppress(httpx.HTTPError), agent_client(proxy) as c:
+                c.get(f"https://orph.api.test/{i}")
+
+        calls = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+        for t in calls:
+            t.start()
+        time.sleep(2.0)
+        proxy.proc.kill()
+        proxy.proc.wait()
+        assert wait_for(lambda: not os.path.exists(f"/proc/{worker}")
+                        or Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z", 20)
+        for t in calls:
+            t.join(30)
+        proxy.stop()
+    finally:
+        up.stop()
+    out = proxy.output()
+    assert re.search(r"finishes its [1-9]\d* in-flight request", out), out
+    assert "still in flight at shutdown" in out, out
+    assert "CancelledError" not in out and "Traceback" not in out, out
