@@ -3,6 +3,7 @@
     .venv/bin/python bench/soak.py            # 10 min: 5 min per worker count (1, then 2)
     .venv/bin/python bench/soak.py --quick    # 30 s each
     .venv/bin/python bench/soak.py --seconds 120 --conns 50 --workers 2
+    .venv/bin/python bench/soak.py --faults [--quick]   # kill, stop, fd squeeze, upstream down
 
 An nginx upstream (bench/upstream.py; `/auth` answers 204 and logs each Authorization it
 receives) behind `vaultproxy run` (host_inject, bearer), loaded by `hey` with keep-alive
@@ -12,6 +13,9 @@ upstream logged against how many `request` (and `forward`) records audit.jsonl h
 them (they must be equal: every use of the credential is audited), and the drift of RSS
 and open file descriptors (summed over the proxy's processes) from after a warm-up to the
 end. Needs: nginx-light and hey (Debian). All on 127.0.0.1.
+
+``--faults`` runs the fault schedule of bench/faults.py instead (Python load, no hey): the
+unanswered requests, the unaudited forwards (both goal 0) and the time to recover from each.
 """
 
 # ruff: noqa: E501  (table rows)
@@ -133,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="per worker count (default 300: 10 minutes with the two counts)")
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--workers", type=int, action="append", help="repeatable; default 1 and 2")
+    ap.add_argument("--faults", action="store_true",
+                    help="the fault schedule (bench/faults.py) against --workers 2")
     args = ap.parse_args(argv)
+    if args.faults:
+        return faults_main(quiet=3.0 if args.quick else 15.0)
     seconds = 30.0 if args.quick else args.seconds
     with tempfile.TemporaryDirectory(prefix="vp-soak-") as tmp:
         base = Path(tmp)
@@ -166,6 +174,40 @@ def main(argv: list[str] | None = None) -> int:
     print("every upstream request audited (2 records each), no errors:",
           "yes" if not bad else "NO")
     return 0 if not bad else 1
+
+
+def faults_main(quiet: float) -> int:
+    from bench.faults import run_schedule
+
+    with tempfile.TemporaryDirectory(prefix="vp-faults-") as tmp:
+        base = Path(tmp)
+        nginx = Nginx(base / "nginx").start()
+        try:
+            home = VaultproxyHome.create(base / "vp", nginx)
+            t = Vaultproxy(name="faults", label="", nginx=nginx, workdir=base / "work")
+            t.home, t.service, t.workers = home, "hi", 2
+            t.start()
+            try:
+                r = run_schedule(t, nginx, quiet)
+            finally:
+                t.stop()
+                log = (base / "work" / "vaultproxy-faults.log").read_text(errors="replace")
+                for line in log.splitlines():  # what the proxy said about the faults
+                    if any(w in line for w in ("worker", "overload", "timeout", "refused",
+                                               "Error", "Traceback")):
+                        print("  proxy:", line[:200])
+            forwards = audit_counts(home.path, "/auth")["forward"]
+        finally:
+            nginx.stop()
+    unaudited = max(0, int(r["upstream"]) - forwards)  # type: ignore[call-overload]
+    unanswered = sum(r["unanswered"].values())  # type: ignore[attr-defined]
+    print(f"faults: {r['sent']} requests, answered {r['statuses']}, "
+          f"unanswered {unanswered} {r['unanswered'] or ''}")
+    print(f"upstream received {r['upstream']}, forward records {forwards}, "
+          f"unaudited forwards {unaudited}")
+    for name, secs in r["recover"].items():  # type: ignore[attr-defined]
+        print(f"  {name:9} recovered in {'never' if secs is None else f'{secs:.1f} s'}")
+    return 0 if unaudited == 0 and None not in r["recover"].values() else 1  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

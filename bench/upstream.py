@@ -149,6 +149,24 @@ class Nginx:
         wait_port(self.port, self.proc, "nginx")
         return self
 
+    def kill(self) -> None:
+        """Down at once (SIGTERM: nginx's fast shutdown drops every open connection)."""
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Up again on the same ports and certificate (the same config file)."""
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        d = self.workdir
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(d / "nginx.conf"), "-p", str(d), "-e", str(d / "nginx-error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=open(d / "nginx-stderr.log", "ab"),  # noqa: SIM115
+            stdin=subprocess.DEVNULL,
+        )
+        wait_port(self.port, self.proc, "nginx")
+
     def auth_lines(self) -> int:
         try:
             return len((self.workdir / "auth.log").read_text().splitlines())

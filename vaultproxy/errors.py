@@ -171,6 +171,8 @@ def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
     if status < 500:
         return InvalidRequest.status, InvalidRequest.code, InvalidRequest.public
     head = message.lstrip().lower()
+    if "vaultproxy: upstream timeout" in head[:160]:  # seam/deadlines.py ended it
+        return UpstreamTimeout.status, UpstreamTimeout.code, UpstreamTimeout.public
     if head.startswith(_PROTOCOL_PREFIXES):
         return UpstreamProtocol.status, UpstreamProtocol.code, UpstreamProtocol.public
     if any(w in head[:120] for w in _TLS_WORDS):
@@ -243,6 +245,8 @@ def rate_limited(retry_after: int, message: str) -> RateLimited:
     err = RateLimited(message)
     err.extra_headers = (("Retry-After", str(retry_after)),)
     return err
+
+
 class AgentTokenExpired(VaultproxyError):
     """The agent's token was right but its lifetime (``agent add --ttl``) is over: distinct
     from a wrong token, so the operator knows to ``agent rotate`` rather than to look for a
@@ -252,4 +256,18 @@ class AgentTokenExpired(VaultproxyError):
         407, "agent_token_expired",
         "this agent's token has expired; the operator issues a new one with "
         "`vaultproxy agent rotate NAME`",
+    )
+
+
+class UpstreamTimeout(VaultproxyError):
+    """``[proxy] connect_timeout`` / ``response_timeout`` / ``idle_timeout`` ran out."""
+
+    status, code, public = 504, "upstream_timeout", "the upstream did not answer in time"
+
+
+class Overloaded(VaultproxyError):
+    """Out of file descriptors: a new connection is refused at once, never queued."""
+
+    status, code, public = 503, "overloaded", (
+        "vaultproxy is out of file descriptors or connections; retry shortly"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -131,9 +132,11 @@ class ProxyProcess:
     def start(
         cls, home: ProxyHome, *, locked: bool = False, args: tuple[str, ...] = (),
         user: tuple[int, int] | None = None, env: dict[str, str] | None = None,
+        nofile: int | None = None,
     ) -> ProxyProcess:
         """``user`` = (uid, gid), ``env``: run the proxy as another user (tests as a non-root
-        operator)."""
+        operator). ``nofile``: start it with RLIMIT_NOFILE at that many descriptors (as
+        `ulimit -n`)."""
         log = home.path.parent / f"proxy-{time.monotonic_ns()}.log"
         run_json = home.path / "run.json"
         if run_json.exists():
@@ -154,9 +157,14 @@ class ProxyProcess:
         if not locked:
             cmd += ["--password-file", str(home.password_file)]
         f = open(log, "wb")  # noqa: SIM115 - closed by the process lifetime
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         proc = subprocess.Popen(
             cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
+            preexec_fn=limit if nofile is not None else None,  # noqa: PLW1509
             **({"user": user[0], "group": user[1], "extra_groups": []} if user else {}),
         )
         self = cls(home, proc, log)

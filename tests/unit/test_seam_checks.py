@@ -4,13 +4,15 @@ line. Twins: with every symbol present, both are quiet."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from mitmproxy.proxy import mode_servers
 from mitmproxy.proxy.layers.http import _http1
 from OpenSSL import SSL
 
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.seam import defences, openssl, reuseport
+from vaultproxy.seam import defences, listener, openssl
 from vaultproxy.seam.need import EngineMismatch
 
 
@@ -67,11 +69,10 @@ def test_the_keylog_guard_symbol_is_required(monkeypatch: pytest.MonkeyPatch) ->
         defences.keylog_active()
 
 
-def test_reuseport_without_its_symbol_asks_for_one_worker(
+def test_the_shared_listener_without_its_symbol_refuses_to_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(reuseport, "_enabled", False)
     monkeypatch.delattr(mode_servers, "RegularInstance")
-    with pytest.raises(VaultproxyError, match="--workers 1"):
-        reuseport.enable()
-    assert reuseport._enabled is False
+    with socket.socket() as s, pytest.raises(VaultproxyError, match="listening socket"):
+        listener.use(s)
+    assert listener._sock is None

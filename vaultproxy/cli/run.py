@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--admin-listen", default=DEFAULT_ADMIN, metavar="HOST:PORT",
                    help=f"admin API listen address (default {DEFAULT_ADMIN})")
     p.add_argument("--workers", default="1", metavar="N",
-                   help="proxy processes sharing the port (SO_REUSEPORT); default 1; "
+                   help="proxy processes sharing one listening socket; default 1; "
                         "auto = one per CPU (each costs ~100 MiB and holds the unlocked "
                         "secrets)")
     p.add_argument("--mtls-listen", default=None, metavar="HOST:PORT",

@@ -55,6 +55,7 @@ AuthType = Literal[
 Surface = Literal["auth", "header", "query", "path", "body"]
 Egress = Literal["passthrough", "block"]
 MAX_BODY_MB = (1, 4096)
+TIMEOUT_SECONDS = (0.1, 86400)
 
 # What each opt-in surface lets the agent do, for the SECURITY line logged at every start.
 SURFACE_RISKS = {
@@ -259,6 +260,19 @@ class ProxySettings(Model):
     passthrough_allow: StrList = ()
     max_body_mb: int = 32
     require_agent_auth: StrictBool = False
+    # Upstream deadlines, in seconds (SPEC §4): TCP + TLS; until the response head (long:
+    # model APIs think); no byte either way once the response streams.
+    connect_timeout: float = 10
+    response_timeout: float = 600
+    idle_timeout: float = 300
+
+    @field_validator("connect_timeout", "response_timeout", "idle_timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> object:
+        lo, hi = TIMEOUT_SECONDS
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise Problems.one(f"must be a number of seconds from {lo} to {hi}")
+        return value
 
     @field_validator("egress", mode="before")
     @classmethod

@@ -5,11 +5,13 @@ The payload carries keystore plaintext (supervisor -> worker) or a copy of one a
 (worker -> supervisor); it is read into a ``bytearray`` so the receiver can wipe it. Nothing
 here logs a header or a payload.
 
-Supervisor -> worker: ``init`` (home, confdir, listen, state), ``state`` (the whole state
+Supervisor -> worker: ``init`` (home, confdir, listen, ``listen_fd`` -- the shared listening
+socket, inherited at spawn -- and the state), ``state`` (the whole state
 again after any change), ``ping`` (answered by ``pong`` once everything before it is applied),
 ``stop`` (drain and exit).
 Worker -> supervisor: ``ready``, ``pong`` (with the worker's audit counters), ``audit``
-(payload: one JSON line the worker already wrote to ``audit.jsonl``, for ``/metrics``),
+(``ok``: whether its write worked; payload: the JSON line the worker wrote to
+``audit.jsonl``, for ``/metrics``, or none for a ``forward`` record, only counted),
 ``audit_state`` (its audit counters, when its audit health changes and at exit).
 Worker -> supervisor: ``ready``, ``pong``, ``audit`` (payload: one JSON line).
 Minted tokens (engine/tokens.py): worker -> supervisor ``mint``, answered by ``minted``

@@ -5,7 +5,7 @@ An isolated agent has its own network namespace; its only way out is this socket
 socket lives in the 0700 home, is 0600, and every connection's SO_PEERCRED uid must equal
 ours (checked before any byte is read, like ``admin.sock``). An accepted connection is
 relayed byte for byte to the proxy's own TCP listener on loopback, so it goes through
-exactly the stages (and, with ``--workers N``, the SO_REUSEPORT worker processes) a TCP
+exactly the stages (and, with ``--workers N``, every worker process) a TCP
 client does. Only the supervisor serves it.
 """
 

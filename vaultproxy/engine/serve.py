@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass
 
 from vaultproxy import __version__
@@ -21,7 +22,7 @@ from vaultproxy.ca import CA
 from vaultproxy.ca.constraints import home_warnings as constraint_warnings
 from vaultproxy.ca.constraints import registered_hosts
 from vaultproxy.config.models import SURFACE_RISKS
-from vaultproxy.engine import proxy_socket, reuseport, stale
+from vaultproxy.engine import listener, proxy_socket, stale
 from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.engine.master import (
     DRAIN_SECONDS,
@@ -34,7 +35,7 @@ from vaultproxy.engine.master import (
 )
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
-from vaultproxy.seam import reuseport as seam_reuseport
+from vaultproxy.seam import listener as seam_listener
 from vaultproxy.state import Live, ProxyState
 from vaultproxy.sync.run import source_warnings
 
@@ -191,10 +192,21 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     admin.bind()  # before the proxy serves, so its address is an own listener from the start
     if admin.address is not None:
         state.set_own_listeners(frozenset({admin.address}))
-    listen = opts.listen
-    if opts.workers > 1:
-        seam_reuseport.enable()
-        listen = (listen[0], reuseport.probe(*listen))
+    # One listening socket, bound here once; every worker accepts from it (engine/listener.py)
+    sock = listener.bind(*opts.listen)
+    try:
+        return await _serve_on(state, ca, opts, live, admin, sock)
+    finally:
+        seam_listener.release()
+        sock.close()
+
+
+async def _serve_on(
+    state: ProxyState, ca: CA, opts: ServeOptions, live: Live, admin: AdminServer,
+    sock: socket.socket,
+) -> int:
+    seam_listener.use(sock)
+    listen = (opts.listen[0], int(sock.getsockname()[1]))
     await admin.start()
     serving = asyncio.Event()  # set when announced: no connection is served before
     m = build_master(live, opts.confdir, listen, serving, opts.mtls)
@@ -226,7 +238,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
 
         if opts.workers > 1:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
-                                    listen=addrs[0])
+                                    listen=addrs[0], sock=sock)
             supervisor.on_pids_changed = announce
             supervisor.on_audit_line = audit_sinks.offer
             audit_status.set_peers(supervisor.audit_stats)

@@ -30,6 +30,7 @@ from vaultproxy.config.models import Service
 from vaultproxy.engine.channel import frame
 from vaultproxy.errors import TokenUnavailable, VaultproxyError, error_response
 from vaultproxy.keystore.crypto import wipe
+from vaultproxy.mint.backoff import MINT_TIMEOUT
 from vaultproxy.mint.base import Minted
 from vaultproxy.mint.cache import Issued, failed
 from vaultproxy.secret import Secret
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ASK_TIMEOUT = 60.0  # a mint the supervisor has not answered by then fails the request
+# The supervisor's mint is bounded by MINT_TIMEOUT (mint/backoff.py); a worker waits a little
+# longer for its answer, so the agent's wait has one bound whichever process serves it.
+ASK_TIMEOUT = MINT_TIMEOUT + 5.0
 
 
 class RemoteError(VaultproxyError):
@@ -108,6 +111,13 @@ class RemoteTokens:
             raise failed(service, TimeoutError("the supervisor did not answer")) from None
         finally:
             self._answers.pop(n, None)
+
+    def abandon(self) -> None:
+        """The supervisor is gone: every request waiting for a token is answered now
+        (``502 token_unavailable``), not left to be cancelled at exit."""
+        for waiter in self._answers.values():
+            if not waiter.done():
+                waiter.set_exception(TokenUnavailable("the proxy is shutting down"))
 
     def answer(self, header: dict[str, Any], payload: bytearray) -> None:
         """A ``minted`` frame from the supervisor (called by the worker's channel reader)."""

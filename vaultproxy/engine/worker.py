@@ -2,16 +2,18 @@
 
 Started by the supervisor as ``python -m vaultproxy.engine.worker FD``, where FD is its end
 of a private socketpair. It receives its whole configuration and state over that channel
-(never argv or environment), serves the proxy port with SO_REUSEPORT through the same stage
-chain as the supervisor, forwards audit records, and applies state changes in order. It has
-no admin listener and ignores SIGINT/SIGHUP (the supervisor handles those); SIGTERM or a
-``stop`` message drains and exits 0; a closed channel (supervisor gone) locks and exits 1.
+(never argv or environment), accepts from the listening socket the supervisor bound and
+passed down (engine/listener.py) through the same stage chain as the supervisor, forwards
+audit records, and applies state changes in order. It has no admin listener and ignores
+SIGINT/SIGHUP (the supervisor handles those); SIGTERM or a ``stop`` message drains and exits
+0; a closed channel (supervisor gone) locks and exits 1.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import resource
@@ -31,7 +33,7 @@ from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
-from vaultproxy.seam import reuseport as seam_reuseport
+from vaultproxy.seam import listener as seam_listener
 from vaultproxy.state import Live, ProxyState
 
 logger = logging.getLogger("vaultproxy.worker")
@@ -104,12 +106,15 @@ async def orphaned(m: Any, state: ProxyState) -> None:
                  "%d in-flight request(s) and exits", state.inflight)
     m.options.update(server=False)
     state.lock()
+    if isinstance(state.tokens, RemoteTokens):
+        state.tokens.abandon()  # no one will answer a token request any more
     await drain(m, state, ORPHAN_DRAIN_SECONDS)
     m.shutdown()
 
 
 async def run(fd: int) -> int:
     loop = asyncio.get_running_loop()
+    os.set_inheritable(fd, False)  # nothing this worker might start gets the channel
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     try:
@@ -126,7 +131,10 @@ async def run(fd: int) -> int:
         writer.write, lambda: float(state.registry.config.approvals.hold_seconds))
     apply_state(state, header, payload)
     live = Live(state)
-    seam_reuseport.enable()
+    listen_fd = header.get("listen_fd")
+    if isinstance(listen_fd, int):
+        os.set_inheritable(listen_fd, False)
+        seam_listener.use(socket.socket(fileno=listen_fd))
     host, port = header["listen"]
     serving = asyncio.Event()  # set by the supervisor's "serve" once the run is announced
     m = build_master(live, header["confdir"], (str(host), int(port)), serving)
@@ -146,6 +154,8 @@ async def run(fd: int) -> int:
             return 1
         if follower.done() and follower.result() == "eof":
             await orphaned(m, state)
+            with contextlib.suppress(asyncio.CancelledError):
+                await master_task  # a clean exit: nothing left for asyncio.run to cancel
             return 1
         await drain(m, state, DRAIN_SECONDS)
         m.shutdown()
@@ -171,6 +181,8 @@ def main(argv: list[str]) -> int:
     nodump.disable()  # execve made us dumpable again
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # `kill -USR1 PID` prints where a wedged worker is (its Python stacks) to the proxy log.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logfilter.install()
     if len(argv) != 2 or not argv[1].isdigit():

@@ -27,12 +27,6 @@ class WorkerAudit(AuditLog):
         self._writer = writer
         self._loop = loop
         self._reported_healthy = True
-        # Every line written (``record`` and ``ahead``) also goes to the supervisor, which
-        # counts it and feeds the audit sinks (vaultproxy/sinks/hub.py).
-        self.taps.append(self._forward)
-
-    def _forward(self, line: str) -> None:
-        self._post(frame({"op": "audit"}, line.encode()))
 
     def record(self, event: AuditEvent) -> bool:
         ok = super().record(event)
@@ -41,7 +35,7 @@ class WorkerAudit(AuditLog):
 
     def ahead(self, event: AuditEvent) -> bool:
         ok = super().ahead(event)
-        self._post(b"")
+        self._post(frame({"op": "audit", "ok": ok}))  # counted only (no line: not a flow)
         return ok
 
     def report(self) -> dict[str, Any]:

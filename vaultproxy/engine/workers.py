@@ -3,8 +3,9 @@
 The process started by ``vaultproxy run`` is worker 0 *and* the supervisor: it serves proxy
 traffic like a single-process run, and it alone holds the admin API, ``run.json``, the audit
 file and the signals. It starts N-1 more worker processes (``python -m
-vaultproxy.engine.worker``) that bind the same proxy address with SO_REUSEPORT
-(engine/reuseport.py); the kernel spreads new connections across all N.
+vaultproxy.engine.worker``) that accept from the same listening socket, bound once here and
+passed to each worker at spawn (engine/listener.py): one accept queue, so a stopped or wedged
+worker strands no new connection, and nothing else can join the port.
 
 Coherence, over one private socketpair per worker (engine/channel.py):
 
@@ -17,6 +18,12 @@ Coherence, over one private socketpair per worker (engine/channel.py):
 - Audit: workers send each record to the supervisor, the only writer of ``audit.jsonl``;
   ``GET /v1/audit`` and ``/metrics`` run the same barrier first, so a request answered by a
   worker is in the audit before the admin API reads it.
+- Heartbeat: every ``HEARTBEAT_INTERVAL`` the supervisor pings each worker; one that has not
+  answered for ``HEARTBEAT_DEADLINE`` (wedged, or stopped with SIGSTOP) is replaced: a new
+  worker starts in its slot at once, the old one is continued and asked to drain, and killed
+  if it has not exited after ``DRAIN_SECONDS``. Each step is logged. The barrier never waits
+  on a stopped worker: it is killed at once (it cannot confirm the new state, and it must not
+  serve a connection under the old one when continued).
 - Lifetime: a worker that exits unexpectedly is restarted (at most ``MAX_RESTARTS`` per
   ``RESTART_WINDOW`` per slot); a worker whose channel closes (supervisor gone) locks and
   exits at once. SIGTERM to the supervisor sends ``stop`` to every worker: each drains its
@@ -58,6 +65,9 @@ SETTLE_TIMEOUT = 10.0
 RESTART_WINDOW = 60.0
 MAX_RESTARTS = 5
 MAX_WORKERS = 64
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_DEADLINE = 5.0  # no pong for this long: the worker is replaced
+RETIRE_SECONDS = 12.0  # a replaced worker's time to drain (DRAIN_SECONDS + margin), then kill
 
 
 def default_workers() -> int:
@@ -80,6 +90,12 @@ class _Worker:
     cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     task: asyncio.Task[None] | None = None
     audit: dict[str, Any] | None = None  # its audit counters, as last reported
+    last_pong: float = field(default_factory=time.monotonic)
+    last_ping: float = 0.0  # when the heartbeat last pinged it
+    missed: int = 0  # heartbeat rounds in a row without an answer
+    retiring: bool = False  # replaced (heartbeat, barrier): not waited on, not restarted
+    written: int = 0  # audit records it sent as written (its "written", counted here)
+    gone: bool = False  # exited; its counters are in the supervisor's ``_gone_audit``
 
     def send(self, data: bytes) -> None:
         if self.alive and not self.writer.is_closing():
@@ -92,9 +108,11 @@ class _Worker:
 
 class Supervisor:
     def __init__(
-        self, state: ProxyState, *, count: int, confdir: str, listen: tuple[str, int]
+        self, state: ProxyState, *, count: int, confdir: str, listen: tuple[str, int],
+        sock: socket.socket | None = None,
     ) -> None:
         self.state = state
+        self.sock = sock  # the shared listening socket (engine/listener.py)
         self.count = count
         self.confdir = confdir
         self.listen = listen
@@ -110,6 +128,9 @@ class Supervisor:
         self._gone_audit: list[dict[str, Any]] = []  # last counters of exited workers
         self._serving = False
         self.access = AccessServer(state.access_desk)  # SPEC §10: the desk lives here
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._retired: set[_Worker] = set()  # replaced, still draining or being killed
+        self._follows: set[asyncio.Task[None]] = set()
 
     def serve(self) -> None:
         """The run is announced: every worker starts serving (a replacement does at once)."""
@@ -118,8 +139,11 @@ class Supervisor:
             w.send(frame({"op": "serve"}))
 
     def audit_stats(self) -> list[dict[str, Any]]:
-        """Every worker's audit counters (exited ones included), as they last reported."""
-        live = [w.audit for w in self.workers.values() if w.audit is not None]
+        """Every worker's audit counters (exited ones included), as they last reported --
+        ``written`` never below the records the supervisor itself received from it, so a
+        worker killed between two reports takes none of its count with it."""
+        procs = [w for w in {*self.workers.values(), *self._retired} if not w.gone]
+        live = [_counted(w) for w in procs if w.audit is not None or w.written]
         return self._gone_audit + live
 
     # -- start / stop ---------------------------------------------------------------------
@@ -133,6 +157,7 @@ class Supervisor:
         except BaseException:
             await self.stop(timeout=2.0)
             raise
+        self._heartbeat = asyncio.create_task(self._beat())
 
     def pids(self) -> list[int]:
         return [w.proc.pid for _, w in sorted(self.workers.items()) if w.alive]
@@ -140,9 +165,16 @@ class Supervisor:
     async def stop(self, timeout: float) -> None:
         """Ask every worker to drain and exit; kill what is left after ``timeout``."""
         self._stopping = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         for task in list(self._respawns):
             task.cancel()
-        workers = list(self.workers.values())
+        workers = list(self.workers.values()) + [w for w in self._retiring_workers()
+                                                  if w not in self.workers.values()]
+        for w in workers:
+            if w.retiring:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.proc.pid, signal.SIGCONT)
         bye = frame({"op": "stop"})
         for w in workers:
             w.send(bye)
@@ -209,8 +241,17 @@ class Supervisor:
             w.send(data)
 
     async def barrier(self) -> None:
-        """Return once every live worker has applied everything sent so far."""
-        targets = [w for w in self.workers.values() if w.alive]
+        """Return once every live worker has applied everything sent so far (a stopped one is
+        replaced instead: it cannot confirm, and must not serve under the old state)."""
+        targets = []
+        for w in list(self.workers.values()):
+            if not w.alive or w.retiring:
+                continue
+            if proc_stopped(w.proc.pid):
+                self._replace(w, "is stopped (SIGSTOP?) and cannot take the new state",
+                              drain=False)
+                continue
+            targets.append(w)
         if not targets:
             return
         self._seq += 1
@@ -221,8 +262,20 @@ class Supervisor:
         await asyncio.gather(*(self._await_ack(w, n) for w in targets))
 
     async def _await_ack(self, w: _Worker, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_TIMEOUT
         try:
-            await asyncio.wait_for(w.wait_acked(n), SETTLE_TIMEOUT)
+            while True:
+                try:
+                    await asyncio.wait_for(w.wait_acked(n), 0.25)
+                    return
+                except TimeoutError:
+                    if proc_stopped(w.proc.pid):  # stopped while we wait: never block on it
+                        self._replace(w, "is stopped (SIGSTOP?) and cannot take the new state",
+                                      drain=False)
+                        return
+                    if loop.time() >= deadline:
+                        raise
         except TimeoutError:
             logger.error(
                 "worker %d (pid %d) did not confirm the new state within %.0f s; killing it",
@@ -238,10 +291,12 @@ class Supervisor:
         try:
             child_fd = child.fileno()
             os.set_inheritable(child_fd, True)
+            # the shared listening socket: inherited by this worker only (pass_fds)
+            fds = (child_fd,) if self.sock is None else (child_fd, self.sock.fileno())
             env = {k: v for k, v in os.environ.items() if k != "VAULTPROXY_PASSWORD_FILE"}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "vaultproxy.engine.worker", str(child_fd),
-                pass_fds=(child_fd,), start_new_session=True, env=env,
+                pass_fds=fds, start_new_session=True, env=env,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         except BaseException:
@@ -257,8 +312,11 @@ class Supervisor:
         w.send(self._state_frame({
             "op": "init", "slot": slot, "home": home, "confdir": self.confdir,
             "listen": list(self.listen),
+            "listen_fd": self.sock.fileno() if self.sock is not None else None,
         }))
         w.task = asyncio.create_task(self._follow(w))
+        self._follows.add(w.task)  # held until it ends, whatever becomes of ``w``
+        w.task.add_done_callback(self._follows.discard)
         if self._serving and self.on_pids_changed is not None:
             self.on_pids_changed()  # a replacement: its pid is listed from its first moment
         try:
@@ -279,7 +337,9 @@ class Supervisor:
                 header, payload = await read_frame(w.reader)
                 op = header["op"]
                 if op == "audit":
-                    self._audit(payload, w.proc.pid)
+                    w.written += bool(header.get("ok", True))
+                    if payload:
+                        self._audit(payload, w.proc.pid)
                 elif op == "mint":  # a minted token (engine/tokens.py): the supervisor owns them
                     spawn_serve(self.state, w.send, header)
                 elif op == "access":  # approvals, grants, rate limits (access_channel.py)
@@ -288,10 +348,12 @@ class Supervisor:
                     if isinstance(header.get("audit"), dict):
                         w.audit = header["audit"]
                 if op == "pong":
+                    w.last_pong = time.monotonic()
                     async with w.cond:
                         w.acked = max(w.acked, int(header.get("n", 0)))
                         w.cond.notify_all()
                 elif op == "ready" and not w.ready.done():
+                    w.last_pong = time.monotonic()
                     w.ready.set_result(None)
         except ChannelClosed:
             pass
@@ -302,8 +364,9 @@ class Supervisor:
             self.access.cancel_for(w.slot)  # its held requests are gone; decisions stay
             w.writer.close()
             rc = await w.proc.wait()
-            if w.audit is not None:
-                self._gone_audit.append(w.audit)
+            if w.audit is not None or w.written:
+                self._gone_audit.append(_counted(w))
+            w.gone = True
             if self.workers.get(w.slot) is w:
                 del self.workers[w.slot]
             self._exited(w, rc)
@@ -313,35 +376,109 @@ class Supervisor:
             w.ready.set_exception(
                 VaultproxyError(f"worker {w.slot} exited during start-up ({_describe(rc)})")
             )
+            w.ready.exception()  # retrieved: _spawn may have stopped waiting (its timeout)
             return
         if self._stopping:
+            return
+        if w.retiring:
+            logger.warning("replaced worker %d (pid %d) exited (%s)", w.slot, w.proc.pid,
+                           _describe(rc))
             return
         logger.warning("worker %d (pid %d) exited (%s); restarting it", w.slot, w.proc.pid,
                        _describe(rc))
         if self.on_pids_changed is not None:
             self.on_pids_changed()
+        self._restart(w.slot, 0.2)
+
+    def _restart(self, slot: int, delay: float) -> None:
+        """Start a worker in ``slot`` after ``delay`` (at most MAX_RESTARTS per window)."""
         now = time.monotonic()
-        recent = self._restarts.setdefault(w.slot, deque())
+        recent = self._restarts.setdefault(slot, deque())
         while recent and now - recent[0] > RESTART_WINDOW:
             recent.popleft()
         if len(recent) >= MAX_RESTARTS:
             logger.error("worker %d exited %d times in %.0f s; not restarting it",
-                         w.slot, len(recent), RESTART_WINDOW)
+                         slot, len(recent), RESTART_WINDOW)
             return
         recent.append(now)
-        task = asyncio.create_task(self._respawn(w.slot))
+        task = asyncio.create_task(self._respawn(slot, delay))
         self._respawns.add(task)
         task.add_done_callback(self._respawns.discard)
 
-    async def _respawn(self, slot: int) -> None:
-        await asyncio.sleep(0.2)
+    async def _respawn(self, slot: int, delay: float = 0.2) -> None:
+        await asyncio.sleep(delay)
+        current = self.workers.get(slot)
+        if current is not None and current.alive and not current.retiring:
+            return  # another start already filled the slot: never orphan a live worker
         try:
             await self._spawn(slot)
         except VaultproxyError as e:
-            logger.error("restarting worker %d failed: %s", slot, e)
+            logger.error("restarting worker %d failed: %s; trying again in 5 s", slot, e)
+            if not self._stopping:
+                self._restart(slot, 5.0)  # never leave the slot empty for good
             return
         if self.on_pids_changed is not None:
             self.on_pids_changed()
+
+    # -- heartbeat and replacement --------------------------------------------------------
+    async def _beat(self) -> None:
+        """Ping each worker every HEARTBEAT_INTERVAL; replace one silent for the deadline.
+        Counted in rounds too: a supervisor that was itself held up (a busy or stopped
+        event loop) does not take its own lateness for its workers' silence."""
+        ping = frame({"op": "ping", "n": 0})
+        while not self._stopping:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            now = time.monotonic()
+            for w in list(self.workers.values()):
+                if not w.alive or w.retiring:
+                    continue
+                if not w.ready.done():  # starting: only a stop is worth acting on early
+                    if proc_stopped(w.proc.pid):
+                        self._replace(w, "was stopped during start-up", drain=False)
+                    continue
+                w.missed = w.missed + 1 if w.last_pong < w.last_ping else 0
+                silent = now - w.last_pong
+                if silent > HEARTBEAT_DEADLINE and w.missed * HEARTBEAT_INTERVAL >= \
+                        HEARTBEAT_DEADLINE:
+                    how = "is stopped" if proc_stopped(w.proc.pid) else "is not responding"
+                    self._replace(w, f"{how}: no heartbeat answer for {silent:.1f} s",
+                                  drain=True)
+                else:
+                    w.last_ping = now
+                    w.send(ping)
+
+    def _replace(self, w: _Worker, why: str, *, drain: bool) -> None:
+        """Start a new worker in ``w``'s slot now; drain (or kill) ``w`` in the background."""
+        w.retiring = True
+        logger.error("worker %d (pid %d) %s; replacing it (%s)", w.slot, w.proc.pid, why,
+                     "the old one drains first" if drain else "killed")
+        self._retired.add(w)
+        task = asyncio.create_task(self._retire(w, drain))
+        self._respawns.add(task)
+        task.add_done_callback(self._respawns.discard)
+        if not self._stopping:
+            self._restart(w.slot, 0.0)
+
+    async def _retire(self, w: _Worker, drain: bool) -> None:
+        try:
+            if drain:
+                w.send(frame({"op": "stop"}))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.proc.pid, signal.SIGCONT)
+                try:
+                    await asyncio.wait_for(asyncio.shield(w.proc.wait()), RETIRE_SECONDS)
+                    return
+                except TimeoutError:
+                    logger.error("replaced worker %d (pid %d) did not drain in %.0f s; "
+                                 "killing it", w.slot, w.proc.pid, RETIRE_SECONDS)
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.kill()
+            await w.proc.wait()
+        finally:
+            self._retired.discard(w)
+
+    def _retiring_workers(self) -> list[_Worker]:
+        return list(self._retired)
 
     def _audit(self, payload: bytearray, pid: int) -> None:
         # The worker wrote the record to audit.jsonl itself (engine/worker_audit.py); the
@@ -356,6 +493,24 @@ class Supervisor:
             metrics.observed(AuditEvent(**json.loads(line)))
         except Exception:  # noqa: BLE001, S110 - metrics must never break the audit path
             pass
+
+
+def _counted(w: _Worker) -> dict[str, Any]:
+    stats = dict(w.audit or {"written": 0, "failed": 0, "dropped": 0, "pending": 0,
+                             "healthy": True})
+    stats["written"] = max(int(stats.get("written", 0)), w.written)
+    return stats
+
+
+def proc_stopped(pid: int) -> bool:
+    """Is ``pid`` in a stop state (SIGSTOP/SIGTSTP, or a tracer's)? Linux /proc only."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    fields = stat[stat.rfind(b")") + 2:].split(b" ", 1)
+    return bool(fields) and fields[0] in (b"T", b"t")
 
 
 def _describe(rc: int) -> str:

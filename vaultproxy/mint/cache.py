@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from vaultproxy.config.models import Service
 from vaultproxy.config.refs import is_ref
 from vaultproxy.errors import KeystoreError, TokenUnavailable, VaultproxyError
+from vaultproxy.mint.backoff import MINT_TIMEOUT, Backoff
 from vaultproxy.mint.base import MINTERS, MintContext, Minted, MintFailed
 from vaultproxy.mint.transport import post_for
 from vaultproxy.outbound import UpstreamClients
@@ -122,11 +123,13 @@ class TokenCache:
         self._gen = itertools.count(1)
         self._epoch = 0  # bumped by clear(): a mint started before it is not kept
         self.exchanges = 0  # mints attempted (for tests and /metrics-like introspection)
+        self.backoff = Backoff(time.monotonic)  # a failing endpoint (mint/backoff.py)
 
     def clear(self) -> None:
         """Forget every token (a reload, or the keystore was locked). Rotated fields not yet
         on disk are kept unless locked: they may be the only valid refresh token."""
         self._epoch += 1
+        self.backoff.clear()
         self._tokens.clear()
         self._refused.clear()
         if self.state.locked:
@@ -154,7 +157,11 @@ class TokenCache:
             issued = await asyncio.shield(pending)
             return replace(issued, source="cached")
         previous = current.minted if current is not None else self._refused.get(name)
-        task = asyncio.ensure_future(self._mint(service, previous))
+        left = self.backoff.wait_left(name)
+        if left > 0:
+            raise TokenUnavailable(f"vaultproxy could not obtain a token for service {name}; "
+                                   f"retrying in {left:.1f} s (the proxy log says why)")
+        task = asyncio.ensure_future(self._mint_bounded(service, previous))
         self._inflight[name] = task
         task.add_done_callback(lambda t: self._done(name, t))
         return await asyncio.shield(task)
@@ -164,6 +171,23 @@ class TokenCache:
             del self._inflight[name]
         if not task.cancelled():
             task.exception()  # retrieved: a failure reaches every waiter, not the loop's log
+
+    async def _mint_bounded(self, service: Service, previous: Minted | None) -> Issued:
+        """One mint, bounded by MINT_TIMEOUT; a failure starts (or extends) the backoff."""
+        bound = min(MINT_TIMEOUT, self.state.snapshot.registry.config.proxy.response_timeout)
+        try:
+            issued = await asyncio.wait_for(self._mint(service, previous), bound)
+        except TimeoutError:
+            pause = self.backoff.failed(service.name)
+            raise failed(service, TimeoutError(
+                f"the token endpoint did not answer within {bound:g} s; next "
+                f"attempt in {pause:.1f} s")) from None
+        except TokenUnavailable:
+            pause = self.backoff.failed(service.name)
+            logger.warning("service %s: next token attempt in %.1f s", service.name, pause)
+            raise
+        self.backoff.succeeded(service.name)
+        return issued
 
     async def _mint(self, service: Service, previous: Minted | None) -> Issued:
         epoch = self._epoch

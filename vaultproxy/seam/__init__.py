@@ -4,7 +4,8 @@
   upstream names to be verified. A missing symbol refuses start-up (``EngineMismatch``).
 * ``speed`` (and ``dispatch``): cheaper hook dispatch and fewer per-flow checks. A missing
   symbol keeps mitmproxy's stock behaviour, with a WARNING naming it.
-* ``reuseport``: shared listeners for ``--workers N``; missing, only ``--workers 1`` runs.
+* ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
+  loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
 
 mitmproxy is pinned below its next minor in pyproject.toml; nothing outside this package
 touches a private name of mitmproxy or pyOpenSSL.

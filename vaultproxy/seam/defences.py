@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
-from vaultproxy.seam import openssl, refusals
+from vaultproxy.seam import deadlines, openssl, refusals
 from vaultproxy.seam.need import EngineMismatch, need
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def install() -> None:
     _patch_http1_reader()
     _patch_websocket()
     refusals.install()  # requests the HTTP/1 reader refuses are audited as answered
+    deadlines.install()  # every wait on an upstream bounded ([proxy] timeouts)
     openssl.check()
     keylog_active()  # the symbol must exist even when no key log is open
     _installed = True

@@ -1,7 +1,9 @@
 """mitmproxy addon stages, in chain order:
 
     Gate -> Identify -> Route -> Connect -> RequestGate -> Mint -> Inject -> ResponseGate
-    -> Record
+    -> Record -> Deadline
+
+Deadline (last: it only watches) bounds every wait on an upstream.
 
 RequestGate is the last stage before any credential is added: a request it refuses never
 reaches Inject. ResponseGate is the only way back to the agent: every byte an intercepted
@@ -15,6 +17,7 @@ deny response on the flow (mitmproxy itself would log it and carry on down the c
 from __future__ import annotations
 
 from vaultproxy.stages.connect import Connect
+from vaultproxy.stages.deadline import Deadline
 from vaultproxy.stages.gate import Gate
 from vaultproxy.stages.identify import Identify
 from vaultproxy.stages.inject import Inject
@@ -28,12 +31,14 @@ from vaultproxy.stages.runtime import Runtime
 
 def chain(rt: Runtime) -> list[object]:
     """Our stages in the order they must run (before mitmproxy's defaults), sharing ``rt``."""
-    stages = (Identify, Route, Connect, RequestGate, Mint, Inject, ResponseGate, Record)
+    stages = (Identify, Route, Connect, RequestGate, Mint, Inject, ResponseGate, Record,
+              Deadline)
     return [stage(rt) for stage in stages]
 
 
 __all__ = [
     "Connect",
+    "Deadline",
     "Gate",
     "Identify",
     "Inject",

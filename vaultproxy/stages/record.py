@@ -3,18 +3,22 @@ flow's record (its decision and what the stages did); written by audit/canonical
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from mitmproxy import http
 
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.errors import InvalidRequest
+from vaultproxy.errors import InvalidRequest, UpstreamTimeout, classify_engine_error
 from vaultproxy.hostnames import normal_host
-from vaultproxy.seam import refusals
+from vaultproxy.seam import deadlines, refusals
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
 from vaultproxy.stages.runtime import Runtime, Stage
+
+logger = logging.getLogger(__name__)
 
 
 def _record(
@@ -62,10 +66,46 @@ def _record(
     )
 
 
+class EveryInterval:
+    """At most one log line per key per ``interval`` seconds; the next says how many it
+    stood for (a down upstream under load must not become a log line per request)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[object, float] = {}
+        self._quiet: dict[object, int] = {}
+
+    def allow(self, key: object) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._quiet[key] = self._quiet.get(key, 0) + 1
+            return False
+        if len(self._last) > 4096:  # bounded: forget old keys
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+    def since(self, key: object) -> str:
+        n = self._quiet.pop(key, 0)
+        return f" (and {n} more since the last line)" if n else ""
+
+
+def _error_code(flow: http.HTTPFlow) -> tuple[int, str]:
+    """The status and code for a flow that ended in an error (the agent got this answer,
+    or, with a response already under way, its connection closed)."""
+    if deadlines.timed_out(flow.client_conn.id) is not None:
+        return UpstreamTimeout.status, UpstreamTimeout.code
+    message = flow.error.msg if flow.error is not None else ""
+    status, code, _ = classify_engine_error(502, message)
+    return status, code
+
+
 class Record(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         refusals.set_handler(self._refused_head)
+        self._connect_log = EveryInterval(5.0)
 
     def _refused_head(self, client: Any, status: int) -> None:
         """mitmproxy refused a request head it could not parse: no flow, still a record."""
@@ -87,6 +127,21 @@ class Record(Stage):
         denied = record_of(flow).denied
         if denied is not None:
             _record(self.rt, flow, "tunnel_refused", "denied", denied[0])
+
+    @guarded
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT refused after our stages let it through (the dial failed or timed out):
+        the ResponseGate put our error on it; audit and log the code the agent got."""
+        rec = record_of(flow)
+        resp = flow.response
+        if rec.denied is not None or rec.audited or resp is None:
+            return
+        code = resp.headers.get("x-vaultproxy-error", "upstream_unreachable")
+        target = f"{flow.request.host}:{flow.request.port}"
+        if self._connect_log.allow((target, code)):  # the audit has every one
+            logger.warning("CONNECT %s refused: %d %s%s", target, resp.status_code, code,
+                           self._connect_log.since((target, code)))
+        _record(self.rt, flow, "tunnel_refused", "error", code, resp.status_code)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -121,7 +176,8 @@ class Record(Stage):
         if rec.denied is not None:
             _record(self.rt, flow, "request", "denied", rec.denied[0])
         elif rec.service is not None:
-            _record(self.rt, flow, "request", "error", "upstream error")
+            status, code = _error_code(flow)
+            _record(self.rt, flow, "request", "error", code, status)
 
     @guarded
     def websocket_end(self, flow: http.HTTPFlow) -> None:

@@ -231,7 +231,8 @@ class ResponseGate(Stage):
         """A CONNECT mitmproxy itself refused (e.g. the eager dial failed): answer with ours."""
         resp = flow.response
         if resp is not None and "x-vaultproxy-error" not in resp.headers:
-            status, code, public = classify_engine_error(resp.status_code, "cannot connect")
+            why = str(flow.server_conn.error or "cannot connect")  # never echoed
+            status, code, public = classify_engine_error(resp.status_code, why)
             flow.response = error_reply(_Engine(status, code, public))
 
     @guarded
