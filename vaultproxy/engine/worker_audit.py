@@ -35,7 +35,16 @@ class WorkerAudit(AuditLog):
 
     def ahead(self, event: AuditEvent) -> bool:
         ok = super().ahead(event)
-        self._post(frame({"op": "audit", "ok": ok}))  # counted only (no line: not a flow)
+        self._post(b"")
+        return ok
+
+    def _write(self, line: str, *, keep: bool) -> bool:
+        """Every line written or kept (``record`` and ``ahead``) also goes to the supervisor,
+        which counts the written ones (``ok``: /metrics survive this worker's death) and feeds
+        them to the audit sinks (vaultproxy/sinks/hub.py)."""
+        ok = super()._write(line, keep=keep)
+        if ok or keep:
+            self._post(frame({"op": "audit", "ok": ok}, line.encode()))
         return ok
 
     def report(self) -> dict[str, Any]:
