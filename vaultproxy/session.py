@@ -5,17 +5,24 @@ redactors built from its secrets and from what was minted (below). ``lock()`` dr
 all and wipes the keystore's copy. Nothing here reads services.toml: the caller passes the
 snapshot's services in.
 
-Minted credentials (SPEC §4.1): the token cache (mint/cache.py) or a worker's copy of it
-(engine/tokens.py) calls ``add_minted`` with every token, cookie and rotated field it hands
-out, before any request uses it; the service's redactor is rebuilt to redact them too (the
-last ``MINTED_KEPT`` of each service, so a token replaced while a reply is in flight stays
-redacted)."""
+Redaction covers every value for as long as it may be valid (SPEC §5):
+
+* **Minted credentials** (SPEC §4.1): the token cache (mint/cache.py) calls ``add_minted``
+  with every token, cookie value, CSRF token and rotated field a mint produced, and its
+  expiry, before any request uses it (with ``--workers N`` the supervisor pushes the same
+  call to every worker first, engine/tokens.py). Each is redacted until it expires (plus
+  ``EXPIRY_GRACE`` for clock skew; one with no stated expiry, such as a session cookie, until
+  the keystore is locked or the process ends), however many were minted since: a hostile
+  upstream that forces re-mints with 401s cannot push an old, still valid token out.
+* **Retired values**: what a rotation or removal replaced (keystore ``retired``, kept
+  encrypted across restarts), for ``[proxy] retired_redact_days`` (``retired_days`` here).
+"""
 
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from vaultproxy import logfilter
 from vaultproxy.agents import AgentRecord, load_records
@@ -27,7 +34,17 @@ from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.keystore.cached import cached_entry, ref_of
 from vaultproxy.redact import Redactor
 
-MINTED_KEPT = 8
+EXPIRY_GRACE = 300.0  # seconds a minted token stays redacted past its stated expiry
+DAY = 86400.0
+
+
+def retired_owner(secret_name: str) -> str:
+    """The keystore's name for what a service's ``secret`` names (its retired values are
+    filed under it): the entry name, or ``SOURCE:ITEM`` for a synced item."""
+    if is_ref(secret_name):
+        ref = ref_of(secret_name)
+        return f"{ref.source}:{ref.item_key}"
+    return secret_name
 
 
 class Session:
@@ -35,9 +52,12 @@ class Session:
         self.keystore: Keystore | None = None
         self.agents: dict[str, AgentRecord] = {}
         self._redactors: dict[str, Redactor] = {}
-        self._minted: dict[str, deque[bytes]] = {}
+        # service -> {minted value: expires_at (epoch seconds) or None (no stated expiry)}
+        self._minted: dict[str, dict[bytes, float | None]] = {}
         self._version = 0  # bumped by add_minted: a redactor built before it is not kept
         self._lock = threading.Lock()
+        self.retired_days: float = 30.0  # [proxy] retired_redact_days (set by ProxyState)
+        self.clock: Callable[[], float] = time.time
 
     @property
     def locked(self) -> bool:
@@ -82,17 +102,40 @@ class Session:
         with self._lock:
             self._redactors.clear()
 
-    def add_minted(self, service: str, secrets: Iterable[bytes]) -> None:
-        """Redact ``secrets`` (a minted token, cookie, rotated field) in ``service``'s
-        responses from now on."""
+    def add_minted(
+        self, service: str, secrets: Iterable[bytes], expires_at: float | None = None
+    ) -> bool:
+        """Redact ``secrets`` (a minted token, cookie value, CSRF token, rotated field) in
+        ``service``'s responses until ``expires_at`` (None: while unlocked). Values already
+        expired are dropped here. True if anything new was added."""
+        now = self.clock()
         with self._lock:
-            kept = self._minted.setdefault(service, deque(maxlen=MINTED_KEPT))
-            new = [s for s in secrets if len(s) >= 4 and s not in kept]
-            if not new:
-                return
-            kept.extend(new)
-            self._version += 1
-            self._redactors.pop(service, None)
+            kept = self._minted.setdefault(service, {})
+            for value, until in list(kept.items()):
+                if until is not None and until + EXPIRY_GRACE < now:
+                    del kept[value]
+            changed = False
+            for value in secrets:
+                if len(value) < 4:
+                    continue
+                if value in kept:
+                    old = kept[value]
+                    if old is not None and (expires_at is None or expires_at > old):
+                        kept[value] = expires_at  # re-issued: the later expiry wins
+                    continue
+                kept[value] = expires_at
+                changed = True
+            if changed:
+                self._version += 1
+                self._redactors.pop(service, None)
+            return changed
+
+    def minted_values(self) -> list[tuple[str, bytes, float | None]]:
+        """Every minted value still redacted: (service, value, expires_at). A new worker
+        process starts from these (engine/workers.py)."""
+        with self._lock:
+            return [(svc, v, until) for svc, kept in self._minted.items()
+                    for v, until in kept.items()]
 
     def entry_for(self, service: Service) -> Entry:
         ks = self.keystore
@@ -118,8 +161,14 @@ class Session:
         for field_name, secret in entry.fields.items():
             if field_name != "username" and field_name not in public and len(secret) >= 4:
                 pairs.append((secret.reveal(), placeholder))
+        ks = self.keystore
+        if ks is not None and self.retired_days > 0:
+            since = self.clock() - self.retired_days * DAY
+            for value in ks.retired_values(retired_owner(service.secret_name), since):
+                if len(value) >= 4:
+                    pairs.append((value.reveal(), placeholder))
         with self._lock:
-            pairs.extend((s, placeholder) for s in self._minted.get(service.name, ()))
+            pairs.extend((s, placeholder) for s in self._minted.get(service.name, {}))
         return pairs
 
     def redactor_for(self, service: Service) -> Redactor | None:

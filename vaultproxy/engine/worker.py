@@ -25,7 +25,7 @@ from vaultproxy import logfilter
 from vaultproxy.engine import nodump
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
-from vaultproxy.engine.tokens import RemoteTokens, deliver
+from vaultproxy.engine.tokens import RemoteTokens, apply_redact, deliver
 from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
@@ -70,6 +70,9 @@ async def _follow(
                 apply_state(state, header, payload)
             elif op == "minted":  # the supervisor's answer to our "mint" (engine/tokens.py)
                 deliver(state, header, payload)
+                continue
+            elif op == "redact":  # minted values to redact, pushed before anyone uses them
+                apply_redact(state, payload)
                 continue
             elif op == "stop":
                 return "stop"

@@ -45,7 +45,7 @@ from typing import Any
 
 from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
-from vaultproxy.engine.tokens import spawn_serve
+from vaultproxy.engine.tokens import redact_frame, spawn_serve
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.keystore.crypto import wipe
 from vaultproxy.state import ProxyState
@@ -124,6 +124,7 @@ class Supervisor:
         self._loop = asyncio.get_running_loop()
         self.state.on_change.append(self._on_change)
         self.state.barrier = self.barrier
+        self.state.minted_push = self.push_minted
         try:
             await asyncio.gather(*(self._spawn(slot) for slot in range(1, self.count)))
         except BaseException:
@@ -161,6 +162,7 @@ class Supervisor:
         with contextlib.suppress(ValueError):
             self.state.on_change.remove(self._on_change)
         self.state.barrier = None
+        self.state.minted_push = None
 
     # -- state changes and the barrier ----------------------------------------------------
     def _on_change(self) -> None:
@@ -203,6 +205,17 @@ class Supervisor:
         data = self._state_frame({"op": "state"})
         for w in list(self.workers.values()):
             w.send(data)
+
+    async def push_minted(
+        self, service: str, values: list[bytes], expires_at: float | None
+    ) -> None:
+        """Every live worker redacts ``values`` before this returns (engine/tokens.py)."""
+        if not values or not any(w.alive for w in self.workers.values()):
+            return
+        data = redact_frame([(service, v, expires_at) for v in values])
+        for w in list(self.workers.values()):
+            w.send(data)
+        await self.barrier()
 
     async def barrier(self) -> None:
         """Return once every live worker has applied everything sent so far."""
@@ -254,6 +267,9 @@ class Supervisor:
             "op": "init", "slot": slot, "home": home, "confdir": self.confdir,
             "listen": list(self.listen),
         }))
+        minted = self.state.session.minted_values()
+        if minted:  # before it serves: every token minted so far (engine/tokens.py)
+            w.send(redact_frame(minted))
         w.task = asyncio.create_task(self._follow(w))
         if self._serving and self.on_pids_changed is not None:
             self.on_pids_changed()  # a replacement: its pid is listed from its first moment

@@ -6,7 +6,8 @@ What reaches the agent, and where this gate handles it:
 ========================  ================================================================
 status line               ``responseheaders``: the reason phrase is replaced by the
                           standard one for the code (the upstream's own text is dropped)
-headers                   ``responseheaders``: every field redacted, ``Set-Cookie`` dropped
+headers                   ``responseheaders``: every field redacted, ``Set-Cookie`` dropped;
+                          a folded (obs-fold) field is ``502 upstream_protocol``
 1xx (not 101)             dropped by the engine seam before mitmproxy parses them
 101                       ``responseheaders``: only a WebSocket upgrade the agent asked for;
                           anything else is ``502 upgrade_refused`` (and raw TCP is off)
@@ -46,7 +47,14 @@ from vaultproxy.errors import (
     VaultproxyError,
     classify_engine_error,
 )
-from vaultproxy.redact import Redactor, drop_set_cookie, gate_head, redact_headers, stream_filter
+from vaultproxy.redact import (
+    Redactor,
+    drop_set_cookie,
+    gate_head,
+    redact_headers,
+    refuse_folded,
+    stream_filter,
+)
 from vaultproxy.seam import defences
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import error_reply, guarded
@@ -174,6 +182,7 @@ class ResponseGate(Stage):
             raise UnscannableResponse("the keystore was locked while the request was in flight")
         rec.redactor = redactor
         resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+        refuse_folded(resp.headers)
         if resp.status_code == 101:
             _check_upgrade(flow)
         if resp.http_version in ("HTTP/1.0", "HTTP/1.1"):
@@ -218,6 +227,7 @@ class ResponseGate(Stage):
             if flow.request.http_version.startswith("HTTP/1"):
                 resp.trailers = None  # mitmproxy cannot send trailers to an HTTP/1 agent
             else:
+                refuse_folded(resp.trailers)
                 redactor.redact_headers(resp.trailers)
         encoding, rec.whole = rec.whole, None
         if encoding is not None and rec.denied is None:
@@ -270,6 +280,7 @@ def _gate_resent(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord) -> None:
         raise UnscannableResponse("the keystore was locked while the request was in flight")
     rec.redactor = redactor
     resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+    refuse_folded(resp.headers)
     body, out = resp.raw_content or b"", b""
     if _no_body(flow):
         drop_set_cookie(resp.headers)
