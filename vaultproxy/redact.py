@@ -58,7 +58,7 @@ import regex
 from mitmproxy import http
 
 from vaultproxy.decoding import Decoder, decoder_for
-from vaultproxy.errors import UnscannableResponse, UpstreamProtocol
+from vaultproxy.errors import UnscannableResponse, UpstreamProtocol, VaultproxyError
 
 __all__ = [
     "Redactor",
@@ -417,7 +417,9 @@ def drop_set_cookie(headers: http.Headers) -> None:
 
 
 def stream_filter(
-    redactor: Redactor, decode: Callable[[bytes], bytes] | None
+    redactor: Redactor,
+    decode: Callable[[bytes], bytes] | None,
+    on_error: Callable[[VaultproxyError], None] | None = None,
 ) -> Callable[[bytes], list[bytes]]:
     """A response body's filter, chunk by chunk: decode, redact, and never emit an empty chunk
     (``b""`` in: the end of the body, flush). The proxy's ``flow.response.stream`` callable
@@ -426,6 +428,11 @@ def stream_filter(
     mitmproxy sends every returned item as a chunk; on HTTP/1.1 an empty one is written as
     ``0\\r\\n\\r\\n``, the end of a chunked body, which would truncate the response while
     the redactor holds back a possible partial match. So return a list, empty when holding.
+
+    A body that stops decoding (corrupt, trailing bytes, over the size cap) after its head
+    went out: ``on_error`` gets the error (the proxy cuts the connection, so the agent sees
+    an incomplete body, never a complete-looking one) and nothing more is emitted; without
+    ``on_error`` the error is raised.
     """
     feed = redactor.stream()
 
@@ -437,8 +444,20 @@ def stream_filter(
 
         return plain
 
+    failed = False
+
     def decoded(chunk: bytes) -> list[bytes]:
-        data = decode(chunk)
+        nonlocal failed
+        if failed:
+            return []
+        try:
+            data = decode(chunk)
+        except VaultproxyError as e:
+            if on_error is None:
+                raise
+            failed = True
+            on_error(e)
+            return []
         if chunk:
             out = feed(data) if data else b""
         else:

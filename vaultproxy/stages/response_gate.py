@@ -14,7 +14,9 @@ headers                   ``responseheaders``: every field redacted, ``Set-Cooki
 transfer coding           ``responseheaders``: HTTP/1 ``chunked`` only, else
                           ``502 upstream_protocol``
 body                      decoded (``Content-Encoding``; an unknown one is refused) and
-                          redacted, whole (``response``) or streamed (``stream_filter``)
+                          redacted, whole (``response``) or streamed (``stream_filter``);
+                          one that does not decode is ``502 upstream_protocol``, or, once
+                          a streamed head went out, the connection is cut
 trailers                  ``response``: redacted (HTTP/2); HTTP/1 trailers are dropped by the
                           seam, and trailers for an HTTP/1 agent are dropped here
 WebSocket messages        ``websocket_message``: redacted
@@ -33,6 +35,7 @@ without ``Content-Encoding``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import wsproto.events
 from mitmproxy import http
@@ -57,7 +60,7 @@ from vaultproxy.redact import (
 )
 from vaultproxy.seam import defences
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
-from vaultproxy.stages.guard import error_reply, guarded
+from vaultproxy.stages.guard import deny, error_reply, guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 
 logger = logging.getLogger(__name__)
@@ -119,6 +122,18 @@ def _redact_whole(
     if out is not body:
         resp.raw_content = out
         resp.headers["content-length"] = str(len(out))
+
+
+def _cutter(flow: http.HTTPFlow, service: str) -> Callable[[VaultproxyError], None]:
+    """A streamed body that stops decoding after its head went out: the status cannot change
+    any more, so the connection is cut (``deny`` kills a streaming flow) and audited."""
+
+    def cut(err: VaultproxyError) -> None:
+        logger.warning("service %s: the response body stopped decoding mid-stream (%s); "
+                       "connection cut", service, err.code)
+        deny(flow, err)
+
+    return cut
 
 
 def _check_upgrade(flow: http.HTTPFlow) -> None:
@@ -205,7 +220,7 @@ class ResponseGate(Stage):
             # reply is upgraded so the agent is not left with a close-delimited body.
             resp.http_version = "HTTP/1.1"
             resp.headers["transfer-encoding"] = "chunked"
-        resp.stream = stream_filter(redactor, decode)
+        resp.stream = stream_filter(redactor, decode, _cutter(flow, service.name))
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
