@@ -51,6 +51,7 @@ ErrorClassifier = Callable[[int, str], tuple[int, str, str]]
 _classify: ErrorClassifier | None = None
 
 _installed = False
+originals: dict[str, Any] = {}  # what a patch replaced, by name (for the tests' twins)
 
 
 def error_parts(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -225,6 +226,8 @@ def _patch_client_handler() -> None:
     handler_cls = server.ConnectionHandler
     original = need(handler_cls, "handle_connection")
     need(handler_cls, "handle_client")
+
+    originals["handle_connection"] = original
 
     async def handle_connection(self: Any, connection: Any) -> None:
         io = self.transports.get(connection)
