@@ -32,9 +32,11 @@ from vaultproxy.config.signed import PUBLIC_FIELDS
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.keystore.cached import cached_entry, ref_of
-from vaultproxy.redact import Redactor
+from vaultproxy.minted_values import EXPIRY_GRACE, MintedValues
+from vaultproxy.redact import Redactor, RedactorChain
 
-EXPIRY_GRACE = 300.0  # seconds a minted token stays redacted past its stated expiry
+__all__ = ["EXPIRY_GRACE", "Session", "load_agents", "retired_owner"]
+
 DAY = 86400.0
 
 
@@ -51,9 +53,9 @@ class Session:
     def __init__(self) -> None:
         self.keystore: Keystore | None = None
         self.agents: dict[str, AgentRecord] = {}
-        self._redactors: dict[str, Redactor] = {}
-        # service -> {minted value: expires_at (epoch seconds) or None (no stated expiry)}
-        self._minted: dict[str, dict[bytes, float | None]] = {}
+        self._redactors: dict[str, Redactor] = {}  # per service: static + minted, chained
+        self._static: dict[str, Redactor] = {}  # per service: keystore and retired values
+        self._minted = MintedValues()
         self._version = 0  # bumped by add_minted: a redactor built before it is not kept
         self._lock = threading.Lock()
         self.retired_days: float = 30.0  # [proxy] retired_redact_days (set by ProxyState)
@@ -70,6 +72,7 @@ class Session:
             self.keystore = ks
             self.agents = agents
             self._redactors.clear()
+            self._static.clear()
 
     def refresh(self) -> bool:
         """Re-read keystore.enc with the unlocked data key; True if anything changed."""
@@ -84,6 +87,7 @@ class Session:
             ks, self.keystore = self.keystore, None
             self.agents = {}
             self._redactors.clear()
+            self._static.clear()
             self._minted.clear()
         if ks is not None:
             wipe = getattr(ks, "wipe", None)
@@ -96,11 +100,14 @@ class Session:
         with self._lock:
             self.agents = agents
             self._redactors.clear()
+            self._static.clear()
 
     def forget_redactors(self) -> None:
-        """The services changed (a reload): redactors are rebuilt on next use."""
+        """The services changed (a reload): redactors are rebuilt on next use (a group of
+        minted values only if its placeholder changed)."""
         with self._lock:
             self._redactors.clear()
+            self._static.clear()
 
     def add_minted(
         self, service: str, secrets: Iterable[bytes], expires_at: float | None = None
@@ -110,21 +117,7 @@ class Session:
         expired are dropped here. True if anything new was added."""
         now = self.clock()
         with self._lock:
-            kept = self._minted.setdefault(service, {})
-            for value, until in list(kept.items()):
-                if until is not None and until + EXPIRY_GRACE < now:
-                    del kept[value]
-            changed = False
-            for value in secrets:
-                if len(value) < 4:
-                    continue
-                if value in kept:
-                    old = kept[value]
-                    if old is not None and (expires_at is None or expires_at > old):
-                        kept[value] = expires_at  # re-issued: the later expiry wins
-                    continue
-                kept[value] = expires_at
-                changed = True
+            changed = self._minted.add(service, secrets, expires_at, now)
             if changed:
                 self._version += 1
                 self._redactors.pop(service, None)
@@ -134,8 +127,7 @@ class Session:
         """Every minted value still redacted: (service, value, expires_at). A new worker
         process starts from these (engine/workers.py)."""
         with self._lock:
-            return [(svc, v, until) for svc, kept in self._minted.items()
-                    for v, until in kept.items()]
+            return list(self._minted.items())
 
     def entry_for(self, service: Service) -> Entry:
         ks = self.keystore
@@ -148,9 +140,10 @@ class Session:
             raise SecretMissing(f"keystore has no entry for service {service.name}")
         return entry
 
-    def _secret_pairs(self, service: Service) -> list[tuple[bytes, bytes]]:
+    def _secret_pairs(self, service: Service, retired: bool = True
+                      ) -> list[tuple[bytes, bytes]]:
         """(secret, placeholder) for each secret of the service's entry (not ``username``, nor
-        the ids in ``config.signed.PUBLIC_FIELDS``);
+        the ids in ``config.signed.PUBLIC_FIELDS``), and its retired values;
         raises LockedError/SecretMissing."""
         entry = self.entry_for(service)
         placeholder = service.placeholder_text.encode()
@@ -162,27 +155,31 @@ class Session:
             if field_name != "username" and field_name not in public and len(secret) >= 4:
                 pairs.append((secret.reveal(), placeholder))
         ks = self.keystore
-        if ks is not None and self.retired_days > 0:
+        if retired and ks is not None and self.retired_days > 0:
             since = self.clock() - self.retired_days * DAY
             for value in ks.retired_values(retired_owner(service.secret_name), since):
                 if len(value) >= 4:
                     pairs.append((value.reveal(), placeholder))
-        with self._lock:
-            pairs.extend((s, placeholder) for s in self._minted.get(service.name, {}))
         return pairs
 
     def redactor_for(self, service: Service) -> Redactor | None:
-        """The response redactor for a service's secret, or None when locked/missing."""
+        """The response redactor for a service's secret, or None when locked/missing: its
+        keystore and retired values, chained with its minted values' group redactors."""
         cached = self._redactors.get(service.name)
         if cached is not None:
             return cached
         version = self._version
-        try:
-            pairs = self._secret_pairs(service)
-        except (LockedError, SecretMissing):
-            return None
-        redactor = Redactor(pairs)
+        static = self._static.get(service.name)
+        if static is None:
+            try:
+                static = Redactor(self._secret_pairs(service))
+            except (LockedError, SecretMissing):
+                return None
+        placeholder = service.placeholder_text.encode()
         with self._lock:
+            groups = self._minted.redactors(service.name, placeholder)
+            self._static.setdefault(service.name, static)
+            redactor = RedactorChain([static, *groups]) if groups else static
             if version == self._version:
                 self._redactors[service.name] = redactor
         return redactor
@@ -190,14 +187,15 @@ class Session:
     def warm(self, services: Iterable[Service]) -> None:
         """Build every service's redactor now (a few ms each, regex compiles), not in the
         first response that needs one: a streamed reply's first event would wait for it.
-        The log filter learns every secret too (a second line of defence)."""
+        The log filter learns every keystore secret too (a second line of defence; not the
+        minted or retired values, which would make it as costly as every redactor)."""
         if self.keystore is None:
             logfilter.use(None)
             return
         pairs: list[tuple[bytes, bytes]] = []
         for service in services:
             if self.redactor_for(service) is not None:  # None: its secret is missing
-                pairs.extend(self._secret_pairs(service))
+                pairs.extend(self._secret_pairs(service, retired=False))
         logfilter.use(Redactor(pairs))
 
 

@@ -202,16 +202,20 @@ def redact_frame(values: list[tuple[str, bytes, float | None]]) -> bytes:
         wipe(payload)
 
 
-def apply_redact(state: ProxyState, payload: bytearray) -> None:
-    """A ``redact`` frame arrived at a worker: its redactors cover these values from now."""
+def apply_redact(state: ProxyState, payload: bytearray) -> set[str]:
+    """A ``redact`` frame arrived at a worker: its redactors cover these values from now.
+    Returns the services concerned (the caller may compile their redactors ahead)."""
+    services: set[str] = set()
     try:
         for svc, value, until in json.loads(bytes(payload)):
             state.session.add_minted(
                 str(svc), [str(value).encode("latin-1")],
                 float(until) if isinstance(until, int | float) else None,
             )
+            services.add(str(svc))
     finally:
         wipe(payload)
+    return services
 
 
 _serving: set[asyncio.Task[None]] = set()

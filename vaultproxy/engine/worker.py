@@ -72,7 +72,11 @@ async def _follow(
                 deliver(state, header, payload)
                 continue
             elif op == "redact":  # minted values to redact, pushed before anyone uses them
-                apply_redact(state, payload)
+                for name in apply_redact(state, payload):
+                    service = state.registry.by_name(name)
+                    if service is not None:  # compile it now, off the loop, not in a reply
+                        asyncio.get_running_loop().run_in_executor(
+                            None, state.session.redactor_for, service)
                 continue
             elif op == "stop":
                 return "stop"
