@@ -224,3 +224,42 @@ def test_corrupt_or_cut_short_is_upstream_protocol(coding: str) -> None:
 def test_two_gzip_members_still_decode() -> None:
     two = gzip.compress(b"a" * 10) + gzip.compress(b"b" * 10)
     assert _decode("gzip", two) == b"a" * 10 + b"b" * 10
+
+
+# --- the chain of redactors and the workers' redact frame -----------------------------------
+
+
+def test_a_chain_streams_exactly_as_it_redacts_whole() -> None:
+    import base64
+
+    from vaultproxy.redact import Redactor, RedactorChain
+
+    secrets = [b"lt_aaaaaaaaaaaaaaaa", b"lt_bbbbbbbbbbbbbbbb", b"lt_cccc/cccc cccc+c"]
+    chain = RedactorChain([Redactor([(s, b"__vault.x__")]) for s in secrets])
+    body = (b'{"a": "lt_aaaaaaaaaaaaaaaa", "b": "' + base64.b64encode(secrets[1])
+            + b'", "c": "lt_cccc\\/cccc%20cccc%2Bc"} tail')
+    whole = chain.redact(body)
+    assert all(s not in whole for s in secrets) and whole.count(b"__vault.x__") == 3
+    for step in (1, 3, 7, 64):
+        feed = chain.stream()
+        out = b"".join(feed(body[i:i + step]) for i in range(0, len(body), step)) + feed(b"")
+        assert out == whole
+
+
+def test_the_redact_frame_round_trips_into_a_workers_session() -> None:
+    from vaultproxy.engine.channel import _PREFIX
+    from vaultproxy.engine.tokens import apply_redact, redact_frame
+
+    values = [("oc", b"lt_token_value_0001", 1e10), ("sess", b"lt_cookie_value_01", None)]
+    data = redact_frame(values)
+    hlen, plen = _PREFIX.unpack(data[:_PREFIX.size])
+    assert json.loads(data[_PREFIX.size:_PREFIX.size + hlen]) == {"op": "redact"}
+    payload = bytearray(data[_PREFIX.size + hlen:])
+
+    class _State:
+        session = Session()
+
+    state = _State()
+    assert apply_redact(state, payload) == {"oc", "sess"}  # type: ignore[arg-type]
+    assert sorted(state.session.minted_values()) == sorted(values)
+    assert payload == bytearray(len(payload))  # wiped
