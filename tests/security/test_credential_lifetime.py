@@ -251,6 +251,7 @@ def test_twin_with_retired_redact_days_0_the_old_value_comes_back(
         assert c.get("https://rot0.api.test/api/ok").status_code == 200
     rotate(p, "rot0", new)
     assert reflected(reflect_first(p, "rot0", plain_client)) == (old, old)
+    assert "SECURITY: [proxy] retired_redact_days = 0" in p.output()
 
 
 def test_retired_redact_days_is_validated(tmp_path: Path, upstream: Upstream) -> None:

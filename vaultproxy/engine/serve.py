@@ -134,6 +134,11 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
         out.append(
             f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it"
         )
+    if state.registry.config.proxy.retired_redact_days == 0:
+        out.append(
+            "SECURITY: [proxy] retired_redact_days = 0: a rotated or removed secret value is "
+            "no longer redacted; an upstream that still accepts it can echo it to the agent"
+        )
     return out
 
 
