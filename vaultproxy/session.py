@@ -157,7 +157,8 @@ class Session:
         ks = self.keystore
         if retired and ks is not None and self.retired_days > 0:
             since = self.clock() - self.retired_days * DAY
-            for value in ks.retired_values(retired_owner(service.secret_name), since):
+            skip = frozenset({"username", *public})
+            for value in ks.retired_values(retired_owner(service.secret_name), since, skip):
                 if len(value) >= 4:
                     pairs.append((value.reveal(), placeholder))
         return pairs

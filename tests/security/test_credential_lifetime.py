@@ -14,6 +14,10 @@ rotated secret comes back in clear.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -199,6 +203,21 @@ def test_a_token_minted_in_one_worker_is_redacted_in_every_worker(
         assert_redacted(r, first, "__vault.oc__")
     for r in fan_out(p, "twin.api.test", "/reflect/first-token")[0]:  # twin: verbatim
         assert reflected(r) == (app.issued[0], app.issued[0])
+    # A worker started later (here: the replacement of a killed one) knows them all too.
+    (old,) = p.extra["worker_pids"]  # type: ignore[misc]
+    os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pids = json.loads((p.home.path / "run.json").read_text())["worker_pids"]
+        if pids and pids != [old] and f"(pid {pids[0]}) serves" in p.output():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"worker not replaced:\n{p.output()}")
+    replies, owners = fan_out(p, "oc.api.test", "/reflect/first-token")
+    assert_spread(owners, p)
+    for r in replies:
+        assert_redacted(r, first, "__vault.oc__")
 
 
 # --- retired values: after a rotation, and after a restart ------------------------------------

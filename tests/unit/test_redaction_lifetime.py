@@ -173,6 +173,18 @@ def test_the_redactor_covers_minted_and_retired_values(ks: Keystore, canary: Can
     assert r is not None and old.encode() in r.redact(old.encode())
 
 
+def test_a_retired_username_is_not_redacted(ks: Keystore, canary: Canary) -> None:
+    ks.set_field("svc", "username", Secret("alice-the-admin"))
+    ks.set_field("svc", "username", Secret("bob-the-operator"))
+    ks.set_field("svc", "password", Secret(canary()))
+    s = Session()
+    s.install(ks)
+    service = Service.model_validate({"name": "svc", "hosts": ["svc.test"], "auth": "basic",
+                                      "mode": "host_inject"})
+    r = s.redactor_for(service)
+    assert r is not None and r.redact(b"alice-the-admin") == b"alice-the-admin"
+
+
 # --- decoders: what does not decode is 502 upstream_protocol ---------------------------------
 
 

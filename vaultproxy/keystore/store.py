@@ -294,9 +294,12 @@ class Keystore:
         self._retired.append(Retired(owner, field, Secret(old.reveal()), now))
         del self._retired[:-MAX_RETIRED]
 
-    def retired_values(self, owner: str, since: float) -> list[Secret]:
-        """The values retired from ``owner`` (an entry, or ``SOURCE:ITEM``) after ``since``."""
-        return [r.value for r in self._retired if r.owner == owner and r.retired >= since]
+    def retired_values(self, owner: str, since: float,
+                       skip_fields: frozenset[str] = frozenset()) -> list[Secret]:
+        """The values retired from ``owner`` (an entry, or ``SOURCE:ITEM``) after ``since``,
+        but not those of ``skip_fields`` (fields that are not secret, like ``username``)."""
+        return [r.value for r in self._retired
+                if r.owner == owner and r.retired >= since and r.field not in skip_fields]
 
     def retired_count(self) -> int:
         return len(self._retired)
