@@ -13,8 +13,10 @@ secrets, retired values) with one redactor per group (``RedactorChain``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+
+from mitmproxy import http
 
 from vaultproxy.redact import Redactor
 
@@ -84,3 +86,54 @@ class MintedValues:
                 g.built_for = placeholder
             out.append(g.redactor)
         return out
+
+
+class RedactorChain(Redactor):
+    """Several redactors applied one after another, as one (same methods, same guarantees):
+    a service's static secrets plus its minted values in groups (minted_values.py), so a new
+    token never recompiles the others. A placeholder written by one part contains no secret
+    a later part could match; a stream stays live (each part holds back only its own
+    undecided tail, and the output of each feeds the next)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: Iterable[Redactor]) -> None:
+        self._parts = tuple(p for p in parts if p.max_len)
+        self._re = None
+        self._partial = None
+        self._repl = ()
+        self._needles = ()
+        self._escapes = ()
+        self.max_len = max((p.max_len for p in self._parts), default=0)
+
+    def __repr__(self) -> str:
+        return f"<RedactorChain {len(self._parts)} parts>"
+
+    def may_match(self, data: bytes) -> bool:
+        return any(p.may_match(data) for p in self._parts)
+
+    def redact(self, data: bytes) -> bytes:
+        for p in self._parts:
+            data = p.redact(data)
+        return data
+
+    def hold_from(self, buf: bytes) -> int:
+        return min((p.hold_from(buf) for p in self._parts), default=len(buf))
+
+    def stream(self) -> Callable[[bytes], bytes]:
+        feeds = [p.stream() for p in self._parts]
+
+        def step(chunk: bytes) -> bytes:
+            data = chunk
+            for feed in feeds:
+                if chunk:
+                    data = feed(data) if data else b""
+                else:  # the end: what the earlier parts flushed, then this one's flush
+                    data = (feed(data) if data else b"") + feed(b"")
+            return data
+
+        return step
+
+    def redact_headers(self, headers: http.Headers) -> None:
+        for p in self._parts:
+            p.redact_headers(headers)

@@ -32,8 +32,8 @@ from vaultproxy.config.signed import PUBLIC_FIELDS
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.keystore.cached import cached_entry, ref_of
-from vaultproxy.minted_values import EXPIRY_GRACE, MintedValues
-from vaultproxy.redact import Redactor, RedactorChain
+from vaultproxy.minted_values import EXPIRY_GRACE, MintedValues, RedactorChain
+from vaultproxy.redact import Redactor
 
 __all__ = ["EXPIRY_GRACE", "Session", "load_agents", "retired_owner"]
 

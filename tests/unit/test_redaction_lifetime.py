@@ -244,7 +244,8 @@ def test_two_gzip_members_still_decode() -> None:
 def test_a_chain_streams_exactly_as_it_redacts_whole() -> None:
     import base64
 
-    from vaultproxy.redact import Redactor, RedactorChain
+    from vaultproxy.minted_values import RedactorChain
+    from vaultproxy.redact import Redactor
 
     secrets = [b"lt_aaaaaaaaaaaaaaaa", b"lt_bbbbbbbbbbbbbbbb", b"lt_cccc/cccc cccc+c"]
     chain = RedactorChain([Redactor([(s, b"__vault.x__")]) for s in secrets])
