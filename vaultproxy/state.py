@@ -170,9 +170,6 @@ class ProxyState:
         worker uses it)."""
         values = list(secrets)
         self.session.add_minted(service, values, expires_at)
-        known = self.registry.by_name(service)
-        if known is not None:  # compile its redactor now, off the event loop
-            await asyncio.to_thread(self.session.redactor_for, known)
         if self.minted_push is not None:
             await self.minted_push(service, values, expires_at)
 

@@ -266,7 +266,7 @@ def test_the_redact_frame_round_trips_into_a_workers_session() -> None:
     values = [("oc", b"lt_token_value_0001", 1e10), ("sess", b"lt_cookie_value_01", None)]
     data = redact_frame(values)
     hlen, plen = _PREFIX.unpack(data[:_PREFIX.size])
-    assert json.loads(data[_PREFIX.size:_PREFIX.size + hlen]) == {"op": "redact"}
+    assert json.loads(data[_PREFIX.size:_PREFIX.size + hlen]) == {"op": "redact", "n": 0}
     payload = bytearray(data[_PREFIX.size + hlen:])
 
     class _State:

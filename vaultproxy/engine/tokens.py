@@ -13,9 +13,12 @@ Redaction before use: a token leaves the proxy only on a request, and a hostile 
 reflect it in the answer to any request, served by any worker. So every worker must redact a
 token before *any* worker sends it upstream. The supervisor's cache hands each mint's values
 to ``ProxyState.share_minted`` before it answers anyone; with workers, that sends a ``redact``
-frame ``{"op": "redact"}`` (payload: ``[[service, value, expires_at], ...]``) to every worker
-and then waits on the ping/pong barrier, which a worker answers only after applying every
-frame before it. Only then does the requesting worker get its ``minted`` answer. A worker
+frame ``{"op": "redact", "n": N}`` (payload: ``[[service, value, expires_at], ...]``) to every
+worker and waits for each one's ``pong`` ``N``, which a worker sends as soon as it has applied
+that frame (and so every frame before it: the channel is ordered). The cache shares a mint's
+values before it writes a rotated refresh token back, so a worker is not busy applying the
+keystore state that write sends when the token is waiting for its acknowledgement. Only then
+does the requesting worker get its ``minted`` answer. A worker
 that does not acknowledge in time is killed (workers.py); its replacement, like every new
 worker, gets all current minted values in a ``redact`` frame right after ``init``, before it
 serves. So no worker can forward a response holding a token it does not know.
@@ -191,13 +194,14 @@ def _decode(payload: bytearray) -> Minted:
                   headers=headers)
 
 
-def redact_frame(values: list[tuple[str, bytes, float | None]]) -> bytes:
+def redact_frame(values: list[tuple[str, bytes, float | None]], n: int = 0) -> bytes:
     """A ``redact`` frame: minted values every worker must redact (payload: JSON list of
-    ``[service, value (latin-1), expires_at]``; secret material, like ``minted``)."""
+    ``[service, value (latin-1), expires_at]``; secret material, like ``minted``). ``n`` > 0:
+    the worker answers ``pong`` ``n`` as soon as it has applied it."""
     data = [[svc, v.decode("latin-1"), until] for svc, v, until in values]
     payload = bytearray(json.dumps(data).encode())
     try:
-        return frame({"op": "redact"}, payload)
+        return frame({"op": "redact", "n": n}, payload)
     finally:
         wipe(payload)
 

@@ -77,6 +77,8 @@ async def _follow(
                     if service is not None:  # compile it now, off the loop, not in a reply
                         asyncio.get_running_loop().run_in_executor(
                             None, state.session.redactor_for, service)
+                if header.get("n"):  # the supervisor waits for this before using the token
+                    writer.write(frame({"op": "pong", "n": header["n"]}))
                 continue
             elif op == "stop":
                 return "stop"

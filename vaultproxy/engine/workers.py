@@ -212,10 +212,14 @@ class Supervisor:
         """Every live worker redacts ``values`` before this returns (engine/tokens.py)."""
         if not values or not any(w.alive for w in self.workers.values()):
             return
-        data = redact_frame([(service, v, expires_at) for v in values])
-        for w in list(self.workers.values()):
+        targets = [w for w in self.workers.values() if w.alive]
+        self._seq += 1
+        n = self._seq
+        data = redact_frame([(service, v, expires_at) for v in values], n)
+        for w in targets:
             w.send(data)
-        await self.barrier()
+        # Each worker answers pong n once it has applied the frame (engine/worker.py).
+        await asyncio.gather(*(self._await_ack(w, n) for w in targets))
 
     async def barrier(self) -> None:
         """Return once every live worker has applied everything sent so far."""

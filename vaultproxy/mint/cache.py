@@ -190,12 +190,13 @@ class TokenCache:
             minted = await minter(MintContext(service, fields, post, previous))
         except MintFailed as e:
             raise failed(service, e) from None
+        # Every process redacts it (until it expires) before anyone gets it; first, so the
+        # workers apply it before the keystore state the write-back sends them.
+        await self.state.share_minted(service.name, minted.secrets(), minted.expires_at)
         if minted.write_back:
             await self._write_back(service, minted.write_back)
         issued = Issued(service.name, next(self._gen), minted, "minted",
                         fresh_until(minted, self.clock()))
-        # Every process redacts it (until it expires) before anyone gets it.
-        await self.state.share_minted(service.name, minted.secrets(), minted.expires_at)
         if epoch == self._epoch:
             self._tokens[service.name] = replace(issued, source="cached")
             self._refused.pop(service.name, None)
