@@ -1,6 +1,12 @@
 """Content codings: streaming decoders for what the response gate must read (``gzip``,
 ``deflate``, ``br``, ``zstd`` and lists of them), with a size cap; and the request side,
-which offers the upstream only codings a decoder here reads."""
+which offers the upstream only codings a decoder here reads.
+
+A body that does not decode as its ``Content-Encoding`` says is ``UpstreamProtocol``
+(``502 upstream_protocol``), never an internal error: a corrupt stream, one that ends early,
+and bytes after the end of a complete stream (trailing garbage after a gzip member, a zlib or
+raw deflate stream, a brotli or zstd frame). Those bytes would otherwise pass unread by the
+redactor, or not at all, depending on the client's decoder."""
 
 from __future__ import annotations
 
@@ -10,9 +16,13 @@ from typing import Any
 
 from mitmproxy import http
 
-from vaultproxy.errors import BodyTooLarge
+from vaultproxy.errors import BodyTooLarge, UpstreamProtocol
 
 Decoder = Callable[[bytes], bytes]
+
+
+class Undecodable(UpstreamProtocol):
+    public = "the upstream response body does not decode as its Content-Encoding says"
 
 
 class _Limit:
@@ -38,6 +48,7 @@ class _Zlib:
         self._limit = limit
         self._pending = b""
         self._d: Any = zlib.decompressobj(wbits) if wbits is not None else None
+        self._fed = False
 
     def _sniff(self, data: bytes) -> None:
         cmf, flg = data[0], data[1]
@@ -53,12 +64,18 @@ class _Zlib:
                 return b""
             self._sniff(self._pending)
             chunk, self._pending = self._pending, b""
+        if chunk:
+            self._fed = True
         out = self._feed(chunk) if chunk else b""
         if final:
             out += self._limit.take(self._d.flush())
+            if self._fed and not self._d.eof:
+                raise Undecodable("the compressed response body ends before its stream does")
         return out
 
     def _feed(self, chunk: bytes) -> bytes:
+        if self._d.eof:  # bytes after a complete stream (a new gzip member is handled below)
+            raise Undecodable("the upstream sent bytes after the end of the compressed body")
         out = [self._limit.take(self._d.decompress(chunk, self._limit.max_length()))]
         while True:
             if self._d.unconsumed_tail:
@@ -68,6 +85,8 @@ class _Zlib:
                 rest = self._d.unused_data  # another gzip member follows
                 self._d = zlib.decompressobj(self._wbits)
                 out.append(self._limit.take(self._d.decompress(rest, self._limit.max_length())))
+            elif self._d.eof and self._d.unused_data:
+                raise Undecodable("the upstream sent bytes after the end of the compressed body")
             else:
                 return b"".join(out)
 
@@ -78,9 +97,17 @@ class _Brotli:
 
         self._d = brotli.Decompressor()
         self._limit = limit
+        self._fed = False
 
     def __call__(self, chunk: bytes) -> bytes:
-        return self._limit.take(self._d.process(chunk)) if chunk else b""
+        if not chunk:
+            if self._fed and not self._d.is_finished():
+                raise Undecodable("the compressed response body ends before its stream does")
+            return b""
+        self._fed = True
+        if self._d.is_finished():
+            raise Undecodable("the upstream sent bytes after the end of the compressed body")
+        return self._limit.take(self._d.process(chunk))
 
 
 class _Zstd:
@@ -127,11 +154,16 @@ def decoder_for(content_encoding: str, limit: int | None = None) -> Decoder | No
 
     def run(chunk: bytes) -> bytes:
         data = chunk
-        for dec in chain:
-            if chunk:
-                data = dec(data) if data else b""
-            else:
-                data = (dec(data) if data else b"") + dec(b"")
+        try:
+            for dec in chain:
+                if chunk:
+                    data = dec(data) if data else b""
+                else:
+                    data = (dec(data) if data else b"") + dec(b"")
+        except (UpstreamProtocol, BodyTooLarge):
+            raise
+        except Exception:  # zlib.error, brotli.error, zstandard.ZstdError: corrupt input
+            raise Undecodable() from None
         return data
 
     return run

@@ -58,7 +58,7 @@ import regex
 from mitmproxy import http
 
 from vaultproxy.decoding import Decoder, decoder_for
-from vaultproxy.errors import UnscannableResponse
+from vaultproxy.errors import UnscannableResponse, UpstreamProtocol, VaultproxyError
 
 __all__ = [
     "Redactor",
@@ -67,6 +67,7 @@ __all__ = [
     "drop_set_cookie",
     "gate_head",
     "redact_headers",
+    "refuse_folded",
     "stream_filter",
 ]
 
@@ -396,6 +397,19 @@ def redact_headers(redactor: Redactor, headers: http.Headers) -> None:
     redactor.redact_headers(headers)
 
 
+_LINE_BREAK = re.compile(rb"[\r\n\x00]")
+
+
+def refuse_folded(headers: http.Headers) -> None:
+    """A response header field holding a line break (an obs-fold continuation, RFC 9112
+    §5.2, which mitmproxy keeps as ``"\r\n "`` in the value) or NUL is refused as a request
+    one is: forwarded, it would split a value (a secret among them) across two lines that no
+    redactor pattern spans, and the agent's client may read the second line as a header."""
+    for name, value in headers.fields:
+        if _LINE_BREAK.search(value) or _LINE_BREAK.search(name):
+            raise UpstreamProtocol("the upstream sent a folded (obs-fold) response header")
+
+
 def drop_set_cookie(headers: http.Headers) -> None:
     """Remove every ``Set-Cookie`` (an injected service's cookies never reach the agent)."""
     if "set-cookie" in headers:
@@ -403,7 +417,9 @@ def drop_set_cookie(headers: http.Headers) -> None:
 
 
 def stream_filter(
-    redactor: Redactor, decode: Callable[[bytes], bytes] | None
+    redactor: Redactor,
+    decode: Callable[[bytes], bytes] | None,
+    on_error: Callable[[VaultproxyError], None] | None = None,
 ) -> Callable[[bytes], list[bytes]]:
     """A response body's filter, chunk by chunk: decode, redact, and never emit an empty chunk
     (``b""`` in: the end of the body, flush). The proxy's ``flow.response.stream`` callable
@@ -412,6 +428,11 @@ def stream_filter(
     mitmproxy sends every returned item as a chunk; on HTTP/1.1 an empty one is written as
     ``0\\r\\n\\r\\n``, the end of a chunked body, which would truncate the response while
     the redactor holds back a possible partial match. So return a list, empty when holding.
+
+    A body that stops decoding (corrupt, trailing bytes, over the size cap) after its head
+    went out: ``on_error`` gets the error (the proxy cuts the connection, so the agent sees
+    an incomplete body, never a complete-looking one) and nothing more is emitted; without
+    ``on_error`` the error is raised.
     """
     feed = redactor.stream()
 
@@ -423,8 +444,20 @@ def stream_filter(
 
         return plain
 
+    failed = False
+
     def decoded(chunk: bytes) -> list[bytes]:
-        data = decode(chunk)
+        nonlocal failed
+        if failed:
+            return []
+        try:
+            data = decode(chunk)
+        except VaultproxyError as e:
+            if on_error is None:
+                raise
+            failed = True
+            on_error(e)
+            return []
         if chunk:
             out = feed(data) if data else b""
         else:
@@ -438,7 +471,9 @@ def gate_head(redactor: Redactor, headers: http.Headers) -> tuple[str, Decoder |
     """The response gate's header rules, for the proxy and ``POST /proxy`` alike: drop
     ``Set-Cookie``, redact every field, and pick the body's decoder. Returns the
     ``Content-Encoding`` ("" for identity) and its decoder (None for identity); an encoding
-    no decoder reads raises UnscannableResponse (the body could hide a secret)."""
+    no decoder reads raises UnscannableResponse (the body could hide a secret); a folded
+    header field raises UpstreamProtocol."""
+    refuse_folded(headers)
     drop_set_cookie(headers)
     redact_headers(redactor, headers)
     encoding = headers.get("content-encoding", "identity").strip().lower()

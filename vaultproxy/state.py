@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,6 +52,9 @@ class ProxyState:
     # Approvals, grants and rate limits (SPEC §10): this process's desk, or a worker's client
     # of the supervisor's (engine/access_channel.py).
     access: Desk | None = None
+    # --workers N: the supervisor's push of minted values to every worker; returns once each
+    # one redacts them (engine/workers.py). None in a single process.
+    minted_push: Callable[[str, list[bytes], float | None], Awaitable[None]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -77,6 +80,11 @@ class ProxyState:
     # -- change notification (workers) ------------------------------------------------------
     def _changed(self) -> None:
         self.generation += 1
+        days = float(self.registry.config.proxy.retired_redact_days)
+        self.session.retired_days = days
+        ks = self.session.keystore
+        if ks is not None:
+            ks.retired_days = days  # its saves drop what is older
         self.session.warm(self.registry.services)
         for callback in list(self.on_change):
             callback()
@@ -166,6 +174,16 @@ class ProxyState:
 
             self.access = AccessDesk(lambda: self.registry.config.approvals, self.audit)
         return self.access
+    async def share_minted(
+        self, service: str, secrets: Iterable[bytes], expires_at: float | None
+    ) -> None:
+        """Redact what a mint produced in this process and, with ``--workers N``, in every
+        worker, before the token is handed to anyone (SPEC §5: in every worker before any
+        worker uses it)."""
+        values = list(secrets)
+        self.session.add_minted(service, values, expires_at)
+        if self.minted_push is not None:
+            await self.minted_push(service, values, expires_at)
 
     def secrets_changed(self) -> None:
         self.session.secrets_changed()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import brotli  # type: ignore[import-untyped]
 import pytest
 import wsproto
 import wsproto.events
@@ -55,6 +56,15 @@ def _chunked(body: bytes, trailer: bytes = b"") -> bytes:
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+GARBAGE = b"trailing bytes after the end of the stream"
+ENCODED = {"/gzip-trailing-garbage": b"gzip", "/br-trailing-garbage": b"br",
+           "/gzip-trailing-garbage-streamed": b"gzip",
+           "/gzip-valid": b"gzip", "/br-valid": b"br"}
+
+
+def _encoded(coding: bytes, body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Encoding: " + coding
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 
 # path -> (reply, expected status through the proxy, expected X-Vaultproxy-Error or None)
 CASES: dict[str, tuple[Reply, int, str | None]] = {
@@ -152,10 +162,45 @@ CASES: dict[str, tuple[Reply, int, str | None]] = {
         200,
         None,
     ),
-    "/obs-fold-reply": (
+    "/obs-fold-reply": (  # refused like a folded request header: 502 upstream_protocol
         lambda c: b"HTTP/1.1 200 OK\r\nX-A: x\r\n " + c + b"\r\nContent-Length: 2\r\n\r\nok",
+        502,
+        "upstream_protocol",
+    ),
+    "/obs-fold-splits-the-secret": (
+        lambda c: b"HTTP/1.1 200 OK\r\nX-A: " + c[:12] + b"\r\n\t" + c[12:]
+        + b"\r\nContent-Length: 2\r\n\r\nok",
+        502,
+        "upstream_protocol",
+    ),
+    # A body that does not decode as its Content-Encoding says: 502, never 500 internal.
+    "/gzip-trailing-garbage": (
+        lambda c: _encoded(b"gzip", gzip.compress(b'{"k": "' + c + b'"}') + GARBAGE),
+        502,
+        "upstream_protocol",
+    ),
+    "/br-trailing-garbage": (
+        lambda c: _encoded(b"br", brotli.compress(b'{"k": "' + c + b'"}') + GARBAGE),
+        502,
+        "upstream_protocol",
+    ),
+    "/gzip-corrupt": (
+        lambda c: _encoded(b"gzip", b"\x1f\x8b\x08\x00" + c),
+        502,
+        "upstream_protocol",
+    ),
+    "/gzip-trailing-garbage-streamed": (  # the head went out: the connection is cut
+        lambda c: b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n" + _chunked(gzip.compress(b'{"k": "' + c + b'"}') + GARBAGE),
         200,
         None,
+    ),
+    # Its twin: the same stream without the garbage passes, decoded and redacted.
+    "/gzip-valid": (
+        lambda c: _encoded(b"gzip", gzip.compress(b'{"k": "' + c + b'"}')), 200, None,
+    ),
+    "/br-valid": (
+        lambda c: _encoded(b"br", brotli.compress(b'{"k": "' + c + b'"}')), 200, None,
     ),
 }
 
@@ -164,6 +209,8 @@ FINAL_OK = ("/trailers", "/early-hints", "/continue-then-hints", "/reason")
 
 
 def _expected_body(path: str) -> bytes | None:
+    if path in ("/gzip-valid", "/br-valid"):
+        return b'{"k": "__vault.h__"}'  # decoded, redacted, sent without Content-Encoding
     return b"ok" if path in FINAL_OK else None
 
 
@@ -317,6 +364,16 @@ def test_twin_the_upstream_sends_the_secret(
     )
     if path == "/gzip-chunked":
         reply += gzip.decompress(reply.split(b"\r\n\r\n", 1)[1].split(b"\r\n")[1])
+    body = reply.partition(b"\r\n\r\n")[2]
+    if path.endswith("-streamed"):
+        body = body.split(b"\r\n")[1]  # the one chunk
+    if path in ENCODED:  # the stream the upstream sent decodes to the secret (up to the garbage)
+        body = body.removesuffix(GARBAGE)
+        reply += gzip.decompress(body) if ENCODED[path] == b"gzip" else brotli.decompress(body)
+    if path == "/obs-fold-splits-the-secret":  # what a client that unfolds reads
+        reply += reply.replace(b"\r\n\t", b"")
+    if path == "/gzip-corrupt":
+        reply += body[4:]
     assert leaks(reply, secret)
 
 

@@ -23,6 +23,8 @@ passthrough_allow = []
 max_body_mb = 32
 # Require agents to authenticate to the proxy (see `vaultproxy agent add`).
 require_agent_auth = false
+# Days a rotated or removed secret value stays redacted in responses (0..3650).
+retired_redact_days = 30
 
 # [agent]
 # # Extra CA files (relative to this home) for the agents' CA bundle (SSL_CERT_FILE,

@@ -56,6 +56,7 @@ Surface = Literal["auth", "header", "query", "path", "body"]
 Egress = Literal["passthrough", "block"]
 MAX_BODY_MB = (1, 4096)
 TIMEOUT_SECONDS = (0.1, 86400)
+RETIRED_REDACT_DAYS = (0, 3650)
 
 # What each opt-in surface lets the agent do, for the SECURITY line logged at every start.
 SURFACE_RISKS = {
@@ -298,6 +299,18 @@ class ProxySettings(Model):
         lo, hi = MAX_BODY_MB
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise Problems.one(f"must be a whole number from {lo} to {hi}")
+        return value
+
+    # Days a value replaced by a rotation or removal stays redacted in responses (SPEC §5).
+    retired_redact_days: int = 30
+
+    @field_validator("retired_redact_days", mode="before")
+    @classmethod
+    def _retired_days(cls, value: object) -> object:
+        lo, hi = RETIRED_REDACT_DAYS
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise Problems.one(f"must be a whole number of days from {lo} to {hi} "
+                               "(0 stops redacting replaced values)")
         return value
 
 

@@ -156,6 +156,11 @@ def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
         )
     hosts = registered_hosts(state.registry.services)
     out.extend(constraint_warnings(state.home, hosts))  # a name-constrained CA (ca reissue)
+    if state.registry.config.proxy.retired_redact_days == 0:
+        out.append(
+            "SECURITY: [proxy] retired_redact_days = 0: a rotated or removed secret value is "
+            "no longer redacted; an upstream that still accepts it can echo it to the agent"
+        )
     return out
 
 

@@ -9,6 +9,20 @@ Over the supervisor <-> worker channel (engine/channel.py):
   token and its headers as the payload (secret material, like the keystore plaintext the
   same channel carries), or ``{"id", "ok": false, "status", "code", "message"}``.
 
+Redaction before use: a token leaves the proxy only on a request, and a hostile upstream may
+reflect it in the answer to any request, served by any worker. So every worker must redact a
+token before *any* worker sends it upstream. The supervisor's cache hands each mint's values
+to ``ProxyState.share_minted`` before it answers anyone; with workers, that sends a ``redact``
+frame ``{"op": "redact", "n": N}`` (payload: ``[[service, value, expires_at], ...]``) to every
+worker and waits for each one's ``pong`` ``N``, which a worker sends as soon as it has applied
+that frame (and so every frame before it: the channel is ordered). The cache shares a mint's
+values before it writes a rotated refresh token back, so a worker is not busy applying the
+keystore state that write sends when the token is waiting for its acknowledgement. Only then
+does the requesting worker get its ``minted`` answer. A worker
+that does not acknowledge in time is killed (workers.py); its replacement, like every new
+worker, gets all current minted values in a ``redact`` frame right after ``init``, before it
+serves. So no worker can forward a response holding a token it does not know.
+
 A worker keeps what it was answered until ``fresh_until`` and asks again after that or after
 a 401, one request per service at a time. Rotated keystore fields never travel here: the
 supervisor saves them and sends the new keystore state first (same channel, in order), so
@@ -132,7 +146,10 @@ class RemoteTokens:
                 ))
                 return
             minted = _decode(payload)
-            self.state.session.add_minted(str(header["service"]), minted.secrets())
+            # Already pushed by the supervisor ("redact", before this answer); kept as a
+            # second line in case this answer is all that arrived.
+            self.state.session.add_minted(str(header["service"]), minted.secrets(),
+                                          minted.expires_at)
             fresh = header.get("fresh_until")
             waiter.set_result(Issued(
                 str(header["service"]), int(header["gen"]), minted,
@@ -185,6 +202,34 @@ def _decode(payload: bytearray) -> Minted:
     return Minted(Secret(str(data["token"]).encode("latin-1")),
                   float(expires) if isinstance(expires, int | float) else None,
                   headers=headers)
+
+
+def redact_frame(values: list[tuple[str, bytes, float | None]], n: int = 0) -> bytes:
+    """A ``redact`` frame: minted values every worker must redact (payload: JSON list of
+    ``[service, value (latin-1), expires_at]``; secret material, like ``minted``). ``n`` > 0:
+    the worker answers ``pong`` ``n`` as soon as it has applied it."""
+    data = [[svc, v.decode("latin-1"), until] for svc, v, until in values]
+    payload = bytearray(json.dumps(data).encode())
+    try:
+        return frame({"op": "redact", "n": n}, payload)
+    finally:
+        wipe(payload)
+
+
+def apply_redact(state: ProxyState, payload: bytearray) -> set[str]:
+    """A ``redact`` frame arrived at a worker: its redactors cover these values from now.
+    Returns the services concerned (the caller may compile their redactors ahead)."""
+    services: set[str] = set()
+    try:
+        for svc, value, until in json.loads(bytes(payload)):
+            state.session.add_minted(
+                str(svc), [str(value).encode("latin-1")],
+                float(until) if isinstance(until, int | float) else None,
+            )
+            services.add(str(svc))
+    finally:
+        wipe(payload)
+    return services
 
 
 _serving: set[asyncio.Task[None]] = set()

@@ -28,7 +28,7 @@ from vaultproxy.engine import nodump
 from vaultproxy.engine.access_channel import RemoteDesk
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
-from vaultproxy.engine.tokens import RemoteTokens, deliver
+from vaultproxy.engine.tokens import RemoteTokens, apply_redact, deliver
 from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
@@ -77,6 +77,15 @@ async def _follow(
             elif op == "access_answer":  # approvals / rate limits (access_channel.py)
                 if isinstance(state.access, RemoteDesk):
                     state.access.answer(header)
+                continue
+            elif op == "redact":  # minted values to redact, pushed before anyone uses them
+                for name in apply_redact(state, payload):
+                    service = state.registry.by_name(name)
+                    if service is not None:  # compile it now, off the loop, not in a reply
+                        asyncio.get_running_loop().run_in_executor(
+                            None, state.session.redactor_for, service)
+                if header.get("n"):  # the supervisor waits for this before using the token
+                    writer.write(frame({"op": "pong", "n": header["n"]}))
                 continue
             elif op == "stop":
                 return "stop"

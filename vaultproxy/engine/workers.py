@@ -53,7 +53,7 @@ from typing import Any
 from vaultproxy.audit import AuditEvent, metrics
 from vaultproxy.engine.access_channel import AccessServer
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
-from vaultproxy.engine.tokens import spawn_serve
+from vaultproxy.engine.tokens import redact_frame, spawn_serve
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.keystore.crypto import wipe
 from vaultproxy.state import ProxyState
@@ -152,6 +152,7 @@ class Supervisor:
         self._loop = asyncio.get_running_loop()
         self.state.on_change.append(self._on_change)
         self.state.barrier = self.barrier
+        self.state.minted_push = self.push_minted
         try:
             await asyncio.gather(*(self._spawn(slot) for slot in range(1, self.count)))
         except BaseException:
@@ -197,6 +198,7 @@ class Supervisor:
         with contextlib.suppress(ValueError):
             self.state.on_change.remove(self._on_change)
         self.state.barrier = None
+        self.state.minted_push = None
 
     # -- state changes and the barrier ----------------------------------------------------
     def _on_change(self) -> None:
@@ -239,6 +241,21 @@ class Supervisor:
         data = self._state_frame({"op": "state"})
         for w in list(self.workers.values()):
             w.send(data)
+
+    async def push_minted(
+        self, service: str, values: list[bytes], expires_at: float | None
+    ) -> None:
+        """Every live worker redacts ``values`` before this returns (engine/tokens.py)."""
+        if not values or not any(w.alive for w in self.workers.values()):
+            return
+        targets = [w for w in self.workers.values() if w.alive]
+        self._seq += 1
+        n = self._seq
+        data = redact_frame([(service, v, expires_at) for v in values], n)
+        for w in targets:
+            w.send(data)
+        # Each worker answers pong n once it has applied the frame (engine/worker.py).
+        await asyncio.gather(*(self._await_ack(w, n) for w in targets))
 
     async def barrier(self) -> None:
         """Return once every live worker has applied everything sent so far (a stopped one is
@@ -314,6 +331,9 @@ class Supervisor:
             "listen": list(self.listen),
             "listen_fd": self.sock.fileno() if self.sock is not None else None,
         }))
+        minted = self.state.session.minted_values()
+        if minted:  # before it serves: every token minted so far (engine/tokens.py)
+            w.send(redact_frame(minted))
         w.task = asyncio.create_task(self._follow(w))
         self._follows.add(w.task)  # held until it ends, whatever becomes of ``w``
         w.task.add_done_callback(self._follows.discard)

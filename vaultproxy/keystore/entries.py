@@ -5,12 +5,15 @@ Plaintext (only ever inside the AES-GCM body)::
     {"format": 1,
      "entries":  {NAME: {"value": B64 | null, "fields": {FIELD: B64}, "created": T, "updated": T}},
      "internal": {"ns:NAME": {"value": B64, "fields": {}, "created": T, "updated": T}},
-     "synced":   {SOURCE: ...}}
+     "synced":   {SOURCE: ...},
+     "retired":  [{"owner": OWNER, "field": FIELD | null, "value": B64, "retired": T}]}
 
 B64 is standard base64 with padding; T is a Unix timestamp (float seconds). ``synced`` (values
 cached from external sources, keystore/synced.py) is absent in files written before sources
-existed. Entry names are NAME, or ``source.NAME``: the reserved namespace holding the
-credentials of the ``[[source]]`` called NAME (SPEC §9).
+existed; ``retired`` (values a rotation or removal replaced, still redacted in responses for
+``[proxy] retired_redact_days``) is absent when empty. OWNER is the entry name, or
+``SOURCE:ITEM`` for a value synced from a source. Entry names are NAME, or ``source.NAME``:
+the reserved namespace holding the credentials of the ``[[source]]`` called NAME (SPEC §9).
 """
 
 from __future__ import annotations
@@ -92,16 +95,30 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
 
 
 @dataclass(eq=False)
+class Retired:
+    """A value that a rotation or removal replaced. ``repr`` shows names only."""
+
+    owner: str  # the entry name, or "SOURCE:ITEM" of a synced item
+    field: str | None  # None: the entry's value
+    value: Secret
+    retired: float  # when it was replaced (Unix seconds)
+
+    def __repr__(self) -> str:
+        return f"Retired(owner={self.owner!r}, field={self.field!r}, retired={self.retired})"
+
+
+@dataclass(eq=False)
 class Body:
     """The decrypted keystore body: entries, internal entries, synced source caches."""
 
     entries: dict[str, Entry]
     internal: dict[str, Entry]
     synced: dict[str, SourceCache] = field(default_factory=dict)
+    retired: list[Retired] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (f"Body(entries={sorted(self.entries)!r}, internal={len(self.internal)}, "
-                f"synced={sorted(self.synced)!r})")
+                f"synced={sorted(self.synced)!r}, retired={len(self.retired)})")
 
 
 def encode(body: Body) -> bytearray:
@@ -113,6 +130,11 @@ def encode(body: Body) -> bytearray:
     }
     if body.synced:
         doc["synced"] = synced.encode(body.synced)
+    if body.retired:
+        doc["retired"] = [
+            {"owner": r.owner, "field": r.field, "value": _b64(r.value), "retired": r.retired}
+            for r in body.retired
+        ]
     return bytearray(json.dumps(doc, separators=(",", ":")).encode("utf-8"))
 
 
@@ -153,8 +175,27 @@ def decode(plain: bytes | bytearray) -> Body:
         entries = {str(n): _entry(str(n), e) for n, e in entries_raw.items()}
         internal = {str(n): _entry(str(n), e) for n, e in internal_raw.items()}
         caches = synced.decode(doc.get("synced"))
+        retired = _retired(doc.get("retired"))
     except (ValueError, UnicodeDecodeError, binascii.Error):
         raise KeystoreError(
             "keystore contents are unreadable after decryption; restore keystore.enc.bak"
         ) from None
-    return Body(entries, internal, caches)
+    return Body(entries, internal, caches, retired)
+
+
+def _retired(raw: object) -> list[Retired]:
+    """The ``retired`` list (absent in files written before it existed: empty)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ValueError("retired is not a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ValueError("retired item is not an object")
+        owner, fld, when = item.get("owner"), item.get("field"), item.get("retired")
+        if (not isinstance(owner, str) or (fld is not None and not isinstance(fld, str))
+                or not isinstance(when, int | float) or isinstance(when, bool)):
+            raise ValueError("bad retired item")
+        out.append(Retired(owner, fld, _unb64(item.get("value")), float(when)))
+    return out

@@ -18,7 +18,7 @@ from vaultproxy.errors import KeystoreError
 from vaultproxy.home import check_private
 from vaultproxy.keystore import atomic, entries, format
 from vaultproxy.keystore.crypto import OpenFailed, derive_key, seal, unseal, wipe
-from vaultproxy.keystore.entries import Body, Entry
+from vaultproxy.keystore.entries import Body, Entry, Retired
 from vaultproxy.keystore.format import DEFAULT_KDF, Header, KdfParams, Slot
 from vaultproxy.keystore.synced import SourceCache, SyncedItem
 from vaultproxy.secret import Secret
@@ -26,6 +26,10 @@ from vaultproxy.secret import Secret
 # Every save raises weaker KDF parameters to at least these. Tests that must stay fast
 # (the crash test's writer) lower it; production code never touches it.
 KDF_FLOOR: KdfParams = DEFAULT_KDF
+# Retired values kept at most (the oldest go first); a save also drops those older than
+# ``Keystore.retired_days`` when the proxy set it from ``[proxy] retired_redact_days``.
+MAX_RETIRED = 1024
+DAY = 86400.0
 
 
 def _wrap(password: Secret, dek: bytearray, kdf: KdfParams,
@@ -59,6 +63,9 @@ class Keystore:
         self._slots = slots
         self._dek = dek
         self._entries, self._internal, self._synced = found.entries, found.internal, found.synced
+        self._retired: list[Retired] = found.retired
+        # None: keep every retired value (the CLI, which does not read [proxy]); 0: keep none.
+        self.retired_days: float | None = None
         self._disk = disk  # SHA-256 of the file as we last read or wrote it
         # Kept only while the KDF parameters are below the floor, to upgrade on save.
         self._password = password
@@ -222,6 +229,7 @@ class Keystore:
             self._password = None
         self._header, self._slots, self._disk = parsed.header, parsed.slots, digest
         self._entries, self._internal, self._synced = found.entries, found.internal, found.synced
+        self._retired = found.retired
         return True
 
     def plaintext(self) -> bytearray:
@@ -229,7 +237,7 @@ class Keystore:
         return entries.encode(self._body())
 
     def _body(self) -> Body:
-        return Body(self._entries, self._internal, self._synced)
+        return Body(self._entries, self._internal, self._synced, self._retired)
 
     # -- entries (in memory until save) ----------------------------------------------------
 
@@ -250,15 +258,57 @@ class Keystore:
 
     def set_value(self, name: str, value: Secret) -> None:
         entries.check_entry_name(name)
-        self._touch(self._entries, name).value = Secret(value.reveal())
+        entry = self._touch(self._entries, name)
+        self._retire(name, None, entry.value, entry.updated, value)
+        entry.value = Secret(value.reveal())
 
     def set_field(self, name: str, field: str, value: Secret) -> None:
         entries.check_entry_name(name)
         entries.check_name(field, "field name")
-        self._touch(self._entries, name).fields[field] = Secret(value.reveal())
+        entry = self._touch(self._entries, name)
+        self._retire(name, field, entry.fields.get(field), entry.updated, value)
+        entry.fields[field] = Secret(value.reveal())
 
     def remove(self, name: str) -> bool:
-        return self._entries.pop(name, None) is not None
+        entry = self._entries.pop(name, None)
+        if entry is None:
+            return False
+        now = self.clock()
+        self._retire(name, None, entry.value, now)
+        for field, old in entry.fields.items():
+            self._retire(name, field, old, now)
+        return True
+
+    # -- retired values (still redacted for [proxy] retired_redact_days) -------------------
+
+    def _retire(self, owner: str, field: str | None, old: Secret | None, now: float,
+                new: Secret | None = None) -> None:
+        """Keep ``old`` as retired at ``now`` unless ``new`` is the same value (or keeping is
+        off)."""
+        if old is None or not old or self.retired_days == 0 or (new is not None and old == new):
+            return
+        for r in self._retired:
+            if r.owner == owner and r.field == field and r.value == old:
+                r.retired = now
+                return
+        self._retired.append(Retired(owner, field, Secret(old.reveal()), now))
+        del self._retired[:-MAX_RETIRED]
+
+    def retired_values(self, owner: str, since: float,
+                       skip_fields: frozenset[str] = frozenset()) -> list[Secret]:
+        """The values retired from ``owner`` (an entry, or ``SOURCE:ITEM``) after ``since``,
+        but not those of ``skip_fields`` (fields that are not secret, like ``username``)."""
+        return [r.value for r in self._retired
+                if r.owner == owner and r.retired >= since and r.field not in skip_fields]
+
+    def retired_count(self) -> int:
+        return len(self._retired)
+
+    def _prune_retired(self) -> None:
+        days = self.retired_days
+        if days is not None:
+            since = self.clock() - days * DAY
+            self._retired = [r for r in self._retired if days > 0 and r.retired >= since]
 
     # -- internal entries ("namespace:name", e.g. "agent:ci-bot" -> token hash) -------------
 
@@ -291,11 +341,29 @@ class Keystore:
         return cache.items.get(key) if cache is not None else None
 
     def put_source_cache(self, source: str, cache: SourceCache) -> None:
-        """Replace what is cached for ``source`` (in memory until ``save``)."""
+        """Replace what is cached for ``source`` (in memory until ``save``); a field value
+        that changed or went away is retired."""
+        old = self._synced.get(source)
+        if old is not None:
+            self._retire_items(source, old, cache)
         self._synced[source] = cache
 
     def remove_source_cache(self, source: str) -> bool:
-        return self._synced.pop(source, None) is not None
+        old = self._synced.pop(source, None)
+        if old is None:
+            return False
+        self._retire_items(source, old, SourceCache())
+        return True
+
+    def _retire_items(self, source: str, old: SourceCache, new: SourceCache) -> None:
+        now = None
+        for key, item in old.items.items():
+            kept = new.items.get(key)
+            for field, value in item.fields.items():
+                current = kept.fields.get(field) if kept is not None else None
+                if current is None or not current == value:
+                    now = self.clock() if now is None else now
+                    self._retire(f"{source}:{key}", field, value, now, current)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -386,6 +454,7 @@ class Keystore:
         return True
 
     def _write(self, header: Header, slots: tuple[Slot, ...], backup_old: bool = True) -> None:
+        self._prune_retired()
         header_bytes = header.pack()
         plain = entries.encode(self._body())
         try:

@@ -50,6 +50,9 @@ class Minted:
     # The headers to set, when not just ``header(token)`` of the type's registration (a
     # session cookie plus a CSRF token, a per-service header name). Every value is a secret.
     headers: tuple[tuple[str, Secret], ...] = ()
+    # Values to redact on their own that are only sent inside a longer header (each cookie
+    # value of a ``Cookie`` jar): an upstream may echo one alone (an httpbin-style /cookies).
+    redact_also: tuple[Secret, ...] = ()
 
     def __repr__(self) -> str:
         names = [n for n, _ in self.headers]
@@ -60,6 +63,7 @@ class Minted:
         out = [self.token.reveal()]
         out += [v.reveal() for _, v in self.headers]
         out += [v.reveal() for v in (self.write_back or {}).values()]
+        out += [v.reveal() for v in self.redact_also]
         return [s for s in out if len(s) >= 4]
 
 

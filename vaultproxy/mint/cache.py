@@ -13,6 +13,10 @@ rotation can never race.
 - **A 401 drops it.** A caller that saw the upstream refuse token generation ``g`` passes
   ``rejected=g``: if ``g`` is still current it is dropped and a new one minted; if a newer
   one exists already (another request got there first) that one is returned.
+- **Redacted everywhere before use.** Every value a mint produced (token, each cookie value,
+  CSRF token, rotated field) is handed to ``Owner.share_minted`` before the token is
+  returned: this process's redactors and, with ``--workers N``, every worker's (the
+  supervisor waits for each one's acknowledgement) redact it until it expires.
 - **Write-back before use.** A mint that rotated keystore fields (a new refresh token) has
   them saved to keystore.enc (keystore/atomic.py, under its lock) *before* the token is
   returned to anyone; if the save fails, the new fields are kept in memory for the next
@@ -27,7 +31,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -56,6 +60,10 @@ class Owner(Protocol):
     def locked(self) -> bool: ...
 
     def secrets_changed(self) -> None: ...
+
+    async def share_minted(
+        self, service: str, secrets: Iterable[bytes], expires_at: float | None
+    ) -> None: ...
 
 logger = logging.getLogger(__name__)
 
@@ -206,11 +214,13 @@ class TokenCache:
             minted = await minter(MintContext(service, fields, post, previous))
         except MintFailed as e:
             raise failed(service, e) from None
+        # Every process redacts it (until it expires) before anyone gets it; first, so the
+        # workers apply it before the keystore state the write-back sends them.
+        await self.state.share_minted(service.name, minted.secrets(), minted.expires_at)
         if minted.write_back:
             await self._write_back(service, minted.write_back)
         issued = Issued(service.name, next(self._gen), minted, "minted",
                         fresh_until(minted, self.clock()))
-        self.state.session.add_minted(service.name, minted.secrets())
         if epoch == self._epoch:
             self._tokens[service.name] = replace(issued, source="cached")
             self._refused.pop(service.name, None)

@@ -23,6 +23,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from vaultproxy.mint.base import (
     NEEDS,
@@ -70,6 +71,25 @@ def cookies(headers: Mapping[str, str]) -> str:
     return "; ".join(pairs)
 
 
+# A cookie value shorter than this is not redacted on its own ("theme=dark" would blank every
+# "dark" in a response); a session id that short could be guessed anyway.
+COOKIE_VALUE_MIN = 8
+
+
+def cookie_values(jar: str) -> tuple[Secret, ...]:
+    """Each cookie value of ``name=value; ...`` on its own, and as a client may see it
+    (unquoted, percent-decoded), for the redactor (SPEC §5: each cookie value)."""
+    out: list[str] = []
+    for pair in jar.split(";"):
+        value = pair.partition("=")[2].strip()
+        forms = {value}
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            forms.add(value[1:-1])
+        forms |= {unquote(f) for f in forms}
+        out += [f for f in sorted(forms) if len(f) >= COOKIE_VALUE_MIN and f not in out]
+    return tuple(Secret(v) for v in out)
+
+
 def dotted(data: Any, path: str) -> str | None:
     for part in path.split("."):
         if isinstance(data, dict):
@@ -108,7 +128,8 @@ async def session_login(ctx: MintContext) -> Minted:
         jar = cookies(headers)
         if not jar:
             raise MintFailed(service.name, 200, "the login set no cookie")
-        return Minted(Secret(jar), None, headers=(("Cookie", Secret(jar)),))
+        return Minted(Secret(jar), None, headers=(("Cookie", Secret(jar)),),
+                      redact_also=cookie_values(jar))
     try:
         data = json.loads(body)
     except ValueError:
@@ -151,7 +172,7 @@ async def unifi_dual(ctx: MintContext) -> Minted:
     out = [("Cookie", Secret(jar))]
     if csrf:
         out.append(("X-CSRF-Token", Secret(csrf)))
-    return Minted(Secret(jar), None, headers=tuple(out))
+    return Minted(Secret(jar), None, headers=tuple(out), redact_also=cookie_values(jar))
 
 
 register("session", session_login)

@@ -13,6 +13,15 @@ switch a defence off:
   hangs). HTTP/1 trailers are dropped (both directions).
 * **WebSocket control frames.** Ping/pong payloads and close reasons from the server go
   through ``ws_control_filter`` (the response gate's redactor) before they are relayed.
+* **A client that is done before its handler is registered.** mitmproxy runs tasks with an
+  eager task factory: ``handle_client`` creates the client's ``handle_connection`` task and
+  only then records it in ``transports[client].handler``. If the client's bytes and its FIN
+  are already buffered (it pipelined requests and closed while our ``client_connected``
+  held it, waiting for the run to serve), the task runs to its end inside ``create_task``:
+  ``close_connection`` asserts on the missing handler ("mitmproxy has crashed!") and the
+  finished task has already removed the client, so ``handle_client`` raises
+  ``KeyError: Client(...)``. The client's handler now yields once before it reads anything,
+  so it is always registered first.
 * **TLS key logging.** ``SSLKEYLOGFILE``/``MITMPROXY_SSLKEYLOGFILE`` are cleared when the
   ``vaultproxy`` package is imported; if mitmproxy was imported earlier and already opened
   a key log (mitmdump started with them set), ``keylog_active()`` says so and the proxy
@@ -42,6 +51,7 @@ ErrorClassifier = Callable[[int, str], tuple[int, str, str]]
 _classify: ErrorClassifier | None = None
 
 _installed = False
+originals: dict[str, Any] = {}  # what a patch replaced, by name (for the tests' twins)
 
 
 def error_parts(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -91,6 +101,7 @@ def install() -> None:
     _patch_error_pages()
     _patch_http1_reader()
     _patch_websocket()
+    _patch_client_handler()
     refusals.install()  # requests the HTTP/1 reader refuses are audited as answered
     deadlines.install()  # every wait on an upstream bounded ([proxy] timeouts)
     openssl.check()
@@ -203,6 +214,29 @@ def _patch_http1_reader() -> None:
         yield from read_headers(self, event)
 
     client.read_headers = read_headers_skipping_1xx  # type: ignore[method-assign]
+
+
+# --- the client connection's handler task -----------------------------------------------------
+
+
+def _patch_client_handler() -> None:
+    import asyncio
+
+    from mitmproxy.proxy import server
+
+    handler_cls = server.ConnectionHandler
+    original = need(handler_cls, "handle_connection")
+    need(handler_cls, "handle_client")
+
+    originals["handle_connection"] = original
+
+    async def handle_connection(self: Any, connection: Any) -> None:
+        io = self.transports.get(connection)
+        if connection is self.client and io is not None and io.handler is None:
+            await asyncio.sleep(0)  # let handle_client record this task before it runs
+        await original(self, connection)
+
+    handler_cls.handle_connection = handle_connection  # type: ignore[method-assign]
 
 
 # --- WebSocket control frames ----------------------------------------------------------------

@@ -6,14 +6,17 @@ What reaches the agent, and where this gate handles it:
 ========================  ================================================================
 status line               ``responseheaders``: the reason phrase is replaced by the
                           standard one for the code (the upstream's own text is dropped)
-headers                   ``responseheaders``: every field redacted, ``Set-Cookie`` dropped
+headers                   ``responseheaders``: every field redacted, ``Set-Cookie`` dropped;
+                          a folded (obs-fold) field is ``502 upstream_protocol``
 1xx (not 101)             dropped by the engine seam before mitmproxy parses them
 101                       ``responseheaders``: only a WebSocket upgrade the agent asked for;
                           anything else is ``502 upgrade_refused`` (and raw TCP is off)
 transfer coding           ``responseheaders``: HTTP/1 ``chunked`` only, else
                           ``502 upstream_protocol``
 body                      decoded (``Content-Encoding``; an unknown one is refused) and
-                          redacted, whole (``response``) or streamed (``stream_filter``)
+                          redacted, whole (``response``) or streamed (``stream_filter``);
+                          one that does not decode is ``502 upstream_protocol``, or, once
+                          a streamed head went out, the connection is cut
 trailers                  ``response``: redacted (HTTP/2); HTTP/1 trailers are dropped by the
                           seam, and trailers for an HTTP/1 agent are dropped here
 WebSocket messages        ``websocket_message``: redacted
@@ -32,6 +35,7 @@ without ``Content-Encoding``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import wsproto.events
 from mitmproxy import http
@@ -46,10 +50,17 @@ from vaultproxy.errors import (
     VaultproxyError,
     classify_engine_error,
 )
-from vaultproxy.redact import Redactor, drop_set_cookie, gate_head, redact_headers, stream_filter
+from vaultproxy.redact import (
+    Redactor,
+    drop_set_cookie,
+    gate_head,
+    redact_headers,
+    refuse_folded,
+    stream_filter,
+)
 from vaultproxy.seam import defences
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
-from vaultproxy.stages.guard import error_reply, guarded
+from vaultproxy.stages.guard import deny, error_reply, guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 
 logger = logging.getLogger(__name__)
@@ -113,6 +124,18 @@ def _redact_whole(
         resp.headers["content-length"] = str(len(out))
 
 
+def _cutter(flow: http.HTTPFlow, service: str) -> Callable[[VaultproxyError], None]:
+    """A streamed body that stops decoding after its head went out: the status cannot change
+    any more, so the connection is cut (``deny`` kills a streaming flow) and audited."""
+
+    def cut(err: VaultproxyError) -> None:
+        logger.warning("service %s: the response body stopped decoding mid-stream (%s); "
+                       "connection cut", service, err.code)
+        deny(flow, err)
+
+    return cut
+
+
 def _check_upgrade(flow: http.HTTPFlow) -> None:
     """A 101 passes only as the WebSocket upgrade the agent asked for."""
     req, resp = flow.request, flow.response
@@ -174,6 +197,7 @@ class ResponseGate(Stage):
             raise UnscannableResponse("the keystore was locked while the request was in flight")
         rec.redactor = redactor
         resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+        refuse_folded(resp.headers)
         if resp.status_code == 101:
             _check_upgrade(flow)
         if resp.http_version in ("HTTP/1.0", "HTTP/1.1"):
@@ -196,7 +220,7 @@ class ResponseGate(Stage):
             # reply is upgraded so the agent is not left with a close-delimited body.
             resp.http_version = "HTTP/1.1"
             resp.headers["transfer-encoding"] = "chunked"
-        resp.stream = stream_filter(redactor, decode)
+        resp.stream = stream_filter(redactor, decode, _cutter(flow, service.name))
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
@@ -218,6 +242,7 @@ class ResponseGate(Stage):
             if flow.request.http_version.startswith("HTTP/1"):
                 resp.trailers = None  # mitmproxy cannot send trailers to an HTTP/1 agent
             else:
+                refuse_folded(resp.trailers)
                 redactor.redact_headers(resp.trailers)
         encoding, rec.whole = rec.whole, None
         if encoding is not None and rec.denied is None:
@@ -271,6 +296,7 @@ def _gate_resent(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord) -> None:
         raise UnscannableResponse("the keystore was locked while the request was in flight")
     rec.redactor = redactor
     resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+    refuse_folded(resp.headers)
     body, out = resp.raw_content or b"", b""
     if _no_body(flow):
         drop_set_cookie(resp.headers)
