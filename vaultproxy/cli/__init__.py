@@ -13,7 +13,7 @@ from vaultproxy.errors import UsageError, VaultproxyError
 
 # Subcommand modules, in --help order. Each exposes register(subparsers).
 COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "control", "ca", "env_exec",
-                   "agent", "tpm", "sync")
+                   "agent", "tpm", "sync", "tail", "lifecycle", "completion")
 
 DESCRIPTION = """\
 vaultproxy keeps API keys out of AI agents: agents run with HTTPS_PROXY pointing at it,
@@ -72,6 +72,16 @@ def add_password_file(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vaultproxy.cli import tty
+
+    tty.hide_typing(sys.argv[1:] if argv is None else argv)  # before the heavy imports
+    try:
+        return _main(argv)
+    finally:
+        tty.restore()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logfilter.install()
     parser = build_parser()

@@ -56,6 +56,7 @@ def _add(args: argparse.Namespace) -> int:
         store.set_internal(entry, record.encode())
         store.save()
         sys.stdout.write(token.reveal_str() + "\n")
+        _tell_running(args)
         sys.stdout.flush()
     finally:
         token.wipe()
@@ -100,6 +101,7 @@ def _rm(args: argparse.Namespace) -> int:
         raise KeystoreError(f"no agent named {args.name}; `vaultproxy agent list` shows them")
     store.save()
     sys.stdout.write(f"removed agent {args.name}\n")
+    _tell_running(args)
     _note_if_running(Home.resolve(args.home))
     return 0
 
@@ -125,3 +127,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for p in group.choices.values():
         add_home(p)
         add_password_file(p)
+
+
+def _tell_running(args: argparse.Namespace) -> None:
+    """A running proxy serves the agent change at once; said on stderr (stdout is the token)."""
+    from vaultproxy.cli.control import apply_to_running
+    from vaultproxy.home import Home
+
+    said = apply_to_running(Home.resolve(args.home))
+    if said is not None:
+        sys.stderr.write(f"vaultproxy: {said}\n")
