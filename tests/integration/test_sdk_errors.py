@@ -26,7 +26,7 @@ from tests.integration.conftest import service_block
 pytestmark = pytest.mark.integration
 
 LOCKED_TEXT = "the vaultproxy keystore is locked"
-MISSING_TEXT = "the secret for this service is missing"
+MISSING_TEXT = "keystore has no entry for service sdk-missing"
 
 PY_OPENAI = """
 import sys, openai
@@ -135,6 +135,7 @@ def test_without_the_ca_the_sdk_sees_only_a_connection_error(locked: ProxyProces
     env = agent_env(locked)
     env.pop("SSL_CERT_FILE")
     script = PY_OPENAI.replace("except openai.APIStatusError", "except openai.APIError")
+    script = script.replace("{e.status_code}", "{getattr(e, 'status_code', None)}")
     r = subprocess.run([sys.executable, "-c", script, "https://sdk-locked.api.test/v1"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert "APIConnectionError" in r.stdout and LOCKED_TEXT not in r.stdout, r.stdout

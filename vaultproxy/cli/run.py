@@ -55,6 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def parse_workers(text: str) -> int:
+    if text == "1":
+        return 1  # the default, without importing the engine before the password prompt
     from vaultproxy.engine.workers import MAX_WORKERS, default_workers
 
     if text == "auto":
@@ -132,7 +134,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             check_strength(password)
         elif in_background():
             logging.getLogger(__name__).warning("no password prompt: " + BACKGROUND)
-    tty.restore()
 
     from vaultproxy.ca import load_ca, materialize_mitm_confdir
     from vaultproxy.engine.serve import ServeOptions, serve
@@ -160,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "no password source (no --password-file, no VAULTPROXY_PASSWORD_FILE, no terminal): "
             "starting LOCKED; intercepted hosts answer 503 until `vaultproxy unlock`"
         )
+    tty.restore()  # echo back on: no more prompts
     opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
                         workers=workers)
     stop_echo = threading.Event()
