@@ -94,7 +94,8 @@ def test_syntax_error(home: Path, canary: Any) -> None:
     (home / "services.toml").write_text(f'[proxy]\negress = "{c}\n')
     r = run_check(home)
     assert r.returncode == 1
-    assert r.stdout.startswith("services.toml: line 2: ")
+    assert r.stdout.startswith("services.toml: line 2, column 10: a string starts here and is "
+                               "not closed on this line; add the closing quote")
     assert c not in r.stdout + r.stderr
 
 
