@@ -76,7 +76,8 @@ def _located(err: tkx.ParseError, text: str) -> str:
     if opened is not None:
         col = opened + 1
         reason = "a string starts here and is not closed on this line"
-        hint = "add the closing quote; a string ends on the line it starts (\"\"\"...\"\"\" spans lines)"
+        hint = ('add the closing quote; a string ends on the line it starts ("""..."""'
+                " spans lines)")
     elif isinstance(err, tkx.UnexpectedCharError) and "=" in line \
             and line.split("=", 1)[1].strip()[:1].isalpha():
         hint = 'a string value needs quotes: key = "..."'
