@@ -45,8 +45,9 @@ def spawn(*args: str, log: Path) -> pexpect.spawn:
 
 
 def end(child: pexpect.spawn, *, sig: int = signal.SIGINT) -> None:
-    child.kill(sig)
-    child.expect(pexpect.EOF)
+    if child.isalive():
+        child.kill(sig)
+        child.expect(pexpect.EOF)
     child.close()
     if child.logfile_read is not None:
         child.logfile_read.close()
@@ -153,5 +154,16 @@ def test_run_on_a_terminal_prints_one_line_per_request(
             assert client.get(f"https://watch-run.api.test{path}").status_code == 200
         child.expect_exact(path, timeout=3)
         child.expect(r"200\s+injected")
+        # A follower stays connected; stopping the proxy ends its stream instead of
+        # waiting for it (the admin server's graceful shutdown would otherwise wait 5 s).
+        tail = spawn("tail", "-f", "-n", "0", "--home", str(home.path),
+                     log=tmp_path / "tail.log")
+        tail.expect("following the audit")
+        stopping = time.monotonic()
+        child.kill(signal.SIGTERM)
+        child.expect(pexpect.EOF, timeout=20)
+        tail.expect("the proxy stopped; the stream ended", timeout=10)
+        end(tail)
+        assert time.monotonic() - stopping < 4.0
     finally:
         end(child, sig=signal.SIGTERM)
