@@ -195,7 +195,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     home = Home.resolve(args.home)
     status, data = call(home, "POST", "/v1/reload")
     if status == 409:
-        sys.stdout.write("".join(f"{p}\n" for p in data.get("problems", [])))
+        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        problems = data.get("problems") or error.get("problems") or []
+        sys.stdout.write("".join(f"{p}\n" for p in problems))
         sys.stderr.write("vaultproxy: services.toml is invalid; the previous registry stays "
                          "in use (fix it and run `vaultproxy reload` again)\n")
         return 1
