@@ -266,6 +266,21 @@ def test_secret_set_reaches_the_running_proxy_at_once(
         assert r.stdout == "removed late\nthe running proxy uses it now\n", r.stderr
         with agent_client(proc) as c:
             assert c.get("https://late.api.test/v1/gone").status_code == 502
+        # Who, never the value: an admin record names the command that changed the keystore.
+        admin = [r for r in proc.audit() if r["event"] == "admin"]
+        assert [(r["caller"], r["reason"]) for r in admin][-2:] == [
+            ("id:cli-secret-set", "reload"), ("id:cli-secret-rm", "reload")]
+        assert value not in (home.path / "audit.jsonl").read_text()
+        # passwd too: the running proxy keeps serving under the new password's keystore.
+        new = tmp_path / "new-pw"
+        new.write_text("a brand new master password")
+        new.chmod(0o600)
+        r = subprocess.run([*VP, "passwd", "--home", str(home.path), "--password-file",
+                            str(home.password_file), "--new-password-file", str(new)],
+                           capture_output=True, text=True, timeout=90, env=_env(), cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        assert "the running proxy uses it now (`vaultproxy unlock` takes the new password" \
+            in r.stdout
 
 
 def test_completion_scripts_come_from_the_parser(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def _add(args: argparse.Namespace) -> int:
         store.set_internal(entry, record.encode())
         store.save()
         sys.stdout.write(token.reveal_str() + "\n")
-        _tell_running(args)
+        _tell_running(args, "agent-add")
         sys.stdout.flush()
     finally:
         token.wipe()
@@ -101,7 +101,7 @@ def _rm(args: argparse.Namespace) -> int:
         raise KeystoreError(f"no agent named {args.name}; `vaultproxy agent list` shows them")
     store.save()
     sys.stdout.write(f"removed agent {args.name}\n")
-    _tell_running(args)
+    _tell_running(args, "agent-rm")
     _note_if_running(Home.resolve(args.home))
     return 0
 
@@ -129,11 +129,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_password_file(p)
 
 
-def _tell_running(args: argparse.Namespace) -> None:
+def _tell_running(args: argparse.Namespace, what: str) -> None:
     """A running proxy serves the agent change at once; said on stderr (stdout is the token)."""
     from vaultproxy.cli.control import apply_to_running
     from vaultproxy.home import Home
 
-    said = apply_to_running(Home.resolve(args.home))
+    said = apply_to_running(Home.resolve(args.home), what)
     if said is not None:
         sys.stderr.write(f"vaultproxy: {said}\n")

@@ -44,13 +44,17 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def call(home: Home, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    """One admin API request over admin.sock -> (status, decoded JSON)."""
+def call(home: Home, method: str, path: str, body: bytes | None = None,
+         caller: str | None = None) -> tuple[int, Any]:
+    """One admin API request over admin.sock -> (status, decoded JSON). ``caller`` names
+    what asked (``X-Caller-Id``, recorded in the admin audit record)."""
     start = f"start it with `vaultproxy run --home {home.path}`"
     if not home.admin_sock.exists():
         raise NotRunning(f"vaultproxy is not running for {home.path} (no admin.sock); {start}")
     conn = _UnixConnection(str(home.admin_sock))
     headers = {"Content-Type": "application/json"} if body is not None else {}
+    if caller is not None:
+        headers["X-Caller-Id"] = caller
     try:
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
@@ -236,7 +240,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_reload)
 
 
-def apply_to_running(home: Home) -> str | None:
+def apply_to_running(home: Home, what: str = "keystore-write") -> str | None:
     """After the CLI wrote keystore.enc: a proxy running for this home re-reads it now
     (``POST /v1/reload`` over admin.sock, as SIGHUP). The sentence to tell the user, or None
     when no proxy runs (the next `vaultproxy run` reads the file anyway)."""
@@ -245,7 +249,8 @@ def apply_to_running(home: Home) -> str | None:
         if status == 200 and health.get("locked"):
             return ("the running proxy is locked; it uses the change once unlocked "
                     "(`vaultproxy unlock`)")
-        status, data = call(home, "POST", "/v1/reload")
+        # The admin audit record of this reload names the command that asked for it.
+        status, data = call(home, "POST", "/v1/reload", caller=f"cli-{what}")
     except NotRunning:
         return None
     except VaultproxyError as e:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from vaultproxy.cli.control import apply_to_running
     from vaultproxy.home import Home
 
-    said = apply_to_running(Home.resolve(args.home))
+    said = apply_to_running(Home.resolve(args.home), "passwd")
     if said is not None:
         sys.stdout.write(f"{said} (`vaultproxy unlock` takes the new password from now on)\n")
     return 0
