@@ -2,7 +2,7 @@
 on the controlling terminal also when stdin is a pipe carrying the secret, and Ctrl-D /
 Ctrl-C at a prompt end the command cleanly (no traceback, nothing written).
 
-Each test waits for the prompt before typing: getpass flushes typed-ahead input.
+Each test waits for the prompt before typing (typed-ahead text is kept: test_cli_firsthour.py).
 """
 
 from __future__ import annotations
