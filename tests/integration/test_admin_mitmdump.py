@@ -58,15 +58,6 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
                 assert r.status_code == 503 and r.headers["X-Vaultproxy-Error"] == "locked"
                 assert r.json()["error"]["type"] == "vaultproxy_error"
                 assert "vaultproxy unlock" in r.json()["error"]["message"]
-            # ... and an intercepted request through mitmdump itself.
-            with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False,
-                              verify=str(home.ca_cert)) as c:
-                r = c.get("https://svc.api.test/v1/models")
-                assert r.status_code == 503 and r.headers["X-Vaultproxy-Error"] == "locked"
-                assert r.json()["error"] == {
-                    "message": r.json()["error"]["message"], "type": "vaultproxy_error",
-                    "code": "locked"}
-                assert "vaultproxy unlock" in r.json()["error"]["message"]
             # run.json is written, so `vaultproxy status` / env / exec work under mitmdump.
             run_json = home.path / "run.json"
             while not run_json.exists() and time.monotonic() < deadline:
