@@ -106,6 +106,9 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logfilter.install()
     words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["--version"]:  # without loading every command's module
+        sys.stdout.write(f"vaultproxy {__version__}\n")
+        return 0
     parser = build_parser(words[0] if words else None)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
