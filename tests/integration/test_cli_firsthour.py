@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -294,3 +295,15 @@ def test_completion_scripts_come_from_the_parser(tmp_path: Path) -> None:
             subprocess.run(["bash", "-n", str(script)], check=True)
         if shell == "fish":
             subprocess.run(["fish", "--no-execute", str(script)], check=True)
+
+
+def test_a_keystore_change_without_a_proxy_is_audited_by_the_cli(home: ProxyHome) -> None:
+    value = make_canary()
+    r = subprocess.run([*VP, "secret", "set", "offline", "--home", str(home.path),
+                        "--password-file", str(home.password_file)], input=value,
+                       capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
+    assert r.stdout == "stored offline\n", r.stderr  # no proxy: nothing more to say
+    text = (home.path / "audit.jsonl").read_text()
+    record = json.loads(text.splitlines()[-1])
+    assert record["event"] == "admin" and record["reason"] == "secret-set"
+    assert record["caller"] == f"cli:uid={os.getuid()}" and value not in text

@@ -252,6 +252,7 @@ def apply_to_running(home: Home, what: str = "keystore-write") -> str | None:
         # The admin audit record of this reload names the command that asked for it.
         status, data = call(home, "POST", "/v1/reload", caller=f"cli-{what}")
     except NotRunning:
+        _audit_locally(home, what)
         return None
     except VaultproxyError as e:
         return f"the running proxy was not told ({e}); run `vaultproxy reload`"
@@ -262,3 +263,20 @@ def apply_to_running(home: Home, what: str = "keystore-write") -> str | None:
                 "is invalid and was not reloaded (`vaultproxy check` lists why)")
     return (f"the running proxy answered {status} ({error_message(data) or 'no details'}); "
             "run `vaultproxy reload`")
+
+
+def _audit_locally(home: Home, what: str) -> None:
+    """No proxy to record it: the CLI appends the admin record itself (who and what, never
+    a value), so audit.jsonl names every keystore change."""
+    import os
+
+    from vaultproxy.audit import ADMIN_EVENT, AuditEvent, AuditLog
+
+    if not home.path.is_dir():
+        return
+    log = AuditLog(home.audit)
+    try:
+        log.record(AuditEvent(event=ADMIN_EVENT, method="CLI", path="keystore.enc",
+                              outcome="ok", reason=what, caller=f"cli:uid={os.getuid()}"))
+    finally:
+        log.close()
