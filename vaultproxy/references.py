@@ -46,8 +46,8 @@ class SecretProblem:
         """What to run, in words (a synced secret is fixed by a sync, which applies at once)."""
         if is_ref(self.secret):
             return f"run `vaultproxy sync {ref_of(self.secret).source}`"
-        return (f"run `vaultproxy secret set {self.secret}` (add --field for basic auth) and "
-                "`vaultproxy reload`")
+        return (f"run `vaultproxy secret set {self.secret}` (add --field for basic auth; a "
+                "running proxy uses it at once)")
 
 
 def secret_problems(cfg: Config, keystore: Keystore) -> list[SecretProblem]:

@@ -180,7 +180,8 @@ def test_check_names_missing_keystore_fields(auth: str, fields: set[str], missin
     entry = Entry(name="svc", value=None, fields={f: Secret("v") for f in fields})
     lines = [p.line for p in secret_problems(cfg, FakeKeystore({"svc": entry}))]  # type: ignore[arg-type]
     assert len(lines) == 1
-    assert lines[0].startswith(f'service[0].secret: keystore entry "svc" lacks field(s) {missing}')
+    assert lines[0].startswith(
+        f'service "svc" (service[0]).secret: keystore entry "svc" lacks field(s) {missing}')
     full = {f: Secret("v") for f in signed.FIELDS[auth]}
     ok = secret_problems(cfg, FakeKeystore({"svc": Entry(name="svc", value=None, fields=full)}))  # type: ignore[arg-type]
     assert ok == []
@@ -190,7 +191,8 @@ def test_path_prefix_needs_a_value() -> None:
     cfg = parse(svc("path_prefix"))
     lines = [p.line for p in secret_problems(
         cfg, FakeKeystore({"svc": Entry(name="svc", value=None, fields={"x": Secret("v")})}))]  # type: ignore[arg-type]
-    assert lines == ['service[0].secret: keystore entry "svc" has no value (only fields); '
+    assert lines == ['service "svc" (service[0]).secret: keystore entry "svc" has no value '
+                     '(only fields); '
                      'auth = "path_prefix" needs a value']
 
 
