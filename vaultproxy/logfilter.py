@@ -9,8 +9,10 @@ whenever its secrets change (``use``); with none, records pass unchanged.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from vaultproxy.redact import Redactor
+if TYPE_CHECKING:  # the type only: importing redact pulls in mitmproxy (~1 s before a prompt)
+    from vaultproxy.redact import Redactor
 
 _redactor: Redactor | None = None
 

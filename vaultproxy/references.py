@@ -39,15 +39,15 @@ class SecretProblem:
     @property
     def line(self) -> str:
         """`vaultproxy check`'s ``path: message`` form."""
-        return f"service[{self.index}].secret: {self.message}"
+        return f'service "{self.service}" (service[{self.index}]).secret: {self.message}'
 
     @property
     def fix(self) -> str:
         """What to run, in words (a synced secret is fixed by a sync, which applies at once)."""
         if is_ref(self.secret):
             return f"run `vaultproxy sync {ref_of(self.secret).source}`"
-        return (f"run `vaultproxy secret set {self.secret}` (add --field for basic auth) and "
-                "`vaultproxy reload`")
+        return (f"run `vaultproxy secret set {self.secret}` (add --field for basic auth; a "
+                "running proxy uses it at once)")
 
 
 def secret_problems(cfg: Config, keystore: Keystore) -> list[SecretProblem]:
@@ -122,7 +122,7 @@ def source_credential_problems(cfg: Config, keystore: Keystore) -> list[str]:
         have = entry.fields if entry is not None else {}
         missing = [f for f in SOURCE_FIELDS[src.auth] if f not in have]
         if missing:
-            out.append(f'source[{i}]: keystore entry "{name}" lacks field(s) '
+            out.append(f'source "{src.name}" (source[{i}]): keystore entry "{name}" lacks field(s) '
                        f'{", ".join(missing)} (auth = "{src.auth}"; `vaultproxy secret set '
                        f'{name} --field {missing[0]}`)')
     return out

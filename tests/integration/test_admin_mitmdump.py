@@ -53,6 +53,11 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
             uds = httpx.HTTPTransport(uds=str(sock))
             with httpx.Client(transport=uds, base_url="http://localhost", trust_env=False) as c:
                 assert c.post("/v1/lock").json() == {"locked": True}
+                # The error shape every SDK prints, on this path too: POST /proxy ...
+                r = c.post("/proxy", json={"service": "svc", "method": "GET", "path": "/"})
+                assert r.status_code == 503 and r.headers["X-Vaultproxy-Error"] == "locked"
+                assert r.json()["error"]["type"] == "vaultproxy_error"
+                assert "vaultproxy unlock" in r.json()["error"]["message"]
             # run.json is written, so `vaultproxy status` / env / exec work under mitmdump.
             run_json = home.path / "run.json"
             while not run_json.exists() and time.monotonic() < deadline:

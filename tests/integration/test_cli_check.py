@@ -79,11 +79,11 @@ def test_every_problem_listed(home: Path, canary: Any) -> None:
     r = run_check(home)
     assert r.returncode == 1
     assert r.stdout.splitlines() == [
-        "service[2].bogus: unknown key",
-        'service[2].mode: must be "placeholder" or "host_inject"',
-        'service[2].hosts[1]: wildcard may only be "*." followed by a domain',
-        "service[2].name: already used by service[0]",
-        "service[2].hosts[0]: host and port already served by service[0]",
+        'service "openai" (service[2]).bogus: unknown key',
+        'service "openai" (service[2]).mode: must be "placeholder" or "host_inject"',
+        'service "openai" (service[2]).hosts[1]: wildcard may only be "*." followed by a domain',
+        'service "openai" (service[2]).name: already used by service[0]',
+        'service "openai" (service[2]).hosts[0]: host and port already served by service[0]',
     ]
     assert r.stderr == "vaultproxy check: 5 problem(s)\n"
     assert c not in r.stdout + r.stderr
@@ -94,7 +94,8 @@ def test_syntax_error(home: Path, canary: Any) -> None:
     (home / "services.toml").write_text(f'[proxy]\negress = "{c}\n')
     r = run_check(home)
     assert r.returncode == 1
-    assert r.stdout.startswith("services.toml: line 2: ")
+    assert r.stdout.startswith("services.toml: line 2, column 10: a string starts here and is "
+                               "not closed on this line; add the closing quote")
     assert c not in r.stdout + r.stderr
 
 
@@ -121,9 +122,9 @@ def test_secrets_missing(home: Path, canary: Any) -> None:
     r = run_check(home, "--password-file", str(pw))
     assert r.returncode == 1
     assert r.stdout.splitlines() == [
-        'service[1].secret: keystore entry "reg-creds" lacks field(s) password '
-        '(auth = "basic" needs username and password)',
-        'service[2].secret: keystore has no entry named "gh"',
+        'service "registry" (service[1]).secret: keystore entry "reg-creds" lacks field(s) '
+        'password (auth = "basic" needs username and password)',
+        'service "gh" (service[2]).secret: keystore has no entry named "gh"',
     ]
 
 

@@ -81,10 +81,12 @@ def test_a_missing_field_is_named_with_the_type_that_needs_it(tmp_path: Path, ca
     r = run_check(home, "--password-file", str(pw))
     assert r.returncode == 1
     lines = r.stdout.splitlines()
-    assert any(line.startswith("service[0].secret:") and "refresh_token" in line
+    assert any(line.startswith('service "rt" (service[0]).secret:') and "refresh_token" in line
                and 'auth = "oauth2_refresh"' in line for line in lines), lines
-    assert any(line.startswith("service[3].secret:") and "api_key" in line for line in lines)
-    assert not any(line.startswith(("service[1]", "service[2]")) for line in lines)
+    assert any(line.startswith('service "unifi" (service[3]).secret:') and "api_key" in line
+               for line in lines)
+    assert not any(line.startswith(('service "cc" (service[1])', 'service "npm" (service[2])'))
+                   for line in lines)
 
 
 def test_a_bad_minted_key_fails_without_the_keystore(tmp_path: Path, canary: Any) -> None:
@@ -93,4 +95,4 @@ def test_a_bad_minted_key_fails_without_the_keystore(tmp_path: Path, canary: Any
         'token_url = "/token"', 'token_url = "http://cc.example.com/token"'))
     r = run_check(home)
     assert r.returncode == 1
-    assert r.stdout.startswith("service[1].token_url:"), r.stdout
+    assert r.stdout.startswith("service \"cc\" (service[1]).token_url:"), r.stdout

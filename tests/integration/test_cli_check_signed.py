@@ -70,13 +70,13 @@ def test_missing_fields_are_named(tmp_path: Path) -> None:
     code, out = _check(home)
     assert code == 1
     assert out == [
-        'service[0].secret: keystore entry "tg" has no value (only fields); '
+        'service "tg" (service[0]).secret: keystore entry "tg" has no value (only fields); '
         'auth = "path_prefix" needs a value',
-        'service[1].secret: keystore entry "s3" lacks field(s) secret_access_key '
+        'service "s3" (service[1]).secret: keystore entry "s3" lacks field(s) secret_access_key '
         '(auth = "aws_sigv4" needs access_key_id, secret_access_key)',
-        'service[2].secret: keystore entry "gcs" lacks field(s) json '
+        'service "gcs" (service[2]).secret: keystore entry "gcs" lacks field(s) json '
         '(auth = "google_service_account" needs json)',
-        'service[3].secret: keystore entry "gh" lacks field(s) installation_id '
+        'service "gh" (service[3]).secret: keystore entry "gh" lacks field(s) installation_id '
         '(auth = "github_app" needs app_id, private_key, installation_id)',
     ]
 
@@ -89,7 +89,7 @@ def test_bad_keys_are_named_without_values(tmp_path: Path) -> None:
     code, out = _check(home)
     assert code == 1
     assert out == [
-        "service[0].path_prefix: must hold {secret} exactly once",
-        'service[1].region: is required when auth = "aws_sigv4"',
-        "service[3].api_url: must be an https:// URL",
+        "service \"tg\" (service[0]).path_prefix: must hold {secret} exactly once",
+        'service "s3" (service[1]).region: is required when auth = "aws_sigv4"',
+        "service \"gh\" (service[3]).api_url: must be an https:// URL",
     ]

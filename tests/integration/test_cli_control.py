@@ -98,6 +98,8 @@ def test_status_unlock_lock_reload(start_proxy, upstream, tmp_path: Path) -> Non
     r = vp(proxy, "reload")
     assert r.returncode == 1
     assert "service[0].name" in r.stdout and "previous registry" in r.stderr
+    # ... and the proxy's own log says so, as for a SIGHUP (whoever asked).
+    assert _wait_for(lambda: "reload refused (asked by unix:" in proxy.output()), proxy.output()
     with agent_client(proxy) as c:
         assert c.get("https://ctl-a.api.test/still").status_code == 200
 

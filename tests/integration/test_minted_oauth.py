@@ -284,7 +284,8 @@ def test_a_token_endpoint_on_a_denied_address_is_refused(
                             files={"oauth-ca.pem": oauth.ca_file.read_bytes()})
     r = cli(home.path, "check", check=False)
     assert r.returncode == 1
-    assert r.stdout.startswith("service[0].token_url: denied by the address policy"), r.stdout
+    assert r.stdout.startswith(
+        'service "meta" (service[0]).token_url: denied by the address policy'), r.stdout
     with pytest.raises(AssertionError, match="token_url: denied by the address policy"):
         ProxyProcess.start(home)
     # Twin: the same service with its token endpoint on its own (allowed) host starts.

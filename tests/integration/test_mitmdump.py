@@ -17,7 +17,7 @@ import pytest
 
 from tests import canary
 from tests.canary import make_canary
-from tests.harness.proxy import REPO, ProxyHome
+from tests.harness.proxy import PASSWORD, REPO, ProxyHome
 from tests.harness.upstream import Upstream, free_port
 from tests.integration.conftest import service_block
 from tests.integration.test_inject import MATRIX, _agent_request, _expected
@@ -172,6 +172,26 @@ def test_flow_file_sink_refuses_to_run(tmp_path, upstream):  # type: ignore[no-u
     assert "save_stream_file would write injected credentials" in proc.stdout + proc.stderr
 
 
+def test_mitmdump_errors_have_the_shape_every_sdk_prints(mitm):  # type: ignore[no-untyped-def]
+    """Locked, an intercepted request through mitmdump answers like `vaultproxy run`: the
+    error object the OpenAI/Anthropic SDKs print, and X-Vaultproxy-Error."""
+    md, home, _secrets, _ = mitm
+    name = MATRIX[0][0]
+    admin = httpx.Client(transport=httpx.HTTPTransport(uds=str(home.path / "admin.sock")),
+                         base_url="http://localhost", timeout=60)
+    with admin:
+        assert admin.post("/v1/lock").status_code == 200
+        try:
+            with _client(md, home) as c:
+                r = c.get(f"https://{name}.api.test/v1/models")
+            assert r.status_code == 503 and r.headers["X-Vaultproxy-Error"] == "locked"
+            error = r.json()["error"]
+            assert error["type"] == "vaultproxy_error" and error["code"] == "locked"
+            assert "vaultproxy unlock" in error["message"]
+        finally:
+            assert admin.post("/v1/unlock", json={"password": PASSWORD}).status_code == 200
+
+
 def test_broken_hot_reload_refuses_instead_of_forwarding(mitm, upstream):  # type: ignore[no-untyped-def]
     md, home, _secrets, script = mitm
     script.write_text("this is not python (\n")
@@ -189,3 +209,4 @@ def test_broken_hot_reload_refuses_instead_of_forwarding(mitm, upstream):  # typ
     assert "503" in str(e.value)
     assert len(upstream.received) == before, "a request went upstream with the chain broken"
     assert md.proc.poll() is None
+

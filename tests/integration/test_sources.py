@@ -340,9 +340,10 @@ def test_sync_without_a_running_proxy_opens_the_keystore(tmp_path: Path, echo: U
     r = cli(home.path, "check", *pw, check=False)
     assert r.returncode == 1
     assert r.stdout.splitlines() == [
-        "service[0].secret: bao:offline is not synced yet (run `vaultproxy sync bao`)",
-        'source[0]: keystore entry "source.bao" lacks field(s) token (auth = "token"; '
-        "`vaultproxy secret set source.bao --field token`)"]
+        'service "offline" (service[0]).secret: bao:offline is not synced yet (run '
+        "`vaultproxy sync bao`)",
+        'source "bao" (source[0]): keystore entry "source.bao" lacks field(s) token (auth = '
+        '"token"; `vaultproxy secret set source.bao --field token`)']
     r = cli(home.path, "secret", "set", "source.bao", "--field", "token", *pw, input=bao.root)
     assert r.stdout == "stored source.bao field token\n"
     r = cli(home.path, "sync", *pw)
@@ -367,8 +368,8 @@ def test_the_egress_policy_applies_to_a_source_at_load(tmp_path: Path, echo: Ups
     home = make_home(tmp_path, toml, echo, bao, {"source.bao": {"token": bao.root}})
     r = cli(home.path, "sync", "--password-file", str(home.password_file), check=False)
     assert r.returncode == 1
-    assert ("source[0].url: denied by the address policy: a loopback address; set "
-            "allow_loopback = true to permit it") in r.stderr, r.stderr
+    assert ('source "bao" (source[0]).url: denied by the address policy: a loopback address; '
+            "set allow_loopback = true to permit it") in r.stderr, r.stderr
     assert Keystore.open(home.path / "keystore.enc", Secret(PASSWORD)).synced_item(
         "bao", "offline") is None
 

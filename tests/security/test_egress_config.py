@@ -91,7 +91,8 @@ CONNECT_TO = [
 def test_connect_to_refused_at_load(connect_to: str, reason: str, flag: str | None) -> None:
     problems = _problems(_toml(connect_to))
     assert len(problems) == 1, problems
-    assert problems[0].startswith("service[0].connect_to: denied by the address policy: ")
+    assert problems[0].startswith(
+        'service "a" (service[0]).connect_to: denied by the address policy: ')
     assert reason in problems[0]
     host = connect_to.rsplit(":", 1)[0].strip("[]")
     if host != "localhost":  # "a localhost name" names the rule, not the value
@@ -127,7 +128,7 @@ def test_twin_allow_flag_lifts_only_its_own_class(
 def test_ip_literal_hosts_refused_at_load(hosts: str, reason: str) -> None:
     problems = _problems(_toml(None, hosts))
     assert len(problems) == 1 and reason in problems[0], problems
-    assert problems[0].startswith("service[0].hosts[")
+    assert problems[0].startswith('service "a" (service[0]).hosts[')
 
 
 def test_twin_public_addresses_and_names_load() -> None:
@@ -161,7 +162,8 @@ def test_vaultproxy_check_refuses_metadata_connect_to(tmp_path: Path) -> None:
     result = _check(home)
     assert result.returncode == 1, result.stderr + result.stdout
     out = result.stdout + result.stderr
-    assert "service[0].connect_to: denied by the address policy: a cloud metadata address" in out
+    assert ('service "a" (service[0]).connect_to: denied by the address policy: a cloud '
+            "metadata address") in out
     assert "169.254.169.254" not in out
     (home / "services.toml").write_text(_toml("127.0.0.1:8443", allow_loopback=True))
     assert _check(home).returncode == 0
@@ -181,7 +183,8 @@ def test_reload_refuses_metadata_connect_to_and_keeps_serving(
     while "reload refused" not in proxy.output() and time.monotonic() < deadline:
         time.sleep(0.05)
     out = proxy.output()
-    assert "service[0].connect_to: denied by the address policy: a cloud metadata address" in out
+    assert ('service "rl" (service[0]).connect_to: denied by the address policy: a cloud '
+            "metadata address") in out
     assert "169.254.169.254" not in out
     with agent_client(proxy) as c:
         r = c.get("https://rl.api.test/after-bad-reload")

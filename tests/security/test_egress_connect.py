@@ -265,5 +265,6 @@ def test_registered_loopback_connect_to_refused_at_start(
     with pytest.raises(AssertionError) as info:
         start_proxy(toml, {"reg": make_canary()})
     text = str(info.value)
-    assert "service[0].connect_to: denied by the address policy: a loopback address" in text
+    assert ('service "reg" (service[0]).connect_to: denied by the address policy: a loopback '
+            "address") in text
     assert f"127.0.0.1:{upstream.port}" not in text

@@ -67,13 +67,14 @@ def test_remove_keeps_other_comments(services: Path) -> None:
 
 
 BAD_EDITS: list[tuple[str, Any, list[str]]] = [
-    ("add", {**NEW, "name": "openai"}, ["service[2].name: already used by service[0]"]),
+    ("add", {**NEW, "name": "openai"}, ['service "openai" (service[2]).name: already used by '
+                                        'service[0]']),
     ("add", {**NEW, "hosts": ["api.openai.com"]},
-     ["service[2].hosts[0]: host and port already served by service[0]"]),
-    ("add", {**NEW, "bogus": True}, ["service[2].bogus: unknown key"]),
+     ['service "anthropic" (service[2]).hosts[0]: host and port already served by service[0]']),
+    ("add", {**NEW, "bogus": True}, ['service "anthropic" (service[2]).bogus: unknown key']),
     ("remove", "nope", ['service: no service named "nope"']),
     ("set", ("openai", "mode", "magic"),
-     ['service[0].mode: must be "placeholder" or "host_inject"']),
+     ['service "openai" (service[0]).mode: must be "placeholder" or "host_inject"']),
     ("proxy", ("egress", "open"), ['proxy.egress: must be "passthrough" or "block"']),
 ]
 

@@ -160,114 +160,157 @@ BAD_SERVICES: list[tuple[dict[str, Any], list[str]]] = [
     ({"name": "x" * 65}, ["service[0].name: must be 1-64 characters of a-z, 0-9, '_' or '-', "
                           "starting with a letter or digit"]),
     ({"name": 5}, ["service[0].name: must be a string"]),
-    ({"hosts": []}, ["service[0].hosts: must list at least one host"]),
-    ({"hosts": "api.example.com"}, ["service[0].hosts: must be a list of strings"]),
+    ({"hosts": []}, ["service \"svc\" (service[0]).hosts: must list at least one host"]),
+    ({"hosts": "api.example.com"}, ["service \"svc\" (service[0]).hosts: must be a list of "
+                                    "strings"]),
     ({"hosts": ["ok.example.com", "*.*.example.com"]},
-     ['service[0].hosts[1]: wildcard may only be "*." followed by a domain']),
+     ['service "svc" (service[0]).hosts[1]: wildcard may only be "*." followed by a domain']),
     ({"hosts": ["a.*.example.com"]},
-     ['service[0].hosts[0]: wildcard may only be "*." followed by a domain']),
+     ['service "svc" (service[0]).hosts[0]: wildcard may only be "*." followed by a domain']),
     ({"hosts": ["*example.com"]},
-     ['service[0].hosts[0]: wildcard may only be "*." followed by a domain']),
-    ({"hosts": ["*"]}, ['service[0].hosts[0]: wildcard may only be "*." followed by a domain']),
+     ['service "svc" (service[0]).hosts[0]: wildcard may only be "*." followed by a domain']),
+    ({"hosts": ["*"]}, ['service "svc" (service[0]).hosts[0]: wildcard may only be "*." followed '
+                        'by a domain']),
     ({"hosts": ["*.com"]},
-     ['service[0].hosts[0]: wildcard needs a domain of at least two labels after "*."']),
-    ({"hosts": ["API.example.com"]}, ["service[0].hosts[0]: must be lowercase"]),
-    ({"hosts": ["api.example.com."]}, ["service[0].hosts[0]: must not end with a dot"]),
+     ['service "svc" (service[0]).hosts[0]: wildcard needs a domain of at least two labels after '
+      '"*."']),
+    ({"hosts": ["API.example.com"]}, ["service \"svc\" (service[0]).hosts[0]: must be lowercase"]),
+    ({"hosts": ["api.example.com."]}, ["service \"svc\" (service[0]).hosts[0]: must not end with "
+                                       "a dot"]),
     ({"hosts": ["bücher.example"]},
-     ["service[0].hosts[0]: must be ASCII; write internationalised names as punycode (xn--)"]),
-    ({"hosts": ["a_b.example.com"]}, ["service[0].hosts[0]: is not a valid DNS name"]),
-    ({"hosts": ["-a.example.com"]}, ["service[0].hosts[0]: is not a valid DNS name"]),
-    ({"hosts": ["a" * 64 + ".com"]}, ["service[0].hosts[0]: is not a valid DNS name"]),
+     ["service \"svc\" (service[0]).hosts[0]: must be ASCII; write internationalised names as "
+      "punycode (xn--)"]),
+    ({"hosts": ["a_b.example.com"]}, ["service \"svc\" (service[0]).hosts[0]: is not a valid DNS "
+                                      "name"]),
+    ({"hosts": ["-a.example.com"]}, ["service \"svc\" (service[0]).hosts[0]: is not a valid DNS "
+                                     "name"]),
+    ({"hosts": ["a" * 64 + ".com"]}, ["service \"svc\" (service[0]).hosts[0]: is not a valid DNS "
+                                      "name"]),
     ({"hosts": ["1.2.3"]},
-     ["service[0].hosts[0]: is neither a valid DNS name nor a valid IP address"]),
+     ["service \"svc\" (service[0]).hosts[0]: is neither a valid DNS name nor a valid IP "
+      "address"]),
     ({"hosts": ["999.1.1.1"]},
-     ["service[0].hosts[0]: is neither a valid DNS name nor a valid IP address"]),
+     ["service \"svc\" (service[0]).hosts[0]: is neither a valid DNS name nor a valid IP "
+      "address"]),
     ({"hosts": ["api.example.com:0"]},
-     ["service[0].hosts[0]: port must be a number from 1 to 65535"]),
+     ["service \"svc\" (service[0]).hosts[0]: port must be a number from 1 to 65535"]),
     ({"hosts": ["api.example.com:65536"]},
-     ["service[0].hosts[0]: port must be a number from 1 to 65535"]),
+     ["service \"svc\" (service[0]).hosts[0]: port must be a number from 1 to 65535"]),
     ({"hosts": ["api.example.com:"]},
-     ["service[0].hosts[0]: port must be a number from 1 to 65535"]),
+     ["service \"svc\" (service[0]).hosts[0]: port must be a number from 1 to 65535"]),
     ({"hosts": ["api.example.com:https"]},
-     ["service[0].hosts[0]: port must be a number from 1 to 65535"]),
-    ({"hosts": ["::1"]}, ["service[0].hosts[0]: IPv6 addresses must be written in brackets, "
+     ["service \"svc\" (service[0]).hosts[0]: port must be a number from 1 to 65535"]),
+    ({"hosts": ["::1"]}, ["service \"svc\" (service[0]).hosts[0]: IPv6 addresses must be written "
+                          "in brackets, "
                           "as [addr] or [addr]:port"]),
-    ({"hosts": ["[::g]:443"]}, ["service[0].hosts[0]: is not a valid IPv6 address"]),
-    ({"hosts": ["[::1]x"]}, ["service[0].hosts[0]: must be [ipv6] or [ipv6]:port"]),
+    ({"hosts": ["[::g]:443"]}, ["service \"svc\" (service[0]).hosts[0]: is not a valid IPv6 "
+                                "address"]),
+    ({"hosts": ["[::1]x"]}, ["service \"svc\" (service[0]).hosts[0]: must be [ipv6] or "
+                             "[ipv6]:port"]),
     ({"hosts": ["https://api.example.com"]},
-     ["service[0].hosts[0]: must be host or host:port, not a URL"]),
+     ["service \"svc\" (service[0]).hosts[0]: must be host or host:port, not a URL"]),
     ({"hosts": ["a b.com"]},
-     ["service[0].hosts[0]: must not contain whitespace or control characters"]),
-    ({"hosts": [""]}, ["service[0].hosts[0]: must not be empty"]),
-    ({"hosts": [":443"]}, ["service[0].hosts[0]: host must not be empty"]),
+     ["service \"svc\" (service[0]).hosts[0]: must not contain whitespace or control characters"]),
+    ({"hosts": [""]}, ["service \"svc\" (service[0]).hosts[0]: must not be empty"]),
+    ({"hosts": [":443"]}, ["service \"svc\" (service[0]).hosts[0]: host must not be empty"]),
     ({"hosts": ["a.example.com", "a.example.com:443"]},
-     ["service[0].hosts[1]: same host and port as hosts[0]"]),
-    ({"mode": "inject"}, ['service[0].mode: must be "placeholder" or "host_inject"']),
-    ({"auth": "oauth"}, ['service[0].auth: must be one of "bearer", "header", "basic", '
+     ["service \"svc\" (service[0]).hosts[1]: same host and port as hosts[0]"]),
+    ({"mode": "inject"}, ['service "svc" (service[0]).mode: must be "placeholder" or '
+                          '"host_inject"']),
+    ({"auth": "oauth"}, ['service "svc" (service[0]).auth: must be one of "bearer", "header", '
+                         '"basic", '
                          '"query_param", "oauth2_refresh", "oauth2_client_credentials", '
                          '"session", "unifi_dual", "path_prefix", "aws_sigv4", '
                          '"google_service_account" or "github_app"']),
-    ({"auth": "header"}, ['service[0].header_name: is required when auth = "header"']),
+    ({"auth": "header"}, ['service "svc" (service[0]).header_name: is required when auth = '
+                          '"header"']),
     ({"auth": "header", "header_name": "X Api"},
-     ["service[0].header_name: must be an HTTP header name (token characters, 1-128 long)"]),
+     ["service \"svc\" (service[0]).header_name: must be an HTTP header name (token characters, "
+      "1-128 long)"]),
     ({"auth": "header", "header_name": "X-Key:"},
-     ["service[0].header_name: must be an HTTP header name (token characters, 1-128 long)"]),
+     ["service \"svc\" (service[0]).header_name: must be an HTTP header name (token characters, "
+      "1-128 long)"]),
     ({"auth": "header", "header_name": "Host"},
-     ["service[0].header_name: names a header that frames or routes the request; "
+     ["service \"svc\" (service[0]).header_name: names a header that frames or routes the "
+      "request; "
       "pick another"]),
     ({"auth": "header", "header_name": "X-K", "prefix": "a\nb"},
-     ["service[0].prefix: must be 1-64 printable ASCII characters (no control characters)"]),
-    ({"header_name": "X-Api-Key"}, ['service[0].header_name: only allowed with auth = "header"']),
-    ({"prefix": "Token "}, ['service[0].prefix: only allowed with auth = "header"']),
+     ["service \"svc\" (service[0]).prefix: must be 1-64 printable ASCII characters (no control "
+      "characters)"]),
+    ({"header_name": "X-Api-Key"}, ['service "svc" (service[0]).header_name: only allowed with '
+                                    'auth = "header"']),
+    ({"prefix": "Token "
+                ""}, ['service "svc" (service[0]).prefix: only allowed with auth = "header"']),
     ({"auth": "basic", "param_name": "k"},
-     ['service[0].param_name: only allowed with auth = "query_param"']),
-    ({"auth": "query_param"}, ['service[0].param_name: is required when auth = "query_param"']),
+     ['service "svc" (service[0]).param_name: only allowed with auth = "query_param"']),
+    ({"auth": "query_param"}, ['service "svc" (service[0]).param_name: is required when auth = '
+                               '"query_param"']),
     ({"auth": "query_param", "param_name": "a&b"},
-     ["service[0].param_name: must be 1-128 characters of A-Z, a-z, 0-9, '.', '_', '~' or '-'"]),
-    ({"auth": "query_param", "param_name": 3}, ["service[0].param_name: must be a string"]),
-    ({"secret": "Bad Name"}, ["service[0].secret: must be 1-64 characters of a-z, 0-9, '_' "
+     ["service \"svc\" (service[0]).param_name: must be 1-128 characters of A-Z, a-z, 0-9, '.', "
+      "'_', '~' or '-'"]),
+    ({"auth": "query_param", "param_name": 3}, ["service \"svc\" (service[0]).param_name: must be "
+                                                "a string"]),
+    ({"secret": "Bad "
+                "Name"}, ["service \"svc\" (service[0]).secret: must be 1-64 characters of a-z, "
+                          "0-9, '_' "
                               "or '-', starting with a letter or digit"]),
     ({"placeholder": "short"},
-     ["service[0].placeholder: must be 8-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"]),
+     ["service \"svc\" (service[0]).placeholder: must be 8-128 characters of A-Z, a-z, 0-9, '.', "
+      "'_' or '-'"]),
     ({"placeholder": "has space here"},
-     ["service[0].placeholder: must be 8-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"]),
+     ["service \"svc\" (service[0]).placeholder: must be 8-128 characters of A-Z, a-z, 0-9, '.', "
+      "'_' or '-'"]),
     ({"placeholder": "x" * 129},
-     ["service[0].placeholder: must be 8-128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"]),
+     ["service \"svc\" (service[0]).placeholder: must be 8-128 characters of A-Z, a-z, 0-9, '.', "
+      "'_' or '-'"]),
     ({"placeholder": "__vault.other__"},
-     ['service[0].placeholder: a placeholder of the form "__vault.<name>__" must use this '
+     ['service "svc" (service[0]).placeholder: a placeholder of the form "__vault.<name>__" must '
+      'use this '
       "service's own name"]),
     ({"mode": "host_inject", "substitute_in": ["header"]},
-     ['service[0].substitute_in: only allowed with mode = "placeholder"']),
-    ({"substitute_in": []}, ["service[0].substitute_in: must list at least one surface"]),
+     ['service "svc" (service[0]).substitute_in: only allowed with mode = "placeholder"']),
+    ({"substitute_in": []}, ["service \"svc\" (service[0]).substitute_in: must list at least one "
+                             "surface"]),
     ({"substitute_in": ["header", "cookie"]},
-     ['service[0].substitute_in[1]: must be one of "auth", "header", "query", "path" or "body"']),
-    ({"substitute_in": ["body", "body"]}, ["service[0].substitute_in[1]: listed twice"]),
-    ({"env": "lower_case"}, ["service[0].env: must be an environment variable name: A-Z, 0-9 "
+     ['service "svc" (service[0]).substitute_in[1]: must be one of "auth", "header", "query", '
+      '"path" or "body"']),
+    ({"substitute_in": ["body", "body"]}, ["service \"svc\" (service[0]).substitute_in[1]: listed "
+                                           "twice"]),
+    ({"env": "lower_case"}, ["service \"svc\" (service[0]).env: must be an environment variable "
+                             "name: A-Z, 0-9 "
                              "and '_', not starting with a digit"]),
-    ({"env": "1ABC"}, ["service[0].env: must be an environment variable name: A-Z, 0-9 "
+    ({"env": "1ABC"}, ["service \"svc\" (service[0]).env: must be an environment variable name: "
+                       "A-Z, 0-9 "
                        "and '_', not starting with a digit"]),
     ({"env": "HTTPS_PROXY"},
-     ["service[0].env: is reserved (set by vaultproxy or used by the loader)"]),
+     ["service \"svc\" (service[0]).env: is reserved (set by vaultproxy or used by the loader)"]),
     ({"env": "LD_PRELOAD"},
-     ["service[0].env: is reserved (set by vaultproxy or used by the loader)"]),
-    ({"connect_to": "10.0.0.5"}, ["service[0].connect_to: must include a port (host:port)"]),
+     ["service \"svc\" (service[0]).env: is reserved (set by vaultproxy or used by the loader)"]),
+    ({"connect_to": "10.0.0.5"}, ["service \"svc\" (service[0]).connect_to: must include a port "
+                                  "(host:port)"]),
     ({"connect_to": "10.0.0.5:0"},
-     ["service[0].connect_to: port must be a number from 1 to 65535"]),
+     ["service \"svc\" (service[0]).connect_to: port must be a number from 1 to 65535"]),
     ({"connect_to": "*.example.com:443"},
-     ["service[0].connect_to: wildcards are not allowed here"]),
-    ({"connect_to": "fd00::5:443"}, ["service[0].connect_to: IPv6 addresses must be written in "
+     ["service \"svc\" (service[0]).connect_to: wildcards are not allowed here"]),
+    ({"connect_to": "fd00::5:443"}, ["service \"svc\" (service[0]).connect_to: IPv6 addresses "
+                                     "must be written in "
                                      "brackets, as [addr] or [addr]:port"]),
-    ({"allow_private": "yes"}, ["service[0].allow_private: must be true or false"]),
-    ({"allow_loopback": 1}, ["service[0].allow_loopback: must be true or false"]),
-    ({"insecure_tls": "false"}, ["service[0].insecure_tls: must be true or false"]),
-    ({"ca_cert": "missing.pem"}, ["service[0].ca_cert: file not found (a relative path is "
+    ({"allow_private": "yes"}, ["service \"svc\" (service[0]).allow_private: must be true or "
+                                "false"]),
+    ({"allow_loopback": 1}, ["service \"svc\" (service[0]).allow_loopback: must be true or "
+                             "false"]),
+    ({"insecure_tls": "false"}, ["service \"svc\" (service[0]).insecure_tls: must be true or "
+                                 "false"]),
+    ({"ca_cert": "missing.pem"}, ["service \"svc\" (service[0]).ca_cert: file not found (a "
+                                  "relative path is "
                                   "resolved against the vaultproxy home)"]),
-    ({"ca_cert": ""}, ["service[0].ca_cert: must not be empty"]),
-    ({"bogus": 1}, ["service[0].bogus: unknown key"]),
+    ({"ca_cert": ""}, ["service \"svc\" (service[0]).ca_cert: must not be empty"]),
+    ({"bogus": 1}, ["service \"svc\" (service[0]).bogus: unknown key"]),
     ({"name": None}, ["service[0].name: is required"]),
     ({"hosts": None, "mode": None, "auth": None},
-     ["service[0].hosts: is required", "service[0].mode: is required",
-      "service[0].auth: is required"]),
+     ["service \"svc\" (service[0]).hosts: is "
+      "required", "service \"svc\" (service[0]).mode: is required",
+      "service \"svc\" (service[0]).auth: is required"]),
 ]
 
 
@@ -305,6 +348,19 @@ def test_bad_proxy(proxy: dict[str, Any], expected: list[str]) -> None:
     assert problems(toml_of(svc(), proxy=proxy)) == expected
 
 
+def test_unknown_keys_get_the_closest_known_one() -> None:
+    text = toml_of(svc(name="openai", conect_to="1.2.3.4:443", zzz=1),
+                   proxy={"egres": "block"})
+    assert problems(text) == [
+        'proxy.egres: unknown key; did you mean "egress"?',
+        'service "openai" (service[0]).conect_to: unknown key; did you mean "connect_to"?',
+        'service "openai" (service[0]).zzz: unknown key',  # nothing close: no guess
+    ]
+    # Only keys of that table are offered: `egress` is a [proxy] key, not a service's.
+    assert problems(toml_of(svc(egres="block"))) == [
+        'service "svc" (service[0]).egres: unknown key']
+
+
 def test_top_level_shape() -> None:
     assert problems(toml_of(svc(), bogus=1)) == ["bogus: unknown key"]
     assert problems('proxy = "x"\n') == ["proxy: must be a table ([proxy])"]
@@ -318,28 +374,31 @@ def test_top_level_shape() -> None:
 
 CROSS: list[tuple[list[dict[str, Any]], list[str]]] = [
     ([svc(name="a", hosts=["x.com"]), svc(name="a", hosts=["y.com"])],
-     ["service[1].name: already used by service[0]"]),
+     ['service "a" (service[1]).name: already used by service[0]']),
     ([svc(name="a", hosts=["x.com"]), svc(name="b", hosts=["x.com:443"])],
-     ["service[1].hosts[0]: host and port already served by service[0]"]),
+     ['service "b" (service[1]).hosts[0]: host and port already served by service[0]']),
     ([svc(name="a", hosts=["*.x.com"]), svc(name="b", hosts=["y.com", "*.x.com"])],
-     ["service[1].hosts[1]: host and port already served by service[0]"]),
+     ['service "b" (service[1]).hosts[1]: host and port already served by service[0]']),
     ([svc(name="a", hosts=["[::1]:8443"], allow_loopback=True),
       svc(name="b", hosts=["[0:0::1]:8443"], allow_loopback=True)],
-     ["service[1].hosts[0]: host and port already served by service[0]"]),
+     ['service "b" (service[1]).hosts[0]: host and port already served by service[0]']),
     ([svc(name="a", hosts=["x.com"], env="K"), svc(name="b", hosts=["y.com"], env="K")],
-     ["service[1].env: already used by service[0]"]),
+     ['service "b" (service[1]).env: already used by service[0]']),
     ([svc(name="a", hosts=["x.com"], placeholder="same-ph-1"),
       svc(name="b", hosts=["y.com"], placeholder="same-ph-1")],
-     ["service[1].placeholder: same as the placeholder of service[0]"]),
+     ['service "b" (service[1]).placeholder: same as the placeholder of service[0]']),
     ([svc(name="a", hosts=["x.com"], placeholder="prefix-ph"),
       svc(name="b", hosts=["y.com"], placeholder="prefix-ph-longer")],
-     ["service[1].placeholder: overlaps the placeholder of service[0] (one contains the other)"]),
+     ['service "b" (service[1]).placeholder: overlaps the placeholder of service[0] (one contains '
+      'the other)']),
     ([svc(name="a", hosts=["x.com"], placeholder="a-long-placeholder"),
       svc(name="b", hosts=["y.com"], placeholder="placeholder")],
-     ["service[1].placeholder: overlaps the placeholder of service[0] (one contains the other)"]),
+     ['service "b" (service[1]).placeholder: overlaps the placeholder of service[0] (one contains '
+      'the other)']),
     ([svc(name="a", hosts=["x.com"], placeholder="xx__vault.b__xx"),
       svc(name="b", hosts=["y.com"])],
-     ["service[1].placeholder: overlaps the placeholder of service[0] (one contains the other)"]),
+     ['service "b" (service[1]).placeholder: overlaps the placeholder of service[0] (one contains '
+      'the other)']),
 ]
 
 
@@ -366,14 +425,15 @@ def test_every_problem_is_reported() -> None:
         "extra: unknown key",
         'proxy.egress: must be "passthrough" or "block"',
         "proxy.max_body_mb: must be a whole number from 1 to 4096",
+        # An invalid name is the problem itself: the table is named by its index only.
         "service[0].name: must be 1-64 characters of a-z, 0-9, '_' or '-', starting with a "
         "letter or digit",
         'service[0].mode: must be "placeholder" or "host_inject"',
         'service[0].hosts[0]: wildcard needs a domain of at least two labels after "*."',
-        "service[1].env: must be an environment variable name: A-Z, 0-9 and '_', not starting "
-        "with a digit",
-        "service[2].name: already used by service[1]",
-        "service[2].hosts[0]: host and port already served by service[1]",
+        "service \"ok\" (service[1]).env: must be an environment variable name: A-Z, 0-9 and "
+        "'_', not starting with a digit",
+        'service "ok" (service[2]).name: already used by service[1]',
+        'service "ok" (service[2]).hosts[0]: host and port already served by service[1]',
     ]
 
 
@@ -411,16 +471,30 @@ def test_no_value_echoed_syntax_and_proxy(canary: Any, text: str) -> None:
     assert found and not any(c in p for p in found)
 
 
-def test_syntax_error_names_line() -> None:
+def test_syntax_error_names_line_column_and_a_hint() -> None:
     assert problems('[proxy]\negress = "block\n') == [
-        "services.toml: line 2: control character not allowed here"
+        "services.toml: line 2, column 10: a string starts here and is not closed on this "
+        'line; add the closing quote; a string ends on the line it starts ("""...""" spans '
+        "lines)"
     ]
     assert problems("[proxy]\n\n\negress = \n") == [
-        "services.toml: line 4: unexpected character"
+        "services.toml: line 4, column 10: unexpected character; a value is missing after `=`"
     ]
     assert problems("a = 1\n\na = 2\n") == [
-        "services.toml: line 3: a key or table is defined twice"
+        "services.toml: line 3, column 1: a key or table is defined twice; remove or rename "
+        "one of them; each service is its own [[service]] table"
     ]
+    assert problems("[proxy]\negress = block\n") == [
+        'services.toml: line 2, column 10: unexpected character; a string value needs '
+        'quotes: key = "..."'
+    ]
+    assert problems("[proxy\n") == [
+        "services.toml: line 1, column 7: unexpected character; a table header needs its "
+        "closing `]`"
+    ]
+    # A quote inside a comment or a closed string is not an unclosed one.
+    assert problems('[proxy]\negress = "block" # it\'s\nx = \n')[0].startswith(
+        "services.toml: line 3, column ")
 
 
 def test_model_refuses_bad_service_built_in_code(canary: Any) -> None:
@@ -444,14 +518,15 @@ def test_ca_cert_good_and_bad(tmp_path: Path) -> None:
     cfg = ok(toml_of(svc(ca_cert="lab-ca.pem")), tmp_path)
     assert cfg.services[0].ca_cert == "lab-ca.pem"
     assert problems(toml_of(svc(ca_cert="junk.pem")), tmp_path) == [
-        "service[0].ca_cert: is not a PEM certificate file"
+        "service \"svc\" (service[0]).ca_cert: is not a PEM certificate file"
     ]
     assert problems(toml_of(svc(ca_cert="dir.pem")), tmp_path) == [
-        "service[0].ca_cert: file not found (a relative path is resolved against the "
+        "service \"svc\" (service[0]).ca_cert: file not found (a relative path is resolved "
+        "against the "
         "vaultproxy home)"
     ]
     assert problems(toml_of(svc(ca_cert="lab-ca.pem", insecure_tls=True)), tmp_path) == [
-        "service[0].insecure_tls: cannot be combined with ca_cert (pick one)"
+        "service \"svc\" (service[0]).insecure_tls: cannot be combined with ca_cert (pick one)"
     ]
 
 

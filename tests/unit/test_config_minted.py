@@ -50,37 +50,44 @@ def test_accepted(text: str, tmp_path: Path) -> None:
 
 
 BAD = [
-    (svc("oauth2_refresh"), "service[0].token_url: is required when auth = \"oauth2_refresh\""),
+    (svc("oauth2_refresh"), "service \"m\" (service[0]).token_url: is required when auth = "
+                            "\"oauth2_refresh\""),
     (svc("oauth2_client_credentials", 'token_url = "http://auth.example.com/token"'),
-     "service[0].token_url:"),
+     "service \"m\" (service[0]).token_url:"),
     (svc("oauth2_refresh", 'token_url = "https://user:pw@auth.example.com/t"'),
-     "service[0].token_url:"),
+     "service \"m\" (service[0]).token_url:"),
     (svc("oauth2_refresh", 'token_url = "https://169.254.169.254/token"'),
-     "service[0].token_url:"),
+     "service \"m\" (service[0]).token_url:"),
     (svc("oauth2_refresh", 'token_url = "/t"', 'client_auth = "jwt"'),
-     "service[0].client_auth:"),
+     "service \"m\" (service[0]).client_auth:"),
     (svc("oauth2_refresh", 'token_url = "/t"', 'audience = "a"'),
-     "service[0].audience: only allowed with auth = \"oauth2_client_credentials\""),
-    (svc("bearer", 'token_url = "/t"'), "service[0].token_url: only allowed with auth ="),
+     "service \"m\" (service[0]).audience: only allowed with auth = "
+     "\"oauth2_client_credentials\""),
+    (svc("bearer", 'token_url = '
+                   '"/t"'), "service \"m\" (service[0]).token_url: only allowed with auth ="),
     (svc("oauth2_client_credentials", 'token_url = "/t"', 'token_params = { scope = "x" }'),
-     "service[0].token_params:"),
+     "service \"m\" (service[0]).token_params:"),
     (svc("oauth2_client_credentials", 'token_url = "/t"', 'token_params = { a = 1 }'),
-     "service[0].token_params:"),
-    (svc("session"), "service[0].login_url: is required when auth = \"session\""),
+     "service \"m\" (service[0]).token_params:"),
+    (svc("session"), "service \"m\" (service[0]).login_url: is required when auth = \"session\""),
     (svc("session", 'login_url = "https://elsewhere.example.net/login"'),
-     "service[0].login_url:"),
-    (svc("session", 'login_url = "/l"', "login_body = '{not json'"), "service[0].login_body:"),
-    (svc("session", 'login_url = "/l"', "login_body = '[1]'"), "service[0].login_body:"),
-    (svc("session", 'login_url = "/l"', 'token_field = "a..b"'), "service[0].token_field:"),
+     "service \"m\" (service[0]).login_url:"),
+    (svc("session", 'login_url = '
+                    '"/l"', "login_body = '{not json'"), "service \"m\" (service[0]).login_body:"),
+    (svc("session", 'login_url = '
+                    '"/l"', "login_body = '[1]'"), "service \"m\" (service[0]).login_body:"),
+    (svc("session", 'login_url = '
+                    '"/l"', 'token_field = "a..b"'), "service \"m\" (service[0]).token_field:"),
     (svc("session", 'login_url = "/l"', 'token_field = "t"', "session_cookie = true"),
-     "service[0].token_field:"),
+     "service \"m\" (service[0]).token_field:"),
     (svc("session", 'login_url = "/l"', 'token_header = "Bad Name: x"'),
-     "service[0].token_header:"),
+     "service \"m\" (service[0]).token_header:"),
     (svc("session", 'login_url = "/l"', 'token_header = "Content-Length:"'),
-     "service[0].token_header:"),
+     "service \"m\" (service[0]).token_header:"),
     (svc("session", 'login_url = "/l"', 'substitute_in = ["auth", "body"]', mode="placeholder"),
-     "service[0].substitute_in:"),
-    (svc("unifi_dual", 'token_field = "t"'), "service[0].token_field: only allowed with auth ="),
+     "service \"m\" (service[0]).substitute_in:"),
+    (svc("unifi_dual", 'token_field = '
+                       '"t"'), "service \"m\" (service[0]).token_field: only allowed with auth ="),
 ]
 
 

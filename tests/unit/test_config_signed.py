@@ -60,7 +60,7 @@ def test_github_app_api_url() -> None:
 )
 def test_required(auth: str, key: str) -> None:
     assert problems(svc(auth, **{key: None})) == [
-        f'service[0].{key}: is required when auth = "{auth}"'
+        f'service "svc" (service[0]).{key}: is required when auth = "{auth}"'
     ]
 
 
@@ -72,7 +72,7 @@ def test_required(auth: str, key: str) -> None:
 def test_only_with_its_auth(key: str, value: Any, owner: str) -> None:
     s = {"name": "svc", "hosts": ["api.example.com"], "mode": "host_inject", "auth": "bearer",
          key: value}
-    assert problems(s) == [f'service[0].{key}: only allowed with auth = "{owner}"']
+    assert problems(s) == [f'service "svc" (service[0]).{key}: only allowed with auth = "{owner}"']
 
 
 SECRETISH = "vpcanary_notavalue"
@@ -81,11 +81,14 @@ SECRETISH = "vpcanary_notavalue"
 @pytest.mark.parametrize(
     ("over", "line"),
     [
-        ({"path_prefix": f"/bot/{SECRETISH}"}, "service[0].path_prefix: must hold {secret} "
+        ({"path_prefix": f"/bot/{SECRETISH}"}, "service \"svc\" (service[0]).path_prefix: must "
+                                               "hold {secret} "
          "exactly once"),
-        ({"path_prefix": "/bot{secret}{secret}"}, "service[0].path_prefix: must hold {secret} "
+        ({"path_prefix": "/bot{secret}{secret}"}, "service \"svc\" (service[0]).path_prefix: must "
+                                                  "hold {secret} "
          "exactly once"),
-        ({"path_prefix": f"bot{{secret}}{SECRETISH}"}, "service[0].path_prefix: must start "
+        ({"path_prefix": f"bot{{secret}}{SECRETISH}"}, "service \"svc\" (service[0]).path_prefix: "
+                                                       "must start "
          "with '/' and hold only path characters (no '?', '#', '%', spaces or braces besides "
          "{secret})"),
         ({"path_prefix": f"/bot{{secret}}?{SECRETISH}"}, None),
@@ -95,7 +98,7 @@ SECRETISH = "vpcanary_notavalue"
 )
 def test_path_prefix_rules(over: dict[str, Any], line: str | None) -> None:
     got = problems(svc("path_prefix", **over))
-    assert len(got) == 1 and got[0].startswith("service[0].path_prefix: ")
+    assert len(got) == 1 and got[0].startswith("service \"svc\" (service[0]).path_prefix: ")
     if line is not None:
         assert got == [line]
     assert SECRETISH not in got[0]
@@ -108,14 +111,15 @@ def test_path_prefix_rules(over: dict[str, Any], line: str | None) -> None:
 )
 def test_aws_names(key: str, value: str) -> None:
     assert problems(svc("aws_sigv4", **{key: value})) == [
-        f"service[0].{key}: must be 1-64 characters of a-z, 0-9 and '-' (e.g. us-east-1, s3)"
+        f"service \"svc\" (service[0]).{key}: must be 1-64 characters of a-z, 0-9 and '-' (e.g. "
+         "us-east-1, s3)"
     ]
 
 
 @pytest.mark.parametrize("scopes", [[], ["two scopes"], ['quo"te'], [""]])
 def test_scopes(scopes: list[str]) -> None:
     got = problems(svc("google_service_account", scopes=scopes))
-    assert len(got) == 1 and got[0].startswith("service[0].scopes: ")
+    assert len(got) == 1 and got[0].startswith("service \"svc\" (service[0]).scopes: ")
 
 
 @pytest.mark.parametrize(
@@ -129,13 +133,14 @@ def test_scopes(scopes: list[str]) -> None:
     ],
 )
 def test_api_url(url: str, message: str) -> None:
-    assert problems(svc("github_app", api_url=url)) == [f"service[0].api_url: {message}"]
+    assert problems(svc("github_app", api_url=url)) == [
+        f'service "svc" (service[0]).api_url: {message}']
 
 
 @pytest.mark.parametrize("auth", sorted(signed.HOST_INJECT_ONLY))
 def test_signed_types_need_host_inject(auth: str) -> None:
     assert problems(svc(auth, mode="placeholder")) == [
-        f'service[0].auth: auth = "{auth}" needs mode = "host_inject"'
+        f'service "svc" (service[0]).auth: auth = "{auth}" needs mode = "host_inject"'
     ]
 
 
@@ -144,7 +149,7 @@ def test_aws_sigv4_without_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(signed.importlib.util, "find_spec",
                         lambda name, *a: None if name == "botocore" else real(name, *a))
     assert problems(svc("aws_sigv4")) == [
-        "service[0].auth: auth = \"aws_sigv4\" needs botocore; install it with "
+        "service \"svc\" (service[0]).auth: auth = \"aws_sigv4\" needs botocore; install it with "
         "pip install 'vaultproxy[aws]'"
     ]
 
@@ -175,7 +180,8 @@ def test_check_names_missing_keystore_fields(auth: str, fields: set[str], missin
     entry = Entry(name="svc", value=None, fields={f: Secret("v") for f in fields})
     lines = [p.line for p in secret_problems(cfg, FakeKeystore({"svc": entry}))]  # type: ignore[arg-type]
     assert len(lines) == 1
-    assert lines[0].startswith(f'service[0].secret: keystore entry "svc" lacks field(s) {missing}')
+    assert lines[0].startswith(
+        f'service "svc" (service[0]).secret: keystore entry "svc" lacks field(s) {missing}')
     full = {f: Secret("v") for f in signed.FIELDS[auth]}
     ok = secret_problems(cfg, FakeKeystore({"svc": Entry(name="svc", value=None, fields=full)}))  # type: ignore[arg-type]
     assert ok == []
@@ -185,7 +191,8 @@ def test_path_prefix_needs_a_value() -> None:
     cfg = parse(svc("path_prefix"))
     lines = [p.line for p in secret_problems(
         cfg, FakeKeystore({"svc": Entry(name="svc", value=None, fields={"x": Secret("v")})}))]  # type: ignore[arg-type]
-    assert lines == ['service[0].secret: keystore entry "svc" has no value (only fields); '
+    assert lines == ['service "svc" (service[0]).secret: keystore entry "svc" has no value '
+                     '(only fields); '
                      'auth = "path_prefix" needs a value']
 
 

@@ -61,53 +61,67 @@ def test_the_commented_example_still_loads() -> None:
 
 
 @pytest.mark.parametrize(("source", "line"), [
-    ({**BAO, "kind": "s3"}, 'source[0].kind: must be one of "openbao", "vault" or "bitwarden"'),
-    ({**BAO, "auth": "password"}, 'source[0].auth: must be "token" or "approle"'),
-    ({**VW, "auth": "token"}, 'source[0].auth: must be "password" or "apikey"'),
-    ({**BAO, "folder": "x"}, 'source[0].folder: only allowed with kind = "bitwarden"'),
-    ({**VW, "mount": "secret"}, 'source[0].mount: only allowed with kind = "openbao" or "vault"'),
+    ({**BAO, "kind": "s3"}, 'source "bao" (source[0]).kind: must be one of "openbao", "vault" or '
+                            '"bitwarden"'),
+    ({**BAO, "auth": "password"}, 'source "bao" (source[0]).auth: must be "token" or "approle"'),
+    ({**VW, "auth": "token"}, 'source "vw" (source[0]).auth: must be "password" or "apikey"'),
+    ({**BAO, "folder": "x"}, 'source "bao" (source[0]).folder: only allowed with kind = '
+                             '"bitwarden"'),
+    ({**VW, "mount": "secret"}, 'source "vw" (source[0]).mount: only allowed with kind = '
+                                '"openbao" or "vault"'),
     ({**BAO, "mount": "../x"},
-     "source[0].mount: must be 1-256 of A-Z a-z 0-9 _ . - in /-separated parts"),
+     "source \"bao\" (source[0]).mount: must be 1-256 of A-Z a-z 0-9 _ . - in /-separated parts"),
     ({**BAO, "url": "http://bao.example.com"},
-     "source[0].url: plain http:// is allowed only to a loopback address (127.0.0.1 or "
+     "source \"bao\" (source[0]).url: plain http:// is allowed only to a loopback address "
+     "(127.0.0.1 or "
      "[::1]); use https://"),
     ({**BAO, "url": "http://127.0.0.1:8200"},
-     "source[0].url: denied by the address policy: a loopback address; set allow_loopback = "
+     "source \"bao\" (source[0]).url: denied by the address policy: a loopback address; set "
+     "allow_loopback = "
      "true to permit it"),
     ({**BAO, "url": "https://169.254.169.254"},
-     "source[0].url: denied by the address policy: a cloud metadata address"),
+     "source \"bao\" (source[0]).url: denied by the address policy: a cloud metadata address"),
     ({**BAO, "url": "https://localhost:8200", "allow_loopback": True},
-     "source[0].url: denied by the address policy: a localhost name"),
+     "source \"bao\" (source[0]).url: denied by the address policy: a localhost name"),
     ({**BAO, "url": "ftp://bao.example.com"},
-     "source[0].url: must be an https:// URL (http:// only to a loopback address)"),
+     "source \"bao\" (source[0]).url: must be an https:// URL (http:// only to a loopback "
+     "address)"),
     ({**BAO, "url": "https://user:pw@bao.example.com"},
-     "source[0].url: must have no query, fragment or credentials (the credentials go in the "
+     "source \"bao\" (source[0]).url: must have no query, fragment or credentials (the "
+     "credentials go in the "
      "keystore entry source.NAME)"),
     ({**BAO, "refresh_seconds": -1},
-     "source[0].refresh_seconds: must be a whole number from 0 (only on sync) to 604800"),
-    ({**BAO, "bogus": 1}, "source[0].bogus: unknown key"),
+     "source \"bao\" (source[0]).refresh_seconds: must be a whole number from 0 (only on sync) to "
+     "604800"),
+    ({**BAO, "bogus": 1}, "source \"bao\" (source[0]).bogus: unknown key"),
     ({**BAO, "name": "Bao"},
      "source[0].name: must be 1-64 characters of a-z, 0-9, '_' or '-', starting with a "
      "letter or digit"),
-    ({k: v for k, v in BAO.items() if k != "url"}, "source[0].url: is required"),
+    ({k: v for k, v in BAO.items() if k != "url"}, "source \"bao\" (source[0]).url: is required"),
 ])
 def test_source_rules(source: dict[str, Any], line: str) -> None:
     assert line in problems(doc([source]))
 
 
 def test_duplicate_source_names() -> None:
-    assert problems(doc([BAO, BAO])) == ["source[1].name: already used by source[0]"]
+    assert problems(doc([BAO, BAO])) == ["source \"bao\" (source[1]).name: already used by "
+                                         "source[0]"]
 
 
 @pytest.mark.parametrize(("secret", "line"), [
-    ("nosuch:x#f", "service[0].secret: names a source that no [[source]] defines (the part "
+    ("nosuch:x#f", "service \"svc\" (service[0]).secret: names a source that no [[source]] "
+                   "defines (the part "
      "before the colon)"),
-    ("vw:Item?version=2#password", "service[0].secret: ?version= is only for openbao/vault "
+    ("vw:Item?version=2#password", "service \"svc\" (service[0]).secret: ?version= is only for "
+                                   "openbao/vault "
      "sources"),
-    ("source.bao", "service[0].secret: names a source's own credentials (source.NAME); take "
+    ("source.bao", "service \"svc\" (service[0]).secret: names a source's own credentials "
+                   "(source.NAME); take "
      'a synced item instead: "SOURCE:PATH#FIELD"'),
-    ("bao:x#", "service[0].secret: a source reference the field after # is empty"),
-    ("bao:#f", "service[0].secret: a source reference the path must be 1-512 characters"),
+    ("bao:x#", "service \"svc\" (service[0]).secret: a source reference the field after # is "
+               "empty"),
+    ("bao:#f", "service \"svc\" (service[0]).secret: a source reference the path must be 1-512 "
+               "characters"),
 ])
 def test_reference_rules(secret: str, line: str) -> None:
     assert problems(doc([BAO, VW], [svc(secret)])) == [line]

@@ -22,6 +22,7 @@ from vaultproxy.admin import (
     keystore_routes,
     proxy_route,
     source_routes,
+    stream_route,
 )
 from vaultproxy.admin.actions import (
     audit_admin,
@@ -49,6 +50,7 @@ from vaultproxy.errors import (
     VaultproxyError,
     error_payload,
     error_response,
+    problems_text,
 )
 from vaultproxy.keystore.cached import has_secret
 
@@ -81,6 +83,7 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.include_router(source_routes.router, responses=ERRORS)
     app.include_router(approval_routes.router, responses=ERRORS)  # SPEC §10
     app.include_router(env_routes.router, responses=ERRORS)
+    app.include_router(stream_route.router, responses=ERRORS)
     live = ctx.live
     metrics.bind(
         lambda: (s := live.state) is None or s.locked,
@@ -182,7 +185,12 @@ def _router(ctx: AdminContext) -> Any:
         who = caller(request)
         try:
             before, after = reload_registry(st)
-        except ConfigError:
+        except ConfigError as e:
+            # In the proxy's own log too, as a refused SIGHUP is (whoever asked for it).
+            logger.error("reload refused (asked by %s), keeping the previous registry "
+                         "(%d services):\n%s", who, len(st.registry.services),
+                         problems_text(e))
+            refresh_keystore(st)  # keystore.enc is still re-read, as on SIGHUP
             audit_admin(st, caller=who, action="reload", method="POST", path="/v1/reload",
                         status=409, code="config_invalid")
             raise

@@ -26,6 +26,7 @@ class AdminContext:
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # keystore edits
     clients: UpstreamClients = field(default_factory=UpstreamClients)
     sync: Syncer = field(init=False)  # sources: POST /v1/sync and the refresh_seconds loop
+    closing: bool = False  # set when the listeners close: open streams (audit/stream) end
 
     def __post_init__(self) -> None:
         self.sync = Syncer(self.write_lock)  # keystore writes never interleave with the API's

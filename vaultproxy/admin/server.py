@@ -141,7 +141,12 @@ class AdminServer:
         write_token(self.home.admin_token, token)
         self.ctx = AdminContext(token=token, live=self.live)
         if self.listen is not None:
-            sock = bind_tcp(*self.listen)
+            try:
+                sock = bind_tcp(*self.listen)
+            except VaultproxyError:
+                with contextlib.suppress(OSError):
+                    self.home.admin_token.unlink()  # a failed start leaves no stale token
+                raise
             host, port = sock.getsockname()[:2]
             self.address = (str(host), int(port))
             self._socks.append((sock, H11Protocol, "tcp"))
@@ -182,6 +187,8 @@ class AdminServer:
         socket and token files, not a successor's."""
         if self._refresher is not None:
             self._refresher.cancel()  # the sources' refresh_seconds loop
+        if self.ctx is not None:
+            self.ctx.closing = True  # open audit streams end, so shutdown does not wait
         for server in self._servers:
             server.should_exit = True
             for listener in getattr(server, "servers", []):

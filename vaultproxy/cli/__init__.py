@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
+import os.path
 import sys
+
+from vaultproxy.cli import tty
+
+if os.path.basename(sys.argv[0]) in ("vaultproxy", "__main__.py"):
+    # This process is the `vaultproxy` program: echo off now, before anything heavy loads,
+    # when the command will prompt (typed-ahead text is then never shown in clear).
+    tty.hide_typing(sys.argv[1:])
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
@@ -13,7 +22,18 @@ from vaultproxy.errors import UsageError, VaultproxyError
 
 # Subcommand modules, in --help order. Each exposes register(subparsers).
 COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "control", "ca", "env_exec",
-                   "agent", "tpm", "sync", "approvals")
+                   "agent", "tpm", "sync", "tail", "lifecycle", "completion", "approvals")
+
+# The module that defines each command: `vaultproxy run` imports `run`'s module only, so its
+# password prompt is up before the other commands' imports (config models, httpx, ...).
+COMMAND_MODULE = {
+    "init": "init", "secret": "secret", "passwd": "passwd", "check": "check", "run": "run",
+    "status": "control", "unlock": "control", "lock": "control", "reload": "control",
+    "ca": "ca", "env": "env_exec", "exec": "env_exec", "agent": "agent", "tpm": "tpm",
+    "sync": "sync", "tail": "tail", "stop": "lifecycle", "try": "lifecycle",
+    "doctor": "lifecycle", "completion": "completion",
+    "approvals": "approvals", "approve": "approvals", "deny": "approvals",
+}
 
 DESCRIPTION = """\
 vaultproxy keeps API keys out of AI agents: agents run with HTTPS_PROXY pointing at it,
@@ -39,12 +59,14 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or (``command``) only the module defining that command."""
     parser = _Parser(prog="vaultproxy", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vaultproxy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    modules = (COMMAND_MODULE[command],) if command in COMMAND_MODULE else COMMAND_MODULES
+    for name in modules:
         try:
             module = import_module(f"vaultproxy.cli.{name}")
         except ModuleNotFoundError as e:
@@ -72,9 +94,23 @@ def add_password_file(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from vaultproxy.cli import tty
+
+    tty.hide_typing(sys.argv[1:] if argv is None else argv)  # before the heavy imports
+    try:
+        return _main(argv)
+    finally:
+        tty.restore()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logfilter.install()
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["--version"]:  # without loading every command's module
+        sys.stdout.write(f"vaultproxy {__version__}\n")
+        return 0
+    parser = build_parser(words[0] if words else None)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
     if func is None:

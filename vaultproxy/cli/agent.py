@@ -18,10 +18,9 @@ from vaultproxy import agents
 from vaultproxy.audit import ADMIN_EVENT, AuditEvent
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.control import NotRunning, call
 from vaultproxy.cli.password import open_store
 from vaultproxy.config.load import load_config
-from vaultproxy.errors import KeystoreError, UsageError, VaultproxyError
+from vaultproxy.errors import KeystoreError, UsageError
 from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.secret import Secret
@@ -40,27 +39,18 @@ def _audit(home: Home, action: str, name: str) -> None:
                          "is not in the audit log\n")
 
 
-def _apply(home: Home) -> None:
+def _apply(home: Home, action: str) -> None:
     """Make a running proxy on this home re-read keystore.enc (every worker) now."""
-    try:
-        status, _data = call(home, "POST", "/v1/reload")
-    except NotRunning:
-        return
-    except VaultproxyError as e:
-        sys.stderr.write(f"vaultproxy: warning: the running proxy was not told ({e}); run "
-                         "`vaultproxy reload` to apply this change\n")
-        return
-    if status == 200:
-        sys.stderr.write("applied to the running proxy\n")
-    else:
-        sys.stderr.write(f"vaultproxy: warning: the running proxy answered {status} to a "
-                         "reload; fix what `vaultproxy reload` reports and run it again to "
-                         "apply this change\n")
+    from vaultproxy.cli.control import apply_to_running
+
+    said = apply_to_running(home, f"cli-{action.replace('_', '-')}", audit_locally=False)
+    if said is not None:
+        sys.stderr.write(f"vaultproxy: {said}\n")
 
 
 def _changed(home: Home, action: str, name: str) -> None:
     _audit(home, action, name)
-    _apply(home)
+    _apply(home, action)
 
 
 def _emit_token(token: Secret) -> None:

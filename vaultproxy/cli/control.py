@@ -15,8 +15,8 @@ import socket
 import sys
 from typing import Any
 
-from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import get_password, wrong_password_hint
+from vaultproxy.cli import add_home, add_password_file, tty
+from vaultproxy.cli.password import TRIES, get_password, source_of, wrong_password_hint
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
 
@@ -44,13 +44,17 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def call(home: Home, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    """One admin API request over admin.sock -> (status, decoded JSON)."""
+def call(home: Home, method: str, path: str, body: bytes | None = None,
+         caller: str | None = None) -> tuple[int, Any]:
+    """One admin API request over admin.sock -> (status, decoded JSON). ``caller`` names
+    what asked (``X-Caller-Id``, recorded in the admin audit record)."""
     start = f"start it with `vaultproxy run --home {home.path}`"
     if not home.admin_sock.exists():
         raise NotRunning(f"vaultproxy is not running for {home.path} (no admin.sock); {start}")
     conn = _UnixConnection(str(home.admin_sock))
     headers = {"Content-Type": "application/json"} if body is not None else {}
+    if caller is not None:
+        headers["X-Caller-Id"] = caller
     try:
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
@@ -79,8 +83,16 @@ def _flat_error(data: Any) -> Any:
     return data
 
 
+def error_message(data: Any) -> str | None:
+    """The message of an admin API error body (``{"error": {"message", "code"}}``)."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or "") or None
+    return str(error) if error else None
+
+
 def _fail(status: int, data: Any) -> VaultproxyError:
-    message = data.get("error") if isinstance(data, dict) else None
+    message = error_message(data)
     return VaultproxyError(f"the proxy answered {status}: {message or 'no details'}")
 
 
@@ -149,20 +161,25 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     if status == 200 and health.get("locked") is False:
         sys.stdout.write("already unlocked\n")
         return 0
-    password = get_password(args.password_file, prompt="Master password (to unlock the "
-                            "running proxy): ", home=home.path)
-    assert password is not None
-    try:
-        body = json.dumps({"password": password.reveal_str()}).encode()
-    finally:
-        password.wipe()
-    status, data = call(home, "POST", "/v1/unlock", body)
-    del body
+    tries = TRIES if source_of(args.password_file) is None else 1
+    for n in range(1, tries + 1):
+        password = get_password(args.password_file, prompt="Master password (to unlock the "
+                                "running proxy): ", home=home.path)
+        assert password is not None
+        try:
+            body = json.dumps({"password": password.reveal_str()}).encode()
+        finally:
+            password.wipe()
+        status, data = call(home, "POST", "/v1/unlock", body)
+        del body
+        if status != 403 or n >= tries:
+            break
+        tty.say(f"wrong master password, try again ({tries - n} more)")
     if status == 403:
-        raise VaultproxyError(f"{data.get('error', 'unlock failed')}; "
+        raise VaultproxyError(f"{error_message(data) or 'unlock failed'}; "
                               f"{wrong_password_hint(args.password_file)}")
     if status == 429:
-        raise VaultproxyError(f"{data.get('error', 'too many failed unlocks')}; "
+        raise VaultproxyError(f"{error_message(data) or 'too many failed unlocks'}; "
                               "wait and try again")
     if status != 200:
         raise _fail(status, data)
@@ -192,7 +209,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     home = Home.resolve(args.home)
     status, data = call(home, "POST", "/v1/reload")
     if status == 409:
-        sys.stdout.write("".join(f"{p}\n" for p in data.get("problems", [])))
+        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        problems = data.get("problems") or error.get("problems") or []
+        sys.stdout.write("".join(f"{p}\n" for p in problems))
         sys.stderr.write("vaultproxy: services.toml is invalid; the previous registry stays "
                          "in use (fix it and run `vaultproxy reload` again)\n")
         return 1
@@ -229,3 +248,47 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "and the previous registry keeps serving.")
     add_home(p)
     p.set_defaults(func=cmd_reload)
+
+
+def apply_to_running(home: Home, what: str = "keystore-write", *,
+                     audit_locally: bool = True) -> str | None:
+    """After the CLI wrote keystore.enc: a proxy running for this home re-reads it now
+    (``POST /v1/reload`` over admin.sock, as SIGHUP). The sentence to tell the user, or None
+    when no proxy runs (the next `vaultproxy run` reads the file anyway)."""
+    try:
+        status, health = call(home, "GET", "/v1/health")
+        if status == 200 and health.get("locked"):
+            return ("the running proxy is locked; it uses the change once unlocked "
+                    "(`vaultproxy unlock`)")
+        # The admin audit record of this reload names the command that asked for it.
+        status, data = call(home, "POST", "/v1/reload", caller=f"cli-{what}")
+    except NotRunning:
+        if audit_locally:
+            _audit_locally(home, what)
+        return None
+    except VaultproxyError as e:
+        return f"the running proxy was not told ({e}); run `vaultproxy reload`"
+    if status == 200:
+        return "the running proxy uses it now"
+    if status == 409:
+        return ("the running proxy re-read keystore.enc and uses it now, but services.toml "
+                "is invalid and was not reloaded (`vaultproxy check` lists why)")
+    return (f"the running proxy answered {status} ({error_message(data) or 'no details'}); "
+            "run `vaultproxy reload`")
+
+
+def _audit_locally(home: Home, what: str) -> None:
+    """No proxy to record it: the CLI appends the admin record itself (who and what, never
+    a value), so audit.jsonl names every keystore change."""
+    import os
+
+    from vaultproxy.audit import ADMIN_EVENT, AuditEvent, AuditLog
+
+    if not home.path.is_dir():
+        return
+    log = AuditLog(home.audit)
+    try:
+        log.record(AuditEvent(event=ADMIN_EVENT, method="CLI", path="keystore.enc",
+                              outcome="ok", reason=what, caller=f"cli:uid={os.getuid()}"))
+    finally:
+        log.close()

@@ -48,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         new.wipe()
     sys.stdout.write(f"master password changed for {store.path}\n")
+    from vaultproxy.cli.control import apply_to_running
+    from vaultproxy.home import Home
+
+    said = apply_to_running(Home.resolve(args.home), "passwd")
+    if said is not None:
+        sys.stdout.write(f"{said} (`vaultproxy unlock` takes the new password from now on)\n")
     return 0
 
 

@@ -13,11 +13,11 @@ group/other, a password file inside the home it unlocks, a master password short
 from __future__ import annotations
 
 import argparse
-import contextlib
-import getpass
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from vaultproxy.cli import tty
 from vaultproxy.errors import KeystoreError, UsageError, VaultproxyError
 from vaultproxy.home import Home, check_private
 from vaultproxy.keystore import Keystore
@@ -41,34 +41,48 @@ class PromptCancelled(VaultproxyError):
         self.exit_code = exit_code
 
 
+BACKGROUND = (
+    "running in the background of a terminal (`&`), where a prompt would stop the "
+    "process; supply the master password with --password-file FILE or "
+    "VAULTPROXY_PASSWORD_FILE=FILE, or start it in the foreground"
+)
+TRIES = 3  # wrong passwords typed at a terminal, as sudo
+
+
 def has_terminal() -> bool:
-    """True when this process has a controlling terminal we can prompt on."""
+    """True when this process has a controlling terminal we can prompt on (in the
+    foreground: a background job that touched it would be stopped by SIGTTIN/SIGTTOU)."""
     try:
-        fd = os.open(TTY, os.O_RDWR | os.O_NOCTTY)
-    except OSError:
+        fd = tty.terminal()
+    except tty.Background:
+        return False
+    if fd is None:
         return False
     os.close(fd)
     return True
 
 
-def _tty_newline() -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(TTY, os.O_WRONLY | os.O_NOCTTY)
-        try:
-            os.write(fd, b"\n")
-        finally:
-            os.close(fd)
+def in_background() -> bool:
+    try:
+        fd = tty.terminal()
+    except tty.Background:
+        return True
+    if fd is not None:
+        os.close(fd)
+    return False
 
 
 def ask_hidden(prompt: str) -> str:
-    """One hidden line typed at the controlling terminal (getpass reads /dev/tty)."""
+    """One hidden line typed at the controlling terminal (echo off, typed-ahead kept)."""
     try:
-        return getpass.getpass(prompt)
+        return tty.read_hidden(prompt)
+    except tty.Background:
+        raise UsageError(BACKGROUND) from None
+    except OSError:
+        raise UsageError("no terminal to prompt on; " + HOW) from None
     except EOFError:
-        _tty_newline()
         raise PromptCancelled("no input at the prompt (Ctrl-D); nothing was changed", 1) from None
     except KeyboardInterrupt:
-        _tty_newline()
         raise PromptCancelled("interrupted at the prompt (Ctrl-C); nothing was changed",
                               130) from None
 
@@ -115,6 +129,8 @@ def get_password(flag: str | None, *, confirm: bool = False, prompt: str = "Mast
         password = Secret(first)
     elif not required:
         return None
+    elif in_background():
+        raise UsageError("no master password source: " + BACKGROUND)
     else:
         raise UsageError("no master password source; " + HOW)
     if new or confirm:
@@ -135,11 +151,24 @@ def open_store(args: argparse.Namespace, prompt: str = "Master password: ") -> K
         raise KeystoreError(
             f"no keystore at {home.keystore}; run `vaultproxy init --home {home.path}` first"
         )
-    password = get_password(args.password_file, prompt=prompt, home=home.path)
-    assert password is not None  # required=True never returns None
-    try:
-        return Keystore.open(home.keystore, password)
-    except WrongPassword as e:
-        raise KeystoreError(f"{e}; {wrong_password_hint(args.password_file)}") from None
-    finally:
-        password.wipe()
+    return with_password(args.password_file, lambda pw: Keystore.open(home.keystore, pw),
+                         prompt=prompt, home=home.path)
+
+
+def with_password[T](flag: str | None, attempt: Callable[[Secret], T], *,
+                     prompt: str = "Master password: ", home: Path | None = None) -> T:
+    """``attempt(password)``; a wrong password typed at a terminal is asked again, up to
+    TRIES times (a password file is read once: asking again would read the same)."""
+    tries = TRIES if source_of(flag) is None else 1
+    for n in range(1, tries + 1):
+        password = get_password(flag, prompt=prompt, home=home)
+        assert password is not None  # required=True never returns None
+        try:
+            return attempt(password)
+        except WrongPassword as e:
+            if n >= tries:
+                raise KeystoreError(f"{e}; {wrong_password_hint(flag)}") from None
+            tty.say(f"wrong master password, try again ({tries - n} more)")
+        finally:
+            password.wipe()
+    raise AssertionError("unreachable")

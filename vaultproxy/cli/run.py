@@ -8,19 +8,31 @@ import asyncio
 import io
 import logging
 import resource
+import socket
 import sys
+import threading
 from typing import TYPE_CHECKING
 
-from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.password import check_strength, get_password, wrong_password_hint
+from vaultproxy.cli import add_home, add_password_file, tty
+from vaultproxy.cli.password import (
+    BACKGROUND,
+    TRIES,
+    check_strength,
+    get_password,
+    in_background,
+    source_of,
+    wrong_password_hint,
+)
 from vaultproxy.engine import nodump
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
+from vaultproxy.secret import Secret
 
 if TYPE_CHECKING:
     from vaultproxy.config.mtls import MtlsSettings
     from vaultproxy.engine.master import MtlsListener
+    from vaultproxy.state import ProxyState
 
 DEFAULT_LISTEN = "127.0.0.1:3203"
 DEFAULT_ADMIN = "127.0.0.1:3201"
@@ -77,6 +89,8 @@ def mtls_listener(home: Home, settings: MtlsSettings, listen: tuple[str, int],
 
 
 def parse_workers(text: str) -> int:
+    if text == "1":
+        return 1  # the default, without importing the engine before the password prompt
     from vaultproxy.engine.workers import MAX_WORKERS, default_workers
 
     if text == "auto":
@@ -84,6 +98,47 @@ def parse_workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
         raise UsageError(f"--workers must be auto or a number from 1 to {MAX_WORKERS}")
     return int(text)
+
+
+def check_free(address: tuple[str, int], flag: str) -> None:
+    """Fail now, naming the flag, when ``address`` is taken (the engine would only notice
+    after its start-up timeout)."""
+    host, port = address
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UsageError(
+                f"cannot listen on {host}:{port}: {e.strerror} (another vaultproxy, or `make "
+                f"demo`, may hold it: `vaultproxy stop --home DIR` ends one); or choose "
+                f"another address with {flag} HOST:PORT"
+            ) from None
+
+
+def _unlock(state: ProxyState, password: Secret, flag: str | None, home: Home) -> bool:
+    """Unlock with ``password``; a wrong one typed at a terminal is asked again (TRIES)."""
+    from vaultproxy.keystore.store import WrongPassword
+
+    tries = TRIES if source_of(flag) is None else 1
+    for n in range(1, tries + 1):
+        try:
+            state.unlock_sync(password)
+            return True
+        except WrongPassword as e:
+            if n >= tries:
+                print(f"vaultproxy: {e}; {wrong_password_hint(flag)}", file=sys.stderr)
+                return False
+            tty.say(f"wrong master password, try again ({tries - n} more)")
+        finally:
+            password.wipe()
+        again = get_password(flag, home=home.path)
+        assert again is not None
+        password = again
+    return False
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -100,6 +155,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = parse_workers(args.workers)
     home = Home.resolve(args.home)
     home.require()
+    check_free(listen, "--listen")  # a busy port: said at once, naming the flag
+    check_free(admin_listen, "--admin-listen")
+    # The prompt comes before the heavy imports (mitmproxy, the config models): a person
+    # at the terminal is asked at once, not after seconds of silence.
+    from vaultproxy.keystore import Keystore
+
+    password: Secret | None = None
+    if not Keystore.has_tpm_slot(home.keystore):
+        password = get_password(args.password_file, required=False, home=home.path)
+        if password is not None:
+            check_strength(password)
+        elif in_background():
+            logging.getLogger(__name__).warning("no password prompt: " + BACKGROUND)
 
     from vaultproxy.ca import load_ca, materialize_mitm_confdir
     from vaultproxy.engine.serve import ServeOptions, serve
@@ -119,32 +187,29 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.mtls_listen else None)
     from vaultproxy.cli.tpm import try_unlock
 
-    sealed = try_unlock(home)  # a TPM slot this machine's TPM unseals: no password needed
+    sealed = try_unlock(home) if password is None else None  # a TPM slot: no password
     if sealed is not None:
         state.install_keystore(sealed)
-        password = None
-    else:
-        password = get_password(args.password_file, required=False, home=home.path)
-    if password is not None:
-        from vaultproxy.keystore.store import WrongPassword
-
-        check_strength(password)
-        try:
-            state.unlock_sync(password)
-        except WrongPassword as e:
-            print(f"vaultproxy: {e}; {wrong_password_hint(args.password_file)}", file=sys.stderr)
+    elif password is not None:
+        if not _unlock(state, password, args.password_file, home):
             return 1
-        finally:
-            password.wipe()
-    elif sealed is None:
+    else:
         logging.getLogger(__name__).warning(
             "no password source (no --password-file, no VAULTPROXY_PASSWORD_FILE, no terminal): "
             "starting LOCKED; intercepted hosts answer 503 until `vaultproxy unlock`"
         )
+    tty.restore()  # echo back on: no more prompts
     opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
                         workers=workers, mtls=mtls)
+    stop_echo = threading.Event()
+    if sys.stdout.isatty():  # a person watches: one line per request (as `vaultproxy tail`)
+        from vaultproxy.cli.tail import echo_records
+
+        echo_records(home.audit, sys.stdout, stop_echo)
     try:
         return asyncio.run(serve(state, ca, opts))
     except VaultproxyError as e:
         print(f"vaultproxy: {e}", file=sys.stderr)
         return 1
+    finally:
+        stop_echo.set()

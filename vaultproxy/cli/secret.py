@@ -53,6 +53,7 @@ def _set(args: argparse.Namespace) -> int:
         value.wipe()
     what = args.name if args.field is None else f"{args.name} field {args.field}"
     sys.stdout.write(f"stored {what}\n")
+    _tell_running(args, "secret-set")
     return 0
 
 
@@ -86,7 +87,18 @@ def _rm(args: argparse.Namespace) -> int:
         raise KeystoreError(f"no secret named {args.name}; `vaultproxy secret list` shows them")
     store.save()
     sys.stdout.write(f"removed {args.name}\n")
+    _tell_running(args, "secret-rm")
     return 0
+
+
+def _tell_running(args: argparse.Namespace, what: str) -> None:
+    """A running proxy serves the change at once (it re-reads keystore.enc); say so."""
+    from vaultproxy.cli.control import apply_to_running
+    from vaultproxy.home import Home
+
+    said = apply_to_running(Home.resolve(args.home), what)
+    if said is not None:
+        sys.stdout.write(said + "\n")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

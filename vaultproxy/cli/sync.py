@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from vaultproxy.cli import add_home, add_password_file
-from vaultproxy.cli.control import NotRunning, call
+from vaultproxy.cli.control import NotRunning, call, error_message
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.home import Home
 
@@ -30,10 +30,12 @@ def _via_proxy(home: Home, only: str | None) -> list[dict[str, Any]] | None:
         status, data = call(home, "POST", "/v1/sync", body)
     except NotRunning:
         return None
-    if status == 503 and data.get("code") == "locked":
+    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    if status == 503 and (error.get("code") or data.get("code")) == "locked":
         raise VaultproxyError("the running proxy is locked; `vaultproxy unlock` first")
     if status != 200:
-        raise VaultproxyError(f"the proxy answered {status}: {data.get('error', 'no details')}")
+        raise VaultproxyError(f"the proxy answered {status}: "
+                              f"{error_message(data) or 'no details'}")
     return list(data.get("results", []))
 
 

@@ -10,9 +10,12 @@ contains the offending value (the models set ``hide_input_in_errors``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import difflib
+import re
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 FILE = "services.toml"
 
@@ -63,10 +66,41 @@ def _container(loc: Sequence[int | str]) -> tuple[int | str, ...]:
     return tuple(loc[:1]) if len(loc) > 1 else ()
 
 
+def _models_in(tp: object) -> list[type[BaseModel]]:
+    """The pydantic models a field's type holds (through list, tuple, Optional, Union,
+    Annotated)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(tp):
+        out += _models_in(arg)
+    return out
+
+
+def keys_at(root: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The keys the table holding ``loc``'s last part accepts (for "did you mean")."""
+    models = [root]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        inner = [m for model in models if (f := model.model_fields.get(str(part)))
+                 for m in _models_in(f.annotation)]
+        if inner or any(str(part) in m.model_fields for m in models):
+            models = inner
+        # else: a union's tag in the path (pydantic adds it); the candidates stay
+    return sorted({f.alias or name for m in models for name, f in m.model_fields.items()})
+
+
+def did_you_mean(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
 def render(err: ValidationError, order: Sequence[str] = (),
-           key_order: Sequence[str] = ()) -> list[str]:
+           key_order: Sequence[str] = (), root: type[BaseModel] | None = None) -> list[str]:
     """Every problem as ``path: message``. ``order``: the top-level keys in report order;
-    ``key_order``: keys whose missing-key problems come in this order (the SPEC's)."""
+    ``key_order``: keys whose missing-key problems come in this order (the SPEC's);
+    ``root``: the model, to suggest the closest known key for an unknown one."""
     rows: list[tuple[tuple[int, int], int, int, str]] = []
     for n, item in enumerate(err.errors(include_url=False, include_input=False)):
         loc = item["loc"]
@@ -85,6 +119,8 @@ def render(err: ValidationError, order: Sequence[str] = (),
             continue
         if kind == "extra_forbidden":
             category, msg = _UNKNOWN, "unknown key"
+            if root is not None and loc:
+                msg += did_you_mean(str(loc[-1]), keys_at(root, loc))
         elif kind == "missing":
             category, msg = _MISSING, "is required"
             if loc and loc[-1] in key_order:
@@ -116,3 +152,30 @@ def _dedupe(lines: Iterable[str]) -> list[str]:
             seen.add(line)
             out.append(line)
     return out
+
+
+_TABLE = re.compile(r"^(service|source)\[(\d+)\]")
+
+
+def with_names(lines: Iterable[str], data: Mapping[str, object]) -> list[str]:
+    """``service[0].x: ...`` -> ``service "openai" (service[0]).x: ...``: the name the
+    operator knows the table by, and its index (two tables may share a name)."""
+    out = []
+    for line in lines:
+        m = _TABLE.match(line)
+        name = _name_of(data.get(m.group(1)), int(m.group(2))) if m else None
+        if m and name is not None:
+            line = f'{m.group(1)} "{name}" ({m.group(0)})' + line[m.end():]
+        out.append(line)
+    return out
+
+
+def _name_of(tables: object, index: int) -> str | None:
+    if not isinstance(tables, list) or not 0 <= index < len(tables):
+        return None
+    table = tables[index]
+    name = table.get("name") if isinstance(table, dict) else None
+    # Only a valid name is shown (an invalid one is the problem reported, never echoed).
+    if isinstance(name, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name):
+        return name
+    return None

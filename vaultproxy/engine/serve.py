@@ -13,7 +13,12 @@ import socket
 from dataclasses import dataclass
 
 from vaultproxy import __version__
-from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_missing_secrets
+from vaultproxy.admin.actions import (
+    audit_admin,
+    refresh_keystore,
+    reload_registry,
+    warn_missing_secrets,
+)
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.atomic_file import write_atomic
 from vaultproxy.audit import status as audit_status
@@ -174,10 +179,16 @@ def reload(state: ProxyState) -> None:
             len(state.registry.services),
             problems_text(e),
         )
+        audit_admin(state, caller="signal:SIGHUP", action="reload", method="SIGHUP",
+                    path="services.toml", status=409, code="config_invalid")
     except VaultproxyError as e:
         logger.error("reload refused, keeping the previous registry: %s", e)
+        audit_admin(state, caller="signal:SIGHUP", action="reload", method="SIGHUP",
+                    path="services.toml", status=409, code="config_invalid")
     else:
         print(f"vaultproxy: reloaded services.toml: {before} -> {after} services", flush=True)
+        audit_admin(state, caller="signal:SIGHUP", action="reload", method="SIGHUP",
+                    path="services.toml", status=200)
     refresh_keystore(state)
     warn_missing_secrets(state)
 

@@ -145,8 +145,8 @@ def unavailable(reason: str) -> UsageError:
     return UsageError(
         f"cannot isolate the agent: {reason}. Install the `{PACKAGE}` package (Debian/Ubuntu: "
         f"apt install {PACKAGE}; Fedora: dnf install {PACKAGE}) and make sure user namespaces "
-        "are enabled, or run with --share-net (keeps the host network) or --no-isolate "
-        "(no sandbox at all; the agent can read your vaultproxy home)"
+        "are enabled, or run with --no-isolate (no sandbox at all; the agent can read your "
+        "vaultproxy home). --share-net needs bubblewrap too"
     )
 
 
