@@ -25,13 +25,13 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow, tutils
 
 from tests.canary import make_canary
+from vaultproxy import pipeline as pipeline_mod
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.seam import speed
 from vaultproxy.secret import Secret
 from vaultproxy.stages import Connect, Identify, Inject, Record, ResponseGate, Route, Runtime
 from vaultproxy.stages import connect as connect_mod
-from vaultproxy.stages import inject as inject_mod
 from vaultproxy.stages import record as record_mod
 from vaultproxy.stages import response_gate as scrub_mod
 from vaultproxy.stages import route as route_mod
@@ -143,7 +143,7 @@ def test_connect_server_connect_fault_kills_connection(state, monkeypatch):  # t
 
 
 def test_inject_requestheaders_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(inject_mod, "prepare_request", boom)
+    monkeypatch.setattr(pipeline_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
     fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     _assert_denied(f)
@@ -158,7 +158,7 @@ def test_inject_requestheaders_without_fault_injects(state):  # type: ignore[no-
 
 
 def test_inject_request_body_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(inject_mod, "substitute_request_body", boom)
+    monkeypatch.setattr(pipeline_mod, "substitute_request_body", boom)
     f = _flow(state, "body.example.com", "body")
     f.request.headers["authorization"] = "Bearer __vault.body__"
     f.request.content = b'{"k": "__vault.body__"}'
@@ -191,7 +191,7 @@ def test_fault_is_denied_through_the_whole_production_chain(state, monkeypatch):
     """The full chain in the production manager (which would log and continue): denied."""
     from vaultproxy.stages import Gate, chain
 
-    monkeypatch.setattr(inject_mod, "prepare_request", boom)
+    monkeypatch.setattr(pipeline_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
 
     async def go() -> None:

@@ -28,7 +28,6 @@ from vaultproxy.state import Live
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class PeerCheckedH11(H11Protocol):
@@ -208,9 +207,3 @@ class AdminServer:
         if self.ctx is not None:
             await self.ctx.clients.aclose()
             await self.ctx.sync.aclose()
-
-    def warnings(self) -> list[str]:
-        if self.listen is not None and self.listen[0] not in LOOPBACK_HOSTS:
-            return [f"SECURITY: the admin API listens on {self.listen[0]}, not loopback: other "
-                    "hosts can reach it (the bearer token is its only protection)"]
-        return []

@@ -15,10 +15,12 @@ import os
 from typing import Any
 
 from mitmproxy import ctx
+from mitmproxy.proxy.mode_specs import ProxyMode
 
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
 from vaultproxy.engine import nodump, stale
+from vaultproxy.engine.startup import log_warnings, security_warnings
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
@@ -134,6 +136,7 @@ class Bootstrap:
             listen.add(self._admin.address)
         state.set_own_listeners(frozenset(listen))
         _RT.live.state = state
+        log_warnings(security_warnings(state.registry.config, _proxy_hosts(), _admin_host()))
         ctx.options.update(
             confdir=str(confdir),
             connection_strategy="eager",
@@ -173,8 +176,6 @@ class Bootstrap:
         self._admin = admin
         if admin.address is not None:
             st.set_own_listeners(st.own_listeners | {admin.address})
-        for w in admin.warnings():
-            logger.warning("%s", w)
         logger.warning(
             "vaultproxy admin API: %s, socket %s (token in %s)",
             f"http://{admin.address[0]}:{admin.address[1]}" if admin.address else "no TCP",
@@ -217,6 +218,22 @@ class Bootstrap:
                 with contextlib.suppress(OSError, ValueError, AttributeError):
                     if json.loads(st.home.run_json.read_text()).get("pid") == os.getpid():
                         st.home.run_json.unlink()
+
+
+def _proxy_hosts() -> list[str]:
+    """The host of every proxy mode mitmdump serves (an empty one: every interface)."""
+    return [ProxyMode.parse(spec).listen_host(ctx.options.listen_host)
+            for spec in ctx.options.mode]
+
+
+def _admin_host() -> str | None:
+    raw = ctx.options.vaultproxy_admin_listen.strip()
+    if not raw:
+        return None
+    try:
+        return parse_listen(raw, "vaultproxy_admin_listen")[0]
+    except VaultproxyError:
+        return None  # reported when the admin API starts
 
 
 def make_addons() -> list[object]:

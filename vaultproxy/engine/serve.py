@@ -18,14 +18,13 @@ from vaultproxy.atomic_file import write_atomic
 from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
-from vaultproxy.config.models import SURFACE_RISKS
 from vaultproxy.engine import proxy_socket, reuseport, stale
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
+from vaultproxy.engine.startup import log_warnings, security_warnings
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import reuseport as seam_reuseport
 from vaultproxy.state import Live, ProxyState
-from vaultproxy.sync.run import source_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -97,46 +96,6 @@ def banner(
     return "\n".join(lines)
 
 
-def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
-    out = []
-    for s in state.registry.services:
-        if s.insecure_tls:
-            out.append(
-                f"SECURITY: service {s.name} has insecure_tls = true: upstream TLS is NOT verified"
-            )
-        if s.allow_loopback:
-            out.append(f"SECURITY: service {s.name} may reach loopback addresses (allow_loopback)")
-        if s.allow_private:
-            out.append(f"SECURITY: service {s.name} may reach private addresses (allow_private)")
-        if s.mode == "placeholder":
-            for surface in s.substitute_in:
-                if surface in SURFACE_RISKS:
-                    out.append(
-                        f"SECURITY: service {s.name} substitutes its secret in "
-                        f"{SURFACE_RISKS[surface]} (substitute_in)"
-                    )
-        if s.allow_range:
-            out.append(
-                f"SECURITY: service {s.name} keeps Range requests (allow_range): partial "
-                "responses can slice a reflected secret past the redactor"
-            )
-    if state.registry.config.audit.on_failure == "continue":
-        out.append(
-            'SECURITY: [audit] on_failure = "continue": when audit.jsonl cannot be written, '
-            "credentials are still injected and those uses are NOT audited"
-        )
-    out.extend(source_warnings(state.registry.config))
-    if state.registry.config.proxy.passthrough_allow:
-        out.append(
-            "SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses"
-        )
-    if listen[0] not in ("127.0.0.1", "::1", "localhost"):
-        out.append(
-            f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it"
-        )
-    return out
-
-
 def reload(state: ProxyState) -> None:
     """SIGHUP: re-read services.toml, then keystore.enc (each keeps the old on error)."""
     try:
@@ -202,8 +161,8 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             supervisor.on_pids_changed = announce
             audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
-        for w in security_warnings(state, opts.listen) + admin.warnings():
-            logger.warning("%s", w)
+        admin_host = opts.admin_listen[0] if opts.admin_listen is not None else None
+        log_warnings(security_warnings(state.registry.config, [opts.listen[0]], admin_host))
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
         announce()  # run.json last: whoever waits for it finds the banner and warnings out

@@ -27,7 +27,7 @@ class FlowRecord:
     t0: float | None = None  # monotonic, when the request headers arrived
     path: str | None = None  # without the query, as the agent sent it (or after rewriting)
     injected: bool = False
-    body: tuple[Entry, int] | None = None  # a body substitution waiting for the whole body
+    body: Entry | None = None  # the entry of a body substitution (or signature) waiting
     denied: tuple[str, str] | None = None  # (code, public message) of our refusal
     reply: http.Response | None = None  # our reply, when it replaced an upstream response
     redactor: Redactor | None = None
