@@ -1,8 +1,9 @@
 """The one record a flow carries through the stages, under one ``flow.metadata`` key.
 
-Identify puts the ``Decision`` in it; the later stages read the decision and add what they
-did (injected, the pending body substitution, the redactor, a refusal); Record turns it into
-the canonical audit line."""
+Identify puts the ``Decision`` in it, the only carrier of the verdict (service, agent,
+target, plan); the later stages read it and add what they did (injected, the pending body,
+the redactor, a refusal); Record turns the decision and the outcome into the canonical audit
+line."""
 
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ KEY = "vaultproxy"
 @dataclass
 class FlowRecord:
     decision: Decision | None = None
-    service: Service | None = None  # set when the flow is intercepted (a credential may go in)
-    agent: str | None = None
     t0: float | None = None  # monotonic, when the request headers arrived
     path: str | None = None  # without the query, as the agent sent it (or after rewriting)
     injected: bool = False
@@ -39,6 +38,16 @@ class FlowRecord:
     minted: Issued | None = None  # the token this request carries
     retried: bool = False  # the response is the resend's after a 401 (response_gate.py)
     resent: bytes | None = None  # its gated body, until sent
+
+
+    @property
+    def service(self) -> Service | None:
+        """The decision's service (a credential may go in), None while undecided."""
+        return self.decision.service if self.decision is not None else None
+
+    @property
+    def agent(self) -> str | None:
+        return self.decision.agent if self.decision is not None else None
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

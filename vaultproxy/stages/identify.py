@@ -56,7 +56,6 @@ class Identify(Stage):
                 sni=tunnel.sni, scheme=req.scheme, agent=tunnel.agent,
             )
             decision = rec.decision = _decide(st, facts)
-            rec.agent, rec.service = tunnel.agent, tunnel.service
             if self.rt.connections.broken(flow.client_conn.id):
                 raise TunnelBroken()
             if decision.refusal is not None:
@@ -65,6 +64,5 @@ class Identify(Stage):
         # A plain-HTTP proxy request: each one carries its own credentials.
         facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme)
         decision = rec.decision = _decide(st, facts)
-        rec.agent = decision.agent
         if decision.refusal is not None:
             raise decision.refusal

@@ -33,15 +33,14 @@ def _record(
         if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
             outcome, reason, status = "denied", InvalidRequest.code, refused
     request, response = flow.request, flow.response
-    service = rec.service
-    agent = rec.agent
-    if event == "tunnel_refused":
+    decision = rec.decision
+    service = decision.service if decision is not None else None
+    agent = decision.agent if decision is not None else None
+    if decision is not None and decision.target is not None:
+        host = decision.target[0]
+    elif event == "tunnel_refused":  # refused before it was decided (not ready)
         host = request.host
-        decision = rec.decision
-        if decision is not None:
-            service, agent = decision.service, decision.agent
-        if service is None:  # name the registered service it targeted
-            service = st.registry.lookup(normal_host(host), request.port)
+        service = st.registry.lookup(normal_host(host), request.port)
     else:
         tunnel = rt.connections.tunnel(flow.client_conn.id)
         host = tunnel.host if tunnel is not None else request.pretty_host
