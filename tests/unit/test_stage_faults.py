@@ -124,7 +124,7 @@ def test_route_next_layer_fault_marks_connection_broken(state, monkeypatch):  # 
 
     f = _flow(state, "elsewhere.example.com", None)
     ctx = tutils_context(f)
-    monkeypatch.setattr(route_mod.layers, "TCPLayer", boom)
+    monkeypatch.setattr(route_mod, "raw_tunnel", boom)
     fire(Route(state), NextLayerHook(NextLayer(ctx)))
     monkeypatch.undo()
     # Every later request on that connection is refused.

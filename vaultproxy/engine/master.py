@@ -19,7 +19,7 @@ from mitmproxy.addons import (
 from vaultproxy.ca import system_ca_file
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import defences, speed
-from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.stages import Gate, Runtime, chain, seam_hooks
 from vaultproxy.state import Live, ProxyState
 
 
@@ -47,7 +47,8 @@ def build_master(
 ) -> master.Master:
     """Must be called with a running event loop (mitmproxy binds to it). The stages serve
     whatever state ``live`` holds, once ``serving`` is set (None: at once)."""
-    defences.install()
+    rt = Runtime(live)
+    defences.install(seam_hooks(rt))  # the one call that couples the engine to this chain
     if defences.keylog_active():
         raise VaultproxyError(
             "SECURITY: mitmproxy opened a TLS key log (SSLKEYLOGFILE/MITMPROXY_SSLKEYLOGFILE "
@@ -55,7 +56,6 @@ def build_master(
         )
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
-    rt = Runtime(live)
     rt.serving = serving
     # mitmproxy logs four INFO lines per connection (client/server connect/disconnect):
     # per-connection noise and CPU under load. The audit log records every intercepted flow;

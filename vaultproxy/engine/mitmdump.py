@@ -27,7 +27,7 @@ from vaultproxy.hostnames import parse_listen
 from vaultproxy.keystore.tpm_unlock import try_unlock
 from vaultproxy.password_file import read_file
 from vaultproxy.seam import defences
-from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.stages import Gate, Runtime, chain, seam_hooks
 from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Bootstrap:
             ctx.master.addons.add(Gate(_RT))
             _gate_installed = True
         try:
-            defences.install()
+            defences.install(seam_hooks(_RT))  # this (reloaded) chain's callbacks
         except defences.EngineMismatch as e:  # the Gate refuses traffic while not installed
             logger.error("%s", e)
 

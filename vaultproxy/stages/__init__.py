@@ -14,6 +14,10 @@ deny response on the flow (mitmproxy itself would log it and carry on down the c
 
 from __future__ import annotations
 
+import functools
+
+from vaultproxy.seam.defences import Hooks
+from vaultproxy.stages import record, response_gate
 from vaultproxy.stages.connect import Connect
 from vaultproxy.stages.gate import Gate
 from vaultproxy.stages.identify import Identify
@@ -32,6 +36,15 @@ def chain(rt: Runtime) -> list[object]:
     return [stage(rt) for stage in stages]
 
 
+def seam_hooks(rt: Runtime) -> Hooks:
+    """What the engine seam calls back into this chain, handed to it by the one
+    ``seam.defences.install`` call at start."""
+    return Hooks(
+        ws_control=response_gate.ws_control,
+        refused_head=functools.partial(record.refused_head, rt),
+    )
+
+
 __all__ = [
     "Connect",
     "Gate",
@@ -44,4 +57,5 @@ __all__ = [
     "Route",
     "Runtime",
     "chain",
+    "seam_hooks",
 ]

@@ -61,26 +61,24 @@ def _record(
     )
 
 
+def refused_head(rt: Runtime, client: Any, status: int) -> None:
+    """mitmproxy refused a request head it could not parse: no flow, still a record (the
+    seam calls it: ``seam.defences.Hooks``)."""
+    st = rt.current()
+    if st is None:
+        return
+    tunnel = rt.connections.tunnel(client.id)
+    service = tunnel.service if tunnel is not None else None
+    record_decision(
+        st.audit, event="request", agent=tunnel.agent if tunnel is not None else None,
+        service=service.name if service is not None else None,
+        mode=service.mode if service is not None else None, method=None,
+        host=tunnel.host if tunnel is not None else None, path=None, status=status,
+        started=None, outcome="denied", reason=InvalidRequest.code,
+    )
+
+
 class Record(Stage):
-    def __init__(self, rt: Runtime) -> None:
-        super().__init__(rt)
-        refusals.set_handler(self._refused_head)
-
-    def _refused_head(self, client: Any, status: int) -> None:
-        """mitmproxy refused a request head it could not parse: no flow, still a record."""
-        st = self.rt.current()
-        if st is None:
-            return
-        tunnel = self.rt.connections.tunnel(client.id)
-        service = tunnel.service if tunnel is not None else None
-        record_decision(
-            st.audit, event="request", agent=tunnel.agent if tunnel is not None else None,
-            service=service.name if service is not None else None,
-            mode=service.mode if service is not None else None, method=None,
-            host=tunnel.host if tunnel is not None else None, path=None, status=status,
-            started=None, outcome="denied", reason=InvalidRequest.code,
-        )
-
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
         denied = record_of(flow).denied

@@ -5,12 +5,12 @@ on it, not on Host/SNI."""
 from __future__ import annotations
 
 from mitmproxy import connection, http, tls
-from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.errors import DestinationDenied
 from vaultproxy.hostnames import normal_host
 from vaultproxy.resolve import resolve_checked
+from vaultproxy.seam.layers import raw_tunnel
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
@@ -42,8 +42,7 @@ class Route(Stage):
         if tunnel is None or ctx.server.address is None:
             return
         if tunnel.service is None:
-            # Unregistered host: a raw tunnel, TLS never terminated, nothing inspected.
-            nextlayer.layer = layers.TCPLayer(ctx, ignore=True)
+            raw_tunnel(nextlayer)  # unregistered host: TLS never terminated, nothing inspected
 
     @guarded
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
