@@ -1,7 +1,7 @@
 """Every start path says the same ``SECURITY:`` lines for the same home: ``vaultproxy run``,
 ``vaultproxy run --workers 2`` (the supervisor, once for all workers) and
 ``mitmdump -s addons/vaultproxy.py`` (which said none of them before the lines became one
-pure function of the config, engine/startup.py).
+pure function of the config, engine/lifecycle.py).
 
 The expected lines are computed from the home's config by that function and, so the
 function itself cannot quietly return nothing, must include the literal lines for each weak
@@ -22,7 +22,7 @@ from tests.canary import make_canary
 from tests.harness.proxy import REPO, ProxyHome, ProxyProcess
 from tests.integration.test_mitmdump import Mitmdump
 from vaultproxy.config.load import parse_config
-from vaultproxy.engine.startup import security_warnings
+from vaultproxy.engine.lifecycle import security_warnings
 
 pytestmark = pytest.mark.integration
 

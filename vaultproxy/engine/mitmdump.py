@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from typing import Any
@@ -19,8 +18,14 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
-from vaultproxy.engine import nodump, stale
-from vaultproxy.engine.startup import log_warnings, security_warnings
+from vaultproxy.engine import nodump
+from vaultproxy.engine.lifecycle import (
+    claim,
+    forget_run_json,
+    log_warnings,
+    security_warnings,
+    write_run_json,
+)
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
@@ -165,8 +170,7 @@ class Bootstrap:
             raw = ctx.options.vaultproxy_admin_listen.strip()
             listen = parse_listen(raw, "vaultproxy_admin_listen") if raw else None
             if self._claim is None:
-                self._claim = st.home.claim()  # one proxy per home (admin-token, admin.sock)
-                stale.clean_stale(st.home)  # what a killed run left behind
+                self._claim = claim(st.home)  # one proxy per home (admin-token, admin.sock)
             admin = AdminServer(st.home, listen, live=_RT.live)
             admin.bind()
             await admin.start()
@@ -185,8 +189,6 @@ class Bootstrap:
 
     async def _announce(self, st: ProxyState, admin: AdminServer) -> None:
         """Write run.json once mitmdump listens, so `vaultproxy env`/`exec`/`status` work."""
-        from vaultproxy.engine.serve import write_run_json
-
         for _ in range(200):
             addrs = [(str(a[0]), int(a[1]))
                      for a in ctx.master.addons.get("proxyserver").listen_addrs()]
@@ -215,9 +217,7 @@ class Bootstrap:
             st.audit.close()
             logger.warning("vaultproxy: %s", st.audit.summary())
             if self._wrote_run_json:
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    if json.loads(st.home.run_json.read_text()).get("pid") == os.getpid():
-                        st.home.run_json.unlink()
+                forget_run_json(st.home)
 
 
 def _proxy_hosts() -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -14,13 +13,19 @@ from dataclasses import dataclass
 from vaultproxy import __version__
 from vaultproxy.admin.actions import refresh_keystore, reload_registry, warn_missing_secrets
 from vaultproxy.admin.server import AdminServer
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
-from vaultproxy.engine import proxy_socket, reuseport, stale
+from vaultproxy.engine import proxy_socket, reuseport
+from vaultproxy.engine.lifecycle import (
+    claim,
+    forget_run_json,
+    log_warnings,
+    security_warnings,
+    url_host,
+    write_run_json,
+)
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
-from vaultproxy.engine.startup import log_warnings, security_warnings
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import reuseport as seam_reuseport
@@ -40,34 +45,6 @@ class ServeOptions:
     workers: int = 1
 
 
-def write_run_json(
-    state: ProxyState,
-    proxy: list[tuple[str, int]],
-    admin: tuple[str, int] | None = None,
-    admin_socket: str | None = None,
-    worker_pids: list[int] | None = None,
-    proxy_sock: str | None = None,
-) -> None:
-    data = {
-        "pid": os.getpid(),
-        "version": __version__,
-        "proxy": [f"{h}:{p}" for h, p in proxy],
-        "proxy_url": f"http://{_url_host(proxy[0][0])}:{proxy[0][1]}",
-        "admin": f"{_url_host(admin[0])}:{admin[1]}" if admin else None,
-        "admin_url": f"http://{_url_host(admin[0])}:{admin[1]}" if admin else None,
-        "admin_socket": admin_socket,
-        "proxy_socket": proxy_sock,  # for isolated `vaultproxy exec` (engine/proxy_socket.py)
-        "home": str(state.home.path),
-        "workers": 1 + len(worker_pids or []),
-        "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
-    }
-    write_atomic(state.home.run_json, json.dumps(data))
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def banner(
     state: ProxyState,
     ca: CA,
@@ -78,7 +55,7 @@ def banner(
     services = state.registry.services
     lines = [
         f"vaultproxy {__version__} ready",
-        "  proxy:    " + ", ".join(f"http://{_url_host(h)}:{p}" for h, p in proxy)
+        "  proxy:    " + ", ".join(f"http://{url_host(h)}:{p}" for h, p in proxy)
         + (f" ({workers} worker processes)" if workers > 1 else ""),
         f"  keystore: {LOCKED_NOTE if state.locked else 'unlocked'}",
         f"  services: {len(services)}"
@@ -90,7 +67,7 @@ def banner(
         if admin.address is not None:
             h, p = admin.address
             token = state.home.admin_token
-            lines.insert(2, f"  admin:    http://{_url_host(h)}:{p} (token in {token})")
+            lines.insert(2, f"  admin:    http://{url_host(h)}:{p} (token in {token})")
         if admin.socket_path:
             lines.insert(3, f"  admin socket: {admin.socket_path}")
     return "\n".join(lines)
@@ -115,12 +92,11 @@ def reload(state: ProxyState) -> None:
 
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
-    claim = state.home.claim()  # one proxy per home; released when this process exits
-    stale.clean_stale(state.home)  # what a killed run left (we hold the claim: it is gone)
+    claimed = claim(state.home)  # one proxy per home; released when this process exits
     try:
         return await _serve(state, ca, opts)
     finally:
-        os.close(claim)
+        os.close(claimed)
 
 
 async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
@@ -199,9 +175,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         state.audit.close()
         print(f"vaultproxy: {summary_line(audit_status.combined(state.audit))}", flush=True)
         audit_status.set_peers(None)
-        with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
-            if json.loads(state.home.run_json.read_text()).get("pid") == os.getpid():
-                state.home.run_json.unlink()
+        forget_run_json(state.home)
         state.lock()
         live.state = None
 

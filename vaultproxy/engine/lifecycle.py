@@ -1,17 +1,31 @@
-"""What every start path shares (``vaultproxy run``, its workers, ``mitmdump -s``): the
-``SECURITY:`` lines for the settings that weaken the proxy, as a pure function of the
-config and the listen addresses, logged the same way by each path at every start.
+"""The lifecycle every start path shares (``vaultproxy run`` and its workers in serve.py,
+``mitmdump -s addons/vaultproxy.py`` in mitmdump.py), in order:
 
-The workers of ``run --workers N`` serve the supervisor's config: the supervisor logs the
-lines once for all of them.
+1. ``claim``: one proxy per home, then the files a killed run left are removed;
+2. the admin server and the listeners (each path's own engine);
+3. ``security_warnings``: the ``SECURITY:`` lines for the settings that weaken the proxy, a
+   pure function of the config and the listen addresses, logged by ``log_warnings``;
+4. ``write_run_json`` once serving (``vaultproxy env``/``exec``/``status`` read it);
+5. at stop, ``forget_run_json``.
+
+The workers of ``run --workers N`` serve the supervisor's config and home: the supervisor
+does all of this once for them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 from collections.abc import Iterable
 
+from vaultproxy import __version__
+from vaultproxy.atomic_file import write_atomic
 from vaultproxy.config.models import SURFACE_RISKS, Config
+from vaultproxy.engine import stale
+from vaultproxy.home import Home
+from vaultproxy.state import ProxyState
 from vaultproxy.sync.run import source_warnings
 
 logger = logging.getLogger(__name__)
@@ -72,3 +86,47 @@ def log_warnings(lines: Iterable[str]) -> None:
     """Every start path logs its lines through this one call."""
     for line in lines:
         logger.warning("%s", line)
+
+
+def claim(home: Home) -> int:
+    """Claim the home (the fd holds it until closed or the process exits), then remove what a
+    killed run left: whoever held the claim is gone."""
+    fd = home.claim()
+    stale.clean_stale(home)
+    return fd
+
+
+def write_run_json(
+    state: ProxyState,
+    proxy: list[tuple[str, int]],
+    admin: tuple[str, int] | None = None,
+    admin_socket: str | None = None,
+    worker_pids: list[int] | None = None,
+    proxy_sock: str | None = None,
+) -> None:
+    data = {
+        "pid": os.getpid(),
+        "version": __version__,
+        "proxy": [f"{h}:{p}" for h, p in proxy],
+        "proxy_url": f"http://{url_host(proxy[0][0])}:{proxy[0][1]}",
+        "admin": f"{url_host(admin[0])}:{admin[1]}" if admin else None,
+        "admin_url": f"http://{url_host(admin[0])}:{admin[1]}" if admin else None,
+        "admin_socket": admin_socket,
+        "proxy_socket": proxy_sock,  # for isolated `vaultproxy exec` (engine/proxy_socket.py)
+        "home": str(state.home.path),
+        "workers": 1 + len(worker_pids or []),
+        "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
+    }
+    write_atomic(state.home.run_json, json.dumps(data))
+
+
+def url_host(host: str) -> str:
+    """A host as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def forget_run_json(home: Home) -> None:
+    """Remove run.json if this process wrote it."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if json.loads(home.run_json.read_text()).get("pid") == os.getpid():
+            home.run_json.unlink()
