@@ -8,7 +8,6 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.errors import DestinationDenied
-from vaultproxy.hostnames import normal_host
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.seam.layers import raw_tunnel
 from vaultproxy.stages.connections import Tunnel
@@ -24,9 +23,9 @@ class Route(Stage):
             return  # already refused (gate, agent auth)
         st = self.rt.state()
         decision = record_of(flow).decision
-        if decision is None or decision.dial is None:
+        if decision is None or decision.dial is None or decision.target is None:
             raise DestinationDenied("the tunnel was not decided")
-        host, port = normal_host(flow.request.host), flow.request.port
+        host, port = decision.target
         service = decision.service
         tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent)
         self.rt.connections.open(flow.client_conn.id, tunnel)
