@@ -1,4 +1,4 @@
-"""``[audit]`` in services.toml (issue 15): what happens when ``audit.jsonl`` cannot be
+"""``[audit]`` in services.toml: what happens when ``audit.jsonl`` cannot be
 written (disk full, read-only file system, quota).
 
 ```toml

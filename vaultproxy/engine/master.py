@@ -19,7 +19,7 @@ from mitmproxy.addons import (
 from vaultproxy.ca import system_ca_file
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import defences, speed
-from vaultproxy.stages import Gate, Runtime, chain, seam_hooks
+from vaultproxy.stages import Ready, Runtime, chain, seam_hooks
 from vaultproxy.state import Live, ProxyState
 
 
@@ -63,7 +63,7 @@ def build_master(
     logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     # Indexed hook dispatch and fewer per-flow checks, or mitmproxy's own (seam/speed.py).
     speed.tune(m).add(
-        Gate(rt),
+        Ready(rt),
         *chain(rt),
         core.Core(),
         disable_h2c.DisableH2C(),

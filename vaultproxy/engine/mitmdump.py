@@ -1,8 +1,8 @@
 """vaultproxy inside a stock mitmdump (`mitmdump -s addons/vaultproxy.py`).
 
-The script is a thin shim over this module. The Gate is added to the master directly, not
+The script is a thin shim over this module. The Ready stage is added to the master directly, not
 through the script, so if a hot reload of the script fails (mitmdump drops it and keeps
-serving), the Gate is still there and refuses traffic instead of forwarding it untouched.
+serving), the Ready stage is still there and refuses traffic instead of forwarding it untouched.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from vaultproxy.hostnames import parse_listen
 from vaultproxy.keystore.tpm_unlock import try_unlock
 from vaultproxy.password_file import read_file
 from vaultproxy.seam import defences
-from vaultproxy.stages import Gate, Runtime, chain, seam_hooks
+from vaultproxy.stages import Ready, Runtime, chain, seam_hooks
 from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
 _gate_installed = False
 # The chain's shared runtime lives in the package, not the script: it outlives a script
-# reload, so the Gate (added once) sees the reloaded stages and the loaded home.
+# reload, so the Ready stage (added once) sees the reloaded stages and the loaded home.
 _RT = Runtime()
 
 # Options of mitmdump's default addons that would store flows (with credentials) on disk.
@@ -72,11 +72,11 @@ class Bootstrap:
         )
         logfilter.install()
         if not _gate_installed:
-            ctx.master.addons.add(Gate(_RT))
+            ctx.master.addons.add(Ready(_RT))
             _gate_installed = True
         try:
             defences.install(seam_hooks(_RT))  # this (reloaded) chain's callbacks
-        except defences.EngineMismatch as e:  # the Gate refuses traffic while not installed
+        except defences.EngineMismatch as e:  # the Ready stage refuses traffic while not installed
             logger.error("%s", e)
 
     def configure(self, updated: set[str]) -> None:
@@ -84,7 +84,7 @@ class Bootstrap:
             try:
                 self._setup()
             except VaultproxyError as e:
-                _RT.live.state = None  # the Gate refuses everything until fixed
+                _RT.live.state = None  # the Ready stage refuses everything until fixed
                 lines = e.problems if isinstance(e, ConfigError) else [str(e)]
                 logger.error("vaultproxy not loaded, refusing traffic:\n  %s", "\n  ".join(lines))
         self._quiet_flow_output(updated)

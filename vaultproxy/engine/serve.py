@@ -16,7 +16,7 @@ from vaultproxy.admin.server import AdminServer
 from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
-from vaultproxy.engine import proxy_socket, reuseport
+from vaultproxy.engine import port_check, proxy_socket
 from vaultproxy.engine.lifecycle import (
     claim,
     forget_run_json,
@@ -108,7 +108,7 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     listen = opts.listen
     if opts.workers > 1:
         seam_reuseport.enable()
-        listen = (listen[0], reuseport.probe(*listen))
+        listen = (listen[0], port_check.probe(*listen))
     await admin.start()
     serving = asyncio.Event()  # set when announced: no connection is served before
     m = build_master(live, opts.confdir, listen, serving)

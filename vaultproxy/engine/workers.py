@@ -4,7 +4,8 @@ The process started by ``vaultproxy run`` is worker 0 *and* the supervisor: it s
 traffic like a single-process run, and it alone holds the admin API, ``run.json``, the audit
 file and the signals. It starts N-1 more worker processes (``python -m
 vaultproxy.engine.worker``) that bind the same proxy address with SO_REUSEPORT
-(engine/reuseport.py); the kernel spreads new connections across all N.
+(seam/reuseport.py; engine/port_check.py checks the port first); the kernel spreads new
+connections across all N.
 
 Coherence, over one private socketpair per worker (engine/channel.py):
 

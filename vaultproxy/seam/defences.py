@@ -16,7 +16,7 @@ switch a defence off:
 
 What of vaultproxy the patches call (``Hooks``) is handed in by the one ``install()`` call
 at start (engine/master.py, engine/mitmdump.py), never registered by importing a module:
-until it ran, ``installed()`` is False and the Gate refuses traffic.
+until it ran, ``installed()`` is False and the Ready stage refuses traffic.
 * **TLS key logging.** ``SSLKEYLOGFILE``/``MITMPROXY_SSLKEYLOGFILE`` are cleared when the
   ``vaultproxy`` package is imported; if mitmproxy was imported earlier and already opened
   a key log (mitmdump started with them set), ``keylog_active()`` says so and the proxy
@@ -77,7 +77,7 @@ def keylog_active() -> bool:
 
 
 def installed() -> bool:
-    """Are all patches in place? The Gate refuses traffic until they are."""
+    """Are all patches in place? The Ready stage refuses traffic until they are."""
     return _installed
 
 

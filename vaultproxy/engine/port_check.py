@@ -1,4 +1,4 @@
-"""SO_REUSEPORT proxy listeners, for ``vaultproxy run --workers N``.
+"""Is the proxy port free, before ``vaultproxy run --workers N`` shares it (SO_REUSEPORT)?
 
 Every worker process binds its own listening socket on the same address with SO_REUSEPORT
 and the kernel spreads new connections across them; ``seam.reuseport.enable()`` makes

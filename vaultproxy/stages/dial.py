@@ -1,4 +1,4 @@
-"""Connect: every upstream dial goes to an address the policy checked (pinned; no second DNS
+"""Dial: every upstream dial goes to an address the policy checked (pinned; no second DNS
 lookup), and intercepted upstreams get verified TLS with the SNI pinned to the CONNECT host."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
 
 
-class Connect(Stage):
+class Dial(Stage):
     @guarded
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         st = self.rt.state()
