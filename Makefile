@@ -4,6 +4,8 @@
 #                   make demo DEMO_PORT=13203 DEMO_ADMIN_PORT=13201
 #   make test       set up .venv, then ruff + mypy + the whole test suite (what CI runs)
 #   make test-fast  unit tests + the security properties that need no running proxy
+#   make test-engine-latest  tests/security against the newest mitmproxy the pin allows
+#                   (a second venv, .venv-engine-latest; constraints-engine-latest.txt)
 PYTHON ?= python3.12
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -19,7 +21,7 @@ FAST   := tests/unit tests/security/test_keystore_format.py tests/security/test_
           tests/security/test_keystore_perms.py \
           tests/security/test_admin_peercred.py
 
-.PHONY: demo test test-fast lint venv clean
+.PHONY: demo test test-fast test-engine-latest lint venv clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), "vaultproxy needs Python >= 3.12 (pyenv: pyenv install 3.12)"'
@@ -43,5 +45,24 @@ test: lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q $(FAST)
 
+# The engine seam against the newest mitmproxy inside the pin: constraints.txt minus its
+# mitmproxy pins, plus constraints-engine-latest.txt. Same pip cache as .venv, so only a new
+# mitmproxy release is downloaded; `pip install --upgrade` picks it up on every run.
+LATEST := .venv-engine-latest
+LATEST_STAMP := $(LATEST)/.installed
+
+$(LATEST_STAMP): pyproject.toml constraints.txt constraints-engine-latest.txt
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	grep -v -E '^mitmproxy(_rs|_linux)?==' constraints.txt | cat - constraints-engine-latest.txt \
+	    > $(LATEST)/constraints.txt
+	$(LATEST)/bin/pip install -q -c $(LATEST)/constraints.txt -e '.[dev$(EXTRAS)]'
+	@touch $(LATEST_STAMP)
+
+test-engine-latest: $(LATEST_STAMP)
+	$(LATEST)/bin/pip install -q --upgrade -c $(LATEST)/constraints.txt mitmproxy
+	@$(LATEST)/bin/python -c 'from mitmproxy.version import VERSION; print("engine: mitmproxy", VERSION)'
+	$(LATEST)/bin/python -m pytest -q tests/security
+
 clean:
-	rm -rf $(VENV) $(DEMO) $(DEMO).password
+	rm -rf $(VENV) $(LATEST) $(DEMO) $(DEMO).password

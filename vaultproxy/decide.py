@@ -36,6 +36,7 @@ from vaultproxy.errors import (
     VaultproxyError,
 )
 from vaultproxy.hostnames import normal_host, same_target, split_authority
+from vaultproxy.mint.base import MINTERS
 from vaultproxy.registry import Registry
 
 Via = Literal["connect", "plain", "admin"]
@@ -58,23 +59,53 @@ class Facts:
     cert_agent: str | None = None  # mTLS listener: the verified client certificate's CN
 
 
+BodyMode = Literal["stream", "substitute", "sign"]
+
+# Request headers an upstream (or a balancer in front of it) may route on: the credential is
+# bound to the CONNECT host alone, so they never reach an intercepted service.
+ROUTING_HEADERS = frozenset(
+    {b"forwarded", b"x-forwarded-host", b"x-forwarded-server", b"x-host", b"x-original-host"}
+)
+# A partial response can slice a reflected secret into pieces no redactor recognises: removed
+# unless the service sets ``allow_range``.
+RANGE_HEADERS = frozenset({b"range", b"if-range"})
+
+
 @dataclass(frozen=True)
 class Plan:
-    """What Inject does: the service's credential, and whether the body is substituted."""
+    """How a credential goes onto one request to ``service``; every entry acts on it as is.
+
+    ``drop``: canonical header names removed before anything else. ``mint``: the credential
+    is a minted token, fetched before injecting. ``body``: ``stream`` (the head carries the
+    credential), ``substitute`` (the body waits whole for the placeholder) or ``sign`` (SigV4:
+    signed at the head when no body hash is needed, else over the whole body). ``resend``: a
+    401 to a body-less idempotent request may be resent once with a fresh token.
+    """
 
     service: Service
-    substitute_body: bool
+    body: BodyMode
     max_body: int  # bytes
+    drop: frozenset[bytes] = ROUTING_HEADERS | RANGE_HEADERS
+    mint: bool = False
+    resend: bool = False
+
+    @property
+    def substitute_body(self) -> bool:
+        return self.body == "substitute"
 
 
 @dataclass(frozen=True)
 class Decision:
+    """The verdict on one request (or CONNECT): the only place it is carried. The audit
+    line is this and the outcome."""
+
     service: Service | None
     agent: str | None
     dial: tuple[str, int] | None = None  # where to dial (connect_to applied), then checked
     plan: Plan | None = None  # None: nothing is injected (passthrough, plain, refused)
     refusal: VaultproxyError | None = None
     agent_digest: bytes | None = None  # the verified agent's token hash (a tunnel keeps it)
+    target: tuple[str, int] | None = None  # the routed target (normalised host, port)
 
     @property
     def code(self) -> str | None:
@@ -108,17 +139,19 @@ def decide(
                 raise EgressBlocked(
                     f"{target}:{facts.port} is not registered and egress is blocked"
                 )
-            return Decision(service, agent, dial, agent_digest=digest)
-        if service is None:
-            return Decision(None, agent, dial)  # a passthrough tunnel: nothing to inject
+            return Decision(service, agent, dial, agent_digest=digest,
+                            target=(target, facts.port))
+        if service is None:  # a passthrough tunnel: nothing to inject
+            return Decision(None, agent, dial, target=(target, facts.port))
         if facts.scheme != "https":
             raise DestinationDenied("plaintext HTTP inside a tunnel to a registered service")
         sni_differs = bool(facts.sni) and normal_host(facts.sni or "") != target
         if sni_differs or not same_target(facts.host_header, target, facts.port):
             raise HostMismatch()
-        return Decision(service, agent, dial, _plan(service, registry))
+        plan = _plan(service, registry, resend=facts.via == "connect")
+        return Decision(service, agent, dial, plan, target=(target, facts.port))
     except VaultproxyError as e:
-        return Decision(service, agent, refusal=e)
+        return Decision(service, agent, refusal=e, target=(target, facts.port))
 
 
 def identify(
@@ -177,7 +210,7 @@ def _plain(facts: Facts, target: str, registry: Registry, agent: str | None) -> 
         raise DestinationDenied("plaintext HTTP to a registered service; use https")
     if registry.config.proxy.egress == "block":
         raise EgressBlocked(f"{target} is not registered and egress is blocked")
-    return Decision(None, agent, (target, facts.port))
+    return Decision(None, agent, (target, facts.port), target=(target, facts.port))
 
 
 def _dial(service: Service | None, host: str, port: int) -> tuple[str, int]:
@@ -187,6 +220,15 @@ def _dial(service: Service | None, host: str, port: int) -> tuple[str, int]:
     return host, port
 
 
-def _plan(service: Service, registry: Registry) -> Plan:
-    body = service.mode == "placeholder" and "body" in service.substitute_in
-    return Plan(service, body, registry.config.proxy.max_body_mb * 1024 * 1024)
+def _plan(service: Service, registry: Registry, resend: bool) -> Plan:
+    body: BodyMode = "stream"
+    if service.auth == "aws_sigv4":
+        body = "sign"
+    elif service.mode == "placeholder" and "body" in service.substitute_in:
+        body = "substitute"
+    drop = ROUTING_HEADERS if service.allow_range else ROUTING_HEADERS | RANGE_HEADERS
+    mint = service.auth in MINTERS
+    return Plan(
+        service, body, registry.config.proxy.max_body_mb * 1024 * 1024, drop=drop, mint=mint,
+        resend=resend and mint,
+    )

@@ -147,39 +147,6 @@ def error_response(err: BaseException) -> tuple[int, str, str]:
     return 500, "internal", "internal proxy error"
 
 
-# Prefixes of mitmproxy's messages for a response it could not read (its own wording; what
-# follows may quote the upstream, so only the start is looked at and nothing is echoed).
-_PROTOCOL_PREFIXES = (
-    "cannot parse http response",
-    "unexpected server response",
-    "http/1 protocol error",
-    "http/2 protocol error",
-    "server closed connection",
-    "received ",  # "Received <invalid header> from server, refusing ..."
-    "response body exceeds",
-)
-_TLS_WORDS = ("tls", "ssl", "certificate", "handshake")
-
-
-def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
-    """(status, code, public message) for an error mitmproxy itself detected.
-
-    Never returns any part of ``message``: it may quote upstream bytes.
-    """
-    if status == 413:
-        return BodyTooLarge.status, BodyTooLarge.code, BodyTooLarge.public
-    if status < 500:
-        return InvalidRequest.status, InvalidRequest.code, InvalidRequest.public
-    head = message.lstrip().lower()
-    if "vaultproxy: upstream timeout" in head[:160]:  # seam/deadlines.py ended it
-        return UpstreamTimeout.status, UpstreamTimeout.code, UpstreamTimeout.public
-    if head.startswith(_PROTOCOL_PREFIXES):
-        return UpstreamProtocol.status, UpstreamProtocol.code, UpstreamProtocol.public
-    if any(w in head[:120] for w in _TLS_WORDS):
-        return UpstreamTLS.status, UpstreamTLS.code, UpstreamTLS.public
-    return UpstreamUnreachable.status, UpstreamUnreachable.code, UpstreamUnreachable.public
-
-
 def error_payload(code: str, message: str, **extra: object) -> dict[str, object]:
     """The one error shape (SPEC §5): an ``error`` object with ``message``, ``type`` and
     ``code`` -- what the OpenAI and Anthropic SDKs print in their exception text (a bare

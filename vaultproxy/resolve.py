@@ -10,8 +10,8 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
+from vaultproxy.egress import AddressContext, IPAddress, check_name, judge, parse_ip, with_article
 from vaultproxy.errors import DestinationDenied, UpstreamUnreachable
-from vaultproxy.policy import AddressContext, IPAddress, check_name, decide, parse_ip, with_article
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """(host, port) -> address strings, in the order to try them."""
@@ -42,7 +42,7 @@ async def resolve_checked(
     """
     literal = parse_ip(host)
     if literal is not None:
-        verdict = decide(literal, port, ctx)
+        verdict = judge(literal, port, ctx)
         if not verdict.allowed:
             raise _denied(verdict.reason)
         return str(literal), port
@@ -58,7 +58,7 @@ async def resolve_checked(
         ip = parse_ip(text)
         if ip is None:
             raise _denied(f"{host} resolved to a non-numeric answer")
-        verdict = decide(ip, port, ctx)
+        verdict = judge(ip, port, ctx)
         if not verdict.allowed:
             raise _denied(f"{host} resolves to {with_article(verdict.reason)}")
         if chosen is None:

@@ -13,10 +13,10 @@ from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca import system_ca_file
 from vaultproxy.config.load import parse_config
 from vaultproxy.config.models import Service
+from vaultproxy.egress import AddressContext
 from vaultproxy.home import Home
 from vaultproxy.honeytokens import HoneytokenIndex
 from vaultproxy.placeholders import PlaceholderIndex
-from vaultproxy.policy import AddressContext
 from vaultproxy.registry import Registry
 
 
@@ -94,7 +94,7 @@ def build_trust_files(home: Home, registry: Registry) -> dict[str, Path]:
         data = system.read_bytes().rstrip(b"\n") + b"\n" + extra
         # Named by content: a changed ca_cert is a new path, so neither mitmproxy's cached
         # TLS context (keyed by the file name) nor a pooled outbound client keeps the old
-        # trust after a reload (issue 15).
+        # trust after a reload.
         digest = hashlib.sha256(data).hexdigest()[:16]
         path = home.mitm_confdir / f"trust-{service.name}-{digest}.pem"
         home.mitm_confdir.mkdir(mode=0o700, exist_ok=True)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
@@ -278,3 +279,29 @@ def test_agent_never_sees_the_key(proxy: ProxyProcess, keys: tuple[str, str]) ->
     for r in replies:
         seen = repr(r.headers.multi_items()).encode() + r.content
         assert akid.encode() not in seen and secret.encode() not in seen
+
+
+def test_post_proxy_signs_like_the_proxy(
+    proxy: ProxyProcess, moto: MotoAws, keys: tuple[str, str]
+) -> None:
+    """``POST /proxy`` runs the proxy's own request pipeline, so its requests are signed as
+    well: at the head (S3 GET) and over the whole body (STS, a form body). Moto checks every
+    signature (twin: ``test_bogus_agent_keys_straight_to_moto_fail``)."""
+    akid, _ = keys
+    token = (proxy.home.path / "admin-token").read_text().strip()
+    n = len(moto.arrived)
+    with httpx.Client(base_url=str(proxy.extra["admin_url"]), timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as c:
+        r = c.post("/proxy", json={"service": "s3", "path": f"/{BUCKET}/seeded.txt"})
+        assert r.status_code == 200 and r.content == b"seeded", r.text
+        r = c.post("/proxy", json={
+            "service": "sts", "method": "POST", "path": "/",
+            "headers": {"Content-Type": "application/x-www-form-urlencoded"},
+            "body": "Action=GetCallerIdentity&Version=2011-06-15",
+        })
+        assert r.status_code == 200 and "GetCallerIdentityResponse" in r.text, r.text
+    arrived = moto.arrived[n:]
+    assert len(arrived) == 2
+    for a in arrived:
+        assert a.headers.get("authorization", "").startswith(
+            f"AWS4-HMAC-SHA256 Credential={akid}/")

@@ -22,7 +22,7 @@ import pytest
 from tests.harness.sink_receivers import HttpReceiver
 from tests.unit.test_config_load import ok, problems
 from vaultproxy.audit import AuditEvent, AuditLog
-from vaultproxy.policy import AddressContext
+from vaultproxy.egress import AddressContext
 from vaultproxy.secret import Secret
 from vaultproxy.sinks.egress import EgressDenied, check_url
 from vaultproxy.sinks.hub import SinkHub

@@ -10,8 +10,8 @@ import sys
 import time
 
 from vaultproxy.engine.workers import proc_stopped
-from vaultproxy.errors import classify_engine_error
 from vaultproxy.seam.deadlines import TIMEOUT_MESSAGE
+from vaultproxy.seam.engine_errors import classify_engine_error
 
 
 def test_a_timed_out_upstream_is_504_and_other_errors_are_not() -> None:

@@ -8,8 +8,8 @@ from ipaddress import ip_address
 
 import pytest
 
+from vaultproxy.egress import AddressContext
 from vaultproxy.errors import DestinationDenied, UpstreamUnreachable, error_response
-from vaultproxy.policy import AddressContext
 from vaultproxy.resolve import Resolver, resolve_checked, system_resolver
 
 pytestmark = pytest.mark.security

@@ -12,8 +12,11 @@ from mitmproxy.proxy.layers.http import _http1
 from OpenSSL import SSL
 
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.seam import defences, listener, openssl
+from vaultproxy.seam import defences, listener, openssl, refusals, signals
 from vaultproxy.seam.need import EngineMismatch
+
+HOOKS = defences.Hooks(ws_control=lambda conn_id, event: event,
+                       refused_head=lambda client, status: None)
 
 
 @pytest.fixture
@@ -33,8 +36,15 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(defences, "_installed", False)
 
 
+@pytest.fixture(autouse=True)
+def _keep_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """install() hands in the test's hooks; the process's own are put back after."""
+    monkeypatch.setattr(defences, "ws_control_filter", defences.ws_control_filter)
+    monkeypatch.setattr(refusals, "on_refused", refusals.on_refused)
+
+
 def test_install_with_every_symbol_present() -> None:
-    defences.install()
+    defences.install(HOOKS)
     assert defences.installed()
     assert defences.keylog_active() is False
 
@@ -48,7 +58,7 @@ def test_a_missing_defence_symbol_refuses(
 ) -> None:
     monkeypatch.delattr(owner, name)
     with pytest.raises(EngineMismatch, match=name):
-        defences.install()
+        defences.install(HOOKS)
     assert not defences.installed()
 
 
@@ -76,3 +86,41 @@ def test_the_shared_listener_without_its_symbol_refuses_to_start(
     with socket.socket() as s, pytest.raises(VaultproxyError, match="listening socket"):
         listener.use(s)
     assert listener._sock is None
+
+
+def test_uvicorn_that_no_longer_captures_signals_there_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin server's no-op ``capture_signals`` only keeps the signals ours while
+    uvicorn's ``serve`` calls it. Twin: today's uvicorn passes."""
+    import uvicorn
+
+    signals.check()
+
+    async def serve(self: object, sockets: object = None) -> None:  # installs its own
+        return None
+
+    monkeypatch.setattr(uvicorn.Server, "serve", serve)
+    with pytest.raises(EngineMismatch, match="capture_signals"):
+        signals.check()
+
+
+def test_importing_the_chain_registers_nothing_with_the_engine() -> None:
+    """The seam is coupled to the stages only by the explicit ``install(hooks)`` at start.
+    Twin: after install, the hooks are the chain's."""
+    import subprocess
+    import sys
+
+    code = (
+        "import vaultproxy.stages, vaultproxy.engine.master\n"
+        "from vaultproxy.seam import defences, refusals\n"
+        "assert defences.ws_control_filter is None and refusals.on_refused is None\n"
+        "assert not defences.installed()\n"
+        "from vaultproxy.stages import Runtime, response_gate, seam_hooks\n"
+        "defences.install(seam_hooks(Runtime()))\n"
+        "assert defences.ws_control_filter is response_gate.ws_control\n"
+        "assert refusals.on_refused is not None and defences.installed()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 0, r.stderr

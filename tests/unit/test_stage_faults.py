@@ -25,13 +25,13 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow, tutils
 
 from tests.canary import make_canary
+from vaultproxy import pipeline as pipeline_mod
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.seam import speed
 from vaultproxy.secret import Secret
-from vaultproxy.stages import Connect, Identify, Inject, Record, ResponseGate, Route, Runtime
-from vaultproxy.stages import connect as connect_mod
-from vaultproxy.stages import inject as inject_mod
+from vaultproxy.stages import Dial, Identify, Inject, Record, ResponseGate, Route, Runtime
+from vaultproxy.stages import dial as dial_mod
 from vaultproxy.stages import record as record_mod
 from vaultproxy.stages import response_gate as scrub_mod
 from vaultproxy.stages import route as route_mod
@@ -124,7 +124,7 @@ def test_route_next_layer_fault_marks_connection_broken(state, monkeypatch):  # 
 
     f = _flow(state, "elsewhere.example.com", None)
     ctx = tutils_context(f)
-    monkeypatch.setattr(route_mod.layers, "TCPLayer", boom)
+    monkeypatch.setattr(route_mod, "raw_tunnel", boom)
     fire(Route(state), NextLayerHook(NextLayer(ctx)))
     monkeypatch.undo()
     # Every later request on that connection is refused.
@@ -133,17 +133,17 @@ def test_route_next_layer_fault_marks_connection_broken(state, monkeypatch):  # 
 
 
 def test_connect_server_connect_fault_kills_connection(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(connect_mod, "resolve_checked", boom)
+    monkeypatch.setattr(dial_mod, "resolve_checked", boom)
     client = tflow.tclient_conn()
     server = tflow.tserver_conn()
     server.address = ("plain.example.com", 80)
     data = server_hooks.ServerConnectionHookData(server=server, client=client)
-    fire(Connect(state), server_hooks.ServerConnectHook(data))
+    fire(Dial(state), server_hooks.ServerConnectHook(data))
     assert server.error
 
 
 def test_inject_requestheaders_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(inject_mod, "prepare_request", boom)
+    monkeypatch.setattr(pipeline_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
     fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     _assert_denied(f)
@@ -158,7 +158,7 @@ def test_inject_requestheaders_without_fault_injects(state):  # type: ignore[no-
 
 
 def test_inject_request_body_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(inject_mod, "substitute_request_body", boom)
+    monkeypatch.setattr(pipeline_mod, "substitute_request_body", boom)
     f = _flow(state, "body.example.com", "body")
     f.request.headers["authorization"] = "Bearer __vault.body__"
     f.request.content = b'{"k": "__vault.body__"}'
@@ -189,15 +189,15 @@ def test_record_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def
 
 def test_fault_is_denied_through_the_whole_production_chain(state, monkeypatch):  # type: ignore[no-untyped-def]
     """The full chain in the production manager (which would log and continue): denied."""
-    from vaultproxy.stages import Gate, chain
+    from vaultproxy.stages import Ready, chain
 
-    monkeypatch.setattr(inject_mod, "prepare_request", boom)
+    monkeypatch.setattr(pipeline_mod, "prepare_request", boom)
     f = _flow(state, "svc.example.com", "svc")
 
     async def go() -> None:
         m = master.Master(options.Options(), with_termlog=False)
         try:
-            speed.tune(m).add(Gate(state), *chain(state))
+            speed.tune(m).add(Ready(state), *chain(state))
             await m.addons.handle_lifecycle(HttpRequestHeadersHook(f))
         finally:
             m._legacy_log_events.uninstall()

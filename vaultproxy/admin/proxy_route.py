@@ -1,8 +1,9 @@
-"""``POST /proxy``: an explicit JSON request to a registered service. The same ``decide()``
-as the proxy's (service, dial target, injection plan), the same injection
-(``prepare_request``, ``substitute_request_body``), the same response gate rules
-(``gate_head``, ``stream_filter``) and the same canonical audit line. Caller-supplied
-credentials are refused, not stripped.
+"""``POST /proxy``: an explicit JSON request to a registered service; a thin adapter over
+the proxy's own pipeline. The same ``decide()`` (service, dial target, plan), the same
+request pipeline (pipeline.py: request checks and dropped headers, the token decision,
+injection and body wait, the ``forward`` record, the one hop-by-hop set), the same response
+gate rules (``gate_head``, ``stream_filter``) and the same canonical audit line.
+Caller-supplied credentials are refused, not stripped.
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ from mitmproxy import http
 from vaultproxy.admin.context import admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
 from vaultproxy.admin.proxy_access import check_access
-from vaultproxy.audit.canonical import record_ahead, record_decision
+from vaultproxy.audit.canonical import record_decision
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision, Facts, Plan, decide
-from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import (
-    AuditUnavailable,
     BodyTooLarge,
     LockedError,
     UnscannableResponse,
@@ -33,11 +32,19 @@ from vaultproxy.errors import (
     error_response,
 )
 from vaultproxy.hostnames import split_authority
-from vaultproxy.inject import STRIP_HEADERS, prepare_request, substitute_request_body
-from vaultproxy.inject.minted import credential, is_minted
-from vaultproxy.inject.request import auth_slot, canonical_name, minted_trigger
+from vaultproxy.inject import STRIP_HEADERS
+from vaultproxy.inject.request import auth_slot, canonical_name
 from vaultproxy.mint.cache import Issued
 from vaultproxy.outbound import UpstreamKey
+from vaultproxy.pipeline import (
+    HOP_BY_HOP,
+    check_request,
+    hop_free,
+    inject_body,
+    inject_head,
+    needs_token,
+    record_forward,
+)
 from vaultproxy.placeholders import basic_credentials
 from vaultproxy.redact import Redactor, gate_head, stream_filter
 from vaultproxy.resolve import resolve_checked
@@ -45,14 +52,6 @@ from vaultproxy.state import ProxyState
 
 router = APIRouter()
 
-HOP_BY_HOP = frozenset({
-    "host", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-    "trailer", "upgrade", "content-length",
-})
-RESPONSE_DROP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length",
-    "trailer", "upgrade",
-})
 
 
 class BadRequest(VaultproxyError):
@@ -89,8 +88,10 @@ def _carries(value: str, ph: str) -> bool:
 
 
 def caller_headers(service: Service, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    """The caller's headers minus hop-by-hop ones; a credential header is refused unless it
-    carries this service's placeholder where placeholder mode substitutes headers."""
+    """The caller's headers minus hop-by-hop ones (and Host: vaultproxy sets it); a
+    credential header is refused unless it carries this service's placeholder where
+    placeholder mode substitutes headers. The header section itself is checked later with
+    the proxy's own ``check_request``."""
     auth_names = set(STRIP_HEADERS)
     if service.header_name:
         auth_names.add(canonical_name(service.header_name.encode()).decode())
@@ -99,12 +100,9 @@ def caller_headers(service: Service, headers: dict[str, str]) -> list[tuple[byte
     any_header = placeholder and "header" in service.substitute_in
     out: list[tuple[bytes, bytes]] = []
     for name, value in headers.items():
-        lname = canonical_name(name.encode("latin-1", "replace")).decode("latin-1")
-        if not name.isascii() or not name or any(c in name for c in " \t\r\n:"):
-            raise BadRequest("a header name is not a valid token")
-        if any(c in value for c in "\r\n\x00"):
-            raise BadRequest(f"header {lname} has a control character in its value")
-        if lname in HOP_BY_HOP:
+        raw = name.encode("latin-1", "replace")
+        lname = canonical_name(raw).decode("latin-1")
+        if raw.lower() in HOP_BY_HOP or lname == "host":
             continue
         may_carry = placeholder and (any_header or lname.encode() == slot)
         carries = may_carry and _carries(value, service.placeholder_text)
@@ -113,7 +111,7 @@ def caller_headers(service: Service, headers: dict[str, str]) -> list[tuple[byte
                 f"header {lname} is not allowed: vaultproxy adds the credential for "
                 f"{service.name} (use its placeholder in placeholder mode)"
             )
-        out.append((name.encode("latin-1", "replace"), value.encode("utf-8", "surrogateescape")))
+        out.append((raw, value.encode("utf-8", "surrogateescape")))
     return out
 
 
@@ -137,12 +135,9 @@ def decide_request(st: ProxyState, host: str, port: int) -> Decision:
     return decision
 
 
-def build_request(st: ProxyState, plan: Plan, host: str, port: int, req_in: ProxyIn,
-                  minted: Issued | None = None) -> tuple[http.Request, bool]:
-    """The injected request (mitmproxy's type, as the transparent path) and whether a
-    credential went in. ``minted``: the token of a minted service (SPEC §4.1)."""
-    service = plan.service
-    headers = caller_headers(service, req_in.headers)
+def build_request(plan: Plan, host: str, port: int, req_in: ProxyIn) -> http.Request:
+    """The caller's request as the transparent path would hold it (mitmproxy's type)."""
+    headers = caller_headers(plan.service, req_in.headers)
     content = _body_bytes(req_in.body, headers)
     if len(content) > plan.max_body:
         raise BodyTooLarge()
@@ -153,22 +148,26 @@ def build_request(st: ProxyState, plan: Plan, host: str, port: int, req_in: Prox
     req = http.Request.make(req_in.method, f"https://{authority}/", content, headers)
     req.data.path = target.encode("ascii")
     req.headers["Host"] = authority
-    entry = st.session.entry_for(service)
-    secret, fields = entry.value, entry.fields
-    if minted is not None:
-        secret, fields = credential(minted, service.auth)
-    injected = prepare_request(req, service, secret, fields, st.snapshot.index).injected
-    if plan.substitute_body and substitute_request_body(req, service, entry, st.snapshot.index):
+    return req
+
+
+async def inject(st: ProxyState, plan: Plan, req: http.Request) -> tuple[Issued | None, bool]:
+    """The pipeline's token decision and injection, the body being whole already: the
+    minted token used (if any) and whether a credential went in. A minted token is not
+    resent after a 401 here (``Plan.resend``): the caller gets it and the token is dropped."""
+    index = st.snapshot.index
+    minted = await st.token_source().get(plan.service) if needs_token(plan, req, index) else None
+    done = inject_head(st, req, plan, minted)
+    injected = done.injected
+    if done.wait_body and inject_body(st, req, plan, done.entry):
         injected = True
-    limit_accept_encoding(req.headers)
-    return req, injected
+    return minted, injected
 
 
 def to_httpx(req: http.Request, ip: str, port: int) -> httpx.Request:
     url = httpx.URL(scheme="https", host=ip, port=port, raw_path=req.data.path)
-    headers = [(k, v) for k, v in req.headers.fields
-               if k.lower() not in (b"content-length", b"transfer-encoding")]
-    return httpx.Request(req.method, url, headers=headers, content=req.raw_content or b"")
+    return httpx.Request(req.method, url, headers=hop_free(req.headers.fields),
+                         content=req.raw_content or b"")
 
 
 class _Audit:
@@ -181,15 +180,11 @@ class _Audit:
         self.token: str | None = None  # "minted" / "cached" for a minted service
 
     def ahead(self) -> None:
-        """The ``forward`` record before an injected request leaves (stages/ahead.py)."""
-        svc = self.service
-        ok = record_ahead(
-            self.st.audit, agent=None, service=svc.name if svc else self.req_in.service,
-            mode=svc.mode if svc else None, method=self.req_in.method, host=self.host,
-            path=self.req_in.path,
+        """The ``forward`` record before an injected request leaves (the pipeline's)."""
+        record_forward(
+            self.st.audit, self.st.audit.on_failure, agent=None, service=self.service,
+            method=self.req_in.method, host=self.host, path=self.req_in.path,
         )
-        if not ok and self.st.audit.on_failure != "continue":
-            raise AuditUnavailable()
 
     def record(self, status: int | None, outcome: str, reason: str | None) -> None:
         svc = self.service
@@ -199,20 +194,6 @@ class _Audit:
             method=self.req_in.method, host=self.host, path=self.req_in.path, status=status,
             started=self.t0, outcome=outcome, reason=reason,
         )
-
-
-async def _mint(st: ProxyState, service: Service, req_in: ProxyIn) -> Issued | None:
-    """A minted service's token (host_inject, or a placeholder-marked call); no retry on a
-    401 here: the caller gets it and the token is dropped."""
-    if not is_minted(service):
-        return None
-    if service.mode != "host_inject":
-        mark = service.placeholder_text.encode()
-        fields = [(k.encode("latin-1", "replace"), v.encode("utf-8", "surrogateescape"))
-                  for k, v in req_in.headers.items()]
-        if not minted_trigger(fields, service, mark):
-            return None
-    return await st.token_source().get(service)
 
 
 @router.post("/proxy", responses={
@@ -234,13 +215,15 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
         host, port = pick_host(st, service, req_in.host)
         audit.host = host
         decision = decide_request(st, host, port)
-        if decision.plan is None or decision.dial is None:  # pragma: no cover - a service
+        plan, target = decision.plan, decision.target
+        if plan is None or decision.dial is None or target is None:  # pragma: no cover
             raise UnknownService(f"no service named {req_in.service}")
         # ACCESS (SPEC §10): honeytokens, rules, rate limit, approval - one call
         req_in = await check_access(st, service, host, req_in)
-        minted = await _mint(st, service, req_in)
+        req = build_request(plan, host, port, req_in)
+        check_request(req, plan, target)  # the proxy's request checks and dropped headers
+        minted, injected = await inject(st, plan, req)
         audit.token = minted.source if minted is not None else None
-        req, injected = build_request(st, decision.plan, host, port, req_in, minted)
         redactor = st.session.redactor_for(service)
         if redactor is None:
             raise LockedError()
@@ -270,7 +253,7 @@ async def _relay(upstream: httpx.Response, redactor: Redactor, audit: _Audit,
         raise
     if encoding:
         del headers["content-encoding"]
-    raw = [(k, v) for k, v in headers.fields if k.lower().decode("latin-1") not in RESPONSE_DROP]
+    raw = hop_free(headers.fields)
     outcome = "injected" if injected else "forwarded"
 
     async def body() -> AsyncIterator[bytes]:

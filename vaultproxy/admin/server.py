@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -24,11 +23,11 @@ from vaultproxy.admin.guard import marked
 from vaultproxy.admin.token import new_token, write_token
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
+from vaultproxy.seam import signals
 from vaultproxy.state import Live
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 class PeerCheckedH11(H11Protocol):
@@ -53,14 +52,6 @@ class PeerCheckedH11(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._refused:
             super().connection_lost(exc)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: `vaultproxy run`/mitmdump own the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _config(app: Any, http: type[asyncio.Protocol], uds: str | None = None) -> uvicorn.Config:
@@ -166,7 +157,7 @@ class AdminServer:
         assert self.ctx is not None
         app = create_app(self.ctx)
         for sock, proto, kind in self._socks:
-            server = _Server(_config(marked(app, kind), proto,
+            server = signals.Server(_config(marked(app, kind), proto,
                                      uds=self.socket_path if kind == "unix" else None))
             self._servers.append(server)
             self._tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
@@ -215,9 +206,3 @@ class AdminServer:
         if self.ctx is not None:
             await self.ctx.clients.aclose()
             await self.ctx.sync.aclose()
-
-    def warnings(self) -> list[str]:
-        if self.listen is not None and self.listen[0] not in LOOPBACK_HOSTS:
-            return [f"SECURITY: the admin API listens on {self.listen[0]}, not loopback: other "
-                    "hosts can reach it (the bearer token is its only protection)"]
-        return []

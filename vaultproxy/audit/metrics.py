@@ -49,7 +49,7 @@ SERVICES = Gauge("vaultproxy_services", "Services in the loaded registry", regis
 
 
 class _AuditCollector(Collector):
-    """Audit records written / failed / dropped, summed over every process (issue 15)."""
+    """Audit records written / failed / dropped, summed over every process."""
 
     def __init__(self) -> None:
         self.read: Callable[[], dict[str, Any]] | None = None

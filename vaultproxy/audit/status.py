@@ -1,4 +1,4 @@
-"""The audit trail's state across every process of a run (issue 15): this process's
+"""The audit trail's state across every process of a run: this process's
 ``AuditLog`` plus, with ``--workers N``, what each worker last reported
 (engine/worker_audit.py). Read by ``/metrics`` (counters), ``/v1/health`` (``degraded``)
 and the shutdown summary. Never carries a record's content."""

@@ -57,7 +57,7 @@ def _check_secrets(home: Home, cfg: Config, password_file: str | None) -> tuple[
 
 def passthrough_problems(cfg: Config) -> list[str]:
     """``passthrough_allow`` entries that can never let anything through."""
-    from vaultproxy.policy import passthrough_never_applies
+    from vaultproxy.egress import passthrough_never_applies
 
     out = []
     for j, entry in enumerate(cfg.proxy.passthrough_allow):

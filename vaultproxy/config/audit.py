@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from pydantic import StrictBool, ValidationInfo, field_validator, model_validator
 
-from vaultproxy import policy
+from vaultproxy import egress
 from vaultproxy.config.fields import Model, StrList, ca_file, choice
 from vaultproxy.config.problems import Problems
 from vaultproxy.config.rules import RuleViolation, check_address, one_of
@@ -71,7 +71,7 @@ def split_webhook(value: str) -> tuple[str, str, int]:
     if port == 0:
         raise ValueError("must not use port 0")
     if parts.scheme == "http":
-        ip = policy.parse_ip(parts.hostname)
+        ip = egress.parse_ip(parts.hostname)
         if ip is None or not ip.is_loopback:
             raise ValueError("plain http:// is only allowed to a loopback IP "
                              "(http://127.0.0.1:PORT/...); use https://")
@@ -151,12 +151,12 @@ class AuditSettings(Model):
             raise Problems(problems)
         return self
 
-    def address_context(self) -> policy.AddressContext:
-        return policy.AddressContext(allow_private=self.allow_private,
+    def address_context(self) -> egress.AddressContext:
+        return egress.AddressContext(allow_private=self.allow_private,
                                      allow_loopback=self.allow_loopback)
 
 
-def _address(field: str, host: str, port: int, ctx: policy.AddressContext) -> list[tuple[str, str]]:
+def _address(field: str, host: str, port: int, ctx: egress.AddressContext) -> list[tuple[str, str]]:
     try:
         check_address(host, port, ctx)
     except RuleViolation as e:

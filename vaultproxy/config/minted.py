@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from vaultproxy import policy
+from vaultproxy import egress
 from vaultproxy.config import rules
 from vaultproxy.config.problems import Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
@@ -53,7 +53,7 @@ def _owners(owners: tuple[str, ...]) -> str:
 
 
 def check_key(field: str, value: Any, data: Mapping[str, Any],
-              address: policy.AddressContext) -> Any:
+              address: egress.AddressContext) -> Any:
     """The field validator of every minted key (see the module docstring)."""
     auth = data.get("auth")
     owners = KEY_OWNERS[field]
@@ -67,20 +67,20 @@ def check_key(field: str, value: Any, data: Mapping[str, Any],
     return value
 
 
-def _text(value: str, data: Mapping[str, Any], address: policy.AddressContext) -> None:
+def _text(value: str, data: Mapping[str, Any], address: egress.AddressContext) -> None:
     if not value or len(value) > 1024 or any(not (" " <= c <= "~") for c in value):
         raise Problems.one("must be 1-1024 printable ASCII characters")
 
 
-def _token_url(value: str, data: Mapping[str, Any], address: policy.AddressContext) -> None:
+def _token_url(value: str, data: Mapping[str, Any], address: egress.AddressContext) -> None:
     _url(value, data, address, own_host=False)
 
 
-def _login_url(value: str, data: Mapping[str, Any], address: policy.AddressContext) -> None:
+def _login_url(value: str, data: Mapping[str, Any], address: egress.AddressContext) -> None:
     _url(value, data, address, own_host=True)
 
 
-def _url(value: str, data: Mapping[str, Any], address: policy.AddressContext,
+def _url(value: str, data: Mapping[str, Any], address: egress.AddressContext,
          *, own_host: bool) -> None:
     if value.startswith("/"):
         if value.startswith("//") or not _PATH_RE.match(value):
@@ -125,7 +125,7 @@ def _matches(spec: HostSpec, entry: str) -> bool:
     return bool(head) and rest == own.host
 
 
-def _client_auth(value: str, data: Mapping[str, Any], address: policy.AddressContext) -> None:
+def _client_auth(value: str, data: Mapping[str, Any], address: egress.AddressContext) -> None:
     if value not in CLIENT_AUTHS:
         raise Problems.one(rules.one_of(CLIENT_AUTHS))
 
@@ -142,7 +142,7 @@ def token_params(value: object) -> object:
 
 
 def _token_params(value: tuple[tuple[str, str], ...], data: Mapping[str, Any],
-                  address: policy.AddressContext) -> None:
+                  address: egress.AddressContext) -> None:
     for key, _ in value:
         if not _PARAM_RE.match(key):
             raise Problems.one("keys must be 1-64 of A-Z, a-z, 0-9, '.', '_', '~' or '-'")
@@ -151,7 +151,7 @@ def _token_params(value: tuple[tuple[str, str], ...], data: Mapping[str, Any],
                                "client_id, client_secret, scope, audience, ...); use that key")
 
 
-def _login_body(value: str, data: Mapping[str, Any], address: policy.AddressContext) -> None:
+def _login_body(value: str, data: Mapping[str, Any], address: egress.AddressContext) -> None:
     try:
         parsed = json.loads(value)
     except ValueError:
@@ -161,19 +161,19 @@ def _login_body(value: str, data: Mapping[str, Any], address: policy.AddressCont
                            "{password})")
 
 
-def _session_cookie(value: bool, data: Mapping[str, Any], address: policy.AddressContext
+def _session_cookie(value: bool, data: Mapping[str, Any], address: egress.AddressContext
                     ) -> None:
     return None
 
 
-def _token_field(value: str, data: Mapping[str, Any], address: policy.AddressContext) -> None:
+def _token_field(value: str, data: Mapping[str, Any], address: egress.AddressContext) -> None:
     if data.get("session_cookie"):
         raise Problems.one("not with session_cookie = true (the cookie is the credential)")
     if not _FIELD_RE.match(value):
         raise Problems.one("must be a dotted path of names (e.g. data.token)")
 
 
-def _token_header(value: str, data: Mapping[str, Any], address: policy.AddressContext
+def _token_header(value: str, data: Mapping[str, Any], address: egress.AddressContext
                   ) -> None:
     name, colon, prefix = value.partition(":")
     if not colon:
@@ -186,7 +186,7 @@ def _token_header(value: str, data: Mapping[str, Any], address: policy.AddressCo
         raise Problems.one(str(e)) from None
 
 
-_CHECKS: dict[str, Callable[[Any, Mapping[str, Any], policy.AddressContext], None]] = {
+_CHECKS: dict[str, Callable[[Any, Mapping[str, Any], egress.AddressContext], None]] = {
     "token_url": _token_url,
     "scope": _text,
     "audience": _text,

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from vaultproxy import policy
+from vaultproxy import egress
 from vaultproxy.config import access, minted, rules, signed
 from vaultproxy.config.audit import AuditSettings, TelemetrySettings
 from vaultproxy.config.fields import (
@@ -246,12 +246,12 @@ class Service(Model):
         return self.placeholder or rules.default_placeholder(self.name)
 
 
-def _address(data: Mapping[str, Any]) -> policy.AddressContext:
-    return policy.AddressContext(allow_private=data.get("allow_private") is True,
+def _address(data: Mapping[str, Any]) -> egress.AddressContext:
+    return egress.AddressContext(allow_private=data.get("allow_private") is True,
                                  allow_loopback=data.get("allow_loopback") is True)
 
 
-def check_address(spec: HostSpec, ctx: policy.AddressContext) -> None:
+def check_address(spec: HostSpec, ctx: egress.AddressContext) -> None:
     """The load-time address policy (SPEC §5) for a configured IP or dialled name."""
     rules.check_address(spec.host, spec.port, ctx)
 

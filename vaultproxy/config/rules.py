@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from vaultproxy import policy
+from vaultproxy import egress
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SECRET_RE = NAME_RE
@@ -262,11 +262,11 @@ def parse_allow_entry(value: str) -> AllowEntry:
 _PRIVATE_REASONS = ("private", "carrier-grade NAT", "unique-local", "local-use NAT64")
 
 
-def check_address(host: str, port: int, ctx: policy.AddressContext) -> None:
+def check_address(host: str, port: int, ctx: egress.AddressContext) -> None:
     """The load-time address policy (SPEC §5) for an address in services.toml: a service's
     IP host or ``connect_to``, a source's URL, a token endpoint. The message names the
     kind of address and the setting that would permit it, never the address."""
-    verdict = policy.check_static(host, port, ctx)
+    verdict = egress.check_static(host, port, ctx)
     if verdict.allowed:
         return
     hint = ""
@@ -275,5 +275,5 @@ def check_address(host: str, port: int, ctx: policy.AddressContext) -> None:
     elif verdict.reason.startswith(_PRIVATE_REASONS) and not ctx.allow_private:
         hint = "; set allow_private = true to permit it"
     raise RuleViolation(
-        f"denied by the address policy: {policy.with_article(verdict.reason)}{hint}"
+        f"denied by the address policy: {egress.with_article(verdict.reason)}{hint}"
     )

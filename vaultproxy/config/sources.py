@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from pydantic import StrictBool, ValidationInfo, field_validator
 
-from vaultproxy import policy
+from vaultproxy import egress
 from vaultproxy.config import rules
 from vaultproxy.config.fields import Model, ca_file, choice, ruled
 from vaultproxy.config.problems import Problems
@@ -90,11 +90,11 @@ class SourceConfig(Model):
         if parts.query or parts.fragment or parts.username or parts.password:
             raise Problems.one("must have no query, fragment or credentials (the credentials "
                                "go in the keystore entry source.NAME)")
-        literal = policy.parse_ip(host)
+        literal = egress.parse_ip(host)
         if parts.scheme == "http" and (literal is None or not literal.is_loopback):
             raise Problems.one("plain http:// is allowed only to a loopback address "
                                "(127.0.0.1 or [::1]); use https://")
-        ctx = policy.AddressContext(allow_private=info.data.get("allow_private") is True,
+        ctx = egress.AddressContext(allow_private=info.data.get("allow_private") is True,
                                     allow_loopback=info.data.get("allow_loopback") is True)
         try:  # an IP literal now; a name's addresses when dialled
             rules.check_address(str(literal) if literal else host, port, ctx)

@@ -23,7 +23,7 @@ from vaultproxy.ca import MITM_BASENAME, system_ca_file
 from vaultproxy.ca.constraints import leaf_filter_for
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import defences, leaf_names, speed
-from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.stages import Ready, Runtime, chain, seam_hooks
 from vaultproxy.stages.mtls import MtlsEntry
 from vaultproxy.state import Live, ProxyState
 
@@ -75,8 +75,9 @@ def build_master(
 ) -> master.Master:
     """Must be called with a running event loop (mitmproxy binds to it). The stages serve
     whatever state ``live`` holds, once ``serving`` is set (None: at once)."""
-    defences.install()
-    leaf_names.install(leaf_filter(confdir))
+    rt = Runtime(live)
+    defences.install(seam_hooks(rt))  # the one call that couples the engine to this chain
+    leaf_names.install(leaf_filter(confdir))  # a name-constrained CA's leaves (ca/constraints)
     if defences.keylog_active():
         raise VaultproxyError(
             "SECURITY: mitmproxy opened a TLS key log (SSLKEYLOGFILE/MITMPROXY_SSLKEYLOGFILE "
@@ -84,7 +85,6 @@ def build_master(
         )
     opts = options.Options()
     m = master.Master(opts, with_termlog=False)
-    rt = Runtime(live)
     rt.serving = serving
     # mitmproxy logs four INFO lines per connection (client/server connect/disconnect):
     # per-connection noise and CPU under load. The audit log records every intercepted flow;
@@ -92,7 +92,7 @@ def build_master(
     logging.getLogger("mitmproxy.proxy.server").setLevel(logging.WARNING)
     # Indexed hook dispatch and fewer per-flow checks, or mitmproxy's own (seam/speed.py).
     speed.tune(m).add(
-        Gate(rt),
+        Ready(rt),
         *chain(rt),
         *([MtlsEntry(rt, mtls.spec, mtls.context)] if mtls is not None else []),
         core.Core(),

@@ -1,39 +1,46 @@
 """vaultproxy inside a stock mitmdump (`mitmdump -s addons/vaultproxy.py`).
 
-The script is a thin shim over this module. The Gate is added to the master directly, not
+The script is a thin shim over this module. The Ready stage is added to the master directly, not
 through the script, so if a hot reload of the script fails (mitmdump drops it and keeps
-serving), the Gate is still there and refuses traffic instead of forwarding it untouched.
+serving), the Ready stage is still there and refuses traffic instead of forwarding it untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from typing import Any
 
 from mitmproxy import ctx
+from mitmproxy.proxy.mode_specs import ProxyMode
 
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
-from vaultproxy.engine import nodump, stale
+from vaultproxy.engine import nodump
 from vaultproxy.engine.audit_sinks import AuditSinks
+from vaultproxy.engine.lifecycle import (
+    claim,
+    forget_run_json,
+    log_warnings,
+    security_warnings,
+    write_run_json,
+)
 from vaultproxy.errors import ConfigError, VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.hostnames import parse_listen
 from vaultproxy.keystore.tpm_unlock import try_unlock
 from vaultproxy.password_file import read_file
 from vaultproxy.seam import defences
-from vaultproxy.stages import Gate, Runtime, chain
+from vaultproxy.stages import Ready, Runtime, chain, seam_hooks
 from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 
 _gate_installed = False
 # The chain's shared runtime lives in the package, not the script: it outlives a script
-# reload, so the Gate (added once) sees the reloaded stages and the loaded home.
+# reload, so the Ready stage (added once) sees the reloaded stages and the loaded home.
 _RT = Runtime()
 
 # Options of mitmdump's default addons that would store flows (with credentials) on disk.
@@ -67,11 +74,11 @@ class Bootstrap:
         )
         logfilter.install()
         if not _gate_installed:
-            ctx.master.addons.add(Gate(_RT))
+            ctx.master.addons.add(Ready(_RT))
             _gate_installed = True
         try:
-            defences.install()
-        except defences.EngineMismatch as e:  # the Gate refuses traffic while not installed
+            defences.install(seam_hooks(_RT))  # this (reloaded) chain's callbacks
+        except defences.EngineMismatch as e:  # the Ready stage refuses traffic while not installed
             logger.error("%s", e)
 
     def configure(self, updated: set[str]) -> None:
@@ -79,7 +86,7 @@ class Bootstrap:
             try:
                 self._setup()
             except VaultproxyError as e:
-                _RT.live.state = None  # the Gate refuses everything until fixed
+                _RT.live.state = None  # the Ready stage refuses everything until fixed
                 lines = e.problems if isinstance(e, ConfigError) else [str(e)]
                 logger.error("vaultproxy not loaded, refusing traffic:\n  %s", "\n  ".join(lines))
         self._quiet_flow_output(updated)
@@ -140,6 +147,7 @@ class Bootstrap:
             listen.add(self._admin.address)
         state.set_own_listeners(frozenset(listen))
         _RT.live.state = state
+        log_warnings(security_warnings(state.registry.config, _proxy_hosts(), _admin_host()))
         ctx.options.update(
             confdir=str(confdir),
             connection_strategy="eager",
@@ -171,8 +179,7 @@ class Bootstrap:
             raw = ctx.options.vaultproxy_admin_listen.strip()
             listen = parse_listen(raw, "vaultproxy_admin_listen") if raw else None
             if self._claim is None:
-                self._claim = st.home.claim()  # one proxy per home (admin-token, admin.sock)
-                stale.clean_stale(st.home)  # what a killed run left behind
+                self._claim = claim(st.home)  # one proxy per home (admin-token, admin.sock)
             admin = AdminServer(st.home, listen, live=_RT.live)
             admin.bind()
             await admin.start()
@@ -182,8 +189,6 @@ class Bootstrap:
         self._admin = admin
         if admin.address is not None:
             st.set_own_listeners(st.own_listeners | {admin.address})
-        for w in admin.warnings():
-            logger.warning("%s", w)
         logger.warning(
             "vaultproxy admin API: %s, socket %s (token in %s)",
             f"http://{admin.address[0]}:{admin.address[1]}" if admin.address else "no TCP",
@@ -193,8 +198,6 @@ class Bootstrap:
 
     async def _announce(self, st: ProxyState, admin: AdminServer) -> None:
         """Write run.json once mitmdump listens, so `vaultproxy env`/`exec`/`status` work."""
-        from vaultproxy.engine.serve import write_run_json
-
         for _ in range(200):
             addrs = [(str(a[0]), int(a[1]))
                      for a in ctx.master.addons.get("proxyserver").listen_addrs()]
@@ -226,9 +229,23 @@ class Bootstrap:
             st.audit.close()
             logger.warning("vaultproxy: %s", st.audit.summary())
             if self._wrote_run_json:
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    if json.loads(st.home.run_json.read_text()).get("pid") == os.getpid():
-                        st.home.run_json.unlink()
+                forget_run_json(st.home)
+
+
+def _proxy_hosts() -> list[str]:
+    """The host of every proxy mode mitmdump serves (an empty one: every interface)."""
+    return [ProxyMode.parse(spec).listen_host(ctx.options.listen_host)
+            for spec in ctx.options.mode]
+
+
+def _admin_host() -> str | None:
+    raw = ctx.options.vaultproxy_admin_listen.strip()
+    if not raw:
+        return None
+    try:
+        return parse_listen(raw, "vaultproxy_admin_listen")[0]
+    except VaultproxyError:
+        return None  # reported when the admin API starts
 
 
 def make_addons() -> list[object]:

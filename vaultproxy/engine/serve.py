@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -20,15 +19,21 @@ from vaultproxy.admin.actions import (
     warn_missing_secrets,
 )
 from vaultproxy.admin.server import AdminServer
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
 from vaultproxy.ca.constraints import home_warnings as constraint_warnings
 from vaultproxy.ca.constraints import registered_hosts
-from vaultproxy.config.models import SURFACE_RISKS
-from vaultproxy.engine import listener, proxy_socket, stale
+from vaultproxy.engine import listener, proxy_socket
 from vaultproxy.engine.audit_sinks import AuditSinks
+from vaultproxy.engine.lifecycle import (
+    claim,
+    forget_run_json,
+    log_warnings,
+    security_warnings,
+    url_host,
+    write_run_json,
+)
 from vaultproxy.engine.master import (
     DRAIN_SECONDS,
     MtlsListener,
@@ -42,7 +47,6 @@ from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import listener as seam_listener
 from vaultproxy.state import Live, ProxyState
-from vaultproxy.sync.run import source_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -59,36 +63,6 @@ class ServeOptions:
     mtls: MtlsListener | None = None  # --mtls-listen (served by this process, not workers)
 
 
-def write_run_json(
-    state: ProxyState,
-    proxy: list[tuple[str, int]],
-    admin: tuple[str, int] | None = None,
-    admin_socket: str | None = None,
-    worker_pids: list[int] | None = None,
-    proxy_sock: str | None = None,
-    mtls: list[tuple[str, int]] | None = None,
-) -> None:
-    data = {
-        "pid": os.getpid(),
-        "version": __version__,
-        "proxy": [f"{h}:{p}" for h, p in proxy],
-        "proxy_url": f"http://{_url_host(proxy[0][0])}:{proxy[0][1]}",
-        "admin": f"{_url_host(admin[0])}:{admin[1]}" if admin else None,
-        "admin_url": f"http://{_url_host(admin[0])}:{admin[1]}" if admin else None,
-        "admin_socket": admin_socket,
-        "proxy_socket": proxy_sock,  # for isolated `vaultproxy exec` (engine/proxy_socket.py)
-        "mtls": [f"{_url_host(h)}:{p}" for h, p in mtls or []],  # `run --mtls-listen`
-        "home": str(state.home.path),
-        "workers": 1 + len(worker_pids or []),
-        "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
-    }
-    write_atomic(state.home.run_json, json.dumps(data))
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def banner(
     state: ProxyState,
     ca: CA,
@@ -99,7 +73,7 @@ def banner(
     services = state.registry.services
     lines = [
         f"vaultproxy {__version__} ready",
-        "  proxy:    " + ", ".join(f"http://{_url_host(h)}:{p}" for h, p in proxy)
+        "  proxy:    " + ", ".join(f"http://{url_host(h)}:{p}" for h, p in proxy)
         + (f" ({workers} worker processes)" if workers > 1 else ""),
         f"  keystore: {LOCKED_NOTE if state.locked else 'unlocked'}",
         f"  services: {len(services)}"
@@ -111,62 +85,10 @@ def banner(
         if admin.address is not None:
             h, p = admin.address
             token = state.home.admin_token
-            lines.insert(2, f"  admin:    http://{_url_host(h)}:{p} (token in {token})")
+            lines.insert(2, f"  admin:    http://{url_host(h)}:{p} (token in {token})")
         if admin.socket_path:
             lines.insert(3, f"  admin socket: {admin.socket_path}")
     return "\n".join(lines)
-
-
-def security_warnings(state: ProxyState, listen: tuple[str, int]) -> list[str]:
-    out = []
-    for s in state.registry.services:
-        if s.insecure_tls:
-            out.append(
-                f"SECURITY: service {s.name} has insecure_tls = true: upstream TLS is NOT verified"
-            )
-        if s.allow_loopback:
-            out.append(f"SECURITY: service {s.name} may reach loopback addresses (allow_loopback)")
-        if s.allow_private:
-            out.append(f"SECURITY: service {s.name} may reach private addresses (allow_private)")
-        if s.mode == "placeholder":
-            for surface in s.substitute_in:
-                if surface in SURFACE_RISKS:
-                    out.append(
-                        f"SECURITY: service {s.name} substitutes its secret in "
-                        f"{SURFACE_RISKS[surface]} (substitute_in)"
-                    )
-        if s.allow_range:
-            out.append(
-                f"SECURITY: service {s.name} keeps Range requests (allow_range): partial "
-                "responses can slice a reflected secret past the redactor"
-            )
-    if state.registry.config.audit.on_failure == "continue":
-        out.append(
-            'SECURITY: [audit] on_failure = "continue": when audit.jsonl cannot be written, '
-            "credentials are still injected and those uses are NOT audited"
-        )
-    audit = state.registry.config.audit
-    for flag, where in ((audit.allow_loopback, "loopback"), (audit.allow_private, "private")):
-        if flag and (audit.sinks or state.registry.config.telemetry.traces):
-            out.append(f"SECURITY: [audit] allow_{where} = true: audit sinks may reach {where} "
-                       "addresses")
-    out.extend(source_warnings(state.registry.config))
-    if state.registry.config.proxy.passthrough_allow:
-        out.append(
-            "SECURITY: passthrough_allow lets unregistered traffic reach listed private addresses"
-        )
-    if listen[0] not in ("127.0.0.1", "::1", "localhost"):
-        out.append(
-            f"SECURITY: the proxy listens on {listen[0]}, not loopback: other hosts can use it"
-        )
-    hosts = registered_hosts(state.registry.services)
-    out.extend(constraint_warnings(state.home, hosts))  # a name-constrained CA (ca reissue)
-    if state.registry.config.proxy.retired_redact_days == 0:
-        out.append(
-            "SECURITY: [proxy] retired_redact_days = 0: a rotated or removed secret value is "
-            "no longer redacted; an upstream that still accepts it can echo it to the agent"
-        )
-    return out
 
 
 def reload(state: ProxyState) -> None:
@@ -194,12 +116,11 @@ def reload(state: ProxyState) -> None:
 
 
 async def serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
-    claim = state.home.claim()  # one proxy per home; released when this process exits
-    stale.clean_stale(state.home)  # what a killed run left (we hold the claim: it is gone)
+    claimed = claim(state.home)  # one proxy per home; released when this process exits
     try:
         return await _serve(state, ca, opts)
     finally:
-        os.close(claim)
+        os.close(claimed)
 
 
 async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
@@ -259,12 +180,13 @@ async def _serve_on(
             supervisor.on_audit_line = audit_sinks.offer
             audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
-        for w in security_warnings(state, opts.listen) + admin.warnings():
-            logger.warning("%s", w)
+        admin_host = opts.admin_listen[0] if opts.admin_listen is not None else None
+        log_warnings(security_warnings(state.registry.config, [opts.listen[0]], admin_host)
+                     + constraint_warnings(state.home, registered_hosts(state.registry.services)))
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers), flush=True)
         for h, p in mtls_addrs:
-            print(f"  mTLS:     https://{_url_host(h)}:{p} (client certificates from "
+            print(f"  mTLS:     https://{url_host(h)}:{p} (client certificates from "
                   f"[mtls] client_ca; the CN names the agent)", flush=True)
         announce()  # run.json last: whoever waits for it finds the banner and warnings out
         serving.set()
@@ -301,9 +223,7 @@ async def _serve_on(
         await asyncio.to_thread(audit_sinks.stop)
         print(f"vaultproxy: {summary_line(audit_status.combined(state.audit))}", flush=True)
         audit_status.set_peers(None)
-        with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
-            if json.loads(state.home.run_json.read_text()).get("pid") == os.getpid():
-                state.home.run_json.unlink()
+        forget_run_json(state.home)
         state.lock()
         live.state = None
 

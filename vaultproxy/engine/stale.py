@@ -1,4 +1,4 @@
-"""Files a killed run leaves behind (issue 15): ``run.json``, ``admin.sock``,
+"""Files a killed run leaves behind: ``run.json``, ``admin.sock``,
 ``proxy.sock`` and ``admin-token``. ``vaultproxy run`` removes them after it has claimed the
 home (home.py ``claim``): a live run on this home would hold that claim, so a file found then
 belongs to a run that is gone. Each removal is still checked against what it names - the

@@ -1,4 +1,4 @@
-"""A ``--workers`` process's audit sink (issue 15).
+"""A ``--workers`` process's audit sink.
 
 A worker writes its own records to ``audit.jsonl`` exactly as the supervisor does (one
 whole-line ``O_APPEND`` write per record, audit/log.py): a record is in the file when the

@@ -22,10 +22,10 @@ import httpx
 
 from vaultproxy.ca import trust_with
 from vaultproxy.config.health import HealthSettings
+from vaultproxy.egress import AddressContext
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.policy import AddressContext
 from vaultproxy.resolve import Resolver, resolve_checked, system_resolver
 from vaultproxy.secret import Secret
 

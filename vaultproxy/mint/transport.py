@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 import httpx
 
 from vaultproxy.config.models import Service
+from vaultproxy.egress import parse_ip
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.hostnames import normal_host, split_authority
 from vaultproxy.mint.base import MintFailed, Post, TokenResponse
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.policy import parse_ip
 from vaultproxy.resolve import Resolver, resolve_checked, system_resolver
 from vaultproxy.snapshot import Snapshot
 

@@ -1,12 +1,21 @@
-"""The engine seam: every use of mitmproxy's (and pyOpenSSL's) internals, in one package.
+"""The engine seam: every use of mitmproxy's (and pyOpenSSL's, and uvicorn's) internals, in
+one package, coupled to vaultproxy's stages by one explicit call at start,
+``defences.install(stages.seam_hooks(rt))`` (engine/master.py, engine/mitmdump.py); nothing
+registers itself on import.
 
-* ``defences`` (and ``openssl``): what must change for no secret to reach the agent and for
-  upstream names to be verified. A missing symbol refuses start-up (``EngineMismatch``).
+* ``defences`` (and ``openssl``, ``signals``): what must change for no secret to reach the
+  agent, for upstream names to be verified and for the process to keep its signals. A
+  missing symbol refuses start-up (``EngineMismatch``).
+* ``engine_errors``: which of our codes an error mitmproxy reports only as text is.
+* ``layers``, ``upstream_tls``: the engine objects a stage needs built (the raw tunnel of an
+  unregistered host; the per-service upstream TLS context).
 * ``speed`` (and ``dispatch``): cheaper hook dispatch and fewer per-flow checks. A missing
   symbol keeps mitmproxy's stock behaviour, with a WARNING naming it.
 * ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
   loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
+* ``refusals``: request heads mitmproxy's HTTP/1 reader refuses, for the audit.
 
-mitmproxy is pinned below its next minor in pyproject.toml; nothing outside this package
-touches a private name of mitmproxy or pyOpenSSL.
+mitmproxy is pinned below its next minor in pyproject.toml (``make test-engine-latest`` runs
+the security suite on the newest release inside it); nothing outside this package touches a
+private name of mitmproxy, pyOpenSSL or uvicorn.
 """

@@ -12,7 +12,7 @@ switch a defence off:
 * **Trailers.** mitmproxy's HTTP/1 reader raises on chunked trailers (the connection
   hangs). HTTP/1 trailers are dropped (both directions).
 * **WebSocket control frames.** Ping/pong payloads and close reasons from the server go
-  through ``ws_control_filter`` (the response gate's redactor) before they are relayed.
+  through ``Hooks.ws_control`` (the response gate's redactor) before they are relayed.
 * **A client that is done before its handler is registered.** mitmproxy runs tasks with an
   eager task factory: ``handle_client`` creates the client's ``handle_connection`` task and
   only then records it in ``transports[client].handler``. If the client's bytes and its FIN
@@ -22,6 +22,10 @@ switch a defence off:
   finished task has already removed the client, so ``handle_client`` raises
   ``KeyError: Client(...)``. The client's handler now yields once before it reads anything,
   so it is always registered first.
+
+What of vaultproxy the patches call (``Hooks``) is handed in by the one ``install()`` call
+at start (engine/master.py, engine/mitmdump.py), never registered by importing a module:
+until it ran, ``installed()`` is False and the Ready stage refuses traffic.
 * **TLS key logging.** ``SSLKEYLOGFILE``/``MITMPROXY_SSLKEYLOGFILE`` are cleared when the
   ``vaultproxy`` package is imported; if mitmproxy was imported earlier and already opened
   a key log (mitmdump started with them set), ``keylog_active()`` says so and the proxy
@@ -32,24 +36,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Any
 
-from vaultproxy.seam import deadlines, openssl, refusals
+from vaultproxy.seam import deadlines, openssl, refusals, signals
+from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.seam.need import EngineMismatch, need
 
 logger = logging.getLogger(__name__)
 
 
-__all__ = ["EngineMismatch", "install", "installed", "keylog_active"]
+__all__ = ["EngineMismatch", "Hooks", "install", "installed", "keylog_active"]
 
-# (connection id, event) -> event: set by the response gate; None relays unchanged.
+# (connection id, event) -> event: the response gate's filter of WebSocket control frames.
 WsFilter = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the patched engine calls back into vaultproxy (stages/__init__.py builds it)."""
+
+    ws_control: WsFilter
+    refused_head: refusals.Refused  # a request head mitmproxy refused before any flow
+
+
 ws_control_filter: WsFilter | None = None
-
-# (status, message) -> (status, code, public message): set by the response gate.
-ErrorClassifier = Callable[[int, str], tuple[int, str, str]]
-_classify: ErrorClassifier | None = None
-
 _installed = False
 originals: dict[str, Any] = {}  # what a patch replaced, by name (for the tests' twins)
 
@@ -58,10 +69,7 @@ def error_parts(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes
     """Our reply for an error mitmproxy generates: status, JSON body, header fields."""
     from vaultproxy.errors import error_body
 
-    if _classify is None:  # pragma: no cover - set at import of the response gate
-        status, code, public = 502, "upstream_protocol", "the upstream response was malformed"
-    else:
-        status, code, public = _classify(status, message)
+    status, code, public = classify_engine_error(status, message)
     body = error_body(code, public)
     headers = [
         (b"content-type", b"application/json"),
@@ -69,16 +77,6 @@ def error_parts(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes
         (b"content-length", str(len(body)).encode()),
     ]
     return status, body, headers
-
-
-def set_error_classifier(fn: ErrorClassifier) -> None:
-    global _classify
-    _classify = fn
-
-
-def set_ws_control_filter(fn: WsFilter) -> None:
-    global ws_control_filter
-    ws_control_filter = fn
 
 
 def keylog_active() -> bool:
@@ -89,13 +87,16 @@ def keylog_active() -> bool:
 
 
 def installed() -> bool:
-    """Are all patches in place? The Gate refuses traffic until they are."""
+    """Are all patches in place? The Ready stage refuses traffic until they are."""
     return _installed
 
 
-def install() -> None:
-    """Apply every patch once (idempotent); raise EngineMismatch if mitmproxy moved."""
-    global _installed
+def install(hooks: Hooks) -> None:
+    """The one call at start: hand in ``hooks`` (again after a mitmdump script reload: the
+    new chain's), and apply every patch once; raise EngineMismatch if mitmproxy moved."""
+    global _installed, ws_control_filter
+    ws_control_filter = hooks.ws_control
+    refusals.set_handler(hooks.refused_head)
     if _installed:
         return
     _patch_error_pages()
@@ -105,6 +106,7 @@ def install() -> None:
     refusals.install()  # requests the HTTP/1 reader refuses are audited as answered
     deadlines.install()  # every wait on an upstream bounded ([proxy] timeouts)
     openssl.check()
+    signals.check()
     keylog_active()  # the symbol must exist even when no key log is open
     _installed = True
 

@@ -1,4 +1,4 @@
-"""The seam's record of requests mitmproxy's HTTP/1 reader refuses itself (issue 15).
+"""The seam's record of requests mitmproxy's HTTP/1 reader refuses itself.
 
 A request head that cannot be parsed, or that cannot be framed (``Content-Length`` together
 with ``Transfer-Encoding``, a bad length), is answered by mitmproxy's ``Http1Server`` with a
@@ -6,7 +6,8 @@ with ``Transfer-Encoding``, a bad length), is answered by mitmproxy's ``Http1Ser
 client got:
 
 * the head did not parse at all (a malformed request line): no flow exists, so ``on_refused``
-  (set by the Record stage) writes a record of its own for that client connection;
+  (the Record stage's ``refused_head``, handed in by ``defences.install``) writes a record
+  of its own for that client connection;
 * the head parsed but mitmproxy's header validation refuses it (``Content-Length`` with
   ``Transfer-Encoding``: request smuggling), or it cannot be framed: mitmproxy still runs
   the flow's hooks (whose stages may refuse it for a reason of their own, which the client
@@ -21,7 +22,7 @@ from typing import Any
 
 from vaultproxy.seam.need import need
 
-# (client connection, status) -> None: a refused head with no flow (set by stages/record.py).
+# (client connection, status) -> None: a refused head with no flow (handed in by install).
 Refused = Callable[[Any, int], None]
 on_refused: Refused | None = None
 

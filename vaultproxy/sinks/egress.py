@@ -1,6 +1,6 @@
 """The egress policy for the OTLP exporter's HTTP session (``requests``, which dials by name
 itself): every request's URL is judged before it is sent, by the same rules as a service
-(vaultproxy/policy.py with ``[audit] allow_loopback`` / ``allow_private``), and plain
+(vaultproxy/egress.py with ``[audit] allow_loopback`` / ``allow_private``), and plain
 ``http://`` is only allowed to a loopback IP literal. A refused URL raises
 :class:`EgressDenied`, which the exporter reports as a failed export (the sender retries).
 
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from vaultproxy.policy import AddressContext, check_name, decide, parse_ip, with_article
+from vaultproxy.egress import AddressContext, check_name, judge, parse_ip, with_article
 
 
 class EgressDenied(Exception):
@@ -57,7 +57,7 @@ def _judge(answers: list[str], port: int, ctx: AddressContext, host: str) -> Non
         ip = parse_ip(text)
         if ip is None:
             raise EgressDenied(f"{host} resolved to a non-numeric answer")
-        verdict = decide(ip, port, ctx)
+        verdict = judge(ip, port, ctx)
         if not verdict.allowed:
             hint = ("; set [audit] allow_loopback = true" if verdict.reason.startswith("loopback")
                     else "")

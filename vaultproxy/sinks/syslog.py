@@ -22,8 +22,8 @@ import asyncio
 import socket
 from collections.abc import Sequence
 
+from vaultproxy.egress import AddressContext
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.policy import AddressContext
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.sinks.record import Record
 from vaultproxy.sinks.sender import SinkFailed

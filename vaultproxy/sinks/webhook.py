@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from vaultproxy.egress import AddressContext
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.policy import AddressContext
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.secret import Secret
 from vaultproxy.sinks.record import Record

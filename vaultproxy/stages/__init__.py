@@ -1,11 +1,14 @@
 """mitmproxy addon stages, in chain order:
 
-    Gate -> Identify -> Route -> Connect -> RequestGate -> Mint -> Inject -> ResponseGate
+    Ready -> Identify -> Route -> Dial -> RequestGate -> Mint -> Inject -> ResponseGate
     -> Record -> Deadline
 
 Deadline (last: it only watches) bounds every wait on an upstream.
 
-RequestGate is the last stage before any credential is added: a request it refuses never
+Ready holds and refuses traffic until the whole chain, the engine seam and a home are in
+place (a readiness gate, not a request check). Identify takes the one decision and enforces
+its refusal; Route acts on a CONNECT's, Dial on the upstream connection. RequestGate is the
+last stage before any credential is added: a request it refuses never
 reaches Inject. ResponseGate is the only way back to the agent: every byte an intercepted
 upstream sends passes through it (the engine seam, seam/defences.py, routes what mitmproxy
 would otherwise answer on its own through it too).
@@ -16,12 +19,16 @@ deny response on the flow (mitmproxy itself would log it and carry on down the c
 
 from __future__ import annotations
 
-from vaultproxy.stages.connect import Connect
+import functools
+
+from vaultproxy.seam.defences import Hooks
+from vaultproxy.stages import record, response_gate
 from vaultproxy.stages.deadline import Deadline
-from vaultproxy.stages.gate import Gate
+from vaultproxy.stages.dial import Dial
 from vaultproxy.stages.identify import Identify
 from vaultproxy.stages.inject import Inject
 from vaultproxy.stages.mint import Mint
+from vaultproxy.stages.ready import Ready
 from vaultproxy.stages.record import Record
 from vaultproxy.stages.request_gate import RequestGate
 from vaultproxy.stages.response_gate import ResponseGate
@@ -31,22 +38,32 @@ from vaultproxy.stages.runtime import Runtime
 
 def chain(rt: Runtime) -> list[object]:
     """Our stages in the order they must run (before mitmproxy's defaults), sharing ``rt``."""
-    stages = (Identify, Route, Connect, RequestGate, Mint, Inject, ResponseGate, Record,
+    stages = (Identify, Route, Dial, RequestGate, Mint, Inject, ResponseGate, Record,
               Deadline)
     return [stage(rt) for stage in stages]
 
 
+def seam_hooks(rt: Runtime) -> Hooks:
+    """What the engine seam calls back into this chain, handed to it by the one
+    ``seam.defences.install`` call at start."""
+    return Hooks(
+        ws_control=response_gate.ws_control,
+        refused_head=functools.partial(record.refused_head, rt),
+    )
+
+
 __all__ = [
-    "Connect",
     "Deadline",
-    "Gate",
+    "Dial",
     "Identify",
     "Inject",
     "Mint",
+    "Ready",
     "Record",
     "RequestGate",
     "ResponseGate",
     "Route",
     "Runtime",
     "chain",
+    "seam_hooks",
 ]

@@ -1,7 +1,7 @@
-"""What Inject does once a request carries a credential, before it leaves (issue 15):
+"""What Inject does once a request carries a credential, before it leaves:
 
-- the ``forward`` audit record goes into ``audit.jsonl`` first (audit/canonical.py
-  ``record_ahead``); if it cannot be written and ``[audit] on_failure = "deny"``, the
+- the ``forward`` audit record goes into ``audit.jsonl`` first (pipeline.py
+  ``record_forward``); if it cannot be written and ``[audit] on_failure = "deny"``, the
   request is refused with ``503 audit_unavailable`` instead of being forwarded unaudited;
 - the flow keeps the redactor it was injected under, so a ``lock`` (or a reload) while the
   request is in flight still scrubs its response, rather than failing it half-way.
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.audit.canonical import record_ahead
-from vaultproxy.errors import AuditUnavailable
+from vaultproxy.pipeline import record_forward
 from vaultproxy.stages.flowrecord import FlowRecord
 from vaultproxy.state import ProxyState
 
@@ -23,21 +22,16 @@ def keep_redactor(st: ProxyState, rec: FlowRecord) -> None:
         rec.redactor = st.session.redactor_for(rec.service)
 
 
-def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord, host: str) -> None:
-    """Write the ``forward`` record of an injected request; refuse it under ``deny`` when
-    that fails (raises AuditUnavailable). Once per flow."""
+def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
+    """Write the ``forward`` record of an injected request (raises AuditUnavailable when
+    that fails under ``deny``). Once per flow."""
     if rec.ahead:
         return
-    service = rec.service
-    ok = record_ahead(
-        st.audit,
-        agent=rec.agent,
-        service=service.name if service is not None else None,
-        mode=service.mode if service is not None else None,
-        method=flow.request.method,
-        host=host,
+    decision = rec.decision
+    target = decision.target if decision is not None else None
+    rec.ahead = True
+    record_forward(
+        st.audit, st.audit.on_failure, agent=rec.agent, service=rec.service,
+        method=flow.request.method, host=target[0] if target is not None else None,
         path=rec.path,
     )
-    rec.ahead = True
-    if not ok and st.audit.on_failure != "continue":
-        raise AuditUnavailable()

@@ -1,8 +1,9 @@
 """The one record a flow carries through the stages, under one ``flow.metadata`` key.
 
-Identify puts the ``Decision`` in it; the later stages read the decision and add what they
-did (injected, the pending body substitution, the redactor, a refusal); Record turns it into
-the canonical audit line."""
+Identify puts the ``Decision`` in it, the only carrier of the verdict (service, agent,
+target, plan); the later stages read it and add what they did (injected, the pending body,
+the redactor, a refusal); Record turns the decision and the outcome into the canonical audit
+line."""
 
 from __future__ import annotations
 
@@ -22,12 +23,10 @@ KEY = "vaultproxy"
 @dataclass
 class FlowRecord:
     decision: Decision | None = None
-    service: Service | None = None  # set when the flow is intercepted (a credential may go in)
-    agent: str | None = None
     t0: float | None = None  # monotonic, when the request headers arrived
     path: str | None = None  # without the query, as the agent sent it (or after rewriting)
     injected: bool = False
-    body: tuple[Entry, int] | None = None  # a body substitution waiting for the whole body
+    body: Entry | None = None  # the entry of a body substitution (or signature) waiting
     denied: tuple[str, str] | None = None  # (code, public message) of our refusal
     reply: http.Response | None = None  # our reply, when it replaced an upstream response
     redactor: Redactor | None = None
@@ -41,6 +40,16 @@ class FlowRecord:
     resent: bytes | None = None  # its gated body, until sent
     # SPEC §10: the body is buffered for the honeytoken scan (stages/access.py)
     hold_body: bool = False
+
+
+    @property
+    def service(self) -> Service | None:
+        """The decision's service (a credential may go in), None while undecided."""
+        return self.decision.service if self.decision is not None else None
+
+    @property
+    def agent(self) -> str | None:
+        return self.decision.agent if self.decision is not None else None
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

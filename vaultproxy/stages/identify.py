@@ -1,10 +1,10 @@
 """Identify: adapt a CONNECT, or a request, to ``Facts`` and take the one ``decide()`` for it.
 
 Proxy-Authorization is read (on CONNECT for tunnels, per request for plain HTTP) and never
-travels further. A CONNECT or plain-HTTP request that the decision refuses is answered here,
-before anything is dialled; a request inside a tunnel keeps its decision in the flow's
-record, and Inject, the last stage before a credential, enforces it (after the RequestGate's
-shape checks)."""
+travels further. This is the one place a decision's refusal is enforced: the CONNECT, the
+plain-HTTP request or the request inside a tunnel is answered here, before anything is
+dialled, checked or injected. A refused decision carries no plan, so no later stage could
+inject for it either."""
 
 from __future__ import annotations
 
@@ -13,12 +13,19 @@ import time
 from mitmproxy import http
 
 from vaultproxy.decide import Decision, Facts, decide
+from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages import access
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
 from vaultproxy.state import ProxyState
+
+
+class TunnelBroken(VaultproxyError):
+    """A hook failed earlier on this connection: refuse every request on it."""
+
+    status, code, public = 500, "internal", "internal proxy error"
 
 
 def _decide(st: ProxyState, facts: Facts) -> Decision:
@@ -54,13 +61,15 @@ class Identify(Stage):
                 sni=tunnel.sni, scheme=req.scheme, agent=tunnel.agent,
                 agent_digest=tunnel.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
             )
-            rec.decision = _decide(st, facts)
-            rec.agent, rec.service = tunnel.agent, tunnel.service
-            return  # Inject enforces it
+            decision = rec.decision = _decide(st, facts)
+            if self.rt.connections.broken(flow.client_conn.id):
+                raise TunnelBroken()
+            if decision.refusal is not None:
+                raise decision.refusal
+            return
         # A plain-HTTP proxy request: each one carries its own credentials.
         facts = Facts("plain", req.host, req.port, proxy_authorization=header, scheme=req.scheme,
                       now=time.time(), cert_agent=cert_agent_of(self.rt, flow.client_conn))
         decision = rec.decision = _decide(st, facts)
-        rec.agent = decision.agent
         if decision.refusal is not None:
             raise decision.refusal

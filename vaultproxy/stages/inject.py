@@ -1,24 +1,22 @@
-"""Inject: the last stage before the request leaves. Enforce the request's decision (a
-refusal, or a passthrough with nothing to add), strip what the agent sent and add the real
-credential of the decision's plan (``requestheaders``, so bodies can still stream; a body
-substitution waits for the whole body in ``request``)."""
+"""Inject: the last stage before the request leaves. Put the decision's plan into effect
+through the shared pipeline (pipeline.py): strip what the agent sent and add the real
+credential at ``requestheaders`` (so bodies can still stream); a body substitution or a
+body signature waits for the whole body in ``request``. A refused decision has no plan and
+was answered by Identify; an undecided request is refused here rather than injected."""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.decoding import limit_accept_encoding
-from vaultproxy.errors import BodyTooLarge, VaultproxyError
-from vaultproxy.inject import prepare_request, substitute_request_body
-from vaultproxy.inject.minted import credential
-from vaultproxy.inject.sigv4 import sign_at_head, sign_request
+from vaultproxy.errors import VaultproxyError
+from vaultproxy.pipeline import inject_body, inject_head
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
 
 
-class TunnelBroken(VaultproxyError):
+class Undecided(VaultproxyError):
     status, code, public = 500, "internal", "internal proxy error"
 
 
@@ -37,60 +35,34 @@ class Inject(Stage):
                 st.snapshot.index.scan(surface, "")
             req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
             return
-        if self.rt.connections.broken(flow.client_conn.id):
-            raise TunnelBroken()
         decision = rec.decision
         if decision is None:
-            raise TunnelBroken()  # Identify did not run: never inject undecided
-        if decision.refusal is not None:
-            raise decision.refusal
+            raise Undecided()  # Identify did not run: never inject undecided
         plan = decision.plan
         if plan is None:
             return  # passthrough tunnels carry no flows we inspect
-        entry = st.session.entry_for(plan.service)
-        secret, fields = entry.value, entry.fields
-        if rec.minted is not None:  # the token the Mint stage fetched (stages/mint.py)
-            secret, fields = credential(rec.minted, plan.service.auth)
-        result = prepare_request(req, plan.service, secret, fields, st.snapshot.index)
-        rec.injected = result.injected
+        done = inject_head(st, req, plan, rec.minted)
+        rec.injected = done.injected
         keep_redactor(st, rec)
-        if rec.injected:
-            forward_ahead(st, flow, rec, tunnel.host)
-        limit_accept_encoding(req.headers)
-        if plan.service.auth == "aws_sigv4":  # signed over the final head (and maybe body)
-            wait_body = not sign_at_head(req, plan.service, entry.fields)
-            if not wait_body:
-                forward_ahead(st, flow, rec, tunnel.host)  # signed: a credential leaves
-        else:
-            wait_body = plan.substitute_body
-        if wait_body:
-            length = req.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > plan.max_body:
-                raise BodyTooLarge()
-            rec.body = (entry, plan.max_body)
+        if done.injected:
+            forward_ahead(st, flow, rec)
+        if done.wait_body:
+            rec.body = done.entry
         else:
             req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        pending, rec.body = rec.body, None
-        if pending is None or flow.response is not None or rec.service is None:
+        entry, rec.body = rec.body, None
+        decision = rec.decision
+        if entry is None or flow.response is not None or decision is None:
             return
-        entry, limit = pending
-        body = flow.request.raw_content or b""
-        if len(body) > limit:
-            raise BodyTooLarge()
-        st = self.rt.state()
-        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
-        host = tunnel.host if tunnel is not None else flow.request.host
-        if rec.service.auth == "aws_sigv4":
-            sign_request(flow.request, rec.service, entry.fields, body)
-            forward_ahead(st, flow, rec, host)
-            return
-        if substitute_request_body(flow.request, rec.service, entry, st.snapshot.index):
+        if decision.plan is not None and inject_body(
+            self.rt.state(), flow.request, decision.plan, entry
+        ):
             rec.injected = True
-            forward_ahead(st, flow, rec, host)
+            forward_ahead(self.rt.state(), flow, rec)
 
 
 def _surfaces(req: http.Request) -> list[bytes]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.inject.minted import MintedHeaders, credential, is_minted
-from vaultproxy.inject.request import canonical_name, minted_trigger
+from vaultproxy.inject.minted import MintedHeaders, credential
+from vaultproxy.inject.request import canonical_name
+from vaultproxy.pipeline import needs_token
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.resend import resend
@@ -54,18 +55,12 @@ class Mint(Stage):
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
         decision = rec.decision
-        if flow.response is not None or decision is None or decision.refusal is not None:
-            return  # refused: Inject enforces it
-        plan = decision.plan
-        if plan is None or not is_minted(plan.service):
-            return
-        service = plan.service
+        plan = decision.plan if decision is not None else None
+        if flow.response is not None or plan is None:
+            return  # refused, or nothing to inject
         st = self.rt.state()
-        if service.mode != "host_inject":
-            mark = st.snapshot.index.placeholder_of(service.name)
-            if not minted_trigger(list(flow.request.headers.fields), service, mark):
-                return  # placeholder mode, unmarked: nothing is injected, nothing minted
-        rec.minted = await st.token_source().get(service)
+        if needs_token(plan, flow.request, st.snapshot.index):
+            rec.minted = await st.token_source().get(plan.service)
 
     @guarded
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -75,8 +70,12 @@ class Mint(Stage):
             return
         st = self.rt.state()
         st.token_source().reject(issued.service, issued.gen)
-        if rec.retried or service is None or not _bodyless(flow.request):
+        decision = rec.decision
+        plan = decision.plan if decision is not None else None
+        if rec.retried or service is None or plan is None or not plan.resend:
             return  # the agent gets the 401; the next request mints anew
+        if not _bodyless(flow.request):
+            return
         # Resend now, before anything of the 401 reaches the agent; the response gate sends
         # the resend's answer in its place and drops the 401's body (stages/response_gate.py).
         fresh = await st.token_source().get(service)

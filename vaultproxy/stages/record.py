@@ -10,9 +10,10 @@ from typing import Any
 from mitmproxy import http
 
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.errors import InvalidRequest, UpstreamTimeout, classify_engine_error
+from vaultproxy.errors import InvalidRequest, UpstreamTimeout
 from vaultproxy.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
+from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
@@ -37,15 +38,14 @@ def _record(
         if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
             outcome, reason, status = "denied", InvalidRequest.code, refused
     request, response = flow.request, flow.response
-    service = rec.service
-    agent = rec.agent
-    if event == "tunnel_refused":
+    decision = rec.decision
+    service = decision.service if decision is not None else None
+    agent = decision.agent if decision is not None else None
+    if decision is not None and decision.target is not None:
+        host = decision.target[0]
+    elif event == "tunnel_refused":  # refused before it was decided (not ready)
         host = request.host
-        decision = rec.decision
-        if decision is not None:
-            service, agent = decision.service, decision.agent
-        if service is None:  # name the registered service it targeted
-            service = st.registry.lookup(normal_host(host), request.port)
+        service = st.registry.lookup(normal_host(host), request.port)
     else:
         tunnel = rt.connections.tunnel(flow.client_conn.id)
         host = tunnel.host if tunnel is not None else request.pretty_host
@@ -101,26 +101,27 @@ def _error_code(flow: http.HTTPFlow) -> tuple[int, str]:
     return status, code
 
 
+def refused_head(rt: Runtime, client: Any, status: int) -> None:
+    """mitmproxy refused a request head it could not parse: no flow, still a record (the
+    seam calls it: ``seam.defences.Hooks``)."""
+    st = rt.current()
+    if st is None:
+        return
+    tunnel = rt.connections.tunnel(client.id)
+    service = tunnel.service if tunnel is not None else None
+    record_decision(
+        st.audit, event="request", agent=tunnel.agent if tunnel is not None else None,
+        service=service.name if service is not None else None,
+        mode=service.mode if service is not None else None, method=None,
+        host=tunnel.host if tunnel is not None else None, path=None, status=status,
+        started=None, outcome="denied", reason=InvalidRequest.code,
+    )
+
+
 class Record(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
-        refusals.set_handler(self._refused_head)
         self._connect_log = EveryInterval(5.0)
-
-    def _refused_head(self, client: Any, status: int) -> None:
-        """mitmproxy refused a request head it could not parse: no flow, still a record."""
-        st = self.rt.current()
-        if st is None:
-            return
-        tunnel = self.rt.connections.tunnel(client.id)
-        service = tunnel.service if tunnel is not None else None
-        record_decision(
-            st.audit, event="request", agent=tunnel.agent if tunnel is not None else None,
-            service=service.name if service is not None else None,
-            mode=service.mode if service is not None else None, method=None,
-            host=tunnel.host if tunnel is not None else None, path=None, status=status,
-            started=None, outcome="denied", reason=InvalidRequest.code,
-        )
 
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:

@@ -15,14 +15,11 @@ from mitmproxy import http
 from vaultproxy.config.models import Service
 from vaultproxy.errors import BodyTooLarge, UpstreamUnreachable
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
+from vaultproxy.pipeline import hop_free
 from vaultproxy.stages.runtime import Runtime
 
 _clients = UpstreamClients()  # this process's; used only for resends
 
-_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
-    b"trailer", b"upgrade", b"content-length",
-})
 
 
 async def resend(
@@ -34,7 +31,7 @@ async def resend(
     st = rt.state()
     ip, port = tunnel.pinned
     req = flow.request
-    sent = [(k, v) for k, v in headers if k.lower() not in _HOP]
+    sent = hop_free(headers)
     if not any(k.lower() == b"host" for k, _ in sent):
         authority = tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}"
         sent.insert(0, (b"Host", authority.encode("idna")))
@@ -53,7 +50,7 @@ async def resend(
         raise UpstreamUnreachable(f"the upstream of {service.name} broke off") from None
     finally:
         await upstream.aclose()
-    fields = [(k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP]
+    fields = hop_free(upstream.headers.raw)
     response = http.Response.make(upstream.status_code, b"", fields)
     response.raw_content = bytes(body)
     response.headers["content-length"] = str(len(body))

@@ -20,7 +20,7 @@ body                      decoded (``Content-Encoding``; an unknown one is refus
 trailers                  ``response``: redacted (HTTP/2); HTTP/1 trailers are dropped by the
                           seam, and trailers for an HTTP/1 agent are dropped here
 WebSocket messages        ``websocket_message``: redacted
-WebSocket ping/pong/close ``_ws_control`` via the seam: payloads and close reasons redacted
+WebSocket ping/pong/close ``ws_control`` via the seam: payloads and close reasons redacted
 proxy-made errors         the seam renders mitmproxy's own error pages as our JSON
                           (``classify_engine_error``); CONNECT errors in
                           ``http_connect_error``
@@ -48,7 +48,6 @@ from vaultproxy.errors import (
     UpgradeRefused,
     UpstreamProtocol,
     VaultproxyError,
-    classify_engine_error,
 )
 from vaultproxy.redact import (
     Redactor,
@@ -58,7 +57,7 @@ from vaultproxy.redact import (
     refuse_folded,
     stream_filter,
 )
-from vaultproxy.seam import defences
+from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import deny, error_reply, guarded
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -159,8 +158,9 @@ def _check_framing(resp: http.Response) -> None:
         raise UpstreamProtocol("the upstream used a transfer coding vaultproxy cannot scan")
 
 
-def _ws_control(conn_id: str, event: object) -> object:
-    """Redact what a server's ping, pong or close frame carries (called by the seam)."""
+def ws_control(conn_id: str, event: object) -> object:
+    """Redact what a server's ping, pong or close frame carries (the seam calls it:
+    ``seam.defences.Hooks``)."""
     redactor = _ws_redactors.get(conn_id)
     if redactor is None:
         return event
@@ -172,10 +172,6 @@ def _ws_control(conn_id: str, event: object) -> object:
         text = reason[:_WS_REASON_MAX].decode("utf-8", "ignore")
         return wsproto.events.CloseConnection(code=event.code, reason=text)
     return event
-
-
-defences.set_ws_control_filter(_ws_control)
-defences.set_error_classifier(classify_engine_error)
 
 
 class ResponseGate(Stage):

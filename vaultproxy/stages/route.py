@@ -5,12 +5,11 @@ on it, not on Host/SNI."""
 from __future__ import annotations
 
 from mitmproxy import connection, http, tls
-from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.errors import DestinationDenied
-from vaultproxy.hostnames import normal_host
 from vaultproxy.resolve import resolve_checked
+from vaultproxy.seam.layers import raw_tunnel
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
@@ -25,9 +24,9 @@ class Route(Stage):
             return  # already refused (gate, agent auth)
         st = self.rt.state()
         decision = record_of(flow).decision
-        if decision is None or decision.dial is None:
+        if decision is None or decision.dial is None or decision.target is None:
             raise DestinationDenied("the tunnel was not decided")
-        host, port = normal_host(flow.request.host), flow.request.port
+        host, port = decision.target
         service = decision.service
         tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent,
                         agent_digest=decision.agent_digest,
@@ -45,8 +44,7 @@ class Route(Stage):
         if tunnel is None or ctx.server.address is None:
             return
         if tunnel.service is None:
-            # Unregistered host: a raw tunnel, TLS never terminated, nothing inspected.
-            nextlayer.layer = layers.TCPLayer(ctx, ignore=True)
+            raw_tunnel(nextlayer)  # unregistered host: TLS never terminated, nothing inspected
 
     @guarded
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:

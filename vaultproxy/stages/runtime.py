@@ -1,5 +1,5 @@
 """What the stages of one chain share, handed to each stage when the chain is built: the
-process's live state, the table of client connections, and which stages are loaded (the Gate
+process's live state, the table of client connections, and which stages are loaded (the Ready stage
 refuses traffic until every one is)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from vaultproxy.stages.connections import Connections
 from vaultproxy.state import Live, ProxyState
 
 REQUIRED_STAGES = frozenset(
-    {"Identify", "Route", "Connect", "RequestGate", "Mint", "Inject", "ResponseGate",
+    {"Identify", "Route", "Dial", "RequestGate", "Mint", "Inject", "ResponseGate",
      "Record"}
 )
 
@@ -20,7 +20,7 @@ class Runtime:
         self.live = live if live is not None else Live()
         self.connections = Connections()
         self._loaded: set[str] = set()
-        # Set once the run is announced (run.json, the ready line): until then the Gate holds
+        # Set once the run is announced (run.json, the ready line): until then the Ready stage holds
         # every new connection (``vaultproxy run``; None under mitmdump: serve at once).
         self.serving: asyncio.Event | None = None
 

@@ -40,9 +40,9 @@ import httpx
 
 # The reference syntax lives with the config that validates it (config/refs.py).
 from vaultproxy.config import refs
+from vaultproxy.egress import AddressContext, parse_ip
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.policy import AddressContext, parse_ip
 from vaultproxy.resolve import resolve_checked
 from vaultproxy.secret import Secret
 

@@ -39,8 +39,8 @@ from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from vaultproxy.egress import AddressContext
 from vaultproxy.outbound import UpstreamClients
-from vaultproxy.policy import AddressContext
 from vaultproxy.secret import Secret
 from vaultproxy.sync import bwcrypto
 from vaultproxy.sync.base import (

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from vaultproxy.egress import AddressContext
 from vaultproxy.outbound import UpstreamClients
-from vaultproxy.policy import AddressContext
 from vaultproxy.secret import Secret
 from vaultproxy.sync.base import (
     Fetched,

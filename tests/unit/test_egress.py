@@ -9,16 +9,16 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from vaultproxy.errors import DestinationDenied
-from vaultproxy.policy import (
+from vaultproxy.egress import (
     AddressContext,
-    Decision,
+    Verdict,
     check_name,
     check_static,
-    decide,
+    judge,
     parse_ip,
     parse_passthrough,
 )
+from vaultproxy.errors import DestinationDenied
 from vaultproxy.resolve import resolve_checked
 
 pytestmark = pytest.mark.security
@@ -252,7 +252,7 @@ def test_table_is_large() -> None:
     assert len({(c[0], c[1], id(c[2])) for c in CASES}) == len(CASES)
 
 
-def _assert_decision(d: Decision, allowed: bool, keyword: str) -> None:
+def _assert_decision(d: Verdict, allowed: bool, keyword: str) -> None:
     assert d.allowed is allowed, d
     assert d.code == ("" if allowed else "destination_denied")
     assert keyword in d.reason, d
@@ -386,8 +386,8 @@ def test_parse_ip_brackets_and_zone() -> None:
 
 
 def test_decide_ignores_scope_id() -> None:
-    assert not decide(IPv6Address("fe80::1%eth0"), 443, BOTH).allowed
-    assert decide(IPv6Address("::1%lo"), 443, LOOPBACK).allowed
+    assert not judge(IPv6Address("fe80::1%eth0"), 443, BOTH).allowed
+    assert judge(IPv6Address("::1%lo"), 443, LOOPBACK).allowed
 
 
 # ---------------------------------------------------------------------------------------
@@ -457,7 +457,7 @@ def test_denied_name_is_never_resolved(name: str) -> None:
 
 @pytest.mark.parametrize("port", [0, -1, 65536])
 def test_invalid_ports(port: int) -> None:
-    assert not decide(IPv4Address("93.184.215.14"), port, DEFAULT).allowed
+    assert not judge(IPv4Address("93.184.215.14"), port, DEFAULT).allowed
     assert not check_static("api.example.com", port, DEFAULT).allowed
 
 
@@ -509,8 +509,8 @@ def test_context_is_hashable_and_compares_on_inputs() -> None:
 
 def test_unparsable_listener_host_is_a_wildcard() -> None:
     ctx = AddressContext(allow_loopback=True, own_listeners=frozenset({("localhost", 3203)}))
-    assert not decide(IPv4Address("127.0.0.1"), 3203, ctx).allowed
-    assert decide(IPv4Address("127.0.0.1"), 3204, ctx).allowed
+    assert not judge(IPv4Address("127.0.0.1"), 3203, ctx).allowed
+    assert judge(IPv4Address("127.0.0.1"), 3204, ctx).allowed
 
 
 @pytest.mark.parametrize(
@@ -530,7 +530,7 @@ def test_unparsable_listener_host_is_a_wildcard() -> None:
     ],
 )
 def test_passthrough_entries_that_can_never_apply(entry: str, never: str | None) -> None:
-    from vaultproxy.policy import passthrough_never_applies
+    from vaultproxy.egress import passthrough_never_applies
 
     why = passthrough_never_applies(entry)
     if never is None:

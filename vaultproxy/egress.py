@@ -1,8 +1,9 @@
 """Egress / SSRF address policy: which upstream (ip, port) the proxy may dial.
 
-Pure: no sockets, no mitmproxy. ``decide`` judges one address; ``check_name`` refuses
-names that always mean the local host or a cloud metadata service; ``check_static`` is the
-load-time check for configured hosts. ``vaultproxy.resolve`` applies these to every
+Pure: no sockets, no mitmproxy. ``judge`` gives one address its ``Verdict`` (an egress
+verdict, not the request's ``Decision`` of decide.py); ``check_name`` refuses names that
+always mean the local host or a cloud metadata service; ``check_static`` is the load-time
+check for configured hosts. ``vaultproxy.resolve`` applies these to every
 address a name resolves to at connect time.
 
 IPv6 forms that embed an IPv4 address (IPv4-mapped, IPv4-compatible, 6to4, Teredo, NAT64)
@@ -25,7 +26,7 @@ DENIED_CODE: Final = "destination_denied"
 
 
 @dataclass(frozen=True)
-class Decision:
+class Verdict:
     """``code`` is "" when allowed, else "destination_denied"; ``reason`` names the rule."""
 
     allowed: bool
@@ -33,12 +34,12 @@ class Decision:
     reason: str
 
 
-def _allow(reason: str) -> Decision:
-    return Decision(True, "", reason)
+def _allow(reason: str) -> Verdict:
+    return Verdict(True, "", reason)
 
 
-def _deny(reason: str) -> Decision:
-    return Decision(False, DENIED_CODE, reason)
+def _deny(reason: str) -> Verdict:
+    return Verdict(False, DENIED_CODE, reason)
 
 
 class _Kind(Enum):
@@ -196,7 +197,7 @@ def passthrough_never_applies(entry: str) -> str | None:
 
 @dataclass(frozen=True)
 class AddressContext:
-    """Per-use flags. Entries are parsed once, at construction; ``decide`` parses nothing.
+    """Per-use flags. Entries are parsed once, at construction; ``judge`` parses nothing.
 
     ``passthrough_allow`` (CIDRs, IPs or ip:port) lifts loopback/private/CGNAT/ULA denials
     for matching addresses, never the hard ones. ``own_listeners`` are the proxy's own
@@ -315,7 +316,7 @@ def _rfc6052_candidates(ip: IPv6Address) -> list[IPv4Address]:
 
 
 # ---------------------------------------------------------------------------------------
-# Decisions
+# Verdicts
 
 
 def with_article(reason: str) -> str:
@@ -325,7 +326,7 @@ def with_article(reason: str) -> str:
     return ("an " if reason[:1].lower() in "aeiou" else "a ") + reason
 
 
-def _decide_one(ip: IPAddress, port: int, ctx: AddressContext) -> Decision:
+def _judge_one(ip: IPAddress, port: int, ctx: AddressContext) -> Verdict:
     kind, reason = _classify(ip)
     if _is_own_listener(ctx, ip, port, kind):
         return _deny("the proxy's own listener")
@@ -342,17 +343,17 @@ def _decide_one(ip: IPAddress, port: int, ctx: AddressContext) -> Decision:
     return _deny(reason)
 
 
-def decide(ip: IPAddress, port: int, ctx: AddressContext) -> Decision:
+def judge(ip: IPAddress, port: int, ctx: AddressContext) -> Verdict:
     """May the proxy dial ``ip``:``port``? IPv6 wrappings are judged with their IPv4."""
     if not 0 < port < 65536:
         return _deny("invalid port")
     ip = _strip_scope(ip)
     if isinstance(ip, IPv6Address):
         for wrapping, inner in _embedded(ip):
-            verdict = _decide_one(inner, port, ctx)
+            verdict = _judge_one(inner, port, ctx)
             if not verdict.allowed:
                 return _deny(f"{wrapping} embedding {with_article(verdict.reason)}")
-    return _decide_one(ip, port, ctx)
+    return _judge_one(ip, port, ctx)
 
 
 # Names that always mean this host or a metadata service, whatever DNS says.
@@ -385,8 +386,8 @@ def _normalise_name(host: str) -> str:
         return name.casefold()
 
 
-def check_name(host: str) -> Decision | None:
-    """A Decision denying ``host`` when the name itself is refused, else None."""
+def check_name(host: str) -> Verdict | None:
+    """A Verdict denying ``host`` when the name itself is refused, else None."""
     if not host:
         return _deny("empty host name")
     if any(not c.isprintable() or c.isspace() for c in host):
@@ -398,7 +399,7 @@ def check_name(host: str) -> Decision | None:
     return None
 
 
-def check_static(host: str, port: int, ctx: AddressContext) -> Decision:
+def check_static(host: str, port: int, ctx: AddressContext) -> Verdict:
     """Load-time check of a configured host or ``connect_to`` value.
 
     An IP literal is judged now; a name passes unless ``check_name`` refuses it (its
@@ -406,7 +407,7 @@ def check_static(host: str, port: int, ctx: AddressContext) -> Decision:
     """
     ip = parse_ip(host)
     if ip is not None:
-        return decide(ip, port, ctx)
+        return judge(ip, port, ctx)
     denied = check_name(host)
     if denied is not None:
         return denied

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaultproxy import policy
-from vaultproxy.policy import AddressContext, decide, parse_ip
+from vaultproxy import egress
+from vaultproxy.egress import AddressContext, judge, parse_ip
 
 pytestmark = pytest.mark.security
 
@@ -129,7 +129,7 @@ TRANSPARENT: list[Wrap] = [mapped, sixtofour, nat64]
 def test_wrapping_never_launders_a_denied_address(
     wrap: Wrap, data: st.DataObject, v4: IPv4Address, ctx: AddressContext, port: int
 ) -> None:
-    if decide(v4, port, ctx).allowed:
+    if judge(v4, port, ctx).allowed:
         return
     if wrap in (nat64_local_64, nat64_local_48) and v4 in THIS_NET and v4 != THIS_NET[0]:
         # Documented limit: in the local-use NAT64 block (allow_private only) a /48-/64
@@ -138,7 +138,7 @@ def test_wrapping_never_launders_a_denied_address(
     if wrap is compatible and v4 == IPv4Address(1):
         return  # ::0.0.0.1 is ::1 itself, judged as IPv6 loopback
     wrapped = wrap(v4, data.draw)
-    verdict = decide(wrapped, port, ctx)
+    verdict = judge(wrapped, port, ctx)
     assert not verdict.allowed, (str(v4), str(wrapped), verdict)
 
 
@@ -148,7 +148,7 @@ def test_wrapping_never_launders_a_denied_address(
 def test_every_wrapping_of_a_default_denied_address_is_denied(
     wrap: Wrap, data: st.DataObject, v4: IPv4Address
 ) -> None:
-    assert not decide(wrap(v4, data.draw), 443, AddressContext()).allowed
+    assert not judge(wrap(v4, data.draw), 443, AddressContext()).allowed
 
 
 @pytest.mark.parametrize("wrap", TRANSPARENT, ids=lambda w: w.__name__)
@@ -159,7 +159,7 @@ def test_transparent_wrappings_follow_the_embedded_address(
 ) -> None:
     """Negative twin: a public address stays reachable through mapped, 6to4 and NAT64."""
     wrapped = wrap(v4, data.draw)
-    assert decide(wrapped, port, ctx).allowed == decide(v4, port, ctx).allowed
+    assert judge(wrapped, port, ctx).allowed == judge(v4, port, ctx).allowed
 
 
 @FAST
@@ -174,15 +174,15 @@ def test_passthrough_never_lifts_hard_denials(v4: IPv4Address, port: int) -> Non
     )
     cgnat_ok = v4 in IPv4Network("100.64.0.0/10") and v4 != IPv4Address("100.100.100.200")
     if hard and not cgnat_ok:
-        assert not decide(v4, port, everything).allowed
+        assert not judge(v4, port, everything).allowed
         for wrap in (mapped, nat64):
-            assert not decide(wrap(v4, lambda s: 0), port, everything).allowed
+            assert not judge(wrap(v4, lambda s: 0), port, everything).allowed
     else:
-        assert decide(v4, port, everything).allowed
+        assert judge(v4, port, everything).allowed
 
 
-@pytest.mark.parametrize("rules", [policy._V4_RULES, policy._V6_RULES], ids=["v4", "v6"])
-def test_no_rule_is_shadowed_by_an_earlier_one(rules: tuple[policy._Rule, ...]) -> None:
+@pytest.mark.parametrize("rules", [egress._V4_RULES, egress._V6_RULES], ids=["v4", "v6"])
+def test_no_rule_is_shadowed_by_an_earlier_one(rules: tuple[egress._Rule, ...]) -> None:
     for i, (net, _, reason) in enumerate(rules):
         for earlier, _, earlier_reason in rules[:i]:
             assert not earlier.supernet_of(net), (  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The upstream TLS connection for intercepted services: verified, SNI pinned to the CONNECT
 host, trust = system CAs (+ the service's ca_cert). Mirrors mitmproxy's TlsConfig, whose
-global trust store cannot vary per service. The name check is set through the seam
-(seam/openssl.py)."""
+global trust store cannot vary per service (so it builds the context with mitmproxy's
+``net.tls`` helpers: engine coupling, hence here). The name check is set through
+seam/openssl.py."""
 
 from __future__ import annotations
 

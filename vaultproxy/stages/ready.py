@@ -1,4 +1,4 @@
-"""Gate: refuse all traffic while the vaultproxy chain is incomplete (e.g. a script failed to
+"""Ready: refuse all traffic while the vaultproxy chain is incomplete (e.g. a script failed to
 reload under mitmdump), the engine seam is not in place, or no home is loaded. It lives in
 the package, outside the script."""
 
@@ -24,7 +24,7 @@ class ChainIncomplete(VaultproxyError):
 SERVING_WAIT = 60.0
 
 
-class Gate(Stage):
+class Ready(Stage):
     async def client_connected(self, client: Any) -> None:
         """Hold a connection until the run serves (``run.json`` and the ready line are out,
         every worker listens): nothing is read, decided or injected before that."""

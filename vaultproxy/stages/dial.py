@@ -1,4 +1,4 @@
-"""Connect: every upstream dial goes to an address the policy checked (pinned; no second DNS
+"""Dial: every upstream dial goes to an address the policy checked (pinned; no second DNS
 lookup), and intercepted upstreams get verified TLS with the SNI pinned to the CONNECT host."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from mitmproxy.proxy import server_hooks
 
 from vaultproxy.errors import DestinationDenied
 from vaultproxy.resolve import resolve_checked
+from vaultproxy.seam.upstream_tls import start_server_tls
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
-from vaultproxy.stages.upstream_tls import start_server_tls
 
 
-class Connect(Stage):
+class Dial(Stage):
     @guarded
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         st = self.rt.state()

@@ -1,0 +1,195 @@
+"""The request pipeline every entry shares: the checks a request to an intercepted service
+must pass, whether it needs a minted token, the injection (and the body wait), and the
+``forward`` audit record before a credential leaves.
+
+Each entry is a thin adapter that builds (or holds) a mitmproxy ``http.Request`` and calls
+these in order, acting on the ``Decision``'s ``Plan`` and never re-deriving it:
+
+1. ``check_request``: the target (origin-form, the routed host), the header section, and the
+   plan's ``drop`` set (Range, routing overrides);
+2. ``needs_token``: fetch a minted token first?
+3. ``inject_head``, then ``inject_body`` once the body is whole when ``wait_body``;
+4. ``record_forward`` whenever a credential went in, before the request leaves.
+
+The mitmproxy stages (stages/) and ``POST /proxy`` (admin/proxy_route.py) are two such
+adapters today; a second copy of any of these steps is how ``/proxy`` once forwarded
+``Range`` and ``X-Forwarded-Host``.
+
+Request rules and approvals plug in beside ``check_request``: they read the same request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mitmproxy import http
+
+from vaultproxy.audit.canonical import AheadSink, record_ahead
+from vaultproxy.config.models import Service
+from vaultproxy.decide import Plan
+from vaultproxy.decoding import limit_accept_encoding
+from vaultproxy.errors import AuditUnavailable, BodyTooLarge, HostMismatch, InvalidRequest
+from vaultproxy.hostnames import normal_host, same_target
+from vaultproxy.inject import prepare_request, substitute_request_body
+from vaultproxy.inject.minted import credential
+from vaultproxy.inject.request import canonical_name, minted_trigger
+from vaultproxy.inject.sigv4 import sign_at_head, sign_request
+from vaultproxy.keystore import Entry
+from vaultproxy.mint.cache import Issued
+from vaultproxy.placeholders import PlaceholderIndex
+from vaultproxy.state import ProxyState
+
+MAX_HEADER_FIELDS = 256
+MAX_HEADER_BYTES = 64 * 1024
+
+# The one hop-by-hop set (RFC 9110 §7.6.1, plus the framing an entry re-computes): never
+# copied from one connection to the next, in either direction.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+    b"trailer", b"upgrade", b"content-length",
+})
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def hop_free(fields: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
+             ) -> list[tuple[bytes, bytes]]:
+    """``fields`` without the hop-by-hop ones."""
+    return [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP]
+
+
+def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
+    """Raise InvalidRequest for a header section an upstream might read differently.
+
+    Names are RFC 9110 tokens; values hold no CR, LF or NUL (mitmproxy keeps an obs-fold
+    continuation as ``"\\r\\n "`` inside the value, which an upstream could read as a new
+    header line); at most ``MAX_HEADER_FIELDS`` fields and ``MAX_HEADER_BYTES`` bytes.
+    """
+    if len(fields) > MAX_HEADER_FIELDS:
+        raise InvalidRequest(f"more than {MAX_HEADER_FIELDS} header fields")
+    size = 0
+    for i, (name, value) in enumerate(fields):
+        size += len(name) + len(value)
+        if not _TOKEN.match(name):
+            raise InvalidRequest(f"header field {i + 1}: the name is not an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise InvalidRequest(
+                f"header field {i + 1}: the value holds a line break (obs-fold) or NUL"
+            )
+    if size > MAX_HEADER_BYTES:
+        raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
+
+
+def check_target(
+    req: http.Request, host: str, port: int, dialed: tuple[str, int] | None
+) -> None:
+    """The request must name exactly the routed target, in origin-form.
+
+    mitmproxy fills ``host``/``port`` of an origin-form request with the address it dials
+    (``dialed``), and takes them from the URI of an absolute-form one (clearing the
+    authority, so HTTP/1 leaves in origin-form). So: ``https``, and either the dialed
+    address or the target itself; an HTTP/2 ``:authority`` must name the target. An upstream
+    routes on the URI's host: any other authority would carry the credential elsewhere.
+    """
+    target = (normal_host(req.host), req.port)
+    if (
+        req.scheme != "https"
+        or (target != (host, port) and (req.host, req.port) != dialed)
+        or (req.authority and not same_target(req.authority, host, port))
+    ):
+        raise HostMismatch("the request target names another host than the tunnel target")
+    if req.http_version.startswith("HTTP/1"):
+        req.authority = ""  # origin-form upstream
+    path = req.data.path
+    if path == b"*" and req.method == "OPTIONS":
+        return
+    if not path.startswith(b"/") or path.startswith(b"//"):
+        raise InvalidRequest("the request target must be an origin-form path (/...)")
+
+
+def check_request(
+    req: http.Request, plan: Plan, target: tuple[str, int],
+    dialed: tuple[str, int] | None = None,
+) -> None:
+    """Every check a request to an intercepted service passes before a credential: the
+    target, the header section, then the plan's ``drop`` set is removed."""
+    check_target(req, target[0], target[1], dialed)
+    fields = req.headers.fields
+    check_headers(fields)
+    drop = plan.drop
+    if any(canonical_name(k) in drop for k, _ in fields):
+        req.headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
+
+
+def needs_token(plan: Plan, req: http.Request, index: PlaceholderIndex) -> bool:
+    """Does this request carry a minted credential (fetch the token first)? Always in
+    host_inject; in placeholder mode only when the trigger header carries the placeholder."""
+    service = plan.service
+    if not plan.mint:
+        return False
+    if service.mode == "host_inject":
+        return True
+    return minted_trigger(list(req.headers.fields), service, index.placeholder_of(service.name))
+
+
+@dataclass(frozen=True)
+class Injected:
+    """What ``inject_head`` did: the entry used, whether the head carries a credential, and
+    whether the body must arrive whole for ``inject_body``."""
+
+    entry: Entry
+    injected: bool
+    wait_body: bool
+
+
+def inject_head(
+    st: ProxyState, req: http.Request, plan: Plan, minted: Issued | None
+) -> Injected:
+    """Strip what the caller sent and add the credential to the head (in place)."""
+    service = plan.service
+    entry = st.session.entry_for(service)
+    secret, fields = entry.value, entry.fields
+    if minted is not None:
+        secret, fields = credential(minted, service.auth)
+    injected = prepare_request(req, service, secret, fields, st.snapshot.index).injected
+    limit_accept_encoding(req.headers)
+    if plan.body == "sign":  # signed over the final head (and maybe the body)
+        wait = not sign_at_head(req, service, entry.fields)
+        injected = injected or not wait
+    else:
+        wait = plan.body == "substitute"
+    if wait:
+        length = req.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > plan.max_body:
+            raise BodyTooLarge()
+    return Injected(entry, injected, wait)
+
+
+def inject_body(st: ProxyState, req: http.Request, plan: Plan, entry: Entry) -> bool:
+    """The whole body is here: sign it, or substitute the placeholder. True if a credential
+    went in."""
+    body = req.raw_content or b""
+    if len(body) > plan.max_body:
+        raise BodyTooLarge()
+    if plan.body == "sign":
+        sign_request(req, plan.service, entry.fields, body)
+        return True
+    return substitute_request_body(req, plan.service, entry, st.snapshot.index)
+
+
+def record_forward(
+    audit: AheadSink, on_failure: str, *, agent: str | None, service: Service | None,
+    method: str, host: str | None, path: str | None,
+) -> None:
+    """The ``forward`` audit record of a request about to leave with a credential; raise
+    AuditUnavailable when it cannot be written and ``[audit] on_failure`` is not
+    ``continue``."""
+    ok = record_ahead(
+        audit, agent=agent, service=service.name if service is not None else None,
+        mode=service.mode if service is not None else None, method=method, host=host,
+        path=path,
+    )
+    if not ok and on_failure != "continue":
+        raise AuditUnavailable()
