@@ -169,7 +169,7 @@ class ProxyProcess:
         )
         self = cls(home, proc, log)
         self.extra["_logfile"] = f
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a 2-worker start on a loaded 2-core machine
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 f.close()
