@@ -19,6 +19,7 @@ from vaultproxy.hostnames import parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:3203"
 DEFAULT_ADMIN = "127.0.0.1:3201"
+DEFAULT_DASHBOARD = "127.0.0.1:3202"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +33,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"proxy listen address (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--admin-listen", default=DEFAULT_ADMIN, metavar="HOST:PORT",
                    help=f"admin API listen address (default {DEFAULT_ADMIN})")
+    p.add_argument("--dashboard-listen", default=DEFAULT_DASHBOARD, metavar="HOST:PORT",
+                   help=f"web dashboard listen address (default {DEFAULT_DASHBOARD}; empty = "
+                        "off); log in with `vaultproxy dashboard`")
     p.add_argument("--workers", default="1", metavar="N",
                    help="proxy processes sharing the port (SO_REUSEPORT); default 1; "
                         "auto = one per CPU (each costs ~100 MiB and holds the unlocked "
@@ -60,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     listen = parse_listen(args.listen, "--listen")
     admin_listen = parse_listen(args.admin_listen, "--admin-listen")
+    dashboard_listen = (parse_listen(args.dashboard_listen, "--dashboard-listen")
+                        if args.dashboard_listen.strip() else None)
     workers = parse_workers(args.workers)
     home = Home.resolve(args.home)
     home.require()
@@ -102,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "starting LOCKED; intercepted hosts answer 503 until `vaultproxy unlock`"
         )
     opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
-                        workers=workers)
+                        workers=workers, dashboard_listen=dashboard_listen)
     try:
         return asyncio.run(serve(state, ca, opts))
     except VaultproxyError as e:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vaultproxy import __version__
@@ -19,6 +20,7 @@ from vaultproxy.audit import status as audit_status
 from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
 from vaultproxy.config.models import SURFACE_RISKS
+from vaultproxy.dashboard.server import DashboardServer
 from vaultproxy.engine import proxy_socket, reuseport, stale
 from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
@@ -40,6 +42,7 @@ class ServeOptions:
     admin_listen: tuple[str, int] | None = None
     admin_socket: bool = True
     workers: int = 1
+    dashboard_listen: tuple[str, int] | None = None  # None: no dashboard
 
 
 def write_run_json(
@@ -49,6 +52,7 @@ def write_run_json(
     admin_socket: str | None = None,
     worker_pids: list[int] | None = None,
     proxy_sock: str | None = None,
+    dashboard: tuple[str, int] | None = None,
 ) -> None:
     data = {
         "pid": os.getpid(),
@@ -62,6 +66,8 @@ def write_run_json(
         "home": str(state.home.path),
         "workers": 1 + len(worker_pids or []),
         "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
+        "dashboard": f"{_url_host(dashboard[0])}:{dashboard[1]}" if dashboard else None,
+        "dashboard_url": f"http://{_url_host(dashboard[0])}:{dashboard[1]}" if dashboard else None,
     }
     write_atomic(state.home.run_json, json.dumps(data))
 
@@ -76,6 +82,7 @@ def banner(
     proxy: list[tuple[str, int]],
     admin: AdminServer | None = None,
     workers: int = 1,
+    dashboard: DashboardServer | None = None,
 ) -> str:
     services = state.registry.services
     lines = [
@@ -95,6 +102,8 @@ def banner(
             lines.insert(2, f"  admin:    http://{_url_host(h)}:{p} (token in {token})")
         if admin.socket_path:
             lines.insert(3, f"  admin socket: {admin.socket_path}")
+    if dashboard is not None and dashboard.address is not None:
+        lines.insert(2, f"  dashboard: {dashboard.url} (log in: `vaultproxy dashboard`)")
     return "\n".join(lines)
 
 
@@ -174,13 +183,24 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     live = Live(state)
     admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket, live=live)
     admin.bind()  # before the proxy serves, so its address is an own listener from the start
-    if admin.address is not None:
-        state.set_own_listeners(frozenset({admin.address}))
+    supervisor: Supervisor | None = None
+    dashboard = (DashboardServer(opts.dashboard_listen,
+                                 lambda: 1 + len(supervisor.pids() if supervisor else []))
+                 if opts.dashboard_listen is not None else None)
+    if dashboard is not None:
+        dashboard.bind()
+    state.set_own_listeners(frozenset(admin_addrs(admin, dashboard)))
     listen = opts.listen
     if opts.workers > 1:
         seam_reuseport.enable()
         listen = (listen[0], reuseport.probe(*listen))
     await admin.start()
+    if dashboard is not None:
+        assert admin.ctx is not None
+        dashboard.feed.seed(json.dumps(r) for r in await asyncio.to_thread(state.audit.tail, 200))
+        state.audit.taps.append(dashboard.feed.offer)
+        await dashboard.start(admin.ctx)
+        admin.ctx.dashboard_login = dashboard.login_url
     serving = asyncio.Event()  # set when announced: no connection is served before
     m = build_master(live, opts.confdir, listen, serving)
     stop = asyncio.Event()
@@ -192,29 +212,30 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     flusher = asyncio.create_task(state.audit.run_flusher())
     audit_sinks = AuditSinks(state)  # [audit] sinks, [telemetry] (SPEC §13)
     audit_sinks.start()
-    supervisor: Supervisor | None = None
     psock: proxy_socket.ProxySocket | None = None
     try:
         addrs = await wait_listening(m, master_task)
-        state.set_own_listeners(frozenset(addrs) | frozenset(admin_addrs(admin)))
+        state.set_own_listeners(frozenset(addrs) | frozenset(admin_addrs(admin, dashboard)))
         psock = await proxy_socket.start(state.home, addrs[0])
 
         def announce() -> None:
             pids = supervisor.pids() if supervisor is not None else []
             write_run_json(state, addrs, admin.address, admin.socket_path, pids,
-                           psock.path if psock is not None else None)
+                           psock.path if psock is not None else None,
+                           dashboard.address if dashboard is not None else None)
 
         if opts.workers > 1:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
                                     listen=addrs[0])
             supervisor.on_pids_changed = announce
-            supervisor.on_audit_line = audit_sinks.offer
+            supervisor.on_audit_line = _fan_out(audit_sinks, dashboard)
             audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
-        for w in security_warnings(state, opts.listen) + admin.warnings():
+        for w in (security_warnings(state, opts.listen) + admin.warnings()
+                  + (dashboard.warnings() if dashboard is not None else [])):
             logger.warning("%s", w)
         warn_missing_secrets(state)
-        print(banner(state, ca, addrs, admin, opts.workers), flush=True)
+        print(banner(state, ca, addrs, admin, opts.workers, dashboard), flush=True)
         announce()  # run.json last: whoever waits for it finds the banner and warnings out
         serving.set()
         if supervisor is not None:
@@ -242,6 +263,10 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
             await psock.stop()
         if supervisor is not None and supervisor.workers:
             await supervisor.stop(timeout=2.0)
+        if dashboard is not None:
+            if dashboard.feed.offer in state.audit.taps:
+                state.audit.taps.remove(dashboard.feed.offer)
+            await dashboard.stop()
         await admin.stop()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -257,5 +282,23 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
         live.state = None
 
 
-def admin_addrs(admin: AdminServer) -> list[tuple[str, int]]:
-    return [admin.address] if admin.address is not None else []
+def admin_addrs(admin: AdminServer, dashboard: DashboardServer | None = None
+                ) -> list[tuple[str, int]]:
+    out = [admin.address] if admin.address is not None else []
+    if dashboard is not None and dashboard.address is not None:
+        out.append(dashboard.address)
+    return out
+
+
+def _fan_out(audit_sinks: AuditSinks, dashboard: DashboardServer | None
+             ) -> Callable[[str, int], None]:
+    """Workers' audit lines go to the sinks and, when it serves, the dashboard."""
+    if dashboard is None:
+        return audit_sinks.offer
+    feed = dashboard.feed
+
+    def both(line: str, pid: int) -> None:
+        audit_sinks.offer(line, pid)
+        feed.offer(line, pid)
+
+    return both
