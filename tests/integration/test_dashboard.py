@@ -41,7 +41,8 @@ def env(start_proxy: Any, upstream: Upstream) -> Iterator[Env]:
     rules = '[{ method = "POST", path = "/hold/*", action = "approve" }]'
     toml = (f"[approvals]\nhold_seconds = {HOLD}\ngrant_seconds = 60\n\n"
             + service_block("ai", "host_inject", "bearer", upstream.port, rules=rules)
-            + service_block("store", "host_inject", "bearer", upstream.port))
+            + service_block("store", "host_inject", "bearer", upstream.port)
+            + service_block("missing", "host_inject", "bearer", upstream.port))
     proxy = start_proxy(toml, {"ai": secret}, args=("--dashboard-listen", "127.0.0.1:0"))
     url = str(proxy.extra["dashboard_url"])
     yield Env(proxy, upstream, secret, url)
@@ -291,3 +292,72 @@ def test_img_paths_documented() -> None:
     doc = (REPO / "docs" / "operator" / "DASHBOARD.md").read_text()
     for p in sorted(Path(IMG).glob("dashboard-*.png")):
         assert f"img/{p.name}" in doc
+
+
+def test_requests_filter(env: Env, session: tuple[httpx.Client, str]) -> None:
+    client, _ = session
+    assert finish(curl(env, "GET", "ai", "/filter-ai"))[0] == 200
+    assert finish(curl(env, "GET", "missing", "/filter-missing"))[0] == 502
+    time.sleep(0.3)
+    only = client.get("/requests", params={"service": "missing"}).text
+    assert "/filter-missing" in only and "/filter-ai" not in only
+    refused = client.get("/requests", params={"outcome": "denied"}).text
+    assert "/filter-missing" in refused and "/filter-ai" not in refused
+    both = client.get("/requests").text
+    assert "/filter-missing" in both and "/filter-ai" in both
+
+
+def _agent_status(env: Env, name: str, token: str) -> int:
+    host, port = env.proxy.url.removeprefix("http://").rsplit(":", 1)
+    p = subprocess.run(["curl", "-sS", "--max-time", "20", "-x",
+                        f"http://{name}:{token}@{host}:{port}", "--cacert",
+                        str(env.proxy.home.ca_cert), "-o", "/dev/null", "-w",
+                        "%{http_code} %{http_connect}", "https://ai.api.test/agent"],
+                       capture_output=True, text=True, timeout=30)
+    code, connect = (int(x) for x in p.stdout.split())
+    return code or connect  # a refused CONNECT: its status
+
+
+def test_agent_revoked_from_the_dashboard(env: Env, session: tuple[httpx.Client, str]) -> None:
+    home = env.proxy.home
+    token = cli(home.path, "agent", "add", "bot", "--services", "ai", "--password-file",
+                str(home.password_file)).stdout.strip()
+    cli(home.path, "reload")
+    assert _agent_status(env, "bot", token) == 200
+    client, csrf = session
+    page = client.get("/agents").text
+    assert "bot" in page and token not in page
+    r = client.post("/agents/bot/revoke", data={"csrf": csrf}, headers={"Origin": env.url})
+    assert r.status_code == 303
+    assert "agent bot revoked" in client.get("/agents").text
+    assert _agent_status(env, "bot", token) == 407
+
+
+def test_lock_and_unlock_from_the_dashboard(env: Env, session: tuple[httpx.Client, str]
+                                            ) -> None:
+    from tests.harness.proxy import PASSWORD
+
+    client, csrf = session
+    origin = {"Origin": env.url}
+    assert client.post("/lock", data={"csrf": csrf}, headers=origin).status_code == 303
+    status, body = finish(curl(env, "GET", "ai", "/while-locked"))
+    assert status == 503 and '"locked"' in body
+    assert "master password" in client.get("/secrets").text
+    wrong = client.post("/unlock", data={"csrf": csrf, "password": "not it"}, headers=origin)
+    assert wrong.status_code == 303
+    assert "unlock_failed" in client.get("/secrets").text
+    time.sleep(1.1)  # the backoff after a wrong password
+    ok = client.post("/unlock", data={"csrf": csrf, "password": PASSWORD}, headers=origin)
+    assert ok.status_code == 303
+    assert "unlocked" in client.get("/secrets").text
+    assert finish(curl(env, "GET", "ai", "/after-unlock"))[0] == 200
+    records = [r for r in env.proxy.audit() if r.get("event") == "admin"
+               and r.get("reason") in ("lock", "unlock")]
+    assert records  # audited, as the admin API's own calls
+
+
+def test_dashboard_off(shared: Any) -> None:
+    """`--dashboard-listen ""` (the harness default): nothing listens, and the command says so."""
+    r = cli(shared.proxy.home.path, "dashboard", check=False)
+    assert r.returncode == 1 and "dashboard is off" in r.stderr and not r.stdout
+    assert shared.proxy.extra["dashboard"] is None
