@@ -361,3 +361,17 @@ def test_dashboard_off(shared: Any) -> None:
     r = cli(shared.proxy.home.path, "dashboard", check=False)
     assert r.returncode == 1 and "dashboard is off" in r.stderr and not r.stdout
     assert shared.proxy.extra["dashboard"] is None
+
+
+def test_services_health_and_secret_link(env: Env, session: tuple[httpx.Client, str]) -> None:
+    client, _ = session
+    plain = client.get("/services").text
+    assert "check-health" in plain and "<th>health</th>" not in plain
+    checked = client.get("/services", params={"health": "1"}).text
+    assert "<th>health</th>" in checked
+    row = re.search(r"<tr><td>ai</td>.*?</tr>", checked)
+    assert row is not None
+    assert re.search(r">(ok|weak|reused|breached)</td></tr>$", row.group(0))
+    assert env.secret not in checked
+    assert 'value="missing"' in client.get("/secrets", params={"name": "missing"}).text
+    assert "<x>" not in client.get("/secrets", params={"name": '"><x>'}).text

@@ -194,7 +194,7 @@ async def decide(request: Request, dash: Site, session: Session) -> Response:
 
 
 async def services_page(request: Request, dash: Site, session: Session) -> Response:
-    return render(request, session, "services.html", **pages.services(request, dash))
+    return render(request, session, "services.html", **await pages.services(request, dash))
 
 
 async def agents_page(request: Request, dash: Site, session: Session) -> Response:

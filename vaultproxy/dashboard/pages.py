@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from vaultproxy import agents as agent_records
-from vaultproxy.admin import approval_routes, keystore_routes
+from vaultproxy.admin import approval_routes, health_routes, keystore_routes
 from vaultproxy.admin.context import proxy_state
 from vaultproxy.audit import status as audit_status
 from vaultproxy.config.refs import is_ref
@@ -72,8 +72,23 @@ async def approvals(request: Request) -> dict[str, Any]:
             "hold_seconds": listed.hold_seconds, "grant_seconds": listed.grant_seconds}
 
 
-def services(request: Request, dash: Site) -> dict[str, Any]:
+def verdicts(report: health_routes.SecretsAuditOut) -> dict[str, str]:
+    """One word per keystore entry, the worst of its value and fields."""
+    rank = {"ok": 0, "reused": 1, "weak": 2, "breached": 3}
+    out: dict[str, str] = {}
+    for h in report.secrets:
+        word = ("breached" if h.breached else "weak" if h.weak else "reused" if h.reused
+                else "ok")
+        if rank[word] >= rank[out.get(h.name, "ok")]:
+            out[h.name] = word
+    return out
+
+
+async def services(request: Request, dash: Site) -> dict[str, Any]:
     st = proxy_state(request)
+    health: dict[str, str] | None = None
+    if request.query_params.get("health") and not st.locked:
+        health = verdicts(await health_routes.secrets_audit(request))
     ks = st.session.keystore
     used = views.last_use(list(dash.feed.records))
     rows = []
@@ -85,8 +100,9 @@ def services(request: Request, dash: Site) -> dict[str, Any]:
             "source": ref_of(s.secret_name).source if is_ref(s.secret_name) else "keystore",
             "rules": len(getattr(s, "rules", ()) or ()),
             "last_use": used.get(s.name),
+            "health": None if health is None else health.get(s.secret_name, "-"),
         })
-    return {"rows": rows, "locked": ks is None}
+    return {"rows": rows, "locked": ks is None, "checked": health is not None}
 
 
 def _agent_records(request: Request) -> list[agent_records.AgentRecord]:
@@ -121,8 +137,11 @@ async def revoke_agent(request: Request, name: str) -> None:
 
 
 async def secrets(request: Request) -> dict[str, Any]:
+    """``?name=`` fills the form's name: a link to the page for one secret (what MCP's
+    ``store_secret`` is to point at)."""
     st = proxy_state(request)
+    prefill = request.query_params.get("name", "")[:71]
     if st.locked:
-        return {"locked": True, "secrets": []}
+        return {"locked": True, "secrets": [], "prefill": prefill}
     listed = await keystore_routes.list_secrets(request)
-    return {"locked": False, "secrets": listed.secrets}
+    return {"locked": False, "secrets": listed.secrets, "prefill": prefill}
