@@ -70,6 +70,10 @@ def login_url(env: Env) -> str:
 def page(env: Env, browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1100, "height": 640})
     pg = context.new_page()
+    errors: list[str] = []  # CSP violations and script errors show up here
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.errors = errors
     pg.goto(login_url(env))
     pg.wait_for_url(env.url + "/")
     yield pg
@@ -204,6 +208,7 @@ def test_secret_form_stores_what_the_proxy_injects(env: Env, page: Any) -> None:
         no_secret(page, value, env.secret)
         if name in ("", "services", "agents", "sources"):
             shot(page, name or "overview")  # the overview last: its plots have traffic
+    assert page.errors == []  # no CSP violation, no script error on any page
 
 
 # -- refusals (httpx), each with a twin that passes --------------------------------------
