@@ -112,6 +112,7 @@ def test_login_and_overview_shows_services(env: Env, page: Any) -> None:
     assert "#token" not in page.url
     services = page.locator("#services")
     assert "ai" in services.inner_text() and "store" in services.inner_text()
+    assert page.locator("svg.plot").count() == 2  # requests per minute: by service, by outcome
     assert page.locator("#locked").inner_text() == "unlocked"
     cookies = page.context.cookies()
     assert len(cookies) == 1
@@ -380,3 +381,19 @@ def test_services_health_and_secret_link(env: Env, session: tuple[httpx.Client, 
     assert env.secret not in checked
     assert 'value="missing"' in client.get("/secrets", params={"name": "missing"}).text
     assert "<x>" not in client.get("/secrets", params={"name": '"><x>'}).text
+
+
+def test_dashboard_open_starts_the_browser(env: Env, tmp_path: Path) -> None:
+    """`--open` hands the URL to the browser ($BROWSER here: a script that records it)."""
+    seen = tmp_path / "seen"
+    script = tmp_path / "browser.py"
+    script.write_text("import sys\nopen(sys.argv[2], 'w').write(sys.argv[1])\n")
+    import sys
+
+    r = cli(env.proxy.home.path, "dashboard", "--open",
+            env={"BROWSER": f"{sys.executable} {script} %s {seen}"})
+    url = r.stdout.strip()
+    assert seen.read_text() == url and "#token=" in url
+    with httpx.Client(base_url=env.url) as c:  # and it logs in, once
+        assert c.post("/login", json={"token": url.split("=", 1)[1]},
+                      headers={"Origin": env.url}).status_code == 200
