@@ -397,3 +397,28 @@ def test_dashboard_open_starts_the_browser(env: Env, tmp_path: Path) -> None:
     with httpx.Client(base_url=env.url) as c:  # and it logs in, once
         assert c.post("/login", json={"token": url.split("=", 1)[1]},
                       headers={"Origin": env.url}).status_code == 200
+
+
+def test_requests_of_every_worker(start_proxy: Any, upstream: Upstream) -> None:
+    """With --workers 2 the Requests page shows the records of every worker process (they
+    reach the supervisor, which serves the dashboard)."""
+    toml = service_block("ai", "host_inject", "bearer", upstream.port)
+    proxy = start_proxy(toml, {"ai": canary.make_canary()},
+                        args=("--dashboard-listen", "127.0.0.1:0", "--workers", "2"))
+    base = str(proxy.extra["dashboard_url"])
+    token = cli(proxy.home.path, "dashboard").stdout.strip().split("=", 1)[1]
+    env = Env(proxy, upstream, "", base)
+    paths = [f"/w-{i}-{time.monotonic_ns()}" for i in range(12)]
+    for p in paths:  # new connections: the kernel spreads them over the workers
+        assert finish(curl(env, "GET", "ai", p))[0] == 200
+    with httpx.Client(base_url=base) as c:
+        assert c.post("/login", json={"token": token}, headers={"Origin": base}
+                      ).status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            page = c.get("/requests").text
+            if all(p in page for p in paths):
+                break
+            time.sleep(0.2)
+        assert [p for p in paths if p not in page] == []
+        assert ">2</span>" in c.get("/").text  # workers
