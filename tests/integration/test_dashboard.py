@@ -191,6 +191,22 @@ def test_approval_denied_in_browser(env: Env, page: Any) -> None:
     assert "denied" in page.locator("table").inner_text()
 
 
+def test_approval_with_grant_in_browser(env: Env, page: Any) -> None:
+    path = f"/hold/grant-{time.monotonic_ns()}"
+    agent = _held(env, page, path)
+    card = page.locator(".approval", has_text=path)
+    card.locator("input[name=grant]").fill("120")
+    time.sleep(1.5)  # the list refreshes meanwhile: what is typed stays
+    assert card.locator("input[name=grant]").input_value() == "120"
+    card.get_by_role("button", name="Approve with grant").click()
+    assert finish(agent)[0] == 200
+    again = curl(env, "POST", "ai", path)  # the grant admits the same rule at once
+    assert finish(again)[0] == 200
+    assert len([r for r in env.upstream.received if r.path == path]) == 2
+    page.goto(env.url + "/approvals")
+    assert "approved" in page.locator("table").inner_text()
+
+
 def test_secret_form_stores_what_the_proxy_injects(env: Env, page: Any) -> None:
     value = canary.make_canary()
     page.goto(env.url + "/secrets")

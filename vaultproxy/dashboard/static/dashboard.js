@@ -1,5 +1,6 @@
 // Progressive parts: the live Requests table (Server-Sent Events; rows are rendered and
-// escaped by the server) and the approvals countdown. Every page works without it.
+// escaped by the server), the held requests and their countdown. Every page works without
+// it (a reload shows the same).
 "use strict";
 (function () {
   function live() {
@@ -23,8 +24,29 @@
       el.textContent = left + " s";
     });
   }
+  // Held requests: the list is fetched every second but swapped only when the set of
+  // pending ids changed, so a grant being typed is not reset under the operator's hands.
+  function approvals() {
+    if (!document.getElementById("pending")) { return; }
+    setInterval(function () {
+      fetch("/approvals/pending", {credentials: "same-origin"}).then(function (r) {
+        return r.ok ? r.text() : null;
+      }).then(function (html) {
+        if (!html) { return; }
+        var t = document.createElement("template");
+        t.innerHTML = html;
+        var fresh = t.content.getElementById("pending");
+        var cur = document.getElementById("pending");
+        if (fresh && cur && fresh.dataset.ids !== cur.dataset.ids) {
+          cur.replaceWith(fresh);
+          countdown();
+        }
+      }).catch(function () {});
+    }, 1000);
+  }
   document.addEventListener("DOMContentLoaded", function () {
     live();
+    approvals();
     setInterval(countdown, 500);
   });
 })();
