@@ -4,6 +4,7 @@ forged Host, no session) probed with httpx, each beside a twin that passes."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -305,9 +306,13 @@ def _logout(env: Env, client: httpx.Client, token: str) -> None:
     assert httpx.get(env.url + "/", cookies=cookie).status_code == 401  # the old cookie is dead
 
 
-def test_banner_and_run_json(env: Env) -> None:
+def test_banner_run_json_and_status(env: Env) -> None:
     assert env.proxy.extra["dashboard"]
     assert f"dashboard: {env.url}" in env.proxy.output()
+    status = cli(env.proxy.home.path, "status").stdout
+    assert f"dashboard: {env.url} (log in: `vaultproxy dashboard`)" in status
+    assert json.loads(cli(env.proxy.home.path, "status", "--json").stdout)[
+        "dashboard_url"] == env.url
 
 
 def test_img_paths_documented() -> None:
