@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 KEEP = 5000  # records kept for the Requests page and the last hour's counts
-QUEUE = 1000  # a subscriber that falls this far behind misses records (it is told)
+QUEUE = 1000  # a subscriber this far behind misses the newest records (a reload shows them)
 FIELDS = ("ts", "event", "agent", "service", "mode", "method", "host", "path", "status",
           "duration_ms", "outcome", "reason", "via", "id", "decision", "decided_by")
 SHOWN_EVENTS = frozenset({"request", "honeytoken", "approval"})
