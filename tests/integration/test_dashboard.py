@@ -162,6 +162,7 @@ def _held(env: Env, page: Any, path: str) -> subprocess.Popen[str]:
     page.goto(env.url + "/approvals")
     agent = curl(env, "POST", "ai", path)
     page.locator(".approval", has_text=path).wait_for(timeout=5000)
+    page.locator("#bell.on", has_text="1").wait_for(timeout=5000)  # the badge on every page
     return agent
 
 

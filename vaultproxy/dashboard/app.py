@@ -177,6 +177,12 @@ async def approvals_fragment(request: Request, dash: Site, session: Session) -> 
                                       {"csrf": session.csrf, **data})
 
 
+async def bell(request: Request, dash: Site, session: Session) -> Response:
+    """The number of held requests, for the badge in every page's navigation."""
+    data = await pages.approvals(request)
+    return templates.TemplateResponse(request, "bell.html", {"n": len(data["pending"])})
+
+
 async def decide(request: Request, dash: Site, session: Session) -> Response:
     form = await request.form()
     aid = str(request.path_params["aid"])[:64]
@@ -267,6 +273,7 @@ def create_app(dash: Site) -> Front:
         Route("/events/requests", s(request_events), methods=["GET"]),
         Route("/approvals", s(approvals_page), methods=["GET"]),
         Route("/approvals/pending", s(approvals_fragment), methods=["GET"]),
+        Route("/approvals/count", s(bell), methods=["GET"]),
         Route("/approvals/{aid}", s(decide), methods=["POST"]),
         Route("/services", s(services_page), methods=["GET"]),
         Route("/agents", s(agents_page), methods=["GET"]),
