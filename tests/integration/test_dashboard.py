@@ -444,3 +444,18 @@ def test_requests_of_every_worker(start_proxy: Any, upstream: Upstream) -> None:
             time.sleep(0.2)
         assert [p for p in paths if p not in page] == []
         assert ">2</span>" in c.get("/").text  # workers
+
+
+def test_refusals_are_shown_not_raised(env: Env, session: tuple[httpx.Client, str]) -> None:
+    """An admin function's refusal becomes a note on the page: its code and public message."""
+    client, csrf = session
+    origin = {"Origin": env.url}
+    r = client.post("/approvals/nope", data={"csrf": csrf, "decision": "approve"},
+                    headers=origin)
+    assert r.status_code == 303
+    assert "refused (approval_unknown)" in client.get("/approvals").text
+    r = client.post("/secrets", data={"csrf": csrf, "name": "Bad Name", "value": "x"},
+                    headers=origin)
+    assert r.status_code == 303 and "refused: a name is" in client.get("/secrets").text
+    assert client.post("/approvals/x", data={"csrf": csrf, "decision": "grant",
+                                             "grant": "nan"}, headers=origin).status_code == 303
