@@ -49,8 +49,11 @@ def env(start_proxy: Any, upstream: Upstream) -> Iterator[Env]:
     yield Env(proxy, upstream, secret, url)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One chromium for the run (only this module drives a browser). Module scope, not
+    session: sync Playwright keeps an event loop running in the main thread while it lives,
+    and every later test's ``asyncio.run`` would then fail."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
