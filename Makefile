@@ -1,7 +1,7 @@
 # vaultproxy developer entry points. All targets are idempotent.
 #   make demo       set up .venv, create a demo home (./demo-home), start a local echo
 #                   upstream and run the proxy on 127.0.0.1:3203 (admin 3201); busy ports:
-#                   make demo DEMO_PORT=13203 DEMO_ADMIN_PORT=13201
+#                   make demo DEMO_PORT=13203 DEMO_ADMIN_PORT=13201 DEMO_DASHBOARD_PORT=13202
 #   make test       set up .venv, then ruff + mypy + the whole test suite (what CI runs)
 #   make test-fast  unit tests + the security properties that need no running proxy
 #   make test-engine-latest  tests/security against the newest mitmproxy the pin allows
@@ -13,6 +13,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-home
 DEMO_PORT ?= 3203
 DEMO_ADMIN_PORT ?= 3201
+DEMO_DASHBOARD_PORT ?= 3202
 # The [tpm] extra (tpm2-pytss) builds against the TSS2 C libraries: installed when they are
 # (apt-get install libtss2-dev pkg-config; .ci/run does), else the TPM tests skip locally.
 EXTRAS ?= $(shell pkg-config --exists tss2-esys 2>/dev/null && echo ,tpm)
@@ -33,7 +34,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	@DEMO_PORT=$(DEMO_PORT) DEMO_ADMIN_PORT=$(DEMO_ADMIN_PORT) sh scripts/demo.sh $(DEMO)
+	@DEMO_PORT=$(DEMO_PORT) DEMO_ADMIN_PORT=$(DEMO_ADMIN_PORT) DEMO_DASHBOARD_PORT=$(DEMO_DASHBOARD_PORT) sh scripts/demo.sh $(DEMO)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -240,7 +240,7 @@ class Vaultproxy(Target):
             prefix += ["-m", "cProfile", "-o", str(self.profile_to)]
         cmd = [
             *prefix, "-m", "vaultproxy", "run", "--home", str(self.home.path),
-            "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+            "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
             "--password-file", str(self.home.password_file),
             "--workers", str(self.workers),
         ]  # fmt: skip

@@ -11,6 +11,7 @@ set -eu
 DEMO=${1:-demo-home}
 PORT=${DEMO_PORT:-3203}
 ADMIN_PORT=${DEMO_ADMIN_PORT:-3201}
+DASHBOARD_PORT=${DEMO_DASHBOARD_PORT:-3202}
 VP=.venv/bin/vaultproxy
 PW="$DEMO.password"
 umask 077
@@ -75,4 +76,5 @@ if ! "$VP" secret list --home "$DEMO" --password-file "$PW" | grep -q '^demo '; 
 fi
 echo "demo: in another shell, once ready below: curl --proxy http://127.0.0.1:$PORT --cacert $DEMO/ca.crt https://echo.demo.internal/headers"
 "$VP" run --home "$DEMO" --password-file "$PW" \
-    --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT"
+    --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    --dashboard-listen "127.0.0.1:$DASHBOARD_PORT"

@@ -30,6 +30,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name in _CLEARED:
         os.environ.pop(name, None)
+    # Every proxy a test starts serves no dashboard unless the test asks (tests/harness and
+    # test_dashboard.py pass --dashboard-listen): several proxies at once must not all try
+    # the fixed 127.0.0.1:3202.
+    os.environ["VAULTPROXY_DASHBOARD_LISTEN"] = ""
 
 
 # --- one proxy for the session ------------------------------------------------------------

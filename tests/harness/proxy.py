@@ -152,6 +152,8 @@ class ProxyProcess:
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--dashboard-listen",
+            "",  # off unless a test asks (args come after): never the fixed 3202
             *args,
         ]
         if not locked:

@@ -26,7 +26,7 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
     toml = '[[service]]\nname = "svc"\nhosts = ["svc.api.test"]\nmode = "host_inject"\n' \
         'auth = "bearer"\n'
     home = ProxyHome.create(tmp_path, toml, {"svc": canary.make_canary()})
-    port, admin_port = free_port(), free_port()
+    port, admin_port, dash_port = free_port(), free_port(), free_port()
     log = tmp_path / "mitmdump.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(
@@ -34,7 +34,8 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
              "--mode", f"regular@127.0.0.1:{port}",
              "--set", f"vaultproxy_home={home.path}",
              "--set", f"vaultproxy_password_file={home.password_file}",
-             "--set", f"vaultproxy_admin_listen=127.0.0.1:{admin_port}"],
+             "--set", f"vaultproxy_admin_listen=127.0.0.1:{admin_port}",
+             "--set", f"vaultproxy_dashboard_listen=127.0.0.1:{dash_port}"],
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
         )
         try:
@@ -50,6 +51,7 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
                 bad = c.get("/v1/services", headers={"Authorization": "Bearer x"})
                 assert bad.status_code == 401
                 assert [s["name"] for s in c.get("/v1/secrets").json()["secrets"]] == ["svc"]
+            _dashboard_logs_in(home, dash_port)
             uds = httpx.HTTPTransport(uds=str(sock))
             with httpx.Client(transport=uds, base_url="http://localhost", trust_env=False) as c:
                 assert c.post("/v1/lock").json() == {"locked": True}
@@ -79,3 +81,24 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
             proc.wait(15)
     assert not sock.exists()
     assert not (home.path / "run.json").exists()
+
+
+def _dashboard_logs_in(home: ProxyHome, dash_port: int) -> None:
+    """mitmdump serves the dashboard too: `vaultproxy dashboard` mints a login through
+    admin.sock, the session shows the services."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "vaultproxy", "dashboard", "--home",
+                              str(home.path)], capture_output=True, text=True, timeout=60)
+        if out.returncode == 0:
+            break
+        time.sleep(0.2)
+    assert out.returncode == 0, out.stderr
+    base = f"http://127.0.0.1:{dash_port}"
+    url = out.stdout.strip()
+    assert url.startswith(base + "/login#token=")
+    with httpx.Client(base_url=base, trust_env=False) as c:
+        assert c.get("/").status_code == 401
+        r = c.post("/login", json={"token": url.split("=", 1)[1]}, headers={"Origin": base})
+        assert r.status_code == 200
+        assert "svc.api.test" in c.get("/").text

@@ -42,6 +42,8 @@ class Mitmdump:
                 f"vaultproxy_home={home.path}",
                 "--set",
                 f"vaultproxy_password_file={home.password_file}",
+                "--set",
+                "vaultproxy_dashboard_listen=",  # never the fixed 3202 in tests
                 *extra,
             ],
             stdout=self._f,
@@ -159,6 +161,8 @@ def test_flow_file_sink_refuses_to_run(tmp_path, upstream):  # type: ignore[no-u
             f"vaultproxy_password_file={home.password_file}",
             "--set",
             "vaultproxy_admin_listen=",
+            "--set",
+            "vaultproxy_dashboard_listen=",
             "--set",
             f"save_stream_file={flows}",
         ],

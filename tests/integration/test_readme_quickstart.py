@@ -73,7 +73,7 @@ def test_quickstart_runs_offline_as_written(tmp_path: Path) -> None:
         # -o: never rebuild .venv in the middle of a test run (make venv did it already).
         make = subprocess.Popen(
             ["make", "-o", ".venv/.installed", "demo", f"DEMO={demo}", f"DEMO_PORT={port}",
-             f"DEMO_ADMIN_PORT={admin_port}"],
+             f"DEMO_ADMIN_PORT={admin_port}", f"DEMO_DASHBOARD_PORT={free_port()}"],
             cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,
         )

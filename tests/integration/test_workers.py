@@ -231,7 +231,7 @@ def test_a_second_instance_cannot_share_the_port(workers_proxy, tmp_path, worker
     r = subprocess.run(
         [sys.executable, "-m", "vaultproxy", "run", "--home", str(other.path),
          "--listen", f"127.0.0.1:{proxy.port}", "--admin-listen", "127.0.0.1:0",
-         "--workers", workers],
+         "--dashboard-listen", "", "--workers", workers],
         cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 1, r.stdout + r.stderr
@@ -246,7 +246,8 @@ def test_a_second_run_on_the_same_home_is_refused_and_harms_nothing(workers_prox
     before = {f: (proxy.home.path / f).read_bytes() for f in ("run.json", "admin-token")}
     r = subprocess.run(
         [sys.executable, "-m", "vaultproxy", "run", "--home", str(proxy.home.path),
-         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--workers", "1"],
+         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+         "--dashboard-listen", "", "--workers", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
     assert r.returncode == 1

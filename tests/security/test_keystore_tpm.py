@@ -315,7 +315,8 @@ def _mitmdump_locked(home: ProxyHome, log: Path) -> bool:
             [str(Path(sys.executable).with_name("mitmdump")), "-s",
              str(REPO / "addons" / "vaultproxy.py"), "--mode",
              f"regular@127.0.0.1:{free_port()}", "--set", f"vaultproxy_home={home.path}",
-             "--set", "vaultproxy_admin_listen=127.0.0.1:0"],
+             "--set", "vaultproxy_admin_listen=127.0.0.1:0",
+             "--set", "vaultproxy_dashboard_listen="],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
         try:
             deadline = time.monotonic() + 30

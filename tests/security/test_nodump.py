@@ -60,7 +60,7 @@ def proxy(nobody: tuple[int, int]) -> Iterator[tuple[list[int], Path]]:
     proc = subprocess.Popen(
         [*_as(uid, gid), sys.executable, "-m", "vaultproxy", "run", "--home", str(home.path),
          "--password-file", str(home.password_file), "--listen", "127.0.0.1:0",
-         "--admin-listen", "127.0.0.1:0", "--workers", "2"],
+         "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "", "--workers", "2"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=env)
     run_json = home.path / "run.json"
     pids: list[int] = []

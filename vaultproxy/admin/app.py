@@ -219,4 +219,17 @@ def _router(ctx: AdminContext) -> Any:
             await st.settled()  # worker processes' flows are counted from their audit records
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    @router.post("/v1/dashboard/login", responses={
+        404: {"model": ErrorOut, "description": "the dashboard is off"}})
+    async def dashboard_login(request: Request) -> JSONResponse:
+        """A one-time login URL for the dashboard (`vaultproxy dashboard`, SPEC §12)."""
+        mint = ctx.dashboard_login
+        if mint is None:
+            return error_json(404, "dashboard_off", "the dashboard is off (run with "
+                              "--dashboard-listen HOST:PORT)")
+        st = proxy_state(request)
+        audit_admin(st, caller=caller(request), action="dashboard_login", method="POST",
+                    path="/v1/dashboard/login", status=200)
+        return JSONResponse({"url": mint()})
+
     return router

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -27,6 +28,8 @@ class AdminContext:
     clients: UpstreamClients = field(default_factory=UpstreamClients)
     sync: Syncer = field(init=False)  # sources: POST /v1/sync and the refresh_seconds loop
     closing: bool = False  # set when the listeners close: open streams (audit/stream) end
+    # The dashboard's one-time login URL (set by the engine when the dashboard serves).
+    dashboard_login: Callable[[], str] | None = None
 
     def __post_init__(self) -> None:
         self.sync = Syncer(self.write_lock)  # keystore writes never interleave with the API's

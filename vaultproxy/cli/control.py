@@ -134,6 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                "version": health.get("version"), "pid": run.get("pid"),
                "workers": run.get("workers"), "proxy_url": run.get("proxy_url"),
                "admin_url": run.get("admin_url"), "admin_socket": str(home.admin_sock),
+               "dashboard_url": run.get("dashboard_url"),
                "services": [s["name"] for s in services], "secrets_missing": _missing(services)}
         sys.stdout.write(json.dumps(out) + "\n")
         return 0
@@ -144,6 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         + (f" (pid {run['pid']}, {run.get('workers', 1)} worker(s))" if "pid" in run else ""),
         f"  proxy:    {run.get('proxy_url', '?')}",
         f"  admin:    {run.get('admin_url') or 'no TCP listener'}, socket {home.admin_sock}",
+        f"  dashboard: {run.get('dashboard_url') or 'off'}"
+        + (" (log in: `vaultproxy dashboard`)" if run.get("dashboard_url") else ""),
         "  keystore: " + ("LOCKED (unlock with `vaultproxy unlock`)" if locked else "unlocked"),
         f"  services: {health.get('services', len(services))}" + (f": {names}" if names else ""),
     ]

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import io
 import logging
+import os
 import resource
 import socket
 import sys
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LISTEN = "127.0.0.1:3203"
 DEFAULT_ADMIN = "127.0.0.1:3201"
+DEFAULT_DASHBOARD = "127.0.0.1:3202"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,6 +51,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help=f"proxy listen address (default {DEFAULT_LISTEN}; port 0 = any free port)")
     p.add_argument("--admin-listen", default=DEFAULT_ADMIN, metavar="HOST:PORT",
                    help=f"admin API listen address (default {DEFAULT_ADMIN})")
+    p.add_argument("--dashboard-listen",
+                   default=os.environ.get("VAULTPROXY_DASHBOARD_LISTEN", DEFAULT_DASHBOARD),
+                   metavar="HOST:PORT",
+                   help=f"web dashboard listen address (default {DEFAULT_DASHBOARD}, or "
+                        "$VAULTPROXY_DASHBOARD_LISTEN; empty = off); log in with "
+                        "`vaultproxy dashboard`")
     p.add_argument("--workers", default="1", metavar="N",
                    help="proxy processes sharing one listening socket; default 1; "
                         "auto = one per CPU (each costs ~100 MiB and holds the unlocked "
@@ -152,6 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.reconfigure(line_buffering=True)
     listen = parse_listen(args.listen, "--listen")
     admin_listen = parse_listen(args.admin_listen, "--admin-listen")
+    dashboard_listen = (parse_listen(args.dashboard_listen, "--dashboard-listen")
+                        if args.dashboard_listen.strip() else None)
     workers = parse_workers(args.workers)
     home = Home.resolve(args.home)
     home.require()
@@ -200,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     tty.restore()  # echo back on: no more prompts
     opts = ServeOptions(listen=listen, confdir=str(confdir), admin_listen=admin_listen,
-                        workers=workers, mtls=mtls)
+                        workers=workers, mtls=mtls, dashboard_listen=dashboard_listen)
     stop_echo = threading.Event()
     if sys.stdout.isatty():  # a person watches: one line per request (as `vaultproxy tail`)
         from vaultproxy.cli.tail import echo_records

@@ -114,6 +114,7 @@ def write_run_json(
     worker_pids: list[int] | None = None,
     proxy_sock: str | None = None,
     mtls: list[tuple[str, int]] | None = None,
+    dashboard: tuple[str, int] | None = None,
 ) -> None:
     data = {
         "pid": os.getpid(),
@@ -128,6 +129,8 @@ def write_run_json(
         "home": str(state.home.path),
         "workers": 1 + len(worker_pids or []),
         "worker_pids": list(worker_pids or []),  # besides "pid", which is worker 0
+        "dashboard": f"{url_host(dashboard[0])}:{dashboard[1]}" if dashboard else None,
+        "dashboard_url": f"http://{url_host(dashboard[0])}:{dashboard[1]}" if dashboard else None,
     }
     write_atomic(state.home.run_json, json.dumps(data))
 

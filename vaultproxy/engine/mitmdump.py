@@ -18,6 +18,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 
 from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
+from vaultproxy.dashboard.server import DashboardServer
 from vaultproxy.engine import nodump
 from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.engine.lifecycle import (
@@ -58,6 +59,7 @@ class Bootstrap:
         self._admin_task: asyncio.Task[None] | None = None
         self._wrote_run_json = False
         self._sinks: AuditSinks | None = None  # [audit] sinks, [telemetry] (SPEC §13)
+        self._dashboard: DashboardServer | None = None  # SPEC §12
 
     def load(self, loader: Any) -> None:
         global _gate_installed
@@ -71,6 +73,12 @@ class Bootstrap:
             "vaultproxy_admin_listen", str, "127.0.0.1:3201",
             "admin API HOST:PORT (port 0 = any free port; empty = no TCP listener; "
             "admin.sock is always created in the home)",
+        )
+        loader.add_option(
+            "vaultproxy_dashboard_listen", str,
+            os.environ.get("VAULTPROXY_DASHBOARD_LISTEN", "127.0.0.1:3202"),
+            "web dashboard HOST:PORT (port 0 = any free port; empty = off); log in with "
+            "`vaultproxy dashboard`",
         )
         logfilter.install()
         if not _gate_installed:
@@ -194,7 +202,31 @@ class Bootstrap:
             f"http://{admin.address[0]}:{admin.address[1]}" if admin.address else "no TCP",
             admin.socket_path, st.home.admin_token,
         )
+        await self._start_dashboard(st, admin)
         await self._announce(st, admin)
+
+    async def _start_dashboard(self, st: ProxyState, admin: AdminServer) -> None:
+        """The dashboard beside the admin API, as `vaultproxy run` serves it."""
+        raw = ctx.options.vaultproxy_dashboard_listen.strip()
+        if not raw or admin.ctx is None:
+            return
+        try:
+            dashboard = DashboardServer(parse_listen(raw, "vaultproxy_dashboard_listen"),
+                                        lambda: 1)
+            dashboard.bind()
+            await dashboard.start(admin.ctx)
+        except VaultproxyError as e:
+            logger.error("vaultproxy dashboard not started: %s", e)
+            return
+        self._dashboard = dashboard
+        st.audit.taps.append(dashboard.feed.offer)
+        admin.ctx.dashboard_login = dashboard.login_url
+        if dashboard.address is not None:
+            st.set_own_listeners(st.own_listeners | {dashboard.address})
+        for w in dashboard.warnings():
+            logger.warning("%s", w)
+        logger.warning("vaultproxy dashboard: %s (log in: `vaultproxy dashboard`)",
+                       dashboard.url)
 
     async def _announce(self, st: ProxyState, admin: AdminServer) -> None:
         """Write run.json once mitmdump listens, so `vaultproxy env`/`exec`/`status` work."""
@@ -202,7 +234,8 @@ class Bootstrap:
             addrs = [(str(a[0]), int(a[1]))
                      for a in ctx.master.addons.get("proxyserver").listen_addrs()]
             if addrs:
-                write_run_json(st, addrs, admin.address, admin.socket_path)
+                dash = self._dashboard.address if self._dashboard is not None else None
+                write_run_json(st, addrs, admin.address, admin.socket_path, dashboard=dash)
                 self._wrote_run_json = True
                 return
             await asyncio.sleep(0.05)
@@ -216,6 +249,15 @@ class Bootstrap:
             admin.close_listeners()  # the port and socket are free for a reloaded script
             with contextlib.suppress(RuntimeError):  # no running loop: nothing left to await
                 task = asyncio.get_running_loop().create_task(admin.stop())
+                _stopping.add(task)
+                task.add_done_callback(_stopping.discard)
+        if self._dashboard is not None:
+            dashboard, self._dashboard = self._dashboard, None
+            st0 = _RT.current()
+            if st0 is not None and dashboard.feed.offer in st0.audit.taps:
+                st0.audit.taps.remove(dashboard.feed.offer)
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing left to await
+                task = asyncio.get_running_loop().create_task(dashboard.stop())
                 _stopping.add(task)
                 task.add_done_callback(_stopping.discard)
         if self._flusher is not None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vaultproxy import __version__
@@ -24,6 +26,7 @@ from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
 from vaultproxy.ca.constraints import home_warnings as constraint_warnings
 from vaultproxy.ca.constraints import registered_hosts
+from vaultproxy.dashboard.server import DashboardServer
 from vaultproxy.engine import listener, proxy_socket
 from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.engine.lifecycle import (
@@ -61,6 +64,7 @@ class ServeOptions:
     admin_socket: bool = True
     workers: int = 1
     mtls: MtlsListener | None = None  # --mtls-listen (served by this process, not workers)
+    dashboard_listen: tuple[str, int] | None = None  # None: no dashboard
 
 
 def banner(
@@ -69,6 +73,7 @@ def banner(
     proxy: list[tuple[str, int]],
     admin: AdminServer | None = None,
     workers: int = 1,
+    dashboard: DashboardServer | None = None,
 ) -> str:
     services = state.registry.services
     lines = [
@@ -88,6 +93,8 @@ def banner(
             lines.insert(2, f"  admin:    http://{url_host(h)}:{p} (token in {token})")
         if admin.socket_path:
             lines.insert(3, f"  admin socket: {admin.socket_path}")
+    if dashboard is not None and dashboard.address is not None:
+        lines.insert(2, f"  dashboard: {dashboard.url} (log in: `vaultproxy dashboard`)")
     return "\n".join(lines)
 
 
@@ -127,12 +134,17 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     live = Live(state)
     admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket, live=live)
     admin.bind()  # before the proxy serves, so its address is an own listener from the start
-    if admin.address is not None:
-        state.set_own_listeners(frozenset({admin.address}))
+    workers: list[Supervisor] = []  # the supervisor, once it runs (the dashboard counts them)
+    dashboard = (DashboardServer(opts.dashboard_listen,
+                                 lambda: 1 + sum(len(s.pids()) for s in workers))
+                 if opts.dashboard_listen is not None else None)
+    if dashboard is not None:
+        dashboard.bind()
+    state.set_own_listeners(frozenset(admin_addrs(admin, dashboard)))
     # One listening socket, bound here once; every worker accepts from it (engine/listener.py)
     sock = listener.bind(*opts.listen)
     try:
-        return await _serve_on(state, ca, opts, live, admin, sock)
+        return await _serve_on(state, ca, opts, live, admin, sock, dashboard, workers)
     finally:
         seam_listener.release()
         sock.close()
@@ -140,11 +152,17 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
 
 async def _serve_on(
     state: ProxyState, ca: CA, opts: ServeOptions, live: Live, admin: AdminServer,
-    sock: socket.socket,
+    sock: socket.socket, dashboard: DashboardServer | None, workers: list[Supervisor],
 ) -> int:
     seam_listener.use(sock)
     listen = (opts.listen[0], int(sock.getsockname()[1]))
     await admin.start()
+    if dashboard is not None:
+        assert admin.ctx is not None
+        dashboard.feed.seed(json.dumps(r) for r in await asyncio.to_thread(state.audit.tail, 200))
+        state.audit.taps.append(dashboard.feed.offer)
+        await dashboard.start(admin.ctx)
+        admin.ctx.dashboard_login = dashboard.login_url
     serving = asyncio.Event()  # set when announced: no connection is served before
     m = build_master(live, opts.confdir, listen, serving, opts.mtls)
     stop = asyncio.Event()
@@ -164,27 +182,30 @@ async def _serve_on(
         if opts.mtls is not None:  # the proxy protocol inside mutual TLS (stages/mtls.py)
             mtls_addrs = await wait_mode(m, master_task, opts.mtls.spec)
             addrs = [a for a in listen_addresses(m) if a not in mtls_addrs]
-        own = frozenset(addrs) | frozenset(mtls_addrs) | frozenset(admin_addrs(admin))
+        own = frozenset(addrs) | frozenset(mtls_addrs) | frozenset(admin_addrs(admin, dashboard))
         state.set_own_listeners(own)
         psock = await proxy_socket.start(state.home, addrs[0])
 
         def announce() -> None:
             pids = supervisor.pids() if supervisor is not None else []
             write_run_json(state, addrs, admin.address, admin.socket_path, pids,
-                           psock.path if psock is not None else None, mtls_addrs)
+                           psock.path if psock is not None else None, mtls_addrs,
+                           dashboard.address if dashboard is not None else None)
 
         if opts.workers > 1:
             supervisor = Supervisor(state, count=opts.workers, confdir=opts.confdir,
                                     listen=addrs[0], sock=sock)
             supervisor.on_pids_changed = announce
-            supervisor.on_audit_line = audit_sinks.offer
+            supervisor.on_audit_line = _fan_out(audit_sinks, dashboard)
+            workers.append(supervisor)
             audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
         admin_host = opts.admin_listen[0] if opts.admin_listen is not None else None
         log_warnings(security_warnings(state.registry.config, [opts.listen[0]], admin_host)
-                     + constraint_warnings(state.home, registered_hosts(state.registry.services)))
+                     + constraint_warnings(state.home, registered_hosts(state.registry.services))
+                     + (dashboard.warnings() if dashboard is not None else []))
         warn_missing_secrets(state)
-        print(banner(state, ca, addrs, admin, opts.workers), flush=True)
+        print(banner(state, ca, addrs, admin, opts.workers, dashboard), flush=True)
         for h, p in mtls_addrs:
             print(f"  mTLS:     https://{url_host(h)}:{p} (client certificates from "
                   f"[mtls] client_ca; the CN names the agent)", flush=True)
@@ -215,6 +236,10 @@ async def _serve_on(
             await psock.stop()
         if supervisor is not None and supervisor.workers:
             await supervisor.stop(timeout=2.0)
+        if dashboard is not None:
+            if dashboard.feed.offer in state.audit.taps:
+                state.audit.taps.remove(dashboard.feed.offer)
+            await dashboard.stop()
         await admin.stop()
         flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -228,5 +253,23 @@ async def _serve_on(
         live.state = None
 
 
-def admin_addrs(admin: AdminServer) -> list[tuple[str, int]]:
-    return [admin.address] if admin.address is not None else []
+def admin_addrs(admin: AdminServer, dashboard: DashboardServer | None = None
+                ) -> list[tuple[str, int]]:
+    out = [admin.address] if admin.address is not None else []
+    if dashboard is not None and dashboard.address is not None:
+        out.append(dashboard.address)
+    return out
+
+
+def _fan_out(audit_sinks: AuditSinks, dashboard: DashboardServer | None
+             ) -> Callable[[str, int], None]:
+    """Workers' audit lines go to the sinks and, when it serves, the dashboard."""
+    if dashboard is None:
+        return audit_sinks.offer
+    feed = dashboard.feed
+
+    def both(line: str, pid: int) -> None:
+        audit_sinks.offer(line, pid)
+        feed.offer(line, pid)
+
+    return both
