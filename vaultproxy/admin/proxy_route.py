@@ -17,14 +17,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from mitmproxy import http
 
-from vaultproxy.admin.context import admin_context, caller, proxy_state
+from vaultproxy.admin.context import AdminContext, admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
 from vaultproxy.admin.proxy_access import check_access
+from vaultproxy.agents import AgentRecord
 from vaultproxy.audit.canonical import record_ahead, record_decision
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision, Facts, Plan, decide
 from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import (
+    AgentScope,
     AuditUnavailable,
     BodyTooLarge,
     LockedError,
@@ -174,8 +176,10 @@ def to_httpx(req: http.Request, ip: str, port: int) -> httpx.Request:
 class _Audit:
     """The canonical decision line of one ``POST /proxy`` (audit/canonical.py)."""
 
-    def __init__(self, st: ProxyState, service: Service | None, req_in: ProxyIn):
+    def __init__(self, st: ProxyState, service: Service | None, req_in: ProxyIn,
+                 agent: str | None = None, via: str = "api"):
         self.st, self.service, self.req_in = st, service, req_in
+        self.agent, self.via = agent, via
         self.host: str | None = None
         self.t0 = time.monotonic()
         self.token: str | None = None  # "minted" / "cached" for a minted service
@@ -184,9 +188,9 @@ class _Audit:
         """The ``forward`` record before an injected request leaves (stages/ahead.py)."""
         svc = self.service
         ok = record_ahead(
-            self.st.audit, agent=None, service=svc.name if svc else self.req_in.service,
+            self.st.audit, agent=self.agent, service=svc.name if svc else self.req_in.service,
             mode=svc.mode if svc else None, method=self.req_in.method, host=self.host,
-            path=self.req_in.path,
+            path=self.req_in.path, via=self.via,
         )
         if not ok and self.st.audit.on_failure != "continue":
             raise AuditUnavailable()
@@ -194,10 +198,10 @@ class _Audit:
     def record(self, status: int | None, outcome: str, reason: str | None) -> None:
         svc = self.service
         record_decision(
-            self.st.audit, event="request", agent=None,
+            self.st.audit, event="request", agent=self.agent,
             service=svc.name if svc else self.req_in.service, mode=svc.mode if svc else None,
             method=self.req_in.method, host=self.host, path=self.req_in.path, status=status,
-            started=self.t0, outcome=outcome, reason=reason,
+            started=self.t0, outcome=outcome, reason=reason, via=self.via,
         )
 
 
@@ -225,19 +229,29 @@ async def _mint(st: ProxyState, service: Service, req_in: ProxyIn) -> Issued | N
 async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
     ctx = admin_context(request)
     ctx.proxy_limit.take(caller(request))
-    st = proxy_state(request)
+    return await proxy_pipeline(ctx, proxy_state(request), req_in)
+
+
+async def proxy_pipeline(ctx: AdminContext, st: ProxyState, req_in: ProxyIn, *,
+                         agent: AgentRecord | None = None, via: str = "api") -> Response:
+    """One explicit request through the whole pipeline. ``agent``: the verified agent the
+    caller proved (its scopes apply; None = the admin-token holder); ``via``: the audit's
+    channel (``api`` for ``POST /proxy``, ``mcp`` for the MCP ``http_request`` tool)."""
     service = st.registry.by_name(req_in.service)
     if service is None:
         raise UnknownService(f"no service named {req_in.service}")
-    audit = _Audit(st, service, req_in)
+    audit = _Audit(st, service, req_in, agent.name if agent else None, via)
     try:
+        if agent is not None and not agent.allows(service.name):
+            raise AgentScope(f"agent {agent.name} may not use service {service.name}")
         host, port = pick_host(st, service, req_in.host)
         audit.host = host
         decision = decide_request(st, host, port)
         if decision.plan is None or decision.dial is None:  # pragma: no cover - a service
             raise UnknownService(f"no service named {req_in.service}")
         # ACCESS (SPEC §10): honeytokens, rules, rate limit, approval - one call
-        req_in = await check_access(st, service, host, req_in)
+        req_in = await check_access(st, service, host, req_in,
+                                    agent.name if agent else None, via)
         minted = await _mint(st, service, req_in)
         audit.token = minted.source if minted is not None else None
         req, injected = build_request(st, decision.plan, host, port, req_in, minted)

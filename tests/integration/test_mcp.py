@@ -1,0 +1,231 @@
+"""The MCP server (SPEC §11) with the SDK's own client (``ClientSession`` over the SDK's
+streamable HTTP transport) against a real ``vaultproxy run``: every tool called, the
+upstream's view asserted, and every tool result fed to the canary check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from tests import canary
+from tests.harness.proxy import ProxyProcess, cli
+from tests.harness.upstream import Received, Reply, Upstream
+from tests.integration.conftest import service_block
+
+pytestmark = pytest.mark.integration
+
+
+def reflect(rec: Received) -> Reply:
+    """Echo what arrived, credential included: the tool result must show it redacted."""
+    body = json.dumps({"path": rec.path, "query": rec.query,
+                       "authorization": rec.header("authorization"),
+                       "body": rec.body.decode("utf-8", "replace")}).encode()
+    if rec.path.startswith("/big"):
+        body = b"x" * (1024 * 1024 + 10)
+    return 200, [(b"content-type", b"application/json"), (b"x-echo", b"yes")], [body]
+
+
+@dataclass
+class Env:
+    proxy: ProxyProcess
+    upstream: Upstream
+    secrets: dict[str, str]
+    agent_token: str
+
+    @property
+    def admin_url(self) -> str:
+        return str(self.proxy.extra["admin_url"]) + "/mcp"
+
+    def admin_token(self) -> str:
+        return (self.proxy.home.path / "admin-token").read_text().strip()
+
+    def audit(self) -> list[dict[str, Any]]:
+        return self.proxy.audit()  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def env(start_proxy: Any, upstream: Upstream) -> Iterator[Env]:
+    upstream.handler = reflect
+    secrets = {"ai": canary.make_canary(), "other": canary.make_canary()}
+    rules = '[{ method = "POST", path = "/hold/*", action = "approve" }]'
+    toml = ("[approvals]\nhold_seconds = 20\ngrant_seconds = 0\n\n"
+            + service_block("ai", "host_inject", "bearer", upstream.port, rules=rules)
+            + service_block("other", "host_inject", "bearer", upstream.port))
+    proxy = start_proxy(toml, secrets)
+    home = proxy.home
+    added = cli(home.path, "agent", "add", "bot", "--services", "ai",
+                "--password-file", str(home.password_file))
+    token = added.stdout.strip()
+    cli(home.path, "reload")
+    yield Env(proxy, upstream, secrets, token)
+
+
+def texts(result: Any) -> str:
+    out = "".join(getattr(c, "text", "") for c in result.content)
+    canary.scan_text("MCP tool result", out.encode())
+    return out
+
+
+@asynccontextmanager
+async def session(url: str, bearer: str) -> AsyncIterator[ClientSession]:
+    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {bearer}"},
+                                timeout=httpx2.Timeout(30, read=60))
+    async with client, streamable_http_client(
+            url, http_client=client, max_sse_event_size=4 << 20) as streams:
+        async with ClientSession(streams[0], streams[1]) as s:
+            await s.initialize()
+            yield s
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+TOOLS = {"list_services", "http_request", "whoami", "recent_activity", "approval_status",
+         "request_access", "store_secret"}
+
+
+def test_tools_listed_with_descriptions(env: Env) -> None:
+    async def go() -> Any:
+        async with session(env.admin_url, env.admin_token()) as s:
+            return await s.list_tools()
+    tools = run(go()).tools
+    assert {t.name for t in tools} == TOOLS
+    for t in tools:
+        assert t.description and len(t.description) > 80, t.name
+        assert "never" in t.description.lower(), t.name  # what it never returns
+
+
+def test_http_request_injects_and_redacts(env: Env) -> None:
+    async def go() -> Any:
+        async with session(env.admin_url, f"bot:{env.agent_token}") as s:
+            return await s.call_tool("http_request", {
+                "service": "ai", "method": "POST", "path": "/v1/x", "query": {"q": "1"},
+                "body": {"hello": "world"}})
+    result = run(go())
+    assert not result.is_error, texts(result)
+    out = json.loads(texts(result))
+    assert out["status"] == 200 and out["truncated"] is False
+    assert out["headers"]["x-echo"] == "yes"
+    echoed = json.loads(out["body"])
+    # the upstream got the real credential ...
+    seen = [r for r in env.upstream.received if r.path.startswith("/v1/x")][-1]
+    assert seen.header("authorization") == f"Bearer {env.secrets['ai']}"
+    assert seen.query == "q=1" and json.loads(seen.body) == {"hello": "world"}
+    # ... and the model got the placeholder back instead of it
+    assert echoed["authorization"] == "Bearer __vault.ai__"
+    assert env.secrets["ai"] not in json.dumps(out)
+    records = [r for r in env.audit() if r.get("path") == "/v1/x" and r["event"] == "request"]
+    assert records and records[-1]["via"] == "mcp" and records[-1]["agent"] == "bot"
+    assert records[-1]["outcome"] == "injected"
+
+
+def test_negative_twin_plain_upstream_reflects_secret(env: Env) -> None:
+    """Without the response gate the reflected body does carry the secret: the probe is
+    real (the upstream echoes the credential it received)."""
+    rec = Received("GET", "/v1/x", "", [("authorization", f"Bearer {env.secrets['ai']}")],
+                   b"", "1.1")
+    _, _, chunks = reflect(rec)
+    assert env.secrets["ai"].encode() in b"".join(chunks)
+
+
+def test_big_body_truncated_and_flagged(env: Env) -> None:
+    async def go() -> Any:
+        async with session(env.admin_url, env.admin_token()) as s:
+            return await s.call_tool("http_request", {"service": "ai", "path": "/big"})
+    out = json.loads(texts(run(go())))
+    assert out["truncated"] is True and len(out["body"]) == 1024 * 1024
+
+
+def test_out_of_scope_service_refused(env: Env) -> None:
+    before = len(env.upstream.received)
+
+    async def go() -> Any:
+        async with session(env.admin_url, f"bot:{env.agent_token}") as s:
+            listed = await s.call_tool("list_services", {})
+            refused = await s.call_tool("http_request", {"service": "other", "path": "/o"})
+            return listed, refused
+    listed, refused = run(go())
+    names = [s["name"] for s in json.loads(texts(listed))["services"]]
+    assert names == ["ai"]
+    assert refused.is_error and "agent_scope" in texts(refused)
+    assert len(env.upstream.received) == before  # nothing left for the upstream
+    # the twin: the operator may use it
+    async def twin() -> Any:
+        async with session(env.admin_url, env.admin_token()) as s:
+            return await s.call_tool("http_request", {"service": "other", "path": "/o"})
+    assert json.loads(texts(run(twin())))["status"] == 200
+
+
+def test_bad_bearer_refused(env: Env) -> None:
+    for auth in (None, "Bearer nope", f"Bearer bot:{env.agent_token}x",
+                 f"Bearer ghost:{env.agent_token}", f"Basic bot:{env.agent_token}"):
+        r = httpx.post(env.admin_url, headers={"Authorization": auth} if auth else {},
+                       json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "unauthorized"
+
+
+def test_whoami_and_recent_activity(env: Env) -> None:
+    async def go() -> Any:
+        async with session(env.admin_url, f"bot:{env.agent_token}") as s:
+            await s.call_tool("http_request", {"service": "ai", "path": "/seen"})
+            return (await s.call_tool("whoami", {}),
+                    await s.call_tool("recent_activity", {"limit": 5}))
+    who, recent = run(go())
+    assert json.loads(texts(who)) == {"agent": "bot", "operator": False, "scopes": ["ai"],
+                                      "locked": False}
+    records = json.loads(texts(recent))["records"]
+    assert records and records[-1]["path"] == "/seen" and records[-1]["via"] == "mcp"
+    # its own records only: its refused call to "other" yes, the operator's 200 there no
+    assert not any(r["service"] == "other" and r["status"] == 200 for r in records)
+
+
+def test_approve_rule_holds_until_approved(env: Env) -> None:
+    admin = str(env.proxy.extra["admin_url"])
+    headers = {"Authorization": f"Bearer {env.admin_token()}"}
+    result: dict[str, Any] = {}
+
+    def call() -> None:
+        async def go() -> Any:
+            async with session(env.admin_url, f"bot:{env.agent_token}") as s:
+                result["held"] = await s.call_tool(
+                    "http_request", {"service": "ai", "method": "POST", "path": "/hold/1"})
+                pending = [a for a in httpx.get(admin + "/v1/approvals",
+                                                headers=headers).json()["approvals"]]
+                result["status"] = await s.call_tool("approval_status",
+                                                     {"id": pending[-1]["id"]})
+        run(go())
+
+    before = len(env.upstream.received)
+    t = threading.Thread(target=call)
+    t.start()
+    approval = None
+    for _ in range(100):
+        listed = httpx.get(admin + "/v1/approvals", headers=headers).json()["approvals"]
+        approval = next((a for a in listed if a["state"] == "pending"), None)
+        if approval:
+            break
+        time.sleep(0.1)
+    assert approval is not None and approval["via"] == "mcp" and approval["agent"] == "bot"
+    assert len(env.upstream.received) == before  # held: nothing sent yet
+    r = httpx.post(admin + f"/v1/approvals/{approval['id']}", headers=headers,
+                   json={"decision": "approve"})
+    assert r.status_code == 200
+    t.join(30)
+    assert json.loads(texts(result["held"]))["status"] == 200
+    assert env.upstream.received[-1].path == "/hold/1"
+    status = json.loads(texts(result["status"]))
+    assert status["state"] == "approved" and status["id"] == approval["id"]
