@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-from mcp import ClientSession
+from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
 from tests import canary
@@ -60,7 +60,7 @@ def env(start_proxy: Any, upstream: Upstream) -> Iterator[Env]:
     upstream.handler = reflect
     secrets = {"ai": canary.make_canary(), "other": canary.make_canary()}
     rules = '[{ method = "POST", path = "/hold/*", action = "approve" }]'
-    toml = ("[approvals]\nhold_seconds = 20\ngrant_seconds = 0\n\n"
+    toml = ("# the operator's comment\n[approvals]\nhold_seconds = 20\ngrant_seconds = 0\n\n"
             + service_block("ai", "host_inject", "bearer", upstream.port, rules=rules)
             + service_block("other", "host_inject", "bearer", upstream.port))
     proxy = start_proxy(toml, secrets)
@@ -79,12 +79,12 @@ def texts(result: Any) -> str:
 
 
 @asynccontextmanager
-async def session(url: str, bearer: str) -> AsyncIterator[ClientSession]:
+async def session(url: str, bearer: str, **kw: Any) -> AsyncIterator[ClientSession]:
     client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {bearer}"},
                                 timeout=httpx2.Timeout(30, read=60))
     async with client, streamable_http_client(
             url, http_client=client, max_sse_event_size=4 << 20) as streams:
-        async with ClientSession(streams[0], streams[1]) as s:
+        async with ClientSession(streams[0], streams[1], **kw) as s:
             await s.initialize()
             yield s
 
@@ -229,3 +229,61 @@ def test_approve_rule_holds_until_approved(env: Env) -> None:
     assert env.upstream.received[-1].path == "/hold/1"
     status = json.loads(texts(result["status"]))
     assert status["state"] == "approved" and status["id"] == approval["id"]
+
+
+def test_store_secret_is_a_url_elicitation(env: Env) -> None:
+    asked: list[Any] = []
+
+    async def on_elicit(context: Any, params: Any) -> Any:
+        asked.append(params)
+        return types.ElicitResult(action="accept")
+
+    async def go() -> Any:
+        async with session(env.admin_url, f"bot:{env.agent_token}",
+                           elicitation_callback=on_elicit) as s:
+            return await s.call_tool("store_secret", {"name": "newapi",
+                                                      "reason": "to call newapi"})
+    out = json.loads(texts(run(go())))
+    assert out["action"] == "accept" and out["name"] == "newapi"
+    assert len(asked) == 1 and asked[0].mode == "url"
+    assert asked[0].url == out["url"] == "http://127.0.0.1:3202/secrets?name=newapi"
+    canary.scan_text("elicitation", repr(asked).encode())
+
+    async def unsupported() -> Any:  # a client without elicitation still learns the URL
+        async with session(env.admin_url, env.admin_token()) as s:
+            return await s.call_tool("store_secret", {"name": "newapi", "reason": "x"})
+    out = json.loads(texts(run(unsupported())))
+    assert out["action"] == "unsupported" and out["url"].endswith("/secrets?name=newapi")
+
+
+def test_request_access_registers_service_when_approved(env: Env) -> None:
+    admin = str(env.proxy.extra["admin_url"])
+    headers = {"Authorization": f"Bearer {env.admin_token()}"}
+
+    async def ask(host: str) -> Any:
+        async with session(env.admin_url, f"bot:{env.agent_token}") as s:
+            return await s.call_tool("request_access", {"host": host,
+                                                        "reason": "the weather API"})
+    proposal = json.loads(texts(run(ask("weather.example.org"))))
+    assert proposal["state"] == "pending" and proposal["service"] == "weather-example-org"
+    services = env.proxy.home.path / "services.toml"
+    assert "weather.example.org" not in services.read_text()  # nothing before approval
+    r = httpx.post(admin + f"/v1/approvals/{proposal['id']}", headers=headers,
+                   json={"decision": "approve"})
+    assert r.status_code == 200
+    for _ in range(100):
+        if "weather.example.org" in services.read_text():
+            break
+        time.sleep(0.05)
+    text = services.read_text()
+    assert 'name = "weather-example-org"' in text
+    assert text.startswith("# the operator's comment\n")  # the comment-preserving editor
+    listed = httpx.get(admin + "/v1/services", headers=headers).json()["services"]
+    new = next(s for s in listed if s["name"] == "weather-example-org")
+    assert new["hosts"] == ["weather.example.org"] and new["secret_present"] is False
+    # refused: a bad host, and one that is already registered
+    bad = run(ask("https://x/y"))
+    assert bad.is_error and "invalid_request" in texts(bad)
+    dup = run(ask("ai.api.test"))
+    assert dup.is_error and "service_exists" in texts(dup)
+

@@ -226,7 +226,7 @@ class AdminBackend:
 def _dashboard(st: ProxyState) -> str:
     with contextlib.suppress(OSError, ValueError, AttributeError):
         data = json.loads(st.home.run_json.read_text())
-        address = data.get("dashboard")
+        address = data.get("dashboard_url") or data.get("dashboard")
         if isinstance(address, str) and address:
             return address if address.startswith("http") else f"http://{address}"
     return DASHBOARD
