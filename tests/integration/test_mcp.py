@@ -6,21 +6,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import httpx2
 import pytest
-from mcp import ClientSession, types
+from mcp import ClientSession, StdioServerParameters, types
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests import canary
-from tests.harness.proxy import ProxyProcess, cli
+from tests.harness.proxy import REPO, ProxyProcess, cli
 from tests.harness.upstream import Received, Reply, Upstream
 from tests.integration.conftest import service_block
 
@@ -287,3 +292,37 @@ def test_request_access_registers_service_when_approved(env: Env) -> None:
     dup = run(ask("ai.api.test"))
     assert dup.is_error and "service_exists" in texts(dup)
 
+
+
+def test_stdio_server_through_admin_sock(env: Env) -> None:
+    """`vaultproxy mcp` launched by the SDK's stdio client: the same tools, the same
+    pipeline (a same-uid admin.sock peer is the operator)."""
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "vaultproxy", "mcp", "--home",
+                                      str(env.proxy.home.path)],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)}, cwd=str(REPO))
+
+    async def go() -> Any:
+        async with stdio_client(params) as streams, \
+                ClientSession(streams[0], streams[1]) as s:
+            await s.initialize()
+            tools = await s.list_tools()
+            who = await s.call_tool("whoami", {})
+            got = await s.call_tool("http_request", {"service": "ai", "path": "/stdio"})
+            return tools, who, got
+    tools, who, got = run(go())
+    assert {t.name for t in tools.tools} == TOOLS
+    assert json.loads(texts(who))["operator"] is True
+    out = json.loads(texts(got))
+    assert out["status"] == 200
+    assert json.loads(out["body"])["authorization"] == "Bearer __vault.ai__"
+    assert env.upstream.received[-1].header("authorization") == f"Bearer {env.secrets['ai']}"
+    rec = [r for r in env.audit() if r.get("path") == "/stdio" and r["event"] == "request"]
+    assert rec and rec[-1]["via"] == "mcp"
+
+
+def test_stdio_without_a_proxy_says_how(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "vaultproxy", "mcp", "--home", str(tmp_path)],
+                       capture_output=True, text=True, timeout=30, cwd=REPO,
+                       env={"PATH": os.environ.get("PATH", "")}, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "vaultproxy run" in r.stderr and "Traceback" not in r.stderr

@@ -13,7 +13,7 @@ from vaultproxy.errors import UsageError, VaultproxyError
 
 # Subcommand modules, in --help order. Each exposes register(subparsers).
 COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "control", "ca", "env_exec",
-                   "agent", "tpm", "sync", "approvals")
+                   "agent", "tpm", "sync", "approvals", "mcp")
 
 DESCRIPTION = """\
 vaultproxy keeps API keys out of AI agents: agents run with HTTPS_PROXY pointing at it,
