@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -30,6 +31,8 @@ from tests.harness.upstream import Received, Reply, Upstream
 from tests.integration.conftest import service_block
 
 pytestmark = pytest.mark.integration
+
+RESERVED = "https://vaultproxy.internal/mcp"
 
 
 def reflect(rec: Received) -> Reply:
@@ -326,3 +329,63 @@ def test_stdio_without_a_proxy_says_how(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=30, cwd=REPO,
                        env={"PATH": os.environ.get("PATH", "")}, stdin=subprocess.DEVNULL)
     assert r.returncode == 2 and "vaultproxy run" in r.stderr and "Traceback" not in r.stderr
+
+
+def agent_proxy_url(env: Env, name: str = "bot", token: str | None = None) -> str:
+    return env.proxy.url.replace("http://", f"http://{name}:{token or env.agent_token}@")
+
+
+def test_reserved_host_through_the_proxy(env: Env) -> None:
+    """https://vaultproxy.internal/mcp through the proxy, with the agent's proxy
+    credentials as its identity (the name resolves nowhere: the proxy answers it)."""
+    ca = ssl.create_default_context(cafile=str(env.proxy.home.ca_cert))
+
+    async def go(proxy: str) -> Any:
+        client = httpx2.AsyncClient(proxy=proxy, verify=ca, trust_env=False,
+                                    timeout=httpx2.Timeout(30, read=60))
+        async with client, streamable_http_client(RESERVED, http_client=client) as streams:
+            async with ClientSession(streams[0], streams[1]) as s:
+                await s.initialize()
+                who = await s.call_tool("whoami", {})
+                got = await s.call_tool("http_request", {"service": "ai", "path": "/via-res"})
+                refused = await s.call_tool("http_request", {"service": "other", "path": "/r"})
+                return who, got, refused
+    who, got, refused = run(go(agent_proxy_url(env)))
+    assert json.loads(texts(who))["agent"] == "bot"
+    out = json.loads(texts(got))
+    assert out["status"] == 200
+    assert json.loads(out["body"])["authorization"] == "Bearer __vault.ai__"
+    assert refused.is_error and "agent_scope" in texts(refused)
+    rec = [r for r in env.audit() if r.get("path") == "/via-res" and r["event"] == "request"]
+    assert rec and rec[-1]["via"] == "mcp" and rec[-1]["agent"] == "bot"
+    # wrong proxy credentials: the CONNECT is refused like any other
+    with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 407 in its own errors
+        run(go(agent_proxy_url(env, token="vpa_wrong")))
+
+
+def test_reserved_host_refuses_other_paths(env: Env) -> None:
+    ca = ssl.create_default_context(cafile=str(env.proxy.home.ca_cert))
+    with httpx.Client(proxy=agent_proxy_url(env), verify=ca, timeout=20) as c:
+        assert c.get(RESERVED).status_code == 405  # no standalone stream
+        assert c.post("https://vaultproxy.internal/other", json={}).status_code == 404
+        canary.scan_text("reserved host", c.get(RESERVED).content)
+
+
+def test_stdio_inside_exec_environment_uses_https_proxy(env: Env, tmp_path: Path) -> None:
+    """Where the home is not visible (inside `vaultproxy exec`), `vaultproxy mcp` reaches
+    the reserved host through HTTPS_PROXY as the agent."""
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "vaultproxy", "mcp", "--home", str(tmp_path)],
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO),
+             "HTTPS_PROXY": agent_proxy_url(env),
+             "SSL_CERT_FILE": str(env.proxy.home.ca_cert)}, cwd=str(REPO))
+
+    async def go() -> Any:
+        async with stdio_client(params) as streams, \
+                ClientSession(streams[0], streams[1]) as s:
+            await s.initialize()
+            return await s.call_tool("whoami", {}), await s.call_tool(
+                "http_request", {"service": "ai", "path": "/stdio-proxy"})
+    who, got = run(go())
+    assert json.loads(texts(who))["agent"] == "bot"
+    assert json.loads(texts(got))["status"] == 200

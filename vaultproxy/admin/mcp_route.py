@@ -20,6 +20,7 @@ from vaultproxy.admin.token import bearer_matches
 from vaultproxy.agents import AgentRecord
 from vaultproxy.decide import identify
 from vaultproxy.errors import VaultproxyError, error_body
+from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS
 from vaultproxy.mcp.tools import build_server
 
 MCP_PATH = "/mcp"
@@ -85,7 +86,14 @@ class McpEndpoint:
         if scope.get(TRANSPORT_KEY) == "unix":
             return McpCaller(None, "mcp:unix")
         if bearer_matches(header, self.ctx.token):
-            return McpCaller(None, "mcp:admin")
+            relayed = _header(scope, AGENT_HEADER.lower().encode())
+            if relayed is None or relayed == ANONYMOUS.encode():
+                return McpCaller(None, "mcp:admin")
+            # https://vaultproxy.internal/mcp (stages/reserved.py): the proxy proved the agent
+            st = self.ctx.live.state
+            agents = st.session.agents if st is not None else {}
+            record = agents.get(relayed.decode("ascii", "replace"))
+            return McpCaller(record, f"mcp:agent:{record.name}") if record else None
         agent = agent_bearer(self.ctx, header)
         return McpCaller(agent, f"mcp:agent:{agent.name}") if agent is not None else None
 

@@ -21,6 +21,7 @@ from vaultproxy.stages.inject import Inject
 from vaultproxy.stages.mint import Mint
 from vaultproxy.stages.record import Record
 from vaultproxy.stages.request_gate import RequestGate
+from vaultproxy.stages.reserved import Reserved
 from vaultproxy.stages.response_gate import ResponseGate
 from vaultproxy.stages.route import Route
 from vaultproxy.stages.runtime import Runtime
@@ -29,7 +30,8 @@ from vaultproxy.stages.runtime import Runtime
 def chain(rt: Runtime) -> list[object]:
     """Our stages in the order they must run (before mitmproxy's defaults), sharing ``rt``."""
     stages = (Identify, Route, Connect, RequestGate, Mint, Inject, ResponseGate, Record)
-    return [stage(rt) for stage in stages]
+    # Reserved first: https://vaultproxy.internal/mcp is answered by the proxy (SPEC §11)
+    return [Reserved(rt), *(stage(rt) for stage in stages)]
 
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Mint",
     "Record",
     "RequestGate",
+    "Reserved",
     "ResponseGate",
     "Route",
     "Runtime",
