@@ -33,6 +33,7 @@ from tests.integration.conftest import service_block
 pytestmark = pytest.mark.integration
 
 RESERVED = "https://vaultproxy.internal/mcp"
+PROBE = Path(__file__).parents[1] / "harness" / "mcp_probe_server.py"
 
 
 def reflect(rec: Received) -> Reply:
@@ -66,11 +67,16 @@ class Env:
 @pytest.fixture(scope="module")
 def env(start_proxy: Any, upstream: Upstream) -> Iterator[Env]:
     upstream.handler = reflect
-    secrets = {"ai": canary.make_canary(), "other": canary.make_canary()}
+    secrets = {"ai": canary.make_canary(), "other": canary.make_canary(),
+               "ph": canary.make_canary()}
     rules = '[{ method = "POST", path = "/hold/*", action = "approve" }]'
     toml = ("# the operator's comment\n[approvals]\nhold_seconds = 20\ngrant_seconds = 0\n\n"
             + service_block("ai", "host_inject", "bearer", upstream.port, rules=rules)
-            + service_block("other", "host_inject", "bearer", upstream.port))
+            + service_block("other", "host_inject", "bearer", upstream.port)
+            + service_block("ph", "placeholder", "bearer", upstream.port)
+            + "[[mcp_server]]\nname = \"probe\"\n"
+            + f"command = [{json.dumps(sys.executable)}, {json.dumps(str(PROBE))}]\n"
+            + 'env = { PROBE_TOKEN = "__vault.ph__" }\n')
     proxy = start_proxy(toml, secrets)
     home = proxy.home
     added = cli(home.path, "agent", "add", "bot", "--services", "ai",
@@ -389,3 +395,52 @@ def test_stdio_inside_exec_environment_uses_https_proxy(env: Env, tmp_path: Path
     who, got = run(go())
     assert json.loads(texts(who))["agent"] == "bot"
     assert json.loads(texts(got))["status"] == 200
+
+
+def mcp_config(env: Env, *extra: str) -> dict[str, Any]:
+    out = cli(env.proxy.home.path, "mcp", "config", *extra).stdout
+    canary.scan_text("mcp config", out.encode())
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def test_mcp_config_shapes(env: Env) -> None:
+    claude = mcp_config(env)["mcpServers"]
+    assert set(claude) == {"vaultproxy", "probe"}
+    probe = claude["probe"]
+    assert probe["type"] == "stdio" and probe["command"].endswith("vaultproxy")
+    args = probe["args"]
+    assert args[:3] == ["exec", "--home", str(env.proxy.home.path)]
+    assert "--no-isolate" not in args
+    assert args[args.index("--") + 1:] == ["env", "PROBE_TOKEN=__vault.ph__", sys.executable,
+                                           str(PROBE)]
+    assert claude["vaultproxy"]["args"][0] == "mcp"
+    generic = mcp_config(env, "--client", "generic")["mcpServers"]
+    assert "type" not in generic["probe"] and generic["probe"]["args"] == args
+
+
+def test_configured_server_runs_under_exec_with_injected_credential(env: Env) -> None:
+    """The .mcp.json entry, launched as an MCP client would: the server runs in the exec
+    sandbox, its HTTPS goes through the proxy, which swaps its placeholder for the secret;
+    it never holds the secret and cannot read the home."""
+    entry = mcp_config(env)["mcpServers"]["probe"]
+    params = StdioServerParameters(command=entry["command"], args=entry["args"],
+                                   env={"PATH": os.environ.get("PATH", "")}, cwd=str(REPO))
+
+    async def go() -> Any:
+        async with stdio_client(params) as streams, \
+                ClientSession(streams[0], streams[1], read_timeout_seconds=60) as s:
+            await s.initialize()
+            got = await s.call_tool("fetch", {"url": "https://ph.api.test/probe"})
+            home = await s.call_tool("read", {"path": str(env.proxy.home.path /
+                                                          "services.toml")})
+            return got, home
+    got, home = run(go())
+    out = json.loads(texts(got))
+    assert out["token_env"] == "__vault.ph__"  # what the server holds
+    assert out["status"] == 200
+    assert json.loads(out["body"])["authorization"] == "Bearer __vault.ph__"
+    seen = [r for r in env.upstream.received if r.path == "/probe"][-1]
+    assert seen.header("authorization") == f"Bearer {env.secrets['ph']}"
+    assert json.loads(texts(home))["readable"] is False
+    # the twin: outside the sandbox the same file is readable
+    assert (env.proxy.home.path / "services.toml").read_bytes()

@@ -4,8 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from vaultproxy.cli import add_home
+from vaultproxy.config.mcp_servers import McpServer
 from vaultproxy.errors import UsageError
 from vaultproxy.home import Home
 
@@ -39,4 +47,46 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    raise UsageError("vaultproxy mcp config: not built yet")
+    from vaultproxy.config.load import load_config
+    from vaultproxy.config.mcp_servers import unknown_placeholders
+
+    home = Home.resolve(args.home)
+    config = load_config(home.services)
+    services = {s.name for s in config.services} | {h.name for h in config.honeytoken}
+    problems = [f"mcp_server {m.name}: env {var} names a placeholder of no service"
+                for m in config.mcp_server for var in unknown_placeholders(m, services)]
+    if problems:
+        for line in problems:
+            print(f"vaultproxy: {line}", file=sys.stderr)
+        return 1
+    print(json.dumps(client_config(home, config.mcp_server, args.client), indent=2))
+    return 0
+
+
+def _executable() -> str:
+    """This installation's ``vaultproxy`` (beside the interpreter, as pip installs it),
+    else the one on PATH: the client launches it without our environment."""
+    sibling = Path(sys.executable).parent / "vaultproxy"
+    if sibling.is_file() and os.access(sibling, os.X_OK):
+        return str(sibling)
+    return shutil.which("vaultproxy") or "vaultproxy"
+
+
+def client_config(home: Home, servers: Sequence[McpServer], client: str) -> dict[str, Any]:
+    """``{"mcpServers": {...}}``: vaultproxy's own tools (``vaultproxy mcp``), then each
+    ``[[mcp_server]]`` under ``vaultproxy exec`` (isolated unless ``isolate = false``); its
+    env placeholders are set inside, with ``env`` (placeholders are not secrets)."""
+    exe = _executable()
+    base = ["--home", str(home.path)]
+    entries: dict[str, dict[str, Any]] = {"vaultproxy": {"command": exe,
+                                                         "args": ["mcp", *base]}}
+    for m in servers:
+        inner = list(m.command)
+        if m.env:
+            inner = ["env", *(f"{k}={v}" for k, v in sorted(m.env.items())), *inner]
+        flags = [] if m.isolate else ["--no-isolate"]
+        entries[m.name] = {"command": exe, "args": ["exec", *base, *flags, "--", *inner]}
+    if client == "claude":
+        for entry in entries.values():
+            entry["type"] = "stdio"
+    return {"mcpServers": entries}

@@ -37,6 +37,7 @@ from vaultproxy.config.fields import (
     str_list,
 )
 from vaultproxy.config.health import HealthSettings
+from vaultproxy.config.mcp_servers import McpServer, mcp_servers
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
 from vaultproxy.config.sources import SourceConfig, check_secret, source_problems
@@ -340,6 +341,9 @@ class Config(Model):
     approvals: access.ApprovalSettings = access.ApprovalSettings()  # SPEC §10
     honeytoken: Annotated[
         tuple[access.Honeytoken, ...], BeforeValidator(access.honeytokens)
+    ] = ()
+    mcp_server: Annotated[  # SPEC §11 (config/mcp_servers.py)
+        tuple[McpServer, ...], BeforeValidator(mcp_servers)
     ] = ()
 
     @model_validator(mode="after")
