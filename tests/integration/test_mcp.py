@@ -190,6 +190,14 @@ def test_bad_bearer_refused(env: Env) -> None:
                        json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "unauthorized"
+    # the relay header alone proves nothing: only with the admin token (the proxy's relay)
+    r = httpx.post(env.admin_url, headers={"X-Vaultproxy-Mcp-Agent": "bot"},
+                   json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert r.status_code == 401
+    r = httpx.post(env.admin_url, headers={"X-Vaultproxy-Mcp-Agent": "ghost",
+                                           "Authorization": f"Bearer {env.admin_token()}"},
+                   json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert r.status_code == 401  # an agent the keystore does not know
 
 
 def test_whoami_and_recent_activity(env: Env) -> None:
