@@ -452,3 +452,29 @@ def test_configured_server_runs_under_exec_with_injected_credential(env: Env) ->
     assert json.loads(texts(home))["readable"] is False
     # the twin: outside the sandbox the same file is readable
     assert (env.proxy.home.path / "services.toml").read_bytes()
+
+
+def test_stdio_server_inside_real_exec_as_the_agent(env: Env) -> None:
+    """`vaultproxy exec --agent bot -- vaultproxy mcp`: inside the sandbox the home (and
+    admin.sock) is hidden, so the bridge reaches the reserved host through the proxy, and the
+    tools act as agent bot (its scopes), proven by its proxy credentials."""
+    exe = str(Path(sys.executable).parent / "vaultproxy")
+    params = StdioServerParameters(
+        command=exe, args=["exec", "--home", str(env.proxy.home.path), "--agent", "bot", "--",
+                           exe, "mcp"],
+        env={"PATH": os.environ.get("PATH", ""), "VAULTPROXY_AGENT_TOKEN": env.agent_token},
+        cwd=str(REPO))
+
+    async def go() -> Any:
+        async with stdio_client(params) as streams, \
+                ClientSession(streams[0], streams[1], read_timeout_seconds=60) as s:
+            await s.initialize()
+            return (await s.call_tool("whoami", {}),
+                    await s.call_tool("http_request", {"service": "ai", "path": "/in-exec"}),
+                    await s.call_tool("http_request", {"service": "other", "path": "/no"}))
+    who, got, refused = run(go())
+    assert json.loads(texts(who))["agent"] == "bot"
+    out = json.loads(texts(got))
+    assert out["status"] == 200
+    assert json.loads(out["body"])["authorization"] == "Bearer __vault.ai__"
+    assert refused.is_error and "agent_scope" in texts(refused)
