@@ -92,12 +92,18 @@ def texts(result: Any) -> str:
     return out
 
 
+async def scan_notification(message: Any) -> None:
+    """Every notification the server sends goes to the canary check too."""
+    canary.scan_text("MCP notification", repr(message).encode())
+
+
 @asynccontextmanager
 async def session(url: str, bearer: str, **kw: Any) -> AsyncIterator[ClientSession]:
     client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {bearer}"},
                                 timeout=httpx2.Timeout(30, read=60))
     async with client, streamable_http_client(
             url, http_client=client, max_sse_event_size=4 << 20) as streams:
+        kw.setdefault("message_handler", scan_notification)
         async with ClientSession(streams[0], streams[1], **kw) as s:
             await s.initialize()
             yield s
@@ -478,3 +484,30 @@ def test_stdio_server_inside_real_exec_as_the_agent(env: Env) -> None:
     assert out["status"] == 200
     assert json.loads(out["body"])["authorization"] == "Bearer __vault.ai__"
     assert refused.is_error and "agent_scope" in texts(refused)
+
+
+def test_reserved_host_with_two_workers(env: Env, start_proxy: Any, upstream: Upstream) -> None:
+    """Under `--workers 2` each worker relays the reserved host to the supervisor's /mcp:
+    calls over several connections all work and land in one audit."""
+    secret = canary.make_canary()
+    proxy = start_proxy(service_block("ai", "host_inject", "bearer", upstream.port),
+                        {"ai": secret}, args=("--workers", "2"))
+    ca = ssl.create_default_context(cafile=str(proxy.home.ca_cert))
+
+    async def one(i: int) -> Any:
+        client = httpx2.AsyncClient(proxy=proxy.url, verify=ca, trust_env=False,
+                                    timeout=httpx2.Timeout(30, read=60))
+        async with client, streamable_http_client(RESERVED, http_client=client) as streams:
+            async with ClientSession(streams[0], streams[1],
+                                     message_handler=scan_notification) as s:
+                await s.initialize()
+                return await s.call_tool("http_request", {"service": "ai", "path": f"/w{i}"})
+
+    async def many() -> list[Any]:
+        return list(await asyncio.gather(*(one(i) for i in range(6))))
+    for result in run(many()):
+        out = json.loads(texts(result))
+        assert out["status"] == 200
+        assert json.loads(out["body"])["authorization"] == "Bearer __vault.ai__"
+    paths = {r["path"] for r in proxy.audit() if r.get("via") == "mcp"}
+    assert {f"/w{i}" for i in range(6)} <= paths
