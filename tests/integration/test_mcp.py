@@ -389,6 +389,9 @@ def test_reserved_host_refuses_other_paths(env: Env) -> None:
         assert c.get(RESERVED).status_code == 405  # no standalone stream
         assert c.post("https://vaultproxy.internal/other", json={}).status_code == 404
         canary.scan_text("reserved host", c.get(RESERVED).content)
+        plain = c.post("http://vaultproxy.internal/mcp", json={})
+        assert plain.status_code == 403
+        assert plain.json()["error"]["code"] == "destination_denied"
 
 
 def test_stdio_inside_exec_environment_uses_https_proxy(env: Env, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.proxy.layers.http import HTTPMode
 
 from vaultproxy.decide import identify
-from vaultproxy.errors import LockedError, NotReady
+from vaultproxy.errors import DestinationDenied, LockedError, NotReady
 from vaultproxy.hostnames import normal_host
 from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS, MCP_PATH, RESERVED_HOST
 from vaultproxy.outbound import admin_client
@@ -73,7 +73,13 @@ class Reserved(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         client = self._clients.get(flow.client_conn.id)
-        if client is None or flow.response is not None:
+        if flow.response is not None:
+            return
+        if client is None:
+            tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+            if tunnel is None and normal_host(flow.request.host) == RESERVED_HOST:
+                # plain http:// to the reserved name: refused, never resolved or forwarded
+                raise DestinationDenied(f"use https://{RESERVED_HOST}{MCP_PATH}")
             return
         # the other stages see a tunnel to no service: nothing to inject, nothing to dial
         if self.rt.connections.tunnel(flow.client_conn.id) is None:
