@@ -369,8 +369,11 @@ def test_reserved_host_through_the_proxy(env: Env) -> None:
                 who = await s.call_tool("whoami", {})
                 got = await s.call_tool("http_request", {"service": "ai", "path": "/via-res"})
                 refused = await s.call_tool("http_request", {"service": "other", "path": "/r"})
-                return who, got, refused
-    who, got, refused = run(go(agent_proxy_url(env)))
+                stored = await s.call_tool("store_secret", {"name": "k", "reason": "r"})
+                return who, got, refused, stored
+    who, got, refused, stored = run(go(agent_proxy_url(env)))
+    # the relay answers whole: store_secret hands out the URL instead of eliciting
+    assert json.loads(texts(stored))["action"] == "open_url"
     assert json.loads(texts(who))["agent"] == "bot"
     out = json.loads(texts(got))
     assert out["status"] == 200

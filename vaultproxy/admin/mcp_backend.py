@@ -49,6 +49,7 @@ class McpCaller:
 
     agent: AgentRecord | None
     label: str  # for rate limits and admin audit lines
+    relayed: bool = False  # through https://vaultproxy.internal/mcp (one buffered answer)
 
     @property
     def name(self) -> str | None:
@@ -212,6 +213,9 @@ class AdminBackend:
             raise Refused("invalid_request", "name must match ^[a-z0-9][a-z0-9_-]{0,63}$")
         st = self._state()
         url = f"{_dashboard(st)}/secrets?name={quote(name)}"
+        if who.relayed:  # the proxy's relay answers a call whole: no elicitation round trip
+            return {"name": name, "url": url, "action": "open_url",
+                    "note": "ask the person to open this URL and store the value there"}
         message = (f"vaultproxy: please store the secret {name!r} in the dashboard "
                    f"({' '.join(reason.split())[:200]}). Never paste it into the chat.")
         try:

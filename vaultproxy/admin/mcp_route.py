@@ -87,13 +87,15 @@ class McpEndpoint:
             return McpCaller(None, "mcp:unix")
         if bearer_matches(header, self.ctx.token):
             relayed = _header(scope, AGENT_HEADER.lower().encode())
-            if relayed is None or relayed == ANONYMOUS.encode():
+            if relayed is None:
                 return McpCaller(None, "mcp:admin")
+            if relayed == ANONYMOUS.encode():
+                return McpCaller(None, "mcp:anonymous", relayed=True)
             # https://vaultproxy.internal/mcp (stages/reserved.py): the proxy proved the agent
             st = self.ctx.live.state
             agents = st.session.agents if st is not None else {}
             record = agents.get(relayed.decode("ascii", "replace"))
-            return McpCaller(record, f"mcp:agent:{record.name}") if record else None
+            return McpCaller(record, f"mcp:agent:{record.name}", relayed=True) if record else None
         agent = agent_bearer(self.ctx, header)
         return McpCaller(agent, f"mcp:agent:{agent.name}") if agent is not None else None
 
