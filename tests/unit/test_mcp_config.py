@@ -8,11 +8,16 @@ import pytest
 
 from vaultproxy.cli.mcp import client_config
 from vaultproxy.config.load import parse_config
-from vaultproxy.config.mcp_servers import unknown_placeholders
 from vaultproxy.errors import ConfigError
 from vaultproxy.home import Home
 
 GOOD = '''
+[[service]]
+name = "github"
+hosts = ["api.github.com"]
+mode = "placeholder"
+auth = "bearer"
+
 [[mcp_server]]
 name = "gh"
 command = ["npx", "-y", "server-github"]
@@ -37,8 +42,9 @@ def test_parsed_and_rendered() -> None:
     assert out["vaultproxy"]["args"] == ["mcp", "--home", "/h"]
     generic = client_config(Home(Path("/h")), cfg.mcp_server, "generic")["mcpServers"]
     assert all("type" not in e for e in generic.values())
-    assert unknown_placeholders(gh, {"github"}) == []
-    assert unknown_placeholders(gh, {"gitlab"}) == ["GITHUB_TOKEN"]
+    with pytest.raises(ConfigError) as err:  # the twin: a placeholder of no service
+        parse_config(GOOD.replace("__vault.github__", "__vault.gitlab__"), Path("/tmp"))
+    assert "mcp_server[0].env.GITHUB_TOKEN: names a placeholder of no service" in str(err.value)
 
 
 @pytest.mark.parametrize(("toml", "problem"), [

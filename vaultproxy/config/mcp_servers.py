@@ -15,7 +15,7 @@ from vaultproxy.config import rules
 from vaultproxy.config.fields import Model, rule, ruled
 from vaultproxy.config.problems import Problems, TypeProblem
 
-PLACEHOLDER_RE = re.compile(r"__vault\.([a-z0-9][a-z0-9_-]{0,63})__")
+PLACEHOLDER_RE = re.compile(r"__vault\.[a-z0-9][a-z0-9_-]{0,63}__")
 
 
 class McpServer(Model):
@@ -52,8 +52,11 @@ def mcp_servers(value: object) -> object:
     raise TypeProblem.one("must be an array of tables ([[mcp_server]])")
 
 
-def unknown_placeholders(server: McpServer, services: set[str]) -> list[str]:
-    """The env variables whose value names a placeholder of no service (a typo would send
-    the literal placeholder upstream, where the proxy refuses it)."""
-    return [var for var, val in server.env.items()
-            for name in PLACEHOLDER_RE.findall(val) if name not in services]
+def placeholder_problems(servers: Sequence[McpServer],
+                         known: set[str]) -> list[tuple[str, str]]:
+    """An env value naming a ``__vault.x__`` placeholder that is none of ``known`` (the
+    services' placeholders and the honeytokens'): a typo would reach the server as a literal
+    the proxy then refuses (403 placeholder_unknown), so it is refused here, at load."""
+    return [(f"mcp_server[{i}].env.{var}", "names a placeholder of no service")
+            for i, m in enumerate(servers) for var, val in m.env.items()
+            if any(tok not in known for tok in PLACEHOLDER_RE.findall(val))]

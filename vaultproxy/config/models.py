@@ -37,7 +37,7 @@ from vaultproxy.config.fields import (
     str_list,
 )
 from vaultproxy.config.health import HealthSettings
-from vaultproxy.config.mcp_servers import McpServer, mcp_servers
+from vaultproxy.config.mcp_servers import McpServer, mcp_servers, placeholder_problems
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
 from vaultproxy.config.sources import SourceConfig, check_secret, source_problems
@@ -351,6 +351,8 @@ class Config(Model):
         services = [s.model_dump(exclude_none=True) for s in self.service]
         problems = across(services) + source_problems(self.source, services)
         problems += access.honeytoken_problems(self.honeytoken, services)
+        known = {s.placeholder_text for s in self.service} | {h.value for h in self.honeytoken}
+        problems += placeholder_problems(self.mcp_server, known)
         if problems:
             raise Across(problems)
         return self
