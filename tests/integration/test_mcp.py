@@ -74,6 +74,7 @@ def env(start_proxy: Any, upstream: Upstream) -> Iterator[Env]:
             + service_block("ai", "host_inject", "bearer", upstream.port, rules=rules)
             + service_block("other", "host_inject", "bearer", upstream.port)
             + service_block("ph", "placeholder", "bearer", upstream.port)
+            + "[[honeytoken]]\nname = \"decoy\"\n\n"
             + "[[mcp_server]]\nname = \"probe\"\n"
             + f"command = [{json.dumps(sys.executable)}, {json.dumps(str(PROBE))}]\n"
             + 'env = { PROBE_TOKEN = "__vault.ph__" }\n')
@@ -517,3 +518,33 @@ def test_reserved_host_with_two_workers(env: Env, start_proxy: Any, upstream: Up
         assert json.loads(out["body"])["authorization"] == "Bearer __vault.ai__"
     paths = {r["path"] for r in proxy.audit() if r.get("via") == "mcp"}
     assert {f"/w{i}" for i in range(6)} <= paths
+
+
+def test_honeytoken_in_a_tool_call_refused_and_audited(env: Env) -> None:
+    before = len(env.upstream.received)
+
+    async def go() -> Any:
+        async with session(env.admin_url, f"bot:{env.agent_token}") as s:
+            return await s.call_tool("http_request", {
+                "service": "ai", "path": "/decoy", "headers": {"X-Note": "__vault.decoy__"}})
+    result = run(go())
+    assert result.is_error and ": honeytoken: " in texts(result)
+    assert len(env.upstream.received) == before
+    hits = [r for r in env.audit() if r["event"] == "honeytoken" and r["path"] == "/decoy"]
+    assert hits and hits[-1]["agent"] == "bot" and "via mcp" in hits[-1]["reason"]
+
+
+def test_locked_proxy_says_so(start_proxy: Any, upstream: Upstream) -> None:
+    proxy = start_proxy(service_block("ai", "host_inject", "bearer", upstream.port),
+                        {"ai": canary.make_canary()})
+    cli(proxy.home.path, "lock")
+    token = (proxy.home.path / "admin-token").read_text().strip()
+    url = str(proxy.extra["admin_url"]) + "/mcp"
+
+    async def go() -> Any:
+        async with session(url, token) as s:
+            return (await s.call_tool("whoami", {}),
+                    await s.call_tool("http_request", {"service": "ai", "path": "/x"}))
+    who, refused = run(go())
+    assert json.loads(texts(who))["locked"] is True
+    assert refused.is_error and ": locked: " in texts(refused)
