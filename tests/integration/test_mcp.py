@@ -548,3 +548,6 @@ def test_locked_proxy_says_so(start_proxy: Any, upstream: Upstream) -> None:
     who, refused = run(go())
     assert json.loads(texts(who))["locked"] is True
     assert refused.is_error and ": locked: " in texts(refused)
+    r = httpx.post(url, headers={"Authorization": "Bearer bot:vpa_x"},
+                   json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "locked"

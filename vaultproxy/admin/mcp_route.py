@@ -19,7 +19,7 @@ from vaultproxy.admin.mcp_backend import IDENTITY_KEY, AdminBackend, McpCaller
 from vaultproxy.admin.token import bearer_matches
 from vaultproxy.agents import AgentRecord
 from vaultproxy.decide import identify
-from vaultproxy.errors import VaultproxyError, error_body
+from vaultproxy.errors import LockedError, VaultproxyError, error_body, error_response
 from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS
 from vaultproxy.mcp.tools import build_server
 
@@ -44,10 +44,23 @@ def agent_bearer(ctx: AdminContext, header: bytes | None) -> AgentRecord | None:
     st = ctx.live.state
     if st is None:
         return None
+    if st.locked:
+        raise LockedError()  # agent hashes live in the keystore: say so, not "unauthorized"
     basic = "Basic " + base64.b64encode(raw).decode("ascii")
     with contextlib.suppress(VaultproxyError):
-        return identify(basic, st.registry, None if st.locked else st.session.agents)
+        return identify(basic, st.registry, st.session.agents)
     return None
+
+
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = error_body(code, message)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()),
+               (b"x-vaultproxy-error", code.encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="vaultproxy"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 class McpEndpoint:
@@ -100,16 +113,15 @@ class McpEndpoint:
         return McpCaller(agent, f"mcp:agent:{agent.name}") if agent is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        who = self.who(scope)
+        try:
+            who = self.who(scope)
+        except VaultproxyError as e:
+            status, code, message = error_response(e)
+            await _refuse(send, status, code, message)
+            return
         if who is None:
-            body = error_body("unauthorized", "send the admin token or an agent's "
-                              "NAME:TOKEN as the bearer")
-            await send({"type": "http.response.start", "status": 401, "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-vaultproxy-error", b"unauthorized"),
-                (b"www-authenticate", b'Bearer realm="vaultproxy"')]})
-            await send({"type": "http.response.body", "body": body})
+            await _refuse(send, 401, "unauthorized", "send the admin token or an agent's "
+                          "NAME:TOKEN as the bearer")
             return
         scope[IDENTITY_KEY] = who
         await self._started()
