@@ -100,3 +100,9 @@ def _is_tls_failure(err: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return "CERTIFICATE_VERIFY_FAILED" in str(err)
+
+
+def admin_client(timeout: httpx.Timeout) -> httpx.AsyncClient:  # noqa: TID251
+    """A client for our own admin listener on loopback (the reserved MCP host's relay):
+    plain HTTP, no proxies from the environment."""
+    return httpx.AsyncClient(timeout=timeout, trust_env=False)  # noqa: TID251

@@ -181,7 +181,7 @@ def inject_body(st: ProxyState, req: http.Request, plan: Plan, entry: Entry) -> 
 
 def record_forward(
     audit: AheadSink, on_failure: str, *, agent: str | None, service: Service | None,
-    method: str, host: str | None, path: str | None,
+    method: str, host: str | None, path: str | None, via: str | None = None,
 ) -> None:
     """The ``forward`` audit record of a request about to leave with a credential; raise
     AuditUnavailable when it cannot be written and ``[audit] on_failure`` is not
@@ -189,7 +189,7 @@ def record_forward(
     ok = record_ahead(
         audit, agent=agent, service=service.name if service is not None else None,
         mode=service.mode if service is not None else None, method=method, host=host,
-        path=path,
+        path=path, via=via,
     )
     if not ok and on_failure != "continue":
         raise AuditUnavailable()

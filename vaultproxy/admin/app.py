@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 
 from vaultproxy import __version__
 from vaultproxy.admin import (
@@ -32,6 +33,7 @@ from vaultproxy.admin.actions import (
 )
 from vaultproxy.admin.context import AdminContext, caller, proxy_state
 from vaultproxy.admin.guard import Guard
+from vaultproxy.admin.mcp_route import MCP_PATH, McpEndpoint
 from vaultproxy.admin.models import (
     AuditOut,
     ErrorOut,
@@ -84,6 +86,10 @@ def create_app(ctx: AdminContext) -> FastAPI:
     app.include_router(approval_routes.router, responses=ERRORS)  # SPEC §10
     app.include_router(env_routes.router, responses=ERRORS)
     app.include_router(stream_route.router, responses=ERRORS)
+    mcp = McpEndpoint(ctx)  # SPEC §11; its own caller check (admin or agent token)
+    ctx.closers.append(mcp.aclose)
+    app.router.routes.append(Route(MCP_PATH, mcp, methods=["GET", "POST", "DELETE"],
+                                   include_in_schema=False))
     live = ctx.live
     metrics.bind(
         lambda: (s := live.state) is None or s.locked,

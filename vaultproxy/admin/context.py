@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -26,6 +26,7 @@ class AdminContext:
     unlock_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one KDF at a time
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # keystore edits
     clients: UpstreamClients = field(default_factory=UpstreamClients)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # at stop
     sync: Syncer = field(init=False)  # sources: POST /v1/sync and the refresh_seconds loop
     closing: bool = False  # set when the listeners close: open streams (audit/stream) end
     # The dashboard's one-time login URL (set by the engine when the dashboard serves).

@@ -17,6 +17,7 @@ TRANSPORT_KEY = "vaultproxy.transport"
 CALLER_KEY = "vaultproxy.caller"
 PEER_KEY = "vaultproxy.peer"  # the transport identity alone: no self-asserted X-Caller-Id
 OPEN_PATHS = frozenset({"/v1/health"})
+SELF_AUTH_PATHS = frozenset({"/mcp"})  # the admin token or an agent's: checked by the route
 
 
 def loopback_name(host_header: bytes | None) -> bool:
@@ -68,7 +69,8 @@ class Guard:
                 await _refuse(send, 403, "host_refused",
                               "the Host header must be localhost or an IP address", [])
                 return
-            if scope.get("path") not in OPEN_PATHS and not bearer_matches(
+            path = scope.get("path")
+            if path not in OPEN_PATHS and path not in SELF_AUTH_PATHS and not bearer_matches(
                 _header(scope, b"authorization"), self.token
             ):
                 await _refuse(send, 401, "unauthorized", "missing or wrong admin token",

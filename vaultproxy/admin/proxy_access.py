@@ -35,17 +35,17 @@ def _surfaces(req_in: ProxyIn, body: bytes) -> Iterator[tuple[str, bytes]]:
     yield "body", body
 
 
-async def check_access(st: ProxyState, service: Service, host: str,
-                       req_in: ProxyIn) -> ProxyIn:
+async def check_access(st: ProxyState, service: Service, host: str, req_in: ProxyIn,
+                       agent: str | None = None, via: str = "api") -> ProxyIn:
     """Raise the SPEC §5 refusal, or return the request with its path normalised."""
     body = _body(req_in)
     decoys = st.snapshot.honeytokens
     hit = decoys.find_any(_surfaces(req_in, body)) if decoys else None
     if hit is not None:
         name, surface = hit
-        record_honeytoken(st.audit, name=name, agent=None, service=service.name,
+        record_honeytoken(st.audit, name=name, agent=agent, service=service.name,
                           method=req_in.method, host=host, path=req_in.path.split("?")[0],
-                          surface=surface, via="api")
+                          surface=surface, via=via)
         st.access_desk().alert(f"vaultproxy HONEYTOKEN {name} used through POST /proxy "
                                f"toward {host} (in the {surface}); the request was refused")
         raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
@@ -54,7 +54,7 @@ async def check_access(st: ProxyState, service: Service, host: str,
         return req_in
     normal = normalise_target(req_in.path)
     path = normal.split("?", 1)[0]
-    ticket = Ticket(agent=None, service=service.name, method=req_in.method.upper(), host=host,
-                    path=path, body_size=len(body), rule="", via="api")
+    ticket = Ticket(agent=agent, service=service.name, method=req_in.method.upper(), host=host,
+                    path=path, body_size=len(body), rule="", via=via)
     await enforce(st.access_desk, access, req_in.method, path, lambda: ticket)
     return req_in if normal == req_in.path else req_in.model_copy(update={"path": normal})

@@ -18,13 +18,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from mitmproxy import http
 
-from vaultproxy.admin.context import admin_context, caller, proxy_state
+from vaultproxy.admin.context import AdminContext, admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
 from vaultproxy.admin.proxy_access import check_access
+from vaultproxy.agents import AgentRecord
 from vaultproxy.audit.canonical import record_decision
 from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision, Facts, Plan, decide
 from vaultproxy.errors import (
+    AgentScope,
     BodyTooLarge,
     LockedError,
     UnscannableResponse,
@@ -173,8 +175,10 @@ def to_httpx(req: http.Request, ip: str, port: int) -> httpx.Request:
 class _Audit:
     """The canonical decision line of one ``POST /proxy`` (audit/canonical.py)."""
 
-    def __init__(self, st: ProxyState, service: Service | None, req_in: ProxyIn):
+    def __init__(self, st: ProxyState, service: Service | None, req_in: ProxyIn,
+                 agent: str | None = None, via: str = "api"):
         self.st, self.service, self.req_in = st, service, req_in
+        self.agent, self.via = agent, via
         self.host: str | None = None
         self.t0 = time.monotonic()
         self.token: str | None = None  # "minted" / "cached" for a minted service
@@ -182,17 +186,17 @@ class _Audit:
     def ahead(self) -> None:
         """The ``forward`` record before an injected request leaves (the pipeline's)."""
         record_forward(
-            self.st.audit, self.st.audit.on_failure, agent=None, service=self.service,
-            method=self.req_in.method, host=self.host, path=self.req_in.path,
+            self.st.audit, self.st.audit.on_failure, agent=self.agent, service=self.service,
+            method=self.req_in.method, host=self.host, path=self.req_in.path, via=self.via,
         )
 
     def record(self, status: int | None, outcome: str, reason: str | None) -> None:
         svc = self.service
         record_decision(
-            self.st.audit, event="request", agent=None,
+            self.st.audit, event="request", agent=self.agent,
             service=svc.name if svc else self.req_in.service, mode=svc.mode if svc else None,
             method=self.req_in.method, host=self.host, path=self.req_in.path, status=status,
-            started=self.t0, outcome=outcome, reason=reason,
+            started=self.t0, outcome=outcome, reason=reason, via=self.via,
         )
 
 
@@ -206,12 +210,21 @@ class _Audit:
 async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
     ctx = admin_context(request)
     ctx.proxy_limit.take(caller(request))
-    st = proxy_state(request)
+    return await proxy_pipeline(ctx, proxy_state(request), req_in)
+
+
+async def proxy_pipeline(ctx: AdminContext, st: ProxyState, req_in: ProxyIn, *,
+                         agent: AgentRecord | None = None, via: str = "api") -> Response:
+    """One explicit request through the whole pipeline. ``agent``: the verified agent the
+    caller proved (its scopes apply; None = the admin-token holder); ``via``: the audit's
+    channel (``api`` for ``POST /proxy``, ``mcp`` for the MCP ``http_request`` tool)."""
     service = st.registry.by_name(req_in.service)
     if service is None:
         raise UnknownService(f"no service named {req_in.service}")
-    audit = _Audit(st, service, req_in)
+    audit = _Audit(st, service, req_in, agent.name if agent else None, via)
     try:
+        if agent is not None and not agent.allows(service.name):
+            raise AgentScope(f"agent {agent.name} may not use service {service.name}")
         host, port = pick_host(st, service, req_in.host)
         audit.host = host
         decision = decide_request(st, host, port)
@@ -219,7 +232,8 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
         if plan is None or decision.dial is None or target is None:  # pragma: no cover
             raise UnknownService(f"no service named {req_in.service}")
         # ACCESS (SPEC §10): honeytokens, rules, rate limit, approval - one call
-        req_in = await check_access(st, service, host, req_in)
+        req_in = await check_access(st, service, host, req_in,
+                                    agent.name if agent else None, via)
         req = build_request(plan, host, port, req_in)
         check_request(req, plan, target)  # the proxy's request checks and dropped headers
         minted, injected = await inject(st, plan, req)

@@ -204,5 +204,8 @@ class AdminServer:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._refresher
         if self.ctx is not None:
+            for close in self.ctx.closers:
+                with contextlib.suppress(Exception):
+                    await close()
             await self.ctx.clients.aclose()
             await self.ctx.sync.aclose()

@@ -31,12 +31,14 @@ def record_decision(
     started: float | None,
     outcome: str,
     reason: str | None,
+    via: str | None = None,
 ) -> None:
     """``started``: ``time.monotonic()`` when the request began (None: no duration)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
     line = AuditEvent(
         event=event, agent=agent, service=service, mode=mode, method=method, host=host,
         path=path, status=status, duration_ms=duration, outcome=outcome, reason=reason,
+        via=via,
     )
     sink.record(metrics.observed(line))
 
@@ -54,6 +56,7 @@ def record_ahead(
     method: str | None,
     host: str | None,
     path: str | None,
+    via: str | None = None,
 ) -> bool:
     """Write the ``forward`` record of a request about to leave with a credential (status
     ``null``; its ``request`` record follows with the status). False when it could not be
@@ -63,7 +66,7 @@ def record_ahead(
     line = AuditEvent(
         event=FORWARD_EVENT, agent=agent, service=service, mode=mode, method=method,
         host=host, path=path, status=None, duration_ms=None, outcome="forwarding",
-        reason=None,
+        reason=None, via=via,
     )
     return sink.ahead(line)
 

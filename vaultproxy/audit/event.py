@@ -89,6 +89,7 @@ class AuditEvent(BaseModel):
     outcome: str = Field(min_length=1)
     reason: str | None = None
     caller: str | None = None
+    via: str | None = None  # proxy | api | mcp; written only when set (SPEC §8)
     # approval events only (SPEC §8/§10): which approval, what was decided, by whom
     id: str | None = None
     decision: str | None = None
@@ -121,6 +122,8 @@ class AuditEvent(BaseModel):
             record["caller"] = self.caller
         if self.event == APPROVAL_EVENT:
             record.update({name: getattr(self, name) for name in APPROVAL_FIELDS})
+        if self.via is not None:
+            record["via"] = self.via
         return record
 
     def to_json_line(self) -> str:
@@ -134,6 +137,8 @@ class AuditEvent(BaseModel):
             parts.append('"caller":' + _json_value(self.caller))
         if self.event == APPROVAL_EVENT:
             parts.extend(f'"{name}":' + _json_value(values[name]) for name in APPROVAL_FIELDS)
+        if self.via is not None:
+            parts.append('"via":' + _json_value(self.via))
         return "{" + ",".join(parts) + "}\n"
 
 

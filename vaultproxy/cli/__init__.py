@@ -23,7 +23,7 @@ from vaultproxy.errors import UsageError, VaultproxyError
 # Subcommand modules, in --help order. Each exposes register(subparsers).
 COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "control", "ca", "env_exec",
                    "agent", "tpm", "sync", "tail", "lifecycle", "completion", "approvals",
-                   "dashboard")
+                   "dashboard", "mcp")
 
 # The module that defines each command: `vaultproxy run` imports `run`'s module only, so its
 # password prompt is up before the other commands' imports (config models, httpx, ...).
@@ -34,7 +34,7 @@ COMMAND_MODULE = {
     "sync": "sync", "tail": "tail", "stop": "lifecycle", "try": "lifecycle",
     "doctor": "lifecycle", "completion": "completion",
     "approvals": "approvals", "approve": "approvals", "deny": "approvals",
-    "dashboard": "dashboard",
+    "dashboard": "dashboard", "mcp": "mcp",
 }
 
 DESCRIPTION = """\

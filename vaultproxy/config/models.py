@@ -38,6 +38,7 @@ from vaultproxy.config.fields import (
     str_list,
 )
 from vaultproxy.config.health import HealthSettings
+from vaultproxy.config.mcp_servers import McpServer, mcp_servers, placeholder_problems
 from vaultproxy.config.mtls import MtlsSettings
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
@@ -411,12 +412,17 @@ class Config(Model):
     honeytoken: Annotated[
         tuple[access.Honeytoken, ...], BeforeValidator(access.honeytokens)
     ] = ()
+    mcp_server: Annotated[  # SPEC §11 (config/mcp_servers.py)
+        tuple[McpServer, ...], BeforeValidator(mcp_servers)
+    ] = ()
 
     @model_validator(mode="after")
     def _across(self) -> Config:
         services = [s.model_dump(exclude_none=True) for s in self.service]
         problems = across(services) + source_problems(self.source, services)
         problems += access.honeytoken_problems(self.honeytoken, services)
+        known = {s.placeholder_text for s in self.service} | {h.value for h in self.honeytoken}
+        problems += placeholder_problems(self.mcp_server, known)
         if problems:
             raise Across(problems)
         return self

@@ -31,6 +31,7 @@ from vaultproxy.stages.mint import Mint
 from vaultproxy.stages.ready import Ready
 from vaultproxy.stages.record import Record
 from vaultproxy.stages.request_gate import RequestGate
+from vaultproxy.stages.reserved import Reserved
 from vaultproxy.stages.response_gate import ResponseGate
 from vaultproxy.stages.route import Route
 from vaultproxy.stages.runtime import Runtime
@@ -40,7 +41,8 @@ def chain(rt: Runtime) -> list[object]:
     """Our stages in the order they must run (before mitmproxy's defaults), sharing ``rt``."""
     stages = (Identify, Route, Dial, RequestGate, Mint, Inject, ResponseGate, Record,
               Deadline)
-    return [stage(rt) for stage in stages]
+    # Reserved first: https://vaultproxy.internal/mcp is answered by the proxy (SPEC §11)
+    return [Reserved(rt), *(stage(rt) for stage in stages)]
 
 
 def seam_hooks(rt: Runtime) -> Hooks:
@@ -61,6 +63,7 @@ __all__ = [
     "Ready",
     "Record",
     "RequestGate",
+    "Reserved",
     "ResponseGate",
     "Route",
     "Runtime",
