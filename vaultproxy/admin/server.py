@@ -62,7 +62,8 @@ def _config(app: Any, http: type[asyncio.Protocol], uds: str | None = None) -> u
     )
 
 
-def bind_tcp(host: str, port: int) -> socket.socket:
+def bind_tcp(host: str, port: int, what: str = "the admin API",
+             hint: str = "see --admin-listen") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if host == "localhost":
         host, family = "127.0.0.1", socket.AF_INET
@@ -73,8 +74,8 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as e:
         sock.close()
-        raise VaultproxyError(f"cannot listen on {host}:{port} for the admin API: "
-                              f"{e.strerror} (is it in use? see --admin-listen)") from None
+        raise VaultproxyError(f"cannot listen on {host}:{port} for {what}: "
+                              f"{e.strerror} (is it in use? {hint})") from None
     sock.setblocking(False)
     return sock
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from vaultproxy.admin.context import AdminContext
-from vaultproxy.admin.server import _config
+from vaultproxy.admin.server import _config, bind_tcp
 from vaultproxy.dashboard.app import create_app
 from vaultproxy.dashboard.feed import AuditFeed
 from vaultproxy.dashboard.sessions import Sessions
@@ -22,21 +22,8 @@ from vaultproxy.seam.signals import Server as _Server
 
 
 def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if host == "localhost":
-        host, family = "127.0.0.1", socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as e:
-        sock.close()
-        raise VaultproxyError(f"cannot listen on {host}:{port} for the dashboard: {e.strerror} "
-                              "(is it in use? see --dashboard-listen; empty turns it off)"
-                              ) from None
-    sock.setblocking(False)
-    return sock
+    return bind_tcp(host, port, "the dashboard",
+                    "see --dashboard-listen; empty turns it off")
 
 
 def url_host(host: str) -> str:
