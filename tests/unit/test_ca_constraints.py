@@ -74,7 +74,7 @@ def test_reissue_keeps_key_and_subject_and_reports_outside() -> None:
 
 def test_run_start_warns_about_a_host_outside(tmp_path: Path) -> None:
     from tests.harness.proxy import ProxyHome
-    from vaultproxy.engine.serve import security_warnings
+    from vaultproxy.engine.serve import start_warnings
     from vaultproxy.home import Home
     from vaultproxy.state import ProxyState
 
@@ -83,8 +83,7 @@ def test_run_start_warns_about_a_host_outside(tmp_path: Path) -> None:
     th = ProxyHome.create(tmp_path, block.format("kept"))
     home = Home(th.path)
     constraints.reissue_ca(home, ["kept.example"])
-    listen = ("127.0.0.1", 3203)
-    assert not [w for w in security_warnings(ProxyState.load(home), listen) if "outside" in w]
+    assert not [w for w in start_warnings(ProxyState.load(home), "127.0.0.1") if "outside" in w]
     (th.path / "services.toml").write_text(block.format("kept") + block.format("added"))
-    warned = [w for w in security_warnings(ProxyState.load(home), listen) if "outside" in w]
+    warned = [w for w in start_warnings(ProxyState.load(home), "127.0.0.1") if "outside" in w]
     assert len(warned) == 1 and "added.example" in warned[0]

@@ -52,16 +52,18 @@ env = "AWS_SECRET_ACCESS_KEY"
 
 @pytest.mark.parametrize(("extra", "expected"), [
     ('rules = [{ method = "G ET", path = "/x", action = "allow" }]',
-     'service[0].rules[0].method: must be an HTTP method (letters only) or "*"'),
+     'service "gh" (service[0]).rules[0].method: must be an HTTP method (letters only) or "*"'),
     ('rules = [{ method = "GET", path = "x", action = "allow" }]',
-     'service[0].rules[0].path: must start with "/" or "*" (it matches the request path)'),
+     'service "gh" (service[0]).rules[0].path: must start with "/" or "*" (it matches the '
+     'request path)'),
     ('rules = [{ method = "GET", path = "/x", action = "permit" }]',
-     'service[0].rules[0].action: must be one of "allow", "approve" or "deny"'),
-    ('rules = "allow"', "service[0].rules: must be a list of tables"),
-    ('default_action = "maybe"', 'service[0].default_action: must be one of "allow", '
-     '"approve" or "deny"'),
-    ('rate_limit = "120/fortnight"', "service[0].rate_limit: the unit must be one of"),
-    ("rate_limit = 120", 'service[0].rate_limit: must be a string like "120/min"'),
+     'service "gh" (service[0]).rules[0].action: must be one of "allow", "approve" or "deny"'),
+    ('rules = "allow"', "service \"gh\" (service[0]).rules: must be a list of tables"),
+    ('default_action = "maybe"', 'service "gh" (service[0]).default_action: must be one of '
+     '"allow", "approve" or "deny"'),
+    ('rate_limit = "120/fortnight"',
+     "service \"gh\" (service[0]).rate_limit: the unit must be one of"),
+    ("rate_limit = 120", 'service "gh" (service[0]).rate_limit: must be a string like "120/min"'),
 ])
 def test_service_keys_refused_with_a_named_problem(extra: str, expected: str) -> None:
     found = problems(SERVICE + extra + "\n")

@@ -147,8 +147,13 @@ TABLE: dict[str, tuple[Facts, Registry, dict[str, object] | None, Verdict]] = {
         Verdict(service="oa", dial=("oa.example.com", 443), body="stream", drop=ALL_DROP,
                 mint=True, resend=True)),
     "request-tunnel-agent-carried": (
-        req("api.example.com", agent="bot"), STRICT, AGENTS,
+        req("api.example.com", agent="bot", agent_digest=AGENTS["bot"].digest, now=1.0),
+        STRICT, AGENTS,
         Verdict(service="api", agent="bot", dial=API, body="stream", drop=ALL_DROP)),
+    # the tunnel's agent no longer holds the token its CONNECT proved (rotated or removed)
+    "hostile-tunnel-agent-without-its-token": (
+        req("api.example.com", agent="bot", now=1.0), STRICT, AGENTS,
+        Verdict(code="agent_auth_required", service="api", agent="bot")),
     "request-passthrough-no-plan": (
         req("elsewhere.test"), OPEN, {}, Verdict(dial=("elsewhere.test", 443))),
     # -- hostile requests inside a tunnel -------------------------------------------------

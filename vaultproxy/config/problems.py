@@ -92,7 +92,7 @@ def keys_at(root: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
 
 
 def did_you_mean(key: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)  # "egres" is not "rules"
     return f'; did you mean "{close[0]}"?' if close else ""
 
 

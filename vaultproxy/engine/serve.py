@@ -98,6 +98,14 @@ def banner(
     return "\n".join(lines)
 
 
+def start_warnings(state: ProxyState, listen_host: str, admin_host: str | None = None
+                   ) -> list[str]:
+    """`run`'s SECURITY lines: the config's (lifecycle.py, as every start path logs them) and a
+    registered host outside a name-constrained CA (which needs the home's CA file)."""
+    return (security_warnings(state.registry.config, [listen_host], admin_host)
+            + constraint_warnings(state.home, registered_hosts(state.registry.services)))
+
+
 def reload(state: ProxyState) -> None:
     """SIGHUP: re-read services.toml, then keystore.enc (each keeps the old on error)."""
     try:
@@ -201,8 +209,7 @@ async def _serve_on(
             audit_status.set_peers(supervisor.audit_stats)
             await supervisor.start()
         admin_host = opts.admin_listen[0] if opts.admin_listen is not None else None
-        log_warnings(security_warnings(state.registry.config, [opts.listen[0]], admin_host)
-                     + constraint_warnings(state.home, registered_hosts(state.registry.services))
+        log_warnings(start_warnings(state, opts.listen[0], admin_host)
                      + (dashboard.warnings() if dashboard is not None else []))
         warn_missing_secrets(state)
         print(banner(state, ca, addrs, admin, opts.workers, dashboard), flush=True)
