@@ -4,9 +4,12 @@ forged Host, no session) probed with httpx, each beside a twin that passes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import queue
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ import pytest
 
 from tests import canary
 from tests.harness.proxy import REPO, ProxyProcess, cli
-from tests.harness.upstream import Upstream
+from tests.harness.upstream import Received, Reply, Upstream, default_handler
 from tests.integration.conftest import service_block
 
 pytestmark = pytest.mark.integration
@@ -43,7 +46,8 @@ def env(start_proxy: Any, upstream: Upstream) -> Iterator[Env]:
     toml = (f"[approvals]\nhold_seconds = {HOLD}\ngrant_seconds = 60\n\n"
             + service_block("ai", "host_inject", "bearer", upstream.port, rules=rules)
             + service_block("store", "host_inject", "bearer", upstream.port)
-            + service_block("missing", "host_inject", "bearer", upstream.port))
+            + service_block("missing", "host_inject", "bearer", upstream.port)
+            + service_block("elicited", "host_inject", "bearer", upstream.port))
     proxy = start_proxy(toml, {"ai": secret}, args=("--dashboard-listen", "127.0.0.1:0"))
     url = str(proxy.extra["dashboard_url"])
     yield Env(proxy, upstream, secret, url)
@@ -233,6 +237,101 @@ def test_secret_form_stores_what_the_proxy_injects(env: Env, page: Any) -> None:
     assert page.errors == []  # no CSP violation, no script error on any page
 
 
+def _reflecting(rec: Received) -> Reply:
+    """Echo the credential the upstream received (under /elicited only): a tool result
+    carries it back unless the response gate redacts it."""
+    if not rec.path.startswith("/elicited"):
+        return default_handler(rec)
+    body = json.dumps({"path": rec.path, "authorization": rec.header("authorization")})
+    return 200, [(b"content-type", b"application/json")], [body.encode()]
+
+
+def test_store_secret_elicits_the_dashboard_form(env: Env, page: Any) -> None:
+    """`store_secret` end to end: the SDK's client (an agent's MCP session on the admin
+    listener) is sent by URL elicitation to the dashboard's write-only form, the person types
+    the value in chromium, the proxy injects it, and nothing the model side received (tool
+    results, the elicitation, notifications) ever held the value. The MCP client runs in a
+    thread of its own: sync Playwright keeps an event loop running in this one."""
+    from mcp import types
+
+    from tests.integration.test_mcp import session as mcp_session
+
+    home = env.proxy.home
+    token = cli(home.path, "agent", "add", "scribe", "--services", "elicited",
+                "--password-file", str(home.password_file)).stdout.strip()
+    cli(home.path, "reload")
+    value = canary.make_canary()
+    transcript: list[str] = []  # everything the MCP client received, serialised
+    urls: queue.Queue[str | None] = queue.Queue()
+    stored = threading.Event()
+    out: dict[str, Any] = {}
+
+    async def on_elicit(context: Any, params: Any) -> Any:
+        transcript.append(params.model_dump_json())
+        urls.put(params.url)
+        await asyncio.to_thread(stored.wait, 60)  # the person fills the form meanwhile
+        return types.ElicitResult(action="accept")
+
+    async def on_message(message: Any) -> None:
+        transcript.append(repr(message))
+
+    async def model_side() -> None:
+        async with mcp_session(str(env.proxy.extra["admin_url"]) + "/mcp",
+                               f"scribe:{token}", elicitation_callback=on_elicit,
+                               message_handler=on_message) as s:
+            for name, args in (
+                    ("store_secret", {"name": "elicited", "reason": "to call elicited"}),
+                    ("http_request", {"service": "elicited", "path": "/elicited/after"}),
+                    ("list_services", {}), ("recent_activity", {"limit": 10})):
+                result = await s.call_tool(name, args)
+                transcript.append(result.model_dump_json())
+                out[name] = result
+
+    def client() -> None:
+        try:
+            asyncio.run(model_side())
+        except BaseException as e:  # handed to the test thread, which re-raises it
+            out["error"] = e
+        finally:
+            urls.put(None)
+
+    env.upstream.handler = _reflecting
+    worker = threading.Thread(target=client)
+    worker.start()
+    try:
+        url = urls.get(timeout=60)
+        assert url is not None, out.get("error")
+        assert url == f"{env.url}/secrets?name=elicited"  # run.json's dashboard, not 3202
+        page.goto(url)
+        assert page.input_value("input[name=name]") == "elicited"  # prefilled from the URL
+        page.fill("input[name=value]", value)
+        page.get_by_role("button", name="Store", exact=True).click()
+        page.wait_for_url(env.url + "/secrets")
+        assert "stored elicited" in page.content()
+        no_secret(page, value)
+        stored.set()
+        worker.join(60)
+    finally:
+        stored.set()
+        env.upstream.handler = default_handler
+    assert not worker.is_alive() and "error" not in out, out.get("error")
+    answer = json.loads(out["store_secret"].content[0].text)
+    assert answer == {"name": "elicited", "url": url, "action": "accept"}
+    got = json.loads(json.loads(out["http_request"].content[0].text)["body"])
+    assert got["authorization"] == "Bearer __vault.elicited__"  # redacted on the way back
+    # through the proxy with curl too: the upstream sees the value the browser stored
+    assert finish(curl(env, "GET", "elicited", "/elicited/curl"))[0] == 200
+    seen = [r.header("authorization") for r in env.upstream.received
+            if r.path.startswith("/elicited/")]
+    # the negative twin: the upstream did receive the value (and reflected it), so the
+    # transcript below could have held it
+    assert seen == [f"Bearer {value}"] * 2
+    text = "\n".join(transcript)
+    assert url in text and "__vault.elicited__" in text  # the transcript is the real one
+    assert value not in text
+    canary.scan_text("MCP transcript", text.encode())
+
+
 # -- refusals (httpx), each with a twin that passes --------------------------------------
 @pytest.fixture(scope="module")
 def session(env: Env) -> Iterator[tuple[httpx.Client, str]]:
@@ -353,11 +452,20 @@ def test_agent_revoked_from_the_dashboard(env: Env, session: tuple[httpx.Client,
     home = env.proxy.home
     token = cli(home.path, "agent", "add", "bot", "--services", "ai", "--password-file",
                 str(home.password_file)).stdout.strip()
+    forever = cli(home.path, "agent", "add", "forever", "--services", "ai", "--ttl", "never",
+                  "--password-file", str(home.password_file)).stdout.strip()
     cli(home.path, "reload")
     assert _agent_status(env, "bot", token) == 200
     client, csrf = session
     page = client.get("/agents").text
-    assert "bot" in page and token not in page
+    assert "bot" in page and token not in page and forever not in page
+    # each token's expiry: the default lifetime (24h) from now, and one that never expires
+    row = re.search(r"<tr><td>bot</td>.*?</tr>", page)
+    assert row is not None
+    assert re.search(r'<td class="expiry">\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ '
+                     r"\(in 2[34]h\d\dm\)</td>", row.group(0)), row.group(0)
+    row = re.search(r"<tr><td>forever</td>.*?</tr>", page)
+    assert row is not None and '<td class="expiry">never</td>' in row.group(0)
     r = client.post("/agents/bot/revoke", data={"csrf": csrf}, headers={"Origin": env.url})
     assert r.status_code == 303
     assert "agent bot revoked" in client.get("/agents").text

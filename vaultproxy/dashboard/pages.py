@@ -118,8 +118,13 @@ def _agent_records(request: Request) -> list[agent_records.AgentRecord]:
 
 
 def agents(request: Request) -> dict[str, Any]:
+    """Each agent with its token's expiry as `vaultproxy agent list` words it, so an
+    operator sees which tokens are about to stop working (or already have)."""
     st = proxy_state(request)
-    return {"agents": _agent_records(request), "locked": st.locked}
+    records = _agent_records(request)
+    now = time.time()
+    expiry = {r.name: agent_records.format_expiry(r, now) for r in records}
+    return {"agents": records, "expiry": expiry, "locked": st.locked}
 
 
 async def revoke_agent(request: Request, name: str) -> None:
