@@ -50,6 +50,15 @@ test-fast: $(STAMP)
 # mitmproxy pins, plus constraints-engine-latest.txt. Same pip cache as .venv, so only a new
 # mitmproxy release is downloaded; `pip install --upgrade` picks it up on every run.
 LATEST := .venv-engine-latest
+# The security tests whose property rests on the engine (what crosses mitmproxy's HTTP layers,
+# TLS, tunnels and the seam's patches); the sandbox, keystore and TPM ones do not touch it.
+ENGINE_SECURITY := tests/security/test_request_gate.py tests/security/test_response_gate.py \
+          tests/security/test_response_gate_properties.py tests/security/test_host_pinning.py \
+          tests/security/test_egress_connect.py tests/security/test_entry_matrix.py \
+          tests/security/test_exfil_placeholders.py tests/security/test_exfil_redaction.py \
+          tests/security/test_redirect.py tests/security/test_rules_bypass.py \
+          tests/security/test_honeytokens.py tests/security/test_credential_lifetime.py \
+          tests/security/test_path_prefix.py tests/security/test_proxy_socket.py
 LATEST_STAMP := $(LATEST)/.installed
 
 $(LATEST_STAMP): pyproject.toml constraints.txt constraints-engine-latest.txt
@@ -63,7 +72,7 @@ $(LATEST_STAMP): pyproject.toml constraints.txt constraints-engine-latest.txt
 test-engine-latest: $(LATEST_STAMP)
 	$(LATEST)/bin/pip install -q --upgrade -c $(LATEST)/constraints.txt mitmproxy
 	@$(LATEST)/bin/python -c 'from mitmproxy.version import VERSION; print("engine: mitmproxy", VERSION)'
-	$(LATEST)/bin/python -m pytest -q tests/security
+	$(LATEST)/bin/python -m pytest -q $(ENGINE_SECURITY)
 
 clean:
 	rm -rf $(VENV) $(LATEST) $(DEMO) $(DEMO).password
