@@ -87,7 +87,7 @@ def owner_desk(st: ProxyState) -> AccessDesk:
 @router.get("/v1/approvals", response_model=ApprovalsOut)
 async def list_approvals(
     request: Request,
-    wait: float = Query(0, ge=0, le=30, description="long poll: answer at the next change "
+    wait: float = Query(0, ge=0, le=15, description="long poll: answer at the next change "
                                                     "or after this many seconds"),
 ) -> ApprovalsOut:
     st = proxy_state(request)

@@ -198,6 +198,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vaultproxy.cli.tpm import try_unlock
 
     sealed = try_unlock(home) if password is None else None  # a TPM slot: no password
+    if sealed is None and password is None and Keystore.has_tpm_slot(home.keystore):
+        # The TPM is unreachable or refuses the slot: the password is the recovery path.
+        password = get_password(args.password_file, required=False, home=home.path)
     if sealed is not None:
         state.install_keystore(sealed)
     elif password is not None:
