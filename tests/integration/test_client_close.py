@@ -113,7 +113,9 @@ def test_twin_mitmproxys_own_handler_crashes_on_the_same_probe(
 ) -> None:
     from mitmproxy.proxy import server
 
-    defences.install()
+    from vaultproxy.stages import Runtime, seam_hooks
+
+    defences.install(seam_hooks(Runtime()))
     monkeypatch.setattr(server.ConnectionHandler, "handle_connection",
                         defences.originals["handle_connection"])
     caplog.set_level(logging.WARNING)

@@ -39,6 +39,7 @@ class AdminUnavailable(NotReady):
 @dataclass
 class _Client:
     agent: str | None
+    digest: bytes | None = None  # the token hash the CONNECT proved (per-request re-check)
     tls: bool = False
 
 
@@ -56,7 +57,8 @@ class Reserved(Stage):
         st = self.rt.state()
         record = identify(header, st.registry, None if st.locked else st.session.agents,
                           time.time())
-        self._clients[flow.client_conn.id] = _Client(record.name if record else None)
+        self._clients[flow.client_conn.id] = _Client(record.name if record else None,
+                                                     record.digest if record else None)
         # answered here: no upstream dial, no DNS; the tunnel is ours
         flow.response = http.Response.make(200)
 
@@ -86,7 +88,8 @@ class Reserved(Stage):
         # the other stages see a tunnel to no service: nothing to inject, nothing to dial
         if self.rt.connections.tunnel(flow.client_conn.id) is None:
             self.rt.connections.open(flow.client_conn.id,
-                                     Tunnel(RESERVED_HOST, 443, None, client.agent))
+                                     Tunnel(RESERVED_HOST, 443, None, client.agent,
+                                            agent_digest=client.digest))
         if flow.request.path.split("?")[0] != MCP_PATH or flow.request.method == "GET":
             # GET: no standalone server stream here (the SDK client does without one)
             status = 405 if flow.request.method == "GET" else 404
