@@ -43,7 +43,8 @@ def use(sock: socket.socket) -> None:
 
     async def listen(self: Any, host: str, port: int) -> list[Any]:
         shared = _sock
-        if shared is None:  # not ours (another Master in this process)
+        if shared is None or port != shared.getsockname()[1]:
+            # not ours: another Master in this process, or another mode (--mtls-listen)
             return await _original(self, host, port)  # type: ignore[no-any-return]
         return [SharedServer(shared.dup(), self.handle_stream, asyncio.get_running_loop())]
 
