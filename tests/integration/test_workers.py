@@ -234,8 +234,8 @@ def test_a_second_instance_cannot_share_the_port(workers_proxy, tmp_path, worker
          "--dashboard-listen", "", "--workers", workers],
         cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert f"127.0.0.1:{proxy.port}" in r.stderr and "in use" in r.stderr
+    assert r.returncode == 2, r.stdout + r.stderr  # a busy port: exit 2 naming the flag
+    assert f"127.0.0.1:{proxy.port}" in r.stderr and "in use" in r.stderr and "--listen" in r.stderr
     # Nobody joined the port: a fresh connection still reaches our workers only.
     replies, owners = fan_out(proxy, "w-bearer.api.test", "/still-ours")
     assert_spread(owners, proxy)
