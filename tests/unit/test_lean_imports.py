@@ -10,6 +10,7 @@ import sys
 
 # Only the admin/dashboard/MCP/OTLP features (or mitmproxy's unused default addons) need these.
 NEVER_IN_WORKER = (
+    "uvicorn",
     "mcp",
     "jinja2",
     "fastapi",
