@@ -8,7 +8,8 @@ Each tree is a checkout of vaultproxy (e.g. `git archive main | tar -x -C /tmp/m
 round starts `vaultproxy run --workers 1` from each tree in turn (A, B, A, B, ...) against the
 same nginx and home, so load drift on this shared machine hits both alike. Per start:
 
-  ready       seconds from exec to run.json written, and to the first 200 through the proxy
+  ready       seconds from exec to run.json written (and the process's CPU seconds until
+              then, steadier on a loaded machine), and to the first 200 through the proxy
   RSS start   VmRSS of the proxy process once it answered that first request
   CPU/req     utime+stime of the proxy process (/proc/PID/stat) over a fixed number of 1 KB
               keep-alive GETs (`hey -c 10 -n N`), divided by N
@@ -59,6 +60,7 @@ class TreeProxy(Vaultproxy):
 
     tree: Path = Path(".")
     ready_s: float = 0.0
+    ready_cpu_s: float = 0.0  # the process's own CPU time until run.json (steadier under load)
 
     def start(self) -> None:
         assert self.home is not None
@@ -86,6 +88,7 @@ class TreeProxy(Vaultproxy):
                 data = {}
             if data.get("pid") == self.proc.pid:
                 self.proxy = data["proxy_url"]
+                self.ready_cpu_s = cpu_seconds(self.proc.pid)
                 break
             time.sleep(0.005)
         else:
@@ -114,6 +117,7 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
     t.stop()
     return {
         "ready": t.ready_s,
+        "ready_cpu": t.ready_cpu_s,
         "first200": first_200,
         "rss": rss,
         "cpu_ms": (c1 - c0) * 1000 / max(ok, 1),
@@ -154,8 +158,8 @@ def main() -> None:
                 print(
                     f"round {r + 1} {name:>8}: CPU {m['cpu_ms']:.3f} ms/req ({m['ok']:.0f} ok), "
                     f"p50 {m['p50']:.3f} ms (direct {direct.p50_ms:.3f}, added {m['added']:.3f}), "
-                    f"p99 {m['p99']:.3f}, RSS {m['rss']:.1f} MiB, ready {m['ready']:.2f} s, "
-                    f"first 200 {m['first200']:.2f} s; load {load()}",
+                    f"p99 {m['p99']:.3f}, RSS {m['rss']:.1f} MiB, ready {m['ready']:.2f} s "
+                    f"(CPU {m['ready_cpu']:.2f} s), first 200 {m['first200']:.2f} s; load {load()}",
                     flush=True,
                 )
         print("\nmedians:")
@@ -163,7 +167,8 @@ def main() -> None:
             med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
             print(
                 f"{name:>8}: CPU {med['cpu_ms']:.3f} ms/req, added p50 {med['added']:.3f} ms, "
-                f"p99 {med['p99']:.3f}, RSS {med['rss']:.1f} MiB, ready {med['ready']:.2f} s, "
+                f"p99 {med['p99']:.3f}, RSS {med['rss']:.1f} MiB, ready {med['ready']:.2f} s "
+                f"(CPU {med['ready_cpu']:.2f} s), "
                 f"first 200 {med['first200']:.2f} s"
             )
     finally:
