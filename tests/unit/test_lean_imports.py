@@ -11,6 +11,7 @@ import sys
 # Only the admin/dashboard/MCP/OTLP features (or mitmproxy's unused default addons) need these.
 NEVER_IN_WORKER = (
     "uvicorn",
+    "wsgiref",  # prometheus_client's exposition servers
     "mcp",
     "jinja2",
     "fastapi",
