@@ -105,6 +105,25 @@ def test_uvicorn_that_no_longer_captures_signals_there_refuses(
         signals.check()
 
 
+def test_no_uvicorn_server_without_the_signal_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``signals.Server`` is built on first use (a worker never imports uvicorn), and only
+    after ``check()``: with a uvicorn that would take the signals, there is no Server to
+    run. Twin: today's uvicorn gets one whose ``capture_signals`` is ours."""
+    import uvicorn
+
+    async def serve(self: object, sockets: object = None) -> None:
+        return None
+
+    monkeypatch.delitem(signals.__dict__, "Server", raising=False)
+    with monkeypatch.context() as m:
+        m.setattr(uvicorn.Server, "serve", serve)
+        with pytest.raises(EngineMismatch, match="capture_signals"):
+            _ = signals.Server
+    server = signals.Server
+    assert issubclass(server, uvicorn.Server)
+    assert server.capture_signals is not uvicorn.Server.capture_signals
+
+
 def test_importing_the_chain_registers_nothing_with_the_engine() -> None:
     """The seam is coupled to the stages only by the explicit ``install(hooks)`` at start.
     Twin: after install, the hooks are the chain's."""

@@ -9,20 +9,21 @@ import asyncio
 import base64
 import contextlib
 import time
+from typing import TYPE_CHECKING, Any
 
-from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import Receive, Scope, Send
 
 from vaultproxy import __version__
 from vaultproxy.admin.context import AdminContext
 from vaultproxy.admin.guard import TRANSPORT_KEY
-from vaultproxy.admin.mcp_backend import IDENTITY_KEY, AdminBackend, McpCaller
 from vaultproxy.admin.token import bearer_matches
 from vaultproxy.agents import AgentRecord
 from vaultproxy.decide import identify
 from vaultproxy.errors import LockedError, VaultproxyError, error_body, error_response
 from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS
-from vaultproxy.mcp.tools import build_server
+
+if TYPE_CHECKING:
+    from vaultproxy.admin.mcp_backend import McpCaller
 
 MCP_PATH = "/mcp"
 
@@ -66,18 +67,30 @@ async def _refuse(send: Send, status: int, code: str, message: str) -> None:
 
 class McpEndpoint:
     """A raw ASGI endpoint; the SDK's session manager runs in a task started on first use
-    (the admin app runs uvicorn with ``lifespan="off"``) and stopped by ``aclose``."""
+    (the admin app runs uvicorn with ``lifespan="off"``) and stopped by ``aclose``.
+
+    The MCP SDK (and the tool server built on it) is imported and built on the first request
+    to ``/mcp``, not at start: it is ~25 MiB of modules that a proxy nobody asks over MCP
+    never needs, and every start would pay its import time."""
 
     def __init__(self, ctx: AdminContext) -> None:
         self.ctx = ctx
-        self.server = build_server(AdminBackend(ctx), __version__)
-        self.server.streamable_http_app(
+        self.manager: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    def _load(self) -> None:
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        from vaultproxy.admin.mcp_backend import AdminBackend
+        from vaultproxy.mcp.tools import build_server
+
+        server = build_server(AdminBackend(self.ctx), __version__)
+        server.streamable_http_app(
             streamable_http_path=MCP_PATH,
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
-        self.manager = self.server.session_manager
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self.manager = server.session_manager
 
     async def _run(self) -> None:
         async with self.manager.run():
@@ -96,6 +109,8 @@ class McpEndpoint:
                 await self._task
 
     def who(self, scope: Scope) -> McpCaller | None:
+        from vaultproxy.admin.mcp_backend import McpCaller
+
         header = _header(scope, b"authorization")
         if scope.get(TRANSPORT_KEY) == "unix":
             return McpCaller(None, "mcp:unix")
@@ -114,6 +129,8 @@ class McpEndpoint:
         return McpCaller(agent, f"mcp:agent:{agent.name}") if agent is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.manager is None:
+            self._load()
         try:
             who = self.who(scope)
         except VaultproxyError as e:
@@ -124,6 +141,8 @@ class McpEndpoint:
             await _refuse(send, 401, "unauthorized", "send the admin token or an agent's "
                           "NAME:TOKEN as the bearer")
             return
+        from vaultproxy.admin.mcp_backend import IDENTITY_KEY
+
         scope[IDENTITY_KEY] = who
         await self._started()
         await self.manager.handle_request(scope, receive, send)

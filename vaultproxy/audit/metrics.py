@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+# Submodules, not the package: a worker never serves /metrics, and the package's
+# ``__init__`` imports the exposition servers (http.server, wsgiref, urllib.request).
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.metrics import Counter, Gauge, Histogram
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from vaultproxy.audit import AuditEvent
 
@@ -111,4 +113,6 @@ def bind(locked: Callable[[], bool], services: Callable[[], int]) -> None:
 
 
 def render() -> bytes:
+    from prometheus_client.exposition import generate_latest
+
     return generate_latest(REGISTRY)

@@ -150,6 +150,9 @@ def _unlock(state: ProxyState, password: Secret, flag: str | None, home: Home) -
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from vaultproxy.seam import imports as seam_imports
+
+    seam_imports.lean()  # before anything imports mitmproxy.master or httpx (seam/imports.py)
     # No core dumps of a process that holds decrypted secrets, and no same-uid ptrace or
     # /proc/PID/{mem,environ} reads (engine/nodump.py).
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (seam_imports.lean() must run before mitmproxy.master is imported)
 """The embedded mitmproxy Master: our stages first, then only the default addons we need."""
 
 from __future__ import annotations
@@ -7,6 +8,10 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from vaultproxy.seam import imports as seam_imports
+
+seam_imports.lean()  # before mitmproxy.master imports mitmproxy.addons (seam/imports.py)
 
 from mitmproxy import master, options
 from mitmproxy.addons import (

@@ -12,6 +12,7 @@ import signal
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vaultproxy import __version__
 from vaultproxy.admin.actions import (
@@ -26,7 +27,6 @@ from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
 from vaultproxy.ca.constraints import home_warnings as constraint_warnings
 from vaultproxy.ca.constraints import registered_hosts
-from vaultproxy.dashboard.server import DashboardServer
 from vaultproxy.engine import listener, proxy_socket
 from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.engine.lifecycle import (
@@ -50,6 +50,9 @@ from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import listener as seam_listener
 from vaultproxy.state import Live, ProxyState
+
+if TYPE_CHECKING:  # imported only when the dashboard is on (jinja2, templates)
+    from vaultproxy.dashboard.server import DashboardServer
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +146,12 @@ async def _serve(state: ProxyState, ca: CA, opts: ServeOptions) -> int:
     admin = AdminServer(state.home, opts.admin_listen, unix=opts.admin_socket, live=live)
     admin.bind()  # before the proxy serves, so its address is an own listener from the start
     workers: list[Supervisor] = []  # the supervisor, once it runs (the dashboard counts them)
-    dashboard = (DashboardServer(opts.dashboard_listen,
-                                 lambda: 1 + sum(len(s.pids()) for s in workers))
-                 if opts.dashboard_listen is not None else None)
-    if dashboard is not None:
+    dashboard: DashboardServer | None = None
+    if opts.dashboard_listen is not None:
+        from vaultproxy.dashboard.server import DashboardServer
+
+        dashboard = DashboardServer(opts.dashboard_listen,
+                                    lambda: 1 + sum(len(s.pids()) for s in workers))
         dashboard.bind()
     state.set_own_listeners(frozenset(admin_addrs(admin, dashboard)))
     # One listening socket, bound here once; every worker accepts from it (engine/listener.py)

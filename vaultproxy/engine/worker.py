@@ -9,7 +9,12 @@ SIGINT/SIGHUP (the supervisor handles those); SIGTERM or a ``stop`` message drai
 0; a closed channel (supervisor gone) locks and exits 1.
 """
 
+# ruff: noqa: E402  (seam_imports.lean() must run before the imports below)
 from __future__ import annotations
+
+from vaultproxy.seam import imports as seam_imports
+
+seam_imports.lean()  # before anything imports mitmproxy.master or httpx (seam/imports.py)
 
 import asyncio
 import contextlib

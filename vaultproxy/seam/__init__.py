@@ -11,6 +11,9 @@ registers itself on import.
   unregistered host; the per-service upstream TLS context).
 * ``speed`` (and ``dispatch``): cheaper hook dispatch and fewer per-flow checks. A missing
   symbol keeps mitmproxy's stock behaviour, with a WARNING naming it.
+* ``imports``: what a serving process does not import (mitmproxy's default-addon package,
+  httpx's CLI, prometheus_client's exposition servers); ``lean()`` is called explicitly first
+  thing by ``vaultproxy run`` and a worker. If a layout moved, the stock import runs.
 * ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
   loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
 * ``refusals``: request heads mitmproxy's HTTP/1 reader refuses, for the audit.

@@ -106,7 +106,7 @@ def install(hooks: Hooks) -> None:
     refusals.install()  # requests the HTTP/1 reader refuses are audited as answered
     deadlines.install()  # every wait on an upstream bounded ([proxy] timeouts)
     openssl.check()
-    signals.check()
+    signals.check_if_loaded()  # and on first use of signals.Server
     keylog_active()  # the symbol must exist even when no key log is open
     _installed = True
 

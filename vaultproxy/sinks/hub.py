@@ -27,7 +27,6 @@ from prometheus_client.registry import Collector
 
 from vaultproxy.audit import metrics
 from vaultproxy.config.audit import AuditSettings, TelemetrySettings, split_syslog
-from vaultproxy.sinks.otlp import OtlpLogSink, OtlpTraceSink
 from vaultproxy.sinks.record import Record
 from vaultproxy.sinks.sender import CAPACITY, DEGRADED_AFTER, Sender
 from vaultproxy.sinks.syslog import SyslogSink
@@ -111,12 +110,17 @@ def build(audit: AuditSettings, telemetry: TelemetrySettings, key: KeySource,
             hook = WebhookSink(audit.webhook_url, ctx, trust_file(), key)
             senders.append(Sender("webhook", hook.send, close=hook.close, **tuning))
         elif name == "otlp":
+            # OpenTelemetry + protobuf + requests: ~20 MiB, imported only when configured.
+            from vaultproxy.sinks.otlp import OtlpLogSink
+
             logs = OtlpLogSink(ctx, trust_file())
             _warn_refused("otlp", logs.check())
             senders.append(Sender("otlp", logs.send, close=logs.close, **tuning))
     traces: Sender | None = None
     wants_span = None
     if telemetry.traces:
+        from vaultproxy.sinks.otlp import OtlpTraceSink
+
         spans = OtlpTraceSink(ctx, trust_file())
         _warn_refused("traces", spans.check())
         traces = Sender("traces", spans.send, close=spans.close, **tuning)

@@ -1,0 +1,179 @@
+# ruff: noqa: E501  (table labels)
+"""Per-request cost of `vaultproxy run`, A/B between source trees, interleaved.
+
+    .venv/bin/python bench/lean.py                       # this checkout only, 3 rounds
+    .venv/bin/python bench/lean.py --tree main=/tmp/main-src --tree lean=. --rounds 4
+
+Each tree is a checkout of vaultproxy (e.g. `git archive main | tar -x -C /tmp/main-src`); every
+round starts `vaultproxy run --workers 1` from each tree in turn (A, B, A, B, ...) against the
+same nginx and home, so load drift on this shared machine hits both alike. Per start:
+
+  ready       seconds from exec to run.json written (and the process's CPU seconds until
+              then, steadier on a loaded machine), and to the first 200 through the proxy
+  RSS start   VmRSS of the proxy process once it answered that first request
+  CPU/req     utime+stime of the proxy process (/proc/PID/stat) over a fixed number of 1 KB
+              keep-alive GETs (`hey -c 10 -n N`), divided by N
+  p50/p99     one keep-alive connection, sequential GETs (http.client, perf_counter); "added"
+              subtracts the direct p50 measured in the same round
+The load average is printed beside every row."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.load import run_hey, sequential
+from bench.targets import Vaultproxy, VaultproxyHome
+from bench.upstream import Nginx, stop_process
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def load() -> str:
+    return "/".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+class TreeProxy(Vaultproxy):
+    """`vaultproxy run` from another source tree (cwd and PYTHONPATH = that tree)."""
+
+    tree: Path = Path(".")
+    ready_s: float = 0.0
+    ready_cpu_s: float = 0.0  # the process's own CPU time until run.json (steadier under load)
+
+    def start(self) -> None:
+        assert self.home is not None
+        run_json = self.home.path / "run.json"
+        run_json.unlink(missing_ok=True)
+        cmd = [
+            sys.executable, "-m", "vaultproxy", "run", "--home", str(self.home.path),
+            "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
+            "--password-file", str(self.home.password_file), "--workers", "1",
+        ]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(self.tree))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / f"vaultproxy-{self.name}.log", "ab")  # noqa: SIM115
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=self.tree, env=env,
+        )  # fmt: skip
+        while time.monotonic() - t0 < 60:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vaultproxy exited {self.proc.returncode}; see {log.name}")
+            try:
+                data = json.loads(run_json.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                data = {}
+            if data.get("pid") == self.proc.pid:
+                self.proxy = data["proxy_url"]
+                self.ready_cpu_s = cpu_seconds(self.proc.pid)
+                break
+            time.sleep(0.005)
+        else:
+            raise RuntimeError("no run.json within 60 s")
+        self.ready_s = time.monotonic() - t0
+        self.expect_auth = f"Bearer {self.home.secrets[self.service]}"
+
+
+def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, float]:
+    t0 = time.monotonic()
+    t.start()
+    assert t.proc is not None
+    pid = t.proc.pid
+    first = sequential(t.base, "/1k", proxy=t.proxy, headers=(), count=1, limit_s=20)
+    first_200 = (t.ready_s if first.ok() else float("nan")) + first.p50_ms / 1000
+    first_200 = time.monotonic() - t0
+    time.sleep(0.3)
+    rss = rss_mib(pid)
+    run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=300)  # warm: leaves, connections
+    time.sleep(0.3)
+    c0 = cpu_seconds(pid)
+    res = run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=n)
+    c1 = cpu_seconds(pid)
+    ok = sum(v for k, v in res.statuses.items() if k == 200)
+    seq = sequential(t.base, "/1k", proxy=t.proxy, headers=(), count=seq_n, limit_s=30)
+    t.stop()
+    return {
+        "ready": t.ready_s,
+        "ready_cpu": t.ready_cpu_s,
+        "first200": first_200,
+        "rss": rss,
+        "cpu_ms": (c1 - c0) * 1000 / max(ok, 1),
+        "ok": ok,
+        "p50": seq.p50_ms,
+        "p99": seq.p99_ms,
+        "added": seq.p50_ms - direct_p50,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", action="append", default=[], help="name=path (repeatable)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("-n", type=int, default=4000, help="requests per CPU measurement")
+    ap.add_argument("--seq", type=int, default=1500, help="sequential requests per p50")
+    args = ap.parse_args()
+    trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
+        ("this", Path(__file__).resolve().parents[1])
+    ]
+    work = Path(tempfile.mkdtemp(prefix="vp-lean-"))
+    work.chmod(0o755)  # nginx workers run unprivileged
+    nginx = Nginx(work / "nginx").start()
+    try:
+        home = VaultproxyHome.create(work / "home", nginx)
+        rows: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+        for r in range(args.rounds):
+            direct = sequential(f"https://127.0.0.1:{nginx.port}", "/1k", proxy=None,
+                                headers=(), count=args.seq, limit_s=30)  # fmt: skip
+            for name, tree in trees:
+                t = TreeProxy(f"vp-{name}", name, nginx, work)
+                t.home, t.service, t.tree = home, "hi", tree
+                try:
+                    m = measure(t, args.n, args.seq, direct.p50_ms)
+                finally:
+                    t.stop()
+                rows[name].append(m)
+                print(
+                    f"round {r + 1} {name:>8}: CPU {m['cpu_ms']:.3f} ms/req ({m['ok']:.0f} ok), "
+                    f"p50 {m['p50']:.3f} ms (direct {direct.p50_ms:.3f}, added {m['added']:.3f}), "
+                    f"p99 {m['p99']:.3f}, RSS {m['rss']:.1f} MiB, ready {m['ready']:.2f} s "
+                    f"(CPU {m['ready_cpu']:.2f} s), first 200 {m['first200']:.2f} s; load {load()}",
+                    flush=True,
+                )
+        print("\nmedians:")
+        for name, ms in rows.items():
+            med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
+            print(
+                f"{name:>8}: CPU {med['cpu_ms']:.3f} ms/req, added p50 {med['added']:.3f} ms, "
+                f"p99 {med['p99']:.3f}, RSS {med['rss']:.1f} MiB, ready {med['ready']:.2f} s "
+                f"(CPU {med['ready_cpu']:.2f} s), "
+                f"first 200 {med['first200']:.2f} s"
+            )
+    finally:
+        stop_process(nginx.proc) if nginx.proc else None
+
+
+if __name__ == "__main__":
+    main()
