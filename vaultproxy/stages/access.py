@@ -13,11 +13,13 @@ same ones ``POST /proxy`` calls.
   before anything is forwarded.
 * Rules see the normalised path (access/rules.py), and that path is what goes upstream.
 * A request held for approval waits here, in ``requestheaders``: nothing has been minted,
-  injected or sent yet; other flows go on meanwhile.
+  injected or sent yet; other flows go on meanwhile. Its agent is checked again after the
+  wait (``agent rm``/``rotate`` or a TTL during the hold refuses it, as in a kept tunnel).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -27,6 +29,7 @@ from vaultproxy.access.approvals import Ticket
 from vaultproxy.access.enforce import OPEN, enforce
 from vaultproxy.access.rules import normalise_target
 from vaultproxy.audit.canonical import record_honeytoken
+from vaultproxy.decide import Facts, still_valid
 from vaultproxy.errors import BodyTooLarge, HoneytokenUsed
 from vaultproxy.hostnames import normal_host
 from vaultproxy.stages.flowrecord import record_of
@@ -111,6 +114,12 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
                       rule="")
 
     await enforce(st.access_desk, access, req.method, path, ticket)
+    if tunnel.agent is not None:  # a hold can outlast the agent: agent rm / rotate, its TTL
+        st = rt.state()
+        still_valid(Facts("connect", tunnel.host, tunnel.port, host_header="",
+                          agent=tunnel.agent, agent_digest=tunnel.agent_digest,
+                          now=time.time(), cert_agent=tunnel.cert_agent),
+                    None if st.locked else st.session.agents)
 
 
 def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:

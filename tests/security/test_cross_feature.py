@@ -1,0 +1,281 @@
+"""Threat: a hostile agent (or upstream) aims at the seams between features -- honeytokens
+and minted credentials, rules and approvals and MCP, the response gate and MCP's tool
+results -- where each feature is right on its own and the combination is not.
+
+One real proxy (``vaultproxy run``), a real OAuth authorization server (authlib, with a
+resource API that can reflect the access token it was sent), a real TLS upstream and the
+official MCP SDK client. Every response and tool result goes to the canary check.
+
+Each property has its negative twin in the same test: the same request without the hostile
+part does what the property forbids for the hostile one (mints, writes ``forward``, reaches
+the upstream, carries the credential back before redaction)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from tests import canary
+from tests.harness.oauth_server import OAuthServer
+from tests.harness.proxy import ProxyHome, ProxyProcess, cli
+from tests.harness.upstream import Received, Reply, Upstream
+from tests.integration.conftest import scan_response, service_block
+
+pytestmark = [pytest.mark.security, pytest.mark.integration]
+
+DECOY = "__vault.aws-prod__"
+
+
+def reflect(rec: Received) -> Reply:
+    """An upstream that echoes the credential it was sent (header and body)."""
+    auth = rec.header("authorization") or ""
+    body = json.dumps({"path": rec.path, "authorization": auth}).encode()
+    return 200, [(b"content-type", b"application/json"), (b"x-echo", auth.encode())], [body]
+
+
+@dataclass
+class Env:
+    proxy: ProxyProcess
+    oauth: OAuthServer
+    upstream: Upstream
+    agent_token: str
+
+    @property
+    def admin_url(self) -> str:
+        return str(self.proxy.extra["admin_url"])
+
+    def admin_token(self) -> str:
+        return (self.proxy.home.path / "admin-token").read_text().strip()
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [r for r in self.proxy.audit() if r.get("event") == kind]
+
+
+def oauth_block(name: str, server: OAuthServer) -> str:
+    return "\n".join([
+        "[[service]]", f'name = "{name}"', f'hosts = ["{name}.oauth.api.test"]',
+        'mode = "host_inject"', 'auth = "oauth2_client_credentials"',
+        f'connect_to = "127.0.0.1:{server.port}"', "allow_loopback = true",
+        'ca_cert = "oauth-ca.pem"', f'token_url = "https://{name}.oauth.api.test/token"',
+    ]) + "\n\n"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    oauth = OAuthServer(tmp_path_factory.mktemp("oauth")).start()
+    up = Upstream(tmp_path_factory.mktemp("up")).start()
+    up.handler = reflect
+    base = tmp_path_factory.mktemp("cross")
+    canary.watch(base)
+    creds = {"client_id": oauth.client.client_id, "client_secret": oauth.client.client_secret}
+    rules = ('[{ method = "DELETE", path = "*", action = "deny" },'
+             ' { method = "POST", path = "/hold/*", action = "approve" }]')
+    toml = ("[approvals]\nhold_seconds = 30\ngrant_seconds = 0\n\n"
+            '[[honeytoken]]\nname = "aws-prod"\n\n'
+            + oauth_block("cc", oauth) + oauth_block("cc2", oauth)
+            + service_block("ai", "host_inject", "bearer", up.port, rules=rules))
+    home = ProxyHome.create(base, toml, {"cc": creds, "cc2": creds,
+                                         "ai": canary.make_canary()},
+                            files={"oauth-ca.pem": oauth.ca_file.read_bytes(),
+                                   "upstream-ca.pem": up.ca_file.read_bytes()})
+    proxy = ProxyProcess.start(home)
+    added = cli(home.path, "agent", "add", "bot", "--services", "ai,cc,cc2",
+                "--password-file", str(home.password_file))
+    cli(home.path, "reload")
+    yield Env(proxy, oauth, up, added.stdout.strip())
+    proxy.stop()
+    up.stop()
+    oauth.stop()
+
+
+def bot_client(env: Env, http2: bool = False) -> httpx.Client:
+    """An httpx client behind the proxy as agent ``bot``, trusting only vaultproxy's CA;
+    every response is scanned for canaries."""
+    ctx = ssl.create_default_context(cafile=str(env.proxy.home.ca_cert))
+    url = env.proxy.url.replace("http://", f"http://bot:{env.agent_token}@")
+    return httpx.Client(proxy=url, verify=ctx, http2=http2, timeout=30,
+                        event_hooks={"response": [scan_response]})
+
+
+def _forwards(env: Env, service: str) -> int:
+    return sum(1 for r in env.events("forward") if r.get("service") == service)
+
+
+# -- 1. a honeytoken in the body never mints a token nor writes a `forward` record --------
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_body_honeytoken_mints_nothing_and_records_no_forward(env: Env, http2: bool) -> None:
+    """The body is scanned for decoys only once it is whole (``request`` hook); a minted
+    service's token was fetched, and the ``forward`` record ("a credentialed request is
+    leaving") written, at ``requestheaders`` -- for a request then refused as a honeytoken.
+    Each service is fresh here (its token not yet cached), so a mint would show."""
+    service = "cc2" if http2 else "cc"
+    url = f"https://{service}.oauth.api.test/api/things"
+    minted, seen = env.oauth.exchanges["client_credentials"], len(env.oauth.api_seen)
+    forwards, hits = _forwards(env, service), len(env.events("honeytoken"))
+    with bot_client(env, http2) as c:
+        r = c.post(url, json={"aws": {"secret": DECOY}})
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "honeytoken"
+        assert len(env.events("honeytoken")) == hits + 1
+        assert env.oauth.exchanges["client_credentials"] == minted  # nothing minted
+        assert len(env.oauth.api_seen) == seen  # nothing sent
+        assert _forwards(env, service) == forwards  # no "credential leaving" line
+        # Twin: the same request with an ordinary value mints, writes `forward`, is sent.
+        twin = c.post(url, json={"aws": {"secret": "an-ordinary-value"}})
+    assert twin.status_code == 200, twin.text + env.proxy.output()
+    assert env.oauth.exchanges["client_credentials"] == minted + 1
+    assert len(env.oauth.api_seen) == seen + 1
+    assert _forwards(env, service) == forwards + 1
+
+
+# -- MCP ------------------------------------------------------------------------------------
+@asynccontextmanager
+async def mcp_session(url: str, bearer: str) -> AsyncIterator[ClientSession]:
+    client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {bearer}"},
+                                timeout=httpx2.Timeout(30, read=60))
+    async with client, streamable_http_client(url, http_client=client) as streams:
+        async with ClientSession(streams[0], streams[1]) as s:
+            await s.initialize()
+            yield s
+
+
+def call_tool(env: Env, name: str, args: dict[str, Any], bearer: str | None = None) -> str:
+    async def go() -> str:
+        got: list[str] = []
+        try:
+            async with mcp_session(env.admin_url + "/mcp",
+                                   bearer or f"bot:{env.agent_token}") as s:
+                result = await s.call_tool(name, args)
+                got.append("".join(getattr(c, "text", "") for c in result.content))
+        except Exception:
+            if not got:  # closing a session whose agent is gone gets a 401: not the result
+                raise
+        canary.scan_text("MCP tool result", got[0].encode())
+        return got[0]
+    return asyncio.run(go())
+
+
+def test_mcp_http_request_never_returns_a_reflected_minted_token(env: Env) -> None:
+    """An upstream that echoes the minted access token (body and header): the tool result
+    carries neither. Twin: the token endpoint's token did reach the upstream (it echoed a
+    value the authorization server issued)."""
+    seen = len(env.oauth.api_seen)
+    out = call_tool(env, "http_request", {"service": "cc", "method": "GET",
+                                          "path": "/api/echo"})
+    assert len(env.oauth.api_seen) == seen + 1, out
+    token = env.oauth.api_seen[-1].access_token
+    assert token and token not in out
+    data = json.loads(out)
+    assert data["status"] == 200
+    assert token not in json.dumps(data["headers"]) and token not in data["body"]
+    assert json.loads(data["body"])["token"] != ""  # twin: the upstream did reflect one
+
+
+def wait_for(pred: Any, timeout: float = 10) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    return pred()
+
+
+# -- 2. approvals: a decision never outlives the agent it was asked for ---------------------
+def admin(env: Env) -> httpx.Client:
+    return httpx.Client(base_url=env.admin_url, timeout=30,
+                        headers={"Authorization": f"Bearer {env.admin_token()}"})
+
+
+def pending_for(env: Env, agent: str) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        with admin(env) as c:
+            listed = c.get("/v1/approvals").json()["approvals"]
+        mine = [a for a in listed if a["state"] == "pending" and a["agent"] == agent]
+        return mine[-1] if mine else None
+    found = wait_for(find)
+    assert found, f"no pending approval for {agent}"
+    return found  # type: ignore[no-any-return]
+
+
+def _add_agent(env: Env, name: str) -> str:
+    home = env.proxy.home
+    token = cli(home.path, "agent", "add", name, "--services", "ai",
+                "--password-file", str(home.password_file)).stdout.strip()
+    return token
+
+
+def _held_proxied(env: Env, name: str, token: str, path: str) -> dict[str, Any]:
+    """Start a proxied POST that a rule holds; the result dict fills in when it ends."""
+    out: dict[str, Any] = {}
+    ctx = ssl.create_default_context(cafile=str(env.proxy.home.ca_cert))
+    url = env.proxy.url.replace("http://", f"http://{name}:{token}@")
+
+    def go() -> None:
+        with httpx.Client(proxy=url, verify=ctx, timeout=60,
+                          event_hooks={"response": [scan_response]}) as c:
+            r = c.post(f"https://ai.api.test{path}", content=b"{}")
+            out["status"], out["code"] = r.status_code, r.headers.get("x-vaultproxy-error")
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    out["thread"] = t
+    return out
+
+
+@pytest.mark.parametrize("entry", ["proxied", "mcp"])
+def test_approval_after_the_agent_was_removed_forwards_nothing(env: Env, entry: str) -> None:
+    """``agent rm`` while the agent's request is held for approval: the operator's later
+    approve must not forward it (a kept-alive tunnel does not outlive ``agent rm``; a held
+    request must not either). Twin: a second agent, held the same way and not removed, is
+    forwarded with the credential on the same approval."""
+    home = env.proxy.home
+    gone, kept = f"gone{entry}", f"kept{entry}"
+    tokens = {n: _add_agent(env, n) for n in (gone, kept)}
+    cli(home.path, "reload")
+    calls: dict[str, dict[str, Any]] = {}
+    for name in (gone, kept):
+        path = f"/hold/{name}"
+        if entry == "proxied":
+            calls[name] = _held_proxied(env, name, tokens[name], path)
+        else:
+            out: dict[str, Any] = {}
+
+            def go(name: str = name, path: str = path, out: dict[str, Any] = out) -> None:
+                out["text"] = call_tool(env, "http_request", {
+                    "service": "ai", "method": "POST", "path": path, "body": "{}"},
+                    bearer=f"{name}:{tokens[name]}")
+            t = threading.Thread(target=go, daemon=True)
+            t.start()
+            out["thread"] = t
+            calls[name] = out
+    held = {name: pending_for(env, name) for name in (gone, kept)}
+    cli(home.path, "agent", "rm", gone, "--password-file", str(home.password_file))
+    cli(home.path, "reload")
+    with admin(env) as c:
+        for name in (gone, kept):
+            r = c.post(f"/v1/approvals/{held[name]['id']}", json={"decision": "approve"})
+            assert r.status_code == 200, r.text
+    for name in (gone, kept):
+        calls[name]["thread"].join(60)
+    got = {r.path for r in env.upstream.received}
+    assert f"/hold/{gone}" not in got, "a removed agent's held request was forwarded"
+    assert f"/hold/{kept}" in got  # twin: the same approval forwards a live agent's request
+    if entry == "proxied":
+        assert calls[gone]["status"] == 407 and calls[gone]["code"] == "agent_auth_required"
+        assert calls[kept]["status"] == 200
+    else:
+        assert "agent_auth_required" in calls[gone]["text"], calls[gone]["text"]
+        assert json.loads(calls[kept]["text"])["status"] == 200
