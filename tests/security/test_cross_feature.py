@@ -279,3 +279,115 @@ def test_approval_after_the_agent_was_removed_forwards_nothing(env: Env, entry: 
     else:
         assert "agent_auth_required" in calls[gone]["text"], calls[gone]["text"]
         assert json.loads(calls[kept]["text"])["status"] == 200
+
+
+def test_a_grant_admits_its_agent_service_and_rule_only(env: Env) -> None:
+    """An approval with ``grant_seconds`` admits the same agent + service + rule. Another
+    agent, the operator's own ``POST /proxy`` (the anonymous caller), and a rule that denies
+    are not admitted by it; an agent cannot read another agent's approval by its id (MCP
+    ``approval_status``). Twins: the granted agent's next request on that rule passes
+    unasked, and the operator sees the other agent's approval by the same id."""
+    home = env.proxy.home
+    tokens = {n: _add_agent(env, n) for n in ("granted", "other")}
+    cli(home.path, "reload")
+    first = _held_proxied(env, "granted", tokens["granted"], "/hold/g1")
+    held = pending_for(env, "granted")
+    with admin(env) as c:
+        assert c.post(f"/v1/approvals/{held['id']}",
+                      json={"decision": "approve", "grant_seconds": 300}).status_code == 200
+    first["thread"].join(30)
+    assert first["status"] == 200
+    # Twin: the granted agent's next request on the same rule passes without a question.
+    again = _held_proxied(env, "granted", tokens["granted"], "/hold/g2")
+    again["thread"].join(30)
+    assert again["status"] == 200
+    # Another agent on the same service and rule is still held.
+    other = _held_proxied(env, "other", tokens["other"], "/hold/o1")
+    theirs = pending_for(env, "other")
+    # The granted agent cannot read (or learn anything of) the other's approval by its id...
+    out = call_tool(env, "approval_status", {"id": theirs["id"]},
+                    bearer=f"granted:{tokens['granted']}")
+    assert "approval_unknown" in out and "/hold/o1" not in out
+    # ...which the operator does see (twin).
+    seen = call_tool(env, "approval_status", {"id": theirs["id"]}, bearer=env.admin_token())
+    assert json.loads(seen)["path"] == "/hold/o1"
+    # The operator's own POST /proxy (no agent) is held too, not admitted by the grant.
+    result: dict[str, Any] = {}
+
+    def explicit() -> None:
+        with admin(env) as c:
+            r = c.post("/proxy", json={"service": "ai", "method": "POST", "path": "/hold/a1"})
+            result["status"] = r.status_code
+    t = threading.Thread(target=explicit, daemon=True)
+    t.start()
+    anon = wait_for(lambda: [a for a in _listed(env) if a["path"] == "/hold/a1"
+                             and a["state"] == "pending"])
+    assert anon and anon[0]["agent"] is None
+    with admin(env) as c:
+        for aid in (theirs["id"], anon[0]["id"]):
+            assert c.post(f"/v1/approvals/{aid}", json={"decision": "deny"}).status_code == 200
+    other["thread"].join(30)
+    t.join(30)
+    assert other["status"] == 403 and other["code"] == "approval_denied"
+    assert result["status"] == 403
+    # A deny rule is not opened by a grant on another rule.
+    ctx = ssl.create_default_context(cafile=str(home.ca_cert))
+    url = env.proxy.url.replace("http://", f"http://granted:{tokens['granted']}@")
+    with httpx.Client(proxy=url, verify=ctx, timeout=30,
+                      event_hooks={"response": [scan_response]}) as c:
+        r = c.delete("https://ai.api.test/hold/g3")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "request_denied"
+    got = [r.path for r in env.upstream.received]
+    assert "/hold/o1" not in got and "/hold/a1" not in got and "/hold/g3" not in got
+    assert "/hold/g1" in got and "/hold/g2" in got
+
+
+def _listed(env: Env) -> list[dict[str, Any]]:
+    with admin(env) as c:
+        return c.get("/v1/approvals").json()["approvals"]  # type: ignore[no-any-return]
+
+
+# -- 5. honeytokens on every entry ----------------------------------------------------------
+def _tool_call(reason: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "request_access", "arguments": {"host": "new.example.com", "reason": reason}}}
+
+
+def test_reserved_mcp_host_scans_the_body_for_honeytokens(env: Env) -> None:
+    """``https://vaultproxy.internal/mcp`` is a request through the proxy like any other: a
+    decoy in its body (here a ``request_access`` reason, which would land in the operator's
+    approval list and ``notify_command``) is refused ``403 honeytoken`` and audited before
+    anything is relayed. Twin: the same body with an ordinary value is relayed to the MCP
+    endpoint (which answers it; no honeytoken record)."""
+    hits = len(env.events("honeytoken"))
+    mcp_headers = {"Accept": "application/json, text/event-stream"}
+    with bot_client(env) as c:
+        r = c.post("https://vaultproxy.internal/mcp", json=_tool_call(f"need {DECOY} now"),
+                   headers=mcp_headers)
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "honeytoken"
+        found = wait_for(lambda: len(env.events("honeytoken")) == hits + 1)
+        assert found, env.events("honeytoken")
+        last = env.events("honeytoken")[-1]
+        assert last["agent"] == "bot" and last["host"] == "vaultproxy.internal"
+        twin = c.post("https://vaultproxy.internal/mcp", json=_tool_call("need it now"),
+                      headers=mcp_headers)
+    assert twin.status_code != 403 and "x-vaultproxy-error" not in twin.headers, twin.text
+    assert len(env.events("honeytoken")) == hits + 1
+
+
+@pytest.mark.parametrize("surface", ["header", "query", "body"])
+def test_http2_honeytoken_refused_on_every_surface(env: Env, surface: str) -> None:
+    """HTTP/2 to an intercepted host: a decoy in a header, the query or the body is refused
+    and never forwarded. Twin: an ordinary value in the same place is forwarded."""
+    def kw(v: str) -> dict[str, Any]:
+        return {"header": {"headers": {"X-Note": v}}, "query": {"params": {"k": v}},
+                "body": {"json": {"k": v}}}[surface]
+    before = len(env.upstream.received)
+    with bot_client(env, http2=True) as c:
+        r = c.post("https://ai.api.test/v1/h2", **kw(DECOY))
+        assert r.http_version == "HTTP/2"
+        assert r.status_code == 403 and r.json()["error"]["code"] == "honeytoken"
+        assert len(env.upstream.received) == before
+        twin = c.post("https://ai.api.test/v1/h2", **kw("ordinary"))
+    assert twin.status_code == 200 and len(env.upstream.received) == before + 1
