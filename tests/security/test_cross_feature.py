@@ -13,7 +13,11 @@ the upstream, carries the credential back before redaction)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import re
+import signal
 import ssl
 import threading
 import time
@@ -107,6 +111,14 @@ def bot_client(env: Env, http2: bool = False) -> httpx.Client:
     ctx = ssl.create_default_context(cafile=str(env.proxy.home.ca_cert))
     url = env.proxy.url.replace("http://", f"http://bot:{env.agent_token}@")
     return httpx.Client(proxy=url, verify=ctx, http2=http2, timeout=30,
+                        event_hooks={"response": [scan_response]})
+
+
+def agent_client_for(proxy: ProxyProcess) -> httpx.Client:
+    """An anonymous httpx client behind ``proxy``, trusting only vaultproxy's CA; every
+    response is scanned for canaries."""
+    ctx = ssl.create_default_context(cafile=str(proxy.home.ca_cert))
+    return httpx.Client(proxy=proxy.url, verify=ctx, timeout=30,
                         event_hooks={"response": [scan_response]})
 
 
@@ -391,3 +403,93 @@ def test_http2_honeytoken_refused_on_every_surface(env: Env, surface: str) -> No
         assert len(env.upstream.received) == before
         twin = c.post("https://ai.api.test/v1/h2", **kw("ordinary"))
     assert twin.status_code == 200 and len(env.upstream.received) == before + 1
+
+
+# -- 3. the dashboard with --workers 2 and a worker killed mid-stream -----------------------
+def _extra_worker(proxy: ProxyProcess) -> int | None:
+    pids = json.loads((proxy.home.path / "run.json").read_text()).get("worker_pids") or []
+    return int(pids[0]) if pids else None
+
+
+def test_dashboard_live_stream_and_approvals_survive_a_killed_worker(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``run --workers 2``: the Requests page's live stream (SSE) is open while the extra
+    worker is killed (SIGKILL). Nothing hangs: every request made after the kill is
+    answered, the same open stream shows their records, a request held for approval is
+    listed and approved from the dashboard (CSRF + Origin), and no page or event carries the
+    secret (the upstream reflects it; canary check). Twins: the upstream did receive the
+    secret, and the killed worker was alive and serving before the kill (the supervisor
+    logs its replacement)."""
+    up = Upstream(tmp_path_factory.mktemp("up-w")).start()
+    up.handler = reflect
+    base = tmp_path_factory.mktemp("dash-w")
+    canary.watch(base)
+    secret = canary.make_canary()
+    rules = '[{ method = "POST", path = "/hold/*", action = "approve" }]'
+    toml = ("[approvals]\nhold_seconds = 30\ngrant_seconds = 0\n\n"
+            + service_block("wk", "host_inject", "bearer", up.port, rules=rules))
+    home = ProxyHome.create(base, toml, {"wk": secret},
+                            files={"upstream-ca.pem": up.ca_file.read_bytes()})
+    proxy = ProxyProcess.start(home, args=("--dashboard-listen", "127.0.0.1:0",
+                                           "--workers", "2"))
+    events: list[bytes] = []
+    try:
+        url = str(proxy.extra["dashboard_url"])
+        token = cli(home.path, "dashboard").stdout.strip().split("=", 1)[1]
+        dash = httpx.Client(base_url=url, timeout=30)
+        assert dash.post("/login", json={"token": token}, headers={"Origin": url}
+                         ).status_code == 200
+        m = re.search(r'name="csrf" value="([^"]+)"', dash.get("/sources").text)
+        assert m is not None
+        csrf = m.group(1)
+        stream_client = httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=None),
+                                     cookies=dash.cookies)
+
+        def listen() -> None:
+            with contextlib.suppress(httpx.HTTPError), stream_client.stream(
+                    "GET", "/events/requests", headers={"Accept": "text/event-stream"}) as r:
+                for chunk in r.iter_raw():
+                    events.append(chunk)
+        threading.Thread(target=listen, daemon=True).start()
+        assert wait_for(lambda: b": live" in b"".join(events))
+
+        def get(path: str) -> int:
+            with agent_client_for(proxy) as c:
+                return c.get(f"https://wk.api.test{path}").status_code
+        victim = wait_for(lambda: _extra_worker(proxy))
+        assert victim
+        before = [f"/b-{i}" for i in range(8)]
+        assert [get(p) for p in before] == [200] * 8
+        assert wait_for(lambda: all(p.encode() in b"".join(events) for p in before))
+        os.kill(victim, signal.SIGKILL)
+        after = [f"/a-{i}" for i in range(8)]
+        assert [get(p) for p in after] == [200] * 8  # nothing hangs, nothing is refused
+        assert wait_for(lambda: all(p.encode() in b"".join(events) for p in after)), \
+            b"".join(events)[-2000:]
+        assert wait_for(lambda: _extra_worker(proxy) not in (None, victim))  # replaced
+        # a held request, listed and approved from the dashboard after the kill
+        result: dict[str, int] = {}
+
+        def held() -> None:
+            with agent_client_for(proxy) as c:
+                result["status"] = c.post("https://wk.api.test/hold/1", content=b"x").status_code
+        t = threading.Thread(target=held, daemon=True)
+        t.start()
+        ids = wait_for(lambda: re.findall(r'/approvals/([0-9a-f]{8})"',
+                                          dash.get("/approvals/pending").text))
+        assert ids, dash.get("/approvals/pending").text
+        r = dash.post(f"/approvals/{ids[0]}", data={"csrf": csrf, "decision": "approve"},
+                      headers={"Origin": url})
+        assert r.status_code == 303, r.text
+        t.join(30)
+        assert result.get("status") == 200
+        pages = [dash.get(p).text for p in ("/", "/requests", "/approvals", "/services")]
+    finally:
+        proxy.stop()
+        up.stop()
+    seen = b"".join(events)
+    for text in [seen.decode("utf-8", "replace"), *pages]:
+        canary.scan_text("dashboard page or event", text.encode())
+        assert secret not in text
+    assert f"Bearer {secret}" in [r.header("authorization") for r in up.received]
