@@ -90,9 +90,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     toml = ("[approvals]\nhold_seconds = 30\ngrant_seconds = 0\n\n"
             '[[honeytoken]]\nname = "aws-prod"\n\n'
             + oauth_block("cc", oauth) + oauth_block("cc2", oauth)
-            + service_block("ai", "host_inject", "bearer", up.port, rules=rules))
+            + service_block("ai", "host_inject", "bearer", up.port, rules=rules)
+            # a keystore entry whose name is not its service's (as `secret = "..."` allows)
+            + service_block("legacy", "placeholder", "bearer", up.port,
+                            secret='"prod-test"'))
     home = ProxyHome.create(base, toml, {"cc": creds, "cc2": creds,
-                                         "ai": canary.make_canary()},
+                                         "ai": canary.make_canary(),
+                                         "prod-test": canary.make_canary()},
                             files={"oauth-ca.pem": oauth.ca_file.read_bytes(),
                                    "upstream-ca.pem": up.ca_file.read_bytes()})
     proxy = ProxyProcess.start(home)
@@ -493,3 +497,30 @@ def test_dashboard_live_stream_and_approvals_survive_a_killed_worker(
         canary.scan_text("dashboard page or event", text.encode())
         assert secret not in text
     assert f"Bearer {secret}" in [r.header("authorization") for r in up.received]
+
+
+# -- 2b. request_access never hands an existing secret to an agent-chosen host ---------------
+def test_request_access_never_registers_a_host_onto_an_existing_secret(env: Env) -> None:
+    """``request_access`` registers the agent's host as a service named after it (dots to
+    dashes) whose secret is "still to be set" (SPEC §11), i.e. the keystore entry of that
+    name. ``prod.test`` -> ``prod-test``: an entry that already holds another service's
+    secret. Approved, the agent-chosen host would get that secret (placeholder mode: the
+    agent sends ``__vault.prod-test__`` to a host it controls). Refused before an operator
+    is ever asked. Twin: a host whose name is free is proposed (and the operator denies)."""
+    before = {a["id"] for a in _listed(env)}
+    out = call_tool(env, "request_access", {"host": "prod.test", "reason": "the prod API"},
+                    bearer=env.admin_token())
+    proposed = [a for a in _listed(env) if a["id"] not in before]
+    if proposed:  # the hole: approve as an operator would, and look at what it made
+        with admin(env) as c:
+            c.post(f"/v1/approvals/{proposed[0]['id']}", json={"decision": "approve"})
+            made = wait_for(lambda: [s for s in c.get("/v1/services").json()["services"]
+                                     if s["name"] == "prod-test"])
+        raise AssertionError(f"proposed and registered onto an existing secret: {made}")
+    assert "service_exists" in out and "prod-test" in out, out
+    twin = json.loads(call_tool(env, "request_access", {"host": "fresh.test", "reason": "r"},
+                                bearer=env.admin_token()))
+    assert twin["state"] == "pending" and twin["service"] == "fresh-test"
+    with admin(env) as c:
+        assert c.post(f"/v1/approvals/{twin['id']}",
+                      json={"decision": "deny"}).status_code == 200
