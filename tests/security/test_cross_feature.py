@@ -13,11 +13,13 @@ the upstream, carries the credential back before redaction)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -35,6 +37,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests import canary
 from tests.harness.oauth_server import OAuthServer
 from tests.harness.proxy import ProxyHome, ProxyProcess, cli
+from tests.harness.raw import recv_response
 from tests.harness.upstream import Received, Reply, Upstream
 from tests.integration.conftest import scan_response, service_block
 
@@ -524,3 +527,35 @@ def test_request_access_never_registers_a_host_onto_an_existing_secret(env: Env)
     with admin(env) as c:
         assert c.post(f"/v1/approvals/{twin['id']}",
                       json={"decision": "deny"}).status_code == 200
+
+
+def raw_request(env: Env, method: str) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request through the proxy as ``bot``, sent byte for byte (httpx, curl
+    and h2 clients upper-case the method)."""
+    auth = base64.b64encode(f"bot:{env.agent_token}".encode()).decode()
+    ctx = ssl.create_default_context(cafile=str(env.proxy.home.ca_cert))
+    with socket.create_connection(("127.0.0.1", env.proxy.port), timeout=30) as sock:
+        sock.sendall(f"CONNECT ai.api.test:443 HTTP/1.1\r\nHost: ai.api.test:443\r\n"
+                     f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        assert recv_response(sock)[0] == 200
+        with ctx.wrap_socket(sock, server_hostname="ai.api.test") as tls:
+            tls.sendall(f"{method} /v1/m HTTP/1.1\r\nHost: ai.api.test\r\n"
+                        "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            return recv_response(tls)
+
+
+def test_honeytoken_as_the_request_method_is_refused(env: Env) -> None:
+    """The method is a token (RFC 9110) and a decoy like ``__vault.aws-prod__`` is one: a
+    request whose *method* is the decoy carries it to the upstream like any other surface.
+    Refused, audited, never forwarded. Twin: an ordinary lower-case method is forwarded
+    as sent."""
+    before, hits = len(env.upstream.received), len(env.events("honeytoken"))
+    status, headers, body = raw_request(env, DECOY)
+    assert status == 403, (status, body)
+    assert headers.get("x-vaultproxy-error") == "honeytoken"
+    assert len(env.upstream.received) == before
+    assert len(env.events("honeytoken")) == hits + 1
+    assert "in method" in env.events("honeytoken")[-1]["reason"]  # the surface named
+    status, _, _ = raw_request(env, "__fetch.ordinary__")
+    # (hypercorn upper-cases the method it records; the proxy forwards it as sent)
+    assert status == 200 and env.upstream.received[-1].method == "__FETCH.ORDINARY__"

@@ -66,6 +66,7 @@ def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
 
 
 def _head_surfaces(req: http.Request) -> Iterator[tuple[str, bytes]]:
+    yield "method", req.data.method  # a token: ``__vault.x__`` is a valid method name
     path, _, query = req.data.path.partition(b"?")
     yield "path", path
     yield "query", query
