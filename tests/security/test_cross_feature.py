@@ -38,12 +38,14 @@ from tests import canary
 from tests.harness.oauth_server import OAuthServer
 from tests.harness.proxy import ProxyHome, ProxyProcess, cli
 from tests.harness.raw import recv_response
+from tests.harness.session_server import SessionApp
 from tests.harness.upstream import Received, Reply, Upstream
 from tests.integration.conftest import scan_response, service_block
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 DECOY = "__vault.aws-prod__"
+DUP_BODY = """'{"user": {"name": "{username}", "pass": "{password}"}}'"""
 
 
 def reflect(rec: Received) -> Reply:
@@ -59,6 +61,7 @@ class Env:
     oauth: OAuthServer
     upstream: Upstream
     agent_token: str
+    sessions: SessionApp
 
     @property
     def admin_url(self) -> str:
@@ -85,6 +88,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     oauth = OAuthServer(tmp_path_factory.mktemp("oauth")).start()
     up = Upstream(tmp_path_factory.mktemp("up")).start()
     up.handler = reflect
+    sessions = SessionApp("svc-user", canary.make_canary(), canary.make_canary())
+    sess_up = Upstream(tmp_path_factory.mktemp("sess"), handler=sessions).start()
     base = tmp_path_factory.mktemp("cross")
     canary.watch(base)
     creds = {"client_id": oauth.client.client_id, "client_secret": oauth.client.client_secret}
@@ -96,18 +101,26 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             + service_block("ai", "host_inject", "bearer", up.port, rules=rules)
             # a keystore entry whose name is not its service's (as `secret = "..."` allows)
             + service_block("legacy", "placeholder", "bearer", up.port,
-                            secret='"prod-test"'))
+                            secret='"prod-test"')
+            # a login session whose cookie the upstream reflects (tests/harness/session_server)
+            + service_block("dup", "host_inject", "session", sess_up.port,
+                            login_url='"/dup/login"', session_cookie="true",
+                            login_body=DUP_BODY).replace("upstream-ca.pem", "sess-ca.pem"))
     home = ProxyHome.create(base, toml, {"cc": creds, "cc2": creds,
                                          "ai": canary.make_canary(),
-                                         "prod-test": canary.make_canary()},
+                                         "prod-test": canary.make_canary(),
+                                         "dup": {"username": sessions.username,
+                                                 "password": sessions.password}},
                             files={"oauth-ca.pem": oauth.ca_file.read_bytes(),
+                                   "sess-ca.pem": sess_up.ca_file.read_bytes(),
                                    "upstream-ca.pem": up.ca_file.read_bytes()})
     proxy = ProxyProcess.start(home)
-    added = cli(home.path, "agent", "add", "bot", "--services", "ai,cc,cc2",
+    added = cli(home.path, "agent", "add", "bot", "--services", "ai,cc,cc2,dup",
                 "--password-file", str(home.password_file))
     cli(home.path, "reload")
-    yield Env(proxy, oauth, up, added.stdout.strip())
+    yield Env(proxy, oauth, up, added.stdout.strip(), sessions)
     proxy.stop()
+    sess_up.stop()
     up.stop()
     oauth.stop()
 
@@ -201,6 +214,24 @@ def test_mcp_http_request_never_returns_a_reflected_minted_token(env: Env) -> No
     assert data["status"] == 200
     assert token not in json.dumps(data["headers"]) and token not in data["body"]
     assert json.loads(data["body"])["token"] != ""  # twin: the upstream did reflect one
+
+
+def test_mcp_http_request_never_returns_a_reflected_session_cookie(env: Env) -> None:
+    """A login-session service (the cookie the proxy logged in for): the upstream reflects
+    the ``Cookie`` it was sent in the body and in a header. The tool result carries neither
+    the cookie nor any ``Set-Cookie``. Twin: the upstream accepted the session (so it did
+    receive the cookie and reflect it) -- ``seen.cookie`` is there, redacted."""
+    ok = env.sessions.api_ok["dup"]
+    out = call_tool(env, "http_request", {"service": "dup", "method": "GET",
+                                          "path": "/dup/api/v1/backups"})
+    assert env.sessions.api_ok["dup"] == ok + 1, out
+    live = [k for k, v in env.sessions.sessions.items() if v == "dup"]
+    assert live
+    for cookie in live:
+        assert cookie not in out and cookie.split("=", 1)[1] not in out
+    data = json.loads(out)
+    assert data["status"] == 200 and "set-cookie" not in data["headers"]
+    assert json.loads(data["body"])["seen"]["cookie"]  # twin: it was reflected
 
 
 def wait_for(pred: Any, timeout: float = 10) -> Any:
@@ -441,17 +472,17 @@ def test_dashboard_live_stream_and_approvals_survive_a_killed_worker(
     proxy = ProxyProcess.start(home, args=("--dashboard-listen", "127.0.0.1:0",
                                            "--workers", "2"))
     events: list[bytes] = []
+    url = str(proxy.extra["dashboard_url"])
+    dash = httpx.Client(base_url=url, timeout=30)
+    stream_client = httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=None))
     try:
-        url = str(proxy.extra["dashboard_url"])
         token = cli(home.path, "dashboard").stdout.strip().split("=", 1)[1]
-        dash = httpx.Client(base_url=url, timeout=30)
         assert dash.post("/login", json={"token": token}, headers={"Origin": url}
                          ).status_code == 200
         m = re.search(r'name="csrf" value="([^"]+)"', dash.get("/sources").text)
         assert m is not None
         csrf = m.group(1)
-        stream_client = httpx.Client(base_url=url, timeout=httpx.Timeout(30, read=None),
-                                     cookies=dash.cookies)
+        stream_client.cookies = dash.cookies
 
         def listen() -> None:
             with contextlib.suppress(httpx.HTTPError), stream_client.stream(
@@ -495,6 +526,8 @@ def test_dashboard_live_stream_and_approvals_survive_a_killed_worker(
     finally:
         proxy.stop()
         up.stop()
+        dash.close()
+        stream_client.close()
     seen = b"".join(events)
     for text in [seen.decode("utf-8", "replace"), *pages]:
         canary.scan_text("dashboard page or event", text.encode())
