@@ -562,7 +562,8 @@ def test_request_access_never_registers_a_host_onto_an_existing_secret(env: Env)
                       json={"decision": "deny"}).status_code == 200
 
 
-def raw_request(env: Env, method: str) -> tuple[int, dict[str, str], bytes]:
+def raw_request(env: Env, method: str, path: bytes = b"/v1/m"
+                ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 request through the proxy as ``bot``, sent byte for byte (httpx, curl
     and h2 clients upper-case the method)."""
     auth = base64.b64encode(f"bot:{env.agent_token}".encode()).decode()
@@ -572,8 +573,8 @@ def raw_request(env: Env, method: str) -> tuple[int, dict[str, str], bytes]:
                      f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
         assert recv_response(sock)[0] == 200
         with ctx.wrap_socket(sock, server_hostname="ai.api.test") as tls:
-            tls.sendall(f"{method} /v1/m HTTP/1.1\r\nHost: ai.api.test\r\n"
-                        "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            tls.sendall(method.encode() + b" " + path + b" HTTP/1.1\r\nHost: ai.api.test\r\n"
+                        b"Content-Length: 0\r\nConnection: close\r\n\r\n")
             return recv_response(tls)
 
 
@@ -592,3 +593,51 @@ def test_honeytoken_as_the_request_method_is_refused(env: Env) -> None:
     status, _, _ = raw_request(env, "__fetch.ordinary__")
     # (hypercorn upper-cases the method it records; the proxy forwards it as sent)
     assert status == 200 and env.upstream.received[-1].method == "__FETCH.ORDINARY__"
+
+
+# -- 2c. what an agent writes never drives the operator's terminal ---------------------------
+ESC = "\x1b[2K\x1b[1A\x1b]0;pwned\x07"  # erase line, cursor up, set the window title
+
+
+def test_agent_text_reaches_the_approvals_terminal_without_control_sequences(env: Env) -> None:
+    """``request_access``'s ``reason`` (agent text) becomes the approval's rule, which
+    ``vaultproxy approvals`` (and ``--watch``, at the prompt the operator answers) prints.
+    Terminal control sequences in it would let the agent rewrite what the operator reads
+    before deciding. Twin: the printable part of the reason is shown."""
+    out = json.loads(call_tool(env, "request_access", {
+        "host": "esc.example.org", "reason": f"weather{ESC}data"}))
+    listed = cli(env.proxy.home.path, "approvals").stdout
+    try:
+        assert out["id"] in listed and "weather" in listed  # twin: the reason is there
+        assert "\x1b" not in listed and "\x07" not in listed, repr(listed)
+    finally:
+        with admin(env) as c:
+            c.post(f"/v1/approvals/{out['id']}", json={"decision": "deny"})
+
+
+def test_a_proxied_path_reaches_the_approvals_terminal_without_control_sequences(
+    env: Env,
+) -> None:
+    """The same through a held proxied request whose path carries raw control bytes (sent
+    byte for byte): ``vaultproxy approvals`` and ``vaultproxy tail`` show them escaped.
+    Twin: the path's printable part is shown."""
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(
+        r=raw_request(env, "POST", b"/hold/esc" + ESC.encode())), daemon=True)
+    t.start()
+    held = wait_for(lambda: [a for a in _listed(env) if a["state"] == "pending"
+                             and a["path"].startswith("/hold/esc")])
+    assert held, result  # the proxy takes such a target (and holds it by its rule)
+    try:
+        listed = cli(env.proxy.home.path, "approvals").stdout
+        assert "/hold/esc" in listed  # twin
+        assert "\x1b" not in listed and "\x07" not in listed, repr(listed)
+        assert "\\x1b" in listed  # shown, escaped
+    finally:
+        with admin(env) as c:
+            c.post(f"/v1/approvals/{held[0]['id']}", json={"decision": "deny"})
+        t.join(30)
+    # `vaultproxy tail` (and `run` on a terminal) print the same path from the audit
+    assert wait_for(lambda: "/hold/esc" in cli(env.proxy.home.path, "tail", "-n", "50").stdout)
+    lines = cli(env.proxy.home.path, "tail", "-n", "50").stdout
+    assert "\x1b" not in lines and "\x07" not in lines, repr(lines)

@@ -178,7 +178,9 @@ class AdminBackend:
         if taken:
             raise Refused("service_exists", f"{host} would be registered as service {name!r}, "
                           f"but {taken}; ask the operator to add the service by hand")
-        note = " ".join(reason.split())[:200].replace("'", "")
+        # agent text an operator reads at a terminal: printable characters only
+        note = " ".join("".join(c for c in reason if c.isprintable() or c.isspace()).split())
+        note = note[:200].replace("'", "")
         ticket = Ticket(agent=who.name, service=name, method="REGISTER", host=host, path="/",
                         body_size=None, rule=f"request_access: {note}", via="mcp")
         desk = owner_desk(st)
