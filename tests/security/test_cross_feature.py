@@ -98,6 +98,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     toml = ("[approvals]\nhold_seconds = 30\ngrant_seconds = 0\n\n"
             '[[honeytoken]]\nname = "aws-prod"\n\n'
             + oauth_block("cc", oauth) + oauth_block("cc2", oauth)
+            + oauth_block("cc3", oauth).replace(
+                "\n\n", '\nrules = [{ method = "DELETE", path = "*", action = "deny" },'
+                ' { method = "POST", path = "/api/hold/*", action = "approve" }]\n\n')
             + service_block("ai", "host_inject", "bearer", up.port, rules=rules)
             # a keystore entry whose name is not its service's (as `secret = "..."` allows)
             + service_block("legacy", "placeholder", "bearer", up.port,
@@ -106,7 +109,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             + service_block("dup", "host_inject", "session", sess_up.port,
                             login_url='"/dup/login"', session_cookie="true",
                             login_body=DUP_BODY).replace("upstream-ca.pem", "sess-ca.pem"))
-    home = ProxyHome.create(base, toml, {"cc": creds, "cc2": creds,
+    home = ProxyHome.create(base, toml, {"cc": creds, "cc2": creds, "cc3": creds,
                                          "ai": canary.make_canary(),
                                          "prod-test": canary.make_canary(),
                                          "dup": {"username": sessions.username,
@@ -115,7 +118,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                                    "sess-ca.pem": sess_up.ca_file.read_bytes(),
                                    "upstream-ca.pem": up.ca_file.read_bytes()})
     proxy = ProxyProcess.start(home)
-    added = cli(home.path, "agent", "add", "bot", "--services", "ai,cc,cc2,dup",
+    added = cli(home.path, "agent", "add", "bot", "--services", "ai,cc,cc2,cc3,dup",
                 "--password-file", str(home.password_file))
     cli(home.path, "reload")
     yield Env(proxy, oauth, up, added.stdout.strip(), sessions)
@@ -641,3 +644,57 @@ def test_a_proxied_path_reaches_the_approvals_terminal_without_control_sequences
     assert wait_for(lambda: "/hold/esc" in cli(env.proxy.home.path, "tail", "-n", "50").stdout)
     lines = cli(env.proxy.home.path, "tail", "-n", "50").stdout
     assert "\x1b" not in lines and "\x07" not in lines, repr(lines)
+
+
+# -- 1. a denied or held request never mints, on any entry ------------------------------------
+def test_denied_or_held_requests_mint_nothing_on_any_entry(env: Env) -> None:
+    """A minted service (``cc3``, its token not yet cached) with a deny rule and an approve
+    rule: through the proxy, ``POST /proxy`` and MCP ``http_request``, a denied request and
+    a held-then-denied one reach neither the token endpoint nor the API. Twin: an allowed
+    request through the same entry mints (once) and is sent."""
+    ex = env.oauth.exchanges
+    minted, seen = ex["client_credentials"], len(env.oauth.api_seen)
+    with bot_client(env) as c:
+        r = c.delete("https://cc3.oauth.api.test/api/x")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "request_denied"
+    with admin(env) as c:
+        r = c.post("/proxy", json={"service": "cc3", "method": "DELETE", "path": "/api/x"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "request_denied"
+    out = call_tool(env, "http_request", {"service": "cc3", "method": "DELETE",
+                                          "path": "/api/x"})
+    assert "request_denied" in out
+    # held, then denied: one per entry
+    results: dict[str, Any] = {}
+
+    def proxied() -> None:
+        with bot_client(env) as c:
+            results["proxy"] = c.post("https://cc3.oauth.api.test/api/hold/p").status_code
+
+    def explicit() -> None:
+        with admin(env) as c:
+            results["api"] = c.post("/proxy", json={"service": "cc3", "method": "POST",
+                                                    "path": "/api/hold/a"}).status_code
+
+    def mcp() -> None:
+        results["mcp"] = call_tool(env, "http_request", {"service": "cc3", "method": "POST",
+                                                         "path": "/api/hold/m"})
+    threads = [threading.Thread(target=f, daemon=True) for f in (proxied, explicit, mcp)]
+    for t in threads:
+        t.start()
+    held = wait_for(lambda: (lambda got: got if len(got) == 3 else None)(
+        [a for a in _listed(env) if a["state"] == "pending" and a["service"] == "cc3"]))
+    assert held, _listed(env)
+    assert ex["client_credentials"] == minted  # held: nothing minted yet
+    with admin(env) as c:
+        for a in held:
+            assert c.post(f"/v1/approvals/{a['id']}", json={"decision": "deny"}
+                          ).status_code == 200
+    for t in threads:
+        t.join(30)
+    assert results["proxy"] == 403 and results["api"] == 403
+    assert "approval_denied" in results["mcp"]
+    assert ex["client_credentials"] == minted and len(env.oauth.api_seen) == seen
+    # Twin: an allowed request mints and is sent.
+    with bot_client(env) as c:
+        assert c.get("https://cc3.oauth.api.test/api/ok").status_code == 200
+    assert ex["client_credentials"] == minted + 1 and len(env.oauth.api_seen) == seen + 1
