@@ -45,6 +45,7 @@ from tests.integration.conftest import scan_response, service_block
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
 DECOY = "__vault.aws-prod__"
+PHB_SECRET = canary.make_canary()
 DUP_BODY = """'{"user": {"name": "{username}", "pass": "{password}"}}'"""
 
 
@@ -105,11 +106,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             # a keystore entry whose name is not its service's (as `secret = "..."` allows)
             + service_block("legacy", "placeholder", "bearer", up.port,
                             secret='"prod-test"')
+            + service_block("phb", "placeholder", "bearer", up.port,
+                            substitute_in='["auth", "body"]')
             # a login session whose cookie the upstream reflects (tests/harness/session_server)
             + service_block("dup", "host_inject", "session", sess_up.port,
                             login_url='"/dup/login"', session_cookie="true",
                             login_body=DUP_BODY).replace("upstream-ca.pem", "sess-ca.pem"))
     home = ProxyHome.create(base, toml, {"cc": creds, "cc2": creds, "cc3": creds,
+                                         "phb": PHB_SECRET,
                                          "ai": canary.make_canary(),
                                          "prod-test": canary.make_canary(),
                                          "dup": {"username": sessions.username,
@@ -118,7 +122,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                                    "sess-ca.pem": sess_up.ca_file.read_bytes(),
                                    "upstream-ca.pem": up.ca_file.read_bytes()})
     proxy = ProxyProcess.start(home)
-    added = cli(home.path, "agent", "add", "bot", "--services", "ai,cc,cc2,cc3,dup",
+    added = cli(home.path, "agent", "add", "bot", "--services", "ai,cc,cc2,cc3,dup,phb",
                 "--password-file", str(home.password_file))
     cli(home.path, "reload")
     yield Env(proxy, oauth, up, added.stdout.strip(), sessions)
@@ -174,6 +178,22 @@ def test_body_honeytoken_mints_nothing_and_records_no_forward(env: Env, http2: b
     assert env.oauth.exchanges["client_credentials"] == minted + 1
     assert len(env.oauth.api_seen) == seen + 1
     assert _forwards(env, service) == forwards + 1
+
+
+def test_held_body_still_gets_its_placeholder_substituted(env: Env) -> None:
+    """With honeytokens configured, bodies are held and injection waits for the scan
+    (``request`` hook): a placeholder-mode service that substitutes in the body still gets
+    the secret there, and in its header. Twin: the same body with a decoy is refused."""
+    before = len(env.upstream.received)
+    with bot_client(env) as c:
+        r = c.post("https://phb.api.test/v1/b", json={"key": "__vault.phb__"},
+                   headers={"Authorization": "Bearer __vault.phb__"})
+        assert r.status_code == 200, r.text
+        got = env.upstream.received[-1]
+        assert got.header("authorization") == f"Bearer {PHB_SECRET}"
+        assert PHB_SECRET.encode() in got.body and b"__vault.phb__" not in got.body
+        twin = c.post("https://phb.api.test/v1/b", json={"key": "__vault.phb__", "d": DECOY})
+    assert twin.status_code == 403 and len(env.upstream.received) == before + 1
 
 
 # -- MCP ------------------------------------------------------------------------------------
