@@ -718,3 +718,29 @@ def test_denied_or_held_requests_mint_nothing_on_any_entry(env: Env) -> None:
     with bot_client(env) as c:
         assert c.get("https://cc3.oauth.api.test/api/ok").status_code == 200
     assert ex["client_credentials"] == minted + 1 and len(env.oauth.api_seen) == seen + 1
+
+
+def test_a_body_decoy_is_reported_even_where_a_rule_refuses_or_holds(env: Env) -> None:
+    """A decoy in the body of a request that a rule denies, or would hold for approval:
+    the honeytoken is what is reported (``403 honeytoken``, audited, notified) -- before the
+    rule, as for a decoy in the head and as ``POST /proxy`` does -- and no operator is asked
+    about it. Twins: the same requests without the decoy get ``request_denied`` and a
+    pending approval."""
+    hits = len(env.events("honeytoken"))
+    with bot_client(env) as c:
+        r = c.request("DELETE", "https://ai.api.test/v1/d", json={"k": DECOY})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "honeytoken")
+        assert len(env.events("honeytoken")) == hits + 1
+        r = c.post("https://ai.api.test/hold/decoy", json={"k": DECOY})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "honeytoken")
+        assert len(env.events("honeytoken")) == hits + 2
+        assert not [a for a in _listed(env) if a["path"] == "/hold/decoy"]
+        twin = c.request("DELETE", "https://ai.api.test/v1/d", json={"k": "ordinary"})
+        assert twin.json()["error"]["code"] == "request_denied"
+    held = _held_proxied(env, "bot", env.agent_token, "/hold/plain")
+    found = pending_for(env, "bot")
+    assert found["path"] == "/hold/plain"
+    with admin(env) as c:
+        c.post(f"/v1/approvals/{found['id']}", json={"decision": "deny"})
+    held["thread"].join(30)
+    assert held["code"] == "approval_denied"

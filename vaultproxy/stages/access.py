@@ -12,7 +12,8 @@ same ones ``POST /proxy`` calls.
   request bodies that would otherwise stream are buffered (up to ``max_body_mb``) and scanned
   before anything is forwarded.
 * Rules see the normalised path (access/rules.py), and that path is what goes upstream.
-* A request held for approval waits here, in ``requestheaders``: nothing has been minted,
+* A request held for approval waits here, in ``requestheaders`` (in ``request`` when its
+  body is held for the honeytoken scan, which comes first): nothing has been minted,
   injected or sent yet; other flows go on meanwhile. Its agent is checked again after the
   wait (``agent rm``/``rotate`` or a TTL during the hold refuses it, as in a kept tunnel).
 """
@@ -76,7 +77,10 @@ def _head_surfaces(req: http.Request) -> Iterator[tuple[str, bytes]]:
 
 async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
     """Honeytokens in the head; then, for an intercepted service, normalise the path and
-    apply its rules, rate limit and approvals (raises the SPEC §5 refusal)."""
+    apply its rules, rate limit and approvals (raises the SPEC §5 refusal). A body held for
+    the honeytoken scan is scanned first (``on_request_body`` then applies the rules): a
+    decoy is reported even where a rule would refuse or hold the request, and no person is
+    asked about a request that carries one."""
     if flow.response is not None:
         return
     st = rt.state()
@@ -93,6 +97,15 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
             limit = st.registry.config.proxy.max_body_mb * 1024 * 1024
             if length.strip().isdigit() and int(length) > limit:
                 raise BodyTooLarge()
+            return  # the rules once the body passed the scan (on_request_body)
+    await _enforce(rt, st, flow)
+
+
+async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
+    """For an intercepted service: normalise the path, then its rules, rate limit and
+    approvals; then the agent again, if it waited."""
+    req = flow.request
+    rec = record_of(flow)
     tunnel = rt.connections.tunnel(flow.client_conn.id)
     decision = rec.decision
     if tunnel is None or tunnel.service is None or decision is None or decision.refusal:
@@ -110,9 +123,11 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
 
     def ticket() -> Ticket:
         length = req.headers.get("content-length", "")
+        size = int(length) if length.strip().isdigit() else None
+        if rec.hold_body and req.raw_content is not None:
+            size = len(req.raw_content)  # here already
         return Ticket(agent=agent, service=service, method=req.method.upper(), host=host,
-                      path=path, body_size=int(length) if length.strip().isdigit() else None,
-                      rule="")
+                      path=path, body_size=size, rule="")
 
     await enforce(st.access_desk, access, req.method, path, ticket)
     if tunnel.agent is not None:  # a hold can outlast the agent: agent rm / rotate, its TTL
@@ -123,8 +138,9 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
                     None if st.locked else st.session.agents)
 
 
-def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
-    """A body buffered for the honeytoken scan: scan it before it is forwarded."""
+async def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
+    """A body buffered for the honeytoken scan: scan it before it is forwarded, then (it
+    passed) the rules, rate limit and approvals ``on_request_headers`` left for now."""
     rec = record_of(flow)
     if not rec.hold_body or flow.response is not None:
         return
@@ -132,9 +148,11 @@ def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
     body = flow.request.raw_content or b""
     if len(body) > st.registry.config.proxy.max_body_mb * 1024 * 1024:
         raise BodyTooLarge()
-    name = st.snapshot.honeytokens.find(body)
+    decoys = st.snapshot.honeytokens
+    name = decoys.find(body) if decoys else None
     if name is not None:
         _caught(rt, st, flow, name, "body")
+    await _enforce(rt, st, flow)
 
 
 def _may_have_body(req: http.Request) -> bool:

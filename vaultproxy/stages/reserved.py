@@ -102,7 +102,7 @@ class Reserved(Stage):
             return
         # ACCESS: the body was held for the honeytoken scan; this stage answers before
         # RequestGate's ``request`` would run, so the scan runs here, before the relay
-        access.on_request_body(self.rt, flow)
+        await access.on_request_body(self.rt, flow)
         st = self.rt.state()
         if st.locked and client.agent is not None:
             raise LockedError()
