@@ -478,7 +478,8 @@ def test_dashboard_live_stream_and_approvals_survive_a_killed_worker(
     """``run --workers 2``: the Requests page's live stream (SSE) is open while the extra
     worker is killed (SIGKILL). Nothing hangs: every request made after the kill is
     answered, the same open stream shows their records, a request held for approval is
-    listed and approved from the dashboard (CSRF + Origin), and no page or event carries the
+    listed and approved from the dashboard (CSRF + Origin; a same-site page of another port
+    and a rebound Host are refused first), and no page or event carries the
     secret (the upstream reflects it; canary check). Twins: the upstream did receive the
     secret, and the killed worker was alive and serving before the kill (the supervisor
     logs its replacement)."""
@@ -540,6 +541,17 @@ def test_dashboard_live_stream_and_approvals_survive_a_killed_worker(
         ids = wait_for(lambda: re.findall(r'/approvals/([0-9a-f]{8})"',
                                           dash.get("/approvals/pending").text))
         assert ids, dash.get("/approvals/pending").text
+        # A page the agent serves on this host (same site: the SameSite=Strict cookie goes
+        # along), or a rebound name, cannot decide it even with the CSRF token in hand.
+        port = url.rsplit(":", 1)[1]
+        forged = [({"Origin": "http://127.0.0.1:8000"}, "origin_refused"),
+                  ({"Origin": f"http://rebind.example:{port}",
+                    "Host": f"rebind.example:{port}"}, "host_refused")]
+        for headers, code in forged:
+            r = dash.post(f"/approvals/{ids[0]}", data={"csrf": csrf, "decision": "approve"},
+                          headers=headers)
+            assert r.status_code == 403 and r.json()["error"]["code"] == code
+        assert ids[0] in dash.get("/approvals/pending").text  # still pending
         r = dash.post(f"/approvals/{ids[0]}", data={"csrf": csrf, "decision": "approve"},
                       headers={"Origin": url})
         assert r.status_code == 303, r.text
