@@ -756,3 +756,27 @@ def test_a_body_decoy_is_reported_even_where_a_rule_refuses_or_holds(env: Env) -
         c.post(f"/v1/approvals/{found['id']}", json={"decision": "deny"})
     held["thread"].join(30)
     assert held["code"] == "approval_denied"
+
+
+def _connect_status(env: Env, target: str) -> tuple[int, str | None]:
+    auth = base64.b64encode(f"bot:{env.agent_token}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", env.proxy.port), timeout=30) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+                     f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+        status, headers, _ = recv_response(sock)
+    return status, headers.get("x-vaultproxy-error")
+
+
+def test_a_decoy_in_the_connect_target_is_refused_before_any_lookup(env: Env) -> None:
+    """``CONNECT <decoy>.attacker.test:443``: the target name is agent data the proxy acts on
+    (it resolves it: a DNS query carries the decoy out) -- refused ``403 honeytoken`` and
+    audited, without the decoy in the audit's ``host``. Twin: an ordinary name of the same
+    shape is not a honeytoken (it is dialled, and fails here: no such host)."""
+    hits = len(env.events("honeytoken"))
+    status, code = _connect_status(env, f"{DECOY}.attacker.test:443")
+    assert (status, code) == (403, "honeytoken")
+    assert len(env.events("honeytoken")) == hits + 1
+    last = env.events("honeytoken")[-1]
+    assert "connect target" in last["reason"] and DECOY not in json.dumps(last)
+    status, code = _connect_status(env, "ordinary-name.attacker.test:443")
+    assert code != "honeytoken" and len(env.events("honeytoken")) == hits + 1

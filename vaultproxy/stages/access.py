@@ -37,12 +37,16 @@ from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.runtime import Runtime
 from vaultproxy.state import ProxyState
 
+CONNECT_TARGET = "connect target"
+
 
 def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface: str
             ) -> NoReturn:
     tunnel = rt.connections.tunnel(flow.client_conn.id)
     service = tunnel.service if tunnel is not None else None
-    host = tunnel.host if tunnel is not None else normal_host(flow.request.host)
+    host: str | None = tunnel.host if tunnel is not None else normal_host(flow.request.host)
+    if surface == CONNECT_TARGET:
+        host = None  # the name is the decoy: not into the audit record
     path = record_of(flow).path if tunnel is not None else None
     record_honeytoken(
         st.audit, name=name, agent=tunnel.agent if tunnel is not None else None,
@@ -56,9 +60,15 @@ def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface
 
 
 def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
-    """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check."""
+    """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check; a
+    CONNECT's target name is checked too (it is resolved: a DNS query would carry a decoy)."""
     header: str | None = flow.request.headers.pop("proxy-authorization", None)
     st = rt.current()
+    if flow.request.method == "CONNECT" and st is not None and st.snapshot.honeytokens:
+        target = flow.request.data.authority or flow.request.host.encode("idna", "replace")
+        name = st.snapshot.honeytokens.find(target)
+        if name is not None:
+            _caught(rt, st, flow, name, CONNECT_TARGET)
     if header is not None and st is not None and st.snapshot.honeytokens:
         name = st.snapshot.honeytokens.find(header.encode("utf-8", "surrogateescape"))
         if name is not None:
