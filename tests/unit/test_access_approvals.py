@@ -7,9 +7,11 @@ import itertools
 import pytest
 
 from vaultproxy.access.approvals import (
+    MAX_PENDING_PER_AGENT,
     AlreadyDecided,
     ApprovalBook,
     Ticket,
+    TooManyPending,
     UnknownApproval,
 )
 from vaultproxy.access.ratelimit import Rate, RateBuckets, RateSyntax, parse_rate, retry_after
@@ -121,3 +123,13 @@ def test_bucket_n_then_refuse_with_retry_after_then_refill() -> None:
     assert buckets.take("a", "other", rate) is None  # per service
     clock.now += 20
     assert buckets.take("a", "s", rate) is None
+
+
+def test_one_agents_flood_does_not_crowd_out_another(book: ApprovalBook) -> None:
+    """An agent holding MAX_PENDING_PER_AGENT requests gets no more held (429 upstream of
+    this), while another agent's request is still put to the operator (twin)."""
+    for _ in range(MAX_PENDING_PER_AGENT):
+        book.open(ticket("flood"), 60)
+    with pytest.raises(TooManyPending, match="of this agent"):
+        book.open(ticket("flood"), 60)
+    assert book.open(ticket("alice"), 60).state == "pending"

@@ -33,6 +33,9 @@ DecidedBy = Literal["cli", "api", "dashboard", "timeout"]
 
 KEEP_DECIDED = 3600.0  # seconds a decided approval stays listed
 MAX_PENDING = 1000  # more held requests than this are refused (a flood is not a question)
+# ... and more than this from one agent: one agent's flood must not fill the queue and get
+# every other agent's held requests refused
+MAX_PENDING_PER_AGENT = 100
 
 
 class ApprovalError(Exception):
@@ -124,8 +127,12 @@ class ApprovalBook:
 
     def open(self, ticket: Ticket, hold_seconds: float) -> Approval:
         self.prune()
-        if sum(1 for a in self._approvals.values() if a.state == "pending") >= MAX_PENDING:
+        pending = [a for a in self._approvals.values() if a.state == "pending"]
+        if len(pending) >= MAX_PENDING:
             raise TooManyPending(f"more than {MAX_PENDING} requests are waiting for approval")
+        if sum(1 for a in pending if a.ticket.agent == ticket.agent) >= MAX_PENDING_PER_AGENT:
+            raise TooManyPending(f"more than {MAX_PENDING_PER_AGENT} requests of this agent "
+                                 "are waiting for approval")
         aid = self._ids()
         while aid in self._approvals:
             aid = self._ids()

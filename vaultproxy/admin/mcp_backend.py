@@ -174,7 +174,13 @@ class AdminBackend:
             raise Refused("service_exists", f"{host} is already a registered service's host; "
                           "see list_services")
         name = re.sub(r"[^a-z0-9]+", "-", host).strip("-")[:64]
-        note = " ".join(reason.split())[:200].replace("'", "")
+        taken = _name_taken(st, name)
+        if taken:
+            raise Refused("service_exists", f"{host} would be registered as service {name!r}, "
+                          f"but {taken}; ask the operator to add the service by hand")
+        # agent text an operator reads at a terminal: printable characters only
+        note = " ".join("".join(c for c in reason if c.isprintable() or c.isspace()).split())
+        note = note[:200].replace("'", "")
         ticket = Ticket(agent=who.name, service=name, method="REGISTER", host=host, path="/",
                         body_size=None, rule=f"request_access: {note}", via="mcp")
         desk = owner_desk(st)
@@ -193,6 +199,10 @@ class AdminBackend:
         with contextlib.suppress(VaultproxyError):
             result = await st.access_desk().hold(ticket)
             if result.outcome not in ("approved", "granted"):
+                return
+            taken = _name_taken(st, ticket.service)
+            if taken:  # the name was taken while the proposal waited
+                logger.warning("request_access: not registering %s: %s", ticket.service, taken)
                 return
             table = {"name": ticket.service, "hosts": [ticket.host], "mode": "placeholder",
                      "auth": "bearer"}
@@ -225,6 +235,22 @@ class AdminBackend:
             return {"name": name, "url": url, "action": "unsupported",
                     "note": "ask the person to open this URL and store the value there"}
         return {"name": name, "url": url, "action": result.action}
+
+
+def _name_taken(st: ProxyState, name: str) -> str | None:
+    """Why ``name`` cannot be a proposed service's (its secret is the keystore entry of that
+    name, "still to be set"): a service has it, or uses an entry of that name, or the entry
+    already holds a value -- registering would hand that secret to the agent's host."""
+    if st.registry.by_name(name) is not None:
+        return "a service has that name"
+    if any(s.secret_name == name for s in st.registry.services):
+        return "another service's secret has that name"
+    ks = st.session.keystore
+    if ks is None:
+        return "the proxy is locked (the keystore cannot be checked)"
+    if has_secret(ks, name):
+        return "a keystore entry of that name already holds a value"
+    return None
 
 
 def _dashboard(st: ProxyState) -> str:

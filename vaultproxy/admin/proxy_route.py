@@ -24,7 +24,7 @@ from vaultproxy.admin.proxy_access import check_access
 from vaultproxy.agents import AgentRecord
 from vaultproxy.audit.canonical import record_decision
 from vaultproxy.config.models import Service
-from vaultproxy.decide import Decision, Facts, Plan, decide
+from vaultproxy.decide import Decision, Facts, Plan, decide, still_valid
 from vaultproxy.errors import (
     AgentScope,
     BodyTooLarge,
@@ -234,6 +234,9 @@ async def proxy_pipeline(ctx: AdminContext, st: ProxyState, req_in: ProxyIn, *,
         # ACCESS (SPEC §10): honeytokens, rules, rate limit, approval - one call
         req_in = await check_access(st, service, host, req_in,
                                     agent.name if agent else None, via)
+        if agent is not None:  # a hold can outlast the agent: agent rm / rotate, its TTL
+            still_valid(Facts("admin", host, port, agent=agent.name, agent_digest=agent.digest,
+                              now=time.time()), None if st.locked else st.session.agents)
         req = build_request(plan, host, port, req_in)
         check_request(req, plan, target)  # the proxy's request checks and dropped headers
         minted, injected = await inject(st, plan, req)

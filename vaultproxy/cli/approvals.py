@@ -16,6 +16,7 @@ from typing import Any
 
 from vaultproxy.cli import add_home
 from vaultproxy.cli.control import call
+from vaultproxy.cli.shown import shown
 from vaultproxy.errors import UsageError, VaultproxyError
 from vaultproxy.home import Home
 
@@ -35,7 +36,12 @@ def _list(home: Home, wait: float = 0) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _shown(a: dict[str, Any]) -> dict[str, Any]:
+    return {k: shown(v) if isinstance(v, str) else v for k, v in a.items()}
+
+
 def describe(a: dict[str, Any]) -> str:
+    a = _shown(a)
     size = "?" if a.get("body_size") is None else a["body_size"]
     return (f"{a['id']}  {a['state']:<9} agent={a.get('agent') or '-'} "
             f"service={a['service']} {a['method']} {a['host']}{a['path']} "
@@ -79,6 +85,7 @@ def cmd_approvals(args: argparse.Namespace) -> int:
 
 
 def _ask(a: dict[str, Any], grant_seconds: float) -> str | None:
+    a = _shown(a)
     size = "?" if a.get("body_size") is None else a["body_size"]
     sys.stdout.write(
         f"\napproval {a['id']} ({a.get('via', 'proxy')}):\n"

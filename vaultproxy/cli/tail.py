@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from vaultproxy.cli import add_home
 from vaultproxy.cli.control import NotRunning, _fail, _UnixConnection, call
+from vaultproxy.cli.shown import shown
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.home import Home
 
@@ -54,7 +55,7 @@ def format_record(record: dict[str, Any]) -> str:
 
 
 def _emit(record: dict[str, Any], as_json: bool, out: TextIO) -> None:
-    line = json.dumps(record, separators=(",", ":")) if as_json else format_record(record)
+    line = json.dumps(record, separators=(",", ":")) if as_json else shown(format_record(record))
     out.write(line + "\n")
     out.flush()
 
@@ -133,7 +134,7 @@ def echo_records(path: Path, out: TextIO, stop: threading.Event,
             while not stop.is_set():
                 try:
                     for record in follower.records():
-                        out.write(format_record(record) + "\n")
+                        out.write(shown(format_record(record)) + "\n")
                     out.flush()
                 except (OSError, ValueError):
                     return  # the terminal went away: the audit file still has everything

@@ -12,12 +12,15 @@ same ones ``POST /proxy`` calls.
   request bodies that would otherwise stream are buffered (up to ``max_body_mb``) and scanned
   before anything is forwarded.
 * Rules see the normalised path (access/rules.py), and that path is what goes upstream.
-* A request held for approval waits here, in ``requestheaders``: nothing has been minted,
-  injected or sent yet; other flows go on meanwhile.
+* A request held for approval waits here, in ``requestheaders`` (in ``request`` when its
+  body is held for the honeytoken scan, which comes first): nothing has been minted,
+  injected or sent yet; other flows go on meanwhile. Its agent is checked again after the
+  wait (``agent rm``/``rotate`` or a TTL during the hold refuses it, as in a kept tunnel).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -27,18 +30,23 @@ from vaultproxy.access.approvals import Ticket
 from vaultproxy.access.enforce import OPEN, enforce
 from vaultproxy.access.rules import normalise_target
 from vaultproxy.audit.canonical import record_honeytoken
+from vaultproxy.decide import Facts, still_valid
 from vaultproxy.errors import BodyTooLarge, HoneytokenUsed
 from vaultproxy.hostnames import normal_host
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.runtime import Runtime
 from vaultproxy.state import ProxyState
 
+CONNECT_TARGET = "connect target"
+
 
 def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface: str
             ) -> NoReturn:
     tunnel = rt.connections.tunnel(flow.client_conn.id)
     service = tunnel.service if tunnel is not None else None
-    host = tunnel.host if tunnel is not None else normal_host(flow.request.host)
+    host: str | None = tunnel.host if tunnel is not None else normal_host(flow.request.host)
+    if surface == CONNECT_TARGET:
+        host = None  # the name is the decoy: not into the audit record
     path = record_of(flow).path if tunnel is not None else None
     record_honeytoken(
         st.audit, name=name, agent=tunnel.agent if tunnel is not None else None,
@@ -52,9 +60,15 @@ def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface
 
 
 def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
-    """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check."""
+    """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check; a
+    CONNECT's target name is checked too (it is resolved: a DNS query would carry a decoy)."""
     header: str | None = flow.request.headers.pop("proxy-authorization", None)
     st = rt.current()
+    if flow.request.method == "CONNECT" and st is not None and st.snapshot.honeytokens:
+        target = flow.request.data.authority or flow.request.host.encode("idna", "replace")
+        name = st.snapshot.honeytokens.find(target)
+        if name is not None:
+            _caught(rt, st, flow, name, CONNECT_TARGET)
     if header is not None and st is not None and st.snapshot.honeytokens:
         name = st.snapshot.honeytokens.find(header.encode("utf-8", "surrogateescape"))
         if name is not None:
@@ -63,6 +77,7 @@ def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
 
 
 def _head_surfaces(req: http.Request) -> Iterator[tuple[str, bytes]]:
+    yield "method", req.data.method  # a token: ``__vault.x__`` is a valid method name
     path, _, query = req.data.path.partition(b"?")
     yield "path", path
     yield "query", query
@@ -72,7 +87,10 @@ def _head_surfaces(req: http.Request) -> Iterator[tuple[str, bytes]]:
 
 async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
     """Honeytokens in the head; then, for an intercepted service, normalise the path and
-    apply its rules, rate limit and approvals (raises the SPEC §5 refusal)."""
+    apply its rules, rate limit and approvals (raises the SPEC §5 refusal). A body held for
+    the honeytoken scan is scanned first (``on_request_body`` then applies the rules): a
+    decoy is reported even where a rule would refuse or hold the request, and no person is
+    asked about a request that carries one."""
     if flow.response is not None:
         return
     st = rt.state()
@@ -89,6 +107,15 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
             limit = st.registry.config.proxy.max_body_mb * 1024 * 1024
             if length.strip().isdigit() and int(length) > limit:
                 raise BodyTooLarge()
+            return  # the rules once the body passed the scan (on_request_body)
+    await _enforce(rt, st, flow)
+
+
+async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
+    """For an intercepted service: normalise the path, then its rules, rate limit and
+    approvals; then the agent again, if it waited."""
+    req = flow.request
+    rec = record_of(flow)
     tunnel = rt.connections.tunnel(flow.client_conn.id)
     decision = rec.decision
     if tunnel is None or tunnel.service is None or decision is None or decision.refusal:
@@ -106,15 +133,24 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
 
     def ticket() -> Ticket:
         length = req.headers.get("content-length", "")
+        size = int(length) if length.strip().isdigit() else None
+        if rec.hold_body and req.raw_content is not None:
+            size = len(req.raw_content)  # here already
         return Ticket(agent=agent, service=service, method=req.method.upper(), host=host,
-                      path=path, body_size=int(length) if length.strip().isdigit() else None,
-                      rule="")
+                      path=path, body_size=size, rule="")
 
     await enforce(st.access_desk, access, req.method, path, ticket)
+    if tunnel.agent is not None:  # a hold can outlast the agent: agent rm / rotate, its TTL
+        st = rt.state()
+        still_valid(Facts("connect", tunnel.host, tunnel.port, host_header="",
+                          agent=tunnel.agent, agent_digest=tunnel.agent_digest,
+                          now=time.time(), cert_agent=tunnel.cert_agent),
+                    None if st.locked else st.session.agents)
 
 
-def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
-    """A body buffered for the honeytoken scan: scan it before it is forwarded."""
+async def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
+    """A body buffered for the honeytoken scan: scan it before it is forwarded, then (it
+    passed) the rules, rate limit and approvals ``on_request_headers`` left for now."""
     rec = record_of(flow)
     if not rec.hold_body or flow.response is not None:
         return
@@ -122,9 +158,11 @@ def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
     body = flow.request.raw_content or b""
     if len(body) > st.registry.config.proxy.max_body_mb * 1024 * 1024:
         raise BodyTooLarge()
-    name = st.snapshot.honeytokens.find(body)
+    decoys = st.snapshot.honeytokens
+    name = decoys.find(body) if decoys else None
     if name is not None:
         _caught(rt, st, flow, name, "body")
+    await _enforce(rt, st, flow)
 
 
 def _may_have_body(req: http.Request) -> bool:

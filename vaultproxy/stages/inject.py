@@ -1,13 +1,16 @@
 """Inject: the last stage before the request leaves. Put the decision's plan into effect
 through the shared pipeline (pipeline.py): strip what the agent sent and add the real
 credential at ``requestheaders`` (so bodies can still stream); a body substitution or a
-body signature waits for the whole body in ``request``. A refused decision has no plan and
-was answered by Identify; an undecided request is refused here rather than injected."""
+body signature waits for the whole body in ``request``, and so does the whole injection of a
+body held for the honeytoken scan (nothing added, no ``forward`` line, before it passed).
+A refused decision has no plan and was answered by Identify; an undecided request is refused
+here rather than injected."""
 
 from __future__ import annotations
 
 from mitmproxy import http
 
+from vaultproxy.decide import Plan
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.pipeline import inject_body, inject_head
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
@@ -41,6 +44,12 @@ class Inject(Stage):
         plan = decision.plan
         if plan is None:
             return  # passthrough tunnels carry no flows we inspect
+        if rec.hold_body:
+            return  # the body is scanned for honeytokens first (access.py): see ``request``
+        self._head(flow, plan)
+
+    def _head(self, flow: http.HTTPFlow, plan: Plan) -> None:
+        st, req, rec = self.rt.state(), flow.request, record_of(flow)
         done = inject_head(st, req, plan, rec.minted)
         rec.injected = done.injected
         keep_redactor(st, rec)
@@ -54,8 +63,13 @@ class Inject(Stage):
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        entry, rec.body = rec.body, None
         decision = rec.decision
+        if rec.hold_body and flow.response is None and decision is not None and decision.plan:
+            # A body held for the honeytoken scan passed it (RequestGate runs first): only
+            # now is the credential added and the ``forward`` line written, so a refused
+            # decoy never had either.
+            self._head(flow, decision.plan)
+        entry, rec.body = rec.body, None
         if entry is None or flow.response is not None or decision is None:
             return
         if decision.plan is not None and inject_body(

@@ -3,7 +3,9 @@
 ``requestheaders`` asks the process's token source (the cache's owner, or in a worker the
 supervisor, engine/tokens.py) without blocking the event loop: other flows go on while a
 mint is in flight, and every request waiting for the same service shares one mint. A mint
-that fails answers ``502 token_unavailable``; nothing is forwarded.
+that fails answers ``502 token_unavailable``; nothing is forwarded. A body held for the
+honeytoken scan (stages/access.py) is scanned first: such a request mints in ``request``,
+after RequestGate, so a refused decoy never costs a mint.
 
 ``responseheaders``: a 401 from the upstream drops the token the request carried. An
 idempotent request with no body (GET, HEAD, OPTIONS, PUT, DELETE; no Upgrade) is resent
@@ -54,6 +56,16 @@ class Mint(Stage):
     @guarded
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
+        if not rec.hold_body:
+            await self._mint(flow, rec)
+
+    @guarded
+    async def request(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        if rec.hold_body:  # held for the honeytoken scan, which it passed: mint only now
+            await self._mint(flow, rec)
+
+    async def _mint(self, flow: http.HTTPFlow, rec: FlowRecord) -> None:
         decision = rec.decision
         plan = decision.plan if decision is not None else None
         if flow.response is not None or plan is None:

@@ -42,9 +42,9 @@ class RequestGate(Stage):
         await access.on_request_headers(self.rt, flow)
 
     @guarded
-    def request(self, flow: http.HTTPFlow) -> None:
-        # ACCESS (SPEC §10): a body buffered for the honeytoken scan - one call
-        access.on_request_body(self.rt, flow)
+    async def request(self, flow: http.HTTPFlow) -> None:
+        # ACCESS (SPEC §10): a body buffered for the honeytoken scan, then the rules - one call
+        await access.on_request_body(self.rt, flow)
 
     def _shape(self, flow: http.HTTPFlow) -> None:
         req = flow.request

@@ -100,6 +100,9 @@ class Reserved(Stage):
         client = self._clients.get(flow.client_conn.id)
         if client is None or flow.response is not None:
             return
+        # ACCESS: the body was held for the honeytoken scan; this stage answers before
+        # RequestGate's ``request`` would run, so the scan runs here, before the relay
+        await access.on_request_body(self.rt, flow)
         st = self.rt.state()
         if st.locked and client.agent is not None:
             raise LockedError()
