@@ -66,6 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 PEERS = REPO / "bench" / ".peers"
 DOC = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench:peers:begin -->", "<!-- bench:peers:end -->"
+SBEGIN, SEND = "<!-- bench:vp-startup:begin -->", "<!-- bench:vp-startup:end -->"
 
 AGENTCAGE = ("agentcage", "0.40.2")
 KOTW = ("keys-on-the-wire", "1.1.1")
@@ -723,8 +724,11 @@ def vaultproxy_startup(up: Upstreams, work: Path, secret: str, runs: int, worker
     t = Vaultproxy("vaultproxy", "vaultproxy", work / f"startup-{workers}", up, secret)
     t.workers = workers
     home = t._home()
-    to_json, to_200, rss = [], [], []
+    to_json, to_200, rss, ref = [], [], [], []
     for _ in range(runs):
+        r0 = time.monotonic()  # a yardstick for how loaded the machine is: the engine's import alone
+        subprocess.run([sys.executable, "-c", "import mitmproxy.tools.dump"], check=True)
+        ref.append((time.monotonic() - r0) * 1000)
         run_json = home.path / "run.json"  # type: ignore[attr-defined]
         run_json.unlink(missing_ok=True)
         t0 = time.monotonic()
@@ -750,7 +754,9 @@ def vaultproxy_startup(up: Upstreams, work: Path, secret: str, runs: int, worker
         to_200.append((t2 - t0) * 1000)
         t.stop()
     return {"ready_json_ms": statistics.median(to_json), "first_200_ms": statistics.median(to_200),
-            "rss_per_worker_mib": statistics.median(rss), "runs": runs, "workers": workers}
+            "first_200_min_ms": min(to_200), "first_200_max_ms": max(to_200),
+            "rss_per_worker_mib": statistics.median(rss), "runs": runs, "workers": workers,
+            "import_mitmproxy_ms": statistics.median(ref)}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -762,7 +768,7 @@ def _cell(v: object, fmt: str) -> str:
 
 def render(meta: dict[str, object], labels: dict[str, str], res: dict[str, dict[str, object]],
            rounds: list[dict[str, dict[str, object]]], hostile: dict[str, dict[str, str]],
-           startup: list[dict[str, float]], skipped: list[str]) -> str:
+           skipped: list[str]) -> str:
     direct = res.get("direct", {})
     mitm = res.get("mitmdump", {})
     lines = [
@@ -809,20 +815,32 @@ def render(meta: dict[str, object], labels: dict[str, str], res: dict[str, dict[
         for path in next(iter(hostile.values())):
             lines.append(f"| `{path}` | " + " | ".join(hostile[n].get(path, "—") for n in names) + " |")
         lines += ["", "</details>"]
-    for s in startup:
-        lines += ["", f"vaultproxy alone, `--workers {s['workers']:.0f}`, median of {s['runs']:.0f} starts: "
-                  f"spawn → run.json {s['ready_json_ms']:.0f} ms, spawn → first 200 through it {s['first_200_ms']:.0f} ms, "
-                  f"RSS per worker just after {s['rss_per_worker_mib']:.1f} MiB."]
     return "\n".join(lines)
 
 
-def write_doc(body: str) -> None:
+def render_startup(meta: dict[str, object], startup: list[dict[str, float]]) -> str:
+    lines = [f"Run {meta['date']}: `{meta['command']}`, load average before {meta['load_before']}, "
+             f"after {meta['load_after']}."]
+    for s in startup:
+        lines += ["", f"vaultproxy alone, `--workers {s['workers']:.0f}`, median of {s['runs']:.0f} starts: "
+                  f"spawn → run.json {s['ready_json_ms']:.0f} ms, spawn → first 200 through it {s['first_200_ms']:.0f} ms "
+                  f"({s['first_200_min_ms']:.0f}–{s['first_200_max_ms']:.0f}), "
+                  f"RSS per worker just after {s['rss_per_worker_mib']:.1f} MiB "
+                  f"(yardstick: `python -c 'import mitmproxy.tools.dump'` took {s['import_mitmproxy_ms']:.0f} ms)."]
+    return "\n".join(lines)
+
+
+def write_doc(body: str | None, startup: str | None) -> None:
+    """Splice the results between their markers in docs/BENCHMARKS.md (the prose around
+    them survives a re-run)."""
     from bench.report import _splice
 
     text = DOC.read_text()
-    if BEGIN not in text:
-        text = text.rstrip() + "\n\n## Peers, side by side\n\n" + f"{BEGIN}\n{END}\n"
-    DOC.write_text(_splice(text, BEGIN, END, body))
+    if body is not None:
+        text = _splice(text, BEGIN, END, body)
+    if startup is not None:
+        text = _splice(text, SBEGIN, SEND, startup)
+    DOC.write_text(text)
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -842,9 +860,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated targets (direct always runs)")
     ap.add_argument("--no-hostile", action="store_true")
     ap.add_argument("--startup-runs", type=int, default=5, help="vaultproxy start-up samples (0: skip)")
+    ap.add_argument("--startup-only", action="store_true",
+                    help="only vaultproxy's start-up time and RSS (no workloads, no peers)")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not write docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     names = [n for n in ALL if not args.only or n in args.only.split(",") or n == "direct"]
+    if args.startup_only:
+        names, args.no_hostile, args.rounds = ["vaultproxy"], True, 0
+        args.startup_runs = args.startup_runs or 5
     d = ({"warm": 1, "conc": 4, "seq": 3, "seq_n": 1000, "new": 4, "sse_events": 20, "sse_interval": 0.05}
          if args.quick else
          {"warm": 2, "conc": 8, "seq": 6, "seq_n": 3000, "new": 8, "sse_events": 60, "sse_interval": 0.05})
@@ -885,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     hostile_out: dict[str, dict[str, str]] = {}
     startup: list[dict[str, float]] = []
     try:
-        for i in range(max(1, args.rounds)):
+        for i in range(args.rounds if args.startup_only else max(1, args.rounds)):
             results: dict[str, dict[str, object]] = {}
             rounds.append(results)
             for t in targets:
@@ -914,16 +937,18 @@ def main(argv: list[str] | None = None) -> int:
     from bench.report import medians
 
     info = machine()
-    cmd = "python bench/peers.py" + (" --quick" if args.quick else "") + (f" --rounds {args.rounds}" if args.rounds > 1 else "") + (f" --only {args.only}" if args.only else "")
+    cmd = "python bench/peers.py" + (" --startup-only" if args.startup_only else "") + (" --quick" if args.quick else "") + (f" --rounds {args.rounds}" if args.rounds > 1 else "") + (f" --only {args.only}" if args.only else "")
     meta = {**info, "command": cmd, "load_before": "/".join(f"{x:.2f}" for x in load_before),
             "load_after": "/".join(f"{x:.2f}" for x in os.getloadavg()), "elapsed": time.monotonic() - started,
             "rounds": len(rounds), "versions": versions}
     labels = {t.name: t.label for t in targets}
-    text = render(meta, labels, medians(rounds), rounds, hostile_out, startup, skipped)
-    print(text)
-    (work / "hostile.json").write_text(json.dumps(hostile_out, indent=1))
+    text = render(meta, labels, medians(rounds), rounds, hostile_out, skipped) if rounds else None
+    stext = render_startup(meta, startup) if startup else None
+    for t_ in (text, stext):
+        if t_:
+            print(t_ + "\n")
     if not args.no_doc:
-        write_doc(text)
+        write_doc(text, stext)
         print(f"wrote {DOC}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
