@@ -236,7 +236,7 @@ def shapes() -> dict[str, Reply]:
 def _pip_install(venv: Path, reqs: list[str], log: Path) -> str | None:
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    r = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *reqs],
+    r = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *reqs],
                        capture_output=True, text=True, timeout=900)
     log.write_text(r.stdout + r.stderr)
     if r.returncode != 0:
