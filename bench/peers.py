@@ -1,9 +1,10 @@
 # ruff: noqa: E501  (table rows, config templates)
 """Peers, side by side: vaultproxy against the proxies a user would pick instead, in one run.
 
-    .venv/bin/python bench/peers.py --install            # fetch the peers into bench/.peers/
-    .venv/bin/python bench/peers.py --rounds 3           # all workloads + hostile table, ~12 min
-    .venv/bin/python bench/peers.py --quick              # one short round (~4 min)
+    .venv/bin/python bench/peers.py --install --quick    # fetch the peers into bench/.peers/, one short round
+    .venv/bin/python bench/peers.py --rounds 3           # all workloads + hostile table, ~16 min
+    .venv/bin/python bench/peers.py --quick              # one short round (~5 min)
+    .venv/bin/python bench/peers.py --startup-only       # vaultproxy alone: start-up time, RSS
     .venv/bin/python bench/peers.py --quick --only vaultproxy,srt --no-hostile
 
 Targets (each injects one bearer credential for the upstream; see docs/BENCHMARKS.md):
@@ -881,7 +882,9 @@ def main(argv: list[str] | None = None) -> int:
         for n, err in install(peers).items():
             if err:
                 skipped.append(f"{LABELS[n]}: install failed: {err}")
-    versions: dict[str, str] = {"mitmproxy (bare, vaultproxy)": __import__("importlib.metadata").metadata.version("mitmproxy")}
+    from importlib.metadata import version
+
+    versions: dict[str, str] = {"mitmproxy (bare, vaultproxy)": version("mitmproxy")}
     for n in sorted(peers):
         v = installed_version(n)
         if v is None:
