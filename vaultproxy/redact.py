@@ -20,6 +20,9 @@
   neighbour bits still carry 2-4 bits each; that is not enough to matter.) Cores shorter
   than 8 characters (secrets under ~7 bytes) are not matched: they would hit ordinary text.
   Line-wrapped (MIME) base64 is not matched.
+* **hex (base16)**, lower and upper case, and **base32**, whole (with and without ``=``
+  padding). Hex is byte-aligned, so the secret's hex stands whole inside the hex of any
+  longer text; mixed-case hex and base32 inside a longer base32 text are not matched.
 
 All alternatives of all secrets form **one** compiled regex, longest first. The stream
 variant holds back only the tail that is, or could still become, a form: the earliest
@@ -63,6 +66,7 @@ from vaultproxy.errors import UnscannableResponse, UpstreamProtocol, VaultproxyE
 __all__ = [
     "Redactor",
     "base64_forms",
+    "encoded_forms",
     "decoder_for",
     "drop_set_cookie",
     "gate_head",
@@ -229,6 +233,19 @@ def base64_forms(secret: bytes) -> set[bytes]:
     return forms
 
 
+def encoded_forms(secret: bytes) -> set[bytes]:
+    """Every whole-token encoding the redactor matches as a needle: base64 (see
+    :func:`base64_forms`), hex in either case and base32. An upstream that reflects what it
+    received in one of these (a debug echo, a signature input dump) is the case covered."""
+    forms = base64_forms(secret)
+    if len(secret) * 2 >= _MIN_CORE:
+        forms.update({secret.hex().encode(), secret.hex().upper().encode()})
+        b32 = base64.b32encode(secret)
+        forms.update({b32, b32.rstrip(b"=")})
+    forms.discard(b"")
+    return forms
+
+
 class Redactor:
     """Replaces every known form of each secret with that secret's placeholder.
 
@@ -253,7 +270,7 @@ class Redactor:
             firsts.update((secret[0], ord("%"), ord("\\"), ord("+")))
             needles.add(secret)
             escapes.update(_escapes(secret))
-            for form in base64_forms(secret):
+            for form in encoded_forms(secret):
                 alternatives.setdefault(re.escape(form), (len(form), placeholder))
                 firsts.add(form[0])
                 needles.add(form)

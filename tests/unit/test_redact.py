@@ -69,7 +69,28 @@ def find_leak(secret: bytes, data: bytes) -> str | None:
             return name
     if any(secret in v for v in _b64_views(data)):
         return "base64"
+    if any(secret in v for v in _hex_views(data)):
+        return "hex"
+    if any(secret in v for v in _b32_views(data)):
+        return "base32"
     return None
+
+
+_HEX_RUN = re.compile(rb"[0-9a-fA-F]{8,}")
+_B32_RUN = re.compile(rb"[A-Z2-7]{8,}=*")
+
+
+def _hex_views(data: bytes) -> list[bytes]:
+    return [bytes.fromhex(run[off:len(run) - (len(run) - off) % 2].decode())
+            for run in _HEX_RUN.findall(data) for off in range(2)]
+
+
+def _b32_views(data: bytes) -> list[bytes]:
+    out = []
+    for run in _B32_RUN.findall(data):
+        run = run.rstrip(b"=")
+        out.append(base64.b32decode(run + b"=" * (-len(run) % 8)))
+    return out
 
 
 def _b64_inside(prefix: int, enc: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
@@ -89,6 +110,11 @@ FORMS: dict[str, Callable[[bytes], bytes]] = {
     "b64url-nopad": lambda s: base64.urlsafe_b64encode(s).rstrip(b"="),
     **{f"b64-inside-{k}": _b64_inside(k, base64.b64encode) for k in range(6)},
     **{f"b64url-inside-{k}": _b64_inside(k, base64.urlsafe_b64encode) for k in range(6)},
+    "hex": lambda s: s.hex().encode(),
+    "hex-upper": lambda s: s.hex().upper().encode(),
+    "hex-inside": lambda s: (b"odd" + s + b"tail").hex().encode(),
+    "b32": base64.b32encode,
+    "b32-nopad": lambda s: base64.b32encode(s).rstrip(b"="),
     "pct-upper": lambda s: quote(s, safe="").encode(),
     "pct-lower": lambda s: re.sub(
         rb"%[0-9A-F]{2}", lambda m: m.group().lower(), quote(s, safe="").encode()
