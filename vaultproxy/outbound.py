@@ -106,3 +106,35 @@ def admin_client(timeout: httpx.Timeout) -> httpx.AsyncClient:  # noqa: TID251
     """A client for our own admin listener on loopback (the reserved MCP host's relay):
     plain HTTP, no proxies from the environment."""
     return httpx.AsyncClient(timeout=timeout, trust_env=False)  # noqa: TID251
+
+
+def pool_client(
+    key: UpstreamKey, *, http2: bool, idle: float, connect: float, response: float
+) -> httpx.AsyncClient:  # noqa: TID251
+    """The warm upstream pool of one service (stages/pool.py): like ``build_client``, with
+    HTTP/2 when the proxy offers it and idle connections kept ``idle`` seconds. The caller
+    keys it by everything its connections were verified and dialled under."""
+    return httpx.AsyncClient(  # noqa: TID251
+        verify=tls_context(key.trust_file, key.insecure),
+        trust_env=False,
+        follow_redirects=False,
+        http2=http2,
+        timeout=httpx.Timeout(response, connect=connect, pool=connect),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                            keepalive_expiry=idle),
+    )
+
+
+def pool_error_text(err: BaseException) -> str:
+    """mitmproxy's wording for a pooled exchange that failed (seam/engine_errors.py reads
+    it into the code the unpooled path answers); never any of the upstream's bytes."""
+    if isinstance(err, httpx.TimeoutException | TimeoutError):
+        return "vaultproxy: upstream timeout"
+    if isinstance(err, httpx.ConnectError):
+        if _is_tls_failure(err):
+            return "TLS handshake with the upstream failed"
+        return "could not connect to the upstream"
+    if isinstance(err, httpx.RemoteProtocolError | httpx.LocalProtocolError
+                  | httpx.DecodingError):
+        return "HTTP/1 protocol error: the upstream's response is malformed"
+    return "server closed connection"

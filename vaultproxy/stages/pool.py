@@ -1,0 +1,195 @@
+"""Pool: a warm, verified upstream connection pool per service, shared by every agent
+connection this worker serves, so a new agent connection costs a local handshake plus one
+upstream round trip instead of a new upstream TCP + TLS handshake.
+
+A request is pooled when its tunnel is an intercepted service's, its body is buffered (none,
+or a ``Content-Length`` of at most 1 MiB) and it is no upgrade; everything else (a streamed
+upload, a WebSocket, a passthrough tunnel, plain HTTP) keeps mitmproxy's own connection.
+Every stage still runs per request: the exchange starts after the ``request`` hook and its
+response goes through ``responseheaders``/``response`` like any other (seam/pool.py).
+
+One client per (service, tunnel host, trust file, ``insecure_tls``, HTTP/2, config
+snapshot): never shared across services, dropped on a reload (a new snapshot: ``ca_cert``,
+``connect_to``); each dials the address the Route stage checked for the agent's tunnel (a
+re-resolved address is another connection), and a connection idle ``[proxy]
+upstream_pool_idle`` seconds is closed (0: no pool). A connection that saw a protocol error
+is closed, never reused (httpcore drops it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+from mitmproxy import ctx, http
+from mitmproxy.proxy.layer import NextLayer
+
+from vaultproxy.outbound import UpstreamKey, pool_client, pool_error_text
+from vaultproxy.pipeline import hop_free
+from vaultproxy.seam import pool as seam_pool
+from vaultproxy.snapshot import Snapshot
+from vaultproxy.stages.connections import Tunnel
+from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Runtime, Stage
+
+logger = logging.getLogger(__name__)
+
+MAX_POOLED_BODY = 1024 * 1024  # a larger request body streams on mitmproxy's own path
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+@dataclass
+class Exchange:
+    """One pooled request's state between the seam's hooks (seam.pool.Exchange)."""
+
+    tunnel: Tunnel
+    body_limit: int
+    error: str | None = None
+    chunk: bytes | None = None
+    response: httpx.Response | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    idle: float = 300.0
+    closed: bool = field(default=False)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.response is not None:
+                await self.response.aclose()
+
+
+def _small_body(req: http.Request) -> bool:
+    if "transfer-encoding" in req.headers or "upgrade" in req.headers:
+        return False
+    length = req.headers.get("content-length")
+    if length is None:
+        return req.method in _NO_BODY_METHODS
+    return length.isdigit() and int(length) <= MAX_POOLED_BODY
+
+
+class Pool(Stage):
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        # service name -> (the snapshot its client was built under, key, client)
+        self._clients: dict[str, tuple[Snapshot, UpstreamKey, bool, httpx.AsyncClient]] = {}  # noqa: TID251, E501
+
+    def _idle(self) -> float:
+        st = self.rt.current()
+        if st is None or not seam_pool.installed():
+            return 0.0
+        return float(st.registry.config.proxy.upstream_pool_idle)
+
+    def _pooled_tunnel(self, client_id: str) -> bool:
+        tunnel = self.rt.connections.tunnel(client_id)
+        return tunnel is not None and tunnel.service is not None and self._idle() > 0
+
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        client_id = nextlayer.context.client.id
+        if nextlayer.layer is None and self.rt.connections.tunnel(client_id) is None:
+            seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id))
+
+    @guarded
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        if flow.response is not None or rec.decision is None or rec.decision.plan is None:
+            return
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        if tunnel is None or tunnel.service is None or tunnel.pinned is None:
+            return
+        idle = self._idle()
+        req = flow.request
+        if idle <= 0 or req.method == "CONNECT" or not _small_body(req):
+            return
+        cfg = self.rt.state().registry.config.proxy
+        req.stream = False  # buffered (at most 1 MiB): the exchange starts at its end
+        flow.metadata[seam_pool.POOLED] = Exchange(
+            tunnel=tunnel, body_limit=cfg.max_body_mb * 1024 * 1024,
+            idle=float(cfg.idle_timeout))
+
+    def _client(self, tunnel: Tunnel) -> httpx.AsyncClient:  # noqa: TID251
+        st = self.rt.state()
+        service = tunnel.service
+        assert service is not None
+        cfg = st.registry.config.proxy
+        key = UpstreamKey(service.name, tunnel.host, st.snapshot.trust_file(service),
+                          service.insecure_tls)
+        http2 = bool(ctx.options.http2)
+        found = self._clients.get(service.name)
+        if found is not None:
+            snapshot, old_key, old_h2, client = found
+            if snapshot is st.snapshot and old_key == key and old_h2 == http2:
+                return client
+            asyncio.get_running_loop().create_task(client.aclose())  # policy changed
+        client = pool_client(key, http2=http2, idle=float(cfg.upstream_pool_idle),
+                             connect=float(cfg.connect_timeout),
+                             response=float(cfg.response_timeout))
+        self._clients[service.name] = (st.snapshot, key, http2, client)
+        return client
+
+    async def vaultproxy_pool_exchange(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange = flow.metadata[seam_pool.POOLED]
+        try:
+            ex.response = await self._send(flow, ex)
+        except Exception as e:  # noqa: BLE001 - every failure is an answer, never a hang
+            ex.error = pool_error_text(e)
+            await ex.close()
+            return
+        resp = ex.response
+        version = resp.extensions.get("http_version", b"HTTP/1.1")
+        version = b"HTTP/2.0" if version == b"HTTP/2" else version
+        reason = resp.extensions.get("reason_phrase", b"")
+        flow.response = http.Response(
+            version, resp.status_code, reason, http.Headers(resp.headers.raw), None, None,
+            timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
+        )
+        ex.chunks = resp.aiter_raw()
+
+    async def _send(self, flow: http.HTTPFlow, ex: Exchange) -> httpx.Response:
+        tunnel = ex.tunnel
+        assert tunnel.pinned is not None
+        req = flow.request
+        fields = hop_free(req.headers.fields)
+        if not any(k.lower() == b"host" for k, _ in fields):
+            authority = req.authority or (
+                tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
+            fields.insert(0, (b"Host", authority.encode("idna")))
+        ip, port = tunnel.pinned
+        url = httpx.URL(scheme="https", host=str(ip), port=int(port), raw_path=req.data.path)
+        content = req.raw_content
+        outgoing = httpx.Request(req.method, url, headers=fields,
+                                 content=content if content else None)
+        outgoing.extensions["sni_hostname"] = tunnel.host
+        return await self._client(tunnel).send(outgoing, stream=True)
+
+    async def vaultproxy_pool_chunk(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange = flow.metadata[seam_pool.POOLED]
+        if ex.chunks is None:
+            ex.chunk = None
+            return
+        try:
+            while True:
+                chunk = await asyncio.wait_for(anext(ex.chunks), ex.idle)
+                if chunk:
+                    break
+            ex.chunk = chunk
+        except StopAsyncIteration:
+            ex.chunk = None
+            await ex.close()  # read to its end: the connection goes back to the pool
+        except Exception as e:  # noqa: BLE001 - a cut body closes the agent's side
+            ex.error = pool_error_text(e)
+            ex.chunk = None
+            await ex.close()
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._end(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._end(flow)
+
+    async def _end(self, flow: http.HTTPFlow) -> None:
+        ex = flow.metadata.get(seam_pool.POOLED)
+        if isinstance(ex, Exchange):
+            await ex.close()
