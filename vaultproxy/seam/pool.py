@@ -225,6 +225,9 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
     yield lhttp.HttpResponseHeadersHook(flow)
     if (yield from self.check_killed(True)):
         return
+    if flow.response is not resp:  # a stage answered in the upstream's stead
+        yield from self.send_response()
+        return
     client = self.context.client
     if resp.stream and not no_body:
         yield lhttp.SendHttp(lhttp.ResponseHeaders(self.stream_id, resp, end_stream=False),

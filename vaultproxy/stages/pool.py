@@ -22,11 +22,11 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
+import httpcore
 from mitmproxy import ctx, http
 from mitmproxy.proxy.layer import NextLayer
 
-from vaultproxy.outbound import UpstreamKey, pool_client, pool_error_text
+from vaultproxy.outbound import UpstreamKey, head_seen, pool_error_text, pool_transport
 from vaultproxy.pipeline import hop_free
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.snapshot import Snapshot
@@ -38,6 +38,7 @@ from vaultproxy.stages.runtime import Runtime, Stage
 logger = logging.getLogger(__name__)
 
 MAX_POOLED_BODY = 1024 * 1024  # a larger request body streams on mitmproxy's own path
+_Pool = httpcore.AsyncConnectionPool
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
@@ -49,7 +50,7 @@ class Exchange:
     body_limit: int
     error: str | None = None
     chunk: bytes | None = None
-    response: httpx.Response | None = None
+    response: httpcore.Response | None = None
     chunks: AsyncIterator[bytes] | None = None
     idle: float = 300.0
     closed: bool = field(default=False)
@@ -74,7 +75,7 @@ class Pool(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         # service name -> (the snapshot its client was built under, key, client)
-        self._clients: dict[str, tuple[Snapshot, UpstreamKey, bool, httpx.AsyncClient]] = {}  # noqa: TID251, E501
+        self._pools: dict[str, tuple[Snapshot, UpstreamKey, bool, _Pool]] = {}
 
     def _idle(self) -> float:
         st = self.rt.current()
@@ -109,60 +110,81 @@ class Pool(Stage):
             tunnel=tunnel, body_limit=cfg.max_body_mb * 1024 * 1024,
             idle=float(cfg.idle_timeout))
 
-    def _client(self, tunnel: Tunnel) -> httpx.AsyncClient:  # noqa: TID251
+    def _pool(self, tunnel: Tunnel) -> _Pool:
         st = self.rt.state()
         service = tunnel.service
         assert service is not None
-        cfg = st.registry.config.proxy
         key = UpstreamKey(service.name, tunnel.host, st.snapshot.trust_file(service),
                           service.insecure_tls)
         http2 = bool(ctx.options.http2)
-        found = self._clients.get(service.name)
+        found = self._pools.get(service.name)
         if found is not None:
-            snapshot, old_key, old_h2, client = found
+            snapshot, old_key, old_h2, pool = found
             if snapshot is st.snapshot and old_key == key and old_h2 == http2:
-                return client
-            asyncio.get_running_loop().create_task(client.aclose())  # policy changed
-        client = pool_client(key, http2=http2, idle=float(cfg.upstream_pool_idle),
-                             connect=float(cfg.connect_timeout),
-                             response=float(cfg.response_timeout))
-        self._clients[service.name] = (st.snapshot, key, http2, client)
-        return client
+                return pool
+            asyncio.get_running_loop().create_task(pool.aclose())  # policy changed: drop
+        idle = float(st.registry.config.proxy.upstream_pool_idle)
+        pool = pool_transport(key, http2=http2, idle=idle)
+        self._pools[service.name] = (st.snapshot, key, http2, pool)
+        return pool
 
     async def vaultproxy_pool_exchange(self, flow: http.HTTPFlow) -> None:
         ex: Exchange = flow.metadata[seam_pool.POOLED]
+        head_seen.set(None)
         try:
-            ex.response = await self._send(flow, ex)
+            ex.response = resp = await self._send(flow, ex)
         except Exception as e:  # noqa: BLE001 - every failure is an answer, never a hang
+            seen = head_seen.get()
+            if seen is not None and seen.status == 101:  # h11 refuses an unasked 101
+                # the response gate refuses it as mitmproxy's path does (upgrade_refused)
+                flow.response = http.Response.make(101, b"", [(b"connection", b"close")])
+                return
             ex.error = pool_error_text(e)
             await ex.close()
             return
-        resp = ex.response
+        seen = head_seen.get()
+        if seen is not None and seen.folded:
+            ex.error = "HTTP/1 protocol error: an obs-folded response header"
+            await ex.close()
+            return
         version = resp.extensions.get("http_version", b"HTTP/1.1")
         version = b"HTTP/2.0" if version == b"HTTP/2" else version
         reason = resp.extensions.get("reason_phrase", b"")
         flow.response = http.Response(
-            version, resp.status_code, reason, http.Headers(resp.headers.raw), None, None,
+            version, resp.status, reason, http.Headers(resp.headers), None, None,
             timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
         )
-        ex.chunks = resp.aiter_raw()
+        ex.chunks = resp.aiter_stream()
 
-    async def _send(self, flow: http.HTTPFlow, ex: Exchange) -> httpx.Response:
+    async def _send(self, flow: http.HTTPFlow, ex: Exchange) -> httpcore.Response:
         tunnel = ex.tunnel
         assert tunnel.pinned is not None
         req = flow.request
         fields = hop_free(req.headers.fields)
-        if not any(k.lower() == b"host" for k, _ in fields):
+        names = {k.lower() for k, _ in fields}
+        if b"host" not in names:
             authority = req.authority or (
                 tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
             fields.insert(0, (b"Host", authority.encode("idna")))
+        content = req.raw_content or b""
+        if content and b"content-length" not in names:
+            fields.append((b"Content-Length", str(len(content)).encode()))
         ip, port = tunnel.pinned
-        url = httpx.URL(scheme="https", host=str(ip), port=int(port), raw_path=req.data.path)
-        content = req.raw_content
-        outgoing = httpx.Request(req.method, url, headers=fields,
-                                 content=content if content else None)
-        outgoing.extensions["sni_hostname"] = tunnel.host
-        return await self._client(tunnel).send(outgoing, stream=True)
+        cfg = self.rt.state().registry.config.proxy
+        connect = float(cfg.connect_timeout)
+        outgoing = httpcore.Request(
+            req.method.encode(),
+            httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
+                         target=req.data.path),
+            headers=fields, content=content or None,
+            extensions={
+                "sni_hostname": tunnel.host,
+                "timeout": {"connect": connect, "pool": connect,
+                            "read": float(cfg.response_timeout),
+                            "write": float(cfg.response_timeout)},
+            },
+        )
+        return await self._pool(tunnel).handle_async_request(outgoing)
 
     async def vaultproxy_pool_chunk(self, flow: http.HTTPFlow) -> None:
         ex: Exchange = flow.metadata[seam_pool.POOLED]
