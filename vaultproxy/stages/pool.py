@@ -71,6 +71,10 @@ def _small_body(req: http.Request) -> bool:
     return length.isdigit() and int(length) <= MAX_POOLED_BODY
 
 
+def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
+    return flow.request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+
+
 class Pool(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
@@ -148,10 +152,18 @@ class Pool(Stage):
             await ex.close()
             return
         version = resp.extensions.get("http_version", b"HTTP/1.1")
-        version = b"HTTP/2.0" if version == b"HTTP/2" else version
+        headers = http.Headers(resp.headers)
+        if version == b"HTTP/2":
+            version = b"HTTP/2.0"
+            if flow.request.http_version.startswith("HTTP/1"):
+                # An HTTP/1 agent's connection stays open: frame a body of unknown length
+                # with chunks (mitmproxy would send it close-delimited).
+                version = b"HTTP/1.1"
+                if "content-length" not in headers and not _bodiless(flow, resp.status):
+                    headers["transfer-encoding"] = "chunked"
         reason = resp.extensions.get("reason_phrase", b"")
         flow.response = http.Response(
-            version, resp.status, reason, http.Headers(resp.headers), None, None,
+            version, resp.status, reason, headers, None, None,
             timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
         )
         ex.chunks = resp.aiter_stream()
