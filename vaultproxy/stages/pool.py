@@ -8,7 +8,7 @@ upload, a WebSocket, a passthrough tunnel, plain HTTP) keeps mitmproxy's own con
 Every stage still runs per request: the exchange starts after the ``request`` hook and its
 response goes through ``responseheaders``/``response`` like any other (seam/pool.py).
 
-One client per (service, tunnel host, trust file, ``insecure_tls``, HTTP/2, config
+One connection pool per (service, tunnel host, trust file, ``insecure_tls``, HTTP/2, config
 snapshot): never shared across services, dropped on a reload (a new snapshot: ``ca_cert``,
 ``connect_to``); each dials the address the Route stage checked for the agent's tunnel (a
 re-resolved address is another connection), and a connection idle ``[proxy]
@@ -71,6 +71,14 @@ def _small_body(req: http.Request) -> bool:
     return length.isdigit() and int(length) <= MAX_POOLED_BODY
 
 
+async def _close_when_idle(pool: _Pool) -> None:
+    """Close a pool the policy left behind once no request is on it any more: an exchange
+    under way (a long stream) finishes, as on a reload without the pool; no new one starts."""
+    while any(not c.is_idle() and not c.is_closed() for c in pool.connections):
+        await asyncio.sleep(1.0)
+    await pool.aclose()
+
+
 def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
     return flow.request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
 
@@ -78,8 +86,11 @@ def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
 class Pool(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
-        # service name -> (the snapshot its client was built under, key, client)
-        self._pools: dict[str, tuple[Snapshot, UpstreamKey, bool, _Pool]] = {}
+        # (service name, tunnel host) -> (what its connections were verified under, HTTP/2,
+        # the pool); all built under ``_snapshot``
+        self._pools: dict[tuple[str, str], tuple[UpstreamKey, bool, _Pool]] = {}
+        self._snapshot: Snapshot | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def _idle(self) -> float:
         st = self.rt.current()
@@ -121,16 +132,26 @@ class Pool(Stage):
         key = UpstreamKey(service.name, tunnel.host, st.snapshot.trust_file(service),
                           service.insecure_tls)
         http2 = bool(ctx.options.http2)
-        found = self._pools.get(service.name)
+        if self._snapshot is not st.snapshot:  # a reload: every pool of the old policy goes
+            self._snapshot = st.snapshot
+            for old in list(self._pools):
+                self._retire(old)
+        found = self._pools.get((service.name, tunnel.host))
         if found is not None:
-            snapshot, old_key, old_h2, pool = found
-            if snapshot is st.snapshot and old_key == key and old_h2 == http2:
+            old_key, old_h2, pool = found
+            if old_key == key and old_h2 == http2:
                 return pool
-            asyncio.get_running_loop().create_task(pool.aclose())  # policy changed: drop
+            self._retire((service.name, tunnel.host))
         idle = float(st.registry.config.proxy.upstream_pool_idle)
         pool = pool_transport(key, http2=http2, idle=idle)
-        self._pools[service.name] = (st.snapshot, key, http2, pool)
+        self._pools[(service.name, tunnel.host)] = (key, http2, pool)
         return pool
+
+    def _retire(self, name: tuple[str, str]) -> None:
+        _, _, pool = self._pools.pop(name)
+        task = asyncio.get_running_loop().create_task(_close_when_idle(pool))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def vaultproxy_pool_exchange(self, flow: http.HTTPFlow) -> None:
         ex: Exchange = flow.metadata[seam_pool.POOLED]
