@@ -23,7 +23,7 @@ import trustme
 
 from tests import canary
 from tests.harness.proxy import ProxyProcess
-from tests.harness.upstream import Upstream
+from tests.harness.upstream import Upstream, free_port
 from tests.integration.conftest import agent_client
 
 pytestmark = pytest.mark.integration
@@ -137,10 +137,14 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(start_proxy, upstream: Upstream) -> Iterator[Env]:  # type: ignore[no-untyped-def]
-    up = CountingUpstream(upstream.ca, ("pa.api.test", "pb.api.test", "pc.api.test")).start()
+    up = CountingUpstream(upstream.ca, ("pa.api.test", "pb.api.test", "pd.api.test")).start()
     secrets = {name: canary.make_canary() for name in ("pa", "pb", "pc")}
     toml = _services(up.port, ("pa", "pb"))
-    pooled = start_proxy("[proxy]\nresponse_timeout = 2\n\n" + toml, secrets)
+    closed = free_port()  # nothing listens: the dial is refused
+    broken = (_services(closed, ("pc",))
+              + _services(up.port, ("pd",)).replace('ca_cert = "upstream-ca.pem"\n', ""))
+    pooled = start_proxy("[proxy]\nresponse_timeout = 2\n\n" + toml + broken,
+                         {**secrets, "pd": canary.make_canary()})
     unpooled = start_proxy("[proxy]\nupstream_pool_idle = 0\n\n" + toml, secrets)
     yield Env(up, pooled, unpooled, secrets)
     up.stop()
@@ -208,6 +212,18 @@ def test_protocol_error_drops_the_connection(env: Env) -> None:
     assert env.up.accepted == before + 1
     audit = [a for a in env.pooled.audit() if a.get("path") == "/garbage"]
     assert audit and audit[-1]["reason"] == "upstream_protocol" and audit[-1]["status"] == 502
+
+
+@pytest.mark.parametrize(("host", "status", "code"), [
+    ("pc", 502, "upstream_unreachable"),  # connection refused
+    ("pd", 502, "upstream_tls"),  # the upstream's CA is not this service's trust
+])
+def test_dial_failures_answer_as_without_the_pool(env: Env, host: str, status: int,
+                                                  code: str) -> None:
+    got, body = curl(env.pooled, f"https://{host}.api.test/fail")
+    assert got == status and json.loads(body)["error"]["code"] == code
+    audit = [a for a in env.pooled.audit() if a.get("service") == host]
+    assert audit and audit[-1]["reason"] == code and audit[-1]["status"] == status
 
 
 def test_response_timeout_through_the_pool(env: Env) -> None:
