@@ -142,7 +142,7 @@ class HeadWatch(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data = await self._inner.read(max_bytes, timeout)
-        if self._head is not None:
+        if self._head is not None and data:
             self._watch(data)
         return data
 

@@ -33,13 +33,15 @@ pytestmark = pytest.mark.integration
 class CountingUpstream:
     """HTTP/1.1 over TLS with keep-alive; counts accepted connections. Paths:
     ``/echo`` answers the Authorization header it got, ``/garbage`` a malformed head (then
-    closes), ``/sse`` two events 1 s apart, ``/hang`` nothing; else JSON naming the
-    connection that served it."""
+    closes), ``/sse`` two events 1 s apart, ``/hang`` nothing, ``/stall`` a head and part of
+    the body then nothing, ``/cut`` the same then a close, ``/then-drop`` answers and closes
+    its connection on the next request unanswered; else JSON naming the connection."""
 
     ca: trustme.CA
     names: tuple[str, ...]
     accepted: int = 0
     auth_seen: list[str] = field(default_factory=list)
+    drop_next: set[int] = field(default_factory=set)  # connections to close on next request
 
     def start(self) -> CountingUpstream:
         self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -88,6 +90,11 @@ class CountingUpstream:
                 while len(buf) < length:
                     buf += conn.recv(65536)
                 buf = buf[length:]
+                if n in self.drop_next:  # as a keep-alive timeout racing the request
+                    self.drop_next.discard(n)
+                    return
+                if path == "/then-drop":
+                    self.drop_next.add(n)
                 if not self._reply(conn, path, headers, n):
                     return
 
@@ -97,6 +104,11 @@ class CountingUpstream:
             return False
         if path == "/hang":
             time.sleep(5)
+            return False
+        if path in ("/stall", "/cut"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 200_000)
+            if path == "/stall":
+                time.sleep(5)
             return False
         if path == "/sse":
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -143,11 +155,15 @@ def env(start_proxy, upstream: Upstream) -> Iterator[Env]:  # type: ignore[no-un
     closed = free_port()  # nothing listens: the dial is refused
     broken = (_services(closed, ("pc",))
               + _services(up.port, ("pd",)).replace('ca_cert = "upstream-ca.pem"\n', ""))
-    pooled = start_proxy("[proxy]\nresponse_timeout = 2\n\n" + toml + broken,
-                         {**secrets, "pd": canary.make_canary()})
+    blackhole = socket.create_server(("127.0.0.1", 0))  # accepts TCP, never speaks TLS
+    broken += _services(blackhole.getsockname()[1], ("pe",))
+    timeouts = "[proxy]\nconnect_timeout = 1\nresponse_timeout = 2\nidle_timeout = 1.5\n\n"
+    pooled = start_proxy(timeouts + toml + broken,
+                         {**secrets, "pd": canary.make_canary(), "pe": canary.make_canary()})
     unpooled = start_proxy("[proxy]\nupstream_pool_idle = 0\n\n" + toml, secrets)
     yield Env(up, pooled, unpooled, secrets)
     up.stop()
+    blackhole.close()
 
 
 def curl(proxy: ProxyProcess, url: str, *extra: str) -> tuple[int, bytes]:
@@ -216,12 +232,13 @@ def test_protocol_error_drops_the_connection(env: Env) -> None:
 
 @pytest.mark.parametrize(("host", "status", "code"), [
     ("pc", 502, "upstream_unreachable"),  # connection refused
+    ("pe", 504, "upstream_timeout"),  # TCP accepted, no TLS: connect_timeout
     ("pd", 502, "upstream_tls"),  # the upstream's CA is not this service's trust
 ])
 def test_dial_failures_answer_as_without_the_pool(env: Env, host: str, status: int,
                                                   code: str) -> None:
     got, body = curl(env.pooled, f"https://{host}.api.test/fail")
-    assert got == status and json.loads(body)["error"]["code"] == code
+    assert got == status and json.loads(body)["error"]["code"] == code, body
     audit = [a for a in env.pooled.audit() if a.get("service") == host]
     assert audit and audit[-1]["reason"] == code and audit[-1]["status"] == status
 
@@ -277,3 +294,32 @@ def test_upload_over_a_mebibyte_streams_on_its_own_connection(env: Env) -> None:
         r = c.post("https://pa.api.test/up", content=b"x" * (2 * 1024 * 1024 + 1))
     assert r.status_code == 200 and r.json()["path"] == "/up"
     assert env.up.accepted == before + 1
+
+
+def test_a_stalled_or_cut_body_closes_the_agent_and_is_audited(env: Env) -> None:
+    for path, code in (("/stall", "upstream_timeout"), ("/cut", "upstream_protocol")):
+        with agent_client(env.pooled) as c, pytest.raises(httpx.TransportError):
+            with c.stream("GET", f"https://pa.api.test{path}") as r:
+                assert r.status_code == 200  # the head and part of the body did arrive
+                for _ in r.iter_raw():
+                    pass
+        deadline = time.monotonic() + 10
+        audit: list[dict[str, object]] = []
+        while not audit and time.monotonic() < deadline:
+            audit = [a for a in env.pooled.audit() if a.get("path") == path]
+            time.sleep(0.05)
+        assert audit and audit[-1]["reason"] == code, audit
+
+
+def test_a_connection_closed_as_it_is_reused_is_retried_when_idempotent(env: Env) -> None:
+    curl(env.pooled, "https://pa.api.test/then-drop")  # its connection drops the next one
+    status, body = curl(env.pooled, "https://pa.api.test/again")
+    assert status == 200 and json.loads(body)["path"] == "/again"
+
+
+def test_twin_a_post_on_such_a_connection_is_not_resent(env: Env) -> None:
+    curl(env.pooled, "https://pa.api.test/then-drop")
+    before = env.up.accepted
+    status, body = curl(env.pooled, "https://pa.api.test/again", "--data", "x=1")
+    assert status == 502 and json.loads(body)["error"]["code"] == "upstream_protocol"
+    assert env.up.accepted == before  # no second attempt on a fresh connection

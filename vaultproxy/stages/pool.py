@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 MAX_POOLED_BODY = 1024 * 1024  # a larger request body streams on mitmproxy's own path
 _Pool = httpcore.AsyncConnectionPool
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
@@ -176,7 +177,7 @@ class Pool(Stage):
         headers = http.Headers(resp.headers)
         if version == b"HTTP/2":
             version = b"HTTP/2.0"
-            if flow.request.http_version.startswith("HTTP/1"):
+            if flow.request.http_version == "HTTP/1.1":
                 # An HTTP/1 agent's connection stays open: frame a body of unknown length
                 # with chunks (mitmproxy would send it close-delimited).
                 version = b"HTTP/1.1"
@@ -217,7 +218,18 @@ class Pool(Stage):
                             "write": float(cfg.response_timeout)},
             },
         )
-        return await self._pool(tunnel).handle_async_request(outgoing)
+        pool = self._pool(tunnel)
+        try:
+            return await pool.handle_async_request(outgoing)
+        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
+            # A kept-alive connection the upstream closed while idle (an HTTP/1 FIN in flight
+            # as we sent; an HTTP/2 GOAWAY httpcore reads only now): that connection is gone.
+            # Once more, on another: an idempotent request that got no response byte, or any
+            # request the upstream's GOAWAY says it never processed.
+            goaway = "ConnectionTerminated" in str(e)
+            if not goaway and (req.method not in _IDEMPOTENT or head_seen.get() is not None):
+                raise
+            return await pool.handle_async_request(outgoing)
 
     async def vaultproxy_pool_chunk(self, flow: http.HTTPFlow) -> None:
         ex: Exchange = flow.metadata[seam_pool.POOLED]
