@@ -11,6 +11,9 @@ registers itself on import.
   unregistered host; the per-service upstream TLS context).
 * ``speed`` (and ``dispatch``): cheaper hook dispatch and fewer per-flow checks. A missing
   symbol keeps mitmproxy's stock behaviour, with a WARNING naming it.
+* ``pool``: the warm upstream pool's engine side (no dial at CONNECT for a pooled service's
+  tunnel; the exchange through our own blocking hooks at the request's end). A speed patch:
+  a missing symbol keeps mitmproxy's own upstream connection per agent connection.
 * ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
   loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
 * ``refusals``: request heads mitmproxy's HTTP/1 reader refuses, for the audit.
