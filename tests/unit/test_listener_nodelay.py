@@ -42,3 +42,21 @@ def test_twin_a_listener_without_the_tcp_proto_leaves_nagle_on() -> None:
         listener.listen(8)
         listener.setblocking(False)
         assert _nodelay_of_accepted(listener) == 0
+
+
+def test_pooled_upstream_connections_have_nodelay() -> None:
+    """The warm pool's dialer (outbound.py) hands httpcore sockets with Nagle off."""
+    from vaultproxy.outbound import HeadWatch, _Dialer
+
+    async def run() -> int:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            stream = await _Dialer().connect_tcp("127.0.0.1", server.getsockname()[1])
+            try:
+                assert isinstance(stream, HeadWatch)
+                sock = stream.get_extra_info("socket")
+                assert sock is not None  # an asyncio TransportSocket
+                return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            finally:
+                await stream.aclose()
+
+    assert asyncio.run(run()) == 1
