@@ -323,3 +323,12 @@ def test_twin_a_post_on_such_a_connection_is_not_resent(env: Env) -> None:
     status, body = curl(env.pooled, "https://pa.api.test/again", "--data", "x=1")
     assert status == 502 and json.loads(body)["error"]["code"] == "upstream_protocol"
     assert env.up.accepted == before  # no second attempt on a fresh connection
+
+
+def test_a_request_asking_for_trailers_keeps_its_own_connection(env: Env) -> None:
+    """``TE: trailers`` (gRPC): the pool relays no response trailers, so mitmproxy's path."""
+    curl(env.pooled, "https://pa.api.test/warm")
+    before = env.up.accepted
+    status, _ = curl(env.pooled, "https://pa.api.test/t", "-H", "TE: trailers")
+    assert status == 200 and env.up.accepted == before + 1
+    assert _grows(env, env.pooled, "https://pa.api.test/t", times=1) == 0  # twin: pooled

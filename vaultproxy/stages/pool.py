@@ -3,7 +3,8 @@ connection this worker serves, so a new agent connection costs a local handshake
 upstream round trip instead of a new upstream TCP + TLS handshake.
 
 A request is pooled when its tunnel is an intercepted service's, its body is buffered (none,
-or a ``Content-Length`` of at most 1 MiB) and it is no upgrade; everything else (a streamed
+or a ``Content-Length`` of at most 1 MiB), it is no upgrade and asks for no trailers (``TE:
+trailers``, as gRPC); everything else (a streamed
 upload, a WebSocket, a passthrough tunnel, plain HTTP) keeps mitmproxy's own connection.
 Every stage still runs per request: the exchange starts after the ``request`` hook and its
 response goes through ``responseheaders``/``response`` like any other (seam/pool.py).
@@ -66,6 +67,8 @@ class Exchange:
 def _small_body(req: http.Request) -> bool:
     if "transfer-encoding" in req.headers or "upgrade" in req.headers:
         return False
+    if "trailers" in req.headers.get("te", "").lower():
+        return False  # gRPC and the like read response trailers the pool does not relay
     length = req.headers.get("content-length")
     if length is None:
         return req.method in _NO_BODY_METHODS
