@@ -332,3 +332,14 @@ def test_a_request_asking_for_trailers_keeps_its_own_connection(env: Env) -> Non
     status, _ = curl(env.pooled, "https://pa.api.test/t", "-H", "TE: trailers")
     assert status == 200 and env.up.accepted == before + 1
     assert _grows(env, env.pooled, "https://pa.api.test/t", times=1) == 0  # twin: pooled
+
+
+def test_an_idle_connection_is_not_reused_past_upstream_pool_idle(  # type: ignore[no-untyped-def]
+    env: Env, start_proxy
+) -> None:
+    toml = "[proxy]\nupstream_pool_idle = 3\n\n" + _services(env.up.port, ("pa",))
+    proxy = start_proxy(toml, {"pa": env.secrets["pa"]})
+    curl(proxy, "https://pa.api.test/warm")
+    assert _grows(env, proxy, "https://pa.api.test/soon", times=1) == 0  # twin: still warm
+    time.sleep(4)
+    assert _grows(env, proxy, "https://pa.api.test/later", times=1) == 1
