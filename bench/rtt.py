@@ -19,6 +19,7 @@ All traffic stays on 127.0.0.1."""
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,10 @@ from bench.targets import Vaultproxy, VaultproxyHome
 from bench.upstream import Nginx, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-RELAY_CANDIDATES = (REPO.parent / "shared" / "tools" / "delayrelay.py",)
+RELAY_CANDIDATES = (
+    REPO.parent / "shared" / "tools" / "delayrelay.py",
+    REPO.parents[1] / "shared" / "tools" / "delayrelay.py",  # a worktree under wt/
+)
 HOST = "hi.bench.test"
 
 
@@ -59,8 +63,9 @@ def start_relay(workdir: Path, port: int, one_way_ms: float) -> tuple[subprocess
     return proc, int(port_file.read_text())
 
 
-def services_toml(relay_port: int) -> str:
-    return (
+def services_toml(relay_port: int, pool_idle: int | None = None) -> str:
+    head = f"[proxy]\nupstream_pool_idle = {pool_idle}\n\n" if pool_idle is not None else ""
+    return head + (
         f'[[service]]\nname = "hi"\nhosts = ["{HOST}"]\nmode = "host_inject"\nauth = "bearer"\n'
         f'connect_to = "127.0.0.1:{relay_port}"\nallow_loopback = true\nca_cert = "upstream-ca.pem"\n'
     )
@@ -92,27 +97,37 @@ def summary(times: list[float]) -> tuple[float, float]:
 def measure(rtt: float, calls: int, work: Path, nginx: Nginx, home_base: Path) -> list[tuple[str, float, float]]:
     relay, relay_port = start_relay(work, nginx.port, rtt / 2)
     rows: list[tuple[str, float, float]] = []
-    vp = None
+    proxies: list[Vaultproxy] = []
     try:
-        home = VaultproxyHome.create(home_base / f"home-{int(rtt)}", nginx)
-        (home.path / "services.toml").write_text(services_toml(relay_port))
-        vp = Vaultproxy("vp", "vaultproxy", nginx, work / f"vp-{int(rtt)}")
-        vp.home = home
-        vp.start()
-        assert vp.proxy is not None
-        direct = ["--cacert", str(nginx.ca_file), "--connect-to", f"{HOST}:443:127.0.0.1:{relay_port}"]
-        through = ["--cacert", str(home.path / "ca.crt"), "--proxy", vp.proxy]
+        targets: list[tuple[str, list[str]]] = [
+            ("direct", ["--cacert", str(nginx.ca_file), "--connect-to", f"{HOST}:443:127.0.0.1:{relay_port}"]),
+        ]
+        # vaultproxy as configured by default (warm upstream pool), and with the pool off
+        # (upstream_pool_idle = 0: mitmproxy's one upstream connection per agent connection)
+        for who, idle in (("vaultproxy", None), ("vaultproxy, no pool", 0)):
+            home = VaultproxyHome.create(home_base / f"home-{int(rtt)}-{idle}", nginx)
+            (home.path / "services.toml").write_text(services_toml(relay_port, idle))
+            vp = Vaultproxy("vp", "vaultproxy", nginx, work / f"vp-{int(rtt)}-{idle}")
+            vp.home = home
+            vp.start()
+            proxies.append(vp)
+            assert vp.proxy is not None
+            targets.append((who, ["--cacert", str(home.path / "ca.crt"), "--proxy", vp.proxy]))
         url = f"https://{HOST}/"
         for label, one in (("new connection", False), ("keep-alive", True)):
-            for who, args in (("direct", direct), ("vaultproxy", through)):
+            for _, args in targets:
                 curl_times(args, url, 2, one_process=one)  # warm: DNS, CA load, proxy caches
-                t = curl_times(args, url, calls, one_process=one)
-                if one:
-                    t = t[1:]  # the first transfer opens the connection
-                p50, p90 = summary(t)
+            times: dict[str, list[float]] = {who: [] for who, _ in targets}
+            rounds = calls if not one else 1
+            for _ in range(rounds):  # interleaved: each round runs every target once
+                for who, args in targets:
+                    t = curl_times(args, url, 1 if not one else calls + 1, one_process=one)
+                    times[who] += t[1:] if one else t  # keep-alive: the first opens it
+            for who, _ in targets:
+                p50, p90 = summary(times[who])
                 rows.append((f"RTT {rtt:g} ms, {label}, {who}", p50, p90))
     finally:
-        if vp is not None:
+        for vp in proxies:
             vp.stop()
         stop_process(relay)
     return rows
@@ -131,6 +146,7 @@ def main() -> None:
             rows = [r for rtt in rtts for r in measure(rtt, opts.calls, work, nginx, work)]
         finally:
             nginx.stop()
+    print(f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"| workload ({opts.calls} requests) | p50 ms | p90 ms |")
     print("|---|---|---|")
     for label, p50, p90 in rows:
@@ -140,7 +156,9 @@ def main() -> None:
         for kind in ("new connection", "keep-alive"):
             d = by[f"RTT {rtt:g} ms, {kind}, direct"]
             v = by[f"RTT {rtt:g} ms, {kind}, vaultproxy"]
-            print(f"RTT {rtt:g} ms {kind}: vaultproxy/direct p50 = {v / d:.2f}")
+            n = by[f"RTT {rtt:g} ms, {kind}, vaultproxy, no pool"]
+            print(f"RTT {rtt:g} ms {kind}: vaultproxy/direct p50 = {v / d:.2f} "
+                  f"(no pool: {n / d:.2f})")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpcore
 import httpx
 
 from vaultproxy.errors import UpstreamTLS, UpstreamUnreachable
@@ -106,3 +110,120 @@ def admin_client(timeout: httpx.Timeout) -> httpx.AsyncClient:  # noqa: TID251
     """A client for our own admin listener on loopback (the reserved MCP host's relay):
     plain HTTP, no proxies from the environment."""
     return httpx.AsyncClient(timeout=timeout, trust_env=False)  # noqa: TID251
+
+
+
+@dataclass
+class Head:
+    """What the last HTTP/1 response head read on this task held (``HeadWatch``)."""
+
+    status: int = 0
+    folded: bool = False
+
+
+head_seen: ContextVar[Head | None] = ContextVar("head_seen", default=None)
+
+
+class HeadWatch(httpcore.AsyncNetworkStream):
+    """One pooled upstream connection's stream, watching each HTTP/1 response head as it is
+    read: httpcore (h11) unfolds an obs-folded header line and refuses an unasked ``101``
+    only as a protocol error, where mitmproxy's reader lets the response gate refuse both
+    (``502 upstream_protocol`` / ``upgrade_refused``). What the head held is left in
+    ``head_seen`` for the task that reads it (the pooled exchange)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._head: bytes | None = None  # the response head being read; None: in a body
+        self.folded = False
+        self.status = 0
+        ssl_object: Any = inner.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        self._h1 = alpn != "h2"  # HTTP/2 frames are binary: nothing of this applies
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = await self._inner.read(max_bytes, timeout)
+        if self._head is not None and data:
+            self._watch(data)
+        return data
+
+    def _watch(self, data: bytes) -> None:
+        head = (self._head or b"") + data
+        while True:
+            end = head.find(b"\r\n\r\n")
+            part = head if end < 0 else head[: end + 2]
+            if part.startswith(b"HTTP/") and len(part) >= 12 and part[9:12].isdigit():
+                self.status = int(part[9:12])
+            if b"\r\n " in part or b"\r\n\t" in part:
+                self.folded = True
+            head_seen.set(Head(self.status, self.folded))
+            if end < 0:
+                self._head = head[-65536:]
+                return
+            head = head[end + 4:]
+            if not (100 <= self.status < 200 and self.status != 101):
+                self._head = None  # the final head: a body follows
+                return
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if self._h1:  # a request: a response head comes next
+            self._head, self.folded, self.status = b"", False, 0
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        return HeadWatch(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._inner.get_extra_info(info)
+
+
+class _Dialer(httpcore.AsyncNetworkBackend):
+    """httpcore's own backend, every stream wrapped in a HeadWatch."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None,
+                          ) -> httpcore.AsyncNetworkStream:
+        return HeadWatch(await self._inner.connect_tcp(
+            host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[Any] | None = None,
+                                  ) -> httpcore.AsyncNetworkStream:
+        raise OSError("a pooled upstream is never a unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def pool_transport(key: UpstreamKey, *, http2: bool, idle: float
+                   ) -> httpcore.AsyncConnectionPool:
+    """The warm upstream pool of one service (stages/pool.py): the trust of ``tls_context``
+    for ``key``, HTTP/2 when the proxy offers it, idle connections kept ``idle`` seconds.
+    The caller keys it by everything its connections were verified and dialled under, and
+    sends the SNI (``sni_hostname``) and an IP literal it checked."""
+    return httpcore.AsyncConnectionPool(
+        ssl_context=tls_context(key.trust_file, key.insecure),
+        http1=True, http2=http2, max_connections=100, max_keepalive_connections=20,
+        keepalive_expiry=idle, network_backend=_Dialer(),
+    )
+
+
+def pool_error_text(err: BaseException) -> str:
+    """mitmproxy's wording for a pooled exchange that failed (seam/engine_errors.py reads
+    it into the code the unpooled path answers); never any of the upstream's bytes."""
+    if isinstance(err, httpcore.TimeoutException | TimeoutError):
+        return "vaultproxy: upstream timeout"
+    if isinstance(err, httpcore.ConnectError):
+        if _is_tls_failure(err):
+            return "TLS handshake with the upstream failed"
+        return "could not connect to the upstream"
+    if isinstance(err, httpcore.ProtocolError):
+        return "HTTP/1 protocol error: the upstream's response is malformed"
+    return "server closed connection"

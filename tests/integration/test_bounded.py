@@ -42,7 +42,10 @@ from tests.integration.test_admin import Quiet
 
 pytestmark = pytest.mark.integration
 
-TIMEOUTS = "[proxy]\nconnect_timeout = 1\nresponse_timeout = 1.5\nidle_timeout = 1\n\n"
+# upstream_pool_idle = 0: these probe mitmproxy's own dial (a CONNECT refused when the dial
+# fails); the warm pool's bounds have their own tests (test_upstream_pool.py).
+TIMEOUTS = ("[proxy]\nconnect_timeout = 1\nresponse_timeout = 1.5\nidle_timeout = 1\n"
+            "upstream_pool_idle = 0\n\n")
 
 
 @dataclass

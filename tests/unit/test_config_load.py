@@ -555,3 +555,12 @@ def test_dates_and_nested_tables_are_wrong_types() -> None:
     text = toml_of(svc(name=datetime.date(2024, 1, 1), hosts=[{"a": 1}]))
     assert problems(text) == ["service[0].name: must be a string",
                               "service[0].hosts: must be a list of strings"]
+
+
+def test_upstream_pool_idle() -> None:
+    assert ok("").proxy.upstream_pool_idle == 30
+    assert ok("[proxy]\nupstream_pool_idle = 0\n").proxy.upstream_pool_idle == 0
+    for value in ("-1", "true", '"30"', "90000"):
+        found = problems(f"[proxy]\nupstream_pool_idle = {value}\n")
+        assert found and all("upstream_pool_idle" in p for p in found), found
+        assert all("0 (no pool)" in p for p in found), found

@@ -267,6 +267,17 @@ class ProxySettings(Model):
     connect_timeout: float = 10
     response_timeout: float = 600
     idle_timeout: float = 300
+    # Seconds a warm upstream connection may sit idle in a service's pool (0: no pool; each
+    # agent connection then dials its own upstream).
+    upstream_pool_idle: float = 30
+
+    @field_validator("upstream_pool_idle", mode="before")
+    @classmethod
+    def _pool_idle(cls, value: object) -> object:
+        hi = TIMEOUT_SECONDS[1]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= hi:
+            raise Problems.one(f"must be a number of seconds from 0 (no pool) to {hi}")
+        return value
 
     @field_validator("connect_timeout", "response_timeout", "idle_timeout", mode="before")
     @classmethod

@@ -22,6 +22,9 @@ BACKLOG = 1024
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket for ``host:port`` (port 0 -> a free one); not inheritable."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose
+    # ``proto`` says TCP, and an accepted socket inherits this object's; with 0, every reply
+    # to an agent waited ~40 ms for its delayed ACK.
     s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         # SO_REUSEADDR as asyncio sets it (a restart finds the port despite TIME_WAIT); on a

@@ -14,6 +14,9 @@ registers itself on import.
 * ``imports``: what a serving process does not import (mitmproxy's default-addon package,
   httpx's CLI, prometheus_client's exposition servers); ``lean()`` is called explicitly first
   thing by ``vaultproxy run`` and a worker. If a layout moved, the stock import runs.
+* ``pool``: the warm upstream pool's engine side (no dial at CONNECT for a pooled service's
+  tunnel; the exchange through our own blocking hooks at the request's end). A speed patch:
+  a missing symbol keeps mitmproxy's own upstream connection per agent connection.
 * ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
   loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
 * ``refusals``: request heads mitmproxy's HTTP/1 reader refuses, for the audit.

@@ -1,9 +1,11 @@
 """mitmproxy addon stages, in chain order:
 
-    Ready -> Identify -> Route -> Dial -> RequestGate -> Mint -> Inject -> ResponseGate
-    -> Record -> Deadline
+    Ready -> Identify -> Route -> Dial -> RequestGate -> Mint -> Inject -> Pool
+    -> ResponseGate -> Record -> Deadline
 
-Deadline (last: it only watches) bounds every wait on an upstream.
+Deadline (last: it only watches) bounds every wait on an upstream. Pool (after Inject: it
+decides whether the request, as Inject left it, goes through the warm upstream pool) answers
+from a shared upstream connection after every request check ran.
 
 Ready holds and refuses traffic until the whole chain, the engine seam and a home are in
 place (a readiness gate, not a request check). Identify takes the one decision and enforces
@@ -28,6 +30,7 @@ from vaultproxy.stages.dial import Dial
 from vaultproxy.stages.identify import Identify
 from vaultproxy.stages.inject import Inject
 from vaultproxy.stages.mint import Mint
+from vaultproxy.stages.pool import Pool
 from vaultproxy.stages.ready import Ready
 from vaultproxy.stages.record import Record
 from vaultproxy.stages.request_gate import RequestGate
@@ -39,7 +42,7 @@ from vaultproxy.stages.runtime import Runtime
 
 def chain(rt: Runtime) -> list[object]:
     """Our stages in the order they must run (before mitmproxy's defaults), sharing ``rt``."""
-    stages = (Identify, Route, Dial, RequestGate, Mint, Inject, ResponseGate, Record,
+    stages = (Identify, Route, Dial, RequestGate, Mint, Inject, Pool, ResponseGate, Record,
               Deadline)
     # Reserved first: https://vaultproxy.internal/mcp is answered by the proxy (SPEC §11)
     return [Reserved(rt), *(stage(rt) for stage in stages)]
@@ -60,6 +63,7 @@ __all__ = [
     "Identify",
     "Inject",
     "Mint",
+    "Pool",
     "Ready",
     "Record",
     "RequestGate",

@@ -1,0 +1,265 @@
+"""Pool: a warm, verified upstream connection pool per service, shared by every agent
+connection this worker serves, so a new agent connection costs a local handshake plus one
+upstream round trip instead of a new upstream TCP + TLS handshake.
+
+A request is pooled when its tunnel is an intercepted service's, its body is buffered (none,
+or a ``Content-Length`` of at most 1 MiB), it is no upgrade and asks for no trailers (``TE:
+trailers``, as gRPC); everything else (a streamed
+upload, a WebSocket, a passthrough tunnel, plain HTTP) keeps mitmproxy's own connection.
+Every stage still runs per request: the exchange starts after the ``request`` hook and its
+response goes through ``responseheaders``/``response`` like any other (seam/pool.py).
+
+One connection pool per (service, tunnel host, trust file, ``insecure_tls``, HTTP/2, config
+snapshot): never shared across services, dropped on a reload (a new snapshot: ``ca_cert``,
+``connect_to``); each dials the address the Route stage checked for the agent's tunnel (a
+re-resolved address is another connection), and a connection idle ``[proxy]
+upstream_pool_idle`` seconds is closed (0: no pool). A connection that saw a protocol error
+is closed, never reused (httpcore drops it)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpcore
+from mitmproxy import ctx, http
+from mitmproxy.proxy.layer import NextLayer
+
+from vaultproxy.outbound import UpstreamKey, head_seen, pool_error_text, pool_transport
+from vaultproxy.pipeline import hop_free
+from vaultproxy.seam import pool as seam_pool
+from vaultproxy.snapshot import Snapshot
+from vaultproxy.stages.connections import Tunnel
+from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.runtime import Runtime, Stage
+
+logger = logging.getLogger(__name__)
+
+MAX_POOLED_BODY = 1024 * 1024  # a larger request body streams on mitmproxy's own path
+_Pool = httpcore.AsyncConnectionPool
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
+@dataclass
+class Exchange:
+    """One pooled request's state between the seam's hooks (seam.pool.Exchange)."""
+
+    tunnel: Tunnel
+    body_limit: int
+    error: str | None = None
+    chunk: bytes | None = None
+    response: httpcore.Response | None = None
+    chunks: AsyncIterator[bytes] | None = None
+    idle: float = 300.0
+    closed: bool = field(default=False)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.response is not None:
+                await self.response.aclose()
+
+
+def _small_body(req: http.Request) -> bool:
+    if "transfer-encoding" in req.headers or "upgrade" in req.headers:
+        return False
+    if "trailers" in req.headers.get("te", "").lower():
+        return False  # gRPC and the like read response trailers the pool does not relay
+    length = req.headers.get("content-length")
+    if length is None:
+        return req.method in _NO_BODY_METHODS
+    return length.isdigit() and int(length) <= MAX_POOLED_BODY
+
+
+async def _close_when_idle(pool: _Pool) -> None:
+    """Close a pool the policy left behind once no request is on it any more: an exchange
+    under way (a long stream) finishes, as on a reload without the pool; no new one starts."""
+    while any(not c.is_idle() and not c.is_closed() for c in pool.connections):
+        await asyncio.sleep(1.0)
+    await pool.aclose()
+
+
+def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
+    return flow.request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
+
+
+class Pool(Stage):
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        # (service name, tunnel host) -> (what its connections were verified under, HTTP/2,
+        # the pool); all built under ``_snapshot``
+        self._pools: dict[tuple[str, str], tuple[UpstreamKey, bool, _Pool]] = {}
+        self._snapshot: Snapshot | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _idle(self) -> float:
+        st = self.rt.current()
+        if st is None or not seam_pool.installed():
+            return 0.0
+        return float(st.registry.config.proxy.upstream_pool_idle)
+
+    def _pooled_tunnel(self, client_id: str) -> bool:
+        tunnel = self.rt.connections.tunnel(client_id)
+        return tunnel is not None and tunnel.service is not None and self._idle() > 0
+
+    def next_layer(self, nextlayer: NextLayer) -> None:
+        client_id = nextlayer.context.client.id
+        if nextlayer.layer is None and self.rt.connections.tunnel(client_id) is None:
+            seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id))
+
+    @guarded
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        rec = record_of(flow)
+        if flow.response is not None or rec.decision is None or rec.decision.plan is None:
+            return
+        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        if tunnel is None or tunnel.service is None or tunnel.pinned is None:
+            return
+        idle = self._idle()
+        req = flow.request
+        if idle <= 0 or req.method == "CONNECT" or not _small_body(req):
+            return
+        cfg = self.rt.state().registry.config.proxy
+        req.stream = False  # buffered (at most 1 MiB): the exchange starts at its end
+        flow.metadata[seam_pool.POOLED] = Exchange(
+            tunnel=tunnel, body_limit=cfg.max_body_mb * 1024 * 1024,
+            idle=float(cfg.idle_timeout))
+
+    def _pool(self, tunnel: Tunnel) -> _Pool:
+        st = self.rt.state()
+        service = tunnel.service
+        assert service is not None
+        key = UpstreamKey(service.name, tunnel.host, st.snapshot.trust_file(service),
+                          service.insecure_tls)
+        http2 = bool(ctx.options.http2)
+        if self._snapshot is not st.snapshot:  # a reload: every pool of the old policy goes
+            self._snapshot = st.snapshot
+            for old in list(self._pools):
+                self._retire(old)
+        found = self._pools.get((service.name, tunnel.host))
+        if found is not None:
+            old_key, old_h2, pool = found
+            if old_key == key and old_h2 == http2:
+                return pool
+            self._retire((service.name, tunnel.host))
+        idle = float(st.registry.config.proxy.upstream_pool_idle)
+        pool = pool_transport(key, http2=http2, idle=idle)
+        self._pools[(service.name, tunnel.host)] = (key, http2, pool)
+        return pool
+
+    def _retire(self, name: tuple[str, str]) -> None:
+        _, _, pool = self._pools.pop(name)
+        task = asyncio.get_running_loop().create_task(_close_when_idle(pool))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def vaultproxy_pool_exchange(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange = flow.metadata[seam_pool.POOLED]
+        head_seen.set(None)
+        try:
+            ex.response = resp = await self._send(flow, ex)
+        except Exception as e:  # noqa: BLE001 - every failure is an answer, never a hang
+            seen = head_seen.get()
+            if seen is not None and seen.status == 101:  # h11 refuses an unasked 101
+                # the response gate refuses it as mitmproxy's path does (upgrade_refused)
+                flow.response = http.Response.make(101, b"", [(b"connection", b"close")])
+                return
+            ex.error = pool_error_text(e)
+            await ex.close()
+            return
+        seen = head_seen.get()
+        if seen is not None and seen.folded:
+            ex.error = "HTTP/1 protocol error: an obs-folded response header"
+            await ex.close()
+            return
+        version = resp.extensions.get("http_version", b"HTTP/1.1")
+        headers = http.Headers(resp.headers)
+        if version == b"HTTP/2":
+            version = b"HTTP/2.0"
+            if flow.request.http_version == "HTTP/1.1":
+                # An HTTP/1 agent's connection stays open: frame a body of unknown length
+                # with chunks (mitmproxy would send it close-delimited).
+                version = b"HTTP/1.1"
+                if "content-length" not in headers and not _bodiless(flow, resp.status):
+                    headers["transfer-encoding"] = "chunked"
+        reason = resp.extensions.get("reason_phrase", b"")
+        flow.response = http.Response(
+            version, resp.status, reason, headers, None, None,
+            timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
+        )
+        ex.chunks = resp.aiter_stream()
+
+    async def _send(self, flow: http.HTTPFlow, ex: Exchange) -> httpcore.Response:
+        tunnel = ex.tunnel
+        assert tunnel.pinned is not None
+        req = flow.request
+        fields = hop_free(req.headers.fields)
+        names = {k.lower() for k, _ in fields}
+        if b"host" not in names:
+            authority = req.authority or (
+                tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
+            fields.insert(0, (b"Host", authority.encode("idna")))
+        content = req.raw_content or b""
+        if content and b"content-length" not in names:
+            fields.append((b"Content-Length", str(len(content)).encode()))
+        ip, port = tunnel.pinned
+        cfg = self.rt.state().registry.config.proxy
+        connect = float(cfg.connect_timeout)
+        outgoing = httpcore.Request(
+            req.method.encode(),
+            httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
+                         target=req.data.path),
+            headers=fields, content=content or None,
+            extensions={
+                "sni_hostname": tunnel.host,
+                "timeout": {"connect": connect, "pool": connect,
+                            "read": float(cfg.response_timeout),
+                            "write": float(cfg.response_timeout)},
+            },
+        )
+        pool = self._pool(tunnel)
+        try:
+            return await pool.handle_async_request(outgoing)
+        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
+            # A kept-alive connection the upstream closed while idle (an HTTP/1 FIN in flight
+            # as we sent; an HTTP/2 GOAWAY httpcore reads only now): that connection is gone.
+            # Once more, on another: an idempotent request that got no response byte, or any
+            # request the upstream's GOAWAY says it never processed.
+            goaway = "ConnectionTerminated" in str(e)
+            if not goaway and (req.method not in _IDEMPOTENT or head_seen.get() is not None):
+                raise
+            return await pool.handle_async_request(outgoing)
+
+    async def vaultproxy_pool_chunk(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange = flow.metadata[seam_pool.POOLED]
+        if ex.chunks is None:
+            ex.chunk = None
+            return
+        try:
+            while True:
+                chunk = await asyncio.wait_for(anext(ex.chunks), ex.idle)
+                if chunk:
+                    break
+            ex.chunk = chunk
+        except StopAsyncIteration:
+            ex.chunk = None
+            await ex.close()  # read to its end: the connection goes back to the pool
+        except Exception as e:  # noqa: BLE001 - a cut body closes the agent's side
+            ex.error = pool_error_text(e)
+            ex.chunk = None
+            await ex.close()
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        await self._end(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        await self._end(flow)
+
+    async def _end(self, flow: http.HTTPFlow) -> None:
+        ex = flow.metadata.get(seam_pool.POOLED)
+        if isinstance(ex, Exchange):
+            await ex.close()
