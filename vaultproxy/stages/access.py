@@ -36,16 +36,22 @@ from vaultproxy.state import ProxyState
 
 def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface: str
             ) -> NoReturn:
+    rec = record_of(flow)
     tunnel = rt.connections.tunnel(flow.client_conn.id)
-    service = tunnel.service if tunnel is not None else None
-    host = tunnel.host if tunnel is not None else normal_host(flow.request.host)
-    path = record_of(flow).path if tunnel is not None else None
+    # the request's decision, else (a CONNECT's Proxy-Authorization, not yet decided) the
+    # tunnel's; a plain request or CONNECT undecided: its own target, no agent
+    decision = rec.decision or (tunnel.decision if tunnel is not None else None)
+    service = decision.service if decision is not None else None
+    agent = decision.agent if decision is not None else None
+    target = decision.target if decision is not None else None
+    host = target[0] if target is not None else normal_host(flow.request.host)
+    path = rec.path if tunnel is not None else None
     record_honeytoken(
-        st.audit, name=name, agent=tunnel.agent if tunnel is not None else None,
+        st.audit, name=name, agent=agent,
         service=service.name if service is not None else None, method=flow.request.method,
         host=host, path=path, surface=surface, via="proxy",
     )
-    who = tunnel.agent if tunnel is not None and tunnel.agent else "an unidentified client"
+    who = agent or "an unidentified client"
     st.access_desk().alert(f"vaultproxy HONEYTOKEN {name} used by {who} toward {host} "
                            f"(in the {surface}); the request was refused")
     raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
@@ -73,11 +79,11 @@ def _head_surfaces(req: http.Request) -> Iterator[tuple[str, bytes]]:
 async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
     """Honeytokens in the head; then, for an intercepted service, normalise the path and
     apply its rules, rate limit and approvals (raises the SPEC §5 refusal)."""
-    if flow.response is not None:
+    rec = record_of(flow)
+    if rec.answered:
         return
     st = rt.state()
     req = flow.request
-    rec = record_of(flow)
     decoys = st.snapshot.honeytokens
     if decoys:
         hit = decoys.find_any(_head_surfaces(req))
@@ -89,11 +95,10 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
             limit = st.registry.config.proxy.max_body_mb * 1024 * 1024
             if length.strip().isdigit() and int(length) > limit:
                 raise BodyTooLarge()
-    tunnel = rt.connections.tunnel(flow.client_conn.id)
     decision = rec.decision
-    if tunnel is None or tunnel.service is None or decision is None or decision.refusal:
-        return  # not intercepted (or already refused: Inject enforces that)
-    access = st.snapshot.access_of(tunnel.service)
+    if decision is None or decision.plan is None or decision.target is None:
+        return  # not intercepted: no credential, no rules
+    access = st.snapshot.access_of(decision.plan.service)
     if access is OPEN:
         return
     target = req.data.path.decode("latin-1")
@@ -102,7 +107,7 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
         req.data.path = normal.encode("latin-1")  # what the rule saw is what goes upstream
         rec.path = normal.split("?", 1)[0]
     path = normal.split("?", 1)[0]
-    service, agent, host = tunnel.service.name, tunnel.agent, tunnel.host
+    service, agent, host = decision.plan.service.name, decision.agent, decision.target[0]
 
     def ticket() -> Ticket:
         length = req.headers.get("content-length", "")
@@ -116,7 +121,7 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
 def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
     """A body buffered for the honeytoken scan: scan it before it is forwarded."""
     rec = record_of(flow)
-    if not rec.hold_body or flow.response is not None:
+    if not rec.hold_body or rec.answered:
         return
     st = rt.state()
     body = flow.request.raw_content or b""

@@ -23,12 +23,12 @@ class Undecided(VaultproxyError):
 class Inject(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return  # refused by an earlier stage
+        rec = record_of(flow)
+        if rec.answered:
+            return  # refused (or served) by an earlier stage
         st = self.rt.state()
         req = flow.request
         req.headers.pop("proxy-authorization", None)
-        rec = record_of(flow)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
             for surface in _surfaces(req):  # a misdirected placeholder is refused
@@ -42,9 +42,9 @@ class Inject(Stage):
         if plan is None:
             return  # passthrough tunnels carry no flows we inspect
         done = inject_head(st, req, plan, rec.minted)
-        rec.injected = done.injected
-        keep_redactor(st, rec)
+        keep_redactor(st, rec, plan)
         if done.injected:
+            rec.injected = True
             forward_ahead(st, flow, rec)
         if done.wait_body:
             rec.body = done.entry
@@ -56,13 +56,12 @@ class Inject(Stage):
         rec = record_of(flow)
         entry, rec.body = rec.body, None
         decision = rec.decision
-        if entry is None or flow.response is not None or decision is None:
+        if entry is None or rec.answered or decision is None or decision.plan is None:
             return
-        if decision.plan is not None and inject_body(
-            self.rt.state(), flow.request, decision.plan, entry
-        ):
+        st = self.rt.state()
+        if inject_body(st, flow.request, decision.plan, entry) and not rec.injected:
             rec.injected = True
-            forward_ahead(self.rt.state(), flow, rec)
+            forward_ahead(st, flow, rec)  # once: the head carried none
 
 
 def _surfaces(req: http.Request) -> list[bytes]:
