@@ -5,7 +5,8 @@ decision's refusal by raising into it) and every later stage reads that fact, ne
 The stages run through the production addon manager (seam/speed.py) on mitmproxy test
 flows, over a real loaded home and keystore (no proxy process: the hooks are what is under
 test). The negative twins are upstream answers, 4xx and 5xx: passed on as the upstream's,
-injected and audited as such, never mistaken for a refusal."""
+injected and audited as such, never mistaken for a refusal; and what the proxy serves
+itself (the reserved MCP host) is answered, not refused."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from mitmproxy import hooks, http, master, options
 from mitmproxy.proxy.layers.http import (
+    HttpConnectHook,
     HttpRequestHeadersHook,
     HttpRequestHook,
     HttpResponseHeadersHook,
@@ -27,6 +29,7 @@ from tests.canary import make_canary
 from vaultproxy.decide import Decision
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
+from vaultproxy.mcp.reserved import RESERVED_HOST
 from vaultproxy.seam import speed
 from vaultproxy.secret import Secret
 from vaultproxy.stages import (
@@ -36,7 +39,9 @@ from vaultproxy.stages import (
     Mint,
     Record,
     RequestGate,
+    Reserved,
     ResponseGate,
+    Route,
     Runtime,
 )
 from vaultproxy.stages.connections import Tunnel
@@ -170,3 +175,32 @@ def test_an_upstream_error_is_not_a_refusal(world, status: int) -> None:  # type
     assert rec.outcome == "injected"
     line = _last_audit(rt, home)
     assert (line["outcome"], line["status"]) == ("injected", status)
+
+
+def test_what_the_proxy_serves_is_answered_not_refused(world) -> None:  # type: ignore[no-untyped-def]
+    """The reserved host's CONNECT and a 404 on it are the proxy's own answers: no later
+    stage decides, dials or injects for them, and neither is audited as a refusal."""
+    rt, home, _secret = world
+    chain: list[object] = [Reserved(rt), *_chain(rt)]
+    chain.insert(3, Route(rt))  # after Identify, as in stages.chain
+    connect = tflow.tflow()
+    connect.request.method, connect.request.host, connect.request.port = (
+        "CONNECT", RESERVED_HOST, 443)
+    connect.request.path = f"{RESERVED_HOST}:443"
+    before = home.audit.read_text() if home.audit.exists() else ""
+    fire(chain, HttpConnectHook(connect))
+    rec = record_of(connect)
+    assert connect.response is not None and connect.response.status_code == 200
+    assert rec.served and rec.answered and rec.refusal is None
+    assert rec.decision is None  # Identify did not decide it
+    assert rt.connections.tunnel(connect.client_conn.id) is None  # Route neither resolved
+    f = tflow.tflow(client_conn=connect.client_conn)
+    f.request.scheme, f.request.host, f.request.port = "https", RESERVED_HOST, 443
+    f.request.method, f.request.path = "POST", "/not-mcp"
+    fire(chain, HttpRequestHeadersHook(f), HttpRequestHook(f), HttpResponseHook(f))
+    rec = record_of(f)
+    assert f.response is not None and f.response.status_code == 404
+    assert rec.served and rec.refusal is None and rec.decision is None and rec.outcome is None
+    rt.state().audit.flush()
+    after = home.audit.read_text() if home.audit.exists() else ""
+    assert '"denied"' not in after[len(before):]
