@@ -33,7 +33,7 @@ from tests.harness.upstream import Upstream
 from tests.integration.conftest import service_block
 from vaultproxy.access.rules import Rule, RuleTable, normalise_path
 from vaultproxy.config.models import Service
-from vaultproxy.decide import Decision
+from vaultproxy.decide import Decision, Plan
 from vaultproxy.home import Home
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
@@ -110,8 +110,10 @@ def stage_cost(base: Path, toml: str, ca: bytes, n: int = 20_000) -> dict[str, f
 
 def _time_one(rt: Runtime, service: Service, n: int) -> float:
     flow = tflow.tflow()
-    rt.connections.open(flow.client_conn.id, Tunnel(f"{service.name}.api.test", 443, service))
-    record_of(flow).decision = Decision(service, None)
+    decision = Decision(service, None, plan=Plan(service, "stream", 1 << 20),
+                        target=(f"{service.name}.api.test", 443))
+    rt.connections.open(flow.client_conn.id, Tunnel(decision))
+    record_of(flow).decision = decision
 
     async def run() -> float:
         t0 = time.perf_counter()

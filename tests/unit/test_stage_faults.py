@@ -26,6 +26,7 @@ from mitmproxy.test import tflow, tutils
 
 from tests.canary import make_canary
 from vaultproxy import pipeline as pipeline_mod
+from vaultproxy.decide import Decision
 from vaultproxy.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.seam import speed
@@ -83,9 +84,8 @@ def _flow(rt: Runtime, host: str, service_name: str | None) -> http.HTTPFlow:
     f.request.headers["host"] = host
     f.request.headers["authorization"] = "Bearer agent-own-token"
     service = rt.state().registry.by_name(service_name) if service_name else None
-    rt.connections.open(
-        f.client_conn.id, Tunnel(host=host, port=443, service=service, pinned=("203.0.113.9", 443))
-    )
+    connect = Decision(service, None, (host, 443), target=(host, 443))
+    rt.connections.open(f.client_conn.id, Tunnel(connect, pinned=("203.0.113.9", 443)))
     return f
 
 

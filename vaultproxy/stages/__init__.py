@@ -17,6 +17,8 @@ would otherwise answer on its own through it too).
 
 Each stage is a small class whose hooks run inside ``guard.guarded``: an exception becomes a
 deny response on the flow (mitmproxy itself would log it and carry on down the chain).
+That deny is the one place a refusal is recorded (``FlowRecord.refusal``); a later stage
+asks ``FlowRecord.answered``, never ``flow.response``, which an upstream fills too.
 """
 
 from __future__ import annotations

@@ -42,18 +42,24 @@ CONNECT_TARGET = "connect target"
 
 def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface: str
             ) -> NoReturn:
+    rec = record_of(flow)
     tunnel = rt.connections.tunnel(flow.client_conn.id)
-    service = tunnel.service if tunnel is not None else None
-    host: str | None = tunnel.host if tunnel is not None else normal_host(flow.request.host)
+    # the request's decision, else (a CONNECT's Proxy-Authorization, not yet decided) the
+    # tunnel's; a plain request or CONNECT undecided: its own target, no agent
+    decision = rec.decision or (tunnel.decision if tunnel is not None else None)
+    service = decision.service if decision is not None else None
+    agent = decision.agent if decision is not None else None
+    target = decision.target if decision is not None else None
+    host: str | None = target[0] if target is not None else normal_host(flow.request.host)
     if surface == CONNECT_TARGET:
         host = None  # the name is the decoy: not into the audit record
-    path = record_of(flow).path if tunnel is not None else None
+    path = rec.path if tunnel is not None else None
     record_honeytoken(
-        st.audit, name=name, agent=tunnel.agent if tunnel is not None else None,
+        st.audit, name=name, agent=agent,
         service=service.name if service is not None else None, method=flow.request.method,
         host=host, path=path, surface=surface, via="proxy",
     )
-    who = tunnel.agent if tunnel is not None and tunnel.agent else "an unidentified client"
+    who = agent or "an unidentified client"
     st.access_desk().alert(f"vaultproxy HONEYTOKEN {name} used by {who} toward {host} "
                            f"(in the {surface}); the request was refused")
     raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
@@ -91,11 +97,11 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
     the honeytoken scan is scanned first (``on_request_body`` then applies the rules): a
     decoy is reported even where a rule would refuse or hold the request, and no person is
     asked about a request that carries one."""
-    if flow.response is not None:
+    rec = record_of(flow)
+    if rec.answered:
         return
     st = rt.state()
     req = flow.request
-    rec = record_of(flow)
     decoys = st.snapshot.honeytokens
     if decoys:
         hit = decoys.find_any(_head_surfaces(req))
@@ -118,9 +124,9 @@ async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
     rec = record_of(flow)
     tunnel = rt.connections.tunnel(flow.client_conn.id)
     decision = rec.decision
-    if tunnel is None or tunnel.service is None or decision is None or decision.refusal:
-        return  # not intercepted (or already refused: Inject enforces that)
-    access = st.snapshot.access_of(tunnel.service)
+    if decision is None or decision.plan is None or decision.target is None:
+        return  # not intercepted: no credential, no rules
+    access = st.snapshot.access_of(decision.plan.service)
     if access is OPEN:
         return
     target = req.data.path.decode("latin-1")
@@ -129,7 +135,7 @@ async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
         req.data.path = normal.encode("latin-1")  # what the rule saw is what goes upstream
         rec.path = normal.split("?", 1)[0]
     path = normal.split("?", 1)[0]
-    service, agent, host = tunnel.service.name, tunnel.agent, tunnel.host
+    service, agent, host = decision.plan.service.name, decision.agent, decision.target[0]
 
     def ticket() -> Ticket:
         length = req.headers.get("content-length", "")
@@ -140,11 +146,12 @@ async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
                       path=path, body_size=size, rule="")
 
     await enforce(st.access_desk, access, req.method, path, ticket)
-    if tunnel.agent is not None:  # a hold can outlast the agent: agent rm / rotate, its TTL
+    if decision.agent is not None:  # a hold can outlast the agent: agent rm / rotate, TTL
         st = rt.state()
-        still_valid(Facts("connect", tunnel.host, tunnel.port, host_header="",
-                          agent=tunnel.agent, agent_digest=tunnel.agent_digest,
-                          now=time.time(), cert_agent=tunnel.cert_agent),
+        still_valid(Facts("connect", host, decision.target[1], host_header="",
+                          agent=decision.agent, agent_digest=decision.agent_digest,
+                          now=time.time(),
+                          cert_agent=tunnel.cert_agent if tunnel is not None else None),
                     None if st.locked else st.session.agents)
 
 
@@ -152,7 +159,7 @@ async def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:
     """A body buffered for the honeytoken scan: scan it before it is forwarded, then (it
     passed) the rules, rate limit and approvals ``on_request_headers`` left for now."""
     rec = record_of(flow)
-    if not rec.hold_body or flow.response is not None:
+    if not rec.hold_body or rec.answered:
         return
     st = rt.state()
     body = flow.request.raw_content or b""

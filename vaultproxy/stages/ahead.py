@@ -11,27 +11,27 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from vaultproxy.decide import Plan
 from vaultproxy.pipeline import record_forward
 from vaultproxy.stages.flowrecord import FlowRecord
 from vaultproxy.state import ProxyState
 
 
-def keep_redactor(st: ProxyState, rec: FlowRecord) -> None:
+def keep_redactor(st: ProxyState, rec: FlowRecord, plan: Plan) -> None:
     """Pin the service's current redactor on the flow (None when locked: the gate refuses)."""
-    if rec.redactor is None and rec.service is not None:
-        rec.redactor = st.session.redactor_for(rec.service)
+    if rec.redactor is None:
+        rec.redactor = st.session.redactor_for(plan.service)
 
 
 def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
-    """Write the ``forward`` record of an injected request (raises AuditUnavailable when
-    that fails under ``deny``). Once per flow."""
-    if rec.ahead:
-        return
+    """Write the ``forward`` record of a request that now carries a credential (raises
+    AuditUnavailable when that fails under ``deny``). Inject calls it once per flow: when
+    ``injected`` first turns true."""
     decision = rec.decision
     target = decision.target if decision is not None else None
-    rec.ahead = True
+    service = decision.service if decision is not None else None
     record_forward(
-        st.audit, st.audit.on_failure, agent=rec.agent, service=rec.service,
-        method=flow.request.method, host=target[0] if target is not None else None,
-        path=rec.path,
+        st.audit, st.audit.on_failure, agent=decision.agent if decision is not None else None,
+        service=service, method=flow.request.method,
+        host=target[0] if target is not None else None, path=rec.path,
     )

@@ -5,22 +5,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vaultproxy.config.models import Service
+from vaultproxy.decide import Decision
 
 
 @dataclass
 class Tunnel:
-    """What we know about one client connection's CONNECT: the target and its service."""
+    """One client connection's CONNECT: its decision (target, service, agent and the token
+    digest it proved), and what the connection learnt since."""
 
-    host: str
-    port: int
-    service: Service | None
-    agent: str | None = None
-    agent_digest: bytes | None = None  # the token hash the CONNECT proved (rotation ends it)
+    decision: Decision
     cert_agent: str | None = None  # the mTLS client certificate's CN (no token)
     pinned: tuple[str, int] | None = None  # the checked address we dial
     sni: str | None = None  # the server name of the agent's TLS ClientHello
     broken: bool = False  # a hook failed on this connection: refuse every request on it
+
+    @property
+    def host(self) -> str:
+        """The CONNECT target's host (normalised): routing uses only this."""
+        assert self.decision.target is not None
+        return self.decision.target[0]
+
+    @property
+    def port(self) -> int:
+        assert self.decision.target is not None
+        return self.decision.target[1]
 
 
 class Connections:

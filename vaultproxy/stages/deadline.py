@@ -25,6 +25,7 @@ from mitmproxy.proxy import server_hooks
 
 from vaultproxy.config.models import ProxySettings
 from vaultproxy.seam import deadlines
+from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.record import EveryInterval
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -100,8 +101,8 @@ class Deadline(Stage):
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
         cfg = self._settings()
-        if cfg is None or flow.response is not None:
-            return
+        if cfg is None or record_of(flow).answered:
+            return  # the proxy answered it: no upstream to wait on
         key = f"flow:{flow.id}"
         client_id = flow.client_conn.id
         self._arm(key, float(cfg.response_timeout),

@@ -27,7 +27,7 @@ class Dial(Stage):
             if address[1] != tunnel.port and address != tunnel.pinned:
                 raise DestinationDenied("dial target differs from the tunnel target")
             data.server.address = tunnel.pinned
-            if tunnel.service is not None:
+            if tunnel.decision.service is not None:
                 data.server.sni = tunnel.host
             return
         # Plain-HTTP proxying (no tunnel): resolve, check every answer, dial what we checked.
@@ -38,9 +38,9 @@ class Dial(Stage):
     def tls_start_server(self, tls_start: tls.TlsData) -> None:
         st = self.rt.state()
         tunnel = self.rt.connections.tunnel(tls_start.context.client.id)
-        if tunnel is None or tunnel.service is None:
+        service = tunnel.decision.service if tunnel is not None else None
+        if tunnel is None or service is None:
             return
-        service = tunnel.service
         start_server_tls(
             tls_start,
             sni=tunnel.host,

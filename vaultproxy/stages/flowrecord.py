@@ -1,17 +1,21 @@
 """The one record a flow carries through the stages, under one ``flow.metadata`` key.
 
 Identify puts the ``Decision`` in it, the only carrier of the verdict (service, agent,
-target, plan); the later stages read it and add what they did (injected, the pending body,
-the redactor, a refusal); Record turns the decision and the outcome into the canonical audit
-line."""
+target, plan). Whether the proxy answered the flow itself is one recorded fact, each kind
+written in one place: ``refusal`` by ``guard.deny`` (Identify enforces a decision's refusal
+by raising into it), ``served`` by Reserved. Every later stage asks ``answered`` and never
+infers it from ``flow.response``, which an upstream fills too. The other fields are what
+one stage did that a later one needs, each written by the stage named beside it; Record
+turns the decision and the outcome into the canonical audit line and sets ``outcome``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from mitmproxy import http
 
-from vaultproxy.config.models import Service
 from vaultproxy.decide import Decision
 from vaultproxy.keystore import Entry
 from vaultproxy.mint.cache import Issued
@@ -19,37 +23,41 @@ from vaultproxy.redact import Redactor
 
 KEY = "vaultproxy"
 
+Outcome = Literal["denied", "injected", "forwarded", "error"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The proxy refused the flow: the code and public message the agent got. ``reply``:
+    our answer, kept whole when an upstream head had already arrived (mitmproxy reads the
+    upstream body into the flow's response meanwhile; the response gate restores it)."""
+
+    code: str
+    message: str
+    reply: http.Response | None = None
+
 
 @dataclass
 class FlowRecord:
-    decision: Decision | None = None
-    t0: float | None = None  # monotonic, when the request headers arrived
-    path: str | None = None  # without the query, as the agent sent it (or after rewriting)
-    injected: bool = False
-    body: Entry | None = None  # the entry of a body substitution (or signature) waiting
-    denied: tuple[str, str] | None = None  # (code, public message) of our refusal
-    reply: http.Response | None = None  # our reply, when it replaced an upstream response
-    redactor: Redactor | None = None
-    whole: str | None = None  # the Content-Encoding of a body redacted whole
-    audited: bool = False
-    counted: bool = False  # counted in ProxyState.inflight
-    ahead: bool = False  # its ``forward`` record was written (stages/ahead.py)
-    # Minted credentials (stages/mint.py)
-    minted: Issued | None = None  # the token this request carries
-    retried: bool = False  # the response is the resend's after a 401 (response_gate.py)
-    resent: bytes | None = None  # its gated body, until sent
-    # SPEC §10: the body is buffered for the honeytoken scan (stages/access.py)
-    hold_body: bool = False
-
+    decision: Decision | None = None  # Identify
+    refusal: Refusal | None = None  # guard.deny, the one place a refusal is recorded
+    served: bool = False  # Reserved: answered by the proxy itself (the MCP endpoint)
+    t0: float | None = None  # RequestGate: monotonic, when the request headers arrived
+    path: str | None = None  # RequestGate: without the query, as it goes upstream
+    hold_body: bool = False  # RequestGate (SPEC §10): body buffered for the honeytoken scan
+    minted: Issued | None = None  # Mint: the token this request carries
+    retried: bool = False  # Mint: the response is the resend's after a 401
+    injected: bool = False  # Inject: a credential went in
+    body: Entry | None = None  # Inject: the entry of a body substitution (or signature) waiting
+    redactor: Redactor | None = None  # Inject, else ResponseGate: the response's redactor
+    outcome: Outcome | None = None  # Record: set once the audit line is written
 
     @property
-    def service(self) -> Service | None:
-        """The decision's service (a credential may go in), None while undecided."""
-        return self.decision.service if self.decision is not None else None
-
-    @property
-    def agent(self) -> str | None:
-        return self.decision.agent if self.decision is not None else None
+    def answered(self) -> bool:
+        """The proxy answered this flow itself (refused it, or served it): no later stage
+        decides, dials, checks, mints or injects for it. An upstream's response is not
+        an answer of ours."""
+        return self.refusal is not None or self.served
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:

@@ -11,7 +11,7 @@ from typing import Any
 from mitmproxy import http
 
 from vaultproxy.errors import VaultproxyError, error_body, error_response
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import Refusal, record_of
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +29,24 @@ def error_reply(err: BaseException) -> http.Response:
 
 
 def deny(flow: http.HTTPFlow, err: BaseException) -> None:
-    """Answer the flow with the proxy error for ``err`` (the request goes nowhere).
+    """Answer the flow with the proxy error for ``err`` (the request goes nowhere), and
+    record the refusal: the one place ``FlowRecord.refusal`` is set.
 
     Once an upstream response exists, its body must never follow our reply: mitmproxy would
     still read it into (or stream it through) ``flow.response``. So our reply then drops
     every upstream chunk and carries its own body, and the response gate puts the reply
-    back whole in the ``response`` hook (``FlowRecord.reply``).
+    back whole in the ``response`` hook (``Refusal.reply``).
     """
     status, code, message = error_response(err)
     rec = record_of(flow)
-    rec.denied = (code, message)
-    if flow.response is not None and flow.response.stream:
+    upstream = flow.response
+    if upstream is not None and upstream.stream:
+        rec.refusal = Refusal(code, message)
         flow.kill()  # bytes already went out; cut the connection rather than pass more
         return
     reply = error_reply(err)
-    if flow.response is not None:
-        rec.reply = error_reply(err)
+    rec.refusal = Refusal(code, message, error_reply(err) if upstream is not None else None)
+    if upstream is not None:
         reply.stream = _replace_body(reply.raw_content or b"")
     flow.response = reply
 

@@ -3,8 +3,9 @@
 Proxy-Authorization is read (on CONNECT for tunnels, per request for plain HTTP) and never
 travels further. This is the one place a decision's refusal is enforced: the CONNECT, the
 plain-HTTP request or the request inside a tunnel is answered here, before anything is
-dialled, checked or injected. A refused decision carries no plan, so no later stage could
-inject for it either."""
+dialled, checked or injected. Raising it hands it to ``guard.deny``, which records it
+(``FlowRecord.refusal``), the fact every later stage reads; a refused decision carries no
+plan either."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def _decide(st: ProxyState, facts: Facts) -> Decision:
 class Identify(Stage):
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
+        if record_of(flow).answered:
             return
         header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
         req = flow.request
@@ -49,17 +50,18 @@ class Identify(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
-        if flow.response is not None:
+        rec = record_of(flow)
+        if rec.answered:
             return
         st = self.rt.state()
         req = flow.request
-        rec = record_of(flow)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is not None:
+            connect = tunnel.decision
             facts = Facts(
                 "connect", tunnel.host, tunnel.port, host_header=req.host_header or "",
-                sni=tunnel.sni, scheme=req.scheme, agent=tunnel.agent,
-                agent_digest=tunnel.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
+                sni=tunnel.sni, scheme=req.scheme, agent=connect.agent,
+                agent_digest=connect.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
             )
             decision = rec.decision = _decide(st, facts)
             if self.rt.connections.broken(flow.client_conn.id):

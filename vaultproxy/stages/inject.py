@@ -26,12 +26,12 @@ class Undecided(VaultproxyError):
 class Inject(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return  # refused by an earlier stage
+        rec = record_of(flow)
+        if rec.answered:
+            return  # refused (or served) by an earlier stage
         st = self.rt.state()
         req = flow.request
         req.headers.pop("proxy-authorization", None)
-        rec = record_of(flow)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
             for surface in _surfaces(req):  # a misdirected placeholder is refused
@@ -51,9 +51,9 @@ class Inject(Stage):
     def _head(self, flow: http.HTTPFlow, plan: Plan) -> None:
         st, req, rec = self.rt.state(), flow.request, record_of(flow)
         done = inject_head(st, req, plan, rec.minted)
-        rec.injected = done.injected
-        keep_redactor(st, rec)
+        keep_redactor(st, rec, plan)
         if done.injected:
+            rec.injected = True
             forward_ahead(st, flow, rec)
         if done.wait_body:
             rec.body = done.entry
@@ -64,19 +64,18 @@ class Inject(Stage):
     def request(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
         decision = rec.decision
-        if rec.hold_body and flow.response is None and decision is not None and decision.plan:
+        if rec.hold_body and not rec.answered and decision is not None and decision.plan:
             # A body held for the honeytoken scan passed it (RequestGate runs first): only
             # now is the credential added and the ``forward`` line written, so a refused
             # decoy never had either.
             self._head(flow, decision.plan)
         entry, rec.body = rec.body, None
-        if entry is None or flow.response is not None or decision is None:
+        if entry is None or rec.answered or decision is None or decision.plan is None:
             return
-        if decision.plan is not None and inject_body(
-            self.rt.state(), flow.request, decision.plan, entry
-        ):
+        st = self.rt.state()
+        if inject_body(st, flow.request, decision.plan, entry) and not rec.injected:
             rec.injected = True
-            forward_ahead(self.rt.state(), flow, rec)
+            forward_ahead(st, flow, rec)  # once: the head carried none
 
 
 def _surfaces(req: http.Request) -> list[bytes]:

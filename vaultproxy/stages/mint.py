@@ -68,7 +68,7 @@ class Mint(Stage):
     async def _mint(self, flow: http.HTTPFlow, rec: FlowRecord) -> None:
         decision = rec.decision
         plan = decision.plan if decision is not None else None
-        if flow.response is not None or plan is None:
+        if rec.answered or plan is None:
             return  # refused, or nothing to inject
         st = self.rt.state()
         if needs_token(plan, flow.request, st.snapshot.index):
@@ -77,15 +77,16 @@ class Mint(Stage):
     @guarded
     async def responseheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        issued, resp, service = rec.minted, flow.response, rec.service
-        if issued is None or resp is None or resp.status_code != 401 or rec.denied:
-            return
+        issued, resp = rec.minted, flow.response
+        if issued is None or resp is None or resp.status_code != 401 or rec.refusal:
+            return  # the upstream's 401 (never our own refusal) drops its token
         st = self.rt.state()
         st.token_source().reject(issued.service, issued.gen)
         decision = rec.decision
         plan = decision.plan if decision is not None else None
-        if rec.retried or service is None or plan is None or not plan.resend:
+        if rec.retried or plan is None or not plan.resend:
             return  # the agent gets the 401; the next request mints anew
+        service = plan.service
         if not _bodyless(flow.request):
             return
         # Resend now, before anything of the 401 reaches the agent; the response gate sends

@@ -104,7 +104,7 @@ class Pool(Stage):
 
     def _pooled_tunnel(self, client_id: str) -> bool:
         tunnel = self.rt.connections.tunnel(client_id)
-        return tunnel is not None and tunnel.service is not None and self._idle() > 0
+        return tunnel is not None and tunnel.decision.service is not None and self._idle() > 0
 
     def next_layer(self, nextlayer: NextLayer) -> None:
         client_id = nextlayer.context.client.id
@@ -114,10 +114,10 @@ class Pool(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        if flow.response is not None or rec.decision is None or rec.decision.plan is None:
+        if rec.answered or rec.decision is None or rec.decision.plan is None:
             return
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
-        if tunnel is None or tunnel.service is None or tunnel.pinned is None:
+        if tunnel is None or tunnel.decision.service is None or tunnel.pinned is None:
             return
         idle = self._idle()
         req = flow.request
@@ -131,7 +131,7 @@ class Pool(Stage):
 
     def _pool(self, tunnel: Tunnel) -> _Pool:
         st = self.rt.state()
-        service = tunnel.service
+        service = tunnel.decision.service
         assert service is not None
         key = UpstreamKey(service.name, tunnel.host, st.snapshot.trust_file(service),
                           service.insecure_tls)

@@ -1,5 +1,8 @@
-"""Record: the canonical audit line of each intercepted flow and each refused tunnel, from the
-flow's record (its decision and what the stages did); written by audit/canonical.py."""
+"""Record: the canonical audit line of each intercepted flow and each refused tunnel: the
+flow's decision and its outcome (``denied`` when ``FlowRecord.refusal`` is set, else
+``injected``, ``forwarded`` or ``error``); written by audit/canonical.py. A flow nothing
+decided (refused before Identify ran) is recorded with its tunnel's decision, else its own
+request target."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from vaultproxy.errors import InvalidRequest, UpstreamTimeout
 from vaultproxy.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
 from vaultproxy.seam.engine_errors import classify_engine_error
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import Outcome, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -23,22 +26,25 @@ logger = logging.getLogger(__name__)
 
 
 def _record(
-    rt: Runtime, flow: http.HTTPFlow, event: str, outcome: str, reason: str | None,
+    rt: Runtime, flow: http.HTTPFlow, event: str, outcome: Outcome, reason: str | None,
     status: int | None = None,
 ) -> None:
     rec = record_of(flow)
-    if rec.audited:
+    if rec.outcome is not None:
         return
     st = rt.current()
     if st is None:
         return
-    rec.audited = True
     if event == "request":
         refused = refusals.take(flow.client_conn.id)
         if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
             outcome, reason, status = "denied", InvalidRequest.code, refused
+    rec.outcome = outcome
     request, response = flow.request, flow.response
     decision = rec.decision
+    if decision is None and event == "request":  # refused before Identify decided it
+        tunnel = rt.connections.tunnel(flow.client_conn.id)
+        decision = tunnel.decision if tunnel is not None else None  # its CONNECT's
     service = decision.service if decision is not None else None
     agent = decision.agent if decision is not None else None
     if decision is not None and decision.target is not None:
@@ -47,8 +53,7 @@ def _record(
         host = request.host
         service = st.registry.lookup(normal_host(host), request.port)
     else:
-        tunnel = rt.connections.tunnel(flow.client_conn.id)
-        host = tunnel.host if tunnel is not None else request.pretty_host
+        host = request.pretty_host
     record_decision(
         st.audit,
         event=event,
@@ -108,9 +113,10 @@ def refused_head(rt: Runtime, client: Any, status: int) -> None:
     if st is None:
         return
     tunnel = rt.connections.tunnel(client.id)
-    service = tunnel.service if tunnel is not None else None
+    decision = tunnel.decision if tunnel is not None else None
+    service = decision.service if decision is not None else None
     record_decision(
-        st.audit, event="request", agent=tunnel.agent if tunnel is not None else None,
+        st.audit, event="request", agent=decision.agent if decision is not None else None,
         service=service.name if service is not None else None,
         mode=service.mode if service is not None else None, method=None,
         host=tunnel.host if tunnel is not None else None, path=None, status=status,
@@ -122,12 +128,13 @@ class Record(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self._connect_log = EveryInterval(5.0)
+        self._inflight: set[str] = set()  # flows counted in ProxyState.inflight
 
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        denied = record_of(flow).denied
-        if denied is not None:
-            _record(self.rt, flow, "tunnel_refused", "denied", denied[0])
+        refusal = record_of(flow).refusal
+        if refusal is not None:
+            _record(self.rt, flow, "tunnel_refused", "denied", refusal.code)
 
     @guarded
     def http_connect_error(self, flow: http.HTTPFlow) -> None:
@@ -135,7 +142,7 @@ class Record(Stage):
         the ResponseGate put our error on it; audit and log the code the agent got."""
         rec = record_of(flow)
         resp = flow.response
-        if rec.denied is not None or rec.audited or resp is None:
+        if rec.refusal is not None or rec.outcome is not None or resp is None:
             return
         code = resp.headers.get("x-vaultproxy-error", "upstream_unreachable")
         target = f"{flow.request.host}:{flow.request.port}"
@@ -147,15 +154,14 @@ class Record(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         st = self.rt.current()
-        rec = record_of(flow)
-        if st is not None and rec.service is not None:
+        decision = record_of(flow).decision
+        if st is not None and decision is not None and decision.service is not None:
             st.inflight += 1
-            rec.counted = True
+            self._inflight.add(flow.id)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
-        if rec.counted:
-            rec.counted = False
+        if flow.id in self._inflight:
+            self._inflight.discard(flow.id)
             st = self.rt.current()
             if st is not None:
                 st.inflight -= 1
@@ -164,19 +170,21 @@ class Record(Stage):
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
         rec = record_of(flow)
-        if rec.denied is not None:
-            _record(self.rt, flow, "request", "denied", rec.denied[0])
-        elif rec.service is not None:
-            outcome = "injected" if rec.injected else "forwarded"
+        decision = rec.decision
+        if rec.refusal is not None:
+            _record(self.rt, flow, "request", "denied", rec.refusal.code)
+        elif decision is not None and decision.service is not None:
+            outcome: Outcome = "injected" if rec.injected else "forwarded"
             _record(self.rt, flow, "request", outcome, token_reason(rec))
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
         rec = record_of(flow)
-        if rec.denied is not None:
-            _record(self.rt, flow, "request", "denied", rec.denied[0])
-        elif rec.service is not None:
+        decision = rec.decision
+        if rec.refusal is not None:
+            _record(self.rt, flow, "request", "denied", rec.refusal.code)
+        elif decision is not None and decision.service is not None:
             status, code = _error_code(flow)
             _record(self.rt, flow, "request", "error", code, status)
 

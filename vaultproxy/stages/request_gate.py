@@ -51,8 +51,8 @@ class RequestGate(Stage):
         rec = record_of(flow)
         rec.t0 = time.monotonic()
         rec.path = req.path.split("?", 1)[0]  # as the agent sent it
-        if flow.response is not None:
-            return  # refused by an earlier stage
+        if rec.answered:
+            return  # refused (or served) by an earlier stage
         self.rt.state()  # NotReady (503) when no home is loaded
         decision = rec.decision
         if decision is None or decision.plan is None or decision.target is None:

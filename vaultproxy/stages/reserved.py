@@ -19,13 +19,14 @@ from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from vaultproxy.decide import identify
+from vaultproxy.decide import Decision, identify
 from vaultproxy.errors import DestinationDenied, LockedError, NotReady
 from vaultproxy.hostnames import normal_host
 from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS, MCP_PATH, RESERVED_HOST
 from vaultproxy.outbound import admin_client
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
+from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 
@@ -51,7 +52,7 @@ class Reserved(Stage):
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        if flow.response is not None or normal_host(req.host) != RESERVED_HOST:
+        if record_of(flow).answered or normal_host(req.host) != RESERVED_HOST:
             return
         header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
         st = self.rt.state()
@@ -60,7 +61,7 @@ class Reserved(Stage):
         self._clients[flow.client_conn.id] = _Client(record.name if record else None,
                                                      record.digest if record else None)
         # answered here: no upstream dial, no DNS; the tunnel is ours
-        flow.response = http.Response.make(200)
+        _serve(flow, http.Response.make(200))
 
     @guarded
     def next_layer(self, nextlayer: NextLayer) -> None:
@@ -77,7 +78,7 @@ class Reserved(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         client = self._clients.get(flow.client_conn.id)
-        if flow.response is not None:
+        if record_of(flow).answered:
             return
         if client is None:
             tunnel = self.rt.connections.tunnel(flow.client_conn.id)
@@ -87,18 +88,18 @@ class Reserved(Stage):
             return
         # the other stages see a tunnel to no service: nothing to inject, nothing to dial
         if self.rt.connections.tunnel(flow.client_conn.id) is None:
-            self.rt.connections.open(flow.client_conn.id,
-                                     Tunnel(RESERVED_HOST, 443, None, client.agent,
-                                            agent_digest=client.digest))
+            ours = Decision(None, client.agent, agent_digest=client.digest,
+                            target=(RESERVED_HOST, 443))
+            self.rt.connections.open(flow.client_conn.id, Tunnel(ours))
         if flow.request.path.split("?")[0] != MCP_PATH or flow.request.method == "GET":
             # GET: no standalone server stream here (the SDK client does without one)
             status = 405 if flow.request.method == "GET" else 404
-            flow.response = http.Response.make(status, b"", {"Allow": "POST, DELETE"})
+            _serve(flow, http.Response.make(status, b"", {"Allow": "POST, DELETE"}))
 
     @guarded
     async def request(self, flow: http.HTTPFlow) -> None:
         client = self._clients.get(flow.client_conn.id)
-        if client is None or flow.response is not None:
+        if client is None or record_of(flow).answered:
             return
         # ACCESS: the body was held for the honeytoken scan; this stage answers before
         # RequestGate's ``request`` would run, so the scan runs here, before the relay
@@ -119,10 +120,16 @@ class Reserved(Stage):
         keep = [(k.encode(), v.encode()) for k, v in got.headers.multi_items()
                 if k.lower() not in ("content-length", "transfer-encoding", "connection",
                                      "content-encoding")]
-        flow.response = http.Response.make(got.status_code, got.content, keep)
+        _serve(flow, http.Response.make(got.status_code, got.content, keep))
 
     def client_disconnected(self, client: object) -> None:
         self._clients.pop(getattr(client, "id", ""), None)
+
+
+def _serve(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Answer ``flow`` ourselves (``FlowRecord.served``): no later stage acts on it."""
+    record_of(flow).served = True
+    flow.response = response
 
 
 def _admin(run_json: Path, token_file: Path) -> tuple[str, str]:

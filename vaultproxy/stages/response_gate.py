@@ -178,8 +178,9 @@ class ResponseGate(Stage):
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        service = rec.service
-        if service is None or flow.response is None or rec.denied is not None:
+        decision = rec.decision
+        service = decision.service if decision is not None else None
+        if service is None or flow.response is None or rec.refusal is not None:
             return
         if rec.retried:  # the Mint stage's resend after a 401 stands in for the 401
             _gate_resent(self.rt, flow, rec)
@@ -204,8 +205,7 @@ class ResponseGate(Stage):
             return
         encoding, decode = gate_head(redactor, resp.headers)
         if _known_small(flow):
-            resp.stream = False
-            record_of(flow).whole = encoding
+            resp.stream = False  # buffered: ``response`` decodes and redacts it whole
             return
         if decode is not None:
             del resp.headers["content-encoding"]
@@ -221,17 +221,18 @@ class ResponseGate(Stage):
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        reply, rec.reply = rec.reply, None
-        if reply is not None:
+        refusal = rec.refusal
+        if refusal is not None and refusal.reply is not None:
             # Refused after the upstream's head arrived: mitmproxy put the upstream's body
             # into our reply meanwhile; send ours as it was made.
-            flow.response = reply
+            if flow.response is not refusal.reply:
+                flow.response = refusal.reply
             return
-        if rec.retried:
-            if resp_body_pending(flow, rec):
-                return
-        redactor = rec.redactor
         resp = flow.response
+        if rec.retried and resp is not None and isinstance(resp.stream, _Resent):
+            _resent_body(resp, resp.stream)
+            return
+        redactor = rec.redactor
         if redactor is None or resp is None:
             return
         if resp.trailers:
@@ -240,11 +241,14 @@ class ResponseGate(Stage):
             else:
                 refuse_folded(resp.trailers)
                 redactor.redact_headers(resp.trailers)
-        encoding, rec.whole = rec.whole, None
-        if encoding is not None and rec.denied is None:
+        if resp.stream or _no_body(flow):
+            return  # streamed through the redactor, or nothing to scan
+        if refusal is None:  # buffered by responseheaders (``_known_small``)
+            encoding = resp.headers.get("content-encoding", "").strip().lower()
+            encoding = "" if encoding == "identity" else encoding  # as gate_head read it
             limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024
             _redact_whole(flow, redactor, encoding, limit)
-        elif not resp.stream and resp.raw_content:
+        elif resp.raw_content:
             resp.raw_content = redactor.redact(resp.raw_content)
 
     @guarded
@@ -284,7 +288,8 @@ def _gate_resent(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord) -> None:
     of the 401: the same header rules as any response; its body (read whole, at most
     ``max_body_mb``) decoded and redacted here. The 401's own body is still to come from
     the upstream: every chunk of it is dropped, and the resend's body sent at its end."""
-    resp, service = flow.response, rec.service
+    resp, decision = flow.response, rec.decision
+    service = decision.service if decision is not None else None
     assert resp is not None and service is not None
     st = rt.state()
     redactor = st.session.redactor_for(service)  # it knows the token minted for the resend
@@ -309,28 +314,30 @@ def _gate_resent(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord) -> None:
         out = redactor.redact(plain)
         resp.headers["content-length"] = str(len(out))
     resp.raw_content = b""
-    rec.resent = out
+    resp.stream = _Resent(out)
 
-    def emit(chunk: bytes) -> list[bytes]:  # the 401's body goes nowhere
+
+class _Resent:
+    """The stream of a resent flow: every chunk of the 401's body goes nowhere, and the
+    resend's (already redacted) body goes out at its end, once."""
+
+    def __init__(self, body: bytes) -> None:
+        self.pending: bytes | None = body
+
+    def __call__(self, chunk: bytes) -> list[bytes]:
         if chunk:
             return []
-        pending, rec.resent = rec.resent, None
+        pending, self.pending = self.pending, None
         return [pending] if pending else []
 
-    resp.stream = emit
 
-
-def resp_body_pending(flow: http.HTTPFlow, rec: FlowRecord) -> bool:
-    """``response`` of a resent flow: the 401 had no body, so nothing was streamed; the
-    resend's (already redacted) body goes out as the response's content. True: done."""
-    resp = flow.response
-    if resp is None:
-        return False
+def _resent_body(resp: http.Response, stream: _Resent) -> None:
+    """``response`` of a resent flow: when the 401 had no body nothing was streamed, so the
+    resend's body goes out as the response's content."""
     resp.trailers = None  # the 401's, if any
-    pending, rec.resent = rec.resent, None
+    pending, stream.pending = stream.pending, None
     if pending:
         resp.raw_content = pending
-    return True
 
 
 class _Engine(VaultproxyError):

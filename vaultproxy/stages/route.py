@@ -20,19 +20,16 @@ from vaultproxy.stages.runtime import Stage
 class Route(Stage):
     @guarded
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return  # already refused (gate, agent auth)
+        rec = record_of(flow)
+        if rec.answered:
+            return  # already refused (ready, agent auth) or served (the reserved host)
         st = self.rt.state()
-        decision = record_of(flow).decision
+        decision = rec.decision
         if decision is None or decision.dial is None or decision.target is None:
             raise DestinationDenied("the tunnel was not decided")
-        host, port = decision.target
-        service = decision.service
-        tunnel = Tunnel(host=host, port=port, service=service, agent=decision.agent,
-                        agent_digest=decision.agent_digest,
-                        cert_agent=cert_agent_of(self.rt, flow.client_conn))
+        tunnel = Tunnel(decision, cert_agent=cert_agent_of(self.rt, flow.client_conn))
         self.rt.connections.open(flow.client_conn.id, tunnel)
-        policy = st.snapshot.address_context(service)
+        policy = st.snapshot.address_context(decision.service)
         tunnel.pinned = await resolve_checked(*decision.dial, policy)
 
     @guarded
@@ -43,13 +40,13 @@ class Route(Stage):
         tunnel = self.rt.connections.tunnel(ctx.client.id)
         if tunnel is None or ctx.server.address is None:
             return
-        if tunnel.service is None:
+        if tunnel.decision.service is None:
             raw_tunnel(nextlayer)  # unregistered host: TLS never terminated, nothing inspected
 
     @guarded
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         tunnel = self.rt.connections.tunnel(data.context.client.id)
-        if tunnel is None or tunnel.service is None:
+        if tunnel is None or tunnel.decision.service is None:
             return
         tunnel.sni = data.client_hello.sni
 
