@@ -33,13 +33,13 @@ from tests.harness.upstream import Upstream
 from tests.integration.conftest import service_block
 from vaultproxy.access.rules import Rule, RuleTable, normalise_path
 from vaultproxy.config.models import Service
-from vaultproxy.decide import Decision, Plan
-from vaultproxy.home import Home
+from vaultproxy.core.decide import Decision, Plan
+from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.files.home import Home
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.runtime import Runtime
-from vaultproxy.state import Live, ProxyState
 
 N_RULES = 50
 PATH = "/v1/models/bench-model/completions"

@@ -13,7 +13,7 @@ service's own 4xx/5xx from ``proxy()`` is returned, not raised: only answers the
 itself (``X-Vaultproxy-Error``) raise.
 
 The httpx clients here reach only the proxy's own admin listener, never an upstream, so they
-are built here rather than in outbound.py (which owns upstream trust and egress).
+are built here rather than in net/outbound.py (which owns upstream trust and egress).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 __all__ = ["APIError", "AsyncClient", "Client", "Decision"]
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vaultproxy.ca import ensure_ca
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import KdfParams, Keystore, store
 from vaultproxy.secret import Secret
 

@@ -411,7 +411,7 @@ def test_syslog_over_tcp_reaches_rsyslog_octet_counted_and_in_order(rsyslog: Rsy
     import asyncio
 
     from vaultproxy.audit import AuditEvent
-    from vaultproxy.egress import AddressContext
+    from vaultproxy.net.egress import AddressContext
     from vaultproxy.sinks.record import Record
     from vaultproxy.sinks.syslog import SyslogSink
 

@@ -28,9 +28,9 @@ import pytest
 from tests.canary import make_canary
 from tests.harness.bitwarden_cli import BwCli, install_cli
 from tests.harness.bitwarden_server import ARGON2ID, PBKDF2, Account, BitwardenServer
-from vaultproxy.egress import AddressContext
 from vaultproxy.keystore.totp import current_code
-from vaultproxy.outbound import UpstreamClients
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.outbound import UpstreamClients
 from vaultproxy.secret import Secret
 from vaultproxy.sync.base import SourceError, SourceSpec, build_source, parse_ref
 from vaultproxy.sync.bitwarden import BitwardenItem, BitwardenSource

@@ -11,7 +11,7 @@ import pytest
 
 from tests.unit.test_ca_bundle import fingerprints
 from vaultproxy import ca as ca_mod
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 pytestmark = pytest.mark.integration
 

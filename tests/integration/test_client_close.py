@@ -24,11 +24,11 @@ import pytest
 
 from tests.harness.proxy import PASSWORD, ProxyHome
 from vaultproxy.ca import materialize_mitm_confdir
+from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.engine.master import build_master, wait_listening
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.seam import defences
 from vaultproxy.secret import Secret
-from vaultproxy.state import Live, ProxyState
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from tests.harness.oauth_server import OAuthServer, Token
 from tests.harness.proxy import PASSWORD, ProxyHome, ProxyProcess, cli
 from tests.harness.upstream import Upstream
 from tests.integration.conftest import agent_client, service_block
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.secret import Secret
 

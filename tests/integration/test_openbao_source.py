@@ -22,8 +22,8 @@ import pytest
 import trustme
 
 from tests.canary import make_canary
-from vaultproxy.egress import AddressContext
-from vaultproxy.outbound import UpstreamClients
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.outbound import UpstreamClients
 from vaultproxy.secret import Secret
 from vaultproxy.sync.openbao import OpenBaoSource, SourceError
 

@@ -483,7 +483,7 @@ def test_wget_uses_the_generated_wgetrc(world: World) -> None:
 AGENT_ENV_CALL = """
 import json, pathlib, sys, httpx
 from vaultproxy.cli.control import call
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 home = Home(pathlib.Path(sys.argv[1]))
 body = json.dumps({"env": json.loads(sys.argv[2])}).encode()
 status, data = call(home, "POST", "/v1/agent-env", body)

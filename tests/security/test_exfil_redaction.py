@@ -63,7 +63,7 @@ def reflected_forms(secret: bytes) -> dict[str, bytes]:
     }
 
 
-# --- an independent detector: decodes the forms itself, shares no code with redact.py ------
+# --- an independent detector: decodes the forms itself, shares no code with values/redact.py ------
 
 _B64_TOKEN = re.compile(rb"[A-Za-z0-9+/_-]{8,}={0,2}")
 _JSON_U = re.compile(rb"\\u([0-9A-Fa-f]{4})")

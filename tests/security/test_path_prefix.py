@@ -89,7 +89,7 @@ def _get(conn: ssl.SSLSocket, target: str, scan: bool = True) -> bytes:
 
 
 def leaked(reply: bytes, token: str) -> list[str]:
-    """Which forms of the token ``reply`` holds (an independent check, not redact.py)."""
+    """Which forms of the token ``reply`` holds (an independent check, not values/redact.py)."""
     found = [name for name, form in (
         ("raw", token.encode()), ("percent", quote(token, safe="").encode()),
         ("secret part", token.split(":", 1)[1].encode()),

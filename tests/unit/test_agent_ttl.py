@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from vaultproxy import agents
+from vaultproxy.access import agents
 from vaultproxy.config.load import parse_config
-from vaultproxy.decide import Facts, decide
+from vaultproxy.core.decide import Facts, decide
 from vaultproxy.errors import UsageError
-from vaultproxy.registry import Registry
+from vaultproxy.loaded.registry import Registry
 
 
 @pytest.mark.parametrize(

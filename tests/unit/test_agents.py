@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from vaultproxy import agents
+from vaultproxy.access import agents
 from vaultproxy.errors import UsageError
 from vaultproxy.secret import Secret
 

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 
 from vaultproxy import ca as ca_mod
 from vaultproxy.errors import CAError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 from vaultproxy.cli import inherit
 from vaultproxy.cli.env_exec import render, render_unset, with_credentials
 from vaultproxy.config.load import parse_config
-from vaultproxy.env_secrets import check, known_secrets
 from vaultproxy.errors import ConfigError, UsageError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
+from vaultproxy.values.env_secrets import check, known_secrets
 
 TRICKY = {
     "A_PLAIN": "http://127.0.0.1:3203",

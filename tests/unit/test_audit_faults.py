@@ -19,7 +19,7 @@ import pytest
 from vaultproxy.audit import AuditEvent, AuditLog
 from vaultproxy.audit import status as audit_status
 from vaultproxy.engine.stale import clean_stale
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 def _event(n: int, event: str = "request") -> AuditEvent:

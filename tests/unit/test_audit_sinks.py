@@ -22,7 +22,7 @@ import pytest
 from tests.harness.sink_receivers import HttpReceiver
 from tests.unit.test_config_load import ok, problems
 from vaultproxy.audit import AuditEvent, AuditLog
-from vaultproxy.egress import AddressContext
+from vaultproxy.net.egress import AddressContext
 from vaultproxy.secret import Secret
 from vaultproxy.sinks.egress import EgressDenied, check_url
 from vaultproxy.sinks.hub import SinkHub
@@ -377,10 +377,10 @@ def test_a_loopback_otlp_endpoint_is_allowed_with_allow_loopback() -> None:
 def test_sinks_follow_a_reload_and_the_webhook_key_follows_the_keystore(tmp_path: Path) -> None:
     from tests.canary import make_canary
     from tests.harness.proxy import PASSWORD, TEST_KDF
+    from vaultproxy.core.state import ProxyState
     from vaultproxy.engine.audit_sinks import AuditSinks
-    from vaultproxy.home import Home
+    from vaultproxy.files.home import Home
     from vaultproxy.keystore import Keystore
-    from vaultproxy.state import ProxyState
 
     home = Home(tmp_path / "home")
     home.create()

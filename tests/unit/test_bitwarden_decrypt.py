@@ -13,7 +13,7 @@ import pytest
 
 from tests.canary import make_canary
 from tests.harness.bitwarden_server import enc_type2, make_account
-from vaultproxy.egress import AddressContext
+from vaultproxy.net.egress import AddressContext
 from vaultproxy.sync import bwcrypto
 from vaultproxy.sync.base import SourceError
 from vaultproxy.sync.bitwarden import BitwardenSource

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vaultproxy import ca as ca_mod
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.errors import CAError, PermissionProblem, UsageError
-from vaultproxy.home import Home
+from vaultproxy.files.atomic_file import write_atomic
+from vaultproxy.files.home import Home
 
 
 def make_home(path: Path) -> Home:

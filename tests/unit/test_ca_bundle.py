@@ -16,7 +16,7 @@ from tests.unit.test_ca import make_home
 from vaultproxy import ca as ca_mod
 from vaultproxy.ca import bundle as ca_bundle
 from vaultproxy.errors import CAError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 @pytest.fixture

@@ -74,9 +74,9 @@ def test_reissue_keeps_key_and_subject_and_reports_outside() -> None:
 
 def test_run_start_warns_about_a_host_outside(tmp_path: Path) -> None:
     from tests.harness.proxy import ProxyHome
+    from vaultproxy.core.state import ProxyState
     from vaultproxy.engine.serve import start_warnings
-    from vaultproxy.home import Home
-    from vaultproxy.state import ProxyState
+    from vaultproxy.files.home import Home
 
     block = '[[service]]\nname = "{0}"\nhosts = ["{0}.example"]\nmode = "host_inject"\n' \
             'auth = "bearer"\n'

@@ -16,7 +16,7 @@ from mitmproxy.certs import CertStore, CertStoreEntry
 
 from tests.unit.test_ca import make_home
 from vaultproxy import ca as ca_mod
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 HOST = "example.test"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config_load import ok, problems
-from vaultproxy.home import Home
-from vaultproxy.state import ProxyState
+from vaultproxy.core.state import ProxyState
+from vaultproxy.files.home import Home
 
 
 def test_default_is_deny() -> None:

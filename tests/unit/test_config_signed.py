@@ -13,9 +13,9 @@ import tomlkit
 from vaultproxy.config import signed
 from vaultproxy.config.load import parse_config
 from vaultproxy.config.models import Config
+from vaultproxy.core.references import secret_problems
 from vaultproxy.errors import ConfigError
 from vaultproxy.keystore import Entry
-from vaultproxy.references import secret_problems
 from vaultproxy.secret import Secret
 
 GOOD: dict[str, dict[str, Any]] = {
@@ -155,7 +155,7 @@ def test_aws_sigv4_without_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class FakeKeystore:
-    """names()/get() over plain entries: references.py needs nothing else."""
+    """names()/get() over plain entries: core/references.py needs nothing else."""
 
     def __init__(self, entries: dict[str, Entry]) -> None:
         self.entries = entries

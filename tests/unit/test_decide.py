@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from vaultproxy.agents import make_record, new_token
+from vaultproxy.access.agents import make_record, new_token
 from vaultproxy.config.load import parse_config
-from vaultproxy.decide import RANGE_HEADERS, ROUTING_HEADERS, Decision, Facts, decide
-from vaultproxy.registry import Registry
+from vaultproxy.core.decide import RANGE_HEADERS, ROUTING_HEADERS, Decision, Facts, decide
+from vaultproxy.loaded.registry import Registry
 
 SERVICES = [
     {"name": "api", "hosts": ["api.example.com"], "mode": "host_inject", "auth": "bearer"},

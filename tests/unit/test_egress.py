@@ -9,7 +9,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 
-from vaultproxy.egress import (
+from vaultproxy.errors import DestinationDenied
+from vaultproxy.net.egress import (
     AddressContext,
     Verdict,
     check_name,
@@ -18,8 +19,7 @@ from vaultproxy.egress import (
     parse_ip,
     parse_passthrough,
 )
-from vaultproxy.errors import DestinationDenied
-from vaultproxy.resolve import resolve_checked
+from vaultproxy.net.resolve import resolve_checked
 
 pytestmark = pytest.mark.security
 
@@ -530,7 +530,7 @@ def test_unparsable_listener_host_is_a_wildcard() -> None:
     ],
 )
 def test_passthrough_entries_that_can_never_apply(entry: str, never: str | None) -> None:
-    from vaultproxy.egress import passthrough_never_applies
+    from vaultproxy.net.egress import passthrough_never_applies
 
     why = passthrough_never_applies(entry)
     if never is None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaultproxy import egress
-from vaultproxy.egress import AddressContext, judge, parse_ip
+from vaultproxy.net import egress
+from vaultproxy.net.egress import AddressContext, judge, parse_ip
 
 pytestmark = pytest.mark.security
 

@@ -22,8 +22,8 @@ from vaultproxy.inject import (
     prepare_request,
     substitute_body,
 )
-from vaultproxy.placeholders import PlaceholderIndex
 from vaultproxy.secret import Secret
+from vaultproxy.values.placeholders import PlaceholderIndex
 
 Canary = Callable[[], str]
 PH = "__vault.svc__"

@@ -45,8 +45,8 @@ def test_twin_a_listener_without_the_tcp_proto_leaves_nagle_on() -> None:
 
 
 def test_pooled_upstream_connections_have_nodelay() -> None:
-    """The warm pool's dialer (outbound.py) hands httpcore sockets with Nagle off."""
-    from vaultproxy.outbound import HeadWatch, _Dialer
+    """The warm pool's dialer (net/outbound.py) hands httpcore sockets with Nagle off."""
+    from vaultproxy.net.outbound import HeadWatch, _Dialer
 
     async def run() -> int:
         with socket.create_server(("127.0.0.1", 0)) as server:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.canary import make_canary
-from vaultproxy import logfilter
-from vaultproxy.redact import Redactor
+from vaultproxy.values import logfilter
+from vaultproxy.values.redact import Redactor
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from vaultproxy.cli.mcp import client_config
 from vaultproxy.config.load import parse_config
 from vaultproxy.errors import ConfigError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 GOOD = '''
 [[service]]

@@ -179,10 +179,10 @@ allow_loopback = true
 
 
 def _post(tmp_path: Path, answer: str) -> tuple[object, list[str]]:
-    from vaultproxy.home import Home
+    from vaultproxy.files.home import Home
+    from vaultproxy.loaded.snapshot import Snapshot
     from vaultproxy.mint.transport import post_for
-    from vaultproxy.outbound import UpstreamClients
-    from vaultproxy.snapshot import Snapshot
+    from vaultproxy.net.outbound import UpstreamClients
 
     home = Home(tmp_path / "home")
     home.create()
@@ -192,7 +192,7 @@ def _post(tmp_path: Path, answer: str) -> tuple[object, list[str]]:
     asked: list[str] = []
 
     async def resolver(host: str, port: int) -> list[str]:
-        asked.append(host)  # a DNS answer this machine cannot give (the seam resolve.py has)
+        asked.append(host)  # a DNS answer this machine cannot give (the seam net/resolve.py has)
         return [answer]
 
     return post_for(snap, UpstreamClients(), service, resolver), asked

@@ -1,4 +1,4 @@
-"""The shared request pipeline's pure steps (pipeline.py) on mitmproxy requests: what
+"""The shared request pipeline's pure steps (core/pipeline.py) on mitmproxy requests: what
 ``check_request`` refuses and drops for a given plan, the one hop-by-hop set, and when a
 minted token is needed. The same functions run for a proxied request and ``POST /proxy``
 (tests/security/test_entry_matrix.py proves that end to end)."""
@@ -12,11 +12,11 @@ import tomlkit
 from mitmproxy.test import tutils
 
 from vaultproxy.config.load import parse_config
-from vaultproxy.decide import Facts, Plan, decide
+from vaultproxy.core.decide import Facts, Plan, decide
+from vaultproxy.core.pipeline import HOP_BY_HOP, check_request, hop_free, needs_token
 from vaultproxy.errors import HostMismatch, InvalidRequest
-from vaultproxy.pipeline import HOP_BY_HOP, check_request, hop_free, needs_token
-from vaultproxy.placeholders import PlaceholderIndex
-from vaultproxy.registry import Registry
+from vaultproxy.loaded.registry import Registry
+from vaultproxy.values.placeholders import PlaceholderIndex
 
 SERVICES = [
     {"name": "api", "hosts": ["api.example.com"], "mode": "host_inject", "auth": "bearer"},

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, unquote_plus, unquote_to_bytes
 import pytest
 
 from vaultproxy.errors import PlaceholderMisdirected, PlaceholderUnknown, SecretMissing
-from vaultproxy.placeholders import TOKEN_RE, PlaceholderIndex, substitute
+from vaultproxy.values.placeholders import TOKEN_RE, PlaceholderIndex, substitute
 
 INDEX = PlaceholderIndex(
     {"__vault.openai__": "openai", "__vault.github__": "github", "MYCUSTOM-TOKEN-1": "custom"}

@@ -23,7 +23,7 @@ from mitmproxy import http
 
 from tests.canary import make_canary
 from vaultproxy.errors import BodyTooLarge
-from vaultproxy.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
+from vaultproxy.values.redact import Redactor, decoder_for, drop_set_cookie, redact_headers
 
 # Characters chosen so std and url base64 differ (">>>" -> "Pj4+", "???" -> "Pz8/"), and so
 # percent, JSON, \/ and \u escaping all change the text.

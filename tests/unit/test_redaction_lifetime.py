@@ -16,14 +16,14 @@ import pytest
 import zstandard
 
 from vaultproxy.config.models import Service
-from vaultproxy.decoding import Undecodable, decoder_for
 from vaultproxy.errors import UpstreamProtocol
 from vaultproxy.keystore import KdfParams, Keystore, entries, store
 from vaultproxy.keystore.synced import SourceCache, SyncedItem
+from vaultproxy.loaded.session import EXPIRY_GRACE, Session, retired_owner
 from vaultproxy.mint.base import Minted
 from vaultproxy.mint.login import cookie_values
+from vaultproxy.net.decoding import Undecodable, decoder_for
 from vaultproxy.secret import Secret
-from vaultproxy.session import EXPIRY_GRACE, Session, retired_owner
 
 FAST = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 Canary = Callable[[], str]
@@ -244,8 +244,8 @@ def test_two_gzip_members_still_decode() -> None:
 def test_a_chain_streams_exactly_as_it_redacts_whole() -> None:
     import base64
 
-    from vaultproxy.minted_values import RedactorChain
-    from vaultproxy.redact import Redactor
+    from vaultproxy.values.minted_values import RedactorChain
+    from vaultproxy.values.redact import Redactor
 
     secrets = [b"lt_aaaaaaaaaaaaaaaa", b"lt_bbbbbbbbbbbbbbbb", b"lt_cccc/cccc cccc+c"]
     chain = RedactorChain([Redactor([(s, b"__vault.x__")]) for s in secrets])

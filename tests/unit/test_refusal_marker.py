@@ -26,8 +26,9 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow
 
 from tests.canary import make_canary
-from vaultproxy.decide import Decision
-from vaultproxy.home import Home
+from vaultproxy.core.decide import Decision
+from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.mcp.reserved import RESERVED_HOST
 from vaultproxy.seam import speed
@@ -46,7 +47,6 @@ from vaultproxy.stages import (
 )
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
-from vaultproxy.state import Live, ProxyState
 
 HOST = "svc.example.com"
 SERVICES = f"""

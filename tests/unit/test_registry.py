@@ -9,7 +9,7 @@ import tomlkit
 
 from vaultproxy.config.load import parse_config
 from vaultproxy.config.models import Config
-from vaultproxy.registry import Registry
+from vaultproxy.loaded.registry import Registry
 
 
 def _cfg() -> Config:
@@ -108,7 +108,7 @@ def test_immutable() -> None:
 
 
 def test_lookup_does_no_per_call_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vaultproxy.registry as registry
+    import vaultproxy.loaded.registry as registry
 
     def boom(*a: object, **k: object) -> None:
         raise AssertionError("parse_host called at lookup time")

@@ -8,9 +8,9 @@ from ipaddress import ip_address
 
 import pytest
 
-from vaultproxy.egress import AddressContext
 from vaultproxy.errors import DestinationDenied, UpstreamUnreachable, error_response
-from vaultproxy.resolve import Resolver, resolve_checked, system_resolver
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.resolve import Resolver, resolve_checked, system_resolver
 
 pytestmark = pytest.mark.security
 

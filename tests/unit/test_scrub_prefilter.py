@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from tests.canary import make_canary
 from tests.unit.test_redact import FORMS, PH, PH2, REDACTOR, SECRET, SECRET2, find_leak
-from vaultproxy import redact as redact_mod
-from vaultproxy.redact import Redactor, decoder_for
-from vaultproxy.redact import stream_filter as _scrub_stream
+from vaultproxy.values import redact as redact_mod
+from vaultproxy.values.redact import Redactor, decoder_for
+from vaultproxy.values.redact import stream_filter as _scrub_stream
 
 CHUNK = 64 * 1024
 _RE = REDACTOR._re

@@ -18,8 +18,8 @@ from vaultproxy.errors import InvalidRequest, SecretMissing
 from vaultproxy.inject import prepare_request
 from vaultproxy.inject.path_prefix import expand
 from vaultproxy.inject.sigv4 import payload_mode, sign, sign_at_head, sign_request
-from vaultproxy.placeholders import PlaceholderIndex
 from vaultproxy.secret import Secret
+from vaultproxy.values.placeholders import PlaceholderIndex
 
 INDEX = PlaceholderIndex({"__vault.tg__": "tg", "__vault.aws__": "aws"})
 # AWS SigV4 test suite credentials (public examples, not secrets).

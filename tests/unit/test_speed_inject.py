@@ -7,9 +7,9 @@ import base64
 import pytest
 from mitmproxy.test import tutils
 
-from vaultproxy.decoding import limit_accept_encoding
 from vaultproxy.errors import PlaceholderMisdirected, PlaceholderUnknown
-from vaultproxy.placeholders import PlaceholderIndex, decoded_views
+from vaultproxy.net.decoding import limit_accept_encoding
+from vaultproxy.values.placeholders import PlaceholderIndex, decoded_views
 
 INDEX = PlaceholderIndex({"__vault.a__": "a", "__vault.b__": "b", "CUSTOM-C": "c"})
 

@@ -25,9 +25,10 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow, tutils
 
 from tests.canary import make_canary
-from vaultproxy import pipeline as pipeline_mod
-from vaultproxy.decide import Decision
-from vaultproxy.home import Home
+from vaultproxy.core import pipeline as pipeline_mod
+from vaultproxy.core.decide import Decision
+from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.seam import speed
 from vaultproxy.secret import Secret
@@ -37,7 +38,6 @@ from vaultproxy.stages import record as record_mod
 from vaultproxy.stages import response_gate as scrub_mod
 from vaultproxy.stages import route as route_mod
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.state import Live, ProxyState
 
 SERVICES = """
 [[service]]

@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from tests.canary import make_canary
-from vaultproxy.agents import entry_name, make_record, new_token
+from vaultproxy.access.agents import entry_name, make_record, new_token
 from vaultproxy.audit import AuditEvent, AuditLog
+from vaultproxy.core.state import ProxyState
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.worker import apply_state
 from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.errors import KeystoreError, VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import KdfParams, Keystore
 from vaultproxy.secret import Secret
-from vaultproxy.state import ProxyState
 
 FAST = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 

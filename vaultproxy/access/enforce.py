@@ -24,7 +24,7 @@ from vaultproxy.errors import (
 
 @dataclass(frozen=True)
 class ServiceAccess:
-    """One service's compiled rules and rate (built once per registry, snapshot.py)."""
+    """One service's compiled rules and rate (built once per registry, loaded/snapshot.py)."""
 
     table: RuleTable
     rate: Rate | None

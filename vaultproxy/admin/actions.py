@@ -7,9 +7,9 @@ import logging
 
 from vaultproxy.audit import ADMIN_EVENT, AuditEvent, metrics
 from vaultproxy.ca.constraints import home_warnings, registered_hosts
+from vaultproxy.core.references import secret_problems, warning_lines
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import ConfigError, VaultproxyError
-from vaultproxy.references import secret_problems, warning_lines
-from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from vaultproxy.access.desk import AccessDesk
 from vaultproxy.admin.actions import audit_admin
 from vaultproxy.admin.context import caller, proxy_state
 from vaultproxy.admin.models import ErrorOut
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.state import ProxyState
 
 router = APIRouter()
 

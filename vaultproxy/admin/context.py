@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from vaultproxy.admin.ratelimit import Backoff, TokenBucket
-from vaultproxy.outbound import UpstreamClients
-from vaultproxy.state import Live, ProxyState
+from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.net.outbound import UpstreamClients
 from vaultproxy.sync.run import Syncer
 
 PROXY_RATE = 20.0  # requests per second per caller on POST /proxy

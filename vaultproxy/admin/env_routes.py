@@ -2,7 +2,7 @@
 
 `vaultproxy exec` and `vaultproxy env` send the variables an agent would inherit; the answer
 names the ones to swap (with the placeholder-only value, which is public) and the ones to
-drop (vaultproxy/env_secrets.py). The proxy checks because it holds the secrets already: the
+drop (vaultproxy/values/env_secrets.py). The proxy checks because it holds the secrets already: the
 CLI never does. Only over ``admin.sock`` (the same uid, proven by SO_PEERCRED): a token
 holder over TCP gains nothing from a "does this value hold a secret" answer. The body is
 never logged or audited (it is the caller's environment).
@@ -17,9 +17,9 @@ from vaultproxy.admin.actions import audit_admin
 from vaultproxy.admin.context import admin_context, caller, peer, proxy_state
 from vaultproxy.config.refs import is_ref
 from vaultproxy.config.signed import PUBLIC_FIELDS
-from vaultproxy.env_secrets import Known, check, known_secrets
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import LockedError, SecretMissing, VaultproxyError
-from vaultproxy.state import ProxyState
+from vaultproxy.values.env_secrets import Known, check, known_secrets
 
 router = APIRouter()
 NOT_SECRET_FIELDS = frozenset({"username"}).union(*PUBLIC_FIELDS.values())

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vaultproxy.admin.caller import caller_of
 from vaultproxy.admin.token import bearer_matches
 from vaultproxy.errors import error_body
-from vaultproxy.hostnames import split_authority
+from vaultproxy.net.hostnames import split_authority
 
 TRANSPORT_KEY = "vaultproxy.transport"
 CALLER_KEY = "vaultproxy.caller"

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from mcp.server.mcpserver import Context
 from pydantic import ValidationError
 
+from vaultproxy.access.agents import AgentRecord
 from vaultproxy.access.approvals import Approval, Ticket, UnknownApproval
 from vaultproxy.admin import mcp_pipeline
 from vaultproxy.admin.actions import audit_admin, reload_registry
@@ -24,12 +25,11 @@ from vaultproxy.admin.approval_routes import owner_desk
 from vaultproxy.admin.context import AdminContext
 from vaultproxy.admin.models import ProxyIn
 from vaultproxy.admin.ratelimit import TooFast
-from vaultproxy.agents import AgentRecord
 from vaultproxy.config.edit import add_service
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError, error_response
 from vaultproxy.keystore.cached import has_secret
 from vaultproxy.mcp.tools import Refused
-from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from vaultproxy.access.agents import AgentRecord
 from vaultproxy.admin.context import AdminContext
 from vaultproxy.admin.models import ProxyIn
 from vaultproxy.admin.proxy_route import proxy_pipeline
-from vaultproxy.agents import AgentRecord
-from vaultproxy.state import ProxyState
+from vaultproxy.core.state import ProxyState
 
 MAX_BODY = 1024 * 1024  # what a tool result carries; the rest is cut and flagged
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Receive, Scope, Send
 
 from vaultproxy import __version__
+from vaultproxy.access.agents import AgentRecord
 from vaultproxy.admin.context import AdminContext
 from vaultproxy.admin.guard import TRANSPORT_KEY
 from vaultproxy.admin.token import bearer_matches
-from vaultproxy.agents import AgentRecord
-from vaultproxy.decide import identify
+from vaultproxy.core.decide import identify
 from vaultproxy.errors import LockedError, VaultproxyError, error_body, error_response
 from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS
 

@@ -1,5 +1,5 @@
 """``POST /proxy``'s adapter for SPEC §10: the same honeytoken scan, rules, rate limit and
-approval hold as a proxied request (access/enforce.py, honeytokens.py), called once from
+approval hold as a proxied request (access/enforce.py, values/honeytokens.py), called once from
 proxy_route.py before anything is minted, injected or sent. The caller is the admin-token
 holder (no agent): rate limits and grants count it as the anonymous agent."""
 
@@ -15,8 +15,8 @@ from vaultproxy.access.rules import normalise_target
 from vaultproxy.admin.models import ProxyIn
 from vaultproxy.audit.canonical import record_honeytoken
 from vaultproxy.config.models import Service
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import HoneytokenUsed
-from vaultproxy.state import ProxyState
 
 
 def _body(req_in: ProxyIn) -> bytes:

@@ -1,6 +1,6 @@
 """``POST /proxy``: an explicit JSON request to a registered service; a thin adapter over
 the proxy's own pipeline. The same ``decide()`` (service, dial target, plan), the same
-request pipeline (pipeline.py: request checks and dropped headers, the token decision,
+request pipeline (core/pipeline.py: request checks and dropped headers, the token decision,
 injection and body wait, the ``forward`` record, the one hop-by-hop set), the same response
 gate rules (``gate_head``, ``stream_filter``) and the same canonical audit line.
 Caller-supplied credentials are refused, not stripped.
@@ -18,27 +18,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from mitmproxy import http
 
+from vaultproxy.access.agents import AgentRecord
 from vaultproxy.admin.context import AdminContext, admin_context, caller, proxy_state
 from vaultproxy.admin.models import ErrorOut, ProxyIn
 from vaultproxy.admin.proxy_access import check_access
-from vaultproxy.agents import AgentRecord
 from vaultproxy.audit.canonical import record_decision
 from vaultproxy.config.models import Service
-from vaultproxy.decide import Decision, Facts, Plan, decide, still_valid
-from vaultproxy.errors import (
-    AgentScope,
-    BodyTooLarge,
-    LockedError,
-    UnscannableResponse,
-    VaultproxyError,
-    error_response,
-)
-from vaultproxy.hostnames import split_authority
-from vaultproxy.inject import STRIP_HEADERS
-from vaultproxy.inject.request import auth_slot, canonical_name
-from vaultproxy.mint.cache import Issued
-from vaultproxy.outbound import UpstreamKey
-from vaultproxy.pipeline import (
+from vaultproxy.core.decide import Decision, Facts, Plan, decide, still_valid
+from vaultproxy.core.pipeline import (
     HOP_BY_HOP,
     check_request,
     hop_free,
@@ -47,10 +34,23 @@ from vaultproxy.pipeline import (
     needs_token,
     record_forward,
 )
-from vaultproxy.placeholders import basic_credentials
-from vaultproxy.redact import Redactor, gate_head, stream_filter
-from vaultproxy.resolve import resolve_checked
-from vaultproxy.state import ProxyState
+from vaultproxy.core.state import ProxyState
+from vaultproxy.errors import (
+    AgentScope,
+    BodyTooLarge,
+    LockedError,
+    UnscannableResponse,
+    VaultproxyError,
+    error_response,
+)
+from vaultproxy.inject import STRIP_HEADERS
+from vaultproxy.inject.request import auth_slot, canonical_name
+from vaultproxy.mint.cache import Issued
+from vaultproxy.net.hostnames import split_authority
+from vaultproxy.net.outbound import UpstreamKey
+from vaultproxy.net.resolve import resolve_checked
+from vaultproxy.values.placeholders import basic_credentials
+from vaultproxy.values.redact import Redactor, gate_head, stream_filter
 
 router = APIRouter()
 

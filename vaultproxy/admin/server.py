@@ -21,10 +21,10 @@ from vaultproxy.admin.app import create_app
 from vaultproxy.admin.context import AdminContext
 from vaultproxy.admin.guard import marked
 from vaultproxy.admin.token import new_token, write_token
+from vaultproxy.core.state import Live
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.seam import signals
-from vaultproxy.state import Live
 
 logger = logging.getLogger(__name__)
 

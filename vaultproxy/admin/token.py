@@ -6,7 +6,7 @@ import hmac
 import secrets
 from pathlib import Path
 
-from vaultproxy.atomic_file import write_atomic
+from vaultproxy.files.atomic_file import write_atomic
 
 
 def new_token() -> str:

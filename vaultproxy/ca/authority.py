@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.errors import CAError, PermissionProblem
-from vaultproxy.home import Home, check_mode, check_private
+from vaultproxy.files.atomic_file import write_atomic
+from vaultproxy.files.home import Home, check_mode, check_private
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca.authority import _next_cert, _update_file, fingerprint, load_ca
 from vaultproxy.errors import CAError
-from vaultproxy.home import Home
+from vaultproxy.files.atomic_file import write_atomic
+from vaultproxy.files.home import Home
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vaultproxy.ca.authority import CA, _read_key, _update_file, load_ca, next_paths
 from vaultproxy.errors import CAError
-from vaultproxy.home import Home
-from vaultproxy.hostnames import normal_host, split_authority
+from vaultproxy.files.home import Home
+from vaultproxy.net.hostnames import normal_host, split_authority
 
 RESERVED_HOSTS = ("vaultproxy.internal",)  # served by the proxy itself (SPEC §11)
 NOWHERE = "vaultproxy.invalid"  # permitted when nothing is registered: RFC 6761, never real

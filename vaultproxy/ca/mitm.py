@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from vaultproxy.ca.authority import _read_nofollow, _update_file, load_ca
 from vaultproxy.errors import PermissionProblem
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 MITM_BASENAME = "mitmproxy"
 # Files mitmproxy writes when it generates a CA itself; stale copies would hold another CA.

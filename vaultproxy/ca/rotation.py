@@ -18,7 +18,6 @@ import os
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from vaultproxy.atomic_file import fsync_dir
 from vaultproxy.ca.authority import (
     CA,
     _check_public_file,
@@ -35,7 +34,8 @@ from vaultproxy.ca.authority import (
 )
 from vaultproxy.ca.bundle import build_bundle
 from vaultproxy.errors import CAError
-from vaultproxy.home import Home, check_private
+from vaultproxy.files.atomic_file import fsync_dir
+from vaultproxy.files.home import Home, check_private
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ import logging  # noqa: E402
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
-from vaultproxy import __version__, logfilter
+from vaultproxy import __version__
 from vaultproxy.errors import UsageError, VaultproxyError
+from vaultproxy.values import logfilter
 
 # Subcommand modules, in --help order. Each exposes register(subparsers).
 COMMAND_MODULES = ("init", "secret", "passwd", "check", "run", "control", "ca", "env_exec",

@@ -1,7 +1,7 @@
 """`vaultproxy agent add|list|rotate|rm`: agent identities with service scopes.
 
 ``add`` and ``rotate`` print the new token once, alone on stdout; the keystore keeps only its
-salted hash and expiry (see vaultproxy/agents.py). Each change is written to the keystore,
+salted hash and expiry (see vaultproxy/access/agents.py). Each change is written to the keystore,
 recorded as an ``admin`` audit event (who and which agent, never the token) and, when a proxy
 runs on this home, applied to it at once (``POST /v1/reload`` over admin.sock re-reads
 keystore.enc in every worker).
@@ -14,14 +14,14 @@ import datetime
 import os
 import sys
 
-from vaultproxy import agents
+from vaultproxy.access import agents
 from vaultproxy.audit import ADMIN_EVENT, AuditEvent
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import open_store
 from vaultproxy.config.load import load_config
 from vaultproxy.errors import KeystoreError, UsageError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.secret import Secret
 

@@ -18,7 +18,7 @@ from vaultproxy.cli import add_home
 from vaultproxy.cli.control import call
 from vaultproxy.cli.shown import shown
 from vaultproxy.errors import UsageError, VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 POLL = 10.0  # long-poll seconds per GET /v1/approvals?wait=
 

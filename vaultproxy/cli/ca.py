@@ -11,7 +11,7 @@ from vaultproxy import ca as ca_mod
 from vaultproxy.ca import constraints
 from vaultproxy.cli import add_home
 from vaultproxy.errors import UsageError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

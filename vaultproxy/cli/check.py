@@ -15,9 +15,9 @@ from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password, wrong_password_hint
 from vaultproxy.config.load import load_config
 from vaultproxy.config.models import Config
+from vaultproxy.core.references import secret_problems, source_credential_problems
 from vaultproxy.errors import ConfigError, KeystoreError, PermissionProblem
-from vaultproxy.home import Home
-from vaultproxy.references import secret_problems, source_credential_problems
+from vaultproxy.files.home import Home
 
 
 def register(subparsers: Any) -> None:
@@ -57,7 +57,7 @@ def _check_secrets(home: Home, cfg: Config, password_file: str | None) -> tuple[
 
 def passthrough_problems(cfg: Config) -> list[str]:
     """``passthrough_allow`` entries that can never let anything through."""
-    from vaultproxy.egress import passthrough_never_applies
+    from vaultproxy.net.egress import passthrough_never_applies
 
     out = []
     for j, entry in enumerate(cfg.proxy.passthrough_allow):

@@ -18,7 +18,7 @@ from typing import Any
 from vaultproxy.cli import add_home, add_password_file, tty
 from vaultproxy.cli.password import TRIES, get_password, source_of, wrong_password_hint
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 TIMEOUT = 60.0  # an unlock runs the KDF; every worker must confirm a change
 NOT_RUNNING = 3  # `status` exit code when no proxy runs on this home (as systemctl/LSB)

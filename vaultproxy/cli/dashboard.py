@@ -10,7 +10,7 @@ import webbrowser
 
 from vaultproxy.cli import add_home
 from vaultproxy.cli.control import _fail, call
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

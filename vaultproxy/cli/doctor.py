@@ -20,7 +20,7 @@ from typing import Any
 from vaultproxy.cli import add_home
 from vaultproxy.cli.control import NotRunning, call
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 TIMEOUT = 5.0
 

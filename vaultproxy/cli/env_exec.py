@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from vaultproxy import agents
-from vaultproxy.atomic_file import write_atomic
+from vaultproxy.access import agents
 from vaultproxy.ca import build_bundle
 from vaultproxy.cli import add_home, inherit
 from vaultproxy.config.load import load_config
 from vaultproxy.config.models import AgentSettings
 from vaultproxy.errors import UsageError, VaultproxyError
-from vaultproxy.home import Home, pid_alive
+from vaultproxy.files.atomic_file import write_atomic
+from vaultproxy.files.home import Home, pid_alive
 from vaultproxy.sandbox import bwrap, hide, launch, runtimes, seccomp
 
 TOKEN_ENV = "VAULTPROXY_AGENT_TOKEN"  # noqa: S105 - a variable name

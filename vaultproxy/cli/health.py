@@ -11,9 +11,9 @@ import sys
 from vaultproxy.config.health import HealthSettings
 from vaultproxy.config.load import parse_config, read_text
 from vaultproxy.errors import ConfigError
+from vaultproxy.files.home import Home
 from vaultproxy.health import report
 from vaultproxy.health.run import audit
-from vaultproxy.home import Home
 
 
 def _settings(home: Home) -> tuple[HealthSettings, str | None]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from vaultproxy.cli import control
 from vaultproxy.errors import UsageError, VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 PASSED = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "COLORTERM", "LANG", "TZ",
           "TMPDIR", "EDITOR", "VISUAL", "PAGER", "NO_COLOR", "FORCE_COLOR", "CI")

@@ -13,7 +13,7 @@ from pathlib import Path
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password
 from vaultproxy.errors import KeystoreError
-from vaultproxy.home import Home, check_private
+from vaultproxy.files.home import Home, check_private
 from vaultproxy.keystore import Keystore
 from vaultproxy.secret import Secret
 

@@ -18,7 +18,7 @@ from typing import Any
 from vaultproxy.cli import add_home
 from vaultproxy.cli.control import NotRunning, _fail, _run_json, call, error_message
 from vaultproxy.errors import UsageError, VaultproxyError
-from vaultproxy.home import Home, pid_alive
+from vaultproxy.files.home import Home, pid_alive
 
 STOP_WAIT = 60.0  # drains in-flight requests (bounded), flushes the audit, stops workers
 TRY_TIMEOUT = 30.0

@@ -15,7 +15,7 @@ from typing import Any
 from vaultproxy.cli import add_home
 from vaultproxy.config.mcp_servers import McpServer
 from vaultproxy.errors import UsageError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

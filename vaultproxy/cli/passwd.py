@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         new.wipe()
     sys.stdout.write(f"master password changed for {store.path}\n")
     from vaultproxy.cli.control import apply_to_running
-    from vaultproxy.home import Home
+    from vaultproxy.files.home import Home
 
     said = apply_to_running(Home.resolve(args.home), "passwd")
     if said is not None:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from vaultproxy.cli import tty
 from vaultproxy.errors import KeystoreError, UsageError, VaultproxyError
-from vaultproxy.home import Home, check_private
+from vaultproxy.files.home import Home, check_private
+from vaultproxy.files.password_file import read_file, warn
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.store import WrongPassword
-from vaultproxy.password_file import read_file, warn
 from vaultproxy.secret import Secret
 
 HOW = (

@@ -26,14 +26,14 @@ from vaultproxy.cli.password import (
 )
 from vaultproxy.engine import nodump
 from vaultproxy.errors import ConfigError, UsageError, VaultproxyError
-from vaultproxy.home import Home
-from vaultproxy.hostnames import parse_listen
+from vaultproxy.files.home import Home
+from vaultproxy.net.hostnames import parse_listen
 from vaultproxy.secret import Secret
 
 if TYPE_CHECKING:
     from vaultproxy.config.mtls import MtlsSettings
+    from vaultproxy.core.state import ProxyState
     from vaultproxy.engine.master import MtlsListener
-    from vaultproxy.state import ProxyState
 
 DEFAULT_LISTEN = "127.0.0.1:3203"
 DEFAULT_ADMIN = "127.0.0.1:3201"
@@ -74,7 +74,7 @@ def mtls_listener(home: Home, settings: MtlsSettings, listen: tuple[str, int],
     from OpenSSL import SSL
 
     from vaultproxy.engine.master import MtlsListener, mode_spec
-    from vaultproxy.home import check_private
+    from vaultproxy.files.home import check_private
     from vaultproxy.seam.mtls import server_context
 
     if not settings.complete:
@@ -183,9 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             logging.getLogger(__name__).warning("no password prompt: " + BACKGROUND)
 
     from vaultproxy.ca import load_ca, materialize_mitm_confdir
+    from vaultproxy.core.state import ProxyState
     from vaultproxy.engine.serve import ServeOptions, serve
     from vaultproxy.errors import problems_text
-    from vaultproxy.state import ProxyState
 
     ca = load_ca(home)
     confdir = materialize_mitm_confdir(home)

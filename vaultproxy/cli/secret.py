@@ -94,7 +94,7 @@ def _rm(args: argparse.Namespace) -> int:
 def _tell_running(args: argparse.Namespace, what: str) -> None:
     """A running proxy serves the change at once (it re-reads keystore.enc); say so."""
     from vaultproxy.cli.control import apply_to_running
-    from vaultproxy.home import Home
+    from vaultproxy.files.home import Home
 
     said = apply_to_running(Home.resolve(args.home), what)
     if said is not None:

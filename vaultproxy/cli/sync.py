@@ -20,7 +20,7 @@ from typing import Any
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.control import NotRunning, call, error_message
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 def _via_proxy(home: Home, only: str | None) -> list[dict[str, Any]] | None:
@@ -42,7 +42,7 @@ def _via_proxy(home: Home, only: str | None) -> list[dict[str, Any]] | None:
 def _offline(args: argparse.Namespace, home: Home, only: str | None) -> list[dict[str, Any]]:
     """No proxy runs: open the keystore here and sync with the same code the proxy uses."""
     from vaultproxy.cli.password import open_store
-    from vaultproxy.state import ProxyState
+    from vaultproxy.core.state import ProxyState
     from vaultproxy.sync.run import Syncer
 
     try:

@@ -22,7 +22,7 @@ from vaultproxy.cli import add_home
 from vaultproxy.cli.control import NotRunning, _fail, _UnixConnection, call
 from vaultproxy.cli.shown import shown
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 
 
 def _cell(value: object, width: int) -> str:

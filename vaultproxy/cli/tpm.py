@@ -13,7 +13,7 @@ import sys
 from vaultproxy.cli import add_home, add_password_file
 from vaultproxy.cli.password import get_password, wrong_password_hint
 from vaultproxy.errors import KeystoreError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore, tpm
 from vaultproxy.keystore.store import WrongPassword
 from vaultproxy.secret import Secret

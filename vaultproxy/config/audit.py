@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 from pydantic import StrictBool, ValidationInfo, field_validator, model_validator
 
-from vaultproxy import egress
 from vaultproxy.config.fields import Model, StrList, ca_file, choice
 from vaultproxy.config.problems import Problems
 from vaultproxy.config.rules import RuleViolation, check_address, one_of
+from vaultproxy.net import egress
 
 OnFailure = Literal["deny", "continue"]
 SinkName = Literal["stdout", "syslog", "otlp", "webhook"]

@@ -14,10 +14,10 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import AoT, Comment, Table, Whitespace
 
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.config.load import build, parse_toml, read_text, to_plain
 from vaultproxy.config.models import Config
 from vaultproxy.errors import ConfigError
+from vaultproxy.files.atomic_file import write_atomic
 
 
 def _services_aot(doc: tomlkit.TOMLDocument) -> AoT | None:

@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from vaultproxy import egress
 from vaultproxy.config import rules
 from vaultproxy.config.problems import Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
+from vaultproxy.net import egress
 
 OAUTH = ("oauth2_refresh", "oauth2_client_credentials")
 MINTED_AUTHS = (*OAUTH, "session", "unifi_dual")

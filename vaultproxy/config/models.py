@@ -24,7 +24,6 @@ from pydantic import (
     model_validator,
 )
 
-from vaultproxy import egress
 from vaultproxy.config import access, minted, rules, signed
 from vaultproxy.config.audit import AuditSettings, TelemetrySettings
 from vaultproxy.config.fields import (
@@ -43,6 +42,7 @@ from vaultproxy.config.mtls import MtlsSettings
 from vaultproxy.config.problems import Across, Problems, TypeProblem
 from vaultproxy.config.rules import HostSpec, RuleViolation
 from vaultproxy.config.sources import SourceConfig, check_secret, source_problems
+from vaultproxy.net import egress
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from vaultproxy import egress
+from vaultproxy.net import egress
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 SECRET_RE = NAME_RE

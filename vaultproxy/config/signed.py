@@ -24,7 +24,7 @@ KEYS: dict[str, tuple[str, bool]] = {
 }
 # auth types that only make sense injected by the proxy (the agent cannot hold a signature)
 HOST_INJECT_ONLY = frozenset({"path_prefix", "aws_sigv4"})
-# keystore fields each type needs (references.py checks them; optional ones not listed)
+# keystore fields each type needs (core/references.py checks them; optional ones not listed)
 FIELDS: dict[str, tuple[str, ...]] = {
     "aws_sigv4": ("access_key_id", "secret_access_key"),
     "google_service_account": ("json",),

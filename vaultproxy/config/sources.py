@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 
 from pydantic import StrictBool, ValidationInfo, field_validator
 
-from vaultproxy import egress
 from vaultproxy.config import rules
 from vaultproxy.config.fields import Model, ca_file, choice, ruled
 from vaultproxy.config.problems import Problems
 from vaultproxy.config.refs import KV_KINDS, RefError, is_ref, parse_ref
 from vaultproxy.config.rules import RuleViolation
+from vaultproxy.net import egress
 
 SourceKind = Literal["openbao", "vault", "bitwarden"]
 AUTHS: dict[str, tuple[str, ...]] = {

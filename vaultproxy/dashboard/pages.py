@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from vaultproxy import agents as agent_records
+from vaultproxy.access import agents as agent_records
 from vaultproxy.admin import approval_routes, health_routes, keystore_routes
 from vaultproxy.admin.context import proxy_state
 from vaultproxy.audit import status as audit_status

@@ -12,10 +12,10 @@ import threading
 from vaultproxy import sinks
 from vaultproxy.audit import status as audit_status
 from vaultproxy.ca import trust_with
+from vaultproxy.core.state import ProxyState
 from vaultproxy.secret import Secret
 from vaultproxy.sinks.sender import SinkFailed
 from vaultproxy.sinks.webhook import KEY_ENTRY, KEY_FIELD
-from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

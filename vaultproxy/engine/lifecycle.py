@@ -21,11 +21,11 @@ import os
 from collections.abc import Iterable
 
 from vaultproxy import __version__
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.config.models import SURFACE_RISKS, Config
+from vaultproxy.core.state import ProxyState
 from vaultproxy.engine import stale
-from vaultproxy.home import Home
-from vaultproxy.state import ProxyState
+from vaultproxy.files.atomic_file import write_atomic
+from vaultproxy.files.home import Home
 from vaultproxy.sync.run import source_warnings
 
 logger = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from OpenSSL import SSL
 
 from vaultproxy.ca import MITM_BASENAME, system_ca_file
 from vaultproxy.ca.constraints import leaf_filter_for
+from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import defences, leaf_names, speed
 from vaultproxy.stages import Ready, Runtime, chain, seam_hooks
 from vaultproxy.stages.mtls import MtlsEntry
-from vaultproxy.state import Live, ProxyState
 
 
 def mitm_options(state: ProxyState, confdir: str, listen: tuple[str, int]) -> dict[str, object]:

@@ -16,8 +16,8 @@ from typing import Any
 from mitmproxy import ctx
 from mitmproxy.proxy.mode_specs import ProxyMode
 
-from vaultproxy import logfilter
 from vaultproxy.admin.server import AdminServer
+from vaultproxy.core.state import ProxyState
 from vaultproxy.dashboard.server import DashboardServer
 from vaultproxy.engine import nodump
 from vaultproxy.engine.audit_sinks import AuditSinks
@@ -29,13 +29,13 @@ from vaultproxy.engine.lifecycle import (
     write_run_json,
 )
 from vaultproxy.errors import ConfigError, VaultproxyError
-from vaultproxy.home import Home
-from vaultproxy.hostnames import parse_listen
+from vaultproxy.files.home import Home
+from vaultproxy.files.password_file import read_file
 from vaultproxy.keystore.tpm_unlock import try_unlock
-from vaultproxy.password_file import read_file
+from vaultproxy.net.hostnames import parse_listen
 from vaultproxy.seam import defences
 from vaultproxy.stages import Ready, Runtime, chain, seam_hooks
-from vaultproxy.state import ProxyState
+from vaultproxy.values import logfilter
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Bootstrap:
 
     def _setup(self) -> None:
         from vaultproxy.ca import load_ca, materialize_mitm_confdir, system_ca_file
-        from vaultproxy.state import ProxyState
+        from vaultproxy.core.state import ProxyState
 
         raw = ctx.options.vaultproxy_home
         if not raw:

@@ -19,8 +19,8 @@ import os
 from vaultproxy.admin import peercred
 from vaultproxy.admin.server import bind_unix
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.home import Home
-from vaultproxy.splice import splice
+from vaultproxy.files.home import Home
+from vaultproxy.net.splice import splice
 
 logger = logging.getLogger(__name__)
 

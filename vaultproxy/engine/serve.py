@@ -27,6 +27,7 @@ from vaultproxy.audit.log import summary_line
 from vaultproxy.ca import CA
 from vaultproxy.ca.constraints import home_warnings as constraint_warnings
 from vaultproxy.ca.constraints import registered_hosts
+from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.engine import listener, proxy_socket
 from vaultproxy.engine.audit_sinks import AuditSinks
 from vaultproxy.engine.lifecycle import (
@@ -49,7 +50,6 @@ from vaultproxy.engine.master import (
 from vaultproxy.engine.workers import Supervisor
 from vaultproxy.errors import ConfigError, VaultproxyError, problems_text
 from vaultproxy.seam import listener as seam_listener
-from vaultproxy.state import Live, ProxyState
 
 if TYPE_CHECKING:  # imported only when the dashboard is on (jinja2, templates)
     from vaultproxy.dashboard.server import DashboardServer

@@ -1,6 +1,6 @@
 """Files a killed run leaves behind: ``run.json``, ``admin.sock``,
 ``proxy.sock`` and ``admin-token``. ``vaultproxy run`` removes them after it has claimed the
-home (home.py ``claim``): a live run on this home would hold that claim, so a file found then
+home (files/home.py ``claim``): a live run on this home would hold that claim, so a file found then
 belongs to a run that is gone. Each removal is still checked against what it names - the
 pid in ``run.json`` is not running, a socket refuses connections - and logged; a file that
 fails its check is left alone and said so.
@@ -14,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-from vaultproxy.home import Home, pid_alive
+from vaultproxy.files.home import Home, pid_alive
 
 logger = logging.getLogger(__name__)
 

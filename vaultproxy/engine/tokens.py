@@ -50,7 +50,7 @@ from vaultproxy.mint.cache import Issued, failed
 from vaultproxy.secret import Secret
 
 if TYPE_CHECKING:
-    from vaultproxy.state import ProxyState
+    from vaultproxy.core.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

@@ -28,18 +28,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vaultproxy import logfilter
+from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.engine import nodump
 from vaultproxy.engine.access_channel import RemoteDesk
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.master import DRAIN_SECONDS, build_master, drain, wait_listening
 from vaultproxy.engine.tokens import RemoteTokens, apply_redact, deliver
 from vaultproxy.engine.worker_audit import WorkerAudit
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
 from vaultproxy.seam import listener as seam_listener
-from vaultproxy.state import Live, ProxyState
+from vaultproxy.values import logfilter
 
 logger = logging.getLogger("vaultproxy.worker")
 

@@ -51,12 +51,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vaultproxy.audit import AuditEvent, metrics
+from vaultproxy.core.state import ProxyState
 from vaultproxy.engine.access_channel import AccessServer
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.tokens import redact_frame, spawn_serve
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.keystore.crypto import wipe
-from vaultproxy.state import ProxyState
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ count above 0. The comparison happens here; no full hash or value ever leaves th
 
 The server is dialled like an upstream: the name resolved once and checked by the egress
 policy ([health] allow_loopback / allow_private), TLS verified against the system CAs plus
-[health] ca_cert, through the client built in vaultproxy/outbound.py.
+[health] ca_cert, through the client built in vaultproxy/net/outbound.py.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import httpx
 
 from vaultproxy.ca import trust_with
 from vaultproxy.config.health import HealthSettings
-from vaultproxy.egress import AddressContext
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.home import Home
-from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.resolve import Resolver, resolve_checked, system_resolver
+from vaultproxy.files.home import Home
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.outbound import UpstreamClients, UpstreamKey
+from vaultproxy.net.resolve import Resolver, resolve_checked, system_resolver
 from vaultproxy.secret import Secret
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import logging
 
 from vaultproxy.config.health import HealthSettings
 from vaultproxy.errors import VaultproxyError
+from vaultproxy.files.home import Home
 from vaultproxy.health import hibp, report
-from vaultproxy.home import Home
 from vaultproxy.keystore import Keystore
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vaultproxy.placeholders import Context, substitute
+from vaultproxy.values.placeholders import Context, substitute
 
 _FORM = "application/x-www-form-urlencoded"
 

@@ -46,8 +46,8 @@ from vaultproxy.inject.query_param import QueryParam
 from vaultproxy.inject.sigv4 import SigV4
 from vaultproxy.inject.strategy import Draft, HeaderFields, Strategy, header_safe
 from vaultproxy.keystore import Entry
-from vaultproxy.placeholders import PlaceholderIndex, basic_credentials, substitute
 from vaultproxy.secret import Secret
+from vaultproxy.values.placeholders import PlaceholderIndex, basic_credentials, substitute
 
 STRIP_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-plex-token", "cookie")
 _ALWAYS_STRIP = frozenset({b"proxy-authorization"})

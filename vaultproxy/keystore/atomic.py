@@ -17,8 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.errors import KeystoreError
+from vaultproxy.files.atomic_file import write_atomic
 
 LOCK_TIMEOUT = 10.0
 _OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vaultproxy.errors import KeystoreError
-from vaultproxy.home import check_private
+from vaultproxy.files.home import check_private
 from vaultproxy.keystore import atomic, entries, format
 from vaultproxy.keystore.crypto import OpenFailed, derive_key, seal, unseal, wipe
 from vaultproxy.keystore.entries import Body, Entry, Retired

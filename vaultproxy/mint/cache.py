@@ -41,12 +41,12 @@ from vaultproxy.errors import KeystoreError, TokenUnavailable, VaultproxyError
 from vaultproxy.mint.backoff import MINT_TIMEOUT, Backoff
 from vaultproxy.mint.base import MINTERS, MintContext, Minted, MintFailed
 from vaultproxy.mint.transport import post_for
-from vaultproxy.outbound import UpstreamClients
+from vaultproxy.net.outbound import UpstreamClients
 from vaultproxy.secret import Secret
 
 if TYPE_CHECKING:
-    from vaultproxy.session import Session
-    from vaultproxy.snapshot import Snapshot
+    from vaultproxy.loaded.session import Session
+    from vaultproxy.loaded.snapshot import Snapshot
 
 
 class Owner(Protocol):

@@ -1,9 +1,9 @@
 """How a token endpoint is dialled: under the service's own egress policy (SPEC §4.1).
 
 The URL's host is resolved once and every answer judged by the service's ``allow_*`` rules
-(resolve.py); the checked address is the one dialled; TLS is verified against the service's
+(net/resolve.py); the checked address is the one dialled; TLS is verified against the service's
 trust file (system CAs + its ``ca_cert``) with the URL's host as SNI; the client comes from
-outbound.py (no environment, no redirects). A URL on one of the service's own hosts is
+net/outbound.py (no environment, no redirects). A URL on one of the service's own hosts is
 dialled where the service is (``connect_to``). Plain ``http://`` only to a loopback literal.
 
 What the endpoint answers is read up to ``MAX_RESPONSE`` and handed to the minter; errors
@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from vaultproxy.config.models import Service
-from vaultproxy.egress import parse_ip
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.hostnames import normal_host, split_authority
+from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.mint.base import MintFailed, Post, TokenResponse
-from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.resolve import Resolver, resolve_checked, system_resolver
-from vaultproxy.snapshot import Snapshot
+from vaultproxy.net.egress import parse_ip
+from vaultproxy.net.hostnames import normal_host, split_authority
+from vaultproxy.net.outbound import UpstreamClients, UpstreamKey
+from vaultproxy.net.resolve import Resolver, resolve_checked, system_resolver
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import asyncio
 import logging
 import threading
 
+from vaultproxy.net.splice import splice
 from vaultproxy.sandbox.broker import Connector
-from vaultproxy.splice import splice
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The egress policy for the OTLP exporter's HTTP session (``requests``, which dials by name
 itself): every request's URL is judged before it is sent, by the same rules as a service
-(vaultproxy/egress.py with ``[audit] allow_loopback`` / ``allow_private``), and plain
+(vaultproxy/net/egress.py with ``[audit] allow_loopback`` / ``allow_private``), and plain
 ``http://`` is only allowed to a loopback IP literal. A refused URL raises
 :class:`EgressDenied`, which the exporter reports as a failed export (the sender retries).
 
-The webhook and syslog sinks dial the checked address themselves (vaultproxy/resolve.py);
+The webhook and syslog sinks dial the checked address themselves (vaultproxy/net/resolve.py);
 here the name is resolved for the check and again by ``requests`` to connect, so a DNS
 answer that changes in between is not caught (a loopback or IP endpoint has no such gap).
 """
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from vaultproxy.egress import AddressContext, check_name, judge, parse_ip, with_article
+from vaultproxy.net.egress import AddressContext, check_name, judge, parse_ip, with_article
 
 
 class EgressDenied(Exception):

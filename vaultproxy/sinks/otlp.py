@@ -38,7 +38,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from vaultproxy import __version__
-from vaultproxy.egress import AddressContext
+from vaultproxy.net.egress import AddressContext
 from vaultproxy.sinks.egress import CheckedSession, EgressDenied, check_url
 from vaultproxy.sinks.record import Record
 from vaultproxy.sinks.sender import SinkFailed

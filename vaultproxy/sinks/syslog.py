@@ -22,9 +22,9 @@ import asyncio
 import socket
 from collections.abc import Sequence
 
-from vaultproxy.egress import AddressContext
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.resolve import resolve_checked
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.sinks.record import Record
 from vaultproxy.sinks.sender import SinkFailed
 

@@ -7,7 +7,7 @@ receiver recomputes the HMAC over the raw body and compares in constant time
 Any 2xx is delivery; anything else (and no key: locked keystore, missing entry) is a
 failure that the sender retries with backoff. The URL is dialled like an upstream: its host
 resolved once and judged by the egress policy (``[audit] allow_*``), the checked address
-dialled, TLS verified against the system CAs plus ``[audit] ca_cert`` (vaultproxy/outbound.py).
+dialled, TLS verified against the system CAs plus ``[audit] ca_cert`` (vaultproxy/net/outbound.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from vaultproxy.egress import AddressContext
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.resolve import resolve_checked
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.outbound import UpstreamClients, UpstreamKey
+from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.secret import Secret
 from vaultproxy.sinks.record import Record
 from vaultproxy.sinks.sender import SinkFailed

@@ -1,7 +1,7 @@
 """The proxy's adapter for SPEC §10: honeytokens, request rules, rate limits and approvals.
 
 Called from the request path at one place per hook (marked ``ACCESS`` in request_gate.py and
-identify.py); the checks themselves are the core's (access/enforce.py, honeytokens.py), the
+identify.py); the checks themselves are the core's (access/enforce.py, values/honeytokens.py), the
 same ones ``POST /proxy`` calls.
 
 * Honeytokens are looked for in everything the proxy can read: every request on an
@@ -30,12 +30,12 @@ from vaultproxy.access.approvals import Ticket
 from vaultproxy.access.enforce import OPEN, enforce
 from vaultproxy.access.rules import normalise_target
 from vaultproxy.audit.canonical import record_honeytoken
-from vaultproxy.decide import Facts, still_valid
+from vaultproxy.core.decide import Facts, still_valid
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import BodyTooLarge, HoneytokenUsed
-from vaultproxy.hostnames import normal_host
+from vaultproxy.net.hostnames import normal_host
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.runtime import Runtime
-from vaultproxy.state import ProxyState
 
 CONNECT_TARGET = "connect target"
 

@@ -1,6 +1,6 @@
 """What Inject does once a request carries a credential, before it leaves:
 
-- the ``forward`` audit record goes into ``audit.jsonl`` first (pipeline.py
+- the ``forward`` audit record goes into ``audit.jsonl`` first (core/pipeline.py
   ``record_forward``); if it cannot be written and ``[audit] on_failure = "deny"``, the
   request is refused with ``503 audit_unavailable`` instead of being forwarded unaudited;
 - the flow keeps the redactor it was injected under, so a ``lock`` (or a reload) while the
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.decide import Plan
-from vaultproxy.pipeline import record_forward
+from vaultproxy.core.decide import Plan
+from vaultproxy.core.pipeline import record_forward
+from vaultproxy.core.state import ProxyState
 from vaultproxy.stages.flowrecord import FlowRecord
-from vaultproxy.state import ProxyState
 
 
 def keep_redactor(st: ProxyState, rec: FlowRecord, plan: Plan) -> None:

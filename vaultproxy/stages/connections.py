@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vaultproxy.decide import Decision
+from vaultproxy.core.decide import Decision
 
 
 @dataclass

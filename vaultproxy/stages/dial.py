@@ -7,7 +7,7 @@ from mitmproxy import ctx, tls
 from mitmproxy.proxy import server_hooks
 
 from vaultproxy.errors import DestinationDenied
-from vaultproxy.resolve import resolve_checked
+from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.seam.upstream_tls import start_server_tls
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage

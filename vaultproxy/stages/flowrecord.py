@@ -16,10 +16,10 @@ from typing import Literal
 
 from mitmproxy import http
 
-from vaultproxy.decide import Decision
+from vaultproxy.core.decide import Decision
 from vaultproxy.keystore import Entry
 from vaultproxy.mint.cache import Issued
-from vaultproxy.redact import Redactor
+from vaultproxy.values.redact import Redactor
 
 KEY = "vaultproxy"
 

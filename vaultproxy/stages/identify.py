@@ -13,14 +13,14 @@ import time
 
 from mitmproxy import http
 
-from vaultproxy.decide import Decision, Facts, decide
+from vaultproxy.core.decide import Decision, Facts, decide
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages import access
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
-from vaultproxy.state import ProxyState
 
 
 class TunnelBroken(VaultproxyError):

@@ -1,5 +1,5 @@
 """Inject: the last stage before the request leaves. Put the decision's plan into effect
-through the shared pipeline (pipeline.py): strip what the agent sent and add the real
+through the shared pipeline (core/pipeline.py): strip what the agent sent and add the real
 credential at ``requestheaders`` (so bodies can still stream); a body substitution or a
 body signature waits for the whole body in ``request``, and so does the whole injection of a
 body held for the honeytoken scan (nothing added, no ``forward`` line, before it passed).
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.decide import Plan
+from vaultproxy.core.decide import Plan
+from vaultproxy.core.pipeline import inject_body, inject_head
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.pipeline import inject_body, inject_head
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from vaultproxy.core.pipeline import needs_token
 from vaultproxy.inject.minted import MintedHeaders, credential
 from vaultproxy.inject.request import canonical_name
-from vaultproxy.pipeline import needs_token
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.resend import resend

@@ -27,10 +27,10 @@ import httpcore
 from mitmproxy import ctx, http
 from mitmproxy.proxy.layer import NextLayer
 
-from vaultproxy.outbound import UpstreamKey, head_seen, pool_error_text, pool_transport
-from vaultproxy.pipeline import hop_free
+from vaultproxy.core.pipeline import hop_free
+from vaultproxy.loaded.snapshot import Snapshot
+from vaultproxy.net.outbound import UpstreamKey, head_seen, pool_error_text, pool_transport
 from vaultproxy.seam import pool as seam_pool
-from vaultproxy.snapshot import Snapshot
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded

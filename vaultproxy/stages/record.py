@@ -14,7 +14,7 @@ from mitmproxy import http
 
 from vaultproxy.audit.canonical import record_decision
 from vaultproxy.errors import InvalidRequest, UpstreamTimeout
-from vaultproxy.hostnames import normal_host
+from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
 from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.stages.flowrecord import Outcome, record_of

@@ -1,4 +1,4 @@
-"""RequestGate: the shared pipeline's request checks (pipeline.py ``check_request``, which
+"""RequestGate: the shared pipeline's request checks (core/pipeline.py ``check_request``, which
 ``POST /proxy`` runs too) for a request inside an intercepted tunnel; the last stage before a
 credential is added. A request to an intercepted service passes only in a shape every
 upstream reads the same way; anything else is refused (``400 invalid_request`` or ``421
@@ -27,7 +27,7 @@ import time
 
 from mitmproxy import http
 
-from vaultproxy.pipeline import check_request
+from vaultproxy.core.pipeline import check_request
 from vaultproxy.stages import access
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded

@@ -1,5 +1,5 @@
 """Resend one intercepted request to the address its tunnel was pinned to, through
-outbound.py (the service's trust file, the tunnel host as SNI, no environment, no
+net/outbound.py (the service's trust file, the tunnel host as SNI, no environment, no
 redirects), and read the answer whole: the Mint stage's one retry after a 401.
 
 Only body-less requests are resent, so nothing the agent streamed is needed again. The
@@ -13,9 +13,9 @@ import httpx
 from mitmproxy import http
 
 from vaultproxy.config.models import Service
+from vaultproxy.core.pipeline import hop_free
 from vaultproxy.errors import BodyTooLarge, UpstreamUnreachable
-from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.pipeline import hop_free
+from vaultproxy.net.outbound import UpstreamClients, UpstreamKey
 from vaultproxy.stages.runtime import Runtime
 
 _clients = UpstreamClients()  # this process's; used only for resends

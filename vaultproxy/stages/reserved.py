@@ -19,11 +19,11 @@ from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.proxy.layers.http import HTTPMode
 
-from vaultproxy.decide import Decision, identify
+from vaultproxy.core.decide import Decision, identify
 from vaultproxy.errors import DestinationDenied, LockedError, NotReady
-from vaultproxy.hostnames import normal_host
 from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS, MCP_PATH, RESERVED_HOST
-from vaultproxy.outbound import admin_client
+from vaultproxy.net.hostnames import normal_host
+from vaultproxy.net.outbound import admin_client
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of

@@ -42,14 +42,18 @@ from mitmproxy import http
 from mitmproxy.net.http import status_codes
 from mitmproxy.net.http.http1 import expected_http_body_size
 
-from vaultproxy.decoding import decoder_for
 from vaultproxy.errors import (
     UnscannableResponse,
     UpgradeRefused,
     UpstreamProtocol,
     VaultproxyError,
 )
-from vaultproxy.redact import (
+from vaultproxy.net.decoding import decoder_for
+from vaultproxy.seam.engine_errors import classify_engine_error
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.guard import deny, error_reply, guarded
+from vaultproxy.stages.runtime import Runtime, Stage
+from vaultproxy.values.redact import (
     Redactor,
     drop_set_cookie,
     gate_head,
@@ -57,10 +61,6 @@ from vaultproxy.redact import (
     refuse_folded,
     stream_filter,
 )
-from vaultproxy.seam.engine_errors import classify_engine_error
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
-from vaultproxy.stages.guard import deny, error_reply, guarded
-from vaultproxy.stages.runtime import Runtime, Stage
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.errors import DestinationDenied
-from vaultproxy.resolve import resolve_checked
+from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.seam.layers import raw_tunnel
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of

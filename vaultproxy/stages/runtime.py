@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.stages.connections import Connections
-from vaultproxy.state import Live, ProxyState
 
 REQUIRED_STAGES = frozenset(
     {"Identify", "Route", "Dial", "RequestGate", "Mint", "Inject", "ResponseGate",

@@ -7,7 +7,7 @@ every service by source, builds the source from its ``[[source]]`` table
 
     fetched = await source.fetch(clients, creds, refs)
 
-- ``clients``: the proxy's outbound clients (vaultproxy/outbound.py). A source dials only
+- ``clients``: the proxy's outbound clients (vaultproxy/net/outbound.py). A source dials only
   through them, to an address ``resolve_checked(host, port, spec.address)`` judged, with
   TLS verified against ``spec.trust_file`` (system CAs + the source's ``ca_cert``); plain
   ``http://`` only to a loopback address (:func:`check_plain_http`).
@@ -40,10 +40,10 @@ import httpx
 
 # The reference syntax lives with the config that validates it (config/refs.py).
 from vaultproxy.config import refs
-from vaultproxy.egress import AddressContext, parse_ip
 from vaultproxy.errors import VaultproxyError
-from vaultproxy.outbound import UpstreamClients, UpstreamKey
-from vaultproxy.resolve import resolve_checked
+from vaultproxy.net.egress import AddressContext, parse_ip
+from vaultproxy.net.outbound import UpstreamClients, UpstreamKey
+from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.secret import Secret
 
 KV_KINDS = refs.KV_KINDS

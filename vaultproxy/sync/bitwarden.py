@@ -19,7 +19,7 @@ as one in ``Fetched.totp``: a service gets the code valid when its request is ma
 vaultproxy/keystore/totp.py), and every custom field by its name (a custom field never shadows
 a built-in one).
 
-The transport is the proxy's own (vaultproxy/outbound.py), as for openbao.py: the egress
+The transport is the proxy's own (vaultproxy/net/outbound.py), as for openbao.py: the egress
 policy judges the resolved address, TLS is verified against the source's trust file, plain
 ``http://`` only to loopback. Errors name the source, the step and the HTTP status, never a
 credential, a value, a cipher string or a response body.
@@ -39,8 +39,8 @@ from urllib.parse import urlencode
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from vaultproxy.egress import AddressContext
-from vaultproxy.outbound import UpstreamClients
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.outbound import UpstreamClients
 from vaultproxy.secret import Secret
 from vaultproxy.sync import bwcrypto
 from vaultproxy.sync.base import (

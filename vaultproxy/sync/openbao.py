@@ -1,6 +1,6 @@
 """An OpenBao / HashiCorp Vault KV v2 client (SPEC §9): log in, read one secret's fields.
 
-The transport is the proxy's own (vaultproxy/outbound.py): the source's host is resolved
+The transport is the proxy's own (vaultproxy/net/outbound.py): the source's host is resolved
 and every answer judged by the egress policy (``allow_private``/``allow_loopback`` of the
 source), the checked address is the one dialled, TLS is verified against the source's trust
 file with the URL's host as SNI, the environment is never read and redirects are never
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from vaultproxy.egress import AddressContext
-from vaultproxy.outbound import UpstreamClients
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.outbound import UpstreamClients
 from vaultproxy.secret import Secret
 from vaultproxy.sync.base import (
     Fetched,

@@ -31,20 +31,20 @@ from urllib.parse import urlsplit
 
 from vaultproxy.audit.canonical import record_sync
 from vaultproxy.ca import trust_with
-from vaultproxy.egress import AddressContext
 from vaultproxy.errors import KeystoreError, LockedError, VaultproxyError
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.cached import ref_of
 from vaultproxy.keystore.synced import SourceCache, SyncedItem
-from vaultproxy.outbound import UpstreamClients
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.net.outbound import UpstreamClients
 from vaultproxy.secret import Secret
 from vaultproxy.sync.base import Fetched, Ref, SourceError, SourceSpec, build_source, is_ref
 
 if TYPE_CHECKING:
     from vaultproxy.config.models import Config
     from vaultproxy.config.sources import SourceConfig
-    from vaultproxy.state import Live, ProxyState
+    from vaultproxy.core.state import Live, ProxyState
 
 logger = logging.getLogger(__name__)
 

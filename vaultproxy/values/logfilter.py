@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the type only: importing redact pulls in mitmproxy (~1 s before a prompt)
-    from vaultproxy.redact import Redactor
+    from vaultproxy.values.redact import Redactor
 
 _redactor: Redactor | None = None
 

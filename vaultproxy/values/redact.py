@@ -45,7 +45,7 @@ span (``2 * max_len``), and after ``_MAX_WINDOWS`` of those the check gives up a
 
 The response gate's rules that both the proxy and ``POST /proxy`` apply are here too
 (``gate_head`` for the header section, ``stream_filter`` for the body, behind the streaming
-decoders of decoding.py: a compressed body cannot be redacted without decompressing it).
+decoders of net/decoding.py: a compressed body cannot be redacted without decompressing it).
 ``decoder_for`` is re-exported for callers that decode without a gate.
 """
 
@@ -60,8 +60,8 @@ from typing import Any
 import regex
 from mitmproxy import http
 
-from vaultproxy.decoding import Decoder, decoder_for
 from vaultproxy.errors import UnscannableResponse, UpstreamProtocol, VaultproxyError
+from vaultproxy.net.decoding import Decoder, decoder_for
 
 __all__ = [
     "Redactor",

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vaultproxy.access.enforce import OPEN, ServiceAccess
-from vaultproxy.atomic_file import write_atomic
 from vaultproxy.ca import system_ca_file
 from vaultproxy.config.load import parse_config
 from vaultproxy.config.models import Service
-from vaultproxy.egress import AddressContext
-from vaultproxy.home import Home
-from vaultproxy.honeytokens import HoneytokenIndex
-from vaultproxy.placeholders import PlaceholderIndex
-from vaultproxy.registry import Registry
+from vaultproxy.files.atomic_file import write_atomic
+from vaultproxy.files.home import Home
+from vaultproxy.loaded.registry import Registry
+from vaultproxy.net.egress import AddressContext
+from vaultproxy.values.honeytokens import HoneytokenIndex
+from vaultproxy.values.placeholders import PlaceholderIndex
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from mitmproxy import http
 
-from vaultproxy.redact import Redactor
+from vaultproxy.values.redact import Redactor
 
 GROUP = 4  # a mint rebuilds at most this many (tens of ms each); a chain of N/GROUP parts
 EXPIRY_GRACE = 300.0  # seconds a minted value stays redacted past its stated expiry
@@ -90,7 +90,7 @@ class MintedValues:
 
 class RedactorChain(Redactor):
     """Several redactors applied one after another, as one (same methods, same guarantees):
-    a service's static secrets plus its minted values in groups (minted_values.py), so a new
+    a service's static secrets plus its minted values in groups (values/minted_values.py), so a new
     token never recompiles the others. A placeholder written by one part contains no secret
     a later part could match; a stream stays live (each part holds back only its own
     undecided tail, and the output of each feeds the next)."""

@@ -24,16 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from vaultproxy import logfilter
-from vaultproxy.agents import AgentRecord, load_records
+from vaultproxy.access.agents import AgentRecord, load_records
 from vaultproxy.config.models import Service
 from vaultproxy.config.refs import is_ref
 from vaultproxy.config.signed import PUBLIC_FIELDS
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.keystore import Entry, Keystore
 from vaultproxy.keystore.cached import cached_entry, ref_of
-from vaultproxy.minted_values import EXPIRY_GRACE, MintedValues, RedactorChain
-from vaultproxy.redact import Redactor
+from vaultproxy.values import logfilter
+from vaultproxy.values.minted_values import EXPIRY_GRACE, MintedValues, RedactorChain
+from vaultproxy.values.redact import Redactor
 
 __all__ = ["EXPIRY_GRACE", "Session", "load_agents", "retired_owner"]
 

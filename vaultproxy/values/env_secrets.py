@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from vaultproxy.agents import TOKEN_RE
+from vaultproxy.access.agents import TOKEN_RE
 
 MIN_SECRET_LEN = 4  # as the redactor: shorter values would match ordinary text
 

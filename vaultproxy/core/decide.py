@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from vaultproxy.agents import AgentRecord, parse_proxy_authorization, verify
+from vaultproxy.access.agents import AgentRecord, parse_proxy_authorization, verify
 from vaultproxy.config.models import Service
 from vaultproxy.errors import (
     AgentAuthRequired,
@@ -35,9 +35,9 @@ from vaultproxy.errors import (
     LockedError,
     VaultproxyError,
 )
-from vaultproxy.hostnames import normal_host, same_target, split_authority
+from vaultproxy.loaded.registry import Registry
 from vaultproxy.mint.base import MINTERS
-from vaultproxy.registry import Registry
+from vaultproxy.net.hostnames import normal_host, same_target, split_authority
 
 Via = Literal["connect", "plain", "admin"]
 

@@ -1,9 +1,9 @@
 """Egress / SSRF address policy: which upstream (ip, port) the proxy may dial.
 
 Pure: no sockets, no mitmproxy. ``judge`` gives one address its ``Verdict`` (an egress
-verdict, not the request's ``Decision`` of decide.py); ``check_name`` refuses names that
+verdict, not the request's ``Decision`` of core/decide.py); ``check_name`` refuses names that
 always mean the local host or a cloud metadata service; ``check_static`` is the load-time
-check for configured hosts. ``vaultproxy.resolve`` applies these to every
+check for configured hosts. ``vaultproxy.net.resolve`` applies these to every
 address a name resolves to at connect time.
 
 IPv6 forms that embed an IPv4 address (IPv4-mapped, IPv4-compatible, 6to4, Teredo, NAT64)
@@ -403,7 +403,7 @@ def check_static(host: str, port: int, ctx: AddressContext) -> Verdict:
     """Load-time check of a configured host or ``connect_to`` value.
 
     An IP literal is judged now; a name passes unless ``check_name`` refuses it (its
-    addresses are judged at connect time by ``vaultproxy.resolve.resolve_checked``).
+    addresses are judged at connect time by ``vaultproxy.net.resolve.resolve_checked``).
     """
     ip = parse_ip(host)
     if ip is not None:

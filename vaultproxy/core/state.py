@@ -1,5 +1,5 @@
-"""The running proxy's state: the config snapshot (snapshot.py, swapped whole on reload), the
-session (session.py: the unlocked keystore, agents and redactors, dropped by ``lock()``),
+"""The running proxy's state: the config snapshot (loaded/snapshot.py, swapped whole on reload), the
+session (loaded/session.py: the unlocked keystore, agents and redactors, dropped by ``lock()``),
 and the audit log.
 
 Every change (reload, unlock, lock, secret write) bumps ``generation`` and calls the
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 from vaultproxy.audit import AuditLog
 from vaultproxy.config.load import read_text
 from vaultproxy.errors import NotReady
-from vaultproxy.home import Home
+from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
-from vaultproxy.registry import Registry
+from vaultproxy.loaded.registry import Registry
+from vaultproxy.loaded.session import Session
+from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.secret import Secret
-from vaultproxy.session import Session
-from vaultproxy.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from vaultproxy.access.desk import Desk

@@ -27,18 +27,18 @@ from mitmproxy import http
 
 from vaultproxy.audit.canonical import AheadSink, record_ahead
 from vaultproxy.config.models import Service
-from vaultproxy.decide import Plan
-from vaultproxy.decoding import limit_accept_encoding
+from vaultproxy.core.decide import Plan
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import AuditUnavailable, BodyTooLarge, HostMismatch, InvalidRequest
-from vaultproxy.hostnames import normal_host, same_target
 from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.minted import credential
 from vaultproxy.inject.request import canonical_name, minted_trigger
 from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.keystore import Entry
 from vaultproxy.mint.cache import Issued
-from vaultproxy.placeholders import PlaceholderIndex
-from vaultproxy.state import ProxyState
+from vaultproxy.net.decoding import limit_accept_encoding
+from vaultproxy.net.hostnames import normal_host, same_target
+from vaultproxy.values.placeholders import PlaceholderIndex
 
 MAX_HEADER_FIELDS = 256
 MAX_HEADER_BYTES = 64 * 1024

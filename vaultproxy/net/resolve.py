@@ -10,8 +10,15 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
-from vaultproxy.egress import AddressContext, IPAddress, check_name, judge, parse_ip, with_article
 from vaultproxy.errors import DestinationDenied, UpstreamUnreachable
+from vaultproxy.net.egress import (
+    AddressContext,
+    IPAddress,
+    check_name,
+    judge,
+    parse_ip,
+    with_article,
+)
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 """(host, port) -> address strings, in the order to try them."""

@@ -1,7 +1,7 @@
 """Honeytokens (SPEC §10): decoy credentials handed to agents like real placeholders; any use
 of one is refused and reported. Pure: bytes in, the honeytoken's name (or None) out.
 
-A decoy is found in every encoding the response redactor knows (redact.py: raw,
+A decoy is found in every encoding the response redactor knows (values/redact.py: raw,
 percent-encoded in either hex case, JSON-escaped, base64 and base64url at any alignment
 inside a longer text) and, through ``placeholders.decoded_views``, after the decodings an
 upstream would apply first (repeated percent-decoding, ``+`` as space, JSON escapes, a
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from vaultproxy.placeholders import decoded_views
-from vaultproxy.redact import Redactor
+from vaultproxy.values.placeholders import decoded_views
+from vaultproxy.values.redact import Redactor
 
 _MARK = b"\x00vaultproxy-honeytoken\x00"
 
