@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -343,3 +344,79 @@ def test_an_idle_connection_is_not_reused_past_upstream_pool_idle(  # type: igno
     assert _grows(env, proxy, "https://pa.api.test/soon", times=1) == 0  # twin: still warm
     time.sleep(4)
     assert _grows(env, proxy, "https://pa.api.test/later", times=1) == 1
+
+
+# -- an HTTP/2 connection the upstream closed while idle ---------------------------------------
+
+def _h2_pool_after_server_idle_close(tmp_path: Any, drop: bool) -> list[str]:
+    """Two POSTs over one pooled HTTP/2 connection to a real hypercorn upstream whose
+    keep-alive timeout (1 s) closes the connection between them; what each got."""
+    import asyncio
+    from pathlib import Path
+
+    import httpcore
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from vaultproxy.net.outbound import UpstreamKey, drop_closed, pool_transport
+
+    ca = trustme.CA()
+    pem = tmp_path / "up.pem"
+    ca.issue_cert("up.test").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run() -> list[str]:
+        cfg = Config()
+        cfg.bind = [f"127.0.0.1:{port}"]
+        cfg.keep_alive_timeout = 1
+        cfg.certfile = cfg.keyfile = str(pem)
+        cfg.alpn_protocols = ["h2"]
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve(app, cfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        pool = pool_transport(UpstreamKey("s", "up.test", Path(ca_file), False),
+                              http2=True, idle=30)
+        got = []
+        for _ in range(2):
+            if drop:
+                await drop_closed(pool)
+            req = httpcore.Request(
+                b"POST", httpcore.URL(scheme=b"https", host=b"127.0.0.1", port=port, target=b"/"),
+                headers=[(b"Host", b"up.test"), (b"Content-Length", b"0")],
+                extensions={"sni_hostname": "up.test"})
+            try:
+                r = await pool.handle_async_request(req)
+                await r.aread()
+                await r.aclose()
+                got.append(f"{r.extensions.get('http_version', b'').decode()} {r.status}")
+            except httpcore.RemoteProtocolError as e:
+                got.append(f"error: {e}")
+            await asyncio.sleep(2.0)  # past the upstream's keep-alive timeout
+        await pool.aclose()
+        stop.set()
+        try:
+            await asyncio.wait_for(server, 10)
+        except (TimeoutError, Exception):  # noqa: BLE001 - hypercorn's TLS shutdown noise
+            pass
+        return got
+
+    return asyncio.run(run())
+
+
+def test_an_http2_connection_the_upstream_closed_is_not_reused(tmp_path: Any) -> None:
+    """A POST (never resent) after the upstream's keep-alive timeout closed the pooled HTTP/2
+    connection goes out on a new connection; httpcore alone would reuse the dead one."""
+    assert _h2_pool_after_server_idle_close(tmp_path, drop=True) == ["HTTP/2 200"] * 2
+
+
+def test_twin_without_the_check_the_dead_http2_connection_is_reused(tmp_path: Any) -> None:
+    got = _h2_pool_after_server_idle_close(tmp_path, drop=False)
+    assert got[0] == "HTTP/2 200" and got[1].startswith("error: "), got

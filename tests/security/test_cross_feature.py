@@ -625,7 +625,8 @@ def test_honeytoken_as_the_request_method_is_refused(env: Env) -> None:
     assert len(env.upstream.received) == before
     assert len(env.events("honeytoken")) == hits + 1
     assert "in method" in env.events("honeytoken")[-1]["reason"]  # the surface named
-    status, _, _ = raw_request(env, "__fetch.ordinary__")
+    status, _, body = raw_request(env, "__fetch.ordinary__")
+    assert status == 200, body
     # (hypercorn upper-cases the method it records; the proxy forwards it as sent)
     assert status == 200 and env.upstream.received[-1].method == "__FETCH.ORDINARY__"
 

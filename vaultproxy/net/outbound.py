@@ -227,3 +227,22 @@ def pool_error_text(err: BaseException) -> str:
     if isinstance(err, httpcore.ProtocolError):
         return "HTTP/1 protocol error: the upstream's response is malformed"
     return "server closed connection"
+
+
+async def drop_closed(pool: httpcore.AsyncConnectionPool) -> int:
+    """Close every idle connection of ``pool`` whose socket is readable: the upstream closed
+    it (EOF, an HTTP/2 GOAWAY) or sent what nobody asked for. httpcore checks this for
+    HTTP/1.1 but not for HTTP/2, where reusing such a connection fails the request with
+    "Server disconnected" (a server's keep-alive timeout, e.g. 5 s for hypercorn, uvicorn and
+    Node, is shorter than ``upstream_pool_idle``). A request is never resent for this:
+    it goes out on a live connection instead. How many were closed."""
+    closed = 0
+    for conn in pool.connections:
+        if not conn.is_idle() or conn.is_closed():
+            continue
+        inner = getattr(conn, "_connection", None)  # httpcore's HTTP/1.1 or HTTP/2 state
+        stream = getattr(inner, "_network_stream", None)
+        if stream is not None and stream.get_extra_info("is_readable"):
+            await conn.aclose()
+            closed += 1
+    return closed

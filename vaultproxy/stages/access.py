@@ -146,12 +146,14 @@ async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
                       path=path, body_size=size, rule="")
 
     await enforce(st.access_desk, access, req.method, path, ticket)
-    if decision.agent is not None:  # a hold can outlast the agent: agent rm / rotate, TTL
+    # A hold can outlast the agent (agent rm / rotate, its TTL): the token its CONNECT proved
+    # (the tunnel's decision carries the digest) is checked again, as Identify does.
+    connect = tunnel.decision if tunnel is not None else None
+    if connect is not None and connect.agent is not None:
         st = rt.state()
         still_valid(Facts("connect", host, decision.target[1], host_header="",
-                          agent=decision.agent, agent_digest=decision.agent_digest,
-                          now=time.time(),
-                          cert_agent=tunnel.cert_agent if tunnel is not None else None),
+                          agent=connect.agent, agent_digest=connect.agent_digest,
+                          now=time.time(), cert_agent=tunnel.cert_agent if tunnel else None),
                     None if st.locked else st.session.agents)
 
 

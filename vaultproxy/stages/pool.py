@@ -29,7 +29,13 @@ from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.core.pipeline import hop_free
 from vaultproxy.loaded.snapshot import Snapshot
-from vaultproxy.net.outbound import UpstreamKey, head_seen, pool_error_text, pool_transport
+from vaultproxy.net.outbound import (
+    UpstreamKey,
+    drop_closed,
+    head_seen,
+    pool_error_text,
+    pool_transport,
+)
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
@@ -222,6 +228,7 @@ class Pool(Stage):
             },
         )
         pool = self._pool(tunnel)
+        await drop_closed(pool)  # an HTTP/2 connection the upstream closed while idle
         try:
             return await pool.handle_async_request(outgoing)
         except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
