@@ -59,7 +59,8 @@ def test_both_hops_have_tcp_nodelay(proxy: ProxyProcess, upstream: Upstream) -> 
             r = c.get("https://nd.api.test/x")
             assert r.status_code == 200, r.text
         client, up = _hops(proxy, upstream)
-        assert len(client) >= 4 and len(up) >= 4, (client, up)
+        # the upstream pool: the four agent connections share each worker's upstream one
+        assert len(client) >= 4 and len(up) >= 1, (client, up)
         assert all(client), f"client-side connections without TCP_NODELAY: {client}"
         assert all(up), f"upstream-side connections without TCP_NODELAY: {up}"
     finally:

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tests.harness.lifetime_server import LifetimeApp, value
 from tests.harness.proxy import ProxyHome, ProxyProcess
 from tests.harness.upstream import Upstream
 from tests.integration.conftest import agent_client, service_block
-from tests.integration.test_workers import assert_spread, fan_out
+from tests.integration.test_workers import all_pids, fan_out
 
 pytestmark = [pytest.mark.security, pytest.mark.integration]
 
@@ -183,6 +184,22 @@ def test_twin_the_echoed_cookie_and_csrf_are_the_issued_values(
 # --- --workers 2: minted in one worker, reflected through the other -------------------------
 
 
+def from_every_worker(p: ProxyProcess, host: str, path: str) -> list[httpx.Response]:
+    """Rounds of ``fan_out`` until every process has answered at least one (at most 6). One
+    accept queue shared by the workers does not promise a spread over 16 sequential
+    connections: the process the kernel wakes first can take them all when it serves fast
+    (the upstream pool). Every reply of every round is returned, to be checked."""
+    replies: list[httpx.Response] = []
+    seen: Counter[int] = Counter()
+    for _ in range(6):
+        more, owners = fan_out(p, host, path)
+        replies += more
+        seen.update(owners)
+        if all(seen[pid] >= 1 for pid in all_pids(p)):
+            return replies
+    raise AssertionError(f"a worker served nothing in 6 rounds: {seen}")
+
+
 def test_a_token_minted_in_one_worker_is_redacted_in_every_worker(
     start: Start, upstream: Upstream, app: LifetimeApp
 ) -> None:
@@ -193,12 +210,10 @@ def test_a_token_minted_in_one_worker_is_redacted_in_every_worker(
         assert c.get("https://oc.api.test/api/ok").status_code == 200
     first = app.issued[0]
     # Re-mints asked for by both workers (each 401 drops the token wherever it was used).
-    replies, owners = fan_out(p, "oc.api.test", "/api/force401")
+    replies = from_every_worker(p, "oc.api.test", "/api/force401")
     assert {r.status_code for r in replies} == {401}
-    assert_spread(owners, p)
     assert len(app.issued) >= issued + 10  # re-mints (concurrent 401s share one)
-    replies, owners = fan_out(p, "oc.api.test", "/reflect/first-token")
-    assert_spread(owners, p)  # both workers answered reflections
+    replies = from_every_worker(p, "oc.api.test", "/reflect/first-token")  # both answer
     for r in replies:
         assert_redacted(r, first, "__vault.oc__")
     for r in fan_out(p, "twin.api.test", "/reflect/first-token")[0]:  # twin: verbatim
@@ -214,8 +229,7 @@ def test_a_token_minted_in_one_worker_is_redacted_in_every_worker(
         time.sleep(0.1)
     else:
         pytest.fail(f"worker not replaced:\n{p.output()}")
-    replies, owners = fan_out(p, "oc.api.test", "/reflect/first-token")
-    assert_spread(owners, p)
+    replies = from_every_worker(p, "oc.api.test", "/reflect/first-token")
     for r in replies:
         assert_redacted(r, first, "__vault.oc__")
 

@@ -81,6 +81,9 @@ def _injected(home: Home, service: str, since: str, path: str) -> dict[str, Any]
     return None
 
 
+TRY_BODY = 1 << 20  # what `try` reads of a body at most (it prints none of it)
+
+
 def cmd_try(args: argparse.Namespace) -> int:
     from vaultproxy.audit import utc_timestamp
 
@@ -103,6 +106,7 @@ def cmd_try(args: argparse.Namespace) -> int:
         with opener.open(urllib.request.Request(url, method="GET"),  # noqa: S310
                          timeout=TRY_TIMEOUT) as response:
             status, headers = response.status, response.headers
+            response.read(TRY_BODY)  # the whole exchange, as a client would (then recorded)
     except urllib.error.HTTPError as e:
         status, headers, body = e.code, e.headers, e.read(4096)
     except (urllib.error.URLError, OSError) as e:
@@ -114,7 +118,13 @@ def cmd_try(args: argparse.Namespace) -> int:
     if code:
         message = error_message(_json(body)) or code
         sys.stdout.write(f"  refused by vaultproxy: {code}: {message}\n")
+    # A streamed response is recorded at its end, which can come a moment after the client
+    # read its last byte: look again for a little while before saying "no".
     record = _injected(home, args.service, since, path.split("?", 1)[0])
+    deadline = time.monotonic() + 3.0
+    while record is None and code is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        record = _injected(home, args.service, since, path.split("?", 1)[0])
     injected = record is not None and record.get("outcome") == "injected"
     sys.stdout.write(f"  credential injected: {'yes' if injected else 'no'}"
                      + (f" (service {args.service}, {service.get('mode')} mode)" if injected

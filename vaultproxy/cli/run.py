@@ -150,9 +150,6 @@ def _unlock(state: ProxyState, password: Secret, flag: str | None, home: Home) -
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vaultproxy.seam import imports as seam_imports
-
-    seam_imports.lean()  # before anything imports mitmproxy.master or httpx (seam/imports.py)
     # No core dumps of a process that holds decrypted secrets, and no same-uid ptrace or
     # /proc/PID/{mem,environ} reads (engine/nodump.py).
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -182,6 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif in_background():
             logging.getLogger(__name__).warning("no password prompt: " + BACKGROUND)
 
+    # After the prompt (finding mitmproxy's addon package imports mitmproxy itself), before
+    # anything imports mitmproxy.master or httpx (seam/imports.py).
+    from vaultproxy.seam import imports as seam_imports
+
+    seam_imports.lean()
     from vaultproxy.ca import load_ca, materialize_mitm_confdir
     from vaultproxy.core.state import ProxyState
     from vaultproxy.engine.serve import ServeOptions, serve
