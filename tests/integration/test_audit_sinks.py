@@ -358,8 +358,12 @@ def test_failing_receivers_never_fail_a_request_and_drops_are_counted(
 
         wait_until(lambda: all(dropped().get(s, 0) > 0 for s in ("syslog", "webhook", "otlp")),
                    timeout=15)
+        # Named in /v1/health: every receiver that is down or refuses, but for TCP syslog
+        # that "refuses" (accepts, then resets): plain TCP syslog has no acknowledgement, so
+        # a write into the fresh connection succeeds and only the next one fails; the sink
+        # alternates and is not failing *continuously* (its drops are counted above).
         fast = [name for name, mode in zip(("webhook", "otlp", "syslog"), faults, strict=True)
-                if mode != "slow"]
+                if mode == "down" or (mode == "refuse" and name != "syslog")]
 
         def degraded() -> bool:
             with tcp(proxy) as admin:
