@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -72,11 +73,22 @@ def established_owners(port: int, pids: list[int]) -> Counter[int]:
     return owners
 
 
-def fan_out(proxy: ProxyProcess, host: str, path: str) -> tuple[list[httpx.Response], Counter[int]]:
-    """CONNS requests, each on its own held-open connection; returns replies and owners."""
+def fan_out(proxy: ProxyProcess, host: str, path: str,
+            together: bool = True) -> tuple[list[httpx.Response], Counter[int]]:
+    """CONNS requests, each on its own held-open connection, all at once; returns replies
+    (in request order) and owners. At once, not one after another: the processes share one
+    accept queue, and a process that answers fast (a locked 503, a pooled upstream) is idle
+    again, and woken first, before the next sequential connection arrives."""
     with ExitStack() as stack:
         clients = [stack.enter_context(agent_client(proxy)) for _ in range(CONNS)]
-        replies = [c.get(f"https://{host}{path}/{i}") for i, c in enumerate(clients)]
+        def get(ic: tuple[int, httpx.Client]) -> httpx.Response:
+            return ic[1].get(f"https://{host}{path}/{ic[0]}")
+
+        if together:
+            with ThreadPoolExecutor(CONNS) as pool:
+                replies = list(pool.map(get, enumerate(clients)))
+        else:  # one after another (each request sees what the one before it caused)
+            replies = [get(ic) for ic in enumerate(clients)]
         owners = established_owners(proxy.port, all_pids(proxy))
     return replies, owners
 

@@ -192,7 +192,7 @@ def from_every_worker(p: ProxyProcess, host: str, path: str) -> list[httpx.Respo
     replies: list[httpx.Response] = []
     seen: Counter[int] = Counter()
     for _ in range(6):
-        more, owners = fan_out(p, host, path)
+        more, owners = fan_out(p, host, path, together=False)  # each 401 its own re-mint
         replies += more
         seen.update(owners)
         if all(seen[pid] >= 1 for pid in all_pids(p)):
