@@ -7,6 +7,8 @@ Nothing of the message is ever echoed: what follows a prefix may quote upstream 
 
 from __future__ import annotations
 
+from mitmproxy.connection import Connection, ConnectionState
+
 from vaultproxy.errors import (
     BodyTooLarge,
     InvalidRequest,
@@ -47,3 +49,11 @@ def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
     if any(w in head[:120] for w in _TLS_WORDS):
         return UpstreamTLS.status, UpstreamTLS.code, UpstreamTLS.public
     return UpstreamUnreachable.status, UpstreamUnreachable.code, UpstreamUnreachable.public
+
+
+def client_gone(client: Connection) -> bool:
+    """Whether the client's side of its connection ended (FIN, reset, close) when a flow
+    failed. mitmproxy clears ``CAN_READ`` as the close arrives, before the error it causes
+    reaches the flow's hooks, while an upstream failure reaches them with the client still
+    connected (mitmproxy takes a client's FIN as "no longer interested", a disconnect)."""
+    return not (client.state & ConnectionState.CAN_READ)
