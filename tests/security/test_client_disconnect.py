@@ -17,6 +17,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.errors
 import pytest
 
 from tests import canary
@@ -125,3 +128,36 @@ def test_twin_an_upstream_that_dies_mid_response_is_still_upstream(
     rec = _record(p, "/dies")
     assert str(rec["reason"]).startswith("upstream_"), rec
     assert rec["status"] != 499
+
+
+def test_an_http2_stream_the_client_resets_mid_body_is_client_disconnected(
+    proxy: tuple[ProxyProcess, HostileUpstream, str],
+) -> None:
+    """HTTP/2: the agent cancels one stream (``RST_STREAM CANCEL``, what an SDK does when a
+    call is cancelled) with half its body sent, and keeps the connection open: the record
+    says ``client_disconnected``, not an upstream failure."""
+    p, _, token = proxy
+    auth = base64.b64encode(f"bot:{token}".encode()).decode()
+    sock = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    sock.sendall(f"CONNECT cut.api.test:443 HTTP/1.1\r\nHost: cut.api.test:443\r\n"
+                 f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
+    assert recv_response(sock)[0] == 200
+    ctx = ssl.create_default_context(cafile=str(p.home.ca_cert))
+    ctx.set_alpn_protocols(["h2"])
+    tls = ctx.wrap_socket(sock, server_hostname="cut.api.test")
+    assert tls.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration())
+    conn.initiate_connection()
+    conn.send_headers(1, [(b":method", b"POST"), (b":scheme", b"https"),
+                          (b":authority", b"cut.api.test"), (b":path", b"/h2cut"),
+                          (b"content-length", b"100000")])
+    conn.send_data(1, b"a" * 1000)
+    tls.sendall(conn.data_to_send())
+    time.sleep(0.3)
+    conn.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
+    tls.sendall(conn.data_to_send())
+    try:
+        rec = _record(p, "/h2cut")
+    finally:
+        tls.close()
+    assert (rec["status"], rec["reason"]) == (499, "client_disconnected"), rec

@@ -101,7 +101,7 @@ def _error_code(flow: http.HTTPFlow) -> tuple[int, str]:
     or, with a response already under way, its connection closed)."""
     if deadlines.timed_out(flow.client_conn.id) is not None:
         return UpstreamTimeout.status, UpstreamTimeout.code
-    if client_gone(flow.client_conn):  # the agent cut it: not the upstream's failure
+    if client_gone(flow):  # the agent cut it: not the upstream's failure
         return ClientDisconnected.status, ClientDisconnected.code
     message = flow.error.msg if flow.error is not None else ""
     status, code, _ = classify_engine_error(502, message)
