@@ -61,6 +61,7 @@ class TreeProxy(Vaultproxy):
     tree: Path = Path(".")
     ready_s: float = 0.0
     ready_cpu_s: float = 0.0  # the process's own CPU time until run.json (steadier under load)
+    workers: int = 1
 
     def start(self) -> None:
         assert self.home is not None
@@ -69,7 +70,7 @@ class TreeProxy(Vaultproxy):
         cmd = [
             sys.executable, "-m", "vaultproxy", "run", "--home", str(self.home.path),
             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
-            "--password-file", str(self.home.password_file), "--workers", "1",
+            "--password-file", str(self.home.password_file), "--workers", str(self.workers),
         ]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(self.tree))
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 # Only the admin/dashboard/MCP/OTLP features (or mitmproxy's unused default addons) need these.
 NEVER_IN_WORKER = (
@@ -23,6 +24,10 @@ NEVER_IN_WORKER = (
     "pygments",
     "google.protobuf",
     "opentelemetry",
+    # mitmproxy's command-line parser and option files (seam/imports.py: lazy, see below)
+    "pyparsing.core",
+    "unittest",
+    "ruamel.yaml.main",
 )
 NEVER_AT_RUN = (
     "mcp",
@@ -36,6 +41,9 @@ NEVER_AT_RUN = (
     "opentelemetry.exporter",
     "opentelemetry.sdk",
     "requests",
+    "pyparsing.core",
+    "unittest",
+    "ruamel.yaml.main",
 )
 
 
@@ -82,3 +90,71 @@ def test_default_addons_still_there_on_demand() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert int(out.stdout.strip()) >= 30
+
+
+def _run(code: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_twin_without_lean_mitmproxy_builds_its_command_grammar_and_yaml() -> None:
+    # What the lean worker test above says is gone is what stock mitmproxy.master loads.
+    names = ("pyparsing.core", "unittest", "ruamel.yaml.main")
+    loaded = _loaded("import mitmproxy.master", names)
+    assert all(loaded.values()), loaded
+    assert _run("import mitmproxy.master, sys\n"
+                "print('expr' in vars(sys.modules['mitmproxy.command_lexer']))") == "True"
+
+
+def test_worker_has_not_built_the_command_grammar() -> None:
+    code = ("import vaultproxy.engine.worker, sys\n"
+            "print('expr' in vars(sys.modules['mitmproxy.command_lexer']))")
+    assert _run(code) == "False"
+
+
+def test_command_line_parsing_still_works_after_lean() -> None:
+    # A typed command (CommandManager.execute: pyparsing grammar) runs the real lexer on
+    # demand, and the names mitmproxy imported before that keep working.
+    code = (
+        "from vaultproxy.seam import imports; imports.lean()\n"
+        "import asyncio, sys\n"
+        "from mitmproxy import master, options\n"
+        "from mitmproxy.addons import core\n"
+        "from mitmproxy.command_lexer import unquote\n"
+        "assert 'pyparsing.core' not in sys.modules\n"
+        "async def main():\n"
+        "    m = master.Master(options.Options())\n"
+        "    m.addons.add(core.Core())\n"
+        "    m.commands.execute('set showhost')\n"
+        "    assert m.options.showhost is True\n"
+        "    m.commands.execute('set confdir \"/tmp/a b\"')\n"
+        "    return m.options.confdir\n"
+        "confdir = asyncio.run(main())\n"
+        "assert 'pyparsing.core' in sys.modules and unquote('\"a b\"') == 'a b'\n"
+        "import pyparsing, mitmproxy.command_lexer as lx\n"
+        "assert not isinstance(pyparsing.testing, type(sys)), 'the class, as stock'\n"
+        "assert pyparsing.__version__ and lx.quote('a b') == '\"a b\"'\n"
+        "print(confdir)\n"
+    )
+    assert _run(code) == "/tmp/a b"
+
+
+def test_option_files_still_work_after_lean(tmp_path: Path) -> None:
+    # mitmproxy.optmanager reads and writes option files with ruamel.yaml, loaded on use.
+    path = tmp_path / "config.yaml"
+    code = (
+        "from vaultproxy.seam import imports; imports.lean()\n"
+        "import sys\n"
+        "from mitmproxy import optmanager, options\n"
+        "assert 'ruamel.yaml.main' not in sys.modules\n"
+        "o = options.Options()\n"
+        "o.update(confdir='/tmp/a b')\n"
+        f"optmanager.save(o, {str(path)!r})\n"
+        "p = options.Options()\n"
+        f"optmanager.load_paths(p, {str(path)!r})\n"
+        "print(p.confdir, 'ruamel.yaml.main' in sys.modules)\n"
+    )
+    assert _run(code) == "/tmp/a b True"
+    assert "confdir: /tmp/a b" in path.read_text()
