@@ -36,7 +36,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.lean import TreeProxy, cpu_seconds, load
+from bench.lean import TreeProxy, compile_tree, cpu_seconds, load
 from bench.load import run_hey, sequential
 from bench.run import reset_peak, rss_kib
 from bench.targets import VaultproxyHome
@@ -148,6 +148,8 @@ def main() -> None:
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
         ("this", Path(__file__).resolve().parents[1])
     ]
+    for _, tree in trees:
+        compile_tree(tree)  # starts run from cached bytecode, as an installed package does
     work = Path(tempfile.mkdtemp(prefix="vp-footprint-"))
     work.chmod(0o755)  # nginx workers run unprivileged
     nginx = Nginx(work / "nginx").start()

@@ -28,6 +28,7 @@ NEVER_IN_WORKER = (
     "pyparsing.core",
     "unittest",
     "ruamel.yaml.main",
+    "importlib.metadata._adapters",  # pydantic's plugin scan (seam/imports.py)
 )
 NEVER_AT_RUN = (
     "mcp",
@@ -44,6 +45,7 @@ NEVER_AT_RUN = (
     "pyparsing.core",
     "unittest",
     "ruamel.yaml.main",
+    "importlib.metadata._adapters",
 )
 
 
@@ -158,3 +160,44 @@ def test_option_files_still_work_after_lean(tmp_path: Path) -> None:
     )
     assert _run(code) == "/tmp/a b True"
     assert "confdir: /tmp/a b" in path.read_text()
+
+
+def test_twin_without_lean_pydantic_scans_entry_points() -> None:
+    code = ("import os; os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)\n"
+            "import pydantic\n"
+            "class M(pydantic.BaseModel):\n"
+            "    x: int\n")
+    assert _loaded(code, ("importlib.metadata._adapters",)) == {
+        "importlib.metadata._adapters": True}
+
+
+def test_metadata_still_answers_after_lean() -> None:
+    code = (
+        "import os; os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)\n"
+        "from vaultproxy.seam import imports; imports.lean()\n"
+        "import sys, pydantic\n"
+        "from importlib.metadata import entry_points, version\n"
+        "class M(pydantic.BaseModel):\n"
+        "    x: int\n"
+        "assert M(x=1).x == 1 and 'importlib.metadata._adapters' not in sys.modules\n"
+        "import importlib.metadata\n"
+        "assert importlib.metadata.version('pydantic') == version('pydantic') == "
+        "pydantic.VERSION\n"
+        "print(len(entry_points(group='console_scripts')) > 0, "
+        "os.environ['PYDANTIC_DISABLE_PLUGINS'])\n"
+    )
+    assert _run(code) == "True __all__"
+
+
+def test_an_operator_can_keep_pydantic_plugins() -> None:
+    # PYDANTIC_DISABLE_PLUGINS set (even empty) is left alone, and pydantic scans as stock.
+    code = (
+        "import os; os.environ['PYDANTIC_DISABLE_PLUGINS'] = ''\n"
+        "from vaultproxy.seam import imports; imports.lean()\n"
+        "import pydantic\n"
+        "class M(pydantic.BaseModel):\n"
+        "    x: int\n"
+        "print(repr(os.environ['PYDANTIC_DISABLE_PLUGINS']))\n"
+    )
+    assert _loaded(code, ("importlib.metadata._adapters",)) == {
+        "importlib.metadata._adapters": True}

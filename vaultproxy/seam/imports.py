@@ -30,6 +30,14 @@ and ``mitmproxy.command_lexer`` so its grammar is built on first use; the one na
 function. ``ruamel.yaml`` (~1.5 MiB), which ``mitmproxy.optmanager`` imports only to read
 and write option files (``--set`` files, ``options.save``), is registered the same way.
 
+pydantic looks for plugins (the ``pydantic`` entry-point group) when it builds its first
+model, through ``importlib.metadata`` (email, zipfile, csv: ~1.7 MiB, and a scan of every
+installed distribution). A serving process runs with ``PYDANTIC_DISABLE_PLUGINS=__all__``
+unless the environment already sets it (an empty value keeps plugins): no installed
+package's plugin observes what the proxy validates (admin API bodies, audit records), and
+``importlib.metadata`` is registered lazily, its ``entry_points`` and ``version`` (imported
+by name) forwarding to the real functions.
+
 Call ``lean()`` first thing in a process that will serve (``vaultproxy run``, a worker),
 before anything imports mitmproxy.master or httpx; later it changes nothing for what is
 already imported. ``missing_symbol`` is not needed: if mitmproxy's package layout changes,
@@ -39,6 +47,7 @@ runs the real module first, so a moved name costs the saving, never the name."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -50,6 +59,8 @@ COMMAND = "mitmproxy.command"
 LEXER = "mitmproxy.command_lexer"
 PYPARSING = "pyparsing"
 YAML = "ruamel.yaml"
+METADATA = "importlib.metadata"
+NO_PYDANTIC_PLUGINS = "PYDANTIC_DISABLE_PLUGINS"
 
 
 def _lazy_module(
@@ -99,22 +110,29 @@ def _lazy_module(
     return mod, load
 
 
-def _lazy_lexer() -> tuple[ModuleType, Callable[[], None]] | None:
-    """``mitmproxy.command_lexer`` with its grammar built on first use: ``unquote`` (imported
-    by name by ``mitmproxy.command``) forwards to the real function once that is loaded."""
-    lazy = _lazy_module(LEXER, submodules_first=False)
+def _forwarding(
+    name: str, functions: tuple[str, ...]
+) -> tuple[ModuleType, Callable[[], None]] | None:
+    """A lazy ``name`` (a module) whose ``functions``, which other modules import by name at
+    their own import, forward to the real ones: the first call runs the real module."""
+    lazy = _lazy_module(name, submodules_first=False)
     if lazy is None:
         return None
     mod, load = lazy
 
-    def unquote(x: str) -> str:
-        load()
-        real = mod.__dict__.get("unquote")
-        if real is None or real is unquote:  # the lexer no longer has it
-            raise AttributeError(f"{LEXER}.unquote")
-        return real(x)  # type: ignore[no-any-return]
+    def forwarder(function: str) -> Callable[..., Any]:
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            load()
+            real = mod.__dict__.get(function)
+            if real is None or real is forward:  # the module no longer has it
+                raise AttributeError(f"{name}.{function}")
+            return real(*args, **kwargs)
 
-    mod.unquote = unquote  # type: ignore[attr-defined]
+        forward.__name__ = forward.__qualname__ = function
+        return forward
+
+    for function in functions:
+        setattr(mod, function, forwarder(function))
     return lazy
 
 
@@ -138,8 +156,11 @@ def lean() -> None:
         if PYPARSING not in sys.modules:
             _register(PYPARSING, _lazy_module(PYPARSING, submodules_first=False))
         if LEXER not in sys.modules:
-            _register(LEXER, _lazy_lexer())
+            _register(LEXER, _forwarding(LEXER, ("unquote",)))
     if YAML not in sys.modules:
         _register(YAML, _lazy_module(YAML, submodules_first=False))
     if ADDONS not in sys.modules:
         _register(ADDONS, _lazy_module(ADDONS))
+    os.environ.setdefault(NO_PYDANTIC_PLUGINS, "__all__")
+    if METADATA not in sys.modules and os.environ[NO_PYDANTIC_PLUGINS] == "__all__":
+        _register(METADATA, _forwarding(METADATA, ("entry_points", "version")))
