@@ -29,6 +29,7 @@ NEVER_IN_WORKER = (
     "unittest",
     "ruamel.yaml.main",
     "importlib.metadata._adapters",  # pydantic's plugin scan (seam/imports.py)
+    "jwt",  # signing is the supervisor's (mint/github_app.py, mint/google.py)
 )
 NEVER_AT_RUN = (
     "mcp",
