@@ -30,6 +30,9 @@ NEVER_IN_WORKER = (
     "ruamel.yaml.main",
     "importlib.metadata._adapters",  # pydantic's plugin scan (seam/imports.py)
     "jwt",  # signing is the supervisor's (mint/github_app.py, mint/google.py)
+    "_brotli",  # codecs: loaded by the first br/zstd body
+    "backports.zstd._zstd",
+    "zstandard.backend_c",
 )
 NEVER_AT_RUN = (
     "mcp",
@@ -202,3 +205,29 @@ def test_an_operator_can_keep_pydantic_plugins() -> None:
     )
     assert _loaded(code, ("importlib.metadata._adapters",)) == {
         "importlib.metadata._adapters": True}
+
+
+def test_twin_without_lean_the_codecs_load_at_import() -> None:
+    names = ("_brotli", "backports.zstd._zstd", "zstandard.backend_c")
+    loaded = _loaded("import mitmproxy.net.encoding, httpx", names)
+    assert all(loaded.values()), loaded
+
+
+def test_br_and_zstd_bodies_still_decode_after_lean() -> None:
+    # mitmproxy's encoding (a flow's body) and httpx's decoders (the upstream pool) both.
+    code = (
+        "from vaultproxy.seam import imports; imports.lean()\n"
+        "import sys, httpx\n"
+        "from mitmproxy.net import encoding\n"
+        "assert '_brotli' not in sys.modules\n"
+        "data = b'vaultproxy ' * 500\n"
+        "for e in ('br', 'zstd'):\n"
+        "    assert encoding.decode(encoding.encode(data, e), e) == data\n"
+        "import brotli, zstandard\n"
+        "for e, packed in (('br', brotli.compress(data)),\n"
+        "                  ('zstd', zstandard.ZstdCompressor().compress(data))):\n"
+        "    r = httpx.Response(200, headers={'content-encoding': e}, content=packed)\n"
+        "    assert r.read() == data, e\n"
+        "print(sorted(httpx._decoders.SUPPORTED_DECODERS))\n"
+    )
+    assert _run(code) == "['br', 'deflate', 'gzip', 'identity', 'zstd']"

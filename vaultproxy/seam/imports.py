@@ -30,6 +30,10 @@ and ``mitmproxy.command_lexer`` so its grammar is built on first use; the one na
 function. ``ruamel.yaml`` (~1.5 MiB), which ``mitmproxy.optmanager`` imports only to read
 and write option files (``--set`` files, ``options.save``), is registered the same way.
 
+The compression codecs mitmproxy (``mitmproxy.net.encoding``) and httpx (``_decoders``)
+import at import time, brotli and zstd (~0.9 MiB with their extension modules), are
+registered the same way: the first ``br`` or ``zstd`` body loads its codec.
+
 pydantic looks for plugins (the ``pydantic`` entry-point group) when it builds its first
 model, through ``importlib.metadata`` (email, zipfile, csv: ~1.7 MiB, and a scan of every
 installed distribution). A serving process runs with ``PYDANTIC_DISABLE_PLUGINS=__all__``
@@ -60,6 +64,7 @@ LEXER = "mitmproxy.command_lexer"
 PYPARSING = "pyparsing"
 YAML = "ruamel.yaml"
 METADATA = "importlib.metadata"
+CODECS = ("brotli", "zstandard", "backports.zstd")  # only a br/zstd body loads one
 NO_PYDANTIC_PLUGINS = "PYDANTIC_DISABLE_PLUGINS"
 
 
@@ -161,6 +166,9 @@ def lean() -> None:
         _register(YAML, _lazy_module(YAML, submodules_first=False))
     if ADDONS not in sys.modules:
         _register(ADDONS, _lazy_module(ADDONS))
+    for codec in CODECS:
+        if codec not in sys.modules:
+            _register(codec, _lazy_module(codec, submodules_first=False))
     os.environ.setdefault(NO_PYDANTIC_PLUGINS, "__all__")
     if METADATA not in sys.modules and os.environ[NO_PYDANTIC_PLUGINS] == "__all__":
         _register(METADATA, _forwarding(METADATA, ("entry_points", "version")))
