@@ -15,8 +15,9 @@ Per round, per tree (A, B, A, B, ...), against one nginx:
   RSS         VmRSS and Pss (/proc/PID/smaps_rollup) of every process (run.json's pid and
               worker pids) just after that first 200
   stream      `--workers 1`: one 100 MB GET (nginx /big) and one 100 MB PUT through the
-              proxy (host_inject); VmRSS before, VmHWM peak (reset just before through
-              /proc/PID/clear_refs) and VmRSS after, in MiB
+              proxy (host_inject), then both again; VmRSS before, VmHWM peak (reset just
+              before through /proc/PID/clear_refs) and VmRSS after, in MiB: the second pass
+              shows whether the first one's growth is a one-time allocation or a leak
   kdf         the same start against a home whose keystore has the real Argon2id profile
               (the bench homes use the harness's cheap test KDF): start-up with the KDF in
               it. The KDF alone (Keystore.open in this process, CPU seconds) is printed once.
@@ -96,11 +97,11 @@ def measure_stream(t: FootprintProxy, nginx: Nginx) -> dict[str, float]:
     assert t.proc is not None
     pid = t.proc.pid
     out: dict[str, float] = {}
-    for kind in ("get", "put"):
+    for kind in ("get", "put", "get2", "put2"):  # the second pass: growth after the first
         time.sleep(0.3)
         before = (rss_kib(pid, "VmRSS") or 0) / 1024
         reset_peak(pid)
-        if kind == "get":
+        if kind.startswith("get"):
             res = run_hey(t.base + "/big", proxy=t.proxy, count=1, conns=1, timeout_s=180)
         else:
             nginx.clear_uploads()
@@ -181,7 +182,8 @@ def main() -> None:
                                  f"{'' if m['get_ok'] else ' (FAILED)'}"
                                  f", PUT {m['put_mbps']:.0f} MB/s RSS {m['put_before']:.1f}"
                                  f" -> peak {m['put_peak']:.1f} -> {m['put_after']:.1f}"
-                                 f"{'' if m['put_ok'] else ' (FAILED)'}")
+                                 f"{'' if m['put_ok'] else ' (FAILED)'}"
+                                 f"; again: GET +{m['get2_growth']:.1f}, PUT +{m['put2_growth']:.1f} MiB")
                     print(f"{line}; load {load()}", flush=True)
                 if kdf_home is not None:
                     key = f"{name} kdf"
