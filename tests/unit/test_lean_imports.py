@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 # Only the admin/dashboard/MCP/OTLP features (or mitmproxy's unused default addons) need these.
 NEVER_IN_WORKER = (
     "uvicorn",
@@ -30,6 +32,9 @@ NEVER_IN_WORKER = (
     "ruamel.yaml.main",
     "importlib.metadata._adapters",  # pydantic's plugin scan (seam/imports.py)
     "jwt",  # signing is the supervisor's (mint/github_app.py, mint/google.py)
+    "aioquic",  # QUIC/HTTP/3 (seam/quic.py): the proxy never listens on UDP
+    "pylsqpack",
+    "mitmproxy.proxy.layers.quic",
     "_brotli",  # codecs: loaded by the first br/zstd body
     "backports.zstd._zstd",
     "zstandard.backend_c",
@@ -231,3 +236,48 @@ def test_br_and_zstd_bodies_still_decode_after_lean() -> None:
         "print(sorted(httpx._decoders.SUPPORTED_DECODERS))\n"
     )
     assert _run(code) == "['br', 'deflate', 'gzip', 'identity', 'zstd']"
+
+
+def test_twin_without_lean_mitmproxy_loads_aioquic() -> None:
+    names = ("aioquic", "pylsqpack", "mitmproxy.proxy.layers.quic")
+    loaded = _loaded("import mitmproxy.proxy.layers, mitmproxy.addons.tlsconfig", names)
+    assert all(loaded.values()), loaded
+
+
+def test_quic_names_still_work_after_lean() -> None:
+    # What mitmproxy's modules imported as stand-ins: calling one loads QUIC for real, and
+    # isinstance/issubclass answer as for the real classes (before: no instance can exist).
+    code = (
+        "from vaultproxy.seam import imports; imports.lean()\n"
+        "import sys\n"
+        "from mitmproxy.proxy import layers\n"
+        "from mitmproxy.proxy.layers import http\n"
+        "from mitmproxy.addons import next_layer, tlsconfig\n"
+        "assert 'aioquic' not in sys.modules\n"
+        "assert not isinstance(object(), layers.ClientQuicLayer)\n"
+        "assert http.QuicStreamEvent.__module__.endswith('quic._events')  # the real class\n"
+        "assert list(tlsconfig.H3_ALPN) == ['h3'] and 'aioquic' in sys.modules\n"
+        "import aioquic.tls, mitmproxy.proxy.layers.quic as quic\n"
+        "assert tlsconfig.CipherSuite['AES_128_GCM_SHA256'] is "
+        "aioquic.tls.CipherSuite.AES_128_GCM_SHA256\n"
+        "settings = tlsconfig.quic.QuicTlsSettings()\n"
+        "assert type(settings) is quic.QuicTlsSettings\n"
+        "assert isinstance(settings, tlsconfig.quic.QuicTlsSettings)\n"
+        "assert issubclass(quic.ServerQuicLayer, layers.ServerQuicLayer)\n"
+        "assert http.Http3Client.__name__ == 'Http3Client'\n"
+        "layer = object.__new__(quic.ClientQuicLayer)  # (a real one needs a running master)\n"
+        "assert isinstance(layer, layers.ClientQuicLayer)\n"
+        "assert not isinstance(layer, layers.ServerQuicLayer)\n"
+        "assert next_layer.quic_parse_client_hello_from_datagrams.__name__ == "
+        "'quic_parse_client_hello_from_datagrams'\n"
+        "print('ok')\n"
+    )
+    assert _run(code) == "ok"
+
+
+def test_quic_stand_ins_step_aside_when_the_layout_moved(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A name no longer where seam/quic.py expects it: nothing is replaced (the stock import).
+    from vaultproxy.seam import quic
+
+    monkeypatch.setitem(quic.STAND_INS, quic.QUIC, {"NoSuchLayer": f"{quic.QUIC}._raw_layers"})
+    assert quic._kinds() is None

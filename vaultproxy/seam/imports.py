@@ -57,6 +57,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from vaultproxy.seam import quic
+
 ADDONS = "mitmproxy.addons"
 PROMETHEUS = "prometheus_client"
 COMMAND = "mitmproxy.command"
@@ -166,6 +168,7 @@ def lean() -> None:
         _register(YAML, _lazy_module(YAML, submodules_first=False))
     if ADDONS not in sys.modules:
         _register(ADDONS, _lazy_module(ADDONS))
+    quic.install()  # aioquic only when something speaks QUIC (seam/quic.py)
     for codec in CODECS:
         if codec not in sys.modules:
             _register(codec, _lazy_module(codec, submodules_first=False))
