@@ -12,8 +12,9 @@ Per round, per tree (A, B, A, B, ...), against one nginx:
               run.json naming the pid, the supervisor's own CPU seconds until then (utime +
               stime from /proc: steadier than wall time on a loaded machine), the workers'
               CPU seconds at that moment, and the wall time to the first 200 through it
-  RSS         VmRSS and Pss (/proc/PID/smaps_rollup) of every process (run.json's pid and
-              worker pids) just after that first 200
+  RSS         VmRSS of every process (run.json's pid and worker pids) when run.json is
+              written (no request served yet), and VmRSS and Pss (/proc/PID/smaps_rollup)
+              after 200 more requests on 10 connections (every process has served some)
   stream      `--workers 1`: one 100 MB GET (nginx /big) and one 100 MB PUT through the
               proxy (host_inject), then both again; VmRSS before, VmHWM peak (reset just
               before through /proc/PID/clear_refs) and VmRSS after, in MiB: the second pass
@@ -75,13 +76,18 @@ def measure_start(t: FootprintProxy) -> dict[str, float]:
     assert t.proc is not None
     pid = t.proc.pid
     workers_cpu = [cpu_seconds(p) for p in t.worker_pids]
+    pids = [pid, *t.worker_pids]
+    time.sleep(0.3)
+    ready_rss = [(rss_kib(p, "VmRSS") or 0) / 1024 for p in pids]  # before any request
     first = sequential(t.base, "/1k", proxy=t.proxy, headers=(), count=1, limit_s=30)
     first_200 = t.ready_s + (first.p50_ms / 1000 if first.ok() else float("nan"))
+    run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=200)  # every process serves some
     time.sleep(0.3)
-    pids = [pid, *t.worker_pids]
     rss = [(rss_kib(p, "VmRSS") or 0) / 1024 for p in pids]
     pss = [pss_mib(p) for p in pids]
     return {
+        "ready_rss0": ready_rss[0],
+        "ready_rss_worker": max(ready_rss[1:], default=ready_rss[0]),
         "ready": t.ready_s,
         "ready_cpu": t.ready_cpu_s,
         "workers_cpu": max(workers_cpu, default=0.0),
@@ -172,10 +178,11 @@ def main() -> None:
                     rows.setdefault(key, []).append(m)
                     line = (f"round {r + 1} {key:>10}: run.json {m['ready']:.2f} s wall, "
                             f"{m['ready_cpu']:.2f} CPU s (workers {m['workers_cpu']:.2f}), "
-                            f"first 200 {m['first200']:.2f} s; RSS {m['rss0']:.1f} MiB"
-                            f" (Pss {m['pss0']:.1f})")
+                            f"first 200 {m['first200']:.2f} s; RSS at run.json {m['ready_rss0']:.1f} MiB"
+                            f", after 200 requests {m['rss0']:.1f} (Pss {m['pss0']:.1f})")
                     if workers > 1:
-                        line += f", worker RSS {m['rss_worker']:.1f} (Pss {m['pss_worker']:.1f})"
+                        line += (f"; worker RSS at run.json {m['ready_rss_worker']:.1f}, after "
+                                 f"{m['rss_worker']:.1f} (Pss {m['pss_worker']:.1f})")
                     if "get_growth" in m:
                         line += (f"; 100 MB GET {m['get_mbps']:.0f} MB/s RSS {m['get_before']:.1f}"
                                  f" -> peak {m['get_peak']:.1f} -> {m['get_after']:.1f}"
