@@ -55,6 +55,8 @@ NEVER_AT_RUN = (
     "unittest",
     "ruamel.yaml.main",
     "importlib.metadata._adapters",
+    "aioquic",
+    "_brotli",
 )
 
 
@@ -78,6 +80,14 @@ def test_worker_imports_none_of_the_supervisor_only_packages() -> None:
 def test_run_imports_no_mcp_dashboard_otlp_or_default_addons() -> None:
     # what `vaultproxy run` (cli/run.py: lean(), then engine.serve) has loaded when it serves
     code = "from vaultproxy.seam import imports; imports.lean()\nimport vaultproxy.engine.serve"
+    loaded = _loaded(code, NEVER_AT_RUN)
+    assert not any(loaded.values()), {k for k, v in loaded.items() if v}
+
+
+def test_run_with_workers_imports_the_engine_lean() -> None:
+    # `run --workers N` reads MAX_WORKERS from engine.workers before the prompt (cli/run.py)
+    code = ("from vaultproxy.cli.run import parse_workers\nassert parse_workers('2') == 2\n"
+            "import vaultproxy.engine.serve")
     loaded = _loaded(code, NEVER_AT_RUN)
     assert not any(loaded.values()), {k for k, v in loaded.items() if v}
 

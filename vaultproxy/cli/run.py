@@ -99,6 +99,9 @@ def mtls_listener(home: Home, settings: MtlsSettings, listen: tuple[str, int],
 def parse_workers(text: str) -> int:
     if text == "1":
         return 1  # the default, without importing the engine before the password prompt
+    from vaultproxy.seam import imports as seam_imports
+
+    seam_imports.lean()  # engine.workers imports mitmproxy and pydantic (seam/imports.py)
     from vaultproxy.engine.workers import MAX_WORKERS, default_workers
 
     if text == "auto":
