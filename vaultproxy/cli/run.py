@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "`vaultproxy dashboard`")
     p.add_argument("--workers", default="1", metavar="N",
                    help="proxy processes sharing one listening socket; default 1; "
-                        "auto = one per CPU (each costs ~100 MiB and holds the unlocked "
+                        "auto = one per CPU (each costs ~75 MiB and holds the unlocked "
                         "secrets)")
     p.add_argument("--mtls-listen", default=None, metavar="HOST:PORT",
                    help="also serve the proxy inside mutual TLS here ([mtls] in "
