@@ -54,7 +54,7 @@ def test_cli_secret_set_reaches_every_worker_at_once(running, upstream) -> None:
     assert r.stdout == "stored k-one\nthe running proxy uses it now\n"
     replies, owners = fan_out(proxy, "k-one.api.test", "/at-once")
     assert_spread(owners, proxy)
-    assert auths_seen(upstream, "/at-once") == [f"Bearer {secrets['k-two']}"] * 16
+    assert auths_seen(upstream, "/at-once") == [f"Bearer {secrets['k-two']}"] * len(replies)
     proxy.home.set_secret("k-one", secrets["k-one"])  # as the other tests expect it
     with unix(proxy) as admin:
         assert admin.post("/v1/reload").status_code == 200
@@ -64,14 +64,14 @@ def test_a_silent_keystore_write_reaches_every_worker_on_sighup(running, upstrea
     proxy, secrets = running
     proxy.home.set_secret("k-one", secrets["k-two"])  # as another tool would: nobody is told
     replies, owners = fan_out(proxy, "k-one.api.test", "/before-hup")
-    assert auths_seen(upstream, "/before-hup") == [f"Bearer {secrets['k-one']}"] * 16
+    assert auths_seen(upstream, "/before-hup") == [f"Bearer {secrets['k-one']}"] * len(replies)
     proxy.signal(signal.SIGHUP)
     _wait_for(proxy, "re-read keystore.enc")
     with unix(proxy) as admin:  # a barrier: every worker has the re-read keystore
         assert admin.get("/v1/audit", params={"limit": 1}).status_code == 200
     replies, owners = fan_out(proxy, "k-one.api.test", "/after-hup")
     assert_spread(owners, proxy)
-    assert auths_seen(upstream, "/after-hup") == [f"Bearer {secrets['k-two']}"] * 16
+    assert auths_seen(upstream, "/after-hup") == [f"Bearer {secrets['k-two']}"] * len(replies)
 
 
 def test_admin_reload_rereads_the_keystore_too(running, upstream) -> None:  # type: ignore[no-untyped-def]
@@ -81,7 +81,8 @@ def test_admin_reload_rereads_the_keystore_too(running, upstream) -> None:  # ty
         assert admin.post("/v1/reload").status_code == 200
     replies, owners = fan_out(proxy, "k-one.api.test", "/after-api-reload")
     assert_spread(owners, proxy)
-    assert auths_seen(upstream, "/after-api-reload") == [f"Bearer {secrets['k-two']}"] * 16
+    seen = auths_seen(upstream, "/after-api-reload")
+    assert seen == [f"Bearer {secrets['k-two']}"] * len(replies)
 
 
 def test_admin_write_after_a_cli_write_keeps_both(running) -> None:  # type: ignore[no-untyped-def]
@@ -132,4 +133,4 @@ def test_a_foreign_keystore_is_refused_and_the_old_one_keeps_serving(  # type: i
     _wait_for(proxy, "is not the keystore this proxy unlocked")
     replies, owners = fan_out(proxy, "k-one.api.test", "/foreign")
     assert_spread(owners, proxy)
-    assert auths_seen(upstream, "/foreign") == [f"Bearer {secrets['k-one']}"] * 16
+    assert auths_seen(upstream, "/foreign") == [f"Bearer {secrets['k-one']}"] * len(replies)

@@ -30,7 +30,8 @@ from tests.integration.test_admin import Quiet, unix
 
 pytestmark = pytest.mark.integration
 
-CONNS = 16  # P(all on one of 2 workers) = 2 * 2**-16 with the kernel's 4-tuple hash
+CONNS = 16  # connections per round of fan_out
+ROUNDS = 6  # rounds fan_out tries before a test says one process served nothing
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +76,31 @@ def established_owners(port: int, pids: list[int]) -> Counter[int]:
 
 def fan_out(proxy: ProxyProcess, host: str, path: str,
             together: bool = True) -> tuple[list[httpx.Response], Counter[int]]:
-    """CONNS requests, each on its own held-open connection, all at once; returns replies
-    (in request order) and owners. At once, not one after another: the processes share one
-    accept queue, and a process that answers fast (a locked 503, a pooled upstream) is idle
-    again, and woken first, before the next sequential connection arrives."""
+    """Rounds of CONNS requests, each on its own held-open connection, all of a round at once,
+    until every process owned at least one (at most ROUNDS rounds); returns every reply (in
+    request order) and the owners summed over the rounds. At once, not one after another: the
+    processes share one accept queue, and a process that answers fast (a locked 503, a pooled
+    upstream) is idle again, and woken first, before the next sequential connection arrives.
+    More than one round only on a machine so loaded that one process took a whole round: the
+    kernel promises no spread, only that any process may take any connection."""
+    replies: list[httpx.Response] = []
+    owners: Counter[int] = Counter()
+    pids = all_pids(proxy)
+    for _ in range(ROUNDS):
+        got, seen = _fan_round(proxy, host, path, together, len(replies))
+        replies += got
+        owners += seen
+        if all(owners[p] >= 1 for p in pids):
+            break
+    return replies, owners
+
+
+def _fan_round(proxy: ProxyProcess, host: str, path: str, together: bool,
+               first: int) -> tuple[list[httpx.Response], Counter[int]]:
     with ExitStack() as stack:
         clients = [stack.enter_context(agent_client(proxy)) for _ in range(CONNS)]
         def get(ic: tuple[int, httpx.Client]) -> httpx.Response:
-            return ic[1].get(f"https://{host}{path}/{ic[0]}")
+            return ic[1].get(f"https://{host}{path}/{first + ic[0]}")
 
         if together:
             with ThreadPoolExecutor(CONNS) as pool:
@@ -96,7 +114,7 @@ def fan_out(proxy: ProxyProcess, host: str, path: str,
 def assert_spread(owners: Counter[int], proxy: ProxyProcess) -> None:
     pids = all_pids(proxy)
     assert len(pids) == 2
-    assert sum(owners.values()) == CONNS, owners
+    assert sum(owners.values()) % CONNS == 0, owners
     assert all(owners[p] >= 1 for p in pids), f"a worker served nothing: {owners}"
 
 
@@ -114,9 +132,9 @@ def test_connections_spread_and_every_worker_injects(workers_proxy, upstream, se
     assert proxy.extra["workers"] == 2 and len(proxy.extra["worker_pids"]) == 1  # type: ignore[arg-type]
     assert "(2 worker processes)" in proxy.output()
     replies, owners = fan_out(proxy, "w-bearer.api.test", "/spread")
-    assert [r.status_code for r in replies] == [200] * CONNS
+    assert [r.status_code for r in replies] == [200] * len(replies)
     assert_spread(owners, proxy)
-    assert auths_seen(upstream, "/spread") == [f"Bearer {secrets['w-bearer']}"] * CONNS
+    assert auths_seen(upstream, "/spread") == [f"Bearer {secrets['w-bearer']}"] * len(replies)
     # One audit stream: the admin API answers with every worker's records, at once.
     with unix(proxy) as admin:
         records = admin.get("/v1/audit", params={"limit": 100}).json()["records"]
@@ -124,12 +142,13 @@ def test_connections_spread_and_every_worker_injects(workers_proxy, upstream, se
     spread = [r for r in records
               if r["event"] == "request" and (r["path"] or "").startswith("/spread")]
     # Each injected request also has its "forward" record, written before it left.
-    assert len([r for r in records if r["event"] == "forward"]) == CONNS
-    assert len(spread) == CONNS and {r["outcome"] for r in spread} == {"injected"}
-    assert f'vaultproxy_flows_total{{outcome="injected",service="w-bearer"}} {CONNS}.0' in metrics
+    assert len([r for r in records if r["event"] == "forward"]) == len(replies)
+    assert len(spread) == len(replies) and {r["outcome"] for r in spread} == {"injected"}
+    n = len(replies)
+    assert f'vaultproxy_flows_total{{outcome="injected",service="w-bearer"}} {n}.0' in metrics
     assert proxy.stop() == 0
     lines = [r for r in requests(proxy) if str(r.get("path")).startswith("/spread")]
-    assert len(lines) == CONNS  # written once each, by the process that served it
+    assert len(lines) == len(replies)  # written once each, by the process that served it
 
 
 def test_lock_and_unlock_reach_every_worker(workers_proxy, upstream, secrets) -> None:  # type: ignore[no-untyped-def]
@@ -143,8 +162,8 @@ def test_lock_and_unlock_reach_every_worker(workers_proxy, upstream, secrets) ->
         assert admin.post("/v1/unlock", json={"password": PASSWORD}).status_code == 200
         replies, owners = fan_out(proxy, "w-bearer.api.test", "/unlocked")
     assert_spread(owners, proxy)
-    assert [r.status_code for r in replies] == [200] * CONNS
-    assert auths_seen(upstream, "/unlocked") == [f"Bearer {secrets['w-bearer']}"] * CONNS
+    assert [r.status_code for r in replies] == [200] * len(replies)
+    assert auths_seen(upstream, "/unlocked") == [f"Bearer {secrets['w-bearer']}"] * len(replies)
 
 
 def test_secret_write_reaches_every_worker(workers_proxy, upstream, secrets) -> None:  # type: ignore[no-untyped-def]
@@ -155,9 +174,9 @@ def test_secret_write_reaches_every_worker(workers_proxy, upstream, secrets) -> 
         assert r.status_code == 200, r.text
     replies, owners = fan_out(proxy, "w-bearer.api.test", "/rotated")
     assert_spread(owners, proxy)
-    assert [r.status_code for r in replies] == [200] * CONNS
+    assert [r.status_code for r in replies] == [200] * len(replies)
     seen = auths_seen(upstream, "/rotated")
-    assert seen == [f"Bearer {new}"] * CONNS  # and never the old value
+    assert seen == [f"Bearer {new}"] * len(replies)  # and never the old value
 
 
 def test_reload_reaches_every_worker(workers_proxy, upstream, secrets) -> None:  # type: ignore[no-untyped-def]
@@ -178,8 +197,8 @@ def test_reload_reaches_every_worker(workers_proxy, upstream, secrets) -> None: 
         assert admin.post("/v1/reload").json()["after"] == 2
     replies, owners = fan_out(proxy, "w-second.api.test", "/after")
     assert_spread(owners, proxy)
-    assert [r.status_code for r in replies] == [200] * CONNS
-    assert auths_seen(upstream, "/after") == [f"Bearer {secrets['w-bearer']}"] * CONNS
+    assert [r.status_code for r in replies] == [200] * len(replies)
+    assert auths_seen(upstream, "/after") == [f"Bearer {secrets['w-bearer']}"] * len(replies)
 
 
 def test_killed_worker_is_replaced_with_the_current_state(workers_proxy, upstream, secrets) -> None:  # type: ignore[no-untyped-def]
@@ -200,7 +219,7 @@ def test_killed_worker_is_replaced_with_the_current_state(workers_proxy, upstrea
     assert "exited (signal SIGKILL); restarting it" in proxy.output()
     replies, owners = fan_out(proxy, "w-bearer.api.test", "/respawned")
     assert_spread(owners, proxy)
-    assert auths_seen(upstream, "/respawned") == [f"Bearer {new}"] * CONNS
+    assert auths_seen(upstream, "/respawned") == [f"Bearer {new}"] * len(replies)
 
 
 def test_sigterm_stops_every_worker_and_keeps_their_audit(workers_proxy, upstream) -> None:  # type: ignore[no-untyped-def]
@@ -213,7 +232,7 @@ def test_sigterm_stops_every_worker_and_keeps_their_audit(workers_proxy, upstrea
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
     assert not (proxy.home.path / "run.json").exists()
     last = [r for r in requests(proxy) if str(r.get("path")).startswith("/last")]
-    assert len(last) == CONNS
+    assert len(last) == len(replies)
 
 
 def _zombie(pid: int) -> bool:

@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -185,19 +184,12 @@ def test_twin_the_echoed_cookie_and_csrf_are_the_issued_values(
 
 
 def from_every_worker(p: ProxyProcess, host: str, path: str) -> list[httpx.Response]:
-    """Rounds of ``fan_out`` until every process has answered at least one (at most 6). One
-    accept queue shared by the workers does not promise a spread over 16 sequential
-    connections: the process the kernel wakes first can take them all when it serves fast
-    (the upstream pool). Every reply of every round is returned, to be checked."""
-    replies: list[httpx.Response] = []
-    seen: Counter[int] = Counter()
-    for _ in range(6):
-        more, owners = fan_out(p, host, path, together=False)  # each 401 its own re-mint
-        replies += more
-        seen.update(owners)
-        if all(seen[pid] >= 1 for pid in all_pids(p)):
-            return replies
-    raise AssertionError(f"a worker served nothing in 6 rounds: {seen}")
+    """``fan_out``'s rounds, one request after another (each 401 its own re-mint), until every
+    process has answered at least one. Every reply of every round is returned, to be
+    checked."""
+    replies, seen = fan_out(p, host, path, together=False)
+    assert all(seen[pid] >= 1 for pid in all_pids(p)), f"a worker served nothing: {seen}"
+    return replies
 
 
 def test_a_token_minted_in_one_worker_is_redacted_in_every_worker(

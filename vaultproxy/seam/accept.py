@@ -35,7 +35,7 @@ logger = logging.getLogger("vaultproxy.overload")
 
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 MIN_BACKOFF, MAX_BACKOFF = 0.05, 1.0
-BATCH = 64  # connections taken per wake-up (asyncio's default backlog loop does 100)
+BATCH = 64  # refusals drained per wake-up (asyncio's default backlog loop does 100)
 LOG_INTERVAL = 5.0
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -179,6 +179,10 @@ class SharedServer:
             self._backoff = MIN_BACKOFF
             self.meter.ok()
             self._start(conn)
+            # One served connection per wake-up (nginx's ``multi_accept off``): with
+            # ``--workers N`` every process waits on this one queue, and a process that
+            # took a whole burst at once would serve it alone while the others idle.
+            return
 
     def _exhausted(self) -> None:
         """Out of descriptors: refuse what waits (with the spare), pause, back off."""
