@@ -50,6 +50,7 @@ class Wrapped(TreeProxy):
 
     prefix: list[str] = [sys.executable]
     extra_env: dict[str, str] = {}
+    uvloop: bool = False  # the tree's name ends in "+uvloop": run it on uvloop's event loop
 
     def start(self) -> None:  # TreeProxy.start with a prefix and an environment
         import json
@@ -57,8 +58,9 @@ class Wrapped(TreeProxy):
         assert self.home is not None
         run_json = self.home.path / "run.json"
         run_json.unlink(missing_ok=True)
+        boot = ["-c", UVLOOP_BOOT] if self.uvloop else []
         cmd = [
-            *self.prefix, "-m", "vaultproxy", "run", "--home", str(self.home.path),
+            *self.prefix, *boot, "-m", "vaultproxy", "run", "--home", str(self.home.path),
             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
             "--password-file", str(self.home.password_file), "--workers", "1",
         ]  # fmt: skip
@@ -84,6 +86,13 @@ class Wrapped(TreeProxy):
         else:
             raise RuntimeError("no run.json within 300 s")
         self.expect_auth = f"Bearer {self.home.secrets[self.service]}"
+
+
+# ``python -c BOOT -m vaultproxy run ...``: uvloop's policy, then the module as ``-m`` runs it.
+UVLOOP_BOOT = (
+    "import asyncio, runpy, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+    "sys.argv = sys.argv[2:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
 
 
 def _ok(res: object) -> int:
@@ -181,6 +190,7 @@ def main() -> None:
             for name, tree in trees:
                 t = Wrapped(f"vp-{name}", name, nginx, work)
                 t.home, t.service, t.tree = home, "hi", tree
+                t.uvloop = name.endswith("+uvloop")
                 if args.profile is not None:
                     profile(t, n, args.warm, args.profile)
                     return
