@@ -196,14 +196,20 @@ class RequestEvent:
 
     def to_json_line(self) -> str:
         """One compact JSON line, byte for byte ``AuditEvent.to_json_line`` (the timestamp
-        is ASCII digits and punctuation: no escaping)."""
-        v = _json_value
+        is ASCII digits and punctuation: no escaping; a str field is encoded in place, any
+        other value as ``_json_value`` would)."""
+        e, v = _encode_str, _json_value
         line = (
-            f'{{"ts":"{self.ts}","event":{v(self.event)},"agent":{v(self.agent)},'
-            f'"service":{v(self.service)},"mode":{v(self.mode)},"method":{v(self.method)},'
-            f'"host":{v(self.host)},"path":{v(self.path)},"status":{v(self.status)},'
-            f'"duration_ms":{v(self.duration_ms)},"outcome":{v(self.outcome)},'
-            f'"reason":{v(self.reason)}'
+            f'{{"ts":"{self.ts}","event":{e(x) if type(x := self.event) is str else v(x)},'
+            f'"agent":{e(x) if type(x := self.agent) is str else v(x)},'
+            f'"service":{e(x) if type(x := self.service) is str else v(x)},'
+            f'"mode":{e(x) if type(x := self.mode) is str else v(x)},'
+            f'"method":{e(x) if type(x := self.method) is str else v(x)},'
+            f'"host":{e(x) if type(x := self.host) is str else v(x)},'
+            f'"path":{e(x) if type(x := self.path) is str else v(x)},'
+            f'"status":{v(self.status)},"duration_ms":{v(self.duration_ms)},'
+            f'"outcome":{e(x) if type(x := self.outcome) is str else v(x)},'
+            f'"reason":{e(x) if type(x := self.reason) is str else v(x)}'
         )
         if self.via is not None:
             return f'{line},"via":{v(self.via)}}}\n'
