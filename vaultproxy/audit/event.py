@@ -199,6 +199,7 @@ class RequestEvent:
         is ASCII digits and punctuation: no escaping; a str field is encoded in place, any
         other value as ``_json_value`` would)."""
         e, v = _encode_str, _json_value
+        x: object
         line = (
             f'{{"ts":"{self.ts}","event":{e(x) if type(x := self.event) is str else v(x)},'
             f'"agent":{e(x) if type(x := self.agent) is str else v(x)},'
