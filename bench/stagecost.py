@@ -135,7 +135,7 @@ def proc_cpu(t: Wrapped, n: int, warm: int) -> tuple[float, int]:
         run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=warm)
         time.sleep(0.3)
         c0 = cpu_seconds(t.proc.pid)
-        res = run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=n)
+        res = run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=n, timeout_s=600)
         c1 = cpu_seconds(t.proc.pid)
     finally:
         t.stop()
