@@ -198,3 +198,69 @@ def test_default_ts_tracks_the_clock_across_seconds() -> None:
         now,
         (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"),
     )
+
+
+# -- RequestEvent: the request path's record, the same line without pydantic's validation ------
+
+_REQUEST_CASES = [
+    {},
+    {"agent": None, "service": None, "mode": None, "status": None, "duration_ms": None},
+    {"reason": 'quote " backslash \\ tab \t nl \n nul \x00 del \x7f'},
+    {"host": "bücher.example", "agent": "日本語", "reason": "emoji \U0001f600 \u2028"},
+    {"path": "/a b/%2F/\u00e9?key=secret#frag", "method": "PATCH"},
+    {"path": None},
+    {"status": 599, "duration_ms": 0.0},
+    {"duration_ms": 1e-7},
+    {"duration_ms": 12.3456},
+    {"duration_ms": 12345678901234.5},
+    {"duration_ms": 3},
+    {"status": 10**20},
+    {"via": "api"},
+    {"event": "forward", "outcome": "forwarding", "status": None, "duration_ms": None,
+     "via": "mcp"},
+    {"event": "tunnel_refused", "outcome": "denied", "path": None, "reason": "egress_blocked"},
+]
+
+
+@pytest.mark.parametrize("overrides", _REQUEST_CASES)
+def test_request_event_line_is_the_audit_event_line(overrides: dict[str, object]) -> None:
+    from vaultproxy.audit.event import RequestEvent
+
+    fields: dict[str, object] = {
+        "event": "request", "agent": "claude", "service": "openai", "mode": "host_inject",
+        "method": "POST", "host": "api.openai.com", "path": "/v1/chat", "status": 200,
+        "duration_ms": 1.5, "outcome": "injected", "reason": None, "via": None,
+    }
+    fields.update(overrides)
+    fast = RequestEvent(**fields)  # type: ignore[arg-type]
+    model = AuditEvent.model_validate({**fields, "ts": fast.ts})
+    assert fast.to_json_line() == model.to_json_line() == _reference_line(model)
+    assert fast.to_record() == model.to_record()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", fast.ts)
+
+
+def test_request_event_strips_the_query(canary: Callable[[], str]) -> None:
+    from vaultproxy.audit.event import RequestEvent
+
+    secret = canary()
+    event = RequestEvent("request", "injected", agent=None, service="s", mode=None,
+                         method="GET", host="h", path=f"/x?key={secret}#{secret}", status=200,
+                         duration_ms=None, reason=None)
+    assert secret not in event.to_json_line()
+    assert json.loads(event.to_json_line())["path"] == "/x"
+
+
+@pytest.mark.parametrize(
+    ("event", "outcome", "duration"),
+    [("request", "injected", float("nan")), ("request", "injected", float("inf")),
+     ("", "injected", None), ("request", "", None), (ADMIN_EVENT, "ok", None),
+     ("approval", "approve", None)],
+)
+def test_request_event_refuses_what_the_model_refuses(
+    event: str, outcome: str, duration: float | None
+) -> None:
+    from vaultproxy.audit.event import RequestEvent
+
+    with pytest.raises(ValueError):
+        RequestEvent(event, outcome, agent=None, service=None, mode=None, method=None,
+                     host=None, path=None, status=None, duration_ms=duration, reason=None)

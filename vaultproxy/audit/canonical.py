@@ -10,11 +10,11 @@ import time
 from typing import Protocol
 
 from vaultproxy.audit import metrics
-from vaultproxy.audit.event import AuditEvent
+from vaultproxy.audit.event import AnyEvent, AuditEvent, RequestEvent
 
 
 class Sink(Protocol):
-    def record(self, event: AuditEvent) -> object: ...
+    def record(self, event: AnyEvent) -> object: ...
 
 
 def record_decision(
@@ -35,10 +35,9 @@ def record_decision(
 ) -> None:
     """``started``: ``time.monotonic()`` when the request began (None: no duration)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
-    line = AuditEvent(
-        event=event, agent=agent, service=service, mode=mode, method=method, host=host,
-        path=path, status=status, duration_ms=duration, outcome=outcome, reason=reason,
-        via=via,
+    line = RequestEvent(
+        event, outcome, agent=agent, service=service, mode=mode, method=method, host=host,
+        path=path, status=status, duration_ms=duration, reason=reason, via=via,
     )
     sink.record(metrics.observed(line))
 
@@ -63,16 +62,15 @@ def record_ahead(
     written: under ``[audit] on_failure = "deny"`` the caller must then refuse the request
     (``AuditUnavailable``), so that every use of a credential is in the file before it
     happens, even if the process is killed the next instant."""
-    line = AuditEvent(
-        event=FORWARD_EVENT, agent=agent, service=service, mode=mode, method=method,
-        host=host, path=path, status=None, duration_ms=None, outcome="forwarding",
-        reason=None, via=via,
+    line = RequestEvent(
+        FORWARD_EVENT, "forwarding", agent=agent, service=service, mode=mode, method=method,
+        host=host, path=path, status=None, duration_ms=None, reason=None, via=via,
     )
     return sink.ahead(line)
 
 
 class AheadSink(Protocol):
-    def ahead(self, event: AuditEvent) -> bool: ...
+    def ahead(self, event: AnyEvent) -> bool: ...
 
 
 SYNC_EVENT = "sync"

@@ -142,6 +142,85 @@ class AuditEvent(BaseModel):
         return "{" + ",".join(parts) + "}\n"
 
 
+class RequestEvent:
+    """The record of one proxied request (``forward``, ``request``, ``tunnel_refused``: the
+    canonical lines of audit/canonical.py), built twice per request from values the proxy's
+    own stages made. Same fields, same rules and byte for byte the same line as
+    ``AuditEvent`` (tests/unit/test_audit_event.py builds both from the same values), without
+    pydantic's validation, which was most of a record's cost: the path loses its query and
+    fragment, the duration is rounded to 3 decimals and must be finite, the timestamp is the
+    model's default, and the event is neither ``admin`` nor ``approval`` (whose extra fields
+    this record never carries)."""
+
+    __slots__ = (*SPEC_FIELDS, "via")
+
+    ts: str
+    event: str
+    agent: str | None
+    service: str | None
+    mode: str | None
+    method: str | None
+    host: str | None
+    path: str | None
+    status: int | None
+    duration_ms: float | None
+    outcome: str
+    reason: str | None
+    via: str | None
+
+    def __init__(
+        self, event: str, outcome: str, *, agent: str | None, service: str | None,
+        mode: str | None, method: str | None, host: str | None, path: str | None,
+        status: int | None, duration_ms: float | None, reason: str | None,
+        via: str | None = None,
+    ) -> None:
+        if not event or not outcome or event in (ADMIN_EVENT, APPROVAL_EVENT):
+            raise ValueError("a request record needs an event (not admin/approval) and outcome")
+        if duration_ms is not None:
+            duration_ms = float(duration_ms)  # as the model's float field: 3 is 3.0
+            if not math.isfinite(duration_ms):
+                raise ValueError("duration_ms must be finite")
+            duration_ms = round(duration_ms, 3)
+        self.ts = _now_timestamp()
+        self.event, self.outcome, self.reason, self.via = event, outcome, reason, via
+        self.agent, self.service, self.mode, self.method = agent, service, mode, method
+        self.host, self.status, self.duration_ms = host, status, duration_ms
+        self.path = None if path is None else strip_query(path)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object, as ``AuditEvent.to_record``."""
+        record: dict[str, Any] = {name: getattr(self, name) for name in SPEC_FIELDS}
+        if self.via is not None:
+            record["via"] = self.via
+        return record
+
+    def to_json_line(self) -> str:
+        """One compact JSON line, byte for byte ``AuditEvent.to_json_line`` (the timestamp
+        is ASCII digits and punctuation: no escaping; a str field is encoded in place, any
+        other value as ``_json_value`` would)."""
+        e, v = _encode_str, _json_value
+        x: object
+        line = (
+            f'{{"ts":"{self.ts}","event":{e(x) if type(x := self.event) is str else v(x)},'
+            f'"agent":{e(x) if type(x := self.agent) is str else v(x)},'
+            f'"service":{e(x) if type(x := self.service) is str else v(x)},'
+            f'"mode":{e(x) if type(x := self.mode) is str else v(x)},'
+            f'"method":{e(x) if type(x := self.method) is str else v(x)},'
+            f'"host":{e(x) if type(x := self.host) is str else v(x)},'
+            f'"path":{e(x) if type(x := self.path) is str else v(x)},'
+            f'"status":{v(self.status)},"duration_ms":{v(self.duration_ms)},'
+            f'"outcome":{e(x) if type(x := self.outcome) is str else v(x)},'
+            f'"reason":{e(x) if type(x := self.reason) is str else v(x)}'
+        )
+        if self.via is not None:
+            return f'{line},"via":{v(self.via)}}}\n'
+        return line + "}\n"
+
+
+#: Either kind of record: what the audit log, its sinks and the metrics accept.
+AnyEvent = AuditEvent | RequestEvent
+
+
 _encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
 _fallback = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _KEYS = tuple((_encode_str(name) + ":", name) for name in SPEC_FIELDS)

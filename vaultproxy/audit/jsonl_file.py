@@ -67,11 +67,10 @@ class JsonlFile:
 
     def write_line(self, data: bytes) -> None:
         """Append one whole line or nothing (raises OSError; nothing of it stays behind)."""
-        fd = self._current()
-        size = os.fstat(fd).st_size
+        fd, size = self._current()
         if size > 0 and size + len(data) > self.max_bytes:
             self._rotate(fd)
-            fd = self._current()
+            fd, _size = self._current()
         written = os.write(fd, data)
         if written != len(data):
             self._cut_back(fd, written)
@@ -84,20 +83,22 @@ class JsonlFile:
         self._fd, self._ino = -1, None
 
     # -- internals ------------------------------------------------------------------------
-    def _current(self) -> int:
-        """The fd of the file the path names now (reopened after anyone's rotation)."""
+    def _current(self) -> tuple[int, int]:
+        """The fd of the file the path names now (reopened after anyone's rotation), and
+        that file's size: the path's ``stat`` is of the very inode the fd holds, so no
+        ``fstat`` is needed as well (two records per proxied request)."""
         try:
             st = os.stat(self.path, follow_symlinks=False)
             ino: tuple[int, int] | None = (st.st_dev, st.st_ino)
         except FileNotFoundError:
             ino = None
         if self._fd >= 0 and ino == self._ino:
-            return self._fd
+            return self._fd, st.st_size
         self.close()
         fd = self._open()
         st = os.fstat(fd)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
-        return fd
+        return fd, st.st_size
 
     def _cut_back(self, fd: int, written: int) -> None:
         """Remove the ``written`` bytes of a line cut short (unless someone wrote after it)."""

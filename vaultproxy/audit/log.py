@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from vaultproxy.audit.event import AuditEvent
+from vaultproxy.audit.event import AnyEvent
 from vaultproxy.audit.jsonl_file import JsonlFile
 from vaultproxy.audit.tail import read_tail
 
@@ -107,7 +107,7 @@ class AuditLog:
         return summary_line(s)
 
     # -- recording ------------------------------------------------------------------------
-    def record(self, event: AuditEvent) -> bool:
+    def record(self, event: AnyEvent) -> bool:
         """Write one event now (kept for a retry if that fails). Thread-safe, never raises;
         True if it is in the file."""
         try:
@@ -117,7 +117,7 @@ class AuditLog:
             return False
         return self._write(line, keep=True)
 
-    def ahead(self, event: AuditEvent) -> bool:
+    def ahead(self, event: AnyEvent) -> bool:
         """Write a record that must be in the file *before* the request it describes goes
         out. True if it is. On failure it is kept for a retry only under ``continue`` (the
         request goes ahead); under ``deny`` the caller refuses the request instead."""

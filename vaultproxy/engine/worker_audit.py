@@ -15,7 +15,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from vaultproxy.audit import AuditEvent, AuditLog
+from vaultproxy.audit import AuditLog
+from vaultproxy.audit.event import AnyEvent
 from vaultproxy.engine.channel import frame
 
 
@@ -28,12 +29,12 @@ class WorkerAudit(AuditLog):
         self._loop = loop
         self._reported_healthy = True
 
-    def record(self, event: AuditEvent) -> bool:
+    def record(self, event: AnyEvent) -> bool:
         ok = super().record(event)
         self._post(b"")
         return ok
 
-    def ahead(self, event: AuditEvent) -> bool:
+    def ahead(self, event: AnyEvent) -> bool:
         ok = super().ahead(event)
         self._post(b"")
         return ok

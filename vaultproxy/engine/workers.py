@@ -510,7 +510,9 @@ class Supervisor:
         if self.on_audit_line is not None:
             self.on_audit_line(line, pid)
         try:
-            metrics.observed(AuditEvent(**json.loads(line)))
+            record = json.loads(line)
+            if record.get("event") == "request":  # the only event /metrics counts
+                metrics.observed(AuditEvent(**record))
         except Exception:  # noqa: BLE001, S110 - metrics must never break the audit path
             pass
 

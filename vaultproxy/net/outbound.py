@@ -12,6 +12,7 @@ name is never reused for another. Third-party errors are translated here, at the
 from __future__ import annotations
 
 import logging
+import select
 import ssl
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -136,6 +137,10 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         self._head: bytes | None = None  # the response head being read; None: in a body
         self.folded = False
         self.status = 0
+        # httpcore asks every idle connection "is_readable" on each request it assigns (and
+        # drop_closed does for HTTP/2); anyio rebuilds its attribute tables, with a
+        # getpeername call, for every question. The socket does not change: kept once.
+        self._sock: Any = inner.get_extra_info("socket")
         ssl_object: Any = inner.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self._h1 = alpn != "h2"  # HTTP/2 frames are binary: nothing of this applies
@@ -177,7 +182,20 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         return HeadWatch(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            return _readable(self._sock)
         return self._inner.get_extra_info(info)
+
+
+def _readable(sock: Any) -> bool:
+    """httpcore's ``is_socket_readable``: data (or EOF) waiting to be read; a closed socket
+    (no descriptor) counts as readable, as its next read would return the end."""
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Dialer(httpcore.AsyncNetworkBackend):
@@ -241,6 +259,8 @@ async def drop_closed(pool: httpcore.AsyncConnectionPool) -> int:
         if not conn.is_idle() or conn.is_closed():
             continue
         inner = getattr(conn, "_connection", None)  # httpcore's HTTP/1.1 or HTTP/2 state
+        if isinstance(inner, httpcore.AsyncHTTP11Connection):
+            continue  # httpcore checks these itself as it assigns the request
         stream = getattr(inner, "_network_stream", None)
         if stream is not None and stream.get_extra_info("is_readable"):
             await conn.aclose()

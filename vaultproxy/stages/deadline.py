@@ -38,6 +38,7 @@ class Deadline(Stage):
         super().__init__(rt)
         self._timers: dict[str, asyncio.TimerHandle] = {}  # server id / flow id -> timer
         self._log = EveryInterval(5.0)  # the audit has every one
+        self._applied: tuple[object, object, float] | None = None  # see _settings
 
     def running(self) -> None:
         deadlines.set_master(ctx.master)  # installed with the seam's defences
@@ -47,10 +48,16 @@ class Deadline(Stage):
         if st is None:
             return None
         cfg = st.registry.config.proxy
+        options = ctx.options
+        applied = self._applied
+        if (applied is not None and applied[0] is cfg and applied[1] is options
+                and deadlines.connect_timeout == applied[2]):
+            return cfg  # these settings are in place (this runs ~3 times per request)
         deadlines.connect_timeout = float(cfg.connect_timeout)
         backstop = int(max(cfg.connect_timeout, cfg.response_timeout, cfg.idle_timeout)) + 1
-        if ctx.options.tcp_timeout != backstop:
-            ctx.options.update(tcp_timeout=backstop)
+        if options.tcp_timeout != backstop:
+            options.update(tcp_timeout=backstop)
+        self._applied = (cfg, options, deadlines.connect_timeout)
         return cfg
 
     def _arm(self, key: str, seconds: float, fire: Callable[[], None]) -> None:

@@ -71,13 +71,16 @@ class Exchange:
 
 
 def _small_body(req: http.Request) -> bool:
-    if "transfer-encoding" in req.headers or "upgrade" in req.headers:
+    # One pass over the names (as ``Headers`` compares them: bytes, ASCII case-folded)
+    # instead of a scan of every field per lookup.
+    names = {k.lower() for k, _ in req.headers.fields}
+    if b"transfer-encoding" in names or b"upgrade" in names:
         return False
-    if "trailers" in req.headers.get("te", "").lower():
+    if b"te" in names and "trailers" in req.headers.get("te", "").lower():
         return False  # gRPC and the like read response trailers the pool does not relay
-    length = req.headers.get("content-length")
-    if length is None:
+    if b"content-length" not in names:
         return req.method in _NO_BODY_METHODS
+    length = req.headers.get("content-length", "")
     return length.isdigit() and int(length) <= MAX_POOLED_BODY
 
 

@@ -91,7 +91,10 @@ def _known_small(flow: http.HTTPFlow) -> bool:
     """
     resp = flow.response
     assert resp is not None
-    if resp.stream or "transfer-encoding" in resp.headers or "content-length" not in resp.headers:
+    if resp.stream:
+        return False
+    names = {k.lower() for k, _ in resp.headers.fields}  # one pass, as Headers compares
+    if b"transfer-encoding" in names or b"content-length" not in names:
         return False
     try:
         size = expected_http_body_size(flow.request, resp)
