@@ -124,6 +124,70 @@ class Head:
 head_seen: ContextVar[Head | None] = ContextVar("head_seen", default=None)
 
 
+class TLSSessions:
+    """The TLS sessions of one pool's connections, one per server name, so that the next dial
+    to that name resumes (no certificate exchange, one round trip less for TLS 1.2) instead of
+    a full handshake.
+
+    It lives on the pool's own ``SSLContext`` (``resuming_context``): that context is built
+    per service, tunnel host, trust file and ``insecure_tls`` flag and dropped with the pool
+    on a reload, so a session verified under one service's trust for one name is never
+    offered for another service, another name or another trust. A resumed connection
+    carries the certificate verified by the full handshake it resumes; only the server that
+    issued the session (its ticket key) can accept it."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, ssl.SSLSession] = {}
+
+    def get(self, name: str | None) -> ssl.SSLSession | None:
+        return self._by_name.get(name.lower()) if name is not None else None
+
+    def keep(self, name: str | None, ssl_object: Any) -> bool:
+        """Keep ``ssl_object``'s session for ``name`` once it can be resumed: at once for TLS
+        1.2, after the server's ticket (which follows the handshake) for TLS 1.3. Whether
+        it was kept (the caller stops asking then)."""
+        if name is None:
+            return True
+        session = ssl_object.session
+        if session is None:
+            return False
+        if ssl_object.version() == "TLSv1.3" and not session.has_ticket:
+            return False
+        self._by_name[name.lower()] = session
+        return True
+
+
+class _ResumingObject(ssl.SSLObject):
+    """``SSLContext.wrap_bio`` with the context's kept session for the server name offered.
+    (Set as the context's ``sslobject_class``: the context stays a plain ``SSLContext``,
+    which anyio wraps without a thread hop.)"""
+
+    @classmethod
+    def _create(cls, incoming: Any, outgoing: Any, server_side: bool = False,
+                server_hostname: str | None = None, session: Any = None,
+                context: Any = None) -> Any:
+        sessions = getattr(context, "vaultproxy_sessions", None)
+        if session is None and not server_side and isinstance(sessions, TLSSessions):
+            session = sessions.get(server_hostname)
+        create: Any = super()._create  # type: ignore[misc]  # (private: not in typeshed)
+        return create(incoming, outgoing, server_side, server_hostname,
+                      session=session, context=context)
+
+
+def sessions_of(ssl_context: ssl.SSLContext) -> TLSSessions | None:
+    found = getattr(ssl_context, "vaultproxy_sessions", None)
+    return found if isinstance(found, TLSSessions) else None
+
+
+def resuming_context(trust_file: Path, insecure: bool) -> ssl.SSLContext:
+    """``tls_context`` whose client connections resume the last session kept for their
+    server name (``TLSSessions``)."""
+    ctx = tls_context(trust_file, insecure)
+    ctx.sslobject_class = _ResumingObject
+    ctx.vaultproxy_sessions = TLSSessions()  # type: ignore[attr-defined]
+    return ctx
+
+
 class HeadWatch(httpcore.AsyncNetworkStream):
     """One pooled upstream connection's stream, watching each HTTP/1 response head as it is
     read: httpcore (h11) unfolds an obs-folded header line and refuses an unasked ``101``
@@ -131,19 +195,28 @@ class HeadWatch(httpcore.AsyncNetworkStream):
     (``502 upstream_protocol`` / ``upgrade_refused``). What the head held is left in
     ``head_seen`` for the task that reads it (the pooled exchange)."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkStream,
+                 sessions: TLSSessions | None = None, name: str | None = None) -> None:
         self._inner = inner
         self._head: bytes | None = None  # the response head being read; None: in a body
         self.folded = False
         self.status = 0
         ssl_object: Any = inner.get_extra_info("ssl_object")
+        self._ssl_object = ssl_object
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self._h1 = alpn != "h2"  # HTTP/2 frames are binary: nothing of this applies
+        # where this connection's session is kept once resumable (None: kept, or no TLS)
+        self._sessions = sessions if ssl_object is not None else None
+        self._name = name
+        if self._sessions is not None and self._sessions.keep(name, ssl_object):
+            self._sessions = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data = await self._inner.read(max_bytes, timeout)
         if self._head is not None and data:
             self._watch(data)
+        if self._sessions is not None and self._sessions.keep(self._name, self._ssl_object):
+            self._sessions = None  # a TLS 1.3 ticket arrives before the first response
         return data
 
     def _watch(self, data: bytes) -> None:
@@ -174,7 +247,8 @@ class HeadWatch(httpcore.AsyncNetworkStream):
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return HeadWatch(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+        stream = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return HeadWatch(stream, sessions_of(ssl_context), server_hostname)
 
     def get_extra_info(self, info: str) -> object:
         return self._inner.get_extra_info(info)
@@ -202,14 +276,18 @@ class _Dialer(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def pool_transport(key: UpstreamKey, *, http2: bool, idle: float
+def pool_transport(key: UpstreamKey, *, http2: bool, idle: float, resume: bool = True,
                    ) -> httpcore.AsyncConnectionPool:
     """The warm upstream pool of one service (stages/pool.py): the trust of ``tls_context``
-    for ``key``, HTTP/2 when the proxy offers it, idle connections kept ``idle`` seconds.
-    The caller keys it by everything its connections were verified and dialled under, and
-    sends the SNI (``sni_hostname``) and an IP literal it checked."""
+    for ``key``, HTTP/2 when the proxy offers it, idle connections kept ``idle`` seconds,
+    a new connection resuming the TLS session of an earlier one (``resume``; the context,
+    hence its sessions, belongs to this pool alone). The caller keys it by everything its
+    connections were verified and dialled under, and sends the SNI (``sni_hostname``) and
+    an IP literal it checked."""
+    ssl_context = (resuming_context(key.trust_file, key.insecure) if resume
+                   else tls_context(key.trust_file, key.insecure))
     return httpcore.AsyncConnectionPool(
-        ssl_context=tls_context(key.trust_file, key.insecure),
+        ssl_context=ssl_context,
         http1=True, http2=http2, max_connections=100, max_keepalive_connections=20,
         keepalive_expiry=idle, network_backend=_Dialer(),
     )
