@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -219,6 +220,24 @@ class HeadWatch(httpcore.AsyncNetworkStream):
             self._sessions = None  # a TLS 1.3 ticket arrives before the first response
         return data
 
+    async def settle(self, seconds: float) -> bool:
+        """Read what a TLS 1.3 server sends right after the handshake (its session tickets,
+        one round trip later) before the connection waits idle: unread, they leave the
+        socket readable, which the pool takes for a closed connection (``drop_closed``,
+        httpcore's own check). True when nothing else came within ``seconds`` (no EOF, no
+        unasked bytes): the connection is ready for a request."""
+        obj = self._ssl_object
+        if obj is None or obj.version() != "TLSv1.3":
+            return True
+        try:
+            await self._inner.read(1, seconds)
+        except httpcore.ReadTimeout:
+            return True
+        finally:
+            if self._sessions is not None and self._sessions.keep(self._name, obj):
+                self._sessions = None
+        return False  # EOF, or bytes nobody asked for
+
     def _watch(self, data: bytes) -> None:
         head = (self._head or b"") + data
         while True:
@@ -321,6 +340,65 @@ async def drop_closed(pool: httpcore.AsyncConnectionPool) -> int:
         inner = getattr(conn, "_connection", None)  # httpcore's HTTP/1.1 or HTTP/2 state
         stream = getattr(inner, "_network_stream", None)
         if stream is not None and stream.get_extra_info("is_readable"):
+            await conn.aclose()
+            closed += 1
+    return closed
+
+
+def _can_prewarm(pool: httpcore.AsyncConnectionPool) -> bool:
+    return all(hasattr(pool, name) for name in (
+        "create_connection", "_connections", "_optional_thread_lock", "_max_connections"))
+
+
+async def prewarm(pool: httpcore.AsyncConnectionPool, url: httpcore.URL, sni: str,
+                  connect_timeout: float, idle: float) -> bool:
+    """Open one connection of ``pool`` to ``url``'s origin (an IP literal the caller
+    checked) with the pool's own dial: TCP, then TLS verified for ``sni`` under the pool's
+    trust; left idle in the pool for the next request, closed after ``idle`` seconds unused
+    like any other (``drop_expired``). No request is sent. httpcore opens a connection only
+    for a request, so this builds its connection as ``AsyncHTTPConnection`` does (private
+    names, checked: False when they are missing, and when the pool is full)."""
+    if not _can_prewarm(pool) or len(pool.connections) >= pool._max_connections:
+        return False
+    request = httpcore.Request(b"GET", url, extensions={
+        "sni_hostname": sni, "timeout": {"connect": connect_timeout}})
+    conn: Any = pool.create_connection(request.url.origin)
+    if not hasattr(conn, "_connect") or not hasattr(conn, "_connection"):
+        return False
+    started = time.monotonic()
+    stream = await conn._connect(request)
+    # the tickets come one round trip after the handshake, which took about two
+    wait = min(connect_timeout, 1.5 * (time.monotonic() - started) + 0.05)
+    if isinstance(stream, HeadWatch) and not await stream.settle(wait):
+        await stream.aclose()
+        raise httpcore.RemoteProtocolError("the upstream sent unasked bytes or closed")
+    ssl_object: Any = stream.get_extra_info("ssl_object")
+    h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+    inner: Any
+    if h2:
+        from httpcore._async.http2 import AsyncHTTP2Connection
+        inner = AsyncHTTP2Connection(origin=request.url.origin, stream=stream,
+                                     keepalive_expiry=idle)
+    else:
+        from httpcore._async.http11 import AsyncHTTP11Connection
+        inner = AsyncHTTP11Connection(origin=request.url.origin, stream=stream,
+                                      keepalive_expiry=idle)
+    inner._state = type(inner._state).IDLE  # ready: as after a response read to its end
+    inner._expire_at = time.monotonic() + idle
+    conn._connection = inner
+    with pool._optional_thread_lock:
+        pool._connections.append(conn)
+    return True
+
+
+async def drop_expired(pool: httpcore.AsyncConnectionPool) -> int:
+    """Close every idle connection of ``pool`` past its keep-alive expiry. httpcore only
+    looks when a request comes, so without this a connection nobody asks for again (a
+    pre-warmed one, the last of a quiet service) would stay open past
+    ``upstream_pool_idle``. How many were closed."""
+    closed = 0
+    for conn in pool.connections:
+        if conn.is_idle() and not conn.is_closed() and conn.has_expired():
             await conn.aclose()
             closed += 1
     return closed

@@ -14,7 +14,15 @@ snapshot): never shared across services, dropped on a reload (a new snapshot: ``
 ``connect_to``); each dials the address the Route stage checked for the agent's tunnel (a
 re-resolved address is another connection), and a connection idle ``[proxy]
 upstream_pool_idle`` seconds is closed (0: no pool). A connection that saw a protocol error
-is closed, never reused (httpcore drops it)."""
+is closed, never reused (httpcore drops it).
+
+A new upstream connection resumes the TLS session the pool's last one for that name left
+(net/outbound.py ``TLSSessions``; the sessions live and die with the pool). A service's
+``prewarm = N`` opens N connections per host (each name the service lists that is no
+wildcard) at start and after each reload, with the same egress check and dial as a tunnel's,
+so the first agent request finds one warm; unused, they close after ``upstream_pool_idle``
+like any other, and a service without a pool (``upstream_pool_idle = 0``) is never
+pre-warmed."""
 
 from __future__ import annotations
 
@@ -22,20 +30,28 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpcore
 from mitmproxy import ctx, http
 from mitmproxy.proxy.layer import NextLayer
 
+from vaultproxy.config.models import Service
+from vaultproxy.config.rules import parse_host
 from vaultproxy.core.pipeline import hop_free
+from vaultproxy.core.state import ProxyState
 from vaultproxy.loaded.snapshot import Snapshot
+from vaultproxy.net.hostnames import split_authority
 from vaultproxy.net.outbound import (
     UpstreamKey,
     drop_closed,
+    drop_expired,
     head_seen,
     pool_error_text,
     pool_transport,
+    prewarm,
 )
+from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
@@ -101,6 +117,79 @@ class Pool(Stage):
         self._pools: dict[tuple[str, str], tuple[UpstreamKey, bool, _Pool]] = {}
         self._snapshot: Snapshot | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self._warming: set[asyncio.Task[None]] = set()
+
+    def running(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
+
+    def done(self) -> None:
+        for task in (self._watch, *self._warming):
+            if task is not None:
+                task.cancel()
+        self._watch = None
+        super().done()
+
+    async def _watch_policy(self) -> None:
+        """Once a second: a new policy (start, reload) retires the old pools at once and
+        pre-warms the new ones; idle connections past ``upstream_pool_idle`` close."""
+        while True:
+            try:
+                st = self.rt.current()
+                if self.rt.serving is not None and not self.rt.serving.is_set():
+                    st = None  # starting: the listeners' addresses join the policy yet
+                if st is not None and st.snapshot is not self._snapshot and self._idle() > 0:
+                    self._new_policy(st.snapshot)
+                    for service in st.registry.services:
+                        if service.prewarm > 0:
+                            self._spawn(self._prewarm(st, service))
+                for _, _, pool in list(self._pools.values()):
+                    await drop_expired(pool)
+            except Exception:  # noqa: BLE001 - a speed feature never stops the proxy
+                logger.exception("upstream pool upkeep failed")
+            await asyncio.sleep(1.0)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _prewarm(self, st: ProxyState, service: Service) -> None:
+        cfg = st.registry.config.proxy
+        for value in service.hosts:
+            spec = parse_host(value)
+            if spec.wildcard:
+                continue
+            dial_host, dial_port = spec.host, spec.port
+            if service.connect_to:
+                h, p = split_authority(service.connect_to)
+                dial_host, dial_port = h, (p if p and p > 0 else spec.port)
+            try:
+                ip, port = await resolve_checked(
+                    dial_host, dial_port, st.snapshot.address_context(service))
+                if st.snapshot is not self._snapshot:
+                    return  # reloaded meanwhile: the new policy warms its own
+                pool = self._pool_for(st, service, spec.host)
+                url = httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
+                                   target=b"/")
+                done = await asyncio.gather(*(
+                    prewarm(pool, url, spec.host, float(cfg.connect_timeout),
+                            float(cfg.upstream_pool_idle))
+                    for _ in range(service.prewarm)), return_exceptions=True)
+            except Exception as e:  # noqa: BLE001 - the first request reports it properly
+                logger.warning("prewarm of %s (%s): %s", service.name, spec.host,
+                               pool_error_text(e) if isinstance(e, httpcore.ConnectError)
+                               else e)
+                continue
+            failed = [d for d in done if isinstance(d, BaseException)]
+            if failed:
+                logger.warning("prewarm of %s (%s): %d of %d connections failed: %s",
+                               service.name, spec.host, len(failed), len(done),
+                               pool_error_text(failed[0]))
+            else:
+                logger.info("prewarm of %s (%s): %d connections", service.name, spec.host,
+                            sum(1 for d in done if d is True))
 
     def _idle(self) -> float:
         st = self.rt.current()
@@ -139,22 +228,29 @@ class Pool(Stage):
         st = self.rt.state()
         service = tunnel.decision.service
         assert service is not None
-        key = UpstreamKey(service.name, tunnel.host, st.snapshot.trust_file(service),
+        return self._pool_for(st, service, tunnel.host)
+
+    def _new_policy(self, snapshot: Snapshot) -> None:
+        """A reload: every pool of the old policy goes."""
+        self._snapshot = snapshot
+        for old in list(self._pools):
+            self._retire(old)
+
+    def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Pool:
+        key = UpstreamKey(service.name, host, st.snapshot.trust_file(service),
                           service.insecure_tls)
         http2 = bool(ctx.options.http2)
-        if self._snapshot is not st.snapshot:  # a reload: every pool of the old policy goes
-            self._snapshot = st.snapshot
-            for old in list(self._pools):
-                self._retire(old)
-        found = self._pools.get((service.name, tunnel.host))
+        if self._snapshot is not st.snapshot:
+            self._new_policy(st.snapshot)
+        found = self._pools.get((service.name, host))
         if found is not None:
             old_key, old_h2, pool = found
             if old_key == key and old_h2 == http2:
                 return pool
-            self._retire((service.name, tunnel.host))
+            self._retire((service.name, host))
         idle = float(st.registry.config.proxy.upstream_pool_idle)
         pool = pool_transport(key, http2=http2, idle=idle)
-        self._pools[(service.name, tunnel.host)] = (key, http2, pool)
+        self._pools[(service.name, host)] = (key, http2, pool)
         return pool
 
     def _retire(self, name: tuple[str, str]) -> None:
