@@ -10,6 +10,7 @@ CountingUpstream)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -134,5 +135,31 @@ def test_no_prewarm_for_a_service_without_a_pool(  # type: ignore[no-untyped-def
             assert status == 200 and up.accepted == 1
         finally:
             twin.stop()
+    finally:
+        up.stop()
+
+
+class ClosingCount(CountingUpstream):
+    """Also counts the connections the proxy closed (a read saw the end)."""
+
+    closed = 0
+
+    def _serve(self, raw: socket.socket, n: int) -> None:
+        super()._serve(raw, n)
+        self.closed += 1
+
+
+def test_an_unused_warm_connection_closes_after_upstream_pool_idle(  # type: ignore[no-untyped-def]
+        start_proxy, upstream: Upstream) -> None:
+    """No request ever comes for it: the pool's upkeep closes it all the same (httpcore
+    itself only looks when a request comes)."""
+    up = ClosingCount(upstream.ca, ("wa.api.test",)).start()
+    try:
+        proxy = start_proxy("[proxy]\nupstream_pool_idle = 2\n\n"
+                            + _service("wa", up.port, TRUST, "prewarm = 1"),
+                            {"wa": canary.make_canary()})
+        wait_for(warmed(proxy, "wa"))
+        assert up.accepted == 1 and up.closed == 0  # the twin: open while fresh
+        wait_for(lambda: up.closed == 1)
     finally:
         up.stop()
