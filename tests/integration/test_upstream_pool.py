@@ -150,9 +150,10 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(start_proxy, upstream: Upstream) -> Iterator[Env]:  # type: ignore[no-untyped-def]
-    up = CountingUpstream(upstream.ca, ("pa.api.test", "pb.api.test", "pd.api.test")).start()
-    secrets = {name: canary.make_canary() for name in ("pa", "pb", "pc")}
-    toml = _services(up.port, ("pa", "pb"))
+    up = CountingUpstream(upstream.ca, ("pa.api.test", "pb.api.test", "pd.api.test",
+                                        "pf.api.test")).start()
+    secrets = {name: canary.make_canary() for name in ("pa", "pb", "pc", "pf")}
+    toml = _services(up.port, ("pa", "pb", "pf"))
     closed = free_port()  # nothing listens: the dial is refused
     broken = (_services(closed, ("pc",))
               + _services(up.port, ("pd",)).replace('ca_cert = "upstream-ca.pem"\n', ""))
@@ -268,13 +269,18 @@ def test_sse_first_event_arrives_before_the_stream_ends(env: Env, pooled: bool) 
 
 
 def test_http2_agent_through_the_pool(env: Env) -> None:
-    curl(env.pooled, "https://pa.api.test/warm")
+    """While no pooled answer told the service's upstream protocol (pf: used only here), an
+    agent that offers HTTP/2 gets it; once the upstream answered over HTTP/1.1, a new agent
+    connection gets the agent's first offer (httpx: HTTP/1.1), as an eager dial mirrors."""
+    with agent_client(env.pooled, http2=True) as c:
+        rs = [c.get(f"https://pf.api.test/h2/{i}") for i in range(3)]
+    assert [r.status_code for r in rs] == [200, 200, 200]
+    assert rs[0].http_version == "HTTP/2"
     before = env.up.accepted
     with agent_client(env.pooled, http2=True) as c:
-        rs = [c.get(f"https://pa.api.test/h2/{i}") for i in range(3)]
-    assert [r.status_code for r in rs] == [200, 200, 200]
-    assert env.up.accepted == before
-    assert rs[0].http_version == "HTTP/2"
+        r = c.get("https://pf.api.test/again")
+    assert r.status_code == 200 and r.http_version == "HTTP/1.1"
+    assert env.up.accepted == before  # on the warm connection all the same
 
 
 def test_reload_drops_the_pool(env: Env) -> None:

@@ -351,20 +351,21 @@ def _can_prewarm(pool: httpcore.AsyncConnectionPool) -> bool:
 
 
 async def prewarm(pool: httpcore.AsyncConnectionPool, url: httpcore.URL, sni: str,
-                  connect_timeout: float, idle: float) -> bool:
+                  connect_timeout: float, idle: float) -> str | None:
     """Open one connection of ``pool`` to ``url``'s origin (an IP literal the caller
     checked) with the pool's own dial: TCP, then TLS verified for ``sni`` under the pool's
     trust; left idle in the pool for the next request, closed after ``idle`` seconds unused
     like any other (``drop_expired``). No request is sent. httpcore opens a connection only
     for a request, so this builds its connection as ``AsyncHTTPConnection`` does (private
-    names, checked: False when they are missing, and when the pool is full)."""
+    names, checked: None when they are missing, and when the pool is full). The protocol
+    the upstream chose: "h2" or "http/1.1"."""
     if not _can_prewarm(pool) or len(pool.connections) >= pool._max_connections:
-        return False
+        return None
     request = httpcore.Request(b"GET", url, extensions={
         "sni_hostname": sni, "timeout": {"connect": connect_timeout}})
     conn: Any = pool.create_connection(request.url.origin)
     if not hasattr(conn, "_connect") or not hasattr(conn, "_connection"):
-        return False
+        return None
     started = time.monotonic()
     stream = await conn._connect(request)
     # the tickets come one round trip after the handshake, which took about two
@@ -388,7 +389,7 @@ async def prewarm(pool: httpcore.AsyncConnectionPool, url: httpcore.URL, sni: st
     conn._connection = inner
     with pool._optional_thread_lock:
         pool._connections.append(conn)
-    return True
+    return "h2" if h2 else "http/1.1"
 
 
 async def drop_expired(pool: httpcore.AsyncConnectionPool) -> int:

@@ -79,9 +79,11 @@ class _LazyDial:
     """A connection's options as its layers read them: ``connection_strategy`` is "lazy"
     while ``lazy()`` is true (the tunnel's service is pooled), the global value otherwise."""
 
-    def __init__(self, options: Any, lazy: Callable[[], bool]) -> None:
+    def __init__(self, options: Any, lazy: Callable[[], bool],
+                 h2: Callable[[], bool] = lambda: True) -> None:
         self._options = options
         self._lazy = lazy
+        self.prefer_h2 = h2  # offer the agent HTTP/2 (the upstream speaks it, or unknown)
 
     def __getattr__(self, name: str) -> Any:
         if name == "connection_strategy" and self._lazy():
@@ -89,11 +91,13 @@ class _LazyDial:
         return getattr(self._options, name)
 
 
-def lazy_dial(context: Any, lazy: Callable[[], bool]) -> None:
+def lazy_dial(context: Any, lazy: Callable[[], bool],
+              h2: Callable[[], bool] = lambda: True) -> None:
     """Give ``context`` (a NextLayer's, before its layer is chosen) and every context
-    forked from it the per-connection strategy."""
+    forked from it the per-connection strategy; ``h2``: whether a lazy tunnel offers the
+    agent HTTP/2."""
     if _installed and not isinstance(context.options, _LazyDial):
-        context.options = _LazyDial(context.options, lazy)
+        context.options = _LazyDial(context.options, lazy, h2)
 
 
 def install() -> None:
@@ -137,7 +141,10 @@ def _patch_clienthello(cls: Any) -> None:
     def tls_start_client(self: Any, tls_start: Any) -> None:
         """With no upstream handshake first there is no upstream ALPN to mirror, and
         mitmproxy would take the agent's first offer (httpx offers HTTP/1.1 first). Prefer
-        HTTP/2 when the agent offers it, as an eager dial to an HTTP/2 upstream would."""
+        HTTP/2 when the agent offers it, as an eager dial to an HTTP/2 upstream would,
+        unless the service's pooled upstream is known to speak only HTTP/1.1: then the
+        agent's first offer, as an eager dial mirrors (HTTP/2 to the agent costs a few ms
+        per request in mitmproxy's HTTP/2 layer, for nothing to multiplex upstream)."""
         start_client(self, tls_start)
         options = tls_start.context.options
         conn = tls_start.ssl_conn
@@ -145,7 +152,8 @@ def _patch_clienthello(cls: Any) -> None:
                 options.connection_strategy != "lazy"):
             return
         app = conn.get_app_data()
-        if isinstance(app, dict) and app.get("server_alpn") is None and app.get("http2"):
+        if (isinstance(app, dict) and app.get("server_alpn") is None and app.get("http2")
+                and options.prefer_h2()):
             app["server_alpn"] = b"h2"  # chosen only if the agent offers it
 
     cls.tls_start_client = tls_start_client

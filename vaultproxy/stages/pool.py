@@ -119,6 +119,8 @@ class Pool(Stage):
         self._retiring: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
         self._warming: set[asyncio.Task[None]] = set()
+        # (service name, tunnel host) -> whether its upstream answered over HTTP/2
+        self._h2_seen: dict[tuple[str, str], bool] = {}
 
     def running(self) -> None:
         if self._watch is None:
@@ -189,7 +191,10 @@ class Pool(Stage):
                                pool_error_text(failed[0]))
             else:
                 logger.info("prewarm of %s (%s): %d connections", service.name, spec.host,
-                            sum(1 for d in done if d is True))
+                            sum(1 for d in done if d is not None))
+            opened = [d for d in done if isinstance(d, str)]
+            if opened:
+                self._h2_seen[(service.name, spec.host)] = opened[0] == "h2"
 
     def _idle(self) -> float:
         st = self.rt.current()
@@ -204,7 +209,15 @@ class Pool(Stage):
     def next_layer(self, nextlayer: NextLayer) -> None:
         client_id = nextlayer.context.client.id
         if nextlayer.layer is None and self.rt.connections.tunnel(client_id) is None:
-            seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id))
+            seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id),
+                                lambda: self._upstream_h2(client_id))
+
+    def _upstream_h2(self, client_id: str) -> bool:
+        """Whether the tunnel's pooled upstream speaks HTTP/2 (True while unknown)."""
+        tunnel = self.rt.connections.tunnel(client_id)
+        if tunnel is None or tunnel.decision.service is None:
+            return True
+        return self._h2_seen.get((tunnel.decision.service.name, tunnel.host), True)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -279,6 +292,9 @@ class Pool(Stage):
             await ex.close()
             return
         version = resp.extensions.get("http_version", b"HTTP/1.1")
+        service = ex.tunnel.decision.service
+        if service is not None:
+            self._h2_seen[(service.name, ex.tunnel.host)] = version == b"HTTP/2"
         headers = http.Headers(resp.headers)
         if version == b"HTTP/2":
             version = b"HTTP/2.0"
