@@ -122,7 +122,7 @@ def measure(rtt: float, calls: int, work: Path, nginx: Nginx, home_base: Path) -
             proxies.append(vp)
             assert vp.proxy is not None
             targets.append((who, ["--cacert", str(home.path / "ca.crt"), "--proxy", vp.proxy]))
-        url = f"https://{HOST}/"
+        url = f"https://{HOST}/1k"
         for label, one in (("new connection", False), ("keep-alive", True)):
             for _, args in targets:
                 curl_times(args, url, 2, one_process=one)  # warm: DNS, CA load, proxy caches
@@ -156,13 +156,13 @@ def measure_dial(rtt: float, calls: int, work: Path, nginx: Nginx) -> list[tuple
         key = UpstreamKey("hi", HOST, nginx.ca_file, False)
         pools = {"full TLS handshake": pool_transport(key, http2=False, idle=30, resume=False),
                  "resumed TLS session": pool_transport(key, http2=False, idle=30)}
-        url = f"https://127.0.0.1:{relay_port}/"
+        url = f"https://127.0.0.1:{relay_port}/1k"
         ext = {"sni_hostname": HOST}
         for i in range(calls + 1):
             for who, pool in pools.items():  # interleaved
                 t0, c0 = time.perf_counter(), time.process_time()
                 r = await pool.request("GET", url, headers={"Host": HOST, "Connection": "close"}, extensions=ext)
-                assert r.status == 200
+                assert r.status == 200, (r.status, r.content[:200])
                 if i:  # the first fills the resumed pool's session
                     wall[who].append(time.perf_counter() - t0)
                     cpu[who].append(time.process_time() - c0)
@@ -198,7 +198,7 @@ def measure_prewarm(rtt: float, calls: int, work: Path, nginx: Nginx, home_base:
             vp.start()
             proxies[who] = vp
             times[who] = []
-        url = f"https://{HOST}/"
+        url = f"https://{HOST}/1k"
         for _ in range(max(3, calls // 4)):
             for vp in proxies.values():
                 assert vp.proc is not None
@@ -226,6 +226,7 @@ def main() -> None:
     only = set(opts.only.split(","))
     with tempfile.TemporaryDirectory(prefix="vp-rtt-") as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # nginx workers run unprivileged when we are root (else: 403s)
         nginx = Nginx(work / "nginx").start()
         try:
             rows = []
