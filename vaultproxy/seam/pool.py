@@ -142,9 +142,9 @@ def _patch_clienthello(cls: Any) -> None:
         """With no upstream handshake first there is no upstream ALPN to mirror, and
         mitmproxy would take the agent's first offer (httpx offers HTTP/1.1 first). Prefer
         HTTP/2 when the agent offers it, as an eager dial to an HTTP/2 upstream would,
-        unless the service's pooled upstream is known to speak only HTTP/1.1: then the
-        agent's first offer, as an eager dial mirrors (HTTP/2 to the agent costs a few ms
-        per request in mitmproxy's HTTP/2 layer, for nothing to multiplex upstream)."""
+        unless the service's pooled upstream is known to speak only HTTP/1.1: then
+        HTTP/1.1, as an eager dial mirrors (HTTP/2 to the agent costs a few ms per request
+        in mitmproxy's HTTP/2 layer, for nothing to multiplex upstream)."""
         start_client(self, tls_start)
         options = tls_start.context.options
         conn = tls_start.ssl_conn
@@ -152,9 +152,9 @@ def _patch_clienthello(cls: Any) -> None:
                 options.connection_strategy != "lazy"):
             return
         app = conn.get_app_data()
-        if (isinstance(app, dict) and app.get("server_alpn") is None and app.get("http2")
-                and options.prefer_h2()):
-            app["server_alpn"] = b"h2"  # chosen only if the agent offers it
+        if isinstance(app, dict) and app.get("server_alpn") is None and app.get("http2"):
+            # chosen only if the agent offers it (else the agent's first offer)
+            app["server_alpn"] = b"h2" if options.prefer_h2() else b"http/1.1"
 
     cls.tls_start_client = tls_start_client
 
