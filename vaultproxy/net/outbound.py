@@ -12,6 +12,8 @@ name is never reused for another. Third-party errors are translated here, at the
 from __future__ import annotations
 
 import logging
+import select
+import socket
 import ssl
 import time
 from collections.abc import Iterable
@@ -204,6 +206,9 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         self.status = 0
         ssl_object: Any = inner.get_extra_info("ssl_object")
         self._ssl_object = ssl_object
+        # asked before every request (httpcore's expiry check, ``drop_closed``): anyio
+        # builds its whole attribute table for each ask, so the socket is looked up once
+        self._socket: Any = inner.get_extra_info("socket")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self._h1 = alpn != "h2"  # HTTP/2 frames are binary: nothing of this applies
         # where this connection's session is kept once resumable (None: kept, or no TLS)
@@ -270,7 +275,18 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         return HeadWatch(stream, sessions_of(ssl_context), server_hostname)
 
     def get_extra_info(self, info: str) -> object:
+        if info == "is_readable" and self._socket is not None:
+            return _readable(self._socket)
         return self._inner.get_extra_info(info)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """httpcore's ``is_readable`` (a zero-timeout poll of the socket; a closed one is)."""
+    if sock.fileno() == -1:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Dialer(httpcore.AsyncNetworkBackend):
