@@ -50,6 +50,7 @@ class Exchange(Protocol):
     error: str | None  # mitmproxy-style error text (seam/engine_errors.py reads it)
     chunk: bytes | None  # the next body chunk; None: the body ended
     body_limit: int  # the most a buffered body may hold
+    body: bytes | None  # the whole body, read with the head (small); None: ask by chunk
 
 
 @dataclass
@@ -240,6 +241,12 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
     if resp.stream and not no_body:
         yield lhttp.SendHttp(lhttp.ResponseHeaders(self.stream_id, resp, end_stream=False),
                              client)
+        if ex.body is not None:  # read with the head: no hook round trip per chunk
+            for data in (ex.body, b""):
+                for chunk in _through(resp.stream, data):
+                    yield lhttp.SendHttp(lhttp.ResponseData(self.stream_id, chunk), client)
+            yield from self.send_response(already_streamed=True)
+            return
         while True:
             yield PoolChunkHook(flow)
             if (yield from self.check_killed(True)):
@@ -253,8 +260,8 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
                 break
         yield from self.send_response(already_streamed=True)
         return
-    body = bytearray()
-    while not no_body:
+    body = bytearray(ex.body or b"")
+    while not no_body and ex.body is None:
         yield PoolChunkHook(flow)
         if (yield from self.check_killed(True)):
             return

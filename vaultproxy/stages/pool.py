@@ -61,6 +61,9 @@ from vaultproxy.stages.runtime import Runtime, Stage
 logger = logging.getLogger(__name__)
 
 MAX_POOLED_BODY = 1024 * 1024  # a larger request body streams on mitmproxy's own path
+# A response body of at most this Content-Length is read with its head, in the exchange:
+# two hook round trips less per request (the seam then needs no chunk hook).
+PREFETCH_BODY = 64 * 1024
 _Pool = httpcore.AsyncConnectionPool
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
@@ -74,6 +77,7 @@ class Exchange:
     body_limit: int
     error: str | None = None
     chunk: bytes | None = None
+    body: bytes | None = None
     response: httpcore.Response | None = None
     chunks: AsyncIterator[bytes] | None = None
     idle: float = 300.0
@@ -310,6 +314,17 @@ class Pool(Stage):
             timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
         )
         ex.chunks = resp.aiter_stream()
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
+            body = bytearray()
+            while True:
+                await self.vaultproxy_pool_chunk(flow)
+                if ex.error is not None:
+                    return  # the seam answers it as a failed exchange
+                if ex.chunk is None:
+                    break
+                body += ex.chunk
+            ex.body = bytes(body)
 
     async def _send(self, flow: http.HTTPFlow, ex: Exchange) -> httpcore.Response:
         tunnel = ex.tunnel
