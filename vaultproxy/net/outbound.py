@@ -214,6 +214,7 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         # where this connection's session is kept once resumable (None: kept, or no TLS)
         self._sessions = sessions if ssl_object is not None else None
         self._name = name
+        self._asks = 0  # reads that found no resumable session yet (a server may send none)
         if self._sessions is not None and self._sessions.keep(name, ssl_object):
             self._sessions = None
 
@@ -221,8 +222,10 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         data = await self._inner.read(max_bytes, timeout)
         if self._head is not None and data:
             self._watch(data)
-        if self._sessions is not None and self._sessions.keep(self._name, self._ssl_object):
-            self._sessions = None  # a TLS 1.3 ticket arrives before the first response
+        if self._sessions is not None:
+            self._asks += 1  # a TLS 1.3 ticket arrives before the first response, if ever
+            if self._sessions.keep(self._name, self._ssl_object) or self._asks >= 8:
+                self._sessions = None
         return data
 
     async def settle(self, seconds: float) -> bool:
