@@ -21,7 +21,7 @@ import pytest
 
 from tests import canary
 from tests.harness.proxy import ProxyProcess
-from tests.harness.upstream import Upstream
+from tests.harness.upstream import Upstream, free_port
 from tests.integration.test_upstream_pool import CountingUpstream
 
 pytestmark = pytest.mark.integration
@@ -163,3 +163,17 @@ def test_an_unused_warm_connection_closes_after_upstream_pool_idle(  # type: ign
         wait_for(lambda: up.closed == 1)
     finally:
         up.stop()
+
+
+def test_a_denied_address_is_never_prewarmed(start_proxy) -> None:  # type: ignore[no-untyped-def]
+    """The pre-warm dial is checked as a tunnel's: here the service's ``connect_to`` is the
+    proxy's own listener, which the egress policy refuses at run time (config allows the
+    loopback address). The log names the refusal; the twin is every other test here, where
+    the same check lets the upstream's address through and the connections open."""
+    port = free_port()
+    proxy = start_proxy(_service("wd", port, TRUST, "prewarm = 1"),
+                        {"wd": canary.make_canary()}, args=("--listen", f"127.0.0.1:{port}"))
+    assert proxy.port == port
+    wait_for(warmed(proxy, "wd"))
+    line = next(x for x in proxy.output().splitlines() if "prewarm of wd" in x)
+    assert "destination denied" in line, line
