@@ -111,6 +111,11 @@ class CountingUpstream:
             if path == "/stall":
                 time.sleep(5)
             return False
+        if path in ("/small-stall", "/small-cut"):  # a body the pool reads with its head
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 200)
+            if path == "/small-stall":
+                time.sleep(5)
+            return False
         if path == "/sse":
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                          b"transfer-encoding: chunked\r\n\r\n")
@@ -318,6 +323,16 @@ def test_a_stalled_or_cut_body_closes_the_agent_and_is_audited(env: Env) -> None
             audit = [a for a in env.pooled.audit() if a.get("path") == path]
             time.sleep(0.05)
         assert audit and audit[-1]["reason"] == code, audit
+
+
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/small-stall", 504, "upstream_timeout"), ("/small-cut", 502, "upstream_protocol")])
+def test_a_stalled_or_cut_small_body_is_answered_with_an_error(env: Env, path: str,
+                                                              status: int, code: str) -> None:
+    """A body of at most 64 KiB is read with its head: a stall or a cut is an error answer
+    (the large-body twin above gets the head, then a cut connection)."""
+    got, body = curl(env.pooled, f"https://pa.api.test{path}")
+    assert got == status and json.loads(body)["error"]["code"] == code
 
 
 def test_a_connection_closed_as_it_is_reused_is_retried_when_idempotent(env: Env) -> None:
