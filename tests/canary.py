@@ -2,6 +2,13 @@
 
 Scanned at session end: captured stdout/stderr/log of every test report, and every file or
 directory registered with ``canary_watch``. Tests make canaries with the ``canary`` fixture.
+
+A canary is found raw (also truncated to 6 hex digits) and in every encoding the proxy's own
+redactor matches (``vaultproxy.values.redact.encoded_forms``): hex in either case, base64
+std and urlsafe, padded or not, whole or embedded at any byte alignment, and base32. A leak
+that went through ``.hex()`` or ``b64encode`` on its way to a log is still a leak. Every
+encoded form of a canary begins with the same encoded form of ``vpcanary_``; a buffer with
+none of those few markers is skipped without looking for each canary's forms.
 """
 
 from __future__ import annotations
@@ -12,10 +19,18 @@ from pathlib import Path
 
 import pytest
 
+from vaultproxy.values.redact import encoded_forms
+
 # Six hex digits or more: a truncated canary ("vpcanary_02a5ad…") is a leak too.
 CANARY_RE = re.compile(rb"vpcanary_[0-9a-f]{6,}")
 
+PREFIX = b"vpcanary_"
+# The first 8 characters of each encoded form of the prefix: every encoded form of every
+# canary contains one of them (tests/security/test_canary_check.py checks it).
+MARKERS = frozenset(form[:8] for form in encoded_forms(PREFIX))
+
 _made: set[str] = set()
+_forms: dict[str, frozenset[bytes]] = {}  # canary -> its encoded forms
 _watched: list[Path] = []
 _hits: list[str] = []
 
@@ -23,6 +38,7 @@ _hits: list[str] = []
 def make_canary() -> str:
     value = "vpcanary_" + secrets.token_hex(12)
     _made.add(value)
+    _forms[value] = frozenset(encoded_forms(value.encode()))
     return value
 
 
@@ -36,6 +52,10 @@ def scan_text(where: str, text: str | bytes) -> None:
         found = m.group().decode()
         if any(made.startswith(found) for made in _made):
             _hits.append(f"{where}: {found[:13]}...")
+    if any(marker in data for marker in MARKERS):
+        for made, forms in _forms.items():
+            if any(form in data for form in forms):
+                _hits.append(f"{where}: an encoded form (hex/base64/base32) of {made[:13]}...")
 
 
 def scan_path(path: Path) -> None:

@@ -70,6 +70,16 @@ class UpstreamUnreachable(VaultproxyError):
     status, code, public = 502, "upstream_unreachable", "the upstream could not be reached"
 
 
+class ClientDisconnected(VaultproxyError):
+    """The client (agent) went away before the exchange ended: it cut its request body or
+    closed before the answer. Audit only (nobody is left to answer); 499 is nginx's "client
+    closed request", so the record never blames the upstream."""
+
+    status, code, public = 499, "client_disconnected", (
+        "the client closed the connection before the exchange completed"
+    )
+
+
 class UpstreamTLS(VaultproxyError):
     status, code, public = 502, "upstream_tls", (
         "the TLS connection to the upstream failed (untrusted certificate or handshake error)"

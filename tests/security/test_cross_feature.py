@@ -781,3 +781,124 @@ def test_a_decoy_in_the_connect_target_is_refused_before_any_lookup(env: Env) ->
     assert "connect target" in last["reason"] and DECOY not in json.dumps(last)
     status, code = _connect_status(env, "ordinary-name.attacker.test:443")
     assert code != "honeytoken" and len(env.events("honeytoken")) == hits + 1
+
+
+# -- 2d. a grant belongs to the agent's token, not its name ---------------------------------
+def test_a_grant_does_not_pass_to_a_new_agent_of_the_same_name(env: Env) -> None:
+    """``agent rm reborn`` then ``agent add reborn`` (a new token: another identity, maybe
+    another person's agent): the grant the first ``reborn`` was given must not admit the
+    second. Its request is held for the operator like any first request. Twin: before the
+    removal, the granted agent's next request on that rule passed unasked."""
+    home = env.proxy.home
+    token = _add_agent(env, "reborn")
+    cli(home.path, "reload")
+    first = _held_proxied(env, "reborn", token, "/hold/r1")
+    held = pending_for(env, "reborn")
+    with admin(env) as c:
+        assert c.post(f"/v1/approvals/{held['id']}",
+                      json={"decision": "approve", "grant_seconds": 300}).status_code == 200
+    first["thread"].join(30)
+    again = _held_proxied(env, "reborn", token, "/hold/r2")
+    again["thread"].join(30)
+    assert (first["status"], again["status"]) == (200, 200)  # twin: the grant admits it
+    cli(home.path, "agent", "rm", "reborn", "--password-file", str(home.password_file))
+    new_token = _add_agent(env, "reborn")
+    cli(home.path, "reload")
+    assert new_token != token
+    later = _held_proxied(env, "reborn", new_token, "/hold/r3")
+    found = pending_for(env, "reborn")  # held: the old grant did not admit it
+    assert found["path"] == "/hold/r3", found
+    with admin(env) as c:
+        assert c.post(f"/v1/approvals/{found['id']}",
+                      json={"decision": "deny"}).status_code == 200
+    later["thread"].join(30)
+    assert (later["status"], later["code"]) == (403, "approval_denied")
+    got = [r.path for r in env.upstream.received]
+    assert "/hold/r3" not in got and "/hold/r2" in got
+
+
+# -- 2e. an anonymous caller reads only the approvals it opened ------------------------------
+async def _anonymous_calls(env: Env, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """One anonymous MCP session through the proxy to ``https://vaultproxy.internal/mcp``
+    (``require_agent_auth = false``: no proxy credentials), making ``calls`` in order; an
+    argument ``"$0"`` is the ``id`` the first call answered."""
+    ca = ssl.create_default_context(cafile=str(env.proxy.home.ca_cert))
+    client = httpx2.AsyncClient(proxy=env.proxy.url, verify=ca, trust_env=False,
+                                timeout=httpx2.Timeout(30, read=60))
+    out: list[Any] = []
+    async with client, streamable_http_client("https://vaultproxy.internal/mcp",
+                                              http_client=client) as streams:
+        async with ClientSession(streams[0], streams[1]) as s:
+            await s.initialize()
+            for name, args in calls:
+                if args.get("id") == "$0":
+                    args = {**args, "id": json.loads(out[0])["id"]}
+                result = await s.call_tool(name, args)
+                text = "".join(getattr(c, "text", "") for c in result.content)
+                canary.scan_text("MCP tool result", text.encode())
+                out.append(text)
+    return out
+
+
+def test_an_anonymous_caller_reads_only_its_own_approvals(env: Env) -> None:
+    """With ``require_agent_auth = false`` anyone who reaches the proxy port may use the
+    reserved MCP host without credentials. Such a caller must not read an agent's approval
+    by its id (``approval_status``: who asked for what, where), nor another anonymous
+    session's. Twins: the same anonymous session reads the approval it opened itself
+    (``request_access``), and the operator reads the agent's approval by the same id."""
+    held = _held_proxied(env, "bot", env.agent_token, "/hold/secret-plan")
+    theirs = pending_for(env, "bot")
+    mine, probe, own = asyncio.run(_anonymous_calls(env, [
+        ("request_access", {"host": "anon-probe.example.com", "reason": "r"}),
+        ("approval_status", {"id": theirs["id"]}),
+        ("approval_status", {"id": "$0"}),
+    ]))
+    try:
+        assert "approval_unknown" in probe and "/hold/secret-plan" not in probe, probe
+        assert json.loads(own)["state"] == "pending"  # twin: its own is readable
+        other = asyncio.run(_anonymous_calls(env, [
+            ("whoami", {}), ("approval_status", {"id": json.loads(mine)["id"]})]))
+        assert json.loads(other[0])["operator"] is False
+        assert "approval_unknown" in other[1] and "anon-probe" not in other[1]
+        seen = call_tool(env, "approval_status", {"id": theirs["id"]},
+                         bearer=env.admin_token())
+        assert json.loads(seen)["path"] == "/hold/secret-plan"  # twin: the operator's view
+    finally:
+        with admin(env) as c:
+            for aid in (theirs["id"], json.loads(mine)["id"]):
+                c.post(f"/v1/approvals/{aid}", json={"decision": "deny"})
+        held["thread"].join(30)
+
+
+# -- 5b. every MCP tool call's arguments pass the honeytoken scan ---------------------------
+@pytest.mark.parametrize(("tool", "args"), [
+    ("request_access", {"host": "decoy-probe.example.com", "reason": f"need {DECOY}"}),
+    ("store_secret", {"name": "decoyprobe",
+                      "reason": base64.b64encode(DECOY.encode()).decode()}),
+    ("approval_status", {"id": DECOY}),
+], ids=["request_access", "store_secret-base64", "approval_status"])
+def test_a_decoy_in_any_mcp_tool_argument_is_refused_and_reported(
+    env: Env, tool: str, args: dict[str, Any]
+) -> None:
+    """Straight to the admin ``/mcp`` (an agent's bearer, the official SDK client): a
+    decoy in the arguments of a tool other than ``http_request`` -- a ``request_access``
+    reason (which lands in the operator's approval list and ``notify_command``), a
+    base64-wrapped ``store_secret`` reason, an ``approval_status`` id -- is the same
+    ``honeytoken`` refusal as on every other entry: the tool answers the error, one
+    ``honeytoken`` record (agent, ``via mcp``) and nothing done. Twin: the same call with
+    an ordinary value is served (and audits no honeytoken)."""
+    hits = len(env.events("honeytoken"))
+    before = {a["id"] for a in _listed(env)}
+    out = call_tool(env, tool, args)
+    assert "honeytoken" in out, out
+    assert wait_for(lambda: len(env.events("honeytoken")) == hits + 1), env.events("honeytoken")
+    last = env.events("honeytoken")[-1]
+    assert last["agent"] == "bot" and "via mcp" in last["reason"] and tool in last["reason"]
+    assert not [a for a in _listed(env) if a["id"] not in before]  # nothing proposed
+    plain = {k: ("ordinary" if k in ("reason", "id") else v) for k, v in args.items()}
+    twin = call_tool(env, tool, plain)
+    assert "honeytoken" not in twin and len(env.events("honeytoken")) == hits + 1, twin
+    with admin(env) as c:  # the twin's proposal (request_access), denied
+        for a in _listed(env):
+            if a["id"] not in before and a["state"] == "pending":
+                c.post(f"/v1/approvals/{a['id']}", json={"decision": "deny"})

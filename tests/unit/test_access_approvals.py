@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from vaultproxy.access.agents import entry_name, make_record, new_token
 from vaultproxy.access.approvals import (
     MAX_PENDING_PER_AGENT,
     AlreadyDecided,
@@ -15,6 +18,10 @@ from vaultproxy.access.approvals import (
     UnknownApproval,
 )
 from vaultproxy.access.ratelimit import Rate, RateBuckets, RateSyntax, parse_rate, retry_after
+from vaultproxy.core.state import ProxyState
+from vaultproxy.files.home import Home
+from vaultproxy.keystore import KdfParams, Keystore
+from vaultproxy.secret import Secret
 
 
 class Clock:
@@ -133,3 +140,81 @@ def test_one_agents_flood_does_not_crowd_out_another(book: ApprovalBook) -> None
     with pytest.raises(TooManyPending, match="of this agent"):
         book.open(ticket("flood"), 60)
     assert book.open(ticket("alice"), 60).state == "pending"
+
+
+def test_a_grant_is_bound_to_the_agents_identity_not_its_name(book: ApprovalBook) -> None:
+    """``agent rm bot`` + ``agent add bot`` makes another identity (a new token): the old
+    bot's grant does not admit it. Twin: the same identity is admitted."""
+    old = replace(ticket(agent="bot"), agent_id="11" * 16)
+    a = book.open(old, 60)
+    book.decide(a.id, "approve", "api", 300, 600)
+    assert book.use_grant(old)  # twin
+    assert not book.use_grant(replace(old, agent_id="22" * 16))  # the new "bot"
+    assert not book.use_grant(replace(old, agent_id=""))  # nor a claimless caller
+
+
+def test_keep_agents_drops_the_grants_of_removed_or_replaced_agents(book: ApprovalBook) -> None:
+    grants = {n: replace(ticket(agent=n), agent_id=i) for n, i in
+              (("gone", "aa"), ("reborn", "bb"), ("kept", "cc"))}
+    anon = ticket(agent=None)  # type: ignore[arg-type]
+    for t in [*grants.values(), anon]:
+        book.decide(book.open(t, 60).id, "approve", "api", 300, 600)
+    assert book.keep_agents({"reborn": "b2", "kept": "cc"}) == 2
+    assert not book.use_grant(grants["gone"]) and not book.use_grant(grants["reborn"])
+    assert book.use_grant(grants["kept"]) and book.use_grant(anon)  # twins: untouched
+
+
+@pytest.mark.parametrize(("reader", "readable"), [
+    (("bot", "aa", ""), True),  # the agent that opened it
+    (("bot", "bb", ""), False),  # a later agent of the same name
+    (("eve", "aa", ""), False),
+    ((None, "", ""), False),  # an anonymous caller without a session
+    ((None, "", "mcp-session:s1"), False),  # ... or with one
+])
+def test_an_agents_approval_is_readable_by_that_agent_only(
+    reader: tuple[str | None, str, str], readable: bool
+) -> None:
+    t = replace(ticket(agent="bot"), agent_id="aa")
+    assert t.readable_by(*reader) is readable
+
+
+@pytest.mark.parametrize(("reader", "readable"), [
+    ((None, "", "mcp-session:s1"), True),  # the anonymous session that opened it
+    ((None, "", "mcp-session:s2"), False),  # another anonymous session
+    ((None, "", ""), False),
+    (("bot", "aa", "mcp-session:s1"), False),  # an agent
+])
+def test_an_anonymous_approval_is_readable_by_its_own_session_only(
+    reader: tuple[str | None, str, str], readable: bool
+) -> None:
+    t = replace(ticket(agent=None), owner="mcp-session:s1")  # type: ignore[arg-type]
+    assert t.readable_by(*reader) is readable
+    assert not replace(t, owner="").readable_by(None, "", "")  # a proxied one: nobody's
+
+
+def test_a_keystore_re_read_drops_the_grants_of_a_removed_agent(tmp_path: Path) -> None:
+    """The wiring behind ``agent rm``: the owner's desk drops a removed agent's grants as
+    soon as its ProxyState re-reads the keystore (what ``agent rm`` asks a running proxy to
+    do). Twin: the grant admitted the agent before, and another agent's grant survives."""
+    home = Home(tmp_path / "home")
+    home.path.mkdir(mode=0o700)
+    (home.path / "services.toml").write_text("")
+    st = ProxyState.load(home)
+    ks = Keystore.create(home.keystore, Secret("password-for-tests"),
+                         KdfParams(time_cost=1, memory_kib=8, parallelism=1))
+    records = {n: make_record(n, new_token(), ["gh"], 1000.0) for n in ("gone", "kept")}
+    for name, record in records.items():
+        ks.set_internal(entry_name(name), record.encode())
+    ks.save()
+    st.install_keystore(ks)
+    book = st.access_desk().book  # type: ignore[attr-defined]
+    tickets = {n: replace(ticket(agent=n), agent_id=r.identity) for n, r in records.items()}
+    for t in tickets.values():
+        book.decide(book.open(t, 60).id, "approve", "api", 300, 600)
+    assert book.use_grant(tickets["gone"])  # twin: granted before the removal
+    ks.remove_internal(entry_name("gone"))
+    ks.save()
+    st.session.secrets_changed()
+    st.install_keystore(ks)  # the re-read: on_change reaches the desk
+    assert not book.use_grant(tickets["gone"])
+    assert book.use_grant(tickets["kept"])

@@ -50,6 +50,12 @@ class AgentRecord:
     def __repr__(self) -> str:
         return f"AgentRecord(name={self.name!r}, services={sorted(self.services)!r})"
 
+    @property
+    def identity(self) -> str:
+        """This agent's identity for grants and approvals: bound to its token (a new
+        agent of the same name, or a rotated token, is another identity)."""
+        return identity_of(self.digest)
+
     def allows(self, service: str) -> bool:
         return service in self.services
 
@@ -85,6 +91,12 @@ class AgentRecord:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError(f"agent record {name} is malformed") from None
+
+
+def identity_of(digest: bytes | None) -> str:
+    """The identity key of the agent whose token hash is ``digest`` ("" for none). A prefix
+    of the salted hash: it names the token, and reveals nothing the keystore does not."""
+    return digest[:16].hex() if digest else ""
 
 
 def check_name(name: str) -> None:

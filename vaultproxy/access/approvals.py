@@ -12,7 +12,10 @@ A decision is final: deciding a decided approval again is refused (``AlreadyDeci
 except that a timed-out one may still be approved or denied.
 
 Grants: an approval with ``grant_seconds`` admits the same agent + service + rule for that
-long (any number of requests). An approval whose request is no longer waiting for it (it
+long (any number of requests). "The same agent" is its identity, not its name: the token it
+proved (``agent_id``), so an agent removed and added again under the same name (a new token)
+is not admitted by the old agent's grants, and ``keep_agents`` drops the grants of agents
+that are gone. An approval whose request is no longer waiting for it (it
 timed out, or the worker holding it went away) becomes a one-use grant valid for the
 configured ``grant_seconds``, so no decision is lost: the agent's retry passes once.
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -66,10 +69,23 @@ class Ticket:
     body_size: int | None
     rule: str  # the matched rule's key, or "default"
     via: str = "proxy"
+    # the agent's identity (``AgentRecord.identity``: bound to its token); "" anonymous
+    agent_id: str = ""
+    # besides the operator, who may read it by id when there is no agent: an anonymous MCP
+    # caller's session (a server-issued secret); "" nobody
+    owner: str = ""
 
     @property
-    def grant_key(self) -> tuple[str, str, str]:
-        return (self.agent or "", self.service, self.rule)
+    def grant_key(self) -> tuple[str, str, str, str]:
+        return (self.agent or "", self.agent_id, self.service, self.rule)
+
+    def readable_by(self, agent: str | None, agent_id: str, owner: str) -> bool:
+        """Whether a caller that is not the operator may read this approval by its id: an
+        agent its own (same name *and* token identity); an anonymous caller only one its
+        own MCP session opened (``owner``) -- never another caller's, anonymous or not."""
+        if agent is not None:
+            return self.agent == agent and bool(agent_id) and self.agent_id == agent_id
+        return self.agent is None and bool(owner) and self.owner == owner
 
     def summary(self, approval_id: str) -> str:
         size = "?" if self.body_size is None else str(self.body_size)
@@ -107,7 +123,7 @@ class ApprovalBook:
         self.clock = clock
         self._ids = ids
         self._approvals: dict[str, Approval] = {}
-        self._grants: dict[tuple[str, str, str], Grant] = {}
+        self._grants: dict[tuple[str, str, str, str], Grant] = {}
 
     # -- requests -------------------------------------------------------------------------
     def use_grant(self, ticket: Ticket) -> bool:
@@ -189,6 +205,14 @@ class ApprovalBook:
         current = self._approvals.get(aid)
         if current is not None:
             self._approvals[aid] = replace(current, waiting=False)
+
+    def keep_agents(self, live: Mapping[str, str]) -> int:
+        """Drop the grants of every agent not in ``live`` (``{name: identity}``): removed,
+        or replaced by a new agent of the same name. Returns how many were dropped."""
+        gone = [k for k in self._grants if k[0] and live.get(k[0]) != k[1]]
+        for key in gone:
+            del self._grants[key]
+        return len(gone)
 
     def prune(self) -> None:
         now = self.clock()

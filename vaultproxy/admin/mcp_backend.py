@@ -50,10 +50,26 @@ class McpCaller:
     agent: AgentRecord | None
     label: str  # for rate limits and admin audit lines
     relayed: bool = False  # through https://vaultproxy.internal/mcp (one buffered answer)
+    # an unidentified caller of the reserved host (``require_agent_auth = false``): not the
+    # operator; ``owner`` is its MCP session, the only key to the approvals it opened
+    anonymous: bool = False
+    owner: str = ""
 
     @property
     def name(self) -> str | None:
         return self.agent.name if self.agent is not None else None
+
+    @property
+    def operator(self) -> bool:
+        return self.agent is None and not self.anonymous
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent.identity if self.agent is not None else ""
+
+    def may_read(self, ticket: Ticket) -> bool:
+        """The operator reads every approval; anyone else only its own (approvals.py)."""
+        return self.operator or ticket.readable_by(self.name, self.agent_id, self.owner)
 
 
 def _refused(e: VaultproxyError) -> Refused:
@@ -122,7 +138,7 @@ class AdminBackend:
             raise Refused("invalid_request", "; ".join(lines)) from None
         try:
             self.ctx.proxy_limit.take(who.label)
-            return await mcp_pipeline.http_request(self.ctx, st, req_in, who.agent)
+            return await mcp_pipeline.http_request(self.ctx, st, req_in, who.agent, who.owner)
         except TooFast as e:
             raise Refused("rate_limited", f"{e}; retry after {e.retry_after} s") from None
         except VaultproxyError as e:
@@ -132,7 +148,7 @@ class AdminBackend:
         assert isinstance(who, McpCaller)
         st = self.ctx.live.state
         scopes = sorted(who.agent.services) if who.agent is not None else None
-        return {"agent": who.name, "operator": who.agent is None, "scopes": scopes,
+        return {"agent": who.name, "operator": who.operator, "scopes": scopes,
                 "locked": True if st is None else st.locked}
 
     async def recent_activity(self, who: object, limit: int) -> dict[str, Any]:
@@ -140,6 +156,9 @@ class AdminBackend:
         st = self._state()
         await st.settled()
         records = await asyncio.to_thread(st.audit.tail, max(limit * 20, 1000), None, None)
+        if who.anonymous:  # no name in the audit tells one anonymous caller from another
+            return {"records": [], "note": "an unidentified caller has no activity of its own; "
+                    "connect as an agent (vaultproxy agent add)"}
         own = [r for r in records if r.get("agent") == who.name
                and r.get("event") in ("request", "approval", "honeytoken")]
         return {"records": [{k: r.get(k) for k in ACTIVITY_FIELDS} for r in own[-limit:]]}
@@ -150,7 +169,7 @@ class AdminBackend:
             found = owner_desk(st).book.get(approval_id[:64])
         except UnknownApproval:
             found = None
-        if found is None or (who.agent is not None and found.ticket.agent != who.name):
+        if found is None or not who.may_read(found.ticket):
             raise Refused("approval_unknown", f"no approval with id {approval_id[:64]!r} "
                           "among yours")
         return found
@@ -182,7 +201,8 @@ class AdminBackend:
         note = " ".join("".join(c for c in reason if c.isprintable() or c.isspace()).split())
         note = note[:200].replace("'", "")
         ticket = Ticket(agent=who.name, service=name, method="REGISTER", host=host, path="/",
-                        body_size=None, rule=f"request_access: {note}", via="mcp")
+                        body_size=None, rule=f"request_access: {note}", via="mcp",
+                        agent_id=who.agent_id, owner=who.owner)
         desk = owner_desk(st)
         task = asyncio.create_task(self._propose(st, ticket))
         self._proposals.add(task)

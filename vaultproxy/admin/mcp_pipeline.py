@@ -19,8 +19,8 @@ MAX_BODY = 1024 * 1024  # what a tool result carries; the rest is cut and flagge
 
 
 async def http_request(ctx: AdminContext, st: ProxyState, req_in: ProxyIn,
-                       agent: AgentRecord | None) -> dict[str, Any]:
-    response = await proxy_pipeline(ctx, st, req_in, agent=agent, via="mcp")
+                       agent: AgentRecord | None, owner: str = "") -> dict[str, Any]:
+    response = await proxy_pipeline(ctx, st, req_in, agent=agent, via="mcp", owner=owner)
     body, truncated = bytearray(), False
     if isinstance(response, StreamingResponse):
         iterator = response.body_iterator

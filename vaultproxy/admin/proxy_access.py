@@ -13,10 +13,11 @@ from vaultproxy.access.approvals import Ticket
 from vaultproxy.access.enforce import OPEN, enforce
 from vaultproxy.access.rules import normalise_target
 from vaultproxy.admin.models import ProxyIn
-from vaultproxy.audit.canonical import record_honeytoken
 from vaultproxy.config.models import Service
 from vaultproxy.core.state import ProxyState
-from vaultproxy.errors import HoneytokenUsed
+from vaultproxy.values.honeytokens import Sighting, screen
+
+_ENTRY = {"api": "POST /proxy", "mcp": "MCP http_request"}
 
 
 def _body(req_in: ProxyIn) -> bytes:
@@ -36,25 +37,24 @@ def _surfaces(req_in: ProxyIn, body: bytes) -> Iterator[tuple[str, bytes]]:
 
 
 async def check_access(st: ProxyState, service: Service, host: str, req_in: ProxyIn,
-                       agent: str | None = None, via: str = "api") -> ProxyIn:
-    """Raise the SPEC §5 refusal, or return the request with its path normalised."""
+                       agent: str | None = None, via: str = "api", *, agent_id: str = "",
+                       owner: str = "") -> ProxyIn:
+    """Raise the SPEC §5 refusal, or return the request with its path normalised.
+    ``agent_id``: the agent's token-bound identity (its grants); ``owner``: who else may
+    read an approval it opens (an anonymous MCP session), see access/approvals.py."""
     body = _body(req_in)
     decoys = st.snapshot.honeytokens
-    hit = decoys.find_any(_surfaces(req_in, body)) if decoys else None
-    if hit is not None:
-        name, surface = hit
-        record_honeytoken(st.audit, name=name, agent=agent, service=service.name,
-                          method=req_in.method, host=host, path=req_in.path.split("?")[0],
-                          surface=surface, via=via)
-        st.access_desk().alert(f"vaultproxy HONEYTOKEN {name} used through POST /proxy "
-                               f"toward {host} (in the {surface}); the request was refused")
-        raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
+    screen(decoys, _surfaces(req_in, body), st.audit, st.access_desk().alert,
+           lambda: Sighting(agent, service.name, req_in.method, host,
+                            req_in.path.split("?")[0], via,
+                            f"through {_ENTRY.get(via, via)} toward {host}"))
     access = st.snapshot.access_of(service)
     if access is OPEN:
         return req_in
     normal = normalise_target(req_in.path)
     path = normal.split("?", 1)[0]
     ticket = Ticket(agent=agent, service=service.name, method=req_in.method.upper(), host=host,
-                    path=path, body_size=len(body), rule="", via=via)
+                    path=path, body_size=len(body), rule="", via=via, agent_id=agent_id,
+                    owner=owner)
     await enforce(st.access_desk, access, req_in.method, path, lambda: ticket)
     return req_in if normal == req_in.path else req_in.model_copy(update={"path": normal})

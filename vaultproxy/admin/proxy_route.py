@@ -214,7 +214,8 @@ async def explicit_proxy(req_in: ProxyIn, request: Request) -> Response:
 
 
 async def proxy_pipeline(ctx: AdminContext, st: ProxyState, req_in: ProxyIn, *,
-                         agent: AgentRecord | None = None, via: str = "api") -> Response:
+                         agent: AgentRecord | None = None, via: str = "api",
+                         owner: str = "") -> Response:
     """One explicit request through the whole pipeline. ``agent``: the verified agent the
     caller proved (its scopes apply; None = the admin-token holder); ``via``: the audit's
     channel (``api`` for ``POST /proxy``, ``mcp`` for the MCP ``http_request`` tool)."""
@@ -233,7 +234,8 @@ async def proxy_pipeline(ctx: AdminContext, st: ProxyState, req_in: ProxyIn, *,
             raise UnknownService(f"no service named {req_in.service}")
         # ACCESS (SPEC §10): honeytokens, rules, rate limit, approval - one call
         req_in = await check_access(st, service, host, req_in,
-                                    agent.name if agent else None, via)
+                                    agent.name if agent else None, via,
+                                    agent_id=agent.identity if agent else "", owner=owner)
         if agent is not None:  # a hold can outlast the agent: agent rm / rotate, its TTL
             still_valid(Facts("admin", host, port, agent=agent.name, agent_digest=agent.digest,
                               now=time.time()), None if st.locked else st.session.agents)

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "`vaultproxy dashboard`")
     p.add_argument("--workers", default="1", metavar="N",
                    help="proxy processes sharing one listening socket; default 1; "
-                        "auto = one per CPU (each costs ~100 MiB and holds the unlocked "
+                        "auto = one per CPU (each costs ~75 MiB and holds the unlocked "
                         "secrets)")
     p.add_argument("--mtls-listen", default=None, metavar="HOST:PORT",
                    help="also serve the proxy inside mutual TLS here ([mtls] in "
@@ -99,6 +99,9 @@ def mtls_listener(home: Home, settings: MtlsSettings, listen: tuple[str, int],
 def parse_workers(text: str) -> int:
     if text == "1":
         return 1  # the default, without importing the engine before the password prompt
+    from vaultproxy.seam import imports as seam_imports
+
+    seam_imports.lean()  # engine.workers imports mitmproxy and pydantic (seam/imports.py)
     from vaultproxy.engine.workers import MAX_WORKERS, default_workers
 
     if text == "auto":

@@ -27,7 +27,7 @@ from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.secret import Secret
 
 if TYPE_CHECKING:
-    from vaultproxy.access.desk import Desk
+    from vaultproxy.access.desk import AccessDesk, Desk
     from vaultproxy.mint.cache import TokenSource
 
 logger = logging.getLogger(__name__)
@@ -172,8 +172,17 @@ class ProxyState:
         if self.access is None:
             from vaultproxy.access.desk import AccessDesk
 
-            self.access = AccessDesk(lambda: self.registry.config.approvals, self.audit)
+            desk = AccessDesk(lambda: self.registry.config.approvals, self.audit)
+            self.access = desk
+            self.on_change.append(lambda: self._keep_grants(desk))
         return self.access
+
+    def _keep_grants(self, desk: AccessDesk) -> None:
+        """Grants belong to an agent's token: ``agent rm`` (or an add under a removed name,
+        or a rotation) reaches the desk with the re-read keystore and drops the old ones.
+        Locked: the agents are unknown, nothing is dropped (none can be used either)."""
+        if not self.session.locked:
+            desk.book.keep_agents({n: r.identity for n, r in self.session.agents.items()})
     async def share_minted(
         self, service: str, secrets: Iterable[bytes], expires_at: float | None
     ) -> None:

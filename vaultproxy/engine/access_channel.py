@@ -62,6 +62,7 @@ class RemoteDesk:
         got = await self._ask({"kind": "hold", "ticket": {
             "agent": t.agent, "service": t.service, "method": t.method, "host": t.host,
             "path": t.path, "body_size": t.body_size, "rule": t.rule, "via": t.via,
+            "agent_id": t.agent_id, "owner": t.owner,
         }}, self._hold_seconds() + SLACK)
         if got.get("error") == "too_many":
             raise TooManyPending("too many requests are waiting for approval")
@@ -95,6 +96,7 @@ def _ticket(raw: Any) -> Ticket:
         method=str(d.get("method", "")), host=str(d.get("host", "")),
         path=str(d.get("path", "")), body_size=size if isinstance(size, int) else None,
         rule=str(d.get("rule", "default")), via=str(d.get("via", "proxy")),
+        agent_id=str(d.get("agent_id") or ""), owner=str(d.get("owner") or ""),
     )
 
 

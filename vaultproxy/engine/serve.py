@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -223,6 +224,7 @@ async def _serve_on(
                   f"[mtls] client_ca; the CN names the agent)", flush=True)
         announce()  # run.json last: whoever waits for it finds the banner and warnings out
         serving.set()
+        gc.freeze()  # start-up objects leave the cyclic GC (engine/worker.py says why)
         if supervisor is not None:
             supervisor.serve()
         stopper = asyncio.create_task(stop.wait())

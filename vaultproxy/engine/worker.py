@@ -19,6 +19,7 @@ seam_imports.lean()  # before anything imports mitmproxy.master or httpx (seam/i
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import logging
 import os
 import resource
@@ -159,6 +160,9 @@ async def run(fd: int) -> int:
     try:
         await wait_listening(m, master_task)
         writer.write(frame({"op": "ready"}))
+        # The ~70k objects of start-up (modules, config, chain) leave the cyclic GC: a full
+        # collection walked them all (~100 ms, a pause in whatever response was streaming).
+        gc.freeze()
         follower = asyncio.create_task(_follow(reader, writer, state, serving))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({master_task, follower, stopper}, return_when=asyncio.FIRST_COMPLETED)

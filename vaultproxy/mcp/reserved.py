@@ -7,3 +7,7 @@ MCP_PATH = "/mcp"
 #: with the admin token (which only the proxy and the operator hold).
 AGENT_HEADER = "X-Vaultproxy-Mcp-Agent"
 ANONYMOUS = "-"
+#: ... and the identity of the token it proved (``AgentRecord.identity``): a relayed name
+#: is honoured only while the same agent (not a new one of that name) holds it.
+AGENT_ID_HEADER = "X-Vaultproxy-Mcp-Agent-Id"
+SESSION_HEADER = "mcp-session-id"

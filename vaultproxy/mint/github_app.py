@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import jwt
-
 from vaultproxy.mint.answer import expires_at_iso, https_url, json_answer, token_of
 from vaultproxy.mint.base import NEEDS, MintContext, Minted, MintFailed, register
 from vaultproxy.mint.cache import MARGIN
@@ -36,6 +34,8 @@ def _field(ctx: MintContext, name: str) -> bytes:
 
 
 def app_jwt(app_id: str, private_key: bytes, now: float) -> str:
+    import jwt  # pyjwt here, not at import: a worker never mints (~0.4 MiB each)
+
     issued = int(now) - 60
     claims = {"iss": app_id, "iat": issued, "exp": issued + 600 - 60}
     return jwt.encode(claims, private_key, algorithm="RS256")
@@ -56,6 +56,8 @@ async def mint(ctx: MintContext) -> Minted:
         raise MintFailed(name, None, "field 'app_id' must be the App's id or client id")
     api_url = https_url(name, getattr(ctx.service, "api_url", None) or DEFAULT_API_URL, "api_url")
     now = clock()
+    import jwt
+
     try:
         signed = app_jwt(app_id, _field(ctx, "private_key"), now)
     except (ValueError, TypeError, jwt.PyJWTError):

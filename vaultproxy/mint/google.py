@@ -17,8 +17,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-import jwt
-
 from vaultproxy.mint.answer import expires_in, https_url, json_answer, token_of
 from vaultproxy.mint.base import NEEDS, MintContext, Minted, MintFailed, register
 from vaultproxy.secret import Secret
@@ -47,6 +45,8 @@ def key_info(service: str, ctx: MintContext) -> dict[str, Any]:
 
 
 def assertion(info: dict[str, Any], scopes: tuple[str, ...], now: float) -> str:
+    import jwt  # pyjwt here, not at import: a worker never mints (~0.4 MiB each)
+
     issued = int(now)
     claims = {
         "iss": info["client_email"],
@@ -64,6 +64,8 @@ async def mint(ctx: MintContext) -> Minted:
     info = key_info(name, ctx)
     scopes = tuple(getattr(ctx.service, "scopes", ()) or ())
     now = clock()
+    import jwt
+
     try:
         signed = assertion(info, scopes, now)
     except (ValueError, TypeError, jwt.PyJWTError):

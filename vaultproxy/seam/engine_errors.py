@@ -7,6 +7,9 @@ Nothing of the message is ever echoed: what follows a prefix may quote upstream 
 
 from __future__ import annotations
 
+from mitmproxy.connection import ConnectionState
+from mitmproxy.http import HTTPFlow
+
 from vaultproxy.errors import (
     BodyTooLarge,
     InvalidRequest,
@@ -47,3 +50,21 @@ def classify_engine_error(status: int, message: str) -> tuple[int, str, str]:
     if any(w in head[:120] for w in _TLS_WORDS):
         return UpstreamTLS.status, UpstreamTLS.code, UpstreamTLS.public
     return UpstreamUnreachable.status, UpstreamUnreachable.code, UpstreamUnreachable.public
+
+
+def client_gone(flow: HTTPFlow) -> bool:
+    """Whether the client (not the upstream) ended a failed flow.
+
+    * Its connection ended (FIN, reset, close): mitmproxy clears ``CAN_READ`` as the close
+      arrives, before the error it causes reaches the flow's hooks, while an upstream
+      failure reaches them with the client still connected (mitmproxy takes a client's FIN
+      as "no longer interested", a disconnect).
+    * HTTP/2: it reset the stream (an SDK cancelling a call), its connection still open.
+      mitmproxy words a stream reset the same for either side ("stream reset by client"),
+      so it counts only when the upstream does not speak HTTP/2: then only the client's
+      connection can carry one. Ambiguous cases stay the upstream's.
+    """
+    if not (flow.client_conn.state & ConnectionState.CAN_READ):
+        return True
+    message = flow.error.msg.lower() if flow.error is not None else ""
+    return message.startswith("stream reset by client") and flow.server_conn.alpn != b"h2"

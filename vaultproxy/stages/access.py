@@ -26,16 +26,17 @@ from typing import NoReturn
 
 from mitmproxy import http
 
+from vaultproxy.access.agents import identity_of
 from vaultproxy.access.approvals import Ticket
 from vaultproxy.access.enforce import OPEN, enforce
 from vaultproxy.access.rules import normalise_target
-from vaultproxy.audit.canonical import record_honeytoken
 from vaultproxy.core.decide import Facts, still_valid
 from vaultproxy.core.state import ProxyState
-from vaultproxy.errors import BodyTooLarge, HoneytokenUsed
+from vaultproxy.errors import BodyTooLarge
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.runtime import Runtime
+from vaultproxy.values.honeytokens import Sighting, refuse
 
 CONNECT_TARGET = "connect target"
 
@@ -54,15 +55,9 @@ def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface
     if surface == CONNECT_TARGET:
         host = None  # the name is the decoy: not into the audit record
     path = rec.path if tunnel is not None else None
-    record_honeytoken(
-        st.audit, name=name, agent=agent,
-        service=service.name if service is not None else None, method=flow.request.method,
-        host=host, path=path, surface=surface, via="proxy",
-    )
-    who = agent or "an unidentified client"
-    st.access_desk().alert(f"vaultproxy HONEYTOKEN {name} used by {who} toward {host} "
-                           f"(in the {surface}); the request was refused")
-    raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
+    refuse(st.audit, st.access_desk().alert, name, surface,
+           Sighting(agent, service.name if service is not None else None, flow.request.method,
+                    host, path, "proxy", f"toward {host}"))
 
 
 def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
@@ -143,7 +138,7 @@ async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
         if rec.hold_body and req.raw_content is not None:
             size = len(req.raw_content)  # here already
         return Ticket(agent=agent, service=service, method=req.method.upper(), host=host,
-                      path=path, body_size=size, rule="")
+                      path=path, body_size=size, rule="", agent_id=_identity(rt, st, flow))
 
     await enforce(st.access_desk, access, req.method, path, ticket)
     # A hold can outlast the agent (agent rm / rotate, its TTL): the token its CONNECT proved
@@ -155,6 +150,19 @@ async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
                           agent=connect.agent, agent_digest=connect.agent_digest,
                           now=time.time(), cert_agent=tunnel.cert_agent if tunnel else None),
                     None if st.locked else st.session.agents)
+
+
+def _identity(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> str:
+    """The identity the tunnel's CONNECT proved (its token hash; an mTLS agent, which has no
+    token on the wire, the current record of its certificate's name)."""
+    tunnel = rt.connections.tunnel(flow.client_conn.id)
+    connect = tunnel.decision if tunnel is not None else None
+    if connect is None or connect.agent is None:
+        return ""
+    if connect.agent_digest is not None:
+        return identity_of(connect.agent_digest)
+    record = None if st.locked else st.session.agents.get(connect.agent)
+    return record.identity if record is not None else ""
 
 
 async def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 from mitmproxy import http
 
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.errors import InvalidRequest, UpstreamTimeout
+from vaultproxy.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
-from vaultproxy.seam.engine_errors import classify_engine_error
+from vaultproxy.seam.engine_errors import classify_engine_error, client_gone
 from vaultproxy.stages.flowrecord import Outcome, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
@@ -101,6 +101,8 @@ def _error_code(flow: http.HTTPFlow) -> tuple[int, str]:
     or, with a response already under way, its connection closed)."""
     if deadlines.timed_out(flow.client_conn.id) is not None:
         return UpstreamTimeout.status, UpstreamTimeout.code
+    if client_gone(flow):  # the agent cut it: not the upstream's failure
+        return ClientDisconnected.status, ClientDisconnected.code
     message = flow.error.msg if flow.error is not None else ""
     status, code, _ = classify_engine_error(502, message)
     return status, code

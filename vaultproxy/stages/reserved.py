@@ -19,9 +19,16 @@ from mitmproxy.proxy import layers
 from mitmproxy.proxy.layer import NextLayer
 from mitmproxy.proxy.layers.http import HTTPMode
 
+from vaultproxy.access.agents import identity_of
 from vaultproxy.core.decide import Decision, identify
 from vaultproxy.errors import DestinationDenied, LockedError, NotReady
-from vaultproxy.mcp.reserved import AGENT_HEADER, ANONYMOUS, MCP_PATH, RESERVED_HOST
+from vaultproxy.mcp.reserved import (
+    AGENT_HEADER,
+    AGENT_ID_HEADER,
+    ANONYMOUS,
+    MCP_PATH,
+    RESERVED_HOST,
+)
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.net.outbound import admin_client
 from vaultproxy.stages import access
@@ -111,9 +118,11 @@ class Reserved(Stage):
         req = flow.request
         headers = [(k, v) for k, v in req.headers.items(multi=True)
                    if k.lower() not in ("host", "authorization", "content-length",
-                                        AGENT_HEADER.lower(), "connection")]
+                                        AGENT_HEADER.lower(), AGENT_ID_HEADER.lower(),
+                                        "connection")]
         headers += [("Authorization", f"Bearer {token}"),
-                    (AGENT_HEADER, client.agent or ANONYMOUS)]
+                    (AGENT_HEADER, client.agent or ANONYMOUS),
+                    (AGENT_ID_HEADER, identity_of(client.digest))]
         async with admin_client(TIMEOUT) as c:
             got = await c.request(req.method, url + MCP_PATH, headers=headers,
                                   content=req.raw_content or b"")

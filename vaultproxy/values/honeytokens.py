@@ -6,12 +6,20 @@ percent-encoded in either hex case, JSON-escaped, base64 and base64url at any al
 inside a longer text) and, through ``placeholders.decoded_views``, after the decodings an
 upstream would apply first (repeated percent-decoding, ``+`` as space, JSON escapes, a
 ``Basic`` credential's base64). So it is caught in a header, a query, a path, a body, a
-``Basic``/``Proxy-Authorization`` credential, or wrapped in base64 by the agent."""
+``Basic``/``Proxy-Authorization`` credential, or wrapped in base64 by the agent.
+
+``refuse`` is the one way a sighting is reported, whatever the entry (a proxied request, the
+``POST /proxy`` body, an MCP tool call's arguments): one ``honeytoken`` audit record, one
+alert to ``notify_command``, then ``403 honeytoken``. ``screen`` = scan + ``refuse``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
 
+from vaultproxy.audit.canonical import Sink, record_honeytoken
+from vaultproxy.errors import HoneytokenUsed
 from vaultproxy.values.placeholders import decoded_views
 from vaultproxy.values.redact import Redactor
 
@@ -55,3 +63,36 @@ class HoneytokenIndex:
             if name is not None:
                 return name, label
         return None
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """Where a decoy was used: what the audit record and the alert say (never a value)."""
+
+    agent: str | None
+    service: str | None
+    method: str | None
+    host: str | None  # None where the name itself carries the decoy
+    path: str | None
+    via: str  # "proxy", "api", "mcp"
+    entry: str  # for the alert: "toward HOST", "through POST /proxy toward HOST", ...
+
+
+def refuse(audit: Sink, alert: Callable[[str], None], name: str, surface: str,
+           seen: Sighting) -> NoReturn:
+    """Report the use of honeytoken ``name`` (audit record + alert) and refuse the request."""
+    record_honeytoken(audit, name=name, agent=seen.agent, service=seen.service,
+                      method=seen.method, host=seen.host, path=seen.path, surface=surface,
+                      via=seen.via)
+    who = seen.agent or "an unidentified client"
+    alert(f"vaultproxy HONEYTOKEN {name} used by {who} {seen.entry} (in the {surface}); "
+          "the request was refused")
+    raise HoneytokenUsed(f"honeytoken {name} was used; the request was refused and reported")
+
+
+def screen(index: HoneytokenIndex, surfaces: Iterable[tuple[str, bytes]], audit: Sink,
+           alert: Callable[[str], None], seen: Callable[[], Sighting]) -> None:
+    """Scan ``(label, data)`` surfaces; a hit is ``refuse``d (``seen`` is asked only then)."""
+    hit = index.find_any(surfaces) if index else None
+    if hit is not None:
+        refuse(audit, alert, hit[0], hit[1], seen())
