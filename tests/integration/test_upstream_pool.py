@@ -111,6 +111,11 @@ class CountingUpstream:
             if path == "/stall":
                 time.sleep(5)
             return False
+        if path in ("/small-stall", "/small-cut"):  # a body the pool reads with its head
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 200)
+            if path == "/small-stall":
+                time.sleep(5)
+            return False
         if path == "/sse":
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                          b"transfer-encoding: chunked\r\n\r\n")
@@ -150,9 +155,10 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(start_proxy, upstream: Upstream) -> Iterator[Env]:  # type: ignore[no-untyped-def]
-    up = CountingUpstream(upstream.ca, ("pa.api.test", "pb.api.test", "pd.api.test")).start()
-    secrets = {name: canary.make_canary() for name in ("pa", "pb", "pc")}
-    toml = _services(up.port, ("pa", "pb"))
+    up = CountingUpstream(upstream.ca, ("pa.api.test", "pb.api.test", "pd.api.test",
+                                        "pf.api.test")).start()
+    secrets = {name: canary.make_canary() for name in ("pa", "pb", "pc", "pf")}
+    toml = _services(up.port, ("pa", "pb", "pf"))
     closed = free_port()  # nothing listens: the dial is refused
     broken = (_services(closed, ("pc",))
               + _services(up.port, ("pd",)).replace('ca_cert = "upstream-ca.pem"\n', ""))
@@ -268,13 +274,20 @@ def test_sse_first_event_arrives_before_the_stream_ends(env: Env, pooled: bool) 
 
 
 def test_http2_agent_through_the_pool(env: Env) -> None:
-    curl(env.pooled, "https://pa.api.test/warm")
-    before = env.up.accepted
+    """While no pooled answer told the service's upstream protocol (pf: used only here), an
+    agent that offers HTTP/2 gets it; once the upstream answered over HTTP/1.1, a new agent
+    connection gets HTTP/1.1 (curl offers HTTP/2 first), as an eager dial mirrors."""
     with agent_client(env.pooled, http2=True) as c:
-        rs = [c.get(f"https://pa.api.test/h2/{i}") for i in range(3)]
+        rs = [c.get(f"https://pf.api.test/h2/{i}") for i in range(3)]
     assert [r.status_code for r in rs] == [200, 200, 200]
-    assert env.up.accepted == before
     assert rs[0].http_version == "HTTP/2"
+    before = env.up.accepted
+    out = subprocess.run(
+        ["curl", "-sS", "--http2", "-x", env.pooled.url, "--cacert",
+         str(env.pooled.home.ca_cert), "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+         "https://pf.api.test/again"], capture_output=True, check=True, timeout=30).stdout
+    assert out == b"200 1.1"
+    assert env.up.accepted == before  # on the warm connection all the same
 
 
 def test_reload_drops_the_pool(env: Env) -> None:
@@ -310,6 +323,16 @@ def test_a_stalled_or_cut_body_closes_the_agent_and_is_audited(env: Env) -> None
             audit = [a for a in env.pooled.audit() if a.get("path") == path]
             time.sleep(0.05)
         assert audit and audit[-1]["reason"] == code, audit
+
+
+@pytest.mark.parametrize(("path", "status", "code"), [
+    ("/small-stall", 504, "upstream_timeout"), ("/small-cut", 502, "upstream_protocol")])
+def test_a_stalled_or_cut_small_body_is_answered_with_an_error(env: Env, path: str,
+                                                              status: int, code: str) -> None:
+    """A body of at most 64 KiB is read with its head: a stall or a cut is an error answer
+    (the large-body twin above gets the head, then a cut connection)."""
+    got, body = curl(env.pooled, f"https://pa.api.test{path}")
+    assert got == status and json.loads(body)["error"]["code"] == code
 
 
 def test_a_connection_closed_as_it_is_reused_is_retried_when_idempotent(env: Env) -> None:

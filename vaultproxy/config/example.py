@@ -67,6 +67,7 @@ retired_redact_days = 30
 #                                  # "path", "body"
 # allow_range = false              # keep the agent's Range/If-Range headers (default: removed)
 # env = "OPENAI_API_KEY"           # `vaultproxy env/exec` export this = the placeholder
+# prewarm = 0                      # warm upstream connections opened per host at start/reload
 #
 # [[service]]
 # name = "anthropic"

@@ -57,6 +57,7 @@ Surface = Literal["auth", "header", "query", "path", "body"]
 Egress = Literal["passthrough", "block"]
 MAX_BODY_MB = (1, 4096)
 TIMEOUT_SECONDS = (0.1, 86400)
+PREWARM_MAX = 20  # the pool keeps at most 20 idle connections (net/outbound.py)
 RETIRED_REDACT_DAYS = (0, 3650)
 
 # What each opt-in surface lets the agent do, for the SECURITY line logged at every start.
@@ -116,6 +117,9 @@ class Service(Model):
     request_rules: access.Rules = Field(default=(), alias="rules")
     default_action: Annotated[str, BeforeValidator(access.check_default_action)] = "allow"
     rate_limit: Annotated[str, BeforeValidator(access.check_rate_limit)] | None = None
+    # Warm upstream connections each worker opens per host at start and on every reload
+    # (stages/pool.py); 0: none, the first agent request dials.
+    prewarm: int = 0
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -220,6 +224,17 @@ class Service(Model):
     def _insecure(cls, value: bool, info: ValidationInfo) -> bool:
         if value and info.data.get("ca_cert") is not None:
             raise Problems.one("cannot be combined with ca_cert (pick one)")
+        return value
+
+    @field_validator("prewarm", mode="before")
+    @classmethod
+    def _prewarm(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= PREWARM_MAX:
+            raise Problems.one(f"must be a whole number of connections from 0 (none) to "
+                               f"{PREWARM_MAX}")
+        hosts = info.data.get("hosts") or ()
+        if value and hosts and all(h.lstrip().startswith("*") for h in hosts):
+            raise Problems.one("needs a host that is no wildcard (which name would it dial?)")
         return value
 
     @field_validator(*minted.KEY_OWNERS)

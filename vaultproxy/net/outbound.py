@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import select
 import ssl
+import time
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -125,6 +126,70 @@ class Head:
 head_seen: ContextVar[Head | None] = ContextVar("head_seen", default=None)
 
 
+class TLSSessions:
+    """The TLS sessions of one pool's connections, one per server name, so that the next dial
+    to that name resumes (no certificate exchange, one round trip less for TLS 1.2) instead of
+    a full handshake.
+
+    It lives on the pool's own ``SSLContext`` (``resuming_context``): that context is built
+    per service, tunnel host, trust file and ``insecure_tls`` flag and dropped with the pool
+    on a reload, so a session verified under one service's trust for one name is never
+    offered for another service, another name or another trust. A resumed connection
+    carries the certificate verified by the full handshake it resumes; only the server that
+    issued the session (its ticket key) can accept it."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, ssl.SSLSession] = {}
+
+    def get(self, name: str | None) -> ssl.SSLSession | None:
+        return self._by_name.get(name.lower()) if name is not None else None
+
+    def keep(self, name: str | None, ssl_object: Any) -> bool:
+        """Keep ``ssl_object``'s session for ``name`` once it can be resumed: at once for TLS
+        1.2, after the server's ticket (which follows the handshake) for TLS 1.3. Whether
+        it was kept (the caller stops asking then)."""
+        if name is None:
+            return True
+        session = ssl_object.session
+        if session is None:
+            return False
+        if ssl_object.version() == "TLSv1.3" and not session.has_ticket:
+            return False
+        self._by_name[name.lower()] = session
+        return True
+
+
+class _ResumingObject(ssl.SSLObject):
+    """``SSLContext.wrap_bio`` with the context's kept session for the server name offered.
+    (Set as the context's ``sslobject_class``: the context stays a plain ``SSLContext``,
+    which anyio wraps without a thread hop.)"""
+
+    @classmethod
+    def _create(cls, incoming: Any, outgoing: Any, server_side: bool = False,
+                server_hostname: str | None = None, session: Any = None,
+                context: Any = None) -> Any:
+        sessions = getattr(context, "vaultproxy_sessions", None)
+        if session is None and not server_side and isinstance(sessions, TLSSessions):
+            session = sessions.get(server_hostname)
+        create: Any = super()._create  # type: ignore[misc]  # (private: not in typeshed)
+        return create(incoming, outgoing, server_side, server_hostname,
+                      session=session, context=context)
+
+
+def sessions_of(ssl_context: ssl.SSLContext) -> TLSSessions | None:
+    found = getattr(ssl_context, "vaultproxy_sessions", None)
+    return found if isinstance(found, TLSSessions) else None
+
+
+def resuming_context(trust_file: Path, insecure: bool) -> ssl.SSLContext:
+    """``tls_context`` whose client connections resume the last session kept for their
+    server name (``TLSSessions``)."""
+    ctx = tls_context(trust_file, insecure)
+    ctx.sslobject_class = _ResumingObject
+    ctx.vaultproxy_sessions = TLSSessions()  # type: ignore[attr-defined]
+    return ctx
+
+
 class HeadWatch(httpcore.AsyncNetworkStream):
     """One pooled upstream connection's stream, watching each HTTP/1 response head as it is
     read: httpcore (h11) unfolds an obs-folded header line and refuses an unasked ``101``
@@ -132,7 +197,8 @@ class HeadWatch(httpcore.AsyncNetworkStream):
     (``502 upstream_protocol`` / ``upgrade_refused``). What the head held is left in
     ``head_seen`` for the task that reads it (the pooled exchange)."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkStream,
+                 sessions: TLSSessions | None = None, name: str | None = None) -> None:
         self._inner = inner
         self._head: bytes | None = None  # the response head being read; None: in a body
         self.folded = False
@@ -142,14 +208,43 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         # getpeername call, for every question. The socket does not change: kept once.
         self._sock: Any = inner.get_extra_info("socket")
         ssl_object: Any = inner.get_extra_info("ssl_object")
+        self._ssl_object = ssl_object
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self._h1 = alpn != "h2"  # HTTP/2 frames are binary: nothing of this applies
+        # where this connection's session is kept once resumable (None: kept, or no TLS)
+        self._sessions = sessions if ssl_object is not None else None
+        self._name = name
+        self._asks = 0  # reads that found no resumable session yet (a server may send none)
+        if self._sessions is not None and self._sessions.keep(name, ssl_object):
+            self._sessions = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data = await self._inner.read(max_bytes, timeout)
         if self._head is not None and data:
             self._watch(data)
+        if self._sessions is not None:
+            self._asks += 1  # a TLS 1.3 ticket arrives before the first response, if ever
+            if self._sessions.keep(self._name, self._ssl_object) or self._asks >= 8:
+                self._sessions = None
         return data
+
+    async def settle(self, seconds: float) -> bool:
+        """Read what a TLS 1.3 server sends right after the handshake (its session tickets,
+        one round trip later) before the connection waits idle: unread, they leave the
+        socket readable, which the pool takes for a closed connection (``drop_closed``,
+        httpcore's own check). True when nothing else came within ``seconds`` (no EOF, no
+        unasked bytes): the connection is ready for a request."""
+        obj = self._ssl_object
+        if obj is None or obj.version() != "TLSv1.3":
+            return True
+        try:
+            await self._inner.read(1, seconds)
+        except httpcore.ReadTimeout:
+            return True
+        finally:
+            if self._sessions is not None and self._sessions.keep(self._name, obj):
+                self._sessions = None
+        return False  # EOF, or bytes nobody asked for
 
     def _watch(self, data: bytes) -> None:
         head = (self._head or b"") + data
@@ -179,7 +274,8 @@ class HeadWatch(httpcore.AsyncNetworkStream):
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        return HeadWatch(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+        stream = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return HeadWatch(stream, sessions_of(ssl_context), server_hostname)
 
     def get_extra_info(self, info: str) -> object:
         if info == "is_readable":
@@ -220,14 +316,18 @@ class _Dialer(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def pool_transport(key: UpstreamKey, *, http2: bool, idle: float
+def pool_transport(key: UpstreamKey, *, http2: bool, idle: float, resume: bool = True,
                    ) -> httpcore.AsyncConnectionPool:
     """The warm upstream pool of one service (stages/pool.py): the trust of ``tls_context``
-    for ``key``, HTTP/2 when the proxy offers it, idle connections kept ``idle`` seconds.
-    The caller keys it by everything its connections were verified and dialled under, and
-    sends the SNI (``sni_hostname``) and an IP literal it checked."""
+    for ``key``, HTTP/2 when the proxy offers it, idle connections kept ``idle`` seconds,
+    a new connection resuming the TLS session of an earlier one (``resume``; the context,
+    hence its sessions, belongs to this pool alone). The caller keys it by everything its
+    connections were verified and dialled under, and sends the SNI (``sni_hostname``) and
+    an IP literal it checked."""
+    ssl_context = (resuming_context(key.trust_file, key.insecure) if resume
+                   else tls_context(key.trust_file, key.insecure))
     return httpcore.AsyncConnectionPool(
-        ssl_context=tls_context(key.trust_file, key.insecure),
+        ssl_context=ssl_context,
         http1=True, http2=http2, max_connections=100, max_keepalive_connections=20,
         keepalive_expiry=idle, network_backend=_Dialer(),
     )
@@ -263,6 +363,66 @@ async def drop_closed(pool: httpcore.AsyncConnectionPool) -> int:
             continue  # httpcore checks these itself as it assigns the request
         stream = getattr(inner, "_network_stream", None)
         if stream is not None and stream.get_extra_info("is_readable"):
+            await conn.aclose()
+            closed += 1
+    return closed
+
+
+def _can_prewarm(pool: httpcore.AsyncConnectionPool) -> bool:
+    return all(hasattr(pool, name) for name in (
+        "create_connection", "_connections", "_optional_thread_lock", "_max_connections"))
+
+
+async def prewarm(pool: httpcore.AsyncConnectionPool, url: httpcore.URL, sni: str,
+                  connect_timeout: float, idle: float) -> str | None:
+    """Open one connection of ``pool`` to ``url``'s origin (an IP literal the caller
+    checked) with the pool's own dial: TCP, then TLS verified for ``sni`` under the pool's
+    trust; left idle in the pool for the next request, closed after ``idle`` seconds unused
+    like any other (``drop_expired``). No request is sent. httpcore opens a connection only
+    for a request, so this builds its connection as ``AsyncHTTPConnection`` does (private
+    names, checked: None when they are missing, and when the pool is full). The protocol
+    the upstream chose: "h2" or "http/1.1"."""
+    if not _can_prewarm(pool) or len(pool.connections) >= pool._max_connections:
+        return None
+    request = httpcore.Request(b"GET", url, extensions={
+        "sni_hostname": sni, "timeout": {"connect": connect_timeout}})
+    conn: Any = pool.create_connection(request.url.origin)
+    if not hasattr(conn, "_connect") or not hasattr(conn, "_connection"):
+        return None
+    started = time.monotonic()
+    stream = await conn._connect(request)
+    # the tickets come one round trip after the handshake, which took about two
+    wait = min(connect_timeout, 1.5 * (time.monotonic() - started) + 0.05)
+    if isinstance(stream, HeadWatch) and not await stream.settle(wait):
+        await stream.aclose()
+        raise httpcore.RemoteProtocolError("the upstream sent unasked bytes or closed")
+    ssl_object: Any = stream.get_extra_info("ssl_object")
+    h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+    inner: Any
+    if h2:
+        from httpcore._async.http2 import AsyncHTTP2Connection
+        inner = AsyncHTTP2Connection(origin=request.url.origin, stream=stream,
+                                     keepalive_expiry=idle)
+    else:
+        from httpcore._async.http11 import AsyncHTTP11Connection
+        inner = AsyncHTTP11Connection(origin=request.url.origin, stream=stream,
+                                      keepalive_expiry=idle)
+    inner._state = type(inner._state).IDLE  # ready: as after a response read to its end
+    inner._expire_at = time.monotonic() + idle
+    conn._connection = inner
+    with pool._optional_thread_lock:
+        pool._connections.append(conn)
+    return "h2" if h2 else "http/1.1"
+
+
+async def drop_expired(pool: httpcore.AsyncConnectionPool) -> int:
+    """Close every idle connection of ``pool`` past its keep-alive expiry. httpcore only
+    looks when a request comes, so without this a connection nobody asks for again (a
+    pre-warmed one, the last of a quiet service) would stay open past
+    ``upstream_pool_idle``. How many were closed."""
+    closed = 0
+    for conn in pool.connections:
+        if conn.is_idle() and not conn.is_closed() and conn.has_expired():
             await conn.aclose()
             closed += 1
     return closed

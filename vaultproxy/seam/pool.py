@@ -50,6 +50,7 @@ class Exchange(Protocol):
     error: str | None  # mitmproxy-style error text (seam/engine_errors.py reads it)
     chunk: bytes | None  # the next body chunk; None: the body ended
     body_limit: int  # the most a buffered body may hold
+    body: bytes | None  # the whole body, read with the head (small); None: ask by chunk
 
 
 @dataclass
@@ -79,9 +80,11 @@ class _LazyDial:
     """A connection's options as its layers read them: ``connection_strategy`` is "lazy"
     while ``lazy()`` is true (the tunnel's service is pooled), the global value otherwise."""
 
-    def __init__(self, options: Any, lazy: Callable[[], bool]) -> None:
+    def __init__(self, options: Any, lazy: Callable[[], bool],
+                 h2: Callable[[], bool] = lambda: True) -> None:
         self._options = options
         self._lazy = lazy
+        self.prefer_h2 = h2  # offer the agent HTTP/2 (the upstream speaks it, or unknown)
 
     def __getattr__(self, name: str) -> Any:
         if name == "connection_strategy" and self._lazy():
@@ -89,11 +92,13 @@ class _LazyDial:
         return getattr(self._options, name)
 
 
-def lazy_dial(context: Any, lazy: Callable[[], bool]) -> None:
+def lazy_dial(context: Any, lazy: Callable[[], bool],
+              h2: Callable[[], bool] = lambda: True) -> None:
     """Give ``context`` (a NextLayer's, before its layer is chosen) and every context
-    forked from it the per-connection strategy."""
+    forked from it the per-connection strategy; ``h2``: whether a lazy tunnel offers the
+    agent HTTP/2."""
     if _installed and not isinstance(context.options, _LazyDial):
-        context.options = _LazyDial(context.options, lazy)
+        context.options = _LazyDial(context.options, lazy, h2)
 
 
 def install() -> None:
@@ -137,7 +142,10 @@ def _patch_clienthello(cls: Any) -> None:
     def tls_start_client(self: Any, tls_start: Any) -> None:
         """With no upstream handshake first there is no upstream ALPN to mirror, and
         mitmproxy would take the agent's first offer (httpx offers HTTP/1.1 first). Prefer
-        HTTP/2 when the agent offers it, as an eager dial to an HTTP/2 upstream would."""
+        HTTP/2 when the agent offers it, as an eager dial to an HTTP/2 upstream would,
+        unless the service's pooled upstream is known to speak only HTTP/1.1: then
+        HTTP/1.1, as an eager dial mirrors (HTTP/2 to the agent costs a few ms per request
+        in mitmproxy's HTTP/2 layer, for nothing to multiplex upstream)."""
         start_client(self, tls_start)
         options = tls_start.context.options
         conn = tls_start.ssl_conn
@@ -146,7 +154,8 @@ def _patch_clienthello(cls: Any) -> None:
             return
         app = conn.get_app_data()
         if isinstance(app, dict) and app.get("server_alpn") is None and app.get("http2"):
-            app["server_alpn"] = b"h2"  # chosen only if the agent offers it
+            # chosen only if the agent offers it (else the agent's first offer)
+            app["server_alpn"] = b"h2" if options.prefer_h2() else b"http/1.1"
 
     cls.tls_start_client = tls_start_client
 
@@ -232,6 +241,12 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
     if resp.stream and not no_body:
         yield lhttp.SendHttp(lhttp.ResponseHeaders(self.stream_id, resp, end_stream=False),
                              client)
+        if ex.body is not None:  # read with the head: no hook round trip per chunk
+            for data in (ex.body, b""):
+                for chunk in _through(resp.stream, data):
+                    yield lhttp.SendHttp(lhttp.ResponseData(self.stream_id, chunk), client)
+            yield from self.send_response(already_streamed=True)
+            return
         while True:
             yield PoolChunkHook(flow)
             if (yield from self.check_killed(True)):
@@ -245,8 +260,8 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
                 break
         yield from self.send_response(already_streamed=True)
         return
-    body = bytearray()
-    while not no_body:
+    body = bytearray(ex.body or b"")
+    while not no_body and ex.body is None:
         yield PoolChunkHook(flow)
         if (yield from self.check_killed(True)):
             return

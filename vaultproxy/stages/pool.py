@@ -14,7 +14,15 @@ snapshot): never shared across services, dropped on a reload (a new snapshot: ``
 ``connect_to``); each dials the address the Route stage checked for the agent's tunnel (a
 re-resolved address is another connection), and a connection idle ``[proxy]
 upstream_pool_idle`` seconds is closed (0: no pool). A connection that saw a protocol error
-is closed, never reused (httpcore drops it)."""
+is closed, never reused (httpcore drops it).
+
+A new upstream connection resumes the TLS session the pool's last one for that name left
+(net/outbound.py ``TLSSessions``; the sessions live and die with the pool). A service's
+``prewarm = N`` opens N connections per host (each name the service lists that is no
+wildcard) at start and after each reload, with the same egress check and dial as a tunnel's,
+so the first agent request finds one warm; unused, they close after ``upstream_pool_idle``
+like any other, and a service without a pool (``upstream_pool_idle = 0``) is never
+pre-warmed."""
 
 from __future__ import annotations
 
@@ -22,20 +30,28 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpcore
 from mitmproxy import ctx, http
 from mitmproxy.proxy.layer import NextLayer
 
+from vaultproxy.config.models import Service
+from vaultproxy.config.rules import parse_host
 from vaultproxy.core.pipeline import hop_free
+from vaultproxy.core.state import ProxyState
 from vaultproxy.loaded.snapshot import Snapshot
+from vaultproxy.net.hostnames import split_authority
 from vaultproxy.net.outbound import (
     UpstreamKey,
     drop_closed,
+    drop_expired,
     head_seen,
     pool_error_text,
     pool_transport,
+    prewarm,
 )
+from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
@@ -45,6 +61,9 @@ from vaultproxy.stages.runtime import Runtime, Stage
 logger = logging.getLogger(__name__)
 
 MAX_POOLED_BODY = 1024 * 1024  # a larger request body streams on mitmproxy's own path
+# A response body of at most this Content-Length is read with its head, in the exchange:
+# two hook round trips less per request (the seam then needs no chunk hook).
+PREFETCH_BODY = 64 * 1024
 _Pool = httpcore.AsyncConnectionPool
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
@@ -58,6 +77,7 @@ class Exchange:
     body_limit: int
     error: str | None = None
     chunk: bytes | None = None
+    body: bytes | None = None
     response: httpcore.Response | None = None
     chunks: AsyncIterator[bytes] | None = None
     idle: float = 300.0
@@ -104,6 +124,84 @@ class Pool(Stage):
         self._pools: dict[tuple[str, str], tuple[UpstreamKey, bool, _Pool]] = {}
         self._snapshot: Snapshot | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self._warming: set[asyncio.Task[None]] = set()
+        # (service name, tunnel host) -> whether its upstream answered over HTTP/2
+        self._h2_seen: dict[tuple[str, str], bool] = {}
+
+    def running(self) -> None:
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
+
+    def done(self) -> None:
+        for task in (self._watch, *self._warming):
+            if task is not None:
+                task.cancel()
+        self._watch = None
+        super().done()
+
+    async def _watch_policy(self) -> None:
+        """Once a second: a new policy (start, reload) retires the old pools at once and
+        pre-warms the new ones; idle connections past ``upstream_pool_idle`` close."""
+        while True:
+            try:
+                st = self.rt.current()
+                if self.rt.serving is not None and not self.rt.serving.is_set():
+                    st = None  # starting: the listeners' addresses join the policy yet
+                if st is not None and st.snapshot is not self._snapshot and self._idle() > 0:
+                    self._new_policy(st.snapshot)
+                    for service in st.registry.services:
+                        if service.prewarm > 0:
+                            self._spawn(self._prewarm(st, service))
+                for _, _, pool in list(self._pools.values()):
+                    await drop_expired(pool)
+            except Exception:  # noqa: BLE001 - a speed feature never stops the proxy
+                logger.exception("upstream pool upkeep failed")
+            await asyncio.sleep(1.0)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _prewarm(self, st: ProxyState, service: Service) -> None:
+        cfg = st.registry.config.proxy
+        for value in service.hosts:
+            spec = parse_host(value)
+            if spec.wildcard:
+                continue
+            dial_host, dial_port = spec.host, spec.port
+            if service.connect_to:
+                h, p = split_authority(service.connect_to)
+                dial_host, dial_port = h, (p if p and p > 0 else spec.port)
+            try:
+                ip, port = await resolve_checked(
+                    dial_host, dial_port, st.snapshot.address_context(service))
+                if st.snapshot is not self._snapshot:
+                    return  # reloaded meanwhile: the new policy warms its own
+                pool = self._pool_for(st, service, spec.host)
+                url = httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
+                                   target=b"/")
+                done = await asyncio.gather(*(
+                    prewarm(pool, url, spec.host, float(cfg.connect_timeout),
+                            float(cfg.upstream_pool_idle))
+                    for _ in range(service.prewarm)), return_exceptions=True)
+            except Exception as e:  # noqa: BLE001 - the first request reports it properly
+                logger.warning("prewarm of %s (%s): %s", service.name, spec.host,
+                               pool_error_text(e) if isinstance(e, httpcore.ConnectError)
+                               else e)
+                continue
+            failed = [d for d in done if isinstance(d, BaseException)]
+            if failed:
+                logger.warning("prewarm of %s (%s): %d of %d connections failed: %s",
+                               service.name, spec.host, len(failed), len(done),
+                               pool_error_text(failed[0]))
+            else:
+                logger.info("prewarm of %s (%s): %d connections", service.name, spec.host,
+                            sum(1 for d in done if d is not None))
+            opened = [d for d in done if isinstance(d, str)]
+            if opened:
+                self._h2_seen[(service.name, spec.host)] = opened[0] == "h2"
 
     def _idle(self) -> float:
         st = self.rt.current()
@@ -118,7 +216,15 @@ class Pool(Stage):
     def next_layer(self, nextlayer: NextLayer) -> None:
         client_id = nextlayer.context.client.id
         if nextlayer.layer is None and self.rt.connections.tunnel(client_id) is None:
-            seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id))
+            seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id),
+                                lambda: self._upstream_h2(client_id))
+
+    def _upstream_h2(self, client_id: str) -> bool:
+        """Whether the tunnel's pooled upstream speaks HTTP/2 (True while unknown)."""
+        tunnel = self.rt.connections.tunnel(client_id)
+        if tunnel is None or tunnel.decision.service is None:
+            return True
+        return self._h2_seen.get((tunnel.decision.service.name, tunnel.host), True)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -142,22 +248,29 @@ class Pool(Stage):
         st = self.rt.state()
         service = tunnel.decision.service
         assert service is not None
-        key = UpstreamKey(service.name, tunnel.host, st.snapshot.trust_file(service),
+        return self._pool_for(st, service, tunnel.host)
+
+    def _new_policy(self, snapshot: Snapshot) -> None:
+        """A reload: every pool of the old policy goes."""
+        self._snapshot = snapshot
+        for old in list(self._pools):
+            self._retire(old)
+
+    def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Pool:
+        key = UpstreamKey(service.name, host, st.snapshot.trust_file(service),
                           service.insecure_tls)
         http2 = bool(ctx.options.http2)
-        if self._snapshot is not st.snapshot:  # a reload: every pool of the old policy goes
-            self._snapshot = st.snapshot
-            for old in list(self._pools):
-                self._retire(old)
-        found = self._pools.get((service.name, tunnel.host))
+        if self._snapshot is not st.snapshot:
+            self._new_policy(st.snapshot)
+        found = self._pools.get((service.name, host))
         if found is not None:
             old_key, old_h2, pool = found
             if old_key == key and old_h2 == http2:
                 return pool
-            self._retire((service.name, tunnel.host))
+            self._retire((service.name, host))
         idle = float(st.registry.config.proxy.upstream_pool_idle)
         pool = pool_transport(key, http2=http2, idle=idle)
-        self._pools[(service.name, tunnel.host)] = (key, http2, pool)
+        self._pools[(service.name, host)] = (key, http2, pool)
         return pool
 
     def _retire(self, name: tuple[str, str]) -> None:
@@ -186,6 +299,9 @@ class Pool(Stage):
             await ex.close()
             return
         version = resp.extensions.get("http_version", b"HTTP/1.1")
+        service = ex.tunnel.decision.service
+        if service is not None:
+            self._h2_seen[(service.name, ex.tunnel.host)] = version == b"HTTP/2"
         headers = http.Headers(resp.headers)
         if version == b"HTTP/2":
             version = b"HTTP/2.0"
@@ -201,6 +317,17 @@ class Pool(Stage):
             timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
         )
         ex.chunks = resp.aiter_stream()
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
+            body = bytearray()
+            while True:
+                await self.vaultproxy_pool_chunk(flow)
+                if ex.error is not None:
+                    return  # the seam answers it as a failed exchange
+                if ex.chunk is None:
+                    break
+                body += ex.chunk
+            ex.body = bytes(body)
 
     async def _send(self, flow: http.HTTPFlow, ex: Exchange) -> httpcore.Response:
         tunnel = ex.tunnel
