@@ -36,6 +36,7 @@ from vaultproxy.net.outbound import (
     pool_error_text,
     pool_transport,
 )
+from vaultproxy.seam import lean as seam_lean
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
@@ -116,6 +117,14 @@ class Pool(Stage):
         client_id = nextlayer.context.client.id
         if nextlayer.layer is None and self.rt.connections.tunnel(client_id) is None:
             seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id))
+        elif nextlayer.layer is None and self._lean(client_id):
+            # a pooled tunnel's HTTP/1.1 without mitmproxy's HTTP layer: the same hooks
+            seam_lean.choose(nextlayer, lambda: self._lean(client_id))
+
+    def _lean(self, client_id: str) -> bool:
+        tunnel = self.rt.connections.tunnel(client_id)
+        return self._pooled_tunnel(client_id) and tunnel is not None and (
+            tunnel.pinned is not None)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
