@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/lean.py                       # this checkout only, 3 rounds
     .venv/bin/python bench/lean.py --tree main=/tmp/main-src --tree lean=. --rounds 4
+    .venv/bin/python bench/lean.py --tree stock=. --tree lean=. --env stock:VAULTPROXY_LEAN_HTTP1=0
 
 Each tree is a checkout of vaultproxy (e.g. `git archive main | tar -x -C /tmp/main-src`); every
 round starts `vaultproxy run --workers 1` from each tree in turn (A, B, A, B, ...) against the
@@ -59,6 +60,7 @@ class TreeProxy(Vaultproxy):
     """`vaultproxy run` from another source tree (cwd and PYTHONPATH = that tree)."""
 
     tree: Path = Path(".")
+    extra_env: dict[str, str] | None = None
     ready_s: float = 0.0
     ready_cpu_s: float = 0.0  # the process's own CPU time until run.json (steadier under load)
 
@@ -71,7 +73,7 @@ class TreeProxy(Vaultproxy):
             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
             "--password-file", str(self.home.password_file), "--workers", "1",
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(self.tree))
+        env = dict(os.environ, PYTHONPATH=str(self.tree), **(self.extra_env or {}))
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"vaultproxy-{self.name}.log", "ab")  # noqa: SIM115
         t0 = time.monotonic()
@@ -131,6 +133,8 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tree", action="append", default=[], help="name=path (repeatable)")
+    ap.add_argument("--env", action="append", default=[],
+                    help="name:KEY=VALUE, an environment variable for that tree's proxy")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, default=4000, help="requests per CPU measurement")
     ap.add_argument("--seq", type=int, default=1500, help="sequential requests per p50")
@@ -138,6 +142,11 @@ def main() -> None:
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
         ("this", Path(__file__).resolve().parents[1])
     ]
+    envs: dict[str, dict[str, str]] = {}
+    for spec in args.env:
+        name, _, kv = spec.partition(":")
+        key, _, value = kv.partition("=")
+        envs.setdefault(name, {})[key] = value
     work = Path(tempfile.mkdtemp(prefix="vp-lean-"))
     work.chmod(0o755)  # nginx workers run unprivileged
     nginx = Nginx(work / "nginx").start()
@@ -150,6 +159,7 @@ def main() -> None:
             for name, tree in trees:
                 t = TreeProxy(f"vp-{name}", name, nginx, work)
                 t.home, t.service, t.tree = home, "hi", tree
+                t.extra_env = envs.get(name)
                 try:
                     m = measure(t, args.n, args.seq, direct.p50_ms)
                 finally:
