@@ -35,8 +35,10 @@ HANDED = "lean HTTP/1.1: a connection goes to mitmproxy's HTTP layer"
 
 @dataclass
 class SseUpstream:
-    """HTTP/1.1 over TLS, server-sent events: the second event is produced only once the
-    test saw the first (``seen_first``); ``released`` says whether it did, per stream."""
+    """HTTP/1.1 over TLS. ``/sse``: server-sent events, the second produced only once the
+    test saw the first (``seen_first``; ``released`` says whether it did, per stream);
+    ``/garbage``: a malformed head; ``/clte``: a head with Content-Length and
+    Transfer-Encoding (response smuggling); then the connection closes."""
 
     ca: Any
     seen_first: threading.Event = field(default_factory=threading.Event)
@@ -73,7 +75,14 @@ class SseUpstream:
                     if not data:
                         return
                     buf += data
-                _, _, buf = buf.partition(b"\r\n\r\n")
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                if head.startswith(b"GET /garbage "):
+                    conn.sendall(b"HTTP/1.1 2x0 \x00bogus\r\nContent-Length: nope\r\n\r\n")
+                    return
+                if head.startswith(b"GET /clte "):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n"
+                                 b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                    return
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                              b"transfer-encoding: chunked\r\n\r\n")
                 one = b"data: one\n\n"
@@ -111,7 +120,8 @@ def env(start_proxy, upstream: Upstream) -> Iterator[Env]:  # type: ignore[no-un
     sse = SseUpstream(upstream.ca).start()
     upstream.handler = _handler
     secret = canary.make_canary()
-    toml = (service_block("lean", "host_inject", "bearer", upstream.port)
+    rules = '[{ method = "*", path = "/denied/*", action = "deny" }]'
+    toml = (service_block("lean", "host_inject", "bearer", upstream.port, rules=rules)
             + service_block("leansse", "host_inject", "bearer", sse.port))
     secrets = {"lean": secret, "leansse": canary.make_canary()}
     lean = start_proxy(toml, secrets)
@@ -297,3 +307,31 @@ def test_lean_requests_are_audited(env: Env) -> None:
         assert c.get("https://lean.api.test/audited").status_code == 200
     rows = [a for a in env.lean.audit() if a.get("path") == "/audited"]
     assert rows and rows[-1]["status"] == 200 and rows[-1]["service"] == "lean"
+
+
+def test_a_rule_refusal_answers_and_the_connection_goes_on(env: Env, proxy: ProxyProcess) -> None:
+    """A stage answering itself (RequestGate's rule): 403, nothing reaches the upstream, and
+    the next request on the same connection is served."""
+    before = len(env.up.received)
+    with Tunnel(proxy) as t:
+        t.send(_get("/denied/x"))
+        r = t.response()
+        assert r.status == 403, r.body  # type: ignore[attr-defined]
+        t.send(_get("/allowed"))
+        assert t.response().status == 200
+    assert [x.path for x in env.up.received[before:]] == ["/allowed"]
+
+
+@pytest.mark.parametrize("path", ["/garbage", "/clte"])
+def test_upstream_protocol_errors_answer_as_on_mitmproxys_layer(env: Env, path: str) -> None:
+    """A malformed or smuggling upstream head: the same status and code on both paths, and
+    none of the upstream's bytes."""
+    got = {}
+    for name, p in (("lean", env.lean), ("stock", env.stock)):
+        with Tunnel(p, "leansse.api.test") as t:
+            t.send(f"GET {path} HTTP/1.1\r\nHost: leansse.api.test\r\n\r\n".encode())
+            r = t.response()
+        assert b"bogus" not in r.body and b"hello" not in r.body  # type: ignore[attr-defined]
+        got[name] = (r.status, json.loads(r.body)["error"]["code"])  # type: ignore[attr-defined]
+    assert got["lean"] == got["stock"]
+    assert got["lean"][0] == 502
