@@ -12,6 +12,7 @@ name is never reused for another. Third-party errors are translated here, at the
 from __future__ import annotations
 
 import logging
+import select
 import ssl
 from collections.abc import Iterable
 from contextvars import ContextVar
@@ -139,6 +140,7 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         ssl_object: Any = inner.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         self._h1 = alpn != "h2"  # HTTP/2 frames are binary: nothing of this applies
+        self._raw: Any = inner.get_extra_info("socket")  # the TCP socket (under any TLS)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data = await self._inner.read(max_bytes, timeout)
@@ -177,6 +179,16 @@ class HeadWatch(httpcore.AsyncNetworkStream):
         return HeadWatch(await self._inner.start_tls(ssl_context, server_hostname, timeout))
 
     def get_extra_info(self, info: str) -> object:
+        if info == "is_readable" and self._raw is not None:
+            # httpcore asks this of every pooled connection each time it assigns a request
+            # (has_expired: did the upstream close it while idle?); through anyio each ask
+            # rebuilds the stream's attribute tables. The same poll, on the socket found once.
+            fd = self._raw.fileno()
+            if fd < 0:
+                return True  # closed: as httpcore, "readable" (the next read sees the end)
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(0))
         return self._inner.get_extra_info(info)
 
 
