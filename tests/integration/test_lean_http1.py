@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -335,3 +336,32 @@ def test_upstream_protocol_errors_answer_as_on_mitmproxys_layer(env: Env, path: 
         got[name] = (r.status, json.loads(r.body)["error"]["code"])  # type: ignore[attr-defined]
     assert got["lean"] == got["stock"]
     assert got["lean"][0] == 502
+
+
+def _audited(proxy: ProxyProcess, path: str) -> list[dict[str, object]]:
+    for _ in range(100):  # the record is written as the flow ends
+        rows = [a for a in proxy.audit() if a.get("path") == path]
+        if rows:
+            return rows
+        time.sleep(0.05)
+    return []
+
+
+def test_a_request_cut_mid_body_is_audited_as_on_mitmproxys_layer(env: Env) -> None:
+    """The agent sends a head and part of its body, then closes: the lean layer hands the
+    bytes to mitmproxy's reader, so the flow's hooks see the disconnect and it is recorded
+    as without the lean layer; nothing reaches the upstream."""
+    before = len(env.up.received)
+    got = {}
+    for name, p in (("lean", env.lean), ("stock", env.stock)):
+        path = f"/cut-{name}"
+        with Tunnel(p) as t:
+            t.send(_get("/first"))
+            assert t.response().status == 200  # the lean layer serves this connection
+            t.send(f"POST {path} HTTP/1.1\r\nHost: lean.api.test\r\n"
+                   "Content-Length: 100\r\n\r\npartial".encode())
+        rows = _audited(p, path)
+        assert rows, f"{name}: no record of the cut request"
+        got[name] = (rows[-1].get("status"), rows[-1].get("reason"))
+    assert got["lean"] == got["stock"]
+    assert [x.path for x in env.up.received[before:]] == ["/first", "/first"]

@@ -327,7 +327,13 @@ class LeanLayer(layer.Layer):
             self.buf += event.data
             yield from self._serve()
         elif isinstance(event, events.ConnectionClosed) and event.connection is client:
-            if not self.done:
+            if self.buf.strip() and not self.done:
+                # A request cut before its end: mitmproxy's reader makes of it what it does
+                # without this layer (a flow whose hooks see the disconnect, and its record).
+                yield from self._fall_back("closed mid-request")
+                assert self.fallback is not None
+                yield from self.fallback.handle_event(event)
+            elif not self.done:
                 self.done = True
                 yield commands.CloseConnection(client)
 
