@@ -365,3 +365,13 @@ def test_a_request_cut_mid_body_is_audited_as_on_mitmproxys_layer(env: Env) -> N
         got[name] = (rows[-1].get("status"), rows[-1].get("reason"))
     assert got["lean"] == got["stock"]
     assert [x.path for x in env.up.received[before:]] == ["/first", "/first"]
+
+
+def test_only_the_expected_shapes_left_the_lean_path(env: Env) -> None:
+    """Every connection above that the lean layer handed to mitmproxy's HTTP layer did so for
+    a shape it does not serve: HEAD, 204/304, pipelining, POST bodies, refusals and upstream
+    errors stayed on the lean path (a reason line would name them otherwise)."""
+    reasons = {line.split(HANDED, 1)[1].strip(" ()")
+               for line in env.lean.output().splitlines() if HANDED in line}
+    assert reasons <= {"transfer-encoding", "upgrade", "head refused", "closed mid-request"}
+    assert FIRST not in env.stock.output() and HANDED not in env.stock.output()
