@@ -367,11 +367,27 @@ def test_a_request_cut_mid_body_is_audited_as_on_mitmproxys_layer(env: Env) -> N
     assert [x.path for x in env.up.received[before:]] == ["/first", "/first"]
 
 
+def test_a_very_long_head_goes_to_mitmproxys_reader(env: Env) -> None:
+    """A head still incomplete past 64 KiB is read by mitmproxy's reader (whose buffer is
+    searched incrementally): the agent gets what it gets without the lean layer."""
+    big = "x" * 200_000
+    got = []
+    for p in (env.lean, env.stock):
+        with Tunnel(p) as t:
+            t.send(_get("/first"))
+            assert t.response().status == 200
+            t.send(_get("/big", f"X-Big: {big}\r\n"))
+            got.append(t.response().status)
+    assert got[0] == got[1]
+    assert f"{HANDED} (long head)" in env.lean.output()
+
+
 def test_only_the_expected_shapes_left_the_lean_path(env: Env) -> None:
     """Every connection above that the lean layer handed to mitmproxy's HTTP layer did so for
     a shape it does not serve: HEAD, 204/304, pipelining, POST bodies, refusals and upstream
     errors stayed on the lean path (a reason line would name them otherwise)."""
     reasons = {line.split(HANDED, 1)[1].strip(" ()")
                for line in env.lean.output().splitlines() if HANDED in line}
-    assert reasons <= {"transfer-encoding", "upgrade", "head refused", "closed mid-request"}
+    assert reasons <= {"transfer-encoding", "upgrade", "head refused", "closed mid-request",
+                       "long head"}
     assert FIRST not in env.stock.output() and HANDED not in env.stock.output()

@@ -62,6 +62,7 @@ lhttp: Any = layers_http  # mitmproxy's HTTP layer names are not re-exported (fo
 
 ENV = "VAULTPROXY_LEAN_HTTP1"
 MAX_BODY = 1024 * 1024  # the pool's buffered-body limit (stages/pool.py MAX_POOLED_BODY)
+MAX_HEAD = 64 * 1024  # a longer incomplete head goes to mitmproxy's reader
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 
@@ -309,6 +310,8 @@ class LeanLayer(layer.Layer):
         self.fallback: layer.Layer | None = None
         self.done = False
         self.validate = bool(context.options.validate_inbound_headers)
+        # a head read whose body is still arriving: (request, head length, body length)
+        self.pending: tuple[http.Request, int, int] | None = None
 
     def client_gone(self) -> bool:
         """Did the agent close while a hook ran (an event queued for after the pause)?"""
@@ -345,6 +348,7 @@ class LeanLayer(layer.Layer):
             logger.info("lean HTTP/1.1: a connection goes to mitmproxy's HTTP layer (%s)", why)
         http_layer = lhttp.HttpLayer(self.context, lhttp.HTTPMode.transparent)
         self.fallback = http_layer
+        self.pending = None
         data = bytes(self.buf)
         self.buf.clear()
         yield from http_layer.handle_event(events.Start())
@@ -354,11 +358,19 @@ class LeanLayer(layer.Layer):
     def _take(self) -> http.Request | None | str:
         """The next request if this layer serves it; None: not all of it arrived yet; a
         string: why mitmproxy's HTTP layer must take the connection."""
+        if self.pending is not None:  # a head read earlier, its body still arriving
+            waiting, at, body_len = self.pending
+            if len(self.buf) < at + body_len:
+                return None
+            self.pending = None
+            return self._body(waiting, at, body_len)
         rb = ReceiveBuffer()
         rb += self.buf
         lines = rb.maybe_extract_lines()
         if lines is None:
-            return None
+            # mitmproxy's reader searches its buffer incrementally; this one is copied on
+            # each read: a head this long (never a real one) goes to mitmproxy's reader
+            return "long head" if len(self.buf) > MAX_HEAD else None
         if not lines:
             return "blank line"  # mitmproxy's reader skips it
         head_len = len(self.buf) - len(rb)
@@ -389,7 +401,11 @@ class LeanLayer(layer.Layer):
         if lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
             return "head refused"
         if len(self.buf) < head_len + size:
+            self.pending = (req, head_len, size)
             return None
+        return self._body(req, head_len, size)
+
+    def _body(self, req: http.Request, head_len: int, size: int) -> http.Request | str:
         if not self.pooled():
             return "not pooled"
         body = bytes(self.buf[head_len:head_len + size])
