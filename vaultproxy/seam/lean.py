@@ -166,7 +166,14 @@ class _Job:
 
     async def run(self, addons: Any) -> None:
         self.addons = addons
-        self.outcome = await self._request()
+        try:
+            self.outcome = await self._request()
+        except Exception:  # noqa: BLE001 - never a connection left without its answer
+            # (each addon's own exception is already caught and logged by the manager)
+            logger.exception("lean HTTP/1.1: a request's hooks failed; answered 502")
+            self.flow.live = False
+            self.code, self.message = lhttp.ErrorCode.GENERIC_SERVER_ERROR, "proxy error"
+            self.outcome = ERROR
 
     def _killed(self) -> bool:
         """``check_killed``'s test: killed by a stage, or the agent went away meanwhile."""
