@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/lean.py                       # this checkout only, 3 rounds
     .venv/bin/python bench/lean.py --tree main=/tmp/main-src --tree lean=. --rounds 4
+    .venv/bin/python bench/lean.py --tree stock=. --tree lean=. --env stock:VAULTPROXY_LEAN_HTTP1=0
 
 Each tree is a checkout of vaultproxy (e.g. `git archive main | tar -x -C /tmp/main-src`); every
 round starts `vaultproxy run --workers 1` from each tree in turn (A, B, A, B, ...) against the
@@ -59,6 +60,7 @@ class TreeProxy(Vaultproxy):
     """`vaultproxy run` from another source tree (cwd and PYTHONPATH = that tree)."""
 
     tree: Path = Path(".")
+    extra_env: dict[str, str] | None = None
     ready_s: float = 0.0
     ready_cpu_s: float = 0.0  # the process's own CPU time until run.json (steadier under load)
     workers: int = 1
@@ -72,7 +74,7 @@ class TreeProxy(Vaultproxy):
             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
             "--password-file", str(self.home.password_file), "--workers", str(self.workers),
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(self.tree))
+        env = dict(os.environ, PYTHONPATH=str(self.tree), **(self.extra_env or {}))
         # Cached bytecode, as an installed package runs (pip compiles at install): with
         # PYTHONDONTWRITEBYTECODE set (as in this sandbox) every start would compile all of
         # vaultproxy's ~200 modules from source first (~0.5 CPU s). compile_tree() fills it.
@@ -142,6 +144,8 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tree", action="append", default=[], help="name=path (repeatable)")
+    ap.add_argument("--env", action="append", default=[],
+                    help="name:KEY=VALUE, an environment variable for that tree's proxy")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, default=4000, help="requests per CPU measurement")
     ap.add_argument("--seq", type=int, default=1500, help="sequential requests per p50")
@@ -151,6 +155,11 @@ def main() -> None:
     ]
     for _, tree in trees:
         compile_tree(tree)
+    envs: dict[str, dict[str, str]] = {}
+    for spec in args.env:
+        name, _, kv = spec.partition(":")
+        key, _, value = kv.partition("=")
+        envs.setdefault(name, {})[key] = value
     work = Path(tempfile.mkdtemp(prefix="vp-lean-"))
     work.chmod(0o755)  # nginx workers run unprivileged
     nginx = Nginx(work / "nginx").start()
@@ -163,6 +172,7 @@ def main() -> None:
             for name, tree in trees:
                 t = TreeProxy(f"vp-{name}", name, nginx, work)
                 t.home, t.service, t.tree = home, "hi", tree
+                t.extra_env = envs.get(name)
                 try:
                     m = measure(t, args.n, args.seq, direct.p50_ms)
                 finally:

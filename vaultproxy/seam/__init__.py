@@ -17,6 +17,10 @@ registers itself on import.
 * ``pool``: the warm upstream pool's engine side (no dial at CONNECT for a pooled service's
   tunnel; the exchange through our own blocking hooks at the request's end). A speed patch:
   a missing symbol keeps mitmproxy's own upstream connection per agent connection.
+* ``lean``: a pooled service's HTTP/1.1 tunnel served without mitmproxy's HTTP layer: the
+  same hooks in the same order from one task per request, one write per response; anything
+  it does not handle exactly goes to mitmproxy's ``HttpLayer`` for that connection. A speed
+  patch (``VAULTPROXY_LEAN_HTTP1=0`` or a missing symbol: mitmproxy's layer throughout).
 * ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
   loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
 * ``refusals``: request heads mitmproxy's HTTP/1 reader refuses, for the audit.

@@ -39,7 +39,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from vaultproxy.seam import deadlines, openssl, pool, refusals, signals
+from vaultproxy.seam import deadlines, lean, openssl, pool, refusals, signals
 from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.seam.need import EngineMismatch, need
 
@@ -106,6 +106,8 @@ def install(hooks: Hooks) -> None:
     refusals.install()  # requests the HTTP/1 reader refuses are audited as answered
     deadlines.install()  # every wait on an upstream bounded ([proxy] timeouts)
     pool.install()  # a speed patch: the warm upstream pool (stock path if mitmproxy moved)
+    if pool.installed():
+        lean.install()  # a speed patch: pooled HTTP/1.1 without mitmproxy's HTTP layer
     openssl.check()
     signals.check_if_loaded()  # and on first use of signals.Server
     keylog_active()  # the symbol must exist even when no key log is open

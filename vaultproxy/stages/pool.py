@@ -52,6 +52,7 @@ from vaultproxy.net.outbound import (
     prewarm,
 )
 from vaultproxy.net.resolve import resolve_checked
+from vaultproxy.seam import lean as seam_lean
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
@@ -218,6 +219,9 @@ class Pool(Stage):
         if nextlayer.layer is None and self.rt.connections.tunnel(client_id) is None:
             seam_pool.lazy_dial(nextlayer.context, lambda: self._pooled_tunnel(client_id),
                                 lambda: self._upstream_h2(client_id))
+        elif nextlayer.layer is None and self._lean(client_id):
+            # a pooled tunnel's HTTP/1.1 without mitmproxy's HTTP layer: the same hooks
+            seam_lean.choose(nextlayer, lambda: self._lean(client_id))
 
     def _upstream_h2(self, client_id: str) -> bool:
         """Whether the tunnel's pooled upstream speaks HTTP/2 (True while unknown)."""
@@ -225,6 +229,11 @@ class Pool(Stage):
         if tunnel is None or tunnel.decision.service is None:
             return True
         return self._h2_seen.get((tunnel.decision.service.name, tunnel.host), True)
+
+    def _lean(self, client_id: str) -> bool:
+        tunnel = self.rt.connections.tunnel(client_id)
+        return self._pooled_tunnel(client_id) and tunnel is not None and (
+            tunnel.pinned is not None)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:

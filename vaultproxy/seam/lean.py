@@ -1,0 +1,542 @@
+"""A lean HTTP/1.1 path for a pooled service's tunnel (a speed patch of the seam).
+
+For each request mitmproxy's HTTP stack (``HttpLayer`` -> ``HttpStream`` -> ``Http1Server``)
+re-enters ``layer.handle_event`` ~130 times, starts one asyncio task per hook (~7 per pooled
+request: requestheaders, request, the pool exchange, two body chunks, responseheaders,
+response) with a reply event travelling down the stack for each, and writes the response in
+pieces. For the common case this layer replaces that stack below the ``ClientTLSLayer``:
+
+* it reads the request head with mitmproxy's own HTTP/1 reader (``read_request_head``,
+  ``expected_http_body_size``) and checks it with mitmproxy's ``validate_request``;
+* it builds the same ``HTTPFlow`` ``HttpStream`` builds (transparent mode: the tunnel's
+  address), and runs the same hooks, in the same order, with the same kill and error
+  handling, through the Master's addon manager (``handle_lifecycle``, then
+  ``wait_for_resume``, as mitmproxy's ``handle_hook`` does for each) — all from one blocking
+  hook (``LeanHook``) per request, one asyncio task instead of ~7;
+* it sends the response head and body as one write. A streamed response (``stream`` set by
+  the response gate, e.g. server-sent events) goes out chunk by chunk as it arrives, through
+  the pool's chunk hook and mitmproxy's ``response`` hook, as on mitmproxy's path.
+
+It takes only what it handles exactly: an HTTP/1.1 request of a method other than CONNECT,
+in origin form, with no ``Transfer-Encoding``, ``Upgrade``, ``Expect``, ``TE`` or
+``Connection`` other than keep-alive, a body of at most the pool's limit
+(``Content-Length``, or none for GET/HEAD/OPTIONS/DELETE), a head mitmproxy's reader and
+validation accept, while the tunnel is still pooled. Anything else, at a request boundary,
+hands the connection to mitmproxy's ``HttpLayer`` for good, replaying the bytes not yet
+consumed: a malformed or smuggling head is refused by mitmproxy's own code (and audited by
+seam/refusals.py) exactly as without this layer. Stages are never called twice or skipped:
+the layer only replaces mitmproxy's HTTP plumbing.
+
+``VAULTPROXY_LEAN_HTTP1=0`` in the proxy's environment keeps mitmproxy's stack (for A/B
+measurements). ``stats`` counts the requests this process's lean layers served and the
+connections they handed to mitmproxy's HTTP layer; one INFO line says when a process first
+served a request this way, and one the first time each reason sent a connection to
+mitmproxy's HTTP layer (what tests read of a running proxy)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from h11._receivebuffer import ReceiveBuffer
+from mitmproxy import flow as mflow
+from mitmproxy import http
+from mitmproxy.net.http import http1, status_codes
+from mitmproxy.net.http.validate import validate_headers
+from mitmproxy.proxy import commands, events, layer, mode_specs
+from mitmproxy.proxy.layers import ClientTLSLayer
+from mitmproxy.proxy.layers import http as layers_http
+from mitmproxy.proxy.layers.http import _http1
+
+from vaultproxy.seam import deadlines
+from vaultproxy.seam.need import missing
+from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook
+
+logger = logging.getLogger(__name__)
+
+lhttp: Any = layers_http  # mitmproxy's HTTP layer names are not re-exported (for mypy)
+
+ENV = "VAULTPROXY_LEAN_HTTP1"
+MAX_BODY = 1024 * 1024  # the pool's buffered-body limit (stages/pool.py MAX_POOLED_BODY)
+MAX_HEAD = 64 * 1024  # a longer incomplete head goes to mitmproxy's reader
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
+
+_installed = False
+stats = {"requests": 0, "fallbacks": 0}  # what this process's lean layers did
+_reasons_seen: set[str] = set()
+
+
+def enabled() -> bool:
+    """Is the lean path on (installed, and not switched off by ``VAULTPROXY_LEAN_HTTP1=0``)?"""
+    return _installed and os.environ.get(ENV, "1").strip() not in ("0", "false", "no", "off")
+
+
+def choose(nextlayer: Any, pooled: Callable[[], bool]) -> bool:
+    """Put the lean layer under a pooled tunnel's ``ClientTLSLayer`` if the agent's TLS chose
+    HTTP/1.1 (or no ALPN) and mitmproxy's options leave nothing to its HTTP layer's body
+    checks; True if it did."""
+    ctx = nextlayer.context
+    if nextlayer.layer is not None or not enabled() or not ctx.layers:
+        return False
+    # (a NextLayer is not on its context's stack: the layer above it is the last)
+    if not isinstance(ctx.layers[-1], ClientTLSLayer) or not ctx.client.tls_established:
+        return False
+    if ctx.client.alpn not in (None, b"", b"http/1.1"):
+        return False
+    if not isinstance(ctx.client.proxy_mode, mode_specs.RegularMode):
+        return False  # a CONNECT tunnel's HTTP (mitmproxy's transparent mode) only
+    opts = ctx.options
+    if opts.body_size_limit or opts.stream_large_bodies or not pooled():
+        return False
+    nextlayer.layer = LeanLayer(ctx, pooled)
+    return True
+
+
+def install() -> None:
+    """Let the connection handler run a ``LeanHook``; on a missing symbol: no lean path."""
+    global _installed
+    if _installed:
+        return
+    from mitmproxy.proxy import mode_servers
+
+    handler = mode_servers.ProxyConnectionHandler
+    symbol = missing(handler, "handle_hook") or missing(
+        lhttp, "HttpLayer", "HTTPMode", "HttpRequestHeadersHook", "HttpRequestHook",
+        "HttpResponseHeadersHook", "HttpResponseHook", "HttpErrorHook", "ErrorCode",
+        "validate_request",
+    ) or missing(_http1, "make_error_response") or missing(
+        http1, "read_request_head", "expected_http_body_size", "assemble_response_head",
+        "connection_close",
+    )
+    if symbol is not None:
+        logger.warning("mitmproxy has no %s: no lean HTTP/1.1 path (mitmproxy's HTTP layer "
+                       "serves every request)", symbol)
+        return
+    original = handler.handle_hook
+
+    async def handle_hook(self: Any, hook: Any) -> None:
+        if isinstance(hook, LeanHook):
+            with self.timeout_watchdog.disarm():
+                await hook.job.run(self.master.addons)
+            return
+        await original(self, hook)
+
+    handler.handle_hook = handle_hook  # type: ignore[method-assign]
+    _installed = True
+
+
+# --- the one hook per request ----------------------------------------------------------
+
+
+@dataclass
+class LeanHook(commands.StartHook):
+    """Run a request's hooks, in mitmproxy's order, inside one task (``_Job.run``)."""
+
+    flow: http.HTTPFlow
+    name = "vaultproxy_lean"
+
+    def __post_init__(self) -> None:
+        self.job: _Job = _Job(self.flow, None)
+
+
+# what the layer does once the job is done
+SEND, STREAM, ERROR, KILL = "send", "stream", "error", "kill"
+
+
+class _Job:
+    """``HttpStream``'s pooled path from the request head to the response, as coroutines:
+    each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``."""
+
+    def __init__(self, flow: http.HTTPFlow, lean: LeanLayer | None) -> None:
+        self.flow = flow
+        self.lean = lean
+        self.addons: Any = None
+        self.outcome = KILL
+        self.code: Any = None
+        self.message = ""
+
+    async def _hook(self, hook: Any) -> None:
+        await self.addons.handle_lifecycle(hook)
+        await self.flow.wait_for_resume()
+
+    async def run(self, addons: Any) -> None:
+        self.addons = addons
+        try:
+            self.outcome = await self._request()
+        except Exception:  # noqa: BLE001 - never a connection left without its answer
+            # (each addon's own exception is already caught and logged by the manager)
+            logger.exception("lean HTTP/1.1: a request's hooks failed; answered 502")
+            self.flow.live = False
+            self.code, self.message = lhttp.ErrorCode.GENERIC_SERVER_ERROR, "proxy error"
+            self.outcome = ERROR
+
+    def _killed(self) -> bool:
+        """``check_killed``'s test: killed by a stage, or the agent went away meanwhile."""
+        flow = self.flow
+        if flow.error is not None and flow.error.msg == mflow.Error.KILLED_MESSAGE:
+            return True
+        if self.lean is not None and self.lean.client_gone():
+            if flow.error is None:
+                flow.error = mflow.Error("Client disconnected.")
+            return True
+        return False
+
+    async def _kill(self, emit_error_hook: bool) -> str:
+        if emit_error_hook:
+            await self._hook(lhttp.HttpErrorHook(self.flow))
+        self.flow.live = False
+        return KILL
+
+    async def _fail(self, message: str) -> str:
+        """``handle_protocol_error`` for a ``ResponseProtocolError`` before any byte went out."""
+        flow = self.flow
+        flow.error = mflow.Error(message)
+        await self._hook(lhttp.HttpErrorHook(flow))
+        if self._killed():
+            return await self._kill(False)
+        flow.live = False
+        self.code, self.message = lhttp.ErrorCode.GENERIC_SERVER_ERROR, message
+        return ERROR
+
+    async def _request(self) -> str:
+        flow = self.flow
+        await self._hook(lhttp.HttpRequestHeadersHook(flow))
+        if self._killed():
+            return await self._kill(True)
+        # mitmproxy reads the body here; it is already read.
+        await self._hook(lhttp.HttpRequestHook(flow))
+        if self._killed():
+            return await self._kill(True)
+        if flow.response:
+            # A response set by a stage: emulate the responseheaders hook (as mitmproxy does).
+            flow.response.timestamp_start = time.time()
+            await self._hook(lhttp.HttpResponseHeadersHook(flow))
+            if self._killed():
+                return await self._kill(True)
+            return await self._respond()
+        ex = flow.metadata.get(POOLED)
+        if ex is None:
+            # The pool stage did not take it (a reload between the head and the hooks): no
+            # upstream connection exists on this path; the agent retries on a new one.
+            return await self._fail("server closed connection")
+        await self._hook(PoolExchangeHook(flow))
+        if ex.error is not None or flow.response is None:
+            return await self._fail(ex.error or "server closed connection")
+        resp = flow.response
+        no_body = flow.request.method == "HEAD" or resp.status_code in (204, 304)
+        # check_body_size: a no-op (choose() takes no connection with a body size option)
+        if self.lean is not None and self.lean.validate:
+            try:
+                validate_headers(resp)
+            except ValueError as e:
+                err = (f"Received {e} from server, refusing to prevent request smuggling "
+                       "attacks. Disable the validate_inbound_headers option to skip this "
+                       "security check.")
+                flow.error = mflow.Error(err)
+                await self._hook(lhttp.HttpErrorHook(flow))
+                flow.live = False
+                self.code, self.message = lhttp.ErrorCode.RESPONSE_VALIDATION_FAILED, err
+                return ERROR
+        await self._hook(lhttp.HttpResponseHeadersHook(flow))
+        if self._killed():
+            return await self._kill(True)
+        if flow.response is not resp:  # a stage answered in the upstream's stead
+            return await self._respond()
+        if resp.stream and not no_body:
+            return STREAM  # the layer sends the head, then each chunk as it comes
+        body = bytearray(ex.body or b"")  # a small body the exchange read with the head
+        while not no_body and ex.body is None:
+            await self._hook(PoolChunkHook(flow))
+            if self._killed():
+                return await self._kill(True)
+            if ex.error is not None:
+                return await self._fail(ex.error)
+            if ex.chunk is None:
+                break
+            body += ex.chunk
+            if len(body) > ex.body_limit:
+                return await self._fail("response body exceeds the body size limit")
+        resp.data.content = bytes(body)
+        return await self._respond()
+
+    async def _respond(self) -> str:
+        """``send_response`` up to the bytes: the ``response`` hook, then the kill check."""
+        flow = self.flow
+        assert flow.response is not None
+        flow.response.timestamp_end = time.time()
+        await self._hook(lhttp.HttpResponseHook(flow))
+        if self._killed():
+            return await self._kill(False)
+        return SEND
+
+
+# --- the layer ---------------------------------------------------------------------------
+
+
+def _through(stream: Any, data: bytes) -> list[bytes]:
+    """What mitmproxy sends for ``data`` (b"": the end) given the response's stream setting."""
+    if not callable(stream):
+        return [data] if data else []
+    out = stream(data)
+    if isinstance(out, bytes):
+        return [out] if out else []
+    return [c for c in out if c]
+
+
+def _chunked(resp: http.Response) -> bool:
+    return "chunked" in resp.headers.get("transfer-encoding", "").lower()
+
+
+def _head(resp: http.Response) -> bytes:
+    """``Http1Server.send(ResponseHeaders)``: an HTTP/2 response becomes an HTTP/1.1 one."""
+    if resp.is_http2 or resp.is_http3:
+        resp = resp.copy()
+        resp.http_version = "HTTP/1.1"
+        resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+    return bytes(http1.assemble_response_head(resp))
+
+
+def _frame(resp: http.Response, data: bytes) -> bytes:
+    if _chunked(resp):
+        return b"%x\r\n%s\r\n" % (len(data), data)
+    return data
+
+
+class LeanLayer(layer.Layer):
+    """The request/response loop of one agent connection (see the module's docstring)."""
+
+    def __init__(self, context: Any, pooled: Callable[[], bool]) -> None:
+        super().__init__(context)
+        self.pooled = pooled
+        self.buf = bytearray()
+        self.fallback: layer.Layer | None = None
+        self.done = False
+        self.validate = bool(context.options.validate_inbound_headers)
+        # a head read whose body is still arriving: (request, head length, body length)
+        self.pending: tuple[http.Request, int, int] | None = None
+
+    def client_gone(self) -> bool:
+        """Did the agent close while a hook ran (an event queued for after the pause)?"""
+        client = self.context.client
+        return any(isinstance(e, events.ConnectionClosed) and e.connection is client
+                   for e in self._paused_event_queue)
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        if self.fallback is not None:
+            yield from self.fallback.handle_event(event)
+            return
+        client = self.context.client
+        if isinstance(event, events.DataReceived) and event.connection is client:
+            if self.done:
+                return
+            self.buf += event.data
+            yield from self._serve()
+        elif isinstance(event, events.ConnectionClosed) and event.connection is client:
+            if self.buf.strip() and not self.done:
+                # A request cut before its end: mitmproxy's reader makes of it what it does
+                # without this layer (a flow whose hooks see the disconnect, and its record).
+                yield from self._fall_back("closed mid-request")
+                assert self.fallback is not None
+                yield from self.fallback.handle_event(event)
+            elif not self.done:
+                self.done = True
+                yield commands.CloseConnection(client)
+
+    def _fall_back(self, why: str) -> layer.CommandGenerator[None]:
+        """Hand the connection to mitmproxy's HTTP layer, from the bytes not yet consumed."""
+        stats["fallbacks"] += 1
+        if why not in _reasons_seen:
+            _reasons_seen.add(why)
+            logger.info("lean HTTP/1.1: a connection goes to mitmproxy's HTTP layer (%s)", why)
+        http_layer = lhttp.HttpLayer(self.context, lhttp.HTTPMode.transparent)
+        self.fallback = http_layer
+        self.pending = None
+        data = bytes(self.buf)
+        self.buf.clear()
+        yield from http_layer.handle_event(events.Start())
+        if data:
+            yield from http_layer.handle_event(events.DataReceived(self.context.client, data))
+
+    def _take(self) -> http.Request | None | str:
+        """The next request if this layer serves it; None: not all of it arrived yet; a
+        string: why mitmproxy's HTTP layer must take the connection."""
+        if self.pending is not None:  # a head read earlier, its body still arriving
+            waiting, at, body_len = self.pending
+            if len(self.buf) < at + body_len:
+                return None
+            self.pending = None
+            return self._body(waiting, at, body_len)
+        rb = ReceiveBuffer()
+        rb += self.buf
+        lines = rb.maybe_extract_lines()
+        if lines is None:
+            # mitmproxy's reader searches its buffer incrementally; this one is copied on
+            # each read: a head this long (never a real one) goes to mitmproxy's reader
+            return "long head" if len(self.buf) > MAX_HEAD else None
+        if not lines:
+            return "blank line"  # mitmproxy's reader skips it
+        head_len = len(self.buf) - len(rb)
+        try:
+            req = http1.read_request_head([bytes(x) for x in lines])
+            size = http1.expected_http_body_size(req)
+        except ValueError:
+            return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
+        if req.http_version != "HTTP/1.1":
+            return req.http_version
+        if req.method == "CONNECT" or req.authority:
+            return "CONNECT or absolute form"
+        headers = req.headers
+        for name in _SKIP_HEADERS:
+            if name in headers:
+                return name
+        conn = headers.get_all("connection")
+        if conn and any(v.strip().lower() != "keep-alive" for v in conn):
+            return "connection"
+        length = headers.get_all("content-length")
+        if not length:
+            if req.method not in _NO_BODY_METHODS:
+                return "no content-length"
+        elif len(length) != 1 or not length[0].isdigit() or int(length[0]) > MAX_BODY:
+            return "content-length"
+        if size is None or size < 0:
+            return "content-length"
+        if lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
+            return "head refused"
+        if len(self.buf) < head_len + size:
+            self.pending = (req, head_len, size)
+            return None
+        return self._body(req, head_len, size)
+
+    def _body(self, req: http.Request, head_len: int, size: int) -> http.Request | str:
+        if not self.pooled():
+            return "not pooled"
+        body = bytes(self.buf[head_len:head_len + size])
+        del self.buf[:head_len + size]
+        req.data.content = body
+        return req
+
+    def _serve(self) -> layer.CommandGenerator[None]:
+        while not self.done and self.fallback is None and self.buf:
+            taken = self._take()
+            if taken is None:
+                return
+            if isinstance(taken, str):
+                yield from self._fall_back(taken)
+                return
+            yield from self._one(taken)
+
+    def _one(self, req: http.Request) -> layer.CommandGenerator[None]:
+        ctx = self.context
+        req.timestamp_end = time.time()
+        assert ctx.server.address
+        req.data.host = ctx.server.address[0]
+        req.data.port = ctx.server.address[1]
+        req.scheme = "https" if ctx.server.tls else "http"
+        flow = http.HTTPFlow(ctx.client, ctx.server)
+        flow.request = req
+        flow.live = True
+        stats["requests"] += 1
+        if stats["requests"] == 1:
+            logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP layer")
+        hook = LeanHook(flow)
+        job = hook.job
+        job.lean = self
+        yield hook
+        if job.outcome == STREAM:
+            yield from self._stream(job)
+        if job.outcome == SEND:
+            yield from self._send(flow)
+        elif job.outcome == ERROR:
+            yield from self._error(job.code, job.message)
+        elif job.outcome == KILL:
+            yield from self._close()
+
+    def _close(self) -> layer.CommandGenerator[None]:
+        self.done = True
+        self.buf.clear()
+        yield commands.CloseConnection(self.context.client)
+
+    def _error(self, code: Any, message: str) -> layer.CommandGenerator[None]:
+        """``Http1Server.send(ResponseProtocolError)`` before any byte of a response: our
+        error reply (seam/defences.py), then close."""
+        client = self.context.client
+        if deadlines.timed_out(client.id) is not None:
+            message = deadlines.TIMEOUT_MESSAGE
+        status = code.http_status_code() if code is not None else None
+        if status is not None:
+            yield commands.SendData(client, _http1.make_error_response(status, message))
+        yield from self._close()
+
+    def _send(self, flow: http.HTTPFlow) -> layer.CommandGenerator[None]:
+        resp = flow.response
+        assert resp is not None
+        content = resp.raw_content
+        data = _head(resp)
+        if content:
+            data += _frame(resp, content)
+        if flow.request.method != "HEAD" and _chunked(resp):
+            data += b"0\r\n\r\n"
+        yield commands.SendData(self.context.client, data)
+        if not flow.websocket:
+            flow.live = False
+        yield from self._after(flow)
+
+    def _after(self, flow: http.HTTPFlow) -> layer.CommandGenerator[None]:
+        """``mark_done``: close when the exchange says so, else read the next request."""
+        req, resp = flow.request, flow.response
+        assert resp is not None
+        try:
+            until_eof = http1.expected_http_body_size(req, resp) == -1
+        except ValueError:
+            until_eof = False
+        if (until_eof or resp.status_code == 101
+                or http1.connection_close(req.http_version, req.headers)
+                or http1.connection_close(resp.http_version, resp.headers)):
+            yield from self._close()
+
+    def _stream(self, job: _Job) -> layer.CommandGenerator[None]:
+        """mitmproxy's streamed response: the head now, each chunk through the response's
+        stream callable as it arrives, then the ``response`` hook and the end."""
+        flow = job.flow
+        resp = flow.response
+        assert resp is not None
+        ex = flow.metadata[POOLED]
+        client = self.context.client
+        yield commands.SendData(client, _head(resp))
+        if ex.body is not None:  # read with the head: no chunk hook round trip per chunk
+            for data in (ex.body, b""):
+                for chunk in _through(resp.stream, data):
+                    yield commands.SendData(client, _frame(resp, chunk))
+        while ex.body is None:
+            yield PoolChunkHook(flow)
+            if job._killed():
+                yield lhttp.HttpErrorHook(flow)
+                flow.live = False
+                job.outcome = KILL
+                return
+            if ex.error is not None:
+                flow.error = mflow.Error(ex.error)
+                yield lhttp.HttpErrorHook(flow)
+                flow.live = False
+                job.outcome = KILL  # a head went out: the connection is cut
+                return
+            for chunk in _through(resp.stream, ex.chunk if ex.chunk is not None else b""):
+                yield commands.SendData(client, _frame(resp, chunk))
+            if ex.chunk is None:
+                break
+        resp.timestamp_end = time.time()
+        yield lhttp.HttpResponseHook(flow)
+        if job._killed():
+            flow.live = False
+            job.outcome = KILL
+            return
+        if flow.request.method != "HEAD" and _chunked(resp):
+            yield commands.SendData(client, b"0\r\n\r\n")
+        flow.live = False
+        job.outcome = "streamed"
+        yield from self._after(flow)
