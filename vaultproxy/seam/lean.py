@@ -54,7 +54,7 @@ from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.seam import deadlines
 from vaultproxy.seam.need import missing
-from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook
+from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
 
 logger = logging.getLogger(__name__)
 
@@ -276,16 +276,6 @@ class _Job:
 
 
 # --- the layer ---------------------------------------------------------------------------
-
-
-def _through(stream: Any, data: bytes) -> list[bytes]:
-    """What mitmproxy sends for ``data`` (b"": the end) given the response's stream setting."""
-    if not callable(stream):
-        return [data] if data else []
-    out = stream(data)
-    if isinstance(out, bytes):
-        return [out] if out else []
-    return [c for c in out if c]
 
 
 def _chunked(resp: http.Response) -> bool:
@@ -510,7 +500,7 @@ class LeanLayer(layer.Layer):
         yield commands.SendData(client, _head(resp))
         if ex.body is not None:  # read with the head: no chunk hook round trip per chunk
             for data in (ex.body, b""):
-                for chunk in _through(resp.stream, data):
+                for chunk in through(resp.stream, data):
                     yield commands.SendData(client, _frame(resp, chunk))
         while ex.body is None:
             yield PoolChunkHook(flow)
@@ -525,7 +515,7 @@ class LeanLayer(layer.Layer):
                 flow.live = False
                 job.outcome = KILL  # a head went out: the connection is cut
                 return
-            for chunk in _through(resp.stream, ex.chunk if ex.chunk is not None else b""):
+            for chunk in through(resp.stream, ex.chunk if ex.chunk is not None else b""):
                 yield commands.SendData(client, _frame(resp, chunk))
             if ex.chunk is None:
                 break

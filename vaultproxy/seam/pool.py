@@ -243,7 +243,7 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
                              client)
         if ex.body is not None:  # read with the head: no hook round trip per chunk
             for data in (ex.body, b""):
-                for chunk in _through(resp.stream, data):
+                for chunk in through(resp.stream, data):
                     yield lhttp.SendHttp(lhttp.ResponseData(self.stream_id, chunk), client)
             yield from self.send_response(already_streamed=True)
             return
@@ -254,7 +254,7 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
             if ex.error is not None:
                 yield from _fail(self, ex.error)
                 return
-            for chunk in _through(resp.stream, ex.chunk if ex.chunk is not None else b""):
+            for chunk in through(resp.stream, ex.chunk if ex.chunk is not None else b""):
                 yield lhttp.SendHttp(lhttp.ResponseData(self.stream_id, chunk), client)
             if ex.chunk is None:
                 break
@@ -278,7 +278,7 @@ def _exchange(self: Any, flow: http.HTTPFlow) -> Generator[Any, Any, None]:
     yield from self.send_response()
 
 
-def _through(stream: Any, data: bytes) -> list[bytes]:
+def through(stream: Any, data: bytes) -> list[bytes]:
     """What mitmproxy sends for ``data`` (b"": the end) given the response's stream setting."""
     if not callable(stream):
         return [data] if data else []
