@@ -10,6 +10,7 @@ import logging
 
 from mitmproxy import addonmanager, http, master
 
+from vaultproxy.seam import headers
 from vaultproxy.seam.dispatch import IndexedAddonManager, missing_symbol
 from vaultproxy.seam.need import missing
 
@@ -50,4 +51,7 @@ def tune(m: master.Master) -> addonmanager.AddonManager:
         m._legacy_log_events.uninstall()
     else:
         _stock("the legacy add_log handler", symbol)
+    # Header lookups in one loop per call (seam/headers.py): ~25 per proxied request.
+    if not headers.install():
+        _stock("header lookup", headers.missing_symbol() or "Headers")
     return addon_manager(m)
