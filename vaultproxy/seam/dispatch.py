@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,7 @@ class _SafeCall:
 
 
 _SAFECALL = _SafeCall()
+_Coroutine = types.CoroutineType
 
 
 def missing_symbol() -> str | None:
@@ -107,15 +109,19 @@ class IndexedAddonManager(addonmanager.AddonManager):
 
     async def trigger_event(self, event: hooks.Hook) -> None:
         handlers, args = self._plan(event)
-        try:
-            for funcs in handlers:
-                with _SAFECALL:
-                    for func in funcs:
-                        res = func(*args)
-                        if res is not None and inspect.isawaitable(res):
-                            await res
-        except exceptions.AddonHalt:
-            return
+        # ``_SafeCall`` inlined (this loop runs ~25 handlers per proxied request)
+        for funcs in handlers:
+            try:
+                for func in funcs:
+                    res = func(*args)
+                    if res is not None and (type(res) is _Coroutine or inspect.isawaitable(res)):
+                        await res
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception as err:  # noqa: BLE001 - as mitmproxy's safecall: log, go on
+                _addon_error(err)
 
     def trigger(self, event: hooks.Hook) -> None:
         handlers, args = self._plan(event)
