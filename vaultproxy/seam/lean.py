@@ -162,7 +162,8 @@ class _Job:
 
     async def _hook(self, hook: Any) -> None:
         await self.addons.handle_lifecycle(hook)
-        await self.flow.wait_for_resume()
+        if self.flow.intercepted:  # (``wait_for_resume`` returns at once otherwise)
+            await self.flow.wait_for_resume()
 
     async def run(self, addons: Any) -> None:
         self.addons = addons
@@ -312,9 +313,12 @@ class LeanLayer(layer.Layer):
 
     def client_gone(self) -> bool:
         """Did the agent close while a hook ran (an event queued for after the pause)?"""
+        queued = self._paused_event_queue
+        if not queued:
+            return False
         client = self.context.client
         return any(isinstance(e, events.ConnectionClosed) and e.connection is client
-                   for e in self._paused_event_queue)
+                   for e in queued)
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if self.fallback is not None:
@@ -467,9 +471,10 @@ class LeanLayer(layer.Layer):
         assert resp is not None
         content = resp.raw_content
         data = _head(resp)
+        chunked = _chunked(resp)
         if content:
-            data += _frame(resp, content)
-        if flow.request.method != "HEAD" and _chunked(resp):
+            data += b"%x\r\n%s\r\n" % (len(content), content) if chunked else content
+        if chunked and flow.request.method != "HEAD":
             data += b"0\r\n\r\n"
         yield commands.SendData(self.context.client, data)
         if not flow.websocket:
