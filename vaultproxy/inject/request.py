@@ -136,11 +136,7 @@ def prepare_request(
     """Strip, then inject (host_inject) or substitute (placeholder) on ``request`` in place."""
     headers = list(request.headers.fields)
     path, sep, query = request.data.path.partition(b"?")
-    for k, v in headers:
-        index.scan(k, service.name)
-        index.scan(v, service.name)
-    index.scan(path, service.name)
-    index.scan(query, service.name)
+    index.scan_all([*(x for field in headers for x in field), path, query], service.name)
 
     draft = Draft(headers=headers, path=path, query=query if sep else None)
     if service.mode == "host_inject" or (

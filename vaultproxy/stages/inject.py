@@ -34,8 +34,7 @@ class Inject(Stage):
         req.headers.pop("proxy-authorization", None)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
-            for surface in _surfaces(req):  # a misdirected placeholder is refused
-                st.snapshot.index.scan(surface, "")
+            st.snapshot.index.scan_all(_surfaces(req), "")  # a misdirected placeholder: refused
             req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
             return
         decision = rec.decision

@@ -21,7 +21,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 from urllib.parse import quote, quote_plus, unquote_to_bytes
 
@@ -45,6 +45,7 @@ Context = Literal["raw", "percent", "json", "form"]
 _PERCENT_RE = re.compile(rb"%[0-9A-Fa-f]{2}")
 _JSON_ESCAPE_RE = re.compile(rb"\\u([0-9A-Fa-f]{4})|\\(/)")
 _BASIC_RE = re.compile(rb"^\s*basic\s+([A-Za-z0-9+/_-]+=*)\s*$", re.IGNORECASE)
+_BASIC_WORD = re.compile(rb"basic", re.IGNORECASE)  # in every value _BASIC_RE matches
 _MAX_DECODE_ROUNDS = 4
 
 
@@ -131,6 +132,20 @@ class PlaceholderIndex:
         for view in decoded_views(data):
             for m in self._any_re.finditer(view):
                 self._check(m.group(), service_name)
+
+    def scan_all(self, pieces: Sequence[bytes], service_name: str) -> None:
+        """``scan`` of each piece (a request's header names, values, path and query).
+
+        Each piece's scan can only raise on a match of the placeholder/token pattern in it,
+        on a ``%``, ``+`` or ``\\`` (a decoded view), or on a ``Basic`` value; all of them
+        are substrings of the pieces joined. So when the joined bytes hold none, no piece
+        does: one search instead of one per piece. Otherwise every piece is scanned."""
+        joined = b"\n".join(pieces)
+        if (b"%" in joined or b"+" in joined or b"\\" in joined
+                or self._any_re.search(joined) is not None
+                or _BASIC_WORD.search(joined) is not None):
+            for piece in pieces:
+                self.scan(piece, service_name)
 
     def _check(self, token: bytes, service_name: str) -> None:
         owner = self._owner.get(token)
