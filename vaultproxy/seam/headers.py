@@ -57,33 +57,33 @@ def install() -> bool:
             return stock_get_all(self, name)  # type: ignore[no-any-return]
         return [v.decode("utf-8", "surrogateescape") for k, v in self.fields if k.lower() == key]
 
-    def contains(self: http.Headers, name: object) -> bool:
-        kind = type(name)
+    def contains(self: http.Headers, key: object) -> bool:
+        kind = type(key)
         if kind is str:
-            key = name.encode("utf-8", "surrogateescape").lower()  # type: ignore[attr-defined]
+            want = key.encode("utf-8", "surrogateescape").lower()  # type: ignore[attr-defined]
         elif kind is bytes:
-            key = name.lower()  # type: ignore[attr-defined]
+            want = key.lower()  # type: ignore[attr-defined]
         else:
-            return stock_contains(self, name)  # type: ignore[no-any-return]
+            return stock_contains(self, key)  # type: ignore[no-any-return]
         for k, _v in self.fields:
-            if k.lower() == key:
+            if k.lower() == want:
                 return True
         return False
 
-    def getitem(self: http.Headers, name: str | bytes) -> str:
-        kind = type(name)
+    def getitem(self: http.Headers, key: str | bytes) -> str:
+        kind = type(key)
         if kind is not str and kind is not bytes:
-            return stock_getitem(self, name)  # type: ignore[no-any-return]
-        values = get_all(self, name)
+            return stock_getitem(self, key)  # type: ignore[no-any-return]
+        values = get_all(self, key)
         if not values:
-            raise KeyError(name)
+            raise KeyError(key)
         return ", ".join(values)
 
-    def get(self: http.Headers, name: str | bytes, default: Any = None) -> Any:
-        kind = type(name)
+    def get(self: http.Headers, key: str | bytes, default: Any = None) -> Any:
+        kind = type(key)
         if kind is not str and kind is not bytes:
-            return stock_get(self, name, default)
-        values = get_all(self, name)
+            return stock_get(self, key, default)
+        values = get_all(self, key)
         return ", ".join(values) if values else default
 
     cls.get_all = get_all  # type: ignore[method-assign]
