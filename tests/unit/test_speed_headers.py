@@ -35,7 +35,7 @@ LOOKUPS: list[tuple[str, Callable[[http.Headers, Any], Any]]] = [
     ("[]", lambda h, k: h[k]),
     ("get", lambda h, k: h.get(k)),
     ("get default", lambda h, k: h.get(k, "d")),
-    ("get keywords", lambda h, k: h.get(key=k, default="d")),
+    ("get keywords", lambda h, k: h.get(key=k, default="d")),  # type: ignore[call-overload]
     ("pop", lambda h, k: (h.pop(k, "d"), h.fields)),
     ("del", lambda h, k: _deleted(h, k)),
 ]
