@@ -78,6 +78,7 @@ class _Conn(asyncio.Protocol):
         self.sessions: Any = None
         self.ticket_reads = 0
         self.closed = False
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol
 
@@ -108,6 +109,8 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.closed = True
+        if not self.gone.done():
+            self.gone.set_result(None)
         self._wake()
 
     def _wake(self) -> None:
@@ -273,7 +276,8 @@ class H1Pool:
         stats["dials"] += 1
         obj = conn.transport.get_extra_info("ssl_object")
         if obj is not None and obj.selected_alpn_protocol() == "h2":
-            conn.close()
+            conn.closed = True
+            conn.transport.abort()  # nothing was sent on it
             raise WantsHTTP2
         conn.sessions = self._sessions
         conn.keep_session()
@@ -359,11 +363,19 @@ class H1Pool:
     def idle_count(self) -> int:
         return sum(len(s) for s in self._idle.values())
 
-    def close(self) -> None:
+    def close(self) -> list[_Conn]:
         """A reload: no connection of this pool is used again (busy ones close as their
-        exchange ends)."""
+        exchange ends). The idle ones it closed."""
         self.closed = True
-        for stack in self._idle.values():
-            for conn in stack:
-                conn.close()
+        closed = [conn for stack in self._idle.values() for conn in stack]
+        for conn in closed:
+            conn.close()
         self._idle.clear()
+        return closed
+
+    async def aclose(self, wait: float = 1.0) -> None:
+        """``close()``, then wait (at most ``wait`` seconds) until the TLS shutdown of
+        each idle connection is done and its socket closed (shutdown, tests)."""
+        gone = [conn.gone for conn in self.close()]
+        if gone:
+            await asyncio.wait(gone, timeout=wait)
