@@ -245,7 +245,7 @@ class Pool(Stage):
                                 lambda: self._upstream_h2(client_id))
         elif nextlayer.layer is None and self._lean(client_id):
             # a pooled tunnel's HTTP/1.1 without mitmproxy's HTTP layer: the same hooks
-            seam_lean.choose(nextlayer, lambda: self._lean(client_id))
+            seam_lean.choose(nextlayer, lambda: self._lean(client_id), MAX_POOLED_BODY)
 
     def _upstream_h2(self, client_id: str) -> bool:
         """Whether the tunnel's pooled upstream speaks HTTP/2 (True while unknown)."""
