@@ -10,8 +10,8 @@ guarantees, on its own transport, against raw-socket TLS upstreams.
   test_upstream_readdress.py).
 * A connection the upstream closed while idle is never used again: a POST (never resent)
   goes out on a new connection.
-* An upstream that chooses HTTP/2 is not this client's (``WantsHTTP2``): the stage sends
-  its requests through httpcore's pool."""
+* An upstream that chooses HTTP/2 is not this client's (``WantsHTTP2``): the connection
+  goes to httpcore's HTTP/2 (multiplexing), and so do the stage's next requests."""
 
 from __future__ import annotations
 
@@ -23,16 +23,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import httpcore
 import pytest
 import trustme
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 
-from tests.harness.upstream import Upstream
+from tests.harness.upstream import Upstream, free_port
 from tests.integration.test_upstream_pool import CountingUpstream
 from tests.integration.test_upstream_readdress import _on
-from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
-from vaultproxy.net.outbound import UpstreamKey, pool_context, pool_transport
+from vaultproxy.net.h1pool import H1Pool, H1Response, HandedStream, WantsHTTP2
+from vaultproxy.net.outbound import UpstreamKey, adopt, pool_context, pool_transport
 
 pytestmark = pytest.mark.integration
 
@@ -226,16 +230,75 @@ def test_an_http2_upstream_is_handed_back(upstream: Upstream) -> None:
 
     async def run() -> None:
         pool = _h1(upstream)
-        with pytest.raises(WantsHTTP2):
-            await _get(pool, h2.port, "/")
-        with pytest.raises(WantsHTTP2):
-            await pool.prewarm("127.0.0.1", h2.port, NAME, 5.0)
+        for attempt in (_get(pool, h2.port, "/"),
+                        pool.prewarm("127.0.0.1", h2.port, NAME, 5.0)):
+            with pytest.raises(WantsHTTP2) as caught:
+                await attempt
+            stream = caught.value.stream
+            assert isinstance(stream, HandedStream)
+            await stream.aclose()
+            await asyncio.wait_for(asyncio.shield(stream.gone), 5)
         await pool.aclose()
 
     try:
         asyncio.run(run())
     finally:
         h2.stop()
+
+
+def test_the_handed_back_connection_serves_httpcores_http2(tmp_path: Path) -> None:
+    """The dial is not wasted: httpcore's HTTP/2 connection takes it over (``adopt``) and
+    the request goes out on it (the upstream sees the same client port)."""
+    ca = trustme.CA()
+    pem = tmp_path / "up.pem"
+    ca.issue_cert(NAME).private_key_and_cert_chain_pem.write_to_path(str(pem))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    seen: list[int] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["client"][1])
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run() -> list[str]:
+        cfg = Config()
+        cfg.bind = [f"127.0.0.1:{port}"]
+        cfg.certfile = cfg.keyfile = str(pem)
+        cfg.alpn_protocols = ["h2"]
+        stop = asyncio.Event()
+        server = asyncio.create_task(serve(app, cfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)
+        key = UpstreamKey("h1", NAME, ca_file, False)
+        ctx = pool_context(key, http2=True)
+        h1, core = H1Pool(ctx, 30), pool_transport(key, http2=True, idle=30, ssl_context=ctx)
+        url = httpcore.URL(scheme=b"https", host=b"127.0.0.1", port=port, target=b"/")
+        with pytest.raises(WantsHTTP2) as caught:
+            await _get(h1, port, "/")
+        local = caught.value.stream.get_extra_info("sockname")[1]
+        assert adopt(core, caught.value.stream, url, 30, h2=True)
+        got = []
+        for _ in range(2):
+            r = await core.request("GET", url, headers={"Host": NAME},
+                                   extensions={"sni_hostname": NAME})
+            got.append(f"{r.extensions['http_version'].decode()} {r.status}")
+        stream = caught.value.stream
+        assert isinstance(stream, HandedStream)
+        await core.aclose()  # (closes the adopted stream)
+        await asyncio.wait_for(asyncio.shield(stream.gone), 5)
+        await h1.aclose()
+        stop.set()
+        try:
+            await asyncio.wait_for(server, 10)
+        except (TimeoutError, Exception):  # noqa: BLE001 - hypercorn's TLS shutdown noise
+            pass
+        assert seen == [local, local]
+        return got
+
+    assert asyncio.run(run()) == ["HTTP/2 200"] * 2
 
 
 def test_twin_an_http11_upstream_is_served(raw: RawUpstream, upstream: Upstream) -> None:

@@ -56,7 +56,13 @@ _TICKET_READS = 8  # reads that look for a TLS 1.3 ticket (a server may send non
 
 
 class WantsHTTP2(Exception):
-    """The upstream chose HTTP/2 in the TLS handshake: not for this client."""
+    """The upstream chose HTTP/2 in the TLS handshake: not for this client. ``stream`` is
+    that connection (verified, nothing sent on it) for httpcore's HTTP/2 connection
+    (``outbound.adopt``), so the dial is not wasted; the receiver closes it if unused."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        super().__init__("the upstream chose HTTP/2")
+        self.stream = stream
 
 
 class _Conn(asyncio.Protocol):
@@ -156,24 +162,37 @@ class _Conn(asyncio.Protocol):
         assert data is not None
         self.transport.write(data)
 
-    async def _fill(self, timeout: float) -> None:
-        """The next bytes into h11 (b"" at the end), waiting at most ``timeout``."""
+    async def wait(self, timeout: float | None) -> None:
+        """Until bytes or the end came (TimeoutError after ``timeout`` seconds)."""
         if not self.inbox and not self.eof:
             loop = asyncio.get_running_loop()
             waiter = self.waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter)
+            timer = (loop.call_later(timeout, _expire, waiter) if timeout is not None
+                     else None)
             try:
                 await waiter
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
                 self.waiter = None
+
+    def take(self) -> bytes:
+        """Every byte received and not yet taken (b"": none)."""
+        if not self.inbox:
+            return b""
+        data = b"".join(self.inbox) if len(self.inbox) > 1 else self.inbox[0]
+        self.inbox.clear()
+        self.inbox_len = 0
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def _fill(self, timeout: float) -> None:
+        """The next bytes into h11 (b"" at the end), waiting at most ``timeout``."""
+        await self.wait(timeout)
         if self.inbox:
-            data = b"".join(self.inbox) if len(self.inbox) > 1 else self.inbox[0]
-            self.inbox.clear()
-            self.inbox_len = 0
-            if self.paused:
-                self.paused = False
-                self.transport.resume_reading()
+            data = self.take()
             if self.scan.active:
                 self.scan.feed(data)
             if self.sessions is not None:
@@ -204,6 +223,53 @@ class _Conn(asyncio.Protocol):
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+class HandedStream(httpcore.AsyncNetworkStream):
+    """A connection of this client as httpcore's network stream: an upstream that chose
+    HTTP/2 is handed, dialled and verified, to httpcore's HTTP/2 connection."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        conn = self._conn
+        try:
+            await conn.wait(timeout)
+        except TimeoutError:
+            raise httpcore.ReadTimeout("the upstream did not answer in time") from None
+        data = conn.take()
+        if len(data) > max_bytes:
+            conn.inbox.insert(0, data[max_bytes:])
+            conn.inbox_len += len(data) - max_bytes
+            data = data[:max_bytes]
+        if data and conn.sessions is not None:
+            conn.keep_session()
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        conn = self._conn
+        if conn.closed or conn.transport.is_closing():
+            raise httpcore.WriteError("the upstream closed the connection")
+        conn.transport.write(buffer)
+
+    async def aclose(self) -> None:
+        self._conn.close()
+
+    @property
+    def gone(self) -> asyncio.Future[None]:
+        """Done once the socket is closed (after the TLS shutdown ``aclose`` started)."""
+        return self._conn.gone
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("already TLS")
+
+    def get_extra_info(self, info: str) -> Any:
+        conn = self._conn
+        if info == "is_readable":  # (drop_closed: closed by the upstream, or a GOAWAY)
+            return bool(conn.inbox) or conn.eof
+        return conn.transport.get_extra_info(info)
 
 
 class H1Response:
@@ -274,13 +340,12 @@ class H1Pool:
             raise httpcore.ConnectError(type(e).__name__) from e
         self.dials += 1
         stats["dials"] += 1
-        obj = conn.transport.get_extra_info("ssl_object")
-        if obj is not None and obj.selected_alpn_protocol() == "h2":
-            conn.closed = True
-            conn.transport.abort()  # nothing was sent on it
-            raise WantsHTTP2
         conn.sessions = self._sessions
         conn.keep_session()
+        obj = conn.transport.get_extra_info("ssl_object")
+        if obj is not None and obj.selected_alpn_protocol() == "h2":
+            conn.busy = True  # (bytes from now on are HTTP/2's, read by httpcore)
+            raise WantsHTTP2(HandedStream(conn))
         return conn
 
     def _take(self, where: tuple[str, int, str]) -> _Conn | None:
@@ -334,7 +399,7 @@ class H1Pool:
 
     async def prewarm(self, ip: str, port: int, sni: str, connect_timeout: float) -> str:
         """Open one connection, left idle for the next request ("http/1.1"); WantsHTTP2
-        when the upstream chose HTTP/2 (that connection is closed)."""
+        when the upstream chose HTTP/2."""
         conn = await self._dial((ip, port, sni), connect_timeout)
         if self.closed:
             conn.close()

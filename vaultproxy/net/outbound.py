@@ -432,21 +432,37 @@ async def prewarm(pool: httpcore.AsyncConnectionPool, url: httpcore.URL, sni: st
         raise httpcore.RemoteProtocolError("the upstream sent unasked bytes or closed")
     ssl_object: Any = stream.get_extra_info("ssl_object")
     h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+    if not adopt(pool, stream, url, idle, h2=h2, conn=conn):
+        await stream.aclose()
+        return None
+    return "h2" if h2 else "http/1.1"
+
+
+def adopt(pool: httpcore.AsyncConnectionPool, stream: httpcore.AsyncNetworkStream,
+          url: httpcore.URL, idle: float, *, h2: bool, conn: Any = None) -> bool:
+    """Put ``stream`` (a connection dialled and verified for ``url``'s origin, nothing sent
+    on it yet) into ``pool`` as an idle connection, as ``prewarm`` leaves one; False when
+    httpcore lacks the private names this needs or the pool is full (the caller closes
+    the stream then)."""
+    if not _can_prewarm(pool) or len(pool.connections) >= pool._max_connections:
+        return False
+    if conn is None:
+        conn = pool.create_connection(url.origin)
+        if not hasattr(conn, "_connection"):
+            return False
     inner: Any
     if h2:
         from httpcore._async.http2 import AsyncHTTP2Connection
-        inner = AsyncHTTP2Connection(origin=request.url.origin, stream=stream,
-                                     keepalive_expiry=idle)
+        inner = AsyncHTTP2Connection(origin=url.origin, stream=stream, keepalive_expiry=idle)
     else:
         from httpcore._async.http11 import AsyncHTTP11Connection
-        inner = AsyncHTTP11Connection(origin=request.url.origin, stream=stream,
-                                      keepalive_expiry=idle)
+        inner = AsyncHTTP11Connection(origin=url.origin, stream=stream, keepalive_expiry=idle)
     inner._state = type(inner._state).IDLE  # ready: as after a response read to its end
     inner._expire_at = time.monotonic() + idle
     conn._connection = inner
     with pool._optional_thread_lock:
         pool._connections.append(conn)
-    return "h2" if h2 else "http/1.1"
+    return True
 
 
 async def drop_expired(pool: httpcore.AsyncConnectionPool) -> int:

@@ -45,6 +45,7 @@ from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
 from vaultproxy.net.hostnames import split_authority
 from vaultproxy.net.outbound import (
     UpstreamKey,
+    adopt,
     drop_closed,
     drop_expired,
     head_seen,
@@ -196,17 +197,18 @@ class Pool(Stage):
                 up = self._pool_for(st, service, spec.host)
                 known = (service.name, spec.host)
                 done: list[Any] = []
+                url = httpcore.URL(scheme=b"https", host=str(ip).encode(),
+                                   port=int(port), target=b"/")
                 if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
                     done = await asyncio.gather(*(
                         up.h1.prewarm(str(ip), int(port), spec.host,
                                       float(cfg.connect_timeout))
                         for _ in range(service.prewarm)), return_exceptions=True)
-                    if any(isinstance(d, WantsHTTP2) for d in done):
-                        self._h2_seen[known] = True
-                        done = []
-                if not done:
-                    url = httpcore.URL(scheme=b"https", host=str(ip).encode(),
-                                       port=int(port), target=b"/")
+                    for i, d in enumerate(done):
+                        if isinstance(d, WantsHTTP2):  # httpcore's HTTP/2 takes it over
+                            self._h2_seen[known] = True
+                            done[i] = await self._adopt(up, d, url)
+                else:
                     done = await asyncio.gather(*(
                         prewarm(up.core, url, spec.host, float(cfg.connect_timeout),
                                 float(cfg.upstream_pool_idle))
@@ -390,8 +392,10 @@ class Pool(Stage):
             try:
                 return await self._send_h1(up.h1, req, tunnel, fields, content, connect,
                                            float(cfg.response_timeout))
-            except WantsHTTP2:  # its requests go through httpcore's pool from now on
+            except WantsHTTP2 as wants:  # its requests go through httpcore's pool from now on
                 self._h2_seen[known] = True
+                await self._adopt(up, wants, httpcore.URL(
+                    scheme=b"https", host=str(ip).encode(), port=int(port), target=b"/"))
         outgoing = httpcore.Request(
             req.method.encode(),
             httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
@@ -417,6 +421,15 @@ class Pool(Stage):
             if not goaway and (req.method not in _IDEMPOTENT or head_seen.get() is not None):
                 raise
             return await pool.handle_async_request(outgoing)
+
+    async def _adopt(self, up: _Upstream, wants: WantsHTTP2, url: httpcore.URL,
+                     ) -> str | None:
+        """The HTTP/1.1 client's dial to an upstream that chose HTTP/2, left idle in
+        httpcore's pool (the next request there takes it): "h2", or None if it could not."""
+        if adopt(up.core, wants.stream, url, self._idle(), h2=True):
+            return "h2"
+        await wants.stream.aclose()
+        return None
 
     async def _send_h1(self, h1: H1Pool, req: http.Request, tunnel: Tunnel,
                        fields: list[tuple[bytes, bytes]], content: bytes, connect: float,
