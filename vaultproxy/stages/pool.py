@@ -14,7 +14,13 @@ snapshot): never shared across services, dropped on a reload (a new snapshot: ``
 ``connect_to``); each dials the address the Route stage checked for the agent's tunnel (a
 re-resolved address is another connection), and a connection idle ``[proxy]
 upstream_pool_idle`` seconds is closed (0: no pool). A connection that saw a protocol error
-is closed, never reused (httpcore drops it).
+is closed, never reused.
+
+An upstream that speaks HTTP/1.1 is served by the pool's own client (net/h1pool.py: asyncio
+and h11, a LIFO stack of idle connections per address; a third of the CPU httpcore's pool
+took per request); one that chooses HTTP/2 in the TLS handshake by httpcore's pool
+(multiplexing), which takes over the connection that found it out. ``_h2_seen`` remembers
+which per (service, host).
 
 A new upstream connection resumes the TLS session the pool's last one for that name left
 (net/outbound.py ``TLSSessions``; the sessions live and die with the pool). A service's
