@@ -17,8 +17,8 @@ upstream_pool_idle`` seconds is closed (0: no pool). A connection that saw a pro
 is closed, never reused.
 
 An upstream that speaks HTTP/1.1 is served by the pool's own client (net/h1pool.py: asyncio
-and h11, a LIFO stack of idle connections per address; a third of the CPU httpcore's pool
-took per request); one that chooses HTTP/2 in the TLS handshake by httpcore's pool
+and h11, a LIFO stack of idle connections per address; less CPU per request than httpcore's
+pool, docs/BENCHMARKS.md); one that chooses HTTP/2 in the TLS handshake by httpcore's pool
 (multiplexing), which takes over the connection that found it out. ``_h2_seen`` remembers
 which per (service, host).
 
