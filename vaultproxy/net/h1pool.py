@@ -41,7 +41,7 @@ from typing import Any
 import h11
 import httpcore
 
-from vaultproxy.net.outbound import HeadScan, sessions_of
+from vaultproxy.net.outbound import HeadScan, readable, sessions_of
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, where: tuple[str, int, str]) -> None:
         self.where = where
         self.transport: Any = None
+        self.sock: Any = None
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
         self.inbox: list[bytes] = []
         self.inbox_len = 0
@@ -90,7 +91,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        sock = transport.get_extra_info("socket")
+        sock = self.sock = transport.get_extra_info("socket")
         if sock is not None:
             try:  # (asyncio and uvloop set it already; it is the point of a small write)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -348,13 +349,19 @@ class H1Pool:
             raise WantsHTTP2(HandedStream(conn))
         return conn
 
-    def _take(self, where: tuple[str, int, str]) -> _Conn | None:
+    async def _take(self, where: tuple[str, int, str]) -> _Conn | None:
         stack = self._idle.get(where)
         now = time.monotonic()
         while stack:
             conn = stack.pop()  # the most recent: the likeliest still open upstream
             if conn.reusable() and conn.expire_at > now:
-                return conn
+                if readable(conn.sock):
+                    # Bytes the loop has not read yet: a FIN just in, or (harmless) a TLS
+                    # 1.3 session ticket. Two loop turns: the selector, then its read.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                if conn.reusable():
+                    return conn
             conn.close()
         return None
 
@@ -364,7 +371,7 @@ class H1Pool:
         """Send one request on an idle connection to ``ip:port`` for ``sni`` (a new one if
         there is none) and read the response head."""
         where = (ip, port, sni)
-        conn = self._take(where)
+        conn = await self._take(where)
         if conn is None:
             conn = await self._dial(where, connect_timeout)
         stats["exchanges"] += 1

@@ -302,11 +302,11 @@ class HeadWatch(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> object:
         if info == "is_readable":
-            return _readable(self._sock)
+            return readable(self._sock)
         return self._inner.get_extra_info(info)
 
 
-def _readable(sock: Any) -> bool:
+def readable(sock: Any) -> bool:
     """httpcore's ``is_socket_readable``: data (or EOF) waiting to be read; a closed socket
     (no descriptor) counts as readable, as its next read would return the end."""
     fd = sock.fileno() if sock is not None else -1
