@@ -268,8 +268,13 @@ class HandedStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> Any:
         conn = self._conn
-        if info == "is_readable":  # (drop_closed: closed by the upstream, or a GOAWAY)
-            return bool(conn.inbox) or conn.eof
+        if info == "is_readable":
+            # drop_closed's question: only the end counts. The loop reads eagerly, so HTTP/2
+            # frames that came while the connection looked idle (the server's SETTINGS
+            # preface, a late WINDOW_UPDATE) wait here; closing on them raced a request
+            # httpcore had just assigned to it. A GOAWAY without the end still answers the
+            # next request with ConnectionTerminated, which the stage resends.
+            return conn.eof
         return conn.transport.get_extra_info(info)
 
 
