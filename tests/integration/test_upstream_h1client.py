@@ -36,7 +36,13 @@ from tests.harness.upstream import Upstream, free_port
 from tests.integration.test_upstream_pool import CountingUpstream
 from tests.integration.test_upstream_readdress import _on
 from vaultproxy.net.h1pool import H1Pool, H1Response, HandedStream, WantsHTTP2
-from vaultproxy.net.outbound import UpstreamKey, adopt, pool_context, pool_transport
+from vaultproxy.net.outbound import (
+    UpstreamKey,
+    adopt,
+    drop_closed,
+    pool_context,
+    pool_transport,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -248,7 +254,9 @@ def test_an_http2_upstream_is_handed_back(upstream: Upstream) -> None:
 
 def test_the_handed_back_connection_serves_httpcores_http2(tmp_path: Path) -> None:
     """The dial is not wasted: httpcore's HTTP/2 connection takes it over (``adopt``) and
-    the request goes out on it (the upstream sees the same client port)."""
+    the request goes out on it (the upstream sees the same client port). Once the upstream
+    closed it (its keep-alive timeout), ``drop_closed`` drops it and a POST (never resent)
+    goes out on a new connection."""
     ca = trustme.CA()
     pem = tmp_path / "up.pem"
     ca.issue_cert(NAME).private_key_and_cert_chain_pem.write_to_path(str(pem))
@@ -269,6 +277,7 @@ def test_the_handed_back_connection_serves_httpcores_http2(tmp_path: Path) -> No
         cfg.bind = [f"127.0.0.1:{port}"]
         cfg.certfile = cfg.keyfile = str(pem)
         cfg.alpn_protocols = ["h2"]
+        cfg.keep_alive_timeout = 1
         stop = asyncio.Event()
         server = asyncio.create_task(serve(app, cfg, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
         await asyncio.sleep(0.5)
@@ -285,6 +294,13 @@ def test_the_handed_back_connection_serves_httpcores_http2(tmp_path: Path) -> No
             r = await core.request("GET", url, headers={"Host": NAME},
                                    extensions={"sni_hostname": NAME})
             got.append(f"{r.extensions['http_version'].decode()} {r.status}")
+        assert seen == [local, local]
+        await asyncio.sleep(2.0)  # past the upstream's keep-alive timeout
+        assert await drop_closed(core) == 1
+        r = await core.request("POST", url, headers={"Host": NAME, "Content-Length": "0"},
+                               extensions={"sni_hostname": NAME})
+        got.append(f"{r.extensions['http_version'].decode()} {r.status}")
+        assert seen[-1] != local
         stream = caught.value.stream
         assert isinstance(stream, HandedStream)
         await core.aclose()  # (closes the adopted stream)
@@ -295,10 +311,9 @@ def test_the_handed_back_connection_serves_httpcores_http2(tmp_path: Path) -> No
             await asyncio.wait_for(server, 10)
         except (TimeoutError, Exception):  # noqa: BLE001 - hypercorn's TLS shutdown noise
             pass
-        assert seen == [local, local]
         return got
 
-    assert asyncio.run(run()) == ["HTTP/2 200"] * 2
+    assert asyncio.run(run()) == ["HTTP/2 200"] * 3
 
 
 def test_twin_an_http11_upstream_is_served(raw: RawUpstream, upstream: Upstream) -> None:
