@@ -111,7 +111,8 @@ class RawUpstream:
                     buf += conn.recv(65536)
                 buf = buf[length:]
                 body = json.dumps({"conn": n, "path": path.decode()}).encode()
-                out = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+                out = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (
+                    len(body), b"" if method == b"HEAD" else body)
                 if path == b"/two":
                     out += SMUGGLED
                 conn.sendall(out)
@@ -189,6 +190,38 @@ def test_a_kept_connection_is_reused(raw: RawUpstream, upstream: Upstream) -> No
 
     got = asyncio.run(run())
     assert got[0] == got[1] == got[2]
+
+
+def test_a_head_response_leaves_the_connection_warm(raw: RawUpstream,
+                                                    upstream: Upstream) -> None:
+    """A response with no body to read (HEAD: its end comes with the head, which is all
+    the stage reads) is no cut body: the connection is reused."""
+    async def run() -> tuple[int, int]:
+        pool = _h1(upstream)
+        resp = await pool.exchange("127.0.0.1", raw.port, NAME, b"HEAD", b"/h",
+                                   [(b"Host", NAME.encode())], b"", 5.0, 5.0)
+        assert resp.status == 200
+        await resp.aclose()  # as the stage does at the response's end
+        conn = json.loads(await _get(pool, raw.port, "/after"))["conn"]
+        await pool.aclose()
+        return pool.dials, conn
+
+    dials, _ = asyncio.run(run())
+    assert dials == 1
+
+
+def test_twin_a_body_not_read_to_its_end_closes_the_connection(raw: RawUpstream,
+                                                               upstream: Upstream) -> None:
+    async def run() -> int:
+        pool = _h1(upstream)
+        resp = await pool.exchange("127.0.0.1", raw.port, NAME, b"GET", b"/g",
+                                   [(b"Host", NAME.encode())], b"", 5.0, 5.0)
+        await resp.aclose()  # the body never read
+        await _get(pool, raw.port, "/after")
+        await pool.aclose()
+        return pool.dials
+
+    assert asyncio.run(run()) == 2
 
 
 def test_a_connection_the_upstream_closed_while_idle_is_not_used(

@@ -315,9 +315,18 @@ class H1Response:
             yield chunk
 
     async def aclose(self) -> None:
-        """The exchange ends: a body not read to its end closes the connection."""
+        """The exchange ends: a body not read to its end closes the connection. One with
+        none to read (HEAD, 204, 304: its end came with the head) goes back to the pool."""
         conn, self._conn = self._conn, None
-        if conn is not None:
+        if conn is None:
+            return
+        try:
+            event = conn.h11.next_event()
+        except h11.RemoteProtocolError:
+            event = None
+        if type(event) is h11.EndOfMessage:
+            self._pool.release(conn)
+        else:
             conn.close()
 
 
