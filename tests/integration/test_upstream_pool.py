@@ -443,3 +443,18 @@ def test_an_http2_connection_the_upstream_closed_is_not_reused(tmp_path: Any) ->
 def test_twin_without_the_check_the_dead_http2_connection_is_reused(tmp_path: Any) -> None:
     got = _h2_pool_after_server_idle_close(tmp_path, drop=False)
     assert got[0] == "HTTP/2 200" and got[1].startswith("error: "), got
+
+
+H1_FIRST = "upstream HTTP/1.1: first exchange on the pool's own client"
+
+
+def test_an_http11_upstream_goes_through_the_pools_own_client(env: Env) -> None:
+    """Its requests leave through net/h1pool.py, not httpcore's pool (the worker logs the
+    first such exchange)."""
+    assert curl(env.pooled, "https://pa.api.test/h1")[0] == 200
+    assert H1_FIRST in env.pooled.output()
+
+
+def test_twin_without_the_pool_no_request_goes_through_it(env: Env) -> None:
+    assert curl(env.unpooled, "https://pa.api.test/h1")[0] == 200
+    assert H1_FIRST not in env.unpooled.output()

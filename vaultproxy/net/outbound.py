@@ -126,6 +126,49 @@ class Head:
 head_seen: ContextVar[Head | None] = ContextVar("head_seen", default=None)
 
 
+class HeadScan:
+    """What an HTTP/1 response head holds that a strict parser hides: h11 unfolds an
+    obs-folded header line and refuses an unasked ``101`` only as a protocol error, where
+    mitmproxy's reader lets the response gate refuse both (``502 upstream_protocol`` /
+    ``upgrade_refused``). Fed the bytes read after a request went out; leaves what the
+    head held in ``head_seen`` for the task that reads it (the pooled exchange)."""
+
+    __slots__ = ("_head", "folded", "status")
+
+    def __init__(self) -> None:
+        self._head: bytes | None = None  # the response head being read; None: in a body
+        self.folded = False
+        self.status = 0
+
+    def start(self) -> None:
+        """A request went out: a response head comes next."""
+        self._head, self.folded, self.status = b"", False, 0
+
+    @property
+    def active(self) -> bool:
+        return self._head is not None
+
+    def feed(self, data: bytes) -> None:
+        if self._head is None or not data:
+            return
+        head = self._head + data
+        while True:
+            end = head.find(b"\r\n\r\n")
+            part = head if end < 0 else head[: end + 2]
+            if part.startswith(b"HTTP/") and len(part) >= 12 and part[9:12].isdigit():
+                self.status = int(part[9:12])
+            if b"\r\n " in part or b"\r\n\t" in part:
+                self.folded = True
+            head_seen.set(Head(self.status, self.folded))
+            if end < 0:
+                self._head = head[-65536:]
+                return
+            head = head[end + 4:]
+            if not (100 <= self.status < 200 and self.status != 101):
+                self._head = None  # the final head: a body follows
+                return
+
+
 class TLSSessions:
     """The TLS sessions of one pool's connections, one per server name, so that the next dial
     to that name resumes (no certificate exchange, one round trip less for TLS 1.2) instead of
@@ -200,9 +243,7 @@ class HeadWatch(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream,
                  sessions: TLSSessions | None = None, name: str | None = None) -> None:
         self._inner = inner
-        self._head: bytes | None = None  # the response head being read; None: in a body
-        self.folded = False
-        self.status = 0
+        self._scan = HeadScan()
         # httpcore asks every idle connection "is_readable" on each request it assigns (and
         # drop_closed does for HTTP/2); anyio rebuilds its attribute tables, with a
         # getpeername call, for every question. The socket does not change: kept once.
@@ -220,8 +261,8 @@ class HeadWatch(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data = await self._inner.read(max_bytes, timeout)
-        if self._head is not None and data:
-            self._watch(data)
+        if self._scan.active:
+            self._scan.feed(data)
         if self._sessions is not None:
             self._asks += 1  # a TLS 1.3 ticket arrives before the first response, if ever
             if self._sessions.keep(self._name, self._ssl_object) or self._asks >= 8:
@@ -246,27 +287,9 @@ class HeadWatch(httpcore.AsyncNetworkStream):
                 self._sessions = None
         return False  # EOF, or bytes nobody asked for
 
-    def _watch(self, data: bytes) -> None:
-        head = (self._head or b"") + data
-        while True:
-            end = head.find(b"\r\n\r\n")
-            part = head if end < 0 else head[: end + 2]
-            if part.startswith(b"HTTP/") and len(part) >= 12 and part[9:12].isdigit():
-                self.status = int(part[9:12])
-            if b"\r\n " in part or b"\r\n\t" in part:
-                self.folded = True
-            head_seen.set(Head(self.status, self.folded))
-            if end < 0:
-                self._head = head[-65536:]
-                return
-            head = head[end + 4:]
-            if not (100 <= self.status < 200 and self.status != 101):
-                self._head = None  # the final head: a body follows
-                return
-
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if self._h1:  # a request: a response head comes next
-            self._head, self.folded, self.status = b"", False, 0
+            self._scan.start()
         await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -279,11 +302,11 @@ class HeadWatch(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> object:
         if info == "is_readable":
-            return _readable(self._sock)
+            return readable(self._sock)
         return self._inner.get_extra_info(info)
 
 
-def _readable(sock: Any) -> bool:
+def readable(sock: Any) -> bool:
     """httpcore's ``is_socket_readable``: data (or EOF) waiting to be read; a closed socket
     (no descriptor) counts as readable, as its next read would return the end."""
     fd = sock.fileno() if sock is not None else -1
@@ -316,16 +339,27 @@ class _Dialer(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def pool_transport(key: UpstreamKey, *, http2: bool, idle: float, resume: bool = True,
-                   ) -> httpcore.AsyncConnectionPool:
-    """The warm upstream pool of one service (stages/pool.py): the trust of ``tls_context``
-    for ``key``, HTTP/2 when the proxy offers it, idle connections kept ``idle`` seconds,
-    a new connection resuming the TLS session of an earlier one (``resume``; the context,
-    hence its sessions, belongs to this pool alone). The caller keys it by everything its
-    connections were verified and dialled under, and sends the SNI (``sni_hostname``) and
-    an IP literal it checked."""
+def pool_context(key: UpstreamKey, *, http2: bool, resume: bool = True) -> ssl.SSLContext:
+    """The TLS context of one service's warm pool: the trust of ``tls_context`` for ``key``,
+    HTTP/2 offered when the proxy offers it, a new connection resuming the TLS session of an
+    earlier one (``resume``; the context, hence its sessions, belongs to this pool alone,
+    shared by its httpcore pool and its HTTP/1.1 connections, net/h1pool.py)."""
     ssl_context = (resuming_context(key.trust_file, key.insecure) if resume
                    else tls_context(key.trust_file, key.insecure))
+    # (httpcore sets the same on each of its dials; the HTTP/1.1 client's dials offer it too)
+    ssl_context.set_alpn_protocols(["http/1.1", "h2"] if http2 else ["http/1.1"])
+    return ssl_context
+
+
+def pool_transport(key: UpstreamKey, *, http2: bool, idle: float, resume: bool = True,
+                   ssl_context: ssl.SSLContext | None = None,
+                   ) -> httpcore.AsyncConnectionPool:
+    """The warm upstream pool of one service (stages/pool.py) on ``ssl_context``
+    (``pool_context`` when None): HTTP/2 when the proxy offers it, idle connections kept
+    ``idle`` seconds. The caller keys it by everything its connections were verified and
+    dialled under, and sends the SNI (``sni_hostname``) and an IP literal it checked."""
+    if ssl_context is None:
+        ssl_context = pool_context(key, http2=http2, resume=resume)
     return httpcore.AsyncConnectionPool(
         ssl_context=ssl_context,
         http1=True, http2=http2, max_connections=100, max_keepalive_connections=20,
@@ -398,21 +432,37 @@ async def prewarm(pool: httpcore.AsyncConnectionPool, url: httpcore.URL, sni: st
         raise httpcore.RemoteProtocolError("the upstream sent unasked bytes or closed")
     ssl_object: Any = stream.get_extra_info("ssl_object")
     h2 = ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2"
+    if not adopt(pool, stream, url, idle, h2=h2, conn=conn):
+        await stream.aclose()
+        return None
+    return "h2" if h2 else "http/1.1"
+
+
+def adopt(pool: httpcore.AsyncConnectionPool, stream: httpcore.AsyncNetworkStream,
+          url: httpcore.URL, idle: float, *, h2: bool, conn: Any = None) -> bool:
+    """Put ``stream`` (a connection dialled and verified for ``url``'s origin, nothing sent
+    on it yet) into ``pool`` as an idle connection, as ``prewarm`` leaves one; False when
+    httpcore lacks the private names this needs or the pool is full (the caller closes
+    the stream then)."""
+    if not _can_prewarm(pool) or len(pool.connections) >= pool._max_connections:
+        return False
+    if conn is None:
+        conn = pool.create_connection(url.origin)
+        if not hasattr(conn, "_connection"):
+            return False
     inner: Any
     if h2:
         from httpcore._async.http2 import AsyncHTTP2Connection
-        inner = AsyncHTTP2Connection(origin=request.url.origin, stream=stream,
-                                     keepalive_expiry=idle)
+        inner = AsyncHTTP2Connection(origin=url.origin, stream=stream, keepalive_expiry=idle)
     else:
         from httpcore._async.http11 import AsyncHTTP11Connection
-        inner = AsyncHTTP11Connection(origin=request.url.origin, stream=stream,
-                                      keepalive_expiry=idle)
+        inner = AsyncHTTP11Connection(origin=url.origin, stream=stream, keepalive_expiry=idle)
     inner._state = type(inner._state).IDLE  # ready: as after a response read to its end
     inner._expire_at = time.monotonic() + idle
     conn._connection = inner
     with pool._optional_thread_lock:
         pool._connections.append(conn)
-    return "h2" if h2 else "http/1.1"
+    return True
 
 
 async def drop_expired(pool: httpcore.AsyncConnectionPool) -> int:

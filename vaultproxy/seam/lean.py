@@ -61,7 +61,6 @@ logger = logging.getLogger(__name__)
 lhttp: Any = layers_http  # mitmproxy's HTTP layer names are not re-exported (for mypy)
 
 ENV = "VAULTPROXY_LEAN_HTTP1"
-MAX_BODY = 1024 * 1024  # the pool's buffered-body limit (stages/pool.py MAX_POOLED_BODY)
 MAX_HEAD = 64 * 1024  # a longer incomplete head goes to mitmproxy's reader
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
@@ -76,10 +75,11 @@ def enabled() -> bool:
     return _installed and os.environ.get(ENV, "1").strip() not in ("0", "false", "no", "off")
 
 
-def choose(nextlayer: Any, pooled: Callable[[], bool]) -> bool:
+def choose(nextlayer: Any, pooled: Callable[[], bool], max_body: int) -> bool:
     """Put the lean layer under a pooled tunnel's ``ClientTLSLayer`` if the agent's TLS chose
     HTTP/1.1 (or no ALPN) and mitmproxy's options leave nothing to its HTTP layer's body
-    checks; True if it did."""
+    checks; True if it did. ``max_body``: the most a request body may hold on this path (the
+    pool's buffered-body limit; a larger one goes to mitmproxy's HTTP layer)."""
     ctx = nextlayer.context
     if nextlayer.layer is not None or not enabled() or not ctx.layers:
         return False
@@ -93,7 +93,7 @@ def choose(nextlayer: Any, pooled: Callable[[], bool]) -> bool:
     opts = ctx.options
     if opts.body_size_limit or opts.stream_large_bodies or not pooled():
         return False
-    nextlayer.layer = LeanLayer(ctx, pooled)
+    nextlayer.layer = LeanLayer(ctx, pooled, max_body)
     return True
 
 
@@ -301,9 +301,10 @@ def _frame(resp: http.Response, data: bytes) -> bytes:
 class LeanLayer(layer.Layer):
     """The request/response loop of one agent connection (see the module's docstring)."""
 
-    def __init__(self, context: Any, pooled: Callable[[], bool]) -> None:
+    def __init__(self, context: Any, pooled: Callable[[], bool], max_body: int) -> None:
         super().__init__(context)
         self.pooled = pooled
+        self.max_body = max_body
         self.buf = bytearray()
         self.fallback: layer.Layer | None = None
         self.done = False
@@ -395,7 +396,7 @@ class LeanLayer(layer.Layer):
         if not length:
             if req.method not in _NO_BODY_METHODS:
                 return "no content-length"
-        elif len(length) != 1 or not length[0].isdigit() or int(length[0]) > MAX_BODY:
+        elif len(length) != 1 or not length[0].isdigit() or int(length[0]) > self.max_body:
             return "content-length"
         if size is None or size < 0:
             return "content-length"

@@ -14,7 +14,13 @@ snapshot): never shared across services, dropped on a reload (a new snapshot: ``
 ``connect_to``); each dials the address the Route stage checked for the agent's tunnel (a
 re-resolved address is another connection), and a connection idle ``[proxy]
 upstream_pool_idle`` seconds is closed (0: no pool). A connection that saw a protocol error
-is closed, never reused (httpcore drops it).
+is closed, never reused.
+
+An upstream that speaks HTTP/1.1 is served by the pool's own client (net/h1pool.py: asyncio
+and h11, a LIFO stack of idle connections per address; less CPU per request than httpcore's
+pool, docs/BENCHMARKS.md); one that chooses HTTP/2 in the TLS handshake by httpcore's pool
+(multiplexing), which takes over the connection that found it out. ``_h2_seen`` remembers
+which per (service, host).
 
 A new upstream connection resumes the TLS session the pool's last one for that name left
 (net/outbound.py ``TLSSessions``; the sessions live and die with the pool). A service's
@@ -41,12 +47,15 @@ from vaultproxy.config.rules import parse_host
 from vaultproxy.core.pipeline import hop_free
 from vaultproxy.core.state import ProxyState
 from vaultproxy.loaded.snapshot import Snapshot
+from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
 from vaultproxy.net.hostnames import split_authority
 from vaultproxy.net.outbound import (
     UpstreamKey,
+    adopt,
     drop_closed,
     drop_expired,
     head_seen,
+    pool_context,
     pool_error_text,
     pool_transport,
     prewarm,
@@ -79,7 +88,7 @@ class Exchange:
     error: str | None = None
     chunk: bytes | None = None
     body: bytes | None = None
-    response: httpcore.Response | None = None
+    response: httpcore.Response | H1Response | None = None
     chunks: AsyncIterator[bytes] | None = None
     idle: float = 300.0
     closed: bool = field(default=False)
@@ -113,6 +122,17 @@ async def _close_when_idle(pool: _Pool) -> None:
     await pool.aclose()
 
 
+@dataclass
+class _Upstream:
+    """One pool: what its connections were verified under, HTTP/2 offered, the httpcore
+    pool (HTTP/2 upstreams) and the HTTP/1.1 one (net/h1pool.py) on one TLS context."""
+
+    key: UpstreamKey
+    http2: bool
+    core: _Pool
+    h1: H1Pool
+
+
 def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
     return flow.request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
 
@@ -120,9 +140,8 @@ def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
 class Pool(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
-        # (service name, tunnel host) -> (what its connections were verified under, HTTP/2,
-        # the pool); all built under ``_snapshot``
-        self._pools: dict[tuple[str, str], tuple[UpstreamKey, bool, _Pool]] = {}
+        # (service name, tunnel host) -> its pool; all built under ``_snapshot``
+        self._pools: dict[tuple[str, str], _Upstream] = {}
         self._snapshot: Snapshot | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         self._watch: asyncio.Task[None] | None = None
@@ -154,8 +173,9 @@ class Pool(Stage):
                     for service in st.registry.services:
                         if service.prewarm > 0:
                             self._spawn(self._prewarm(st, service))
-                for _, _, pool in list(self._pools.values()):
-                    await drop_expired(pool)
+                for up in list(self._pools.values()):
+                    up.h1.drop_expired()
+                    await drop_expired(up.core)
             except Exception:  # noqa: BLE001 - a speed feature never stops the proxy
                 logger.exception("upstream pool upkeep failed")
             await asyncio.sleep(1.0)
@@ -180,13 +200,25 @@ class Pool(Stage):
                     dial_host, dial_port, st.snapshot.address_context(service))
                 if st.snapshot is not self._snapshot:
                     return  # reloaded meanwhile: the new policy warms its own
-                pool = self._pool_for(st, service, spec.host)
-                url = httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
-                                   target=b"/")
-                done = await asyncio.gather(*(
-                    prewarm(pool, url, spec.host, float(cfg.connect_timeout),
-                            float(cfg.upstream_pool_idle))
-                    for _ in range(service.prewarm)), return_exceptions=True)
+                up = self._pool_for(st, service, spec.host)
+                known = (service.name, spec.host)
+                done: list[Any] = []
+                url = httpcore.URL(scheme=b"https", host=str(ip).encode(),
+                                   port=int(port), target=b"/")
+                if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
+                    done = await asyncio.gather(*(
+                        up.h1.prewarm(str(ip), int(port), spec.host,
+                                      float(cfg.connect_timeout))
+                        for _ in range(service.prewarm)), return_exceptions=True)
+                    for i, d in enumerate(done):
+                        if isinstance(d, WantsHTTP2):  # httpcore's HTTP/2 takes it over
+                            self._h2_seen[known] = True
+                            done[i] = await self._adopt(up, d, url)
+                else:
+                    done = await asyncio.gather(*(
+                        prewarm(up.core, url, spec.host, float(cfg.connect_timeout),
+                                float(cfg.upstream_pool_idle))
+                        for _ in range(service.prewarm)), return_exceptions=True)
             except Exception as e:  # noqa: BLE001 - the first request reports it properly
                 logger.warning("prewarm of %s (%s): %s", service.name, spec.host,
                                pool_error_text(e) if isinstance(e, httpcore.ConnectError)
@@ -221,7 +253,7 @@ class Pool(Stage):
                                 lambda: self._upstream_h2(client_id))
         elif nextlayer.layer is None and self._lean(client_id):
             # a pooled tunnel's HTTP/1.1 without mitmproxy's HTTP layer: the same hooks
-            seam_lean.choose(nextlayer, lambda: self._lean(client_id))
+            seam_lean.choose(nextlayer, lambda: self._lean(client_id), MAX_POOLED_BODY)
 
     def _upstream_h2(self, client_id: str) -> bool:
         """Whether the tunnel's pooled upstream speaks HTTP/2 (True while unknown)."""
@@ -253,7 +285,7 @@ class Pool(Stage):
             tunnel=tunnel, body_limit=cfg.max_body_mb * 1024 * 1024,
             idle=float(cfg.idle_timeout))
 
-    def _pool(self, tunnel: Tunnel) -> _Pool:
+    def _pool(self, tunnel: Tunnel) -> _Upstream:
         st = self.rt.state()
         service = tunnel.decision.service
         assert service is not None
@@ -265,7 +297,7 @@ class Pool(Stage):
         for old in list(self._pools):
             self._retire(old)
 
-    def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Pool:
+    def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Upstream:
         key = UpstreamKey(service.name, host, st.snapshot.trust_file(service),
                           service.insecure_tls)
         http2 = bool(ctx.options.http2)
@@ -273,18 +305,21 @@ class Pool(Stage):
             self._new_policy(st.snapshot)
         found = self._pools.get((service.name, host))
         if found is not None:
-            old_key, old_h2, pool = found
-            if old_key == key and old_h2 == http2:
-                return pool
+            if found.key == key and found.http2 == http2:
+                return found
             self._retire((service.name, host))
         idle = float(st.registry.config.proxy.upstream_pool_idle)
-        pool = pool_transport(key, http2=http2, idle=idle)
-        self._pools[(service.name, host)] = (key, http2, pool)
-        return pool
+        ssl_context = pool_context(key, http2=http2)
+        up = _Upstream(key, http2,
+                       pool_transport(key, http2=http2, idle=idle, ssl_context=ssl_context),
+                       H1Pool(ssl_context, idle))
+        self._pools[(service.name, host)] = up
+        return up
 
     def _retire(self, name: tuple[str, str]) -> None:
-        _, _, pool = self._pools.pop(name)
-        task = asyncio.get_running_loop().create_task(_close_when_idle(pool))
+        up = self._pools.pop(name)
+        up.h1.close()
+        task = asyncio.get_running_loop().create_task(_close_when_idle(up.core))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
@@ -325,7 +360,7 @@ class Pool(Stage):
             version, resp.status, reason, headers, None, None,
             timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
         )
-        ex.chunks = resp.aiter_stream()
+        ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
             body = bytearray()
@@ -338,7 +373,8 @@ class Pool(Stage):
                 body += ex.chunk
             ex.body = bytes(body)
 
-    async def _send(self, flow: http.HTTPFlow, ex: Exchange) -> httpcore.Response:
+    async def _send(self, flow: http.HTTPFlow, ex: Exchange,
+                    ) -> httpcore.Response | H1Response:
         tunnel = ex.tunnel
         assert tunnel.pinned is not None
         req = flow.request
@@ -354,6 +390,18 @@ class Pool(Stage):
         ip, port = tunnel.pinned
         cfg = self.rt.state().registry.config.proxy
         connect = float(cfg.connect_timeout)
+        up = self._pool(tunnel)
+        service = tunnel.decision.service
+        assert service is not None
+        known = (service.name, tunnel.host)
+        if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
+            try:
+                return await self._send_h1(up.h1, req, tunnel, fields, content, connect,
+                                           float(cfg.response_timeout))
+            except WantsHTTP2 as wants:  # its requests go through httpcore's pool from now on
+                self._h2_seen[known] = True
+                await self._adopt(up, wants, httpcore.URL(
+                    scheme=b"https", host=str(ip).encode(), port=int(port), target=b"/"))
         outgoing = httpcore.Request(
             req.method.encode(),
             httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
@@ -366,7 +414,7 @@ class Pool(Stage):
                             "write": float(cfg.response_timeout)},
             },
         )
-        pool = self._pool(tunnel)
+        pool = up.core
         await drop_closed(pool)  # an HTTP/2 connection the upstream closed while idle
         try:
             return await pool.handle_async_request(outgoing)
@@ -380,8 +428,41 @@ class Pool(Stage):
                 raise
             return await pool.handle_async_request(outgoing)
 
+    async def _adopt(self, up: _Upstream, wants: WantsHTTP2, url: httpcore.URL,
+                     ) -> str | None:
+        """The HTTP/1.1 client's dial to an upstream that chose HTTP/2, left idle in
+        httpcore's pool (the next request there takes it): "h2", or None if it could not."""
+        if adopt(up.core, wants.stream, url, self._idle(), h2=True):
+            return "h2"
+        await wants.stream.aclose()
+        return None
+
+    async def _send_h1(self, h1: H1Pool, req: http.Request, tunnel: Tunnel,
+                       fields: list[tuple[bytes, bytes]], content: bytes, connect: float,
+                       read: float) -> H1Response:
+        assert tunnel.pinned is not None
+        ip, port = tunnel.pinned
+        args = (str(ip), int(port), tunnel.host, req.data.method, req.data.path, fields,
+                content, connect, read)
+        try:
+            return await h1.exchange(*args)
+        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError):
+            # A kept-alive connection the upstream closed while idle (its FIN in flight as
+            # we sent): once more, on another, if idempotent and no response byte came.
+            if req.method not in _IDEMPOTENT or head_seen.get() is not None:
+                raise
+            return await h1.exchange(*args)
+
     async def vaultproxy_pool_chunk(self, flow: http.HTTPFlow) -> None:
         ex: Exchange = flow.metadata[seam_pool.POOLED]
+        if isinstance(ex.response, H1Response):
+            try:
+                ex.chunk = await ex.response.next_chunk(ex.idle)
+            except Exception as e:  # noqa: BLE001 - a cut body closes the agent's side
+                ex.error = pool_error_text(e)
+                ex.chunk = None
+                await ex.close()
+            return
         if ex.chunks is None:
             ex.chunk = None
             return

@@ -1,0 +1,467 @@
+"""The warm pool's HTTP/1.1 upstream connections, without httpcore's pool and anyio.
+
+A profile of the pooled keep-alive path put about a third of the proxy's CPU in httpcore's
+``AsyncConnectionPool`` (a scan of every connection per request, anyio locks and
+cancel-shielded checkpoints, its TLS stream wrapper) around the few microseconds h11 spends
+on the bytes. For an upstream that speaks HTTP/1.1 the stage (stages/pool.py) uses this
+instead: an asyncio ``Protocol`` per connection on the loop's own TLS transport, h11 (the
+strict parser httpcore uses: it refuses the smuggling shapes the hostile-upstream tests
+send) for the bytes, and a LIFO stack of idle connections per (address, SNI).
+
+It keeps what the httpcore pool guarantees:
+
+* a connection is dialled to the IP literal the caller checked, verified for the SNI under
+  the pool's ``SSLContext`` (the service's trust file; net/outbound.py ``pool_context``),
+  and resumes the TLS session of an earlier one for that name (``TLSSessions``, on that
+  context: a session never crosses pools);
+* an idle connection is reused only for the same address and SNI, only if the upstream
+  neither closed it nor sent anything unasked while it waited, and only within ``idle``
+  seconds (``drop_expired`` closes the rest);
+* one that saw a protocol error, a timeout, a body not read to its end, bytes after a
+  response, or ``Connection: close`` is closed, never reused; ``close()`` (a reload)
+  closes the idle ones at once and each busy one when its exchange ends;
+* failures are httpcore's exception types, so the stage's error wording
+  (``pool_error_text``) and its resend rule (once, idempotent, no response byte seen) hold
+  as they did; what each response head held is left in ``head_seen`` (``HeadScan``).
+
+An upstream that answers the TLS handshake with ALPN ``h2`` raises ``WantsHTTP2``: its
+requests go through the httpcore pool (HTTP/2 multiplexing)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h11
+import httpcore
+
+from vaultproxy.net.outbound import HeadScan, readable, sessions_of
+
+logger = logging.getLogger(__name__)
+
+# what this process's HTTP/1.1 pools did; one INFO line says when the first exchange went
+# out this way (what tests read of a running proxy)
+stats = {"exchanges": 0, "dials": 0}
+
+MAX_INCOMPLETE_EVENT = 100 * 1024  # a response head's most (as httpcore's)
+MAX_IDLE = 20  # idle connections kept per (address, SNI), as the httpcore pool's keep-alive
+_HIGH_WATER = 256 * 1024  # unread response bytes at which the socket stops being read
+_TICKET_READS = 8  # reads that look for a TLS 1.3 ticket (a server may send none)
+
+
+class WantsHTTP2(Exception):
+    """The upstream chose HTTP/2 in the TLS handshake: not for this client. ``stream`` is
+    that connection (verified, nothing sent on it) for httpcore's HTTP/2 connection
+    (``outbound.adopt``), so the dial is not wasted; the receiver closes it if unused."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        super().__init__("the upstream chose HTTP/2")
+        self.stream = stream
+
+
+class _Conn(asyncio.Protocol):
+    """One upstream connection: the transport's bytes into h11, one exchange at a time."""
+
+    def __init__(self, where: tuple[str, int, str]) -> None:
+        self.where = where
+        self.transport: Any = None
+        self.sock: Any = None
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+        self.inbox: list[bytes] = []
+        self.inbox_len = 0
+        self.paused = False
+        self.eof = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.scan = HeadScan()
+        self.busy = False
+        self.unasked = False  # bytes came while idle
+        self.expire_at = 0.0
+        self.sessions: Any = None
+        self.ticket_reads = 0
+        self.closed = False
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        sock = self.sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:  # (asyncio and uvloop set it already; it is the point of a small write)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy:
+            self.unasked = True
+        self.inbox.append(data)
+        self.inbox_len += len(data)
+        if self.inbox_len > _HIGH_WATER and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.closed = True
+        if not self.gone.done():
+            self.gone.set_result(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the exchange
+
+    def reusable(self) -> bool:
+        return not (self.closed or self.eof or self.unasked or self.inbox
+                    or self.transport.is_closing())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def keep_session(self) -> None:
+        if self.sessions is None:
+            return
+        self.ticket_reads += 1
+        obj = self.transport.get_extra_info("ssl_object")
+        if obj is None or self.sessions.keep(self.where[2], obj) or (
+                self.ticket_reads > _TICKET_READS):
+            self.sessions = None
+
+    def send(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+             body: bytes) -> None:
+        if not self.reusable():
+            raise httpcore.WriteError("the upstream closed the connection")
+        self.busy = True
+        try:
+            conn = self.h11
+            data = conn.send(h11.Request(method=method, target=target, headers=headers))
+            if body:
+                data += conn.send(h11.Data(data=body))  # type: ignore[operator]
+            data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
+        except h11.LocalProtocolError as e:
+            self.close()
+            raise httpcore.LocalProtocolError(str(e)) from None
+        self.scan.start()
+        assert data is not None
+        self.transport.write(data)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until bytes or the end came (TimeoutError after ``timeout`` seconds)."""
+        if not self.inbox and not self.eof:
+            loop = asyncio.get_running_loop()
+            waiter = self.waiter = loop.create_future()
+            timer = (loop.call_later(timeout, _expire, waiter) if timeout is not None
+                     else None)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self.waiter = None
+
+    def take(self) -> bytes:
+        """Every byte received and not yet taken (b"": none)."""
+        if not self.inbox:
+            return b""
+        data = b"".join(self.inbox) if len(self.inbox) > 1 else self.inbox[0]
+        self.inbox.clear()
+        self.inbox_len = 0
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def _fill(self, timeout: float) -> None:
+        """The next bytes into h11 (b"" at the end), waiting at most ``timeout``."""
+        await self.wait(timeout)
+        if self.inbox:
+            data = self.take()
+            if self.scan.active:
+                self.scan.feed(data)
+            if self.sessions is not None:
+                self.keep_session()
+            self.h11.receive_data(data)
+        elif self.eof:
+            self.h11.receive_data(b"")
+
+    async def next_event(self, timeout: float) -> Any:
+        try:
+            while True:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    await self._fill(timeout)
+                    continue
+                return event
+        except h11.RemoteProtocolError as e:
+            self.close()
+            raise httpcore.RemoteProtocolError(str(e)) from None
+        except TimeoutError:
+            self.close()
+            raise httpcore.ReadTimeout("the upstream did not answer in time") from None
+        except BaseException:
+            self.close()
+            raise
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class HandedStream(httpcore.AsyncNetworkStream):
+    """A connection of this client as httpcore's network stream: an upstream that chose
+    HTTP/2 is handed, dialled and verified, to httpcore's HTTP/2 connection."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        conn = self._conn
+        try:
+            await conn.wait(timeout)
+        except TimeoutError:
+            raise httpcore.ReadTimeout("the upstream did not answer in time") from None
+        data = conn.take()
+        if len(data) > max_bytes:
+            conn.inbox.insert(0, data[max_bytes:])
+            conn.inbox_len += len(data) - max_bytes
+            data = data[:max_bytes]
+        if data and conn.sessions is not None:
+            conn.keep_session()
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        conn = self._conn
+        if conn.closed or conn.transport.is_closing():
+            raise httpcore.WriteError("the upstream closed the connection")
+        conn.transport.write(buffer)
+
+    async def aclose(self) -> None:
+        self._conn.close()
+
+    @property
+    def gone(self) -> asyncio.Future[None]:
+        """Done once the socket is closed (after the TLS shutdown ``aclose`` started)."""
+        return self._conn.gone
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("already TLS")
+
+    def get_extra_info(self, info: str) -> Any:
+        conn = self._conn
+        if info == "is_readable":
+            # drop_closed's question: only the end counts. The loop reads eagerly, so HTTP/2
+            # frames that came while the connection looked idle (the server's SETTINGS
+            # preface, a late WINDOW_UPDATE) wait here; closing on them raced a request
+            # httpcore had just assigned to it. A GOAWAY without the end still answers the
+            # next request with ConnectionTerminated, which the stage resends.
+            return conn.eof
+        return conn.transport.get_extra_info(info)
+
+
+class H1Response:
+    """The parts of ``httpcore.Response`` the stage reads, and the body chunk by chunk."""
+
+    def __init__(self, pool: H1Pool, conn: _Conn, event: Any, read_timeout: float) -> None:
+        self.status: int = event.status_code
+        self.headers: list[tuple[bytes, bytes]] = event.headers.raw_items()
+        self.extensions = {"http_version": b"HTTP/" + event.http_version,
+                           "reason_phrase": event.reason}
+        self._pool = pool
+        self._conn: _Conn | None = conn
+        self._timeout = read_timeout
+
+    async def next_chunk(self, idle: float) -> bytes | None:
+        """The next non-empty body chunk, waiting at most ``idle`` (and the read timeout)
+        for it; None at the end, when the connection goes back to the pool."""
+        conn = self._conn
+        if conn is None:
+            return None
+        timeout = min(idle, self._timeout)
+        while True:
+            event = await conn.next_event(timeout)
+            if type(event) is h11.Data:
+                if event.data:
+                    return bytes(event.data)
+                continue
+            if type(event) is h11.EndOfMessage:
+                self._conn = None
+                self._pool.release(conn)
+                return None
+            conn.close()  # (h11 yields nothing else here)
+            raise httpcore.RemoteProtocolError("unexpected event in a response body")
+
+    async def aiter_stream(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.next_chunk(self._timeout)) is not None:
+            yield chunk
+
+    async def aclose(self) -> None:
+        """The exchange ends: a body not read to its end closes the connection. One with
+        none to read (HEAD, 204, 304: its end came with the head) goes back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            event = conn.h11.next_event()
+        except h11.RemoteProtocolError:
+            event = None
+        if type(event) is h11.EndOfMessage:
+            self._pool.release(conn)
+        else:
+            conn.close()
+
+
+class H1Pool:
+    """The idle HTTP/1.1 connections of one service's pool (see the module docstring)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, idle: float) -> None:
+        self._ssl = ssl_context
+        self._sessions = sessions_of(ssl_context)
+        self._idle_for = idle
+        self._idle: dict[tuple[str, int, str], deque[_Conn]] = {}
+        self.closed = False
+        self.dials = 0  # connections this pool opened (stats, tests)
+
+    async def _dial(self, where: tuple[str, int, str], timeout: float) -> _Conn:
+        ip, port, sni = where
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Conn(where), host=ip, port=port, ssl=self._ssl,
+                    server_hostname=sni, ssl_handshake_timeout=timeout)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout("connecting to the upstream timed out") from None
+        except (OSError, ssl.SSLError) as e:
+            raise httpcore.ConnectError(type(e).__name__) from e
+        self.dials += 1
+        stats["dials"] += 1
+        conn.sessions = self._sessions
+        conn.keep_session()
+        obj = conn.transport.get_extra_info("ssl_object")
+        if obj is not None and obj.selected_alpn_protocol() == "h2":
+            conn.busy = True  # (bytes from now on are HTTP/2's, read by httpcore)
+            raise WantsHTTP2(HandedStream(conn))
+        return conn
+
+    async def _take(self, where: tuple[str, int, str]) -> _Conn | None:
+        stack = self._idle.get(where)
+        now = time.monotonic()
+        while stack:
+            conn = stack.pop()  # the most recent: the likeliest still open upstream
+            if conn.reusable() and conn.expire_at > now:
+                if readable(conn.sock):
+                    # Bytes the loop has not read yet: a FIN just in, or (harmless) a TLS
+                    # 1.3 session ticket. Two loop turns: the selector, then its read.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                if conn.reusable():
+                    return conn
+            conn.close()
+        return None
+
+    async def exchange(self, ip: str, port: int, sni: str, method: bytes, target: bytes,
+                       headers: list[tuple[bytes, bytes]], body: bytes,
+                       connect_timeout: float, read_timeout: float) -> H1Response:
+        """Send one request on an idle connection to ``ip:port`` for ``sni`` (a new one if
+        there is none) and read the response head."""
+        where = (ip, port, sni)
+        conn = await self._take(where)
+        if conn is None:
+            conn = await self._dial(where, connect_timeout)
+        stats["exchanges"] += 1
+        if stats["exchanges"] == 1:
+            logger.info("upstream HTTP/1.1: first exchange on the pool's own client")
+        conn.send(method, target, headers, body)
+        while True:
+            event = await conn.next_event(read_timeout)
+            if type(event) is h11.Response:
+                return H1Response(self, conn, event, read_timeout)
+            if type(event) is h11.ConnectionClosed:  # (the end before any byte)
+                conn.close()
+                raise httpcore.RemoteProtocolError("Server disconnected without sending a "
+                                                   "response.")
+            # an InformationalResponse (100 Continue, 103 Early Hints): the final one follows
+
+    def release(self, conn: _Conn) -> None:
+        """A response read to its end: keep the connection for the next request, if it may
+        carry one."""
+        h = conn.h11
+        if (self.closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE
+                or h.trailing_data[0] or not conn.reusable()):
+            conn.close()
+            return
+        h.start_next_cycle()
+        conn.busy = False
+        conn.expire_at = time.monotonic() + self._idle_for
+        stack = self._idle.setdefault(conn.where, deque())
+        stack.append(conn)
+        if len(stack) > MAX_IDLE:
+            stack.popleft().close()
+
+    async def prewarm(self, ip: str, port: int, sni: str, connect_timeout: float) -> str:
+        """Open one connection, left idle for the next request ("http/1.1"); WantsHTTP2
+        when the upstream chose HTTP/2."""
+        conn = await self._dial((ip, port, sni), connect_timeout)
+        if self.closed:
+            conn.close()
+        else:
+            conn.expire_at = time.monotonic() + self._idle_for
+            self._idle.setdefault(conn.where, deque()).append(conn)
+        return "http/1.1"
+
+    def drop_expired(self) -> int:
+        """Close every idle connection past ``idle`` or closed by the upstream meanwhile;
+        how many."""
+        now = time.monotonic()
+        dropped = 0
+        for where, stack in list(self._idle.items()):
+            keep = deque(c for c in stack if c.reusable() and c.expire_at > now)
+            for conn in stack:
+                if conn not in keep:
+                    conn.close()
+                    dropped += 1
+            if keep:
+                self._idle[where] = keep
+            else:
+                del self._idle[where]
+        return dropped
+
+    def idle_count(self) -> int:
+        return sum(len(s) for s in self._idle.values())
+
+    def close(self) -> list[_Conn]:
+        """A reload: no connection of this pool is used again (busy ones close as their
+        exchange ends). The idle ones it closed."""
+        self.closed = True
+        closed = [conn for stack in self._idle.values() for conn in stack]
+        for conn in closed:
+            conn.close()
+        self._idle.clear()
+        return closed
+
+    async def aclose(self, wait: float = 1.0) -> None:
+        """``close()``, then wait (at most ``wait`` seconds) until the TLS shutdown of
+        each idle connection is done and its socket closed (shutdown, tests)."""
+        gone = [conn.gone for conn in self.close()]
+        if gone:
+            await asyncio.wait(gone, timeout=wait)
