@@ -89,6 +89,8 @@ class Wrapped(TreeProxy):
 
 
 # ``python -c BOOT -m vaultproxy run ...``: uvloop's policy, then the module as ``-m`` runs it.
+# (For trees older than engine/loop.py: a tree that has it runs on uvloop already, and
+# ``VAULTPROXY_UVLOOP=0`` in its environment is what keeps asyncio's loop.)
 UVLOOP_BOOT = (
     "import asyncio, runpy, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
     "sys.argv = sys.argv[2:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"

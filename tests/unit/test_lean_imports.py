@@ -77,6 +77,20 @@ def test_worker_imports_none_of_the_supervisor_only_packages() -> None:
     assert not any(loaded.values()), {k for k, v in loaded.items() if v}
 
 
+@pytest.mark.parametrize("process", ["worker", "run"])
+def test_the_serving_loop_uvloop_brings_none_of_them(process: str) -> None:
+    # engine/loop.py imports uvloop when a serving process starts its loop: the C loop and
+    # the stdlib modules asyncio has anyway, none of what a worker or `run` must not load.
+    start, never = (
+        ("import vaultproxy.engine.worker", NEVER_IN_WORKER) if process == "worker" else
+        ("from vaultproxy.seam import imports; imports.lean()\nimport vaultproxy.engine.serve",
+         NEVER_AT_RUN))
+    code = (f"{start}\nfrom vaultproxy.engine import loop\nassert loop.factory() is not None\n"
+            "import sys\nassert 'uvloop.loop' in sys.modules")
+    loaded = _loaded(code, never)
+    assert not any(loaded.values()), {k for k, v in loaded.items() if v}
+
+
 def test_run_imports_no_mcp_dashboard_otlp_or_default_addons() -> None:
     # what `vaultproxy run` (cli/run.py: lean(), then engine.serve) has loaded when it serves
     code = "from vaultproxy.seam import imports; imports.lean()\nimport vaultproxy.engine.serve"

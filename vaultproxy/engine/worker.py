@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.engine import loop as engine_loop
 from vaultproxy.engine import nodump
 from vaultproxy.engine.access_channel import RemoteDesk
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
@@ -207,7 +208,7 @@ def main(argv: list[str]) -> int:
         print("vaultproxy worker: started by `vaultproxy run --workers N`, not by hand",
               file=sys.stderr)
         return 2
-    return asyncio.run(run(int(argv[1])))
+    return engine_loop.run(run, int(argv[1]))
 
 
 if __name__ == "__main__":

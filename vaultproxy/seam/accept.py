@@ -13,7 +13,10 @@ the upstream dial, the audit file and the admin socket fail next. Here:
 * ``Meter`` logs one WARNING line per interval with the counts, and one when it recovers.
 
 ``SharedServer`` looks like the ``asyncio.Server`` mitmproxy expects (``sockets``,
-``close``, ``wait_closed``, ``is_serving``).
+``close``, ``wait_closed``, ``is_serving``). It needs nothing of the loop but ``add_reader``,
+``remove_reader``, ``call_later`` and ``open_connection(sock=...)``: it accepts the same way
+on uvloop's loop (engine/loop.py; libuv polls level-triggered, as the selector does, so one
+connection per wake-up holds there too).
 """
 
 from __future__ import annotations
