@@ -25,6 +25,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests import canary
 from tests.harness.proxy import ProxyProcess
+from tests.harness.tls_server import TLSServer, read_head
 from tests.harness.upstream import Received, Reply, Upstream
 from tests.integration.conftest import agent_client, service_block
 
@@ -35,65 +36,34 @@ HANDED = "lean HTTP/1.1: a connection goes to mitmproxy's HTTP layer"
 
 
 @dataclass
-class SseUpstream:
+class SseUpstream(TLSServer):
     """HTTP/1.1 over TLS. ``/sse``: server-sent events, the second produced only once the
     test saw the first (``seen_first``; ``released`` says whether it did, per stream);
     ``/garbage``: a malformed head; ``/clte``: a head with Content-Length and
     Transfer-Encoding (response smuggling); then the connection closes."""
 
-    ca: Any
+    names: tuple[str, ...] = ("leansse.api.test",)
     seen_first: threading.Event = field(default_factory=threading.Event)
     released: list[bool] = field(default_factory=list)
 
-    def start(self) -> SseUpstream:
-        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("leansse.api.test").configure_cert(self._ctx)
-        self._ctx.set_alpn_protocols(["http/1.1"])
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
+    def serve(self, conn: ssl.SSLSocket, n: int) -> None:
+        buf = b""
+        while (got := read_head(conn, buf)) is not None:
+            head, buf = got
+            if head.startswith(b"GET /garbage "):
+                conn.sendall(b"HTTP/1.1 2x0 \x00bogus\r\nContent-Length: nope\r\n\r\n")
                 return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            conn = self._ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
-        with conn:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                if head.startswith(b"GET /garbage "):
-                    conn.sendall(b"HTTP/1.1 2x0 \x00bogus\r\nContent-Length: nope\r\n\r\n")
-                    return
-                if head.startswith(b"GET /clte "):
-                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n"
-                                 b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-                    return
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                             b"transfer-encoding: chunked\r\n\r\n")
-                one = b"data: one\n\n"
-                conn.sendall(b"%x\r\n%s\r\n" % (len(one), one))
-                self.released.append(self.seen_first.wait(15))
-                two = b"data: two\n\n"
-                conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(two), two))
-
-    def stop(self) -> None:
-        self._sock.close()
+            if head.startswith(b"GET /clte "):
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            one = b"data: one\n\n"
+            conn.sendall(b"%x\r\n%s\r\n" % (len(one), one))
+            self.released.append(self.seen_first.wait(15))
+            two = b"data: two\n\n"
+            conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(two), two))
 
 
 def _handler(rec: Received) -> Reply:

@@ -19,7 +19,6 @@ import asyncio
 import json
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,9 +31,9 @@ import trustme
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from tests.harness.tls_server import TLSServer, content_length, read_body, read_head
 from tests.harness.upstream import Upstream, free_port
 from tests.integration.test_upstream_pool import CountingUpstream
-from tests.integration.test_upstream_readdress import _on
 from vaultproxy.net.h1pool import H1Pool, H1Response, HandedStream, WantsHTTP2
 from vaultproxy.net.outbound import (
     UpstreamKey,
@@ -51,74 +50,30 @@ SMUGGLED = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled"
 
 
 @dataclass
-class RawUpstream:
+class RawUpstream(TLSServer):
     """TLS, HTTP/1.1 keep-alive, one thread per connection. Each answer names its
     connection; ``/two`` is followed, in the same write, by ``SMUGGLED``; ``/bye`` closes
     the connection 0.2 s after its answer (an upstream's short keep-alive timeout)."""
 
-    ca: trustme.CA
-    alpn: tuple[str, ...] = ("http/1.1",)
-    accepted: int = 0
+    names: tuple[str, ...] = (NAME,)
     methods: list[str] = field(default_factory=list)
 
-    def start(self) -> RawUpstream:
-        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert(NAME).configure_cert(self._ctx)
-        self._ctx.set_alpn_protocols(list(self.alpn))
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(raw, self.accepted), daemon=True).start()
-
-    def _serve(self, raw: socket.socket, n: int) -> None:
-        try:
-            conn = self._ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
+    def serve(self, conn: ssl.SSLSocket, n: int) -> None:
         buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        data = conn.recv(65536)
-                    except (OSError, ssl.SSLError):
-                        return
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                method, path = head.split(b" ")[:2]
-                self.methods.append(method.decode())
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    k, _, v = line.partition(b":")
-                    if k.strip().lower() == b"content-length":
-                        length = int(v)
-                while len(buf) < length:
-                    buf += conn.recv(65536)
-                buf = buf[length:]
-                body = json.dumps({"conn": n, "path": path.decode()}).encode()
-                out = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (
-                    len(body), b"" if method == b"HEAD" else body)
-                if path == b"/two":
-                    out += SMUGGLED
-                conn.sendall(out)
-                if path == b"/bye":
-                    time.sleep(0.2)
-                    return
+        while (got := read_head(conn, buf)) is not None:
+            head, buf = got
+            method, path = head.split(b" ")[:2]
+            self.methods.append(method.decode())
+            _, buf = read_body(conn, buf, content_length(head))
+            body = json.dumps({"conn": n, "path": path.decode()}).encode()
+            out = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (
+                len(body), b"" if method == b"HEAD" else body)
+            if path == b"/two":
+                out += SMUGGLED
+            conn.sendall(out)
+            if path == b"/bye":
+                time.sleep(0.2)
+                return
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +197,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_not_used(
 @pytest.fixture(scope="module")
 def two(upstream: Upstream) -> Iterator[tuple[CountingUpstream, CountingUpstream]]:
     old = CountingUpstream(upstream.ca, (NAME,)).start()
-    new = _on(CountingUpstream(upstream.ca, (NAME,)), "127.0.0.2", old.port)
+    new = CountingUpstream(upstream.ca, (NAME,), host="127.0.0.2", port=old.port).start()
     yield old, new
     old.stop()
     new.stop()

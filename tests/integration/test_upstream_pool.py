@@ -12,7 +12,6 @@ import json
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ import trustme
 
 from tests import canary
 from tests.harness.proxy import ProxyProcess
+from tests.harness.tls_server import TLSServer, content_length, read_body, read_head
 from tests.harness.upstream import Upstream, free_port
 from tests.integration.conftest import agent_client
 
@@ -31,73 +31,32 @@ pytestmark = pytest.mark.integration
 
 
 @dataclass
-class CountingUpstream:
+class CountingUpstream(TLSServer):
     """HTTP/1.1 over TLS with keep-alive; counts accepted connections. Paths:
     ``/echo`` answers the Authorization header it got, ``/garbage`` a malformed head (then
     closes), ``/sse`` two events 1 s apart, ``/hang`` nothing, ``/stall`` a head and part of
     the body then nothing, ``/cut`` the same then a close, ``/then-drop`` answers and closes
     its connection on the next request unanswered; else JSON naming the connection."""
 
-    ca: trustme.CA
-    names: tuple[str, ...]
-    accepted: int = 0
     auth_seen: list[str] = field(default_factory=list)
     drop_next: set[int] = field(default_factory=set)  # connections to close on next request
 
-    def start(self) -> CountingUpstream:
-        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert(*self.names).configure_cert(self._ctx)
-        self._ctx.set_alpn_protocols(["http/1.1"])
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(raw, self.accepted), daemon=True).start()
-
-    def _serve(self, raw: socket.socket, n: int) -> None:
-        try:
-            conn = self._ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
-            return
+    def serve(self, conn: ssl.SSLSocket, n: int) -> None:
         buf = b""
-        with conn:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        data = conn.recv(65536)
-                    except (OSError, ssl.SSLError):
-                        return
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                path = lines[0].split(" ")[1]
-                headers = {k.strip().lower(): v.strip() for k, _, v in
-                           (line.partition(":") for line in lines[1:])}
-                length = int(headers.get("content-length", "0"))
-                while len(buf) < length:
-                    buf += conn.recv(65536)
-                buf = buf[length:]
-                if n in self.drop_next:  # as a keep-alive timeout racing the request
-                    self.drop_next.discard(n)
-                    return
-                if path == "/then-drop":
-                    self.drop_next.add(n)
-                if not self._reply(conn, path, headers, n):
-                    return
+        while (got := read_head(conn, buf)) is not None:
+            head, buf = got
+            lines = head.decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1]
+            headers = {k.strip().lower(): v.strip() for k, _, v in
+                       (line.partition(":") for line in lines[1:])}
+            _, buf = read_body(conn, buf, content_length(head))
+            if n in self.drop_next:  # as a keep-alive timeout racing the request
+                self.drop_next.discard(n)
+                return
+            if path == "/then-drop":
+                self.drop_next.add(n)
+            if not self._reply(conn, path, headers, n):
+                return
 
     def _reply(self, conn: ssl.SSLSocket, path: str, headers: dict[str, str], n: int) -> bool:
         if path == "/garbage":

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -27,20 +25,10 @@ pytestmark = pytest.mark.integration
 NAME = "ra.api.test"
 
 
-def _on(up: CountingUpstream, host: str, port: int) -> CountingUpstream:
-    """``up`` started on ``host:port`` (CountingUpstream.start binds 127.0.0.1:0)."""
-    up.start()
-    up._sock.close()
-    up._sock = socket.create_server((host, port))
-    up.port = port
-    threading.Thread(target=up._accept, daemon=True).start()
-    return up
-
-
 @pytest.fixture(scope="module")
 def two(upstream: Upstream) -> Iterator[tuple[CountingUpstream, CountingUpstream]]:
     old = CountingUpstream(upstream.ca, (NAME,)).start()
-    new = _on(CountingUpstream(upstream.ca, (NAME,)), "127.0.0.2", old.port)
+    new = CountingUpstream(upstream.ca, (NAME,), host="127.0.0.2", port=old.port).start()
     yield old, new
     old.stop()
     new.stop()

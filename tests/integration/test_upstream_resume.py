@@ -10,10 +10,8 @@ the server's side)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +19,10 @@ from pathlib import Path
 import httpcore
 import httpx
 import pytest
-import trustme
 
 from tests import canary
 from tests.harness.proxy import ProxyProcess
+from tests.harness.tls_server import TLSServer, read_head
 from tests.harness.upstream import Upstream
 from vaultproxy.net.outbound import UpstreamKey, pool_transport
 
@@ -32,59 +30,28 @@ pytestmark = pytest.mark.integration
 
 
 @dataclass
-class ResumeCounting:
+class ResumeCounting(TLSServer):
     """One request per TLS connection; ``seen`` lists (server name, resumed) per handshake."""
 
-    ca: trustme.CA
-    names: tuple[str, ...]
-    tls12: bool = False
     seen: list[tuple[str | None, bool]] = field(default_factory=list)
 
-    def start(self) -> ResumeCounting:
-        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert(*self.names).configure_cert(self._ctx)
-        self._ctx.set_alpn_protocols(["http/1.1"])
-        if self.tls12:
-            self._ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    def context(self) -> ssl.SSLContext:
+        ctx = super().context()
         self._sni: dict[int, str | None] = {}
 
         def on_sni(obj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _: object) -> None:
             self._sni[id(obj)] = name
 
-        self._ctx.sni_callback = on_sni  # type: ignore[assignment]
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
+        ctx.sni_callback = on_sni  # type: ignore[assignment]
+        return ctx
 
-    def stop(self) -> None:
-        self._sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
-
-    def _serve(self, raw: socket.socket) -> None:
-        try:
-            conn = self._ctx.wrap_socket(raw, server_side=True)
-        except (OSError, ssl.SSLError):
-            raw.close()
+    def serve(self, conn: ssl.SSLSocket, n: int) -> None:
+        self.seen.append((self._sni.pop(id(conn), None), conn.session_reused))
+        if read_head(conn, b"") is None:
             return
-        with conn:
-            self.seen.append((self._sni.pop(id(conn), None), conn.session_reused))
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                buf += data
-            body = b'{"ok": true}'
-            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close"
-                         b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        body = b'{"ok": true}'
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close"
+                     b"\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
 
 
 # -- the pool's transport, directly -----------------------------------------------------------
