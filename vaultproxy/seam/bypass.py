@@ -27,8 +27,8 @@ layer handed the connection to mitmproxy's HTTP layer or ended it takes the whol
 
 ``VAULTPROXY_LEAN_BYPASS=0`` in the proxy's environment keeps the whole stack (A/B
 measurements); a mitmproxy whose layers moved keeps it too, with one WARNING. ``stats``
-counts the events this process routed short and those it spliced; one INFO line says when
-a process first routed an event short (what tests read of a running proxy)."""
+counts the events this process routed short and those of them it spliced; an INFO line gives
+both each time the first reaches a power of two (what tests read of a running proxy)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 lhttp: Any = layers_http  # mitmproxy's HTTP layer names are not re-exported (for mypy)
 
 ENV = "VAULTPROXY_LEAN_BYPASS"
-FIRST = "lean bypass: first event routed past the layers above the ClientTLSLayer"
+COUNT = "lean bypass: events routed past the layers above the ClientTLSLayer so far:"
 stats = {"short": 0, "spliced": 0}  # what this process's routes did
 _checked: bool | None = None  # None: mitmproxy's names not checked yet
 _said: set[str] = set()
@@ -212,8 +212,9 @@ class Route:
 
     def _short(self, event: events.Event) -> Iterator[commands.Command]:
         stats["short"] += 1
-        if stats["short"] == 1:
-            logger.info(FIRST)
+        short = stats["short"]
+        if short & (short - 1) == 0:  # at 1, 2, 4, 8 ...: a few lines a process
+            logger.info("%s %d (%d spliced)", COUNT, short, stats["spliced"])
         if type(event) is _HookCompleted:
             del self.sources[event.command]  # (HttpLayer pops it on its way down)
         client, stream, sources = self.client, self.stream, self.sources
