@@ -218,7 +218,7 @@ class Route:
         if type(event) is _HookCompleted:
             del self.sources[event.command]  # (HttpLayer pops it on its way down)
         client, stream, sources = self.client, self.stream, self.sources
-        out = self.client_tls.handle_event(event)
+        out = self.target.handle_event(event)  # what the ServerTLSLayer would call
         for command in out:
             kind = type(command)
             if kind is _SendData:
