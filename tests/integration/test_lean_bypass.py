@@ -99,6 +99,7 @@ def test_per_request_events_take_the_short_route(start_proxy, upstream: Upstream
     assert FIRST in p.output()
     assert [n for n, _ in counts][:7] == [1, 2, 4, 8, 16, 32, 64], counts
     assert {s for _, s in counts} == {0}
+    assert "has crashed" not in p.output()
 
 
 def test_switched_off_every_event_takes_the_whole_stack(env: Env) -> None:
