@@ -4,10 +4,10 @@ Under a pooled CONNECT tunnel served by the lean layer (seam/lean.py) mitmproxy'
 ``HttpProxy -> HttpLayer -> (Http1Server, HttpStream) -> ServerTLSLayer -> ClientTLSLayer ->
 LeanLayer``, the CONNECT's ``Http1Server`` and ``HttpStream`` in passthrough. Each request
 costs two events down that stack (the agent's bytes, the completion of the one blocking
-``LeanHook``) and its commands back up (the hook, the response bytes): ~20
-``handle_event`` re-entries whose only effect, in that state, is to hand the event on and
-the command back, and to file a blocking command in ``HttpLayer.command_sources`` so its
-completion finds its way back.
+``LeanHook``) and its commands back up (the hook, the response bytes): 14 ``handle_event``
+calls (10 of them above the ``ClientTLSLayer``) and as many command hand-overs, whose only
+effect, in that state, is to pass the event down and the commands up, and to file a
+blocking command in ``HttpLayer.command_sources`` so its completion finds its way back.
 
 Once the lean layer serves a connection, ``Route`` takes the handler's top layer's place
 for exactly those events: a ``DataReceived`` from the agent, and a ``HookCompleted`` that

@@ -27,6 +27,9 @@ consumed: a malformed or smuggling head is refused by mitmproxy's own code (and 
 seam/refusals.py) exactly as without this layer. Stages are never called twice or skipped:
 the layer only replaces mitmproxy's HTTP plumbing.
 
+Once it serves, the connection's per-request events skip the layers above the
+``ClientTLSLayer`` (seam/bypass.py: the same events reach it, the same commands leave).
+
 ``VAULTPROXY_LEAN_HTTP1=0`` in the proxy's environment keeps mitmproxy's stack (for A/B
 measurements). ``stats`` counts the requests this process's lean layers served and the
 connections they handed to mitmproxy's HTTP layer; one INFO line says when a process first
