@@ -21,6 +21,10 @@ registers itself on import.
   same hooks in the same order from one task per request, one write per response; anything
   it does not handle exactly goes to mitmproxy's ``HttpLayer`` for that connection. A speed
   patch (``VAULTPROXY_LEAN_HTTP1=0`` or a missing symbol: mitmproxy's layer throughout).
+* ``bypass``: once the lean layer serves a tunnel, the agent's bytes and each request's hook
+  completion go straight to the ``ClientTLSLayer`` while the layers above it would only hand
+  them on, and their commands straight out; anything else takes the whole stack. A speed
+  patch (``VAULTPROXY_LEAN_BYPASS=0`` or a missing symbol: the whole stack for every event).
 * ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
   loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
 * ``refusals``: request heads mitmproxy's HTTP/1 reader refuses, for the audit.

@@ -27,6 +27,9 @@ consumed: a malformed or smuggling head is refused by mitmproxy's own code (and 
 seam/refusals.py) exactly as without this layer. Stages are never called twice or skipped:
 the layer only replaces mitmproxy's HTTP plumbing.
 
+Once it serves, the connection's per-request events skip the layers above the
+``ClientTLSLayer`` (seam/bypass.py: the same events reach it, the same commands leave).
+
 ``VAULTPROXY_LEAN_HTTP1=0`` in the proxy's environment keeps mitmproxy's stack (for A/B
 measurements). ``stats`` counts the requests this process's lean layers served and the
 connections they handed to mitmproxy's HTTP layer; one INFO line says when a process first
@@ -52,7 +55,7 @@ from mitmproxy.proxy.layers import ClientTLSLayer
 from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
-from vaultproxy.seam import deadlines
+from vaultproxy.seam import bypass, deadlines
 from vaultproxy.seam.need import missing
 from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
 
@@ -121,6 +124,10 @@ def install() -> None:
 
     async def handle_hook(self: Any, hook: Any) -> None:
         if isinstance(hook, LeanHook):
+            lean = hook.job.lean
+            if lean is not None and lean.route is None:
+                # the first request of a lean tunnel: its events may skip the layers above
+                lean.route = bypass.attach(self, lean) if bypass.enabled() else False
             with self.timeout_watchdog.disarm():
                 await hook.job.run(self.master.addons)
             return
@@ -308,6 +315,7 @@ class LeanLayer(layer.Layer):
         self.buf = bytearray()
         self.fallback: layer.Layer | None = None
         self.done = False
+        self.route: Any = None  # seam/bypass.py's Route (False: none for this connection)
         self.validate = bool(context.options.validate_inbound_headers)
         # a head read whose body is still arriving: (request, head length, body length)
         self.pending: tuple[http.Request, int, int] | None = None

@@ -1,0 +1,267 @@
+"""A short route for a lean tunnel's per-request events (a speed patch of the seam).
+
+Under a pooled CONNECT tunnel served by the lean layer (seam/lean.py) mitmproxy's stack is
+``HttpProxy -> HttpLayer -> (Http1Server, HttpStream) -> ServerTLSLayer -> ClientTLSLayer ->
+LeanLayer``, the CONNECT's ``Http1Server`` and ``HttpStream`` in passthrough. Each request
+costs two events down that stack (the agent's bytes, the completion of the one blocking
+``LeanHook``) and its commands back up (the hook, the response bytes): 14 ``handle_event``
+calls (10 of them above the ``ClientTLSLayer``) and as many command hand-overs, whose only
+effect, in that state, is to pass the event down and the commands up, and to file a
+blocking command in ``HttpLayer.command_sources`` so its completion finds its way back.
+
+Once the lean layer serves a connection, ``Route`` takes the handler's top layer's place
+for exactly those events: a ``DataReceived`` from the agent, and a ``HookCompleted`` that
+``HttpLayer`` would route to the tunnel's stream, go straight to the ``ClientTLSLayer``
+while every layer above is in the state that only hands them on (none paused, the
+``Http1Server`` and ``HttpStream`` in passthrough, the ``ServerTLSLayer`` not queueing). Of
+what comes back, the commands those layers only hand up go straight out, as they would have
+come out: ``SendData`` to the agent (``Http1Server`` drops an empty one and frames none:
+the CONNECT's answer is not chunked), hooks (a blocking one filed in ``command_sources``,
+popped again when its completion takes the short route) and log lines. Anything else
+(``CloseConnection``, ``OpenConnection``, a wakeup ...) is spliced: the same event is sent
+down the whole stack, whose ``ServerTLSLayer`` then gets from the ``ClientTLSLayer``'s
+place that command and the rest of its output, so every layer above sees the event and the
+commands it would have seen. Every other event (a close, a wakeup, anything of the
+upstream side, anything while a layer above is paused) and every event after the lean
+layer handed the connection to mitmproxy's HTTP layer or ended it takes the whole stack.
+
+``VAULTPROXY_LEAN_BYPASS=0`` in the proxy's environment keeps the whole stack (A/B
+measurements); a mitmproxy whose layers moved keeps it too, with one WARNING. ``stats``
+counts the events this process routed short and those of them it spliced; an INFO line gives
+both each time the first reaches a power of two (what tests read of a running proxy)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from mitmproxy.proxy import commands, events, layer, tunnel
+from mitmproxy.proxy.layers import ClientTLSLayer, ServerTLSLayer, modes
+from mitmproxy.proxy.layers import http as layers_http
+from mitmproxy.proxy.layers.http import _http1
+
+from vaultproxy.seam.need import missing
+
+logger = logging.getLogger(__name__)
+
+lhttp: Any = layers_http  # mitmproxy's HTTP layer names are not re-exported (for mypy)
+
+ENV = "VAULTPROXY_LEAN_BYPASS"
+COUNT = "lean bypass: events routed past the layers above the ClientTLSLayer so far:"
+stats = {"short": 0, "spliced": 0}  # what this process's routes did
+_checked: bool | None = None  # None: mitmproxy's names not checked yet
+_said: set[str] = set()
+
+_SendData, _Log, _StartHook = commands.SendData, commands.Log, commands.StartHook
+_DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
+
+
+def enabled() -> bool:
+    """Is the short route on (mitmproxy has what it reads, and ``VAULTPROXY_LEAN_BYPASS``
+    is not ``0``)?"""
+    global _checked
+    if os.environ.get(ENV, "1").strip() in ("0", "false", "no", "off"):
+        return False
+    if _checked is None:
+        symbol = (missing(modes, "HttpProxy") or missing(lhttp, "HttpLayer", "HttpStream")
+                  or missing(lhttp.HttpStream, "passthrough")
+                  or missing(_http1, "Http1Server")
+                  or missing(_http1.Http1Server, "passthrough", "send")
+                  or missing(tunnel, "TunnelState") or missing(layer, "NextLayer")
+                  or missing(ServerTLSLayer, "wait_for_clienthello", "event_to_child"))
+        if symbol is not None:
+            logger.warning("mitmproxy has no %s: no lean bypass (every event of a lean "
+                           "tunnel crosses mitmproxy's layers)", symbol)
+        _checked = symbol is None
+    return _checked
+
+
+def _say(why: str) -> None:
+    if why not in _said:
+        _said.add(why)
+        logger.info("lean bypass: %s", why)
+
+
+def _below(parent: Any) -> Any:
+    """The layer ``parent`` hands its events to (through a decided ``NextLayer``), or None."""
+    if type(parent) is modes.HttpProxy:  # (its child is its ``_handle_event``'s NextLayer)
+        child = getattr(parent._handle_event, "__self__", None)
+    else:
+        child = getattr(parent, "child_layer", None)
+    if isinstance(child, layer.NextLayer):
+        return child.layer
+    return child
+
+
+def attach(handler: Any, lean: Any) -> Route | None:
+    """Put a ``Route`` in front of ``handler``'s stack, if the stack above ``lean`` is the
+    one this module knows exactly; None (and the whole stack for good) otherwise."""
+    try:
+        return _attach(handler, lean)
+    except AttributeError as e:  # a mitmproxy whose layers keep their state elsewhere
+        _say(f"not taken ({e})")
+        return None
+
+
+def _attach(handler: Any, lean: Any) -> Route | None:
+    top: Any = handler.layer
+    ctx: Any = lean.context
+    layers: list[Any] = ctx.layers
+    if not (len(layers) == 6 and layers[-1] is lean and top is layers[0]):
+        _say(f"not taken (a stack of {[type(x).__name__ for x in layers]} under {top!r})")
+        return None
+    proxy, http, stream, server_tls, client_tls = layers[:5]
+    h1 = http.connections.get(ctx.client)
+    want = (modes.HttpProxy, lhttp.HttpLayer, lhttp.HttpStream, ServerTLSLayer,
+            ClientTLSLayer)
+    if not all(type(x) is t for x, t in zip(layers, want, strict=False)) or (
+            type(h1) is not _http1.Http1Server):
+        _say(f"not taken (a stack of {[type(x).__name__ for x in layers]}, {type(h1)})")
+        return None
+    full: Any = top.handle_event
+    state = stream.__dict__.get("_handle_event")
+    unlinked = _unlinked(top, full, proxy, http, h1, stream, server_tls, client_tls, lean,
+                         state)
+    if unlinked is not None:
+        _say(f"not taken ({unlinked})")
+        return None
+    # the object whose handle_event the ServerTLSLayer calls: ClientTLSLayer or its NextLayer
+    target = server_tls.child_layer
+    route = Route(top, full, lean, proxy, http, h1, stream, server_tls, client_tls, target,
+                  state)
+    # (an instance attribute, as NextLayer hands on once decided; only the handler calls it)
+    top.handle_event = route.handle_event
+    return route
+
+
+def _unlinked(top: Any, full: Any, proxy: Any, http: Any, h1: Any, stream: Any,
+              server_tls: Any, client_tls: Any, lean: Any, state: Any) -> str | None:
+    """What is not linked as expected (each layer to the next, in the state that only
+    hands events on); None if all is."""
+    client = lean.context.client
+    checks = {
+        "the handler's top layer": top is proxy and "handle_event" not in vars(proxy),
+        "HttpProxy's child": _below(proxy) is http,
+        "HttpLayer's mode": http.mode is lhttp.HTTPMode.regular,
+        "HttpLayer's streams": http.streams.get(stream.stream_id) is stream,
+        "Http1Server's stream": h1.stream_id == stream.stream_id and h1.conn is client,
+        "HttpStream's state": getattr(state, "__func__", None) is lhttp.HttpStream.passthrough,
+        "Http1Server's state":
+            getattr(h1.state, "__func__", None) is _http1.Http1Server.passthrough,
+        "HttpStream's child": _below(stream) is server_tls,
+        "ServerTLSLayer's child": _below(server_tls) is client_tls,
+        "ClientTLSLayer's child": _below(client_tls) is lean,
+        "ServerTLSLayer's event_to_child": "event_to_child" not in vars(server_tls),
+        "the CONNECT's response": h1.response is not None and "chunked" not in
+            h1.response.headers.get("transfer-encoding", "").lower(),
+        "debug output": all(x.debug is None for x in (proxy, http, h1, stream, server_tls)),
+    }
+    return next((name for name, ok in checks.items() if not ok), None)
+
+
+class Route:
+    """The short route of one lean tunnel (see the module's docstring)."""
+
+    def __init__(self, top: Any, full: Callable[[events.Event], Any], lean: Any, proxy: Any,
+                 http: Any, h1: Any, stream: Any, server_tls: Any, client_tls: Any,
+                 target: Any, stream_state: Any) -> None:
+        self.top, self.full, self.lean = top, full, lean
+        self.proxy, self.http, self.h1, self.stream = proxy, http, h1, stream
+        self.server_tls, self.client_tls, self.target = server_tls, client_tls, target
+        self.client = lean.context.client
+        self.sources: dict[Any, Any] = http.command_sources
+        self.sid = stream.stream_id
+        self.h1_state, self.stream_state = h1.state, stream_state
+
+    def detach(self) -> None:
+        """The whole stack from now on (the lean layer no longer serves this connection)."""
+        if vars(self.top).get("handle_event") == self.handle_event:
+            del self.top.handle_event
+
+    def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
+        """The top layer's ``handle_event``: the short route, or the whole stack."""
+        kind = type(event)
+        if kind is _DataReceived:
+            if event.connection is self.client and self._steady():  # type: ignore[attr-defined]
+                return self._short(event)
+        elif kind is _HookCompleted:
+            if self.sources.get(event.command) is self.stream and self._steady():  # type: ignore[attr-defined]
+                return self._short(event)
+        return self.full(event)  # type: ignore[no-any-return]
+
+    def _steady(self) -> bool:
+        """Would every layer above the ClientTLSLayer only hand the event on?"""
+        lean = self.lean
+        if lean.fallback is not None or lean.done:
+            self.detach()
+            return False
+        server_tls = self.server_tls
+        return (self.proxy._paused is None and self.http._paused is None
+                and self.h1._paused is None and self.stream._paused is None
+                and server_tls._paused is None
+                and self.h1.state is self.h1_state
+                and self.stream.__dict__.get("_handle_event") is self.stream_state
+                and self.http.connections.get(self.client) is self.h1
+                and self.http.streams.get(self.sid) is self.stream
+                and self.h1.stream_id == self.sid
+                and not server_tls.wait_for_clienthello
+                and (server_tls.tunnel_state is not tunnel.TunnelState.ESTABLISHING
+                     or server_tls.command_to_reply_to is not None))
+
+    def _short(self, event: events.Event) -> Iterator[commands.Command]:
+        stats["short"] += 1
+        short = stats["short"]
+        if short & (short - 1) == 0:  # at 1, 2, 4, 8 ...: a few lines a process
+            logger.info("%s %d (%d spliced)", COUNT, short, stats["spliced"])
+        if type(event) is _HookCompleted:
+            del self.sources[event.command]  # (HttpLayer pops it on its way down)
+        client, stream, sources = self.client, self.stream, self.sources
+        out = self.target.handle_event(event)  # what the ServerTLSLayer would call
+        for command in out:
+            kind = type(command)
+            if kind is _SendData:
+                if command.connection is client:  # type: ignore[attr-defined]
+                    if command.data:  # type: ignore[attr-defined]
+                        yield command  # (as Http1Server.send(ResponseData) writes it)
+                    continue
+            elif kind is _Log or isinstance(command, _StartHook):
+                blocking = command.blocking
+                if blocking is not True:
+                    if blocking:
+                        sources[command] = stream  # as HttpLayer.event_to_child files it
+                    yield command
+                    continue
+            yield from self._splice(event, command, out)
+            return
+
+    def _splice(self, event: events.Event, command: commands.Command,
+                rest: Iterator[commands.Command]) -> Iterator[commands.Command]:
+        """Send ``event`` down the whole stack, the ClientTLSLayer's part of it being
+        ``command`` and the rest of what it already answered."""
+        stats["spliced"] += 1
+        _say(f"a {type(command).__name__} takes the whole stack")
+        if type(event) is _HookCompleted:
+            self.sources[event.command] = self.stream
+        target = self.target
+        own = target.__dict__.get("handle_event")
+
+        def restore() -> None:
+            if own is None:
+                del target.handle_event
+            else:
+                target.handle_event = own
+
+        def answered(_: events.Event) -> Iterator[commands.Command]:
+            restore()
+            yield command
+            yield from rest
+
+        target.handle_event = answered
+        try:
+            yield from self.full(event)
+        finally:
+            if target.__dict__.get("handle_event") is answered:  # never reached: a bug
+                restore()
+                logger.error("lean bypass: an event's commands were lost on the whole stack")
