@@ -13,7 +13,7 @@ same nginx and home, so load drift on this shared machine hits both alike. Per s
               then, steadier on a loaded machine), and to the first 200 through the proxy
   RSS start   VmRSS of the proxy process once it answered that first request
   CPU/req     utime+stime of the proxy process (/proc/PID/stat) over a fixed number of 1 KB
-              keep-alive GETs (`hey -c 10 -n N`), divided by N
+              keep-alive GETs (`hey -c 10 -n N`), divided by N; "sys" is the stime part
   p50/p99     one keep-alive connection, sequential GETs (http.client, perf_counter); "added"
               subtracts the direct p50 measured in the same round
 The load average is printed beside every row."""
@@ -40,9 +40,15 @@ from bench.upstream import Nginx, stop_process
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process: the kernel's share (send/recv on loopback
+    also runs the peer's TCP receive path) is a floor no change in Python can lower."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 def rss_mib(pid: int) -> float:
@@ -64,6 +70,7 @@ class TreeProxy(Vaultproxy):
     ready_s: float = 0.0
     ready_cpu_s: float = 0.0  # the process's own CPU time until run.json (steadier under load)
     workers: int = 1
+    path_prefix: str = ""  # directories ahead of the tree on PYTHONPATH (bench/hooktimes.py)
 
     def start(self) -> None:
         assert self.home is not None
@@ -74,7 +81,8 @@ class TreeProxy(Vaultproxy):
             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
             "--password-file", str(self.home.password_file), "--workers", str(self.workers),
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONPATH=str(self.tree), **(self.extra_env or {}))
+        path = f"{self.path_prefix}{os.pathsep}{self.tree}" if self.path_prefix else str(self.tree)
+        env = dict(os.environ, PYTHONPATH=path, **(self.extra_env or {}))
         # Cached bytecode, as an installed package runs (pip compiles at install): with
         # PYTHONDONTWRITEBYTECODE set (as in this sandbox) every start would compile all of
         # vaultproxy's ~200 modules from source first (~0.5 CPU s). compile_tree() fills it.
@@ -122,9 +130,10 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
     rss = rss_mib(pid)
     run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=300)  # warm: leaves, connections
     time.sleep(0.3)
-    c0 = cpu_seconds(pid)
+    u0, s0 = cpu_split(pid)
     res = run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=n)
-    c1 = cpu_seconds(pid)
+    u1, s1 = cpu_split(pid)
+    c0, c1 = u0 + s0, u1 + s1
     ok = sum(v for k, v in res.statuses.items() if k == 200)
     seq = sequential(t.base, "/1k", proxy=t.proxy, headers=(), count=seq_n, limit_s=30)
     t.stop()
@@ -134,6 +143,7 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
         "first200": first_200,
         "rss": rss,
         "cpu_ms": (c1 - c0) * 1000 / max(ok, 1),
+        "sys_ms": (s1 - s0) * 1000 / max(ok, 1),
         "ok": ok,
         "p50": seq.p50_ms,
         "p99": seq.p99_ms,
@@ -179,7 +189,7 @@ def main() -> None:
                     t.stop()
                 rows[name].append(m)
                 print(
-                    f"round {r + 1} {name:>8}: CPU {m['cpu_ms']:.3f} ms/req ({m['ok']:.0f} ok), "
+                    f"round {r + 1} {name:>8}: CPU {m['cpu_ms']:.3f} ms/req (sys {m['sys_ms']:.3f}; {m['ok']:.0f} ok), "
                     f"p50 {m['p50']:.3f} ms (direct {direct.p50_ms:.3f}, added {m['added']:.3f}), "
                     f"p99 {m['p99']:.3f}, RSS {m['rss']:.1f} MiB, ready {m['ready']:.2f} s "
                     f"(CPU {m['ready_cpu']:.2f} s), first 200 {m['first200']:.2f} s; load {load()}",
@@ -189,7 +199,7 @@ def main() -> None:
         for name, ms in rows.items():
             med = {k: statistics.median(m[k] for m in ms) for k in ms[0]}
             print(
-                f"{name:>8}: CPU {med['cpu_ms']:.3f} ms/req, added p50 {med['added']:.3f} ms, "
+                f"{name:>8}: CPU {med['cpu_ms']:.3f} ms/req (sys {med['sys_ms']:.3f}), added p50 {med['added']:.3f} ms, "
                 f"p99 {med['p99']:.3f}, RSS {med['rss']:.1f} MiB, ready {med['ready']:.2f} s "
                 f"(CPU {med['ready_cpu']:.2f} s), "
                 f"first 200 {med['first200']:.2f} s"
