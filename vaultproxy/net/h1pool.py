@@ -8,6 +8,15 @@ instead: an asyncio ``Protocol`` per connection on the loop's own TLS transport,
 strict parser httpcore uses: it refuses the smuggling shapes the hostile-upstream tests
 send) for the bytes, and a LIFO stack of idle connections per (address, SNI).
 
+h11's per-event machinery was the largest part of what is left per request, so the common
+exchange skips it without reading anything differently: ``request_bytes`` writes the bytes
+h11's writer would (after h11's own grammar check of every name and value, over all of them
+at once), and ``parse_head`` reads a response head only in the plainest shape (HTTP/1.1,
+CRLF, one Content-Length, no Transfer-Encoding, not 1xx/101/204/304, not for HEAD), exactly
+as h11 reads it; anything else (every ambiguity a hostile upstream plays on two parsers)
+goes to h11 with every byte read so far (tests/unit/test_speed_h1request.py,
+test_speed_h1response.py compare both with h11).
+
 It keeps what the httpcore pool guarantees:
 
 * a connection is dialled to the IP literal the caller checked, verified for the SNI under
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 import time
@@ -41,7 +51,7 @@ from typing import Any
 import h11
 import httpcore
 
-from vaultproxy.net.outbound import HeadScan, readable, sessions_of
+from vaultproxy.net.outbound import Head, HeadScan, head_seen, readable, sessions_of
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +63,112 @@ MAX_INCOMPLETE_EVENT = 100 * 1024  # a response head's most (as httpcore's)
 MAX_IDLE = 20  # idle connections kept per (address, SNI), as the httpcore pool's keep-alive
 _HIGH_WATER = 256 * 1024  # unread response bytes at which the socket stops being read
 _TICKET_READS = 8  # reads that look for a TLS 1.3 ticket (a server may send none)
+
+# h11's own grammar for what it sends (h11/_abnf.py: ``field_name``, ``field_value``), over
+# all names joined by ":" and all values joined by "\n" at once: neither separator can
+# occur inside a valid element, and the count of separators must be one less than the
+# fields, so a name holding ":" or a value holding "\n" (a credential with a CRLF) fails.
+_FIELD_NAME = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_NAMES = re.compile(_FIELD_NAME + rb"(?::" + _FIELD_NAME + rb")*")
+_VALUES = re.compile(_FIELD_VALUE + rb"(?:\n" + _FIELD_VALUE + rb")*")
+_STATE_FIELDS = frozenset({b"host", b"connection", b"expect"})
+
+
+def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
+                  body: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+    """The bytes h11's writer makes of this request (Host first, then the rest in order,
+    the body), built in one join instead of h11's per-field validation and writes; and the
+    fields h11's state machine needs to read the response (Host, ``Connection``,
+    ``Expect``). None for anything h11 would refuse or write differently (an illegal name
+    or value, a ``Transfer-Encoding``, a ``Content-Length`` that is not the body's or not
+    alone): h11 itself then writes or refuses it (``_Conn.send``)."""
+    n = len(fields)
+    names = b":".join([k for k, _ in fields])
+    values = b"\n".join([v for _, v in fields])
+    if not (_NAMES.fullmatch(names) and names.count(b":") == n - 1
+            and _VALUES.fullmatch(values) and values.count(b"\n") == n - 1):
+        return None
+    first: list[bytes] = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    rest: list[bytes] = []
+    state: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    for k, v in fields:
+        low = k.lower()
+        if low in _STATE_FIELDS:
+            state.append((low, v))
+            if low == b"host":
+                first.append(b"%s: %s\r\n" % (k, v))
+                continue
+        elif low == b"content-length":
+            if length is not None or v != b"%d" % len(body):
+                return None
+            length = v
+        elif low == b"transfer-encoding":
+            return None
+        rest.append(b"%s: %s\r\n" % (k, v))
+    if body and length is None:
+        return None
+    first += rest
+    first.append(b"\r\n")
+    if body:
+        first.append(body)
+    return b"".join(first), state
+
+
+# A response head in the plainest shape h11 reads (h11/_abnf.py ``status_line`` and
+# ``header_field``, CRLF line ends only, no obs-fold): anything else is h11's to read.
+_HEAD = re.compile(
+    rb"HTTP/1\.1 ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n"
+    rb"((?:" + _FIELD_NAME + rb":[ \t]*" + _FIELD_VALUE + rb"[ \t]*\r\n)*)\r\n")
+
+
+class ResponseHead:
+    """A response head ``parse_head`` read as h11 reads it, framed by one Content-Length."""
+
+    __slots__ = ("end", "headers", "keep_alive", "length", "reason", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                 length: int, keep_alive: bool, end: int) -> None:
+        self.status, self.reason, self.headers = status, reason, headers
+        self.length, self.keep_alive, self.end = length, keep_alive, end
+
+
+def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
+    """The response head at the start of ``data``, exactly as h11 reads it, when it is an
+    HTTP/1.1 final response (200-599 but 204 and 304) to a request other than HEAD, with
+    one ``Content-Length`` (digits) and no ``Transfer-Encoding``, whole within ``data`` in
+    the strict grammar of ``_HEAD``. None for anything else (1xx, 101, chunked, close-
+    delimited, bare LF, obs-fold, duplicates, a head not yet whole...): h11 reads it."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > MAX_INCOMPLETE_EVENT or method == b"HEAD":
+        return None
+    m = _HEAD.fullmatch(data, 0, end + 4)
+    if m is None:
+        return None
+    status = int(m[1])
+    if not 200 <= status < 600 or status == 204 or status == 304:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    length = b""
+    keep_alive = True
+    for line in m[3].split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        low = name.lower()
+        if low == b"content-length":
+            if length or not value.isdigit() or len(value) > 18:
+                return None
+            length = value
+        elif low == b"transfer-encoding":
+            return None
+        elif low == b"connection" and b"close" in [
+                t.strip(b" \t").lower() for t in value.split(b",")]:
+            keep_alive = False
+    if not length:
+        return None
+    return ResponseHead(status, m[2] or b"", headers, int(length), keep_alive, end + 4)
 
 
 class WantsHTTP2(Exception):
@@ -72,7 +188,13 @@ class _Conn(asyncio.Protocol):
         self.where = where
         self.transport: Any = None
         self.sock: Any = None
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+        # h11 reads this exchange's response (None: the fast path, ``parse_head``, does)
+        self.h11: h11.Connection | None = None
+        self.method = b""
+        self.state: list[tuple[bytes, bytes]] = []  # the fields h11 needs of the request
+        self.keep = False  # the fast path's exchange may leave the connection open
+        self.left = 0  # the fast path's body bytes still to come
+        self.trailing = False  # bytes came after the fast path's response
         self.inbox: list[bytes] = []
         self.inbox_len = 0
         self.paused = False
@@ -147,21 +269,97 @@ class _Conn(asyncio.Protocol):
 
     def send(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
              body: bytes) -> None:
+        if self.busy:  # one exchange at a time: never a request while one is in flight
+            raise httpcore.LocalProtocolError("a request is already in flight")
         if not self.reusable():
             raise httpcore.WriteError("the upstream closed the connection")
         self.busy = True
+        fast = request_bytes(method, target, headers, body)
         try:
-            conn = self.h11
-            data = conn.send(h11.Request(method=method, target=target, headers=headers))
-            if body:
-                data += conn.send(h11.Data(data=body))  # type: ignore[operator]
-            data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
+            if fast is not None:
+                data: bytes | None = fast[0]
+                self.state = fast[1]
+                # (h11's own checks of what is left: the method, the target, one Host)
+                h11.Request(method=method, target=target, headers=fast[1], _parsed=True)
+                self.h11 = None
+                self.method = method
+                self.keep = b"close" not in [
+                    t.strip().lower() for k, v in fast[1] if k == b"connection"
+                    for t in v.split(b",")]
+            else:
+                conn = self.h11 = h11.Connection(
+                    h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+                data = conn.send(h11.Request(method=method, target=target, headers=headers))
+                if body:
+                    data += conn.send(h11.Data(data=body))  # type: ignore[operator]
+                data += conn.send(h11.EndOfMessage())  # type: ignore[operator]
+                self.scan.start()
         except h11.LocalProtocolError as e:
             self.close()
             raise httpcore.LocalProtocolError(str(e)) from None
-        self.scan.start()
         assert data is not None
         self.transport.write(data)
+
+    async def read_head(self, timeout: float) -> ResponseHead | None:
+        """The fast path's response head, from the first bytes that come (``parse_head``);
+        None when h11 is to read this response (it then has the request's state and
+        every byte read so far, and the scan of the head runs as on h11's own path)."""
+        try:
+            await self.wait(timeout)
+        except TimeoutError:
+            self.close()
+            raise httpcore.ReadTimeout("the upstream did not answer in time") from None
+        data = self.take() if self.inbox else b""
+        head = parse_head(data, self.method) if data else None
+        if head is None:
+            conn = self.h11 = h11.Connection(
+                h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
+            conn.send(h11.Request(method=self.method, target=b"/", headers=self.state,
+                                  _parsed=True))
+            conn.send(h11.EndOfMessage())
+            self.scan.start()
+            if data:
+                self.inbox.insert(0, data)
+                self.inbox_len += len(data)
+            return None
+        head_seen.set(Head(head.status, False))
+        if self.sessions is not None:
+            self.keep_session()
+        # bytes after the body (a second response nobody asked for): never read, and the
+        # connection is closed after this response
+        self.trailing = len(data) - head.end > head.length
+        body = data[head.end:head.end + head.length]
+        if body:
+            self.inbox.append(body)
+            self.inbox_len += len(body)
+        self.left = head.length
+        self.keep = self.keep and head.keep_alive
+        return head
+
+    async def body_chunk(self, timeout: float) -> bytes | None:
+        """The fast path's next body bytes; None at the end of the body."""
+        try:
+            while self.left:
+                if self.inbox:
+                    data = self.take()
+                    if self.sessions is not None:
+                        self.keep_session()
+                    if len(data) > self.left:
+                        self.trailing = True
+                        data = data[:self.left]
+                    self.left -= len(data)
+                    return data
+                if self.eof:
+                    raise httpcore.RemoteProtocolError(
+                        "peer closed connection without sending complete message body")
+                await self.wait(timeout)
+            return None
+        except TimeoutError:
+            self.close()
+            raise httpcore.ReadTimeout("the upstream did not answer in time") from None
+        except BaseException:
+            self.close()
+            raise
 
     async def wait(self, timeout: float | None) -> None:
         """Until bytes or the end came (TimeoutError after ``timeout`` seconds)."""
@@ -198,11 +396,14 @@ class _Conn(asyncio.Protocol):
                 self.scan.feed(data)
             if self.sessions is not None:
                 self.keep_session()
+            assert self.h11 is not None
             self.h11.receive_data(data)
         elif self.eof:
+            assert self.h11 is not None
             self.h11.receive_data(b"")
 
     async def next_event(self, timeout: float) -> Any:
+        assert self.h11 is not None
         try:
             while True:
                 event = self.h11.next_event()
@@ -281,11 +482,12 @@ class HandedStream(httpcore.AsyncNetworkStream):
 class H1Response:
     """The parts of ``httpcore.Response`` the stage reads, and the body chunk by chunk."""
 
-    def __init__(self, pool: H1Pool, conn: _Conn, event: Any, read_timeout: float) -> None:
-        self.status: int = event.status_code
-        self.headers: list[tuple[bytes, bytes]] = event.headers.raw_items()
-        self.extensions = {"http_version": b"HTTP/" + event.http_version,
-                           "reason_phrase": event.reason}
+    def __init__(self, pool: H1Pool, conn: _Conn, status: int,
+                 headers: list[tuple[bytes, bytes]], version: bytes, reason: bytes,
+                 read_timeout: float) -> None:
+        self.status = status
+        self.headers = headers
+        self.extensions = {"http_version": b"HTTP/" + version, "reason_phrase": reason}
         self._pool = pool
         self._conn: _Conn | None = conn
         self._timeout = read_timeout
@@ -297,6 +499,12 @@ class H1Response:
         if conn is None:
             return None
         timeout = min(idle, self._timeout)
+        if conn.h11 is None:
+            chunk = await conn.body_chunk(timeout)
+            if chunk is None:
+                self._conn = None
+                self._pool.release(conn)
+            return chunk
         while True:
             event = await conn.next_event(timeout)
             if type(event) is h11.Data:
@@ -319,6 +527,12 @@ class H1Response:
         none to read (HEAD, 204, 304: its end came with the head) goes back to the pool."""
         conn, self._conn = self._conn, None
         if conn is None:
+            return
+        if conn.h11 is None:
+            if conn.left:
+                conn.close()
+            else:
+                self._pool.release(conn)
             return
         try:
             event = conn.h11.next_event()
@@ -392,10 +606,16 @@ class H1Pool:
         if stats["exchanges"] == 1:
             logger.info("upstream HTTP/1.1: first exchange on the pool's own client")
         conn.send(method, target, headers, body)
+        if conn.h11 is None:
+            head = await conn.read_head(read_timeout)
+            if head is not None:
+                return H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
+                                  read_timeout)
         while True:
             event = await conn.next_event(read_timeout)
             if type(event) is h11.Response:
-                return H1Response(self, conn, event, read_timeout)
+                return H1Response(self, conn, event.status_code, event.headers.raw_items(),
+                                  event.http_version, event.reason, read_timeout)
             if type(event) is h11.ConnectionClosed:  # (the end before any byte)
                 conn.close()
                 raise httpcore.RemoteProtocolError("Server disconnected without sending a "
@@ -406,11 +626,15 @@ class H1Pool:
         """A response read to its end: keep the connection for the next request, if it may
         carry one."""
         h = conn.h11
-        if (self.closed or h.our_state is not h11.DONE or h.their_state is not h11.DONE
-                or h.trailing_data[0] or not conn.reusable()):
+        if h is None:
+            done = conn.keep and not conn.left and not conn.trailing
+        else:
+            done = (h.our_state is h11.DONE and h.their_state is h11.DONE
+                    and not h.trailing_data[0])
+        if self.closed or not done or not conn.reusable():
             conn.close()
             return
-        h.start_next_cycle()
+        conn.h11 = None  # (the next exchange starts with a fresh reader)
         conn.busy = False
         conn.expire_at = time.monotonic() + self._idle_for
         stack = self._idle.setdefault(conn.where, deque())
