@@ -72,23 +72,16 @@ def test_the_fast_head_is_h11s_bytes_and_only_for_what_h11_accepts() -> None:
     fast = refused = 0
     for _ in range(6000):
         fields, body = _fields(rng)
-        method = rng.choice([b"GET", b"POST", b"HEAD", b"G T", b"GET\r\n"])
-        target = rng.choice([b"/v1/x?a=1", b"/", b"/a b", b"/\x00"])
+        method = rng.choice([b"GET", b"GET", b"POST", b"HEAD", b"G T", b"GET\r\n"])
+        target = rng.choice([b"/v1/x?a=1", b"/", b"/", b"/a b", b"/\x00"])
         want = _h11(method, target, fields, body)
         got = request_bytes(method, target, fields, body)
         if got is None:
             refused += want is None
             continue  # h11 writes or refuses it in _Conn.send
         fast += 1
-        if want is None:
-            # only h11's own checks of the method, target and Host count are left to it
-            conn = h11.Connection(h11.CLIENT)
-            with pytest.raises(h11.LocalProtocolError):
-                conn.send(h11.Request(method=method, target=target, headers=got[1],
-                                      _parsed=True))
-            continue
         assert got[0] == want, (method, target, fields, body)
-    assert fast > 1500 and refused > 1500  # both sides of the check were exercised
+    assert fast > 600 and refused > 1500  # both sides of the check were exercised
 
 
 def _conn() -> h1pool._Conn:

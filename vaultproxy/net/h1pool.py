@@ -73,6 +73,8 @@ _FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
 _NAMES = re.compile(_FIELD_NAME + rb"(?::" + _FIELD_NAME + rb")*")
 _VALUES = re.compile(_FIELD_VALUE + rb"(?:\n" + _FIELD_VALUE + rb")*")
 _STATE_FIELDS = frozenset({b"host", b"connection", b"expect"})
+# h11's request line grammar (``method``: a token; ``request_target``: visible characters)
+_REQUEST_LINE = re.compile(_FIELD_NAME + rb" [\x21-\x7e]+")
 
 
 def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
@@ -80,14 +82,16 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     """The bytes h11's writer makes of this request (Host first, then the rest in order,
     the body), built in one join instead of h11's per-field validation and writes; and the
     fields h11's state machine needs to read the response (Host, ``Connection``,
-    ``Expect``). None for anything h11 would refuse or write differently (an illegal name
-    or value, a ``Transfer-Encoding``, a ``Content-Length`` that is not the body's or not
-    alone): h11 itself then writes or refuses it (``_Conn.send``)."""
+    ``Expect``). None for anything h11 would refuse or write differently (an illegal
+    method, target, name or value, no Host or two, a ``Transfer-Encoding``, a
+    ``Content-Length`` that is not the body's or not alone): h11 itself then writes or
+    refuses it (``_Conn.send``)."""
     n = len(fields)
     names = b":".join([k for k, _ in fields])
     values = b"\n".join([v for _, v in fields])
     if not (_NAMES.fullmatch(names) and names.count(b":") == n - 1
-            and _VALUES.fullmatch(values) and values.count(b"\n") == n - 1):
+            and _VALUES.fullmatch(values) and values.count(b"\n") == n - 1
+            and _REQUEST_LINE.fullmatch(b"%s %s" % (method, target))):
         return None
     first: list[bytes] = [b"%s %s HTTP/1.1\r\n" % (method, target)]
     rest: list[bytes] = []
@@ -107,8 +111,8 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
         elif low == b"transfer-encoding":
             return None
         rest.append(b"%s: %s\r\n" % (k, v))
-    if body and length is None:
-        return None
+    if len(first) != 2 or (body and length is None):
+        return None  # (no Host, or more than one)
     first += rest
     first.append(b"\r\n")
     if body:
@@ -119,8 +123,14 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
 # A response head in the plainest shape h11 reads (h11/_abnf.py ``status_line`` and
 # ``header_field``, CRLF line ends only, no obs-fold): anything else is h11's to read.
 _HEAD = re.compile(
-    rb"HTTP/1\.1 ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\r\n"
-    rb"((?:" + _FIELD_NAME + rb":[ \t]*" + _FIELD_VALUE + rb"[ \t]*\r\n)*)\r\n")
+    rb"HTTP/1\.1 ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?(\r\n"
+    rb"(?:" + _FIELD_NAME + rb":[ \t]*" + _FIELD_VALUE + rb"[ \t]*\r\n)*)\r\n")
+# one field line of a head ``_HEAD`` matched: its name and its value without the OWS
+_FIELD = re.compile(rb"(" + _FIELD_NAME + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*\r\n")
+# in the lowered field lines (each after a "\n"): the one Content-Length, the Connection
+# values
+_LENGTH = re.compile(rb"\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*\r")
+_CONNECTION = re.compile(rb"\nconnection:([^\r]*)")
 
 
 class ResponseHead:
@@ -149,26 +159,19 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     status = int(m[1])
     if not 200 <= status < 600 or status == 204 or status == 304:
         return None
-    headers: list[tuple[bytes, bytes]] = []
-    length = b""
-    keep_alive = True
-    for line in m[3].split(b"\r\n")[:-1]:
-        name, _, value = line.partition(b":")
-        value = value.strip(b" \t")
-        headers.append((name, value))
-        low = name.lower()
-        if low == b"content-length":
-            if length or not value.isdigit() or len(value) > 18:
-                return None
-            length = value
-        elif low == b"transfer-encoding":
-            return None
-        elif low == b"connection" and b"close" in [
-                t.strip(b" \t").lower() for t in value.split(b",")]:
-            keep_alive = False
-    if not length:
+    lines = m[3]  # "\r\n" and each field line: every name follows a "\n"
+    low = lines.lower()
+    if low.count(b"\ncontent-length:") != 1 or b"\ntransfer-encoding:" in low:
         return None
-    return ResponseHead(status, m[2] or b"", headers, int(length), keep_alive, end + 4)
+    length = _LENGTH.search(low)
+    if length is None:
+        return None
+    keep_alive = True
+    if b"\nconnection:" in low:
+        keep_alive = b"close" not in [t.strip() for v in _CONNECTION.findall(low)
+                                      for t in v.split(b",")]
+    return ResponseHead(status, m[2] or b"", _FIELD.findall(lines, 2), int(length[1]),
+                        keep_alive, end + 4)
 
 
 class WantsHTTP2(Exception):
@@ -279,8 +282,6 @@ class _Conn(asyncio.Protocol):
             if fast is not None:
                 data: bytes | None = fast[0]
                 self.state = fast[1]
-                # (h11's own checks of what is left: the method, the target, one Host)
-                h11.Request(method=method, target=target, headers=fast[1], _parsed=True)
                 self.h11 = None
                 self.method = method
                 self.keep = b"close" not in [
