@@ -81,6 +81,9 @@ def test_the_fast_head_is_h11s_bytes_and_only_for_what_h11_accepts() -> None:
             continue  # h11 writes or refuses it in _Conn.send
         fast += 1
         assert got[0] == want, (method, target, fields, body)
+        # what h11 is told of it, should it read the response (framing, keep-alive)
+        assert sorted(got[1]) == sorted((k.lower(), v) for k, v in fields
+                                        if k.lower() in (b"host", b"connection", b"expect"))
     assert fast > 600 and refused > 1500  # both sides of the check were exercised
 
 

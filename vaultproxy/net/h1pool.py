@@ -72,7 +72,6 @@ _FIELD_NAME = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
 _NAMES = re.compile(_FIELD_NAME + rb"(?::" + _FIELD_NAME + rb")*")
 _VALUES = re.compile(_FIELD_VALUE + rb"(?:\n" + _FIELD_VALUE + rb")*")
-_STATE_FIELDS = frozenset({b"host", b"connection", b"expect"})
 # h11's request line grammar (``method``: a token; ``request_target``: visible characters)
 _REQUEST_LINE = re.compile(_FIELD_NAME + rb" [\x21-\x7e]+")
 
@@ -93,31 +92,25 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
             and _VALUES.fullmatch(values) and values.count(b"\n") == n - 1
             and _REQUEST_LINE.fullmatch(b"%s %s" % (method, target))):
         return None
-    first: list[bytes] = [b"%s %s HTTP/1.1\r\n" % (method, target)]
-    rest: list[bytes] = []
-    state: list[tuple[bytes, bytes]] = []
-    length: bytes | None = None
-    for k, v in fields:
-        low = k.lower()
-        if low in _STATE_FIELDS:
-            state.append((low, v))
-            if low == b"host":
-                first.append(b"%s: %s\r\n" % (k, v))
-                continue
-        elif low == b"content-length":
-            if length is not None or v != b"%d" % len(body):
-                return None
-            length = v
-        elif low == b"transfer-encoding":
-            return None
-        rest.append(b"%s: %s\r\n" % (k, v))
-    if len(first) != 2 or (body and length is None):
+    low = names.lower().split(b":")  # (the names: a token holds no ":")
+    if low.count(b"host") != 1 or b"transfer-encoding" in low:
         return None  # (no Host, or more than one)
-    first += rest
-    first.append(b"\r\n")
-    if body:
-        first.append(body)
-    return b"".join(first), state
+    lengths = low.count(b"content-length")
+    if lengths > 1 or (body and not lengths):
+        return None
+    if lengths and not any(k.lower() == b"content-length" and v == b"%d" % len(body)
+                           for k, v in fields):
+        return None
+    if low[0] != b"host":
+        fields = ([f for f in fields if f[0].lower() == b"host"]
+                  + [f for f in fields if f[0].lower() != b"host"])
+    state = [(b"host", fields[0][1])]
+    if b"connection" in low or b"expect" in low:
+        state += [(k.lower(), v) for k, v in fields[1:]
+                  if k.lower() in (b"connection", b"expect")]
+    head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target,
+                                                   b"\r\n".join(map(b": ".join, fields)))
+    return (head + body if body else head), state
 
 
 # A response head in the plainest shape h11 reads (h11/_abnf.py ``status_line`` and
