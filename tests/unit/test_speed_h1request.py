@@ -21,7 +21,7 @@ from vaultproxy.net import h1pool
 from vaultproxy.net.h1pool import _VALUES, request_bytes
 
 ALPHABET = [b"a", b"Z", b"0", b"-", b"!", b"~", b" ", b"\t", b":", b"\r", b"\n", b"\r\n",
-            b"\x00", b"\x01", b"\x7f", b"\xff", b"\xc3\xa9", b"/", b"=", b'"', b"\x0b"]
+            b"\x00", b"\x01", b"\x7f", b"\xff", b"\xc3\xa9", b"/", b"=", b'"', b"\x0b", b"\x0c"]
 NAMES = [b"Host", b"host", b"Content-Length", b"Accept", b"Authorization", b"X-Api-Key",
          b"Connection", b"Expect", b"Transfer-Encoding", b"Cookie"]
 
@@ -84,7 +84,7 @@ def test_the_fast_head_is_h11s_bytes_and_only_for_what_h11_accepts() -> None:
         # what h11 is told of it, should it read the response (framing, keep-alive)
         assert sorted(got[1]) == sorted((k.lower(), v) for k, v in fields
                                         if k.lower() in (b"host", b"connection", b"expect"))
-    assert fast > 600 and refused > 1500  # both sides of the check were exercised
+    assert fast > 400 and refused > 1500  # both sides of the check were exercised
 
 
 def _conn() -> h1pool._Conn:

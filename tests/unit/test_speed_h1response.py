@@ -76,7 +76,12 @@ SHAPES: list[tuple[str, bytes, bool]] = [
     ("NUL in value", b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\nok", False),
     ("control in value", b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok",
      True),  # (h11 reads it too: only NUL, CR, LF, VT, FF are no field characters)
-    ("control in reason", b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok", False),
+    ("control in reason", b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok", True),
+    ("NUL in reason", b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok", False),
+    ("LF in reason", b"HTTP/1.1 200 O\nK\r\nContent-Length: 2\r\n\r\nok", False),
+    ("VT in value", b"HTTP/1.1 200 OK\r\nX-A: a\x0bb\r\nContent-Length: 2\r\n\r\nok", False),
+    ("status with a letter", b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok", False),
+    ("no space after the status", b"HTTP/1.1 200OK\r\nContent-Length: 2\r\n\r\nok", False),
     ("empty name", b"HTTP/1.1 200 OK\r\n: v\r\nContent-Length: 2\r\n\r\nok", False),
     ("leading space line", b"HTTP/1.1 200 OK\r\n X: 1\r\nContent-Length: 2\r\n\r\nok", False),
     ("lowercase version", b"http/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False),
@@ -149,6 +154,7 @@ def test_a_shape_is_read_as_h11_reads_it_or_left_to_h11(
 def test_seeded_mutations_are_read_as_h11_reads_them_or_left_to_h11() -> None:
     rng = random.Random(0x29B)
     pieces = [b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b"\x00", b"\x01", b"\xff", b",",
+              b"\x0b", b"\x0c",
               b"Content-Length: 2\r\n", b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n",
               b"Connection: close\r\n", b" x\r\n", b"HTTP/1.1 100 Continue\r\n\r\n", b"0", b"9"]
     bases = [d for _, d, fast in SHAPES if fast]

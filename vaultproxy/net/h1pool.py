@@ -113,17 +113,11 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     return (head + body if body else head), state
 
 
-# A response head in the plainest shape h11 reads (h11/_abnf.py ``status_line`` and
-# ``header_field``, CRLF line ends only, no obs-fold): anything else is h11's to read.
-_HEAD = re.compile(
-    rb"HTTP/1\.1 ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?(\r\n"
-    rb"(?:" + _FIELD_NAME + rb":[ \t]*" + _FIELD_VALUE + rb"[ \t]*\r\n)*)\r\n")
-# one field line of a head ``_HEAD`` matched: its name and its value without the OWS
-_FIELD = re.compile(rb"(" + _FIELD_NAME + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*\r\n")
-# in the lowered field lines (each after a "\n"): the one Content-Length, the Connection
-# values
-_LENGTH = re.compile(rb"\ncontent-length:[ \t]*([0-9]{1,18})[ \t]*\r")
-_CONNECTION = re.compile(rb"\nconnection:([^\r]*)")
+# What parse_head checks with C-level byte operations (``translate`` with a delete set):
+# a field name is a token (h11/_abnf.py ``field_name``): nothing is left once these are
+# deleted; a reason phrase holds none of NUL, CR, LF, VT, FF.
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_NOT_IN_VALUE = b"\x00\r\n\x0b\x0c"
 
 
 class ResponseHead:
@@ -146,25 +140,52 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_INCOMPLETE_EVENT or method == b"HEAD":
         return None
-    m = _HEAD.fullmatch(data, 0, end + 4)
-    if m is None:
+    # the status line (h11's ``status_line``, version 1.1 only)
+    line_end = data.find(b"\r\n")
+    code = data[9:12]
+    if not (data.startswith(b"HTTP/1.1 ") and code.isdigit() and len(code) == 3):
         return None
-    status = int(m[1])
+    if line_end == 12:
+        reason = b""
+    elif data[12:13] == b" ":
+        reason = data[13:line_end]
+        if len(reason.translate(None, _NOT_IN_VALUE)) != len(reason):
+            return None
+    else:
+        return None
+    status = int(code)
     if not 200 <= status < 600 or status == 204 or status == 304:
         return None
-    lines = m[3]  # "\r\n" and each field line: every name follows a "\n"
-    low = lines.lower()
-    if low.count(b"\ncontent-length:") != 1 or b"\ntransfer-encoding:" in low:
+    # the field lines: CR and LF only as CRLF, no NUL/VT/FF, no line starting with
+    # whitespace (obs-fold), each a token, ":", a value (its OWS stripped, as h11 does)
+    block = data[line_end:end + 2]
+    crlf = block.count(b"\r\n")
+    if (block.count(b"\r") != crlf or block.count(b"\n") != crlf
+            or len(block.translate(None, b"\x00\x0b\x0c")) != len(block)
+            or b"\n " in block or b"\n\t" in block):
         return None
-    length = _LENGTH.search(low)
-    if length is None:
-        return None
+    headers: list[tuple[bytes, bytes]] = []
+    length = b""
     keep_alive = True
-    if b"\nconnection:" in low:
-        keep_alive = b"close" not in [t.strip() for v in _CONNECTION.findall(low)
-                                      for t in v.split(b",")]
-    return ResponseHead(status, m[2] or b"", _FIELD.findall(lines, 2), int(length[1]),
-                        keep_alive, end + 4)
+    for line in block[2:-2].split(b"\r\n") if crlf > 1 else ():
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN):
+            return None
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        low = name.lower()
+        if low == b"content-length":
+            if length or not value.isdigit() or len(value) > 18:
+                return None
+            length = value
+        elif low == b"transfer-encoding":
+            return None
+        elif low == b"connection" and b"close" in [
+                t.strip().lower() for t in value.split(b",")]:
+            keep_alive = False
+    if not length:
+        return None
+    return ResponseHead(status, reason, headers, int(length), keep_alive, end + 4)
 
 
 class WantsHTTP2(Exception):
