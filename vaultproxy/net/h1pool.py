@@ -94,7 +94,7 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
         return None
     low = names.lower().split(b":")  # (the names: a token holds no ":")
     if low.count(b"host") != 1 or b"transfer-encoding" in low:
-        return None  # (no Host, or more than one)
+        return None  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
     lengths = low.count(b"content-length")
     if lengths > 1 or (body and not lengths):
         return None
@@ -135,8 +135,9 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     """The response head at the start of ``data``, exactly as h11 reads it, when it is an
     HTTP/1.1 final response (200-599 but 204 and 304) to a request other than HEAD, with
     one ``Content-Length`` (digits) and no ``Transfer-Encoding``, whole within ``data`` in
-    the strict grammar of ``_HEAD``. None for anything else (1xx, 101, chunked, close-
-    delimited, bare LF, obs-fold, duplicates, a head not yet whole...): h11 reads it."""
+    h11's grammar (``status_line``, ``header_field``) with CRLF line ends only. None for
+    anything else (1xx, 101, chunked, close-delimited, bare LF, obs-fold, duplicates, a
+    head not yet whole...): h11 reads it."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_INCOMPLETE_EVENT or method == b"HEAD":
         return None
