@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -480,13 +480,17 @@ class Pool(Stage):
             ex.chunk = None
             await ex.close()
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self._end(flow)
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._end(flow)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
-        await self._end(flow)
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._end(flow)
 
-    async def _end(self, flow: http.HTTPFlow) -> None:
+    def _end(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """The exchange's close, or None (no coroutine) when there is nothing to close: a
+        flow that was not pooled, or an exchange already closed (``Exchange.close`` would
+        do nothing)."""
         ex = flow.metadata.get(seam_pool.POOLED)
-        if isinstance(ex, Exchange):
-            await ex.close()
+        if isinstance(ex, Exchange) and not ex.closed:
+            return ex.close()
+        return None
