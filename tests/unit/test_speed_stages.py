@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 from mitmproxy import http
@@ -212,6 +212,10 @@ def test_a_refusal_is_never_reused(state: ProxyState) -> None:
     assert one.refusal is not two.refusal and tunnel.memo is None
 
 
+async def _finish(pending: Awaitable[None]) -> None:
+    await pending
+
+
 class _Failing:
     async def get(self, service: object) -> object:
         await asyncio.sleep(0)
@@ -237,7 +241,7 @@ def test_a_fault_while_the_awaitable_runs_denies(state: ProxyState) -> None:
         rec.decision = Decision(svc, None, plan=Plan(svc, "stream", 1024, mint=True))
         pending = Mint(rt).requestheaders(flow)
         assert pending is not None
-        asyncio.run(pending)
+        asyncio.run(_finish(pending))
         assert flow.response is not None and flow.response.status_code == 500
         assert rec.refusal is not None and rec.minted is None
         # twin: the fault is raised inside the awaitable (unguarded, it escapes)
