@@ -145,6 +145,15 @@ async def main_async(args: argparse.Namespace) -> None:
 
     for spec in filter(None, args.wrap.split(",")):
         _wrap(spec, totals)
+    for spec in filter(None, args.stub.split(",")):  # what a part costs: the run without it
+        mod_name, _, attr = spec.partition(":")
+        import importlib
+
+        owner: Any = importlib.import_module(mod_name)
+        *path, name = attr.split(".")
+        for p in path:
+            owner = getattr(owner, p)
+        setattr(owner, name, lambda *a, **k: None)
     plans = {h: addons._handlers(hook_types[h](new_flow())) for h in HOOKS}
     tt = time.thread_time_ns
 
@@ -218,6 +227,7 @@ def main() -> None:
     ap.add_argument("--sort", default="cumulative")
     ap.add_argument("--callees", default="")
     ap.add_argument("--wrap", default="", help="module:attr,... also timed (nested)")
+    ap.add_argument("--stub", default="", help="module:attr,... replaced by a no-op")
     ap.add_argument("--tree", default=str(Path(__file__).resolve().parents[1]))
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per flow (valgrind): load-independent")
@@ -240,6 +250,8 @@ def callgrind(args: argparse.Namespace) -> float:
            sys.executable, __file__, "--inside-valgrind", "-n", str(args.n), "--tree", args.tree]
     if args.request_only:
         cmd.append("--request-only")
+    if args.stub:
+        cmd += ["--stub", args.stub]
     subprocess.run(cmd, check=True, capture_output=True, env=dict(os.environ, PYTHONMALLOC="malloc"))
     total = 0
     for f in out.parent.glob(out.name + "*"):

@@ -103,15 +103,17 @@ def check_target(
     address or the target itself; an HTTP/2 ``:authority`` must name the target. An upstream
     routes on the URI's host: any other authority would carry the credential elsewhere.
     """
-    target = (normal_host(req.host), req.port)
+    data = req.data
+    target = (normal_host(data.host), data.port)
     if (
-        req.scheme != "https"
-        or (target != (host, port) and (req.host, req.port) != dialed)
-        or (req.authority and not same_target(req.authority, host, port))
+        data.scheme != b"https"
+        or (target != (host, port) and (data.host, data.port) != dialed)
+        # ``req.authority`` decodes with the (pure Python) idna codec: only when there is one
+        or (data.authority and not same_target(req.authority, host, port))
     ):
         raise HostMismatch("the request target names another host than the tunnel target")
-    if req.http_version.startswith("HTTP/1"):
-        req.authority = ""  # origin-form upstream
+    if data.http_version.startswith(b"HTTP/1"):
+        data.authority = b""  # origin-form upstream (``req.authority = ""``, no codec)
     path = req.data.path
     if path == b"*" and req.method == "OPTIONS":
         return

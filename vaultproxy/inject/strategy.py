@@ -7,6 +7,7 @@ once: a raise anywhere leaves the request untouched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
@@ -18,6 +19,7 @@ from vaultproxy.secret import Secret
 HeaderFields = list[tuple[bytes, bytes]]
 
 _HEADER_UNSAFE = (b"\r", b"\n", b"\x00")
+_HEADER_UNSAFE_RE = re.compile(rb"[\r\n\x00]")  # one search (``bytes in bytes`` raises inside)
 
 
 @dataclass
@@ -83,7 +85,7 @@ def need_option(service: Service, option: str) -> str:
 
 def header_safe(service: Service, secret: bytes) -> bytes:
     """Refuse a secret that would split or end a header line (request smuggling)."""
-    if b"\r" in secret or b"\n" in secret or b"\x00" in secret:  # _HEADER_UNSAFE
+    if _HEADER_UNSAFE_RE.search(secret):
         raise SecretMissing(
             f"service {service.name!r}: the secret holds CR, LF or NUL and cannot go in a header"
         )
