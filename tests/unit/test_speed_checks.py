@@ -111,3 +111,32 @@ def test_check_target_is_the_property_form() -> None:
         refused += want[0] is not None
         passed += want[0] is None
     assert refused > 1000 and passed > 500, (refused, passed)
+
+
+NAMES = [b"Host", b"host", b"HOST", b"Proxy-Authorization", b"proxy-authorization", b"Upgrade",
+         b"X-A", b"Ho\xc5\x9ft", b"H\xc3\xb6st", b"te"]
+
+
+def test_header_names_and_host_header_are_mitmproxys() -> None:
+    """``header_names`` membership is ``name in Headers`` (any case), ``host_header`` is
+    ``Request.host_header``; a changed header section is never answered from the memo."""
+    rng = random.Random(4)
+    hosts = 0
+    for _ in range(4000):
+        fields = tuple((rng.choice(NAMES), rng.choice([b"a.test", b"b.test:1", b"\xff"]))
+                       for _ in range(rng.randint(0, 5)))
+        req = http.Request.make("GET", "https://a.test/")
+        req.headers.fields = fields
+        req.http_version = rng.choice(["HTTP/1.1", "HTTP/2.0", "HTTP/1.0", "HTTP/3"])
+        req.authority = rng.choice(["", "c.test"])
+        for name in ("host", "proxy-authorization", "upgrade", "te", "x-b"):
+            assert (name.encode() in pipeline.header_names(req.headers.fields)) == (
+                name in req.headers), (name, fields)
+        assert pipeline.host_header(req) == req.host_header, fields
+        hosts += req.host_header is not None
+        # the memo follows the section: a new tuple (the same content or not) is read anew
+        req.headers.fields = (*fields, (b"Upgrade", b"h2c"))
+        assert b"upgrade" in pipeline.header_names(req.headers.fields)
+        assert pipeline.header_names(req.headers.fields[:-1]) == tuple(
+            k.lower() for k, _ in fields)
+    assert 1000 < hosts < 3900, hosts

@@ -55,6 +55,39 @@ _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 _TOKENS = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?::[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*\Z")
 
 
+# The last header section's names, lower-cased, with that very tuple (kept alive here, so
+# ``is`` cannot meet a new tuple at a recycled address): the stages of one request ask for
+# them one after another, on the same ``Headers.fields`` unless one of them changed it.
+_names_memo: tuple[object, tuple[bytes, ...]] = ((), ())
+
+
+def header_names(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[bytes, ...]:
+    """Each field's name as ``Headers`` compares names (bytes, ASCII lower-cased), in order:
+    ``name in header_names(...)`` is ``name in headers`` without a lookup's scan."""
+    global _names_memo
+    memo = _names_memo
+    if memo[0] is fields:
+        return memo[1]
+    names = tuple([k.lower() for k, _ in fields])
+    if type(fields) is tuple:
+        _names_memo = (fields, names)
+    return names
+
+
+def host_header(req: http.Request) -> str | None:
+    """``req.host_header``: an HTTP/1 request's ``Host`` values joined by ", " (None: none),
+    read through ``header_names``; HTTP/2 and 3 (the authority first) take mitmproxy's."""
+    data = req.data
+    if data.http_version in (b"HTTP/2.0", b"HTTP/3"):
+        return req.host_header
+    fields = data.headers.fields
+    names = header_names(fields)
+    if b"host" not in names:
+        return None
+    return ", ".join([fields[i][1].decode("utf-8", "surrogateescape")
+                      for i, name in enumerate(names) if name == b"host"])
+
+
 def hop_free(fields: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
              ) -> list[tuple[bytes, bytes]]:
     """``fields`` without the hop-by-hop ones."""
@@ -131,8 +164,12 @@ def check_request(
     fields = req.headers.fields
     check_headers(fields)
     drop = plan.drop
-    if any(canonical_name(k) in drop for k, _ in fields):
-        req.headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
+    for k, _ in fields:  # canonical_name, inline (every header of every request)
+        if k.lower().replace(b"_", b"-") in drop:
+            req.headers.fields = tuple(
+                (k, v) for k, v in fields if canonical_name(k) not in drop
+            )
+            break
 
 
 def needs_token(plan: Plan, req: http.Request, index: PlaceholderIndex) -> bool:

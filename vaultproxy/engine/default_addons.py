@@ -26,6 +26,8 @@ from typing import Any
 from mitmproxy import ctx, http
 from mitmproxy.addons import disable_h2c, tlsconfig
 
+from vaultproxy.core.pipeline import header_names
+
 
 class TlsConfig(tlsconfig.TlsConfig):
     _emudhra = False
@@ -56,5 +58,6 @@ class DisableH2C(disable_h2c.DisableH2C):
         method = req.data.method
         # ``Request.method`` is the decoded method upper-cased: for ASCII bytes that is
         # ``bytes.upper``; anything else (``"prı".upper() == "PRI"``) takes mitmproxy's path
-        if not method.isascii() or method.upper() == b"PRI" or "upgrade" in req.headers:
+        if (not method.isascii() or method.upper() == b"PRI"
+                or b"upgrade" in header_names(req.headers.fields)):
             self.process_flow(f)  # type: ignore[no-untyped-call]

@@ -31,6 +31,7 @@ from vaultproxy.access.approvals import Ticket
 from vaultproxy.access.enforce import OPEN, ServiceAccess, enforce
 from vaultproxy.access.rules import normalise_target
 from vaultproxy.core.decide import Facts, still_valid
+from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import BodyTooLarge
 from vaultproxy.net.hostnames import normal_host
@@ -64,9 +65,10 @@ def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
     """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check; a
     CONNECT's target name is checked too (it is resolved: a DNS query would carry a decoy)."""
     headers = flow.request.headers
-    # ``in`` first: ``pop`` of an absent name costs a KeyError inside MutableMapping.pop
+    # presence first: ``pop`` of an absent name costs a KeyError inside MutableMapping.pop
     header: str | None = (
-        headers.pop("proxy-authorization", None) if "proxy-authorization" in headers else None
+        headers.pop("proxy-authorization", None)
+        if b"proxy-authorization" in header_names(headers.fields) else None
     )
     st = rt.current()
     if st is not None and st.snapshot.honeytokens and flow.request.method == "CONNECT":

@@ -14,6 +14,7 @@ import time
 from mitmproxy import http
 
 from vaultproxy.core.decide import Decision, Facts, agent_still_valid, decide
+from vaultproxy.core.pipeline import host_header as request_host_header
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages import access
@@ -47,7 +48,7 @@ def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
     still holds its token: that check runs on every request, as in ``decide``, and any
     failure of it takes the full ``decide`` (which gives the refusal). A refused decision is
     never reused: each refusal is a fresh exception."""
-    host_header = req.host_header or ""
+    host_header = request_host_header(req) or ""
     scheme = req.scheme
     registry = st.registry
     connect = tunnel.decision

@@ -11,7 +11,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from vaultproxy.core.decide import Plan
-from vaultproxy.core.pipeline import inject_body, inject_head
+from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
@@ -32,7 +32,7 @@ class Inject(Stage):
             return  # refused (or served) by an earlier stage
         st = self.rt.state()
         req = flow.request
-        if "proxy-authorization" in req.headers:  # (``pop`` of an absent name raises inside)
+        if b"proxy-authorization" in header_names(req.headers.fields):  # (pop raises inside)
             req.headers.pop("proxy-authorization", None)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
