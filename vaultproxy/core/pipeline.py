@@ -21,7 +21,7 @@ Request rules and approvals plug in beside ``check_request``: they read the same
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mitmproxy import http
 
@@ -183,10 +183,10 @@ def needs_token(plan: Plan, req: http.Request, index: PlaceholderIndex) -> bool:
     return minted_trigger(list(req.headers.fields), service, index.placeholder_of(service.name))
 
 
-@dataclass(frozen=True)
-class Injected:
+class Injected(NamedTuple):
     """What ``inject_head`` did: the entry used, whether the head carries a credential, and
-    whether the body must arrive whole for ``inject_body``."""
+    whether the body must arrive whole for ``inject_body``. (Immutable; a NamedTuple costs
+    less per request than a frozen dataclass.)"""
 
     entry: Entry
     injected: bool

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mitmproxy import http
 
@@ -57,9 +57,9 @@ STRATEGIES: Mapping[str, Strategy] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class InjectResult:
-    """What ``prepare_request`` did. Names only, never values."""
+class InjectResult(NamedTuple):
+    """What ``prepare_request`` did. Names only, never values. (A NamedTuple: immutable
+    like the frozen dataclass it was, at a fraction of its construction cost per request.)"""
 
     injected: bool
     surfaces: tuple[str, ...] = ()  # where a placeholder was substituted
