@@ -118,7 +118,8 @@ NAMES = [b"Host", b"host", b"HOST", b"Proxy-Authorization", b"proxy-authorizatio
 
 
 def test_header_names_and_host_header_are_mitmproxys() -> None:
-    """``header_names`` membership is ``name in Headers`` (any case), ``host_header`` is
+    """``header_names`` membership is ``name in Headers`` (any case), ``header_value`` is
+    ``Headers.get``, ``host_header`` is
     ``Request.host_header``; a changed header section is never answered from the memo."""
     rng = random.Random(4)
     hosts = 0
@@ -132,6 +133,8 @@ def test_header_names_and_host_header_are_mitmproxys() -> None:
         for name in ("host", "proxy-authorization", "upgrade", "te", "x-b"):
             assert (name.encode() in pipeline.header_names(req.headers.fields)) == (
                 name in req.headers), (name, fields)
+            assert pipeline.header_value(req.headers.fields, name.encode()) == (
+                req.headers.get(name)), (name, fields)
         assert pipeline.host_header(req) == req.host_header, fields
         hosts += req.host_header is not None
         # the memo follows the section: a new tuple (the same content or not) is read anew

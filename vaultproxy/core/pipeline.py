@@ -80,12 +80,17 @@ def host_header(req: http.Request) -> str | None:
     data = req.data
     if data.http_version in (b"HTTP/2.0", b"HTTP/3"):
         return req.host_header
-    fields = data.headers.fields
+    return header_value(data.headers.fields, b"host")
+
+
+def header_value(fields: tuple[tuple[bytes, bytes], ...], name: bytes) -> str | None:
+    """``Headers.get(name)`` (``name`` lower-case bytes) through ``header_names``: the values
+    joined by ", ", None when there is none."""
     names = header_names(fields)
-    if b"host" not in names:
+    if name not in names:
         return None
     return ", ".join([fields[i][1].decode("utf-8", "surrogateescape")
-                      for i, name in enumerate(names) if name == b"host"])
+                      for i, n in enumerate(names) if n == name])
 
 
 def hop_free(fields: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
@@ -203,7 +208,9 @@ def inject_head(
     if minted is not None:
         secret, fields = credential(minted, service.auth)
     injected = prepare_request(req, service, secret, fields, st.snapshot.index).injected
-    limit_accept_encoding(req.headers)
+    offered = header_value(req.headers.fields, b"accept-encoding")
+    if offered is not None:
+        limit_accept_encoding(req.headers, offered)
     if plan.body == "sign":  # signed over the final head (and maybe the body)
         wait = not sign_at_head(req, service, entry.fields)
         injected = injected or not wait

@@ -78,8 +78,8 @@ class Mint(Stage):
     def _mint(self, flow: http.HTTPFlow, rec: FlowRecord) -> Awaitable[None] | None:
         decision = rec.decision
         plan = decision.plan if decision is not None else None
-        if rec.answered or plan is None:
-            return None  # refused, or nothing to inject
+        if rec.answered or plan is None or not plan.mint:
+            return None  # refused, nothing to inject, or nothing minted (``needs_token``)
         st = self.rt.state()
         if needs_token(plan, flow.request, st.snapshot.index):
             return self._fetch(st, plan.service, rec)
