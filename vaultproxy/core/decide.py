@@ -192,16 +192,23 @@ def still_valid(facts: Facts, agents: Mapping[str, AgentRecord] | None) -> None:
     not rotated) and the token has not expired since, so a kept-alive connection does not
     outlive ``agent rm``/``rotate`` or a TTL. Locked: nothing to check against (and nothing
     will be injected)."""
-    if agents is None or facts.agent is None:
+    agent_still_valid(facts.agent, facts.agent_digest, facts.cert_agent, agents, facts.now)
+
+
+def agent_still_valid(
+    agent: str | None, digest: bytes | None, cert_agent: str | None,
+    agents: Mapping[str, AgentRecord] | None, now: float | None,
+) -> None:
+    """``still_valid`` of a tunnel's agent, from the tunnel's own fields (no ``Facts``)."""
+    if agents is None or agent is None:
         return
-    if facts.cert_agent is not None:  # an mTLS tunnel: the agent must still exist
-        by_certificate(facts.cert_agent, agents)
+    if cert_agent is not None:  # an mTLS tunnel: the agent must still exist
+        by_certificate(cert_agent, agents)
         return
-    record = agents.get(facts.agent)
-    proven = facts.agent_digest
-    if record is None or proven is None or not hmac.compare_digest(record.digest, proven):
-        raise AgentAuthRequired(f"agent {facts.agent}'s token was rotated or removed")
-    if record.expired(facts.now):
+    record = agents.get(agent)
+    if record is None or digest is None or not hmac.compare_digest(record.digest, digest):
+        raise AgentAuthRequired(f"agent {agent}'s token was rotated or removed")
+    if record.expired(now):
         raise AgentTokenExpired()
 
 

@@ -16,17 +16,16 @@ seam_imports.lean()  # before mitmproxy.master imports mitmproxy.addons (seam/im
 from mitmproxy import master, options
 from mitmproxy.addons import (
     core,
-    disable_h2c,
     dns_resolver,
     next_layer,
     proxyserver,
-    tlsconfig,
 )
 from OpenSSL import SSL
 
 from vaultproxy.ca import MITM_BASENAME, system_ca_file
 from vaultproxy.ca.constraints import leaf_filter_for
 from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.engine import default_addons
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import defences, leaf_names, speed
 from vaultproxy.stages import Ready, Runtime, chain, seam_hooks
@@ -101,11 +100,11 @@ def build_master(
         *chain(rt),
         *([MtlsEntry(rt, mtls.spec, mtls.context)] if mtls is not None else []),
         core.Core(),
-        disable_h2c.DisableH2C(),
+        default_addons.DisableH2C(),  # mitmproxy's, a cheap test first (engine/default_addons)
         proxyserver.Proxyserver(),
         dns_resolver.DnsResolver(),
         next_layer.NextLayer(),
-        tlsconfig.TlsConfig(),
+        default_addons.TlsConfig(),  # mitmproxy's, a cheap test first (engine/default_addons)
     )
     values = {k: v for k, v in mitm_options(live.require(), confdir, listen).items() if k in opts}
     if mtls is not None:  # a second listener: the proxy protocol inside mutual TLS

@@ -174,9 +174,11 @@ DECODABLE = ("gzip", "deflate", "br", "zstd", "identity")
 _limited: dict[str, str] = {}
 
 
-def limit_accept_encoding(headers: http.Headers) -> None:
-    """Offer the upstream only content codings the response gate can decode."""
-    offered = headers.get("accept-encoding")
+def limit_accept_encoding(headers: http.Headers, offered: str | None = None) -> None:
+    """Offer the upstream only content codings the response gate can decode. ``offered``:
+    ``headers.get("accept-encoding")`` when the caller has read it already."""
+    if offered is None:
+        offered = headers.get("accept-encoding")
     if offered is None:
         return
     limited = _limited.get(offered)

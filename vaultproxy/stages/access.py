@@ -21,20 +21,21 @@ same ones ``POST /proxy`` calls.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import NoReturn
 
 from mitmproxy import http
 
 from vaultproxy.access.agents import identity_of
 from vaultproxy.access.approvals import Ticket
-from vaultproxy.access.enforce import OPEN, enforce
+from vaultproxy.access.enforce import OPEN, ServiceAccess, enforce
 from vaultproxy.access.rules import normalise_target
 from vaultproxy.core.decide import Facts, still_valid
+from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import BodyTooLarge
 from vaultproxy.net.hostnames import normal_host
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.runtime import Runtime
 from vaultproxy.values.honeytokens import Sighting, refuse
 
@@ -63,9 +64,14 @@ def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface
 def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
     """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check; a
     CONNECT's target name is checked too (it is resolved: a DNS query would carry a decoy)."""
-    header: str | None = flow.request.headers.pop("proxy-authorization", None)
+    headers = flow.request.headers
+    # presence first: ``pop`` of an absent name costs a KeyError inside MutableMapping.pop
+    header: str | None = (
+        headers.pop("proxy-authorization", None)
+        if b"proxy-authorization" in header_names(headers.fields) else None
+    )
     st = rt.current()
-    if flow.request.method == "CONNECT" and st is not None and st.snapshot.honeytokens:
+    if st is not None and st.snapshot.honeytokens and flow.request.method == "CONNECT":
         target = flow.request.data.authority or flow.request.host.encode("idna", "replace")
         name = st.snapshot.honeytokens.find(target)
         if name is not None:
@@ -92,9 +98,18 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
     the honeytoken scan is scanned first (``on_request_body`` then applies the rules): a
     decoy is reported even where a rule would refuse or hold the request, and no person is
     asked about a request that carries one."""
+    pending = request_headers(rt, flow)
+    if pending is not None:
+        await pending
+
+
+def request_headers(rt: Runtime, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    """``on_request_headers`` without a coroutine when nothing can wait: the honeytoken scan
+    and a service without rules (``OPEN``) finish here (None); rules, a rate limit or an
+    approval return the awaitable that applies them."""
     rec = record_of(flow)
     if rec.answered:
-        return
+        return None
     st = rt.state()
     req = flow.request
     decoys = st.snapshot.honeytokens
@@ -108,22 +123,36 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
             limit = st.registry.config.proxy.max_body_mb * 1024 * 1024
             if length.strip().isdigit() and int(length) > limit:
                 raise BodyTooLarge()
-            return  # the rules once the body passed the scan (on_request_body)
-    await _enforce(rt, st, flow)
+            return None  # the rules once the body passed the scan (on_request_body)
+    access = _enforce_start(st, rec)
+    return None if access is None else _enforce_rules(rt, st, flow, access)
+
+
+def _enforce_start(st: ProxyState, rec: FlowRecord) -> ServiceAccess | None:
+    """The rules of an intercepted service, or None when there are none to apply (not
+    intercepted, or ``OPEN``): then nothing waits and nothing changes."""
+    decision = rec.decision
+    if decision is None or decision.plan is None or decision.target is None:
+        return None  # not intercepted: no credential, no rules
+    access = st.snapshot.access_of(decision.plan.service)
+    return None if access is OPEN else access
 
 
 async def _enforce(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> None:
     """For an intercepted service: normalise the path, then its rules, rate limit and
     approvals; then the agent again, if it waited."""
+    access = _enforce_start(st, record_of(flow))
+    if access is not None:
+        await _enforce_rules(rt, st, flow, access)
+
+
+async def _enforce_rules(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, access: ServiceAccess
+                         ) -> None:
     req = flow.request
     rec = record_of(flow)
     tunnel = rt.connections.tunnel(flow.client_conn.id)
     decision = rec.decision
-    if decision is None or decision.plan is None or decision.target is None:
-        return  # not intercepted: no credential, no rules
-    access = st.snapshot.access_of(decision.plan.service)
-    if access is OPEN:
-        return
+    assert decision is not None and decision.plan is not None and decision.target is not None
     target = req.data.path.decode("latin-1")
     normal = normalise_target(target)
     if normal != target:
@@ -163,6 +192,14 @@ def _identity(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> str:
         return identity_of(connect.agent_digest)
     record = None if st.locked else st.session.agents.get(connect.agent)
     return record.identity if record is not None else ""
+
+
+def request_body(rt: Runtime, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    """``on_request_body``, or None (no coroutine) for a body that was not held."""
+    rec = record_of(flow)
+    if not rec.hold_body or rec.answered:
+        return None
+    return on_request_body(rt, flow)
 
 
 async def on_request_body(rt: Runtime, flow: http.HTTPFlow) -> None:

@@ -18,6 +18,10 @@ class Tunnel:
     pinned: tuple[str, int] | None = None  # the checked address we dial
     sni: str | None = None  # the server name of the agent's TLS ClientHello
     broken: bool = False  # a hook failed on this connection: refuse every request on it
+    # Identify: the last request's decision and what it was decided from (the registry
+    # object, the CONNECT's decision, SNI, Host, scheme); reused only under the very same
+    # (stages/identify.py)
+    memo: tuple[object, Decision, str | None, str, str, Decision] | None = None
 
     @property
     def host(self) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+import types
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import http
@@ -107,5 +108,40 @@ def guarded[F: Callable[..., Any]](fn: F) -> F:
         except Exception as e:  # noqa: BLE001
             _fail(stage, fn.__name__, args, e, _connections(self))
             return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+_Coroutine = types.CoroutineType
+
+
+def guarded_sometimes_async[F: Callable[..., Any]](fn: F) -> F:
+    """``guarded`` for a synchronous hook that returns an awaitable only when it has to wait
+    (a mint, an approval, a pooled connection's close), and None when its work is done.
+
+    The event dispatch (mitmproxy's and seam/dispatch.py's) awaits what a hook returns, so
+    the common request needs no coroutine and no await per stage; an exception raised while
+    the awaitable runs denies exactly as one raised before."""
+    stage = fn.__qualname__.split(".")[0]
+
+    async def finish(self: Any, args: tuple[Any, ...], pending: Awaitable[Any]) -> Any:
+        try:
+            return await pending
+        except Exception as e:  # noqa: BLE001 - deliberately total
+            _fail(stage, fn.__name__, args, e, _connections(self))
+            return None
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            res = fn(self, *args)
+        except Exception as e:  # noqa: BLE001
+            _fail(stage, fn.__name__, args, e, _connections(self))
+            return None
+        if res is None:
+            return None
+        if type(res) is _Coroutine or inspect.isawaitable(res):
+            return finish(self, args, res)
+        return res
 
     return wrapper  # type: ignore[return-value]

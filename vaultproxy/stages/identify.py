@@ -13,10 +13,12 @@ import time
 
 from mitmproxy import http
 
-from vaultproxy.core.decide import Decision, Facts, decide
+from vaultproxy.core.decide import Decision, Facts, agent_still_valid, decide
+from vaultproxy.core.pipeline import host_header as request_host_header
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages import access
+from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mtls import cert_agent_of
@@ -32,6 +34,47 @@ class TunnelBroken(VaultproxyError):
 def _decide(st: ProxyState, facts: Facts) -> Decision:
     agents = None if st.locked else st.session.agents
     return decide(facts, st.registry, agents)
+
+
+def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
+    """``decide()`` for a request inside ``tunnel``, reusing the tunnel's last decision when
+    nothing it was made from changed.
+
+    For a request inside a tunnel, ``decide`` reads the registry, the tunnel (its CONNECT's
+    decision: target, agent, token digest; the SNI; the certificate's agent), the request's
+    Host and scheme, and, for the agent alone, the agents and the clock (``still_valid``).
+    So a decision without a refusal, made under the same registry object (a reload builds a
+    new one), CONNECT decision, SNI, Host and scheme, is the decision again once the agent
+    still holds its token: that check runs on every request, as in ``decide``, and any
+    failure of it takes the full ``decide`` (which gives the refusal). A refused decision is
+    never reused: each refusal is a fresh exception."""
+    host_header = request_host_header(req) or ""
+    scheme = req.scheme
+    registry = st.registry
+    connect = tunnel.decision
+    memo = tunnel.memo
+    if (memo is not None and memo[0] is registry and memo[1] is connect
+            and memo[2] == tunnel.sni and memo[3] == host_header and memo[4] == scheme):
+        if connect.agent is None:
+            return memo[5]
+        try:
+            agent_still_valid(connect.agent, connect.agent_digest, tunnel.cert_agent,
+                              None if st.locked else st.session.agents, time.time())
+        except VaultproxyError:
+            pass  # the full decision below refuses it, with its reason
+        else:
+            return memo[5]
+    facts = Facts(
+        "connect", tunnel.host, tunnel.port, host_header=host_header,
+        sni=tunnel.sni, scheme=scheme, agent=connect.agent,
+        agent_digest=connect.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
+    )
+    decision = _decide(st, facts)
+    tunnel.memo = (
+        (registry, connect, tunnel.sni, host_header, scheme, decision)
+        if decision.refusal is None else None
+    )
+    return decision
 
 
 class Identify(Stage):
@@ -57,13 +100,7 @@ class Identify(Stage):
         req = flow.request
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is not None:
-            connect = tunnel.decision
-            facts = Facts(
-                "connect", tunnel.host, tunnel.port, host_header=req.host_header or "",
-                sni=tunnel.sni, scheme=req.scheme, agent=connect.agent,
-                agent_digest=connect.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
-            )
-            decision = rec.decision = _decide(st, facts)
+            decision = rec.decision = _in_tunnel(st, tunnel, req)
             if self.rt.connections.broken(flow.client_conn.id):
                 raise TunnelBroken()
             if decision.refusal is not None:

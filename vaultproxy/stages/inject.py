@@ -11,10 +11,11 @@ from __future__ import annotations
 from mitmproxy import http
 
 from vaultproxy.core.decide import Plan
-from vaultproxy.core.pipeline import inject_body, inject_head
+from vaultproxy.core.pipeline import header_names, inject_body, inject_head
+from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
 
@@ -31,7 +32,8 @@ class Inject(Stage):
             return  # refused (or served) by an earlier stage
         st = self.rt.state()
         req = flow.request
-        req.headers.pop("proxy-authorization", None)
+        if b"proxy-authorization" in header_names(req.headers.fields):  # (pop raises inside)
+            req.headers.pop("proxy-authorization", None)
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None:
             st.snapshot.index.scan_all(_surfaces(req), "")  # a misdirected placeholder: refused
@@ -45,10 +47,10 @@ class Inject(Stage):
             return  # passthrough tunnels carry no flows we inspect
         if rec.hold_body:
             return  # the body is scanned for honeytokens first (access.py): see ``request``
-        self._head(flow, plan)
+        self._head(flow, plan, st, rec)
 
-    def _head(self, flow: http.HTTPFlow, plan: Plan) -> None:
-        st, req, rec = self.rt.state(), flow.request, record_of(flow)
+    def _head(self, flow: http.HTTPFlow, plan: Plan, st: ProxyState, rec: FlowRecord) -> None:
+        req = flow.request
         done = inject_head(st, req, plan, rec.minted)
         keep_redactor(st, rec, plan)
         if done.injected:
@@ -67,7 +69,7 @@ class Inject(Stage):
             # A body held for the honeytoken scan passed it (RequestGate runs first): only
             # now is the credential added and the ``forward`` line written, so a refused
             # decoy never had either.
-            self._head(flow, decision.plan)
+            self._head(flow, decision.plan, self.rt.state(), rec)
         entry, rec.body = rec.body, None
         if entry is None or rec.answered or decision is None or decision.plan is None:
             return

@@ -17,13 +17,18 @@ again.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from mitmproxy import http
 
+from vaultproxy.config.models import Service
 from vaultproxy.core.pipeline import needs_token
+from vaultproxy.core.state import ProxyState
 from vaultproxy.inject.minted import MintedHeaders, credential
 from vaultproxy.inject.request import canonical_name
+from vaultproxy.mint.cache import Issued
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
-from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.resend import resend
 from vaultproxy.stages.runtime import Stage
 
@@ -53,33 +58,45 @@ def token_reason(rec: FlowRecord) -> str | None:
 
 
 class Mint(Stage):
-    @guarded
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    """Every hook is synchronous and returns an awaitable only when it must wait (a token to
+    fetch, a 401 to act on): a request to a service that mints nothing costs no coroutine."""
+
+    @guarded_sometimes_async
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         rec = record_of(flow)
         if not rec.hold_body:
-            await self._mint(flow, rec)
+            return self._mint(flow, rec)
+        return None
 
-    @guarded
-    async def request(self, flow: http.HTTPFlow) -> None:
+    @guarded_sometimes_async
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         rec = record_of(flow)
         if rec.hold_body:  # held for the honeytoken scan, which it passed: mint only now
-            await self._mint(flow, rec)
+            return self._mint(flow, rec)
+        return None
 
-    async def _mint(self, flow: http.HTTPFlow, rec: FlowRecord) -> None:
+    def _mint(self, flow: http.HTTPFlow, rec: FlowRecord) -> Awaitable[None] | None:
         decision = rec.decision
         plan = decision.plan if decision is not None else None
-        if rec.answered or plan is None:
-            return  # refused, or nothing to inject
+        if rec.answered or plan is None or not plan.mint:
+            return None  # refused, nothing to inject, or nothing minted (``needs_token``)
         st = self.rt.state()
         if needs_token(plan, flow.request, st.snapshot.index):
-            rec.minted = await st.token_source().get(plan.service)
+            return self._fetch(st, plan.service, rec)
+        return None
 
-    @guarded
-    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+    async def _fetch(self, st: ProxyState, service: Service, rec: FlowRecord) -> None:
+        rec.minted = await st.token_source().get(service)
+
+    @guarded_sometimes_async
+    def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         rec = record_of(flow)
         issued, resp = rec.minted, flow.response
         if issued is None or resp is None or resp.status_code != 401 or rec.refusal:
-            return  # the upstream's 401 (never our own refusal) drops its token
+            return None  # the upstream's 401 (never our own refusal) drops its token
+        return self._rejected(flow, rec, issued)
+
+    async def _rejected(self, flow: http.HTTPFlow, rec: FlowRecord, issued: Issued) -> None:
         st = self.rt.state()
         st.token_source().reject(issued.service, issued.gen)
         decision = rec.decision

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.config.models import Service
 from vaultproxy.config.rules import parse_host
-from vaultproxy.core.pipeline import hop_free
+from vaultproxy.core.pipeline import header_names, hop_free
 from vaultproxy.core.state import ProxyState
 from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
@@ -100,16 +100,16 @@ class Exchange:
                 await self.response.aclose()
 
 
-def _small_body(req: http.Request) -> bool:
+def _small_body(req: http.Request, method: str | None = None) -> bool:
     # One pass over the names (as ``Headers`` compares them: bytes, ASCII case-folded)
-    # instead of a scan of every field per lookup.
-    names = {k.lower() for k, _ in req.headers.fields}
+    # instead of a scan of every field per lookup. ``method``: ``req.method``, if read.
+    names = header_names(req.headers.fields)
     if b"transfer-encoding" in names or b"upgrade" in names:
         return False
     if b"te" in names and "trailers" in req.headers.get("te", "").lower():
         return False  # gRPC and the like read response trailers the pool does not relay
     if b"content-length" not in names:
-        return req.method in _NO_BODY_METHODS
+        return (req.method if method is None else method) in _NO_BODY_METHODS
     length = req.headers.get("content-length", "")
     return length.isdigit() and int(length) <= MAX_POOLED_BODY
 
@@ -270,16 +270,20 @@ class Pool(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         rec = record_of(flow)
-        if rec.answered or rec.decision is None or rec.decision.plan is None:
+        decision = rec.decision
+        if rec.answered or decision is None or decision.plan is None:
             return
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None or tunnel.decision.service is None or tunnel.pinned is None:
             return
-        idle = self._idle()
-        req = flow.request
-        if idle <= 0 or req.method == "CONNECT" or not _small_body(req):
+        st = self.rt.current()  # ``_idle()`` inline: the live state read once
+        if st is None or not seam_pool.installed():
             return
-        cfg = self.rt.state().registry.config.proxy
+        cfg = st.registry.config.proxy
+        req = flow.request
+        method = req.method
+        if cfg.upstream_pool_idle <= 0 or method == "CONNECT" or not _small_body(req, method):
+            return
         req.stream = False  # buffered (at most 1 MiB): the exchange starts at its end
         flow.metadata[seam_pool.POOLED] = Exchange(
             tunnel=tunnel, body_limit=cfg.max_body_mb * 1024 * 1024,
@@ -480,13 +484,17 @@ class Pool(Stage):
             ex.chunk = None
             await ex.close()
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        await self._end(flow)
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._end(flow)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
-        await self._end(flow)
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._end(flow)
 
-    async def _end(self, flow: http.HTTPFlow) -> None:
+    def _end(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """The exchange's close, or None (no coroutine) when there is nothing to close: a
+        flow that was not pooled, or an exchange already closed (``Exchange.close`` would
+        do nothing)."""
         ex = flow.metadata.get(seam_pool.POOLED)
-        if isinstance(ex, Exchange):
-            await ex.close()
+        if isinstance(ex, Exchange) and not ex.closed:
+            return ex.close()
+        return None

@@ -24,32 +24,38 @@ host_mismatch``), audited, and never reaches Inject.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
 from vaultproxy.core.pipeline import check_request
 from vaultproxy.stages import access
-from vaultproxy.stages.flowrecord import record_of
-from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.runtime import Stage
 
 
 class RequestGate(Stage):
-    @guarded
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self._shape(flow)
-        # ACCESS (SPEC §10): honeytokens, then rules, rate limit and approval - one call
-        await access.on_request_headers(self.rt, flow)
+    """Both hooks are synchronous and return an awaitable only when a rule, a rate limit or
+    an approval (or a held body's scan) has to run: a request to a service without rules
+    costs no coroutine here."""
 
-    @guarded
-    async def request(self, flow: http.HTTPFlow) -> None:
-        # ACCESS (SPEC §10): a body buffered for the honeytoken scan, then the rules - one call
-        await access.on_request_body(self.rt, flow)
-
-    def _shape(self, flow: http.HTTPFlow) -> None:
-        req = flow.request
+    @guarded_sometimes_async
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         rec = record_of(flow)
+        self._shape(flow, rec)
+        # ACCESS (SPEC §10): honeytokens, then rules, rate limit and approval - one call
+        return access.request_headers(self.rt, flow)
+
+    @guarded_sometimes_async
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        # ACCESS (SPEC §10): a body buffered for the honeytoken scan, then the rules - one call
+        return access.request_body(self.rt, flow)
+
+    def _shape(self, flow: http.HTTPFlow, rec: FlowRecord) -> None:
+        req = flow.request
         rec.t0 = time.monotonic()
+        sent = req.data.path
         rec.path = req.path.split("?", 1)[0]  # as the agent sent it
         if rec.answered:
             return  # refused (or served) by an earlier stage
@@ -60,4 +66,5 @@ class RequestGate(Stage):
         dialed = flow.server_conn.address
         pinned = (str(dialed[0]), int(dialed[1])) if dialed else None
         check_request(req, decision.plan, decision.target, pinned)
-        rec.path = req.path.split("?", 1)[0]
+        if req.data.path is not sent:  # as it goes upstream (the same bytes: the same path)
+            rec.path = req.path.split("?", 1)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from vaultproxy.net.outbound import admin_client
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
-from vaultproxy.stages.guard import guarded
+from vaultproxy.stages.guard import guarded, guarded_sometimes_async
 from vaultproxy.stages.runtime import Runtime, Stage
 
 TIMEOUT = httpx.Timeout(30, read=None)  # a tool call may be held for an approval
@@ -103,11 +104,15 @@ class Reserved(Stage):
             status = 405 if flow.request.method == "GET" else 404
             _serve(flow, http.Response.make(status, b"", {"Allow": "POST, DELETE"}))
 
-    @guarded
-    async def request(self, flow: http.HTTPFlow) -> None:
+    @guarded_sometimes_async
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Only the MCP endpoint's flows wait here (the relay): any other costs no coroutine."""
         client = self._clients.get(flow.client_conn.id)
         if client is None or record_of(flow).answered:
-            return
+            return None
+        return self._relay(flow, client)
+
+    async def _relay(self, flow: http.HTTPFlow, client: _Client) -> None:
         # ACCESS: the body was held for the honeytoken scan; this stage answers before
         # RequestGate's ``request`` would run, so the scan runs here, before the relay
         await access.on_request_body(self.rt, flow)

@@ -20,6 +20,7 @@ class Runtime:
         self.live = live if live is not None else Live()
         self.connections = Connections()
         self._loaded: set[str] = set()
+        self._complete = False  # REQUIRED_STAGES <= _loaded, kept on each load/unload
         # Set once the run is announced (run.json, the ready line): until then the Ready stage holds
         # every new connection (``vaultproxy run``; None under mitmdump: serve at once).
         self.serving: asyncio.Event | None = None
@@ -33,12 +34,16 @@ class Runtime:
 
     def stage_loaded(self, name: str) -> None:
         self._loaded.add(name)
+        self._complete = REQUIRED_STAGES <= self._loaded
 
     def stage_unloaded(self, name: str) -> None:
         self._loaded.discard(name)
+        self._complete = REQUIRED_STAGES <= self._loaded
 
     def chain_complete(self) -> bool:
-        return REQUIRED_STAGES <= self._loaded
+        """Every required stage is loaded (asked by Ready on every request: kept, not
+        recomputed)."""
+        return self._complete
 
 
 class Stage:

@@ -39,6 +39,7 @@ __all__ = [
 
 #: Any ``__vault.<name>__`` token, name per the services.toml name rule.
 TOKEN_RE = re.compile(rb"__vault\.([a-z0-9][a-z0-9_-]{0,63})__")
+_TOKEN_PREFIX = b"__vault."  # in every match of TOKEN_RE
 
 Context = Literal["raw", "percent", "json", "form"]
 
@@ -97,7 +98,7 @@ class PlaceholderIndex:
     ``mapping`` is ``{placeholder_text: service_name}`` over every service.
     """
 
-    __slots__ = ("_owner", "_own", "_any_re", "_names")
+    __slots__ = ("_owner", "_own", "_any_re", "_names", "_needles")
 
     def __init__(self, mapping: Mapping[str, str]) -> None:
         self._owner: dict[bytes, str] = {}
@@ -112,6 +113,12 @@ class PlaceholderIndex:
         alternatives = sorted(self._owner, key=len, reverse=True)
         pattern = b"|".join([re.escape(p) for p in alternatives] + [TOKEN_RE.pattern])
         self._any_re = re.compile(pattern)
+        # Literals one of which is in any text ``_any_re`` matches: the token's fixed prefix
+        # (every default placeholder holds it) and each custom placeholder that does not.
+        self._needles = tuple(
+            n.decode("latin-1")
+            for n in (_TOKEN_PREFIX, *(p for p in alternatives if _TOKEN_PREFIX not in p))
+        )
 
     def placeholder_of(self, service_name: str) -> bytes:
         return self._own[service_name]
@@ -141,11 +148,28 @@ class PlaceholderIndex:
         are substrings of the pieces joined. So when the joined bytes hold none, no piece
         does: one search instead of one per piece. Otherwise every piece is scanned."""
         joined = b"\n".join(pieces)
-        if (b"%" in joined or b"+" in joined or b"\\" in joined
-                or self._any_re.search(joined) is not None
-                or _BASIC_WORD.search(joined) is not None):
+        if self._may_trip(joined):
             for piece in pieces:
                 self.scan(piece, service_name)
+
+    def _may_trip(self, data: bytes) -> bool:
+        """Whether ``data`` holds a ``%``, ``+`` or ``\\``, a match of ``_any_re`` or of
+        ``_BASIC_WORD`` (``basic``, ASCII case-insensitive): what ``scan_all`` asks of the
+        joined request, nearly always False.
+
+        The substring tests run on ``data`` decoded as Latin-1 (one character per byte, so a
+        ``str`` substring is exactly a ``bytes`` one): ``bytes in bytes`` first tries its
+        argument as an integer and raises inside, several times the cost of ``str in str``.
+        ``_any_re`` runs only when one of its literals (``_needles``) is there."""
+        text = data.decode("latin-1")
+        if "%" in text or "+" in text or "\\" in text:
+            return True
+        for needle in self._needles:
+            if needle in text:
+                if self._any_re.search(data) is not None:
+                    return True
+                break
+        return "basic" in data.lower().decode("latin-1")  # bytes.lower: ASCII letters only
 
     def _check(self, token: bytes, service_name: str) -> None:
         owner = self._owner.get(token)
