@@ -55,7 +55,7 @@ from mitmproxy.proxy.layers import ClientTLSLayer
 from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
-from vaultproxy.seam import bypass, deadlines
+from vaultproxy.seam import bypass, deadlines, fastloop
 from vaultproxy.seam.need import missing
 from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
 
@@ -128,6 +128,7 @@ def install() -> None:
             if lean is not None and lean.route is None:
                 # the first request of a lean tunnel: its events may skip the layers above
                 lean.route = bypass.attach(self, lean) if bypass.enabled() else False
+                fastloop.attach(self, lean)  # its next requests run in the agent's own loop
             with self.timeout_watchdog.disarm():
                 await hook.job.run(self.master.addons)
             return
@@ -135,6 +136,7 @@ def install() -> None:
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
     _installed = True
+    fastloop.install(LeanHook)
 
 
 # --- the one hook per request ----------------------------------------------------------
@@ -317,11 +319,17 @@ class LeanLayer(layer.Layer):
         self.done = False
         self.route: Any = None  # seam/bypass.py's Route (False: none for this connection)
         self.validate = bool(context.options.validate_inbound_headers)
+        # seam/fastloop.py's test of the agent's end while a request's hooks run (the loop
+        # does not read meanwhile): None on mitmproxy's loop (the paused queue says it)
+        self.gone: Callable[[], bool] | None = None
         # a head read whose body is still arriving: (request, head length, body length)
         self.pending: tuple[http.Request, int, int] | None = None
 
     def client_gone(self) -> bool:
         """Did the agent close while a hook ran (an event queued for after the pause)?"""
+        gone = self.gone
+        if gone is not None and gone():
+            return True
         queued = self._paused_event_queue
         if not queued:
             return False
