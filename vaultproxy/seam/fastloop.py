@@ -33,6 +33,7 @@ import logging
 import os
 from typing import Any
 
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events
 
 from vaultproxy.seam.need import missing
@@ -104,7 +105,10 @@ _LeanHook: type = type(None)
 def attach(handler: Any, lean: Any) -> None:
     """From now on ``handler``'s loop runs ``lean``'s requests in place."""
     if enabled() and handler.__dict__.get(ATTR) is None:
-        reader = handler.transports[handler.client].reader
+        io = handler.transports.get(handler.client)
+        reader = io.reader if io is not None else None
+        if not isinstance(reader, asyncio.StreamReader):
+            return  # (a connection read otherwise keeps mitmproxy's loop)
         drive = Drive(handler, lean, reader)
         setattr(handler, ATTR, drive)
         lean.gone = drive.gone
@@ -118,6 +122,30 @@ class Drive:
         self.lean = lean
         self.reader = reader
         self.client = handler.client
+        self._watch_end()
+
+    def _watch_end(self) -> None:
+        """Clear the agent connection's ``CAN_READ`` as its end arrives (a FIN or a reset,
+        as asyncio's protocol hands it to the reader), as mitmproxy's loop does on reading
+        it: a stage that asks whether the agent left (seam/engine_errors.py
+        ``client_gone``) sees it while a request's hooks run, though this loop is not
+        reading then. (Once read, the loop clears it as mitmproxy's does.)"""
+        reader, client = self.reader, self.client
+        feed_eof, set_exception = reader.feed_eof, reader.set_exception
+
+        def ended() -> None:
+            client.state &= ~ConnectionState.CAN_READ
+
+        def on_eof() -> None:
+            feed_eof()
+            ended()
+
+        def on_exception(exc: BaseException) -> None:
+            set_exception(exc)
+            ended()
+
+        reader.feed_eof = on_eof
+        reader.set_exception = on_exception
 
     def live(self) -> bool:
         """Does the lean layer still serve this connection?"""
@@ -207,8 +235,6 @@ def _run(handler: Any, command: commands.Command) -> None:
 async def _client_loop(self: Any, connection: Any) -> None:
     """``ConnectionHandler.handle_connection`` of mitmproxy 12.x for the agent's connection,
     the bytes going to the handler's ``Drive`` once there is one."""
-    from mitmproxy.connection import ConnectionState
-
     cancelled = None
     reader = self.transports[connection].reader
     assert reader
