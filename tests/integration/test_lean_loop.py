@@ -27,7 +27,7 @@ from tests.harness.proxy import ProxyProcess
 from tests.harness.tls_server import TLSServer, read_head
 from tests.harness.upstream import Received, Reply, Upstream
 from tests.integration.conftest import service_block
-from tests.integration.test_lean_http1 import FIRST, Tunnel
+from tests.integration.test_lean_http1 import FIRST, SseUpstream, Tunnel
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +70,7 @@ def _handler(rec: Received) -> Reply:
 class Env:
     up: Upstream
     slow: SlowUpstream
+    sse: SseUpstream
     on: ProxyProcess
     off: ProxyProcess
     secret: str = field(repr=False)  # (a failure report prints the fixture)
@@ -79,14 +80,19 @@ class Env:
 def env(start_proxy, upstream: Upstream) -> Iterator[Env]:  # type: ignore[no-untyped-def]
     upstream.handler = _handler
     slow = SlowUpstream(upstream.ca).start()
+    sse = SseUpstream(upstream.ca).start()
+    sse.seen_first.set()  # its events all at once
     secret = canary.make_canary()
     toml = (service_block("lean", "host_inject", "bearer", upstream.port)
-            + service_block("leanslow", "host_inject", "bearer", slow.port))
-    secrets = {"lean": secret, "leanslow": canary.make_canary()}
+            + service_block("leanslow", "host_inject", "bearer", slow.port)
+            + service_block("leansse", "host_inject", "bearer", sse.port))
+    secrets = {"lean": secret, "leanslow": canary.make_canary(),
+               "leansse": canary.make_canary()}
     on = start_proxy(toml, secrets)
     off = start_proxy(toml, secrets, env={**os.environ, "VAULTPROXY_LEAN_LOOP": "0"})
-    yield Env(upstream, slow, on, off, secret)
+    yield Env(upstream, slow, sse, on, off, secret)
     slow.stop()
+    sse.stop()
 
 
 @pytest.fixture(scope="module", params=["on", "off"])
@@ -146,6 +152,25 @@ def test_pipelined_requests_answer_in_order(proxy: ProxyProcess) -> None:
         assert _json(t)["path"] == "/first"
         t.send(b"".join(_get(f"/pipe/{i}") for i in range(5)))
         assert [_json(t)["path"] for _ in range(5)] == [f"/pipe/{i}" for i in range(5)]
+
+
+def test_streamed_responses_then_a_refused_head(proxy: ProxyProcess) -> None:
+    """Server-sent events as the second and third requests of a tunnel (the chunk hooks
+    run as tasks, as on mitmproxy's loop), then an upstream head mitmproxy's checks refuse:
+    both streams whole, then 502 and the connection closed, on either loop."""
+    host = "leansse.api.test"
+    with Tunnel(proxy, host) as t:
+        for _ in range(3):
+            t.send(_get("/sse", host))
+            r = t.response()
+            assert r.status == 200
+            assert b"data: one" in r.body and b"data: two" in r.body  # type: ignore[attr-defined]
+        t.send(_get("/garbage", host))
+        r = t.response()
+        assert r.status == 502, r.body  # type: ignore[attr-defined]
+        t.sock.settimeout(10)
+        assert t.file.read(1) == b""
+    assert "has crashed" not in proxy.output()
 
 
 def test_a_client_gone_during_the_hooks_is_client_disconnected(env: Env,

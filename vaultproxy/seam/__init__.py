@@ -25,6 +25,10 @@ registers itself on import.
   completion go straight to the ``ClientTLSLayer`` while the layers above it would only hand
   them on, and their commands straight out; anything else takes the whole stack. A speed
   patch (``VAULTPROXY_LEAN_BYPASS=0`` or a missing symbol: the whole stack for every event).
+* ``fastloop``: once the lean layer serves a tunnel, the agent connection's own read loop
+  runs each request's one hook in place (no task, no second ``server_event`` pass), every
+  other command as mitmproxy's ``server_event`` runs it. A speed patch
+  (``VAULTPROXY_LEAN_LOOP=0`` or a missing symbol: mitmproxy's loop for every connection).
 * ``listener`` (and ``accept``): the proxy serves the one socket ``run`` bound, with an accept
   loop bounded under descriptor exhaustion; missing, ``run`` refuses to start.
 * ``refusals``: request heads mitmproxy's HTTP/1 reader refuses, for the audit.
