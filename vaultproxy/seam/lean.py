@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from h11._receivebuffer import ReceiveBuffer
+from h11._receivebuffer import blank_line_regex as _BLANK_LINE
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.net.http import http1, status_codes
@@ -289,6 +289,25 @@ class _Job:
 # --- the layer ---------------------------------------------------------------------------
 
 
+def head_lines(buf: bytes | bytearray) -> tuple[list[bytes], int] | None:
+    """h11's ``ReceiveBuffer.maybe_extract_lines`` on a fresh buffer holding ``buf`` (what
+    mitmproxy's HTTP/1 reader splits a head with), without the buffer: the head's lines
+    and its length in ``buf`` (no lines: a leading blank line of that length); None: no
+    complete head yet. tests/unit/test_speed_lean.py compares the two."""
+    if buf[:1] == b"\n":
+        return [], 1
+    if buf[:2] == b"\r\n":
+        return [], 2
+    match = _BLANK_LINE.search(buf)
+    if match is None:
+        return None
+    end = match.end()
+    lines = [line[:-1] if line.endswith(b"\r") else line
+             for line in bytes(buf[:end]).split(b"\n")]
+    del lines[-2:]
+    return lines, end
+
+
 def closes_general(req: http.Request, resp: http.Response) -> bool:
     """``mark_done``'s test (mitmproxy's functions): does the connection end after this
     exchange (a body read to the end of the stream, a 101, or ``Connection: close`` on
@@ -417,18 +436,16 @@ class LeanLayer(layer.Layer):
                 return None
             self.pending = None
             return self._body(waiting, at, body_len)
-        rb = ReceiveBuffer()
-        rb += self.buf
-        lines = rb.maybe_extract_lines()
-        if lines is None:
-            # mitmproxy's reader searches its buffer incrementally; this one is copied on
-            # each read: a head this long (never a real one) goes to mitmproxy's reader
+        found = head_lines(self.buf)
+        if found is None:
+            # mitmproxy's reader searches its buffer incrementally; this one is searched
+            # again on each read: a head this long (never a real one) goes to mitmproxy's
             return "long head" if len(self.buf) > MAX_HEAD else None
+        lines, head_len = found
         if not lines:
             return "blank line"  # mitmproxy's reader skips it
-        head_len = len(self.buf) - len(rb)
         try:
-            req = http1.read_request_head([bytes(x) for x in lines])
+            req = http1.read_request_head(lines)
             size = http1.expected_http_body_size(req)
         except ValueError:
             return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
