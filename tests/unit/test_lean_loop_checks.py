@@ -11,7 +11,10 @@ from collections.abc import Iterator
 import pytest
 from mitmproxy.proxy import commands, server
 
-from vaultproxy.seam import fastloop, lean
+from vaultproxy.seam import defences, fastloop, lean
+
+# mitmproxy's own loop (seam/defences.py may have wrapped it in this process already)
+STOCK = defences.originals.get("handle_connection", server.ConnectionHandler.handle_connection)
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +30,7 @@ def _fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_on_with_every_name_present(caplog: pytest.LogCaptureFixture) -> None:
     before = server.ConnectionHandler.handle_connection
     with caplog.at_level(logging.WARNING):
-        fastloop.install(lean.LeanHook)
+        fastloop.install(lean.LeanHook, STOCK)
     assert fastloop.enabled()
     assert server.ConnectionHandler.handle_connection is not before
     assert "no lean loop" not in caplog.text
@@ -45,7 +48,7 @@ def test_a_moved_name_keeps_mitmproxys_loop(monkeypatch: pytest.MonkeyPatch,
     before = server.ConnectionHandler.handle_connection
     monkeypatch.delattr(owner, name)
     with caplog.at_level(logging.WARNING):
-        fastloop.install(lean.LeanHook)
+        fastloop.install(lean.LeanHook, STOCK)
     assert not fastloop.enabled()
     assert server.ConnectionHandler.handle_connection is before
     assert f".{name}: no lean loop" in caplog.text
@@ -54,6 +57,21 @@ def test_a_moved_name_keeps_mitmproxys_loop(monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.parametrize("value", ["0", "off"])
 def test_switched_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
-    fastloop.install(lean.LeanHook)
+    fastloop.install(lean.LeanHook, STOCK)
     monkeypatch.setenv(fastloop.ENV, value)
     assert not fastloop.enabled()
+
+
+def test_changed_code_keeps_mitmproxys_loop(monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A mitmproxy (or Python) whose ``handle_connection`` or ``server_event`` is not the
+    code this loop repeats: mitmproxy's loop, one WARNING naming it. Twin: the stock code
+    matches (test_on_with_every_name_present)."""
+    before = server.ConnectionHandler.handle_connection
+    monkeypatch.setitem(fastloop.KNOWN, "server_event", {"0000000000000000"})
+    with caplog.at_level(logging.WARNING):
+        fastloop.install(lean.LeanHook, STOCK)
+    assert not fastloop.enabled()
+    assert server.ConnectionHandler.handle_connection is before
+    assert "ConnectionHandler.server_event as this loop knows it: no lean loop" in caplog.text
+    assert fastloop.fingerprint(STOCK) in fastloop.KNOWN["handle_connection"]

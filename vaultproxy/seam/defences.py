@@ -107,7 +107,8 @@ def install(hooks: Hooks) -> None:
     deadlines.install()  # every wait on an upstream bounded ([proxy] timeouts)
     pool.install()  # a speed patch: the warm upstream pool (stock path if mitmproxy moved)
     if pool.installed():
-        lean.install()  # a speed patch: pooled HTTP/1.1 without mitmproxy's HTTP layer
+        # a speed patch: pooled HTTP/1.1 without mitmproxy's HTTP layer
+        lean.install(originals.get("handle_connection"))
     openssl.check()
     signals.check_if_loaded()  # and on first use of signals.Server
     keylog_active()  # the symbol must exist even when no key log is open

@@ -29,6 +29,7 @@ says when a process first ran one."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 from typing import Any
@@ -55,26 +56,55 @@ def enabled() -> bool:
     return _installed and os.environ.get(ENV, "1").strip() not in ("0", "false", "no", "off")
 
 
-def missing_symbol() -> str | None:
-    """What this loop needs of mitmproxy that it no longer has (None: all there)."""
+# The code of the two mitmproxy functions this loop repeats (``handle_connection``'s loop,
+# ``server_event``'s command dispatch), as mitmproxy 12.3.1 on CPython 3.12 has them: any
+# other code (a new mitmproxy, another Python) keeps mitmproxy's loop, with one WARNING.
+KNOWN = {
+    "handle_connection": {"89a23d64808f7217"},
+    "server_event": {"45cba44828627316"},
+}
+
+
+def fingerprint(fn: Any) -> str:
+    """A function's code (bytecode, constants, names), for ``KNOWN``."""
+    code = fn.__code__
+    raw = code.co_code + repr(code.co_consts).encode() + repr(code.co_names).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def missing_symbol(stock_loop: Any = None) -> str | None:
+    """What this loop needs of mitmproxy that it no longer has, or whose code changed
+    (None: all there, as this loop repeats it). ``stock_loop``: mitmproxy's own
+    ``handle_connection`` if a patch (seam/defences.py) already wrapped it."""
     from mitmproxy.proxy import server
     from mitmproxy.utils import asyncio_utils
 
-    return missing(server.ConnectionHandler, "handle_connection", "server_event",
-                   "drain_writers", "hook_task", "handle_hook", "open_connection", "wakeup",
-                   "close_connection", "log") or missing(
+    symbol = missing(server.ConnectionHandler, "handle_connection", "server_event",
+                     "drain_writers", "hook_task", "handle_hook", "open_connection", "wakeup",
+                     "close_connection", "log") or missing(
         asyncio_utils, "create_task") or missing(server, "ConnectionIO") or missing(
         commands, "OpenConnection", "RequestWakeup", "ConnectionCommand", "SendData",
         "CloseTcpConnection", "CloseConnection", "StartHook", "Log")
+    if symbol is not None:
+        return symbol
+    stock = {
+        "handle_connection": stock_loop or server.ConnectionHandler.handle_connection,
+        "server_event": server.ConnectionHandler.server_event,
+    }
+    for name, fn in stock.items():
+        if fingerprint(fn) not in KNOWN[name]:
+            return f"ConnectionHandler.{name} as this loop knows it"
+    return None
 
 
-def install(lean_hook: type) -> None:
+def install(lean_hook: type, stock_loop: Any = None) -> None:
     """Give every agent connection this loop (it behaves as mitmproxy's until a ``Drive``
-    is attached); ``lean_hook``: the class of the lean layer's one hook per request."""
+    is attached); ``lean_hook``: the class of the lean layer's one hook per request;
+    ``stock_loop``: as for ``missing_symbol``."""
     global _installed, _LeanHook
     if _installed:
         return
-    symbol = missing_symbol()
+    symbol = missing_symbol(stock_loop)
     if symbol is not None:
         logger.warning("mitmproxy has no %s: no lean loop (mitmproxy's loop reads every "
                        "connection)", symbol)

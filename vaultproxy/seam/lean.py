@@ -101,8 +101,9 @@ def choose(nextlayer: Any, pooled: Callable[[], bool], max_body: int) -> bool:
     return True
 
 
-def install() -> None:
-    """Let the connection handler run a ``LeanHook``; on a missing symbol: no lean path."""
+def install(stock_loop: Any = None) -> None:
+    """Let the connection handler run a ``LeanHook``; on a missing symbol: no lean path.
+    ``stock_loop``: mitmproxy's own ``handle_connection`` (seam/fastloop.py checks it)."""
     global _installed
     if _installed:
         return
@@ -137,7 +138,7 @@ def install() -> None:
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
     _installed = True
-    fastloop.install(LeanHook)
+    fastloop.install(LeanHook, stock_loop)
 
 
 # --- the one hook per request ----------------------------------------------------------
