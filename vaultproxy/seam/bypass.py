@@ -70,6 +70,8 @@ def enabled() -> bool:
                   or missing(_http1, "Http1Server")
                   or missing(_http1.Http1Server, "passthrough", "send")
                   or missing(tunnel, "TunnelState") or missing(layer, "NextLayer")
+                  or missing(tunnel.TunnelLayer, "receive_data", "event_to_child",
+                             "_handle_event")
                   or missing(ServerTLSLayer, "wait_for_clienthello", "event_to_child"))
         if symbol is not None:
             logger.warning("mitmproxy has no %s: no lean bypass (every event of a lean "
@@ -174,6 +176,15 @@ class Route:
         self.sources: dict[Any, Any] = http.command_sources
         self.sid = stream.stream_id
         self.h1_state, self.stream_state = h1.state, stream_state
+        # Below the ServerTLSLayer: the ClientTLSLayer's own dispatch (``Layer.handle_event``
+        # -> ``TunnelLayer._handle_event``) only calls ``receive_data`` (the agent's bytes)
+        # or ``event_to_child`` (a hook's completion) while it is open, not paused and not
+        # debugging; ``_below_tls`` enters there when that holds (mitmproxy's own methods).
+        self.tls_direct = (
+            (target is client_tls or getattr(target, "_handle", None) == client_tls.handle_event)
+            and type(client_tls).handle_event is layer.Layer.handle_event
+            and type(client_tls)._handle_event is tunnel.TunnelLayer._handle_event
+            and client_tls.tunnel_connection is self.client and client_tls.debug is None)
 
     def detach(self) -> None:
         """The whole stack from now on (the lean layer no longer serves this connection)."""
@@ -218,7 +229,13 @@ class Route:
         if type(event) is _HookCompleted:
             del self.sources[event.command]  # (HttpLayer pops it on its way down)
         client, stream, sources = self.client, self.stream, self.sources
-        out = self.target.handle_event(event)  # what the ServerTLSLayer would call
+        tls = self.client_tls
+        if (self.tls_direct and tls._paused is None
+                and tls.tunnel_state is tunnel.TunnelState.OPEN):
+            out = (tls.receive_data(event.data) if type(event) is _DataReceived  # type: ignore[attr-defined]
+                   else tls.event_to_child(event))
+        else:
+            out = self.target.handle_event(event)  # what the ServerTLSLayer would call
         for command in out:
             kind = type(command)
             if kind is _SendData:

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from h11._receivebuffer import ReceiveBuffer
+from h11._receivebuffer import blank_line_regex as _BLANK_LINE
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.net.http import http1, status_codes
@@ -67,6 +67,7 @@ ENV = "VAULTPROXY_LEAN_HTTP1"
 MAX_HEAD = 64 * 1024  # a longer incomplete head goes to mitmproxy's reader
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
+_SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
 
 _installed = False
 stats = {"requests": 0, "fallbacks": 0}  # what this process's lean layers did
@@ -286,6 +287,59 @@ class _Job:
 # --- the layer ---------------------------------------------------------------------------
 
 
+def head_lines(buf: bytes | bytearray) -> tuple[list[bytes], int] | None:
+    """h11's ``ReceiveBuffer.maybe_extract_lines`` on a fresh buffer holding ``buf`` (what
+    mitmproxy's HTTP/1 reader splits a head with), without the buffer: the head's lines
+    and its length in ``buf`` (no lines: a leading blank line of that length); None: no
+    complete head yet. tests/unit/test_speed_lean.py compares the two."""
+    if buf[:1] == b"\n":
+        return [], 1
+    if buf[:2] == b"\r\n":
+        return [], 2
+    match = _BLANK_LINE.search(buf)
+    if match is None:
+        return None
+    end = match.end()
+    lines = [line[:-1] if line.endswith(b"\r") else line
+             for line in bytes(buf[:end]).split(b"\n")]
+    del lines[-2:]
+    return lines, end
+
+
+def closes_general(req: http.Request, resp: http.Response) -> bool:
+    """``mark_done``'s test (mitmproxy's functions): does the connection end after this
+    exchange (a body read to the end of the stream, a 101, or ``Connection: close`` on
+    either side / an HTTP version without keep-alive)?"""
+    try:
+        until_eof = http1.expected_http_body_size(req, resp) == -1
+    except ValueError:
+        until_eof = False
+    return (until_eof or resp.status_code == 101
+            or http1.connection_close(req.http_version, req.headers)
+            or http1.connection_close(resp.http_version, resp.headers))
+
+
+_KEEP_ALIVE_VERSIONS = frozenset({"HTTP/1.1", "HTTP/2.0"})
+
+
+def closes(req: http.Request, resp: http.Response) -> bool:
+    """``closes_general`` for the common exchange, from one pass over each head's names: an
+    HTTP/1.1 (or 2.0) request and response, neither with a ``Connection`` field, a response
+    not 101 with ``Content-Length`` and no ``Transfer-Encoding`` (its size is that length,
+    or invalid: never "until the end"). Anything else: ``closes_general``
+    (tests/unit/test_speed_lean.py compares the two)."""
+    rnames = {k.lower() for k, _ in resp.headers.fields}
+    if (resp.status_code != 101 and b"content-length" in rnames
+            and b"transfer-encoding" not in rnames and b"connection" not in rnames
+            and resp.http_version in _KEEP_ALIVE_VERSIONS
+            and req.http_version in _KEEP_ALIVE_VERSIONS):
+        for k, _ in req.headers.fields:
+            if k.lower() == b"connection":
+                return closes_general(req, resp)
+        return False
+    return closes_general(req, resp)
+
+
 def _chunked(resp: http.Response) -> bool:
     return "chunked" in resp.headers.get("transfer-encoding", "").lower()
 
@@ -374,18 +428,16 @@ class LeanLayer(layer.Layer):
                 return None
             self.pending = None
             return self._body(waiting, at, body_len)
-        rb = ReceiveBuffer()
-        rb += self.buf
-        lines = rb.maybe_extract_lines()
-        if lines is None:
-            # mitmproxy's reader searches its buffer incrementally; this one is copied on
-            # each read: a head this long (never a real one) goes to mitmproxy's reader
+        found = head_lines(self.buf)
+        if found is None:
+            # mitmproxy's reader searches its buffer incrementally; this one is searched
+            # again on each read: a head this long (never a real one) goes to mitmproxy's
             return "long head" if len(self.buf) > MAX_HEAD else None
+        lines, head_len = found
         if not lines:
             return "blank line"  # mitmproxy's reader skips it
-        head_len = len(self.buf) - len(rb)
         try:
-            req = http1.read_request_head([bytes(x) for x in lines])
+            req = http1.read_request_head(lines)
             size = http1.expected_http_body_size(req)
         except ValueError:
             return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
@@ -394,13 +446,15 @@ class LeanLayer(layer.Layer):
         if req.method == "CONNECT" or req.authority:
             return "CONNECT or absolute form"
         headers = req.headers
-        for name in _SKIP_HEADERS:
-            if name in headers:
+        names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
+        for name, key in _SKIP_KEYS:
+            if key in names:
                 return name
-        conn = headers.get_all("connection")
-        if conn and any(v.strip().lower() != "keep-alive" for v in conn):
-            return "connection"
-        length = headers.get_all("content-length")
+        if b"connection" in names:
+            conn = headers.get_all("connection")
+            if any(v.strip().lower() != "keep-alive" for v in conn):
+                return "connection"
+        length = headers.get_all("content-length") if b"content-length" in names else []
         if not length:
             if req.method not in _NO_BODY_METHODS:
                 return "no content-length"
@@ -494,13 +548,7 @@ class LeanLayer(layer.Layer):
         """``mark_done``: close when the exchange says so, else read the next request."""
         req, resp = flow.request, flow.response
         assert resp is not None
-        try:
-            until_eof = http1.expected_http_body_size(req, resp) == -1
-        except ValueError:
-            until_eof = False
-        if (until_eof or resp.status_code == 101
-                or http1.connection_close(req.http_version, req.headers)
-                or http1.connection_close(resp.http_version, resp.headers)):
+        if closes(req, resp):
             yield from self._close()
 
     def _stream(self, job: _Job) -> layer.CommandGenerator[None]:

@@ -10,7 +10,7 @@ import logging
 
 from mitmproxy import addonmanager, http, master
 
-from vaultproxy.seam import headers
+from vaultproxy.seam import headers, objects, tlsio
 from vaultproxy.seam.dispatch import IndexedAddonManager, missing_symbol
 from vaultproxy.seam.need import missing
 
@@ -54,4 +54,10 @@ def tune(m: master.Master) -> addonmanager.AddonManager:
     # Header lookups in one loop per call (seam/headers.py): ~25 per proxied request.
     if not headers.install():
         _stock("header lookup", headers.missing_symbol() or "Headers")
+    # Hook objects checked once per class, flow ids without a UUID object (seam/objects.py).
+    if not objects.install():
+        _stock("hook and flow id construction", objects.missing_symbol() or "Hook")
+    # TLS output drained without a WantReadError per read or write (seam/tlsio.py).
+    if not tlsio.install():
+        _stock("the TLS layer's output loop", tlsio.missing_symbol() or "TLSLayer")
     return addon_manager(m)
