@@ -11,6 +11,13 @@ the agent gets ``504 upstream_timeout`` (or, with a response already streaming, 
 connection closed), the upstream socket is closed, and Record audits the code. mitmproxy's
 own per-connection idle timer (``tcp_timeout``) stays as the backstop for everything else
 (an idle keep-alive client, a WebSocket) at the largest of the three.
+
+The response and idle deadlines of requests are not one event-loop timer each (a timer made
+and cancelled twice per request was most of this stage's cost): each is an entry in a queue
+of deadlines of the same length (``_Waits``), kept in the order they were set, which is
+therefore the order they fall due; one loop timer per stage is armed for the earliest entry
+of any queue. Setting or clearing a deadline is a dict operation; each still runs out at its
+own time (``_sweep``). A deadline of another length (after a reload) goes to its own queue.
 """
 
 from __future__ import annotations
@@ -33,12 +40,33 @@ from vaultproxy.stages.runtime import Runtime, Stage
 logger = logging.getLogger(__name__)
 
 
+# A waiting flow: (loop time it is due, "response" or "idle", the flow, its client's id).
+_Wait = tuple[float, str, http.HTTPFlow, str]
+
+# A timer of the loop may run this much before its due time (asyncio's clock resolution).
+_EARLY = 1e-6
+
+
+class _Waits:
+    """Deadlines of one length, by flow id, in the order set: so also in order of due time."""
+
+    __slots__ = ("seconds", "flows")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.flows: dict[str, _Wait] = {}
+
+
 class Deadline(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self._timers: dict[str, asyncio.TimerHandle] = {}  # server id / flow id -> timer
         self._log = EveryInterval(5.0)  # the audit has every one
         self._applied: tuple[object, object, float] | None = None  # see _settings
+        self._queues: dict[float, _Waits] = {}  # length in seconds -> its queue
+        self._sweeper: asyncio.TimerHandle | None = None  # armed for the earliest entry
+        self._sweep_at = 0.0  # when it runs (loop time)
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None  # the loop it runs on
 
     def running(self) -> None:
         deadlines.set_master(ctx.master)  # installed with the seam's defences
@@ -68,6 +96,65 @@ class Deadline(Stage):
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+
+    # -- queued deadlines (response, idle) --------------------------------------------------
+    def _wait(self, flow: http.HTTPFlow, seconds: float, kind: str) -> None:
+        """Set the flow's deadline ``seconds`` from now (replacing any it has)."""
+        key = flow.id
+        self._unwait(key)
+        queue = self._queues.get(seconds)
+        if queue is None:
+            queue = self._queues[seconds] = _Waits(seconds)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + seconds
+        queue.flows[key] = (due, kind, flow, flow.client_conn.id)
+        if self._sweeper is None or due < self._sweep_at or self._sweep_loop is not loop:
+            self._arm_sweeper(loop, due)
+
+    def _unwait(self, key: str) -> None:
+        """Clear the flow's deadline (queued, or a re-armed idle check's timer)."""
+        for queue in self._queues.values():
+            if queue.flows.pop(key, None) is not None:
+                break
+        if self._timers:
+            self._disarm(key)
+
+    def _arm_sweeper(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = loop.call_at(when, self._sweep)
+        self._sweep_at, self._sweep_loop = when, loop
+
+    def _sweep(self) -> None:
+        """Run out every queued deadline that is due; re-arm for the earliest left."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + _EARLY
+        for seconds, queue in list(self._queues.items()):
+            flows = queue.flows
+            while flows:
+                key = next(iter(flows))
+                wait = flows[key]
+                if wait[0] > now:
+                    break
+                del flows[key]
+                try:
+                    self._ran_out(key, wait, seconds)
+                except Exception as e:  # noqa: BLE001 - one flow's failure must not stop the rest
+                    logger.error("deadline of a flow failed: %s", type(e).__name__)
+            if not flows and self._queues.get(seconds) is queue:
+                del self._queues[seconds]
+        earliest = min((next(iter(q.flows.values()))[0] for q in self._queues.values()
+                        if q.flows), default=None)
+        if earliest is not None and (self._sweeper is None or earliest < self._sweep_at):
+            self._arm_sweeper(loop, earliest)
+
+    def _ran_out(self, key: str, wait: _Wait, seconds: float) -> None:
+        _due, kind, flow, client_id = wait
+        if kind == "response":
+            self._expire(key, client_id, flow.server_conn, "response")
+        else:
+            self._idle_check(key, flow, client_id, seconds)
 
     def _expire(self, key: str, client_id: str, server: connection.Server, why: str) -> None:
         self._timers.pop(key, None)
@@ -110,40 +197,36 @@ class Deadline(Stage):
         cfg = self._settings()
         if cfg is None or record_of(flow).answered:
             return  # the proxy answered it: no upstream to wait on
-        key = f"flow:{flow.id}"
-        client_id = flow.client_conn.id
-        self._arm(key, float(cfg.response_timeout),
-                  lambda: self._expire(key, client_id, flow.server_conn, "response"))
+        self._wait(flow, float(cfg.response_timeout), "response")
 
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         cfg = self._settings()
-        key = f"flow:{flow.id}"
-        self._disarm(key)
         if cfg is None:
+            self._unwait(flow.id)
             return
-        self._idle(key, flow, float(cfg.idle_timeout))
+        self._wait(flow, float(cfg.idle_timeout), "idle")  # replaces the response deadline
 
-    def _idle(self, key: str, flow: http.HTTPFlow, idle: float) -> None:
-        client_id = flow.client_conn.id
+    def _idle_check(self, key: str, flow: http.HTTPFlow, client_id: str, idle: float) -> None:
+        """The idle deadline fell due: expire the upstream if the connection was quiet that
+        long, else look again when it would have been (a timer of its own: rare)."""
+        last = deadlines.last_activity(client_id)
+        quiet = time.time() - last if last is not None else idle
+        if quiet >= idle:
+            self._expire(key, client_id, flow.server_conn, "idle")
+        else:
+            self._arm(key, idle - quiet, lambda: self._recheck(key, flow, client_id, idle))
 
-        def check() -> None:
-            self._timers.pop(key, None)
-            last = deadlines.last_activity(client_id)
-            quiet = time.time() - last if last is not None else idle
-            if quiet >= idle:
-                self._expire(key, client_id, flow.server_conn, "idle")
-            else:
-                self._arm(key, idle - quiet, check)
-
-        self._arm(key, idle, check)
+    def _recheck(self, key: str, flow: http.HTTPFlow, client_id: str, idle: float) -> None:
+        self._timers.pop(key, None)
+        self._idle_check(key, flow, client_id, idle)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._disarm(f"flow:{flow.id}")
+        self._unwait(flow.id)
         deadlines.forget(flow.client_conn.id)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._disarm(f"flow:{flow.id}")
+        self._unwait(flow.id)
 
 
 def _addr(server: connection.Server) -> str:
