@@ -1,5 +1,6 @@
 """The Deadline stage's queued deadlines: each request's response and idle deadline runs out at
-its own time, though they share one loop timer (queues by length, stages/deadline.py).
+its own time, though they share one loop timer and the response head is not a hook of the
+stage (queues by first check, stages/deadline.py).
 
 The stage runs on a real event loop with real mitmproxy flows; what it does once a deadline
 runs out (end the upstream connection through the seam) is recorded here instead, because
@@ -51,10 +52,10 @@ def test_each_deadline_runs_out_at_its_own_time_and_a_cleared_one_never(rt: Runt
     a, b, c = _flows(3)
 
     async def go() -> None:
-        stage._wait(a, 0.15, "response")
+        stage._wait(a, 0.15, 9.0)
         await asyncio.sleep(0.1)
-        stage._wait(b, 0.15, "response")
-        stage._wait(c, 0.15, "response")
+        stage._wait(b, 0.15, 9.0)
+        stage._wait(c, 0.15, 9.0)
         stage._unwait(c.id)  # its response came in
         await asyncio.sleep(0.4)
 
@@ -72,8 +73,8 @@ def test_a_shorter_deadline_set_later_is_not_held_behind_a_longer_one(rt: Runtim
     slow, quick = _flows(2)
 
     async def go() -> None:
-        stage._wait(slow, 1.0, "response")
-        stage._wait(quick, 0.1, "response")
+        stage._wait(slow, 1.0, 9.0)
+        stage._wait(quick, 0.1, 9.0)
         await asyncio.sleep(0.3)
         assert [k for k, _, _ in stage.expired] == [quick.id]  # the slow one is not due yet
         await asyncio.sleep(0.85)
@@ -83,28 +84,54 @@ def test_a_shorter_deadline_set_later_is_not_held_behind_a_longer_one(rt: Runtim
     assert stage.expired[0][2] >= 0.1 and stage.expired[1][2] >= 1.0
 
 
-def test_the_response_head_replaces_the_response_deadline_with_the_idle_one(
-    rt: Runtime,
-) -> None:
+def _head(f: http.HTTPFlow) -> None:
+    """The response head arrives now (mitmproxy stamps it with the wall clock)."""
+    f.response = http.Response.make(200, b"")
+    f.response.timestamp_start = time.time()
+
+
+def test_a_head_in_time_turns_the_response_deadline_into_the_idle_one(rt: Runtime) -> None:
     stage = Watched(rt)
-    (f,) = _flows(1)
+    f, g = _flows(2)
+    f.response = g.response = None
 
     async def go() -> None:
-        stage._wait(f, 0.1, "response")
+        stage._wait(f, 0.1, 0.3)
+        stage._wait(g, 0.1, 0.3)  # the twin: its head never comes
         await asyncio.sleep(0.05)
-        stage._wait(f, 0.3, "idle")  # responseheaders
+        _head(f)
         await asyncio.sleep(0.15)
-        assert stage.expired == []  # the response deadline was cleared by the head
-        await asyncio.sleep(0.3)
+        assert [(k, why) for k, why, _ in stage.expired] == [(g.id, "response")]
+        await asyncio.sleep(0.35)
 
     asyncio.run(go())
-    # No connection to watch (no master): the idle check counts it quiet all along.
-    assert [(k, why) for k, why, _ in stage.expired] == [(f.id, "idle")]
-    assert stage.expired[0][2] >= 0.35
+    # No connection to watch (no master): quiet since the head arrived, ~0.05 s in.
+    assert [(k, why) for k, why, _ in stage.expired] == [(g.id, "response"), (f.id, "idle")]
+    assert stage.expired[1][2] >= 0.35
+
+
+def test_a_response_deadline_longer_than_the_idle_one_is_still_kept(rt: Runtime) -> None:
+    """The first check comes at the idle timeout; a flow still without a head then is only
+    expired once the response timeout has passed, and one whose head came is idle-checked."""
+    stage = Watched(rt)
+    f, g = _flows(2)
+    f.response = g.response = None
+
+    async def go() -> None:
+        stage._wait(f, 0.4, 0.1)
+        stage._wait(g, 0.4, 0.1)
+        await asyncio.sleep(0.2)
+        assert stage.expired == []  # past the idle timeout, not yet the response timeout
+        _head(g)
+        await asyncio.sleep(0.5)
+
+    asyncio.run(go())
+    assert [(k, why) for k, why, _ in stage.expired] == [(g.id, "idle"), (f.id, "response")]
+    assert stage.expired[0][2] >= 0.3 and stage.expired[1][2] >= 0.4
 
 
 def test_the_hooks_queue_and_clear_a_flows_deadlines(rt: Runtime) -> None:
-    """request -> response deadline; responseheaders -> idle; response -> none (the stage's
+    """request -> queued (first check at the shorter timeout); response -> none (the stage's
     own hooks, with the config's timeouts)."""
     stage = Watched(rt)
     (f,) = _flows(1)
@@ -122,10 +149,7 @@ def test_the_hooks_queue_and_clear_a_flows_deadlines(rt: Runtime) -> None:
     async def hooks() -> None:
         stage.request(f)
         assert [q.seconds for q in stage._queues.values() if f.id in q.flows] == [
-            float(cfg.response_timeout)]
-        stage.responseheaders(f)
-        assert [q.seconds for q in stage._queues.values() if f.id in q.flows] == [
-            float(cfg.idle_timeout)]
+            min(float(cfg.response_timeout), float(cfg.idle_timeout))]
         stage.response(f)
         assert not any(f.id in q.flows for q in stage._queues.values())
 

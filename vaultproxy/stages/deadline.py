@@ -3,7 +3,7 @@
 * ``connect_timeout`` -- TCP (bounded in the seam's dial) plus the TLS handshake of an
   intercepted upstream, counted from ``server_connect``;
 * ``response_timeout`` -- from the end of the request (``request`` hook) to the response
-  head (``responseheaders``);
+  head;
 * ``idle_timeout`` -- once the response head is in, no byte either way on the connection.
 
 When one runs out, the upstream connection is ended through the seam (seam/deadlines.py):
@@ -12,12 +12,19 @@ connection closed), the upstream socket is closed, and Record audits the code. m
 own per-connection idle timer (``tcp_timeout``) stays as the backstop for everything else
 (an idle keep-alive client, a WebSocket) at the largest of the three.
 
-The response and idle deadlines of requests are not one event-loop timer each (a timer made
-and cancelled twice per request was most of this stage's cost): each is an entry in a queue
-of deadlines of the same length (``_Waits``), kept in the order they were set, which is
-therefore the order they fall due; one loop timer per stage is armed for the earliest entry
-of any queue. Setting or clearing a deadline is a dict operation; each still runs out at its
-own time (``_sweep``). A deadline of another length (after a reload) goes to its own queue.
+A request's response and idle deadlines are not an event-loop timer each (a timer made and
+cancelled twice per request was most of this stage's cost), and the response head needs no
+hook here: ``request`` puts the flow in a queue of flows with the same first check, the
+shorter of the two timeouts after the request (``_Waits``, kept in the order set, which is
+the order they fall due); one loop timer per stage is armed for the earliest entry of any
+queue, and ``response``/``error`` take the flow out (a dict operation each). At its first
+check (``_check``) a flow without a response head is expired once ``response_timeout`` has
+passed since the request, and one with a head once the connection has been quiet for
+``idle_timeout`` (counted from its last byte, the head's arrival at the earliest); else it
+is looked at again when it could be due (a timer of its own: only requests that last that
+long; while no head is in, at least every ``idle_timeout``, so a head that arrives and
+stalls is caught on time). Both therefore run out as if each had its own timer. Timeouts are the ones in
+force when the request ended; after a reload that changes them a new queue is used.
 """
 
 from __future__ import annotations
@@ -40,15 +47,17 @@ from vaultproxy.stages.runtime import Runtime, Stage
 logger = logging.getLogger(__name__)
 
 
-# A waiting flow: (loop time it is due, "response" or "idle", the flow, its client's id).
-_Wait = tuple[float, str, http.HTTPFlow, str]
+# A waiting flow: (loop time of its first check, the flow, its client's id, loop time of the
+# end of the request, response_timeout, idle_timeout).
+_Wait = tuple[float, http.HTTPFlow, str, float, float, float]
 
 # A timer of the loop may run this much before its due time (asyncio's clock resolution).
 _EARLY = 1e-6
 
 
 class _Waits:
-    """Deadlines of one length, by flow id, in the order set: so also in order of due time."""
+    """Flows whose first check is the same time after their request, by flow id, in the
+    order queued: so also in order of due time."""
 
     __slots__ = ("seconds", "flows")
 
@@ -98,21 +107,23 @@ class Deadline(Stage):
             timer.cancel()
 
     # -- queued deadlines (response, idle) --------------------------------------------------
-    def _wait(self, flow: http.HTTPFlow, seconds: float, kind: str) -> None:
-        """Set the flow's deadline ``seconds`` from now (replacing any it has)."""
+    def _wait(self, flow: http.HTTPFlow, response: float, idle: float) -> None:
+        """Queue the flow's first check, ``min(response, idle)`` seconds from now."""
         key = flow.id
         self._unwait(key)
-        queue = self._queues.get(seconds)
+        first = min(response, idle)
+        queue = self._queues.get(first)
         if queue is None:
-            queue = self._queues[seconds] = _Waits(seconds)
+            queue = self._queues[first] = _Waits(first)
         loop = asyncio.get_running_loop()
-        due = loop.time() + seconds
-        queue.flows[key] = (due, kind, flow, flow.client_conn.id)
+        now = loop.time()
+        due = now + first
+        queue.flows[key] = (due, flow, flow.client_conn.id, now, response, idle)
         if self._sweeper is None or due < self._sweep_at or self._sweep_loop is not loop:
             self._arm_sweeper(loop, due)
 
     def _unwait(self, key: str) -> None:
-        """Clear the flow's deadline (queued, or a re-armed idle check's timer)."""
+        """Clear the flow's deadlines (queued, or a later check's timer)."""
         for queue in self._queues.values():
             if queue.flows.pop(key, None) is not None:
                 break
@@ -126,11 +137,11 @@ class Deadline(Stage):
         self._sweep_at, self._sweep_loop = when, loop
 
     def _sweep(self) -> None:
-        """Run out every queued deadline that is due; re-arm for the earliest left."""
+        """Check every queued flow that is due; re-arm for the earliest left."""
         self._sweeper = None
         loop = asyncio.get_running_loop()
         now = loop.time() + _EARLY
-        for seconds, queue in list(self._queues.items()):
+        for first, queue in list(self._queues.items()):
             flows = queue.flows
             while flows:
                 key = next(iter(flows))
@@ -139,22 +150,40 @@ class Deadline(Stage):
                     break
                 del flows[key]
                 try:
-                    self._ran_out(key, wait, seconds)
+                    self._check(key, wait)
                 except Exception as e:  # noqa: BLE001 - one flow's failure must not stop the rest
                     logger.error("deadline of a flow failed: %s", type(e).__name__)
-            if not flows and self._queues.get(seconds) is queue:
-                del self._queues[seconds]
+            if not flows and self._queues.get(first) is queue:
+                del self._queues[first]
         earliest = min((next(iter(q.flows.values()))[0] for q in self._queues.values()
                         if q.flows), default=None)
         if earliest is not None and (self._sweeper is None or earliest < self._sweep_at):
             self._arm_sweeper(loop, earliest)
 
-    def _ran_out(self, key: str, wait: _Wait, seconds: float) -> None:
-        _due, kind, flow, client_id = wait
-        if kind == "response":
-            self._expire(key, client_id, flow.server_conn, "response")
-        else:
-            self._idle_check(key, flow, client_id, seconds)
+    def _check(self, key: str, wait: _Wait) -> None:
+        """A flow's check fell due: expire its upstream if a deadline has run out, else look
+        again when the nearer one could."""
+        _due, flow, client_id, started, response, idle = wait
+        head = flow.response
+        if head is None:  # still waiting for the response head
+            left = started + response - asyncio.get_running_loop().time()
+            if left <= _EARLY:
+                self._expire(key, client_id, flow.server_conn, "response")
+                return
+            left = min(left, idle)  # a head arriving from now on is idle at the earliest then
+        else:  # the head is in: quiet since its last byte (the head's, at the earliest)
+            last = deadlines.last_activity(client_id)
+            since = max(last or 0.0, head.timestamp_start or 0.0)
+            quiet = time.time() - since if since else idle
+            if quiet >= idle:
+                self._expire(key, client_id, flow.server_conn, "idle")
+                return
+            left = idle - quiet
+        self._arm(key, left, lambda: self._recheck(key, wait))
+
+    def _recheck(self, key: str, wait: _Wait) -> None:
+        self._timers.pop(key, None)
+        self._check(key, wait)
 
     def _expire(self, key: str, client_id: str, server: connection.Server, why: str) -> None:
         self._timers.pop(key, None)
@@ -197,29 +226,7 @@ class Deadline(Stage):
         cfg = self._settings()
         if cfg is None or record_of(flow).answered:
             return  # the proxy answered it: no upstream to wait on
-        self._wait(flow, float(cfg.response_timeout), "response")
-
-    @guarded
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        cfg = self._settings()
-        if cfg is None:
-            self._unwait(flow.id)
-            return
-        self._wait(flow, float(cfg.idle_timeout), "idle")  # replaces the response deadline
-
-    def _idle_check(self, key: str, flow: http.HTTPFlow, client_id: str, idle: float) -> None:
-        """The idle deadline fell due: expire the upstream if the connection was quiet that
-        long, else look again when it would have been (a timer of its own: rare)."""
-        last = deadlines.last_activity(client_id)
-        quiet = time.time() - last if last is not None else idle
-        if quiet >= idle:
-            self._expire(key, client_id, flow.server_conn, "idle")
-        else:
-            self._arm(key, idle - quiet, lambda: self._recheck(key, flow, client_id, idle))
-
-    def _recheck(self, key: str, flow: http.HTTPFlow, client_id: str, idle: float) -> None:
-        self._timers.pop(key, None)
-        self._idle_check(key, flow, client_id, idle)
+        self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._unwait(flow.id)
