@@ -6,6 +6,7 @@ them untouched: compared over random heads built from fields and statuses that t
 from __future__ import annotations
 
 import base64
+import gzip
 import random
 from typing import Any
 
@@ -14,9 +15,13 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from tests.canary import make_canary
+from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.errors import UpstreamProtocol, VaultproxyError
+from vaultproxy.files.home import Home
 from vaultproxy.seam import headers as fast_headers
+from vaultproxy.stages import Runtime
 from vaultproxy.stages import response_gate as gate
+from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.values import redact
 from vaultproxy.values.redact import Redactor
 
@@ -162,3 +167,41 @@ def test_refuse_folded_is_the_field_loop() -> None:
         assert got == want, fields
         refused += want
     assert 2000 < refused < 18_000  # twin: both answers are reached
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
+    home = Home(tmp_path_factory.mktemp("rg") / "home")
+    home.create()
+    home.services.write_text("")
+    return Runtime(Live(ProxyState.load(home)))
+
+
+def _buffered(rt: Runtime, body: bytes) -> http.HTTPFlow:
+    """A flow whose common head the one-pass path took (as responseheaders does)."""
+    f = tflow.tflow()
+    f.response = http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(
+        [(b"Content-Length", str(len(body)).encode())]), body, None, 0.0, None)
+    rec = record_of(f)
+    rec.redactor = REDACTOR
+    assert gate._plain_small_head(f, f.response, REDACTOR, "svc")
+    rec.plain_fields = f.response.data.headers.fields
+    return f
+
+
+def test_a_body_after_the_fast_head_is_redacted(rt: Runtime) -> None:
+    f = _buffered(rt, b'{"token": "' + SECRET + b'"}')
+    gate.ResponseGate(rt).response(f)
+    assert f.response is not None and f.response.raw_content == b'{"token": "__vault.svc__"}'
+
+
+def test_a_coding_added_after_the_fast_head_is_still_decoded_and_redacted(rt: Runtime) -> None:
+    """The twin of skipping the Content-Encoding lookup: once the head's fields changed after
+    the one-pass path took it, the body is decoded as the full rules do."""
+    packed = gzip.compress(b"x" + SECRET)
+    f = _buffered(rt, packed)
+    assert f.response is not None
+    f.response.headers["content-encoding"] = "gzip"  # the fields are no longer the ones seen
+    gate.ResponseGate(rt).response(f)
+    assert f.response.raw_content == b"x__vault.svc__"
+    assert "content-encoding" not in f.response.headers

@@ -23,8 +23,9 @@ passed since the request, and one with a head once the connection has been quiet
 ``idle_timeout`` (counted from its last byte, the head's arrival at the earliest); else it
 is looked at again when it could be due (a timer of its own: only requests that last that
 long; while no head is in, at least every ``idle_timeout``, so a head that arrives and
-stalls is caught on time). Both therefore run out as if each had its own timer. Timeouts are the ones in
-force when the request ended; after a reload that changes them a new queue is used.
+stalls is caught on time). Both therefore run out as if each had its own timer. The
+timeouts are the ones in force when the request ended (after a reload that changes them, a
+new queue is used).
 """
 
 from __future__ import annotations

@@ -271,15 +271,16 @@ class ResponseGate(Stage):
         if rec.retried:  # the Mint stage's resend after a 401 stands in for the 401
             _gate_resent(self.rt, flow, rec)
             return
-        st = self.rt.state()
         resp = flow.response
         # The redactor the request was injected under (stages/ahead.py): a lock or reload
         # while it was in flight does not leave its response unscanned or hanging.
-        redactor = rec.redactor or st.session.redactor_for(service)
+        redactor = rec.redactor or self.rt.state().session.redactor_for(service)
         if redactor is None:
             raise UnscannableResponse("the keystore was locked while the request was in flight")
         rec.redactor = redactor
-        if not _plain_small_head(flow, resp, redactor, service.name):
+        if _plain_small_head(flow, resp, redactor, service.name):
+            rec.plain_fields = resp.data.headers.fields  # no content coding: see response
+        else:
             _gate_head(flow, resp, redactor, service.name)
 
     @guarded
@@ -308,9 +309,13 @@ class ResponseGate(Stage):
         if resp.stream or _no_body(flow):
             return  # streamed through the redactor, or nothing to scan
         if refusal is None:  # buffered by responseheaders (``_known_small``)
-            encoding = resp.headers.get("content-encoding", "").strip().lower()
-            encoding = "" if encoding == "identity" else encoding  # as gate_head read it
-            limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024
+            if rec.plain_fields is not None and resp.data.headers.fields is rec.plain_fields:
+                encoding = ""  # the head the one-pass path took, unchanged since: no coding
+            else:
+                encoding = resp.headers.get("content-encoding", "").strip().lower()
+                encoding = "" if encoding == "identity" else encoding  # as gate_head read it
+            limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024 \
+                if encoding else 0  # only a decoder needs it
             _redact_whole(flow, redactor, encoding, limit)
         elif resp.raw_content:
             resp.raw_content = redactor.redact(resp.raw_content)
