@@ -107,7 +107,7 @@ def _installed() -> None:
 def test_the_fast_head_is_the_full_rules() -> None:
     rng = random.Random(29)
     taken = refused = redacted = 0
-    for i in range(6000):
+    for i in range(3000):
         seed = rng.random()
         a, b, c = (_flow(random.Random(seed)) for _ in range(3))
         assert a.response is not None and c.response is not None
@@ -123,7 +123,7 @@ def test_the_fast_head_is_the_full_rules() -> None:
         redacted += want[0] == "ok" and b"__vault.svc__" in b"".join(
             v for _, v in want[1][3])
     # twins: the cases reach the fast path, the refusals and the redaction
-    assert taken > 300 and refused > 300 and redacted > 200
+    assert taken > 150 and refused > 150 and redacted > 100
 
 
 def test_a_secret_in_a_header_of_the_common_head_is_redacted() -> None:
