@@ -23,6 +23,7 @@ from vaultproxy.stages import Runtime
 from vaultproxy.stages import response_gate as gate
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.values import redact
+from vaultproxy.values.minted_values import RedactorChain
 from vaultproxy.values.redact import Redactor
 
 SECRET = make_canary().encode()
@@ -205,3 +206,19 @@ def test_a_coding_added_after_the_fast_head_is_still_decoded_and_redacted(rt: Ru
     gate.ResponseGate(rt).response(f)
     assert f.response.raw_content == b"x__vault.svc__"
     assert "content-encoding" not in f.response.headers
+
+
+def test_a_chain_redacts_every_part_in_the_headers_once_one_part_changed_them() -> None:
+    """gate_head hands its joined fields to the redactor's pre-check; in a chain (a service's
+    static secrets plus minted values) every part's secret is still redacted, whichever
+    parts match, and a part after one that changed the fields joins them afresh."""
+    other = make_canary().encode()
+    chain = RedactorChain([REDACTOR, Redactor([(other, b"__vault.two__")])])
+    for fields in ([(b"A", SECRET), (b"B", other)], [(b"A", b"x"), (b"B", other)],
+                   [(b"A", SECRET), (b"B", b"y")]):
+        h = http.Headers(fields)
+        assert redact.gate_head(chain, h) == ("", None)
+        joined = b"".join(v for _, v in h.fields)
+        assert SECRET not in joined and other not in joined
+        assert h.fields == tuple((k, {SECRET: b"__vault.svc__", other: b"__vault.two__"}
+                                  .get(v, v)) for k, v in fields)

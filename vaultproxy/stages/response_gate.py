@@ -190,17 +190,21 @@ def _plain_small_head(
         return False
     fields = data.headers.fields
     length: bytes | None = None
+    cookie = False
     for name, value in fields:
         lower = name.lower()
         if lower in _FRAMING_NAMES:
             if lower == b"content-length" and length is None:
                 length = value
-            elif lower != b"set-cookie":  # a transfer or content coding, or a second length
+            elif lower == b"set-cookie":
+                cookie = True
+            else:  # a transfer or content coding, or a second length
                 return False
     if length is None or not _CONTENT_LENGTH.fullmatch(length) or int(length) > SMALL_BODY:
         return False
     data.reason = _REASONS.get(code, b"")
-    gate_head(redactor, data.headers)  # no coding: it only checks, drops and redacts
+    # No coding: it only checks, (drops) and redacts.
+    gate_head(redactor, data.headers, plain=not cookie)
     if data.headers.fields is not fields:  # a field dropped or redacted: look at them again
         _gate_body(flow, resp, redactor, service, None)
     else:
