@@ -46,3 +46,23 @@ def test_only_audit_fields_are_kept() -> None:
     feed = AuditFeed()
     feed.offer(_line(service="a", extra="dropped"))
     assert "extra" not in feed.records[0]
+
+
+def test_records_from_the_loop_and_another_thread_keep_their_order() -> None:
+    """On the loop's own thread a record is queued without waking the loop (``call_soon``);
+    it still reaches subscribers in order with the ones other threads hand over."""
+
+    async def main() -> list[str]:
+        feed = AuditFeed()
+        feed.bind(asyncio.get_running_loop())
+        q = feed.subscribe()
+        feed.offer(_line(path="/loop-0"))
+        t = threading.Thread(target=lambda: feed.offer(_line(path="/thread")))
+        t.start()
+        t.join()
+        feed.offer(_line(path="/loop-1"))
+        got = [(await asyncio.wait_for(q.get(), 2)) for _ in range(3)]
+        feed.close()
+        return [str(r["path"]) for r in got if r]
+
+    assert asyncio.run(main()) == ["/loop-0", "/thread", "/loop-1"]

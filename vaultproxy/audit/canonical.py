@@ -2,7 +2,9 @@
 built and written here and nowhere else (SPEC §8; smokescreen's CANONICAL-PROXY-DECISION).
 
 The proxy's Record stage and ``POST /proxy`` both call ``record_decision``; it fills the
-fixed SPEC §8 fields, counts the event for ``/metrics`` and queues it on the audit log."""
+fixed SPEC §8 fields, counts the event for ``/metrics`` (in the process that serves them:
+a ``--workers`` process's lines are counted by the supervisor) and queues it on the audit
+log."""
 
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def record_decision(
         event, outcome, agent=agent, service=service, mode=mode, method=method, host=host,
         path=path, status=status, duration_ms=duration, reason=reason, via=via,
     )
-    sink.record(metrics.observed(line))
+    if getattr(sink, "counts_metrics", True):
+        metrics.observed(line)
+    sink.record(line)
 
 
 #: The event of the record written *before* a request that carries a credential leaves.

@@ -66,6 +66,8 @@ def _now_timestamp() -> str:
 
 def strip_query(path: str) -> str:
     """``path`` up to (not including) the first ``?`` or ``#``."""
+    if "?" not in path and "#" not in path:
+        return path  # the common case: nothing to strip
     for sep in ("?", "#"):
         path = path.split(sep, 1)[0]
     return path

@@ -44,6 +44,7 @@ class JsonlFile:
         if backups < 0:
             raise ValueError("backups must be 0 or more")
         self.path = path
+        self._where = os.fspath(path)  # for the stat of every line (no Path conversion)
         self.max_bytes = max_bytes
         self.backups = backups
         self._fd = -1
@@ -88,11 +89,12 @@ class JsonlFile:
         that file's size: the path's ``stat`` is of the very inode the fd holds, so no
         ``fstat`` is needed as well (two records per proxied request)."""
         try:
-            st = os.stat(self.path, follow_symlinks=False)
-            ino: tuple[int, int] | None = (st.st_dev, st.st_ino)
+            st = os.stat(self._where, follow_symlinks=False)
         except FileNotFoundError:
-            ino = None
-        if self._fd >= 0 and ino == self._ino:
+            st = None
+        known = self._ino
+        if (st is not None and self._fd >= 0 and known is not None
+                and st.st_ino == known[1] and st.st_dev == known[0]):
             return self._fd, st.st_size
         self.close()
         fd = self._open()

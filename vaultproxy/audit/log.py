@@ -41,6 +41,10 @@ DEFAULT_ON_FAILURE: OnFailure = "deny"
 
 
 class AuditLog:
+    #: Does ``record_decision`` count this log's records for /metrics here (False: another
+    #: process counts them from the lines it is sent, engine/worker_audit.py).
+    counts_metrics = True
+
     def __init__(
         self,
         path: Path,

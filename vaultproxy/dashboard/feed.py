@@ -3,8 +3,8 @@ page's first render and the per-minute counts) and live subscribers (Server-Sent
 
 Fed from ``AuditLog.taps`` and from the workers' lines (the supervisor's
 ``on_audit_line``), which may run on any thread: records are handed to the event loop with
-``call_soon_threadsafe``. Audit records carry no secret (SPEC §8), and only the fields of
-``FIELDS`` are kept."""
+``call_soon_threadsafe`` (``call_soon`` on the loop's own thread, in the same order). Audit
+records carry no secret (SPEC §8), and only the fields of ``FIELDS`` are kept."""
 
 from __future__ import annotations
 
@@ -60,6 +60,13 @@ class AuditFeed:
         if loop is None:
             with self._lock:
                 self.records.append(rec)
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # the proxy's own stages: no wake-up write to the loop's pipe
+            loop.call_soon(self._publish, rec)
             return
         with contextlib.suppress(RuntimeError):  # the loop closed: we are stopping
             loop.call_soon_threadsafe(self._publish, rec)

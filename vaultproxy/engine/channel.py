@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 _PREFIX = struct.Struct("!II")
@@ -39,6 +40,18 @@ class ChannelClosed(Exception):
 def frame(header: dict[str, Any], payload: bytes | bytearray = b"") -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode()
     return b"".join((_PREFIX.pack(len(head), len(payload)), head, payload))
+
+
+def frame_head(header: dict[str, Any]) -> Callable[[bytes | bytearray], bytes]:
+    """``frame(header, payload)`` as a function of the payload, with the header encoded
+    once (for a header sent many times)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    size, pack = len(head), _PREFIX.pack
+
+    def build(payload: bytes | bytearray) -> bytes:
+        return b"".join((pack(size, len(payload)), head, payload))
+
+    return build
 
 
 async def read_frame(reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytearray]:

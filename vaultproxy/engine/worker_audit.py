@@ -17,10 +17,18 @@ from typing import Any
 
 from vaultproxy.audit import AuditLog
 from vaultproxy.audit.event import AnyEvent
-from vaultproxy.engine.channel import frame
+from vaultproxy.engine.channel import frame, frame_head
+
+# The header of every ``audit`` frame, by whether the write worked (built once: two records
+# per proxied request).
+_AUDIT_HEADS = {ok: frame_head({"op": "audit", "ok": ok}) for ok in (True, False)}
 
 
 class WorkerAudit(AuditLog):
+    # The supervisor counts this worker's records for /metrics from the lines it is sent
+    # (engine/workers.py); this process serves no /metrics, so it counts none itself.
+    counts_metrics = False
+
     def __init__(
         self, path: Path, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop
     ) -> None:
@@ -45,7 +53,7 @@ class WorkerAudit(AuditLog):
         them to the audit sinks (vaultproxy/sinks/hub.py)."""
         ok = super()._write(line, keep=keep)
         if ok or keep:
-            self._post(frame({"op": "audit", "ok": ok}, line.encode()))
+            self._post(_AUDIT_HEADS[ok](line.encode()))
         return ok
 
     def report(self) -> dict[str, Any]:

@@ -50,6 +50,8 @@ class FlowRecord:
     injected: bool = False  # Inject: a credential went in
     body: Entry | None = None  # Inject: the entry of a body substitution (or signature) waiting
     redactor: Redactor | None = None  # Inject, else ResponseGate: the response's redactor
+    # ResponseGate: the header fields of a head its one-pass path buffered (no coding)
+    plain_fields: tuple[tuple[bytes, bytes], ...] | None = None
     outcome: Outcome | None = None  # Record: set once the audit line is written
 
     @property

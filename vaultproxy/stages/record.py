@@ -17,7 +17,7 @@ from vaultproxy.errors import ClientDisconnected, InvalidRequest, UpstreamTimeou
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
 from vaultproxy.seam.engine_errors import classify_engine_error, client_gone
-from vaultproxy.stages.flowrecord import Outcome, record_of
+from vaultproxy.stages.flowrecord import FlowRecord, Outcome, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 def _record(
     rt: Runtime, flow: http.HTTPFlow, event: str, outcome: Outcome, reason: str | None,
-    status: int | None = None,
+    status: int | None = None, rec: FlowRecord | None = None,
 ) -> None:
-    rec = record_of(flow)
+    if rec is None:
+        rec = record_of(flow)
     if rec.outcome is not None:
         return
     st = rt.current()
@@ -174,10 +175,10 @@ class Record(Stage):
         rec = record_of(flow)
         decision = rec.decision
         if rec.refusal is not None:
-            _record(self.rt, flow, "request", "denied", rec.refusal.code)
+            _record(self.rt, flow, "request", "denied", rec.refusal.code, rec=rec)
         elif decision is not None and decision.service is not None:
             outcome: Outcome = "injected" if rec.injected else "forwarded"
-            _record(self.rt, flow, "request", outcome, token_reason(rec))
+            _record(self.rt, flow, "request", outcome, token_reason(rec), rec=rec)
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:

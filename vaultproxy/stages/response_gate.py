@@ -35,6 +35,7 @@ without ``Content-Encoding``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import wsproto.events
@@ -161,6 +162,92 @@ def _check_framing(resp: http.Response) -> None:
         raise UpstreamProtocol("the upstream used a transfer coding vaultproxy cannot scan")
 
 
+# The reason phrase each status code is given (as bytes, as ``Response.reason`` stores it).
+_REASONS: dict[int, bytes] = {
+    code: text.encode("ISO-8859-1") for code, text in status_codes.RESPONSES.items()
+}
+# Header names the common head is checked for (lower case).
+_FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"content-encoding",
+                            b"set-cookie"))
+_CONTENT_LENGTH = re.compile(rb"(?:0|[1-9][0-9]*)")  # mitmproxy's validate, whole value
+
+
+def _plain_small_head(
+    flow: http.HTTPFlow, resp: http.Response, redactor: Redactor, service: str
+) -> bool:
+    """The common response head, told in one pass over its fields: HTTP/1, a final status
+    with a body, no ``Transfer-Encoding`` or ``Content-Encoding``, one valid
+    ``Content-Length`` of at most ``SMALL_BODY``. Applies exactly what ``_gate_head`` does to
+    such a head (reason phrase; ``gate_head``: a folded field refused, ``Set-Cookie``
+    dropped, every field redacted; the body buffered) and returns True (or raises as it
+    would); returns False, having changed nothing, for any other head (``_gate_head`` then
+    handles it).
+    tests/unit/test_speed_response_head.py compares the two on varied heads."""
+    data = resp.data
+    code = data.status_code
+    if (data.http_version not in (b"HTTP/1.1", b"HTTP/1.0") or code < 200 or code in (204, 304)
+            or resp.stream or flow.request.data.method.upper() in (b"HEAD", b"CONNECT")):
+        return False
+    fields = data.headers.fields
+    length: bytes | None = None
+    cookie = False
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _FRAMING_NAMES:
+            if lower == b"content-length" and length is None:
+                length = value
+            elif lower == b"set-cookie":
+                cookie = True
+            else:  # a transfer or content coding, or a second length
+                return False
+    if length is None or not _CONTENT_LENGTH.fullmatch(length) or int(length) > SMALL_BODY:
+        return False
+    data.reason = _REASONS.get(code, b"")
+    # No coding: it only checks, (drops) and redacts.
+    gate_head(redactor, data.headers, plain=not cookie)
+    if data.headers.fields is not fields:  # a field dropped or redacted: look at them again
+        _gate_body(flow, resp, redactor, service, None)
+    else:
+        resp.stream = False  # buffered: ``response`` redacts it whole
+    return True
+
+
+def _gate_head(flow: http.HTTPFlow, resp: http.Response, redactor: Redactor, service: str) -> None:
+    """The response head's rules in full (any head ``_plain_small_head`` does not take)."""
+    resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
+    refuse_folded(resp.headers)
+    if resp.status_code == 101:
+        _check_upgrade(flow)
+    if resp.http_version in ("HTTP/1.0", "HTTP/1.1"):
+        _check_framing(resp)
+    if _no_body(flow) or resp.status_code == 101:
+        drop_set_cookie(resp.headers)
+        redact_headers(redactor, resp.headers)
+        return
+    _encoding, decode = gate_head(redactor, resp.headers)
+    _gate_body(flow, resp, redactor, service, decode)
+
+
+def _gate_body(
+    flow: http.HTTPFlow, resp: http.Response, redactor: Redactor, service: str,
+    decode: Callable[[bytes], bytes] | None,
+) -> None:
+    """How the body goes: buffered whole when small, else streamed through the redactor."""
+    if _known_small(flow):
+        resp.stream = False  # buffered: ``response`` decodes and redacts it whole
+        return
+    if decode is not None:
+        del resp.headers["content-encoding"]
+    resp.headers.pop("content-length", None)
+    http1 = resp.http_version in ("HTTP/1.0", "HTTP/1.1")
+    if http1 and flow.request.http_version == "HTTP/1.1":
+        # Redaction changes the length: frame the body with chunks. An HTTP/1.0 upstream
+        # reply is upgraded so the agent is not left with a close-delimited body.
+        resp.http_version = "HTTP/1.1"
+        resp.headers["transfer-encoding"] = "chunked"
+    resp.stream = stream_filter(redactor, decode, _cutter(flow, service))
+
+
 def ws_control(conn_id: str, event: object) -> object:
     """Redact what a server's ping, pong or close frame carries (the seam calls it:
     ``seam.defences.Hooks``)."""
@@ -188,38 +275,17 @@ class ResponseGate(Stage):
         if rec.retried:  # the Mint stage's resend after a 401 stands in for the 401
             _gate_resent(self.rt, flow, rec)
             return
-        st = self.rt.state()
         resp = flow.response
         # The redactor the request was injected under (stages/ahead.py): a lock or reload
         # while it was in flight does not leave its response unscanned or hanging.
-        redactor = rec.redactor or st.session.redactor_for(service)
+        redactor = rec.redactor or self.rt.state().session.redactor_for(service)
         if redactor is None:
             raise UnscannableResponse("the keystore was locked while the request was in flight")
         rec.redactor = redactor
-        resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
-        refuse_folded(resp.headers)
-        if resp.status_code == 101:
-            _check_upgrade(flow)
-        if resp.http_version in ("HTTP/1.0", "HTTP/1.1"):
-            _check_framing(resp)
-        if _no_body(flow) or resp.status_code == 101:
-            drop_set_cookie(resp.headers)
-            redact_headers(redactor, resp.headers)
-            return
-        encoding, decode = gate_head(redactor, resp.headers)
-        if _known_small(flow):
-            resp.stream = False  # buffered: ``response`` decodes and redacts it whole
-            return
-        if decode is not None:
-            del resp.headers["content-encoding"]
-        resp.headers.pop("content-length", None)
-        http1 = resp.http_version in ("HTTP/1.0", "HTTP/1.1")
-        if http1 and flow.request.http_version == "HTTP/1.1":
-            # Redaction changes the length: frame the body with chunks. An HTTP/1.0 upstream
-            # reply is upgraded so the agent is not left with a close-delimited body.
-            resp.http_version = "HTTP/1.1"
-            resp.headers["transfer-encoding"] = "chunked"
-        resp.stream = stream_filter(redactor, decode, _cutter(flow, service.name))
+        if _plain_small_head(flow, resp, redactor, service.name):
+            rec.plain_fields = resp.data.headers.fields  # no content coding: see response
+        else:
+            _gate_head(flow, resp, redactor, service.name)
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
@@ -247,9 +313,13 @@ class ResponseGate(Stage):
         if resp.stream or _no_body(flow):
             return  # streamed through the redactor, or nothing to scan
         if refusal is None:  # buffered by responseheaders (``_known_small``)
-            encoding = resp.headers.get("content-encoding", "").strip().lower()
-            encoding = "" if encoding == "identity" else encoding  # as gate_head read it
-            limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024
+            if rec.plain_fields is not None and resp.data.headers.fields is rec.plain_fields:
+                encoding = ""  # the head the one-pass path took, unchanged since: no coding
+            else:
+                encoding = resp.headers.get("content-encoding", "").strip().lower()
+                encoding = "" if encoding == "identity" else encoding  # as gate_head read it
+            limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024 \
+                if encoding else 0  # only a decoder needs it
             _redact_whole(flow, redactor, encoding, limit)
         elif resp.raw_content:
             resp.raw_content = redactor.redact(resp.raw_content)

@@ -134,6 +134,7 @@ class RedactorChain(Redactor):
 
         return step
 
-    def redact_headers(self, headers: http.Headers) -> None:
-        for p in self._parts:
-            p.redact_headers(headers)
+    def redact_headers(self, headers: http.Headers, joined: bytes | None = None) -> None:
+        fields = headers.fields
+        for p in self._parts:  # ``joined`` holds while no part has changed the fields
+            p.redact_headers(headers, joined if headers.fields is fields else None)

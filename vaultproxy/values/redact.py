@@ -397,16 +397,24 @@ class Redactor:
 
         return step
 
-    def redact_headers(self, headers: http.Headers) -> None:
-        """Redact every header field (names and each of several values) in place."""
+    def redact_headers(self, headers: http.Headers, joined: bytes | None = None) -> None:
+        """Redact every header field (names and each of several values) in place.
+        ``joined``: the fields' names and values joined by LF, if the caller has them."""
         if self._re is None:
             return
         # One pre-check over all of them: a form inside any field is inside the joined bytes.
-        if not self.may_match(b"\n".join(b"\n".join(f) for f in headers.fields)):
+        if joined is None:
+            joined = _joined(headers.fields)
+        if not self.may_match(joined):
             return
         fields = tuple((self.redact(k), self.redact(v)) for k, v in headers.fields)
         if fields != headers.fields:
             headers.fields = fields
+
+
+def _joined(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """Every name and value of ``fields``, in order, joined by LF."""
+    return b"\n".join(itertools.chain.from_iterable(fields))
 
 
 def redact_headers(redactor: Redactor, headers: http.Headers) -> None:
@@ -421,8 +429,20 @@ def refuse_folded(headers: http.Headers) -> None:
     """A response header field holding a line break (an obs-fold continuation, RFC 9112
     §5.2, which mitmproxy keeps as ``"\r\n "`` in the value) or NUL is refused as a request
     one is: forwarded, it would split a value (a secret among them) across two lines that no
-    redactor pattern spans, and the agent's client may read the second line as a header."""
-    for name, value in headers.fields:
+    redactor pattern spans, and the agent's client may read the second line as a header.
+
+    First one look at all the fields joined by LF: without CR or NUL and with only the
+    joins' LFs, no field holds any (the common case); else each field is looked at."""
+    _refuse_folded(headers.fields, None)
+
+
+def _refuse_folded(fields: tuple[tuple[bytes, bytes], ...], joined: bytes | None) -> None:
+    if joined is None:
+        joined = _joined(fields)
+    if joined.count(b"\n") == 2 * len(fields) - 1 and b"\r" not in joined \
+            and b"\x00" not in joined:
+        return
+    for name, value in fields:
         if _LINE_BREAK.search(value) or _LINE_BREAK.search(name):
             raise UpstreamProtocol("the upstream sent a folded (obs-fold) response header")
 
@@ -484,15 +504,25 @@ def stream_filter(
     return decoded
 
 
-def gate_head(redactor: Redactor, headers: http.Headers) -> tuple[str, Decoder | None]:
+def gate_head(
+    redactor: Redactor, headers: http.Headers, plain: bool = False
+) -> tuple[str, Decoder | None]:
     """The response gate's header rules, for the proxy and ``POST /proxy`` alike: drop
     ``Set-Cookie``, redact every field, and pick the body's decoder. Returns the
     ``Content-Encoding`` ("" for identity) and its decoder (None for identity); an encoding
     no decoder reads raises UnscannableResponse (the body could hide a secret); a folded
-    header field raises UpstreamProtocol."""
-    refuse_folded(headers)
-    drop_set_cookie(headers)
-    redact_headers(redactor, headers)
+    header field raises UpstreamProtocol.
+
+    ``plain``: the caller found no ``Set-Cookie`` and no ``Content-Encoding`` field in
+    ``headers`` (returns ``("", None)`` without looking for them again)."""
+    fields = headers.fields
+    joined = _joined(fields)  # one join for the fold check and the redactor's pre-check
+    _refuse_folded(fields, joined)
+    if not plain:
+        drop_set_cookie(headers)
+    redactor.redact_headers(headers, joined if headers.fields is fields else None)
+    if plain:
+        return "", None
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return "", None
