@@ -21,6 +21,8 @@ REQ_FIELDS = [
     (b"Host", b"a.test"), (b"Connection", b"close"), (b"connection", b"keep-alive"),
     (b"CONNECTION", b"Keep-Alive, Upgrade"), (b"Connection", b""), (b"Content-Length", b"3"),
     (b"Accept", b"*/*"), (b"Transfer-Encoding", b"chunked"), (b"X-Connection", b"close"),
+    (b"Connection", b" close ,x"), (b"Connection", b"\x1cclose\x1f"), (b"connection", b"CLOSE"),
+    (b"Connection", b"keep-alive,\xe2\x80\xa8close"), (b"Connection", b"closed"),
 ]
 RESP_FIELDS = [
     (b"Content-Length", b"10"), (b"content-length", b"10"), (b"Content-Length", b"x"),
@@ -29,6 +31,8 @@ RESP_FIELDS = [
     (b"Transfer-Encoding", b"bogus"), (b"Transfer-Encoding", b"identity"),
     (b"Connection", b"close"), (b"connection", b"keep-alive"), (b"Connection", b"Close"),
     (b"Server", b"nginx"), (b"Content-Type", b"text/plain"), (b"Keep-Alive", b"timeout=5"),
+    (b"Connection", b"Keep-Alive, close"), (b"Connection", b"upgrade,\x1cclose"),
+    (b"Connection", b"\xffclose"), (b"connection", b"close\xc2\x85"),
 ]
 
 
@@ -82,6 +86,8 @@ def test_twin_the_general_test_sees_each_reason() -> None:
     assert pair([], length) == (False, False)
     assert pair([(b"Connection", b"close")], length) == (True, True)
     assert pair([], [*length, (b"Connection", b"close")]) == (True, True)
+    assert pair([], [*length, (b"Connection", b"keep-alive")]) == (False, False)
+    assert pair([], [*length, (b"Connection", b"keep-alive, \x1cclose")]) == (True, True)
     assert pair([], []) == (True, True)  # no length: read to the end
     assert pair([], [(b"Transfer-Encoding", b"gzip")]) == (True, True)
     assert pair([], length, status=101) == (True, True)

@@ -49,7 +49,7 @@ from h11._receivebuffer import blank_line_regex as _BLANK_LINE
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.net.http import http1, status_codes
-from mitmproxy.net.http.validate import validate_headers
+from mitmproxy.net.http.validate import parse_content_length, validate_headers
 from mitmproxy.proxy import commands, events, layer, mode_specs
 from mitmproxy.proxy.layers import ClientTLSLayer
 from mitmproxy.proxy.layers import http as layers_http
@@ -322,20 +322,31 @@ def closes_general(req: http.Request, resp: http.Response) -> bool:
 _KEEP_ALIVE_VERSIONS = frozenset({"HTTP/1.1", "HTTP/2.0"})
 
 
+def _says_close(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """``connection_close``'s token test: is ``close`` one of the Connection fields' tokens
+    (the values decoded and joined as ``Headers`` does, split on ",", each stripped as str)?"""
+    joined = ", ".join(v.decode("utf-8", "surrogateescape")
+                       for k, v in fields if k.lower() == b"connection")
+    return "close" in [token.strip() for token in joined.split(",")]
+
+
 def closes(req: http.Request, resp: http.Response) -> bool:
     """``closes_general`` for the common exchange, from one pass over each head's names: an
-    HTTP/1.1 (or 2.0) request and response, neither with a ``Connection`` field, a response
-    not 101 with ``Content-Length`` and no ``Transfer-Encoding`` (its size is that length,
-    or invalid: never "until the end"). Anything else: ``closes_general``
-    (tests/unit/test_speed_lean.py compares the two)."""
+    HTTP/1.1 (or 2.0) request and response and a response not 101 with ``Content-Length``
+    and no ``Transfer-Encoding`` (its size is that length, or invalid: never "until the
+    end"). For these versions ``connection_close`` is True exactly when a ``close`` token is
+    in a Connection field (``keep-alive`` or none: persistent). Anything else:
+    ``closes_general`` (tests/unit/test_speed_lean.py compares the two)."""
     rnames = {k.lower() for k, _ in resp.headers.fields}
     if (resp.status_code != 101 and b"content-length" in rnames
-            and b"transfer-encoding" not in rnames and b"connection" not in rnames
+            and b"transfer-encoding" not in rnames
             and resp.http_version in _KEEP_ALIVE_VERSIONS
             and req.http_version in _KEEP_ALIVE_VERSIONS):
+        if b"connection" in rnames and _says_close(resp.headers.fields):
+            return True
         for k, _ in req.headers.fields:
             if k.lower() == b"connection":
-                return closes_general(req, resp)
+                return _says_close(req.headers.fields)
         return False
     return closes_general(req, resp)
 
@@ -438,7 +449,6 @@ class LeanLayer(layer.Layer):
             return "blank line"  # mitmproxy's reader skips it
         try:
             req = http1.read_request_head(lines)
-            size = http1.expected_http_body_size(req)
         except ValueError:
             return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
         if req.http_version != "HTTP/1.1":
@@ -454,14 +464,22 @@ class LeanLayer(layer.Layer):
             conn = headers.get_all("connection")
             if any(v.strip().lower() != "keep-alive" for v in conn):
                 return "connection"
+        # ``expected_http_body_size`` of a request without Transfer-Encoding (refused above):
+        # its one Content-Length as mitmproxy parses it, or 0
         length = headers.get_all("content-length") if b"content-length" in names else []
         if not length:
             if req.method not in _NO_BODY_METHODS:
                 return "no content-length"
-        elif len(length) != 1 or not length[0].isdigit() or int(length[0]) > self.max_body:
-            return "content-length"
-        if size is None or size < 0:
-            return "content-length"
+            size = 0
+        else:
+            if len(length) != 1:
+                return "content-length"
+            try:
+                size = parse_content_length(length[0])
+            except ValueError:
+                return "content-length"
+            if size > self.max_body:
+                return "content-length"
         if lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
             return "head refused"
         if len(self.buf) < head_len + size:
