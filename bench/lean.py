@@ -13,7 +13,9 @@ same nginx and home, so load drift on this shared machine hits both alike. Per s
               then, steadier on a loaded machine), and to the first 200 through the proxy
   RSS start   VmRSS of the proxy process once it answered that first request
   CPU/req     utime+stime of the proxy process (/proc/PID/stat) over a fixed number of 1 KB
-              keep-alive GETs (`hey -c 10 -n N`), divided by N; "sys" is the stime part
+              keep-alive GETs (`hey -c 10 -n N`), divided by N; "sys" is the stime part;
+              "new conns": TCP connections the machine accepted meanwhile (10 is the
+              keep-alive ideal; hundreds: Go's spare dials, see passive_opens)
   p50/p99     one keep-alive connection, sequential GETs (http.client, perf_counter); "added"
               subtracts the direct p50 measured in the same round
 The load average is printed beside every row."""
@@ -45,6 +47,17 @@ def cpu_split(pid: int) -> tuple[float, float]:
     also runs the peer's TCP receive path) is a floor no change in Python can lower."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
+
+
+def passive_opens() -> int:
+    """The kernel's count of TCP connections accepted on this machine (/proc/net/snmp).
+    Over a `hey` run it counts the client's new connections to the proxy (plus any upstream
+    dial nginx accepts): Go's transport sometimes dials a spare connection per request,
+    sends CONNECT and drops it before TLS (a client-side race), and those cost the proxy
+    CPU that is not the keep-alive request's. A run with many is not comparable."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()
+             if ln.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("PassiveOpens")])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -131,8 +144,10 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
     run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=300)  # warm: leaves, connections
     time.sleep(0.3)
     u0, s0 = cpu_split(pid)
+    opens = passive_opens()
     res = run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=n)
     u1, s1 = cpu_split(pid)
+    opens = passive_opens() - opens
     c0, c1 = u0 + s0, u1 + s1
     ok = sum(v for k, v in res.statuses.items() if k == 200)
     seq = sequential(t.base, "/1k", proxy=t.proxy, headers=(), count=seq_n, limit_s=30)
@@ -144,6 +159,7 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
         "rss": rss,
         "cpu_ms": (c1 - c0) * 1000 / max(ok, 1),
         "sys_ms": (s1 - s0) * 1000 / max(ok, 1),
+        "opens": opens,
         "ok": ok,
         "p50": seq.p50_ms,
         "p99": seq.p99_ms,
@@ -189,7 +205,8 @@ def main() -> None:
                     t.stop()
                 rows[name].append(m)
                 print(
-                    f"round {r + 1} {name:>8}: CPU {m['cpu_ms']:.3f} ms/req (sys {m['sys_ms']:.3f}; {m['ok']:.0f} ok), "
+                    f"round {r + 1} {name:>8}: CPU {m['cpu_ms']:.3f} ms/req (sys {m['sys_ms']:.3f}; {m['ok']:.0f} ok, "
+                    f"{m['opens']:.0f} new conns), "
                     f"p50 {m['p50']:.3f} ms (direct {direct.p50_ms:.3f}, added {m['added']:.3f}), "
                     f"p99 {m['p99']:.3f}, RSS {m['rss']:.1f} MiB, ready {m['ready']:.2f} s "
                     f"(CPU {m['ready_cpu']:.2f} s), first 200 {m['first200']:.2f} s; load {load()}",
