@@ -146,7 +146,7 @@ class AuditLog:
 
     def _write(self, line: str, *, keep: bool) -> bool:
         ok = self._store(line, keep=keep)
-        if ok or keep:
+        if (ok or keep) and self.taps:
             for tap in self.taps:
                 try:
                     tap(line)
