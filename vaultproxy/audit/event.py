@@ -261,8 +261,8 @@ _TAIL_KEYS = tuple(_encode_str(name) + ":" for name in SPEC_FIELDS[10:12])
 # and None are stored (a str key equals only that str: the same text), at most _MAX_FRAGMENTS
 # (all forgotten at once past that: hosts of refused tunnels are the agent's choice).
 _FRAGMENTS: dict[tuple[object, ...], str] = {}
-_MAX_FRAGMENTS = 4096
-_MAX_STORED_CHARS = 1024
+_MAX_FRAGMENTS = 1024
+_MAX_STORED_CHARS = 512  # bounded: ~1 MB at most (keys and texts)
 
 
 def _fragment(keys: tuple[str, ...], values: tuple[object, ...]) -> str:
