@@ -1,18 +1,23 @@
 """The audit path's shortcuts say what the general code says: a prebuilt frame header is the
 frame ``frame`` builds; ``strip_query``'s early return keeps every path it kept; a
 ``--workers`` process leaves /metrics counting to the supervisor while a single process
-counts its own records (seeded, varied inputs)."""
+counts its own records; a request record's line is ``json.dumps`` of its fields (seeded,
+varied inputs)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 import socket
 from pathlib import Path
 
+import pytest
+
 from vaultproxy.audit import metrics
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.audit.event import strip_query
+from vaultproxy.audit.event import RequestEvent, strip_query
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.engine.channel import frame, frame_head
 from vaultproxy.engine.worker_audit import WorkerAudit
@@ -75,3 +80,113 @@ def test_only_the_process_that_serves_metrics_counts_its_records(tmp_path: Path)
     asyncio.run(worker())
     assert _flows("svc-worker") == before  # the supervisor counts the line it is sent
     assert '"service":"svc-worker"' in (tmp_path / "worker.jsonl").read_text()
+
+
+# -- RequestEvent.to_json_line: kept fragments and inline encodings vs json.dumps -----------
+
+_HOSTILE: list[object] = [
+    None, "", "a", "agent-1", 'q"uote', "back\\slash", "\x00\x01\x1f\x7f", "\n\r\t",
+    "caf\u00e9", "\u2028\u2029", "\ud800", "\udcff lone", "\U0001f600", "x" * 5000,
+    "</script>", "\\u0000", 7, True, 1.5, ["list"], {"d": 1},
+]
+_STATUSES: list[object] = [None, 0, 200, 599, -1, 10**30, True, False, 2.0, "200"]
+_DURATIONS: list[object] = [None, 0.0, 1.0, 12.345, 1e-7, 1e300, -0.0, 3, float("nan"),
+                            float("inf"), "1"]
+
+
+def _reference(ev: object) -> str:
+    record = ev.to_record()  # type: ignore[attr-defined]
+    return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+def _random_event(rng: random.Random) -> RequestEvent:
+    pick = rng.choice
+
+    def text() -> object:
+        return pick(_HOSTILE)
+
+    ev = RequestEvent(pick(["request", "forward", "tunnel_refused"]), pick(
+        ["injected", "forwarding", "denied", "error"]), agent=text(), service=text(),
+        mode=text(), method=text(), host=text(), path=pick(["/x", "/a?b=c", None, "/\ud800"]),
+        status=None, duration_ms=None, reason=text(), via=pick([None, None, "proxy", "mcp"]))
+    # Values RequestEvent's constructor would refuse or convert, set as a caller could.
+    for name in ("event", "outcome", "path"):
+        if rng.random() < 0.1:
+            setattr(ev, name, text())
+    ev.status = pick(_STATUSES)  # type: ignore[assignment]
+    ev.duration_ms = pick(_DURATIONS)  # type: ignore[assignment]
+    return ev
+
+
+def test_request_line_is_json_dumps_on_hostile_values() -> None:
+    rng = random.Random(29)
+    for _ in range(6000):
+        ev = _random_event(rng)
+        try:
+            want: str | type[Exception] = _reference(ev)
+        except (ValueError, TypeError) as e:
+            want = type(e)
+        for _again in range(2):  # the second time from the kept fragments
+            if isinstance(want, str):
+                assert ev.to_json_line() == want
+            else:
+                with pytest.raises((ValueError, TypeError)):
+                    ev.to_json_line()
+
+
+def test_request_line_every_field_present_or_absent() -> None:
+    names = ("agent", "service", "mode", "method", "host", "path", "status", "duration_ms",
+             "reason", "via")
+    full: dict[str, object] = dict(agent="a\u00e9", service="s\"", mode="m", method="GET",
+                                   host="h\\", path="/p", status=201, duration_ms=2.5,
+                                   reason="r\x01", via="api")
+    for mask in range(1 << len(names)):
+        values = {n: (full[n] if mask >> i & 1 else None) for i, n in enumerate(names)}
+        ev = RequestEvent("request", "injected", **values)  # type: ignore[arg-type]
+        assert ev.to_json_line() == _reference(ev) == ev.to_json_line()
+
+
+def test_kept_fragments_stay_bounded_and_exact() -> None:
+    from vaultproxy.audit import event as module
+
+    for i in range(module._MAX_FRAGMENTS + 50):
+        ev = RequestEvent("tunnel_refused", "denied", agent=None, service=None, mode=None,
+                          method="CONNECT", host=f"h{i}.example", path=None, status=403,
+                          duration_ms=None, reason="unknown_host")
+        assert ev.to_json_line() == _reference(ev)
+        assert len(module._FRAGMENTS) <= module._MAX_FRAGMENTS
+
+
+def test_latency_fast_path_is_histogram_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    bounds = metrics.LATENCY._upper_bounds[:-1]  # type: ignore[attr-defined]
+    ref = Histogram("ref_latency", "reference", ["service"], registry=CollectorRegistry(),
+                    buckets=bounds).labels("svc-latency")
+    rng = random.Random(45)
+    amounts = [0.0, -0.0, -1.0, 1e-300, 1e300, *bounds]
+    amounts += [math.nextafter(b, d) for b in bounds for d in (0.0, math.inf)]
+    amounts += [rng.uniform(-1, 40) for _ in range(3000)] + [rng.expovariate(50) for _ in
+                                                             range(3000)]
+    for amount in amounts:
+        ref.observe(amount)
+        metrics.observe_latency("svc-latency", amount)
+    fast = metrics.LATENCY.labels("svc-latency")
+    got = [b.get() for b in fast._buckets]  # type: ignore[attr-defined]
+    want = [b.get() for b in ref._buckets]  # type: ignore[attr-defined]
+    assert got == want and sum(want) == len(amounts)
+    assert fast._sum.get() == ref._sum.get()  # type: ignore[attr-defined]
+    assert want[0] > 0 and want[-1] > 0  # twin: the first and the +Inf bucket are reached
+
+
+def test_observed_counts_a_request_once_with_its_latency() -> None:
+    before = _flows("svc-observed")
+    child = metrics.LATENCY.labels("svc-observed")
+    count = sum(b.get() for b in child._buckets)  # type: ignore[attr-defined]
+    ev = RequestEvent("request", "injected", agent=None, service="svc-observed", mode=None,
+                      method="GET", host="h", path="/", status=200, duration_ms=12.5,
+                      reason=None)
+    metrics.observed(ev)
+    metrics.observed(ev)
+    assert _flows("svc-observed") == before + 2
+    assert sum(b.get() for b in child._buckets) == count + 2  # type: ignore[attr-defined]

@@ -37,9 +37,9 @@ def record_decision(
 ) -> None:
     """``started``: ``time.monotonic()`` when the request began (None: no duration)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
-    line = RequestEvent(
-        event, outcome, agent=agent, service=service, mode=mode, method=method, host=host,
-        path=path, status=status, duration_ms=duration, reason=reason, via=via,
+    line = RequestEvent(  # by position (see RequestEvent.__init__)
+        event, outcome, agent, service, mode, method, host, path, status, duration, reason,
+        via,
     )
     if getattr(sink, "counts_metrics", True):
         metrics.observed(line)
@@ -66,9 +66,9 @@ def record_ahead(
     written: under ``[audit] on_failure = "deny"`` the caller must then refuse the request
     (``AuditUnavailable``), so that every use of a credential is in the file before it
     happens, even if the process is killed the next instant."""
-    line = RequestEvent(
-        FORWARD_EVENT, "forwarding", agent=agent, service=service, mode=mode, method=method,
-        host=host, path=path, status=None, duration_ms=None, reason=None, via=via,
+    line = RequestEvent(  # by position (see RequestEvent.__init__)
+        FORWARD_EVENT, "forwarding", agent, service, mode, method, host, path, None, None,
+        None, via,
     )
     return sink.ahead(line)
 

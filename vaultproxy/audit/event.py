@@ -61,7 +61,11 @@ def _now_timestamp() -> str:
     cached = _second
     if cached[0] != sec:
         cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)))
-    return f"{cached[1]}{ns // 1_000_000:03d}Z"
+    return f"{cached[1]}{_MILLIS[ns // 1_000_000]}Z"
+
+
+# "000" .. "999" (an ``int.__format__`` with a spec was a visible share of a record).
+_MILLIS: tuple[str, ...] = tuple(f"{ms:03d}" for ms in range(1000))
 
 
 def strip_query(path: str) -> str:
@@ -171,11 +175,13 @@ class RequestEvent:
     via: str | None
 
     def __init__(
-        self, event: str, outcome: str, *, agent: str | None, service: str | None,
+        self, event: str, outcome: str, agent: str | None, service: str | None,
         mode: str | None, method: str | None, host: str | None, path: str | None,
         status: int | None, duration_ms: float | None, reason: str | None,
         via: str | None = None,
     ) -> None:
+        """audit/canonical.py passes every argument by position: a class called with
+        keywords gets them as a new dict (two records per request)."""
         if not event or not outcome or event in (ADMIN_EVENT, APPROVAL_EVENT):
             raise ValueError("a request record needs an event (not admin/approval) and outcome")
         if duration_ms is not None:
@@ -197,25 +203,45 @@ class RequestEvent:
         return record
 
     def to_json_line(self) -> str:
-        """One compact JSON line, byte for byte ``AuditEvent.to_json_line`` (the timestamp
-        is ASCII digits and punctuation: no escaping; a str field is encoded in place, any
-        other value as ``_json_value`` would)."""
-        e, v = _encode_str, _json_value
-        x: object
-        line = (
-            f'{{"ts":"{self.ts}","event":{e(x) if type(x := self.event) is str else v(x)},'
-            f'"agent":{e(x) if type(x := self.agent) is str else v(x)},'
-            f'"service":{e(x) if type(x := self.service) is str else v(x)},'
-            f'"mode":{e(x) if type(x := self.mode) is str else v(x)},'
-            f'"method":{e(x) if type(x := self.method) is str else v(x)},'
-            f'"host":{e(x) if type(x := self.host) is str else v(x)},'
-            f'"path":{e(x) if type(x := self.path) is str else v(x)},'
-            f'"status":{v(self.status)},"duration_ms":{v(self.duration_ms)},'
-            f'"outcome":{e(x) if type(x := self.outcome) is str else v(x)},'
-            f'"reason":{e(x) if type(x := self.reason) is str else v(x)}'
-        )
+        """One compact JSON line, byte for byte ``AuditEvent.to_json_line``.
+
+        The fields before ``path`` and the two after ``duration_ms`` repeat from request to
+        request (a service's agents, hosts, outcomes): their encoded text is kept by value
+        (``_fragment``), for str and None values only; the timestamp is ASCII digits and
+        punctuation (no escaping); the path, status and duration are encoded each time, any
+        value not a str, int or finite float as ``_json_value`` would
+        (tests/unit/test_speed_audit.py compares it with ``json.dumps`` on hostile values)."""
+        event, agent, service = self.event, self.agent, self.service
+        mode, method, host = self.mode, self.method, self.host
+        try:
+            head = _FRAGMENTS.get((event, agent, service, mode, method, host))
+        except TypeError:  # an unhashable value: encoded below as json.dumps would
+            head = None
+        if head is None or not (
+            type(event) is str and (agent is None or type(agent) is str)
+            and (service is None or type(service) is str) and (mode is None or type(mode) is str)
+            and (method is None or type(method) is str) and (host is None or type(host) is str)
+        ):
+            head = _fragment(_HEAD_KEYS, (event, agent, service, mode, method, host))
+        outcome, reason = self.outcome, self.reason
+        try:
+            tail = _FRAGMENTS.get((outcome, reason))
+        except TypeError:
+            tail = None
+        if tail is None or not (
+            type(outcome) is str and (reason is None or type(reason) is str)
+        ):
+            tail = _fragment(_TAIL_KEYS, (outcome, reason))
+        x: object = self.path
+        path = _encode_str(x) if type(x) is str else _json_value(x)  # type: ignore[arg-type]
+        x = self.status
+        status = repr(x) if type(x) is int else _json_value(x)
+        x = self.duration_ms
+        duration = repr(x) if type(x) is float and x - x == 0.0 else _json_value(x)
+        line = (f'{{"ts":"{self.ts}",{head},"path":{path},"status":{status},'
+                f'"duration_ms":{duration},{tail}')
         if self.via is not None:
-            return f'{line},"via":{v(self.via)}}}\n'
+            return f'{line},"via":{_json_value(self.via)}}}\n'
         return line + "}\n"
 
 
@@ -226,6 +252,30 @@ AnyEvent = AuditEvent | RequestEvent
 _encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
 _fallback = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _KEYS = tuple((_encode_str(name) + ":", name) for name in SPEC_FIELDS)
+
+
+_HEAD_KEYS = tuple(_encode_str(name) + ":" for name in SPEC_FIELDS[1:7])
+_TAIL_KEYS = tuple(_encode_str(name) + ":" for name in SPEC_FIELDS[10:12])
+
+# Encoded runs of fields by their values (``RequestEvent.to_json_line``): only tuples of str
+# and None are stored (a str key equals only that str: the same text), at most _MAX_FRAGMENTS
+# (all forgotten at once past that: hosts of refused tunnels are the agent's choice).
+_FRAGMENTS: dict[tuple[object, ...], str] = {}
+_MAX_FRAGMENTS = 1024
+_MAX_STORED_CHARS = 512  # bounded: ~1 MB at most (keys and texts)
+
+
+def _fragment(keys: tuple[str, ...], values: tuple[object, ...]) -> str:
+    """``"name":value`` pairs joined by commas, each value as ``_json_value`` encodes it;
+    kept in ``_FRAGMENTS`` when every value is a str or None and the text is short."""
+    text = ",".join(key + _json_value(value) for key, value in zip(keys, values, strict=True))
+    if len(text) <= _MAX_STORED_CHARS and all(
+        value is None or type(value) is str for value in values
+    ):
+        if len(_FRAGMENTS) >= _MAX_FRAGMENTS:
+            _FRAGMENTS.clear()
+        _FRAGMENTS[values] = text
+    return text
 
 
 def _json_value(value: object) -> str:

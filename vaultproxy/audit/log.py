@@ -145,36 +145,35 @@ class AuditLog:
             self._dropped += 1
 
     def _write(self, line: str, *, keep: bool) -> bool:
-        ok = self._store(line, keep=keep)
-        if ok or keep:
+        """Store the line (or keep it for a retry), then hand it to the taps. One method,
+        not two: it runs twice per proxied request."""
+        if self.echo:
+            self._echo(line)
+        with self._lock:
+            if self._retry and not self._write_retry_locked():
+                self._failed += 1
+                ok = False
+            else:
+                try:
+                    self._file.write_line(line.encode("utf-8"))
+                except OSError as e:
+                    self._failed += 1
+                    self._failing_locked(e)
+                    ok = False
+                else:
+                    self._written += 1
+                    if self._error is not None:
+                        self._recovered_locked()
+                    ok = True
+            if not ok and keep:
+                self._keep_locked(line)
+        if (ok or keep) and self.taps:
             for tap in self.taps:
                 try:
                     tap(line)
                 except Exception as e:  # noqa: BLE001 - a sink must never break the audit path
                     log.error("audit: a sink refused a record (%s)", type(e).__name__)
         return ok
-
-    def _store(self, line: str, *, keep: bool) -> bool:
-        if self.echo:
-            self._echo(line)
-        with self._lock:
-            if self._retry and not self._write_retry_locked():
-                self._failed += 1
-                if keep:
-                    self._keep_locked(line)
-                return False
-            try:
-                self._file.write_line(line.encode("utf-8"))
-            except OSError as e:
-                self._failed += 1
-                self._failing_locked(e)
-                if keep:
-                    self._keep_locked(line)
-                return False
-            self._written += 1
-            if self._error is not None:
-                self._recovered_locked()
-            return True
 
     def _write_retry_locked(self) -> bool:
         """Write the kept lines, oldest first; True once none is left."""
