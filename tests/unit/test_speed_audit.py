@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import socket
 from pathlib import Path
@@ -155,38 +154,3 @@ def test_kept_fragments_stay_bounded_and_exact() -> None:
                           duration_ms=None, reason="unknown_host")
         assert ev.to_json_line() == _reference(ev)
         assert len(module._FRAGMENTS) <= module._MAX_FRAGMENTS
-
-
-def test_latency_fast_path_is_histogram_observe() -> None:
-    from prometheus_client import CollectorRegistry, Histogram
-
-    bounds = metrics.LATENCY._upper_bounds[:-1]  # type: ignore[attr-defined]
-    ref = Histogram("ref_latency", "reference", ["service"], registry=CollectorRegistry(),
-                    buckets=bounds).labels("svc-latency")
-    rng = random.Random(45)
-    amounts = [0.0, -0.0, -1.0, 1e-300, 1e300, *bounds]
-    amounts += [math.nextafter(b, d) for b in bounds for d in (0.0, math.inf)]
-    amounts += [rng.uniform(-1, 40) for _ in range(3000)] + [rng.expovariate(50) for _ in
-                                                             range(3000)]
-    for amount in amounts:
-        ref.observe(amount)
-        metrics.observe_latency("svc-latency", amount)
-    fast = metrics.LATENCY.labels("svc-latency")
-    got = [b.get() for b in fast._buckets]  # type: ignore[attr-defined]
-    want = [b.get() for b in ref._buckets]  # type: ignore[attr-defined]
-    assert got == want and sum(want) == len(amounts)
-    assert fast._sum.get() == ref._sum.get()  # type: ignore[attr-defined]
-    assert want[0] > 0 and want[-1] > 0  # twin: the first and the +Inf bucket are reached
-
-
-def test_observed_counts_a_request_once_with_its_latency() -> None:
-    before = _flows("svc-observed")
-    child = metrics.LATENCY.labels("svc-observed")
-    count = sum(b.get() for b in child._buckets)  # type: ignore[attr-defined]
-    ev = RequestEvent("request", "injected", agent=None, service="svc-observed", mode=None,
-                      method="GET", host="h", path="/", status=200, duration_ms=12.5,
-                      reason=None)
-    metrics.observed(ev)
-    metrics.observed(ev)
-    assert _flows("svc-observed") == before + 2
-    assert sum(b.get() for b in child._buckets) == count + 2  # type: ignore[attr-defined]

@@ -6,8 +6,6 @@ Labels are service names and outcome/reason codes, never hosts, paths or values.
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,31 +91,10 @@ def bind_audit(read: Callable[[], dict[str, Any]] | None) -> None:
 UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
 
 
-# The children of FLOWS and LATENCY by label values, looked up once (``labels()`` converts,
-# checks and locks on every call, and ``observed`` runs twice per proxied request), kept as
-# the bound ``inc`` of their values: what ``Counter.inc(1)`` and ``Histogram.observe`` do for
-# a child once its labels are known, without the public methods' checks and bucket loop
-# (the bucket is the first bound >= the amount, found by bisect; test_speed_audit.py
-# compares both on seeded amounts).
-_flows: dict[tuple[str, str], Callable[[float], None]] = {}
-_latency: dict[str, tuple[Callable[[float], None], list[Callable[[float], None]],
-                          list[float]]] = {}
-
-
-def _latency_of(service: str) -> tuple[Callable[[float], None],
-                                       list[Callable[[float], None]], list[float]]:
-    child: Any = LATENCY.labels(service)
-    kept = (child._sum.inc, [bucket.inc for bucket in child._buckets],
-            list(child._upper_bounds))
-    _latency[service] = kept
-    return kept
-
-
-def observe_latency(service: str, seconds: float) -> None:
-    """``LATENCY.labels(service).observe(seconds)`` for a finite amount."""
-    add_sum, buckets, bounds = _latency.get(service) or _latency_of(service)
-    add_sum(seconds)
-    buckets[bisect_left(bounds, seconds)](1)
+# The children of FLOWS and LATENCY by label values, looked up once: ``labels()`` converts,
+# checks and locks on every call, and ``observed`` runs twice per proxied request.
+_flows: dict[tuple[str, str], Any] = {}
+_latency: dict[str, Any] = {}
 
 
 def observed[E: AnyEvent](event: E) -> E:
@@ -128,18 +105,15 @@ def observed[E: AnyEvent](event: E) -> E:
             key = (service, event.outcome)
             flows = _flows.get(key)
             if flows is None:
-                child: Any = FLOWS.labels(service, event.outcome)
-                flows = _flows[key] = child._value.inc
-            flows(1)
+                flows = _flows[key] = FLOWS.labels(service, event.outcome)
+            flows.inc()
             if event.reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, event.reason).inc()
-            duration = event.duration_ms
-            if duration is not None and event.outcome in ("injected", "forwarded"):
-                seconds = duration / 1000.0
-                if math.isfinite(seconds):
-                    observe_latency(service, seconds)
-                else:
-                    LATENCY.labels(service).observe(seconds)
+            if event.duration_ms is not None and event.outcome in ("injected", "forwarded"):
+                latency = _latency.get(service)
+                if latency is None:
+                    latency = _latency[service] = LATENCY.labels(service)
+                latency.observe(event.duration_ms / 1000.0)
     except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
         pass
     return event
