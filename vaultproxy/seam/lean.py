@@ -129,6 +129,18 @@ def install() -> None:
             if lean is not None and lean.route is None:
                 # the first request of a lean tunnel: its events may skip the layers above
                 lean.route = bypass.attach(self, lean) if bypass.enabled() else False
+            transport = self.transports.get(self.client)
+            writer = transport.writer if transport is not None else None
+            if writer is not None:
+                # Backpressure for pipelined requests: mitmproxy drains its writers only
+                # after each read, and one read may hold many requests, each answered
+                # before the next read. A request starts only once the agent's write
+                # buffer is below its limit, so an agent that reads nothing holds at most
+                # about one response in the proxy's memory (and the watchdog still runs).
+                try:
+                    await writer.drain()
+                except OSError:
+                    pass  # the agent is gone: the request's hooks see it (client_gone)
             with self.timeout_watchdog.disarm():
                 await hook.job.run(self.master.addons)
             return
