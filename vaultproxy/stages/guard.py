@@ -86,9 +86,26 @@ def _connections(stage: Any) -> Any:
     return getattr(rt, "connections", None)
 
 
+def _failer(stage: str, hook: str) -> Callable[[Any, Any, BaseException], None]:
+    """What a wrapper does with its hook's exception, as a callable of its own: the
+    indexed dispatch (seam/dispatch.py ``GUARD``) calls it in the wrapper's place."""
+
+    def fail(self: Any, args: Any, err: BaseException) -> None:
+        _fail(stage, hook, tuple(args), err, _connections(self))
+
+    return fail
+
+
 def guarded[F: Callable[..., Any]](fn: F) -> F:
-    """Wrap a hook (sync or async) so any exception denies instead of falling through."""
+    """Wrap a hook (sync or async) so any exception denies instead of falling through.
+
+    The wrapper carries ``__vp_guard__`` (seam/dispatch.py ``GUARD``): the hook's body, the
+    deny above, and whether an awaitable it returns runs inside the guard. The indexed
+    dispatch calls the body itself with that guard inline (no wrapper frame per stage per
+    request); anything else (mitmdump's own manager, a test calling the method) gets the
+    wrapper, with the same outcome."""
     stage = fn.__qualname__.split(".")[0]
+    fail = _failer(stage, fn.__name__)
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
@@ -99,6 +116,7 @@ def guarded[F: Callable[..., Any]](fn: F) -> F:
                 _fail(stage, fn.__name__, args, e, _connections(self))
                 return None
 
+        awrapper.__vp_guard__ = (fn, fail, True)  # type: ignore[attr-defined]
         return awrapper  # type: ignore[return-value]
 
     @functools.wraps(fn)
@@ -109,6 +127,8 @@ def guarded[F: Callable[..., Any]](fn: F) -> F:
             _fail(stage, fn.__name__, args, e, _connections(self))
             return None
 
+    # an awaitable a synchronous hook returns is awaited by the dispatch, outside the guard
+    wrapper.__vp_guard__ = (fn, fail, False)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 
@@ -123,6 +143,7 @@ def guarded_sometimes_async[F: Callable[..., Any]](fn: F) -> F:
     the common request needs no coroutine and no await per stage; an exception raised while
     the awaitable runs denies exactly as one raised before."""
     stage = fn.__qualname__.split(".")[0]
+    fail = _failer(stage, fn.__name__)
 
     async def finish(self: Any, args: tuple[Any, ...], pending: Awaitable[Any]) -> Any:
         try:
@@ -144,4 +165,5 @@ def guarded_sometimes_async[F: Callable[..., Any]](fn: F) -> F:
             return finish(self, args, res)
         return res
 
+    wrapper.__vp_guard__ = (fn, fail, True)  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
