@@ -329,3 +329,82 @@ def test_every_stage_hook_is_covered() -> None:
             "Mint.requestheaders", "ResponseGate.response", "Record.response",
             "Dial.server_connect", "Route.http_connect"} <= names
     assert len(names) >= 30
+
+
+class _Child:
+    """A plain or guarded ``requestheaders`` that records its call, then fails or halts."""
+
+    def __init__(self, name: str, calls: list[str], what: str = "") -> None:
+        self.name, self.calls, self.what = name, calls, what
+
+    def requestheaders(self, f: http.HTTPFlow) -> None:
+        self.calls.append(self.name)
+        if self.what == "fail":
+            raise RuntimeError(f"{self.name} fails")
+        if self.what == "halt":
+            from mitmproxy import exceptions
+
+            raise exceptions.AddonHalt()
+
+
+class _GuardedChild(_Child):
+    @guard.guarded
+    def requestheaders(self, f: http.HTTPFlow) -> None:
+        self.calls.append(self.name)
+        if self.what == "fail":
+            raise RuntimeError(f"{self.name} fails")
+
+    @guard.guarded_sometimes_async
+    def request(self, f: http.HTTPFlow) -> Any:
+        async def later() -> None:
+            await asyncio.sleep(0)
+            self.calls.append(self.name + "-awaited")
+            if self.what == "fail":
+                raise RuntimeError(f"{self.name} fails later")
+
+        self.calls.append(self.name)
+        return later()
+
+
+class _Parent:
+    def __init__(self, *children: object) -> None:
+        self.addons = list(children)
+
+
+@pytest.mark.parametrize("hook", ["requestheaders", "request"])
+@pytest.mark.parametrize("shape", ["fail", "halt", "guarded-fail", "ok"])
+def test_addons_with_children_run_as_in_mitmproxy(hook: str, shape: str) -> None:
+    """The one-argument loop folds an addon with children into one step: a plain child's
+    exception ends its group (the next top-level addon runs), a halt ends the event, a
+    guarded child's fault denies and its group goes on; the same as mitmproxy's manager."""
+
+    def run(indexed: bool) -> tuple[list[str], object]:
+        calls: list[str] = []
+        f = tflow.tflow()
+        kind = {"fail": ("plain", "fail"), "halt": ("plain", "halt"),
+                "guarded-fail": ("guarded", "fail"), "ok": ("guarded", "")}[shape]
+        middle = (_GuardedChild if kind[0] == "guarded" else _Child)("b", calls, kind[1])
+        chain_ = [_GuardedChild("a", calls), _Parent(middle, _GuardedChild("c", calls)),
+                  _GuardedChild("d", calls)]
+
+        async def go() -> None:
+            m = master.Master(options.Options(), with_termlog=False)
+            try:
+                manager = speed.tune(m) if indexed else m.addons
+                manager.add(*chain_)
+                await manager.handle_lifecycle(hooks.all_hooks[hook](f))
+            finally:
+                m._legacy_log_events.uninstall()
+
+        asyncio.run(go())
+        rec = record_of(f)
+        return calls, None if rec.refusal is None else rec.refusal.code
+
+    new, old = run(True), run(False)
+    assert new == old
+    if shape == "guarded-fail" and hook == "requestheaders":
+        assert new[1] == "internal" and "c" in new[0] and "d" in new[0]
+    if shape == "fail" and hook == "requestheaders":
+        assert "c" not in new[0] and "d" in new[0]
+    if shape == "halt" and hook == "requestheaders":
+        assert new[0] == ["a", "b"]

@@ -115,11 +115,42 @@ def _step(func: Callable[..., Any]) -> Step:
     return (body, addon, fail, bool(guard_awaitable))
 
 
+def _grouped(group: tuple[Step, ...]) -> Step:
+    """One step for the handlers of an addon and its children (an addon with ``addons``):
+    they run in order and an exception a plain one raises ends the group, as inside
+    mitmproxy's one ``safecall`` per top-level addon (the caller's ``try`` is that)."""
+
+    async def run(*args: Any) -> None:
+        for func, addon, fail, guard_awaitable in group:
+            if fail is None:
+                res = func(*args)
+                if res is not None and (type(res) is _Coroutine or inspect.isawaitable(res)):
+                    await res
+                continue
+            pending = None
+            try:
+                res = func(addon, *args)
+                if res is not None and (type(res) is _Coroutine or inspect.isawaitable(res)):
+                    if guard_awaitable:
+                        await res
+                    else:
+                        pending = res
+            except Exception as err:  # noqa: BLE001 - the stage's guard: deny
+                fail(addon, args, err)
+            if pending is not None:
+                await pending
+
+    return (run, None, None, False)
+
+
 class IndexedAddonManager(addonmanager.AddonManager):
     def __init__(self, master: Any) -> None:
         super().__init__(master)  # type: ignore[no-untyped-call]
         self._index: dict[str, Handlers] = {}
         self._steps: dict[str, Steps] = {}  # ``_index`` as ``trigger_event`` runs it
+        # ``_steps`` with one step per top-level addon (its group folded into one if it
+        # has several): the loop for events of one argument
+        self._flat: dict[str, tuple[Step, ...]] = {}
 
     def _handlers(self, event: hooks.Hook) -> Handlers:
         found = self._index.get(event.name)
@@ -149,6 +180,14 @@ class IndexedAddonManager(addonmanager.AddonManager):
                 tuple(_step(func) for func in funcs) for funcs in handlers)
         return steps
 
+    def _flat_of(self, event: hooks.Hook) -> tuple[Step, ...]:
+        flat = self._flat.get(event.name)
+        if flat is None:
+            flat = self._flat[event.name] = tuple(
+                group[0] if len(group) == 1 else _grouped(group)
+                for group in self._steps_of(event))
+        return flat
+
     async def trigger_event(self, event: hooks.Hook) -> None:
         steps = self._steps.get(event.name)
         if steps is None:
@@ -156,35 +195,36 @@ class IndexedAddonManager(addonmanager.AddonManager):
         if not steps:
             return
         args = hook_args(event)
-        # ``_SafeCall`` inlined (this loop runs ~25 handlers per proxied request), and each
-        # guarded stage's own guard (``GUARD``) inlined in it. Every flow event has one
-        # argument: it is passed as such, not as ``*args`` (a call the interpreter
-        # specialises, instead of a tuple built per handler); the second loop is the same
-        # for events of any other arity.
         if len(args) == 1:
+            # Every flow event has one argument: passed as such, not as ``*args`` (a call
+            # the interpreter specialises, instead of a tuple built per handler). One step
+            # per top-level addon, its ``safecall`` and (``GUARD``) its stage's own guard
+            # inline: this loop runs ~25 handlers per proxied request.
+            flat = self._flat.get(event.name)
+            if flat is None:
+                flat = self._flat_of(event)
             arg = args[0]
-            for group in steps:
+            for func, addon, fail, guard_awaitable in flat:
                 try:
-                    for func, addon, fail, guard_awaitable in group:
-                        if fail is None:
-                            res = func(arg)
-                            if res is not None and (
-                                    type(res) is _Coroutine or inspect.isawaitable(res)):
+                    if fail is None:
+                        res = func(arg)
+                        if res is not None and (
+                                type(res) is _Coroutine or inspect.isawaitable(res)):
+                            await res
+                        continue
+                    pending = None
+                    try:
+                        res = func(addon, arg)
+                        if res is not None and (
+                                type(res) is _Coroutine or inspect.isawaitable(res)):
+                            if guard_awaitable:
                                 await res
-                            continue
-                        pending = None
-                        try:
-                            res = func(addon, arg)
-                            if res is not None and (
-                                    type(res) is _Coroutine or inspect.isawaitable(res)):
-                                if guard_awaitable:
-                                    await res
-                                else:
-                                    pending = res
-                        except Exception as err:  # noqa: BLE001 - the stage's guard: deny
-                            fail(addon, args, err)
-                        if pending is not None:
-                            await pending
+                            else:
+                                pending = res
+                    except Exception as err:  # noqa: BLE001 - the stage's guard: deny
+                        fail(addon, args, err)
+                    if pending is not None:
+                        await pending
                 except exceptions.AddonHalt:
                     return
                 except exceptions.OptionsError:
@@ -192,6 +232,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
                 except Exception as err:  # noqa: BLE001 - as mitmproxy's safecall: log, go on
                     _addon_error(err)
             return
+        # events of any other arity: ``_SafeCall`` and the stage guards inlined as above
         for group in steps:
             try:
                 for func, addon, fail, guard_awaitable in group:
@@ -249,23 +290,29 @@ class IndexedAddonManager(addonmanager.AddonManager):
     def register(self, addon: Any) -> Any:
         self._index.clear()
         self._steps.clear()
+        self._flat.clear()
         return super().register(addon)  # type: ignore[no-untyped-call]
 
     def add(self, *addons: Any) -> None:
         self._index.clear()
         self._steps.clear()
+        self._flat.clear()
         super().add(*addons)  # type: ignore[no-untyped-call]
         self._index.clear()
         self._steps.clear()
+        self._flat.clear()
 
     def remove(self, addon: Any) -> None:
         self._index.clear()
         self._steps.clear()
+        self._flat.clear()
         super().remove(addon)  # type: ignore[no-untyped-call]
         self._index.clear()
         self._steps.clear()
+        self._flat.clear()
 
     def clear(self) -> None:
         self._index.clear()
         self._steps.clear()
+        self._flat.clear()
         super().clear()  # type: ignore[no-untyped-call]
