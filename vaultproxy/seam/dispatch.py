@@ -54,6 +54,8 @@ GUARD = "__vp_guard__"
 #: ``func(addon, *args)``.
 Step = tuple[Callable[..., Any], Any, Callable[[Any, Any, BaseException], None] | None, bool]
 Steps = tuple[tuple[Step, ...], ...]
+#: An event's field when it has exactly one (else None), and one step per top-level addon.
+Flat = tuple[str | None, tuple[Step, ...]]
 
 _arg_names: dict[type[hooks.Hook], tuple[str, ...]] = {}
 
@@ -150,7 +152,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
         self._steps: dict[str, Steps] = {}  # ``_index`` as ``trigger_event`` runs it
         # ``_steps`` with one step per top-level addon (its group folded into one if it
         # has several): the loop for events of one argument
-        self._flat: dict[str, tuple[Step, ...]] = {}
+        self._flat: dict[str, Flat] = {}
 
     def _handlers(self, event: hooks.Hook) -> Handlers:
         found = self._index.get(event.name)
@@ -180,31 +182,32 @@ class IndexedAddonManager(addonmanager.AddonManager):
                 tuple(_step(func) for func in funcs) for funcs in handlers)
         return steps
 
-    def _flat_of(self, event: hooks.Hook) -> tuple[Step, ...]:
+    def _flat_of(self, event: hooks.Hook) -> Flat:
         flat = self._flat.get(event.name)
         if flat is None:
-            flat = self._flat[event.name] = tuple(
-                group[0] if len(group) == 1 else _grouped(group)
-                for group in self._steps_of(event))
+            hook_args(event)  # (fills ``_arg_names``)
+            names = _arg_names[type(event)]
+            flat = self._flat[event.name] = (
+                names[0] if len(names) == 1 else None,
+                tuple(group[0] if len(group) == 1 else _grouped(group)
+                      for group in self._steps_of(event)),
+            )
         return flat
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        steps = self._steps.get(event.name)
-        if steps is None:
-            steps = self._steps_of(event)
-        if not steps:
+        flat = self._flat.get(event.name)
+        if flat is None:
+            flat = self._flat_of(event)
+        field, top = flat
+        if not top:
             return
-        args = hook_args(event)
-        if len(args) == 1:
+        if field is not None:
             # Every flow event has one argument: passed as such, not as ``*args`` (a call
             # the interpreter specialises, instead of a tuple built per handler). One step
             # per top-level addon, its ``safecall`` and (``GUARD``) its stage's own guard
             # inline: this loop runs ~25 handlers per proxied request.
-            flat = self._flat.get(event.name)
-            if flat is None:
-                flat = self._flat_of(event)
-            arg = args[0]
-            for func, addon, fail, guard_awaitable in flat:
+            arg = getattr(event, field)
+            for func, addon, fail, guard_awaitable in top:
                 try:
                     if fail is None:
                         res = func(arg)
@@ -222,7 +225,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
                             else:
                                 pending = res
                     except Exception as err:  # noqa: BLE001 - the stage's guard: deny
-                        fail(addon, args, err)
+                        fail(addon, (arg,), err)
                     if pending is not None:
                         await pending
                 except exceptions.AddonHalt:
@@ -232,6 +235,10 @@ class IndexedAddonManager(addonmanager.AddonManager):
                 except Exception as err:  # noqa: BLE001 - as mitmproxy's safecall: log, go on
                     _addon_error(err)
             return
+        steps = self._steps.get(event.name)
+        if steps is None:
+            steps = self._steps_of(event)
+        args = hook_args(event)
         # events of any other arity: ``_SafeCall`` and the stage guards inlined as above
         for group in steps:
             try:
