@@ -52,7 +52,52 @@ def _patch():
     from vaultproxy.seam import dispatch as d
     Coro = d._Coroutine
 
+    def _add(name, func, spent):
+        key = (name, getattr(func, "__qualname__", repr(func)))
+        got = TOTALS.get(key)
+        TOTALS[key] = (got[0] + spent, got[1] + 1) if got else (spent, 1)
+
+    async def _flat(self, event, field, top):
+        # the manager's one-field loop (guarded stage bodies with their guard inline), timed
+        name = event.name
+        arg = getattr(event, field)
+        for func, addon, fail, guarded_await in top:
+            try:
+                if fail is None:
+                    t0 = _tt()
+                    res = func(arg)
+                    _add(name, func, _tt() - t0)
+                    if res is not None and (type(res) is Coro or inspect.isawaitable(res)):
+                        await res
+                    continue
+                pending = None
+                t0 = _tt()
+                try:
+                    res = func(addon, arg)
+                    _add(name, func, _tt() - t0)
+                    if res is not None and (type(res) is Coro or inspect.isawaitable(res)):
+                        if guarded_await:
+                            await res
+                        else:
+                            pending = res
+                except Exception as err:
+                    fail(addon, (arg,), err)
+                if pending is not None:
+                    await pending
+            except exceptions.AddonHalt:
+                return
+            except exceptions.OptionsError:
+                raise
+            except Exception as err:
+                d._addon_error(err)
+
     async def trigger_event(self, event):
+        if hasattr(self, "_flat_of"):
+            field, top = self._flat.get(event.name) or self._flat_of(event)
+            if field is not None:
+                if top:
+                    await _flat(self, event, field, top)
+                return
         handlers, args = self._plan(event)
         name = event.name
         for funcs in handlers:
