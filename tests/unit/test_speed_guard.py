@@ -408,3 +408,48 @@ def test_addons_with_children_run_as_in_mitmproxy(hook: str, shape: str) -> None
         assert "c" not in new[0] and "d" in new[0]
     if shape == "halt" and hook == "requestheaders":
         assert new[0] == ["a", "b"]
+
+
+def test_a_decorator_over_a_guarded_hook_is_not_bypassed() -> None:
+    """``functools.wraps`` copies the wrapper's ``__dict__`` (its ``GUARD``) onto a decorator
+    put over it: the manager must call that decorator, not the inner body. Twin: the
+    undecorated hook is run inline (its body, not its wrapper)."""
+    import functools
+
+    calls: list[str] = []
+
+    def outer(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Any, f: http.HTTPFlow) -> Any:
+            calls.append("outer")
+            return fn(self, f)
+
+        return wrapper
+
+    class Decorated:
+        @outer
+        @guard.guarded
+        def requestheaders(self, f: http.HTTPFlow) -> None:
+            calls.append("body")
+
+    class Plain:
+        @guard.guarded
+        def requestheaders(self, f: http.HTTPFlow) -> None:
+            calls.append("plain")
+
+    assert getattr(Decorated.requestheaders, GUARD, None) is not None  # copied by wraps
+
+    async def go() -> None:
+        m = master.Master(options.Options(), with_termlog=False)
+        try:
+            manager = speed.tune(m)
+            manager.add(Decorated(), Plain())
+            await manager.handle_lifecycle(hooks.all_hooks["requestheaders"](tflow.tflow()))
+            assert isinstance(manager, IndexedAddonManager)
+            (_field, top) = manager._flat["requestheaders"]
+            assert top[0][2] is None and top[1][2] is not None  # plain call; guard inline
+        finally:
+            m._legacy_log_events.uninstall()
+
+    asyncio.run(go())
+    assert calls == ["outer", "body", "plain"]

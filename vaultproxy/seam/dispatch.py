@@ -109,9 +109,12 @@ def missing_symbol() -> str | None:
 def _step(func: Callable[..., Any]) -> Step:
     """How the manager runs ``func``: its guarded body with the guard inline when it is a
     bound method whose function carries ``GUARD``; else ``func`` itself."""
-    spec = getattr(getattr(func, "__func__", None), GUARD, None)
+    function = getattr(func, "__func__", None)
+    spec = getattr(function, GUARD, None)
     addon = getattr(func, "__self__", None)
-    if spec is None or addon is None:
+    if spec is None or addon is None or getattr(function, "__wrapped__", None) is not spec[0]:
+        # (a decorator over the wrapper that copied its ``__dict__``, as ``functools.wraps``
+        # does, carries the inner ``GUARD`` too: that one is called as it is)
         return (func, None, None, False)
     body, fail, guard_awaitable = spec
     return (body, addon, fail, bool(guard_awaitable))
