@@ -269,3 +269,17 @@ def test_drain_writers_waits_or_returns_as_mitmproxys(state: str) -> None:
 def test_each_patch_is_on_the_source_it_was_written_against() -> None:
     for name, want in connio.FINGERPRINTS.items():
         assert connio.fingerprint(name) == want, name
+
+
+def test_a_changed_method_stays_as_it_is(monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    cls = server.ConnectionHandler
+    for name, fn in connio.STOCK.items():  # as before install, restored after the test
+        monkeypatch.setattr(cls, name, fn)
+    monkeypatch.delattr(cls, "_vaultproxy_fast_io")
+    monkeypatch.setitem(connio.FINGERPRINTS, "StreamWriter.drain", "0" * 16)
+    with caplog.at_level("WARNING"):
+        assert connio.install()
+    assert cls.drain_writers is connio.STOCK["drain_writers"]
+    assert cls.server_event is connio.server_event
+    assert "StreamWriter.drain is not the one" in caplog.text

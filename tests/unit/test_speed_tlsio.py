@@ -328,3 +328,17 @@ def test_each_replaced_method_is_the_one_fingerprinted() -> None:
     for name, want in tlsio.FINGERPRINTS.items():
         assert tlsio.fingerprint(name) == want
         assert getattr(tls.TLSLayer, name) is not tlsio.STOCK[name]
+
+
+def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    assert tlsio.install()
+    for name, fn in tlsio.STOCK.items():  # as before install, restored after the test
+        monkeypatch.setattr(tls.TLSLayer, name, fn)
+    monkeypatch.delattr(tls.TLSLayer, "_vaultproxy_fast")
+    monkeypatch.setitem(tlsio.FINGERPRINTS, "send_data", "0" * 16)
+    with caplog.at_level("WARNING"):
+        assert tlsio.install()
+    assert tls.TLSLayer.send_data is tlsio.STOCK["send_data"]
+    assert tls.TLSLayer.receive_data is not tlsio.STOCK["receive_data"]
+    assert "TLSLayer.send_data is not the one" in caplog.text
