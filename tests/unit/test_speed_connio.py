@@ -273,9 +273,11 @@ def test_each_patch_is_on_the_source_it_was_written_against() -> None:
 
 def test_a_changed_method_stays_as_it_is(monkeypatch: pytest.MonkeyPatch,
                                          caplog: pytest.LogCaptureFixture) -> None:
+    from mitmproxy.utils import asyncio_utils
+
     cls = server.ConnectionHandler
     for name, fn in connio.STOCK.items():  # as before install, restored after the test
-        monkeypatch.setattr(cls, name, fn)
+        monkeypatch.setattr(asyncio_utils if name == "set_task_debug_info" else cls, name, fn)
     monkeypatch.delattr(cls, "_vaultproxy_fast_io")
     monkeypatch.setitem(connio.FINGERPRINTS, "StreamWriter.drain", "0" * 16)
     with caplog.at_level("WARNING"):
@@ -283,3 +285,36 @@ def test_a_changed_method_stays_as_it_is(monkeypatch: pytest.MonkeyPatch,
     assert cls.drain_writers is connio.STOCK["drain_writers"]
     assert cls.server_event is connio.server_event
     assert "StreamWriter.drain is not the one" in caplog.text
+
+
+@pytest.mark.parametrize("env", [None, "", "tests/x.py::test_y (call)", "caf\udcff"])
+@pytest.mark.parametrize("client", [None, (), ("127.0.0.1", 5)])
+@pytest.mark.parametrize("plain_mapping", [False, True])
+def test_task_debug_info_matches_mitmproxys(monkeypatch: pytest.MonkeyPatch, env: str | None,
+                                            client: Any, plain_mapping: bool) -> None:
+    import os
+    import time
+
+    from mitmproxy.utils import asyncio_utils
+
+    assert asyncio_utils.set_task_debug_info is connio.set_task_debug_info
+    if env is None:
+        monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    else:
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", env)
+    if plain_mapping:  # an os.environ that is not os._Environ: its own get
+        monkeypatch.setattr(os, "environ", dict(os.environ))
+    monkeypatch.setattr(time, "time", lambda: 1234.5)
+
+    async def main() -> list[Any]:
+        out = []
+        for fn in (connio.STOCK["set_task_debug_info"], connio.set_task_debug_info):
+            task = asyncio.ensure_future(asyncio.sleep(0))
+            fn(task, name="handle_hook(x)", client=client)
+            out.append((task.get_name(), task.created, getattr(task, "client", "none")))  # type: ignore[attr-defined]
+            await task
+        return out
+
+    stock, fast = asyncio.run(main())
+    assert fast == stock
+    assert ("[created in" in fast[0]) == bool(env)

@@ -14,6 +14,11 @@ costs two ``server_event`` calls and one ``drain_writers``.
   request produces most (``SendData``, ``Log``, by exact type) take the branch mitmproxy's
   ``isinstance`` chain gives them, with the same test that the connection is still open.
   Every other command goes through that chain, copied unchanged.
+* ``asyncio_utils.set_task_debug_info`` (every task mitmproxy starts: one per hook, one
+  per request on the lean path) reads ``PYTEST_CURRENT_TEST`` with ``os.environ.get``,
+  which raises and catches a ``KeyError`` when it is not set (always, outside tests): the
+  patched one looks the same key up in ``os.environ``'s own mapping (``_data``, what
+  ``__getitem__`` reads, with its ``encodekey``/``decodevalue``) and names the task the same.
 * ``drain_writers``: when its lock is free and every writer is an ``asyncio.StreamWriter``
   whose ``drain()`` would return without waiting or raising (no reader exception, transport
   not closing, connection not lost, protocol not paused: what ``drain`` and
@@ -27,9 +32,12 @@ slower, never different. tests/unit/test_speed_connio.py compares both."""
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import hashlib
 import inspect
 import logging
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +57,10 @@ FINGERPRINTS = {
     "Lock.acquire": "54bbd184d16df3a1",
     "Lock.release": "d0dcc0c5684432c6",
     "StreamReader.exception": "24c376c899a9aa6a",
+    "asyncio_utils.set_task_debug_info": "fb5346b5710bbc7f",
+    # (frozen modules: no source; the fingerprint of their bytecode, names and constants)
+    "_Environ.__getitem__": "8503af0bb5e29999",
+    "Mapping.get": "be553584ca6aae1e",
 }
 #: mitmproxy's own methods, as the handler had them before ``install`` (for the tests).
 STOCK: dict[str, Callable[..., Any]] = {}
@@ -56,12 +68,16 @@ STOCK: dict[str, Callable[..., Any]] = {}
 
 def _target(name: str) -> Any:
     owner, attr = name.split(".")
+    if owner == "asyncio_utils":
+        return STOCK.get(attr) or getattr(asyncio_utils, attr)
     cls = {
         "ConnectionHandler": server.ConnectionHandler,
         "StreamWriter": asyncio.StreamWriter,
         "FlowControlMixin": asyncio.streams.FlowControlMixin,
         "Lock": asyncio.Lock,
         "StreamReader": asyncio.StreamReader,
+        "_Environ": os._Environ,
+        "Mapping": collections.abc.Mapping,
     }[owner]
     return STOCK.get(attr) if owner == "ConnectionHandler" and attr in STOCK else getattr(
         cls, attr)
@@ -69,11 +85,15 @@ def _target(name: str) -> Any:
 
 def fingerprint(name: str) -> str | None:
     """The fingerprint of ``name`` as installed (None: no source)."""
+    fn = _target(name)
     try:
-        src = inspect.getsource(_target(name))
+        src = inspect.getsource(fn).encode()
     except (OSError, TypeError):
-        return None
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return None
+        src = code.co_code + repr((code.co_names, code.co_consts)).encode()
+    return hashlib.sha256(src).hexdigest()[:16]
 
 
 def missing_symbol() -> str | None:
@@ -81,7 +101,9 @@ def missing_symbol() -> str | None:
     return (missing(server, "ConnectionHandler")
             or missing(server.ConnectionHandler, "server_event", "drain_writers", "log",
                        "close_connection", "open_connection", "wakeup", "hook_task")
-            or missing(asyncio_utils, "create_task")
+            or missing(asyncio_utils, "create_task", "set_task_debug_info")
+            or missing(os, "_Environ")
+            or missing(os.environ, "_data", "encodekey", "decodevalue")
             or missing(lock, "_locked", "_waiters", "acquire", "release")
             or missing(asyncio.streams, "FlowControlMixin")
             or missing(asyncio.streams.FlowControlMixin, "_drain_helper")
@@ -180,6 +202,31 @@ async def server_event(self: Any, event: Any) -> None:
         lock.release()
 
 
+_TEST_VAR = "PYTEST_CURRENT_TEST"
+_ENVIRON: Any = os.environ
+# (``os.environ``'s key for it, made once)
+_TEST_KEY = getattr(_ENVIRON, "encodekey", lambda _: None)(_TEST_VAR)
+
+
+def set_task_debug_info(task: asyncio.Task[Any], *, name: str,
+                        client: tuple[Any, ...] | None = None) -> None:
+    """mitmproxy's ``set_task_debug_info`` (see the module's docstring)."""
+    task.created = time.time()  # type: ignore[attr-defined]
+    if __debug__ is True:
+        environ: Any = os.environ
+        if type(environ) is os._Environ:  # (what ``os.environ.get`` reads, without a KeyError)
+            key = _TEST_KEY if environ is _ENVIRON else environ.encodekey(_TEST_VAR)
+            raw = environ._data.get(key)  # type: ignore[attr-defined]
+            test = None if raw is None else environ.decodevalue(raw)
+        else:
+            test = environ.get(_TEST_VAR, None)
+        if test:
+            name = f"{name} [created in {test}]"
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
+
+
 def _make_drain(stock: Callable[..., Any]) -> Callable[..., Any]:
     stream_writer = asyncio.StreamWriter
 
@@ -213,11 +260,14 @@ def install() -> bool:
         return True
     if missing_symbol() is not None:
         return False
-    STOCK.update(server_event=cls.server_event, drain_writers=cls.drain_writers)
+    STOCK.update(server_event=cls.server_event, drain_writers=cls.drain_writers,
+                 set_task_debug_info=asyncio_utils.set_task_debug_info)
     if _same("ConnectionHandler.server_event", "Lock.acquire", "Lock.release"):
         cls.server_event = server_event  # type: ignore[method-assign]
     if _same("ConnectionHandler.drain_writers", "StreamWriter.drain",
              "FlowControlMixin._drain_helper", "StreamReader.exception", "Lock.acquire"):
         cls.drain_writers = _make_drain(STOCK["drain_writers"])  # type: ignore[method-assign]
+    if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
+        asyncio_utils.set_task_debug_info = set_task_debug_info
     cls._vaultproxy_fast_io = True  # type: ignore[attr-defined]
     return True
