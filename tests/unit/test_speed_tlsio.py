@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trustme
 from mitmproxy import connection
-from mitmproxy.proxy import commands, events
+from mitmproxy.proxy import commands, events, tunnel
 from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
@@ -162,8 +162,8 @@ class _Stock(_Recording):
 
 def _stock_class() -> type[_Recording]:
     assert tlsio.install()
-    for name, fn in tlsio.STOCK.items():
-        setattr(_Stock, name, fn)
+    for name in tlsio.FINGERPRINTS:
+        setattr(_Stock, name, tlsio.STOCK[name])
     return _Stock
 
 
@@ -333,8 +333,10 @@ def test_each_replaced_method_is_the_one_fingerprinted() -> None:
 def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     assert tlsio.install()
-    for name, fn in tlsio.STOCK.items():  # as before install, restored after the test
-        monkeypatch.setattr(tls.TLSLayer, name, fn)
+    for name in tlsio.FINGERPRINTS:  # as before install, restored after the test
+        monkeypatch.setattr(tls.TLSLayer, name, tlsio.STOCK[name])
+    for name in tlsio.TUNNEL_FINGERPRINTS:
+        monkeypatch.setattr(tunnel.TunnelLayer, name, tlsio.STOCK[f"TunnelLayer.{name}"])
     monkeypatch.delattr(tls.TLSLayer, "_vaultproxy_fast")
     monkeypatch.setitem(tlsio.FINGERPRINTS, "send_data", "0" * 16)
     with caplog.at_level("WARNING"):
@@ -342,3 +344,88 @@ def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyP
     assert tls.TLSLayer.send_data is tlsio.STOCK["send_data"]
     assert tls.TLSLayer.receive_data is not tlsio.STOCK["receive_data"]
     assert "TLSLayer.send_data is not the one" in caplog.text
+
+
+# --- TunnelLayer.event_to_child against mitmproxy's, on seeded command streams -------------
+
+
+class _Child:
+    def __init__(self, script: list[commands.Command]) -> None:
+        self.script = script
+
+    def handle_event(self, event: events.Event) -> Any:
+        script, self.script = self.script, []  # (later events: nothing)
+        yield from script
+
+
+class _Tunnel(tunnel.TunnelLayer):
+    """A tunnel layer without a context: what it sends and closes is recorded."""
+
+    def __init__(self, conn: connection.Connection, outer: connection.Connection,
+                 script: list[commands.Command], state: tunnel.TunnelState) -> None:
+        self.conn, self.tunnel_connection = conn, outer
+        self.child_layer = _Child(script)  # type: ignore[assignment]
+        self.tunnel_state = state
+        self.command_to_reply_to = None
+        self._event_queue = []
+        self.debug = None
+
+    def send_data(self, data: bytes) -> Any:
+        yield commands.Log(f"send_data {data!r}")
+
+    def send_close(self, command: commands.CloseConnection) -> Any:
+        yield commands.Log(f"send_close {type(command).__name__}")
+
+    def start_handshake(self) -> Any:
+        yield commands.Log("start_handshake")
+
+
+def _tunnel_script(rng: random.Random, own: Any, other: Any) -> list[commands.Command]:
+    out: list[commands.Command] = []
+    for _ in range(rng.randint(0, 8)):
+        conn = own if rng.random() < 0.6 else other
+        made: list[commands.Command] = [
+            commands.SendData(conn, rng.randbytes(3)),
+            commands.Log("a line"),
+            commands.RequestWakeup(1.0),
+            commands.CloseConnection(conn),
+            commands.CloseTcpConnection(conn, half_close=True),
+            commands.OpenConnection(conn),
+        ]
+        out.append(rng.choice(made))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_tunnel_event_to_child_matches_mitmproxys(seed: int) -> None:
+    assert tlsio.install()
+    fast = tunnel.TunnelLayer.event_to_child
+    stock = tlsio.STOCK["TunnelLayer.event_to_child"]
+    assert fast is not stock
+    outs = []
+    for fn in (stock, fast):
+        rng = random.Random(seed)
+        own = connection.Server(address=("127.0.0.1", 1))
+        outer = own if rng.random() < 0.5 else connection.Server(address=("127.0.0.1", 2))
+        other = connection.Client(peername=("127.0.0.1", 3), sockname=("127.0.0.1", 4),
+                                  timestamp_start=0.0)
+        state = rng.choice([tunnel.TunnelState.OPEN, tunnel.TunnelState.ESTABLISHING])
+        layer = _Tunnel(own, outer, _tunnel_script(rng, own, other), state)
+        if rng.random() < 0.3:
+            layer.command_to_reply_to = commands.OpenConnection(own)
+        out: list[Any] = []
+        gen = fn(layer, events.DataReceived(other, b"x"))
+        try:
+            command = next(gen)
+            while True:
+                out.append((type(command).__name__, getattr(command, "message", None),
+                            getattr(command, "connection", None) is own,
+                            getattr(command, "data", None)))
+                reply = "refused" if isinstance(command, commands.OpenConnection) else None
+                command = gen.send(reply)
+        except StopIteration:
+            pass
+        out.append(("state", layer.tunnel_state, len(layer._event_queue),
+                    layer.command_to_reply_to is None, own.state))
+        outs.append(out)
+    assert outs[0] == outs[1]

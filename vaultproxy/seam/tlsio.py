@@ -29,6 +29,14 @@ arguments and sizes, and read pyOpenSSL's answers the way pyOpenSSL does:
   ``sendall``, otherwise pyOpenSSL's ``_raise_ssl_error`` and ``sendall`` take over from
   where it stopped.
 
+And between a TLS layer and its child, ``TunnelLayer.event_to_child`` hands each command
+the child answers to ``_handle_command``, one more generator per command (the lean layer's
+hook and its response, per request): the patched loop makes the same decision in place for
+the two kinds a request produces (a ``SendData`` on the layer's own connection goes to
+``send_data``; a command that is no ``ConnectionCommand`` goes up as it is) and hands every
+other command to ``_handle_command``; a subclass with its own ``_handle_command`` keeps
+mitmproxy's loop.
+
 Anything else (a payload that is not ``bytes``, an empty one, a connection that is not a
 memory-BIO ``SSL.Connection``) takes mitmproxy's method. mitmproxy's methods are
 fingerprinted (their source text): if a release changes one, that method stays
@@ -45,7 +53,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from mitmproxy import connection
-from mitmproxy.proxy import commands, events
+from mitmproxy.proxy import commands, events, tunnel
 from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
@@ -63,7 +71,13 @@ FINGERPRINTS = {
     "send_data": "35a29a1b0b0cb184",
     "tls_interact": "62d6d57d43dd1a2e",
 }
-#: mitmproxy's own methods, as ``TLSLayer`` had them before ``install`` (for the tests).
+#: the same, of ``TunnelLayer``'s.
+TUNNEL_FINGERPRINTS = {
+    "event_to_child": "119a33642637d420",
+    "_handle_command": "11ede598b3b37965",
+}
+#: mitmproxy's own methods, as ``TLSLayer`` had them before ``install`` (for the tests);
+#: ``TunnelLayer``'s under ``TunnelLayer.<name>``.
 STOCK: dict[str, Callable[..., Any]] = {}
 _PYOPENSSL = ("_lib", "_ffi", "WantReadError", "ZeroReturnError", "SysCallError", "Error")
 _LIB = ("BIO_get_mem_data", "BIO_read", "BIO_write", "SSL_read", "SSL_write",
@@ -75,14 +89,19 @@ _HELPERS = ("_verify_helper", "_alpn_select_helper", "_ocsp_helper")
 def missing_symbol() -> str | None:
     lib = getattr(SSL, "_lib", None)
     return (missing(tls, "TLSLayer") or missing(tls.TLSLayer, *FINGERPRINTS)
+            or missing(tunnel, "TunnelLayer", "TunnelState")
+            or missing(tunnel.TunnelLayer, *TUNNEL_FINGERPRINTS)
             or missing(SSL, *_PYOPENSSL) or missing(lib, *_LIB)
             or missing(SSL.Connection, *_CONN)
             or missing(SSL.Context(SSL.TLS_METHOD), *_HELPERS))
 
 
 def fingerprint(name: str) -> str | None:
-    """The fingerprint of mitmproxy's ``TLSLayer.<name>`` as installed (None: no source)."""
-    fn = STOCK.get(name) or getattr(tls.TLSLayer, name)
+    """The fingerprint of mitmproxy's ``TLSLayer.<name>`` (``TunnelLayer.<name>``: that
+    class's) as installed (None: no source)."""
+    owner, _, attr = name.rpartition(".")
+    cls = tunnel.TunnelLayer if owner == "TunnelLayer" else tls.TLSLayer
+    fn = STOCK.get(name) or getattr(cls, attr)
     try:
         src = inspect.getsource(fn)
     except (OSError, TypeError):
@@ -240,6 +259,30 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             "send_data": send_data}
 
 
+def _make_tunnel(stock_to_child: Callable[..., Any],
+                 stock_handle: Callable[..., Any]) -> Callable[..., Any]:
+    establishing = tunnel.TunnelState.ESTABLISHING
+    connection_command = commands.ConnectionCommand
+
+    def event_to_child(self: Any, event: Any) -> Generator[Any, Any, None]:
+        if type(self)._handle_command is not stock_handle:
+            yield from stock_to_child(self, event)
+            return
+        if self.tunnel_state is establishing and not self.command_to_reply_to:
+            self._event_queue.append(event)
+            return
+        for command in self.child_layer.handle_event(event):
+            # ``_handle_command``'s first two branches, in place
+            if type(command) is _SendData and command.connection == self.conn:
+                yield from self.send_data(command.data)
+            elif not isinstance(command, connection_command):
+                yield command
+            else:
+                yield from self._handle_command(command)
+
+    return event_to_child
+
+
 def install() -> bool:
     """Replace the TLS layer's methods whose source is the one these were written against;
     False if pyOpenSSL or mitmproxy lack a symbol (nothing replaced)."""
@@ -256,5 +299,14 @@ def install() -> bool:
         else:
             logger.warning("mitmproxy's TLSLayer.%s is not the one vaultproxy's fast TLS I/O "
                            "was written against: it stays mitmproxy's (slower)", name)
+    cls = tunnel.TunnelLayer
+    STOCK.update({f"TunnelLayer.{name}": getattr(cls, name) for name in TUNNEL_FINGERPRINTS})
+    if all(fingerprint(f"TunnelLayer.{name}") == want
+           for name, want in TUNNEL_FINGERPRINTS.items()):
+        cls.event_to_child = _make_tunnel(  # type: ignore[method-assign]
+            STOCK["TunnelLayer.event_to_child"], STOCK["TunnelLayer._handle_command"])
+    else:
+        logger.warning("mitmproxy's TunnelLayer is not the one vaultproxy's fast TLS I/O was "
+                       "written against: its event_to_child stays mitmproxy's (slower)")
     tls.TLSLayer._vaultproxy_fast = True  # type: ignore[attr-defined]
     return True
