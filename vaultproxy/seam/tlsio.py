@@ -273,7 +273,8 @@ def _make_tunnel(stock_to_child: Callable[..., Any],
             return
         for command in self.child_layer.handle_event(event):
             # ``_handle_command``'s first two branches, in place
-            if type(command) is _SendData and command.connection == self.conn:
+            if type(command) is _SendData and (command.connection is self.conn
+                                               or command.connection == self.conn):
                 yield from self.send_data(command.data)
             elif not isinstance(command, connection_command):
                 yield command
