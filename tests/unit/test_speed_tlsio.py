@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 import trustme
-from mitmproxy.proxy import commands
+from mitmproxy import connection
+from mitmproxy.proxy import commands, events, tunnel
 from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
@@ -116,3 +117,315 @@ def test_patched_loop_yields_what_the_stock_loop_yields(size: int) -> None:
     assert sum(sizes) == expect
     assert all(s == 65_535 for s in sizes[:-1])
     assert tlsio.pending_out(server) == 0
+
+
+# --- the patched receive_data / send_data against mitmproxy's, step by step ----------------
+
+_CTX_CACHE: dict[str, Any] = {}
+
+
+def _server_ctx(version: int) -> SSL.Context:
+    key = f"server{version}"
+    if key not in _CTX_CACHE:
+        ca = trustme.CA()
+        cert = ca.issue_cert("a.test")
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(version)
+        ctx.set_max_proto_version(version)
+        ctx.use_certificate(_x509(cert.cert_chain_pems[0].bytes()))
+        ctx.use_privatekey(_key(cert.private_key_pem.bytes()))
+        # as mitmproxy's client-side context: an ALPN callback (a pyOpenSSL helper object)
+        ctx.set_alpn_select_callback(lambda _c, protos: b"http/1.1")
+        _CTX_CACHE[key] = ctx
+    return _CTX_CACHE[key]  # type: ignore[no-any-return]
+
+
+class _Recording(tls.TLSLayer):
+    """A TLS layer (the proxy's end of the agent's connection) without mitmproxy's context:
+    what its child would get is recorded, as one ``("child", ...)`` command each."""
+
+    def __init__(self, conn: SSL.Connection) -> None:  # (no Layer.__init__: no context)
+        self.tls = conn
+        self.conn = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2),
+                                      timestamp_start=0.0, state=connection.ConnectionState.OPEN)
+        self.tunnel_connection = self.conn
+        self.debug = None
+
+    def event_to_child(self, event: events.Event) -> Any:
+        yield ("child", type(event).__name__, getattr(event, "data", None),
+               event.connection is self.conn)  # type: ignore[attr-defined]
+
+
+class _Stock(_Recording):
+    """The same, with mitmproxy's own methods (as before ``tlsio.install``)."""
+
+
+def _stock_class() -> type[_Recording]:
+    assert tlsio.install()
+    for name in tlsio.FINGERPRINTS:
+        setattr(_Stock, name, tlsio.STOCK[name])
+    return _Stock
+
+
+def _pair_layer(kind: type[_Recording], version: int) -> tuple[_Recording, SSL.Connection]:
+    server = SSL.Connection(_server_ctx(version))
+    server.set_accept_state()
+    agent_ctx = SSL.Context(SSL.TLS_METHOD)
+    agent_ctx.set_alpn_protos([b"http/1.1"])
+    agent = SSL.Connection(agent_ctx)
+    agent.set_connect_state()
+    _handshake(agent, server)
+    layer = kind(server)
+    layer.debug = None
+    return layer, agent
+
+
+def _agent_read(agent: SSL.Connection) -> tuple[bytes, str | None]:
+    got = b""
+    while True:
+        try:
+            got += agent.recv(65535)
+        except SSL.WantReadError:
+            return got, None
+        except SSL.Error as e:
+            return got, f"{type(e).__name__}: {e}"
+
+
+def _run(layer: _Recording, agent: SSL.Connection, step: Any) -> list[Any]:
+    """One step's transcript: what the layer answered (commands, the agent's view of what it
+    sent, an exception) and the state it left."""
+    kind, arg = step
+    out: list[Any] = []
+    try:
+        if kind == "send":
+            gen = layer.send_data(arg)
+        else:
+            if kind == "agent":
+                for chunk in arg:
+                    agent.sendall(chunk)
+                wire = _drain_checked(agent)
+            elif kind == "agent_close":
+                agent.shutdown()
+                wire = _drain_checked(agent)
+            elif kind == "agent_alert":  # the agent fails on a bad record: its fatal alert
+                layer.tls.sendall(b"to be corrupted")
+                bad = bytearray(_drain_checked(layer.tls))
+                bad[-1] ^= 0x55
+                agent.bio_write(bytes(bad))
+                out.append(("agent read", *_agent_read(agent)))
+                wire = _drain_checked(agent)
+                assert wire  # (the alert)
+            elif kind == "corrupt":
+                agent.sendall(arg)
+                flipped = bytearray(_drain_checked(agent))
+                flipped[-1] ^= 0x55
+                wire = bytes(flipped)
+            else:  # raw bytes straight into the wire
+                wire = arg
+            gen = layer.receive_data(wire)
+        wires = b""
+        for command in gen:
+            if type(command) is commands.SendData:
+                assert command.connection is layer.conn
+                out.append(("SendData", len(command.data)))
+                wires += command.data
+            elif type(command) is commands.Log:
+                out.append(("Log", command.message, command.level))
+            else:
+                out.append(command)
+        if wires:
+            agent.bio_write(wires)
+            out.append(("agent read", *_agent_read(agent)))
+    except Exception as e:  # noqa: BLE001 - the exception is what is compared
+        out.append(("raised", type(e).__name__, str(e)))
+    out.append(("state", layer.conn.state, layer.tls.get_shutdown(),
+                tlsio.pending_out(layer.tls)))
+    return out
+
+
+TAILS = ["close", "corrupt", "alert", "agent_alert", "none"]
+
+
+def _steps(rng: random.Random, tail: str) -> list[Any]:
+    steps: list[Any] = []
+    for _ in range(rng.randint(3, 12)):
+        r = rng.random()
+        if r < 0.4:
+            sizes = [rng.choice([1, 7, 300, 1024, 16_384, 16_385, 40_000, 70_000])
+                     for _ in range(rng.randint(1, 4))]
+            steps.append(("agent", [rng.randbytes(n) for n in sizes]))
+        elif r < 0.8:
+            n = rng.choice([0, 1, 100, 1300, 16_384, 16_385, 65_535, 65_536, 150_000])
+            steps.append(("send", rng.randbytes(n)))
+        elif r < 0.9:
+            steps.append(("raw", b""))
+        else:
+            steps.append(("agent", [b"x"]))
+    if tail == "close":
+        steps += [("agent_close", None), ("raw", b""), ("send", b"after")]
+    elif tail == "corrupt":
+        steps += [("corrupt", b"bad mac"), ("send", b"after"), ("raw", b"")]
+    elif tail == "alert":  # a fatal alert record (handshake_failure) in the clear
+        steps += [("raw", b"\x15\x03\x03\x00\x02\x02\x28"), ("send", b"after")]
+    elif tail == "agent_alert":
+        steps += [("agent_alert", None), ("raw", b""), ("send", b"after")]
+    return steps
+
+
+@pytest.mark.parametrize("version", [SSL.TLS1_3_VERSION, SSL.TLS1_2_VERSION])
+@pytest.mark.parametrize("seed", range(15))
+def test_receive_and_send_match_mitmproxys(seed: int, version: int) -> None:
+    stock_cls = _stock_class()
+    rng = random.Random(seed * 7919 + version)
+    steps = _steps(rng, TAILS[seed % len(TAILS)])
+    stock, stock_agent = _pair_layer(stock_cls, version)
+    fast, fast_agent = _pair_layer(_Recording, version)
+    assert type(fast).receive_data is not type(stock).receive_data
+    for i, step in enumerate(steps):
+        want = _run(stock, stock_agent, step)
+        got = _run(fast, fast_agent, step)
+        assert got == want, (i, step[0])
+
+
+@pytest.mark.parametrize("where", ["receive", "send"])
+def test_a_callbacks_stored_problem_is_raised_first_as_pyopenssl_does(where: str) -> None:
+    stock_cls = _stock_class()
+    outs = []
+    for kind in (stock_cls, _Recording):
+        layer, agent = _pair_layer(kind, SSL.TLS1_3_VERSION)
+        helper: Any = layer.tls._context._alpn_select_helper
+        helper._problems.append(ValueError("stored by a callback"))
+        step = ("agent", [b"hello"]) if where == "receive" else ("send", b"hello")
+        outs.append(_run(layer, agent, step))
+        helper._problems.clear()
+    assert outs[0] == outs[1]
+    assert ("raised", "ValueError", "stored by a callback") in outs[1]
+
+
+def test_after_own_shutdown_a_send_raises_as_mitmproxys() -> None:
+    stock_cls = _stock_class()
+    outs = []
+    for kind in (stock_cls, _Recording):
+        layer, agent = _pair_layer(kind, SSL.TLS1_3_VERSION)
+        layer.tls.shutdown()
+        outs.append(_run(layer, agent, ("send", b"late")))
+    assert outs[0] == outs[1]
+    assert outs[1][0][0] == "raised"
+
+
+def test_an_unknown_payload_type_takes_mitmproxys_method() -> None:
+    stock_cls = _stock_class()
+    outs = []
+    for kind in (stock_cls, _Recording):
+        layer, agent = _pair_layer(kind, SSL.TLS1_3_VERSION)
+        outs.append(_run(layer, agent, ("send", bytearray(b"a bytearray"))))
+        outs.append(_run(layer, agent, ("raw", memoryview(b"\x17\x03\x03\x00\x01x"))))
+    assert outs[0:2] == outs[2:4]
+
+
+def test_each_replaced_method_is_the_one_fingerprinted() -> None:
+    assert tlsio.install()
+    for name, want in tlsio.FINGERPRINTS.items():
+        assert tlsio.fingerprint(name) == want
+        assert getattr(tls.TLSLayer, name) is not tlsio.STOCK[name]
+
+
+def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    assert tlsio.install()
+    for name in tlsio.FINGERPRINTS:  # as before install, restored after the test
+        monkeypatch.setattr(tls.TLSLayer, name, tlsio.STOCK[name])
+    for name in tlsio.TUNNEL_FINGERPRINTS:
+        monkeypatch.setattr(tunnel.TunnelLayer, name, tlsio.STOCK[f"TunnelLayer.{name}"])
+    monkeypatch.delattr(tls.TLSLayer, "_vaultproxy_fast")
+    monkeypatch.setitem(tlsio.FINGERPRINTS, "send_data", "0" * 16)
+    with caplog.at_level("WARNING"):
+        assert tlsio.install()
+    assert tls.TLSLayer.send_data is tlsio.STOCK["send_data"]
+    assert tls.TLSLayer.receive_data is not tlsio.STOCK["receive_data"]
+    assert "TLSLayer.send_data is not the one" in caplog.text
+
+
+# --- TunnelLayer.event_to_child against mitmproxy's, on seeded command streams -------------
+
+
+class _Child:
+    def __init__(self, script: list[commands.Command]) -> None:
+        self.script = script
+
+    def handle_event(self, event: events.Event) -> Any:
+        script, self.script = self.script, []  # (later events: nothing)
+        yield from script
+
+
+class _Tunnel(tunnel.TunnelLayer):
+    """A tunnel layer without a context: what it sends and closes is recorded."""
+
+    def __init__(self, conn: connection.Connection, outer: connection.Connection,
+                 script: list[commands.Command], state: tunnel.TunnelState) -> None:
+        self.conn, self.tunnel_connection = conn, outer
+        self.child_layer = _Child(script)  # type: ignore[assignment]
+        self.tunnel_state = state
+        self.command_to_reply_to = None
+        self._event_queue = []
+        self.debug = None
+
+    def send_data(self, data: bytes) -> Any:
+        yield commands.Log(f"send_data {data!r}")
+
+    def send_close(self, command: commands.CloseConnection) -> Any:
+        yield commands.Log(f"send_close {type(command).__name__}")
+
+    def start_handshake(self) -> Any:
+        yield commands.Log("start_handshake")
+
+
+def _tunnel_script(rng: random.Random, own: Any, other: Any) -> list[commands.Command]:
+    out: list[commands.Command] = []
+    for _ in range(rng.randint(0, 8)):
+        conn = own if rng.random() < 0.6 else other
+        made: list[commands.Command] = [
+            commands.SendData(conn, rng.randbytes(3)),
+            commands.Log("a line"),
+            commands.RequestWakeup(1.0),
+            commands.CloseConnection(conn),
+            commands.CloseTcpConnection(conn, half_close=True),
+            commands.OpenConnection(conn),
+        ]
+        out.append(rng.choice(made))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_tunnel_event_to_child_matches_mitmproxys(seed: int) -> None:
+    assert tlsio.install()
+    fast = tunnel.TunnelLayer.event_to_child
+    stock = tlsio.STOCK["TunnelLayer.event_to_child"]
+    assert fast is not stock
+    outs = []
+    for fn in (stock, fast):
+        rng = random.Random(seed)
+        own = connection.Server(address=("127.0.0.1", 1))
+        outer = own if rng.random() < 0.5 else connection.Server(address=("127.0.0.1", 2))
+        other = connection.Client(peername=("127.0.0.1", 3), sockname=("127.0.0.1", 4),
+                                  timestamp_start=0.0)
+        state = rng.choice([tunnel.TunnelState.OPEN, tunnel.TunnelState.ESTABLISHING])
+        layer = _Tunnel(own, outer, _tunnel_script(rng, own, other), state)
+        if rng.random() < 0.3:
+            layer.command_to_reply_to = commands.OpenConnection(own)
+        out: list[Any] = []
+        gen = fn(layer, events.DataReceived(other, b"x"))
+        try:
+            command = next(gen)
+            while True:
+                out.append((type(command).__name__, getattr(command, "message", None),
+                            getattr(command, "connection", None) is own,
+                            getattr(command, "data", None)))
+                reply = "refused" if isinstance(command, commands.OpenConnection) else None
+                command = gen.send(reply)
+        except StopIteration:
+            pass
+        out.append(("state", layer.tunnel_state, len(layer._event_queue),
+                    layer.command_to_reply_to is None, own.state))
+        outs.append(out)
+    assert outs[0] == outs[1]

@@ -176,6 +176,10 @@ class Route:
         self.sources: dict[Any, Any] = http.command_sources
         self.sid = stream.stream_id
         self.h1_state, self.stream_state = h1.state, stream_state
+        # The layers above change state only while an event crosses them, and every event
+        # reaches them through this route's ``full``: what ``_steady`` found of them holds
+        # until the next event takes the whole stack (which clears this).
+        self.clean = False
         # Below the ServerTLSLayer: the ClientTLSLayer's own dispatch (``Layer.handle_event``
         # -> ``TunnelLayer._handle_event``) only calls ``receive_data`` (the agent's bytes)
         # or ``event_to_child`` (a hook's completion) while it is open, not paused and not
@@ -200,16 +204,20 @@ class Route:
         elif kind is _HookCompleted:
             if self.sources.get(event.command) is self.stream and self._steady():  # type: ignore[attr-defined]
                 return self._short(event)
+        self.clean = False  # the layers above see this event: check them again next time
         return self.full(event)  # type: ignore[no-any-return]
 
     def _steady(self) -> bool:
-        """Would every layer above the ClientTLSLayer only hand the event on?"""
+        """Would every layer above the ClientTLSLayer only hand the event on? (Checked
+        again after each event that crossed them: ``clean``.)"""
         lean = self.lean
         if lean.fallback is not None or lean.done:
             self.detach()
             return False
+        if self.clean:
+            return True
         server_tls = self.server_tls
-        return (self.proxy._paused is None and self.http._paused is None
+        self.clean = (self.proxy._paused is None and self.http._paused is None
                 and self.h1._paused is None and self.stream._paused is None
                 and server_tls._paused is None
                 and self.h1.state is self.h1_state
@@ -220,6 +228,7 @@ class Route:
                 and not server_tls.wait_for_clienthello
                 and (server_tls.tunnel_state is not tunnel.TunnelState.ESTABLISHING
                      or server_tls.command_to_reply_to is not None))
+        return self.clean
 
     def _short(self, event: events.Event) -> Iterator[commands.Command]:
         stats["short"] += 1
@@ -258,6 +267,7 @@ class Route:
         """Send ``event`` down the whole stack, the ClientTLSLayer's part of it being
         ``command`` and the rest of what it already answered."""
         stats["spliced"] += 1
+        self.clean = False
         _say(f"a {type(command).__name__} takes the whole stack")
         if type(event) is _HookCompleted:
             self.sources[event.command] = self.stream

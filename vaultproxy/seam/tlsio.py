@@ -1,34 +1,112 @@
-"""mitmproxy's TLS layers drain their outgoing memory BIO without an exception at the end
-(a speed patch of the seam).
+"""mitmproxy's TLS layers read, write and drain their memory BIOs with fewer Python calls
+and no exception per event (a speed patch of the seam).
 
-``TLSLayer.tls_interact`` runs after every read and every write of every TLS connection
-(twice per proxied request on the agent's side): it calls ``bio_read`` until pyOpenSSL
-raises ``WantReadError``, an exception built and caught each time. The patched loop asks the
-memory BIO how many bytes it holds (``BIO_get_mem_data``, what ``BIO_read`` reads from) and
-reads while there are any: the same ``SendData`` commands, in the same sizes, and no
-exception. A connection without memory BIOs (never in mitmproxy) or a pyOpenSSL without the
-binding keeps mitmproxy's loop. tests/unit/test_speed_tlsio.py checks the count against
-``bio_read``'s own answer."""
+Per proxied request the agent's ``TLSLayer`` takes one ``receive_data`` (the request) and
+one ``send_data`` (the response). mitmproxy's code, through pyOpenSSL, pays for each:
+
+* ``tls_interact`` (after every read and write) calls ``bio_read`` until pyOpenSSL raises
+  ``WantReadError``, an exception built and caught each time;
+* ``receive_data`` calls ``recv`` until it raises ``WantReadError``, each ``recv``
+  allocating a fresh 64 KiB buffer and copying through ``ffi.buffer(...)[:]``;
+* ``send_data`` goes through ``sendall``'s generic loop (``from_buffer``, text checks).
+
+The patched methods make the same OpenSSL calls, in the same order, with the same
+arguments and sizes, and read pyOpenSSL's answers the way pyOpenSSL does:
+
+* ``tls_interact`` asks the outgoing memory BIO how many bytes it holds
+  (``BIO_get_mem_data``, what ``BIO_read`` reads from) and reads while there are any:
+  the same ``SendData`` commands, 65535 bytes at most each;
+* ``receive_data`` writes the bytes into the incoming BIO and calls ``SSL_read`` (65535
+  bytes at most) until it fails, exactly as mitmproxy's loop does. What pyOpenSSL's
+  ``_raise_ssl_error`` does after each call is done inline for the two answers that are
+  not errors (the callbacks' stored problems raised first, then data, or
+  ``SSL_ERROR_WANT_READ``: the end of the loop, without building the exception); every
+  other answer (close_notify, an alert, a syscall error) goes through pyOpenSSL's own
+  ``_raise_ssl_error`` and mitmproxy's own ``except`` clauses, so the same ``Log`` line
+  and close handling follow;
+* ``send_data`` makes ``sendall``'s first ``SSL_write`` of a ``bytes`` payload itself; if
+  it wrote everything (a memory BIO always takes everything) that is the end of
+  ``sendall``, otherwise pyOpenSSL's ``_raise_ssl_error`` and ``sendall`` take over from
+  where it stopped.
+
+And between a TLS layer and its child, ``TunnelLayer.event_to_child`` hands each command
+the child answers to ``_handle_command``, one more generator per command (the lean layer's
+hook and its response, per request): the patched loop makes the same decision in place for
+the two kinds a request produces (a ``SendData`` on the layer's own connection goes to
+``send_data``; a command that is no ``ConnectionCommand`` goes up as it is) and hands every
+other command to ``_handle_command``; a subclass with its own ``_handle_command`` keeps
+mitmproxy's loop.
+
+Anything else (a payload that is not ``bytes``, an empty one, a connection that is not a
+memory-BIO ``SSL.Connection``) takes mitmproxy's method. mitmproxy's methods are
+fingerprinted (their source text): if a release changes one, that method stays
+mitmproxy's and one WARNING says so, so an upgrade can make the proxy slower, never
+different. tests/unit/test_speed_tlsio.py compares both on real in-memory handshakes."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+import hashlib
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
-from mitmproxy.proxy import commands
+from mitmproxy import connection
+from mitmproxy.proxy import commands, events, tunnel
 from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
 from vaultproxy.seam.need import missing
 
-_SendData = commands.SendData
+logger = logging.getLogger(__name__)
+
+_SendData, _Log, _DataReceived = commands.SendData, commands.Log, events.DataReceived
+_CAN_READ = connection.ConnectionState.CAN_READ
+
+#: sha256 (first 16 hex digits) of the source of each mitmproxy method replaced here, as
+#: mitmproxy 12.3 has it: a method whose source differs stays mitmproxy's.
+FINGERPRINTS = {
+    "receive_data": "85c0e6b656c324e5",
+    "send_data": "35a29a1b0b0cb184",
+    "tls_interact": "62d6d57d43dd1a2e",
+}
+#: the same, of ``TunnelLayer``'s.
+TUNNEL_FINGERPRINTS = {
+    "event_to_child": "119a33642637d420",
+    "_handle_command": "11ede598b3b37965",
+}
+#: mitmproxy's own methods, as ``TLSLayer`` had them before ``install`` (for the tests);
+#: ``TunnelLayer``'s under ``TunnelLayer.<name>``.
+STOCK: dict[str, Callable[..., Any]] = {}
+_PYOPENSSL = ("_lib", "_ffi", "WantReadError", "ZeroReturnError", "SysCallError", "Error")
+_LIB = ("BIO_get_mem_data", "BIO_read", "BIO_write", "SSL_read", "SSL_write",
+        "SSL_get_error", "SSL_ERROR_WANT_READ")
+_CONN = ("bio_read", "bio_write", "recv", "sendall", "_raise_ssl_error", "_handle_bio_errors")
+_HELPERS = ("_verify_helper", "_alpn_select_helper", "_ocsp_helper")
 
 
 def missing_symbol() -> str | None:
     lib = getattr(SSL, "_lib", None)
-    return (missing(tls, "TLSLayer") or missing(tls.TLSLayer, "tls_interact")
-            or missing(SSL, "_lib", "_ffi") or missing(lib, "BIO_get_mem_data")
-            or missing(SSL.Connection, "bio_read"))
+    return (missing(tls, "TLSLayer") or missing(tls.TLSLayer, *FINGERPRINTS)
+            or missing(tunnel, "TunnelLayer", "TunnelState")
+            or missing(tunnel.TunnelLayer, *TUNNEL_FINGERPRINTS)
+            or missing(SSL, *_PYOPENSSL) or missing(lib, *_LIB)
+            or missing(SSL.Connection, *_CONN)
+            or missing(SSL.Context(SSL.TLS_METHOD), *_HELPERS))
+
+
+def fingerprint(name: str) -> str | None:
+    """The fingerprint of mitmproxy's ``TLSLayer.<name>`` (``TunnelLayer.<name>``: that
+    class's) as installed (None: no source)."""
+    owner, _, attr = name.rpartition(".")
+    cls = tunnel.TunnelLayer if owner == "TunnelLayer" else tls.TLSLayer
+    fn = STOCK.get(name) or getattr(cls, attr)
+    try:
+        src = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
 def pending_out(conn: Any) -> int | None:
@@ -39,23 +117,197 @@ def pending_out(conn: Any) -> int | None:
     return int(SSL._lib.BIO_get_mem_data(bio, SSL._ffi.NULL))  # type: ignore[attr-defined]
 
 
+_local = threading.local()
+
+
+def _scratch() -> Any:
+    """This thread's 64 KiB read buffer: filled by one C call and copied out by the next,
+    never held across a yield (pyOpenSSL allocates one per ``recv``/``bio_read``)."""
+    try:
+        return _local.buf
+    except AttributeError:
+        buf = _local.buf = SSL._ffi.new_allocator(should_clear_after_alloc=False)(  # type: ignore[attr-defined]
+            "char[]", 65535)
+        return buf
+
+
+def _memory_bio(conn: Any) -> bool:
+    return (type(conn) is SSL.Connection and conn._into_ssl is not None
+            and conn._from_ssl is not None)
+
+
+def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
+    lib, ffi = SSL._lib, SSL._ffi  # type: ignore[attr-defined]
+    null, unpack = ffi.NULL, ffi.unpack
+    mem_data, bio_read, bio_write = lib.BIO_get_mem_data, lib.BIO_read, lib.BIO_write
+    ssl_read, ssl_write, get_error = lib.SSL_read, lib.SSL_write, lib.SSL_get_error
+    want_read = lib.SSL_ERROR_WANT_READ
+    WantReadError, ZeroReturnError = SSL.WantReadError, SSL.ZeroReturnError
+    SysCallError, Error = SSL.SysCallError, SSL.Error
+    stock_interact = stock["tls_interact"]
+    stock_receive, stock_send = stock["receive_data"], stock["send_data"]
+
+    def drain(layer: Any, conn: Any) -> Generator[Any, Any, None]:
+        bio = conn._from_ssl
+        while mem_data(bio, null) > 0:
+            buf = _scratch()
+            n = bio_read(bio, buf, 65535)
+            if n <= 0:  # (never: the BIO holds bytes) pyOpenSSL's answer, and the stock end
+                try:
+                    conn._handle_bio_errors(bio, n)
+                except WantReadError:
+                    return
+            yield _SendData(layer.conn, unpack(buf, n))
+
+    def tls_interact(self: Any) -> Generator[Any, Any, None]:
+        conn = self.tls
+        if not _memory_bio(conn):
+            yield from stock_interact(self)
+            return
+        yield from drain(self, conn)
+
+    def receive_data(self: Any, data: bytes) -> Generator[Any, Any, None]:
+        conn = self.tls
+        if not _memory_bio(conn) or type(data) is not bytes:
+            yield from stock_receive(self, data)
+            return
+        if data:
+            into = conn._into_ssl
+            n = bio_write(into, data, len(data))
+            if n <= 0:
+                conn._handle_bio_errors(into, n)
+        ssl, ctx = conn._ssl, conn._context
+        plaintext = bytearray()
+        close = False
+        while True:
+            try:
+                buf = _scratch()
+                n = ssl_read(ssl, buf, 65535)
+                # pyOpenSSL's _raise_ssl_error: stored callback problems first ...
+                h = ctx._verify_helper
+                if h is not None:
+                    h.raise_if_problem()
+                h = ctx._alpn_select_helper
+                if h is not None:
+                    h.raise_if_problem()
+                h = ctx._ocsp_helper
+                if h is not None:
+                    h.raise_if_problem()
+                # ... then SSL_get_error: SSL_ERROR_NONE for every n > 0
+                if n > 0:
+                    plaintext += unpack(buf, n)
+                    continue
+                if get_error(ssl, n) == want_read:
+                    break
+                conn._raise_ssl_error(ssl, n)  # raises for every other answer
+                plaintext += ffi.buffer(buf, n)[:]  # (what recv returns if it did not)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                close = True
+                break
+            except Error as e:
+                # mitmproxy's own handling (see TLSLayer.receive_data)
+                yield _Log(f"TLS Error: {e}", logging.WARNING)
+                break
+
+        if type(self).tls_interact is tls_interact:
+            yield from drain(self, conn)
+        else:  # (a subclass's own)
+            yield from self.tls_interact()
+
+        if plaintext:
+            yield from self.event_to_child(_DataReceived(self.conn, bytes(plaintext)))
+        if close:
+            self.conn.state &= ~_CAN_READ
+            if self.debug:
+                yield _Log(f"{self.debug}[tls] close_notify {self.conn}", logging.DEBUG)
+            yield from self.event_to_child(events.ConnectionClosed(self.conn))
+
+    def send_data(self: Any, data: bytes) -> Generator[Any, Any, None]:
+        conn = self.tls
+        size = len(data) if type(data) is bytes else 0
+        if not (0 < size <= 2147483647) or not _memory_bio(conn):
+            yield from stock_send(self, data)
+            return
+        try:
+            ssl, ctx = conn._ssl, conn._context
+            n = ssl_write(ssl, data, size)
+            # pyOpenSSL's _raise_ssl_error: stored callback problems first ...
+            h = ctx._verify_helper
+            if h is not None:
+                h.raise_if_problem()
+            h = ctx._alpn_select_helper
+            if h is not None:
+                h.raise_if_problem()
+            h = ctx._ocsp_helper
+            if h is not None:
+                h.raise_if_problem()
+            # ... then SSL_get_error, SSL_ERROR_NONE for n > 0: all written ends sendall
+            if n != size:
+                conn._raise_ssl_error(ssl, n)  # raises for every n <= 0
+                if 0 < n:  # a partial write (never into a memory BIO): sendall goes on
+                    conn.sendall(memoryview(data)[n:])
+        except (ZeroReturnError, SysCallError):
+            pass  # as mitmproxy: the peer may still be sending, which is discarded
+        if type(self).tls_interact is tls_interact:
+            yield from drain(self, conn)
+        else:  # (a subclass's own)
+            yield from self.tls_interact()
+
+    return {"tls_interact": tls_interact, "receive_data": receive_data,
+            "send_data": send_data}
+
+
+def _make_tunnel(stock_to_child: Callable[..., Any],
+                 stock_handle: Callable[..., Any]) -> Callable[..., Any]:
+    establishing = tunnel.TunnelState.ESTABLISHING
+    connection_command = commands.ConnectionCommand
+
+    def event_to_child(self: Any, event: Any) -> Generator[Any, Any, None]:
+        if type(self)._handle_command is not stock_handle:
+            yield from stock_to_child(self, event)
+            return
+        if self.tunnel_state is establishing and not self.command_to_reply_to:
+            self._event_queue.append(event)
+            return
+        for command in self.child_layer.handle_event(event):
+            # ``_handle_command``'s first two branches, in place
+            if type(command) is _SendData and (command.connection is self.conn
+                                               or command.connection == self.conn):
+                yield from self.send_data(command.data)
+            elif not isinstance(command, connection_command):
+                yield command
+            else:
+                yield from self._handle_command(command)
+
+    return event_to_child
+
+
 def install() -> bool:
+    """Replace the TLS layer's methods whose source is the one these were written against;
+    False if pyOpenSSL or mitmproxy lack a symbol (nothing replaced)."""
     if getattr(tls.TLSLayer, "_vaultproxy_fast", False):
         return True
     if missing_symbol() is not None:
         return False
-    stock = tls.TLSLayer.tls_interact
-    lib, null = SSL._lib, SSL._ffi.NULL  # type: ignore[attr-defined]
-
-    def tls_interact(self: Any) -> Generator[Any, Any, None]:
-        conn = self.tls
-        bio = getattr(conn, "_from_ssl", None)
-        if bio is None or type(conn) is not SSL.Connection:
-            yield from stock(self)
-            return
-        while lib.BIO_get_mem_data(bio, null) > 0:
-            yield _SendData(self.conn, conn.bio_read(65535))
-
-    tls.TLSLayer.tls_interact = tls_interact  # type: ignore[method-assign]
+    stock = {name: getattr(tls.TLSLayer, name) for name in FINGERPRINTS}
+    STOCK.update(stock)
+    fast = _make(stock)
+    for name, want in FINGERPRINTS.items():
+        if fingerprint(name) == want:
+            setattr(tls.TLSLayer, name, fast[name])
+        else:
+            logger.warning("mitmproxy's TLSLayer.%s is not the one vaultproxy's fast TLS I/O "
+                           "was written against: it stays mitmproxy's (slower)", name)
+    cls = tunnel.TunnelLayer
+    STOCK.update({f"TunnelLayer.{name}": getattr(cls, name) for name in TUNNEL_FINGERPRINTS})
+    if all(fingerprint(f"TunnelLayer.{name}") == want
+           for name, want in TUNNEL_FINGERPRINTS.items()):
+        cls.event_to_child = _make_tunnel(  # type: ignore[method-assign]
+            STOCK["TunnelLayer.event_to_child"], STOCK["TunnelLayer._handle_command"])
+    else:
+        logger.warning("mitmproxy's TunnelLayer is not the one vaultproxy's fast TLS I/O was "
+                       "written against: its event_to_child stays mitmproxy's (slower)")
     tls.TLSLayer._vaultproxy_fast = True  # type: ignore[attr-defined]
     return True

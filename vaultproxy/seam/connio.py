@@ -1,0 +1,273 @@
+"""mitmproxy's connection handler hands events to its layers and drains its writers with
+fewer Python frames (a speed patch of the seam).
+
+Every read of every connection, and every hook's completion, goes through
+``ConnectionHandler.server_event`` (an ``asyncio.Lock`` entered with ``async with``, then
+each command the layers answer tested against eight classes in turn), and every read is
+followed by ``drain_writers`` (the same lock dance, then ``await writer.drain()`` per
+connection, which returns at once unless the kernel's buffer is full). A keep-alive request
+costs two ``server_event`` calls and one ``drain_writers``.
+
+* ``server_event``: the lock is taken as ``Lock.acquire`` takes a free lock (``_locked``
+  set, when nothing holds it and nothing waits for it; otherwise ``await lock.acquire()``
+  itself), released with ``lock.release()`` as ``async with`` does, and the two commands a
+  request produces most (``SendData``, ``Log``, by exact type) take the branch mitmproxy's
+  ``isinstance`` chain gives them, with the same test that the connection is still open.
+  Every other command goes through that chain, copied unchanged.
+* ``asyncio_utils.set_task_debug_info`` (every task mitmproxy starts: one per hook, one
+  per request on the lean path) reads ``PYTEST_CURRENT_TEST`` with ``os.environ.get``,
+  which raises and catches a ``KeyError`` when it is not set (always, outside tests): the
+  patched one looks the same key up in ``os.environ``'s own mapping (``_data``, what
+  ``__getitem__`` reads, with its ``encodekey``/``decodevalue``) and names the task the same.
+* ``drain_writers``: when its lock is free and every writer is an ``asyncio.StreamWriter``
+  whose ``drain()`` would return without waiting or raising (no reader exception, transport
+  not closing, connection not lost, protocol not paused: what ``drain`` and
+  ``_drain_helper`` test first), there is nothing to wait for and it returns; otherwise
+  mitmproxy's method runs.
+
+mitmproxy's and asyncio's methods are fingerprinted (their source text); if one differs,
+the patch that relies on it is not applied (one WARNING), so an upgrade can make the proxy
+slower, never different. tests/unit/test_speed_connio.py compares both."""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import hashlib
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mitmproxy.proxy import commands, server
+from mitmproxy.utils import asyncio_utils
+
+from vaultproxy.seam.need import missing
+
+logger = logging.getLogger(__name__)
+
+#: sha256 (first 16 hex digits) of the source each patch was written against.
+FINGERPRINTS = {
+    "ConnectionHandler.server_event": "a2b42657ebe8bf6d",
+    "ConnectionHandler.drain_writers": "6b57434604561e3e",
+    "StreamWriter.drain": "31d717c85b1be487",
+    "FlowControlMixin._drain_helper": "567c79b19c953058",
+    "Lock.acquire": "54bbd184d16df3a1",
+    "Lock.release": "d0dcc0c5684432c6",
+    "StreamReader.exception": "24c376c899a9aa6a",
+    "asyncio_utils.set_task_debug_info": "fb5346b5710bbc7f",
+    # (frozen modules: no source; the fingerprint of their bytecode, names and constants)
+    "_Environ.__getitem__": "8503af0bb5e29999",
+    "Mapping.get": "be553584ca6aae1e",
+}
+#: mitmproxy's own methods, as the handler had them before ``install`` (for the tests).
+STOCK: dict[str, Callable[..., Any]] = {}
+
+
+def _target(name: str) -> Any:
+    owner, attr = name.split(".")
+    if owner == "asyncio_utils":
+        return STOCK.get(attr) or getattr(asyncio_utils, attr)
+    cls = {
+        "ConnectionHandler": server.ConnectionHandler,
+        "StreamWriter": asyncio.StreamWriter,
+        "FlowControlMixin": asyncio.streams.FlowControlMixin,
+        "Lock": asyncio.Lock,
+        "StreamReader": asyncio.StreamReader,
+        "_Environ": os._Environ,
+        "Mapping": collections.abc.Mapping,
+    }[owner]
+    return STOCK.get(attr) if owner == "ConnectionHandler" and attr in STOCK else getattr(
+        cls, attr)
+
+
+def fingerprint(name: str) -> str | None:
+    """The fingerprint of ``name`` as installed (None: no source)."""
+    fn = _target(name)
+    try:
+        src = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return None
+        src = code.co_code + repr((code.co_names, code.co_consts)).encode()
+    return hashlib.sha256(src).hexdigest()[:16]
+
+
+def missing_symbol() -> str | None:
+    lock = asyncio.Lock()
+    return (missing(server, "ConnectionHandler")
+            or missing(server.ConnectionHandler, "server_event", "drain_writers", "log",
+                       "close_connection", "open_connection", "wakeup", "hook_task")
+            or missing(asyncio_utils, "create_task", "set_task_debug_info")
+            or missing(os, "_Environ")
+            or missing(os.environ, "_data", "encodekey", "decodevalue")
+            or missing(lock, "_locked", "_waiters", "acquire", "release")
+            or missing(asyncio.streams, "FlowControlMixin")
+            or missing(asyncio.streams.FlowControlMixin, "_drain_helper")
+            or missing(asyncio.StreamWriter, "drain"))
+
+
+def _same(*names: str) -> bool:
+    for name in names:
+        if fingerprint(name) != FINGERPRINTS[name]:
+            logger.warning("%s is not the one vaultproxy's fast connection handler was "
+                           "written against: it stays as it is (slower)", name)
+            return False
+    return True
+
+
+_SendData, _Log = commands.SendData, commands.Log
+
+
+def _command(self: Any, command: commands.Command) -> None:
+    """One command of ``server_event``'s loop, as mitmproxy's chain handles it (copied)."""
+    if isinstance(command, commands.OpenConnection):
+        assert command.connection not in self.transports
+        handler = asyncio_utils.create_task(
+            self.open_connection(command),
+            name=f"server connection handler {command.connection.address}",
+            keep_ref=False,
+            client=self.client.peername,
+        )
+        self.transports[command.connection] = server.ConnectionIO(handler=handler)
+    elif isinstance(command, commands.RequestWakeup):
+        task = asyncio_utils.create_task(
+            self.wakeup(command),
+            name=f"wakeup timer ({command.delay:.1f}s)",
+            keep_ref=False,
+            client=self.client.peername,
+        )
+        assert task is not None
+        self.wakeup_timer.add(task)
+    elif (
+        isinstance(command, commands.ConnectionCommand)
+        and command.connection not in self.transports
+    ):
+        pass  # The connection has already been closed.
+    elif isinstance(command, commands.SendData):
+        writer = self.transports[command.connection].writer
+        assert writer
+        if not writer.is_closing():
+            writer.write(command.data)
+    elif isinstance(command, commands.CloseTcpConnection):
+        self.close_connection(command.connection, command.half_close)
+    elif isinstance(command, commands.CloseConnection):
+        self.close_connection(command.connection, False)
+    elif isinstance(command, commands.StartHook):
+        asyncio_utils.create_task(
+            self.hook_task(command),
+            name=f"handle_hook({command.name})",
+            keep_ref=True,
+            client=self.client.peername,
+        )
+    elif isinstance(command, commands.Log):
+        self.log(command.message, command.level)
+    else:
+        raise RuntimeError(f"Unexpected command: {command}")
+
+
+async def server_event(self: Any, event: Any) -> None:
+    """mitmproxy's ``server_event`` (see the module's docstring)."""
+    lock = self._server_event_lock
+    if not lock._locked and not lock._waiters:
+        lock._locked = True  # (``Lock.acquire`` of a free lock: no wait)
+    else:
+        await lock.acquire()
+    try:
+        # No `await` beyond this point.
+        self.timeout_watchdog.register_activity()
+        try:
+            layer_commands = self.layer.handle_event(event)
+            transports = self.transports
+            for command in layer_commands:
+                kind = type(command)
+                if kind is _SendData:
+                    io = transports.get(command.connection)
+                    if io is None:
+                        continue  # The connection has already been closed.
+                    writer = io.writer
+                    assert writer
+                    if not writer.is_closing():
+                        writer.write(command.data)
+                elif kind is _Log:
+                    self.log(command.message, command.level)
+                else:
+                    _command(self, command)
+        except Exception:
+            self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
+    finally:
+        lock.release()
+
+
+_TEST_VAR = "PYTEST_CURRENT_TEST"
+_ENVIRON: Any = os.environ
+# (``os.environ``'s key for it, made once)
+_TEST_KEY = getattr(_ENVIRON, "encodekey", lambda _: None)(_TEST_VAR)
+
+
+def set_task_debug_info(task: asyncio.Task[Any], *, name: str,
+                        client: tuple[Any, ...] | None = None) -> None:
+    """mitmproxy's ``set_task_debug_info`` (see the module's docstring)."""
+    task.created = time.time()  # type: ignore[attr-defined]
+    if __debug__ is True:
+        environ: Any = os.environ
+        if type(environ) is os._Environ:  # (what ``os.environ.get`` reads, without a KeyError)
+            key = _TEST_KEY if environ is _ENVIRON else environ.encodekey(_TEST_VAR)
+            raw = environ._data.get(key)  # type: ignore[attr-defined]
+            test = None if raw is None else environ.decodevalue(raw)
+        else:
+            test = environ.get(_TEST_VAR, None)
+        if test:
+            name = f"{name} [created in {test}]"
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
+
+
+def _make_drain(stock: Callable[..., Any]) -> Callable[..., Any]:
+    stream_writer = asyncio.StreamWriter
+
+    async def drain_writers(self: Any) -> None:
+        """mitmproxy's ``drain_writers``, without the awaits that would not wait."""
+        lock = self._drain_lock
+        if not lock._locked and not lock._waiters:
+            for io in self.transports.values():
+                writer = io.writer
+                if writer is None:
+                    continue
+                if type(writer) is not stream_writer:
+                    break
+                w: Any = writer  # (asyncio's private fields, as ``drain`` reads them)
+                reader, protocol = w._reader, w._protocol
+                if ((reader is not None and reader._exception is not None)
+                        or w._transport.is_closing() or protocol._connection_lost
+                        or protocol._paused):
+                    break
+            else:
+                return
+        await stock(self)
+
+    return drain_writers
+
+
+def install() -> bool:
+    """Apply what still matches; False if a symbol is missing (nothing applied)."""
+    cls = server.ConnectionHandler
+    if getattr(cls, "_vaultproxy_fast_io", False):
+        return True
+    if missing_symbol() is not None:
+        return False
+    STOCK.update(server_event=cls.server_event, drain_writers=cls.drain_writers,
+                 set_task_debug_info=asyncio_utils.set_task_debug_info)
+    if _same("ConnectionHandler.server_event", "Lock.acquire", "Lock.release"):
+        cls.server_event = server_event  # type: ignore[method-assign]
+    if _same("ConnectionHandler.drain_writers", "StreamWriter.drain",
+             "FlowControlMixin._drain_helper", "StreamReader.exception", "Lock.acquire"):
+        cls.drain_writers = _make_drain(STOCK["drain_writers"])  # type: ignore[method-assign]
+    if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
+        asyncio_utils.set_task_debug_info = set_task_debug_info
+    cls._vaultproxy_fast_io = True  # type: ignore[attr-defined]
+    return True
