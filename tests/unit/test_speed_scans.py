@@ -83,3 +83,30 @@ def test_check_headers_is_the_loop() -> None:
     assert refused > 1000
     # the name with a ":" (the separator of the joined names) is refused, not split in two
     assert _outcome(lambda: pipeline.check_headers(((b"a:b", b"v"),))) is not None
+
+
+def test_may_trip_basic_word_is_bytes_lower() -> None:
+    """``_may_trip`` looks for ``basic`` in the Latin-1 text lower-cased by ``str.lower``:
+    it answers as ``bytes.lower`` would, for every byte beside each letter (seeded mixes)."""
+    index = PlaceholderIndex({"PH-1": "s"})  # no %, +, \\ or placeholder in the data below
+
+    def want(data: bytes) -> bool:
+        return "basic" in data.lower().decode("latin-1")
+
+    rng = random.Random(11)
+    found = 0
+    words = [b"basic", b"BASIC", b"bAsIc", b"bas", b"ic", b"\xc2\xc1SIC"]
+    for c in range(256):
+        if c in b"%+\\":
+            continue
+        for data in (bytes([c]) + b"ASIC", b"B" + bytes([c]) + b"SIC", b"BASI" + bytes([c])):
+            assert index._may_trip(data) == want(data), data
+            found += want(data)
+    for _ in range(3000):
+        data = b"".join(rng.choice(words + [bytes([rng.randrange(256)])])
+                        for _ in range(rng.randint(0, 5)))
+        if any(b in data for b in b"%+\\"):
+            continue
+        assert index._may_trip(data) == want(data), data
+        found += want(data)
+    assert found > 100  # twin: the word is found

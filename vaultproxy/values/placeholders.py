@@ -169,7 +169,9 @@ class PlaceholderIndex:
                 if self._any_re.search(data) is not None:
                     return True
                 break
-        return "basic" in data.lower().decode("latin-1")  # bytes.lower: ASCII letters only
+        # ``str.lower`` of Latin-1 text changes A-Z as ``bytes.lower`` does, and otherwise only
+        # \xc0-\xde, each to one non-ASCII character: "basic" is in either or in neither.
+        return "basic" in text.lower()
 
     def _check(self, token: bytes, service_name: str) -> None:
         owner = self._owner.get(token)
