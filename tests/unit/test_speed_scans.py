@@ -110,3 +110,33 @@ def test_may_trip_basic_word_is_bytes_lower() -> None:
         assert index._may_trip(data) == want(data), data
         found += want(data)
     assert found > 100  # twin: the word is found
+
+
+def _scan_before(index: PlaceholderIndex, data: bytes, service: str) -> None:
+    """``PlaceholderIndex.scan`` as it was (``bytes in bytes`` for the three escape bytes)."""
+    from vaultproxy.values import placeholders as ph
+
+    if b"%" not in data and b"+" not in data and b"\\" not in data:
+        for m in index._any_re.finditer(data):
+            index._check(m.group(), service)
+        if ph._BASIC_RE.match(data) is None:
+            return
+        creds = ph.basic_credentials(data)
+        if creds is not None:
+            _scan_before(index, creds, service)
+        return
+    for view in ph.decoded_views(data):
+        for m in index._any_re.finditer(view):
+            index._check(m.group(), service)
+
+
+@pytest.mark.parametrize("service", ["gh", "oai", ""])
+def test_scan_is_the_scan_it_replaced(service: str) -> None:
+    rng = random.Random(12)
+    refused = 0
+    for _ in range(4000):
+        data = b"".join(rng.choice(PIECES) for _ in range(rng.randint(0, 4)))
+        want = _outcome(lambda: _scan_before(INDEX, data, service))  # noqa: B023
+        assert _outcome(lambda: INDEX.scan(data, service)) == want, data  # noqa: B023
+        refused += want is not None
+    assert refused > 100  # twin: refusals are reached
