@@ -140,3 +140,21 @@ def test_scan_is_the_scan_it_replaced(service: str) -> None:
         assert _outcome(lambda: INDEX.scan(data, service)) == want, data  # noqa: B023
         refused += want is not None
     assert refused > 100  # twin: refusals are reached
+
+
+def test_holds_is_bytes_in() -> None:
+    """``holds`` (``bytes.find`` on bytes) answers as ``needle in data`` on seeded pieces,
+    for bytes and for another bytes-like type (which takes ``in`` itself)."""
+    from vaultproxy.values.placeholders import holds
+
+    rng = random.Random(13)
+    found = 0
+    for _ in range(4000):
+        data = b"".join(rng.choice(PIECES) for _ in range(rng.randint(0, 4)))
+        needle = rng.choice([b"__vault.gh__", b"PH-OAI-1", b"%", b"a", b"gh__", b"\n", b"zz"])
+        want = needle in data
+        assert holds(data, needle) is want, (data, needle)
+        assert holds(bytearray(data), needle) is want
+        found += want
+    assert 500 < found < 3500  # twin: both answers are reached
+    assert holds(b"", b"") and holds(b"x", b"")  # the empty needle is in everything, as `in`

@@ -73,6 +73,15 @@ def _json_unescape(data: bytes) -> bytes:
     return _JSON_ESCAPE_RE.sub(one, data)
 
 
+def holds(data: bytes, needle: bytes) -> bool:
+    """``needle in data``; on ``bytes`` as ``data.find(needle) != -1``, the same search
+    without the TypeError ``bytes in bytes`` raises and clears inside CPython first (it
+    tries the needle as an int): several times the cost of the search on a header value."""
+    if type(data) is bytes:
+        return data.find(needle) != -1
+    return needle in data
+
+
 def decoded_views(data: bytes) -> Iterator[bytes]:
     """``data`` and every decoding of it an upstream might apply (see module docstring)."""
     yield data
@@ -225,6 +234,6 @@ def substitute(data: bytes, placeholder: bytes, secret: bytes, context: Context)
     ``percent`` is for query and path (``quote(safe="")``), ``form`` for
     ``application/x-www-form-urlencoded`` bodies, ``json`` for JSON string content.
     """
-    if placeholder not in data:
+    if not holds(data, placeholder):
         return data
     return data.replace(placeholder, encode_secret(secret, context))
