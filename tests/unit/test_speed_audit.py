@@ -154,3 +154,23 @@ def test_kept_fragments_stay_bounded_and_exact() -> None:
                           duration_ms=None, reason="unknown_host")
         assert ev.to_json_line() == _reference(ev)
         assert len(module._FRAGMENTS) <= module._MAX_FRAGMENTS
+
+
+def test_request_event_path_is_strip_query_of_it() -> None:
+    """RequestEvent tests a str path for ``?``/``#`` inline; every path still comes out as
+    ``strip_query`` makes it (and a path of another type still fails as it did)."""
+    rng = random.Random(31)
+    pieces = ["/", "a", "?", "#", "%3F", "\u00e9", "?k=v", "#f", "", "\x00", "&"]
+    stripped = 0
+    for _ in range(5000):
+        path = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        ev = RequestEvent("request", "injected", None, "s", None, "GET", "h", path, 200, 1.0,
+                          None)
+        assert ev.path == strip_query(path), path
+        stripped += ev.path != path
+    assert 500 < stripped < 4500  # twin: both answers are reached
+    assert RequestEvent("forward", "forwarding", None, None, None, None, None, None, None,
+                        None, None).path is None
+    with pytest.raises(TypeError):
+        RequestEvent("request", "injected", None, None, None, None, None,
+                     b"/x?y", None, None, None)  # type: ignore[arg-type]

@@ -83,3 +83,78 @@ def test_check_headers_is_the_loop() -> None:
     assert refused > 1000
     # the name with a ":" (the separator of the joined names) is refused, not split in two
     assert _outcome(lambda: pipeline.check_headers(((b"a:b", b"v"),))) is not None
+
+
+def test_may_trip_basic_word_is_bytes_lower() -> None:
+    """``_may_trip`` looks for ``basic`` in the Latin-1 text lower-cased by ``str.lower``:
+    it answers as ``bytes.lower`` would, for every byte beside each letter (seeded mixes)."""
+    index = PlaceholderIndex({"PH-1": "s"})  # no %, +, \\ or placeholder in the data below
+
+    def want(data: bytes) -> bool:
+        return "basic" in data.lower().decode("latin-1")
+
+    rng = random.Random(11)
+    found = 0
+    words = [b"basic", b"BASIC", b"bAsIc", b"bas", b"ic", b"\xc2\xc1SIC"]
+    for c in range(256):
+        if c in b"%+\\":
+            continue
+        for data in (bytes([c]) + b"ASIC", b"B" + bytes([c]) + b"SIC", b"BASI" + bytes([c])):
+            assert index._may_trip(data) == want(data), data
+            found += want(data)
+    for _ in range(3000):
+        data = b"".join(rng.choice(words + [bytes([rng.randrange(256)])])
+                        for _ in range(rng.randint(0, 5)))
+        if any(b in data for b in b"%+\\"):
+            continue
+        assert index._may_trip(data) == want(data), data
+        found += want(data)
+    assert found > 100  # twin: the word is found
+
+
+def _scan_before(index: PlaceholderIndex, data: bytes, service: str) -> None:
+    """``PlaceholderIndex.scan`` as it was (``bytes in bytes`` for the three escape bytes)."""
+    from vaultproxy.values import placeholders as ph
+
+    if b"%" not in data and b"+" not in data and b"\\" not in data:
+        for m in index._any_re.finditer(data):
+            index._check(m.group(), service)
+        if ph._BASIC_RE.match(data) is None:
+            return
+        creds = ph.basic_credentials(data)
+        if creds is not None:
+            _scan_before(index, creds, service)
+        return
+    for view in ph.decoded_views(data):
+        for m in index._any_re.finditer(view):
+            index._check(m.group(), service)
+
+
+@pytest.mark.parametrize("service", ["gh", "oai", ""])
+def test_scan_is_the_scan_it_replaced(service: str) -> None:
+    rng = random.Random(12)
+    refused = 0
+    for _ in range(4000):
+        data = b"".join(rng.choice(PIECES) for _ in range(rng.randint(0, 4)))
+        want = _outcome(lambda: _scan_before(INDEX, data, service))  # noqa: B023
+        assert _outcome(lambda: INDEX.scan(data, service)) == want, data  # noqa: B023
+        refused += want is not None
+    assert refused > 100  # twin: refusals are reached
+
+
+def test_holds_is_bytes_in() -> None:
+    """``holds`` (``bytes.find`` on bytes) answers as ``needle in data`` on seeded pieces,
+    for bytes and for another bytes-like type (which takes ``in`` itself)."""
+    from vaultproxy.values.placeholders import holds
+
+    rng = random.Random(13)
+    found = 0
+    for _ in range(4000):
+        data = b"".join(rng.choice(PIECES) for _ in range(rng.randint(0, 4)))
+        needle = rng.choice([b"__vault.gh__", b"PH-OAI-1", b"%", b"a", b"gh__", b"\n", b"zz"])
+        want = needle in data
+        assert holds(data, needle) is want, (data, needle)
+        assert holds(bytearray(data), needle) is want
+        found += want
+    assert 500 < found < 3500  # twin: both answers are reached
+    assert holds(b"", b"") and holds(b"x", b"")  # the empty needle is in everything, as `in`

@@ -185,15 +185,26 @@ class RequestEvent:
         if not event or not outcome or event in (ADMIN_EVENT, APPROVAL_EVENT):
             raise ValueError("a request record needs an event (not admin/approval) and outcome")
         if duration_ms is not None:
-            duration_ms = float(duration_ms)  # as the model's float field: 3 is 3.0
+            if type(duration_ms) is not float:
+                duration_ms = float(duration_ms)  # as the model's float field: 3 is 3.0
             if not math.isfinite(duration_ms):
                 raise ValueError("duration_ms must be finite")
             duration_ms = round(duration_ms, 3)
         self.ts = _now_timestamp()
-        self.event, self.outcome, self.reason, self.via = event, outcome, reason, via
-        self.agent, self.service, self.mode, self.method = agent, service, mode, method
-        self.host, self.status, self.duration_ms = host, status, duration_ms
-        self.path = None if path is None else strip_query(path)
+        self.event = event
+        self.outcome = outcome
+        self.reason = reason
+        self.via = via
+        self.agent = agent
+        self.service = service
+        self.mode = mode
+        self.method = method
+        self.host = host
+        self.status = status
+        self.duration_ms = duration_ms
+        # strip_query's own first test, inline (a str path; anything else takes the call)
+        self.path = path if (type(path) is str and "?" not in path and "#" not in path) \
+            or path is None else strip_query(path)
 
     def to_record(self) -> dict[str, Any]:
         """The JSON object, as ``AuditEvent.to_record``."""

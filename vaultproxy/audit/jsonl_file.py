@@ -73,7 +73,7 @@ class JsonlFile:
         The path's ``stat`` is of the very inode the fd holds while nobody rotated the file
         (no ``fstat`` as well): ``_current`` inline for that case, two lines per request."""
         try:
-            st = os.stat(self._where, follow_symlinks=False)
+            st = os.lstat(self._where)  # (os.stat without following: no keyword to parse)
         except FileNotFoundError:
             st = None
         fd = self._fd
@@ -102,7 +102,7 @@ class JsonlFile:
         that file's size: the path's ``stat`` is of the very inode the fd holds, so no
         ``fstat`` is needed as well (two records per proxied request)."""
         try:
-            st = os.stat(self._where, follow_symlinks=False)
+            st = os.lstat(self._where)  # (os.stat without following: no keyword to parse)
         except FileNotFoundError:
             st = None
         known = self._ino

@@ -47,7 +47,12 @@ from vaultproxy.inject.sigv4 import SigV4
 from vaultproxy.inject.strategy import Draft, HeaderFields, Strategy, header_safe
 from vaultproxy.keystore import Entry
 from vaultproxy.secret import Secret
-from vaultproxy.values.placeholders import PlaceholderIndex, basic_credentials, substitute
+from vaultproxy.values.placeholders import (
+    PlaceholderIndex,
+    basic_credentials,
+    holds,
+    substitute,
+)
 
 STRIP_HEADERS = ("authorization", "proxy-authorization", "x-api-key", "x-plex-token", "cookie")
 _ALWAYS_STRIP = frozenset({b"proxy-authorization"})
@@ -180,10 +185,10 @@ def _strip(
 
 
 def _carries(value: bytes, placeholder: bytes) -> bool:
-    if placeholder in value:
+    if holds(value, placeholder):
         return True
     creds = basic_credentials(value)
-    return creds is not None and placeholder in creds
+    return creds is not None and holds(creds, placeholder)
 
 
 def _host_inject(
@@ -235,7 +240,7 @@ def _placeholder(
             for k, v in draft.headers
         ]
         surfaces.append("header" if sub_in is None else "auth")
-    if draft.query is not None and ph in draft.query:
+    if draft.query is not None and holds(draft.query, ph):
         if "query" in allowed:
             draft.query = substitute(draft.query, ph, get_secret(), "percent")
             surfaces.append("query")
@@ -247,7 +252,7 @@ def _placeholder(
             )
             if draft.query != before:
                 surfaces.append("auth")
-    if "path" in allowed and ph in draft.path:
+    if "path" in allowed and holds(draft.path, ph):
         draft.path = substitute(draft.path, ph, get_secret(), "percent")
         surfaces.append("path")
     return InjectResult(
