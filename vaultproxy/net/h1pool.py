@@ -115,11 +115,15 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     return (head + body if body else head), state
 
 
-# What parse_head checks with C-level byte operations (``translate`` with a delete set):
-# a field name is a token (h11/_abnf.py ``field_name``): nothing is left once these are
-# deleted; a reason phrase holds none of NUL, CR, LF, VT, FF.
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_NOT_IN_VALUE = b"\x00\r\n\x0b\x0c"
+# One field line of a head whose CR and LF come only as CRLF (``parse_head`` checks that
+# first): at a line's start only (the look-behind), a token, ":", the value without its
+# leading spaces and tabs (its trailing ones: ``parse_head``). ``findall`` over the lines
+# then yields one (name, value) per line that is a field, and none for one that is not (it
+# cannot match later in that line).
+_NOT_IN_REASON = b"\x00\r\n\x0b\x0c"
+# (``in`` on bytes first tries the operand as an integer, and raises and clears a TypeError:
+# ``find`` is what this module uses to look for bytes)
+_FIELD_LINE = re.compile(rb"(?<=\n)(" + _FIELD_NAME + rb"):[ \t]*([^\r\n]*)\r\n")
 
 
 class ResponseHead:
@@ -139,7 +143,11 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     one ``Content-Length`` (digits) and no ``Transfer-Encoding``, whole within ``data`` in
     h11's grammar (``status_line``, ``header_field``) with CRLF line ends only. None for
     anything else (1xx, 101, chunked, close-delimited, bare LF, obs-fold, duplicates, a
-    head not yet whole...): h11 reads it."""
+    head not yet whole...): h11 reads it.
+
+    The field lines are read by one regular expression (``_FIELD_LINE``) in C rather than
+    line by line: it matches only at a line's start, so the head is taken only when it
+    matched every line."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_INCOMPLETE_EVENT or method == b"HEAD":
         return None
@@ -152,7 +160,7 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
         reason = b""
     elif data[12:13] == b" ":
         reason = data[13:line_end]
-        if len(reason.translate(None, _NOT_IN_VALUE)) != len(reason):
+        if reason and len(reason.translate(None, _NOT_IN_REASON)) != len(reason):
             return None
     else:
         return None
@@ -163,31 +171,29 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     # whitespace (obs-fold), each a token, ":", a value (its OWS stripped, as h11 does)
     block = data[line_end:end + 2]
     crlf = block.count(b"\r\n")
-    if (block.count(b"\r") != crlf or block.count(b"\n") != crlf
-            or len(block.translate(None, b"\x00\x0b\x0c")) != len(block)
-            or b"\n " in block or b"\n\t" in block):
+    if (block.count(b"\r") != crlf or block.count(b"\n") != crlf or block.find(b"\x00") >= 0
+            or block.find(b"\x0b") >= 0 or block.find(b"\x0c") >= 0):
         return None
-    headers: list[tuple[bytes, bytes]] = []
-    length = b""
+    headers: list[tuple[bytes, bytes]] = _FIELD_LINE.findall(block)
+    if len(headers) != crlf - 1:
+        return None  # a line that is no field (no colon, a name that is no token, obs-fold)
+    if block.find(b" \r\n") >= 0 or block.find(b"\t\r\n") >= 0:  # trailing whitespace
+        headers = [(name, value.rstrip(b" \t")) for name, value in headers]
+    low = block.lower()
+    if low.find(b"\r\ntransfer-encoding:") >= 0:
+        return None
+    at = low.find(b"\r\ncontent-length:")
+    if at < 0 or low.find(b"\r\ncontent-length:", at + 17) >= 0:
+        return None  # none, or two
+    length = block[at + 17:block.find(b"\r\n", at + 17)].strip(b" \t")
+    if not length.isdigit() or len(length) > 18:
+        return None
     keep_alive = True
-    for line in block[2:-2].split(b"\r\n") if crlf > 1 else ():
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TOKEN):
-            return None
-        value = value.strip(b" \t")
-        headers.append((name, value))
-        low = name.lower()
-        if low == b"content-length":
-            if length or not value.isdigit() or len(value) > 18:
-                return None
-            length = value
-        elif low == b"transfer-encoding":
-            return None
-        elif low == b"connection" and b"close" in [
-                t.strip().lower() for t in value.split(b",")]:
-            keep_alive = False
-    if not length:
-        return None
+    if low.find(b"close") >= 0:  # (else no Connection value holds the token)
+        for name, value in headers:
+            if name.lower() == b"connection" and b"close" in [
+                    t.strip().lower() for t in value.split(b",")]:
+                keep_alive = False
     return ResponseHead(status, reason, headers, int(length), keep_alive, end + 4)
 
 
