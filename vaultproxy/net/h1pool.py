@@ -715,9 +715,15 @@ async def dial_tls(ssl_context: ssl.SSLContext, ip: str, port: int, sni: str,
                 await _ready(loop, sock.fileno(), False)
             except ssl.SSLWantWriteError:
                 await _ready(loop, sock.fileno(), True)
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                break
     except BaseException:
         sock.close()
         raise
+    # the end mid-handshake: what the loop's transport raises for it, with no TLS error
+    # behind it (the stage words it "could not connect", not as a certificate failure)
+    sock.close()
+    raise ConnectionResetError("the upstream closed during the TLS handshake")
 
 
 def _own_socket(loop: asyncio.AbstractEventLoop, host: str) -> bool:
