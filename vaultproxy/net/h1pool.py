@@ -4,7 +4,9 @@ A profile of the pooled keep-alive path put about a third of the proxy's CPU in 
 ``AsyncConnectionPool`` (a scan of every connection per request, anyio locks and
 cancel-shielded checkpoints, its TLS stream wrapper) around the few microseconds h11 spends
 on the bytes. For an upstream that speaks HTTP/1.1 the stage (stages/pool.py) uses this
-instead: an asyncio ``Protocol`` per connection on the loop's own TLS transport, h11 (the
+instead: an asyncio ``Protocol`` per connection on a non-blocking ``ssl.SSLSocket`` the loop
+polls (``_TLSSocket``: OpenSSL reads and writes the socket in C; the loop's own TLS
+transport, ``transport="loop"``, moved every record through memory BIOs), h11 (the
 strict parser httpcore uses: it refuses the smuggling shapes the hostile-upstream tests
 send) for the bytes, and a LIFO stack of idle connections per (address, SNI).
 
