@@ -4,7 +4,9 @@ A profile of the pooled keep-alive path put about a third of the proxy's CPU in 
 ``AsyncConnectionPool`` (a scan of every connection per request, anyio locks and
 cancel-shielded checkpoints, its TLS stream wrapper) around the few microseconds h11 spends
 on the bytes. For an upstream that speaks HTTP/1.1 the stage (stages/pool.py) uses this
-instead: an asyncio ``Protocol`` per connection on the loop's own TLS transport, h11 (the
+instead: an asyncio ``Protocol`` per connection on a non-blocking ``ssl.SSLSocket`` the loop
+polls (``_TLSSocket``: OpenSSL reads and writes the socket in C; the loop's own TLS
+transport, ``transport="loop"``, moved every record through memory BIOs), h11 (the
 strict parser httpcore uses: it refuses the smuggling shapes the hostile-upstream tests
 send) for the bytes, and a LIFO stack of idle connections per (address, SNI).
 
@@ -39,8 +41,10 @@ requests go through the httpcore pool (HTTP/2 multiplexing)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
+import select
 import socket
 import ssl
 import time
@@ -113,11 +117,15 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     return (head + body if body else head), state
 
 
-# What parse_head checks with C-level byte operations (``translate`` with a delete set):
-# a field name is a token (h11/_abnf.py ``field_name``): nothing is left once these are
-# deleted; a reason phrase holds none of NUL, CR, LF, VT, FF.
-_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_NOT_IN_VALUE = b"\x00\r\n\x0b\x0c"
+# One field line of a head whose CR and LF come only as CRLF (``parse_head`` checks that
+# first): at a line's start only (the look-behind), a token, ":", the value without its
+# leading spaces and tabs (its trailing ones: ``parse_head``). ``findall`` over the lines
+# then yields one (name, value) per line that is a field, and none for one that is not (it
+# cannot match later in that line).
+_NOT_IN_REASON = b"\x00\r\n\x0b\x0c"
+# (``in`` on bytes first tries the operand as an integer, and raises and clears a TypeError:
+# ``find`` is what this module uses to look for bytes)
+_FIELD_LINE = re.compile(rb"(?<=\n)(" + _FIELD_NAME + rb"):[ \t]*([^\r\n]*)\r\n")
 
 
 class ResponseHead:
@@ -137,7 +145,11 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     one ``Content-Length`` (digits) and no ``Transfer-Encoding``, whole within ``data`` in
     h11's grammar (``status_line``, ``header_field``) with CRLF line ends only. None for
     anything else (1xx, 101, chunked, close-delimited, bare LF, obs-fold, duplicates, a
-    head not yet whole...): h11 reads it."""
+    head not yet whole...): h11 reads it.
+
+    The field lines are read by one regular expression (``_FIELD_LINE``) in C rather than
+    line by line: it matches only at a line's start, so the head is taken only when it
+    matched every line."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_INCOMPLETE_EVENT or method == b"HEAD":
         return None
@@ -150,7 +162,7 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
         reason = b""
     elif data[12:13] == b" ":
         reason = data[13:line_end]
-        if len(reason.translate(None, _NOT_IN_VALUE)) != len(reason):
+        if reason and len(reason.translate(None, _NOT_IN_REASON)) != len(reason):
             return None
     else:
         return None
@@ -161,31 +173,29 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     # whitespace (obs-fold), each a token, ":", a value (its OWS stripped, as h11 does)
     block = data[line_end:end + 2]
     crlf = block.count(b"\r\n")
-    if (block.count(b"\r") != crlf or block.count(b"\n") != crlf
-            or len(block.translate(None, b"\x00\x0b\x0c")) != len(block)
-            or b"\n " in block or b"\n\t" in block):
+    if (block.count(b"\r") != crlf or block.count(b"\n") != crlf or block.find(b"\x00") >= 0
+            or block.find(b"\x0b") >= 0 or block.find(b"\x0c") >= 0):
         return None
-    headers: list[tuple[bytes, bytes]] = []
-    length = b""
+    headers: list[tuple[bytes, bytes]] = _FIELD_LINE.findall(block)
+    if len(headers) != crlf - 1:
+        return None  # a line that is no field (no colon, a name that is no token, obs-fold)
+    if block.find(b" \r\n") >= 0 or block.find(b"\t\r\n") >= 0:  # trailing whitespace
+        headers = [(name, value.rstrip(b" \t")) for name, value in headers]
+    low = block.lower()
+    if low.find(b"\r\ntransfer-encoding:") >= 0:
+        return None
+    at = low.find(b"\r\ncontent-length:")
+    if at < 0 or low.find(b"\r\ncontent-length:", at + 17) >= 0:
+        return None  # none, or two
+    length = block[at + 17:block.find(b"\r\n", at + 17)].strip(b" \t")
+    if not length.isdigit() or len(length) > 18:
+        return None
     keep_alive = True
-    for line in block[2:-2].split(b"\r\n") if crlf > 1 else ():
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name.translate(None, _TOKEN):
-            return None
-        value = value.strip(b" \t")
-        headers.append((name, value))
-        low = name.lower()
-        if low == b"content-length":
-            if length or not value.isdigit() or len(value) > 18:
-                return None
-            length = value
-        elif low == b"transfer-encoding":
-            return None
-        elif low == b"connection" and b"close" in [
-                t.strip().lower() for t in value.split(b",")]:
-            keep_alive = False
-    if not length:
-        return None
+    if low.find(b"close") >= 0:  # (else no Connection value holds the token)
+        for name, value in headers:
+            if name.lower() == b"connection" and b"close" in [
+                    t.strip().lower() for t in value.split(b",")]:
+                keep_alive = False
     return ResponseHead(status, reason, headers, int(length), keep_alive, end + 4)
 
 
@@ -232,7 +242,7 @@ class _Conn(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         sock = self.sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and type(transport) is not _TLSSocket:  # (dial_tls set it)
             try:  # (asyncio and uvloop set it already; it is the point of a small write)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -438,6 +448,297 @@ class _Conn(asyncio.Protocol):
             raise
 
 
+_READ_SIZE = 65536  # one TLS record is at most 16 KiB of plaintext; one read returns one
+
+
+class _TLSSocket:
+    """The transport ``_Conn`` reads and writes through, on a non-blocking ``ssl.SSLSocket``
+    driven by the loop's ``add_reader``/``add_writer``: OpenSSL reads and writes the socket
+    itself (``SSL_read``/``SSL_write``, in C), where the loop's TLS transport (asyncio's
+    sslproto, uvloop's) moves every record through memory BIOs and its own Python or Cython
+    state machine. The handshake (``dial_tls``) is the same OpenSSL handshake under the
+    same context: certificate and host name verified, SNI, ALPN, the session resumed.
+
+    What the loop's transport does and this keeps: ``data_received`` with each read's
+    plaintext, ``eof_received`` then ``connection_lost`` at the end (a close_notify or a
+    bare FIN alike, as the loop's transport takes both), a write the socket cannot take at
+    once kept whole and sent as the socket drains (OpenSSL wants the same bytes again after
+    a blocked ``SSL_write``), ``pause_reading``/``resume_reading``, and ``close`` sending
+    close_notify (which also keeps the session resumable) before the socket closes. A
+    read that needs a write (a TLS 1.2 renegotiation, a TLS 1.3 key update) waits for the
+    socket to be writable, and a write that needs a read for it to be readable."""
+
+    __slots__ = ("_buffer", "_closing", "_fd", "_loop", "_obj", "_pending", "_poll",
+                 "_protocol", "_reading", "_read_wants_write", "_sock", "_write_wants_read",
+                 "_writing")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket,
+                 protocol: _Conn) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._obj: Any = sock._sslobj  # type: ignore[attr-defined]  # (the C object)
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._pending: bytes | None = None  # the write OpenSSL wants again, whole
+        self._buffer: deque[bytes] = deque()  # writes after it
+        self._closing = False
+        self._reading = True
+        self._writing = False  # add_writer is on
+        self._read_wants_write = False
+        self._write_wants_read = False
+        self._poll = select.poll()  # (no descriptor of its own: a list of one fd)
+        self._poll.register(self._fd, select.POLLIN)
+        protocol.connection_made(self)
+        loop.add_reader(self._fd, self._on_readable)
+
+    # -- what _Conn and HandedStream ask
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in ("ssl_object", "socket"):
+            return self._sock
+        if name == "sslcontext":
+            return self._sock.context
+        if name in ("peername", "sockname"):
+            try:
+                return (self._sock.getpeername() if name == "peername"
+                        else self._sock.getsockname())
+            except OSError:
+                return default
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            if not self._write_wants_read:
+                self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing:
+            self._reading = True
+            if not self._write_wants_read:
+                self._loop.add_reader(self._fd, self._on_readable)
+            if self._obj.pending():  # (already decrypted: the socket will not say so)
+                self._loop.call_soon(self._read)
+
+    def readable_now(self) -> None:
+        """Read what the socket holds right now, if anything (the end, a TLS 1.3 ticket,
+        bytes nobody asked for), before the loop would: one ``poll`` of this socket."""
+        if self._reading and not self._closing and self._poll.poll(0):
+            self._read()
+
+    def write(self, data: bytes) -> None:
+        if self._closing or not data:
+            return
+        if self._pending is not None:
+            self._buffer.append(data)
+            return
+        self._send(data)
+
+    def close(self) -> None:
+        """close_notify (best effort: a full socket buffer or a peer already gone skips
+        it), then the socket; ``connection_lost`` on the next loop turn."""
+        if self._closing:
+            return
+        if self._pending is not None:
+            self._flush()  # (once: what the socket cannot take now is dropped)
+            if self._closing:
+                return
+        self._stop()
+        try:
+            self._obj.shutdown()
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+        self._gone(None)
+
+    def abort(self) -> None:
+        if not self._closing:
+            self._stop()
+            self._gone(None)
+
+    # -- the loop's callbacks
+
+    def _on_readable(self) -> None:
+        if self._write_wants_read:
+            self._write_wants_read = False
+            if not self._reading:
+                self._loop.remove_reader(self._fd)
+            self._flush()
+        if self._reading and not self._closing:
+            self._read()
+
+    def _on_writable(self) -> None:
+        if self._read_wants_write:
+            self._read_wants_write = False
+            if self._pending is None:
+                self._writer(False)
+            if self._reading and not self._closing:
+                self._read()
+        if self._pending is not None and not self._closing:
+            self._flush()
+
+    # -- the bytes
+
+    def _read(self) -> None:
+        obj = self._obj
+        protocol = self._protocol
+        while True:
+            try:
+                data = obj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True
+                self._writer(True)
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                data = b""
+            except (ssl.SSLError, OSError) as e:
+                self._fail(e)
+                return
+            if not data:
+                self._eof()
+                return
+            protocol.data_received(data)
+            if not (self._reading and not self._closing and obj.pending()):
+                return
+
+    def _send(self, data: bytes) -> None:
+        """Write ``data`` now, or keep it (whole: OpenSSL wants the same bytes again) for
+        when the socket can take it."""
+        try:
+            n = self._obj.write(data)
+        except ssl.SSLWantWriteError:
+            n = 0
+        except ssl.SSLWantReadError:
+            self._pending = data
+            self._write_wants_read = True
+            if not self._reading:
+                self._loop.add_reader(self._fd, self._on_readable)
+            return
+        except (ssl.SSLError, OSError) as e:
+            self._fail(e)
+            return
+        if n < len(data):
+            self._pending = data[n:] if n else data
+            self._writer(True)
+
+    def _flush(self) -> None:
+        while self._pending is not None and not self._closing:
+            data, self._pending = self._pending, None
+            self._send(data)
+            if self._pending is not None or self._closing:
+                return
+            if self._buffer:
+                data = self._buffer.popleft()
+                while self._buffer and len(data) < _READ_SIZE:
+                    data += self._buffer.popleft()
+                self._pending = data
+        if not self._read_wants_write:
+            self._writer(False)
+
+    def _writer(self, on: bool) -> None:
+        if on and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
+        elif not on and self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+
+    # -- the end
+
+    def _eof(self) -> None:
+        self._protocol.eof_received()
+        self.close()
+
+    def _fail(self, exc: Exception) -> None:
+        if not self._closing:
+            self._stop()
+            self._gone(exc)
+
+    def _stop(self) -> None:
+        self._closing = True
+        self._pending = None
+        self._buffer.clear()
+        loop = self._loop
+        loop.remove_reader(self._fd)
+        if self._writing:
+            self._writing = False
+            loop.remove_writer(self._fd)
+
+    def _gone(self, exc: Exception | None) -> None:
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, exc)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, write: bool) -> None:
+    """Until ``fd`` is readable (writable: ``write``)."""
+    done = loop.create_future()
+    add, remove = ((loop.add_writer, loop.remove_writer) if write
+                   else (loop.add_reader, loop.remove_reader))
+
+    def ready() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    add(fd, ready)
+    try:
+        await done
+    finally:
+        remove(fd)
+
+
+async def dial_tls(ssl_context: ssl.SSLContext, ip: str, port: int, sni: str,
+                   session: ssl.SSLSession | None) -> ssl.SSLSocket:
+    """A TCP connection to ``ip`` (an IP literal), TCP_NODELAY, then the TLS handshake for
+    ``sni`` under ``ssl_context`` (its verification, its ALPN), resuming ``session``: the
+    socket ``_TLSSocket`` drives. The caller bounds the time."""
+    loop = asyncio.get_running_loop()
+    addr = ipaddress.ip_address(ip)
+    raw = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET,
+                        socket.SOCK_STREAM)
+    try:
+        raw.setblocking(False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await loop.sock_connect(raw, (ip, port))
+        sock = ssl_context.wrap_socket(raw, server_hostname=sni,
+                                       do_handshake_on_connect=False, session=session)
+    except BaseException:
+        raw.close()
+        raise
+    try:
+        while True:
+            try:
+                sock.do_handshake()
+                return sock
+            except ssl.SSLWantReadError:
+                await _ready(loop, sock.fileno(), False)
+            except ssl.SSLWantWriteError:
+                await _ready(loop, sock.fileno(), True)
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                break
+    except BaseException:
+        sock.close()
+        raise
+    # the end mid-handshake: what the loop's transport raises for it, with no TLS error
+    # behind it (the stage words it "could not connect", not as a certificate failure)
+    sock.close()
+    raise ConnectionResetError("the upstream closed during the TLS handshake")
+
+
+def _own_socket(loop: asyncio.AbstractEventLoop, host: str) -> bool:
+    """Can ``_TLSSocket`` carry a connection to ``host`` on ``loop``: an IP literal (the
+    caller's checked address; anything else the loop resolves) on a loop with readers."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return hasattr(loop, "add_reader") and not isinstance(
+        loop, getattr(asyncio, "ProactorEventLoop", ()))
+
+
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
@@ -563,7 +864,14 @@ class H1Response:
 class H1Pool:
     """The idle HTTP/1.1 connections of one service's pool (see the module docstring)."""
 
-    def __init__(self, ssl_context: ssl.SSLContext, idle: float) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, idle: float,
+                 transport: str = "socket") -> None:
+        # "socket": connections on ``_TLSSocket`` (OpenSSL on the socket); "loop": on the
+        # loop's TLS transport (loop.create_connection), also what "socket" falls back to
+        # for a host that is not an IP literal or a loop without add_reader
+        if transport not in ("socket", "loop"):
+            raise ValueError(f"transport must be 'socket' or 'loop', not {transport!r}")
+        self._transport = transport
         self._ssl = ssl_context
         self._sessions = sessions_of(ssl_context)
         self._idle_for = idle
@@ -576,9 +884,15 @@ class H1Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Conn(where), host=ip, port=port, ssl=self._ssl,
-                    server_hostname=sni, ssl_handshake_timeout=timeout)
+                if self._transport == "socket" and _own_socket(loop, ip):
+                    sock = await dial_tls(self._ssl, ip, port, sni, self._sessions.get(sni)
+                                          if self._sessions is not None else None)
+                    conn = _Conn(where)
+                    _TLSSocket(loop, sock, conn)
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: _Conn(where), host=ip, port=port, ssl=self._ssl,
+                        server_hostname=sni, ssl_handshake_timeout=timeout)
         except TimeoutError:
             raise httpcore.ConnectTimeout("connecting to the upstream timed out") from None
         except (OSError, ssl.SSLError) as e:
@@ -599,7 +913,9 @@ class H1Pool:
         while stack:
             conn = stack.pop()  # the most recent: the likeliest still open upstream
             if conn.reusable() and conn.expire_at > now:
-                if readable(conn.sock):
+                if type(conn.transport) is _TLSSocket:
+                    conn.transport.readable_now()  # (the end, or bytes, read at once)
+                elif readable(conn.sock):
                     # Bytes the loop has not read yet: a FIN just in, or (harmless) a TLS
                     # 1.3 session ticket. Two loop turns: the selector, then its read.
                     await asyncio.sleep(0)
