@@ -123,3 +123,118 @@ def test_head_lines_match_h11s_receive_buffer() -> None:
         assert lean.head_lines(buf) == want, (i, buf)
         seen["none" if want is None else "blank" if not want[0] else "head"] += 1
     assert min(seen.values()) > 1000, seen  # every outcome well covered
+
+
+# --- the request head: fast_head against mitmproxy's reader ------------------------------
+
+HEAD_METHODS = [b"GET", b"GET", b"POST", b"HEAD", b"DELETE", b"PUT", b"CONNECT", b"get",
+                b"OPTIONS", b"M" * 40, b"G\tET", b""]
+HEAD_TARGETS = [b"/", b"/1k", b"/a?b=c&d=%20", b"*", b"https://a.test/x", b"a.test:443",
+                b"/x y", b"/\x7f", "/é".encode(), b"", b"//a", b"/~!$&'()*+,;=:@"]
+HEAD_VERSIONS = [b"HTTP/1.1"] * 4 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"http/1.1",
+                                     b"HTTP/11"]
+HEAD_FIELDS = [
+    b"Host: a.test", b"host:a.test", b"X:  spaced  ", b"X:\t tab\t", b"X:", b"X: ",
+    b"Content-Length: 3", b"Content-Length: 03", b"content-length: 0", b"Content-Length: 3",
+    b"Content-Length: -1", b"Transfer-Encoding: chunked", b"Connection: keep-alive",
+    b"Connection: Keep-Alive , keep-alive", b"Connection: close", b"Expect: 100-continue",
+    b"TE: trailers", b"Upgrade: websocket", b"Bad Name: v", b"X: a\x00b", b"X: v\x0b",
+    b" folded", b"\tfolded", "X: é".encode(), b"X: \x7f", b":novalue", b"X:a:b",
+    b"Authorization: Bearer vp-placeholder", b"User-Agent: hey/0.0.1", b"X-\xff: v",
+    b"Accept: */*", b"X: \xff\xfe", b"X:\x0c", b"X: a\rb",
+]
+
+
+def _random_head(rng: random.Random) -> bytes:
+    """Half of them of the common kind (a few pieces odd), half anything."""
+    common = rng.random() < 0.5
+    nl = b"\r\n" if rng.random() < 0.9 else rng.choice([b"\n", b"\r\n", b" \r\n"])
+    n = 6 if common else None
+    line = b" ".join([rng.choice(HEAD_METHODS[:n]), rng.choice(HEAD_TARGETS[:n and 4]),
+                      rng.choice(HEAD_VERSIONS[:n and 5])])
+    fields = rng.sample(HEAD_FIELDS, rng.randint(0, 6)) if not common else (
+        rng.sample(HEAD_FIELDS[:14] + HEAD_FIELDS[27:29], rng.randint(0, 4)))
+    head = line + nl + b"".join(f + (b"\r\n" if rng.random() < 0.95 else nl) for f in fields)
+    head += b"\r\n"
+    if rng.random() < 0.3:
+        head += b"abc" + b"GET / HTTP/1.1\r\n\r\n" * rng.randint(0, 1)  # a body, a next one
+    if rng.random() < 0.1:
+        head = head[:rng.randint(0, len(head))]  # not all of it yet
+    return head
+
+
+def _state(req: http.Request) -> dict[str, Any]:
+    state = req.get_state()
+    del state["timestamp_start"]
+    return state
+
+
+def _types(req: http.Request) -> list[Any]:
+    data = vars(req.data)
+    return [(k, type(v)) for k, v in data.items()] + [
+        (type(req.data.headers), type(req.headers.fields))] + [
+        (type(f), type(f[0]), type(f[1])) for f in req.headers.fields]
+
+
+class _Ctx:
+    def __init__(self, validate: bool) -> None:
+        self.layers: list[Any] = []
+        self.options = type("Options", (), {"validate_inbound_headers": validate})()
+
+
+def _take_outcome(buf: bytes, validate: bool) -> tuple[Any, ...]:
+    layer = lean.LeanLayer(_Ctx(validate), lambda: True, max_body=1024)
+    layer.buf += buf
+    taken = layer._take()
+    pending = layer.pending
+    return (_state(taken) if isinstance(taken, http.Request) else taken,
+            _types(taken) if isinstance(taken, http.Request) else None,
+            bytes(layer.buf),
+            pending and (_state(pending[0]), pending[1], pending[2]))
+
+
+def test_fast_head_makes_what_mitmproxys_reader_makes() -> None:
+    """6 000 seeded heads (common ones and each odd shape): wherever ``fast_head`` takes a
+    head, mitmproxy's reader makes a Request of the same state and types, of the same length;
+    and the lean layer's ``_take`` (what it serves, refuses or hands on, with why, and what
+    it leaves in its buffer) is the same with the fast path and without, validation on or
+    off."""
+    rng = random.Random(29)
+    taken = general_only = 0
+    for i in range(6000):
+        buf = _random_head(rng)
+        fast = lean.fast_head(buf)
+        general = lean.general_head(buf)
+        if fast is not None:
+            taken += 1
+            assert isinstance(general, tuple), (i, buf)
+            assert (_state(fast[0]), _types(fast[0]), fast[1]) == (
+                _state(general[0]), _types(general[0]), general[1]), (i, buf)
+        else:
+            general_only += 1
+        for validate in (True, False):
+            got = _take_outcome(buf, validate)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(lean, "fast_head", lambda _buf: None)
+                want = _take_outcome(buf, validate)
+            assert got == want, (i, validate, buf)
+    assert taken > 1500 and general_only > 1500, (taken, general_only)
+
+
+def test_twin_fast_head_differs_where_it_must_not() -> None:
+    """The comparison above is not vacuous: the reader's result differs for each thing the
+    fast path must get right (the value's spaces, the method, the path, a field)."""
+    base = b"GET /x HTTP/1.1\r\nHost: a\r\nX: \t v \r\n\r\n"
+    got = lean.fast_head(base)
+    assert got is not None and got[1] == len(base)
+    assert got[0].headers.fields == ((b"Host", b"a"), (b"X", b"v"))
+    assert (got[0].method, got[0].path, got[0].http_version) == ("GET", "/x", "HTTP/1.1")
+    for other in (b"GET /x HTTP/1.1\r\nHost: a\r\nX: \t v w\r\n\r\n",
+                  b"PUT /x HTTP/1.1\r\nHost: a\r\nX: v\r\n\r\n",
+                  b"GET /y HTTP/1.1\r\nHost: a\r\nX: v\r\n\r\n",
+                  b"GET /x HTTP/1.1\r\nHost: b\r\nX: v\r\n\r\n"):
+        general = lean.general_head(other)
+        assert isinstance(general, tuple) and _state(general[0]) != _state(got[0])
+    for refused in (b"GET /x HTTP/1.1\r\nBad Name: v\r\n\r\n", b"GET /x HTTP/1.1\n\n",
+                    b"GET http://a/x HTTP/1.1\r\n\r\n", b"GET /x HTTP/1.1\r\n folded\r\n\r\n"):
+        assert lean.fast_head(refused) is None

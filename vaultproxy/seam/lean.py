@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -299,6 +300,56 @@ class _Job:
 # --- the layer ---------------------------------------------------------------------------
 
 
+# The common request head, as ``fast_head`` takes it: an upper-case method, an origin-form
+# target of visible ASCII, HTTP/1.1, CRLF line ends, and fields whose names are tokens (what
+# ``validate_headers`` asks) and whose values hold no control character but tab. Each line of
+# the fields block is ``_FAST_FIELD``'s language exactly (its groups: the name, the value
+# without the spaces and tabs around it, which is what ``bytes.strip`` leaves of such a value).
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+"
+_FAST_HEAD = re.compile(
+    rb"([A-Z]{1,32}) (/[!-~]*) HTTP/1\.1\r\n"
+    rb"((?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n")
+_FAST_FIELD = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\r\n")
+
+
+def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
+    """``general_head`` for the common head (``_FAST_HEAD``): the same ``Request`` (state and
+    types; tests/unit/test_speed_lean.py compares ``get_state()``) and head length, built
+    without the reader's line list, type conversions and ``Headers`` checks (names and
+    values come out of the regular expression as bytes); its header names are valid tokens
+    (``validate_headers``' name test). None: anything else (``general_head`` reads it)."""
+    m = _FAST_HEAD.match(buf)
+    if m is None:
+        return None
+    headers = object.__new__(http.Headers)
+    headers.fields = tuple(_FAST_FIELD.findall(m.group(3)))
+    req = object.__new__(http.Request)
+    req.data = http.RequestData(
+        http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
+        timestamp_start=time.time(), timestamp_end=None,
+        host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
+    return req, m.end()
+
+
+def general_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None | str:
+    """mitmproxy's reader on ``buf``: the request head and its length; None: not all of it
+    arrived yet; a string: why mitmproxy's HTTP layer must read it."""
+    found = head_lines(buf)
+    if found is None:
+        # mitmproxy's reader searches its buffer incrementally; this one is searched
+        # again on each read: a head this long (never a real one) goes to mitmproxy's
+        return "long head" if len(buf) > MAX_HEAD else None
+    lines, head_len = found
+    if not lines:
+        return "blank line"  # mitmproxy's reader skips it
+    try:
+        return http1.read_request_head(lines), head_len
+    except ValueError:
+        return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
+
+
 def head_lines(buf: bytes | bytearray) -> tuple[list[bytes], int] | None:
     """h11's ``ReceiveBuffer.maybe_extract_lines`` on a fresh buffer holding ``buf`` (what
     mitmproxy's HTTP/1 reader splits a head with), without the buffer: the head's lines
@@ -451,18 +502,13 @@ class LeanLayer(layer.Layer):
                 return None
             self.pending = None
             return self._body(waiting, at, body_len)
-        found = head_lines(self.buf)
-        if found is None:
-            # mitmproxy's reader searches its buffer incrementally; this one is searched
-            # again on each read: a head this long (never a real one) goes to mitmproxy's
-            return "long head" if len(self.buf) > MAX_HEAD else None
-        lines, head_len = found
-        if not lines:
-            return "blank line"  # mitmproxy's reader skips it
-        try:
-            req = http1.read_request_head(lines)
-        except ValueError:
-            return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
+        head: tuple[http.Request, int] | None | str = fast_head(self.buf)
+        fast = head is not None
+        if head is None:
+            head = general_head(self.buf)
+        if head is None or isinstance(head, str):
+            return head
+        req, head_len = head
         if req.http_version != "HTTP/1.1":
             return req.http_version
         if req.method == "CONNECT" or req.authority:
@@ -492,7 +538,9 @@ class LeanLayer(layer.Layer):
                 return "content-length"
             if size > self.max_body:
                 return "content-length"
-        if lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
+        # (a head ``fast_head`` read passes: an origin-form target has no scheme, CONNECT and
+        # Transfer-Encoding went above, its one Content-Length parsed, its names are tokens)
+        if not fast and lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
             return "head refused"
         if len(self.buf) < head_len + size:
             self.pending = (req, head_len, size)
