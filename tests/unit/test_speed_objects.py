@@ -9,6 +9,7 @@ import os
 import random
 import re
 import uuid
+from typing import Any
 
 import pytest
 from mitmproxy import connection, flow, hooks, http
@@ -144,3 +145,53 @@ def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
     parent = [objects.uuid4_text() for _ in range(objects.BATCH)]
     assert len(child) == 8 and all(uuid.UUID(i).version == 4 for i in child)
     assert not set(child) & set(parent)
+
+
+FIELD_KINDS = [
+    (b"Content-Length", b"1024"), (b"Server", b"nginx"), (b"X", b""), (b"", b"v"),
+    [b"List", b"pair"], (b"Three", b"x", b"y"), (b"One",), ("Str", b"v"), (b"K", "str"),
+    (bytearray(b"Ba"), b"v"), (b"K", memoryview(b"mv")), (b"\xff\x00", b"\r\n"),
+]
+
+
+def _outcome(call: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        made = call(*args)
+    except Exception as e:  # noqa: BLE001 - the exception is what is compared
+        return "raise", type(e)
+    if isinstance(made, http.Headers):
+        return "headers", made.get_state(), type(made), type(made.fields), [
+            (type(f), *map(type, f)) for f in made.fields]
+    state = made.get_state()
+    return "response", state, type(made), type(made.data), {
+        k: type(v) for k, v in vars(made.data).items()}, _outcome(lambda: made.headers)
+
+
+def test_headers_and_responses_are_made_as_mitmproxy_makes_them() -> None:
+    """3 000 seeded field lists (a list or a tuple; mostly (bytes, bytes) tuples, sometimes
+    a list pair, a 1- or 3-tuple, a str, a bytearray, a memoryview) and response heads (bytes
+    or str version and reason, a Headers or a plain list): the same state and types as
+    ``http.Headers(...)`` and ``http.Response(...)``, or the same exception."""
+    rng = random.Random(29)
+    fast_headers = fast_responses = 0
+    for i in range(3000):
+        pick = FIELD_KINDS[:3] if rng.random() < 0.5 else FIELD_KINDS
+        fields = [rng.choice(pick) for _ in range(rng.randint(0, 6))]
+        if rng.random() < 0.3:
+            fields = tuple(fields)  # type: ignore[assignment]
+        want = _outcome(http.Headers, fields)
+        assert _outcome(objects.headers_of, fields) == want, (i, fields)
+        fast_headers += want[0] == "headers" and type(fields) in (list, tuple)
+        if want[0] != "headers":
+            continue
+        version = rng.choice([b"HTTP/1.1", b"HTTP/2.0", "HTTP/1.1"])
+        reason = rng.choice([b"OK", b"", "OK"])
+        status = rng.choice([200, 204, 404, 502])
+        head: Any = rng.choice([http.Headers(fields), fields])
+        start = rng.random() * 2e9
+        args = (version, status, reason, head, start)
+        want_resp = _outcome(lambda *a: http.Response(*a[:4], None, None, timestamp_start=a[4],
+                                                      timestamp_end=None), *args)
+        assert _outcome(objects.response_of, *args) == want_resp, (i, args)
+        fast_responses += type(head) is http.Headers and type(version) is bytes
+    assert fast_headers > 1000 and fast_responses > 200, (fast_headers, fast_responses)

@@ -16,6 +16,11 @@
   drops the batch in the child). ``install`` gives mitmproxy's flow and connection modules a
   copy of the ``uuid`` module whose ``uuid4()`` returns it (``str`` of a string is the
   string). tests/unit/test_speed_objects.py compares both with the stock ones, and forks.
+* ``headers_of`` and ``response_of`` make the ``Headers`` and ``Response`` of an upstream
+  response head (stages/pool.py) as mitmproxy's constructors make them, without their
+  per-field copies, conversions and keyword update, for what they handle exactly (a list or
+  tuple of ``(bytes, bytes)`` tuples; bytes version and reason); anything else goes to the
+  constructors. tests/unit/test_speed_objects.py compares them on seeded input.
 
 Each part checks that mitmproxy still has what it changes; if not, that part stays
 mitmproxy's own (seam/speed.py logs one WARNING)."""
@@ -28,7 +33,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from mitmproxy import connection, flow, hooks
+from mitmproxy import connection, flow, hooks, http
 from mitmproxy.proxy import commands
 
 from vaultproxy.seam.need import missing
@@ -141,3 +146,36 @@ def install() -> bool:
         setattr(connection, "uuid", fast_uuid)  # noqa: B010 - (not exported)
     hooks.Hook._vaultproxy_fast = True  # type: ignore[attr-defined]
     return True
+
+
+def headers_of(fields: Any) -> http.Headers:
+    """``http.Headers(fields)``: for a list or tuple of ``(bytes, bytes)`` tuples the same
+    object without the constructor's copy of each field, its type check (done here, by
+    exact type) and its keyword update (none)."""
+    if type(fields) is list or type(fields) is tuple:
+        for field in fields:
+            if (type(field) is not tuple or len(field) != 2 or type(field[0]) is not bytes
+                    or type(field[1]) is not bytes):
+                break
+        else:
+            made = object.__new__(http.Headers)
+            made.fields = tuple(fields)
+            return made
+    return http.Headers(fields)
+
+
+def response_of(http_version: Any, status_code: int, reason: Any, headers: Any,
+                timestamp_start: float) -> http.Response:
+    """``http.Response(http_version, status_code, reason, headers, None, None,
+    timestamp_start=..., timestamp_end=None)``: for bytes version and reason and a
+    ``Headers`` the same object without the constructor's conversions (its
+    ``ResponseData`` made by the dataclass's own ``__init__``)."""
+    if type(http_version) is bytes and type(reason) is bytes and type(headers) is http.Headers:
+        made = object.__new__(http.Response)
+        made.data = http.ResponseData(
+            http_version=http_version, headers=headers, content=None, trailers=None,
+            timestamp_start=timestamp_start, timestamp_end=None, status_code=status_code,
+            reason=reason)
+        return made
+    return http.Response(http_version, status_code, reason, headers, None, None,
+                         timestamp_start=timestamp_start, timestamp_end=None)
