@@ -5,6 +5,7 @@ but the common exchange. Twin: the general test itself flips on the fields that 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -238,3 +239,136 @@ def test_twin_fast_head_differs_where_it_must_not() -> None:
     for refused in (b"GET /x HTTP/1.1\r\nBad Name: v\r\n\r\n", b"GET /x HTTP/1.1\n\n",
                     b"GET http://a/x HTTP/1.1\r\n\r\n", b"GET /x HTTP/1.1\r\n folded\r\n\r\n"):
         assert lean.fast_head(refused) is None
+
+
+# --- the hook task: the watchdog's disarm and the writer's drain -------------------------
+
+
+def _watchdog_script(seed: int, inline: bool) -> list[tuple[bool, int, bool]]:
+    """Jobs started and ended in a seeded order (some raising), each under
+    ``run_disarmed``; the watchdog's state after each step."""
+    from mitmproxy.proxy import server
+
+    async def main() -> list[tuple[bool, int, bool]]:
+        rng = random.Random(seed)
+        wd = server.TimeoutWatchdog(60, lambda: asyncio.sleep(0))
+        gates: list[asyncio.Future[None]] = []
+        tasks: list[asyncio.Task[None]] = []
+        seen = []
+
+        async def job(gate: asyncio.Future[None]) -> None:
+            await gate
+
+        async def disarmed(gate: asyncio.Future[None]) -> None:
+            try:
+                await lean.run_disarmed(wd, job(gate))
+            except ValueError:
+                pass
+
+        for _ in range(rng.randint(1, 6)):
+            if gates and rng.random() < 0.5:
+                gate = gates.pop(rng.randrange(len(gates)))
+                if rng.random() < 0.3:
+                    gate.set_exception(ValueError("a failed job"))
+                else:
+                    gate.set_result(None)
+            else:
+                gate = asyncio.get_running_loop().create_future()
+                gates.append(gate)
+                tasks.append(asyncio.create_task(disarmed(gate)))
+            wd.last_activity = 0.0
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            seen.append((wd.can_timeout.is_set(), wd.blocker, wd.last_activity > 0))
+        for gate in gates:
+            gate.set_result(None)
+        await asyncio.gather(*tasks)
+        seen.append((wd.can_timeout.is_set(), wd.blocker, wd.last_activity > 0))
+        return seen
+
+    from mitmproxy.proxy import server as mserver
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lean, "_Watchdog", mserver.TimeoutWatchdog if inline else None)
+        return asyncio.run(main())
+
+
+def test_run_disarmed_leaves_the_watchdog_as_disarm_does() -> None:
+    """300 seeded scripts of overlapping jobs, some failing: the watchdog's state (armed,
+    blockers, activity registered) after each step is the same with ``disarm()``'s body
+    inline as with ``disarm()`` itself."""
+    for seed in range(300):
+        assert _watchdog_script(seed, inline=True) == _watchdog_script(seed, inline=False), seed
+
+
+def test_twin_run_disarmed_sees_a_broken_inline() -> None:
+    """The comparison above is not vacuous: an inline body that forgets to re-arm differs."""
+    from mitmproxy.proxy import server
+
+    class Forgetful(server.TimeoutWatchdog):
+        def register_activity(self) -> None:
+            pass  # (an inline body that skipped the activity would look like this)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lean, "_Watchdog", Forgetful)
+
+        async def main() -> bool:
+            wd = Forgetful(60, lambda: asyncio.sleep(0))
+            wd.last_activity = 0.0
+            await lean.run_disarmed(wd, asyncio.sleep(0))
+            return wd.last_activity > 0
+
+        assert asyncio.run(main()) is False
+    assert _watchdog_script(7, inline=False)[-1] == (True, 0, True)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_drained_only_when_drain_would_not_wait(loop: str) -> None:
+    """A real socket pair: ``_drained`` says True only where ``StreamWriter.drain()`` returns
+    on its first step (nothing buffered, open); while the peer reads nothing and the buffer
+    is over its limit (paused), and once closed, it says False and drain waits or raises."""
+    import socket
+
+    async def main() -> list[tuple[str, bool, str]]:
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _reader, writer = await asyncio.open_connection(sock=a)
+        writer.transport.set_write_buffer_limits(high=8192)
+        peer_reader, peer_writer = await asyncio.open_connection(sock=b)
+        seen = []
+
+        def step(name: str) -> None:
+            coro = writer.drain()
+            try:
+                coro.send(None)
+                outcome = "waits"
+            except StopIteration:
+                outcome = "returns"
+            except OSError:
+                outcome = "raises"
+            coro.close()
+            seen.append((name, lean._drained(writer), outcome))
+
+        step("fresh")
+        writer.write(b"x" * 1024 * 1024)
+        step("peer reads nothing")
+        got = 0
+        while got < 1024 * 1024:
+            got += len(await peer_reader.read(65536))
+        await asyncio.sleep(0.05)
+        step("peer read it all")
+        writer.close()
+        step("closed")
+        peer_writer.close()
+        return seen
+
+    if loop == "uvloop":
+        import uvloop
+
+        seen = uvloop.run(main())
+    else:
+        seen = asyncio.run(main())
+    for name, drained, outcome in seen:
+        assert not drained or outcome == "returns", (name, drained, outcome)
+    assert [s[1] for s in seen] == [True, False, True, False], seen
+    assert seen[1][2] == "waits", seen

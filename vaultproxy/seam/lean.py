@@ -38,11 +38,12 @@ mitmproxy's HTTP layer (what tests read of a running proxy)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,7 @@ _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
 
 _installed = False
+_Watchdog: Any = None  # mitmproxy's TimeoutWatchdog, if ``disarm()`` can be inlined
 stats = {"requests": 0, "fallbacks": 0}  # what this process's lean layers did
 _reasons_seen: set[str] = set()
 
@@ -123,6 +125,13 @@ def install() -> None:
                        "serves every request)", symbol)
         return
     original = handler.handle_hook
+    global _Watchdog
+    from mitmproxy.proxy import server
+
+    watchdog = getattr(server, "TimeoutWatchdog", None)
+    if watchdog is not None and missing(watchdog, "disarm", "register_activity") is None and (
+            {"can_timeout", "blocker"} <= set(getattr(watchdog, "__annotations__", {}))):
+        _Watchdog = watchdog  # (else each request's watchdog goes through ``disarm()``)
 
     async def handle_hook(self: Any, hook: Any) -> None:
         if isinstance(hook, LeanHook):
@@ -132,7 +141,7 @@ def install() -> None:
                 lean.route = bypass.attach(self, lean) if bypass.enabled() else False
             transport = self.transports.get(self.client)
             writer = transport.writer if transport is not None else None
-            if writer is not None:
+            if writer is not None and not _drained(writer):
                 # Backpressure for pipelined requests: mitmproxy drains its writers only
                 # after each read, and one read may hold many requests, each answered
                 # before the next read. A request starts only once the agent's write
@@ -142,13 +151,40 @@ def install() -> None:
                     await writer.drain()
                 except OSError:
                     pass  # the agent is gone: the request's hooks see it (client_gone)
-            with self.timeout_watchdog.disarm():
-                await hook.job.run(self.master.addons)
+            await run_disarmed(self.timeout_watchdog, hook.job.run(self.master.addons))
             return
         await original(self, hook)
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
     _installed = True
+
+
+def _drained(writer: Any) -> bool:
+    """Would ``writer.drain()`` return at once (an asyncio ``StreamWriter`` whose transport
+    is open, so its reader has no exception, and holds nothing, so it is not paused)?"""
+    if type(writer) is not asyncio.StreamWriter:
+        return False
+    transport = writer.transport
+    return not transport.is_closing() and transport.get_write_buffer_size() == 0
+
+
+async def run_disarmed(watchdog: Any, job: Awaitable[None]) -> None:
+    """``with watchdog.disarm(): await job``: for mitmproxy's ``TimeoutWatchdog`` its
+    ``disarm()``'s body inline, without a generator context manager per request
+    (tests/unit/test_speed_lean.py compares the two)."""
+    if type(watchdog) is not _Watchdog:
+        with watchdog.disarm():
+            await job
+        return
+    watchdog.can_timeout.clear()
+    watchdog.blocker += 1
+    try:
+        await job
+    finally:
+        watchdog.blocker -= 1
+        if watchdog.blocker == 0:
+            watchdog.register_activity()
+            watchdog.can_timeout.set()
 
 
 # --- the one hook per request ----------------------------------------------------------
@@ -226,12 +262,16 @@ class _Job:
         return ERROR
 
     async def _request(self) -> str:
-        flow = self.flow
-        await self._hook(lhttp.HttpRequestHeadersHook(flow))
+        flow, addons = self.flow, self.addons
+        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(True)
         # mitmproxy reads the body here; it is already read.
-        await self._hook(lhttp.HttpRequestHook(flow))
+        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(True)
         if flow.response:
@@ -246,7 +286,9 @@ class _Job:
             # The pool stage did not take it (a reload between the head and the hooks): no
             # upstream connection exists on this path; the agent retries on a new one.
             return await self._fail("server closed connection")
-        await self._hook(PoolExchangeHook(flow))
+        await addons.handle_lifecycle(PoolExchangeHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if ex.error is not None or flow.response is None:
             return await self._fail(ex.error or "server closed connection")
         resp = flow.response
@@ -264,7 +306,9 @@ class _Job:
                 flow.live = False
                 self.code, self.message = lhttp.ErrorCode.RESPONSE_VALIDATION_FAILED, err
                 return ERROR
-        await self._hook(lhttp.HttpResponseHeadersHook(flow))
+        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(True)
         if flow.response is not resp:  # a stage answered in the upstream's stead
@@ -288,10 +332,12 @@ class _Job:
 
     async def _respond(self) -> str:
         """``send_response`` up to the bytes: the ``response`` hook, then the kill check."""
-        flow = self.flow
+        flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        await self._hook(lhttp.HttpResponseHook(flow))
+        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(False)
         return SEND
