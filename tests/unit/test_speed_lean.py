@@ -372,3 +372,76 @@ def test_drained_only_when_drain_would_not_wait(loop: str) -> None:
         assert not drained or outcome == "returns", (name, drained, outcome)
     assert [s[1] for s in seen] == [True, False, True, False], seen
     assert seen[1][2] == "waits", seen
+
+
+# --- the response: check_headers and _head against mitmproxy's functions ------------------
+
+CHECK_FIELDS = [
+    (b"Content-Length", b"1024"), (b"content-length", b"1024"), (b"Content-Length", b"01"),
+    (b"Content-Length", b"x"), (b"Content-Length", b""), (b"Transfer-Encoding", b"chunked"),
+    (b"transfer-encoding", b"gzip"), (b"Transfer-Encoding", b"bogus"), (b"Server", b"nginx"),
+    (b"Connection", b"keep-alive"), (b"ETag", b'"x"'), (b"Bad Name", b"v"), (b"", b"v"),
+    (b"X\n", b"v"), (b"X:", b"v"), (b"X\xff", b"v"), (b"a b c", b"v"), (b" ", b"v"),
+    (b"Content-Length ", b"5"), (b"Date", b"Mon, 07 Dec 2026 00:00:00 GMT"),
+]
+
+
+def _random_response(rng: random.Random) -> http.Response:
+    common = rng.random() < 0.5
+    pool = [f for f in CHECK_FIELDS if f[0].isalpha() or f[0].startswith(b"C")][:12] \
+        if common else CHECK_FIELDS
+    resp = http.Response.make(rng.choice(STATUSES))
+    resp.headers = http.Headers(rng.sample(pool, rng.randint(0, 5)))
+    resp.http_version = rng.choice(VERSIONS + ["HTTP/3"])
+    resp.reason = rng.choice([b"OK", b"", b"Not Found", b"\xffx"])
+    return resp
+
+
+def test_check_headers_matches_validate_headers() -> None:
+    """5 000 seeded response heads: ``check_headers`` passes exactly those
+    ``validate_headers`` passes, and raises the same message for the others."""
+    from mitmproxy.net.http.validate import validate_headers
+
+    rng = random.Random(29)
+    passed = refused = 0
+    for i in range(5000):
+        resp = _random_response(rng)
+        want = _outcome_text(validate_headers, resp)
+        assert _outcome_text(lean.check_headers, resp) == want, (i, resp.headers.fields)
+        passed += want == ("ok", None)
+        refused += want != ("ok", None)
+    assert passed > 1000 and refused > 1000, (passed, refused)
+
+
+def _outcome_text(call: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", call(*args)
+    except Exception as e:  # noqa: BLE001 - the exception is what is compared
+        return "raise", (type(e), str(e))
+
+
+def test_twin_check_headers_refuses_what_it_must() -> None:
+    """The comparison is not vacuous: a name with a space (two tokens once joined), two
+    Content-Lengths and a bad one are refused."""
+    for fields in ([(b"a b", b"v")], [(b"Content-Length", b"1"), (b"content-length", b"1")],
+                   [(b"Content-Length", b"-1")], [(b"X", b"1"), (b"", b"2")], [(b"", b"v")]):
+        resp = http.Response.make(200)
+        resp.headers = http.Headers(fields)
+        with pytest.raises(ValueError):
+            lean.check_headers(resp)
+
+
+def test_head_bytes_match_assemble_response_head() -> None:
+    """5 000 seeded responses (versions 1.0 to 3, reasons, fields): ``_head`` sends what
+    ``Http1Server`` sends (``assemble_response_head``, HTTP/2 and 3 made HTTP/1.1)."""
+    from mitmproxy.net.http import http1, status_codes
+
+    rng = random.Random(29)
+    for i in range(5000):
+        resp = _random_response(rng)
+        stock = resp
+        if resp.is_http2 or resp.is_http3:
+            stock = resp.copy()
+            stock.http_version = "HTTP/1.1"
+            stock.reason = status_codes.RESPONSES.get(stock.status_code, "")
+        assert lean._head(resp) == bytes(http1.assemble_response_head(stock)), i

@@ -296,7 +296,7 @@ class _Job:
         # check_body_size: a no-op (choose() takes no connection with a body size option)
         if self.lean is not None and self.lean.validate:
             try:
-                validate_headers(resp)
+                check_headers(resp)
             except ValueError as e:
                 err = (f"Received {e} from server, refusing to prevent request smuggling "
                        "attacks. Disable the validate_inbound_headers option to skip this "
@@ -358,6 +358,32 @@ _FAST_HEAD = re.compile(
 _FAST_FIELD = re.compile(
     rb"(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
     rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\r\n")
+
+
+_TOKENS = re.compile(_TOKEN + rb"(?: " + _TOKEN + rb")*")  # (one name or more)
+
+
+def check_headers(message: http.Message) -> None:
+    """``validate_headers(message)`` (mitmproxy's smuggling check), for the common head in
+    a few steps on all names at once: every name a token (one match on the names joined by
+    a space, which no token holds: a name with one splits into more parts than there are
+    fields, and goes to ``validate_headers``), no Transfer-Encoding and at most one
+    Content-Length, which must parse. Anything else: ``validate_headers`` itself, which
+    raises what it raises (tests/unit/test_speed_lean.py compares the two)."""
+    fields = message.data.headers.fields
+    if not fields:
+        return  # (nothing to refuse)
+    joined = b" ".join([k for k, _ in fields])
+    names = joined.lower().split(b" ")
+    if (len(names) == len(fields) and b"transfer-encoding" not in names
+            and _TOKENS.fullmatch(joined)):
+        count = names.count(b"content-length")
+        if count == 0:
+            return
+        if count == 1:
+            parse_content_length(fields[names.index(b"content-length")][1])
+            return
+    validate_headers(message)
 
 
 def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
@@ -434,28 +460,39 @@ _KEEP_ALIVE_VERSIONS = frozenset({"HTTP/1.1", "HTTP/2.0"})
 def _says_close(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
     """``connection_close``'s token test: is ``close`` one of the Connection fields' tokens
     (the values decoded and joined as ``Headers`` does, split on ",", each stripped as str)?"""
-    joined = ", ".join(v.decode("utf-8", "surrogateescape")
-                       for k, v in fields if k.lower() == b"connection")
+    values = [v for k, v in fields if k.lower() == b"connection"]
+    if len(values) == 1 and values[0] == b"keep-alive":
+        return False  # (the common one: its one token is not "close")
+    joined = ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
     return "close" in [token.strip() for token in joined.split(",")]
 
 
-def closes(req: http.Request, resp: http.Response) -> bool:
+_KEEP_ALIVE_RAW = frozenset({b"HTTP/1.1", b"HTTP/2.0"})  # (``_KEEP_ALIVE_VERSIONS`` as bytes)
+
+
+def closes(req: http.Request, resp: http.Response,
+           rnames: set[bytes] | None = None) -> bool:
     """``closes_general`` for the common exchange, from one pass over each head's names: an
     HTTP/1.1 (or 2.0) request and response and a response not 101 with ``Content-Length``
     and no ``Transfer-Encoding`` (its size is that length, or invalid: never "until the
     end"). For these versions ``connection_close`` is True exactly when a ``close`` token is
     in a Connection field (``keep-alive`` or none: persistent). Anything else:
-    ``closes_general`` (tests/unit/test_speed_lean.py compares the two)."""
-    rnames = {k.lower() for k, _ in resp.headers.fields}
-    if (resp.status_code != 101 and b"content-length" in rnames
+    ``closes_general`` (tests/unit/test_speed_lean.py compares the two). ``rnames``: the
+    response's lower-cased header names, if the caller has them."""
+    rdata = resp.data
+    rfields = rdata.headers.fields
+    if rnames is None:
+        rnames = {k.lower() for k, _ in rfields}
+    if (rdata.status_code != 101 and b"content-length" in rnames
             and b"transfer-encoding" not in rnames
-            and resp.http_version in _KEEP_ALIVE_VERSIONS
-            and req.http_version in _KEEP_ALIVE_VERSIONS):
-        if b"connection" in rnames and _says_close(resp.headers.fields):
+            and rdata.http_version in _KEEP_ALIVE_RAW
+            and req.data.http_version in _KEEP_ALIVE_RAW):
+        if b"connection" in rnames and _says_close(rfields):
             return True
-        for k, _ in req.headers.fields:
+        qfields = req.data.headers.fields
+        for k, _ in qfields:
             if k.lower() == b"connection":
-                return _says_close(req.headers.fields)
+                return _says_close(qfields)
         return False
     return closes_general(req, resp)
 
@@ -465,12 +502,17 @@ def _chunked(resp: http.Response) -> bool:
 
 
 def _head(resp: http.Response) -> bytes:
-    """``Http1Server.send(ResponseHeaders)``: an HTTP/2 response becomes an HTTP/1.1 one."""
-    if resp.is_http2 or resp.is_http3:
+    """``Http1Server.send(ResponseHeaders)``: an HTTP/2 response becomes an HTTP/1.1 one.
+    (``assemble_response_head``'s bytes, formatted here in one step: tests/unit/
+    test_speed_lean.py compares the two.)"""
+    data = resp.data
+    if data.http_version == b"HTTP/2.0" or data.http_version == b"HTTP/3":  # is_http2/3
         resp = resp.copy()
         resp.http_version = "HTTP/1.1"
         resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
-    return bytes(http1.assemble_response_head(resp))
+        return bytes(http1.assemble_response_head(resp))
+    return b"%s %d %s\r\n%s\r\n" % (data.http_version, data.status_code, data.reason,
+                                     bytes(data.headers))
 
 
 def _frame(resp: http.Response, data: bytes) -> bytes:
@@ -658,7 +700,8 @@ class LeanLayer(layer.Layer):
         assert resp is not None
         content = resp.raw_content
         data = _head(resp)
-        chunked = _chunked(resp)
+        rnames = {k.lower() for k, _ in resp.data.headers.fields}  # (once, for both tests)
+        chunked = b"transfer-encoding" in rnames and _chunked(resp)
         if content:
             data += b"%x\r\n%s\r\n" % (len(content), content) if chunked else content
         if chunked and flow.request.method != "HEAD":
@@ -666,13 +709,14 @@ class LeanLayer(layer.Layer):
         yield commands.SendData(self.context.client, data)
         if not flow.websocket:
             flow.live = False
-        yield from self._after(flow)
+        yield from self._after(flow, rnames)
 
-    def _after(self, flow: http.HTTPFlow) -> layer.CommandGenerator[None]:
+    def _after(self, flow: http.HTTPFlow,
+               rnames: set[bytes] | None = None) -> layer.CommandGenerator[None]:
         """``mark_done``: close when the exchange says so, else read the next request."""
         req, resp = flow.request, flow.response
         assert resp is not None
-        if closes(req, resp):
+        if closes(req, resp, rnames):
             yield from self._close()
 
     def _stream(self, job: _Job) -> layer.CommandGenerator[None]:
