@@ -315,7 +315,10 @@ class _Job:
             return await self._respond()
         if resp.stream and not no_body:
             return STREAM  # the layer sends the head, then each chunk as it comes
-        body = bytearray(ex.body or b"")  # a small body the exchange read with the head
+        if type(ex.body) is bytes:  # a small body the exchange read with the head (as is)
+            resp.data.content = ex.body
+            return await self._respond()
+        body = bytearray(ex.body or b"")
         while not no_body and ex.body is None:
             await self._hook(PoolChunkHook(flow))
             if self._killed():
