@@ -315,10 +315,7 @@ class _Job:
             return await self._respond()
         if resp.stream and not no_body:
             return STREAM  # the layer sends the head, then each chunk as it comes
-        if type(ex.body) is bytes:  # a small body the exchange read with the head (as is)
-            resp.data.content = ex.body
-            return await self._respond()
-        body = bytearray(ex.body or b"")
+        body = bytearray(ex.body or b"")  # a small body the exchange read with the head
         while not no_body and ex.body is None:
             await self._hook(PoolChunkHook(flow))
             if self._killed():
