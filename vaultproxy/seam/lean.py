@@ -597,12 +597,9 @@ class LeanLayer(layer.Layer):
         if head is None or isinstance(head, str):
             return head
         req, head_len = head
-        if fast:  # (HTTP/1.1 and origin form: what ``_FAST_HEAD`` takes)
-            if req.data.method == b"CONNECT":
-                return "CONNECT or absolute form"
-        elif req.http_version != "HTTP/1.1":
+        if req.http_version != "HTTP/1.1":
             return req.http_version
-        elif req.method == "CONNECT" or req.authority:
+        if req.method == "CONNECT" or req.authority:
             return "CONNECT or absolute form"
         headers = req.headers
         names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
@@ -658,13 +655,11 @@ class LeanLayer(layer.Layer):
 
     def _one(self, req: http.Request) -> layer.CommandGenerator[None]:
         ctx = self.context
-        data = req.data  # (the properties' own assignments, without their conversions)
-        data.timestamp_end = time.time()
-        address = ctx.server.address
-        assert address
-        data.host = address[0]
-        data.port = address[1]
-        data.scheme = b"https" if ctx.server.tls else b"http"
+        req.timestamp_end = time.time()
+        assert ctx.server.address
+        req.data.host = ctx.server.address[0]
+        req.data.port = ctx.server.address[1]
+        req.scheme = "https" if ctx.server.tls else "http"
         flow = http.HTTPFlow(ctx.client, ctx.server)
         flow.request = req
         flow.live = True
