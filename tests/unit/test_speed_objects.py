@@ -9,6 +9,7 @@ import os
 import random
 import re
 import uuid
+from typing import Any
 
 import pytest
 from mitmproxy import connection, flow, hooks, http
@@ -72,3 +73,161 @@ def test_refused_classes_still_raise_every_time() -> None:
         with pytest.raises(TypeError, match="may not be instantiated"):
             commands.StartHook()
         assert Fine(3).x == 3
+
+
+class _Stream:
+    """A seeded stand-in for ``os.urandom``: successive reads are successive bytes of one
+    stream, so the stock ``uuid4`` (16 bytes a read) and the batch (64 ids a read) must make
+    the same ids from it."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.given = bytearray()
+        self.reads = 0
+
+    def __call__(self, n: int) -> bytes:
+        self.reads += 1
+        out = bytes(self.rng.getrandbits(8) for _ in range(n))
+        self.given += out
+        return out
+
+
+def test_batched_ids_are_uuid4_of_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch gives, in order, ``str(uuid.uuid4())`` of each 16 bytes of what it read,
+    one read per 64 ids (the version and variant bits set as ``uuid.UUID`` sets them)."""
+    for seed in range(5):
+        stream = _Stream(seed)
+        monkeypatch.setattr(objects.os, "urandom", stream)
+        objects._forget_batch()
+        got = [objects.uuid4_text() for _ in range(3 * objects.BATCH + 5)]
+        raw = bytes(stream.given)
+        want = [str(uuid.UUID(bytes=raw[i:i + 16], version=4)) for i in range(0, len(raw), 16)]
+        assert got == want[:len(got)]
+        assert stream.reads == 4  # one read per batch of 64
+    for raw in (b"\x00" * 16 * objects.BATCH, b"\xff" * 16 * objects.BATCH,
+                bytes(range(256)) * 4, b"-" * 16):
+        want = [str(uuid.UUID(bytes=raw[i:i + 16], version=4)) for i in range(0, len(raw), 16)]
+        assert objects._batch(raw) == want
+    monkeypatch.undo()
+    objects._forget_batch()
+    fresh = [objects.uuid4_text() for _ in range(5 * objects.BATCH)]
+    assert len(set(fresh)) == len(fresh)
+
+
+def test_connections_get_batched_ids_too() -> None:
+    """mitmproxy's client and server objects (4-5 per agent connection) take their ids
+    from the same batch."""
+    assert connection.uuid.uuid4 is objects.uuid4_text
+    assert connection.uuid.UUID is uuid.UUID  # the rest of the module is uuid's own
+    ids = [connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2),
+                             timestamp_start=0).id for _ in range(300)]
+    ids += [connection.Server(address=("a", 443)).id for _ in range(300)]
+    assert len(set(ids)) == 600
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+
+
+def test_a_forked_child_never_hands_out_its_parents_ids() -> None:
+    """A real fork with a batch under way: the child's ids are none of the ids the parent
+    hands out next (the rest of its batch), nor the parent's of those the child's."""
+    objects._forget_batch()
+    objects.uuid4_text()  # a batch under way: 63 ids left in it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids to the parent, then out without cleanup
+        try:
+            os.write(write, "\n".join(objects.uuid4_text() for _ in range(8)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        child = fh.read().split("\n")
+    os.waitpid(pid, 0)
+    parent = [objects.uuid4_text() for _ in range(objects.BATCH)]
+    assert len(child) == 8 and all(uuid.UUID(i).version == 4 for i in child)
+    assert not set(child) & set(parent)
+
+
+FIELD_KINDS = [
+    (b"Content-Length", b"1024"), (b"Server", b"nginx"), (b"X", b""), (b"", b"v"),
+    [b"List", b"pair"], (b"Three", b"x", b"y"), (b"One",), ("Str", b"v"), (b"K", "str"),
+    (bytearray(b"Ba"), b"v"), (b"K", memoryview(b"mv")), (b"\xff\x00", b"\r\n"),
+]
+
+
+def _outcome(call: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        made = call(*args)
+    except Exception as e:  # noqa: BLE001 - the exception is what is compared
+        return "raise", type(e)
+    if isinstance(made, http.Headers):
+        return "headers", made.get_state(), type(made), type(made.fields), [
+            (type(f), *map(type, f)) for f in made.fields]
+    state = made.get_state()
+    return "response", state, type(made), type(made.data), {
+        k: type(v) for k, v in vars(made.data).items()}, _outcome(lambda: made.headers)
+
+
+def test_headers_and_responses_are_made_as_mitmproxy_makes_them() -> None:
+    """3 000 seeded field lists (a list or a tuple; mostly (bytes, bytes) tuples, sometimes
+    a list pair, a 1- or 3-tuple, a str, a bytearray, a memoryview) and response heads (bytes
+    or str version and reason, a Headers or a plain list): the same state and types as
+    ``http.Headers(...)`` and ``http.Response(...)``, or the same exception."""
+    rng = random.Random(29)
+    fast_headers = fast_responses = 0
+    for i in range(3000):
+        pick = FIELD_KINDS[:3] if rng.random() < 0.5 else FIELD_KINDS
+        fields = [rng.choice(pick) for _ in range(rng.randint(0, 6))]
+        if rng.random() < 0.3:
+            fields = tuple(fields)  # type: ignore[assignment]
+        want = _outcome(http.Headers, fields)
+        assert _outcome(objects.headers_of, fields) == want, (i, fields)
+        fast_headers += want[0] == "headers" and type(fields) in (list, tuple)
+        if want[0] != "headers":
+            continue
+        version = rng.choice([b"HTTP/1.1", b"HTTP/2.0", "HTTP/1.1"])
+        reason = rng.choice([b"OK", b"", "OK"])
+        status = rng.choice([200, 204, 404, 502])
+        head: Any = rng.choice([http.Headers(fields), fields])
+        start = rng.random() * 2e9
+        args = (version, status, reason, head, start)
+        want_resp = _outcome(lambda *a: http.Response(*a[:4], None, None, timestamp_start=a[4],
+                                                      timestamp_end=None), *args)
+        assert _outcome(objects.response_of, *args) == want_resp, (i, args)
+        fast_responses += type(head) is http.Headers and type(version) is bytes
+    assert fast_headers > 1000 and fast_responses > 200, (fast_headers, fast_responses)
+
+
+def test_task_debug_info_is_set_as_mitmproxy_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeded names and clients, with and without ``PYTEST_CURRENT_TEST`` (set, changed,
+    empty, removed through ``os.environ``): the task's name, client and creation time are
+    what mitmproxy's own function gives it."""
+    import asyncio
+
+    from mitmproxy.utils import asyncio_utils
+
+    stock = objects.STOCK["set_task_debug_info"]
+    assert asyncio_utils.set_task_debug_info is objects.set_task_debug_info
+
+    async def main() -> None:
+        rng = random.Random(29)
+        for i in range(600):
+            state = rng.choice(["unset", "set", "other", "empty"])
+            if state == "unset":
+                monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+            else:
+                monkeypatch.setenv("PYTEST_CURRENT_TEST",
+                                   {"set": "t.py::a (call)", "other": "é ü", "empty": ""}[state])
+            name = rng.choice(["handle_hook(request)", "x", ""])
+            client = rng.choice([None, ("127.0.0.1", 5), ()])
+            made = []
+            for fn in (stock, objects.set_task_debug_info):
+                task = asyncio.ensure_future(asyncio.sleep(0))
+                fn(task, name=name, client=client)
+                made.append((task.get_name(), getattr(task, "client", "-"),
+                             isinstance(task.created, float)))
+                await task
+            assert made[0] == made[1], (i, state, name, client)
+            if state == "set":
+                assert "[created in t.py::a (call)]" in made[1][0]  # (not vacuous)
+
+    asyncio.run(main())

@@ -38,10 +38,12 @@ mitmproxy's HTTP layer (what tests read of a running proxy)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +72,7 @@ _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
 
 _installed = False
+_Watchdog: Any = None  # mitmproxy's TimeoutWatchdog, if ``disarm()`` can be inlined
 stats = {"requests": 0, "fallbacks": 0}  # what this process's lean layers did
 _reasons_seen: set[str] = set()
 
@@ -122,6 +125,13 @@ def install() -> None:
                        "serves every request)", symbol)
         return
     original = handler.handle_hook
+    global _Watchdog
+    from mitmproxy.proxy import server
+
+    watchdog = getattr(server, "TimeoutWatchdog", None)
+    if watchdog is not None and missing(watchdog, "disarm", "register_activity") is None and (
+            {"can_timeout", "blocker"} <= set(getattr(watchdog, "__annotations__", {}))):
+        _Watchdog = watchdog  # (else each request's watchdog goes through ``disarm()``)
 
     async def handle_hook(self: Any, hook: Any) -> None:
         if isinstance(hook, LeanHook):
@@ -131,7 +141,7 @@ def install() -> None:
                 lean.route = bypass.attach(self, lean) if bypass.enabled() else False
             transport = self.transports.get(self.client)
             writer = transport.writer if transport is not None else None
-            if writer is not None:
+            if writer is not None and not _drained(writer):
                 # Backpressure for pipelined requests: mitmproxy drains its writers only
                 # after each read, and one read may hold many requests, each answered
                 # before the next read. A request starts only once the agent's write
@@ -141,13 +151,40 @@ def install() -> None:
                     await writer.drain()
                 except OSError:
                     pass  # the agent is gone: the request's hooks see it (client_gone)
-            with self.timeout_watchdog.disarm():
-                await hook.job.run(self.master.addons)
+            await run_disarmed(self.timeout_watchdog, hook.job.run(self.master.addons))
             return
         await original(self, hook)
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
     _installed = True
+
+
+def _drained(writer: Any) -> bool:
+    """Would ``writer.drain()`` return at once (an asyncio ``StreamWriter`` whose transport
+    is open, so its reader has no exception, and holds nothing, so it is not paused)?"""
+    if type(writer) is not asyncio.StreamWriter:
+        return False
+    transport = writer.transport
+    return not transport.is_closing() and transport.get_write_buffer_size() == 0
+
+
+async def run_disarmed(watchdog: Any, job: Awaitable[None]) -> None:
+    """``with watchdog.disarm(): await job``: for mitmproxy's ``TimeoutWatchdog`` its
+    ``disarm()``'s body inline, without a generator context manager per request
+    (tests/unit/test_speed_lean.py compares the two)."""
+    if type(watchdog) is not _Watchdog:
+        with watchdog.disarm():
+            await job
+        return
+    watchdog.can_timeout.clear()
+    watchdog.blocker += 1
+    try:
+        await job
+    finally:
+        watchdog.blocker -= 1
+        if watchdog.blocker == 0:
+            watchdog.register_activity()
+            watchdog.can_timeout.set()
 
 
 # --- the one hook per request ----------------------------------------------------------
@@ -225,12 +262,16 @@ class _Job:
         return ERROR
 
     async def _request(self) -> str:
-        flow = self.flow
-        await self._hook(lhttp.HttpRequestHeadersHook(flow))
+        flow, addons = self.flow, self.addons
+        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(True)
         # mitmproxy reads the body here; it is already read.
-        await self._hook(lhttp.HttpRequestHook(flow))
+        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(True)
         if flow.response:
@@ -245,7 +286,9 @@ class _Job:
             # The pool stage did not take it (a reload between the head and the hooks): no
             # upstream connection exists on this path; the agent retries on a new one.
             return await self._fail("server closed connection")
-        await self._hook(PoolExchangeHook(flow))
+        await addons.handle_lifecycle(PoolExchangeHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if ex.error is not None or flow.response is None:
             return await self._fail(ex.error or "server closed connection")
         resp = flow.response
@@ -253,7 +296,7 @@ class _Job:
         # check_body_size: a no-op (choose() takes no connection with a body size option)
         if self.lean is not None and self.lean.validate:
             try:
-                validate_headers(resp)
+                check_headers(resp)
             except ValueError as e:
                 err = (f"Received {e} from server, refusing to prevent request smuggling "
                        "attacks. Disable the validate_inbound_headers option to skip this "
@@ -263,7 +306,9 @@ class _Job:
                 flow.live = False
                 self.code, self.message = lhttp.ErrorCode.RESPONSE_VALIDATION_FAILED, err
                 return ERROR
-        await self._hook(lhttp.HttpResponseHeadersHook(flow))
+        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(True)
         if flow.response is not resp:  # a stage answered in the upstream's stead
@@ -287,16 +332,94 @@ class _Job:
 
     async def _respond(self) -> str:
         """``send_response`` up to the bytes: the ``response`` hook, then the kill check."""
-        flow = self.flow
+        flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        await self._hook(lhttp.HttpResponseHook(flow))
+        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))  # (``_hook`` inline)
+        if flow.intercepted:
+            await flow.wait_for_resume()
         if self._killed():
             return await self._kill(False)
         return SEND
 
 
 # --- the layer ---------------------------------------------------------------------------
+
+
+# The common request head, as ``fast_head`` takes it: an upper-case method, an origin-form
+# target of visible ASCII, HTTP/1.1, CRLF line ends, and fields whose names are tokens (what
+# ``validate_headers`` asks) and whose values hold no control character but tab. Each line of
+# the fields block is ``_FAST_FIELD``'s language exactly (its groups: the name, the value
+# without the spaces and tabs around it, which is what ``bytes.strip`` leaves of such a value).
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+"
+_FAST_HEAD = re.compile(
+    rb"([A-Z]{1,32}) (/[!-~]*) HTTP/1\.1\r\n"
+    rb"((?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n")
+_FAST_FIELD = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\r\n")
+
+
+_TOKENS = re.compile(_TOKEN + rb"(?: " + _TOKEN + rb")*")  # (one name or more)
+
+
+def check_headers(message: http.Message) -> None:
+    """``validate_headers(message)`` (mitmproxy's smuggling check), for the common head in
+    a few steps on all names at once: every name a token (one match on the names joined by
+    a space, which no token holds: a name with one splits into more parts than there are
+    fields, and goes to ``validate_headers``), no Transfer-Encoding and at most one
+    Content-Length, which must parse. Anything else: ``validate_headers`` itself, which
+    raises what it raises (tests/unit/test_speed_lean.py compares the two)."""
+    fields = message.data.headers.fields
+    if not fields:
+        return  # (nothing to refuse)
+    joined = b" ".join([k for k, _ in fields])
+    names = joined.lower().split(b" ")
+    if (len(names) == len(fields) and b"transfer-encoding" not in names
+            and _TOKENS.fullmatch(joined)):
+        count = names.count(b"content-length")
+        if count == 0:
+            return
+        if count == 1:
+            parse_content_length(fields[names.index(b"content-length")][1])
+            return
+    validate_headers(message)
+
+
+def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
+    """``general_head`` for the common head (``_FAST_HEAD``): the same ``Request`` (state and
+    types; tests/unit/test_speed_lean.py compares ``get_state()``) and head length, built
+    without the reader's line list, type conversions and ``Headers`` checks (names and
+    values come out of the regular expression as bytes); its header names are valid tokens
+    (``validate_headers``' name test). None: anything else (``general_head`` reads it)."""
+    m = _FAST_HEAD.match(buf)
+    if m is None:
+        return None
+    headers = object.__new__(http.Headers)
+    headers.fields = tuple(_FAST_FIELD.findall(m.group(3)))
+    req = object.__new__(http.Request)
+    req.data = http.RequestData(
+        http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
+        timestamp_start=time.time(), timestamp_end=None,
+        host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
+    return req, m.end()
+
+
+def general_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None | str:
+    """mitmproxy's reader on ``buf``: the request head and its length; None: not all of it
+    arrived yet; a string: why mitmproxy's HTTP layer must read it."""
+    found = head_lines(buf)
+    if found is None:
+        # mitmproxy's reader searches its buffer incrementally; this one is searched
+        # again on each read: a head this long (never a real one) goes to mitmproxy's
+        return "long head" if len(buf) > MAX_HEAD else None
+    lines, head_len = found
+    if not lines:
+        return "blank line"  # mitmproxy's reader skips it
+    try:
+        return http1.read_request_head(lines), head_len
+    except ValueError:
+        return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
 
 
 def head_lines(buf: bytes | bytearray) -> tuple[list[bytes], int] | None:
@@ -337,28 +460,39 @@ _KEEP_ALIVE_VERSIONS = frozenset({"HTTP/1.1", "HTTP/2.0"})
 def _says_close(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
     """``connection_close``'s token test: is ``close`` one of the Connection fields' tokens
     (the values decoded and joined as ``Headers`` does, split on ",", each stripped as str)?"""
-    joined = ", ".join(v.decode("utf-8", "surrogateescape")
-                       for k, v in fields if k.lower() == b"connection")
+    values = [v for k, v in fields if k.lower() == b"connection"]
+    if len(values) == 1 and values[0] == b"keep-alive":
+        return False  # (the common one: its one token is not "close")
+    joined = ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
     return "close" in [token.strip() for token in joined.split(",")]
 
 
-def closes(req: http.Request, resp: http.Response) -> bool:
+_KEEP_ALIVE_RAW = frozenset({b"HTTP/1.1", b"HTTP/2.0"})  # (``_KEEP_ALIVE_VERSIONS`` as bytes)
+
+
+def closes(req: http.Request, resp: http.Response,
+           rnames: set[bytes] | None = None) -> bool:
     """``closes_general`` for the common exchange, from one pass over each head's names: an
     HTTP/1.1 (or 2.0) request and response and a response not 101 with ``Content-Length``
     and no ``Transfer-Encoding`` (its size is that length, or invalid: never "until the
     end"). For these versions ``connection_close`` is True exactly when a ``close`` token is
     in a Connection field (``keep-alive`` or none: persistent). Anything else:
-    ``closes_general`` (tests/unit/test_speed_lean.py compares the two)."""
-    rnames = {k.lower() for k, _ in resp.headers.fields}
-    if (resp.status_code != 101 and b"content-length" in rnames
+    ``closes_general`` (tests/unit/test_speed_lean.py compares the two). ``rnames``: the
+    response's lower-cased header names, if the caller has them."""
+    rdata = resp.data
+    rfields = rdata.headers.fields
+    if rnames is None:
+        rnames = {k.lower() for k, _ in rfields}
+    if (rdata.status_code != 101 and b"content-length" in rnames
             and b"transfer-encoding" not in rnames
-            and resp.http_version in _KEEP_ALIVE_VERSIONS
-            and req.http_version in _KEEP_ALIVE_VERSIONS):
-        if b"connection" in rnames and _says_close(resp.headers.fields):
+            and rdata.http_version in _KEEP_ALIVE_RAW
+            and req.data.http_version in _KEEP_ALIVE_RAW):
+        if b"connection" in rnames and _says_close(rfields):
             return True
-        for k, _ in req.headers.fields:
+        qfields = req.data.headers.fields
+        for k, _ in qfields:
             if k.lower() == b"connection":
-                return _says_close(req.headers.fields)
+                return _says_close(qfields)
         return False
     return closes_general(req, resp)
 
@@ -368,12 +502,17 @@ def _chunked(resp: http.Response) -> bool:
 
 
 def _head(resp: http.Response) -> bytes:
-    """``Http1Server.send(ResponseHeaders)``: an HTTP/2 response becomes an HTTP/1.1 one."""
-    if resp.is_http2 or resp.is_http3:
+    """``Http1Server.send(ResponseHeaders)``: an HTTP/2 response becomes an HTTP/1.1 one.
+    (``assemble_response_head``'s bytes, formatted here in one step: tests/unit/
+    test_speed_lean.py compares the two.)"""
+    data = resp.data
+    if data.http_version == b"HTTP/2.0" or data.http_version == b"HTTP/3":  # is_http2/3
         resp = resp.copy()
         resp.http_version = "HTTP/1.1"
         resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
-    return bytes(http1.assemble_response_head(resp))
+        return bytes(http1.assemble_response_head(resp))
+    return b"%s %d %s\r\n%s\r\n" % (data.http_version, data.status_code, data.reason,
+                                     bytes(data.headers))
 
 
 def _frame(resp: http.Response, data: bytes) -> bytes:
@@ -451,18 +590,13 @@ class LeanLayer(layer.Layer):
                 return None
             self.pending = None
             return self._body(waiting, at, body_len)
-        found = head_lines(self.buf)
-        if found is None:
-            # mitmproxy's reader searches its buffer incrementally; this one is searched
-            # again on each read: a head this long (never a real one) goes to mitmproxy's
-            return "long head" if len(self.buf) > MAX_HEAD else None
-        lines, head_len = found
-        if not lines:
-            return "blank line"  # mitmproxy's reader skips it
-        try:
-            req = http1.read_request_head(lines)
-        except ValueError:
-            return "head refused"  # by mitmproxy's reader (seam/refusals.py audits it)
+        head: tuple[http.Request, int] | None | str = fast_head(self.buf)
+        fast = head is not None
+        if head is None:
+            head = general_head(self.buf)
+        if head is None or isinstance(head, str):
+            return head
+        req, head_len = head
         if req.http_version != "HTTP/1.1":
             return req.http_version
         if req.method == "CONNECT" or req.authority:
@@ -492,7 +626,9 @@ class LeanLayer(layer.Layer):
                 return "content-length"
             if size > self.max_body:
                 return "content-length"
-        if lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
+        # (a head ``fast_head`` read passes: an origin-form target has no scheme, CONNECT and
+        # Transfer-Encoding went above, its one Content-Length parsed, its names are tokens)
+        if not fast and lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
             return "head refused"
         if len(self.buf) < head_len + size:
             self.pending = (req, head_len, size)
@@ -564,7 +700,8 @@ class LeanLayer(layer.Layer):
         assert resp is not None
         content = resp.raw_content
         data = _head(resp)
-        chunked = _chunked(resp)
+        rnames = {k.lower() for k, _ in resp.data.headers.fields}  # (once, for both tests)
+        chunked = b"transfer-encoding" in rnames and _chunked(resp)
         if content:
             data += b"%x\r\n%s\r\n" % (len(content), content) if chunked else content
         if chunked and flow.request.method != "HEAD":
@@ -572,13 +709,14 @@ class LeanLayer(layer.Layer):
         yield commands.SendData(self.context.client, data)
         if not flow.websocket:
             flow.live = False
-        yield from self._after(flow)
+        yield from self._after(flow, rnames)
 
-    def _after(self, flow: http.HTTPFlow) -> layer.CommandGenerator[None]:
+    def _after(self, flow: http.HTTPFlow,
+               rnames: set[bytes] | None = None) -> layer.CommandGenerator[None]:
         """``mark_done``: close when the exchange says so, else read the next request."""
         req, resp = flow.request, flow.response
         assert resp is not None
-        if closes(req, resp):
+        if closes(req, resp, rnames):
             yield from self._close()
 
     def _stream(self, job: _Job) -> layer.CommandGenerator[None]:

@@ -6,12 +6,26 @@
   instance and remembers the classes that passed; an instance of one of them is then made
   as the check would have made it (``object.__new__``). A class that fails still raises
   mitmproxy's own TypeError, every time.
-* Every flow gets ``str(uuid.uuid4())`` as its id (``Flow.__init__``): a UUID object built
-  and validated, then formatted. ``uuid4_text`` makes the same text from the same 16 random
-  bytes (``os.urandom``), with the version and variant bits set as ``uuid.UUID`` sets them;
-  ``install`` gives mitmproxy's flow module a ``uuid`` whose ``uuid4()`` returns it (``str``
-  of a string is the string). tests/unit/test_speed_objects.py compares both with the stock
-  ones.
+* Every flow gets ``str(uuid.uuid4())`` as its id (``Flow.__init__``), and every client and
+  server connection object too (``connection.Connection.id``; 4-5 per agent connection): a
+  UUID object built and validated, then formatted, from one ``getrandom`` syscall each.
+  ``uuid4_text`` makes the same text from the same 16 random bytes, with the version and
+  variant bits set as ``uuid.UUID`` sets them; without bytes it hands out the next of a batch
+  of 64 ids made from one ``os.urandom`` read (the same kernel CSPRNG, one syscall per 64
+  ids). A forked child never hands out an id of its parent's batch (``os.register_at_fork``
+  drops the batch in the child). ``install`` gives mitmproxy's flow and connection modules a
+  copy of the ``uuid`` module whose ``uuid4()`` returns it (``str`` of a string is the
+  string). tests/unit/test_speed_objects.py compares both with the stock ones, and forks.
+* ``headers_of`` and ``response_of`` make the ``Headers`` and ``Response`` of an upstream
+  response head (stages/pool.py) as mitmproxy's constructors make them, without their
+  per-field copies, conversions and keyword update, for what they handle exactly (a list or
+  tuple of ``(bytes, bytes)`` tuples; bytes version and reason); anything else goes to the
+  constructors. tests/unit/test_speed_objects.py compares them on seeded input.
+* Every task mitmproxy starts (``asyncio_utils.create_task``: one per blocking hook, so one
+  per lean request) gets its debug name from ``set_task_debug_info``, which reads
+  ``os.environ.get("PYTEST_CURRENT_TEST")``: a miss raises and catches two KeyErrors.
+  ``install`` gives it the same function with that lookup made on the environment's own
+  mapping (``os.environ._data``, which ``os.environ`` reads and writes).
 
 Each part checks that mitmproxy still has what it changes; if not, that part stays
 mitmproxy's own (seam/speed.py logs one WARNING)."""
@@ -19,25 +33,81 @@ mitmproxy's own (seam/speed.py logs one WARNING)."""
 from __future__ import annotations
 
 import os
+import time
 import types
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from mitmproxy import flow, hooks
+from mitmproxy import connection, flow, hooks, http
 from mitmproxy.proxy import commands
+from mitmproxy.utils import asyncio_utils
 
 from vaultproxy.seam.need import missing
 
 _made_before: set[type] = set()  # hook classes whose first instance passed the check
 
+BATCH = 64  # ids made from one os.urandom read
+_ids: Iterator[str] = iter(())  # the rest of the current batch
+
+
+_VERSION_4 = bytes((x & 0x0F) | 0x40 for x in range(256))  # byte 6 of each id
+_VARIANT = bytes((x & 0x3F) | 0x80 for x in range(256))  # byte 8: the RFC 4122 variant
+
+
+def _batch(raw: bytes) -> list[str]:
+    """``str(uuid.UUID(bytes=chunk, version=4))`` of each 16-byte chunk of ``raw``, made
+    with a few operations on the whole batch instead of a dozen per id: the version and
+    variant bits set on every 16th byte, the bytes hex-encoded with a "-" after every two
+    (``aaaa-bbbb-...-hhhh-`` per id, 40 characters), the dashes after the 1st, 6th and 7th
+    group dropped (``aaaabbbb-cccc-dddd-eeee-ffffgggghhhh-``) and each id's last one made a
+    space to split on."""
+    b = bytearray(raw)
+    b[6::16] = b[6::16].translate(_VERSION_4)
+    b[8::16] = b[8::16].translate(_VARIANT)
+    text = bytearray(b.hex("-", -2).encode())
+    text += b"-"
+    del text[34::40]  # (each deletion shortens every id's block by one)
+    del text[29::39]
+    del text[4::38]
+    text[36::37] = b" " * (len(text) // 37)
+    return text.decode().split()
+
 
 def uuid4_text(raw: bytes | None = None) -> str:
     """``str(uuid.uuid4())``, or of ``uuid.UUID(bytes=raw, version=4)`` for 16 given bytes."""
-    b = bytearray(os.urandom(16) if raw is None else raw)
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    global _ids
+    if raw is not None:
+        b = bytearray(raw)
+        b[6] = (b[6] & 0x0F) | 0x40  # version 4
+        b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = b.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # ``next`` on a list iterator is one step under the GIL: two threads never get the
+    # same id; two refilling at once each make a batch of their own.
+    text = next(_ids, None)
+    if text is None:
+        _ids = fresh = iter(_batch(os.urandom(16 * BATCH)))
+        text = next(fresh)
+    return text
+
+
+def _forget_batch() -> None:
+    """In a forked child: the parent's remaining ids are the parent's (and its other
+    children's) to hand out, never this process's."""
+    global _ids
+    _ids = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_batch)
+
+
+def _uuid_module() -> types.ModuleType:
+    """A copy of the ``uuid`` module whose ``uuid4`` is ``uuid4_text``."""
+    copy = types.ModuleType(uuid.__name__, uuid.__doc__)
+    copy.__dict__.update({k: v for k, v in vars(uuid).items() if not k.startswith("__")})
+    copy.uuid4 = uuid4_text  # type: ignore[attr-defined]
+    return copy
 
 
 def _checked_once(stock: Any) -> Any:
@@ -57,9 +127,14 @@ def missing_symbol() -> str | None:
     if symbol is None and ("__new__" not in vars(hooks.Hook)
                            or "__new__" not in vars(commands.StartHook)):
         symbol = "Hook.__new__"
-    if symbol is None and getattr(getattr(flow, "uuid", None), "uuid4", None) is not uuid.uuid4:
+    if symbol is None and not _stock_uuid(flow):
         symbol = "flow.uuid.uuid4"
     return symbol
+
+
+def _stock_uuid(module: Any) -> bool:
+    """Does ``module`` make its ids with the stock ``uuid.uuid4``?"""
+    return getattr(getattr(module, "uuid", None), "uuid4", None) is uuid.uuid4
 
 
 def install() -> bool:
@@ -72,6 +147,71 @@ def install() -> bool:
         stock = vars(cls)["__new__"]
         stock = stock.__func__ if isinstance(stock, staticmethod) else stock
         cls.__new__ = _checked_once(stock)  # type: ignore[method-assign,assignment]
-    setattr(flow, "uuid", types.SimpleNamespace(uuid4=uuid4_text))  # noqa: B010 - (not exported)
+    fast_uuid = _uuid_module()
+    setattr(flow, "uuid", fast_uuid)  # noqa: B010 - (not exported)
+    if _stock_uuid(connection):  # (else: connection ids stay mitmproxy's own)
+        setattr(connection, "uuid", fast_uuid)  # noqa: B010 - (not exported)
+    if _env_key is not None and missing(asyncio_utils, "set_task_debug_info") is None:
+        STOCK["set_task_debug_info"] = asyncio_utils.set_task_debug_info
+        asyncio_utils.set_task_debug_info = set_task_debug_info
     hooks.Hook._vaultproxy_fast = True  # type: ignore[attr-defined]
     return True
+
+
+STOCK: dict[str, Any] = {}  # mitmproxy's functions this module replaced (for tests)
+_TEST_VAR = "PYTEST_CURRENT_TEST"
+_environ: Any = os.environ
+try:  # CPython's ``os._Environ``: its mapping of encoded names to encoded values
+    _env_data: dict[Any, Any] | None = _environ._data
+    _env_key: Any = _environ.encodekey(_TEST_VAR)
+    _env_value: Any = _environ.decodevalue
+except AttributeError:  # (another Python: the stock function stays)
+    _env_data = _env_key = _env_value = None
+
+
+def set_task_debug_info(task: Any, *, name: str, client: tuple[Any, ...] | None = None,
+                        ) -> None:
+    """mitmproxy's ``asyncio_utils.set_task_debug_info``, its ``os.environ.get`` made as
+    ``os.environ.__getitem__`` makes it, without the KeyErrors of a miss."""
+    task.created = time.time()
+    if __debug__ is True and _env_data is not None:
+        raw = _env_data.get(_env_key)
+        test = None if raw is None else _env_value(raw)
+        if test:
+            name = f"{name} [created in {test}]"
+    task.set_name(name)
+    if client:
+        task.client = client
+
+
+def headers_of(fields: Any) -> http.Headers:
+    """``http.Headers(fields)``: for a list or tuple of ``(bytes, bytes)`` tuples the same
+    object without the constructor's copy of each field, its type check (done here, by
+    exact type) and its keyword update (none)."""
+    if type(fields) is list or type(fields) is tuple:
+        for field in fields:
+            if (type(field) is not tuple or len(field) != 2 or type(field[0]) is not bytes
+                    or type(field[1]) is not bytes):
+                break
+        else:
+            made = object.__new__(http.Headers)
+            made.fields = tuple(fields)
+            return made
+    return http.Headers(fields)
+
+
+def response_of(http_version: Any, status_code: int, reason: Any, headers: Any,
+                timestamp_start: float) -> http.Response:
+    """``http.Response(http_version, status_code, reason, headers, None, None,
+    timestamp_start=..., timestamp_end=None)``: for bytes version and reason and a
+    ``Headers`` the same object without the constructor's conversions (its
+    ``ResponseData`` made by the dataclass's own ``__init__``)."""
+    if type(http_version) is bytes and type(reason) is bytes and type(headers) is http.Headers:
+        made = object.__new__(http.Response)
+        made.data = http.ResponseData(
+            http_version=http_version, headers=headers, content=None, trailers=None,
+            timestamp_start=timestamp_start, timestamp_end=None, status_code=status_code,
+            reason=reason)
+        return made
+    return http.Response(http_version, status_code, reason, headers, None, None,
+                         timestamp_start=timestamp_start, timestamp_end=None)

@@ -62,6 +62,7 @@ from vaultproxy.net.outbound import (
 )
 from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.seam import lean as seam_lean
+from vaultproxy.seam import objects
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
@@ -350,7 +351,7 @@ class Pool(Stage):
         service = ex.tunnel.decision.service
         if service is not None:
             self._h2_seen[(service.name, ex.tunnel.host)] = version == b"HTTP/2"
-        headers = http.Headers(resp.headers)
+        headers = objects.headers_of(resp.headers)  # http.Headers(resp.headers), cheaper
         if version == b"HTTP/2":
             version = b"HTTP/2.0"
             if flow.request.http_version == "HTTP/1.1":
@@ -360,10 +361,8 @@ class Pool(Stage):
                 if "content-length" not in headers and not _bodiless(flow, resp.status):
                     headers["transfer-encoding"] = "chunked"
         reason = resp.extensions.get("reason_phrase", b"")
-        flow.response = http.Response(
-            version, resp.status, reason, headers, None, None,
-            timestamp_start=flow.request.timestamp_end or 0.0, timestamp_end=None,
-        )
+        flow.response = objects.response_of(  # http.Response(...), cheaper
+            version, resp.status, reason, headers, flow.request.timestamp_end or 0.0)
         ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
