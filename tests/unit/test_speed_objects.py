@@ -195,39 +195,3 @@ def test_headers_and_responses_are_made_as_mitmproxy_makes_them() -> None:
         assert _outcome(objects.response_of, *args) == want_resp, (i, args)
         fast_responses += type(head) is http.Headers and type(version) is bytes
     assert fast_headers > 1000 and fast_responses > 200, (fast_headers, fast_responses)
-
-
-def test_task_debug_info_is_set_as_mitmproxy_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Seeded names and clients, with and without ``PYTEST_CURRENT_TEST`` (set, changed,
-    empty, removed through ``os.environ``): the task's name, client and creation time are
-    what mitmproxy's own function gives it."""
-    import asyncio
-
-    from mitmproxy.utils import asyncio_utils
-
-    stock = objects.STOCK["set_task_debug_info"]
-    assert asyncio_utils.set_task_debug_info is objects.set_task_debug_info
-
-    async def main() -> None:
-        rng = random.Random(29)
-        for i in range(600):
-            state = rng.choice(["unset", "set", "other", "empty"])
-            if state == "unset":
-                monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
-            else:
-                monkeypatch.setenv("PYTEST_CURRENT_TEST",
-                                   {"set": "t.py::a (call)", "other": "é ü", "empty": ""}[state])
-            name = rng.choice(["handle_hook(request)", "x", ""])
-            client = rng.choice([None, ("127.0.0.1", 5), ()])
-            made = []
-            for fn in (stock, objects.set_task_debug_info):
-                task = asyncio.ensure_future(asyncio.sleep(0))
-                fn(task, name=name, client=client)
-                made.append((task.get_name(), getattr(task, "client", "-"),
-                             isinstance(task.created, float)))
-                await task
-            assert made[0] == made[1], (i, state, name, client)
-            if state == "set":
-                assert "[created in t.py::a (call)]" in made[1][0]  # (not vacuous)
-
-    asyncio.run(main())

@@ -21,19 +21,12 @@
   per-field copies, conversions and keyword update, for what they handle exactly (a list or
   tuple of ``(bytes, bytes)`` tuples; bytes version and reason); anything else goes to the
   constructors. tests/unit/test_speed_objects.py compares them on seeded input.
-* Every task mitmproxy starts (``asyncio_utils.create_task``: one per blocking hook, so one
-  per lean request) gets its debug name from ``set_task_debug_info``, which reads
-  ``os.environ.get("PYTEST_CURRENT_TEST")``: a miss raises and catches two KeyErrors.
-  ``install`` gives it the same function with that lookup made on the environment's own
-  mapping (``os.environ._data``, which ``os.environ`` reads and writes).
-
 Each part checks that mitmproxy still has what it changes; if not, that part stays
 mitmproxy's own (seam/speed.py logs one WARNING)."""
 
 from __future__ import annotations
 
 import os
-import time
 import types
 import uuid
 from collections.abc import Iterator
@@ -41,7 +34,6 @@ from typing import Any
 
 from mitmproxy import connection, flow, hooks, http
 from mitmproxy.proxy import commands
-from mitmproxy.utils import asyncio_utils
 
 from vaultproxy.seam.need import missing
 
@@ -151,37 +143,8 @@ def install() -> bool:
     setattr(flow, "uuid", fast_uuid)  # noqa: B010 - (not exported)
     if _stock_uuid(connection):  # (else: connection ids stay mitmproxy's own)
         setattr(connection, "uuid", fast_uuid)  # noqa: B010 - (not exported)
-    if _env_key is not None and missing(asyncio_utils, "set_task_debug_info") is None:
-        STOCK["set_task_debug_info"] = asyncio_utils.set_task_debug_info
-        asyncio_utils.set_task_debug_info = set_task_debug_info
     hooks.Hook._vaultproxy_fast = True  # type: ignore[attr-defined]
     return True
-
-
-STOCK: dict[str, Any] = {}  # mitmproxy's functions this module replaced (for tests)
-_TEST_VAR = "PYTEST_CURRENT_TEST"
-_environ: Any = os.environ
-try:  # CPython's ``os._Environ``: its mapping of encoded names to encoded values
-    _env_data: dict[Any, Any] | None = _environ._data
-    _env_key: Any = _environ.encodekey(_TEST_VAR)
-    _env_value: Any = _environ.decodevalue
-except AttributeError:  # (another Python: the stock function stays)
-    _env_data = _env_key = _env_value = None
-
-
-def set_task_debug_info(task: Any, *, name: str, client: tuple[Any, ...] | None = None,
-                        ) -> None:
-    """mitmproxy's ``asyncio_utils.set_task_debug_info``, its ``os.environ.get`` made as
-    ``os.environ.__getitem__`` makes it, without the KeyErrors of a miss."""
-    task.created = time.time()
-    if __debug__ is True and _env_data is not None:
-        raw = _env_data.get(_env_key)
-        test = None if raw is None else _env_value(raw)
-        if test:
-            name = f"{name} [created in {test}]"
-    task.set_name(name)
-    if client:
-        task.client = client
 
 
 def headers_of(fields: Any) -> http.Headers:
