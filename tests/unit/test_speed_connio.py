@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 from collections.abc import Callable, Iterator
@@ -318,3 +319,27 @@ def test_task_debug_info_matches_mitmproxys(monkeypatch: pytest.MonkeyPatch, env
     stock, fast = asyncio.run(main())
     assert fast == stock
     assert ("[created in" in fast[0]) == bool(env)
+
+
+def test_environ_get_is_os_environ_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``environ_get`` answers as ``os.environ.get`` for seeded sets and unsets of a few
+    names (set, empty, non-ASCII, unset), and for a replacement mapping in place of
+    ``os.environ`` (asked with ``.get`` itself)."""
+    names = ["VP_TEST_ENVGET_A", "VP_TEST_ENVGET_B", "VP_TEST_ENVGET_\u00e9"]
+    values = ["0", "", " off ", "caf\u00e9", "1"]
+    rng = random.Random(29)
+    found = 0
+    for _ in range(400):
+        name = rng.choice(names)
+        if rng.random() < 0.5:
+            monkeypatch.setenv(name, rng.choice(values))
+        else:
+            monkeypatch.delenv(name, raising=False)
+        for ask in names:
+            want = os.environ.get(ask, "dflt")
+            assert connio.environ_get(ask, "dflt") == want, ask
+            found += want != "dflt"
+    assert 200 < found < 1000  # twin: both set and unset names are asked
+    monkeypatch.setattr(os, "environ", {"VP_TEST_ENVGET_A": "x"})
+    assert connio.environ_get("VP_TEST_ENVGET_A", "d") == "x"
+    assert connio.environ_get("VP_TEST_ENVGET_B", "d") == "d"

@@ -208,6 +208,19 @@ _ENVIRON: Any = os.environ
 _TEST_KEY = getattr(_ENVIRON, "encodekey", lambda _: None)(_TEST_VAR)
 
 
+def environ_get(name: str, default: str) -> str:
+    """``os.environ.get(name, default)``, read as ``_Environ.__getitem__`` reads it (the
+    encoded key in its ``_data``) but without the KeyError it raises and ``Mapping.get``
+    clears for a name that is not set (a few thousand instructions, per hook that asks):
+    for a per-request switch such as ``VAULTPROXY_LEAN_BYPASS``. Anything other than the
+    ``os._Environ`` (a test's replacement mapping) is asked with ``.get`` itself."""
+    environ: Any = os.environ
+    if type(environ) is os._Environ:
+        raw = environ._data.get(environ.encodekey(name))  # type: ignore[attr-defined]
+        return default if raw is None else environ.decodevalue(raw)  # type: ignore[no-any-return]
+    return environ.get(name, default)  # type: ignore[no-any-return]
+
+
 def set_task_debug_info(task: asyncio.Task[Any], *, name: str,
                         client: tuple[Any, ...] | None = None) -> None:
     """mitmproxy's ``set_task_debug_info`` (see the module's docstring)."""
