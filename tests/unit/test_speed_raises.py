@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import random
 import string
 from collections.abc import Callable
@@ -206,3 +207,59 @@ def test_basic_username_colon_is_refused() -> None:
         assert outcome is (b":" in user), user
         refused += outcome
     assert 20 < refused < 480  # twin: both answers are reached
+
+
+def test_h1pool_done_awaits_as_the_future() -> None:
+    """``h1pool._done(fut)`` ends as ``await fut`` does for seeded futures: set now or
+    later (a result, an exception, a cancel), the awaiting task cancelled while it waits
+    (the future is cancelled with it, the same message), or a future that is never
+    finished (still pending when the loop stops asking)."""
+    from vaultproxy.net import h1pool
+
+    async def one(kind: str, when: int, via_done: bool) -> tuple[str, object, bool]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def finish() -> None:
+            if kind == "result":
+                fut.set_result(None)
+            elif kind == "error":
+                fut.set_exception(ValueError("boom"))
+            elif kind == "cancel":
+                fut.cancel("why")
+
+        async def waits() -> object:
+            return await (h1pool._done(fut) if via_done else fut)
+
+        if when == 0:
+            finish()
+        task = asyncio.ensure_future(waits())
+        for _ in range(when):
+            await asyncio.sleep(0)
+        if kind == "task-cancel":
+            task.cancel("stop")
+        elif when:
+            finish()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return ("pending", None, fut.cancelled())
+        exc = task.exception() if not task.cancelled() else None
+        outcome = ("cancelled" if task.cancelled() else repr(exc) if exc else "ok")
+        return (outcome, None if task.cancelled() or exc else task.result(), fut.cancelled())
+
+    async def main() -> int:
+        rng = random.Random(53)
+        kinds = ["result", "error", "cancel", "task-cancel", "never"]
+        seen = set()
+        for _ in range(300):
+            kind, when = rng.choice(kinds), rng.randint(0, 2)
+            want = await one(kind, when, via_done=False)
+            assert await one(kind, when, via_done=True) == want, (kind, when)
+            seen.add(want[0])
+        return len(seen)
+
+    assert asyncio.run(main()) >= 4  # twin: ok, an error, a cancel and a wait are reached
