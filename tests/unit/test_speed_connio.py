@@ -343,3 +343,51 @@ def test_environ_get_is_os_environ_get(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "environ", {"VP_TEST_ENVGET_A": "x"})
     assert connio.environ_get("VP_TEST_ENVGET_A", "d") == "x"
     assert connio.environ_get("VP_TEST_ENVGET_B", "d") == "d"
+
+
+def test_disarm_is_mitmproxys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TimeoutWatchdog.disarm`` as installed (a class, not a generator) leaves the
+    watchdog as mitmproxy's ``@contextmanager`` does after every step of seeded nested
+    ``with`` blocks, some left by an exception (which goes on, as there): the count, the
+    event, and each ``register_activity`` call."""
+    assert server.TimeoutWatchdog.disarm is connio.disarm  # installed (module fixture)
+    stock = connio.STOCK_DISARM[0]
+
+    class Recorder(server.TimeoutWatchdog):
+        def __init__(self) -> None:
+            super().__init__(60, lambda: None)  # type: ignore[arg-type,return-value]
+            self.activity = 0
+
+        def register_activity(self) -> None:
+            self.activity += 1
+
+    def state(wd: Recorder) -> tuple[int, bool, int]:
+        return (wd.blocker, wd.can_timeout.is_set(), wd.activity)
+
+    def run(wd: Recorder, ops: list[int], use: Callable[[Any], Any],
+            trail: list[tuple[int, bool, int]]) -> None:
+        for op in ops:
+            if op == 0:
+                trail.append(state(wd))
+                continue
+            try:
+                with use(wd):
+                    trail.append(state(wd))
+                    if op == 2:
+                        raise ValueError("in the block")
+                    run(wd, ops[op:op + 2] if len(ops) > 3 else [], use, trail)
+                    trail.append(state(wd))
+            except ValueError:
+                trail.append((-1, *state(wd)[1:]))
+
+    rng = random.Random(59)
+    raised = 0
+    for _ in range(300):
+        ops = [rng.choice([0, 1, 1, 2]) for _ in range(rng.randint(1, 6))]
+        want: list[tuple[int, bool, int]] = []
+        got: list[tuple[int, bool, int]] = []
+        run(Recorder(), ops, lambda wd: stock(wd), want)
+        run(Recorder(), ops, lambda wd: wd.disarm(), got)
+        assert got == want, ops
+        raised += any(t[0] == -1 for t in want)
+    assert raised > 100  # twin: blocks left by an exception are compared too
