@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 from collections.abc import Callable, Iterator
@@ -318,3 +319,75 @@ def test_task_debug_info_matches_mitmproxys(monkeypatch: pytest.MonkeyPatch, env
     stock, fast = asyncio.run(main())
     assert fast == stock
     assert ("[created in" in fast[0]) == bool(env)
+
+
+def test_environ_get_is_os_environ_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``environ_get`` answers as ``os.environ.get`` for seeded sets and unsets of a few
+    names (set, empty, non-ASCII, unset), and for a replacement mapping in place of
+    ``os.environ`` (asked with ``.get`` itself)."""
+    names = ["VP_TEST_ENVGET_A", "VP_TEST_ENVGET_B", "VP_TEST_ENVGET_\u00e9"]
+    values = ["0", "", " off ", "caf\u00e9", "1"]
+    rng = random.Random(29)
+    found = 0
+    for _ in range(400):
+        name = rng.choice(names)
+        if rng.random() < 0.5:
+            monkeypatch.setenv(name, rng.choice(values))
+        else:
+            monkeypatch.delenv(name, raising=False)
+        for ask in names:
+            want = os.environ.get(ask, "dflt")
+            assert connio.environ_get(ask, "dflt") == want, ask
+            found += want != "dflt"
+    assert 200 < found < 1000  # twin: both set and unset names are asked
+    monkeypatch.setattr(os, "environ", {"VP_TEST_ENVGET_A": "x"})
+    assert connio.environ_get("VP_TEST_ENVGET_A", "d") == "x"
+    assert connio.environ_get("VP_TEST_ENVGET_B", "d") == "d"
+
+
+def test_disarm_is_mitmproxys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TimeoutWatchdog.disarm`` as installed (a class, not a generator) leaves the
+    watchdog as mitmproxy's ``@contextmanager`` does after every step of seeded nested
+    ``with`` blocks, some left by an exception (which goes on, as there): the count, the
+    event, and each ``register_activity`` call."""
+    assert server.TimeoutWatchdog.disarm is connio.disarm  # installed (module fixture)
+    stock = connio.STOCK_DISARM[0]
+
+    class Recorder(server.TimeoutWatchdog):
+        def __init__(self) -> None:
+            super().__init__(60, lambda: None)  # type: ignore[arg-type,return-value]
+            self.activity = 0
+
+        def register_activity(self) -> None:
+            self.activity += 1
+
+    def state(wd: Recorder) -> tuple[int, bool, int]:
+        return (wd.blocker, wd.can_timeout.is_set(), wd.activity)
+
+    def run(wd: Recorder, ops: list[int], use: Callable[[Any], Any],
+            trail: list[tuple[int, bool, int]]) -> None:
+        for op in ops:
+            if op == 0:
+                trail.append(state(wd))
+                continue
+            try:
+                with use(wd):
+                    trail.append(state(wd))
+                    if op == 2:
+                        raise ValueError("in the block")
+                    run(wd, ops[op:op + 2] if len(ops) > 3 else [], use, trail)
+                    trail.append(state(wd))
+            except ValueError:
+                trail.append((-1, *state(wd)[1:]))
+
+    rng = random.Random(59)
+    raised = 0
+    for _ in range(300):
+        ops = [rng.choice([0, 1, 1, 2]) for _ in range(rng.randint(1, 6))]
+        want: list[tuple[int, bool, int]] = []
+        got: list[tuple[int, bool, int]] = []
+        run(Recorder(), ops, lambda wd: stock(wd), want)
+        run(Recorder(), ops, lambda wd: wd.disarm(), got)
+        assert got == want, ops
+        raised += any(t[0] == -1 for t in want)
+    assert raised > 100  # twin: blocks left by an exception are compared too

@@ -15,6 +15,7 @@ from vaultproxy.config.models import Service
 from vaultproxy.errors import SecretMissing
 from vaultproxy.inject.strategy import Draft, need_field
 from vaultproxy.secret import Secret
+from vaultproxy.values.placeholders import holds
 
 
 class Basic:
@@ -30,7 +31,7 @@ class Basic:
     ) -> None:
         username = need_field(service, fields, "username")
         password = need_field(service, fields, "password")
-        if b":" in username:
+        if holds(username, b":"):
             raise SecretMissing(
                 f"service {service.name!r}: the username field holds ':' (RFC 7617 forbids it)"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
+from vaultproxy.values.placeholders import holds
+
 
 def param_name(pair: bytes) -> bytes:
     """The decoded name of one ``name=value`` pair (``+`` is a space, as in forms)."""
@@ -41,7 +43,7 @@ def map_param_values(query: bytes, name: str, fn: Callable[[bytes], bytes]) -> b
     target = name.encode("utf-8")
     out = []
     for pair in query.split(b"&"):
-        if b";" not in pair and b"=" in pair and param_name(pair) == target:
+        if not holds(pair, b";") and holds(pair, b"=") and param_name(pair) == target:
             raw_name, _, value = pair.partition(b"=")
             pair = raw_name + b"=" + fn(value)
         out.append(pair)

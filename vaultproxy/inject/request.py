@@ -262,10 +262,10 @@ def _placeholder(
 
 def _sub_header(value: bytes, ph: bytes, secret: bytes, service: Service) -> bytes:
     creds = basic_credentials(value)
-    if creds is not None and ph in creds:
+    if creds is not None and holds(creds, ph):
         scheme = value.strip().split(None, 1)[0]
         return scheme + b" " + base64.b64encode(creds.replace(ph, secret))
-    if ph in value:
+    if holds(value, ph):
         return substitute(value, ph, header_safe(service, secret), "raw")
     return value
 

@@ -48,8 +48,9 @@ import select
 import socket
 import ssl
 import time
+import types
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import h11
@@ -126,6 +127,20 @@ _NOT_IN_REASON = b"\x00\r\n\x0b\x0c"
 # (``in`` on bytes first tries the operand as an integer, and raises and clears a TypeError:
 # ``find`` is what this module uses to look for bytes)
 _FIELD_LINE = re.compile(rb"(?<=\n)(" + _FIELD_NAME + rb"):[ \t]*([^\r\n]*)\r\n")
+
+
+@types.coroutine
+def _done(fut: asyncio.Future[None]) -> Generator[Any, None, None]:
+    """``await fut``, as ``asyncio.Future.__await__`` (asyncio/futures.py) does it, as a
+    generator: CPython 3.12 resumes the C future's iterator through ``tp_iternext``, whose
+    result comes back as a StopIteration raised and cleared (a few thousand instructions,
+    once per response); a generator's return reaches the awaiting coroutine without one."""
+    if not fut.done():
+        fut._asyncio_future_blocking = True
+        yield fut  # (the task waits for it)
+    if not fut.done():
+        raise RuntimeError("await wasn't used with future")
+    return fut.result()  # (raises as the future's own __await__ would)
 
 
 class ResponseHead:
@@ -395,7 +410,7 @@ class _Conn(asyncio.Protocol):
             timer = (loop.call_later(timeout, _expire, waiter) if timeout is not None
                      else None)
             try:
-                await waiter
+                await _done(waiter)
             finally:
                 if timer is not None:
                     timer.cancel()

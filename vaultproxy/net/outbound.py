@@ -157,7 +157,9 @@ class HeadScan:
             part = head if end < 0 else head[: end + 2]
             if part.startswith(b"HTTP/") and len(part) >= 12 and part[9:12].isdigit():
                 self.status = int(part[9:12])
-            if b"\r\n " in part or b"\r\n\t" in part:
+            # (``find``: ``part`` is bytes -- ``_head`` is -- and ``bytes in bytes`` raises
+            # and clears a TypeError inside CPython before it searches)
+            if part.find(b"\r\n ") != -1 or part.find(b"\r\n\t") != -1:
                 self.folded = True
             head_seen.set(Head(self.status, self.folded))
             if end < 0:

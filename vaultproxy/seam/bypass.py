@@ -33,7 +33,6 @@ both each time the first reaches a power of two (what tests read of a running pr
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +41,7 @@ from mitmproxy.proxy.layers import ClientTLSLayer, ServerTLSLayer, modes
 from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
+from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def enabled() -> bool:
     """Is the short route on (mitmproxy has what it reads, and ``VAULTPROXY_LEAN_BYPASS``
     is not ``0``)?"""
     global _checked
-    if os.environ.get(ENV, "1").strip() in ("0", "false", "no", "off"):
+    if environ_get(ENV, "1").strip() in ("0", "false", "no", "off"):
         return False
     if _checked is None:
         symbol = (missing(modes, "HttpProxy") or missing(lhttp, "HttpLayer", "HttpStream")

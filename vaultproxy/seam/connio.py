@@ -61,15 +61,20 @@ FINGERPRINTS = {
     # (frozen modules: no source; the fingerprint of their bytecode, names and constants)
     "_Environ.__getitem__": "8503af0bb5e29999",
     "Mapping.get": "be553584ca6aae1e",
+    "TimeoutWatchdog.disarm": "99af75f94eed883a",
 }
 #: mitmproxy's own methods, as the handler had them before ``install`` (for the tests).
 STOCK: dict[str, Callable[..., Any]] = {}
+#: mitmproxy's ``TimeoutWatchdog.disarm`` before ``install`` (for the tests)
+STOCK_DISARM: list[Callable[..., Any]] = []
 
 
 def _target(name: str) -> Any:
     owner, attr = name.split(".")
     if owner == "asyncio_utils":
         return STOCK.get(attr) or getattr(asyncio_utils, attr)
+    if owner == "TimeoutWatchdog":
+        return STOCK_DISARM[0] if STOCK_DISARM else getattr(server.TimeoutWatchdog, attr)
     cls = {
         "ConnectionHandler": server.ConnectionHandler,
         "StreamWriter": asyncio.StreamWriter,
@@ -107,7 +112,9 @@ def missing_symbol() -> str | None:
             or missing(lock, "_locked", "_waiters", "acquire", "release")
             or missing(asyncio.streams, "FlowControlMixin")
             or missing(asyncio.streams.FlowControlMixin, "_drain_helper")
-            or missing(asyncio.StreamWriter, "drain"))
+            or missing(asyncio.StreamWriter, "drain")
+            or missing(server, "TimeoutWatchdog")
+            or missing(server.TimeoutWatchdog, "disarm", "register_activity"))
 
 
 def _same(*names: str) -> bool:
@@ -202,10 +209,52 @@ async def server_event(self: Any, event: Any) -> None:
         lock.release()
 
 
+class _Disarmed:
+    """mitmproxy's ``TimeoutWatchdog.disarm()`` (a ``@contextmanager``: clear, count up;
+    on the way out count down and, at zero, register activity and set) as a class: the
+    same steps, without the generator and the StopIteration its ``__exit__`` raises and
+    clears (about twice per request: the lean hook and mitmproxy's ``handle_hook``)."""
+
+    __slots__ = ("wd",)
+
+    def __init__(self, wd: Any) -> None:
+        self.wd = wd
+
+    def __enter__(self) -> None:
+        wd = self.wd
+        wd.can_timeout.clear()
+        wd.blocker += 1
+
+    def __exit__(self, *exc: object) -> None:
+        wd = self.wd
+        wd.blocker -= 1
+        if wd.blocker == 0:
+            wd.register_activity()
+            wd.can_timeout.set()
+
+
+def disarm(self: Any) -> _Disarmed:
+    """``TimeoutWatchdog.disarm`` (see ``_Disarmed``)."""
+    return _Disarmed(self)
+
+
 _TEST_VAR = "PYTEST_CURRENT_TEST"
 _ENVIRON: Any = os.environ
 # (``os.environ``'s key for it, made once)
 _TEST_KEY = getattr(_ENVIRON, "encodekey", lambda _: None)(_TEST_VAR)
+
+
+def environ_get(name: str, default: str) -> str:
+    """``os.environ.get(name, default)``, read as ``_Environ.__getitem__`` reads it (the
+    encoded key in its ``_data``) but without the KeyError it raises and ``Mapping.get``
+    clears for a name that is not set (a few thousand instructions, per hook that asks):
+    for a per-request switch such as ``VAULTPROXY_LEAN_BYPASS``. Anything other than the
+    ``os._Environ`` (a test's replacement mapping) is asked with ``.get`` itself."""
+    environ: Any = os.environ
+    if type(environ) is os._Environ:
+        raw = environ._data.get(environ.encodekey(name))  # type: ignore[attr-defined]
+        return default if raw is None else environ.decodevalue(raw)  # type: ignore[no-any-return]
+    return environ.get(name, default)  # type: ignore[no-any-return]
 
 
 def set_task_debug_info(task: asyncio.Task[Any], *, name: str,
@@ -269,5 +318,9 @@ def install() -> bool:
         cls.drain_writers = _make_drain(STOCK["drain_writers"])  # type: ignore[method-assign]
     if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
         asyncio_utils.set_task_debug_info = set_task_debug_info
+    if not STOCK_DISARM:
+        STOCK_DISARM.append(server.TimeoutWatchdog.disarm)
+    if _same("TimeoutWatchdog.disarm"):
+        server.TimeoutWatchdog.disarm = disarm  # type: ignore[method-assign,assignment]
     cls._vaultproxy_fast_io = True  # type: ignore[attr-defined]
     return True

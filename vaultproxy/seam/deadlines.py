@@ -71,7 +71,20 @@ def last_activity(client_id: str) -> float | None:
 
 
 class _BoundedAsyncio(types.ModuleType):
-    """``asyncio`` as mitmproxy's proxy server sees it: ``open_connection`` is bounded."""
+    """``asyncio`` as mitmproxy's proxy server sees it: ``open_connection`` is bounded.
+
+    asyncio's own names (all but ``open_connection`` and the module's dunders) are copied
+    into this module's dict when it is made: a name found there is read without the
+    AttributeError a module raises (twice) and clears before it falls back to
+    ``__getattr__`` -- three exceptions for each ``asyncio.Event``/``asyncio.sleep``/...
+    mitmproxy's server reads per connection. A name asyncio gains later is still reached
+    through ``__getattr__``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        own = vars(type(self))
+        self.__dict__.update({k: v for k, v in vars(asyncio).items()
+                              if not (k.startswith("__") or k in own)})
 
     def __getattr__(self, name: str) -> Any:
         return getattr(asyncio, name)

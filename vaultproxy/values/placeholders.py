@@ -85,16 +85,16 @@ def holds(data: bytes, needle: bytes) -> bool:
 def decoded_views(data: bytes) -> Iterator[bytes]:
     """``data`` and every decoding of it an upstream might apply (see module docstring)."""
     yield data
-    if b"%" in data:
+    if holds(data, b"%"):
         view = data
         for _ in range(_MAX_DECODE_ROUNDS):
             if not _PERCENT_RE.search(view):
                 break
             view = unquote_to_bytes(view)
             yield view
-    if b"+" in data:
+    if holds(data, b"+"):
         yield unquote_to_bytes(data.replace(b"+", b" "))
-    if b"\\" in data:
+    if holds(data, b"\\"):
         yield _json_unescape(data)
     creds = basic_credentials(data)
     if creds is not None:
