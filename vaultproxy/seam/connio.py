@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
-import hashlib
-import inspect
 import logging
 import os
 import time
@@ -44,6 +42,7 @@ from typing import Any
 from mitmproxy.proxy import commands, server
 from mitmproxy.utils import asyncio_utils
 
+from vaultproxy.seam import need
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -89,16 +88,8 @@ def _target(name: str) -> Any:
 
 
 def fingerprint(name: str) -> str | None:
-    """The fingerprint of ``name`` as installed (None: no source)."""
-    fn = _target(name)
-    try:
-        src = inspect.getsource(fn).encode()
-    except (OSError, TypeError):
-        code = getattr(fn, "__code__", None)
-        if code is None:
-            return None
-        src = code.co_code + repr((code.co_names, code.co_consts)).encode()
-    return hashlib.sha256(src).hexdigest()[:16]
+    """The fingerprint (``need.fingerprint``) of ``name`` as installed (None: none)."""
+    return need.fingerprint(_target(name))
 
 
 def missing_symbol() -> str | None:

@@ -25,3 +25,23 @@ def missing(obj: object, *names: str) -> str | None:
         if not hasattr(obj, name):
             return f"{getattr(obj, '__name__', type(obj).__name__)}.{name}"
     return None
+
+
+def fingerprint(fn: Any) -> str | None:
+    """What a speed patch compares to decide whether ``fn`` (a method of mitmproxy or of the
+    standard library it replaces) is still the one it was written against: sha256 (first 16
+    hex digits) of its source text (as ``inspect.getsource`` reads it: a decorated function's
+    own, decorators included); for a function without source (a frozen module's), of its
+    bytecode, names and constants; None: neither. The expected values are constants beside
+    each patch (seam/connio.py, seam/tlsio.py): a differing one keeps the stock method."""
+    import hashlib
+    import inspect
+
+    try:
+        src = inspect.getsource(fn).encode()
+    except (OSError, TypeError):
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            return None
+        src = code.co_code + repr((code.co_names, code.co_consts)).encode()
+    return hashlib.sha256(src).hexdigest()[:16]

@@ -45,8 +45,6 @@ different. tests/unit/test_speed_tlsio.py compares both on real in-memory handsh
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -57,6 +55,7 @@ from mitmproxy.proxy import commands, events, tunnel
 from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
+from vaultproxy.seam import need
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -98,15 +97,10 @@ def missing_symbol() -> str | None:
 
 def fingerprint(name: str) -> str | None:
     """The fingerprint of mitmproxy's ``TLSLayer.<name>`` (``TunnelLayer.<name>``: that
-    class's) as installed (None: no source)."""
+    class's) as installed (``need.fingerprint``)."""
     owner, _, attr = name.rpartition(".")
     cls = tunnel.TunnelLayer if owner == "TunnelLayer" else tls.TLSLayer
-    fn = STOCK.get(name) or getattr(cls, attr)
-    try:
-        src = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return None
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
+    return need.fingerprint(STOCK.get(name) or getattr(cls, attr))
 
 
 def pending_out(conn: Any) -> int | None:
@@ -212,7 +206,8 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
                 break
 
         if type(self).tls_interact is tls_interact:
-            yield from drain(self, conn)
+            if mem_data(conn._from_ssl, null) > 0:  # (``drain``'s first test: seldom)
+                yield from drain(self, conn)
         else:  # (a subclass's own)
             yield from self.tls_interact()
 
@@ -251,7 +246,17 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
         except (ZeroReturnError, SysCallError):
             pass  # as mitmproxy: the peer may still be sending, which is discarded
         if type(self).tls_interact is tls_interact:
-            yield from drain(self, conn)
+            # (``drain`` in place: one record or a few, each read as ``drain`` reads it)
+            bio = conn._from_ssl
+            while mem_data(bio, null) > 0:
+                buf = _scratch()
+                n = bio_read(bio, buf, 65535)
+                if n <= 0:  # (never: the BIO holds bytes) pyOpenSSL's answer, the stock end
+                    try:
+                        conn._handle_bio_errors(bio, n)
+                    except WantReadError:
+                        return
+                yield _SendData(self.conn, unpack(buf, n))
         else:  # (a subclass's own)
             yield from self.tls_interact()
 
