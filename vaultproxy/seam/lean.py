@@ -589,40 +589,34 @@ class LeanLayer(layer.Layer):
             return
         paused = self._paused
         if paused is not None:
-            if type(event) is not _HookCompleted or event.command is not paused.command:
+            if (type(event) is not _HookCompleted or event.command is not paused.command
+                    or event.reply is not None):  # (a hook's reply is None)
                 if (isinstance(event, events.CommandCompleted)
                         and event.command is paused.command):
-                    yield from _LAYER_HANDLE_EVENT(self, event)  # (not a hook's: never)
+                    yield from _LAYER_HANDLE_EVENT(self, event)  # (never)
                     return
                 self._paused_event_queue.append(event)
                 return
             generator = paused.generator
             self._paused = None
-            send = event.reply
         elif (type(event) is _DataReceived and event.connection is self.context.client
               and not self.done):
             self.buf += event.data  # type: ignore[attr-defined]
             generator = self._serve()
-            send = None
         else:
             yield from _LAYER_HANDLE_EVENT(self, event)
             return
-        # ``__process`` (``Layer.handle_event``'s inlined copy, without debug output)
-        try:
-            command = generator.send(send)
-        except StopIteration:
-            command = None
-        while command is not None:
+        # ``__process`` (``Layer.handle_event``'s inlined copy, without debug output), its
+        # ``send(None)`` and ``next`` as a ``for`` loop: a generator's end raises no
+        # StopIteration there (a paused one is held in ``_paused``: leaving the loop early
+        # does not close it)
+        for command in generator:
             if command.blocking is True:
                 command.blocking = self
                 self._paused = layer.Paused(command, generator)
                 yield command
                 return
             yield command
-            try:
-                command = next(generator)
-            except StopIteration:
-                break
         if paused is None:
             return
         # ``__continue``: the events that came while paused, each as mitmproxy replays it
