@@ -289,17 +289,20 @@ class _Job:
         return ERROR
 
     async def _request(self) -> str:
-        flow, addons = self.flow, self.addons
-        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))  # (``_hook`` inline)
+        # (``_hook``, ``_respond`` inline; ``_killed`` only asked when it may say yes: the
+        # flow has an error, or an event came for the paused layer)
+        flow, addons, lean = self.flow, self.addons, self.lean
+        queued = lean._paused_event_queue if lean is not None else None
+        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
-        if self._killed():
+        if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         # mitmproxy reads the body here; it is already read.
-        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))  # (``_hook`` inline)
+        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
-        if self._killed():
+        if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         if flow.response:
             # A response set by a stage: emulate the responseheaders hook (as mitmproxy does).
@@ -313,7 +316,7 @@ class _Job:
             # The pool stage did not take it (a reload between the head and the hooks): no
             # upstream connection exists on this path; the agent retries on a new one.
             return await self._fail("server closed connection")
-        await addons.handle_lifecycle(PoolExchangeHook(flow))  # (``_hook`` inline)
+        await addons.handle_lifecycle(PoolExchangeHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
         if ex.error is not None or flow.response is None:
@@ -321,7 +324,7 @@ class _Job:
         resp = flow.response
         no_body = flow.request.method == "HEAD" or resp.status_code in (204, 304)
         # check_body_size: a no-op (choose() takes no connection with a body size option)
-        if self.lean is not None and self.lean.validate:
+        if lean is not None and lean.validate:
             try:
                 check_headers(resp)
             except ValueError as e:
@@ -333,10 +336,10 @@ class _Job:
                 flow.live = False
                 self.code, self.message = lhttp.ErrorCode.RESPONSE_VALIDATION_FAILED, err
                 return ERROR
-        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))  # (``_hook`` inline)
+        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
-        if self._killed():
+        if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         if flow.response is not resp:  # a stage answered in the upstream's stead
             return await self._respond()
@@ -344,8 +347,10 @@ class _Job:
             return STREAM  # the layer sends the head, then each chunk as it comes
         body = bytearray(ex.body or b"")  # a small body the exchange read with the head
         while not no_body and ex.body is None:
-            await self._hook(PoolChunkHook(flow))
-            if self._killed():
+            await addons.handle_lifecycle(PoolChunkHook(flow))
+            if flow.intercepted:
+                await flow.wait_for_resume()
+            if (flow.error is not None or queued) and self._killed():
                 return await self._kill(True)
             if ex.error is not None:
                 return await self._fail(ex.error)
@@ -355,7 +360,15 @@ class _Job:
             if len(body) > ex.body_limit:
                 return await self._fail("response body exceeds the body size limit")
         resp.data.content = bytes(body)
-        return await self._respond()
+        # (``_respond``)
+        assert flow.response is not None
+        flow.response.timestamp_end = time.time()
+        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))
+        if flow.intercepted:
+            await flow.wait_for_resume()
+        if (flow.error is not None or queued) and self._killed():
+            return await self._kill(False)
+        return SEND
 
     async def _respond(self) -> str:
         """``send_response`` up to the bytes: the ``response`` hook, then the kill check."""
@@ -538,8 +551,15 @@ def _head(resp: http.Response) -> bytes:
         resp.http_version = "HTTP/1.1"
         resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
         return bytes(http1.assemble_response_head(resp))
-    return b"%s %d %s\r\n%s\r\n" % (data.http_version, data.status_code, data.reason,
-                                     bytes(data.headers))
+    headers = data.headers
+    fields = headers.fields
+    if type(headers) is not http.Headers:
+        block = bytes(headers)
+    elif fields:  # (``Headers.__bytes__`` with a list, not a generator, to join)
+        block = b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n"
+    else:
+        block = b""
+    return b"%s %d %s\r\n%s\r\n" % (data.http_version, data.status_code, data.reason, block)
 
 
 def _frame(resp: http.Response, data: bytes) -> bytes:
