@@ -259,6 +259,7 @@ def test_the_seeded_streams_reach_every_branch() -> None:
 def test_a_changed_layer_method_keeps_mitmproxys(monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(lean.EVENT_FINGERPRINTS, "_Layer__continue", "0" * 16)
+    monkeypatch.setitem(lean.EVENT_CODE_FINGERPRINTS, "_Layer__continue", "0" * 16)
     monkeypatch.setattr(lean, "_fast_events", None)
     with caplog.at_level("WARNING"):
         side = _Side(lean.LeanLayer)
@@ -269,7 +270,10 @@ def test_a_changed_layer_method_keeps_mitmproxys(monkeypatch: pytest.MonkeyPatch
 
 
 def test_the_layer_methods_are_the_ones_fingerprinted() -> None:
-    from vaultproxy.seam.need import fingerprint
+    from vaultproxy.seam import need
 
     for name, want in lean.EVENT_FINGERPRINTS.items():
-        assert fingerprint(getattr(layer.Layer, name)) == want, name
+        assert need.fingerprint(getattr(layer.Layer, name)) == want, name
+    if need.code_magic_matches():  # (else the source decides at start-up)
+        for name, want in lean.EVENT_CODE_FINGERPRINTS.items():
+            assert need.code_fingerprint(getattr(layer.Layer, name)) == want, name

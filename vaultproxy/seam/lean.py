@@ -58,7 +58,7 @@ from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.seam import bypass, deadlines
 from vaultproxy.seam.connio import environ_get
-from vaultproxy.seam.need import fingerprint, missing
+from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,12 @@ EVENT_FINGERPRINTS = {
     "_Layer__continue": "1b275367b37bed01",
     "_Layer__process": "37153ddd561f2019",
 }
+#: their ``need.code_fingerprint`` on ``need.CODE_MAGIC``'s bytecode
+EVENT_CODE_FINGERPRINTS = {
+    "handle_event": "10add2a2dcb6e488",
+    "_Layer__continue": "c780464c27ca1f45",
+    "_Layer__process": "075748b76fa9aa9c",
+}
 _fast_events: bool | None = None  # None: not checked yet (at the first LeanLayer)
 _LAYER_PROCESS: Any = None  # mitmproxy's ``Layer.__process``, once checked
 
@@ -90,7 +96,7 @@ def _check_events() -> bool:
     cls = layer.Layer
     if (missing(cls, *EVENT_FINGERPRINTS) is None and missing(layer, "Paused") is None
             and getattr(layer.Paused, "_fields", None) == ("command", "generator")
-            and all(fingerprint(getattr(cls, name)) == want
+            and all(unchanged(getattr(cls, name), want, EVENT_CODE_FINGERPRINTS.get(name))
                     for name, want in EVENT_FINGERPRINTS.items())):
         _LAYER_PROCESS = cls._Layer__process  # type: ignore[attr-defined]
         return True
