@@ -702,9 +702,12 @@ class LeanLayer(layer.Layer):
         if head is None or isinstance(head, str):
             return head
         req, head_len = head
-        if req.http_version != "HTTP/1.1":
+        if fast:  # (HTTP/1.1 in origin form: no authority; the method as bytes, not decoded)
+            if req.data.method == b"CONNECT":
+                return "CONNECT or absolute form"
+        elif req.http_version != "HTTP/1.1":
             return req.http_version
-        if req.method == "CONNECT" or req.authority:
+        elif req.method == "CONNECT" or req.authority:
             return "CONNECT or absolute form"
         headers = req.headers
         names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
@@ -761,13 +764,14 @@ class LeanLayer(layer.Layer):
                 return
             # (``_one``)
             ctx = self.context
-            taken.timestamp_end = time.time()
+            req_data = taken.data  # (what the Request's setters set)
+            req_data.timestamp_end = time.time()
             server = ctx.server
             address = server.address
             assert address
-            taken.data.host = address[0]
-            taken.data.port = address[1]
-            taken.scheme = "https" if server.tls else "http"
+            req_data.host = address[0]
+            req_data.port = address[1]
+            req_data.scheme = b"https" if server.tls else b"http"
             flow = http.HTTPFlow(ctx.client, server)
             flow.request = taken
             flow.live = True
