@@ -15,7 +15,7 @@ from mitmproxy.proxy import commands, events, tunnel
 from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
-from vaultproxy.seam import tlsio
+from vaultproxy.seam import need, tlsio
 
 
 def _pair() -> tuple[SSL.Connection, SSL.Connection]:
@@ -330,6 +330,20 @@ def test_each_replaced_method_is_the_one_fingerprinted() -> None:
         assert getattr(tls.TLSLayer, name) is not tlsio.STOCK[name]
 
 
+def test_each_replaced_method_is_the_one_whose_code_is_fingerprinted() -> None:
+    """The start-up check reads no source on the CPython the code fingerprints were made
+    on (elsewhere it reads the source: the test above)."""
+    if not need.code_magic_matches():
+        pytest.skip("another CPython's bytecode: the source fingerprints decide")
+    assert tlsio.install()
+    names = [*tlsio.FINGERPRINTS, *(f"TunnelLayer.{n}" for n in tlsio.TUNNEL_FINGERPRINTS)]
+    assert sorted(tlsio.CODE_FINGERPRINTS) == sorted(names)
+    for name in names:
+        assert need.code_fingerprint(tlsio._stock(name)) == tlsio.CODE_FINGERPRINTS[name], (
+            f"{name}: this CPython compiles it differently (start-up reads its source: "
+            "slower, the same decision); make CODE_FINGERPRINTS here")
+
+
 def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     assert tlsio.install()
@@ -338,7 +352,9 @@ def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyP
     for name in tlsio.TUNNEL_FINGERPRINTS:
         monkeypatch.setattr(tunnel.TunnelLayer, name, tlsio.STOCK[f"TunnelLayer.{name}"])
     monkeypatch.delattr(tls.TLSLayer, "_vaultproxy_fast")
+    # (a mitmproxy whose send_data changed: its source and its code differ)
     monkeypatch.setitem(tlsio.FINGERPRINTS, "send_data", "0" * 16)
+    monkeypatch.setitem(tlsio.CODE_FINGERPRINTS, "send_data", "0" * 16)
     with caplog.at_level("WARNING"):
         assert tlsio.install()
     assert tls.TLSLayer.send_data is tlsio.STOCK["send_data"]

@@ -25,16 +25,15 @@ costs two ``server_event`` calls and one ``drain_writers``.
   ``_drain_helper`` test first), there is nothing to wait for and it returns; otherwise
   mitmproxy's method runs.
 
-mitmproxy's and asyncio's methods are fingerprinted (their source text); if one differs,
-the patch that relies on it is not applied (one WARNING), so an upgrade can make the proxy
-slower, never different. tests/unit/test_speed_connio.py compares both."""
+mitmproxy's and asyncio's methods are fingerprinted (``need.unchanged``: their compiled
+code, else their source text); if one differs, the patch that relies on it is not applied
+(one WARNING), so an upgrade can make the proxy slower, never different.
+tests/unit/test_speed_connio.py compares both."""
 
 from __future__ import annotations
 
 import asyncio
 import collections.abc
-import hashlib
-import inspect
 import logging
 import os
 import time
@@ -44,6 +43,7 @@ from typing import Any
 from mitmproxy.proxy import commands, server
 from mitmproxy.utils import asyncio_utils
 
+from vaultproxy.seam import need
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,21 @@ FINGERPRINTS = {
     "_Environ.__getitem__": "8503af0bb5e29999",
     "Mapping.get": "be553584ca6aae1e",
     "TimeoutWatchdog.disarm": "99af75f94eed883a",
+}
+#: ``need.code_fingerprint`` of each, on ``need.CODE_MAGIC``'s bytecode: matched, start-up
+#: reads no source file (``need.unchanged``).
+CODE_FINGERPRINTS = {
+    "ConnectionHandler.server_event": "ca78a3ac15261ed3",
+    "ConnectionHandler.drain_writers": "5c08f9b59db180f4",
+    "StreamWriter.drain": "5f81ed889e313a6c",
+    "FlowControlMixin._drain_helper": "164df957b526935b",
+    "Lock.acquire": "d4d60507da598630",
+    "Lock.release": "1c878887455d42e8",
+    "StreamReader.exception": "90f8fb4644e04ee5",
+    "asyncio_utils.set_task_debug_info": "886c373ad9a36b10",
+    "_Environ.__getitem__": "9c89bdb45cf484f4",
+    "Mapping.get": "56b63ee310fd81db",
+    "TimeoutWatchdog.disarm": "eb1ebc9137a4c8ba",
 }
 #: mitmproxy's own methods, as the handler had them before ``install`` (for the tests).
 STOCK: dict[str, Callable[..., Any]] = {}
@@ -89,16 +104,8 @@ def _target(name: str) -> Any:
 
 
 def fingerprint(name: str) -> str | None:
-    """The fingerprint of ``name`` as installed (None: no source)."""
-    fn = _target(name)
-    try:
-        src = inspect.getsource(fn).encode()
-    except (OSError, TypeError):
-        code = getattr(fn, "__code__", None)
-        if code is None:
-            return None
-        src = code.co_code + repr((code.co_names, code.co_consts)).encode()
-    return hashlib.sha256(src).hexdigest()[:16]
+    """The fingerprint (``need.fingerprint``) of ``name`` as installed (None: none)."""
+    return need.fingerprint(_target(name))
 
 
 def missing_symbol() -> str | None:
@@ -119,7 +126,7 @@ def missing_symbol() -> str | None:
 
 def _same(*names: str) -> bool:
     for name in names:
-        if fingerprint(name) != FINGERPRINTS[name]:
+        if not need.unchanged(_target(name), FINGERPRINTS[name], CODE_FINGERPRINTS.get(name)):
             logger.warning("%s is not the one vaultproxy's fast connection handler was "
                            "written against: it stays as it is (slower)", name)
             return False

@@ -28,7 +28,7 @@ import dataclasses
 import inspect
 import logging
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, flow, hooks
@@ -197,14 +197,16 @@ class IndexedAddonManager(addonmanager.AddonManager):
             )
         return flat
 
-    async def trigger_event(self, event: hooks.Hook) -> None:
+    async def trigger_event(self, event: hooks.Hook, lifecycle: bool = False) -> None:
+        """mitmproxy's ``trigger_event``; ``lifecycle``: then its ``handle_lifecycle``'s
+        ``update`` event too (``handle_lifecycle``: one coroutine per hook, not two)."""
         flat = self._flat.get(event.name)
         if flat is None:
             flat = self._flat_of(event)
         field, top = flat
         if not top:
-            return
-        if field is not None:
+            pass
+        elif field is not None:
             # Every flow event has one argument: passed as such, not as ``*args`` (a call
             # the interpreter specialises, instead of a tuple built per handler). One step
             # per top-level addon, its ``safecall`` and (``GUARD``) its stage's own guard
@@ -232,45 +234,54 @@ class IndexedAddonManager(addonmanager.AddonManager):
                     if pending is not None:
                         await pending
                 except exceptions.AddonHalt:
-                    return
+                    break
                 except exceptions.OptionsError:
                     raise
                 except Exception as err:  # noqa: BLE001 - as mitmproxy's safecall: log, go on
                     _addon_error(err)
-            return
-        steps = self._steps.get(event.name)
-        if steps is None:
-            steps = self._steps_of(event)
-        args = hook_args(event)
-        # events of any other arity: ``_SafeCall`` and the stage guards inlined as above
-        for group in steps:
-            try:
-                for func, addon, fail, guard_awaitable in group:
-                    if fail is None:
-                        res = func(*args)
-                        if res is not None and (
-                                type(res) is _Coroutine or inspect.isawaitable(res)):
-                            await res
-                        continue
-                    pending = None
-                    try:
-                        res = func(addon, *args)
-                        if res is not None and (
-                                type(res) is _Coroutine or inspect.isawaitable(res)):
-                            if guard_awaitable:
+        else:
+            steps = self._steps.get(event.name)
+            if steps is None:
+                steps = self._steps_of(event)
+            args = hook_args(event)
+            # events of any other arity: ``_SafeCall`` and the stage guards inlined as above
+            for group in steps:
+                try:
+                    for func, addon, fail, guard_awaitable in group:
+                        if fail is None:
+                            res = func(*args)
+                            if res is not None and (
+                                    type(res) is _Coroutine or inspect.isawaitable(res)):
                                 await res
-                            else:
-                                pending = res
-                    except Exception as err:  # noqa: BLE001 - the stage's guard: deny
-                        fail(addon, args, err)
-                    if pending is not None:
-                        await pending
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as err:  # noqa: BLE001 - as mitmproxy's safecall: log, go on
-                _addon_error(err)
+                            continue
+                        pending = None
+                        try:
+                            res = func(addon, *args)
+                            if res is not None and (
+                                    type(res) is _Coroutine or inspect.isawaitable(res)):
+                                if guard_awaitable:
+                                    await res
+                                else:
+                                    pending = res
+                        except Exception as err:  # noqa: BLE001 - the stage's guard: deny
+                            fail(addon, args, err)
+                        if pending is not None:
+                            await pending
+                except exceptions.AddonHalt:
+                    break
+                except exceptions.OptionsError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - as mitmproxy's safecall: log, go on
+                    _addon_error(err)
+        if lifecycle:
+            # the rest of mitmproxy's ``handle_lifecycle`` (also after an AddonHalt)
+            update = self._index.get("update")
+            if update is None:
+                update = self._handlers(hooks.UpdateHook([]))
+            if update:
+                message = hook_args(event)[0]
+                if isinstance(message, flow.Flow):
+                    await self.trigger_event(hooks.UpdateHook([message]))
 
     def trigger(self, event: hooks.Hook) -> None:
         handlers, args = self._plan(event)
@@ -287,15 +298,10 @@ class IndexedAddonManager(addonmanager.AddonManager):
         except exceptions.AddonHalt:
             return
 
-    async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        await self.trigger_event(event)
-        update = self._index.get("update")
-        if update is None:
-            update = self._handlers(hooks.UpdateHook([]))
-        if update:
-            message = hook_args(event)[0]
-            if isinstance(message, flow.Flow):
-                await self.trigger_event(hooks.UpdateHook([message]))
+    def handle_lifecycle(self, event: hooks.Hook) -> Coroutine[Any, Any, None]:
+        """mitmproxy's ``handle_lifecycle`` (``trigger_event``, then the ``update`` event of
+        a flow's hook if some addon has one) as one coroutine: ``trigger_event``'s own."""
+        return self.trigger_event(event, True)
 
     def register(self, addon: Any) -> Any:
         self._index.clear()

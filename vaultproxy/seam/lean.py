@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -58,7 +57,8 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.seam import bypass, deadlines
-from vaultproxy.seam.need import missing
+from vaultproxy.seam.connio import environ_get
+from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,39 @@ MAX_HEAD = 64 * 1024  # a longer incomplete head goes to mitmproxy's reader
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
+_DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
+_LAYER_HANDLE_EVENT = layer.Layer.handle_event
+#: mitmproxy's methods ``LeanLayer.handle_event`` does the work of (``need.fingerprint``):
+#: if one differs, or is gone, every event takes mitmproxy's ``Layer.handle_event``.
+EVENT_FINGERPRINTS = {
+    "handle_event": "fd88b0fb09ceddbb",
+    "_Layer__continue": "1b275367b37bed01",
+    "_Layer__process": "37153ddd561f2019",
+}
+#: their ``need.code_fingerprint`` on ``need.CODE_MAGIC``'s bytecode
+EVENT_CODE_FINGERPRINTS = {
+    "handle_event": "10add2a2dcb6e488",
+    "_Layer__continue": "c780464c27ca1f45",
+    "_Layer__process": "075748b76fa9aa9c",
+}
+_fast_events: bool | None = None  # None: not checked yet (at the first LeanLayer)
+_LAYER_PROCESS: Any = None  # mitmproxy's ``Layer.__process``, once checked
+
+
+def _check_events() -> bool:
+    """Is mitmproxy's ``Layer.handle_event`` (and what it calls) the one ``LeanLayer``'s
+    was written against? If not: one WARNING, and mitmproxy's serves every event."""
+    global _LAYER_PROCESS
+    cls = layer.Layer
+    if (missing(cls, *EVENT_FINGERPRINTS) is None and missing(layer, "Paused") is None
+            and getattr(layer.Paused, "_fields", None) == ("command", "generator")
+            and all(unchanged(getattr(cls, name), want, EVENT_CODE_FINGERPRINTS.get(name))
+                    for name, want in EVENT_FINGERPRINTS.items())):
+        _LAYER_PROCESS = cls._Layer__process  # type: ignore[attr-defined]
+        return True
+    logger.warning("mitmproxy's Layer.handle_event is not the one vaultproxy's lean layer "
+                   "was written against: each event of a lean tunnel goes through it (slower)")
+    return False
 
 _installed = False
 _Watchdog: Any = None  # mitmproxy's TimeoutWatchdog, if ``disarm()`` can be inlined
@@ -79,7 +112,7 @@ _reasons_seen: set[str] = set()
 
 def enabled() -> bool:
     """Is the lean path on (installed, and not switched off by ``VAULTPROXY_LEAN_HTTP1=0``)?"""
-    return _installed and os.environ.get(ENV, "1").strip() not in ("0", "false", "no", "off")
+    return _installed and environ_get(ENV, "1").strip() not in ("0", "false", "no", "off")
 
 
 def choose(nextlayer: Any, pooled: Callable[[], bool], max_body: int) -> bool:
@@ -262,17 +295,20 @@ class _Job:
         return ERROR
 
     async def _request(self) -> str:
-        flow, addons = self.flow, self.addons
-        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))  # (``_hook`` inline)
+        # (``_hook``, ``_respond`` inline; ``_killed`` only asked when it may say yes: the
+        # flow has an error, or an event came for the paused layer)
+        flow, addons, lean = self.flow, self.addons, self.lean
+        queued = lean._paused_event_queue if lean is not None else None
+        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
-        if self._killed():
+        if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         # mitmproxy reads the body here; it is already read.
-        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))  # (``_hook`` inline)
+        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
-        if self._killed():
+        if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         if flow.response:
             # A response set by a stage: emulate the responseheaders hook (as mitmproxy does).
@@ -286,7 +322,7 @@ class _Job:
             # The pool stage did not take it (a reload between the head and the hooks): no
             # upstream connection exists on this path; the agent retries on a new one.
             return await self._fail("server closed connection")
-        await addons.handle_lifecycle(PoolExchangeHook(flow))  # (``_hook`` inline)
+        await addons.handle_lifecycle(PoolExchangeHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
         if ex.error is not None or flow.response is None:
@@ -294,7 +330,7 @@ class _Job:
         resp = flow.response
         no_body = flow.request.method == "HEAD" or resp.status_code in (204, 304)
         # check_body_size: a no-op (choose() takes no connection with a body size option)
-        if self.lean is not None and self.lean.validate:
+        if lean is not None and lean.validate:
             try:
                 check_headers(resp)
             except ValueError as e:
@@ -306,10 +342,10 @@ class _Job:
                 flow.live = False
                 self.code, self.message = lhttp.ErrorCode.RESPONSE_VALIDATION_FAILED, err
                 return ERROR
-        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))  # (``_hook`` inline)
+        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
-        if self._killed():
+        if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         if flow.response is not resp:  # a stage answered in the upstream's stead
             return await self._respond()
@@ -317,8 +353,10 @@ class _Job:
             return STREAM  # the layer sends the head, then each chunk as it comes
         body = bytearray(ex.body or b"")  # a small body the exchange read with the head
         while not no_body and ex.body is None:
-            await self._hook(PoolChunkHook(flow))
-            if self._killed():
+            await addons.handle_lifecycle(PoolChunkHook(flow))
+            if flow.intercepted:
+                await flow.wait_for_resume()
+            if (flow.error is not None or queued) and self._killed():
                 return await self._kill(True)
             if ex.error is not None:
                 return await self._fail(ex.error)
@@ -328,7 +366,15 @@ class _Job:
             if len(body) > ex.body_limit:
                 return await self._fail("response body exceeds the body size limit")
         resp.data.content = bytes(body)
-        return await self._respond()
+        # (``_respond``)
+        assert flow.response is not None
+        flow.response.timestamp_end = time.time()
+        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))
+        if flow.intercepted:
+            await flow.wait_for_resume()
+        if (flow.error is not None or queued) and self._killed():
+            return await self._kill(False)
+        return SEND
 
     async def _respond(self) -> str:
         """``send_response`` up to the bytes: the ``response`` hook, then the kill check."""
@@ -460,7 +506,7 @@ _KEEP_ALIVE_VERSIONS = frozenset({"HTTP/1.1", "HTTP/2.0"})
 def _says_close(fields: tuple[tuple[bytes, bytes], ...]) -> bool:
     """``connection_close``'s token test: is ``close`` one of the Connection fields' tokens
     (the values decoded and joined as ``Headers`` does, split on ",", each stripped as str)?"""
-    values = [v for k, v in fields if k.lower() == b"connection"]
+    values = [v for k, v in fields if len(k) == 10 and k.lower() == b"connection"]
     if len(values) == 1 and values[0] == b"keep-alive":
         return False  # (the common one: its one token is not "close")
     joined = ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
@@ -491,7 +537,7 @@ def closes(req: http.Request, resp: http.Response,
             return True
         qfields = req.data.headers.fields
         for k, _ in qfields:
-            if k.lower() == b"connection":
+            if len(k) == 10 and k.lower() == b"connection":  # (a length test first: cheaper)
                 return _says_close(qfields)
         return False
     return closes_general(req, resp)
@@ -511,8 +557,15 @@ def _head(resp: http.Response) -> bytes:
         resp.http_version = "HTTP/1.1"
         resp.reason = status_codes.RESPONSES.get(resp.status_code, "")
         return bytes(http1.assemble_response_head(resp))
-    return b"%s %d %s\r\n%s\r\n" % (data.http_version, data.status_code, data.reason,
-                                     bytes(data.headers))
+    headers = data.headers
+    fields = headers.fields
+    if type(headers) is not http.Headers:
+        block = bytes(headers)
+    elif fields:  # (``Headers.__bytes__`` with a list, not a generator, to join)
+        block = b"\r\n".join([b": ".join(field) for field in fields]) + b"\r\n"
+    else:
+        block = b""
+    return b"%s %d %s\r\n%s\r\n" % (data.http_version, data.status_code, data.reason, block)
 
 
 def _frame(resp: http.Response, data: bytes) -> bytes:
@@ -535,6 +588,9 @@ class LeanLayer(layer.Layer):
         self.validate = bool(context.options.validate_inbound_headers)
         # a head read whose body is still arriving: (request, head length, body length)
         self.pending: tuple[http.Request, int, int] | None = None
+        global _fast_events
+        if _fast_events is None:
+            _fast_events = _check_events()
 
     def client_gone(self) -> bool:
         """Did the agent close while a hook ran (an event queued for after the pause)?"""
@@ -544,6 +600,55 @@ class LeanLayer(layer.Layer):
         client = self.context.client
         return any(isinstance(e, events.ConnectionClosed) and e.connection is client
                    for e in queued)
+
+    def handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """mitmproxy's ``Layer.handle_event`` (a blocking command pauses the layer, the
+        events meanwhile are queued and replayed after its completion), with the agent's
+        bytes and the completion of the paused request's hook handed to ``_serve`` in
+        place: two generators (this one and ``_serve``) between this layer's caller and a
+        request's answer, instead of ``handle_event``, ``__continue``, ``__process``,
+        ``_handle_event``, ``_serve``, ``_one``, ``_send`` and ``_after``. With ``debug``
+        output, after a fallback, for any other event and for a queued one: mitmproxy's own
+        (tests/unit/test_lean_events.py compares the two on seeded event streams)."""
+        if self.debug is not None or self.fallback is not None or not _fast_events:
+            yield from _LAYER_HANDLE_EVENT(self, event)
+            return
+        paused = self._paused
+        if paused is not None:
+            if (type(event) is not _HookCompleted or event.command is not paused.command
+                    or event.reply is not None):  # (a hook's reply is None)
+                if (isinstance(event, events.CommandCompleted)
+                        and event.command is paused.command):
+                    yield from _LAYER_HANDLE_EVENT(self, event)  # (never)
+                    return
+                self._paused_event_queue.append(event)
+                return
+            generator = paused.generator
+            self._paused = None
+        elif (type(event) is _DataReceived and event.connection is self.context.client
+              and not self.done):
+            self.buf += event.data  # type: ignore[attr-defined]
+            generator = self._serve()
+        else:
+            yield from _LAYER_HANDLE_EVENT(self, event)
+            return
+        # ``__process`` (``Layer.handle_event``'s inlined copy, without debug output), its
+        # ``send(None)`` and ``next`` as a ``for`` loop: a generator's end raises no
+        # StopIteration there (a paused one is held in ``_paused``: leaving the loop early
+        # does not close it)
+        for command in generator:
+            if command.blocking is True:
+                command.blocking = self
+                self._paused = layer.Paused(command, generator)
+                yield command
+                return
+            yield command
+        if paused is None:
+            return
+        # ``__continue``: the events that came while paused, each as mitmproxy replays it
+        queue = self._paused_event_queue
+        while not self._paused and queue:
+            yield from _LAYER_PROCESS(self, self._handle_event(queue.popleft()))
 
     def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
         if self.fallback is not None:
@@ -597,9 +702,12 @@ class LeanLayer(layer.Layer):
         if head is None or isinstance(head, str):
             return head
         req, head_len = head
-        if req.http_version != "HTTP/1.1":
+        if fast:  # (HTTP/1.1 in origin form: no authority; the method as bytes, not decoded)
+            if req.data.method == b"CONNECT":
+                return "CONNECT or absolute form"
+        elif req.http_version != "HTTP/1.1":
             return req.http_version
-        if req.method == "CONNECT" or req.authority:
+        elif req.method == "CONNECT" or req.authority:
             return "CONNECT or absolute form"
         headers = req.headers
         names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
@@ -644,6 +752,9 @@ class LeanLayer(layer.Layer):
         return req
 
     def _serve(self) -> layer.CommandGenerator[None]:
+        """The requests in the buffer, one after the other: each one's ``LeanHook`` (this
+        layer pauses until it completes), then its answer (``_one``, ``_send`` and
+        ``_after`` in one frame for the common answer)."""
         while not self.done and self.fallback is None and self.buf:
             taken = self._take()
             if taken is None:
@@ -651,33 +762,53 @@ class LeanLayer(layer.Layer):
             if isinstance(taken, str):
                 yield from self._fall_back(taken)
                 return
-            yield from self._one(taken)
-
-    def _one(self, req: http.Request) -> layer.CommandGenerator[None]:
-        ctx = self.context
-        req.timestamp_end = time.time()
-        assert ctx.server.address
-        req.data.host = ctx.server.address[0]
-        req.data.port = ctx.server.address[1]
-        req.scheme = "https" if ctx.server.tls else "http"
-        flow = http.HTTPFlow(ctx.client, ctx.server)
-        flow.request = req
-        flow.live = True
-        stats["requests"] += 1
-        if stats["requests"] == 1:
-            logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP layer")
-        hook = LeanHook(flow)
-        job = hook.job
-        job.lean = self
-        yield hook
-        if job.outcome == STREAM:
-            yield from self._stream(job)
-        if job.outcome == SEND:
-            yield from self._send(flow)
-        elif job.outcome == ERROR:
-            yield from self._error(job.code, job.message)
-        elif job.outcome == KILL:
-            yield from self._close()
+            # (``_one``)
+            ctx = self.context
+            req_data = taken.data  # (what the Request's setters set)
+            req_data.timestamp_end = time.time()
+            server = ctx.server
+            address = server.address
+            assert address
+            req_data.host = address[0]
+            req_data.port = address[1]
+            req_data.scheme = b"https" if server.tls else b"http"
+            flow = http.HTTPFlow(ctx.client, server)
+            flow.request = taken
+            flow.live = True
+            stats["requests"] += 1
+            if stats["requests"] == 1:
+                logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP "
+                            "layer")
+            hook = LeanHook(flow)
+            job = hook.job
+            job.lean = self
+            yield hook
+            outcome = job.outcome
+            if outcome == SEND:
+                # (``_send`` and ``_after``)
+                resp = flow.response
+                assert resp is not None
+                content = resp.raw_content
+                data = _head(resp)
+                rnames = {k.lower() for k, _ in resp.data.headers.fields}  # (for both tests)
+                chunked = b"transfer-encoding" in rnames and _chunked(resp)
+                if content:
+                    data += b"%x\r\n%s\r\n" % (len(content), content) if chunked else content
+                req = flow.request
+                if chunked and req.method != "HEAD":
+                    data += b"0\r\n\r\n"
+                yield commands.SendData(ctx.client, data)
+                if not flow.websocket:
+                    flow.live = False
+                if closes(req, resp, rnames):
+                    yield from self._close()
+                continue
+            if outcome == STREAM:
+                yield from self._stream(job)
+            if job.outcome == ERROR:
+                yield from self._error(job.code, job.message)
+            elif job.outcome == KILL:
+                yield from self._close()
 
     def _close(self) -> layer.CommandGenerator[None]:
         self.done = True
@@ -694,22 +825,6 @@ class LeanLayer(layer.Layer):
         if status is not None:
             yield commands.SendData(client, _http1.make_error_response(status, message))
         yield from self._close()
-
-    def _send(self, flow: http.HTTPFlow) -> layer.CommandGenerator[None]:
-        resp = flow.response
-        assert resp is not None
-        content = resp.raw_content
-        data = _head(resp)
-        rnames = {k.lower() for k, _ in resp.data.headers.fields}  # (once, for both tests)
-        chunked = b"transfer-encoding" in rnames and _chunked(resp)
-        if content:
-            data += b"%x\r\n%s\r\n" % (len(content), content) if chunked else content
-        if chunked and flow.request.method != "HEAD":
-            data += b"0\r\n\r\n"
-        yield commands.SendData(self.context.client, data)
-        if not flow.websocket:
-            flow.live = False
-        yield from self._after(flow, rnames)
 
     def _after(self, flow: http.HTTPFlow,
                rnames: set[bytes] | None = None) -> layer.CommandGenerator[None]:

@@ -39,14 +39,13 @@ mitmproxy's loop.
 
 Anything else (a payload that is not ``bytes``, an empty one, a connection that is not a
 memory-BIO ``SSL.Connection``) takes mitmproxy's method. mitmproxy's methods are
-fingerprinted (their source text): if a release changes one, that method stays
-mitmproxy's and one WARNING says so, so an upgrade can make the proxy slower, never
-different. tests/unit/test_speed_tlsio.py compares both on real in-memory handshakes."""
+fingerprinted (``need.unchanged``: their compiled code, else their source text): if a
+release changes one, that method stays mitmproxy's and one WARNING says so, so an upgrade
+can make the proxy slower, never different. tests/unit/test_speed_tlsio.py compares both
+on real in-memory handshakes."""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -57,6 +56,7 @@ from mitmproxy.proxy import commands, events, tunnel
 from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
+from vaultproxy.seam import need
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,15 @@ FINGERPRINTS = {
 TUNNEL_FINGERPRINTS = {
     "event_to_child": "119a33642637d420",
     "_handle_command": "11ede598b3b37965",
+}
+#: ``need.code_fingerprint`` of each (``TunnelLayer``'s as ``TunnelLayer.<name>``), on
+#: ``need.CODE_MAGIC``'s bytecode: matched, start-up reads no source file.
+CODE_FINGERPRINTS = {
+    "receive_data": "531464c15d7dbcf2",
+    "send_data": "3c3161237a1b18c2",
+    "tls_interact": "d7df77f86c27c515",
+    "TunnelLayer.event_to_child": "d3cf4e320f390a01",
+    "TunnelLayer._handle_command": "2b685f1960435830",
 }
 #: mitmproxy's own methods, as ``TLSLayer`` had them before ``install`` (for the tests);
 #: ``TunnelLayer``'s under ``TunnelLayer.<name>``.
@@ -96,17 +105,20 @@ def missing_symbol() -> str | None:
             or missing(SSL.Context(SSL.TLS_METHOD), *_HELPERS))
 
 
-def fingerprint(name: str) -> str | None:
-    """The fingerprint of mitmproxy's ``TLSLayer.<name>`` (``TunnelLayer.<name>``: that
-    class's) as installed (None: no source)."""
+def _stock(name: str) -> Any:
     owner, _, attr = name.rpartition(".")
     cls = tunnel.TunnelLayer if owner == "TunnelLayer" else tls.TLSLayer
-    fn = STOCK.get(name) or getattr(cls, attr)
-    try:
-        src = inspect.getsource(fn)
-    except (OSError, TypeError):
-        return None
-    return hashlib.sha256(src.encode()).hexdigest()[:16]
+    return STOCK.get(name) or getattr(cls, attr)
+
+
+def fingerprint(name: str) -> str | None:
+    """The fingerprint of mitmproxy's ``TLSLayer.<name>`` (``TunnelLayer.<name>``: that
+    class's) as installed (``need.fingerprint``)."""
+    return need.fingerprint(_stock(name))
+
+
+def _unchanged(name: str, want: str) -> bool:
+    return need.unchanged(_stock(name), want, CODE_FINGERPRINTS.get(name))
 
 
 def pending_out(conn: Any) -> int | None:
@@ -212,7 +224,8 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
                 break
 
         if type(self).tls_interact is tls_interact:
-            yield from drain(self, conn)
+            if mem_data(conn._from_ssl, null) > 0:  # (``drain``'s first test: seldom)
+                yield from drain(self, conn)
         else:  # (a subclass's own)
             yield from self.tls_interact()
 
@@ -251,7 +264,17 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
         except (ZeroReturnError, SysCallError):
             pass  # as mitmproxy: the peer may still be sending, which is discarded
         if type(self).tls_interact is tls_interact:
-            yield from drain(self, conn)
+            # (``drain`` in place: one record or a few, each read as ``drain`` reads it)
+            bio = conn._from_ssl
+            while mem_data(bio, null) > 0:
+                buf = _scratch()
+                n = bio_read(bio, buf, 65535)
+                if n <= 0:  # (never: the BIO holds bytes) pyOpenSSL's answer, the stock end
+                    try:
+                        conn._handle_bio_errors(bio, n)
+                    except WantReadError:
+                        return
+                yield _SendData(self.conn, unpack(buf, n))
         else:  # (a subclass's own)
             yield from self.tls_interact()
 
@@ -295,15 +318,14 @@ def install() -> bool:
     STOCK.update(stock)
     fast = _make(stock)
     for name, want in FINGERPRINTS.items():
-        if fingerprint(name) == want:
+        if _unchanged(name, want):
             setattr(tls.TLSLayer, name, fast[name])
         else:
             logger.warning("mitmproxy's TLSLayer.%s is not the one vaultproxy's fast TLS I/O "
                            "was written against: it stays mitmproxy's (slower)", name)
     cls = tunnel.TunnelLayer
     STOCK.update({f"TunnelLayer.{name}": getattr(cls, name) for name in TUNNEL_FINGERPRINTS})
-    if all(fingerprint(f"TunnelLayer.{name}") == want
-           for name, want in TUNNEL_FINGERPRINTS.items()):
+    if all(_unchanged(f"TunnelLayer.{name}", want) for name, want in TUNNEL_FINGERPRINTS.items()):
         cls.event_to_child = _make_tunnel(  # type: ignore[method-assign]
             STOCK["TunnelLayer.event_to_child"], STOCK["TunnelLayer._handle_command"])
     else:
