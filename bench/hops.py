@@ -5,8 +5,9 @@ connection (sequential 1 KB GETs through a CONNECT tunnel, lean HTTP/1.1 path, p
     .venv/bin/python bench/hops.py                                    # this tree
     .venv/bin/python bench/hops.py --tree base=/tmp/base --tree now=. -n 500
 Per request, counted (not timed, so the machine's load does not move them):
-  loop turns   ``epoll_wait`` calls of the serving thread (``strace -c``): one per turn of
-               uvloop's loop (a turn with work queued polls with a zero timeout)
+  loop turns   ``epoll_wait``/``epoll_pwait`` calls of the serving thread (``strace -c``):
+               one per turn of uvloop's loop (a turn with work queued polls with a zero
+               timeout); beside it the same count over as long an idle time
   syscalls     every other system call of that thread in the same window, by name
   call_soon    callbacks queued for the next turn (``loop.call_soon``: a future's done
                callbacks, a task's wake-up), by what they call
@@ -234,10 +235,12 @@ def measure(t: TreeProxy, n: int, out: Path, work: Path, trace: bool) -> None:
     print(f"\n{t.name}: {n} sequential requests on one connection, {spent * 1e3 / n:.3f} ms each "
           f"(load {load()})")
     print(f"| per request | {t.name} |\n|---|---:|")
-    turns = sys_calls.get("epoll_wait", 0)
-    print(f"| loop turns (epoll_wait) | {turns / n:.2f} (idle same time: {idle.get('epoll_wait', 0)}) |")
+    polls = ("epoll_wait", "epoll_pwait")
+    turns = sum(sys_calls.get(p, 0) for p in polls)
+    idle_turns = sum(idle.get(p, 0) for p in polls)
+    print(f"| loop turns (epoll_wait/epoll_pwait) | {turns / n:.2f} (idle as long: {idle_turns / n:.2f}) |")
     for name, calls in sorted(sys_calls.items(), key=lambda kv: -kv[1]):
-        if name != "epoll_wait" and calls >= n // 10:
+        if name not in polls and calls >= n // 10:
             print(f"| syscall {name} | {calls / n:.2f} |")
     keys = sorted(set(after) | set(before), key=lambda k: -(after.get(k, 0) - before.get(k, 0)))
     for key in ("call_soon", "tasks", "tasks done in create_task", "futures", "timers"):
