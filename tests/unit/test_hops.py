@@ -442,3 +442,53 @@ def test_other_hooks_and_handlers_take_mitmproxys_hook_task() -> None:
 
     asyncio.run(main())
     assert seen == ["own handle_hook"]
+
+
+def test_a_finished_lean_hook_task_leaves_no_callback_behind() -> None:
+    """A lean hook task started as mitmproxy starts it (``asyncio_utils.create_task``,
+    ``keep_ref``): while it runs it is in mitmproxy's set of running tasks; when it ends
+    it is out of it, and no done callback was queued for the next loop turn. A task that
+    raises still leaves the set through that callback."""
+    from mitmproxy.utils import asyncio_utils
+
+    Handler = _handler_class()
+
+    async def main() -> tuple[bool, list[Any], bool, bool]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(asyncio.eager_task_factory)
+        h = Handler([])
+        hook = lean.LeanHook(tflow.tflow())
+        gate = loop.create_future()
+
+        async def request() -> str:
+            await gate
+            return lean.SEND
+
+        hook.job._request = request  # type: ignore[method-assign]
+        task = asyncio_utils.create_task(server.ConnectionHandler.hook_task(h, hook),
+                                         name="handle_hook(x)", keep_ref=True)
+        running = task in asyncio_utils._KEEP_ALIVE
+        queued: list[Any] = []
+        call_soon = loop.call_soon
+
+        def recording(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            queued.append(callback)
+            return call_soon(callback, *args, **kwargs)
+
+        loop.call_soon = recording  # type: ignore[method-assign,assignment]
+        gate.set_result(None)
+        await task
+        loop.call_soon = call_soon  # type: ignore[method-assign]
+        ended = task in asyncio_utils._KEEP_ALIVE
+        failing = asyncio_utils.create_task(
+            server.ConnectionHandler.hook_task(h, None), name="x", keep_ref=True)
+        try:
+            await failing
+        except Exception:  # noqa: BLE001 - (no handle_hook for None)
+            pass
+        await asyncio.sleep(0)
+        return running, [c for c in queued if c == asyncio_utils._KEEP_ALIVE.discard], ended, (
+            failing in asyncio_utils._KEEP_ALIVE)
+
+    running, discards, ended, failed_kept = asyncio.run(main())
+    assert running and discards == [] and not ended and not failed_kept

@@ -190,10 +190,18 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     handler runs ``install()``'s ``handle_hook``, that ``handle_hook``'s lean branch,
     ``run_disarmed`` and ``_Job.run`` inline: the same steps in the same order, in one
     coroutine instead of four (a coroutine object, and one more frame to resume when the
-    upstream answers, per level). Any other hook, or a handler whose ``handle_hook`` is
-    not that one: mitmproxy's ``hook_task``'s body. tests/unit/test_hops.py compares the
-    two, step by step."""
+    upstream answers, per level); at its end it leaves mitmproxy's set of running tasks
+    itself (``asyncio_utils.create_task``'s ``keep_ref``) instead of through the done
+    callback that would take one more loop turn. Any other hook, or a handler whose
+    ``handle_hook`` is not that one: mitmproxy's ``hook_task``'s body.
+    tests/unit/test_hops.py compares the two, step by step."""
     completed = events.HookCompleted
+    current_task = asyncio.current_task
+    from mitmproxy.utils import asyncio_utils
+
+    keep_alive = getattr(asyncio_utils, "_KEEP_ALIVE", None)
+    if type(keep_alive) is not set:
+        keep_alive = None
 
     async def hook_task(self: Any, hook: Any) -> None:
         if type(hook) is not LeanHook or type(self).handle_hook is not lean_handle_hook:
@@ -235,6 +243,13 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             await run_disarmed(watchdog, job.run(addons))
         if hook.blocking:
             await self.server_event(completed(hook))
+        if keep_alive is not None:
+            # The task ends here: out of mitmproxy's set of running tasks now, not by the
+            # done callback its ``create_task`` added (a callback, and so one more turn of
+            # the loop, per request). On an exception or a cancellation: the callback.
+            task = current_task()
+            if task is not None and task.remove_done_callback(keep_alive.discard):
+                keep_alive.discard(task)
 
     return hook_task
 
