@@ -167,9 +167,14 @@ def connect(t: TreeProxy) -> http.client.HTTPSConnection:
     return conn
 
 
+THINK = 0.0  # seconds the agent waits between a response and its next request (--think)
+
+
 def requests(conn: http.client.HTTPSConnection, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
+        if THINK:
+            time.sleep(THINK)
         conn.request("GET", "/1k")
         resp = conn.getresponse()
         resp.read()
@@ -319,9 +324,14 @@ def main() -> None:
                     help="also print the system calls of 3 requests (strace -tt)")
     ap.add_argument("--calls", help="write the Python calls of one request cycle (from one "
                     "hook task's creation to the next) to CALLS.<tree name>")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="ms the agent waits before each request (an agent slower than "
+                    "the proxy: every loop turn the proxy takes after a response shows)")
     ap.add_argument("--callgrind", action="store_true",
                     help="instead: instructions per sequential request under callgrind")
     args = ap.parse_args()
+    global THINK
+    THINK = args.think / 1000
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
         ("this", Path(__file__).resolve().parents[1])
     ]
