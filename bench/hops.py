@@ -4,6 +4,10 @@ event loop does between the agent's request bytes and the response's write on on
 connection (sequential 1 KB GETs through a CONNECT tunnel, lean HTTP/1.1 path, pool on).
     .venv/bin/python bench/hops.py                                    # this tree
     .venv/bin/python bench/hops.py --tree base=/tmp/base --tree now=. -n 500
+    .venv/bin/python bench/hops.py ... --think 2      # the agent waits 2 ms before each request
+    .venv/bin/python bench/hops.py ... --calls /tmp/c # the Python calls of one request cycle
+    .venv/bin/python bench/hops.py --callgrind --tree base=/tmp/base --tree now=. \
+        --tree base2=/tmp/base --tree now2=. -n 1000  # instructions per sequential request
 Per request, counted (not timed, so the machine's load does not move them):
   loop turns   ``epoll_wait``/``epoll_pwait`` calls of the serving thread (``strace -c``):
                one per turn of uvloop's loop (a turn with work queued polls with a zero
@@ -14,6 +18,11 @@ Per request, counted (not timed, so the machine's load does not move them):
   tasks        ``loop.create_task`` calls, by coroutine, and how many ran to their end inside
                ``create_task`` (mitmproxy's eager task factory)
   futures      ``loop.create_future`` calls; timers (``call_later``/``call_at``)
+``--callgrind``: instructions per request of the same sequential requests, the proxy under
+callgrind (bench/callgrind.py's method without hey's ten connections: steadier, about ±1 k
+of ~1.2 M between runs of one tree, and the latency case). A 1 KB GET from http.client costs
+~1.2 M there against ~1.97 M from hey in bench/callgrind.py (hey's ``Accept-Encoding: gzip``
+and its ten connections); compare like with like.
 The proxy starts with a ``sitecustomize`` (a temporary directory first on PYTHONPATH; the
 tree's code is not changed) whose loop factory (engine/loop.py ``factory``) makes a subclass of
 uvloop's loop that counts these in Python; its counters go to a file every 0.2 s (a thread:
