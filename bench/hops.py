@@ -19,10 +19,12 @@ Per request, counted (not timed, so the machine's load does not move them):
                ``create_task`` (mitmproxy's eager task factory)
   futures      ``loop.create_future`` calls; timers (``call_later``/``call_at``)
 ``--callgrind``: instructions per request of the same sequential requests, the proxy under
-callgrind (bench/callgrind.py's method without hey's ten connections: steadier, about ±1 k
-of ~1.2 M between runs of one tree, and the latency case). A 1 KB GET from http.client costs
-~1.2 M there against ~1.97 M from hey in bench/callgrind.py (hey's ``Accept-Encoding: gzip``
-and its ten connections); compare like with like.
+callgrind (bench/callgrind.py's method without hey's ten connections: steadier, 1-4 k of
+~1.2 M between runs of one tree, more with ``--think``, and the latency case). A 1 KB GET
+costs ~1.22 M here, ~1.27 M from ``hey -c 1`` and ~1.97 M from ``hey -c 10`` in
+bench/callgrind.py: under valgrind hey's ten connections come with new ones (TLS handshakes
+show in that profile, and their number varies: that bench's run-to-run spread). Compare
+like with like.
 The proxy starts with a ``sitecustomize`` (a temporary directory first on PYTHONPATH; the
 tree's code is not changed) whose loop factory (engine/loop.py ``factory``) makes a subclass of
 uvloop's loop that counts these in Python; its counters go to a file every 0.2 s (a thread:
