@@ -243,6 +243,12 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.eof = False
         self.waiter: asyncio.Future[None] | None = None
+        # the read timer: one per connection, set again only when a wait's deadline comes
+        # before the one it is set for, or when it fires before the waiting read's deadline
+        self.loop = asyncio.get_running_loop()
+        self.deadline: float | None = None  # the waiting read's (None: none, or no limit)
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when ``timer`` fires (the loop's clock)
         self.scan = HeadScan()
         self.busy = False
         self.unasked = False  # bytes came while idle
@@ -250,7 +256,7 @@ class _Conn(asyncio.Protocol):
         self.sessions: Any = None
         self.ticket_reads = 0
         self.closed = False
-        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gone: asyncio.Future[None] = self.loop.create_future()
 
     # -- asyncio.Protocol
 
@@ -284,6 +290,9 @@ class _Conn(asyncio.Protocol):
         if not self.gone.done():
             self.gone.set_result(None)
         self._wake()
+        if self.timer is not None:  # (no read waits on a closed connection: ``eof``)
+            self.timer.cancel()
+            self.timer = None
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -402,19 +411,55 @@ class _Conn(asyncio.Protocol):
             self.close()
             raise
 
-    async def wait(self, timeout: float | None) -> None:
-        """Until bytes or the end came (TimeoutError after ``timeout`` seconds)."""
+    @types.coroutine
+    def wait(self, timeout: float | None) -> Generator[Any, None, None]:
+        """``await conn.wait(timeout)``: until bytes or the end came (TimeoutError after
+        ``timeout`` seconds).
+
+        A generator with ``_done(waiter)``'s body inline: one object and one frame per
+        wait, not a coroutine and a generator.
+
+        The timeout as ``loop.call_later(timeout, _expire, waiter)`` set per wait and
+        cancelled after it would, without a timer per wait: the connection's one timer is
+        set for this wait's deadline only when it is not already set for that or an
+        earlier moment; one that fires before the deadline is set again for it
+        (``_timer_fired``). tests/unit/test_hops.py compares the two."""
         if not self.inbox and not self.eof:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             waiter = self.waiter = loop.create_future()
-            timer = (loop.call_later(timeout, _expire, waiter) if timeout is not None
-                     else None)
+            if timeout is not None:
+                deadline = self.deadline = loop.time() + timeout
+                timer = self.timer
+                if timer is None or self.timer_at > deadline:
+                    if timer is not None:
+                        timer.cancel()
+                    self.timer_at = deadline
+                    self.timer = loop.call_at(deadline, self._timer_fired)
             try:
-                await _done(waiter)
+                # (``_done(waiter)``)
+                if not waiter.done():
+                    waiter._asyncio_future_blocking = True
+                    yield waiter  # (the task waits for it)
+                if not waiter.done():
+                    raise RuntimeError("await wasn't used with future")
+                waiter.result()  # (raises as the future's own __await__ would)
             finally:
-                if timer is not None:
-                    timer.cancel()
                 self.waiter = None
+                self.deadline = None
+
+    def _timer_fired(self) -> None:
+        """The read timer: the waiting read's deadline has come (``TimeoutError``), or
+        that read's deadline is later than the moment the timer was set for (a read
+        before it set it): set it again for that deadline. No read waits: nothing."""
+        self.timer = None
+        waiter, deadline = self.waiter, self.deadline
+        if waiter is None or deadline is None:
+            return
+        if deadline <= self.timer_at:
+            _expire(waiter)
+        else:
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self._timer_fired)
 
     def take(self) -> bytes:
         """Every byte received and not yet taken (b"": none)."""

@@ -189,7 +189,102 @@ def install() -> None:
         await original(self, hook)
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
+    stock_task = getattr(server.ConnectionHandler, "hook_task", None)
+    STOCK["hook_task"] = stock_task
+    if stock_task is not None and _fingerprint(stock_task) == HOOK_TASK_FINGERPRINT:
+        server.ConnectionHandler.hook_task = _lean_hook_task(  # type: ignore[method-assign]
+            handle_hook)
+    else:
+        logger.warning("mitmproxy's ConnectionHandler.hook_task is not the one vaultproxy's "
+                       "lean hook task was written against: it stays as it is (slower)")
     _installed = True
+
+
+#: mitmproxy's ``ConnectionHandler.hook_task`` as ``install()`` found it (for the tests)
+STOCK: dict[str, Any] = {}
+#: sha256 (first 16 hex digits) of mitmproxy's ``ConnectionHandler.hook_task`` source, as
+#: ``_lean_hook_task`` repeats it
+HOOK_TASK_FINGERPRINT = "9ac7970160526268"
+
+
+def _fingerprint(fn: Any) -> str | None:
+    import hashlib
+    import inspect
+
+    try:
+        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
+
+
+def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
+    """mitmproxy's ``hook_task`` (``await self.handle_hook(hook)``, then, for a blocking
+    hook, ``await self.server_event(HookCompleted(hook))``) with, for a ``LeanHook`` whose
+    handler runs ``install()``'s ``handle_hook``, that ``handle_hook``'s lean branch,
+    ``run_disarmed`` and ``_Job.run`` inline: the same steps in the same order, in one
+    coroutine instead of four (a coroutine object, and one more frame to resume when the
+    upstream answers, per level); at its end it leaves mitmproxy's set of running tasks
+    itself (``asyncio_utils.create_task``'s ``keep_ref``) instead of through the done
+    callback that would take one more loop turn. Any other hook, or a handler whose
+    ``handle_hook`` is not that one: mitmproxy's ``hook_task``'s body.
+    tests/unit/test_hops.py compares the two, step by step."""
+    completed = events.HookCompleted
+    current_task = asyncio.current_task
+    from mitmproxy.utils import asyncio_utils
+
+    keep_alive = getattr(asyncio_utils, "_KEEP_ALIVE", None)
+    if type(keep_alive) is not set:
+        keep_alive = None
+
+    async def hook_task(self: Any, hook: Any) -> None:
+        if type(hook) is not LeanHook or type(self).handle_hook is not lean_handle_hook:
+            # mitmproxy's ``hook_task`` (the fingerprint says it is this; no extra frame)
+            await self.handle_hook(hook)
+            if hook.blocking:
+                await self.server_event(completed(hook))
+            return
+        # ``handle_hook``'s lean branch (see there)
+        job = hook.job
+        lean = job.lean
+        if lean is not None and lean.route is None:
+            lean.route = bypass.attach(self, lean) if bypass.enabled() else False
+        transport = self.transports.get(self.client)
+        writer = transport.writer if transport is not None else None
+        if writer is not None and not _drained(writer):
+            try:
+                await writer.drain()
+            except OSError:
+                pass  # the agent is gone: the request's hooks see it (client_gone)
+        watchdog = self.timeout_watchdog
+        addons = self.master.addons
+        if type(watchdog) is _Watchdog:
+            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body
+            watchdog.can_timeout.clear()
+            watchdog.blocker += 1
+            try:
+                job.addons = addons
+                try:
+                    job.outcome = await job._request()
+                except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
+                    job.failed()
+            finally:
+                watchdog.blocker -= 1
+                if watchdog.blocker == 0:
+                    watchdog.register_activity()
+                    watchdog.can_timeout.set()
+        else:
+            await run_disarmed(watchdog, job.run(addons))
+        if hook.blocking:
+            await self.server_event(completed(hook))
+        if keep_alive is not None:
+            # The task ends here: out of mitmproxy's set of running tasks now, not by the
+            # done callback its ``create_task`` added (a callback, and so one more turn of
+            # the loop, per request). On an exception or a cancellation: the callback.
+            task = current_task()
+            if task is not None and task.remove_done_callback(keep_alive.discard):
+                keep_alive.discard(task)
+
+    return hook_task
 
 
 def _drained(writer: Any) -> bool:
@@ -260,11 +355,15 @@ class _Job:
         try:
             self.outcome = await self._request()
         except Exception:  # noqa: BLE001 - never a connection left without its answer
-            # (each addon's own exception is already caught and logged by the manager)
-            logger.exception("lean HTTP/1.1: a request's hooks failed; answered 502")
-            self.flow.live = False
-            self.code, self.message = lhttp.ErrorCode.GENERIC_SERVER_ERROR, "proxy error"
-            self.outcome = ERROR
+            self.failed()
+
+    def failed(self) -> None:
+        """The request's hooks raised (``run``'s ``except``): answered 502."""
+        # (each addon's own exception is already caught and logged by the manager)
+        logger.exception("lean HTTP/1.1: a request's hooks failed; answered 502")
+        self.flow.live = False
+        self.code, self.message = lhttp.ErrorCode.GENERIC_SERVER_ERROR, "proxy error"
+        self.outcome = ERROR
 
     def _killed(self) -> bool:
         """``check_killed``'s test: killed by a stage, or the agent went away meanwhile."""

@@ -1,0 +1,386 @@
+# ruff: noqa: E501  (table labels)
+"""Event-loop hops per request of `vaultproxy run --workers 1`, A/B between trees: what the
+event loop does between the agent's request bytes and the response's write on one keep-alive
+connection (sequential 1 KB GETs through a CONNECT tunnel, lean HTTP/1.1 path, pool on).
+    .venv/bin/python bench/hops.py                                    # this tree
+    .venv/bin/python bench/hops.py --tree base=/tmp/base --tree now=. -n 500
+    .venv/bin/python bench/hops.py ... --think 2      # the agent waits 2 ms before each request
+    .venv/bin/python bench/hops.py ... --calls /tmp/c # the Python calls of one request cycle
+    .venv/bin/python bench/hops.py --callgrind --tree base=/tmp/base --tree now=. \
+        --tree base2=/tmp/base --tree now2=. -n 1000  # instructions per sequential request
+Per request, counted (not timed, so the machine's load does not move them):
+  loop turns   ``epoll_wait``/``epoll_pwait`` calls of the serving thread (``strace -c``):
+               one per turn of uvloop's loop (a turn with work queued polls with a zero
+               timeout); beside it the same count over as long an idle time
+  syscalls     every other system call of that thread in the same window, by name
+  call_soon    callbacks queued for the next turn (``loop.call_soon``: a future's done
+               callbacks, a task's wake-up), by what they call
+  tasks        ``loop.create_task`` calls, by coroutine, and how many ran to their end inside
+               ``create_task`` (mitmproxy's eager task factory)
+  futures      ``loop.create_future`` calls; timers (``call_later``/``call_at``)
+``--callgrind``: instructions per request of the same sequential requests, the proxy under
+callgrind (bench/callgrind.py's method without hey's ten connections: steadier, 1-4 k of
+~1.2 M between runs of one tree, more with ``--think``, and the latency case). A 1 KB GET
+costs ~1.22 M here, ~1.27 M from ``hey -c 1`` and ~1.97 M from ``hey -c 10`` in
+bench/callgrind.py: under valgrind hey's ten connections come with new ones (TLS handshakes
+show in that profile, and their number varies: that bench's run-to-run spread). Compare
+like with like.
+The proxy starts with a ``sitecustomize`` (a temporary directory first on PYTHONPATH; the
+tree's code is not changed) whose loop factory (engine/loop.py ``factory``) makes a subclass of
+uvloop's loop that counts these in Python; its counters go to a file every 0.2 s (a thread:
+the strace counts are of the main thread only)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import http.client
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.lean import TreeProxy, compile_tree, load
+from bench.targets import VaultproxyHome
+from bench.upstream import Nginx, stop_process
+
+SITECUSTOMIZE = r'''
+import collections, os, threading, time
+OUT = os.environ["VP_HOPS_OUT"]
+C = collections.Counter()
+
+def _name(cb):
+    owner = getattr(cb, "__self__", None)
+    if owner is not None and type(owner).__name__ == "Task":
+        coro = owner.get_coro()
+        return "wake " + getattr(coro, "__qualname__", repr(coro))
+    if owner is not None and hasattr(cb, "__name__") and not isinstance(owner, type):
+        return type(owner).__qualname__ + "." + cb.__name__
+    return getattr(cb, "__qualname__", None) or repr(cb)
+
+TRACE = os.environ.get("VP_HOPS_TRACE")
+CALLS = []
+
+def _profile(frame, event, arg):
+    if event == "call":
+        code = frame.f_code
+        CALLS.append("py " + code.co_qualname + " " + "/".join(code.co_filename.rsplit("/", 2)[-2:])
+                     + ":" + str(code.co_firstlineno))
+    elif event == "c_call":
+        CALLS.append("c  " + getattr(arg, "__qualname__", repr(arg)))
+
+def _trace(n):
+    import sys
+    if n == 300:
+        sys.setprofile(_profile)
+    elif n == 301:
+        sys.setprofile(None)
+        with open(TRACE, "w") as fh:
+            fh.write("\n".join(CALLS))
+
+def _dump():
+    while True:
+        time.sleep(0.2)
+        tmp = OUT + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(repr(dict(C)))
+        os.replace(tmp, OUT)
+
+def _factory():
+    import uvloop
+
+    class CountingLoop(uvloop.Loop):
+        def call_soon(self, callback, *args, context=None):
+            C["call_soon"] += 1
+            C["soon: " + _name(callback)] += 1
+            return super().call_soon(callback, *args, context=context)
+
+        def call_later(self, delay, callback, *args, context=None):
+            C["timers"] += 1
+            C["timer: " + _name(callback)] += 1
+            return super().call_later(delay, callback, *args, context=context)
+
+        def create_future(self):
+            C["futures"] += 1
+            return super().create_future()
+
+        def create_task(self, coro, *, name=None, context=None):
+            C["tasks"] += 1
+            key = "task: " + getattr(coro, "__qualname__", "?")
+            C[key] += 1
+            if TRACE and key.endswith("hook_task"):
+                _trace(C[key])
+            task = super().create_task(coro, name=name, context=context)
+            if task.done():
+                C["tasks done in create_task"] += 1
+            return task
+
+    threading.Thread(target=_dump, daemon=True).start()
+    return CountingLoop
+
+def _patch(module):
+    cls = []
+    def factory():
+        if not cls:
+            cls.append(_factory())
+        return cls[0]
+    module.factory = factory
+
+import importlib.abc, sys
+class _After(importlib.abc.MetaPathFinder):
+    """Patch once vaultproxy.engine.loop is imported."""
+    def find_spec(self, name, path, target=None):
+        if name != "vaultproxy.engine.loop":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+        spec = importlib.util.find_spec(name)
+        orig = spec.loader.exec_module
+        def exec_module(module):
+            orig(module)
+            _patch(module)
+        spec.loader.exec_module = exec_module
+        return spec
+sys.meta_path.insert(0, _After())
+'''
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    for _ in range(50):
+        try:
+            found: dict[str, int] = ast.literal_eval(path.read_text())
+            return found
+        except (FileNotFoundError, SyntaxError, ValueError):
+            time.sleep(0.1)
+    raise RuntimeError(f"no counts in {path}")
+
+
+def settled(path: Path) -> dict[str, int]:
+    """The counters once the proxy is idle (two dumps alike)."""
+    time.sleep(0.5)
+    return read_counts(path)
+
+
+def connect(t: TreeProxy) -> http.client.HTTPSConnection:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    assert t.proxy is not None
+    phost, pport = t.proxy.removeprefix("http://").rsplit(":", 1)
+    conn = http.client.HTTPSConnection(phost, int(pport), context=ctx, timeout=20)
+    conn.set_tunnel(t.base.removeprefix("https://"), 443)
+    return conn
+
+
+THINK = 0.0  # seconds the agent waits between a response and its next request (--think)
+
+
+def requests(conn: http.client.HTTPSConnection, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        if THINK:
+            time.sleep(THINK)
+        conn.request("GET", "/1k")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"status {resp.status}")
+    return time.perf_counter() - t0
+
+
+def strace_window(pid: int, conn: http.client.HTTPSConnection, n: int, out: Path) -> dict[str, int]:
+    """System calls of the proxy's main thread over ``n`` requests (``strace -c``)."""
+    proc = subprocess.Popen(["strace", "-c", "-p", str(pid), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    requests(conn, n)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    calls: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    return calls
+
+
+def idle_window(pid: int, seconds: float, out: Path) -> dict[str, int]:
+    proc = subprocess.Popen(["strace", "-c", "-p", str(pid), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    calls: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    return calls
+
+
+def measure(t: TreeProxy, n: int, out: Path, work: Path, trace: bool) -> None:
+    t.start()
+    assert t.proc is not None
+    pid = t.proc.pid
+    try:
+        conn = connect(t)
+        requests(conn, 200)  # warm: the tunnel, its lean layer, the pooled upstream
+        before = settled(out)
+        spent = requests(conn, n)
+        after = settled(out)
+        sys_calls = strace_window(pid, conn, n, work / f"strace-{t.name}.txt")
+        idle = idle_window(pid, spent, work / f"strace-idle-{t.name}.txt")
+        if trace:
+            seq = work / f"strace-seq-{t.name}.txt"
+            proc = subprocess.Popen(["strace", "-tt", "-p", str(pid), "-o", str(seq)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+            requests(conn, 3)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=20)
+            print(seq.read_text())
+        conn.close()
+    finally:
+        t.stop()
+    print(f"\n{t.name}: {n} sequential requests on one connection, {spent * 1e3 / n:.3f} ms each "
+          f"(load {load()})")
+    print(f"| per request | {t.name} |\n|---|---:|")
+    polls = ("epoll_wait", "epoll_pwait")
+    turns = sum(sys_calls.get(p, 0) for p in polls)
+    idle_turns = sum(idle.get(p, 0) for p in polls)
+    print(f"| loop turns (epoll_wait/epoll_pwait) | {turns / n:.2f} (idle as long: {idle_turns / n:.2f}) |")
+    for name, calls in sorted(sys_calls.items(), key=lambda kv: -kv[1]):
+        if name not in polls and calls >= n // 10:
+            print(f"| syscall {name} | {calls / n:.2f} |")
+    keys = sorted(set(after) | set(before), key=lambda k: -(after.get(k, 0) - before.get(k, 0)))
+    for key in ("call_soon", "tasks", "tasks done in create_task", "futures", "timers"):
+        print(f"| {key} | {(after.get(key, 0) - before.get(key, 0)) / n:.2f} |")
+    for key in keys:
+        if ":" in key:
+            d = after.get(key, 0) - before.get(key, 0)
+            if d >= n // 10:
+                print(f"| {key} | {d / n:.2f} |")
+
+
+def instructions(t: TreeProxy, n: int, out: Path) -> float:
+    """Instructions per request of ``n`` sequential requests on one keep-alive connection,
+    the proxy under ``valgrind --tool=callgrind --instr-atstart=no`` (bench/callgrind.py's
+    method, without hey's concurrency: one connection, the latency case)."""
+    import json
+    import re
+
+    assert t.home is not None
+    run_json = t.home.path / "run.json"
+    run_json.unlink(missing_ok=True)
+    cmd = [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        sys.executable, "-m", "vaultproxy", "run", "--home", str(t.home.path),
+        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
+        "--password-file", str(t.home.password_file), "--workers", "1",
+    ]  # fmt: skip
+    import os
+    env = dict(os.environ, PYTHONPATH=str(t.tree), PYTHONMALLOC="malloc", **(t.extra_env or {}))
+    log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=t.tree, env=env,
+                            stdin=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()
+        while True:
+            if proc.poll() is not None or time.monotonic() - t0 > 600:
+                raise RuntimeError(f"no run.json; see {log.name}")
+            try:
+                data = json.loads(run_json.read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                data = {}
+            if data.get("pid") == proc.pid:
+                break
+            time.sleep(0.2)
+        t.proxy = data["proxy_url"]
+        conn = connect(t)
+        requests(conn, 100)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
+                       capture_output=True)
+        requests(conn, n)
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
+                       capture_output=True)
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    total = 0
+    for f in out.parent.glob(out.name + "*"):
+        if f.suffix == ".log":
+            continue
+        for line in f.read_text(errors="replace").splitlines():
+            m = re.match(r"totals: (\d+)", line)
+            if m:
+                total = max(total, int(m.group(1)))
+                break
+    return total / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", action="append", default=[], help="name=path (repeatable)")
+    ap.add_argument("--env", action="append", default=[],
+                    help="name:KEY=VALUE, an environment variable for that tree's proxy")
+    ap.add_argument("-n", type=int, default=500, help="requests counted")
+    ap.add_argument("--trace", action="store_true",
+                    help="also print the system calls of 3 requests (strace -tt)")
+    ap.add_argument("--calls", help="write the Python calls of one request cycle (from one "
+                    "hook task's creation to the next) to CALLS.<tree name>")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="ms the agent waits before each request (an agent slower than "
+                    "the proxy: every loop turn the proxy takes after a response shows)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instead: instructions per sequential request under callgrind")
+    args = ap.parse_args()
+    global THINK
+    THINK = args.think / 1000
+    trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
+        ("this", Path(__file__).resolve().parents[1])
+    ]
+    envs: dict[str, dict[str, str]] = {}
+    for spec in args.env:
+        name, _, kv = spec.partition(":")
+        key, _, value = kv.partition("=")
+        envs.setdefault(name, {})[key] = value
+    for _, tree in trees:
+        compile_tree(tree)
+    work = Path(tempfile.mkdtemp(prefix="vp-hops-"))
+    work.chmod(0o755)  # nginx workers run unprivileged
+    site = work / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    nginx = Nginx(work / "nginx").start()
+    try:
+        home = VaultproxyHome.create(work / "home", nginx)
+        if args.callgrind:
+            for name, tree in trees:
+                t = TreeProxy(f"vp-{name}", name, nginx, work)
+                t.home, t.service, t.tree, t.extra_env = home, "hi", tree, envs.get(name)
+                per = instructions(t, args.n, work / f"callgrind.{name}.out")
+                print(f"{name:>8}: {per / 1e6:.4f} M instructions per sequential request; "
+                      f"load {load()}", flush=True)
+            return
+        for name, tree in trees:
+            out = work / f"counts-{name}.txt"
+            t = TreeProxy(f"vp-{name}", name, nginx, work)
+            t.home, t.service, t.tree = home, "hi", tree
+            t.extra_env = {"VP_HOPS_OUT": str(out), **envs.get(name, {})}
+            if args.calls:
+                t.extra_env["VP_HOPS_TRACE"] = f"{args.calls}.{name}"
+            t.path_prefix = str(site)
+            measure(t, args.n, out, work, args.trace)
+    finally:
+        stop_process(nginx.proc) if nginx.proc else None
+
+
+if __name__ == "__main__":
+    main()
