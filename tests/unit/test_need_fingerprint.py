@@ -117,3 +117,24 @@ def test_start_up_reads_no_source(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, want in lean.EVENT_FINGERPRINTS.items():
         assert need.unchanged(getattr(layer.Layer, name), want,
                               lean.EVENT_CODE_FINGERPRINTS[name]), name
+    from mitmproxy.proxy import server
+
+    stock = lean.STOCK.get("hook_task", server.ConnectionHandler.hook_task)
+    assert need.unchanged(stock, lean.HOOK_TASK_FINGERPRINT, lean.HOOK_TASK_CODE_FINGERPRINT)
+
+
+def test_a_changed_hook_task_is_not_taken_for_mitmproxys() -> None:
+    """The twin of the lean hook task's check: a ``hook_task`` with one step more (what a
+    mitmproxy upgrade could bring) matches neither fingerprint, so install() keeps it."""
+    from mitmproxy.proxy import server
+
+    stock = lean.STOCK.get("hook_task", server.ConnectionHandler.hook_task)
+    assert need.unchanged(stock, lean.HOOK_TASK_FINGERPRINT, lean.HOOK_TASK_CODE_FINGERPRINT)
+
+    async def hook_task(self: Any, hook: Any) -> None:
+        await self.handle_hook(hook)
+        if hook.blocking:
+            self.log("one step more")
+
+    assert not need.unchanged(hook_task, lean.HOOK_TASK_FINGERPRINT,
+                              lean.HOOK_TASK_CODE_FINGERPRINT)

@@ -191,7 +191,8 @@ def install() -> None:
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
     stock_task = getattr(server.ConnectionHandler, "hook_task", None)
     STOCK["hook_task"] = stock_task
-    if stock_task is not None and _fingerprint(stock_task) == HOOK_TASK_FINGERPRINT:
+    if stock_task is not None and unchanged(stock_task, HOOK_TASK_FINGERPRINT,
+                                            HOOK_TASK_CODE_FINGERPRINT):
         server.ConnectionHandler.hook_task = _lean_hook_task(  # type: ignore[method-assign]
             handle_hook)
     else:
@@ -202,19 +203,10 @@ def install() -> None:
 
 #: mitmproxy's ``ConnectionHandler.hook_task`` as ``install()`` found it (for the tests)
 STOCK: dict[str, Any] = {}
-#: sha256 (first 16 hex digits) of mitmproxy's ``ConnectionHandler.hook_task`` source, as
-#: ``_lean_hook_task`` repeats it
+#: mitmproxy's ``ConnectionHandler.hook_task`` as ``_lean_hook_task`` repeats it: its
+#: ``need.fingerprint`` (source) and ``need.code_fingerprint`` (compiled, ``CODE_MAGIC``)
 HOOK_TASK_FINGERPRINT = "9ac7970160526268"
-
-
-def _fingerprint(fn: Any) -> str | None:
-    import hashlib
-    import inspect
-
-    try:
-        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()[:16]
-    except (OSError, TypeError):
-        return None
+HOOK_TASK_CODE_FINGERPRINT = "8c491fd37491489d"
 
 
 def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
