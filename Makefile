@@ -3,7 +3,8 @@
 #                   upstream and run the proxy on 127.0.0.1:3203 (admin 3201); busy ports:
 #                   make demo DEMO_PORT=13203 DEMO_ADMIN_PORT=13201 DEMO_DASHBOARD_PORT=13202
 #   make test       set up .venv, then ruff + mypy + the whole test suite (what CI runs)
-#   make test-fast  unit tests + the security properties that need no running proxy
+#   make test-fast  unit tests + the security properties that need no running proxy, in
+#                   parallel (pytest-xdist, one worker per core; TEST_FAST_WORKERS=0: serial)
 #   make test-engine-latest  tests/security against the newest mitmproxy the pin allows
 #                   (a second venv, .venv-engine-latest; constraints-engine-latest.txt)
 PYTHON ?= python3.12
@@ -21,6 +22,9 @@ EXTRAS ?= $(shell pkg-config --exists tss2-esys 2>/dev/null && echo ,tpm)
 FAST   := tests/unit tests/security/test_keystore_format.py tests/security/test_keystore_tamper.py \
           tests/security/test_keystore_perms.py \
           tests/security/test_admin_peercred.py
+# pytest-xdist workers for test-fast: each is its own session; tests/canary.py sends each
+# worker's canary check to the controller, which fails the run on any leak.
+TEST_FAST_WORKERS ?= auto
 
 .PHONY: demo test test-fast test-engine-latest lint venv clean
 
@@ -43,8 +47,11 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# PYTHONDONTWRITEBYTECODE (set on some machines) would make every run compile vaultproxy and
+# assertion-rewrite every test module again, in each worker: the caches are __pycache__/.
+# No FAST test uses schemathesis; its plugin costs each process ~0.5 s of imports.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q $(FAST)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_FAST_WORKERS) -p no:schemathesis $(FAST)
 
 # The engine seam against the newest mitmproxy inside the pin: constraints.txt minus its
 # mitmproxy pins, plus constraints-engine-latest.txt. Same pip cache as .venv, so only a new

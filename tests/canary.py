@@ -9,6 +9,12 @@ std and urlsafe, padded or not, whole or embedded at any byte alignment, and bas
 that went through ``.hex()`` or ``b64encode`` on its way to a log is still a leak. Every
 encoded form of a canary begins with the same encoded form of ``vpcanary_``; a buffer with
 none of those few markers is skipped without looking for each canary's forms.
+
+Under pytest-xdist (``make test-fast`` runs ``-n auto``) every worker is its own process and
+session: the canaries it made, the files it watched and the reports it produced are its own,
+so each worker scans them at its session end and sends its hits and canary count to the
+controller (``config.workeroutput``). The controller fails the run if any worker found a
+leak, or if a worker went down without sending its result (a crash: its leaks are unknown).
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ _made: set[str] = set()
 _forms: dict[str, frozenset[bytes]] = {}  # canary -> its encoded forms
 _watched: list[Path] = []
 _hits: list[str] = []
+_worker_made: dict[str, int] = {}  # xdist controller: worker id -> canaries it made
+_nodes_done: set[int] = set()
+
+# The keys of a worker's result in ``config.workeroutput`` (xdist sends it to the controller).
+_OUT_HITS = "vaultproxy_canary_hits"
+_OUT_MADE = "vaultproxy_canary_made"
 
 
 def make_canary() -> str:
@@ -86,10 +98,32 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         scan_text(f"{report.nodeid} [failure report]", str(report.longrepr))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """xdist controller: a worker finished (or crashed). Take its canary result; a worker
+    without one is a failed check, not a pass (fail closed)."""
+    if id(node) in _nodes_done:  # xdist reports a keyboard-interrupted worker twice
+        return
+    _nodes_done.add(id(node))
+    name = str(getattr(getattr(node, "gateway", None), "id", "?"))
+    out = getattr(node, "workeroutput", None)
+    if not isinstance(out, dict) or _OUT_HITS not in out:
+        _hits.append(f"worker {name} ended without its canary check ({error or 'no result'}):"
+                     " its leaks are unknown")
+        return
+    _hits.extend(f"[{name}] {h}" for h in out[_OUT_HITS])
+    _worker_made[name] = int(out[_OUT_MADE])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for p in _watched:
         if p.exists():
             scan_path(p)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller reports and fails the run
+        workeroutput[_OUT_HITS] = list(_hits)
+        workeroutput[_OUT_MADE] = len(_made)
+        return
     if _hits:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         session.config.stash[_hits_key] = list(_hits)
@@ -101,6 +135,8 @@ _hits_key = pytest.StashKey[list[str]]()
 def pytest_terminal_summary(
     terminalreporter: object, exitstatus: int, config: pytest.Config
 ) -> None:
+    if hasattr(config, "workeroutput"):
+        return
     hits = config.stash.get(_hits_key, [])
     tr = terminalreporter
     if hits:
@@ -109,4 +145,6 @@ def pytest_terminal_summary(
             tr.write_line(h)  # type: ignore[attr-defined]
         tr.write_line(f"{len(hits)} failed: canary secrets leaked")  # type: ignore[attr-defined]
     else:
-        tr.write_line(f"canary check: {len(_made)} canaries, 0 leaks")  # type: ignore[attr-defined]
+        made = len(_made) + sum(_worker_made.values())
+        workers = f" ({len(_worker_made)} workers)" if _worker_made else ""
+        tr.write_line(f"canary check: {made} canaries, 0 leaks{workers}")  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.harness.proxy import ProxyHome, ProxyProcess
+from tests.harness.proxy import ProxyHome, ProxyProcess, cheap_kdf_floor
 from tests.harness.upstream import Upstream
 
 pytest_plugins = ["tests.canary", "pytester"]
@@ -25,6 +25,14 @@ _CLEARED = (
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _CLEARED:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def cheap_kdf() -> Iterator[None]:
+    """Keystore saves keep the cheap KDF parameters the test made its keystore with (see
+    tests/harness/proxy.py's cheap_kdf_floor). Not for keystore format or KDF tests."""
+    with cheap_kdf_floor():
+        yield
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -29,8 +29,9 @@ TEST_KDF = KdfParams(time_cost=1, memory_kib=1024, parallelism=1)
 
 
 @contextlib.contextmanager
-def _test_kdf_floor() -> Iterator[None]:
-    """A save keeps TEST_KDF (outside tests it is raised to the real floor)."""
+def cheap_kdf_floor() -> Iterator[None]:
+    """A save keeps TEST_KDF or less (outside tests it is raised to the real floor, ~0.2 s of
+    Argon2id for each later save and open). For tests that are not about the KDF."""
     floor, store.KDF_FLOOR = store.KDF_FLOOR, TEST_KDF
     try:
         yield
@@ -104,7 +105,7 @@ class ProxyHome:
         code, same atomic save), keeping the home's cheap test KDF."""
         if not secrets:
             return
-        with _test_kdf_floor():
+        with cheap_kdf_floor():
             ks = Keystore.open(Home(self.path).keystore, Secret(PASSWORD))
             for name, value in secrets.items():
                 if isinstance(value, str):

@@ -18,13 +18,17 @@ def test_x(canary):
 '''
 
 
-def _run(pytester: pytest.Pytester, action: str) -> pytest.RunResult:
+def _run(pytester: pytest.Pytester, action: str, *args: str) -> pytest.RunResult:
+    return _run_source(pytester, _TEST.format(action=action), *args)
+
+
+def _run_source(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     pytester.makeconftest('pytest_plugins = ["tests.canary"]')
-    pytester.makepyfile(_TEST.format(action=action))
+    pytester.makepyfile(source)
     try:
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:anyio")
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:anyio", *args)
     finally:
         monkeypatch.undo()
 
@@ -102,3 +106,52 @@ def test_every_encoded_form_of_a_canary_carries_a_marker() -> None:
         value = canary.make_canary()
         for form in encoded_forms(value.encode()):
             assert any(m in form for m in canary.MARKERS), form
+
+
+# --- under pytest-xdist (make test-fast runs -n auto): each worker is its own session --------
+# Each worker scans what it made and sends its hits to the controller, which fails the run.
+# Without that the controller, which made no canary and watched no file, would pass every run.
+
+_XDIST_TESTS = '''
+import os, pathlib, pytest
+import tests.canary as c
+
+@pytest.mark.parametrize("i", range(4))
+def test_many(canary, i):
+    assert canary().startswith("vpcanary_")
+
+def test_leak(canary, tmp_path):
+    secret = canary()
+    {action}
+'''
+
+
+@pytest.mark.parametrize("action", [
+    "print('value', secret)",
+    "p = tmp_path / 'leak.txt'; p.write_text(secret); c.watch(p)",
+    "p = tmp_path / 'leak.txt'; p.write_text(secret.encode().hex()); c.watch(p)",
+], ids=["printed", "watched-file", "watched-file-hex"])
+def test_a_leak_in_an_xdist_worker_fails_the_run(pytester: pytest.Pytester, action: str) -> None:
+    result = _run_source(pytester, _XDIST_TESTS.format(action=action), "-n", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*CANARY LEAKS*", "[[]gw[01][]] *test_leak*vpcanary_*",
+                                 "* failed: canary secrets leaked"])
+    result.assert_outcomes(passed=5)  # every test passed: the leak alone fails the run
+
+
+def test_a_clean_xdist_run_passes_and_counts_every_workers_canaries(
+    pytester: pytest.Pytester,
+) -> None:
+    result = _run_source(pytester, _XDIST_TESTS.format(action="pass"), "-n", "2")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.stdout.fnmatch_lines(["*canary check: 5 canaries, 0 leaks (2 workers)*"])
+
+
+def test_a_crashed_xdist_worker_fails_the_canary_check(pytester: pytest.Pytester) -> None:
+    """Fail closed: a worker that dies before its session end never sends its result, so its
+    leaks are unknown: that is a failed check, whatever else the run reports."""
+    action = "os._exit(3)"
+    result = _run_source(pytester, _XDIST_TESTS.format(action=action), "-n", "2")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()
+    result.stdout.fnmatch_lines(["*CANARY LEAKS*",
+                                 "worker gw* ended without its canary check*unknown"])

@@ -192,6 +192,7 @@ def test_an_anonymous_approval_is_readable_by_its_own_session_only(
     assert not replace(t, owner="").readable_by(None, "", "")  # a proxied one: nobody's
 
 
+@pytest.mark.usefixtures("cheap_kdf")  # not a KDF test: saves keep the cheap parameters
 def test_a_keystore_re_read_drops_the_grants_of_a_removed_agent(tmp_path: Path) -> None:
     """The wiring behind ``agent rm``: the owner's desk drops a removed agent's grants as
     soon as its ProxyState re-reads the keystore (what ``agent rm`` asks a running proxy to

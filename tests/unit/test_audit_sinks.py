@@ -376,7 +376,7 @@ def test_a_loopback_otlp_endpoint_is_allowed_with_allow_loopback() -> None:
 # -- wiring: the running state's sinks ------------------------------------------------------
 def test_sinks_follow_a_reload_and_the_webhook_key_follows_the_keystore(tmp_path: Path) -> None:
     from tests.canary import make_canary
-    from tests.harness.proxy import PASSWORD, TEST_KDF
+    from tests.harness.proxy import PASSWORD, TEST_KDF, cheap_kdf_floor
     from vaultproxy.core.state import ProxyState
     from vaultproxy.engine.audit_sinks import AuditSinks
     from vaultproxy.files.home import Home
@@ -387,7 +387,8 @@ def test_sinks_follow_a_reload_and_the_webhook_key_follows_the_keystore(tmp_path
     ks = Keystore.create(home.keystore, Secret(PASSWORD), kdf=TEST_KDF)
     key = make_canary()
     ks.set_field("audit", "webhook", Secret(key))
-    ks.save()
+    with cheap_kdf_floor():  # not a KDF test: no ~0.2 s Argon2id raise on save
+        ks.save()
     st = ProxyState.from_text(home, '[audit]\nsinks = ["stdout"]\n')
     sinks = AuditSinks(st)
     sinks.start()

@@ -311,7 +311,7 @@ def test_missing_home_and_keystore(tmp_path: Path, pw: Secret) -> None:
     assert os.listdir(h) == []
 
 
-def test_refresh_picks_up_another_process_write(home: Path, pw: Secret) -> None:
+def test_refresh_picks_up_another_process_write(home: Path, pw: Secret, fast_floor: None) -> None:
     path = home / "keystore.enc"
     running = Keystore.create(path, pw, FAST)
     assert running.refresh() is False  # nothing changed on disk
@@ -328,7 +328,9 @@ def test_refresh_picks_up_another_process_write(home: Path, pw: Secret) -> None:
     assert {"new", "api"} <= set(Keystore.open(path, pw).names())
 
 
-def test_refresh_after_passwd_elsewhere_keeps_the_data_key(home: Path, pw: Secret) -> None:
+def test_refresh_after_passwd_elsewhere_keeps_the_data_key(
+    home: Path, pw: Secret, fast_floor: None
+) -> None:
     path = home / "keystore.enc"
     running = Keystore.create(path, pw, FAST)
     other = Keystore.open(path, pw)
@@ -342,7 +344,7 @@ def test_refresh_after_passwd_elsewhere_keeps_the_data_key(home: Path, pw: Secre
 
 
 def test_refresh_refuses_a_foreign_keystore_and_changes_nothing(
-    home: Path, tmp_path: Path, pw: Secret
+    home: Path, tmp_path: Path, pw: Secret, fast_floor: None
 ) -> None:
     path = home / "keystore.enc"
     running = Keystore.create(path, pw, FAST)

@@ -26,6 +26,7 @@ from mitmproxy.proxy.layers.http import (
 from mitmproxy.test import tflow
 
 from tests.canary import make_canary
+from tests.harness.proxy import cheap_kdf_floor
 from vaultproxy.core.decide import Decision
 from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.files.home import Home
@@ -66,7 +67,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, H
     secret = make_canary()
     ks = Keystore.create(home.keystore, Secret("pw"), kdf=KdfParams(1, 1024, 1))
     ks.set_value("svc", Secret(secret))
-    ks.save()
+    with cheap_kdf_floor():  # not a KDF test: no ~0.2 s Argon2id raise on save
+        ks.save()
     st = ProxyState.load(home)
     st.install_keystore(ks)
     yield Runtime(Live(st)), home, secret

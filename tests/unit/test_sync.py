@@ -20,6 +20,8 @@ from vaultproxy.sync.run import apply
 
 FAST = KdfParams(time_cost=1, memory_kib=8, parallelism=1)
 PASSWORD = Secret("a test master password")
+# No test here is about the KDF: a save keeps FAST (tests/conftest.py's cheap_kdf).
+pytestmark = pytest.mark.usefixtures("cheap_kdf")
 
 
 @pytest.mark.parametrize(("text", "ref"), [

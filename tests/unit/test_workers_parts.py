@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.canary import make_canary
+from tests.harness.proxy import cheap_kdf_floor
 from vaultproxy.access.agents import entry_name, make_record, new_token
 from vaultproxy.audit import AuditEvent, AuditLog
 from vaultproxy.core.state import ProxyState
@@ -69,7 +70,8 @@ def _keystore(tmp_path: Path, value: str) -> Keystore:
     ks.set_field("basic", "password", Secret(value + "-f"))
     record = make_record("bot", new_token(), ["svc"], 0.0)
     ks.set_internal(entry_name("bot"), record.encode())
-    ks.save()
+    with cheap_kdf_floor():  # not a KDF test: no ~0.2 s Argon2id raise on save
+        ks.save()
     return ks
 
 
