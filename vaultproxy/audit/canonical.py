@@ -12,7 +12,7 @@ import time
 from typing import Protocol
 
 from vaultproxy.audit import metrics
-from vaultproxy.audit.event import AnyEvent, AuditEvent, RequestEvent
+from vaultproxy.audit.event import AnyEvent, AuditEvent, request_event
 
 
 class Sink(Protocol):
@@ -37,7 +37,7 @@ def record_decision(
 ) -> None:
     """``started``: ``time.monotonic()`` when the request began (None: no duration)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
-    line = RequestEvent(  # by position (see RequestEvent.__init__)
+    line = request_event(  # by position
         event, outcome, agent, service, mode, method, host, path, status, duration, reason,
         via,
     )
@@ -66,7 +66,7 @@ def record_ahead(
     written: under ``[audit] on_failure = "deny"`` the caller must then refuse the request
     (``AuditUnavailable``), so that every use of a credential is in the file before it
     happens, even if the process is killed the next instant."""
-    line = RequestEvent(  # by position (see RequestEvent.__init__)
+    line = request_event(  # by position
         FORWARD_EVENT, "forwarding", agent, service, mode, method, host, path, None, None,
         None, via,
     )
