@@ -257,3 +257,35 @@ def test_request_event_path_is_strip_query_of_it() -> None:
     with pytest.raises(TypeError):
         RequestEvent("request", "injected", None, None, None, None, None,
                      b"/x?y", None, None, None)  # type: ignore[arg-type]
+
+
+def test_now_timestamp_is_the_clocks_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record's timestamp from one ``time.time()``: the UTC second and the millisecond
+    floored from the float's exact value (Decimal), on seeded clock values around second
+    and millisecond boundaries, in and out of the kept second."""
+    import time
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from vaultproxy.audit import event as module
+
+    rng = random.Random(71)
+    clock: list[float] = []
+    for _ in range(20_000):
+        base = float(rng.randint(10**9, 4 * 10**9))
+        step = rng.choice([0.0, 1e-3, 0.5, 1.0 - 1e-6, rng.random()])
+        t = base + step + rng.choice([0.0, 2.0**-22, -(2.0**-22), 1e-7])
+        clock.append(t)
+        if rng.random() < 0.5:
+            clock.append(t + rng.random() * 2e-3)  # often the same second: the kept prefix
+    for t in clock:
+        monkeypatch.setattr(module, "_time", lambda t=t: t)
+        exact = Decimal(t)
+        sec = int(exact // 1)
+        ms = int((exact - sec) * 1000 // 1)
+        want = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms:03d}Z"
+        assert module._now_timestamp() == want, t
+    monkeypatch.undo()
+    now = module._now_timestamp()
+    assert abs(datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+               - time.time()) < 5

@@ -55,6 +55,7 @@ def utc_timestamp(when: datetime | None = None) -> str:
 # per request: strftime on every one of them was a measurable share of the Record stage).
 _second: tuple[float, float, str] = (0.0, -1.0, "")
 _time = time.time
+_floor = math.floor
 
 
 def _now_timestamp() -> str:
@@ -70,11 +71,12 @@ def _now_timestamp() -> str:
         lo, hi = float(sec), float(sec + 1)
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
         _second = (lo, hi, prefix)
-    return f"{prefix}{_MILLIS[int((t - lo) * 1000.0)]}Z"
+    return prefix + _MILLIS_Z[_floor((t - lo) * 1000.0)]  # (floor: an int() call costs 2x)
 
 
 # "000" .. "999" (an ``int.__format__`` with a spec was a visible share of a record).
 _MILLIS: tuple[str, ...] = tuple(f"{ms:03d}" for ms in range(1000))
+_MILLIS_Z: tuple[str, ...] = tuple(f"{ms}Z" for ms in _MILLIS)
 
 
 def strip_query(path: str) -> str:
@@ -247,7 +249,7 @@ def request_event(
     - the runs of fields before ``path`` and after ``duration_ms`` from ``_FRAGMENTS`` (str
       and None values only), the path by ``json``'s own string encoder, the status by
       ``int.__repr__`` (what ``json.dumps`` writes for an int)."""
-    if not event or not outcome or event in ("admin", "approval"):  # ADMIN/APPROVAL_EVENT
+    if not event or not outcome or event == "admin" or event == "approval":  # ADMIN/APPROVAL
         raise ValueError("a request record needs an event (not admin/approval) and outcome")
     if duration_ms is None:
         duration = "null"
@@ -280,18 +282,18 @@ def request_event(
         and (status is None or type(status) is int) and (via is None or type(via) is str)
         and (path is None or type(path) is str)
     ):
-        head = _FRAGMENTS.get((event, agent, service, mode, method, host))
-        if head is None:
-            head = _fragment(_HEAD_KEYS, (event, agent, service, mode, method, host))
-        tail = _FRAGMENTS.get((outcome, reason))
-        if tail is None:
-            tail = _fragment(_TAIL_KEYS, (outcome, reason))
-        line = (
-            f'{{"ts":"{ts}",{head},"path":{"null" if path is None else _encode_str(path)},'
-            f'"status":{"null" if status is None else int.__repr__(status)},'
-            f'"duration_ms":{duration},{tail}'
-            + ("}\n" if via is None else f',"via":{_encode_str(via)}}}\n')
-        )
+        kept = _FRAGMENTS.get((event, agent, service, mode, method, host, outcome, reason))
+        if kept is None:
+            kept = _fragments((event, agent, service, mode, method, host, outcome, reason))
+        head, tail = kept
+        path_text = "null" if path is None else _encode_str(path)
+        status_text = "null" if status is None else int.__repr__(status)
+        if via is None:
+            line = (f'{{"ts":"{ts}",{head},"path":{path_text},"status":{status_text},'
+                    f'"duration_ms":{duration},{tail}}}\n')
+        else:
+            line = (f'{{"ts":"{ts}",{head},"path":{path_text},"status":{status_text},'
+                    f'"duration_ms":{duration},{tail},"via":{_encode_str(via)}}}\n')
     return _tuple_new(RequestEvent, (ts, event, agent, service, mode, method, host, path,  # type: ignore[no-any-return]
                                      status, duration_ms, outcome, reason, via, line))
 
@@ -309,25 +311,31 @@ _SPEC_KEYS = tuple(key for key, _name in _KEYS)
 _HEAD_KEYS = tuple(_encode_str(name) + ":" for name in SPEC_FIELDS[1:7])
 _TAIL_KEYS = tuple(_encode_str(name) + ":" for name in SPEC_FIELDS[10:12])
 
-# Encoded runs of fields by their values (``RequestEvent.to_json_line``): only tuples of str
-# and None are stored (a str key equals only that str: the same text), at most _MAX_FRAGMENTS
-# (all forgotten at once past that: hosts of refused tunnels are the agent's choice).
-_FRAGMENTS: dict[tuple[object, ...], str] = {}
+# The encoded runs of fields before ``path`` (event .. host) and after ``duration_ms``
+# (outcome, reason) by the values of those eight fields (``request_event``): only tuples of
+# str and None are stored (a str key equals only that str: the same text), at most
+# _MAX_FRAGMENTS (all forgotten at once past that: hosts of refused tunnels are the agent's
+# choice).
+_FRAGMENTS: dict[tuple[object, ...], tuple[str, str]] = {}
 _MAX_FRAGMENTS = 1024
 _MAX_STORED_CHARS = 512  # bounded: ~1 MB at most (keys and texts)
 
 
-def _fragment(keys: tuple[str, ...], values: tuple[object, ...]) -> str:
-    """``"name":value`` pairs joined by commas, each value as ``_json_value`` encodes it;
-    kept in ``_FRAGMENTS`` when every value is a str or None and the text is short."""
-    text = ",".join(key + _json_value(value) for key, value in zip(keys, values, strict=True))
-    if len(text) <= _MAX_STORED_CHARS and all(
+def _fragments(values: tuple[object, ...]) -> tuple[str, str]:
+    """The two runs, ``"name":value`` pairs joined by commas, each value as ``_json_value``
+    encodes it; kept in ``_FRAGMENTS`` when every value is a str or None and the text is
+    short."""
+    head = ",".join(key + _json_value(value)
+                    for key, value in zip(_HEAD_KEYS, values[:6], strict=True))
+    tail = ",".join(key + _json_value(value)
+                    for key, value in zip(_TAIL_KEYS, values[6:], strict=True))
+    if len(head) + len(tail) <= _MAX_STORED_CHARS and all(
         value is None or type(value) is str for value in values
     ):
         if len(_FRAGMENTS) >= _MAX_FRAGMENTS:
             _FRAGMENTS.clear()
-        _FRAGMENTS[values] = text
-    return text
+        _FRAGMENTS[values] = (head, tail)
+    return head, tail
 
 
 def _json_value(value: object) -> str:
