@@ -172,7 +172,8 @@ class Record(Stage):
             _record(self.rt, flow, "request", "denied", rec.refusal.code, rec=rec)
         elif decision is not None and decision.service is not None:
             outcome: Outcome = "injected" if rec.injected else "forwarded"
-            _record(self.rt, flow, "request", outcome, token_reason(rec), rec=rec)
+            _record(self.rt, flow, "request", outcome,  # (by position: once per request)
+                    token_reason(rec) if rec.minted is not None else None, None, rec)
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
