@@ -242,7 +242,7 @@ def request_event(
     """A ``RequestEvent`` and its line (audit/canonical.py calls it by position: no class
     call, no keywords). The fast parts, each for the values it handles exactly:
 
-    - a duration in [0, 1e9) ms: ``"%.3f"`` is the digits ``round(d, 3)`` rounds to (the same
+    - a duration in [0, 1e9) ms: ``f"{d:.3f}"`` is the digits ``round(d, 3)`` rounds to (the same
       correctly rounded decimal conversion), so ``float`` of it is ``round(d, 3)`` and, at
       most 12 significant digits, its text without trailing zeros is that float's ``repr``;
       any other duration is rounded and written by ``round`` and ``repr``;
@@ -257,7 +257,7 @@ def request_event(
         if type(duration_ms) is not float:
             duration_ms = float(duration_ms)  # as the model's float field: 3 is 3.0
         if 0.0 <= duration_ms < 1e9:
-            fixed = "%.3f" % duration_ms
+            fixed = f"{duration_ms:.3f}"
             duration_ms = float(fixed)
             duration = fixed.rstrip("0")
             if duration[-1] == ".":
