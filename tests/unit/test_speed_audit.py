@@ -16,7 +16,7 @@ import pytest
 
 from vaultproxy.audit import metrics
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.audit.event import RequestEvent, strip_query
+from vaultproxy.audit.event import AuditEvent, RequestEvent, strip_query
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.engine.channel import frame, frame_head
 from vaultproxy.engine.worker_audit import WorkerAudit
@@ -98,39 +98,122 @@ def _reference(ev: object) -> str:
     return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
 
 
-def _random_event(rng: random.Random) -> RequestEvent:
+_PATHS: list[object] = ["/x", "/a?b=c", None, "/\ud800", "", "#f", "/caf\u00e9?q#f"]
+
+
+def _random_values(rng: random.Random) -> tuple[object, ...]:
+    """Constructor arguments: hostile where RequestEvent passes a value through as it is."""
     pick = rng.choice
 
     def text() -> object:
         return pick(_HOSTILE)
 
-    ev = RequestEvent(pick(["request", "forward", "tunnel_refused"]), pick(
-        ["injected", "forwarding", "denied", "error"]), agent=text(), service=text(),
-        mode=text(), method=text(), host=text(), path=pick(["/x", "/a?b=c", None, "/\ud800"]),
-        status=None, duration_ms=None, reason=text(), via=pick([None, None, "proxy", "mcp"]))
-    # Values RequestEvent's constructor would refuse or convert, set as a caller could.
-    for name in ("event", "outcome", "path"):
-        if rng.random() < 0.1:
-            setattr(ev, name, text())
-    ev.status = pick(_STATUSES)  # type: ignore[assignment]
-    ev.duration_ms = pick(_DURATIONS)  # type: ignore[assignment]
-    return ev
+    event = pick(["request", "forward", "tunnel_refused"]) if rng.random() < 0.9 else text()
+    outcome = pick(["injected", "forwarding", "denied"]) if rng.random() < 0.9 else text()
+    return (event, outcome, text(), text(), text(), text(), text(),
+            pick([p for p in _PATHS if type(p) is str or p is None]), pick(_STATUSES),
+            pick([d for d in _DURATIONS if d is None or type(d) is float and d == d
+                  and d not in (float("inf"),)] + [3, "1"]),
+            text(), pick([None, None, "proxy", "mcp", 7, "caf\u00e9"]))
+
+
+def _raw_event(rng: random.Random) -> RequestEvent:
+    """A record with any values at all (what the constructor would refuse or convert too),
+    with no line made: ``to_json_line`` encodes it."""
+    pick = rng.choice
+    values = [pick(_HOSTILE) for _ in range(13)]
+    values[0] = "2026-12-07T00:00:00.000Z"
+    values[7], values[8], values[9] = pick(_PATHS), pick(_STATUSES), pick(_DURATIONS)
+    return tuple.__new__(RequestEvent, (*values, None))  # type: ignore[type-var]
+
+
+def _expect(ev: RequestEvent) -> str | type[Exception]:
+    try:
+        return _reference(ev)
+    except (ValueError, TypeError) as e:
+        return type(e)
 
 
 def test_request_line_is_json_dumps_on_hostile_values() -> None:
+    """The line made with the record (the fragments kept or not yet) and the one encoded
+    later are each ``json.dumps`` of the record's fields, or fail as it fails."""
     rng = random.Random(29)
+    made = 0
     for _ in range(6000):
-        ev = _random_event(rng)
+        args = _random_values(rng)
         try:
-            want: str | type[Exception] = _reference(ev)
-        except (ValueError, TypeError) as e:
-            want = type(e)
-        for _again in range(2):  # the second time from the kept fragments
+            first = RequestEvent(*args)  # type: ignore[arg-type]
+        except (ValueError, TypeError) as e:  # what the constructor refuses, refused alike
+            with pytest.raises(type(e)):
+                AuditEvent(**dict(zip(("event", "outcome", "agent", "service", "mode",
+                                       "method", "host", "path", "status", "duration_ms",
+                                       "reason", "via"), args, strict=True)))
+            continue
+        again = RequestEvent(*args)  # type: ignore[arg-type]  # from the kept fragments
+        made += first[-1] is not None
+        for ev in (first, again):
+            want = _expect(ev)
             if isinstance(want, str):
-                assert ev.to_json_line() == want
+                assert ev.to_json_line() == want, args
             else:
                 with pytest.raises((ValueError, TypeError)):
                     ev.to_json_line()
+    assert 300 < made < 5000  # twin: both the made line and the later encoding are reached
+    for _ in range(3000):
+        ev = _raw_event(rng)
+        want = _expect(ev)
+        if isinstance(want, str):
+            assert ev.to_json_line() == want
+        else:
+            with pytest.raises((ValueError, TypeError)):
+                ev.to_json_line()
+
+
+def test_a_request_record_cannot_be_changed() -> None:
+    ev = RequestEvent("request", "injected", "a", "s", "m", "GET", "h", "/p", 200, 1.5, None)
+    line = ev.to_json_line()
+    for name in ("status", "path", "agent", "ts"):
+        with pytest.raises(AttributeError):
+            setattr(ev, name, "x")
+    assert ev.to_json_line() == line == _reference(ev)
+    assert (ev.status, ev.path, ev.duration_ms, ev.via) == (200, "/p", 1.5, None)
+
+
+def _round_repr(d: float) -> tuple[float, str]:
+    """What RequestEvent did before: ``round`` to 3 decimals, then ``repr``."""
+    r = round(d, 3)
+    return r, repr(r)
+
+
+def test_duration_text_is_repr_of_round() -> None:
+    """The duration's fast text (``"%.3f"`` without trailing zeros, for [0, 1e9) ms) and its
+    value are ``repr(round(d, 3))`` and ``round(d, 3)``, on seeded values of every scale,
+    the halfway cases and the bounds; outside the range the round/repr path writes it."""
+    rng = random.Random(113)
+    values = [0.0, -0.0, 5e-4, 1.5e-3, 2.5e-3, 2.675, 1.0005, 0.0004999, 999999999.9995,
+              999999999.9999999, 1e9, 1e9 + 0.5, 123456789.0125, 1e-300, 5e-324]
+    for _ in range(60_000):
+        scale = 10.0 ** rng.randint(-8, 14)
+        values.append(rng.random() * scale)
+        values.append(rng.randint(0, 10**12) / 1000 + rng.choice([0, 5e-4, -5e-4]))
+        values.append(rng.randint(0, 2**40) / 2**rng.randint(0, 40))
+    fast = 0
+    for d in values:
+        if not 0.0 <= d < 1e15:
+            continue
+        ev = RequestEvent("request", "injected", None, None, None, None, None, None, None, d,
+                          None)
+        want_value, want_text = _round_repr(d)
+        assert ev.duration_ms == want_value and str(ev.duration_ms) == want_text, d
+        assert f'"duration_ms":{want_text},' in ev.to_json_line(), d
+        fast += d < 1e9
+    assert 100_000 < fast < len(values) - 10_000  # twin: the round/repr path is reached too
+    for d in (-1.0, -5e-4, -0.0004, 1e12 + 0.0005, 1e20):  # the other path
+        ev = RequestEvent("request", "injected", None, None, None, None, None, None, None, d,
+                          None)
+        want_value, want_text = _round_repr(d)
+        assert ev.duration_ms == want_value
+        assert f'"duration_ms":{want_text},' in ev.to_json_line()
 
 
 def test_request_line_every_field_present_or_absent() -> None:
@@ -174,3 +257,35 @@ def test_request_event_path_is_strip_query_of_it() -> None:
     with pytest.raises(TypeError):
         RequestEvent("request", "injected", None, None, None, None, None,
                      b"/x?y", None, None, None)  # type: ignore[arg-type]
+
+
+def test_now_timestamp_is_the_clocks_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record's timestamp from one ``time.time()``: the UTC second and the millisecond
+    floored from the float's exact value (Decimal), on seeded clock values around second
+    and millisecond boundaries, in and out of the kept second."""
+    import time
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from vaultproxy.audit import event as module
+
+    rng = random.Random(71)
+    clock: list[float] = []
+    for _ in range(20_000):
+        base = float(rng.randint(10**9, 4 * 10**9))
+        step = rng.choice([0.0, 1e-3, 0.5, 1.0 - 1e-6, rng.random()])
+        t = base + step + rng.choice([0.0, 2.0**-22, -(2.0**-22), 1e-7])
+        clock.append(t)
+        if rng.random() < 0.5:
+            clock.append(t + rng.random() * 2e-3)  # often the same second: the kept prefix
+    for t in clock:
+        monkeypatch.setattr(module, "_time", lambda t=t: t)
+        exact = Decimal(t)
+        sec = int(exact // 1)
+        ms = int((exact - sec) * 1000 // 1)
+        want = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms:03d}Z"
+        assert module._now_timestamp() == want, t
+    monkeypatch.undo()
+    now = module._now_timestamp()
+    assert abs(datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+               - time.time()) < 5

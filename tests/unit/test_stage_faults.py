@@ -181,7 +181,7 @@ def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # t
 
 
 def test_record_fault_denies(state, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(record_mod, "record_decision", boom)
+    monkeypatch.setattr(record_mod, "decision_record", boom)  # what _record calls
     f = _flow(state, "svc.example.com", "svc")
     fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     f.response = tutils.tresp()

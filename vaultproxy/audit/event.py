@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -50,22 +51,32 @@ def utc_timestamp(when: datetime | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-# The current second's "YYYY-MM-DDTHH:MM:SS." (one audit record per request: strftime on
-# every one of them was a measurable share of the Record stage).
-_second: tuple[int, str] = (-1, "")
+# The current second: its bounds as floats and its "YYYY-MM-DDTHH:MM:SS." (two audit records
+# per request: strftime on every one of them was a measurable share of the Record stage).
+_second: tuple[float, float, str] = (0.0, -1.0, "")
+_time = time.time
+_floor = math.floor
 
 
 def _now_timestamp() -> str:
+    """The clock's current millisecond as ``utc_timestamp`` writes it, from one float read
+    (``time.time()``: an int ``divmod`` of ``time_ns`` was most of a record's timestamp).
+    ``t - lo`` is exact (``lo`` is ``floor(t)``, within a factor 2 of ``t``) and below 1, so
+    the millisecond is 0..999."""
     global _second
-    sec, ns = divmod(time.time_ns(), 1_000_000_000)
-    cached = _second
-    if cached[0] != sec:
-        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)))
-    return f"{cached[1]}{_MILLIS[ns // 1_000_000]}Z"
+    t = _time()
+    lo, hi, prefix = _second
+    if not lo <= t < hi:
+        sec = math.floor(t)
+        lo, hi = float(sec), float(sec + 1)
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        _second = (lo, hi, prefix)
+    return prefix + _MILLIS_Z[_floor((t - lo) * 1000.0)]  # (floor: an int() call costs 2x)
 
 
 # "000" .. "999" (an ``int.__format__`` with a spec was a visible share of a record).
 _MILLIS: tuple[str, ...] = tuple(f"{ms:03d}" for ms in range(1000))
+_MILLIS_Z: tuple[str, ...] = tuple(f"{ms}Z" for ms in _MILLIS)
 
 
 def strip_query(path: str) -> str:
@@ -148,7 +159,7 @@ class AuditEvent(BaseModel):
         return "{" + ",".join(parts) + "}\n"
 
 
-class RequestEvent:
+class RequestEvent(tuple[Any, ...]):
     """The record of one proxied request (``forward``, ``request``, ``tunnel_refused``: the
     canonical lines of audit/canonical.py), built twice per request from values the proxy's
     own stages made. Same fields, same rules and byte for byte the same line as
@@ -156,104 +167,135 @@ class RequestEvent:
     pydantic's validation, which was most of a record's cost: the path loses its query and
     fragment, the duration is rounded to 3 decimals and must be finite, the timestamp is the
     model's default, and the event is neither ``admin`` nor ``approval`` (whose extra fields
-    this record never carries)."""
+    this record never carries).
 
-    __slots__ = (*SPEC_FIELDS, "via")
+    A tuple (its fields read by name), so it cannot be changed once built: its JSON line is
+    made with it (``request_event``), from the values as they arrive, whenever each is of
+    the plain type the stages pass (str or None; an int status; a str path); any other
+    value leaves the line to ``to_json_line``, which encodes it as ``json.dumps`` would (or
+    raises as it would, for ``AuditLog.record`` to count)."""
 
-    ts: str
-    event: str
-    agent: str | None
-    service: str | None
-    mode: str | None
-    method: str | None
-    host: str | None
-    path: str | None
-    status: int | None
-    duration_ms: float | None
-    outcome: str
-    reason: str | None
-    via: str | None
+    __slots__ = ()
 
-    def __init__(
-        self, event: str, outcome: str, agent: str | None, service: str | None,
+    if TYPE_CHECKING:
+        ts: str
+        event: str
+        agent: str | None
+        service: str | None
+        mode: str | None
+        method: str | None
+        host: str | None
+        path: str | None
+        status: int | None
+        duration_ms: float | None
+        outcome: str
+        reason: str | None
+        via: str | None
+
+    def __new__(
+        cls, event: str, outcome: str, agent: str | None, service: str | None,
         mode: str | None, method: str | None, host: str | None, path: str | None,
         status: int | None, duration_ms: float | None, reason: str | None,
         via: str | None = None,
-    ) -> None:
-        """audit/canonical.py passes every argument by position: a class called with
-        keywords gets them as a new dict (two records per request)."""
-        if not event or not outcome or event in (ADMIN_EVENT, APPROVAL_EVENT):
-            raise ValueError("a request record needs an event (not admin/approval) and outcome")
-        if duration_ms is not None:
-            if type(duration_ms) is not float:
-                duration_ms = float(duration_ms)  # as the model's float field: 3 is 3.0
-            if not math.isfinite(duration_ms):
-                raise ValueError("duration_ms must be finite")
-            duration_ms = round(duration_ms, 3)
-        self.ts = _now_timestamp()
-        self.event = event
-        self.outcome = outcome
-        self.reason = reason
-        self.via = via
-        self.agent = agent
-        self.service = service
-        self.mode = mode
-        self.method = method
-        self.host = host
-        self.status = status
-        self.duration_ms = duration_ms
-        # strip_query's own first test, inline (a str path; anything else takes the call)
-        self.path = path if (type(path) is str and "?" not in path and "#" not in path) \
-            or path is None else strip_query(path)
+    ) -> RequestEvent:
+        return request_event(event, outcome, agent, service, mode, method, host, path, status,
+                             duration_ms, reason, via)
 
     def to_record(self) -> dict[str, Any]:
         """The JSON object, as ``AuditEvent.to_record``."""
-        record: dict[str, Any] = {name: getattr(self, name) for name in SPEC_FIELDS}
-        if self.via is not None:
-            record["via"] = self.via
+        record: dict[str, Any] = {name: self[i] for i, name in enumerate(SPEC_FIELDS)}
+        if self[_VIA] is not None:
+            record["via"] = self[_VIA]
         return record
 
     def to_json_line(self) -> str:
-        """One compact JSON line, byte for byte ``AuditEvent.to_json_line``.
+        """One compact JSON line, byte for byte ``AuditEvent.to_json_line``: the one made
+        with the record, else (a value of another type) encoded now as ``json.dumps``
+        would (tests/unit/test_speed_audit.py compares both with it on hostile values)."""
+        line: str | None = self[_LINE]
+        if line is not None:
+            return line
+        return "{" + ",".join(
+            key + _json_value(self[i]) for i, key in enumerate(_SPEC_KEYS)
+        ) + ("" if self[_VIA] is None else ',"via":' + _json_value(self[_VIA])) + "}\n"
 
-        The fields before ``path`` and the two after ``duration_ms`` repeat from request to
-        request (a service's agents, hosts, outcomes): their encoded text is kept by value
-        (``_fragment``), for str and None values only; the timestamp is ASCII digits and
-        punctuation (no escaping); the path, status and duration are encoded each time, any
-        value not a str, int or finite float as ``_json_value`` would
-        (tests/unit/test_speed_audit.py compares it with ``json.dumps`` on hostile values)."""
-        event, agent, service = self.event, self.agent, self.service
-        mode, method, host = self.mode, self.method, self.host
-        try:
-            head = _FRAGMENTS.get((event, agent, service, mode, method, host))
-        except TypeError:  # an unhashable value: encoded below as json.dumps would
-            head = None
-        if head is None or not (
-            type(event) is str and (agent is None or type(agent) is str)
-            and (service is None or type(service) is str) and (mode is None or type(mode) is str)
-            and (method is None or type(method) is str) and (host is None or type(host) is str)
-        ):
-            head = _fragment(_HEAD_KEYS, (event, agent, service, mode, method, host))
-        outcome, reason = self.outcome, self.reason
-        try:
-            tail = _FRAGMENTS.get((outcome, reason))
-        except TypeError:
-            tail = None
-        if tail is None or not (
-            type(outcome) is str and (reason is None or type(reason) is str)
-        ):
-            tail = _fragment(_TAIL_KEYS, (outcome, reason))
-        x: object = self.path
-        path = _encode_str(x) if type(x) is str else _json_value(x)  # type: ignore[arg-type]
-        x = self.status
-        status = repr(x) if type(x) is int else _json_value(x)
-        x = self.duration_ms
-        duration = repr(x) if type(x) is float and x - x == 0.0 else _json_value(x)
-        line = (f'{{"ts":"{self.ts}",{head},"path":{path},"status":{status},'
-                f'"duration_ms":{duration},{tail}')
-        if self.via is not None:
-            return f'{line},"via":{_json_value(self.via)}}}\n'
-        return line + "}\n"
+
+# Each field read by name (the C getter namedtuple uses; a property of itemgetter elsewhere).
+try:
+    from _collections import _tuplegetter as _getter  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - another Python
+    def _getter(index: int, doc: str | None) -> Any:
+        return property(operator.itemgetter(index), doc=doc)
+
+for _i, _name in enumerate((*SPEC_FIELDS, "via")):
+    setattr(RequestEvent, _name, _getter(_i, None))
+_VIA = len(SPEC_FIELDS)
+_LINE = _VIA + 1
+_tuple_new = tuple.__new__
+
+
+def request_event(
+    event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, path: str | None, status: int | None,
+    duration_ms: float | None, reason: str | None, via: str | None = None,
+) -> RequestEvent:
+    """A ``RequestEvent`` and its line (audit/canonical.py calls it by position: no class
+    call, no keywords). The fast parts, each for the values it handles exactly:
+
+    - a duration in [0, 1e9) ms: ``f"{d:.3f}"`` is the digits ``round(d, 3)`` rounds to (the same
+      correctly rounded decimal conversion), so ``float`` of it is ``round(d, 3)`` and, at
+      most 12 significant digits, its text without trailing zeros is that float's ``repr``;
+      any other duration is rounded and written by ``round`` and ``repr``;
+    - the runs of fields before ``path`` and after ``duration_ms`` from ``_FRAGMENTS`` (str
+      and None values only), the path by ``json``'s own string encoder, the status by
+      ``int.__repr__`` (what ``json.dumps`` writes for an int)."""
+    if not event or not outcome or event == "admin" or event == "approval":  # ADMIN/APPROVAL
+        raise ValueError("a request record needs an event (not admin/approval) and outcome")
+    if duration_ms is None:
+        duration = "null"
+    else:
+        if type(duration_ms) is not float:
+            duration_ms = float(duration_ms)  # as the model's float field: 3 is 3.0
+        if 0.0 <= duration_ms < 1e9:
+            fixed = f"{duration_ms:.3f}"
+            duration_ms = float(fixed)
+            duration = fixed.rstrip("0")
+            if duration[-1] == ".":
+                duration += "0"
+        else:
+            if not math.isfinite(duration_ms):
+                raise ValueError("duration_ms must be finite")
+            duration_ms = round(duration_ms, 3)
+            duration = float.__repr__(duration_ms)
+    if type(path) is str:
+        if "?" in path or "#" in path:  # strip_query's own first test, inline
+            path = strip_query(path)
+    elif path is not None:
+        path = strip_query(path)  # (another type fails there, as it did)
+    ts = _now_timestamp()
+    line: str | None = None
+    if (
+        type(event) is str and type(outcome) is str
+        and (agent is None or type(agent) is str) and (service is None or type(service) is str)
+        and (mode is None or type(mode) is str) and (method is None or type(method) is str)
+        and (host is None or type(host) is str) and (reason is None or type(reason) is str)
+        and (status is None or type(status) is int) and (via is None or type(via) is str)
+        and (path is None or type(path) is str)
+    ):
+        kept = _FRAGMENTS.get((event, agent, service, mode, method, host, outcome, reason))
+        if kept is None:
+            kept = _fragments((event, agent, service, mode, method, host, outcome, reason))
+        head, tail = kept
+        path_text = "null" if path is None else _encode_str(path)
+        status_text = "null" if status is None else int.__repr__(status)
+        if via is None:
+            line = (f'{{"ts":"{ts}",{head},"path":{path_text},"status":{status_text},'
+                    f'"duration_ms":{duration},{tail}}}\n')
+        else:
+            line = (f'{{"ts":"{ts}",{head},"path":{path_text},"status":{status_text},'
+                    f'"duration_ms":{duration},{tail},"via":{_encode_str(via)}}}\n')
+    return _tuple_new(RequestEvent, (ts, event, agent, service, mode, method, host, path,  # type: ignore[no-any-return]
+                                     status, duration_ms, outcome, reason, via, line))
 
 
 #: Either kind of record: what the audit log, its sinks and the metrics accept.
@@ -263,30 +305,37 @@ AnyEvent = AuditEvent | RequestEvent
 _encode_str = json.encoder.encode_basestring_ascii  # what json.dumps uses (ensure_ascii)
 _fallback = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _KEYS = tuple((_encode_str(name) + ":", name) for name in SPEC_FIELDS)
+_SPEC_KEYS = tuple(key for key, _name in _KEYS)
 
 
 _HEAD_KEYS = tuple(_encode_str(name) + ":" for name in SPEC_FIELDS[1:7])
 _TAIL_KEYS = tuple(_encode_str(name) + ":" for name in SPEC_FIELDS[10:12])
 
-# Encoded runs of fields by their values (``RequestEvent.to_json_line``): only tuples of str
-# and None are stored (a str key equals only that str: the same text), at most _MAX_FRAGMENTS
-# (all forgotten at once past that: hosts of refused tunnels are the agent's choice).
-_FRAGMENTS: dict[tuple[object, ...], str] = {}
+# The encoded runs of fields before ``path`` (event .. host) and after ``duration_ms``
+# (outcome, reason) by the values of those eight fields (``request_event``): only tuples of
+# str and None are stored (a str key equals only that str: the same text), at most
+# _MAX_FRAGMENTS (all forgotten at once past that: hosts of refused tunnels are the agent's
+# choice).
+_FRAGMENTS: dict[tuple[object, ...], tuple[str, str]] = {}
 _MAX_FRAGMENTS = 1024
 _MAX_STORED_CHARS = 512  # bounded: ~1 MB at most (keys and texts)
 
 
-def _fragment(keys: tuple[str, ...], values: tuple[object, ...]) -> str:
-    """``"name":value`` pairs joined by commas, each value as ``_json_value`` encodes it;
-    kept in ``_FRAGMENTS`` when every value is a str or None and the text is short."""
-    text = ",".join(key + _json_value(value) for key, value in zip(keys, values, strict=True))
-    if len(text) <= _MAX_STORED_CHARS and all(
+def _fragments(values: tuple[object, ...]) -> tuple[str, str]:
+    """The two runs, ``"name":value`` pairs joined by commas, each value as ``_json_value``
+    encodes it; kept in ``_FRAGMENTS`` when every value is a str or None and the text is
+    short."""
+    head = ",".join(key + _json_value(value)
+                    for key, value in zip(_HEAD_KEYS, values[:6], strict=True))
+    tail = ",".join(key + _json_value(value)
+                    for key, value in zip(_TAIL_KEYS, values[6:], strict=True))
+    if len(head) + len(tail) <= _MAX_STORED_CHARS and all(
         value is None or type(value) is str for value in values
     ):
         if len(_FRAGMENTS) >= _MAX_FRAGMENTS:
             _FRAGMENTS.clear()
-        _FRAGMENTS[values] = text
-    return text
+        _FRAGMENTS[values] = (head, tail)
+    return head, tail
 
 
 def _json_value(value: object) -> str:

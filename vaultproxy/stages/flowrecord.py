@@ -63,9 +63,9 @@ class FlowRecord:
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:
-    """The flow's record (created on first use)."""
-    rec = flow.metadata.get(KEY)
+    """The flow's record (created on first use). Only this module writes the key, and only
+    a FlowRecord (16 look-ups per request: no isinstance check on each)."""
+    rec: FlowRecord | None = flow.metadata.get(KEY)
     if rec is None:
         rec = flow.metadata[KEY] = FlowRecord()
-    assert isinstance(rec, FlowRecord)
     return rec

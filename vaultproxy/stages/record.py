@@ -12,7 +12,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from vaultproxy.audit.canonical import record_decision
+from vaultproxy.audit.canonical import decision_record, record_decision
 from vaultproxy.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
@@ -55,20 +55,14 @@ def _record(
         service = st.registry.lookup(normal_host(host), request.port)
     else:
         host = request.pretty_host
-    record_decision(
-        st.audit,
-        event=event,
-        agent=agent,
-        service=service.name if service is not None else None,
-        mode=service.mode if service is not None else None,
-        method=request.method,
-        host=host,
-        path=rec.path if event != "tunnel_refused" else None,
-        status=status if status is not None else (
-            response.status_code if response is not None else None),
-        started=rec.t0,
-        outcome=outcome,
-        reason=reason,
+    if status is None and response is not None:
+        status = response.status_code
+    decision_record(  # record_decision by position
+        st.audit, event, agent,
+        service.name if service is not None else None,
+        service.mode if service is not None else None,
+        request.method, host, rec.path if event != "tunnel_refused" else None, status, rec.t0,
+        outcome, reason,
     )
 
 
@@ -178,7 +172,8 @@ class Record(Stage):
             _record(self.rt, flow, "request", "denied", rec.refusal.code, rec=rec)
         elif decision is not None and decision.service is not None:
             outcome: Outcome = "injected" if rec.injected else "forwarded"
-            _record(self.rt, flow, "request", outcome, token_reason(rec), rec=rec)
+            _record(self.rt, flow, "request", outcome,  # (by position: once per request)
+                    token_reason(rec) if rec.minted is not None else None, None, rec)
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
