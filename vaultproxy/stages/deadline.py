@@ -82,10 +82,10 @@ class Deadline(Stage):
         deadlines.set_master(ctx.master)  # installed with the seam's defences
 
     def _settings(self) -> ProxySettings | None:
-        st = self.rt.current()
+        st = self.rt.live.state  # ``rt.current()``
         if st is None:
             return None
-        cfg = st.registry.config.proxy
+        cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
         options = ctx.options
         applied = self._applied
         if (applied is not None and applied[0] is cfg and applied[1] is options
@@ -111,8 +111,12 @@ class Deadline(Stage):
     def _wait(self, flow: http.HTTPFlow, response: float, idle: float) -> None:
         """Queue the flow's first check, ``min(response, idle)`` seconds from now."""
         key = flow.id
-        self._unwait(key)
-        first = min(response, idle)
+        for queued in self._queues.values():  # ``_unwait``, inline
+            if queued.flows.pop(key, None) is not None:
+                break
+        if self._timers:
+            self._disarm(key)
+        first = idle if idle < response else response  # min(response, idle), no call
         queue = self._queues.get(first)
         if queue is None:
             queue = self._queues[first] = _Waits(first)

@@ -64,9 +64,12 @@ class Mint(Stage):
     @guarded_sometimes_async
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         rec = record_of(flow)
-        if not rec.hold_body:
-            return self._mint(flow, rec)
-        return None
+        if rec.hold_body:
+            return None
+        decision = rec.decision  # (``_mint``'s first test, inline: nothing minted, no call)
+        if decision is None or decision.plan is None or not decision.plan.mint:
+            return None
+        return self._mint(flow, rec)
 
     @guarded_sometimes_async
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
