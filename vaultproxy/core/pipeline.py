@@ -32,7 +32,8 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import AuditUnavailable, BodyTooLarge, HostMismatch, InvalidRequest
 from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.minted import credential
-from vaultproxy.inject.names import canonical_names, header_names
+from vaultproxy.inject.names import canonical_names
+from vaultproxy.inject.names import header_names as header_names  # (the stages' import)
 from vaultproxy.inject.request import canonical_name, minted_trigger
 from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.keystore import Entry

@@ -20,7 +20,7 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
@@ -70,7 +70,7 @@ def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
             pass  # the full decision below refuses it, with its reason
         else:
             return memo[5]
-    host_header = host_key if type(host_key) is str else host_key.decode(
+    host_header = host_key if isinstance(host_key, str) else host_key.decode(
         "utf-8", "surrogateescape")
     facts = Facts(
         "connect", tunnel.host, tunnel.port, host_header=host_header,
@@ -115,7 +115,7 @@ class Identify(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)  # (no call once made)
         if rec.answered:
             return
         st = self.rt.state()
