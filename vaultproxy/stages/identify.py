@@ -56,7 +56,7 @@ def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
     data = req.data
     scheme = data.scheme
     host_key = _host_key(req)
-    registry = st.registry
+    registry = st.snapshot.registry  # (``st.registry``)
     connect = tunnel.decision
     memo = tunnel.memo
     if (memo is not None and memo[0] is registry and memo[1] is connect
@@ -121,7 +121,7 @@ class Identify(Stage):
         st = self.rt.state()
         req = flow.request
         conns = self.rt.connections
-        tunnel = conns.tunnel(flow.client_conn.id)
+        tunnel = conns.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is not None:
             decision = rec.decision = _in_tunnel(st, tunnel, req)
             if tunnel.broken or flow.client_conn.id in conns.broken_ids:  # ``broken()``

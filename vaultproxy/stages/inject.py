@@ -34,7 +34,7 @@ class Inject(Stage):
         req = flow.request
         if b"proxy-authorization" in header_names(req.headers.fields):  # (pop raises inside)
             req.headers.pop("proxy-authorization", None)
-        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        tunnel = self.rt.connections.tunnels.get(flow.client_conn.id)
         if tunnel is None:
             st.snapshot.index.scan_all(_surfaces(req), "")  # a misdirected placeholder: refused
             req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)

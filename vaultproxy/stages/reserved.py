@@ -88,7 +88,7 @@ class Reserved(Stage):
         client = self._clients.get(flow.client_conn.id)
         if client is None:
             # not ours: only a plain request (no tunnel) can name the reserved host
-            if self.rt.connections.tunnel(flow.client_conn.id) is not None:
+            if self.rt.connections.tunnels.get(flow.client_conn.id) is not None:
                 return
             if record_of(flow).answered:
                 return

@@ -78,9 +78,13 @@ _ws_redactors: dict[str, Redactor] = {}
 
 
 def _no_body(flow: http.HTTPFlow) -> bool:
-    assert flow.response is not None
-    code = flow.response.status_code
-    return flow.request.method == "HEAD" or code < 200 or code in (204, 304)
+    """A response without a body: to HEAD, or 1xx, 204, 304. (``Request.method`` is the
+    decoded method upper-cased; no character outside ASCII upper-cases to letters of
+    ``HEAD``, so its bytes upper-cased say the same without the decode.)"""
+    resp = flow.response
+    assert resp is not None
+    code = resp.data.status_code
+    return flow.request.data.method.upper() == b"HEAD" or code < 200 or code in (204, 304)
 
 
 def _known_small(flow: http.HTTPFlow) -> bool:
@@ -304,7 +308,7 @@ class ResponseGate(Stage):
         redactor = rec.redactor
         if redactor is None or resp is None:
             return
-        if resp.trailers:
+        if resp.data.trailers:  # (``resp.trailers``)
             if flow.request.http_version.startswith("HTTP/1"):
                 resp.trailers = None  # mitmproxy cannot send trailers to an HTTP/1 agent
             else:
