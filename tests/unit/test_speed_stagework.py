@@ -31,7 +31,7 @@ from mitmproxy.test import tflow, tutils
 from tests.canary import make_canary
 from vaultproxy.config.models import Service
 from vaultproxy.core import pipeline
-from vaultproxy.core.decide import ROUTING_HEADERS, RANGE_HEADERS, Decision, Facts, Plan, decide
+from vaultproxy.core.decide import RANGE_HEADERS, ROUTING_HEADERS, Decision, Facts, Plan, decide
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.files.home import Home
