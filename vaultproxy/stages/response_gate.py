@@ -308,12 +308,13 @@ class ResponseGate(Stage):
         redactor = rec.redactor
         if redactor is None or resp is None:
             return
-        if resp.data.trailers:  # (``resp.trailers``)
+        trailers = resp.data.trailers  # (``resp.trailers``)
+        if trailers:
             if flow.request.http_version.startswith("HTTP/1"):
                 resp.trailers = None  # mitmproxy cannot send trailers to an HTTP/1 agent
             else:
-                refuse_folded(resp.trailers)
-                redactor.redact_headers(resp.trailers)
+                refuse_folded(trailers)
+                redactor.redact_headers(trailers)
         if resp.stream or _no_body(flow):
             return  # streamed through the redactor, or nothing to scan
         if refusal is None:  # buffered by responseheaders (``_known_small``)
