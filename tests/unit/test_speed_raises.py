@@ -196,8 +196,7 @@ def test_basic_username_colon_is_refused() -> None:
     refused = 0
     for _ in range(500):
         user = _joined(rng, 3).replace(b"\r", b"").replace(b"\n", b"") or b"u"
-        draft = Draft.__new__(Draft)
-        draft.headers = []
+        draft = Draft(headers=[], path=b"/", query=None)
         fields = {"username": Secret(user), "password": Secret(b"pw")}
         try:
             Basic().inject(draft, service, None, fields)

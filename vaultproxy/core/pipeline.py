@@ -32,6 +32,8 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import AuditUnavailable, BodyTooLarge, HostMismatch, InvalidRequest
 from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.minted import credential
+from vaultproxy.inject.names import canonical_names
+from vaultproxy.inject.names import header_names as header_names  # (the stages' import)
 from vaultproxy.inject.request import canonical_name, minted_trigger
 from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.keystore import Entry
@@ -53,25 +55,6 @@ HOP_BY_HOP = frozenset({
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\r\n\x00]")
 _TOKENS = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?::[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*\Z")
-
-
-# The last header section's names, lower-cased, with that very tuple (kept alive here, so
-# ``is`` cannot meet a new tuple at a recycled address): the stages of one request ask for
-# them one after another, on the same ``Headers.fields`` unless one of them changed it.
-_names_memo: tuple[object, tuple[bytes, ...]] = ((), ())
-
-
-def header_names(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[bytes, ...]:
-    """Each field's name as ``Headers`` compares names (bytes, ASCII lower-cased), in order:
-    ``name in header_names(...)`` is ``name in headers`` without a lookup's scan."""
-    global _names_memo
-    memo = _names_memo
-    if memo[0] is fields:
-        return memo[1]
-    names = tuple([k.lower() for k, _ in fields])
-    if type(fields) is tuple:
-        _names_memo = (fields, names)
-    return names
 
 
 def host_header(req: http.Request) -> str | None:
@@ -142,10 +125,11 @@ def check_target(
     routes on the URI's host: any other authority would carry the credential elsewhere.
     """
     data = req.data
-    target = (normal_host(data.host), data.port)
     if (
         data.scheme != b"https"
-        or (target != (host, port) and (data.host, data.port) != dialed)
+        # the dialed address first: it is what mitmproxy filled in (no ``normal_host``)
+        or ((data.host, data.port) != dialed and (normal_host(data.host), data.port)
+            != (host, port))
         # ``req.authority`` decodes with the (pure Python) idna codec: only when there is one
         or (data.authority and not same_target(req.authority, host, port))
     ):
@@ -169,12 +153,9 @@ def check_request(
     fields = req.headers.fields
     check_headers(fields)
     drop = plan.drop
-    for k, _ in fields:  # canonical_name, inline (every header of every request)
-        if k.lower().replace(b"_", b"-") in drop:
-            req.headers.fields = tuple(
-                (k, v) for k, v in fields if canonical_name(k) not in drop
-            )
-            break
+    # any ``canonical_name(k) in drop``, through the section's one view of its names
+    if not drop.isdisjoint(canonical_names(fields)):
+        req.headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
 
 
 def needs_token(plan: Plan, req: http.Request, index: PlaceholderIndex) -> bool:

@@ -40,6 +40,7 @@ from vaultproxy.inject.bearer import Bearer
 from vaultproxy.inject.body import substitute_body
 from vaultproxy.inject.header import Header
 from vaultproxy.inject.minted import MintedCredential, is_minted, trigger_header
+from vaultproxy.inject.names import canonical_names
 from vaultproxy.inject.path_prefix import PathPrefix
 from vaultproxy.inject.query import drop_params, map_param_values
 from vaultproxy.inject.query_param import QueryParam
@@ -139,7 +140,8 @@ def prepare_request(
     index: PlaceholderIndex,
 ) -> InjectResult:
     """Strip, then inject (host_inject) or substitute (placeholder) on ``request`` in place."""
-    headers = list(request.headers.fields)
+    sent = request.headers.fields
+    headers = list(sent)
     path, sep, query = request.data.path.partition(b"?")
     pieces = [x for field in headers for x in field]
     pieces.append(path)
@@ -147,13 +149,14 @@ def prepare_request(
     index.scan_all(pieces, service.name)
 
     draft = Draft(headers=headers, path=path, query=query if sep else None)
+    names = canonical_names(sent)  # of ``draft.headers``, which nothing changed yet
     if service.mode == "host_inject" or (
         is_minted(service)
         and minted_trigger(headers, service, index.placeholder_of(service.name))
     ):
-        result = _host_inject(draft, service, value, fields)
+        result = _host_inject(draft, service, value, fields, names)
     else:
-        result = _placeholder(draft, service, value, fields, index)
+        result = _placeholder(draft, service, value, fields, index, names)
 
     request.headers.fields = tuple(draft.headers)
     request.data.path = draft.target()
@@ -165,10 +168,16 @@ def _strip(
     service: Service,
     keep_value: bytes | None,
     keep_in: frozenset[bytes] | None = None,
+    canonical: tuple[bytes, ...] | None = None,
 ) -> None:
     """Remove strip-list headers; keep values containing ``keep_value`` (if given) in the
-    headers ``keep_in`` names (canonical; None: in any header)."""
+    headers ``keep_in`` names (canonical; None: in any header). ``canonical``: the
+    ``canonical_name`` of each of ``draft.headers``, in order, when the caller has them."""
     names = strip_names(service)
+    if canonical is not None and names.isdisjoint(canonical):
+        # no field to strip (the common request): ``draft.headers`` stays as it is
+        draft.absent = names
+        return
     kept: list[tuple[bytes, bytes]] = []
     for k, v in draft.headers:
         lk = k.lower().replace(b"_", b"-")  # canonical_name, inline: every header, every request
@@ -182,6 +191,8 @@ def _strip(
             continue
         kept.append((k, v))
     draft.headers = kept
+    if keep_value is None:
+        draft.absent = names  # every field the list names went
 
 
 def _carries(value: bytes, placeholder: bytes) -> bool:
@@ -192,9 +203,10 @@ def _carries(value: bytes, placeholder: bytes) -> bool:
 
 
 def _host_inject(
-    draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]
+    draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret],
+    canonical: tuple[bytes, ...] | None = None,
 ) -> InjectResult:
-    _strip(draft, service, keep_value=None)
+    _strip(draft, service, keep_value=None, canonical=canonical)
     strategy_for(service).inject(draft, service, value, fields)
     return InjectResult(injected=True, stripped=_dedup(draft.stripped))
 
@@ -205,6 +217,7 @@ def _placeholder(
     value: Secret | None,
     fields: Mapping[str, Secret],
     index: PlaceholderIndex,
+    canonical: tuple[bytes, ...] | None = None,
 ) -> InjectResult:
     ph = index.placeholder_of(service.name)
     allowed = set(service.substitute_in)
@@ -213,7 +226,8 @@ def _placeholder(
     sub_in: frozenset[bytes] | None = (
         None if "header" in allowed else frozenset({slot}) if slot else frozenset()
     )
-    _strip(draft, service, keep_value=ph if sub_in != frozenset() else None, keep_in=sub_in)
+    _strip(draft, service, keep_value=ph if sub_in != frozenset() else None, keep_in=sub_in,
+           canonical=canonical)
     param_slot = "auth" in allowed and service.auth == "query_param" and service.param_name
     if service.auth == "query_param" and service.param_name and draft.query:
         keep_query = "query" in allowed or bool(param_slot)

@@ -21,12 +21,15 @@ _HEADER_UNSAFE = (b"\r", b"\n", b"\x00")
 _HEADER_UNSAFE_RE = re.compile(rb"[\r\n\x00]")  # one search (``bytes in bytes`` raises inside)
 
 
+_NONE: frozenset[bytes] = frozenset()
+
+
 class Draft:
     """A mutable working copy of the parts of a request injection may change. (A plain
     slotted class: one is built per injected request, a dataclass with a default factory
     costs several times as much.)"""
 
-    __slots__ = ("headers", "path", "query", "stripped")
+    __slots__ = ("absent", "headers", "path", "query", "stripped")
 
     def __init__(self, headers: HeaderFields, path: bytes, query: bytes | None,
                  stripped: list[str] | None = None) -> None:
@@ -34,6 +37,10 @@ class Draft:
         self.path = path  # the path part of the request target, without "?"
         self.query = query  # None: no "?" in the target
         self.stripped: list[str] = [] if stripped is None else stripped
+        # Canonical names (``inject.request.canonical_name``) no field of ``headers`` has:
+        # set by the strip that removed them all; any field added makes it empty again
+        # (``set_header``, the one way a field is added; removing fields keeps it true).
+        self.absent: frozenset[bytes] = frozenset()
 
     def __repr__(self) -> str:  # names only: headers, path and query may hold the credential
         return f"Draft(stripped={self.stripped!r})"
@@ -43,7 +50,11 @@ class Draft:
 
     def set_header(self, name: str, value: bytes) -> None:
         lname = name.lower().encode("ascii")
-        self.headers = [(k, v) for k, v in self.headers if k.lower() != lname]
+        # A field named ``lname`` (any case) has ``lname``'s canonical name: none is left
+        # when that is ``absent`` (host_inject: the strip took every such field already).
+        if lname.replace(b"_", b"-") not in self.absent:
+            self.headers = [(k, v) for k, v in self.headers if k.lower() != lname]
+        self.absent = _NONE
         self.headers.append((name.encode("ascii"), value))
 
 

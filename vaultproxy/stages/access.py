@@ -35,7 +35,7 @@ from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import BodyTooLarge
 from vaultproxy.net.hostnames import normal_host
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.runtime import Runtime
 from vaultproxy.values.honeytokens import Sighting, refuse
 
@@ -70,13 +70,13 @@ def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
         headers.pop("proxy-authorization", None)
         if b"proxy-authorization" in header_names(headers.fields) else None
     )
-    st = rt.current()
-    if st is not None and st.snapshot.honeytokens and flow.request.method == "CONNECT":
+    st = rt.live.state  # ``rt.current()``
+    if st is not None and st.snapshot.honeytokens.active and flow.request.method == "CONNECT":
         target = flow.request.data.authority or flow.request.host.encode("idna", "replace")
         name = st.snapshot.honeytokens.find(target)
         if name is not None:
             _caught(rt, st, flow, name, CONNECT_TARGET)
-    if header is not None and st is not None and st.snapshot.honeytokens:
+    if header is not None and st is not None and st.snapshot.honeytokens.active:
         name = st.snapshot.honeytokens.find(header.encode("utf-8", "surrogateescape"))
         if name is not None:
             _caught(rt, st, flow, name, "proxy-authorization")
@@ -103,17 +103,20 @@ async def on_request_headers(rt: Runtime, flow: http.HTTPFlow) -> None:
         await pending
 
 
-def request_headers(rt: Runtime, flow: http.HTTPFlow) -> Awaitable[None] | None:
+def request_headers(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord | None = None
+                    ) -> Awaitable[None] | None:
     """``on_request_headers`` without a coroutine when nothing can wait: the honeytoken scan
     and a service without rules (``OPEN``) finish here (None); rules, a rate limit or an
-    approval return the awaitable that applies them."""
-    rec = record_of(flow)
+    approval return the awaitable that applies them. ``rec``: the flow's record, if the
+    caller has it."""
+    if rec is None:
+        rec = record_of(flow)
     if rec.answered:
         return None
     st = rt.state()
     req = flow.request
     decoys = st.snapshot.honeytokens
-    if decoys:
+    if decoys.active:
         hit = decoys.find_any(_head_surfaces(req))
         if hit is not None:
             _caught(rt, st, flow, *hit)
@@ -196,7 +199,7 @@ def _identity(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> str:
 
 def request_body(rt: Runtime, flow: http.HTTPFlow) -> Awaitable[None] | None:
     """``on_request_body``, or None (no coroutine) for a body that was not held."""
-    rec = record_of(flow)
+    rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)  # (no call once made)
     if not rec.hold_body or rec.answered:
         return None
     return on_request_body(rt, flow)

@@ -21,7 +21,7 @@ class Tunnel:
     # Identify: the last request's decision and what it was decided from (the registry
     # object, the CONNECT's decision, SNI, Host, scheme); reused only under the very same
     # (stages/identify.py)
-    memo: tuple[object, Decision, str | None, str, str, Decision] | None = None
+    memo: tuple[object, Decision, str | None, str | bytes, bytes, Decision] | None = None
 
     @property
     def host(self) -> str:
@@ -37,8 +37,11 @@ class Tunnel:
 
 class Connections:
     def __init__(self) -> None:
-        self._tunnels: dict[str, Tunnel] = {}
-        self._broken: set[str] = set()  # connections without a tunnel (plain HTTP)
+        # client id -> its tunnel; ``tunnel()`` reads it (per-request stages read it directly)
+        self.tunnels: dict[str, Tunnel] = {}
+        # connections marked broken while they had no tunnel (plain HTTP, or before the
+        # CONNECT): ``broken`` asks this and the tunnel's own flag
+        self.broken_ids: set[str] = set()
         self.mtls_spec: str | None = None  # the mTLS listener's mode (stages/mtls.py)
         self._cert_agents: dict[str, str] = {}  # client id -> CN its certificate proved
 
@@ -53,23 +56,23 @@ class Connections:
         return self._cert_agents.get(client_id, "")
 
     def tunnel(self, client_id: str) -> Tunnel | None:
-        return self._tunnels.get(client_id)
+        return self.tunnels.get(client_id)
 
     def open(self, client_id: str, tunnel: Tunnel) -> None:
-        self._tunnels[client_id] = tunnel
+        self.tunnels[client_id] = tunnel
 
     def mark_broken(self, client_id: str) -> None:
-        tunnel = self._tunnels.get(client_id)
+        tunnel = self.tunnels.get(client_id)
         if tunnel is not None:
             tunnel.broken = True
         else:
-            self._broken.add(client_id)
+            self.broken_ids.add(client_id)
 
     def broken(self, client_id: str) -> bool:
-        tunnel = self._tunnels.get(client_id)
-        return client_id in self._broken or (tunnel is not None and tunnel.broken)
+        tunnel = self.tunnels.get(client_id)
+        return client_id in self.broken_ids or (tunnel is not None and tunnel.broken)
 
     def close(self, client_id: str) -> None:
-        self._tunnels.pop(client_id, None)
-        self._broken.discard(client_id)
+        self.tunnels.pop(client_id, None)
+        self.broken_ids.discard(client_id)
         self._cert_agents.pop(client_id, None)

@@ -40,7 +40,7 @@ from mitmproxy.proxy import server_hooks
 
 from vaultproxy.config.models import ProxySettings
 from vaultproxy.seam import deadlines
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import KEY, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.record import EveryInterval
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -82,10 +82,10 @@ class Deadline(Stage):
         deadlines.set_master(ctx.master)  # installed with the seam's defences
 
     def _settings(self) -> ProxySettings | None:
-        st = self.rt.current()
+        st = self.rt.live.state  # ``rt.current()``
         if st is None:
             return None
-        cfg = st.registry.config.proxy
+        cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
         options = ctx.options
         applied = self._applied
         if (applied is not None and applied[0] is cfg and applied[1] is options
@@ -111,8 +111,12 @@ class Deadline(Stage):
     def _wait(self, flow: http.HTTPFlow, response: float, idle: float) -> None:
         """Queue the flow's first check, ``min(response, idle)`` seconds from now."""
         key = flow.id
-        self._unwait(key)
-        first = min(response, idle)
+        for queued in self._queues.values():  # ``_unwait``, inline
+            if queued.flows.pop(key, None) is not None:
+                break
+        if self._timers:
+            self._disarm(key)
+        first = idle if idle < response else response  # min(response, idle), no call
         queue = self._queues.get(first)
         if queue is None:
             queue = self._queues[first] = _Waits(first)
@@ -225,7 +229,7 @@ class Deadline(Stage):
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
         cfg = self._settings()
-        if cfg is None or record_of(flow).answered:
+        if cfg is None or (flow.metadata.get(KEY) or record_of(flow)).answered:
             return  # the proxy answered it: no upstream to wait on
         self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))
 

@@ -14,12 +14,13 @@ import time
 from mitmproxy import http
 
 from vaultproxy.core.decide import Decision, Facts, agent_still_valid, decide
+from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.pipeline import host_header as request_host_header
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
@@ -47,14 +48,19 @@ def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
     new one), CONNECT decision, SNI, Host and scheme, is the decision again once the agent
     still holds its token: that check runs on every request, as in ``decide``, and any
     failure of it takes the full ``decide`` (which gives the refusal). A refused decision is
-    never reused: each refusal is a fresh exception."""
-    host_header = request_host_header(req) or ""
-    scheme = req.scheme
-    registry = st.registry
+    never reused: each refusal is a fresh exception.
+
+    The memo keeps the Host and the scheme as the request carries them (``_host_key``; the
+    scheme's bytes): equal raw values give equal decoded ones, so the memo's key is at
+    least as strict as the ``host_header`` and ``scheme`` ``decide`` reads."""
+    data = req.data
+    scheme = data.scheme
+    host_key = _host_key(req)
+    registry = st.snapshot.registry  # (``st.registry``)
     connect = tunnel.decision
     memo = tunnel.memo
     if (memo is not None and memo[0] is registry and memo[1] is connect
-            and memo[2] == tunnel.sni and memo[3] == host_header and memo[4] == scheme):
+            and memo[2] == tunnel.sni and memo[3] == host_key and memo[4] == scheme):
         if connect.agent is None:
             return memo[5]
         try:
@@ -64,17 +70,33 @@ def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
             pass  # the full decision below refuses it, with its reason
         else:
             return memo[5]
+    host_header = host_key if isinstance(host_key, str) else host_key.decode(
+        "utf-8", "surrogateescape")
     facts = Facts(
         "connect", tunnel.host, tunnel.port, host_header=host_header,
-        sni=tunnel.sni, scheme=scheme, agent=connect.agent,
+        sni=tunnel.sni, scheme=scheme.decode("utf-8", "surrogateescape"), agent=connect.agent,
         agent_digest=connect.agent_digest, now=time.time(), cert_agent=tunnel.cert_agent,
     )
     decision = _decide(st, facts)
     tunnel.memo = (
-        (registry, connect, tunnel.sni, host_header, scheme, decision)
+        (registry, connect, tunnel.sni, host_key, scheme, decision)
         if decision.refusal is None else None
     )
     return decision
+
+
+def _host_key(req: http.Request) -> str | bytes:
+    """What ``decide`` reads of the request's Host, as cheaply as it can be told apart: an
+    HTTP/1 request with exactly one Host field, that field's raw value (its decoding is the
+    ``host_header``); any other, the ``host_header`` itself ("" for none) (a str is never
+    equal to bytes, so a key of one kind never matches a memo of the other)."""
+    data = req.data
+    if data.http_version not in (b"HTTP/2.0", b"HTTP/3"):
+        fields = data.headers.fields
+        names = header_names(fields)
+        if names.count(b"host") == 1:
+            return fields[names.index(b"host")][1]
+    return request_host_header(req) or ""
 
 
 class Identify(Stage):
@@ -93,15 +115,16 @@ class Identify(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)  # (no call once made)
         if rec.answered:
             return
         st = self.rt.state()
         req = flow.request
-        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        conns = self.rt.connections
+        tunnel = conns.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is not None:
             decision = rec.decision = _in_tunnel(st, tunnel, req)
-            if self.rt.connections.broken(flow.client_conn.id):
+            if tunnel.broken or flow.client_conn.id in conns.broken_ids:  # ``broken()``
                 raise TunnelBroken()
             if decision.refusal is not None:
                 raise decision.refusal

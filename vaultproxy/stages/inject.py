@@ -15,7 +15,7 @@ from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
 
@@ -27,14 +27,14 @@ class Undecided(VaultproxyError):
 class Inject(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)  # (no call once made)
         if rec.answered:
             return  # refused (or served) by an earlier stage
         st = self.rt.state()
         req = flow.request
         if b"proxy-authorization" in header_names(req.headers.fields):  # (pop raises inside)
             req.headers.pop("proxy-authorization", None)
-        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        tunnel = self.rt.connections.tunnels.get(flow.client_conn.id)
         if tunnel is None:
             st.snapshot.index.scan_all(_surfaces(req), "")  # a misdirected placeholder: refused
             req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
@@ -63,7 +63,7 @@ class Inject(Stage):
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         if rec.hold_body and not rec.answered and decision is not None and decision.plan:
             # A body held for the honeytoken scan passed it (RequestGate runs first): only

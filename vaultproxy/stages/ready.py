@@ -37,7 +37,9 @@ class Ready(Stage):
             client.error = "vaultproxy is not serving yet"
 
     def _check(self, flow: http.HTTPFlow) -> None:
-        if self.rt.current() is None or not self.rt.chain_complete() or not defences.installed():
+        rt = self.rt
+        # ``rt.current()`` and ``rt.chain_complete()`` read as the attributes they return
+        if rt.live.state is None or not rt.complete or not defences.installed():
             deny(flow, ChainIncomplete())
 
     @guarded
@@ -46,4 +48,6 @@ class Ready(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        self._check(flow)
+        rt = self.rt  # ``_check``, inline: every request
+        if rt.live.state is None or not rt.complete or not defences.installed():
+            deny(flow, ChainIncomplete())

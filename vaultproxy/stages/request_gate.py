@@ -30,7 +30,7 @@ from mitmproxy import http
 
 from vaultproxy.core.pipeline import check_request
 from vaultproxy.stages import access
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.runtime import Stage
 
@@ -42,10 +42,10 @@ class RequestGate(Stage):
 
     @guarded_sometimes_async
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)  # (no call once made)
         self._shape(flow, rec)
         # ACCESS (SPEC §10): honeytokens, then rules, rate limit and approval - one call
-        return access.request_headers(self.rt, flow)
+        return access.request_headers(self.rt, flow, rec)
 
     @guarded_sometimes_async
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -54,9 +54,10 @@ class RequestGate(Stage):
 
     def _shape(self, flow: http.HTTPFlow, rec: FlowRecord) -> None:
         req = flow.request
+        data = req.data
         rec.t0 = time.monotonic()
-        sent = req.data.path
-        rec.path = req.path.split("?", 1)[0]  # as the agent sent it
+        sent = data.path
+        rec.path = _path_of(sent)  # as the agent sent it
         if rec.answered:
             return  # refused (or served) by an earlier stage
         self.rt.state()  # NotReady (503) when no home is loaded
@@ -66,5 +67,13 @@ class RequestGate(Stage):
         dialed = flow.server_conn.address
         pinned = (str(dialed[0]), int(dialed[1])) if dialed else None
         check_request(req, decision.plan, decision.target, pinned)
-        if req.data.path is not sent:  # as it goes upstream (the same bytes: the same path)
-            rec.path = req.path.split("?", 1)[0]
+        if data.path is not sent:  # as it goes upstream (the same bytes: the same path)
+            rec.path = _path_of(data.path)
+
+
+def _path_of(target: bytes) -> str:
+    """``req.path.split("?", 1)[0]`` of a request whose ``data.path`` is ``target``: the
+    part before the first ``?``, decoded as ``Request.path`` decodes (UTF-8 and
+    surrogateescape: a ``?`` comes from a ``?`` byte alone, and an ASCII byte ends any
+    sequence, so cutting before decoding gives the same text)."""
+    return target.partition(b"?")[0].decode("utf-8", "surrogateescape")

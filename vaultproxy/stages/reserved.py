@@ -86,13 +86,17 @@ class Reserved(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         client = self._clients.get(flow.client_conn.id)
-        if record_of(flow).answered:
-            return
         if client is None:
-            tunnel = self.rt.connections.tunnel(flow.client_conn.id)
-            if tunnel is None and normal_host(flow.request.host) == RESERVED_HOST:
+            # not ours: only a plain request (no tunnel) can name the reserved host
+            if self.rt.connections.tunnels.get(flow.client_conn.id) is not None:
+                return
+            if record_of(flow).answered:
+                return
+            if normal_host(flow.request.host) == RESERVED_HOST:
                 # plain http:// to the reserved name: refused, never resolved or forwarded
                 raise DestinationDenied(f"use https://{RESERVED_HOST}{MCP_PATH}")
+            return
+        if record_of(flow).answered:
             return
         # the other stages see a tunnel to no service: nothing to inject, nothing to dial
         if self.rt.connections.tunnel(flow.client_conn.id) is None:

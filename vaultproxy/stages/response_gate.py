@@ -51,7 +51,7 @@ from vaultproxy.errors import (
 )
 from vaultproxy.net.decoding import decoder_for
 from vaultproxy.seam.engine_errors import classify_engine_error
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import deny, error_reply, guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 from vaultproxy.values.redact import (
@@ -78,9 +78,13 @@ _ws_redactors: dict[str, Redactor] = {}
 
 
 def _no_body(flow: http.HTTPFlow) -> bool:
-    assert flow.response is not None
-    code = flow.response.status_code
-    return flow.request.method == "HEAD" or code < 200 or code in (204, 304)
+    """A response without a body: to HEAD, or 1xx, 204, 304. (``Request.method`` is the
+    decoded method upper-cased; no character outside ASCII upper-cases to letters of
+    ``HEAD``, so its bytes upper-cased say the same without the decode.)"""
+    resp = flow.response
+    assert resp is not None
+    code = resp.data.status_code
+    return flow.request.data.method.upper() == b"HEAD" or code < 200 or code in (204, 304)
 
 
 def _known_small(flow: http.HTTPFlow) -> bool:
@@ -267,7 +271,7 @@ def ws_control(conn_id: str, event: object) -> object:
 class ResponseGate(Stage):
     @guarded
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)  # (no call once made)
         decision = rec.decision
         service = decision.service if decision is not None else None
         if service is None or flow.response is None or rec.refusal is not None:
@@ -289,7 +293,7 @@ class ResponseGate(Stage):
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         refusal = rec.refusal
         if refusal is not None and refusal.reply is not None:
             # Refused after the upstream's head arrived: mitmproxy put the upstream's body
@@ -304,12 +308,13 @@ class ResponseGate(Stage):
         redactor = rec.redactor
         if redactor is None or resp is None:
             return
-        if resp.trailers:
+        trailers = resp.data.trailers  # (``resp.trailers``)
+        if trailers:
             if flow.request.http_version.startswith("HTTP/1"):
                 resp.trailers = None  # mitmproxy cannot send trailers to an HTTP/1 agent
             else:
-                refuse_folded(resp.trailers)
-                redactor.redact_headers(resp.trailers)
+                refuse_folded(trailers)
+                redactor.redact_headers(trailers)
         if resp.stream or _no_body(flow):
             return  # streamed through the redactor, or nothing to scan
         if refusal is None:  # buffered by responseheaders (``_known_small``)

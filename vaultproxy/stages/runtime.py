@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.errors import NotReady
 from vaultproxy.stages.connections import Connections
 
 REQUIRED_STAGES = frozenset(
@@ -20,30 +21,34 @@ class Runtime:
         self.live = live if live is not None else Live()
         self.connections = Connections()
         self._loaded: set[str] = set()
-        self._complete = False  # REQUIRED_STAGES <= _loaded, kept on each load/unload
+        self.complete = False  # REQUIRED_STAGES <= _loaded, kept on each load/unload
         # Set once the run is announced (run.json, the ready line): until then the Ready stage holds
         # every new connection (``vaultproxy run``; None under mitmdump: serve at once).
         self.serving: asyncio.Event | None = None
 
     def state(self) -> ProxyState:
-        """The live state; NotReady (503) when no home is loaded."""
-        return self.live.require()
+        """The live state; NotReady (503) when no home is loaded (``Live.require``, one
+        call less: several stages ask per request)."""
+        st = self.live.state
+        if st is None:
+            raise NotReady()
+        return st
 
     def current(self) -> ProxyState | None:
         return self.live.state
 
     def stage_loaded(self, name: str) -> None:
         self._loaded.add(name)
-        self._complete = REQUIRED_STAGES <= self._loaded
+        self.complete = REQUIRED_STAGES <= self._loaded
 
     def stage_unloaded(self, name: str) -> None:
         self._loaded.discard(name)
-        self._complete = REQUIRED_STAGES <= self._loaded
+        self.complete = REQUIRED_STAGES <= self._loaded
 
     def chain_complete(self) -> bool:
         """Every required stage is loaded (asked by Ready on every request: kept, not
         recomputed)."""
-        return self._complete
+        return self.complete
 
 
 class Stage:

@@ -29,13 +29,15 @@ _MARK = b"\x00vaultproxy-honeytoken\x00"
 class HoneytokenIndex:
     """Every honeytoken of one config, compiled once (``{name: value}``)."""
 
-    __slots__ = ("_names", "_redactor")
+    __slots__ = ("_names", "_redactor", "active")
 
     def __init__(self, tokens: Mapping[str, str]) -> None:
         self._names = {value.encode(): name for name, value in tokens.items()}
         pairs = [(value, _MARK + str(i).encode() + _MARK)
                  for i, value in enumerate(self._names)]
         self._redactor = Redactor(pairs) if pairs else None
+        # ``bool(self)`` as an attribute (no call): asked on every request
+        self.active: bool = self._redactor is not None
 
     def __bool__(self) -> bool:
         return self._redactor is not None

@@ -450,8 +450,17 @@ class Redactor:
 
 
 def _joined(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
-    """Every name and value of ``fields``, in order, joined by LF."""
+    """Every name and value of ``fields``, in order, joined by LF. A few fields (the common
+    head) are flattened by one tuple ``sum`` (no iterator; quadratic, so only a few)."""
+    if len(fields) <= _FEW_FIELDS:
+        try:
+            return b"\n".join(sum(fields, ()))
+        except TypeError:  # a field that is not a tuple (a list): as below
+            pass
     return b"\n".join(itertools.chain.from_iterable(fields))
+
+
+_FEW_FIELDS = 24
 
 
 def redact_headers(redactor: Redactor, headers: http.Headers) -> None:

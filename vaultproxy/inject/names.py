@@ -1,0 +1,43 @@
+"""A header section's names as the stages compare them, computed once per section.
+
+``Headers.fields`` is a tuple that every change replaces whole, so a view kept beside the
+very tuple it was computed from (held here, so ``is`` cannot meet a new tuple at a recycled
+address) is never stale: a stage that edits the headers makes a new tuple, and the next
+asker computes its view. The stages of one request ask one after another, on the same
+tuple unless one of them changed it."""
+
+from __future__ import annotations
+
+Fields = tuple[tuple[bytes, bytes], ...]
+
+_names_memo: tuple[object, tuple[bytes, ...]] = ((), ())
+_canonical_memo: tuple[object, tuple[bytes, ...]] = ((), ())
+
+
+def header_names(fields: Fields) -> tuple[bytes, ...]:
+    """Each field's name as ``Headers`` compares names (bytes, ASCII lower-cased), in order:
+    ``name in header_names(...)`` is ``name in headers`` without a lookup's scan."""
+    global _names_memo
+    memo = _names_memo
+    if memo[0] is fields:
+        return memo[1]
+    names = tuple([k.lower() for k, _ in fields])
+    if type(fields) is tuple:
+        _names_memo = (fields, names)
+    return names
+
+
+def canonical_names(fields: Fields) -> tuple[bytes, ...]:
+    """Each field's name as an upstream may read it (``inject.request.canonical_name``:
+    lower-cased, ``_`` read as ``-``), in order. Without a ``_`` in any name these are the
+    ``header_names`` themselves."""
+    global _canonical_memo
+    memo = _canonical_memo
+    if memo[0] is fields:
+        return memo[1]
+    names = header_names(fields)
+    if b"".join(names).find(b"_") != -1:
+        names = tuple([n.replace(b"_", b"-") for n in names])
+    if type(fields) is tuple:
+        _canonical_memo = (fields, names)
+    return names
