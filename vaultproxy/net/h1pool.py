@@ -119,15 +119,19 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     return (head + body if body else head), state
 
 
-# One field line of a head whose CR and LF come only as CRLF (``parse_head`` checks that
-# first): at a line's start only (the look-behind), a token, ":", the value without its
-# leading spaces and tabs (its trailing ones: ``parse_head``). ``findall`` over the lines
-# then yields one (name, value) per line that is a field, and none for one that is not (it
-# cannot match later in that line).
-_NOT_IN_REASON = b"\x00\r\n\x0b\x0c"
-# (``in`` on bytes first tries the operand as an integer, and raises and clears a TypeError:
-# ``find`` is what this module uses to look for bytes)
-_FIELD_LINE = re.compile(rb"(?<=\n)(" + _FIELD_NAME + rb"):[ \t]*([^\r\n]*)\r\n")
+# The status line h11 reads (``status_line``), version 1.1 only: a three-digit code, then
+# nothing or a space and a reason (h11's ``reason_phrase``: no NUL, CR, LF, VT or FF), CRLF.
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ([^\x00\r\n\x0b\x0c]*))?\r\n")
+# One field line, with the CRLF before it: a token, ":", the value without its leading
+# spaces and tabs (its trailing ones: ``parse_head``), no NUL, CR, LF, VT or FF in it, and
+# a CRLF right after it. ``findall`` over the field block (the CRLF that ends the status
+# line up to the one that ends the last field line) then yields one (name, value) per
+# CRLF that starts a field line; it yields one for every CRLF but the last (``parse_head``'s
+# count) only when each line between two CRLFs is one whole field line: no bare CR or LF,
+# no NUL/VT/FF, no obs-fold, no line that is no field (a match stops at the first CR, LF,
+# NUL, VT or FF after its name, and needs a CRLF there).
+_FIELD_LINE = re.compile(rb"\r\n(" + _FIELD_NAME
+                         + rb"):[ \t]*([^\x00\r\n\x0b\x0c]*)(?=\r\n)")
 
 
 @types.coroutine
@@ -163,38 +167,25 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     anything else (1xx, 101, chunked, close-delimited, bare LF, obs-fold, duplicates, a
     head not yet whole...): h11 reads it.
 
-    The field lines are read by one regular expression (``_FIELD_LINE``) in C rather than
-    line by line: it matches only at a line's start, so the head is taken only when it
-    matched every line."""
+    Two regular expressions in C rather than line by line: the status line
+    (``_STATUS_LINE``), then every field line (``_FIELD_LINE``): the head is taken only
+    when that matched every line, which a count of CRLFs tells (tests/unit/
+    test_speed_h1fields.py keeps the reader before them as a reference)."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_INCOMPLETE_EVENT or method == b"HEAD":
         return None
-    # the status line (h11's ``status_line``, version 1.1 only)
-    line_end = data.find(b"\r\n")
-    code = data[9:12]
-    if not (data.startswith(b"HTTP/1.1 ") and code.isdigit() and len(code) == 3):
+    status_line = _STATUS_LINE.match(data)
+    if status_line is None:
         return None
-    if line_end == 12:
-        reason = b""
-    elif data[12:13] == b" ":
-        reason = data[13:line_end]
-        if reason and len(reason.translate(None, _NOT_IN_REASON)) != len(reason):
-            return None
-    else:
-        return None
-    status = int(code)
+    status = int(status_line[1])
     if not 200 <= status < 600 or status == 204 or status == 304:
         return None
-    # the field lines: CR and LF only as CRLF, no NUL/VT/FF, no line starting with
-    # whitespace (obs-fold), each a token, ":", a value (its OWS stripped, as h11 does)
-    block = data[line_end:end + 2]
-    crlf = block.count(b"\r\n")
-    if (block.count(b"\r") != crlf or block.count(b"\n") != crlf or block.find(b"\x00") >= 0
-            or block.find(b"\x0b") >= 0 or block.find(b"\x0c") >= 0):
-        return None
+    reason = status_line[2] or b""
+    # the field lines: each a token, ":", a value (its OWS stripped, as h11 does)
+    block = data[status_line.end() - 2:end + 2]  # (from the status line's CRLF)
     headers: list[tuple[bytes, bytes]] = _FIELD_LINE.findall(block)
-    if len(headers) != crlf - 1:
-        return None  # a line that is no field (no colon, a name that is no token, obs-fold)
+    if len(headers) != block.count(b"\r\n") - 1:
+        return None  # a line that is no field (no colon, no token, obs-fold, bare CR/LF...)
     if block.find(b" \r\n") >= 0 or block.find(b"\t\r\n") >= 0:  # trailing whitespace
         headers = [(name, value.rstrip(b" \t")) for name, value in headers]
     low = block.lower()
