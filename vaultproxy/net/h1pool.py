@@ -75,11 +75,37 @@ _TICKET_READS = 8  # reads that look for a TLS 1.3 ticket (a server may send non
 # occur inside a valid element, and the count of separators must be one less than the
 # fields, so a name holding ":" or a value holding "\n" (a credential with a CRLF) fails.
 _FIELD_NAME = TOKEN
-_FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+# (``[^\x00\s]`` spelled out: h11's class, as one table in the compiled pattern rather than a
+# table and a category test per byte; tests/unit/test_speed_h1request.py compares them)
+_FIELD_VALUE = rb"(?:[^\x00\t\n\x0b\x0c\r ]+(?:[ \t]+[^\x00\t\n\x0b\x0c\r ]+)*)?"
 _NAMES = re.compile(_FIELD_NAME + rb"(?::" + _FIELD_NAME + rb")*")
 _VALUES = re.compile(_FIELD_VALUE + rb"(?:\n" + _FIELD_VALUE + rb")*")
 # h11's request line grammar (``method``: a token; ``request_target``: visible characters)
 _REQUEST_LINE = re.compile(_FIELD_NAME + rb" [\x21-\x7e]+")
+
+# What ``request_bytes`` reads of the field names alone (``_names_shape``), by the names
+# joined: an agent sends the same few sets of names again and again. Names only: never a
+# value (a credential is a value), so nothing here outlives a credential or holds one. At
+# most this many sets of names, each at most this long (past that: read every time).
+_SHAPES: dict[bytes, tuple[int, int, bool, bool] | None] = {}
+_SHAPES_MAX = 256
+_SHAPE_NAMES_MAX = 2048
+
+
+def _names_shape(names: bytes) -> tuple[int, int, bool, bool] | None:
+    """Of the names joined by ":": (how many names, how many ``Content-Length``, whether
+    Host is the first, whether a ``Connection`` or ``Expect`` is among them); None for
+    names h11 refuses (one no token) or frames itself (no Host or two, a
+    ``Transfer-Encoding``, two lengths)."""
+    if not _NAMES.fullmatch(names):
+        return None
+    low = names.lower().split(b":")  # (the names: a token holds no ":")
+    if low.count(b"host") != 1 or b"transfer-encoding" in low:
+        return None  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
+    lengths = low.count(b"content-length")
+    if lengths > 1:
+        return None
+    return (len(low), lengths, low[0] == b"host", b"connection" in low or b"expect" in low)
 
 
 def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
@@ -90,28 +116,35 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     ``Expect``). None for anything h11 would refuse or write differently (an illegal
     method, target, name or value, no Host or two, a ``Transfer-Encoding``, a
     ``Content-Length`` that is not the body's or not alone): h11 itself then writes or
-    refuses it (``_Conn.send``)."""
+    refuses it (``_Conn.send``). What the names alone tell is read once per set of names
+    (``_SHAPES``); the values are read every time."""
     n = len(fields)
     names = b":".join([k for k, _ in fields])
+    shape = _SHAPES.get(names, False)
+    if shape is False:
+        shape = _names_shape(names)
+        if len(names) <= _SHAPE_NAMES_MAX:
+            if len(_SHAPES) >= _SHAPES_MAX:
+                _SHAPES.clear()
+            _SHAPES[names] = shape
+    # (as many names as fields: none held a ":")
+    if shape is None or shape[0] != n:
+        return None
+    _, lengths, host_first, hop = shape
     values = b"\n".join([v for _, v in fields])
-    if not (_NAMES.fullmatch(names) and names.count(b":") == n - 1
-            and _VALUES.fullmatch(values) and values.count(b"\n") == n - 1
+    if not (_VALUES.fullmatch(values) and values.count(b"\n") == n - 1
             and _REQUEST_LINE.fullmatch(b"%s %s" % (method, target))):
         return None
-    low = names.lower().split(b":")  # (the names: a token holds no ":")
-    if low.count(b"host") != 1 or b"transfer-encoding" in low:
-        return None  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
-    lengths = low.count(b"content-length")
-    if lengths > 1 or (body and not lengths):
+    if body and not lengths:
         return None
     if lengths and not any(k.lower() == b"content-length" and v == b"%d" % len(body)
                            for k, v in fields):
         return None
-    if low[0] != b"host":
+    if not host_first:
         fields = ([f for f in fields if f[0].lower() == b"host"]
                   + [f for f in fields if f[0].lower() != b"host"])
     state = [(b"host", fields[0][1])]
-    if b"connection" in low or b"expect" in low:
+    if hop:
         state += [(k.lower(), v) for k, v in fields[1:]
                   if k.lower() in (b"connection", b"expect")]
     head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target,
@@ -316,7 +349,7 @@ class _Conn(asyncio.Protocol):
                 self.state = fast[1]
                 self.h11 = None
                 self.method = method
-                self.keep = b"close" not in [
+                self.keep = len(fast[1]) == 1 or b"close" not in [  # (1: Host alone)
                     t.strip().lower() for k, v in fast[1] if k == b"connection"
                     for t in v.split(b",")]
             else:
