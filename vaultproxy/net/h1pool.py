@@ -87,24 +87,27 @@ _REQUEST_LINE = re.compile(_FIELD_NAME + rb" [\x21-\x7e]+")
 # joined: an agent sends the same few sets of names again and again. Names only: never a
 # value (a credential is a value), so nothing here outlives a credential or holds one. At
 # most this many sets of names, each at most this long (past that: read every time).
-_SHAPES: dict[bytes, tuple[int, int, bool, bool] | None] = {}
+_SHAPES: dict[bytes, tuple[int, int, bool, bool]] = {}
 _SHAPES_MAX = 256
 _SHAPE_NAMES_MAX = 2048
 
 
-def _names_shape(names: bytes) -> tuple[int, int, bool, bool] | None:
+_REFUSED = (-1, 0, False, False)  # (no count of fields is -1)
+
+
+def _names_shape(names: bytes) -> tuple[int, int, bool, bool]:
     """Of the names joined by ":": (how many names, how many ``Content-Length``, whether
-    Host is the first, whether a ``Connection`` or ``Expect`` is among them); None for
-    names h11 refuses (one no token) or frames itself (no Host or two, a
+    Host is the first, whether a ``Connection`` or ``Expect`` is among them); ``_REFUSED``
+    for names h11 refuses (one no token) or frames itself (no Host or two, a
     ``Transfer-Encoding``, two lengths)."""
     if not _NAMES.fullmatch(names):
-        return None
+        return _REFUSED
     low = names.lower().split(b":")  # (the names: a token holds no ":")
     if low.count(b"host") != 1 or b"transfer-encoding" in low:
-        return None  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
+        return _REFUSED  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
     lengths = low.count(b"content-length")
     if lengths > 1:
-        return None
+        return _REFUSED
     return (len(low), lengths, low[0] == b"host", b"connection" in low or b"expect" in low)
 
 
@@ -120,15 +123,15 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     (``_SHAPES``); the values are read every time."""
     n = len(fields)
     names = b":".join([k for k, _ in fields])
-    shape = _SHAPES.get(names, False)
-    if shape is False:
+    shape = _SHAPES.get(names)
+    if shape is None:
         shape = _names_shape(names)
         if len(names) <= _SHAPE_NAMES_MAX:
             if len(_SHAPES) >= _SHAPES_MAX:
                 _SHAPES.clear()
             _SHAPES[names] = shape
-    # (as many names as fields: none held a ":")
-    if shape is None or shape[0] != n:
+    # (as many names as fields: none held a ":"; never for ``_REFUSED``)
+    if shape[0] != n:
         return None
     _, lengths, host_first, hop = shape
     values = b"\n".join([v for _, v in fields])
