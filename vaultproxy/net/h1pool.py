@@ -868,6 +868,7 @@ class H1Response:
         self._pool = pool
         self._conn: _Conn | None = conn
         self._timeout = read_timeout
+        self.length: int | None = None  # the Content-Length of a head ``parse_head`` read
 
     async def next_chunk(self, idle: float) -> bytes | None:
         """The next non-empty body chunk, waiting at most ``idle`` (and the read timeout)
@@ -1021,8 +1022,10 @@ class H1Pool:
         if conn.h11 is None:
             head = await conn.read_head(read_timeout)
             if head is not None:
-                return H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
+                resp = H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
                                   read_timeout)
+                resp.length = head.length
+                return resp
         while True:
             event = await conn.next_event(read_timeout)
             if type(event) is h11.Response:

@@ -44,7 +44,7 @@ from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.config.models import Service
 from vaultproxy.config.rules import parse_host
-from vaultproxy.core.pipeline import header_names, hop_free
+from vaultproxy.core.pipeline import HOP_BY_HOP, header_names
 from vaultproxy.core.state import ProxyState
 from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
@@ -99,6 +99,18 @@ class Exchange:
             self.closed = True
             if self.response is not None:
                 await self.response.aclose()
+
+
+def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
+                    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """``hop_free(fields)`` and whether a ``Host`` is among them, from one pass over the
+    names (``header_names``; Host is no hop-by-hop name): the whole list when none is
+    hop-by-hop (tests/unit/test_speed_poolsend.py)."""
+    names = header_names(fields)
+    if HOP_BY_HOP.isdisjoint(names):
+        return list(fields), b"host" in names
+    kept = [f for f, k in zip(fields, names, strict=True) if k not in HOP_BY_HOP]
+    return kept, b"host" in names
 
 
 def _small_body(req: http.Request, method: str | None = None) -> bool:
@@ -363,6 +375,12 @@ class Pool(Stage):
         flow.response = objects.response_of(  # http.Response(...), cheaper
             version, resp.status, reason, headers, flow.request.timestamp_end or 0.0)
         ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
+        if isinstance(resp, H1Response) and resp.length is not None:
+            # a head ``parse_head`` read: its one Content-Length, never for HEAD, 1xx, 204
+            # or 304 (the test below without reading the headers again)
+            if resp.length <= PREFETCH_BODY and (whole := resp.body_now()) is not None:
+                ex.body = whole  # (every byte already read: what the loop below would join)
+                return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
             if isinstance(resp, H1Response) and (whole := resp.body_now()) is not None:
@@ -383,14 +401,13 @@ class Pool(Stage):
         tunnel = ex.tunnel
         assert tunnel.pinned is not None
         req = flow.request
-        fields = hop_free(req.headers.fields)
-        names = {k.lower() for k, _ in fields}
-        if b"host" not in names:
+        fields, has_host = outgoing_fields(req.headers.fields)
+        if not has_host:
             authority = req.authority or (
                 tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
             fields.insert(0, (b"Host", authority.encode("idna")))
         content = req.raw_content or b""
-        if content and b"content-length" not in names:
+        if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
             fields.append((b"Content-Length", str(len(content)).encode()))
         ip, port = tunnel.pinned
         st = self.rt.state()  # (read once: ``_pool`` reads it too)
