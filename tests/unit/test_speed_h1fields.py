@@ -149,3 +149,18 @@ def test_twin_without_the_crlf_after_a_bare_lf_is_taken() -> None:
     assert parse_head(data, b"GET") is None and reference(data, b"GET") is None
     head = _loose(data, pattern[:-len(rb"(?=\r\n)")])
     assert head is not None and head.headers[1] == (b"X-A", b"1")  # X-B lost unseen
+
+
+def test_one_token_class_for_the_client_and_the_lean_layer() -> None:
+    """net/grammar.py ``TOKEN`` (what h1pool's names are made of) takes exactly the bytes
+    the lean layer's token takes (seam/lean.py ``_TOKEN``), and h11's ``tchar``."""
+    from vaultproxy.net.grammar import TOKEN
+    from vaultproxy.seam import lean
+
+    one = re.compile(TOKEN)
+    other = re.compile(lean._TOKEN)
+    assert h1pool._FIELD_NAME == TOKEN
+    for i in range(256):
+        byte = bytes([i])
+        assert bool(one.fullmatch(byte)) == bool(other.fullmatch(byte)) == (
+            byte in _TOKEN), byte
