@@ -383,9 +383,6 @@ class Pool(Stage):
                 return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
-            if isinstance(resp, H1Response) and (whole := resp.body_now()) is not None:
-                ex.body = whole  # (every byte already read: what the loop below would join)
-                return
             body = bytearray()
             while True:
                 await self.vaultproxy_pool_chunk(flow)
@@ -410,7 +407,7 @@ class Pool(Stage):
         if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
             fields.append((b"Content-Length", str(len(content)).encode()))
         ip, port = tunnel.pinned
-        st = self.rt.state()  # (read once: ``_pool`` reads it too)
+        st = self.rt.state()  # (read once)
         cfg = st.registry.config.proxy
         connect = float(cfg.connect_timeout)
         service = tunnel.decision.service
