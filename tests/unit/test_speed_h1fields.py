@@ -1,12 +1,16 @@
-"""``parse_head`` reads a response head's field lines with one regular expression
-(net/h1pool.py ``_FIELD_LINE``) where it read them line by line: what it takes, and what it
-declines to h11, is exactly what the line-by-line reader (kept here, verbatim, as the
-reference) took and declined, on the named shapes and on seeded mutations of them (hostile
-bytes in names, values and line ends; lines without a colon; obs-fold; duplicate lengths).
+"""``parse_head`` reads a response head's status line and field lines with two regular
+expressions (net/h1pool.py ``_STATUS_LINE``, ``_FIELD_LINE``) where it read them line by
+line: what it takes, and what it declines to h11, is exactly what the line-by-line reader
+(kept here, verbatim, as the reference) took and declined, on the named shapes and on
+seeded mutations of them (hostile bytes in names, values and line ends; lines without a
+colon; obs-fold; duplicate lengths).
 
-The twin: a ``findall`` without the look-behind would match the tail of a line whose name is
-no token ("X A: b" from "A: b"); the count of lines is then still right, and such a head
-would be taken. The look-behind is what declines it."""
+The twins: a ``findall`` without the CRLF before each field line would match the tail of a
+line whose name is no token ("X A: b" from "A: b"), and one without the CRLF after it
+would match a line cut by a bare LF ("X-A: 1" of "X-A: 1\nContent-Length: 2"); the count
+of CRLFs is then still right, and such a head would be taken. The two CRLFs are what
+decline them (they also stand for the separate counts of CR, LF, NUL, VT and FF the reader
+made before)."""
 
 from __future__ import annotations
 
@@ -116,14 +120,47 @@ def test_seeded_mutations_are_read_as_the_line_reader_read_them() -> None:
     assert took > 1000 and declined > 3000  # both sides were exercised
 
 
-def test_twin_without_the_lookbehind_a_name_that_is_no_token_is_taken() -> None:
-    data = b"HTTP/1.1 200 OK\r\nX A: b\r\nContent-Length: 2\r\n\r\nok"
-    assert parse_head(data, b"GET") is None and reference(data, b"GET") is None
-    loose = re.compile(h1pool._FIELD_LINE.pattern.replace(rb"(?<=\n)", b""))
+def _loose(data: bytes, pattern: bytes) -> ResponseHead | None:
     saved = h1pool._FIELD_LINE
-    h1pool._FIELD_LINE = loose
+    h1pool._FIELD_LINE = re.compile(pattern)
     try:
-        head = parse_head(data, b"GET")
+        return parse_head(data, b"GET")
     finally:
         h1pool._FIELD_LINE = saved
+
+
+def test_twin_without_the_crlf_before_a_name_that_is_no_token_is_taken() -> None:
+    data = b"HTTP/1.1 200 OK\r\nX A: b\r\nContent-Length: 2\r\n\r\nok"
+    assert parse_head(data, b"GET") is None and reference(data, b"GET") is None
+    pattern = h1pool._FIELD_LINE.pattern
+    assert pattern.startswith(rb"\r\n(")
+    head = _loose(data, pattern[len(rb"\r\n"):])
     assert head is not None and head.headers[0] == (b"A", b"b")  # the bad line, half read
+
+
+def test_twin_without_the_crlf_after_a_bare_lf_is_taken() -> None:
+    data = b"HTTP/1.1 200 OK\r\nX-A: 1\nContent-Length: 2\r\n\r\nok"
+    assert parse_head(data, b"GET") is None and reference(data, b"GET") is None
+    pattern = h1pool._FIELD_LINE.pattern
+    assert pattern.endswith(rb"(?=\r\n)")
+    head = _loose(data, pattern[:-len(rb"(?=\r\n)")])
+    assert head is None  # (no Content-Length read: the line after the bare LF is lost)
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\nX-B: 2\r\n\r\nok"
+    assert parse_head(data, b"GET") is None and reference(data, b"GET") is None
+    head = _loose(data, pattern[:-len(rb"(?=\r\n)")])
+    assert head is not None and head.headers[1] == (b"X-A", b"1")  # X-B lost unseen
+
+
+def test_one_token_class_for_the_client_and_the_lean_layer() -> None:
+    """net/grammar.py ``TOKEN`` (what h1pool's names are made of) takes exactly the bytes
+    the lean layer's token takes (seam/lean.py ``_TOKEN``), and h11's ``tchar``."""
+    from vaultproxy.net.grammar import TOKEN
+    from vaultproxy.seam import lean
+
+    one = re.compile(TOKEN)
+    other = re.compile(lean._TOKEN)
+    assert h1pool._FIELD_NAME == TOKEN
+    for i in range(256):
+        byte = bytes([i])
+        assert bool(one.fullmatch(byte)) == bool(other.fullmatch(byte)) == (
+            byte in _TOKEN), byte

@@ -56,6 +56,7 @@ from typing import Any
 import h11
 import httpcore
 
+from vaultproxy.net.grammar import TOKEN
 from vaultproxy.net.outbound import Head, HeadScan, head_seen, readable, sessions_of
 
 logger = logging.getLogger(__name__)
@@ -73,12 +74,41 @@ _TICKET_READS = 8  # reads that look for a TLS 1.3 ticket (a server may send non
 # all names joined by ":" and all values joined by "\n" at once: neither separator can
 # occur inside a valid element, and the count of separators must be one less than the
 # fields, so a name holding ":" or a value holding "\n" (a credential with a CRLF) fails.
-_FIELD_NAME = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
+_FIELD_NAME = TOKEN
+# (``[^\x00\s]`` spelled out: h11's class, as one table in the compiled pattern rather than a
+# table and a category test per byte; tests/unit/test_speed_h1request.py compares them)
+_FIELD_VALUE = rb"(?:[^\x00\t\n\x0b\x0c\r ]+(?:[ \t]+[^\x00\t\n\x0b\x0c\r ]+)*)?"
 _NAMES = re.compile(_FIELD_NAME + rb"(?::" + _FIELD_NAME + rb")*")
 _VALUES = re.compile(_FIELD_VALUE + rb"(?:\n" + _FIELD_VALUE + rb")*")
 # h11's request line grammar (``method``: a token; ``request_target``: visible characters)
 _REQUEST_LINE = re.compile(_FIELD_NAME + rb" [\x21-\x7e]+")
+
+# What ``request_bytes`` reads of the field names alone (``_names_shape``), by the names
+# joined: an agent sends the same few sets of names again and again. Names only: never a
+# value (a credential is a value), so nothing here outlives a credential or holds one. At
+# most this many sets of names, each at most this long (past that: read every time).
+_SHAPES: dict[bytes, tuple[int, int, bool, bool]] = {}
+_SHAPES_MAX = 256
+_SHAPE_NAMES_MAX = 2048
+
+
+_REFUSED = (-1, 0, False, False)  # (no count of fields is -1)
+
+
+def _names_shape(names: bytes) -> tuple[int, int, bool, bool]:
+    """Of the names joined by ":": (how many names, how many ``Content-Length``, whether
+    Host is the first, whether a ``Connection`` or ``Expect`` is among them); ``_REFUSED``
+    for names h11 refuses (one no token) or frames itself (no Host or two, a
+    ``Transfer-Encoding``, two lengths)."""
+    if not _NAMES.fullmatch(names):
+        return _REFUSED
+    low = names.lower().split(b":")  # (the names: a token holds no ":")
+    if low.count(b"host") != 1 or b"transfer-encoding" in low:
+        return _REFUSED  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
+    lengths = low.count(b"content-length")
+    if lengths > 1:
+        return _REFUSED
+    return (len(low), lengths, low[0] == b"host", b"connection" in low or b"expect" in low)
 
 
 def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
@@ -89,28 +119,35 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     ``Expect``). None for anything h11 would refuse or write differently (an illegal
     method, target, name or value, no Host or two, a ``Transfer-Encoding``, a
     ``Content-Length`` that is not the body's or not alone): h11 itself then writes or
-    refuses it (``_Conn.send``)."""
+    refuses it (``_Conn.send``). What the names alone tell is read once per set of names
+    (``_SHAPES``); the values are read every time."""
     n = len(fields)
     names = b":".join([k for k, _ in fields])
+    shape = _SHAPES.get(names)
+    if shape is None:
+        shape = _names_shape(names)
+        if len(names) <= _SHAPE_NAMES_MAX:
+            if len(_SHAPES) >= _SHAPES_MAX:
+                _SHAPES.clear()
+            _SHAPES[names] = shape
+    # (as many names as fields: none held a ":"; never for ``_REFUSED``)
+    if shape[0] != n:
+        return None
+    _, lengths, host_first, hop = shape
     values = b"\n".join([v for _, v in fields])
-    if not (_NAMES.fullmatch(names) and names.count(b":") == n - 1
-            and _VALUES.fullmatch(values) and values.count(b"\n") == n - 1
+    if not (_VALUES.fullmatch(values) and values.count(b"\n") == n - 1
             and _REQUEST_LINE.fullmatch(b"%s %s" % (method, target))):
         return None
-    low = names.lower().split(b":")  # (the names: a token holds no ":")
-    if low.count(b"host") != 1 or b"transfer-encoding" in low:
-        return None  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
-    lengths = low.count(b"content-length")
-    if lengths > 1 or (body and not lengths):
+    if body and not lengths:
         return None
     if lengths and not any(k.lower() == b"content-length" and v == b"%d" % len(body)
                            for k, v in fields):
         return None
-    if low[0] != b"host":
+    if not host_first:
         fields = ([f for f in fields if f[0].lower() == b"host"]
                   + [f for f in fields if f[0].lower() != b"host"])
     state = [(b"host", fields[0][1])]
-    if b"connection" in low or b"expect" in low:
+    if hop:
         state += [(k.lower(), v) for k, v in fields[1:]
                   if k.lower() in (b"connection", b"expect")]
     head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target,
@@ -118,15 +155,19 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     return (head + body if body else head), state
 
 
-# One field line of a head whose CR and LF come only as CRLF (``parse_head`` checks that
-# first): at a line's start only (the look-behind), a token, ":", the value without its
-# leading spaces and tabs (its trailing ones: ``parse_head``). ``findall`` over the lines
-# then yields one (name, value) per line that is a field, and none for one that is not (it
-# cannot match later in that line).
-_NOT_IN_REASON = b"\x00\r\n\x0b\x0c"
-# (``in`` on bytes first tries the operand as an integer, and raises and clears a TypeError:
-# ``find`` is what this module uses to look for bytes)
-_FIELD_LINE = re.compile(rb"(?<=\n)(" + _FIELD_NAME + rb"):[ \t]*([^\r\n]*)\r\n")
+# The status line h11 reads (``status_line``), version 1.1 only: a three-digit code, then
+# nothing or a space and a reason (h11's ``reason_phrase``: no NUL, CR, LF, VT or FF), CRLF.
+_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ([^\x00\r\n\x0b\x0c]*))?\r\n")
+# One field line, with the CRLF before it: a token, ":", the value without its leading
+# spaces and tabs (its trailing ones: ``parse_head``), no NUL, CR, LF, VT or FF in it, and
+# a CRLF right after it. ``findall`` over the field block (the CRLF that ends the status
+# line up to the one that ends the last field line) then yields one (name, value) per
+# CRLF that starts a field line; it yields one for every CRLF but the last (``parse_head``'s
+# count) only when each line between two CRLFs is one whole field line: no bare CR or LF,
+# no NUL/VT/FF, no obs-fold, no line that is no field (a match stops at the first CR, LF,
+# NUL, VT or FF after its name, and needs a CRLF there).
+_FIELD_LINE = re.compile(rb"\r\n(" + _FIELD_NAME
+                         + rb"):[ \t]*([^\x00\r\n\x0b\x0c]*)(?=\r\n)")
 
 
 @types.coroutine
@@ -162,38 +203,25 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     anything else (1xx, 101, chunked, close-delimited, bare LF, obs-fold, duplicates, a
     head not yet whole...): h11 reads it.
 
-    The field lines are read by one regular expression (``_FIELD_LINE``) in C rather than
-    line by line: it matches only at a line's start, so the head is taken only when it
-    matched every line."""
+    Two regular expressions in C rather than line by line: the status line
+    (``_STATUS_LINE``), then every field line (``_FIELD_LINE``): the head is taken only
+    when that matched every line, which a count of CRLFs tells (tests/unit/
+    test_speed_h1fields.py keeps the reader before them as a reference)."""
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > MAX_INCOMPLETE_EVENT or method == b"HEAD":
         return None
-    # the status line (h11's ``status_line``, version 1.1 only)
-    line_end = data.find(b"\r\n")
-    code = data[9:12]
-    if not (data.startswith(b"HTTP/1.1 ") and code.isdigit() and len(code) == 3):
+    status_line = _STATUS_LINE.match(data)
+    if status_line is None:
         return None
-    if line_end == 12:
-        reason = b""
-    elif data[12:13] == b" ":
-        reason = data[13:line_end]
-        if reason and len(reason.translate(None, _NOT_IN_REASON)) != len(reason):
-            return None
-    else:
-        return None
-    status = int(code)
+    status = int(status_line[1])
     if not 200 <= status < 600 or status == 204 or status == 304:
         return None
-    # the field lines: CR and LF only as CRLF, no NUL/VT/FF, no line starting with
-    # whitespace (obs-fold), each a token, ":", a value (its OWS stripped, as h11 does)
-    block = data[line_end:end + 2]
-    crlf = block.count(b"\r\n")
-    if (block.count(b"\r") != crlf or block.count(b"\n") != crlf or block.find(b"\x00") >= 0
-            or block.find(b"\x0b") >= 0 or block.find(b"\x0c") >= 0):
-        return None
+    reason = status_line[2] or b""
+    # the field lines: each a token, ":", a value (its OWS stripped, as h11 does)
+    block = data[status_line.end() - 2:end + 2]  # (from the status line's CRLF)
     headers: list[tuple[bytes, bytes]] = _FIELD_LINE.findall(block)
-    if len(headers) != crlf - 1:
-        return None  # a line that is no field (no colon, a name that is no token, obs-fold)
+    if len(headers) != block.count(b"\r\n") - 1:
+        return None  # a line that is no field (no colon, no token, obs-fold, bare CR/LF...)
     if block.find(b" \r\n") >= 0 or block.find(b"\t\r\n") >= 0:  # trailing whitespace
         headers = [(name, value.rstrip(b" \t")) for name, value in headers]
     low = block.lower()
@@ -333,7 +361,7 @@ class _Conn(asyncio.Protocol):
                 self.state = fast[1]
                 self.h11 = None
                 self.method = method
-                self.keep = b"close" not in [
+                self.keep = len(fast[1]) == 1 or b"close" not in [  # (1: Host alone)
                     t.strip().lower() for k, v in fast[1] if k == b"connection"
                     for t in v.split(b",")]
             else:
@@ -350,15 +378,32 @@ class _Conn(asyncio.Protocol):
         assert data is not None
         self.transport.write(data)
 
-    async def read_head(self, timeout: float) -> ResponseHead | None:
+    @types.coroutine
+    def read_head(self, timeout: float) -> Generator[Any, None, ResponseHead | None]:
         """The fast path's response head, from the first bytes that come (``parse_head``);
         None when h11 is to read this response (it then has the request's state and
-        every byte read so far, and the scan of the head runs as on h11's own path)."""
-        try:
-            await self.wait(timeout)
-        except TimeoutError:
-            self.close()
-            raise httpcore.ReadTimeout("the upstream did not answer in time") from None
+        every byte read so far, and the scan of the head runs as on h11's own path).
+
+        A generator (``types.coroutine``) with ``wait`` and ``_done`` inline: the exchange's
+        one suspension resumes two frames fewer (tests/unit/test_speed_h1wait.py)."""
+        if not self.inbox and not self.eof:
+            loop = asyncio.get_running_loop()
+            waiter = self.waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter)
+            try:
+                try:
+                    if not waiter.done():
+                        waiter._asyncio_future_blocking = True
+                        yield waiter  # (the task waits for it)
+                    if not waiter.done():
+                        raise RuntimeError("await wasn't used with future")
+                    waiter.result()  # (raises as the future's own __await__ would)
+                finally:
+                    timer.cancel()
+                    self.waiter = None
+            except TimeoutError:
+                self.close()
+                raise httpcore.ReadTimeout("the upstream did not answer in time") from None
         data = self.take() if self.inbox else b""
         head = parse_head(data, self.method) if data else None
         if head is None:
@@ -868,6 +913,7 @@ class H1Response:
         self._pool = pool
         self._conn: _Conn | None = conn
         self._timeout = read_timeout
+        self.length: int | None = None  # the Content-Length of a head ``parse_head`` read
 
     async def next_chunk(self, idle: float) -> bytes | None:
         """The next non-empty body chunk, waiting at most ``idle`` (and the read timeout)
@@ -894,6 +940,26 @@ class H1Response:
                 return None
             conn.close()  # (h11 yields nothing else here)
             raise httpcore.RemoteProtocolError("unexpected event in a response body")
+
+    def body_now(self) -> bytes | None:
+        """The whole body when the fast path already holds every byte of it (what
+        ``next_chunk`` would return, joined, its end included: the connection goes back to
+        the pool), without a coroutine per chunk; None (nothing taken) otherwise."""
+        conn = self._conn
+        if conn is None or conn.h11 is not None or conn.inbox_len < conn.left:
+            return None
+        data = b""
+        if conn.left:
+            data = conn.take()
+            if conn.sessions is not None:
+                conn.keep_session()
+            if len(data) > conn.left:
+                conn.trailing = True
+                data = data[:conn.left]
+            conn.left = 0
+        self._conn = None
+        self._pool.release(conn)
+        return data
 
     async def aiter_stream(self) -> AsyncIterator[bytes]:
         while (chunk := await self.next_chunk(self._timeout)) is not None:
@@ -1001,8 +1067,10 @@ class H1Pool:
         if conn.h11 is None:
             head = await conn.read_head(read_timeout)
             if head is not None:
-                return H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
+                resp = H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
                                   read_timeout)
+                resp.length = head.length
+                return resp
         while True:
             event = await conn.next_event(read_timeout)
             if type(event) is h11.Response:

@@ -44,7 +44,7 @@ from mitmproxy.proxy.layer import NextLayer
 
 from vaultproxy.config.models import Service
 from vaultproxy.config.rules import parse_host
-from vaultproxy.core.pipeline import header_names, hop_free
+from vaultproxy.core.pipeline import HOP_BY_HOP, header_names
 from vaultproxy.core.state import ProxyState
 from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
@@ -99,6 +99,18 @@ class Exchange:
             self.closed = True
             if self.response is not None:
                 await self.response.aclose()
+
+
+def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
+                    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """``hop_free(fields)`` and whether a ``Host`` is among them, from one pass over the
+    names (``header_names``; Host is no hop-by-hop name): the whole list when none is
+    hop-by-hop (tests/unit/test_speed_poolsend.py)."""
+    names = header_names(fields)
+    if HOP_BY_HOP.isdisjoint(names):
+        return list(fields), b"host" in names
+    kept = [f for f, k in zip(fields, names, strict=True) if k not in HOP_BY_HOP]
+    return kept, b"host" in names
 
 
 def _small_body(req: http.Request, method: str | None = None) -> bool:
@@ -264,9 +276,10 @@ class Pool(Stage):
         return self._h2_seen.get((tunnel.decision.service.name, tunnel.host), True)
 
     def _lean(self, client_id: str) -> bool:
+        """A pooled tunnel (``_pooled_tunnel``) with its checked address: one look-up."""
         tunnel = self.rt.connections.tunnel(client_id)
-        return self._pooled_tunnel(client_id) and tunnel is not None and (
-            tunnel.pinned is not None)
+        return (tunnel is not None and tunnel.decision.service is not None
+                and tunnel.pinned is not None and self._idle() > 0)
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -290,12 +303,6 @@ class Pool(Stage):
             tunnel=tunnel, body_limit=cfg.max_body_mb * 1024 * 1024,
             idle=float(cfg.idle_timeout))
 
-    def _pool(self, tunnel: Tunnel) -> _Upstream:
-        st = self.rt.state()
-        service = tunnel.decision.service
-        assert service is not None
-        return self._pool_for(st, service, tunnel.host)
-
     def _new_policy(self, snapshot: Snapshot) -> None:
         """A reload: every pool of the old policy goes."""
         self._snapshot = snapshot
@@ -303,16 +310,20 @@ class Pool(Stage):
             self._retire(old)
 
     def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Upstream:
-        key = UpstreamKey(service.name, host, st.snapshot.trust_file(service),
-                          service.insecure_tls)
         http2 = bool(ctx.options.http2)
         if self._snapshot is not st.snapshot:
             self._new_policy(st.snapshot)
+        trust_file = st.snapshot.trust_file(service)
         found = self._pools.get((service.name, host))
         if found is not None:
-            if found.key == key and found.http2 == http2:
+            # ``found.key == UpstreamKey(...)`` field by field, without building the key
+            # (its name and host are the dict's key)
+            have = found.key
+            if (have.trust_file == trust_file and have.insecure == service.insecure_tls
+                    and found.http2 == http2):
                 return found
             self._retire((service.name, host))
+        key = UpstreamKey(service.name, host, trust_file, service.insecure_tls)
         idle = float(st.registry.config.proxy.upstream_pool_idle)
         ssl_context = pool_context(key, http2=http2)
         up = _Upstream(key, http2,
@@ -364,6 +375,12 @@ class Pool(Stage):
         flow.response = objects.response_of(  # http.Response(...), cheaper
             version, resp.status, reason, headers, flow.request.timestamp_end or 0.0)
         ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
+        if isinstance(resp, H1Response) and resp.length is not None:
+            # a head ``parse_head`` read: its one Content-Length, never for HEAD, 1xx, 204
+            # or 304 (the test below without reading the headers again)
+            if resp.length <= PREFETCH_BODY and (whole := resp.body_now()) is not None:
+                ex.body = whole  # (every byte already read: what the loop below would join)
+                return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
             body = bytearray()
@@ -381,26 +398,38 @@ class Pool(Stage):
         tunnel = ex.tunnel
         assert tunnel.pinned is not None
         req = flow.request
-        fields = hop_free(req.headers.fields)
-        names = {k.lower() for k, _ in fields}
-        if b"host" not in names:
+        fields, has_host = outgoing_fields(req.headers.fields)
+        if not has_host:
             authority = req.authority or (
                 tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
             fields.insert(0, (b"Host", authority.encode("idna")))
         content = req.raw_content or b""
-        if content and b"content-length" not in names:
+        if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
             fields.append((b"Content-Length", str(len(content)).encode()))
         ip, port = tunnel.pinned
-        cfg = self.rt.state().registry.config.proxy
+        st = self.rt.state()  # (read once)
+        cfg = st.registry.config.proxy
         connect = float(cfg.connect_timeout)
-        up = self._pool(tunnel)
         service = tunnel.decision.service
         assert service is not None
+        up = self._pool_for(st, service, tunnel.host)
         known = (service.name, tunnel.host)
         if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
+            # (``_send_h1`` inline: one coroutine less per request)
+            h1 = up.h1
+            args = (str(ip), int(port), tunnel.host, req.data.method, req.data.path, fields,
+                    content, connect, float(cfg.response_timeout))
             try:
-                return await self._send_h1(up.h1, req, tunnel, fields, content, connect,
-                                           float(cfg.response_timeout))
+                try:
+                    return await h1.exchange(*args)
+                except (httpcore.RemoteProtocolError, httpcore.ReadError,
+                        httpcore.WriteError):
+                    # A kept-alive connection the upstream closed while idle (its FIN in
+                    # flight as we sent): once more, on another, if idempotent and no
+                    # response byte came.
+                    if req.method not in _IDEMPOTENT or head_seen.get() is not None:
+                        raise
+                    return await h1.exchange(*args)
             except WantsHTTP2 as wants:  # its requests go through httpcore's pool from now on
                 self._h2_seen[known] = True
                 await self._adopt(up, wants, httpcore.URL(
@@ -439,22 +468,6 @@ class Pool(Stage):
             return "h2"
         await wants.stream.aclose()
         return None
-
-    async def _send_h1(self, h1: H1Pool, req: http.Request, tunnel: Tunnel,
-                       fields: list[tuple[bytes, bytes]], content: bytes, connect: float,
-                       read: float) -> H1Response:
-        assert tunnel.pinned is not None
-        ip, port = tunnel.pinned
-        args = (str(ip), int(port), tunnel.host, req.data.method, req.data.path, fields,
-                content, connect, read)
-        try:
-            return await h1.exchange(*args)
-        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError):
-            # A kept-alive connection the upstream closed while idle (its FIN in flight as
-            # we sent): once more, on another, if idempotent and no response byte came.
-            if req.method not in _IDEMPOTENT or head_seen.get() is not None:
-                raise
-            return await h1.exchange(*args)
 
     async def vaultproxy_pool_chunk(self, flow: http.HTTPFlow) -> None:
         ex: Exchange = flow.metadata[seam_pool.POOLED]
