@@ -384,12 +384,19 @@ class _Conn(asyncio.Protocol):
         None when h11 is to read this response (it then has the request's state and
         every byte read so far, and the scan of the head runs as on h11's own path).
 
-        A generator (``types.coroutine``) with ``wait`` and ``_done`` inline: the exchange's
-        one suspension resumes two frames fewer (tests/unit/test_speed_h1wait.py)."""
+        A generator (``types.coroutine``) with ``wait`` (its one read timer per connection
+        included) and ``_done`` inline: the exchange's one suspension resumes two frames
+        fewer (tests/unit/test_speed_h1wait.py)."""
         if not self.inbox and not self.eof:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             waiter = self.waiter = loop.create_future()
-            timer = loop.call_later(timeout, _expire, waiter)
+            deadline = self.deadline = loop.time() + timeout
+            timer = self.timer
+            if timer is None or self.timer_at > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self.timer_at = deadline
+                self.timer = loop.call_at(deadline, self._timer_fired)
             try:
                 try:
                     if not waiter.done():
@@ -399,8 +406,8 @@ class _Conn(asyncio.Protocol):
                         raise RuntimeError("await wasn't used with future")
                     waiter.result()  # (raises as the future's own __await__ would)
                 finally:
-                    timer.cancel()
                     self.waiter = None
+                    self.deadline = None
             except TimeoutError:
                 self.close()
                 raise httpcore.ReadTimeout("the upstream did not answer in time") from None
