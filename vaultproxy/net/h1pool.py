@@ -388,15 +388,7 @@ class _Conn(asyncio.Protocol):
         included) and ``_done`` inline: the exchange's one suspension resumes two frames
         fewer (tests/unit/test_speed_h1wait.py)."""
         if not self.inbox and not self.eof:
-            loop = self.loop
-            waiter = self.waiter = loop.create_future()
-            deadline = self.deadline = loop.time() + timeout
-            timer = self.timer
-            if timer is None or self.timer_at > deadline:
-                if timer is not None:
-                    timer.cancel()
-                self.timer_at = deadline
-                self.timer = loop.call_at(deadline, self._timer_fired)
+            waiter = self._arm(timeout)
             try:
                 try:
                     if not waiter.done():
@@ -477,16 +469,7 @@ class _Conn(asyncio.Protocol):
         earlier moment; one that fires before the deadline is set again for it
         (``_timer_fired``). tests/unit/test_hops.py compares the two."""
         if not self.inbox and not self.eof:
-            loop = self.loop
-            waiter = self.waiter = loop.create_future()
-            if timeout is not None:
-                deadline = self.deadline = loop.time() + timeout
-                timer = self.timer
-                if timer is None or self.timer_at > deadline:
-                    if timer is not None:
-                        timer.cancel()
-                    self.timer_at = deadline
-                    self.timer = loop.call_at(deadline, self._timer_fired)
+            waiter = self._arm(timeout)
             try:
                 # (``_done(waiter)``)
                 if not waiter.done():
@@ -498,6 +481,22 @@ class _Conn(asyncio.Protocol):
             finally:
                 self.waiter = None
                 self.deadline = None
+
+    def _arm(self, timeout: float | None) -> asyncio.Future[None]:
+        """The waiting read's future, and its deadline on the connection's one read timer:
+        the timer is set for it only when it is not already set for that or an earlier
+        moment (``_timer_fired`` sets it again for a later one)."""
+        loop = self.loop
+        waiter = self.waiter = loop.create_future()
+        if timeout is not None:
+            deadline = self.deadline = loop.time() + timeout
+            timer = self.timer
+            if timer is None or self.timer_at > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self.timer_at = deadline
+                self.timer = loop.call_at(deadline, self._timer_fired)
+        return waiter
 
     def _timer_fired(self) -> None:
         """The read timer: the waiting read's deadline has come (``TimeoutError``), or
