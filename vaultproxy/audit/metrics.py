@@ -6,29 +6,114 @@ Labels are service names and outcome/reason codes, never hosts, paths or values.
 
 from __future__ import annotations
 
+import math
+import os
+import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from time import time
 from typing import Any
 
 # Submodules, not the package: a worker never serves /metrics, and the package's
 # ``__init__`` imports the exposition servers (http.server, wsgiref, urllib.request).
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.metrics import Counter, Gauge, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.metrics import Counter, Gauge
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from vaultproxy.audit.event import AnyEvent
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-FLOWS = Counter(
-    "vaultproxy_flows", "Intercepted requests by service and outcome",
-    ["service", "outcome"], registry=REGISTRY,
-)
-LATENCY = Histogram(
-    "vaultproxy_injection_latency_seconds",
-    "Time from request start (before injection) to the upstream's response, by service",
-    ["service"], registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
+#: Every per-request update (``observed``) and every scrape (``collect``) of FLOWS and LATENCY
+#: holds this lock: one acquire per request instead of prometheus_client's three (counter,
+#: histogram sum, bucket), each behind several Python frames of checks.
+_LOCK = threading.Lock()
+# PROMETHEUS_DISABLE_CREATED_SERIES, read as prometheus_client.metrics reads it at import.
+_CREATED = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in (
+    "true", "1", "t")
+
+
+class _Flows(Collector):
+    """``vaultproxy_flows`` (a counter by service and outcome): the exposition of
+    ``Counter("vaultproxy_flows", ..., ["service", "outcome"])`` (series in first-seen order,
+    ``_total`` then ``_created``), from one plain dict updated under ``_LOCK``."""
+
+    NAME = "vaultproxy_flows"
+    DOC = "Intercepted requests by service and outcome"
+
+    def __init__(self) -> None:
+        #: (service, outcome) -> [count, created]; both label values plain ``str``.
+        self.rows: dict[tuple[str, str], list[float]] = {}
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.NAME, self.DOC, labels=["service", "outcome"])
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        with _LOCK:
+            rows = [(k, v[0], v[1]) for k, v in self.rows.items()]
+        family = self._family()
+        for labels, value, created in rows:
+            family.add_metric(labels, value, created=created if _CREATED else None)
+        yield family
+
+    def value(self, service: str, outcome: str) -> float:
+        """The count for one label pair (0.0 before its first request)."""
+        with _LOCK:
+            row = self.rows.get((service, outcome))
+            return row[0] if row is not None else 0.0
+
+
+class _Latency(Collector):
+    """``vaultproxy_injection_latency_seconds`` (a histogram by service): the exposition of
+    ``Histogram(..., ["service"], buckets=BOUNDS)`` (cumulative ``_bucket`` samples with
+    ``le`` as prometheus_client writes it, ``_count``, ``_sum``, ``_created``)."""
+
+    NAME = "vaultproxy_injection_latency_seconds"
+    DOC = "Time from request start (before injection) to the upstream's response, by service"
+    BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, math.inf)
+    LE = tuple(floatToGoString(b) for b in BOUNDS)  # type: ignore[no-untyped-call]
+
+    def __init__(self) -> None:
+        #: service -> [sum, created, count in bucket 0, ..., count in bucket +Inf] (counts
+        #: per bucket, not cumulative: prometheus_client's Histogram keeps them so too).
+        self.rows: dict[str, list[float]] = {}
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.NAME, self.DOC, labels=["service"])
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with _LOCK:
+            rows = [(k, list(v)) for k, v in self.rows.items()]
+        family = self._family()
+        for service, row in rows:
+            acc = 0.0
+            buckets = []
+            for le, n in zip(self.LE, row[2:], strict=True):
+                acc += n
+                buckets.append((le, acc))
+            family.add_metric([service], buckets, row[0])
+            if _CREATED:
+                family.samples.append(Sample(self.NAME + "_created", {"service": service},
+                                             row[1], None, None))
+        yield family
+
+
+FLOWS = _Flows()
+LATENCY = _Latency()
+REGISTRY.register(FLOWS)
+REGISTRY.register(LATENCY)
 UPSTREAM_ERRORS = Counter(
     "vaultproxy_upstream_errors", "Upstream connection/TLS failures by service and code",
     ["service", "code"], registry=REGISTRY,
@@ -91,10 +176,10 @@ def bind_audit(read: Callable[[], dict[str, Any]] | None) -> None:
 UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
 
 
-# The children of FLOWS and LATENCY by label values, looked up once: ``labels()`` converts,
-# checks and locks on every call, and ``observed`` runs twice per proxied request.
-_flows: dict[tuple[str, str], Any] = {}
-_latency: dict[str, Any] = {}
+_FLOWS = FLOWS.rows
+_LATENCY = LATENCY.rows
+_BOUNDS = LATENCY.BOUNDS
+_NBUCKETS = len(_BOUNDS)
 
 
 def observed[E: AnyEvent](event: E) -> E:
@@ -102,18 +187,33 @@ def observed[E: AnyEvent](event: E) -> E:
     try:
         if event.event == "request":
             service = event.service or "-"
-            key = (service, event.outcome)
-            flows = _flows.get(key)
-            if flows is None:
-                flows = _flows[key] = FLOWS.labels(service, event.outcome)
-            flows.inc()
+            outcome = event.outcome
+            if type(service) is not str or type(outcome) is not str:
+                # As before: an unhashable value raised (the cache's look-up), anything else
+                # was stringified by prometheus_client's labels() (a str subclass too).
+                hash((service, outcome))
+                service, outcome = str(service), str(outcome)
+            key = (service, outcome)
+            with _LOCK:
+                row = _FLOWS.get(key)
+                if row is None:
+                    _FLOWS[key] = [1.0, time()]
+                else:
+                    row[0] += 1.0
             if event.reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, event.reason).inc()
             if event.duration_ms is not None and event.outcome in ("injected", "forwarded"):
-                latency = _latency.get(service)
-                if latency is None:
-                    latency = _latency[service] = LATENCY.labels(service)
-                latency.observe(event.duration_ms / 1000.0)
+                amount = event.duration_ms / 1000.0
+                # Histogram.observe's ``amount <= bound`` for the first bound that holds; NaN
+                # holds for none (only the sum takes it).
+                i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
+                with _LOCK:
+                    hist = _LATENCY.get(service)
+                    if hist is None:
+                        hist = _LATENCY[service] = [0.0, time()] + [0.0] * _NBUCKETS
+                    hist[0] += amount
+                    if i < _NBUCKETS:
+                        hist[i + 2] += 1.0
     except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
         pass
     return event
