@@ -66,16 +66,17 @@ class _Reference:
 def fast(monkeypatch: pytest.MonkeyPatch) -> CollectorRegistry:
     """Fresh collectors behind ``metrics.observed``, in their own registry, in the order
     audit/metrics.py registers them."""
+    monkeypatch.setattr(metrics, "_THREADS", {})
+    monkeypatch.setattr(metrics, "_SEEN_FLOWS", {})
+    monkeypatch.setattr(metrics, "_SEEN_LATENCY", {})
     registry = CollectorRegistry(auto_describe=True)
-    flows, latency = metrics._Flows(), metrics._Latency()
+    flows, latency = metrics._Flows(), metrics._Latency()  # on the dicts above
     registry.register(flows)
     registry.register(latency)
     upstream = Counter(
         "vaultproxy_upstream_errors", "Upstream connection/TLS failures by service and code",
         ["service", "code"], registry=registry,
     )
-    monkeypatch.setattr(metrics, "_FLOWS", flows.rows)
-    monkeypatch.setattr(metrics, "_LATENCY", latency.rows)
     monkeypatch.setattr(metrics, "UPSTREAM_ERRORS", upstream)
     return registry
 
@@ -175,6 +176,9 @@ def test_threads_lose_no_update(fast: CollectorRegistry) -> None:
     """``observed`` from several threads while another scrapes: every update is counted."""
     line = request_event("request", "injected", None, "hi", None, None, None, None, 200, 7.0,
                          None)
+    metrics.observed(line)  # first seen on this thread: its _created stays
+    created = [s for fam in fast.collect() for s in fam.samples if s.name.endswith("_created")]
+    assert len(created) == 2
     stop = threading.Event()
 
     def scrape() -> None:
@@ -202,9 +206,12 @@ def test_threads_lose_no_update(fast: CollectorRegistry) -> None:
         stop.set()
         scraper.join()
     get = fast.get_sample_value
-    assert get("vaultproxy_flows_total", {"service": "hi", "outcome": "injected"}) == 80_000
-    assert get("vaultproxy_injection_latency_seconds_count", {"service": "hi"}) == 80_000
+    assert get("vaultproxy_flows_total", {"service": "hi", "outcome": "injected"}) == 80_001
+    assert get("vaultproxy_injection_latency_seconds_count", {"service": "hi"}) == 80_001
     assert get("vaultproxy_injection_latency_seconds_bucket",
                {"service": "hi", "le": "0.005"}) == 0
     assert get("vaultproxy_injection_latency_seconds_bucket",
-               {"service": "hi", "le": "0.01"}) == 80_000
+               {"service": "hi", "le": "0.01"}) == 80_001
+    assert len(metrics._THREADS) == 5  # each thread counted in rows of its own
+    assert [s for fam in fast.collect() for s in fam.samples
+            if s.name.endswith("_created")] == created

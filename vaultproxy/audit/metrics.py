@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from threading import get_ident
 from time import time
 from typing import Any
 
@@ -30,10 +30,15 @@ from vaultproxy.audit.event import AnyEvent
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-#: Every per-request update (``observed``) and every scrape (``collect``) of FLOWS and LATENCY
-#: holds this lock: one acquire per request instead of prometheus_client's three (counter,
-#: histogram sum, bucket), each behind several Python frames of checks.
-_LOCK = threading.Lock()
+# FLOWS and LATENCY without a lock (one ``threading.Lock`` acquire costs ~2.6k instructions
+# per request, more than the update): every thread that calls ``observed`` counts in rows of
+# its own (``_THREADS[get_ident()]``), so no two threads ever write one value, and a scrape
+# sums the rows of every thread, copying each dict and list by one C call (atomic under the
+# GIL). A series' first sight is ``dict.setdefault`` on ``_SEEN_*`` (atomic too), so the
+# exposition keeps prometheus_client's order (first observed first) and ``_created``.
+_THREADS: dict[int, tuple[dict[tuple[str, str], list[float]], dict[str, list[float]]]] = {}
+_SEEN_FLOWS: dict[tuple[str, str], float] = {}  # (service, outcome) -> created
+_SEEN_LATENCY: dict[str, float] = {}  # service -> created
 # PROMETHEUS_DISABLE_CREATED_SERIES, read as prometheus_client.metrics reads it at import.
 _CREATED = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() not in (
     "true", "1", "t")
@@ -42,14 +47,14 @@ _CREATED = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "False").lower() 
 class _Flows(Collector):
     """``vaultproxy_flows`` (a counter by service and outcome): the exposition of
     ``Counter("vaultproxy_flows", ..., ["service", "outcome"])`` (series in first-seen order,
-    ``_total`` then ``_created``), from one plain dict updated under ``_LOCK``."""
+    ``_total`` then ``_created``), summed over every thread's rows at scrape time."""
 
     NAME = "vaultproxy_flows"
     DOC = "Intercepted requests by service and outcome"
 
     def __init__(self) -> None:
-        #: (service, outcome) -> [count, created]; both label values plain ``str``.
-        self.rows: dict[tuple[str, str], list[float]] = {}
+        self.threads: dict[int, tuple[dict[tuple[str, str], list[float]], Any]] = _THREADS
+        self.seen: dict[tuple[str, str], float] = _SEEN_FLOWS
 
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.NAME, self.DOC, labels=["service", "outcome"])
@@ -57,19 +62,24 @@ class _Flows(Collector):
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield self._family()
 
+    def totals(self) -> dict[tuple[str, str], float]:
+        out = dict.fromkeys(list(self.seen), 0.0)
+        for rows, _ in list(self.threads.values()):
+            for key, row in list(rows.items()):
+                out[key] = out.get(key, 0.0) + row[0]
+        return out
+
     def collect(self) -> Iterator[CounterMetricFamily]:
-        with _LOCK:
-            rows = [(k, v[0], v[1]) for k, v in self.rows.items()]
+        seen = list(self.seen.items())
+        totals = self.totals()
         family = self._family()
-        for labels, value, created in rows:
-            family.add_metric(labels, value, created=created if _CREATED else None)
+        for labels, created in seen:
+            family.add_metric(labels, totals[labels], created=created if _CREATED else None)
         yield family
 
     def value(self, service: str, outcome: str) -> float:
         """The count for one label pair (0.0 before its first request)."""
-        with _LOCK:
-            row = self.rows.get((service, outcome))
-            return row[0] if row is not None else 0.0
+        return self.totals().get((service, outcome), 0.0)
 
 
 class _Latency(Collector):
@@ -83,9 +93,10 @@ class _Latency(Collector):
     LE = tuple(floatToGoString(b) for b in BOUNDS)  # type: ignore[no-untyped-call]
 
     def __init__(self) -> None:
-        #: service -> [sum, created, count in bucket 0, ..., count in bucket +Inf] (counts
+        #: per thread: service -> [sum, count in bucket 0, ..., count in bucket +Inf] (counts
         #: per bucket, not cumulative: prometheus_client's Histogram keeps them so too).
-        self.rows: dict[str, list[float]] = {}
+        self.threads: dict[int, tuple[Any, dict[str, list[float]]]] = _THREADS
+        self.seen: dict[str, float] = _SEEN_LATENCY
 
     def _family(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.NAME, self.DOC, labels=["service"])
@@ -94,19 +105,29 @@ class _Latency(Collector):
         yield self._family()
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        with _LOCK:
-            rows = [(k, list(v)) for k, v in self.rows.items()]
+        seen = list(self.seen.items())
+        totals: dict[str, list[float]] = {}
+        for _, rows in list(self.threads.values()):
+            for service, row in list(rows.items()):
+                row = list(row)
+                have = totals.get(service)
+                if have is None:
+                    totals[service] = row
+                else:
+                    totals[service] = [x + y for x, y in zip(have, row, strict=True)]
         family = self._family()
-        for service, row in rows:
+        empty = [0.0] * (len(self.BOUNDS) + 1)
+        for service, created in seen:
+            row = totals.get(service, empty)
             acc = 0.0
             buckets = []
-            for le, n in zip(self.LE, row[2:], strict=True):
+            for le, n in zip(self.LE, row[1:], strict=True):
                 acc += n
                 buckets.append((le, acc))
             family.add_metric([service], buckets, row[0])
             if _CREATED:
                 family.samples.append(Sample(self.NAME + "_created", {"service": service},
-                                             row[1], None, None))
+                                             created, None, None))
         yield family
 
 
@@ -176,8 +197,6 @@ def bind_audit(read: Callable[[], dict[str, Any]] | None) -> None:
 UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
 
 
-_FLOWS = FLOWS.rows
-_LATENCY = LATENCY.rows
 _BOUNDS = LATENCY.BOUNDS
 _NBUCKETS = len(_BOUNDS)
 
@@ -193,13 +212,15 @@ def observed[E: AnyEvent](event: E) -> E:
                 # was stringified by prometheus_client's labels() (a str subclass too).
                 hash((service, outcome))
                 service, outcome = str(service), str(outcome)
+            mine = _THREADS.get(get_ident())
+            if mine is None:
+                mine = _THREADS[get_ident()] = ({}, {})
             key = (service, outcome)
-            with _LOCK:
-                row = _FLOWS.get(key)
-                if row is None:
-                    _FLOWS[key] = [1.0, time()]
-                else:
-                    row[0] += 1.0
+            row = mine[0].get(key)
+            if row is None:
+                _SEEN_FLOWS.setdefault(key, time())
+                row = mine[0][key] = [0.0]
+            row[0] += 1.0
             if event.reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, event.reason).inc()
             if event.duration_ms is not None and event.outcome in ("injected", "forwarded"):
@@ -207,13 +228,13 @@ def observed[E: AnyEvent](event: E) -> E:
                 # Histogram.observe's ``amount <= bound`` for the first bound that holds; NaN
                 # holds for none (only the sum takes it).
                 i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
-                with _LOCK:
-                    hist = _LATENCY.get(service)
-                    if hist is None:
-                        hist = _LATENCY[service] = [0.0, time()] + [0.0] * _NBUCKETS
-                    hist[0] += amount
-                    if i < _NBUCKETS:
-                        hist[i + 2] += 1.0
+                hist = mine[1].get(service)
+                if hist is None:
+                    _SEEN_LATENCY.setdefault(service, time())
+                    hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
+                hist[0] += amount
+                if i < _NBUCKETS:
+                    hist[i + 1] += 1.0
     except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
         pass
     return event
