@@ -215,3 +215,37 @@ def test_threads_lose_no_update(fast: CollectorRegistry) -> None:
     assert len(metrics._THREADS) == 5  # each thread counted in rows of its own
     assert [s for fam in fast.collect() for s in fam.samples
             if s.name.endswith("_created")] == created
+
+
+class _Odd(str):
+    """A str subclass (its ``str()`` is its value). One whose ``__str__`` said something
+    else is left out: the old cache, keyed by the raw value, then counted a later equal plain
+    str under the subclass's label; the new code labels each by its ``str()``."""
+
+
+class _Event:
+    """An event with values no caller writes today (the model validates them): the fast
+    path must still count as the old one did, or skip as it did (it raised)."""
+
+    event = "request"
+
+    def __init__(self, service: Any, outcome: Any, reason: Any, duration_ms: Any) -> None:
+        self.service, self.outcome = service, outcome
+        self.reason, self.duration_ms = reason, duration_ms
+
+
+def test_odd_values_count_as_before(fast: CollectorRegistry) -> None:
+    ref = _Reference()
+    odd: list[Any] = [
+        _Event(_Odd("x"), "injected", None, 3.0), _Event("s", _Odd("injected"), None, 3.0),
+        _Event(None, None, None, 1.0), _Event(7, "forwarded", "upstream_tls", 2),
+        _Event(["u"], "injected", None, 1.0), _Event("s", {"o": 1}, None, 1.0),
+        _Event("s", "injected", None, math.nan), _Event("s", "injected", None, -5.0),
+        _Event("s", "injected", None, math.inf), _Event("s", "injected", None, -math.inf),
+        _Event("s", "injected", None, "12"), _Event("s", "forwarded", None, True),
+        _Event("", "injected", None, 10**400), _Event("s", "injected", ["r"], 1.0),
+    ]
+    for event in odd:
+        assert metrics.observed(event) is event
+        ref.observed(event)
+        assert _exposition(fast) == _exposition(ref.registry)

@@ -224,15 +224,15 @@ def observed[E: AnyEvent](event: E) -> E:
             if event.reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, event.reason).inc()
             if event.duration_ms is not None and event.outcome in ("injected", "forwarded"):
+                hist = mine[1].get(service)
+                if hist is None:  # as labels() before: the series, even if the next raises
+                    _SEEN_LATENCY.setdefault(service, time())
+                    hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
                 amount = event.duration_ms / 1000.0
+                hist[0] += amount  # the sum first, as Histogram.observe
                 # Histogram.observe's ``amount <= bound`` for the first bound that holds; NaN
                 # holds for none (only the sum takes it).
                 i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
-                hist = mine[1].get(service)
-                if hist is None:
-                    _SEEN_LATENCY.setdefault(service, time())
-                    hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
-                hist[0] += amount
                 if i < _NBUCKETS:
                     hist[i + 1] += 1.0
     except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
