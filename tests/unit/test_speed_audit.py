@@ -51,7 +51,7 @@ def test_strip_query_is_the_split_loop() -> None:
 
 
 def _flows(service: str) -> float:
-    return metrics.FLOWS.labels(service, "injected")._value.get()  # type: ignore[no-any-return]
+    return metrics.FLOWS.value(service, "injected")
 
 
 def _record(log: AuditLog, service: str) -> None:
