@@ -30,7 +30,7 @@ from mitmproxy import http
 
 from vaultproxy.core.pipeline import check_request
 from vaultproxy.stages import access
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.runtime import Stage
 
@@ -42,7 +42,7 @@ class RequestGate(Stage):
 
     @guarded_sometimes_async
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)  # (no call once made)
+        rec: FlowRecord = record_of(flow)
         self._shape(flow, rec)
         # ACCESS (SPEC §10): honeytokens, then rules, rate limit and approval - one call
         return access.request_headers(self.rt, flow, rec)
