@@ -270,6 +270,38 @@ def test_flusher_retries_kept_lines_within_a_second_and_on_cancel(tmp_path: Path
     assert after_cancel == [1, 2]
 
 
+def test_flusher_sleeps_without_a_timer_until_another_thread_keeps_a_line(
+    tmp_path: Path,
+) -> None:
+    """Nothing kept: the flusher waits with no timer (an idle proxy is not woken once a
+    second). A line kept by another thread wakes it, and the retry comes ``interval`` after
+    it. Twin: a kept line is in the file after that, not before."""
+    later = tmp_path / "later"
+    audit_path = later / "audit.jsonl"
+    audit = AuditLog(audit_path)
+
+    async def scenario() -> tuple[list[object], list[int], list[int]]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(audit.run_flusher(0.2))
+        await asyncio.sleep(0.05)
+        idle_timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        await asyncio.to_thread(audit.record, _event(1))  # fails: kept, from a thread
+        later.mkdir()
+        assert audit.buffered == 1
+        before = _numbers(_lines(audit_path)) if audit_path.exists() else []
+        await asyncio.sleep(0.4)
+        after = _numbers(_lines(audit_path))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return idle_timers, before, after
+
+    idle_timers, before, after = asyncio.run(scenario())
+    assert idle_timers == []
+    assert before == []
+    assert after == [1]
+
+
 def test_flusher_refuses_a_non_positive_interval(audit_path: Path) -> None:
     with pytest.raises(ValueError):
         asyncio.run(AuditLog(audit_path).run_flusher(0))

@@ -71,6 +71,8 @@ class AuditLog:
         # Each is called with every line that is written (or kept for a retry): the audit
         # sinks (vaultproxy/sinks/) in the supervisor, the channel to it in a worker.
         self.taps: list[Callable[[str], None]] = []
+        # ``run_flusher`` asleep with nothing kept: woken by the next kept line (any thread)
+        self._flush_waiter: asyncio.Future[None] | None = None
 
     # -- counters -------------------------------------------------------------------------
     @property
@@ -199,6 +201,13 @@ class AuditLog:
         while len(self._retry) > self._max_buffered:
             self._retry.popleft()
             self._dropped += 1
+        waiter = self._flush_waiter
+        if waiter is not None:  # the flusher sleeps until a line is kept: this one
+            self._flush_waiter = None
+            try:
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # (its loop is closed: no flusher runs)
+                pass
 
     def _failing_locked(self, e: OSError) -> None:
         name = errno.errorcode.get(e.errno or 0, type(e).__name__)
@@ -233,11 +242,28 @@ class AuditLog:
             self._file.close()
 
     async def run_flusher(self, interval: float = 1.0) -> None:
-        """Retry kept lines every ``interval`` seconds (off the loop) until cancelled."""
+        """Retry kept lines every ``interval`` seconds (off the loop) until cancelled; while
+        none is kept it sleeps until one is (no timer: an idle proxy is not woken), the
+        first retry ``interval`` seconds after that (at most as late as a tick's)."""
         if interval <= 0:
             raise ValueError("interval must be positive")
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                if not self._retry:
+                    waiter: asyncio.Future[None] | None = loop.create_future()
+                    with self._lock:  # (``_keep_locked`` reads it under the lock)
+                        if self._retry:
+                            waiter = None
+                        else:
+                            self._flush_waiter = waiter
+                    if waiter is not None:
+                        try:
+                            await waiter
+                        finally:
+                            with self._lock:
+                                if self._flush_waiter is waiter:
+                                    self._flush_waiter = None
                 await asyncio.sleep(interval)
                 if self._retry:
                     await asyncio.to_thread(self.flush)
@@ -269,6 +295,11 @@ class AuditLog:
             sys.stdout.flush()
         except (OSError, ValueError) as e:
             log.error("audit: echo to stdout failed (%s)", type(e).__name__)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def summary_line(s: dict[str, Any]) -> str:
