@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ from vaultproxy.config.models import Service
 from vaultproxy.config.rules import parse_host
 from vaultproxy.core.pipeline import HOP_BY_HOP, header_names
 from vaultproxy.core.state import ProxyState
+from vaultproxy.core.wakeup import StateWatch, Wakeup
 from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
 from vaultproxy.net.hostnames import split_authority
@@ -127,6 +129,11 @@ def _small_body(req: http.Request, method: str | None = None) -> bool:
     return length.isdigit() and int(length) <= MAX_POOLED_BODY
 
 
+# How long after an idle connection's expiry the watcher looks (``_next_upkeep``): the
+# loop's clock (uvloop's, cached per turn) can be a little behind ``time.monotonic``.
+_LATE = 0.005
+
+
 async def _close_when_idle(pool: _Pool) -> None:
     """Close a pool the policy left behind once no request is on it any more: an exchange
     under way (a long stream) finishes, as on a reload without the pool; no new one starts."""
@@ -161,6 +168,7 @@ class Pool(Stage):
         self._warming: set[asyncio.Task[None]] = set()
         # (service name, tunnel host) -> whether its upstream answered over HTTP/2
         self._h2_seen: dict[tuple[str, str], bool] = {}
+        self._wakeup = Wakeup()  # the watcher's sleep: a state change or a new connection
 
     def running(self) -> None:
         if self._watch is None:
@@ -174,24 +182,51 @@ class Pool(Stage):
         super().done()
 
     async def _watch_policy(self) -> None:
-        """Once a second: a new policy (start, reload) retires the old pools at once and
-        pre-warms the new ones; idle connections past ``upstream_pool_idle`` close."""
-        while True:
-            try:
-                st = self.rt.current()
-                if self.rt.serving is not None and not self.rt.serving.is_set():
-                    st = None  # starting: the listeners' addresses join the policy yet
-                if st is not None and st.snapshot is not self._snapshot and self._idle() > 0:
-                    self._new_policy(st.snapshot)
-                    for service in st.registry.services:
-                        if service.prewarm > 0:
-                            self._spawn(self._prewarm(st, service))
-                for up in list(self._pools.values()):
-                    up.h1.drop_expired()
-                    await drop_expired(up.core)
-            except Exception:  # noqa: BLE001 - a speed feature never stops the proxy
-                logger.exception("upstream pool upkeep failed")
-            await asyncio.sleep(1.0)
+        """A new policy (start, reload) retires the old pools at once and pre-warms the new
+        ones; idle connections past ``upstream_pool_idle`` close. Once a second while
+        starting or while an httpcore pool holds a connection (its expiry check also finds
+        an idle HTTP/1.1 connection the upstream closed: only a look finds that); otherwise
+        it sleeps until the earliest HTTP/1.1 expiry (``H1Pool.next_due``), a state change
+        (reload, lock, unlock, another state) or a new connection: nothing is due before."""
+        watch = StateWatch(self.rt.live, self._wakeup)
+        try:
+            while True:
+                delay: float | None = 1.0
+                try:
+                    st = self.rt.current()
+                    if self.rt.serving is not None and not self.rt.serving.is_set():
+                        st = None  # starting: the listeners' addresses join the policy yet
+                    if (st is not None and st.snapshot is not self._snapshot
+                            and self._idle() > 0):
+                        self._new_policy(st.snapshot)
+                        for service in st.registry.services:
+                            if service.prewarm > 0:
+                                self._spawn(self._prewarm(st, service))
+                    for up in list(self._pools.values()):
+                        up.h1.drop_expired()
+                        await drop_expired(up.core)
+                    delay = self._next_upkeep()
+                except Exception:  # noqa: BLE001 - a speed feature never stops the proxy
+                    logger.exception("upstream pool upkeep failed")
+                await self._wakeup.sleep(delay)
+        finally:
+            watch.close()
+
+    def _next_upkeep(self) -> float | None:
+        """Seconds until the watcher has something to do (None: not before a wake)."""
+        if self.rt.serving is not None and not self.rt.serving.is_set():
+            return 1.0
+        now = time.monotonic()
+        due: float | None = None
+        for up in self._pools.values():
+            if up.core.connections:
+                return 1.0
+            d = up.h1.next_due(now)
+            if d is not None and (due is None or d < due):
+                due = d
+        if due is None:
+            return None
+        return max(due - now, 0.0) + _LATE  # (the loop's clock may run a little behind)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -327,8 +362,10 @@ class Pool(Stage):
         idle = float(st.registry.config.proxy.upstream_pool_idle)
         ssl_context = pool_context(key, http2=http2)
         up = _Upstream(key, http2,
-                       pool_transport(key, http2=http2, idle=idle, ssl_context=ssl_context),
+                       pool_transport(key, http2=http2, idle=idle, ssl_context=ssl_context,
+                                      on_dial=self._wakeup.wake),
                        H1Pool(ssl_context, idle))
+        up.h1.on_dial = self._wakeup.wake
         self._pools[(service.name, host)] = up
         return up
 
