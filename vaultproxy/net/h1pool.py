@@ -1010,7 +1010,7 @@ class H1Pool:
         self._idle: dict[tuple[str, int, str], deque[_Conn]] = {}
         self.closed = False
         self.dials = 0  # connections this pool opened (stats, tests)
-        self.open = 0  # of those, not closed yet (idle, in use, or handed to httpcore)
+        self._open: set[_Conn] = set()  # of those, not gone yet (idle, in use, handed on)
         self.on_dial: Callable[[], None] | None = None  # after each new connection
 
     async def _dial(self, where: tuple[str, int, str], timeout: float) -> _Conn:
@@ -1033,8 +1033,8 @@ class H1Pool:
             raise httpcore.ConnectError(type(e).__name__) from e
         self.dials += 1
         stats["dials"] += 1
-        self.open += 1
-        conn.gone.add_done_callback(self._one_gone)
+        self._open.add(conn)
+        conn.gone.add_done_callback(lambda _: self._open.discard(conn))
         if self.on_dial is not None:
             self.on_dial()
         conn.sessions = self._sessions
@@ -1142,9 +1142,6 @@ class H1Pool:
                 del self._idle[where]
         return dropped
 
-    def _one_gone(self, _: asyncio.Future[None]) -> None:
-        self.open -= 1
-
     def idle_count(self) -> int:
         return sum(len(s) for s in self._idle.values())
 
@@ -1153,14 +1150,13 @@ class H1Pool:
         idle connection's expiry; for a connection in use, ``idle`` from ``now`` at the
         earliest (its expiry starts when it is released); None: no connection is open."""
         due: float | None = None
-        idle = 0
+        idle: set[_Conn] = set()
         for stack in self._idle.values():
             for conn in stack:
-                if not conn.closed:
-                    idle += 1
+                idle.add(conn)
                 if due is None or conn.expire_at < due:
                     due = conn.expire_at
-        if self.open > idle:
+        if any(not conn.closed and conn not in idle for conn in self._open):
             soonest = now + self._idle_for
             due = soonest if due is None else min(due, soonest)
         return due
