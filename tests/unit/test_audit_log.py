@@ -362,3 +362,32 @@ def test_logs_of_several_processes_share_one_file_and_its_rotation(audit_path: P
     assert _numbers(records) == list(range(1000, 1060))  # one thread: global order too
     assert all(f.stat().st_size <= line_size * 5 for f in files)
     assert all(log.stats()["failed"] == 0 for log in logs)
+
+
+def test_a_tap_removed_or_added_while_a_line_is_handed_out_changes_nothing_for_that_line(
+    audit_path: Path,
+) -> None:
+    """``add_tap``/``remove_tap`` replace the list: the line being handed out goes to every
+    tap of the list it started with. (Editing the list in place, a tap that removes itself
+    made the next tap miss that line.) Twin: the next line sees the new list."""
+    audit = AuditLog(audit_path)
+    got: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+
+    def a(line: str) -> None:
+        got["a"].append(json.loads(line)["path"])
+        audit.remove_tap(a)
+        audit.add_tap(c)
+
+    def b(line: str) -> None:
+        got["b"].append(json.loads(line)["path"])
+
+    def c(line: str) -> None:
+        got["c"].append(json.loads(line)["path"])
+
+    audit.add_tap(a)
+    audit.add_tap(b)
+    audit.record(_event(1))
+    audit.record(_event(2))
+    assert got == {"a": ["/v1/item/1"], "b": ["/v1/item/1", "/v1/item/2"], "c": ["/v1/item/2"]}
+    audit.remove_tap(a)  # (not a tap any more: nothing)
+    assert audit.taps == [b, c]

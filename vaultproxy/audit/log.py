@@ -69,10 +69,25 @@ class AuditLog:
         self._dropped = 0
         self._error: str | None = None  # why writing fails now (None: it works)
         # Each is called with every line that is written (or kept for a retry): the audit
-        # sinks (vaultproxy/sinks/) in the supervisor, the channel to it in a worker.
+        # sinks (vaultproxy/sinks/) in the supervisor, the channel to it in a worker, the
+        # dashboard's feed. Replaced, never edited (``add_tap``, ``remove_tap``): a line
+        # being handed to the taps, on any thread, goes to the list it started with.
         self.taps: list[Callable[[str], None]] = []
         # ``run_flusher`` asleep with nothing kept: woken by the next kept line (any thread)
         self._flush_waiter: asyncio.Future[None] | None = None
+
+    def add_tap(self, tap: Callable[[str], None]) -> None:
+        """Hand every line from now on to ``tap`` too (a new list: see ``taps``)."""
+        with self._lock:
+            self.taps = [*self.taps, tap]
+
+    def remove_tap(self, tap: Callable[[str], None]) -> None:
+        """Stop handing lines to ``tap`` (if it is one; a new list: see ``taps``)."""
+        with self._lock:
+            taps = list(self.taps)
+            if tap in taps:
+                taps.remove(tap)
+                self.taps = taps
 
     # -- counters -------------------------------------------------------------------------
     @property
