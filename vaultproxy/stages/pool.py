@@ -250,23 +250,20 @@ class Pool(Stage):
                     return  # reloaded meanwhile: the new policy warms its own
                 up = self._pool_for(st, service, spec.host)
                 known = (service.name, spec.host)
-                done: list[Any] = []
                 url = httpcore.URL(scheme=b"https", host=str(ip).encode(),
                                    port=int(port), target=b"/")
-                if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
-                    done = await asyncio.gather(*(
-                        up.h1.prewarm(str(ip), int(port), spec.host,
-                                      float(cfg.connect_timeout))
-                        for _ in range(service.prewarm)), return_exceptions=True)
-                    for i, d in enumerate(done):
-                        if isinstance(d, WantsHTTP2):  # httpcore's HTTP/2 takes it over
-                            self._h2_seen[known] = True
-                            done[i] = await self._adopt(up, d, url)
-                else:
-                    done = await asyncio.gather(*(
-                        prewarm(up.core, url, spec.host, float(cfg.connect_timeout),
-                                float(cfg.upstream_pool_idle))
-                        for _ in range(service.prewarm)), return_exceptions=True)
+                h1 = self._h2_seen.get(known) is not True  # HTTP/1.1, or not known yet
+                connect = float(cfg.connect_timeout)
+                # the pool's own client (WantsHTTP2 when the upstream chooses HTTP/2), or
+                # httpcore's pool for an upstream known to speak HTTP/2
+                done: list[Any] = await asyncio.gather(*(
+                    up.h1.prewarm(str(ip), int(port), spec.host, connect) if h1
+                    else prewarm(up.core, url, spec.host, connect, float(cfg.upstream_pool_idle))
+                    for _ in range(service.prewarm)), return_exceptions=True)
+                for i, d in enumerate(done):
+                    if isinstance(d, WantsHTTP2):  # httpcore's HTTP/2 takes it over
+                        self._h2_seen[known] = True
+                        done[i] = await self._adopt(up, d, url)
             except Exception as e:  # noqa: BLE001 - the first request reports it properly
                 logger.warning("prewarm of %s (%s): %s", service.name, spec.host,
                                pool_error_text(e) if isinstance(e, httpcore.ConnectError)
