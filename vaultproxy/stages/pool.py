@@ -20,7 +20,7 @@ An upstream that speaks HTTP/1.1 is served by the pool's own client (net/h1pool.
 and h11, a LIFO stack of idle connections per address; less CPU per request than httpcore's
 pool, docs/BENCHMARKS.md); one that chooses HTTP/2 in the TLS handshake by httpcore's pool
 (multiplexing), which takes over the connection that found it out. ``_h2_seen`` remembers
-which per (service, host).
+which per (service, host), until a reload (a new policy: new pools, maybe new upstreams).
 
 A new upstream connection resumes the TLS session the pool's last one for that name left
 (net/outbound.py ``TLSSessions``; the sessions live and die with the pool). A service's
@@ -336,8 +336,12 @@ class Pool(Stage):
             idle=float(cfg.idle_timeout))
 
     def _new_policy(self, snapshot: Snapshot) -> None:
-        """A reload: every pool of the old policy goes."""
+        """A reload: every pool of the old policy goes, and with them what their upstreams
+        told us (``_h2_seen``): the reload may have given a service another address
+        (``connect_to``, hosts) or trust (``ca_cert``), hence another upstream; the first
+        connection under the new policy finds out again, as after a start."""
         self._snapshot = snapshot
+        self._h2_seen = {}
         for old in list(self._pools):
             self._retire(old)
 
