@@ -83,7 +83,8 @@ def main() -> None:
             total = sum(calls.values())
             per_min = (u1 + s1 - u0 - s0) * 1000 * 60 / args.cpu
             print(f"{name:>8}: {polls / args.seconds:.1f} epoll waits/s, "
-                  f"{total / args.seconds:.1f} syscalls/s (strace -c -f, {args.seconds:g} s: {dict(calls)}); CPU "
+                  f"{total / args.seconds:.1f} syscalls/s (strace -c -f, {args.seconds:g} s: "
+                  f"{dict(calls)}); CPU "
                   f"{per_min:.0f} ms per idle minute (user {(u1 - u0) * 1000:.0f} ms, sys "
                   f"{(s1 - s0) * 1000:.0f} ms over {args.cpu:g} s); load {load()}", flush=True)
     finally:
