@@ -30,7 +30,11 @@ from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
 
 
-def instructions(t: TreeProxy, out: Path, n: int) -> float:
+def start_under_callgrind(t: TreeProxy, out: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`vaultproxy run --workers 1` from ``t``'s tree under ``valgrind --tool=callgrind
+    --instr-atstart=no`` (``PYTHONMALLOC=malloc``; its log beside ``out``): the process and
+    its proxy URL once run.json names it. Instrumentation stays off until ``callgrind_control
+    -i on``; ``stop_and_count`` ends it."""
     assert t.home is not None
     run_json = t.home.path / "run.json"
     run_json.unlink(missing_ok=True)
@@ -54,19 +58,24 @@ def instructions(t: TreeProxy, out: Path, n: int) -> float:
             except (FileNotFoundError, json.JSONDecodeError):
                 data = {}
             if data.get("pid") == proc.pid:
-                break
+                return proc, str(data["proxy_url"])
             time.sleep(0.2)
-        proxy = data["proxy_url"]
-        run_hey(t.base + "/1k", proxy=proxy, conns=10, count=100, timeout_s=600)
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
-                       capture_output=True)
-        res = run_hey(t.base + "/1k", proxy=proxy, conns=10, count=n, timeout_s=900)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
-                       capture_output=True)
-        ok = res.statuses.get(200, 0)
-    finally:
+    except BaseException:
         proc.terminate()
         proc.wait(120)
+        raise
+
+
+def instrumented(pid: int, on: bool) -> None:
+    """``callgrind_control -i on|off PID``."""
+    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(pid)], check=True,
+                   capture_output=True)
+
+
+def stop_and_count(proc: subprocess.Popen[bytes], out: Path) -> int:
+    """End the proxy (its counters are dumped as it exits); the total Ir of its out files."""
+    proc.terminate()
+    proc.wait(120)
     total = 0
     for f in out.parent.glob(out.name + "*"):
         if f.suffix == ".log":
@@ -76,6 +85,20 @@ def instructions(t: TreeProxy, out: Path, n: int) -> float:
             if m:
                 total = max(total, int(m.group(1)))
                 break
+    return total
+
+
+def instructions(t: TreeProxy, out: Path, n: int) -> float:
+    proc, proxy = start_under_callgrind(t, out)
+    ok = 0
+    try:
+        run_hey(t.base + "/1k", proxy=proxy, conns=10, count=100, timeout_s=600)
+        instrumented(proc.pid, True)
+        res = run_hey(t.base + "/1k", proxy=proxy, conns=10, count=n, timeout_s=900)
+        instrumented(proc.pid, False)
+        ok = res.statuses.get(200, 0)
+    finally:
+        total = stop_and_count(proc, out)
     return total / max(ok, 1)
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.callgrind import instrumented, start_under_callgrind, stop_and_count
 from bench.lean import TreeProxy, compile_tree, load
 from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
@@ -271,57 +272,17 @@ def measure(t: TreeProxy, n: int, out: Path, work: Path, trace: bool) -> None:
 def instructions(t: TreeProxy, n: int, out: Path) -> float:
     """Instructions per request of ``n`` sequential requests on one keep-alive connection,
     the proxy under ``valgrind --tool=callgrind --instr-atstart=no`` (bench/callgrind.py's
-    method, without hey's concurrency: one connection, the latency case)."""
-    import json
-    import re
-
-    assert t.home is not None
-    run_json = t.home.path / "run.json"
-    run_json.unlink(missing_ok=True)
-    cmd = [
-        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-        sys.executable, "-m", "vaultproxy", "run", "--home", str(t.home.path),
-        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
-        "--password-file", str(t.home.password_file), "--workers", "1",
-    ]  # fmt: skip
-    import os
-    env = dict(os.environ, PYTHONPATH=str(t.tree), PYTHONMALLOC="malloc", **(t.extra_env or {}))
-    log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=t.tree, env=env,
-                            stdin=subprocess.DEVNULL)
+    start and count, without hey's concurrency: one connection, the latency case)."""
+    proc, t.proxy = start_under_callgrind(t, out)
     try:
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None or time.monotonic() - t0 > 600:
-                raise RuntimeError(f"no run.json; see {log.name}")
-            try:
-                data = json.loads(run_json.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                data = {}
-            if data.get("pid") == proc.pid:
-                break
-            time.sleep(0.2)
-        t.proxy = data["proxy_url"]
         conn = connect(t)
         requests(conn, 100)
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
-                       capture_output=True)
+        instrumented(proc.pid, True)
         requests(conn, n)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
-                       capture_output=True)
+        instrumented(proc.pid, False)
         conn.close()
     finally:
-        proc.terminate()
-        proc.wait(120)
-    total = 0
-    for f in out.parent.glob(out.name + "*"):
-        if f.suffix == ".log":
-            continue
-        for line in f.read_text(errors="replace").splitlines():
-            m = re.match(r"totals: (\d+)", line)
-            if m:
-                total = max(total, int(m.group(1)))
-                break
+        total = stop_and_count(proc, out)
     return total / n
 
 

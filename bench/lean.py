@@ -13,9 +13,13 @@ same nginx and home, so load drift on this shared machine hits both alike. Per s
               then, steadier on a loaded machine), and to the first 200 through the proxy
   RSS start   VmRSS of the proxy process once it answered that first request
   CPU/req     utime+stime of the proxy process (/proc/PID/stat) over a fixed number of 1 KB
-              keep-alive GETs (`hey -c 10 -n N`), divided by N; "sys" is the stime part;
+              keep-alive GETs on 10 connections, divided by N; "sys" is the stime part. The
+              client (``--client``): bench/keepalive.py (default: exactly 10 connections,
+              in its own process) or `hey -c 10 -n N` (Go's transport sometimes dials a
+              spare connection per request and drops it before TLS: such runs read high).
               "new conns": TCP connections the machine accepted meanwhile (10 is the
-              keep-alive ideal; hundreds: Go's spare dials, see passive_opens)
+              keep-alive ideal; hundreds: hey's spare dials, see passive_opens), and for
+              keepalive.py the connections it opened
   p50/p99     one keep-alive connection, sequential GETs (http.client, perf_counter); "added"
               subtracts the direct p50 measured in the same round
 The load average is printed beside every row."""
@@ -35,7 +39,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.load import run_hey, sequential
+from bench.load import HeyResult, run_hey, run_keepalive, sequential
 from bench.targets import Vaultproxy, VaultproxyHome
 from bench.upstream import Nginx, stop_process
 
@@ -131,7 +135,16 @@ def compile_tree(tree: Path) -> None:
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
 
 
-def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, float]:
+def keepalive_load(client: str, url: str, proxy: str | None, count: int) -> HeyResult:
+    """``count`` 1 KB keep-alive GETs on 10 connections from ``client`` ("ours": bench/
+    keepalive.py; "hey")."""
+    if client == "hey":
+        return run_hey(url, proxy=proxy, conns=10, count=count)
+    return run_keepalive(url, proxy=proxy, conns=10, count=count)
+
+
+def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float,
+            client: str = "ours") -> dict[str, float]:
     t0 = time.monotonic()
     t.start()
     assert t.proc is not None
@@ -141,11 +154,11 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
     first_200 = time.monotonic() - t0
     time.sleep(0.3)
     rss = rss_mib(pid)
-    run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=300)  # warm: leaves, connections
+    keepalive_load(client, t.base + "/1k", t.proxy, 300)  # warm: leaves, connections
     time.sleep(0.3)
     u0, s0 = cpu_split(pid)
     opens = passive_opens()
-    res = run_hey(t.base + "/1k", proxy=t.proxy, conns=10, count=n)
+    res = keepalive_load(client, t.base + "/1k", t.proxy, n)
     u1, s1 = cpu_split(pid)
     opens = passive_opens() - opens
     c0, c1 = u0 + s0, u1 + s1
@@ -160,6 +173,7 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float) -> dict[str, fl
         "cpu_ms": (c1 - c0) * 1000 / max(ok, 1),
         "sys_ms": (s1 - s0) * 1000 / max(ok, 1),
         "opens": opens,
+        "opened": float(res.conns_opened) if res.conns_opened is not None else float("nan"),
         "ok": ok,
         "p50": seq.p50_ms,
         "p99": seq.p99_ms,
@@ -175,6 +189,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, default=4000, help="requests per CPU measurement")
     ap.add_argument("--seq", type=int, default=1500, help="sequential requests per p50")
+    ap.add_argument("--client", choices=("ours", "hey"), default="ours",
+                    help="the keep-alive load client: bench/keepalive.py (default) or hey")
     args = ap.parse_args()
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
         ("this", Path(__file__).resolve().parents[1])
@@ -200,13 +216,15 @@ def main() -> None:
                 t.home, t.service, t.tree = home, "hi", tree
                 t.extra_env = envs.get(name)
                 try:
-                    m = measure(t, args.n, args.seq, direct.p50_ms)
+                    m = measure(t, args.n, args.seq, direct.p50_ms, args.client)
                 finally:
                     t.stop()
                 rows[name].append(m)
                 print(
                     f"round {r + 1} {name:>8}: CPU {m['cpu_ms']:.3f} ms/req (sys {m['sys_ms']:.3f}; {m['ok']:.0f} ok, "
-                    f"{m['opens']:.0f} new conns), "
+                    f"{m['opens']:.0f} new conns"
+                    + (f", {m['opened']:.0f} opened by the client" if m["opened"] == m["opened"] else "")
+                    + "), "
                     f"p50 {m['p50']:.3f} ms (direct {direct.p50_ms:.3f}, added {m['added']:.3f}), "
                     f"p99 {m['p99']:.3f}, RSS {m['rss']:.1f} MiB, ready {m['ready']:.2f} s "
                     f"(CPU {m['ready_cpu']:.2f} s), first 200 {m['first200']:.2f} s; load {load()}",

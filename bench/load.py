@@ -1,6 +1,8 @@
 """The load generator: `hey` (Debian package `hey`, Go). It speaks HTTP/1.1 with keep-alive
 (or a new connection per request with -disable-keepalive), tunnels HTTPS through an HTTP proxy
 with CONNECT (-x), and skips certificate verification (every proxy here mints its own).
+``run_keepalive``: the same keep-alive GETs from bench/keepalive.py, without hey's spare
+dials (the CPU-per-request rows of bench/lean.py and bench/peers.py).
 
 Every run is bounded: either by duration (-z) or by count (-n), and by a subprocess timeout."""
 
@@ -21,6 +23,7 @@ class HeyResult:
     statuses: dict[int, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     raw: str = ""
+    conns_opened: int | None = None  # run_keepalive: connections it opened (hey: unknown)
 
     def ok(self, expect: tuple[int, ...] = (200,)) -> bool:
         good = sum(n for s, n in self.statuses.items() if s in expect)
@@ -103,6 +106,45 @@ def run_hey(
     res = parse(out.stdout)
     if out.returncode != 0:
         res.errors.append(f"hey exited {out.returncode}: {out.stderr.strip()[:200]}")
+    return res
+
+
+def run_keepalive(
+    url: str,
+    *,
+    proxy: str | None,
+    conns: int = 10,
+    duration_s: float | None = None,
+    count: int | None = None,
+    headers: tuple[str, ...] = (),
+    timeout_s: float = 60,
+) -> HeyResult:
+    """``run_hey``'s keep-alive GETs from bench/keepalive.py (its own process): exactly
+    ``conns`` connections, none dialled spare (hey's Go transport sometimes dials one per
+    request and drops it before TLS; see passive_opens in bench/lean.py)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, str(Path(__file__).with_name("keepalive.py")), "-c", str(conns)]
+    cmd += ["-z", f"{duration_s:g}"] if duration_s is not None else ["-n", str(count or conns)]
+    if proxy:
+        cmd += ["-x", proxy]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
+    limit = (duration_s or 0) + timeout_s + 30
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, check=False)
+    res = HeyResult(raw=out.stdout)
+    if out.returncode != 0:
+        res.errors.append(f"keepalive.py exited {out.returncode}: {out.stderr.strip()[-300:]}")
+        return res
+    data = json.loads(out.stdout)
+    res.total_s, res.rps = float(data["total_s"]), float(data["rps"])
+    res.p50_ms, res.p99_ms = data["p50_ms"], data["p99_ms"]
+    res.statuses = {int(k): int(v) for k, v in data["statuses"].items()}
+    res.errors = list(data["errors"])
+    res.conns_opened = int(data["conns_opened"])
     return res
 
 

@@ -23,8 +23,10 @@ socat from Debian, which its start-up checks for). A peer that fails to install 
 reported with its error; the others still run.
 
 Workloads, targets interleaved round by round (`--rounds N`; cells are medians over rounds):
-  10 keep-alive conns   hey -c 10, 1 KB GET: req/s and CPU ms per request (utime+stime of the
-                        target's whole process tree from /proc, before/after)
+  10 keep-alive conns   bench/keepalive.py -c 10 (exactly 10 connections; hey's Go transport
+                        sometimes dials spare ones), 1 KB GET: req/s and CPU ms per request
+                        (utime+stime of the target's whole process tree from /proc,
+                        before/after)
   1 conn sequential     http.client, one tunnel, p50 per request; "added" = minus direct's p50
   new conn per request  hey -c 10 -disable-keepalive: req/s
   SSE                   bench/sse.py's upstream: ~40-byte events 50 ms apart; p50/p99 delay
@@ -641,7 +643,7 @@ def sse_delays(t: Peer, interval: float) -> list[float]:
 
 
 def measure(t: Peer, d: dict[str, float], r: dict[str, object]) -> None:
-    from bench.load import run_hey
+    from bench.load import run_hey, run_keepalive
     from bench.run import settle
 
     check_injection(t)
@@ -656,7 +658,7 @@ def measure(t: Peer, d: dict[str, float], r: dict[str, object]) -> None:
 
     settle(pids)
     c0 = cpu_seconds(pids)
-    res = run_hey(url, proxy=t.hey_proxy, headers=hdrs, conns=10, duration_s=d["conc"])
+    res = run_keepalive(url, proxy=t.hey_proxy, headers=hdrs, conns=10, duration_s=d["conc"])
     c1 = cpu_seconds(pids)
     n = sum(res.statuses.values())
     if res.ok():

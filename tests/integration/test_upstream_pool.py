@@ -40,8 +40,15 @@ class CountingUpstream(TLSServer):
 
     auth_seen: list[str] = field(default_factory=list)
     drop_next: set[int] = field(default_factory=set)  # connections to close on next request
+    ended: dict[int, float] = field(default_factory=dict)  # connection -> when it ended
 
     def serve(self, conn: ssl.SSLSocket, n: int) -> None:
+        try:
+            self._exchanges(conn, n)
+        finally:
+            self.ended[n] = time.monotonic()
+
+    def _exchanges(self, conn: ssl.SSLSocket, n: int) -> None:
         buf = b""
         while (got := read_head(conn, buf)) is not None:
             head, buf = got
@@ -326,6 +333,24 @@ def test_an_idle_connection_is_not_reused_past_upstream_pool_idle(  # type: igno
     assert _grows(env, proxy, "https://pa.api.test/soon", times=1) == 0  # twin: still warm
     time.sleep(4)
     assert _grows(env, proxy, "https://pa.api.test/later", times=1) == 1
+
+
+def test_an_idle_connection_closes_at_its_expiry_while_the_watcher_sleeps(  # type: ignore[no-untyped-def]
+    env: Env, start_proxy
+) -> None:
+    """The pool's watcher sleeps until the earliest idle expiry (no 1 s tick): the
+    connection still closes once ``upstream_pool_idle`` has passed, and not before."""
+    toml = "[proxy]\nupstream_pool_idle = 1.5\n\n" + _services(env.up.port, ("pa",))
+    proxy = start_proxy(toml, {"pa": env.secrets["pa"]})
+    status, body = curl(proxy, "https://pa.api.test/expiring")
+    done = time.monotonic()
+    assert status == 200
+    n = json.loads(body)["conn"]
+    deadline = done + 6
+    while n not in env.up.ended and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert n in env.up.ended
+    assert 1.3 <= env.up.ended[n] - done <= 2.6
 
 
 # -- an HTTP/2 connection the upstream closed while idle ---------------------------------------

@@ -270,6 +270,38 @@ def test_flusher_retries_kept_lines_within_a_second_and_on_cancel(tmp_path: Path
     assert after_cancel == [1, 2]
 
 
+def test_flusher_sleeps_without_a_timer_until_another_thread_keeps_a_line(
+    tmp_path: Path,
+) -> None:
+    """Nothing kept: the flusher waits with no timer (an idle proxy is not woken once a
+    second). A line kept by another thread wakes it, and the retry comes ``interval`` after
+    it. Twin: a kept line is in the file after that, not before."""
+    later = tmp_path / "later"
+    audit_path = later / "audit.jsonl"
+    audit = AuditLog(audit_path)
+
+    async def scenario() -> tuple[list[object], list[int], list[int]]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(audit.run_flusher(0.2))
+        await asyncio.sleep(0.05)
+        idle_timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        await asyncio.to_thread(audit.record, _event(1))  # fails: kept, from a thread
+        later.mkdir()
+        assert audit.buffered == 1
+        before = _numbers(_lines(audit_path)) if audit_path.exists() else []
+        await asyncio.sleep(0.4)
+        after = _numbers(_lines(audit_path))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return idle_timers, before, after
+
+    idle_timers, before, after = asyncio.run(scenario())
+    assert idle_timers == []
+    assert before == []
+    assert after == [1]
+
+
 def test_flusher_refuses_a_non_positive_interval(audit_path: Path) -> None:
     with pytest.raises(ValueError):
         asyncio.run(AuditLog(audit_path).run_flusher(0))
@@ -330,3 +362,32 @@ def test_logs_of_several_processes_share_one_file_and_its_rotation(audit_path: P
     assert _numbers(records) == list(range(1000, 1060))  # one thread: global order too
     assert all(f.stat().st_size <= line_size * 5 for f in files)
     assert all(log.stats()["failed"] == 0 for log in logs)
+
+
+def test_a_tap_removed_or_added_while_a_line_is_handed_out_changes_nothing_for_that_line(
+    audit_path: Path,
+) -> None:
+    """``add_tap``/``remove_tap`` replace the list: the line being handed out goes to every
+    tap of the list it started with. (Editing the list in place, a tap that removes itself
+    made the next tap miss that line.) Twin: the next line sees the new list."""
+    audit = AuditLog(audit_path)
+    got: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+
+    def a(line: str) -> None:
+        got["a"].append(json.loads(line)["path"])
+        audit.remove_tap(a)
+        audit.add_tap(c)
+
+    def b(line: str) -> None:
+        got["b"].append(json.loads(line)["path"])
+
+    def c(line: str) -> None:
+        got["c"].append(json.loads(line)["path"])
+
+    audit.add_tap(a)
+    audit.add_tap(b)
+    audit.record(_event(1))
+    audit.record(_event(2))
+    assert got == {"a": ["/v1/item/1"], "b": ["/v1/item/1", "/v1/item/2"], "c": ["/v1/item/2"]}
+    audit.remove_tap(a)  # (not a tap any more: nothing)
+    assert audit.taps == [b, c]

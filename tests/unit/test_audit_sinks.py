@@ -277,7 +277,7 @@ def test_health_is_degraded_only_after_failing_longer_than_the_limit() -> None:
 def test_the_audit_log_taps_every_written_record_once(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit.jsonl")
     got: list[str] = []
-    log.taps.append(got.append)
+    log.add_tap(got.append)
     log.record(AuditEvent(event="request", outcome="injected"))
     log.ahead(AuditEvent(event="forward", outcome="forwarding"))
     assert [json.loads(x)["event"] for x in got] == ["request", "forward"]
@@ -290,7 +290,7 @@ def test_a_broken_sink_never_breaks_the_audit_log(tmp_path: Path) -> None:
     def boom(_: str) -> None:
         raise RuntimeError("sink down")
 
-    log.taps.append(boom)
+    log.add_tap(boom)
     assert log.record(AuditEvent(event="request", outcome="injected")) is True
     hub = SinkHub([])
     hub.offer("not json")  # forwarded verbatim to no one; never raises

@@ -69,8 +69,25 @@ class AuditLog:
         self._dropped = 0
         self._error: str | None = None  # why writing fails now (None: it works)
         # Each is called with every line that is written (or kept for a retry): the audit
-        # sinks (vaultproxy/sinks/) in the supervisor, the channel to it in a worker.
+        # sinks (vaultproxy/sinks/) in the supervisor, the channel to it in a worker, the
+        # dashboard's feed. Replaced, never edited (``add_tap``, ``remove_tap``): a line
+        # being handed to the taps, on any thread, goes to the list it started with.
         self.taps: list[Callable[[str], None]] = []
+        # ``run_flusher`` asleep with nothing kept: woken by the next kept line (any thread)
+        self._flush_waiter: asyncio.Future[None] | None = None
+
+    def add_tap(self, tap: Callable[[str], None]) -> None:
+        """Hand every line from now on to ``tap`` too (a new list: see ``taps``)."""
+        with self._lock:
+            self.taps = [*self.taps, tap]
+
+    def remove_tap(self, tap: Callable[[str], None]) -> None:
+        """Stop handing lines to ``tap`` (if it is one; a new list: see ``taps``)."""
+        with self._lock:
+            taps = list(self.taps)
+            if tap in taps:
+                taps.remove(tap)
+                self.taps = taps
 
     # -- counters -------------------------------------------------------------------------
     @property
@@ -199,6 +216,13 @@ class AuditLog:
         while len(self._retry) > self._max_buffered:
             self._retry.popleft()
             self._dropped += 1
+        waiter = self._flush_waiter
+        if waiter is not None:  # the flusher sleeps until a line is kept: this one
+            self._flush_waiter = None
+            try:
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # (its loop is closed: no flusher runs)
+                pass
 
     def _failing_locked(self, e: OSError) -> None:
         name = errno.errorcode.get(e.errno or 0, type(e).__name__)
@@ -233,11 +257,28 @@ class AuditLog:
             self._file.close()
 
     async def run_flusher(self, interval: float = 1.0) -> None:
-        """Retry kept lines every ``interval`` seconds (off the loop) until cancelled."""
+        """Retry kept lines every ``interval`` seconds (off the loop) until cancelled; while
+        none is kept it sleeps until one is (no timer: an idle proxy is not woken), the
+        first retry ``interval`` seconds after that (at most as late as a tick's)."""
         if interval <= 0:
             raise ValueError("interval must be positive")
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                if not self._retry:
+                    waiter: asyncio.Future[None] | None = loop.create_future()
+                    with self._lock:  # (``_keep_locked`` reads it under the lock)
+                        if self._retry:
+                            waiter = None
+                        else:
+                            self._flush_waiter = waiter
+                    if waiter is not None:
+                        try:
+                            await waiter
+                        finally:
+                            with self._lock:
+                                if self._flush_waiter is waiter:
+                                    self._flush_waiter = None
                 await asyncio.sleep(interval)
                 if self._retry:
                     await asyncio.to_thread(self.flush)
@@ -269,6 +310,11 @@ class AuditLog:
             sys.stdout.flush()
         except (OSError, ValueError) as e:
             log.error("audit: echo to stdout failed (%s)", type(e).__name__)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def summary_line(s: dict[str, Any]) -> str:

@@ -201,10 +201,30 @@ class ProxyState:
 
 class Live:
     """The process's current ProxyState, handed to whoever serves it (the proxy's stages, the
-    admin API): None until a home is loaded, and again while mitmdump refuses traffic."""
+    admin API): None until a home is loaded, and again while mitmdump refuses traffic.
+
+    ``watch(callback)``: called whenever ``state`` is assigned (a plain attribute to read:
+    only its assignment, rare, goes through ``__setattr__``)."""
+
+    state: ProxyState | None
+    _watchers: list[Callable[[], None]]
 
     def __init__(self, state: ProxyState | None = None) -> None:
+        object.__setattr__(self, "_watchers", [])
         self.state = state
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name == "state":
+            for callback in list(self._watchers):
+                callback()
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        self._watchers.append(callback)
+
+    def unwatch(self, callback: Callable[[], None]) -> None:
+        if callback in self._watchers:
+            self._watchers.remove(callback)
 
     def require(self) -> ProxyState:
         if self.state is None:

@@ -28,7 +28,7 @@ class AuditSinks:
 
     def start(self) -> None:
         self._rebuild()
-        self.state.audit.taps.append(self.offer)
+        self.state.audit.add_tap(self.offer)
         self.state.on_change.append(self._changed)
         audit_status.set_sink_problems(self.problems)
 
@@ -43,8 +43,7 @@ class AuditSinks:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Give the queues ``timeout`` seconds to drain; what is left is counted as dropped."""
-        if self.offer in self.state.audit.taps:
-            self.state.audit.taps.remove(self.offer)
+        self.state.audit.remove_tap(self.offer)
         if self._changed in self.state.on_change:
             self.state.on_change.remove(self._changed)
         audit_status.set_sink_problems(None)

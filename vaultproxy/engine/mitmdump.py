@@ -219,7 +219,7 @@ class Bootstrap:
             logger.error("vaultproxy dashboard not started: %s", e)
             return
         self._dashboard = dashboard
-        st.audit.taps.append(dashboard.feed.offer)
+        st.audit.add_tap(dashboard.feed.offer)
         admin.ctx.dashboard_login = dashboard.login_url
         if dashboard.address is not None:
             st.set_own_listeners(st.own_listeners | {dashboard.address})
@@ -254,8 +254,8 @@ class Bootstrap:
         if self._dashboard is not None:
             dashboard, self._dashboard = self._dashboard, None
             st0 = _RT.current()
-            if st0 is not None and dashboard.feed.offer in st0.audit.taps:
-                st0.audit.taps.remove(dashboard.feed.offer)
+            if st0 is not None:
+                st0.audit.remove_tap(dashboard.feed.offer)
             with contextlib.suppress(RuntimeError):  # no running loop: nothing left to await
                 task = asyncio.get_running_loop().create_task(dashboard.stop())
                 _stopping.add(task)

@@ -174,7 +174,7 @@ async def _serve_on(
     if dashboard is not None:
         assert admin.ctx is not None
         dashboard.feed.seed(json.dumps(r) for r in await asyncio.to_thread(state.audit.tail, 200))
-        state.audit.taps.append(dashboard.feed.offer)
+        state.audit.add_tap(dashboard.feed.offer)
         await dashboard.start(admin.ctx)
         admin.ctx.dashboard_login = dashboard.login_url
     serving = asyncio.Event()  # set when announced: no connection is served before
@@ -251,8 +251,7 @@ async def _serve_on(
         if supervisor is not None and supervisor.workers:
             await supervisor.stop(timeout=2.0)
         if dashboard is not None:
-            if dashboard.feed.offer in state.audit.taps:
-                state.audit.taps.remove(dashboard.feed.offer)
+            state.audit.remove_tap(dashboard.feed.offer)
             await dashboard.stop()
         await admin.stop()
         flusher.cancel()

@@ -50,7 +50,7 @@ import ssl
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
 
 import h11
@@ -1010,6 +1010,8 @@ class H1Pool:
         self._idle: dict[tuple[str, int, str], deque[_Conn]] = {}
         self.closed = False
         self.dials = 0  # connections this pool opened (stats, tests)
+        self._open: set[_Conn] = set()  # of those, not gone yet (idle, in use, handed on)
+        self.on_dial: Callable[[], None] | None = None  # after each new connection
 
     async def _dial(self, where: tuple[str, int, str], timeout: float) -> _Conn:
         ip, port, sni = where
@@ -1031,6 +1033,10 @@ class H1Pool:
             raise httpcore.ConnectError(type(e).__name__) from e
         self.dials += 1
         stats["dials"] += 1
+        self._open.add(conn)
+        conn.gone.add_done_callback(lambda _: self._open.discard(conn))
+        if self.on_dial is not None:
+            self.on_dial()
         conn.sessions = self._sessions
         conn.keep_session()
         obj = conn.transport.get_extra_info("ssl_object")
@@ -1138,6 +1144,22 @@ class H1Pool:
 
     def idle_count(self) -> int:
         return sum(len(s) for s in self._idle.values())
+
+    def next_due(self, now: float) -> float | None:
+        """When ``drop_expired`` next has something to do (``time.monotonic``): the earliest
+        idle connection's expiry; for a connection in use, ``idle`` from ``now`` at the
+        earliest (its expiry starts when it is released); None: no connection is open."""
+        due: float | None = None
+        idle: set[_Conn] = set()
+        for stack in self._idle.values():
+            for conn in stack:
+                idle.add(conn)
+                if due is None or conn.expire_at < due:
+                    due = conn.expire_at
+        if any(not conn.closed and conn not in idle for conn in self._open):
+            soonest = now + self._idle_for
+            due = soonest if due is None else min(due, soonest)
+        return due
 
     def close(self) -> list[_Conn]:
         """A reload: no connection of this pool is used again (busy ones close as their

@@ -15,7 +15,7 @@ import logging
 import select
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,15 +322,19 @@ def readable(sock: Any) -> bool:
 class _Dialer(httpcore.AsyncNetworkBackend):
     """httpcore's own backend, every stream wrapped in a HeadWatch."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_dial: Callable[[], None] | None = None) -> None:
         self._inner = httpcore.AnyIOBackend()
+        self.on_dial = on_dial  # after each new connection (stages/pool.py's watcher)
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None,
                           ) -> httpcore.AsyncNetworkStream:
-        return HeadWatch(await self._inner.connect_tcp(
+        stream = HeadWatch(await self._inner.connect_tcp(
             host, port, timeout, local_address, socket_options))
+        if self.on_dial is not None:
+            self.on_dial()
+        return stream
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[Any] | None = None,
@@ -355,17 +359,19 @@ def pool_context(key: UpstreamKey, *, http2: bool, resume: bool = True) -> ssl.S
 
 def pool_transport(key: UpstreamKey, *, http2: bool, idle: float, resume: bool = True,
                    ssl_context: ssl.SSLContext | None = None,
+                   on_dial: Callable[[], None] | None = None,
                    ) -> httpcore.AsyncConnectionPool:
     """The warm upstream pool of one service (stages/pool.py) on ``ssl_context``
     (``pool_context`` when None): HTTP/2 when the proxy offers it, idle connections kept
     ``idle`` seconds. The caller keys it by everything its connections were verified and
-    dialled under, and sends the SNI (``sni_hostname``) and an IP literal it checked."""
+    dialled under, and sends the SNI (``sni_hostname``) and an IP literal it checked.
+    ``on_dial``: called after each new connection's TCP connect."""
     if ssl_context is None:
         ssl_context = pool_context(key, http2=http2, resume=resume)
     return httpcore.AsyncConnectionPool(
         ssl_context=ssl_context,
         http1=True, http2=http2, max_connections=100, max_keepalive_connections=20,
-        keepalive_expiry=idle, network_backend=_Dialer(),
+        keepalive_expiry=idle, network_backend=_Dialer(on_dial),
     )
 
 

@@ -20,7 +20,7 @@ An upstream that speaks HTTP/1.1 is served by the pool's own client (net/h1pool.
 and h11, a LIFO stack of idle connections per address; less CPU per request than httpcore's
 pool, docs/BENCHMARKS.md); one that chooses HTTP/2 in the TLS handshake by httpcore's pool
 (multiplexing), which takes over the connection that found it out. ``_h2_seen`` remembers
-which per (service, host).
+which per (service, host), until a reload (a new policy: new pools, maybe new upstreams).
 
 A new upstream connection resumes the TLS session the pool's last one for that name left
 (net/outbound.py ``TLSSessions``; the sessions live and die with the pool). A service's
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ from vaultproxy.config.models import Service
 from vaultproxy.config.rules import parse_host
 from vaultproxy.core.pipeline import HOP_BY_HOP, header_names
 from vaultproxy.core.state import ProxyState
+from vaultproxy.core.wakeup import StateWatch, Wakeup
 from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
 from vaultproxy.net.hostnames import split_authority
@@ -127,6 +129,11 @@ def _small_body(req: http.Request, method: str | None = None) -> bool:
     return length.isdigit() and int(length) <= MAX_POOLED_BODY
 
 
+# How long after an idle connection's expiry the watcher looks (``_next_upkeep``): the
+# loop's clock (uvloop's, cached per turn) can be a little behind ``time.monotonic``.
+_LATE = 0.005
+
+
 async def _close_when_idle(pool: _Pool) -> None:
     """Close a pool the policy left behind once no request is on it any more: an exchange
     under way (a long stream) finishes, as on a reload without the pool; no new one starts."""
@@ -161,6 +168,7 @@ class Pool(Stage):
         self._warming: set[asyncio.Task[None]] = set()
         # (service name, tunnel host) -> whether its upstream answered over HTTP/2
         self._h2_seen: dict[tuple[str, str], bool] = {}
+        self._wakeup = Wakeup()  # the watcher's sleep: a state change or a new connection
 
     def running(self) -> None:
         if self._watch is None:
@@ -174,24 +182,51 @@ class Pool(Stage):
         super().done()
 
     async def _watch_policy(self) -> None:
-        """Once a second: a new policy (start, reload) retires the old pools at once and
-        pre-warms the new ones; idle connections past ``upstream_pool_idle`` close."""
-        while True:
-            try:
-                st = self.rt.current()
-                if self.rt.serving is not None and not self.rt.serving.is_set():
-                    st = None  # starting: the listeners' addresses join the policy yet
-                if st is not None and st.snapshot is not self._snapshot and self._idle() > 0:
-                    self._new_policy(st.snapshot)
-                    for service in st.registry.services:
-                        if service.prewarm > 0:
-                            self._spawn(self._prewarm(st, service))
-                for up in list(self._pools.values()):
-                    up.h1.drop_expired()
-                    await drop_expired(up.core)
-            except Exception:  # noqa: BLE001 - a speed feature never stops the proxy
-                logger.exception("upstream pool upkeep failed")
-            await asyncio.sleep(1.0)
+        """A new policy (start, reload) retires the old pools at once and pre-warms the new
+        ones; idle connections past ``upstream_pool_idle`` close. Once a second while
+        starting or while an httpcore pool holds a connection (its expiry check also finds
+        an idle HTTP/1.1 connection the upstream closed: only a look finds that); otherwise
+        it sleeps until the earliest HTTP/1.1 expiry (``H1Pool.next_due``), a state change
+        (reload, lock, unlock, another state) or a new connection: nothing is due before."""
+        watch = StateWatch(self.rt.live, self._wakeup)
+        try:
+            while True:
+                delay: float | None = 1.0
+                try:
+                    st = self.rt.current()
+                    if self.rt.serving is not None and not self.rt.serving.is_set():
+                        st = None  # starting: the listeners' addresses join the policy yet
+                    if (st is not None and st.snapshot is not self._snapshot
+                            and self._idle() > 0):
+                        self._new_policy(st.snapshot)
+                        for service in st.registry.services:
+                            if service.prewarm > 0:
+                                self._spawn(self._prewarm(st, service))
+                    for up in list(self._pools.values()):
+                        up.h1.drop_expired()
+                        await drop_expired(up.core)
+                    delay = self._next_upkeep()
+                except Exception:  # noqa: BLE001 - a speed feature never stops the proxy
+                    logger.exception("upstream pool upkeep failed")
+                await self._wakeup.sleep(delay)
+        finally:
+            watch.close()
+
+    def _next_upkeep(self) -> float | None:
+        """Seconds until the watcher has something to do (None: not before a wake)."""
+        if self.rt.serving is not None and not self.rt.serving.is_set():
+            return 1.0
+        now = time.monotonic()
+        due: float | None = None
+        for up in self._pools.values():
+            if up.core.connections:
+                return 1.0
+            d = up.h1.next_due(now)
+            if d is not None and (due is None or d < due):
+                due = d
+        if due is None:
+            return None
+        return max(due - now, 0.0) + _LATE  # (the loop's clock may run a little behind)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -215,23 +250,20 @@ class Pool(Stage):
                     return  # reloaded meanwhile: the new policy warms its own
                 up = self._pool_for(st, service, spec.host)
                 known = (service.name, spec.host)
-                done: list[Any] = []
                 url = httpcore.URL(scheme=b"https", host=str(ip).encode(),
                                    port=int(port), target=b"/")
-                if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
-                    done = await asyncio.gather(*(
-                        up.h1.prewarm(str(ip), int(port), spec.host,
-                                      float(cfg.connect_timeout))
-                        for _ in range(service.prewarm)), return_exceptions=True)
-                    for i, d in enumerate(done):
-                        if isinstance(d, WantsHTTP2):  # httpcore's HTTP/2 takes it over
-                            self._h2_seen[known] = True
-                            done[i] = await self._adopt(up, d, url)
-                else:
-                    done = await asyncio.gather(*(
-                        prewarm(up.core, url, spec.host, float(cfg.connect_timeout),
-                                float(cfg.upstream_pool_idle))
-                        for _ in range(service.prewarm)), return_exceptions=True)
+                h1 = self._h2_seen.get(known) is not True  # HTTP/1.1, or not known yet
+                connect = float(cfg.connect_timeout)
+                # the pool's own client (WantsHTTP2 when the upstream chooses HTTP/2), or
+                # httpcore's pool for an upstream known to speak HTTP/2
+                done: list[Any] = await asyncio.gather(*(
+                    up.h1.prewarm(str(ip), int(port), spec.host, connect) if h1
+                    else prewarm(up.core, url, spec.host, connect, float(cfg.upstream_pool_idle))
+                    for _ in range(service.prewarm)), return_exceptions=True)
+                for i, d in enumerate(done):
+                    if isinstance(d, WantsHTTP2):  # httpcore's HTTP/2 takes it over
+                        self._h2_seen[known] = True
+                        done[i] = await self._adopt(up, d, url)
             except Exception as e:  # noqa: BLE001 - the first request reports it properly
                 logger.warning("prewarm of %s (%s): %s", service.name, spec.host,
                                pool_error_text(e) if isinstance(e, httpcore.ConnectError)
@@ -304,8 +336,12 @@ class Pool(Stage):
             idle=float(cfg.idle_timeout))
 
     def _new_policy(self, snapshot: Snapshot) -> None:
-        """A reload: every pool of the old policy goes."""
+        """A reload: every pool of the old policy goes, and with them what their upstreams
+        told us (``_h2_seen``): the reload may have given a service another address
+        (``connect_to``, hosts) or trust (``ca_cert``), hence another upstream; the first
+        connection under the new policy finds out again, as after a start."""
         self._snapshot = snapshot
+        self._h2_seen = {}
         for old in list(self._pools):
             self._retire(old)
 
@@ -327,8 +363,10 @@ class Pool(Stage):
         idle = float(st.registry.config.proxy.upstream_pool_idle)
         ssl_context = pool_context(key, http2=http2)
         up = _Upstream(key, http2,
-                       pool_transport(key, http2=http2, idle=idle, ssl_context=ssl_context),
+                       pool_transport(key, http2=http2, idle=idle, ssl_context=ssl_context,
+                                      on_dial=self._wakeup.wake),
                        H1Pool(ssl_context, idle))
+        up.h1.on_dial = self._wakeup.wake
         self._pools[(service.name, host)] = up
         return up
 

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from vaultproxy.audit.canonical import record_sync
 from vaultproxy.ca import trust_with
+from vaultproxy.core.wakeup import StateWatch, Wakeup
 from vaultproxy.errors import KeystoreError, LockedError, VaultproxyError
 from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
@@ -262,22 +263,40 @@ class Syncer:
         return out
 
     async def refresh_loop(self, live: Live, tick: float = TICK) -> None:
-        """Sync each source every ``refresh_seconds`` while unlocked (cancel to stop)."""
-        while True:
-            await asyncio.sleep(tick)
-            state = live.state
-            if state is None or state.locked:
-                continue
-            for name in self.due(state, time.time()):
-                try:
-                    await self.sync(state, name, trigger="refresh")
-                except (LockedError, UnknownSource):
-                    break  # locked or reloaded meanwhile: look again next tick
-                except Exception as e:  # noqa: BLE001 - the loop must survive anything
-                    logger.error("sync of source %s failed: %s", name, type(e).__name__)
+        """Sync each source every ``refresh_seconds`` while unlocked (cancel to stop): a
+        look every ``tick`` while some source of the unlocked state refreshes; otherwise
+        nothing can be due, and it sleeps until the state changes (reload, unlock, another
+        state: core/wakeup.py), then looks a ``tick`` later, as the next tick would have."""
+        wakeup = Wakeup()
+        watch = StateWatch(live, wakeup)
+        try:
+            while True:
+                state = live.state
+                if not _refreshing(state):
+                    await wakeup.sleep(None)
+                    continue
+                await asyncio.sleep(tick)
+                state = live.state
+                if state is None or state.locked:
+                    continue
+                for name in self.due(state, time.time()):
+                    try:
+                        await self.sync(state, name, trigger="refresh")
+                    except (LockedError, UnknownSource):
+                        break  # locked or reloaded meanwhile: look again next tick
+                    except Exception as e:  # noqa: BLE001 - the loop must survive anything
+                        logger.error("sync of source %s failed: %s", name, type(e).__name__)
+        finally:
+            watch.close()
 
     async def aclose(self) -> None:
         await self.clients.aclose()
+
+
+def _refreshing(state: ProxyState | None) -> bool:
+    """Can a refresh come due in ``state`` (unlocked, a source with ``refresh_seconds``)?"""
+    return (state is not None and not state.locked
+            and any(src.refresh_seconds > 0 for src in state.registry.config.sources))
 
 
 def source_warnings(cfg: Config) -> list[str]:

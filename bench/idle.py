@@ -1,0 +1,95 @@
+"""What an idle `vaultproxy run --workers 1` costs, A/B between trees: how often its event
+loop wakes and how much CPU it spends while nobody sends anything.
+
+    .venv/bin/python bench/idle.py --tree base=/tmp/base --tree now=. [--seconds 10 --cpu 60]
+
+Per tree: start the proxy (bench/lean.py's TreeProxy, the dashboard off), send 20 keep-alive
+requests through it (so its pool holds a warm upstream connection, as after real use), wait
+3 s, then
+  wakeups     ``strace -c -f -p PID`` over ``--seconds``: system calls per second of every
+              thread (an idle loop's are its ``epoll_pwait`` returns; the turn a timer's
+              callback queues polls once more with a zero timeout)
+  CPU         utime+stime of the process (/proc/PID/stat) over ``--cpu`` seconds, per minute
+The pool's connection expires ``upstream_pool_idle`` (30 s) after the requests: one wake to
+close it falls in the CPU window."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.hops import connect, requests
+from bench.lean import TreeProxy, compile_tree, cpu_split, load
+from bench.targets import VaultproxyHome
+from bench.upstream import Nginx, stop_process
+
+
+def syscalls(pid: int, seconds: float, out: Path) -> dict[str, int]:
+    proc = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    calls: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            calls[parts[-1]] = int(parts[3])
+    return calls
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tree", action="append", default=[], help="name=path (repeatable)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="strace window")
+    ap.add_argument("--cpu", type=float, default=60.0, help="CPU window")
+    args = ap.parse_args()
+    trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
+        ("this", Path(__file__).resolve().parents[1])
+    ]
+    for _, tree in trees:
+        compile_tree(tree)
+    work = Path(tempfile.mkdtemp(prefix="vp-idle-"))
+    work.chmod(0o755)  # nginx workers run unprivileged
+    nginx = Nginx(work / "nginx").start()
+    try:
+        home = VaultproxyHome.create(work / "home", nginx)
+        for name, tree in trees:
+            t = TreeProxy(f"vp-{name}", name, nginx, work)
+            t.home, t.service, t.tree = home, "hi", tree
+            t.start()
+            assert t.proc is not None
+            pid = t.proc.pid
+            try:
+                conn = connect(t)
+                requests(conn, 20)
+                conn.close()
+                time.sleep(3)
+                calls = syscalls(pid, args.seconds, work / f"strace-{name}.txt")
+                u0, s0 = cpu_split(pid)
+                time.sleep(args.cpu)
+                u1, s1 = cpu_split(pid)
+            finally:
+                t.stop()
+            polls = calls.get("epoll_pwait", 0) + calls.get("epoll_wait", 0)
+            total = sum(calls.values())
+            per_min = (u1 + s1 - u0 - s0) * 1000 * 60 / args.cpu
+            print(f"{name:>8}: {polls / args.seconds:.1f} epoll waits/s, "
+                  f"{total / args.seconds:.1f} syscalls/s (strace -c -f, {args.seconds:g} s: "
+                  f"{dict(calls)}); CPU "
+                  f"{per_min:.0f} ms per idle minute (user {(u1 - u0) * 1000:.0f} ms, sys "
+                  f"{(s1 - s0) * 1000:.0f} ms over {args.cpu:g} s); load {load()}", flush=True)
+    finally:
+        stop_process(nginx.proc) if nginx.proc else None
+
+
+if __name__ == "__main__":
+    main()
