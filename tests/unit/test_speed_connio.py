@@ -178,7 +178,8 @@ def test_a_held_lock_is_waited_for_in_the_same_order(eager: bool) -> None:
             await asyncio.sleep(0)
             log.append(("still waiting", first.done(), second.done()))
             h._server_event_lock.release()
-            await asyncio.gather(first, second)
+            # (each release wakes the next waiter: a release that did not would wait here)
+            await asyncio.wait_for(asyncio.gather(first, second), 5)
             log.append(("free", h._server_event_lock.locked()))
 
         asyncio.run(main())

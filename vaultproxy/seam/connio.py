@@ -10,7 +10,9 @@ costs two ``server_event`` calls and one ``drain_writers``.
 
 * ``server_event``: the lock is taken as ``Lock.acquire`` takes a free lock (``_locked``
   set, when nothing holds it and nothing waits for it; otherwise ``await lock.acquire()``
-  itself), released with ``lock.release()`` as ``async with`` does, and the two commands a
+  itself), released as ``Lock.release`` releases a held lock nobody waits for (``_locked``
+  cleared; ``_wake_up_first`` would return at once; otherwise ``lock.release()`` itself,
+  as ``async with`` does), and the two commands a
   request produces most (``SendData``, ``Log``, by exact type) take the branch mitmproxy's
   ``isinstance`` chain gives them, with the same test that the connection is still open.
   Every other command goes through that chain, copied unchanged.
@@ -56,6 +58,7 @@ FINGERPRINTS = {
     "FlowControlMixin._drain_helper": "567c79b19c953058",
     "Lock.acquire": "54bbd184d16df3a1",
     "Lock.release": "d0dcc0c5684432c6",
+    "Lock._wake_up_first": "424641528497e419",
     "StreamReader.exception": "24c376c899a9aa6a",
     "asyncio_utils.set_task_debug_info": "fb5346b5710bbc7f",
     # (frozen modules: no source; the fingerprint of their bytecode, names and constants)
@@ -72,6 +75,7 @@ CODE_FINGERPRINTS = {
     "FlowControlMixin._drain_helper": "164df957b526935b",
     "Lock.acquire": "d4d60507da598630",
     "Lock.release": "1c878887455d42e8",
+    "Lock._wake_up_first": "933f879f38b11315",
     "StreamReader.exception": "90f8fb4644e04ee5",
     "asyncio_utils.set_task_debug_info": "886c373ad9a36b10",
     "_Environ.__getitem__": "9c89bdb45cf484f4",
@@ -116,7 +120,7 @@ def missing_symbol() -> str | None:
             or missing(asyncio_utils, "create_task", "set_task_debug_info")
             or missing(os, "_Environ")
             or missing(os.environ, "_data", "encodekey", "decodevalue")
-            or missing(lock, "_locked", "_waiters", "acquire", "release")
+            or missing(lock, "_locked", "_waiters", "acquire", "release", "_wake_up_first")
             or missing(asyncio.streams, "FlowControlMixin")
             or missing(asyncio.streams.FlowControlMixin, "_drain_helper")
             or missing(asyncio.StreamWriter, "drain")
@@ -213,7 +217,10 @@ async def server_event(self: Any, event: Any) -> None:
         except Exception:
             self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
     finally:
-        lock.release()
+        if lock._locked and not lock._waiters:
+            lock._locked = False  # (``Lock.release`` with no waiter to wake: no call)
+        else:
+            lock.release()
 
 
 class _Disarmed:
@@ -318,7 +325,8 @@ def install() -> bool:
         return False
     STOCK.update(server_event=cls.server_event, drain_writers=cls.drain_writers,
                  set_task_debug_info=asyncio_utils.set_task_debug_info)
-    if _same("ConnectionHandler.server_event", "Lock.acquire", "Lock.release"):
+    if _same("ConnectionHandler.server_event", "Lock.acquire", "Lock.release",
+             "Lock._wake_up_first"):
         cls.server_event = server_event  # type: ignore[method-assign]
     if _same("ConnectionHandler.drain_writers", "StreamWriter.drain",
              "FlowControlMixin._drain_helper", "StreamReader.exception", "Lock.acquire"):
