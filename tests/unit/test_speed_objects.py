@@ -195,3 +195,46 @@ def test_headers_and_responses_are_made_as_mitmproxy_makes_them() -> None:
         assert _outcome(objects.response_of, *args) == want_resp, (i, args)
         fast_responses += type(head) is http.Headers and type(version) is bytes
     assert fast_headers > 1000 and fast_responses > 200, (fast_headers, fast_responses)
+
+
+class _VpTestCommand(commands.Command):
+    """(a command of its own, for a completion event class mitmproxy refuses)"""
+
+
+def test_completion_events_are_made_as_before() -> None:
+    """``CommandCompleted.__new__`` (``HookCompleted``: one per blocking hook) checked once
+    per class: the events equal what mitmproxy's own ``__new__`` makes, and the classes it
+    refuses are refused every time, with its own exception."""
+    from mitmproxy.proxy import events
+
+    assert events.CommandCompleted in objects.CHECKED
+    assert events.CommandCompleted.__new__ is not objects.STOCK_NEW[events.CommandCompleted]
+    f = http.HTTPFlow(connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2),
+                                        timestamp_start=0), connection.Server(address=("a", 1)))
+    hook = lhttp.HttpRequestHook(f)
+    stock = objects.STOCK_NEW[events.CommandCompleted]
+
+    def by_stock(cls: type, *args: Any) -> Any:
+        made = stock(cls, *args)
+        made.__init__(*args)
+        return made
+
+    srv = connection.Server(address=("a", 1))
+    open_cmd = commands.OpenConnection(srv)
+    for _ in range(3):  # the first instance is checked, the next ones are not
+        for cls, args in ((events.HookCompleted, (hook, None)),
+                          (events.OpenConnectionCompleted, (open_cmd, "refused")),
+                          (events.Wakeup, (commands.RequestWakeup(1.0),))):
+            got, want = cls(*args), by_stock(cls, *args)
+            assert type(got) is type(want) is cls
+            assert vars(got) == vars(want) and got.command is args[0]
+
+    class NotADataclass(events.CommandCompleted):
+        command: _VpTestCommand
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="may not be instantiated"):
+            events.CommandCompleted()
+        if __debug__:  # (mitmproxy's check is an ``assert``)
+            with pytest.raises(AssertionError):
+                NotADataclass()

@@ -1,7 +1,8 @@
 """Cheaper construction of mitmproxy's per-request objects (speed patches of the seam).
 
 * Every hook object (``Hook.__new__``, and ``StartHook.__new__`` before it for the
-  connection handler's hooks) re-checks that its class is a concrete dataclass on every
+  connection handler's hooks), and every hook's completion event (``CommandCompleted.__new__``
+  for ``HookCompleted``), re-checks that its class is a concrete dataclass on every
   instantiation: 6-8 per proxied request. ``install`` keeps that check for a class's first
   instance and remembers the classes that passed; an instance of one of them is then made
   as the check would have made it (``object.__new__``). A class that fails still raises
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mitmproxy import connection, flow, hooks, http
-from mitmproxy.proxy import commands
+from mitmproxy.proxy import commands, events
 
 from vaultproxy.seam.need import missing
 
@@ -115,13 +116,24 @@ def _checked_once(stock: Any) -> Any:
 
 def missing_symbol() -> str | None:
     """What these patches need of mitmproxy that it no longer has (None: all there)."""
-    symbol = missing(hooks, "Hook") or missing(commands, "StartHook") or missing(flow, "uuid")
-    if symbol is None and ("__new__" not in vars(hooks.Hook)
-                           or "__new__" not in vars(commands.StartHook)):
-        symbol = "Hook.__new__"
+    symbol = (missing(hooks, "Hook") or missing(commands, "StartHook")
+              or missing(events, "CommandCompleted") or missing(flow, "uuid"))
+    if symbol is None:
+        for cls in CHECKED:
+            if "__new__" not in vars(cls):
+                symbol = f"{cls.__name__}.__new__"
+                break
     if symbol is None and not _stock_uuid(flow):
         symbol = "flow.uuid.uuid4"
     return symbol
+
+
+#: the classes whose ``__new__`` checks its class on every instance (``_checked_once``)
+CHECKED: tuple[type, ...] = tuple(
+    c for c in (getattr(hooks, "Hook", None), getattr(commands, "StartHook", None),
+                getattr(events, "CommandCompleted", None)) if c is not None)
+#: each one's own ``__new__`` as ``install`` found it (for the tests)
+STOCK_NEW: dict[type, Any] = {}
 
 
 def _stock_uuid(module: Any) -> bool:
@@ -135,9 +147,10 @@ def install() -> bool:
         return True
     if missing_symbol() is not None:
         return False
-    for cls in (hooks.Hook, commands.StartHook):
+    for cls in CHECKED:
         stock = vars(cls)["__new__"]
         stock = stock.__func__ if isinstance(stock, staticmethod) else stock
+        STOCK_NEW[cls] = stock
         cls.__new__ = _checked_once(stock)  # type: ignore[method-assign,assignment]
     fast_uuid = _uuid_module()
     setattr(flow, "uuid", fast_uuid)  # noqa: B010 - (not exported)
