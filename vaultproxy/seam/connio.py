@@ -27,6 +27,16 @@ costs two ``server_event`` calls and one ``drain_writers``.
   ``_drain_helper`` test first), there is nothing to wait for and it returns; otherwise
   mitmproxy's method runs.
 
+* ``handle_connection`` (the loop that reads a connection until its end: one per connection,
+  one read per request): ``await reader.read(65535)`` of an ``asyncio.StreamReader`` (three
+  coroutine levels, two more frames, on each wake-up: ``read``, ``_wait_for_data``, then
+  ``_maybe_resume_transport``) is done inline, as those three do it: the same exception
+  raised first, the same waiter future set on the reader (``feed_data`` and ``feed_eof``
+  wake it), the same resume of a paused transport before the wait and after taking the
+  bytes, the same ``RuntimeError`` for a second reader. The rest of the loop is mitmproxy's,
+  copied. It runs under seam/defences.py's ``handle_connection`` (``connection_loop``); any
+  other reader (mitmproxy_rs's UDP stream) takes mitmproxy's own.
+
 mitmproxy's and asyncio's methods are fingerprinted (``need.unchanged``: their compiled
 code, else their source text); if one differs, the patch that relies on it is not applied
 (one WARNING), so an upgrade can make the proxy slower, never different.
@@ -42,7 +52,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy.proxy import commands, server
+from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy import commands, events, server
 from mitmproxy.utils import asyncio_utils
 
 from vaultproxy.seam import need
@@ -65,6 +76,10 @@ FINGERPRINTS = {
     "_Environ.__getitem__": "8503af0bb5e29999",
     "Mapping.get": "be553584ca6aae1e",
     "TimeoutWatchdog.disarm": "99af75f94eed883a",
+    "ConnectionHandler.handle_connection": "95c3f93e9824e527",
+    "StreamReader.read": "b3e781f2317fe198",
+    "StreamReader._wait_for_data": "3064c5757b9dd9af",
+    "StreamReader._maybe_resume_transport": "9f458ca68d19a38e",
 }
 #: ``need.code_fingerprint`` of each, on ``need.CODE_MAGIC``'s bytecode: matched, start-up
 #: reads no source file (``need.unchanged``).
@@ -81,6 +96,10 @@ CODE_FINGERPRINTS = {
     "_Environ.__getitem__": "9c89bdb45cf484f4",
     "Mapping.get": "56b63ee310fd81db",
     "TimeoutWatchdog.disarm": "eb1ebc9137a4c8ba",
+    "ConnectionHandler.handle_connection": "7f50f7a022f0e4c4",
+    "StreamReader.read": "c500defb98ba975f",
+    "StreamReader._wait_for_data": "6289a880f7fe8b5e",
+    "StreamReader._maybe_resume_transport": "610826efc1261fe3",
 }
 #: mitmproxy's own methods, as the handler had them before ``install`` (for the tests).
 STOCK: dict[str, Callable[..., Any]] = {}
@@ -92,6 +111,11 @@ def _target(name: str) -> Any:
     owner, attr = name.split(".")
     if owner == "asyncio_utils":
         return STOCK.get(attr) or getattr(asyncio_utils, attr)
+    if name == "ConnectionHandler.handle_connection":
+        from vaultproxy.seam import defences  # (defences imports seam/lean.py, which imports us)
+
+        return defences.originals.get("handle_connection") or server.ConnectionHandler.\
+            handle_connection
     if owner == "TimeoutWatchdog":
         return STOCK_DISARM[0] if STOCK_DISARM else getattr(server.TimeoutWatchdog, attr)
     cls = {
@@ -316,6 +340,91 @@ def _make_drain(stock: Callable[..., Any]) -> Callable[..., Any]:
     return drain_writers
 
 
+def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
+    stream_reader = asyncio.StreamReader
+    data_received, connection_closed = events.DataReceived, events.ConnectionClosed
+    can_read, closed, can_write = (ConnectionState.CAN_READ, ConnectionState.CLOSED,
+                                   ConnectionState.CAN_WRITE)
+
+    async def handle_connection(self: Any, connection: Any) -> None:
+        """mitmproxy's ``handle_connection`` with ``StreamReader.read(65535)`` inline (see the
+        module's docstring)."""
+        cancelled = None
+        reader: Any = self.transports[connection].reader
+        assert reader
+        if type(reader) is not stream_reader:
+            return await stock(self, connection)  # type: ignore[no-any-return]
+        while True:
+            try:
+                # ``data = await reader.read(65535)``
+                if reader._exception is not None:
+                    raise reader._exception
+                if not reader._buffer and not reader._eof:
+                    # ``await reader._wait_for_data("read")``
+                    if reader._waiter is not None:
+                        raise RuntimeError("read() called while another coroutine is "
+                                           "already waiting for incoming data")
+                    if reader._paused:
+                        reader._paused = False
+                        reader._transport.resume_reading()
+                    reader._waiter = reader._loop.create_future()
+                    try:
+                        await reader._waiter
+                    finally:
+                        reader._waiter = None
+                buffer = reader._buffer
+                data = bytes(memoryview(buffer)[:65535])
+                del buffer[:65535]
+                if reader._paused and len(buffer) <= reader._limit:
+                    reader._paused = False
+                    reader._transport.resume_reading()
+                if not data:
+                    raise OSError("Connection closed by peer.")
+            except OSError:
+                break
+            except asyncio.CancelledError as e:
+                cancelled = e
+                break
+
+            await self.server_event(data_received(connection, data))
+
+            try:
+                await self.drain_writers()
+            except asyncio.CancelledError as e:
+                cancelled = e
+                break
+
+        if cancelled is None and connection.transport_protocol == "tcp":
+            # TCP connections can be half-closed.
+            connection.state &= ~can_read
+        else:
+            connection.state = closed
+
+        await self.server_event(connection_closed(connection))
+
+        if connection.state is can_write:
+            # we may still use this connection to *send* stuff,
+            # even though the remote has closed their side of the connection.
+            # to make this work we keep this task running and wait for cancellation.
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError as e:
+                cancelled = e
+
+        try:
+            writer = self.transports[connection].writer
+            assert writer
+            writer.close()
+        except OSError:
+            pass
+        self.transports.pop(connection)
+
+        if cancelled:
+            raise cancelled
+
+    return handle_connection
+
+
 def install() -> bool:
     """Apply what still matches; False if a symbol is missing (nothing applied)."""
     cls = server.ConnectionHandler
@@ -333,6 +442,15 @@ def install() -> bool:
         cls.drain_writers = _make_drain(STOCK["drain_writers"])  # type: ignore[method-assign]
     if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
         asyncio_utils.set_task_debug_info = set_task_debug_info
+    from vaultproxy.seam import defences
+
+    loop = defences.connection_loop
+    stock_loop = defences.originals.get("handle_connection")
+    if (stock_loop is not None and loop.get("handle_connection") is stock_loop
+            and _same("ConnectionHandler.handle_connection", "StreamReader.read",
+                      "StreamReader._wait_for_data", "StreamReader._maybe_resume_transport")):
+        STOCK["handle_connection"] = stock_loop
+        loop["handle_connection"] = _make_handle_connection(stock_loop)
     if not STOCK_DISARM:
         STOCK_DISARM.append(server.TimeoutWatchdog.disarm)
     if _same("TimeoutWatchdog.disarm"):
