@@ -14,8 +14,15 @@ costs two ``server_event`` calls and one ``drain_writers``.
   cleared; ``_wake_up_first`` would return at once; otherwise ``lock.release()`` itself,
   as ``async with`` does), and the two commands a
   request produces most (``SendData``, ``Log``, by exact type) take the branch mitmproxy's
-  ``isinstance`` chain gives them, with the same test that the connection is still open.
-  Every other command goes through that chain, copied unchanged.
+  ``isinstance`` chain gives them, with the same test that the connection is still open
+  (for an ``asyncio.StreamWriter``, ``is_closing`` and ``write`` of its transport, what
+  those two methods call). A ``StartHook`` of a class in ``START_HOOKS`` (seam/lean.py's
+  ``LeanHook``: one per request) gets its task as the chain's ``StartHook`` branch makes it,
+  with ``asyncio_utils.create_task``, ``asyncio.create_task`` and ``set_task_debug_info``
+  inline (``loop.create_task(coro)``, then the name, the keep-alive reference; nothing of
+  the loop but its public ``create_task``). Every other command goes through that chain,
+  copied unchanged. The watchdog's ``register_activity`` (``last_activity = time.time()``)
+  is inline for mitmproxy's ``TimeoutWatchdog``.
 * ``asyncio_utils.set_task_debug_info`` (every task mitmproxy starts: one per hook, one
   per request on the lean path) reads ``PYTEST_CURRENT_TEST`` with ``os.environ.get``,
   which raises and catches a ``KeyError`` when it is not set (always, outside tests): the
@@ -80,6 +87,12 @@ FINGERPRINTS = {
     "StreamReader.read": "b3e781f2317fe198",
     "StreamReader._wait_for_data": "3064c5757b9dd9af",
     "StreamReader._maybe_resume_transport": "9f458ca68d19a38e",
+    "StreamWriter.is_closing": "d8ed46903212fb3d",
+    "StreamWriter.write": "3ff9658042f6722c",
+    "TimeoutWatchdog.register_activity": "41e033f7debf79d3",
+    "asyncio_utils.create_task": "1e4ddcc5df8a95ab",
+    "tasks.create_task": "160d912c99aadb34",
+    "tasks._set_task_name": "1d333b6b6f8bcb5a",
 }
 #: ``need.code_fingerprint`` of each, on ``need.CODE_MAGIC``'s bytecode: matched, start-up
 #: reads no source file (``need.unchanged``).
@@ -100,9 +113,17 @@ CODE_FINGERPRINTS = {
     "StreamReader.read": "c500defb98ba975f",
     "StreamReader._wait_for_data": "6289a880f7fe8b5e",
     "StreamReader._maybe_resume_transport": "610826efc1261fe3",
+    "StreamWriter.is_closing": "9aaeeffa0c95de9f",
+    "StreamWriter.write": "3059359e4d084f63",
+    "TimeoutWatchdog.register_activity": "6fd58339299ef546",
+    "asyncio_utils.create_task": "3b4f09756e98eb17",
+    "tasks.create_task": "a95353f2c109a26c",
+    "tasks._set_task_name": "8830d2d4eb4abf46",
 }
 #: mitmproxy's own methods, as the handler had them before ``install`` (for the tests).
 STOCK: dict[str, Callable[..., Any]] = {}
+#: mitmproxy's ``handle_connection`` the read loop stands in for (empty: it does not)
+STOCK_LOOP: list[Callable[..., Any]] = []
 #: mitmproxy's ``TimeoutWatchdog.disarm`` before ``install`` (for the tests)
 STOCK_DISARM: list[Callable[..., Any]] = []
 
@@ -116,7 +137,11 @@ def _target(name: str) -> Any:
 
         return defences.originals.get("handle_connection") or server.ConnectionHandler.\
             handle_connection
+    if owner == "tasks":
+        return getattr(asyncio.tasks, attr)
     if owner == "TimeoutWatchdog":
+        if attr != "disarm":
+            return getattr(server.TimeoutWatchdog, attr)
         return STOCK_DISARM[0] if STOCK_DISARM else getattr(server.TimeoutWatchdog, attr)
     cls = {
         "ConnectionHandler": server.ConnectionHandler,
@@ -141,7 +166,8 @@ def missing_symbol() -> str | None:
     return (missing(server, "ConnectionHandler")
             or missing(server.ConnectionHandler, "server_event", "drain_writers", "log",
                        "close_connection", "open_connection", "wakeup", "hook_task")
-            or missing(asyncio_utils, "create_task", "set_task_debug_info")
+            or missing(asyncio_utils, "create_task", "set_task_debug_info", "_KEEP_ALIVE")
+            or missing(asyncio.tasks, "create_task", "_set_task_name")
             or missing(os, "_Environ")
             or missing(os.environ, "_data", "encodekey", "decodevalue")
             or missing(lock, "_locked", "_waiters", "acquire", "release", "_wake_up_first")
@@ -162,6 +188,7 @@ def _same(*names: str) -> bool:
 
 
 _SendData, _Log = commands.SendData, commands.Log
+_StreamWriter = asyncio.StreamWriter
 
 
 def _command(self: Any, command: commands.Command) -> None:
@@ -211,6 +238,50 @@ def _command(self: Any, command: commands.Command) -> None:
         raise RuntimeError(f"Unexpected command: {command}")
 
 
+#: ``StartHook`` classes (exact types) whose task ``server_event`` starts itself
+#: (``_start_hook``; seam/lean.py adds its ``LeanHook``)
+START_HOOKS: set[type] = set()
+#: what ``server_event`` may do inline, as ``install`` found it unchanged (empty: nothing)
+INLINE: dict[str, Any] = {}
+
+
+def _start_hook(self: Any, command: Any) -> None:
+    """``_command``'s ``StartHook`` branch (``asyncio_utils.create_task(self.hook_task(
+    command), name=f"handle_hook({command.name})", keep_ref=True, client=...)``) with
+    ``create_task`` (``asyncio.create_task``: ``loop.create_task(coro)``, then
+    ``_set_task_name`` of no name, nothing) and ``set_task_debug_info`` inline, if they are
+    still the ones ``install`` checked; otherwise ``_command``."""
+    inline = INLINE
+    if (not inline or asyncio_utils.create_task is not inline["create_task"]
+            or asyncio.create_task is not inline["asyncio.create_task"]
+            or asyncio_utils.set_task_debug_info is not set_task_debug_info):
+        _command(self, command)
+        return
+    coro = self.hook_task(command)
+    name = f"handle_hook({command.name})"
+    client = self.client.peername
+    task = asyncio.get_running_loop().create_task(coro)
+    # (``set_task_debug_info``)
+    task.created = time.time()  # type: ignore[attr-defined]
+    if __debug__ is True:
+        environ: Any = os.environ
+        if type(environ) is os._Environ:
+            key = _TEST_KEY if environ is _ENVIRON else environ.encodekey(_TEST_VAR)
+            raw = environ._data.get(key)  # type: ignore[attr-defined]
+            test = None if raw is None else environ.decodevalue(raw)
+        else:
+            test = environ.get(_TEST_VAR, None)
+        if test:
+            name = f"{name} [created in {test}]"
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
+    if not task.done():
+        keep_alive = asyncio_utils._KEEP_ALIVE
+        keep_alive.add(task)
+        task.add_done_callback(keep_alive.discard)
+
+
 async def server_event(self: Any, event: Any) -> None:
     """mitmproxy's ``server_event`` (see the module's docstring)."""
     lock = self._server_event_lock
@@ -220,7 +291,11 @@ async def server_event(self: Any, event: Any) -> None:
         await lock.acquire()
     try:
         # No `await` beyond this point.
-        self.timeout_watchdog.register_activity()
+        watchdog = self.timeout_watchdog
+        if type(watchdog) is INLINE.get("watchdog"):
+            watchdog.last_activity = time.time()  # (``register_activity``)
+        else:
+            watchdog.register_activity()
         try:
             layer_commands = self.layer.handle_event(event)
             transports = self.transports
@@ -232,10 +307,16 @@ async def server_event(self: Any, event: Any) -> None:
                         continue  # The connection has already been closed.
                     writer = io.writer
                     assert writer
-                    if not writer.is_closing():
+                    if type(writer) is _StreamWriter and "write" in INLINE:
+                        stream = writer._transport  # (what ``is_closing``, ``write`` use)
+                        if not stream.is_closing():
+                            stream.write(command.data)
+                    elif not writer.is_closing():
                         writer.write(command.data)
                 elif kind is _Log:
                     self.log(command.message, command.level)
+                elif kind in START_HOOKS:
+                    _start_hook(self, command)
                 else:
                     _command(self, command)
         except Exception:
@@ -425,6 +506,23 @@ def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
     return handle_connection
 
 
+def install_loop() -> bool:
+    """The read loop of seam/defences.py's ``handle_connection`` as ``_make_handle_connection``
+    makes it, if that is mitmproxy's and what it copies is unchanged; True if in place."""
+    from vaultproxy.seam import defences  # (defences imports seam/lean.py, which imports us)
+
+    loop = defences.connection_loop
+    stock_loop = defences.originals.get("handle_connection")
+    if stock_loop is None or loop.get("handle_connection") is not stock_loop:
+        return stock_loop is not None and bool(STOCK_LOOP)
+    if not _same("ConnectionHandler.handle_connection", "StreamReader.read",
+                 "StreamReader._wait_for_data", "StreamReader._maybe_resume_transport"):
+        return False
+    STOCK_LOOP[:] = [stock_loop]
+    loop["handle_connection"] = _make_handle_connection(stock_loop)
+    return True
+
+
 def install() -> bool:
     """Apply what still matches; False if a symbol is missing (nothing applied)."""
     cls = server.ConnectionHandler
@@ -437,20 +535,19 @@ def install() -> bool:
     if _same("ConnectionHandler.server_event", "Lock.acquire", "Lock.release",
              "Lock._wake_up_first"):
         cls.server_event = server_event  # type: ignore[method-assign]
+        if _same("StreamWriter.is_closing", "StreamWriter.write"):
+            INLINE["write"] = True
+        if _same("TimeoutWatchdog.register_activity"):
+            INLINE["watchdog"] = server.TimeoutWatchdog
+        if _same("asyncio_utils.create_task", "tasks.create_task", "tasks._set_task_name"):
+            INLINE.update({"create_task": asyncio_utils.create_task,
+                           "asyncio.create_task": asyncio.create_task})
     if _same("ConnectionHandler.drain_writers", "StreamWriter.drain",
              "FlowControlMixin._drain_helper", "StreamReader.exception", "Lock.acquire"):
         cls.drain_writers = _make_drain(STOCK["drain_writers"])  # type: ignore[method-assign]
     if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
         asyncio_utils.set_task_debug_info = set_task_debug_info
-    from vaultproxy.seam import defences
-
-    loop = defences.connection_loop
-    stock_loop = defences.originals.get("handle_connection")
-    if (stock_loop is not None and loop.get("handle_connection") is stock_loop
-            and _same("ConnectionHandler.handle_connection", "StreamReader.read",
-                      "StreamReader._wait_for_data", "StreamReader._maybe_resume_transport")):
-        STOCK["handle_connection"] = stock_loop
-        loop["handle_connection"] = _make_handle_connection(stock_loop)
+    install_loop()
     if not STOCK_DISARM:
         STOCK_DISARM.append(server.TimeoutWatchdog.disarm)
     if _same("TimeoutWatchdog.disarm"):

@@ -57,7 +57,7 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.net.grammar import TOKEN
-from vaultproxy.seam import bypass, deadlines
+from vaultproxy.seam import bypass, connio, deadlines
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
@@ -169,18 +169,8 @@ def install() -> None:
 
     async def handle_hook(self: Any, hook: Any) -> None:
         if isinstance(hook, LeanHook):
-            lean = hook.job.lean
-            if lean is not None and lean.route is None:
-                # the first request of a lean tunnel: its events may skip the layers above
-                lean.route = bypass.attach(self, lean) if bypass.enabled() else False
-            transport = self.transports.get(self.client)
-            writer = transport.writer if transport is not None else None
-            if writer is not None and not _drained(writer):
-                # Backpressure for pipelined requests: mitmproxy drains its writers only
-                # after each read, and one read may hold many requests, each answered
-                # before the next read. A request starts only once the agent's write
-                # buffer is below its limit, so an agent that reads nothing holds at most
-                # about one response in the proxy's memory (and the watchdog still runs).
+            writer = _to_drain(self, hook.job.lean)
+            if writer is not None:
                 try:
                     await writer.drain()
                 except OSError:
@@ -190,6 +180,7 @@ def install() -> None:
         await original(self, hook)
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
+    connio.START_HOOKS.add(LeanHook)  # (its task started with fewer calls: seam/connio.py)
     stock_task = getattr(server.ConnectionHandler, "hook_task", None)
     STOCK["hook_task"] = stock_task
     if stock_task is not None and unchanged(stock_task, HOOK_TASK_FINGERPRINT,
@@ -238,12 +229,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             return
         # ``handle_hook``'s lean branch (see there)
         job = hook.job
-        lean = job.lean
-        if lean is not None and lean.route is None:
-            lean.route = bypass.attach(self, lean) if bypass.enabled() else False
-        transport = self.transports.get(self.client)
-        writer = transport.writer if transport is not None else None
-        if writer is not None and not _drained(writer):
+        writer = _to_drain(self, job.lean)
+        if writer is not None:
             try:
                 await writer.drain()
             except OSError:
@@ -280,13 +267,30 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     return hook_task
 
 
-def _drained(writer: Any) -> bool:
-    """Would ``writer.drain()`` return at once (an asyncio ``StreamWriter`` whose transport
-    is open, so its reader has no exception, and holds nothing, so it is not paused)?"""
-    if type(writer) is not asyncio.StreamWriter:
-        return False
-    transport = writer.transport
-    return not transport.is_closing() and transport.get_write_buffer_size() == 0
+def _to_drain(handler: Any, lean: LeanLayer | None) -> Any:
+    """A ``LeanHook``'s first steps (``handle_hook``'s lean branch, and the hook task's):
+    the first request of a lean tunnel attaches its route (its events may skip the layers
+    above, seam/bypass.py); then the agent's writer if the request must first await its
+    ``drain()``, else None.
+
+    Backpressure for pipelined requests: mitmproxy drains its writers only after each read,
+    and one read may hold many requests, each answered before the next read. A request
+    starts only once the agent's write buffer is below its limit, so an agent that reads
+    nothing holds at most about one response in the proxy's memory (and the watchdog still
+    runs). None when ``drain()`` would return at once: an asyncio ``StreamWriter`` whose
+    transport is open (so its reader has no exception) and holds nothing (so it is not
+    paused); no writer at all (the agent's connection is gone) is None too."""
+    if lean is not None and lean.route is None:
+        lean.route = bypass.attach(handler, lean) if bypass.enabled() else False
+    transport = handler.transports.get(handler.client)
+    writer = transport.writer if transport is not None else None
+    if writer is None:
+        return None
+    if type(writer) is asyncio.StreamWriter:
+        stream = writer.transport
+        if not stream.is_closing() and stream.get_write_buffer_size() == 0:
+            return None
+    return writer
 
 
 async def run_disarmed(watchdog: Any, job: Awaitable[None]) -> None:
