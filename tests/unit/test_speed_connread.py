@@ -230,3 +230,98 @@ def test_installed_under_the_client_handler() -> None:
         "handle_connection"]
     assert connio.STOCK_LOOP == [defences.originals["handle_connection"]]
     assert connio.install_loop()  # (again: nothing changes)
+
+
+# --- StreamReaderProtocol.data_received --------------------------------------------------
+
+
+class _Unpausable(_Transport):
+    def pause_reading(self) -> None:
+        self.log.append("cannot pause")
+        raise NotImplementedError
+
+
+def _feed(seed: int, data_received: Callable[..., None], loop_name: str) -> list[Any]:
+    """A protocol and its reader under a seeded script of bytes (some empty), reads of
+    random sizes (one at a time, or a second one while one waits), cancelled reads, EOF
+    and a reader gone: what the reader holds and what its reads and transport saw."""
+    rnd = random.Random(seed)
+    log: list[Any] = []
+
+    async def main() -> None:
+        reader = asyncio.StreamReader(limit=rnd.choice([16, 300, 2**16]))
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport = (_Unpausable if rnd.random() < 0.2 else _Transport)(log)
+        reader.set_transport(transport)  # type: ignore[arg-type]
+        reads: list[asyncio.Task[bytes]] = []
+        for _ in range(rnd.randrange(1, 40)):
+            op = rnd.choices(["data", "empty", "read", "cancel", "turn", "eof", "gone"],
+                             [10, 1, 5, 1, 4, 0.3, 0.2])[0]
+            if op in ("data", "empty"):
+                data = rnd.randbytes(rnd.randrange(1, 800)) if op == "data" else b""
+                try:
+                    data_received(protocol, data)
+                    log.append(("fed", len(data)))
+                except AssertionError as e:
+                    log.append(("assert", str(e)))
+            elif op == "read":
+                reads.append(asyncio.ensure_future(reader.read(rnd.randrange(1, 900))))
+            elif op == "cancel" and reads:
+                rnd.choice(reads).cancel()
+            elif op == "turn":
+                await asyncio.sleep(0)
+            elif op == "eof":
+                reader.feed_eof()
+            elif op == "gone":
+                protocol._stream_reader_wr = None  # type: ignore[attr-defined]
+            log.append(("reader", len(reader._buffer), reader._paused,  # type: ignore[attr-defined]
+                        reader._waiter is None, reader._transport is None))  # type: ignore[attr-defined]
+        await asyncio.sleep(0)
+        for task in reads:
+            if not task.done():
+                task.cancel()
+            try:
+                got = await task
+                log.append(("read", len(got), hash(got)))
+            except BaseException as e:  # noqa: BLE001
+                log.append(("read raised", type(e).__name__))
+
+    if loop_name == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    return log
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_data_received_does_what_asyncios_does(loop_name: str) -> None:
+    assert connio.install() and connio.STOCK_PROTOCOL
+    fast, stock = asyncio.StreamReaderProtocol.data_received, connio.STOCK_PROTOCOL[0]
+    assert fast is not stock
+    kinds: set[Any] = set()
+    for seed in range(300):
+        want = _feed(seed, stock, loop_name)
+        assert _feed(seed, fast, loop_name) == want, seed
+        kinds.update(e if isinstance(e, str) else e[0] for e in want)
+        kinds.update(("paused",) for e in want if e[0] == "reader" and e[2])
+    assert {"pause", "cannot pause", "resume", "assert", "read raised", ("paused",)} <= kinds, kinds
+
+
+def test_twin_the_data_received_comparison_sees_a_transport_never_paused() -> None:
+    fast, stock = asyncio.StreamReaderProtocol.data_received, connio.STOCK_PROTOCOL[0]
+
+    def unpaused(self: Any, data: bytes) -> None:
+        reader = self._stream_reader
+        limit = reader._limit if reader is not None else 0
+        if reader is not None:
+            reader._limit = 1 << 30
+        try:
+            fast(self, data)
+        finally:
+            if reader is not None:
+                reader._limit = limit
+
+    assert any(_feed(seed, unpaused, "asyncio") != _feed(seed, stock, "asyncio")
+               for seed in range(100))

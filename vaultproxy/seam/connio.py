@@ -44,6 +44,12 @@ costs two ``server_event`` calls and one ``drain_writers``.
   copied. It runs under seam/defences.py's ``handle_connection`` (``connection_loop``); any
   other reader (mitmproxy_rs's UDP stream) takes mitmproxy's own.
 
+* ``StreamReaderProtocol.data_received`` (asyncio's, for every read of every stream: the
+  agent's bytes reach the read loop through it): ``_stream_reader``, ``feed_data`` and
+  ``_wakeup_waiter`` inline for an ``asyncio.StreamReader`` (the same assert, buffer, wake
+  of the waiting read, pause of the transport over twice the limit); any other reader gets
+  its own ``feed_data``.
+
 mitmproxy's and asyncio's methods are fingerprinted (``need.unchanged``: their compiled
 code, else their source text); if one differs, the patch that relies on it is not applied
 (one WARNING), so an upgrade can make the proxy slower, never different.
@@ -88,6 +94,10 @@ FINGERPRINTS = {
     "StreamReader._wait_for_data": "3064c5757b9dd9af",
     "StreamReader._maybe_resume_transport": "9f458ca68d19a38e",
     "StreamWriter.is_closing": "d8ed46903212fb3d",
+    "StreamReaderProtocol.data_received": "e57e2bc9772342e5",
+    "StreamReaderProtocol._stream_reader": "44ba9d2418db009c",
+    "StreamReader.feed_data": "f1dc194f7bceb07d",
+    "StreamReader._wakeup_waiter": "6d54176c6257ad87",
     "StreamWriter.write": "3ff9658042f6722c",
     "TimeoutWatchdog.register_activity": "41e033f7debf79d3",
     "asyncio_utils.create_task": "1e4ddcc5df8a95ab",
@@ -114,6 +124,10 @@ CODE_FINGERPRINTS = {
     "StreamReader._wait_for_data": "6289a880f7fe8b5e",
     "StreamReader._maybe_resume_transport": "610826efc1261fe3",
     "StreamWriter.is_closing": "9aaeeffa0c95de9f",
+    "StreamReaderProtocol.data_received": "3271945ed3dd9f78",
+    "StreamReaderProtocol._stream_reader": "5b7d08d09a6377b3",
+    "StreamReader.feed_data": "24fd030a34372086",
+    "StreamReader._wakeup_waiter": "a828b88ffe0ec13a",
     "StreamWriter.write": "3059359e4d084f63",
     "TimeoutWatchdog.register_activity": "6fd58339299ef546",
     "asyncio_utils.create_task": "3b4f09756e98eb17",
@@ -124,6 +138,8 @@ CODE_FINGERPRINTS = {
 STOCK: dict[str, Callable[..., Any]] = {}
 #: mitmproxy's ``handle_connection`` the read loop stands in for (empty: it does not)
 STOCK_LOOP: list[Callable[..., Any]] = []
+#: asyncio's ``StreamReaderProtocol.data_received`` before ``install`` (empty: not replaced)
+STOCK_PROTOCOL: list[Callable[..., Any]] = []
 #: mitmproxy's ``TimeoutWatchdog.disarm`` before ``install`` (for the tests)
 STOCK_DISARM: list[Callable[..., Any]] = []
 
@@ -143,6 +159,11 @@ def _target(name: str) -> Any:
         if attr != "disarm":
             return getattr(server.TimeoutWatchdog, attr)
         return STOCK_DISARM[0] if STOCK_DISARM else getattr(server.TimeoutWatchdog, attr)
+    if owner == "StreamReaderProtocol":
+        protocol = asyncio.StreamReaderProtocol
+        if attr == "_stream_reader":
+            return protocol._stream_reader.fget  # type: ignore[attr-defined]
+        return STOCK_PROTOCOL[0] if STOCK_PROTOCOL else protocol.data_received
     cls = {
         "ConnectionHandler": server.ConnectionHandler,
         "StreamWriter": asyncio.StreamWriter,
@@ -171,7 +192,8 @@ def missing_symbol() -> str | None:
             or missing(os, "_Environ")
             or missing(os.environ, "_data", "encodekey", "decodevalue")
             or missing(lock, "_locked", "_waiters", "acquire", "release", "_wake_up_first")
-            or missing(asyncio.streams, "FlowControlMixin")
+            or missing(asyncio.streams, "FlowControlMixin", "StreamReaderProtocol")
+            or missing(asyncio.StreamReaderProtocol, "data_received", "_stream_reader")
             or missing(asyncio.streams.FlowControlMixin, "_drain_helper")
             or missing(asyncio.StreamWriter, "drain")
             or missing(server, "TimeoutWatchdog")
@@ -243,6 +265,8 @@ def _command(self: Any, command: commands.Command) -> None:
 START_HOOKS: set[type] = set()
 #: what ``server_event`` may do inline, as ``install`` found it unchanged (empty: nothing)
 INLINE: dict[str, Any] = {}
+#: mitmproxy's ``TimeoutWatchdog`` if its ``register_activity`` is inline (else None)
+_WATCHDOG: list[Any] = [None]
 
 
 def _start_hook(self: Any, command: Any) -> None:
@@ -292,7 +316,7 @@ async def server_event(self: Any, event: Any) -> None:
     try:
         # No `await` beyond this point.
         watchdog = self.timeout_watchdog
-        if type(watchdog) is INLINE.get("watchdog"):
+        if type(watchdog) is _WATCHDOG[0]:
             watchdog.last_activity = time.time()  # (``register_activity``)
         else:
             watchdog.register_activity()
@@ -506,6 +530,44 @@ def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
     return handle_connection
 
 
+def _make_data_received() -> Callable[..., Any]:
+    stream_reader = asyncio.StreamReader
+
+    def data_received(self: Any, data: bytes) -> None:
+        """asyncio's ``StreamReaderProtocol.data_received`` (see the module's docstring)."""
+        wr = self._stream_reader_wr  # (``_stream_reader``)
+        reader = None if wr is None else wr()
+        if reader is None:
+            return
+        if type(reader) is not stream_reader:
+            reader.feed_data(data)
+            return
+        # ``reader.feed_data(data)``
+        assert not reader._eof, "feed_data after feed_eof"
+        if not data:
+            return
+        reader._buffer.extend(data)
+        waiter = reader._waiter  # (``_wakeup_waiter``)
+        if waiter is not None:
+            reader._waiter = None
+            if not waiter.cancelled():
+                waiter.set_result(None)
+        if (reader._transport is not None and
+                not reader._paused and
+                len(reader._buffer) > 2 * reader._limit):
+            try:
+                reader._transport.pause_reading()
+            except NotImplementedError:
+                # The transport can't be paused.
+                # We'll just have to buffer all data.
+                # Forget the transport so we don't keep trying.
+                reader._transport = None
+            else:
+                reader._paused = True
+
+    return data_received
+
+
 def install_loop() -> bool:
     """The read loop of seam/defences.py's ``handle_connection`` as ``_make_handle_connection``
     makes it, if that is mitmproxy's and what it copies is unchanged; True if in place."""
@@ -538,7 +600,7 @@ def install() -> bool:
         if _same("StreamWriter.is_closing", "StreamWriter.write"):
             INLINE["write"] = True
         if _same("TimeoutWatchdog.register_activity"):
-            INLINE["watchdog"] = server.TimeoutWatchdog
+            _WATCHDOG[0] = server.TimeoutWatchdog
         if _same("asyncio_utils.create_task", "tasks.create_task", "tasks._set_task_name"):
             INLINE.update({"create_task": asyncio_utils.create_task,
                            "asyncio.create_task": asyncio.create_task})
@@ -548,6 +610,12 @@ def install() -> bool:
     if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
         asyncio_utils.set_task_debug_info = set_task_debug_info
     install_loop()
+    protocol = asyncio.StreamReaderProtocol
+    if not STOCK_PROTOCOL and _same(
+            "StreamReaderProtocol.data_received", "StreamReaderProtocol._stream_reader",
+            "StreamReader.feed_data", "StreamReader._wakeup_waiter"):
+        STOCK_PROTOCOL.append(protocol.data_received)
+        protocol.data_received = _make_data_received()  # type: ignore[method-assign]
     if not STOCK_DISARM:
         STOCK_DISARM.append(server.TimeoutWatchdog.disarm)
     if _same("TimeoutWatchdog.disarm"):
