@@ -228,7 +228,7 @@ def test_server_event_matches_mitmproxys(eager: bool, start_hooks: bool, stream:
     ``StreamWriter``s or not, with mitmproxy's eager task factory or without."""
     kw = {"eager": eager, "stream": stream}
     assert connio.INLINE.keys() >= {"write", "create_task"}
-    assert connio._WATCHDOG[0] is server.TimeoutWatchdog
+    assert connio.INLINE_WATCHDOG[0] is server.TimeoutWatchdog
     hooks = 0
     for seed in range(60):
         fast = _run(seed, connio.server_event, start_hooks=start_hooks, **kw)

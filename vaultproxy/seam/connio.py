@@ -44,6 +44,9 @@ costs two ``server_event`` calls and one ``drain_writers``.
   copied. It runs under seam/defences.py's ``handle_connection`` (``connection_loop``); any
   other reader (mitmproxy_rs's UDP stream) takes mitmproxy's own.
 
+* The watchdog's ``can_timeout`` (an ``asyncio.Event``) cleared and set by seam/lean.py's
+  hook task as ``Event.clear`` and ``Event.set`` do it (``INLINE_EVENT``), its
+  ``register_activity`` there too (``INLINE_WATCHDOG``).
 * ``StreamReaderProtocol.data_received`` (asyncio's, for every read of every stream: the
   agent's bytes reach the read loop through it): ``_stream_reader``, ``feed_data`` and
   ``_wakeup_waiter`` inline for an ``asyncio.StreamReader`` (the same assert, buffer, wake
@@ -95,6 +98,8 @@ FINGERPRINTS = {
     "StreamReader._maybe_resume_transport": "9f458ca68d19a38e",
     "StreamWriter.is_closing": "d8ed46903212fb3d",
     "StreamReaderProtocol.data_received": "e57e2bc9772342e5",
+    "Event.clear": "82c569b0eb6d7ad3",
+    "Event.set": "850dc4b5d016ca6e",
     "StreamReaderProtocol._stream_reader": "44ba9d2418db009c",
     "StreamReader.feed_data": "f1dc194f7bceb07d",
     "StreamReader._wakeup_waiter": "6d54176c6257ad87",
@@ -125,6 +130,8 @@ CODE_FINGERPRINTS = {
     "StreamReader._maybe_resume_transport": "610826efc1261fe3",
     "StreamWriter.is_closing": "9aaeeffa0c95de9f",
     "StreamReaderProtocol.data_received": "3271945ed3dd9f78",
+    "Event.clear": "6babd4f7362dd746",
+    "Event.set": "dee1602d418ab219",
     "StreamReaderProtocol._stream_reader": "5b7d08d09a6377b3",
     "StreamReader.feed_data": "24fd030a34372086",
     "StreamReader._wakeup_waiter": "a828b88ffe0ec13a",
@@ -169,6 +176,7 @@ def _target(name: str) -> Any:
         "StreamWriter": asyncio.StreamWriter,
         "FlowControlMixin": asyncio.streams.FlowControlMixin,
         "Lock": asyncio.Lock,
+        "Event": asyncio.Event,
         "StreamReader": asyncio.StreamReader,
         "_Environ": os._Environ,
         "Mapping": collections.abc.Mapping,
@@ -265,8 +273,12 @@ def _command(self: Any, command: commands.Command) -> None:
 START_HOOKS: set[type] = set()
 #: what ``server_event`` may do inline, as ``install`` found it unchanged (empty: nothing)
 INLINE: dict[str, Any] = {}
-#: mitmproxy's ``TimeoutWatchdog`` if its ``register_activity`` is inline (else None)
-_WATCHDOG: list[Any] = [None]
+#: mitmproxy's ``TimeoutWatchdog`` if its ``register_activity`` may be done inline
+#: (``last_activity = time.time()``; here and in seam/lean.py's hook task), else None
+INLINE_WATCHDOG: list[Any] = [None]
+#: ``asyncio.Event`` if its ``clear`` and ``set`` may be done inline (seam/lean.py's hook
+#: task, on the watchdog's ``can_timeout``), else None
+INLINE_EVENT: list[Any] = [None]
 
 
 def _start_hook(self: Any, command: Any) -> None:
@@ -316,7 +328,7 @@ async def server_event(self: Any, event: Any) -> None:
     try:
         # No `await` beyond this point.
         watchdog = self.timeout_watchdog
-        if type(watchdog) is _WATCHDOG[0]:
+        if type(watchdog) is INLINE_WATCHDOG[0]:
             watchdog.last_activity = time.time()  # (``register_activity``)
         else:
             watchdog.register_activity()
@@ -600,7 +612,9 @@ def install() -> bool:
         if _same("StreamWriter.is_closing", "StreamWriter.write"):
             INLINE["write"] = True
         if _same("TimeoutWatchdog.register_activity"):
-            _WATCHDOG[0] = server.TimeoutWatchdog
+            INLINE_WATCHDOG[0] = server.TimeoutWatchdog
+        if _same("Event.clear", "Event.set"):
+            INLINE_EVENT[0] = asyncio.Event
         if _same("asyncio_utils.create_task", "tasks.create_task", "tasks._set_task_name"):
             INLINE.update({"create_task": asyncio_utils.create_task,
                            "asyncio.create_task": asyncio.create_task})

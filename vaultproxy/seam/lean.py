@@ -220,6 +220,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     if type(keep_alive) is not set:
         keep_alive = None
 
+    inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
+
     async def hook_task(self: Any, hook: Any) -> None:
         if type(hook) is not LeanHook or type(self).handle_hook is not lean_handle_hook:
             # mitmproxy's ``hook_task`` (the fingerprint says it is this; no extra frame)
@@ -238,8 +240,15 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         watchdog = self.timeout_watchdog
         addons = self.master.addons
         if type(watchdog) is _Watchdog:
-            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body
-            watchdog.can_timeout.clear()
+            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
+            # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
+            # found them, their bodies inline too)
+            event = inline_event[0]
+            can = watchdog.can_timeout
+            if type(can) is event:
+                can._value = False  # (``Event.clear``)
+            else:
+                can.clear()
             watchdog.blocker += 1
             try:
                 job.addons = addons
@@ -250,8 +259,18 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             finally:
                 watchdog.blocker -= 1
                 if watchdog.blocker == 0:
-                    watchdog.register_activity()
-                    watchdog.can_timeout.set()
+                    if inline_watchdog[0] is _Watchdog:
+                        watchdog.last_activity = time.time()  # (``register_activity``)
+                    else:
+                        watchdog.register_activity()
+                    can = watchdog.can_timeout
+                    if type(can) is not event:
+                        can.set()
+                    elif not can._value:  # (``Event.set``)
+                        can._value = True
+                        for fut in can._waiters:
+                            if not fut.done():
+                                fut.set_result(True)
         else:
             await run_disarmed(watchdog, job.run(addons))
         if hook.blocking:
