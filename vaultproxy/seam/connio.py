@@ -218,7 +218,7 @@ def _same(*names: str) -> bool:
 
 
 _SendData, _Log = commands.SendData, commands.Log
-_StreamWriter = asyncio.StreamWriter
+_StreamWriter: Any = asyncio.StreamWriter  # (Any: no narrowing to its public type)
 
 
 def _command(self: Any, command: commands.Command) -> None:
@@ -458,7 +458,7 @@ def _make_drain(stock: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
-    stream_reader = asyncio.StreamReader
+    stream_reader: Any = asyncio.StreamReader  # (Any: no narrowing to its public type)
     data_received, connection_closed = events.DataReceived, events.ConnectionClosed
     can_read, closed, can_write = (ConnectionState.CAN_READ, ConnectionState.CLOSED,
                                    ConnectionState.CAN_WRITE)
@@ -543,7 +543,7 @@ def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _make_data_received() -> Callable[..., Any]:
-    stream_reader = asyncio.StreamReader
+    stream_reader: Any = asyncio.StreamReader  # (Any: no narrowing to its public type)
 
     def data_received(self: Any, data: bytes) -> None:
         """asyncio's ``StreamReaderProtocol.data_received`` (see the module's docstring)."""
@@ -586,9 +586,11 @@ def install_loop() -> bool:
     from vaultproxy.seam import defences  # (defences imports seam/lean.py, which imports us)
 
     loop = defences.connection_loop
-    stock_loop = defences.originals.get("handle_connection")
-    if stock_loop is None or loop.get("handle_connection") is not stock_loop:
-        return stock_loop is not None and bool(STOCK_LOOP)
+    stock_loop: Callable[..., Any] | None = defences.originals.get("handle_connection")
+    if stock_loop is None:
+        return False
+    if loop.get("handle_connection") not in (stock_loop,):
+        return bool(STOCK_LOOP)  # (already in place, or someone else's)
     if not _same("ConnectionHandler.handle_connection", "StreamReader.read",
                  "StreamReader._wait_for_data", "StreamReader._maybe_resume_transport"):
         return False
