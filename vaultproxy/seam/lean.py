@@ -60,6 +60,7 @@ from vaultproxy.net.grammar import TOKEN
 from vaultproxy.seam import bypass, connio, deadlines
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
+from vaultproxy.seam.objects import send_data_of
 from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
 
 logger = logging.getLogger(__name__)
@@ -957,7 +958,7 @@ class LeanLayer(layer.Layer):
         assert resp is not None
         ex = flow.metadata[POOLED]
         client = self.context.client
-        yield commands.SendData(client, _head(resp))
+        yield send_data_of(client, _head(resp))
         if ex.body is not None:  # read with the head: no chunk hook round trip per chunk
             for data in (ex.body, b""):
                 for chunk in through(resp.stream, data):
