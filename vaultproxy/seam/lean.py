@@ -913,7 +913,7 @@ class LeanLayer(layer.Layer):
                 req = flow.request
                 if chunked and req.method != "HEAD":
                     data += b"0\r\n\r\n"
-                yield commands.SendData(ctx.client, data)
+                yield send_data_of(ctx.client, data)
                 if not flow.websocket:
                     flow.live = False
                 if closes(req, resp, rnames):
