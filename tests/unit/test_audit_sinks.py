@@ -407,3 +407,76 @@ def test_sinks_follow_a_reload_and_the_webhook_key_follows_the_keystore(tmp_path
     finally:
         sinks.stop(timeout=0.5)
     assert st.audit.taps == []
+
+
+def test_the_sinks_tap_is_there_exactly_while_a_hub_is(tmp_path: Path) -> None:
+    """No ``[audit] sinks``: ``offer`` is not one of the audit log's taps (nothing is called
+    per record); sinks configured at start or by a reload: every record written from then on
+    reaches the hub once; sinks dropped by a reload: the tap goes with the hub."""
+    from vaultproxy.core.state import ProxyState
+    from vaultproxy.engine.audit_sinks import AuditSinks
+    from vaultproxy.files.home import Home
+
+    home = Home(tmp_path / "home")
+    home.create()
+
+    def spy(sinks: AuditSinks, got: list[str]) -> None:
+        hub = sinks.hub
+        assert hub is not None
+        hub.offer = lambda line, pid=None: got.append(line)  # type: ignore[method-assign]
+
+    def events(got: list[str]) -> list[str]:
+        return [json.loads(x)["outcome"] for x in got]
+
+    for first in ("", '[audit]\nsinks = ["stdout"]\n'):
+        st = ProxyState.from_text(home, first)
+        sinks = AuditSinks(st)
+        sinks.start()
+        got: list[str] = []
+        try:
+            if not first:
+                assert st.audit.taps == []
+                st.audit.record(AuditEvent(event="request", outcome="before"))
+                st.reload_text('[audit]\nsinks = ["stdout"]\n')
+            assert st.audit.taps == [sinks.offer]
+            spy(sinks, got)
+            st.audit.record(AuditEvent(event="request", outcome="one"))
+            st.audit.ahead(AuditEvent(event="forward", outcome="two"))
+            assert events(got) == ["one", "two"]
+            st.reload_text('[audit]\nsinks = ["stdout"]\n[telemetry]\ntraces = true\n')
+            assert st.audit.taps == [sinks.offer]
+            spy(sinks, got)
+            st.audit.record(AuditEvent(event="request", outcome="three"))
+            assert events(got) == ["one", "two", "three"]
+            st.reload_text("")
+            assert sinks.hub is None and st.audit.taps == []
+            st.audit.record(AuditEvent(event="request", outcome="after"))
+            assert events(got) == ["one", "two", "three"]
+        finally:
+            sinks.stop(timeout=0.5)
+        assert st.audit.taps == []
+
+
+def test_other_taps_stay_when_the_sinks_tap_comes_and_goes(tmp_path: Path) -> None:
+    from vaultproxy.core.state import ProxyState
+    from vaultproxy.engine.audit_sinks import AuditSinks
+    from vaultproxy.files.home import Home
+
+    home = Home(tmp_path / "home")
+    home.create()
+    st = ProxyState.from_text(home, "")
+    feed: list[str] = []
+    st.audit.taps.append(feed.append)
+    sinks = AuditSinks(st)
+    sinks.start()
+    try:
+        assert st.audit.taps == [feed.append]
+        st.reload_text('[audit]\nsinks = ["stdout"]\n')
+        assert st.audit.taps == [feed.append, sinks.offer]
+        st.reload_text("")
+        assert st.audit.taps == [feed.append]
+        st.audit.record(AuditEvent(event="request", outcome="x"))
+        assert len(feed) == 1
+    finally:
+        sinks.stop(timeout=0.5)
+    assert st.audit.taps == [feed.append]

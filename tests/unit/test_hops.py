@@ -24,7 +24,7 @@ from mitmproxy.proxy import events, server
 from mitmproxy.test import tflow
 
 from vaultproxy.net import h1pool
-from vaultproxy.seam import lean
+from vaultproxy.seam import connio, lean
 
 # --- a loop whose clock jumps to the next timer -------------------------------------------
 
@@ -210,6 +210,9 @@ class _Lean:
 
 def _handler_class() -> type:
     lean.install()
+    # (the watchdog's event and activity inline in the hook task, as in the proxy)
+    assert connio.install() and connio.INLINE_EVENT[0] is asyncio.Event
+    assert connio.INLINE_WATCHDOG[0] is server.TimeoutWatchdog
     from mitmproxy.proxy import mode_servers
 
     class Handler:
@@ -293,9 +296,13 @@ def _jobs(seed: int, task_of: Callable[[Any, Any], Any], eager: bool) -> list[An
                 task = asyncio.ensure_future(task_of(h, hook))
                 live.append((task, gate, hook))
             h.timeout_watchdog.last_activity = 0.0
+            wd = h.timeout_watchdog
+            if not wd.can_timeout.is_set() and rng.random() < 0.5:
+                # the watchdog's own task waiting to be armed again: woken by the set
+                waiter = asyncio.ensure_future(wd.can_timeout.wait())
+                waiter.add_done_callback(lambda w: log.append(("armed", w.cancelled())))
             for _ in range(3):
                 await asyncio.sleep(0)
-            wd = h.timeout_watchdog
             seen.append((wd.can_timeout.is_set(), wd.blocker, wd.last_activity > 0,
                          list(log)))
         for _task, gate, _ in live:

@@ -90,7 +90,15 @@ class _Handler(server.ConnectionHandler):
         self.record = log
 
     async def handle_hook(self, hook: commands.StartHook) -> None:
-        self.record.append(("hook", type(hook).__name__))
+        from mitmproxy.utils import asyncio_utils
+
+        task: Any = asyncio.current_task()
+        name = task.get_name()  # (an eager task runs this before its name is set)
+        self.record.append(("hook", type(hook).__name__,
+                            "Task-n" if name.startswith("Task-") else name,
+                            getattr(task, "created", None), getattr(task, "client", None),
+                            task in asyncio_utils._KEEP_ALIVE))
+        await asyncio.sleep(0)  # (alive after ``create_task``, eager or not)
         if isinstance(hook, server_hooks.ServerConnectHook):
             hook.args()[0].server.error = "not in a test"  # no real connection
 
@@ -125,23 +133,68 @@ def _script(rng: random.Random, conns: dict[str, Any]) -> list[Any]:
     return out
 
 
-def _run(seed: int, event_fn: Callable[..., Any]) -> list[Any]:
+class _Stream:
+    """An asyncio ``StreamWriter``'s transport: logs what the writer asks of it."""
+
+    def __init__(self, log: list[Any], name: str, closing: bool = False) -> None:
+        self.log, self.name, self.closing, self.live = log, name, closing, True
+
+    def is_closing(self) -> bool:
+        if not self.live:  # (the run is over: the writer's ``__del__`` asks)
+            return True
+        self.log.append(("is_closing", self.name))
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.log.append(("write", self.name, data))
+
+    def close(self) -> None:
+        self.log.append(("close", self.name))
+
+
+def _writer(log: list[Any], name: str, closing: bool, stream: bool) -> Any:
+    if not stream:
+        return _Writer(log, name, closing)
+    return asyncio.StreamWriter(_Stream(log, name, closing), None,  # type: ignore[arg-type]
+                                None, asyncio.get_running_loop())
+
+
+def _run(seed: int, event_fn: Callable[..., Any], *, eager: bool = False,
+         start_hooks: bool = False, stream: bool = False) -> list[Any]:
+    """``event_fn`` (a ``server_event``) on one event whose layer answers a seeded script;
+    ``start_hooks``: the script's hooks are in ``connio.START_HOOKS``; ``stream``: the
+    writers are asyncio ``StreamWriter``s; every ``time.time()`` returns the next integer
+    (so the same clock reads in the same places)."""
+    import time
+
     rng = random.Random(seed)
     log: list[Any] = []
+    clock = iter(range(1000, 10**6))
+    real_time = time.time
 
     async def main() -> None:
+        if eager:
+            asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
         h = _Handler(log)
         gone, srv = connection.Server(address=("127.0.0.1", 8)), connection.Server(
             address=("127.0.0.1", 7))
         srv.state = connection.ConnectionState.OPEN
         h.transports[h.client] = server.ConnectionIO(
-            handler=_Task(log, "client"), writer=_Writer(log, "client"))  # type: ignore[arg-type]
+            handler=_Task(log, "client"),  # type: ignore[arg-type]
+            writer=_writer(log, "client", False, stream))
         h.transports[srv] = server.ConnectionIO(
             handler=_Task(log, "server"),  # type: ignore[arg-type]
-            writer=_Writer(log, "server", closing=rng.random() < 0.3))  # type: ignore[arg-type]
+            writer=_writer(log, "server", rng.random() < 0.3, stream))
         conns = {"client": h.client, "server": srv, "gone": gone}
         h.layer = _Layer(log, _script(rng, conns), boom=rng.random() < 0.2)  # type: ignore[assignment]
         await event_fn(h, events.DataReceived(h.client, b"x"))
+        log.append(("activity", h.timeout_watchdog.last_activity))
+        from mitmproxy.utils import asyncio_utils
+
+        log.append(("tasks", sorted(
+            (t.get_name(), getattr(t, "created", None), getattr(t, "client", None),
+             t in asyncio_utils._KEEP_ALIVE)
+            for t in asyncio.all_tasks() - {asyncio.current_task()})))
         for _ in range(3):
             await asyncio.sleep(0)  # the tasks it started take their first steps
         log.append(("locked", h._server_event_lock.locked(), len(h.wakeup_timer),
@@ -150,14 +203,59 @@ def _run(seed: int, event_fn: Callable[..., Any]) -> list[Any]:
         for task in asyncio.all_tasks() - {asyncio.current_task()}:
             task.cancel()
         await asyncio.sleep(0)
+        for io in h.transports.values():
+            if isinstance(io.writer, asyncio.StreamWriter):
+                io.writer.transport.live = False  # type: ignore[attr-defined]
 
-    asyncio.run(main())
+    if start_hooks:
+        connio.START_HOOKS.add(_Hook)
+    time.time = lambda: float(next(clock))
+    try:
+        asyncio.run(main())
+    finally:
+        time.time = real_time
+        connio.START_HOOKS.discard(_Hook)
     return log
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_server_event_matches_mitmproxys(seed: int) -> None:
-    assert _run(seed, connio.server_event) == _run(seed, connio.STOCK["server_event"])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("start_hooks", [False, True])
+@pytest.mark.parametrize("eager", [False, True])
+def test_server_event_matches_mitmproxys(eager: bool, start_hooks: bool, stream: bool) -> None:
+    """Seeded command streams: the same writes (and ``is_closing`` asks), logs, closes,
+    tasks (their names, creation times, client, keep-alive reference), crash lines and
+    watchdog activity; hooks started through ``START_HOOKS`` or the chain, writers asyncio
+    ``StreamWriter``s or not, with mitmproxy's eager task factory or without."""
+    kw = {"eager": eager, "stream": stream}
+    assert connio.INLINE.keys() >= {"write", "create_task"}
+    assert connio.INLINE_WATCHDOG[0] is server.TimeoutWatchdog
+    hooks = 0
+    for seed in range(60):
+        fast = _run(seed, connio.server_event, start_hooks=start_hooks, **kw)
+        assert fast == _run(seed, connio.STOCK["server_event"], **kw), seed
+        hooks += sum(1 for e in fast if e[0] == "hook")
+    assert hooks > 20
+
+
+def test_twin_the_comparison_sees_a_hook_task_started_without_its_client() -> None:
+    inline_start = connio._start_hook
+
+    def careless(self: Any, command: Any) -> None:
+        peername = self.client.peername
+        self.client.peername = None
+        try:
+            inline_start(self, command)
+        finally:
+            self.client.peername = peername
+
+    connio._start_hook = careless  # type: ignore[assignment]
+    try:
+        for eager in (False, True):
+            assert any(_run(seed, connio.server_event, start_hooks=True, eager=eager)
+                       != _run(seed, connio.STOCK["server_event"], eager=eager)
+                       for seed in range(60)), eager
+    finally:
+        connio._start_hook = inline_start
 
 
 @pytest.mark.parametrize("eager", [False, True])
@@ -178,7 +276,8 @@ def test_a_held_lock_is_waited_for_in_the_same_order(eager: bool) -> None:
             await asyncio.sleep(0)
             log.append(("still waiting", first.done(), second.done()))
             h._server_event_lock.release()
-            await asyncio.gather(first, second)
+            # (each release wakes the next waiter: a release that did not would wait here)
+            await asyncio.wait_for(asyncio.gather(first, second), 5)
             log.append(("free", h._server_event_lock.locked()))
 
         asyncio.run(main())

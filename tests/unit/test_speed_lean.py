@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -320,8 +321,8 @@ def test_twin_run_disarmed_sees_a_broken_inline() -> None:
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_drained_only_when_drain_would_not_wait(loop: str) -> None:
-    """A real socket pair: ``_drained`` says True only where ``StreamWriter.drain()`` returns
-    on its first step (nothing buffered, open); while the peer reads nothing and the buffer
+    """A real socket pair: ``_to_drain`` gives no writer only where ``StreamWriter.drain()``
+    returns on its first step (nothing buffered, open); while the peer reads nothing and the buffer
     is over its limit (paused), and once closed, it says False and drain waits or raises."""
     import socket
 
@@ -344,7 +345,11 @@ def test_drained_only_when_drain_would_not_wait(loop: str) -> None:
             except OSError:
                 outcome = "raises"
             coro.close()
-            seen.append((name, lean._drained(writer), outcome))
+            handler = SimpleNamespace(client="c", transports={"c": SimpleNamespace(
+                writer=writer)})
+            to_drain = lean._to_drain(handler, None)
+            assert to_drain is None or to_drain is writer
+            seen.append((name, to_drain is None, outcome))
 
         step("fresh")
         writer.write(b"x" * 1024 * 1024)
@@ -369,6 +374,17 @@ def test_drained_only_when_drain_would_not_wait(loop: str) -> None:
         assert not drained or outcome == "returns", (name, drained, outcome)
     assert [s[1] for s in seen] == [True, False, True, False], seen
     assert seen[1][2] == "waits", seen
+
+
+def test_to_drain_without_a_writer_is_none() -> None:
+    """The agent's connection gone from the handler (or its writer not set): nothing to
+    drain, as ``handle_hook`` had it."""
+    gone = SimpleNamespace(client="c", transports={})
+    unset = SimpleNamespace(client="c", transports={"c": SimpleNamespace(writer=None)})
+    assert lean._to_drain(gone, None) is None and lean._to_drain(unset, None) is None
+    other = SimpleNamespace()
+    assert lean._to_drain(SimpleNamespace(client="c", transports={"c": SimpleNamespace(
+        writer=other)}), None) is other  # (not an asyncio StreamWriter: drain() it)
 
 
 # --- the response: check_headers and _head against mitmproxy's functions ------------------

@@ -195,3 +195,102 @@ def test_headers_and_responses_are_made_as_mitmproxy_makes_them() -> None:
         assert _outcome(objects.response_of, *args) == want_resp, (i, args)
         fast_responses += type(head) is http.Headers and type(version) is bytes
     assert fast_headers > 1000 and fast_responses > 200, (fast_headers, fast_responses)
+
+
+class _VpTestCommand(commands.Command):
+    """(a command of its own, for a completion event class mitmproxy refuses)"""
+
+
+def test_completion_events_are_made_as_before() -> None:
+    """``CommandCompleted.__new__`` (``HookCompleted``: one per blocking hook) checked once
+    per class: the events equal what mitmproxy's own ``__new__`` makes, and the classes it
+    refuses are refused every time, with its own exception."""
+    from mitmproxy.proxy import events
+
+    assert events.CommandCompleted in objects.CHECKED
+    assert events.CommandCompleted.__new__ is not objects.STOCK_NEW[events.CommandCompleted]
+    f = http.HTTPFlow(connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2),
+                                        timestamp_start=0), connection.Server(address=("a", 1)))
+    hook = lhttp.HttpRequestHook(f)
+    stock = objects.STOCK_NEW[events.CommandCompleted]
+
+    def by_stock(cls: type, *args: Any) -> Any:
+        made = stock(cls, *args)
+        made.__init__(*args)
+        return made
+
+    srv = connection.Server(address=("a", 1))
+    open_cmd = commands.OpenConnection(srv)
+    for _ in range(3):  # the first instance is checked, the next ones are not
+        for cls, args in ((events.HookCompleted, (hook, None)),
+                          (events.OpenConnectionCompleted, (open_cmd, "refused")),
+                          (events.Wakeup, (commands.RequestWakeup(1.0),))):
+            got, want = cls(*args), by_stock(cls, *args)
+            assert type(got) is type(want) is cls
+            assert vars(got) == vars(want) and got.command is args[0]
+
+    class NotADataclass(events.CommandCompleted):
+        command: _VpTestCommand
+
+    for _ in range(2):
+        with pytest.raises(TypeError, match="may not be instantiated"):
+            events.CommandCompleted()
+        if __debug__:  # (mitmproxy's check is an ``assert``)
+            with pytest.raises(AssertionError):
+                NotADataclass()
+
+
+def _send_data_shape(made: Any) -> tuple[Any, ...]:
+    return (type(made), list(vars(made).items()), repr(made), made.blocking)
+
+
+def test_send_data_of_makes_what_send_data_makes() -> None:
+    """Seeded connections (client, server, none) and payloads: the same class, the same
+    attributes in the same order, the same repr and class attributes as
+    ``commands.SendData(connection, data)``."""
+    import random
+
+    from mitmproxy import connection
+    from mitmproxy.proxy import commands
+
+    from vaultproxy.seam import objects
+
+    assert objects.send_data_of is not commands.SendData  # (fingerprints matched)
+    rng = random.Random(7)
+    conns = [connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2),
+                               timestamp_start=0.0),
+             connection.Server(address=("example.com", 443)), None]
+    for _ in range(300):
+        conn = rng.choice(conns)
+        data = rng.randbytes(rng.randrange(0, 64))
+        assert _send_data_shape(objects.send_data_of(conn, data)) == _send_data_shape(
+            commands.SendData(conn, data))  # type: ignore[arg-type]
+
+
+def test_twin_send_data_comparison_sees_the_fields_set_in_another_order() -> None:
+    from mitmproxy import connection
+    from mitmproxy.proxy import commands
+
+    def swapped(conn: Any, data: bytes) -> Any:
+        made = object.__new__(commands.SendData)
+        made.data = data
+        made.connection = conn
+        return made
+
+    conn = connection.Server(address=("example.com", 443))
+    assert _send_data_shape(swapped(conn, b"x")) != _send_data_shape(
+        commands.SendData(conn, b"x"))
+
+
+def test_send_data_of_is_send_data_itself_when_its_constructor_changed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitmproxy.proxy import commands
+
+    from vaultproxy.seam import objects
+
+    def __init__(self: Any, connection: Any, data: bytes) -> None:
+        super(commands.SendData, self).__init__(connection)
+        self.data = bytes(data)
+
+    monkeypatch.setattr(commands.SendData, "__init__", __init__)
+    assert objects._send_data_maker() is commands.SendData

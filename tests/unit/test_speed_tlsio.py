@@ -445,3 +445,58 @@ def test_tunnel_event_to_child_matches_mitmproxys(seed: int) -> None:
                     layer.command_to_reply_to is None, own.state))
         outs.append(out)
     assert outs[0] == outs[1]
+
+
+def test_raise_if_problem_is_the_one_fingerprinted() -> None:
+    """The loops skip pyOpenSSL's ``raise_if_problem`` of a helper holding no problem only
+    while it is the one ``RAISE_IF_PROBLEM`` names (``if self._problems: ...``)."""
+    fn = SSL._CallbackExceptionHelper.raise_if_problem  # type: ignore[attr-defined]
+    assert need.unchanged(fn, *tlsio.RAISE_IF_PROBLEM)
+    assert need.fingerprint(fn) == tlsio.RAISE_IF_PROBLEM[0]
+
+
+@pytest.mark.parametrize("where", ["receive", "send"])
+def test_a_helper_with_its_own_raise_if_problem_is_asked(where: str) -> None:
+    """A helper whose class has its own ``raise_if_problem`` is called even with no stored
+    problem (what it raises is raised first, as pyOpenSSL's loop would)."""
+    base = SSL._CallbackExceptionHelper  # type: ignore[attr-defined]
+
+    class Own(base):  # type: ignore[misc,valid-type]
+        def raise_if_problem(self) -> None:
+            raise KeyError("its own")
+
+    outs = []
+    for kind in (_stock_class(), _Recording):
+        layer, agent = _pair_layer(kind, SSL.TLS1_3_VERSION)
+        ctx: Any = layer.tls._context
+        helper = ctx._alpn_select_helper
+        own = Own.__new__(Own)
+        own._problems = []
+        ctx._alpn_select_helper = own
+        step = ("agent", [b"hello"]) if where == "receive" else ("send", b"hello")
+        try:
+            outs.append(_run(layer, agent, step))
+        except KeyError as e:
+            outs.append([("escaped", str(e))])
+        ctx._alpn_select_helper = helper
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("attr", ["_verify_helper", "_ocsp_helper"])
+@pytest.mark.parametrize("where", ["receive", "send"])
+def test_each_helpers_stored_problem_is_raised_as_pyopenssl_does(attr: str, where: str) -> None:
+    """As the ALPN helper's above, for the verify and OCSP helpers' places in the loops."""
+    outs = []
+    for kind in (_stock_class(), _Recording):
+        layer, agent = _pair_layer(kind, SSL.TLS1_3_VERSION)
+        ctx: Any = layer.tls._context
+        before = getattr(ctx, attr)
+        helper = SSL._CallbackExceptionHelper.__new__(  # type: ignore[attr-defined]
+            SSL._CallbackExceptionHelper)  # type: ignore[attr-defined]
+        helper._problems = [ValueError(f"stored in {attr}")]
+        setattr(ctx, attr, helper)
+        step = ("agent", [b"hello"]) if where == "receive" else ("send", b"hello")
+        outs.append(_run(layer, agent, step))
+        setattr(ctx, attr, before)
+    assert outs[0] == outs[1]
+    assert ("raised", "ValueError", f"stored in {attr}") in outs[1]

@@ -2,7 +2,13 @@
 and ``[telemetry]`` at start, rebuilt when a reload changes them, fed by the supervisor's own
 audit log (``AuditLog.taps``) and by every worker's lines (``Supervisor.on_audit_line``),
 reported in ``/metrics`` and ``/v1/health``. The webhook's signing key is read from the
-unlocked keystore at each send (entry ``audit``, field ``webhook``)."""
+unlocked keystore at each send (entry ``audit``, field ``webhook``).
+
+``offer`` is one of the audit log's taps only while a hub exists (sinks are configured): with
+none it would be called for every record (twice per proxied request) to do nothing. A rebuild
+that makes a hub sets it before it adds the tap, one that drops the hub removes the tap: every
+record written while a hub exists is offered to it. The taps list is replaced, not changed in
+place, so a record being handed to the taps meanwhile sees either list whole."""
 
 from __future__ import annotations
 
@@ -25,10 +31,11 @@ class AuditSinks:
         self.state = state
         self.hub: sinks.SinkHub | None = None
         self._built_from: object = None
+        self._started = False
 
     def start(self) -> None:
+        self._started = True
         self._rebuild()
-        self.state.audit.add_tap(self.offer)
         self.state.on_change.append(self._changed)
         audit_status.set_sink_problems(self.problems)
 
@@ -41,9 +48,20 @@ class AuditSinks:
         hub = self.hub
         return hub.problems() if hub is not None else []
 
+    def _tap(self, on: bool) -> None:
+        """``offer`` in the audit log's taps (``on``) or not (``AuditLog.add_tap``/``remove_tap``
+        replace the list)."""
+        audit = self.state.audit
+        if (self.offer in audit.taps) != on:
+            if on:
+                audit.add_tap(self.offer)
+            else:
+                audit.remove_tap(self.offer)
+
     def stop(self, timeout: float = 2.0) -> None:
         """Give the queues ``timeout`` seconds to drain; what is left is counted as dropped."""
-        self.state.audit.remove_tap(self.offer)
+        self._started = False
+        self._tap(False)
         if self._changed in self.state.on_change:
             self.state.on_change.remove(self._changed)
         audit_status.set_sink_problems(None)
@@ -76,6 +94,8 @@ class AuditSinks:
             hub.start()
             names = [s.name for s in hub.all]
             logger.info("audit sinks: %s", ", ".join(names))
+        if self._started:
+            self._tap(hub is not None)  # (after ``self.hub`` is set: no record missed)
         sinks.bind(hub)
         if old is not None:  # let it drain without holding up the reload
             threading.Thread(target=old.stop, name="audit-sinks-retire", daemon=True).start()

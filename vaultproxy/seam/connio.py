@@ -10,10 +10,19 @@ costs two ``server_event`` calls and one ``drain_writers``.
 
 * ``server_event``: the lock is taken as ``Lock.acquire`` takes a free lock (``_locked``
   set, when nothing holds it and nothing waits for it; otherwise ``await lock.acquire()``
-  itself), released with ``lock.release()`` as ``async with`` does, and the two commands a
+  itself), released as ``Lock.release`` releases a held lock nobody waits for (``_locked``
+  cleared; ``_wake_up_first`` would return at once; otherwise ``lock.release()`` itself,
+  as ``async with`` does), and the two commands a
   request produces most (``SendData``, ``Log``, by exact type) take the branch mitmproxy's
-  ``isinstance`` chain gives them, with the same test that the connection is still open.
-  Every other command goes through that chain, copied unchanged.
+  ``isinstance`` chain gives them, with the same test that the connection is still open
+  (for an ``asyncio.StreamWriter``, ``is_closing`` and ``write`` of its transport, what
+  those two methods call). A ``StartHook`` of a class in ``START_HOOKS`` (seam/lean.py's
+  ``LeanHook``: one per request) gets its task as the chain's ``StartHook`` branch makes it,
+  with ``asyncio_utils.create_task``, ``asyncio.create_task`` and ``set_task_debug_info``
+  inline (``loop.create_task(coro)``, then the name, the keep-alive reference; nothing of
+  the loop but its public ``create_task``). Every other command goes through that chain,
+  copied unchanged. The watchdog's ``register_activity`` (``last_activity = time.time()``)
+  is inline for mitmproxy's ``TimeoutWatchdog``.
 * ``asyncio_utils.set_task_debug_info`` (every task mitmproxy starts: one per hook, one
   per request on the lean path) reads ``PYTEST_CURRENT_TEST`` with ``os.environ.get``,
   which raises and catches a ``KeyError`` when it is not set (always, outside tests): the
@@ -24,6 +33,25 @@ costs two ``server_event`` calls and one ``drain_writers``.
   not closing, connection not lost, protocol not paused: what ``drain`` and
   ``_drain_helper`` test first), there is nothing to wait for and it returns; otherwise
   mitmproxy's method runs.
+
+* ``handle_connection`` (the loop that reads a connection until its end: one per connection,
+  one read per request): ``await reader.read(65535)`` of an ``asyncio.StreamReader`` (three
+  coroutine levels, two more frames, on each wake-up: ``read``, ``_wait_for_data``, then
+  ``_maybe_resume_transport``) is done inline, as those three do it: the same exception
+  raised first, the same waiter future set on the reader (``feed_data`` and ``feed_eof``
+  wake it), the same resume of a paused transport before the wait and after taking the
+  bytes, the same ``RuntimeError`` for a second reader. The rest of the loop is mitmproxy's,
+  copied. It runs under seam/defences.py's ``handle_connection`` (``connection_loop``); any
+  other reader (mitmproxy_rs's UDP stream) takes mitmproxy's own.
+
+* The watchdog's ``can_timeout`` (an ``asyncio.Event``) cleared and set by seam/lean.py's
+  hook task as ``Event.clear`` and ``Event.set`` do it (``INLINE_EVENT``), its
+  ``register_activity`` there too (``INLINE_WATCHDOG``).
+* ``StreamReaderProtocol.data_received`` (asyncio's, for every read of every stream: the
+  agent's bytes reach the read loop through it): ``_stream_reader``, ``feed_data`` and
+  ``_wakeup_waiter`` inline for an ``asyncio.StreamReader`` (the same assert, buffer, wake
+  of the waiting read, pause of the transport over twice the limit); any other reader gets
+  its own ``feed_data``.
 
 mitmproxy's and asyncio's methods are fingerprinted (``need.unchanged``: their compiled
 code, else their source text); if one differs, the patch that relies on it is not applied
@@ -40,7 +68,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mitmproxy.proxy import commands, server
+from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy import commands, events, server
 from mitmproxy.utils import asyncio_utils
 
 from vaultproxy.seam import need
@@ -56,12 +85,29 @@ FINGERPRINTS = {
     "FlowControlMixin._drain_helper": "567c79b19c953058",
     "Lock.acquire": "54bbd184d16df3a1",
     "Lock.release": "d0dcc0c5684432c6",
+    "Lock._wake_up_first": "424641528497e419",
     "StreamReader.exception": "24c376c899a9aa6a",
     "asyncio_utils.set_task_debug_info": "fb5346b5710bbc7f",
     # (frozen modules: no source; the fingerprint of their bytecode, names and constants)
     "_Environ.__getitem__": "8503af0bb5e29999",
     "Mapping.get": "be553584ca6aae1e",
     "TimeoutWatchdog.disarm": "99af75f94eed883a",
+    "ConnectionHandler.handle_connection": "95c3f93e9824e527",
+    "StreamReader.read": "b3e781f2317fe198",
+    "StreamReader._wait_for_data": "3064c5757b9dd9af",
+    "StreamReader._maybe_resume_transport": "9f458ca68d19a38e",
+    "StreamWriter.is_closing": "d8ed46903212fb3d",
+    "StreamReaderProtocol.data_received": "e57e2bc9772342e5",
+    "Event.clear": "82c569b0eb6d7ad3",
+    "Event.set": "850dc4b5d016ca6e",
+    "StreamReaderProtocol._stream_reader": "44ba9d2418db009c",
+    "StreamReader.feed_data": "f1dc194f7bceb07d",
+    "StreamReader._wakeup_waiter": "6d54176c6257ad87",
+    "StreamWriter.write": "3ff9658042f6722c",
+    "TimeoutWatchdog.register_activity": "41e033f7debf79d3",
+    "asyncio_utils.create_task": "1e4ddcc5df8a95ab",
+    "tasks.create_task": "160d912c99aadb34",
+    "tasks._set_task_name": "1d333b6b6f8bcb5a",
 }
 #: ``need.code_fingerprint`` of each, on ``need.CODE_MAGIC``'s bytecode: matched, start-up
 #: reads no source file (``need.unchanged``).
@@ -72,14 +118,35 @@ CODE_FINGERPRINTS = {
     "FlowControlMixin._drain_helper": "164df957b526935b",
     "Lock.acquire": "d4d60507da598630",
     "Lock.release": "1c878887455d42e8",
+    "Lock._wake_up_first": "933f879f38b11315",
     "StreamReader.exception": "90f8fb4644e04ee5",
     "asyncio_utils.set_task_debug_info": "886c373ad9a36b10",
     "_Environ.__getitem__": "9c89bdb45cf484f4",
     "Mapping.get": "56b63ee310fd81db",
     "TimeoutWatchdog.disarm": "eb1ebc9137a4c8ba",
+    "ConnectionHandler.handle_connection": "7f50f7a022f0e4c4",
+    "StreamReader.read": "c500defb98ba975f",
+    "StreamReader._wait_for_data": "6289a880f7fe8b5e",
+    "StreamReader._maybe_resume_transport": "610826efc1261fe3",
+    "StreamWriter.is_closing": "9aaeeffa0c95de9f",
+    "StreamReaderProtocol.data_received": "3271945ed3dd9f78",
+    "Event.clear": "6babd4f7362dd746",
+    "Event.set": "dee1602d418ab219",
+    "StreamReaderProtocol._stream_reader": "5b7d08d09a6377b3",
+    "StreamReader.feed_data": "24fd030a34372086",
+    "StreamReader._wakeup_waiter": "a828b88ffe0ec13a",
+    "StreamWriter.write": "3059359e4d084f63",
+    "TimeoutWatchdog.register_activity": "6fd58339299ef546",
+    "asyncio_utils.create_task": "3b4f09756e98eb17",
+    "tasks.create_task": "a95353f2c109a26c",
+    "tasks._set_task_name": "8830d2d4eb4abf46",
 }
 #: mitmproxy's own methods, as the handler had them before ``install`` (for the tests).
 STOCK: dict[str, Callable[..., Any]] = {}
+#: mitmproxy's ``handle_connection`` the read loop stands in for (empty: it does not)
+STOCK_LOOP: list[Callable[..., Any]] = []
+#: asyncio's ``StreamReaderProtocol.data_received`` before ``install`` (empty: not replaced)
+STOCK_PROTOCOL: list[Callable[..., Any]] = []
 #: mitmproxy's ``TimeoutWatchdog.disarm`` before ``install`` (for the tests)
 STOCK_DISARM: list[Callable[..., Any]] = []
 
@@ -88,13 +155,28 @@ def _target(name: str) -> Any:
     owner, attr = name.split(".")
     if owner == "asyncio_utils":
         return STOCK.get(attr) or getattr(asyncio_utils, attr)
+    if name == "ConnectionHandler.handle_connection":
+        from vaultproxy.seam import defences  # (defences imports seam/lean.py, which imports us)
+
+        return defences.originals.get("handle_connection") or server.ConnectionHandler.\
+            handle_connection
+    if owner == "tasks":
+        return getattr(asyncio.tasks, attr)
     if owner == "TimeoutWatchdog":
+        if attr != "disarm":
+            return getattr(server.TimeoutWatchdog, attr)
         return STOCK_DISARM[0] if STOCK_DISARM else getattr(server.TimeoutWatchdog, attr)
+    if owner == "StreamReaderProtocol":
+        protocol = asyncio.StreamReaderProtocol
+        if attr == "_stream_reader":
+            return protocol._stream_reader.fget  # type: ignore[attr-defined]
+        return STOCK_PROTOCOL[0] if STOCK_PROTOCOL else protocol.data_received
     cls = {
         "ConnectionHandler": server.ConnectionHandler,
         "StreamWriter": asyncio.StreamWriter,
         "FlowControlMixin": asyncio.streams.FlowControlMixin,
         "Lock": asyncio.Lock,
+        "Event": asyncio.Event,
         "StreamReader": asyncio.StreamReader,
         "_Environ": os._Environ,
         "Mapping": collections.abc.Mapping,
@@ -113,11 +195,13 @@ def missing_symbol() -> str | None:
     return (missing(server, "ConnectionHandler")
             or missing(server.ConnectionHandler, "server_event", "drain_writers", "log",
                        "close_connection", "open_connection", "wakeup", "hook_task")
-            or missing(asyncio_utils, "create_task", "set_task_debug_info")
+            or missing(asyncio_utils, "create_task", "set_task_debug_info", "_KEEP_ALIVE")
+            or missing(asyncio.tasks, "create_task", "_set_task_name")
             or missing(os, "_Environ")
             or missing(os.environ, "_data", "encodekey", "decodevalue")
-            or missing(lock, "_locked", "_waiters", "acquire", "release")
-            or missing(asyncio.streams, "FlowControlMixin")
+            or missing(lock, "_locked", "_waiters", "acquire", "release", "_wake_up_first")
+            or missing(asyncio.streams, "FlowControlMixin", "StreamReaderProtocol")
+            or missing(asyncio.StreamReaderProtocol, "data_received", "_stream_reader")
             or missing(asyncio.streams.FlowControlMixin, "_drain_helper")
             or missing(asyncio.StreamWriter, "drain")
             or missing(server, "TimeoutWatchdog")
@@ -134,6 +218,7 @@ def _same(*names: str) -> bool:
 
 
 _SendData, _Log = commands.SendData, commands.Log
+_StreamWriter: Any = asyncio.StreamWriter  # (Any: no narrowing to its public type)
 
 
 def _command(self: Any, command: commands.Command) -> None:
@@ -183,6 +268,56 @@ def _command(self: Any, command: commands.Command) -> None:
         raise RuntimeError(f"Unexpected command: {command}")
 
 
+#: ``StartHook`` classes (exact types) whose task ``server_event`` starts itself
+#: (``_start_hook``; seam/lean.py adds its ``LeanHook``)
+START_HOOKS: set[type] = set()
+#: what ``server_event`` may do inline, as ``install`` found it unchanged (empty: nothing)
+INLINE: dict[str, Any] = {}
+#: mitmproxy's ``TimeoutWatchdog`` if its ``register_activity`` may be done inline
+#: (``last_activity = time.time()``; here and in seam/lean.py's hook task), else None
+INLINE_WATCHDOG: list[Any] = [None]
+#: ``asyncio.Event`` if its ``clear`` and ``set`` may be done inline (seam/lean.py's hook
+#: task, on the watchdog's ``can_timeout``), else None
+INLINE_EVENT: list[Any] = [None]
+
+
+def _start_hook(self: Any, command: Any) -> None:
+    """``_command``'s ``StartHook`` branch (``asyncio_utils.create_task(self.hook_task(
+    command), name=f"handle_hook({command.name})", keep_ref=True, client=...)``) with
+    ``create_task`` (``asyncio.create_task``: ``loop.create_task(coro)``, then
+    ``_set_task_name`` of no name, nothing) and ``set_task_debug_info`` inline, if they are
+    still the ones ``install`` checked; otherwise ``_command``."""
+    inline = INLINE
+    if (not inline or asyncio_utils.create_task is not inline["create_task"]
+            or asyncio.create_task is not inline["asyncio.create_task"]
+            or asyncio_utils.set_task_debug_info is not set_task_debug_info):
+        _command(self, command)
+        return
+    coro = self.hook_task(command)
+    name = f"handle_hook({command.name})"
+    client = self.client.peername
+    task = asyncio.get_running_loop().create_task(coro)
+    # (``set_task_debug_info``)
+    task.created = time.time()  # type: ignore[attr-defined]
+    if __debug__ is True:
+        environ: Any = os.environ
+        if type(environ) is os._Environ:
+            key = _TEST_KEY if environ is _ENVIRON else environ.encodekey(_TEST_VAR)
+            raw = environ._data.get(key)  # type: ignore[attr-defined]
+            test = None if raw is None else environ.decodevalue(raw)
+        else:
+            test = environ.get(_TEST_VAR, None)
+        if test:
+            name = f"{name} [created in {test}]"
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
+    if not task.done():
+        keep_alive = asyncio_utils._KEEP_ALIVE
+        keep_alive.add(task)
+        task.add_done_callback(keep_alive.discard)
+
+
 async def server_event(self: Any, event: Any) -> None:
     """mitmproxy's ``server_event`` (see the module's docstring)."""
     lock = self._server_event_lock
@@ -192,7 +327,11 @@ async def server_event(self: Any, event: Any) -> None:
         await lock.acquire()
     try:
         # No `await` beyond this point.
-        self.timeout_watchdog.register_activity()
+        watchdog = self.timeout_watchdog
+        if type(watchdog) is INLINE_WATCHDOG[0]:
+            watchdog.last_activity = time.time()  # (``register_activity``)
+        else:
+            watchdog.register_activity()
         try:
             layer_commands = self.layer.handle_event(event)
             transports = self.transports
@@ -204,16 +343,25 @@ async def server_event(self: Any, event: Any) -> None:
                         continue  # The connection has already been closed.
                     writer = io.writer
                     assert writer
-                    if not writer.is_closing():
+                    if type(writer) is _StreamWriter and "write" in INLINE:
+                        stream = writer._transport  # (what ``is_closing``, ``write`` use)
+                        if not stream.is_closing():
+                            stream.write(command.data)
+                    elif not writer.is_closing():
                         writer.write(command.data)
                 elif kind is _Log:
                     self.log(command.message, command.level)
+                elif kind in START_HOOKS:
+                    _start_hook(self, command)
                 else:
                     _command(self, command)
         except Exception:
             self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
     finally:
-        lock.release()
+        if lock._locked and not lock._waiters:
+            lock._locked = False  # (``Lock.release`` with no waiter to wake: no call)
+        else:
+            lock.release()
 
 
 class _Disarmed:
@@ -309,6 +457,148 @@ def _make_drain(stock: Callable[..., Any]) -> Callable[..., Any]:
     return drain_writers
 
 
+def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
+    stream_reader: Any = asyncio.StreamReader  # (Any: no narrowing to its public type)
+    data_received, connection_closed = events.DataReceived, events.ConnectionClosed
+    can_read, closed, can_write = (ConnectionState.CAN_READ, ConnectionState.CLOSED,
+                                   ConnectionState.CAN_WRITE)
+
+    async def handle_connection(self: Any, connection: Any) -> None:
+        """mitmproxy's ``handle_connection`` with ``StreamReader.read(65535)`` inline (see the
+        module's docstring)."""
+        cancelled = None
+        reader: Any = self.transports[connection].reader
+        assert reader
+        if type(reader) is not stream_reader:
+            return await stock(self, connection)  # type: ignore[no-any-return]
+        while True:
+            try:
+                # ``data = await reader.read(65535)``
+                if reader._exception is not None:
+                    raise reader._exception
+                if not reader._buffer and not reader._eof:
+                    # ``await reader._wait_for_data("read")``
+                    if reader._waiter is not None:
+                        raise RuntimeError("read() called while another coroutine is "
+                                           "already waiting for incoming data")
+                    if reader._paused:
+                        reader._paused = False
+                        reader._transport.resume_reading()
+                    reader._waiter = reader._loop.create_future()
+                    try:
+                        await reader._waiter
+                    finally:
+                        reader._waiter = None
+                buffer = reader._buffer
+                data = bytes(memoryview(buffer)[:65535])
+                del buffer[:65535]
+                if reader._paused and len(buffer) <= reader._limit:
+                    reader._paused = False
+                    reader._transport.resume_reading()
+                if not data:
+                    raise OSError("Connection closed by peer.")
+            except OSError:
+                break
+            except asyncio.CancelledError as e:
+                cancelled = e
+                break
+
+            await self.server_event(data_received(connection, data))
+
+            try:
+                await self.drain_writers()
+            except asyncio.CancelledError as e:
+                cancelled = e
+                break
+
+        if cancelled is None and connection.transport_protocol == "tcp":
+            # TCP connections can be half-closed.
+            connection.state &= ~can_read
+        else:
+            connection.state = closed
+
+        await self.server_event(connection_closed(connection))
+
+        if connection.state is can_write:
+            # we may still use this connection to *send* stuff,
+            # even though the remote has closed their side of the connection.
+            # to make this work we keep this task running and wait for cancellation.
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError as e:
+                cancelled = e
+
+        try:
+            writer = self.transports[connection].writer
+            assert writer
+            writer.close()
+        except OSError:
+            pass
+        self.transports.pop(connection)
+
+        if cancelled:
+            raise cancelled
+
+    return handle_connection
+
+
+def _make_data_received() -> Callable[..., Any]:
+    stream_reader: Any = asyncio.StreamReader  # (Any: no narrowing to its public type)
+
+    def data_received(self: Any, data: bytes) -> None:
+        """asyncio's ``StreamReaderProtocol.data_received`` (see the module's docstring)."""
+        wr = self._stream_reader_wr  # (``_stream_reader``)
+        reader = None if wr is None else wr()
+        if reader is None:
+            return
+        if type(reader) is not stream_reader:
+            reader.feed_data(data)
+            return
+        # ``reader.feed_data(data)``
+        assert not reader._eof, "feed_data after feed_eof"
+        if not data:
+            return
+        reader._buffer.extend(data)
+        waiter = reader._waiter  # (``_wakeup_waiter``)
+        if waiter is not None:
+            reader._waiter = None
+            if not waiter.cancelled():
+                waiter.set_result(None)
+        if (reader._transport is not None and
+                not reader._paused and
+                len(reader._buffer) > 2 * reader._limit):
+            try:
+                reader._transport.pause_reading()
+            except NotImplementedError:
+                # The transport can't be paused.
+                # We'll just have to buffer all data.
+                # Forget the transport so we don't keep trying.
+                reader._transport = None
+            else:
+                reader._paused = True
+
+    return data_received
+
+
+def install_loop() -> bool:
+    """The read loop of seam/defences.py's ``handle_connection`` as ``_make_handle_connection``
+    makes it, if that is mitmproxy's and what it copies is unchanged; True if in place."""
+    from vaultproxy.seam import defences  # (defences imports seam/lean.py, which imports us)
+
+    loop = defences.connection_loop
+    stock_loop: Callable[..., Any] | None = defences.originals.get("handle_connection")
+    if stock_loop is None:
+        return False
+    if loop.get("handle_connection") not in (stock_loop,):
+        return bool(STOCK_LOOP)  # (already in place, or someone else's)
+    if not _same("ConnectionHandler.handle_connection", "StreamReader.read",
+                 "StreamReader._wait_for_data", "StreamReader._maybe_resume_transport"):
+        return False
+    STOCK_LOOP[:] = [stock_loop]
+    loop["handle_connection"] = _make_handle_connection(stock_loop)
+    return True
+
+
 def install() -> bool:
     """Apply what still matches; False if a symbol is missing (nothing applied)."""
     cls = server.ConnectionHandler
@@ -318,13 +608,30 @@ def install() -> bool:
         return False
     STOCK.update(server_event=cls.server_event, drain_writers=cls.drain_writers,
                  set_task_debug_info=asyncio_utils.set_task_debug_info)
-    if _same("ConnectionHandler.server_event", "Lock.acquire", "Lock.release"):
+    if _same("ConnectionHandler.server_event", "Lock.acquire", "Lock.release",
+             "Lock._wake_up_first"):
         cls.server_event = server_event  # type: ignore[method-assign]
+        if _same("StreamWriter.is_closing", "StreamWriter.write"):
+            INLINE["write"] = True
+        if _same("TimeoutWatchdog.register_activity"):
+            INLINE_WATCHDOG[0] = server.TimeoutWatchdog
+        if _same("Event.clear", "Event.set"):
+            INLINE_EVENT[0] = asyncio.Event
+        if _same("asyncio_utils.create_task", "tasks.create_task", "tasks._set_task_name"):
+            INLINE.update({"create_task": asyncio_utils.create_task,
+                           "asyncio.create_task": asyncio.create_task})
     if _same("ConnectionHandler.drain_writers", "StreamWriter.drain",
              "FlowControlMixin._drain_helper", "StreamReader.exception", "Lock.acquire"):
         cls.drain_writers = _make_drain(STOCK["drain_writers"])  # type: ignore[method-assign]
     if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
         asyncio_utils.set_task_debug_info = set_task_debug_info
+    install_loop()
+    protocol = asyncio.StreamReaderProtocol
+    if not STOCK_PROTOCOL and _same(
+            "StreamReaderProtocol.data_received", "StreamReaderProtocol._stream_reader",
+            "StreamReader.feed_data", "StreamReader._wakeup_waiter"):
+        STOCK_PROTOCOL.append(protocol.data_received)
+        protocol.data_received = _make_data_received()  # type: ignore[method-assign]
     if not STOCK_DISARM:
         STOCK_DISARM.append(server.TimeoutWatchdog.disarm)
     if _same("TimeoutWatchdog.disarm"):

@@ -63,6 +63,10 @@ class Hooks:
 ws_control_filter: WsFilter | None = None
 _installed = False
 originals: dict[str, Any] = {}  # what a patch replaced, by name (for the tests' twins)
+#: what the client handler's ``handle_connection`` runs after its first step: mitmproxy's
+#: own (``originals``), or seam/connio.py's copy of it with the stream reads inline (a speed
+#: patch, set by ``connio.install`` only while this is mitmproxy's)
+connection_loop: dict[str, Any] = {}
 
 
 def error_parts(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -234,12 +238,14 @@ def _patch_client_handler() -> None:
     need(handler_cls, "handle_client")
 
     originals["handle_connection"] = original
+    connection_loop["handle_connection"] = original
+    loop = connection_loop
 
     async def handle_connection(self: Any, connection: Any) -> None:
         io = self.transports.get(connection)
         if connection is self.client and io is not None and io.handler is None:
             await asyncio.sleep(0)  # let handle_client record this task before it runs
-        await original(self, connection)
+        await loop["handle_connection"](self, connection)
 
     handler_cls.handle_connection = handle_connection  # type: ignore[method-assign]
 

@@ -57,9 +57,10 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.net.grammar import TOKEN
-from vaultproxy.seam import bypass, deadlines
+from vaultproxy.seam import bypass, connio, deadlines
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
+from vaultproxy.seam.objects import send_data_of
 from vaultproxy.seam.pool import POOLED, PoolChunkHook, PoolExchangeHook, through
 
 logger = logging.getLogger(__name__)
@@ -169,18 +170,8 @@ def install() -> None:
 
     async def handle_hook(self: Any, hook: Any) -> None:
         if isinstance(hook, LeanHook):
-            lean = hook.job.lean
-            if lean is not None and lean.route is None:
-                # the first request of a lean tunnel: its events may skip the layers above
-                lean.route = bypass.attach(self, lean) if bypass.enabled() else False
-            transport = self.transports.get(self.client)
-            writer = transport.writer if transport is not None else None
-            if writer is not None and not _drained(writer):
-                # Backpressure for pipelined requests: mitmproxy drains its writers only
-                # after each read, and one read may hold many requests, each answered
-                # before the next read. A request starts only once the agent's write
-                # buffer is below its limit, so an agent that reads nothing holds at most
-                # about one response in the proxy's memory (and the watchdog still runs).
+            writer = _to_drain(self, hook.job.lean)
+            if writer is not None:
                 try:
                     await writer.drain()
                 except OSError:
@@ -190,6 +181,7 @@ def install() -> None:
         await original(self, hook)
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
+    connio.START_HOOKS.add(LeanHook)  # (its task started with fewer calls: seam/connio.py)
     stock_task = getattr(server.ConnectionHandler, "hook_task", None)
     STOCK["hook_task"] = stock_task
     if stock_task is not None and unchanged(stock_task, HOOK_TASK_FINGERPRINT,
@@ -229,6 +221,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     if type(keep_alive) is not set:
         keep_alive = None
 
+    inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
+
     async def hook_task(self: Any, hook: Any) -> None:
         if type(hook) is not LeanHook or type(self).handle_hook is not lean_handle_hook:
             # mitmproxy's ``hook_task`` (the fingerprint says it is this; no extra frame)
@@ -238,12 +232,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             return
         # ``handle_hook``'s lean branch (see there)
         job = hook.job
-        lean = job.lean
-        if lean is not None and lean.route is None:
-            lean.route = bypass.attach(self, lean) if bypass.enabled() else False
-        transport = self.transports.get(self.client)
-        writer = transport.writer if transport is not None else None
-        if writer is not None and not _drained(writer):
+        writer = _to_drain(self, job.lean)
+        if writer is not None:
             try:
                 await writer.drain()
             except OSError:
@@ -251,8 +241,15 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         watchdog = self.timeout_watchdog
         addons = self.master.addons
         if type(watchdog) is _Watchdog:
-            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body
-            watchdog.can_timeout.clear()
+            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
+            # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
+            # found them, their bodies inline too)
+            event = inline_event[0]
+            can = watchdog.can_timeout
+            if type(can) is event:
+                can._value = False  # (``Event.clear``)
+            else:
+                can.clear()
             watchdog.blocker += 1
             try:
                 job.addons = addons
@@ -263,8 +260,18 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             finally:
                 watchdog.blocker -= 1
                 if watchdog.blocker == 0:
-                    watchdog.register_activity()
-                    watchdog.can_timeout.set()
+                    if inline_watchdog[0] is _Watchdog:
+                        watchdog.last_activity = time.time()  # (``register_activity``)
+                    else:
+                        watchdog.register_activity()
+                    can = watchdog.can_timeout
+                    if type(can) is not event:
+                        can.set()
+                    elif not can._value:  # (``Event.set``)
+                        can._value = True
+                        for fut in can._waiters:
+                            if not fut.done():
+                                fut.set_result(True)
         else:
             await run_disarmed(watchdog, job.run(addons))
         if hook.blocking:
@@ -280,13 +287,30 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     return hook_task
 
 
-def _drained(writer: Any) -> bool:
-    """Would ``writer.drain()`` return at once (an asyncio ``StreamWriter`` whose transport
-    is open, so its reader has no exception, and holds nothing, so it is not paused)?"""
-    if type(writer) is not asyncio.StreamWriter:
-        return False
-    transport = writer.transport
-    return not transport.is_closing() and transport.get_write_buffer_size() == 0
+def _to_drain(handler: Any, lean: LeanLayer | None) -> Any:
+    """A ``LeanHook``'s first steps (``handle_hook``'s lean branch, and the hook task's):
+    the first request of a lean tunnel attaches its route (its events may skip the layers
+    above, seam/bypass.py); then the agent's writer if the request must first await its
+    ``drain()``, else None.
+
+    Backpressure for pipelined requests: mitmproxy drains its writers only after each read,
+    and one read may hold many requests, each answered before the next read. A request
+    starts only once the agent's write buffer is below its limit, so an agent that reads
+    nothing holds at most about one response in the proxy's memory (and the watchdog still
+    runs). None when ``drain()`` would return at once: an asyncio ``StreamWriter`` whose
+    transport is open (so its reader has no exception) and holds nothing (so it is not
+    paused); no writer at all (the agent's connection is gone) is None too."""
+    if lean is not None and lean.route is None:
+        lean.route = bypass.attach(handler, lean) if bypass.enabled() else False
+    transport = handler.transports.get(handler.client)
+    writer = transport.writer if transport is not None else None
+    if writer is None:
+        return None
+    if type(writer) is asyncio.StreamWriter:
+        stream = writer.transport
+        if not stream.is_closing() and stream.get_write_buffer_size() == 0:
+            return None
+    return writer
 
 
 async def run_disarmed(watchdog: Any, job: Awaitable[None]) -> None:
@@ -889,7 +913,7 @@ class LeanLayer(layer.Layer):
                 req = flow.request
                 if chunked and req.method != "HEAD":
                     data += b"0\r\n\r\n"
-                yield commands.SendData(ctx.client, data)
+                yield send_data_of(ctx.client, data)
                 if not flow.websocket:
                     flow.live = False
                 if closes(req, resp, rnames):
@@ -934,7 +958,7 @@ class LeanLayer(layer.Layer):
         assert resp is not None
         ex = flow.metadata[POOLED]
         client = self.context.client
-        yield commands.SendData(client, _head(resp))
+        yield send_data_of(client, _head(resp))
         if ex.body is not None:  # read with the head: no chunk hook round trip per chunk
             for data in (ex.body, b""):
                 for chunk in through(resp.stream, data):

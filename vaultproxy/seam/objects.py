@@ -1,7 +1,12 @@
 """Cheaper construction of mitmproxy's per-request objects (speed patches of the seam).
 
+* ``send_data_of(connection, data)``: mitmproxy's ``SendData(connection, data)`` (two
+  constructors, one through ``super()``) as one call making the same object (the TLS
+  layer's records and the lean layer's response, per request); fingerprinted, else
+  ``SendData`` itself.
 * Every hook object (``Hook.__new__``, and ``StartHook.__new__`` before it for the
-  connection handler's hooks) re-checks that its class is a concrete dataclass on every
+  connection handler's hooks), and every hook's completion event (``CommandCompleted.__new__``
+  for ``HookCompleted``), re-checks that its class is a concrete dataclass on every
   instantiation: 6-8 per proxied request. ``install`` keeps that check for a class's first
   instance and remembers the classes that passed; an instance of one of them is then made
   as the check would have made it (``object.__new__``). A class that fails still raises
@@ -26,6 +31,7 @@ mitmproxy's own (seam/speed.py logs one WARNING)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import types
 import uuid
@@ -33,7 +39,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mitmproxy import connection, flow, hooks, http
-from mitmproxy.proxy import commands
+from mitmproxy.proxy import commands, events
 
 from vaultproxy.seam.need import missing
 
@@ -115,13 +121,24 @@ def _checked_once(stock: Any) -> Any:
 
 def missing_symbol() -> str | None:
     """What these patches need of mitmproxy that it no longer has (None: all there)."""
-    symbol = missing(hooks, "Hook") or missing(commands, "StartHook") or missing(flow, "uuid")
-    if symbol is None and ("__new__" not in vars(hooks.Hook)
-                           or "__new__" not in vars(commands.StartHook)):
-        symbol = "Hook.__new__"
+    symbol = (missing(hooks, "Hook") or missing(commands, "StartHook")
+              or missing(events, "CommandCompleted") or missing(flow, "uuid"))
+    if symbol is None:
+        for cls in CHECKED:
+            if "__new__" not in vars(cls):
+                symbol = f"{cls.__name__}.__new__"
+                break
     if symbol is None and not _stock_uuid(flow):
         symbol = "flow.uuid.uuid4"
     return symbol
+
+
+#: the classes whose ``__new__`` checks its class on every instance (``_checked_once``)
+CHECKED: tuple[type, ...] = tuple(
+    c for c in (getattr(hooks, "Hook", None), getattr(commands, "StartHook", None),
+                getattr(events, "CommandCompleted", None)) if c is not None)
+#: each one's own ``__new__`` as ``install`` found it (for the tests)
+STOCK_NEW: dict[type, Any] = {}
 
 
 def _stock_uuid(module: Any) -> bool:
@@ -135,14 +152,19 @@ def install() -> bool:
         return True
     if missing_symbol() is not None:
         return False
-    for cls in (hooks.Hook, commands.StartHook):
+    for cls in CHECKED:
         stock = vars(cls)["__new__"]
         stock = stock.__func__ if isinstance(stock, staticmethod) else stock
+        STOCK_NEW[cls] = stock
         cls.__new__ = _checked_once(stock)  # type: ignore[method-assign,assignment]
     fast_uuid = _uuid_module()
     setattr(flow, "uuid", fast_uuid)  # noqa: B010 - (not exported)
     if _stock_uuid(connection):  # (else: connection ids stay mitmproxy's own)
         setattr(connection, "uuid", fast_uuid)  # noqa: B010 - (not exported)
+    if send_data_of is getattr(commands, "SendData", None):
+        logging.getLogger(__name__).warning(
+            "mitmproxy's SendData is not the one vaultproxy's send_data_of was written "
+            "against: each is made by its own constructor (slower)")
     hooks.Hook._vaultproxy_fast = True  # type: ignore[attr-defined]
     return True
 
@@ -178,3 +200,45 @@ def response_of(http_version: Any, status_code: int, reason: Any, headers: Any,
         return made
     return http.Response(http_version, status_code, reason, headers, None, None,
                          timestamp_start=timestamp_start, timestamp_end=None)
+
+
+#: mitmproxy's ``SendData.__init__`` (``super().__init__(connection); self.data = data``) and
+#: ``ConnectionCommand.__init__`` (``self.connection = connection``): ``need.fingerprint``
+#: and ``need.code_fingerprint`` of each, as ``send_data_of`` repeats them
+SEND_DATA_FINGERPRINTS = {
+    "SendData.__init__": ("b07f9576a4b83f1b", "c69b310707ebcf42"),
+    "ConnectionCommand.__init__": ("86bde377991bed0d", "b723cd1983348150"),
+}
+
+
+def _send_data_maker() -> Any:
+    """``send_data_of`` if mitmproxy's constructors are the ones it repeats (and nothing in
+    the class's line has its own ``__new__``, ``__setattr__`` or slots), else
+    ``commands.SendData`` itself."""
+    from vaultproxy.seam.need import unchanged
+
+    cls: Any = getattr(commands, "SendData", None)
+    base: Any = getattr(commands, "ConnectionCommand", None)
+    if cls is None or base is None or base not in cls.__mro__:
+        return cls
+    for klass in cls.__mro__[:-1]:
+        if {"__new__", "__setattr__", "__slots__"} & set(vars(klass)):
+            return cls
+    if not (unchanged(cls.__init__, *SEND_DATA_FINGERPRINTS["SendData.__init__"])
+            and unchanged(base.__init__, *SEND_DATA_FINGERPRINTS["ConnectionCommand.__init__"])):
+        return cls
+    new = object.__new__
+
+    def send_data_of(connection: Any, data: bytes) -> Any:
+        """``commands.SendData(connection, data)``: the same object (its ``connection``,
+        then its ``data``) without the two constructors and their ``super()``."""
+        made = new(cls)
+        made.connection = connection
+        made.data = data
+        return made
+
+    return send_data_of
+
+
+#: ``commands.SendData(connection, data)``, made with one call (``_send_data_maker``)
+send_data_of: Any = _send_data_maker()

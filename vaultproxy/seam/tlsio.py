@@ -20,7 +20,9 @@ arguments and sizes, and read pyOpenSSL's answers the way pyOpenSSL does:
   bytes at most) until it fails, exactly as mitmproxy's loop does. What pyOpenSSL's
   ``_raise_ssl_error`` does after each call is done inline for the two answers that are
   not errors (the callbacks' stored problems raised first, then data, or
-  ``SSL_ERROR_WANT_READ``: the end of the loop, without building the exception); every
+  ``SSL_ERROR_WANT_READ``: the end of the loop, without building the exception; a
+  callback helper's ``raise_if_problem`` called only when it holds a problem, which is when
+  pyOpenSSL's does anything); every
   other answer (close_notify, an alert, a syscall error) goes through pyOpenSSL's own
   ``_raise_ssl_error`` and mitmproxy's own ``except`` clauses, so the same ``Log`` line
   and close handling follow;
@@ -58,6 +60,7 @@ from OpenSSL import SSL
 
 from vaultproxy.seam import need
 from vaultproxy.seam.need import missing
+from vaultproxy.seam.objects import send_data_of
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,10 @@ CODE_FINGERPRINTS = {
     "TunnelLayer.event_to_child": "d3cf4e320f390a01",
     "TunnelLayer._handle_command": "2b685f1960435830",
 }
+#: pyOpenSSL's ``_CallbackExceptionHelper.raise_if_problem`` (``if self._problems: ...``):
+#: its ``need.fingerprint`` and ``need.code_fingerprint``. Unchanged, the loops below call it
+#: only for a helper that holds a problem (or whose class has its own); else always.
+RAISE_IF_PROBLEM = ("b88aff40bdb7525f", "5ca621d7e594bc45")
 #: mitmproxy's own methods, as ``TLSLayer`` had them before ``install`` (for the tests);
 #: ``TunnelLayer``'s under ``TunnelLayer.<name>``.
 STOCK: dict[str, Callable[..., Any]] = {}
@@ -158,6 +165,10 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
     SysCallError, Error = SSL.SysCallError, SSL.Error
     stock_interact = stock["tls_interact"]
     stock_receive, stock_send = stock["receive_data"], stock["send_data"]
+    helper = getattr(SSL, "_CallbackExceptionHelper", None)
+    rip = getattr(helper, "raise_if_problem", None)
+    if rip is None or not need.unchanged(rip, *RAISE_IF_PROBLEM):
+        rip = None  # (every helper's own ``raise_if_problem`` called, as pyOpenSSL does)
 
     def drain(layer: Any, conn: Any) -> Generator[Any, Any, None]:
         bio = conn._from_ssl
@@ -169,7 +180,7 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
                     conn._handle_bio_errors(bio, n)
                 except WantReadError:
                     return
-            yield _SendData(layer.conn, unpack(buf, n))
+            yield send_data_of(layer.conn, unpack(buf, n))
 
     def tls_interact(self: Any) -> Generator[Any, Any, None]:
         conn = self.tls
@@ -191,19 +202,19 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
         ssl, ctx = conn._ssl, conn._context
         plaintext = bytearray()
         close = False
+        buf = _scratch()  # (each read copied out before the next; no yield in between)
         while True:
             try:
-                buf = _scratch()
                 n = ssl_read(ssl, buf, 65535)
                 # pyOpenSSL's _raise_ssl_error: stored callback problems first ...
                 h = ctx._verify_helper
-                if h is not None:
+                if h is not None and (h._problems or type(h).raise_if_problem is not rip):
                     h.raise_if_problem()
                 h = ctx._alpn_select_helper
-                if h is not None:
+                if h is not None and (h._problems or type(h).raise_if_problem is not rip):
                     h.raise_if_problem()
                 h = ctx._ocsp_helper
-                if h is not None:
+                if h is not None and (h._problems or type(h).raise_if_problem is not rip):
                     h.raise_if_problem()
                 # ... then SSL_get_error: SSL_ERROR_NONE for every n > 0
                 if n > 0:
@@ -248,13 +259,13 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             n = ssl_write(ssl, data, size)
             # pyOpenSSL's _raise_ssl_error: stored callback problems first ...
             h = ctx._verify_helper
-            if h is not None:
+            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
                 h.raise_if_problem()
             h = ctx._alpn_select_helper
-            if h is not None:
+            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
                 h.raise_if_problem()
             h = ctx._ocsp_helper
-            if h is not None:
+            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
                 h.raise_if_problem()
             # ... then SSL_get_error, SSL_ERROR_NONE for n > 0: all written ends sendall
             if n != size:
@@ -274,7 +285,7 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
                         conn._handle_bio_errors(bio, n)
                     except WantReadError:
                         return
-                yield _SendData(self.conn, unpack(buf, n))
+                yield send_data_of(self.conn, unpack(buf, n))
         else:  # (a subclass's own)
             yield from self.tls_interact()
 
