@@ -185,9 +185,12 @@ def test_threads_lose_no_update(fast: CollectorRegistry) -> None:
         while not stop.is_set():
             generate_latest(fast)
 
+    together = threading.Barrier(4)
+
     def feed() -> None:
         for _ in range(20_000):
             metrics.observed(line)
+        together.wait()  # all four alive at once: no thread id reused by a later thread
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
