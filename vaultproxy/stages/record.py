@@ -33,7 +33,7 @@ def _record(
         rec = record_of(flow)
     if rec.outcome is not None:
         return
-    st = rt.current()
+    st = rt.live.state  # ``rt.current()``
     if st is None:
         return
     if event == "request":
@@ -150,7 +150,7 @@ class Record(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        st = self.rt.current()
+        st = self.rt.live.state  # ``rt.current()``
         decision = record_of(flow).decision
         if st is not None and decision is not None and decision.service is not None:
             st.inflight += 1
@@ -159,7 +159,7 @@ class Record(Stage):
     def _finish(self, flow: http.HTTPFlow) -> None:
         if flow.id in self._inflight:
             self._inflight.discard(flow.id)
-            st = self.rt.current()
+            st = self.rt.live.state  # ``rt.current()``
             if st is not None:
                 st.inflight -= 1
 

@@ -1,0 +1,344 @@
+"""The hook phases' per-request shortcuts of session 12 (``stages3``) answer exactly as the
+code they replace, on seeded input; the code before each shortcut is kept here as the
+reference.
+
+* ``pipeline.check_headers``: the names read through ``header_names`` (lower-cased) and the
+  verdict of a names tuple equal to the last one found to be tokens reused, against the
+  all-at-once check over the raw names (and its field-by-field loop), with the same names
+  again under other values, names that differ only in case, and every kind of bad field;
+* ``prepare_request``: the pieces ``scan_all`` reads by one tuple ``sum`` and the positional
+  ``Draft``/``InjectResult``, against the comprehension and keyword form, every auth type,
+  both modes, sections short and long, of tuples and of lists;
+* Deadline's ``request``: its two timeouts kept as floats beside the (frozen) settings they
+  came from, against ``float(cfg.response_timeout)``/``float(cfg.idle_timeout)`` of the
+  settings in force, across reloads (new settings, equal or not);
+* the stages that now read ``rt.live.state`` themselves still refuse ``503 not_ready``
+  without a home (the negative twin of ``Runtime.state``).
+Twins: each side of each comparison is reached (memo hits and misses, fast and slow paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import ctx, http, master, options
+from mitmproxy.test import tflow, tutils
+
+from tests.canary import make_canary
+from vaultproxy.config.models import Service
+from vaultproxy.core import pipeline
+from vaultproxy.core.decide import Decision, Plan
+from vaultproxy.core.pipeline import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from vaultproxy.core.state import Live, ProxyState
+from vaultproxy.errors import InvalidRequest, VaultproxyError
+from vaultproxy.files.home import Home
+from vaultproxy.inject import request as inject_request
+from vaultproxy.inject.minted import is_minted
+from vaultproxy.inject.names import canonical_names, header_names
+from vaultproxy.inject.request import InjectResult, minted_trigger
+from vaultproxy.inject.strategy import Draft
+from vaultproxy.secret import Secret
+from vaultproxy.stages import Runtime
+from vaultproxy.stages.access import request_headers
+from vaultproxy.stages.connections import Tunnel
+from vaultproxy.stages.deadline import Deadline
+from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.identify import Identify
+from vaultproxy.stages.inject import Inject
+from vaultproxy.stages.request_gate import RequestGate
+from vaultproxy.values.placeholders import PlaceholderIndex
+
+# -- check_headers -------------------------------------------------------------------------
+
+_TOKENS = pipeline._TOKENS
+_TOKEN = pipeline._TOKEN
+_BAD_VALUE = pipeline._BAD_VALUE
+
+
+def _check_headers_reference(fields: tuple[tuple[bytes, bytes], ...]) -> None:
+    """check_headers before ``stages3`` (the raw names joined and matched on every call)."""
+    if len(fields) > MAX_HEADER_FIELDS:
+        raise InvalidRequest(f"more than {MAX_HEADER_FIELDS} header fields")
+    names = b":".join([name for name, _ in fields])
+    values = b"".join([value for _, value in fields])
+    if (_TOKENS.match(names) and names.count(b":") == len(fields) - 1
+            and not _BAD_VALUE.search(values)):
+        if len(names) - len(fields) + 1 + len(values) > MAX_HEADER_BYTES:
+            raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
+        return
+    size = 0
+    for i, (name, value) in enumerate(fields):
+        size += len(name) + len(value)
+        if not _TOKEN.match(name):
+            raise InvalidRequest(f"header field {i + 1}: the name is not an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise InvalidRequest(
+                f"header field {i + 1}: the value holds a line break (obs-fold) or NUL"
+            )
+    if size > MAX_HEADER_BYTES:
+        raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
+
+
+GOOD_NAMES = [b"Host", b"host", b"HOST", b"Accept", b"X-Api-Key", b"x_api_key",
+              b"Content-Length", b"a", b"!#$%&'*+-.^_`|~09azAZ"]
+BAD_NAMES = [b"", b"a:b", b"bad name", b"\xc4\xb0d", b"x\r", b"(x)", b"a\x00", b":"]
+VALUES = [b"v", b"", b"Bearer x", b"a\r\n b", b"a\nb", b"a\x00b", b"\xff\xfe", b"x" * 100]
+
+
+def _outcome(fn: Any, fields: Any) -> tuple[str, str] | None:
+    try:
+        fn(fields)
+    except InvalidRequest as e:
+        return (type(e).__name__, str(e))
+    return None
+
+
+def _section(rng: random.Random) -> tuple[tuple[bytes, bytes], ...]:
+    kind = rng.random()
+    n = rng.randint(0, 6)
+    if kind < 0.02:
+        n = MAX_HEADER_FIELDS + rng.randint(0, 1)
+    names = [rng.choice(GOOD_NAMES) if rng.random() < 0.93 else rng.choice(BAD_NAMES)
+             for _ in range(n)]
+    values = [rng.choice(VALUES[:3]) if rng.random() < 0.93 else rng.choice(VALUES)
+              for _ in range(n)]
+    if kind > 0.97 and n:  # around the size bound
+        values[0] = b"y" * (MAX_HEADER_BYTES - rng.randint(-3, 3) - sum(map(len, names)))
+    return tuple(zip(names, values, strict=True))
+
+
+def test_check_headers_is_the_all_at_once_check_and_its_loop() -> None:
+    rng = random.Random(31)
+    hits = misses = refused = passed = 0
+    last: tuple[tuple[bytes, bytes], ...] = ()
+    for _ in range(20000):
+        r = rng.random()
+        if r < 0.4 and last:
+            # the same names again (as an agent sends them), values changed, in a new tuple
+            fields = tuple((k, rng.choice(VALUES) if rng.random() < 0.1 else v)
+                           for k, v in last)
+        elif r < 0.5 and last:
+            # the same names in another case: another names tuple? no, the same lower-cased
+            fields = tuple((k.swapcase(), v) for k, v in last)
+        else:
+            fields = _section(rng)
+        hit = header_names(fields) == pipeline._names_ok[0]
+        want = _outcome(_check_headers_reference, fields)
+        got = _outcome(pipeline.check_headers, fields)
+        assert got == want, fields[:8]
+        # a list section (no names memo of its own) answers the same
+        assert _outcome(pipeline.check_headers, [list(f) for f in fields]) == want
+        hits += hit
+        misses += not hit
+        refused += want is not None
+        passed += want is None
+        last = fields
+    assert hits > 3000 and misses > 3000 and refused > 1000 and passed > 3000, (
+        hits, misses, refused, passed)
+
+
+def test_a_bad_name_after_a_good_section_of_the_same_length_is_refused() -> None:
+    """The memo is the names' content, not their count or total length."""
+    pipeline.check_headers(((b"ab", b"v"), (b"cd", b"v")))
+    with pytest.raises(InvalidRequest):
+        pipeline.check_headers(((b"ab", b"v"), (b"c:", b"v")))
+    with pytest.raises(InvalidRequest):
+        pipeline.check_headers(((b"ab", b"v"), (b"c d", b"v")))
+    pipeline.check_headers(((b"AB", b"v"), (b"Cd", b"v")))  # the same names, other case
+
+
+# -- prepare_request -----------------------------------------------------------------------
+
+
+def _host_inject_reference(draft: Draft, service: Service, value: Secret | None,
+                           fields: Mapping[str, Secret], canonical: Any = None
+                           ) -> InjectResult:
+    inject_request._strip(draft, service, keep_value=None, canonical=canonical)
+    inject_request.strategy_for(service).inject(draft, service, value, fields)
+    return InjectResult(injected=True, stripped=inject_request._dedup(draft.stripped))
+
+
+def _prepare_reference(request: http.Request, service: Service, value: Secret | None,
+                       fields: Mapping[str, Secret], index: PlaceholderIndex) -> InjectResult:
+    """prepare_request before ``stages3``."""
+    sent = request.headers.fields
+    headers = list(sent)
+    path, sep, query = request.data.path.partition(b"?")
+    pieces = [x for field in headers for x in field]
+    pieces.append(path)
+    pieces.append(query)
+    index.scan_all(pieces, service.name)
+
+    draft = Draft(headers=headers, path=path, query=query if sep else None)
+    names = canonical_names(sent)
+    if service.mode == "host_inject" or (
+        is_minted(service)
+        and minted_trigger(headers, service, index.placeholder_of(service.name))
+    ):
+        result = _host_inject_reference(draft, service, value, fields, names)
+    else:
+        result = inject_request._placeholder(draft, service, value, fields, index, names)
+
+    request.headers.fields = tuple(draft.headers)
+    request.data.path = draft.target()
+    return result
+
+
+def _services() -> list[Service]:
+    out = []
+    for mode in ("host_inject", "placeholder"):
+        for auth, extra in (("bearer", {}), ("basic", {}),
+                            ("header", {"header_name": "X-Api-Key", "prefix": "k "}),
+                            ("header", {"header_name": "X_Custom"}),
+                            ("query_param", {"param_name": "key"})):
+            subs: list[dict[str, Any]] = (
+                [{}] if mode == "host_inject" else
+                [{"substitute_in": s} for s in (("auth",), ("auth", "header"),
+                                                ("header", "query", "path"))])
+            for sub in subs:
+                out.append(Service(name="svc", hosts=("svc.test",), mode=mode, auth=auth,
+                                   **extra, **sub))
+    out.append(Service(name="svc", hosts=("svc.test",), mode="host_inject",
+                       auth="path_prefix", path_prefix="/k/{secret}"))
+    return out
+
+
+NAMES = [b"Host", b"Accept", b"Authorization", b"authorization", b"X-Api-Key", b"x_api_key",
+         b"X_Custom", b"Cookie", b"Proxy-Authorization", b"Accept-Encoding", b"X-Other"]
+FIELD_VALUES = [b"v", b"Bearer __vault.svc__", b"__vault.svc__", b"k __vault.svc__",
+                b"__vault.other__", b"x%41", b"Basic X192YXVsdC5zdmNfXw==", b""]
+
+
+def _prepare_outcome(fn: Any, req: http.Request, service: Service, value: Secret,
+                     fields: Mapping[str, Secret], index: PlaceholderIndex) -> tuple[object, ...]:
+    try:
+        result = fn(req, service, value, fields, index)
+    except (VaultproxyError, KeyError) as e:
+        return (type(e), str(e), req.headers.fields, req.data.path)
+    return (result, req.headers.fields, req.data.path)
+
+
+def test_prepare_request_is_its_keyword_and_comprehension_form() -> None:
+    rng = random.Random(37)
+    index = PlaceholderIndex({"__vault.svc__": "svc", "__vault.other__": "other"})
+    value = Secret(make_canary())
+    fields = {"username": Secret("user"), "password": Secret(make_canary())}
+    services = _services()
+    injected = untouched = refused = long = lists = 0
+    for _ in range(6000):
+        service = rng.choice(services)
+        req = tutils.treq(path=rng.choice([b"/x", b"/x?key=__vault.svc__", b"/__vault.svc__",
+                                           b"/x?a=1&key=v", b"/a%2Fb?q=+"]),
+                          headers=http.Headers())
+        n = rng.randint(0, 6) if rng.random() < 0.95 else rng.randint(23, 30)
+        section = [(rng.choice(NAMES), rng.choice(FIELD_VALUES)) for _ in range(n)]
+        if rng.random() < 0.05:
+            req.headers.fields = [list(f) for f in section]  # type: ignore[assignment]
+            lists += 1
+        else:
+            req.headers.fields = tuple(section)
+        long += n > 24
+        a, b = req.copy(), req.copy()
+        a.headers.fields = req.headers.fields
+        b.headers.fields = req.headers.fields
+        want = _prepare_outcome(_prepare_reference, a, service, value, fields, index)
+        got = _prepare_outcome(inject_request.prepare_request, b, service, value, fields,
+                               index)
+        assert got == want, (service.mode, service.auth, service.substitute_in, section)
+        if isinstance(want[0], InjectResult):
+            injected += want[0].injected
+            untouched += not want[0].injected
+        else:
+            refused += 1
+    assert injected > 1000 and untouched > 500 and refused > 300, (injected, untouched, refused)
+    assert long > 100 and lists > 100, (long, lists)
+
+
+def test_the_pieces_are_the_comprehensions() -> None:
+    rng = random.Random(41)
+    for _ in range(3000):
+        section = [(rng.choice(NAMES), rng.choice(FIELD_VALUES))
+                   for _ in range(rng.choice([0, 1, 3, 24, 25, 40]))]
+        path, query = rng.choice([(b"/x", b""), (b"/", b"a=1")])
+        want = [x for field in section for x in field] + [path, query]
+        for form in (tuple(section), [list(f) for f in section], section):
+            assert list(inject_request._pieces(form, path, query)) == want  # type: ignore[arg-type]
+
+
+# -- Deadline: the timeouts of the settings in force ---------------------------------------
+
+
+def _state(tmp_path: Path, name: str, response: float, idle: float) -> ProxyState:
+    home = Home(tmp_path / name / "home")
+    home.create()
+    home.services.write_text(f"[proxy]\nresponse_timeout = {response}\nidle_timeout = {idle}\n")
+    return ProxyState.load(home)
+
+
+def test_deadline_queues_with_the_timeouts_in_force(tmp_path: Path) -> None:
+    rng = random.Random(43)
+    states = [_state(tmp_path, f"s{i}", r, i_)
+              for i, (r, i_) in enumerate([(30, 10), (30, 10), (5, 7), (2.5, 60)])]
+    rt = Runtime(Live(states[0]))
+    stage = Deadline(rt)
+    switched = same = 0
+
+    async def go() -> None:
+        nonlocal switched, same
+        m = master.Master(options.Options(), with_termlog=False)
+        ctx.master, ctx.options = m, m.options
+        try:
+            for _ in range(400):
+                if rng.random() < 0.3:  # a reload: new settings, equal or not
+                    rt.live.state = rng.choice(states)
+                    switched += 1
+                else:
+                    same += 1
+                cfg = rt.live.state.registry.config.proxy
+                f = tflow.tflow()
+                f.response = None
+                stage.request(f)
+                queued = [q.flows[f.id] for q in stage._queues.values() if f.id in q.flows]
+                assert len(queued) == 1
+                response, idle = queued[0][4], queued[0][5]
+                assert (response, idle) == (float(cfg.response_timeout),
+                                            float(cfg.idle_timeout))
+                assert type(response) is float and type(idle) is float
+                stage.response(f)
+        finally:
+            m._legacy_log_events.uninstall()
+
+    asyncio.run(go())
+    assert switched > 50 and same > 200
+
+
+# -- rt.state() read inline: still NotReady without a home ---------------------------------
+
+
+def test_the_inline_state_reads_refuse_without_a_home() -> None:
+    rt = Runtime(Live(None))
+    service = Service(name="svc", hosts=("svc.test",), mode="host_inject", auth="bearer")
+    plan = Plan(service, "stream", 1 << 20)
+    for stage_call in (lambda f: Identify(rt).requestheaders(f),
+                       lambda f: RequestGate(rt).requestheaders(f),
+                       lambda f: Inject(rt).requestheaders(f)):
+        f = tflow.tflow()
+        rt.connections.open(f.client_conn.id, Tunnel(Decision(service, None, ("svc.test", 443),
+                                                              plan=plan,
+                                                              target=("svc.test", 443))))
+        record_of(f).decision = Decision(service, None, ("svc.test", 443), plan=plan,
+                                         target=("svc.test", 443))
+        stage_call(f)
+        assert f.response is not None and f.response.status_code == 503
+        assert record_of(f).refusal is not None and record_of(f).refusal.code == "not_ready"
+    f = tflow.tflow()
+    record_of(f).decision = Decision(service, None, ("svc.test", 443), plan=plan,
+                                     target=("svc.test", 443))
+    from vaultproxy.errors import NotReady
+    with pytest.raises(NotReady):
+        request_headers(rt, f)
