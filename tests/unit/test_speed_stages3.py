@@ -20,6 +20,7 @@ Twins: each side of each comparison is reached (memo hits and misses, fast and s
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +36,7 @@ from vaultproxy.core import pipeline
 from vaultproxy.core.decide import Decision, Plan
 from vaultproxy.core.pipeline import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
 from vaultproxy.core.state import Live, ProxyState
-from vaultproxy.errors import InvalidRequest, VaultproxyError
+from vaultproxy.errors import InvalidRequest, NotReady, VaultproxyError
 from vaultproxy.files.home import Home
 from vaultproxy.inject import request as inject_request
 from vaultproxy.inject.minted import is_minted
@@ -45,6 +46,7 @@ from vaultproxy.inject.strategy import Draft
 from vaultproxy.secret import Secret
 from vaultproxy.stages import Runtime
 from vaultproxy.stages.access import request_headers
+from vaultproxy.stages.ahead import forward_ahead
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.deadline import Deadline
 from vaultproxy.stages.flowrecord import record_of
@@ -339,6 +341,66 @@ def test_the_inline_state_reads_refuse_without_a_home() -> None:
     f = tflow.tflow()
     record_of(f).decision = Decision(service, None, ("svc.test", 443), plan=plan,
                                      target=("svc.test", 443))
-    from vaultproxy.errors import NotReady
     with pytest.raises(NotReady):
         request_headers(rt, f)
+
+
+# -- the forward record by position --------------------------------------------------------
+
+
+class _Sink:
+    on_failure = "deny"
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def ahead(self, event: Any) -> bool:
+        self.lines.append(event.to_json_line())
+        return True
+
+
+def _without_ts(line: str) -> dict[str, object]:
+    record = json.loads(line)
+    record.pop("ts", None)
+    return record
+
+
+def test_forward_ahead_writes_the_keyword_calls_line() -> None:
+    rng = random.Random(47)
+    services = [None, Service(name="svc", hosts=("svc.test",), mode="host_inject",
+                              auth="bearer"),
+                Service(name="ph", hosts=("ph.test",), mode="placeholder", auth="header",
+                        header_name="X-Key")]
+    for _ in range(500):
+        service = rng.choice(services)
+        decision = rng.choice([None, Decision(service, rng.choice([None, "agent-1", "é\"x"]),
+                                              target=rng.choice([None, ("svc.test", 443)]))])
+        f = tflow.tflow()
+        f.request.method = rng.choice(["GET", "post", "PUT"])
+        rec = record_of(f)
+        rec.decision = decision
+        rec.path = rng.choice([None, "/x", "/a b/\u00e9", "/\"q\\"])
+        sink = _Sink()
+        st: Any = type("St", (), {"audit": sink})()
+        forward_ahead(st, f, rec)
+        want = _Sink()
+        target = decision.target if decision is not None else None
+        pipeline.record_forward(
+            want, want.on_failure, agent=decision.agent if decision is not None else None,
+            service=decision.service if decision is not None else None,
+            method=f.request.method, host=target[0] if target is not None else None,
+            path=rec.path)
+        assert [_without_ts(x) for x in sink.lines] == [_without_ts(x) for x in want.lines]
+        assert len(sink.lines) == 1
+
+
+def test_the_raw_reads_are_the_properties() -> None:
+    """``req.data.headers`` for ``req.headers``, ``resp.data.status_code`` for
+    ``resp.status_code`` (the stages read the data fields mitmproxy's properties return)."""
+    rng = random.Random(53)
+    for _ in range(200):
+        f = tflow.tflow(resp=True)
+        f.response.status_code = rng.choice([200, 204, 401, 599])
+        assert f.request.data.headers is f.request.headers
+        assert f.response.data.headers is f.response.headers
+        assert f.response.data.status_code == f.response.status_code

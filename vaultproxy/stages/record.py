@@ -56,7 +56,7 @@ def _record(
     else:
         host = request.pretty_host
     if status is None and response is not None:
-        status = response.status_code
+        status = response.data.status_code  # (``response.status_code``)
     decision_record(  # record_decision by position
         st.audit, event, agent,
         service.name if service is not None else None,
