@@ -20,14 +20,17 @@ Twins: each side of each comparison is reached (memo hits and misses, fast and s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import json
 import random
+import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import ctx, http, master, options
+from mitmproxy import ctx, exceptions, hooks, http, master, options
 from mitmproxy.test import tflow, tutils
 
 from tests.canary import make_canary
@@ -43,13 +46,14 @@ from vaultproxy.inject.minted import is_minted
 from vaultproxy.inject.names import canonical_names, header_names
 from vaultproxy.inject.request import InjectResult, minted_trigger
 from vaultproxy.inject.strategy import Draft
+from vaultproxy.seam import dispatch
 from vaultproxy.secret import Secret
 from vaultproxy.stages import Runtime
 from vaultproxy.stages.access import request_headers
 from vaultproxy.stages.ahead import forward_ahead
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.deadline import Deadline
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.identify import Identify
 from vaultproxy.stages.inject import Inject
 from vaultproxy.stages.request_gate import RequestGate
@@ -404,3 +408,156 @@ def test_the_raw_reads_are_the_properties() -> None:
         assert f.request.data.headers is f.request.headers
         assert f.response.data.headers is f.response.headers
         assert f.response.data.status_code == f.response.status_code
+
+
+# -- the dispatch's loop for flow events ---------------------------------------------------
+
+_BEHAVIOURS = ("none", "value", "coro_ok", "coro_raise", "coro_halt", "coro_options", "raise",
+               "halt", "options")
+_KINDS = ("plain", "guarded", "guarded_awaitable")
+
+
+def _addon(i: int, kind: str, behaviour: str, log: list[tuple[object, ...]]) -> object:
+    async def later() -> None:
+        await asyncio.sleep(0)
+        log.append(("awaited", i))
+        if behaviour == "coro_raise":
+            raise ValueError(i)
+        if behaviour == "coro_halt":
+            raise exceptions.AddonHalt()
+        if behaviour == "coro_options":
+            raise exceptions.OptionsError(str(i))
+
+    def body(*args: Any) -> Any:
+        log.append(("called", i))
+        if behaviour == "raise":
+            raise ValueError(i)
+        if behaviour == "halt":
+            raise exceptions.AddonHalt()
+        if behaviour == "options":
+            raise exceptions.OptionsError(str(i))
+        if behaviour == "value":
+            return 5
+        if behaviour.startswith("coro"):
+            return later()
+        return None
+
+    def fail(addon: object, args: Any, err: BaseException) -> None:
+        log.append(("fail", i, type(err).__name__))
+
+    if kind == "plain":
+        def requestheaders(self: object, flow: object) -> Any:
+            return body(self, flow)
+    else:
+        def requestheaders(self: object, flow: object) -> Any:  # the wrapper (not called)
+            raise AssertionError("the dispatch calls the body")
+        requestheaders.__wrapped__ = body  # type: ignore[attr-defined]
+        requestheaders.__vp_guard__ = (  # type: ignore[attr-defined]
+            body, fail, kind == "guarded_awaitable")
+    return type(f"A{i}", (), {"requestheaders": requestheaders})()
+
+
+async def _reference_loop(top: Any, arg: Any, log: list[tuple[object, ...]]) -> None:
+    """The flow-event loop of ``trigger_event`` before ``stages3`` (``pending``)."""
+    for func, addon, fail, guard_awaitable in top:
+        try:
+            if fail is None:
+                res = func(arg)
+                if res is not None and (
+                        type(res) is types.CoroutineType or inspect.isawaitable(res)):
+                    await res
+                continue
+            pending = None
+            try:
+                res = func(addon, arg)
+                if res is not None and (
+                        type(res) is types.CoroutineType or inspect.isawaitable(res)):
+                    if guard_awaitable:
+                        await res
+                    else:
+                        pending = res
+            except Exception as err:  # noqa: BLE001
+                fail(addon, (arg,), err)
+            if pending is not None:
+                await pending
+        except exceptions.AddonHalt:
+            break
+        except exceptions.OptionsError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            log.append(("error", type(err).__name__))
+
+
+def test_the_flow_event_loop_is_the_pending_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(59)
+    log: list[tuple[object, ...]] = []
+    monkeypatch.setattr(dispatch, "_addon_error",
+                        lambda err: log.append(("error", type(err).__name__)))
+    seen: set[tuple[str, str]] = set()
+
+    async def go() -> None:
+        for _ in range(600):
+            n = rng.randint(1, 5)
+            shapes = [(rng.choice(_KINDS), rng.choice(_BEHAVIOURS)) for _ in range(n)]
+            seen.update(shapes)
+            addons = [_addon(i, k, b, log) for i, (k, b) in enumerate(shapes)]
+            m = master.Master(options.Options(), with_termlog=False)
+            am = dispatch.IndexedAddonManager(m)
+            m.addons = am
+            am.add(*addons)
+            f = tflow.tflow()
+            outcomes = []
+            top = am._flat_of(hooks.all_hooks["requestheaders"](f))[1]
+            for which in ("indexed", "reference"):
+                log.clear()
+                try:
+                    if which == "indexed":
+                        await am.trigger_event(hooks.all_hooks["requestheaders"](f))
+                    else:
+                        await _reference_loop(top, f, log)
+                    raised = None
+                except exceptions.OptionsError:
+                    raised = "OptionsError"
+                outcomes.append((list(log), raised))
+            assert outcomes[0] == outcomes[1], shapes
+            m._legacy_log_events.uninstall()
+
+    asyncio.run(go())
+    assert len(seen) == len(_KINDS) * len(_BEHAVIOURS)
+
+
+# -- FlowRecord without __init__ ------------------------------------------------------------
+
+_IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset)
+
+
+def test_a_fresh_flow_record_is_the_dataclass_with_its_init() -> None:
+    fields = dataclasses.fields(FlowRecord)
+    for f in fields:  # a plain immutable default, held by the class
+        assert f.default_factory is dataclasses.MISSING, f.name
+        assert f.default is not dataclasses.MISSING, f.name
+        assert isinstance(f.default, _IMMUTABLE), f.name
+        assert getattr(FlowRecord, f.name) is f.default, f.name
+    reference = dataclasses.make_dataclass(
+        "FlowRecord", [(f.name, f.type, f.default) for f in fields])
+    rng = random.Random(61)
+    values: dict[str, list[object]] = {
+        "decision": [None, Decision(None, "a")], "path": [None, "/x"], "t0": [None, 1.5],
+        "served": [False, True], "hold_body": [False, True], "retried": [False, True],
+        "injected": [False, True], "outcome": [None, "denied", "injected"],
+    }
+    for _ in range(300):
+        got, want = FlowRecord(), reference()
+        other = FlowRecord()
+        for name, choices in values.items():
+            if rng.random() < 0.5:
+                value = rng.choice(choices)
+                setattr(got, name, value)
+                setattr(want, name, value)
+        for f in fields:
+            assert getattr(got, f.name) == getattr(want, f.name), f.name
+            assert getattr(other, f.name) is f.default, f.name  # nothing shared
+        assert got.answered == (want.refusal is not None or want.served)  # type: ignore[attr-defined]
+        assert repr(got) == repr(want)
+    f = tflow.tflow()
+    assert record_of(f) is record_of(f) and record_of(f) is not record_of(tflow.tflow())
