@@ -43,7 +43,6 @@ from mitmproxy import http
 from mitmproxy.net.http import status_codes
 from mitmproxy.net.http.http1 import expected_http_body_size
 
-from vaultproxy.core.pipeline import header_names
 from vaultproxy.errors import (
     UnscannableResponse,
     UpgradeRefused,
@@ -171,13 +170,16 @@ def _check_framing(resp: http.Response) -> None:
 _REASONS: dict[int, bytes] = {
     code: text.encode("ISO-8859-1") for code, text in status_codes.RESPONSES.items()
 }
+# Header names the common head is checked for (lower case).
+_FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"content-encoding",
+                            b"set-cookie"))
 _CONTENT_LENGTH = re.compile(rb"(?:0|[1-9][0-9]*)")  # mitmproxy's validate, whole value
 
 
 def _plain_small_head(
     flow: http.HTTPFlow, resp: http.Response, redactor: Redactor, service: str
 ) -> bool:
-    """The common response head, told from its names view (``header_names``): HTTP/1, a final status
+    """The common response head, told in one pass over its fields: HTTP/1, a final status
     with a body, no ``Transfer-Encoding`` or ``Content-Encoding``, one valid
     ``Content-Length`` of at most ``SMALL_BODY``. Applies exactly what ``_gate_head`` does to
     such a head (reason phrase; ``gate_head``: a folded field refused, ``Set-Cookie``
@@ -191,15 +193,18 @@ def _plain_small_head(
             or resp.stream or flow.request.data.method.upper() in (b"HEAD", b"CONNECT")):
         return False
     fields = data.headers.fields
-    # the section's names as ``Headers`` compares them, one view (``header_names``), and
-    # C scans of it: no coding, exactly one length
-    names = header_names(fields)
-    if (b"transfer-encoding" in names or b"content-encoding" in names
-            or names.count(b"content-length") != 1):
-        return False
-    length = fields[names.index(b"content-length")][1]
-    cookie = b"set-cookie" in names
-    if not _CONTENT_LENGTH.fullmatch(length) or int(length) > SMALL_BODY:
+    length: bytes | None = None
+    cookie = False
+    for name, value in fields:
+        lower = name.lower()
+        if lower in _FRAMING_NAMES:
+            if lower == b"content-length" and length is None:
+                length = value
+            elif lower == b"set-cookie":
+                cookie = True
+            else:  # a transfer or content coding, or a second length
+                return False
+    if length is None or not _CONTENT_LENGTH.fullmatch(length) or int(length) > SMALL_BODY:
         return False
     data.reason = _REASONS.get(code, b"")
     # No coding: it only checks, (drops) and redacts.
