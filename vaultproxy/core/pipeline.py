@@ -239,7 +239,7 @@ def inject_body(st: ProxyState, req: http.Request, plan: Plan, entry: Entry) -> 
 
 
 def record_forward(
-    audit: AheadSink, on_failure: str, agent: str | None, service: Service | None,
+    audit: AheadSink, on_failure: str, *, agent: str | None, service: Service | None,
     method: str, host: str | None, path: str | None, via: str | None = None,
 ) -> None:
     """The ``forward`` audit record of a request about to leave with a credential; raise

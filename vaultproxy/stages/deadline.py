@@ -73,8 +73,6 @@ class Deadline(Stage):
         self._timers: dict[str, asyncio.TimerHandle] = {}  # server id / flow id -> timer
         self._log = EveryInterval(5.0)  # the audit has every one
         self._applied: tuple[object, object, float] | None = None  # see _settings
-        # ``request``'s two timeouts as floats, and the (frozen) settings they were read from
-        self._timeouts: tuple[object, float, float] = (None, 0.0, 0.0)
         self._queues: dict[float, _Waits] = {}  # length in seconds -> its queue
         self._sweeper: asyncio.TimerHandle | None = None  # armed for the earliest entry
         self._sweep_at = 0.0  # when it runs (loop time)
@@ -233,11 +231,7 @@ class Deadline(Stage):
         cfg = self._settings()
         if cfg is None or record_of(flow).answered:
             return  # the proxy answered it: no upstream to wait on
-        timeouts = self._timeouts
-        if timeouts[0] is not cfg:  # a reload's new settings (a frozen model: same object,
-            timeouts = self._timeouts = (  # same values)
-                cfg, float(cfg.response_timeout), float(cfg.idle_timeout))
-        self._wait(flow, timeouts[1], timeouts[2])
+        self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._unwait(flow.id)
