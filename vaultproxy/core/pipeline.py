@@ -89,17 +89,32 @@ def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
     continuation as ``"\\r\\n "`` inside the value, which an upstream could read as a new
     header line); at most ``MAX_HEADER_FIELDS`` fields and ``MAX_HEADER_BYTES`` bytes.
     """
+    global _names_ok
     if len(fields) > MAX_HEADER_FIELDS:
         raise InvalidRequest(f"more than {MAX_HEADER_FIELDS} header fields")
     # All names and all values at once (one match and one search per request); the
-    # field-by-field loop below only runs to name the field that fails.
-    names = b":".join([name for name, _ in fields])  # ":" is no token character: a name
-    values = b"".join([value for _, value in fields])  # holding one adds to the count
-    if (_TOKENS.match(names) and names.count(b":") == len(fields) - 1
-            and not _BAD_VALUE.search(values)):
-        if len(names) - len(fields) + 1 + len(values) > MAX_HEADER_BYTES:
-            raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
-        return
+    # field-by-field loop below only runs to name the field that fails. The names are read
+    # through ``header_names`` (lower-casing changes only A-Z, token characters both ways:
+    # the same verdict, the same length), and a names tuple equal to the last one found to
+    # be tokens is that verdict again (an agent sends the same names request after request;
+    # the values, which change, are searched every time).
+    names = header_names(fields)
+    memo = _names_ok
+    if names == memo[0]:
+        size = memo[1]
+    else:
+        joined = b":".join(names)  # ":" is no token character: a name holding one adds
+        if _TOKENS.match(joined) and joined.count(b":") == len(fields) - 1:  # to the count
+            size = len(joined) - len(fields) + 1
+            _names_ok = (names, size)
+        else:
+            size = -1
+    if size >= 0:
+        values = b"".join([value for _, value in fields])
+        if not _BAD_VALUE.search(values):
+            if size + len(values) > MAX_HEADER_BYTES:
+                raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
+            return
     size = 0
     for i, (name, value) in enumerate(fields):
         size += len(name) + len(value)
@@ -111,6 +126,11 @@ def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
             )
     if size > MAX_HEADER_BYTES:
         raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
+
+
+#: ``check_headers``' last header names (``header_names``) that were all tokens, and the
+#: sum of their lengths.
+_names_ok: tuple[tuple[bytes, ...], int] = ((), 0)
 
 
 def check_target(
@@ -150,12 +170,13 @@ def check_request(
     """Every check a request to an intercepted service passes before a credential: the
     target, the header section, then the plan's ``drop`` set is removed."""
     check_target(req, target[0], target[1], dialed)
-    fields = req.headers.fields
+    headers = req.data.headers  # (``req.headers``)
+    fields = headers.fields
     check_headers(fields)
     drop = plan.drop
     # any ``canonical_name(k) in drop``, through the section's one view of its names
     if not drop.isdisjoint(canonical_names(fields)):
-        req.headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
+        headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
 
 
 def needs_token(plan: Plan, req: http.Request, index: PlaceholderIndex) -> bool:
@@ -189,9 +210,10 @@ def inject_head(
     if minted is not None:
         secret, fields = credential(minted, service.auth)
     injected = prepare_request(req, service, secret, fields, st.snapshot.index).injected
-    offered = header_value(req.headers.fields, b"accept-encoding")
+    headers = req.data.headers  # (``req.headers``)
+    offered = header_value(headers.fields, b"accept-encoding")
     if offered is not None:
-        limit_accept_encoding(req.headers, offered)
+        limit_accept_encoding(headers, offered)
     if plan.body == "sign":  # signed over the final head (and maybe the body)
         wait = not sign_at_head(req, service, entry.fields)
         injected = injected or not wait

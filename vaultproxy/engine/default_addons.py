@@ -59,5 +59,5 @@ class DisableH2C(disable_h2c.DisableH2C):
         # ``Request.method`` is the decoded method upper-cased: for ASCII bytes that is
         # ``bytes.upper``; anything else (``"prı".upper() == "PRI"``) takes mitmproxy's path
         if (not method.isascii() or method.upper() == b"PRI"
-                or b"upgrade" in header_names(req.headers.fields)):
+                or b"upgrade" in header_names(req.data.headers.fields)):
             self.process_flow(f)  # type: ignore[no-untyped-call]

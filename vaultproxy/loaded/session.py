@@ -133,9 +133,10 @@ class Session:
         ks = self.keystore
         if ks is None:
             raise LockedError()
-        if is_ref(service.secret_name):  # "SOURCE:PATH#FIELD": the source cache (SPEC §9)
-            return cached_entry(ks, ref_of(service.secret_name), service.name)
-        entry = ks.get(service.secret_name)
+        name = service.secret_name  # (a property: read once)
+        if is_ref(name):  # "SOURCE:PATH#FIELD": the source cache (SPEC §9)
+            return cached_entry(ks, ref_of(name), service.name)
+        entry = ks.get(name)
         if entry is None:
             raise SecretMissing(f"keystore has no entry for service {service.name}")
         return entry

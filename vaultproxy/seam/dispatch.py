@@ -220,19 +220,20 @@ class IndexedAddonManager(addonmanager.AddonManager):
                                 type(res) is _Coroutine or inspect.isawaitable(res)):
                             await res
                         continue
-                    pending = None
                     try:
                         res = func(addon, arg)
-                        if res is not None and (
+                        if res is None:  # (a stage's common answer: its work is done)
+                            continue
+                        if guard_awaitable and (
                                 type(res) is _Coroutine or inspect.isawaitable(res)):
-                            if guard_awaitable:
-                                await res
-                            else:
-                                pending = res
+                            await res
+                            continue
                     except Exception as err:  # noqa: BLE001 - the stage's guard: deny
                         fail(addon, (arg,), err)
-                    if pending is not None:
-                        await pending
+                        continue
+                    # an awaitable outside the guard: awaited as any handler's
+                    if type(res) is _Coroutine or inspect.isawaitable(res):
+                        await res
                 except exceptions.AddonHalt:
                     break
                 except exceptions.OptionsError:

@@ -33,7 +33,7 @@ from vaultproxy.access.rules import normalise_target
 from vaultproxy.core.decide import Facts, still_valid
 from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.state import ProxyState
-from vaultproxy.errors import BodyTooLarge
+from vaultproxy.errors import BodyTooLarge, NotReady
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.runtime import Runtime
@@ -64,7 +64,7 @@ def _caught(rt: Runtime, st: ProxyState, flow: http.HTTPFlow, name: str, surface
 def take_proxy_authorization(rt: Runtime, flow: http.HTTPFlow) -> str | None:
     """Pop ``Proxy-Authorization`` (it never travels further) after a honeytoken check; a
     CONNECT's target name is checked too (it is resolved: a DNS query would carry a decoy)."""
-    headers = flow.request.headers
+    headers = flow.request.data.headers  # (``flow.request.headers``)
     # presence first: ``pop`` of an absent name costs a KeyError inside MutableMapping.pop
     header: str | None = (
         headers.pop("proxy-authorization", None)
@@ -113,7 +113,9 @@ def request_headers(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord | None = N
         rec = record_of(flow)
     if rec.answered:
         return None
-    st = rt.state()
+    st = rt.live.state  # ``rt.state()``, inline
+    if st is None:
+        raise NotReady()
     req = flow.request
     decoys = st.snapshot.honeytokens
     if decoys.active:

@@ -37,8 +37,12 @@ class Refusal:
     reply: http.Response | None = None
 
 
-@dataclass
+@dataclass(init=False)
 class FlowRecord:
+    """(No ``__init__``: every field's default is an immutable class attribute, which a
+    fresh record reads until a stage writes its own; ``record_of`` makes one per request.
+    A field needs a plain immutable default: tests/unit/test_speed_stages3.py.)"""
+
     decision: Decision | None = None  # Identify
     refusal: Refusal | None = None  # guard.deny, the one place a refusal is recorded
     served: bool = False  # Reserved: answered by the proxy itself (the MCP endpoint)

@@ -17,7 +17,7 @@ from vaultproxy.core.decide import Decision, Facts, agent_still_valid, decide
 from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.pipeline import host_header as request_host_header
 from vaultproxy.core.state import ProxyState
-from vaultproxy.errors import VaultproxyError
+from vaultproxy.errors import NotReady, VaultproxyError
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
@@ -118,9 +118,12 @@ class Identify(Stage):
         rec: FlowRecord = record_of(flow)
         if rec.answered:
             return
-        st = self.rt.state()
+        rt = self.rt
+        st = rt.live.state  # ``rt.state()``, inline
+        if st is None:
+            raise NotReady()
         req = flow.request
-        conns = self.rt.connections
+        conns = rt.connections
         tunnel = conns.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is not None:
             decision = rec.decision = _in_tunnel(st, tunnel, req)

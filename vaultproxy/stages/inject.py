@@ -13,7 +13,7 @@ from mitmproxy import http
 from vaultproxy.core.decide import Plan
 from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
-from vaultproxy.errors import VaultproxyError
+from vaultproxy.errors import NotReady, VaultproxyError
 from vaultproxy.stages.ahead import forward_ahead, keep_redactor
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
@@ -30,10 +30,13 @@ class Inject(Stage):
         rec: FlowRecord = record_of(flow)
         if rec.answered:
             return  # refused (or served) by an earlier stage
-        st = self.rt.state()
+        st = self.rt.live.state  # ``rt.state()``, inline
+        if st is None:
+            raise NotReady()
         req = flow.request
-        if b"proxy-authorization" in header_names(req.headers.fields):  # (pop raises inside)
-            req.headers.pop("proxy-authorization", None)
+        headers = req.data.headers  # (``req.headers``)
+        if b"proxy-authorization" in header_names(headers.fields):  # (pop raises inside)
+            headers.pop("proxy-authorization", None)
         tunnel = self.rt.connections.tunnels.get(flow.client_conn.id)
         if tunnel is None:
             st.snapshot.index.scan_all(_surfaces(req), "")  # a misdirected placeholder: refused

@@ -118,14 +118,15 @@ def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
 def _small_body(req: http.Request, method: str | None = None) -> bool:
     # One pass over the names (as ``Headers`` compares them: bytes, ASCII case-folded)
     # instead of a scan of every field per lookup. ``method``: ``req.method``, if read.
-    names = header_names(req.headers.fields)
+    headers = req.data.headers  # (``req.headers``)
+    names = header_names(headers.fields)
     if b"transfer-encoding" in names or b"upgrade" in names:
         return False
-    if b"te" in names and "trailers" in req.headers.get("te", "").lower():
+    if b"te" in names and "trailers" in headers.get("te", "").lower():
         return False  # gRPC and the like read response trailers the pool does not relay
     if b"content-length" not in names:
         return (req.method if method is None else method) in _NO_BODY_METHODS
-    length = req.headers.get("content-length", "")
+    length = headers.get("content-length", "")
     return length.isdigit() and int(length) <= MAX_POOLED_BODY
 
 
@@ -322,7 +323,7 @@ class Pool(Stage):
         tunnel = self.rt.connections.tunnel(flow.client_conn.id)
         if tunnel is None or tunnel.decision.service is None or tunnel.pinned is None:
             return
-        st = self.rt.current()  # ``_idle()`` inline: the live state read once
+        st = self.rt.live.state  # ``_idle()`` inline: the live state read once
         if st is None or not seam_pool.installed():
             return
         cfg = st.registry.config.proxy

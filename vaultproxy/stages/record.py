@@ -33,7 +33,7 @@ def _record(
         rec = record_of(flow)
     if rec.outcome is not None:
         return
-    st = rt.current()
+    st = rt.live.state  # ``rt.current()``
     if st is None:
         return
     if event == "request":
@@ -56,7 +56,7 @@ def _record(
     else:
         host = request.pretty_host
     if status is None and response is not None:
-        status = response.status_code
+        status = response.data.status_code  # (``response.status_code``)
     decision_record(  # record_decision by position
         st.audit, event, agent,
         service.name if service is not None else None,
@@ -150,7 +150,7 @@ class Record(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        st = self.rt.current()
+        st = self.rt.live.state  # ``rt.current()``
         decision = record_of(flow).decision
         if st is not None and decision is not None and decision.service is not None:
             st.inflight += 1
@@ -159,7 +159,7 @@ class Record(Stage):
     def _finish(self, flow: http.HTTPFlow) -> None:
         if flow.id in self._inflight:
             self._inflight.discard(flow.id)
-            st = self.rt.current()
+            st = self.rt.live.state  # ``rt.current()``
             if st is not None:
                 st.inflight -= 1
 

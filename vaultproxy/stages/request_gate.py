@@ -29,6 +29,7 @@ from collections.abc import Awaitable
 from mitmproxy import http
 
 from vaultproxy.core.pipeline import check_request
+from vaultproxy.errors import NotReady
 from vaultproxy.stages import access
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
@@ -60,7 +61,8 @@ class RequestGate(Stage):
         rec.path = _path_of(sent)  # as the agent sent it
         if rec.answered:
             return  # refused (or served) by an earlier stage
-        self.rt.state()  # NotReady (503) when no home is loaded
+        if self.rt.live.state is None:  # ``rt.state()``, inline
+            raise NotReady()  # (503) no home is loaded
         decision = rec.decision
         if decision is None or decision.plan is None or decision.target is None:
             return  # not intercepted: no credential will be added
