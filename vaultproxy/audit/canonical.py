@@ -53,7 +53,9 @@ def decision_record(
         via,
     )
     if getattr(sink, "counts_metrics", True):
-        metrics.observed(line)
+        # metrics.observed(line), from the values the record was made of (its own fields;
+        # the duration as the record rounded it): no field read back by name
+        metrics.counted(event, service, outcome, reason, line[9])
     sink.record(line)
 
 
@@ -77,11 +79,18 @@ def record_ahead(
     written: under ``[audit] on_failure = "deny"`` the caller must then refuse the request
     (``AuditUnavailable``), so that every use of a credential is in the file before it
     happens, even if the process is killed the next instant."""
-    line = request_event(  # by position
+    return ahead_record(sink, agent, service, mode, method, host, path, via)
+
+
+def ahead_record(
+    sink: AheadSink, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, path: str | None, via: str | None = None,
+) -> bool:
+    """``record_ahead`` by position (core/pipeline.py's call, once per injected request)."""
+    return sink.ahead(request_event(  # by position
         FORWARD_EVENT, "forwarding", agent, service, mode, method, host, path, None, None,
         None, via,
-    )
-    return sink.ahead(line)
+    ))
 
 
 class AheadSink(Protocol):
