@@ -391,3 +391,67 @@ def test_record_forward_writes_the_forward_line() -> None:
     with pytest.raises(AuditUnavailable):
         record_forward(Sink(False), "deny", None, svc, "GET", "h", "/p")  # type: ignore[arg-type]
     record_forward(Sink(False), "continue", None, svc, "GET", "h", "/p")  # type: ignore[arg-type]
+
+
+class _Subclassed(AuditLog):
+    """An AuditLog that is not one exactly: canonical.py makes it the record and calls its
+    ``record``/``ahead`` (the code the shortcut replaces)."""
+
+
+def test_an_audit_log_is_handed_the_line_as_its_record_would_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decision_record``/``ahead_record`` hand an ``AuditLog`` the line (no record made):
+    on seeded values the file, the answers and the counters are those of the same calls on
+    a log that takes the record (``record``/``ahead``), under ``deny`` and ``continue``,
+    while writing fails and after it works again."""
+    import types
+
+    from vaultproxy.audit import canonical
+    from vaultproxy.audit import event as module
+
+    monkeypatch.setattr(module, "_time", lambda: 1_800_000_000.25)
+    monkeypatch.setattr(canonical, "time", types.SimpleNamespace(monotonic=lambda: 100.0))
+    monkeypatch.setattr(metrics, "counted", lambda *a: None)
+    rng = random.Random(43)
+    for policy in ("deny", "continue"):
+        missing = tmp_path / policy
+        fast = AuditLog(missing / "a" / "audit.jsonl", on_failure=policy)  # type: ignore[arg-type]
+        slow = _Subclassed(missing / "b" / "audit.jsonl", on_failure=policy)  # type: ignore[arg-type]
+        taken: list[int] = []  # the records fast was handed as records (no line made)
+        for name in ("record", "ahead"):
+            method = getattr(fast, name)
+            monkeypatch.setattr(fast, name, lambda ev, m=method: taken.append(1) or m(ev))
+        for n in range(2000):
+            if n == 300:  # writing works from here on
+                (missing / "a").mkdir(parents=True)
+                (missing / "b").mkdir()
+            event, outcome, agent, service, mode, method, host, path, status, _d, reason, via = (
+                _random_values(rng))
+            if rng.random() < 0.5:  # the values the stages pass (a line is made)
+                agent, service, mode, method, host, reason, via = rng.choice(
+                    [(None, "hi", "host_inject", "GET", "hi.example", None, None),
+                     ("bot", "gh", "placeholder", "POST", "api.github.com", "r", "api")])
+            started = rng.choice([None, 99.5, 100.0, 99.987654])
+            ahead = rng.random() < 0.5 or n < 300
+            answers = []
+            for log in (fast, slow):
+                try:
+                    if ahead:
+                        answers.append(canonical.ahead_record(  # type: ignore[arg-type]
+                            log, agent, service, mode, method, host, path, via))
+                    else:
+                        answers.append(canonical.decision_record(  # type: ignore[arg-type]
+                            log, event, agent, service, mode, method, host, path, status,
+                            started, outcome, reason, via))
+                except (ValueError, TypeError) as e:
+                    answers.append(type(e))
+            assert answers[0] == answers[1], answers
+            assert fast.stats() == slow.stats()
+            assert fast.buffered == slow.buffered and fast.dropped == slow.dropped
+        fast.close()
+        slow.close()
+        assert ((missing / "a" / "audit.jsonl").read_bytes()
+                == (missing / "b" / "audit.jsonl").read_bytes())
+        assert fast.stats()["written"] > 500 and fast.stats()["failed"] > 100
+        assert 50 < len(taken) < 1800  # twin: both the shortcut and the record reached

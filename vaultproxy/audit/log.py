@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from vaultproxy.audit.event import _LINE, AnyEvent, RequestEvent
+from vaultproxy.audit.event import LINE_AT, AnyEvent, RequestEvent
 from vaultproxy.audit.jsonl_file import JsonlFile
 from vaultproxy.audit.tail import read_tail
 
@@ -117,7 +117,7 @@ class AuditLog:
         try:
             # a RequestEvent's line made with it (its to_json_line without the call), else
             # the event's to_json_line
-            line = event[_LINE] if type(event) is RequestEvent else None  # type: ignore[index]
+            line = event[LINE_AT] if type(event) is RequestEvent else None  # type: ignore[index]
             if line is None:
                 line = event.to_json_line()
         except Exception as e:  # auditing must never break the request path
@@ -130,7 +130,7 @@ class AuditLog:
         out. True if it is. On failure it is kept for a retry only under ``continue`` (the
         request goes ahead); under ``deny`` the caller refuses the request instead."""
         try:
-            line = event[_LINE] if type(event) is RequestEvent else None  # type: ignore[index]
+            line = event[LINE_AT] if type(event) is RequestEvent else None  # type: ignore[index]
             if line is None:  # (as record)
                 line = event.to_json_line()
         except Exception as e:  # noqa: BLE001
