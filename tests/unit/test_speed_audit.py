@@ -421,7 +421,7 @@ def test_an_audit_log_is_handed_the_line_as_its_record_would_be(
         taken: list[int] = []  # the records fast was handed as records (no line made)
         for name in ("record", "ahead"):
             method = getattr(fast, name)
-            monkeypatch.setattr(fast, name, lambda ev, m=method: taken.append(1) or m(ev))
+            monkeypatch.setattr(fast, name, lambda ev, m=method, t=taken: t.append(1) or m(ev))
         for n in range(2000):
             if n == 300:  # writing works from here on
                 (missing / "a").mkdir(parents=True)
