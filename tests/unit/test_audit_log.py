@@ -330,3 +330,33 @@ def test_logs_of_several_processes_share_one_file_and_its_rotation(audit_path: P
     assert _numbers(records) == list(range(1000, 1060))  # one thread: global order too
     assert all(f.stat().st_size <= line_size * 5 for f in files)
     assert all(log.stats()["failed"] == 0 for log in logs)
+
+
+@pytest.mark.parametrize("change", ["rename", "delete", "replace"])
+def test_a_file_moved_away_by_anyone_is_noticed_on_the_next_record(
+    audit_path: Path, change: str
+) -> None:
+    """The check of every line (jsonl_file.py): once the path names another inode, or none
+    (an operator's ``mv``, ``rm`` or logrotate's rename-and-create, between two records of
+    one request), the very next record goes to a file at the path, never into the old inode
+    (a deleted one would lose it). Twin: with nothing changed, both go to the one file."""
+    audit = AuditLog(audit_path)
+    assert audit.record(_event(1))
+    old = audit_path.with_name("audit.old")
+    if change == "rename":
+        audit_path.rename(old)
+    elif change == "delete":
+        audit_path.unlink()
+    else:
+        audit_path.rename(old)
+        audit_path.write_text("")  # a fresh file put in its place
+        os.chmod(audit_path, 0o600)
+    assert audit.record(_event(2))
+    assert _numbers(_lines(audit_path)) == [2]
+    if change != "delete":
+        assert _numbers(_lines(old)) == [1]
+    assert _mode(audit_path) == 0o600
+    same = AuditLog(audit_path.with_name("twin.jsonl"))
+    same.record(_event(3))
+    same.record(_event(4))
+    assert _numbers(_lines(audit_path.with_name("twin.jsonl"))) == [3, 4]
