@@ -185,7 +185,10 @@ def test_threads_lose_no_update(fast: CollectorRegistry) -> None:
         while not stop.is_set():
             generate_latest(fast)
 
+    started = threading.Barrier(4)  # all alive at once: no thread reuses an ended one's id
+
     def feed() -> None:
+        started.wait()
         for _ in range(20_000):
             metrics.observed(line)
 
