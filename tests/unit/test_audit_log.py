@@ -391,3 +391,33 @@ def test_a_tap_removed_or_added_while_a_line_is_handed_out_changes_nothing_for_t
     assert got == {"a": ["/v1/item/1"], "b": ["/v1/item/1", "/v1/item/2"], "c": ["/v1/item/2"]}
     audit.remove_tap(a)  # (not a tap any more: nothing)
     assert audit.taps == [b, c]
+
+
+@pytest.mark.parametrize("change", ["rename", "delete", "replace"])
+def test_a_file_moved_away_by_anyone_is_noticed_on_the_next_record(
+    audit_path: Path, change: str
+) -> None:
+    """The check of every line (jsonl_file.py): once the path names another inode, or none
+    (an operator's ``mv``, ``rm`` or logrotate's rename-and-create, between two records of
+    one request), the very next record goes to a file at the path, never into the old inode
+    (a deleted one would lose it). Twin: with nothing changed, both go to the one file."""
+    audit = AuditLog(audit_path)
+    assert audit.record(_event(1))
+    old = audit_path.with_name("audit.old")
+    if change == "rename":
+        audit_path.rename(old)
+    elif change == "delete":
+        audit_path.unlink()
+    else:
+        audit_path.rename(old)
+        audit_path.write_text("")  # a fresh file put in its place
+        os.chmod(audit_path, 0o600)
+    assert audit.record(_event(2))
+    assert _numbers(_lines(audit_path)) == [2]
+    if change != "delete":
+        assert _numbers(_lines(old)) == [1]
+    assert _mode(audit_path) == 0o600
+    same = AuditLog(audit_path.with_name("twin.jsonl"))
+    same.record(_event(3))
+    same.record(_event(4))
+    assert _numbers(_lines(audit_path.with_name("twin.jsonl"))) == [3, 4]

@@ -185,12 +185,12 @@ def test_threads_lose_no_update(fast: CollectorRegistry) -> None:
         while not stop.is_set():
             generate_latest(fast)
 
-    together = threading.Barrier(4)
+    started = threading.Barrier(4)  # all alive at once: no thread reuses an ended one's id
 
     def feed() -> None:
+        started.wait()
         for _ in range(20_000):
             metrics.observed(line)
-        together.wait()  # all four alive at once: no thread id reused by a later thread
 
     scraper = threading.Thread(target=scrape)
     scraper.start()
@@ -252,3 +252,52 @@ def test_odd_values_count_as_before(fast: CollectorRegistry) -> None:
         assert metrics.observed(event) is event
         ref.observed(event)
         assert _exposition(fast) == _exposition(ref.registry)
+
+
+class _Kept:
+    """A sink that keeps what ``decision_record`` hands it (and counts metrics here)."""
+
+    counts_metrics = True
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def record(self, event: Any) -> None:
+        self.events.append(event)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_decision_record_counts_as_observed(fast: CollectorRegistry, seed: int) -> None:
+    """``canonical.decision_record`` counts its record by ``metrics.counted`` from the values
+    the record was made of (no field read back from it): the same exposition, sample values
+    and types as the old ``observed`` fed the record itself, on seeded values (odd ones too:
+    a str subclass, an int, an unhashable label, an empty service)."""
+    import time
+
+    from vaultproxy.audit.canonical import decision_record
+
+    ref = _Reference()
+    sink = _Kept()
+    rng = random.Random(seed)
+    odd_services: list[Any] = [_Odd("x"), 7, ["u"], ""]
+    odd_outcomes: list[Any] = [_Odd("injected"), 7, {"o": 1}]
+    for n in range(3000):
+        service = rng.choice(SERVICES + odd_services) if rng.random() < 0.1 else rng.choice(
+            SERVICES)
+        outcome = rng.choice(odd_outcomes) if rng.random() < 0.05 else rng.choice(OUTCOMES)
+        started = None if rng.random() < 0.2 else time.monotonic() - rng.expovariate(5)
+        event = rng.choice(["request", "request", "request", "forward", "tunnel_refused"])
+        decision_record(sink, event, "agent", service, "host_inject", "GET", "h.example", "/x",
+                        200, started, outcome, rng.choice(REASONS + [["r"]]))
+        ref.observed(sink.events[-1])
+        if n in (0, 1, 10, 500):
+            assert _exposition(fast) == _exposition(ref.registry)
+    assert _exposition(fast) == _exposition(ref.registry)
+    assert _exposition(fast, True) == _exposition(ref.registry, True)
+    for fam_f, fam_r in zip(fast.collect(), ref.registry.collect(), strict=True):
+        sf = [(s.name, s.labels, s.value) for s in fam_f.samples if not s.name.endswith("_created")]
+        sr = [(s.name, s.labels, s.value) for s in fam_r.samples if not s.name.endswith("_created")]
+        assert sf == sr
+    text = _exposition(fast)  # twin: every kind reached
+    assert b"vaultproxy_upstream_errors_total{" in text and b'service="7"' in text
+    assert b"vaultproxy_injection_latency_seconds_sum" in text

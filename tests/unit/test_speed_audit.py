@@ -289,3 +289,169 @@ def test_now_timestamp_is_the_clocks_millisecond(monkeypatch: pytest.MonkeyPatch
     now = module._now_timestamp()
     assert abs(datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
                - time.time()) < 5
+
+
+def test_request_event_timestamp_is_now_timestamp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``request_event`` makes the timestamp inline: on seeded clock values (second and
+    millisecond boundaries, the kept second shared with ``_now_timestamp`` in either order)
+    it is ``_now_timestamp``'s and the clock's exact millisecond, and the line starts with
+    it."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from vaultproxy.audit import event as module
+
+    rng = random.Random(73)
+    for _ in range(20_000):
+        base = float(rng.randint(10**9, 4 * 10**9))
+        t = base + rng.choice([0.0, 1e-3, 0.5, 1.0 - 1e-6, rng.random()]) + rng.choice(
+            [0.0, 2.0**-22, -(2.0**-22), 1e-7])
+        for now in (t, t + rng.random() * 2e-3):  # often the same second: the kept prefix
+            monkeypatch.setattr(module, "_time", lambda now=now: now)
+            first_inline = rng.random() < 0.5
+            if not first_inline:
+                reference = module._now_timestamp()
+            ev = module.request_event("request", "injected", None, "s", None, "GET", "h",
+                                      "/p", 200, 1.0, None)
+            if first_inline:
+                reference = module._now_timestamp()
+            exact = Decimal(now)
+            sec = int(exact // 1)
+            ms = int((exact - sec) * 1000 // 1)
+            want = datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms:03d}Z"
+            assert ev.ts == reference == want, now
+            assert ev.to_json_line().startswith(f'{{"ts":"{want}",')
+
+
+def test_record_and_ahead_write_the_events_line(tmp_path: Path) -> None:
+    """``AuditLog.record``/``ahead`` take a RequestEvent's line from the tuple (no
+    ``to_json_line`` call): on seeded events (lines made or not, AuditEvents too) the file
+    holds exactly ``to_json_line()`` of each, and an event that cannot be encoded is
+    dropped as before."""
+    rng = random.Random(37)
+    log = AuditLog(tmp_path / "audit.jsonl", on_failure="continue")
+    want: list[str] = []
+    dropped = made = 0
+    for n in range(3000):
+        kind = rng.random()
+        if kind < 0.6:
+            try:
+                ev: object = RequestEvent(*_random_values(rng))  # type: ignore[arg-type]
+            except (ValueError, TypeError):
+                continue
+            made += ev[-1] is not None  # type: ignore[index]
+        elif kind < 0.9:
+            ev = _raw_event(rng)
+        else:
+            ev = AuditEvent(event="sync", outcome="ok", reason=f"r{n}")
+        expected = _expect(ev)  # type: ignore[arg-type]
+        ok = (log.ahead if rng.random() < 0.5 else log.record)(ev)  # type: ignore[arg-type]
+        if isinstance(expected, str):
+            assert ok and ev.to_json_line() == expected  # type: ignore[attr-defined]
+            want.append(expected)
+        else:
+            assert not ok
+            dropped += 1
+    log.close()
+    assert (tmp_path / "audit.jsonl").read_text().splitlines(keepends=True) == want
+    assert log.dropped == dropped > 0 and made > 100  # twin: both kinds reached
+
+
+def test_record_forward_writes_the_forward_line() -> None:
+    """``record_forward`` by position (stages/ahead.py) hands the sink the same record as
+    ``request_event`` makes of the same values (service or none), and refuses as before."""
+    from vaultproxy.audit.event import request_event
+    from vaultproxy.config.models import Service
+    from vaultproxy.core.pipeline import record_forward
+    from vaultproxy.errors import AuditUnavailable
+
+    class Sink:
+        def __init__(self, ok: bool) -> None:
+            self.ok, self.events = ok, []  # type: ignore[var-annotated]
+
+        def ahead(self, event: RequestEvent) -> bool:
+            self.events.append(event)
+            return self.ok
+
+    rng = random.Random(41)
+    svc = Service.model_validate({"name": "hi", "hosts": ["hi.example"], "mode": "host_inject",
+                                  "auth": "bearer"})
+    for _ in range(500):
+        agent, host, path = rng.choice(_HOSTILE[:12]), rng.choice(_HOSTILE[:12]), rng.choice(
+            _PATHS)
+        service = rng.choice([None, svc])
+        via = rng.choice([None, "api"])
+        sink = Sink(True)
+        record_forward(sink, "deny", agent, service, "GET", host, path, via)  # type: ignore[arg-type]
+        ev = request_event("forward", "forwarding", agent, service and service.name,  # type: ignore[arg-type]
+                           service and service.mode, "GET", host, path, None, None, None, via)  # type: ignore[arg-type]
+        (got,) = sink.events
+        assert got[1:-1] == ev[1:-1]
+        assert got.to_json_line().split(",", 1)[1] == ev.to_json_line().split(",", 1)[1]
+    with pytest.raises(AuditUnavailable):
+        record_forward(Sink(False), "deny", None, svc, "GET", "h", "/p")  # type: ignore[arg-type]
+    record_forward(Sink(False), "continue", None, svc, "GET", "h", "/p")  # type: ignore[arg-type]
+
+
+class _Subclassed(AuditLog):
+    """An AuditLog that is not one exactly: canonical.py makes it the record and calls its
+    ``record``/``ahead`` (the code the shortcut replaces)."""
+
+
+def test_an_audit_log_is_handed_the_line_as_its_record_would_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decision_record``/``ahead_record`` hand an ``AuditLog`` the line (no record made):
+    on seeded values the file, the answers and the counters are those of the same calls on
+    a log that takes the record (``record``/``ahead``), under ``deny`` and ``continue``,
+    while writing fails and after it works again."""
+    import types
+
+    from vaultproxy.audit import canonical
+    from vaultproxy.audit import event as module
+
+    monkeypatch.setattr(module, "_time", lambda: 1_800_000_000.25)
+    monkeypatch.setattr(canonical, "time", types.SimpleNamespace(monotonic=lambda: 100.0))
+    monkeypatch.setattr(metrics, "counted", lambda *a: None)
+    rng = random.Random(43)
+    for policy in ("deny", "continue"):
+        missing = tmp_path / policy
+        fast = AuditLog(missing / "a" / "audit.jsonl", on_failure=policy)  # type: ignore[arg-type]
+        slow = _Subclassed(missing / "b" / "audit.jsonl", on_failure=policy)  # type: ignore[arg-type]
+        taken: list[int] = []  # the records fast was handed as records (no line made)
+        for name in ("record", "ahead"):
+            method = getattr(fast, name)
+            monkeypatch.setattr(fast, name, lambda ev, m=method, t=taken: t.append(1) or m(ev))
+        for n in range(2000):
+            if n == 300:  # writing works from here on
+                (missing / "a").mkdir(parents=True)
+                (missing / "b").mkdir()
+            event, outcome, agent, service, mode, method, host, path, status, _d, reason, via = (
+                _random_values(rng))
+            if rng.random() < 0.5:  # the values the stages pass (a line is made)
+                agent, service, mode, method, host, reason, via = rng.choice(
+                    [(None, "hi", "host_inject", "GET", "hi.example", None, None),
+                     ("bot", "gh", "placeholder", "POST", "api.github.com", "r", "api")])
+            started = rng.choice([None, 99.5, 100.0, 99.987654])
+            ahead = rng.random() < 0.5 or n < 300
+            answers = []
+            for log in (fast, slow):
+                try:
+                    if ahead:
+                        answers.append(canonical.ahead_record(  # type: ignore[arg-type]
+                            log, agent, service, mode, method, host, path, via))
+                    else:
+                        answers.append(canonical.decision_record(  # type: ignore[arg-type]
+                            log, event, agent, service, mode, method, host, path, status,
+                            started, outcome, reason, via))
+                except (ValueError, TypeError) as e:
+                    answers.append(type(e))
+            assert answers[0] == answers[1], answers
+            assert fast.stats() == slow.stats()
+            assert fast.buffered == slow.buffered and fast.dropped == slow.dropped
+        fast.close()
+        slow.close()
+        assert ((missing / "a" / "audit.jsonl").read_bytes()
+                == (missing / "b" / "audit.jsonl").read_bytes())
+        assert fast.stats()["written"] > 500 and fast.stats()["failed"] > 100
+        assert 50 < len(taken) < 1800  # twin: both the shortcut and the record reached

@@ -12,7 +12,17 @@ import time
 from typing import Protocol
 
 from vaultproxy.audit import metrics
-from vaultproxy.audit.event import AnyEvent, AuditEvent, request_event
+from vaultproxy.audit.event import (
+    DURATION_AT,
+    LINE_AT,
+    AnyEvent,
+    AuditEvent,
+    RequestEvent,
+    request_fields,
+)
+from vaultproxy.audit.log import AuditLog
+
+_tuple_new = tuple.__new__
 
 
 class Sink(Protocol):
@@ -48,13 +58,19 @@ def decision_record(
     """``record_decision`` by position (the Record stage's call, once per request: twelve
     keywords cost ~0.9k instructions to match)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
-    line = request_event(  # by position
+    fields = request_fields(  # by position
         event, outcome, agent, service, mode, method, host, path, status, duration, reason,
         via,
     )
     if getattr(sink, "counts_metrics", True):
-        metrics.observed(line)
-    sink.record(line)
+        # metrics.observed(record), from the values the record is made of (its own fields;
+        # the duration as the record rounded it): no field read back by name
+        metrics.counted(event, service, outcome, reason, fields[DURATION_AT])
+    line = fields[LINE_AT]
+    if line is not None and type(sink) is AuditLog:
+        sink._write(line, keep=True)  # AuditLog.record(record) without making the record
+    else:
+        sink.record(_tuple_new(RequestEvent, fields))
 
 
 #: The event of the record written *before* a request that carries a credential leaves.
@@ -77,11 +93,23 @@ def record_ahead(
     written: under ``[audit] on_failure = "deny"`` the caller must then refuse the request
     (``AuditUnavailable``), so that every use of a credential is in the file before it
     happens, even if the process is killed the next instant."""
-    line = request_event(  # by position
+    return ahead_record(sink, agent, service, mode, method, host, path, via)
+
+
+def ahead_record(
+    sink: AheadSink, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, path: str | None, via: str | None = None,
+) -> bool:
+    """``record_ahead`` by position (core/pipeline.py's call, once per injected request)."""
+    fields = request_fields(  # by position
         FORWARD_EVENT, "forwarding", agent, service, mode, method, host, path, None, None,
         None, via,
     )
-    return sink.ahead(line)
+    line = fields[LINE_AT]
+    if line is not None and type(sink) is AuditLog:
+        # AuditLog.ahead(record) without making the record
+        return sink._write(line, keep=sink.on_failure == "continue")
+    return sink.ahead(_tuple_new(RequestEvent, fields))  # type: ignore[arg-type]
 
 
 class AheadSink(Protocol):

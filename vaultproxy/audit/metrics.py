@@ -204,31 +204,44 @@ _NBUCKETS = len(_BOUNDS)
 def observed[E: AnyEvent](event: E) -> E:
     """Count one audit event; returns it unchanged (so a caller can wrap ``record(...)``)."""
     try:
-        if event.event == "request":
-            service = event.service or "-"
-            outcome = event.outcome
-            if type(service) is not str or type(outcome) is not str:
+        fields = (event.event, event.service, event.outcome, event.reason, event.duration_ms)
+    except Exception:  # noqa: BLE001 - metrics must never break the request path
+        return event
+    counted(*fields)
+    return event
+
+
+def counted(
+    event: object, service: Any, outcome: Any, reason: object, duration_ms: Any,
+) -> None:
+    """``observed`` from the event's fields, as values (audit/canonical.py passes those of the
+    record it just made, which are its own: no field read back from the record)."""
+    try:
+        if event == "request":
+            service = service or "-"
+            label = outcome
+            if type(service) is not str or type(label) is not str:
                 # As before: an unhashable value raised (the cache's look-up), anything else
                 # was stringified by prometheus_client's labels() (a str subclass too).
-                hash((service, outcome))
-                service, outcome = str(service), str(outcome)
+                hash((service, label))
+                service, label = str(service), str(label)
             mine = _THREADS.get(get_ident())
             if mine is None:
                 mine = _THREADS[get_ident()] = ({}, {})
-            key = (service, outcome)
+            key = (service, label)
             row = mine[0].get(key)
             if row is None:
                 _SEEN_FLOWS.setdefault(key, time())
                 row = mine[0][key] = [0.0]
             row[0] += 1.0
-            if event.reason in UPSTREAM_CODES:
-                UPSTREAM_ERRORS.labels(service, event.reason).inc()
-            if event.duration_ms is not None and event.outcome in ("injected", "forwarded"):
+            if reason in UPSTREAM_CODES:
+                UPSTREAM_ERRORS.labels(service, reason).inc()
+            if duration_ms is not None and outcome in ("injected", "forwarded"):
                 hist = mine[1].get(service)
                 if hist is None:  # as labels() before: the series, even if the next raises
                     _SEEN_LATENCY.setdefault(service, time())
                     hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
-                amount = event.duration_ms / 1000.0
+                amount = duration_ms / 1000.0
                 hist[0] += amount  # the sum first, as Histogram.observe
                 # Histogram.observe's ``amount <= bound`` for the first bound that holds; NaN
                 # holds for none (only the sum takes it).
@@ -237,7 +250,6 @@ def observed[E: AnyEvent](event: E) -> E:
                     hist[i + 1] += 1.0
     except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
         pass
-    return event
 
 
 def bind(locked: Callable[[], bool], services: Callable[[], int]) -> None:

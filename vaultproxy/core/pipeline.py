@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from mitmproxy import http
 
-from vaultproxy.audit.canonical import AheadSink, record_ahead
+from vaultproxy.audit.canonical import AheadSink, ahead_record
 from vaultproxy.config.models import Service
 from vaultproxy.core.decide import Plan
 from vaultproxy.core.state import ProxyState
@@ -239,16 +239,15 @@ def inject_body(st: ProxyState, req: http.Request, plan: Plan, entry: Entry) -> 
 
 
 def record_forward(
-    audit: AheadSink, on_failure: str, *, agent: str | None, service: Service | None,
+    audit: AheadSink, on_failure: str, agent: str | None, service: Service | None,
     method: str, host: str | None, path: str | None, via: str | None = None,
 ) -> None:
     """The ``forward`` audit record of a request about to leave with a credential; raise
     AuditUnavailable when it cannot be written and ``[audit] on_failure`` is not
-    ``continue``."""
-    ok = record_ahead(
-        audit, agent=agent, service=service.name if service is not None else None,
-        mode=service.mode if service is not None else None, method=method, host=host,
-        path=path, via=via,
-    )
+    ``continue``. (By position from stages/ahead.py: once per injected request.)"""
+    if service is None:
+        ok = ahead_record(audit, agent, None, None, method, host, path, via)
+    else:
+        ok = ahead_record(audit, agent, service.name, service.mode, method, host, path, via)
     if not ok and on_failure != "continue":
         raise AuditUnavailable()

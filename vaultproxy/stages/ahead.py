@@ -30,8 +30,8 @@ def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
     decision = rec.decision
     target = decision.target if decision is not None else None
     service = decision.service if decision is not None else None
-    record_forward(
-        st.audit, st.audit.on_failure, agent=decision.agent if decision is not None else None,
-        service=service, method=flow.request.method,
-        host=target[0] if target is not None else None, path=rec.path,
+    audit = st.audit
+    record_forward(  # by position
+        audit, audit.on_failure, decision.agent if decision is not None else None, service,
+        flow.request.method, target[0] if target is not None else None, rec.path,
     )
