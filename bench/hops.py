@@ -268,12 +268,13 @@ def measure(t: TreeProxy, n: int, out: Path, work: Path, trace: bool) -> None:
                 print(f"| {key} | {d / n:.2f} |")
 
 
-def instructions(t: TreeProxy, n: int, out: Path) -> float:
-    """Instructions per request of ``n`` sequential requests on one keep-alive connection,
-    the proxy under ``valgrind --tool=callgrind --instr-atstart=no`` (bench/callgrind.py's
-    method, without hey's concurrency: one connection, the latency case)."""
+def start_callgrind(t: TreeProxy, out: Path) -> subprocess.Popen[bytes]:
+    """``vaultproxy run --workers 1`` from ``t.tree`` under ``valgrind --tool=callgrind
+    --instr-atstart=no`` (``PYTHONMALLOC=malloc``), once it has written run.json (``t.proxy``
+    set): the caller switches instrumentation on and off (``callgrind_control -i``) and
+    ends the process (``stop_callgrind``); ``callgrind_total`` reads the count."""
     import json
-    import re
+    import os
 
     assert t.home is not None
     run_json = t.home.path / "run.json"
@@ -284,35 +285,42 @@ def instructions(t: TreeProxy, n: int, out: Path) -> float:
         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
         "--password-file", str(t.home.password_file), "--workers", "1",
     ]  # fmt: skip
-    import os
-    env = dict(os.environ, PYTHONPATH=str(t.tree), PYTHONMALLOC="malloc", **(t.extra_env or {}))
+    path = f"{t.path_prefix}{os.pathsep}{t.tree}" if t.path_prefix else str(t.tree)
+    env = dict(os.environ, PYTHONPATH=path, PYTHONMALLOC="malloc", **(t.extra_env or {}))
     log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=t.tree, env=env,
                             stdin=subprocess.DEVNULL)
-    try:
-        t0 = time.monotonic()
-        while True:
-            if proc.poll() is not None or time.monotonic() - t0 > 600:
-                raise RuntimeError(f"no run.json; see {log.name}")
-            try:
-                data = json.loads(run_json.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                data = {}
-            if data.get("pid") == proc.pid:
-                break
-            time.sleep(0.2)
-        t.proxy = data["proxy_url"]
-        conn = connect(t)
-        requests(conn, 100)
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
-                       capture_output=True)
-        requests(conn, n)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
-                       capture_output=True)
-        conn.close()
-    finally:
-        proc.terminate()
-        proc.wait(120)
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None or time.monotonic() - t0 > 600:
+            stop_callgrind(proc)
+            raise RuntimeError(f"no run.json; see {log.name}")
+        try:
+            data = json.loads(run_json.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            data = {}
+        if data.get("pid") == proc.pid:
+            break
+        time.sleep(0.2)
+    t.proxy = data["proxy_url"]
+    return proc
+
+
+def instrument(proc: subprocess.Popen[bytes], on: bool) -> None:
+    """``callgrind_control -i on|off`` for the proxy under callgrind."""
+    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(proc.pid)],
+                   check=True, capture_output=True)
+
+
+def stop_callgrind(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(120)
+
+
+def callgrind_total(out: Path) -> int:
+    """The instructions counted (``totals:``) in the out files of one run."""
+    import re
+
     total = 0
     for f in out.parent.glob(out.name + "*"):
         if f.suffix == ".log":
@@ -322,7 +330,24 @@ def instructions(t: TreeProxy, n: int, out: Path) -> float:
             if m:
                 total = max(total, int(m.group(1)))
                 break
-    return total / n
+    return total
+
+
+def instructions(t: TreeProxy, n: int, out: Path) -> float:
+    """Instructions per request of ``n`` sequential requests on one keep-alive connection,
+    the proxy under ``valgrind --tool=callgrind --instr-atstart=no`` (bench/callgrind.py's
+    method, without hey's concurrency: one connection, the latency case)."""
+    proc = start_callgrind(t, out)
+    try:
+        conn = connect(t)
+        requests(conn, 100)
+        instrument(proc, True)
+        requests(conn, n)
+        instrument(proc, False)
+        conn.close()
+    finally:
+        stop_callgrind(proc)
+    return callgrind_total(out) / n
 
 
 def main() -> None:
