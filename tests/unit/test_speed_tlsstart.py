@@ -237,3 +237,40 @@ def test_switched_off_stays_mitmproxys(monkeypatch: pytest.MonkeyPatch) -> None:
     before = tlsconfig.TlsConfig.tls_start_client
     assert not tlsstart.install()
     assert tlsconfig.TlsConfig.tls_start_client is before
+
+
+TEXTS = ("hi.bench.test", "API.Example.com", "api.example.com", "127.0.0.1", "::1", "10.0.0.1", "bücher.example",
+         "xn--bcher-kva.example", "a..b", "", "x" * 70 + ".test", "1.2.3", "::ffff:1.2.3.4",
+         "\udcff.test", "a\u3002b.test", "-x-.test")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_names_as_mitmproxys(seed: int) -> None:
+    """``_ip_or_dns_name`` with its memo answers (or raises) what mitmproxy's answers."""
+    _stock()
+    stock = tlsstart.STOCK["_ip_or_dns_name"]
+    fast = tlsconfig._ip_or_dns_name
+    assert fast is not stock
+    rng = random.Random(seed)
+    for _ in range(200):
+        text = rng.choice(TEXTS)
+        if rng.random() < 0.3:
+            text = "".join(rng.choice("aAzZ.-1:ü") for _ in range(rng.randrange(8)))
+        try:
+            want: Any = stock(text)
+        except Exception as e:  # noqa: BLE001 - the same failure is the answer
+            want = (type(e), e.args)
+        try:
+            got: Any = fast(text)
+        except Exception as e:  # noqa: BLE001
+            got = (type(e), e.args)
+        assert type(got) is type(want) and got == want, text
+
+
+def test_the_name_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    _stock()
+    monkeypatch.setattr(tlsstart, "NAME_CAP", 4)
+    monkeypatch.setattr(tlsstart, "_names", {})
+    for i in range(11):
+        assert tlsconfig._ip_or_dns_name(f"n{i}.test").value == f"n{i}.test"
+        assert len(tlsstart._names) <= 4

@@ -8,7 +8,10 @@ every time, by serialising it to DER and parsing it back (``X509.from_cryptograp
 ``PKey.from_cryptography_key``: ``public_bytes``/``d2i_X509`` and ``private_bytes``/
 ``d2i_PrivateKey``, which recomputes the EC public point), ~0.65 M instructions of a new agent
 connection's ~9.5 M (bench/newconn.py). The entry is the same object for every connection
-to the same names (the store keeps it), and so are its certificate and key.
+to the same names (the store keeps it), and so are its certificate and key. Before that,
+``TlsConfig.get_cert`` turns the SNI and the server's address into x509 names through
+``_ip_or_dns_name``, which tries ``ipaddress.ip_address`` first (two exceptions for a DNS
+name): the result, an immutable name, is kept per text (at most ``NAME_CAP``).
 
 The patched method is mitmproxy's, line for line, except that the two conversions are made
 once per (entry, certificate, key) and kept: the connection gets the same certificate and
@@ -47,6 +50,11 @@ FINGERPRINT = "d3093c897eeafc2f"
 CODE_FINGERPRINT = "5dedf2992a630c7e"
 #: entries whose converted certificate and key are kept
 CAP = 256
+#: ``need.fingerprint`` and ``need.code_fingerprint`` of mitmproxy 12.3's
+#: ``tlsconfig._ip_or_dns_name``
+NAME_FINGERPRINTS = ("917731da75e70544", "21b36b7f7766684e")
+#: names whose GeneralName is kept
+NAME_CAP = 1024
 
 #: mitmproxy's own method, as ``TlsConfig`` had it before ``install`` (for the tests)
 STOCK: dict[str, Callable[..., Any]] = {}
@@ -74,7 +82,7 @@ def missing_symbol() -> str | None:
     _modules()
     lib = getattr(SSL, "_lib", None)
     return (missing(tlsconfig, "TlsConfig", "_default_ciphers", "alpn_select_callback",
-                    "AppData")
+                    "AppData", "_ip_or_dns_name")
             or missing(tlsconfig.TlsConfig, "tls_start_client", "get_cert")
             or missing(net_tls, "create_client_proxy_context", "Method", "Version",
                        "get_curve")
@@ -86,6 +94,27 @@ def missing_symbol() -> str | None:
             or missing(crypto.X509, "from_cryptography")
             or missing(crypto.PKey, "from_cryptography_key")
             or missing(certs.Cert, "to_cryptography"))
+
+
+#: name -> its x509.GeneralName, as ``_ip_or_dns_name`` made it
+_names: dict[str, Any] = {}
+
+
+def _make_names(stock: Callable[[str], Any]) -> Callable[[str], Any]:
+    def _ip_or_dns_name(val: str) -> Any:
+        """mitmproxy's ``_ip_or_dns_name``: a pure function of the text (an IPAddress, or
+        the IDNA-encoded DNSName; both immutable), made once per name. What it raises is
+        raised each time (nothing kept)."""
+        found = _names.get(val) if type(val) is str else None
+        if found is None:
+            found = stock(val)
+            if type(val) is str:
+                if len(_names) >= NAME_CAP:
+                    _names.clear()
+                _names[val] = found
+        return found
+
+    return _ip_or_dns_name
 
 
 def converted(entry: certs.CertStoreEntry) -> tuple[Any, Any, Any, Any, Any]:
@@ -194,6 +223,13 @@ def install() -> bool:
         return False
     STOCK["tls_start_client"] = stock
     tlsconfig.TlsConfig.tls_start_client = tls_start_client  # type: ignore[method-assign]
+    names = tlsconfig._ip_or_dns_name
+    if need.unchanged(names, *NAME_FINGERPRINTS):
+        STOCK["_ip_or_dns_name"] = names
+        tlsconfig._ip_or_dns_name = _make_names(names)  # TlsConfig.get_cert's, 2-3 per leaf
+    else:
+        logger.warning("mitmproxy's tlsconfig._ip_or_dns_name is not the one vaultproxy's "
+                       "name memo was written against: it stays mitmproxy's (slower)")
     _installed = True
     return True
 
