@@ -239,8 +239,8 @@ def test_switched_off_stays_mitmproxys(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tlsconfig.TlsConfig.tls_start_client is before
 
 
-TEXTS = ("hi.bench.test", "API.Example.com", "api.example.com", "127.0.0.1", "::1", "10.0.0.1", "bücher.example",
-         "xn--bcher-kva.example", "a..b", "", "x" * 70 + ".test", "1.2.3", "::ffff:1.2.3.4",
+TEXTS = ("hi.bench.test", "API.Example.com", "api.example.com", "127.0.0.1", "::1",
+         "10.0.0.1", "bücher.example", "xn--bcher-kva.example", "a..b", "", "x" * 70 + ".test", "1.2.3", "::ffff:1.2.3.4",
          "\udcff.test", "a\u3002b.test", "-x-.test")
 
 
