@@ -240,7 +240,8 @@ def test_switched_off_stays_mitmproxys(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 TEXTS = ("hi.bench.test", "API.Example.com", "api.example.com", "127.0.0.1", "::1",
-         "10.0.0.1", "bücher.example", "xn--bcher-kva.example", "a..b", "", "x" * 70 + ".test", "1.2.3", "::ffff:1.2.3.4",
+         "10.0.0.1", "bücher.example", "xn--bcher-kva.example", "a..b", "", "x" * 70 + ".test",
+         "1.2.3", "::ffff:1.2.3.4",
          "\udcff.test", "a\u3002b.test", "-x-.test")
 
 
