@@ -275,3 +275,18 @@ def test_the_name_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(11):
         assert tlsconfig._ip_or_dns_name(f"n{i}.test").value == f"n{i}.test"
         assert len(tlsstart._names) <= 4
+
+
+def test_a_new_store_empties_the_cache(tmp_path: Path) -> None:
+    """A reload (a new certificate store, e.g. a rotated CA) drops every kept leaf."""
+    ta = tlsconfig.TlsConfig()
+    with taddons.context(ta) as tctx:
+        tctx.configure(ta, confdir=str(tmp_path / "one"))
+        ctx = _context(random.Random(3), tctx.options)
+        _run(tlsstart.tls_start_client, ta, ctx)
+        first = ta.get_cert(ctx)
+        assert any(kept[0] is first for kept in tlsstart._converted.values())
+        tctx.configure(ta, confdir=str(tmp_path / "two"))  # another CA
+        _run(tlsstart.tls_start_client, ta, _copy(ctx))
+        assert not any(kept[0] is first for kept in tlsstart._converted.values())
+        assert len(tlsstart._converted) == 1

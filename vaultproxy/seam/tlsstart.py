@@ -20,7 +20,9 @@ key through the same OpenSSL calls pyOpenSSL makes (``SSL_use_certificate``,
 and a failure of either raises what pyOpenSSL raises after it. The cache holds the entry it
 was made for and is used only while that entry still holds the same certificate and key
 objects, so a new certificate store (a reload, a rotated CA), a new leaf or an entry changed
-in place is converted anew; it holds at most ``CAP`` entries (emptied when full).
+in place is converted anew; it holds at most ``CAP`` entries (emptied when full) and is
+emptied when the ``TlsConfig``'s certificate store is another than before (a reload, a rotated
+CA), so no old leaf key is kept past its store.
 
 mitmproxy's method is fingerprinted (``need.unchanged``): one that differs stays mitmproxy's,
 with one WARNING. ``VAULTPROXY_FAST_TLS_START=0`` keeps it too (A/B). Installed before
@@ -62,6 +64,9 @@ _installed = False
 
 #: id(entry) -> (entry, its cryptography certificate, its key, X509, PKey)
 _converted: dict[int, tuple[Any, Any, Any, Any, Any]] = {}
+#: the certificate store the kept entries came from: another (a reload, a rotated CA)
+#: empties the cache, so no old leaf key outlives its store here
+_store: list[Any] = [None]
 
 # mitmproxy's modules the method reads, imported by ``install`` (as seam/pool.py does: the
 # addon package is imported on demand, seam/imports.py)
@@ -153,6 +158,9 @@ def tls_start_client(self: Any, tls_start: Any) -> None:
     server: connection.Server = tls_start.context.server
 
     entry = self.get_cert(tls_start.context)
+    if self.certstore is not _store[0]:
+        _converted.clear()
+        _store[0] = self.certstore
 
     if not client.cipher_list and ctx.options.ciphers_client:
         client.cipher_list = ctx.options.ciphers_client.split(":")
