@@ -39,7 +39,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from vaultproxy.seam import deadlines, lean, openssl, pool, refusals, signals
+from vaultproxy.seam import deadlines, lean, openssl, pool, refusals, signals, tlsstart
 from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.seam.need import EngineMismatch, need
 
@@ -109,6 +109,7 @@ def install(hooks: Hooks) -> None:
     _patch_client_handler()
     refusals.install()  # requests the HTTP/1 reader refuses are audited as answered
     deadlines.install()  # every wait on an upstream bounded ([proxy] timeouts)
+    tlsstart.install()  # a speed patch: the agent's leaf converted once (before pool wraps it)
     pool.install()  # a speed patch: the warm upstream pool (stock path if mitmproxy moved)
     if pool.installed():
         lean.install()  # a speed patch: pooled HTTP/1.1 without mitmproxy's HTTP layer

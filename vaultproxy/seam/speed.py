@@ -10,7 +10,7 @@ import logging
 
 from mitmproxy import addonmanager, http, master
 
-from vaultproxy.seam import connio, headers, objects, tlsio
+from vaultproxy.seam import clienthello, connio, headers, objects, options, tlsio
 from vaultproxy.seam.dispatch import IndexedAddonManager, missing_symbol
 from vaultproxy.seam.need import missing
 
@@ -60,6 +60,12 @@ def tune(m: master.Master) -> addonmanager.AddonManager:
     # TLS output drained without a WantReadError per read or write (seam/tlsio.py).
     if not tlsio.install():
         _stock("the TLS layer's output loop", tlsio.missing_symbol() or "TLSLayer")
+    # The agent's ClientHello read in one pass, not by the kaitaistruct grammar
+    # (seam/clienthello.py): once per new agent connection.
+    clienthello.install()  # (its own WARNING if it stays mitmproxy's)
+    # ``ctx.options.<name>`` without deepcopy of an atomic value (seam/options.py): ~32 per
+    # new agent connection.
+    options.install()  # (its own WARNING if it stays mitmproxy's)
     # Events handed to the layers and writers drained with fewer frames (seam/connio.py).
     if not connio.install():
         _stock("the connection handler's event loop", connio.missing_symbol() or "server")
