@@ -161,6 +161,22 @@ class Pool(Stage):
         self._warming: set[asyncio.Task[None]] = set()
         # (service name, tunnel host) -> whether its upstream answered over HTTP/2
         self._h2_seen: dict[tuple[str, str], bool] = {}
+        # (the options object, its ``http2``): read once per options object and again
+        # after each change of it (``configure``), not per request (``ctx.options.<x>``
+        # deep-copies the value on every read)
+        self._http2_of: tuple[object, bool] | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        if "http2" in updated:
+            self._http2_of = None  # (read again by the next request)
+
+    def _http2(self) -> bool:
+        """``bool(ctx.options.http2)``, read once per options object and change."""
+        opts = ctx.options
+        memo = self._http2_of
+        if memo is None or memo[0] is not opts:
+            memo = self._http2_of = (opts, bool(opts.http2))
+        return memo[1]
 
     def running(self) -> None:
         if self._watch is None:
@@ -310,7 +326,7 @@ class Pool(Stage):
             self._retire(old)
 
     def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Upstream:
-        http2 = bool(ctx.options.http2)
+        http2 = self._http2()
         if self._snapshot is not st.snapshot:
             self._new_policy(st.snapshot)
         trust_file = st.snapshot.trust_file(service)
@@ -318,8 +334,11 @@ class Pool(Stage):
         if found is not None:
             # ``found.key == UpstreamKey(...)`` field by field, without building the key
             # (its name and host are the dict's key)
+            # (the trust file: the same object while the snapshot is, which a new one
+            # retires the pool for; compared as paths otherwise)
             have = found.key
-            if (have.trust_file == trust_file and have.insecure == service.insecure_tls
+            if ((have.trust_file is trust_file or have.trust_file == trust_file)
+                    and have.insecure == service.insecure_tls
                     and found.http2 == http2):
                 return found
             self._retire((service.name, host))
