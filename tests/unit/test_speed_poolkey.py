@@ -20,7 +20,6 @@ from mitmproxy.test import taddons
 
 from vaultproxy.stages import pool as pool_stage
 
-
 _CONTEXT = ssl.create_default_context()
 
 
