@@ -17,9 +17,12 @@ from __future__ import annotations
 import random
 import re
 
+from mitmproxy import http
+
 from tests.unit.test_speed_h1response import SHAPES
 from vaultproxy.net import h1pool
 from vaultproxy.net.h1pool import MAX_INCOMPLETE_EVENT, ResponseHead, parse_head
+from vaultproxy.seam import objects
 
 _TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _NOT_IN_VALUE = b"\x00\r\n\x0b\x0c"
@@ -120,6 +123,11 @@ def reference_lowered(data: bytes, method: bytes) -> ResponseHead | None:
 
 def _same(data: bytes, method: bytes) -> bool:
     got, want = parse_head(data, method), reference(data, method)
+    if got is not None:  # what the pool stage makes of its fields (seam/objects.py)
+        made, stock = objects.headers_made(got.headers), http.Headers(got.headers)
+        assert type(made.fields) is tuple and made.fields == stock.fields
+        assert all(type(f) is tuple and len(f) == 2 and type(f[0]) is bytes
+                   and type(f[1]) is bytes for f in made.fields)
     lowered = reference_lowered(data, method)
     assert (lowered is None) == (want is None), data
     if lowered is not None and want is not None:

@@ -381,7 +381,11 @@ class Pool(Stage):
         service = ex.tunnel.decision.service
         if service is not None:
             self._h2_seen[(service.name, ex.tunnel.host)] = version == b"HTTP/2"
-        headers = objects.headers_of(resp.headers)  # http.Headers(resp.headers), cheaper
+        # http.Headers(resp.headers), cheaper; a head ``parse_head`` read (``length`` set)
+        # holds (bytes, bytes) tuples by construction: no per-field type check
+        headers = (objects.headers_made(resp.headers)
+                   if type(resp) is H1Response and resp.length is not None
+                   else objects.headers_of(resp.headers))
         if version == b"HTTP/2":
             version = b"HTTP/2.0"
             if flow.request.http_version == "HTTP/1.1":
