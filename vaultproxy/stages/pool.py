@@ -435,12 +435,13 @@ class Pool(Stage):
         connect = float(cfg.connect_timeout)
         service = tunnel.decision.service
         assert service is not None
-        up = self._pool_for(st, service, tunnel.host)
-        known = (service.name, tunnel.host)
+        host = tunnel.host  # (a property: read once)
+        up = self._pool_for(st, service, host)
+        known = (service.name, host)
         if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
             # (``_send_h1`` inline: one coroutine less per request)
             h1 = up.h1
-            args = (str(ip), int(port), tunnel.host, req.data.method, req.data.path, fields,
+            args = (str(ip), int(port), host, req.data.method, req.data.path, fields,
                     content, connect, float(cfg.response_timeout))
             try:
                 try:
@@ -463,7 +464,7 @@ class Pool(Stage):
                          target=req.data.path),
             headers=fields, content=content or None,
             extensions={
-                "sni_hostname": tunnel.host,
+                "sni_hostname": host,
                 "timeout": {"connect": connect, "pool": connect,
                             "read": float(cfg.response_timeout),
                             "write": float(cfg.response_timeout)},
