@@ -68,6 +68,11 @@ def test_the_value_table_is_h11s_class() -> None:
     for _ in range(20000):
         data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         assert bool(values.fullmatch(data)) == bool(_OLD_VALUES.fullmatch(data)), data
+    # (the possessive runs: the bytes where a run of one kind ends and another begins)
+    alphabet = [b"a", b"a", b"\xff", b" ", b"\t", b"\n", b"\x00", b"\r", b"\x0b", b":"]
+    for _ in range(40000):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        assert bool(values.fullmatch(data)) == bool(_OLD_VALUES.fullmatch(data)), data
 
 
 _CANARY = make_canary().encode()

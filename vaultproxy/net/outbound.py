@@ -115,12 +115,28 @@ def admin_client(timeout: httpx.Timeout) -> httpx.AsyncClient:  # noqa: TID251
 
 
 
-@dataclass
 class Head:
-    """What the last HTTP/1 response head read on this task held (``HeadWatch``)."""
+    """What the last HTTP/1 response head read on this task held (``HeadWatch``).
 
-    status: int = 0
-    folded: bool = False
+    A slots class, not a dataclass: one is built per response, and its ``__init__`` costs
+    ~0.9k instructions less (callgrind, once per response); no attribute beyond these two
+    can be set on it (a NamedTuple costs more than the dataclass)."""
+
+    __slots__ = ("folded", "status")
+
+    def __init__(self, status: int = 0, folded: bool = False) -> None:
+        self.status = status
+        self.folded = folded
+
+    def __repr__(self) -> str:
+        return f"Head(status={self.status!r}, folded={self.folded!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Head:
+            return NotImplemented
+        return (self.status, self.folded) == (other.status, other.folded)
+
+    __hash__ = None  # type: ignore[assignment]  # (as the dataclass: mutable, unhashable)
 
 
 head_seen: ContextVar[Head | None] = ContextVar("head_seen", default=None)

@@ -26,6 +26,8 @@
   per-field copies, conversions and keyword update, for what they handle exactly (a list or
   tuple of ``(bytes, bytes)`` tuples; bytes version and reason); anything else goes to the
   constructors. tests/unit/test_speed_objects.py compares them on seeded input.
+  ``headers_made`` skips the type check for the fields of a head ``parse_head`` read (its
+  pairs are bytes by construction; tests/unit/test_speed_h1fields.py compares it).
 Each part checks that mitmproxy still has what it changes; if not, that part stays
 mitmproxy's own (seam/speed.py logs one WARNING)."""
 
@@ -183,6 +185,16 @@ def headers_of(fields: Any) -> http.Headers:
             made.fields = tuple(fields)
             return made
     return http.Headers(fields)
+
+
+def headers_made(fields: list[tuple[bytes, bytes]]) -> http.Headers:
+    """``http.Headers(fields)`` for fields known to be ``(bytes, bytes)`` tuples because
+    they were made so (net/h1pool.py ``parse_head``: ``findall``'s pairs of two byte
+    groups): ``headers_of`` without its per-field type check. Anything else:
+    ``headers_of``."""
+    made = object.__new__(http.Headers)
+    made.fields = tuple(fields)
+    return made
 
 
 def response_of(http_version: Any, status_code: int, reason: Any, headers: Any,

@@ -170,6 +170,22 @@ class Pool(Stage):
         # (service name, tunnel host) -> whether its upstream answered over HTTP/2
         self._h2_seen: dict[tuple[str, str], bool] = {}
         self._wakeup = Wakeup()  # the watcher's sleep: a state change or a new connection
+        # (the options object, its ``http2``): read once per options object and again
+        # after each change of it (``configure``), not per request (``ctx.options.<x>``
+        # deep-copies the value on every read)
+        self._http2_of: tuple[object, bool] | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        if "http2" in updated:
+            self._http2_of = None  # (read again by the next request)
+
+    def _http2(self) -> bool:
+        """``bool(ctx.options.http2)``, read once per options object and change."""
+        opts = ctx.options
+        memo = self._http2_of
+        if memo is None or memo[0] is not opts:
+            memo = self._http2_of = (opts, bool(opts.http2))
+        return memo[1]
 
     def running(self) -> None:
         if self._watch is None:
@@ -347,7 +363,7 @@ class Pool(Stage):
             self._retire(old)
 
     def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Upstream:
-        http2 = bool(ctx.options.http2)
+        http2 = self._http2()
         if self._snapshot is not st.snapshot:
             self._new_policy(st.snapshot)
         trust_file = st.snapshot.trust_file(service)
@@ -355,8 +371,11 @@ class Pool(Stage):
         if found is not None:
             # ``found.key == UpstreamKey(...)`` field by field, without building the key
             # (its name and host are the dict's key)
+            # (the trust file: the same object while the snapshot is, which a new one
+            # retires the pool for; compared as paths otherwise)
             have = found.key
-            if (have.trust_file == trust_file and have.insecure == service.insecure_tls
+            if ((have.trust_file is trust_file or have.trust_file == trust_file)
+                    and have.insecure == service.insecure_tls
                     and found.http2 == http2):
                 return found
             self._retire((service.name, host))
@@ -401,7 +420,11 @@ class Pool(Stage):
         service = ex.tunnel.decision.service
         if service is not None:
             self._h2_seen[(service.name, ex.tunnel.host)] = version == b"HTTP/2"
-        headers = objects.headers_of(resp.headers)  # http.Headers(resp.headers), cheaper
+        # http.Headers(resp.headers), cheaper; a head ``parse_head`` read (``length`` set)
+        # holds (bytes, bytes) tuples by construction: no per-field type check
+        headers = (objects.headers_made(resp.headers)
+                   if type(resp) is H1Response and resp.length is not None
+                   else objects.headers_of(resp.headers))
         if version == b"HTTP/2":
             version = b"HTTP/2.0"
             if flow.request.http_version == "HTTP/1.1":
@@ -451,12 +474,13 @@ class Pool(Stage):
         connect = float(cfg.connect_timeout)
         service = tunnel.decision.service
         assert service is not None
-        up = self._pool_for(st, service, tunnel.host)
-        known = (service.name, tunnel.host)
+        host = tunnel.host  # (a property: read once)
+        up = self._pool_for(st, service, host)
+        known = (service.name, host)
         if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
             # (``_send_h1`` inline: one coroutine less per request)
             h1 = up.h1
-            args = (str(ip), int(port), tunnel.host, req.data.method, req.data.path, fields,
+            args = (str(ip), int(port), host, req.data.method, req.data.path, fields,
                     content, connect, float(cfg.response_timeout))
             try:
                 try:
@@ -479,7 +503,7 @@ class Pool(Stage):
                          target=req.data.path),
             headers=fields, content=content or None,
             extensions={
-                "sni_hostname": tunnel.host,
+                "sni_hostname": host,
                 "timeout": {"connect": connect, "pool": connect,
                             "read": float(cfg.response_timeout),
                             "write": float(cfg.response_timeout)},
