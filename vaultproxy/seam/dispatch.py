@@ -148,6 +148,94 @@ def _grouped(group: tuple[Step, ...]) -> Step:
     return (run, None, None, False)
 
 
+#: A chain with more top-level steps than this for one event keeps ``trigger_event``'s loop.
+_MAX_UNROLLED = 64
+
+
+def _unrolled_source(name: str, field: str, top: tuple[Step, ...], update: bool) -> str:
+    """The source of ``handle_lifecycle``'s step for one flow event (one field, ``field``)
+    over ``top``: ``trigger_event``'s loop for one argument written out, one block per
+    step, each block the loop's body for that step's kind (plain; guarded, its awaitable
+    awaited inside the guard or outside it), then, when some addon has an ``update`` hook,
+    the ``update`` event. The handlers are the globals ``f<i>``, their addons ``a<i>``, the
+    guards' deny callables ``x<i>``. No text of the chain goes in: names are indices."""
+    awaitable = "res is not None and (type(res) is _Coroutine or _isawaitable(res))"
+    out = [f"async def {name}(event):"]
+    if top or update:
+        out.append(f"    arg = event.{field}")
+    if top:
+        out.append("    try:")
+    for i, (_func, _addon, fail, guard_awaitable) in enumerate(top):
+        out.append("        try:")
+        if fail is None:
+            out += [f"            res = f{i}(arg)",
+                    f"            if {awaitable}:",
+                    "                await res"]
+        elif guard_awaitable:
+            out += ["            try:",
+                    f"                res = f{i}(a{i}, arg)",
+                    f"                if {awaitable}:",
+                    "                    await res",
+                    "            except Exception as err:",
+                    f"                x{i}(a{i}, (arg,), err)"]
+        else:
+            out += ["            try:",
+                    f"                res = f{i}(a{i}, arg)",
+                    "            except Exception as err:",
+                    f"                x{i}(a{i}, (arg,), err)",
+                    "            else:",
+                    f"                if {awaitable}:",
+                    "                    await res"]
+        out += ["        except _Stop:",  # AddonHalt, OptionsError: up (AddonHalt: below)
+                "            raise",
+                "        except Exception as err:",
+                "            _dispatch._addon_error(err)"]
+    if top:
+        out += ["    except _AddonHalt:",
+                "        pass"]
+    if update:  # (also after an AddonHalt, as ``trigger_event``'s ``lifecycle``)
+        out += ["    if isinstance(arg, _Flow):",
+                "        await _manager.trigger_event(_UpdateHook([arg]))"]
+    if len(out) == 1:
+        out.append("    return None")
+    return "\n".join(out) + "\n"
+
+
+_unrolled_count = 0
+
+
+def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update: bool
+              ) -> Callable[[hooks.Hook], Coroutine[Any, Any, None]]:
+    """``_unrolled_source`` compiled, its source registered with ``linecache`` (an addon
+    error's traceback shows its lines)."""
+    global _unrolled_count
+    import linecache
+    import sys
+
+    _unrolled_count += 1
+    fname = name if name.isidentifier() and not name.startswith("_") else "event"
+    source = _unrolled_source(fname, field, top, update)
+    filename = f"<vaultproxy.seam.dispatch unrolled {_unrolled_count}: {name}>"
+    namespace: dict[str, Any] = {
+        "__builtins__": __builtins__, "_Coroutine": _Coroutine,
+        "_isawaitable": inspect.isawaitable, "_Stop": _STOP,
+        "_AddonHalt": exceptions.AddonHalt, "_Flow": flow.Flow, "_UpdateHook": hooks.UpdateHook,
+        "_manager": manager, "_dispatch": sys.modules[__name__],
+    }
+    for i, (func, addon, fail, _guard_awaitable) in enumerate(top):
+        namespace[f"f{i}"] = func
+        namespace[f"a{i}"] = addon
+        namespace[f"x{i}"] = fail
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our text, no input's
+    lines = source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    run: Callable[[hooks.Hook], Coroutine[Any, Any, None]] = namespace[fname]
+    return run
+
+
+_STOP = (exceptions.AddonHalt, exceptions.OptionsError)
+
+
 class IndexedAddonManager(addonmanager.AddonManager):
     def __init__(self, master: Any) -> None:
         super().__init__(master)  # type: ignore[no-untyped-call]
@@ -156,6 +244,33 @@ class IndexedAddonManager(addonmanager.AddonManager):
         # ``_steps`` with one step per top-level addon (its group folded into one if it
         # has several): the loop for events of one argument
         self._flat: dict[str, Flat] = {}
+        # per event name, what ``handle_lifecycle`` runs: ``_unrolled``'s step for a flow
+        # event, else ``trigger_event`` with its ``lifecycle``
+        self._runs: dict[str, Callable[[hooks.Hook], Coroutine[Any, Any, None]]] = {}
+
+    def _drop(self) -> None:
+        """Forget every index (the chain changed)."""
+        self._index.clear()
+        self._steps.clear()
+        self._flat.clear()
+        self._runs.clear()
+
+    def _run_of(self, event: hooks.Hook) -> Callable[[hooks.Hook], Coroutine[Any, Any, None]]:
+        field, top = self._flat_of(event)
+        update = self._index.get("update")
+        if update is None:
+            update = self._handlers(hooks.UpdateHook([]))
+        run: Callable[[hooks.Hook], Coroutine[Any, Any, None]]
+        if field is not None and field.isidentifier() and len(top) <= _MAX_UNROLLED:
+            run = _unrolled(self, event.name, field, top, bool(update))
+        else:
+            def run(event: hooks.Hook) -> Coroutine[Any, Any, None]:
+                run = self._runs.get(event.name)
+        if run is None:
+            run = self._run_of(event)
+        return run(event)
+        self._runs[event.name] = run
+        return run
 
     def _handlers(self, event: hooks.Hook) -> Handlers:
         found = self._index.get(event.name)
@@ -305,31 +420,19 @@ class IndexedAddonManager(addonmanager.AddonManager):
         return self.trigger_event(event, True)
 
     def register(self, addon: Any) -> Any:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         return super().register(addon)  # type: ignore[no-untyped-call]
 
     def add(self, *addons: Any) -> None:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         super().add(*addons)  # type: ignore[no-untyped-call]
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
 
     def remove(self, addon: Any) -> None:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         super().remove(addon)  # type: ignore[no-untyped-call]
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
 
     def clear(self) -> None:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         super().clear()  # type: ignore[no-untyped-call]
