@@ -265,10 +265,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
             run = _unrolled(self, event.name, field, top, bool(update))
         else:
             def run(event: hooks.Hook) -> Coroutine[Any, Any, None]:
-                run = self._runs.get(event.name)
-        if run is None:
-            run = self._run_of(event)
-        return run(event)
+                return self.trigger_event(event, True)
         self._runs[event.name] = run
         return run
 
@@ -416,8 +413,13 @@ class IndexedAddonManager(addonmanager.AddonManager):
 
     def handle_lifecycle(self, event: hooks.Hook) -> Coroutine[Any, Any, None]:
         """mitmproxy's ``handle_lifecycle`` (``trigger_event``, then the ``update`` event of
-        a flow's hook if some addon has one) as one coroutine: ``trigger_event``'s own."""
-        return self.trigger_event(event, True)
+        a flow's hook if some addon has one) as one coroutine: for a flow event (one
+        argument) the chain's unrolled step (``_unrolled``), built once per chain; for any
+        other, ``trigger_event``'s own."""
+        run = self._runs.get(event.name)
+        if run is None:
+            run = self._run_of(event)
+        return run(event)
 
     def register(self, addon: Any) -> Any:
         self._drop()
