@@ -14,6 +14,7 @@ as the reference.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import random
@@ -142,7 +143,8 @@ def test_the_unrolled_step_is_trigger_events_loop(monkeypatch: pytest.MonkeyPatc
                     outcomes.append((list(log), raised))
                 assert outcomes[0] == outcomes[1] == outcomes[2], chain
                 run = am._runs["requestheaders"]
-                unrolled += run.__code__.co_filename.startswith("<vaultproxy.seam.dispatch")
+                unrolled += run.__code__.co_filename.startswith(
+                    "<vaultproxy.seam.dispatch unrolled _step_requestheaders ")
             finally:
                 m._legacy_log_events.uninstall()
 
@@ -204,3 +206,54 @@ def test_an_addon_error_is_logged_as_mitmproxys(caplog: pytest.LogCaptureFixture
             m._legacy_log_events.uninstall()
 
     asyncio.run(go())
+
+
+def test_a_hook_named_as_a_global_of_the_step_is_still_its_event() -> None:
+    """The generated step's name comes from the hook's: a hook named ``isinstance`` or
+    ``f0`` must shadow neither the builtin the ``update`` tail calls nor a handler."""
+    log: list[tuple[object, ...]] = []
+    made: list[str] = []
+    try:
+        for hook_name in ("isinstance", "f0", "arg"):
+            cls = dataclasses.dataclass(type(
+                f"Odd{hook_name.title()}Hook", (hooks.Hook,),
+                {"__annotations__": {"flow": flow.Flow}, "name": hook_name}))
+            made.append(hook_name)
+            addon = type("Odd", (), {hook_name: lambda self, f: log.append(("odd", f.id))})()
+
+            async def go(cls: Any = cls, addon: Any = addon) -> None:
+                m = master.Master(options.Options(), with_termlog=False)
+                try:
+                    am = dispatch.IndexedAddonManager(m)
+                    m.addons = am
+                    am.add(addon, _Updates(log))
+                    f = tflow.tflow()
+                    log.clear()
+                    await am.handle_lifecycle(cls(f))
+                    assert log == [("odd", f.id), ("update", 1)]
+                finally:
+                    m._legacy_log_events.uninstall()
+
+            asyncio.run(go())
+    finally:
+        for hook_name in made:
+            hooks.all_hooks.pop(hook_name, None)
+
+
+def test_an_addon_errors_traceback_shows_the_steps_lines(
+        caplog: pytest.LogCaptureFixture) -> None:
+    log: list[tuple[object, ...]] = []
+
+    async def go() -> None:
+        m = master.Master(options.Options(), with_termlog=False)
+        try:
+            am = dispatch.IndexedAddonManager(m)
+            m.addons = am
+            am.add(_addon(1, "plain", "raise", log))
+            with caplog.at_level(logging.ERROR, logger="mitmproxy.addonmanager"):
+                await am.handle_lifecycle(hooks.all_hooks["requestheaders"](tflow.tflow()))
+        finally:
+            m._legacy_log_events.uninstall()
+
+    asyncio.run(go())
+    assert "res = f0(arg)" in caplog.text

@@ -18,6 +18,12 @@ without its wrapper: the manager calls the wrapped body itself and, on an except
 wrapper's own deny callable, in the same order with the same outcome (one Python frame less
 per stage per event; ~20 stage hooks run per proxied request).
 
+``handle_lifecycle`` (every proxied request's four hook phases) runs, per flow event, a step
+generated from the chain once (``_unrolled``: ``trigger_event``'s one-argument loop written out
+as one block per top-level addon, its ``safecall``, guard and awaitable handling the loop's for
+that handler's kind, and the ``update`` event only when some addon has one); it is dropped with
+the index. tests/unit/test_speed_r2stages.py compares it to the loop.
+
 It leans on ``AddonManager._iter_hooks``, ``_configure_all`` and ``cut_traceback``;
 ``missing_symbol()`` names the first that mitmproxy lost, and seam/speed.py then keeps the
 stock manager. tests/unit/test_dispatch_contract.py runs both over every hook."""
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import keyword
 import logging
 import types
 from collections.abc import Callable, Coroutine
@@ -201,21 +208,20 @@ def _unrolled_source(name: str, field: str, top: tuple[Step, ...], update: bool)
     return "\n".join(out) + "\n"
 
 
-_unrolled_count = 0
-
-
 def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update: bool
               ) -> Callable[[hooks.Hook], Coroutine[Any, Any, None]]:
     """``_unrolled_source`` compiled, its source registered with ``linecache`` (an addon
-    error's traceback shows its lines)."""
-    global _unrolled_count
+    error's traceback shows its lines) under a name of its text (a chain rebuilt with the
+    same shape meets its entry again: as many entries as shapes, not as rebuilds)."""
+    import hashlib
     import linecache
     import sys
 
-    _unrolled_count += 1
-    fname = name if name.isidentifier() and not name.startswith("_") else "event"
+    # (prefixed: no hook's name can stand for a global of the step's, nor a builtin)
+    fname = f"_step_{name}" if name.isidentifier() else "_step"
     source = _unrolled_source(fname, field, top, update)
-    filename = f"<vaultproxy.seam.dispatch unrolled {_unrolled_count}: {name}>"
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    filename = f"<vaultproxy.seam.dispatch unrolled {fname} {digest}>"
     namespace: dict[str, Any] = {
         "__builtins__": __builtins__, "_Coroutine": _Coroutine,
         "_isawaitable": inspect.isawaitable, "_Stop": _STOP,
@@ -234,6 +240,11 @@ def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update
 
 
 _STOP = (exceptions.AddonHalt, exceptions.OptionsError)
+
+
+def _identifier(name: str) -> bool:
+    """``name`` can stand in the generated source as a name (an attribute, a function)."""
+    return name.isidentifier() and not keyword.iskeyword(name)
 
 
 class IndexedAddonManager(addonmanager.AddonManager):
@@ -261,7 +272,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
         if update is None:
             update = self._handlers(hooks.UpdateHook([]))
         run: Callable[[hooks.Hook], Coroutine[Any, Any, None]]
-        if field is not None and field.isidentifier() and len(top) <= _MAX_UNROLLED:
+        if field is not None and _identifier(field) and len(top) <= _MAX_UNROLLED:
             run = _unrolled(self, event.name, field, top, bool(update))
         else:
             def run(event: hooks.Hook) -> Coroutine[Any, Any, None]:
