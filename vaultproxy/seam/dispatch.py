@@ -165,7 +165,8 @@ def _unrolled_source(name: str, field: str, top: tuple[Step, ...], update: bool)
     step, each block the loop's body for that step's kind (plain; guarded, its awaitable
     awaited inside the guard or outside it), then, when some addon has an ``update`` hook,
     the ``update`` event. The handlers are the globals ``f<i>``, their addons ``a<i>``, the
-    guards' deny callables ``x<i>``. No text of the chain goes in: names are indices."""
+    guards' deny callables ``x<i>``. Of the chain and the event, only the hook's name (as
+    ``_step_<name>``) and its field's (both checked identifiers) go in: the rest are indices."""
     awaitable = "res is not None and (type(res) is _Coroutine or _isawaitable(res))"
     out = [f"async def {name}(event):"]
     if top or update:
