@@ -18,6 +18,12 @@ without its wrapper: the manager calls the wrapped body itself and, on an except
 wrapper's own deny callable, in the same order with the same outcome (one Python frame less
 per stage per event; ~20 stage hooks run per proxied request).
 
+``handle_lifecycle`` (every proxied request's four hook phases) runs, per flow event, a step
+generated from the chain once (``_unrolled``: ``trigger_event``'s one-argument loop written out
+as one block per top-level addon, its ``safecall``, guard and awaitable handling the loop's for
+that handler's kind, and the ``update`` event only when some addon has one); it is dropped with
+the index. tests/unit/test_speed_r2stages.py compares it to the loop.
+
 It leans on ``AddonManager._iter_hooks``, ``_configure_all`` and ``cut_traceback``;
 ``missing_symbol()`` names the first that mitmproxy lost, and seam/speed.py then keeps the
 stock manager. tests/unit/test_dispatch_contract.py runs both over every hook."""
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import keyword
 import logging
 import types
 from collections.abc import Callable, Coroutine
@@ -148,6 +155,99 @@ def _grouped(group: tuple[Step, ...]) -> Step:
     return (run, None, None, False)
 
 
+#: A chain with more top-level steps than this for one event keeps ``trigger_event``'s loop.
+_MAX_UNROLLED = 64
+
+
+def _unrolled_source(name: str, field: str, top: tuple[Step, ...], update: bool) -> str:
+    """The source of ``handle_lifecycle``'s step for one flow event (one field, ``field``)
+    over ``top``: ``trigger_event``'s loop for one argument written out, one block per
+    step, each block the loop's body for that step's kind (plain; guarded, its awaitable
+    awaited inside the guard or outside it), then, when some addon has an ``update`` hook,
+    the ``update`` event. The handlers are the globals ``f<i>``, their addons ``a<i>``, the
+    guards' deny callables ``x<i>``. Of the chain and the event, only the hook's name (as
+    ``_step_<name>``) and its field's (both checked identifiers) go in: the rest are indices."""
+    awaitable = "res is not None and (type(res) is _Coroutine or _isawaitable(res))"
+    out = [f"async def {name}(event):"]
+    if top or update:
+        out.append(f"    arg = event.{field}")
+    if top:
+        out.append("    try:")
+    for i, (_func, _addon, fail, guard_awaitable) in enumerate(top):
+        out.append("        try:")
+        if fail is None:
+            out += [f"            res = f{i}(arg)",
+                    f"            if {awaitable}:",
+                    "                await res"]
+        elif guard_awaitable:
+            out += ["            try:",
+                    f"                res = f{i}(a{i}, arg)",
+                    f"                if {awaitable}:",
+                    "                    await res",
+                    "            except Exception as err:",
+                    f"                x{i}(a{i}, (arg,), err)"]
+        else:
+            out += ["            try:",
+                    f"                res = f{i}(a{i}, arg)",
+                    "            except Exception as err:",
+                    f"                x{i}(a{i}, (arg,), err)",
+                    "            else:",
+                    f"                if {awaitable}:",
+                    "                    await res"]
+        out += ["        except _Stop:",  # AddonHalt, OptionsError: up (AddonHalt: below)
+                "            raise",
+                "        except Exception as err:",
+                "            _dispatch._addon_error(err)"]
+    if top:
+        out += ["    except _AddonHalt:",
+                "        pass"]
+    if update:  # (also after an AddonHalt, as ``trigger_event``'s ``lifecycle``)
+        out += ["    if isinstance(arg, _Flow):",
+                "        await _manager.trigger_event(_UpdateHook([arg]))"]
+    if len(out) == 1:
+        out.append("    return None")
+    return "\n".join(out) + "\n"
+
+
+def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update: bool
+              ) -> Callable[[hooks.Hook], Coroutine[Any, Any, None]]:
+    """``_unrolled_source`` compiled, its source registered with ``linecache`` (an addon
+    error's traceback shows its lines) under a name of its text (a chain rebuilt with the
+    same shape meets its entry again: as many entries as shapes, not as rebuilds)."""
+    import hashlib
+    import linecache
+    import sys
+
+    # (prefixed: no hook's name can stand for a global of the step's, nor a builtin)
+    fname = f"_step_{name}" if name.isidentifier() else "_step"
+    source = _unrolled_source(fname, field, top, update)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    filename = f"<vaultproxy.seam.dispatch unrolled {fname} {digest}>"
+    namespace: dict[str, Any] = {
+        "__builtins__": __builtins__, "_Coroutine": _Coroutine,
+        "_isawaitable": inspect.isawaitable, "_Stop": _STOP,
+        "_AddonHalt": exceptions.AddonHalt, "_Flow": flow.Flow, "_UpdateHook": hooks.UpdateHook,
+        "_manager": manager, "_dispatch": sys.modules[__name__],
+    }
+    for i, (func, addon, fail, _guard_awaitable) in enumerate(top):
+        namespace[f"f{i}"] = func
+        namespace[f"a{i}"] = addon
+        namespace[f"x{i}"] = fail
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our text, no input's
+    lines = source.splitlines(keepends=True)
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    run: Callable[[hooks.Hook], Coroutine[Any, Any, None]] = namespace[fname]
+    return run
+
+
+_STOP = (exceptions.AddonHalt, exceptions.OptionsError)
+
+
+def _identifier(name: str) -> bool:
+    """``name`` can stand in the generated source as a name (an attribute, a function)."""
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
 class IndexedAddonManager(addonmanager.AddonManager):
     def __init__(self, master: Any) -> None:
         super().__init__(master)  # type: ignore[no-untyped-call]
@@ -156,6 +256,30 @@ class IndexedAddonManager(addonmanager.AddonManager):
         # ``_steps`` with one step per top-level addon (its group folded into one if it
         # has several): the loop for events of one argument
         self._flat: dict[str, Flat] = {}
+        # per event name, what ``handle_lifecycle`` runs: ``_unrolled``'s step for a flow
+        # event, else ``trigger_event`` with its ``lifecycle``
+        self._runs: dict[str, Callable[[hooks.Hook], Coroutine[Any, Any, None]]] = {}
+
+    def _drop(self) -> None:
+        """Forget every index (the chain changed)."""
+        self._index.clear()
+        self._steps.clear()
+        self._flat.clear()
+        self._runs.clear()
+
+    def _run_of(self, event: hooks.Hook) -> Callable[[hooks.Hook], Coroutine[Any, Any, None]]:
+        field, top = self._flat_of(event)
+        update = self._index.get("update")
+        if update is None:
+            update = self._handlers(hooks.UpdateHook([]))
+        run: Callable[[hooks.Hook], Coroutine[Any, Any, None]]
+        if field is not None and _identifier(field) and len(top) <= _MAX_UNROLLED:
+            run = _unrolled(self, event.name, field, top, bool(update))
+        else:
+            def run(event: hooks.Hook) -> Coroutine[Any, Any, None]:
+                return self.trigger_event(event, True)
+        self._runs[event.name] = run
+        return run
 
     def _handlers(self, event: hooks.Hook) -> Handlers:
         found = self._index.get(event.name)
@@ -301,35 +425,28 @@ class IndexedAddonManager(addonmanager.AddonManager):
 
     def handle_lifecycle(self, event: hooks.Hook) -> Coroutine[Any, Any, None]:
         """mitmproxy's ``handle_lifecycle`` (``trigger_event``, then the ``update`` event of
-        a flow's hook if some addon has one) as one coroutine: ``trigger_event``'s own."""
-        return self.trigger_event(event, True)
+        a flow's hook if some addon has one) as one coroutine: for a flow event (one
+        argument) the chain's unrolled step (``_unrolled``), built once per chain; for any
+        other, ``trigger_event``'s own."""
+        run = self._runs.get(event.name)
+        if run is None:
+            run = self._run_of(event)
+        return run(event)
 
     def register(self, addon: Any) -> Any:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         return super().register(addon)  # type: ignore[no-untyped-call]
 
     def add(self, *addons: Any) -> None:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         super().add(*addons)  # type: ignore[no-untyped-call]
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
 
     def remove(self, addon: Any) -> None:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         super().remove(addon)  # type: ignore[no-untyped-call]
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
 
     def clear(self) -> None:
-        self._index.clear()
-        self._steps.clear()
-        self._flat.clear()
+        self._drop()
         super().clear()  # type: ignore[no-untyped-call]
