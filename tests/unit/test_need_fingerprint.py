@@ -138,3 +138,26 @@ def test_a_changed_hook_task_is_not_taken_for_mitmproxys() -> None:
 
     assert not need.unchanged(hook_task, lean.HOOK_TASK_FINGERPRINT,
                               lean.HOOK_TASK_CODE_FINGERPRINT)
+
+
+def test_may_install_is_the_switch_and_the_symbols(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The gate of clienthello/options/tlsstart's ``install``: on by default; off by its
+    environment switch (no warning); off with one WARNING naming a missing symbol."""
+    import logging
+
+    from vaultproxy.seam.need import may_install
+
+    log = logging.getLogger("test.may_install")
+    monkeypatch.delenv("VP_TEST_SWITCH", raising=False)
+    assert may_install("VP_TEST_SWITCH", lambda: None, log, "it stays")
+    for off in ("0", "false", "no", "off", " off "):
+        monkeypatch.setenv("VP_TEST_SWITCH", off)
+        assert not may_install("VP_TEST_SWITCH", lambda: None, log, "it stays")
+    monkeypatch.setenv("VP_TEST_SWITCH", "1")
+    assert may_install("VP_TEST_SWITCH", lambda: None, log, "it stays")
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING):
+        assert not may_install("VP_TEST_SWITCH", lambda: "Thing.gone", log, "it stays")
+    assert [r.getMessage() for r in caplog.records] == [
+        "mitmproxy has no Thing.gone: it stays (slower)"]

@@ -36,7 +36,6 @@ from mitmproxy import tls as mtls
 from mitmproxy.net import check
 
 from vaultproxy.seam import need
-from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -261,12 +260,8 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    if environ_get(ENV, "1").strip() in ("0", "false", "no", "off"):
-        return False
-    symbol = missing_symbol()
-    if symbol is not None:
-        logger.warning("mitmproxy has no %s: the ClientHello stays mitmproxy's to parse "
-                       "(slower)", symbol)
+    if not need.may_install(ENV, missing_symbol, logger,
+                            "the ClientHello stays mitmproxy's to parse"):
         return False
     from mitmproxy.addons import next_layer as next_layer_module
     from mitmproxy.proxy.layers import tls as ltls

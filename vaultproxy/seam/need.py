@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
+import os
 import types
+from collections.abc import Callable
 from typing import Any
 
 
@@ -28,6 +31,21 @@ def missing(obj: object, *names: str) -> str | None:
         if not hasattr(obj, name):
             return f"{getattr(obj, '__name__', type(obj).__name__)}.{name}"
     return None
+
+
+def may_install(env: str, missing_symbol: Callable[[], str | None], log: logging.Logger,
+                stays: str) -> bool:
+    """The gate every speed patch's ``install`` passes first: False if its environment
+    switch ``env`` says off (``0``, ``false``, ``no``, ``off``), or if mitmproxy lacks a
+    symbol it needs (``missing_symbol()`` names it; one WARNING: "mitmproxy has no <symbol>:
+    <stays> (slower)")."""
+    if os.environ.get(env, "1").strip() in ("0", "false", "no", "off"):
+        return False
+    symbol = missing_symbol()
+    if symbol is not None:
+        log.warning("mitmproxy has no %s: %s (slower)", symbol, stays)
+        return False
+    return True
 
 
 def fingerprint(fn: Any) -> str | None:

@@ -24,7 +24,6 @@ from typing import Any
 from mitmproxy import optmanager
 
 from vaultproxy.seam import need
-from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -69,11 +68,7 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    if environ_get(ENV, "1").strip() in ("0", "false", "no", "off"):
-        return False
-    symbol = missing_symbol()
-    if symbol is not None:
-        logger.warning("mitmproxy has no %s: option reads stay mitmproxy's (slower)", symbol)
+    if not need.may_install(ENV, missing_symbol, logger, "option reads stay mitmproxy's"):
         return False
     cls: Any = optmanager._Option
     current, default = cls.current, cls.default.fget

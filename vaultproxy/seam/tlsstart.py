@@ -40,7 +40,6 @@ from mitmproxy.net import tls as net_tls
 from OpenSSL import SSL, crypto
 
 from vaultproxy.seam import need
-from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing
 
 logger = logging.getLogger(__name__)
@@ -217,12 +216,7 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    if environ_get(ENV, "1").strip() in ("0", "false", "no", "off"):
-        return False
-    symbol = missing_symbol()
-    if symbol is not None:
-        logger.warning("mitmproxy has no %s: the agent's TLS start stays mitmproxy's (slower)",
-                       symbol)
+    if not need.may_install(ENV, missing_symbol, logger, "the agent's TLS start stays mitmproxy's"):
         return False
     stock = tlsconfig.TlsConfig.tls_start_client
     if not need.unchanged(stock, FINGERPRINT, CODE_FINGERPRINT):
