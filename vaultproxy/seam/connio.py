@@ -285,8 +285,8 @@ def _start_hook(self: Any, command: Any) -> None:
     """``_command``'s ``StartHook`` branch (``asyncio_utils.create_task(self.hook_task(
     command), name=f"handle_hook({command.name})", keep_ref=True, client=...)``) with
     ``create_task`` (``asyncio.create_task``: ``loop.create_task(coro)``, then
-    ``_set_task_name`` of no name, nothing) and ``set_task_debug_info`` inline, if they are
-    still the ones ``install`` checked; otherwise ``_command``."""
+    ``_set_task_name`` of no name, nothing) and this module's ``set_task_debug_info``, if they
+    are still the ones ``install`` checked; otherwise ``_command``."""
     inline = INLINE
     if (not inline or asyncio_utils.create_task is not inline["create_task"]
             or asyncio.create_task is not inline["asyncio.create_task"]
@@ -297,21 +297,7 @@ def _start_hook(self: Any, command: Any) -> None:
     name = f"handle_hook({command.name})"
     client = self.client.peername
     task = asyncio.get_running_loop().create_task(coro)
-    # (``set_task_debug_info``)
-    task.created = time.time()  # type: ignore[attr-defined]
-    if __debug__ is True:
-        environ: Any = os.environ
-        if type(environ) is os._Environ:
-            key = _TEST_KEY if environ is _ENVIRON else environ.encodekey(_TEST_VAR)
-            raw = environ._data.get(key)  # type: ignore[attr-defined]
-            test = None if raw is None else environ.decodevalue(raw)
-        else:
-            test = environ.get(_TEST_VAR, None)
-        if test:
-            name = f"{name} [created in {test}]"
-    task.set_name(name)
-    if client:
-        task.client = client  # type: ignore[attr-defined]
+    set_task_debug_info(task, name=name, client=client)
     if not task.done():
         keep_alive = asyncio_utils._KEEP_ALIVE
         keep_alive.add(task)
