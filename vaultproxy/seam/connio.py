@@ -149,6 +149,10 @@ STOCK_LOOP: list[Callable[..., Any]] = []
 STOCK_PROTOCOL: list[Callable[..., Any]] = []
 #: mitmproxy's ``TimeoutWatchdog.disarm`` before ``install`` (for the tests)
 STOCK_DISARM: list[Callable[..., Any]] = []
+#: what seam/defences.py's client ``handle_connection`` runs after its first step, by name:
+#: "stock", mitmproxy's own (set by defences as it wraps it), and "handle_connection", what
+#: runs: the stock one, or ``install_loop``'s copy with the stream reads inline
+connection_loop: dict[str, Any] = {}
 
 
 def _target(name: str) -> Any:
@@ -156,10 +160,7 @@ def _target(name: str) -> Any:
     if owner == "asyncio_utils":
         return STOCK.get(attr) or getattr(asyncio_utils, attr)
     if name == "ConnectionHandler.handle_connection":
-        from vaultproxy.seam import defences  # (defences imports seam/lean.py, which imports us)
-
-        return defences.originals.get("handle_connection") or server.ConnectionHandler.\
-            handle_connection
+        return connection_loop.get("stock") or server.ConnectionHandler.handle_connection
     if owner == "tasks":
         return getattr(asyncio.tasks, attr)
     if owner == "TimeoutWatchdog":
@@ -569,10 +570,8 @@ def _make_data_received() -> Callable[..., Any]:
 def install_loop() -> bool:
     """The read loop of seam/defences.py's ``handle_connection`` as ``_make_handle_connection``
     makes it, if that is mitmproxy's and what it copies is unchanged; True if in place."""
-    from vaultproxy.seam import defences  # (defences imports seam/lean.py, which imports us)
-
-    loop = defences.connection_loop
-    stock_loop: Callable[..., Any] | None = defences.originals.get("handle_connection")
+    loop = connection_loop
+    stock_loop: Callable[..., Any] | None = loop.get("stock")
     if stock_loop is None:
         return False
     if loop.get("handle_connection") not in (stock_loop,):

@@ -39,7 +39,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from vaultproxy.seam import deadlines, lean, openssl, pool, refusals, signals, tlsstart
+from vaultproxy.seam import connio, deadlines, lean, openssl, pool, refusals, signals, tlsstart
 from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.seam.need import EngineMismatch, need
 
@@ -63,10 +63,10 @@ class Hooks:
 ws_control_filter: WsFilter | None = None
 _installed = False
 originals: dict[str, Any] = {}  # what a patch replaced, by name (for the tests' twins)
-#: what the client handler's ``handle_connection`` runs after its first step: mitmproxy's
-#: own (``originals``), or seam/connio.py's copy of it with the stream reads inline (a speed
-#: patch, set by ``connio.install`` only while this is mitmproxy's)
-connection_loop: dict[str, Any] = {}
+#: what the client handler's ``handle_connection`` runs after its first step (seam/connio.py
+#: keeps it: "handle_connection", mitmproxy's own or connio's copy with the stream reads
+#: inline, a speed patch set by ``connio.install`` only while "stock" is mitmproxy's)
+connection_loop = connio.connection_loop
 
 
 def error_parts(status: int, message: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -239,8 +239,8 @@ def _patch_client_handler() -> None:
     need(handler_cls, "handle_client")
 
     originals["handle_connection"] = original
-    connection_loop["handle_connection"] = original
     loop = connection_loop
+    loop["stock"] = loop["handle_connection"] = original
 
     async def handle_connection(self: Any, connection: Any) -> None:
         io = self.transports.get(connection)
