@@ -292,7 +292,7 @@ def test_now_timestamp_is_the_clocks_millisecond(monkeypatch: pytest.MonkeyPatch
 
 
 def test_request_event_timestamp_is_now_timestamp(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``request_event`` makes the timestamp inline: on seeded clock values (second and
+    """``request_event``'s timestamp (``_now_timestamp``): on seeded clock values (second and
     millisecond boundaries, the kept second shared with ``_now_timestamp`` in either order)
     it is ``_now_timestamp``'s and the clock's exact millisecond, and the line starts with
     it."""

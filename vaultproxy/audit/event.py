@@ -266,8 +266,7 @@ def request_fields(
     - the runs of fields before ``path`` and after ``duration_ms`` from ``_FRAGMENTS`` (str
       and None values only), the path by ``json``'s own string encoder, the status by
       text of an exact int (``int.__repr__``, what ``json.dumps`` writes for an int);
-    - the timestamp as ``_now_timestamp`` makes it, inline (a call less per record)."""
-    global _second
+    - the timestamp by ``_now_timestamp``."""
     if not event or not outcome or event == "admin" or event == "approval":  # ADMIN/APPROVAL
         raise ValueError("a request record needs an event (not admin/approval) and outcome")
     if duration_ms is None:
@@ -291,15 +290,7 @@ def request_fields(
             path = strip_query(path)
     elif path is not None:
         path = strip_query(path)  # (another type fails there, as it did)
-    # _now_timestamp(), inline (tests/unit/test_speed_audit.py compares the two)
-    t = _time()
-    lo, hi, prefix = _second
-    if not lo <= t < hi:
-        sec = math.floor(t)
-        lo, hi = float(sec), float(sec + 1)
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        _second = (lo, hi, prefix)
-    ts = prefix + _MILLIS_Z[_floor((t - lo) * 1000.0)]
+    ts = _now_timestamp()
     line: str | None = None
     if (
         type(event) is str and type(outcome) is str
