@@ -27,12 +27,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.inside import sitecustomize, write_site
 from bench.lean import TreeProxy, compile_tree, cpu_split, load
 from bench.load import run_hey
 from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
 
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = sitecustomize('''
 import os, threading, time
 OUT = os.environ["VP_HOOKTIMES_OUT"]
 _tt = time.thread_time_ns
@@ -46,7 +47,7 @@ def _dump():
             fh.write(repr(dict(TOTALS)))
         os.replace(tmp, OUT)
 
-def _patch():
+def _patch(module):
     import inspect
     from mitmproxy import exceptions
     from vaultproxy.seam import dispatch as d
@@ -121,24 +122,7 @@ def _patch():
     d.IndexedAddonManager.trigger_event = trigger_event
     threading.Thread(target=_dump, daemon=True).start()
 
-import importlib.abc, sys
-class _After(importlib.abc.MetaPathFinder):
-    """Patch once vaultproxy.seam.dispatch is imported (not before: start-up unchanged)."""
-    def find_spec(self, name, path, target=None):
-        if name != "vaultproxy.seam.dispatch":
-            return None
-        sys.meta_path.remove(self)
-        import importlib.util
-        spec = importlib.util.find_spec(name)
-        loader = spec.loader
-        orig = loader.exec_module
-        def exec_module(module):
-            orig(module)
-            _patch()
-        loader.exec_module = exec_module
-        return spec
-sys.meta_path.insert(0, _After())
-'''
+''', "vaultproxy.seam.dispatch")
 
 
 def read_totals(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
@@ -197,9 +181,7 @@ def main() -> None:
         compile_tree(tree)
     work = Path(tempfile.mkdtemp(prefix="vp-hooks-"))
     work.chmod(0o755)  # nginx workers run unprivileged
-    site = work / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    site = write_site(work, SITECUSTOMIZE)
     nginx = Nginx(work / "nginx").start()
     try:
         home = VaultproxyHome.create(work / "home", nginx)

@@ -47,11 +47,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.callgrind import instrumented, start_under_callgrind, stop_and_count
+from bench.inside import CALLS_PROFILE, sitecustomize, strace_counts, write_site
 from bench.lean import TreeProxy, compile_tree, load
 from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
 
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = sitecustomize(CALLS_PROFILE + r'''
 import collections, os, threading, time
 OUT = os.environ["VP_HOPS_OUT"]
 C = collections.Counter()
@@ -66,15 +67,6 @@ def _name(cb):
     return getattr(cb, "__qualname__", None) or repr(cb)
 
 TRACE = os.environ.get("VP_HOPS_TRACE")
-CALLS = []
-
-def _profile(frame, event, arg):
-    if event == "call":
-        code = frame.f_code
-        CALLS.append("py " + code.co_qualname + " " + "/".join(code.co_filename.rsplit("/", 2)[-2:])
-                     + ":" + str(code.co_firstlineno))
-    elif event == "c_call":
-        CALLS.append("c  " + getattr(arg, "__qualname__", repr(arg)))
 
 def _trace(n):
     import sys
@@ -133,23 +125,7 @@ def _patch(module):
         return cls[0]
     module.factory = factory
 
-import importlib.abc, sys
-class _After(importlib.abc.MetaPathFinder):
-    """Patch once vaultproxy.engine.loop is imported."""
-    def find_spec(self, name, path, target=None):
-        if name != "vaultproxy.engine.loop":
-            return None
-        sys.meta_path.remove(self)
-        import importlib.util
-        spec = importlib.util.find_spec(name)
-        orig = spec.loader.exec_module
-        def exec_module(module):
-            orig(module)
-            _patch(module)
-        spec.loader.exec_module = exec_module
-        return spec
-sys.meta_path.insert(0, _After())
-'''
+''', "vaultproxy.engine.loop")
 
 
 def read_counts(path: Path) -> dict[str, int]:
@@ -195,36 +171,6 @@ def requests(conn: http.client.HTTPSConnection, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def strace_window(pid: int, conn: http.client.HTTPSConnection, n: int, out: Path) -> dict[str, int]:
-    """System calls of the proxy's main thread over ``n`` requests (``strace -c``)."""
-    proc = subprocess.Popen(["strace", "-c", "-p", str(pid), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached
-    requests(conn, n)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=20)
-    calls: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
-            calls[parts[-1]] = int(parts[3])
-    return calls
-
-
-def idle_window(pid: int, seconds: float, out: Path) -> dict[str, int]:
-    proc = subprocess.Popen(["strace", "-c", "-p", str(pid), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(seconds)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=20)
-    calls: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
-            calls[parts[-1]] = int(parts[3])
-    return calls
-
-
 def measure(t: TreeProxy, n: int, out: Path, work: Path, trace: bool) -> None:
     t.start()
     assert t.proc is not None
@@ -235,8 +181,10 @@ def measure(t: TreeProxy, n: int, out: Path, work: Path, trace: bool) -> None:
         before = settled(out)
         spent = requests(conn, n)
         after = settled(out)
-        sys_calls = strace_window(pid, conn, n, work / f"strace-{t.name}.txt")
-        idle = idle_window(pid, spent, work / f"strace-idle-{t.name}.txt")
+        # the system calls of the main thread over n more requests, then over as long idle
+        sys_calls = strace_counts(pid, work / f"strace-{t.name}.txt",
+                                  lambda: requests(conn, n), attach=1.0)
+        idle = strace_counts(pid, work / f"strace-idle-{t.name}.txt", lambda: time.sleep(spent))
         if trace:
             seq = work / f"strace-seq-{t.name}.txt"
             proc = subprocess.Popen(["strace", "-tt", "-p", str(pid), "-o", str(seq)],
@@ -316,9 +264,7 @@ def main() -> None:
         compile_tree(tree)
     work = Path(tempfile.mkdtemp(prefix="vp-hops-"))
     work.chmod(0o755)  # nginx workers run unprivileged
-    site = work / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    site = write_site(work, SITECUSTOMIZE)
     nginx = Nginx(work / "nginx").start()
     try:
         home = VaultproxyHome.create(work / "home", nginx)

@@ -16,8 +16,6 @@ close it falls in the CPU window."""
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,23 +25,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.hops import connect, requests
+from bench.inside import strace_counts
 from bench.lean import TreeProxy, compile_tree, cpu_split, load
 from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
-
-
-def syscalls(pid: int, seconds: float, out: Path) -> dict[str, int]:
-    proc = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(seconds)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=20)
-    calls: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
-            calls[parts[-1]] = int(parts[3])
-    return calls
 
 
 def main() -> None:
@@ -73,7 +58,8 @@ def main() -> None:
                 requests(conn, 20)
                 conn.close()
                 time.sleep(3)
-                calls = syscalls(pid, args.seconds, work / f"strace-{name}.txt")
+                calls = strace_counts(pid, work / f"strace-{name}.txt",
+                                      lambda: time.sleep(args.seconds), threads=True)
                 u0, s0 = cpu_split(pid)
                 time.sleep(args.cpu)
                 u1, s1 = cpu_split(pid)

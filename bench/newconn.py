@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import pstats
-import signal
 import socket
 import ssl
 import statistics
@@ -43,6 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.callgrind import instrumented, start_under_callgrind, stop_and_count
+from bench.inside import CALLS_PROFILE, sitecustomize, strace_counts, write_site
 from bench.lean import TreeProxy, compile_tree, cpu_split, load, passive_opens
 from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
@@ -50,20 +50,11 @@ from bench.upstream import Nginx, stop_process
 # A loop-thread switch for the proxy (a temporary directory first on PYTHONPATH, as
 # bench/hops.py's counters): the loop factory records the loop; a thread polls a control
 # file and runs the command on the loop thread (call_soon_threadsafe), then acknowledges.
-SITECUSTOMIZE = r'''
+SITECUSTOMIZE = sitecustomize(CALLS_PROFILE + r'''
 import os, sys, threading, time
 CTL = os.environ["VP_NEWCONN_CTL"]
 LOOPS = []
 STATE = {}
-CALLS = []
-
-def _profile(frame, event, arg):
-    if event == "call":
-        code = frame.f_code
-        CALLS.append("py " + code.co_qualname + " " + "/".join(code.co_filename.rsplit("/", 2)[-2:])
-                     + ":" + str(code.co_firstlineno))
-    elif event == "c_call":
-        CALLS.append("c  " + getattr(arg, "__qualname__", repr(arg)))
 
 def _run(cmd, arg):
     if cmd == "prof-on":
@@ -108,22 +99,7 @@ def _patch(module):
         return made[0]
     module.factory = factory
 
-import importlib.abc
-class _After(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "vaultproxy.engine.loop":
-            return None
-        sys.meta_path.remove(self)
-        import importlib.util
-        spec = importlib.util.find_spec(name)
-        orig = spec.loader.exec_module
-        def exec_module(module):
-            orig(module)
-            _patch(module)
-        spec.loader.exec_module = exec_module
-        return spec
-sys.meta_path.insert(0, _After())
-'''
+''', "vaultproxy.engine.loop")
 
 HOST = "hi.bench.test"
 
@@ -205,22 +181,6 @@ def command(ctl: Path, cmd: str) -> None:
         time.sleep(0.01)
 
 
-def strace_calls(pid: int, caller: Caller, n: int, out: Path) -> dict[str, int]:
-    """System calls of the proxy's main thread over ``n`` calls (``strace -c``)."""
-    proc = subprocess.Popen(["strace", "-c", "-p", str(pid), "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached
-    caller.calls(n)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=20)
-    found: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
-            found[parts[-1]] = int(parts[3])
-    return found
-
-
 def measure(t: TreeProxy, n: int, warm: int, client: str, work: Path) -> dict[str, object]:
     t.start()
     assert t.proc is not None
@@ -234,7 +194,9 @@ def measure(t: TreeProxy, n: int, warm: int, client: str, work: Path) -> dict[st
         walls = caller.calls(n)
         u1, s1 = cpu_split(pid)
         opens = passive_opens() - opens
-        sys_calls = strace_calls(pid, caller, max(n // 3, 10), work / f"strace-{t.name}.txt")
+        # the system calls of the main thread over n // 3 more calls
+        sys_calls = strace_counts(pid, work / f"strace-{t.name}.txt",
+                                  lambda: caller.calls(max(n // 3, 10)), attach=1.0)
     finally:
         t.stop()
     walls.sort()
@@ -333,9 +295,7 @@ def main() -> None:
     try:
         home = VaultproxyHome.create(work / "home", nginx)
         if args.profile or args.calls:
-            site = work / "site"
-            site.mkdir()
-            (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+            site = write_site(work, SITECUSTOMIZE)
             name, tree = trees[0]
             t = proxy(name, tree)
             t.path_prefix = str(site)

@@ -3,6 +3,7 @@ and a broken hot reload of the script refuses intercepted traffic instead of for
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -18,7 +19,7 @@ import pytest
 from tests import canary
 from tests.canary import make_canary
 from tests.harness.proxy import PASSWORD, REPO, ProxyHome
-from tests.harness.upstream import Upstream, free_port
+from tests.harness.upstream import Upstream
 from tests.integration.conftest import service_block
 from tests.integration.test_inject import MATRIX, _agent_request, _expected
 
@@ -26,10 +27,14 @@ MITMDUMP = Path(sys.executable).with_name("mitmdump")
 
 
 class Mitmdump:
+    """Every listener on port 0 (proxy, admin API; the dashboard off): a second proxy on the
+    machine, another helper's or an xdist neighbour's, holds no port this one needs. The port
+    the proxy got is read back from run.json, which the addon writes once mitmdump listens."""
+
     def __init__(self, home: ProxyHome, script: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
+        run_json = home.path / "run.json"
+        run_json.unlink(missing_ok=True)
         self._f = open(log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -37,11 +42,13 @@ class Mitmdump:
                 "-s",
                 str(script),
                 "--mode",
-                f"regular@127.0.0.1:{self.port}",
+                "regular@127.0.0.1:0",
                 "--set",
                 f"vaultproxy_home={home.path}",
                 "--set",
                 f"vaultproxy_password_file={home.password_file}",
+                "--set",
+                "vaultproxy_admin_listen=127.0.0.1:0",  # never the fixed 3201 in tests
                 "--set",
                 "vaultproxy_dashboard_listen=",  # never the fixed 3202 in tests
                 *extra,
@@ -56,10 +63,15 @@ class Mitmdump:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, log.read_text()
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                data = json.loads(run_json.read_text())
+            except (OSError, json.JSONDecodeError):
+                data = {}
+            if data.get("pid") == self.proc.pid:
+                self.url = str(data["proxy_url"])
+                self.port = int(self.url.rsplit(":", 1)[1])
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
                     return
-            except OSError:
-                time.sleep(0.1)
+            time.sleep(0.1)
         raise AssertionError("mitmdump did not start:\n" + log.read_text())
 
     def output(self) -> str:
@@ -154,7 +166,7 @@ def test_flow_file_sink_refuses_to_run(tmp_path, upstream):  # type: ignore[no-u
             "-s",
             str(script),
             "--mode",
-            f"regular@127.0.0.1:{free_port()}",
+            "regular@127.0.0.1:0",
             "--set",
             f"vaultproxy_home={home.path}",
             "--set",
