@@ -2,7 +2,7 @@
 
 The process started by ``vaultproxy run`` is worker 0 *and* the supervisor: it serves proxy
 traffic like a single-process run, and it alone holds the admin API, ``run.json``, the audit
-file and the signals. It starts N-1 more worker processes (``python -m
+sinks and the signals (every worker appends its own records to ``audit.jsonl``). It starts N-1 more worker processes (``python -m
 vaultproxy.engine.worker``) that accept from the same listening socket, bound once here and
 passed to each worker at spawn (engine/listener.py): one accept queue, so a stopped or wedged
 worker strands no new connection, and nothing else can join the port.
@@ -15,7 +15,8 @@ Coherence, over one private socketpair per worker (engine/channel.py):
   answers a lock, unlock, secret write or reload) pings every worker and waits for the pong,
   which a worker sends only after applying everything before it. A worker that does not
   answer within ``SETTLE_TIMEOUT`` is killed; its replacement starts from the current state.
-- Audit: workers send each record to the supervisor, the only writer of ``audit.jsonl``;
+- Audit: every worker appends its own records to ``audit.jsonl`` (engine/worker_audit.py)
+  and sends each line to the supervisor, which counts it for ``/metrics`` and feeds the sinks;
   ``GET /v1/audit`` and ``/metrics`` run the same barrier first, so a request answered by a
   worker is in the audit before the admin API reads it.
 - Heartbeat: every ``HEARTBEAT_INTERVAL`` the supervisor pings each worker; one that has not
