@@ -92,7 +92,18 @@ def _patch(module):
             except Exception as err:
                 d._addon_error(err)
 
-    async def trigger_event(self, event):
+    async def trigger_event(self, event, lifecycle=False):
+        await _timed(self, event)
+        if lifecycle:  # (the manager's own ``update`` step after a flow's hook)
+            update = self._index.get("update")
+            if update is None:
+                update = self._handlers(d.hooks.UpdateHook([]))
+            if update:
+                message = d.hook_args(event)[0]
+                if isinstance(message, d.flow.Flow):
+                    await _timed(self, d.hooks.UpdateHook([message]))
+
+    async def _timed(self, event):
         if hasattr(self, "_flat_of"):
             field, top = self._flat.get(event.name) or self._flat_of(event)
             if field is not None:
@@ -119,7 +130,17 @@ def _patch(module):
             except Exception as err:
                 d._addon_error(err)
 
+    def _run_of(self, event):
+        # ``handle_lifecycle`` runs a step generated per addon list (``_unrolled``): here
+        # every event goes through the timed loop instead
+        def run(event):
+            return self.trigger_event(event, True)
+        self._runs[event.name] = run
+        return run
+
     d.IndexedAddonManager.trigger_event = trigger_event
+    if hasattr(d.IndexedAddonManager, "_run_of"):
+        d.IndexedAddonManager._run_of = _run_of
     threading.Thread(target=_dump, daemon=True).start()
 
 ''', "vaultproxy.seam.dispatch")
