@@ -73,6 +73,7 @@ class InjectResult(NamedTuple):
 
 
 _MINTED = MintedCredential()
+_INJECTED = InjectResult(True)  # host_inject with nothing stripped (an immutable NamedTuple)
 
 
 def strategy_for(service: Service) -> Strategy:
@@ -228,7 +229,8 @@ def _host_inject(
     # ``strategy_for(service)``, its look-up first (a minted type, or none: the call)
     (STRATEGIES.get(service.auth) or strategy_for(service)).inject(draft, service, value, fields)
     stripped = draft.stripped
-    return InjectResult(True, (), tuple(dict.fromkeys(stripped)) if stripped else ())
+    # (nothing stripped, the common request: one immutable result, not one made per call)
+    return InjectResult(True, (), tuple(dict.fromkeys(stripped))) if stripped else _INJECTED
 
 
 def _placeholder(
