@@ -111,7 +111,9 @@ def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
             size = -1
     if size >= 0:
         values = b"".join([value for _, value in fields])
-        if not _BAD_VALUE.search(values):
+        # ``_BAD_VALUE.search(values)`` as three memchr (``int in bytes``): a regular
+        # expression call costs ~2k instructions more (tests/unit/test_speed_stages4.py)
+        if 13 not in values and 10 not in values and 0 not in values:
             if size + len(values) > MAX_HEADER_BYTES:
                 raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
             return

@@ -73,6 +73,7 @@ class InjectResult(NamedTuple):
 
 
 _MINTED = MintedCredential()
+_INJECTED = InjectResult(True)  # host_inject with nothing stripped (an immutable NamedTuple)
 
 
 def strategy_for(service: Service) -> Strategy:
@@ -157,7 +158,8 @@ def prepare_request(
         result = _placeholder(draft, service, value, fields, index, names)
 
     data.headers.fields = tuple(draft.headers)
-    data.path = draft.target()
+    after = draft.query  # ``draft.target()``, inline
+    data.path = draft.path if after is None else draft.path + b"?" + after
     return result
 
 
@@ -190,7 +192,7 @@ def _strip(
     """Remove strip-list headers; keep values containing ``keep_value`` (if given) in the
     headers ``keep_in`` names (canonical; None: in any header). ``canonical``: the
     ``canonical_name`` of each of ``draft.headers``, in order, when the caller has them."""
-    names = strip_names(service)
+    names = strip_names(service) if service.header_name else _BASE_STRIP  # (no call)
     if canonical is not None and names.isdisjoint(canonical):
         # no field to strip (the common request): ``draft.headers`` stays as it is
         draft.absent = names
@@ -224,9 +226,11 @@ def _host_inject(
     canonical: tuple[bytes, ...] | None = None,
 ) -> InjectResult:
     _strip(draft, service, None, None, canonical)
-    strategy_for(service).inject(draft, service, value, fields)
+    # ``strategy_for(service)``, its look-up first (a minted type, or none: the call)
+    (STRATEGIES.get(service.auth) or strategy_for(service)).inject(draft, service, value, fields)
     stripped = draft.stripped
-    return InjectResult(True, (), tuple(dict.fromkeys(stripped)) if stripped else ())
+    # (nothing stripped, the common request: one immutable result, not one made per call)
+    return InjectResult(True, (), tuple(dict.fromkeys(stripped))) if stripped else _INJECTED
 
 
 def _placeholder(

@@ -7,7 +7,6 @@ once: a raise anywhere leaves the request untouched.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import ClassVar, Protocol
 
@@ -18,7 +17,6 @@ from vaultproxy.secret import Secret
 HeaderFields = list[tuple[bytes, bytes]]
 
 _HEADER_UNSAFE = (b"\r", b"\n", b"\x00")
-_HEADER_UNSAFE_RE = re.compile(rb"[\r\n\x00]")  # one search (``bytes in bytes`` raises inside)
 
 
 _NONE: frozenset[bytes] = frozenset()
@@ -103,7 +101,9 @@ def need_option(service: Service, option: str) -> str:
 
 def header_safe(service: Service, secret: bytes) -> bytes:
     """Refuse a secret that would split or end a header line (request smuggling)."""
-    if _HEADER_UNSAFE_RE.search(secret):
+    # a CR, LF or NUL by three memchr (``int in bytes``): ``re.search(rb"[\r\n\x00]")``
+    # costs ~2k instructions more (tests/unit/test_speed_stages4.py compares them)
+    if 13 in secret or 10 in secret or 0 in secret:
         raise SecretMissing(
             f"service {service.name!r}: the secret holds CR, LF or NUL and cannot go in a header"
         )

@@ -23,6 +23,7 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from vaultproxy.errors import KeystoreError, UsageError
@@ -57,6 +58,28 @@ class Entry:
 
     def copy(self) -> Entry:
         return Entry(self.name, self.value, dict(self.fields), self.created, self.updated)
+
+
+class SharedEntry(Entry):
+    """A copy of an entry (``Entry.copy``'s: the same Secrets, its own fields) that
+    ``Keystore.get_shared`` hands to every reader while the stored entry stays as it was.
+    Read-only, so no reader can change what another reads: its ``fields`` is a
+    ``MappingProxyType`` over its own dict, and no attribute can be set or deleted on it.
+    ``copy()`` gives a plain, writable ``Entry``."""
+
+    def __init__(self, entry: Entry) -> None:
+        put = object.__setattr__
+        put(self, "name", entry.name)
+        put(self, "value", entry.value)
+        put(self, "fields", MappingProxyType(dict(entry.fields)))
+        put(self, "created", entry.created)
+        put(self, "updated", entry.updated)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a shared keystore entry is read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("a shared keystore entry is read-only")
 
 
 def check_name(name: str, what: str = "entry name") -> None:

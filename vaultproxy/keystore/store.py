@@ -18,7 +18,7 @@ from vaultproxy.errors import KeystoreError
 from vaultproxy.files.home import check_private
 from vaultproxy.keystore import atomic, entries, format
 from vaultproxy.keystore.crypto import OpenFailed, derive_key, seal, unseal, wipe
-from vaultproxy.keystore.entries import Body, Entry, Retired
+from vaultproxy.keystore.entries import Body, Entry, Retired, SharedEntry
 from vaultproxy.keystore.format import DEFAULT_KDF, Header, KdfParams, Slot
 from vaultproxy.keystore.synced import SourceCache, SyncedItem
 from vaultproxy.secret import Secret
@@ -47,6 +47,10 @@ def _wrap(password: Secret, dek: bytearray, kdf: KdfParams,
     return header, (Slot(format.SLOT_PASSWORD, payload), *keep)
 
 
+# ``Keystore._shared``'s items: see ``get_shared``.
+_Shared = tuple[Entry, Secret | None, tuple[tuple[str, Secret], ...], float, float, Entry]
+
+
 class WrongPassword(KeystoreError):
     """The master password does not open the keystore (callers add where it came from)."""
 
@@ -70,6 +74,9 @@ class Keystore:
         # Kept only while the KDF parameters are below the floor, to upgrade on save.
         self._password = password
         self._via_tpm = False  # unlocked by the TPM slot: no password to upgrade the KDF with
+        # entry name -> (the stored entry, its value, its fields' items, created, updated,
+        # the read-only copy made of them): ``get_shared``
+        self._shared: dict[str, _Shared] = {}
 
     def __repr__(self) -> str:
         return f"Keystore(path={str(self.path)!r}, entries={len(self._entries)})"
@@ -230,6 +237,7 @@ class Keystore:
         self._header, self._slots, self._disk = parsed.header, parsed.slots, digest
         self._entries, self._internal, self._synced = found.entries, found.internal, found.synced
         self._retired = found.retired
+        self._shared = {}
         return True
 
     def plaintext(self) -> bytearray:
@@ -247,6 +255,33 @@ class Keystore:
     def get(self, name: str) -> Entry | None:
         entry = self._entries.get(name)
         return entry.copy() if entry is not None else None
+
+    def get_shared(self, name: str) -> Entry | None:
+        """``get(name)`` for readers that change nothing they get (``Session.entry_for``:
+        the request path, the minter, the redactors, ``/env``): a copy as ``get`` makes,
+        read-only (``SharedEntry``), made once and handed to each such reader while the
+        stored entry is as it was when it was made. "As it was" is told by identity: the
+        same stored Entry object, the same value Secret object, the same Secret object
+        under each field name (no field added or gone) and the same timestamps; every
+        change ``set_value``, ``set_field``, ``remove`` or ``refresh`` makes fails one of
+        those, so the next call copies anew (tests/unit/test_speed_stages4.py compares it
+        with ``get`` over seeded edits)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return None
+        memo = self._shared.get(name)
+        if (memo is not None and memo[0] is entry and memo[1] is entry.value
+                and memo[3] == entry.updated and memo[4] == entry.created):
+            fields, held = entry.fields, memo[2]
+            if not held:  # (no generator for an entry without fields, the common one)
+                if not fields:
+                    return memo[5]
+            elif len(fields) == len(held) and all(fields.get(k) is v for k, v in held):
+                return memo[5]
+        items = tuple(entry.fields.items())
+        shared = SharedEntry(entry)
+        self._shared[name] = (entry, entry.value, items, entry.updated, entry.created, shared)
+        return shared
 
     def _touch(self, table: dict[str, Entry], name: str) -> Entry:
         now = self.clock()
@@ -270,6 +305,7 @@ class Keystore:
         entry.fields[field] = Secret(value.reveal())
 
     def remove(self, name: str) -> bool:
+        self._shared.pop(name, None)
         entry = self._entries.pop(name, None)
         if entry is None:
             return False

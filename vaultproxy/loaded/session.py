@@ -130,13 +130,15 @@ class Session:
             return list(self._minted.items())
 
     def entry_for(self, service: Service) -> Entry:
+        """The service's entry, read-only: every caller only reads it (for a keystore
+        entry, ``Keystore.get_shared``'s copy, shared while the entry is unchanged)."""
         ks = self.keystore
         if ks is None:
             raise LockedError()
         name = service.secret_name  # (a property: read once)
         if is_ref(name):  # "SOURCE:PATH#FIELD": the source cache (SPEC §9)
             return cached_entry(ks, ref_of(name), service.name)
-        entry = ks.get(name)
+        entry = ks.get_shared(name)
         if entry is None:
             raise SecretMissing(f"keystore has no entry for service {service.name}")
         return entry

@@ -129,8 +129,12 @@ def request_headers(rt: Runtime, flow: http.HTTPFlow, rec: FlowRecord | None = N
             if length.strip().isdigit() and int(length) > limit:
                 raise BodyTooLarge()
             return None  # the rules once the body passed the scan (on_request_body)
-    access = _enforce_start(st, rec)
-    return None if access is None else _enforce_rules(rt, st, flow, access)
+    # ``_enforce_start``, inline (every request)
+    decision = rec.decision
+    if decision is None or decision.plan is None or decision.target is None:
+        return None  # not intercepted: no credential, no rules
+    access = st.snapshot.access_of(decision.plan.service)
+    return None if access is OPEN else _enforce_rules(rt, st, flow, access)
 
 
 def _enforce_start(st: ProxyState, rec: FlowRecord) -> ServiceAccess | None:

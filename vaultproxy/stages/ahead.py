@@ -3,7 +3,8 @@
 - the ``forward`` audit record goes into ``audit.jsonl`` first (core/pipeline.py
   ``record_forward``); if it cannot be written and ``[audit] on_failure = "deny"``, the
   request is refused with ``503 audit_unavailable`` instead of being forwarded unaudited;
-- the flow keeps the redactor it was injected under, so a ``lock`` (or a reload) while the
+- the flow keeps the redactor it was injected under (``Inject._head`` pins the service's
+  current one, None when locked: the gate refuses), so a ``lock`` (or a reload) while the
   request is in flight still scrubs its response, rather than failing it half-way.
 """
 
@@ -11,16 +12,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from vaultproxy.core.decide import Plan
 from vaultproxy.core.pipeline import record_forward
 from vaultproxy.core.state import ProxyState
 from vaultproxy.stages.flowrecord import FlowRecord
-
-
-def keep_redactor(st: ProxyState, rec: FlowRecord, plan: Plan) -> None:
-    """Pin the service's current redactor on the flow (None when locked: the gate refuses)."""
-    if rec.redactor is None:
-        rec.redactor = st.session.redactor_for(plan.service)
 
 
 def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:

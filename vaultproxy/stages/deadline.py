@@ -234,7 +234,12 @@ class Deadline(Stage):
         self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._unwait(flow.id)
+        key = flow.id  # ``_unwait``, inline: every request
+        for queue in self._queues.values():
+            if queue.flows.pop(key, None) is not None:
+                break
+        if self._timers:
+            self._disarm(key)
         deadlines.forget(flow.client_conn.id)
 
     def error(self, flow: http.HTTPFlow) -> None:

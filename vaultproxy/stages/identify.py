@@ -55,7 +55,14 @@ def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
     least as strict as the ``host_header`` and ``scheme`` ``decide`` reads."""
     data = req.data
     scheme = data.scheme
-    host_key = _host_key(req)
+    # ``_host_key(req)``, inline (every request in a tunnel)
+    if data.http_version not in (b"HTTP/2.0", b"HTTP/3"):
+        fields = data.headers.fields
+        names = header_names(fields)
+        host_key: str | bytes = (fields[names.index(b"host")][1] if names.count(b"host") == 1
+                                 else request_host_header(req) or "")
+    else:
+        host_key = request_host_header(req) or ""
     registry = st.snapshot.registry  # (``st.registry``)
     connect = tunnel.decision
     memo = tunnel.memo
@@ -114,12 +121,18 @@ class Identify(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
+        rt = self.rt
+        st = rt.live.state  # ``rt.state()``, inline
+        # ``take_proxy_authorization`` returns None and checks nothing for a request without
+        # a Proxy-Authorization field while no honeytoken is configured (the common one)
+        header: str | None = None
+        if (b"proxy-authorization" in header_names(flow.request.data.headers.fields)
+                or (st is not None and st.snapshot.honeytokens.active)):
+            header = access.take_proxy_authorization(rt, flow)  # ACCESS: honeytokens
+            st = rt.live.state
         rec: FlowRecord = record_of(flow)
         if rec.answered:
             return
-        rt = self.rt
-        st = rt.live.state  # ``rt.state()``, inline
         if st is None:
             raise NotReady()
         req = flow.request

@@ -14,7 +14,7 @@ from vaultproxy.core.decide import Plan
 from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
-from vaultproxy.stages.ahead import forward_ahead, keep_redactor
+from vaultproxy.stages.ahead import forward_ahead
 from vaultproxy.stages.flowrecord import FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
@@ -55,7 +55,8 @@ class Inject(Stage):
     def _head(self, flow: http.HTTPFlow, plan: Plan, st: ProxyState, rec: FlowRecord) -> None:
         req = flow.request
         done = inject_head(st, req, plan, rec.minted)
-        keep_redactor(st, rec, plan)
+        if rec.redactor is None:  # ``keep_redactor``, inline: every injected request
+            rec.redactor = st.session.redactor_for(plan.service)
         if done.injected:
             rec.injected = True
             forward_ahead(st, flow, rec)

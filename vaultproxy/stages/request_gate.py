@@ -51,14 +51,19 @@ class RequestGate(Stage):
     @guarded_sometimes_async
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # ACCESS (SPEC §10): a body buffered for the honeytoken scan, then the rules - one call
-        return access.request_body(self.rt, flow)
+        # (``access.request_body``, inline: None, no coroutine, for a body not held)
+        rec: FlowRecord = record_of(flow)
+        if not rec.hold_body or rec.answered:
+            return None
+        return access.on_request_body(self.rt, flow)
 
     def _shape(self, flow: http.HTTPFlow, rec: FlowRecord) -> None:
         req = flow.request
         data = req.data
         rec.t0 = time.monotonic()
         sent = data.path
-        rec.path = _path_of(sent)  # as the agent sent it
+        # as the agent sent it (``_path_of``, inline: every request)
+        rec.path = sent.partition(b"?")[0].decode("utf-8", "surrogateescape")
         if rec.answered:
             return  # refused (or served) by an earlier stage
         if self.rt.live.state is None:  # ``rt.state()``, inline
