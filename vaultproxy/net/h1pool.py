@@ -212,6 +212,12 @@ def _done(fut: asyncio.Future[None]) -> Generator[Any, None, None]:
     return fut.result()  # (raises as the future's own __await__ would)
 
 
+# The ``Head`` the fast path leaves in ``head_seen`` for a status (``Head(status, False)``):
+# one object per status (200-599: parse_head reads no other), shared by every exchange;
+# nothing sets a Head's attributes after it is made (HeadScan and this make new ones).
+_SEEN: dict[int, Head] = {}
+
+
 class ResponseHead:
     """A response head ``parse_head`` read as h11 reads it, framed by one Content-Length."""
 
@@ -341,7 +347,9 @@ class _Conn(asyncio.Protocol):
         if self.inbox_len > _HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
-        self._wake()
+        waiter = self.waiter  # (``_wake()``, inline: once per response)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -366,8 +374,15 @@ class _Conn(asyncio.Protocol):
     # -- the exchange
 
     def reusable(self) -> bool:
-        return not (self.closed or self.eof or self.unasked or self.inbox
-                    or self.transport.is_closing())
+        """Neither closed (by us, the upstream or a failure) nor holding bytes nobody asked
+        for. (``_TLSSocket.is_closing()`` read as its flag: a call less, four times per
+        exchange; any other transport is asked.)"""
+        if self.closed or self.eof or self.unasked or self.inbox:
+            return False
+        transport = self.transport
+        if type(transport) is _TLSSocket:
+            return not transport._closing
+        return not transport.is_closing()
 
     def close(self) -> None:
         if not self.closed:
@@ -439,7 +454,16 @@ class _Conn(asyncio.Protocol):
             except TimeoutError:
                 self.close()
                 raise httpcore.ReadTimeout("the upstream did not answer in time") from None
-        data = self.take() if self.inbox else b""
+        inbox = self.inbox
+        if inbox:  # (``self.take()``, inline)
+            data = b"".join(inbox) if len(inbox) > 1 else inbox[0]
+            inbox.clear()
+            self.inbox_len = 0
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
+        else:
+            data = b""
         head = parse_head(data, self.method) if data else None
         if head is None:
             conn = self.h11 = h11.Connection(
@@ -452,7 +476,10 @@ class _Conn(asyncio.Protocol):
                 self.inbox.insert(0, data)
                 self.inbox_len += len(data)
             return None
-        head_seen.set(Head(head.status, False))
+        seen = _SEEN.get(head.status)  # (``Head(head.status, False)``: one per status)
+        if seen is None:
+            seen = _SEEN[head.status] = Head(head.status, False)
+        head_seen.set(seen)
         if self.sessions is not None:
             self.keep_session()
         # bytes after the body (a second response nobody asked for): never read, and the
@@ -682,7 +709,14 @@ class _TLSSocket:
         if self._pending is not None:
             self._buffer.append(data)
             return
-        self._send(data)
+        try:  # (``_send(data)``, inline)
+            n = self._obj.write(data)
+        except OSError as e:  # (ssl.SSLError is one)
+            self._unsent(data, e)
+            return
+        if n < len(data):
+            self._pending = data[n:] if n else data
+            self._writer(True)
 
     def close(self) -> None:
         """close_notify (best effort: a full socket buffer or a peer already gone skips
@@ -754,23 +788,29 @@ class _TLSSocket:
 
     def _send(self, data: bytes) -> None:
         """Write ``data`` now, or keep it (whole: OpenSSL wants the same bytes again) for
-        when the socket can take it."""
+        when the socket can take it. (``write`` holds a copy of this: a call less per
+        request.)"""
         try:
             n = self._obj.write(data)
-        except ssl.SSLWantWriteError:
-            n = 0
-        except ssl.SSLWantReadError:
-            self._pending = data
-            self._write_wants_read = True
-            if not self._reading:
-                self._loop.add_reader(self._fd, self._on_readable)
-            return
-        except (ssl.SSLError, OSError) as e:
-            self._fail(e)
+        except OSError as e:  # (ssl.SSLError is one)
+            self._unsent(data, e)
             return
         if n < len(data):
             self._pending = data[n:] if n else data
             self._writer(True)
+
+    def _unsent(self, data: bytes, e: OSError) -> None:
+        """What ``_send`` does when ``SSL_write`` raised ``e`` for ``data``."""
+        if isinstance(e, ssl.SSLWantWriteError):  # (nothing written: all of it waits)
+            self._pending = data
+            self._writer(True)
+        elif isinstance(e, ssl.SSLWantReadError):
+            self._pending = data
+            self._write_wants_read = True
+            if not self._reading:
+                self._loop.add_reader(self._fd, self._on_readable)
+        else:
+            self._fail(e)
 
     def _flush(self) -> None:
         while self._pending is not None and not self._closing:
@@ -992,7 +1032,13 @@ class H1Response:
             return None
         data = b""
         if conn.left:
-            data = conn.take()
+            inbox = conn.inbox  # (``conn.take()``, inline: ``left`` bytes are in it)
+            data = b"".join(inbox) if len(inbox) > 1 else inbox[0]
+            inbox.clear()
+            conn.inbox_len = 0
+            if conn.paused:
+                conn.paused = False
+                conn.transport.resume_reading()
             if conn.sessions is not None:
                 conn.keep_session()
             if len(data) > conn.left:
@@ -1087,8 +1133,13 @@ class H1Pool:
         while stack:
             conn = stack.pop()  # the most recent: the likeliest still open upstream
             if conn.reusable() and conn.expire_at > now:
-                if type(conn.transport) is _TLSSocket:
-                    conn.transport.readable_now()  # (the end, or bytes, read at once)
+                transport = conn.transport
+                if type(transport) is _TLSSocket:
+                    # (``readable_now()``, inline) the end, or bytes, read at once; when
+                    # the socket holds nothing, nothing was read: nothing to look at again
+                    if not (transport._reading and transport._poll.poll(0)):
+                        return conn
+                    transport._read()
                 elif readable(conn.sock):
                     # Bytes the loop has not read yet: a FIN just in, or (harmless) a TLS
                     # 1.3 session ticket. Two loop turns: the selector, then its read.
@@ -1115,8 +1166,15 @@ class H1Pool:
         if conn.h11 is None:
             head = await conn.read_head(read_timeout)
             if head is not None:
-                resp = H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
-                                  read_timeout)
+                # (``H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
+                # read_timeout)``, its ``__init__`` inline: a call less per request)
+                resp = H1Response.__new__(H1Response)
+                resp.status = head.status
+                resp.headers = head.headers
+                resp.extensions = {"http_version": b"HTTP/1.1", "reason_phrase": head.reason}
+                resp._pool = self
+                resp._conn = conn
+                resp._timeout = read_timeout
                 resp.length = head.length
                 return resp
         while True:

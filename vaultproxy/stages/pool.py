@@ -363,7 +363,12 @@ class Pool(Stage):
             self._retire(old)
 
     def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Upstream:
-        http2 = self._http2()
+        # (``self._http2()``, inline: a call less per request)
+        opts = ctx.options
+        memo = self._http2_of
+        if memo is None or memo[0] is not opts:
+            memo = self._http2_of = (opts, bool(opts.http2))
+        http2 = memo[1]
         if self._snapshot is not st.snapshot:
             self._new_policy(st.snapshot)
         trust_file = st.snapshot.trust_file(service)
@@ -571,5 +576,12 @@ class Pool(Stage):
         do nothing)."""
         ex = flow.metadata.get(seam_pool.POOLED)
         if isinstance(ex, Exchange) and not ex.closed:
+            resp = ex.response
+            if type(resp) is H1Response and resp._conn is None:
+                # (what ``ex.close()`` does, without its two coroutines: the response's
+                # connection went back to its pool or was closed already (``body_now``,
+                # ``next_chunk`` at the end): its ``aclose`` does nothing)
+                ex.closed = True
+                return None
             return ex.close()
         return None
