@@ -48,6 +48,7 @@ from vaultproxy.config.rules import parse_host
 from vaultproxy.core.pipeline import HOP_BY_HOP, header_names
 from vaultproxy.core.state import ProxyState
 from vaultproxy.core.wakeup import StateWatch, Wakeup
+from vaultproxy.errors import NotReady
 from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
 from vaultproxy.net.hostnames import split_authority
@@ -424,7 +425,9 @@ class Pool(Stage):
         version = resp.extensions.get("http_version", b"HTTP/1.1")
         service = ex.tunnel.decision.service
         if service is not None:
-            self._h2_seen[(service.name, ex.tunnel.host)] = version == b"HTTP/2"
+            target = ex.tunnel.decision.target  # (``ex.tunnel.host``)
+            assert target is not None
+            self._h2_seen[(service.name, target[0])] = version == b"HTTP/2"
         # http.Headers(resp.headers), cheaper; a head ``parse_head`` read (``length`` set)
         # holds (bytes, bytes) tuples by construction: no per-field type check
         headers = (objects.headers_made(resp.headers)
@@ -440,7 +443,7 @@ class Pool(Stage):
                     headers["transfer-encoding"] = "chunked"
         reason = resp.extensions.get("reason_phrase", b"")
         flow.response = objects.response_of(  # http.Response(...), cheaper
-            version, resp.status, reason, headers, flow.request.timestamp_end or 0.0)
+            version, resp.status, reason, headers, flow.request.data.timestamp_end or 0.0)
         ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
         if isinstance(resp, H1Response) and resp.length is not None:
             # a head ``parse_head`` read: its one Content-Length, never for HEAD, 1xx, 204
@@ -465,21 +468,26 @@ class Pool(Stage):
         tunnel = ex.tunnel
         assert tunnel.pinned is not None
         req = flow.request
-        fields, has_host = outgoing_fields(req.headers.fields)
+        data = req.data  # (``req.headers``, ``req.raw_content``: properties reading it)
+        fields, has_host = outgoing_fields(data.headers.fields)
         if not has_host:
             authority = req.authority or (
                 tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
             fields.insert(0, (b"Host", authority.encode("idna")))
-        content = req.raw_content or b""
+        content = data.content or b""
         if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
             fields.append((b"Content-Length", str(len(content)).encode()))
         ip, port = tunnel.pinned
-        st = self.rt.state()  # (read once)
-        cfg = st.registry.config.proxy
+        st = self.rt.live.state  # (``self.rt.state()``, inline; read once)
+        if st is None:
+            raise NotReady()
+        cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
         connect = float(cfg.connect_timeout)
         service = tunnel.decision.service
         assert service is not None
-        host = tunnel.host  # (a property: read once)
+        target = tunnel.decision.target  # (``tunnel.host``, a property: read once)
+        assert target is not None
+        host = target[0]
         up = self._pool_for(st, service, host)
         known = (service.name, host)
         if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
