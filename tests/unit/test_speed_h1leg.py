@@ -11,8 +11,9 @@ shortcut answers exactly as the code it replaces, which is kept here as the refe
 * the stage's ``_end`` closes an exchange whose H1Response already went back to its pool
   without the two coroutines of ``Exchange.close`` (which would do nothing more).
 
-``H1Pool._take``'s inline liveness poll is compared with the old ``_take`` on real TLS
-connections in tests/integration/test_upstream_h1socket.py."""
+``H1Pool._take_now`` (``_take`` without a coroutine for connections on ``_TLSSocket``, its
+liveness poll inline) is compared with the old ``_take`` on real TLS connections in
+tests/integration/test_upstream_h1socket.py."""
 
 from __future__ import annotations
 
@@ -253,6 +254,7 @@ def test_exchange_makes_the_response_its_init_would() -> None:
                 return conn
 
             pool._take = take  # type: ignore[method-assign]
+            pool._take_now = lambda where: False  # type: ignore[method-assign]
             status = rng.choice([200, 201, 404, 500, 599])
             reason = rng.choice([b"", b"OK", b"Not Found", b"x y"])
             body = b"b" * rng.randint(0, 50)
@@ -369,3 +371,48 @@ def test_read_head_arms_with_arms_own_statements() -> None:
     assert len(want) == 3
     read_head = ast.parse(textwrap.dedent(inspect.getsource(_Conn.read_head))).body[0]
     assert _find_run(read_head.body, want)  # type: ignore[attr-defined]
+
+
+# --- the stage's Exchange ----------------------------------------------------------------
+
+
+def test_requestheaders_makes_the_exchange_its_init_would() -> None:
+    """``Pool.requestheaders`` builds the flow's Exchange without the dataclass's
+    ``__init__``: the same attributes, values and order as ``Exchange(tunnel=...,
+    body_limit=..., idle=...)``, over seeded limits."""
+    from mitmproxy.test import tflow
+
+    rng = random.Random(0x1317)
+    for _ in range(200):
+        max_body_mb, idle_timeout = rng.choice([1, 10, 100]), rng.choice([1, 30, 300.5])
+        service = SimpleNamespace(name="svc")
+        tunnel = SimpleNamespace(decision=SimpleNamespace(service=service),
+                                 pinned=("127.0.0.1", 443))
+        proxy = SimpleNamespace(upstream_pool_idle=30, max_body_mb=max_body_mb,
+                                idle_timeout=idle_timeout)
+        st = SimpleNamespace(snapshot=SimpleNamespace(registry=SimpleNamespace(
+            config=SimpleNamespace(proxy=proxy))))
+        rt = SimpleNamespace(live=SimpleNamespace(state=st),
+                             connections=SimpleNamespace(tunnel=lambda _id, t=tunnel: t),
+                             stage_loaded=lambda name: None)
+        stage = pool_stage.Pool.__new__(pool_stage.Pool)
+        stage.rt = rt  # type: ignore[assignment]
+        flow = tflow.tflow()
+        record = SimpleNamespace(answered=False,
+                                 decision=SimpleNamespace(plan=object()))
+        original = pool_stage.record_of
+        pool_stage.record_of = lambda f, r=record: r  # type: ignore[assignment]
+        installed = pool_stage.seam_pool._installed
+        pool_stage.seam_pool._installed = True
+        try:
+            pool_stage.Pool.requestheaders.__wrapped__(stage, flow)  # type: ignore[attr-defined]
+        finally:
+            pool_stage.record_of = original
+            pool_stage.seam_pool._installed = installed
+        got = flow.metadata[pool_stage.seam_pool.POOLED]
+        want = pool_stage.Exchange(tunnel=tunnel,  # type: ignore[arg-type]
+                                   body_limit=max_body_mb * 1024 * 1024,
+                                   idle=float(idle_timeout))
+        assert type(got) is pool_stage.Exchange
+        assert vars(got) == vars(want) and list(vars(got)) == list(vars(want))
+        assert got == want and repr(got) == repr(want)

@@ -52,7 +52,7 @@ import time
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any
+from typing import Any, Literal
 
 import h11
 import httpcore
@@ -1168,6 +1168,30 @@ class H1Pool:
             raise WantsHTTP2(HandedStream(conn))
         return conn
 
+    def _take_now(self, where: tuple[str, int, str]) -> _Conn | None | Literal[False]:
+        """``_take`` without a coroutine while the idle connections are on ``_TLSSocket``
+        (their look is one ``poll``, never a loop turn): the same connection kept, the
+        same ones closed. False when the next one is on another transport: ``_take``
+        goes on from there."""
+        stack = self._idle.get(where)
+        now = time.monotonic()
+        while stack:
+            conn = stack[-1]  # the most recent: the likeliest still open upstream
+            transport = conn.transport
+            if type(transport) is not _TLSSocket:
+                return False
+            stack.pop()
+            if conn.reusable() and conn.expire_at > now:
+                # (``readable_now()``, inline) the end, or bytes, read at once; when the
+                # socket holds nothing, nothing was read: nothing to look at again
+                if not (transport._reading and transport._poll.poll(0)):
+                    return conn
+                transport._read()
+                if conn.reusable():
+                    return conn
+            conn.close()
+        return None
+
     async def _take(self, where: tuple[str, int, str]) -> _Conn | None:
         stack = self._idle.get(where)
         now = time.monotonic()
@@ -1197,7 +1221,9 @@ class H1Pool:
         """Send one request on an idle connection to ``ip:port`` for ``sni`` (a new one if
         there is none) and read the response head."""
         where = (ip, port, sni)
-        conn = await self._take(where)
+        conn = self._take_now(where)  # (no coroutine: connections on _TLSSocket)
+        if conn is False:
+            conn = await self._take(where)
         if conn is None:
             conn = await self._dial(where, connect_timeout)
         stats["exchanges"] += 1
