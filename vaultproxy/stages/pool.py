@@ -183,14 +183,6 @@ class Pool(Stage):
         if "http2" in updated:
             self._http2_of = None  # (read again by the next request)
 
-    def _http2(self) -> bool:
-        """``bool(ctx.options.http2)``, read once per options object and change."""
-        opts = ctx.options
-        memo = self._http2_of
-        if memo is None or memo[0] is not opts:
-            memo = self._http2_of = (opts, bool(opts.http2))
-        return memo[1]
-
     def running(self) -> None:
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_policy())
@@ -378,7 +370,7 @@ class Pool(Stage):
             self._retire(old)
 
     def _pool_for(self, st: ProxyState, service: Service, host: str) -> _Upstream:
-        # (``self._http2()``, inline: a call less per request)
+        # ``bool(ctx.options.http2)``, read once per options object and change
         opts = ctx.options
         memo = self._http2_of
         if memo is None or memo[0] is not opts:
