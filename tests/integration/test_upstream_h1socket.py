@@ -21,10 +21,11 @@ import hashlib
 import random
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpcore
@@ -374,3 +375,104 @@ def test_a_close_mid_handshake_fails_alike_on_both(upstream: Upstream) -> None:
     finally:
         server.close()
     assert set(got.values()) == {"could not connect to the upstream"}, got
+
+
+# --- the idle connection's liveness look (``H1Pool._take``) --------------------------------
+
+IDLE_ACTS = ["none", "none", "bytes", "notify", "fin", "rst"]
+
+
+@dataclass
+class IdleActs(TLSServer):
+    """Answers ``GET /<act>``, then, while the client's connection waits idle, does
+    ``act``: nothing, bytes nobody asked for, close_notify, a bare FIN, a reset."""
+
+    names: tuple[str, ...] = (NAME,)
+    go: threading.Event = field(default_factory=threading.Event)  # the client waits idle
+
+    def serve(self, conn: ssl.SSLSocket, n: int) -> None:
+        conn.settimeout(5)
+        got = read_head(conn, b"")
+        if got is None:
+            return
+        act = got[0].split(b" ")[1].strip(b"/").decode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.go.wait(5)  # (the client has read the response and keeps the connection)
+        if act == "bytes":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+        elif act == "notify":
+            conn.unwrap()
+        elif act == "fin":
+            conn.shutdown(socket.SHUT_RDWR)
+        elif act == "rst":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            return
+        time.sleep(1.0)  # (until the client has looked)
+
+
+async def _reference_take(self: H1Pool, where: tuple[str, int, str]) -> Any:
+    """``H1Pool._take`` before session 13 (``readable_now()``, then ``reusable()`` again)."""
+    stack = self._idle.get(where)
+    now = time.monotonic()
+    while stack:
+        conn = stack.pop()
+        if conn.reusable() and conn.expire_at > now:
+            if type(conn.transport) is h1pool._TLSSocket:
+                conn.transport.readable_now()
+            elif h1pool.readable(conn.sock):
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            if conn.reusable():
+                return conn
+        conn.close()
+    return None
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_idle_look_inline_answers_as_readable_now(upstream: Upstream, loop: str) -> None:
+    """Seeded: a connection left idle meets what the upstream did meanwhile (nothing,
+    bytes, close_notify, FIN, reset) only at ``_take``'s poll (the loop does not turn in
+    between); the inline poll keeps or drops it as the old ``readable_now`` path did."""
+    server = IdleActs(upstream.ca).start()
+    rng = random.Random(0x1316)
+    acts = IDLE_ACTS + [rng.choice(IDLE_ACTS) for _ in range(4)]
+    rng.shuffle(acts)
+
+    async def one(act: str, reference: bool) -> tuple[Any, ...]:
+        pool = _pool(upstream, "socket")
+        where = ("127.0.0.1", server.port, NAME)
+        server.go.clear()
+        resp = await pool.exchange(*where, b"GET", b"/" + act.encode(),
+                                   [(b"Host", NAME.encode())], b"", 5.0, 5.0)
+        while await resp.next_chunk(5.0) is not None:
+            pass
+        for _ in range(3):  # (the TLS 1.3 tickets read: the connection waits idle)
+            await asyncio.sleep(0.005)
+        server.go.set()
+        time.sleep(0.3)  # the upstream acts; the loop does not turn, nothing reads it
+        idle = pool.idle_count()
+        conn = next(iter(pool._idle.values()))[-1] if idle else None
+        if reference:
+            took = await _reference_take(pool, where)
+        else:  # (what ``H1Pool.exchange`` does)
+            took = pool._take_now(where)
+            assert took is not False  # (every connection here is on _TLSSocket)
+        out = (idle, took is conn and took is not None,
+               None if conn is None else (conn.closed, conn.eof, conn.unasked,
+                                          conn.transport.is_closing()))
+        await pool.aclose()
+        return out
+
+    async def main() -> list[tuple[str, Any, Any]]:
+        return [(act, await one(act, False), await one(act, True)) for act in acts]
+
+    try:
+        got = _run(loop, main)
+    finally:
+        server.stop()
+    for act, new, old in got:
+        assert new == old, (act, new, old)
+    # twin: a connection kept (nothing happened) and one dropped (the upstream acted)
+    assert {new[1] for _, new, _ in got} == {True, False}
+    assert all(new[1] is (act == "none") for act, new, _ in got), got

@@ -52,7 +52,7 @@ import time
 import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator
-from typing import Any
+from typing import Any, Literal
 
 import h11
 import httpcore
@@ -212,6 +212,12 @@ def _done(fut: asyncio.Future[None]) -> Generator[Any, None, None]:
     return fut.result()  # (raises as the future's own __await__ would)
 
 
+# The ``Head`` the fast path leaves in ``head_seen`` for a status (``Head(status, False)``):
+# one object per status (200-599: parse_head reads no other), shared by every exchange;
+# nothing sets a Head's attributes after it is made (HeadScan and this make new ones).
+_SEEN: dict[int, Head] = {}
+
+
 class ResponseHead:
     """A response head ``parse_head`` read as h11 reads it, framed by one Content-Length."""
 
@@ -275,7 +281,12 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
         value = headers[i][1].lower()
         if value.find(b"close") >= 0 and b"close" in [t.strip() for t in value.split(b",")]:
             keep_alive = False
-    return ResponseHead(status, reason, headers, int(length), keep_alive, end + 4)
+    # (``ResponseHead(status, reason, headers, int(length), keep_alive, end + 4)``, its
+    # ``__init__`` inline: a call less per response)
+    head = ResponseHead.__new__(ResponseHead)
+    head.status, head.reason, head.headers = status, reason, headers
+    head.length, head.keep_alive, head.end = int(length), keep_alive, end + 4
+    return head
 
 
 class WantsHTTP2(Exception):
@@ -341,7 +352,9 @@ class _Conn(asyncio.Protocol):
         if self.inbox_len > _HIGH_WATER and not self.paused:
             self.paused = True
             self.transport.pause_reading()
-        self._wake()
+        waiter = self.waiter  # (``_wake()``, inline: once per response)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -366,8 +379,15 @@ class _Conn(asyncio.Protocol):
     # -- the exchange
 
     def reusable(self) -> bool:
-        return not (self.closed or self.eof or self.unasked or self.inbox
-                    or self.transport.is_closing())
+        """Neither closed (by us, the upstream or a failure) nor holding bytes nobody asked
+        for. (``_TLSSocket.is_closing()`` read as its flag: a call less, four times per
+        exchange; any other transport is asked.)"""
+        if self.closed or self.eof or self.unasked or self.inbox:
+            return False
+        transport = self.transport
+        if type(transport) is _TLSSocket:
+            return not transport._closing
+        return not transport.is_closing()
 
     def close(self) -> None:
         if not self.closed:
@@ -424,7 +444,18 @@ class _Conn(asyncio.Protocol):
         included) and ``_done`` inline: the exchange's one suspension resumes two frames
         fewer (tests/unit/test_speed_h1wait.py)."""
         if not self.inbox and not self.eof:
-            waiter = self._arm(timeout)
+            # (``waiter = self._arm(timeout)``, inline: a call less per response; the same
+            # statements, ``timeout`` never None here)
+            loop = self.loop
+            waiter = self.waiter = loop.create_future()
+            if timeout is not None:
+                deadline = self.deadline = loop.time() + timeout
+                timer = self.timer
+                if timer is None or self.timer_at > deadline:
+                    if timer is not None:
+                        timer.cancel()
+                    self.timer_at = deadline
+                    self.timer = loop.call_at(deadline, self._timer_fired)
             try:
                 try:
                     if not waiter.done():
@@ -439,7 +470,16 @@ class _Conn(asyncio.Protocol):
             except TimeoutError:
                 self.close()
                 raise httpcore.ReadTimeout("the upstream did not answer in time") from None
-        data = self.take() if self.inbox else b""
+        inbox = self.inbox
+        if inbox:  # (``self.take()``, inline)
+            data = b"".join(inbox) if len(inbox) > 1 else inbox[0]
+            inbox.clear()
+            self.inbox_len = 0
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
+        else:
+            data = b""
         head = parse_head(data, self.method) if data else None
         if head is None:
             conn = self.h11 = h11.Connection(
@@ -452,7 +492,10 @@ class _Conn(asyncio.Protocol):
                 self.inbox.insert(0, data)
                 self.inbox_len += len(data)
             return None
-        head_seen.set(Head(head.status, False))
+        seen = _SEEN.get(head.status)  # (``Head(head.status, False)``: one per status)
+        if seen is None:
+            seen = _SEEN[head.status] = Head(head.status, False)
+        head_seen.set(seen)
         if self.sessions is not None:
             self.keep_session()
         # bytes after the body (a second response nobody asked for): never read, and the
@@ -521,7 +564,8 @@ class _Conn(asyncio.Protocol):
     def _arm(self, timeout: float | None) -> asyncio.Future[None]:
         """The waiting read's future, and its deadline on the connection's one read timer:
         the timer is set for it only when it is not already set for that or an earlier
-        moment (``_timer_fired`` sets it again for a later one)."""
+        moment (``_timer_fired`` sets it again for a later one). (``read_head`` holds a
+        copy of these statements: keep the two alike.)"""
         loop = self.loop
         waiter = self.waiter = loop.create_future()
         if timeout is not None:
@@ -682,7 +726,14 @@ class _TLSSocket:
         if self._pending is not None:
             self._buffer.append(data)
             return
-        self._send(data)
+        try:  # (``_send(data)``, inline)
+            n = self._obj.write(data)
+        except OSError as e:  # (ssl.SSLError is one)
+            self._unsent(data, e)
+            return
+        if n < len(data):
+            self._pending = data[n:] if n else data
+            self._writer(True)
 
     def close(self) -> None:
         """close_notify (best effort: a full socket buffer or a peer already gone skips
@@ -713,8 +764,31 @@ class _TLSSocket:
             if not self._reading:
                 self._loop.remove_reader(self._fd)
             self._flush()
-        if self._reading and not self._closing:
-            self._read()
+        if not self._reading or self._closing:
+            return
+        # (``self._read()``, inline: a call less per response; the same loop)
+        obj = self._obj
+        protocol = self._protocol
+        while True:
+            try:
+                data = obj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True
+                self._writer(True)
+                return
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                data = b""
+            except (ssl.SSLError, OSError) as e:
+                self._fail(e)
+                return
+            if not data:
+                self._eof()
+                return
+            protocol.data_received(data)
+            if not (self._reading and not self._closing and obj.pending()):
+                return
 
     def _on_writable(self) -> None:
         if self._read_wants_write:
@@ -729,6 +803,7 @@ class _TLSSocket:
     # -- the bytes
 
     def _read(self) -> None:
+        # (``_on_readable`` holds a copy of this loop: keep the two alike)
         obj = self._obj
         protocol = self._protocol
         while True:
@@ -754,23 +829,29 @@ class _TLSSocket:
 
     def _send(self, data: bytes) -> None:
         """Write ``data`` now, or keep it (whole: OpenSSL wants the same bytes again) for
-        when the socket can take it."""
+        when the socket can take it. (``write`` holds a copy of this: a call less per
+        request.)"""
         try:
             n = self._obj.write(data)
-        except ssl.SSLWantWriteError:
-            n = 0
-        except ssl.SSLWantReadError:
-            self._pending = data
-            self._write_wants_read = True
-            if not self._reading:
-                self._loop.add_reader(self._fd, self._on_readable)
-            return
-        except (ssl.SSLError, OSError) as e:
-            self._fail(e)
+        except OSError as e:  # (ssl.SSLError is one)
+            self._unsent(data, e)
             return
         if n < len(data):
             self._pending = data[n:] if n else data
             self._writer(True)
+
+    def _unsent(self, data: bytes, e: OSError) -> None:
+        """What ``_send`` does when ``SSL_write`` raised ``e`` for ``data``."""
+        if isinstance(e, ssl.SSLWantWriteError):  # (nothing written: all of it waits)
+            self._pending = data
+            self._writer(True)
+        elif isinstance(e, ssl.SSLWantReadError):
+            self._pending = data
+            self._write_wants_read = True
+            if not self._reading:
+                self._loop.add_reader(self._fd, self._on_readable)
+        else:
+            self._fail(e)
 
     def _flush(self) -> None:
         while self._pending is not None and not self._closing:
@@ -992,7 +1073,13 @@ class H1Response:
             return None
         data = b""
         if conn.left:
-            data = conn.take()
+            inbox = conn.inbox  # (``conn.take()``, inline: ``left`` bytes are in it)
+            data = b"".join(inbox) if len(inbox) > 1 else inbox[0]
+            inbox.clear()
+            conn.inbox_len = 0
+            if conn.paused:
+                conn.paused = False
+                conn.transport.resume_reading()
             if conn.sessions is not None:
                 conn.keep_session()
             if len(data) > conn.left:
@@ -1081,14 +1168,43 @@ class H1Pool:
             raise WantsHTTP2(HandedStream(conn))
         return conn
 
+    def _take_now(self, where: tuple[str, int, str]) -> _Conn | None | Literal[False]:
+        """``_take`` without a coroutine while the idle connections are on ``_TLSSocket``
+        (their look is one ``poll``, never a loop turn): the same connection kept, the
+        same ones closed. False when the next one is on another transport: ``_take``
+        goes on from there."""
+        stack = self._idle.get(where)
+        now = time.monotonic()
+        while stack:
+            conn = stack[-1]  # the most recent: the likeliest still open upstream
+            transport = conn.transport
+            if type(transport) is not _TLSSocket:
+                return False
+            stack.pop()
+            if conn.reusable() and conn.expire_at > now:
+                # (``readable_now()``, inline) the end, or bytes, read at once; when the
+                # socket holds nothing, nothing was read: nothing to look at again
+                if not (transport._reading and transport._poll.poll(0)):
+                    return conn
+                transport._read()
+                if conn.reusable():
+                    return conn
+            conn.close()
+        return None
+
     async def _take(self, where: tuple[str, int, str]) -> _Conn | None:
         stack = self._idle.get(where)
         now = time.monotonic()
         while stack:
             conn = stack.pop()  # the most recent: the likeliest still open upstream
             if conn.reusable() and conn.expire_at > now:
-                if type(conn.transport) is _TLSSocket:
-                    conn.transport.readable_now()  # (the end, or bytes, read at once)
+                transport = conn.transport
+                if type(transport) is _TLSSocket:
+                    # (``readable_now()``, inline) the end, or bytes, read at once; when
+                    # the socket holds nothing, nothing was read: nothing to look at again
+                    if not (transport._reading and transport._poll.poll(0)):
+                        return conn
+                    transport._read()
                 elif readable(conn.sock):
                     # Bytes the loop has not read yet: a FIN just in, or (harmless) a TLS
                     # 1.3 session ticket. Two loop turns: the selector, then its read.
@@ -1105,7 +1221,9 @@ class H1Pool:
         """Send one request on an idle connection to ``ip:port`` for ``sni`` (a new one if
         there is none) and read the response head."""
         where = (ip, port, sni)
-        conn = await self._take(where)
+        conn = self._take_now(where)  # (no coroutine: connections on _TLSSocket)
+        if conn is False:
+            conn = await self._take(where)
         if conn is None:
             conn = await self._dial(where, connect_timeout)
         stats["exchanges"] += 1
@@ -1115,8 +1233,15 @@ class H1Pool:
         if conn.h11 is None:
             head = await conn.read_head(read_timeout)
             if head is not None:
-                resp = H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
-                                  read_timeout)
+                # (``H1Response(self, conn, head.status, head.headers, b"1.1", head.reason,
+                # read_timeout)``, its ``__init__`` inline: a call less per request)
+                resp = H1Response.__new__(H1Response)
+                resp.status = head.status
+                resp.headers = head.headers
+                resp.extensions = {"http_version": b"HTTP/1.1", "reason_phrase": head.reason}
+                resp._pool = self
+                resp._conn = conn
+                resp._timeout = read_timeout
                 resp.length = head.length
                 return resp
         while True:
