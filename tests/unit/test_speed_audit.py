@@ -16,7 +16,7 @@ import pytest
 
 from vaultproxy.audit import metrics
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.audit.event import AuditEvent, RequestEvent, strip_query
+from vaultproxy.audit.event import SPEC_FIELDS, AuditEvent, RequestEvent, strip_query
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.engine.channel import frame, frame_head
 from vaultproxy.engine.worker_audit import WorkerAudit
@@ -666,3 +666,62 @@ def test_method_text_is_request_method() -> None:
         flow = tflow.tflow()
         flow.request.data.method = raw
         assert flow.request.method == text and type(text) is str
+
+
+def test_record_response_writes_the_request_line_and_counts_inflight(tmp_path: Path) -> None:
+    """``Record.response`` (its ``_finish`` inline, the method from ``METHOD_TEXT``) on
+    seeded flows of a real proxy state: each ``request`` line names ``Request.method`` of
+    its flow (any case, any bytes), the fields of the flow's decision, its status, and
+    nothing else; ``inflight`` goes up at the head and back down at the response, only for
+    a flow that was counted (twin: an uncounted flow leaves it alone)."""
+    import time
+
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from tests.harness.proxy import ProxyHome, cheap_kdf_floor
+    from vaultproxy.core.decide import Decision
+    from vaultproxy.core.state import Live, ProxyState
+    from vaultproxy.files.home import Home
+    from vaultproxy.stages.flowrecord import record_of
+    from vaultproxy.stages.record import Record
+    from vaultproxy.stages.runtime import Runtime
+
+    services = ('[[service]]\nname = "hi"\nhosts = ["hi.test"]\nmode = "host_inject"\n'
+                'auth = "bearer"\n')
+    canary = "vpcanary_" + "5a" * 16
+    with cheap_kdf_floor():
+        home = ProxyHome.create(tmp_path, services, {"hi": canary})
+    st = ProxyState.load(Home(home.path))
+    rt = Runtime(Live(st))
+    stage = Record(rt)
+    rng = random.Random(67)
+    methods = [b"GET", b"POST", b"get", b"PaTcH", b"PROPFIND", b"G\xffT", b"DELETE"]
+    want: list[tuple[str, int]] = []
+    for n in range(300):
+        flow = tflow.tflow(resp=True)
+        flow.request.data.method = rng.choice(methods)
+        flow.response = http.Response(b"HTTP/1.1", rng.choice([200, 404, 502]), b"",
+                                      http.Headers(), b"", None, timestamp_start=time.time(),
+                                      timestamp_end=None)
+        rec = record_of(flow)
+        rec.decision = Decision(st.registry.services[0], "bot" if n % 2 else None,
+                                ("127.0.0.1", 9), target=("hi.test", 443))
+        rec.path, rec.t0, rec.injected = f"/p{n}", time.monotonic(), bool(n % 3)
+        counted = rng.random() < 0.7
+        before = st.inflight
+        if counted:
+            stage.requestheaders(flow)
+            assert st.inflight == before + 1
+        stage.response(flow)
+        assert st.inflight == before  # back where it was (or untouched)
+        stage.websocket_end(flow)  # (``_finish`` again: the flow is no longer counted)
+        assert st.inflight == before
+        want.append((flow.request.method, flow.response.status_code))
+    st.audit.close()
+    lines = (st.audit.path).read_text().splitlines()
+    assert canary not in "".join(lines)
+    got = [json.loads(line) for line in lines if '"event":"request"' in line]
+    assert [(r["method"], r["status"]) for r in got] == want
+    assert {r["service"] for r in got} == {"hi"} and {r["host"] for r in got} == {"hi.test"}
+    assert all(list(r) == list(SPEC_FIELDS) for r in got)

@@ -168,7 +168,11 @@ class Record(Stage):
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow)
+        if flow.id in self._inflight:  # ``self._finish(flow)``, without its call
+            self._inflight.discard(flow.id)
+            st = self.rt.live.state  # ``rt.current()``
+            if st is not None:
+                st.inflight -= 1
         rec = record_of(flow)
         decision = rec.decision
         if rec.refusal is not None:
