@@ -16,7 +16,7 @@ import pytest
 
 from vaultproxy.audit import metrics
 from vaultproxy.audit.canonical import record_decision
-from vaultproxy.audit.event import AuditEvent, RequestEvent, strip_query
+from vaultproxy.audit.event import SPEC_FIELDS, AuditEvent, RequestEvent, strip_query
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.engine.channel import frame, frame_head
 from vaultproxy.engine.worker_audit import WorkerAudit
@@ -455,3 +455,279 @@ def test_an_audit_log_is_handed_the_line_as_its_record_would_be(
                 == (missing / "b" / "audit.jsonl").read_bytes())
         assert fast.stats()["written"] > 500 and fast.stats()["failed"] > 100
         assert 50 < len(taken) < 1800  # twin: both the shortcut and the record reached
+
+
+# -- forward_line / request_line (an AuditLog's two lines) vs request_fields ---------------
+
+
+class _Str(str):
+    """A str subclass: never taken by the fast lines (left to request_fields)."""
+
+
+class _Liar(str):
+    """Equal to every str, with its hash: a kept text must never be taken for it."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("hi")
+
+
+_FAST_TEXTS: list[object] = [
+    None, "hi", "host_inject", "GET", "hi.example", "a\u00e9", 'q"', "\x00\x1f",
+    "\ud800", "\U0001f600", "x" * 700, _Str("hi"), _Liar("zz"), 7, b"hi",
+]
+_FAST_PATHS: list[object] = [None, "/1k", "/a?b=c", "#f", "", "/caf\u00e9?x#y", "/\ud800",
+                             "/" + "p" * 5000, "/\"\\\n", _Str("/s"), b"/b", 3]
+_FAST_DURATIONS: list[object] = [None, 0.0, -0.0, 0.1234567, 1.0005, 2.675, 999999999.9999,
+                                 1e9, -1.0, 3, True, float("nan"), float("inf"), 12.5, 1e-300]
+_FAST_STATUSES: list[object] = [None, 200, 0, -1, 599, 10**30, True, 200.0, "200", _Str("2")]
+
+
+def _clock(rng: random.Random) -> float:
+    base = float(rng.randint(10**9, 4 * 10**9))
+    return base + rng.choice([0.0, 1e-3, 0.5, 1.0 - 1e-6, rng.random()]) + rng.choice(
+        [0.0, 2.0**-22, -(2.0**-22), 1e-7])
+
+
+def _fields_or_error(*args: object) -> tuple[object, ...] | type[Exception]:
+    from vaultproxy.audit.event import request_fields
+
+    try:
+        return request_fields(*args)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as e:
+        return type(e)
+
+
+def test_forward_and_request_lines_are_request_fields_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``forward_line``/``request_line`` (an AuditLog's lines, no record made) on seeded
+    values, hostile ones included, at seeded clock values (second and millisecond bounds,
+    in and out of the kept second), with the texts kept and not yet: each line is the one
+    ``request_fields`` makes of the same values at the same clock (the code they stand in
+    for), byte for byte, and the duration is the one it rounds to; anything else is left
+    to it (None), never a different line."""
+    from vaultproxy.audit import event as module
+    from vaultproxy.audit.event import DURATION_AT, LINE_AT
+
+    rng = random.Random(59)
+    pick = rng.choice
+    made_f = made_r = left_f = left_r = 0
+    for n in range(12_000):
+        if n % 3000 == 0:
+            module._LINES.clear()
+            module._FORWARDS.clear()
+        now = _clock(rng)
+        monkeypatch.setattr(module, "_time", lambda now=now: now)
+        common = [pick(_FAST_TEXTS[:5]) if rng.random() < 0.6 else pick(_FAST_TEXTS)
+                  for _ in range(5)]
+        path = pick(_FAST_PATHS[:3]) if rng.random() < 0.5 else pick(_FAST_PATHS)
+        via = pick([None, None, "api", "mcp", "caf\u00e9", _Str("api"), 7])
+        # the forward line, out of the kept second (a new clock) and in it (the same again)
+        if rng.random() < 0.5:
+            monkeypatch.setattr(module, "_second", (0.0, -1.0, ""))
+        for _ in range(2):
+            got = module.forward_line(*common, path, via)  # type: ignore[arg-type]
+            want = _fields_or_error("forward", "forwarding", *common, path, None, None, None,
+                                    via)
+            if got is None:
+                left_f += 1
+            else:
+                made_f += 1
+                assert isinstance(want, tuple) and got == want[LINE_AT], (common, path, via)
+                assert got == _reference(tuple.__new__(RequestEvent, want))
+        # the request line
+        event = pick(["request", "tunnel_refused"]) if rng.random() < 0.85 else pick(
+            ["", "admin", "approval", "forward", _Str("request"), None, 5])
+        outcome = pick(["injected", "forwarded", "denied", "error"]) if rng.random(
+        ) < 0.85 else pick(["", _Str("x"), None, "ok"])
+        status, duration = pick(_FAST_STATUSES), pick(_FAST_DURATIONS)
+        if rng.random() < 0.5:
+            duration = rng.random() * 10.0 ** rng.randint(-4, 8)
+        reason = pick([None, None, "r", "upstream_tls", _Str("r"), "\n"])
+        args = (event, outcome, *common, path, status, duration, reason, via)
+        if rng.random() < 0.5:  # out of the kept second, or in it
+            monkeypatch.setattr(module, "_second", (0.0, -1.0, ""))
+        got_r = module.request_line(*args)  # type: ignore[arg-type]
+        want = _fields_or_error(*args)
+        if got_r is None:
+            left_r += 1
+        else:
+            made_r += 1
+            assert isinstance(want, tuple), args
+            assert got_r == (want[LINE_AT], want[DURATION_AT]), args
+            assert str(got_r[1]) == str(want[DURATION_AT])  # (-0.0 and 0.0 alike)
+    assert made_f > 6000 and left_f > 2000  # twin: the fast line and the fallback, both
+    assert made_r > 1000 and left_r > 1000
+    assert module._LINES and module._FORWARDS
+
+
+def test_the_fast_lines_keep_bounded_texts() -> None:
+    """The kept texts stay bounded (forgotten at once past the bound; a long value is not
+    kept at all) and every line is still request_fields' line."""
+    from vaultproxy.audit import event as module
+    from vaultproxy.audit.event import LINE_AT, forward_line, request_fields, request_line
+
+    for i in range(module._MAX_LINES + 50):
+        host = f"h{i}.example" if i % 7 else "h" * 600
+        line = forward_line(None, "s", "m", "GET", host, "/p", None)
+        want = request_fields("forward", "forwarding", None, "s", "m", "GET", host, "/p",
+                              None, None, None)[LINE_AT]
+        assert line is not None and line.split('",', 1)[1] == want.split('",', 1)[1]
+        made = request_line("tunnel_refused", "denied", None, None, None, "CONNECT", host,
+                            None, 403, None, "unknown_host", None)
+        want = request_fields("tunnel_refused", "denied", None, None, None, "CONNECT", host,
+                              None, 403, None, "unknown_host")[LINE_AT]
+        assert made is not None and made[0].split('",', 1)[1] == want.split('",', 1)[1]
+        assert len(module._LINES) <= module._MAX_LINES
+        assert len(module._FORWARDS) <= module._MAX_LINES
+    assert not any("h" * 600 in k for k in module._FORWARDS)  # type: ignore[operator]
+
+
+def _forward_ahead_before(st: object, flow: object, rec: object) -> None:
+    """stages/ahead.forward_ahead as it was (the reference): every decision through
+    ``record_forward``, the method as ``Request.method`` reads it."""
+    from vaultproxy.core.pipeline import record_forward
+
+    decision = rec.decision  # type: ignore[attr-defined]
+    target = decision.target if decision is not None else None
+    service = decision.service if decision is not None else None
+    audit = st.audit  # type: ignore[attr-defined]
+    record_forward(
+        audit, audit.on_failure, decision.agent if decision is not None else None, service,
+        flow.request.method, target[0] if target is not None else None,  # type: ignore[attr-defined]
+        rec.path,  # type: ignore[attr-defined]
+    )
+
+
+def test_forward_ahead_writes_what_it_wrote_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``forward_ahead`` (its own ``ahead_record`` call for a decision with a service and a
+    target, the method from ``METHOD_TEXT``) against the code it replaces, on seeded flows
+    (methods of every case and byte, decisions with and without a service or a target):
+    the same lines in the file, the same answers and refusals (AuditUnavailable under
+    ``deny`` while the file cannot be written, none under ``continue``), the same counters."""
+    import types
+
+    from mitmproxy.test import tflow
+
+    from vaultproxy.audit import event as module
+    from vaultproxy.config.models import Service
+    from vaultproxy.errors import AuditUnavailable
+    from vaultproxy.stages.ahead import METHOD_TEXT, forward_ahead
+    from vaultproxy.stages.flowrecord import record_of
+
+    monkeypatch.setattr(module, "_time", lambda: 1_800_000_000.5)
+    svc = Service.model_validate({"name": "hi", "hosts": ["hi.example"], "mode": "host_inject",
+                                  "auth": "bearer"})
+    methods = [*METHOD_TEXT, b"get", b"Post", b"PROPFIND", b"G\xffT", b"", b"M-SEARCH"]
+    rng = random.Random(61)
+    for policy in ("deny", "continue"):
+        base = tmp_path / policy
+        logs = [AuditLog(base / d / "audit.jsonl", on_failure=policy)  # type: ignore[arg-type]
+                for d in ("now", "before")]
+        fast = 0
+        for n in range(1500):
+            if n == 200:
+                for d in ("now", "before"):
+                    (base / d).mkdir(parents=True)
+            flow = tflow.tflow()
+            flow.request.data.method = rng.choice(methods)
+            rec = record_of(flow)
+            rec.path = rng.choice(["/p", "/q?x", None, "/caf\u00e9"])
+            service = rng.choice([svc, svc, None])
+            target = rng.choice([("hi.example", 443), ("h\u00e9", 1), None])
+            agent = rng.choice([None, "bot", "a\"b"])
+            rec.decision = rng.choice([None, types.SimpleNamespace(
+                agent=agent, service=service, target=target)])
+            fast += rec.decision is not None and service is not None and target is not None
+            answers = []
+            for log, write in zip(logs, (forward_ahead, _forward_ahead_before), strict=True):
+                try:
+                    write(types.SimpleNamespace(audit=log), flow, rec)  # type: ignore[arg-type]
+                    answers.append("ok")
+                except AuditUnavailable:
+                    answers.append("refused")
+            assert answers[0] == answers[1]
+            assert logs[0].stats() == logs[1].stats()
+        for log in logs:
+            log.close()
+        assert ((base / "now" / "audit.jsonl").read_bytes()
+                == (base / "before" / "audit.jsonl").read_bytes())
+        assert logs[0].stats()["failed"] > 100 and 200 < fast < 1300  # twin: both reached
+        if policy == "deny":
+            assert logs[0].stats()["written"] < 1400
+
+
+def test_method_text_is_request_method() -> None:
+    """``METHOD_TEXT`` (stages/ahead.py, stages/record.py) is ``Request.method`` of each."""
+    from mitmproxy.test import tflow
+
+    from vaultproxy.stages.ahead import METHOD_TEXT
+
+    for raw, text in METHOD_TEXT.items():
+        flow = tflow.tflow()
+        flow.request.data.method = raw
+        assert flow.request.method == text and type(text) is str
+
+
+def test_record_response_writes_the_request_line_and_counts_inflight(tmp_path: Path) -> None:
+    """``Record.response`` (its ``_finish`` inline, the method from ``METHOD_TEXT``) on
+    seeded flows of a real proxy state: each ``request`` line names ``Request.method`` of
+    its flow (any case, any bytes), the fields of the flow's decision, its status, and
+    nothing else; ``inflight`` goes up at the head and back down at the response, only for
+    a flow that was counted (twin: an uncounted flow leaves it alone)."""
+    import time
+
+    from mitmproxy import http
+    from mitmproxy.test import tflow
+
+    from tests.harness.proxy import ProxyHome, cheap_kdf_floor
+    from vaultproxy.core.decide import Decision
+    from vaultproxy.core.state import Live, ProxyState
+    from vaultproxy.files.home import Home
+    from vaultproxy.stages.flowrecord import record_of
+    from vaultproxy.stages.record import Record
+    from vaultproxy.stages.runtime import Runtime
+
+    services = ('[[service]]\nname = "hi"\nhosts = ["hi.test"]\nmode = "host_inject"\n'
+                'auth = "bearer"\n')
+    canary = "vpcanary_" + "5a" * 16
+    with cheap_kdf_floor():
+        home = ProxyHome.create(tmp_path, services, {"hi": canary})
+    st = ProxyState.load(Home(home.path))
+    rt = Runtime(Live(st))
+    stage = Record(rt)
+    rng = random.Random(67)
+    methods = [b"GET", b"POST", b"get", b"PaTcH", b"PROPFIND", b"G\xffT", b"DELETE"]
+    want: list[tuple[str, int]] = []
+    for n in range(300):
+        flow = tflow.tflow(resp=True)
+        flow.request.data.method = rng.choice(methods)
+        flow.response = http.Response(b"HTTP/1.1", rng.choice([200, 404, 502]), b"",
+                                      http.Headers(), b"", None, timestamp_start=time.time(),
+                                      timestamp_end=None)
+        rec = record_of(flow)
+        rec.decision = Decision(st.registry.services[0], "bot" if n % 2 else None,
+                                ("127.0.0.1", 9), target=("hi.test", 443))
+        rec.path, rec.t0, rec.injected = f"/p{n}", time.monotonic(), bool(n % 3)
+        counted = rng.random() < 0.7
+        before = st.inflight
+        if counted:
+            stage.requestheaders(flow)
+            assert st.inflight == before + 1
+        stage.response(flow)
+        assert st.inflight == before  # back where it was (or untouched)
+        stage.websocket_end(flow)  # (``_finish`` again: the flow is no longer counted)
+        assert st.inflight == before
+        want.append((flow.request.method, flow.response.status_code))
+    st.audit.close()
+    lines = (st.audit.path).read_text().splitlines()
+    assert canary not in "".join(lines)
+    got = [json.loads(line) for line in lines if '"event":"request"' in line]
+    assert [(r["method"], r["status"]) for r in got] == want
+    assert {r["service"] for r in got} == {"hi"} and {r["host"] for r in got} == {"hi.test"}
+    assert all(list(r) == list(SPEC_FIELDS) for r in got)

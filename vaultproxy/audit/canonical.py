@@ -18,7 +18,9 @@ from vaultproxy.audit.event import (
     AnyEvent,
     AuditEvent,
     RequestEvent,
+    forward_line,
     request_fields,
+    request_line,
 )
 from vaultproxy.audit.log import AuditLog
 
@@ -58,6 +60,15 @@ def decision_record(
     """``record_decision`` by position (the Record stage's call, once per request: twelve
     keywords cost ~0.9k instructions to match)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
+    if type(sink) is AuditLog:
+        # the line alone, when request_line takes these values (else request_fields below)
+        made = request_line(event, outcome, agent, service, mode, method, host, path, status,
+                            duration, reason, via)
+        if made is not None:
+            if sink.counts_metrics:  # (as below: the duration as the record rounds it)
+                metrics.counted(event, service, outcome, reason, made[1])
+            sink._write(made[0], True)
+            return
     fields = request_fields(  # by position
         event, outcome, agent, service, mode, method, host, path, status, duration, reason,
         via,
@@ -68,7 +79,7 @@ def decision_record(
         metrics.counted(event, service, outcome, reason, fields[DURATION_AT])
     line = fields[LINE_AT]
     if line is not None and type(sink) is AuditLog:
-        sink._write(line, keep=True)  # AuditLog.record(record) without making the record
+        sink._write(line, True)  # AuditLog.record(record) without making the record
     else:
         sink.record(_tuple_new(RequestEvent, fields))
 
@@ -100,7 +111,12 @@ def ahead_record(
     sink: AheadSink, agent: str | None, service: str | None, mode: str | None,
     method: str | None, host: str | None, path: str | None, via: str | None = None,
 ) -> bool:
-    """``record_ahead`` by position (core/pipeline.py's call, once per injected request)."""
+    """``record_ahead`` by position (stages/ahead.py's call, once per injected request)."""
+    if type(sink) is AuditLog:
+        # the line alone, when forward_line takes these values (else request_fields below)
+        line = forward_line(agent, service, mode, method, host, path, via)
+        if line is not None:
+            return sink._write(line, sink.on_failure == "continue")
     fields = request_fields(  # by position
         FORWARD_EVENT, "forwarding", agent, service, mode, method, host, path, None, None,
         None, via,
@@ -108,7 +124,7 @@ def ahead_record(
     line = fields[LINE_AT]
     if line is not None and type(sink) is AuditLog:
         # AuditLog.ahead(record) without making the record
-        return sink._write(line, keep=sink.on_failure == "continue")
+        return sink._write(line, sink.on_failure == "continue")
     return sink.ahead(_tuple_new(RequestEvent, fields))  # type: ignore[arg-type]
 
 

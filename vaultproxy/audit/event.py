@@ -63,8 +63,13 @@ def _now_timestamp() -> str:
     (``time.time()``: an int ``divmod`` of ``time_ns`` was most of a record's timestamp).
     ``t - lo`` is exact (``lo`` is ``floor(t)``, within a factor 2 of ``t``) and below 1, so
     the millisecond is 0..999."""
+    return _timestamp_at(_time())
+
+
+def _timestamp_at(t: float) -> str:
+    """``_now_timestamp`` of the clock value ``t`` (``forward_line`` and ``request_line``
+    read the clock and the kept second themselves, and call this outside it)."""
     global _second
-    t = _time()
     lo, hi, prefix = _second
     if not lo <= t < hi:
         sec = math.floor(t)
@@ -315,6 +320,143 @@ def request_fields(
                     f'"duration_ms":{duration},{tail},"via":{_encode_str(via)}}}\n')
     return (ts, event, agent, service, mode, method, host, path, status, duration_ms, outcome,
             reason, via, line)
+
+
+# -- the two lines of a proxied request, for an ``AuditLog`` itself (audit/canonical.py) -------
+#
+# ``forward_line`` and ``request_line`` make the line ``request_fields`` makes of the same
+# values, and nothing else (no fields tuple, no record): the texts around the path and the
+# duration are kept by the values of every other field (``_LINES``, ``_FORWARDS``), so a
+# line is the clock's text, those kept texts, the path's encoding and the duration's text.
+# Each takes only exact str/None values (an exact int status, an exact float duration in
+# [0, 1e9) ms, or None) and returns None for anything else, which the caller leaves to
+# ``request_fields`` (the same line, or the same exception). A key of exact str, int and
+# None values equals only the same texts, so a kept text is the one those values encode to;
+# the event and outcome were checked (non-empty, not admin/approval) when it was kept.
+# tests/unit/test_speed_audit.py compares both with request_fields on seeded values.
+
+_LINES: dict[tuple[object, ...], tuple[str, str, str]] = {}
+_FORWARDS: dict[tuple[object, ...], tuple[str, str]] = {}
+_MAX_LINES = 1024  # each; all forgotten at once past that (hosts may be the agent's choice)
+_NONE = type(None)
+
+
+def _kept_texts(
+    event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, status: int | None, reason: str | None,
+    via: str | None,
+) -> tuple[str, str, str] | None:
+    """The three texts of a line around its path and its duration (``request_line``), or
+    None when the event or outcome is not one a request record may have."""
+    if not event or not outcome or event == "admin" or event == "approval":  # ADMIN/APPROVAL
+        return None
+    return _texts(event, outcome, agent, service, mode, method, host, status, reason, via)
+
+
+def _texts(
+    event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, status: int | None, reason: str | None,
+    via: str | None,
+) -> tuple[str, str, str]:
+    head = '",' + ",".join(
+        key + _json_value(value) for key, value in zip(
+            _HEAD_KEYS, (event, agent, service, mode, method, host), strict=True)
+    ) + ',"path":'
+    mid = ',"status":' + _json_value(status) + ',"duration_ms":'
+    tail = (',"outcome":' + _encode_str(outcome) + ',"reason":' + _json_value(reason)
+            + ("" if via is None else ',"via":' + _encode_str(via)) + "}\n")
+    return head, mid, tail
+
+
+def forward_line(
+    agent: str | None, service: str | None, mode: str | None, method: str | None,
+    host: str | None, path: str | None, via: str | None,
+) -> str | None:
+    """The line of ``request_fields("forward", "forwarding", agent, service, mode, method,
+    host, path, None, None, None, via)``, or None: those values are left to it."""
+    if (
+        (type(agent) is str or agent is None) and (type(service) is str or service is None)
+        and (type(mode) is str or mode is None) and (type(method) is str or method is None)
+        and (type(host) is str or host is None) and (via is None or type(via) is str)
+    ):
+        key = (agent, service, mode, method, host, via)
+        kept = _FORWARDS.get(key)
+        if kept is None:
+            texts = _texts("forward", "forwarding", agent, service, mode, method, host, None,
+                           None, via)
+            kept = texts[0], texts[1] + "null" + texts[2]
+            if len(kept[0]) + len(kept[1]) <= _MAX_STORED_CHARS:
+                if len(_FORWARDS) >= _MAX_LINES:
+                    _FORWARDS.clear()
+                _FORWARDS[key] = kept
+        if type(path) is str:
+            if "?" in path or "#" in path:
+                path = strip_query(path)
+            path_text = _encode_str(path)
+        elif path is None:
+            path_text = "null"
+        else:
+            return None
+        t = _time()  # _now_timestamp, inline while the second is the kept one
+        lo, hi, prefix = _second
+        if lo <= t < hi:
+            return (f'{{"ts":"{prefix}{_MILLIS_Z[_floor((t - lo) * 1000.0)]}{kept[0]}'
+                    f'{path_text}{kept[1]}')
+        return f'{{"ts":"{_timestamp_at(t)}{kept[0]}{path_text}{kept[1]}'
+    return None
+
+
+def request_line(
+    event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, path: str | None, status: int | None,
+    duration_ms: float | None, reason: str | None, via: str | None,
+) -> tuple[str, float | None] | None:
+    """The line of ``request_fields`` of the same values and the duration as it rounds it
+    (``DURATION_AT``: what the metrics count), or None: those values are left to it."""
+    if (
+        type(event) is str and type(outcome) is str
+        and (type(agent) is str or agent is None) and (type(service) is str or service is None)
+        and (type(mode) is str or mode is None) and (type(method) is str or method is None)
+        and (type(host) is str or host is None) and (reason is None or type(reason) is str)
+        and (type(status) is int or status is None) and (via is None or type(via) is str)
+    ):
+        if duration_ms is None:
+            duration = "null"
+        elif type(duration_ms) is float and 0.0 <= duration_ms < 1e9:
+            fixed = f"{duration_ms:.3f}"  # (as request_fields: see there)
+            duration_ms = float(fixed)
+            duration = fixed.rstrip("0")
+            if duration[-1] == ".":
+                duration += "0"
+        else:
+            return None
+        if type(path) is str:
+            if "?" in path or "#" in path:
+                path = strip_query(path)
+            path_text = _encode_str(path)
+        elif path is None:
+            path_text = "null"
+        else:
+            return None
+        key = (event, outcome, agent, service, mode, method, host, status, reason, via)
+        kept = _LINES.get(key)
+        if kept is None:
+            kept = _kept_texts(event, outcome, agent, service, mode, method, host, status,
+                               reason, via)
+            if kept is None:
+                return None
+            if len(kept[0]) + len(kept[2]) <= _MAX_STORED_CHARS:
+                if len(_LINES) >= _MAX_LINES:
+                    _LINES.clear()
+                _LINES[key] = kept
+        t = _time()  # _now_timestamp, inline while the second is the kept one
+        lo, hi, prefix = _second
+        if lo <= t < hi:
+            return (f'{{"ts":"{prefix}{_MILLIS_Z[_floor((t - lo) * 1000.0)]}{kept[0]}'
+                    f'{path_text}{kept[1]}{duration}{kept[2]}'), duration_ms
+        return (f'{{"ts":"{_timestamp_at(t)}{kept[0]}{path_text}{kept[1]}{duration}'
+                f'{kept[2]}'), duration_ms
+    return None
 
 
 #: Either kind of record: what the audit log, its sinks and the metrics accept.

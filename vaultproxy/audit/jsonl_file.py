@@ -81,11 +81,12 @@ class JsonlFile:
             size = st.st_size
         else:
             fd, size = self._current()
-        if size > 0 and size + len(data) > self.max_bytes:
+        length = len(data)
+        if size > 0 and size + length > self.max_bytes:
             self._rotate(fd)
             fd, _size = self._current()
         written = os.write(fd, data)
-        if written != len(data):
+        if written != length:
             self._cut_back(fd, written)
             raise OSError(errno.ENOSPC, "short write to the audit log; the line was removed")
 

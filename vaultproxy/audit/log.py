@@ -167,7 +167,7 @@ class AuditLog:
         with self._lock:
             self._dropped += 1
 
-    def _write(self, line: str, *, keep: bool) -> bool:
+    def _write(self, line: str, keep: bool) -> bool:
         """Store the line (or keep it for a retry), then hand it to the taps. One method,
         not two: it runs twice per proxied request. The lock by ``acquire``/``release``
         (a ``with`` looks both special methods up on every use: ~1.6k instructions more)."""

@@ -47,7 +47,7 @@ class WorkerAudit(AuditLog):
         self._post(b"")
         return ok
 
-    def _write(self, line: str, *, keep: bool) -> bool:
+    def _write(self, line: str, keep: bool) -> bool:
         """Every line written or kept (``record`` and ``ahead``) also goes to the supervisor,
         which counts the written ones (``ok``: /metrics survive this worker's death) and feeds
         them to the audit sinks (vaultproxy/sinks/hub.py)."""

@@ -12,9 +12,20 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from vaultproxy.audit.canonical import ahead_record
 from vaultproxy.core.pipeline import record_forward
 from vaultproxy.core.state import ProxyState
+from vaultproxy.errors import AuditUnavailable
 from vaultproxy.stages.flowrecord import FlowRecord
+
+#: ``Request.method`` of the request methods an agent sends (the head's bytes, as
+#: ``Request.method`` decodes and upper-cases them: the same text), for the two audit lines
+#: of a request; any other method's bytes are decoded by ``Request.method`` itself.
+METHOD_TEXT: dict[bytes, str] = {
+    name.encode(): name
+    for name in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "CONNECT",
+                 "TRACE")
+}
 
 
 def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
@@ -22,10 +33,24 @@ def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
     AuditUnavailable when that fails under ``deny``). Inject calls it once per flow: when
     ``injected`` first turns true."""
     decision = rec.decision
+    request = flow.request
+    audit = st.audit
+    if decision is not None:
+        service, target = decision.service, decision.target
+        if service is not None and target is not None:
+            # ``record_forward`` with a service and a target, without its call (it stays
+            # the one for any other decision)
+            raw = request.data.method
+            method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
+            if not ahead_record(
+                audit, decision.agent, service.name, service.mode,
+                request.method if method is None else method, target[0], rec.path,
+            ) and audit.on_failure != "continue":
+                raise AuditUnavailable()
+            return
     target = decision.target if decision is not None else None
     service = decision.service if decision is not None else None
-    audit = st.audit
     record_forward(  # by position
         audit, audit.on_failure, decision.agent if decision is not None else None, service,
-        flow.request.method, target[0] if target is not None else None, rec.path,
+        request.method, target[0] if target is not None else None, rec.path,
     )

@@ -17,6 +17,7 @@ from vaultproxy.errors import ClientDisconnected, InvalidRequest, UpstreamTimeou
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
 from vaultproxy.seam.engine_errors import classify_engine_error, client_gone
+from vaultproxy.stages.ahead import METHOD_TEXT
 from vaultproxy.stages.flowrecord import FlowRecord, Outcome, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
@@ -57,12 +58,14 @@ def _record(
         host = request.pretty_host
     if status is None and response is not None:
         status = response.data.status_code  # (``response.status_code``)
+    raw = request.data.method  # ``request.method`` (as stages/ahead.py reads it)
+    method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
     decision_record(  # record_decision by position
         st.audit, event, agent,
         service.name if service is not None else None,
         service.mode if service is not None else None,
-        request.method, host, rec.path if event != "tunnel_refused" else None, status, rec.t0,
-        outcome, reason,
+        request.method if method is None else method, host,
+        rec.path if event != "tunnel_refused" else None, status, rec.t0, outcome, reason,
     )
 
 
@@ -165,7 +168,11 @@ class Record(Stage):
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
-        self._finish(flow)
+        if flow.id in self._inflight:  # ``self._finish(flow)``, without its call
+            self._inflight.discard(flow.id)
+            st = self.rt.live.state  # ``rt.current()``
+            if st is not None:
+                st.inflight -= 1
         rec = record_of(flow)
         decision = rec.decision
         if rec.refusal is not None:
