@@ -2,10 +2,11 @@
 
 The process started by ``vaultproxy run`` is worker 0 *and* the supervisor: it serves proxy
 traffic like a single-process run, and it alone holds the admin API, ``run.json``, the audit
-sinks and the signals (every worker appends its own records to ``audit.jsonl``). It starts N-1 more worker processes (``python -m
-vaultproxy.engine.worker``) that accept from the same listening socket, bound once here and
-passed to each worker at spawn (engine/listener.py): one accept queue, so a stopped or wedged
-worker strands no new connection, and nothing else can join the port.
+sinks and the signals (every worker appends its own records to ``audit.jsonl``). It starts
+N-1 more worker processes (``python -m vaultproxy.engine.worker``) that accept from the
+same listening socket, bound once here and passed to each worker at spawn
+(engine/listener.py): one accept queue, so a stopped or wedged worker strands no new
+connection, and nothing else can join the port.
 
 Coherence, over one private socketpair per worker (engine/channel.py):
 
