@@ -346,8 +346,34 @@ class LeanHook(commands.StartHook):
         self.job: _Job = _Job(self.flow, None)
 
 
+def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
+    """``LeanHook(flow)`` with its job's ``lean`` set: the same two objects (the same
+    attributes, in the same order) without the four Python calls of their constructors
+    (``StartHook``'s class check, the dataclass's ``__init__``, ``__post_init__``,
+    ``_Job.__init__``). tests/unit/test_speed_flow4.py compares the two."""
+    hook = _new(LeanHook)
+    hook.flow = flow
+    job = hook.job = _new(_Job)
+    job.flow = flow
+    job.lean = lean
+    job.addons = None
+    job.outcome = KILL
+    job.code = None
+    job.message = ""
+    return hook
+
+
+_new = object.__new__
+
+
 # what the layer does once the job is done
 SEND, STREAM, ERROR, KILL = "send", "stream", "error", "kill"
+
+# the job's hooks by name (``flow_steps``' keys), and a manager without ``flow_steps``
+_REQUESTHEADERS, _REQUEST = lhttp.HttpRequestHeadersHook.name, lhttp.HttpRequestHook.name
+_RESPONSEHEADERS, _RESPONSE = lhttp.HttpResponseHeadersHook.name, lhttp.HttpResponseHook.name
+_POOL_EXCHANGE = PoolExchangeHook.name
+_NO_STEPS: dict[str, Any] = {}  # (never filled)
 
 
 class _Job:
@@ -415,13 +441,21 @@ class _Job:
         # flow has an error, or an event came for the paused layer)
         flow, addons, lean = self.flow, self.addons, self.lean
         queued = lean._paused_event_queue if lean is not None else None
-        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))
+        # ``handle_lifecycle(Hook(flow))`` as the manager's step of that hook taking the flow
+        # itself when it has one (seam/dispatch.py ``flow_steps``: no hook object, one call
+        # fewer), else as written; looked up per hook (a chain changed meanwhile drops them)
+        steps = getattr(addons, "flow_steps", _NO_STEPS)
+        step = steps.get(_REQUESTHEADERS)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         # mitmproxy reads the body here; it is already read.
-        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))
+        step = steps.get(_REQUEST)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpRequestHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
@@ -438,7 +472,8 @@ class _Job:
             # The pool stage did not take it (a reload between the head and the hooks): no
             # upstream connection exists on this path; the agent retries on a new one.
             return await self._fail("server closed connection")
-        await addons.handle_lifecycle(PoolExchangeHook(flow))
+        step = steps.get(_POOL_EXCHANGE)
+        await (step(flow) if step is not None else addons.handle_lifecycle(PoolExchangeHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if ex.error is not None or flow.response is None:
@@ -458,7 +493,9 @@ class _Job:
                 flow.live = False
                 self.code, self.message = lhttp.ErrorCode.RESPONSE_VALIDATION_FAILED, err
                 return ERROR
-        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))
+        step = steps.get(_RESPONSEHEADERS)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
@@ -485,7 +522,9 @@ class _Job:
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))
+        step = steps.get(_RESPONSE)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
@@ -497,7 +536,9 @@ class _Job:
         flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))  # (``_hook`` inline)
+        step = getattr(addons, "flow_steps", _NO_STEPS).get(_RESPONSE)  # (``_request``'s)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))  # (``_hook`` inline)
         if flow.intercepted:
             await flow.wait_for_resume()
         if self._killed():
@@ -895,9 +936,8 @@ class LeanLayer(layer.Layer):
             if stats["requests"] == 1:
                 logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP "
                             "layer")
-            hook = LeanHook(flow)
+            hook = lean_hook(flow, self)
             job = hook.job
-            job.lean = self
             yield hook
             outcome = job.outcome
             if outcome == SEND:
