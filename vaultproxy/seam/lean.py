@@ -202,6 +202,40 @@ HOOK_TASK_FINGERPRINT = "9ac7970160526268"
 HOOK_TASK_CODE_FINGERPRINT = "8c491fd37491489d"
 
 
+def _completed_maker() -> Any:
+    """``events.HookCompleted(hook)`` as one call making the same object (its ``command``,
+    then its ``reply``, None) without ``CommandCompleted``'s class check (``__new__``) and
+    the dataclass's ``__init__``, if the class is still that dataclass: exactly the fields
+    ``command`` and ``reply`` (default None), no ``__post_init__``, and nothing in its line
+    with its own ``__new__`` but ``CommandCompleted``, nor ``__setattr__`` or slots. Else
+    ``events.HookCompleted`` itself. tests/unit/test_speed_flow4.py compares the two."""
+    import dataclasses
+
+    cls: Any = getattr(events, "HookCompleted", None)
+    base: Any = getattr(events, "CommandCompleted", None)
+    if cls is None or base is None or not dataclasses.is_dataclass(cls):
+        return cls
+    fields = dataclasses.fields(cls)
+    if ([f.name for f in fields] != ["command", "reply"] or fields[1].default is not None
+            or any(not f.init for f in fields) or hasattr(cls, "__post_init__")):
+        return cls
+    for klass in cls.__mro__[:-1]:
+        own = set(vars(klass))
+        if klass is base:
+            own.discard("__new__")  # (the class check this skips)
+        if {"__new__", "__setattr__", "__slots__"} & own:
+            return cls
+    new = object.__new__
+
+    def hook_completed(hook: Any) -> Any:
+        made = new(cls)
+        made.command = hook
+        made.reply = None
+        return made
+
+    return hook_completed
+
+
 def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     """mitmproxy's ``hook_task`` (``await self.handle_hook(hook)``, then, for a blocking
     hook, ``await self.server_event(HookCompleted(hook))``) with, for a ``LeanHook`` whose
@@ -214,6 +248,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     ``handle_hook`` is not that one: mitmproxy's ``hook_task``'s body.
     tests/unit/test_hops.py compares the two, step by step."""
     completed = events.HookCompleted
+    lean_completed = _completed_maker()  # (the same object, one call)
     current_task = asyncio.current_task
     from mitmproxy.utils import asyncio_utils
 
@@ -275,7 +310,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         else:
             await run_disarmed(watchdog, job.run(addons))
         if hook.blocking:
-            await self.server_event(completed(hook))
+            await self.server_event(lean_completed(hook))
         if keep_alive is not None:
             # The task ends here: out of mitmproxy's set of running tasks now, not by the
             # done callback its ``create_task`` added (a callback, and so one more turn of
@@ -479,7 +514,9 @@ class _Job:
         if ex.error is not None or flow.response is None:
             return await self._fail(ex.error or "server closed connection")
         resp = flow.response
-        no_body = flow.request.method == "HEAD" or resp.status_code in (204, 304)
+        # (``Request.method`` and ``Response.status_code``: their bodies, without a call)
+        no_body = (flow.request.data.method.decode("utf-8", "surrogateescape").upper() == "HEAD"
+                   or resp.data.status_code in (204, 304))
         # check_body_size: a no-op (choose() takes no connection with a body size option)
         if lean is not None and lean.validate:
             try:
@@ -866,7 +903,7 @@ class LeanLayer(layer.Layer):
             return req.http_version
         elif req.method == "CONNECT" or req.authority:
             return "CONNECT or absolute form"
-        headers = req.headers
+        headers = req.data.headers  # (``Message.headers``' body)
         names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
         for name, key in _SKIP_KEYS:
             if key in names:
@@ -879,7 +916,8 @@ class LeanLayer(layer.Layer):
         # its one Content-Length as mitmproxy parses it, or 0
         length = headers.get_all("content-length") if b"content-length" in names else []
         if not length:
-            if req.method not in _NO_BODY_METHODS:
+            # (``Request.method``'s body)
+            if req.data.method.decode("utf-8", "surrogateescape").upper() not in _NO_BODY_METHODS:
                 return "no content-length"
             size = 0
         else:
