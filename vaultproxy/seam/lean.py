@@ -498,7 +498,11 @@ class _Job:
         if flow.response:
             # A response set by a stage: emulate the responseheaders hook (as mitmproxy does).
             flow.response.timestamp_start = time.time()
-            await self._hook(lhttp.HttpResponseHeadersHook(flow))
+            step = steps.get(_RESPONSEHEADERS)  # (``_hook`` inline)
+            await (step(flow) if step is not None
+                   else addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow)))
+            if flow.intercepted:
+                await flow.wait_for_resume()
             if self._killed():
                 return await self._kill(True)
             return await self._respond()
