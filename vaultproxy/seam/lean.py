@@ -213,7 +213,8 @@ def _completed_maker() -> Any:
 
     cls: Any = getattr(events, "HookCompleted", None)
     base: Any = getattr(events, "CommandCompleted", None)
-    if cls is None or base is None or not dataclasses.is_dataclass(cls):
+    made_by_dataclass: bool = cls is not None and dataclasses.is_dataclass(cls)
+    if base is None or not made_by_dataclass:
         return cls
     fields = dataclasses.fields(cls)
     if ([f.name for f in fields] != ["command", "reply"] or fields[1].default is not None
