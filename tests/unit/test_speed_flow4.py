@@ -414,3 +414,103 @@ def test_a_changed_completed_event_keeps_its_constructor(monkeypatch: pytest.Mon
     monkeypatch.undo()
     assert lean._completed_maker() is not events.HookCompleted
 
+
+
+# -- the record read without a call ---------------------------------------------------------
+
+
+def test_the_inline_record_read_is_record_of() -> None:
+    """``flow.metadata.get(KEY) or record_of(flow)`` (the stages' every-request reads) is
+    ``record_of(flow)``: the record there, else a new one put there (once)."""
+    from vaultproxy.stages.flowrecord import record_of
+
+    rng = random.Random(13)
+    for _ in range(200):
+        f = tflow.tflow()
+        if rng.random() < 0.5:
+            record_of(f)
+        before = f.metadata.get(KEY)
+        got = f.metadata.get(KEY) or record_of(f)
+        assert got is record_of(f) is f.metadata[KEY]
+        assert before is None or got is before
+        assert type(got) is FlowRecord
+
+
+# -- message data field by field -------------------------------------------------------------
+
+
+def _data_items(data: Any) -> list[tuple[str, Any]]:
+    return [(k, v) for k, v in vars(data).items() if k != "timestamp_start"]
+
+
+def test_message_data_field_by_field_is_the_dataclass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fast_head``'s ``RequestData`` and ``response_of``'s ``ResponseData``, made field by
+    field while ``MessageData.__post_init__`` is seam/speed.py's no-op, are the objects
+    their dataclass ``__init__`` makes (types, attributes in order); with mitmproxy's own
+    type check in place, that ``__init__`` (and the check) makes them."""
+    from vaultproxy.seam import objects
+
+    assert objects.DATA_PLAIN
+    rng = random.Random(4)
+    checks: list[str] = []
+    stock = http.MessageData.__post_init__
+
+    def counting(self: Any) -> None:
+        checks.append(type(self).__name__)
+        stock(self)
+
+    for post_init in (objects.no_field_type_check, counting):
+        monkeypatch.setattr(http.MessageData, "__post_init__", post_init)
+        checks.clear()
+        for _ in range(200):
+            method = rng.choice([b"GET", b"POST", b"PATCH"])
+            path = rng.choice([b"/", b"/v1/x?y=1", b"/a%20b"])
+            fields = [(b"host", b"h"), (b"x-a", rng.choice([b"1", b"two words"]))]
+            head = b"%s %s HTTP/1.1\r\n%s\r\n" % (
+                method, path, b"".join(b"%s: %s\r\n" % f for f in fields))
+            made = lean.fast_head(head)
+            assert made is not None
+            req = made[0]
+            want = http.RequestData(
+                http_version=b"HTTP/1.1", headers=req.data.headers, content=None,
+                trailers=None, timestamp_start=0.0, timestamp_end=None, host="", port=0,
+                method=method, scheme=b"", authority=b"", path=path)
+            assert type(req.data) is http.RequestData
+            assert _data_items(req.data) == _data_items(want)
+            assert list(vars(req.data)) == list(vars(want))
+            hdrs = objects.headers_of(fields)
+            status, reason = rng.choice([(200, b"OK"), (404, b"Not Found")])
+            resp = objects.response_of(b"HTTP/1.1", status, reason, hdrs, 5.0)
+            rwant = http.ResponseData(
+                http_version=b"HTTP/1.1", headers=hdrs, content=None, trailers=None,
+                timestamp_start=5.0, timestamp_end=None, status_code=status, reason=reason)
+            assert type(resp.data) is http.ResponseData
+            assert list(vars(resp.data).items()) == list(vars(rwant).items())
+        if post_init is counting:  # (the fast path never skips a check that is there)
+            assert checks.count("RequestData") == 400 and checks.count("ResponseData") == 400
+        else:
+            assert checks == []
+
+
+def test_a_changed_message_data_is_made_by_its_init() -> None:
+    """The twin: a data class with another field, its own ``__init__`` or ``__setattr__``
+    is not made field by field."""
+    from vaultproxy.seam import objects
+
+    @dataclasses.dataclass
+    class More(http.RequestData):
+        extra: int = 0
+
+    class OwnInit(http.RequestData):
+        def __init__(self, **kw: Any) -> None:
+            super().__init__(**kw)
+
+    @dataclasses.dataclass
+    class Guarded(http.RequestData):
+        def __setattr__(self, name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+    assert objects._plain_data(http.RequestData, objects.REQUEST_FIELDS)
+    for cls in (More, OwnInit, Guarded):
+        assert not objects._plain_data(cls, objects.REQUEST_FIELDS), cls
+    assert not objects._plain_data(http.RequestData, objects.RESPONSE_FIELDS)

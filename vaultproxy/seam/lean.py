@@ -57,7 +57,7 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.net.grammar import TOKEN
-from vaultproxy.seam import bypass, connio, deadlines
+from vaultproxy.seam import bypass, connio, deadlines, objects
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.objects import send_data_of
@@ -643,11 +643,33 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     headers = object.__new__(http.Headers)
     headers.fields = tuple(_FAST_FIELD.findall(m.group(3)))
     req = object.__new__(http.Request)
-    req.data = http.RequestData(
-        http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
-        timestamp_start=time.time(), timestamp_end=None,
-        host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
+    if objects.DATA_PLAIN and _MessageData.__post_init__ is objects.no_field_type_check:
+        # (``RequestData``'s dataclass ``__init__``, field by field, and its
+        # ``__post_init__``, seam/speed.py's no-op: seam/objects.py ``DATA_PLAIN``)
+        data = object.__new__(_RequestData)
+        data.http_version = b"HTTP/1.1"
+        data.headers = headers
+        data.content = None
+        data.trailers = None
+        data.timestamp_start = time.time()
+        data.timestamp_end = None
+        data.host = ""
+        data.port = 0
+        data.method = m.group(1)
+        data.scheme = b""
+        data.authority = b""
+        data.path = m.group(2)
+        req.data = data
+    else:
+        req.data = http.RequestData(
+            http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
+            timestamp_start=time.time(), timestamp_end=None,
+            host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
     return req, m.end()
+
+
+_MessageData: Any = http.MessageData
+_RequestData: Any = http.RequestData
 
 
 def general_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None | str:

@@ -68,7 +68,11 @@ class FlowRecord:
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:
     """The flow's record (created on first use). Only this module writes the key, and only
-    a FlowRecord (16 look-ups per request: no isinstance check on each)."""
+    a FlowRecord (16 look-ups per request: no isinstance check on each).
+
+    A hook that runs on every request reads it as ``flow.metadata.get(KEY) or
+    record_of(flow)``: the same record (``record_of`` returns the one there, truthy or not;
+    makes one only when there is none) without this call once a stage made it."""
     rec: FlowRecord | None = flow.metadata.get(KEY)
     if rec is None:
         rec = flow.metadata[KEY] = FlowRecord()

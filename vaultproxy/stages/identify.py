@@ -20,7 +20,7 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
@@ -115,7 +115,7 @@ class Identify(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         header = access.take_proxy_authorization(self.rt, flow)  # ACCESS: honeytokens
-        rec: FlowRecord = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         if rec.answered:
             return
         rt = self.rt
