@@ -514,3 +514,84 @@ def test_a_changed_message_data_is_made_by_its_init() -> None:
     for cls in (More, OwnInit, Guarded):
         assert not objects._plain_data(cls, objects.REQUEST_FIELDS), cls
     assert not objects._plain_data(http.RequestData, objects.RESPONSE_FIELDS)
+
+
+# -- answered: a plain attribute its two writers keep ------------------------------------------
+
+
+def _writes(attr_names: set[str]) -> list[tuple[str, str, int]]:
+    """Every ``<x>.<name> = ...`` (plain, augmented, annotated, or ``setattr(x, "<name>",
+    ...)``) in vaultproxy/, as (file, enclosing function, line)."""
+    import ast
+    from pathlib import Path
+
+    import vaultproxy
+
+    root = Path(vaultproxy.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        parents: dict[ast.AST, ast.AST] = {}
+        for node in ast.walk(tree):
+            for child in ast.iter_child_nodes(node):
+                parents[child] = node
+
+        def owner(node: ast.AST) -> str:
+            while node in parents:
+                node = parents[node]
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    return node.name
+            return "<module>"
+
+        for node in ast.walk(tree):
+            targets: list[ast.AST] = []
+            if isinstance(node, ast.Assign):
+                targets = list(node.targets)
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                  and node.func.id in ("setattr", "delattr") and len(node.args) >= 2
+                  and isinstance(node.args[1], ast.Constant)
+                  and node.args[1].value in attr_names):
+                found.append((str(path.relative_to(root)), owner(node), node.lineno))
+            for t in targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, ast.Attribute) and sub.attr in attr_names:
+                        found.append((str(path.relative_to(root)), owner(node), node.lineno))
+    return found
+
+
+def test_only_refuse_and_serve_write_what_answered_stands_for() -> None:
+    """``answered`` is ``refusal is not None or served`` only while nothing else writes
+    those two (or ``answered``): a write anywhere else would leave a refused flow looking
+    unanswered to every later stage (a credential injected into a refused request)."""
+    writes = _writes({"refusal", "served", "answered"})
+    where = {(file, func) for file, func, _line in writes}
+    assert where == {("stages/flowrecord.py", "refuse"), ("stages/flowrecord.py", "serve")}, writes
+
+
+def test_the_writers_answer_and_a_direct_write_is_found(tmp_path: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writers set ``answered``; the twin: the scan finds a write outside them (a
+    module written for the purpose, under a scanned root)."""
+    rec = FlowRecord()
+    assert rec.answered is False and FlowRecord().answered is False
+    rec.serve()
+    assert rec.answered and rec.served and rec.refusal is None
+    other = FlowRecord()
+    from vaultproxy.stages.flowrecord import Refusal
+
+    other.refuse(Refusal("c", "m"))
+    assert other.answered and not other.served and other.refusal == Refusal("c", "m")
+    assert FlowRecord().answered is False  # (nothing shared)
+    import vaultproxy
+
+    pkg = tmp_path / "vaultproxy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "bad.py").write_text(
+        "def sneak(rec):\n    rec.refusal = 1\n\ndef sneak2(rec):\n"
+        "    setattr(rec, 'served', True)\n\ndef sneak3(rec):\n    rec.answered = False\n")
+    monkeypatch.setattr(vaultproxy, "__file__", str(pkg / "__init__.py"))
+    assert {(f, fn) for f, fn, _ in _writes({"refusal", "served", "answered"})} == {
+        ("bad.py", "sneak"), ("bad.py", "sneak2"), ("bad.py", "sneak3")}
