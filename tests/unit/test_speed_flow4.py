@@ -536,7 +536,7 @@ def _writes(attr_names: set[str]) -> list[tuple[str, str, int]]:
             for child in ast.iter_child_nodes(node):
                 parents[child] = node
 
-        def owner(node: ast.AST) -> str:
+        def owner(node: ast.AST, parents: dict[ast.AST, ast.AST] = parents) -> str:
             while node in parents:
                 node = parents[node]
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
