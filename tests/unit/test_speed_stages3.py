@@ -49,7 +49,7 @@ from vaultproxy.secret import Secret
 from vaultproxy.stages import Runtime
 from vaultproxy.stages.access import request_headers
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import FlowRecord, Refusal, record_of
 from vaultproxy.stages.identify import Identify
 from vaultproxy.stages.inject import Inject
 from vaultproxy.stages.request_gate import RequestGate
@@ -455,8 +455,15 @@ def test_a_fresh_flow_record_is_the_dataclass_with_its_init() -> None:
         for name, choices in values.items():
             if rng.random() < 0.5:
                 value = rng.choice(choices)
-                setattr(got, name, value)
+                if name == "served" and value:
+                    got.serve()  # (its one writer: ``answered`` with it; flow4)
+                else:
+                    setattr(got, name, value)
                 setattr(want, name, value)
+        if rng.random() < 0.3:
+            refusal = Refusal("c", "m")
+            got.refuse(refusal)  # (its one writer)
+            want.refusal = refusal  # type: ignore[attr-defined]
         for f in fields:
             assert getattr(got, f.name) == getattr(want, f.name), f.name
             assert getattr(other, f.name) is f.default, f.name  # nothing shared

@@ -159,18 +159,23 @@ def _grouped(group: tuple[Step, ...]) -> Step:
 _MAX_UNROLLED = 64
 
 
-def _unrolled_source(name: str, field: str, top: tuple[Step, ...], update: bool) -> str:
+def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update: bool) -> str:
     """The source of ``handle_lifecycle``'s step for one flow event (one field, ``field``)
     over ``top``: ``trigger_event``'s loop for one argument written out, one block per
     step, each block the loop's body for that step's kind (plain; guarded, its awaitable
     awaited inside the guard or outside it), then, when some addon has an ``update`` hook,
     the ``update`` event. The handlers are the globals ``f<i>``, their addons ``a<i>``, the
     guards' deny callables ``x<i>``. Of the chain and the event, only the hook's name (as
-    ``_step_<name>``) and its field's (both checked identifiers) go in: the rest are indices."""
+    ``_step_<name>``) and its field's (both checked identifiers) go in: the rest are indices.
+    ``field`` None: the same step taking the event's one field itself (``arg``), for a
+    caller that has it and so needs no hook object (``flow_steps``)."""
     awaitable = "res is not None and (type(res) is _Coroutine or _isawaitable(res))"
-    out = [f"async def {name}(event):"]
-    if top or update:
-        out.append(f"    arg = event.{field}")
+    if field is None:
+        out = [f"async def {name}(arg):"]
+    else:
+        out = [f"async def {name}(event):"]
+        if top or update:
+            out.append(f"    arg = event.{field}")
     if top:
         out.append("    try:")
     for i, (_func, _addon, fail, guard_awaitable) in enumerate(top):
@@ -220,7 +225,9 @@ def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update
 
     # (prefixed: no hook's name can stand for a global of the step's, nor a builtin)
     fname = f"_step_{name}" if name.isidentifier() else "_step"
-    source = _unrolled_source(fname, field, top, update)
+    # (the step, then the same step taking the field itself: ``flow_steps``)
+    source = (_unrolled_source(fname, field, top, update) + "\n\n"
+              + _unrolled_source(fname + "_of", None, top, update))
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     filename = f"<vaultproxy.seam.dispatch unrolled {fname} {digest}>"
     namespace: dict[str, Any] = {
@@ -237,6 +244,7 @@ def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update
     lines = source.splitlines(keepends=True)
     linecache.cache[filename] = (len(source), None, lines, filename)
     run: Callable[[hooks.Hook], Coroutine[Any, Any, None]] = namespace[fname]
+    run.of_field = namespace[fname + "_of"]  # type: ignore[attr-defined]
     return run
 
 
@@ -259,6 +267,12 @@ class IndexedAddonManager(addonmanager.AddonManager):
         # per event name, what ``handle_lifecycle`` runs: ``_unrolled``'s step for a flow
         # event, else ``trigger_event`` with its ``lifecycle``
         self._runs: dict[str, Callable[[hooks.Hook], Coroutine[Any, Any, None]]] = {}
+        #: per flow event name whose step is ``_unrolled``'s: that step taking the event's
+        #: one field (the flow) itself, ``flow_steps[name](flow)`` running what
+        #: ``handle_lifecycle(Hook(flow))`` runs without the hook object and this call
+        #: (seam/lean.py's job: five per request). Filled by ``handle_lifecycle``'s first
+        #: event of each name; cleared in place (a caller may hold the dict) with the index.
+        self.flow_steps: dict[str, Callable[[Any], Coroutine[Any, Any, None]]] = {}
 
     def _drop(self) -> None:
         """Forget every index (the chain changed)."""
@@ -266,6 +280,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
         self._steps.clear()
         self._flat.clear()
         self._runs.clear()
+        self.flow_steps.clear()
 
     def _run_of(self, event: hooks.Hook) -> Callable[[hooks.Hook], Coroutine[Any, Any, None]]:
         field, top = self._flat_of(event)
@@ -275,6 +290,7 @@ class IndexedAddonManager(addonmanager.AddonManager):
         run: Callable[[hooks.Hook], Coroutine[Any, Any, None]]
         if field is not None and _identifier(field) and len(top) <= _MAX_UNROLLED:
             run = _unrolled(self, event.name, field, top, bool(update))
+            self.flow_steps[event.name] = run.of_field  # type: ignore[attr-defined]
         else:
             def run(event: hooks.Hook) -> Coroutine[Any, Any, None]:
                 return self.trigger_event(event, True)

@@ -57,7 +57,7 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.net.grammar import TOKEN
-from vaultproxy.seam import bypass, connio, deadlines
+from vaultproxy.seam import bypass, connio, deadlines, objects
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.objects import send_data_of
@@ -202,6 +202,41 @@ HOOK_TASK_FINGERPRINT = "9ac7970160526268"
 HOOK_TASK_CODE_FINGERPRINT = "8c491fd37491489d"
 
 
+def _completed_maker() -> Any:
+    """``events.HookCompleted(hook)`` as one call making the same object (its ``command``,
+    then its ``reply``, None) without ``CommandCompleted``'s class check (``__new__``) and
+    the dataclass's ``__init__``, if the class is still that dataclass: exactly the fields
+    ``command`` and ``reply`` (default None), no ``__post_init__``, and nothing in its line
+    with its own ``__new__`` but ``CommandCompleted``, nor ``__setattr__`` or slots. Else
+    ``events.HookCompleted`` itself. tests/unit/test_speed_flow4.py compares the two."""
+    import dataclasses
+
+    cls: Any = getattr(events, "HookCompleted", None)
+    base: Any = getattr(events, "CommandCompleted", None)
+    made_by_dataclass: bool = cls is not None and dataclasses.is_dataclass(cls)
+    if base is None or not made_by_dataclass:
+        return cls
+    fields = dataclasses.fields(cls)
+    if ([f.name for f in fields] != ["command", "reply"] or fields[1].default is not None
+            or any(not f.init for f in fields) or hasattr(cls, "__post_init__")):
+        return cls
+    for klass in cls.__mro__[:-1]:
+        own = set(vars(klass))
+        if klass is base:
+            own.discard("__new__")  # (the class check this skips)
+        if {"__new__", "__setattr__", "__slots__"} & own:
+            return cls
+    new = object.__new__
+
+    def hook_completed(hook: Any) -> Any:
+        made = new(cls)
+        made.command = hook
+        made.reply = None
+        return made
+
+    return hook_completed
+
+
 def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     """mitmproxy's ``hook_task`` (``await self.handle_hook(hook)``, then, for a blocking
     hook, ``await self.server_event(HookCompleted(hook))``) with, for a ``LeanHook`` whose
@@ -214,6 +249,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     ``handle_hook`` is not that one: mitmproxy's ``hook_task``'s body.
     tests/unit/test_hops.py compares the two, step by step."""
     completed = events.HookCompleted
+    lean_completed = _completed_maker()  # (the same object, one call)
     current_task = asyncio.current_task
     from mitmproxy.utils import asyncio_utils
 
@@ -275,7 +311,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         else:
             await run_disarmed(watchdog, job.run(addons))
         if hook.blocking:
-            await self.server_event(completed(hook))
+            await self.server_event(lean_completed(hook))
         if keep_alive is not None:
             # The task ends here: out of mitmproxy's set of running tasks now, not by the
             # done callback its ``create_task`` added (a callback, and so one more turn of
@@ -346,8 +382,34 @@ class LeanHook(commands.StartHook):
         self.job: _Job = _Job(self.flow, None)
 
 
+def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
+    """``LeanHook(flow)`` with its job's ``lean`` set: the same two objects (the same
+    attributes, in the same order) without the four Python calls of their constructors
+    (``StartHook``'s class check, the dataclass's ``__init__``, ``__post_init__``,
+    ``_Job.__init__``). tests/unit/test_speed_flow4.py compares the two."""
+    hook = _new(LeanHook)
+    hook.flow = flow
+    job = hook.job = _new(_Job)
+    job.flow = flow
+    job.lean = lean
+    job.addons = None
+    job.outcome = KILL
+    job.code = None
+    job.message = ""
+    return hook
+
+
+_new = object.__new__
+
+
 # what the layer does once the job is done
 SEND, STREAM, ERROR, KILL = "send", "stream", "error", "kill"
+
+# the job's hooks by name (``flow_steps``' keys), and a manager without ``flow_steps``
+_REQUESTHEADERS, _REQUEST = lhttp.HttpRequestHeadersHook.name, lhttp.HttpRequestHook.name
+_RESPONSEHEADERS, _RESPONSE = lhttp.HttpResponseHeadersHook.name, lhttp.HttpResponseHook.name
+_POOL_EXCHANGE = PoolExchangeHook.name
+_NO_STEPS: dict[str, Any] = {}  # (never filled)
 
 
 class _Job:
@@ -415,13 +477,21 @@ class _Job:
         # flow has an error, or an event came for the paused layer)
         flow, addons, lean = self.flow, self.addons, self.lean
         queued = lean._paused_event_queue if lean is not None else None
-        await addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow))
+        # ``handle_lifecycle(Hook(flow))`` as the manager's step of that hook taking the flow
+        # itself when it has one (seam/dispatch.py ``flow_steps``: no hook object, one call
+        # fewer), else as written; looked up per hook (a chain changed meanwhile drops them)
+        steps = getattr(addons, "flow_steps", _NO_STEPS)
+        step = steps.get(_REQUESTHEADERS)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpRequestHeadersHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
             return await self._kill(True)
         # mitmproxy reads the body here; it is already read.
-        await addons.handle_lifecycle(lhttp.HttpRequestHook(flow))
+        step = steps.get(_REQUEST)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpRequestHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
@@ -429,7 +499,11 @@ class _Job:
         if flow.response:
             # A response set by a stage: emulate the responseheaders hook (as mitmproxy does).
             flow.response.timestamp_start = time.time()
-            await self._hook(lhttp.HttpResponseHeadersHook(flow))
+            step = steps.get(_RESPONSEHEADERS)  # (``_hook`` inline)
+            await (step(flow) if step is not None
+                   else addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow)))
+            if flow.intercepted:
+                await flow.wait_for_resume()
             if self._killed():
                 return await self._kill(True)
             return await self._respond()
@@ -438,13 +512,16 @@ class _Job:
             # The pool stage did not take it (a reload between the head and the hooks): no
             # upstream connection exists on this path; the agent retries on a new one.
             return await self._fail("server closed connection")
-        await addons.handle_lifecycle(PoolExchangeHook(flow))
+        step = steps.get(_POOL_EXCHANGE)
+        await (step(flow) if step is not None else addons.handle_lifecycle(PoolExchangeHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if ex.error is not None or flow.response is None:
             return await self._fail(ex.error or "server closed connection")
         resp = flow.response
-        no_body = flow.request.method == "HEAD" or resp.status_code in (204, 304)
+        # (``Request.method`` and ``Response.status_code``: their bodies, without a call)
+        no_body = (flow.request.data.method.decode("utf-8", "surrogateescape").upper() == "HEAD"
+                   or resp.data.status_code in (204, 304))
         # check_body_size: a no-op (choose() takes no connection with a body size option)
         if lean is not None and lean.validate:
             try:
@@ -458,7 +535,9 @@ class _Job:
                 flow.live = False
                 self.code, self.message = lhttp.ErrorCode.RESPONSE_VALIDATION_FAILED, err
                 return ERROR
-        await addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow))
+        step = steps.get(_RESPONSEHEADERS)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpResponseHeadersHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
@@ -485,7 +564,9 @@ class _Job:
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))
+        step = steps.get(_RESPONSE)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))
         if flow.intercepted:
             await flow.wait_for_resume()
         if (flow.error is not None or queued) and self._killed():
@@ -497,7 +578,9 @@ class _Job:
         flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))  # (``_hook`` inline)
+        step = getattr(addons, "flow_steps", _NO_STEPS).get(_RESPONSE)  # (``_request``'s)
+        await (step(flow) if step is not None
+               else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))  # (``_hook`` inline)
         if flow.intercepted:
             await flow.wait_for_resume()
         if self._killed():
@@ -560,11 +643,33 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     headers = object.__new__(http.Headers)
     headers.fields = tuple(_FAST_FIELD.findall(m.group(3)))
     req = object.__new__(http.Request)
-    req.data = http.RequestData(
-        http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
-        timestamp_start=time.time(), timestamp_end=None,
-        host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
+    if objects.DATA_PLAIN and _MessageData.__post_init__ is objects.no_field_type_check:
+        # (``RequestData``'s dataclass ``__init__``, field by field, and its
+        # ``__post_init__``, seam/speed.py's no-op: seam/objects.py ``DATA_PLAIN``)
+        data = object.__new__(_RequestData)
+        data.http_version = b"HTTP/1.1"
+        data.headers = headers
+        data.content = None
+        data.trailers = None
+        data.timestamp_start = time.time()
+        data.timestamp_end = None
+        data.host = ""
+        data.port = 0
+        data.method = m.group(1)
+        data.scheme = b""
+        data.authority = b""
+        data.path = m.group(2)
+        req.data = data
+    else:
+        req.data = http.RequestData(
+            http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
+            timestamp_start=time.time(), timestamp_end=None,
+            host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
     return req, m.end()
+
+
+_MessageData: Any = http.MessageData
+_RequestData: Any = http.RequestData
 
 
 def general_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None | str:
@@ -825,7 +930,7 @@ class LeanLayer(layer.Layer):
             return req.http_version
         elif req.method == "CONNECT" or req.authority:
             return "CONNECT or absolute form"
-        headers = req.headers
+        headers = req.data.headers  # (``Message.headers``' body)
         names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
         for name, key in _SKIP_KEYS:
             if key in names:
@@ -838,7 +943,8 @@ class LeanLayer(layer.Layer):
         # its one Content-Length as mitmproxy parses it, or 0
         length = headers.get_all("content-length") if b"content-length" in names else []
         if not length:
-            if req.method not in _NO_BODY_METHODS:
+            # (``Request.method``'s body)
+            if req.data.method.decode("utf-8", "surrogateescape").upper() not in _NO_BODY_METHODS:
                 return "no content-length"
             size = 0
         else:
@@ -895,9 +1001,8 @@ class LeanLayer(layer.Layer):
             if stats["requests"] == 1:
                 logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP "
                             "layer")
-            hook = LeanHook(flow)
+            hook = lean_hook(flow, self)
             job = hook.job
-            job.lean = self
             yield hook
             outcome = job.outcome
             if outcome == SEND:

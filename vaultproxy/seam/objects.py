@@ -197,14 +197,75 @@ def headers_made(fields: list[tuple[bytes, bytes]]) -> http.Headers:
     return made
 
 
+def no_field_type_check(self: object) -> None:
+    """``MessageData.__post_init__`` as seam/speed.py sets it (mitmproxy's development type
+    check of every field dropped): nothing."""
+    return None
+
+
+#: each message data class's fields, in the order its dataclass ``__init__`` sets them
+REQUEST_FIELDS = ("http_version", "headers", "content", "trailers", "timestamp_start",
+                  "timestamp_end", "host", "port", "method", "scheme", "authority", "path")
+RESPONSE_FIELDS = REQUEST_FIELDS[:6] + ("status_code", "reason")
+
+
+def _plain_data(cls: Any, names: tuple[str, ...]) -> bool:
+    """Does ``cls(**fields)`` do no more than set ``names``, in that order, then call
+    ``MessageData.__post_init__``? (A dataclass's generated ``__init__`` with exactly these
+    fields, all passed; nothing in its line with its own ``__new__``, ``__setattr__`` or
+    slots; no ``__post_init__`` but ``MessageData``'s.)"""
+    import dataclasses
+
+    if not isinstance(cls, type) or not dataclasses.is_dataclass(cls):
+        return False
+    if tuple(f.name for f in dataclasses.fields(cls)) != names:
+        return False
+    if any(not f.init for f in dataclasses.fields(cls)):
+        return False
+    init = vars(cls).get("__init__")  # (the dataclass's: compiled from its own text)
+    code = getattr(init, "__code__", None)
+    if (code is None or code.co_filename != "<string>" or code.co_name != "__init__"
+            or code.co_names != (*names, "__post_init__")):
+        return False
+    base = getattr(http, "MessageData", None)
+    for klass in cls.__mro__[:-1]:
+        own = set(vars(klass))
+        if {"__new__", "__setattr__", "__slots__"} & own:
+            return False
+        if "__post_init__" in own and klass is not base:
+            return False
+    return True
+
+
+#: ``RequestData(...)`` and ``ResponseData(...)`` may be made field by field (``_plain_data``)
+#: while ``MessageData.__post_init__`` is ``no_field_type_check`` (asked at each message)
+DATA_PLAIN: bool = (_plain_data(getattr(http, "RequestData", None), REQUEST_FIELDS)
+                    and _plain_data(getattr(http, "ResponseData", None), RESPONSE_FIELDS))
+_MessageData: Any = getattr(http, "MessageData", None)
+_ResponseData: Any = getattr(http, "ResponseData", None)
+
+
 def response_of(http_version: Any, status_code: int, reason: Any, headers: Any,
                 timestamp_start: float) -> http.Response:
     """``http.Response(http_version, status_code, reason, headers, None, None,
     timestamp_start=..., timestamp_end=None)``: for bytes version and reason and a
     ``Headers`` the same object without the constructor's conversions (its
-    ``ResponseData`` made by the dataclass's own ``__init__``)."""
+    ``ResponseData`` made field by field as its dataclass ``__init__`` makes it, while
+    ``MessageData.__post_init__`` does nothing (``DATA_PLAIN``); else by that ``__init__``)."""
     if type(http_version) is bytes and type(reason) is bytes and type(headers) is http.Headers:
         made = object.__new__(http.Response)
+        if DATA_PLAIN and _MessageData.__post_init__ is no_field_type_check:
+            data = object.__new__(_ResponseData)
+            data.http_version = http_version
+            data.headers = headers
+            data.content = None
+            data.trailers = None
+            data.timestamp_start = timestamp_start
+            data.timestamp_end = None
+            data.status_code = status_code
+            data.reason = reason
+            made.data = data
+            return made
         made.data = http.ResponseData(
             http_version=http_version, headers=headers, content=None, trailers=None,
             timestamp_start=timestamp_start, timestamp_end=None, status_code=status_code,

@@ -35,7 +35,7 @@ from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import BodyTooLarge, NotReady
 from vaultproxy.net.hostnames import normal_host
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.runtime import Runtime
 from vaultproxy.values.honeytokens import Sighting, refuse
 
@@ -205,7 +205,7 @@ def _identity(rt: Runtime, st: ProxyState, flow: http.HTTPFlow) -> str:
 
 def request_body(rt: Runtime, flow: http.HTTPFlow) -> Awaitable[None] | None:
     """``on_request_body``, or None (no coroutine) for a body that was not held."""
-    rec: FlowRecord = record_of(flow)
+    rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
     if not rec.hold_body or rec.answered:
         return None
     return on_request_body(rt, flow)

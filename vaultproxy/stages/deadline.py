@@ -40,7 +40,7 @@ from mitmproxy.proxy import server_hooks
 
 from vaultproxy.config.models import ProxySettings
 from vaultproxy.seam import deadlines
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import KEY, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.record import EveryInterval
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -229,7 +229,7 @@ class Deadline(Stage):
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
         cfg = self._settings()
-        if cfg is None or record_of(flow).answered:
+        if cfg is None or (flow.metadata.get(KEY) or record_of(flow)).answered:
             return  # the proxy answered it: no upstream to wait on
         self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))
 

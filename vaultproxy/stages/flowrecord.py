@@ -58,17 +58,32 @@ class FlowRecord:
     plain_fields: tuple[tuple[bytes, bytes], ...] | None = None
     outcome: Outcome | None = None  # Record: set once the audit line is written
 
-    @property
-    def answered(self) -> bool:
-        """The proxy answered this flow itself (refused it, or served it): no later stage
-        decides, dials, checks, mints or injects for it. An upstream's response is not
-        an answer of ours."""
-        return self.refusal is not None or self.served
+    #: The proxy answered this flow itself (refused it, or served it): no later stage
+    #: decides, dials, checks, mints or injects for it. An upstream's response is not an
+    #: answer of ours. ``refusal is not None or served``, kept as a plain attribute (read ~6
+    #: times per request, a property's call each) by the only two writers of those fields,
+    #: ``refuse`` and ``serve``; tests/unit/test_speed_flow4.py finds every write of them
+    #: in vaultproxy/ and asserts it is one of these two. (Not a field: no ``__init__`` arg.)
+    answered = False
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Record the refusal (guard.deny, the one place): answered from now on."""
+        self.refusal = refusal
+        self.answered = True
+
+    def serve(self) -> None:
+        """Record that the proxy served the flow itself (Reserved): answered from now on."""
+        self.served = True
+        self.answered = True
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:
     """The flow's record (created on first use). Only this module writes the key, and only
-    a FlowRecord (16 look-ups per request: no isinstance check on each)."""
+    a FlowRecord (16 look-ups per request: no isinstance check on each).
+
+    A hook that runs on every request reads it as ``flow.metadata.get(KEY) or
+    record_of(flow)``: the same record (``record_of`` returns the one there, truthy or not;
+    makes one only when there is none) without this call once a stage made it."""
     rec: FlowRecord | None = flow.metadata.get(KEY)
     if rec is None:
         rec = flow.metadata[KEY] = FlowRecord()

@@ -42,11 +42,11 @@ def deny(flow: http.HTTPFlow, err: BaseException) -> None:
     rec = record_of(flow)
     upstream = flow.response
     if upstream is not None and upstream.stream:
-        rec.refusal = Refusal(code, message)
+        rec.refuse(Refusal(code, message))
         flow.kill()  # bytes already went out; cut the connection rather than pass more
         return
     reply = error_reply(err)
-    rec.refusal = Refusal(code, message, error_reply(err) if upstream is not None else None)
+    rec.refuse(Refusal(code, message, error_reply(err) if upstream is not None else None))
     if upstream is not None:
         reply.stream = _replace_body(reply.raw_content or b"")
     flow.response = reply

@@ -20,7 +20,7 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mtls import cert_agent_of
 from vaultproxy.stages.runtime import Stage
@@ -130,7 +130,7 @@ class Identify(Stage):
                 or (st is not None and st.snapshot.honeytokens.active)):
             header = access.take_proxy_authorization(rt, flow)  # ACCESS: honeytokens
             st = rt.live.state
-        rec: FlowRecord = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         if rec.answered:
             return
         if st is None:

@@ -15,7 +15,7 @@ from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
 from vaultproxy.stages.ahead import forward_ahead
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
 
@@ -27,7 +27,7 @@ class Undecided(VaultproxyError):
 class Inject(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rec: FlowRecord = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         if rec.answered:
             return  # refused (or served) by an earlier stage
         st = self.rt.live.state  # ``rt.state()``, inline
@@ -67,7 +67,7 @@ class Inject(Stage):
 
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
-        rec: FlowRecord = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         if rec.hold_body and not rec.answered and decision is not None and decision.plan:
             # A body held for the honeytoken scan passed it (RequestGate runs first): only

@@ -18,7 +18,7 @@ from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
 from vaultproxy.seam.engine_errors import classify_engine_error, client_gone
 from vaultproxy.stages.ahead import METHOD_TEXT
-from vaultproxy.stages.flowrecord import FlowRecord, Outcome, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, Outcome, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -154,7 +154,7 @@ class Record(Stage):
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         st = self.rt.live.state  # ``rt.current()``
-        decision = record_of(flow).decision
+        decision = (flow.metadata.get(KEY) or record_of(flow)).decision
         if st is not None and decision is not None and decision.service is not None:
             st.inflight += 1
             self._inflight.add(flow.id)
@@ -173,7 +173,7 @@ class Record(Stage):
             st = self.rt.live.state  # ``rt.current()``
             if st is not None:
                 st.inflight -= 1
-        rec = record_of(flow)
+        rec = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         if rec.refusal is not None:
             _record(self.rt, flow, "request", "denied", rec.refusal.code, rec=rec)

@@ -146,7 +146,7 @@ class Reserved(Stage):
 
 def _serve(flow: http.HTTPFlow, response: http.Response) -> None:
     """Answer ``flow`` ourselves (``FlowRecord.served``): no later stage acts on it."""
-    record_of(flow).served = True
+    record_of(flow).serve()
     flow.response = response
 
 
