@@ -226,7 +226,7 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
         return False
 
     def receive_data(self: Any, data: bytes) -> Generator[Any, Any, None]:
-        conn = self.tls
+        conn: Any = self.tls
         if (type(conn) is not Connection or conn._into_ssl is None or conn._from_ssl is None
                 or type(data) is not bytes):  # (``_memory_bio``)
             yield from stock_receive(self, data)
