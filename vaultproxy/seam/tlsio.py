@@ -237,6 +237,7 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             if n <= 0:
                 conn._handle_bio_errors(into, n)
         ssl, ctx = conn._ssl, conn._context
+        h: Any
         plaintext: Any = b""  # (one read's bytes as they are; a bytearray from the second)
         close = False
         try:  # (``_scratch()``: each read copied out before the next, no yield in between)
