@@ -10,8 +10,10 @@ one ``send_data`` (the response). mitmproxy's code, through pyOpenSSL, pays for 
   allocating a fresh 64 KiB buffer and copying through ``ffi.buffer(...)[:]``;
 * ``send_data`` goes through ``sendall``'s generic loop (``from_buffer``, text checks).
 
-The patched methods make the same OpenSSL calls, in the same order, with the same
-arguments and sizes, and read pyOpenSSL's answers the way pyOpenSSL does:
+The patched methods make the same OpenSSL calls that move bytes (``BIO_write``,
+``SSL_read``, ``SSL_write``, ``BIO_read``), in the same order, with the same arguments and
+sizes, and read pyOpenSSL's answers the way pyOpenSSL does (``BIO_read`` is not called
+where it would fail with an empty BIO: the BIO's count says so first):
 
 * ``tls_interact`` asks the outgoing memory BIO how many bytes it holds
   (``BIO_get_mem_data``, what ``BIO_read`` reads from) and reads while there are any:
@@ -29,7 +31,14 @@ arguments and sizes, and read pyOpenSSL's answers the way pyOpenSSL does:
 * ``send_data`` makes ``sendall``'s first ``SSL_write`` of a ``bytes`` payload itself; if
   it wrote everything (a memory BIO always takes everything) that is the end of
   ``sendall``, otherwise pyOpenSSL's ``_raise_ssl_error`` and ``sendall`` take over from
-  where it stopped.
+  where it stopped. The drain after it reads as ``tls_interact``'s loop reads, with two
+  questions fewer: after a full write the outgoing BIO holds its record (read without
+  asking ``BIO_get_mem_data`` first), and a read shorter than the 65535 bytes asked took
+  all a memory BIO held (``mem_read``: ``min(length, asked)``), so the loop ends there
+  without asking again. (What the stock loop's next ``bio_read`` would find after that
+  read is what was written into the BIO while the ``SendData`` was out: nothing, as a
+  layer handles one event at a time and only its own methods write its connection; had
+  anything been, the ``tls_interact`` that follows every write would send it, in order.)
 
 And between a TLS layer and its child, ``TunnelLayer.event_to_child`` hands each command
 the child answers to ``_handle_command``, one more generator per command (the lean layer's
@@ -37,14 +46,21 @@ hook and its response, per request): the patched loop makes the same decision in
 the two kinds a request produces (a ``SendData`` on the layer's own connection goes to
 ``send_data``; a command that is no ``ConnectionCommand`` goes up as it is) and hands every
 other command to ``_handle_command``; a subclass with its own ``_handle_command`` keeps
-mitmproxy's loop.
+mitmproxy's loop. Two generators fewer again per request: ``receive_data`` runs that
+patched ``event_to_child``'s body in place for the agent's plaintext (a layer whose
+``event_to_child`` is that one), and ``event_to_child`` runs the patched ``send_data``'s
+body in place for a ``SendData`` of the layer's own connection (a layer whose
+``send_data`` and ``tls_interact`` are the patched ones; the write itself is ``write``,
+shared by both).
 
 Anything else (a payload that is not ``bytes``, an empty one, a connection that is not a
 memory-BIO ``SSL.Connection``) takes mitmproxy's method. mitmproxy's methods are
 fingerprinted (``need.unchanged``: their compiled code, else their source text): if a
 release changes one, that method stays mitmproxy's and one WARNING says so, so an upgrade
 can make the proxy slower, never different. tests/unit/test_speed_tlsio.py compares both
-on real in-memory handshakes."""
+on real in-memory handshakes (pyOpenSSL and Python ``ssl`` agents; a whole layer with a
+scripted child: close_notify, alerts, corrupt, truncated and split records, renegotiation).
+bench/tlsrecord.py counts the instructions of one request's record in and record out."""
 
 from __future__ import annotations
 
