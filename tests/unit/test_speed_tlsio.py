@@ -663,7 +663,7 @@ def _whole_run(layer: _Whole, agent: Any, step: Any) -> list[Any]:
     out: list[Any] = []
     try:
         if kind == "respond":  # a hook's completion: the child answers
-            gen = layer.event_to_child(events.HookCompleted(commands.Log("hook")))
+            gen = layer.event_to_child(events.HookCompleted(commands.Log("hook")))  # type: ignore[arg-type]
         else:
             if kind == "agent":
                 wire = agent.send(arg)
