@@ -506,3 +506,45 @@ def test_disarm_is_mitmproxys(monkeypatch: pytest.MonkeyPatch) -> None:
         assert got == want, ops
         raised += any(t[0] == -1 for t in want)
     assert raised > 100  # twin: blocks left by an exception are compared too
+
+
+# --- DataReceived made without its constructor's frame ----------------------------------------
+
+
+def test_data_received_of_makes_what_the_constructor_makes() -> None:
+    from mitmproxy.proxy import events
+
+    assert connio.data_received_of is not events.DataReceived  # (in place on this mitmproxy)
+    rng = random.Random(5)
+    for _ in range(200):
+        conn = connection.Client(peername=("127.0.0.1", rng.randrange(1, 65535)),
+                                 sockname=("127.0.0.1", 2), timestamp_start=rng.random())
+        data = rng.randbytes(rng.randrange(0, 100))
+        want, got = events.DataReceived(conn, data), connio.data_received_of(conn, data)
+        assert type(got) is type(want) and got == want and repr(got) == repr(want)
+        assert list(vars(got).items()) == list(vars(want).items())  # (the same order too)
+        assert got.connection is conn and got.data is data
+
+
+def test_data_received_of_is_the_constructor_when_it_changed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed ``__init__`` (its fingerprints differ), or a class with a ``__post_init__``,
+    keeps mitmproxy's constructor."""
+    from dataclasses import dataclass
+
+    from mitmproxy.proxy import events
+
+    assert need.unchanged(events.DataReceived.__init__, *connio.DATA_RECEIVED_INIT)
+    monkeypatch.setattr(connio, "DATA_RECEIVED_INIT", ("0" * 16, "0" * 16))
+    assert connio._data_received_maker() is events.DataReceived
+    monkeypatch.undo()
+
+    @dataclass
+    class Checked(events.ConnectionEvent):
+        data: bytes
+
+        def __post_init__(self) -> None:
+            assert isinstance(self.data, bytes)
+
+    monkeypatch.setattr(events, "DataReceived", Checked)
+    assert connio._data_received_maker() is Checked
