@@ -100,33 +100,23 @@ def _script(seed: int) -> tuple[list[tuple[str, Any]], list[int], str]:
     return ops, waits, protocol
 
 
-def _run(seed: int, make: Callable[[Any], Any], loop_name: str,
-         handler: type[_Handler] | None = None) -> list[Any]:
+def _run(seed: int, make: Callable[[Any], Any], loop_name: str) -> list[Any]:
     ops, waits, protocol = _script(seed)
     log: list[Any] = []
-    states = random.Random(seed + 1)
 
     async def main() -> None:
         conn = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2),
                                  timestamp_start=0.0, state=connection.ConnectionState.OPEN,
                                  transport_protocol=protocol)
-        h = (handler or _Handler)(log, list(waits))
+        h = _Handler(log, list(waits))
         reader = asyncio.StreamReader(limit=LIMIT)
         reader.set_transport(_Transport(log))  # type: ignore[arg-type]
-        writer: Any = _Writer(log)
-        if handler is not None:  # a real StreamWriter, its drain's state set per step
-            h._drain_lock = asyncio.Lock()  # type: ignore[attr-defined]
-            writer = asyncio.StreamWriter(_WriteEnd(log), _Flow(), reader,  # type: ignore[arg-type]
-                                          asyncio.get_running_loop())
-        h.transports[conn] = server.ConnectionIO(reader=reader, writer=writer)
+        h.transports[conn] = server.ConnectionIO(reader=reader,
+                                                 writer=_Writer(log))  # type: ignore[arg-type]
         task = asyncio.ensure_future(make(h)(h, conn))
         others: list[asyncio.Future[Any]] = []
         await asyncio.sleep(0)
         for kind, arg in ops:
-            if handler is not None:
-                writer._protocol._paused = states.random() < 0.3
-                writer._protocol._connection_lost = states.random() < 0.05
-                writer._transport.closing = states.random() < 0.05
             if kind == "data":
                 if not reader._eof:  # type: ignore[attr-defined]
                     reader.feed_data(arg)
@@ -164,8 +154,6 @@ def _run(seed: int, make: Callable[[Any], Any], loop_name: str,
             except BaseException as e:  # noqa: BLE001
                 log.append(("intruder raised", type(e).__name__))
         log.append(("state", conn.state, conn in h.transports))
-        if handler is not None:
-            writer._transport.closing = True  # (nothing more from its ``__del__``)
 
     if loop_name == "uvloop":
         import uvloop
@@ -178,73 +166,6 @@ def _run(seed: int, make: Callable[[Any], Any], loop_name: str,
 
 def _fast(stock: Any) -> Any:
     return connio._make_handle_connection(stock)
-
-
-class _WriteEnd:
-    """A writer's transport: closing or not as the step sets it."""
-
-    def __init__(self, log: list[Any]) -> None:
-        self.log, self.closing = log, False
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.log.append("writer close")
-        self.closing = True  # (a StreamWriter's ``__del__`` closes an open one again)
-
-
-class _Flow:
-    """What ``drain`` reads of a writer's protocol."""
-
-    _paused = False
-    _connection_lost = False
-
-
-class _DrainHandler(_Handler):
-    """The handler with this module's ``drain_writers`` over the logging one (as
-    ``install`` puts it over mitmproxy's): the read loop makes its test in place."""
-
-    drain_writers = connio._make_drain(_Handler.drain_writers)
-
-
-class _AwaitedDrainHandler(_Handler):
-    """The same ``drain_writers`` called and awaited (nothing for the loop to make in place)."""
-
-    async def drain_writers(self) -> None:
-        await _DrainHandler.drain_writers(self)
-
-
-@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
-def test_read_loop_makes_drain_writers_test_in_place(loop_name: str) -> None:
-    """With connio's ``drain_writers`` (over a logging stock one) and real ``StreamWriter``s
-    whose drain would wait or not per step (paused, connection lost, closing, a reader
-    exception), the read loop that makes its test in place does what mitmproxy's loop does
-    awaiting it, and what this loop does awaiting it: the same drains reach the stock one."""
-    stock = _stock()
-    reached = 0
-    for seed in range(300):
-        want = _run(seed, lambda h: stock, loop_name, _DrainHandler)
-        assert _run(seed, lambda h: _fast(stock), loop_name, _DrainHandler) == want, seed
-        assert _run(seed, lambda h: _fast(stock), loop_name, _AwaitedDrainHandler) == want, seed
-        reached += want.count("drain")
-    assert reached > 100  # (the stock drain reached often, skipped often)
-
-
-def test_twin_the_drain_comparison_sees_a_drain_made_in_place_always() -> None:
-    stock = _stock()
-
-    class Always(_DrainHandler):
-        pass
-
-    def ready(self: Any) -> bool:
-        return True
-
-    always: Any = connio._make_drain(_Handler.drain_writers)
-    always.writers_ready = ready
-    Always.drain_writers = always  # type: ignore[method-assign]
-    assert any(_run(seed, lambda h: _fast(stock), "asyncio", Always) != _run(
-        seed, lambda h: stock, "asyncio", _DrainHandler) for seed in range(100))
 
 
 @pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])

@@ -40,15 +40,12 @@ costs two ``server_event`` calls and one ``drain_writers``.
   ``_maybe_resume_transport``) is done inline, as those three do it: the same exception
   raised first, the same waiter future set on the reader (``feed_data`` and ``feed_eof``
   wake it), the same resume of a paused transport before the wait and after taking the
-  bytes (a buffer of at most 65535 bytes taken whole: ``bytes(buffer)``, no memoryview
-  slice), the same ``RuntimeError`` for a second reader. The ``DataReceived`` is made by
-  ``data_received_of`` (the dataclass's ``__init__``, fingerprinted, without its frame) and
-  ``await self.drain_writers()`` is this module's test (``writers_ready``) made in place
-  when the handler's ``drain_writers`` is this module's (which returns, without awaiting,
-  when that test holds: no cancellation point either way). The rest of the loop is
-  mitmproxy's, copied. It runs under seam/defences.py's ``handle_connection``
-  (``connection_loop``); any other reader (mitmproxy_rs's UDP stream) takes mitmproxy's
-  own.
+  bytes, the same ``RuntimeError`` for a second reader. A buffer of at most 65535 bytes
+  (one request's record: always) is taken whole, ``bytes(buffer)`` and ``clear()``, for
+  ``bytes(memoryview(buffer)[:65535])`` and ``del buffer[:65535]`` (the same bytes, the same
+  empty buffer; ~2k instructions fewer per read). The rest of the loop is mitmproxy's,
+  copied. It runs under seam/defences.py's ``handle_connection`` (``connection_loop``); any
+  other reader (mitmproxy_rs's UDP stream) takes mitmproxy's own.
 
 * The watchdog's ``can_timeout`` (an ``asyncio.Event``) cleared and set by seam/lean.py's
   hook task as ``Event.clear`` and ``Event.set`` do it (``INLINE_EVENT``), its
@@ -424,77 +421,35 @@ def set_task_debug_info(task: asyncio.Task[Any], *, name: str,
         task.client = client  # type: ignore[attr-defined]
 
 
-#: ``events.DataReceived.__init__`` (dataclass-made: ``self.connection = connection``,
-#: ``self.data = data``) as mitmproxy 12.3 has it: its ``need.fingerprint`` (of its bytecode,
-#: names and constants: it has no source) and its ``need.code_fingerprint``.
-DATA_RECEIVED_INIT = ("99edf23031c6743e", "380f75815b67e9e5")
-
-
-def _data_received_maker() -> Any:
-    """``data_received_of`` if ``DataReceived``'s constructor is the one it repeats (and
-    nothing in the class's line has its own ``__new__``, ``__setattr__``, slots or a
-    ``__post_init__``), else ``events.DataReceived`` itself."""
-    cls: Any = getattr(events, "DataReceived", None)
-    if cls is None:
-        return cls
-    for klass in cls.__mro__[:-1]:
-        if {"__new__", "__setattr__", "__slots__", "__post_init__"} & set(vars(klass)):
-            return cls
-    if not need.unchanged(cls.__init__, *DATA_RECEIVED_INIT):
-        return cls
-    new = object.__new__
-
-    def data_received_of(connection: Any, data: bytes) -> Any:
-        """``events.DataReceived(connection, data)``: the same object (its ``connection``,
-        then its ``data``) without the constructor's frame (once per read of each
-        connection, and once per TLS record's plaintext: seam/tlsio.py)."""
-        made = new(cls)
-        made.connection = connection
-        made.data = data
-        return made
-
-    return data_received_of
-
-
-#: ``events.DataReceived(connection, data)`` made with one call (``_data_received_maker``)
-data_received_of: Any = _data_received_maker()
-
-
 def _make_drain(stock: Callable[..., Any]) -> Callable[..., Any]:
     stream_writer = asyncio.StreamWriter
 
-    def writers_ready(self: Any) -> bool:
-        """Would mitmproxy's ``drain_writers`` return without waiting? (Its lock is free
-        and every writer's ``drain()`` would return at once.)"""
-        lock = self._drain_lock
-        if lock._locked or lock._waiters:
-            return False
-        for io in self.transports.values():
-            writer = io.writer
-            if writer is None:
-                continue
-            if type(writer) is not stream_writer:
-                return False
-            w: Any = writer  # (asyncio's private fields, as ``drain`` reads them)
-            reader, protocol = w._reader, w._protocol
-            if ((reader is not None and reader._exception is not None)
-                    or w._transport.is_closing() or protocol._connection_lost
-                    or protocol._paused):
-                return False
-        return True
-
     async def drain_writers(self: Any) -> None:
         """mitmproxy's ``drain_writers``, without the awaits that would not wait."""
-        if not writers_ready(self):
-            await stock(self)
+        lock = self._drain_lock
+        if not lock._locked and not lock._waiters:
+            for io in self.transports.values():
+                writer = io.writer
+                if writer is None:
+                    continue
+                if type(writer) is not stream_writer:
+                    break
+                w: Any = writer  # (asyncio's private fields, as ``drain`` reads them)
+                reader, protocol = w._reader, w._protocol
+                if ((reader is not None and reader._exception is not None)
+                        or w._transport.is_closing() or protocol._connection_lost
+                        or protocol._paused):
+                    break
+            else:
+                return
+        await stock(self)
 
-    drain_writers.writers_ready = writers_ready  # type: ignore[attr-defined]
     return drain_writers
 
 
 def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
     stream_reader: Any = asyncio.StreamReader  # (Any: no narrowing to its public type)
-    data_received, connection_closed = data_received_of, events.ConnectionClosed
+    data_received, connection_closed = events.DataReceived, events.ConnectionClosed
     can_read, closed, can_write = (ConnectionState.CAN_READ, ConnectionState.CLOSED,
                                    ConnectionState.CAN_WRITE)
 
@@ -544,16 +499,11 @@ def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
 
             await self.server_event(data_received(connection, data))
 
-            # ``await self.drain_writers()``: this module's returns at once when its test
-            # says so (no await, no cancellation point), which is made here in place
-            drain = type(self).drain_writers
-            ready = getattr(drain, "writers_ready", None)
-            if ready is None or "drain_writers" in self.__dict__ or not ready(self):
-                try:
-                    await self.drain_writers()
-                except asyncio.CancelledError as e:
-                    cancelled = e
-                    break
+            try:
+                await self.drain_writers()
+            except asyncio.CancelledError as e:
+                cancelled = e
+                break
 
         if cancelled is None and connection.transport_protocol == "tcp":
             # TCP connections can be half-closed.
