@@ -8,7 +8,8 @@ and one ~1.3 KB response out (the child's ``SendData`` through ``event_to_child`
 Each tree runs twice under callgrind (``--instr-atstart=yes``): the same set-up (handshake,
 the agent's N records made beforehand) with 0 requests and with N requests served; the
 difference over N is the path's cost (deterministic to a few instructions: no loop, no
-sockets). ``PYTHONMALLOC=malloc`` as the other callgrind benches."""
+sockets; one certificate and key, made once per bench run: key generation's cost varies).
+``PYTHONMALLOC=malloc`` as the other callgrind benches."""
 
 from __future__ import annotations
 
@@ -31,19 +32,21 @@ from OpenSSL import SSL, crypto
 from vaultproxy.seam import tlsio
 
 n, serve, stock = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "stock"
+import os, pathlib
+cache = pathlib.Path(sys.argv[4])  # (one key for every run: key generation varies)
 assert tlsio.install()
 if stock:
     for name in tlsio.FINGERPRINTS:
         setattr(tls.TLSLayer, name, tlsio.STOCK[name])
     tunnel.TunnelLayer.event_to_child = tlsio.STOCK["TunnelLayer.event_to_child"]
 
-ca = trustme.CA()
-cert = ca.issue_cert("a.test")
+if not cache.exists():
+    cert = trustme.CA().issue_cert("a.test")
+    cache.write_bytes(cert.cert_chain_pems[0].bytes() + b"\0" + cert.private_key_pem.bytes())
+chain, key = cache.read_bytes().split(b"\0")
 sctx = SSL.Context(SSL.TLS_METHOD)
-sctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM,
-                                             cert.cert_chain_pems[0].bytes()))
-sctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM,
-                                           cert.private_key_pem.bytes()))
+sctx.use_certificate(crypto.load_certificate(crypto.FILETYPE_PEM, chain))
+sctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, key))
 sctx.set_alpn_select_callback(lambda _c, protos: b"http/1.1")
 server = SSL.Connection(sctx)
 server.set_accept_state()
@@ -126,7 +129,8 @@ def measure(tree: Path, n: int, mode: str, work: Path, name: str) -> float:
         out = work / f"cg.{name}.{mode}.{serve}.out"
         env = dict(os.environ, PYTHONPATH=str(tree), PYTHONMALLOC="malloc")
         subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                        sys.executable, str(script), str(n), str(serve), mode],
+                        sys.executable, str(script), str(n), str(serve), mode,
+                        str(work / "cert.pem")],
                        check=True, env=env, capture_output=True)
         counts.append(total(out))
     return (counts[1] - counts[0]) / n
@@ -142,6 +146,10 @@ def main() -> None:
         ("this", Path(__file__).resolve().parents[1])]
     work = Path(tempfile.mkdtemp(prefix="vp-tlsrecord-"))
     print(f"(out files in {work})")
+    (work / "run.py").write_text(RUN)  # (a first run, not counted, makes the key)
+    subprocess.run([sys.executable, str(work / "run.py"), "1", "0", "fast",
+                    str(work / "cert.pem")], check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=str(trees[0][1])))
     for name, tree in trees:
         modes = ["fast", "stock"] if args.stock else ["fast"]
         for mode in modes:
