@@ -78,9 +78,11 @@ def _script(seed: int) -> tuple[list[tuple[str, Any]], list[int], str]:
     rnd = random.Random(seed)
     ops: list[tuple[str, Any]] = []
     for _ in range(rnd.randrange(1, 12)):
-        kind = rnd.choices(["data", "big", "turns", "cancel", "intruder", "exc"],
-                           [10, 2, 6, 1, 0.5, 0.5])[0]
-        if kind == "data":
+        kind = rnd.choices(["data", "big", "turns", "cancel", "intruder", "exc", "edge"],
+                           [10, 2, 6, 1, 0.5, 0.5, 1])[0]
+        if kind == "edge":  # one read's size, give or take a byte
+            ops.append(("data", rnd.randbytes(rnd.choice([65534, 65535, 65536]))))
+        elif kind == "data":
             ops.append(("data", rnd.randbytes(rnd.randrange(1, 300))))
         elif kind == "big":
             ops.append(("data", rnd.randbytes(rnd.randrange(LIMIT, 3 * 65535))))

@@ -352,6 +352,7 @@ def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyP
     for name in tlsio.TUNNEL_FINGERPRINTS:
         monkeypatch.setattr(tunnel.TunnelLayer, name, tlsio.STOCK[f"TunnelLayer.{name}"])
     monkeypatch.delattr(tls.TLSLayer, "_vaultproxy_fast")
+    monkeypatch.setattr(tlsio, "FAST_TO_CHILD", [])  # (install fills it anew)
     # (a mitmproxy whose send_data changed: its source and its code differ)
     monkeypatch.setitem(tlsio.FINGERPRINTS, "send_data", "0" * 16)
     monkeypatch.setitem(tlsio.CODE_FINGERPRINTS, "send_data", "0" * 16)
@@ -500,3 +501,275 @@ def test_each_helpers_stored_problem_is_raised_as_pyopenssl_does(attr: str, wher
         setattr(ctx, attr, before)
     assert outs[0] == outs[1]
     assert ("raised", "ValueError", f"stored in {attr}") in outs[1]
+
+
+# --- a whole TLS layer with a child that answers, against mitmproxy's, with real peers -----
+# (``receive_data`` runs the patched ``event_to_child``'s body in place, ``event_to_child``
+# the patched ``send_data``'s: here the layer keeps mitmproxy's own ``event_to_child`` in
+# the stock twin, and the child answers each event with a seeded script of commands)
+
+
+class _ScriptChild:
+    """A child layer answering every event with the next script of commands (built from
+    the event's connection: its own, the layer's; another, not the layer's)."""
+
+    def __init__(self, rng: random.Random, own: Any, other: Any) -> None:
+        self.rng, self.own, self.other = rng, own, other
+        self.seen: list[Any] = []
+
+    def handle_event(self, event: events.Event) -> Any:
+        self.seen.append((type(event).__name__, getattr(event, "data", None)))
+        rng = self.rng
+        for _ in range(rng.choice([0, 1, 1, 1, 2, 3])):
+            r = rng.random()
+            if r < 0.55:
+                size = rng.choice([0, 1, 90, 1300, 16_384, 65_535, 65_536, 150_000])
+                yield commands.SendData(self.own, rng.randbytes(size))
+            elif r < 0.65:
+                yield commands.Log(f"child {rng.random()}")
+            elif r < 0.75:
+                yield commands.SendData(self.other, b"elsewhere")
+            elif r < 0.82:
+                yield commands.RequestWakeup(0.5)
+            elif r < 0.88:
+                yield commands.CloseTcpConnection(self.own, half_close=True)
+            elif r < 0.92:
+                yield commands.CloseConnection(self.own)
+            else:
+                yield commands.OpenConnection(self.other)
+
+
+class _Whole(tls.TLSLayer):
+    """A TLS layer with its own ``event_to_child`` (the patched one after install) and a
+    scripted child; no mitmproxy context."""
+
+    def __init__(self, conn: SSL.Connection, rng: random.Random) -> None:
+        self.tls = conn
+        self.conn = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2),
+                                      timestamp_start=0.0, state=connection.ConnectionState.OPEN)
+        self.tunnel_connection = self.conn
+        self.debug = None
+        self.tunnel_state = tunnel.TunnelState.OPEN
+        self.command_to_reply_to = None
+        self._event_queue = []
+        other = connection.Server(address=("127.0.0.1", 3))
+        self.child_layer = _ScriptChild(rng, self.conn, other)  # type: ignore[assignment]
+
+
+class _WholeStock(_Whole):
+    """The same with mitmproxy's methods (``tlsio.STOCK``) for everything patched."""
+
+
+def _whole_stock() -> type[_Whole]:
+    assert tlsio.install()
+    assert tlsio.FAST_TO_CHILD and tunnel.TunnelLayer.event_to_child is tlsio.FAST_TO_CHILD[0]
+    for name in tlsio.FINGERPRINTS:
+        setattr(_WholeStock, name, tlsio.STOCK[name])
+    _WholeStock.event_to_child = tlsio.STOCK["TunnelLayer.event_to_child"]  # type: ignore[method-assign]
+    return _WholeStock
+
+
+class _PyAgent:
+    """The agent as Python's ``ssl`` module speaks TLS (an ``SSLObject`` on memory BIOs)."""
+
+    def __init__(self, version: int) -> None:
+        import ssl
+
+        self.ssl = ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        v = {SSL.TLS1_3_VERSION: ssl.TLSVersion.TLSv1_3,
+             SSL.TLS1_2_VERSION: ssl.TLSVersion.TLSv1_2}[version]
+        ctx.minimum_version = ctx.maximum_version = v
+        ctx.set_alpn_protocols(["http/1.1"])
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="a.test")
+
+    def handshake(self, server: SSL.Connection) -> None:
+        for _ in range(6):
+            try:
+                self.obj.do_handshake()
+            except self.ssl.SSLWantReadError:
+                pass
+            wire = self.outgoing.read()
+            if wire:
+                server.bio_write(wire)
+            _step(server)
+            back = _drain_checked(server)
+            if back:
+                self.incoming.write(back)
+
+    def send(self, chunks: list[bytes]) -> bytes:
+        for chunk in chunks:
+            self.obj.write(chunk)
+        return self.outgoing.read()
+
+    def close(self) -> bytes:
+        try:
+            self.obj.unwrap()
+        except self.ssl.SSLWantReadError:
+            pass
+        return self.outgoing.read()
+
+    def read(self, wire: bytes) -> tuple[bytes, str | None]:
+        self.incoming.write(wire)
+        got = b""
+        while True:
+            try:
+                got += self.obj.read(65535)
+            except self.ssl.SSLWantReadError:
+                return got, None
+            except self.ssl.SSLError as e:
+                return got, f"{type(e).__name__}: {e.reason}"
+            if not got:
+                return got, None
+
+
+class _OsslAgent:
+    """The agent as pyOpenSSL speaks TLS."""
+
+    def __init__(self, version: int) -> None:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_alpn_protos([b"http/1.1"])
+        ctx.set_max_proto_version(version)
+        self.conn = SSL.Connection(ctx)
+        self.conn.set_connect_state()
+
+    def handshake(self, server: SSL.Connection) -> None:
+        _handshake(self.conn, server)
+
+    def send(self, chunks: list[bytes]) -> bytes:
+        for chunk in chunks:
+            self.conn.sendall(chunk)
+        return _drain_checked(self.conn)
+
+    def close(self) -> bytes:
+        self.conn.shutdown()
+        return _drain_checked(self.conn)
+
+    def read(self, wire: bytes) -> tuple[bytes, str | None]:
+        self.conn.bio_write(wire)
+        return _agent_read(self.conn)
+
+    def renegotiate(self) -> bytes:
+        self.conn.renegotiate()
+        _step(self.conn)
+        return _drain_checked(self.conn)
+
+
+def _whole_run(layer: _Whole, agent: Any, step: Any) -> list[Any]:
+    kind, arg = step
+    out: list[Any] = []
+    try:
+        if kind == "respond":  # a hook's completion: the child answers
+            gen = layer.event_to_child(events.HookCompleted(commands.Log("hook")))  # type: ignore[arg-type]
+        else:
+            if kind == "agent":
+                wire = agent.send(arg)
+            elif kind == "agent_close":
+                wire = agent.close()
+            elif kind == "renegotiate":
+                wire = agent.renegotiate()
+            elif kind == "truncated":  # a record cut short: the rest never comes
+                wire = agent.send([arg])[:-7]
+            elif kind == "split":  # one record in two reads
+                whole = agent.send([arg])
+                cut = len(whole) // 2
+                half = _whole_drive(layer, layer.receive_data(whole[:cut]))
+                out.append(("first half", [c[:3] for c in half]))
+                back = b"".join(c[3] for c in half if c[0] == "SendData" and c[1])
+                if back:
+                    out.append(("agent read", *agent.read(back)))
+                wire = whole[cut:]
+            elif kind == "corrupt":
+                flipped = bytearray(agent.send([arg]))
+                flipped[-1] ^= 0x55
+                wire = bytes(flipped)
+            else:
+                wire = arg
+            gen = layer.receive_data(wire)
+        sent = _whole_drive(layer, gen)
+        out.append([c[:3] for c in sent])
+        wires = b"".join(c[3] for c in sent if c[0] == "SendData" and c[1])
+        if wires:
+            out.append(("agent read", *agent.read(wires)))
+    except Exception as e:  # noqa: BLE001 - the exception is what is compared
+        out.append(("raised", type(e).__name__, str(e)))
+    child: Any = layer.child_layer
+    out.append(("child saw", child.seen[:]))
+    child.seen.clear()
+    out.append(("state", layer.conn.state, layer.tls.get_shutdown(),
+                tlsio.pending_out(layer.tls), layer.tunnel_state, len(layer._event_queue)))
+    return out
+
+
+def _whole_drive(layer: _Whole, gen: Any) -> list[Any]:
+    sent: list[Any] = []
+    for command in gen:
+        if type(command) is commands.SendData:
+            own = command.connection is layer.conn
+            # (the record sizes: the two runs' keys differ; the agent reads the bytes)
+            sent.append(("SendData", own, len(command.data), command.data if own else b""))
+        elif type(command) is commands.Log:
+            sent.append(("Log", command.message, command.level))
+        else:
+            sent.append((type(command).__name__, getattr(command, "connection", None) is
+                         layer.conn, getattr(command, "half_close", None)))
+    return sent
+
+
+def _whole_steps(rng: random.Random, tail: str, renegotiate: bool) -> list[Any]:
+    steps: list[Any] = []
+    for _ in range(rng.randint(4, 14)):
+        r = rng.random()
+        if r < 0.35:
+            sizes = [rng.choice([1, 68, 300, 16_384, 16_385, 70_000])
+                     for _ in range(rng.randint(1, 3))]
+            steps.append(("agent", [rng.randbytes(n) for n in sizes]))
+        elif r < 0.75:
+            steps.append(("respond", None))
+        elif r < 0.85:
+            steps.append(("split", rng.randbytes(rng.choice([68, 5000]))))
+        elif r < 0.9 and renegotiate:
+            steps.append(("renegotiate", None))
+        else:
+            steps.append(("raw", b""))
+    if tail == "close":  # the agent half-closes: its close_notify, then the proxy answers
+        steps += [("agent_close", None), ("respond", None), ("raw", b"")]
+    elif tail == "corrupt":
+        steps += [("corrupt", b"bad mac"), ("respond", None), ("raw", b"")]
+    elif tail == "alert":  # a fatal alert record (handshake_failure) in the clear
+        steps += [("raw", b"\x15\x03\x03\x00\x02\x02\x28"), ("respond", None)]
+    elif tail == "truncated":
+        steps += [("truncated", b"x" * 68), ("respond", None), ("raw", b"")]
+    return steps
+
+
+WHOLE_TAILS = ["close", "corrupt", "alert", "truncated", "none"]
+
+
+@pytest.mark.parametrize("agent_kind", ["python-ssl", "pyopenssl"])
+@pytest.mark.parametrize("version", [SSL.TLS1_3_VERSION, SSL.TLS1_2_VERSION])
+@pytest.mark.parametrize("seed", range(12))
+def test_a_whole_layer_matches_mitmproxys(seed: int, version: int, agent_kind: str) -> None:
+    """Agent bytes in and a child's answers out through the whole patched layer (receive_data
+    with event_to_child in place, event_to_child with send_data in place) give the same
+    commands, the same bytes to the agent, the same child events and the same end state as
+    mitmproxy's own methods, on seeded scripts with a real Python ssl or pyOpenSSL agent
+    (TLS 1.3 and 1.2: close_notify, a corrupt record, an alert, a truncated record, a record
+    in two reads, renegotiation from a TLS 1.2 pyOpenSSL agent)."""
+    stock_cls = _whole_stock()
+    transcripts = []
+    for cls in (stock_cls, _Whole):
+        rng = random.Random(seed * 7919 + version + len(agent_kind))
+        server = SSL.Connection(_server_ctx(version))
+        server.set_accept_state()
+        agent: Any = _PyAgent(version) if agent_kind == "python-ssl" else _OsslAgent(version)
+        agent.handshake(server)
+        layer = cls(server, random.Random(seed))
+        renegotiate = agent_kind == "pyopenssl" and version == SSL.TLS1_2_VERSION
+        steps = _whole_steps(rng, WHOLE_TAILS[seed % len(WHOLE_TAILS)], renegotiate)
+        transcripts.append([_whole_run(layer, agent, step) for step in steps])
+    assert type(layer).event_to_child is tlsio.FAST_TO_CHILD[0]
+    assert transcripts[0] == transcripts[1]

@@ -40,7 +40,10 @@ costs two ``server_event`` calls and one ``drain_writers``.
   ``_maybe_resume_transport``) is done inline, as those three do it: the same exception
   raised first, the same waiter future set on the reader (``feed_data`` and ``feed_eof``
   wake it), the same resume of a paused transport before the wait and after taking the
-  bytes, the same ``RuntimeError`` for a second reader. The rest of the loop is mitmproxy's,
+  bytes, the same ``RuntimeError`` for a second reader. A buffer of at most 65535 bytes
+  (one request's record: always) is taken whole, ``bytes(buffer)`` and ``clear()``, for
+  ``bytes(memoryview(buffer)[:65535])`` and ``del buffer[:65535]`` (the same bytes, the same
+  empty buffer; ~2k instructions fewer per read). The rest of the loop is mitmproxy's,
   copied. It runs under seam/defences.py's ``handle_connection`` (``connection_loop``); any
   other reader (mitmproxy_rs's UDP stream) takes mitmproxy's own.
 
@@ -477,8 +480,12 @@ def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
                     finally:
                         reader._waiter = None
                 buffer = reader._buffer
-                data = bytes(memoryview(buffer)[:65535])
-                del buffer[:65535]
+                if len(buffer) <= 65535:  # (all of it: ``bytes(memoryview(buffer)[:65535])``)
+                    data = bytes(buffer)
+                    buffer.clear()
+                else:
+                    data = bytes(memoryview(buffer)[:65535])
+                    del buffer[:65535]
                 if reader._paused and len(buffer) <= reader._limit:
                     reader._paused = False
                     reader._transport.resume_reading()

@@ -10,8 +10,10 @@ one ``send_data`` (the response). mitmproxy's code, through pyOpenSSL, pays for 
   allocating a fresh 64 KiB buffer and copying through ``ffi.buffer(...)[:]``;
 * ``send_data`` goes through ``sendall``'s generic loop (``from_buffer``, text checks).
 
-The patched methods make the same OpenSSL calls, in the same order, with the same
-arguments and sizes, and read pyOpenSSL's answers the way pyOpenSSL does:
+The patched methods make the same OpenSSL calls that move bytes (``BIO_write``,
+``SSL_read``, ``SSL_write``, ``BIO_read``), in the same order, with the same arguments and
+sizes, and read pyOpenSSL's answers the way pyOpenSSL does (``BIO_read`` is not called
+where it would fail with an empty BIO: the BIO's count says so first):
 
 * ``tls_interact`` asks the outgoing memory BIO how many bytes it holds
   (``BIO_get_mem_data``, what ``BIO_read`` reads from) and reads while there are any:
@@ -29,7 +31,14 @@ arguments and sizes, and read pyOpenSSL's answers the way pyOpenSSL does:
 * ``send_data`` makes ``sendall``'s first ``SSL_write`` of a ``bytes`` payload itself; if
   it wrote everything (a memory BIO always takes everything) that is the end of
   ``sendall``, otherwise pyOpenSSL's ``_raise_ssl_error`` and ``sendall`` take over from
-  where it stopped.
+  where it stopped. The drain after it reads as ``tls_interact``'s loop reads, with two
+  questions fewer: after a full write the outgoing BIO holds its record (read without
+  asking ``BIO_get_mem_data`` first), and a read shorter than the 65535 bytes asked took
+  all a memory BIO held (``mem_read``: ``min(length, asked)``), so the loop ends there
+  without asking again. (What the stock loop's next ``bio_read`` would find after that
+  read is what was written into the BIO while the ``SendData`` was out: nothing, as a
+  layer handles one event at a time and only its own methods write its connection; had
+  anything been, the ``tls_interact`` that follows every write would send it, in order.)
 
 And between a TLS layer and its child, ``TunnelLayer.event_to_child`` hands each command
 the child answers to ``_handle_command``, one more generator per command (the lean layer's
@@ -37,14 +46,21 @@ hook and its response, per request): the patched loop makes the same decision in
 the two kinds a request produces (a ``SendData`` on the layer's own connection goes to
 ``send_data``; a command that is no ``ConnectionCommand`` goes up as it is) and hands every
 other command to ``_handle_command``; a subclass with its own ``_handle_command`` keeps
-mitmproxy's loop.
+mitmproxy's loop. Two generators fewer again per request: ``receive_data`` runs that
+patched ``event_to_child``'s body in place for the agent's plaintext (a layer whose
+``event_to_child`` is that one), and ``event_to_child`` runs the patched ``send_data``'s
+body in place for a ``SendData`` of the layer's own connection (a layer whose
+``send_data`` and ``tls_interact`` are the patched ones; the write itself is ``write``,
+shared by both).
 
 Anything else (a payload that is not ``bytes``, an empty one, a connection that is not a
 memory-BIO ``SSL.Connection``) takes mitmproxy's method. mitmproxy's methods are
 fingerprinted (``need.unchanged``: their compiled code, else their source text): if a
 release changes one, that method stays mitmproxy's and one WARNING says so, so an upgrade
 can make the proxy slower, never different. tests/unit/test_speed_tlsio.py compares both
-on real in-memory handshakes."""
+on real in-memory handshakes (pyOpenSSL and Python ``ssl`` agents; a whole layer with a
+scripted child: close_notify, alerts, corrupt, truncated and split records, renegotiation).
+bench/tlsrecord.py counts the instructions of one request's record in and record out."""
 
 from __future__ import annotations
 
@@ -155,6 +171,11 @@ def _memory_bio(conn: Any) -> bool:
             and conn._from_ssl is not None)
 
 
+#: the patched ``TunnelLayer.event_to_child`` once ``install`` put it in place (empty: it
+#: stays mitmproxy's); ``receive_data`` runs its body in place for a layer that has it
+FAST_TO_CHILD: list[Callable[..., Any]] = []
+
+
 def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
     lib, ffi = SSL._lib, SSL._ffi  # type: ignore[attr-defined]
     null, unpack = ffi.NULL, ffi.unpack
@@ -163,8 +184,12 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
     want_read = lib.SSL_ERROR_WANT_READ
     WantReadError, ZeroReturnError = SSL.WantReadError, SSL.ZeroReturnError
     SysCallError, Error = SSL.SysCallError, SSL.Error
+    Connection = SSL.Connection
     stock_interact = stock["tls_interact"]
     stock_receive, stock_send = stock["receive_data"], stock["send_data"]
+    establishing = tunnel.TunnelState.ESTABLISHING
+    connection_command = commands.ConnectionCommand
+    stock_handle = STOCK.get("TunnelLayer._handle_command", tunnel.TunnelLayer._handle_command)
     helper = getattr(SSL, "_CallbackExceptionHelper", None)
     rip = getattr(helper, "raise_if_problem", None)
     if rip is None or not need.unchanged(rip, *RAISE_IF_PROBLEM):
@@ -189,9 +214,37 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             return
         yield from drain(self, conn)
 
+    def write(conn: Any, data: bytes, size: int) -> bool:
+        """``send_data``'s ``sendall`` and its ``except``: True if its first ``SSL_write``
+        took all of ``data`` (its record is in the outgoing BIO)."""
+        h: Any
+        try:
+            ssl, ctx = conn._ssl, conn._context
+            n = ssl_write(ssl, data, size)
+            # pyOpenSSL's _raise_ssl_error: stored callback problems first ...
+            h = ctx._verify_helper
+            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
+                h.raise_if_problem()
+            h = ctx._alpn_select_helper
+            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
+                h.raise_if_problem()
+            h = ctx._ocsp_helper
+            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
+                h.raise_if_problem()
+            # ... then SSL_get_error, SSL_ERROR_NONE for n > 0: all written ends sendall
+            if n == size:
+                return True
+            conn._raise_ssl_error(ssl, n)  # raises for every n <= 0
+            if 0 < n:  # a partial write (never into a memory BIO): sendall goes on
+                conn.sendall(memoryview(data)[n:])
+        except (ZeroReturnError, SysCallError):
+            pass  # as mitmproxy: the peer may still be sending, which is discarded
+        return False
+
     def receive_data(self: Any, data: bytes) -> Generator[Any, Any, None]:
-        conn = self.tls
-        if not _memory_bio(conn) or type(data) is not bytes:
+        conn: Any = self.tls
+        if (type(conn) is not Connection or conn._into_ssl is None or conn._from_ssl is None
+                or type(data) is not bytes):  # (``_memory_bio``)
             yield from stock_receive(self, data)
             return
         if data:
@@ -200,9 +253,13 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             if n <= 0:
                 conn._handle_bio_errors(into, n)
         ssl, ctx = conn._ssl, conn._context
-        plaintext = bytearray()
+        h: Any
+        plaintext: Any = b""  # (one read's bytes as they are; a bytearray from the second)
         close = False
-        buf = _scratch()  # (each read copied out before the next; no yield in between)
+        try:  # (``_scratch()``: each read copied out before the next, no yield in between)
+            buf = _local.buf
+        except AttributeError:
+            buf = _scratch()
         while True:
             try:
                 n = ssl_read(ssl, buf, 65535)
@@ -218,12 +275,18 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
                     h.raise_if_problem()
                 # ... then SSL_get_error: SSL_ERROR_NONE for every n > 0
                 if n > 0:
-                    plaintext += unpack(buf, n)
+                    if plaintext:
+                        if type(plaintext) is bytes:
+                            plaintext = bytearray(plaintext)
+                        plaintext += unpack(buf, n)
+                    else:
+                        plaintext = unpack(buf, n)
                     continue
                 if get_error(ssl, n) == want_read:
                     break
                 conn._raise_ssl_error(ssl, n)  # raises for every other answer
-                plaintext += ffi.buffer(buf, n)[:]  # (what recv returns if it did not)
+                plaintext = bytearray(plaintext)  # (what recv returns if it did not)
+                plaintext += ffi.buffer(buf, n)[:]
             except WantReadError:
                 break
             except ZeroReturnError:
@@ -241,7 +304,23 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             yield from self.tls_interact()
 
         if plaintext:
-            yield from self.event_to_child(_DataReceived(self.conn, bytes(plaintext)))
+            event = _DataReceived(self.conn, bytes(plaintext))
+            kind = type(self)
+            if (not FAST_TO_CHILD or kind.event_to_child is not FAST_TO_CHILD[0]
+                    or kind._handle_command is not stock_handle):
+                yield from self.event_to_child(event)
+            # (the patched ``TunnelLayer.event_to_child``'s body, in place)
+            elif self.tunnel_state is establishing and not self.command_to_reply_to:
+                self._event_queue.append(event)
+            else:
+                for command in self.child_layer.handle_event(event):
+                    if type(command) is _SendData and (command.connection is self.conn
+                                                       or command.connection == self.conn):
+                        yield from self.send_data(command.data)
+                    elif not isinstance(command, connection_command):
+                        yield command
+                    else:
+                        yield from self._handle_command(command)
         if close:
             self.conn.state &= ~_CAN_READ
             if self.debug:
@@ -254,52 +333,45 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
         if not (0 < size <= 2147483647) or not _memory_bio(conn):
             yield from stock_send(self, data)
             return
-        try:
-            ssl, ctx = conn._ssl, conn._context
-            n = ssl_write(ssl, data, size)
-            # pyOpenSSL's _raise_ssl_error: stored callback problems first ...
-            h = ctx._verify_helper
-            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
-                h.raise_if_problem()
-            h = ctx._alpn_select_helper
-            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
-                h.raise_if_problem()
-            h = ctx._ocsp_helper
-            if h is not None and (h._problems or type(h).raise_if_problem is not rip):
-                h.raise_if_problem()
-            # ... then SSL_get_error, SSL_ERROR_NONE for n > 0: all written ends sendall
-            if n != size:
-                conn._raise_ssl_error(ssl, n)  # raises for every n <= 0
-                if 0 < n:  # a partial write (never into a memory BIO): sendall goes on
-                    conn.sendall(memoryview(data)[n:])
-        except (ZeroReturnError, SysCallError):
-            pass  # as mitmproxy: the peer may still be sending, which is discarded
+        full = write(conn, data, size)
         if type(self).tls_interact is tls_interact:
-            # (``drain`` in place: one record or a few, each read as ``drain`` reads it)
+            # (``drain`` in place, each read as ``drain`` reads it: after a full write the
+            # BIO holds its record, and a read shorter than asked took all the BIO held)
             bio = conn._from_ssl
-            while mem_data(bio, null) > 0:
-                buf = _scratch()
-                n = bio_read(bio, buf, 65535)
-                if n <= 0:  # (never: the BIO holds bytes) pyOpenSSL's answer, the stock end
+            if full or mem_data(bio, null) > 0:
+                while True:
                     try:
-                        conn._handle_bio_errors(bio, n)
-                    except WantReadError:
+                        buf = _local.buf
+                    except AttributeError:
+                        buf = _scratch()
+                    n = bio_read(bio, buf, 65535)
+                    if n <= 0:  # (never: the BIO holds bytes) pyOpenSSL's answer, the stock end
+                        try:
+                            conn._handle_bio_errors(bio, n)
+                        except WantReadError:
+                            return
+                    yield send_data_of(self.conn, unpack(buf, n))
+                    if n < 65535 or mem_data(bio, null) <= 0:
                         return
-                yield send_data_of(self.conn, unpack(buf, n))
         else:  # (a subclass's own)
             yield from self.tls_interact()
 
     return {"tls_interact": tls_interact, "receive_data": receive_data,
-            "send_data": send_data}
+            "send_data": send_data, "write": write}
 
 
-def _make_tunnel(stock_to_child: Callable[..., Any],
-                 stock_handle: Callable[..., Any]) -> Callable[..., Any]:
+def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[..., Any],
+                 fast: dict[str, Callable[..., Any]]) -> Callable[..., Any]:
     establishing = tunnel.TunnelState.ESTABLISHING
     connection_command = commands.ConnectionCommand
+    fast_send, write, tls_interact = fast["send_data"], fast["write"], fast["tls_interact"]
+    mem_data, bio_read = SSL._lib.BIO_get_mem_data, SSL._lib.BIO_read  # type: ignore[attr-defined]
+    null, unpack = SSL._ffi.NULL, SSL._ffi.unpack  # type: ignore[attr-defined]
+    WantReadError = SSL.WantReadError
 
     def event_to_child(self: Any, event: Any) -> Generator[Any, Any, None]:
-        if type(self)._handle_command is not stock_handle:
+        kind = type(self)
+        if kind._handle_command is not stock_handle:
             yield from stock_to_child(self, event)
             return
         if self.tunnel_state is establishing and not self.command_to_reply_to:
@@ -309,7 +381,31 @@ def _make_tunnel(stock_to_child: Callable[..., Any],
             # ``_handle_command``'s first two branches, in place
             if type(command) is _SendData and (command.connection is self.conn
                                                or command.connection == self.conn):
-                yield from self.send_data(command.data)
+                data = command.data
+                conn: Any = getattr(self, "tls", None)
+                if (kind.send_data is not fast_send or kind.tls_interact is not tls_interact
+                        or type(data) is not bytes or not 0 < len(data) <= 2147483647
+                        or not _memory_bio(conn)):
+                    yield from self.send_data(data)
+                    continue
+                # (the patched ``TLSLayer.send_data``'s body, in place)
+                full = write(conn, data, len(data))
+                bio = conn._from_ssl
+                if full or mem_data(bio, null) > 0:
+                    while True:
+                        try:
+                            buf = _local.buf
+                        except AttributeError:
+                            buf = _scratch()
+                        n = bio_read(bio, buf, 65535)
+                        if n <= 0:  # (never: the BIO holds bytes) the stock end
+                            try:
+                                conn._handle_bio_errors(bio, n)
+                            except WantReadError:
+                                break
+                        yield send_data_of(self.conn, unpack(buf, n))
+                        if n < 65535 or mem_data(bio, null) <= 0:
+                            break
             elif not isinstance(command, connection_command):
                 yield command
             else:
@@ -327,6 +423,8 @@ def install() -> bool:
         return False
     stock = {name: getattr(tls.TLSLayer, name) for name in FINGERPRINTS}
     STOCK.update(stock)
+    cls = tunnel.TunnelLayer
+    STOCK.update({f"TunnelLayer.{name}": getattr(cls, name) for name in TUNNEL_FINGERPRINTS})
     fast = _make(stock)
     for name, want in FINGERPRINTS.items():
         if _unchanged(name, want):
@@ -334,11 +432,10 @@ def install() -> bool:
         else:
             logger.warning("mitmproxy's TLSLayer.%s is not the one vaultproxy's fast TLS I/O "
                            "was written against: it stays mitmproxy's (slower)", name)
-    cls = tunnel.TunnelLayer
-    STOCK.update({f"TunnelLayer.{name}": getattr(cls, name) for name in TUNNEL_FINGERPRINTS})
     if all(_unchanged(f"TunnelLayer.{name}", want) for name, want in TUNNEL_FINGERPRINTS.items()):
         cls.event_to_child = _make_tunnel(  # type: ignore[method-assign]
-            STOCK["TunnelLayer.event_to_child"], STOCK["TunnelLayer._handle_command"])
+            STOCK["TunnelLayer.event_to_child"], STOCK["TunnelLayer._handle_command"], fast)
+        FAST_TO_CHILD[:] = [cls.event_to_child]
     else:
         logger.warning("mitmproxy's TunnelLayer is not the one vaultproxy's fast TLS I/O was "
                        "written against: its event_to_child stays mitmproxy's (slower)")
