@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -218,6 +219,50 @@ def test_fast_head_makes_what_mitmproxys_reader_makes(monkeypatch: pytest.Monkey
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, (i // 2, heads[i // 2])
     assert taken > 800 and len(heads) - taken > 800, taken
+
+
+# fast_head's field reader before the split and partition, verbatim (seam/lean.py)
+_FAST_FIELD = re.compile(
+    rb"(" + lean._TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\r\n")
+
+FIELD_PIECES = [b" ", b"\t", b":", b"::", b" : ", b"a", b"\x80", b"\xff", b"\x7e", b"\x7f",
+                b"\x00", b"\x01", b"\r", b"\n", b"\r\n", b"\r\n ", b"\r\n\t", b"\r\nX:",
+                b"\r\nHost:", b"Host", b"-", b"\"", b"=", b"  \t ", b"\x0b", b"\x0c"]
+
+
+def test_fast_head_fields_are_what_the_field_pattern_read() -> None:
+    """30 000 seeded field blocks (tabs and spaces around values, empty values, colons in
+    values, duplicate names, 8-bit bytes, and the hostile bytes ``_FAST_HEAD`` refuses: NUL,
+    DEL, bare CR or LF, obs-fold, VT, FF; some long): wherever ``_FAST_HEAD`` takes the head,
+    ``fast_head``'s fields are exactly ``_FAST_FIELD.findall``'s (kept above), of the same
+    types; and a head it refuses is refused."""
+    rng = random.Random(0x62F)
+    bases = [b"Host: a.test\r\n", b"X:\r\n", b"X: v\r\n", b"X:\t v \t\r\n", b"A: b: c\r\n",
+             b"Date: Mon, 07 Dec 2026 10:00:00 GMT\r\n", b"X:  \r\n", b"X: a  b\r\n"]
+    taken = refused = 0
+    for i in range(30000):
+        block = bytearray(b"".join(rng.choices(bases, k=rng.randint(0, 8))))
+        for _ in range(rng.randint(0, 4)):
+            at = rng.randrange(len(block) + 1)
+            if rng.random() < 0.7:
+                block[at:at] = rng.choice(FIELD_PIECES) * (200 if rng.random() < 0.01 else 1)
+            else:
+                del block[at:at + rng.randint(1, 3)]
+        head = b"GET /x HTTP/1.1\r\n" + bytes(block) + b"\r\n"
+        m = lean._FAST_HEAD.match(head)
+        got = lean.fast_head(bytearray(head) if i % 2 else head)
+        if m is None:
+            assert got is None, head
+            refused += 1
+            continue
+        assert got is not None, head
+        want = tuple(_FAST_FIELD.findall(m.group(3)))
+        assert got[0].headers.fields == want, head
+        assert all(type(n) is bytes and type(v) is bytes for n, v in got[0].headers.fields)
+        assert type(got[0].headers.fields) is tuple
+        taken += 1
+    assert taken > 8000 and refused > 8000, (taken, refused)
 
 
 def test_twin_fast_head_differs_where_it_must_not() -> None:
