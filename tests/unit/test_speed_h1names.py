@@ -149,3 +149,31 @@ def test_the_sets_kept_are_bounded_and_hold_no_value() -> None:
     assert not any(secret in k or secret in repr(v).encode()
                    for k, v in h1pool._SHAPES.items())
     h1pool._SHAPES.clear()
+
+
+def test_the_request_line_test_takes_what_the_pattern_takes() -> None:
+    """``request_bytes``' test of a method of letters and a target of visible characters
+    (``_VISIBLE``) answers as ``_REQUEST_LINE`` does, on seeded methods and targets of
+    hostile bytes (spaces, controls, DEL, 8-bit bytes, empty ones); where it declines, the
+    pattern decides."""
+    rng = random.Random(0x62A)
+    alphabet = [bytes([i]) for i in range(256)] + [b"G", b"e", b"/", b"a"] * 32
+
+    def fast(method: bytes, target: bytes) -> bool:
+        return bool(method.isalpha() and target
+                    and not target.translate(None, h1pool._VISIBLE))
+
+    took = 0
+    for i in range(40000):
+        method = b"".join(rng.choices(alphabet, k=rng.randint(0, 6)))
+        target = b"".join(rng.choices(alphabet, k=rng.randint(0, 8)))
+        if i % 3 == 0:
+            method = rng.choice([b"GET", b"POST", b"get", b"M-SEARCH", b"G\xc3\xa9T", b""])
+        want = bool(h1pool._REQUEST_LINE.fullmatch(b"%s %s" % (method, target)))
+        if fast(method, target):
+            assert want, (method, target)
+            took += 1
+        fields = [(b"Host", b"a")]
+        assert (request_bytes(method, target, fields, b"") is None) == (not want) == (
+            reference(method, target, fields, b"") is None), (method, target)
+    assert took > 1000, took

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -218,6 +219,50 @@ def test_fast_head_makes_what_mitmproxys_reader_makes(monkeypatch: pytest.Monkey
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, (i // 2, heads[i // 2])
     assert taken > 800 and len(heads) - taken > 800, taken
+
+
+# fast_head's field reader before the split and partition, verbatim (seam/lean.py)
+_FAST_FIELD = re.compile(
+    rb"(" + lean._TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
+    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\r\n")
+
+FIELD_PIECES = [b" ", b"\t", b":", b"::", b" : ", b"a", b"\x80", b"\xff", b"\x7e", b"\x7f",
+                b"\x00", b"\x01", b"\r", b"\n", b"\r\n", b"\r\n ", b"\r\n\t", b"\r\nX:",
+                b"\r\nHost:", b"Host", b"-", b"\"", b"=", b"  \t ", b"\x0b", b"\x0c"]
+
+
+def test_fast_head_fields_are_what_the_field_pattern_read() -> None:
+    """30 000 seeded field blocks (tabs and spaces around values, empty values, colons in
+    values, duplicate names, 8-bit bytes, and the hostile bytes ``_FAST_HEAD`` refuses: NUL,
+    DEL, bare CR or LF, obs-fold, VT, FF; some long): wherever ``_FAST_HEAD`` takes the head,
+    ``fast_head``'s fields are exactly ``_FAST_FIELD.findall``'s (kept above), of the same
+    types; and a head it refuses is refused."""
+    rng = random.Random(0x62F)
+    bases = [b"Host: a.test\r\n", b"X:\r\n", b"X: v\r\n", b"X:\t v \t\r\n", b"A: b: c\r\n",
+             b"Date: Mon, 07 Dec 2026 10:00:00 GMT\r\n", b"X:  \r\n", b"X: a  b\r\n"]
+    taken = refused = 0
+    for i in range(30000):
+        block = bytearray(b"".join(rng.choices(bases, k=rng.randint(0, 8))))
+        for _ in range(rng.randint(0, 4)):
+            at = rng.randrange(len(block) + 1)
+            if rng.random() < 0.7:
+                block[at:at] = rng.choice(FIELD_PIECES) * (200 if rng.random() < 0.01 else 1)
+            else:
+                del block[at:at + rng.randint(1, 3)]
+        head = b"GET /x HTTP/1.1\r\n" + bytes(block) + b"\r\n"
+        m = lean._FAST_HEAD.match(head)
+        got = lean.fast_head(bytearray(head) if i % 2 else head)
+        if m is None:
+            assert got is None, head
+            refused += 1
+            continue
+        assert got is not None, head
+        want = tuple(_FAST_FIELD.findall(m.group(3)))
+        assert got[0].headers.fields == want, head
+        assert all(type(n) is bytes and type(v) is bytes for n, v in got[0].headers.fields)
+        assert type(got[0].headers.fields) is tuple
+        taken += 1
+    assert taken > 8000 and refused > 8000, (taken, refused)
 
 
 def test_twin_fast_head_differs_where_it_must_not() -> None:
@@ -442,6 +487,100 @@ def test_twin_check_headers_refuses_what_it_must() -> None:
         resp.headers = http.Headers(fields)
         with pytest.raises(ValueError):
             lean.check_headers(resp)
+
+
+def reference_check_headers(message: http.Message) -> None:
+    """``check_headers`` before ``_CHECKED`` and the length's digit test, verbatim."""
+    from mitmproxy.net.http.validate import parse_content_length, validate_headers
+
+    fields = message.data.headers.fields
+    if not fields:
+        return  # (nothing to refuse)
+    joined = b" ".join([k for k, _ in fields])
+    names = joined.lower().split(b" ")
+    if (len(names) == len(fields) and b"transfer-encoding" not in names
+            and lean._TOKENS.fullmatch(joined)):
+        count = names.count(b"content-length")
+        if count == 0:
+            return
+        if count == 1:
+            parse_content_length(fields[names.index(b"content-length")][1])
+            return
+    validate_headers(message)
+
+
+LENGTHS = [b"0", b"00", b"01", b"1", b"10", b"1024", b"007", b"+1", b"-1", b" 1", b"1 ",
+           b"1\n", b"1\r", b"\t1", b"", b"1,1", b"1, 1", b"1_0", b"0x10", "\u0661".encode(),
+           b"\xd9\xa1", b"9" * 40, b"1" * 19, b"\x00", b"1\x00", b"12a", b"\xff"]
+NAMES = [b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Content-Length ",
+         b" Content-Length", b"Content-Length:", b"Content-Lengths", b"Transfer-Encoding",
+         b"transfer-encoding", b"X", b"Server", b"a b", b"", b" ", b"X\n", b"X\x00", b"X\xff",
+         b"Set-Cookie", b"Set-Cookie", b"\t", b"X\x7f", b"x" * 3000]
+
+
+def _hostile_response(rng: random.Random) -> http.Response:
+    resp = http.Response.make(rng.choice(STATUSES))
+    fields = []
+    for _ in range(rng.randint(0, 6)):
+        name = rng.choice(NAMES) if rng.random() < 0.8 else bytes(
+            rng.randrange(256) for _ in range(rng.randint(0, 4)))
+        value = rng.choice(LENGTHS) if rng.random() < 0.7 else rng.choice(
+            [b"chunked", b"gzip", b"identity", b"v", b""])
+        fields.append((name, value))
+    resp.headers = http.Headers(fields)
+    resp.http_version = rng.choice(VERSIONS)
+    return resp
+
+
+def test_check_headers_matches_the_reading_before_names_were_remembered() -> None:
+    """20 000 seeded hostile heads (lengths with leading zeros, signs, spaces, a line end,
+    non-ASCII digits, two of them; names with spaces, controls, 8-bit bytes, duplicates,
+    one too long to remember), each read twice (the second from ``_CHECKED``), and with
+    ``_CHECKED`` full: ``check_headers`` passes and raises exactly what the reading before
+    it (kept above) and ``validate_headers`` do."""
+    from mitmproxy.net.http.validate import validate_headers
+
+    rng = random.Random(0x62C)
+    passed = refused = 0
+    lean._CHECKED.clear()
+    for i in range(20000):
+        resp = _hostile_response(rng)
+        want = _outcome_text(reference_check_headers, resp)
+        assert _outcome_text(validate_headers, resp) == want, (i, resp.headers.fields)
+        for _ in range(2):
+            assert _outcome_text(lean.check_headers, resp) == want, (i, resp.headers.fields)
+        passed += want == ("ok", None)
+        refused += want != ("ok", None)
+    assert passed > 3000 and refused > 3000, (passed, refused)
+    assert 0 < len(lean._CHECKED) <= lean._CHECKED_MAX
+    assert all(len(k) <= lean._CHECKED_NAMES_MAX for k in lean._CHECKED)
+
+
+def test_check_headers_remembers_names_only() -> None:
+    """``_CHECKED`` holds the names joined, never a value (a canary as a value or a length
+    is nowhere in it)."""
+    canary = b"vpcanary_" + bytes(random.Random(1).randbytes(8).hex(), "ascii")
+    lean._CHECKED.clear()
+    for fields in ([(b"Cookie", canary), (b"Content-Length", b"3")],
+                   [(b"Content-Length", canary)], [(b"X", b"1"), (b"Y", canary)]):
+        resp = http.Response.make(200)
+        resp.headers = http.Headers(fields)
+        _outcome_text(lean.check_headers, resp)
+    assert lean._CHECKED
+    assert all(canary not in k and canary not in repr(v) .encode()
+               for k, v in lean._CHECKED.items())
+
+
+def test_twin_check_headers_digit_test_without_the_leading_zero_rule() -> None:
+    """The digit test must refuse a leading zero: "01" goes to ``parse_content_length``,
+    which raises."""
+    resp = http.Response.make(200)
+    resp.headers = http.Headers([(b"Content-Length", b"01")])
+    with pytest.raises(ValueError, match="invalid content-length"):
+        lean.check_headers(resp)
+    resp.headers = http.Headers([(b"Content-Length", "\u0661".encode())])
+    with pytest.raises(ValueError, match="invalid content-length"):
+        lean.check_headers(resp)
 
 
 def test_head_bytes_match_assemble_response_head() -> None:

@@ -594,18 +594,38 @@ class _Job:
 # The common request head, as ``fast_head`` takes it: an upper-case method, an origin-form
 # target of visible ASCII, HTTP/1.1, CRLF line ends, and fields whose names are tokens (what
 # ``validate_headers`` asks) and whose values hold no control character but tab. Each line of
-# the fields block is ``_FAST_FIELD``'s language exactly (its groups: the name, the value
-# without the spaces and tabs around it, which is what ``bytes.strip`` leaves of such a value).
+# the fields block is a token, ":" and such a value; ``fast_head`` splits it at its first
+# colon and strips the spaces and tabs around the value (the ``_FAST_FIELD`` that matched
+# each line before it: tests/unit/test_speed_lean.py).
 _TOKEN = TOKEN  # (net/grammar.py: the pool's client reads names with the same class)
 _FAST_HEAD = re.compile(
     rb"([A-Z]{1,32}) (/[!-~]*) HTTP/1\.1\r\n"
     rb"((?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*)\r\n")
-_FAST_FIELD = re.compile(
-    rb"(" + _TOKEN + rb"):[ \t]*((?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*"
-    rb"[\x21-\x7e\x80-\xff])?)?)[ \t]*\r\n")
 
 
 _TOKENS = re.compile(_TOKEN + rb"(?: " + _TOKEN + rb")*")  # (one name or more)
+
+# What ``check_headers`` reads of a message's field names alone (``_names_check``), by the
+# names joined by a space: a server sends the same few sets of names again and again. Names
+# only: never a value (a cookie or a credential is a value), so nothing here holds one. At
+# most this many sets, each at most this long (past that: read every time).
+_CHECKED: dict[bytes, tuple[int, int]] = {}
+_CHECKED_MAX = 256
+_CHECKED_NAMES_MAX = 2048
+_REFER = (-1, -1)  # (no count of names is -1: ``validate_headers`` reads it)
+
+
+def _names_check(joined: bytes) -> tuple[int, int]:
+    """Of the field names joined by a space: (how many names, the index of the one
+    ``Content-Length`` or -1 for none); ``_REFER`` when ``validate_headers`` must read them
+    (a name that is no token, a ``Transfer-Encoding``, two lengths)."""
+    names = joined.lower().split(b" ")
+    if b"transfer-encoding" in names or not _TOKENS.fullmatch(joined):
+        return _REFER
+    count = names.count(b"content-length")
+    if count > 1:
+        return _REFER
+    return len(names), (names.index(b"content-length") if count else -1)
 
 
 def check_headers(message: http.Message) -> None:
@@ -613,21 +633,31 @@ def check_headers(message: http.Message) -> None:
     a few steps on all names at once: every name a token (one match on the names joined by
     a space, which no token holds: a name with one splits into more parts than there are
     fields, and goes to ``validate_headers``), no Transfer-Encoding and at most one
-    Content-Length, which must parse. Anything else: ``validate_headers`` itself, which
-    raises what it raises (tests/unit/test_speed_lean.py compares the two)."""
+    Content-Length, which must parse. What the names tell is read once per set of names
+    (``_CHECKED``); a length of ASCII digits without a leading zero (or "0" alone) is what
+    ``parse_content_length`` takes without a word, anything else is handed to it. Anything
+    else: ``validate_headers`` itself, which raises what it raises (tests/unit/
+    test_speed_lean.py compares the two, and keeps the reading before ``_CHECKED``)."""
     fields = message.data.headers.fields
     if not fields:
         return  # (nothing to refuse)
     joined = b" ".join([k for k, _ in fields])
-    names = joined.lower().split(b" ")
-    if (len(names) == len(fields) and b"transfer-encoding" not in names
-            and _TOKENS.fullmatch(joined)):
-        count = names.count(b"content-length")
-        if count == 0:
+    shape = _CHECKED.get(joined)
+    if shape is None:
+        shape = _names_check(joined)
+        if len(joined) <= _CHECKED_NAMES_MAX:
+            if len(_CHECKED) >= _CHECKED_MAX:
+                _CHECKED.clear()
+            _CHECKED[joined] = shape
+    count, at = shape
+    if count == len(fields):
+        if at < 0:
             return
-        if count == 1:
-            parse_content_length(fields[names.index(b"content-length")][1])
-            return
+        value = fields[at][1]
+        if type(value) is bytes and value.isdigit() and (value[0] != 0x30 or len(value) == 1):
+            return  # (``^(?:0|[1-9][0-9]*)$``: what ``parse_content_length`` passes)
+        parse_content_length(value)
+        return
     validate_headers(message)
 
 
@@ -641,7 +671,15 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     if m is None:
         return None
     headers = object.__new__(http.Headers)
-    headers.fields = tuple(_FAST_FIELD.findall(m.group(3)))
+    # (``tuple(_FAST_FIELD.findall(block))``: each line of a block ``_FAST_HEAD`` matched is
+    # a token, ":", then tabs and bytes from SP on; its name is what comes before its first
+    # colon (a token holds none), its value the rest with the spaces and tabs around it
+    # stripped, which is what ``_FAST_FIELD`` matched; a split and a partition per line
+    # instead of the match, ~3k instructions less per head. tests/unit/test_speed_lean.py
+    # compares them.)
+    block = m.group(3)
+    headers.fields = tuple([(name, value.strip(b" \t")) for name, _, value in [
+        line.partition(b":") for line in block[:-2].split(b"\r\n")]]) if block else ()
     req = object.__new__(http.Request)
     if objects.DATA_PLAIN and _MessageData.__post_init__ is objects.no_field_type_check:
         # (``RequestData``'s dataclass ``__init__``, field by field, and its
