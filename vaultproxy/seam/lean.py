@@ -57,7 +57,7 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.net.grammar import TOKEN
-from vaultproxy.seam import bypass, connio, deadlines
+from vaultproxy.seam import aftersend, bypass, connio, deadlines
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.objects import send_data_of
@@ -238,44 +238,52 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
                 await writer.drain()
             except OSError:
                 pass  # the agent is gone: the request's hooks see it (client_gone)
-        watchdog = self.timeout_watchdog
-        addons = self.master.addons
-        if type(watchdog) is _Watchdog:
-            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
-            # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
-            # found them, their bodies inline too)
-            event = inline_event[0]
-            can = watchdog.can_timeout
-            if type(can) is event:
-                can._value = False  # (``Event.clear``)
-            else:
-                can.clear()
-            watchdog.blocker += 1
-            try:
-                job.addons = addons
+        # The job's ``response`` hook may leave work for after the send (seam/aftersend.py):
+        # the layer runs it right after the response's write (or at once, without a send);
+        # this task runs anything left (the layer never resumed, a cancellation) as it ends.
+        job.defer = True
+        try:
+            watchdog = self.timeout_watchdog
+            addons = self.master.addons
+            if type(watchdog) is _Watchdog:
+                # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
+                # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
+                # found them, their bodies inline too)
+                event = inline_event[0]
+                can = watchdog.can_timeout
+                if type(can) is event:
+                    can._value = False  # (``Event.clear``)
+                else:
+                    can.clear()
+                watchdog.blocker += 1
                 try:
-                    job.outcome = await job._request()
-                except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
-                    job.failed()
-            finally:
-                watchdog.blocker -= 1
-                if watchdog.blocker == 0:
-                    if inline_watchdog[0] is _Watchdog:
-                        watchdog.last_activity = time.time()  # (``register_activity``)
-                    else:
-                        watchdog.register_activity()
-                    can = watchdog.can_timeout
-                    if type(can) is not event:
-                        can.set()
-                    elif not can._value:  # (``Event.set``)
-                        can._value = True
-                        for fut in can._waiters:
-                            if not fut.done():
-                                fut.set_result(True)
-        else:
-            await run_disarmed(watchdog, job.run(addons))
-        if hook.blocking:
-            await self.server_event(completed(hook))
+                    job.addons = addons
+                    try:
+                        job.outcome = await job._request()
+                    except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
+                        job.failed()
+                finally:
+                    watchdog.blocker -= 1
+                    if watchdog.blocker == 0:
+                        if inline_watchdog[0] is _Watchdog:
+                            watchdog.last_activity = time.time()  # (``register_activity``)
+                        else:
+                            watchdog.register_activity()
+                        can = watchdog.can_timeout
+                        if type(can) is not event:
+                            can.set()
+                        elif not can._value:  # (``Event.set``)
+                            can._value = True
+                            for fut in can._waiters:
+                                if not fut.done():
+                                    fut.set_result(True)
+            else:
+                await run_disarmed(watchdog, job.run(addons))
+            if hook.blocking:
+                await self.server_event(completed(hook))
+        finally:
+            if aftersend.KEY in job.flow.metadata:
+                aftersend.run(job.flow)
         if keep_alive is not None:
             # The task ends here: out of mitmproxy's set of running tasks now, not by the
             # done callback its ``create_task`` added (a callback, and so one more turn of
@@ -352,7 +360,11 @@ SEND, STREAM, ERROR, KILL = "send", "stream", "error", "kill"
 
 class _Job:
     """``HttpStream``'s pooled path from the request head to the response, as coroutines:
-    each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``."""
+    each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``.
+    ``defer``: the lean hook task runs it, and the layer sends what it answers: the
+    ``response`` hook may leave work for after the send (seam/aftersend.py)."""
+
+    defer = False
 
     def __init__(self, flow: http.HTTPFlow, lean: LeanLayer | None) -> None:
         self.flow = flow
@@ -485,6 +497,8 @@ class _Job:
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
+        if self.defer:
+            aftersend.open_for(flow)
         await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
@@ -497,6 +511,8 @@ class _Job:
         flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
+        if self.defer:
+            aftersend.open_for(flow)
         await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))  # (``_hook`` inline)
         if flow.intercepted:
             await flow.wait_for_resume()
@@ -913,12 +929,22 @@ class LeanLayer(layer.Layer):
                 req = flow.request
                 if chunked and req.method != "HEAD":
                     data += b"0\r\n\r\n"
-                yield send_data_of(ctx.client, data)
+                if job.defer:
+                    try:
+                        yield send_data_of(ctx.client, data)
+                    finally:
+                        # the bytes are in the agent's socket (connio writes inline): what
+                        # the response hook left for now (seam/aftersend.py), off its clock
+                        aftersend.run(flow)
+                else:
+                    yield send_data_of(ctx.client, data)
                 if not flow.websocket:
                     flow.live = False
                 if closes(req, resp, rnames):
                     yield from self._close()
                 continue
+            if job.defer:
+                aftersend.run(flow)  # (no send: what the response hook left, at once)
             if outcome == STREAM:
                 yield from self._stream(job)
             if job.outcome == ERROR:

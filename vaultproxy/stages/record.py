@@ -15,7 +15,7 @@ from mitmproxy import http
 from vaultproxy.audit.canonical import decision_record, record_decision
 from vaultproxy.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
 from vaultproxy.net.hostnames import normal_host
-from vaultproxy.seam import deadlines, refusals
+from vaultproxy.seam import aftersend, deadlines, refusals
 from vaultproxy.seam.engine_errors import classify_engine_error, client_gone
 from vaultproxy.stages.flowrecord import FlowRecord, Outcome, record_of
 from vaultproxy.stages.guard import guarded
@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 def _record(
     rt: Runtime, flow: http.HTTPFlow, event: str, outcome: Outcome, reason: str | None,
     status: int | None = None, rec: FlowRecord | None = None,
+    pending: aftersend.Pending | None = None,
 ) -> None:
+    """``pending``: the flow's list of steps after the response's send (seam/aftersend.py):
+    the record is made now and handed to the audit sink after the send."""
     if rec is None:
         rec = record_of(flow)
     if rec.outcome is not None:
@@ -58,7 +61,7 @@ def _record(
     if status is None and response is not None:
         status = response.data.status_code  # (``response.status_code``)
     decision_record(  # record_decision by position
-        st.audit, event, agent,
+        st.audit if pending is None else aftersend.Later(st.audit, pending), event, agent,
         service.name if service is not None else None,
         service.mode if service is not None else None,
         request.method, host, rec.path if event != "tunnel_refused" else None, status, rec.t0,
@@ -165,15 +168,19 @@ class Record(Stage):
 
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
+        """The ``request`` record, made now; written now, or, when the lean layer sends the
+        response whole, right after its send (seam/aftersend.py: off the agent's clock)."""
         self._finish(flow)
         rec = record_of(flow)
         decision = rec.decision
         if rec.refusal is not None:
-            _record(self.rt, flow, "request", "denied", rec.refusal.code, rec=rec)
+            _record(self.rt, flow, "request", "denied", rec.refusal.code, None, rec,
+                    flow.metadata.get(aftersend.KEY))
         elif decision is not None and decision.service is not None:
             outcome: Outcome = "injected" if rec.injected else "forwarded"
             _record(self.rt, flow, "request", outcome,  # (by position: once per request)
-                    token_reason(rec) if rec.minted is not None else None, None, rec)
+                    token_reason(rec) if rec.minted is not None else None, None, rec,
+                    flow.metadata.get(aftersend.KEY))
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
