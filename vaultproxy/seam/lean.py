@@ -282,8 +282,9 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             if hook.blocking:
                 await self.server_event(completed(hook))
         finally:
-            if aftersend.KEY in job.flow.metadata:
-                aftersend.run(job.flow)
+            later = job.later
+            if later is not None and aftersend.KEY in job.flow.metadata:
+                later.run(job.flow)
         if keep_alive is not None:
             # The task ends here: out of mitmproxy's set of running tasks now, not by the
             # done callback its ``create_task`` added (a callback, and so one more turn of
@@ -365,6 +366,7 @@ class _Job:
     ``response`` hook may leave work for after the send (seam/aftersend.py)."""
 
     defer = False
+    later: aftersend.Later | None = None  # (opened before the ``response`` hook)
 
     def __init__(self, flow: http.HTTPFlow, lean: LeanLayer | None) -> None:
         self.flow = flow
@@ -498,7 +500,7 @@ class _Job:
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
         if self.defer:
-            aftersend.open_for(flow)
+            self.later = aftersend.open_for(flow)
         await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
@@ -512,7 +514,7 @@ class _Job:
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
         if self.defer:
-            aftersend.open_for(flow)
+            self.later = aftersend.open_for(flow)
         await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))  # (``_hook`` inline)
         if flow.intercepted:
             await flow.wait_for_resume()
@@ -929,13 +931,14 @@ class LeanLayer(layer.Layer):
                 req = flow.request
                 if chunked and req.method != "HEAD":
                     data += b"0\r\n\r\n"
-                if job.defer:
+                later = job.later
+                if later is not None:
                     try:
                         yield send_data_of(ctx.client, data)
                     finally:
                         # the bytes are in the agent's socket (connio writes inline): what
                         # the response hook left for now (seam/aftersend.py), off its clock
-                        aftersend.run(flow)
+                        later.run(flow)
                 else:
                     yield send_data_of(ctx.client, data)
                 if not flow.websocket:
@@ -943,8 +946,9 @@ class LeanLayer(layer.Layer):
                 if closes(req, resp, rnames):
                     yield from self._close()
                 continue
-            if job.defer:
-                aftersend.run(flow)  # (no send: what the response hook left, at once)
+            later = job.later
+            if later is not None:
+                later.run(flow)  # (no send: what the response hook left, at once)
             if outcome == STREAM:
                 yield from self._stream(job)
             if job.outcome == ERROR:

@@ -28,10 +28,10 @@ logger = logging.getLogger(__name__)
 def _record(
     rt: Runtime, flow: http.HTTPFlow, event: str, outcome: Outcome, reason: str | None,
     status: int | None = None, rec: FlowRecord | None = None,
-    pending: aftersend.Pending | None = None,
+    later: aftersend.Later | None = None,
 ) -> None:
-    """``pending``: the flow's list of steps after the response's send (seam/aftersend.py):
-    the record is made now and handed to the audit sink after the send."""
+    """``later``: the flow's work for after the response's send (seam/aftersend.py): the
+    record is made now and handed to the audit sink after the send."""
     if rec is None:
         rec = record_of(flow)
     if rec.outcome is not None:
@@ -61,7 +61,7 @@ def _record(
     if status is None and response is not None:
         status = response.data.status_code  # (``response.status_code``)
     decision_record(  # record_decision by position
-        st.audit if pending is None else aftersend.Later(st.audit, pending), event, agent,
+        st.audit if later is None else later.bind(st.audit), event, agent,
         service.name if service is not None else None,
         service.mode if service is not None else None,
         request.method, host, rec.path if event != "tunnel_refused" else None, status, rec.t0,
