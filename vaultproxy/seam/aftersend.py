@@ -2,7 +2,7 @@
 
 Work that runs after the response is written to the agent's socket (and before the agent's
 next request arrives) is off the agent's clock. The lean HTTP/1.1 layer (seam/lean.py)
-opens a flow's ``Later`` (``open_for``) just before the ``response`` hook of a response it sends
+opens a flow's ``Later`` just before the ``response`` hook of a response it sends
 whole, and runs it (``Later.run``) right after that response's one write (seam/connio.py writes
 inline: the bytes are in the socket when the layer resumes), in the same call, so before
 this process handles any other event of any connection. On any other end of the request (a
@@ -23,6 +23,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from vaultproxy.audit.event import LINE_AT
+from vaultproxy.audit.log import AuditLog
+
 logger = logging.getLogger(__name__)
 
 #: the flow's ``metadata`` key of its ``Later`` (present only between the job's opening it
@@ -32,49 +35,46 @@ KEY = "vaultproxy.after_send"
 
 class Later:
     """A flow's work for after its response's send: an audit sink that keeps the record it
-    is handed (``record``) for ``sink``'s own ``record``, called by ``run``. audit/canonical.py's
-    ``decision_record`` hands any sink but an ``AuditLog`` itself the record (an
-    ``AuditLog``'s ``record`` of it writes the very line its shortcut would: SECURITY row
-    60); ``counts_metrics`` is ``sink``'s, so the record is counted when it is made, as
-    before. One record per flow (the Record stage writes one); a second one would send the
-    first on at once."""
+    is handed (``record``) for ``sink``, which ``run`` hands it to as audit/canonical.py's
+    ``decision_record`` would have: its line to an ``AuditLog``'s one write path (``_write``,
+    kept for a retry if that fails), any other sink the record itself (SECURITY row 60).
+    ``counts_metrics`` is ``sink``'s: the record is counted when it is made, as before. One
+    record per flow (the Record stage writes one); a second one sends the first on at once.
+    (Plain class attributes as defaults, no ``__init__``: one per request.)"""
 
-    __slots__ = ("counts_metrics", "event", "sink")
-
-    def __init__(self) -> None:
-        self.sink: Any = None
-        self.event: Any = None
-        self.counts_metrics = True
+    sink: Any = None
+    event: Any = None
+    counts_metrics = True
 
     def bind(self, sink: Any) -> Later:
         """This, as the stand-in for ``sink`` (the Record stage, as it makes the record)."""
         self.sink = sink
-        self.counts_metrics = getattr(sink, "counts_metrics", True)
+        if not getattr(sink, "counts_metrics", True):
+            self.counts_metrics = False
         return self
 
     def record(self, event: Any) -> bool:
         if self.event is not None:  # (never: one record per flow)
-            self._write()
+            self.run(None)
         self.event = event
         return True
 
     def run(self, flow: Any) -> None:
         """Close the flow's ``Later`` and hand the record it holds to its sink. Never raises:
         a sink that raises is logged (its type only), as a tap is (audit/log.py)."""
-        flow.metadata.pop(KEY, None)
-        if self.event is not None:
-            self._write()
-
-    def _write(self) -> None:
-        event, self.event = self.event, None
+        if flow is not None:
+            flow.metadata.pop(KEY, None)
+        event = self.event
+        if event is None:
+            return
+        self.event = None
+        sink = self.sink
         try:
-            self.sink.record(event)
+            line = event[LINE_AT]
+            if line is not None and type(sink) is AuditLog:
+                sink._write(line, keep=True)  # (``decision_record``'s own shortcut)
+            else:
+                sink.record(event)
         except Exception as e:  # noqa: BLE001 - never a connection left without its end
             logger.error("audit: a record after the response's send failed (%s)",
                          type(e).__name__)
-
-
-def open_for(flow: Any) -> Later:
-    """The flow's ``Later``, opened (the lean job, before the ``response`` hook)."""
-    later = flow.metadata[KEY] = Later()
-    return later

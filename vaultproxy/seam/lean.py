@@ -73,6 +73,7 @@ _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
+_AFTER, _Later = aftersend.KEY, aftersend.Later
 _LAYER_HANDLE_EVENT = layer.Layer.handle_event
 #: mitmproxy's methods ``LeanLayer.handle_event`` does the work of (``need.fingerprint``):
 #: if one differs, or is gone, every event takes mitmproxy's ``Layer.handle_event``.
@@ -499,8 +500,8 @@ class _Job:
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        if self.defer:
-            self.later = aftersend.open_for(flow)
+        if self.defer:  # (open the flow's work for after the send: seam/aftersend.py)
+            self.later = flow.metadata[_AFTER] = _Later()
         await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))
         if flow.intercepted:
             await flow.wait_for_resume()
@@ -513,8 +514,8 @@ class _Job:
         flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        if self.defer:
-            self.later = aftersend.open_for(flow)
+        if self.defer:  # (open the flow's work for after the send: seam/aftersend.py)
+            self.later = flow.metadata[_AFTER] = _Later()
         await addons.handle_lifecycle(lhttp.HttpResponseHook(flow))  # (``_hook`` inline)
         if flow.intercepted:
             await flow.wait_for_resume()
