@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from vaultproxy.audit.event import LINE_AT
+from vaultproxy.audit.event import LINE_AT, RequestEvent
 from vaultproxy.audit.log import AuditLog
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Later:
         self.event = None
         sink = self.sink
         try:
-            line = event[LINE_AT]
+            line = event[LINE_AT] if type(event) is RequestEvent else None
             if line is not None and type(sink) is AuditLog:
                 sink._write(line, keep=True)  # (``decision_record``'s own shortcut)
             else:

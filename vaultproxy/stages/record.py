@@ -169,8 +169,14 @@ class Record(Stage):
     @guarded
     def response(self, flow: http.HTTPFlow) -> None:
         """The ``request`` record, made now; written now, or, when the lean layer sends the
-        response whole, right after its send (seam/aftersend.py: off the agent's clock)."""
-        self._finish(flow)
+        response whole, right after its send (seam/aftersend.py: off the agent's clock).
+        (``_finish`` inline: one call fewer per request.)"""
+        fid = flow.id
+        if fid in self._inflight:
+            self._inflight.discard(fid)
+            st = self.rt.live.state  # ``rt.current()``
+            if st is not None:
+                st.inflight -= 1
         rec = record_of(flow)
         decision = rec.decision
         if rec.refusal is not None:
