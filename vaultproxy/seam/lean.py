@@ -57,7 +57,7 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.net.grammar import TOKEN
-from vaultproxy.seam import bypass, connio, deadlines, objects
+from vaultproxy.seam import aftersend, bypass, connio, deadlines, objects
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.objects import send_data_of
@@ -73,6 +73,7 @@ _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
+_AFTER, _Later = aftersend.KEY, aftersend.Later
 _LAYER_HANDLE_EVENT = layer.Layer.handle_event
 #: mitmproxy's methods ``LeanLayer.handle_event`` does the work of (``need.fingerprint``):
 #: if one differs, or is gone, every event takes mitmproxy's ``Layer.handle_event``.
@@ -274,44 +275,54 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
                 await writer.drain()
             except OSError:
                 pass  # the agent is gone: the request's hooks see it (client_gone)
-        watchdog = self.timeout_watchdog
-        addons = self.master.addons
-        if type(watchdog) is _Watchdog:
-            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
-            # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
-            # found them, their bodies inline too)
-            event = inline_event[0]
-            can = watchdog.can_timeout
-            if type(can) is event:
-                can._value = False  # (``Event.clear``)
-            else:
-                can.clear()
-            watchdog.blocker += 1
-            try:
-                job.addons = addons
+        # The job's ``response`` hook may leave the request record's write for after the
+        # send (seam/aftersend.py): the layer runs it right after the response's write (or
+        # at once, without a send); this task runs one left (the layer never resumed, a
+        # cancellation) as it ends.
+        job.defer = job.lean is not None
+        try:
+            watchdog = self.timeout_watchdog
+            addons = self.master.addons
+            if type(watchdog) is _Watchdog:
+                # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
+                # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
+                # found them, their bodies inline too)
+                event = inline_event[0]
+                can = watchdog.can_timeout
+                if type(can) is event:
+                    can._value = False  # (``Event.clear``)
+                else:
+                    can.clear()
+                watchdog.blocker += 1
                 try:
-                    job.outcome = await job._request()
-                except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
-                    job.failed()
-            finally:
-                watchdog.blocker -= 1
-                if watchdog.blocker == 0:
-                    if inline_watchdog[0] is _Watchdog:
-                        watchdog.last_activity = time.time()  # (``register_activity``)
-                    else:
-                        watchdog.register_activity()
-                    can = watchdog.can_timeout
-                    if type(can) is not event:
-                        can.set()
-                    elif not can._value:  # (``Event.set``)
-                        can._value = True
-                        for fut in can._waiters:
-                            if not fut.done():
-                                fut.set_result(True)
-        else:
-            await run_disarmed(watchdog, job.run(addons))
-        if hook.blocking:
-            await self.server_event(lean_completed(hook))
+                    job.addons = addons
+                    try:
+                        job.outcome = await job._request()
+                    except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
+                        job.failed()
+                finally:
+                    watchdog.blocker -= 1
+                    if watchdog.blocker == 0:
+                        if inline_watchdog[0] is _Watchdog:
+                            watchdog.last_activity = time.time()  # (``register_activity``)
+                        else:
+                            watchdog.register_activity()
+                        can = watchdog.can_timeout
+                        if type(can) is not event:
+                            can.set()
+                        elif not can._value:  # (``Event.set``)
+                            can._value = True
+                            for fut in can._waiters:
+                                if not fut.done():
+                                    fut.set_result(True)
+            else:
+                await run_disarmed(watchdog, job.run(addons))
+            if hook.blocking:
+                await self.server_event(lean_completed(hook))
+        finally:
+            later = job.later
+            if later is not None and _AFTER in job.flow.metadata:
+                later.run(job.flow)
         if keep_alive is not None:
             # The task ends here: out of mitmproxy's set of running tasks now, not by the
             # done callback its ``create_task`` added (a callback, and so one more turn of
@@ -414,7 +425,13 @@ _NO_STEPS: dict[str, Any] = {}  # (never filled)
 
 class _Job:
     """``HttpStream``'s pooled path from the request head to the response, as coroutines:
-    each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``."""
+    each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``.
+    ``defer``: the lean hook task runs it, and the layer sends what it answers: the
+    ``response`` hook may leave the request record's write for after the send (opened in
+    ``later``, the layer's one ``Later``: seam/aftersend.py)."""
+
+    defer = False
+    later: aftersend.Later | None = None
 
     def __init__(self, flow: http.HTTPFlow, lean: LeanLayer | None) -> None:
         self.flow = flow
@@ -564,6 +581,11 @@ class _Job:
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
+        if self.defer:  # (open the layer's ``Later`` for this flow: seam/aftersend.py)
+            later = lean.later  # type: ignore[union-attr]
+            if later is None:
+                later = lean.later = _Later()  # type: ignore[union-attr]
+            self.later = flow.metadata[_AFTER] = later
         step = steps.get(_RESPONSE)
         await (step(flow) if step is not None
                else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))
@@ -578,6 +600,12 @@ class _Job:
         flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
+        if self.defer:  # (``_request``'s)
+            lean = self.lean
+            later = lean.later  # type: ignore[union-attr]
+            if later is None:
+                later = lean.later = _Later()  # type: ignore[union-attr]
+            self.later = flow.metadata[_AFTER] = later
         step = getattr(addons, "flow_steps", _NO_STEPS).get(_RESPONSE)  # (``_request``'s)
         await (step(flow) if step is not None
                else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))  # (``_hook`` inline)
@@ -797,6 +825,10 @@ def _frame(resp: http.Response, data: bytes) -> bytes:
 
 class LeanLayer(layer.Layer):
     """The request/response loop of one agent connection (see the module's docstring)."""
+
+    #: the request record's write for after a response's send (seam/aftersend.py): one
+    #: per layer, made at its first use (one request at a time)
+    later: aftersend.Later | None = None
 
     def __init__(self, context: Any, pooled: Callable[[], bool], max_body: int) -> None:
         super().__init__(context)
@@ -1018,12 +1050,24 @@ class LeanLayer(layer.Layer):
                 req = flow.request
                 if chunked and req.method != "HEAD":
                     data += b"0\r\n\r\n"
-                yield send_data_of(ctx.client, data)
+                later = job.later
+                if later is None:
+                    yield send_data_of(ctx.client, data)
+                else:
+                    try:
+                        yield send_data_of(ctx.client, data)
+                    finally:
+                        # the bytes are in the agent's socket (connio writes inline): the
+                        # request record's write (seam/aftersend.py), off the agent's clock
+                        later.run(flow)
                 if not flow.websocket:
                     flow.live = False
                 if closes(req, resp, rnames):
                     yield from self._close()
                 continue
+            later = job.later
+            if later is not None:
+                later.run(flow)  # (no send: the record's write, at once)
             if outcome == STREAM:
                 yield from self._stream(job)
             if job.outcome == ERROR:
