@@ -293,12 +293,9 @@ def _open(hook: lean.LeanHook, probe: _Probe) -> None:
     ``Later`` holding the flow's record (the flow's id as the record)."""
     job = hook.job
     if job.outcome in (lean.SEND, lean.KILL, lean.ERROR):
-        job.defer = True
         layer = job.lean
         assert layer is not None
-        if layer.later is None:
-            layer.later = aftersend.Later()
-        later = job.later = hook.flow.metadata[aftersend.KEY] = layer.later
+        later = job.later = hook.flow.metadata[aftersend.KEY] = layer.later  # (the task's)
         assert later.event is None and later.line is None  # emptied by the last request
         _hold(later, probe, hook.flow.id)
 
@@ -394,9 +391,10 @@ def test_the_hook_task_writes_a_record_the_layer_never_got_to() -> None:
 
     class Job(lean._Job):
         async def _request(self) -> str:
-            assert self.defer
-            self.later = self.flow.metadata[aftersend.KEY] = aftersend.Later()
-            _hold(self.later, sink, "the record")
+            later = self.later  # the layer's, given by the hook task
+            assert later is not None and later is self.lean.later  # type: ignore[union-attr]
+            self.flow.metadata[aftersend.KEY] = later
+            _hold(later, sink, "the record")
             return lean.SEND
 
     async def cancelled_event(event: Any) -> None:
@@ -408,6 +406,7 @@ def test_the_hook_task_writes_a_record_the_layer_never_got_to() -> None:
         hook = lean.LeanHook(flow)
         layer = lean.LeanLayer.__new__(lean.LeanLayer)
         layer.route = False  # (no bypass route)
+        layer.later = aftersend.Later()
         hook.job = Job(flow, layer)
         handler = Handler()
         handler.timeout_watchdog = SimpleNamespace(disarm=_Disarm)  # type: ignore[attr-defined]

@@ -38,15 +38,17 @@ KEY = "vaultproxy.after_send"
 
 
 class Later:
-    """A request's audit write for after its response's send (see the module). Plain class
-    attributes as defaults, no ``__init__``; one per lean layer."""
+    """A request's audit write for after its response's send (see the module); one per
+    lean layer. (Its attributes are set in ``__init__``, none a class attribute: CPython
+    3.12 specializes no read or write of an instance attribute that shadows one.)"""
 
-    #: an ``AuditLog``'s line and that log (``decision_record``'s shortcut), or None
-    line: str | None = None
-    log: Any = None
-    #: a record for any other sink, and that sink, or None
-    event: Any = None
-    sink: Any = None
+    def __init__(self) -> None:
+        #: an ``AuditLog``'s line and that log (``decision_record``'s shortcut), or None
+        self.line: str | None = None
+        self.log: Any = None
+        #: a record for any other sink, and that sink, or None
+        self.event: Any = None
+        self.sink: Any = None
 
     def run(self, flow: Any) -> None:
         """Close the flow's ``Later`` and write what it holds (once). Never raises: a sink

@@ -279,7 +279,9 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         # send (seam/aftersend.py): the layer runs it right after the response's write (or
         # at once, without a send); this task runs one left (the layer never resumed, a
         # cancellation) as it ends.
-        job.defer = job.lean is not None
+        lean = job.lean
+        if lean is not None:
+            job.later = lean.later
         try:
             watchdog = self.timeout_watchdog
             addons = self.master.addons
@@ -407,6 +409,7 @@ def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
     job.outcome = KILL
     job.code = None
     job.message = ""
+    job.later = None
     return hook
 
 
@@ -426,12 +429,11 @@ _NO_STEPS: dict[str, Any] = {}  # (never filled)
 class _Job:
     """``HttpStream``'s pooled path from the request head to the response, as coroutines:
     each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``.
-    ``defer``: the lean hook task runs it, and the layer sends what it answers: the
-    ``response`` hook may leave the request record's write for after the send (opened in
-    ``later``, the layer's one ``Later``: seam/aftersend.py)."""
-
-    defer = False
-    later: aftersend.Later | None = None
+    ``later``: the layer's one ``Later`` when the lean hook task runs the job (the layer
+    sends what it answers): the ``response`` hook may leave the request record's write for
+    after the send (seam/aftersend.py). (No class attributes as defaults: an instance
+    attribute that shadows one is read and written by CPython 3.12 without its specialized
+    fast paths.)"""
 
     def __init__(self, flow: http.HTTPFlow, lean: LeanLayer | None) -> None:
         self.flow = flow
@@ -440,6 +442,7 @@ class _Job:
         self.outcome = KILL
         self.code: Any = None
         self.message = ""
+        self.later: aftersend.Later | None = None
 
     async def _hook(self, hook: Any) -> None:
         await self.addons.handle_lifecycle(hook)
@@ -581,11 +584,9 @@ class _Job:
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        if self.defer:  # (open the layer's ``Later`` for this flow: seam/aftersend.py)
-            later = lean.later  # type: ignore[union-attr]
-            if later is None:
-                later = lean.later = _Later()  # type: ignore[union-attr]
-            self.later = flow.metadata[_AFTER] = later
+        later = self.later
+        if later is not None:  # (open the layer's ``Later`` for this flow: seam/aftersend.py)
+            flow.metadata[_AFTER] = later
         step = steps.get(_RESPONSE)
         await (step(flow) if step is not None
                else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))
@@ -600,12 +601,9 @@ class _Job:
         flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
-        if self.defer:  # (``_request``'s)
-            lean = self.lean
-            later = lean.later  # type: ignore[union-attr]
-            if later is None:
-                later = lean.later = _Later()  # type: ignore[union-attr]
-            self.later = flow.metadata[_AFTER] = later
+        later = self.later
+        if later is not None:  # (``_request``'s)
+            flow.metadata[_AFTER] = later
         step = getattr(addons, "flow_steps", _NO_STEPS).get(_RESPONSE)  # (``_request``'s)
         await (step(flow) if step is not None
                else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))  # (``_hook`` inline)
@@ -826,10 +824,6 @@ def _frame(resp: http.Response, data: bytes) -> bytes:
 class LeanLayer(layer.Layer):
     """The request/response loop of one agent connection (see the module's docstring)."""
 
-    #: the request record's write for after a response's send (seam/aftersend.py): one
-    #: per layer, made at its first use (one request at a time)
-    later: aftersend.Later | None = None
-
     def __init__(self, context: Any, pooled: Callable[[], bool], max_body: int) -> None:
         super().__init__(context)
         self.pooled = pooled
@@ -841,6 +835,9 @@ class LeanLayer(layer.Layer):
         self.validate = bool(context.options.validate_inbound_headers)
         # a head read whose body is still arriving: (request, head length, body length)
         self.pending: tuple[http.Request, int, int] | None = None
+        # the request record's write for after a response's send (seam/aftersend.py): one
+        # per layer (one request at a time), opened for each flow by its job
+        self.later = _Later()
         global _fast_events
         if _fast_events is None:
             _fast_events = _check_events()
