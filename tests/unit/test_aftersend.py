@@ -439,3 +439,69 @@ class _Disarm:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+# --- the job: where the Later is opened ---------------------------------------------------
+
+
+def _job_run(seed: int, with_later: bool) -> tuple[Any, ...]:
+    """test_lean_job.py's seeded stage behaviours through the real job, with the layer's
+    ``Later`` handed to it (as the hook task does) or not; at each hook, whether the flow's
+    ``Later`` was open (``KEY`` in its metadata, and the job's)."""
+    from tests.unit.test_lean_job import _Addons, _Lean, _state
+
+    rng = random.Random(seed)
+    flow = tflow_flow()
+    flow.live = True
+    flow.request.method = rng.choice(["GET", "GET", "HEAD", "POST"])
+    layer = _Lean(flow.client_conn, rng.random() < 0.8) if rng.random() < 0.9 else None
+    job = lean._Job(flow, layer)  # type: ignore[arg-type]
+    later = aftersend.Later() if with_later else None
+    job.later = later
+    addons = _Addons(seed, layer)
+    opened: list[tuple[str, bool]] = []
+    inner = addons.handle_lifecycle
+
+    async def handle_lifecycle(hook: Any) -> None:
+        got = flow.metadata.get(aftersend.KEY)
+        assert got is None or got is later
+        opened.append((hook.name, got is not None))
+        await inner(hook)
+
+    addons.handle_lifecycle = handle_lifecycle  # type: ignore[method-assign]
+    asyncio.run(job.run(addons))
+    return _state(job, addons), opened, job.outcome, flow.response is not None
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_the_job_opens_the_later_for_the_response_hook_only(seed: int) -> None:
+    """The job opens its ``Later`` right before the ``response`` hook (of an upstream's
+    response or a stage's own), never for another hook; without one the same calls and
+    state (test_lean_job.py's comparison, with and without)."""
+    state, opened, outcome, _ = _job_run(seed, True)
+    plain, closed, _, _ = _job_run(seed, False)
+    assert state == plain
+    assert not any(was for _, was in closed)
+    for name, was in opened:
+        assert was == (name == "response"), (name, opened)
+
+
+def test_the_job_opens_the_later_on_each_path() -> None:
+    """Twin: the seeds above open it for sent responses, kills after the hook, and a
+    stage's own answer; a streamed response's hook (the layer's) never sees it."""
+    from vaultproxy.seam.pool import PoolExchangeHook
+
+    seen = set()
+    for seed in range(200):
+        _, opened, outcome, _ = _job_run(seed, True)
+        if ("response", True) in opened:
+            seen.add(outcome)
+            if not any(name == PoolExchangeHook.name for name, _ in opened):
+                seen.add("a stage's answer")
+    assert {lean.SEND, lean.KILL, "a stage's answer"} <= seen, seen
+
+
+def tflow_flow() -> http.HTTPFlow:
+    from mitmproxy.test import tflow
+
+    return tflow.tflow()
