@@ -210,8 +210,48 @@ class ProxyProcess:
             f.close()  # type: ignore[attr-defined]
         return self.proc.returncode
 
+    def settle(self, timeout: float = 2.0) -> None:
+        """Wait (at most ``timeout`` seconds) until the proxy's processes are idle: none
+        running or in an uninterruptible wait (``/proc/PID/stat``). The proxy writes a
+        response's ``request`` record right after the response's write to the agent
+        (seam/aftersend.py), in the same step of its loop: once a process that served it
+        sleeps again, its record is in ``audit.jsonl``. (A test that read the file the
+        instant its response arrived could otherwise see a process preempted between the
+        two writes.)"""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not any(_state(pid) in ("R", "D") for pid in _family(self.proc.pid)):
+                return
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
+
     def audit(self) -> list[dict[str, object]]:
+        if self.proc.poll() is None:
+            self.settle()
         path = self.home.path / "audit.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _family(pid: int) -> list[int]:
+    """``pid`` and its descendants (the workers of ``--workers N``), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    text = Path(f"/proc/{p}/task/{task}/children").read_text()
+                    todo.extend(int(c) for c in text.split())
+    return out
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (``R`` running, ``S`` sleeping, ...; "" when gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""

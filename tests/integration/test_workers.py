@@ -135,7 +135,9 @@ def test_connections_spread_and_every_worker_injects(workers_proxy, upstream, se
     assert [r.status_code for r in replies] == [200] * len(replies)
     assert_spread(owners, proxy)
     assert auths_seen(upstream, "/spread") == [f"Bearer {secrets['w-bearer']}"] * len(replies)
-    # One audit stream: the admin API answers with every worker's records, at once.
+    # One audit stream: the admin API answers with every worker's records, at once (once
+    # the workers wrote them: right after each response's send, ProxyProcess.settle).
+    proxy.settle()
     with unix(proxy) as admin:
         records = admin.get("/v1/audit", params={"limit": 100}).json()["records"]
         metrics = admin.get("/metrics").text

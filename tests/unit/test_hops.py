@@ -24,7 +24,7 @@ from mitmproxy.proxy import events, server
 from mitmproxy.test import tflow
 
 from vaultproxy.net import h1pool
-from vaultproxy.seam import connio, lean
+from vaultproxy.seam import aftersend, connio, lean
 
 # --- a loop whose clock jumps to the next timer -------------------------------------------
 
@@ -203,6 +203,7 @@ class _Writer:
 class _Lean:
     def __init__(self) -> None:
         self.route: Any = False  # (the bypass is seam/bypass.py's: not attached here)
+        self.later = aftersend.Later()  # (the layer's: nothing opened in it here)
 
     def client_gone(self) -> bool:
         return False

@@ -9,7 +9,7 @@ log."""
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vaultproxy.audit import metrics
 from vaultproxy.audit.event import (
@@ -23,6 +23,9 @@ from vaultproxy.audit.event import (
     request_line,
 )
 from vaultproxy.audit.log import AuditLog
+
+if TYPE_CHECKING:
+    from vaultproxy.seam.aftersend import Later
 
 _tuple_new = tuple.__new__
 
@@ -56,10 +59,16 @@ def decision_record(
     sink: Sink, event: str, agent: str | None, service: str | None, mode: str | None,
     method: str | None, host: str | None, path: str | None, status: int | None,
     started: float | None, outcome: str, reason: str | None, via: str | None = None,
+    later: Later | None = None,
 ) -> None:
     """``record_decision`` by position (the Record stage's call, once per request: twelve
-    keywords cost ~0.9k instructions to match)."""
+    keywords cost ~0.9k instructions to match). ``later``: the flow's ``Later``
+    (seam/aftersend.py): the record made now, exactly as without it, and its write left to
+    ``later`` (the line and the log for an ``AuditLog``, else the record and the sink),
+    which the lean layer runs right after the response's send."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
+    if later is not None and (later.line is not None or later.event is not None):
+        later.run(None)  # (never: one record per flow; nothing overwritten if it were)
     if type(sink) is AuditLog:
         # the line alone, when request_line takes these values (else request_fields below)
         made = request_line(event, outcome, agent, service, mode, method, host, path, status,
@@ -67,7 +76,11 @@ def decision_record(
         if made is not None:
             if sink.counts_metrics:  # (as below: the duration as the record rounds it)
                 metrics.counted(event, service, outcome, reason, made[1])
-            sink._write(made[0], True)
+            if later is None:
+                sink._write(made[0], True)
+            else:  # (the same call, after the send)
+                later.log = sink
+                later.line = made[0]
             return
     fields = request_fields(  # by position
         event, outcome, agent, service, mode, method, host, path, status, duration, reason,
@@ -79,9 +92,16 @@ def decision_record(
         metrics.counted(event, service, outcome, reason, fields[DURATION_AT])
     line = fields[LINE_AT]
     if line is not None and type(sink) is AuditLog:
-        sink._write(line, True)  # AuditLog.record(record) without making the record
-    else:
+        if later is None:
+            sink._write(line, True)  # AuditLog.record(record) without making the record
+        else:
+            later.log = sink
+            later.line = line
+    elif later is None:
         sink.record(_tuple_new(RequestEvent, fields))
+    else:
+        later.sink = sink
+        later.event = _tuple_new(RequestEvent, fields)
 
 
 #: The event of the record written *before* a request that carries a credential leaves.

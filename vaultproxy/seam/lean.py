@@ -57,7 +57,7 @@ from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.net.grammar import TOKEN
-from vaultproxy.seam import bypass, connio, deadlines, objects
+from vaultproxy.seam import aftersend, bypass, connio, deadlines, objects
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
 from vaultproxy.seam.objects import send_data_of
@@ -73,6 +73,7 @@ _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
+_AFTER, _Later = aftersend.KEY, aftersend.Later
 _LAYER_HANDLE_EVENT = layer.Layer.handle_event
 #: mitmproxy's methods ``LeanLayer.handle_event`` does the work of (``need.fingerprint``):
 #: if one differs, or is gone, every event takes mitmproxy's ``Layer.handle_event``.
@@ -274,44 +275,56 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
                 await writer.drain()
             except OSError:
                 pass  # the agent is gone: the request's hooks see it (client_gone)
-        watchdog = self.timeout_watchdog
-        addons = self.master.addons
-        if type(watchdog) is _Watchdog:
-            # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
-            # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
-            # found them, their bodies inline too)
-            event = inline_event[0]
-            can = watchdog.can_timeout
-            if type(can) is event:
-                can._value = False  # (``Event.clear``)
-            else:
-                can.clear()
-            watchdog.blocker += 1
-            try:
-                job.addons = addons
+        # The job's ``response`` hook may leave the request record's write for after the
+        # send (seam/aftersend.py): the layer runs it right after the response's write (or
+        # at once, without a send); this task runs one left (the layer never resumed, a
+        # cancellation) as it ends.
+        lean = job.lean
+        if lean is not None:
+            job.later = lean.later
+        try:
+            watchdog = self.timeout_watchdog
+            addons = self.master.addons
+            if type(watchdog) is _Watchdog:
+                # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
+                # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
+                # found them, their bodies inline too)
+                event = inline_event[0]
+                can = watchdog.can_timeout
+                if type(can) is event:
+                    can._value = False  # (``Event.clear``)
+                else:
+                    can.clear()
+                watchdog.blocker += 1
                 try:
-                    job.outcome = await job._request()
-                except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
-                    job.failed()
-            finally:
-                watchdog.blocker -= 1
-                if watchdog.blocker == 0:
-                    if inline_watchdog[0] is _Watchdog:
-                        watchdog.last_activity = time.time()  # (``register_activity``)
-                    else:
-                        watchdog.register_activity()
-                    can = watchdog.can_timeout
-                    if type(can) is not event:
-                        can.set()
-                    elif not can._value:  # (``Event.set``)
-                        can._value = True
-                        for fut in can._waiters:
-                            if not fut.done():
-                                fut.set_result(True)
-        else:
-            await run_disarmed(watchdog, job.run(addons))
-        if hook.blocking:
-            await self.server_event(lean_completed(hook))
+                    job.addons = addons
+                    try:
+                        job.outcome = await job._request()
+                    except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
+                        job.failed()
+                finally:
+                    watchdog.blocker -= 1
+                    if watchdog.blocker == 0:
+                        if inline_watchdog[0] is _Watchdog:
+                            watchdog.last_activity = time.time()  # (``register_activity``)
+                        else:
+                            watchdog.register_activity()
+                        can = watchdog.can_timeout
+                        if type(can) is not event:
+                            can.set()
+                        elif not can._value:  # (``Event.set``)
+                            can._value = True
+                            for fut in can._waiters:
+                                if not fut.done():
+                                    fut.set_result(True)
+            else:
+                await run_disarmed(watchdog, job.run(addons))
+            if hook.blocking:
+                await self.server_event(lean_completed(hook))
+        finally:
+            later = job.later
+            if later is not None and _AFTER in job.flow.metadata:
+                later.run(job.flow)
         if keep_alive is not None:
             # The task ends here: out of mitmproxy's set of running tasks now, not by the
             # done callback its ``create_task`` added (a callback, and so one more turn of
@@ -396,6 +409,7 @@ def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
     job.outcome = KILL
     job.code = None
     job.message = ""
+    job.later = None
     return hook
 
 
@@ -414,7 +428,12 @@ _NO_STEPS: dict[str, Any] = {}  # (never filled)
 
 class _Job:
     """``HttpStream``'s pooled path from the request head to the response, as coroutines:
-    each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``."""
+    each ``yield HookX(flow)`` of mitmproxy becomes ``await self._hook(HookX(flow))``.
+    ``later``: the layer's one ``Later`` when the lean hook task runs the job (the layer
+    sends what it answers): the ``response`` hook may leave the request record's write for
+    after the send (seam/aftersend.py). (No class attributes as defaults: an instance
+    attribute that shadows one is read and written by CPython 3.12 without its specialized
+    fast paths.)"""
 
     def __init__(self, flow: http.HTTPFlow, lean: LeanLayer | None) -> None:
         self.flow = flow
@@ -423,6 +442,7 @@ class _Job:
         self.outcome = KILL
         self.code: Any = None
         self.message = ""
+        self.later: aftersend.Later | None = None
 
     async def _hook(self, hook: Any) -> None:
         await self.addons.handle_lifecycle(hook)
@@ -564,6 +584,9 @@ class _Job:
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
+        later = self.later
+        if later is not None:  # (open the layer's ``Later`` for this flow: seam/aftersend.py)
+            flow.metadata[_AFTER] = later
         step = steps.get(_RESPONSE)
         await (step(flow) if step is not None
                else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))
@@ -578,6 +601,9 @@ class _Job:
         flow, addons = self.flow, self.addons
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
+        later = self.later
+        if later is not None:  # (``_request``'s)
+            flow.metadata[_AFTER] = later
         step = getattr(addons, "flow_steps", _NO_STEPS).get(_RESPONSE)  # (``_request``'s)
         await (step(flow) if step is not None
                else addons.handle_lifecycle(lhttp.HttpResponseHook(flow)))  # (``_hook`` inline)
@@ -847,6 +873,9 @@ class LeanLayer(layer.Layer):
         self.validate = bool(context.options.validate_inbound_headers)
         # a head read whose body is still arriving: (request, head length, body length)
         self.pending: tuple[http.Request, int, int] | None = None
+        # the request record's write for after a response's send (seam/aftersend.py): one
+        # per layer (one request at a time), opened for each flow by its job
+        self.later = _Later()
         global _fast_events
         if _fast_events is None:
             _fast_events = _check_events()
@@ -1056,12 +1085,24 @@ class LeanLayer(layer.Layer):
                 req = flow.request
                 if chunked and req.method != "HEAD":
                     data += b"0\r\n\r\n"
-                yield send_data_of(ctx.client, data)
+                later = job.later
+                if later is None:
+                    yield send_data_of(ctx.client, data)
+                else:
+                    try:
+                        yield send_data_of(ctx.client, data)
+                    finally:
+                        # the bytes are in the agent's socket (connio writes inline): the
+                        # request record's write (seam/aftersend.py), off the agent's clock
+                        later.run(flow)
                 if not flow.websocket:
                     flow.live = False
                 if closes(req, resp, rnames):
                     yield from self._close()
                 continue
+            later = job.later
+            if later is not None:
+                later.run(flow)  # (no send: the record's write, at once)
             if outcome == STREAM:
                 yield from self._stream(job)
             if job.outcome == ERROR:

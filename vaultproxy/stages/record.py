@@ -16,6 +16,8 @@ from vaultproxy.audit.canonical import decision_record, record_decision
 from vaultproxy.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
+from vaultproxy.seam.aftersend import KEY as AFTER
+from vaultproxy.seam.aftersend import Later
 from vaultproxy.seam.engine_errors import classify_engine_error, client_gone
 from vaultproxy.stages.ahead import METHOD_TEXT
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, Outcome, record_of
@@ -28,8 +30,10 @@ logger = logging.getLogger(__name__)
 
 def _record(
     rt: Runtime, flow: http.HTTPFlow, event: str, outcome: Outcome, reason: str | None,
-    status: int | None = None, rec: FlowRecord | None = None,
+    status: int | None = None, rec: FlowRecord | None = None, later: Later | None = None,
 ) -> None:
+    """``later``: the flow's ``Later`` (seam/aftersend.py): the record is made now, exactly
+    as without it, and written right after the response's send."""
     if rec is None:
         rec = record_of(flow)
     if rec.outcome is not None:
@@ -66,6 +70,7 @@ def _record(
         service.mode if service is not None else None,
         request.method if method is None else method, host,
         rec.path if event != "tunnel_refused" else None, status, rec.t0, outcome, reason,
+        None, later,
     )
 
 
@@ -173,14 +178,19 @@ class Record(Stage):
             st = self.rt.live.state  # ``rt.current()``
             if st is not None:
                 st.inflight -= 1
-        rec = flow.metadata.get(KEY) or record_of(flow)
+        metadata = flow.metadata
+        rec = metadata.get(KEY) or record_of(flow)
         decision = rec.decision
+        # (the lean layer's ``Later``, when it sends this response whole: the record is
+        # written right after the send, seam/aftersend.py)
         if rec.refusal is not None:
-            _record(self.rt, flow, "request", "denied", rec.refusal.code, rec=rec)
+            _record(self.rt, flow, "request", "denied", rec.refusal.code, None, rec,
+                    metadata.get(AFTER))
         elif decision is not None and decision.service is not None:
             outcome: Outcome = "injected" if rec.injected else "forwarded"
             _record(self.rt, flow, "request", outcome,  # (by position: once per request)
-                    token_reason(rec) if rec.minted is not None else None, None, rec)
+                    token_reason(rec) if rec.minted is not None else None, None, rec,
+                    metadata.get(AFTER))
 
     @guarded
     def error(self, flow: http.HTTPFlow) -> None:
