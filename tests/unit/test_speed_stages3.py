@@ -429,18 +429,21 @@ def test_the_flow_event_loop_is_the_pending_form(monkeypatch: pytest.MonkeyPatch
     assert len(seen) == len(_KINDS) * len(_BEHAVIOURS)
 
 
-# -- FlowRecord without __init__ ------------------------------------------------------------
+# -- FlowRecord's __init__ ------------------------------------------------------------
 
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, tuple, frozenset)
 
 
 def test_a_fresh_flow_record_is_the_dataclass_with_its_init() -> None:
     fields = dataclasses.fields(FlowRecord)
-    for f in fields:  # a plain immutable default, held by the class
+    fresh = FlowRecord()
+    for f in fields:  # a plain immutable default, set by ``__init__``, none on the class
         assert f.default_factory is dataclasses.MISSING, f.name
         assert f.default is not dataclasses.MISSING, f.name
         assert isinstance(f.default, _IMMUTABLE), f.name
-        assert getattr(FlowRecord, f.name) is f.default, f.name
+        assert vars(fresh)[f.name] is f.default, f.name
+        assert f.name not in vars(FlowRecord), f.name  # (a shadowed read is not specialised)
+    assert list(vars(fresh)) == [f.name for f in fields] + ["answered"]
     reference = dataclasses.make_dataclass(
         "FlowRecord", [(f.name, f.type, f.default) for f in fields])
     rng = random.Random(61)

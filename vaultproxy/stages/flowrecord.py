@@ -39,9 +39,11 @@ class Refusal:
 
 @dataclass(init=False)
 class FlowRecord:
-    """(No ``__init__``: every field's default is an immutable class attribute, which a
-    fresh record reads until a stage writes its own; ``record_of`` makes one per request.
-    A field needs a plain immutable default: tests/unit/test_speed_stages3.py.)"""
+    """(Its ``__init__`` sets every field, and the class keeps no default of its own
+    (removed below): CPython 3.12 specialises no read of an instance attribute that a class
+    attribute of the same name shadows, about 3x the cost of a plain one, and the stages
+    read these ~50 times per request. A field needs a plain immutable default:
+    tests/unit/test_speed_stages3.py.)"""
 
     decision: Decision | None = None  # Identify
     refusal: Refusal | None = None  # guard.deny, the one place a refusal is recorded
@@ -58,13 +60,29 @@ class FlowRecord:
     plain_fields: tuple[tuple[bytes, bytes], ...] | None = None
     outcome: Outcome | None = None  # Record: set once the audit line is written
 
-    #: The proxy answered this flow itself (refused it, or served it): no later stage
-    #: decides, dials, checks, mints or injects for it. An upstream's response is not an
-    #: answer of ours. ``refusal is not None or served``, kept as a plain attribute (read ~6
-    #: times per request, a property's call each) by the only two writers of those fields,
-    #: ``refuse`` and ``serve``; tests/unit/test_speed_flow4.py finds every write of them
-    #: in vaultproxy/ and asserts it is one of these two. (Not a field: no ``__init__`` arg.)
-    answered = False
+    def __init__(self) -> None:
+        # every field's default (the class's annotations above), in their order
+        self.decision = None
+        self.refusal = None
+        self.served = False
+        self.t0 = None
+        self.path = None
+        self.hold_body = False
+        self.minted = None
+        self.retried = False
+        self.injected = False
+        self.body = None
+        self.redactor = None
+        self.plain_fields = None
+        self.outcome = None
+        # The proxy answered this flow itself (refused it, or served it): no later stage
+        # decides, dials, checks, mints or injects for it. An upstream's response is not an
+        # answer of ours. ``refusal is not None or served``, kept as a plain attribute (read
+        # ~6 times per request, a property's call each) by the only two writers of those
+        # fields, ``refuse`` and ``serve`` (and their defaults here); tests/unit/
+        # test_speed_flow4.py finds every write of them in vaultproxy/ and asserts it is one
+        # of these. (Not a field: no ``__init__`` argument, not in ``repr``.)
+        self.answered = False
 
     def refuse(self, refusal: Refusal) -> None:
         """Record the refusal (guard.deny, the one place): answered from now on."""
@@ -75,6 +93,13 @@ class FlowRecord:
         """Record that the proxy served the flow itself (Reserved): answered from now on."""
         self.served = True
         self.answered = True
+
+
+# The defaults live in ``__init__`` and in the fields (``dataclasses.fields``), not on the
+# class: see the class's docstring.
+for _name in [f for f in vars(FlowRecord) if f in FlowRecord.__dataclass_fields__]:
+    delattr(FlowRecord, _name)
+del _name
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:
