@@ -38,10 +38,12 @@ from vaultproxy.errors import (
 from vaultproxy.loaded.registry import Registry
 from vaultproxy.mint.base import MINTERS
 from vaultproxy.net.hostnames import normal_host, same_target, split_authority
+from vaultproxy.unshadow import unshadowed
 
 Via = Literal["connect", "plain", "admin"]
 
 
+@unshadowed
 @dataclass(frozen=True)
 class Facts:
     """What is known of one request, as plain data."""
@@ -71,6 +73,7 @@ ROUTING_HEADERS = frozenset(
 RANGE_HEADERS = frozenset({b"range", b"if-range"})
 
 
+@unshadowed
 @dataclass(frozen=True)
 class Plan:
     """How a credential goes onto one request to ``service``; every entry acts on it as is.
@@ -94,6 +97,7 @@ class Plan:
         return self.body == "substitute"
 
 
+@unshadowed
 @dataclass(frozen=True)
 class Decision:
     """The verdict on one request (or CONNECT): the only place it is carried. The audit

@@ -25,6 +25,7 @@ from vaultproxy.loaded.registry import Registry
 from vaultproxy.loaded.session import Session
 from vaultproxy.loaded.snapshot import Snapshot
 from vaultproxy.secret import Secret
+from vaultproxy.unshadow import unshadowed
 
 if TYPE_CHECKING:
     from vaultproxy.access.desk import AccessDesk, Desk
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@unshadowed
 @dataclass
 class ProxyState:
     """One per process: the config snapshot, the session, the audit log, and the change

@@ -71,6 +71,7 @@ from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Runtime, Stage
+from vaultproxy.unshadow import unshadowed
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
+@unshadowed
 @dataclass
 class Exchange:
     """One pooled request's state between the seam's hooks (seam.pool.Exchange)."""
