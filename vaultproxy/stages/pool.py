@@ -67,8 +67,9 @@ from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.seam import lean as seam_lean
 from vaultproxy.seam import objects
 from vaultproxy.seam import pool as seam_pool
+from vaultproxy.stages.ahead import METHOD_TEXT
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 
@@ -332,7 +333,7 @@ class Pool(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         if rec.answered or decision is None or decision.plan is None:
             return
@@ -344,7 +345,11 @@ class Pool(Stage):
             return
         cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
         req = flow.request
-        method = req.method
+        # (``req.method``: the property's text, from ``METHOD_TEXT`` for the usual methods)
+        raw = req.data.method
+        method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
+        if method is None:
+            method = req.method
         if cfg.upstream_pool_idle <= 0 or method == "CONNECT" or not _small_body(req, method):
             return
         req.stream = False  # buffered (at most 1 MiB): the exchange starts at its end
