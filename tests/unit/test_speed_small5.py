@@ -326,3 +326,36 @@ def test_entry_for_is_its_reference(monkeypatch: pytest.MonkeyPatch, seed: int) 
     assert got == want
     kinds = {o[0] for o in got[:-1]}
     assert {"ok", "LockedError", "SecretMissing"} <= kinds, kinds
+
+
+# -- the record read of every hook that now reads it inline ------------------------------------
+
+
+def _site_hooks() -> list[Any]:
+    from vaultproxy.stages.request_gate import RequestGate
+    from vaultproxy.stages.response_gate import ResponseGate
+
+    return [RequestGate.requestheaders, RequestGate.request, ResponseGate.responseheaders,
+            ResponseGate.response, pool_stage.Pool.requestheaders]
+
+
+@pytest.mark.parametrize("hook", _site_hooks(), ids=lambda h: h.__qualname__)
+def test_each_inline_record_read_is_record_of(hook: Any) -> None:
+    """Each hook that reads ``flow.metadata.get(KEY) or record_of(flow)`` uses the record
+    there (the same object, kept), and on a flow without one leaves the one ``record_of``
+    made in ``flow.metadata`` (as ``record_of(flow)`` did), whatever the hook does next."""
+    rt = SimpleNamespace(live=SimpleNamespace(state=None), complete=True,
+                         connections=SimpleNamespace(tunnel=lambda _id: None,
+                                                     tunnels={}))
+    stage = object.__new__(getattr(inspect.getmodule(hook), hook.__qualname__.split(".")[0]))
+    stage.rt = rt
+    for had in (False, True):
+        flow = tflow.tflow(resp=True)
+        mine = record_of(flow) if had else None
+        try:
+            hook.__wrapped__(stage, flow)
+        except Exception:  # noqa: BLE001, S110 - what the hook does after its read is not asked
+            pass
+        rec = flow.metadata.get(KEY)
+        assert type(rec) is FlowRecord
+        assert not had or rec is mine
