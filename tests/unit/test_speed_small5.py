@@ -34,6 +34,7 @@ from vaultproxy.config.models import Service
 from vaultproxy.config.refs import is_ref
 from vaultproxy.errors import LockedError, SecretMissing
 from vaultproxy.loaded import session as session_mod
+from vaultproxy.net import h1pool
 from vaultproxy.seam import deadlines, defences
 from vaultproxy.stages import deadline as deadline_mod
 from vaultproxy.stages import pool as pool_stage
@@ -359,3 +360,172 @@ def test_each_inline_record_read_is_record_of(hook: Any) -> None:
         rec = flow.metadata.get(KEY)
         assert type(rec) is FlowRecord
         assert not had or rec is mine
+
+
+# -- H1Pool.exchange: send does not ask reusable() again of a connection _take_now found ------
+
+_WHERE = ("127.0.0.1", 443, "hi.test")
+_SEND = h1pool._Conn.send  # (the send as it is: the tests below patch the class's)
+
+
+def _reference_send(self: Any, method: bytes, target: bytes,
+                    headers: list[tuple[bytes, bytes]], body: bytes,
+                    checked: bool = False) -> None:
+    """``_Conn.send`` before ``small5``: ``reusable()`` asked every time (``checked``
+    ignored); the rest is the send as it is."""
+    if not self.busy and not self.reusable():
+        import httpcore
+
+        raise httpcore.WriteError("the upstream closed the connection")
+    _SEND(self, method, target, headers, body, True)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Plain:
+    """A transport that is not ``_TLSSocket`` (``_take_now`` hands over to ``_take``)."""
+
+    def __init__(self, closing: bool) -> None:
+        self.closing = closing
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _Poll:
+    def __init__(self, ready: bool) -> None:
+        self.ready = ready
+
+    def poll(self, _timeout: int) -> list[tuple[int, int]]:
+        return [(3, 1)] if self.ready else []
+
+
+def _exchange_run(monkeypatch: pytest.MonkeyPatch, seed: int, send: Any) -> list[Any]:
+    from vaultproxy.net.h1pool import H1Pool, _Conn, _TLSSocket
+
+    rng = random.Random(seed)
+    written: dict[int, list[bytes]] = {}
+    read_effects: dict[int, str] = {}
+
+    def tls_write(self: Any, data: bytes) -> None:
+        written.setdefault(id(self), []).append(data)
+
+    def tls_close(self: Any) -> None:
+        self._closing = True
+
+    def tls_read(self: Any) -> None:  # what a read may leave: the end, bytes, or nothing
+        effect = read_effects.get(id(self), "")
+        conn = conns_by_transport[id(self)]
+        if effect == "eof":
+            conn.eof = True
+        elif effect == "bytes":
+            conn.unasked = True
+        elif effect == "closing":
+            self._closing = True
+
+    monkeypatch.setattr(_TLSSocket, "write", tls_write)
+    monkeypatch.setattr(_TLSSocket, "close", tls_close)
+    monkeypatch.setattr(_TLSSocket, "_read", tls_read)
+    monkeypatch.setattr(h1pool, "readable", lambda _sock: rng.random() < 0.3)
+    monkeypatch.setattr(_Conn, "send", send)
+
+    async def read_head(self: Any, timeout: float) -> None:
+        raise _Stop()
+
+    monkeypatch.setattr(_Conn, "read_head", read_head)
+    conns_by_transport: dict[int, Any] = {}
+
+    def make_conn() -> Any:
+        conn = _Conn(_WHERE)
+        conn.closed, conn.eof, conn.unasked = (rng.random() < 0.1 for _ in range(3))
+        conn.inbox = [b"x"] if rng.random() < 0.1 else []
+        conn.busy = rng.random() < 0.05
+        conn.expire_at = time_now() + rng.choice([-1.0, 30.0, 30.0, 30.0])
+        if rng.random() < 0.8:
+            t = _TLSSocket.__new__(_TLSSocket)
+            t._closing = rng.random() < 0.1
+            t._reading = rng.random() < 0.5
+            t._poll = _Poll(rng.random() < 0.4)
+            read_effects[id(t)] = rng.choice(["", "", "eof", "bytes", "closing"])
+            conn.transport = t
+        else:
+            conn.transport = _Plain(rng.random() < 0.1)
+        conns_by_transport[id(conn.transport)] = conn
+        return conn
+
+    import time
+
+    time_now = time.monotonic
+    out: list[Any] = []
+
+    async def go() -> None:
+        pool = H1Pool(_CONTEXT_NONE, 30.0)
+        everyone: list[Any] = []
+
+        async def dial(where: Any, timeout: float) -> Any:
+            conn = make_conn()
+            everyone.append(conn)
+            return conn
+
+        pool._dial = dial  # type: ignore[method-assign]
+        for _ in range(30):
+            stack = [make_conn() for _ in range(rng.randint(0, 3))]
+            everyone.extend(stack)
+            from collections import deque
+
+            pool._idle[_WHERE] = deque(stack)
+            try:
+                await pool.exchange(*_WHERE, b"GET", b"/", [(b"Host", b"hi.test")], b"",
+                                    5.0, 5.0)
+                result = "returned"
+            except _Stop:
+                result = "sent"
+            except Exception as e:  # noqa: BLE001 - the same refusal, compared
+                result = type(e).__name__
+            out.append((result, [(c.closed, c.busy, written.get(id(c.transport))
+                                  or getattr(c.transport, "written", None))
+                                 for c in everyone],
+                        len(pool._idle.get(_WHERE, ()))))
+            for c in everyone:
+                c.busy = False
+
+    asyncio.run(go())
+    return out
+
+
+_CONTEXT_NONE: Any = None
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_exchange_sends_as_when_send_asked_again(monkeypatch: pytest.MonkeyPatch,
+                                                 seed: int) -> None:
+    """``H1Pool.exchange`` passes ``checked`` for a connection ``_take_now`` returned (its
+    ``reusable()`` true, nothing run since): the same sends, refusals, closes and idle
+    stacks as with the send that asks ``reusable()`` every time, over seeded idle stacks
+    (closed, at their end, with unasked bytes, closing, expired, busy, readable at once,
+    another transport) and dials (one closed at once is refused as before)."""
+    from vaultproxy.net.h1pool import _Conn
+
+    got = _exchange_run(monkeypatch, seed, _Conn.send)
+    monkeypatch.undo()
+    want = _exchange_run(monkeypatch, seed, _reference_send)
+    assert got == want
+
+
+def test_the_exchange_seeds_reach_every_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vaultproxy.net.h1pool import _Conn
+
+    results: set[str] = set()
+    for seed in range(30):
+        results.update(r[0] for r in _exchange_run(monkeypatch, seed, _Conn.send))
+        monkeypatch.undo()
+    assert {"sent", "WriteError", "LocalProtocolError"} <= results, results
