@@ -26,21 +26,26 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
+import httpcore
 import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow
 
 from vaultproxy.config.models import Service
 from vaultproxy.config.refs import is_ref
-from vaultproxy.errors import LockedError, SecretMissing
+from vaultproxy.errors import LockedError, NotReady, SecretMissing
 from vaultproxy.loaded import session as session_mod
 from vaultproxy.net import h1pool
-from vaultproxy.seam import deadlines, defences
+from vaultproxy.net.h1pool import H1Response, WantsHTTP2
+from vaultproxy.net.outbound import Head, head_seen, pool_error_text
+from vaultproxy.seam import deadlines, defences, objects
+from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages import deadline as deadline_mod
 from vaultproxy.stages import pool as pool_stage
 from vaultproxy.stages import ready as ready_mod
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, Refusal, record_of
 from vaultproxy.stages.guard import deny, guarded
+from vaultproxy.stages.pool import _IDEMPOTENT, PREFETCH_BODY, Exchange, _bodiless, outgoing_fields
 
 # -- Pool.requestheaders ----------------------------------------------------------------------
 
@@ -529,3 +534,273 @@ def test_the_exchange_seeds_reach_every_answer(monkeypatch: pytest.MonkeyPatch) 
         results.update(r[0] for r in _exchange_run(monkeypatch, seed, _Conn.send))
         monkeypatch.undo()
     assert {"sent", "WriteError", "LocalProtocolError"} <= results, results
+
+
+# -- Pool.vaultproxy_pool_exchange with _send inline -----------------------------------------
+
+async def _reference_pool_exchange(self: Any, flow: http.HTTPFlow) -> None:
+    """``Pool.vaultproxy_pool_exchange`` before ``small5`` (its ``_send`` below)."""
+    ex: Exchange = flow.metadata[seam_pool.POOLED]
+    head_seen.set(None)
+    try:
+        ex.response = resp = await _reference_pool_send(self, flow, ex)
+    except Exception as e:  # noqa: BLE001 - every failure is an answer, never a hang
+        seen = head_seen.get()
+        if seen is not None and seen.status == 101:  # h11 refuses an unasked 101
+            # the response gate refuses it as mitmproxy's path does (upgrade_refused)
+            flow.response = http.Response.make(101, b"", [(b"connection", b"close")])
+            return
+        ex.error = pool_error_text(e)
+        await ex.close()
+        return
+    seen = head_seen.get()
+    if seen is not None and seen.folded:
+        ex.error = "HTTP/1 protocol error: an obs-folded response header"
+        await ex.close()
+        return
+    version = resp.extensions.get("http_version", b"HTTP/1.1")
+    service = ex.tunnel.decision.service
+    if service is not None:
+        target = ex.tunnel.decision.target  # (``ex.tunnel.host``)
+        assert target is not None
+        self._h2_seen[(service.name, target[0])] = version == b"HTTP/2"
+    # http.Headers(resp.headers), cheaper; a head ``parse_head`` read (``length`` set)
+    # holds (bytes, bytes) tuples by construction: no per-field type check
+    headers = (objects.headers_made(resp.headers)
+               if type(resp) is H1Response and resp.length is not None
+               else objects.headers_of(resp.headers))
+    if version == b"HTTP/2":
+        version = b"HTTP/2.0"
+        if flow.request.http_version == "HTTP/1.1":
+            # An HTTP/1 agent's connection stays open: frame a body of unknown length
+            # with chunks (mitmproxy would send it close-delimited).
+            version = b"HTTP/1.1"
+            if "content-length" not in headers and not _bodiless(flow, resp.status):
+                headers["transfer-encoding"] = "chunked"
+    reason = resp.extensions.get("reason_phrase", b"")
+    flow.response = objects.response_of(  # http.Response(...), cheaper
+        version, resp.status, reason, headers, flow.request.data.timestamp_end or 0.0)
+    ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
+    if isinstance(resp, H1Response) and resp.length is not None:
+        # a head ``parse_head`` read: its one Content-Length, never for HEAD, 1xx, 204
+        # or 304 (the test below without reading the headers again)
+        if resp.length <= PREFETCH_BODY and (whole := resp.body_now()) is not None:
+            ex.body = whole  # (every byte already read: what the loop below would join)
+            return
+    length = headers.get("content-length", "")
+    if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
+        body = bytearray()
+        while True:
+            await self.vaultproxy_pool_chunk(flow)
+            if ex.error is not None:
+                return  # the seam answers it as a failed exchange
+            if ex.chunk is None:
+                break
+            body += ex.chunk
+        ex.body = bytes(body)
+
+async def _reference_pool_send(self: Any, flow: http.HTTPFlow, ex: Exchange,
+                               ) -> httpcore.Response | H1Response:
+    """``Pool._send`` before ``small5`` (``drop_closed`` read from the module: patched)."""
+    tunnel = ex.tunnel
+    assert tunnel.pinned is not None
+    req = flow.request
+    data = req.data  # (``req.headers``, ``req.raw_content``: properties reading it)
+    fields, has_host = outgoing_fields(data.headers.fields)
+    if not has_host:
+        authority = req.authority or (
+            tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
+        fields.insert(0, (b"Host", authority.encode("idna")))
+    content = data.content or b""
+    if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
+        fields.append((b"Content-Length", str(len(content)).encode()))
+    ip, port = tunnel.pinned
+    st = self.rt.live.state  # (``self.rt.state()``, inline; read once)
+    if st is None:
+        raise NotReady()
+    cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
+    connect = float(cfg.connect_timeout)
+    service = tunnel.decision.service
+    assert service is not None
+    target = tunnel.decision.target  # (``tunnel.host``, a property: read once)
+    assert target is not None
+    host = target[0]
+    up = self._pool_for(st, service, host)
+    known = (service.name, host)
+    if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
+        # (``_send_h1`` inline: one coroutine less per request)
+        h1 = up.h1
+        args = (str(ip), int(port), host, req.data.method, req.data.path, fields,
+                content, connect, float(cfg.response_timeout))
+        try:
+            try:
+                return await h1.exchange(*args)
+            except (httpcore.RemoteProtocolError, httpcore.ReadError,
+                    httpcore.WriteError):
+                # A kept-alive connection the upstream closed while idle (its FIN in
+                # flight as we sent): once more, on another, if idempotent and no
+                # response byte came.
+                if req.method not in _IDEMPOTENT or head_seen.get() is not None:
+                    raise
+                return await h1.exchange(*args)
+        except WantsHTTP2 as wants:  # its requests go through httpcore's pool from now on
+            self._h2_seen[known] = True
+            await self._adopt(up, wants, httpcore.URL(
+                scheme=b"https", host=str(ip).encode(), port=int(port), target=b"/"))
+    outgoing = httpcore.Request(
+        req.method.encode(),
+        httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
+                     target=req.data.path),
+        headers=fields, content=content or None,
+        extensions={
+            "sni_hostname": host,
+            "timeout": {"connect": connect, "pool": connect,
+                        "read": float(cfg.response_timeout),
+                        "write": float(cfg.response_timeout)},
+        },
+    )
+    pool = up.core
+    await pool_stage.drop_closed(pool)  # an HTTP/2 connection the upstream closed while idle
+    try:
+        return await pool.handle_async_request(outgoing)
+    except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
+        # A kept-alive connection the upstream closed while idle (an HTTP/1 FIN in flight
+        # as we sent; an HTTP/2 GOAWAY httpcore reads only now): that connection is gone.
+        # Once more, on another: an idempotent request that got no response byte, or any
+        # request the upstream's GOAWAY says it never processed.
+        goaway = "ConnectionTerminated" in str(e)
+        if not goaway and (req.method not in _IDEMPOTENT or head_seen.get() is not None):
+            raise
+        return await pool.handle_async_request(outgoing)
+
+
+
+_H1_OUTCOMES = ["ok", "ok", "ok", "remote", "read", "write", "h2", "other", "head101",
+                "headseen", "folded"]
+_CORE_OUTCOMES = ["ok", "ok", "remote", "goaway", "read", "write", "other"]
+
+
+def _exchange_world(rng: random.Random, calls: list[Any]) -> tuple[Any, Any]:
+    """A Pool stage (no ``__init__``) whose HTTP/1.1 client and httpcore pool answer from
+    seeded scripts, and a flow with its Exchange."""
+    n = [0]
+
+    def tagged(kind: str, version: bytes) -> httpcore.Response:
+        n[0] += 1
+        return httpcore.Response(200, headers=[(b"x-tag", f"{kind}{n[0]}".encode())],
+                                 extensions={"http_version": version})
+
+    async def h1_exchange(*args: Any) -> Any:
+        calls.append(("h1", args))
+        outcome = rng.choice(_H1_OUTCOMES)
+        if outcome == "ok":
+            return tagged("h1-", b"HTTP/1.1")
+        if outcome in ("head101", "headseen", "folded"):
+            head_seen.set(Head(101 if outcome == "head101" else 200, outcome == "folded"))
+            if outcome == "folded":
+                return tagged("h1f-", b"HTTP/1.1")
+            raise httpcore.RemoteProtocolError("cut after the head")
+        if outcome == "h2":
+            raise WantsHTTP2(SimpleNamespace())  # type: ignore[arg-type]
+        raise {"remote": httpcore.RemoteProtocolError, "read": httpcore.ReadError,
+               "write": httpcore.WriteError, "other": ValueError}[outcome](outcome)
+
+    async def core_request(request: httpcore.Request) -> Any:
+        calls.append(("core", request.method, bytes(request.url), request.headers,
+                      request.extensions))
+        outcome = rng.choice(_CORE_OUTCOMES)
+        if outcome == "ok":
+            return tagged("h2-", b"HTTP/2")
+        if outcome == "goaway":
+            raise httpcore.RemoteProtocolError("<ConnectionTerminated error_code:0>")
+        raise {"remote": httpcore.RemoteProtocolError, "read": httpcore.ReadError,
+               "write": httpcore.WriteError, "other": ValueError}[outcome](outcome)
+
+    up = SimpleNamespace(h1=SimpleNamespace(exchange=h1_exchange),
+                         core=SimpleNamespace(handle_async_request=core_request))
+    proxy = SimpleNamespace(connect_timeout=rng.choice([1, 5]),
+                            response_timeout=rng.choice([10, 30.5]))
+    st = (None if rng.random() < 0.05 else SimpleNamespace(snapshot=SimpleNamespace(
+        registry=SimpleNamespace(config=SimpleNamespace(proxy=proxy)))))
+    stage = object.__new__(pool_stage.Pool)
+    stage.rt = SimpleNamespace(live=SimpleNamespace(state=st))  # type: ignore[assignment]
+    stage._h2_seen = rng.choice([{}, {("svc", "h.test"): False}, {("svc", "h.test"): True}])
+
+    def pool_for(st: Any, service: Any, host: str) -> Any:
+        calls.append(("pool_for", service.name, host))
+        return up
+
+    async def adopt(up_: Any, wants: Any, url: Any) -> str | None:
+        calls.append(("adopt", bytes(url)))
+        return rng.choice(["h2", None])
+
+    stage._pool_for = pool_for  # type: ignore[method-assign]
+    stage._adopt = adopt  # type: ignore[method-assign]
+    tunnel = SimpleNamespace(pinned=("10.0.0.1", rng.choice([443, 8443])), host="h.test",
+                             port=443, decision=SimpleNamespace(
+                                 service=SimpleNamespace(name="svc"), target=("h.test", 443)))
+    flow = tflow.tflow()
+    req = flow.request
+    req.data.method = rng.choice([b"GET", b"POST", b"PUT", b"HEAD", b"PATCH"])
+    fields = [(b"Accept", b"*/*")]
+    if rng.random() < 0.7:
+        fields.insert(0, (b"Host", b"h.test"))
+    if rng.random() < 0.2:
+        fields.append((b"Connection", b"keep-alive"))
+    req.data.headers.fields = tuple(fields)
+    req.data.content = rng.choice([b"", b"", b"abc"])
+    ex = Exchange(tunnel=tunnel, body_limit=1 << 20, idle=5.0)  # type: ignore[arg-type]
+    flow.metadata[seam_pool.POOLED] = ex
+    return stage, flow
+
+
+def _pool_exchange_run(monkeypatch: pytest.MonkeyPatch, seed: int, exchange: Any) -> list[Any]:
+    rng = random.Random(seed)
+    calls: list[Any] = []
+
+    async def drop_closed(pool: Any) -> None:
+        calls.append(("drop_closed",))
+
+    monkeypatch.setattr(pool_stage, "drop_closed", drop_closed)
+    out: list[Any] = []
+
+    async def go() -> None:
+        for _ in range(25):
+            calls.clear()
+            stage, flow = _exchange_world(rng, calls)
+            ex = flow.metadata[seam_pool.POOLED]
+            await exchange(stage, flow)
+            resp = flow.response
+            out.append((list(calls), ex.error, ex.closed, ex.body,
+                        ex.response is not None and ex.response.headers,
+                        resp and (resp.status_code, resp.http_version, resp.headers.fields),
+                        dict(stage._h2_seen)))
+
+    asyncio.run(go())
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pool_exchange_is_exchange_through_send(monkeypatch: pytest.MonkeyPatch,
+                                                seed: int) -> None:
+    """``vaultproxy_pool_exchange`` with ``_send`` inline: the same calls (HTTP/1.1 client,
+    retries, WantsHTTP2's adoption, httpcore's pool and its retries), errors, responses and
+    what the upstreams told (``_h2_seen``), over seeded scripts of answers and failures."""
+    got = _pool_exchange_run(monkeypatch, seed, pool_stage.Pool.vaultproxy_pool_exchange)
+    want = _pool_exchange_run(monkeypatch, seed, _reference_pool_exchange)
+    assert got == want
+
+
+def test_the_pool_exchange_seeds_reach_every_branch(monkeypatch: pytest.MonkeyPatch) -> None:
+    kinds: set[Any] = set()
+    for seed in range(40):
+        for calls, error, _closed, _body, _resp, flow_resp, _seen in _pool_exchange_run(
+                monkeypatch, seed, pool_stage.Pool.vaultproxy_pool_exchange):
+            names = [c[0] for c in calls]
+            kinds.add(("retried h1", names.count("h1") == 2))
+            kinds.add(("adopted", "adopt" in names))
+            kinds.add(("retried core", names.count("core") == 2))
+            kinds.add(("error", error is not None))
+            kinds.add(("101", flow_resp is not None and flow_resp[0] == 101))
+            kinds.add(("answered", flow_resp is not None and flow_resp[0] == 200))
+    assert all((k, v) in kinds for k, _ in kinds for v in (True, False)), sorted(kinds)
