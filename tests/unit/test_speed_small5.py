@@ -13,7 +13,14 @@ they replace, on seeded input; the code before each shortcut is kept here as the
 * ``Session.entry_for`` with ``secret_name`` and ``is_ref`` inline: the same entry, source
   look-up or error over seeded secrets and names (the property and the function are checked
   to still be what was inlined).
-(The record reads of the request and response gates: test_speed_flow4.py's
+* ``H1Pool.exchange`` tells ``_Conn.send`` a connection ``_take_now`` just found
+  ``reusable()`` (nothing runs in between): the same sends, refusals and closes as the send
+  that asks again, over seeded idle stacks and dials.
+* ``Pool.vaultproxy_pool_exchange`` with ``_send`` inline: the same calls, retries,
+  WantsHTTP2 adoption, errors and responses as the two functions, over seeded scripts.
+* Each hook that now reads ``flow.metadata.get(KEY) or record_of(flow)`` leaves
+  ``record_of``'s record (and keeps the one there).
+(The idiom itself: test_speed_flow4.py's
 ``test_the_inline_record_read_is_record_of``; the stages over the full chain:
 test_refusal_marker.py and test_speed_flow4.py.)
 """
