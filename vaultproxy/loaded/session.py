@@ -135,8 +135,9 @@ class Session:
         ks = self.keystore
         if ks is None:
             raise LockedError()
-        name = service.secret_name  # (a property: read once)
-        if is_ref(name):  # "SOURCE:PATH#FIELD": the source cache (SPEC §9)
+        # (``service.secret_name`` and ``is_ref(name)``, inline: every injected request)
+        name = service.secret or service.name
+        if ":" in name:  # "SOURCE:PATH#FIELD": the source cache (SPEC §9)
             return cached_entry(ks, ref_of(name), service.name)
         entry = ks.get_shared(name)
         if entry is None:

@@ -419,10 +419,13 @@ class _Conn(asyncio.Protocol):
             self.sessions = None
 
     def send(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-             body: bytes) -> None:
+             body: bytes, checked: bool = False) -> None:
+        """``checked``: the caller found ``reusable()`` true in this same synchronous step
+        (``H1Pool.exchange``, a connection ``_take_now`` returned), so nothing ran since
+        that could have changed its answer: not asked again."""
         if self.busy:  # one exchange at a time: never a request while one is in flight
             raise httpcore.LocalProtocolError("a request is already in flight")
-        if not self.reusable():
+        if not checked and not self.reusable():
             raise httpcore.WriteError("the upstream closed the connection")
         self.busy = True
         fast = request_bytes(method, target, headers, body)
@@ -1237,14 +1240,21 @@ class H1Pool:
         there is none) and read the response head."""
         where = (ip, port, sni)
         conn = self._take_now(where)  # (no coroutine: connections on _TLSSocket)
-        if conn is False:
-            conn = await self._take(where)
-        if conn is None:
-            conn = await self._dial(where, connect_timeout)
+        if conn is None or conn is False:
+            if conn is False:
+                conn = await self._take(where)
+            if conn is None:
+                conn = await self._dial(where, connect_timeout)
+            checked = False
+        else:
+            # ``_take_now`` returned it after its ``reusable()``: no await, no loop turn,
+            # no other code since (only the counter below), so ``send`` need not ask again
+            checked = True
         stats["exchanges"] += 1
         if stats["exchanges"] == 1:
+            checked = False  # (a log handler runs in between: asked again)
             logger.info("upstream HTTP/1.1: first exchange on the pool's own client")
-        conn.send(method, target, headers, body)
+        conn.send(method, target, headers, body, checked)
         if conn.h11 is None:
             head = await conn.read_head(read_timeout)
             if head is not None:

@@ -228,7 +228,17 @@ class Deadline(Stage):
     # -- response head, then idle ----------------------------------------------------------
     @guarded
     def request(self, flow: http.HTTPFlow) -> None:
-        cfg = self._settings()
+        # ``self._settings()``, its first test inline (the settings in place: every request
+        # but the first under a policy or options object); ``_settings`` otherwise
+        st = self.rt.live.state
+        applied = self._applied
+        cfg: ProxySettings | None
+        if (st is not None and applied is not None
+                and applied[0] is (cfg := st.snapshot.registry.config.proxy)
+                and applied[1] is ctx.options and deadlines.connect_timeout == applied[2]):
+            pass
+        else:
+            cfg = self._settings()
         if cfg is None or (flow.metadata.get(KEY) or record_of(flow)).answered:
             return  # the proxy answered it: no upstream to wait on
         self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))

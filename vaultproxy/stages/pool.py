@@ -67,8 +67,9 @@ from vaultproxy.net.resolve import resolve_checked
 from vaultproxy.seam import lean as seam_lean
 from vaultproxy.seam import objects
 from vaultproxy.seam import pool as seam_pool
+from vaultproxy.stages.ahead import METHOD_TEXT
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 from vaultproxy.unshadow import unshadowed
@@ -334,7 +335,7 @@ class Pool(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rec = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         if rec.answered or decision is None or decision.plan is None:
             return
@@ -346,7 +347,11 @@ class Pool(Stage):
             return
         cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
         req = flow.request
-        method = req.method
+        # (``req.method``: the property's text, from ``METHOD_TEXT`` for the usual methods)
+        raw = req.data.method
+        method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
+        if method is None:
+            method = req.method
         if cfg.upstream_pool_idle <= 0 or method == "CONNECT" or not _small_body(req, method):
             return
         req.stream = False  # buffered (at most 1 MiB): the exchange starts at its end
@@ -415,7 +420,84 @@ class Pool(Stage):
         ex: Exchange = flow.metadata[seam_pool.POOLED]
         head_seen.set(None)
         try:
-            ex.response = resp = await self._send(flow, ex)
+            # (``_send``, inline: one coroutine less per request; what it returned is
+            # ``resp``: the HTTP/1.1 client's answer, else httpcore's)
+            resp: httpcore.Response | H1Response | None = None
+            tunnel = ex.tunnel
+            assert tunnel.pinned is not None
+            req = flow.request
+            data = req.data  # (``req.headers``, ``req.raw_content``: properties reading it)
+            fields, has_host = outgoing_fields(data.headers.fields)
+            if not has_host:
+                authority = req.authority or (
+                    tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
+                fields.insert(0, (b"Host", authority.encode("idna")))
+            content = data.content or b""
+            if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
+                fields.append((b"Content-Length", str(len(content)).encode()))
+            ip, port = tunnel.pinned
+            st = self.rt.live.state  # (``self.rt.state()``, inline; read once)
+            if st is None:
+                raise NotReady()
+            cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
+            connect = float(cfg.connect_timeout)
+            service = tunnel.decision.service
+            assert service is not None
+            target = tunnel.decision.target  # (``tunnel.host``, a property: read once)
+            assert target is not None
+            host = target[0]
+            up = self._pool_for(st, service, host)
+            known = (service.name, host)
+            if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
+                # (``_send_h1`` inline: one coroutine less per request)
+                h1 = up.h1
+                args = (str(ip), int(port), host, req.data.method, req.data.path, fields,
+                        content, connect, float(cfg.response_timeout))
+                try:
+                    try:
+                        resp = await h1.exchange(*args)
+                    except (httpcore.RemoteProtocolError, httpcore.ReadError,
+                            httpcore.WriteError):
+                        # A kept-alive connection the upstream closed while idle (its FIN in
+                        # flight as we sent): once more, on another, if idempotent and no
+                        # response byte came.
+                        if req.method not in _IDEMPOTENT or head_seen.get() is not None:
+                            raise
+                        resp = await h1.exchange(*args)
+                except WantsHTTP2 as wants:  # its requests go through httpcore's pool now
+                    self._h2_seen[known] = True
+                    await self._adopt(up, wants, httpcore.URL(
+                        scheme=b"https", host=str(ip).encode(), port=int(port), target=b"/"))
+            if resp is None:  # (HTTP/2, known or just found out)
+                outgoing = httpcore.Request(
+                    req.method.encode(),
+                    httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
+                                 target=req.data.path),
+                    headers=fields, content=content or None,
+                    extensions={
+                        "sni_hostname": host,
+                        "timeout": {"connect": connect, "pool": connect,
+                                    "read": float(cfg.response_timeout),
+                                    "write": float(cfg.response_timeout)},
+                    },
+                )
+                pool = up.core
+                await drop_closed(pool)  # an HTTP/2 connection the upstream closed idle
+                try:
+                    resp = await pool.handle_async_request(outgoing)
+                except (httpcore.RemoteProtocolError, httpcore.ReadError,
+                        httpcore.WriteError) as e:
+                    # A kept-alive connection the upstream closed while idle (an HTTP/1 FIN
+                    # in flight as we sent; an HTTP/2 GOAWAY httpcore reads only now): that
+                    # connection is gone. Once more, on another: an idempotent request that
+                    # got no response byte, or any request the upstream's GOAWAY says it
+                    # never processed.
+                    goaway = "ConnectionTerminated" in str(e)
+                    if not goaway and (req.method not in _IDEMPOTENT
+                                       or head_seen.get() is not None):
+                        raise
+                    resp = await pool.handle_async_request(outgoing)
+            ex.response = resp
         except Exception as e:  # noqa: BLE001 - every failure is an answer, never a hang
             seen = head_seen.get()
             if seen is not None and seen.status == 101:  # h11 refuses an unasked 101
@@ -470,79 +552,6 @@ class Pool(Stage):
                     break
                 body += ex.chunk
             ex.body = bytes(body)
-
-    async def _send(self, flow: http.HTTPFlow, ex: Exchange,
-                    ) -> httpcore.Response | H1Response:
-        tunnel = ex.tunnel
-        assert tunnel.pinned is not None
-        req = flow.request
-        data = req.data  # (``req.headers``, ``req.raw_content``: properties reading it)
-        fields, has_host = outgoing_fields(data.headers.fields)
-        if not has_host:
-            authority = req.authority or (
-                tunnel.host if tunnel.port == 443 else f"{tunnel.host}:{tunnel.port}")
-            fields.insert(0, (b"Host", authority.encode("idna")))
-        content = data.content or b""
-        if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
-            fields.append((b"Content-Length", str(len(content)).encode()))
-        ip, port = tunnel.pinned
-        st = self.rt.live.state  # (``self.rt.state()``, inline; read once)
-        if st is None:
-            raise NotReady()
-        cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
-        connect = float(cfg.connect_timeout)
-        service = tunnel.decision.service
-        assert service is not None
-        target = tunnel.decision.target  # (``tunnel.host``, a property: read once)
-        assert target is not None
-        host = target[0]
-        up = self._pool_for(st, service, host)
-        known = (service.name, host)
-        if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
-            # (``_send_h1`` inline: one coroutine less per request)
-            h1 = up.h1
-            args = (str(ip), int(port), host, req.data.method, req.data.path, fields,
-                    content, connect, float(cfg.response_timeout))
-            try:
-                try:
-                    return await h1.exchange(*args)
-                except (httpcore.RemoteProtocolError, httpcore.ReadError,
-                        httpcore.WriteError):
-                    # A kept-alive connection the upstream closed while idle (its FIN in
-                    # flight as we sent): once more, on another, if idempotent and no
-                    # response byte came.
-                    if req.method not in _IDEMPOTENT or head_seen.get() is not None:
-                        raise
-                    return await h1.exchange(*args)
-            except WantsHTTP2 as wants:  # its requests go through httpcore's pool from now on
-                self._h2_seen[known] = True
-                await self._adopt(up, wants, httpcore.URL(
-                    scheme=b"https", host=str(ip).encode(), port=int(port), target=b"/"))
-        outgoing = httpcore.Request(
-            req.method.encode(),
-            httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
-                         target=req.data.path),
-            headers=fields, content=content or None,
-            extensions={
-                "sni_hostname": host,
-                "timeout": {"connect": connect, "pool": connect,
-                            "read": float(cfg.response_timeout),
-                            "write": float(cfg.response_timeout)},
-            },
-        )
-        pool = up.core
-        await drop_closed(pool)  # an HTTP/2 connection the upstream closed while idle
-        try:
-            return await pool.handle_async_request(outgoing)
-        except (httpcore.RemoteProtocolError, httpcore.ReadError, httpcore.WriteError) as e:
-            # A kept-alive connection the upstream closed while idle (an HTTP/1 FIN in flight
-            # as we sent; an HTTP/2 GOAWAY httpcore reads only now): that connection is gone.
-            # Once more, on another: an idempotent request that got no response byte, or any
-            # request the upstream's GOAWAY says it never processed.
-            goaway = "ConnectionTerminated" in str(e)
-            if not goaway and (req.method not in _IDEMPOTENT or head_seen.get() is not None):
-                raise
-            return await pool.handle_async_request(outgoing)
 
     async def _adopt(self, up: _Upstream, wants: WantsHTTP2, url: httpcore.URL,
                      ) -> str | None:

@@ -48,6 +48,7 @@ class Ready(Stage):
 
     @guarded
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rt = self.rt  # ``_check``, inline: every request
-        if rt.live.state is None or not rt.complete or not defences.installed():
+        rt = self.rt  # ``_check``, inline: every request (``defences.installed()`` read
+        # as the flag it returns)
+        if rt.live.state is None or not rt.complete or not defences._installed:
             deny(flow, ChainIncomplete())

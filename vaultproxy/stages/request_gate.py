@@ -31,7 +31,7 @@ from mitmproxy import http
 from vaultproxy.core.pipeline import check_request
 from vaultproxy.errors import NotReady
 from vaultproxy.stages import access
-from vaultproxy.stages.flowrecord import FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.runtime import Stage
 
@@ -43,7 +43,7 @@ class RequestGate(Stage):
 
     @guarded_sometimes_async
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        rec: FlowRecord = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         self._shape(flow, rec)
         # ACCESS (SPEC §10): honeytokens, then rules, rate limit and approval - one call
         return access.request_headers(self.rt, flow, rec)
@@ -52,7 +52,7 @@ class RequestGate(Stage):
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # ACCESS (SPEC §10): a body buffered for the honeytoken scan, then the rules - one call
         # (``access.request_body``, inline: None, no coroutine, for a body not held)
-        rec: FlowRecord = record_of(flow)
+        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
         if not rec.hold_body or rec.answered:
             return None
         return access.on_request_body(self.rt, flow)
