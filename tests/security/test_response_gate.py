@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import json
 import os
+import socket
 import ssl
 import struct
 import subprocess
@@ -484,12 +485,37 @@ def test_twin_mitmproxy_honours_the_key_log_variable(tmp_path: Path) -> None:
     assert out.stdout.strip() == "True"
 
 
+def _connect_answer(port: int) -> str:
+    """What a CONNECT to the proxy on ``port`` gets: its status line, or how it failed."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except ConnectionRefusedError:
+        return "refused"
+    with sock:
+        try:
+            sock.sendall(f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n".encode())
+            head = b""
+            while b"\r\n" not in head:
+                data = sock.recv(4096)
+                if not data:
+                    return "closed"
+                head += data
+        except (ConnectionResetError, BrokenPipeError):
+            return "reset"
+    return head.split(b"\r\n", 1)[0].decode(errors="replace")
+
+
 def test_mitmdump_with_a_key_log_refuses_traffic(
     tmp_path: Path, hostile: HostileUpstream, secret: bytes
 ) -> None:
     """mitmproxy is imported before our script, so it may already hold a key log: then the
-    mitmdump path refuses every request (503 not_ready), and no TLS session is keyed."""
-    from tests.integration.test_mitmdump import Mitmdump
+    mitmdump path refuses traffic. Our SECURITY line is an ERROR logged while mitmdump
+    starts, so mitmproxy's own errorcheck makes mitmdump exit (status 1); an agent that
+    connects in the moment before gets ``503`` (not_ready) or a refused connection, never a
+    forwarded request, and no TLS session is keyed. (Until 2026-12 this test expected a 503
+    from a tunnel opened after start-up, which held only when the tunnel won the race with
+    the exit.)"""
+    from tests.integration.test_mitmdump import MITMDUMP
 
     keyfile = tmp_path / "keys.txt"
     home = ProxyHome.create(
@@ -497,17 +523,40 @@ def test_mitmdump_with_a_key_log_refuses_traffic(
         files={"hostile-ca.pem": hostile.ca_file.read_bytes()},
     )
     script = Path(__file__).resolve().parents[2] / "addons" / "vaultproxy.py"
-    os.environ["MITMPROXY_SSLKEYLOGFILE"] = str(keyfile)
-    try:
-        m = Mitmdump(home, script, tmp_path / "mitmdump.log")
-    finally:
-        os.environ.pop("MITMPROXY_SSLKEYLOGFILE", None)
-    try:
-        with pytest.raises(ConnectionError, match="503"):
-            agent.tunnel(m.port, home.ca_cert, HOST)
-        assert "SSLKEYLOGFILE is set" in m.output()
-    finally:
-        m.stop()
+    log = tmp_path / "mitmdump.log"
+    before = len(hostile.received)
+    env = dict(os.environ, MITMPROXY_SSLKEYLOGFILE=str(keyfile), PYTHONUNBUFFERED="1")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(MITMDUMP), "-s", str(script), "--mode", "regular@127.0.0.1:0",
+             "--set", f"vaultproxy_home={home.path}",
+             "--set", f"vaultproxy_password_file={home.password_file}",
+             "--set", "vaultproxy_admin_listen=127.0.0.1:0",
+             "--set", "vaultproxy_dashboard_listen="],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+        )
+        answers: list[str] = []
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and time.monotonic() < deadline:
+                text = log.read_text(errors="replace")
+                if "proxy listening at 127.0.0.1:" in text:
+                    port = int(text.split("proxy listening at 127.0.0.1:", 1)[1].split(".")[0])
+                    answers.append(_connect_answer(port))
+                time.sleep(0.02)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = log.read_text(errors="replace")
+    assert code == 1, output
+    assert "SECURITY: SSLKEYLOGFILE is set" in output
+    assert "Error logged during startup, exiting" in output
+    # each CONNECT in the moment before the exit: refused, reset, closed, or our 503
+    assert all(a in ("refused", "reset", "closed") or a.startswith("HTTP/1.1 503")
+               for a in answers), answers
+    assert len(hostile.received) == before  # nothing was forwarded
     assert not keyfile.exists() or keyfile.read_bytes() == b""
 
 
