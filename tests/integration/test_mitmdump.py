@@ -60,19 +60,23 @@ class Mitmdump:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, log.read_text()
-            try:
-                data = json.loads(run_json.read_text())
-            except (OSError, json.JSONDecodeError):
-                data = {}
-            if data.get("pid") == self.proc.pid:
-                self.url = str(data["proxy_url"])
-                self.port = int(self.url.rsplit(":", 1)[1])
-                with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-                    return
-            time.sleep(0.1)
-        raise AssertionError("mitmdump did not start:\n" + log.read_text())
+        try:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, log.read_text()
+                try:
+                    data = json.loads(run_json.read_text())
+                except (OSError, json.JSONDecodeError):
+                    data = {}
+                if data.get("pid") == self.proc.pid:
+                    self.url = str(data["proxy_url"])
+                    self.port = int(self.url.rsplit(":", 1)[1])
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                        return
+                time.sleep(0.1)
+            raise AssertionError("mitmdump did not start:\n" + log.read_text())
+        except BaseException:
+            self.stop()  # (no process left running behind a failed start)
+            raise
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -145,6 +149,39 @@ def test_mitmdump_flow_output_never_shows_injected_secrets(mitm, upstream):  # t
     assert "flow_detail forced to 0" in out
     # Not even a prefix: mitmdump's dumper truncates long URLs ("key=vpcanary_02a5ad…").
     assert "vpcanary_" not in out
+
+
+@pytest.mark.parametrize("times", [2, 1])
+def test_an_option_set_twice_refuses_traffic(tmp_path, upstream, times):  # type: ignore[no-untyped-def]
+    """mitmproxy parses a ``--set`` of a script's option once the script declares it; a
+    non-list option given twice made that parse raise half-way through our registration, so
+    neither vaultproxy nor its Ready stage was in the chain and mitmdump forwarded traffic
+    unproxied, saying nothing. Now the option is named and nothing is served (mitmdump
+    exits on the error). Twin (``times=1``): the same command with it once serves."""
+    canary.watch(tmp_path)
+    toml = service_block("hi-bearer", "host_inject", "bearer", upstream.port)
+    home = ProxyHome.create(
+        tmp_path, toml, {"hi-bearer": make_canary()},
+        files={"upstream-ca.pem": upstream.ca_file.read_bytes()},
+    )
+    script = tmp_path / "vaultproxy.py"
+    shutil.copy(REPO / "addons" / "vaultproxy.py", script)
+    log = tmp_path / "mitmdump.log"
+    if times == 1:
+        md = Mitmdump(home, script, log)  # (admin_listen given once, by the fixture)
+        try:
+            assert "refusing traffic" not in md.output()
+        finally:
+            md.stop()
+        return
+    before = len(upstream.received)
+    with pytest.raises(AssertionError):  # (it exits: no run.json, no proxy)
+        Mitmdump(home, script, log, "--set", "vaultproxy_admin_listen=127.0.0.1:0")
+    out = log.read_text(errors="replace")
+    assert "vaultproxy not loaded, refusing traffic" in out, out
+    assert "Error logged during startup, exiting" in out, out
+    assert "--set vaultproxy_admin_listen is given 2 times: give it once" in out, out
+    assert len(upstream.received) == before
 
 
 def test_flow_file_sink_refuses_to_run(tmp_path, upstream):  # type: ignore[no-untyped-def]

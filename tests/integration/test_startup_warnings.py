@@ -72,8 +72,7 @@ def _workers(home: ProxyHome, base: Path) -> str:
 def _mitmdump(home: ProxyHome, base: Path) -> str:
     script = base / "vaultproxy.py"
     shutil.copy(REPO / "addons" / "vaultproxy.py", script)
-    md = Mitmdump(home, script, base / "mitmdump.log",
-                  "--set", "vaultproxy_admin_listen=127.0.0.1:0")
+    md = Mitmdump(home, script, base / "mitmdump.log")  # (its admin API on port 0)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and "vaultproxy admin API" not in md.output():
         time.sleep(0.1)

@@ -49,10 +49,39 @@ _FLOW_SINKS = ("save_stream_file", "hardump")
 _stopping: set[asyncio.Task[None]] = set()
 
 
+#: the options ``Bootstrap.load`` declares
+OPTIONS = ("vaultproxy_home", "vaultproxy_password_file", "vaultproxy_admin_listen",
+           "vaultproxy_dashboard_listen")
+
+
+def _take_repeated(options: Any) -> list[tuple[str, int]]:
+    """Our options given more than once on the command line (``--set vaultproxy_home=A
+    --set vaultproxy_home=B``), taken out of mitmproxy's deferred options, with their counts.
+
+    mitmproxy keeps a ``--set`` of an option no addon has declared yet and parses it when
+    one does (``OptionManager.process_deferred``, at the end of the next addon's
+    registration); a non-list option given twice makes that parse raise, the script's
+    registration stops half-way, and nothing of vaultproxy, not even the Ready stage that
+    refuses traffic, is in the chain: mitmdump would forward everything unproxied, and say
+    nothing. Taken out here, before the Ready stage is added, the rest loads; ``configure``
+    then refuses traffic and names the option (tests/integration/test_mitmdump.py)."""
+    deferred = getattr(options, "deferred", None)
+    if not isinstance(deferred, dict):
+        return []
+    repeated = []
+    for name in OPTIONS:
+        values = getattr(deferred.get(name), "val", None)
+        if isinstance(values, list) and len(values) > 1:
+            del deferred[name]
+            repeated.append((name, len(values)))
+    return repeated
+
+
 class Bootstrap:
     """Declares the vaultproxy_* options and builds the ProxyState from them."""
 
     def __init__(self) -> None:
+        self._twice: list[tuple[str, int]] = []  # our options given more than once (load)
         self._flusher: asyncio.Task[None] | None = None
         self._admin: AdminServer | None = None
         self._claim: int | None = None
@@ -81,6 +110,7 @@ class Bootstrap:
             "`vaultproxy dashboard`",
         )
         logfilter.install()
+        self._twice = _take_repeated(ctx.master.options)
         if not _gate_installed:
             ctx.master.addons.add(Ready(_RT))
             _gate_installed = True
@@ -90,6 +120,11 @@ class Bootstrap:
             logger.error("%s", e)
 
     def configure(self, updated: set[str]) -> None:
+        if self._twice:
+            _RT.live.state = None  # the Ready stage refuses everything until fixed
+            logger.error("vaultproxy not loaded, refusing traffic:\n  %s", "\n  ".join(
+                f"--set {name} is given {n} times: give it once" for name, n in self._twice))
+            return
         if "vaultproxy_home" in updated or "vaultproxy_password_file" in updated:
             try:
                 self._setup()
