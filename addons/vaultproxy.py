@@ -110,10 +110,15 @@ except Exception as e:  # anything: an ImportError, a SyntaxError after an upgra
                "".join(traceback.format_exception(e)).rstrip(), _FIX)
 
 
+_mine: LoadGate | None = None  # the gate this module's ``load`` closed
+
+
 def load(loader: Any) -> None:
     """First of the script's ``load`` calls: the gate goes in, closed, before any of ours."""
+    global _mine
     gate = _gate()
     gate.close(_failed or "loading")
+    _mine = gate
     if _failed is None:
         import asyncio
 
@@ -150,10 +155,16 @@ def _escaped() -> str | None:
 def configure(updated: set[str]) -> None:
     """Called by mitmproxy only once the script registered whole: the Ready stage (in the
     chain since ``Bootstrap.load``) decides from here on; the gate goes, unless the import
-    failed."""
-    if _failed is not None:
-        return
+    failed. Only a module whose ``load`` closed the gate opens it (``script.run`` configures
+    a fresh module without loading it), and only with the Ready stage in the master."""
     gate: Any = ctx.master.addons.get(GATE)
-    if gate is not None:
-        gate.cause = None
-        ctx.master.addons.remove(gate)
+    if _failed is not None or gate is None or gate is not _mine:
+        return
+    if ctx.master.addons.get("ready") is None:
+        if gate.cause == "loading":
+            gate.close("no Ready stage")
+            _log.error("vaultproxy failed to load, refusing ALL traffic: its Ready stage is "
+                       "not in mitmdump's chain; %s", _FIX)
+        return
+    gate.cause = None
+    ctx.master.addons.remove(gate)
