@@ -15,6 +15,7 @@ instead of reading the default (tests/unit/test_unshadow.py).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 
 def unshadowed[T: type](cls: T) -> T:
@@ -23,7 +24,20 @@ def unshadowed[T: type](cls: T) -> T:
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.init:
         raise TypeError(f"{cls.__name__}: unshadowed needs a data class with its __init__")
-    for f in dataclasses.fields(cls):
-        if f.name in vars(cls) and vars(cls)[f.name] is f.default:
-            delattr(cls, f.name)
+    drop_defaults(cls, [f.name for f in dataclasses.fields(cls)])
     return cls
+
+
+def drop_defaults(cls: type, names: Iterable[str]) -> None:
+    """Remove from the data class ``cls`` the class attribute of each field in ``names`` that
+    holds the field's plain default (``unshadowed``'s work). Without the check on
+    ``__init__``: for a class whose own ``__init__`` sets every field itself
+    (stages/flowrecord.py's ``FlowRecord``; its test asserts that it does). A name that is
+    not a field of ``cls`` (a ``ClassVar``, a method) is a TypeError."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        f = fields.get(name)
+        if f is None:
+            raise TypeError(f"{cls.__name__}.{name} is not a data class field")
+        if name in vars(cls) and vars(cls)[name] is f.default:
+            delattr(cls, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,6 @@ import pytest
 
 from tests import canary
 from tests.harness.proxy import REPO, ProxyHome
-from tests.harness.upstream import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,24 +26,45 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
     toml = '[[service]]\nname = "svc"\nhosts = ["svc.api.test"]\nmode = "host_inject"\n' \
         'auth = "bearer"\n'
     home = ProxyHome.create(tmp_path, toml, {"svc": canary.make_canary()})
-    port, admin_port, dash_port = free_port(), free_port(), free_port()
+    # Every listener on port 0 (a port probed free can be taken before mitmdump binds it, by
+    # an xdist neighbour): the ports are read back from run.json, which the addon writes once
+    # mitmdump listens and the admin API and dashboard are up.
     log = tmp_path / "mitmdump.log"
+    run_json = home.path / "run.json"
     with open(log, "wb") as f:
         proc = subprocess.Popen(
             [str(MITMDUMP), "-s", str(REPO / "addons" / "vaultproxy.py"),
-             "--mode", f"regular@127.0.0.1:{port}",
+             "--mode", "regular@127.0.0.1:0",
              "--set", f"vaultproxy_home={home.path}",
              "--set", f"vaultproxy_password_file={home.password_file}",
-             "--set", f"vaultproxy_admin_listen=127.0.0.1:{admin_port}",
-             "--set", f"vaultproxy_dashboard_listen=127.0.0.1:{dash_port}"],
+             "--set", "vaultproxy_admin_listen=127.0.0.1:0",
+             "--set", "vaultproxy_dashboard_listen=127.0.0.1:0"],
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
         )
         try:
             sock = home.path / "admin.sock"
             deadline = time.monotonic() + 30
-            while not sock.exists() and time.monotonic() < deadline:
+            data: dict[str, object] = {}
+            while data.get("pid") != proc.pid and time.monotonic() < deadline:
                 assert proc.poll() is None, log.read_text()
                 time.sleep(0.1)
+                try:
+                    data = json.loads(run_json.read_text())
+                except (OSError, json.JSONDecodeError):
+                    data = {}
+            # run.json is written, so `vaultproxy status` / env / exec work under mitmdump;
+            # it names the ports mitmdump got (the proxy's as mitmdump's own log line does).
+            assert data.get("pid") == proc.pid, log.read_text()
+            assert sock.exists()
+            listening = re.search(r"proxy listening at 127\.0\.0\.1:(\d+)", log.read_text())
+            assert listening, log.read_text()
+            port = int(listening.group(1))
+            assert data["proxy_url"] == f"http://127.0.0.1:{port}", data
+            admin_port = int(str(data["admin_url"]).rsplit(":", 1)[1])
+            dash_port = int(str(data["dashboard_url"]).rsplit(":", 1)[1])
+            assert data["admin_url"] == f"http://127.0.0.1:{admin_port}", data
+            assert data["dashboard_url"] == f"http://127.0.0.1:{dash_port}", data
+            assert 0 not in (port, admin_port, dash_port)
             token = (home.path / "admin-token").read_text().strip()
             with httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", trust_env=False,
                               headers={"Authorization": f"Bearer {token}"}) as c:
@@ -60,12 +81,6 @@ def test_mitmdump_serves_the_admin_api(tmp_path: Path) -> None:
                 assert r.status_code == 503 and r.headers["X-Vaultproxy-Error"] == "locked"
                 assert r.json()["error"]["type"] == "vaultproxy_error"
                 assert "vaultproxy unlock" in r.json()["error"]["message"]
-            # run.json is written, so `vaultproxy status` / env / exec work under mitmdump.
-            run_json = home.path / "run.json"
-            while not run_json.exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            data = json.loads(run_json.read_text())
-            assert data["pid"] == proc.pid and data["proxy_url"] == f"http://127.0.0.1:{port}"
             st = subprocess.run([sys.executable, "-m", "vaultproxy", "status", "--home",
                                  str(home.path)], capture_output=True, text=True, timeout=60)
             assert st.returncode == 0 and "LOCKED" in st.stdout, st.stdout + st.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -75,3 +75,32 @@ def test_only_data_classes_with_their_init() -> None:
     bare = object.__new__(Plan)
     with pytest.raises(AttributeError):
         bare.drop  # noqa: B018 - the read is the test
+
+
+def test_drop_defaults_removes_the_named_defaults_only() -> None:
+    """``drop_defaults`` (also FlowRecord's, whose own ``__init__`` sets every field): the
+    named fields' defaults go, the others and a ClassVar stay; a name that is not a field
+    (a ClassVar, a method) is refused, and nothing is removed then. Twin: a class attribute
+    that is not the field's default (replaced after the class was made) stays."""
+    from vaultproxy.stages.flowrecord import FlowRecord
+    from vaultproxy.unshadow import drop_defaults
+
+    @dataclasses.dataclass
+    class C:
+        k: ClassVar[int] = 7  # (ClassVar imported at the module's top: so dataclasses sees it)
+        a: int = 1
+        b: str = "b"
+        c: int = 3
+
+    drop_defaults(C, ["a", "b"])
+    assert "a" not in vars(C) and "b" not in vars(C) and vars(C)["c"] == 3 and C.k == 7
+    assert (C().a, C().b, C().c) == (1, "b", 3)
+    for bad in ("k", "nope", "__init__"):
+        with pytest.raises(TypeError, match="not a data class field"):
+            drop_defaults(C, [bad])
+    assert C.k == 7
+    C.c = 4  # type: ignore[misc]  # (no longer the field's default)
+    drop_defaults(C, ["c"])
+    assert vars(C)["c"] == 4
+    for f in dataclasses.fields(FlowRecord):
+        assert f.name not in vars(FlowRecord), f.name

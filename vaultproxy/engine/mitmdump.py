@@ -3,6 +3,9 @@
 The script is a thin shim over this module. The Ready stage is added to the master directly, not
 through the script, so if a hot reload of the script fails (mitmdump drops it and keeps
 serving), the Ready stage is still there and refuses traffic instead of forwarding it untouched.
+Until the Ready stage is in, the shim's load gate (addons/vaultproxy.py) refuses everything: it
+is in the chain before this module's first ``load`` line runs, and goes only once the whole
+registration went through (SECURITY 66).
 """
 
 from __future__ import annotations

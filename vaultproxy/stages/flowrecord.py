@@ -11,7 +11,7 @@ turns the decision and the outcome into the canonical audit line and sets ``outc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from mitmproxy import http
@@ -19,6 +19,7 @@ from mitmproxy import http
 from vaultproxy.core.decide import Decision
 from vaultproxy.keystore import Entry
 from vaultproxy.mint.cache import Issued
+from vaultproxy.unshadow import drop_defaults
 from vaultproxy.values.redact import Redactor
 
 KEY = "vaultproxy"
@@ -97,9 +98,7 @@ class FlowRecord:
 
 # The defaults live in ``__init__`` and in the fields (``dataclasses.fields``), not on the
 # class: see the class's docstring.
-for _name in [f for f in vars(FlowRecord) if f in FlowRecord.__dataclass_fields__]:
-    delattr(FlowRecord, _name)
-del _name
+drop_defaults(FlowRecord, [f.name for f in fields(FlowRecord)])
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:
