@@ -130,7 +130,12 @@ class Identify(Stage):
                 or (st is not None and st.snapshot.honeytokens.active)):
             header = access.take_proxy_authorization(rt, flow)  # ACCESS: honeytokens
             st = rt.live.state
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+        # ``record_of(flow)``, inline: the record is made here on every request (no stage
+        # before this one makes it, unless it refused the flow)
+        metadata = flow.metadata
+        rec: FlowRecord | None = metadata.get(KEY)
+        if rec is None:
+            rec = metadata[KEY] = FlowRecord()
         if rec.answered:
             return
         if st is None:
