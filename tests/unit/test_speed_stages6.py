@@ -156,10 +156,11 @@ def test_in_tunnel_with_the_callers_names_is_without_them(state: ProxyState) -> 
             if rng.random() < 0.7:
                 seen = (fields, header_names(fields))
                 used += 1
-            else:  # another section's view: an equal copy, or another request's fields
-                other = _request(rng).data.headers.fields if rng.random() < 0.5 else tuple(
-                    list(fields))
-                seen = (other, tuple(n + b"x" for n in header_names(other)))
+            else:  # another section's view: of an equal copy, or of another request's
+                # fields (with the Host elsewhere), named in a tuple of its own
+                other = tuple(list(fields)) if rng.random() < 0.3 else tuple(
+                    [(b"x-pad", b"1")] + list(_request(rng).data.headers.fields))
+                seen = (other, header_names(other))
                 stale += 1
             want = _in_tunnel(state, plain, req)
             got = _in_tunnel(state, given, req, seen)
