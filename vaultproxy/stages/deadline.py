@@ -40,7 +40,7 @@ from mitmproxy.proxy import server_hooks
 
 from vaultproxy.config.models import ProxySettings
 from vaultproxy.seam import deadlines
-from vaultproxy.stages.flowrecord import KEY, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.record import EveryInterval
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -227,7 +227,8 @@ class Deadline(Stage):
 
     # -- response head, then idle ----------------------------------------------------------
     @guarded
-    def request(self, flow: http.HTTPFlow) -> None:
+    @handed
+    def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
         # ``self._settings()``, its first test inline (the settings in place: every request
         # but the first under a policy or options object); ``_settings`` otherwise
         st = self.rt.live.state
@@ -239,7 +240,9 @@ class Deadline(Stage):
             pass
         else:
             cfg = self._settings()
-        if cfg is None or (flow.metadata.get(KEY) or record_of(flow)).answered:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
+        if cfg is None or rec.answered:
             return  # the proxy answered it: no upstream to wait on
         # ``self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))``, inline
         # (every request; tests/unit/test_speed_stages6.py compares the two)
