@@ -16,16 +16,18 @@ Twins: each side of each comparison is reached."""
 from __future__ import annotations
 
 import asyncio
+import linecache
 import random
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from mitmproxy import ctx, http, master, options
+from mitmproxy import ctx, hooks, http, master, options
 from mitmproxy.test import tflow
 
 from tests.unit import test_lean_job as lean_job
 from tests.unit import test_speed_lean as speed_lean
+from tests.unit.test_refusal_marker import world  # noqa: F401 - the fixture
 from tests.unit.test_speed_stagework import (
     _request,
     _view,
@@ -36,7 +38,7 @@ from vaultproxy.core.decide import Decision
 from vaultproxy.core.state import Live, ProxyState
 from vaultproxy.errors import InvalidRequest
 from vaultproxy.inject.names import canonical_names, header_names
-from vaultproxy.seam import lean
+from vaultproxy.seam import dispatch, lean, speed
 from vaultproxy.stages import Runtime
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.deadline import Deadline
@@ -274,3 +276,106 @@ def test_plain_methods_are_their_own_text() -> None:
         assert raw.decode("utf-8", "surrogateescape").upper() == raw.decode()
     assert {m.encode() for m in lean._NO_BODY_METHODS} == lean._NO_BODY_RAW
 
+
+
+# -- the record handed on by the unrolled step ---------------------------------------------
+
+
+def _chain_outcomes(the_world: Any, seed: int, n: int) -> list[Any]:
+    """``n`` seeded flows through the production manager over the stages (a good request, a
+    Host of another target, a folded field, a Proxy-Authorization, a routing header to drop,
+    a record an earlier refusal made, a response echoing the secret, 401, 500 and no
+    response) and what each left: request and response, the record, the tunnel's state."""
+    from tests.unit.test_refusal_marker import HOST, _chain, _flow
+
+    rt, _home, secret = the_world
+    rng = random.Random(seed)
+    out: list[Any] = []
+
+    async def go() -> None:
+        m = master.Master(options.Options(), with_termlog=False)
+        try:
+            speed.tune(m).add(*_chain(rt))
+            for _ in range(n):
+                f = _flow(rt, rng.choice([HOST] * 6 + ["evil.example.com"]))
+                extra = rng.choice([(), (), ((b"x-folded", b"a\r\n b"),),
+                                    ((b"Proxy-Authorization", b"Basic eDp5"),),
+                                    ((b"X-Forwarded-Host", b"evil"),)])
+                f.request.headers.fields += extra
+                if rng.random() < 0.1:
+                    record_of(f).refuse(Refusal("denied", "earlier"))
+                    f.response = http.Response.make(403, b"no")
+                for name in ("requestheaders", "request"):
+                    await m.addons.handle_lifecycle(hooks.all_hooks[name](f))
+                if f.response is None and rng.random() < 0.9:
+                    f.response = http.Response.make(
+                        rng.choice([200, 200, 401, 500]),
+                        rng.choice([b"{}", b'{"echo": "' + secret.encode() + b'"}']),
+                        {"content-type": "application/json"})
+                for name in ("responseheaders", "response"):
+                    await m.addons.handle_lifecycle(hooks.all_hooks[name](f))
+                rec = f.metadata[KEY]
+                resp = f.response
+                out.append((
+                    f.request.method, f.request.data.path, f.request.headers.fields,
+                    resp and (resp.status_code, resp.headers.fields, resp.raw_content),
+                    rec.decision is not None and _view(rec.decision),
+                    rec.refusal and (rec.refusal.code, rec.refusal.message),
+                    rec.served, rec.path, rec.hold_body, rec.minted, rec.retried,
+                    rec.injected, rec.body, rec.redactor is not None, rec.plain_fields,
+                    rec.outcome, rec.answered, f.error and f.error.msg,
+                ))
+        finally:
+            m._legacy_log_events.uninstall()
+
+    asyncio.run(go())
+    return out
+
+
+def test_the_handed_record_is_the_one_the_stages_read(
+        world: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """300 seeded flows through the stages: the unrolled steps handing the record on leave
+    every flow as the steps that hand nothing (``RECORD`` renamed: each stage reads the
+    record itself, the code before)."""
+    got = _chain_outcomes(world, 65, 300)
+    monkeypatch.setattr(dispatch, "RECORD", "__vp_no_record__")
+    want = _chain_outcomes(world, 65, 300)
+    for g, w in zip(got, want, strict=True):
+        assert _no_time(g) == _no_time(w)
+    outcomes = {g[15] for g in got}
+    assert {"denied", "injected"} <= outcomes, outcomes
+
+
+def _no_time(outcome: tuple[Any, ...]) -> tuple[Any, ...]:
+    """(the date header of the proxy's own answers is the only field that moves)"""
+    resp = outcome[3]
+    if resp:
+        resp = (resp[0], tuple(f for f in resp[1] if f[0].lower() != b"date"), resp[2])
+    return (*outcome[:3], resp, *outcome[4:])
+
+
+def test_the_unrolled_steps_hand_the_record_on(world: Any) -> None:  # noqa: F811
+    """The twin: the production steps do hand it on (their source reads ``_rk``), to the
+    stages whose bodies are ``handed``, and those alone."""
+    from tests.unit.test_refusal_marker import _chain
+
+    rt, _home, _secret = world
+
+    async def go() -> Any:
+        m = master.Master(options.Options(), with_termlog=False)
+        try:
+            speed.tune(m).add(*_chain(rt))
+            await m.addons.handle_lifecycle(hooks.all_hooks["request"](tflow.tflow()))
+            return m.addons.flow_steps["request"]
+        finally:
+            m._legacy_log_events.uninstall()
+
+    step = asyncio.run(go())
+    source = "".join(linecache.getlines(step.__code__.co_filename))
+    assert "rec = arg.metadata.get(_rk)" in source
+    assert step.__globals__["_rk"] == KEY
+    handed_calls = source.count(", arg, rec)") // 2  # (the step, and its ``_of`` twin)
+    assert handed_calls == sum(
+        getattr(getattr(type(a), "request", None), "__vp_record__", None) == KEY
+        for a in _chain(rt))
+    assert handed_calls >= 4
