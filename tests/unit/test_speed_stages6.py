@@ -340,8 +340,10 @@ def test_the_handed_record_is_the_one_the_stages_read(
     got = _chain_outcomes(world, 65, 300)
     monkeypatch.setattr(dispatch, "RECORD", "__vp_no_record__")
     want = _chain_outcomes(world, 65, 300)
-    for g, w in zip(got, want, strict=True):
-        assert _no_time(g) == _no_time(w)
+    # (indices only: the flows carry the canary secret, which no failure report may show)
+    differ = [i for i, (g, w) in enumerate(zip(got, want, strict=True))
+              if _no_time(g) != _no_time(w)]
+    assert not differ, differ[:10]
     outcomes = {g[15] for g in got}
     assert {"denied", "injected"} <= outcomes, outcomes
 

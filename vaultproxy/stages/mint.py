@@ -77,7 +77,7 @@ class Mint(Stage):
     @guarded_sometimes_async
     @handed
     def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
-                       ) -> Awaitable[None] | None:
+                ) -> Awaitable[None] | None:
         if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
             rec = flow.metadata.get(KEY) or record_of(flow)
         if rec.hold_body:  # held for the honeytoken scan, which it passed: mint only now

@@ -54,7 +54,7 @@ class RequestGate(Stage):
     @guarded_sometimes_async
     @handed
     def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
-                       ) -> Awaitable[None] | None:
+                ) -> Awaitable[None] | None:
         # ACCESS (SPEC §10): a body buffered for the honeytoken scan, then the rules - one call
         # (``access.request_body``, inline: None, no coroutine, for a body not held)
         if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
