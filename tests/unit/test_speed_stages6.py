@@ -381,3 +381,34 @@ def test_the_unrolled_steps_hand_the_record_on(world: Any) -> None:  # noqa: F81
         getattr(getattr(type(a), "request", None), "__vp_record__", None) == KEY
         for a in _chain(rt))
     assert handed_calls >= 4
+
+
+# -- one-line accessors read inline ----------------------------------------------------------
+
+
+def test_the_accessors_read_inline_are_what_they_read() -> None:
+    """Pool, Deadline and Record read ``Connections.tunnels``, ``deadlines._timed_out`` and
+    ``refusals._marked`` where they called ``tunnel()``, ``forget()`` and ``take()``: those
+    are still exactly that read (seeded ids, present and not)."""
+    from vaultproxy.seam import deadlines, refusals
+    from vaultproxy.stages.connections import Connections
+
+    rng = random.Random(66)
+    conns = Connections()
+    connect = Decision(None, None, ("a.test", 443), target=("a.test", 443))
+    for _ in range(500):
+        cid = rng.choice(["a", "b", "c", "d"])
+        roll = rng.random()
+        if roll < 0.3:
+            conns.open(cid, Tunnel(connect))
+        elif roll < 0.5:
+            conns.close(cid)
+        assert conns.tunnel(cid) is conns.tunnels.get(cid)
+        if rng.random() < 0.5:
+            deadlines._timed_out[cid] = "idle"
+        deadlines.forget(cid)
+        assert cid not in deadlines._timed_out
+        status = rng.choice([None, 400, 431])
+        if status is not None:
+            refusals._marked[cid] = status
+        assert refusals.take(cid) == status and cid not in refusals._marked

@@ -272,7 +272,7 @@ class Deadline(Stage):
                 break
         if self._timers:
             self._disarm(key)
-        deadlines.forget(flow.client_conn.id)
+        deadlines._timed_out.pop(flow.client_conn.id, None)  # (``deadlines.forget``)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._unwait(flow.id)

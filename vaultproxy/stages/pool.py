@@ -341,7 +341,7 @@ class Pool(Stage):
         decision = rec.decision
         if rec.answered or decision is None or decision.plan is None:
             return
-        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        tunnel = self.rt.connections.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is None or tunnel.decision.service is None or tunnel.pinned is None:
             return
         st = self.rt.live.state  # ``_idle()`` inline: the live state read once

@@ -42,7 +42,7 @@ def _record(
     if st is None:
         return
     if event == "request":
-        refused = refusals.take(flow.client_conn.id)
+        refused = refusals._marked.pop(flow.client_conn.id, None)  # (``refusals.take``)
         if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
             outcome, reason, status = "denied", InvalidRequest.code, refused
     rec.outcome = outcome
