@@ -412,3 +412,27 @@ def test_the_accessors_read_inline_are_what_they_read() -> None:
         if status is not None:
             refusals._marked[cid] = status
         assert refusals.take(cid) == status and cid not in refusals._marked
+
+
+def test_a_refusal_mark_is_taken_once(world: Any) -> None:  # noqa: F811
+    """The mark mitmproxy's HTTP/1 reader leaves (seam/refusals.py) makes the request it
+    answered a denial and is taken with it: the connection's next request is not one."""
+    from tests.unit.test_refusal_marker import HOST, _chain, _flow, fire
+    from vaultproxy.seam import refusals
+
+    rt, _home, _secret = world
+    chain = _chain(rt)
+    first = _flow(rt, HOST)
+    refusals._marked[first.client_conn.id] = 400
+    fire(chain, hooks.all_hooks["requestheaders"](first), hooks.all_hooks["request"](first))
+    first.response = http.Response.make(400, b"bad")
+    fire(chain, hooks.all_hooks["response"](first))
+    assert first.metadata[KEY].outcome == "denied"
+    assert first.client_conn.id not in refusals._marked
+    second = tflow.tflow(client_conn=first.client_conn)
+    second.request.scheme, second.request.host, second.request.port = "https", HOST, 443
+    second.request.headers["host"] = HOST
+    fire(chain, hooks.all_hooks["requestheaders"](second), hooks.all_hooks["request"](second))
+    second.response = http.Response.make(200, b"{}")
+    fire(chain, hooks.all_hooks["response"](second))
+    assert second.metadata[KEY].outcome == "injected"
