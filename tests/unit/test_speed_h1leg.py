@@ -393,7 +393,9 @@ def test_requestheaders_makes_the_exchange_its_init_would() -> None:
         st = SimpleNamespace(snapshot=SimpleNamespace(registry=SimpleNamespace(
             config=SimpleNamespace(proxy=proxy))))
         rt = SimpleNamespace(live=SimpleNamespace(state=st),
-                             connections=SimpleNamespace(tunnel=lambda _id, t=tunnel: t),
+                             connections=SimpleNamespace(
+                                 tunnel=lambda _id, t=tunnel: t,
+                                 tunnels=SimpleNamespace(get=lambda _id, t=tunnel: t)),
                              stage_loaded=lambda name: None)
         stage = pool_stage.Pool.__new__(pool_stage.Pool)
         stage.rt = rt  # type: ignore[assignment]

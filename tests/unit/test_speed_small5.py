@@ -98,7 +98,9 @@ def _pool_case(rng: random.Random) -> tuple[Any, http.HTTPFlow]:
     st = (None if rng.random() < 0.05 else SimpleNamespace(snapshot=SimpleNamespace(
         registry=SimpleNamespace(config=SimpleNamespace(proxy=proxy)))))
     rt = SimpleNamespace(live=SimpleNamespace(state=st),
-                         connections=SimpleNamespace(tunnel=lambda _id, t=tunnel: t))
+                         connections=SimpleNamespace(
+                             tunnel=lambda _id, t=tunnel: t,  # (the reference's call)
+                             tunnels=SimpleNamespace(get=lambda _id, t=tunnel: t)))
     stage = pool_stage.Pool.__new__(pool_stage.Pool)
     stage.rt = rt  # type: ignore[assignment]
     flow = tflow.tflow()

@@ -82,8 +82,9 @@ def hop_free(fields: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]
     return [(k, v) for k, v in fields if k.lower() not in HOP_BY_HOP]
 
 
-def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
-    """Raise InvalidRequest for a header section an upstream might read differently.
+def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> tuple[bytes, ...]:
+    """Raise InvalidRequest for a header section an upstream might read differently; return
+    ``header_names(fields)`` (the caller's next look at them, without a call).
 
     Names are RFC 9110 tokens; values hold no CR, LF or NUL (mitmproxy keeps an obs-fold
     continuation as ``"\\r\\n "`` inside the value, which an upstream could read as a new
@@ -116,7 +117,7 @@ def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
         if 13 not in values and 10 not in values and 0 not in values:
             if size + len(values) > MAX_HEADER_BYTES:
                 raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
-            return
+            return names
     size = 0
     for i, (name, value) in enumerate(fields):
         size += len(name) + len(value)
@@ -128,6 +129,7 @@ def check_headers(fields: tuple[tuple[bytes, bytes], ...]) -> None:
             )
     if size > MAX_HEADER_BYTES:
         raise InvalidRequest(f"the header section is over {MAX_HEADER_BYTES // 1024} KiB")
+    return names
 
 
 #: ``check_headers``' last header names (``header_names``) that were all tokens, and the
@@ -174,10 +176,10 @@ def check_request(
     check_target(req, target[0], target[1], dialed)
     headers = req.data.headers  # (``req.headers``)
     fields = headers.fields
-    check_headers(fields)
+    names = check_headers(fields)
     drop = plan.drop
     # any ``canonical_name(k) in drop``, through the section's one view of its names
-    if not drop.isdisjoint(canonical_names(fields)):
+    if not drop.isdisjoint(canonical_names(fields, names)):
         headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
 
 

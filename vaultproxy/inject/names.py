@@ -27,15 +27,17 @@ def header_names(fields: Fields) -> tuple[bytes, ...]:
     return names
 
 
-def canonical_names(fields: Fields) -> tuple[bytes, ...]:
+def canonical_names(fields: Fields, names: tuple[bytes, ...] | None = None
+                    ) -> tuple[bytes, ...]:
     """Each field's name as an upstream may read it (``inject.request.canonical_name``:
     lower-cased, ``_`` read as ``-``), in order. Without a ``_`` in any name these are the
-    ``header_names`` themselves."""
+    ``header_names`` themselves. ``names``: ``header_names(fields)``, if the caller has it."""
     global _canonical_memo
     memo = _canonical_memo
     if memo[0] is fields:
         return memo[1]
-    names = header_names(fields)
+    if names is None:
+        names = header_names(fields)
     if b"".join(names).find(b"_") != -1:
         names = tuple([n.replace(b"_", b"-") for n in names])
     if type(fields) is tuple:

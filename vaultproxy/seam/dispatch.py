@@ -56,6 +56,15 @@ Handlers = tuple[tuple[Callable[..., Any], ...], ...]
 #: import.
 GUARD = "__vp_guard__"
 
+#: The attribute of a guarded hook's body that takes the flow's record as a third argument
+#: (``body(addon, flow, rec)``): the ``flow.metadata`` key the record lives under. The
+#: unrolled step (``_unrolled``) reads that key once per event, until it finds a record
+#: (a record, once made, is the flow's for good: stages/flowrecord.py), and hands it to
+#: every such body; any other caller (``trigger_event``, mitmproxy's own manager, a test)
+#: calls ``body(addon, flow)`` and the body reads the record itself. A protocol, as
+#: ``GUARD``.
+RECORD = "__vp_record__"
+
 #: One handler as the manager runs it: ``(func, addon, fail, guard_awaitable)``. ``fail``
 #: None: a plain handler, ``func(*args)``; else ``func`` is a guarded body,
 #: ``func(addon, *args)``.
@@ -159,7 +168,8 @@ def _grouped(group: tuple[Step, ...]) -> Step:
 _MAX_UNROLLED = 64
 
 
-def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update: bool) -> str:
+def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update: bool,
+                     takes: tuple[bool, ...] = ()) -> str:
     """The source of ``handle_lifecycle``'s step for one flow event (one field, ``field``)
     over ``top``: ``trigger_event``'s loop for one argument written out, one block per
     step, each block the loop's body for that step's kind (plain; guarded, its awaitable
@@ -168,7 +178,10 @@ def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update
     guards' deny callables ``x<i>``. Of the chain and the event, only the hook's name (as
     ``_step_<name>``) and its field's (both checked identifiers) go in: the rest are indices.
     ``field`` None: the same step taking the event's one field itself (``arg``), for a
-    caller that has it and so needs no hook object (``flow_steps``)."""
+    caller that has it and so needs no hook object (``flow_steps``). ``takes[i]``: the
+    guarded body of step ``i`` takes the flow's record (``RECORD``; its key the global
+    ``_rk``), read inside its guard as the body would read it, once found kept for the
+    steps after it."""
     awaitable = "res is not None and (type(res) is _Coroutine or _isawaitable(res))"
     if field is None:
         out = [f"async def {name}(arg):"]
@@ -176,24 +189,32 @@ def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update
         out = [f"async def {name}(event):"]
         if top or update:
             out.append(f"    arg = event.{field}")
+    if any(takes):
+        out.append("    rec = None")
     if top:
         out.append("    try:")
     for i, (_func, _addon, fail, guard_awaitable) in enumerate(top):
         out.append("        try:")
+        call = f"f{i}(a{i}, arg)"
+        fetch: list[str] = []
+        if i < len(takes) and takes[i] and fail is not None:
+            call = f"f{i}(a{i}, arg, rec)"
+            fetch = ["                if rec is None:",
+                     "                    rec = arg.metadata.get(_rk)"]
         if fail is None:
             out += [f"            res = f{i}(arg)",
                     f"            if {awaitable}:",
                     "                await res"]
         elif guard_awaitable:
-            out += ["            try:",
-                    f"                res = f{i}(a{i}, arg)",
+            out += ["            try:", *fetch,
+                    f"                res = {call}",
                     f"                if {awaitable}:",
                     "                    await res",
                     "            except Exception as err:",
                     f"                x{i}(a{i}, (arg,), err)"]
         else:
-            out += ["            try:",
-                    f"                res = f{i}(a{i}, arg)",
+            out += ["            try:", *fetch,
+                    f"                res = {call}",
                     "            except Exception as err:",
                     f"                x{i}(a{i}, (arg,), err)",
                     "            else:",
@@ -225,16 +246,21 @@ def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update
 
     # (prefixed: no hook's name can stand for a global of the step's, nor a builtin)
     fname = f"_step_{name}" if name.isidentifier() else "_step"
+    # the guarded bodies that take the flow's record: those of the first key found
+    keys = [getattr(func, RECORD, None) if fail is not None else None
+            for func, _addon, fail, _guard_awaitable in top]
+    key = next((k for k in keys if type(k) is str), None)
+    takes = tuple(key is not None and k == key for k in keys)
     # (the step, then the same step taking the field itself: ``flow_steps``)
-    source = (_unrolled_source(fname, field, top, update) + "\n\n"
-              + _unrolled_source(fname + "_of", None, top, update))
+    source = (_unrolled_source(fname, field, top, update, takes) + "\n\n"
+              + _unrolled_source(fname + "_of", None, top, update, takes))
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     filename = f"<vaultproxy.seam.dispatch unrolled {fname} {digest}>"
     namespace: dict[str, Any] = {
         "__builtins__": __builtins__, "_Coroutine": _Coroutine,
         "_isawaitable": inspect.isawaitable, "_Stop": _STOP,
         "_AddonHalt": exceptions.AddonHalt, "_Flow": flow.Flow, "_UpdateHook": hooks.UpdateHook,
-        "_manager": manager, "_dispatch": sys.modules[__name__],
+        "_manager": manager, "_dispatch": sys.modules[__name__], "_rk": key,
     }
     for i, (func, addon, fail, _guard_awaitable) in enumerate(top):
         namespace[f"f{i}"] = func

@@ -11,8 +11,9 @@ turns the decision and the outcome into the canonical audit line and sets ``outc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Any, Literal
 
 from mitmproxy import http
 
@@ -102,8 +103,9 @@ drop_defaults(FlowRecord, [f.name for f in fields(FlowRecord)])
 
 
 def record_of(flow: http.HTTPFlow) -> FlowRecord:
-    """The flow's record (created on first use). Only this module writes the key, and only
-    a FlowRecord (16 look-ups per request: no isinstance check on each).
+    """The flow's record (created on first use). Only this module and Identify (this, inline)
+    write the key, only when it is not there, and only a FlowRecord (16 look-ups per
+    request: no isinstance check on each): a record, once made, is the flow's for good.
 
     A hook that runs on every request reads it as ``flow.metadata.get(KEY) or
     record_of(flow)``: the same record (``record_of`` returns the one there, truthy or not;
@@ -112,3 +114,13 @@ def record_of(flow: http.HTTPFlow) -> FlowRecord:
     if rec is None:
         rec = flow.metadata[KEY] = FlowRecord()
     return rec
+
+
+def handed[F: Callable[..., Any]](fn: F) -> F:
+    """Mark a hook's body (under ``guarded``) as taking the flow's record as its last
+    argument, ``rec``: the indexed dispatch's unrolled step (seam/dispatch.py ``RECORD``)
+    reads it once per event and hands it on; None from any other caller (mitmproxy's own
+    manager, a test), and the body then reads it as ``flow.metadata.get(KEY) or
+    record_of(flow)``. tests/unit/test_speed_stages6.py runs the chain both ways."""
+    fn.__vp_record__ = KEY  # type: ignore[attr-defined]
+    return fn

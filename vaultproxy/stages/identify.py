@@ -37,9 +37,12 @@ def _decide(st: ProxyState, facts: Facts) -> Decision:
     return decide(facts, st.registry, agents)
 
 
-def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
+def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request,
+               seen: tuple[object, tuple[bytes, ...]] | None = None) -> Decision:
     """``decide()`` for a request inside ``tunnel``, reusing the tunnel's last decision when
-    nothing it was made from changed.
+    nothing it was made from changed. ``seen``: a header fields tuple and its
+    ``header_names``, if the caller has them (used only when the request's fields are still
+    that very tuple: ``header_names`` is computed otherwise).
 
     For a request inside a tunnel, ``decide`` reads the registry, the tunnel (its CONNECT's
     decision: target, agent, token digest; the SNI; the certificate's agent), the request's
@@ -58,7 +61,7 @@ def _in_tunnel(st: ProxyState, tunnel: Tunnel, req: http.Request) -> Decision:
     # ``_host_key(req)``, inline (every request in a tunnel)
     if data.http_version not in (b"HTTP/2.0", b"HTTP/3"):
         fields = data.headers.fields
-        names = header_names(fields)
+        names = seen[1] if seen is not None and seen[0] is fields else header_names(fields)
         host_key: str | bytes = (fields[names.index(b"host")][1] if names.count(b"host") == 1
                                  else request_host_header(req) or "")
     else:
@@ -126,11 +129,18 @@ class Identify(Stage):
         # ``take_proxy_authorization`` returns None and checks nothing for a request without
         # a Proxy-Authorization field while no honeytoken is configured (the common one)
         header: str | None = None
-        if (b"proxy-authorization" in header_names(flow.request.data.headers.fields)
+        fields = flow.request.data.headers.fields
+        names = header_names(fields)  # (``_in_tunnel`` reads them too, if still these)
+        if (b"proxy-authorization" in names
                 or (st is not None and st.snapshot.honeytokens.active)):
             header = access.take_proxy_authorization(rt, flow)  # ACCESS: honeytokens
             st = rt.live.state
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+        # ``record_of(flow)``, inline: the record is made here on every request (no stage
+        # before this one makes it, unless it refused the flow)
+        metadata = flow.metadata
+        rec: FlowRecord | None = metadata.get(KEY)
+        if rec is None:
+            rec = metadata[KEY] = FlowRecord()
         if rec.answered:
             return
         if st is None:
@@ -139,7 +149,7 @@ class Identify(Stage):
         conns = rt.connections
         tunnel = conns.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is not None:
-            decision = rec.decision = _in_tunnel(st, tunnel, req)
+            decision = rec.decision = _in_tunnel(st, tunnel, req, (fields, names))
             if tunnel.broken or flow.client_conn.id in conns.broken_ids:  # ``broken()``
                 raise TunnelBroken()
             if decision.refusal is not None:

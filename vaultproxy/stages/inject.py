@@ -15,7 +15,7 @@ from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
 from vaultproxy.stages.ahead import forward_ahead
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
 
@@ -26,8 +26,10 @@ class Undecided(VaultproxyError):
 
 class Inject(Stage):
     @guarded
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         if rec.answered:
             return  # refused (or served) by an earlier stage
         st = self.rt.live.state  # ``rt.state()``, inline
@@ -66,8 +68,10 @@ class Inject(Stage):
             req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
 
     @guarded
-    def request(self, flow: http.HTTPFlow) -> None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         if rec.hold_body and not rec.answered and decision is not None and decision.plan:
             # A body held for the honeytoken scan passed it (RequestGate runs first): only

@@ -27,7 +27,7 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.inject.minted import MintedHeaders, credential
 from vaultproxy.inject.request import canonical_name
 from vaultproxy.mint.cache import Issued
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.resend import resend
 from vaultproxy.stages.runtime import Stage
@@ -62,8 +62,11 @@ class Mint(Stage):
     fetch, a 401 to act on): a request to a service that mints nothing costs no coroutine."""
 
     @guarded_sometimes_async
-    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
+                       ) -> Awaitable[None] | None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         if rec.hold_body:
             return None
         decision = rec.decision  # (``_mint``'s first test, inline: nothing minted, no call)
@@ -72,8 +75,11 @@ class Mint(Stage):
         return self._mint(flow, rec)
 
     @guarded_sometimes_async
-    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
+                ) -> Awaitable[None] | None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         if rec.hold_body:  # held for the honeytoken scan, which it passed: mint only now
             return self._mint(flow, rec)
         return None
@@ -92,8 +98,11 @@ class Mint(Stage):
         rec.minted = await st.token_source().get(service)
 
     @guarded_sometimes_async
-    def responseheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def responseheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
+                       ) -> Awaitable[None] | None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         issued, resp = rec.minted, flow.response
         if issued is None or resp is None or resp.status_code != 401 or rec.refusal:
             return None  # the upstream's 401 (never our own refusal) drops its token

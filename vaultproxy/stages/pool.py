@@ -69,7 +69,7 @@ from vaultproxy.seam import objects
 from vaultproxy.seam import pool as seam_pool
 from vaultproxy.stages.ahead import METHOD_TEXT
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 from vaultproxy.unshadow import unshadowed
@@ -334,12 +334,14 @@ class Pool(Stage):
                 and st.snapshot.registry.config.proxy.upstream_pool_idle > 0)
 
     @guarded
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         if rec.answered or decision is None or decision.plan is None:
             return
-        tunnel = self.rt.connections.tunnel(flow.client_conn.id)
+        tunnel = self.rt.connections.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is None or tunnel.decision.service is None or tunnel.pinned is None:
             return
         st = self.rt.live.state  # ``_idle()`` inline: the live state read once

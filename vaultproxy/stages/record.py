@@ -20,7 +20,7 @@ from vaultproxy.seam.aftersend import KEY as AFTER
 from vaultproxy.seam.aftersend import Later
 from vaultproxy.seam.engine_errors import classify_engine_error, client_gone
 from vaultproxy.stages.ahead import METHOD_TEXT
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, Outcome, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, Outcome, handed, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.mint import token_reason
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -42,7 +42,7 @@ def _record(
     if st is None:
         return
     if event == "request":
-        refused = refusals.take(flow.client_conn.id)
+        refused = refusals._marked.pop(flow.client_conn.id, None)  # (``refusals.take``)
         if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
             outcome, reason, status = "denied", InvalidRequest.code, refused
     rec.outcome = outcome
@@ -157,9 +157,12 @@ class Record(Stage):
         _record(self.rt, flow, "tunnel_refused", "error", code, resp.status_code)
 
     @guarded
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    @handed
+    def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
         st = self.rt.live.state  # ``rt.current()``
-        decision = (flow.metadata.get(KEY) or record_of(flow)).decision
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
+        decision = rec.decision
         if st is not None and decision is not None and decision.service is not None:
             st.inflight += 1
             self._inflight.add(flow.id)
@@ -172,14 +175,16 @@ class Record(Stage):
                 st.inflight -= 1
 
     @guarded
-    def response(self, flow: http.HTTPFlow) -> None:
+    @handed
+    def response(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
         if flow.id in self._inflight:  # ``self._finish(flow)``, without its call
             self._inflight.discard(flow.id)
             st = self.rt.live.state  # ``rt.current()``
             if st is not None:
                 st.inflight -= 1
         metadata = flow.metadata
-        rec = metadata.get(KEY) or record_of(flow)
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         # (the lean layer's ``Later``, when it sends this response whole: the record is
         # written right after the send, seam/aftersend.py)

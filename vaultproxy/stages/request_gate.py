@@ -31,7 +31,7 @@ from mitmproxy import http
 from vaultproxy.core.pipeline import check_request
 from vaultproxy.errors import NotReady
 from vaultproxy.stages import access
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.runtime import Stage
 
@@ -42,17 +42,23 @@ class RequestGate(Stage):
     costs no coroutine here."""
 
     @guarded_sometimes_async
-    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
+                       ) -> Awaitable[None] | None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         self._shape(flow, rec)
         # ACCESS (SPEC §10): honeytokens, then rules, rate limit and approval - one call
         return access.request_headers(self.rt, flow, rec)
 
     @guarded_sometimes_async
-    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+    @handed
+    def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
+                ) -> Awaitable[None] | None:
         # ACCESS (SPEC §10): a body buffered for the honeytoken scan, then the rules - one call
         # (``access.request_body``, inline: None, no coroutine, for a body not held)
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         if not rec.hold_body or rec.answered:
             return None
         return access.on_request_body(self.rt, flow)

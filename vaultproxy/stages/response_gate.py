@@ -50,7 +50,7 @@ from vaultproxy.errors import (
 )
 from vaultproxy.net.decoding import decoder_for
 from vaultproxy.seam.engine_errors import classify_engine_error
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import deny, error_reply, guarded
 from vaultproxy.stages.runtime import Runtime, Stage
 from vaultproxy.values.redact import (
@@ -272,8 +272,10 @@ def ws_control(conn_id: str, event: object) -> object:
 
 class ResponseGate(Stage):
     @guarded
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def responseheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         decision = rec.decision
         service = decision.service if decision is not None else None
         if service is None or flow.response is None or rec.refusal is not None:
@@ -294,8 +296,10 @@ class ResponseGate(Stage):
             _gate_head(flow, resp, redactor, service.name)
 
     @guarded
-    def response(self, flow: http.HTTPFlow) -> None:
-        rec: FlowRecord = flow.metadata.get(KEY) or record_of(flow)
+    @handed
+    def response(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
+        if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
+            rec = flow.metadata.get(KEY) or record_of(flow)
         refusal = rec.refusal
         if refusal is not None and refusal.reply is not None:
             # Refused after the upstream's head arrived: mitmproxy put the upstream's body
