@@ -406,13 +406,39 @@ def forward_line(
     return None
 
 
-def request_line(
+def request_taken(
     event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
     method: str | None, host: str | None, path: str | None, status: int | None,
     duration_ms: float | None, reason: str | None, via: str | None,
+) -> tuple[Any, ...] | None:
+    """The arguments of ``request_line`` that make its line of these values as they are
+    now: the twelve values and the clock now (``t``: the line's ``ts``), when
+    ``request_line`` takes them (it then returns a line, never None); else None, and the
+    values are left to ``request_fields`` now. seam/aftersend.py makes the line of them
+    after the response's send: the same bytes as ``request_line`` of them made here."""
+    if (
+        type(event) is str and type(outcome) is str
+        and (type(agent) is str or agent is None) and (type(service) is str or service is None)
+        and (type(mode) is str or mode is None) and (type(method) is str or method is None)
+        and (type(host) is str or host is None) and (reason is None or type(reason) is str)
+        and (type(status) is int or status is None) and (via is None or type(via) is str)
+        and (type(path) is str or path is None)
+        and (duration_ms is None or (type(duration_ms) is float and 0.0 <= duration_ms < 1e9))
+        and event and outcome and event != "admin" and event != "approval"  # (_kept_texts)
+    ):
+        return (event, outcome, agent, service, mode, method, host, path, status, duration_ms,
+                reason, via, _time())
+    return None
+
+
+def request_line(
+    event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, path: str | None, status: int | None,
+    duration_ms: float | None, reason: str | None, via: str | None, t: float | None = None,
 ) -> tuple[str, float | None] | None:
     """The line of ``request_fields`` of the same values and the duration as it rounds it
-    (``DURATION_AT``: what the metrics count), or None: those values are left to it."""
+    (``DURATION_AT``: what the metrics count), or None: those values are left to it.
+    ``t``: the clock value of its ``ts`` (None: now; ``request_taken`` took one)."""
     if (
         type(event) is str and type(outcome) is str
         and (type(agent) is str or agent is None) and (type(service) is str or service is None)
@@ -449,7 +475,8 @@ def request_line(
                 if len(_LINES) >= _MAX_LINES:
                     _LINES.clear()
                 _LINES[key] = kept
-        t = _time()  # _now_timestamp, inline while the second is the kept one
+        if t is None:
+            t = _time()  # _now_timestamp, inline while the second is the kept one
         lo, hi, prefix = _second
         if lo <= t < hi:
             return (f'{{"ts":"{prefix}{_MILLIS_Z[_floor((t - lo) * 1000.0)]}{kept[0]}'
