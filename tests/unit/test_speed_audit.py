@@ -509,7 +509,7 @@ def test_forward_and_request_lines_are_request_fields_lines(
     ``request_fields`` makes of the same values at the same clock (the code they stand in
     for), byte for byte, and the duration is the one it rounds to; anything else is left
     to it (None), never a different line. ``request_taken`` takes what ``request_line``
-    takes, and ``request_line`` of what it took, at a later clock, is the same line."""
+    takes, and ``taken_line`` of what it took, at a later clock, is the same line."""
     from vaultproxy.audit import event as module
     from vaultproxy.audit.event import DURATION_AT, LINE_AT
 
@@ -565,7 +565,7 @@ def test_forward_and_request_lines_are_request_fields_lines(
             monkeypatch.setattr(module, "_time", lambda later=later: later)
             if rng.random() < 0.5:
                 monkeypatch.setattr(module, "_second", (0.0, -1.0, ""))
-            assert module.request_line(*taken) == got_r, args
+            assert module.taken_line(taken) == got_r, args
         if got_r is None:
             left_r += 1
         else:

@@ -67,7 +67,7 @@ def decision_record(
     (seam/aftersend.py), which the lean layer runs right after the response's send: for an
     ``AuditLog`` itself and values ``request_line`` takes, the values, the duration and the
     clock are taken now (``request_taken``) and the line, its metrics and its write are
-    left to ``later`` (``request_line`` of them there: the bytes it makes of them here);
+    left to ``later`` (``taken_line`` of them there: the bytes ``request_line`` makes here);
     otherwise the record is made now, exactly as without it, and its write left to
     ``later`` (the line and the log for an ``AuditLog``, else the record and the sink)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None

@@ -15,8 +15,8 @@ will run it, it writes now) and hands it to audit/canonical.py ``decision_record
 takes the record's values, its duration and the clock (``ts``) in the hook as before. For an
 ``AuditLog`` itself and values audit/event.py ``request_line`` takes (``request_taken``:
 exact types; its answer then is a line, never None), only those are kept (``taken``,
-``log``) and ``run`` makes the line of them (``request_line`` with the kept clock: the bytes
-it made of them in the hook), counts it (``metrics.counted``, what ``decision_record``
+``log``) and ``run`` makes the line of them (``taken_line``: ``request_line``'s bytes of
+them, at the kept clock), counts it (``metrics.counted``, what ``decision_record``
 counted) and calls the log's one write path (``_write(line, True)``), in that order, as
 ``decision_record`` did. Otherwise the record is made in the hook exactly as without a
 ``Later`` and only the write moves: for an ``AuditLog`` itself, the line (a ``str``) and the
@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from vaultproxy.audit.event import request_line as _request_line
+from vaultproxy.audit.event import taken_line as _taken_line
 from vaultproxy.audit.metrics import counted as _counted
 
 logger = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ class Later:
             self.taken = None
             try:
                 # ``decision_record``'s own calls, of the values and clock it took
-                made = _request_line(*taken)
+                made = _taken_line(taken)
                 log = self.log
                 if log.counts_metrics:
-                    _counted(taken[0], taken[3], taken[1], taken[10], made[1])  # type: ignore[index]
-                log._write(made[0], True)  # type: ignore[index]
+                    _counted(taken[0], taken[3], taken[1], taken[10], made[1])
+                log._write(made[0], True)
             except Exception as e:  # noqa: BLE001 - (as below)
                 logger.error("audit: a record after the response's send failed (%s)",
                              type(e).__name__)
