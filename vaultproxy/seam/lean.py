@@ -1078,13 +1078,8 @@ class LeanLayer(layer.Layer):
                 assert resp is not None
                 content = resp.raw_content
                 data = _head(resp)
-                # (``b"transfer-encoding" in`` the names' lower-cased set: the set, which
-                # ``closes`` reads, is made after the send; ``lower`` keeps a name's length)
-                chunked = False
-                for k, _ in resp.data.headers.fields:
-                    if len(k) == 17 and k.lower() == b"transfer-encoding":
-                        chunked = _chunked(resp)
-                        break
+                rnames = {k.lower() for k, _ in resp.data.headers.fields}  # (for both tests)
+                chunked = b"transfer-encoding" in rnames and _chunked(resp)
                 if content:
                     data += b"%x\r\n%s\r\n" % (len(content), content) if chunked else content
                 req = flow.request
@@ -1102,7 +1097,7 @@ class LeanLayer(layer.Layer):
                         later.run(flow)
                 if not flow.websocket:
                     flow.live = False
-                if closes(req, resp):
+                if closes(req, resp, rnames):
                     yield from self._close()
                 continue
             later = job.later
