@@ -40,7 +40,7 @@ from mitmproxy.proxy.layers.http import (
 
 from tests.unit.test_lean_events import _complete, _Side, _stream
 from tests.unit.test_refusal_marker import _chain, _flow, fire, world  # noqa: F401
-from vaultproxy.audit import canonical
+from vaultproxy.audit import canonical, metrics
 from vaultproxy.audit import event as audit_event
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.seam import aftersend, lean
@@ -92,35 +92,61 @@ def _written(rt: Runtime, go: Any) -> bytes:
     return path.read_bytes()[before:] if path.exists() else b""
 
 
-def _respond(rt: Runtime, seed: int, deferred: bool) -> tuple[bytes, dict[str, Any]]:
-    """The bytes the ``response`` hook's record put in the file, and the sink's counters."""
+def _counters() -> dict[str, float]:
+    """``/metrics``' request series (what ``metrics.counted`` counts), by sample (not the
+    ``_created`` ones: the wall clock of a series' first count)."""
+    got: dict[str, float] = {}
+    for line in metrics.render().decode().splitlines():
+        if line.startswith("vaultproxy_") and "_created{" not in line:
+            name, _, value = line.rpartition(" ")
+            got[name] = float(value)
+    return got
+
+
+def _respond(rt: Runtime, seed: int, deferred: bool,
+             clock: dict[str, float] | None = None) -> tuple[bytes, dict[str, Any]]:
+    """The bytes the ``response`` hook's record put in the file, the sink's counters and the
+    metrics it counted. ``clock``: moved on between the hook and the ``Later``'s run (the
+    send's time): the record is still the one made at the hook's instant."""
     rng = random.Random(seed)
     f, chain = _seeded_flow(rt, rng)
     later = aftersend.Later() if deferred else None
     if later is not None:
         f.metadata[aftersend.KEY] = later
     audit = rt.state().audit
+    before = _counters()
 
     def go() -> None:
         fire(chain[4:], HttpResponseHook(f))  # ResponseGate, Record, Deadline
         if later is not None:
-            # made, not yet written: the line waits for the send; for an AuditLog itself
-            # only its line (no record object), for any other sink the record
+            # not yet written: the line waits for the send; for an AuditLog itself only
+            # the values and the clock it is made of (no line, no record object), for any
+            # other sink the record
             audit = rt.state().audit
             if record_of(f).decision is not None:
                 if type(audit) is AuditLog:
-                    assert type(later.line) is str and later.log is audit
-                    assert later.event is None
+                    assert type(later.taken) is tuple and later.log is audit
+                    assert later.event is None and later.line is None
                 else:
                     assert type(later.event) is audit_event.RequestEvent
                     assert later.sink is audit and later.line is None
+                    assert later.taken is None
+            if clock is not None:  # the send takes its time
+                clock["wall"] += rng.choice([0.0004, 0.0011, 0.5, 1.0])
+                clock["mono"] += rng.choice([0.0004, 0.0011, 0.5, 1.0])
             later.run(f)
             assert aftersend.KEY not in f.metadata
             assert later.line is None and later.event is None  # emptied for the next
+            assert later.taken is None
 
     data = _written(rt, go)
     stats = audit.stats()
-    return data, {k: stats[k] for k in ("failed", "dropped", "pending", "healthy")}
+    after = _counters()
+    # (a ``_sum``'s delta to 9 places: the float sums run on from different totals)
+    counted = {k: round(v - before.get(k, 0.0), 9) for k, v in after.items()
+               if v != before.get(k, 0.0)}
+    return data, {**{k: stats[k] for k in ("failed", "dropped", "pending", "healthy")},
+                  "metrics": counted}
 
 
 @pytest.fixture
@@ -140,11 +166,15 @@ def sink_kind(request: pytest.FixtureRequest, world: Any) -> Iterator[str]:  # n
 def test_a_record_after_the_send_is_the_one_written_before(
         world: Any, clock: dict[str, float], sink_kind: str, seed: int) -> None:  # noqa: F811
     rt = world[0]
+    start = dict(clock)
     now, now_stats = _respond(rt, seed, deferred=False)
-    later, later_stats = _respond(rt, seed, deferred=True)
+    clock.update(start)
+    later, later_stats = _respond(rt, seed, deferred=True, clock=clock)
     assert later == now
     assert later_stats == now_stats
     assert now.count(b"\n") == 1 and b'"event":"request"' in now  # exactly one record
+    if sink_kind == "auditlog" and b'"service":"svc"' in now:
+        assert now_stats["metrics"]  # (counted: the comparison above compares something)
 
 
 def test_the_seeded_flows_reach_each_outcome(world: Any, clock: dict[str, float]) -> None:  # noqa: F811
@@ -243,7 +273,7 @@ def test_a_second_record_sends_the_first_on(tmp_path: Any) -> None:
     for n in range(2):
         canonical.decision_record(log, "request", None, "svc", None, "GET", HOST,
                                   f"/{n}", 200, None, "forwarded", None, None, later)
-    assert later.line is not None and '"/1"' in later.line
+    assert later.taken is not None and later.taken[7] == "/1" and later.line is None
     later.run(None)
     log.flush()
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()

@@ -508,7 +508,8 @@ def test_forward_and_request_lines_are_request_fields_lines(
     in and out of the kept second), with the texts kept and not yet: each line is the one
     ``request_fields`` makes of the same values at the same clock (the code they stand in
     for), byte for byte, and the duration is the one it rounds to; anything else is left
-    to it (None), never a different line."""
+    to it (None), never a different line. ``request_taken`` takes what ``request_line``
+    takes, and ``taken_line`` of what it took, at a later clock, is the same line."""
     from vaultproxy.audit import event as module
     from vaultproxy.audit.event import DURATION_AT, LINE_AT
 
@@ -552,6 +553,19 @@ def test_forward_and_request_lines_are_request_fields_lines(
             monkeypatch.setattr(module, "_second", (0.0, -1.0, ""))
         got_r = module.request_line(*args)  # type: ignore[arg-type]
         want = _fields_or_error(*args)
+        # request_taken (a line made after the send, seam/aftersend.py): takes exactly the
+        # values request_line takes, and the line of what it took, made at a later clock
+        # (in or out of the kept second), is the one request_line made of them now
+        taken = module.request_taken(*args)  # type: ignore[arg-type]
+        assert (taken is None) == (got_r is None), args
+        if taken is not None:
+            assert all(a is b for a, b in zip(taken, args, strict=False)) and len(taken) == 13
+            assert taken[12] == now
+            later = now + pick([0.0, 1e-4, 0.0011, 0.7, 1.0, 90.0])
+            monkeypatch.setattr(module, "_time", lambda later=later: later)
+            if rng.random() < 0.5:
+                monkeypatch.setattr(module, "_second", (0.0, -1.0, ""))
+            assert module.taken_line(taken) == got_r, args
         if got_r is None:
             left_r += 1
         else:

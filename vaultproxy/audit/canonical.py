@@ -21,6 +21,7 @@ from vaultproxy.audit.event import (
     forward_line,
     request_fields,
     request_line,
+    request_taken,
 )
 from vaultproxy.audit.log import AuditLog
 
@@ -63,13 +64,27 @@ def decision_record(
 ) -> None:
     """``record_decision`` by position (the Record stage's call, once per request: twelve
     keywords cost ~0.9k instructions to match). ``later``: the flow's ``Later``
-    (seam/aftersend.py): the record made now, exactly as without it, and its write left to
-    ``later`` (the line and the log for an ``AuditLog``, else the record and the sink),
-    which the lean layer runs right after the response's send."""
+    (seam/aftersend.py), which the lean layer runs right after the response's send: for an
+    ``AuditLog`` itself and values ``request_line`` takes, the values, the duration and the
+    clock are taken now (``request_taken``) and the line, its metrics and its write are
+    left to ``later`` (``taken_line`` of them there: the bytes ``request_line`` makes here);
+    otherwise the record is made now, exactly as without it, and its write left to
+    ``later`` (the line and the log for an ``AuditLog``, else the record and the sink)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
-    if later is not None and (later.line is not None or later.event is not None):
+    if later is not None and (
+        later.taken is not None or later.line is not None or later.event is not None
+    ):
         later.run(None)  # (never: one record per flow; nothing overwritten if it were)
     if type(sink) is AuditLog:
+        if later is not None:
+            # the values and the clock now, when request_line makes their line: the line,
+            # its metrics and its write after the send (seam/aftersend.py), the same bytes
+            taken = request_taken(event, outcome, agent, service, mode, method, host, path,
+                                  status, duration, reason, via)
+            if taken is not None:
+                later.log = sink
+                later.taken = taken
+                return
         # the line alone, when request_line takes these values (else request_fields below)
         made = request_line(event, outcome, agent, service, mode, method, host, path, status,
                             duration, reason, via)

@@ -341,18 +341,6 @@ _MAX_LINES = 1024  # each; all forgotten at once past that (hosts may be the age
 _NONE = type(None)
 
 
-def _kept_texts(
-    event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
-    method: str | None, host: str | None, status: int | None, reason: str | None,
-    via: str | None,
-) -> tuple[str, str, str] | None:
-    """The three texts of a line around its path and its duration (``request_line``), or
-    None when the event or outcome is not one a request record may have."""
-    if not event or not outcome or event == "admin" or event == "approval":  # ADMIN/APPROVAL
-        return None
-    return _texts(event, outcome, agent, service, mode, method, host, status, reason, via)
-
-
 def _texts(
     event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
     method: str | None, host: str | None, status: int | None, reason: str | None,
@@ -409,6 +397,30 @@ def forward_line(
     return None
 
 
+def request_taken(
+    event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
+    method: str | None, host: str | None, path: str | None, status: int | None,
+    duration_ms: float | None, reason: str | None, via: str | None,
+) -> tuple[Any, ...] | None:
+    """The twelve values and the clock now (``_time()``: the line's ``ts``) when
+    ``request_line`` makes a line of these values (``taken_line`` of this tuple is that
+    line), else None: they are left to ``request_fields``. seam/aftersend.py makes the line
+    of what the ``response`` hook took after the response's send: the same bytes."""
+    if (
+        type(event) is str and type(outcome) is str
+        and (type(agent) is str or agent is None) and (type(service) is str or service is None)
+        and (type(mode) is str or mode is None) and (type(method) is str or method is None)
+        and (type(host) is str or host is None) and (reason is None or type(reason) is str)
+        and (type(status) is int or status is None) and (via is None or type(via) is str)
+        and (type(path) is str or path is None)
+        and (duration_ms is None or (type(duration_ms) is float and 0.0 <= duration_ms < 1e9))
+        and event and outcome and event != "admin" and event != "approval"  # (as above)
+    ):
+        return (event, outcome, agent, service, mode, method, host, path, status, duration_ms,
+                reason, via, _time())
+    return None
+
+
 def request_line(
     event: str, outcome: str, agent: str | None, service: str | None, mode: str | None,
     method: str | None, host: str | None, path: str | None, status: int | None,
@@ -416,50 +428,44 @@ def request_line(
 ) -> tuple[str, float | None] | None:
     """The line of ``request_fields`` of the same values and the duration as it rounds it
     (``DURATION_AT``: what the metrics count), or None: those values are left to it."""
-    if (
-        type(event) is str and type(outcome) is str
-        and (type(agent) is str or agent is None) and (type(service) is str or service is None)
-        and (type(mode) is str or mode is None) and (type(method) is str or method is None)
-        and (type(host) is str or host is None) and (reason is None or type(reason) is str)
-        and (type(status) is int or status is None) and (via is None or type(via) is str)
-    ):
-        if duration_ms is None:
-            duration = "null"
-        elif type(duration_ms) is float and 0.0 <= duration_ms < 1e9:
-            fixed = f"{duration_ms:.3f}"  # (as request_fields: see there)
-            duration_ms = float(fixed)
-            duration = fixed.rstrip("0")
-            if duration[-1] == ".":
-                duration += "0"
-        else:
-            return None
-        if type(path) is str:
-            if "?" in path or "#" in path:
-                path = strip_query(path)
-            path_text = _encode_str(path)
-        elif path is None:
-            path_text = "null"
-        else:
-            return None
-        key = (event, outcome, agent, service, mode, method, host, status, reason, via)
-        kept = _LINES.get(key)
-        if kept is None:
-            kept = _kept_texts(event, outcome, agent, service, mode, method, host, status,
-                               reason, via)
-            if kept is None:
-                return None
-            if len(kept[0]) + len(kept[2]) <= _MAX_STORED_CHARS:
-                if len(_LINES) >= _MAX_LINES:
-                    _LINES.clear()
-                _LINES[key] = kept
-        t = _time()  # _now_timestamp, inline while the second is the kept one
-        lo, hi, prefix = _second
-        if lo <= t < hi:
-            return (f'{{"ts":"{prefix}{_MILLIS_Z[_floor((t - lo) * 1000.0)]}{kept[0]}'
-                    f'{path_text}{kept[1]}{duration}{kept[2]}'), duration_ms
-        return (f'{{"ts":"{_timestamp_at(t)}{kept[0]}{path_text}{kept[1]}{duration}'
-                f'{kept[2]}'), duration_ms
-    return None
+    taken = request_taken(event, outcome, agent, service, mode, method, host, path, status,
+                          duration_ms, reason, via)
+    return None if taken is None else taken_line(taken)
+
+
+def taken_line(taken: tuple[Any, ...]) -> tuple[str, float | None]:
+    """``request_line``'s line and rounded duration of what ``request_taken`` took (values
+    it checked, and the clock of the ``ts``)."""
+    event, outcome, agent, service, mode, method, host, path, status, duration_ms, reason, \
+        via, t = taken
+    if duration_ms is None:
+        duration = "null"
+    else:
+        fixed = f"{duration_ms:.3f}"  # (as request_fields: see there)
+        duration_ms = float(fixed)
+        duration = fixed.rstrip("0")
+        if duration[-1] == ".":
+            duration += "0"
+    if path is None:
+        path_text = "null"
+    else:
+        if "?" in path or "#" in path:
+            path = strip_query(path)
+        path_text = _encode_str(path)
+    key = (event, outcome, agent, service, mode, method, host, status, reason, via)
+    kept = _LINES.get(key)
+    if kept is None:
+        kept = _texts(event, outcome, agent, service, mode, method, host, status, reason, via)
+        if len(kept[0]) + len(kept[2]) <= _MAX_STORED_CHARS:
+            if len(_LINES) >= _MAX_LINES:
+                _LINES.clear()
+            _LINES[key] = kept
+    lo, hi, prefix = _second  # _now_timestamp, inline while the second is the kept one
+    if lo <= t < hi:
+        return (f'{{"ts":"{prefix}{_MILLIS_Z[_floor((t - lo) * 1000.0)]}{kept[0]}'
+                f'{path_text}{kept[1]}{duration}{kept[2]}'), duration_ms
+    return (f'{{"ts":"{_timestamp_at(t)}{kept[0]}{path_text}{kept[1]}{duration}'
+            f'{kept[2]}'), duration_ms
 
 
 #: Either kind of record: what the audit log, its sinks and the metrics accept.

@@ -11,14 +11,20 @@ once, before the connection is closed or answered otherwise, and the hook task r
 layer did not (a cancellation): what a stage left in it is written exactly once.
 
 The Record stage (stages/record.py) finds the flow's ``Later`` under ``KEY`` (none: no layer
-will run it, it writes now) and makes the ``request`` record exactly as without it (audit/
-canonical.py ``decision_record``: its line, timestamp, duration and metrics made in the hook
-as before); only the write moves: for an ``AuditLog`` itself, the line (a ``str``) and the
-log are kept (``line``, ``log``) and ``run`` calls the log's one write path with them
-(``_write(line, True)``, what ``decision_record`` would have called); for any other sink the
+will run it, it writes now) and hands it to audit/canonical.py ``decision_record``, which
+takes the record's values, its duration and the clock (``ts``) in the hook as before. For an
+``AuditLog`` itself and values audit/event.py ``request_line`` takes (``request_taken``:
+exact types; its answer then is a line, never None), only those are kept (``taken``,
+``log``) and ``run`` makes the line of them (``taken_line``: ``request_line``'s bytes of
+them, at the kept clock), counts it (``metrics.counted``, what ``decision_record``
+counted) and calls the log's one write path (``_write(line, True)``), in that order, as
+``decision_record`` did. Otherwise the record is made in the hook exactly as without a
+``Later`` and only the write moves: for an ``AuditLog`` itself, the line (a ``str``) and the
+log (``line``, ``log``), ``run`` calling ``_write(line, True)``; for any other sink the
 record and the sink (``event``, ``sink``), and ``run`` hands it over (``sink.record``). Only
-that goes there: nothing that can change or refuse the response. Nothing on mitmproxy's own
-HTTP path, or on the streamed path, opens one.
+that goes there: nothing that can change or refuse the response (``/metrics`` and the file
+are read by other events, which this process handles only after ``run``). Nothing on
+mitmproxy's own HTTP path, or on the streamed path, opens one.
 
 One ``Later`` per lean layer (a connection serves one request at a time), reused: ``run``
 empties it; ``decision_record`` writes at once rather than overwrite one that still holds
@@ -30,6 +36,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from vaultproxy.audit.event import taken_line as _taken_line
+from vaultproxy.audit.metrics import counted as _counted
+
 logger = logging.getLogger(__name__)
 
 #: the flow's ``metadata`` key of its ``Later`` (present only between the job's opening it
@@ -38,11 +47,14 @@ KEY = "vaultproxy.after_send"
 
 
 class Later:
-    """A request's audit write for after its response's send (see the module); one per
-    lean layer. (Its attributes are set in ``__init__``, none a class attribute: CPython
-    3.12 specializes no read or write of an instance attribute that shadows one.)"""
+    """A request's audit line, count and write for after its response's send (see the
+    module); one per lean layer. (Its attributes are set in ``__init__``, none a class
+    attribute: CPython 3.12 specializes no read or write of an instance attribute that
+    shadows one.)"""
 
     def __init__(self) -> None:
+        #: ``request_taken``'s values and clock of an ``AuditLog``'s line (``log``), or None
+        self.taken: tuple[Any, ...] | None = None
         #: an ``AuditLog``'s line and that log (``decision_record``'s shortcut), or None
         self.line: str | None = None
         self.log: Any = None
@@ -55,6 +67,19 @@ class Later:
         that raises is logged (its type only), as a tap is (audit/log.py)."""
         if flow is not None:
             flow.metadata.pop(KEY, None)
+        taken = self.taken
+        if taken is not None:
+            self.taken = None
+            try:
+                # ``decision_record``'s own calls, of the values and clock it took
+                made = _taken_line(taken)
+                log = self.log
+                if log.counts_metrics:
+                    _counted(taken[0], taken[3], taken[1], taken[10], made[1])
+                log._write(made[0], True)
+            except Exception as e:  # noqa: BLE001 - (as below)
+                logger.error("audit: a record after the response's send failed (%s)",
+                             type(e).__name__)
         line = self.line
         if line is not None:
             self.line = None
