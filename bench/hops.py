@@ -8,6 +8,8 @@ connection (sequential 1 KB GETs through a CONNECT tunnel, lean HTTP/1.1 path, p
     .venv/bin/python bench/hops.py ... --calls /tmp/c # the Python calls of one request cycle
     .venv/bin/python bench/hops.py --callgrind --tree base=/tmp/base --tree now=. \
         --tree base2=/tmp/base --tree now2=. -n 1000  # instructions per sequential request
+    .venv/bin/python bench/hops.py --callgrind --tree w1=. --tree w2=. --workers w2:2
+        # --workers 2: the instructions of both processes (one serves the connection)
 Per request, counted (not timed, so the machine's load does not move them):
   loop turns   ``epoll_wait``/``epoll_pwait`` calls of the serving thread (``strace -c``):
                one per turn of uvloop's loop (a turn with work queued polls with a zero
@@ -48,7 +50,7 @@ if __package__ in (None, ""):
 
 from bench.callgrind import instrumented, start_under_callgrind, stop_and_count
 from bench.inside import CALLS_PROFILE, sitecustomize, strace_counts, write_site
-from bench.lean import TreeProxy, compile_tree, load
+from bench.lean import TreeProxy, compile_tree, load, workers_by_tree, workers_for
 from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
 
@@ -222,15 +224,20 @@ def instructions(t: TreeProxy, n: int, out: Path) -> float:
     the proxy under ``valgrind --tool=callgrind --instr-atstart=no`` (bench/callgrind.py's
     start and count, without hey's concurrency: one connection, the latency case)."""
     proc, t.proxy = start_under_callgrind(t, out)
+    by_pid: dict[str, int] = {}
     try:
         conn = connect(t)
         requests(conn, 100)
-        instrumented(proc.pid, True)
+        instrumented([proc.pid, *t.worker_pids], True)
         requests(conn, n)
-        instrumented(proc.pid, False)
+        instrumented([proc.pid, *t.worker_pids], False)
         conn.close()
     finally:
-        total = stop_and_count(proc, out)
+        total = stop_and_count(proc, out, by_pid)
+    if len(by_pid) > 1:  # --workers N: which process served the connection, which idled
+        print("          per process: " + ", ".join(
+            f"pid {pid}{' (supervisor)' if int(pid) == proc.pid else ''} "
+            f"{ir / n / 1e6:.4f} M" for pid, ir in sorted(by_pid.items())), flush=True)
     return total / n
 
 
@@ -249,7 +256,11 @@ def main() -> None:
                     "the proxy: every loop turn the proxy takes after a response shows)")
     ap.add_argument("--callgrind", action="store_true",
                     help="instead: instructions per sequential request under callgrind")
+    ap.add_argument("--workers", action="append", default=[], metavar="[name:]N",
+                    help="`--workers N` for every tree, or one (name:N; default 1); with "
+                    "--callgrind the instructions of all N processes (and each one's)")
     args = ap.parse_args()
+    workers = workers_by_tree(args.workers)
     global THINK
     THINK = args.think / 1000
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
@@ -272,6 +283,7 @@ def main() -> None:
             for name, tree in trees:
                 t = TreeProxy(f"vp-{name}", name, nginx, work)
                 t.home, t.service, t.tree, t.extra_env = home, "hi", tree, envs.get(name)
+                t.workers = workers_for(workers, name)
                 per = instructions(t, args.n, work / f"callgrind.{name}.out")
                 print(f"{name:>8}: {per / 1e6:.4f} M instructions per sequential request; "
                       f"load {load()}", flush=True)
@@ -280,6 +292,7 @@ def main() -> None:
             out = work / f"counts-{name}.txt"
             t = TreeProxy(f"vp-{name}", name, nginx, work)
             t.home, t.service, t.tree = home, "hi", tree
+            t.workers = workers_for(workers, name)
             t.extra_env = {"VP_HOPS_OUT": str(out), **envs.get(name, {})}
             if args.calls:
                 t.extra_env["VP_HOPS_TRACE"] = f"{args.calls}.{name}"

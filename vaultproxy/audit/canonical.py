@@ -62,14 +62,19 @@ def decision_record(
     later: Later | None = None,
 ) -> None:
     """``record_decision`` by position (the Record stage's call, once per request: twelve
-    keywords cost ~0.9k instructions to match). ``later``: the flow's ``Later``
+    keywords cost ~0.9k instructions to match). A log whose class ``takes_lines`` (an
+    ``AuditLog``, a ``--workers`` process's ``WorkerAudit``: audit/log.py) is handed the line
+    alone, through its ``_write`` (what its ``record`` would call); any other sink the record.
+    ``later``: the flow's ``Later``
     (seam/aftersend.py): the record made now, exactly as without it, and its write left to
     ``later`` (the line and the log for an ``AuditLog``, else the record and the sink),
     which the lean layer runs right after the response's send."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
     if later is not None and (later.line is not None or later.event is not None):
         later.run(None)  # (never: one record per flow; nothing overwritten if it were)
-    if type(sink) is AuditLog:
+    kind = type(sink)
+    lines = kind is AuditLog or getattr(kind, "takes_lines", False) is True
+    if lines:
         # the line alone, when request_line takes these values (else request_fields below)
         made = request_line(event, outcome, agent, service, mode, method, host, path, status,
                             duration, reason, via)
@@ -91,7 +96,7 @@ def decision_record(
         # the duration as the record rounded it): no field read back by name
         metrics.counted(event, service, outcome, reason, fields[DURATION_AT])
     line = fields[LINE_AT]
-    if line is not None and type(sink) is AuditLog:
+    if line is not None and lines:
         if later is None:
             sink._write(line, True)  # AuditLog.record(record) without making the record
         else:
@@ -132,7 +137,9 @@ def ahead_record(
     method: str | None, host: str | None, path: str | None, via: str | None = None,
 ) -> bool:
     """``record_ahead`` by position (stages/ahead.py's call, once per injected request)."""
-    if type(sink) is AuditLog:
+    kind = type(sink)
+    lines = kind is AuditLog or getattr(kind, "takes_lines", False) is True
+    if lines:
         # the line alone, when forward_line takes these values (else request_fields below)
         line = forward_line(agent, service, mode, method, host, path, via)
         if line is not None:
@@ -142,7 +149,7 @@ def ahead_record(
         None, via,
     )
     line = fields[LINE_AT]
-    if line is not None and type(sink) is AuditLog:
+    if line is not None and lines:
         # AuditLog.ahead(record) without making the record
         return sink._write(line, sink.on_failure == "continue")
     return sink.ahead(_tuple_new(RequestEvent, fields))  # type: ignore[arg-type]
