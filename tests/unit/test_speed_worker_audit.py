@@ -326,7 +326,7 @@ def test_line_fields_count_what_the_model_counts() -> None:
         assert all(type(a) is type(b) for a, b in zip(fast, want, strict=True))
         d = fast[-1]
         assert d is None or (math.isfinite(d) and d == round(d, 3))
-    assert taken > 1000 and left > 1000  # twin: both the shortcut and the model reached
+    assert taken > 1000 and left > 500  # twin: both the shortcut and the model reached
 
 
 def test_observed_line_counts_as_observed_of_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
