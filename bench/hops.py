@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import http.client
+import os
 import signal
 import ssl
 import subprocess
@@ -157,6 +158,29 @@ def connect(t: TreeProxy) -> http.client.HTTPSConnection:
     return conn
 
 
+SERVED_BY = "any"  # --served-by: which process of --workers N must serve the connection
+
+
+def holder(pids: list[int], conn: http.client.HTTPSConnection) -> int | None:
+    """Which of ``pids`` holds the proxy's end of ``conn`` (/proc/net/tcp: the socket
+    whose remote port is the client's local port; /proc/PID/fd: who holds its inode)."""
+    assert conn.sock is not None
+    port = conn.sock.getsockname()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[2].rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{f[9]}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
 THINK = 0.0  # seconds the agent waits between a response and its next request (--think)
 
 
@@ -228,6 +252,16 @@ def instructions(t: TreeProxy, n: int, out: Path) -> float:
     try:
         conn = connect(t)
         requests(conn, 100)
+        if t.worker_pids and SERVED_BY != "any":  # --workers N: the process it landed on
+            for _ in range(40):
+                held = holder([proc.pid, *t.worker_pids], conn)
+                if (held == proc.pid) == (SERVED_BY == "supervisor"):
+                    break
+                conn.close()
+                conn = connect(t)
+                requests(conn, 100)
+            else:
+                raise RuntimeError(f"no connection served by the {SERVED_BY} in 40 tries")
         instrumented([proc.pid, *t.worker_pids], True)
         requests(conn, n)
         instrumented([proc.pid, *t.worker_pids], False)
@@ -259,8 +293,13 @@ def main() -> None:
     ap.add_argument("--workers", action="append", default=[], metavar="[name:]N",
                     help="`--workers N` for every tree, or one (name:N; default 1); with "
                     "--callgrind the instructions of all N processes (and each one's)")
+    ap.add_argument("--served-by", choices=("any", "worker", "supervisor"), default="any",
+                    help="with --workers N and --callgrind: reconnect until the connection "
+                    "is served by an extra worker (or the supervisor, worker 0)")
     args = ap.parse_args()
     workers = workers_by_tree(args.workers)
+    global SERVED_BY
+    SERVED_BY = args.served_by
     global THINK
     THINK = args.think / 1000
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [

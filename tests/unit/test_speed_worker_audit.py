@@ -339,3 +339,62 @@ def test_observed_line_counts_as_observed_of_the_model(monkeypatch: pytest.Monke
     metrics.observed_line({**good, "extra": 1})  # refused by the model: not counted
     assert calls == [("request", "hi", "injected", None, 1.235),
                      ("request", "hi", "injected", None, 3.0)]
+
+
+def _old_intake(line: str) -> None:
+    """The supervisor's count of a worker's line before (engine/workers.py ``_audit``)."""
+    try:
+        record = json.loads(line)
+        if record.get("event") == "request":
+            metrics.observed(AuditEvent(**record))
+    except Exception:  # noqa: BLE001, S110
+        pass
+
+
+def test_the_supervisor_counts_a_workers_lines_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Supervisor._audit`` (a forward line not parsed; a request line counted by
+    ``line_fields``) counts what the code it replaces counted, on seeded lines: the
+    canonical ones, and the same with escapes (an event spelt ``req\\u0075est``), a field
+    whose value is "request", whitespace, another JSON value, broken JSON. Every line still
+    reaches the sinks (``on_audit_line``), whole."""
+    from vaultproxy.engine.workers import Supervisor
+
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(metrics, "counted", lambda *a: calls.append(a))
+    offered: list[tuple[str, int]] = []
+    fake = types.SimpleNamespace(on_audit_line=lambda line, pid: offered.append((line, pid)))
+    rng = random.Random(97)
+    skipped = 0
+    for n in range(5000):
+        (event, outcome, agent, service, mode, method, host, path, status, reason,
+         via) = _values(rng)
+        event = rng.choice(["request", "forward", event])
+        duration = rng.choice([None, 1.5, 12.3456789])
+        try:
+            line = request_fields(event, outcome, agent, service, mode, method, host, path,
+                                  status, duration, reason, via)[-1]
+        except (ValueError, TypeError):
+            continue
+        if line is None:
+            continue
+        what = rng.randrange(8)
+        if what == 0:
+            line = line.replace('"request"', '"req\\u0075est"')
+        elif what == 1:
+            line = line.replace('"forward"', '"req\\u0075est"')
+        elif what == 2:
+            line = line.replace('"path":', '"path":"request","x":', 1)
+        elif what == 3:
+            line = line.replace('"event":', '"event" : ', 1)
+        elif what == 4:
+            line = rng.choice(['["request"]\n', '"request"\n', '{"event":"request"\n', "{}\n",
+                               '{"event":"forward"}\n'])
+        calls.clear()
+        _old_intake(line)
+        want = list(calls)
+        calls.clear()
+        Supervisor._audit(fake, bytearray(line.encode()), n)  # type: ignore[arg-type]
+        assert calls == want, line
+        assert offered[-1] == (line, n)
+        skipped += '"request"' not in line and "\\" not in line
+    assert 300 < skipped < 4000  # twin: both the unparsed and the parsed lines reached

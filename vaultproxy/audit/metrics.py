@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from threading import get_ident
@@ -229,7 +228,10 @@ def observed_line(record: dict[str, Any]) -> None:
 
 _LINE_KEYS = frozenset(SPEC_FIELDS)
 _LINE_KEYS_VIA = frozenset((*SPEC_FIELDS, "via"))
-_TS = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+# ``TS_PATTERN`` in ASCII digits: every digit made "0" gives exactly this (``str.translate``:
+# a tenth of a regular expression's match)
+_TS_SHAPE = "0000-00-00T00:00:00.000Z"
+_TO_ZERO = str.maketrans("123456789", "000000000")
 
 
 def line_fields(record: dict[str, Any]) -> tuple[str, str | None, str, str | None,
@@ -258,7 +260,7 @@ def line_fields(record: dict[str, Any]) -> tuple[str, str | None, str, str | Non
     if status is not None and type(status) is not int:
         return None
     ts = record["ts"]
-    if type(ts) is not str or _TS.fullmatch(ts) is None:
+    if type(ts) is not str or len(ts) != 24 or ts.translate(_TO_ZERO) != _TS_SHAPE:
         return None
     duration = record["duration_ms"]
     if duration is not None:

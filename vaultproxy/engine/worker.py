@@ -40,6 +40,7 @@ from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
+from vaultproxy.seam import accept as seam_accept
 from vaultproxy.seam import listener as seam_listener
 from vaultproxy.values import logfilter
 
@@ -113,6 +114,24 @@ def _audit_report(state: ProxyState) -> dict[str, Any]:
     return {"audit": report()} if callable(report) else {}
 
 
+_OCCUPANCY_FRAMES = {True: frame({"op": "busy"}), False: frame({"op": "idle"})}
+
+
+def _report_occupancy(writer: asyncio.StreamWriter) -> None:
+    """From now on tell the supervisor when this worker takes its first connection
+    (``busy``) and ends its last (``idle``): it pings only a worker that holds a connection
+    (engine/workers.py). Until the first ``idle`` it takes this worker for busy."""
+    occupancy = seam_accept.OCCUPANCY
+
+    def notify(busy: bool) -> None:
+        if not writer.is_closing():
+            writer.write(_OCCUPANCY_FRAMES[busy])
+
+    occupancy.notify = notify
+    if occupancy.count == 0:
+        notify(False)
+
+
 async def orphaned(m: Any, state: ProxyState) -> None:
     """The supervisor is gone (its end of the channel closed: it exited or was killed).
     At once: stop accepting and lock (a request not yet injected gets ``503 locked``); the
@@ -161,6 +180,8 @@ async def run(fd: int) -> int:
     try:
         await wait_listening(m, master_task)
         writer.write(frame({"op": "ready"}))
+        if isinstance(listen_fd, int):  # the shared socket's SharedServer counts connections
+            _report_occupancy(writer)
         # The ~70k objects of start-up (modules, config, chain) leave the cyclic GC: a full
         # collection walked them all (~100 ms, a pause in whatever response was streaming).
         gc.freeze()

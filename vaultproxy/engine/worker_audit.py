@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from vaultproxy.audit import AuditLog
-from vaultproxy.audit.event import AnyEvent
 from vaultproxy.engine.channel import frame, frame_head
 
 # The header of every ``audit`` frame, by whether the write worked (built once: two records
