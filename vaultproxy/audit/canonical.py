@@ -74,17 +74,18 @@ def decision_record(
         later.run(None)  # (never: one record per flow; nothing overwritten if it were)
     kind = type(sink)
     lines = kind is AuditLog or getattr(kind, "takes_lines", False) is True
+    log: AuditLog = sink  # type: ignore[assignment]  # (used only when ``lines``)
     if lines:
         # the line alone, when request_line takes these values (else request_fields below)
         made = request_line(event, outcome, agent, service, mode, method, host, path, status,
                             duration, reason, via)
         if made is not None:
-            if sink.counts_metrics:  # (as below: the duration as the record rounds it)
+            if log.counts_metrics:  # (as below: the duration as the record rounds it)
                 metrics.counted(event, service, outcome, reason, made[1])
             if later is None:
-                sink._write(made[0], True)
+                log._write(made[0], True)
             else:  # (the same call, after the send)
-                later.log = sink
+                later.log = log
                 later.line = made[0]
             return
     fields = request_fields(  # by position
@@ -98,9 +99,9 @@ def decision_record(
     line = fields[LINE_AT]
     if line is not None and lines:
         if later is None:
-            sink._write(line, True)  # AuditLog.record(record) without making the record
+            log._write(line, True)  # AuditLog.record(record) without making the record
         else:
-            later.log = sink
+            later.log = log
             later.line = line
     elif later is None:
         sink.record(_tuple_new(RequestEvent, fields))
@@ -139,11 +140,12 @@ def ahead_record(
     """``record_ahead`` by position (stages/ahead.py's call, once per injected request)."""
     kind = type(sink)
     lines = kind is AuditLog or getattr(kind, "takes_lines", False) is True
+    log: AuditLog = sink  # type: ignore[assignment]  # (used only when ``lines``)
     if lines:
         # the line alone, when forward_line takes these values (else request_fields below)
         line = forward_line(agent, service, mode, method, host, path, via)
         if line is not None:
-            return sink._write(line, sink.on_failure == "continue")
+            return log._write(line, log.on_failure == "continue")
     fields = request_fields(  # by position
         FORWARD_EVENT, "forwarding", agent, service, mode, method, host, path, None, None,
         None, via,
@@ -151,7 +153,7 @@ def ahead_record(
     line = fields[LINE_AT]
     if line is not None and lines:
         # AuditLog.ahead(record) without making the record
-        return sink._write(line, sink.on_failure == "continue")
+        return log._write(line, log.on_failure == "continue")
     return sink.ahead(_tuple_new(RequestEvent, fields))  # type: ignore[arg-type]
 
 

@@ -20,10 +20,16 @@ Coherence, over one private socketpair per worker (engine/channel.py):
   and sends each line to the supervisor, which counts it for ``/metrics`` and feeds the sinks;
   ``GET /v1/audit`` and ``/metrics`` run the same barrier first, so a request answered by a
   worker is in the audit before the admin API reads it.
-- Heartbeat: every ``HEARTBEAT_INTERVAL`` the supervisor pings each worker; one that has not
-  answered for ``HEARTBEAT_DEADLINE`` (wedged, or stopped with SIGSTOP) is replaced: a new
-  worker starts in its slot at once, the old one is continued and asked to drain, and killed
-  if it has not exited after ``DRAIN_SECONDS``. Each step is logged. The barrier never waits
+- Heartbeat: every ``HEARTBEAT_INTERVAL`` the supervisor pings each watched worker; one that
+  has not answered for ``HEARTBEAT_DEADLINE`` (wedged, or stopped with SIGSTOP) is replaced:
+  a new worker starts in its slot at once, the old one is continued and asked to drain, and
+  killed if it has not exited after ``DRAIN_SECONDS``. Each step is logged. Watched: a worker
+  that holds a connection (it says ``busy`` on its first and ``idle`` when its last ends:
+  seam/accept.py ``Occupancy``), is starting, has a ping unanswered, or that the kernel
+  reported stopped (``_watch_stops``: a thread blocked in ``waitid``, no timer). A worker
+  with no connection strands nothing if it stops or wedges (it accepts nothing then; the
+  others take every new connection), and a stop is seen at once: so while no worker holds a
+  connection, no process of an idle proxy wakes. The barrier never waits
   on a stopped worker: it is killed at once (it cannot confirm the new state, and it must not
   serve a connection under the old one when continued).
 - Lifetime: a worker that exits unexpectedly is restarted (at most ``MAX_RESTARTS`` per
