@@ -100,7 +100,8 @@ async def _follow(
             elif op == "serve" and serving is not None:
                 serving.set()
             if op in ("state", "ping"):
-                pong = {"op": "pong", "n": header.get("n", 0), **_audit_report(state)}
+                pong = {"op": "pong", "n": header.get("n", 0), **_audit_report(state),
+                        **_OCCUPANCY.report()}
                 writer.write(frame(pong))
     except ChannelClosed:
         return "eof"
@@ -114,22 +115,44 @@ def _audit_report(state: ProxyState) -> dict[str, Any]:
     return {"audit": report()} if callable(report) else {}
 
 
-_OCCUPANCY_FRAMES = {True: frame({"op": "busy"}), False: frame({"op": "idle"})}
+class _Occupancy:
+    """What this worker tells the supervisor of its connections, which pings only a worker
+    that holds one (engine/workers.py): ``busy`` at once when it takes a connection while
+    the supervisor takes it for idle; ``conns`` (their number) in every pong, which is how
+    it learns that the last one ended (at the next ping: not a frame per connection). Until
+    it is told ``idle`` the supervisor takes a worker for busy."""
+
+    _BUSY = frame({"op": "busy"})
+    _IDLE = frame({"op": "idle"})
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.idle_told = False  # the supervisor's last word from us: no connection
+
+    def start(self, writer: asyncio.StreamWriter) -> None:
+        """From now on (the shared socket's SharedServer counts connections)."""
+        self.writer = writer
+        seam_accept.OCCUPANCY.notify = self._notify
+        if seam_accept.OCCUPANCY.count == 0:
+            self.idle_told = True
+            writer.write(self._IDLE)
+
+    def _notify(self, busy: bool) -> None:
+        writer = self.writer
+        if busy and self.idle_told and writer is not None and not writer.is_closing():
+            self.idle_told = False
+            writer.write(self._BUSY)
+
+    def report(self) -> dict[str, int]:
+        """``conns`` for a pong (nothing before ``start``: the supervisor keeps "busy")."""
+        if self.writer is None:
+            return {}
+        count = seam_accept.OCCUPANCY.count
+        self.idle_told = count == 0
+        return {"conns": count}
 
 
-def _report_occupancy(writer: asyncio.StreamWriter) -> None:
-    """From now on tell the supervisor when this worker takes its first connection
-    (``busy``) and ends its last (``idle``): it pings only a worker that holds a connection
-    (engine/workers.py). Until the first ``idle`` it takes this worker for busy."""
-    occupancy = seam_accept.OCCUPANCY
-
-    def notify(busy: bool) -> None:
-        if not writer.is_closing():
-            writer.write(_OCCUPANCY_FRAMES[busy])
-
-    occupancy.notify = notify
-    if occupancy.count == 0:
-        notify(False)
+_OCCUPANCY = _Occupancy()
 
 
 async def orphaned(m: Any, state: ProxyState) -> None:
@@ -181,7 +204,7 @@ async def run(fd: int) -> int:
         await wait_listening(m, master_task)
         writer.write(frame({"op": "ready"}))
         if isinstance(listen_fd, int):  # the shared socket's SharedServer counts connections
-            _report_occupancy(writer)
+            _OCCUPANCY.start(writer)
         # The ~70k objects of start-up (modules, config, chain) leave the cyclic GC: a full
         # collection walked them all (~100 ms, a pause in whatever response was streaming).
         gc.freeze()

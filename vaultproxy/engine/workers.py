@@ -24,14 +24,14 @@ Coherence, over one private socketpair per worker (engine/channel.py):
   has not answered for ``HEARTBEAT_DEADLINE`` (wedged, or stopped with SIGSTOP) is replaced:
   a new worker starts in its slot at once, the old one is continued and asked to drain, and
   killed if it has not exited after ``DRAIN_SECONDS``. Each step is logged. Watched: a worker
-  that holds a connection (it says ``busy`` on its first and ``idle`` when its last ends:
-  seam/accept.py ``Occupancy``), is starting, has a ping unanswered, or that the kernel
-  reported stopped (``_watch_stops``: a thread blocked in ``waitid``, no timer). A worker
-  with no connection strands nothing if it stops or wedges (it accepts nothing then; the
-  others take every new connection), and a stop is seen at once: so while no worker holds a
-  connection, no process of an idle proxy wakes. The barrier never waits
-  on a stopped worker: it is killed at once (it cannot confirm the new state, and it must not
-  serve a connection under the old one when continued).
+  that holds a connection (it says ``busy`` at once when it takes one after it was idle, and
+  its number of connections in every pong: engine/worker.py ``_Occupancy``), is starting,
+  has a ping unanswered, or that the kernel reported stopped (``_watch_stops``: a thread
+  blocked in ``waitid``, no timer). A worker with no connection strands nothing if it stops
+  or wedges (it accepts nothing then; the others take every new connection), and a stop is
+  seen at once: so while no worker holds a connection, no process of an idle proxy wakes.
+  The barrier never waits on a stopped worker: it is killed at once (it cannot confirm the
+  new state, and it must not serve a connection under the old one when continued).
 - Lifetime: a worker that exits unexpectedly is restarted (at most ``MAX_RESTARTS`` per
   ``RESTART_WINDOW`` per slot); a worker whose channel closes (supervisor gone) locks and
   exits at once. SIGTERM to the supervisor sends ``stop`` to every worker: each drains its
@@ -380,13 +380,16 @@ class Supervisor:
                     spawn_serve(self.state, w.send, header)
                 elif op == "access":  # approvals, grants, rate limits (access_channel.py)
                     self.access.spawn(w.slot, w.send, header)
-                elif op == "busy" or op == "idle":  # its first connection / its last ended
+                elif op == "busy" or op == "idle":  # a connection after its idle / at start
                     w.busy = op == "busy"
                     if w.busy:
                         self._beat_wake.wake()
                 elif op == "audit_state" or op == "pong":
                     if isinstance(header.get("audit"), dict):
                         w.audit = header["audit"]
+                    conns = header.get("conns")
+                    if type(conns) is int:  # (a pong: its connections when it answered)
+                        w.busy = conns > 0
                 if op == "pong":
                     w.last_pong = time.monotonic()
                     async with w.cond:

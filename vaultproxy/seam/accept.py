@@ -139,7 +139,8 @@ class Occupancy:
     """The connections this process's SharedServers serve, and a callback on the
     first one (``notify(True)``) and the end of the last one (``notify(False)``): a
     ``--workers`` process tells its supervisor whether it holds any connection, and one
-    that holds none is not pinged (engine/workers.py: an idle proxy sleeps). Loop thread."""
+    that holds none is not pinged (engine/worker.py ``_Occupancy``, engine/workers.py: an
+    idle proxy sleeps). Loop thread."""
 
     def __init__(self) -> None:
         self.count = 0
