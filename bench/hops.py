@@ -8,6 +8,8 @@ connection (sequential 1 KB GETs through a CONNECT tunnel, lean HTTP/1.1 path, p
     .venv/bin/python bench/hops.py ... --calls /tmp/c # the Python calls of one request cycle
     .venv/bin/python bench/hops.py --callgrind --tree base=/tmp/base --tree now=. \
         --tree base2=/tmp/base --tree now2=. -n 1000  # instructions per sequential request
+    .venv/bin/python bench/hops.py --callgrind --tree w1=. --tree w2=. --workers w2:2
+        # --workers 2: the instructions of both processes (one serves the connection)
 Per request, counted (not timed, so the machine's load does not move them):
   loop turns   ``epoll_wait``/``epoll_pwait`` calls of the serving thread (``strace -c``):
                one per turn of uvloop's loop (a turn with work queued polls with a zero
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import http.client
+import os
 import signal
 import ssl
 import subprocess
@@ -48,7 +51,7 @@ if __package__ in (None, ""):
 
 from bench.callgrind import instrumented, start_under_callgrind, stop_and_count
 from bench.inside import CALLS_PROFILE, sitecustomize, strace_counts, write_site
-from bench.lean import TreeProxy, compile_tree, load
+from bench.lean import TreeProxy, compile_tree, load, workers_by_tree, workers_for
 from bench.targets import VaultproxyHome
 from bench.upstream import Nginx, stop_process
 
@@ -155,6 +158,29 @@ def connect(t: TreeProxy) -> http.client.HTTPSConnection:
     return conn
 
 
+SERVED_BY = "any"  # --served-by: which process of --workers N must serve the connection
+
+
+def holder(pids: list[int], conn: http.client.HTTPSConnection) -> int | None:
+    """Which of ``pids`` holds the proxy's end of ``conn`` (/proc/net/tcp: the socket
+    whose remote port is the client's local port; /proc/PID/fd: who holds its inode)."""
+    assert conn.sock is not None
+    port = conn.sock.getsockname()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[2].rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{f[9]}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in inodes:
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
 THINK = 0.0  # seconds the agent waits between a response and its next request (--think)
 
 
@@ -222,15 +248,30 @@ def instructions(t: TreeProxy, n: int, out: Path) -> float:
     the proxy under ``valgrind --tool=callgrind --instr-atstart=no`` (bench/callgrind.py's
     start and count, without hey's concurrency: one connection, the latency case)."""
     proc, t.proxy = start_under_callgrind(t, out)
+    by_pid: dict[str, int] = {}
     try:
         conn = connect(t)
         requests(conn, 100)
-        instrumented(proc.pid, True)
+        if t.worker_pids and SERVED_BY != "any":  # --workers N: the process it landed on
+            for _ in range(40):
+                held = holder([proc.pid, *t.worker_pids], conn)
+                if (held == proc.pid) == (SERVED_BY == "supervisor"):
+                    break
+                conn.close()
+                conn = connect(t)
+                requests(conn, 100)
+            else:
+                raise RuntimeError(f"no connection served by the {SERVED_BY} in 40 tries")
+        instrumented([proc.pid, *t.worker_pids], True)
         requests(conn, n)
-        instrumented(proc.pid, False)
+        instrumented([proc.pid, *t.worker_pids], False)
         conn.close()
     finally:
-        total = stop_and_count(proc, out)
+        total = stop_and_count(proc, out, by_pid)
+    if len(by_pid) > 1:  # --workers N: which process served the connection, which idled
+        print("          per process: " + ", ".join(
+            f"pid {pid}{' (supervisor)' if int(pid) == proc.pid else ''} "
+            f"{ir / n / 1e6:.4f} M" for pid, ir in sorted(by_pid.items())), flush=True)
     return total / n
 
 
@@ -249,7 +290,16 @@ def main() -> None:
                     "the proxy: every loop turn the proxy takes after a response shows)")
     ap.add_argument("--callgrind", action="store_true",
                     help="instead: instructions per sequential request under callgrind")
+    ap.add_argument("--workers", action="append", default=[], metavar="[name:]N",
+                    help="`--workers N` for every tree, or one (name:N; default 1); with "
+                    "--callgrind the instructions of all N processes (and each one's)")
+    ap.add_argument("--served-by", choices=("any", "worker", "supervisor"), default="any",
+                    help="with --workers N and --callgrind: reconnect until the connection "
+                    "is served by an extra worker (or the supervisor, worker 0)")
     args = ap.parse_args()
+    workers = workers_by_tree(args.workers)
+    global SERVED_BY
+    SERVED_BY = args.served_by
     global THINK
     THINK = args.think / 1000
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
@@ -272,6 +322,7 @@ def main() -> None:
             for name, tree in trees:
                 t = TreeProxy(f"vp-{name}", name, nginx, work)
                 t.home, t.service, t.tree, t.extra_env = home, "hi", tree, envs.get(name)
+                t.workers = workers_for(workers, name)
                 per = instructions(t, args.n, work / f"callgrind.{name}.out")
                 print(f"{name:>8}: {per / 1e6:.4f} M instructions per sequential request; "
                       f"load {load()}", flush=True)
@@ -280,6 +331,7 @@ def main() -> None:
             out = work / f"counts-{name}.txt"
             t = TreeProxy(f"vp-{name}", name, nginx, work)
             t.home, t.service, t.tree = home, "hi", tree
+            t.workers = workers_for(workers, name)
             t.extra_env = {"VP_HOPS_OUT": str(out), **envs.get(name, {})}
             if args.calls:
                 t.extra_env["VP_HOPS_TRACE"] = f"{args.calls}.{name}"

@@ -4,15 +4,16 @@
     .venv/bin/python bench/lean.py                       # this checkout only, 3 rounds
     .venv/bin/python bench/lean.py --tree main=/tmp/main-src --tree lean=. --rounds 4
     .venv/bin/python bench/lean.py --tree stock=. --tree lean=. --env stock:VAULTPROXY_LEAN_HTTP1=0
+    .venv/bin/python bench/lean.py --tree w1=. --tree w2=. --workers w2:2   # --workers 2 vs 1
 
 Each tree is a checkout of vaultproxy (e.g. `git archive main | tar -x -C /tmp/main-src`); every
-round starts `vaultproxy run --workers 1` from each tree in turn (A, B, A, B, ...) against the
+round starts `vaultproxy run --workers 1` (``--workers [name:]N``) from each tree in turn (A, B, A, B, ...) against the
 same nginx and home, so load drift on this shared machine hits both alike. Per start:
 
   ready       seconds from exec to run.json written (and the process's CPU seconds until
               then, steadier on a loaded machine), and to the first 200 through the proxy
   RSS start   VmRSS of the proxy process once it answered that first request
-  CPU/req     utime+stime of the proxy process (/proc/PID/stat) over a fixed number of 1 KB
+  CPU/req     utime+stime of the proxy process(es: all N) (/proc/PID/stat) over a fixed number of 1 KB
               keep-alive GETs on 10 connections, divided by N; "sys" is the stime part. The
               client (``--client``): bench/keepalive.py (default: exactly 10 connections,
               in its own process) or `hey -c 10 -n N` (Go's transport sometimes dials a
@@ -51,6 +52,26 @@ def cpu_split(pid: int) -> tuple[float, float]:
     also runs the peer's TCP receive path) is a floor no change in Python can lower."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICK, int(fields[12]) / TICK  # utime, stime
+
+
+def cpu_split_all(pids: list[int]) -> tuple[float, float]:
+    """``cpu_split`` summed over the processes (``--workers N``: all N)."""
+    splits = [cpu_split(pid) for pid in pids]
+    return sum(u for u, _ in splits), sum(s for _, s in splits)
+
+
+def workers_by_tree(specs: list[str]) -> dict[str, int]:
+    """``--workers`` values: ``N`` (every tree) or ``name:N`` (one tree; repeatable); a tree
+    without one runs ``--workers 1``. Keys: tree names, ``""`` for every tree."""
+    out: dict[str, int] = {}
+    for spec in specs:
+        name, _, count = spec.rpartition(":")
+        out[name] = int(count)
+    return out
+
+
+def workers_for(workers: dict[str, int], name: str) -> int:
+    return workers.get(name, workers.get("", 1))
 
 
 def passive_opens() -> int:
@@ -120,6 +141,7 @@ class TreeProxy(Vaultproxy):
                 data = {}
             if data.get("pid") == self.proc.pid:
                 self.proxy = data["proxy_url"]
+                self.worker_pids = tuple(data.get("worker_pids", []))
                 self.ready_cpu_s = cpu_seconds(self.proc.pid)
                 break
             time.sleep(0.005)
@@ -149,6 +171,7 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float,
     t.start()
     assert t.proc is not None
     pid = t.proc.pid
+    pids = t.pids  # with --workers N: every process (CPU summed over all of them)
     first = sequential(t.base, "/1k", proxy=t.proxy, headers=(), count=1, limit_s=20)
     first_200 = (t.ready_s if first.ok() else float("nan")) + first.p50_ms / 1000
     first_200 = time.monotonic() - t0
@@ -156,10 +179,10 @@ def measure(t: TreeProxy, n: int, seq_n: int, direct_p50: float,
     rss = rss_mib(pid)
     keepalive_load(client, t.base + "/1k", t.proxy, 300)  # warm: leaves, connections
     time.sleep(0.3)
-    u0, s0 = cpu_split(pid)
+    u0, s0 = cpu_split_all(pids)
     opens = passive_opens()
     res = keepalive_load(client, t.base + "/1k", t.proxy, n)
-    u1, s1 = cpu_split(pid)
+    u1, s1 = cpu_split_all(pids)
     opens = passive_opens() - opens
     c0, c1 = u0 + s0, u1 + s1
     ok = sum(v for k, v in res.statuses.items() if k == 200)
@@ -191,7 +214,11 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=1500, help="sequential requests per p50")
     ap.add_argument("--client", choices=("ours", "hey"), default="ours",
                     help="the keep-alive load client: bench/keepalive.py (default) or hey")
+    ap.add_argument("--workers", action="append", default=[], metavar="[name:]N",
+                    help="`vaultproxy run --workers N` for every tree, or for one tree "
+                    "(name:N, repeatable; default 1); CPU is summed over all N processes")
     args = ap.parse_args()
+    workers = workers_by_tree(args.workers)
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
         ("this", Path(__file__).resolve().parents[1])
     ]
@@ -215,6 +242,7 @@ def main() -> None:
                 t = TreeProxy(f"vp-{name}", name, nginx, work)
                 t.home, t.service, t.tree = home, "hi", tree
                 t.extra_env = envs.get(name)
+                t.workers = workers_for(workers, name)
                 try:
                     m = measure(t, args.n, args.seq, direct.p50_ms, args.client)
                 finally:

@@ -4,7 +4,10 @@
   the same join succeeds against a plain SO_REUSEPORT listener), and every worker holds the
   very same socket;
 - a SIGSTOPped worker strands no new connection (all answered while it is stopped), the
-  supervisor's heartbeat replaces it and says so, and the old process drains and exits;
+  supervisor's heartbeat replaces it within its bound and says so (stopped while idle: the
+  kernel's notice makes the heartbeat watch it), and the old process drains and exits;
+- an idle proxy sleeps: no process wakes while no worker holds a connection; a worker that
+  holds one is pinged every second (the twin), and sleeps again once it is closed;
 - a reload while a worker is stopped returns promptly (the stopped worker is replaced, not
   waited on) and the new registry is served;
 - ``/metrics``' audit counters never go backwards when a worker is killed with SIGKILL;
@@ -31,6 +34,7 @@ from tests.harness.proxy import ProxyProcess
 from tests.harness.upstream import Upstream
 from tests.integration.conftest import agent_client, service_block
 from tests.integration.test_admin import Quiet, unix
+from vaultproxy.engine.workers import HEARTBEAT_DEADLINE, HEARTBEAT_INTERVAL
 
 pytestmark = pytest.mark.integration
 
@@ -135,19 +139,29 @@ def test_nothing_joins_the_proxy_port(proxy: ProxyProcess) -> None:
 
 
 def test_a_stopped_worker_strands_nothing_and_is_replaced(proxy: ProxyProcess) -> None:
+    """The worker is idle (no connection: not pinged until the kernel says it stopped) when
+    it is stopped: it is replaced within the heartbeat's bound all the same."""
     old = serving_worker(proxy)
+    time.sleep(1.5)  # idle: its connections (serving_worker's probes) are over
     os.kill(old, signal.SIGSTOP)
+    stopped = time.monotonic()
+    replaced = re.compile(rf"worker 1 \(pid {old}\) is stopped: no heartbeat answer")
     try:
         started = time.monotonic()
         statuses = probe_all(proxy, "stopped")
         took = time.monotonic() - started
         assert statuses == [200] * PROBES, statuses  # each answered (client timeout: 20 s)
+        assert wait_for(lambda: replaced.search(proxy.output()) is not None, 20), \
+            proxy.output()
+        noticed = time.monotonic() - stopped
         assert wait_for(lambda: worker_pid(proxy) not in (None, old)), proxy.output()
     finally:
         with contextlib.suppress(ProcessLookupError):  # the supervisor may have reaped it
             os.kill(old, signal.SIGCONT)
+    # the bound: no answer for HEARTBEAT_DEADLINE (5 s), counted in 1 s rounds, + slack
+    assert noticed < HEARTBEAT_DEADLINE + 2 * HEARTBEAT_INTERVAL + 3.0, noticed
     out = proxy.output()
-    assert re.search(rf"worker 1 \(pid {old}\) is stopped: no heartbeat answer", out), out
+    assert replaced.search(out), out
     assert wait_for(lambda: not os.path.exists(f"/proc/{old}")
                     or Path(f"/proc/{old}/stat").read_text().split()[2] == "Z")
     assert wait_for(lambda: f"replaced worker 1 (pid {old}) exited" in proxy.output())
@@ -238,3 +252,75 @@ def test_an_orphaned_worker_exits_cleanly_with_requests_in_flight(tmp_path: Path
     assert re.search(r"finishes its [1-9]\d* in-flight request", out), out
     assert "still in flight at shutdown" in out, out
     assert "CancelledError" not in out and "Traceback" not in out, out
+
+
+def _switches(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid``: one per wake from a sleep."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def _wakes(pids: list[int], seconds: float) -> list[int]:
+    before = [_switches(p) for p in pids]
+    time.sleep(seconds)
+    return [_switches(p) - b for p, b in zip(pids, before, strict=True)]
+
+
+def _held_by(pid: int, sock: socket.socket) -> bool:
+    """Does ``pid`` hold the proxy's end of ``sock`` (its accepted socket)?"""
+    port = sock.getsockname()[1]
+    inodes = {f"socket:[{line.split()[9]}]"
+              for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+              if int(line.split()[2].rsplit(":", 1)[1], 16) == port}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) in inodes:
+                return True
+    return False
+
+
+def test_an_idle_proxy_sleeps_and_a_worker_with_a_connection_is_watched(
+    start_proxy, upstream: Upstream,  # type: ignore[no-untyped-def]
+) -> None:
+    """No connection: neither process wakes (the heartbeat pinged every worker every second:
+    ~3 wakes a second in the supervisor, 1 in the worker). A connection held by the worker:
+    it is pinged every second (twin); closed: both sleep again. (No upstream pool: its
+    watcher looks once a second while an HTTP/2 pool holds a connection, up to
+    ``upstream_pool_idle`` after the last request.)"""
+    toml = "[proxy]\nupstream_pool_idle = 0\n\n" + service_block(
+        "wf", "host_inject", "bearer", upstream.port)
+    proxy = start_proxy(toml, Quiet({"wf": make_canary()}), args=("--workers", "2"))
+    worker = serving_worker(proxy)
+    pids = [proxy.proc.pid, worker]
+    time.sleep(2.0)  # serving_worker's probes are over, their last pings answered
+    idle = _wakes(pids, 3.0)
+    assert max(idle) <= 1, idle
+    held: socket.socket | None = None
+    tries: list[socket.socket] = []
+    try:
+        for _ in range(60):  # one accept queue: a new connection lands on either process
+            s = socket.create_connection(("127.0.0.1", proxy.port))
+            tries.append(s)
+            if wait_for(lambda s=s: _held_by(worker, s) or _held_by(proxy.proc.pid, s), 5) \
+                    and _held_by(worker, s):
+                held = s
+                break
+        assert held is not None, "no connection landed on the worker"
+        for s in tries:
+            if s is not held:
+                s.close()
+        time.sleep(0.5)
+        busy = _wakes([worker], 3.2)
+        assert busy[0] >= 2, busy  # pinged each second while it holds a connection
+    finally:
+        for s in tries:
+            s.close()
+    time.sleep(2.0)  # the connection's end reported (idle), the last ping answered
+    again = _wakes(pids, 3.0)
+    assert max(again) <= 1, again
+    print(f"wakes in 3 s: idle {idle}, worker with a connection {busy}, idle again {again}")

@@ -63,38 +63,44 @@ def decision_record(
     later: Later | None = None,
 ) -> None:
     """``record_decision`` by position (the Record stage's call, once per request: twelve
-    keywords cost ~0.9k instructions to match). ``later``: the flow's ``Later``
-    (seam/aftersend.py), which the lean layer runs right after the response's send: for an
-    ``AuditLog`` itself and values ``request_line`` takes, the values, the duration and the
-    clock are taken now (``request_taken``) and the line, its metrics and its write are
-    left to ``later`` (``taken_line`` of them there: the bytes ``request_line`` makes here);
-    otherwise the record is made now, exactly as without it, and its write left to
-    ``later`` (the line and the log for an ``AuditLog``, else the record and the sink)."""
+    keywords cost ~0.9k instructions to match). A log whose class ``takes_lines`` (an
+    ``AuditLog``, a ``--workers`` process's ``WorkerAudit``: audit/log.py) is handed the line
+    alone, through its ``_write`` (what its ``record`` would call); any other sink the record.
+    ``later``: the flow's ``Later`` (seam/aftersend.py), which the lean layer runs right after
+    the response's send: for such a log and values ``request_line`` takes, the values, the
+    duration and the clock are taken now (``request_taken``) and the line, its metrics and
+    its write are left to ``later`` (``taken_line`` of them there: the bytes
+    ``request_line`` makes here); otherwise the record is made now, exactly as without it,
+    and its write left to ``later`` (the line and the log for such a log, else the record
+    and the sink)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
     if later is not None and (
         later.taken is not None or later.line is not None or later.event is not None
     ):
         later.run(None)  # (never: one record per flow; nothing overwritten if it were)
-    if type(sink) is AuditLog:
+    kind = type(sink)
+    lines = kind is AuditLog or getattr(kind, "takes_lines", False) is True
+    log: AuditLog = sink  # type: ignore[assignment]  # (used only when ``lines``)
+    if lines:
         if later is not None:
             # the values and the clock now, when request_line makes their line: the line,
             # its metrics and its write after the send (seam/aftersend.py), the same bytes
             taken = request_taken(event, outcome, agent, service, mode, method, host, path,
                                   status, duration, reason, via)
             if taken is not None:
-                later.log = sink
+                later.log = log
                 later.taken = taken
                 return
         # the line alone, when request_line takes these values (else request_fields below)
         made = request_line(event, outcome, agent, service, mode, method, host, path, status,
                             duration, reason, via)
         if made is not None:
-            if sink.counts_metrics:  # (as below: the duration as the record rounds it)
+            if log.counts_metrics:  # (as below: the duration as the record rounds it)
                 metrics.counted(event, service, outcome, reason, made[1])
             if later is None:
-                sink._write(made[0], True)
+                log._write(made[0], True)
             else:  # (the same call, after the send)
-                later.log = sink
+                later.log = log
                 later.line = made[0]
             return
     fields = request_fields(  # by position
@@ -106,11 +112,11 @@ def decision_record(
         # the duration as the record rounded it): no field read back by name
         metrics.counted(event, service, outcome, reason, fields[DURATION_AT])
     line = fields[LINE_AT]
-    if line is not None and type(sink) is AuditLog:
+    if line is not None and lines:
         if later is None:
-            sink._write(line, True)  # AuditLog.record(record) without making the record
+            log._write(line, True)  # AuditLog.record(record) without making the record
         else:
-            later.log = sink
+            later.log = log
             later.line = line
     elif later is None:
         sink.record(_tuple_new(RequestEvent, fields))
@@ -147,19 +153,22 @@ def ahead_record(
     method: str | None, host: str | None, path: str | None, via: str | None = None,
 ) -> bool:
     """``record_ahead`` by position (stages/ahead.py's call, once per injected request)."""
-    if type(sink) is AuditLog:
+    kind = type(sink)
+    lines = kind is AuditLog or getattr(kind, "takes_lines", False) is True
+    log: AuditLog = sink  # type: ignore[assignment]  # (used only when ``lines``)
+    if lines:
         # the line alone, when forward_line takes these values (else request_fields below)
         line = forward_line(agent, service, mode, method, host, path, via)
         if line is not None:
-            return sink._write(line, sink.on_failure == "continue")
+            return log._write(line, log.on_failure == "continue")
     fields = request_fields(  # by position
         FORWARD_EVENT, "forwarding", agent, service, mode, method, host, path, None, None,
         None, via,
     )
     line = fields[LINE_AT]
-    if line is not None and type(sink) is AuditLog:
+    if line is not None and lines:
         # AuditLog.ahead(record) without making the record
-        return sink._write(line, sink.on_failure == "continue")
+        return log._write(line, log.on_failure == "continue")
     return sink.ahead(_tuple_new(RequestEvent, fields))  # type: ignore[arg-type]
 
 

@@ -44,6 +44,16 @@ class AuditLog:
     #: Does ``record_decision`` count this log's records for /metrics here (False: another
     #: process counts them from the lines it is sent, engine/worker_audit.py).
     counts_metrics = True
+    #: Is ``_write(line, keep)`` all that ``record``/``ahead`` do with a request record's
+    #: line, so that audit/canonical.py may hand this log the line alone (no record made)?
+    #: Declared by each class for itself, never inherited (``__init_subclass__``): a
+    #: subclass that changes ``record`` or ``ahead`` is handed records, as before.
+    takes_lines = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "takes_lines" not in cls.__dict__:
+            cls.takes_lines = False
 
     def __init__(
         self,

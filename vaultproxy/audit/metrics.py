@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from vaultproxy.audit.event import AnyEvent
+from vaultproxy.audit.event import SPEC_FIELDS, AnyEvent, AuditEvent
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -209,6 +209,65 @@ def observed[E: AnyEvent](event: E) -> E:
         return event
     counted(*fields)
     return event
+
+
+def observed_line(record: dict[str, Any]) -> None:
+    """Count a ``request`` record a ``--workers`` process sent (its line, parsed): what
+    ``observed(AuditEvent(**record))`` counts (nothing when the model refuses the record),
+    by ``line_fields`` without the model when it takes the record, else by the model."""
+    fields = line_fields(record)
+    if fields is None:
+        try:
+            event = AuditEvent(**record)
+        except Exception:  # noqa: BLE001 - a record the model refuses is not counted
+            return
+        observed(event)
+    else:
+        counted(*fields)
+
+
+_LINE_KEYS = frozenset(SPEC_FIELDS)
+_LINE_KEYS_VIA = frozenset((*SPEC_FIELDS, "via"))
+# ``TS_PATTERN`` in ASCII digits: every digit made "0" gives exactly this (``str.translate``:
+# a tenth of a regular expression's match)
+_TS_SHAPE = "0000-00-00T00:00:00.000Z"
+_TO_ZERO = str.maketrans("123456789", "000000000")
+
+
+def line_fields(record: dict[str, Any]) -> tuple[str, str | None, str, str | None,
+                                                 float | None] | None:
+    """``(event, service, outcome, reason, duration_ms)`` of ``AuditEvent(**record)`` (what
+    ``observed`` counts), for a record the model takes as it is: exactly the SPEC §8 fields
+    (and ``via``), every text a ``str`` or None, the event and outcome not empty, the
+    status an ``int`` or None, the duration a finite ``float`` or None (rounded to 3
+    decimals, as the model does), the ``ts`` of its pattern in ASCII digits, no admin or
+    approval event (the lines audit/canonical.py writes). None for anything else, which
+    the caller leaves to the model (tests/unit/test_speed_audit.py compares both)."""
+    keys = record.keys()
+    if keys != _LINE_KEYS and keys != _LINE_KEYS_VIA:
+        return None
+    event, outcome = record["event"], record["outcome"]
+    if (
+        type(event) is not str or type(outcome) is not str or not event or not outcome
+        or event == "admin" or event == "approval"
+    ):
+        return None
+    for name in ("agent", "service", "mode", "method", "host", "path", "reason", "via"):
+        value = record.get(name)
+        if value is not None and type(value) is not str:
+            return None
+    status = record["status"]
+    if status is not None and type(status) is not int:
+        return None
+    ts = record["ts"]
+    if type(ts) is not str or len(ts) != 24 or ts.translate(_TO_ZERO) != _TS_SHAPE:
+        return None
+    duration = record["duration_ms"]
+    if duration is not None:
+        if type(duration) is not float or not math.isfinite(duration):
+            return None
+        duration = round(duration, 3)
+    return event, record["service"], outcome, record["reason"], duration
 
 
 def counted(

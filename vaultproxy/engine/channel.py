@@ -12,7 +12,9 @@ again after any change), ``ping`` (answered by ``pong`` once everything before i
 Worker -> supervisor: ``ready``, ``pong`` (with the worker's audit counters), ``audit``
 (``ok``: whether its write worked; payload: the JSON line the worker wrote to
 ``audit.jsonl``, for ``/metrics``, or none for a ``forward`` record, only counted),
-``audit_state`` (its audit counters, when its audit health changes and at exit).
+``audit_state`` (its audit counters, when its audit health changes and at exit), ``busy``
+(a connection after it said it had none) and ``idle`` (none, at start); every ``pong`` also
+carries ``conns``, its connections (the heartbeat pings only a busy worker, engine/workers.py).
 Worker -> supervisor: ``ready``, ``pong``, ``audit`` (payload: one JSON line).
 Minted tokens (engine/tokens.py): worker -> supervisor ``mint``, answered by ``minted``
 (payload: the token and its headers).

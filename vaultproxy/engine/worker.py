@@ -40,6 +40,7 @@ from vaultproxy.engine.worker_audit import WorkerAudit
 from vaultproxy.files.home import Home
 from vaultproxy.keystore import Keystore
 from vaultproxy.keystore.crypto import wipe
+from vaultproxy.seam import accept as seam_accept
 from vaultproxy.seam import listener as seam_listener
 from vaultproxy.values import logfilter
 
@@ -99,7 +100,8 @@ async def _follow(
             elif op == "serve" and serving is not None:
                 serving.set()
             if op in ("state", "ping"):
-                pong = {"op": "pong", "n": header.get("n", 0), **_audit_report(state)}
+                pong = {"op": "pong", "n": header.get("n", 0), **_audit_report(state),
+                        **_OCCUPANCY.report()}
                 writer.write(frame(pong))
     except ChannelClosed:
         return "eof"
@@ -111,6 +113,46 @@ ORPHAN_DRAIN_SECONDS = 5.0
 def _audit_report(state: ProxyState) -> dict[str, Any]:
     report = getattr(state.audit, "report", None)
     return {"audit": report()} if callable(report) else {}
+
+
+class _Occupancy:
+    """What this worker tells the supervisor of its connections, which pings only a worker
+    that holds one (engine/workers.py): ``busy`` at once when it takes a connection while
+    the supervisor takes it for idle; ``conns`` (their number) in every pong, which is how
+    it learns that the last one ended (at the next ping: not a frame per connection). Until
+    it is told ``idle`` the supervisor takes a worker for busy."""
+
+    _BUSY = frame({"op": "busy"})
+    _IDLE = frame({"op": "idle"})
+
+    def __init__(self) -> None:
+        self.writer: asyncio.StreamWriter | None = None
+        self.idle_told = False  # the supervisor's last word from us: no connection
+
+    def start(self, writer: asyncio.StreamWriter) -> None:
+        """From now on (the shared socket's SharedServer counts connections)."""
+        self.writer = writer
+        seam_accept.OCCUPANCY.notify = self._notify
+        if seam_accept.OCCUPANCY.count == 0:
+            self.idle_told = True
+            writer.write(self._IDLE)
+
+    def _notify(self, busy: bool) -> None:
+        writer = self.writer
+        if busy and self.idle_told and writer is not None and not writer.is_closing():
+            self.idle_told = False
+            writer.write(self._BUSY)
+
+    def report(self) -> dict[str, int]:
+        """``conns`` for a pong (nothing before ``start``: the supervisor keeps "busy")."""
+        if self.writer is None:
+            return {}
+        count = seam_accept.OCCUPANCY.count
+        self.idle_told = count == 0
+        return {"conns": count}
+
+
+_OCCUPANCY = _Occupancy()
 
 
 async def orphaned(m: Any, state: ProxyState) -> None:
@@ -161,6 +203,8 @@ async def run(fd: int) -> int:
     try:
         await wait_listening(m, master_task)
         writer.write(frame({"op": "ready"}))
+        if isinstance(listen_fd, int):  # the shared socket's SharedServer counts connections
+            _OCCUPANCY.start(writer)
         # The ~70k objects of start-up (modules, config, chain) leave the cyclic GC: a full
         # collection walked them all (~100 ms, a pause in whatever response was streaming).
         gc.freeze()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from vaultproxy.audit import AuditLog
-from vaultproxy.audit.event import AnyEvent
 from vaultproxy.engine.channel import frame, frame_head
 
 # The header of every ``audit`` frame, by whether the write worked (built once: two records
@@ -28,6 +27,10 @@ class WorkerAudit(AuditLog):
     # The supervisor counts this worker's records for /metrics from the lines it is sent
     # (engine/workers.py); this process serves no /metrics, so it counts none itself.
     counts_metrics = False
+    # ``record`` and ``ahead`` are AuditLog's: all they add to a line is ``_write`` (below),
+    # so the proxy's two records per request are handed to it as lines, as to a single
+    # process's AuditLog (audit/canonical.py): the same line, the same write, no record made.
+    takes_lines = True
 
     def __init__(
         self, path: Path, writer: asyncio.StreamWriter, loop: asyncio.AbstractEventLoop
@@ -37,24 +40,27 @@ class WorkerAudit(AuditLog):
         self._loop = loop
         self._reported_healthy = True
 
-    def record(self, event: AnyEvent) -> bool:
-        ok = super().record(event)
-        self._post(b"")
-        return ok
-
-    def ahead(self, event: AnyEvent) -> bool:
-        ok = super().ahead(event)
-        self._post(b"")
-        return ok
-
     def _write(self, line: str, keep: bool) -> bool:
         """Every line written or kept (``record`` and ``ahead``) also goes to the supervisor,
         which counts the written ones (``ok``: /metrics survive this worker's death) and feeds
-        them to the audit sinks (vaultproxy/sinks/hub.py)."""
-        ok = super()._write(line, keep=keep)
+        them to the audit sinks (vaultproxy/sinks/hub.py); a change of this log's health
+        goes with it (``audit_state``), or alone when no line is sent (a refused ``ahead``)."""
+        ok = AuditLog._write(self, line, keep)
         if ok or keep:
-            self._post(_AUDIT_HEADS[ok](line.encode()))
+            data = _AUDIT_HEADS[ok](line.encode())
+        elif (self._error is None) != self._reported_healthy:
+            data = b""
+        else:
+            return ok
+        self._post(data)
         return ok
+
+    def _drop(self, why: str) -> None:
+        """(A record that would not serialise, or a malformed line: no line is sent; a
+        change of health since the last report still is, as with any record.)"""
+        super()._drop(why)
+        if (self._error is None) != self._reported_healthy:
+            self._post(b"")
 
     def report(self) -> dict[str, Any]:
         """The counters, as sent in ``pong`` and ``audit_state`` frames."""
@@ -63,7 +69,7 @@ class WorkerAudit(AuditLog):
         return stats
 
     def _post(self, data: bytes) -> None:
-        if self.healthy != self._reported_healthy:
+        if (self._error is None) != self._reported_healthy:  # (``healthy``, inline)
             data += frame({"op": "audit_state", "audit": self.report()})
         if not data:
             return

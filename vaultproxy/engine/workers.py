@@ -20,12 +20,18 @@ Coherence, over one private socketpair per worker (engine/channel.py):
   and sends each line to the supervisor, which counts it for ``/metrics`` and feeds the sinks;
   ``GET /v1/audit`` and ``/metrics`` run the same barrier first, so a request answered by a
   worker is in the audit before the admin API reads it.
-- Heartbeat: every ``HEARTBEAT_INTERVAL`` the supervisor pings each worker; one that has not
-  answered for ``HEARTBEAT_DEADLINE`` (wedged, or stopped with SIGSTOP) is replaced: a new
-  worker starts in its slot at once, the old one is continued and asked to drain, and killed
-  if it has not exited after ``DRAIN_SECONDS``. Each step is logged. The barrier never waits
-  on a stopped worker: it is killed at once (it cannot confirm the new state, and it must not
-  serve a connection under the old one when continued).
+- Heartbeat: every ``HEARTBEAT_INTERVAL`` the supervisor pings each watched worker; one that
+  has not answered for ``HEARTBEAT_DEADLINE`` (wedged, or stopped with SIGSTOP) is replaced:
+  a new worker starts in its slot at once, the old one is continued and asked to drain, and
+  killed if it has not exited after ``DRAIN_SECONDS``. Each step is logged. Watched: a worker
+  that holds a connection (it says ``busy`` at once when it takes one after it was idle, and
+  its number of connections in every pong: engine/worker.py ``_Occupancy``), is starting,
+  has a ping unanswered, or that the kernel reported stopped (``_watch_stops``: a thread
+  blocked in ``waitid``, no timer). A worker with no connection strands nothing if it stops
+  or wedges (it accepts nothing then; the others take every new connection), and a stop is
+  seen at once: so while no worker holds a connection, no process of an idle proxy wakes.
+  The barrier never waits on a stopped worker: it is killed at once (it cannot confirm the
+  new state, and it must not serve a connection under the old one when continued).
 - Lifetime: a worker that exits unexpectedly is restarted (at most ``MAX_RESTARTS`` per
   ``RESTART_WINDOW`` per slot); a worker whose channel closes (supervisor gone) locks and
   exits at once. SIGTERM to the supervisor sends ``stop`` to every worker: each drains its
@@ -46,14 +52,16 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vaultproxy.audit import AuditEvent, metrics
+from vaultproxy.audit import metrics
 from vaultproxy.core.state import ProxyState
+from vaultproxy.core.wakeup import Wakeup
 from vaultproxy.engine.access_channel import AccessServer
 from vaultproxy.engine.channel import ChannelClosed, frame, read_frame
 from vaultproxy.engine.tokens import redact_frame, spawn_serve
@@ -98,6 +106,8 @@ class _Worker:
     retiring: bool = False  # replaced (heartbeat, barrier): not waited on, not restarted
     written: int = 0  # audit records it sent as written (its "written", counted here)
     gone: bool = False  # exited; its counters are in the supervisor's ``_gone_audit``
+    busy: bool = True  # holds a connection (its ``busy``/``idle``; busy until it says idle)
+    stop_seq: int = -1  # the last frame number sent before the kernel said it stopped
 
     def send(self, data: bytes) -> None:
         if self.alive and not self.writer.is_closing():
@@ -133,6 +143,7 @@ class Supervisor:
         self._heartbeat: asyncio.Task[None] | None = None
         self._retired: set[_Worker] = set()  # replaced, still draining or being killed
         self._follows: set[asyncio.Task[None]] = set()
+        self._beat_wake = Wakeup()  # the heartbeat sleeps on it while no worker is watched
 
     def serve(self) -> None:
         """The run is announced: every worker starts serving (a replacement does at once)."""
@@ -170,6 +181,7 @@ class Supervisor:
         self._stopping = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+            self._beat_wake.wake()
         for task in list(self._respawns):
             task.cancel()
         workers = list(self.workers.values()) + [w for w in self._retiring_workers()
@@ -339,6 +351,8 @@ class Supervisor:
         w.task = asyncio.create_task(self._follow(w))
         self._follows.add(w.task)  # held until it ends, whatever becomes of ``w``
         w.task.add_done_callback(self._follows.discard)
+        self._watch_stops(w)
+        self._beat_wake.wake()  # a starting worker is watched (stopped during start-up?)
         if self._serving and self.on_pids_changed is not None:
             self.on_pids_changed()  # a replacement: its pid is listed from its first moment
         try:
@@ -366,9 +380,16 @@ class Supervisor:
                     spawn_serve(self.state, w.send, header)
                 elif op == "access":  # approvals, grants, rate limits (access_channel.py)
                     self.access.spawn(w.slot, w.send, header)
+                elif op == "busy" or op == "idle":  # a connection after its idle / at start
+                    w.busy = op == "busy"
+                    if w.busy:
+                        self._beat_wake.wake()
                 elif op == "audit_state" or op == "pong":
                     if isinstance(header.get("audit"), dict):
                         w.audit = header["audit"]
+                    conns = header.get("conns")
+                    if type(conns) is int:  # (a pong: its connections when it answered)
+                        w.busy = conns > 0
                 if op == "pong":
                     w.last_pong = time.monotonic()
                     async with w.cond:
@@ -444,11 +465,15 @@ class Supervisor:
 
     # -- heartbeat and replacement --------------------------------------------------------
     async def _beat(self) -> None:
-        """Ping each worker every HEARTBEAT_INTERVAL; replace one silent for the deadline.
-        Counted in rounds too: a supervisor that was itself held up (a busy or stopped
-        event loop) does not take its own lateness for its workers' silence."""
-        ping = frame({"op": "ping", "n": 0})
+        """Ping each watched worker every HEARTBEAT_INTERVAL; replace one silent for the
+        deadline. Counted in rounds too: a supervisor that was itself held up (a busy or
+        stopped event loop) does not take its own lateness for its workers' silence.
+        While no worker is watched (``_watched``: each idle, answered and running) it
+        sleeps until one is: an idle proxy is not woken."""
         while not self._stopping:
+            if not any(self._watched(w) for w in self.workers.values()):
+                await self._beat_wake.sleep(None)
+                continue
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             now = time.monotonic()
             for w in list(self.workers.values()):
@@ -457,6 +482,9 @@ class Supervisor:
                 if not w.ready.done():  # starting: only a stop is worth acting on early
                     if proc_stopped(w.proc.pid):
                         self._replace(w, "was stopped during start-up", drain=False)
+                    continue
+                if not self._watched(w):
+                    w.missed = 0
                     continue
                 w.missed = w.missed + 1 if w.last_pong < w.last_ping else 0
                 silent = now - w.last_pong
@@ -467,7 +495,56 @@ class Supervisor:
                                   drain=True)
                 else:
                     w.last_ping = now
-                    w.send(ping)
+                    self._seq += 1  # (numbered: a pong to it is an answer after any stop)
+                    w.send(frame({"op": "ping", "n": self._seq}))
+
+    @staticmethod
+    def _watched(w: _Worker) -> bool:
+        """Is ``w`` pinged: it is starting, holds a connection, has a ping unanswered, or
+        the kernel said it stopped and it has not answered anything sent since. A worker
+        with no connection that runs strands nothing if it stops or wedges (it accepts
+        nothing then: the others take every new connection), and a stop is reported
+        (``_watch_stops``): it is pinged, and replaced on the deadline, from then on."""
+        return (
+            not w.ready.done() or w.busy or w.last_pong < w.last_ping
+            or w.acked <= w.stop_seq
+        )
+
+    def _watch_stops(self, w: _Worker) -> None:
+        """A thread that waits (``waitid``, no timer) for the kernel's notice that ``w``'s
+        process stopped (SIGSTOP, SIGTSTP): the heartbeat then watches it. It ends with
+        the process (``WNOWAIT``: the loop's child watcher still reaps it)."""
+        loop = self._loop
+        if loop is None:
+            return
+        pid = w.proc.pid
+
+        def wait() -> None:
+            while True:
+                try:
+                    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WSTOPPED | os.WNOWAIT)
+                except ChildProcessError:
+                    return  # reaped
+                if info is None or info.si_code in (os.CLD_EXITED, os.CLD_KILLED,
+                                                    os.CLD_DUMPED):
+                    return
+                try:  # take this stop's notice (never an exit: WEXITED is not asked)
+                    taken = os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOHANG)
+                except ChildProcessError:
+                    return
+                try:
+                    loop.call_soon_threadsafe(self._stopped, w)
+                except RuntimeError:
+                    return  # the loop is closed
+                if taken is None:  # (never: a notice that cannot be taken) no spin
+                    time.sleep(HEARTBEAT_INTERVAL)
+
+        threading.Thread(target=wait, name=f"vaultproxy-worker-{w.slot}-stops",
+                         daemon=True).start()
+
+    def _stopped(self, w: _Worker) -> None:
+        w.stop_seq = self._seq  # every frame numbered after this was sent after the stop
+        self._beat_wake.wake()
 
     def _replace(self, w: _Worker, why: str, *, drain: bool) -> None:
         """Start a new worker in ``w``'s slot now; drain (or kill) ``w`` in the background."""
@@ -511,10 +588,14 @@ class Supervisor:
             return
         if self.on_audit_line is not None:
             self.on_audit_line(line, pid)
+        if '"request"' not in line and "\\" not in line:
+            # Without an escape, a JSON string is its text between quotes: no value of this
+            # line is "request", so it is no request record (a ``forward`` one): not parsed.
+            return
         try:
             record = json.loads(line)
             if record.get("event") == "request":  # the only event /metrics counts
-                metrics.observed(AuditEvent(**record))
+                metrics.observed_line(record)  # (observed(AuditEvent(**record)), lighter)
         except Exception:  # noqa: BLE001, S110 - metrics must never break the audit path
             pass
 

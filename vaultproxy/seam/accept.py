@@ -135,6 +135,32 @@ class Meter:
         self._logged = now
 
 
+class Occupancy:
+    """The connections this process's SharedServers serve, and a callback on the
+    first one (``notify(True)``) and the end of the last one (``notify(False)``): a
+    ``--workers`` process tells its supervisor whether it holds any connection, and one
+    that holds none is not pinged (engine/worker.py ``_Occupancy``, engine/workers.py: an
+    idle proxy sleeps). Loop thread."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.notify: Callable[[bool], None] | None = None
+
+    def opened(self) -> None:
+        self.count += 1
+        if self.count == 1 and self.notify is not None:
+            self.notify(True)
+
+    def closed(self, _task: object = None) -> None:
+        self.count -= 1
+        if self.count == 0 and self.notify is not None:
+            self.notify(False)
+
+
+#: this process's (one per process: every SharedServer counts here)
+OCCUPANCY = Occupancy()
+
+
 class SharedServer:
     """Serves ``sock`` (a listening socket, possibly shared with other processes)."""
 
@@ -217,9 +243,11 @@ class SharedServer:
     def _start(self, conn: socket.socket) -> None:
         conn.setblocking(False)
         nodelay(conn)
+        OCCUPANCY.opened()  # (before the task: a task done at once still ends after this)
         task = self._loop.create_task(self._serve(conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(OCCUPANCY.closed)
 
     async def _serve(self, conn: socket.socket) -> None:
         try:
