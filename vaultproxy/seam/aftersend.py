@@ -12,9 +12,9 @@ layer did not (a cancellation): what a stage left in it is written exactly once.
 
 The Record stage (stages/record.py) finds the flow's ``Later`` under ``KEY`` (none: no layer
 will run it, it writes now) and hands it to audit/canonical.py ``decision_record``, which
-takes the record's values, its duration and the clock (``ts``) in the hook as before. For an
-log that takes lines (an ``AuditLog``, a ``WorkerAudit``) and values audit/event.py ``request_line`` takes (``request_taken``:
-exact types; its answer then is a line, never None), only those are kept (``taken``,
+takes the record's values, its duration and the clock (``ts``) in the hook as before. For a
+log that takes lines (an ``AuditLog``, a ``WorkerAudit``) and values audit/event.py
+``request_line`` takes (``request_taken``: exact types; its answer then is a line, never None), only those are kept (``taken``,
 ``log``) and ``run`` makes the line of them (``taken_line``: ``request_line``'s bytes of
 them, at the kept clock), counts it (``metrics.counted``, what ``decision_record``
 counted) and calls the log's one write path (``_write(line, True)``), in that order, as
