@@ -15,16 +15,17 @@ will run it, it writes now) and hands it to audit/canonical.py ``decision_record
 takes the record's values, its duration and the clock (``ts``) in the hook as before. For a
 log that takes lines (an ``AuditLog``, a ``WorkerAudit``) and values audit/event.py
 ``request_line`` takes (``request_taken``: exact types; its answer then is a line, never
-None), only those are kept (``taken``, ``log``) and ``run`` makes the line of them (``taken_line``: ``request_line``'s bytes of
-them, at the kept clock), counts it (``metrics.counted``, what ``decision_record``
-counted) and calls the log's one write path (``_write(line, True)``), in that order, as
-``decision_record`` did. Otherwise the record is made in the hook exactly as without a
-``Later`` and only the write moves: for such a log, the line (a ``str``) and the
-log (``line``, ``log``), ``run`` calling ``_write(line, True)``; for any other sink the
-record and the sink (``event``, ``sink``), and ``run`` hands it over (``sink.record``). Only
-that goes there: nothing that can change or refuse the response (``/metrics`` and the file
-are read by other events, which this process handles only after ``run``). Nothing on
-mitmproxy's own HTTP path, or on the streamed path, opens one.
+None), only those are kept (``taken``, ``log``) and ``run`` makes the line of them
+(``taken_line``: ``request_line``'s bytes of them, at the kept clock), counts it
+(``metrics.counted``, what ``decision_record`` counted) and calls the log's one write path
+(``_write(line, True)``), in that order, as ``decision_record`` did. Otherwise the record is
+made in the hook exactly as without a ``Later`` and only the write moves: for such a log,
+the line (a ``str``) and the log (``line``, ``log``), ``run`` calling ``_write(line,
+True)``; for any other sink the record and the sink (``event``, ``sink``), and ``run`` hands
+it over (``sink.record``). Only that goes there: nothing that can change or refuse the
+response (``/metrics`` and the file are read by other events, which this process handles
+only after ``run``). Nothing on mitmproxy's own HTTP path, or on the streamed path, opens
+one.
 
 One ``Later`` per lean layer (a connection serves one request at a time), reused: ``run``
 empties it; ``decision_record`` writes at once rather than overwrite one that still holds
