@@ -41,7 +41,9 @@ Needles are found with ``bytes`` search (memchr on their rarest byte first); esc
 memchr for their lead byte (``%``, ``\\``, ``+``), then a trie-shaped regex anchored on that
 byte; each escape found costs one regex search over the window a match containing it could
 span (``2 * max_len``), and after ``_MAX_WINDOWS`` of those the check gives up and says
-"maybe". On bodies without a candidate this runs at GB/s.
+"maybe". On bodies without a candidate this runs at GB/s. For ``bytes`` the check is a
+function made per redactor (``_unrolled``): one memchr per distinct rarest byte and escape
+lead, no loop.
 
 The response gate's rules that both the proxy and ``POST /proxy`` apply are here too
 (``gate_head`` for the header section, ``stream_filter`` for the body, behind the streaming
@@ -246,6 +248,110 @@ def encoded_forms(secret: bytes) -> set[bytes]:
     return forms
 
 
+def _general(
+    data: bytes,
+    needles: tuple[tuple[bytes, bytes], ...],
+    regex: re.Pattern[bytes] | None,
+    span: int,
+    escapes: tuple[tuple[bytes, re.Pattern[bytes]], ...],
+) -> bool:
+    """``Redactor.may_match`` in its general form (any bytes-like ``data``)."""
+    for anchor, needle in needles:
+        if anchor in data and needle in data:
+            return True
+    if regex is None:
+        return False
+    # Windows cost about as much per byte as the full regex: spend at most ~1/4 of it.
+    windows = max(_MAX_WINDOWS, len(data) // (8 * span)) if span else _MAX_WINDOWS
+    for lead, escape in escapes:
+        if lead not in data:
+            continue
+        for m in escape.finditer(data):
+            # A match holding an escape that starts in [m.start(), m.end()) (this one, or
+            # one finditer stepped over) lies within this window.
+            if regex.search(data, max(0, m.start() + 1 - span), m.end() + span) is not None:
+                return True
+            windows -= 1
+            if windows <= 0:
+                return True
+    return False
+
+
+def _escaped(
+    data: bytes,
+    regex: re.Pattern[bytes],
+    span: int,
+    lead_escapes: tuple[tuple[int, re.Pattern[bytes]], ...],
+) -> bool:
+    """The escapes' part of ``may_match`` for ``bytes`` (no needle is in ``data``): at each
+    escape of a secret character, the full regex over the window a match holding it could
+    span; after the window budget, "maybe"."""
+    windows = max(_MAX_WINDOWS, len(data) // (8 * span)) if span else _MAX_WINDOWS
+    for lead, escape in lead_escapes:
+        if lead not in data:
+            continue
+        for m in escape.finditer(data):
+            if regex.search(data, max(0, m.start() + 1 - span), m.end() + span) is not None:
+                return True
+            windows -= 1
+            if windows <= 0:
+                return True
+    return False
+
+
+def _unrolled(
+    rare_needles: tuple[tuple[int, bytes], ...],
+    lead_escapes: tuple[tuple[int, re.Pattern[bytes]], ...],
+    regex: re.Pattern[bytes] | None,
+    span: int,
+    needles: tuple[tuple[bytes, bytes], ...],
+    escapes: tuple[tuple[bytes, re.Pattern[bytes]], ...],
+) -> Callable[[bytes], bool]:
+    """``may_match`` for one redactor, its loops unrolled: for ``bytes``, one ``int in
+    bytes`` (memchr) per distinct anchor byte, ``bytes.find`` for that anchor's needles only
+    when it is there; then one ``int in bytes`` per escape lead, and :func:`_escaped` only
+    when one is there (no lead byte in ``data``: no escape, so no window to look at). Any
+    other buffer (a bytearray, a memoryview) takes :func:`_general`. The same answer as
+    :func:`_general` for every buffer (tests/unit/test_speed_redact.py); about half its
+    instructions when nothing is found (a loop turn, a tuple unpack and the window budget's
+    ``max`` per call saved).
+
+    The source names its constants (``a0``, ``n0_1``...) and binds them in the function's
+    namespace: no byte of a secret is in the text compiled."""
+    groups: dict[int, list[bytes]] = {}
+    for anchor, needle in rare_needles:
+        groups.setdefault(anchor, []).append(needle)
+    namespace: dict[str, Any] = {
+        "bytes": bytes, "_general": _general, "_escaped": _escaped, "needles": needles,
+        "regex": regex, "span": span, "escapes": escapes, "lead_escapes": lead_escapes,
+    }
+    lines = [
+        "def may_match(data):",
+        "    if type(data) is not bytes:",
+        "        return _general(data, needles, regex, span, escapes)",
+        "    find = data.find",
+    ]
+    for i, (anchor, group) in enumerate(groups.items()):
+        namespace[f"a{i}"] = anchor
+        found = []
+        for j, needle in enumerate(group):
+            namespace[f"n{i}_{j}"] = needle
+            found.append(f"find(n{i}_{j}) != -1")
+        lines += [f"    if a{i} in data and ({' or '.join(found)}):", "        return True"]
+    if regex is not None and lead_escapes:
+        leads = []
+        for k, (lead, _escape) in enumerate(lead_escapes):
+            namespace[f"l{k}"] = lead
+            leads.append(f"l{k} in data")
+        lines += [f"    if {' or '.join(leads)}:",
+                  "        return _escaped(data, regex, span, lead_escapes)"]
+    lines.append("    return False")
+    source = "\n".join(lines)
+    exec(compile(source, "<redactor may_match>", "exec"), namespace)  # noqa: S102 - our text
+    fn: Callable[[bytes], bool] = namespace["may_match"]
+    return fn
+
+
 class Redactor:
     """Replaces every known form of each secret with that secret's placeholder.
 
@@ -256,7 +362,15 @@ class Redactor:
     """
 
     __slots__ = ("_escapes", "_lead_escapes", "_needles", "_partial", "_re", "_repl",
-                 "_rare_needles", "max_len")
+                 "_rare_needles", "max_len", "may_match")
+
+    #: False only if no form of any secret occurs in ``data``; cheap when none does. The
+    #: needles are looked for with ``bytes`` searches; then, at each escape of a secret
+    #: character, the full regex runs over the window a match containing that escape could
+    #: span; after ``_MAX_WINDOWS`` (more in a long buffer) such escapes in no match it gives
+    #: up and answers True. A function made for this redactor (:func:`_unrolled`), kept in a
+    #: slot: called as ``redactor.may_match(data)``, without a method's frame.
+    may_match: Callable[[bytes], bool]
 
     def __init__(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
         alternatives: dict[bytes, tuple[int, bytes]] = {}
@@ -303,66 +417,15 @@ class Redactor:
         else:
             self._re = None
             self._partial = None
+        self.may_match = _unrolled(self._rare_needles, self._lead_escapes, self._re,
+                                   self.max_len, self._needles, self._escapes)
 
     def __repr__(self) -> str:
         return f"<Redactor {len(self._repl)} forms>"
 
-    def may_match(self, data: bytes) -> bool:
-        """False only if no form of any secret occurs in ``data``; cheap when none does.
-
-        ``bytes`` searches for the needles; then, at each escape of a secret character, the
-        full regex over the window a match containing that escape could span. After
-        ``_MAX_WINDOWS`` (more in a long buffer) such escapes that are in no match, give up
-        and answer True.
-        """
-        if type(data) is not bytes:
-            return self._may_match(data)
-        # ``_may_match`` for bytes, every test the same search: ``int in bytes`` (memchr)
-        # and ``bytes.find`` instead of ``bytes in bytes`` (see ``_rare_needles``);
-        # tests/unit/test_speed_redact.py compares the two on seeded buffers.
-        find = data.find
-        for anchor, needle in self._rare_needles:
-            if anchor in data and find(needle) != -1:
-                return True
-        regex = self._re
-        if regex is None:
-            return False
-        span = self.max_len
-        windows = max(_MAX_WINDOWS, len(data) // (8 * span)) if span else _MAX_WINDOWS
-        for lead, escape in self._lead_escapes:
-            if lead not in data:
-                continue
-            for m in escape.finditer(data):
-                if regex.search(data, max(0, m.start() + 1 - span), m.end() + span) is not None:
-                    return True
-                windows -= 1
-                if windows <= 0:
-                    return True
-        return False
-
     def _may_match(self, data: bytes) -> bool:
         """``may_match`` in its general form (any bytes-like ``data``)."""
-        for anchor, needle in self._needles:
-            if anchor in data and needle in data:
-                return True
-        regex = self._re
-        if regex is None:
-            return False
-        span = self.max_len
-        # Windows cost about as much per byte as the full regex: spend at most ~1/4 of it.
-        windows = max(_MAX_WINDOWS, len(data) // (8 * span)) if span else _MAX_WINDOWS
-        for lead, escape in self._escapes:
-            if lead not in data:
-                continue
-            for m in escape.finditer(data):
-                # A match holding an escape that starts in [m.start(), m.end()) (this one, or
-                # one finditer stepped over) lies within this window.
-                if regex.search(data, max(0, m.start() + 1 - span), m.end() + span) is not None:
-                    return True
-                windows -= 1
-                if windows <= 0:
-                    return True
-        return False
+        return _general(data, self._needles, self._re, self.max_len, self._escapes)
 
     def _sub(self, m: re.Match[bytes]) -> bytes:
         assert m.lastindex is not None
