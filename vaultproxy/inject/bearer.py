@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from vaultproxy.config.models import Service
-from vaultproxy.inject.strategy import Draft, ValueStrategy, header_safe, need_value
+from vaultproxy.inject.strategy import Draft, ValueStrategy, need_header_value
 from vaultproxy.secret import Secret
 
 
@@ -16,5 +16,5 @@ class Bearer(ValueStrategy):
     def inject(
         self, draft: Draft, service: Service, value: Secret | None, fields: Mapping[str, Secret]
     ) -> None:
-        secret = header_safe(service, need_value(service, value))
-        draft.set_header("Authorization", b"Bearer " + secret)
+        # (``header_safe(service, need_value(service, value))``: one call)
+        draft.set_header("Authorization", b"Bearer " + need_header_value(service, value))

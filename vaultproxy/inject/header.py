@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from vaultproxy.config.models import Service
-from vaultproxy.inject.strategy import Draft, ValueStrategy, header_safe, need_option, need_value
+from vaultproxy.inject.strategy import Draft, ValueStrategy, need_header_value, need_option
 from vaultproxy.secret import Secret
 
 
@@ -18,5 +18,5 @@ class Header(ValueStrategy):
     ) -> None:
         name = need_option(service, "header_name")
         prefix = (service.prefix or "").encode("utf-8")
-        secret = header_safe(service, prefix + need_value(service, value))
+        secret = need_header_value(service, value, prefix)  # (header_safe(prefix + need_value))
         draft.set_header(name, secret)

@@ -47,13 +47,31 @@ class Draft:
         return self.path if self.query is None else self.path + b"?" + self.query
 
     def set_header(self, name: str, value: bytes) -> None:
-        lname = name.lower().encode("ascii")
+        spelled = _spelled.get(name)  # the name's bytes, lower-cased and canonical, kept
+        if spelled is None:
+            spelled = _spell(name)
+        lname = spelled[1]
         # A field named ``lname`` (any case) has ``lname``'s canonical name: none is left
         # when that is ``absent`` (host_inject: the strip took every such field already).
-        if lname.replace(b"_", b"-") not in self.absent:
+        if spelled[2] not in self.absent:
             self.headers = [(k, v) for k, v in self.headers if k.lower() != lname]
         self.absent = _NONE
-        self.headers.append((name.encode("ascii"), value))
+        self.headers.append((spelled[0], value))
+
+
+# ``set_header``'s name as bytes: as given, lower-cased, and canonical (``_`` read as ``-``),
+# per name (the auth types' constants and services.toml's ``header_name``s: a few, bounded).
+# Names, never values.
+_spelled: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+
+def _spell(name: str) -> tuple[bytes, bytes, bytes]:
+    lname = name.lower().encode("ascii")  # (a name that is not ASCII raises, as it did)
+    spelled = (name.encode("ascii"), lname, lname.replace(b"_", b"-"))
+    if len(_spelled) >= 256:
+        _spelled.clear()
+    _spelled[name] = spelled
+    return spelled
 
 
 class Strategy(Protocol):
@@ -75,11 +93,31 @@ class Strategy(Protocol):
 
 
 def need_value(service: Service, value: Secret | None) -> bytes:
-    if value is None or not value:
+    # (revealed first, then tested: ``not value`` is a Python-level ``Secret.__bool__``
+    # call, and the revealed bytes are empty exactly when the Secret is)
+    secret = b"" if value is None else value.reveal()
+    if not secret:
         raise SecretMissing(
             f"service {service.name!r}: keystore entry {service.secret_name!r} has no value"
         )
-    return value.reveal()
+    return secret
+
+
+def need_header_value(service: Service, value: Secret | None, prefix: bytes = b"") -> bytes:
+    """``header_safe(service, prefix + need_value(service, value))`` in one call (bearer and
+    header: every injected request): the same checks, in the same order, the same errors."""
+    secret = b"" if value is None else value.reveal()
+    if not secret:
+        raise SecretMissing(
+            f"service {service.name!r}: keystore entry {service.secret_name!r} has no value"
+        )
+    if prefix:
+        secret = prefix + secret
+    if 13 in secret or 10 in secret or 0 in secret:  # ``header_safe``, inline
+        raise SecretMissing(
+            f"service {service.name!r}: the secret holds CR, LF or NUL and cannot go in a header"
+        )
+    return secret
 
 
 def need_field(service: Service, fields: Mapping[str, Secret], name: str) -> bytes:
