@@ -146,7 +146,9 @@ def ahead_record(
     sink: AheadSink, agent: str | None, service: str | None, mode: str | None,
     method: str | None, host: str | None, path: str | None, via: str | None = None,
 ) -> bool:
-    """``record_ahead`` by position (stages/ahead.py's call, once per injected request)."""
+    """``record_ahead`` by position (stages/ahead.py's call, once per injected request
+    whose line ``forward_line`` does not make: for an ``AuditLog`` and values it takes,
+    forward_ahead makes and writes that line itself, exactly as here)."""
     if type(sink) is AuditLog:
         # the line alone, when forward_line takes these values (else request_fields below)
         line = forward_line(agent, service, mode, method, host, path, via)
