@@ -421,3 +421,92 @@ def test_a_file_moved_away_by_anyone_is_noticed_on_the_next_record(
     same.record(_event(3))
     same.record(_event(4))
     assert _numbers(_lines(audit_path.with_name("twin.jsonl"))) == [3, 4]
+
+
+class _BeforeJsonlFile:
+    """audit/jsonl_file.py ``write_line`` as it was (the reference): the path's ``lstat``
+    by its ``str`` text, ``st_ino``/``st_dev``/``st_size`` read by name."""
+
+    @staticmethod
+    def make(path: Path, max_bytes: int, backups: int) -> object:
+        from vaultproxy.audit.jsonl_file import JsonlFile
+
+        class Before(JsonlFile):
+            def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
+                super().__init__(path, max_bytes=max_bytes, backups=backups)
+                self._where = os.fspath(path)  # type: ignore[assignment]
+
+            def write_line(self, data: bytes) -> None:
+                import errno
+
+                try:
+                    st = os.lstat(self._where)
+                except FileNotFoundError:
+                    st = None
+                fd = self._fd
+                if (st is not None and fd >= 0 and st.st_ino == self._inode
+                        and st.st_dev == self._dev):
+                    size = st.st_size
+                else:
+                    fd, size = self._current()
+                length = len(data)
+                if size > 0 and size + length > self.max_bytes:
+                    self._rotate(fd)
+                    fd, _size = self._current()
+                written = os.write(fd, data)
+                if written != length:
+                    self._cut_back(fd, written)
+                    raise OSError(errno.ENOSPC, "short write to the audit log; line removed")
+
+        return Before(path, max_bytes=max_bytes, backups=backups)
+
+
+def test_write_line_writes_what_it_wrote_before(tmp_path: Path) -> None:
+    """``JsonlFile.write_line`` (the path's ``lstat`` by its bytes, the stat's fields by
+    place) against the code it replaces, on seeded runs: lines of every length around
+    ``max_bytes``, and between them another process's doing (the file moved away, replaced
+    by a new file with or without text, removed, a lax mode, a torn last line), with
+    several ``backups``: the same files with the same bytes, every one of them."""
+    import random
+
+    from vaultproxy.audit.jsonl_file import JsonlFile
+
+    rng = random.Random(67)
+    rotated = 0
+    for run in range(12):
+        max_bytes, backups = rng.choice([(60, 0), (200, 2), (700, 3), (10_000, 1)])
+        dirs = [tmp_path / f"{run}-now", tmp_path / f"{run}-before"]
+        for d in dirs:
+            d.mkdir()
+        files = [JsonlFile(dirs[0] / "audit.jsonl", max_bytes=max_bytes, backups=backups),
+                 _BeforeJsonlFile.make(dirs[1] / "audit.jsonl", max_bytes, backups)]
+        moved = replaced = 0
+        for n in range(300):
+            what = rng.random()
+            text = (f'{{"n":{n},"x":"' + "y" * rng.randrange(0, 120) + '"}\n').encode()
+            extra = rng.randrange(0, 3)
+            for d in dirs:  # another process's doing, the same in both directories
+                path = d / "audit.jsonl"
+                if what < 0.05 and path.exists():
+                    os.replace(path, d / f"away-{n}")
+                elif what < 0.09:
+                    fresh = d / "fresh"
+                    fresh.write_bytes(b'{"other":1}\n' * extra + (b"torn" if extra == 2 else b""))
+                    os.chmod(fresh, 0o644 if extra else 0o600)
+                    os.replace(fresh, path)
+                elif what < 0.11 and path.exists():
+                    path.unlink()
+            moved += what < 0.05
+            replaced += 0.05 <= what < 0.09
+            for f in files:
+                f.write_line(text)  # type: ignore[attr-defined]
+        for f in files:
+            f.close()  # type: ignore[attr-defined]
+        rotated += len([p for p in dirs[0].iterdir() if p.name.startswith("audit.jsonl.")])
+        names = [sorted(p.name for p in d.iterdir()) for d in dirs]
+        assert names[0] == names[1]
+        for name in names[0]:
+            assert (dirs[0] / name).read_bytes() == (dirs[1] / name).read_bytes(), name
+            assert _mode(dirs[0] / name) == _mode(dirs[1] / name), name
+        assert moved and replaced  # twin: both reached
+    assert rotated > 10

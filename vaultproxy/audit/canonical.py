@@ -152,7 +152,9 @@ def ahead_record(
     sink: AheadSink, agent: str | None, service: str | None, mode: str | None,
     method: str | None, host: str | None, path: str | None, via: str | None = None,
 ) -> bool:
-    """``record_ahead`` by position (stages/ahead.py's call, once per injected request)."""
+    """``record_ahead`` by position (stages/ahead.py's call, once per injected request
+    whose line forward_ahead does not make itself: for an ``AuditLog`` and values
+    ``forward_line`` takes, forward_ahead makes and writes that line, exactly as here)."""
     kind = type(sink)
     lines = kind is AuditLog or getattr(kind, "takes_lines", False) is True
     log: AuditLog = sink  # type: ignore[assignment]  # (used only when ``lines``)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from mitmproxy import http
 
 from vaultproxy.audit.canonical import ahead_record
+from vaultproxy.audit.event import forward_line
+from vaultproxy.audit.log import AuditLog
 from vaultproxy.core.pipeline import record_forward
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import AuditUnavailable
@@ -42,9 +44,20 @@ def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
             # the one for any other decision)
             raw = request.data.method
             method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
+            if method is None:
+                method = request.method
+            if type(audit) is AuditLog:
+                # ``ahead_record``'s own first step, without its call (one frame less before
+                # the upstream write): the line alone when ``forward_line`` takes the values
+                line = forward_line(decision.agent, service.name, service.mode, method,
+                                    target[0], rec.path, None)
+                if line is not None:
+                    continue_ = audit.on_failure == "continue"
+                    if not audit._write(line, continue_) and not continue_:
+                        raise AuditUnavailable()
+                    return
             if not ahead_record(
-                audit, decision.agent, service.name, service.mode,
-                request.method if method is None else method, target[0], rec.path,
+                audit, decision.agent, service.name, service.mode, method, target[0], rec.path,
             ) and audit.on_failure != "continue":
                 raise AuditUnavailable()
             return
