@@ -9,7 +9,7 @@ log."""
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from vaultproxy.audit import metrics
 from vaultproxy.audit.event import (
@@ -25,10 +25,20 @@ from vaultproxy.audit.event import (
 )
 from vaultproxy.audit.log import AuditLog
 
-if TYPE_CHECKING:
-    from vaultproxy.seam.aftersend import Later
-
 _tuple_new = tuple.__new__
+
+
+class Later(Protocol):
+    """What ``decision_record`` leaves a record's write in: seam/aftersend.py ``Later`` (named
+    here by its shape, so the audit package imports nothing of the seam above it)."""
+
+    taken: tuple[Any, ...] | None
+    line: str | None
+    log: Any
+    event: Any
+    sink: Any
+
+    def run(self, flow: Any) -> None: ...
 
 
 class Sink(Protocol):

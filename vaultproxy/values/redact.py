@@ -261,36 +261,27 @@ def _general(
             return True
     if regex is None:
         return False
-    # Windows cost about as much per byte as the full regex: spend at most ~1/4 of it.
-    windows = max(_MAX_WINDOWS, len(data) // (8 * span)) if span else _MAX_WINDOWS
-    for lead, escape in escapes:
-        if lead not in data:
-            continue
-        for m in escape.finditer(data):
-            # A match holding an escape that starts in [m.start(), m.end()) (this one, or
-            # one finditer stepped over) lies within this window.
-            if regex.search(data, max(0, m.start() + 1 - span), m.end() + span) is not None:
-                return True
-            windows -= 1
-            if windows <= 0:
-                return True
-    return False
+    return _escaped(data, regex, span, escapes)
 
 
 def _escaped(
     data: bytes,
     regex: re.Pattern[bytes],
     span: int,
-    lead_escapes: tuple[tuple[int, re.Pattern[bytes]], ...],
+    lead_escapes: tuple[tuple[int | bytes, re.Pattern[bytes]], ...],
 ) -> bool:
-    """The escapes' part of ``may_match`` for ``bytes`` (no needle is in ``data``): at each
-    escape of a secret character, the full regex over the window a match holding it could
-    span; after the window budget, "maybe"."""
+    """The escapes' part of ``may_match`` (no needle is in ``data``): at each escape of a
+    secret character, the full regex over the window a match holding it could span; after
+    the window budget, "maybe". A lead is a byte's value (the unrolled form, ``bytes`` data)
+    or the byte itself (the general form, any bytes-like ``data``)."""
+    # Windows cost about as much per byte as the full regex: spend at most ~1/4 of it.
     windows = max(_MAX_WINDOWS, len(data) // (8 * span)) if span else _MAX_WINDOWS
     for lead, escape in lead_escapes:
         if lead not in data:
             continue
         for m in escape.finditer(data):
+            # A match holding an escape that starts in [m.start(), m.end()) (this one, or
+            # one finditer stepped over) lies within this window.
             if regex.search(data, max(0, m.start() + 1 - span), m.end() + span) is not None:
                 return True
             windows -= 1
