@@ -398,3 +398,84 @@ def test_the_supervisor_counts_a_workers_lines_as_before(monkeypatch: pytest.Mon
         assert offered[-1] == (line, n)
         skipped += '"request"' not in line and "\\" not in line
     assert 300 < skipped < 4000  # twin: both the unparsed and the parsed lines reached
+
+
+def test_forward_ahead_of_a_worker_is_the_code_it_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stages/ahead.py ``forward_ahead`` writes a worker's forward line itself (as it does an
+    AuditLog's): on seeded flows, both policies, while writing fails and after it works,
+    WorkerAudit through ``forward_ahead`` and the old class through ``record_forward`` (the
+    code it replaces) write the same file, answer alike (AuditUnavailable under ``deny``),
+    keep the same counters and send the supervisor the same bytes; and on the stages'
+    values the worker's line is written without ``ahead_record``'s call (twin: the old
+    path made a record and called ``ahead``)."""
+    from mitmproxy.test import tflow
+
+    from vaultproxy.config.models import Service
+    from vaultproxy.core.pipeline import record_forward
+    from vaultproxy.errors import AuditUnavailable
+    from vaultproxy.stages import ahead as ahead_module
+    from vaultproxy.stages.ahead import METHOD_TEXT, forward_ahead
+    from vaultproxy.stages.flowrecord import record_of
+
+    monkeypatch.setattr(event_module, "_time", lambda: 1_800_000_000.25)
+    via_call = []
+    real = ahead_module.ahead_record
+    monkeypatch.setattr(ahead_module, "ahead_record",
+                        lambda *a: via_call.append(1) or real(*a))
+    svc = Service.model_validate({"name": "hi", "hosts": ["hi.example"], "mode": "host_inject",
+                                  "auth": "bearer"})
+    methods = [*METHOD_TEXT, b"get", b"PROPFIND", b"G\xffT", b""]
+    rng = random.Random(67)
+
+    def before(log: Any, flow: Any, rec: Any) -> None:
+        d = rec.decision
+        record_forward(log, log.on_failure, d.agent, d.service, flow.request.method,
+                       d.target[0], rec.path)
+
+    async def go(policy: str) -> None:
+        loop = asyncio.get_running_loop()
+        base = tmp_path / policy
+        new_ch, old_ch = _Channel(), _Channel()
+        new = WorkerAudit(base / "a" / "audit.jsonl", new_ch, loop)  # type: ignore[arg-type]
+        old = _OldWorkerAudit(base / "b" / "audit.jsonl", old_ch, loop)
+        calls = []
+        for log in (new, old):
+            log.on_failure = policy  # type: ignore[assignment]
+        method = old.ahead
+        monkeypatch.setattr(old, "ahead", lambda ev: calls.append(1) or method(ev))
+        via_call.clear()
+        for n in range(800):
+            if n == 150:
+                for sub in ("a", "b"):
+                    (base / sub).mkdir(parents=True)
+            flow = tflow.tflow()
+            flow.request.data.method = rng.choice(methods)
+            rec = record_of(flow)
+            rec.path = rng.choice(["/p", "/q?x", None, "/caf\u00e9"])
+            rec.decision = types.SimpleNamespace(
+                agent=rng.choice([None, "bot", 'a"b']), service=svc,
+                target=rng.choice([("hi.example", 443), ("h\u00e9", 1)]))
+            answers = []
+            for log, write in ((new, None), (old, before)):
+                try:
+                    if write is None:
+                        forward_ahead(types.SimpleNamespace(audit=log), flow, rec)  # type: ignore[arg-type]
+                    else:
+                        write(log, flow, rec)
+                    answers.append("ok")
+                except AuditUnavailable:
+                    answers.append("refused")
+            assert answers[0] == answers[1], n
+            assert new.stats() == old.stats()
+            assert bytes(new_ch.data) == bytes(old_ch.data), n
+        new.close()
+        old.close()
+        files = [(base / sub / "audit.jsonl").read_bytes() for sub in ("a", "b")]
+        assert files[0] == files[1]
+        assert new.stats()["failed"] > 100 and new.stats()["written"] > 500
+        assert via_call == [] and len(calls) == 800  # twin: the old path made records
+
+    for policy in ("deny", "continue"):
+        asyncio.run(go(policy))

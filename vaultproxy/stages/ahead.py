@@ -46,9 +46,12 @@ def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
             method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
             if method is None:
                 method = request.method
-            if type(audit) is AuditLog:
-                # ``ahead_record``'s own first step, without its call (one frame less before
-                # the upstream write): the line alone when ``forward_line`` takes the values
+            kind = type(audit)
+            if kind is AuditLog or getattr(kind, "takes_lines", False) is True:
+                # ``ahead_record``'s own first step, for the same logs (an ``AuditLog``, a
+                # ``--workers`` process's ``WorkerAudit``), without its call (one frame less
+                # before the upstream write): the line alone when ``forward_line`` takes the
+                # values
                 line = forward_line(decision.agent, service.name, service.mode, method,
                                     target[0], rec.path, None)
                 if line is not None:
