@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 import uuid
@@ -43,8 +44,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-
-from tests.harness.upstream import free_port
 
 PBKDF2 = {"kdf": 0, "iterations": 600_000, "memory": None, "parallelism": None}
 ARGON2ID = {"kdf": 1, "iterations": 3, "memory": 64, "parallelism": 4}
@@ -159,7 +158,11 @@ class BitwardenServer:
         self.prelogin_paths = {"/identity/accounts/prelogin",
                                "/identity/accounts/prelogin/password"}
         self.prelogin_override: dict[str, Any] | None = None
-        self.port = free_port()
+        # bound here and handed to uvicorn: a port picked by ``free_port()`` and bound later
+        # could be taken in between by another xdist worker's server
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
         self.url = f"https://127.0.0.1:{self.port}"
         self.app = self._build()
         config = uvicorn.Config(
@@ -168,7 +171,8 @@ class BitwardenServer:
             lifespan="off",
         )  # fmt: skip
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, args=([self._sock],),
+                                       daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
         while not self.server.started:

@@ -145,9 +145,14 @@ class Upstream:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> Upstream:
-        self.port = free_port()
+        # The listening socket is bound here (port 0) and handed to hypercorn by its fd: a
+        # port picked by ``free_port()`` and bound later could be taken in between by another
+        # xdist worker's server.
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = int(sock.getsockname()[1])
         config = Config()
-        config.bind = [f"127.0.0.1:{self.port}"]
+        config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) the fd now
         config.certfile = str(self.cert_file)
         config.keyfile = str(self.cert_file)
         config.alpn_protocols = ["h2", "http/1.1"]

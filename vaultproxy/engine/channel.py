@@ -15,7 +15,6 @@ Worker -> supervisor: ``ready``, ``pong`` (with the worker's audit counters), ``
 ``audit_state`` (its audit counters, when its audit health changes and at exit), ``busy``
 (a connection after it said it had none) and ``idle`` (none, at start); every ``pong`` also
 carries ``conns``, its connections (the heartbeat pings only a busy worker, engine/workers.py).
-Worker -> supervisor: ``ready``, ``pong``, ``audit`` (payload: one JSON line).
 Minted tokens (engine/tokens.py): worker -> supervisor ``mint``, answered by ``minted``
 (payload: the token and its headers).
 Approvals and rate limits (engine/access_channel.py): worker -> supervisor ``access``,
