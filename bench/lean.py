@@ -5,6 +5,8 @@
     .venv/bin/python bench/lean.py --tree main=/tmp/main-src --tree lean=. --rounds 4
     .venv/bin/python bench/lean.py --tree stock=. --tree lean=. --env stock:VAULTPROXY_LEAN_HTTP1=0
     .venv/bin/python bench/lean.py --tree w1=. --tree w2=. --workers w2:2   # --workers 2 vs 1
+    .venv/bin/python bench/lean.py --tree shared=. --tree static=. --python static=/tmp/vp-static/venv/bin/python
+                                              # the interpreter build (bench/static_python.py)
 
 Each tree is a checkout of vaultproxy (e.g. `git archive main | tar -x -C /tmp/main-src`); every
 round starts `vaultproxy run --workers 1` (``--workers [name:]N``) from each tree in turn (A, B, A, B, ...) against the
@@ -109,13 +111,14 @@ class TreeProxy(Vaultproxy):
     ready_cpu_s: float = 0.0  # the process's own CPU time until run.json (steadier under load)
     workers: int = 1
     path_prefix: str = ""  # directories ahead of the tree on PYTHONPATH (bench/hooktimes.py)
+    python: str = sys.executable  # the interpreter (--python: bench/static_python.py's venv)
 
     def start(self) -> None:
         assert self.home is not None
         run_json = self.home.path / "run.json"
         run_json.unlink(missing_ok=True)
         cmd = [
-            sys.executable, "-m", "vaultproxy", "run", "--home", str(self.home.path),
+            self.python, "-m", "vaultproxy", "run", "--home", str(self.home.path),
             "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--dashboard-listen", "",
             "--password-file", str(self.home.password_file), "--workers", str(self.workers),
         ]  # fmt: skip
@@ -217,8 +220,12 @@ def main() -> None:
     ap.add_argument("--workers", action="append", default=[], metavar="[name:]N",
                     help="`vaultproxy run --workers N` for every tree, or for one tree "
                     "(name:N, repeatable; default 1); CPU is summed over all N processes")
+    ap.add_argument("--python", action="append", default=[], metavar="name=PATH",
+                    help="that tree's proxy runs under PATH (a venv's python with the same "
+                    "packages, e.g. bench/static_python.py's; default: this interpreter)")
     args = ap.parse_args()
     workers = workers_by_tree(args.workers)
+    pythons = dict(s.split("=", 1) for s in args.python)
     trees = [(s.split("=", 1)[0], Path(s.split("=", 1)[1]).resolve()) for s in args.tree] or [
         ("this", Path(__file__).resolve().parents[1])
     ]
@@ -243,6 +250,7 @@ def main() -> None:
                 t.home, t.service, t.tree = home, "hi", tree
                 t.extra_env = envs.get(name)
                 t.workers = workers_for(workers, name)
+                t.python = pythons.get(name, sys.executable)
                 try:
                     m = measure(t, args.n, args.seq, direct.p50_ms, args.client)
                 finally:
