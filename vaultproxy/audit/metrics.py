@@ -199,6 +199,7 @@ UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
 
 _BOUNDS = LATENCY.BOUNDS
 _NBUCKETS = len(_BOUNDS)
+_FIRST = float(_BOUNDS[0])
 
 
 def observed[E: AnyEvent](event: E) -> E:
@@ -291,22 +292,30 @@ def counted(
             row = mine[0].get(key)
             if row is None:
                 _SEEN_FLOWS.setdefault(key, time())
-                row = mine[0][key] = [0.0]
+                # [count, the thread's histogram row of the service once it took a latency]
+                row = mine[0][key] = [0.0, None]
             row[0] += 1.0
             if reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, reason).inc()
             if duration_ms is not None and outcome in ("injected", "forwarded"):
-                hist = mine[1].get(service)
-                if hist is None:  # as labels() before: the series, even if the next raises
-                    _SEEN_LATENCY.setdefault(service, time())
-                    hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
+                hist = row[1]  # (``mine[1][service]``, kept in the row: one look-up less)
+                if hist is None:
+                    hist = mine[1].get(service)
+                    if hist is None:  # as labels() before: the series, even if the next raises
+                        _SEEN_LATENCY.setdefault(service, time())
+                        hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
+                    row[1] = hist
                 amount = duration_ms / 1000.0
                 hist[0] += amount  # the sum first, as Histogram.observe
                 # Histogram.observe's ``amount <= bound`` for the first bound that holds; NaN
-                # holds for none (only the sum takes it).
-                i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
-                if i < _NBUCKETS:
-                    hist[i + 1] += 1.0
+                # holds for none (only the sum takes it). The first bound by one comparison
+                # of a float (a proxied request's usual bucket), the others by bisection.
+                if type(amount) is float and amount <= _FIRST:
+                    hist[1] += 1.0
+                else:
+                    i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
+                    if i < _NBUCKETS:
+                        hist[i + 1] += 1.0
     except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
         pass
 
