@@ -36,7 +36,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # sums the rows of every thread, copying each dict and list by one C call (atomic under the
 # GIL). A series' first sight is ``dict.setdefault`` on ``_SEEN_*`` (atomic too), so the
 # exposition keeps prometheus_client's order (first observed first) and ``_created``.
-_THREADS: dict[int, tuple[dict[tuple[str, str], list[float]], dict[str, list[float]]]] = {}
+# a flow row: [count, the thread's latency row of its service once it took one (or None)]
+_THREADS: dict[int, tuple[dict[tuple[str, str], list[Any]], dict[str, list[float]]]] = {}
 _SEEN_FLOWS: dict[tuple[str, str], float] = {}  # (service, outcome) -> created
 _SEEN_LATENCY: dict[str, float] = {}  # service -> created
 # PROMETHEUS_DISABLE_CREATED_SERIES, read as prometheus_client.metrics reads it at import.
@@ -53,7 +54,7 @@ class _Flows(Collector):
     DOC = "Intercepted requests by service and outcome"
 
     def __init__(self) -> None:
-        self.threads: dict[int, tuple[dict[tuple[str, str], list[float]], Any]] = _THREADS
+        self.threads: dict[int, tuple[dict[tuple[str, str], list[Any]], Any]] = _THREADS
         self.seen: dict[tuple[str, str], float] = _SEEN_FLOWS
 
     def _family(self) -> CounterMetricFamily:
@@ -298,7 +299,7 @@ def counted(
             if reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, reason).inc()
             if duration_ms is not None and outcome in ("injected", "forwarded"):
-                hist = row[1]  # (``mine[1][service]``, kept in the row: one look-up less)
+                hist: list[float] | None = row[1]  # (``mine[1][service]``, kept in the row)
                 if hist is None:
                     hist = mine[1].get(service)
                     if hist is None:  # as labels() before: the series, even if the next raises
