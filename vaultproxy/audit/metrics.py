@@ -200,7 +200,9 @@ UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
 
 _BOUNDS = LATENCY.BOUNDS
 _NBUCKETS = len(_BOUNDS)
-_FIRST = float(_BOUNDS[0])
+# ``counted`` compares a float with these bounds written out: the same numbers, or no import
+if _BOUNDS != (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf):
+    raise RuntimeError("metrics: counted's written-out latency buckets are not LATENCY.BOUNDS")
 
 
 def observed[E: AnyEvent](event: E) -> E:
@@ -309,10 +311,23 @@ def counted(
                 amount = duration_ms / 1000.0
                 hist[0] += amount  # the sum first, as Histogram.observe
                 # Histogram.observe's ``amount <= bound`` for the first bound that holds; NaN
-                # holds for none (only the sum takes it). The first bound by one comparison
-                # of a float (a proxied request's usual bucket), the others by bisection.
-                if type(amount) is float and amount <= _FIRST:
-                    hist[1] += 1.0
+                # holds for none (only the sum takes it). A float's bucket by comparisons of
+                # floats (``_BOUNDS`` written out, checked at import; ``hist[1 + bucket]``),
+                # the first bucket (a proxied request's usual one) by one; any other
+                # amount's by bisection.
+                if type(amount) is float:
+                    if amount <= 0.005:
+                        hist[1] += 1.0
+                    elif amount <= 0.1:
+                        hist[2 if amount <= 0.01 else 3 if amount <= 0.025 else 4
+                             if amount <= 0.05 else 5] += 1.0
+                    elif amount <= 2.5:
+                        hist[6 if amount <= 0.25 else 7 if amount <= 0.5 else 8
+                             if amount <= 1.0 else 9] += 1.0
+                    elif amount <= 30.0:
+                        hist[10 if amount <= 5.0 else 11 if amount <= 10.0 else 12] += 1.0
+                    elif amount > 30.0:  # +Inf's bucket (NaN is in none)
+                        hist[13] += 1.0
                 else:
                     i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
                     if i < _NBUCKETS:
