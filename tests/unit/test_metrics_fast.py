@@ -67,6 +67,7 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> CollectorRegistry:
     """Fresh collectors behind ``metrics.observed``, in their own registry, in the order
     audit/metrics.py registers them."""
     monkeypatch.setattr(metrics, "_THREADS", {})
+    monkeypatch.setattr(metrics, "_LOCAL", threading.local())  # (each thread's rows in it)
     monkeypatch.setattr(metrics, "_SEEN_FLOWS", {})
     monkeypatch.setattr(metrics, "_SEEN_LATENCY", {})
     registry = CollectorRegistry(auto_describe=True)

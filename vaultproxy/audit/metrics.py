@@ -10,7 +10,7 @@ import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from threading import get_ident
+from threading import get_ident, local
 from time import time
 from typing import Any
 
@@ -38,6 +38,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # exposition keeps prometheus_client's order (first observed first) and ``_created``.
 # a flow row: [count, the thread's latency row of its service once it took one (or None)]
 _THREADS: dict[int, tuple[dict[tuple[str, str], list[Any]], dict[str, list[float]]]] = {}
+_LOCAL = local()  # ``rows``: the calling thread's entry of ``_THREADS``
 _SEEN_FLOWS: dict[tuple[str, str], float] = {}  # (service, outcome) -> created
 _SEEN_LATENCY: dict[str, float] = {}  # service -> created
 # PROMETHEUS_DISABLE_CREATED_SERIES, read as prometheus_client.metrics reads it at import.
@@ -288,9 +289,10 @@ def counted(
                 # was stringified by prometheus_client's labels() (a str subclass too).
                 hash((service, label))
                 service, label = str(service), str(label)
-            mine = _THREADS.get(get_ident())
-            if mine is None:
-                mine = _THREADS[get_ident()] = ({}, {})
+            try:  # this thread's rows (a thread-local: no ident made and looked up)
+                mine = _LOCAL.rows
+            except AttributeError:  # (its first count: an ended thread's ident, its rows)
+                mine = _LOCAL.rows = _THREADS.setdefault(get_ident(), ({}, {}))
             key = (service, label)
             row = mine[0].get(key)
             if row is None:
