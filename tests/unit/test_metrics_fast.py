@@ -67,6 +67,7 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> CollectorRegistry:
     """Fresh collectors behind ``metrics.observed``, in their own registry, in the order
     audit/metrics.py registers them."""
     monkeypatch.setattr(metrics, "_THREADS", {})
+    monkeypatch.setattr(metrics, "_LOCAL", threading.local())  # (each thread's rows in it)
     monkeypatch.setattr(metrics, "_SEEN_FLOWS", {})
     monkeypatch.setattr(metrics, "_SEEN_LATENCY", {})
     registry = CollectorRegistry(auto_describe=True)
@@ -152,6 +153,36 @@ def test_exposition_is_prometheus_clients(fast: CollectorRegistry, seed: int) ->
         sr = [(s.name, s.labels, s.value) for s in fam_r.samples if not s.name.endswith("_created")]
         assert sf == sr
         assert [type(s.value) for s in fam_f.samples] == [type(s.value) for s in fam_r.samples]
+
+
+def test_every_bucket_edge_counts_as_prometheus_clients(fast: CollectorRegistry) -> None:
+    """The first bucket by one comparison, the others by bisection (``counted``): each bound
+    exactly, a float either side of it, 0, -0.0, negatives, NaN, infinities, huge values,
+    ints, for two outcomes of one service (one histogram row, kept in both flow rows)
+    and a service whose first request had no latency: the same samples as Histogram."""
+    ref = _Reference()
+    values: list[Any] = [0, 0.0, -0.0, -1.0, -math.inf, math.inf, math.nan, 1e300, 5, 5e12]
+    for bound in BUCKETS:
+        ms = bound * 1000
+        values += [ms, math.nextafter(ms, 0), math.nextafter(ms, math.inf), ms + 0.001,
+                   ms - 0.001, int(ms) if ms == int(ms) else ms]
+    values += [math.nextafter(0.005, 1) * 1000, 0.005 * 1000, 4.999999999999999]
+    events: list[Any] = [request_event("request", "denied", None, "late", None, None, None,
+                                       None, 403, None, None)]
+    for v in values:
+        for service, outcome in (("hi", "injected"), ("hi", "forwarded"), ("late", "injected")):
+            events.append(_Event(service, outcome, None, v))
+    for event in events:
+        metrics.observed(event)
+        ref.observed(event)
+    assert _exposition(fast) == _exposition(ref.registry)
+    for fam_f, fam_r in zip(fast.collect(), ref.registry.collect(), strict=True):
+        sf = [(s.name, s.labels, s.value) for s in fam_f.samples if not s.name.endswith("_created")]
+        sr = [(s.name, s.labels, s.value) for s in fam_r.samples if not s.name.endswith("_created")]
+        assert repr(sf) == repr(sr)  # (repr: NaN sums compare too)
+    get = fast.get_sample_value
+    assert get("vaultproxy_injection_latency_seconds_bucket",
+               {"service": "hi", "le": "0.005"}) == 24  # the first bucket reached (2 x 12)
 
 
 def test_created_is_the_first_observation(fast: CollectorRegistry) -> None:

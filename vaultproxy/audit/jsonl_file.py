@@ -77,22 +77,27 @@ class JsonlFile:
         try:
             st = os.lstat(self._where)  # (os.stat without following: no keyword to parse)
         except FileNotFoundError:
-            st = None
-        fd = self._fd
-        # st[1], st[2], st[6]: st_ino, st_dev, st_size by their fixed places in the tuple
-        # (os.stat_result's documented order; a named read is not specialised: +0.25k a line)
-        if st is not None and fd >= 0 and st[1] == self._inode and st[2] == self._dev:
-            size = st[6]
-        else:
             fd, size = self._current()
+        else:
+            # st[1], st[2], st[6]: st_ino, st_dev, st_size by their fixed places in the tuple
+            # (os.stat_result's documented order; a named read is not specialised: +0.25k a
+            # line). No fd open: ``_inode`` is -1, which no st_ino is.
+            if st[1] == self._inode and st[2] == self._dev:
+                fd, size = self._fd, st[6]
+            else:
+                fd, size = self._current()
         length = len(data)
         if size > 0 and size + length > self.max_bytes:
             self._rotate(fd)
-            fd, _size = self._current()
+            fd, size = self._current()
         written = os.write(fd, data)
         if written != length:
-            self._cut_back(fd, written)
-            raise OSError(errno.ENOSPC, "short write to the audit log; the line was removed")
+            self._short(fd, written)
+
+    def _short(self, fd: int, written: int) -> None:
+        """A line's write cut short: what of it was written is removed; raises OSError."""
+        self._cut_back(fd, written)
+        raise OSError(errno.ENOSPC, "short write to the audit log; the line was removed")
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -10,7 +10,7 @@ import math
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from threading import get_ident
+from threading import get_ident, local
 from time import time
 from typing import Any
 
@@ -36,7 +36,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # sums the rows of every thread, copying each dict and list by one C call (atomic under the
 # GIL). A series' first sight is ``dict.setdefault`` on ``_SEEN_*`` (atomic too), so the
 # exposition keeps prometheus_client's order (first observed first) and ``_created``.
-_THREADS: dict[int, tuple[dict[tuple[str, str], list[float]], dict[str, list[float]]]] = {}
+# a flow row: [count, the thread's latency row of its service once it took one (or None)]
+_THREADS: dict[int, tuple[dict[tuple[str, str], list[Any]], dict[str, list[float]]]] = {}
+_LOCAL = local()  # ``rows``: the calling thread's entry of ``_THREADS``
 _SEEN_FLOWS: dict[tuple[str, str], float] = {}  # (service, outcome) -> created
 _SEEN_LATENCY: dict[str, float] = {}  # service -> created
 # PROMETHEUS_DISABLE_CREATED_SERIES, read as prometheus_client.metrics reads it at import.
@@ -53,7 +55,7 @@ class _Flows(Collector):
     DOC = "Intercepted requests by service and outcome"
 
     def __init__(self) -> None:
-        self.threads: dict[int, tuple[dict[tuple[str, str], list[float]], Any]] = _THREADS
+        self.threads: dict[int, tuple[dict[tuple[str, str], list[Any]], Any]] = _THREADS
         self.seen: dict[tuple[str, str], float] = _SEEN_FLOWS
 
     def _family(self) -> CounterMetricFamily:
@@ -199,6 +201,9 @@ UPSTREAM_CODES = frozenset({"upstream_unreachable", "upstream_tls"})
 
 _BOUNDS = LATENCY.BOUNDS
 _NBUCKETS = len(_BOUNDS)
+# ``counted`` compares a float with these bounds written out: the same numbers, or no import
+if _BOUNDS != (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf):
+    raise RuntimeError("metrics: counted's written-out latency buckets are not LATENCY.BOUNDS")
 
 
 def observed[E: AnyEvent](event: E) -> E:
@@ -284,29 +289,51 @@ def counted(
                 # was stringified by prometheus_client's labels() (a str subclass too).
                 hash((service, label))
                 service, label = str(service), str(label)
-            mine = _THREADS.get(get_ident())
-            if mine is None:
-                mine = _THREADS[get_ident()] = ({}, {})
+            try:  # this thread's rows (a thread-local: no ident made and looked up)
+                mine = _LOCAL.rows
+            except AttributeError:  # (its first count: an ended thread's ident, its rows)
+                mine = _LOCAL.rows = _THREADS.setdefault(get_ident(), ({}, {}))
             key = (service, label)
             row = mine[0].get(key)
             if row is None:
                 _SEEN_FLOWS.setdefault(key, time())
-                row = mine[0][key] = [0.0]
+                # [count, the thread's histogram row of the service once it took a latency]
+                row = mine[0][key] = [0.0, None]
             row[0] += 1.0
             if reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, reason).inc()
             if duration_ms is not None and outcome in ("injected", "forwarded"):
-                hist = mine[1].get(service)
-                if hist is None:  # as labels() before: the series, even if the next raises
-                    _SEEN_LATENCY.setdefault(service, time())
-                    hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
+                hist: list[float] | None = row[1]  # (``mine[1][service]``, kept in the row)
+                if hist is None:
+                    hist = mine[1].get(service)
+                    if hist is None:  # as labels() before: the series, even if the next raises
+                        _SEEN_LATENCY.setdefault(service, time())
+                        hist = mine[1][service] = [0.0] * (_NBUCKETS + 1)
+                    row[1] = hist
                 amount = duration_ms / 1000.0
                 hist[0] += amount  # the sum first, as Histogram.observe
                 # Histogram.observe's ``amount <= bound`` for the first bound that holds; NaN
-                # holds for none (only the sum takes it).
-                i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
-                if i < _NBUCKETS:
-                    hist[i + 1] += 1.0
+                # holds for none (only the sum takes it). A float's bucket by comparisons of
+                # floats (``_BOUNDS`` written out, checked at import; ``hist[1 + bucket]``),
+                # the first bucket (a proxied request's usual one) by one; any other
+                # amount's by bisection.
+                if type(amount) is float:
+                    if amount <= 0.005:
+                        hist[1] += 1.0
+                    elif amount <= 0.1:
+                        hist[2 if amount <= 0.01 else 3 if amount <= 0.025 else 4
+                             if amount <= 0.05 else 5] += 1.0
+                    elif amount <= 2.5:
+                        hist[6 if amount <= 0.25 else 7 if amount <= 0.5 else 8
+                             if amount <= 1.0 else 9] += 1.0
+                    elif amount <= 30.0:
+                        hist[10 if amount <= 5.0 else 11 if amount <= 10.0 else 12] += 1.0
+                    elif amount > 30.0:  # +Inf's bucket (NaN is in none)
+                        hist[13] += 1.0
+                else:
+                    i = bisect_left(_BOUNDS, amount) if amount == amount else _NBUCKETS
+                    if i < _NBUCKETS:
+                        hist[i + 1] += 1.0
     except Exception:  # noqa: BLE001, S110 - metrics must never break the request path
         pass
 
