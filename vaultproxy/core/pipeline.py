@@ -32,9 +32,8 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import AuditUnavailable, BodyTooLarge, HostMismatch, InvalidRequest
 from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.minted import credential
-from vaultproxy.inject.names import canonical_names
+from vaultproxy.inject.names import canonical_names, names_with
 from vaultproxy.inject.names import header_names as header_names  # (the stages' import)
-from vaultproxy.inject.names import names_with
 from vaultproxy.inject.request import _pieces, canonical_name, made_for, minted_trigger
 from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.keystore import Entry

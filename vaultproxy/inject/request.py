@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mitmproxy import http
 
@@ -150,7 +150,7 @@ class Made:
         self.field = field
         self.lname = field[0].lower()
         self.strip = strip
-        self.done: object = None  # (``inject_head``'s own answer: core/pipeline.py)
+        self.done: Any = None  # (``inject_head``'s own answer: core/pipeline.py)
 
     def __repr__(self) -> str:
         return "Made(***)"
@@ -169,7 +169,7 @@ def made_for(entry: SharedEntry, service: Service) -> Made | None:
     if made is not None and made.service is service:
         return made  # type: ignore[no-any-return]
     strategy = STRATEGIES.get(service.auth)
-    if type(strategy) not in _ONE_FIELD or service.mode != "host_inject":
+    if strategy is None or type(strategy) not in _ONE_FIELD or service.mode != "host_inject":
         return None
     draft = Draft([], b"", None)
     try:
