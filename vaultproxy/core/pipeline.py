@@ -71,7 +71,10 @@ def header_value(fields: tuple[tuple[bytes, bytes], ...], name: bytes) -> str | 
     """``Headers.get(name)`` (``name`` lower-case bytes) through ``header_names``: the values
     joined by ", ", None when there is none."""
     names = header_names(fields)
-    if name not in names:
+    count = names.count(name)
+    if count == 1:  # (the common one: no comprehension, no join of one)
+        return fields[names.index(name)][1].decode("utf-8", "surrogateescape")
+    if not count:
         return None
     return ", ".join([fields[i][1].decode("utf-8", "surrogateescape")
                       for i, n in enumerate(names) if n == name])
