@@ -323,3 +323,19 @@ def test_header_value_is_the_comprehension_it_replaces() -> None:
         assert got == _header_value_reference(fields, name), (fields, name)
         counts[min(2, [k.lower() for k, _ in fields].count(name))] += 1
     assert min(counts.values()) > 100, counts
+
+
+def test_a_field_that_is_no_tuple_is_scanned_as_before(tmp_path: Path) -> None:
+    """The shortcut's inline ``_pieces``: a field that is a list (no tuple ``sum``) takes
+    ``_pieces``' general path; the same answer and the same error as the reference."""
+    st, _ = _home(tmp_path)
+    outcomes = set()
+    for service in st.registry.services:
+        for value in (b"v", b"__vault.nobody__", b"a%41"):
+            fields = ((b"Host", b"h"), [b"Accept", value])  # type: ignore[list-item]
+            plan = Plan(service, "stream", 1 << 20)
+            want = _outcome(st, _inject_head_reference, _request(fields, b"/"), plan)
+            got = _outcome(st, inject_head, _request(fields, b"/"), plan)
+            assert got == want, (service.name, value)
+            outcomes.add(got[0])
+    assert outcomes == {"done", "raised"}
