@@ -43,3 +43,13 @@ def canonical_names(fields: Fields, names: tuple[bytes, ...] | None = None
     if type(fields) is tuple:
         _canonical_memo = (fields, names)
     return names
+
+
+def names_with(fields: Fields, more: Fields, name: bytes) -> None:
+    """``more`` is ``fields`` plus one field named ``name`` (lower-cased): when the memo
+    holds ``header_names(fields)``, it holds ``more``'s from now on, that plus ``name`` (the
+    same tuple ``header_names(more)`` would compute: the injected request's next asker)."""
+    global _names_memo
+    memo = _names_memo
+    if memo[0] is fields and type(more) is tuple:
+        _names_memo = (more, memo[1] + (name,))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mitmproxy import http
 
@@ -47,6 +47,7 @@ from vaultproxy.inject.query_param import QueryParam
 from vaultproxy.inject.sigv4 import SigV4
 from vaultproxy.inject.strategy import Draft, HeaderFields, Strategy, header_safe
 from vaultproxy.keystore import Entry
+from vaultproxy.keystore.entries import SharedEntry
 from vaultproxy.secret import Secret
 from vaultproxy.values.placeholders import (
     PlaceholderIndex,
@@ -131,6 +132,55 @@ def strip_names(service: Service) -> frozenset[bytes]:
         names = _BASE_STRIP | {canonical_name(service.header_name.encode("ascii"))}
         _strip_cache[service.header_name] = names
     return names
+
+
+class Made:
+    """What ``made_for`` made of a shared keystore entry for one service in host_inject:
+    the one header field the service's auth type adds (its value is the credential,
+    revealed), the field's name lower-cased, the names its strip removes, and the
+    ``inject_head`` answer of a request that waits for no body. Held only on the
+    ``SharedEntry`` (``made``), which the keystore drops on every change (SECURITY 68).
+    ``repr`` names nothing."""
+
+    __slots__ = ("done", "field", "lname", "service", "strip")
+
+    def __init__(self, service: Service, field: tuple[bytes, bytes], strip: frozenset[bytes]
+                 ) -> None:
+        self.service = service
+        self.field = field
+        self.lname = field[0].lower()
+        self.strip = strip
+        self.done: Any = None  # (``inject_head``'s own answer: core/pipeline.py)
+
+    def __repr__(self) -> str:
+        return "Made(***)"
+
+
+#: The auth types whose host_inject injection is one header field made of the entry and the
+#: service alone (nothing of the request, no clock): the same field for every request.
+_ONE_FIELD = (Bearer, Header, Basic)
+
+
+def made_for(entry: SharedEntry, service: Service) -> Made | None:
+    """The service's host_inject header field made of ``entry`` (kept on it, made once per
+    entry and service), or None when its auth type makes no such field or making it raises:
+    the caller then runs ``prepare_request``, which raises what it raises, in its order."""
+    made = entry.made
+    if made is not None and made.service is service:
+        return made  # type: ignore[no-any-return]
+    strategy = STRATEGIES.get(service.auth)
+    if strategy is None or type(strategy) not in _ONE_FIELD or service.mode != "host_inject":
+        return None
+    draft = Draft([], b"", None)
+    try:
+        strategy.inject(draft, service, entry.value, entry.fields)
+    except Exception:  # noqa: BLE001  (prepare_request raises it again, in its order)
+        return None
+    if len(draft.headers) != 1 or draft.path or draft.query is not None or draft.stripped:
+        return None
+    made = Made(service, draft.headers[0], strip_names(service))
+    entry.keep_made(made)
+    return made  # type: ignore[no-any-return]
 
 
 def prepare_request(

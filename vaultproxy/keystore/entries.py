@@ -65,7 +65,16 @@ class SharedEntry(Entry):
     ``Keystore.get_shared`` hands to every reader while the stored entry stays as it was.
     Read-only, so no reader can change what another reads: its ``fields`` is a
     ``MappingProxyType`` over its own dict, and no attribute can be set or deleted on it.
-    ``copy()`` gives a plain, writable ``Entry``."""
+    ``copy()`` gives a plain, writable ``Entry``.
+
+    ``made``: what the injection made of this entry for one service (inject/request.py
+    ``made_for``: the finished credential header field, revealed bytes), kept here and
+    nowhere else, so it lives no longer than the copy it was made of; the keystore drops it
+    (``drop_made``) whenever it stops handing this copy out (an entry written or removed, a
+    refresh, a lock, an unlock, a reload: ``Keystore.forget_shared``). Its type shows no
+    value in a repr."""
+
+    made: Any  # (not a dataclass field: SharedEntry is no dataclass of its own)
 
     def __init__(self, entry: Entry) -> None:
         put = object.__setattr__
@@ -74,6 +83,13 @@ class SharedEntry(Entry):
         put(self, "fields", MappingProxyType(dict(entry.fields)))
         put(self, "created", entry.created)
         put(self, "updated", entry.updated)
+        put(self, "made", None)
+
+    def keep_made(self, made: object) -> None:
+        object.__setattr__(self, "made", made)
+
+    def drop_made(self) -> None:
+        object.__setattr__(self, "made", None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("a shared keystore entry is read-only")

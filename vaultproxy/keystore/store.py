@@ -48,7 +48,7 @@ def _wrap(password: Secret, dek: bytearray, kdf: KdfParams,
 
 
 # ``Keystore._shared``'s items: see ``get_shared``.
-_Shared = tuple[Entry, Secret | None, tuple[tuple[str, Secret], ...], float, float, Entry]
+_Shared = tuple[Entry, Secret | None, tuple[tuple[str, Secret], ...], float, float, SharedEntry]
 
 
 class WrongPassword(KeystoreError):
@@ -237,7 +237,7 @@ class Keystore:
         self._header, self._slots, self._disk = parsed.header, parsed.slots, digest
         self._entries, self._internal, self._synced = found.entries, found.internal, found.synced
         self._retired = found.retired
-        self._shared = {}
+        self.forget_shared()
         return True
 
     def plaintext(self) -> bytearray:
@@ -278,10 +278,26 @@ class Keystore:
                     return memo[5]
             elif len(fields) == len(held) and all(fields.get(k) is v for k, v in held):
                 return memo[5]
+        if memo is not None:
+            memo[5].drop_made()
         items = tuple(entry.fields.items())
         shared = SharedEntry(entry)
         self._shared[name] = (entry, entry.value, items, entry.updated, entry.created, shared)
         return shared
+
+    def forget_shared(self, name: str | None = None) -> None:
+        """Hand out no shared copy made so far (of ``name``; None: of every entry), and drop
+        what the injection made of each (``SharedEntry.made``): the next ``get_shared``
+        copies anew. Called on every write here, and by the session on a lock, an unlock and
+        a reload."""
+        if name is None:
+            memos = list(self._shared.values())
+            self._shared = {}
+        else:
+            memo = self._shared.pop(name, None)
+            memos = [] if memo is None else [memo]
+        for memo in memos:
+            memo[5].drop_made()
 
     def _touch(self, table: dict[str, Entry], name: str) -> Entry:
         now = self.clock()
@@ -293,6 +309,7 @@ class Keystore:
 
     def set_value(self, name: str, value: Secret) -> None:
         entries.check_entry_name(name)
+        self.forget_shared(name)
         entry = self._touch(self._entries, name)
         self._retire(name, None, entry.value, entry.updated, value)
         entry.value = Secret(value.reveal())
@@ -300,12 +317,13 @@ class Keystore:
     def set_field(self, name: str, field: str, value: Secret) -> None:
         entries.check_entry_name(name)
         entries.check_name(field, "field name")
+        self.forget_shared(name)
         entry = self._touch(self._entries, name)
         self._retire(name, field, entry.fields.get(field), entry.updated, value)
         entry.fields[field] = Secret(value.reveal())
 
     def remove(self, name: str) -> bool:
-        self._shared.pop(name, None)
+        self.forget_shared(name)
         entry = self._entries.pop(name, None)
         if entry is None:
             return False

@@ -69,10 +69,12 @@ class Session:
         """Serve from ``ks`` (an opened keystore, or a worker's read-only view of one)."""
         agents = load_agents(ks)
         with self._lock:
-            self.keystore = ks
+            old, self.keystore = self.keystore, ks
             self.agents = agents
             self._redactors.clear()
             self._static.clear()
+        _forget_shared(old)
+        _forget_shared(ks)
 
     def refresh(self) -> bool:
         """Re-read keystore.enc with the unlocked data key; True if anything changed."""
@@ -89,6 +91,7 @@ class Session:
             self._redactors.clear()
             self._static.clear()
             self._minted.clear()
+        _forget_shared(ks)
         if ks is not None:
             wipe = getattr(ks, "wipe", None)
             if callable(wipe):
@@ -101,13 +104,16 @@ class Session:
             self.agents = agents
             self._redactors.clear()
             self._static.clear()
+        _forget_shared(ks)
 
     def forget_redactors(self) -> None:
         """The services changed (a reload): redactors are rebuilt on next use (a group of
-        minted values only if its placeholder changed)."""
+        minted values only if its placeholder changed), and so are the keystore's shared
+        entries (with what the injection made of them for the services that were)."""
         with self._lock:
             self._redactors.clear()
             self._static.clear()
+        _forget_shared(self.keystore)
 
     def add_minted(
         self, service: str, secrets: Iterable[bytes], expires_at: float | None = None
@@ -202,6 +208,14 @@ class Session:
             if self.redactor_for(service) is not None:  # None: its secret is missing
                 pairs.extend(self._secret_pairs(service, retired=False))
         logfilter.use(Redactor(pairs))
+
+
+def _forget_shared(ks: Keystore | None) -> None:
+    """``ks.forget_shared()``: a lock, an unlock, a reload or a secret written drops every
+    shared entry and what the injection made of it (``SharedEntry.made``)."""
+    forget = getattr(ks, "forget_shared", None)  # (a test's stand-in keystore may lack it)
+    if callable(forget):
+        forget()
 
 
 def load_agents(ks: Keystore) -> dict[str, AgentRecord]:
