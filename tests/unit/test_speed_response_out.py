@@ -60,10 +60,14 @@ def _fields(rng: random.Random) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(fields)
 
 
-def _outcome(run: Any, fields: tuple[tuple[bytes, bytes], ...]) -> tuple[Any, ...]:
+def _outcome(wire: bool, redactor: Redactor, fields: tuple[tuple[bytes, bytes], ...],
+             cookie: bool) -> tuple[Any, ...]:
     headers = http.Headers(fields)
     try:
-        run(headers)
+        if wire:
+            gate_wire_head(redactor, headers, wire_block(headers.fields), cookie)
+        else:
+            gate_head(redactor, headers, plain=not cookie)
     except VaultproxyError as e:
         return ("raise", type(e), str(e), headers.fields)
     return ("ok", headers.fields)
@@ -81,9 +85,8 @@ def test_the_wire_head_is_gate_head() -> None:
         fields = _fields(rng)
         redactor = (REDACTOR, DIGITS, OTHER)[i % 3]
         cookie = any(k.lower() == b"set-cookie" for k, _ in fields)
-        want = _outcome(lambda h: gate_head(redactor, h, plain=not cookie), fields)
-        got = _outcome(
-            lambda h: gate_wire_head(redactor, h, wire_block(h.fields), cookie), fields)
+        want = _outcome(False, redactor, fields, cookie)
+        got = _outcome(True, redactor, fields, cookie)
         assert got == want, (i, fields)
         if want[0] == "raise":
             seen["raise"] += 1
