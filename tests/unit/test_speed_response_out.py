@@ -17,11 +17,19 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 from tests.canary import make_canary
-from tests.unit.test_speed_response_head import DIGITS, REDACTOR, SECRET, _flow
+from tests.unit.test_speed_response_head import (  # noqa: F401 - rt: a fixture
+    DIGITS,
+    REDACTOR,
+    SECRET,
+    _buffered,
+    _flow,
+    rt,
+)
 from vaultproxy.errors import VaultproxyError
 from vaultproxy.seam import headers as fast_headers
 from vaultproxy.seam import lean
 from vaultproxy.seam.objects import HEAD_NOTE, wire_block
+from vaultproxy.stages import Runtime
 from vaultproxy.stages import response_gate as gate
 from vaultproxy.values.redact import Redactor, gate_head, gate_wire_head
 
@@ -176,3 +184,21 @@ def test_closes_noted_is_closes() -> None:
         assert lean.closes_noted(f.request, resp, note) == want
         answers[want] += 1
     assert min(answers.values()) > 800, answers
+
+
+def test_the_plain_body_is_redact_whole(rt: Runtime) -> None:  # noqa: F811 - the fixture
+    """``response``'s inline redaction of a body under the one-pass head is ``_redact_whole``
+    without an encoding (its body and Content-Length)."""
+    rng = random.Random(368)
+    changed = 0
+    for _ in range(600):
+        body = b"".join(rng.choice(FORMS) if rng.random() < 0.1 else rng.choice(PIECES)
+                        for _ in range(rng.randint(0, 12)))
+        a, b = _buffered(rt, body), _buffered(rt, body)
+        gate.ResponseGate(rt).response(a)
+        gate._redact_whole(b, REDACTOR, "", 0)
+        assert a.response is not None and b.response is not None
+        assert a.response.data.content == b.response.data.content
+        assert a.response.headers.fields == b.response.headers.fields
+        changed += a.response.data.content != body
+    assert 100 < changed < 500  # twins: bodies with a form and without

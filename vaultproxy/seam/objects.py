@@ -212,7 +212,7 @@ HEAD_NOTE = "vaultproxy.head"
 def wire_block(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
     """The fields as ``Headers.__bytes__`` writes them, without the last CRLF: each
     ``name: value``, joined by CRLF (seam/lean.py ``_head``'s block)."""
-    return b"\r\n".join(map(b": ".join, fields))
+    return b"\r\n".join([b": ".join(field) for field in fields])
 
 
 def no_field_type_check(self: object) -> None:

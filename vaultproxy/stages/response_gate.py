@@ -220,7 +220,7 @@ def _plain_small_head(
     data.reason = _REASONS.get(code, b"")
     # No coding: it only checks, (drops) and redacts (``gate_head``), over the fields' wire
     # form (seam/objects.py ``wire_block``, inline), which the agent gets if none changes
-    block = b"\r\n".join(map(b": ".join, fields))
+    block = b"\r\n".join([b": ".join(field) for field in fields])
     gate_wire_head(redactor, data.headers, block, cookie)
     if data.headers.fields is not fields:  # a field dropped or redacted: look at them again
         _gate_body(flow, resp, redactor, service, None)
@@ -343,10 +343,16 @@ class ResponseGate(Stage):
             return  # nothing to scan
         if refusal is None:  # buffered by responseheaders (``_known_small``)
             if rec.plain_fields is not None and resp.data.headers.fields is rec.plain_fields:
-                encoding = ""  # the head the one-pass path took, unchanged since: no coding
-            else:
-                encoding = resp.headers.get("content-encoding", "").strip().lower()
-                encoding = "" if encoding == "identity" else encoding  # as gate_head read it
+                # the head the one-pass path took, unchanged since: no coding
+                # (``_redact_whole`` without an encoding, inline)
+                body = resp.data.content or b""  # (``resp.raw_content``)
+                out = redactor.redact(body)
+                if out is not body:
+                    resp.raw_content = out
+                    resp.headers["content-length"] = str(len(out))
+                return
+            encoding = resp.headers.get("content-encoding", "").strip().lower()
+            encoding = "" if encoding == "identity" else encoding  # as gate_head read it
             limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024 \
                 if encoding else 0  # only a decoder needs it
             _redact_whole(flow, redactor, encoding, limit)
