@@ -172,6 +172,7 @@ def test_inject_request_body_fault_denies(state, monkeypatch):  # type: ignore[n
 
 def test_scrub_responseheaders_fault_replaces_response(state, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(scrub_mod, "gate_head", boom)
+    monkeypatch.setattr(scrub_mod, "gate_wire_head", boom)  # (the one-pass head's)
     f = _flow(state, "svc.example.com", "svc")
     fire(Identify(state), HttpRequestHeadersHook(f), Inject(state))
     f.response = tutils.tresp(content=b"upstream body")

@@ -81,6 +81,7 @@ _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
 _AFTER, _Later = aftersend.KEY, aftersend.Later
+_HEAD_NOTE = objects.HEAD_NOTE
 _LAYER_HANDLE_EVENT = layer.Layer.handle_event
 #: mitmproxy's methods ``LeanLayer.handle_event`` does the work of (``need.fingerprint``):
 #: if one differs, or is gone, every event takes mitmproxy's ``Layer.handle_event``.
@@ -838,6 +839,26 @@ def closes(req: http.Request, resp: http.Response,
     return closes_general(req, resp)
 
 
+def closes_noted(req: http.Request, resp: http.Response,
+                 note: tuple[tuple[tuple[bytes, bytes], ...], bytes, bool]) -> bool:
+    """``closes`` for an HTTP/1.1 response whose head the response gate noted (seam/
+    objects.py ``HEAD_NOTE``; its ``headers.fields`` the note's): its names hold one
+    ``Content-Length`` and no ``Transfer-Encoding``, and the note tells whether a
+    Connection field might say close. tests/unit/test_speed_response_out.py compares it
+    with ``closes``."""
+    rdata = resp.data
+    if (rdata.headers.fields is not note[0] or rdata.http_version != b"HTTP/1.1"
+            or rdata.status_code == 101 or req.data.http_version not in _KEEP_ALIVE_RAW):
+        return closes(req, resp)
+    if not note[2] and _says_close(rdata.headers.fields):
+        return True
+    qfields = req.data.headers.fields
+    for k, _ in qfields:  # (``closes``' own loop)
+        if len(k) == 10 and k.lower() == b"connection":
+            return _says_close(qfields)
+    return False
+
+
 def _chunked(resp: http.Response) -> bool:
     return "chunked" in resp.headers.get("transfer-encoding", "").lower()
 
@@ -1090,14 +1111,29 @@ class LeanLayer(layer.Layer):
                 resp = flow.response
                 assert resp is not None
                 content = resp.raw_content
-                data = _head(resp)
-                rnames = {k.lower() for k, _ in resp.data.headers.fields}  # (for both tests)
-                chunked = b"transfer-encoding" in rnames and _chunked(resp)
-                if content:
-                    data += b"%x\r\n%s\r\n" % (len(content), content) if chunked else content
                 req = flow.request
-                if chunked and req.method != "HEAD":
-                    data += b"0\r\n\r\n"
+                rdata = resp.data
+                note = flow.metadata.get(_HEAD_NOTE)
+                if (note is not None and note[0] is rdata.headers.fields
+                        and rdata.http_version == b"HTTP/1.1"
+                        and type(rdata.headers) is http.Headers):
+                    # the head as the response gate left it (seam/objects.py ``HEAD_NOTE``):
+                    # ``_head`` with its block; no Transfer-Encoding, so not chunked
+                    data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
+                        rdata.status_code, rdata.reason, note[1])
+                    if content:
+                        data += content
+                    rnames = None
+                else:
+                    note = None
+                    data = _head(resp)
+                    rnames = {k.lower() for k, _ in rdata.headers.fields}  # (for both tests)
+                    chunked = b"transfer-encoding" in rnames and _chunked(resp)
+                    if content:
+                        data += (b"%x\r\n%s\r\n" % (len(content), content) if chunked
+                                 else content)
+                    if chunked and req.method != "HEAD":
+                        data += b"0\r\n\r\n"
                 later = job.later
                 if later is None:
                     yield send_data_of(ctx.client, data)
@@ -1110,7 +1146,8 @@ class LeanLayer(layer.Layer):
                         later.run(flow)
                 if not flow.websocket:
                     flow.live = False
-                if closes(req, resp, rnames):
+                if (closes_noted(req, resp, note) if note is not None
+                        else closes(req, resp, rnames)):
                     yield from self._close()
                 continue
             later = job.later

@@ -197,6 +197,24 @@ def headers_made(fields: list[tuple[bytes, bytes]]) -> http.Headers:
     return made
 
 
+#: The ``flow.metadata`` key of a response head the response gate read in one pass and left
+#: as it was (stages/response_gate.py ``_plain_small_head``): ``(fields, block, keep)``,
+#: ``fields`` the head's ``Headers.fields`` tuple then, ``block`` their wire form
+#: (``wire_block(fields)``), ``keep`` True when no Connection field among them says
+#: ``close`` (none, or one that is ``keep-alive``); their names hold no Transfer-Encoding
+#: and one Content-Length. It tells about a response only while its ``headers.fields`` is
+#: that very tuple (seam/lean.py checks: a stage that sets a field makes a new one). The
+#: block is the head as it goes to the agent (after the gate: no secret's form in it). A
+#: protocol, as dispatch's ``RECORD``: the seam does not import the stages.
+HEAD_NOTE = "vaultproxy.head"
+
+
+def wire_block(fields: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The fields as ``Headers.__bytes__`` writes them, without the last CRLF: each
+    ``name: value``, joined by CRLF (seam/lean.py ``_head``'s block)."""
+    return b"\r\n".join([b": ".join(field) for field in fields])
+
+
 def no_field_type_check(self: object) -> None:
     """``MessageData.__post_init__`` as seam/speed.py sets it (mitmproxy's development type
     check of every field dropped): nothing."""

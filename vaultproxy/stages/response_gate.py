@@ -50,6 +50,7 @@ from vaultproxy.errors import (
 )
 from vaultproxy.net.decoding import decoder_for
 from vaultproxy.seam.engine_errors import classify_engine_error
+from vaultproxy.seam.objects import HEAD_NOTE
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import deny, error_reply, guarded
 from vaultproxy.stages.runtime import Runtime, Stage
@@ -57,6 +58,7 @@ from vaultproxy.values.redact import (
     Redactor,
     drop_set_cookie,
     gate_head,
+    gate_wire_head,
     redact_headers,
     refuse_folded,
     stream_filter,
@@ -171,7 +173,7 @@ _REASONS: dict[int, bytes] = {
 }
 # Header names the common head is checked for (lower case).
 _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"content-encoding",
-                            b"set-cookie"))
+                            b"set-cookie", b"connection"))
 
 
 def _plain_small_head(
@@ -183,8 +185,10 @@ def _plain_small_head(
     such a head (reason phrase; ``gate_head``: a folded field refused, ``Set-Cookie``
     dropped, every field redacted; the body buffered) and returns True (or raises as it
     would); returns False, having changed nothing, for any other head (``_gate_head`` then
-    handles it).
-    tests/unit/test_speed_response_head.py compares the two on varied heads."""
+    handles it). A head it leaves as it was is noted for the lean layer's send
+    (seam/objects.py ``HEAD_NOTE``).
+    tests/unit/test_speed_response_head.py compares the two on varied heads;
+    tests/unit/test_speed_response_out.py the note with what it stands for."""
     data = resp.data
     code = data.status_code
     if (data.http_version not in (b"HTTP/1.1", b"HTTP/1.0") or code < 200 or code in (204, 304)
@@ -193,6 +197,8 @@ def _plain_small_head(
     fields = data.headers.fields
     length: bytes | None = None
     cookie = False
+    connections = 0  # Connection fields, and whether the last one is "keep-alive"
+    keep = True
     for name, value in fields:
         lower = name.lower()
         if lower in _FRAMING_NAMES:
@@ -200,6 +206,9 @@ def _plain_small_head(
                 length = value
             elif lower == b"set-cookie":
                 cookie = True
+            elif lower == b"connection":
+                connections += 1
+                keep = value == b"keep-alive"
             else:  # a transfer or content coding, or a second length
                 return False
     # mitmproxy's validate, the whole value ``(?:0|[1-9][0-9]*)``: ASCII digits
@@ -209,12 +218,18 @@ def _plain_small_head(
             or int(length) > SMALL_BODY):
         return False
     data.reason = _REASONS.get(code, b"")
-    # No coding: it only checks, (drops) and redacts.
-    gate_head(redactor, data.headers, plain=not cookie)
+    # No coding: it only checks, (drops) and redacts (``gate_head``), over the fields' wire
+    # form (seam/objects.py ``wire_block``, inline), which the agent gets if none changes
+    block = b"\r\n".join([b": ".join(field) for field in fields])
+    gate_wire_head(redactor, data.headers, block, cookie)
     if data.headers.fields is not fields:  # a field dropped or redacted: look at them again
         _gate_body(flow, resp, redactor, service, None)
     else:
         resp.stream = False  # buffered: ``response`` redacts it whole
+        # for the lean layer's send (seam/lean.py): the head's block, and what its names
+        # tell ``closes`` (no Connection field, or one "keep-alive": none says close)
+        flow.metadata[HEAD_NOTE] = (fields, block, connections == 0 or (connections == 1
+                                                                        and keep))
     return True
 
 
@@ -328,10 +343,16 @@ class ResponseGate(Stage):
             return  # nothing to scan
         if refusal is None:  # buffered by responseheaders (``_known_small``)
             if rec.plain_fields is not None and resp.data.headers.fields is rec.plain_fields:
-                encoding = ""  # the head the one-pass path took, unchanged since: no coding
-            else:
-                encoding = resp.headers.get("content-encoding", "").strip().lower()
-                encoding = "" if encoding == "identity" else encoding  # as gate_head read it
+                # the head the one-pass path took, unchanged since: no coding
+                # (``_redact_whole`` without an encoding, inline)
+                body = resp.data.content or b""  # (``resp.raw_content``)
+                out = redactor.redact(body)
+                if out is not body:
+                    resp.raw_content = out
+                    resp.headers["content-length"] = str(len(out))
+                return
+            encoding = resp.headers.get("content-encoding", "").strip().lower()
+            encoding = "" if encoding == "identity" else encoding  # as gate_head read it
             limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024 \
                 if encoding else 0  # only a decoder needs it
             _redact_whole(flow, redactor, encoding, limit)
