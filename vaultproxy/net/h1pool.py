@@ -389,7 +389,8 @@ def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | Non
         if value.find(b"close") >= 0 and b"close" in [t.strip() for t in value.split(b",")]:
             keep_alive = False
     head = ResponseHead.__new__(ResponseHead)
-    head.status, head.reason, head.headers = status, reason, list(zip(known.names, values))
+    head.status, head.reason = status, reason
+    head.headers = list(zip(known.names, values, strict=True))
     head.length, head.keep_alive, head.end = int(length), keep_alive, end
     return head
 
