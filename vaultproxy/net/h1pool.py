@@ -17,7 +17,9 @@ at once), and ``parse_head`` reads a response head only in the plainest shape (H
 CRLF, one Content-Length, no Transfer-Encoding, not 1xx/101/204/304, not for HEAD), exactly
 as h11 reads it; anything else (every ambiguity a hostile upstream plays on two parsers)
 goes to h11 with every byte read so far (tests/unit/test_speed_h1request.py,
-test_speed_h1response.py compare both with h11).
+test_speed_h1response.py compare both with h11). A head with the field names of the
+connection's last one is read by one pattern made for those names (``parse_known``), which
+takes only what ``parse_head`` reads the same (test_speed_h1known.py).
 
 It keeps what the httpcore pool guarantees:
 
