@@ -176,6 +176,7 @@ def test_a_pattern_is_made_on_the_second_read_and_holds_no_value() -> None:
 
     secret = make_canary().encode()
     h1pool._KNOWN.clear()
+    h1pool._known_made[:] = [0.0, 0]
     head = parse_head(b"HTTP/1.1 200 OK\r\nSet-Cookie: " + secret + b"\r\nContent-Length: 2"
                       b"\r\n\r\nok", b"GET")
     assert head is not None
@@ -189,11 +190,34 @@ def test_a_pattern_is_made_on_the_second_read_and_holds_no_value() -> None:
         (b"Content-Length", b"0")]
     assert known_of(many) is None and known_of(many) is None  # (too many names)
     for i in range(3 * h1pool._KNOWN_MAX):
+        h1pool._known_made[:] = [0.0, 0]  # (a fresh budget each time)
         fields = [(b"X-%d" % i, b"v"), (b"Content-Length", b"0")]
         known_of(fields)
         assert known_of(fields) is not None
         assert len(h1pool._KNOWN) <= h1pool._KNOWN_MAX
     h1pool._KNOWN.clear()
+
+
+def test_at_most_a_budget_of_patterns_is_made_per_window(monkeypatch: object) -> None:
+    """An upstream whose names change all the time makes at most ``_KNOWN_BUDGET``
+    patterns per ``_KNOWN_WINDOW`` seconds; past it the set is made when the next window
+    allows (its heads read by ``parse_head`` meanwhile)."""
+    clock = [1000.0]
+    monkeypatch.setattr(h1pool.time, "monotonic", lambda: clock[0])  # type: ignore[attr-defined]
+    h1pool._KNOWN.clear()
+    h1pool._known_made[:] = [0.0, 0]
+    made = 0
+    for i in range(3 * h1pool._KNOWN_BUDGET):
+        fields = [(b"Y-%d" % i, b"v"), (b"Content-Length", b"0")]
+        known_of(fields)
+        made += known_of(fields) is not None
+    assert made == h1pool._KNOWN_BUDGET
+    late = [(b"Y-%d" % (3 * h1pool._KNOWN_BUDGET - 1), b"v"), (b"Content-Length", b"0")]
+    assert known_of(late) is None
+    clock[0] += h1pool._KNOWN_WINDOW
+    assert known_of(late) is not None  # (the next window)
+    h1pool._KNOWN.clear()
+    h1pool._known_made[:] = [0.0, 0]
 
 
 def test_twin_without_the_lookbehind_takes_a_value_with_its_trailing_space() -> None:
@@ -240,6 +264,7 @@ def test_the_pool_reads_a_connection_s_later_heads_with_the_pattern() -> None:
 
     async def main() -> None:
         h1pool._KNOWN.clear()
+        h1pool._known_made[:] = [0.0, 0]
         conn = _Conn(("127.0.0.1", 443, "a"))
         conn.connection_made(_Transport())
         calls = []
