@@ -17,7 +17,9 @@ at once), and ``parse_head`` reads a response head only in the plainest shape (H
 CRLF, one Content-Length, no Transfer-Encoding, not 1xx/101/204/304, not for HEAD), exactly
 as h11 reads it; anything else (every ambiguity a hostile upstream plays on two parsers)
 goes to h11 with every byte read so far (tests/unit/test_speed_h1request.py,
-test_speed_h1response.py compare both with h11).
+test_speed_h1response.py compare both with h11). A head with the field names of the
+connection's last one is read by one pattern made for those names (``parse_known``), which
+takes only what ``parse_head`` reads the same (test_speed_h1known.py).
 
 It keeps what the httpcore pool guarantees:
 
@@ -304,6 +306,109 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     return head
 
 
+# A head whose field names are those of earlier heads (the same names, in the same order,
+# as sent: an upstream answers the same way again and again) is read by one pattern made
+# for those names (``_Known``): one match from the status line's CRLF to the blank line,
+# the values its groups, the names and what they tell (``_head_shape``) those of the
+# earlier heads, where ``parse_head`` finds every line, makes every name and looks the set
+# up. It takes a head only as ``parse_head`` reads it: each line the known name, ":", the
+# value in ``_FIELD_LINE``'s class (its leading spaces and tabs dropped, as there), a CRLF;
+# a value ending in a space or tab (``parse_head`` strips it) is not taken
+# (``(?<![ \t])``), nor anything else: ``parse_head`` reads it
+# (tests/unit/test_speed_h1known.py compares the two).
+# A pattern is made for a set of names the second time ``parse_head`` read it (one read alone
+# compiles nothing); names only, never a value; at most ``_KNOWN_MAX`` sets, each within
+# ``_HEAD_NAMES_MAX`` names and ``_HEAD_NAME_BYTES_MAX`` bytes of names. Making one costs
+# ~4.6M instructions for 8 names, ~37M for 64 (``re``'s compiler, in Python): at most
+# ``_KNOWN_BUDGET`` are made per ``_KNOWN_WINDOW`` seconds, so an upstream that changes its
+# names all the time costs a bounded share of a core (past it: ``parse_head``, as before).
+_KNOWN_VALUE = rb":[ \t]*+([\x01-\x09\x0e-\xff]*+)(?<![ \t])"
+_KNOWN_MAX = 64
+_KNOWN_BUDGET = 16
+_KNOWN_WINDOW = 10.0
+_known_made = [0.0, 0]  # (the window's start on the monotonic clock, patterns made in it)
+
+
+class _Known:
+    """The pattern of one set of field names, and what those names tell."""
+
+    __slots__ = ("connection", "length", "match", "names")
+
+    def __init__(self, names: tuple[bytes, ...], shape: tuple[int, tuple[int, ...]]) -> None:
+        self.names = names
+        self.length, self.connection = shape
+        self.match = re.compile(b"".join([rb"\r\n" + re.escape(name) + _KNOWN_VALUE
+                                          for name in names]) + rb"\r\n\r\n").match
+
+
+# names -> their ``_Known`` (None: no pattern for them; False: read once so far)
+_KNOWN: dict[tuple[bytes, ...], _Known | None | bool] = {}
+
+
+def known_of(headers: list[tuple[bytes, bytes]]) -> _Known | None:
+    """The pattern for the names of a head ``parse_head`` read (None: none yet, or none to
+    be made: a set seen once, too many names, no single Content-Length...)."""
+    names = tuple(map(_NAME, headers))
+    known = _KNOWN.get(names)
+    if known is None and names not in _KNOWN:
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[names] = False  # (seen once)
+        return None
+    if known is False:
+        now = time.monotonic()
+        if now - _known_made[0] >= _KNOWN_WINDOW:
+            _known_made[0], _known_made[1] = now, 0
+        if _known_made[1] >= _KNOWN_BUDGET:
+            return None  # (read again later: made when the budget allows)
+        _known_made[1] += 1
+        shape = _head_shape(names)
+        known = _KNOWN[names] = (
+            _Known(names, shape) if shape is not None and len(names) <= _HEAD_NAMES_MAX
+            and sum(map(len, names)) <= _HEAD_NAME_BYTES_MAX else None)
+    return known  # type: ignore[return-value]
+
+
+def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | None:
+    """``parse_head(data, method)`` when the head's field names are ``known.names``, each
+    value without trailing spaces or tabs; None for anything else (``parse_head`` reads it).
+    The status line and the values' reading are ``parse_head``'s statements."""
+    if method == b"HEAD":
+        return None
+    if data.startswith(_OK_LINE):  # (what ``_STATUS_LINE`` reads of it)
+        status, reason, line_end = 200, b"OK", len(_OK_LINE)
+    else:
+        status_line = _STATUS_LINE.match(data)
+        if status_line is None:
+            return None
+        status = int(status_line[1])
+        if not 200 <= status < 600 or status == 204 or status == 304:
+            return None
+        reason, line_end = status_line[2] or b"", status_line.end()
+    # (no CR or LF in a line, no line without a name: the blank line is the first CRLFCRLF,
+    # ``parse_head``'s ``end``)
+    fields = known.match(data, line_end - 2)
+    if fields is None:
+        return None
+    end = fields.end()
+    if end > MAX_INCOMPLETE_EVENT + 4:
+        return None
+    values = fields.groups()
+    length = values[known.length]
+    if not length.isdigit() or len(length) > 18:
+        return None
+    keep_alive = True
+    for i in known.connection:
+        value = values[i].lower()
+        if value.find(b"close") >= 0 and b"close" in [t.strip() for t in value.split(b",")]:
+            keep_alive = False
+    head = ResponseHead.__new__(ResponseHead)
+    head.status, head.reason = status, reason
+    head.headers = list(zip(known.names, values, strict=True))
+    head.length, head.keep_alive, head.end = int(length), keep_alive, end
+    return head
+
+
 class WantsHTTP2(Exception):
     """The upstream chose HTTP/2 in the TLS handshake: not for this client. ``stream`` is
     that connection (verified, nothing sent on it) for httpcore's HTTP/2 connection
@@ -328,6 +433,7 @@ class _Conn(asyncio.Protocol):
         self.keep = False  # the fast path's exchange may leave the connection open
         self.left = 0  # the fast path's body bytes still to come
         self.trailing = False  # bytes came after the fast path's response
+        self.known: _Known | None = None  # the pattern of the last fast head's names
         self.inbox: list[bytes] = []
         self.inbox_len = 0
         self.paused = False
@@ -454,7 +560,8 @@ class _Conn(asyncio.Protocol):
 
     @types.coroutine
     def read_head(self, timeout: float) -> Generator[Any, None, ResponseHead | None]:
-        """The fast path's response head, from the first bytes that come (``parse_head``);
+        """The fast path's response head, from the first bytes that come (``parse_known``
+        with the pattern of this connection's last head's names, else ``parse_head``);
         None when h11 is to read this response (it then has the request's state and
         every byte read so far, and the scan of the head runs as on h11's own path).
 
@@ -498,7 +605,12 @@ class _Conn(asyncio.Protocol):
                 self.transport.resume_reading()
         else:
             data = b""
-        head = parse_head(data, self.method) if data else None
+        known = self.known  # (the pattern of this connection's last head's names)
+        head = parse_known(data, self.method, known) if known is not None and data else None
+        if head is None:
+            head = parse_head(data, self.method) if data else None
+            if head is not None:
+                self.known = known_of(head.headers)
         if head is None:
             conn = self.h11 = h11.Connection(
                 h11.CLIENT, max_incomplete_event_size=MAX_INCOMPLETE_EVENT)
