@@ -85,6 +85,8 @@ _FIELD_NAME = TOKEN
 # request's values costs ~3.6k instructions less (tests/unit/test_speed_h1names.py).
 _FIELD_VALUE = (rb"(?:[^\x00\t\n\x0b\x0c\r ]++(?:[ \t]++[^\x00\t\n\x0b\x0c\r ]++)*+)?")
 _NAMES = re.compile(_FIELD_NAME + rb"(?::" + _FIELD_NAME + rb")*")
+# (``_VALUES``: the values' grammar ``request_bytes`` reads with bytes operations; the
+# reference tests/unit/test_speed_h1send.py compares them with)
 _VALUES = re.compile(_FIELD_VALUE + rb"(?:\n" + _FIELD_VALUE + rb")*")
 # h11's request line grammar (``method``: a token; ``request_target``: visible characters)
 _REQUEST_LINE = re.compile(_FIELD_NAME + rb" [\x21-\x7e]+")
@@ -93,44 +95,62 @@ _REQUEST_LINE = re.compile(_FIELD_NAME + rb" [\x21-\x7e]+")
 # matched. tests/unit/test_speed_h1names.py compares the two.)
 _VISIBLE = bytes(range(0x21, 0x7F))
 
+# (how many names; the head with ``%s`` for the method, the target and each value in the
+# order h11 writes them, Host first; the index of the ``Content-Length`` among those values,
+# -1: none; None when the values go in the fields' order, else what takes them in h11's;
+# the ``Connection``/``Expect`` fields h11 needs to read the response, lower-cased, by index)
+_Shape = tuple[int, bytes, int, Callable[[Any], Any] | None, tuple[tuple[bytes, int], ...]]
+_REFUSED: _Shape = (-1, b"", -1, None, ())  # (no count of fields is -1)
 # What ``request_bytes`` reads of the field names alone (``_names_shape``), by the names
 # joined: an agent sends the same few sets of names again and again. Names only: never a
 # value (a credential is a value), so nothing here outlives a credential or holds one. At
 # most this many sets of names, each at most this long (past that: read every time).
-_SHAPES: dict[bytes, tuple[int, int, bool, bool]] = {}
+_SHAPES: dict[bytes, _Shape] = {}
 _SHAPES_MAX = 256
 _SHAPE_NAMES_MAX = 2048
 
+# A value's bytes for ``request_bytes``' test of the values joined by "\n" (h11's
+# ``field_value``: no NUL, CR, LF, VT or FF, no space or tab at either end): NUL, CR, VT
+# and FF become LF (each one separator more than the n - 1 there are), a tab a space,
+# every other byte stays (tests/unit/test_speed_h1send.py compares the test with
+# ``_VALUES`` and the count of separators, which it replaces).
+_VALUE_BYTES = bytes(0x0A if i in (0x00, 0x0D, 0x0B, 0x0C) else 0x20 if i == 0x09 else i
+                     for i in range(256))
 
-_REFUSED = (-1, 0, False, False)  # (no count of fields is -1)
 
-
-def _names_shape(names: bytes) -> tuple[int, int, bool, bool]:
-    """Of the names joined by ":": (how many names, how many ``Content-Length``, whether
-    Host is the first, whether a ``Connection`` or ``Expect`` is among them); ``_REFUSED``
-    for names h11 refuses (one no token) or frames itself (no Host or two, a
+def _names_shape(names: bytes) -> _Shape:
+    """Of the names joined by ":", what ``request_bytes`` writes them as (``_Shape``);
+    ``_REFUSED`` for names h11 refuses (one no token) or frames itself (no Host or two, a
     ``Transfer-Encoding``, two lengths)."""
     if not _NAMES.fullmatch(names):
         return _REFUSED
-    low = names.lower().split(b":")  # (the names: a token holds no ":")
+    split = names.split(b":")  # (the names: a token holds no ":")
+    low = names.lower().split(b":")
     if low.count(b"host") != 1 or b"transfer-encoding" in low:
         return _REFUSED  # (no Host or two, or a Transfer-Encoding: h11 frames or refuses it)
-    lengths = low.count(b"content-length")
-    if lengths > 1:
+    if low.count(b"content-length") > 1:
         return _REFUSED
-    return (len(low), lengths, low[0] == b"host", b"connection" in low or b"expect" in low)
+    host = low.index(b"host")
+    order = [host] + [i for i in range(len(low)) if i != host]  # (h11: Host first)
+    sent = [low[i] for i in order]
+    head = b"".join([split[i].replace(b"%", b"%%") + b": %s\r\n" for i in order])
+    return (len(low), b"%s %s HTTP/1.1\r\n" + head + b"\r\n",
+            sent.index(b"content-length") if b"content-length" in sent else -1,
+            None if host == 0 else operator.itemgetter(*order),
+            tuple((name, i) for i, name in enumerate(sent)
+                  if name == b"connection" or name == b"expect"))
 
 
 def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]],
                   body: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
     """The bytes h11's writer makes of this request (Host first, then the rest in order,
-    the body), built in one join instead of h11's per-field validation and writes; and the
-    fields h11's state machine needs to read the response (Host, ``Connection``,
-    ``Expect``). None for anything h11 would refuse or write differently (an illegal
-    method, target, name or value, no Host or two, a ``Transfer-Encoding``, a
-    ``Content-Length`` that is not the body's or not alone): h11 itself then writes or
-    refuses it (``_Conn.send``). What the names alone tell is read once per set of names
-    (``_SHAPES``); the values are read every time."""
+    the body), built in one formatting of the head the names make (``_names_shape``)
+    instead of h11's per-field validation and writes; and the fields h11's state machine
+    needs to read the response (Host, ``Connection``, ``Expect``). None for anything h11
+    would refuse or write differently (an illegal method, target, name or value, no Host or
+    two, a ``Transfer-Encoding``, a ``Content-Length`` that is not the body's or not
+    alone): h11 itself then writes or refuses it (``_Conn.send``). What the names alone
+    tell is read once per set of names (``_SHAPES``); the values are read every time."""
     n = len(fields)
     names = b":".join([k for k, _ in fields])
     shape = _SHAPES.get(names)
@@ -143,26 +163,30 @@ def request_bytes(method: bytes, target: bytes, fields: list[tuple[bytes, bytes]
     # (as many names as fields: none held a ":"; never for ``_REFUSED``)
     if shape[0] != n:
         return None
-    _, lengths, host_first, hop = shape
-    values = b"\n".join([v for _, v in fields])
-    if not (_VALUES.fullmatch(values) and values.count(b"\n") == n - 1
-            and ((method.isalpha() and target and not target.translate(None, _VISIBLE))
-                 or _REQUEST_LINE.fullmatch(b"%s %s" % (method, target)))):
+    _, head, length_at, order, hop = shape
+    values = [v for _, v in fields]
+    # h11's ``field_value`` for each value (what ``_VALUES`` and the count of separators
+    # read, as bytes operations): no NUL, CR, VT or FF, no LF but the n - 1 separators, no
+    # space or tab next to a separator or at either end. (A forbidden byte reads as one
+    # more separator; ``find``, not ``in``: a bytes ``in`` first tries its operand as an
+    # integer, and makes and clears a TypeError for that.)
+    seen = b"\n".join(values).translate(_VALUE_BYTES)
+    if (seen.count(b"\n") != n - 1 or seen.find(b" \n") >= 0 or seen.find(b"\n ") >= 0
+            or seen[:1] == b" " or seen[-1:] == b" "
+            or not ((method.isalpha() and target and not target.translate(None, _VISIBLE))
+                    or _REQUEST_LINE.fullmatch(b"%s %s" % (method, target)))):
         return None
-    if body and not lengths:
+    if order is not None:
+        values = order(values)
+    if length_at >= 0:
+        if values[length_at] != b"%d" % len(body):
+            return None
+    elif body:
         return None
-    if lengths and not any(k.lower() == b"content-length" and v == b"%d" % len(body)
-                           for k, v in fields):
-        return None
-    if not host_first:
-        fields = ([f for f in fields if f[0].lower() == b"host"]
-                  + [f for f in fields if f[0].lower() != b"host"])
-    state = [(b"host", fields[0][1])]
+    state = [(b"host", values[0])]
     if hop:
-        state += [(k.lower(), v) for k, v in fields[1:]
-                  if k.lower() in (b"connection", b"expect")]
-    head = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target,
-                                                   b"\r\n".join(map(b": ".join, fields)))
+        state += [(name, values[i]) for name, i in hop]
+    head %= (method, target, *values)
     return (head + body if body else head), state
 
 
