@@ -421,6 +421,30 @@ def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
 
 
 _new = object.__new__
+_HTTPFlow: Any = http.HTTPFlow
+#: may ``_serve`` make a request's ``HTTPFlow`` attribute by attribute (seam/objects.py)?
+_FLOW_PLAIN = objects.http_flow_plain()
+_tuple_new = tuple.__new__
+_Paused: Any = layer.Paused
+
+
+def _paused_plain() -> bool:
+    """Is ``layer.Paused(command, generator)`` the ``NamedTuple``'s generated ``__new__``
+    (``_tuple_new(_cls, (command, generator))``), so that ``tuple.__new__(Paused, (command,
+    generator))`` makes the same object without its Python frame?"""
+    cls: Any = getattr(layer, "Paused", None)
+    if not isinstance(cls, type) or not isinstance(vars(cls).get("__new__"), staticmethod):
+        return False
+    new = cls.__new__
+    code = getattr(new, "__code__", None)
+    return (code is not None and cls.__mro__ == (cls, tuple, object)
+            and getattr(cls, "_fields", None) == ("command", "generator")
+            and code.co_filename == "<string>" and code.co_names == ("_tuple_new",)
+            and code.co_varnames == ("_cls", "command", "generator")
+            and getattr(new, "__globals__", {}).get("_tuple_new") is tuple.__new__)
+
+
+_PAUSED_PLAIN = _paused_plain()
 
 
 # what the layer does once the job is done
@@ -706,6 +730,7 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     m = _FAST_HEAD.match(buf)
     if m is None:
         return None
+    method, path, block = m.groups()  # (one call, not three)
     headers = object.__new__(http.Headers)
     # (``tuple(_FAST_FIELD.findall(block))``: each line of a block ``_FAST_HEAD`` matched is
     # a token, ":", then tabs and bytes from SP on; its name is what comes before its first
@@ -713,7 +738,6 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     # stripped, which is what ``_FAST_FIELD`` matched; a split and a partition per line
     # instead of the match, ~3k instructions less per head. tests/unit/test_speed_lean.py
     # compares them.)
-    block = m.group(3)
     headers.fields = tuple([(name, value.strip(b" \t")) for name, _, value in [
         line.partition(b":") for line in block[:-2].split(b"\r\n")]]) if block else ()
     req = object.__new__(http.Request)
@@ -729,16 +753,16 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
         data.timestamp_end = None
         data.host = ""
         data.port = 0
-        data.method = m.group(1)
+        data.method = method
         data.scheme = b""
         data.authority = b""
-        data.path = m.group(2)
+        data.path = path
         req.data = data
     else:
         req.data = http.RequestData(
             http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
             timestamp_start=time.time(), timestamp_end=None,
-            host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
+            host="", port=0, method=method, scheme=b"", authority=b"", path=path)
     return req, m.end()
 
 
@@ -937,7 +961,8 @@ class LeanLayer(layer.Layer):
         for command in generator:
             if command.blocking is True:
                 command.blocking = self
-                self._paused = layer.Paused(command, generator)
+                self._paused = (_tuple_new(_Paused, (command, generator)) if _PAUSED_PLAIN
+                                else layer.Paused(command, generator))
                 yield command
                 return
             yield command
@@ -993,20 +1018,22 @@ class LeanLayer(layer.Layer):
                 return None
             self.pending = None
             return self._body(waiting, at, body_len)
-        head: tuple[http.Request, int] | None | str = fast_head(self.buf)
+        buf = self.buf
+        head: tuple[http.Request, int] | None | str = fast_head(buf)
         fast = head is not None
-        if head is None:
-            head = general_head(self.buf)
-        if head is None or isinstance(head, str):
-            return head
-        req, head_len = head
         if fast:  # (HTTP/1.1 in origin form: no authority; the method as bytes, not decoded)
+            req, head_len = head  # type: ignore[misc]
             if req.data.method == b"CONNECT":
                 return "CONNECT or absolute form"
-        elif req.http_version != "HTTP/1.1":
-            return req.http_version
-        elif req.method == "CONNECT" or req.authority:
-            return "CONNECT or absolute form"
+        else:
+            head = general_head(buf)
+            if head is None or isinstance(head, str):
+                return head
+            req, head_len = head
+            if req.http_version != "HTTP/1.1":
+                return req.http_version
+            if req.method == "CONNECT" or req.authority:
+                return "CONNECT or absolute form"
         headers = req.data.headers  # (``Message.headers``' body)
         names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
         for name, key in _SKIP_KEYS:
@@ -1040,10 +1067,17 @@ class LeanLayer(layer.Layer):
         # Transfer-Encoding went above, its one Content-Length parsed, its names are tokens)
         if not fast and lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
             return "head refused"
-        if len(self.buf) < head_len + size:
+        end = head_len + size
+        if len(buf) < end:
             self.pending = (req, head_len, size)
             return None
-        return self._body(req, head_len, size)
+        # (``_body``, inline)
+        if not self.pooled():
+            return "not pooled"
+        body = bytes(buf[head_len:end])
+        del buf[:end]
+        req.data.content = body
+        return req
 
     def _body(self, req: http.Request, head_len: int, size: int) -> http.Request | str:
         if not self.pooled():
@@ -1074,9 +1108,29 @@ class LeanLayer(layer.Layer):
             req_data.host = address[0]
             req_data.port = address[1]
             req_data.scheme = b"https" if server.tls else b"http"
-            flow = http.HTTPFlow(ctx.client, server)
-            flow.request = taken
-            flow.live = True
+            if _FLOW_PLAIN:
+                # (``http.HTTPFlow(ctx.client, server)``, ``flow.request = taken``, ``flow.live
+                # = True``: ``Flow.__init__``'s attributes in its order, ``live`` set at once,
+                # without the type call and the ``__init__`` frame: seam/objects.py
+                # ``http_flow_plain``; tests/unit/test_speed_intake.py compares the two)
+                flow = _new(_HTTPFlow)
+                flow.id = str(mflow.uuid.uuid4())
+                flow.client_conn = ctx.client
+                flow.server_conn = server
+                flow.live = True
+                flow.timestamp_created = mflow.time.time()
+                flow.intercepted = False
+                flow._resume_event = None
+                flow._backup = None
+                flow.marked = ""
+                flow.is_replay = None
+                flow.metadata = {}
+                flow.comment = ""
+                flow.request = taken
+            else:
+                flow = http.HTTPFlow(ctx.client, server)
+                flow.request = taken
+                flow.live = True
             stats["requests"] += 1
             if stats["requests"] == 1:
                 logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP "
