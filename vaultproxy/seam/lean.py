@@ -1035,17 +1035,33 @@ class LeanLayer(layer.Layer):
             if req.method == "CONNECT" or req.authority:
                 return "CONNECT or absolute form"
         headers = req.data.headers  # (``Message.headers``' body)
-        names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
+        fields = headers.fields
+        names = {k.lower() for k, _ in fields}  # (one pass, not one per name)
         for name, key in _SKIP_KEYS:
             if key in names:
                 return name
+        # (``headers.get_all(name)`` is the values of the fields so named (``k.lower()``),
+        # each decoded as UTF-8 with surrogateescape: for a head ``fast_head`` read, one pass
+        # over its fields' bytes instead, tests/unit/test_speed_intake.py compares the two)
         if b"connection" in names:
-            conn = headers.get_all("connection")
-            if any(v.strip().lower() != "keep-alive" for v in conn):
+            if fast:
+                for k, v in fields:  # (``b"keep-alive"`` decoded, stripped, lower: itself)
+                    if (len(k) == 10 and k.lower() == b"connection" and v != b"keep-alive"
+                            and v.decode("utf-8", "surrogateescape").strip().lower()
+                            != "keep-alive"):
+                        return "connection"
+            elif any(v.strip().lower() != "keep-alive" for v in headers.get_all("connection")):
                 return "connection"
         # ``expected_http_body_size`` of a request without Transfer-Encoding (refused above):
-        # its one Content-Length as mitmproxy parses it, or 0
-        length = headers.get_all("content-length") if b"content-length" in names else []
+        # its one Content-Length as mitmproxy parses it, or 0 (``parse_content_length`` of a
+        # value's bytes is that of its decoded text: the same pattern, ASCII digits only)
+        length: list[Any]
+        if b"content-length" not in names:
+            length = []
+        elif fast:
+            length = [v for k, v in fields if len(k) == 14 and k.lower() == b"content-length"]
+        else:
+            length = headers.get_all("content-length")
         if not length:
             # (``Request.method not in _NO_BODY_METHODS``: a method of ``_PLAIN_METHODS``
             # compared as its bytes, any other decoded and upper-cased as the property does)
