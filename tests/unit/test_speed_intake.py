@@ -8,13 +8,18 @@ replaces made, on seeded input; the code before each shortcut is kept as the ref
   order with the same values (but its own id and creation time), the same ``get_state()``;
   a ``Flow.__init__`` or an ``HTTPFlow`` that is not the one written against keeps the
   constructor.
+* ``LeanLayer._serve`` makes the request's ``LeanHook`` and its job inline (``lean_hook``'s
+  two objects): the same attributes in the same order, compared on the same streams.
 * ``LeanLayer.handle_event`` files its paused hook as ``tuple.__new__(Paused, ...)``: the
   same ``Paused`` as mitmproxy's ``Layer.__process`` makes; a changed ``Paused`` keeps its
   constructor.
 * ``objects.data_received_of`` (the TLS layer's plaintext event, seam/tlsio.py) is
   ``events.DataReceived(connection, data)``; a changed class keeps its constructor.
-* ``LeanLayer._take`` with ``_body`` inline and ``fast_head`` reading ``m.groups()`` are
-  covered by test_lean_events.py (the same commands and state) and test_speed_lean.py.
+* ``LeanLayer._take`` reads a fast head's ``Connection`` and ``Content-Length`` from its
+  fields' bytes (not ``Headers.get_all``): against ``_take`` as it was (``_OldTake``) on
+  seeded heads of odd values, cases and spacings. Its ``_body`` inline, the four refused
+  names tested at once and ``fast_head`` reading ``m.groups()``: the same comparison, and
+  test_lean_events.py (the same commands and state) and test_speed_lean.py.
 * ``Route.handle_event``'s inline steady check is ``_steady``'s: tests/unit/
   test_lean_bypass_route.py (and the twin here: a route whose lean layer fell back detaches).
 """
@@ -67,8 +72,16 @@ def _paused_view(lay: layer.Layer, ctx: Any) -> Any:
     paused = lay._paused
     if paused is None:
         return None
+    hook = paused.command
+    hooked: Any = None
+    if isinstance(hook, lean.LeanHook):  # (its attributes, and its job's, in order)
+        job = hook.job
+        hooked = ([(k, "flow" if v is hook.flow else "lean" if v is lay else v)
+                   for k, v in vars(hook).items() if k != "job"], list(vars(hook)), type(job),
+                  [(k, "flow" if v is hook.flow else "lean" if v is lay else v)
+                   for k, v in vars(job).items()])
     return (type(paused), len(paused), lean_events._norm(paused.command, ctx),
-            paused.generator is not None)
+            paused.generator is not None, hooked)
 
 
 def _compare(seed: int) -> int:

@@ -56,6 +56,7 @@ _said: set[str] = set()
 
 _SendData, _Log, _StartHook = commands.SendData, commands.Log, commands.StartHook
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
+_OPEN = getattr(getattr(tunnel, "TunnelState", None), "OPEN", None)  # (read per event)
 
 
 def enabled() -> bool:
@@ -246,7 +247,7 @@ class Route:
         client, stream, sources = self.client, self.stream, self.sources
         tls = self.client_tls
         if (self.tls_direct and tls._paused is None
-                and tls.tunnel_state is tunnel.TunnelState.OPEN):
+                and tls.tunnel_state is _OPEN):
             out = (tls.receive_data(event.data) if type(event) is _DataReceived  # type: ignore[attr-defined]
                    else tls.event_to_child(event))
         else:

@@ -79,6 +79,7 @@ _PLAIN_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD
 _NO_BODY_RAW = frozenset(m.encode() for m in _NO_BODY_METHODS)
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
+_SKIP_NAMES = frozenset(key for _, key in _SKIP_KEYS)  # (one test for all four, first)
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
 _AFTER, _Later = aftersend.KEY, aftersend.Later
 _LAYER_HANDLE_EVENT = layer.Layer.handle_event
@@ -1037,9 +1038,10 @@ class LeanLayer(layer.Layer):
         headers = req.data.headers  # (``Message.headers``' body)
         fields = headers.fields
         names = {k.lower() for k, _ in fields}  # (one pass, not one per name)
-        for name, key in _SKIP_KEYS:
-            if key in names:
-                return name
+        if not _SKIP_NAMES.isdisjoint(names):
+            for name, key in _SKIP_KEYS:
+                if key in names:
+                    return name
         # (``headers.get_all(name)`` is the values of the fields so named (``k.lower()``),
         # each decoded as UTF-8 with surrogateescape: for a head ``fast_head`` read, one pass
         # over its fields' bytes instead, tests/unit/test_speed_intake.py compares the two)
@@ -1151,8 +1153,18 @@ class LeanLayer(layer.Layer):
             if stats["requests"] == 1:
                 logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP "
                             "layer")
-            hook = lean_hook(flow, self)
-            job = hook.job
+            # (``lean_hook(flow, self)``, inline: the same two objects, attributes in its
+            # order; tests/unit/test_speed_intake.py compares them)
+            hook = _new(LeanHook)
+            hook.flow = flow
+            job = hook.job = _new(_Job)
+            job.flow = flow
+            job.lean = self
+            job.addons = None
+            job.outcome = KILL
+            job.code = None
+            job.message = ""
+            job.later = None
             yield hook
             outcome = job.outcome
             if outcome == SEND:

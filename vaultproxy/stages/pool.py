@@ -328,7 +328,7 @@ class Pool(Stage):
 
     def _lean(self, client_id: str) -> bool:
         """A pooled tunnel (``_pooled_tunnel``) with its checked address: one look-up."""
-        tunnel = self.rt.connections.tunnel(client_id)
+        tunnel = self.rt.connections.tunnels.get(client_id)  # (``tunnel()``)
         if tunnel is None or tunnel.decision.service is None or tunnel.pinned is None:
             return False
         # (``self._idle() > 0``, inline: asked per request, four calls less)
