@@ -423,6 +423,7 @@ def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
 
 _new = object.__new__
 _HTTPFlow: Any = http.HTTPFlow
+_mflow: Any = mflow  # (its ``uuid`` and ``time``, as ``Flow.__init__`` reads them)
 #: may ``_serve`` make a request's ``HTTPFlow`` attribute by attribute (seam/objects.py)?
 _FLOW_PLAIN = objects.http_flow_plain()
 _tuple_new = tuple.__new__
@@ -1020,10 +1021,11 @@ class LeanLayer(layer.Layer):
             self.pending = None
             return self._body(waiting, at, body_len)
         buf = self.buf
-        head: tuple[http.Request, int] | None | str = fast_head(buf)
-        fast = head is not None
+        fast = fast_head(buf)
+        req: http.Request
+        head_len: int
         if fast:  # (HTTP/1.1 in origin form: no authority; the method as bytes, not decoded)
-            req, head_len = head  # type: ignore[misc]
+            req, head_len = fast
             if req.data.method == b"CONNECT":
                 return "CONNECT or absolute form"
         else:
@@ -1132,11 +1134,11 @@ class LeanLayer(layer.Layer):
                 # without the type call and the ``__init__`` frame: seam/objects.py
                 # ``http_flow_plain``; tests/unit/test_speed_intake.py compares the two)
                 flow = _new(_HTTPFlow)
-                flow.id = str(mflow.uuid.uuid4())
+                flow.id = str(_mflow.uuid.uuid4())
                 flow.client_conn = ctx.client
                 flow.server_conn = server
                 flow.live = True
-                flow.timestamp_created = mflow.time.time()
+                flow.timestamp_created = _mflow.time.time()
                 flow.intercepted = False
                 flow._resume_event = None
                 flow._backup = None

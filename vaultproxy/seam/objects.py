@@ -325,9 +325,10 @@ def _data_received_maker() -> Any:
     import dataclasses
 
     cls: Any = getattr(events, "DataReceived", None)
-    if cls is None or not dataclasses.is_dataclass(cls):
+    made_by_dataclass: bool = cls is not None and dataclasses.is_dataclass(cls)
+    if not made_by_dataclass:
         return cls
-    fields = dataclasses.fields(cls)
+    fields: Any = dataclasses.fields(cls)
     if ([f.name for f in fields] != ["connection", "data"] or any(not f.init for f in fields)
             or hasattr(cls, "__post_init__")):
         return cls
