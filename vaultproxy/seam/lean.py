@@ -191,6 +191,13 @@ def install() -> None:
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
     connio.START_HOOKS.add(LeanHook)  # (its task started with fewer calls: seam/connio.py)
+    if not _FLOW_PLAIN:
+        logger.warning("mitmproxy's HTTPFlow is not the one vaultproxy's lean layer was "
+                       "written against: each request's flow is made by its constructor "
+                       "(slower)")
+    if not _PAUSED_PLAIN:
+        logger.warning("mitmproxy's Paused is not the NamedTuple vaultproxy's lean layer was "
+                       "written against: each pause is made by its constructor (slower)")
     stock_task = getattr(server.ConnectionHandler, "hook_task", None)
     STOCK["hook_task"] = stock_task
     if stock_task is not None and unchanged(stock_task, HOOK_TASK_FINGERPRINT,
