@@ -121,6 +121,11 @@ def test_start_up_reads_no_source(monkeypatch: pytest.MonkeyPatch) -> None:
 
     stock = lean.STOCK.get("hook_task", server.ConnectionHandler.hook_task)
     assert need.unchanged(stock, lean.HOOK_TASK_FINGERPRINT, lean.HOOK_TASK_CODE_FINGERPRINT)
+    from mitmproxy import flow
+
+    from vaultproxy.seam import objects
+
+    assert need.unchanged(flow.Flow.__init__, *objects.FLOW_INIT_FINGERPRINT)
 
 
 def test_a_changed_hook_task_is_not_taken_for_mitmproxys() -> None:

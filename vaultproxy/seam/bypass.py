@@ -56,6 +56,7 @@ _said: set[str] = set()
 
 _SendData, _Log, _StartHook = commands.SendData, commands.Log, commands.StartHook
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
+_OPEN = getattr(getattr(tunnel, "TunnelState", None), "OPEN", None)  # (read per event)
 
 
 def enabled() -> bool:
@@ -198,12 +199,18 @@ class Route:
     def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
         """The top layer's ``handle_event``: the short route, or the whole stack."""
         kind = type(event)
+        # (``_steady``'s answer while ``clean`` holds, without its call: the lean layer still
+        # serving; anything else asks ``_steady``, which detaches the route when it is not)
         if kind is _DataReceived:
-            if event.connection is self.client and self._steady():  # type: ignore[attr-defined]
-                return self._short(event)
+            if event.connection is self.client:  # type: ignore[attr-defined]
+                lean = self.lean
+                if (self.clean and lean.fallback is None and not lean.done) or self._steady():
+                    return self._short(event)
         elif kind is _HookCompleted:
-            if self.sources.get(event.command) is self.stream and self._steady():  # type: ignore[attr-defined]
-                return self._short(event)
+            if self.sources.get(event.command) is self.stream:  # type: ignore[attr-defined]
+                lean = self.lean
+                if (self.clean and lean.fallback is None and not lean.done) or self._steady():
+                    return self._short(event)
         self.clean = False  # the layers above see this event: check them again next time
         return self.full(event)  # type: ignore[no-any-return]
 
@@ -240,7 +247,7 @@ class Route:
         client, stream, sources = self.client, self.stream, self.sources
         tls = self.client_tls
         if (self.tls_direct and tls._paused is None
-                and tls.tunnel_state is tunnel.TunnelState.OPEN):
+                and tls.tunnel_state is _OPEN):
             out = (tls.receive_data(event.data) if type(event) is _DataReceived  # type: ignore[attr-defined]
                    else tls.event_to_child(event))
         else:

@@ -79,6 +79,7 @@ _PLAIN_METHODS = frozenset({b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD
 _NO_BODY_RAW = frozenset(m.encode() for m in _NO_BODY_METHODS)
 _SKIP_HEADERS = ("transfer-encoding", "upgrade", "expect", "te")
 _SKIP_KEYS = tuple((name, name.encode()) for name in _SKIP_HEADERS)
+_SKIP_NAMES = frozenset(key for _, key in _SKIP_KEYS)  # (one test for all four, first)
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
 _AFTER, _Later = aftersend.KEY, aftersend.Later
 _HEAD_NOTE = objects.HEAD_NOTE
@@ -191,6 +192,13 @@ def install() -> None:
 
     handler.handle_hook = handle_hook  # type: ignore[method-assign]
     connio.START_HOOKS.add(LeanHook)  # (its task started with fewer calls: seam/connio.py)
+    if not _FLOW_PLAIN:
+        logger.warning("mitmproxy's HTTPFlow is not the one vaultproxy's lean layer was "
+                       "written against: each request's flow is made by its constructor "
+                       "(slower)")
+    if not _PAUSED_PLAIN:
+        logger.warning("mitmproxy's Paused is not the NamedTuple vaultproxy's lean layer was "
+                       "written against: each pause is made by its constructor (slower)")
     stock_task = getattr(server.ConnectionHandler, "hook_task", None)
     STOCK["hook_task"] = stock_task
     if stock_task is not None and unchanged(stock_task, HOOK_TASK_FINGERPRINT,
@@ -422,6 +430,31 @@ def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
 
 
 _new = object.__new__
+_HTTPFlow: Any = http.HTTPFlow
+_mflow: Any = mflow  # (its ``uuid`` and ``time``, as ``Flow.__init__`` reads them)
+#: may ``_serve`` make a request's ``HTTPFlow`` attribute by attribute (seam/objects.py)?
+_FLOW_PLAIN = objects.http_flow_plain()
+_tuple_new = tuple.__new__
+_Paused: Any = layer.Paused
+
+
+def _paused_plain() -> bool:
+    """Is ``layer.Paused(command, generator)`` the ``NamedTuple``'s generated ``__new__``
+    (``_tuple_new(_cls, (command, generator))``), so that ``tuple.__new__(Paused, (command,
+    generator))`` makes the same object without its Python frame?"""
+    cls: Any = getattr(layer, "Paused", None)
+    if not isinstance(cls, type) or not isinstance(vars(cls).get("__new__"), staticmethod):
+        return False
+    new = cls.__new__
+    code = getattr(new, "__code__", None)
+    return (code is not None and cls.__mro__ == (cls, tuple, object)
+            and getattr(cls, "_fields", None) == ("command", "generator")
+            and code.co_filename == "<string>" and code.co_names == ("_tuple_new",)
+            and code.co_varnames == ("_cls", "command", "generator")
+            and getattr(new, "__globals__", {}).get("_tuple_new") is tuple.__new__)
+
+
+_PAUSED_PLAIN = _paused_plain()
 
 
 # what the layer does once the job is done
@@ -707,6 +740,7 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     m = _FAST_HEAD.match(buf)
     if m is None:
         return None
+    method, path, block = m.groups()  # (one call, not three)
     headers = object.__new__(http.Headers)
     # (``tuple(_FAST_FIELD.findall(block))``: each line of a block ``_FAST_HEAD`` matched is
     # a token, ":", then tabs and bytes from SP on; its name is what comes before its first
@@ -714,7 +748,6 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     # stripped, which is what ``_FAST_FIELD`` matched; a split and a partition per line
     # instead of the match, ~3k instructions less per head. tests/unit/test_speed_lean.py
     # compares them.)
-    block = m.group(3)
     headers.fields = tuple([(name, value.strip(b" \t")) for name, _, value in [
         line.partition(b":") for line in block[:-2].split(b"\r\n")]]) if block else ()
     req = object.__new__(http.Request)
@@ -730,16 +763,16 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
         data.timestamp_end = None
         data.host = ""
         data.port = 0
-        data.method = m.group(1)
+        data.method = method
         data.scheme = b""
         data.authority = b""
-        data.path = m.group(2)
+        data.path = path
         req.data = data
     else:
         req.data = http.RequestData(
             http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
             timestamp_start=time.time(), timestamp_end=None,
-            host="", port=0, method=m.group(1), scheme=b"", authority=b"", path=m.group(2))
+            host="", port=0, method=method, scheme=b"", authority=b"", path=path)
     return req, m.end()
 
 
@@ -958,7 +991,8 @@ class LeanLayer(layer.Layer):
         for command in generator:
             if command.blocking is True:
                 command.blocking = self
-                self._paused = layer.Paused(command, generator)
+                self._paused = (_tuple_new(_Paused, (command, generator)) if _PAUSED_PLAIN
+                                else layer.Paused(command, generator))
                 yield command
                 return
             yield command
@@ -1014,32 +1048,52 @@ class LeanLayer(layer.Layer):
                 return None
             self.pending = None
             return self._body(waiting, at, body_len)
-        head: tuple[http.Request, int] | None | str = fast_head(self.buf)
-        fast = head is not None
-        if head is None:
-            head = general_head(self.buf)
-        if head is None or isinstance(head, str):
-            return head
-        req, head_len = head
+        buf = self.buf
+        fast = fast_head(buf)
+        req: http.Request
+        head_len: int
         if fast:  # (HTTP/1.1 in origin form: no authority; the method as bytes, not decoded)
+            req, head_len = fast
             if req.data.method == b"CONNECT":
                 return "CONNECT or absolute form"
-        elif req.http_version != "HTTP/1.1":
-            return req.http_version
-        elif req.method == "CONNECT" or req.authority:
-            return "CONNECT or absolute form"
+        else:
+            head = general_head(buf)
+            if head is None or isinstance(head, str):
+                return head
+            req, head_len = head
+            if req.http_version != "HTTP/1.1":
+                return req.http_version
+            if req.method == "CONNECT" or req.authority:
+                return "CONNECT or absolute form"
         headers = req.data.headers  # (``Message.headers``' body)
-        names = {k.lower() for k, _ in headers.fields}  # (one pass, not one per name)
-        for name, key in _SKIP_KEYS:
-            if key in names:
-                return name
+        fields = headers.fields
+        names = {k.lower() for k, _ in fields}  # (one pass, not one per name)
+        if not _SKIP_NAMES.isdisjoint(names):
+            for name, key in _SKIP_KEYS:
+                if key in names:
+                    return name
+        # (``headers.get_all(name)`` is the values of the fields so named (``k.lower()``),
+        # each decoded as UTF-8 with surrogateescape: for a head ``fast_head`` read, one pass
+        # over its fields' bytes instead, tests/unit/test_speed_intake.py compares the two)
         if b"connection" in names:
-            conn = headers.get_all("connection")
-            if any(v.strip().lower() != "keep-alive" for v in conn):
+            if fast:
+                for k, v in fields:  # (``b"keep-alive"`` decoded, stripped, lower: itself)
+                    if (len(k) == 10 and k.lower() == b"connection" and v != b"keep-alive"
+                            and v.decode("utf-8", "surrogateescape").strip().lower()
+                            != "keep-alive"):
+                        return "connection"
+            elif any(v.strip().lower() != "keep-alive" for v in headers.get_all("connection")):
                 return "connection"
         # ``expected_http_body_size`` of a request without Transfer-Encoding (refused above):
-        # its one Content-Length as mitmproxy parses it, or 0
-        length = headers.get_all("content-length") if b"content-length" in names else []
+        # its one Content-Length as mitmproxy parses it, or 0 (``parse_content_length`` of a
+        # value's bytes is that of its decoded text: the same pattern, ASCII digits only)
+        length: list[Any]
+        if b"content-length" not in names:
+            length = []
+        elif fast:
+            length = [v for k, v in fields if len(k) == 14 and k.lower() == b"content-length"]
+        else:
+            length = headers.get_all("content-length")
         if not length:
             # (``Request.method not in _NO_BODY_METHODS``: a method of ``_PLAIN_METHODS``
             # compared as its bytes, any other decoded and upper-cased as the property does)
@@ -1061,10 +1115,17 @@ class LeanLayer(layer.Layer):
         # Transfer-Encoding went above, its one Content-Length parsed, its names are tokens)
         if not fast and lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
             return "head refused"
-        if len(self.buf) < head_len + size:
+        end = head_len + size
+        if len(buf) < end:
             self.pending = (req, head_len, size)
             return None
-        return self._body(req, head_len, size)
+        # (``_body``, inline)
+        if not self.pooled():
+            return "not pooled"
+        body = bytes(buf[head_len:end])
+        del buf[:end]
+        req.data.content = body
+        return req
 
     def _body(self, req: http.Request, head_len: int, size: int) -> http.Request | str:
         if not self.pooled():
@@ -1095,15 +1156,45 @@ class LeanLayer(layer.Layer):
             req_data.host = address[0]
             req_data.port = address[1]
             req_data.scheme = b"https" if server.tls else b"http"
-            flow = http.HTTPFlow(ctx.client, server)
-            flow.request = taken
-            flow.live = True
+            if _FLOW_PLAIN:
+                # (``http.HTTPFlow(ctx.client, server)``, ``flow.request = taken``, ``flow.live
+                # = True``: ``Flow.__init__``'s attributes in its order, ``live`` set at once,
+                # without the type call and the ``__init__`` frame: seam/objects.py
+                # ``http_flow_plain``; tests/unit/test_speed_intake.py compares the two)
+                flow = _new(_HTTPFlow)
+                flow.id = str(_mflow.uuid.uuid4())
+                flow.client_conn = ctx.client
+                flow.server_conn = server
+                flow.live = True
+                flow.timestamp_created = _mflow.time.time()
+                flow.intercepted = False
+                flow._resume_event = None
+                flow._backup = None
+                flow.marked = ""
+                flow.is_replay = None
+                flow.metadata = {}
+                flow.comment = ""
+                flow.request = taken
+            else:
+                flow = http.HTTPFlow(ctx.client, server)
+                flow.request = taken
+                flow.live = True
             stats["requests"] += 1
             if stats["requests"] == 1:
                 logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP "
                             "layer")
-            hook = lean_hook(flow, self)
-            job = hook.job
+            # (``lean_hook(flow, self)``, inline: the same two objects, attributes in its
+            # order; tests/unit/test_speed_intake.py compares them)
+            hook = _new(LeanHook)
+            hook.flow = flow
+            job = hook.job = _new(_Job)
+            job.flow = flow
+            job.lean = self
+            job.addons = None
+            job.outcome = KILL
+            job.code = None
+            job.message = ""
+            job.later = None
             yield hook
             outcome = job.outcome
             if outcome == SEND:

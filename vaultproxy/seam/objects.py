@@ -333,3 +333,66 @@ def _send_data_maker() -> Any:
 
 #: ``commands.SendData(connection, data)``, made with one call (``_send_data_maker``)
 send_data_of: Any = _send_data_maker()
+
+
+def _data_received_maker() -> Any:
+    """``data_received_of`` if ``events.DataReceived`` is still the dataclass it repeats
+    (exactly the fields ``connection`` and ``data``, both set by its generated ``__init__``,
+    no ``__post_init__``, nothing in its line with its own ``__new__``, ``__setattr__`` or
+    slots), else ``events.DataReceived`` itself."""
+    import dataclasses
+
+    cls: Any = getattr(events, "DataReceived", None)
+    made_by_dataclass: bool = cls is not None and dataclasses.is_dataclass(cls)
+    if not made_by_dataclass:
+        return cls
+    fields: Any = dataclasses.fields(cls)
+    if ([f.name for f in fields] != ["connection", "data"] or any(not f.init for f in fields)
+            or hasattr(cls, "__post_init__")):
+        return cls
+    init = vars(cls).get("__init__")
+    code = getattr(init, "__code__", None)
+    if code is None or code.co_filename != "<string>" or code.co_names != ("connection",
+                                                                           "data"):
+        return cls
+    for klass in cls.__mro__[:-1]:
+        if {"__new__", "__setattr__", "__slots__"} & set(vars(klass)):
+            return cls
+    new = object.__new__
+
+    def data_received_of(connection: Any, data: bytes) -> Any:
+        """``events.DataReceived(connection, data)``: the same object (its ``connection``,
+        then its ``data``) without the type call and the dataclass's ``__init__``."""
+        made = new(cls)
+        made.connection = connection
+        made.data = data
+        return made
+
+    return data_received_of
+
+
+#: ``events.DataReceived(connection, data)``, made with one call (``_data_received_maker``)
+data_received_of: Any = _data_received_maker()
+
+#: mitmproxy's ``Flow.__init__`` as ``http_flow_plain`` lets the lean layer repeat it
+#: (seam/lean.py ``_serve``): its ``need.fingerprint`` and ``need.code_fingerprint``
+FLOW_INIT_FINGERPRINT = ("7c7b602cfb75bf18", "b44e93c572aafdbe")
+
+
+def http_flow_plain() -> bool:
+    """May ``http.HTTPFlow(client, server)`` be made attribute by attribute, as
+    ``Flow.__init__`` sets them (seam/lean.py ``_serve``)? Yes if ``HTTPFlow`` has no
+    ``__init__`` of its own, ``Flow.__init__`` is the one written against (fingerprint),
+    and nothing in the class's line has its own ``__new__``, ``__setattr__`` or slots."""
+    from vaultproxy.seam.need import unchanged
+
+    cls: Any = getattr(http, "HTTPFlow", None)
+    base: Any = getattr(flow, "Flow", None)
+    if cls is None or base is None or base not in cls.__mro__:
+        return False
+    if any("__init__" in vars(klass) for klass in cls.__mro__[:cls.__mro__.index(base)]):
+        return False
+    for klass in cls.__mro__[:-1]:
+        if {"__new__", "__setattr__", "__slots__"} & set(vars(klass)):
+            return False
+    return unchanged(base.__init__, *FLOW_INIT_FINGERPRINT)

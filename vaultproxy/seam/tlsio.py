@@ -76,7 +76,7 @@ from OpenSSL import SSL
 
 from vaultproxy.seam import need
 from vaultproxy.seam.need import missing
-from vaultproxy.seam.objects import send_data_of
+from vaultproxy.seam.objects import data_received_of, send_data_of
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             yield from self.tls_interact()
 
         if plaintext:
-            event = _DataReceived(self.conn, bytes(plaintext))
+            event = data_received_of(self.conn, bytes(plaintext))  # (seam/objects.py)
             kind = type(self)
             if (not FAST_TO_CHILD or kind.event_to_child is not FAST_TO_CHILD[0]
                     or kind._handle_command is not stock_handle):
