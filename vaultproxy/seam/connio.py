@@ -46,6 +46,18 @@ costs two ``server_event`` calls and one ``drain_writers``.
   empty buffer; ~2k instructions fewer per read). The rest of the loop is mitmproxy's,
   copied. It runs under seam/defences.py's ``handle_connection`` (``connection_loop``); any
   other reader (mitmproxy_rs's UDP stream) takes mitmproxy's own.
+* Direct read (``_deliver``): while that loop waits for bytes, its protocol's
+  ``data_received`` takes the loop's next steps itself instead of waking its task (a
+  ``call_soon``, a task step, a new waiter future per read: ~10k instructions per keep-alive
+  request): ``read(65535)``'s answer (the bytes, when the buffer is empty and they are
+  ``bytes`` of at most 65535), ``server_event``'s body (its lock free: no ``await``) with
+  the loop's task as the current task (``asyncio.tasks._swap_current_task``) and in its
+  context (``Task.get_context``), as when the task runs it; then, when ``drain_writers``
+  would return at once, nothing: the task still waits, on the same future. Otherwise
+  (writers to drain, ``server_event`` raised) the task is woken to do that. Anything else
+  (a held lock, a cancelled wait, another ``server_event``, a paused or failed reader) goes
+  to the buffer and wakes the task, as before. Two reads in one turn of the loop reach the
+  layers as two events (the woken loop would read them as one: the same bytes).
 
 * The watchdog's ``can_timeout`` (an ``asyncio.Event``) cleared and set by seam/lean.py's
   hook task as ``Event.clear`` and ``Event.set`` do it (``INLINE_EVENT``), its
@@ -222,6 +234,7 @@ def _same(*names: str) -> bool:
 
 
 _SendData, _Log = commands.SendData, commands.Log
+_DataReceived = events.DataReceived
 _StreamWriter: Any = asyncio.StreamWriter  # (Any: no narrowing to its public type)
 
 
@@ -315,6 +328,16 @@ async def server_event(self: Any, event: Any) -> None:
         lock._locked = True  # (``Lock.acquire`` of a free lock: no wait)
     else:
         await lock.acquire()
+    _locked_event(self, event)
+
+
+def _locked_event(self: Any, event: Any, take: bool = False) -> None:
+    """``server_event``'s body once its lock is taken (``async with``'s block; ``take``:
+    take the free lock first): the event through the layers, their commands, then the lock
+    released. No ``await``: ``_deliver`` runs it from the protocol's callback."""
+    lock = self._server_event_lock
+    if take:
+        lock._locked = True  # (``Lock.acquire`` of a free lock: no wait)
     try:
         # No `await` beyond this point.
         watchdog = self.timeout_watchdog
@@ -447,6 +470,95 @@ def _make_drain(stock: Callable[..., Any]) -> Callable[..., Any]:
     return drain_writers
 
 
+class _Direct:
+    """A read loop (``_make_handle_connection``) whose protocol may hand its bytes to
+    ``server_event`` itself (``_deliver``): its handler, connection and task, the future
+    it waits on (None: not waiting), and why ``_deliver`` woke it (``_DRAIN``, or the
+    exception ``server_event`` raised; None: not by ``_deliver``)."""
+
+    __slots__ = ("handler", "connection", "task", "waiter", "woke")
+
+    def __init__(self, handler: Any, connection: Any, task: asyncio.Task[Any]) -> None:
+        self.handler = handler
+        self.connection = connection
+        self.task = task
+        self.waiter: Any = None  # (an asyncio.Future, or None)
+        self.woke: Any = None
+
+
+#: the ``StreamReader`` of each read loop that lets its protocol deliver (``_Direct``)
+DIRECT: dict[Any, _Direct] = {}
+#: [on]: read loops let their protocol deliver (``install`` turns it on; tests turn it off)
+DIRECT_READ: list[bool] = [False]
+_DRAIN = "drain"  # (``_Direct.woke``: the bytes went through; the writers need draining)
+#: ``_make_drain``'s ``drain_writers`` as ``install`` put it on the handler class
+FAST_DRAIN: list[Any] = [None]
+_swap_current_task: Any = getattr(asyncio.tasks, "_swap_current_task", None)
+current_task = asyncio.current_task
+
+
+def _deliver(entry: _Direct, reader: Any, data: bytes) -> bool:
+    """The read loop's next steps for ``data`` (the protocol's bytes, its reader's buffer
+    empty), in the protocol's callback instead of after a wake-up of the loop's task: what
+    ``read(65535)`` would return (``data``, when it is ``bytes`` of at most 65535), then
+    ``server_event(DataReceived(connection, data))`` (its body: the lock free, so no
+    ``await``) with the loop's task as the current task and in its context, as when the
+    task runs it; then, if ``drain_writers`` would return without waiting (``_make_drain``'s
+    test), the loop would wait for the next bytes again: it already does, on the same
+    future. Otherwise (the writers need draining, or ``server_event`` raised) the task is
+    woken to do it (``_Direct.woke``). False (nothing done: the bytes go to the buffer, the
+    task is woken) unless the loop waits on this reader's waiter, not cancelled, and
+    ``server_event`` is this module's with its lock free (no task waits for it)."""
+    waiter = reader._waiter
+    if (entry.waiter is not waiter or waiter.done() or type(data) is not bytes
+            or len(data) > 65535 or reader._exception is not None or reader._paused):
+        return False
+    handler = entry.handler
+    if type(handler).server_event is not server_event:
+        return False
+    lock = handler._server_event_lock
+    if lock._locked or lock._waiters:
+        return False
+    task, loop = entry.task, reader._loop
+    prev = _swap_current_task(loop, task)
+    try:
+        task.get_context().run(_locked_event, handler, _DataReceived(entry.connection, data),
+                               True)
+    except BaseException as e:  # noqa: BLE001 - raised in the task, as the loop would
+        entry.woke = e
+    finally:
+        _swap_current_task(loop, prev)
+    if waiter.done():
+        return True  # (cancelled meanwhile: the loop ends as it would have)
+    if entry.woke is None:
+        if type(handler).drain_writers is FAST_DRAIN[0] and _writers_ready(handler):
+            return True
+        entry.woke = _DRAIN
+    reader._waiter = None  # (``_wakeup_waiter``)
+    waiter.set_result(None)
+    return True
+
+
+def _writers_ready(self: Any) -> bool:
+    """Would ``_make_drain``'s ``drain_writers`` return at once (no ``await``)?"""
+    lock = self._drain_lock
+    if lock._locked or lock._waiters:
+        return False
+    for io in self.transports.values():
+        writer = io.writer
+        if writer is None:
+            continue
+        if type(writer) is not _StreamWriter:
+            return False
+        w: Any = writer
+        reader, protocol = w._reader, w._protocol
+        if ((reader is not None and reader._exception is not None)
+                or w._transport.is_closing() or protocol._connection_lost
+                or protocol._paused):
+            return False
+    return True
+
+
 def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
     stream_reader: Any = asyncio.StreamReader  # (Any: no narrowing to its public type)
     data_received, connection_closed = events.DataReceived, events.ConnectionClosed
@@ -454,56 +566,76 @@ def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
                                    ConnectionState.CAN_WRITE)
 
     async def handle_connection(self: Any, connection: Any) -> None:
-        """mitmproxy's ``handle_connection`` with ``StreamReader.read(65535)`` inline (see the
+        """mitmproxy's ``handle_connection`` with ``StreamReader.read(65535)`` inline, and
+        the bytes its protocol hands to ``server_event`` itself while it waits (see the
         module's docstring)."""
         cancelled = None
         reader: Any = self.transports[connection].reader
         assert reader
         if type(reader) is not stream_reader:
             return await stock(self, connection)  # type: ignore[no-any-return]
-        while True:
-            try:
-                # ``data = await reader.read(65535)``
-                if reader._exception is not None:
-                    raise reader._exception
-                if not reader._buffer and not reader._eof:
-                    # ``await reader._wait_for_data("read")``
-                    if reader._waiter is not None:
-                        raise RuntimeError("read() called while another coroutine is "
-                                           "already waiting for incoming data")
-                    if reader._paused:
-                        reader._paused = False
-                        reader._transport.resume_reading()
-                    reader._waiter = reader._loop.create_future()
-                    try:
-                        await reader._waiter
-                    finally:
-                        reader._waiter = None
-                buffer = reader._buffer
-                if len(buffer) <= 65535:  # (all of it: ``bytes(memoryview(buffer)[:65535])``)
-                    data = bytes(buffer)
-                    buffer.clear()
-                else:
-                    data = bytes(memoryview(buffer)[:65535])
-                    del buffer[:65535]
-                if reader._paused and len(buffer) <= reader._limit:
-                    reader._paused = False
-                    reader._transport.resume_reading()
-                if not data:
-                    raise OSError("Connection closed by peer.")
-            except OSError:
-                break
-            except asyncio.CancelledError as e:
-                cancelled = e
-                break
+        entry = None
+        if DIRECT_READ[0]:
+            task = current_task()
+            if task is not None and reader not in DIRECT:
+                entry = DIRECT[reader] = _Direct(self, connection, task)
+        try:
+            while True:
+                woke = None
+                try:
+                    # ``data = await reader.read(65535)``
+                    if reader._exception is not None:
+                        raise reader._exception
+                    if not reader._buffer and not reader._eof:
+                        # ``await reader._wait_for_data("read")``
+                        if reader._waiter is not None:
+                            raise RuntimeError("read() called while another coroutine is "
+                                               "already waiting for incoming data")
+                        if reader._paused:
+                            reader._paused = False
+                            reader._transport.resume_reading()
+                        waiter = reader._waiter = reader._loop.create_future()
+                        if entry is not None:
+                            entry.waiter = waiter
+                        try:
+                            await waiter
+                        finally:
+                            reader._waiter = None
+                            if entry is not None:
+                                entry.waiter = None
+                                woke, entry.woke = entry.woke, None
+                    if woke is None:
+                        buffer = reader._buffer
+                        if len(buffer) <= 65535:  # (all: ``bytes(memoryview(buffer)[:65535])``)
+                            data = bytes(buffer)
+                            buffer.clear()
+                        else:
+                            data = bytes(memoryview(buffer)[:65535])
+                            del buffer[:65535]
+                        if reader._paused and len(buffer) <= reader._limit:
+                            reader._paused = False
+                            reader._transport.resume_reading()
+                        if not data:
+                            raise OSError("Connection closed by peer.")
+                except OSError:
+                    break
+                except asyncio.CancelledError as e:
+                    cancelled = e
+                    break
 
-            await self.server_event(data_received(connection, data))
+                if woke is None:
+                    await self.server_event(data_received(connection, data))
+                elif woke is not _DRAIN:  # (``server_event`` raised, in the protocol's callback)
+                    raise woke
 
-            try:
-                await self.drain_writers()
-            except asyncio.CancelledError as e:
-                cancelled = e
-                break
+                try:
+                    await self.drain_writers()
+                except asyncio.CancelledError as e:
+                    cancelled = e
+                    break
+        finally:
+            if entry is not None:
+                del DIRECT[reader]
 
         if cancelled is None and connection.transport_protocol == "tcp":
             # TCP connections can be half-closed.
@@ -538,6 +670,7 @@ def _make_handle_connection(stock: Callable[..., Any]) -> Callable[..., Any]:
 
 def _make_data_received() -> Callable[..., Any]:
     stream_reader: Any = asyncio.StreamReader  # (Any: no narrowing to its public type)
+    direct = DIRECT
 
     def data_received(self: Any, data: bytes) -> None:
         """asyncio's ``StreamReaderProtocol.data_received`` (see the module's docstring)."""
@@ -552,6 +685,10 @@ def _make_data_received() -> Callable[..., Any]:
         assert not reader._eof, "feed_data after feed_eof"
         if not data:
             return
+        if reader._waiter is not None and not reader._buffer:
+            entry = direct.get(reader)
+            if entry is not None and _deliver(entry, reader, data):
+                return
         reader._buffer.extend(data)
         waiter = reader._waiter  # (``_wakeup_waiter``)
         if waiter is not None:
@@ -582,13 +719,25 @@ def install_loop() -> bool:
     if stock_loop is None:
         return False
     if loop.get("handle_connection") not in (stock_loop,):
+        _direct_read()
         return bool(STOCK_LOOP)  # (already in place, or someone else's)
     if not _same("ConnectionHandler.handle_connection", "StreamReader.read",
                  "StreamReader._wait_for_data", "StreamReader._maybe_resume_transport"):
         return False
     STOCK_LOOP[:] = [stock_loop]
     loop["handle_connection"] = _make_handle_connection(stock_loop)
+    _direct_read()
     return True
+
+
+def _direct_read() -> None:
+    """The protocol hands bytes to ``server_event`` itself (``_deliver``) only with this
+    module's ``server_event``, read loop and ``data_received``, and asyncio's
+    ``_swap_current_task`` and ``Task.get_context``."""
+    DIRECT_READ[0] = (server.ConnectionHandler.server_event is server_event
+                      and bool(STOCK_LOOP) and bool(STOCK_PROTOCOL)
+                      and _swap_current_task is not None
+                      and hasattr(asyncio.Task, "get_context"))
 
 
 def install() -> bool:
@@ -614,7 +763,8 @@ def install() -> bool:
                            "asyncio.create_task": asyncio.create_task})
     if _same("ConnectionHandler.drain_writers", "StreamWriter.drain",
              "FlowControlMixin._drain_helper", "StreamReader.exception", "Lock.acquire"):
-        cls.drain_writers = _make_drain(STOCK["drain_writers"])  # type: ignore[method-assign]
+        cls.drain_writers = FAST_DRAIN[0] = _make_drain(  # type: ignore[method-assign]
+            STOCK["drain_writers"])
     if _same("asyncio_utils.set_task_debug_info", "_Environ.__getitem__", "Mapping.get"):
         asyncio_utils.set_task_debug_info = set_task_debug_info
     install_loop()
@@ -624,6 +774,7 @@ def install() -> bool:
             "StreamReader.feed_data", "StreamReader._wakeup_waiter"):
         STOCK_PROTOCOL.append(protocol.data_received)
         protocol.data_received = _make_data_received()  # type: ignore[method-assign]
+    _direct_read()
     if not STOCK_DISARM:
         STOCK_DISARM.append(server.TimeoutWatchdog.disarm)
     if _same("TimeoutWatchdog.disarm"):
