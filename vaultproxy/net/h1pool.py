@@ -440,7 +440,7 @@ def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | Non
     head = ResponseHead.__new__(ResponseHead)
     head.status, head.reason = status, reason
     # (a tuple: ``headers_made``'s ``tuple()`` returns it as it is; one pair per group)
-    head.headers = tuple(zip(known.names, values))
+    head.headers = tuple(zip(known.names, values, strict=True))
     head.length, head.keep_alive, head.end = int(values[known.length]), keep_alive, end
     return head
 
