@@ -36,7 +36,8 @@ _NGINX = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 15
 
 
 def _fields(head: ResponseHead) -> tuple[object, ...]:
-    return (head.status, head.reason, head.headers, head.length, head.keep_alive, head.end)
+    return (head.status, head.reason, list(head.headers), head.length, head.keep_alive,
+            head.end)
 
 
 def _known(data: bytes) -> _Known:
@@ -55,6 +56,7 @@ def _same(data: bytes, method: bytes, known: _Known) -> bool:
         return False
     assert want is not None, data
     assert _fields(got) == _fields(want), data
+    assert type(got.headers) is tuple  # (``headers_made`` takes it as it is)
     assert all(type(f) is tuple and len(f) == 2 and type(f[0]) is bytes
                and type(f[1]) is bytes for f in got.headers)
     return True
@@ -226,11 +228,38 @@ def test_twin_without_the_lookbehind_takes_a_value_with_its_trailing_space() -> 
     want = parse_head(data, b"GET")
     assert want is not None and want.headers[0] == (b"Server", b"a")
     assert parse_known(data, b"GET", known) is None
-    pattern = known.match.__self__.pattern
-    assert rb"(?<![ \t])" in pattern
-    known.match = re.compile(pattern.replace(rb"(?<![ \t])", b"")).match
+    for name in ("match", "ok"):  # (the status line "200 OK" folded in, and after it)
+        pattern = getattr(known, name).__self__.pattern
+        assert rb"(?<![ \t])" in pattern
+        setattr(known, name, re.compile(pattern.replace(rb"(?<![ \t])", b"")).match)
     got = parse_known(data, b"GET", known)
     assert got is not None and got.headers[0] == (b"Server", b"a ")  # not as parse_head
+    got = parse_known(data.replace(b"200 OK", b"201 Made"), b"GET", known)
+    assert got is not None and got.headers[0] == (b"Server", b"a ")
+
+
+def test_twin_without_the_digits_in_the_pattern_takes_a_length_parse_head_declines() -> None:
+    """The Content-Length value is read by the pattern (``_KNOWN_LENGTH``: ASCII digits, at
+    most 18); with the other values' class it would take lengths ``parse_head`` declines
+    (``int`` reads a sign, spaces, an underscore, non-ASCII digits)."""
+    known = _known(b"HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 2\r\n\r\nok")
+    odd = [b"+2", b"2_0", b"\xd9\xa2", b"1" * 19, b"-0"]
+    datas = [b"HTTP/1.1 %s\r\nServer: a\r\nContent-Length: %s\r\n\r\nok" % (line, value)
+             for line in (b"200 OK", b"404 Gone") for value in odd]
+    for data in datas:
+        assert parse_head(data, b"GET") is None and parse_known(data, b"GET", known) is None
+    for name in ("match", "ok"):
+        pattern = getattr(known, name).__self__.pattern
+        assert h1pool._KNOWN_LENGTH in pattern
+        setattr(known, name, re.compile(pattern.replace(h1pool._KNOWN_LENGTH,
+                                                        h1pool._KNOWN_VALUE)).match)
+    took = 0
+    for data in datas:
+        try:
+            took += parse_known(data, b"GET", known) is not None
+        except ValueError:
+            took += 1  # (``int`` refused it: not the same either)
+    assert took == len(datas)
 
 
 def test_the_pool_reads_a_connection_s_later_heads_with_the_pattern() -> None:

@@ -53,7 +53,7 @@ import ssl
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from typing import Any, Literal
 
 import h11
@@ -261,8 +261,9 @@ class ResponseHead:
 
     __slots__ = ("end", "headers", "keep_alive", "length", "reason", "status")
 
-    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+    def __init__(self, status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]],
                  length: int, keep_alive: bool, end: int) -> None:
+        # (a list from ``parse_head``, a tuple from ``parse_known``)
         self.status, self.reason, self.headers = status, reason, headers
         self.length, self.keep_alive, self.end = length, keep_alive, end
 
@@ -347,6 +348,13 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
 # ``_KNOWN_BUDGET`` are made per ``_KNOWN_WINDOW`` seconds, so an upstream that changes its
 # names all the time costs a bounded share of a core (past it: ``parse_head``, as before).
 _KNOWN_VALUE = rb":[ \t]*+([\x01-\x09\x0e-\xff]*+)(?<![ \t])"
+# The Content-Length field's value: what ``parse_head`` takes of it (after the leading spaces
+# and tabs, ASCII digits, at most 18, then the CRLF: ``isdigit`` and the length test), in
+# the pattern; any other value fails the match and ``parse_head`` reads (declines) the head.
+_KNOWN_LENGTH = rb":[ \t]*+([0-9]{1,18})"
+# The most common status line (``_OK_LINE`` without its CRLF, which the pattern's first
+# field line begins with), folded into a second pattern tried first (``_Known.ok``).
+_KNOWN_OK = re.escape(_OK_LINE[:-2])
 _KNOWN_MAX = 64
 _KNOWN_BUDGET = 16
 _KNOWN_WINDOW = 10.0
@@ -356,20 +364,23 @@ _known_made = [0.0, 0]  # (the window's start on the monotonic clock, patterns m
 class _Known:
     """The pattern of one set of field names, and what those names tell."""
 
-    __slots__ = ("connection", "length", "match", "names")
+    __slots__ = ("connection", "length", "match", "names", "ok")
 
     def __init__(self, names: tuple[bytes, ...], shape: tuple[int, tuple[int, ...]]) -> None:
         self.names = names
         self.length, self.connection = shape
-        self.match = re.compile(b"".join([rb"\r\n" + re.escape(name) + _KNOWN_VALUE
-                                          for name in names]) + rb"\r\n\r\n").match
+        fields = b"".join([
+            rb"\r\n" + re.escape(name) + (_KNOWN_LENGTH if i == self.length else _KNOWN_VALUE)
+            for i, name in enumerate(names)]) + rb"\r\n\r\n"
+        self.match = re.compile(fields).match  # (from the status line's CRLF)
+        self.ok = re.compile(_KNOWN_OK + fields).match  # (the status line "200 OK" and all)
 
 
 # names -> their ``_Known`` (None: no pattern for them; False: read once so far)
 _KNOWN: dict[tuple[bytes, ...], _Known | None | bool] = {}
 
 
-def known_of(headers: list[tuple[bytes, bytes]]) -> _Known | None:
+def known_of(headers: Sequence[tuple[bytes, bytes]]) -> _Known | None:
     """The pattern for the names of a head ``parse_head`` read (None: none yet, or none to
     be made: a set seen once, too many names, no single Content-Length...)."""
     names = tuple(map(_NAME, headers))
@@ -396,11 +407,14 @@ def known_of(headers: list[tuple[bytes, bytes]]) -> _Known | None:
 def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | None:
     """``parse_head(data, method)`` when the head's field names are ``known.names``, each
     value without trailing spaces or tabs; None for anything else (``parse_head`` reads it).
-    The status line and the values' reading are ``parse_head``'s statements."""
+    The status line and the values' reading are ``parse_head``'s statements, but for the
+    status line "200 OK" and the Content-Length's digits, read by the pattern (``ok``,
+    ``_KNOWN_LENGTH``); the fields a tuple (``headers_made`` takes it as it is)."""
     if method == b"HEAD":
         return None
-    if data.startswith(_OK_LINE):  # (what ``_STATUS_LINE`` reads of it)
-        status, reason, line_end = 200, b"OK", len(_OK_LINE)
+    fields = known.ok(data)  # (``_OK_LINE`` and the fields: what ``_STATUS_LINE`` reads of it)
+    if fields is not None:
+        status, reason = 200, b"OK"
     else:
         status_line = _STATUS_LINE.match(data)
         if status_line is None:
@@ -408,19 +422,16 @@ def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | Non
         status = int(status_line[1])
         if not 200 <= status < 600 or status == 204 or status == 304:
             return None
-        reason, line_end = status_line[2] or b"", status_line.end()
-    # (no CR or LF in a line, no line without a name: the blank line is the first CRLFCRLF,
-    # ``parse_head``'s ``end``)
-    fields = known.match(data, line_end - 2)
-    if fields is None:
-        return None
+        reason = status_line[2] or b""
+        # (no CR or LF in a line, no line without a name: the blank line is the first
+        # CRLFCRLF, ``parse_head``'s ``end``)
+        fields = known.match(data, status_line.end() - 2)
+        if fields is None:
+            return None
     end = fields.end()
     if end > MAX_INCOMPLETE_EVENT + 4:
         return None
     values = fields.groups()
-    length = values[known.length]
-    if not length.isdigit() or len(length) > 18:
-        return None
     keep_alive = True
     for i in known.connection:
         value = values[i].lower()
@@ -428,8 +439,9 @@ def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | Non
             keep_alive = False
     head = ResponseHead.__new__(ResponseHead)
     head.status, head.reason = status, reason
-    head.headers = list(zip(known.names, values, strict=True))
-    head.length, head.keep_alive, head.end = int(length), keep_alive, end
+    # (a tuple: ``headers_made``'s ``tuple()`` returns it as it is; one pair per group)
+    head.headers = tuple(zip(known.names, values, strict=True))
+    head.length, head.keep_alive, head.end = int(values[known.length]), keep_alive, end
     return head
 
 
@@ -1182,7 +1194,7 @@ class H1Response:
     """The parts of ``httpcore.Response`` the stage reads, and the body chunk by chunk."""
 
     def __init__(self, pool: H1Pool, conn: _Conn, status: int,
-                 headers: list[tuple[bytes, bytes]], version: bytes, reason: bytes,
+                 headers: Sequence[tuple[bytes, bytes]], version: bytes, reason: bytes,
                  read_timeout: float) -> None:
         self.status = status
         self.headers = headers

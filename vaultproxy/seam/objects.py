@@ -37,7 +37,7 @@ import logging
 import os
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mitmproxy import connection, flow, hooks, http
@@ -187,11 +187,11 @@ def headers_of(fields: Any) -> http.Headers:
     return http.Headers(fields)
 
 
-def headers_made(fields: list[tuple[bytes, bytes]]) -> http.Headers:
+def headers_made(fields: Sequence[tuple[bytes, bytes]]) -> http.Headers:
     """``http.Headers(fields)`` for fields known to be ``(bytes, bytes)`` tuples because
     they were made so (net/h1pool.py ``parse_head``: ``findall``'s pairs of two byte
-    groups): ``headers_of`` without its per-field type check. Anything else:
-    ``headers_of``."""
+    groups; ``parse_known``: a tuple of them, which ``tuple()`` returns as it is):
+    ``headers_of`` without its per-field type check. Anything else: ``headers_of``."""
     made = object.__new__(http.Headers)
     made.fields = tuple(fields)
     return made
