@@ -65,7 +65,7 @@ def _reference(flow: http.HTTPFlow, resp: http.Response, redactor: Redactor,
 
 
 # names: framing names in every case, look-alikes, canaries in names, fold bytes
-NAMES = [b"Server", b"Date", b"Content-Type", b"X-Token", b"Content-Length",
+NAMES = [b"Server", b"X-%b", b"%s%%", b"Date", b"Content-Type", b"X-Token", b"Content-Length",
          b"content-length", b"CONTENT-LENGTH", b"Content-Length ", b"Content_Length",
          b"Connection", b"connection", b"CONNECTION", b"Set-Cookie", b"set-cookie",
          b"SET-COOKIE", b"Transfer-Encoding", b"transfer-encoding", b"Content-Encoding",
@@ -91,10 +91,10 @@ def _value(rng: random.Random, name: bytes) -> bytes:
 
 
 def _names(rng: random.Random) -> tuple[bytes, ...]:
-    names = [rng.choice(NAMES[:4] + NAMES[9:10] + NAMES[12:13]) if rng.random() < 0.6
+    names = [rng.choice(NAMES[:6] + NAMES[11:12] + NAMES[14:15]) if rng.random() < 0.6
              else rng.choice(NAMES) for _ in range(rng.randint(0, 8))]
     if rng.random() < 0.85:
-        names.insert(rng.randint(0, len(names)), rng.choice(NAMES[4:7]))
+        names.insert(rng.randint(0, len(names)), rng.choice(NAMES[6:9]))
     return tuple(names)
 
 
@@ -155,7 +155,7 @@ def test_the_memo_is_the_field_loop() -> None:
         redacted += want[0] is True and (b"__vault.svc__" in b"".join(
             v for _, v in want[1][3]) or len(want[1][3]) < len(names))
     # twins: the memo answers most heads, and every outcome is reached
-    assert hits > 2500 and taken > 1000 and refused > 300 and noted > 600 and redacted > 350
+    assert hits > 2500 and taken > 1000 and refused > 150 and noted > 600 and redacted > 350
     assert len(gate._SHAPES) <= gate._SHAPES_MAX
 
 
@@ -182,7 +182,8 @@ def test_only_names_of_a_head_that_passed_are_kept() -> None:
     assert not _take(_plain(names, [b"012", b"v"]))  # a bad length: declined
     assert not gate._SHAPES
     assert _take(_plain(names, [b"2", SECRET]))
-    assert list(gate._SHAPES.items()) == [((b"Content-Length", b"X-Fold"), (0, False, -1))]
+    assert list(gate._SHAPES.items()) == [
+        ((b"Content-Length", b"X-Fold"), (0, False, -1, b"Content-Length: %b\r\nX-Fold: %b"))]
     assert SECRET.decode() not in repr(gate._SHAPES)  # names only, never a value
 
 

@@ -181,17 +181,20 @@ _NAME = operator.itemgetter(0)
 # What ``_plain_small_head``'s names tell, per set of names (as sent: the same objects again
 # and again from net/h1pool.py's ``parse_known``, their hashes kept): the index of the one
 # Content-Length, whether a Set-Cookie is among them, the index of the one Connection field
-# (-1: none; -2: more than one). Names only, never a value; filled only once a head with
-# those names passed the one-pass path; at most ``_SHAPES_MAX`` sets (then emptied), each
+# (-1: none; -2: more than one), and the fields' wire form with a ``%b`` for each value
+# (each name's ``%`` doubled: ``b"\r\n".join([b": ".join(f) for f in fields])`` by one
+# ``%``; None until kept). Names only, never a value; filled only once a head with those
+# names passed the one-pass path; at most ``_SHAPES_MAX`` sets (then emptied), each
 # within ``_SHAPE_NAMES_MAX`` names and ``_SHAPE_NAME_BYTES_MAX`` bytes of names.
 # tests/unit/test_speed_response_names.py compares it with the per-field loop it replaces.
-_SHAPES: dict[tuple[bytes, ...], tuple[int, bool, int]] = {}
+_Shape = tuple[int, bool, int, bytes | None]
+_SHAPES: dict[tuple[bytes, ...], _Shape] = {}
 _SHAPES_MAX = 64
 _SHAPE_NAMES_MAX = 64
 _SHAPE_NAME_BYTES_MAX = 2048
 
 
-def _names_shape(names: tuple[bytes, ...]) -> tuple[int, bool, int] | None:
+def _names_shape(names: tuple[bytes, ...]) -> _Shape | None:
     """What the names tell the one-pass path (see ``_SHAPES``); None for a head it does not
     take: no Content-Length, a second one, a transfer or content coding."""
     length = -1
@@ -210,14 +213,15 @@ def _names_shape(names: tuple[bytes, ...]) -> tuple[int, bool, int] | None:
                 return None
     if length < 0:
         return None
-    return length, cookie, connection
+    return length, cookie, connection, None
 
 
-def _remember(names: tuple[bytes, ...], shape: tuple[int, bool, int]) -> None:
+def _remember(names: tuple[bytes, ...], shape: _Shape) -> None:
     if len(names) <= _SHAPE_NAMES_MAX and sum(map(len, names)) <= _SHAPE_NAME_BYTES_MAX:
         if len(_SHAPES) >= _SHAPES_MAX:
             _SHAPES.clear()
-        _SHAPES[names] = shape
+        _SHAPES[names] = shape[:3] + (
+            b"\r\n".join([name.replace(b"%", b"%%") + b": %b" for name in names]),)
 
 
 def _plain_small_head(
@@ -246,7 +250,7 @@ def _plain_small_head(
         shape = _names_shape(names)
         if shape is None:
             return False
-    at, cookie, connection = shape
+    at, cookie, connection, wire = shape
     length = fields[at][1]
     # mitmproxy's validate, the whole value ``(?:0|[1-9][0-9]*)``: ASCII digits
     # (``bytes.isdigit``), no leading zero but "0" itself; no regular expression call (~2k
@@ -256,8 +260,10 @@ def _plain_small_head(
         return False
     data.reason = _REASONS.get(code, b"")
     # No coding: it only checks, (drops) and redacts (``gate_head``), over the fields' wire
-    # form (seam/objects.py ``wire_block``, inline), which the agent gets if none changes
-    block = b"\r\n".join([b": ".join(field) for field in fields])
+    # form (seam/objects.py ``wire_block``, inline; by the names' ``%`` once they are kept),
+    # which the agent gets if none changes
+    block = (b"\r\n".join([b": ".join(field) for field in fields]) if wire is None
+             else wire % tuple([value for _, value in fields]))
     gate_wire_head(redactor, data.headers, block, cookie)
     if data.headers.fields is not fields:  # a field dropped or redacted: look at them again
         _gate_body(flow, resp, redactor, service, None)
