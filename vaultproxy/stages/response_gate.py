@@ -246,7 +246,7 @@ def _plain_small_head(
     names = tuple(map(_NAME, fields))
     shape = _SHAPES.get(names)
     fresh = shape is None
-    if fresh:
+    if shape is None:
         shape = _names_shape(names)
         if shape is None:
             return False
