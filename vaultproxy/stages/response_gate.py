@@ -35,6 +35,7 @@ without ``Content-Encoding``.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable
 
 import wsproto.events
@@ -176,6 +177,53 @@ _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"content-e
                             b"set-cookie", b"connection"))
 
 
+_NAME = operator.itemgetter(0)
+# What ``_plain_small_head``'s names tell, per set of names (as sent: the same objects again
+# and again from net/h1pool.py's ``parse_known``, their hashes kept): the index of the one
+# Content-Length, whether a Set-Cookie is among them, the index of the one Connection field
+# (-1: none; -2: more than one), and the fields' wire form with a ``%b`` for each value
+# (each name's ``%`` doubled: ``b"\r\n".join([b": ".join(f) for f in fields])`` by one
+# ``%``; None until kept). Names only, never a value; filled only once a head with those
+# names passed the one-pass path; at most ``_SHAPES_MAX`` sets (then emptied), each
+# within ``_SHAPE_NAMES_MAX`` names and ``_SHAPE_NAME_BYTES_MAX`` bytes of names.
+# tests/unit/test_speed_response_names.py compares it with the per-field loop it replaces.
+_Shape = tuple[int, bool, int, bytes | None]
+_SHAPES: dict[tuple[bytes, ...], _Shape] = {}
+_SHAPES_MAX = 64
+_SHAPE_NAMES_MAX = 64
+_SHAPE_NAME_BYTES_MAX = 2048
+
+
+def _names_shape(names: tuple[bytes, ...]) -> _Shape | None:
+    """What the names tell the one-pass path (see ``_SHAPES``); None for a head it does not
+    take: no Content-Length, a second one, a transfer or content coding."""
+    length = -1
+    cookie = False
+    connection = -1
+    for i, name in enumerate(names):
+        lower = name.lower()
+        if lower in _FRAMING_NAMES:
+            if lower == b"content-length" and length < 0:
+                length = i
+            elif lower == b"set-cookie":
+                cookie = True
+            elif lower == b"connection":
+                connection = i if connection == -1 else -2
+            else:  # a transfer or content coding, or a second length
+                return None
+    if length < 0:
+        return None
+    return length, cookie, connection, None
+
+
+def _remember(names: tuple[bytes, ...], shape: _Shape) -> None:
+    if len(names) <= _SHAPE_NAMES_MAX and sum(map(len, names)) <= _SHAPE_NAME_BYTES_MAX:
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        _SHAPES[names] = shape[:3] + (
+            b"\r\n".join([name.replace(b"%", b"%%") + b": %b" for name in names]),)
+
+
 def _plain_small_head(
     flow: http.HTTPFlow, resp: http.Response, redactor: Redactor, service: str
 ) -> bool:
@@ -195,32 +243,27 @@ def _plain_small_head(
             or resp.stream or flow.request.data.method.upper() in (b"HEAD", b"CONNECT")):
         return False
     fields = data.headers.fields
-    length: bytes | None = None
-    cookie = False
-    connections = 0  # Connection fields, and whether the last one is "keep-alive"
-    keep = True
-    for name, value in fields:
-        lower = name.lower()
-        if lower in _FRAMING_NAMES:
-            if lower == b"content-length" and length is None:
-                length = value
-            elif lower == b"set-cookie":
-                cookie = True
-            elif lower == b"connection":
-                connections += 1
-                keep = value == b"keep-alive"
-            else:  # a transfer or content coding, or a second length
-                return False
+    names = tuple(map(_NAME, fields))
+    shape = _SHAPES.get(names)
+    fresh = shape is None
+    if shape is None:
+        shape = _names_shape(names)
+        if shape is None:
+            return False
+    at, cookie, connection, wire = shape
+    length = fields[at][1]
     # mitmproxy's validate, the whole value ``(?:0|[1-9][0-9]*)``: ASCII digits
     # (``bytes.isdigit``), no leading zero but "0" itself; no regular expression call (~2k
     # instructions; tests/unit/test_speed_stages4.py compares them)
-    if (length is None or not length.isdigit() or (length[0] == 48 and length != b"0")
+    if (not length.isdigit() or (length[0] == 48 and length != b"0")
             or int(length) > SMALL_BODY):
         return False
     data.reason = _REASONS.get(code, b"")
     # No coding: it only checks, (drops) and redacts (``gate_head``), over the fields' wire
-    # form (seam/objects.py ``wire_block``, inline), which the agent gets if none changes
-    block = b"\r\n".join([b": ".join(field) for field in fields])
+    # form (seam/objects.py ``wire_block``, inline; by the names' ``%`` once they are kept),
+    # which the agent gets if none changes
+    block = (b"\r\n".join([b": ".join(field) for field in fields]) if wire is None
+             else wire % tuple([value for _, value in fields]))
     gate_wire_head(redactor, data.headers, block, cookie)
     if data.headers.fields is not fields:  # a field dropped or redacted: look at them again
         _gate_body(flow, resp, redactor, service, None)
@@ -228,8 +271,10 @@ def _plain_small_head(
         resp.stream = False  # buffered: ``response`` redacts it whole
         # for the lean layer's send (seam/lean.py): the head's block, and what its names
         # tell ``closes`` (no Connection field, or one "keep-alive": none says close)
-        flow.metadata[HEAD_NOTE] = (fields, block, connections == 0 or (connections == 1
-                                                                        and keep))
+        flow.metadata[HEAD_NOTE] = (fields, block, connection == -1 or (
+            connection >= 0 and fields[connection][1] == b"keep-alive"))
+    if fresh:  # (a head with these names passed: the next one's loop is a look-up)
+        _remember(names, shape)
     return True
 
 
