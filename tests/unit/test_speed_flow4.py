@@ -11,9 +11,10 @@ they replace, on seeded input; the code before each shortcut is kept as the refe
   reference, which builds every hook object); and the full vaultproxy stage chain through the
   production manager (seam/speed.py), the job against its reference: what each addon sees at
   each hook, the flow's end state and the audit lines are the same.
-* ``lean_hook(flow, lean)`` against ``LeanHook(flow)`` with its job's ``lean`` set, and
-  ``_completed_maker()`` against ``events.HookCompleted``: the same objects (types, attributes
-  in order); a class that is not the dataclass it was written against gets the constructor.
+* ``_completed_maker()`` against ``events.HookCompleted``: the same objects (types,
+  attributes in order); a class that is not the dataclass it was written against gets the
+  constructor. (The request's ``LeanHook``, made inline in ``LeanLayer._serve``, is
+  test_speed_intake.py's.)
 """
 
 from __future__ import annotations
@@ -349,26 +350,7 @@ def test_the_full_chain_runs_the_flow_steps(world: Any, monkeypatch: pytest.Monk
     assert "request" in events_seen, events_seen
 
 
-# -- lean_hook and the completed event -----------------------------------------------------
-
-
-def _attrs(obj: Any) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in vars(obj).items() if k != "job"]
-
-
-def test_lean_hook_is_the_hook_its_constructor_makes() -> None:
-    for _ in range(50):
-        f = tflow.tflow()
-        layer = object()
-        got = lean.lean_hook(f, layer)  # type: ignore[arg-type]
-        want = lean.LeanHook(f)
-        want.job.lean = layer  # type: ignore[assignment]
-        assert type(got) is type(want) is lean.LeanHook
-        assert list(vars(got)) == list(vars(want)) == ["flow", "job"]
-        assert _attrs(got) == _attrs(want)
-        assert type(got.job) is type(want.job) is lean._Job
-        assert list(vars(got.job).items()) == list(vars(want.job).items())
-        assert got.blocking is want.blocking is True and got.name == want.name
+# -- the completed event ------------------------------------------------------------------
 
 
 def test_the_completed_event_is_the_one_its_constructor_makes() -> None:

@@ -8,8 +8,9 @@ replaces made, on seeded input; the code before each shortcut is kept as the ref
   order with the same values (but its own id and creation time), the same ``get_state()``;
   a ``Flow.__init__`` or an ``HTTPFlow`` that is not the one written against keeps the
   constructor.
-* ``LeanLayer._serve`` makes the request's ``LeanHook`` and its job inline (``lean_hook``'s
-  two objects): the same attributes in the same order, compared on the same streams.
+* ``LeanLayer._serve`` makes the request's ``LeanHook`` and its job inline (what
+  ``LeanHook(flow)`` with its job's ``lean`` set makes): the same attributes in the same
+  order, compared on the same streams.
 * ``LeanLayer.handle_event`` files its paused hook as ``tuple.__new__(Paused, ...)``: the
   same ``Paused`` as mitmproxy's ``Layer.__process`` makes; a changed ``Paused`` keeps its
   constructor.

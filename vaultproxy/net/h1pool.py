@@ -196,6 +196,21 @@ _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ([^\x00\r\n\x0b\x0c]*))?\r\
 # The most common one, which ``parse_head`` takes without the match (its status 200, its
 # reason "OK", as ``_STATUS_LINE`` reads it: tests/unit/test_speed_h1fields.py)
 _OK_LINE = b"HTTP/1.1 200 OK\r\n"
+
+
+def _status_of(data: bytes) -> tuple[int, bytes, int] | None:
+    """The status line at the start of ``data`` as ``_STATUS_LINE`` reads it: its status,
+    reason and end (past its CRLF); None for none, or a status the pool's reader does not
+    take (1xx, 204, 304, 600 and above: those heads go to h11)."""
+    status_line = _STATUS_LINE.match(data)
+    if status_line is None:
+        return None
+    status = int(status_line[1])
+    if not 200 <= status < 600 or status == 204 or status == 304:
+        return None
+    return status, status_line[2] or b"", status_line.end()
+
+
 # One field line, with the CRLF before it: a token, ":", the value without its leading
 # spaces and tabs (its trailing ones: ``parse_head``), no NUL, CR, LF, VT or FF in it, and
 # a CRLF right after it. ``findall`` over the field block (the CRLF that ends the status
@@ -288,13 +303,10 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     if data.startswith(_OK_LINE):  # (what ``_STATUS_LINE`` reads of it)
         status, reason, line_end = 200, b"OK", len(_OK_LINE)
     else:
-        status_line = _STATUS_LINE.match(data)
-        if status_line is None:
+        line = _status_of(data)
+        if line is None:
             return None
-        status = int(status_line[1])
-        if not 200 <= status < 600 or status == 204 or status == 304:
-            return None
-        reason, line_end = status_line[2] or b"", status_line.end()
+        status, reason, line_end = line
     # the field lines: each a token, ":", a value (its OWS stripped, as h11 does)
     block = data[line_end - 2:end + 2]  # (from the status line's CRLF)
     headers: list[tuple[bytes, bytes]] = _FIELD_LINE.findall(block)
@@ -416,16 +428,13 @@ def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | Non
     if fields is not None:
         status, reason = 200, b"OK"
     else:
-        status_line = _STATUS_LINE.match(data)
-        if status_line is None:
+        line = _status_of(data)
+        if line is None:
             return None
-        status = int(status_line[1])
-        if not 200 <= status < 600 or status == 204 or status == 304:
-            return None
-        reason = status_line[2] or b""
+        status, reason, line_end = line
         # (no CR or LF in a line, no line without a name: the blank line is the first
         # CRLFCRLF, ``parse_head``'s ``end``)
-        fields = known.match(data, status_line.end() - 2)
+        fields = known.match(data, line_end - 2)
         if fields is None:
             return None
     end = fields.end()

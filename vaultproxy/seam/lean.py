@@ -411,24 +411,6 @@ class LeanHook(commands.StartHook):
         self.job: _Job = _Job(self.flow, None)
 
 
-def lean_hook(flow: http.HTTPFlow, lean: LeanLayer) -> LeanHook:
-    """``LeanHook(flow)`` with its job's ``lean`` set: the same two objects (the same
-    attributes, in the same order) without the four Python calls of their constructors
-    (``StartHook``'s class check, the dataclass's ``__init__``, ``__post_init__``,
-    ``_Job.__init__``). tests/unit/test_speed_flow4.py compares the two."""
-    hook = _new(LeanHook)
-    hook.flow = flow
-    job = hook.job = _new(_Job)
-    job.flow = flow
-    job.lean = lean
-    job.addons = None
-    job.outcome = KILL
-    job.code = None
-    job.message = ""
-    job.later = None
-    return hook
-
-
 _new = object.__new__
 _HTTPFlow: Any = http.HTTPFlow
 _mflow: Any = mflow  # (its ``uuid`` and ``time``, as ``Flow.__init__`` reads them)
@@ -1183,8 +1165,10 @@ class LeanLayer(layer.Layer):
             if stats["requests"] == 1:
                 logger.info("lean HTTP/1.1: first request served without mitmproxy's HTTP "
                             "layer")
-            # (``lean_hook(flow, self)``, inline: the same two objects, attributes in its
-            # order; tests/unit/test_speed_intake.py compares them)
+            # (``LeanHook(flow)`` with its job's ``lean`` set, without the four Python calls
+            # of their constructors: ``StartHook``'s class check, the dataclass's
+            # ``__init__``, ``__post_init__``, ``_Job.__init__``; the same two objects,
+            # attributes in their order: tests/unit/test_speed_intake.py compares them)
             hook = _new(LeanHook)
             hook.flow = flow
             job = hook.job = _new(_Job)
