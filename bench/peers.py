@@ -627,10 +627,18 @@ def sequential_p50(t: Peer, count: int, limit_s: float) -> float:
     return statistics.median(times) * 1000
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    from bench.run import cpu_ticks
-
-    return sum(cpu_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """utime+stime and stime alone of these processes, in seconds (/proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = kernel = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(f[11]) + int(f[12])
+        kernel += int(f[12])
+    return total / tick, kernel / tick
 
 
 def sse_delays(t: Peer, interval: float) -> list[float]:
@@ -664,7 +672,8 @@ def measure(t: Peer, d: dict[str, float], r: dict[str, object]) -> None:
     if res.ok():
         r["conc10_rps"] = res.rps
         if pids:
-            r["cpu_ms"] = (c1 - c0) * 1000 / n
+            r["cpu_ms"] = (c1[0] - c0[0]) * 1000 / n
+            r["sys_ms"] = (c1[1] - c0[1]) * 1000 / n
     else:
         problem("10 keep-alive conns", res)
     settle(pids)
@@ -783,7 +792,7 @@ def render(meta: dict[str, object], labels: dict[str, str], res: dict[str, dict[
         "",
         "Versions: " + "; ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",  # type: ignore[attr-defined]
         "",
-        "| target | 10 keep-alive conns, req/s | CPU ms/request | CPU vs bare mitmdump | 1 conn sequential, p50 added | new conn per request, req/s | SSE added p50 / p99 ms |",
+        "| target | 10 keep-alive conns, req/s | CPU ms/request (kernel part) | CPU vs bare mitmdump | 1 conn sequential, p50 added | new conn per request, req/s | SSE added p50 / p99 ms |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, label in labels.items():
@@ -799,7 +808,7 @@ def render(meta: dict[str, object], labels: dict[str, str], res: dict[str, dict[
             seq = _cell(float(r["seq_p50_ms"]) - float(direct["seq_p50_ms"]) if r.get("seq_p50_ms") and direct.get("seq_p50_ms") else None, "+{:.2f} ms")  # type: ignore[arg-type]
             sse = (_cell(float(r["sse_p50_ms"]) - float(direct["sse_p50_ms"]), "+{:.1f}") + " / " + _cell(float(r["sse_p99_ms"]) - float(direct["sse_p99_ms"]), "+{:.1f}")
                    if r.get("sse_p50_ms") is not None and direct.get("sse_p50_ms") is not None else "—")  # type: ignore[arg-type]
-        lines.append(f"| {label} | {_cell(r.get('conc10_rps'), '{:,.0f}')} | {_cell(cpu, '{:.2f}') if name != 'direct' else '— (nginx)'} | {ratio if name not in ('direct',) else '—'} | {seq} | {_cell(r.get('newconn_rps'), '{:,.0f}')} | {sse} |")
+        lines.append(f"| {label} | {_cell(r.get('conc10_rps'), '{:,.0f}')} | {(_cell(cpu, '{:.2f}') + _cell(r.get('sys_ms'), ' ({:.2f})')) if name != 'direct' else '— (nginx)'} | {ratio if name not in ('direct',) else '—'} | {seq} | {_cell(r.get('newconn_rps'), '{:,.0f}')} | {sse} |")
     if len(rounds) > 1:
         lines += ["", "CPU ms/request per round (interleaved): " + "; ".join(
             f"{labels[n]} " + ", ".join(_cell(rd.get(n, {}).get("cpu_ms"), "{:.2f}") for rd in rounds)
