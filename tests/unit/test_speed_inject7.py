@@ -147,9 +147,11 @@ def _outcome(st: ProxyState, fn: object, req: http.Request, plan: Plan) -> objec
             done.injected, done.wait_body)
 
 
-def _edit(rng: random.Random, st: ProxyState, ks: Keystore, seen: list[SharedEntry]) -> str:
+def _edit(rng: random.Random, st: ProxyState, ks: Keystore, seen: list[SharedEntry]
+          ) -> Keystore:
     """One seeded change to the keystore or the services; the shared entries it must have
-    dropped hold no made field any more (the twin)."""
+    dropped hold no made field any more (the twin). Returns the keystore served after it (a
+    lock wipes the one it had: the unlock opens the file again)."""
     op = rng.randrange(9)
     name = rng.choice(["bear", "head", "under", "bas", "gone"])
     of_name = [e for e in seen if e.name == name]
@@ -158,7 +160,7 @@ def _edit(rng: random.Random, st: ProxyState, ks: Keystore, seen: list[SharedEnt
     elif op == 1:  # the same value again: a write all the same
         entry = ks.get(name)
         if entry is None or entry.value is None:
-            return "skip"
+            return ks
         ks.set_value(name, Secret(entry.value.reveal()))
     elif op == 2:
         ks.set_field(name, rng.choice(["username", "password", "x"]), Secret(make_canary()))
@@ -174,8 +176,10 @@ def _edit(rng: random.Random, st: ProxyState, ks: Keystore, seen: list[SharedEnt
         assert st.refresh_keystore()
         of_name = list(seen)
     elif op == 5:
+        ks.save()  # (an unlock reads the file: what was only in memory is gone)
         st.lock()
         assert all(e.made is None for e in seen)
+        ks = Keystore.open(ks.path, Secret("pw"))
         st.install_keystore(ks)
         of_name = list(seen)
     elif op == 6:
@@ -185,9 +189,9 @@ def _edit(rng: random.Random, st: ProxyState, ks: Keystore, seen: list[SharedEnt
         st.secrets_changed()
         of_name = list(seen)
     else:
-        return "none"
+        return ks
     assert all(e.made is None for e in of_name), op
-    return str(op)
+    return ks
 
 
 def test_inject_head_is_the_reference_over_seeded_requests_and_edits(tmp_path: Path) -> None:
@@ -197,7 +201,7 @@ def test_inject_head_is_the_reference_over_seeded_requests_and_edits(tmp_path: P
     fast = slow = raised = 0
     for i in range(2000):
         if rng.random() < 0.03:
-            _edit(rng, st, ks, seen)
+            ks = _edit(rng, st, ks, seen)
         service = rng.choice(list(st.registry.services))
         fields = tuple((rng.choice(NAMES), rng.choice(VALUES))
                        for _ in range(rng.choice([0, 1, 2, 2, 3, 3, 4, 6])))

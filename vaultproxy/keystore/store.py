@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vaultproxy.errors import KeystoreError
@@ -77,9 +79,84 @@ class Keystore:
         # entry name -> (the stored entry, its value, its fields' items, created, updated,
         # the read-only copy made of them): ``get_shared``
         self._shared: dict[str, _Shared] = {}
+        # ``wipe``: every edit, save, refresh and ``plaintext`` holds ``_mutex`` (``_writing``)
+        # and refuses once ``_wiped`` is set; the wipe itself never waits for it
+        self._mutex = threading.Lock()
+        self._wiped = False
+        self._wipe_done = False
 
     def __repr__(self) -> str:
         return f"Keystore(path={str(self.path)!r}, entries={len(self._entries)})"
+
+    # -- wiping (the proxy locks) ----------------------------------------------------------
+
+    def wipe(self) -> None:
+        """Overwrite this object's copy of every secret (entries, their fields, internal
+        entries, synced values, retired values), the data key and the kept password, and
+        refuse every later edit, save, refresh and ``plaintext`` (KeystoreError): the
+        session calls it when the proxy locks. Best effort as ``Secret.wipe`` is: bytes
+        already revealed (a redactor's, a request's) are not reached.
+
+        Never a half-written file: an edit or a save under way in another thread (the admin
+        API's, a sync's, a mint's write-back) finishes first, and that thread wipes as it
+        lets go of the keystore (``_writing``); the caller (the event loop) does not wait for
+        it. A write that starts after this refuses before touching anything."""
+        self._wiped = True  # first: a writer that lets go after this sees it (below)
+        if not self._mutex.acquire(blocking=False):
+            return  # a writer holds it: it wipes on its way out
+        try:
+            self._wipe_now()
+        finally:
+            self._mutex.release()
+
+    @property
+    def wiped(self) -> bool:
+        return self._wiped
+
+    def _wipe_now(self) -> None:
+        if self._wipe_done:
+            return
+        self._wipe_done = True
+        self.forget_shared()
+        held: list[Secret | None] = []
+        tables = (self._entries, self._internal)
+        self._entries, self._internal = {}, {}
+        for table in tables:
+            for entry in list(table.values()):
+                held.append(entry.value)
+                held.extend(list(entry.fields.values()))
+        synced, self._synced = self._synced, {}
+        for cache in list(synced.values()):
+            for item in list(cache.items.values()):
+                held.extend(list(item.fields.values()))
+        retired, self._retired = self._retired, []
+        held.extend(r.value for r in retired)
+        for secret in held:
+            if secret is not None:
+                secret.wipe()
+        wipe(self._dek)
+        self._dek = bytearray()
+        if self._password is not None:
+            self._password.wipe()
+            self._password = None
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the keystore for an edit, a save, a refresh or ``plaintext``; refuse once it
+        was wiped. A ``wipe`` that came meanwhile is done here, after letting go (it set
+        ``_wiped`` before trying the lock, and this reads it after releasing: one of the
+        two always wipes)."""
+        try:
+            with self._mutex:
+                if self._wiped:
+                    raise KeystoreError(
+                        "the proxy was locked meanwhile and this keystore copy is wiped; "
+                        "nothing was written: unlock (`vaultproxy unlock`) and try again"
+                    )
+                yield
+        finally:  # (also when this write failed or refused: another may have held it)
+            if self._wiped:
+                self.wipe()
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -211,6 +288,10 @@ class Keystore:
         ``passwd``) without the password. A file sealed under another data key (a new
         keystore in its place) or damaged is a KeystoreError, and this object is unchanged.
         """
+        with self._writing():
+            return self._refresh()
+
+    def _refresh(self) -> bool:
         if not self._dek:
             raise KeystoreError("this is a worker's read-only view of the keystore")
         data = atomic.read_file(self.path)
@@ -242,7 +323,8 @@ class Keystore:
 
     def plaintext(self) -> bytearray:
         """The decrypted entries, encoded as in the file body (caller wipes the buffer)."""
-        return entries.encode(self._body())
+        with self._writing():
+            return entries.encode(self._body())
 
     def _body(self) -> Body:
         return Body(self._entries, self._internal, self._synced, self._retired)
@@ -309,6 +391,10 @@ class Keystore:
 
     def set_value(self, name: str, value: Secret) -> None:
         entries.check_entry_name(name)
+        with self._writing():
+            self._set_value(name, value)
+
+    def _set_value(self, name: str, value: Secret) -> None:
         self.forget_shared(name)
         entry = self._touch(self._entries, name)
         self._retire(name, None, entry.value, entry.updated, value)
@@ -317,12 +403,20 @@ class Keystore:
     def set_field(self, name: str, field: str, value: Secret) -> None:
         entries.check_entry_name(name)
         entries.check_name(field, "field name")
+        with self._writing():
+            self._set_field(name, field, value)
+
+    def _set_field(self, name: str, field: str, value: Secret) -> None:
         self.forget_shared(name)
         entry = self._touch(self._entries, name)
         self._retire(name, field, entry.fields.get(field), entry.updated, value)
         entry.fields[field] = Secret(value.reveal())
 
     def remove(self, name: str) -> bool:
+        with self._writing():
+            return self._remove(name)
+
+    def _remove(self, name: str) -> bool:
         self.forget_shared(name)
         entry = self._entries.pop(name, None)
         if entry is None:
@@ -368,7 +462,8 @@ class Keystore:
 
     def set_internal(self, name: str, value: Secret) -> None:
         entries.check_internal_name(name)
-        self._touch(self._internal, name).value = Secret(value.reveal())
+        with self._writing():
+            self._touch(self._internal, name).value = Secret(value.reveal())
 
     def get_internal(self, name: str) -> Secret | None:
         entry = self._internal.get(name)
@@ -378,7 +473,8 @@ class Keystore:
         return sorted(n for n in self._internal if n.startswith(prefix))
 
     def remove_internal(self, name: str) -> bool:
-        return self._internal.pop(name, None) is not None
+        with self._writing():
+            return self._internal.pop(name, None) is not None
 
     # -- values cached from external sources (keystore/synced.py, SPEC §9) ----------------
 
@@ -397,17 +493,19 @@ class Keystore:
     def put_source_cache(self, source: str, cache: SourceCache) -> None:
         """Replace what is cached for ``source`` (in memory until ``save``); a field value
         that changed or went away is retired."""
-        old = self._synced.get(source)
-        if old is not None:
-            self._retire_items(source, old, cache)
-        self._synced[source] = cache
+        with self._writing():
+            old = self._synced.get(source)
+            if old is not None:
+                self._retire_items(source, old, cache)
+            self._synced[source] = cache
 
     def remove_source_cache(self, source: str) -> bool:
-        old = self._synced.pop(source, None)
-        if old is None:
-            return False
-        self._retire_items(source, old, SourceCache())
-        return True
+        with self._writing():
+            old = self._synced.pop(source, None)
+            if old is None:
+                return False
+            self._retire_items(source, old, SourceCache())
+            return True
 
     def _retire_items(self, source: str, old: SourceCache, new: SourceCache) -> None:
         now = None
@@ -427,6 +525,10 @@ class Keystore:
 
     def save(self) -> None:
         """Write all entries (atomically, under the lock); raise weak KDF params first."""
+        with self._writing():
+            self._save()
+
+    def _save(self) -> None:
         self._check_rewritable()
         header, slots = self._header, self._slots
         target = header.kdf.raised_to(KDF_FLOOR)
@@ -441,6 +543,10 @@ class Keystore:
 
     def change_password(self, new: Secret) -> None:
         """Re-wrap the data key under ``new`` (fresh salt) and save; entries are untouched."""
+        with self._writing():
+            self._change_password(new)
+
+    def _change_password(self, new: Secret) -> None:
         self._check_rewritable()
         header, slots = _wrap(new, self._dek, self._header.kdf.raised_to(KDF_FLOOR),
                               self._other_slots())
@@ -479,6 +585,10 @@ class Keystore:
         The slot table is part of the header, i.e. of every AES-GCM AAD, so the password
         slot is re-wrapped (fresh salt): hence ``password``, checked first.
         """
+        with self._writing():
+            self._add_tpm_slot(password, tcti)
+
+    def _add_tpm_slot(self, password: Secret, tcti: str | None) -> None:
         from vaultproxy.keystore import tpm
 
         self._check_rewritable()
@@ -498,6 +608,10 @@ class Keystore:
     def remove_tpm_slot(self, password: Secret) -> bool:
         """Drop the TPM slot (False if there is none). keystore.enc.bak becomes a copy of the
         new file, so no file in the home opens with the TPM any more."""
+        with self._writing():
+            return self._remove_tpm_slot(password)
+
+    def _remove_tpm_slot(self, password: Secret) -> bool:
         if not self.tpm_sealed:
             return False
         self._check_rewritable()
