@@ -191,7 +191,8 @@ def test_locks_racing_writers_never_leave_a_wiped_value_on_disk(
         session.install(ks)
         stop = threading.Event()
 
-        def write(name: str, seen: set[bytes]) -> None:
+        def write(name: str, seen: set[bytes], ks: Keystore = ks,
+                  stop: threading.Event = stop) -> None:
             while not stop.is_set():
                 value = canary().encode()
                 seen.add(value)
