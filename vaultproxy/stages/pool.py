@@ -123,6 +123,10 @@ def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
     return kept, b"host" in names
 
 
+#: The names ``_small_body`` reads: a head with none of them has a body only by its method.
+_BODY_NAMES = frozenset({b"transfer-encoding", b"upgrade", b"te", b"content-length"})
+
+
 def _small_body(req: http.Request, method: str | None = None) -> bool:
     # One pass over the names (as ``Headers`` compares them: bytes, ASCII case-folded)
     # instead of a scan of every field per lookup. ``method``: ``req.method``, if read.
@@ -357,7 +361,14 @@ class Pool(Stage):
         method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
         if method is None:
             method = req.method
-        if cfg.upstream_pool_idle <= 0 or method == "CONNECT" or not _small_body(req, method):
+        if cfg.upstream_pool_idle <= 0 or method == "CONNECT":
+            return
+        # ``_small_body(req, method)``: a head without any field of ``_BODY_NAMES`` (the
+        # common one) answers by its method alone, without the call
+        if _BODY_NAMES.isdisjoint(header_names(req.data.headers.fields)):
+            if method not in _NO_BODY_METHODS:
+                return
+        elif not _small_body(req, method):
             return
         req.stream = False  # buffered (at most 1 MiB): the exchange starts at its end
         # (``Exchange(tunnel=tunnel, body_limit=..., idle=...)``, its dataclass ``__init__``
