@@ -123,6 +123,17 @@ def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
     return kept, b"host" in names
 
 
+#: ``Pool.requestheaders``' last proxy settings (immutable: a reload makes new ones) and what
+#: each Exchange takes of them: ``max_body_mb`` in bytes, ``float(idle_timeout)``.
+_sizes: tuple[Any, int, float] = (None, 0, 0.0)
+
+
+def _sizes_of(cfg: Any) -> tuple[Any, int, float]:
+    global _sizes
+    _sizes = (cfg, cfg.max_body_mb * 1024 * 1024, float(cfg.idle_timeout))
+    return _sizes
+
+
 #: The names ``_small_body`` reads: a head with none of them has a body only by its method.
 _BODY_NAMES = frozenset({b"transfer-encoding", b"upgrade", b"te", b"content-length"})
 
@@ -374,11 +385,14 @@ class Pool(Stage):
         # (``Exchange(tunnel=tunnel, body_limit=..., idle=...)``, its dataclass ``__init__``
         # inline: the same attributes in the same order, a call less per request;
         # tests/unit/test_speed_h1leg.py compares the two)
+        sizes = _sizes
+        if sizes[0] is not cfg:  # (``cfg``'s two numbers, made once per settings object)
+            sizes = _sizes_of(cfg)
         ex = _new_exchange(Exchange)
         ex.tunnel = tunnel
-        ex.body_limit = cfg.max_body_mb * 1024 * 1024
+        ex.body_limit = sizes[1]  # (``cfg.max_body_mb * 1024 * 1024``)
         ex.error = ex.chunk = ex.body = ex.response = ex.chunks = None
-        ex.idle = float(cfg.idle_timeout)
+        ex.idle = sizes[2]  # (``float(cfg.idle_timeout)``)
         ex.closed = False
         flow.metadata[seam_pool.POOLED] = ex
 
