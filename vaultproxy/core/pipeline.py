@@ -45,7 +45,7 @@ from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.keystore import Entry
 from vaultproxy.keystore.entries import SharedEntry
 from vaultproxy.mint.cache import Issued
-from vaultproxy.net.decoding import limit_accept_encoding
+from vaultproxy.net.decoding import _limited, limit_accept_encoding
 from vaultproxy.net.hostnames import normal_host, same_target
 from vaultproxy.values.placeholders import PlaceholderIndex
 
@@ -239,16 +239,26 @@ def inject_head(
         st.snapshot.index.scan_all(pieces or _pieces(sent, path, query), service.name)
         more = sent + (made.field,)
         headers.fields = more
-        names_with(sent, more, made.lname)
+        names = names_with(sent, more, made.lname)
         injected = True
+        # ``header_value(more, b"accept-encoding")`` through the names just learnt (one
+        # field, the common one: by its index; else ``header_value`` itself)
+        count = -1 if names is None else names.count(b"accept-encoding")
+        if count == 1 and names is not None:
+            offered: str | None = more[names.index(b"accept-encoding")][1].decode(
+                "utf-8", "surrogateescape")
+        else:
+            offered = None if count == 0 else header_value(more, b"accept-encoding")
     else:
         made = None
         secret, fields = entry.value, entry.fields
         if minted is not None:
             secret, fields = credential(minted, service.auth)
         injected = prepare_request(req, service, secret, fields, st.snapshot.index).injected
-    offered = header_value(headers.fields, b"accept-encoding")
-    if offered is not None:
+        offered = header_value(headers.fields, b"accept-encoding")
+    # ``limit_accept_encoding(headers, offered)``, called only when it may change the field:
+    # a value its memo holds as its own limit is left as it is (the function's own test)
+    if offered is not None and _limited.get(offered) != offered:
         limit_accept_encoding(headers, offered)
     if plan.body == "sign":  # signed over the final head (and maybe the body)
         wait = not sign_at_head(req, service, entry.fields)

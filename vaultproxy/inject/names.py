@@ -45,11 +45,15 @@ def canonical_names(fields: Fields, names: tuple[bytes, ...] | None = None
     return names
 
 
-def names_with(fields: Fields, more: Fields, name: bytes) -> None:
+def names_with(fields: Fields, more: Fields, name: bytes) -> tuple[bytes, ...] | None:
     """``more`` is ``fields`` plus one field named ``name`` (lower-cased): when the memo
     holds ``header_names(fields)``, it holds ``more``'s from now on, that plus ``name`` (the
-    same tuple ``header_names(more)`` would compute: the injected request's next asker)."""
+    same tuple ``header_names(more)`` would compute: the injected request's next asker), and
+    that tuple is returned; None (the memo unchanged) otherwise."""
     global _names_memo
     memo = _names_memo
     if memo[0] is fields and type(more) is tuple:
-        _names_memo = (more, memo[1] + (name,))
+        names = memo[1] + (name,)
+        _names_memo = (more, names)
+        return names
+    return None

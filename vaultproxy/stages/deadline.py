@@ -72,7 +72,8 @@ class Deadline(Stage):
         super().__init__(rt)
         self._timers: dict[str, asyncio.TimerHandle] = {}  # server id / flow id -> timer
         self._log = EveryInterval(5.0)  # the audit has every one
-        self._applied: tuple[object, object, float] | None = None  # see _settings
+        # see _settings: (settings, options, connect timeout, response, idle, their minimum)
+        self._applied: tuple[object, object, float, float, float, float] | None = None
         self._queues: dict[float, _Waits] = {}  # length in seconds -> its queue
         self._sweeper: asyncio.TimerHandle | None = None  # armed for the earliest entry
         self._sweep_at = 0.0  # when it runs (loop time)
@@ -95,7 +96,10 @@ class Deadline(Stage):
         backstop = int(max(cfg.connect_timeout, cfg.response_timeout, cfg.idle_timeout)) + 1
         if options.tcp_timeout != backstop:
             options.update(tcp_timeout=backstop)
-        self._applied = (cfg, options, deadlines.connect_timeout)
+        # (and what ``request`` waits with: ``_wait``'s arguments and their minimum)
+        response, idle = float(cfg.response_timeout), float(cfg.idle_timeout)
+        self._applied = (cfg, options, deadlines.connect_timeout, response, idle,
+                         idle if idle < response else response)
         return cfg
 
     def _arm(self, key: str, seconds: float, fire: Callable[[], None]) -> None:
@@ -240,13 +244,15 @@ class Deadline(Stage):
             pass
         else:
             cfg = self._settings()
+            applied = self._applied  # (``cfg``'s, when there is one)
         if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
             rec = flow.metadata.get(KEY) or record_of(flow)
-        if cfg is None or rec.answered:
+        if cfg is None or rec.answered or applied is None:
             return  # the proxy answered it: no upstream to wait on
         # ``self._wait(flow, float(cfg.response_timeout), float(cfg.idle_timeout))``, inline
-        # (every request; tests/unit/test_speed_stages6.py compares the two)
-        response, idle = float(cfg.response_timeout), float(cfg.idle_timeout)
+        # (every request; tests/unit/test_speed_stages6.py compares the two); the two
+        # numbers and their minimum as ``_settings`` made them for ``cfg``
+        _, _, _, response, idle, first = applied
         key = flow.id
         queues = self._queues
         for queued in queues.values():  # ``_unwait``, inline
@@ -254,7 +260,6 @@ class Deadline(Stage):
                 break
         if self._timers:
             self._disarm(key)
-        first = idle if idle < response else response  # min(response, idle), no call
         queue = queues.get(first)
         if queue is None:
             queue = queues[first] = _Waits(first)

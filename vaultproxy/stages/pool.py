@@ -123,6 +123,21 @@ def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
     return kept, b"host" in names
 
 
+#: ``Pool.requestheaders``' last proxy settings (immutable: a reload makes new ones) and what
+#: each Exchange takes of them: ``max_body_mb`` in bytes, ``float(idle_timeout)``.
+_sizes: tuple[Any, int, float] = (None, 0, 0.0)
+
+
+def _sizes_of(cfg: Any) -> tuple[Any, int, float]:
+    global _sizes
+    _sizes = (cfg, cfg.max_body_mb * 1024 * 1024, float(cfg.idle_timeout))
+    return _sizes
+
+
+#: The names ``_small_body`` reads: a head with none of them has a body only by its method.
+_BODY_NAMES = frozenset({b"transfer-encoding", b"upgrade", b"te", b"content-length"})
+
+
 def _small_body(req: http.Request, method: str | None = None) -> bool:
     # One pass over the names (as ``Headers`` compares them: bytes, ASCII case-folded)
     # instead of a scan of every field per lookup. ``method``: ``req.method``, if read.
@@ -357,17 +372,27 @@ class Pool(Stage):
         method = METHOD_TEXT.get(raw) if type(raw) is bytes else None
         if method is None:
             method = req.method
-        if cfg.upstream_pool_idle <= 0 or method == "CONNECT" or not _small_body(req, method):
+        if cfg.upstream_pool_idle <= 0 or method == "CONNECT":
+            return
+        # ``_small_body(req, method)``: a head without any field of ``_BODY_NAMES`` (the
+        # common one) answers by its method alone, without the call
+        if _BODY_NAMES.isdisjoint(header_names(req.data.headers.fields)):
+            if method not in _NO_BODY_METHODS:
+                return
+        elif not _small_body(req, method):
             return
         req.stream = False  # buffered (at most 1 MiB): the exchange starts at its end
         # (``Exchange(tunnel=tunnel, body_limit=..., idle=...)``, its dataclass ``__init__``
         # inline: the same attributes in the same order, a call less per request;
         # tests/unit/test_speed_h1leg.py compares the two)
+        sizes = _sizes
+        if sizes[0] is not cfg:  # (``cfg``'s two numbers, made once per settings object)
+            sizes = _sizes_of(cfg)
         ex = _new_exchange(Exchange)
         ex.tunnel = tunnel
-        ex.body_limit = cfg.max_body_mb * 1024 * 1024
+        ex.body_limit = sizes[1]  # (``cfg.max_body_mb * 1024 * 1024``)
         ex.error = ex.chunk = ex.body = ex.response = ex.chunks = None
-        ex.idle = float(cfg.idle_timeout)
+        ex.idle = sizes[2]  # (``float(cfg.idle_timeout)``)
         ex.closed = False
         flow.metadata[seam_pool.POOLED] = ex
 
