@@ -288,3 +288,48 @@ def test_the_names_the_gate_does_not_take_are_kept_as_such() -> None:
     assert not gate._plain_small_head(f, f.response, REDACTOR, "svc")
     assert head.known is not None and head.known.gate is False
     assert f.response.headers.fields is head.headers  # nothing changed
+
+
+def _check(fn: Any, *args: Any) -> str:
+    try:
+        fn(*args)
+    except ValueError as e:
+        return f"{type(e).__name__}: {e}"
+    return "passed"
+
+
+def test_the_known_head_is_checked_as_validate_headers_checks_it() -> None:
+    """The lean layer's smuggling check of a response made of a known head
+    (seam/lean.py ``check_pooled``) against ``check_headers`` and mitmproxy's own
+    ``validate_headers``, over the same seeded heads (leading zeros in the length among
+    them), and a head changed after the pool: read in full again."""
+    from mitmproxy.net.http.validate import validate_headers
+
+    from vaultproxy.seam import lean
+
+    h1pool._KNOWN.clear()
+    rng = random.Random(7)
+    sets = [_names(rng) for _ in range(40)]
+    checked = refused = 0
+    for _ in range(3000):
+        data, method = _bytes(random.Random(rng.random()), rng.choice(sets), False)
+        known = _known(data)
+        f = _pooled(data, method, known, True) if known is not None else None
+        if f is None:
+            continue
+        resp = f.response
+        assert resp is not None
+        head = f.metadata[UPSTREAM_HEAD]
+        want = _check(validate_headers, resp)
+        assert _check(lean.check_headers, resp) == want
+        assert _check(lean.check_pooled, resp, head) == want, data
+        checked += 1
+        refused += want != "passed"
+    assert checked > 800 and refused > 30, (checked, refused)
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: a\r\n\r\nok"
+    _head(data)
+    head, f = _head(data)
+    assert f.response is not None
+    f.response.headers["Transfer-Encoding"] = "chunked"  # a new tuple: read in full
+    want = _check(validate_headers, f.response)
+    assert want != "passed" and _check(lean.check_pooled, f.response, head) == want
