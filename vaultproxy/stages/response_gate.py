@@ -282,13 +282,13 @@ def _plain_small_head(
         if cookie:
             drop_set_cookie(headers)
         redactor.redact_headers(headers, block if headers.fields is fields else None)
-        fresh = False
+        fresh: _Shape | None = None
     else:
         names = tuple(map(_NAME, fields))
         shape = _SHAPES.get(names)
-        fresh = shape is None
+        fresh = None
         if shape is None:
-            shape = _names_shape(names)
+            shape = fresh = _names_shape(names)
             if shape is None:
                 return False
         at, cookie, connection, wire = shape
@@ -314,8 +314,8 @@ def _plain_small_head(
         # tell ``closes`` (no Connection field, or one "keep-alive": none says close)
         flow.metadata[HEAD_NOTE] = (fields, block, connection == -1 or (
             connection >= 0 and fields[connection][1] == b"keep-alive"))
-    if fresh:  # (a head with these names passed: the next one's loop is a look-up)
-        _remember(names, shape)
+    if fresh is not None:  # (a head with these names passed: the next one's loop is a look-up)
+        _remember(names, fresh)
     return True
 
 
