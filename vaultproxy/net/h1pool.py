@@ -272,15 +272,27 @@ _SEEN: dict[int, Head] = {}
 
 
 class ResponseHead:
-    """A response head ``parse_head`` read as h11 reads it, framed by one Content-Length."""
+    """A response head ``parse_head`` read as h11 reads it, framed by one Content-Length.
+    ``known``, ``values``: for a head ``parse_known`` read, the ``_Known`` of its names and
+    its values (the pattern's groups, in the fields' order); None for ``parse_head``'s."""
 
-    __slots__ = ("end", "headers", "keep_alive", "length", "reason", "status")
+    __slots__ = ("end", "headers", "keep_alive", "known", "length", "reason", "status",
+                 "values")
 
     def __init__(self, status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]],
                  length: int, keep_alive: bool, end: int) -> None:
         # (a list from ``parse_head``, a tuple from ``parse_known``)
         self.status, self.reason, self.headers = status, reason, headers
         self.length, self.keep_alive, self.end = length, keep_alive, end
+        self.known: _Known | None = None
+        self.values: tuple[bytes, ...] | None = None
+
+
+#: The ``flow.metadata`` key under which the pool stage hands the response gate the
+#: ``ResponseHead`` its response was made from (stages/pool.py, stages/response_gate.py):
+#: it tells about the response only while ``flow.response.headers.fields`` is that head's
+#: very ``headers`` tuple (``parse_known``'s; a stage that sets a field makes a new one).
+UPSTREAM_HEAD = "vaultproxy.uphead"
 
 
 def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
@@ -340,6 +352,7 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
     head = ResponseHead.__new__(ResponseHead)
     head.status, head.reason, head.headers = status, reason, headers
     head.length, head.keep_alive, head.end = int(length), keep_alive, end + 4
+    head.known = head.values = None
     return head
 
 
@@ -376,10 +389,14 @@ _known_made = [0.0, 0]  # (the window's start on the monotonic clock, patterns m
 class _Known:
     """The pattern of one set of field names, and what those names tell."""
 
-    __slots__ = ("connection", "length", "match", "names", "ok")
+    __slots__ = ("connection", "gate", "length", "match", "names", "ok")
 
     def __init__(self, names: tuple[bytes, ...], shape: tuple[int, tuple[int, ...]]) -> None:
         self.names = names
+        # What the response gate reads of these names (stages/response_gate.py
+        # ``_known_gate``, names only), filled by the gate the first time it sees them
+        # (None until then).
+        self.gate: Any = None
         self.length, self.connection = shape
         fields = b"".join([
             rb"\r\n" + re.escape(name) + (_KNOWN_LENGTH if i == self.length else _KNOWN_VALUE)
@@ -451,6 +468,7 @@ def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | Non
     # (a tuple: ``headers_made``'s ``tuple()`` returns it as it is; one pair per group)
     head.headers = tuple(zip(known.names, values, strict=True))
     head.length, head.keep_alive, head.end = int(values[known.length]), keep_alive, end
+    head.known, head.values = known, values  # (for the response gate: ``UPSTREAM_HEAD``)
     return head
 
 
@@ -1212,6 +1230,7 @@ class H1Response:
         self._conn: _Conn | None = conn
         self._timeout = read_timeout
         self.length: int | None = None  # the Content-Length of a head ``parse_head`` read
+        self.head: ResponseHead | None = None  # that head (``parse_head``'s or ``parse_known``'s)
 
     async def next_chunk(self, idle: float) -> bytes | None:
         """The next non-empty body chunk, waiting at most ``idle`` (and the read timeout)
@@ -1425,6 +1444,7 @@ class H1Pool:
                 resp._conn = conn
                 resp._timeout = read_timeout
                 resp.length = head.length
+                resp.head = head
                 return resp
         while True:
             event = await conn.next_event(read_timeout)

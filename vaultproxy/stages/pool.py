@@ -51,7 +51,7 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.core.wakeup import StateWatch, Wakeup
 from vaultproxy.errors import NotReady
 from vaultproxy.loaded.snapshot import Snapshot
-from vaultproxy.net.h1pool import H1Pool, H1Response, WantsHTTP2
+from vaultproxy.net.h1pool import UPSTREAM_HEAD, H1Pool, H1Response, WantsHTTP2
 from vaultproxy.net.hostnames import split_authority
 from vaultproxy.net.outbound import (
     UpstreamKey,
@@ -566,6 +566,9 @@ class Pool(Stage):
             version, resp.status, reason, headers, flow.request.data.timestamp_end or 0.0)
         ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
         if isinstance(resp, H1Response) and resp.length is not None:
+            head = resp.head
+            if head is not None and head.known is not None:  # (``parse_known``'s)
+                flow.metadata[UPSTREAM_HEAD] = head  # for the response gate (its names)
             # a head ``parse_head`` read: its one Content-Length, never for HEAD, 1xx, 204
             # or 304 (the test below without reading the headers again)
             if resp.length <= PREFETCH_BODY and (whole := resp.body_now()) is not None:

@@ -50,6 +50,7 @@ from vaultproxy.errors import (
     VaultproxyError,
 )
 from vaultproxy.net.decoding import decoder_for
+from vaultproxy.net.h1pool import UPSTREAM_HEAD, ResponseHead
 from vaultproxy.seam.engine_errors import classify_engine_error
 from vaultproxy.seam.objects import HEAD_NOTE
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
@@ -224,6 +225,16 @@ def _remember(names: tuple[bytes, ...], shape: _Shape) -> None:
             b"\r\n".join([name.replace(b"%", b"%%") + b": %b" for name in names]),)
 
 
+def _known_gate(names: tuple[bytes, ...]) -> _Shape | bool:
+    """What ``_plain_small_head`` reads of a ``_Known``'s names (net/h1pool.py; kept on it
+    as ``gate``): ``_names_shape``'s answer with the wire form's ``%`` template filled (as
+    ``_remember`` fills it), or False for names it does not take. Names only."""
+    shape = _names_shape(names)
+    if shape is None:
+        return False
+    return shape[:3] + (b"\r\n".join([name.replace(b"%", b"%%") + b": %b" for name in names]),)
+
+
 def _plain_small_head(
     flow: http.HTTPFlow, resp: http.Response, redactor: Redactor, service: str
 ) -> bool:
@@ -243,28 +254,58 @@ def _plain_small_head(
             or resp.stream or flow.request.data.method.upper() in (b"HEAD", b"CONNECT")):
         return False
     fields = data.headers.fields
-    names = tuple(map(_NAME, fields))
-    shape = _SHAPES.get(names)
-    fresh = shape is None
-    if shape is None:
-        shape = _names_shape(names)
-        if shape is None:
+    head: ResponseHead | None = flow.metadata.pop(UPSTREAM_HEAD, None)
+    if head is not None and head.headers is fields:
+        # A head net/h1pool.py ``parse_known`` read, unchanged since the pool stage made the
+        # response of it (``UPSTREAM_HEAD``): its names are ``head.known``'s, and what they
+        # tell is read once per ``_Known`` (``_known_gate``; the gate's own memo is not
+        # used). Each name is a token and each value in ``_KNOWN_VALUE``'s class (no CR, LF
+        # or NUL: ``gate_wire_head``'s fold test passes); the Content-Length's value is 1
+        # to 18 ASCII digits (``_KNOWN_LENGTH``) and ``head.length`` its ``int``.
+        # tests/unit/test_speed_response_known.py compares it with the gate as it was.
+        known = head.known
+        assert known is not None and head.values is not None  # (set with ``known``)
+        kept = known.gate
+        if kept is None:
+            kept = known.gate = _known_gate(known.names)
+        if kept is False:
             return False
-    at, cookie, connection, wire = shape
-    length = fields[at][1]
-    # mitmproxy's validate, the whole value ``(?:0|[1-9][0-9]*)``: ASCII digits
-    # (``bytes.isdigit``), no leading zero but "0" itself; no regular expression call (~2k
-    # instructions; tests/unit/test_speed_stages4.py compares them)
-    if (not length.isdigit() or (length[0] == 48 and length != b"0")
-            or int(length) > SMALL_BODY):
-        return False
-    data.reason = _REASONS.get(code, b"")
-    # No coding: it only checks, (drops) and redacts (``gate_head``), over the fields' wire
-    # form (seam/objects.py ``wire_block``, inline; by the names' ``%`` once they are kept),
-    # which the agent gets if none changes
-    block = (b"\r\n".join([b": ".join(field) for field in fields]) if wire is None
-             else wire % tuple([value for _, value in fields]))
-    gate_wire_head(redactor, data.headers, block, cookie)
+        at, cookie, connection, wire = kept
+        values = head.values
+        length = values[at]
+        if (length[0] == 48 and length != b"0") or head.length > SMALL_BODY:
+            return False
+        data.reason = _REASONS.get(code, b"")
+        block = wire % values
+        # (``gate_wire_head`` without its fold test: see above)
+        headers = data.headers
+        if cookie:
+            drop_set_cookie(headers)
+        redactor.redact_headers(headers, block if headers.fields is fields else None)
+        fresh: _Shape | None = None
+    else:
+        names = tuple(map(_NAME, fields))
+        shape = _SHAPES.get(names)
+        fresh = None
+        if shape is None:
+            shape = fresh = _names_shape(names)
+            if shape is None:
+                return False
+        at, cookie, connection, wire = shape
+        length = fields[at][1]
+        # mitmproxy's validate, the whole value ``(?:0|[1-9][0-9]*)``: ASCII digits
+        # (``bytes.isdigit``), no leading zero but "0" itself; no regular expression call
+        # (~2k instructions; tests/unit/test_speed_stages4.py compares them)
+        if (not length.isdigit() or (length[0] == 48 and length != b"0")
+                or int(length) > SMALL_BODY):
+            return False
+        data.reason = _REASONS.get(code, b"")
+        # No coding: it only checks, (drops) and redacts (``gate_head``), over the fields'
+        # wire form (seam/objects.py ``wire_block``, inline; by the names' ``%`` once they
+        # are kept), which the agent gets if none changes
+        block = (b"\r\n".join([b": ".join(field) for field in fields]) if wire is None
+                 else wire % tuple([value for _, value in fields]))
+        gate_wire_head(redactor, data.headers, block, cookie)
     if data.headers.fields is not fields:  # a field dropped or redacted: look at them again
         _gate_body(flow, resp, redactor, service, None)
     else:
@@ -273,8 +314,8 @@ def _plain_small_head(
         # tell ``closes`` (no Connection field, or one "keep-alive": none says close)
         flow.metadata[HEAD_NOTE] = (fields, block, connection == -1 or (
             connection >= 0 and fields[connection][1] == b"keep-alive"))
-    if fresh:  # (a head with these names passed: the next one's loop is a look-up)
-        _remember(names, shape)
+    if fresh is not None:  # (a head with these names passed: the next one's loop is a look-up)
+        _remember(names, fresh)
     return True
 
 
