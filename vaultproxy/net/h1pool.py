@@ -1462,7 +1462,11 @@ class H1Pool:
         conn.h11 = None  # (the next exchange starts with a fresh reader)
         conn.busy = False
         conn.expire_at = time.monotonic() + self._idle_for
-        stack = self._idle.setdefault(conn.where, deque())
+        # (``setdefault(conn.where, deque())`` without a deque made per release: its
+        # stack is there but for the first release or after a ``drop_expired`` emptied it)
+        stack = self._idle.get(conn.where)
+        if stack is None:
+            stack = self._idle[conn.where] = deque()
         stack.append(conn)
         if len(stack) > MAX_IDLE:
             stack.popleft().close()

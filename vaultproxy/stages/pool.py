@@ -109,6 +109,7 @@ class Exchange:
 
 
 _new_exchange = object.__new__  # (``Exchange.__new__``: a dataclass defines none of its own)
+_new_headers = object.__new__  # (``objects.headers_made``'s, for ``http.Headers``)
 
 
 def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
@@ -527,9 +528,11 @@ class Pool(Stage):
                 target = ex.tunnel.decision.target  # (``ex.tunnel.host``)
                 assert target is not None
                 self._h2_seen[(service.name, target[0])] = False
+            headers = _new_headers(http.Headers)  # (``objects.headers_made``, inline)
+            headers.fields = tuple(resp.headers)
             flow.response = objects.response_of(  # http.Response(...), cheaper
-                b"HTTP/1.1", resp.status, resp.extensions["reason_phrase"],
-                objects.headers_made(resp.headers), flow.request.data.timestamp_end or 0.0)
+                b"HTTP/1.1", resp.status, resp.extensions["reason_phrase"], headers,
+                flow.request.data.timestamp_end or 0.0)
             ex.chunks = None
             if resp.length <= PREFETCH_BODY:
                 whole = resp.body_now()
