@@ -13,6 +13,8 @@ replaces, on seeded input; the code before each change is kept here as the refer
   without lower-casing it: the same heads as ``parse_head`` over seeded Connection values.
 * ``H1Pool._take_now`` with ``reusable()`` inline: the same connection taken, the same
   ones closed, over seeded idle stacks.
+* ``H1Pool.release`` looks its stack up (a deque made only for a new one): the same
+  stacks and closes as with ``setdefault``, over seeded releases.
 * ``Pool.response`` is ``error``'s and ``_end``'s function.
 """
 
@@ -538,3 +540,63 @@ def test_pool_response_is_error_and_end() -> None:
     """One function for the ``response`` and ``error`` hooks (and ``_end``): no frame in
     between (tests/unit/test_speed_h1leg.py compares it with its reference)."""
     assert pool_stage.Pool.error is pool_stage.Pool.response is pool_stage.Pool._end
+
+
+# -- H1Pool.release ------------------------------------------------------------------------
+
+def _reference_release(self: Any, conn: Any) -> None:
+    """``H1Pool.release`` before ``exch9`` (its stack by ``setdefault``)."""
+    h = conn.h11
+    if h is None:
+        done = conn.keep and not conn.left and not conn.trailing
+    else:
+        done = (h.our_state is h1pool.h11.DONE and h.their_state is h1pool.h11.DONE
+                and not h.trailing_data[0])
+    if self.closed or not done or not conn.reusable():
+        conn.close()
+        return
+    conn.h11 = None
+    conn.busy = False
+    conn.expire_at = h1pool.time.monotonic() + self._idle_for
+    stack = self._idle.setdefault(conn.where, h1pool.deque())
+    stack.append(conn)
+    if len(stack) > h1pool.MAX_IDLE:
+        stack.popleft().close()
+
+
+def _release_run(monkeypatch: pytest.MonkeyPatch, seed: int, release: Any) -> list[Any]:
+    rng = random.Random(seed)
+    monkeypatch.setattr(h1pool.time, "monotonic", lambda: 100.0)
+    log: list[Any] = []
+    pool = object.__new__(h1pool.H1Pool)
+    pool._idle = {}
+    pool._idle_for = 30.0
+    wheres = [("10.0.0.1", 443, "a"), ("10.0.0.2", 443, "a"), ("10.0.0.1", 443, "b")]
+    for i in range(200):
+        pool.closed = rng.random() < 0.05
+        if rng.random() < 0.05:
+            pool._idle.clear()  # (``drop_expired`` emptied it)
+        conn = object.__new__(h1pool._Conn)
+        conn.tag = i  # type: ignore[attr-defined]
+        conn.where = rng.choice(wheres)
+        conn.h11 = None
+        conn.keep, conn.left, conn.trailing = rng.random() < 0.9, rng.choice([0, 0, 3]), False
+        conn.closed = conn.eof = conn.unasked = False
+        conn.inbox = []
+        conn.transport = SimpleNamespace(is_closing=lambda: False)
+
+        def close(conn: Any = conn) -> None:
+            log.append(("close", conn.tag))
+
+        conn.close = close  # type: ignore[method-assign]
+        release(pool, conn)
+        log.append(sorted((w, [c.tag for c in s]) for w, s in pool._idle.items()))
+    return log
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_release_is_its_reference(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """The same stacks (more than ``MAX_IDLE``: the oldest closed) and closes."""
+    got = _release_run(monkeypatch, seed, h1pool.H1Pool.release)
+    assert got == _release_run(monkeypatch, seed, _reference_release)
+    assert any(entry[0] == "close" for entry in got if type(entry) is tuple)
