@@ -76,7 +76,8 @@ def _strace(tree: Path, port: int, ca: Path, n: int, work: Path) -> dict[str, in
     counts: dict[str, int] = {}
     for line in out.read_text().splitlines():
         parts = line.split()
-        if len(parts) >= 5 and parts[-1].isidentifier() and parts[3].isdigit():
+        if (len(parts) >= 5 and parts[-1].isidentifier() and parts[3].isdigit()
+                and parts[-1] != "total"):
             counts[parts[-1]] = int(parts[3])
     return counts
 

@@ -523,9 +523,10 @@ class Pool(Stage):
             # A head ``parse_head`` read (``length`` set): HTTP/1.1, its one Content-Length,
             # never for HEAD, 1xx, 204 or 304. What the lines below do for it, without the
             # tests that cannot hold for it (tests/unit/test_speed_exch9.py compares them).
-            service = ex.tunnel.decision.service
+            decision = ex.tunnel.decision  # (read once)
+            service = decision.service
             if service is not None:
-                target = ex.tunnel.decision.target  # (``ex.tunnel.host``)
+                target = decision.target  # (``ex.tunnel.host``)
                 assert target is not None
                 self._h2_seen[(service.name, target[0])] = False
             headers = _new_headers(http.Headers)  # (``objects.headers_made``, inline)
