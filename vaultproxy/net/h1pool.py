@@ -401,8 +401,13 @@ class _Known:
         fields = b"".join([
             rb"\r\n" + re.escape(name) + (_KNOWN_LENGTH if i == self.length else _KNOWN_VALUE)
             for i, name in enumerate(names)]) + rb"\r\n\r\n"
-        self.match = re.compile(fields).match  # (from the status line's CRLF)
-        self.ok = re.compile(_KNOWN_OK + fields).match  # (the status line "200 OK" and all)
+        match = re.compile(fields)
+        ok = re.compile(_KNOWN_OK + fields)
+        # one group per name, in the names' order (``parse_known`` pairs them unchecked)
+        if match.groups != len(names) or ok.groups != len(names):
+            raise ValueError("a field name's pattern holds a group")
+        self.match = match.match  # (from the status line's CRLF)
+        self.ok = ok.match  # (the status line "200 OK" and all)
 
 
 # names -> their ``_Known`` (None: no pattern for them; False: read once so far)
@@ -460,13 +465,16 @@ def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | Non
     values = fields.groups()
     keep_alive = True
     for i in known.connection:
-        value = values[i].lower()
-        if value.find(b"close") >= 0 and b"close" in [t.strip() for t in value.split(b",")]:
-            keep_alive = False
+        value = values[i]
+        if value != b"keep-alive":  # (the usual value: no "close" in it, whatever its case)
+            value = value.lower()
+            if value.find(b"close") >= 0 and b"close" in [t.strip() for t in value.split(b",")]:
+                keep_alive = False
     head = ResponseHead.__new__(ResponseHead)
     head.status, head.reason = status, reason
-    # (a tuple: ``headers_made``'s ``tuple()`` returns it as it is; one pair per group)
-    head.headers = tuple(zip(known.names, values, strict=True))
+    # (a tuple: ``headers_made``'s ``tuple()`` returns it as it is; one pair per group, as
+    # many groups as names (``_Known``): ``zip`` without ``strict``, its check per call)
+    head.headers = tuple(zip(known.names, values))  # noqa: B905 - as many as names
     head.length, head.keep_alive, head.end = int(values[known.length]), keep_alive, end
     head.known, head.values = known, values  # (for the response gate: ``UPSTREAM_HEAD``)
     return head
@@ -1375,7 +1383,9 @@ class H1Pool:
             if type(transport) is not _TLSSocket:
                 return False
             stack.pop()
-            if conn.reusable() and conn.expire_at > now:
+            # (``conn.reusable()``, inline for ``_TLSSocket``: a call less per request)
+            if (not (conn.closed or conn.eof or conn.unasked or conn.inbox
+                     or transport._closing) and conn.expire_at > now):
                 # (``readable_now()``, inline) the end, or bytes, read at once; when the
                 # socket holds nothing, nothing was read: nothing to look at again
                 if not (transport._reading and transport._poll.poll(0)):
@@ -1426,8 +1436,8 @@ class H1Pool:
             # ``_take_now`` returned it after its ``reusable()``: no await, no loop turn,
             # no other code since (only the counter below), so ``send`` need not ask again
             checked = True
-        stats["exchanges"] += 1
-        if stats["exchanges"] == 1:
+        count = stats["exchanges"] = stats["exchanges"] + 1
+        if count == 1:
             checked = False  # (a log handler runs in between: asked again)
             logger.info("upstream HTTP/1.1: first exchange on the pool's own client")
         conn.send(method, target, headers, body, checked)
@@ -1472,7 +1482,11 @@ class H1Pool:
         conn.h11 = None  # (the next exchange starts with a fresh reader)
         conn.busy = False
         conn.expire_at = time.monotonic() + self._idle_for
-        stack = self._idle.setdefault(conn.where, deque())
+        # (``setdefault(conn.where, deque())`` without a deque made per release: its
+        # stack is there but for the first release or after a ``drop_expired`` emptied it)
+        stack = self._idle.get(conn.where)
+        if stack is None:
+            stack = self._idle[conn.where] = deque()
         stack.append(conn)
         if len(stack) > MAX_IDLE:
             stack.popleft().close()

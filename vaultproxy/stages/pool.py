@@ -109,6 +109,7 @@ class Exchange:
 
 
 _new_exchange = object.__new__  # (``Exchange.__new__``: a dataclass defines none of its own)
+_new_headers = object.__new__  # (``objects.headers_made``'s, for ``http.Headers``)
 
 
 def outgoing_fields(fields: tuple[tuple[bytes, bytes], ...],
@@ -448,7 +449,8 @@ class Pool(Stage):
 
     async def vaultproxy_pool_exchange(self, flow: http.HTTPFlow) -> None:
         ex: Exchange = flow.metadata[seam_pool.POOLED]
-        head_seen.set(None)
+        if head_seen.get() is not None:  # (the task's own context: None but on a resend)
+            head_seen.set(None)
         try:
             # (``_send``, inline: one coroutine less per request; what it returned is
             # ``resp``: the HTTP/1.1 client's answer, else httpcore's)
@@ -542,6 +544,29 @@ class Pool(Stage):
             ex.error = "HTTP/1 protocol error: an obs-folded response header"
             await ex.close()
             return
+        if type(resp) is H1Response and resp.length is not None:
+            # A head ``parse_head`` read (``length`` set): HTTP/1.1, its one Content-Length,
+            # never for HEAD, 1xx, 204 or 304. What the lines below do for it, without the
+            # tests that cannot hold for it (tests/unit/test_speed_exch9.py compares them).
+            decision = ex.tunnel.decision  # (read once)
+            service = decision.service
+            if service is not None:
+                target = decision.target  # (``ex.tunnel.host``)
+                assert target is not None
+                self._h2_seen[(service.name, target[0])] = False
+            headers = _new_headers(http.Headers)  # (``objects.headers_made``, inline)
+            headers.fields = tuple(resp.headers)
+            flow.response = objects.response_of(  # http.Response(...), cheaper
+                b"HTTP/1.1", resp.status, resp.extensions["reason_phrase"], headers,
+                flow.request.data.timestamp_end or 0.0)
+            ex.chunks = None
+            if resp.length <= PREFETCH_BODY:
+                whole = resp.body_now()
+                if whole is not None:
+                    ex.body = whole  # (every byte already read: what the loop would join)
+                    return
+                await self._prefetch(flow, ex, resp.length)
+            return
         version = resp.extensions.get("http_version", b"HTTP/1.1")
         service = ex.tunnel.decision.service
         if service is not None:
@@ -576,15 +601,21 @@ class Pool(Stage):
                 return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
-            body = bytearray()
-            while True:
-                await self.vaultproxy_pool_chunk(flow)
-                if ex.error is not None:
-                    return  # the seam answers it as a failed exchange
-                if ex.chunk is None:
-                    break
-                body += ex.chunk
-            ex.body = bytes(body)
+            await self._prefetch(flow, ex, int(length))
+
+    async def _prefetch(self, flow: http.HTTPFlow, ex: Exchange, length: int) -> None:
+        """The body of a response with a Content-Length of at most ``PREFETCH_BODY``
+        (``length``), read chunk by chunk into ``ex.body`` (``ex.error`` on a failure: the
+        seam answers it as a failed exchange)."""
+        body = bytearray()
+        while True:
+            await self.vaultproxy_pool_chunk(flow)
+            if ex.error is not None:
+                return  # the seam answers it as a failed exchange
+            if ex.chunk is None:
+                break
+            body += ex.chunk
+        ex.body = bytes(body)
 
     async def _adopt(self, up: _Upstream, wants: WantsHTTP2, url: httpcore.URL,
                      ) -> str | None:
@@ -623,15 +654,9 @@ class Pool(Stage):
             await ex.close()
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        return self._end(flow)
-
-    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        return self._end(flow)
-
-    def _end(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """The exchange's close, or None (no coroutine) when there is nothing to close: a
         flow that was not pooled, or an exchange already closed (``Exchange.close`` would
-        do nothing)."""
+        do nothing). The ``error`` hook is the same function (no frame in between)."""
         ex = flow.metadata.get(seam_pool.POOLED)
         if isinstance(ex, Exchange) and not ex.closed:
             resp = ex.response
@@ -643,3 +668,6 @@ class Pool(Stage):
                 return None
             return ex.close()
         return None
+
+    error = response
+    _end = response  # (the name tests and older callers use)
