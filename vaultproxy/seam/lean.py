@@ -44,7 +44,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from h11._receivebuffer import blank_line_regex as _BLANK_LINE
 from mitmproxy import flow as mflow
@@ -833,13 +833,18 @@ def known_of(fields: tuple[tuple[bytes, bytes], ...]) -> _Known | None:
         if _known_made[1] >= _KNOWN_BUDGET:
             return None  # (read again later: made when the budget allows)
         _known_made[1] += 1
-        lower = tuple([k.lower() for k in names])
-        known = _KNOWN[names] = (
-            _Known(names, lower) if len(names) <= _KNOWN_NAMES_MAX
-            and sum(map(len, names)) <= _KNOWN_NAME_BYTES_MAX
-            and _SKIP_NAMES.isdisjoint(lower) and lower.count(b"content-length") <= 1
-            else None)
+        known = _KNOWN[names] = known_for(names)
     return known  # type: ignore[return-value]
+
+
+def known_for(names: tuple[bytes, ...]) -> _Known | None:
+    """The pattern of these names; None for names ``_take`` refuses by themselves (a
+    Transfer-Encoding, Upgrade, Expect or TE, two Content-Length fields) or past the bounds."""
+    lower = tuple([k.lower() for k in names])
+    if (len(names) > _KNOWN_NAMES_MAX or sum(map(len, names)) > _KNOWN_NAME_BYTES_MAX
+            or not _SKIP_NAMES.isdisjoint(lower) or lower.count(b"content-length") > 1):
+        return None
+    return _Known(names, lower)
 
 
 _MessageData: Any = http.MessageData
@@ -1116,13 +1121,83 @@ class LeanLayer(layer.Layer):
             self.pending = None
             return self._body(waiting, at, body_len)
         buf = self.buf
+        req: http.Request | None = None
         known = self.known
         if known is not None:
             m = known.match(buf)
             if m is not None:
-                taken = self._known(known, m)
-                if taken is not False:
-                    return taken
+                # a head of the known names (``_Known``), read as ``fast_head`` and ``_read``
+                # read it; size -1: a head they must read (CONNECT, a Connection other than
+                # ``keep-alive``, a length past the limit, no length for a method with a body)
+                groups = m.groups()
+                method = groups[0]
+                at = known.length
+                if at < 0:
+                    # (``[A-Z]`` alone: the method is in ``_PLAIN_METHODS`` or reads as
+                    # itself; CONNECT is not in ``_NO_BODY_RAW``)
+                    size = 0 if method in _NO_BODY_RAW else -1
+                else:
+                    size = int(groups[at])
+                    if size > self.max_body or method == b"CONNECT":
+                        size = -1
+                for i in known.connection:
+                    if groups[i] != b"keep-alive":
+                        size = -1
+                if size >= 0:
+                    # (``fast_head``'s ``Request``, its fields these names and values)
+                    fields = tuple(zip(known.names, groups[2:], strict=True))
+                    headers = object.__new__(http.Headers)
+                    headers.fields = fields
+                    req = object.__new__(http.Request)
+                    if (objects.DATA_PLAIN
+                            and _MessageData.__post_init__ is objects.no_field_type_check):
+                        data = object.__new__(_RequestData)
+                        data.http_version = b"HTTP/1.1"
+                        data.headers = headers
+                        data.content = None
+                        data.trailers = None
+                        data.timestamp_start = time.time()
+                        data.timestamp_end = None
+                        data.host = ""
+                        data.port = 0
+                        data.method = method
+                        data.scheme = b""
+                        data.authority = b""
+                        data.path = groups[1]
+                        req.data = data
+                    else:
+                        req.data = http.RequestData(
+                            http_version=b"HTTP/1.1", headers=headers, content=None,
+                            trailers=None, timestamp_start=time.time(), timestamp_end=None,
+                            host="", port=0, method=method, scheme=b"", authority=b"",
+                            path=groups[1])
+                    # the stages' view of these names (inject/names.py), as they compute it
+                    _names._names_memo = (fields, known.lower)
+                    _names._canonical_memo = (fields, known.canonical)
+                    head_len = m.end()
+        if req is None:
+            read = self._read(buf, known)
+            if type(read) is not tuple:
+                return read  # type: ignore[return-value]
+            req, head_len, size = read
+        end = head_len + size
+        if len(buf) < end:
+            self.pending = (req, head_len, size)
+            return None
+        # (``_body``, inline)
+        if not self.pooled():
+            return "not pooled"
+        body = bytes(buf[head_len:end])
+        del buf[:end]
+        req.data.content = body
+        return req
+
+    def _read(self, buf: bytearray, known: _Known | None
+              ) -> tuple[http.Request, int, int] | None | str:
+        """The head at the start of ``buf`` by ``fast_head`` (or mitmproxy's reader), what
+        ``_take`` reads of it: (the request, the head's length, the body's); None: not all
+        of it arrived yet; a string: why mitmproxy's HTTP layer must take the connection.
+        A head ``fast_head`` read and ``_take`` takes teaches ``known_of`` its names."""
         fast = fast_head(buf)
         req: http.Request
         head_len: int
@@ -1192,80 +1267,7 @@ class LeanLayer(layer.Layer):
                 return "head refused"
         elif known is None or known.names != tuple([k for k, _ in fields]):
             self.known = known_of(fields)  # (the pattern for these names, from the second)
-        end = head_len + size
-        if len(buf) < end:
-            self.pending = (req, head_len, size)
-            return None
-        # (``_body``, inline)
-        if not self.pooled():
-            return "not pooled"
-        body = bytes(buf[head_len:end])
-        del buf[:end]
-        req.data.content = body
-        return req
-
-    def _known(self, known: _Known, m: re.Match[bytes]
-               ) -> http.Request | None | str | Literal[False]:
-        """``_take`` of a head ``known.match`` matched (a head of the known names), as
-        ``fast_head`` and ``_take`` read it; False: a head they must read (CONNECT, a
-        Connection other than ``keep-alive``, a length past the limit, no length for a
-        method with a body)."""
-        groups = m.groups()
-        method = groups[0]
-        if method == b"CONNECT":
-            return False
-        for i in known.connection:
-            if groups[i] != b"keep-alive":
-                return False
-        at = known.length
-        if at < 0:
-            # (``[A-Z]`` alone: the method is in ``_PLAIN_METHODS`` or reads as itself)
-            if method not in _NO_BODY_RAW:
-                return False
-            size = 0
-        else:
-            size = int(groups[at])
-            if size > self.max_body:
-                return False
-        # (``fast_head``'s ``Request``, its fields those names and these values)
-        fields = tuple(zip(known.names, groups[2:], strict=True))
-        headers = object.__new__(http.Headers)
-        headers.fields = fields
-        req = object.__new__(http.Request)
-        if objects.DATA_PLAIN and _MessageData.__post_init__ is objects.no_field_type_check:
-            data = object.__new__(_RequestData)
-            data.http_version = b"HTTP/1.1"
-            data.headers = headers
-            data.content = None
-            data.trailers = None
-            data.timestamp_start = time.time()
-            data.timestamp_end = None
-            data.host = ""
-            data.port = 0
-            data.method = method
-            data.scheme = b""
-            data.authority = b""
-            data.path = groups[1]
-            req.data = data
-        else:
-            req.data = data = http.RequestData(
-                http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
-                timestamp_start=time.time(), timestamp_end=None, host="", port=0,
-                method=method, scheme=b"", authority=b"", path=groups[1])
-        # the stages' view of these names (inject/names.py), as they would compute it
-        _names._names_memo = (fields, known.lower)
-        _names._canonical_memo = (fields, known.canonical)
-        head_len = m.end()
-        end = head_len + size
-        buf = self.buf
-        if len(buf) < end:
-            self.pending = (req, head_len, size)
-            return None
-        if not self.pooled():
-            return "not pooled"
-        data.content = bytes(buf[head_len:end])
-        del buf[:end]
-        return req
+        return req, head_len, size
 
     def _body(self, req: http.Request, head_len: int, size: int) -> http.Request | str:
         if not self.pooled():
