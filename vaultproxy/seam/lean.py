@@ -1113,7 +1113,9 @@ class LeanLayer(layer.Layer):
 
     def _take(self) -> http.Request | None | str:
         """The next request if this layer serves it; None: not all of it arrived yet; a
-        string: why mitmproxy's HTTP layer must take the connection."""
+        string: why mitmproxy's HTTP layer must take the connection. A head of the names of
+        the connection's last fast head is read by their pattern (``_Known``), any other,
+        or one the pattern leaves, by ``_read`` (tests/unit/test_speed_reqknown.py)."""
         if self.pending is not None:  # a head read earlier, its body still arriving
             waiting, at, body_len = self.pending
             if len(self.buf) < at + body_len:
