@@ -350,6 +350,9 @@ def test_a_pattern_is_made_on_the_second_read_and_holds_no_value() -> None:
                     [(b"Content-Length", b"1"), (b"content-length", b"1")]):
         assert lean.known_of(tuple(refused)) is None
         assert lean.known_of(tuple(refused)) is None
+    for big in ([(b"X-%d" % i, b"v") for i in range(lean._KNOWN_NAMES_MAX + 1)],
+                [(b"X-" + b"n" * lean._KNOWN_NAME_BYTES_MAX, b"v")]):  # (not even kept)
+        assert tuple(k for k, _ in big) not in lean._KNOWN
     for i in range(3 * lean._KNOWN_MAX):
         lean._known_made[:] = [0.0, 0]  # (a fresh budget each time)
         one = ((b"X-%d" % i, b"v"),)

@@ -822,6 +822,8 @@ def known_of(fields: tuple[tuple[bytes, bytes], ...]) -> _Known | None:
     names = tuple([k for k, _ in fields])
     known = _KNOWN.get(names)
     if known is None and names not in _KNOWN:
+        if len(names) > _KNOWN_NAMES_MAX or sum(map(len, names)) > _KNOWN_NAME_BYTES_MAX:
+            return None  # (never kept: at most ``_KNOWN_MAX`` small sets of names are)
         if len(_KNOWN) >= _KNOWN_MAX:
             _KNOWN.clear()
         _KNOWN[names] = False  # (seen once)
