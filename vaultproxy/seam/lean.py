@@ -56,6 +56,7 @@ from mitmproxy.proxy.layers import ClientTLSLayer
 from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
+from vaultproxy.inject import names as _names
 from vaultproxy.net.grammar import TOKEN
 from vaultproxy.net.h1pool import UPSTREAM_HEAD
 from vaultproxy.seam import aftersend, bypass, connio, deadlines, objects
@@ -776,6 +777,96 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     return req, m.end()
 
 
+# A head whose field names are those of the connection's last request (the same names, in
+# the same order, as sent: an agent's client sends the same few sets again and again) is
+# read by one pattern made for those names (``_Known``): the request line as ``_FAST_HEAD``
+# reads it, then each field line the known name, ":", the value in ``_FAST_HEAD``'s class
+# (its leading spaces and tabs dropped, as ``fast_head`` strips them), a CRLF, then the
+# blank line; the values its groups. What the names alone tell ``_take`` (no
+# Transfer-Encoding, Upgrade, Expect or TE, at most one Content-Length, where the
+# Content-Length and the Connection fields are, the names as ``header_names`` and
+# ``canonical_names`` read them) is read once per set. It takes a head only as ``fast_head``
+# and ``_take`` read it: a value ending in a space or tab (``fast_head`` strips it) is not
+# taken (``(?<![ \t])``); the Content-Length's value must be what ``parse_content_length``
+# takes without a word, of at most 18 digits (``_KNOWN_LENGTH``), and at most the body
+# limit; a Connection value must be ``keep-alive`` exactly; a method without a body needs
+# no Content-Length; not CONNECT; anything else goes to ``fast_head`` and ``_take``'s reading
+# (tests/unit/test_speed_reqknown.py compares the two).
+# A pattern is made for a set of names the second time ``_take`` read it from a head
+# ``fast_head`` took (one read alone compiles nothing); names only, never a value; at most
+# ``_KNOWN_MAX`` sets, each within ``_KNOWN_NAMES_MAX`` names and ``_KNOWN_NAME_BYTES_MAX``
+# bytes of names. Making one costs a few million instructions (``re``'s compiler, in
+# Python): at most ``_KNOWN_BUDGET`` are made per ``_KNOWN_WINDOW`` seconds, so an agent
+# that changes its names on every request costs a bounded share of a core (past it:
+# ``fast_head``, as before). (net/h1pool.py ``_Known`` does the same for the upstream's heads.)
+_KNOWN_LINE = rb"([A-Z]{1,32}) (/[!-~]*) HTTP/1\.1"
+_KNOWN_VALUE = rb":[ \t]*+([\t\x20-\x7e\x80-\xff]*+)(?<![ \t])"
+_KNOWN_LENGTH = rb":[ \t]*+(0|[1-9][0-9]{0,17})"
+_KNOWN_MAX = 64
+_KNOWN_BUDGET = 16
+_KNOWN_WINDOW = 10.0
+_KNOWN_NAMES_MAX = 64
+_KNOWN_NAME_BYTES_MAX = 2048
+_known_made = [0.0, 0]  # (the window's start on the monotonic clock, patterns made in it)
+
+
+class _Known:
+    """The pattern of one set of request field names, and what those names tell."""
+
+    __slots__ = ("canonical", "connection", "length", "lower", "match", "names")
+
+    def __init__(self, names: tuple[bytes, ...], lower: tuple[bytes, ...]) -> None:
+        self.names = names
+        self.lower = lower  # (``header_names`` of the fields)
+        # (``canonical_names``: ``_`` read as ``-``; the same tuple without one)
+        self.canonical = (tuple([n.replace(b"_", b"-") for n in lower])
+                          if b"".join(lower).find(b"_") != -1 else lower)
+        # the groups' indexes: the method 0, the target 1, field i at i + 2
+        self.connection = tuple([i + 2 for i, n in enumerate(lower) if n == b"connection"])
+        self.length = lower.index(b"content-length") + 2 if b"content-length" in lower else -1
+        self.match = re.compile(_KNOWN_LINE + b"".join([
+            rb"\r\n" + re.escape(name) + (_KNOWN_LENGTH if i + 2 == self.length
+                                          else _KNOWN_VALUE)
+            for i, name in enumerate(names)]) + rb"\r\n\r\n").match
+
+
+# names -> their ``_Known`` (None: no pattern for them; False: read once so far)
+_KNOWN: dict[tuple[bytes, ...], _Known | None | bool] = {}
+
+
+def known_of(fields: tuple[tuple[bytes, bytes], ...]) -> _Known | None:
+    """The pattern for the names of a head ``fast_head`` read and ``_take`` took (None: none
+    yet, or none to be made: a set seen once, too many names, a name ``_take`` refuses...)."""
+    names = tuple([k for k, _ in fields])
+    known = _KNOWN.get(names)
+    if known is None and names not in _KNOWN:
+        if len(names) > _KNOWN_NAMES_MAX or sum(map(len, names)) > _KNOWN_NAME_BYTES_MAX:
+            return None  # (never kept: at most ``_KNOWN_MAX`` small sets of names are)
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[names] = False  # (seen once)
+        return None
+    if known is False:
+        now = time.monotonic()
+        if now - _known_made[0] >= _KNOWN_WINDOW:
+            _known_made[0], _known_made[1] = now, 0
+        if _known_made[1] >= _KNOWN_BUDGET:
+            return None  # (read again later: made when the budget allows)
+        _known_made[1] += 1
+        known = _KNOWN[names] = known_for(names)
+    return known  # type: ignore[return-value]
+
+
+def known_for(names: tuple[bytes, ...]) -> _Known | None:
+    """The pattern of these names; None for names ``_take`` refuses by themselves (a
+    Transfer-Encoding, Upgrade, Expect or TE, two Content-Length fields) or past the bounds."""
+    lower = tuple([k.lower() for k in names])
+    if (len(names) > _KNOWN_NAMES_MAX or sum(map(len, names)) > _KNOWN_NAME_BYTES_MAX
+            or not _SKIP_NAMES.isdisjoint(lower) or lower.count(b"content-length") > 1):
+        return None
+    return _Known(names, lower)
+
+
 _MessageData: Any = http.MessageData
 _RequestData: Any = http.RequestData
 
@@ -940,6 +1031,7 @@ class LeanLayer(layer.Layer):
         # the request record's write for after a response's send (seam/aftersend.py): one
         # per layer (one request at a time), opened for each flow by its job
         self.later = _Later()
+        self.known: _Known | None = None  # the pattern of the last taken fast head's names
         global _fast_events
         if _fast_events is None:
             _fast_events = _check_events()
@@ -1041,7 +1133,9 @@ class LeanLayer(layer.Layer):
 
     def _take(self) -> http.Request | None | str:
         """The next request if this layer serves it; None: not all of it arrived yet; a
-        string: why mitmproxy's HTTP layer must take the connection."""
+        string: why mitmproxy's HTTP layer must take the connection. A head of the names of
+        the connection's last fast head is read by their pattern (``_Known``), any other,
+        or one the pattern leaves, by ``_read`` (tests/unit/test_speed_reqknown.py)."""
         if self.pending is not None:  # a head read earlier, its body still arriving
             waiting, at, body_len = self.pending
             if len(self.buf) < at + body_len:
@@ -1049,6 +1143,83 @@ class LeanLayer(layer.Layer):
             self.pending = None
             return self._body(waiting, at, body_len)
         buf = self.buf
+        req: http.Request | None = None
+        known = self.known
+        if known is not None:
+            m = known.match(buf)
+            if m is not None:
+                # a head of the known names (``_Known``), read as ``fast_head`` and ``_read``
+                # read it; size -1: a head they must read (CONNECT, a Connection other than
+                # ``keep-alive``, a length past the limit, no length for a method with a body)
+                groups = m.groups()
+                method = groups[0]
+                at = known.length
+                if at < 0:
+                    # (``[A-Z]`` alone: the method is in ``_PLAIN_METHODS`` or reads as
+                    # itself; CONNECT is not in ``_NO_BODY_RAW``)
+                    size = 0 if method in _NO_BODY_RAW else -1
+                else:
+                    size = int(groups[at])
+                    if size > self.max_body or method == b"CONNECT":
+                        size = -1
+                for i in known.connection:
+                    if groups[i] != b"keep-alive":
+                        size = -1
+                if size >= 0:
+                    # (``fast_head``'s ``Request``, its fields these names and values)
+                    fields = tuple(zip(known.names, groups[2:], strict=True))
+                    headers = object.__new__(http.Headers)
+                    headers.fields = fields
+                    req = object.__new__(http.Request)
+                    if (objects.DATA_PLAIN
+                            and _MessageData.__post_init__ is objects.no_field_type_check):
+                        data = object.__new__(_RequestData)
+                        data.http_version = b"HTTP/1.1"
+                        data.headers = headers
+                        data.content = None
+                        data.trailers = None
+                        data.timestamp_start = time.time()
+                        data.timestamp_end = None
+                        data.host = ""
+                        data.port = 0
+                        data.method = method
+                        data.scheme = b""
+                        data.authority = b""
+                        data.path = groups[1]
+                        req.data = data
+                    else:
+                        req.data = http.RequestData(
+                            http_version=b"HTTP/1.1", headers=headers, content=None,
+                            trailers=None, timestamp_start=time.time(), timestamp_end=None,
+                            host="", port=0, method=method, scheme=b"", authority=b"",
+                            path=groups[1])
+                    # the stages' view of these names (inject/names.py), as they compute it
+                    _names._names_memo = (fields, known.lower)
+                    _names._canonical_memo = (fields, known.canonical)
+                    head_len = m.end()
+        if req is None:
+            read = self._read(buf, known)
+            if type(read) is not tuple:
+                return read  # type: ignore[return-value]
+            req, head_len, size = read
+        end = head_len + size
+        if len(buf) < end:
+            self.pending = (req, head_len, size)
+            return None
+        # (``_body``, inline)
+        if not self.pooled():
+            return "not pooled"
+        body = bytes(buf[head_len:end])
+        del buf[:end]
+        req.data.content = body
+        return req
+
+    def _read(self, buf: bytearray, known: _Known | None
+              ) -> tuple[http.Request, int, int] | None | str:
+        """The head at the start of ``buf`` by ``fast_head`` (or mitmproxy's reader), what
+        ``_take`` reads of it: (the request, the head's length, the body's); None: not all
+        of it arrived yet; a string: why mitmproxy's HTTP layer must take the connection.
+        A head ``fast_head`` read and ``_take`` takes teaches ``known_of`` its names."""
         fast = fast_head(buf)
         req: http.Request
         head_len: int
@@ -1113,19 +1284,12 @@ class LeanLayer(layer.Layer):
                 return "content-length"
         # (a head ``fast_head`` read passes: an origin-form target has no scheme, CONNECT and
         # Transfer-Encoding went above, its one Content-Length parsed, its names are tokens)
-        if not fast and lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
-            return "head refused"
-        end = head_len + size
-        if len(buf) < end:
-            self.pending = (req, head_len, size)
-            return None
-        # (``_body``, inline)
-        if not self.pooled():
-            return "not pooled"
-        body = bytes(buf[head_len:end])
-        del buf[:end]
-        req.data.content = body
-        return req
+        if not fast:
+            if lhttp.validate_request(lhttp.HTTPMode.transparent, req, self.validate):
+                return "head refused"
+        elif known is None or known.names != tuple([k for k, _ in fields]):
+            self.known = known_of(fields)  # (the pattern for these names, from the second)
+        return req, head_len, size
 
     def _body(self, req: http.Request, head_len: int, size: int) -> http.Request | str:
         if not self.pooled():
