@@ -275,6 +275,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         keep_alive = None
 
     inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
+    connio_server_event, locked_event = connio.server_event, connio._locked_event
 
     async def hook_task(self: Any, hook: Any) -> None:
         if type(hook) is not LeanHook or type(self).handle_hook is not lean_handle_hook:
@@ -336,7 +337,15 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             else:
                 await run_disarmed(watchdog, job.run(addons))
             if hook.blocking:
-                await self.server_event(lean_completed(hook))
+                done = lean_completed(hook)
+                lock = self._server_event_lock
+                if (type(self).server_event is connio_server_event and not lock._locked
+                        and not lock._waiters):
+                    # (seam/connio.py's ``server_event`` with its lock free: its body, no
+                    # coroutine of its own; it would not wait either)
+                    locked_event(self, done, True)
+                else:
+                    await self.server_event(done)
         finally:
             later = job.later
             if later is not None and _AFTER in job.flow.metadata:
