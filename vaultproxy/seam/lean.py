@@ -276,6 +276,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
 
     inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
     connio_server_event, locked_event = connio.server_event, connio._locked_event
+    stream_writer = asyncio.StreamWriter
 
     async def hook_task(self: Any, hook: Any) -> None:
         if type(hook) is not LeanHook or type(self).handle_hook is not lean_handle_hook:
@@ -286,7 +287,16 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             return
         # ``handle_hook``'s lean branch (see there)
         job = hook.job
-        writer = _to_drain(self, job.lean)
+        lean = job.lean
+        if lean is None or lean.route is None:
+            writer = _to_drain(self, lean)
+        else:  # (``_to_drain`` once the tunnel's route is settled: the rest of it, inline)
+            io = self.transports.get(self.client)
+            writer = io.writer if io is not None else None
+            if type(writer) is stream_writer:
+                stream = writer.transport
+                if not stream.is_closing() and stream.get_write_buffer_size() == 0:
+                    writer = None
         if writer is not None:
             try:
                 await writer.drain()
@@ -296,7 +306,6 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         # send (seam/aftersend.py): the layer runs it right after the response's write (or
         # at once, without a send); this task runs one left (the layer never resumed, a
         # cancellation) as it ends.
-        lean = job.lean
         if lean is not None:
             job.later = lean.later
         try:
