@@ -347,14 +347,14 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
                 await run_disarmed(watchdog, job.run(addons))
             if hook.blocking:
                 done = lean_completed(hook)
-                lock = self._server_event_lock
-                if (type(self).server_event is connio_server_event and not lock._locked
-                        and not lock._waiters):
-                    # (seam/connio.py's ``server_event`` with its lock free: its body, no
-                    # coroutine of its own; it would not wait either)
-                    locked_event(self, done, True)
-                else:
+                if type(self).server_event is not connio_server_event:
                     await self.server_event(done)
+                elif (lock := self._server_event_lock)._locked or lock._waiters:
+                    await self.server_event(done)
+                else:
+                    # (seam/connio.py's ``server_event`` with its lock free: its body, without
+                    # a coroutine of its own; that one would not wait either)
+                    locked_event(self, done, True)
         finally:
             later = job.later
             if later is not None and _AFTER in job.flow.metadata:
