@@ -264,7 +264,14 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     itself (``asyncio_utils.create_task``'s ``keep_ref``) instead of through the done
     callback that would take one more loop turn. Any other hook, or a handler whose
     ``handle_hook`` is not that one: mitmproxy's ``hook_task``'s body.
-    tests/unit/test_hops.py compares the two, step by step."""
+    tests/unit/test_hops.py compares the two, step by step.
+
+    For a request of a tunnel whose route is settled (``lean.route`` not None) ``_to_drain``'s
+    lookup of the agent's writer is inline; the ``HookCompleted`` goes to seam/connio.py's
+    ``_locked_event`` (``server_event``'s body) without a ``server_event`` coroutine when the
+    handler's ``server_event`` is connio's and its lock is free (that coroutine would take the
+    free lock and run the same body without waiting); otherwise ``await self.server_event``.
+    tests/unit/test_speed_hookdone.py compares both with mitmproxy's path."""
     completed = events.HookCompleted
     lean_completed = _completed_maker()  # (the same object, one call)
     current_task = asyncio.current_task
