@@ -266,3 +266,30 @@ def test_the_completion_takes_both_ways() -> None:
         for seed in range(60):
             _run(seed, _Handler, _fast)
     assert seen["direct"] > 30 and seen["awaited"] > 5, seen
+
+
+def test_a_server_event_of_the_handlers_own_gets_the_completion() -> None:
+    """An instance's own ``server_event`` (shadowing connio's on its class) is awaited with
+    the completion, as ``await self.server_event(...)`` does: no in-place call."""
+    log: list[Any] = []
+    seen: list[str] = []
+
+    async def own(event: events.Event) -> None:
+        seen.append(type(event).__name__)
+
+    async def main() -> None:
+        h = _Handler(log)
+        h.layer = _Layer(h, log, {})  # type: ignore[assignment]
+        h.server_event = own  # type: ignore[method-assign]
+        hook = lean.LeanHook(tflow.tflow())
+        hook.job.lean = _Lean("route")  # type: ignore[assignment]
+
+        async def request() -> str:
+            return lean.SEND
+
+        hook.job._request = request  # type: ignore[method-assign]
+        hook.blocking = h.layer
+        await _fast(h, hook)
+
+    asyncio.run(main())
+    assert seen == ["HookCompleted"] and not any(e[0] == "event" for e in log)

@@ -354,7 +354,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
                 await run_disarmed(watchdog, job.run(addons))
             if hook.blocking:
                 done = lean_completed(hook)
-                if type(self).server_event is not connio_server_event:
+                if (getattr(type(self), "server_event", None) is not connio_server_event
+                        or "server_event" in self.__dict__):
                     await self.server_event(done)
                 elif (lock := self._server_event_lock)._locked or lock._waiters:
                     await self.server_event(done)
