@@ -334,8 +334,7 @@ async def server_event(self: Any, event: Any) -> None:
 def _locked_event(self: Any, event: Any, take: bool = False) -> None:
     """``server_event``'s body once its lock is taken (``async with``'s block; ``take``:
     take the free lock first): the event through the layers, their commands, then the lock
-    released. No ``await``: ``_deliver`` runs it from the protocol's callback, seam/lean.py's
-    hook task for its ``HookCompleted`` while the lock is free."""
+    released. No ``await``: ``_deliver`` runs it from the protocol's callback."""
     lock = self._server_event_lock
     if take:
         lock._locked = True  # (``Lock.acquire`` of a free lock: no wait)

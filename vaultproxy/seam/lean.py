@@ -267,11 +267,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     tests/unit/test_hops.py compares the two, step by step.
 
     For a request of a tunnel whose route is settled (``lean.route`` not None) ``_to_drain``'s
-    lookup of the agent's writer is inline; the ``HookCompleted`` goes to seam/connio.py's
-    ``_locked_event`` (``server_event``'s body) without a ``server_event`` coroutine when the
-    handler's ``server_event`` is connio's and its lock is free (that coroutine would take the
-    free lock and run the same body without waiting); otherwise ``await self.server_event``.
-    tests/unit/test_speed_hookdone.py compares both with mitmproxy's path."""
+    lookup of the agent's writer is inline (tests/unit/test_speed_hookdone.py compares it
+    with mitmproxy's path)."""
     completed = events.HookCompleted
     lean_completed = _completed_maker()  # (the same object, one call)
     current_task = asyncio.current_task
@@ -282,7 +279,6 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         keep_alive = None
 
     inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
-    connio_server_event, locked_event = connio.server_event, connio._locked_event
     stream_writer = asyncio.StreamWriter
 
     async def hook_task(self: Any, hook: Any) -> None:
@@ -353,16 +349,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             else:
                 await run_disarmed(watchdog, job.run(addons))
             if hook.blocking:
-                done = lean_completed(hook)
-                if (getattr(type(self), "server_event", None) is not connio_server_event
-                        or "server_event" in self.__dict__):
-                    await self.server_event(done)
-                elif (lock := self._server_event_lock)._locked or lock._waiters:
-                    await self.server_event(done)
-                else:
-                    # (seam/connio.py's ``server_event`` with its lock free: its body, without
-                    # a coroutine of its own; that one would not wait either)
-                    locked_event(self, done, True)
+                await self.server_event(lean_completed(hook))
         finally:
             later = job.later
             if later is not None and _AFTER in job.flow.metadata:
