@@ -9,7 +9,9 @@ agent's writer an asyncio ``StreamWriter`` whose transport is open, closing, hol
 paused (holding bytes: ``drain`` waits), or no writer at all. The layer logs each event it
 gets with the task it runs in, the lock's state, the watchdog's and a context variable's;
 the same log as with mitmproxy's ``hook_task`` -> ``handle_hook`` (``_to_drain``,
-``run_disarmed``, ``await self.server_event``)."""
+``run_disarmed``, ``await self.server_event``). And seam/tlsio.py's ``event_to_child``: a
+child's ``SendData`` on a connection that is no memory-BIO ``SSL.Connection`` goes through
+``send_data`` (its ``_memory_bio`` test, inline)."""
 
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ def _installed() -> None:
     from mitmproxy.proxy import mode_servers
 
     # (the handler's ``handle_hook`` as the proxy's: ``lean.install``'s)
-    _Handler.handle_hook = mode_servers.ProxyConnectionHandler.handle_hook  # type: ignore[method-assign]
+    stock: Any = mode_servers.ProxyConnectionHandler.handle_hook
+    _Handler.handle_hook = stock  # type: ignore[method-assign]
 
 
 class _Transport:
@@ -67,7 +70,8 @@ class _Layer:
     word with a raise."""
 
     def __init__(self, h: Any, log: list[Any], tasks: dict[Any, int]) -> None:
-        self.h, self.log, self.tasks, self.boom = h, log, tasks, set()
+        self.h, self.log, self.tasks = h, log, tasks
+        self.boom: set[str] = set()
 
     def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
         h = self.h
@@ -153,7 +157,7 @@ def _run(seed: int, handler_cls: type, task_of: Any, *, loop_name: str = "asynci
                 kind = rng.random()
                 transport.closing = kind < 0.1
                 transport.held = 5 if 0.1 <= kind < 0.35 else 0
-                if 0.25 <= kind < 0.35 and not protocol._paused:  # (over its limit: held)
+                if 0.25 <= kind < 0.35 and not protocol._paused:  # type: ignore[attr-defined]  # (over its limit: held)
                     protocol.pause_writing()
                     loop.call_soon(protocol.resume_writing)
                 if kind > 0.92:
@@ -180,7 +184,7 @@ def _run(seed: int, handler_cls: type, task_of: Any, *, loop_name: str = "asynci
                     return lean.SEND
 
                 hook.job._request = request  # type: ignore[method-assign]
-                hook.blocking = layer  # (as the lean layer's ``handle_event`` leaves it)
+                hook.blocking = layer  # type: ignore[assignment]  # (as the lean layer leaves it)
                 _VAR.set(f"ctx{step}")
                 task = asyncio.ensure_future(task_of(h, hook))
                 tasks[task] = step
@@ -254,8 +258,46 @@ def test_a_server_event_of_the_handlers_own_gets_the_completion() -> None:
             return lean.SEND
 
         hook.job._request = request  # type: ignore[method-assign]
-        hook.blocking = h.layer
+        hook.blocking = h.layer  # type: ignore[assignment]
         await _fast(h, hook)
 
     asyncio.run(main())
     assert seen == ["HookCompleted"] and not any(e[0] == "event" for e in log)
+
+
+def test_event_to_child_sends_through_send_data_without_a_memory_bio() -> None:
+    """seam/tlsio.py's ``event_to_child`` encrypts a child's ``SendData`` in place only for a
+    memory-BIO ``SSL.Connection`` (``_memory_bio``'s test, inline); any other connection
+    object takes ``send_data`` (mitmproxy's ``sendall``, then ``tls_interact``'s reads)."""
+    from mitmproxy.proxy import tunnel
+    from mitmproxy.proxy.layers import tls
+    from OpenSSL import SSL
+
+    from vaultproxy.seam import tlsio
+
+    assert tlsio.install() and tlsio.FAST_TO_CHILD
+    log: list[Any] = []
+
+    class _Conn:  # not an SSL.Connection: what pyOpenSSL's methods would be asked
+        def sendall(self, data: bytes) -> None:
+            log.append(("sendall", data))
+
+        def bio_read(self, size: int) -> bytes:
+            if not any(e[0] == "bio_read" for e in log):
+                log.append(("bio_read", size))
+                return b"record"
+            raise SSL.WantReadError
+
+    class _Child:
+        def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
+            yield commands.SendData(layer.conn, b"plain")
+
+    layer: Any = tls.ClientTLSLayer.__new__(tls.ClientTLSLayer)
+    layer.tls, layer.child_layer, layer.debug = _Conn(), _Child(), None
+    layer.conn = layer.tunnel_connection = connection.Client(
+        peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0.0)
+    layer.tunnel_state, layer.command_to_reply_to = tunnel.TunnelState.OPEN, None
+    out = list(tunnel.TunnelLayer.event_to_child(layer, events.Start()))
+    assert [(type(c).__name__, getattr(c, "data", None)) for c in out] == [
+        ("SendData", b"record")]
+    assert log == [("sendall", b"plain"), ("bio_read", 65535)]
