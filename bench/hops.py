@@ -6,6 +6,7 @@ connection (sequential 1 KB GETs through a CONNECT tunnel, lean HTTP/1.1 path, p
     .venv/bin/python bench/hops.py --tree base=/tmp/base --tree now=. -n 500
     .venv/bin/python bench/hops.py ... --think 2      # the agent waits 2 ms before each request
     .venv/bin/python bench/hops.py ... --calls /tmp/c # the Python calls of one request cycle
+    .venv/bin/python bench/hops.py ... --bytecodes    # bytecodes per function per request
     .venv/bin/python bench/hops.py --callgrind --tree base=/tmp/base --tree now=. \
         --tree base2=/tmp/base --tree now2=. -n 1000  # instructions per sequential request
     .venv/bin/python bench/hops.py --callgrind --tree w1=. --tree w2=. --workers w2:2
@@ -119,6 +120,39 @@ def _factory():
 
     threading.Thread(target=_dump, daemon=True).start()
     return CountingLoop
+
+BYTECODES = os.environ.get("VP_HOPS_BYTECODES")
+_KEYS = {}
+_LINES = {}
+
+def _instruction(code, offset):
+    # one bytecode instruction: counted by function ("bc: dir/file.py:qualname") and, with
+    # VP_HOPS_BYTECODES=lines, by line of vaultproxy/seam ("ln: seam/file.py:line")
+    key = _KEYS.get(code)
+    if key is None:
+        tail = "/".join(code.co_filename.rsplit("/", 2)[-2:])
+        key = _KEYS[code] = "bc: " + tail + ":" + code.co_qualname
+        if BYTECODES == "lines" and "/seam/" in code.co_filename:
+            for start, end, line in code.co_lines():
+                for at in range(start, end, 2):
+                    _LINES[(code, at)] = "ln: " + tail + ":" + str(line)
+    C[key] += 1
+    line = _LINES.get((code, offset))
+    if line is not None:
+        C[line] += 1
+
+def _arm_bytecodes():
+    # on once the proxy serves (100 hook tasks: the bench's warm-up), not during its start
+    import sys
+    mon = sys.monitoring
+    mon.use_tool_id(4, "vp-hops-bytecodes")
+    mon.register_callback(4, mon.events.INSTRUCTION, _instruction)
+    while C["tasks"] < 100:
+        time.sleep(0.05)
+    mon.set_events(4, mon.events.INSTRUCTION)
+
+if BYTECODES:
+    threading.Thread(target=_arm_bytecodes, daemon=True).start()
 
 def _patch(module):
     cls = []
@@ -236,6 +270,9 @@ def measure(t: TreeProxy, n: int, out: Path, work: Path, trace: bool) -> None:
     keys = sorted(set(after) | set(before), key=lambda k: -(after.get(k, 0) - before.get(k, 0)))
     for key in ("call_soon", "tasks", "tasks done in create_task", "futures", "timers"):
         print(f"| {key} | {(after.get(key, 0) - before.get(key, 0)) / n:.2f} |")
+    bytecodes = sum(after.get(k, 0) - before.get(k, 0) for k in keys if k.startswith("bc: "))
+    if bytecodes:
+        print(f"| bytecodes (all functions) | {bytecodes / n:.2f} |")
     for key in keys:
         if ":" in key:
             d = after.get(key, 0) - before.get(key, 0)
@@ -288,6 +325,11 @@ def main() -> None:
     ap.add_argument("--think", type=float, default=0.0,
                     help="ms the agent waits before each request (an agent slower than "
                     "the proxy: every loop turn the proxy takes after a response shows)")
+    ap.add_argument("--bytecodes", nargs="?", const="functions", choices=("functions", "lines"),
+                    help="also count the Python bytecode instructions each function executes "
+                    "per request (sys.monitoring: exact, load-independent; the proxy runs "
+                    "several times slower, so its ms are not comparable); 'lines': also per "
+                    "line of vaultproxy/seam")
     ap.add_argument("--callgrind", action="store_true",
                     help="instead: instructions per sequential request under callgrind")
     ap.add_argument("--workers", action="append", default=[], metavar="[name:]N",
@@ -335,6 +377,8 @@ def main() -> None:
             t.extra_env = {"VP_HOPS_OUT": str(out), **envs.get(name, {})}
             if args.calls:
                 t.extra_env["VP_HOPS_TRACE"] = f"{args.calls}.{name}"
+            if args.bytecodes:
+                t.extra_env["VP_HOPS_BYTECODES"] = args.bytecodes
             t.path_prefix = str(site)
             measure(t, args.n, out, work, args.trace)
     finally:

@@ -89,6 +89,7 @@ from mitmproxy.utils import asyncio_utils
 
 from vaultproxy.seam import need
 from vaultproxy.seam.need import missing
+from vaultproxy.seam.objects import data_received_of
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,6 @@ def _same(*names: str) -> bool:
 
 
 _SendData, _Log = commands.SendData, commands.Log
-_DataReceived = events.DataReceived
 _StreamWriter: Any = asyncio.StreamWriter  # (Any: no narrowing to its public type)
 
 
@@ -522,7 +522,7 @@ def _deliver(entry: _Direct, reader: Any, data: bytes) -> bool:
     task, loop = entry.task, reader._loop
     prev = _swap_current_task(loop, task)
     try:
-        task.get_context().run(_locked_event, handler, _DataReceived(entry.connection, data),
+        task.get_context().run(_locked_event, handler, data_received_of(entry.connection, data),
                                True)
     except BaseException as e:  # noqa: BLE001 - raised in the task, as the loop would
         entry.woke = e

@@ -266,7 +266,11 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     itself (``asyncio_utils.create_task``'s ``keep_ref``) instead of through the done
     callback that would take one more loop turn. Any other hook, or a handler whose
     ``handle_hook`` is not that one: mitmproxy's ``hook_task``'s body.
-    tests/unit/test_hops.py compares the two, step by step."""
+    tests/unit/test_hops.py compares the two, step by step.
+
+    For a request of a tunnel whose route is settled (``lean.route`` not None) ``_to_drain``'s
+    lookup of the agent's writer is inline (tests/unit/test_speed_hookdone.py compares it
+    with mitmproxy's path)."""
     completed = events.HookCompleted
     lean_completed = _completed_maker()  # (the same object, one call)
     current_task = asyncio.current_task
@@ -277,6 +281,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         keep_alive = None
 
     inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
+    stream_writer = asyncio.StreamWriter
 
     async def hook_task(self: Any, hook: Any) -> None:
         if type(hook) is not LeanHook or type(self).handle_hook is not lean_handle_hook:
@@ -287,7 +292,16 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             return
         # ``handle_hook``'s lean branch (see there)
         job = hook.job
-        writer = _to_drain(self, job.lean)
+        lean = job.lean
+        if lean is None or lean.route is None:
+            writer = _to_drain(self, lean)
+        else:  # (``_to_drain`` once the tunnel's route is settled: the rest of it, inline)
+            io = self.transports.get(self.client)
+            writer = io.writer if io is not None else None
+            if type(writer) is stream_writer:
+                stream = writer.transport
+                if not stream.is_closing() and stream.get_write_buffer_size() == 0:
+                    writer = None
         if writer is not None:
             try:
                 await writer.drain()
@@ -297,7 +311,6 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         # send (seam/aftersend.py): the layer runs it right after the response's write (or
         # at once, without a send); this task runs one left (the layer never resumed, a
         # cancellation) as it ends.
-        lean = job.lean
         if lean is not None:
             job.later = lean.later
         try:

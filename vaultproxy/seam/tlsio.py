@@ -367,7 +367,7 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
     fast_send, write, tls_interact = fast["send_data"], fast["write"], fast["tls_interact"]
     mem_data, bio_read = SSL._lib.BIO_get_mem_data, SSL._lib.BIO_read  # type: ignore[attr-defined]
     null, unpack = SSL._ffi.NULL, SSL._ffi.unpack  # type: ignore[attr-defined]
-    WantReadError = SSL.WantReadError
+    WantReadError, Connection = SSL.WantReadError, SSL.Connection
 
     def event_to_child(self: Any, event: Any) -> Generator[Any, Any, None]:
         kind = type(self)
@@ -385,7 +385,8 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
                 conn: Any = getattr(self, "tls", None)
                 if (kind.send_data is not fast_send or kind.tls_interact is not tls_interact
                         or type(data) is not bytes or not 0 < len(data) <= 2147483647
-                        or not _memory_bio(conn)):
+                        or type(conn) is not Connection or conn._into_ssl is None
+                        or conn._from_ssl is None):  # (``_memory_bio``)
                     yield from self.send_data(data)
                     continue
                 # (the patched ``TLSLayer.send_data``'s body, in place)
