@@ -32,7 +32,14 @@ from mitmproxy.test import tflow
 
 from vaultproxy.errors import NotReady
 from vaultproxy.net import h1pool
-from vaultproxy.net.h1pool import H1Response, WantsHTTP2, parse_head, parse_known
+from vaultproxy.net.h1pool import (
+    UPSTREAM_HEAD,
+    H1Response,
+    ResponseHead,
+    WantsHTTP2,
+    parse_head,
+    parse_known,
+)
 from vaultproxy.net.outbound import Head, head_seen, pool_error_text
 from vaultproxy.seam import objects
 from vaultproxy.seam import pool as seam_pool
@@ -48,7 +55,8 @@ from vaultproxy.stages.pool import (
 # -- Pool.vaultproxy_pool_exchange ------------------------------------------------------------
 
 async def _reference_pool_exchange(self: Any, flow: http.HTTPFlow) -> None:
-    """``Pool.vaultproxy_pool_exchange`` before ``exch9``."""
+    """``Pool.vaultproxy_pool_exchange`` before ``exch9`` (with ``names9``'s hand-over of a
+    known head to the response gate, ``UPSTREAM_HEAD``)."""
     ex: Exchange = flow.metadata[seam_pool.POOLED]
     head_seen.set(None)
     try:
@@ -168,6 +176,9 @@ async def _reference_pool_exchange(self: Any, flow: http.HTTPFlow) -> None:
         version, resp.status, reason, headers, flow.request.data.timestamp_end or 0.0)
     ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
     if isinstance(resp, H1Response) and resp.length is not None:
+        head = resp.head
+        if head is not None and head.known is not None:  # (``parse_known``'s)
+            flow.metadata[UPSTREAM_HEAD] = head  # for the response gate (its names)
         # a head ``parse_head`` read: its one Content-Length, never for HEAD, 1xx, 204
         # or 304 (the test below without reading the headers again)
         if resp.length <= PREFETCH_BODY and (whole := resp.body_now()) is not None:
@@ -224,6 +235,12 @@ def _exchange_world(rng: random.Random, calls: list[Any]) -> tuple[Any, Any]:
         resp._conn = SimpleNamespace()  # type: ignore[assignment]
         resp._timeout = 5.0
         resp.length = length
+        # the head it was made of: none, one ``parse_head`` read, or one of known names
+        # (what the pool hands the response gate)
+        resp.head = rng.choice([None, ResponseHead(status, reason, headers, length or 0, True,
+                                                   0)])
+        if resp.head is not None and rng.random() < 0.5:
+            resp.head.known, resp.head.values = object(), ()  # type: ignore[assignment]
         whole = rng.random() < 0.6
         chunks = [body[i:i + 700] for i in range(0, len(body), 700)]
         cut = rng.random() < 0.2
@@ -357,7 +374,8 @@ def _pool_exchange_run(monkeypatch: pytest.MonkeyPatch, seed: int, exchange: Any
                                   resp.headers.fields,
                                   resp.status_code != 101 and resp.timestamp_start,
                                   resp.data.content),
-                        dict(stage._h2_seen), seen))
+                        dict(stage._h2_seen), seen,
+                        flow.metadata.get(UPSTREAM_HEAD) is getattr(ex.response, "head", 0)))
 
     asyncio.run(go())
     return out
@@ -375,7 +393,7 @@ def test_pool_exchange_is_its_reference(monkeypatch: pytest.MonkeyPatch, seed: i
 def test_the_pool_exchange_seeds_reach_every_branch(monkeypatch: pytest.MonkeyPatch) -> None:
     kinds: set[Any] = set()
     for seed in range(60):
-        for calls, error, _closed, body, _chunks, _r, flow_resp, _h2, _seen in (
+        for calls, error, _closed, body, _chunks, _r, flow_resp, _h2, _seen, _up in (
                 _pool_exchange_run(monkeypatch, seed, pool_stage.Pool.vaultproxy_pool_exchange)):
             names = [c[0] for c in calls]
             kinds.add(("whole body", ("body_now", True) in calls))

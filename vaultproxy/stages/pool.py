@@ -560,6 +560,9 @@ class Pool(Stage):
                 b"HTTP/1.1", resp.status, resp.extensions["reason_phrase"], headers,
                 flow.request.data.timestamp_end or 0.0)
             ex.chunks = None
+            head = resp.head
+            if head is not None and head.known is not None:  # (``parse_known``'s)
+                flow.metadata[UPSTREAM_HEAD] = head  # for the response gate (its names)
             if resp.length <= PREFETCH_BODY:
                 whole = resp.body_now()
                 if whole is not None:
@@ -573,11 +576,7 @@ class Pool(Stage):
             target = ex.tunnel.decision.target  # (``ex.tunnel.host``)
             assert target is not None
             self._h2_seen[(service.name, target[0])] = version == b"HTTP/2"
-        # http.Headers(resp.headers), cheaper; a head ``parse_head`` read (``length`` set)
-        # holds (bytes, bytes) tuples by construction: no per-field type check
-        headers = (objects.headers_made(resp.headers)
-                   if type(resp) is H1Response and resp.length is not None
-                   else objects.headers_of(resp.headers))
+        headers = objects.headers_of(resp.headers)  # http.Headers(resp.headers), cheaper
         if version == b"HTTP/2":
             version = b"HTTP/2.0"
             if flow.request.http_version == "HTTP/1.1":
@@ -590,15 +589,6 @@ class Pool(Stage):
         flow.response = objects.response_of(  # http.Response(...), cheaper
             version, resp.status, reason, headers, flow.request.data.timestamp_end or 0.0)
         ex.chunks = None if isinstance(resp, H1Response) else resp.aiter_stream()
-        if isinstance(resp, H1Response) and resp.length is not None:
-            head = resp.head
-            if head is not None and head.known is not None:  # (``parse_known``'s)
-                flow.metadata[UPSTREAM_HEAD] = head  # for the response gate (its names)
-            # a head ``parse_head`` read: its one Content-Length, never for HEAD, 1xx, 204
-            # or 304 (the test below without reading the headers again)
-            if resp.length <= PREFETCH_BODY and (whole := resp.body_now()) is not None:
-                ex.body = whole  # (every byte already read: what the loop below would join)
-                return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) <= PREFETCH_BODY and not _bodiless(flow, resp.status):
             await self._prefetch(flow, ex, int(length))
