@@ -811,7 +811,7 @@ def render(meta: dict[str, object], labels: dict[str, str], res: dict[str, dict[
         lines.append(f"| {label} | {_cell(r.get('conc10_rps'), '{:,.0f}')} | {(_cell(cpu, '{:.2f}') + _cell(r.get('sys_ms'), ' ({:.2f})')) if name != 'direct' else '— (nginx)'} | {ratio if name not in ('direct',) else '—'} | {seq} | {_cell(r.get('newconn_rps'), '{:,.0f}')} | {sse} |")
     if len(rounds) > 1:
         lines += ["", "CPU ms/request per round (interleaved): " + "; ".join(
-            f"{labels[n]} " + ", ".join(_cell(rd.get(n, {}).get("cpu_ms"), "{:.2f}") for rd in rounds)
+            f"{labels[n]} " + ", ".join(_cell(rd.get(n, {}).get("cpu_ms"), "{:.3f}") for rd in rounds)
             for n in labels if n != "direct")]
     probs = [f"{labels[n]}: {p}" for n in labels for p in res.get(n, {}).get("problems", [])]  # type: ignore[attr-defined]
     if skipped or probs:
