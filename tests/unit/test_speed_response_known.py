@@ -181,7 +181,7 @@ def _run(fn: Any, f: http.HTTPFlow, redactor: Redactor) -> tuple[Any, ...]:
 @pytest.fixture(autouse=True)
 def _installed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fast_headers.install()  # as the proxy runs
-    monkeypatch.setattr(h1pool, "_KNOWN_BUDGET", 10**9)  # (every set gets its pattern)
+    monkeypatch.setattr(h1pool._SETS, "budget", 10**9)  # (every set gets its pattern)
 
 
 def _known(data: bytes) -> Any:

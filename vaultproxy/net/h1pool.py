@@ -60,6 +60,7 @@ import h11
 import httpcore
 
 from vaultproxy.net.grammar import TOKEN
+from vaultproxy.net.namesets import NameSets
 from vaultproxy.net.outbound import Head, HeadScan, head_seen, readable, sessions_of
 
 logger = logging.getLogger(__name__)
@@ -383,7 +384,6 @@ _KNOWN_OK = re.escape(_OK_LINE[:-2])
 _KNOWN_MAX = 64
 _KNOWN_BUDGET = 16
 _KNOWN_WINDOW = 10.0
-_known_made = [0.0, 0]  # (the window's start on the monotonic clock, patterns made in it)
 
 
 class _Known:
@@ -410,32 +410,22 @@ class _Known:
         self.ok = ok.match  # (the status line "200 OK" and all)
 
 
-# names -> their ``_Known`` (None: no pattern for them; False: read once so far)
-_KNOWN: dict[tuple[bytes, ...], _Known | None | bool] = {}
+# names -> their ``_Known``, bounded (net/namesets.py)
+_SETS: NameSets[_Known] = NameSets(max_sets=_KNOWN_MAX, max_names=_HEAD_NAMES_MAX,
+                                   max_name_bytes=_HEAD_NAME_BYTES_MAX, budget=_KNOWN_BUDGET,
+                                   window=_KNOWN_WINDOW)
+_KNOWN, _known_made = _SETS.table, _SETS.made
 
 
 def known_of(headers: Sequence[tuple[bytes, bytes]]) -> _Known | None:
     """The pattern for the names of a head ``parse_head`` read (None: none yet, or none to
     be made: a set seen once, too many names, no single Content-Length...)."""
-    names = tuple(map(_NAME, headers))
-    known = _KNOWN.get(names)
-    if known is None and names not in _KNOWN:
-        if len(_KNOWN) >= _KNOWN_MAX:
-            _KNOWN.clear()
-        _KNOWN[names] = False  # (seen once)
-        return None
-    if known is False:
-        now = time.monotonic()
-        if now - _known_made[0] >= _KNOWN_WINDOW:
-            _known_made[0], _known_made[1] = now, 0
-        if _known_made[1] >= _KNOWN_BUDGET:
-            return None  # (read again later: made when the budget allows)
-        _known_made[1] += 1
-        shape = _head_shape(names)
-        known = _KNOWN[names] = (
-            _Known(names, shape) if shape is not None and len(names) <= _HEAD_NAMES_MAX
-            and sum(map(len, names)) <= _HEAD_NAME_BYTES_MAX else None)
-    return known  # type: ignore[return-value]
+    return _SETS.of(tuple(map(_NAME, headers)), _known_for)
+
+
+def _known_for(names: tuple[bytes, ...]) -> _Known | None:
+    shape = _head_shape(names)
+    return None if shape is None else _Known(names, shape)
 
 
 def parse_known(data: bytes, method: bytes, known: _Known) -> ResponseHead | None:

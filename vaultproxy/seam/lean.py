@@ -59,6 +59,7 @@ from mitmproxy.proxy.layers.http import _http1
 from vaultproxy.inject import names as _names
 from vaultproxy.net.grammar import TOKEN
 from vaultproxy.net.h1pool import UPSTREAM_HEAD
+from vaultproxy.net.namesets import NameSets
 from vaultproxy.seam import aftersend, bypass, connio, deadlines, objects
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing, unchanged
@@ -820,7 +821,6 @@ _KNOWN_BUDGET = 16
 _KNOWN_WINDOW = 10.0
 _KNOWN_NAMES_MAX = 64
 _KNOWN_NAME_BYTES_MAX = 2048
-_known_made = [0.0, 0]  # (the window's start on the monotonic clock, patterns made in it)
 
 
 class _Known:
@@ -843,31 +843,17 @@ class _Known:
             for i, name in enumerate(names)]) + rb"\r\n\r\n").match
 
 
-# names -> their ``_Known`` (None: no pattern for them; False: read once so far)
-_KNOWN: dict[tuple[bytes, ...], _Known | None | bool] = {}
+# names -> their ``_Known``, bounded (net/namesets.py)
+_SETS: NameSets[_Known] = NameSets(max_sets=_KNOWN_MAX, max_names=_KNOWN_NAMES_MAX,
+                                   max_name_bytes=_KNOWN_NAME_BYTES_MAX, budget=_KNOWN_BUDGET,
+                                   window=_KNOWN_WINDOW)
+_KNOWN, _known_made = _SETS.table, _SETS.made
 
 
 def known_of(fields: tuple[tuple[bytes, bytes], ...]) -> _Known | None:
     """The pattern for the names of a head ``fast_head`` read and ``_take`` took (None: none
     yet, or none to be made: a set seen once, too many names, a name ``_take`` refuses...)."""
-    names = tuple([k for k, _ in fields])
-    known = _KNOWN.get(names)
-    if known is None and names not in _KNOWN:
-        if len(names) > _KNOWN_NAMES_MAX or sum(map(len, names)) > _KNOWN_NAME_BYTES_MAX:
-            return None  # (never kept: at most ``_KNOWN_MAX`` small sets of names are)
-        if len(_KNOWN) >= _KNOWN_MAX:
-            _KNOWN.clear()
-        _KNOWN[names] = False  # (seen once)
-        return None
-    if known is False:
-        now = time.monotonic()
-        if now - _known_made[0] >= _KNOWN_WINDOW:
-            _known_made[0], _known_made[1] = now, 0
-        if _known_made[1] >= _KNOWN_BUDGET:
-            return None  # (read again later: made when the budget allows)
-        _known_made[1] += 1
-        known = _KNOWN[names] = known_for(names)
-    return known  # type: ignore[return-value]
+    return _SETS.of(tuple([k for k, _ in fields]), known_for)
 
 
 def known_for(names: tuple[bytes, ...]) -> _Known | None:
