@@ -12,6 +12,11 @@ Fields = tuple[tuple[bytes, bytes], ...]
 
 _names_memo: tuple[object, tuple[bytes, ...]] = ((), ())
 _canonical_memo: tuple[object, tuple[bytes, ...]] = ((), ())
+# A fields tuple seam/lean.py ``LeanLayer._take`` read by the pattern of its names
+# (``_Known``) and what ``core/pipeline.py`` ``check_headers`` returns for it (its
+# ``header_names``): the pattern proved every check it makes of those very fields. Set only
+# there; names only, never a value (the tuple is held as the other memos hold theirs).
+_checked_memo: tuple[object, tuple[bytes, ...]] = ((), ())
 
 
 def header_names(fields: Fields) -> tuple[bytes, ...]:

@@ -821,6 +821,9 @@ _KNOWN_BUDGET = 16
 _KNOWN_WINDOW = 10.0
 _KNOWN_NAMES_MAX = 64
 _KNOWN_NAME_BYTES_MAX = 2048
+# A head the pattern took within this many bytes passes ``check_headers`` (core/pipeline.py:
+# its names and values are within the head, so within ``MAX_HEADER_BYTES``, the same bound)
+_CHECKED_HEAD = 64 * 1024
 
 
 class _Known:
@@ -1196,6 +1199,11 @@ class LeanLayer(layer.Layer):
                     _names._names_memo = (fields, known.lower)
                     _names._canonical_memo = (fields, known.canonical)
                     head_len = m.end()
+                    if head_len <= _CHECKED_HEAD:
+                        # what ``check_headers`` reads of these fields, the pattern proved:
+                        # token names, no CR, LF or NUL in a value, at most
+                        # ``_KNOWN_NAMES_MAX`` fields, names and values shorter than the head
+                        _names._checked_memo = (fields, known.lower)
         if req is None:
             read = self._read(buf, known)
             if type(read) is not tuple:
