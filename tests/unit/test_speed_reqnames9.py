@@ -146,3 +146,13 @@ def test_twin_a_memo_for_other_fields_is_not_taken() -> None:
     with pytest.raises(InvalidRequest, match="line break"):
         pipeline.check_headers(bad)
     assert pipeline.check_headers(tuple(list(fields))) == (b"host", b"accept-encoding")
+
+
+def test_the_pattern_s_bound_is_check_headers_bound() -> None:
+    """``_CHECKED_HEAD`` (seam/lean.py) is written apart from ``MAX_HEADER_BYTES``
+    (core/pipeline.py: seam does not import core); a head the pattern took within it must be
+    one ``check_headers`` would pass on size, so it may not exceed it."""
+    from vaultproxy.core.pipeline import MAX_HEADER_BYTES
+    from vaultproxy.seam import lean
+
+    assert lean._CHECKED_HEAD <= MAX_HEADER_BYTES
