@@ -765,6 +765,12 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
     # compares them.)
     headers.fields = tuple([(name, value.strip(b" \t")) for name, _, value in [
         line.partition(b":") for line in block[:-2].split(b"\r\n")]]) if block else ()
+    return _request_of(method, path, headers), m.end()
+
+
+def _request_of(method: bytes, path: bytes, headers: http.Headers) -> http.Request:
+    """The ``Request`` mitmproxy's reader makes of an HTTP/1.1 origin-form head without a
+    body yet (``fast_head``'s, and the known names' pattern's in ``_take``)."""
     req = object.__new__(http.Request)
     if objects.DATA_PLAIN and _MessageData.__post_init__ is objects.no_field_type_check:
         # (``RequestData``'s dataclass ``__init__``, field by field, and its
@@ -788,7 +794,7 @@ def fast_head(buf: bytes | bytearray) -> tuple[http.Request, int] | None:
             http_version=b"HTTP/1.1", headers=headers, content=None, trailers=None,
             timestamp_start=time.time(), timestamp_end=None,
             host="", port=0, method=method, scheme=b"", authority=b"", path=path)
-    return req, m.end()
+    return req
 
 
 # A head whose field names are those of the connection's last request (the same names, in
@@ -1172,29 +1178,7 @@ class LeanLayer(layer.Layer):
                     fields = tuple(zip(known.names, groups[2:], strict=True))
                     headers = object.__new__(http.Headers)
                     headers.fields = fields
-                    req = object.__new__(http.Request)
-                    if (objects.DATA_PLAIN
-                            and _MessageData.__post_init__ is objects.no_field_type_check):
-                        data = object.__new__(_RequestData)
-                        data.http_version = b"HTTP/1.1"
-                        data.headers = headers
-                        data.content = None
-                        data.trailers = None
-                        data.timestamp_start = time.time()
-                        data.timestamp_end = None
-                        data.host = ""
-                        data.port = 0
-                        data.method = method
-                        data.scheme = b""
-                        data.authority = b""
-                        data.path = groups[1]
-                        req.data = data
-                    else:
-                        req.data = http.RequestData(
-                            http_version=b"HTTP/1.1", headers=headers, content=None,
-                            trailers=None, timestamp_start=time.time(), timestamp_end=None,
-                            host="", port=0, method=method, scheme=b"", authority=b"",
-                            path=groups[1])
+                    req = _request_of(method, groups[1], headers)
                     # the stages' view of these names (inject/names.py), as they compute it
                     _names._names_memo = (fields, known.lower)
                     _names._canonical_memo = (fields, known.canonical)
