@@ -43,7 +43,7 @@ _STAT_SIZE = 256  # struct stat is 144 bytes on both; room to spare
 _STAT_FIELDS = struct.Struct("=QQ32xq")  # st_dev, st_ino, (nlink mode uid gid pad rdev), st_size
 
 
-def _libc_lstat() -> Callable[[bytes, int], int] | None:
+def _libc_lstat() -> Callable[[bytes, object], int] | None:
     """libc's ``lstat(path, buf)`` if it gives what ``os.lstat`` does here, else None."""
     if sys.platform != "linux" or os.uname().machine not in ("x86_64", "aarch64"):
         return None
@@ -53,7 +53,7 @@ def _libc_lstat() -> Callable[[bytes, int], int] | None:
         fn = ctypes.CDLL(None)["lstat"]  # CDLL: the GIL let go around it, as os.lstat does
         buf = ctypes.create_string_buffer(_STAT_SIZE)
         st = os.lstat(b"/")
-        if fn(b"/", ctypes.addressof(buf)) != 0:
+        if fn(b"/", buf) != 0:  # the buffer itself: an int would go as a 32-bit C int
             return None
         if _STAT_FIELDS.unpack_from(buf) != (st.st_dev, st.st_ino, st.st_size):
             return None
@@ -90,13 +90,14 @@ class JsonlFile:
         # libc's lstat and the buffer it fills (one per file: AuditLog serialises calls);
         # not for a path with a NUL in it (C would stop there; os.lstat raises ValueError)
         self._lstat = _LSTAT if b"\0" not in self._where else None
-        self._stat = bytearray(_STAT_SIZE)  # (exported below: never resized)
-        self._at = 0
+        # ``_at``: a ctypes array over ``_stat`` (passed as the pointer itself: no argtypes,
+        # whose conversions cost +1.2k a call, and no int address, which C would take as int)
+        self._stat = bytearray(_STAT_SIZE)  # (exported to ``_at``: never resized)
+        self._at: object = None
         if self._lstat is not None:
             import ctypes
 
-            self._view = (ctypes.c_char * _STAT_SIZE).from_buffer(self._stat)
-            self._at = ctypes.addressof(self._view)
+            self._at = (ctypes.c_char * _STAT_SIZE).from_buffer(self._stat)
 
     def append(self, lines: Sequence[str]) -> int:
         """Write ``lines`` in order, one ``write`` each; return how many were written.
