@@ -234,8 +234,16 @@ def test_a_libc_lstat_that_answers_otherwise_is_not_taken(
     if jsonl_file._LSTAT is None:
         pytest.skip("no libc lstat here")
     assert jsonl_file._libc_lstat() is not None
-    monkeypatch.setattr(jsonl_file, "_STAT_FIELDS", struct.Struct("=QQ24xq"))
-    assert jsonl_file._libc_lstat() is None
+    # st_rdev's place, and st_blksize's (4096: the size of "/" as well, so "/" alone
+    # would not tell; this module's own size does)
+    for wrong in ("=QQ24xq", "=QQ40xq", "=QQ16xq", "=QQ56xq", "=8xQQ32xq"):
+        monkeypatch.setattr(jsonl_file, "_STAT_FIELDS", struct.Struct(wrong))
+        assert jsonl_file._libc_lstat() is None, wrong
     monkeypatch.undo()
     monkeypatch.setattr(jsonl_file.sys, "platform", "darwin")
     assert jsonl_file._libc_lstat() is None
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "ctypes", None)  # no ctypes: ImportError
+    assert jsonl_file._libc_lstat() is None
+    monkeypatch.undo()
+    assert jsonl_file._libc_lstat() is not None

@@ -52,11 +52,13 @@ def _libc_lstat() -> Callable[[bytes, object], int] | None:
 
         fn = ctypes.CDLL(None)["lstat"]  # CDLL: the GIL let go around it, as os.lstat does
         buf = ctypes.create_string_buffer(_STAT_SIZE)
-        st = os.lstat(b"/")
-        if fn(b"/", buf) != 0:  # the buffer itself: an int would go as a 32-bit C int
-            return None
-        if _STAT_FIELDS.unpack_from(buf) != (st.st_dev, st.st_ino, st.st_size):
-            return None
+        # a directory and this file (a size no other field of struct stat has by chance)
+        for where in (b"/", os.fsencode(__file__)):
+            st = os.lstat(where)
+            if fn(where, buf) != 0:  # the buffer itself: an int would go as a 32-bit C int
+                return None
+            if _STAT_FIELDS.unpack_from(buf) != (st.st_dev, st.st_ino, st.st_size):
+                return None
     except (ImportError, OSError, AttributeError, ValueError, TypeError):
         return None
     return fn  # type: ignore[no-any-return]
@@ -90,14 +92,15 @@ class JsonlFile:
         # libc's lstat and the buffer it fills (one per file: AuditLog serialises calls);
         # not for a path with a NUL in it (C would stop there; os.lstat raises ValueError)
         self._lstat = _LSTAT if b"\0" not in self._where else None
-        # ``_at``: a ctypes array over ``_stat`` (passed as the pointer itself: no argtypes,
-        # whose conversions cost +1.2k a call, and no int address, which C would take as int)
+        # ``_at``: a pointer to ``_stat`` made once (``byref`` of a ctypes array over it,
+        # which ctypes passes as it is: no argtypes, whose conversions cost +1.2k a call; no
+        # int address, which C would take as a 32-bit int)
         self._stat = bytearray(_STAT_SIZE)  # (exported to ``_at``: never resized)
         self._at: object = None
         if self._lstat is not None:
             import ctypes
 
-            self._at = (ctypes.c_char * _STAT_SIZE).from_buffer(self._stat)
+            self._at = ctypes.byref((ctypes.c_char * _STAT_SIZE).from_buffer(self._stat))
 
     def append(self, lines: Sequence[str]) -> int:
         """Write ``lines`` in order, one ``write`` each; return how many were written.
