@@ -557,7 +557,7 @@ class Pool(Stage):
             headers = _new_headers(http.Headers)  # (``objects.headers_made``, inline)
             headers.fields = tuple(resp.headers)
             flow.response = objects.response_of(  # http.Response(...), cheaper
-                b"HTTP/1.1", resp.status, resp.extensions["reason_phrase"], headers,
+                b"HTTP/1.1", resp.status, resp.reason, headers,
                 flow.request.data.timestamp_end or 0.0)
             ex.chunks = None
             head = resp.head
