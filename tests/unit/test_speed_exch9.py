@@ -311,8 +311,10 @@ def _exchange_world(rng: random.Random, calls: list[Any]) -> tuple[Any, Any]:
         if outcome in ("head101", "folded"):
             head_seen.set(Head(101 if outcome == "head101" else 200, outcome == "folded"))
             if outcome == "folded":
+                # (h11 read it: a head ``read_head`` read leaves a Head never folded,
+                # tests/unit/test_speed_small9.py, so the pool stage asks only h11's)
                 head, body = _fast_head(rng)
-                return h1_response(head.length, head.status, head.headers, head.reason, body)
+                return h1_response(None, head.status, head.headers, head.reason, body)
             raise httpcore.RemoteProtocolError("cut after the head")
         if outcome == "h2":
             raise WantsHTTP2(SimpleNamespace())  # type: ignore[arg-type]
