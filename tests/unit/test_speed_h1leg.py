@@ -275,8 +275,11 @@ def test_exchange_makes_the_response_its_init_would() -> None:
                                          seen.length) == (head.status, head.reason,
                                                           list(head.headers), head.length)
             want.head = seen
-            assert vars(got) == vars(want)
-            assert list(vars(got)) == list(vars(want))  # (the same attributes, in order)
+            # (slotted: every slot set, to what ``__init__`` sets it)
+            slots = H1Response.__slots__
+            assert [getattr(got, k) for k in slots] == [getattr(want, k) for k in slots]
+            assert got.extensions == want.extensions == {"http_version": b"HTTP/1.1",
+                                                         "reason_phrase": reason}
 
     asyncio.run(main())
 

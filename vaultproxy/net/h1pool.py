@@ -1216,19 +1216,32 @@ class HandedStream(httpcore.AsyncNetworkStream):
 
 
 class H1Response:
-    """The parts of ``httpcore.Response`` the stage reads, and the body chunk by chunk."""
+    """The parts of ``httpcore.Response`` the stage reads, and the body chunk by chunk.
+
+    Slotted; ``extensions`` (httpcore's ``http_version`` and ``reason_phrase``) is made
+    from ``version`` and ``reason`` when read, not per response: the stage's path for a
+    head ``parse_head`` read takes ``reason`` itself, and nobody writes ``extensions``."""
+
+    __slots__ = ("status", "headers", "version", "reason", "_pool", "_conn", "_timeout",
+                 "length", "head")
 
     def __init__(self, pool: H1Pool, conn: _Conn, status: int,
                  headers: Sequence[tuple[bytes, bytes]], version: bytes, reason: bytes,
                  read_timeout: float) -> None:
         self.status = status
         self.headers = headers
-        self.extensions = {"http_version": b"HTTP/" + version, "reason_phrase": reason}
+        self.version = b"HTTP/" + version  # (``extensions["http_version"]``)
+        self.reason = reason  # (``extensions["reason_phrase"]``)
         self._pool = pool
         self._conn: _Conn | None = conn
         self._timeout = read_timeout
         self.length: int | None = None  # the Content-Length of a head ``parse_head`` read
         self.head: ResponseHead | None = None  # that head (``parse_head``'s or ``parse_known``'s)
+
+    @property
+    def extensions(self) -> dict[str, bytes]:
+        """httpcore's ``Response.extensions`` as far as the stage reads it (a new dict)."""
+        return {"http_version": self.version, "reason_phrase": self.reason}
 
     async def next_chunk(self, idle: float) -> bytes | None:
         """The next non-empty body chunk, waiting at most ``idle`` (and the read timeout)
@@ -1439,7 +1452,8 @@ class H1Pool:
                 resp = H1Response.__new__(H1Response)
                 resp.status = head.status
                 resp.headers = head.headers
-                resp.extensions = {"http_version": b"HTTP/1.1", "reason_phrase": head.reason}
+                resp.version = b"HTTP/1.1"
+                resp.reason = head.reason
                 resp._pool = self
                 resp._conn = conn
                 resp._timeout = read_timeout

@@ -539,12 +539,9 @@ class Pool(Stage):
             ex.error = pool_error_text(e)
             await ex.close()
             return
-        seen = head_seen.get()
-        if seen is not None and seen.folded:
-            ex.error = "HTTP/1 protocol error: an obs-folded response header"
-            await ex.close()
-            return
         if type(resp) is H1Response and resp.length is not None:
+            # (no obs-fold check: ``read_head`` read this head and left ``head_seen`` its
+            # ``_SEEN`` Head, never folded; tests/unit/test_speed_small9.py proves it)
             # A head ``parse_head`` read (``length`` set): HTTP/1.1, its one Content-Length,
             # never for HEAD, 1xx, 204 or 304. What the lines below do for it, without the
             # tests that cannot hold for it (tests/unit/test_speed_exch9.py compares them).
@@ -557,7 +554,7 @@ class Pool(Stage):
             headers = _new_headers(http.Headers)  # (``objects.headers_made``, inline)
             headers.fields = tuple(resp.headers)
             flow.response = objects.response_of(  # http.Response(...), cheaper
-                b"HTTP/1.1", resp.status, resp.extensions["reason_phrase"], headers,
+                b"HTTP/1.1", resp.status, resp.reason, headers,
                 flow.request.data.timestamp_end or 0.0)
             ex.chunks = None
             head = resp.head
@@ -569,6 +566,11 @@ class Pool(Stage):
                     ex.body = whole  # (every byte already read: what the loop would join)
                     return
                 await self._prefetch(flow, ex, resp.length)
+            return
+        seen = head_seen.get()
+        if seen is not None and seen.folded:
+            ex.error = "HTTP/1 protocol error: an obs-folded response header"
+            await ex.close()
             return
         version = resp.extensions.get("http_version", b"HTTP/1.1")
         service = ex.tunnel.decision.service
