@@ -253,7 +253,7 @@ class Route:
             logger.info("%s %d (%d spliced)", COUNT, short, stats["spliced"])
         hook = type(event) is _HookCompleted  # (else a _DataReceived: ``handle_event``)
         if hook:
-            del self.sources[event.command]  # (HttpLayer pops it on its way down)  # type: ignore[attr-defined]
+            del self.sources[event.command]  # type: ignore[attr-defined]  # (HttpLayer pops it)
         client, stream, sources = self.client, self.stream, self.sources
         tls = self.client_tls
         if self.tls_direct and tls._paused is None and tls.tunnel_state is _OPEN:
