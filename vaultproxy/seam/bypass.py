@@ -209,16 +209,17 @@ class Route:
         """The top layer's ``handle_event``: the short route, or the whole stack."""
         kind = type(event)
         # (``_steady``'s answer while ``clean`` holds, without its call: the lean layer still
-        # serving; anything else asks ``_steady``, which detaches the route when it is not)
+        # serving, ``lean.serving``: no fallback, not done; anything else asks ``_steady``,
+        # which detaches the route when it is not)
         if kind is _DataReceived:
             if event.connection is self.client:  # type: ignore[attr-defined]
                 lean = self.lean
-                if (self.clean and lean.fallback is None and not lean.done) or self._steady():
+                if (self.clean and lean.serving) or self._steady():
                     return self._short(event)
         elif kind is _HookCompleted:
             if self.sources.get(event.command) is self.stream:  # type: ignore[attr-defined]
                 lean = self.lean
-                if (self.clean and lean.fallback is None and not lean.done) or self._steady():
+                if (self.clean and lean.serving) or self._steady():
                     return self._short(event)
         self.clean = False  # the layers above see this event: check them again next time
         return self.full(event)  # type: ignore[no-any-return]
