@@ -64,7 +64,8 @@ def _route() -> tuple[bypass.Route, SimpleNamespace, list[Any]]:
     server_tls = SimpleNamespace(_paused=None, wait_for_clienthello=False,
                                  tunnel_state=tunnel.TunnelState.OPEN, command_to_reply_to=None,
                                  child_layer=below)
-    lean = SimpleNamespace(context=SimpleNamespace(client=client), fallback=None, done=False)
+    lean = SimpleNamespace(context=SimpleNamespace(client=client), fallback=None, done=False,
+                           serving=True)
     top = SimpleNamespace()
     route = bypass.Route(top, full, lean, proxy, http, h1, stream, server_tls, below, below,
                          stream._handle_event)  # type: ignore[attr-defined]

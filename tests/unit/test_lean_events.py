@@ -175,6 +175,8 @@ class _Side:
     def state(self) -> tuple[Any, ...]:
         lay = self.layer
         paused = lay._paused
+        # (the flag ``_serve`` and seam/bypass.py read, kept where its two parts change)
+        assert lay.serving is (lay.fallback is None and not lay.done)
         return (bytes(lay.buf), lay.done, lay.fallback is not None, paused is not None and
                 _norm(paused.command, self.ctx), len(lay._paused_event_queue),
                 lay.pending is not None, lay.client_gone(),

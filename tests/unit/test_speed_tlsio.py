@@ -353,6 +353,7 @@ def test_a_changed_mitmproxy_method_stays_mitmproxys(monkeypatch: pytest.MonkeyP
         monkeypatch.setattr(tunnel.TunnelLayer, name, tlsio.STOCK[f"TunnelLayer.{name}"])
     monkeypatch.delattr(tls.TLSLayer, "_vaultproxy_fast")
     monkeypatch.setattr(tlsio, "FAST_TO_CHILD", [])  # (install fills it anew)
+    monkeypatch.setattr(tlsio, "FAST", {})  # (and this)
     # (a mitmproxy whose send_data changed: its source and its code differ)
     monkeypatch.setitem(tlsio.FINGERPRINTS, "send_data", "0" * 16)
     monkeypatch.setitem(tlsio.CODE_FINGERPRINTS, "send_data", "0" * 16)
@@ -658,12 +659,15 @@ class _OsslAgent:
         return _drain_checked(self.conn)
 
 
-def _whole_run(layer: _Whole, agent: Any, step: Any) -> list[Any]:
+def _whole_run(layer: _Whole, agent: Any, step: Any, decided: bool = False) -> list[Any]:
+    """One step; ``decided``: each call told ``tlsio.decided`` held (seam/bypass.py's
+    ``Route`` calls so), else called as mitmproxy calls."""
     kind, arg = step
     out: list[Any] = []
+    told: Any = (True,) if decided else ()
     try:
         if kind == "respond":  # a hook's completion: the child answers
-            gen = layer.event_to_child(events.HookCompleted(commands.Log("hook")))  # type: ignore[arg-type]
+            gen = layer.event_to_child(events.HookCompleted(commands.Log("hook")), *told)  # type: ignore[arg-type]
         else:
             if kind == "agent":
                 wire = agent.send(arg)
@@ -676,7 +680,7 @@ def _whole_run(layer: _Whole, agent: Any, step: Any) -> list[Any]:
             elif kind == "split":  # one record in two reads
                 whole = agent.send([arg])
                 cut = len(whole) // 2
-                half = _whole_drive(layer, layer.receive_data(whole[:cut]))
+                half = _whole_drive(layer, layer.receive_data(whole[:cut], *told))
                 out.append(("first half", [c[:3] for c in half]))
                 back = b"".join(c[3] for c in half if c[0] == "SendData" and c[1])
                 if back:
@@ -688,7 +692,7 @@ def _whole_run(layer: _Whole, agent: Any, step: Any) -> list[Any]:
                 wire = bytes(flipped)
             else:
                 wire = arg
-            gen = layer.receive_data(wire)
+            gen = layer.receive_data(wire, *told)
         sent = _whole_drive(layer, gen)
         out.append([c[:3] for c in sent])
         wires = b"".join(c[3] for c in sent if c[0] == "SendData" and c[1])
@@ -761,7 +765,9 @@ def test_a_whole_layer_matches_mitmproxys(seed: int, version: int, agent_kind: s
     in two reads, renegotiation from a TLS 1.2 pyOpenSSL agent)."""
     stock_cls = _whole_stock()
     transcripts = []
-    for cls in (stock_cls, _Whole):
+    # (the patched methods twice: as mitmproxy calls them, and told ``tlsio.decided`` held,
+    # as seam/bypass.py's ``Route`` calls them)
+    for cls, decided in ((stock_cls, False), (_Whole, False), (_Whole, True)):
         rng = random.Random(seed * 7919 + version + len(agent_kind))
         server = SSL.Connection(_server_ctx(version))
         server.set_accept_state()
@@ -770,6 +776,33 @@ def test_a_whole_layer_matches_mitmproxys(seed: int, version: int, agent_kind: s
         layer = cls(server, random.Random(seed))
         renegotiate = agent_kind == "pyopenssl" and version == SSL.TLS1_2_VERSION
         steps = _whole_steps(rng, WHOLE_TAILS[seed % len(WHOLE_TAILS)], renegotiate)
-        transcripts.append([_whole_run(layer, agent, step) for step in steps])
+        assert tlsio.decided(layer) is (cls is _Whole)
+        transcripts.append([_whole_run(layer, agent, step, decided) for step in steps])
     assert type(layer).event_to_child is tlsio.FAST_TO_CHILD[0]
     assert transcripts[0] == transcripts[1]
+    assert transcripts[0] == transcripts[2]
+
+
+def test_decided_holds_only_for_this_modules_methods_on_a_memory_bio() -> None:
+    """``tlsio.decided`` (what lets a caller skip the per-call checks): true for a layer
+    whose class has the patched methods and whose ``tls`` is a memory-BIO connection; false
+    when any one of them is another (each the case its check sends to mitmproxy's code)."""
+    _whole_stock()
+    server = SSL.Connection(_server_ctx(SSL.TLS1_3_VERSION))
+    layer = _Whole(server, random.Random(0))
+    assert tlsio.decided(layer)
+    layer.tls = None  # type: ignore[assignment]
+    assert not tlsio.decided(layer)
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        layer.tls = SSL.Connection(_server_ctx(SSL.TLS1_3_VERSION), a)  # (a socket, no BIO)
+        assert not tlsio.decided(layer)
+    finally:
+        a.close()
+        b.close()
+    for name in ("receive_data", "send_data", "tls_interact", "event_to_child",
+                 "_handle_command"):
+        own = type(f"_Own_{name}", (_Whole,), {name: lambda self, *a: None})
+        assert not tlsio.decided(own(server, random.Random(0))), name

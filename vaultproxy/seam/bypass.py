@@ -41,6 +41,7 @@ from mitmproxy.proxy.layers import ClientTLSLayer, ServerTLSLayer, modes
 from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
+from vaultproxy.seam import tlsio
 from vaultproxy.seam.connio import environ_get
 from vaultproxy.seam.need import missing
 
@@ -57,6 +58,9 @@ _said: set[str] = set()
 _SendData, _Log, _StartHook = commands.SendData, commands.Log, commands.StartHook
 _DataReceived, _HookCompleted = events.DataReceived, events.HookCompleted
 _OPEN = getattr(getattr(tunnel, "TunnelState", None), "OPEN", None)  # (read per event)
+_NEVER = object()  # (``Route.tls_conn`` when not decided: no layer's ``tls``)
+#: the counts of short events a line is logged at: 1, 2, 4, 8 ... (``n & (n - 1) == 0``)
+_LOG_AT = frozenset(1 << i for i in range(64))
 
 
 def enabled() -> bool:
@@ -190,6 +194,11 @@ class Route:
             and type(client_tls).handle_event is layer.Layer.handle_event
             and type(client_tls)._handle_event is tunnel.TunnelLayer._handle_event
             and client_tls.tunnel_connection is self.client and client_tls.debug is None)
+        # ``tlsio.decided``, asked once: the ClientTLSLayer's ``receive_data`` and
+        # ``event_to_child`` are told so (their checks of its class and of its ``tls``
+        # skipped), while its ``tls`` is the one asked about
+        self.tls_conn: Any = (client_tls.tls if self.tls_direct and tlsio.decided(client_tls)
+                              else _NEVER)
 
     def detach(self) -> None:
         """The whole stack from now on (the lean layer no longer serves this connection)."""
@@ -200,16 +209,17 @@ class Route:
         """The top layer's ``handle_event``: the short route, or the whole stack."""
         kind = type(event)
         # (``_steady``'s answer while ``clean`` holds, without its call: the lean layer still
-        # serving; anything else asks ``_steady``, which detaches the route when it is not)
+        # serving, ``lean.serving``: no fallback, not done; anything else asks ``_steady``,
+        # which detaches the route when it is not)
         if kind is _DataReceived:
             if event.connection is self.client:  # type: ignore[attr-defined]
                 lean = self.lean
-                if (self.clean and lean.fallback is None and not lean.done) or self._steady():
+                if (self.clean and lean.serving) or self._steady():
                     return self._short(event)
         elif kind is _HookCompleted:
             if self.sources.get(event.command) is self.stream:  # type: ignore[attr-defined]
                 lean = self.lean
-                if (self.clean and lean.fallback is None and not lean.done) or self._steady():
+                if (self.clean and lean.serving) or self._steady():
                     return self._short(event)
         self.clean = False  # the layers above see this event: check them again next time
         return self.full(event)  # type: ignore[no-any-return]
@@ -238,18 +248,22 @@ class Route:
         return self.clean
 
     def _short(self, event: events.Event) -> Iterator[commands.Command]:
-        stats["short"] += 1
-        short = stats["short"]
-        if short & (short - 1) == 0:  # at 1, 2, 4, 8 ...: a few lines a process
+        short = stats["short"] + 1
+        stats["short"] = short
+        if short in _LOG_AT:  # at 1, 2, 4, 8 ...: a few lines a process
             logger.info("%s %d (%d spliced)", COUNT, short, stats["spliced"])
-        if type(event) is _HookCompleted:
-            del self.sources[event.command]  # (HttpLayer pops it on its way down)
+        hook = type(event) is _HookCompleted  # (else a _DataReceived: ``handle_event``)
+        if hook:
+            del self.sources[event.command]  # type: ignore[attr-defined]  # (HttpLayer pops it)
         client, stream, sources = self.client, self.stream, self.sources
         tls = self.client_tls
-        if (self.tls_direct and tls._paused is None
-                and tls.tunnel_state is _OPEN):
-            out = (tls.receive_data(event.data) if type(event) is _DataReceived  # type: ignore[attr-defined]
-                   else tls.event_to_child(event))
+        if self.tls_direct and tls._paused is None and tls.tunnel_state is _OPEN:
+            if tls.tls is self.tls_conn:  # (``tlsio.decided``: the same methods, told so)
+                out = (tls.event_to_child(event, True) if hook
+                       else tls.receive_data(event.data, True))  # type: ignore[attr-defined]
+            else:
+                out = (tls.event_to_child(event) if hook
+                       else tls.receive_data(event.data))  # type: ignore[attr-defined]
         else:
             out = self.target.handle_event(event)  # what the ServerTLSLayer would call
         for command in out:

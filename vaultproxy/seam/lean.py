@@ -1032,6 +1032,9 @@ class LeanLayer(layer.Layer):
         self.buf = bytearray()
         self.fallback: layer.Layer | None = None
         self.done = False
+        # ``fallback is None and not done``, kept where either changes (``_fall_back``,
+        # ``_close``, the agent's close): read per request (``_serve``, seam/bypass.py)
+        self.serving = True
         self.route: Any = None  # seam/bypass.py's Route (False: none for this connection)
         self.validate = bool(context.options.validate_inbound_headers)
         # a head read whose body is still arriving: (request, head length, body length)
@@ -1122,6 +1125,7 @@ class LeanLayer(layer.Layer):
                 yield from self.fallback.handle_event(event)
             elif not self.done:
                 self.done = True
+                self.serving = False
                 yield commands.CloseConnection(client)
 
     def _fall_back(self, why: str) -> layer.CommandGenerator[None]:
@@ -1132,6 +1136,7 @@ class LeanLayer(layer.Layer):
             logger.info("lean HTTP/1.1: a connection goes to mitmproxy's HTTP layer (%s)", why)
         http_layer = lhttp.HttpLayer(self.context, lhttp.HTTPMode.transparent)
         self.fallback = http_layer
+        self.serving = False
         self.pending = None
         data = bytes(self.buf)
         self.buf.clear()
@@ -1294,7 +1299,7 @@ class LeanLayer(layer.Layer):
         """The requests in the buffer, one after the other: each one's ``LeanHook`` (this
         layer pauses until it completes), then its answer (``_one``, ``_send`` and
         ``_after`` in one frame for the common answer)."""
-        while not self.done and self.fallback is None and self.buf:
+        while self.serving and self.buf:  # (``serving``: no fallback, not done)
             taken = self._take()
             if taken is None:
                 return
@@ -1410,6 +1415,7 @@ class LeanLayer(layer.Layer):
 
     def _close(self) -> layer.CommandGenerator[None]:
         self.done = True
+        self.serving = False
         self.buf.clear()
         yield commands.CloseConnection(self.context.client)
 

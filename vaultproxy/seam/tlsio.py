@@ -174,6 +174,27 @@ def _memory_bio(conn: Any) -> bool:
 #: the patched ``TunnelLayer.event_to_child`` once ``install`` put it in place (empty: it
 #: stays mitmproxy's); ``receive_data`` runs its body in place for a layer that has it
 FAST_TO_CHILD: list[Callable[..., Any]] = []
+#: the functions ``_make`` built (``install`` puts those whose mitmproxy method is unchanged
+#: in place): ``decided`` asks a layer's class for these
+FAST: dict[str, Callable[..., Any]] = {}
+
+
+def decided(layer: Any) -> bool:
+    """May ``layer``'s ``receive_data`` and ``event_to_child`` be called with ``decided``
+    true: its class has this module's ``receive_data``, ``send_data``, ``tls_interact`` and
+    ``event_to_child`` and mitmproxy's ``_handle_command``, and its ``tls`` is a
+    memory-BIO ``Connection`` (``_memory_bio``)? Each call's own checks of these, taken
+    once for a connection (seam/bypass.py's ``Route``, which holds the answer while the
+    layer's ``tls`` is the one asked about; the classes' methods, as the route's other
+    decisions, are taken to stay as they were when the route was made)."""
+    kind = type(layer)
+    return (bool(FAST_TO_CHILD) and bool(FAST) and "TunnelLayer._handle_command" in STOCK
+            and kind.receive_data is FAST["receive_data"]
+            and kind.send_data is FAST["send_data"]
+            and kind.tls_interact is FAST["tls_interact"]
+            and kind.event_to_child is FAST_TO_CHILD[0]
+            and kind._handle_command is STOCK["TunnelLayer._handle_command"]
+            and _memory_bio(getattr(layer, "tls", None)))
 
 
 def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]:
@@ -241,10 +262,13 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
             pass  # as mitmproxy: the peer may still be sending, which is discarded
         return False
 
-    def receive_data(self: Any, data: bytes) -> Generator[Any, Any, None]:
+    def receive_data(self: Any, data: bytes, decided: bool = False
+                     ) -> Generator[Any, Any, None]:
+        # ``decided``: ``decided(self)`` held (checked once for the connection, not here)
         conn: Any = self.tls
-        if (type(conn) is not Connection or conn._into_ssl is None or conn._from_ssl is None
-                or type(data) is not bytes):  # (``_memory_bio``)
+        if type(data) is not bytes or not decided and (
+                type(conn) is not Connection or conn._into_ssl is None
+                or conn._from_ssl is None):  # (``_memory_bio``)
             yield from stock_receive(self, data)
             return
         if data:
@@ -297,7 +321,7 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
                 yield _Log(f"TLS Error: {e}", logging.WARNING)
                 break
 
-        if type(self).tls_interact is tls_interact:
+        if decided or type(self).tls_interact is tls_interact:
             if mem_data(conn._from_ssl, null) > 0:  # (``drain``'s first test: seldom)
                 yield from drain(self, conn)
         else:  # (a subclass's own)
@@ -305,9 +329,9 @@ def _make(stock: dict[str, Callable[..., Any]]) -> dict[str, Callable[..., Any]]
 
         if plaintext:
             event = data_received_of(self.conn, bytes(plaintext))  # (seam/objects.py)
-            kind = type(self)
-            if (not FAST_TO_CHILD or kind.event_to_child is not FAST_TO_CHILD[0]
-                    or kind._handle_command is not stock_handle):
+            if not decided and (
+                    not FAST_TO_CHILD or type(self).event_to_child is not FAST_TO_CHILD[0]
+                    or type(self)._handle_command is not stock_handle):
                 yield from self.event_to_child(event)
             # (the patched ``TunnelLayer.event_to_child``'s body, in place)
             elif self.tunnel_state is establishing and not self.command_to_reply_to:
@@ -369,9 +393,10 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
     null, unpack = SSL._ffi.NULL, SSL._ffi.unpack  # type: ignore[attr-defined]
     WantReadError, Connection = SSL.WantReadError, SSL.Connection
 
-    def event_to_child(self: Any, event: Any) -> Generator[Any, Any, None]:
-        kind = type(self)
-        if kind._handle_command is not stock_handle:
+    def event_to_child(self: Any, event: Any, decided: bool = False
+                       ) -> Generator[Any, Any, None]:
+        # ``decided``: ``decided(self)`` held (checked once for the connection, not here)
+        if not decided and type(self)._handle_command is not stock_handle:
             yield from stock_to_child(self, event)
             return
         if self.tunnel_state is establishing and not self.command_to_reply_to:
@@ -382,11 +407,13 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
             if type(command) is _SendData and (command.connection is self.conn
                                                or command.connection == self.conn):
                 data = command.data
-                conn: Any = getattr(self, "tls", None)
-                if (kind.send_data is not fast_send or kind.tls_interact is not tls_interact
-                        or type(data) is not bytes or not 0 < len(data) <= 2147483647
-                        or type(conn) is not Connection or conn._into_ssl is None
-                        or conn._from_ssl is None):  # (``_memory_bio``)
+                conn: Any = self.tls if decided else getattr(self, "tls", None)
+                if (type(data) is not bytes or not 0 < len(data) <= 2147483647
+                        or not decided and (
+                            type(self).send_data is not fast_send
+                            or type(self).tls_interact is not tls_interact
+                            or type(conn) is not Connection or conn._into_ssl is None
+                            or conn._from_ssl is None)):  # (``_memory_bio``)
                     yield from self.send_data(data)
                     continue
                 # (the patched ``TLSLayer.send_data``'s body, in place)
@@ -427,6 +454,7 @@ def install() -> bool:
     cls = tunnel.TunnelLayer
     STOCK.update({f"TunnelLayer.{name}": getattr(cls, name) for name in TUNNEL_FINGERPRINTS})
     fast = _make(stock)
+    FAST.update(fast)
     for name, want in FINGERPRINTS.items():
         if _unchanged(name, want):
             setattr(tls.TLSLayer, name, fast[name])
