@@ -149,10 +149,12 @@ def test_twin_a_memo_for_other_fields_is_not_taken() -> None:
 
 
 def test_the_pattern_s_bound_is_check_headers_bound() -> None:
-    """``_CHECKED_HEAD`` (seam/lean.py) is written apart from ``MAX_HEADER_BYTES``
-    (core/pipeline.py: seam does not import core); a head the pattern took within it must be
-    one ``check_headers`` would pass on size, so it may not exceed it."""
-    from vaultproxy.core.pipeline import MAX_HEADER_BYTES
+    """``_CHECKED_HEAD`` and ``_KNOWN_NAMES_MAX`` (seam/lean.py) are written apart from
+    ``MAX_HEADER_BYTES`` and ``MAX_HEADER_FIELDS`` (core/pipeline.py: seam does not import
+    core); a head the pattern took within them must be one ``check_headers`` would pass on
+    size and count, so they may not exceed them."""
+    from vaultproxy.core.pipeline import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
     from vaultproxy.seam import lean
 
     assert lean._CHECKED_HEAD <= MAX_HEADER_BYTES
+    assert lean._KNOWN_NAMES_MAX <= MAX_HEADER_FIELDS  # (a pattern's names: its fields)
