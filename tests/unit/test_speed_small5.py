@@ -733,6 +733,8 @@ def _exchange_world(rng: random.Random, calls: list[Any]) -> tuple[Any, Any]:
         registry=SimpleNamespace(config=SimpleNamespace(proxy=proxy)))))
     stage = object.__new__(pool_stage.Pool)
     stage.rt = SimpleNamespace(live=SimpleNamespace(state=st))  # type: ignore[assignment]
+    # (``Pool.__init__``'s memos: ``_make`` keeps what ``_pool_for`` left, pool10)
+    stage._made, stage._http2_of = None, (object(), False)
     stage._h2_seen = rng.choice([{}, {("svc", "h.test"): False}, {("svc", "h.test"): True}])
 
     def pool_for(st: Any, service: Any, host: str) -> Any:

@@ -178,6 +178,12 @@ class _Upstream:
     h1: H1Pool
 
 
+#: ``Pool._make``'s answer: (tunnel, snapshot, ``_http2_of``, pool, (service name, host),
+#: host, ip, port, connect timeout, response timeout)
+_Made = tuple[Tunnel, Snapshot, tuple[object, bool], _Upstream, tuple[str, str], str, str,
+              int, float, float]
+
+
 def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
     return flow.request.method == "HEAD" or status in (204, 304) or 100 <= status < 200
 
@@ -198,6 +204,8 @@ class Pool(Stage):
         # after each change of it (``configure``), not per request (``ctx.options.<x>``
         # deep-copies the value on every read)
         self._http2_of: tuple[object, bool] | None = None
+        # what the last exchange made of its tunnel and policy (``_make``; None: nothing yet)
+        self._made: _Made | None = None
 
     def configure(self, updated: set[str]) -> None:
         if "http2" in updated:
@@ -397,6 +405,28 @@ class Pool(Stage):
         ex.closed = False
         flow.metadata[seam_pool.POOLED] = ex
 
+    def _make(self, tunnel: Tunnel, st: ProxyState) -> _Made:
+        """What an exchange on ``tunnel`` under ``st`` takes of them: its pool
+        (``_pool_for``), ``(service name, host)`` (``_h2_seen``'s key), the host, the
+        checked address (text, int) and the timeouts; with what it was made from (the
+        tunnel, the snapshot, the options' memo ``_http2_of``). The same while those are
+        the very same objects (a Tunnel's decision and address are set once, a Decision
+        and a Snapshot are frozen; a new options object or ``http2`` changed makes a new
+        memo) and the pool is not retired (``_retire`` closes its ``h1``)."""
+        assert tunnel.pinned is not None
+        ip, port = tunnel.pinned
+        cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
+        connect = float(cfg.connect_timeout)
+        service = tunnel.decision.service
+        assert service is not None
+        target = tunnel.decision.target  # (``tunnel.host``, a property: read once)
+        assert target is not None
+        host = target[0]
+        up = self._pool_for(st, service, host)
+        assert self._http2_of is not None  # (``_pool_for`` set it)
+        return (tunnel, st.snapshot, self._http2_of, up, (service.name, host), host, str(ip),
+                int(port), connect, float(cfg.response_timeout))
+
     def _new_policy(self, snapshot: Snapshot) -> None:
         """A reload: every pool of the old policy goes, and with them what their upstreams
         told us (``_h2_seen``): the reload may have given a service another address
@@ -467,24 +497,24 @@ class Pool(Stage):
             content = data.content or b""
             if content:  # (any Content-Length the agent sent is hop-by-hop here: gone)
                 fields.append((b"Content-Length", str(len(content)).encode()))
-            ip, port = tunnel.pinned
             st = self.rt.live.state  # (``self.rt.state()``, inline; read once)
             if st is None:
                 raise NotReady()
-            cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
-            connect = float(cfg.connect_timeout)
-            service = tunnel.decision.service
-            assert service is not None
-            target = tunnel.decision.target  # (``tunnel.host``, a property: read once)
-            assert target is not None
-            host = target[0]
-            up = self._pool_for(st, service, host)
-            known = (service.name, host)
+            # What this tunnel's exchange made of the tunnel, the policy and the options
+            # the last time (``_Made``): the same while the tunnel, the snapshot and the
+            # options' memo are the very same objects and its pool is not retired
+            # (tests/unit/test_speed_pool10.py compares it with the lines it skips)
+            made = self._made
+            if (made is None or made[0] is not tunnel or made[1] is not st.snapshot
+                    or made[2] is not self._http2_of or made[2][0] is not ctx.options
+                    or made[3].h1.closed):
+                made = self._made = self._make(tunnel, st)
+            _, _, _, up, known, host, ip, port, connect, read_timeout = made
             if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
                 # (``_send_h1`` inline: one coroutine less per request)
                 h1 = up.h1
-                args = (str(ip), int(port), host, req.data.method, req.data.path, fields,
-                        content, connect, float(cfg.response_timeout))
+                args = (ip, port, host, data.method, data.path, fields, content, connect,
+                        read_timeout)
                 try:
                     try:
                         resp = await h1.exchange(*args)
@@ -499,18 +529,17 @@ class Pool(Stage):
                 except WantsHTTP2 as wants:  # its requests go through httpcore's pool now
                     self._h2_seen[known] = True
                     await self._adopt(up, wants, httpcore.URL(
-                        scheme=b"https", host=str(ip).encode(), port=int(port), target=b"/"))
+                        scheme=b"https", host=ip.encode(), port=port, target=b"/"))
             if resp is None:  # (HTTP/2, known or just found out)
                 outgoing = httpcore.Request(
                     req.method.encode(),
-                    httpcore.URL(scheme=b"https", host=str(ip).encode(), port=int(port),
+                    httpcore.URL(scheme=b"https", host=ip.encode(), port=port,
                                  target=req.data.path),
                     headers=fields, content=content or None,
                     extensions={
                         "sni_hostname": host,
                         "timeout": {"connect": connect, "pool": connect,
-                                    "read": float(cfg.response_timeout),
-                                    "write": float(cfg.response_timeout)},
+                                    "read": read_timeout, "write": read_timeout},
                     },
                 )
                 pool = up.core
@@ -545,12 +574,9 @@ class Pool(Stage):
             # A head ``parse_head`` read (``length`` set): HTTP/1.1, its one Content-Length,
             # never for HEAD, 1xx, 204 or 304. What the lines below do for it, without the
             # tests that cannot hold for it (tests/unit/test_speed_exch9.py compares them).
-            decision = ex.tunnel.decision  # (read once)
-            service = decision.service
-            if service is not None:
-                target = decision.target  # (``ex.tunnel.host``)
-                assert target is not None
-                self._h2_seen[(service.name, target[0])] = False
+            # (``(service.name, host)`` of ``ex.tunnel``: ``known``; its service is not
+            # None, checked above; a Decision is frozen)
+            self._h2_seen[known] = False
             headers = _new_headers(http.Headers)  # (``objects.headers_made``, inline)
             headers.fields = tuple(resp.headers)
             flow.response = objects.response_of(  # http.Response(...), cheaper
