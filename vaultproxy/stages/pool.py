@@ -178,10 +178,10 @@ class _Upstream:
     h1: H1Pool
 
 
-#: ``Pool._make``'s answer: (tunnel, snapshot, ``_http2_of``, pool, (service name, host),
+#: ``Pool._make``'s answer: (tunnel, snapshot, options object, pool, (service name, host),
 #: host, ip, port, connect timeout, response timeout)
-_Made = tuple[Tunnel, Snapshot, tuple[object, bool], _Upstream, tuple[str, str], str, str,
-              int, float, float]
+_Made = tuple[Tunnel, Snapshot, object, _Upstream, tuple[str, str], str, str, int, float,
+              float]
 
 
 def _bodiless(flow: http.HTTPFlow, status: int) -> bool:
@@ -210,6 +210,7 @@ class Pool(Stage):
     def configure(self, updated: set[str]) -> None:
         if "http2" in updated:
             self._http2_of = None  # (read again by the next request)
+            self._made = None  # (its pool was chosen for the value before)
 
     def running(self) -> None:
         if self._watch is None:
@@ -409,10 +410,11 @@ class Pool(Stage):
         """What an exchange on ``tunnel`` under ``st`` takes of them: its pool
         (``_pool_for``), ``(service name, host)`` (``_h2_seen``'s key), the host, the
         checked address (text, int) and the timeouts; with what it was made from (the
-        tunnel, the snapshot, the options' memo ``_http2_of``). The same while those are
-        the very same objects (a Tunnel's decision and address are set once, a Decision
-        and a Snapshot are frozen; a new options object or ``http2`` changed makes a new
-        memo) and the pool is not retired (``_retire`` closes its ``h1``)."""
+        tunnel, the snapshot, the options object). The same while those are the very
+        same objects (a Tunnel's decision and address are set once, a Decision and a
+        Snapshot are frozen; ``_pool_for`` reads ``http2`` again for another options
+        object) and nothing dropped it: ``configure`` when ``http2`` changed (``_pool_for``
+        reads it again), ``_retire`` (a reload's ``_new_policy`` too: its pool is gone)."""
         assert tunnel.pinned is not None
         ip, port = tunnel.pinned
         cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
@@ -423,8 +425,9 @@ class Pool(Stage):
         assert target is not None
         host = target[0]
         up = self._pool_for(st, service, host)
-        assert self._http2_of is not None  # (``_pool_for`` set it)
-        return (tunnel, st.snapshot, self._http2_of, up, (service.name, host), host, str(ip),
+        memo = self._http2_of  # (``_pool_for``'s: the options object it read ``http2`` of)
+        assert memo is not None
+        return (tunnel, st.snapshot, memo[0], up, (service.name, host), host, str(ip),
                 int(port), connect, float(cfg.response_timeout))
 
     def _new_policy(self, snapshot: Snapshot) -> None:
@@ -471,6 +474,7 @@ class Pool(Stage):
         return up
 
     def _retire(self, name: tuple[str, str]) -> None:
+        self._made = None  # (it may name this pool)
         up = self._pools.pop(name)
         up.h1.close()
         task = asyncio.get_running_loop().create_task(_close_when_idle(up.core))
@@ -502,12 +506,12 @@ class Pool(Stage):
                 raise NotReady()
             # What this tunnel's exchange made of the tunnel, the policy and the options
             # the last time (``_Made``): the same while the tunnel, the snapshot and the
-            # options' memo are the very same objects and its pool is not retired
-            # (tests/unit/test_speed_pool10.py compares it with the lines it skips)
+            # options object are the very same objects (``configure`` of ``http2`` and
+            # ``_retire`` drop it; tests/unit/test_speed_pool10.py compares it with the
+            # lines it skips)
             made = self._made
             if (made is None or made[0] is not tunnel or made[1] is not st.snapshot
-                    or made[2] is not self._http2_of or made[2][0] is not ctx.options
-                    or made[3].h1.closed):
+                    or made[2] is not ctx.options):
                 made = self._made = self._make(tunnel, st)
             _, _, _, up, known, host, ip, port, connect, read_timeout = made
             if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
