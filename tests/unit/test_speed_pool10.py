@@ -24,6 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import h11
 import httpcore
 import pytest
 from mitmproxy import ctx, http
@@ -32,16 +33,16 @@ from mitmproxy.test import taddons, tflow
 from vaultproxy.errors import NotReady
 from vaultproxy.net import h1pool
 from vaultproxy.net.h1pool import (
+    _REQUEST_LINE,
+    _SHAPE_NAMES_MAX,
     _SHAPES,
+    _SHAPES_MAX,
     _VALUE_BYTES,
     _VISIBLE,
     UPSTREAM_HEAD,
     H1Response,
     WantsHTTP2,
     _names_shape,
-    _REQUEST_LINE,
-    _SHAPE_NAMES_MAX,
-    _SHAPES_MAX,
     request_bytes,
 )
 from vaultproxy.net.outbound import head_seen, pool_error_text
