@@ -28,7 +28,7 @@ from vaultproxy.stages import Runtime
 from vaultproxy.stages import response_gate as gate
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, Refusal, handed, record_of
 from vaultproxy.stages.guard import guarded
-from vaultproxy.values.redact import Redactor
+from vaultproxy.values.redact import Redactor, refuse_folded
 
 EMPTY = Redactor([])
 REDACTORS = [REDACTOR, DIGITS, OTHER, EMPTY]
@@ -59,7 +59,7 @@ class _Ref(gate.ResponseGate):
             if flow.request.http_version.startswith("HTTP/1"):
                 resp.trailers = None
             else:
-                gate.refuse_folded(trailers)
+                refuse_folded(trailers)
                 redactor.redact_headers(trailers)
         if resp.stream:
             return
@@ -204,3 +204,33 @@ def test_a_head_made_bodiless_after_the_head_keeps_its_body_unscanned(
         gate.ResponseGate(rt).response(f)
         want = body if change else b"a__vault.svc__"
         assert f.response.data.content == want, change
+
+
+def _cases(word: bytes) -> list[bytes]:
+    """Every mix of letter case of ``word``."""
+    out = [b""]
+    for ch in word:
+        out = [o + bytes([c]) for o in out for c in {ch, bytes([ch]).upper()[0]}]
+    return out
+
+
+def test_the_head_declines_a_head_or_connect_in_any_case() -> None:
+    """``_plain_small_head``'s method test (the common methods told by a set look-up, any
+    other by ``upper()``) against ``upper() in (HEAD, CONNECT)`` as it was: every case of
+    HEAD and CONNECT, the common methods in other cases, and seeded random methods."""
+    rng = random.Random(55)
+    methods = _cases(b"head") + _cases(b"connect") + sorted(gate._OTHER_METHODS)
+    methods += [m.lower() for m in gate._OTHER_METHODS] + [b"HEAD ", b"HEADX", b"\xffHEAD"]
+    methods += [bytes(rng.choice(b"HEADCONTGPSUhecdontgpsu\xff") for _ in range(rng.randint(0, 8)))
+                for _ in range(2000)]
+    declined = 0
+    for method in methods:
+        f = tflow.tflow()
+        f.request.data.method = method
+        f.response = http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(
+            [(b"Content-Length", b"2")]), b"ok", None, 0.0, None)
+        took = gate._plain_small_head(f, f.response, REDACTOR, "svc")
+        want = method.upper() not in (b"HEAD", b"CONNECT")
+        assert took is want, method
+        declined += not want
+    assert declined >= 16 + 128  # twin: every case of both is declined, the rest taken
