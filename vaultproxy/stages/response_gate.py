@@ -179,6 +179,9 @@ _FRAMING_NAMES = frozenset((b"content-length", b"transfer-encoding", b"content-e
 
 
 _NAME = operator.itemgetter(0)
+# Methods as sent that are neither HEAD nor CONNECT in any case (``upper()`` is not needed
+# to tell): the common ones, looked up by their (bytes) hash
+_OTHER_METHODS = frozenset((b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"))
 # What ``_plain_small_head``'s names tell, per set of names (as sent: the same objects again
 # and again from net/h1pool.py's ``parse_known``, their hashes kept): the index of the one
 # Content-Length, whether a Set-Cookie is among them, the index of the one Connection field
@@ -250,8 +253,10 @@ def _plain_small_head(
     tests/unit/test_speed_response_out.py the note with what it stands for."""
     data = resp.data
     code = data.status_code
+    method = flow.request.data.method
     if (data.http_version not in (b"HTTP/1.1", b"HTTP/1.0") or code < 200 or code in (204, 304)
-            or resp.stream or flow.request.data.method.upper() in (b"HEAD", b"CONNECT")):
+            or resp.stream or (method not in _OTHER_METHODS
+                               and method.upper() in (b"HEAD", b"CONNECT"))):
         return False
     fields = data.headers.fields
     head: ResponseHead | None = flow.metadata.pop(UPSTREAM_HEAD, None)
@@ -281,7 +286,9 @@ def _plain_small_head(
         headers = data.headers
         if cookie:
             drop_set_cookie(headers)
-        redactor.redact_headers(headers, block if headers.fields is fields else None)
+            redactor.redact_headers(headers, block if headers.fields is fields else None)
+        elif redactor.may_match(block):  # (``redact_headers``' own pre-check, first)
+            redactor.redact_headers(headers, block)
         fresh: _Shape | None = None
     else:
         names = tuple(map(_NAME, fields))
@@ -424,19 +431,29 @@ class ResponseGate(Stage):
                 redactor.redact_headers(trailers)
         if resp.stream:
             return  # streamed through the redactor
-        code = resp.data.status_code  # ``_no_body(flow)``, inline: every request
-        if flow.request.data.method.upper() == b"HEAD" or code < 200 or code in (204, 304):
-            return  # nothing to scan
-        if refusal is None:  # buffered by responseheaders (``_known_small``)
-            if rec.plain_fields is not None and resp.data.headers.fields is rec.plain_fields:
-                # the head the one-pass path took, unchanged since: no coding
-                # (``_redact_whole`` without an encoding, inline)
-                body = resp.data.content or b""  # (``resp.raw_content``)
+        data = resp.data
+        plain = rec.plain_fields
+        if plain is not None and data.headers.fields is plain and refusal is None:
+            # the head the one-pass path took, unchanged since: no coding (``_redact_whole``
+            # without an encoding, inline). ``redact``'s pre-check first: a body in which
+            # no form may be is left as it is whatever the checks below would say (they
+            # only decide whether it is scanned), so they are made only for one that may.
+            # tests/unit/test_speed_response_body.py compares it with the order it had.
+            body = data.content  # (``resp.raw_content``)
+            if body and redactor.may_match(body):
+                code = data.status_code  # ``_no_body(flow)``, inline
+                if (flow.request.data.method.upper() == b"HEAD" or code < 200
+                        or code in (204, 304)):
+                    return  # nothing to scan
                 out = redactor.redact(body)
                 if out is not body:
                     resp.raw_content = out
                     resp.headers["content-length"] = str(len(out))
-                return
+            return
+        code = data.status_code  # ``_no_body(flow)``, inline: every request
+        if flow.request.data.method.upper() == b"HEAD" or code < 200 or code in (204, 304):
+            return  # nothing to scan
+        if refusal is None:  # buffered by responseheaders (``_known_small``)
             encoding = resp.headers.get("content-encoding", "").strip().lower()
             encoding = "" if encoding == "identity" else encoding  # as gate_head read it
             limit = self.rt.state().registry.config.proxy.max_body_mb * 1024 * 1024 \

@@ -321,14 +321,14 @@ def _unrolled(
         "def may_match(data):",
         "    if type(data) is not bytes:",
         "        return _general(data, needles, regex, span, escapes)",
-        "    find = data.find",
     ]
     for i, (anchor, group) in enumerate(groups.items()):
         namespace[f"a{i}"] = anchor
         found = []
         for j, needle in enumerate(group):
             namespace[f"n{i}_{j}"] = needle
-            found.append(f"find(n{i}_{j}) != -1")
+            # (``data.find`` only behind its anchor: no bound method made per call)
+            found.append(f"data.find(n{i}_{j}) != -1")
         lines += [f"    if a{i} in data and ({' or '.join(found)}):", "        return True"]
     if regex is not None and lead_escapes:
         leads = []
