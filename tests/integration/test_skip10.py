@@ -5,7 +5,7 @@ and change nothing. The requests: host_inject, placeholder (header and body subs
 and without a placeholder), a rules service (a denied path, an allowed one), honeytokens on
 (bodies held for the scan), deadlines set, chunked uploads, HEAD, 204/401/500, a large
 streamed response, plain http to the reserved name and to a service, and an upstream that
-is not there. The twin: the bodies skipped are the five declared ones, each many times."""
+is not there. The twin: the bodies skipped are the six declared ones, each many times."""
 
 from __future__ import annotations
 
@@ -97,5 +97,6 @@ def test_the_real_proxys_skipped_bodies_had_nothing_to_do(
     assert not wrong, wrong[:10]
     counts = json.loads(Path(str(out) + ".counts").read_text())
     assert set(counts) == {"Reserved.request", "RequestGate.request", "Mint.request",
-                           "Inject.request", "Mint.responseheaders"}, counts
+                           "Inject.request", "Mint.requestheaders",
+                           "Mint.responseheaders"}, counts
     assert min(counts.values()) >= 20, counts

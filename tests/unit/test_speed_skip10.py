@@ -68,7 +68,7 @@ substitute_in = ["auth", "body"]
 
 #: The bodies that declare ``IDLE`` (each is skipped on the seeded flows).
 DECLARED = {"Reserved.request", "RequestGate.request", "Mint.request", "Inject.request",
-            "Mint.responseheaders"}
+            "Mint.requestheaders", "Mint.responseheaders"}
 
 _ = world  # (the fixture, from test_refusal_marker.py: test_speed_flow4.py's flows)
 
@@ -323,17 +323,24 @@ def test_only_readable_declarations_skip() -> None:
     assert dispatch._go(3, ok, True) == "rec is None or rec.hold_body"
     assert dispatch._go(3, (("addon", "_clients", "true"),), False) == "a3._clients"
     assert dispatch._go(3, (("addon", "x", "set"),), True) == "rec is None or a3.x is not None"
+    assert dispatch._go(1, (("rec", "decision.plan.mint", "true"), ("addon", "o", "true")),
+                        True) == ("rec is None or (rec.decision is not None and "
+                                  "rec.decision.plan is not None and rec.decision.plan.mint)"
+                                  " or a1.o")
+    assert dispatch._go(1, (("rec", "a.b", "set"),), True) == (
+        "rec is None or (rec.a is not None and rec.a.b is not None)")
     for bad in [None, (), ok[0], (("rec", "hold_body", "true", 1),),
                 (("rec", "hold_body; import os", "true"),), (("rec", "for", "true"),),
-                (("rec", "a.b", "true"),), (("flow", "live", "true"),),
+                (("rec", "a.", "true"),), (("rec", ".b", "true"),), (("rec", "a.for", "true"),),
+                (("rec", "a b", "true"),), (("flow", "live", "true"),),
                 (("rec", "hold_body", "false"),), (("rec", 3, "true"),)]:
         assert dispatch._go(0, bad, True) is None, bad
     assert dispatch._go(0, ok, False) is None  # the record's, only for a body that takes it
 
 
 def test_the_declared_bodies_are_what_the_step_skips() -> None:
-    """The five declarations, as the step reads them (a wrapper's copy is never read)."""
-    bodies = {
+    """The six declarations, as the step reads them (a wrapper's copy is never read)."""
+    bodies = {"Mint.requestheaders": Mint.requestheaders,
         "Reserved.request": Reserved.request, "RequestGate.request": RequestGate.request,
         "Mint.request": Mint.request, "Inject.request": Inject.request,
         "Mint.responseheaders": Mint.responseheaders}
@@ -369,3 +376,40 @@ def test_the_generated_source_is_unchanged_without_declarations(tmp_path: Path) 
     top = (dispatch._step(Plain().request),)
     src = dispatch._unrolled_source("_step_request", "flow", top, False, (False,), (None,))
     assert "if " not in src.replace("if res is not None", "")
+
+
+class _Minting:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @guarded_sometimes_async
+    @idle_unless(rec_true=("decision.plan.mint",))
+    @handed
+    def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
+        self.calls += 1
+
+
+def test_a_dotted_declaration_calls_the_body_when_its_path_holds() -> None:
+    from types import SimpleNamespace as NS
+
+    stage = _Minting()
+    cases = [(None, 0), (NS(plan=None), 0), (NS(plan=NS(mint=False)), 0),
+             (NS(plan=NS(mint=True)), 1), ("no record", 1)]
+
+    async def go() -> list[int]:
+        m = master.Master(options.Options(), with_termlog=False)
+        calls = []
+        try:
+            speed.tune(m).add(stage)
+            for decision, _want in cases:
+                f = tflow.tflow()
+                if decision != "no record":
+                    record_of(f).decision = decision  # type: ignore[assignment]
+                stage.calls = 0
+                await m.addons.handle_lifecycle(hooks.all_hooks["requestheaders"](f))
+                calls.append(stage.calls)
+        finally:
+            m._legacy_log_events.uninstall()
+        return calls
+
+    assert asyncio.run(go()) == [want for _d, want in cases]

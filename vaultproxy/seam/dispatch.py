@@ -68,8 +68,11 @@ RECORD = "__vp_record__"
 #: The attribute of a guarded hook's body (``GUARD``; not a wrapper's) that says when
 #: it returns None at once and changes nothing: ``(owner, name, test)`` triples, ``owner``
 #: ``"rec"`` (the flow's record, for a body that takes it: ``RECORD``) or ``"addon"`` (the
-#: stage), ``test`` ``"true"`` (the attribute is true) or ``"set"`` (it is not None): the body
-#: has work only when one of them holds (a ``"rec"`` triple: or when there is no record yet).
+#: stage), ``name`` an attribute or a dotted path of them (``"decision.plan.mint"``: each
+#: link before the last not None), ``test`` ``"true"`` (the attribute is true) or ``"set"``
+#: (it is not None): the body has work only when one of them holds (or, for a body that
+#: takes the record, when there is no record yet). A body may have nothing to do in more
+#: cases than it declares (it is then called, and returns at once), never in fewer.
 #: The unrolled step tests that inline and calls the body only then (stages/flowrecord.py
 #: ``idle_unless``). Names are checked identifiers; a triple it cannot read disables the skip
 #: for that step (the body is called). A protocol, as ``GUARD``.
@@ -196,12 +199,20 @@ def _go(i: int, spec: object, takes: bool) -> str | None:
         owner, attr, test = triple
         if owner not in ("rec", "addon") or test not in ("true", "set"):
             return None
-        if type(attr) is not str or not _identifier(attr):
+        parts = attr.split(".") if type(attr) is str else []
+        if not parts or not all(_identifier(part) for part in parts):
             return None
         if owner == "rec" and not takes:
             return None
-        ref = f"rec.{attr}" if owner == "rec" else f"a{i}.{attr}"
-        terms.append(ref if test == "true" else f"{ref} is not None")
+        # a dotted name: each link before the last not None, then the last's test
+        ref = "rec" if owner == "rec" else f"a{i}"
+        links = []
+        for part in parts[:-1]:
+            ref = f"{ref}.{part}"
+            links.append(f"{ref} is not None")
+        ref = f"{ref}.{parts[-1]}"
+        links.append(ref if test == "true" else f"{ref} is not None")
+        terms.append(links[0] if len(links) == 1 else "(" + " and ".join(links) + ")")
     # (a body that takes the record reads it itself, making it, when there is none: only
     # a record that is there lets the step skip it)
     return " or ".join((["rec is None"] if takes else []) + terms)

@@ -132,10 +132,12 @@ def idle_unless[F: Callable[..., Any]](*, rec_true: tuple[str, ...] = (),
     """Declare when a hook's body returns None at once and changes nothing: unless one of
     the record's ``rec_true`` fields is true, one of its ``rec_set`` fields is not None, or
     one of the stage's ``addon_true`` attributes is true (the record's only when the body is
-    ``handed`` and the record exists). The indexed dispatch's unrolled step
-    (seam/dispatch.py ``IDLE``) tests that inline and skips the call; any other caller runs
-    the body, which must return at once then. tests/unit/test_speed_skip10.py runs every
-    skipped body anyway, on seeded flows, and compares."""
+    ``handed`` and the record exists; a dotted name, ``"decision.plan.mint"``, is true when
+    each link before the last is not None and the last is true). The indexed dispatch's
+    unrolled step (seam/dispatch.py ``IDLE``) tests that inline and skips the call; any
+    other caller runs the body, which must return at once then.
+    tests/unit/test_speed_skip10.py runs every skipped body anyway, on seeded flows, and
+    compares."""
     spec = (*(("rec", n, "true") for n in rec_true), *(("rec", n, "set") for n in rec_set),
             *(("addon", n, "true") for n in addon_true))
 

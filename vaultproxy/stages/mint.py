@@ -62,6 +62,7 @@ class Mint(Stage):
     fetch, a 401 to act on): a request to a service that mints nothing costs no coroutine."""
 
     @guarded_sometimes_async
+    @idle_unless(rec_true=("decision.plan.mint",))  # (a held body also returns at once)
     @handed
     def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
                        ) -> Awaitable[None] | None:
