@@ -22,7 +22,10 @@ per stage per event; ~20 stage hooks run per proxied request).
 generated from the chain once (``_unrolled``: ``trigger_event``'s one-argument loop written out
 as one block per top-level addon, its ``safecall``, guard and awaitable handling the loop's for
 that handler's kind, and the ``update`` event only when some addon has one); it is dropped with
-the index. tests/unit/test_speed_r2stages.py compares it to the loop.
+the index. tests/unit/test_speed_r2stages.py compares it to the loop. A guarded body that
+declares when it has nothing to do (``IDLE``: a record's field, the stage's attribute) is
+called only when its declared test, written inline in the step, says it has work
+(tests/unit/test_speed_skip10.py runs each skipped body anyway and compares).
 
 It leans on ``AddonManager._iter_hooks``, ``_configure_all`` and ``cut_traceback``;
 ``missing_symbol()`` names the first that mitmproxy lost, and seam/speed.py then keeps the
