@@ -60,8 +60,11 @@ def state(flow: Any, rec: Any, addon: Any) -> Any:
                                   for f in dataclasses.fields(rec)),
         addon is not None and _shallow(addon),
         connections is not None and _shallow(connections),
+        # (the flow's own tunnel's attributes; every tunnel's identity)
+        connections is not None and _shallow(
+            getattr(connections, "tunnels", {}).get(flow.client_conn.id)),
         connections is not None and tuple(
-            (k, _shallow(v)) for k, v in getattr(connections, "tunnels", {}).items()),
+            (k, id(v)) for k, v in getattr(connections, "tunnels", {}).items()),
         live is not None and getattr(live, "inflight", None),
     )
 

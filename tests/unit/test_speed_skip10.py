@@ -73,8 +73,15 @@ DECLARED = {"Reserved.request", "RequestGate.request", "Mint.request", "Inject.r
 _ = world  # (the fixture, from test_refusal_marker.py: test_speed_flow4.py's flows)
 
 
+@dataclasses.dataclass
+class _World:
+    rt: Runtime
+    home: Home
+    secret: str = dataclasses.field(repr=False)  # (a failure report prints the fixture)
+
+
 @pytest.fixture(scope="module")
-def skip_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runtime, Home, str]]:
+def skip_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_World]:
     home = Home(tmp_path_factory.mktemp("skip10") / "home")
     home.create()
     home.services.write_text(SERVICES)
@@ -87,7 +94,7 @@ def skip_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runti
     st.install_keystore(ks)
     rt = Runtime(Live(st))
     defences.install(seam_hooks(rt))
-    yield rt, home, secret
+    yield _World(rt, home, secret)
 
 
 def _flow(rt: Runtime, rng: random.Random, decoy: bytes) -> http.HTTPFlow:
@@ -137,10 +144,10 @@ def _outcome(f: http.HTTPFlow) -> tuple[Any, ...]:
     )
 
 
-def _run(world: tuple[Runtime, Home, str], seed: int, n: int) -> list[tuple[Any, ...]]:
+def _run(world: _World, seed: int, n: int) -> list[tuple[Any, ...]]:
     """``n`` seeded flows through the production manager over Ready, ``chain()`` and the
     defaults, their four hook phases (or the error hook): what each ended as."""
-    rt, _home, secret = world
+    rt = world.rt
     rng = random.Random(seed)
     st = rt.state()
     decoy = b"vpdecoy_" + rng.randbytes(12).hex().encode()
@@ -174,13 +181,14 @@ def _run(world: tuple[Runtime, Home, str], seed: int, n: int) -> list[tuple[Any,
                     f.error = flow.Error("upstream gone")
                     await m.addons.handle_lifecycle(hooks.all_hooks["error"](f))
                     out.append(_outcome(f))
+                    rt.connections.close(f.client_conn.id)
                     continue
                 rec = f.metadata.get(KEY)
                 status = rng.choice([200, 200, 201, 204, 401, 500])
                 if rec is not None and status != 401 and rng.random() < 0.2:
                     rec.minted = Issued("svc", 1, None, "cached", None)  # type: ignore[arg-type]
                 if f.response is None:
-                    body = rng.choice([b"{}", b'{"echo": "' + secret.encode() + b'"}',
+                    body = rng.choice([b"{}", b'{"echo": "' + world.secret.encode() + b'"}',
                                        b"y" * 2000])
                     f.response = http.Response.make(
                         status, b"" if status == 204 else body,
@@ -193,6 +201,7 @@ def _run(world: tuple[Runtime, Home, str], seed: int, n: int) -> list[tuple[Any,
                 for name in ("responseheaders", "response"):
                     await m.addons.handle_lifecycle(hooks.all_hooks[name](f))
                 out.append(_outcome(f))
+                rt.connections.close(f.client_conn.id)  # (the connection ends)
         finally:
             st.snapshot = plain
             reserved._clients.clear()
