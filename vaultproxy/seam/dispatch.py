@@ -22,7 +22,10 @@ per stage per event; ~20 stage hooks run per proxied request).
 generated from the chain once (``_unrolled``: ``trigger_event``'s one-argument loop written out
 as one block per top-level addon, its ``safecall``, guard and awaitable handling the loop's for
 that handler's kind, and the ``update`` event only when some addon has one); it is dropped with
-the index. tests/unit/test_speed_r2stages.py compares it to the loop.
+the index. tests/unit/test_speed_r2stages.py compares it to the loop. A guarded body that
+declares when it has nothing to do (``IDLE``: a record's field, the stage's attribute) is
+called only when its declared test, written inline in the step, says it has work
+(tests/unit/test_speed_skip10.py runs each skipped body anyway and compares).
 
 It leans on ``AddonManager._iter_hooks``, ``_configure_all`` and ``cut_traceback``;
 ``missing_symbol()`` names the first that mitmproxy lost, and seam/speed.py then keeps the
@@ -64,6 +67,25 @@ GUARD = "__vp_guard__"
 #: calls ``body(addon, flow)`` and the body reads the record itself. A protocol, as
 #: ``GUARD``.
 RECORD = "__vp_record__"
+
+#: The attribute of a guarded hook's body (``GUARD``; not a wrapper's) that says when
+#: it returns None at once and changes nothing: ``(owner, name, test)`` triples, ``owner``
+#: ``"rec"`` (the flow's record, for a body that takes it: ``RECORD``) or ``"addon"`` (the
+#: stage), ``name`` an attribute or a dotted path of them (``"decision.plan.mint"``: each
+#: link before the last not None), ``test`` ``"true"`` (the attribute is true) or ``"set"``
+#: (it is not None): the body has work only when one of them holds (or, for a body that
+#: takes the record, when there is no record yet). A body may have nothing to do in more
+#: cases than it declares (it is then called, and returns at once), never in fewer.
+#: The unrolled step tests that inline and calls the body only then (stages/flowrecord.py
+#: ``idle_unless``). Names are checked identifiers; a triple it cannot read disables the skip
+#: for that step (the body is called). A protocol, as ``GUARD``.
+IDLE = "__vp_idle__"
+
+#: Tests only: when set as a step is built, each step's skip calls it instead of nothing,
+#: as ``check(func, addon, flow, rec)`` (``addon`` None for a plain handler; ``rec`` None
+#: for a body that takes no record): it runs the skipped body anyway to prove it had nothing
+#: to do (tests/unit/test_speed_skip10.py).
+CHECK_SKIPS: Callable[[Any, Any, Any, Any], None] | None = None
 
 #: One handler as the manager runs it: ``(func, addon, fail, guard_awaitable)``. ``fail``
 #: None: a plain handler, ``func(*args)``; else ``func`` is a guarded body,
@@ -168,8 +190,40 @@ def _grouped(group: tuple[Step, ...]) -> Step:
 _MAX_UNROLLED = 64
 
 
+def _go(i: int, spec: object, takes: bool) -> str | None:
+    """The source of step ``i``'s test "its body has work" (``IDLE``) from the body's ``spec``,
+    or None: no skip (no spec, or one this cannot read)."""
+    if not isinstance(spec, tuple) or not spec:
+        return None
+    terms: list[str] = []
+    for triple in spec:
+        if not (isinstance(triple, tuple) and len(triple) == 3):
+            return None
+        owner, attr, test = triple
+        if owner not in ("rec", "addon") or test not in ("true", "set"):
+            return None
+        parts = attr.split(".") if type(attr) is str else []
+        if not parts or not all(_identifier(part) for part in parts):
+            return None
+        if owner == "rec" and not takes:
+            return None
+        # a dotted name: each link before the last not None, then the last's test
+        ref = "rec" if owner == "rec" else f"a{i}"
+        links = []
+        for part in parts[:-1]:
+            ref = f"{ref}.{part}"
+            links.append(f"{ref} is not None")
+        ref = f"{ref}.{parts[-1]}"
+        links.append(ref if test == "true" else f"{ref} is not None")
+        terms.append(links[0] if len(links) == 1 else "(" + " and ".join(links) + ")")
+    # (a body that takes the record reads it itself, making it, when there is none: only
+    # a record that is there lets the step skip it)
+    return " or ".join((["rec is None"] if takes else []) + terms)
+
+
 def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update: bool,
-                     takes: tuple[bool, ...] = ()) -> str:
+                     takes: tuple[bool, ...] = (), goes: tuple[str | None, ...] = (),
+                     check: bool = False) -> str:
     """The source of ``handle_lifecycle``'s step for one flow event (one field, ``field``)
     over ``top``: ``trigger_event``'s loop for one argument written out, one block per
     step, each block the loop's body for that step's kind (plain; guarded, its awaitable
@@ -181,7 +235,9 @@ def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update
     caller that has it and so needs no hook object (``flow_steps``). ``takes[i]``: the
     guarded body of step ``i`` takes the flow's record (``RECORD``; its key the global
     ``_rk``), read inside its guard as the body would read it, once found kept for the
-    steps after it."""
+    steps after it. ``goes[i]``: the source of step ``i``'s test "the body has work"
+    (``_go``): the call is made only when it holds (``check``: else the global ``_check``
+    is called, ``CHECK_SKIPS``)."""
     awaitable = "res is not None and (type(res) is _Coroutine or _isawaitable(res))"
     if field is None:
         out = [f"async def {name}(arg):"]
@@ -197,24 +253,50 @@ def _unrolled_source(name: str, field: str | None, top: tuple[Step, ...], update
         out.append("        try:")
         call = f"f{i}(a{i}, arg)"
         fetch: list[str] = []
-        if i < len(takes) and takes[i] and fail is not None:
+        taking = i < len(takes) and takes[i] and fail is not None
+        if taking:
             call = f"f{i}(a{i}, arg, rec)"
             fetch = ["                if rec is None:",
                      "                    rec = arg.metadata.get(_rk)"]
+        go = goes[i] if i < len(goes) else None
+        skipped = [f"_check(f{i}, {'None' if fail is None else f'a{i}'}, arg, "
+                   f"{'rec' if taking else 'None'})"] if check else []
         if fail is None:
-            out += [f"            res = f{i}(arg)",
-                    f"            if {awaitable}:",
-                    "                await res"]
+            body = [f"res = f{i}(arg)",
+                    f"if {awaitable}:",
+                    "    await res"]
+            if go is None:
+                out += ["            " + line for line in body]
+            else:
+                out += [f"            if {go}:",
+                        *("                " + line for line in body)]
+                if skipped:
+                    out += ["            else:", *("                " + x for x in skipped)]
         elif guard_awaitable:
-            out += ["            try:", *fetch,
-                    f"                res = {call}",
-                    f"                if {awaitable}:",
-                    "                    await res",
+            body = [f"res = {call}",
+                    f"if {awaitable}:",
+                    "    await res"]
+            if go is None:
+                inner = ["                " + line for line in body]
+            else:
+                inner = [f"                if {go}:",
+                         *("                    " + line for line in body)]
+                if skipped:
+                    inner += ["                else:",
+                              *("                    " + x for x in skipped)]
+            out += ["            try:", *fetch, *inner,
                     "            except Exception as err:",
                     f"                x{i}(a{i}, (arg,), err)"]
         else:
-            out += ["            try:", *fetch,
-                    f"                res = {call}",
+            if go is None:
+                inner = [f"                res = {call}"]
+            else:
+                inner = [f"                if {go}:",
+                         f"                    res = {call}",
+                         "                else:",
+                         "                    res = None",
+                         *("                    " + x for x in skipped)]
+            out += ["            try:", *fetch, *inner,
                     "            except Exception as err:",
                     f"                x{i}(a{i}, (arg,), err)",
                     "            else:",
@@ -251,9 +333,18 @@ def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update
             for func, _addon, fail, _guard_awaitable in top]
     key = next((k for k in keys if type(k) is str), None)
     takes = tuple(key is not None and k == key for k in keys)
+    # when each body has work (``IDLE``): its call is skipped otherwise
+    # (a guarded body's own: not a wrapper's, which may have copied an inner function's
+    # ``__dict__`` and do more than it)
+    goes = tuple(_go(i, getattr(func, IDLE, None), takes[i])
+                 if fail is not None and getattr(func, "__wrapped__", None) is None else None
+                 for i, (func, _addon, fail, _guard_awaitable) in enumerate(top))
+    check = CHECK_SKIPS
     # (the step, then the same step taking the field itself: ``flow_steps``)
-    source = (_unrolled_source(fname, field, top, update, takes) + "\n\n"
-              + _unrolled_source(fname + "_of", None, top, update, takes))
+    source = (_unrolled_source(fname, field, top, update, takes, goes, check is not None)
+              + "\n\n"
+              + _unrolled_source(fname + "_of", None, top, update, takes, goes,
+                                 check is not None))
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     filename = f"<vaultproxy.seam.dispatch unrolled {fname} {digest}>"
     namespace: dict[str, Any] = {
@@ -261,6 +352,7 @@ def _unrolled(manager: Any, name: str, field: str, top: tuple[Step, ...], update
         "_isawaitable": inspect.isawaitable, "_Stop": _STOP,
         "_AddonHalt": exceptions.AddonHalt, "_Flow": flow.Flow, "_UpdateHook": hooks.UpdateHook,
         "_manager": manager, "_dispatch": sys.modules[__name__], "_rk": key,
+        "_check": check,
     }
     for i, (func, addon, fail, _guard_awaitable) in enumerate(top):
         namespace[f"f{i}"] = func

@@ -124,3 +124,25 @@ def handed[F: Callable[..., Any]](fn: F) -> F:
     record_of(flow)``. tests/unit/test_speed_stages6.py runs the chain both ways."""
     fn.__vp_record__ = KEY  # type: ignore[attr-defined]
     return fn
+
+
+def idle_unless[F: Callable[..., Any]](*, rec_true: tuple[str, ...] = (),
+                                       rec_set: tuple[str, ...] = (),
+                                       addon_true: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Declare when a hook's body returns None at once and changes nothing: unless one of
+    the record's ``rec_true`` fields is true, one of its ``rec_set`` fields is not None, or
+    one of the stage's ``addon_true`` attributes is true (the record's only when the body is
+    ``handed`` and the record exists; a dotted name, ``"decision.plan.mint"``, is true when
+    each link before the last is not None and the last is true). The indexed dispatch's
+    unrolled step (seam/dispatch.py ``IDLE``) tests that inline and skips the call; any
+    other caller runs the body, which must return at once then.
+    tests/unit/test_speed_skip10.py runs every skipped body anyway, on seeded flows, and
+    compares."""
+    spec = (*(("rec", n, "true") for n in rec_true), *(("rec", n, "set") for n in rec_set),
+            *(("addon", n, "true") for n in addon_true))
+
+    def mark(fn: F) -> F:
+        fn.__vp_idle__ = spec  # type: ignore[attr-defined]
+        return fn
+
+    return mark

@@ -15,7 +15,7 @@ from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
 from vaultproxy.stages.ahead import forward_ahead
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, idle_unless, record_of
 from vaultproxy.stages.guard import guarded
 from vaultproxy.stages.runtime import Stage
 
@@ -68,6 +68,7 @@ class Inject(Stage):
             req.stream = not rec.hold_body  # buffered for the honeytoken scan (access.py)
 
     @guarded
+    @idle_unless(rec_true=("hold_body",), rec_set=("body",))
     @handed
     def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
         if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)

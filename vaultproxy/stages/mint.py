@@ -27,7 +27,7 @@ from vaultproxy.core.state import ProxyState
 from vaultproxy.inject.minted import MintedHeaders, credential
 from vaultproxy.inject.request import canonical_name
 from vaultproxy.mint.cache import Issued
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, idle_unless, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.resend import resend
 from vaultproxy.stages.runtime import Stage
@@ -62,6 +62,7 @@ class Mint(Stage):
     fetch, a 401 to act on): a request to a service that mints nothing costs no coroutine."""
 
     @guarded_sometimes_async
+    @idle_unless(rec_true=("decision.plan.mint",))  # (a held body also returns at once)
     @handed
     def requestheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
                        ) -> Awaitable[None] | None:
@@ -75,6 +76,7 @@ class Mint(Stage):
         return self._mint(flow, rec)
 
     @guarded_sometimes_async
+    @idle_unless(rec_true=("hold_body",))
     @handed
     def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
                 ) -> Awaitable[None] | None:
@@ -98,6 +100,7 @@ class Mint(Stage):
         rec.minted = await st.token_source().get(service)
 
     @guarded_sometimes_async
+    @idle_unless(rec_set=("minted",))
     @handed
     def responseheaders(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
                        ) -> Awaitable[None] | None:

@@ -31,7 +31,7 @@ from mitmproxy import http
 from vaultproxy.core.pipeline import check_request
 from vaultproxy.errors import NotReady
 from vaultproxy.stages import access
-from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
+from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, idle_unless, record_of
 from vaultproxy.stages.guard import guarded_sometimes_async
 from vaultproxy.stages.runtime import Stage
 
@@ -52,6 +52,7 @@ class RequestGate(Stage):
         return access.request_headers(self.rt, flow, rec)
 
     @guarded_sometimes_async
+    @idle_unless(rec_true=("hold_body",))
     @handed
     def request(self, flow: http.HTTPFlow, rec: FlowRecord | None = None
                 ) -> Awaitable[None] | None:

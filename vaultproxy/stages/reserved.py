@@ -34,7 +34,7 @@ from vaultproxy.net.hostnames import normal_host
 from vaultproxy.net.outbound import admin_client
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
-from vaultproxy.stages.flowrecord import record_of
+from vaultproxy.stages.flowrecord import idle_unless, record_of
 from vaultproxy.stages.guard import guarded, guarded_sometimes_async
 from vaultproxy.stages.runtime import Runtime, Stage
 
@@ -109,6 +109,7 @@ class Reserved(Stage):
             _serve(flow, http.Response.make(status, b"", {"Allow": "POST, DELETE"}))
 
     @guarded_sometimes_async
+    @idle_unless(addon_true=("_clients",))
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """Only the MCP endpoint's flows wait here (the relay): any other costs no coroutine."""
         client = self._clients.get(flow.client_conn.id)
