@@ -149,7 +149,23 @@ class Identify(Stage):
         conns = rt.connections
         tunnel = conns.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is not None:
-            decision = rec.decision = _in_tunnel(st, tunnel, req, (fields, names))
+            # ``_in_tunnel``'s answer from the tunnel's memo, inline, for the common request:
+            # HTTP/1 with one Host field, its fields still the ones named above, in a tunnel
+            # whose CONNECT carried no agent (an agent's token is checked in ``_in_tunnel``
+            # on every request); anything else takes ``_in_tunnel`` itself
+            # (tests/unit/test_speed_req10.py compares the two)
+            data = req.data
+            memo = tunnel.memo
+            if (memo is not None and memo[0] is st.snapshot.registry
+                    and memo[1] is tunnel.decision and memo[1].agent is None
+                    and data.headers.fields is fields and memo[2] == tunnel.sni
+                    and memo[4] == data.scheme
+                    and data.http_version not in (b"HTTP/2.0", b"HTTP/3")
+                    and names.count(b"host") == 1
+                    and memo[3] == fields[names.index(b"host")][1]):
+                decision = rec.decision = memo[5]
+            else:
+                decision = rec.decision = _in_tunnel(st, tunnel, req, (fields, names))
             if tunnel.broken or flow.client_conn.id in conns.broken_ids:  # ``broken()``
                 raise TunnelBroken()
             if decision.refusal is not None:

@@ -14,6 +14,7 @@ from vaultproxy.core.decide import Plan
 from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
+from vaultproxy.inject import names as _names
 from vaultproxy.stages.ahead import forward_ahead
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, record_of
 from vaultproxy.stages.guard import guarded
@@ -37,7 +38,9 @@ class Inject(Stage):
             raise NotReady()
         req = flow.request
         headers = req.data.headers  # (``req.headers``)
-        if b"proxy-authorization" in header_names(headers.fields):  # (pop raises inside)
+        fields = headers.fields  # (``header_names(fields)``, its memo's test inline)
+        memo = _names._names_memo
+        if b"proxy-authorization" in (memo[1] if memo[0] is fields else header_names(fields)):
             headers.pop("proxy-authorization", None)
         tunnel = self.rt.connections.tunnels.get(flow.client_conn.id)
         if tunnel is None:
