@@ -56,8 +56,15 @@ class RequestGate(Stage):
         data = req.data
         rec.t0 = time.monotonic()
         sent = data.path
-        # as the agent sent it (``_path_of``, inline: every request)
-        rec.path = sent.partition(b"?")[0].decode("utf-8", "surrogateescape")
+        # as the agent sent it (``_path_of``, inline: every request); the same target as
+        # the last one is the same text (``_last_path``: an agent often asks one endpoint)
+        global _last_path
+        last = _last_path
+        if sent == last[0]:
+            rec.path = last[1]
+        else:
+            rec.path = sent.partition(b"?")[0].decode("utf-8", "surrogateescape")
+            _last_path = (sent, rec.path)
         if rec.answered:
             return None  # refused (or served) by an earlier stage
         st = self.rt.live.state  # ``rt.state()``, inline
@@ -68,7 +75,12 @@ class RequestGate(Stage):
             # not intercepted: no credential will be added (the honeytokens still looked for)
             return access.request_headers(self.rt, flow, rec)
         dialed = flow.server_conn.address
-        pinned = (str(dialed[0]), int(dialed[1])) if dialed else None
+        # ``(str(dialed[0]), int(dialed[1]))``: the address itself when it is that already
+        if (dialed and type(dialed) is tuple and len(dialed) == 2 and type(dialed[0]) is str
+                and type(dialed[1]) is int):
+            pinned: tuple[str, int] | None = dialed
+        else:
+            pinned = (str(dialed[0]), int(dialed[1])) if dialed else None
         check_request(req, decision.plan, decision.target, pinned)
         if data.path is not sent:  # as it goes upstream (the same bytes: the same path)
             rec.path = _path_of(data.path)
@@ -91,6 +103,10 @@ class RequestGate(Stage):
         if not rec.hold_body or rec.answered:
             return None
         return access.on_request_body(self.rt, flow)
+
+
+#: The last request target ``requestheaders`` decoded (``_path_of``) and its text.
+_last_path: tuple[bytes, str] = (b"", "")
 
 
 def _path_of(target: bytes) -> str:
