@@ -33,12 +33,13 @@ from tests.unit.test_speed_stages import SERVICES_A, SERVICES_B, _fresh, _view
 from vaultproxy.access import agents as agents_mod
 from vaultproxy.core import pipeline
 from vaultproxy.core.decide import Decision, Facts, Plan, decide
-from vaultproxy.core.pipeline import canonical_name, canonical_names, check_headers, check_target
+from vaultproxy.core.pipeline import canonical_name, canonical_names, check_headers
 from vaultproxy.core.state import Live, ProxyState
-from vaultproxy.errors import NotReady, VaultproxyError
+from vaultproxy.errors import HostMismatch, InvalidRequest, NotReady, VaultproxyError
 from vaultproxy.files.home import Home
 from vaultproxy.inject import names as names_mod
 from vaultproxy.keystore import KdfParams, Keystore
+from vaultproxy.net.hostnames import normal_host, same_target
 from vaultproxy.secret import Secret
 from vaultproxy.stages import Runtime, access, identify, request_gate
 from vaultproxy.stages.connections import Tunnel
@@ -192,10 +193,30 @@ FIELD_NAMES = [b"Host", b"Accept", b"Range", b"X_Forwarded_Host", b"x-forwarded-
 FIELD_VALUES = [b"v", b"svc.example.com", b"0", b"7", b"a\r\n b", b"gzip"]
 
 
+def _check_target_reference(req: http.Request, host: str, port: int,
+                            dialed: tuple[str, int] | None) -> None:
+    """``check_target`` before req10: the request's (host, port) pair compared whole."""
+    data = req.data
+    if (
+        data.scheme != b"https"
+        or ((data.host, data.port) != dialed and (normal_host(data.host), data.port)
+            != (host, port))
+        or (data.authority and not same_target(req.authority, host, port))
+    ):
+        raise HostMismatch("the request target names another host than the tunnel target")
+    if data.http_version.startswith(b"HTTP/1"):
+        data.authority = b""
+    path = req.data.path
+    if path == b"*" and req.method == "OPTIONS":
+        return
+    if not path.startswith(b"/") or path.startswith(b"//"):
+        raise InvalidRequest("the request target must be an origin-form path (/...)")
+
+
 def _check_request_reference(req: http.Request, plan: Plan, target: tuple[str, int],
                              dialed: tuple[str, int] | None = None) -> None:
     """``check_request`` before req10: ``check_headers`` and ``canonical_names`` called."""
-    check_target(req, target[0], target[1], dialed)
+    _check_target_reference(req, target[0], target[1], dialed)
     headers = req.data.headers
     fields = headers.fields
     names = check_headers(fields)
@@ -342,6 +363,10 @@ def test_check_request_reads_the_memos_as_the_calls(state: ProxyState) -> None:
         fields = tuple((rng.choice(FIELD_NAMES), rng.choice(FIELD_VALUES))
                        for _ in range(rng.randint(0, 5)))
         out = []
+        host = rng.choice(["svc.example.com", "SVC.example.com.", "evil.test", "10.0.0.1"])
+        port = rng.choice([443, 443, 8443])
+        dialed = rng.choice([None, ("svc.example.com", 443), (host, port), (host, 9443),
+                             ("svc.example.com", 8443)])
         for fn in (_check_request_reference, pipeline.check_request):
             req = http.Request.make("GET", "https://svc.example.com/x")
             req.headers.fields = fields
@@ -351,8 +376,9 @@ def test_check_request_reads_the_memos_as_the_calls(state: ProxyState) -> None:
                     both += 1
                 except VaultproxyError:
                     pass
+            req.data.host, req.data.port = host, port
             try:
-                fn(req, plan, ("svc.example.com", 443), ("svc.example.com", 443))
+                fn(req, plan, ("svc.example.com", 443), dialed)
                 out.append(("ok", req.headers.fields))
             except VaultproxyError as e:
                 out.append(("raised", str(e)))

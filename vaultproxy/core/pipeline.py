@@ -165,16 +165,17 @@ def check_target(
     data = req.data
     if (
         data.scheme != b"https"
-        # the dialed address first: it is what mitmproxy filled in (no ``normal_host``)
-        or ((data.host, data.port) != dialed and (normal_host(data.host), data.port)
-            != (host, port))
+        # the dialed address first: it is what mitmproxy filled in (no ``normal_host``;
+        # ``(data.host, data.port) != dialed`` without the pair, ``dialed`` being one)
+        or ((dialed is None or data.host != dialed[0] or data.port != dialed[1])
+            and (normal_host(data.host), data.port) != (host, port))
         # ``req.authority`` decodes with the (pure Python) idna codec: only when there is one
         or (data.authority and not same_target(req.authority, host, port))
     ):
         raise HostMismatch("the request target names another host than the tunnel target")
     if data.http_version.startswith(b"HTTP/1"):
         data.authority = b""  # origin-form upstream (``req.authority = ""``, no codec)
-    path = req.data.path
+    path = data.path
     if path == b"*" and req.method == "OPTIONS":
         return
     if not path.startswith(b"/") or path.startswith(b"//"):
