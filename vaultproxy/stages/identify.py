@@ -18,6 +18,7 @@ from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.pipeline import host_header as request_host_header
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
+from vaultproxy.inject import names as _names
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
@@ -130,7 +131,10 @@ class Identify(Stage):
         # a Proxy-Authorization field while no honeytoken is configured (the common one)
         header: str | None = None
         fields = flow.request.data.headers.fields
-        names = header_names(fields)  # (``_in_tunnel`` reads them too, if still these)
+        # ``header_names(fields)``, its memo's test inline (``_in_tunnel`` reads them too,
+        # if still these)
+        known = _names._names_memo
+        names = known[1] if known[0] is fields else header_names(fields)
         if (b"proxy-authorization" in names
                 or (st is not None and st.snapshot.honeytokens.active)):
             header = access.take_proxy_authorization(rt, flow)  # ACCESS: honeytokens
