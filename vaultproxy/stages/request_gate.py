@@ -76,7 +76,7 @@ class RequestGate(Stage):
             return access.request_headers(self.rt, flow, rec)
         dialed = flow.server_conn.address
         # ``(str(dialed[0]), int(dialed[1]))``: the address itself when it is that already
-        if (dialed and type(dialed) is tuple and len(dialed) == 2 and type(dialed[0]) is str
+        if (type(dialed) is tuple and len(dialed) == 2 and type(dialed[0]) is str
                 and type(dialed[1]) is int):
             pinned: tuple[str, int] | None = dialed
         else:
