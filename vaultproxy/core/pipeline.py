@@ -165,16 +165,17 @@ def check_target(
     data = req.data
     if (
         data.scheme != b"https"
-        # the dialed address first: it is what mitmproxy filled in (no ``normal_host``)
-        or ((data.host, data.port) != dialed and (normal_host(data.host), data.port)
-            != (host, port))
+        # the dialed address first: it is what mitmproxy filled in (no ``normal_host``;
+        # ``(data.host, data.port) != dialed`` without the pair, ``dialed`` being one)
+        or ((dialed is None or data.host != dialed[0] or data.port != dialed[1])
+            and (normal_host(data.host), data.port) != (host, port))
         # ``req.authority`` decodes with the (pure Python) idna codec: only when there is one
         or (data.authority and not same_target(req.authority, host, port))
     ):
         raise HostMismatch("the request target names another host than the tunnel target")
     if data.http_version.startswith(b"HTTP/1"):
         data.authority = b""  # origin-form upstream (``req.authority = ""``, no codec)
-    path = req.data.path
+    path = data.path
     if path == b"*" and req.method == "OPTIONS":
         return
     if not path.startswith(b"/") or path.startswith(b"//"):
@@ -190,10 +191,15 @@ def check_request(
     check_target(req, target[0], target[1], dialed)
     headers = req.data.headers  # (``req.headers``)
     fields = headers.fields
-    names = check_headers(fields)
+    # ``check_headers(fields)`` and ``canonical_names(fields, names)``, their memos' tests
+    # inline (every request: a head the agent's names' pattern read, then its names)
+    checked = _names._checked_memo
+    names = checked[1] if checked[0] is fields else check_headers(fields)
+    memo = _names._canonical_memo
+    canonical = memo[1] if memo[0] is fields else canonical_names(fields, names)
     drop = plan.drop
     # any ``canonical_name(k) in drop``, through the section's one view of its names
-    if not drop.isdisjoint(canonical_names(fields, names)):
+    if not drop.isdisjoint(canonical):
         headers.fields = tuple((k, v) for k, v in fields if canonical_name(k) not in drop)
 
 
@@ -218,19 +224,29 @@ class Injected(NamedTuple):
     wait_body: bool
 
 
+#: An Accept-Encoding value (raw bytes) ``inject_head`` found to be its own limit
+#: (``net.decoding._limited``): ``limit_accept_encoding`` leaves it as it is.
+_kept_offer: bytes = b"\x00"  # (no field value holds a NUL: ``check_headers``)
+
+
 def inject_head(
     st: ProxyState, req: http.Request, plan: Plan, minted: Issued | None
 ) -> Injected:
     """Strip what the caller sent and add the credential to the head (in place)."""
+    global _kept_offer
     service = plan.service
     entry = st.session.entry_for(service)
     data = req.data
     headers = data.headers  # (``req.headers``)
-    made = (made_for(entry, service) if minted is None and type(entry) is SharedEntry
-            and service.mode == "host_inject" else None)
+    made = None
+    if minted is None and type(entry) is SharedEntry and service.mode == "host_inject":
+        made = entry.made  # ``made_for(entry, service)``, its memo's test inline
+        if made is None or made.service is not service:
+            made = made_for(entry, service)
     sent = headers.fields
+    memo = _names._canonical_memo  # (``canonical_names(sent)``, its memo's test inline)
     if made is not None and type(sent) is tuple and made.strip.isdisjoint(
-            canonical_names(sent)):
+            memo[1] if memo[0] is sent else canonical_names(sent)):
         # ``prepare_request`` of a host_inject request with no field to strip, for an auth
         # type that adds one field made of the entry alone (``made_for``): the same scan,
         # then ``sent`` plus that field, whose names the memo learns as ``header_names``
@@ -249,8 +265,14 @@ def inject_head(
         # field, the common one: by its index; else ``header_value`` itself)
         count = -1 if names is None else names.count(b"accept-encoding")
         if count == 1 and names is not None:
-            offered: str | None = more[names.index(b"accept-encoding")][1].decode(
-                "utf-8", "surrogateescape")
+            raw = more[names.index(b"accept-encoding")][1]
+            # a value found to be its own limit before (``_kept_offer``) is that again:
+            # no decoding, no look-up (``limit_accept_encoding`` is a function of the value)
+            offered: str | None = (None if raw == _kept_offer
+                                   else raw.decode("utf-8", "surrogateescape"))
+            if offered is not None and _limited.get(offered) == offered:
+                _kept_offer = raw
+                offered = None
         else:
             offered = None if count == 0 else header_value(more, b"accept-encoding")
     else:

@@ -27,6 +27,7 @@ from mitmproxy import ctx, http
 from mitmproxy.addons import disable_h2c, tlsconfig
 
 from vaultproxy.core.pipeline import header_names
+from vaultproxy.inject import names as _names
 
 
 class TlsConfig(tlsconfig.TlsConfig):
@@ -65,10 +66,12 @@ class TlsConfig(tlsconfig.TlsConfig):
 
 class DisableH2C(disable_h2c.DisableH2C):
     def request(self, f: http.HTTPFlow) -> None:
-        req = f.request
-        method = req.data.method
+        data = f.request.data
+        method = data.method
+        fields = data.headers.fields
+        memo = _names._names_memo  # (``header_names(fields)``, its memo's test inline)
         # ``Request.method`` is the decoded method upper-cased: for ASCII bytes that is
         # ``bytes.upper``; anything else (``"prı".upper() == "PRI"``) takes mitmproxy's path
         if (not method.isascii() or method.upper() == b"PRI"
-                or b"upgrade" in header_names(req.data.headers.fields)):
+                or b"upgrade" in (memo[1] if memo[0] is fields else header_names(fields))):
             self.process_flow(f)  # type: ignore[no-untyped-call]

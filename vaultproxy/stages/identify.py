@@ -18,6 +18,7 @@ from vaultproxy.core.pipeline import header_names
 from vaultproxy.core.pipeline import host_header as request_host_header
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
+from vaultproxy.inject import names as _names
 from vaultproxy.stages import access
 from vaultproxy.stages.connections import Tunnel
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, record_of
@@ -130,7 +131,10 @@ class Identify(Stage):
         # a Proxy-Authorization field while no honeytoken is configured (the common one)
         header: str | None = None
         fields = flow.request.data.headers.fields
-        names = header_names(fields)  # (``_in_tunnel`` reads them too, if still these)
+        # ``header_names(fields)``, its memo's test inline (``_in_tunnel`` reads them too,
+        # if still these)
+        known = _names._names_memo
+        names = known[1] if known[0] is fields else header_names(fields)
         if (b"proxy-authorization" in names
                 or (st is not None and st.snapshot.honeytokens.active)):
             header = access.take_proxy_authorization(rt, flow)  # ACCESS: honeytokens
@@ -149,7 +153,23 @@ class Identify(Stage):
         conns = rt.connections
         tunnel = conns.tunnels.get(flow.client_conn.id)  # (``tunnel()``)
         if tunnel is not None:
-            decision = rec.decision = _in_tunnel(st, tunnel, req, (fields, names))
+            # ``_in_tunnel``'s answer from the tunnel's memo, inline, for the common request:
+            # HTTP/1 with one Host field, its fields still the ones named above, in a tunnel
+            # whose CONNECT carried no agent (an agent's token is checked in ``_in_tunnel``
+            # on every request); anything else takes ``_in_tunnel`` itself
+            # (tests/unit/test_speed_req10.py compares the two)
+            data = req.data
+            memo = tunnel.memo
+            if (memo is not None and memo[0] is st.snapshot.registry
+                    and memo[1] is tunnel.decision and memo[1].agent is None
+                    and data.headers.fields is fields and memo[2] == tunnel.sni
+                    and memo[4] == data.scheme
+                    and data.http_version not in (b"HTTP/2.0", b"HTTP/3")
+                    and names.count(b"host") == 1
+                    and memo[3] == fields[names.index(b"host")][1]):
+                decision = rec.decision = memo[5]
+            else:
+                decision = rec.decision = _in_tunnel(st, tunnel, req, (fields, names))
             if tunnel.broken or flow.client_conn.id in conns.broken_ids:  # ``broken()``
                 raise TunnelBroken()
             if decision.refusal is not None:

@@ -14,6 +14,7 @@ from vaultproxy.core.decide import Plan
 from vaultproxy.core.pipeline import header_names, inject_body, inject_head
 from vaultproxy.core.state import ProxyState
 from vaultproxy.errors import NotReady, VaultproxyError
+from vaultproxy.inject import names as _names
 from vaultproxy.stages.ahead import forward_ahead
 from vaultproxy.stages.flowrecord import KEY, FlowRecord, handed, idle_unless, record_of
 from vaultproxy.stages.guard import guarded
@@ -37,7 +38,9 @@ class Inject(Stage):
             raise NotReady()
         req = flow.request
         headers = req.data.headers  # (``req.headers``)
-        if b"proxy-authorization" in header_names(headers.fields):  # (pop raises inside)
+        fields = headers.fields  # (``header_names(fields)``, its memo's test inline)
+        memo = _names._names_memo
+        if b"proxy-authorization" in (memo[1] if memo[0] is fields else header_names(fields)):
             headers.pop("proxy-authorization", None)
         tunnel = self.rt.connections.tunnels.get(flow.client_conn.id)
         if tunnel is None:
@@ -52,7 +55,17 @@ class Inject(Stage):
             return  # passthrough tunnels carry no flows we inspect
         if rec.hold_body:
             return  # the body is scanned for honeytokens first (access.py): see ``request``
-        self._head(flow, plan, st, rec)
+        # ``self._head(flow, plan, st, rec)``, inline (every injected request)
+        done = inject_head(st, req, plan, rec.minted)
+        if rec.redactor is None:  # ``keep_redactor``, inline
+            rec.redactor = st.session.redactor_for(plan.service)
+        if done.injected:
+            rec.injected = True
+            forward_ahead(st, flow, rec)
+        if done.wait_body:
+            rec.body = done.entry
+        else:
+            req.stream = not rec.hold_body
 
     def _head(self, flow: http.HTTPFlow, plan: Plan, st: ProxyState, rec: FlowRecord) -> None:
         req = flow.request
