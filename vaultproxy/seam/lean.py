@@ -429,6 +429,7 @@ class LeanHook(commands.StartHook):
 
 _new = object.__new__
 _HTTPFlow: Any = http.HTTPFlow
+_Response: Any = http.Response
 _mflow: Any = mflow  # (its ``uuid`` and ``time``, as ``Flow.__init__`` reads them)
 #: may ``_serve`` make a request's ``HTTPFlow`` attribute by attribute (seam/objects.py)?
 _FLOW_PLAIN = objects.http_flow_plain()
@@ -453,6 +454,15 @@ def _paused_plain() -> bool:
 
 
 _PAUSED_PLAIN = _paused_plain()
+
+
+def _no_body(raw: bytes, status: int) -> bool:
+    """Has the response to a request of this method (its bytes) with this status no body:
+    a HEAD (``Request.method == "HEAD"``: a method of ``_PLAIN_METHODS`` compared as its
+    bytes, any other decoded and upper-cased as the property does), a 204 or a 304?"""
+    return (raw == b"HEAD" or status in (204, 304)
+            or (raw not in _PLAIN_METHODS
+                and raw.decode("utf-8", "surrogateescape").upper() == "HEAD"))
 
 
 # what the layer does once the job is done
@@ -578,12 +588,10 @@ class _Job:
         if ex.error is not None or flow.response is None:
             return await self._fail(ex.error or "server closed connection")
         resp = flow.response
-        # (``Request.method == "HEAD"`` and ``Response.status_code``, without a call: a
-        # method of ``_PLAIN_METHODS`` compared as its bytes)
+        # (``Request.method`` as its bytes and ``Response.status_code`` without a call, read
+        # now; ``_no_body`` of them only where it is asked)
         raw = flow.request.data.method
-        no_body = (raw == b"HEAD" or resp.data.status_code in (204, 304)
-                   or (raw not in _PLAIN_METHODS
-                       and raw.decode("utf-8", "surrogateescape").upper() == "HEAD"))
+        status = resp.data.status_code
         # check_body_size: a no-op (choose() takes no connection with a body size option)
         if lean is not None and lean.validate:
             try:
@@ -606,23 +614,30 @@ class _Job:
             return await self._kill(True)
         if flow.response is not resp:  # a stage answered in the upstream's stead
             return await self._respond()
-        if resp.stream and not no_body:
+        if resp.stream and not _no_body(raw, status):
             return STREAM  # the layer sends the head, then each chunk as it comes
-        body = bytearray(ex.body or b"")  # a small body the exchange read with the head
-        while not no_body and ex.body is None:
-            await addons.handle_lifecycle(PoolChunkHook(flow))
-            if flow.intercepted:
-                await flow.wait_for_resume()
-            if (flow.error is not None or queued) and self._killed():
-                return await self._kill(True)
-            if ex.error is not None:
-                return await self._fail(ex.error)
-            if ex.chunk is None:
-                break
-            body += ex.chunk
-            if len(body) > ex.body_limit:
-                return await self._fail("response body exceeds the body size limit")
-        resp.data.content = bytes(body)
+        whole = ex.body  # a small body the exchange read with the head
+        if type(whole) is bytes:
+            # (the loop below would not run, and ``bytes(bytearray(whole))`` is an equal
+            # ``bytes``: the body itself, without its two copies)
+            resp.data.content = whole
+        else:
+            body = bytearray(whole or b"")
+            no_body = _no_body(raw, status)
+            while not no_body and ex.body is None:
+                await addons.handle_lifecycle(PoolChunkHook(flow))
+                if flow.intercepted:
+                    await flow.wait_for_resume()
+                if (flow.error is not None or queued) and self._killed():
+                    return await self._kill(True)
+                if ex.error is not None:
+                    return await self._fail(ex.error)
+                if ex.chunk is None:
+                    break
+                body += ex.chunk
+                if len(body) > ex.body_limit:
+                    return await self._fail("response body exceeds the body size limit")
+            resp.data.content = bytes(body)
         # (``_respond``)
         assert flow.response is not None
         flow.response.timestamp_end = time.time()
@@ -985,6 +1000,11 @@ def closes_noted(req: http.Request, resp: http.Response,
     if not note[2] and _says_close(rdata.headers.fields):
         return True
     qfields = req.data.headers.fields
+    memo = _names._names_memo
+    if memo[0] is qfields:
+        # the stages' memo of these very fields' names (inject/names.py ``header_names``:
+        # each ``k.lower()``, in order): the loop below's test, on its names at once
+        return b"connection" in memo[1] and _says_close(qfields)
     for k, _ in qfields:  # (``closes``' own loop)
         if len(k) == 10 and k.lower() == b"connection":
             return _says_close(qfields)
@@ -1046,6 +1066,10 @@ class LeanLayer(layer.Layer):
         global _fast_events
         if _fast_events is None:
             _fast_events = _check_events()
+        # ``handle_event``'s own path: ``debug is None and fallback is None and
+        # _fast_events``, made once (``debug`` is set by ``Layer.__init__`` alone, the check
+        # once per process) and cleared where ``fallback`` is set (``_fall_back``)
+        self.lean_events = self.debug is None and bool(_fast_events)
 
     def client_gone(self) -> bool:
         """Did the agent close while a hook ran (an event queued for after the pause)?"""
@@ -1065,7 +1089,7 @@ class LeanLayer(layer.Layer):
         ``_handle_event``, ``_serve``, ``_one``, ``_send`` and ``_after``. With ``debug``
         output, after a fallback, for any other event and for a queued one: mitmproxy's own
         (tests/unit/test_lean_events.py compares the two on seeded event streams)."""
-        if self.debug is not None or self.fallback is not None or not _fast_events:
+        if not self.lean_events:  # (debug output, a fallback, a changed ``Layer``)
             yield from _LAYER_HANDLE_EVENT(self, event)
             return
         paused = self._paused
@@ -1137,6 +1161,7 @@ class LeanLayer(layer.Layer):
         http_layer = lhttp.HttpLayer(self.context, lhttp.HTTPMode.transparent)
         self.fallback = http_layer
         self.serving = False
+        self.lean_events = False
         self.pending = None
         data = bytes(self.buf)
         self.buf.clear()
@@ -1180,19 +1205,21 @@ class LeanLayer(layer.Layer):
                         size = -1
                 if size >= 0:
                     # (``fast_head``'s ``Request``, its fields these names and values)
-                    fields = tuple(zip(known.names, groups[2:], strict=True))
+                    # (no ``strict``: the pattern has one group per name, by its making)
+                    fields = tuple(zip(known.names, groups[2:]))  # noqa: B905 - as many
                     headers = object.__new__(http.Headers)
                     headers.fields = fields
                     req = _request_of(method, groups[1], headers)
                     # the stages' view of these names (inject/names.py), as they compute it
-                    _names._names_memo = (fields, known.lower)
+                    memo = _names._names_memo = (fields, known.lower)
                     _names._canonical_memo = (fields, known.canonical)
                     head_len = m.end()
                     if head_len <= _CHECKED_HEAD:
                         # what ``check_headers`` reads of these fields, the pattern proved:
                         # token names, no CR, LF or NUL in a value, at most
                         # ``_KNOWN_NAMES_MAX`` fields, names and values shorter than the head
-                        _names._checked_memo = (fields, known.lower)
+                        # (the same pair as the names memo's: one tuple)
+                        _names._checked_memo = memo
         if req is None:
             read = self._read(buf, known)
             if type(read) is not tuple:
@@ -1202,10 +1229,10 @@ class LeanLayer(layer.Layer):
         if len(buf) < end:
             self.pending = (req, head_len, size)
             return None
-        # (``_body``, inline)
+        # (``_body``, inline; no body: ``b""``, what ``bytes`` of an empty slice is)
         if not self.pooled():
             return "not pooled"
-        body = bytes(buf[head_len:end])
+        body = bytes(buf[head_len:end]) if size else b""
         del buf[:end]
         req.data.content = body
         return req
@@ -1363,7 +1390,6 @@ class LeanLayer(layer.Layer):
                 # (``_send`` and ``_after``)
                 resp = flow.response
                 assert resp is not None
-                content = resp.raw_content
                 req = flow.request
                 rdata = resp.data
                 note = flow.metadata.get(_HEAD_NOTE)
@@ -1371,13 +1397,22 @@ class LeanLayer(layer.Layer):
                         and rdata.http_version == b"HTTP/1.1"
                         and type(rdata.headers) is http.Headers):
                     # the head as the response gate left it (seam/objects.py ``HEAD_NOTE``):
-                    # ``_head`` with its block; no Transfer-Encoding, so not chunked
-                    data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
-                        rdata.status_code, rdata.reason, note[1])
-                    if content:
-                        data += content
+                    # ``_head`` with its block; no Transfer-Encoding, so not chunked. A body
+                    # of ``bytes`` is formatted with the head (one object, one copy: what
+                    # ``data += content`` makes); ``raw_content`` is ``data.content`` for
+                    # mitmproxy's ``Response`` itself.
+                    content = rdata.content if type(resp) is _Response else resp.raw_content
+                    if content and type(content) is bytes:
+                        data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (
+                            rdata.status_code, rdata.reason, note[1], content)
+                    else:
+                        data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
+                            rdata.status_code, rdata.reason, note[1])
+                        if content:
+                            data += content
                     rnames = None
                 else:
+                    content = resp.raw_content
                     note = None
                     data = _head(resp)
                     rnames = {k.lower() for k, _ in rdata.headers.fields}  # (for both tests)
