@@ -297,12 +297,20 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         if lean is None or lean.route is None:
             writer = _to_drain(self, lean)
         else:  # (``_to_drain`` once the tunnel's route is settled: the rest of it, inline)
-            io = self.transports.get(self.client)
-            writer = io.writer if io is not None else None
-            if type(writer) is stream_writer:
-                stream = writer.transport
-                if not stream.is_closing() and stream.get_write_buffer_size() == 0:
-                    writer = None
+            stream = lean.agent_stream
+            if (stream is not None and not stream.is_closing()
+                    and stream.get_write_buffer_size() == 0):
+                # the transport of the agent's ``StreamWriter`` as an earlier request found
+                # it (a connection's writer is made once, with its connection): open and
+                # empty, so the look-up below would say None (or find no writer at all)
+                writer = None
+            else:
+                io = self.transports.get(self.client)
+                writer = io.writer if io is not None else None
+                if type(writer) is stream_writer:
+                    stream = lean.agent_stream = writer._transport  # (``transport``'s)
+                    if not stream.is_closing() and stream.get_write_buffer_size() == 0:
+                        writer = None
         if writer is not None:
             try:
                 await writer.drain()
@@ -317,12 +325,39 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         try:
             watchdog = self.timeout_watchdog
             addons = self.master.addons
-            if type(watchdog) is _Watchdog:
+            if lean is not None and watchdog is lean.watchdog:
+                # the branch below for a watchdog an earlier request of this connection found
+                # inline-able (mitmproxy's ``TimeoutWatchdog``, its ``can_timeout`` asyncio's
+                # ``Event``, both as seam/connio.py found them): its ``can_timeout`` as then
+                # (``TimeoutWatchdog.__init__`` alone sets it), without asking again
+                can = lean.watch_can
+                can._value = False  # (``Event.clear``)
+                watchdog.blocker += 1
+                try:
+                    job.addons = addons
+                    try:
+                        job.outcome = await job._request()
+                    except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
+                        job.failed()
+                finally:
+                    watchdog.blocker -= 1
+                    if watchdog.blocker == 0:
+                        watchdog.last_activity = time.time()  # (``register_activity``)
+                        if not can._value:  # (``Event.set``)
+                            can._value = True
+                            for fut in can._waiters:
+                                if not fut.done():
+                                    fut.set_result(True)
+            elif type(watchdog) is _Watchdog:
                 # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
                 # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
                 # found them, their bodies inline too)
                 event = inline_event[0]
                 can = watchdog.can_timeout
+                if (lean is not None and event is not None and type(can) is event
+                        and inline_watchdog[0] is _Watchdog):
+                    lean.watch_can = can  # (for the connection's next requests: above)
+                    lean.watchdog = watchdog
                 if type(can) is event:
                     can._value = False  # (``Event.clear``)
                 else:
@@ -638,9 +673,13 @@ class _Job:
                 if len(body) > ex.body_limit:
                     return await self._fail("response body exceeds the body size limit")
             resp.data.content = bytes(body)
-        # (``_respond``)
-        assert flow.response is not None
-        flow.response.timestamp_end = time.time()
+        # (``_respond``; the ``timestamp_end`` setter's body for mitmproxy's ``Response``)
+        sent = flow.response
+        assert sent is not None
+        if type(sent) is _Response:
+            sent.data.timestamp_end = time.time()
+        else:
+            sent.timestamp_end = time.time()
         later = self.later
         if later is not None:  # (open the layer's ``Later`` for this flow: seam/aftersend.py)
             flow.metadata[_AFTER] = later
@@ -1063,6 +1102,11 @@ class LeanLayer(layer.Layer):
         # per layer (one request at a time), opened for each flow by its job
         self.later = _Later()
         self.known: _Known | None = None  # the pattern of the last taken fast head's names
+        # the connection's own, as the hook task found them (``_lean_hook_task``): the agent's
+        # ``StreamWriter``'s transport, the handler's watchdog and its ``can_timeout``
+        self.agent_stream: Any = None
+        self.watchdog: Any = None
+        self.watch_can: Any = None
         global _fast_events
         if _fast_events is None:
             _fast_events = _check_events()
