@@ -308,7 +308,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
                 io = self.transports.get(self.client)
                 writer = io.writer if io is not None else None
                 if type(writer) is stream_writer:
-                    stream = lean.agent_stream = writer._transport  # (``transport``'s)
+                    # (``transport``'s own read, without the property's call)
+                    stream = lean.agent_stream = writer._transport  # type: ignore[attr-defined]
                     if not stream.is_closing() and stream.get_write_buffer_size() == 0:
                         writer = None
         if writer is not None:
