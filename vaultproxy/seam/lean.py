@@ -280,6 +280,9 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     keep_alive = getattr(asyncio_utils, "_KEEP_ALIVE", None)
     if type(keep_alive) is not set:
         keep_alive = None
+    # (its ``discard``, bound once: ``remove_done_callback`` finds a callback by ``==``, and
+    # a bound method equals another of the same function and object)
+    discard = keep_alive.discard if keep_alive is not None else None
 
     inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
     stream_writer = asyncio.StreamWriter
@@ -398,8 +401,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             # done callback its ``create_task`` added (a callback, and so one more turn of
             # the loop, per request). On an exception or a cancellation: the callback.
             task = current_task()
-            if task is not None and task.remove_done_callback(keep_alive.discard):
-                keep_alive.discard(task)
+            if task is not None and task.remove_done_callback(discard):
+                discard(task)
 
     return hook_task
 
