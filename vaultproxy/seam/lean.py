@@ -282,7 +282,7 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         keep_alive = None
     # (its ``discard``, bound once: ``remove_done_callback`` finds a callback by ``==``, and
     # a bound method equals another of the same function and object)
-    discard = keep_alive.discard if keep_alive is not None else None
+    discard: Any = keep_alive.discard if keep_alive is not None else None
 
     inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
     stream_writer = asyncio.StreamWriter
