@@ -1260,7 +1260,10 @@ class LeanLayer(layer.Layer):
                     req = _request_of(method, groups[1], headers)
                     # the stages' view of these names (inject/names.py), as they compute it
                     memo = _names._names_memo = (fields, known.lower)
-                    _names._canonical_memo = (fields, known.canonical)
+                    # (names without a ``_``: their canonical tuple is ``lower`` itself, and
+                    # the pair the same: one tuple)
+                    _names._canonical_memo = (memo if known.canonical is known.lower
+                                              else (fields, known.canonical))
                     head_len = m.end()
                     if head_len <= _CHECKED_HEAD:
                         # what ``check_headers`` reads of these fields, the pattern proved:
