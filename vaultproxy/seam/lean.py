@@ -271,7 +271,11 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
 
     For a request of a tunnel whose route is settled (``lean.route`` not None) ``_to_drain``'s
     lookup of the agent's writer is inline (tests/unit/test_speed_hookdone.py compares it
-    with mitmproxy's path)."""
+    with mitmproxy's path). What is the same for every request of a connection is asked
+    once and kept on its layer: the agent's ``StreamWriter``'s transport (``agent_stream``:
+    while it is open and holds nothing, no look-up), and a watchdog whose ``disarm()``,
+    ``Event`` and ``register_activity`` may be inline (``watchdog``, ``watch_can``); both
+    comparisons above share one layer between requests."""
     completed = events.HookCompleted
     lean_completed = _completed_maker()  # (the same object, one call)
     current_task = asyncio.current_task
@@ -1034,8 +1038,9 @@ def closes_noted(req: http.Request, resp: http.Response,
     """``closes`` for an HTTP/1.1 response whose head the response gate noted (seam/
     objects.py ``HEAD_NOTE``; its ``headers.fields`` the note's): its names hold one
     ``Content-Length`` and no ``Transfer-Encoding``, and the note tells whether a
-    Connection field might say close. tests/unit/test_speed_response_out.py compares it
-    with ``closes``."""
+    Connection field might say close. The request's Connection test reads the stages'
+    names memo when it holds the request's very fields (inject/names.py). tests/unit/
+    test_speed_response_out.py compares it with ``closes``, with and without that memo."""
     rdata = resp.data
     if (rdata.headers.fields is not note[0] or rdata.http_version != b"HTTP/1.1"
             or rdata.status_code == 101 or req.data.http_version not in _KEEP_ALIVE_RAW):
