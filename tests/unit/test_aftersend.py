@@ -437,6 +437,7 @@ def test_the_hook_task_writes_a_record_the_layer_never_got_to() -> None:
         layer = lean.LeanLayer.__new__(lean.LeanLayer)
         layer.route = False  # (no bypass route)
         layer.later = aftersend.Later()
+        layer.agent_stream = layer.watchdog = layer.watch_can = None  # (none found yet)
         hook.job = Job(flow, layer)
         handler = Handler()
         handler.timeout_watchdog = SimpleNamespace(disarm=_Disarm)  # type: ignore[attr-defined]

@@ -204,6 +204,10 @@ class _Lean:
     def __init__(self) -> None:
         self.route: Any = False  # (the bypass is seam/bypass.py's: not attached here)
         self.later = aftersend.Later()  # (the layer's: nothing opened in it here)
+        # (what the hook task keeps of the connection across its requests)
+        self.agent_stream: Any = None
+        self.watchdog: Any = None
+        self.watch_can: Any = None
 
     def client_gone(self) -> bool:
         return False
@@ -251,6 +255,7 @@ def _jobs(seed: int, task_of: Callable[[Any, Any], Any], eager: bool) -> list[An
         log: list[Any] = []
         h = Handler(log)
         h.timeout_watchdog.last_activity = 0.0
+        shared = _Lean()
         live: list[tuple[asyncio.Task[None], asyncio.Future[None], Any]] = []
         hooks: list[Any] = []
         seen: list[Any] = []
@@ -269,7 +274,10 @@ def _jobs(seed: int, task_of: Callable[[Any, Any], Any], eager: bool) -> list[An
             else:
                 flow = tflow.tflow()
                 hook = lean.LeanHook(flow)
-                hook.job.lean = _Lean() if rng.random() < 0.7 else None  # type: ignore[assignment]
+                # (one layer's requests share what the hook task keeps of the connection)
+                pick = rng.random()
+                hook.job.lean = (  # type: ignore[assignment]
+                    shared if pick < 0.4 else _Lean() if pick < 0.7 else None)
                 gate = loop.create_future()
                 sync = rng.random() < 0.3  # done without waiting (inside create_task)
                 fails = rng.random() < 0.2

@@ -19,6 +19,7 @@ from mitmproxy.proxy import commands, context, events, layer
 from mitmproxy.proxy.layers import http as layers_http
 
 from vaultproxy.seam import lean
+from vaultproxy.seam.objects import HEAD_NOTE, wire_block
 from vaultproxy.seam.pool import POOLED
 
 lhttp: Any = layers_http
@@ -120,7 +121,16 @@ def _complete(hook: lean.LeanHook, rng: random.Random) -> None:
     roll = rng.random()
     if roll < 0.7:
         job.outcome = lean.SEND
-        flow.response = _response(rng)
+        resp = flow.response = _response(rng)
+        fields = resp.data.headers.fields
+        names = [k.lower() for k, _ in fields]
+        if (rng.random() < 0.6 and resp.data.http_version == b"HTTP/1.1"
+                and b"transfer-encoding" not in names):
+            # the response gate's note of this head (seam/objects.py ``HEAD_NOTE``): the
+            # layer sends its block (with the body) and asks ``closes_noted``; the
+            # reference layer reads the head again
+            flow.metadata[HEAD_NOTE] = (fields, wire_block(fields),
+                                        b"connection" not in names)
     elif roll < 0.8:
         job.outcome = lean.ERROR
         job.code = rng.choice([lhttp.ErrorCode.GENERIC_SERVER_ERROR, None])
@@ -254,8 +264,11 @@ def test_the_seeded_streams_reach_every_branch() -> None:
             seen.add("streamed")
         if len(new.hooks) >= 3:
             seen.add("pipelined")
+        if any(h.job.outcome == lean.SEND and HEAD_NOTE in h.flow.metadata
+               and h.flow.response and h.flow.response.content for h in new.hooks):
+            seen.add("noted")  # (a noted head sent with its body)
     assert {"complete", "complete HttpResponseHook", "data", "queued", "replayed", "close",
-            "server close", "fallback", "done", "streamed", "pipelined"} <= seen, seen
+            "server close", "fallback", "done", "streamed", "pipelined", "noted"} <= seen, seen
 
 
 def test_a_changed_layer_method_keeps_mitmproxys(monkeypatch: pytest.MonkeyPatch,

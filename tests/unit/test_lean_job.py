@@ -132,6 +132,10 @@ HEADS = [
 ]
 
 
+class _Bytes(bytes):
+    """A ``bytes`` subclass (not ``bytes`` itself: the job copies it, as before)."""
+
+
 def _made(status: int, content: bytes) -> http.Response:
     resp = http.Response.make(status, content)
     resp.timestamp_start = resp.timestamp_end = None  # (the job's own stamps show)
@@ -178,12 +182,19 @@ class _Addons:
                 resp.headers = http.Headers(rng.choice(HEADS))
                 flow.response = resp
                 if rng.random() < 0.3:
-                    ex.body = rng.choice([b"", b"ab"])
+                    # (a ``bytes`` body is taken as it is; any other through the loop's copy)
+                    ex.body = rng.choice([b"", b"ab", bytearray(b"ab"), _Bytes(b"ab")])
         elif name == "responseheaders":
             if rng.random() < 0.05:
                 flow.response = _made(200, b"own")
             elif rng.random() < 0.15 and flow.response is not None:
                 flow.response.stream = True
+            # (what the job read before this hook decides: a status or method changed here
+            # does not make a body go or come)
+            if flow.response is not None and rng.random() < 0.15:
+                flow.response.status_code = rng.choice([200, 204, 304])
+            if rng.random() < 0.1:
+                flow.request.method = rng.choice(["HEAD", "GET", "head"])
         elif name == PoolChunkHook.name:
             ex = flow.metadata[POOLED]
             roll = rng.random()
@@ -198,8 +209,10 @@ class _Addons:
 def _state(job: lean._Job, addons: _Addons) -> tuple[Any, ...]:
     flow = job.flow
     resp = flow.response
+    content = resp and resp.raw_content
     return (job.outcome, job.code, job.message, addons.calls, flow.live,
-            flow.error and flow.error.msg, resp and (resp.status_code, resp.raw_content),
+            flow.error and flow.error.msg, resp and (resp.status_code, content,
+                                                     type(content)),
             resp and resp.timestamp_start is not None, resp and resp.timestamp_end is not None,
             flow.intercepted)
 

@@ -107,6 +107,10 @@ class _Lean:
     def __init__(self, route: Any) -> None:
         self.route = route
         self.later = aftersend.Later()
+        # (what the hook task keeps of the connection across its requests)
+        self.agent_stream: Any = None
+        self.watchdog: Any = None
+        self.watch_can: Any = None
 
     def client_gone(self) -> bool:
         return False
@@ -126,6 +130,7 @@ def _run(seed: int, handler_cls: type, task_of: Any, *, loop_name: str = "asynci
         layer = _Layer(h, log, tasks)
         h.layer = layer
         transport = _Transport(log)
+        shared = _Lean("route")
         protocol = asyncio.streams.FlowControlMixin(loop)
         writer = asyncio.StreamWriter(transport, protocol, None, loop)  # type: ignore[arg-type]
         io = h.transports[h.client] = server.ConnectionIO(writer=writer)
@@ -167,7 +172,10 @@ def _run(seed: int, handler_cls: type, task_of: Any, *, loop_name: str = "asynci
                 flow = tflow.tflow()
                 flow.id = f"f{step}"
                 hook = lean.LeanHook(flow)
-                hook.job.lean = _Lean(rng.choice([False, None, "route"]))  # type: ignore[assignment]
+                route = rng.choice([False, None, "route"])
+                # (one layer's requests share what the hook task keeps of the connection)
+                hook.job.lean = (  # type: ignore[assignment]
+                    shared if route == "route" and rng.random() < 0.7 else _Lean(route))
                 if rng.random() < 0.2:
                     layer.boom.add(flow.id)
                 gate = loop.create_future()

@@ -211,6 +211,7 @@ def _taken(side: lean.LeanLayer) -> Any:
             type(f) is tuple and len(f) == 2 and type(f[0]) is bytes and type(f[1]) is bytes
             for f in fields)
         assert type(got.data.method) is bytes and type(got.data.path) is bytes
+        assert type(got.data.content) is bytes  # (an empty body too: ``b""``)
         # the stages' view of the names, as they compute it
         assert names_mod.header_names(fields) == tuple([k.lower() for k, _ in fields])
         names_mod._names_memo = ((), ())

@@ -271,7 +271,11 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
 
     For a request of a tunnel whose route is settled (``lean.route`` not None) ``_to_drain``'s
     lookup of the agent's writer is inline (tests/unit/test_speed_hookdone.py compares it
-    with mitmproxy's path)."""
+    with mitmproxy's path). What is the same for every request of a connection is asked
+    once and kept on its layer: the agent's ``StreamWriter``'s transport (``agent_stream``:
+    while it is open and holds nothing, no look-up), and a watchdog whose ``disarm()``,
+    ``Event`` and ``register_activity`` may be inline (``watchdog``, ``watch_can``); both
+    comparisons above share one layer between requests."""
     completed = events.HookCompleted
     lean_completed = _completed_maker()  # (the same object, one call)
     current_task = asyncio.current_task
@@ -280,6 +284,9 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
     keep_alive = getattr(asyncio_utils, "_KEEP_ALIVE", None)
     if type(keep_alive) is not set:
         keep_alive = None
+    # (its ``discard``, bound once: ``remove_done_callback`` finds a callback by ``==``, and
+    # a bound method equals another of the same function and object)
+    discard: Any = keep_alive.discard if keep_alive is not None else None
 
     inline_event, inline_watchdog = connio.INLINE_EVENT, connio.INLINE_WATCHDOG
     stream_writer = asyncio.StreamWriter
@@ -297,12 +304,21 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         if lean is None or lean.route is None:
             writer = _to_drain(self, lean)
         else:  # (``_to_drain`` once the tunnel's route is settled: the rest of it, inline)
-            io = self.transports.get(self.client)
-            writer = io.writer if io is not None else None
-            if type(writer) is stream_writer:
-                stream = writer.transport
-                if not stream.is_closing() and stream.get_write_buffer_size() == 0:
-                    writer = None
+            stream = lean.agent_stream
+            if (stream is not None and not stream.is_closing()
+                    and stream.get_write_buffer_size() == 0):
+                # the transport of the agent's ``StreamWriter`` as an earlier request found
+                # it (a connection's writer is made once, with its connection): open and
+                # empty, so the look-up below would say None (or find no writer at all)
+                writer = None
+            else:
+                io = self.transports.get(self.client)
+                writer = io.writer if io is not None else None
+                if type(writer) is stream_writer:
+                    # (``transport``'s own read, without the property's call)
+                    stream = lean.agent_stream = writer._transport  # type: ignore[attr-defined]
+                    if not stream.is_closing() and stream.get_write_buffer_size() == 0:
+                        writer = None
         if writer is not None:
             try:
                 await writer.drain()
@@ -317,12 +333,39 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
         try:
             watchdog = self.timeout_watchdog
             addons = self.master.addons
-            if type(watchdog) is _Watchdog:
+            if lean is not None and watchdog is lean.watchdog:
+                # the branch below for a watchdog an earlier request of this connection found
+                # inline-able (mitmproxy's ``TimeoutWatchdog``, its ``can_timeout`` asyncio's
+                # ``Event``, both as seam/connio.py found them): its ``can_timeout`` as then
+                # (``TimeoutWatchdog.__init__`` alone sets it), without asking again
+                can = lean.watch_can
+                can._value = False  # (``Event.clear``)
+                watchdog.blocker += 1
+                try:
+                    job.addons = addons
+                    try:
+                        job.outcome = await job._request()
+                    except Exception:  # noqa: BLE001 - (``_Job.run``'s own handling)
+                        job.failed()
+                finally:
+                    watchdog.blocker -= 1
+                    if watchdog.blocker == 0:
+                        watchdog.last_activity = time.time()  # (``register_activity``)
+                        if not can._value:  # (``Event.set``)
+                            can._value = True
+                            for fut in can._waiters:
+                                if not fut.done():
+                                    fut.set_result(True)
+            elif type(watchdog) is _Watchdog:
                 # ``run_disarmed``'s inline ``disarm()`` around ``_Job.run``'s body (and, for
                 # asyncio's ``Event`` and mitmproxy's ``register_activity`` as seam/connio.py
                 # found them, their bodies inline too)
                 event = inline_event[0]
                 can = watchdog.can_timeout
+                if (lean is not None and event is not None and type(can) is event
+                        and inline_watchdog[0] is _Watchdog):
+                    lean.watch_can = can  # (for the connection's next requests: above)
+                    lean.watchdog = watchdog
                 if type(can) is event:
                     can._value = False  # (``Event.clear``)
                 else:
@@ -362,8 +405,8 @@ def _lean_hook_task(lean_handle_hook: Callable[..., Awaitable[None]]) -> Any:
             # done callback its ``create_task`` added (a callback, and so one more turn of
             # the loop, per request). On an exception or a cancellation: the callback.
             task = current_task()
-            if task is not None and task.remove_done_callback(keep_alive.discard):
-                keep_alive.discard(task)
+            if task is not None and task.remove_done_callback(discard):
+                discard(task)
 
     return hook_task
 
@@ -429,6 +472,7 @@ class LeanHook(commands.StartHook):
 
 _new = object.__new__
 _HTTPFlow: Any = http.HTTPFlow
+_Response: Any = http.Response
 _mflow: Any = mflow  # (its ``uuid`` and ``time``, as ``Flow.__init__`` reads them)
 #: may ``_serve`` make a request's ``HTTPFlow`` attribute by attribute (seam/objects.py)?
 _FLOW_PLAIN = objects.http_flow_plain()
@@ -453,6 +497,15 @@ def _paused_plain() -> bool:
 
 
 _PAUSED_PLAIN = _paused_plain()
+
+
+def _no_body(raw: bytes, status: int) -> bool:
+    """Has the response to a request of this method (its bytes) with this status no body:
+    a HEAD (``Request.method == "HEAD"``: a method of ``_PLAIN_METHODS`` compared as its
+    bytes, any other decoded and upper-cased as the property does), a 204 or a 304?"""
+    return (raw == b"HEAD" or status in (204, 304)
+            or (raw not in _PLAIN_METHODS
+                and raw.decode("utf-8", "surrogateescape").upper() == "HEAD"))
 
 
 # what the layer does once the job is done
@@ -578,12 +631,10 @@ class _Job:
         if ex.error is not None or flow.response is None:
             return await self._fail(ex.error or "server closed connection")
         resp = flow.response
-        # (``Request.method == "HEAD"`` and ``Response.status_code``, without a call: a
-        # method of ``_PLAIN_METHODS`` compared as its bytes)
+        # (``Request.method`` as its bytes and ``Response.status_code`` without a call, read
+        # now; ``_no_body`` of them only where it is asked)
         raw = flow.request.data.method
-        no_body = (raw == b"HEAD" or resp.data.status_code in (204, 304)
-                   or (raw not in _PLAIN_METHODS
-                       and raw.decode("utf-8", "surrogateescape").upper() == "HEAD"))
+        status = resp.data.status_code
         # check_body_size: a no-op (choose() takes no connection with a body size option)
         if lean is not None and lean.validate:
             try:
@@ -606,26 +657,37 @@ class _Job:
             return await self._kill(True)
         if flow.response is not resp:  # a stage answered in the upstream's stead
             return await self._respond()
-        if resp.stream and not no_body:
+        if resp.stream and not _no_body(raw, status):
             return STREAM  # the layer sends the head, then each chunk as it comes
-        body = bytearray(ex.body or b"")  # a small body the exchange read with the head
-        while not no_body and ex.body is None:
-            await addons.handle_lifecycle(PoolChunkHook(flow))
-            if flow.intercepted:
-                await flow.wait_for_resume()
-            if (flow.error is not None or queued) and self._killed():
-                return await self._kill(True)
-            if ex.error is not None:
-                return await self._fail(ex.error)
-            if ex.chunk is None:
-                break
-            body += ex.chunk
-            if len(body) > ex.body_limit:
-                return await self._fail("response body exceeds the body size limit")
-        resp.data.content = bytes(body)
-        # (``_respond``)
-        assert flow.response is not None
-        flow.response.timestamp_end = time.time()
+        whole = ex.body  # a small body the exchange read with the head
+        if type(whole) is bytes:
+            # (the loop below would not run, and ``bytes(bytearray(whole))`` is an equal
+            # ``bytes``: the body itself, without its two copies)
+            resp.data.content = whole
+        else:
+            body = bytearray(whole or b"")
+            no_body = _no_body(raw, status)
+            while not no_body and ex.body is None:
+                await addons.handle_lifecycle(PoolChunkHook(flow))
+                if flow.intercepted:
+                    await flow.wait_for_resume()
+                if (flow.error is not None or queued) and self._killed():
+                    return await self._kill(True)
+                if ex.error is not None:
+                    return await self._fail(ex.error)
+                if ex.chunk is None:
+                    break
+                body += ex.chunk
+                if len(body) > ex.body_limit:
+                    return await self._fail("response body exceeds the body size limit")
+            resp.data.content = bytes(body)
+        # (``_respond``; the ``timestamp_end`` setter's body for mitmproxy's ``Response``)
+        sent = flow.response
+        assert sent is not None
+        if type(sent) is _Response:
+            sent.data.timestamp_end = time.time()
+        else:
+            sent.timestamp_end = time.time()
         later = self.later
         if later is not None:  # (open the layer's ``Later`` for this flow: seam/aftersend.py)
             flow.metadata[_AFTER] = later
@@ -976,8 +1038,9 @@ def closes_noted(req: http.Request, resp: http.Response,
     """``closes`` for an HTTP/1.1 response whose head the response gate noted (seam/
     objects.py ``HEAD_NOTE``; its ``headers.fields`` the note's): its names hold one
     ``Content-Length`` and no ``Transfer-Encoding``, and the note tells whether a
-    Connection field might say close. tests/unit/test_speed_response_out.py compares it
-    with ``closes``."""
+    Connection field might say close. The request's Connection test reads the stages'
+    names memo when it holds the request's very fields (inject/names.py). tests/unit/
+    test_speed_response_out.py compares it with ``closes``, with and without that memo."""
     rdata = resp.data
     if (rdata.headers.fields is not note[0] or rdata.http_version != b"HTTP/1.1"
             or rdata.status_code == 101 or req.data.http_version not in _KEEP_ALIVE_RAW):
@@ -985,6 +1048,11 @@ def closes_noted(req: http.Request, resp: http.Response,
     if not note[2] and _says_close(rdata.headers.fields):
         return True
     qfields = req.data.headers.fields
+    memo = _names._names_memo
+    if memo[0] is qfields:
+        # the stages' memo of these very fields' names (inject/names.py ``header_names``:
+        # each ``k.lower()``, in order): the loop below's test, on its names at once
+        return b"connection" in memo[1] and _says_close(qfields)
     for k, _ in qfields:  # (``closes``' own loop)
         if len(k) == 10 and k.lower() == b"connection":
             return _says_close(qfields)
@@ -1043,9 +1111,18 @@ class LeanLayer(layer.Layer):
         # per layer (one request at a time), opened for each flow by its job
         self.later = _Later()
         self.known: _Known | None = None  # the pattern of the last taken fast head's names
+        # the connection's own, as the hook task found them (``_lean_hook_task``): the agent's
+        # ``StreamWriter``'s transport, the handler's watchdog and its ``can_timeout``
+        self.agent_stream: Any = None
+        self.watchdog: Any = None
+        self.watch_can: Any = None
         global _fast_events
         if _fast_events is None:
             _fast_events = _check_events()
+        # ``handle_event``'s own path: ``debug is None and fallback is None and
+        # _fast_events``, made once (``debug`` is set by ``Layer.__init__`` alone, the check
+        # once per process) and cleared where ``fallback`` is set (``_fall_back``)
+        self.lean_events = self.debug is None and bool(_fast_events)
 
     def client_gone(self) -> bool:
         """Did the agent close while a hook ran (an event queued for after the pause)?"""
@@ -1065,7 +1142,7 @@ class LeanLayer(layer.Layer):
         ``_handle_event``, ``_serve``, ``_one``, ``_send`` and ``_after``. With ``debug``
         output, after a fallback, for any other event and for a queued one: mitmproxy's own
         (tests/unit/test_lean_events.py compares the two on seeded event streams)."""
-        if self.debug is not None or self.fallback is not None or not _fast_events:
+        if not self.lean_events:  # (debug output, a fallback, a changed ``Layer``)
             yield from _LAYER_HANDLE_EVENT(self, event)
             return
         paused = self._paused
@@ -1137,6 +1214,7 @@ class LeanLayer(layer.Layer):
         http_layer = lhttp.HttpLayer(self.context, lhttp.HTTPMode.transparent)
         self.fallback = http_layer
         self.serving = False
+        self.lean_events = False
         self.pending = None
         data = bytes(self.buf)
         self.buf.clear()
@@ -1180,19 +1258,24 @@ class LeanLayer(layer.Layer):
                         size = -1
                 if size >= 0:
                     # (``fast_head``'s ``Request``, its fields these names and values)
-                    fields = tuple(zip(known.names, groups[2:], strict=True))
+                    # (no ``strict``: the pattern has one group per name, by its making)
+                    fields = tuple(zip(known.names, groups[2:]))  # noqa: B905 - as many
                     headers = object.__new__(http.Headers)
                     headers.fields = fields
                     req = _request_of(method, groups[1], headers)
                     # the stages' view of these names (inject/names.py), as they compute it
-                    _names._names_memo = (fields, known.lower)
-                    _names._canonical_memo = (fields, known.canonical)
+                    memo = _names._names_memo = (fields, known.lower)
+                    # (names without a ``_``: their canonical tuple is ``lower`` itself, and
+                    # the pair the same: one tuple)
+                    _names._canonical_memo = (memo if known.canonical is known.lower
+                                              else (fields, known.canonical))
                     head_len = m.end()
                     if head_len <= _CHECKED_HEAD:
                         # what ``check_headers`` reads of these fields, the pattern proved:
                         # token names, no CR, LF or NUL in a value, at most
                         # ``_KNOWN_NAMES_MAX`` fields, names and values shorter than the head
-                        _names._checked_memo = (fields, known.lower)
+                        # (the same pair as the names memo's: one tuple)
+                        _names._checked_memo = memo
         if req is None:
             read = self._read(buf, known)
             if type(read) is not tuple:
@@ -1202,10 +1285,10 @@ class LeanLayer(layer.Layer):
         if len(buf) < end:
             self.pending = (req, head_len, size)
             return None
-        # (``_body``, inline)
+        # (``_body``, inline; no body: ``b""``, what ``bytes`` of an empty slice is)
         if not self.pooled():
             return "not pooled"
-        body = bytes(buf[head_len:end])
+        body = bytes(buf[head_len:end]) if size else b""
         del buf[:end]
         req.data.content = body
         return req
@@ -1363,7 +1446,6 @@ class LeanLayer(layer.Layer):
                 # (``_send`` and ``_after``)
                 resp = flow.response
                 assert resp is not None
-                content = resp.raw_content
                 req = flow.request
                 rdata = resp.data
                 note = flow.metadata.get(_HEAD_NOTE)
@@ -1371,13 +1453,22 @@ class LeanLayer(layer.Layer):
                         and rdata.http_version == b"HTTP/1.1"
                         and type(rdata.headers) is http.Headers):
                     # the head as the response gate left it (seam/objects.py ``HEAD_NOTE``):
-                    # ``_head`` with its block; no Transfer-Encoding, so not chunked
-                    data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
-                        rdata.status_code, rdata.reason, note[1])
-                    if content:
-                        data += content
+                    # ``_head`` with its block; no Transfer-Encoding, so not chunked. A body
+                    # of ``bytes`` is formatted with the head (one object, one copy: what
+                    # ``data += content`` makes); ``raw_content`` is ``data.content`` for
+                    # mitmproxy's ``Response`` itself.
+                    content = rdata.content if type(resp) is _Response else resp.raw_content
+                    if content and type(content) is bytes:
+                        data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (
+                            rdata.status_code, rdata.reason, note[1], content)
+                    else:
+                        data = b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
+                            rdata.status_code, rdata.reason, note[1])
+                        if content:
+                            data += content
                     rnames = None
                 else:
+                    content = resp.raw_content
                     note = None
                     data = _head(resp)
                     rnames = {k.lower() for k, _ in rdata.headers.fields}  # (for both tests)
