@@ -231,3 +231,128 @@ def test_the_refusal_mark_is_taken_as_before(tmp_path: Path) -> None:
     finally:
         refusals._marked.clear()
         refusals._marked.update(saved)
+
+
+# -- metrics.counted: the thread's last (service, outcome) objects give their row --------------
+
+
+def _old_counted(
+    m: Any, event: object, service: Any, outcome: Any, reason: object, duration_ms: Any,
+) -> None:
+    """audit/metrics.py ``counted`` as it was (main 36b6d1b), on module ``m``'s tables (its
+    rows in ``m._LOCAL.old``): the label made and the row looked up on every count."""
+    from bisect import bisect_left
+    from threading import get_ident
+
+    try:
+        if event == "request":
+            service = service or "-"
+            label = outcome
+            if type(service) is not str or type(label) is not str:
+                hash((service, label))
+                service, label = str(service), str(label)
+            try:
+                mine = m._LOCAL.old
+            except AttributeError:
+                mine = m._LOCAL.old = m._THREADS.setdefault(-get_ident(), ({}, {}))
+            key = (service, label)
+            row = mine[0].get(key)
+            if row is None:
+                m._SEEN_FLOWS.setdefault(key, time.time())
+                row = mine[0][key] = [0.0, None]
+            row[0] += 1.0
+            if duration_ms is not None and outcome in ("injected", "forwarded"):
+                hist = row[1]
+                if hist is None:
+                    hist = mine[1].get(service)
+                    if hist is None:
+                        m._SEEN_LATENCY.setdefault(service, time.time())
+                        hist = mine[1][service] = [0.0] * (m._NBUCKETS + 1)
+                    row[1] = hist
+                amount = duration_ms / 1000.0
+                hist[0] += amount
+                i = bisect_left(m._BOUNDS, amount) if amount == amount else m._NBUCKETS
+                if i < m._NBUCKETS:
+                    hist[i + 1] += 1.0
+    except Exception:  # noqa: BLE001, S110
+        pass
+
+
+class _Sub(str):
+    pass
+
+
+def _tables(m: Any, sign: int) -> tuple[dict[Any, float], dict[str, list[float]], list[Any]]:
+    """The flows and histogram rows summed over the threads of one kind (ident's sign:
+    the reference counts under -ident), and the series first seen."""
+    flows: dict[Any, float] = {}
+    hists: dict[str, list[float]] = {}
+    for ident, (rows, hrows) in m._THREADS.items():
+        if (ident < 0) != (sign < 0):
+            continue
+        for key, row in rows.items():
+            flows[key] = flows.get(key, 0.0) + row[0]
+        for service, h in hrows.items():
+            have = hists.get(service)
+            hists[service] = (list(h) if have is None
+                              else [a + b for a, b in zip(have, h, strict=True)])
+    return flows, hists, list(m._SEEN_FLOWS)
+
+
+def test_counted_is_the_old_count(monkeypatch: Any) -> None:
+    """Seeded counts (the same service and outcome objects again and again, runs of one,
+    equal strings that are other objects, str subclasses, None and "" services, unhashable
+    ones, other events, upstream codes, no duration), on two threads: the rows the new
+    ``counted`` keeps are the reference's, value for value. Twin: the kept row is used
+    (most counts hit it) and a different object of the same text gets the same row."""
+    import threading
+
+    from vaultproxy.audit import metrics as m
+
+    monkeypatch.setattr(m, "_THREADS", {})
+    monkeypatch.setattr(m, "_LOCAL", threading.local())
+    monkeypatch.setattr(m, "_SEEN_FLOWS", {})
+    monkeypatch.setattr(m, "_SEEN_LATENCY", {})
+
+    class _Errors:
+        def labels(self, *a: Any) -> Any:
+            return self
+
+        def inc(self) -> None:
+            pass
+
+    monkeypatch.setattr(m, "UPSTREAM_ERRORS", _Errors())
+    hits = [0]
+
+    services: list[Any] = ["hi", "hi", "gh", None, "", _Sub("hi"), "".join(["h", "i"]),
+                           ["unhashable"], 7]
+    outcomes: list[Any] = ["injected", "forwarded", "denied", "error", _Sub("injected"),
+                           "".join(["inj", "ected"])]
+
+    def run(seed: int) -> None:
+        rng = random.Random(seed)
+        service, outcome = "hi", "injected"
+        for _ in range(3000):
+            if rng.random() < 0.3:  # a run of the same objects, or new ones
+                service, outcome = rng.choice(services), rng.choice(outcomes)
+            event = "request" if rng.random() < 0.95 else rng.choice(["forward", "sync"])
+            reason = rng.choice([None, None, None, "upstream_tls", "minted"])
+            duration = rng.choice([None, 0.5, 4.9, 5.0, 12.0, 99.0, 2500.0, 40000.0,
+                                   rng.random() * 50])
+            row_before = getattr(m._LOCAL, "rows", None)
+            if row_before is not None and row_before[2][0] is not None and (
+                    row_before[2][0][0] is service and row_before[2][0][1] is outcome):
+                hits[0] += 1
+            m.counted(event, service, outcome, reason, duration)
+            _old_counted(m, event, service, outcome, reason, duration)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (1012, 1013)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    new, old = _tables(m, 1), _tables(m, -1)
+    assert new[0] == old[0] and new[0]
+    assert new[1] == old[1] and new[1]
+    assert hits[0] > 2000  # twin: the kept row counted most of them
+    assert ("hi", "injected") in new[0] and ("-", "denied") in new[0]
