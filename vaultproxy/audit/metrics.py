@@ -38,7 +38,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 # exposition keeps prometheus_client's order (first observed first) and ``_created``.
 # a flow row: [count, the thread's latency row of its service once it took one (or None)]
 _THREADS: dict[int, tuple[dict[tuple[str, str], list[Any]], dict[str, list[float]]]] = {}
-_LOCAL = local()  # ``rows``: the calling thread's entry of ``_THREADS``
+# ``rows``: the calling thread's entry of ``_THREADS`` and a cell of its own: the last
+# (service, outcome) it counted, as given, with their label and row (``counted``)
+_LOCAL = local()
 _SEEN_FLOWS: dict[tuple[str, str], float] = {}  # (service, outcome) -> created
 _SEEN_LATENCY: dict[str, float] = {}  # service -> created
 # PROMETHEUS_DISABLE_CREATED_SERIES, read as prometheus_client.metrics reads it at import.
@@ -282,23 +284,38 @@ def counted(
     record it just made, which are its own: no field read back from the record)."""
     try:
         if event == "request":
-            service = service or "-"
-            label = outcome
-            if type(service) is not str or type(label) is not str:
-                # As before: an unhashable value raised (the cache's look-up), anything else
-                # was stringified by prometheus_client's labels() (a str subclass too).
-                hash((service, label))
-                service, label = str(service), str(label)
             try:  # this thread's rows (a thread-local: no ident made and looked up)
                 mine = _LOCAL.rows
-            except AttributeError:  # (its first count: an ended thread's ident, its rows)
-                mine = _LOCAL.rows = _THREADS.setdefault(get_ident(), ({}, {}))
-            key = (service, label)
-            row = mine[0].get(key)
-            if row is None:
-                _SEEN_FLOWS.setdefault(key, time())
-                # [count, the thread's histogram row of the service once it took a latency]
-                row = mine[0][key] = [0.0, None]
+                last = mine[2][0]
+            except AttributeError:  # (its first count: its rows are made below)
+                mine = last = None
+            if last is not None and last[0] is service and last[1] is outcome:
+                # the very service and outcome objects of this thread's last count: its
+                # label and row (what the look-up below gives them: no key made, no hash)
+                service, row = last[2], last[3]
+            else:
+                given = service
+                service = service or "-"
+                label = outcome
+                exact = True
+                if type(service) is not str or type(label) is not str:
+                    # As before: an unhashable value raised (the cache's look-up), anything
+                    # else was stringified by prometheus_client's labels() (a str subclass
+                    # too).
+                    hash((service, label))
+                    service, label = str(service), str(label)
+                    exact = False
+                if mine is None:  # (its first count: an ended thread's ident, its rows)
+                    mine = _LOCAL.rows = (*_THREADS.setdefault(get_ident(), ({}, {})), [None])
+                key = (service, label)
+                row = mine[0].get(key)
+                if row is None:
+                    _SEEN_FLOWS.setdefault(key, time())
+                    # [count, the thread's histogram row of the service once it took a
+                    # latency]
+                    row = mine[0][key] = [0.0, None]
+                if exact:  # (exact str labels only: the same objects give the same row)
+                    mine[2][0] = (given, outcome, service, row)
             row[0] += 1.0
             if reason in UPSTREAM_CODES:
                 UPSTREAM_ERRORS.labels(service, reason).inc()

@@ -61,6 +61,7 @@ class FlowRecord:
     # ResponseGate: the header fields of a head its one-pass path buffered (no coding)
     plain_fields: tuple[tuple[bytes, bytes], ...] | None = None
     outcome: Outcome | None = None  # Record: set once the audit line is written
+    inflight: bool = False  # Record: counted in ``ProxyState.inflight`` (until it ends)
 
     def __init__(self) -> None:
         # every field's default (the class's annotations above), in their order
@@ -77,6 +78,7 @@ class FlowRecord:
         self.redactor = None
         self.plain_fields = None
         self.outcome = None
+        self.inflight = False
         # The proxy answered this flow itself (refused it, or served it): no later stage
         # decides, dials, checks, mints or injects for it. An upstream's response is not an
         # answer of ours. ``refusal is not None or served``, kept as a plain attribute (read

@@ -42,9 +42,11 @@ def _record(
     if st is None:
         return
     if event == "request":
-        refused = refusals._marked.pop(flow.client_conn.id, None)  # (``refusals.take``)
-        if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
-            outcome, reason, status = "denied", InvalidRequest.code, refused
+        marked = refusals._marked  # (``refusals.take``, only when any connection is marked)
+        if marked:
+            refused = marked.pop(flow.client_conn.id, None)
+            if refused is not None:  # mitmproxy's HTTP/1 reader answered it, not our stages
+                outcome, reason, status = "denied", InvalidRequest.code, refused
     rec.outcome = outcome
     request, response = flow.request, flow.response
     decision = rec.decision
@@ -133,7 +135,8 @@ class Record(Stage):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self._connect_log = EveryInterval(5.0)
-        self._inflight: set[str] = set()  # flows counted in ProxyState.inflight
+        # a flow counted in ProxyState.inflight: its record's ``inflight`` (a set of flow ids
+        # here before: an add, a look-up and a discard per request)
 
     @guarded
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -165,11 +168,12 @@ class Record(Stage):
         decision = rec.decision
         if st is not None and decision is not None and decision.service is not None:
             st.inflight += 1
-            self._inflight.add(flow.id)
+            rec.inflight = True
 
     def _finish(self, flow: http.HTTPFlow) -> None:
-        if flow.id in self._inflight:
-            self._inflight.discard(flow.id)
+        rec: FlowRecord | None = flow.metadata.get(KEY)  # (none made: a flow without one
+        if rec is not None and rec.inflight:  # was never counted)
+            rec.inflight = False
             st = self.rt.live.state  # ``rt.current()``
             if st is not None:
                 st.inflight -= 1
@@ -177,14 +181,14 @@ class Record(Stage):
     @guarded
     @handed
     def response(self, flow: http.HTTPFlow, rec: FlowRecord | None = None) -> None:
-        if flow.id in self._inflight:  # ``self._finish(flow)``, without its call
-            self._inflight.discard(flow.id)
-            st = self.rt.live.state  # ``rt.current()``
-            if st is not None:
-                st.inflight -= 1
         metadata = flow.metadata
         if rec is None:  # (handed on by the dispatch: seam/dispatch.py ``RECORD``)
             rec = metadata.get(KEY) or record_of(flow)
+        if rec.inflight:  # ``self._finish(flow)``, without its call
+            rec.inflight = False
+            st = self.rt.live.state  # ``rt.current()``
+            if st is not None:
+                st.inflight -= 1
         decision = rec.decision
         # (the lean layer's ``Later``, when it sends this response whole: the record is
         # written right after the send, seam/aftersend.py)
