@@ -41,9 +41,18 @@ from mitmproxy.proxy.layers import ClientTLSLayer, ServerTLSLayer, modes
 from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
-from vaultproxy.seam import tlsio
-from vaultproxy.seam.connio import environ_get
+from vaultproxy.seam import connio, tlsio
+from vaultproxy.seam.connio import (
+    INLINE,
+    START_HOOKS,
+    _command,
+    _commands,
+    _start_hook,
+    _StreamWriter,
+    environ_get,
+)
 from vaultproxy.seam.need import missing
+from vaultproxy.seam.objects import data_received_of
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +233,92 @@ class Route:
         self.clean = False  # the layers above see this event: check them again next time
         return self.full(event)  # type: ignore[no-any-return]
 
+    def serve(self, handler: Any, event: Any, connection: Any, data: bytes) -> bool:
+        """``handler``'s ``_locked_event`` (seam/connio.py) for ``event`` (None: the agent's
+        bytes, ``DataReceived(connection, data)``, made only if a layer needs the object)
+        on the short route, as ``_locked_event`` reads ``handle_event``'s answer: the same
+        checks (``handle_event``), the same ClientTLSLayer's commands for the event, each
+        passed on as ``_short`` passes it and handled as ``_locked_event`` handles it (a
+        ``SendData`` to the agent written, a hook filed and started, a log line logged),
+        each before the next is read; from the first command ``_short`` splices, the
+        whole stack's commands go through ``_locked_event``'s loop (``connio._commands``),
+        as they would. Without ``_short``'s generator and ``handle_event``'s call (and, for
+        the agent's bytes through the decided TLS layer, without the event). False, with
+        nothing done: the event is not routed short."""
+        if event is None:
+            if connection is not self.client:
+                return False
+            hook = False
+        else:
+            kind = type(event)
+            if kind is _DataReceived:
+                if event.connection is not self.client:
+                    return False
+                hook, data = False, event.data
+            elif kind is _HookCompleted:
+                if self.sources.get(event.command) is not self.stream:
+                    return False
+                hook = True
+            else:
+                return False
+        if not (self.clean and self.lean.serving) and not self._steady():
+            return False
+        # ``_short``, to where it reads the ClientTLSLayer's commands
+        short = stats["short"] + 1
+        stats["short"] = short
+        if short in _LOG_AT:  # at 1, 2, 4, 8 ...: a few lines a process
+            logger.info("%s %d (%d spliced)", COUNT, short, stats["spliced"])
+        if hook:
+            del self.sources[event.command]  # (HttpLayer pops it)
+        client, stream, sources = self.client, self.stream, self.sources
+        tls = self.client_tls
+        if self.tls_direct and tls._paused is None and tls.tunnel_state is _OPEN:
+            if tls.tls is self.tls_conn:  # (``tlsio.decided``: the same methods, told so)
+                out = (tls.event_to_child(event, True) if hook
+                       else tls.receive_data(data, True))
+            else:
+                out = tls.event_to_child(event) if hook else tls.receive_data(data)
+        else:
+            if event is None:
+                event = data_received_of(connection, data)
+            out = self.target.handle_event(event)  # what the ServerTLSLayer would call
+        transports = handler.transports
+        for command in out:
+            kind = type(command)
+            if kind is _SendData:
+                if command.connection is client:
+                    if command.data:
+                        # (``_locked_event``'s ``SendData``: ``_short`` passes it on)
+                        io = transports.get(client)
+                        if io is None:
+                            continue  # The connection has already been closed.
+                        writer = io.writer
+                        assert writer
+                        if type(writer) is _StreamWriter and "write" in INLINE:
+                            transport = writer._transport  # (``is_closing``, ``write``)
+                            if not transport.is_closing():
+                                transport.write(command.data)
+                        elif not writer.is_closing():
+                            writer.write(command.data)
+                    continue
+            elif kind is _Log or isinstance(command, _StartHook):
+                blocking = command.blocking
+                if blocking is not True:
+                    if blocking:
+                        sources[command] = stream  # as HttpLayer.event_to_child files it
+                    if kind is _Log:
+                        handler.log(command.message, command.level)
+                    elif kind in START_HOOKS:
+                        _start_hook(handler, command)
+                    else:
+                        _command(handler, command)
+                    continue
+            if event is None:
+                event = data_received_of(connection, data)
+            _commands(handler, self._splice(event, command, out))
+            return True
+        return True
+
     def _steady(self) -> bool:
         """Would every layer above the ClientTLSLayer only hand the event on? (Checked
         again after each event that crossed them: ``clean``.)"""
@@ -313,3 +408,7 @@ class Route:
             if target.__dict__.get("handle_event") is answered:  # never reached: a bug
                 restore()
                 logger.error("lean bypass: an event's commands were lost on the whole stack")
+
+
+#: ``_locked_event`` asks a route's ``serve`` first (seam/connio.py)
+connio.SHORT[0] = Route

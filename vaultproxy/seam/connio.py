@@ -331,10 +331,20 @@ async def server_event(self: Any, event: Any) -> None:
     _locked_event(self, event)
 
 
-def _locked_event(self: Any, event: Any, take: bool = False) -> None:
+def _locked_event(self: Any, event: Any, take: bool = False, connection: Any = None,
+                  data: bytes = b"") -> None:
     """``server_event``'s body once its lock is taken (``async with``'s block; ``take``:
     take the free lock first): the event through the layers, their commands, then the lock
-    released. No ``await``: ``_deliver`` runs it from the protocol's callback."""
+    released. No ``await``: ``_deliver`` runs it from the protocol's callback, for the
+    agent's bytes (``event`` None: ``DataReceived(connection, data)``, made here unless a
+    lean tunnel's route takes the bytes without it).
+
+    A top layer whose ``handle_event`` is a route's (``SHORT``: seam/bypass.py's ``Route``)
+    is asked first (``Route.serve``): it reads the ClientTLSLayer's commands for an event
+    it routes short and hands each to this function's handling of it, as when this
+    function reads them from the route's ``handle_event``; for any other event it does
+    nothing, and the event takes the route's ``handle_event``'s other branch (the whole
+    stack)."""
     lock = self._server_event_lock
     if take:
         lock._locked = True  # (``Lock.acquire`` of a free lock: no wait)
@@ -346,28 +356,19 @@ def _locked_event(self: Any, event: Any, take: bool = False) -> None:
         else:
             watchdog.register_activity()
         try:
-            layer_commands = self.layer.handle_event(event)
-            transports = self.transports
-            for command in layer_commands:
-                kind = type(command)
-                if kind is _SendData:
-                    io = transports.get(command.connection)
-                    if io is None:
-                        continue  # The connection has already been closed.
-                    writer = io.writer
-                    assert writer
-                    if type(writer) is _StreamWriter and "write" in INLINE:
-                        stream = writer._transport  # (what ``is_closing``, ``write`` use)
-                        if not stream.is_closing():
-                            stream.write(command.data)
-                    elif not writer.is_closing():
-                        writer.write(command.data)
-                elif kind is _Log:
-                    self.log(command.message, command.level)
-                elif kind in START_HOOKS:
-                    _start_hook(self, command)
-                else:
-                    _command(self, command)
+            handle = self.layer.handle_event
+            route = getattr(handle, "__self__", None)
+            if type(route) is SHORT[0]:
+                if not route.serve(self, event, connection, data):
+                    # (``Route.handle_event`` for an event it does not route short)
+                    route.clean = False
+                    if event is None:
+                        event = data_received_of(connection, data)
+                    _commands(self, route.full(event))
+            else:
+                if event is None:
+                    event = data_received_of(connection, data)
+                _commands(self, handle(event))
         except Exception:
             self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
     finally:
@@ -375,6 +376,36 @@ def _locked_event(self: Any, event: Any, take: bool = False) -> None:
             lock._locked = False  # (``Lock.release`` with no waiter to wake: no call)
         else:
             lock.release()
+
+
+def _commands(self: Any, layer_commands: Any) -> None:
+    """``server_event``'s loop over the layers' commands (``_locked_event``)."""
+    transports = self.transports
+    for command in layer_commands:
+        kind = type(command)
+        if kind is _SendData:
+            io = transports.get(command.connection)
+            if io is None:
+                continue  # The connection has already been closed.
+            writer = io.writer
+            assert writer
+            if type(writer) is _StreamWriter and "write" in INLINE:
+                stream = writer._transport  # (what ``is_closing``, ``write`` use)
+                if not stream.is_closing():
+                    stream.write(command.data)
+            elif not writer.is_closing():
+                writer.write(command.data)
+        elif kind is _Log:
+            self.log(command.message, command.level)
+        elif kind in START_HOOKS:
+            _start_hook(self, command)
+        else:
+            _command(self, command)
+
+
+#: [the class whose bound ``handle_event``, as a handler's top layer's, ``_locked_event``
+#: asks first (``serve``)]: seam/bypass.py's ``Route`` sets it (None: nothing asked)
+SHORT: list[Any] = [None]
 
 
 class _Disarmed:
@@ -522,8 +553,7 @@ def _deliver(entry: _Direct, reader: Any, data: bytes) -> bool:
     task, loop = entry.task, reader._loop
     prev = _swap_current_task(loop, task)
     try:
-        task.get_context().run(_locked_event, handler, data_received_of(entry.connection, data),
-                               True)
+        task.get_context().run(_locked_event, handler, None, True, entry.connection, data)
     except BaseException as e:  # noqa: BLE001 - raised in the task, as the loop would
         entry.woke = e
     finally:
