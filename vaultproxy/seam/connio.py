@@ -302,8 +302,8 @@ def _start_hook(self: Any, command: Any) -> None:
     """``_command``'s ``StartHook`` branch (``asyncio_utils.create_task(self.hook_task(
     command), name=f"handle_hook({command.name})", keep_ref=True, client=...)``) with
     ``create_task`` (``asyncio.create_task``: ``loop.create_task(coro)``, then
-    ``_set_task_name`` of no name, nothing) and this module's ``set_task_debug_info``, if they
-    are still the ones ``install`` checked; otherwise ``_command``."""
+    ``_set_task_name`` of no name, nothing) and this module's ``set_task_debug_info`` (its
+    body), if they are still the ones ``install`` checked; otherwise ``_command``."""
     inline = INLINE
     if (not inline or asyncio_utils.create_task is not inline["create_task"]
             or asyncio.create_task is not inline["asyncio.create_task"]
@@ -314,7 +314,23 @@ def _start_hook(self: Any, command: Any) -> None:
     name = f"handle_hook({command.name})"
     client = self.client.peername
     task = asyncio.get_running_loop().create_task(coro)
-    set_task_debug_info(task, name=name, client=client)
+    # ``set_task_debug_info(task, name=name, client=client)``, its body inline
+    task.created = time.time()  # type: ignore[attr-defined]
+    if __debug__ is True:
+        environ: Any = os.environ
+        if environ is _ENVIRON and type(environ) is os._Environ:
+            raw = environ._data.get(_TEST_KEY)
+            if raw is not None:
+                test = environ.decodevalue(raw)
+                if test:
+                    name = f"{name} [created in {test}]"
+        else:
+            test = environ.get(_TEST_VAR, None)
+            if test:
+                name = f"{name} [created in {test}]"
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
     if not task.done():
         keep_alive = asyncio_utils._KEEP_ALIVE
         keep_alive.add(task)
