@@ -43,13 +43,12 @@ from mitmproxy.proxy.layers.http import _http1
 
 from vaultproxy.seam import connio, tlsio
 from vaultproxy.seam.connio import (
-    INLINE,
     START_HOOKS,
     _command,
     _commands,
     _start_hook,
-    _StreamWriter,
     environ_get,
+    send_data,
 )
 from vaultproxy.seam.need import missing
 from vaultproxy.seam.objects import data_received_of
@@ -274,32 +273,26 @@ class Route:
         tls = self.client_tls
         if self.tls_direct and tls._paused is None and tls.tunnel_state is _OPEN:
             if tls.tls is self.tls_conn:  # (``tlsio.decided``: the same methods, told so)
-                out = (tls.event_to_child(event, True) if hook
-                       else tls.receive_data(data, True))
+                if not hook:
+                    out = tls.receive_data(data, True)
+                elif tls.conn is client:  # (its records written as they come: see below)
+                    out = tls.event_to_child(event, True, handler)
+                else:
+                    out = tls.event_to_child(event, True)
             else:
                 out = tls.event_to_child(event) if hook else tls.receive_data(data)
         else:
             if event is None:
                 event = data_received_of(connection, data)
             out = self.target.handle_event(event)  # what the ServerTLSLayer would call
-        transports = handler.transports
         for command in out:
             kind = type(command)
             if kind is _SendData:
                 if command.connection is client:
                     if command.data:
-                        # (``_locked_event``'s ``SendData``: ``_short`` passes it on)
-                        io = transports.get(client)
-                        if io is None:
-                            continue  # The connection has already been closed.
-                        writer = io.writer
-                        assert writer
-                        if type(writer) is _StreamWriter and "write" in INLINE:
-                            transport = writer._transport  # (``is_closing``, ``write``)
-                            if not transport.is_closing():
-                                transport.write(command.data)
-                        elif not writer.is_closing():
-                            writer.write(command.data)
+                        # (``_locked_event``'s ``SendData``: ``_short`` passes it on; the
+                        # TLS layer's records after a hook do this in place)
+                        send_data(handler, client, command.data)
                     continue
             elif kind is _Log or isinstance(command, _StartHook):
                 blocking = command.blocking

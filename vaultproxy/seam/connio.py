@@ -419,6 +419,23 @@ def _commands(self: Any, layer_commands: Any) -> None:
             _command(self, command)
 
 
+def send_data(self: Any, connection: Any, data: bytes) -> None:
+    """What ``_commands`` does with ``SendData(connection, data)`` (seam/tlsio.py's
+    ``event_to_child`` writes the agent's TLS records so for seam/bypass.py's ``Route``,
+    without the command: ``Route.serve``)."""
+    io = self.transports.get(connection)
+    if io is None:
+        return  # The connection has already been closed.
+    writer = io.writer
+    assert writer
+    if type(writer) is _StreamWriter and "write" in INLINE:
+        stream = writer._transport  # (what ``is_closing``, ``write`` use)
+        if not stream.is_closing():
+            stream.write(data)
+    elif not writer.is_closing():
+        writer.write(data)
+
+
 #: [the class whose bound ``handle_event``, as a handler's top layer's, ``_locked_event``
 #: asks first (``serve``)]: seam/bypass.py's ``Route`` sets it (None: nothing asked)
 SHORT: list[Any] = [None]

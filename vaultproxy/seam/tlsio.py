@@ -75,6 +75,7 @@ from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
 from vaultproxy.seam import need
+from vaultproxy.seam.connio import send_data
 from vaultproxy.seam.need import missing
 from vaultproxy.seam.objects import data_received_of, send_data_of
 
@@ -393,9 +394,13 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
     null, unpack = SSL._ffi.NULL, SSL._ffi.unpack  # type: ignore[attr-defined]
     WantReadError, Connection = SSL.WantReadError, SSL.Connection
 
-    def event_to_child(self: Any, event: Any, decided: bool = False
+    def event_to_child(self: Any, event: Any, decided: bool = False, agent: Any = None
                        ) -> Generator[Any, Any, None]:
-        # ``decided``: ``decided(self)`` held (checked once for the connection, not here)
+        # ``decided``: ``decided(self)`` held (checked once for the connection, not here);
+        # ``agent``: with ``decided``, the connection handler whose ``_commands`` reads
+        # these commands, each ``SendData`` of this layer's ``conn`` with bytes written as
+        # it writes one (``connio.send_data``) instead of made and yielded
+        # (seam/bypass.py's ``Route.serve``)
         if not decided and type(self)._handle_command is not stock_handle:
             yield from stock_to_child(self, event)
             return
@@ -431,7 +436,12 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
                                 conn._handle_bio_errors(bio, n)
                             except WantReadError:
                                 break
-                        yield send_data_of(self.conn, unpack(buf, n))
+                        if agent is None:
+                            yield send_data_of(self.conn, unpack(buf, n))
+                        else:
+                            record = unpack(buf, n)
+                            if record:  # (as ``Route._short`` drops an empty one)
+                                send_data(agent, self.conn, record)
                         if n < 65535 or mem_data(bio, null) <= 0:
                             break
             elif not isinstance(command, connection_command):
