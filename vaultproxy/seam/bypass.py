@@ -28,7 +28,16 @@ layer handed the connection to mitmproxy's HTTP layer or ended it takes the whol
 ``VAULTPROXY_LEAN_BYPASS=0`` in the proxy's environment keeps the whole stack (A/B
 measurements); a mitmproxy whose layers moved keeps it too, with one WARNING. ``stats``
 counts the events this process routed short and those of them it spliced; an INFO line gives
-both each time the first reaches a power of two (what tests read of a running proxy)."""
+both each time the first reaches a power of two (what tests read of a running proxy).
+
+The handler's ``_locked_event`` (seam/connio.py) asks the route first (``Route.serve``,
+when its top layer's ``handle_event`` is a route's): for an event the route takes short it
+reads the ClientTLSLayer's commands itself and handles each as it would handle
+``handle_event``'s answer (``_short``'s generator and ``handle_event``'s call saved); the
+agent's bytes through the decided TLS layer need no ``DataReceived`` then (made only if a
+layer is handed the event), and after a hook the TLS layer writes the agent's records with
+the handler's own ``SendData`` code (``connio.send_data``) instead of yielding them.
+tests/unit/test_speed_routeserve.py compares ``serve`` with ``handle_event``."""
 
 from __future__ import annotations
 

@@ -19,10 +19,10 @@ costs two ``server_event`` calls and one ``drain_writers``.
   those two methods call). A ``StartHook`` of a class in ``START_HOOKS`` (seam/lean.py's
   ``LeanHook``: one per request) gets its task as the chain's ``StartHook`` branch makes it,
   with ``asyncio_utils.create_task``, ``asyncio.create_task`` and ``set_task_debug_info``
-  inline (``loop.create_task(coro)``, then the name, the keep-alive reference; nothing of
-  the loop but its public ``create_task``). Every other command goes through that chain,
-  copied unchanged. The watchdog's ``register_activity`` (``last_activity = time.time()``)
-  is inline for mitmproxy's ``TimeoutWatchdog``.
+  inline (``loop.create_task(coro)``, then ``set_task_debug_info``'s body, the keep-alive
+  reference; nothing of the loop but its public ``create_task``). Every other command goes
+  through that chain, copied unchanged. The watchdog's ``register_activity``
+  (``last_activity = time.time()``) is inline for mitmproxy's ``TimeoutWatchdog``.
 * ``asyncio_utils.set_task_debug_info`` (every task mitmproxy starts: one per hook, one
   per request on the lean path) reads ``PYTEST_CURRENT_TEST`` with ``os.environ.get``,
   which raises and catches a ``KeyError`` when it is not set (always, outside tests): the
@@ -57,7 +57,9 @@ costs two ``server_event`` calls and one ``drain_writers``.
   (writers to drain, ``server_event`` raised) the task is woken to do that. Anything else
   (a held lock, a cancelled wait, another ``server_event``, a paused or failed reader) goes
   to the buffer and wakes the task, as before. Two reads in one turn of the loop reach the
-  layers as two events (the woken loop would read them as one: the same bytes).
+  layers as two events (the woken loop would read them as one: the same bytes). The
+  ``DataReceived`` is made only when a layer is handed it: a lean tunnel's route
+  (seam/bypass.py ``Route.serve``) hands the bytes of a decided TLS layer on without it.
 
 * The watchdog's ``can_timeout`` (an ``asyncio.Event``) cleared and set by seam/lean.py's
   hook task as ``Event.clear`` and ``Event.set`` do it (``INLINE_EVENT``), its
@@ -319,7 +321,7 @@ def _start_hook(self: Any, command: Any) -> None:
     if __debug__ is True:
         environ: Any = os.environ
         if environ is _ENVIRON and type(environ) is os._Environ:
-            raw = environ._data.get(_TEST_KEY)
+            raw = environ._data.get(_TEST_KEY)  # type: ignore[attr-defined]
             if raw is not None:
                 test = environ.decodevalue(raw)
                 if test:
@@ -373,7 +375,7 @@ def _locked_event(self: Any, event: Any, take: bool = False, connection: Any = N
             watchdog.register_activity()
         try:
             handle = self.layer.handle_event
-            route = getattr(handle, "__self__", None)
+            route: Any = getattr(handle, "__self__", None)
             if type(route) is SHORT[0]:
                 if not route.serve(self, event, connection, data):
                     # (``Route.handle_event`` for an event it does not route short)

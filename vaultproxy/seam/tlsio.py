@@ -51,7 +51,9 @@ patched ``event_to_child``'s body in place for the agent's plaintext (a layer wh
 ``event_to_child`` is that one), and ``event_to_child`` runs the patched ``send_data``'s
 body in place for a ``SendData`` of the layer's own connection (a layer whose
 ``send_data`` and ``tls_interact`` are the patched ones; the write itself is ``write``,
-shared by both).
+shared by both). Told the connection handler (seam/bypass.py's ``Route.serve``, which
+would write every such record to the agent), ``event_to_child`` writes each record as the
+handler writes a ``SendData`` (``connio.send_data``) instead of yielding one.
 
 Anything else (a payload that is not ``bytes``, an empty one, a connection that is not a
 memory-BIO ``SSL.Connection``) takes mitmproxy's method. mitmproxy's methods are
