@@ -12,9 +12,11 @@ the whole stack; a crash mid-answer), in each state of the route (clean or not, 
 layer serving, handed over or done, a layer above paused, the ClientTLSLayer paused,
 closing, on another ``tls``, or not direct): the same writes, logs, hooks and their tasks,
 crash lines, events seen by the whole stack and by the layer below (with their bytes), the
-same filed hooks, counters, detach and watchdog activity. The twin sees a ``serve`` that
-drops an empty-answer check. The layers are stand-ins holding what the route reads (a real
-stack: tests/integration/test_lean_bypass.py, on and off)."""
+same filed hooks, counters, detach and watchdog activity (the whole stack here marks the
+agent's bytes that cross it). The twins see a ``serve`` that writes an empty answer, and one
+that leaves the TLS layer writing records past the stack after a splice. The layers are
+stand-ins holding what the route reads (a real stack: tests/integration/test_lean_bypass.py,
+on and off)."""
 
 from __future__ import annotations
 
@@ -137,13 +139,14 @@ class _Below:
 
     def _written(self, answer: Iterator[commands.Command], agent: Any
                  ) -> Iterator[commands.Command]:
-        """seam/tlsio.py's ``event_to_child`` told ``agent``: its records (here: every
-        ``SendData`` of its ``conn`` with bytes) written by ``connio.send_data``, not
-        yielded (tests/unit/test_speed_tlsio.py compares that with the real layer)."""
+        """seam/tlsio.py's ``event_to_child`` told ``agent`` (the route): while its
+        ``sink`` is a handler, its records (here: every ``SendData`` of its ``conn`` with
+        bytes) written by ``connio.send_data``, not yielded (tests/unit/test_speed_tlsio.py
+        compares that with the real layer)."""
         for command in answer:
             if type(command) is commands.SendData and command.connection is self.conn and (
-                    command.data):
-                connio.send_data(agent, self.conn, command.data)
+                    command.data) and agent.sink is not None:
+                connio.send_data(agent.sink, self.conn, command.data)
             else:
                 yield command
 
@@ -239,7 +242,12 @@ def _run(seed: int, fused: bool, stream: bool,
             if isinstance(event, events.ConnectionClosed):
                 proxy._paused = object()  # the event left a layer above paused
             yield commands.SendData(client, b"full")
-            yield from below.handle_event(event)  # (what the ServerTLSLayer calls)
+            # (what the ServerTLSLayer calls; the agent's bytes marked as crossing the stack)
+            for command in below.handle_event(event):
+                if type(command) is commands.SendData and command.connection is client:
+                    yield commands.SendData(client, b"stack " + command.data)
+                else:
+                    yield command
 
         top: Any = type("Top", (), {})()
         route = bypass.Route(top, full, lean, proxy, http, h1, st, server_tls, below, below,
@@ -338,3 +346,19 @@ def test_twin_the_comparison_sees_an_empty_write() -> None:
     exec(compile(careless, bypass.__file__, "exec"), vars(bypass) | space, space)  # noqa: S102
     assert any(_run(seed, True, False, space["serve"]) != _run(seed, False, False)
                for seed in range(60))
+
+
+def test_twin_the_comparison_sees_records_written_past_the_stack_after_a_splice() -> None:
+    """A ``serve`` that leaves the TLS layer writing the agent's records in place after it
+    spliced (the rest of the answer crosses the whole stack, which may change them)."""
+    import inspect
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(bypass.Route.serve))
+    careless = source.replace("self.sink = None\n" + " " * 12 + "if event is None:",
+                              "if event is None:")
+    assert careless != source
+    space: dict[str, Any] = {}
+    exec(compile(careless, bypass.__file__, "exec"), vars(bypass) | space, space)  # noqa: S102
+    assert any(_run(seed, True, False, space["serve"]) != _run(seed, False, False)
+               for seed in range(100))

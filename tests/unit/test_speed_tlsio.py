@@ -677,8 +677,8 @@ def _whole_run(layer: _Whole, agent: Any, step: Any, decided: bool = False,
                handler: bool = False) -> list[Any]:
     """One step; ``decided``: each call told ``tlsio.decided`` held (seam/bypass.py's
     ``Route`` calls so), else called as mitmproxy calls; ``handler``: a hook's completion
-    also told the connection handler whose writer takes the agent's records
-    (``Route.serve``)."""
+    also told a route whose ``sink`` is the connection handler whose writer takes the
+    agent's records (``Route.serve``)."""
     from mitmproxy.proxy import server as proxy_server
 
     kind, arg = step
@@ -691,7 +691,9 @@ def _whole_run(layer: _Whole, agent: Any, step: Any, decided: bool = False,
                 h = type("Handler", (), {})()
                 h.transports = {layer.conn: proxy_server.ConnectionIO(
                     handler=None, writer=_AgentWriter(sent))}  # type: ignore[arg-type]
-                told = (True, h)
+                route = type("Route", (), {})()
+                route.sink = h
+                told = (True, route)
             gen = layer.event_to_child(events.HookCompleted(commands.Log("hook")), *told)  # type: ignore[arg-type]
         else:
             if kind == "agent":

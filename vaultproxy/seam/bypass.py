@@ -216,6 +216,11 @@ class Route:
         # skipped), while its ``tls`` is the one asked about
         self.tls_conn: Any = (client_tls.tls if self.tls_direct and tlsio.decided(client_tls)
                               else _NEVER)
+        # While ``serve`` reads the ClientTLSLayer's commands after a hook, until the first
+        # it splices: the connection handler that would write each record the TLS layer
+        # makes for the agent (seam/tlsio.py's ``event_to_child`` writes it so itself,
+        # ``connio.send_data``); else None (the records are yielded, as they come)
+        self.sink: Any = None
 
     def detach(self) -> None:
         """The whole stack from now on (the lean layer no longer serves this connection)."""
@@ -284,8 +289,9 @@ class Route:
             if tls.tls is self.tls_conn:  # (``tlsio.decided``: the same methods, told so)
                 if not hook:
                     out = tls.receive_data(data, True)
-                elif tls.conn is client:  # (its records written as they come: see below)
-                    out = tls.event_to_child(event, True, handler)
+                elif tls.conn is client:  # (its records written as they come: ``sink``)
+                    self.sink = handler
+                    out = tls.event_to_child(event, True, self)
                 else:
                     out = tls.event_to_child(event, True)
             else:
@@ -294,31 +300,36 @@ class Route:
             if event is None:
                 event = data_received_of(connection, data)
             out = self.target.handle_event(event)  # what the ServerTLSLayer would call
-        for command in out:
-            kind = type(command)
-            if kind is _SendData:
-                if command.connection is client:
-                    if command.data:
-                        # (``_locked_event``'s ``SendData``: ``_short`` passes it on; the
-                        # TLS layer's records after a hook do this in place)
-                        send_data(handler, client, command.data)
-                    continue
-            elif kind is _Log or isinstance(command, _StartHook):
-                blocking = command.blocking
-                if blocking is not True:
-                    if blocking:
-                        sources[command] = stream  # as HttpLayer.event_to_child files it
-                    if kind is _Log:
-                        handler.log(command.message, command.level)
-                    elif kind in START_HOOKS:
-                        _start_hook(handler, command)
-                    else:
-                        _command(handler, command)
-                    continue
-            if event is None:
-                event = data_received_of(connection, data)
-            _commands(handler, self._splice(event, command, out))
-            return True
+        try:
+            for command in out:
+                kind = type(command)
+                if kind is _SendData:
+                    if command.connection is client:
+                        if command.data:
+                            # (``_locked_event``'s ``SendData``: ``_short`` passes it on; the
+                            # TLS layer's records after a hook do this in place)
+                            send_data(handler, client, command.data)
+                        continue
+                elif kind is _Log or isinstance(command, _StartHook):
+                    blocking = command.blocking
+                    if blocking is not True:
+                        if blocking:
+                            sources[command] = stream  # as HttpLayer.event_to_child files it
+                        if kind is _Log:
+                            handler.log(command.message, command.level)
+                        elif kind in START_HOOKS:
+                            _start_hook(handler, command)
+                        else:
+                            _command(handler, command)
+                        continue
+                # (the rest crosses the whole stack: the TLS layer's records too, from here)
+                self.sink = None
+                if event is None:
+                    event = data_received_of(connection, data)
+                _commands(handler, self._splice(event, command, out))
+                return True
+        finally:
+            self.sink = None
         return True
 
     def _steady(self) -> bool:
