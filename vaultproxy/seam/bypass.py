@@ -283,7 +283,7 @@ class Route:
             logger.info("%s %d (%d spliced)", COUNT, short, stats["spliced"])
         if hook:
             del self.sources[event.command]  # (HttpLayer pops it)
-        client, stream, sources = self.client, self.stream, self.sources
+        client = self.client
         tls = self.client_tls
         if self.tls_direct and tls._paused is None and tls.tunnel_state is _OPEN:
             if tls.tls is self.tls_conn:  # (``tlsio.decided``: the same methods, told so)
@@ -314,7 +314,8 @@ class Route:
                     blocking = command.blocking
                     if blocking is not True:
                         if blocking:
-                            sources[command] = stream  # as HttpLayer.event_to_child files it
+                            # (as HttpLayer.event_to_child files it)
+                            self.sources[command] = self.stream
                         if kind is _Log:
                             handler.log(command.message, command.level)
                         elif kind in START_HOOKS:
