@@ -659,14 +659,41 @@ class _OsslAgent:
         return _drain_checked(self.conn)
 
 
-def _whole_run(layer: _Whole, agent: Any, step: Any, decided: bool = False) -> list[Any]:
+class _AgentWriter:
+    """The agent's writer in a connection handler: each write noted as ``_whole_drive``
+    notes a ``SendData`` of the layer's connection, in the same list."""
+
+    def __init__(self, sent: list[Any]) -> None:
+        self.sent = sent
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(("SendData", True, len(data), data))
+
+
+def _whole_run(layer: _Whole, agent: Any, step: Any, decided: bool = False,
+               handler: bool = False) -> list[Any]:
     """One step; ``decided``: each call told ``tlsio.decided`` held (seam/bypass.py's
-    ``Route`` calls so), else called as mitmproxy calls."""
+    ``Route`` calls so), else called as mitmproxy calls; ``handler``: a hook's completion
+    also told a route whose ``sink`` is the connection handler whose writer takes the
+    agent's records (``Route.serve``)."""
+    from mitmproxy.proxy import server as proxy_server
+
     kind, arg = step
     out: list[Any] = []
     told: Any = (True,) if decided else ()
+    sent: list[Any] = []
     try:
         if kind == "respond":  # a hook's completion: the child answers
+            if handler:
+                h = type("Handler", (), {})()
+                h.transports = {layer.conn: proxy_server.ConnectionIO(
+                    handler=None, writer=_AgentWriter(sent))}  # type: ignore[arg-type]
+                route = type("Route", (), {})()
+                route.sink = h
+                told = (True, route)
             gen = layer.event_to_child(events.HookCompleted(commands.Log("hook")), *told)  # type: ignore[arg-type]
         else:
             if kind == "agent":
@@ -693,7 +720,7 @@ def _whole_run(layer: _Whole, agent: Any, step: Any, decided: bool = False) -> l
             else:
                 wire = arg
             gen = layer.receive_data(wire, *told)
-        sent = _whole_drive(layer, gen)
+        sent = _whole_drive(layer, gen, sent)
         out.append([c[:3] for c in sent])
         wires = b"".join(c[3] for c in sent if c[0] == "SendData" and c[1])
         if wires:
@@ -708,8 +735,8 @@ def _whole_run(layer: _Whole, agent: Any, step: Any, decided: bool = False) -> l
     return out
 
 
-def _whole_drive(layer: _Whole, gen: Any) -> list[Any]:
-    sent: list[Any] = []
+def _whole_drive(layer: _Whole, gen: Any, sent: list[Any] | None = None) -> list[Any]:
+    sent = [] if sent is None else sent
     for command in gen:
         if type(command) is commands.SendData:
             own = command.connection is layer.conn
@@ -765,9 +792,11 @@ def test_a_whole_layer_matches_mitmproxys(seed: int, version: int, agent_kind: s
     in two reads, renegotiation from a TLS 1.2 pyOpenSSL agent)."""
     stock_cls = _whole_stock()
     transcripts = []
-    # (the patched methods twice: as mitmproxy calls them, and told ``tlsio.decided`` held,
-    # as seam/bypass.py's ``Route`` calls them)
-    for cls, decided in ((stock_cls, False), (_Whole, False), (_Whole, True)):
+    # (the patched methods three times: as mitmproxy calls them; told ``tlsio.decided``
+    # held, as seam/bypass.py's ``Route`` calls them; and a hook's completion also told the
+    # connection handler that writes the agent's records, as ``Route.serve`` calls it)
+    for cls, decided, handler in ((stock_cls, False, False), (_Whole, False, False),
+                                  (_Whole, True, False), (_Whole, True, True)):
         rng = random.Random(seed * 7919 + version + len(agent_kind))
         server = SSL.Connection(_server_ctx(version))
         server.set_accept_state()
@@ -777,10 +806,12 @@ def test_a_whole_layer_matches_mitmproxys(seed: int, version: int, agent_kind: s
         renegotiate = agent_kind == "pyopenssl" and version == SSL.TLS1_2_VERSION
         steps = _whole_steps(rng, WHOLE_TAILS[seed % len(WHOLE_TAILS)], renegotiate)
         assert tlsio.decided(layer) is (cls is _Whole)
-        transcripts.append([_whole_run(layer, agent, step, decided) for step in steps])
+        transcripts.append([_whole_run(layer, agent, step, decided, handler)
+                            for step in steps])
     assert type(layer).event_to_child is tlsio.FAST_TO_CHILD[0]
     assert transcripts[0] == transcripts[1]
     assert transcripts[0] == transcripts[2]
+    assert transcripts[0] == transcripts[3]
 
 
 def test_decided_holds_only_for_this_modules_methods_on_a_memory_bio() -> None:

@@ -28,7 +28,16 @@ layer handed the connection to mitmproxy's HTTP layer or ended it takes the whol
 ``VAULTPROXY_LEAN_BYPASS=0`` in the proxy's environment keeps the whole stack (A/B
 measurements); a mitmproxy whose layers moved keeps it too, with one WARNING. ``stats``
 counts the events this process routed short and those of them it spliced; an INFO line gives
-both each time the first reaches a power of two (what tests read of a running proxy)."""
+both each time the first reaches a power of two (what tests read of a running proxy).
+
+The handler's ``_locked_event`` (seam/connio.py) asks the route first (``Route.serve``,
+when its top layer's ``handle_event`` is a route's): for an event the route takes short it
+reads the ClientTLSLayer's commands itself and handles each as it would handle
+``handle_event``'s answer (``_short``'s generator and ``handle_event``'s call saved); the
+agent's bytes through the decided TLS layer need no ``DataReceived`` then (made only if a
+layer is handed the event), and after a hook the TLS layer writes the agent's records with
+the handler's own ``SendData`` code (``connio.send_data``) instead of yielding them.
+tests/unit/test_speed_routeserve.py compares ``serve`` with ``handle_event``."""
 
 from __future__ import annotations
 
@@ -41,9 +50,17 @@ from mitmproxy.proxy.layers import ClientTLSLayer, ServerTLSLayer, modes
 from mitmproxy.proxy.layers import http as layers_http
 from mitmproxy.proxy.layers.http import _http1
 
-from vaultproxy.seam import tlsio
-from vaultproxy.seam.connio import environ_get
+from vaultproxy.seam import connio, tlsio
+from vaultproxy.seam.connio import (
+    START_HOOKS,
+    _command,
+    _commands,
+    _start_hook,
+    environ_get,
+    send_data,
+)
 from vaultproxy.seam.need import missing
+from vaultproxy.seam.objects import data_received_of
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +216,11 @@ class Route:
         # skipped), while its ``tls`` is the one asked about
         self.tls_conn: Any = (client_tls.tls if self.tls_direct and tlsio.decided(client_tls)
                               else _NEVER)
+        # While ``serve`` reads the ClientTLSLayer's commands after a hook, until the first
+        # it splices: the connection handler that would write each record the TLS layer
+        # makes for the agent (seam/tlsio.py's ``event_to_child`` writes it so itself,
+        # ``connio.send_data``); else None (the records are yielded, as they come)
+        self.sink: Any = None
 
     def detach(self) -> None:
         """The whole stack from now on (the lean layer no longer serves this connection)."""
@@ -223,6 +245,93 @@ class Route:
                     return self._short(event)
         self.clean = False  # the layers above see this event: check them again next time
         return self.full(event)  # type: ignore[no-any-return]
+
+    def serve(self, handler: Any, event: Any, connection: Any, data: bytes) -> bool:
+        """``handler``'s ``_locked_event`` (seam/connio.py) for ``event`` (None: the agent's
+        bytes, ``DataReceived(connection, data)``, made only if a layer needs the object)
+        on the short route, as ``_locked_event`` reads ``handle_event``'s answer: the same
+        checks (``handle_event``), the same ClientTLSLayer's commands for the event, each
+        passed on as ``_short`` passes it and handled as ``_locked_event`` handles it (a
+        ``SendData`` to the agent written, a hook filed and started, a log line logged),
+        each before the next is read; from the first command ``_short`` splices, the
+        whole stack's commands go through ``_locked_event``'s loop (``connio._commands``),
+        as they would. Without ``_short``'s generator and ``handle_event``'s call (and, for
+        the agent's bytes through the decided TLS layer, without the event). False, with
+        nothing done: the event is not routed short."""
+        if event is None:
+            if connection is not self.client:
+                return False
+            hook = False
+        else:
+            kind = type(event)
+            if kind is _DataReceived:
+                if event.connection is not self.client:
+                    return False
+                hook, data = False, event.data
+            elif kind is _HookCompleted:
+                if self.sources.get(event.command) is not self.stream:
+                    return False
+                hook = True
+            else:
+                return False
+        if not (self.clean and self.lean.serving) and not self._steady():
+            return False
+        # ``_short``, to where it reads the ClientTLSLayer's commands
+        short = stats["short"] + 1
+        stats["short"] = short
+        if short in _LOG_AT:  # at 1, 2, 4, 8 ...: a few lines a process
+            logger.info("%s %d (%d spliced)", COUNT, short, stats["spliced"])
+        if hook:
+            del self.sources[event.command]  # (HttpLayer pops it)
+        client = self.client
+        tls = self.client_tls
+        if self.tls_direct and tls._paused is None and tls.tunnel_state is _OPEN:
+            if tls.tls is self.tls_conn:  # (``tlsio.decided``: the same methods, told so)
+                if not hook:
+                    out = tls.receive_data(data, True)
+                elif tls.conn is client:  # (its records written as they come: ``sink``)
+                    self.sink = handler
+                    out = tls.event_to_child(event, True, self)
+                else:
+                    out = tls.event_to_child(event, True)
+            else:
+                out = tls.event_to_child(event) if hook else tls.receive_data(data)
+        else:
+            if event is None:
+                event = data_received_of(connection, data)
+            out = self.target.handle_event(event)  # what the ServerTLSLayer would call
+        try:
+            for command in out:
+                kind = type(command)
+                if kind is _SendData:
+                    if command.connection is client:
+                        if command.data:
+                            # (``_locked_event``'s ``SendData``: ``_short`` passes it on; the
+                            # TLS layer's records after a hook do this in place)
+                            send_data(handler, client, command.data)
+                        continue
+                elif kind is _Log or isinstance(command, _StartHook):
+                    blocking = command.blocking
+                    if blocking is not True:
+                        if blocking:
+                            # (as HttpLayer.event_to_child files it)
+                            self.sources[command] = self.stream
+                        if kind is _Log:
+                            handler.log(command.message, command.level)
+                        elif kind in START_HOOKS:
+                            _start_hook(handler, command)
+                        else:
+                            _command(handler, command)
+                        continue
+                # (the rest crosses the whole stack: the TLS layer's records too, from here)
+                self.sink = None
+                if event is None:
+                    event = data_received_of(connection, data)
+                _commands(handler, self._splice(event, command, out))
+                return True
+        finally:
+            self.sink = None
+        return True
 
     def _steady(self) -> bool:
         """Would every layer above the ClientTLSLayer only hand the event on? (Checked
@@ -313,3 +422,7 @@ class Route:
             if target.__dict__.get("handle_event") is answered:  # never reached: a bug
                 restore()
                 logger.error("lean bypass: an event's commands were lost on the whole stack")
+
+
+#: ``_locked_event`` asks a route's ``serve`` first (seam/connio.py)
+connio.SHORT[0] = Route

@@ -19,10 +19,10 @@ costs two ``server_event`` calls and one ``drain_writers``.
   those two methods call). A ``StartHook`` of a class in ``START_HOOKS`` (seam/lean.py's
   ``LeanHook``: one per request) gets its task as the chain's ``StartHook`` branch makes it,
   with ``asyncio_utils.create_task``, ``asyncio.create_task`` and ``set_task_debug_info``
-  inline (``loop.create_task(coro)``, then the name, the keep-alive reference; nothing of
-  the loop but its public ``create_task``). Every other command goes through that chain,
-  copied unchanged. The watchdog's ``register_activity`` (``last_activity = time.time()``)
-  is inline for mitmproxy's ``TimeoutWatchdog``.
+  inline (``loop.create_task(coro)``, then ``set_task_debug_info``'s body, the keep-alive
+  reference; nothing of the loop but its public ``create_task``). Every other command goes
+  through that chain, copied unchanged. The watchdog's ``register_activity``
+  (``last_activity = time.time()``) is inline for mitmproxy's ``TimeoutWatchdog``.
 * ``asyncio_utils.set_task_debug_info`` (every task mitmproxy starts: one per hook, one
   per request on the lean path) reads ``PYTEST_CURRENT_TEST`` with ``os.environ.get``,
   which raises and catches a ``KeyError`` when it is not set (always, outside tests): the
@@ -57,7 +57,9 @@ costs two ``server_event`` calls and one ``drain_writers``.
   (writers to drain, ``server_event`` raised) the task is woken to do that. Anything else
   (a held lock, a cancelled wait, another ``server_event``, a paused or failed reader) goes
   to the buffer and wakes the task, as before. Two reads in one turn of the loop reach the
-  layers as two events (the woken loop would read them as one: the same bytes).
+  layers as two events (the woken loop would read them as one: the same bytes). The
+  ``DataReceived`` is made only when a layer is handed it: a lean tunnel's route
+  (seam/bypass.py ``Route.serve``) hands the bytes of a decided TLS layer on without it.
 
 * The watchdog's ``can_timeout`` (an ``asyncio.Event``) cleared and set by seam/lean.py's
   hook task as ``Event.clear`` and ``Event.set`` do it (``INLINE_EVENT``), its
@@ -302,8 +304,8 @@ def _start_hook(self: Any, command: Any) -> None:
     """``_command``'s ``StartHook`` branch (``asyncio_utils.create_task(self.hook_task(
     command), name=f"handle_hook({command.name})", keep_ref=True, client=...)``) with
     ``create_task`` (``asyncio.create_task``: ``loop.create_task(coro)``, then
-    ``_set_task_name`` of no name, nothing) and this module's ``set_task_debug_info``, if they
-    are still the ones ``install`` checked; otherwise ``_command``."""
+    ``_set_task_name`` of no name, nothing) and this module's ``set_task_debug_info`` (its
+    body), if they are still the ones ``install`` checked; otherwise ``_command``."""
     inline = INLINE
     if (not inline or asyncio_utils.create_task is not inline["create_task"]
             or asyncio.create_task is not inline["asyncio.create_task"]
@@ -314,7 +316,23 @@ def _start_hook(self: Any, command: Any) -> None:
     name = f"handle_hook({command.name})"
     client = self.client.peername
     task = asyncio.get_running_loop().create_task(coro)
-    set_task_debug_info(task, name=name, client=client)
+    # ``set_task_debug_info(task, name=name, client=client)``, its body inline
+    task.created = time.time()  # type: ignore[attr-defined]
+    if __debug__ is True:
+        environ: Any = os.environ
+        if environ is _ENVIRON and type(environ) is os._Environ:
+            raw = environ._data.get(_TEST_KEY)  # type: ignore[attr-defined]
+            if raw is not None:
+                test = environ.decodevalue(raw)
+                if test:
+                    name = f"{name} [created in {test}]"
+        else:
+            test = environ.get(_TEST_VAR, None)
+            if test:
+                name = f"{name} [created in {test}]"
+    task.set_name(name)
+    if client:
+        task.client = client  # type: ignore[attr-defined]
     if not task.done():
         keep_alive = asyncio_utils._KEEP_ALIVE
         keep_alive.add(task)
@@ -331,10 +349,20 @@ async def server_event(self: Any, event: Any) -> None:
     _locked_event(self, event)
 
 
-def _locked_event(self: Any, event: Any, take: bool = False) -> None:
+def _locked_event(self: Any, event: Any, take: bool = False, connection: Any = None,
+                  data: bytes = b"") -> None:
     """``server_event``'s body once its lock is taken (``async with``'s block; ``take``:
     take the free lock first): the event through the layers, their commands, then the lock
-    released. No ``await``: ``_deliver`` runs it from the protocol's callback."""
+    released. No ``await``: ``_deliver`` runs it from the protocol's callback, for the
+    agent's bytes (``event`` None: ``DataReceived(connection, data)``, made here unless a
+    lean tunnel's route takes the bytes without it).
+
+    A top layer whose ``handle_event`` is a route's (``SHORT``: seam/bypass.py's ``Route``)
+    is asked first (``Route.serve``): it reads the ClientTLSLayer's commands for an event
+    it routes short and hands each to this function's handling of it, as when this
+    function reads them from the route's ``handle_event``; for any other event it does
+    nothing, and the event takes the route's ``handle_event``'s other branch (the whole
+    stack)."""
     lock = self._server_event_lock
     if take:
         lock._locked = True  # (``Lock.acquire`` of a free lock: no wait)
@@ -346,28 +374,19 @@ def _locked_event(self: Any, event: Any, take: bool = False) -> None:
         else:
             watchdog.register_activity()
         try:
-            layer_commands = self.layer.handle_event(event)
-            transports = self.transports
-            for command in layer_commands:
-                kind = type(command)
-                if kind is _SendData:
-                    io = transports.get(command.connection)
-                    if io is None:
-                        continue  # The connection has already been closed.
-                    writer = io.writer
-                    assert writer
-                    if type(writer) is _StreamWriter and "write" in INLINE:
-                        stream = writer._transport  # (what ``is_closing``, ``write`` use)
-                        if not stream.is_closing():
-                            stream.write(command.data)
-                    elif not writer.is_closing():
-                        writer.write(command.data)
-                elif kind is _Log:
-                    self.log(command.message, command.level)
-                elif kind in START_HOOKS:
-                    _start_hook(self, command)
-                else:
-                    _command(self, command)
+            handle = self.layer.handle_event
+            route: Any = getattr(handle, "__self__", None)
+            if type(route) is SHORT[0]:
+                if not route.serve(self, event, connection, data):
+                    # (``Route.handle_event`` for an event it does not route short)
+                    route.clean = False
+                    if event is None:
+                        event = data_received_of(connection, data)
+                    _commands(self, route.full(event))
+            else:
+                if event is None:
+                    event = data_received_of(connection, data)
+                _commands(self, handle(event))
         except Exception:
             self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
     finally:
@@ -375,6 +394,53 @@ def _locked_event(self: Any, event: Any, take: bool = False) -> None:
             lock._locked = False  # (``Lock.release`` with no waiter to wake: no call)
         else:
             lock.release()
+
+
+def _commands(self: Any, layer_commands: Any) -> None:
+    """``server_event``'s loop over the layers' commands (``_locked_event``)."""
+    transports = self.transports
+    for command in layer_commands:
+        kind = type(command)
+        if kind is _SendData:
+            io = transports.get(command.connection)
+            if io is None:
+                continue  # The connection has already been closed.
+            writer = io.writer
+            assert writer
+            if type(writer) is _StreamWriter and "write" in INLINE:
+                stream = writer._transport  # (what ``is_closing``, ``write`` use)
+                if not stream.is_closing():
+                    stream.write(command.data)
+            elif not writer.is_closing():
+                writer.write(command.data)
+        elif kind is _Log:
+            self.log(command.message, command.level)
+        elif kind in START_HOOKS:
+            _start_hook(self, command)
+        else:
+            _command(self, command)
+
+
+def send_data(self: Any, connection: Any, data: bytes) -> None:
+    """What ``_commands`` does with ``SendData(connection, data)`` (seam/tlsio.py's
+    ``event_to_child`` writes the agent's TLS records so for seam/bypass.py's ``Route``,
+    without the command: ``Route.serve``)."""
+    io = self.transports.get(connection)
+    if io is None:
+        return  # The connection has already been closed.
+    writer = io.writer
+    assert writer
+    if type(writer) is _StreamWriter and "write" in INLINE:
+        stream = writer._transport  # (what ``is_closing``, ``write`` use)
+        if not stream.is_closing():
+            stream.write(data)
+    elif not writer.is_closing():
+        writer.write(data)
+
+
+#: [the class whose bound ``handle_event``, as a handler's top layer's, ``_locked_event``
+#: asks first (``serve``)]: seam/bypass.py's ``Route`` sets it (None: nothing asked)
+SHORT: list[Any] = [None]
 
 
 class _Disarmed:
@@ -522,8 +588,7 @@ def _deliver(entry: _Direct, reader: Any, data: bytes) -> bool:
     task, loop = entry.task, reader._loop
     prev = _swap_current_task(loop, task)
     try:
-        task.get_context().run(_locked_event, handler, data_received_of(entry.connection, data),
-                               True)
+        task.get_context().run(_locked_event, handler, None, True, entry.connection, data)
     except BaseException as e:  # noqa: BLE001 - raised in the task, as the loop would
         entry.woke = e
     finally:

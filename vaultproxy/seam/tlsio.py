@@ -51,7 +51,10 @@ patched ``event_to_child``'s body in place for the agent's plaintext (a layer wh
 ``event_to_child`` is that one), and ``event_to_child`` runs the patched ``send_data``'s
 body in place for a ``SendData`` of the layer's own connection (a layer whose
 ``send_data`` and ``tls_interact`` are the patched ones; the write itself is ``write``,
-shared by both).
+shared by both). Told by seam/bypass.py's ``Route.serve`` the connection handler that
+would write every such record to the agent (``Route.sink``, until ``serve`` splices),
+``event_to_child`` writes each record as the handler writes a ``SendData``
+(``connio.send_data``) instead of yielding one.
 
 Anything else (a payload that is not ``bytes``, an empty one, a connection that is not a
 memory-BIO ``SSL.Connection``) takes mitmproxy's method. mitmproxy's methods are
@@ -75,6 +78,7 @@ from mitmproxy.proxy.layers import tls
 from OpenSSL import SSL
 
 from vaultproxy.seam import need
+from vaultproxy.seam.connio import send_data
 from vaultproxy.seam.need import missing
 from vaultproxy.seam.objects import data_received_of, send_data_of
 
@@ -393,9 +397,13 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
     null, unpack = SSL._ffi.NULL, SSL._ffi.unpack  # type: ignore[attr-defined]
     WantReadError, Connection = SSL.WantReadError, SSL.Connection
 
-    def event_to_child(self: Any, event: Any, decided: bool = False
+    def event_to_child(self: Any, event: Any, decided: bool = False, agent: Any = None
                        ) -> Generator[Any, Any, None]:
-        # ``decided``: ``decided(self)`` held (checked once for the connection, not here)
+        # ``decided``: ``decided(self)`` held (checked once for the connection, not here);
+        # ``agent``: with ``decided``, a seam/bypass.py ``Route`` whose ``serve`` reads these
+        # commands: while its ``sink`` is a connection handler, each record for this
+        # layer's ``conn`` is written as that handler writes a ``SendData``
+        # (``connio.send_data``) instead of made and yielded
         if not decided and type(self)._handle_command is not stock_handle:
             yield from stock_to_child(self, event)
             return
@@ -431,7 +439,13 @@ def _make_tunnel(stock_to_child: Callable[..., Any], stock_handle: Callable[...,
                                 conn._handle_bio_errors(bio, n)
                             except WantReadError:
                                 break
-                        yield send_data_of(self.conn, unpack(buf, n))
+                        sink = None if agent is None else agent.sink
+                        if sink is None:
+                            yield send_data_of(self.conn, unpack(buf, n))
+                        else:
+                            record = unpack(buf, n)
+                            if record:  # (as ``Route._short`` drops an empty one)
+                                send_data(sink, self.conn, record)
                         if n < 65535 or mem_data(bio, null) <= 0:
                             break
             elif not isinstance(command, connection_command):
