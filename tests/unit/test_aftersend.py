@@ -125,19 +125,22 @@ def _respond(rt: Runtime, seed: int, deferred: bool,
             audit = rt.state().audit
             if record_of(f).decision is not None:
                 if type(audit) is AuditLog:
-                    assert type(later.taken) is tuple and later.log is audit
+                    # (an injected flow's: its forward line's texts and the rest, ``ahead``)
+                    kept = [later.taken, later.ahead]
+                    assert sorted(type(k).__name__ for k in kept) == ["NoneType", "tuple"]
+                    assert later.log is audit
                     assert later.event is None and later.line is None
                 else:
                     assert type(later.event) is audit_event.RequestEvent
                     assert later.sink is audit and later.line is None
-                    assert later.taken is None
+                    assert later.taken is None and later.ahead is None
             if clock is not None:  # the send takes its time
                 clock["wall"] += rng.choice([0.0004, 0.0011, 0.5, 1.0])
                 clock["mono"] += rng.choice([0.0004, 0.0011, 0.5, 1.0])
             later.run(f)
             assert aftersend.KEY not in f.metadata
             assert later.line is None and later.event is None  # emptied for the next
-            assert later.taken is None
+            assert later.taken is None and later.ahead is None
 
     data = _written(rt, go)
     stats = audit.stats()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
+from vaultproxy.audit import event as _event
 from vaultproxy.audit import metrics
 from vaultproxy.audit.event import (
     DURATION_AT,
@@ -33,6 +34,7 @@ class Later(Protocol):
     here by its shape, so the audit package imports nothing of the seam above it)."""
 
     taken: tuple[Any, ...] | None
+    ahead: tuple[Any, ...] | None
     line: str | None
     log: Any
     event: Any
@@ -85,7 +87,8 @@ def decision_record(
     and the sink)."""
     duration = (time.monotonic() - started) * 1000 if started is not None else None
     if later is not None and (
-        later.taken is not None or later.line is not None or later.event is not None
+        later.taken is not None or later.ahead is not None or later.line is not None
+        or later.event is not None
     ):
         later.run(None)  # (never: one record per flow; nothing overwritten if it were)
     kind = type(sink)
@@ -133,6 +136,35 @@ def decision_record(
     else:
         later.sink = sink
         later.event = _tuple_new(RequestEvent, fields)
+
+
+def ahead_request(
+    sink: Sink, made: tuple[Any, ...], status: int | None, started: float | None,
+    outcome: str, reason: str | None, later: Later,
+) -> bool:
+    """``decision_record(sink, "request", agent, service, mode, method, host, path, status,
+    started, outcome, reason, None, later)`` for the values ``made`` (audit/event.py
+    ``forward_made``: the flow's ``forward`` line) was made of, when ``sink`` is the very log
+    that line went to and ``request_taken`` would take the rest (an exact int status or None,
+    a str or None reason, a non-empty str outcome, a duration in [0, 1e9) ms or None): the
+    rest and the clock are taken now (``later.ahead``) and ``later`` makes the line of them
+    (``ahead_line``: ``taken_line``'s bytes) after the send. True when taken; False: the
+    caller hands the values to ``decision_record``, which makes everything again."""
+    if sink is not made[7]:
+        return False
+    duration = (time.monotonic() - started) * 1000 if started is not None else None
+    if (
+        (type(status) is int or status is None) and (reason is None or type(reason) is str)
+        and type(outcome) is str and outcome
+        and (duration is None or (type(duration) is float and 0.0 <= duration < 1e9))
+    ):
+        if (later.taken is not None or later.ahead is not None or later.line is not None
+                or later.event is not None):
+            later.run(None)  # (never: as decision_record)
+        later.log = sink
+        later.ahead = (made, status, duration, outcome, reason, _event._time())
+        return True
+    return False
 
 
 #: The event of the record written *before* a request that carries a credential leaves.

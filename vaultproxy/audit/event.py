@@ -336,7 +336,7 @@ def request_fields(
 # tests/unit/test_speed_audit.py compares both with request_fields on seeded values.
 
 _LINES: dict[tuple[object, ...], tuple[str, str, str]] = {}
-_FORWARDS: dict[tuple[object, ...], tuple[str, str]] = {}
+_FORWARDS: dict[tuple[object, ...], tuple[str, str, str]] = {}  # (+ the request head)
 _MAX_LINES = 1024  # each; all forgotten at once past that (hosts may be the agent's choice)
 _NONE = type(None)
 
@@ -370,13 +370,7 @@ def forward_line(
         key = (agent, service, mode, method, host, via)
         kept = _FORWARDS.get(key)
         if kept is None:
-            texts = _texts("forward", "forwarding", agent, service, mode, method, host, None,
-                           None, via)
-            kept = texts[0], texts[1] + "null" + texts[2]
-            if len(kept[0]) + len(kept[1]) <= _MAX_STORED_CHARS:
-                if len(_FORWARDS) >= _MAX_LINES:
-                    _FORWARDS.clear()
-                _FORWARDS[key] = kept
+            kept = _forward_texts(agent, service, mode, method, host, via, key)
         # (the path's text and the time as in request_line, repeated on purpose: a shared
         # helper costs a call per line, +0.35k instructions each; forward_line made by
         # request_line +2.0k: bench/auditpath.py --callgrind, session 14)
@@ -395,6 +389,103 @@ def forward_line(
                     f'{path_text}{kept[1]}')
         return f'{{"ts":"{_timestamp_at(t)}{kept[0]}{path_text}{kept[1]}'
     return None
+
+
+def _forward_texts(
+    agent: str | None, service: str | None, mode: str | None, method: str | None,
+    host: str | None, via: str | None, key: tuple[object, ...],
+) -> tuple[str, str, str]:
+    """The forward line's texts around its path (``_texts`` of ``forward``), and the head
+    of the ``request`` line of the same values (``forward_made``): kept in ``_FORWARDS``."""
+    texts = _texts("forward", "forwarding", agent, service, mode, method, host, None, None,
+                   via)
+    kept = (texts[0], texts[1] + "null" + texts[2],
+            _texts("request", "x", agent, service, mode, method, host, None, None, via)[0])
+    if len(kept[0]) + len(kept[1]) + len(kept[2]) <= _MAX_STORED_CHARS:
+        if len(_FORWARDS) >= _MAX_LINES:
+            _FORWARDS.clear()
+        _FORWARDS[key] = kept
+    return kept
+
+
+def forward_made(
+    agent: str | None, service: str | None, mode: str | None, method: str | None,
+    host: str | None, path: str | None, decision: object, raw: object, log: object,
+) -> tuple[Any, ...] | None:
+    """``forward_line(agent, service, mode, method, host, path, None)`` (the same line, or
+    None: those values are left to it), with what the same flow's ``request`` line reuses
+    of it: ``(line, request_head, path_text, service, decision, raw, path, log)``. The
+    ``request`` line of ``decision_record(log, "request", agent, service, mode, method,
+    host, path, ...)`` is the clock's text, ``request_head`` (the encoded fields event ..
+    host, ``"request"`` the event), ``path_text`` (the path's encoding, its query
+    stripped), then the status, duration, outcome and reason (``ahead_line``). stages/
+    record.py uses it only for the very ``decision``, raw method bytes and ``path`` objects
+    (and the very ``log``) it was made of: values that give the same texts."""
+    if (
+        (type(agent) is str or agent is None) and (type(service) is str or service is None)
+        and (type(mode) is str or mode is None) and (type(method) is str or method is None)
+        and (type(host) is str or host is None)
+    ):
+        key = (agent, service, mode, method, host, None)
+        kept = _FORWARDS.get(key)
+        if kept is None:
+            kept = _forward_texts(agent, service, mode, method, host, None, key)
+        # (as forward_line, repeated on purpose: see there)
+        if type(path) is str:
+            path_text = _encode_str(strip_query(path) if "?" in path or "#" in path else path)
+        elif path is None:
+            path_text = "null"
+        else:
+            return None
+        t = _time()
+        lo, hi, prefix = _second
+        if lo <= t < hi:
+            line = (f'{{"ts":"{prefix}{_MILLIS_Z[_floor((t - lo) * 1000.0)]}{kept[0]}'
+                    f'{path_text}{kept[1]}')
+        else:
+            line = f'{{"ts":"{_timestamp_at(t)}{kept[0]}{path_text}{kept[1]}'
+        return line, kept[2], path_text, service, decision, raw, path, log
+    return None
+
+
+def ahead_line(taken: tuple[Any, ...]) -> tuple[str, float | None]:
+    """``taken_line``'s line and rounded duration of the ``request`` record whose event ..
+    path are those of ``forward_made``'s answer (``taken[0]``), of what audit/canonical.py
+    ``ahead_request`` took: ``(made, status, duration_ms, outcome, reason, t)``, values it
+    checked as ``request_taken`` does (an exact int status or None, a str or None reason,
+    a non-empty str outcome, a float duration in [0, 1e9) or None; ``via`` None)."""
+    made, status, duration_ms, outcome, reason, t = taken
+    if duration_ms is None:
+        duration = "null"
+    else:
+        fixed = f"{duration_ms:.3f}"  # (as request_fields: see there)
+        duration_ms = float(fixed)
+        duration = fixed.rstrip("0")
+        if duration[-1] == ".":
+            duration += "0"
+    tail = _TAILS.get(outcome if reason is None else (outcome, reason))
+    if tail is None:
+        tail = _tail(outcome, reason)
+    status_text = "null" if status is None else f"{status}"  # (int.__repr__: see above)
+    lo, hi, prefix = _second  # _now_timestamp, inline while the second is the kept one
+    if lo <= t < hi:
+        return (f'{{"ts":"{prefix}{_MILLIS_Z[_floor((t - lo) * 1000.0)]}{made[1]}{made[2]}'
+                f',"status":{status_text},"duration_ms":{duration}{tail}'), duration_ms
+    return (f'{{"ts":"{_timestamp_at(t)}{made[1]}{made[2]},"status":{status_text},'
+            f'"duration_ms":{duration}{tail}'), duration_ms
+
+
+#: ``_texts``' tail (via None) by the outcome (reason None) or the (outcome, reason) pair
+_TAILS: dict[object, str] = {}
+
+
+def _tail(outcome: str, reason: str | None) -> str:
+    tail = _texts("request", outcome, None, None, None, None, None, None, reason, None)[2]
+    if len(tail) <= _MAX_STORED_CHARS:
+        if len(_TAILS) >= _MAX_LINES:
+            _TAILS.clear()
+        _TAILS[outcome if reason is None else (outcome, reason)] = tail
+    return tail
 
 
 def request_taken(

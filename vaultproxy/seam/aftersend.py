@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from vaultproxy.audit.event import ahead_line as _ahead_line
 from vaultproxy.audit.event import taken_line as _taken_line
 from vaultproxy.audit.metrics import counted as _counted
 
@@ -56,6 +57,9 @@ class Later:
     def __init__(self) -> None:
         #: ``request_taken``'s values and clock of an ``AuditLog``'s line (``log``), or None
         self.taken: tuple[Any, ...] | None = None
+        #: ``ahead_request``'s values and clock of the same log's line (the flow's
+        #: ``forward`` line's texts and the rest: audit/event.py ``ahead_line``), or None
+        self.ahead: tuple[Any, ...] | None = None
         #: an ``AuditLog``'s line and that log (``decision_record``'s shortcut), or None
         self.line: str | None = None
         self.log: Any = None
@@ -68,6 +72,19 @@ class Later:
         that raises is logged (its type only), as a tap is (audit/log.py)."""
         if flow is not None:
             flow.metadata.pop(KEY, None)
+        ahead = self.ahead
+        if ahead is not None:
+            self.ahead = None
+            try:
+                # (as below: ``decision_record``'s own calls, of what ``ahead_request`` took)
+                made = _ahead_line(ahead)
+                log = self.log
+                if log.counts_metrics:
+                    _counted("request", ahead[0][3], ahead[3], ahead[4], made[1])
+                log._write(made[0], True)
+            except Exception as e:  # noqa: BLE001 - (as below)
+                logger.error("audit: a record after the response's send failed (%s)",
+                             type(e).__name__)
         taken = self.taken
         if taken is not None:
             self.taken = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from vaultproxy.audit.canonical import ahead_record
-from vaultproxy.audit.event import forward_line
+from vaultproxy.audit.event import forward_made
 from vaultproxy.audit.log import AuditLog
 from vaultproxy.core.pipeline import record_forward
 from vaultproxy.core.state import ProxyState
@@ -50,13 +50,15 @@ def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
             if kind is AuditLog or getattr(kind, "takes_lines", False) is True:
                 # ``ahead_record``'s own first step, for the same logs (an ``AuditLog``, a
                 # ``--workers`` process's ``WorkerAudit``), without its call (one frame less
-                # before the upstream write): the line alone when ``forward_line`` takes the
-                # values
-                line = forward_line(decision.agent, service.name, service.mode, method,
-                                    target[0], rec.path, None)
-                if line is not None:
+                # before the upstream write): the line alone when ``forward_line`` (``forward_made``) takes the
+                # values; kept on the record (``ahead``) for the flow's ``request`` line
+                # (stages/record.py: used only for these very objects)
+                made = forward_made(decision.agent, service.name, service.mode, method,
+                                    target[0], rec.path, decision, raw, audit)
+                if made is not None:
+                    rec.ahead = made
                     continue_ = audit.on_failure == "continue"
-                    if not audit._write(line, continue_) and not continue_:
+                    if not audit._write(made[0], continue_) and not continue_:
                         raise AuditUnavailable()
                     return
             if not ahead_record(

@@ -62,6 +62,8 @@ class FlowRecord:
     plain_fields: tuple[tuple[bytes, bytes], ...] | None = None
     outcome: Outcome | None = None  # Record: set once the audit line is written
     inflight: bool = False  # Record: counted in ``ProxyState.inflight`` (until it ends)
+    # Inject (stages/ahead.py): the ``forward`` line's texts for the ``request`` line
+    ahead: tuple[Any, ...] | None = None
 
     def __init__(self) -> None:
         # every field's default (the class's annotations above), in their order
@@ -79,6 +81,7 @@ class FlowRecord:
         self.plain_fields = None
         self.outcome = None
         self.inflight = False
+        self.ahead = None
         # The proxy answered this flow itself (refused it, or served it): no later stage
         # decides, dials, checks, mints or injects for it. An upstream's response is not an
         # answer of ours. ``refusal is not None or served``, kept as a plain attribute (read

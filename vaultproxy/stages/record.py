@@ -12,7 +12,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from vaultproxy.audit.canonical import decision_record, record_decision
+from vaultproxy.audit.canonical import ahead_request, decision_record, record_decision
 from vaultproxy.errors import ClientDisconnected, InvalidRequest, UpstreamTimeout
 from vaultproxy.net.hostnames import normal_host
 from vaultproxy.seam import deadlines, refusals
@@ -50,6 +50,19 @@ def _record(
     rec.outcome = outcome
     request, response = flow.request, flow.response
     decision = rec.decision
+    if later is not None:
+        made = rec.ahead  # the flow's ``forward`` line's texts (stages/ahead.py)
+        if (
+            made is not None and made[4] is decision and made[5] is request.data.method
+            and made[6] is rec.path and event == "request"
+        ):
+            # the very decision, raw method and path that line was made of: the same agent,
+            # service, mode, method, host and path (``Decision`` and ``Service`` are frozen),
+            # so the same texts; the rest is taken as ``decision_record`` takes it
+            if status is None and response is not None:
+                status = response.data.status_code
+            if ahead_request(st.audit, made, status, rec.t0, outcome, reason, later):
+                return
     if decision is None and event == "request":  # refused before Identify decided it
         tunnel = rt.connections.tunnel(flow.client_conn.id)
         decision = tunnel.decision if tunnel is not None else None  # its CONNECT's
