@@ -50,9 +50,10 @@ def forward_ahead(st: ProxyState, flow: http.HTTPFlow, rec: FlowRecord) -> None:
             if kind is AuditLog or getattr(kind, "takes_lines", False) is True:
                 # ``ahead_record``'s own first step, for the same logs (an ``AuditLog``, a
                 # ``--workers`` process's ``WorkerAudit``), without its call (one frame less
-                # before the upstream write): the line alone when ``forward_line`` (``forward_made``) takes the
-                # values; kept on the record (``ahead``) for the flow's ``request`` line
-                # (stages/record.py: used only for these very objects)
+                # before the upstream write): the line alone when ``forward_line`` takes the
+                # values (``forward_made``: that line, and its texts kept on the record,
+                # ``ahead``, for the flow's ``request`` line: stages/record.py uses them
+                # only for these very objects)
                 made = forward_made(decision.agent, service.name, service.mode, method,
                                     target[0], rec.path, decision, raw, audit)
                 if made is not None:
