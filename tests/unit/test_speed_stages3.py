@@ -443,7 +443,7 @@ def test_a_fresh_flow_record_is_the_dataclass_with_its_init() -> None:
         assert isinstance(f.default, _IMMUTABLE), f.name
         assert vars(fresh)[f.name] is f.default, f.name
         assert f.name not in vars(FlowRecord), f.name  # (a shadowed read is not specialised)
-    assert list(vars(fresh)) == [f.name for f in fields] + ["answered"]
+    assert list(vars(fresh)) == [f.name for f in fields] + ["answered", "ahead"]
     reference = dataclasses.make_dataclass(
         "FlowRecord", [(f.name, f.type, f.default) for f in fields])
     rng = random.Random(61)

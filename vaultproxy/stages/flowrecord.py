@@ -62,8 +62,6 @@ class FlowRecord:
     plain_fields: tuple[tuple[bytes, bytes], ...] | None = None
     outcome: Outcome | None = None  # Record: set once the audit line is written
     inflight: bool = False  # Record: counted in ``ProxyState.inflight`` (until it ends)
-    # Inject (stages/ahead.py): the ``forward`` line's texts for the ``request`` line
-    ahead: tuple[Any, ...] | None = None
 
     def __init__(self) -> None:
         # every field's default (the class's annotations above), in their order
@@ -81,7 +79,6 @@ class FlowRecord:
         self.plain_fields = None
         self.outcome = None
         self.inflight = False
-        self.ahead = None
         # The proxy answered this flow itself (refused it, or served it): no later stage
         # decides, dials, checks, mints or injects for it. An upstream's response is not an
         # answer of ours. ``refusal is not None or served``, kept as a plain attribute (read
@@ -90,6 +87,10 @@ class FlowRecord:
         # test_speed_flow4.py finds every write of them in vaultproxy/ and asserts it is one
         # of these. (Not a field: no ``__init__`` argument, not in ``repr``.)
         self.answered = False
+        # Inject (stages/ahead.py): what the ``forward`` line was made of and its texts, for
+        # the ``request`` line (stages/record.py; audit/event.py ``forward_made``). Not a
+        # field either (as ``answered``): not in ``repr`` (it holds that line and the log).
+        self.ahead: tuple[Any, ...] | None = None
 
     def refuse(self, refusal: Refusal) -> None:
         """Record the refusal (guard.deny, the one place): answered from now on."""
