@@ -35,7 +35,9 @@ It keeps what the httpcore pool guarantees:
   closes the idle ones at once and each busy one when its exchange ends;
 * failures are httpcore's exception types, so the stage's error wording
   (``pool_error_text``) and its resend rule (once, idempotent, no response byte seen) hold
-  as they did; what each response head held is left in ``head_seen`` (``HeadScan``).
+  as they did; what each response head h11 reads held is left in ``head_seen``
+  (``HeadScan``); a head the fast path reads (``read_head``) leaves it as it was: the
+  stage asks it only of h11's heads and of an ``exchange`` that raised.
 
 An upstream that answers the TLS handshake with ALPN ``h2`` raises ``WantsHTTP2``: its
 requests go through the httpcore pool (HTTP/2 multiplexing)."""
@@ -61,7 +63,7 @@ import httpcore
 
 from vaultproxy.net.grammar import TOKEN
 from vaultproxy.net.namesets import NameSets
-from vaultproxy.net.outbound import Head, HeadScan, head_seen, readable, sessions_of
+from vaultproxy.net.outbound import HeadScan, readable, sessions_of
 
 logger = logging.getLogger(__name__)
 
@@ -268,12 +270,6 @@ def _done(fut: asyncio.Future[None]) -> Generator[Any, None, None]:
     if not fut.done():
         raise RuntimeError("await wasn't used with future")
     return fut.result()  # (raises as the future's own __await__ would)
-
-
-# The ``Head`` the fast path leaves in ``head_seen`` for a status (``Head(status, False)``):
-# one object per status (200-599: parse_head reads no other), shared by every exchange;
-# nothing sets a Head's attributes after it is made (HeadScan and this make new ones).
-_SEEN: dict[int, Head] = {}
 
 
 class ResponseHead:
@@ -687,10 +683,9 @@ class _Conn(asyncio.Protocol):
                 self.inbox.insert(0, data)
                 self.inbox_len += len(data)
             return None
-        seen = _SEEN.get(head.status)  # (``Head(head.status, False)``: one per status)
-        if seen is None:
-            seen = _SEEN[head.status] = Head(head.status, False)
-        head_seen.set(seen)
+        # (``head_seen`` is not set for a head read here: the pool stage reads it only on
+        # h11's path and when ``exchange`` raised, which it never does once this returned a
+        # head; tests/unit/test_speed_pool11.py)
         if self.sessions is not None:
             self.keep_session()
         # bytes after the body (a second response nobody asked for): never read, and the
