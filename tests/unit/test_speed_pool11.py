@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import ssl
 import types
 from collections.abc import Generator
@@ -262,3 +263,99 @@ async def _run_with(monkeypatch: pytest.MonkeyPatch, seed: int, reference: bool)
         m.setattr(h1pool._SETS, "table", {})
         m.setattr(h1pool._SETS, "made", [0.0, 0])
         return await _run(seed, reference)
+
+
+# -- the value class's ranges in the other order ---------------------------------------------
+
+# main's patterns (e3095f9), verbatim: the value class with its ranges as they were
+_OLD_KNOWN_VALUE = rb":[ \t]*+([\x01-\x09\x0e-\xff]*+)(?<![ \t])"
+_OLD_FIELD_LINE = re.compile(rb"\r\n(" + h1pool._FIELD_NAME
+                             + rb"+):[ \t]*+([\x01-\x09\x0e-\xff]*+)(?=\r\n)")
+
+
+def _old_known(names: tuple[bytes, ...], length: int) -> tuple[Any, Any]:
+    """``_Known``'s two patterns as main made them (``_KNOWN_VALUE`` before pool11)."""
+    fields = b"".join([
+        rb"\r\n" + re.escape(name) + (h1pool._KNOWN_LENGTH if i == length else _OLD_KNOWN_VALUE)
+        for i, name in enumerate(names)]) + rb"\r\n\r\n"
+    return re.compile(fields).match, re.compile(h1pool._KNOWN_OK + fields).match
+
+
+_HOSTILE = [b"a", b"keep-alive", b"x y", b"", b" ", b"\t", b"v \t", b"v\t", b"a\x00b", b"a\rb",
+            b"a\nb", b"a\r\n b", b"a\r\n\tb", b"a\x0bb", b"a\x0cb", b"\x0e\x0d", b"\x09\x0a",
+            b"\x01\x09\x0e\xff", b"\x80\xfe caf\xc3\xa9", b"12", b"0", b"-1", b"1 ", b" 7",
+            b"9" * 19, b"x" * 5000, b"\x7f", b"\x0d", b"\x0a"]
+
+
+def _hostile_head(rng: random.Random, names: list[bytes], length: int) -> bytes:
+    status = rng.choice([b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found",
+                         b"HTTP/1.1 200 OK ", b"HTTP/1.1 200 Ok", b"HTTP/1.0 200 OK"])
+    lines = []
+    for i, name in enumerate(names):
+        if rng.random() < 0.02:  # a near-miss name
+            name = rng.choice([name.lower(), name + b" ", name[:-1], b" " + name, name + b"x"])
+        value = (b"%d" % rng.choice([0, 3, 1024]) if i == length and rng.random() < 0.7
+                 else rng.choice(_HOSTILE) if rng.random() < 0.06
+                 else rng.choice([b"a", b"nginx/1.22.1", b"Mon, 07 Dec 2026 22:18:47 GMT"]))
+        sep = (rng.choice([b":", b":\t", b": \t ", b" : "]) if rng.random() < 0.03
+               else b": ")
+        lines.append(b"\r\n" + name + sep + value)
+    if rng.random() < 0.1 and lines:  # obs-fold, a bare CR or LF, a line more or less
+        i = rng.randrange(len(lines))
+        lines.insert(i, rng.choice([b"\r\n more", b"\r\n\tx", b"\n", b"\r", b"\r\nX-New: 1"]))
+    if rng.random() < 0.05 and lines:
+        del lines[rng.randrange(len(lines))]
+    end = rng.choice([b"\r\n\r\n"] * 12 + [b"\r\n\n", b"\n\r\n", b"\r\n"])
+    return status + b"".join(lines) + end + b"body" * rng.randrange(3)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_known_pattern_matches_as_main_made_it(seed: int) -> None:
+    """``_Known``'s patterns (``match`` from the status line's CRLF, ``ok`` with it) match
+    the same heads, with the same groups and end, as main's, over seeded hostile heads."""
+    rng = random.Random(0x9011 + seed)
+    pool = [b"Server", b"Date", b"Content-Type", b"Content-Length", b"Last-Modified",
+            b"Connection", b"ETag", b"Accept-Ranges", b"X-A", b"x-b"]
+    took = refused = 0
+    for _ in range(60):
+        names = tuple(rng.sample(pool, rng.randrange(1, 8)))
+        if b"Content-Length" not in names:
+            names = (*names, b"Content-Length")
+        shape = h1pool._head_shape(names)
+        assert shape is not None
+        known = h1pool._Known(names, shape)
+        old_match, old_ok = _old_known(names, shape[0])
+        for _ in range(40):
+            data = _hostile_head(rng, list(names), shape[0])
+            line_end = data.find(b"\r\n")
+            for new, old, at in ((known.ok, old_ok, 0), (known.match, old_match, line_end)):
+                got, want = new(data, at), old(data, at)
+                assert (got is None) == (want is None), data
+                if want is not None:
+                    assert (got.groups(), got.end()) == (want.groups(), want.end())
+                    took += 1
+                else:
+                    refused += 1
+            want_head = h1pool.parse_known(data, b"GET", known)
+            if want_head is not None:  # what parse_known made of it: parse_head's head
+                ref = h1pool.parse_head(data, b"GET")
+                assert ref is not None
+                assert (want_head.headers, want_head.length, want_head.end) == (
+                    tuple(ref.headers), ref.length, ref.end)
+    assert took > 100 and refused > 100, (took, refused)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_field_line_finds_as_main_made_it(seed: int) -> None:
+    """``_FIELD_LINE`` (``parse_head``) finds the same lines as main's, over the same
+    hostile heads, and its value class holds the very same bytes."""
+    klass = re.compile(rb"[\x0e-\xff\x01-\x09]")
+    assert [b for b in range(256) if klass.match(bytes([b]))] == [
+        b for b in range(256) if re.match(rb"[\x01-\x09\x0e-\xff]", bytes([b]))]
+    rng = random.Random(0x9021 + seed)
+    names = [b"Server", b"Date", b"Content-Length", b"Connection", b"X-A"]
+    for _ in range(400):
+        data = _hostile_head(rng, rng.sample(names, rng.randrange(1, 5)), 0)
+        end = data.find(b"\r\n\r\n")
+        block = data[data.find(b"\r\n"):end + 2] if end >= 0 else data
+        assert h1pool._FIELD_LINE.findall(block) == _OLD_FIELD_LINE.findall(block)
