@@ -209,9 +209,10 @@ def test_twin_without_the_crlf_after_a_bare_lf_is_taken() -> None:
 
 
 def test_the_value_class_spelled_as_ranges_is_the_negated_one() -> None:
-    new = re.compile(rb"[\x01-\x09\x0e-\xff]")
+    # (its ranges the common one first since pool11: the same bytes)
+    new = re.compile(rb"[\x0e-\xff\x01-\x09]")
     old = re.compile(rb"[^\x00\r\n\x0b\x0c]")
-    assert rb"([\x01-\x09\x0e-\xff]*+)" in h1pool._FIELD_LINE.pattern
+    assert rb"([\x0e-\xff\x01-\x09]*+)" in h1pool._FIELD_LINE.pattern
     for i in range(256):
         assert bool(new.fullmatch(bytes([i]))) == bool(old.fullmatch(bytes([i]))), i
 

@@ -35,7 +35,9 @@ It keeps what the httpcore pool guarantees:
   closes the idle ones at once and each busy one when its exchange ends;
 * failures are httpcore's exception types, so the stage's error wording
   (``pool_error_text``) and its resend rule (once, idempotent, no response byte seen) hold
-  as they did; what each response head held is left in ``head_seen`` (``HeadScan``).
+  as they did; what each response head h11 reads held is left in ``head_seen``
+  (``HeadScan``); a head the fast path reads (``read_head``) leaves it as it was: the
+  stage asks it only of h11's heads and of an ``exchange`` that raised.
 
 An upstream that answers the TLS handshake with ALPN ``h2`` raises ``WantsHTTP2``: its
 requests go through the httpcore pool (HTTP/2 multiplexing)."""
@@ -61,7 +63,7 @@ import httpcore
 
 from vaultproxy.net.grammar import TOKEN
 from vaultproxy.net.namesets import NameSets
-from vaultproxy.net.outbound import Head, HeadScan, head_seen, readable, sessions_of
+from vaultproxy.net.outbound import HeadScan, readable, sessions_of
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +233,9 @@ def _status_of(data: bytes) -> tuple[int, bytes, int] | None:
 # at the first byte its class lacks, whatever the spaces and tabs before it took; giving a
 # byte back never finds the CRLF, so no match is lost, and ~1.6k instructions less per head
 # (tests/unit/test_speed_h1fields.py compares the greedy one).
+# (Its two ranges in that order, the common one first: as ``_KNOWN_VALUE``.)
 _FIELD_LINE = re.compile(rb"\r\n(" + _FIELD_NAME
-                         + rb"+):[ \t]*+([\x01-\x09\x0e-\xff]*+)(?=\r\n)")
+                         + rb"+):[ \t]*+([\x0e-\xff\x01-\x09]*+)(?=\r\n)")
 
 # What ``parse_head`` reads of a response's field names alone (``_head_shape``), by the
 # names: an upstream sends the same few sets of names again and again. Names only: never a
@@ -268,12 +271,6 @@ def _done(fut: asyncio.Future[None]) -> Generator[Any, None, None]:
     if not fut.done():
         raise RuntimeError("await wasn't used with future")
     return fut.result()  # (raises as the future's own __await__ would)
-
-
-# The ``Head`` the fast path leaves in ``head_seen`` for a status (``Head(status, False)``):
-# one object per status (200-599: parse_head reads no other), shared by every exchange;
-# nothing sets a Head's attributes after it is made (HeadScan and this make new ones).
-_SEEN: dict[int, Head] = {}
 
 
 class ResponseHead:
@@ -377,7 +374,11 @@ def parse_head(data: bytes, method: bytes) -> ResponseHead | None:
 # ~4.6M instructions for 8 names, ~37M for 64 (``re``'s compiler, in Python): at most
 # ``_KNOWN_BUDGET`` are made per ``_KNOWN_WINDOW`` seconds, so an upstream that changes its
 # names all the time costs a bounded share of a core (past it: ``parse_head``, as before).
-_KNOWN_VALUE = rb":[ \t]*+([\x01-\x09\x0e-\xff]*+)(?<![ \t])"
+# (The value's class as ``_FIELD_LINE``'s, its two ranges the other way round: ``re`` keeps
+# a class of two ranges as written, and tests a byte against them in that order, so a value
+# byte, nearly always in 0x0e-0xff, is found by the first test: ~1.6k instructions less per
+# head of 8 fields; tests/unit/test_speed_pool11.py compares the patterns.)
+_KNOWN_VALUE = rb":[ \t]*+([\x0e-\xff\x01-\x09]*+)(?<![ \t])"
 # The Content-Length field's value: what ``parse_head`` takes of it (after the leading spaces
 # and tabs, ASCII digits, at most 18, then the CRLF: ``isdigit`` and the length test), in
 # the pattern; any other value fails the match and ``parse_head`` reads (declines) the head.
@@ -687,10 +688,9 @@ class _Conn(asyncio.Protocol):
                 self.inbox.insert(0, data)
                 self.inbox_len += len(data)
             return None
-        seen = _SEEN.get(head.status)  # (``Head(head.status, False)``: one per status)
-        if seen is None:
-            seen = _SEEN[head.status] = Head(head.status, False)
-        head_seen.set(seen)
+        # (``head_seen`` is not set for a head read here: the pool stage reads it only on
+        # h11's path and when ``exchange`` raised, which it never does once this returned a
+        # head; tests/unit/test_speed_pool11.py)
         if self.sessions is not None:
             self.keep_session()
         # bytes after the body (a second response nobody asked for): never read, and the

@@ -573,8 +573,9 @@ class Pool(Stage):
             await ex.close()
             return
         if type(resp) is H1Response and resp.length is not None:
-            # (no obs-fold check: ``read_head`` read this head and left ``head_seen`` its
-            # ``_SEEN`` Head, never folded; tests/unit/test_speed_small9.py proves it)
+            # (no obs-fold check: ``read_head`` read this head, never folded (``parse_head``
+            # and ``parse_known`` take no continuation line), and left ``head_seen`` as it
+            # was, None: this exchange's, set above; tests/unit/test_speed_pool11.py)
             # A head ``parse_head`` read (``length`` set): HTTP/1.1, its one Content-Length,
             # never for HEAD, 1xx, 204 or 304. What the lines below do for it, without the
             # tests that cannot hold for it (tests/unit/test_speed_exch9.py compares them).
