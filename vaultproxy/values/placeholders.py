@@ -107,7 +107,7 @@ class PlaceholderIndex:
     ``mapping`` is ``{placeholder_text: service_name}`` over every service.
     """
 
-    __slots__ = ("_owner", "_own", "_any_re", "_names", "_needles")
+    __slots__ = ("_owner", "_own", "_any_re", "_names", "_needle", "_needles")
 
     def __init__(self, mapping: Mapping[str, str]) -> None:
         self._owner: dict[bytes, str] = {}
@@ -128,6 +128,8 @@ class PlaceholderIndex:
             n.decode("latin-1")
             for n in (_TOKEN_PREFIX, *(p for p in alternatives if _TOKEN_PREFIX not in p))
         )
+        # the one needle when there is only one (``__vault.``), else None
+        self._needle: str | None = self._needles[0] if len(self._needles) == 1 else None
 
     def placeholder_of(self, service_name: str) -> bytes:
         return self._own[service_name]
@@ -159,10 +161,21 @@ class PlaceholderIndex:
         on a ``%``, ``+`` or ``\\`` (a decoded view), or on a ``Basic`` value; all of them
         are substrings of the pieces joined. So when the joined bytes hold none, no piece
         does: one search instead of one per piece. Otherwise every piece is scanned."""
+        # ``self._may_trip(b"\n".join(pieces))``, inline (every request; its answer is a
+        # filter: True only runs the per-piece scans, which decide; tests/unit/
+        # test_speed_req11.py compares the two): one needle (no custom placeholder outside
+        # ``__vault.``, the common registry) without the loop
         joined = b"\n".join(pieces)
-        if self._may_trip(joined):
-            for piece in pieces:
-                self.scan(piece, service_name)
+        text = joined.decode("latin-1")
+        if "%" in text or "+" in text or "\\" in text or "basic" in text.lower():
+            pass
+        elif (one := self._needle) is not None:
+            if one not in text or self._any_re.search(joined) is None:
+                return
+        elif not self._may_trip(joined):
+            return
+        for piece in pieces:
+            self.scan(piece, service_name)
 
     def _may_trip(self, data: bytes) -> bool:
         """Whether ``data`` holds a ``%``, ``+`` or ``\\``, a match of ``_any_re`` or of
