@@ -182,8 +182,55 @@ class _Below:
                 yield commands.SendData(self.client, b"r")
 
 
+def _old_locked_event(self: Any, event: Any, take: bool = False, connection: Any = None,
+                      data: bytes = b"") -> None:
+    """seam/connio.py's ``_locked_event`` before its route was the top layer's
+    ``handle_event`` itself (the reference: the route found as its bound method's
+    ``__self__``)."""
+    import time
+
+    lock = self._server_event_lock
+    if take:
+        lock._locked = True
+    try:
+        watchdog = self.timeout_watchdog
+        if type(watchdog) is connio.INLINE_WATCHDOG[0]:
+            watchdog.last_activity = time.time()
+        else:
+            watchdog.register_activity()
+        try:
+            handle = self.layer.handle_event
+            route: Any = getattr(handle, "__self__", None)
+            if type(route) is connio.SHORT[0]:
+                if not route.serve(self, event, connection, data):
+                    route.clean = False
+                    if event is None:
+                        event = connio.data_received_of(connection, data)
+                    connio._commands(self, route.full(event))
+            else:
+                if event is None:
+                    event = connio.data_received_of(connection, data)
+                connio._commands(self, handle(event))
+        except Exception:
+            self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
+    finally:
+        if lock._locked and not lock._waiters:
+            lock._locked = False
+        else:
+            lock.release()
+
+
+def _old_detach(self: Any) -> None:
+    """seam/bypass.py's ``Route.detach`` before (the reference, with ``_old_locked_event``)."""
+    if vars(self.top).get("handle_event") == self.handle_event:
+        del self.top.handle_event
+
+
 def _run(seed: int, fused: bool, stream: bool,
-         serve: Callable[..., bool] | None = None) -> list[Any]:
+         serve: Callable[..., bool] | None = None, old: bool = False,
+         locked: Callable[..., None] | None = None) -> list[Any]:
+    """The seeded script's log (``old``: the route installed and asked as before,
+    ``_old_locked_event``, ``_old_detach``; ``locked``: this ``_locked_event`` instead)."""
     import time
 
     rnd = random.Random(seed)
@@ -254,7 +301,15 @@ def _run(seed: int, fused: bool, stream: bool,
                              st._handle_event)
         route.tls_direct = rnd.random() < 0.8
         route.tls_conn = below.tls if rnd.random() < 0.8 else bypass._NEVER
-        top.handle_event = route.handle_event
+        # (as ``attach`` puts it: the route itself; before: its bound ``handle_event``)
+        top.handle_event = route.handle_event if old else route
+
+        class _Plain:  # another top layer (a handler's ``layer`` replaced): the whole stack
+            def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
+                log.append(("plain",))
+                return full(event)
+
+        plain = _Plain()
         h.layer = top
         for _ in range(rnd.randrange(1, 12)):
             r = rnd.random()
@@ -285,9 +340,11 @@ def _run(seed: int, fused: bool, stream: bool,
                 lean.fallback = "handed over"
             elif r < 0.86:
                 lean.done = True
+            elif r < 0.88:
+                h.layer = rnd.choice([plain, top, top])
             for _ in range(rnd.randrange(0, 4)):
                 await asyncio.sleep(0)  # (hooks end; their completions come back)
-            log.append(("state", route.clean, "handle_event" in vars(top),
+            log.append(("state", route.clean, "handle_event" in vars(top), h.layer is top,
                         sorted(getattr(c, "n", "?") for c in http.command_sources),
                         dict(bypass.stats), h.timeout_watchdog.last_activity))
         for _ in range(4):
@@ -301,9 +358,15 @@ def _run(seed: int, fused: bool, stream: bool,
 
     was = connio.SHORT[0]
     connio.SHORT[0] = bypass.Route if fused else None
-    real_serve = bypass.Route.serve
+    real_serve, real_detach, real_locked = (bypass.Route.serve, bypass.Route.detach,
+                                            connio._locked_event)
     if serve is not None:
         bypass.Route.serve = serve  # type: ignore[method-assign]
+    if old:
+        bypass.Route.detach = _old_detach  # type: ignore[method-assign]
+        connio._locked_event = _old_locked_event
+    if locked is not None:
+        connio._locked_event = locked
     connio.START_HOOKS.add(_Hook)
     stats = dict(bypass.stats)
     bypass.stats.update(short=0, spliced=0)
@@ -314,6 +377,8 @@ def _run(seed: int, fused: bool, stream: bool,
         time.time = real_time
         connio.SHORT[0] = was
         bypass.Route.serve = real_serve  # type: ignore[method-assign]
+        bypass.Route.detach = real_detach  # type: ignore[method-assign]
+        connio._locked_event = real_locked
         connio.START_HOOKS.discard(_Hook)
         bypass.stats.update(stats)
     return log
@@ -332,6 +397,46 @@ def test_serve_does_what_the_routes_handle_event_does(stream: bool) -> None:
                 seen["crash"] += 1
     # (every kind of thing happened, many times)
     assert min(seen.values()) > 30, seen
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_route_as_handle_event_does_what_its_bound_method_did(stream: bool) -> None:
+    """``attach`` puts the route itself as the top layer's ``handle_event`` and
+    ``_locked_event`` knows it by its type: the same as the route's bound ``handle_event``
+    found by its ``__self__`` (``_old_locked_event``), on each path (the route's, detached,
+    the handler's ``layer`` replaced by another layer and put back)."""
+    seen = {"below": 0, "full": 0, "plain": 0, "state": 0}
+    for seed in range(300):
+        got = _run(seed, True, stream)
+        assert got == _run(seed, True, stream, old=True), seed
+        for entry in got:
+            if isinstance(entry, tuple) and entry[0] in seen:
+                seen[entry[0]] += 1
+    assert min(seen.values()) > 30, seen
+
+
+def test_twin_the_comparison_sees_a_route_asked_under_another_layer() -> None:
+    """A ``_locked_event`` that keeps asking the route it found first after the handler's
+    ``layer`` was replaced (a route kept on the handler, not dropped with its layer)."""
+    kept: dict[Any, Any] = {}
+    real = connio._locked_event
+
+    def careless(self: Any, *args: Any) -> None:
+        route = getattr(self.layer, "handle_event", None)
+        if type(route) is bypass.Route:
+            kept.setdefault(self, route)
+        if self in kept and self.layer is not kept[self].top:
+            top = kept[self].top
+            layer, self.layer = self.layer, top
+            try:
+                real(self, *args)
+            finally:
+                self.layer = layer
+            return
+        real(self, *args)
+
+    assert any(_run(seed, True, False, locked=careless) != _run(seed, True, False, old=True)
+               for seed in range(100))
 
 
 def test_twin_the_comparison_sees_an_empty_write() -> None:

@@ -31,13 +31,15 @@ counts the events this process routed short and those of them it spliced; an INF
 both each time the first reaches a power of two (what tests read of a running proxy).
 
 The handler's ``_locked_event`` (seam/connio.py) asks the route first (``Route.serve``,
-when its top layer's ``handle_event`` is a route's): for an event the route takes short it
+when its top layer's ``handle_event`` is a route: ``attach`` puts the route itself there,
+called as its ``handle_event``): for an event the route takes short it
 reads the ClientTLSLayer's commands itself and handles each as it would handle
 ``handle_event``'s answer (``_short``'s generator and ``handle_event``'s call saved); the
 agent's bytes through the decided TLS layer need no ``DataReceived`` then (made only if a
 layer is handed the event), and after a hook the TLS layer writes the agent's records with
 the handler's own ``SendData`` code (``connio.send_data``) instead of yielding them.
-tests/unit/test_speed_routeserve.py compares ``serve`` with ``handle_event``."""
+tests/unit/test_speed_routeserve.py compares ``serve`` with ``handle_event``, and the route
+as the top layer's ``handle_event`` with its bound method as it was."""
 
 from __future__ import annotations
 
@@ -155,8 +157,10 @@ def _attach(handler: Any, lean: Any) -> Route | None:
     target = server_tls.child_layer
     route = Route(top, full, lean, proxy, http, h1, stream, server_tls, client_tls, target,
                   state)
-    # (an instance attribute, as NextLayer hands on once decided; only the handler calls it)
-    top.handle_event = route.handle_event
+    # (an instance attribute, as NextLayer hands on once decided; only the handler calls it:
+    # the route itself, called as its ``handle_event``, which ``_locked_event`` knows by its
+    # type, without reading a bound method's ``__self__``)
+    top.handle_event = route
     return route
 
 
@@ -224,11 +228,12 @@ class Route:
 
     def detach(self) -> None:
         """The whole stack from now on (the lean layer no longer serves this connection)."""
-        if vars(self.top).get("handle_event") == self.handle_event:
+        if vars(self.top).get("handle_event") is self:
             del self.top.handle_event
 
     def handle_event(self, event: events.Event) -> Iterator[commands.Command]:
-        """The top layer's ``handle_event``: the short route, or the whole stack."""
+        """The top layer's ``handle_event`` (``attach`` puts the route itself there: its
+        call is this method, ``__call__``): the short route, or the whole stack."""
         kind = type(event)
         # (``_steady``'s answer while ``clean`` holds, without its call: the lean layer still
         # serving, ``lean.serving``: no fallback, not done; anything else asks ``_steady``,
@@ -245,6 +250,8 @@ class Route:
                     return self._short(event)
         self.clean = False  # the layers above see this event: check them again next time
         return self.full(event)  # type: ignore[no-any-return]
+
+    __call__ = handle_event  # (the top layer's ``handle_event`` is the route: ``attach``)
 
     def serve(self, handler: Any, event: Any, connection: Any, data: bytes) -> bool:
         """``handler``'s ``_locked_event`` (seam/connio.py) for ``event`` (None: the agent's
@@ -424,5 +431,6 @@ class Route:
                 logger.error("lean bypass: an event's commands were lost on the whole stack")
 
 
-#: ``_locked_event`` asks a route's ``serve`` first (seam/connio.py)
+#: ``_locked_event`` asks a route's ``serve`` first (seam/connio.py): a top layer's
+#: ``handle_event`` of this type is a route
 connio.SHORT[0] = Route

@@ -357,12 +357,12 @@ def _locked_event(self: Any, event: Any, take: bool = False, connection: Any = N
     agent's bytes (``event`` None: ``DataReceived(connection, data)``, made here unless a
     lean tunnel's route takes the bytes without it).
 
-    A top layer whose ``handle_event`` is a route's (``SHORT``: seam/bypass.py's ``Route``)
-    is asked first (``Route.serve``): it reads the ClientTLSLayer's commands for an event
-    it routes short and hands each to this function's handling of it, as when this
-    function reads them from the route's ``handle_event``; for any other event it does
-    nothing, and the event takes the route's ``handle_event``'s other branch (the whole
-    stack)."""
+    A top layer whose ``handle_event`` is a route (``SHORT``: seam/bypass.py's ``Route``,
+    which ``attach`` puts there itself, called as its ``handle_event``) is asked first
+    (``Route.serve``): it reads the ClientTLSLayer's commands for an event it routes short
+    and hands each to this function's handling of it, as when this function reads them
+    from the route's ``handle_event``; for any other event it does nothing, and the event
+    takes the route's ``handle_event``'s other branch (the whole stack)."""
     lock = self._server_event_lock
     if take:
         lock._locked = True  # (``Lock.acquire`` of a free lock: no wait)
@@ -374,9 +374,8 @@ def _locked_event(self: Any, event: Any, take: bool = False, connection: Any = N
         else:
             watchdog.register_activity()
         try:
-            handle = self.layer.handle_event
-            route: Any = getattr(handle, "__self__", None)
-            if type(route) is SHORT[0]:
+            route = self.layer.handle_event
+            if type(route) is SHORT[0]:  # (the route itself: seam/bypass.py's ``attach``)
                 if not route.serve(self, event, connection, data):
                     # (``Route.handle_event`` for an event it does not route short)
                     route.clean = False
@@ -386,7 +385,7 @@ def _locked_event(self: Any, event: Any, take: bool = False, connection: Any = N
             else:
                 if event is None:
                     event = data_received_of(connection, data)
-                _commands(self, handle(event))
+                _commands(self, route(event))
         except Exception:
             self.log("mitmproxy has crashed!", logging.ERROR, exc_info=True)
     finally:
@@ -438,7 +437,7 @@ def send_data(self: Any, connection: Any, data: bytes) -> None:
         writer.write(data)
 
 
-#: [the class whose bound ``handle_event``, as a handler's top layer's, ``_locked_event``
+#: [the class whose instances, as a handler's top layer's ``handle_event``, ``_locked_event``
 #: asks first (``serve``)]: seam/bypass.py's ``Route`` sets it (None: nothing asked)
 SHORT: list[Any] = [None]
 
