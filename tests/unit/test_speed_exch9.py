@@ -351,7 +351,7 @@ def _exchange_world(rng: random.Random, calls: list[Any]) -> tuple[Any, Any]:
     stage._adopt = adopt  # type: ignore[method-assign]
     service = None if rng.random() < 0.1 else SimpleNamespace(name="svc")
     decision = SimpleNamespace(service=SimpleNamespace(name="svc"), target=("h.test", 443))
-    tunnel = SimpleNamespace(pinned=("10.0.0.1", 443), host="h.test", port=443,
+    tunnel = SimpleNamespace(pinned=("10.0.0.1", 443), pool_made=None, host="h.test", port=443,
                              decision=decision)
     flow = tflow.tflow()
     req = flow.request

@@ -291,6 +291,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, seed: int, exchange: Any) -> list[Any]
             services = [SimpleNamespace(name=n, insecure_tls=False) for n in ("a", "b")]
             st = _state(rng)
             tunnel = None
+            tunnels: list[Any] = []  # (agent connections taking turns: each keeps its memo)
             for _ in range(300):
                 roll = rng.random()
                 if roll < 0.06:
@@ -310,6 +311,9 @@ def _run(monkeypatch: pytest.MonkeyPatch, seed: int, exchange: Any) -> list[Any]
                     tunnel = Tunnel(decision=decision,  # type: ignore[arg-type]
                                     pinned=(rng.choice(["10.0.0.1", "10.0.0.2"]),
                                             rng.choice([443, 8443])))
+                    tunnels = [*tunnels[-2:], tunnel]
+                elif rng.random() < 0.5:
+                    tunnel = rng.choice(tunnels)  # (an earlier connection's turn again)
                 rt.live.state = None if rng.random() < 0.02 else st
                 flow = tflow.tflow()
                 req = flow.request
@@ -339,6 +343,60 @@ def test_pool_exchange_is_its_reference(monkeypatch: pytest.MonkeyPatch, seed: i
     assert got == want
     kinds = {entry[0] for entry in got if type(entry[0]) is str}
     assert {"h1", "core", "adopt"} <= kinds, kinds
+
+
+def test_connections_taking_turns_keep_their_own_memo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memo is kept per tunnel: two agent connections taking turns (``hey -c 10``'s
+    shape) make it once each, not once per request; a reload (a new snapshot), an ``http2``
+    change and a retired pool make it again for both."""
+    made: list[Any] = []
+    real_make = pool_stage.Pool._make
+
+    def counting_make(self: Any, tunnel: Any, st: Any) -> Any:
+        made.append(tunnel)
+        return real_make(self, tunnel, st)
+
+    async def h1_exchange(self: Any, *args: Any) -> Any:
+        raise httpcore.ConnectError("down")
+
+    monkeypatch.setattr(pool_stage.Pool, "_make", counting_make)
+    monkeypatch.setattr(pool_stage, "pool_context", lambda key, http2: _CONTEXT)
+    monkeypatch.setattr(pool_stage, "pool_transport", lambda *a, **k: SimpleNamespace(
+        handle_async_request=None, connections=[], aclose=None))
+    monkeypatch.setattr(h1pool.H1Pool, "exchange", h1_exchange)
+
+    async def run() -> None:
+        rt = _Rt()
+        stage = pool_stage.Pool(rt)  # type: ignore[arg-type]
+        with taddons.context(stage) as tctx:
+            service = SimpleNamespace(name="a", insecure_tls=False)
+            one, two = (Tunnel(decision=SimpleNamespace(  # type: ignore[arg-type]
+                service=service, target=("h1.test", 443)), pinned=("10.0.0.1", 443))
+                for _ in range(2))
+            rt.live.state = _state(random.Random(1))
+
+            async def turns(n: int) -> None:
+                for i in range(n):
+                    flow = tflow.tflow()
+                    flow.request.data.headers.fields = ((b"Host", b"h1.test"),)
+                    ex = Exchange(tunnel=one if i % 2 == 0 else two, body_limit=1 << 20)
+                    flow.metadata[seam_pool.POOLED] = ex
+                    await stage.vaultproxy_pool_exchange(flow)
+                    assert ex.error == "could not connect to the upstream"
+
+            await turns(20)
+            assert made == [one, two]
+            rt.live.state = _state(random.Random(2))  # a reload
+            await turns(4)
+            assert made[2:] == [one, two]
+            tctx.options.update(http2=not ctx.options.http2)
+            await turns(4)
+            assert made[4:] == [one, two]
+            stage._retire(next(iter(stage._pools)))
+            await turns(4)
+            assert made[6:] == [one, two]
+
+    asyncio.run(run())
 
 
 # -- request_bytes -----------------------------------------------------------------------------

@@ -747,8 +747,8 @@ def _exchange_world(rng: random.Random, calls: list[Any]) -> tuple[Any, Any]:
 
     stage._pool_for = pool_for  # type: ignore[method-assign]
     stage._adopt = adopt  # type: ignore[method-assign]
-    tunnel = SimpleNamespace(pinned=("10.0.0.1", rng.choice([443, 8443])), host="h.test",
-                             port=443, decision=SimpleNamespace(
+    tunnel = SimpleNamespace(pool_made=None, pinned=("10.0.0.1", rng.choice([443, 8443])),
+                             host="h.test", port=443, decision=SimpleNamespace(
                                  service=SimpleNamespace(name="svc"), target=("h.test", 443)))
     flow = tflow.tflow()
     req = flow.request

@@ -4,6 +4,7 @@ it. One table per chain, entries dropped when the client disconnects."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from vaultproxy.core.decide import Decision
 
@@ -22,6 +23,9 @@ class Tunnel:
     # object, the CONNECT's decision, SNI, Host, scheme); reused only under the very same
     # (stages/identify.py)
     memo: tuple[object, Decision, str | None, str | bytes, bytes, Decision] | None = None
+    # Pool: what this tunnel's exchange made of it and the policy (stages/pool.py ``_make``;
+    # valid under the stage's token, the snapshot and the options object it names)
+    pool_made: Any = None
 
     @property
     def host(self) -> str:

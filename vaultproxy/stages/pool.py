@@ -180,7 +180,7 @@ class _Upstream:
 
 #: ``Pool._make``'s answer: (tunnel, snapshot, options object, pool, (service name, host),
 #: host, ip, port, connect timeout, response timeout)
-_Made = tuple[Tunnel, Snapshot, object, _Upstream, tuple[str, str], str, str, int, float,
+_Made = tuple[object, Snapshot, object, _Upstream, tuple[str, str], str, str, int, float,
               float]
 
 
@@ -204,13 +204,14 @@ class Pool(Stage):
         # after each change of it (``configure``), not per request (``ctx.options.<x>``
         # deep-copies the value on every read)
         self._http2_of: tuple[object, bool] | None = None
-        # what the last exchange made of its tunnel and policy (``_make``; None: nothing yet)
-        self._made: _Made | None = None
+        # what each tunnel's exchange made of it and the policy is kept on the tunnel
+        # (``Tunnel.pool_made``, ``_make``) under this token: a new token drops them all
+        self._made: object = object()
 
     def configure(self, updated: set[str]) -> None:
         if "http2" in updated:
             self._http2_of = None  # (read again by the next request)
-            self._made = None  # (its pool was chosen for the value before)
+            self._made = object()  # (their pools were chosen for the value before)
 
     def running(self) -> None:
         if self._watch is None:
@@ -409,12 +410,14 @@ class Pool(Stage):
     def _make(self, tunnel: Tunnel, st: ProxyState) -> _Made:
         """What an exchange on ``tunnel`` under ``st`` takes of them: its pool
         (``_pool_for``), ``(service name, host)`` (``_h2_seen``'s key), the host, the
-        checked address (text, int) and the timeouts; with what it was made from (the
-        tunnel, the snapshot, the options object). The same while those are the very
-        same objects (a Tunnel's decision and address are set once, a Decision and a
-        Snapshot are frozen; ``_pool_for`` reads ``http2`` again for another options
-        object) and nothing dropped it: ``configure`` when ``http2`` changed (``_pool_for``
-        reads it again), ``_retire`` (a reload's ``_new_policy`` too: its pool is gone)."""
+        checked address (text, int) and the timeouts; with what it was made under (the
+        stage's token ``_made``, the snapshot, the options object). Kept on the tunnel
+        (``Tunnel.pool_made``: one per agent connection, so connections taking turns do
+        not evict each other's); the same while those are the very same objects (a
+        Tunnel's decision and address are set once, a Decision and a Snapshot are frozen;
+        ``_pool_for`` reads ``http2`` again for another options object) and nothing
+        replaced the token: ``configure`` when ``http2`` changed (``_pool_for`` reads it
+        again), ``_retire`` (a reload's ``_new_policy`` too: its pool is gone)."""
         assert tunnel.pinned is not None
         ip, port = tunnel.pinned
         cfg = st.snapshot.registry.config.proxy  # (``st.registry``)
@@ -427,7 +430,8 @@ class Pool(Stage):
         up = self._pool_for(st, service, host)
         memo = self._http2_of  # (``_pool_for``'s: the options object it read ``http2`` of)
         assert memo is not None
-        return (tunnel, st.snapshot, memo[0], up, (service.name, host), host, str(ip),
+        # (the token read after ``_pool_for``, which may have retired a pool)
+        return (self._made, st.snapshot, memo[0], up, (service.name, host), host, str(ip),
                 int(port), connect, float(cfg.response_timeout))
 
     def _new_policy(self, snapshot: Snapshot) -> None:
@@ -474,7 +478,7 @@ class Pool(Stage):
         return up
 
     def _retire(self, name: tuple[str, str]) -> None:
-        self._made = None  # (it may name this pool)
+        self._made = object()  # (they may name this pool)
         up = self._pools.pop(name)
         up.h1.close()
         task = asyncio.get_running_loop().create_task(_close_when_idle(up.core))
@@ -505,14 +509,14 @@ class Pool(Stage):
             if st is None:
                 raise NotReady()
             # What this tunnel's exchange made of the tunnel, the policy and the options
-            # the last time (``_Made``): the same while the tunnel, the snapshot and the
-            # options object are the very same objects (``configure`` of ``http2`` and
-            # ``_retire`` drop it; tests/unit/test_speed_pool10.py compares it with the
-            # lines it skips)
-            made = self._made
-            if (made is None or made[0] is not tunnel or made[1] is not st.snapshot
+            # the last time (``_Made``, kept on the tunnel): the same while the stage's
+            # token, the snapshot and the options object are the very same objects
+            # (``configure`` of ``http2`` and ``_retire`` replace the token;
+            # tests/unit/test_speed_pool10.py compares it with the lines it skips)
+            made: _Made | None = tunnel.pool_made
+            if (made is None or made[0] is not self._made or made[1] is not st.snapshot
                     or made[2] is not ctx.options):
-                made = self._made = self._make(tunnel, st)
+                made = tunnel.pool_made = self._make(tunnel, st)
             _, _, _, up, known, host, ip, port, connect, read_timeout = made
             if self._h2_seen.get(known) is not True:  # HTTP/1.1, or not known yet
                 # (``_send_h1`` inline: one coroutine less per request)
