@@ -134,3 +134,8 @@ def test_scan_head_skips_a_clean_head_and_refuses_a_token_in_the_query() -> None
             assert type(e).__name__ == "PlaceholderUnknown"
         else:
             raise AssertionError("an unknown token passed")
+
+
+def test_scan_head_few_fields_is_pieces_few_fields() -> None:
+    """``scan_head`` sums at most 24 fields, ``_pieces``'s bound."""
+    assert _FEW_FIELDS == 24

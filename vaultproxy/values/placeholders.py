@@ -190,12 +190,12 @@ class PlaceholderIndex:
         not matter to it; text that only this join makes (across a ``?`` or a field) can
         only trip it more, and then the per-piece scans, in ``scan_all``'s order, decide.
         (tests/unit/test_speed_req12.py compares it with ``scan_all``.)"""
-        if type(fields) is not tuple or len(fields) > 24:
+        if len(fields) > 24:  # (``_FEW_FIELDS``)
             self._scan_pieces(fields, path, service_name)
             return
         try:
             joined = b"\n".join(sum(fields, (path,)))
-        except TypeError:  # a field that is not a tuple (a list)
+        except TypeError:  # a field that is not a tuple (a list): as ``_pieces`` does
             self._scan_pieces(fields, path, service_name)
             return
         text = joined.decode("latin-1")
