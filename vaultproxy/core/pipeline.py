@@ -35,13 +35,7 @@ from vaultproxy.inject import prepare_request, substitute_request_body
 from vaultproxy.inject.minted import credential
 from vaultproxy.inject.names import canonical_names, names_with
 from vaultproxy.inject.names import header_names as header_names  # (the stages' import)
-from vaultproxy.inject.request import (
-    _FEW_FIELDS,
-    _pieces,
-    canonical_name,
-    made_for,
-    minted_trigger,
-)
+from vaultproxy.inject.request import canonical_name, made_for, minted_trigger
 from vaultproxy.inject.sigv4 import sign_at_head, sign_request
 from vaultproxy.keystore import Entry
 from vaultproxy.keystore.entries import SharedEntry
@@ -251,12 +245,9 @@ def inject_head(
         # type that adds one field made of the entry alone (``made_for``): the same scan,
         # then ``sent`` plus that field, whose names the memo learns as ``header_names``
         # would compute them (tests/unit/test_speed_inject7.py compares the two)
-        path, sep, query = data.path.partition(b"?")
-        try:  # (``_pieces(sent, path, query)``, inline: a few tuple fields by one ``sum``)
-            pieces = sum(sent, ()) + (path, query) if len(sent) <= _FEW_FIELDS else None
-        except TypeError:  # a field that is not a tuple
-            pieces = None
-        st.snapshot.index.scan_all(pieces or _pieces(sent, path, query), service.name)
+        # (``scan_all(_pieces(sent, *partition of the path))``: the filter's text without
+        # the pieces, which it builds, in that order, only when the filter trips)
+        st.snapshot.index.scan_head(sent, data.path, service.name)
         more = sent + (made.field,)
         headers.fields = more
         names = names_with(sent, more, made.lname)
