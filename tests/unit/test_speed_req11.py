@@ -1,5 +1,6 @@
-"""``PlaceholderIndex.scan_all`` with ``_may_trip`` inline (and one needle without the loop)
-answers exactly as the form it replaced (kept here as the reference): the same refusal, or
+"""``PlaceholderIndex.scan_all`` (the general path's: plain HTTP, ``prepare_request``,
+``scan_head``'s fallback; ``scan_head``'s own filter is tests/unit/test_speed_req12.py's)
+answers exactly as the form kept here as the reference: the same refusal, or
 none, and the per-piece scans run on exactly the same requests, on seeded requests built
 from the pieces that trip each rule, for a registry with one needle (``__vault.`` only) and
 one with custom placeholders (several needles). Twins: refusals and passes, scans run and

@@ -55,17 +55,7 @@ class Inject(Stage):
             return  # passthrough tunnels carry no flows we inspect
         if rec.hold_body:
             return  # the body is scanned for honeytokens first (access.py): see ``request``
-        # ``self._head(flow, plan, st, rec)``, inline (every injected request)
-        done = inject_head(st, req, plan, rec.minted)
-        if rec.redactor is None:  # ``keep_redactor``, inline
-            rec.redactor = st.session.redactor_for(plan.service)
-        if done.injected:
-            rec.injected = True
-            forward_ahead(st, flow, rec)
-        if done.wait_body:
-            rec.body = done.entry
-        else:
-            req.stream = not rec.hold_body
+        self._head(flow, plan, st, rec)
 
     def _head(self, flow: http.HTTPFlow, plan: Plan, st: ProxyState, rec: FlowRecord) -> None:
         req = flow.request

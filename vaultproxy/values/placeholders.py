@@ -161,21 +161,11 @@ class PlaceholderIndex:
         on a ``%``, ``+`` or ``\\`` (a decoded view), or on a ``Basic`` value; all of them
         are substrings of the pieces joined. So when the joined bytes hold none, no piece
         does: one search instead of one per piece. Otherwise every piece is scanned."""
-        # ``self._may_trip(b"\n".join(pieces))``, inline (every request; its answer is a
-        # filter: True only runs the per-piece scans, which decide; tests/unit/
-        # test_speed_req11.py compares the two): one needle (no custom placeholder outside
-        # ``__vault.``, the common registry) without the loop
-        joined = b"\n".join(pieces)
-        text = joined.decode("latin-1")
-        if "%" in text or "+" in text or "\\" in text or "basic" in text.lower():
-            pass
-        elif (one := self._needle) is not None:
-            if one not in text or self._any_re.search(joined) is None:
-                return
-        elif not self._may_trip(joined):
-            return
-        for piece in pieces:
-            self.scan(piece, service_name)
+        # (the per-request head takes ``scan_head``, its filter inline; this is the general
+        # path's: plain HTTP, ``prepare_request``, ``scan_head``'s fallback)
+        if self._may_trip(b"\n".join(pieces)):
+            for piece in pieces:
+                self.scan(piece, service_name)
 
     def scan_head(self, fields: Sequence[tuple[bytes, bytes]], path: bytes,
                   service_name: str) -> None:
