@@ -386,6 +386,9 @@ def test_connections_taking_turns_keep_their_own_memo(monkeypatch: pytest.Monkey
 
             await turns(20)
             assert made == [one, two]
+            # (the memo names the snapshot, whose text may hold decoys: never in a repr)
+            assert one.pool_made is not None and "pool_made" not in repr(one)
+            assert repr(one.pool_made[1]) not in repr(one)
             rt.live.state = _state(random.Random(2))  # a reload
             await turns(4)
             assert made[2:] == [one, two]

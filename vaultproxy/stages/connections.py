@@ -3,7 +3,7 @@ it. One table per chain, entries dropped when the client disconnects."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vaultproxy.core.decide import Decision
@@ -25,7 +25,7 @@ class Tunnel:
     memo: tuple[object, Decision, str | None, str | bytes, bytes, Decision] | None = None
     # Pool: what this tunnel's exchange made of it and the policy (stages/pool.py ``_make``;
     # valid under the stage's token, the snapshot and the options object it names)
-    pool_made: Any = None
+    pool_made: Any = field(default=None, repr=False)  # (holds the snapshot: not in repr)
 
     @property
     def host(self) -> str:
